@@ -1,0 +1,1 @@
+"""Benchmark suite: sweeps, timing, memory, byte models, reports, charts and the CLI."""

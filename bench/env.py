@@ -1,0 +1,66 @@
+"""Facts about the environment a run happens in (printed by ``segtriton check``, and
+stamped on every result file)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+import torch
+
+import segtriton
+
+PEERS = ("monai", "kornia", "torchmetrics", "segmentation-models-pytorch")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, object]:
+    """GPU, driver, library versions, interpreter mode and git commit, as a flat dict."""
+    info: dict[str, object] = {
+        "segtriton": segtriton.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda_available": torch.cuda.is_available(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+        "git_commit": _git_commit(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            sm_count=props.multi_processor_count,
+            cuda=torch.version.cuda,
+            driver=_driver_version(),
+        )
+    for peer in PEERS:
+        info[f"peer:{peer}"] = _version(peer)
+    return info
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None

@@ -1,0 +1,201 @@
+"""Input validation and small helpers shared by every reference loss and metric.
+
+Conventions (all losses):
+- ``logits`` is ``[B, C, *spatial]`` (one or more spatial dims), any floating dtype.
+  Arithmetic runs in float32, or float64 when the logits are float64.
+- multiclass targets are integer labels ``[B, *spatial]`` (any integer dtype);
+  binary / multilabel targets are ``{0, 1}`` or soft masks ``[B, C, *spatial]``
+  (for C = 1 a ``[B, *spatial]`` mask is accepted too).
+- ``ignore_index`` marks target values that take no part in the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+Reduction = Literal["mean", "sum", "none"]
+Mode = Literal["multiclass", "binary", "multilabel"]
+MODES = ("multiclass", "binary", "multilabel")
+
+
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating tensor, got dtype {logits.dtype}")
+    if logits.dim() < 3:
+        raise ValueError(
+            f"logits must be [B, C, *spatial] with at least one spatial dim, "
+            f"got shape {tuple(logits.shape)}"
+        )
+    if logits.numel() == 0:
+        raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
+
+
+def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
+    """Check integer labels lie in ``[0, num_classes)`` or equal ``ignore_index``; return the
+    valid (not ignored) mask."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
+    if target.numel() == 0:
+        raise ValueError(f"target is empty (shape {tuple(target.shape)})")
+    if ignore_index is None:
+        valid = torch.ones_like(target, dtype=torch.bool)
+    else:
+        valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        value = int(target[bad].flatten()[0])
+        raise ValueError(
+            f"target holds label {value} outside [0, {num_classes}) "
+            f"that is not ignore_index={ignore_index}"
+        )
+    return valid
+
+
+def check_labels(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
+) -> torch.Tensor:
+    """Validate integer labels ``[B, *spatial]`` against ``logits``; return the valid mask."""
+    check_logits(logits)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
+            f"expected labels of shape {expected}"
+        )
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits on {logits.device}")
+    return label_mask(target, logits.shape[1], ignore_index)
+
+
+def check_masks(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate binary/multilabel masks; return ``(target [B, C, *S] float, valid mask)``.
+
+    Values must lie in [0, 1] (soft targets allowed) or equal ``ignore_index``.
+    """
+    check_logits(logits)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.is_complex():
+        raise TypeError(f"target must be real, got dtype {target.dtype}")
+    if logits.shape[1] == 1 and target.dim() == logits.dim() - 1:
+        target = target.unsqueeze(1)
+    if target.shape != logits.shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
+            "binary/multilabel targets are masks of the logits' shape"
+        )
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits on {logits.device}")
+    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    t = target.to(acc_dtype(logits))
+    bad = valid & ((t < 0) | (t > 1) | torch.isnan(t))
+    if bool(bad.any()):
+        value = float(t[bad].flatten()[0])
+        raise ValueError(
+            f"target mask holds {value}, outside [0, 1] and not ignore_index={ignore_index}"
+        )
+    return torch.where(valid, t, torch.zeros((), dtype=t.dtype)), valid
+
+
+def check_mode(mode: str, logits: torch.Tensor) -> None:
+    check_choice("mode", mode, MODES)
+    if mode == "binary" and logits.shape[1] != 1:
+        raise ValueError(
+            f"mode='binary' needs logits with C=1 channel, got C={logits.shape[1]}; "
+            "use mode='multilabel' for several independent sigmoid channels"
+        )
+
+
+def check_class_vector(name: str, value: torch.Tensor | Sequence[float] | None, C: int,
+                       like: torch.Tensor) -> torch.Tensor | None:
+    """Per-class vector (class weights, alpha, pos_weight) as a tensor of ``like``'s dtype."""
+    if value is None:
+        return None
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if v.dim() != 1 or v.shape[0] != C:
+        raise ValueError(f"{name} must have one entry per class (C={C}), got shape {tuple(v.shape)}")
+    if bool((v < 0).any()) or not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite and non-negative")
+    return v
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, *S] -> [B, C, N]``."""
+    return x.reshape(*x.shape[:2], -1)
+
+
+def flat_labels(t: torch.Tensor) -> torch.Tensor:
+    """``[B, *S] -> [B, N]``."""
+    return t.reshape(t.shape[0], -1)
+
+
+def region_inputs(
+    logits: torch.Tensor, target: torch.Tensor, mode: str, ignore_index: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probabilities, one-hot/soft target and valid mask, each ``[B, C, N]``, masked.
+
+    multiclass: ``p = softmax(logits)``, ``g = one_hot(target)``; binary/multilabel:
+    ``p = sigmoid(logits)``, ``g = target``. Ignored positions have p = g = 0.
+    """
+    check_mode(mode, logits)
+    x = flat(logits).to(acc_dtype(logits))
+    if mode == "multiclass":
+        valid = check_labels(logits, target, ignore_index)
+        labels = flat_labels(torch.where(valid, target, 0).long())
+        valid = flat_labels(valid).unsqueeze(1)
+        p = torch.softmax(x, dim=1)
+        g = torch.nn.functional.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(x.dtype)
+    else:
+        t, valid = check_masks(logits, target, ignore_index)
+        valid = flat(valid)
+        p = torch.sigmoid(x)
+        g = flat(t)
+    return p * valid, g * valid, valid.expand_as(p)
+
+
+def reduce_pixels(loss: torch.Tensor, reduction: str, count: torch.Tensor) -> torch.Tensor:
+    """'none' keeps ``loss``; 'sum' sums it; 'mean' divides the sum by ``count``."""
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total if reduction == "sum" else total / count
+
+
+def reduce_weighted(
+    loss: torch.Tensor, weight: torch.Tensor, reduction: str
+) -> torch.Tensor:
+    """Reduce per-entry losses with entry weights (0 = excluded).
+
+    'mean' is ``sum(w * l) / sum(w)`` (0 with zero gradient when every weight is 0),
+    'sum' is ``sum(w * l)``, 'none' returns ``w * l``.
+    """
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    wl = weight * loss
+    if reduction == "none":
+        return wl
+    if reduction == "sum":
+        return wl.sum()
+    den = weight.sum()
+    return wl.sum() / torch.where(den > 0, den, torch.ones_like(den))

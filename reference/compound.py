@@ -1,0 +1,162 @@
+"""Compound losses: weighted sums of a pixel-wise term and a region term.
+
+Each returns a scalar; ``reduction`` ('mean' or 'sum') is passed to both terms (except
+where a docstring says otherwise).
+Class ``weight`` and ``ignore_index`` apply to both terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._common import check_choice, check_masks, reduce_pixels
+from .pixelwise import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
+from .region import dice_loss
+
+Weights = torch.Tensor | Sequence[float] | None
+
+
+def _scalar_reduction(reduction: str) -> None:
+    check_choice("reduction (compound losses return a scalar)", reduction, ("mean", "sum"))
+
+
+def ce_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lambda_ce: float = 1.0,
+    lambda_dice: float = 1.0,
+    weight: Weights = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``lambda_ce * cross_entropy + lambda_dice * dice_loss`` (multiclass, softmax).
+
+    The CE term is :func:`cross_entropy` (weighted mean over valid pixels, label smoothing);
+    the Dice term is :func:`dice_loss` with ``mode='multiclass'`` and the Dice options
+    given here (see there for smooth_nr, smooth_dr, eps, squared, scope, absent).
+    """
+    _scalar_reduction(reduction)
+    ce = cross_entropy(logits, target, weight=weight,
+                       ignore_index=-100 if ignore_index is None else ignore_index,
+                       reduction=reduction, label_smoothing=label_smoothing)
+    dice = dice_loss(logits, target, "multiclass", smooth_nr, smooth_dr, eps, squared,
+                     scope=scope, absent=absent, ignore_index=ignore_index, weight=weight,
+                     reduction=reduction)
+    return lambda_ce * ce + lambda_dice * dice
+
+
+def bce_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lambda_bce: float = 1.0,
+    lambda_dice: float = 1.0,
+    weight: Weights = None,
+    pos_weight: Weights = None,
+    ignore_index: float | None = None,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``lambda_bce * BCE + lambda_dice * Dice`` on sigmoid channels (binary or multilabel).
+
+    The BCE term is :func:`binary_cross_entropy_with_logits` (mean over valid elements,
+    ``weight`` and ``pos_weight`` per class); the Dice term is :func:`dice_loss` with
+    ``mode='multilabel'`` (which equals 'binary' for C = 1) and class ``weight``.
+    """
+    _scalar_reduction(reduction)
+    bce = binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight,
+                                           ignore_index=ignore_index, reduction=reduction)
+    dice = dice_loss(logits, target, "multilabel", smooth_nr, smooth_dr, eps, squared,
+                     scope=scope, absent=absent, ignore_index=ignore_index, weight=weight,
+                     reduction=reduction)
+    return lambda_bce * bce + lambda_dice * dice
+
+
+def focal_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    lambda_focal: float = 1.0,
+    lambda_dice: float = 1.0,
+    alpha: float | Weights = None,
+    gamma: float = 2.0,
+    weight: Weights = None,
+    ignore_index: float | None = None,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``lambda_focal * focal + lambda_dice * Dice``.
+
+    mode 'multiclass': :func:`softmax_focal_loss` (alpha None, scalar or per class) plus
+    softmax Dice; 'binary' / 'multilabel': :func:`sigmoid_focal_loss` (alpha scalar or
+    None) plus sigmoid Dice. ``weight`` goes to the Dice term.
+    """
+    _scalar_reduction(reduction)
+    if mode == "multiclass":
+        focal = softmax_focal_loss(logits, target, alpha=alpha, gamma=gamma,
+                                   ignore_index=-100 if ignore_index is None else ignore_index,
+                                   reduction=reduction)
+    else:
+        focal = sigmoid_focal_loss(logits, target, mode=mode, alpha=alpha, gamma=gamma,
+                                   ignore_index=ignore_index, reduction=reduction)
+    dice = dice_loss(logits, target, mode, smooth_nr, smooth_dr, eps, scope=scope, absent=absent,
+                     ignore_index=ignore_index, weight=weight, reduction=reduction)
+    return lambda_focal * focal + lambda_dice * dice
+
+
+def combo_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth: float = 1.0,
+    ignore_index: float | None = None,
+    scope: str = "batch",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Combo loss (Taghanaki et al. 2019), binary or multilabel, in the paper's form::
+
+        WBCE = mean over valid elements of -(beta t log p + (1 - beta)(1 - t) log(1 - p))
+        L    = alpha * WBCE - (1 - alpha) * DSC
+
+    where ``DSC = (2 I + smooth) / (P + T + smooth)`` is the soft Dice *coefficient*
+    (class mean for multilabel), so the loss can be negative. ``reduction`` ('mean' or
+    'sum') applies to the WBCE term; DSC is always the class mean. ``log p`` and
+    ``log(1 - p)`` are log-sigmoids of the logits, not logs of clipped probabilities.
+    (The authors' Keras code weighs the negative term by ``beta (1 - beta)``; this follows
+    the paper.)
+    """
+    _scalar_reduction(reduction)
+    if not 0.0 <= beta <= 1.0 or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha and beta must be in [0, 1], got alpha={alpha}, beta={beta}")
+    t, valid = check_masks(logits, target, ignore_index)
+    x = logits.to(t.dtype)
+    terms = beta * t * F.logsigmoid(x) + (1 - beta) * (1 - t) * F.logsigmoid(-x)
+    wbce = reduce_pixels(-terms.masked_fill(~valid, 0.0), reduction, valid.sum().to(x.dtype))
+    dsc = 1 - dice_loss(logits, target, "multilabel", smooth, smooth, scope=scope,
+                        ignore_index=ignore_index, reduction="mean")
+    return alpha * wbce - (1 - alpha) * dsc
+

@@ -1,0 +1,138 @@
+"""Lovasz hinge (binary) and Lovasz-softmax (multiclass) losses (Berman et al. 2018).
+
+Both sort per-pixel errors in decreasing order and take their dot product with the
+Lovasz gradient of the Jaccard loss. Rows are processed in one batched ``torch.sort``;
+ignored pixels are given the lowest key so they sort last with label 0, where their
+Lovasz gradient is 0 and their error is masked: no boolean indexing, no dynamic shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._common import (
+    acc_dtype,
+    check_choice,
+    check_class_vector,
+    check_labels,
+    check_masks,
+    flat,
+    flat_labels,
+)
+
+
+def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss along sorted rows ``[..., N]``.
+
+    With ``G = sum gt``, cumulative intersections ``I_k = G - cumsum(gt)_k`` and unions
+    ``U_k = G + cumsum(1 - gt)_k``, ``J_k = 1 - I_k / U_k`` and ``g = diff(J)`` with
+    ``g_0 = J_0``.
+    """
+    gt = gt_sorted.to(torch.float64 if gt_sorted.dtype == torch.float64 else torch.float32)
+    gts = gt.sum(-1, keepdim=True)
+    inter = gts - gt.cumsum(-1)
+    union = gts + (1 - gt).cumsum(-1)
+    jac = 1 - inter / union
+    return torch.cat([jac[..., :1], jac[..., 1:] - jac[..., :-1]], dim=-1)
+
+
+def _sorted_dot(errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor,
+                hinge: bool) -> torch.Tensor:
+    """Per row of ``[R, N]``: ``sum_k f(e_sorted_k) * lovasz_grad(fg_sorted)_k``."""
+    keys = errors.masked_fill(~valid, float("-inf"))
+    _, perm = torch.sort(keys, dim=-1, descending=True)
+    grad = lovasz_grad(fg.masked_fill(~valid, 0).gather(-1, perm))
+    e_sorted = errors.gather(-1, perm).masked_fill(~valid.gather(-1, perm), 0.0)
+    if hinge:
+        e_sorted = F.relu(e_sorted)
+    return (e_sorted * grad).sum(-1)
+
+
+def _reduce_units(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def lovasz_hinge_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    per_image: bool = False,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Binary Lovasz hinge on logits ``[B, 1, *S]`` and ``{0, 1}`` masks.
+
+    ``e_i = 1 - x_i (2 t_i - 1)``; ``loss = sum_k relu(e_(k)) g_k`` over the errors sorted
+    in decreasing order, ``g = lovasz_grad(t sorted alike)``. ``per_image=False`` pools
+    the batch into one sort (smp, mmseg); ``per_image=True`` gives one value per image
+    (Berman, kornia). A unit whose pixels are all ignored gives 0.
+
+    reduction over units (1 pooled, or B images): 'mean', 'sum', 'none' (``[units]``).
+    """
+    if logits.shape[1] != 1:
+        raise ValueError(f"lovasz_hinge_loss needs logits with C=1, got C={logits.shape[1]}")
+    t, valid = check_masks(logits, target, ignore_index)
+    if bool(((t != 0) & (t != 1)).any()):
+        raise ValueError("lovasz_hinge_loss needs hard {0, 1} targets, got soft values")
+    x, t, valid = (flat(v)[:, 0] for v in (logits.to(t.dtype), t, valid))
+    if not per_image:
+        x, t, valid = x.reshape(1, -1), t.reshape(1, -1), valid.reshape(1, -1)
+    errors = 1 - x * (2 * t - 1)
+    return _reduce_units(_sorted_dot(errors, t, valid, hinge=True), reduction)
+
+
+def lovasz_softmax_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    classes: str | Sequence[int] = "present",
+    per_image: bool = False,
+    ignore_index: int | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Multiclass Lovasz-softmax on logits ``[B, C, *S]`` and integer labels.
+
+    Per unit (the pooled batch, or each image with ``per_image=True``) and class c:
+    ``e_i = |[y_i = c] - p_i(c)|`` with ``p = softmax(logits)``, and
+    ``L_c = sum_k e_(k) g_k`` (errors sorted decreasing, ``g = lovasz_grad`` of the sorted
+    foreground). The unit's loss is the mean of ``L_c`` over the selected classes,
+    weighted by ``weight`` when given (``sum w_c L_c / sum w_c``).
+
+    classes: 'present' (classes with at least one valid pixel in the unit; a unit with
+    none gives 0, as in Berman's code), 'all' (an absent class contributes
+    ``max_i p_i(c)``), or a list of class indices.
+    reduction over units: 'mean', 'sum', 'none' (``[units]``).
+    """
+    valid = check_labels(logits, target, ignore_index)
+    B, C = logits.shape[:2]
+    p = torch.softmax(flat(logits).to(acc_dtype(logits)), dim=1)
+    labels, valid = flat_labels(target.long()), flat_labels(valid)
+    if not per_image:
+        p = p.transpose(0, 1).reshape(1, C, -1)
+        labels, valid = labels.reshape(1, -1), valid.reshape(1, -1)
+    fg = (labels.unsqueeze(1) == torch.arange(C, device=p.device).view(1, C, 1)).to(p.dtype)
+    valid = valid.unsqueeze(1).expand_as(p)
+    losses = _sorted_dot((fg - p).abs(), fg, valid, hinge=False)
+    if classes == "present":
+        select = (fg * valid).sum(-1) > 0
+    elif classes == "all":
+        select = torch.ones_like(losses, dtype=torch.bool)
+    elif isinstance(classes, str):
+        raise ValueError(f"classes must be 'present', 'all' or a list of ints, got {classes!r}")
+    else:
+        idx = torch.as_tensor(list(classes), dtype=torch.long)
+        if idx.numel() == 0 or bool(((idx < 0) | (idx >= C)).any()):
+            raise ValueError(f"classes must be a non-empty list of indices in [0, {C}), got {classes}")
+        select = torch.zeros(C, dtype=torch.bool, device=p.device)
+        select[idx.to(p.device)] = True
+        select = select.expand_as(losses)
+    w = check_class_vector("weight", weight, C, losses)
+    w = select.to(losses.dtype) * (w if w is not None else 1.0)
+    den = w.sum(-1)
+    per_unit = (w * losses).sum(-1) / torch.where(den > 0, den, torch.ones_like(den))
+    return _reduce_units(per_unit, reduction)

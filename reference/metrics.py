@@ -1,0 +1,123 @@
+"""Segmentation metrics from a C x C confusion matrix.
+
+``cm[t, p]`` counts pixels whose target is t and prediction p (rows: target, columns:
+prediction, the torchmetrics convention). Every metric is a ratio of counts; a ratio
+whose denominator is 0 (for IoU and Dice: a class absent from both target and
+prediction; for class accuracy: a class absent from the target) is NaN and is left out
+of means (``nanmean``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import check_choice, label_mask
+
+
+def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    if not isinstance(preds, torch.Tensor):
+        raise TypeError(f"preds must be a torch.Tensor, got {type(preds).__name__}")
+    if preds.is_floating_point():
+        expected = (target.shape[0], num_classes, *target.shape[1:])
+        if tuple(preds.shape) != expected:
+            raise ValueError(
+                f"float preds are logits of shape {expected}, got {tuple(preds.shape)}"
+            )
+        return preds.argmax(dim=1)
+    if preds.shape != target.shape:
+        raise ValueError(
+            f"label preds shape {tuple(preds.shape)} does not match target {tuple(target.shape)}"
+        )
+    label_mask(preds, num_classes, None)
+    return preds
+
+
+def confusion_matrix(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+    per_image: bool = False,
+) -> torch.Tensor:
+    """int64 confusion matrix ``[C, C]`` (or ``[B, C, C]`` with ``per_image=True``).
+
+    preds: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (argmax over dim 1; ties go
+    to the lowest class). Pixels whose target is ``ignore_index`` are not counted.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    valid = label_mask(target, num_classes, ignore_index)
+    if target.dim() < 2:
+        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
+    pred = _pred_labels(preds, target, num_classes)
+    C, B = num_classes, target.shape[0]
+    idx = target.long() * C + pred.long()
+    if per_image:
+        idx = idx + torch.arange(B, device=idx.device).view(B, *([1] * (idx.dim() - 1))) * C * C
+    counts = torch.bincount(idx[valid], minlength=(B if per_image else 1) * C * C)
+    return counts.view(B, C, C) if per_image else counts.view(C, C)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    num, den = num.to(torch.float64), den.to(torch.float64)
+    return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, float("nan")))
+
+
+def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """``IoU_c = TP / (TP + FP + FN)``: ``diag / (row + col - diag)``, float64 ``[..., C]``."""
+    tp = cm.diagonal(dim1=-2, dim2=-1)
+    return _ratio(tp, cm.sum(-1) + cm.sum(-2) - tp)
+
+
+def dice_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """``Dice_c = 2 TP / (2 TP + FP + FN)``: ``2 diag / (row + col)``, float64 ``[..., C]``."""
+    return _ratio(2 * cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1) + cm.sum(-2))
+
+
+def class_accuracy(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class accuracy (recall) ``TP / (TP + FN)``: ``diag / row``, float64 ``[..., C]``."""
+    return _ratio(cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1))
+
+
+def pixel_accuracy(cm: torch.Tensor) -> torch.Tensor:
+    """Correct pixels over counted pixels: ``trace / total`` (NaN when nothing is counted)."""
+    return _ratio(cm.diagonal(dim1=-2, dim2=-1).sum(-1), cm.sum((-2, -1)))
+
+
+def segmentation_metrics(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+    average: str = "dataset",
+) -> dict[str, torch.Tensor]:
+    """IoU, mIoU, Dice, mean Dice, pixel accuracy and mean class accuracy.
+
+    average='dataset': one confusion matrix over every pixel of the batch; per-class
+      values come from it and means are ``nanmean`` over classes (mmseg's IoUMetric,
+      torchmetrics' MulticlassJaccardIndex with average='macro').
+    average='image': one matrix per image; per-class values are ``nanmean`` over images,
+      ``miou`` / ``mdice`` / ``mean_class_accuracy`` are the mean over images of each
+      image's ``nanmean`` over classes (images where all are NaN are left out), and
+      ``pixel_accuracy`` is the mean of per-image accuracies.
+    Returns float64 tensors and the int64 ``confusion_matrix`` (``[C, C]`` or ``[B, C, C]``).
+    """
+    check_choice("average", average, ("dataset", "image"))
+    cm = confusion_matrix(preds, target, num_classes, ignore_index, per_image=average == "image")
+    iou, dice, acc = iou_per_class(cm), dice_per_class(cm), class_accuracy(cm)
+    out = {
+        "confusion_matrix": cm,
+        "iou": iou,
+        "miou": iou.nanmean(-1),
+        "dice": dice,
+        "mdice": dice.nanmean(-1),
+        "class_accuracy": acc,
+        "mean_class_accuracy": acc.nanmean(-1),
+        "pixel_accuracy": pixel_accuracy(cm),
+    }
+    if average == "image":
+        for key in ("iou", "dice", "class_accuracy"):
+            out[key] = out[key].nanmean(0)
+        for key in ("miou", "mdice", "mean_class_accuracy", "pixel_accuracy"):
+            out[key] = out[key].nanmean()
+    return out

@@ -1,0 +1,84 @@
+"""``nn.Module`` wrappers: each holds the options of one loss function.
+
+``DiceLoss(mode="multiclass", scope="image")(logits, target)`` equals
+``dice_loss(logits, target, mode="multiclass", scope="image")``. Tensor options (class
+weights, alpha, pos_weight) are registered as buffers, so ``.to(device)`` moves them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .boundary import boundary_loss
+from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
+from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
+from .pixelwise import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
+from .region import (
+    dice_loss,
+    focal_tversky_loss,
+    generalized_dice_loss,
+    jaccard_loss,
+    tversky_loss,
+)
+
+
+class LossModule(nn.Module):
+    """Base class: ``forward(logits, target)`` calls ``fn(logits, target, **options)``."""
+
+    fn: Callable[..., torch.Tensor]
+
+    def __init__(self, **options: object) -> None:
+        super().__init__()
+        allowed = list(inspect.signature(self.fn).parameters)[2:]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown option(s) {unknown}; allowed: {allowed}"
+            )
+        self._options: dict[str, object] = {}
+        for name, value in options.items():
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(name, value)
+            else:
+                self._options[name] = value
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        options = dict(self._options)
+        options.update(self.named_buffers(recurse=False))
+        return self.fn(logits, target, **options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
+
+
+def loss_module(name: str, fn: Callable[..., torch.Tensor]) -> type[LossModule]:
+    """A :class:`LossModule` subclass named ``name`` around ``fn``."""
+    doc = f"Module form of :func:`{fn.__name__}`; options are its keyword arguments.\n\n"
+    return type(name, (LossModule,), {"fn": staticmethod(fn), "__doc__": doc + (fn.__doc__ or "")})
+
+
+CrossEntropyLoss = loss_module("CrossEntropyLoss", cross_entropy)
+BCEWithLogitsLoss = loss_module("BCEWithLogitsLoss", binary_cross_entropy_with_logits)
+SigmoidFocalLoss = loss_module("SigmoidFocalLoss", sigmoid_focal_loss)
+SoftmaxFocalLoss = loss_module("SoftmaxFocalLoss", softmax_focal_loss)
+DiceLoss = loss_module("DiceLoss", dice_loss)
+JaccardLoss = loss_module("JaccardLoss", jaccard_loss)
+TverskyLoss = loss_module("TverskyLoss", tversky_loss)
+FocalTverskyLoss = loss_module("FocalTverskyLoss", focal_tversky_loss)
+GeneralizedDiceLoss = loss_module("GeneralizedDiceLoss", generalized_dice_loss)
+CEDiceLoss = loss_module("CEDiceLoss", ce_dice_loss)
+BCEDiceLoss = loss_module("BCEDiceLoss", bce_dice_loss)
+FocalDiceLoss = loss_module("FocalDiceLoss", focal_dice_loss)
+ComboLoss = loss_module("ComboLoss", combo_loss)
+LovaszHingeLoss = loss_module("LovaszHingeLoss", lovasz_hinge_loss)
+LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)
+BoundaryLoss = loss_module("BoundaryLoss", boundary_loss)

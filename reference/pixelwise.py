@@ -1,0 +1,200 @@
+"""Pixel-wise losses: cross-entropy, binary cross-entropy, focal (sigmoid and softmax).
+
+Every loss here is a sum of independent per-pixel (or per-element) terms, computed in
+log space (``log_softmax``, ``logsigmoid``) so that confident predictions never produce
+``log(0)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._common import (
+    acc_dtype,
+    check_choice,
+    check_class_vector,
+    check_labels,
+    check_masks,
+    check_mode,
+    reduce_pixels,
+)
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    avg_non_ignore: bool = True,
+) -> torch.Tensor:
+    """Pixel-wise multiclass cross-entropy, the semantics of ``F.cross_entropy``.
+
+    For a valid pixel i with label y (``log p = log_softmax(logits, dim=1)``)::
+
+        l_i = (1 - eps) * w_y * (-log p_y) + (eps / C) * sum_c w_c * (-log p_c)
+
+    with ``eps = label_smoothing`` and ``w = weight`` (all ones when None). Pixels whose
+    label is ``ignore_index`` give 0.
+
+    reduction:
+      - 'mean': ``sum_i l_i / sum_{i valid} w_{y_i}`` (exactly ``F.cross_entropy``; NaN
+        when every pixel is ignored, as in PyTorch). With ``avg_non_ignore=False`` the
+        divisor is the number of pixels *including* ignored ones (mmseg's default).
+      - 'sum': ``sum_i l_i``;  'none': ``l`` with shape ``[B, *spatial]``.
+    """
+    valid = check_labels(logits, target, ignore_index)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    C = logits.shape[1]
+    logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
+    w = check_class_vector("weight", weight, C, logp)
+    labels = target.long()
+    # 'mean' and 'sum' of the NLL term go through F.nll_loss so that float64 results are
+    # bit-identical to F.cross_entropy (same summation order).
+    inner = reduction if avg_non_ignore else "none"
+    nll = F.nll_loss(logp, labels, weight=w, ignore_index=ignore_index, reduction=inner)
+    if label_smoothing > 0:
+        w_c = w.view(1, C, *([1] * (logp.dim() - 2))) if w is not None else 1.0
+        smooth = -(logp * w_c).sum(1).masked_fill(~valid, 0.0)
+        if inner == "mean":
+            w_y = w[labels.masked_fill(~valid, 0)] if w is not None else torch.ones_like(smooth)
+            smooth = smooth.sum() / w_y.masked_fill(~valid, 0.0).sum()
+        elif inner == "sum":
+            smooth = smooth.sum()
+        nll = (1 - label_smoothing) * nll + smooth * (label_smoothing / C)
+    if avg_non_ignore or reduction == "none":
+        return nll
+    return reduce_pixels(nll, reduction, torch.tensor(float(nll.numel()), dtype=nll.dtype))
+
+
+def binary_cross_entropy_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    pos_weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Binary / multilabel BCE on logits, per element of ``[B, C, *spatial]``.
+
+    ``l = -w_c * (pw_c * t * logsigmoid(x) + (1 - t) * logsigmoid(-x))`` with ``w = weight``
+    and ``pw = pos_weight`` (per class, ones when None); ``t`` may be soft in [0, 1].
+    Elements whose target equals ``ignore_index`` give 0.
+
+    reduction: 'mean' divides the sum by the number of valid elements (as
+    ``F.binary_cross_entropy_with_logits``: weights are multipliers, not part of the
+    divisor; NaN when all are ignored); 'sum'; 'none' returns ``[B, C, *spatial]``.
+    """
+    t, valid = check_masks(logits, target, ignore_index)
+    x = logits.to(t.dtype)
+    C = x.shape[1]
+    shape = (1, C, *([1] * (x.dim() - 2)))
+    w = check_class_vector("weight", weight, C, x)
+    pw = check_class_vector("pos_weight", pos_weight, C, x)
+    pos = t * F.logsigmoid(x) * (pw.view(shape) if pw is not None else 1.0)
+    loss = -(pos + (1 - t) * F.logsigmoid(-x))
+    if w is not None:
+        loss = loss * w.view(shape)
+    loss = loss.masked_fill(~valid, 0.0)
+    return reduce_pixels(loss, reduction, valid.sum().to(loss.dtype))
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "binary",
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al.), per element of ``[B, C, *spatial]``.
+
+    With ``p = sigmoid(x)``, ``p_t = p*t + (1-p)*(1-t)``, ``alpha_t = alpha*t + (1-alpha)*(1-t)``::
+
+        l = alpha_t * (1 - p_t) ** gamma * BCE(x, t)
+
+    ``alpha`` weighs positives, ``1 - alpha`` negatives; ``alpha=None`` means no weighting.
+    ``(1 - p_t) ** gamma`` is evaluated as ``exp(gamma * log(1 - p_t))`` with
+    ``log(1 - p_t)`` built from log-sigmoids, so gamma < 1 and p -> 1 stay finite.
+
+    mode: 'binary' (C = 1 mask), 'multilabel' (``[B, C, *S]`` masks) or 'multiclass'
+    (integer labels ``[B, *S]``, one-vs-rest: ``t_c = [y == c]``; an ignored pixel drops
+    all C of its elements). Targets may be soft for binary/multilabel.
+
+    reduction: 'mean' over valid elements (NaN when all are ignored), 'sum', 'none'
+    (``[B, C, *spatial]``, ignored elements 0).
+    """
+    check_mode(mode, logits)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+    if mode == "multiclass":
+        valid = check_labels(logits, target, ignore_index)
+        labels = torch.where(valid, target, 0).long()
+        t = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(acc_dtype(logits))
+        valid = valid.unsqueeze(1).expand_as(t)
+    else:
+        t, valid = check_masks(logits, target, ignore_index)
+    x = logits.to(t.dtype)
+    log_p, log_1mp = F.logsigmoid(x), F.logsigmoid(-x)
+    bce = -(t * log_p + (1 - t) * log_1mp)
+    # log(1 - p_t) = log(t * (1 - p) + (1 - t) * p); log(0) = -inf drops a term exactly.
+    log_1m_pt = torch.logaddexp(torch.log(t) + log_1mp, torch.log1p(-t) + log_p)
+    loss = torch.exp(gamma * log_1m_pt) * bce
+    if alpha is not None:
+        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+    loss = loss.masked_fill(~valid, 0.0)
+    return reduce_pixels(loss, reduction, valid.sum().to(loss.dtype))
+
+
+def softmax_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float | torch.Tensor | Sequence[float] | None = None,
+    gamma: float = 2.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Multiclass softmax focal loss on integer labels ``[B, *spatial]``.
+
+    For a valid pixel with label y, ``log p = log_softmax(logits)``::
+
+        l = -alpha_y * (1 - p_y) ** gamma * log p_y
+
+    ``alpha``: None (1 for every class), a scalar (the same factor for every class) or a
+    per-class vector. MONAI/kornia's scalar convention ``[1 - a, a, a, ...]`` is that
+    vector. ``1 - p_y`` is ``-expm1(log p_y)`` (accurate as p_y -> 1); where it is exactly
+    0 the term and its gradient are 0, so gamma < 1 is safe.
+
+    reduction: 'mean' over valid pixels (alpha is a multiplier, not part of the divisor;
+    NaN when all are ignored), 'sum', 'none' (``[B, *spatial]``).
+    """
+    valid = check_labels(logits, target, ignore_index)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    C = logits.shape[1]
+    logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
+    labels = torch.where(valid, target, 0).long()
+    logp_y = logp.gather(1, labels.unsqueeze(1)).squeeze(1)
+    one_minus = -torch.expm1(logp_y)
+    positive = one_minus > 0
+    focal = torch.where(
+        positive, torch.exp(gamma * torch.log(torch.where(positive, one_minus, 1.0))), 0.0
+    )
+    loss = -focal * logp_y
+    if alpha is not None:
+        if isinstance(alpha, (int, float)):
+            a = torch.full((C,), float(alpha), dtype=logp.dtype, device=logp.device)
+        else:
+            a = check_class_vector("alpha", alpha, C, logp)
+        loss = loss * a[labels]
+    loss = loss.masked_fill(~valid, 0.0)
+    return reduce_pixels(loss, reduction, valid.sum().to(loss.dtype))

@@ -1,0 +1,273 @@
+"""Region (overlap) losses: soft Dice, soft Jaccard, Tversky, focal Tversky, generalized Dice.
+
+All of them are functions of per-(unit, class) sums over pixels::
+
+    I = sum p * g        P = sum p        T = sum g
+
+where ``p`` is the softmax (multiclass) or sigmoid (binary/multilabel) probability and
+``g`` the one-hot label or the (soft) mask; with ``squared=True`` P and T sum ``p**2``
+and ``g**2`` instead (V-Net). A *unit* is the whole batch (``scope='batch'``) or one
+image (``scope='image'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ._common import check_choice, check_class_vector, reduce_weighted, region_inputs
+
+_OPTIONS = """
+    Shared options:
+      mode: 'multiclass' (softmax over C, integer labels ``[B, *S]``), 'binary' (sigmoid,
+        C = 1) or 'multilabel' (sigmoid per channel, masks ``[B, C, *S]``, soft allowed).
+      scope: 'batch' sums over batch and space (one value per class); 'image' sums over
+        space only (one value per image and class).
+      smooth_nr / smooth_dr: added to the numerator / denominator. The denominator is then
+        clamped below at ``eps`` so that an empty class with no smoothing gives 0, not NaN.
+      absent: policy for a (unit, class) whose target is empty (T = 0):
+        'include' keeps its formula value in the mean (with zero smoothing this is a loss
+        of 1 for every absent class); 'exclude' drops it from the mean (MONAI-style
+        'present only'); 'zero' sets its loss to 0 but still counts it (smp).
+      ignore_index: target value whose pixels are removed from both p and g (so they
+        count neither in I, P nor T).
+      weight: per-class weights w_c; the class mean is ``sum w_c l_c / sum w_c`` over the
+        included entries (0 with zero gradient if none is included). Weight 0 drops a
+        class, e.g. the background.
+      reduction: 'mean' (weighted mean above), 'sum' (``sum w_c l_c``) or 'none'
+        (``w_c l_c`` per entry: ``[C]`` for scope 'batch', ``[B, C]`` for 'image';
+        excluded entries are 0).
+"""
+
+
+def _with_options(fn: Callable) -> Callable:
+    fn.__doc__ = (fn.__doc__ or "") + _OPTIONS
+    return fn
+
+
+def region_stats(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    ignore_index: float | None,
+    scope: str,
+    squared: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(I, P, T, present)`` per unit and class: ``[C]`` (batch scope) or ``[B, C]``."""
+    check_choice("scope", scope, ("batch", "image"))
+    p, g, _ = region_inputs(logits, target, mode, ignore_index)
+    dims = (2,) if scope == "image" else (0, 2)
+    inter = (p * g).sum(dims)
+    psum = (p * p if squared else p).sum(dims)
+    tsum = (g * g if squared else g).sum(dims)
+    present = g.sum(dims) > 0
+    return inter, psum, tsum, present
+
+
+def _class_reduce(
+    loss: torch.Tensor,
+    present: torch.Tensor,
+    absent: str,
+    weight: torch.Tensor | Sequence[float] | None,
+    reduction: str,
+) -> torch.Tensor:
+    check_choice("absent", absent, ("include", "exclude", "zero"))
+    w = check_class_vector("weight", weight, loss.shape[-1], loss)
+    w = torch.ones_like(loss) if w is None else w.expand_as(loss)
+    if absent == "zero":
+        loss = loss * present
+    elif absent == "exclude":
+        w = w * present
+    return reduce_weighted(loss, w, reduction)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float) -> torch.Tensor:
+    return num / den.clamp_min(eps)
+
+
+def _safe_pow(base: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tensor:
+    """``base ** exponent`` for base >= 0 with a finite gradient at base = 0 (where it is 0)."""
+    pos = base > 0
+    return torch.where(pos, torch.exp(exponent * torch.log(torch.where(pos, base, 1.0))), 0.0)
+
+
+@_with_options
+def dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    log_loss: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    ignore_index: float | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Soft Dice loss per (unit, class)::
+
+        D = (2 I + smooth_nr) / max(P + T + smooth_dr, eps)
+        l = 1 - D            (log_loss=False)
+        l = -log(max(D, eps)) (log_loss=True)
+    """
+    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope, squared)
+    d = _ratio(2 * inter + smooth_nr, psum + tsum + smooth_dr, eps)
+    loss = -torch.log(d.clamp_min(eps)) if log_loss else 1 - d
+    return _class_reduce(loss, present, absent, weight, reduction)
+
+
+@_with_options
+def jaccard_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    log_loss: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    ignore_index: float | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Soft Jaccard (IoU) loss per (unit, class)::
+
+        J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
+        l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
+    """
+    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope, squared)
+    j = _ratio(inter + smooth_nr, psum + tsum - inter + smooth_dr, eps)
+    loss = -torch.log(j.clamp_min(eps)) if log_loss else 1 - j
+    return _class_reduce(loss, present, absent, weight, reduction)
+
+
+def _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps):
+    fp, fn = psum - inter, tsum - inter
+    return _ratio(inter + smooth_nr, inter + alpha * fp + beta * fn + smooth_dr, eps)
+
+
+@_with_options
+def tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    scope: str = "batch",
+    absent: str = "include",
+    ignore_index: float | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Tversky loss per (unit, class), ``alpha`` weighting false positives, ``beta`` false
+    negatives (Salehi et al.; alpha = beta = 0.5 is Dice, alpha = beta = 1 is Jaccard)::
+
+        FP = P - I,  FN = T - I
+        TI = (I + smooth_nr) / max(I + alpha FP + beta FN + smooth_dr, eps)
+        l = 1 - TI
+    """
+    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
+    ti = _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps)
+    return _class_reduce(1 - ti, present, absent, weight, reduction)
+
+
+@_with_options
+def focal_tversky_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    gamma: float | torch.Tensor | Sequence[float] = 0.75,
+    gamma_after_mean: bool = False,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    scope: str = "batch",
+    absent: str = "include",
+    ignore_index: float | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Focal Tversky loss (Abraham & Khan): the Tversky loss raised to ``gamma``::
+
+        l_c = (1 - TI_c) ** gamma_c          (gamma_after_mean=False; gamma scalar or [C])
+        L   = (mean_c (1 - TI_c)) ** gamma   (gamma_after_mean=True, smp/SegLossOdyssey;
+                                              scalar gamma, reduction 'mean' only)
+
+    ``gamma`` is the exponent itself (0.75 in the author code, i.e. 1/gamma of the paper).
+    The power has a zero (not infinite) gradient where ``1 - TI = 0``.
+    """
+    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
+    base = (1 - _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps))
+    base = base.clamp_min(0)
+    if gamma_after_mean:
+        if not isinstance(gamma, (int, float)):
+            raise ValueError("gamma_after_mean=True needs a scalar gamma")
+        if reduction != "mean":
+            raise ValueError(f"gamma_after_mean=True needs reduction='mean', got {reduction!r}")
+        return _safe_pow(_class_reduce(base, present, absent, weight, "mean"), gamma)
+    if isinstance(gamma, (int, float)):
+        g = gamma
+    else:
+        g = check_class_vector("gamma", gamma, base.shape[-1], base)
+    return _class_reduce(_safe_pow(base, g), present, absent, weight, reduction)
+
+
+def generalized_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    weight_type: str = "square",
+    absent_weight: str = "max",
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    scope: str = "batch",
+    ignore_index: float | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Generalized Dice loss (Sudre et al. 2017), one value per unit::
+
+        w_c = 1 / T_c**2 ('square'), 1 / T_c ('simple') or 1 ('uniform'), times weight_c
+        GDL = 1 - (2 sum_c w_c I_c + smooth_nr) / max(sum_c w_c (P_c + T_c) + smooth_dr, eps)
+
+    The class weights come from the target only (no gradient through them).
+
+    absent_weight: what ``w_c`` is for a class with T_c = 0 in the unit, where
+      ``1/T_c`` is infinite: 'max' uses the largest finite weight of that unit (MONAI),
+      'zero' drops the class. A unit with no present class then has loss
+      ``1 - smooth_nr / max(smooth_dr, eps)``.
+    scope: 'batch' (one unit: the batch) or 'image' (one unit per image).
+    mode, ignore_index: as for :func:`dice_loss`.
+    reduction: over units: 'mean', 'sum' or 'none' (``[1]`` or ``[B]``).
+    """
+    check_choice("weight_type", weight_type, ("square", "simple", "uniform"))
+    check_choice("absent_weight", absent_weight, ("max", "zero"))
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
+    inter, psum, tsum, present = (t.reshape(-1, t.shape[-1]) for t in (inter, psum, tsum, present))
+    safe_t = torch.where(present, tsum, torch.ones_like(tsum))
+    w = {"square": 1 / safe_t**2, "simple": 1 / safe_t, "uniform": torch.ones_like(tsum)}[weight_type]
+    w = torch.where(present, w, torch.zeros_like(w))
+    if absent_weight == "max":
+        w = torch.where(present, w, w.amax(dim=1, keepdim=True))
+    cw = check_class_vector("weight", weight, w.shape[-1], w)
+    if cw is not None:
+        w = w * cw
+    num = 2 * (w * inter).sum(1) + smooth_nr
+    den = (w * (psum + tsum)).sum(1) + smooth_dr
+    loss = 1 - _ratio(num, den, eps)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
