@@ -21,8 +21,10 @@ def _check(_: argparse.Namespace) -> int:
     elif info["triton_interpret"]:
         where = "cpu"
     else:
-        print("kernels: no CUDA device and TRITON_INTERPRET is not set; "
-              "set TRITON_INTERPRET=1 to run the Triton kernels in the CPU interpreter")
+        print(
+            "kernels: no CUDA device and TRITON_INTERPRET is not set; "
+            "set TRITON_INTERPRET=1 to run the Triton kernels in the CPU interpreter"
+        )
         return 0
     from segtriton.kernels import run_smoke_kernel
 

@@ -107,7 +107,11 @@ def check_masks(
         )
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits on {logits.device}")
-    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    valid = (
+        target != ignore_index
+        if ignore_index is not None
+        else torch.ones_like(target, dtype=torch.bool)
+    )
     t = target.to(acc_dtype(logits))
     bad = valid & ((t < 0) | (t > 1) | torch.isnan(t))
     if bool(bad.any()):
@@ -127,14 +131,17 @@ def check_mode(mode: str, logits: torch.Tensor) -> None:
         )
 
 
-def check_class_vector(name: str, value: torch.Tensor | Sequence[float] | None, C: int,
-                       like: torch.Tensor) -> torch.Tensor | None:
+def check_class_vector(
+    name: str, value: torch.Tensor | Sequence[float] | None, C: int, like: torch.Tensor
+) -> torch.Tensor | None:
     """Per-class vector (class weights, alpha, pos_weight) as a tensor of ``like``'s dtype."""
     if value is None:
         return None
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if v.dim() != 1 or v.shape[0] != C:
-        raise ValueError(f"{name} must have one entry per class (C={C}), got shape {tuple(v.shape)}")
+        raise ValueError(
+            f"{name} must have one entry per class (C={C}), got shape {tuple(v.shape)}"
+        )
     if bool((v < 0).any()) or not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name} must be finite and non-negative")
     return v
@@ -183,19 +190,9 @@ def reduce_pixels(loss: torch.Tensor, reduction: str, count: torch.Tensor) -> to
     return total if reduction == "sum" else total / count
 
 
-def reduce_weighted(
-    loss: torch.Tensor, weight: torch.Tensor, reduction: str
-) -> torch.Tensor:
-    """Reduce per-entry losses with entry weights (0 = excluded).
-
-    'mean' is ``sum(w * l) / sum(w)`` (0 with zero gradient when every weight is 0),
-    'sum' is ``sum(w * l)``, 'none' returns ``w * l``.
-    """
-    check_choice("reduction", reduction, ("mean", "sum", "none"))
-    wl = weight * loss
-    if reduction == "none":
-        return wl
-    if reduction == "sum":
-        return wl.sum()
-    den = weight.sum()
-    return wl.sum() / torch.where(den > 0, den, torch.ones_like(den))
+def class_mean(loss: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean over the last (class) dim: ``sum w l / sum w`` per unit, and whether the
+    unit has any weight (a unit with none gets 0, with zero gradient)."""
+    den = weight.sum(-1)
+    has = den > 0
+    return (weight * loss).sum(-1) / torch.where(has, den, torch.ones_like(den)), has

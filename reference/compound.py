@@ -51,12 +51,28 @@ def ce_dice_loss(
     given here (see there for smooth_nr, smooth_dr, eps, squared, scope, absent).
     """
     _scalar_reduction(reduction)
-    ce = cross_entropy(logits, target, weight=weight,
-                       ignore_index=-100 if ignore_index is None else ignore_index,
-                       reduction=reduction, label_smoothing=label_smoothing)
-    dice = dice_loss(logits, target, "multiclass", smooth_nr, smooth_dr, eps, squared,
-                     scope=scope, absent=absent, ignore_index=ignore_index, weight=weight,
-                     reduction=reduction)
+    ce = cross_entropy(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=-100 if ignore_index is None else ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+    dice = dice_loss(
+        logits,
+        target,
+        "multiclass",
+        smooth_nr,
+        smooth_dr,
+        eps,
+        squared,
+        scope=scope,
+        absent=absent,
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+    )
     return lambda_ce * ce + lambda_dice * dice
 
 
@@ -83,11 +99,28 @@ def bce_dice_loss(
     ``mode='multilabel'`` (which equals 'binary' for C = 1) and class ``weight``.
     """
     _scalar_reduction(reduction)
-    bce = binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight,
-                                           ignore_index=ignore_index, reduction=reduction)
-    dice = dice_loss(logits, target, "multilabel", smooth_nr, smooth_dr, eps, squared,
-                     scope=scope, absent=absent, ignore_index=ignore_index, weight=weight,
-                     reduction=reduction)
+    bce = binary_cross_entropy_with_logits(
+        logits,
+        target,
+        weight=weight,
+        pos_weight=pos_weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+    dice = dice_loss(
+        logits,
+        target,
+        "multilabel",
+        smooth_nr,
+        smooth_dr,
+        eps,
+        squared,
+        scope=scope,
+        absent=absent,
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+    )
     return lambda_bce * bce + lambda_dice * dice
 
 
@@ -116,14 +149,37 @@ def focal_dice_loss(
     """
     _scalar_reduction(reduction)
     if mode == "multiclass":
-        focal = softmax_focal_loss(logits, target, alpha=alpha, gamma=gamma,
-                                   ignore_index=-100 if ignore_index is None else ignore_index,
-                                   reduction=reduction)
+        focal = softmax_focal_loss(
+            logits,
+            target,
+            alpha=alpha,
+            gamma=gamma,
+            ignore_index=-100 if ignore_index is None else ignore_index,
+            reduction=reduction,
+        )
     else:
-        focal = sigmoid_focal_loss(logits, target, mode=mode, alpha=alpha, gamma=gamma,
-                                   ignore_index=ignore_index, reduction=reduction)
-    dice = dice_loss(logits, target, mode, smooth_nr, smooth_dr, eps, scope=scope, absent=absent,
-                     ignore_index=ignore_index, weight=weight, reduction=reduction)
+        focal = sigmoid_focal_loss(
+            logits,
+            target,
+            mode=mode,
+            alpha=alpha,
+            gamma=gamma,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+    dice = dice_loss(
+        logits,
+        target,
+        mode,
+        smooth_nr,
+        smooth_dr,
+        eps,
+        scope=scope,
+        absent=absent,
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+    )
     return lambda_focal * focal + lambda_dice * dice
 
 
@@ -156,7 +212,14 @@ def combo_loss(
     x = logits.to(t.dtype)
     terms = beta * t * F.logsigmoid(x) + (1 - beta) * (1 - t) * F.logsigmoid(-x)
     wbce = reduce_pixels(-terms.masked_fill(~valid, 0.0), reduction, valid.sum().to(x.dtype))
-    dsc = 1 - dice_loss(logits, target, "multilabel", smooth, smooth, scope=scope,
-                        ignore_index=ignore_index, reduction="mean")
+    dsc = 1 - dice_loss(
+        logits,
+        target,
+        "multilabel",
+        smooth,
+        smooth,
+        scope=scope,
+        ignore_index=ignore_index,
+        reduction="mean",
+    )
     return alpha * wbce - (1 - alpha) * dsc
-

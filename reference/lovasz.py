@@ -19,6 +19,7 @@ from ._common import (
     check_class_vector,
     check_labels,
     check_masks,
+    class_mean,
     flat,
     flat_labels,
 )
@@ -39,8 +40,9 @@ def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
     return torch.cat([jac[..., :1], jac[..., 1:] - jac[..., :-1]], dim=-1)
 
 
-def _sorted_dot(errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor,
-                hinge: bool) -> torch.Tensor:
+def _sorted_dot(
+    errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor, hinge: bool
+) -> torch.Tensor:
     """Per row of ``[R, N]``: ``sum_k f(e_sorted_k) * lovasz_grad(fg_sorted)_k``."""
     keys = errors.masked_fill(~valid, float("-inf"))
     _, perm = torch.sort(keys, dim=-1, descending=True)
@@ -127,12 +129,13 @@ def lovasz_softmax_loss(
     else:
         idx = torch.as_tensor(list(classes), dtype=torch.long)
         if idx.numel() == 0 or bool(((idx < 0) | (idx >= C)).any()):
-            raise ValueError(f"classes must be a non-empty list of indices in [0, {C}), got {classes}")
+            raise ValueError(
+                f"classes must be a non-empty list of indices in [0, {C}), got {classes}"
+            )
         select = torch.zeros(C, dtype=torch.bool, device=p.device)
         select[idx.to(p.device)] = True
         select = select.expand_as(losses)
     w = check_class_vector("weight", weight, C, losses)
     w = select.to(losses.dtype) * (w if w is not None else 1.0)
-    den = w.sum(-1)
-    per_unit = (w * losses).sum(-1) / torch.where(den > 0, den, torch.ones_like(den))
+    per_unit, _ = class_mean(losses, w)
     return _reduce_units(per_unit, reduction)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._common import check_choice, check_class_vector, reduce_weighted, region_inputs
+from ._common import check_choice, check_class_vector, class_mean, region_inputs
 
 _OPTIONS = """
     Shared options:
@@ -32,12 +32,12 @@ _OPTIONS = """
         'present only'); 'zero' sets its loss to 0 but still counts it (smp).
       ignore_index: target value whose pixels are removed from both p and g (so they
         count neither in I, P nor T).
-      weight: per-class weights w_c; the class mean is ``sum w_c l_c / sum w_c`` over the
-        included entries (0 with zero gradient if none is included). Weight 0 drops a
-        class, e.g. the background.
-      reduction: 'mean' (weighted mean above), 'sum' (``sum w_c l_c``) or 'none'
-        (``w_c l_c`` per entry: ``[C]`` for scope 'batch', ``[B, C]`` for 'image';
-        excluded entries are 0).
+      weight: per-class weights w_c (weight 0 drops a class, e.g. the background).
+      reduction: 'mean' is the weighted class mean ``sum w_c l_c / sum w_c`` over the
+        included classes of a unit, then the mean over units that include any class
+        (0 with zero gradient if none does); 'sum' is ``sum w_c l_c`` over all entries;
+        'none' returns ``w_c l_c`` per entry (``[C]`` for scope 'batch', ``[B, C]`` for
+        'image'; excluded entries are 0).
 """
 
 
@@ -79,7 +79,13 @@ def _class_reduce(
         loss = loss * present
     elif absent == "exclude":
         w = w * present
-    return reduce_weighted(loss, w, reduction)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if reduction == "none":
+        return w * loss
+    if reduction == "sum":
+        return (w * loss).sum()
+    per_unit, has = class_mean(loss.reshape(-1, loss.shape[-1]), w.reshape(-1, w.shape[-1]))
+    return (per_unit * has).sum() / has.sum().clamp_min(1)
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float) -> torch.Tensor:
@@ -110,9 +116,9 @@ def dice_loss(
 ) -> torch.Tensor:
     """Soft Dice loss per (unit, class)::
 
-        D = (2 I + smooth_nr) / max(P + T + smooth_dr, eps)
-        l = 1 - D            (log_loss=False)
-        l = -log(max(D, eps)) (log_loss=True)
+    D = (2 I + smooth_nr) / max(P + T + smooth_dr, eps)
+    l = 1 - D            (log_loss=False)
+    l = -log(max(D, eps)) (log_loss=True)
     """
     inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope, squared)
     d = _ratio(2 * inter + smooth_nr, psum + tsum + smooth_dr, eps)
@@ -138,8 +144,8 @@ def jaccard_loss(
 ) -> torch.Tensor:
     """Soft Jaccard (IoU) loss per (unit, class)::
 
-        J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
-        l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
+    J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
+    l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
     """
     inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope, squared)
     j = _ratio(inter + smooth_nr, psum + tsum - inter + smooth_dr, eps)
@@ -208,7 +214,7 @@ def focal_tversky_loss(
     The power has a zero (not infinite) gradient where ``1 - TI = 0``.
     """
     inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
-    base = (1 - _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps))
+    base = 1 - _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps)
     base = base.clamp_min(0)
     if gamma_after_mean:
         if not isinstance(gamma, (int, float)):
@@ -258,7 +264,9 @@ def generalized_dice_loss(
     inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
     inter, psum, tsum, present = (t.reshape(-1, t.shape[-1]) for t in (inter, psum, tsum, present))
     safe_t = torch.where(present, tsum, torch.ones_like(tsum))
-    w = {"square": 1 / safe_t**2, "simple": 1 / safe_t, "uniform": torch.ones_like(tsum)}[weight_type]
+    w = {"square": 1 / safe_t**2, "simple": 1 / safe_t, "uniform": torch.ones_like(tsum)}[
+        weight_type
+    ]
     w = torch.where(present, w, torch.zeros_like(w))
     if absent_weight == "max":
         w = torch.where(present, w, w.amax(dim=1, keepdim=True))

@@ -1,0 +1,129 @@
+"""One entry per loss: the tests and the benchmark iterate over ``LOSSES``.
+
+Adding a loss means a reference function, a kernel (once written) and one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from segtriton import reference as ref
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """What the tests and the benchmark need to know about one loss.
+
+    target: 'labels' (integer ``[B, *S]``) or 'masks' (``[B, C, *S]`` in {0, 1}).
+    variants: option sets the tests exercise (the first is the default configuration).
+    channels: allowed class counts: None for any, or a fixed tuple (binary losses: (1,)).
+    soft: masks may be soft (values in (0, 1)).
+    kernel: the Triton implementation, once it exists.
+    """
+
+    name: str
+    reference: Callable[..., torch.Tensor]
+    target: Literal["labels", "masks"]
+    variants: tuple[dict, ...] = ({},)
+    channels: tuple[int, ...] | None = None
+    soft: bool = False
+    kernel: Callable[..., torch.Tensor] | None = None
+    min_classes: int = 1
+
+    def target_kind(self, options: dict) -> str:
+        """'labels' or 'masks' for this entry under ``options`` (mode may switch it)."""
+        if options.get("mode") in ("binary", "multilabel"):
+            return "masks"
+        return self.target
+
+
+_REGION_VARIANTS = (
+    {},
+    {"scope": "image", "absent": "exclude", "smooth_nr": 1e-5, "smooth_dr": 1e-5},
+    {"absent": "zero", "weight": [0.5, 1.0, 2.0]},
+    {"mode": "multilabel", "scope": "image"},
+)
+
+LOSSES: tuple[LossEntry, ...] = (
+    LossEntry("cross_entropy", ref.cross_entropy, "labels",
+              ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]},
+               {"avg_non_ignore": False})),
+    LossEntry("bce", ref.binary_cross_entropy_with_logits, "masks",
+              ({}, {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0]}), soft=True),
+    LossEntry("sigmoid_focal", ref.sigmoid_focal_loss, "masks",
+              ({"mode": "multilabel"}, {"mode": "multilabel", "alpha": None, "gamma": 0.5}),
+              soft=True),
+    LossEntry("sigmoid_focal_ovr", ref.sigmoid_focal_loss, "labels", ({"mode": "multiclass"},)),
+    LossEntry("softmax_focal", ref.softmax_focal_loss, "labels",
+              ({}, {"alpha": [0.25, 0.5, 0.75], "gamma": 0.5})),
+    LossEntry("dice", ref.dice_loss, "labels",
+              (*_REGION_VARIANTS, {"squared": True, "log_loss": True})),
+    LossEntry("jaccard", ref.jaccard_loss, "labels", _REGION_VARIANTS),
+    LossEntry("tversky", ref.tversky_loss, "labels",
+              ({"alpha": 0.3, "beta": 0.7}, *_REGION_VARIANTS[1:])),
+    LossEntry("focal_tversky", ref.focal_tversky_loss, "labels",
+              ({}, {"gamma": [0.75, 1.0, 2.0], "scope": "image"}, {"gamma_after_mean": True})),
+    LossEntry("generalized_dice", ref.generalized_dice_loss, "labels",
+              ({}, {"scope": "image", "weight_type": "simple", "absent_weight": "zero"})),
+    LossEntry("ce_dice", ref.ce_dice_loss, "labels", ({}, {"lambda_ce": 0.3, "scope": "image"})),
+    LossEntry("bce_dice", ref.bce_dice_loss, "masks", ({},), soft=True),
+    LossEntry("focal_dice", ref.focal_dice_loss, "labels", ({}, {"alpha": 0.25})),
+    LossEntry("combo", ref.combo_loss, "masks", ({}, {"alpha": 0.7, "beta": 0.3})),
+    LossEntry("lovasz_hinge", ref.lovasz_hinge_loss, "masks", ({}, {"per_image": True}),
+              channels=(1,)),
+    LossEntry("lovasz_softmax", ref.lovasz_softmax_loss, "labels",
+              ({}, {"per_image": True, "classes": "all"})),
+    LossEntry("boundary", ref.boundary_loss, "labels", ({},), min_classes=2),
+)
+
+
+def get(name: str) -> LossEntry:
+    for entry in LOSSES:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no loss named {name!r}; known: {[e.name for e in LOSSES]}")
+
+
+def variant_fits(options: dict, C: int) -> bool:
+    """Whether an option set can run with C classes (per-class vectors fix C)."""
+    for value in options.values():
+        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) != C:
+            return False
+    return True
+
+
+def make_inputs(
+    entry: LossEntry,
+    shape: Sequence[int],
+    options: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+    ignore_frac: float = 0.0,
+    ignore_index: int = 255,
+    label_dtype: torch.dtype = torch.int64,
+    soft: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(logits, target)`` for ``entry`` under ``options``, logits ``[B, C, *S]``.
+
+    Logits are N(0, 2^2); labels uniform over the classes; masks Bernoulli(0.5), or
+    uniform soft values with ``soft=True``. A fraction ``ignore_frac`` of the pixels (or
+    mask elements) is set to ``ignore_index``.
+    """
+    B, C, *spatial = shape
+    logits = (2 * torch.randn(tuple(shape), generator=generator, dtype=torch.float64)).to(dtype)
+    if entry.target_kind(options or {}) == "labels":
+        target = torch.randint(0, C, (B, *spatial), generator=generator)
+    else:
+        u = torch.rand(tuple(shape), generator=generator, dtype=torch.float64)
+        target = u if soft else (u < 0.5).to(torch.float64)
+    if ignore_frac > 0:
+        drop = torch.rand(target.shape, generator=generator) < ignore_frac
+        target = target.masked_fill(drop, ignore_index)
+    if not target.is_floating_point():
+        target = target.to(label_dtype)
+    return logits.to(device), target.to(device)

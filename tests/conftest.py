@@ -1,0 +1,29 @@
+"""Test configuration: Triton's interpreter on machines without a GPU, and logged seeds.
+
+``TRITON_INTERPRET=1`` must be set before triton is first imported, so it is decided here,
+before any test module imports segtriton.kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh seed per test (printed, so a failure shows it); SEGTRITON_SEED fixes it."""
+    value = int(os.environ.get("SEGTRITON_SEED", random.SystemRandom().randrange(2**31)))
+    print(f"seed={value} (rerun with SEGTRITON_SEED={value})")
+    return value
+
+
+@pytest.fixture
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
