@@ -20,13 +20,22 @@ CASES = [
     for i, options in enumerate(entry.variants)
 ]
 MODULES = {
-    "cross_entropy": ref.CrossEntropyLoss, "bce": ref.BCEWithLogitsLoss,
-    "sigmoid_focal": ref.SigmoidFocalLoss, "sigmoid_focal_ovr": ref.SigmoidFocalLoss,
-    "softmax_focal": ref.SoftmaxFocalLoss, "dice": ref.DiceLoss, "jaccard": ref.JaccardLoss,
-    "tversky": ref.TverskyLoss, "focal_tversky": ref.FocalTverskyLoss,
-    "generalized_dice": ref.GeneralizedDiceLoss, "ce_dice": ref.CEDiceLoss,
-    "bce_dice": ref.BCEDiceLoss, "focal_dice": ref.FocalDiceLoss, "combo": ref.ComboLoss,
-    "lovasz_hinge": ref.LovaszHingeLoss, "lovasz_softmax": ref.LovaszSoftmaxLoss,
+    "cross_entropy": ref.CrossEntropyLoss,
+    "bce": ref.BCEWithLogitsLoss,
+    "sigmoid_focal": ref.SigmoidFocalLoss,
+    "sigmoid_focal_ovr": ref.SigmoidFocalLoss,
+    "softmax_focal": ref.SoftmaxFocalLoss,
+    "dice": ref.DiceLoss,
+    "jaccard": ref.JaccardLoss,
+    "tversky": ref.TverskyLoss,
+    "focal_tversky": ref.FocalTverskyLoss,
+    "generalized_dice": ref.GeneralizedDiceLoss,
+    "ce_dice": ref.CEDiceLoss,
+    "bce_dice": ref.BCEDiceLoss,
+    "focal_dice": ref.FocalDiceLoss,
+    "combo": ref.ComboLoss,
+    "lovasz_hinge": ref.LovaszHingeLoss,
+    "lovasz_softmax": ref.LovaszSoftmaxLoss,
     "boundary": ref.BoundaryLoss,
 }
 
@@ -53,11 +62,19 @@ def test_registry_covers_every_module():
 @pytest.mark.parametrize(("entry", "options"), CASES)
 def test_gradcheck_float64(entry, options, ignore, gen):
     opts = _options(entry, options, ignore)
-    x, t = make_inputs(entry, _shape(entry), opts, torch.float64, gen,
-                       ignore_frac=0.3 if ignore else 0.0, soft=entry.soft)
+    x, t = make_inputs(
+        entry,
+        _shape(entry),
+        opts,
+        torch.float64,
+        gen,
+        ignore_frac=0.3 if ignore else 0.0,
+        soft=entry.soft,
+    )
     x.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda z: entry.reference(z, t, **opts), (x,), eps=1e-6,
-                                    atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        lambda z: entry.reference(z, t, **opts), (x,), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize(("entry", "options"), CASES)
@@ -71,8 +88,9 @@ def test_ignored_pixels_change_nothing(entry, options, gen):
     assert torch.isfinite(loss) and ignored.any()
     assert grad[ignored].abs().max() == 0
     moved = x.detach() + 5.0 * torch.randn(x.shape, generator=gen, dtype=x.dtype) * ignored
-    torch.testing.assert_close(entry.reference(moved, t, **opts), loss.detach(), rtol=1e-12,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        entry.reference(moved, t, **opts), loss.detach(), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -99,16 +117,19 @@ def test_volumes_and_channels_last(entry, options, gen):
     opts.pop("dist_map", None)
     x2, t2 = make_inputs(entry, _shape(entry, (4, 6)), opts, torch.float64, gen)
     cl = x2.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(entry.reference(cl, t2, **opts), entry.reference(x2, t2, **opts),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        entry.reference(cl, t2, **opts), entry.reference(x2, t2, **opts), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize(("entry", "options"), CASES)
 def test_module_equals_function(entry, options, gen):
     opts = _options(entry, options, ignore=False)
     x, t = make_inputs(entry, _shape(entry), opts, torch.float64, gen)
-    tensor_opts = {k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v
-                   for k, v in opts.items()}
+    tensor_opts = {
+        k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v
+        for k, v in opts.items()
+    }
     module = MODULES[entry.name](**tensor_opts)
     torch.testing.assert_close(module(x, t), entry.reference(x, t, **opts), rtol=0, atol=0)
 
