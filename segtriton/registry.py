@@ -49,34 +49,65 @@ _REGION_VARIANTS = (
 )
 
 LOSSES: tuple[LossEntry, ...] = (
-    LossEntry("cross_entropy", ref.cross_entropy, "labels",
-              ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]},
-               {"avg_non_ignore": False})),
-    LossEntry("bce", ref.binary_cross_entropy_with_logits, "masks",
-              ({}, {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0]}), soft=True),
-    LossEntry("sigmoid_focal", ref.sigmoid_focal_loss, "masks",
-              ({"mode": "multilabel"}, {"mode": "multilabel", "alpha": None, "gamma": 0.5}),
-              soft=True),
+    LossEntry(
+        "cross_entropy",
+        ref.cross_entropy,
+        "labels",
+        ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]}, {"avg_non_ignore": False}),
+    ),
+    LossEntry(
+        "bce",
+        ref.binary_cross_entropy_with_logits,
+        "masks",
+        ({}, {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0]}),
+        soft=True,
+    ),
+    LossEntry(
+        "sigmoid_focal",
+        ref.sigmoid_focal_loss,
+        "masks",
+        ({"mode": "multilabel"}, {"mode": "multilabel", "alpha": None, "gamma": 0.5}),
+        soft=True,
+    ),
     LossEntry("sigmoid_focal_ovr", ref.sigmoid_focal_loss, "labels", ({"mode": "multiclass"},)),
-    LossEntry("softmax_focal", ref.softmax_focal_loss, "labels",
-              ({}, {"alpha": [0.25, 0.5, 0.75], "gamma": 0.5})),
-    LossEntry("dice", ref.dice_loss, "labels",
-              (*_REGION_VARIANTS, {"squared": True, "log_loss": True})),
+    LossEntry(
+        "softmax_focal",
+        ref.softmax_focal_loss,
+        "labels",
+        ({}, {"alpha": [0.25, 0.5, 0.75], "gamma": 0.5}),
+    ),
+    LossEntry(
+        "dice", ref.dice_loss, "labels", (*_REGION_VARIANTS, {"squared": True, "log_loss": True})
+    ),
     LossEntry("jaccard", ref.jaccard_loss, "labels", _REGION_VARIANTS),
-    LossEntry("tversky", ref.tversky_loss, "labels",
-              ({"alpha": 0.3, "beta": 0.7}, *_REGION_VARIANTS[1:])),
-    LossEntry("focal_tversky", ref.focal_tversky_loss, "labels",
-              ({}, {"gamma": [0.75, 1.0, 2.0], "scope": "image"}, {"gamma_after_mean": True})),
-    LossEntry("generalized_dice", ref.generalized_dice_loss, "labels",
-              ({}, {"scope": "image", "weight_type": "simple", "absent_weight": "zero"})),
+    LossEntry(
+        "tversky", ref.tversky_loss, "labels", ({"alpha": 0.3, "beta": 0.7}, *_REGION_VARIANTS[1:])
+    ),
+    LossEntry(
+        "focal_tversky",
+        ref.focal_tversky_loss,
+        "labels",
+        ({}, {"gamma": [0.75, 1.0, 2.0], "scope": "image"}, {"gamma_after_mean": True}),
+    ),
+    LossEntry(
+        "generalized_dice",
+        ref.generalized_dice_loss,
+        "labels",
+        ({}, {"scope": "image", "weight_type": "simple", "absent_weight": "zero"}),
+    ),
     LossEntry("ce_dice", ref.ce_dice_loss, "labels", ({}, {"lambda_ce": 0.3, "scope": "image"})),
     LossEntry("bce_dice", ref.bce_dice_loss, "masks", ({},), soft=True),
     LossEntry("focal_dice", ref.focal_dice_loss, "labels", ({}, {"alpha": 0.25})),
     LossEntry("combo", ref.combo_loss, "masks", ({}, {"alpha": 0.7, "beta": 0.3})),
-    LossEntry("lovasz_hinge", ref.lovasz_hinge_loss, "masks", ({}, {"per_image": True}),
-              channels=(1,)),
-    LossEntry("lovasz_softmax", ref.lovasz_softmax_loss, "labels",
-              ({}, {"per_image": True, "classes": "all"})),
+    LossEntry(
+        "lovasz_hinge", ref.lovasz_hinge_loss, "masks", ({}, {"per_image": True}), channels=(1,)
+    ),
+    LossEntry(
+        "lovasz_softmax",
+        ref.lovasz_softmax_loss,
+        "labels",
+        ({}, {"per_image": True, "classes": "all"}),
+    ),
     LossEntry("boundary", ref.boundary_loss, "labels", ({},), min_classes=2),
 )
 

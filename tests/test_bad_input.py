@@ -1,0 +1,107 @@
+"""Bad input gets a clear Python exception that names the argument and the problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segtriton import reference as ref
+from segtriton.registry import LOSSES, make_inputs
+
+LABELS = [e for e in LOSSES if e.target == "labels"]
+MASKS = [e for e in LOSSES if e.target == "masks"]
+
+
+def _inputs(entry, gen, C=3):
+    C = entry.channels[0] if entry.channels else C
+    return make_inputs(entry, (2, C, 4, 5), dict(entry.variants[0]), torch.float32, gen)
+
+
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+@pytest.mark.parametrize("bad", [3, -1, 255])
+def test_label_out_of_range(entry, bad, gen):
+    x, y = _inputs(entry, gen)
+    y[0, 1, 2] = bad
+    with pytest.raises(ValueError, match=rf"label {bad} outside \[0, 3\)"):
+        entry.reference(x, y, **entry.variants[0])
+
+
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+def test_float_labels_rejected(entry, gen):
+    x, y = _inputs(entry, gen)
+    with pytest.raises(TypeError, match="integer class labels"):
+        entry.reference(x, y.float(), **entry.variants[0])
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_shape_mismatch(entry, gen):
+    x, y = _inputs(entry, gen)
+    with pytest.raises(ValueError, match="target shape"):
+        entry.reference(x, y[..., :-1], **entry.variants[0])
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_empty_tensors(entry, gen):
+    x, y = _inputs(entry, gen)
+    with pytest.raises(ValueError, match="empty"):
+        entry.reference(
+            x[:, :, :0], y[..., :0, :] if y.dim() == 3 else y[:, :, :0], **entry.variants[0]
+        )
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_integer_logits_rejected(entry, gen):
+    x, y = _inputs(entry, gen)
+    with pytest.raises(TypeError, match="logits must be a floating tensor"):
+        entry.reference(x.long(), y, **entry.variants[0])
+
+
+@pytest.mark.parametrize("entry", MASKS, ids=lambda e: e.name)
+def test_mask_values_out_of_range(entry, gen):
+    x, t = _inputs(entry, gen)
+    t[0, 0, 0, 0] = 2.0
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        entry.reference(x, t, **entry.variants[0])
+
+
+def test_binary_mode_needs_one_channel(gen):
+    x = torch.randn(2, 3, 4, 4)
+    t = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="mode='binary' needs logits with C=1"):
+        ref.dice_loss(x, t, mode="binary")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ref.dice_loss(x, t, mode="softmax")
+
+
+def test_bad_options_are_named():
+    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ref.cross_entropy(x, y, reduction="avg")
+    with pytest.raises(ValueError, match="weight must have one entry per class"):
+        ref.cross_entropy(x, y, weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match="scope must be one of"):
+        ref.dice_loss(x, y, scope="pixel")
+    with pytest.raises(ValueError, match="absent must be one of"):
+        ref.dice_loss(x, y, absent="nan")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ref.cross_entropy(x, y, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        ref.softmax_focal_loss(x, y, gamma=-1.0)
+    with pytest.raises(ValueError, match="classes must be"):
+        ref.lovasz_softmax_loss(x, y, classes=[0, 7])
+    with pytest.raises(ValueError, match="logits must be"):
+        ref.cross_entropy(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
+        ref.cross_entropy([[0.0]], y)
+
+
+def test_metric_inputs():
+    y = torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(ValueError, match=r"label 5 outside \[0, 3\)"):
+        ref.confusion_matrix(torch.full_like(y, 5), y, 3)
+    with pytest.raises(ValueError, match="logits of shape"):
+        ref.confusion_matrix(torch.randn(2, 4, 4, 4), y, 3)
+    with pytest.raises(ValueError, match="does not match target"):
+        ref.confusion_matrix(y[:, :2], y, 3)
+    with pytest.raises(ValueError, match="empty"):
+        ref.confusion_matrix(y[:, :0], y[:, :0], 3)

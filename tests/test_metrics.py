@@ -1,0 +1,82 @@
+"""Reference metrics against brute-force counting, per image and over the dataset."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from segtriton import reference as ref
+
+
+def _brute_cm(pred, target, C, ignore):
+    cm = torch.zeros(C, C, dtype=torch.int64)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist(), strict=True):
+        if t != ignore:
+            cm[t, p] += 1
+    return cm
+
+
+@pytest.mark.parametrize("C", [1, 2, 3, 19])
+@pytest.mark.parametrize("spatial", [(5, 7), (3, 4, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_confusion_matrix_counts(C, spatial, label_dtype, gen):
+    target = torch.randint(0, C, (3, *spatial), generator=gen)
+    target = target.masked_fill(torch.rand(target.shape, generator=gen) < 0.2, 255)
+    logits = torch.randn(3, C, *spatial, generator=gen)
+    pred = logits.argmax(1)
+    target = target.to(label_dtype)
+    cm = ref.confusion_matrix(logits, target, C, ignore_index=255)
+    assert cm.dtype == torch.int64
+    assert torch.equal(cm, _brute_cm(pred, target.long(), C, 255))
+    per = ref.confusion_matrix(pred, target, C, ignore_index=255, per_image=True)
+    for b in range(3):
+        assert torch.equal(per[b], _brute_cm(pred[b], target[b].long(), C, 255))
+    assert torch.equal(per.sum(0), cm)
+
+
+def test_metric_formulas_on_a_hand_matrix():
+    cm = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    iou = ref.iou_per_class(cm)
+    assert iou[0].item() == 5 / 8 and iou[1].item() == 3 / 6 and math.isnan(iou[2].item())
+    dice = ref.dice_per_class(cm)
+    assert dice[0].item() == 10 / 13 and dice[1].item() == 6 / 9
+    acc = ref.class_accuracy(cm)
+    assert acc[0].item() == 5 / 6 and acc[1].item() == 3 / 5 and math.isnan(acc[2].item())
+    assert ref.pixel_accuracy(cm).item() == 8 / 11
+
+
+def test_absent_classes_are_nan_and_left_out_of_means():
+    target = torch.tensor([[[0, 0], [1, 1]]])
+    pred = torch.tensor([[[0, 1], [1, 1]]])
+    m = ref.segmentation_metrics(pred, target, num_classes=4)
+    assert math.isnan(m["iou"][2]) and math.isnan(m["iou"][3])
+    assert m["miou"].item() == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["mean_class_accuracy"].item() == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_predicted_but_absent_class_scores_zero():
+    target = torch.tensor([[[0, 0], [0, 0]]])
+    pred = torch.tensor([[[0, 0], [0, 2]]])
+    m = ref.segmentation_metrics(pred, target, num_classes=3)
+    assert m["iou"][2].item() == 0.0 and math.isnan(m["iou"][1])
+    assert math.isnan(m["class_accuracy"][2])
+
+
+def test_image_average_differs_from_dataset_average():
+    target = torch.tensor([[[0, 0, 0, 1]], [[1, 1, 1, 1]]])
+    pred = torch.tensor([[[0, 0, 1, 1]], [[1, 1, 1, 0]]])
+    ds = ref.segmentation_metrics(pred, target, 2, average="dataset")
+    im = ref.segmentation_metrics(pred, target, 2, average="image")
+    # image 0: IoU = [2/3, 1/2]; image 1: IoU = [0 (predicted, absent), 3/4]
+    assert im["miou"].item() == pytest.approx(((2 / 3 + 1 / 2) / 2 + (0 + 3 / 4) / 2) / 2)
+    assert im["iou"][0].item() == pytest.approx((2 / 3 + 0) / 2)
+    assert ds["iou"][1].item() == pytest.approx(4 / 6)
+    assert im["pixel_accuracy"].item() == pytest.approx((3 / 4 + 3 / 4) / 2)
+
+
+def test_all_ignored_gives_nan_accuracy():
+    target = torch.full((1, 2, 2), 255)
+    m = ref.segmentation_metrics(torch.zeros_like(target), target, 2, ignore_index=255)
+    assert m["confusion_matrix"].sum() == 0 and math.isnan(m["pixel_accuracy"])
