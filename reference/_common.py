@@ -45,15 +45,19 @@ def check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
 
 
-def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
-    """Check integer labels lie in ``[0, num_classes)`` or equal ``ignore_index``; return the
-    valid (not ignored) mask."""
+def check_label_dtype(target: torch.Tensor) -> None:
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
     if target.numel() == 0:
         raise ValueError(f"target is empty (shape {tuple(target.shape)})")
+
+
+def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
+    """Check integer labels lie in ``[0, num_classes)`` or equal ``ignore_index``; return the
+    valid (not ignored) mask. Reads the values (a host sync on a GPU)."""
+    check_label_dtype(target)
     if ignore_index is None:
         valid = torch.ones_like(target, dtype=torch.bool)
     else:
@@ -68,13 +72,10 @@ def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None)
     return valid
 
 
-def check_labels(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
-) -> torch.Tensor:
-    """Validate integer labels ``[B, *spatial]`` against ``logits``; return the valid mask."""
+def check_label_shape(logits: torch.Tensor, target: torch.Tensor) -> None:
+    """Logits and label tensor agree in shape, device and dtype kind (no value reads)."""
     check_logits(logits)
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    check_label_dtype(target)
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(
@@ -83,16 +84,19 @@ def check_labels(
         )
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits on {logits.device}")
+
+
+def check_labels(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
+) -> torch.Tensor:
+    """Validate integer labels ``[B, *spatial]`` against ``logits``; return the valid mask."""
+    check_label_shape(logits, target)
     return label_mask(target, logits.shape[1], ignore_index)
 
 
-def check_masks(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate binary/multilabel masks; return ``(target [B, C, *S] float, valid mask)``.
-
-    Values must lie in [0, 1] (soft targets allowed) or equal ``ignore_index``.
-    """
+def mask_shape(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary/multilabel target as ``[B, C, *S]`` (a ``[B, *S]`` mask for C = 1 gains the
+    channel dim), checked against the logits without reading values."""
     check_logits(logits)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -107,11 +111,21 @@ def check_masks(
         )
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits on {logits.device}")
-    valid = (
-        target != ignore_index
-        if ignore_index is not None
-        else torch.ones_like(target, dtype=torch.bool)
-    )
+    return target
+
+
+def check_masks(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate binary/multilabel masks; return ``(target [B, C, *S] float, valid mask)``.
+
+    Values must lie in [0, 1] (soft targets allowed) or equal ``ignore_index``.
+    """
+    target = mask_shape(logits, target)
+    if ignore_index is None:
+        valid = torch.ones_like(target, dtype=torch.bool)
+    else:
+        valid = target != ignore_index
     t = target.to(acc_dtype(logits))
     bad = valid & ((t < 0) | (t > 1) | torch.isnan(t))
     if bool(bad.any()):

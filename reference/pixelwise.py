@@ -63,8 +63,9 @@ def cross_entropy(
         w_c = w.view(1, C, *([1] * (logp.dim() - 2))) if w is not None else 1.0
         smooth = -(logp * w_c).sum(1).masked_fill(~valid, 0.0)
         if inner == "mean":
-            w_y = w[labels.masked_fill(~valid, 0)] if w is not None else torch.ones_like(smooth)
-            smooth = smooth.sum() / w_y.masked_fill(~valid, 0.0).sum()
+            # the divisor summed as PyTorch sums it: over the valid pixels' weights only
+            den = w.gather(0, labels.masked_select(valid)).sum() if w is not None else valid.sum()
+            smooth = smooth.sum() / den
         elif inner == "sum":
             smooth = smooth.sum()
         nll = (1 - label_smoothing) * nll + smooth * (label_smoothing / C)
