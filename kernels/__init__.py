@@ -2,5 +2,18 @@
 ``segtriton.reference``)."""
 
 from ._runtime import interpreter_enabled, run_smoke_kernel
+from .pixelwise import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
 
-__all__ = ["interpreter_enabled", "run_smoke_kernel"]
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "interpreter_enabled",
+    "run_smoke_kernel",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+]

@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from segtriton import kernels as ker
 from segtriton import reference as ref
 
 
@@ -54,6 +55,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ref.cross_entropy,
         "labels",
         ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]}, {"avg_non_ignore": False}),
+        kernel=ker.cross_entropy,
     ),
     LossEntry(
         "bce",
@@ -61,6 +63,7 @@ LOSSES: tuple[LossEntry, ...] = (
         "masks",
         ({}, {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0]}),
         soft=True,
+        kernel=ker.binary_cross_entropy_with_logits,
     ),
     LossEntry(
         "sigmoid_focal",
@@ -68,13 +71,21 @@ LOSSES: tuple[LossEntry, ...] = (
         "masks",
         ({"mode": "multilabel"}, {"mode": "multilabel", "alpha": None, "gamma": 0.5}),
         soft=True,
+        kernel=ker.sigmoid_focal_loss,
     ),
-    LossEntry("sigmoid_focal_ovr", ref.sigmoid_focal_loss, "labels", ({"mode": "multiclass"},)),
+    LossEntry(
+        "sigmoid_focal_ovr",
+        ref.sigmoid_focal_loss,
+        "labels",
+        ({"mode": "multiclass"},),
+        kernel=ker.sigmoid_focal_loss,
+    ),
     LossEntry(
         "softmax_focal",
         ref.softmax_focal_loss,
         "labels",
         ({}, {"alpha": [0.25, 0.5, 0.75], "gamma": 0.5}),
+        kernel=ker.softmax_focal_loss,
     ),
     LossEntry(
         "dice", ref.dice_loss, "labels", (*_REGION_VARIANTS, {"squared": True, "log_loss": True})

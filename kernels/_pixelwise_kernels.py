@@ -1,0 +1,381 @@
+"""Triton kernels of the pixel-wise family (see ``pixelwise.py`` for the formulas).
+
+One program handles ``BLOCK_P`` pixels of one image and every class: the class column is
+loaded once (or streamed in chunks with an online softmax for large C), the loss and, when
+asked, the gradient are computed in fp32 registers, and a per-program partial loss sum is
+written for a fixed-order reduction.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._tiles import log1p_small
+
+
+@triton.jit
+def _pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
+    b = pid // n_pblocks
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    return b, offs_p, offs_p < S
+
+
+@triton.jit
+def _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index):
+    """Labels of a pixel block as int32, their valid mask, and a mask of bad labels."""
+    y = tl.load(y_ptr + b * syb + offs_p * sys_, mask=pmask, other=0).to(tl.int32)
+    valid = pmask & (y != ignore_index)
+    bad = valid & ((y < 0) | (y >= C))
+    valid = valid & ~bad
+    return tl.where(valid, y, 0), valid, bad
+
+
+@triton.jit
+def _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs):
+    """fp32 tile; classes past C read -inf, pixels past S read 0."""
+    ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
+    x = tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=float("-inf"))
+    return tl.where(pmask[None, :], x.to(tl.float32), 0.0)
+
+
+@triton.jit
+def _valid_sum_kernel(
+    t_ptr,
+    w_ptr,
+    out_ptr,
+    R,
+    S,
+    n_pblocks,
+    stb,
+    str_,
+    sts,
+    ignore_index,
+    C,
+    LABELS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Per program, over the valid entries of a ``[B, R, S]`` target: the sum of ``w[y]``
+    (LABELS with HAS_W, R = 1) or their count. Valid: not ``ignore_index`` and, for labels,
+    in ``[0, C)`` (bad labels are counted nowhere; the loss kernels turn them into NaN)."""
+    pid = tl.program_id(0).to(tl.int64)
+    b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
+    offs_r = tl.arange(0, BLOCK_R)
+    m = (offs_r < R)[:, None] & pmask[None, :]
+    t = tl.load(t_ptr + b * stb + offs_r[:, None] * str_ + offs_p[None, :] * sts, mask=m, other=0)
+    if LABELS:
+        t = t.to(tl.int32)
+        valid = m & (t != ignore_index) & (t >= 0) & (t < C)
+    else:
+        t = t.to(tl.float32)
+        valid = m & (t != ignore_index)
+    if HAS_W:
+        val = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(tl.float32)
+    else:
+        val = valid.to(tl.float32)
+    tl.store(out_ptr + pid, tl.sum(tl.sum(val, axis=1), axis=0))
+
+
+@triton.jit
+def _one_minus_exp(logp):
+    """``1 - exp(logp)`` for ``logp <= 0``, accurate near 0 (Kahan's expm1)."""
+    u = tl.exp(logp)
+    edge = (u == 1.0) | (u == 0.0)
+    em1 = (u - 1.0) * logp / tl.log(tl.where(edge, 0.5, u))
+    em1 = tl.where(u == 1.0, logp, tl.where(u == 0.0, -1.0, em1))
+    return -em1
+
+
+@triton.jit
+def _focal_terms(logp_y, scale_y, gamma, IS_FOCAL: tl.constexpr):
+    """Per pixel: ``(loss, K, t)`` with ``t = 1 - p_y`` (accurate as p_y -> 1) and
+    ``dL/dz_c = K * (p_c - [c = y])`` (plus the smoothing term for CE)."""
+    t = _one_minus_exp(logp_y)
+    if IS_FOCAL:
+        pos = t > 0
+        pow_g = tl.where(pos, tl.exp(gamma * tl.log(tl.where(pos, t, 1.0))), 0.0)
+        q = 1.0 - t
+        r = tl.where(pos, -logp_y / tl.where(pos, t, 1.0), 1.0)
+        loss = -scale_y * pow_g * logp_y
+        k = scale_y * pow_g * (1.0 + gamma * q * r)
+    else:
+        loss = -scale_y * logp_y
+        k = scale_y
+    return loss, k, t
+
+
+@triton.jit
+def _softmax_grad_tile(x, lse, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
+    """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid.
+    The true-class term ``p_y - 1 = -t`` is taken from ``t``, not from ``p - 1``."""
+    p = tl.exp(x - lse[None, :])
+    diff = tl.where(is_y, -t[None, :], p)
+    dx = k[None, :] * diff + eps_c * (w_sum * p - w_c[:, None])
+    return tl.where(valid[None, :], dx * gscale[None, :], 0.0)
+
+
+@triton.jit
+def _softmax_loss_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    a_ptr,
+    g_ptr,
+    loss_ptr,
+    denom_ptr,
+    gout_ptr,
+    C,
+    S,
+    n_pblocks,
+    sxb,
+    sxc,
+    sxs,
+    syb,
+    sys_,
+    sgb,
+    sgc,
+    sgs,
+    ignore_index,
+    smoothing,
+    gamma,
+    alpha_scalar,
+    IS_FOCAL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+    PER_PIXEL: tl.constexpr,
+    MEAN: tl.constexpr,
+    SINGLE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
+
+    WRITE_LOSS: per-program partial sums (or per-pixel losses with PER_PIXEL) to loss_ptr.
+    WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN) and by grad_output (per pixel
+    with PER_PIXEL, else assumed 1 and applied later in place).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
+    ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
+    if HAS_W:
+        scale_y = tl.load(w_ptr + ys, mask=valid, other=0.0).to(tl.float32)
+    elif HAS_ALPHA:
+        scale_y = tl.load(a_ptr + ys, mask=valid, other=0.0).to(tl.float32)
+    else:
+        scale_y = tl.zeros([BLOCK_P], tl.float32) + alpha_scalar
+    offs_c0 = tl.arange(0, BLOCK_C)
+    eps_c = smoothing / C
+    # pass 1: max, sum of exp, the label's logit, and (smoothing) sum_c w_c x_c
+    if SINGLE:
+        cmask = offs_c0 < C
+        x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
+        m = tl.max(x, axis=0)
+        lse = m + tl.log(tl.sum(tl.exp(x - m[None, :]), axis=0))
+        x_y = tl.sum(tl.where(offs_c0[:, None] == ys[None, :], x, 0.0), axis=0)
+        if HAS_W:
+            w_c = tl.load(w_ptr + offs_c0, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            w_c = cmask.to(tl.float32)
+        w_sum = tl.sum(w_c, axis=0)
+        swx = tl.sum(w_c[:, None] * tl.where(cmask[:, None], x, 0.0), axis=0)
+    else:
+        m = tl.full([BLOCK_P], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK_P], tl.float32)
+        x_y = tl.zeros([BLOCK_P], tl.float32)
+        swx = tl.zeros([BLOCK_P], tl.float32)
+        w_sum = 0.0
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + offs_c0
+            cmask = offs_c < C
+            xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+            m_new = tl.maximum(m, tl.max(xc, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(xc - m_new[None, :]), axis=0)
+            m = m_new
+            x_y += tl.sum(tl.where(offs_c[:, None] == ys[None, :], xc, 0.0), axis=0)
+            if HAS_W:
+                wc = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+            else:
+                wc = cmask.to(tl.float32)
+            w_sum += tl.sum(wc, axis=0)
+            swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
+        lse = m + tl.log(s)
+    logp_y = x_y - lse
+    loss, k, t = _focal_terms(logp_y, scale_y, gamma, IS_FOCAL)
+    if not IS_FOCAL:
+        k = k * (1.0 - smoothing)
+        loss = (1.0 - smoothing) * loss + eps_c * (w_sum * lse - swx)
+    loss = tl.where(valid, loss, 0.0)
+    loss = tl.where(bad, float("nan"), loss)
+    if WRITE_LOSS:
+        if PER_PIXEL:
+            tl.store(loss_ptr + b * S + offs_p, loss, mask=pmask)
+        else:
+            tl.store(loss_ptr + pid, tl.sum(loss, axis=0))
+    if WRITE_GRAD:
+        if PER_PIXEL:
+            gscale = tl.load(gout_ptr + b * S + offs_p, mask=pmask, other=0.0).to(tl.float32)
+        else:
+            gscale = tl.zeros([BLOCK_P], tl.float32) + 1.0
+        if MEAN:
+            gscale = gscale / tl.load(denom_ptr)
+        if IS_FOCAL:
+            eps_c = 0.0
+        g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
+        if SINGLE:
+            dx = _softmax_grad_tile(
+                x, lse, offs_c0[:, None] == ys[None, :], t, k, eps_c, w_c, w_sum, gscale, valid
+            )
+            tl.store(
+                g_base + offs_c0[:, None] * sgc,
+                dx.to(g_ptr.dtype.element_ty),
+                mask=cmask[:, None] & pmask[None, :],
+            )
+        else:
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                cmask = offs_c < C
+                xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+                if HAS_W:
+                    wc = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+                else:
+                    wc = cmask.to(tl.float32)
+                dx = _softmax_grad_tile(
+                    xc, lse, offs_c[:, None] == ys[None, :], t, k, eps_c, wc, w_sum, gscale, valid
+                )
+                tl.store(
+                    g_base + offs_c[:, None] * sgc,
+                    dx.to(g_ptr.dtype.element_ty),
+                    mask=cmask[:, None] & pmask[None, :],
+                )
+
+
+@triton.jit
+def _sigmoid_loss_kernel(
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    pw_ptr,
+    g_ptr,
+    loss_ptr,
+    denom_ptr,
+    gout_ptr,
+    C,
+    S,
+    n_pblocks,
+    sxb,
+    sxc,
+    sxs,
+    stb,
+    stc,
+    sts,
+    sgb,
+    sgc,
+    sgs,
+    ignore_index,
+    gamma,
+    alpha,
+    IS_FOCAL: tl.constexpr,
+    LABELS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_PW: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+    PER_ELEMENT: tl.constexpr,
+    MEAN: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Elementwise BCE (weight, pos_weight) or sigmoid focal loss over ``[B, C, S]``.
+
+    Targets are masks ``[B, C, S]`` (soft allowed) or, with LABELS, integer labels ``[B, S]``
+    read one-vs-rest (``t_c = [y = c]``). Classes are looped in chunks of BLOCK_C.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
+    if LABELS:
+        ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+    acc = tl.zeros([BLOCK_P], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        cmask = offs_c < C
+        m2 = cmask[:, None] & pmask[None, :]
+        x = tl.load(
+            x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs, mask=m2, other=0.0
+        ).to(tl.float32)
+        if LABELS:
+            t = (offs_c[:, None] == ys[None, :]).to(tl.float32)
+            valid = m2 & pvalid[None, :]
+            bad = m2 & pbad[None, :]
+        else:
+            traw = tl.load(
+                t_ptr + b * stb + offs_c[:, None] * stc + offs_p[None, :] * sts, mask=m2, other=0
+            ).to(tl.float32)
+            valid = m2
+            if HAS_IGNORE:
+                valid = valid & (traw != ignore_index)
+            bad = valid & ((traw < 0.0) | (traw > 1.0) | (traw != traw))
+            valid = valid & ~bad
+            t = tl.where(valid, traw, 0.0)
+        e = tl.exp(-tl.abs(x))
+        l1p = log1p_small(e)
+        logp = tl.minimum(x, 0.0) - l1p
+        logq = tl.minimum(-x, 0.0) - l1p
+        inv = 1.0 / (1.0 + e)
+        p = tl.where(x >= 0, inv, e * inv)
+        q = tl.where(x >= 0, e * inv, inv)
+        if IS_FOCAL:
+            bce = -(t * logp + (1.0 - t) * logq)
+            # u = 1 - p_t; hard targets take it in log space, exact where it underflows
+            u = q * t + p * (1.0 - t)
+            u_safe = tl.where(u > 0.0, u, 1.0)
+            log_u = tl.where(t == 1.0, logq, tl.where(t == 0.0, logp, tl.log(u_safe)))
+            pow_g = tl.exp(gamma * log_u)
+            ratio = p * q * (1.0 - 2.0 * t) / u_safe  # du/dz / u
+            ratio = tl.where(t == 1.0, -p, tl.where(t == 0.0, q, ratio))
+            if HAS_ALPHA:
+                a = alpha * t + (1.0 - alpha) * (1.0 - t)
+            else:
+                a = tl.zeros_like(t) + 1.0
+            loss = a * pow_g * bce
+            dx = a * pow_g * (gamma * ratio * bce + (p - t))
+        else:
+            if HAS_PW:
+                pw = tl.load(pw_ptr + offs_c, mask=cmask, other=1.0).to(tl.float32)[:, None]
+            else:
+                pw = 1.0
+            loss = -(pw * t * logp + (1.0 - t) * logq)
+            dx = (pw * t + 1.0 - t) * p - pw * t
+            if HAS_W:
+                w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
+                loss = loss * w
+                dx = dx * w
+        loss = tl.where(valid, loss, 0.0)
+        loss = tl.where(bad, float("nan"), loss)
+        if WRITE_LOSS:
+            if PER_ELEMENT:
+                tl.store(loss_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :], loss, mask=m2)
+            else:
+                acc += tl.sum(loss, axis=0)
+        if WRITE_GRAD:
+            if PER_ELEMENT:
+                gsc = tl.load(
+                    gout_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :], mask=m2, other=0.0
+                ).to(tl.float32)
+            else:
+                gsc = tl.zeros_like(x) + 1.0
+            if MEAN:
+                gsc = gsc / tl.load(denom_ptr)
+            dx = tl.where(valid, dx * gsc, 0.0)
+            tl.store(
+                g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs,
+                dx.to(g_ptr.dtype.element_ty),
+                mask=m2,
+            )
+    if WRITE_LOSS and not PER_ELEMENT:
+        tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

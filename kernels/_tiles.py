@@ -1,0 +1,85 @@
+"""Shared pieces of the NCHW kernels: addressing ``[B, C, *S]`` tensors as ``[B, C, S]`` with
+three strides, tile sizes, numerically safe elementwise helpers, and the grad-output scale.
+
+A tile is ``[BLOCK_C classes, BLOCK_P pixels]`` of one image: element ``(c, s)`` of image b
+sits at ``b * stride_b + c * stride_c + s * stride_s``. Contiguous NCHW / NCDHW
+(``stride_s = 1``) and channels_last (``stride_c = 1``) both qualify, so no copy is made;
+only layouts whose spatial dims cannot be merged into one stride are made contiguous.
+Offsets are int64 so tensors past 2^31 elements are addressed correctly.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_TILE = 8192  # fp32 tile elements per program (registers)
+MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
+
+
+def pixel_view(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """``(x', stride_b, stride_c, stride_s)`` addressing ``x [B, C, *S]`` as ``[B, C, S]``."""
+    sizes, strides = x.shape, x.stride()
+    for i in range(2, x.dim() - 1):
+        if sizes[i] > 1 and strides[i] != strides[i + 1] * sizes[i + 1]:
+            x = x.contiguous()
+            strides = x.stride()
+            break
+    spatial = [i for i in range(2, x.dim()) if sizes[i] > 1]
+    stride_s = strides[spatial[-1]] if spatial else 1
+    return x, strides[0], strides[1], stride_s
+
+
+def label_view(y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """``(y', stride_b, stride_s)`` addressing labels ``[B, *S]`` as ``[B, S]``."""
+    y, sb, _, ss = pixel_view(y.unsqueeze(1))
+    return y, sb, ss
+
+
+def class_blocks(C: int) -> tuple[int, int, bool]:
+    """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C."""
+    if C <= MAX_SINGLE_C:
+        block_c = triton.next_power_of_2(C)
+        return block_c, max(16, min(1024, MAX_TILE // block_c)), True
+    return 64, 128, False
+
+
+def num_warps_for(block_c: int, block_p: int) -> int:
+    return 8 if block_c * block_p >= 4096 else 4
+
+
+def sum_partials(partials: torch.Tensor) -> torch.Tensor:
+    """Fixed-order sum of per-program partial sums (deterministic, no float atomics)."""
+    return partials.sum(dtype=torch.float32)
+
+
+@triton.jit
+def log1p_small(e):
+    """``log(1 + e)`` for ``0 <= e <= 1``, accurate also where ``1 + e`` rounds to 1."""
+    return tl.where(e < 1e-4, e * (1.0 - e * (0.5 - e / 3.0)), tl.log(1.0 + e))
+
+
+@triton.jit
+def _scale_kernel(g_ptr, factor_ptr, n, BLOCK: tl.constexpr):
+    factor = tl.load(factor_ptr)
+    if factor != 1.0:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+        tl.store(g_ptr + offs, (g * factor).to(g_ptr.dtype.element_ty), mask=mask)
+
+
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Tensor) -> None:
+    """Scale a gradient buffer written in the forward (for grad_output 1) by ``grad_output``,
+    in place and without a host sync: programs exit at once when the factor is 1.
+
+    ``applied`` (a 1-element fp32 device tensor) records the scale already applied, so a
+    second backward through the same graph (``retain_graph=True``) stays correct.
+    The buffer is ours and dense (``empty_like`` of a dense input), so its storage is
+    scaled as one flat range whatever its memory format.
+    """
+    factor = grad_output.reshape(1).to(torch.float32) / applied
+    n = grad.numel()
+    _scale_kernel[(triton.cdiv(n, 4096),)](grad, factor, n, BLOCK=4096, num_warps=8)
+    applied.copy_(grad_output.reshape(1))

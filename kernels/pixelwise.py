@@ -1,0 +1,711 @@
+"""Triton pixel-wise losses: cross-entropy, softmax focal, BCE with logits, sigmoid focal.
+
+Same signatures and semantics as ``segtriton.reference`` (see the formulas there), plus
+``validate``. How they run:
+
+- Logits ``[B, C, *S]`` are read where they lie (NCHW, NCDHW or channels_last; fp32, fp16
+  or bf16), in tiles of ``[classes, pixels]``; arithmetic is fp32.
+- When the logits require grad and the reduction is 'mean' or 'sum', the forward writes
+  dL/dz (for grad_output = 1) into a new buffer in the same pass that computes the loss;
+  the backward then only scales that buffer in place by grad_output, and skips even that
+  when grad_output is 1 (checked on the device). With reduction='none' nothing is saved
+  but the inputs, and the backward recomputes the gradient in one pass.
+- The 'mean' divisor (valid-pixel count or summed class weights) is computed on the device
+  by a pre-pass over the labels: no host synchronisation, so the ops are CUDA-graph
+  capturable and registered as ``torch.library`` custom ops for ``torch.compile``.
+- Reductions are per-program partial sums added in a fixed order: bitwise deterministic.
+- Labels of any integer dtype are read in the kernel. A label outside ``[0, C)`` that is
+  not ``ignore_index`` (or a mask value outside [0, 1]) makes the loss NaN instead of
+  triggering a device-side assert; ``validate=True`` checks the values first and raises a
+  ``ValueError`` naming the bad label (this reads the labels on the host: a sync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+from segtriton.reference._common import (
+    check_choice,
+    check_label_shape,
+    check_logits,
+    check_masks,
+    check_mode,
+    label_mask,
+    mask_shape,
+)
+
+from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
+from ._tiles import class_blocks, label_view, num_warps_for, pixel_view, scale_grad_, sum_partials
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _class_vector(name: str, value, C: int, device) -> torch.Tensor | None:
+    if value is None:
+        return None
+    v = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if v.dim() != 1 or v.shape[0] != C:
+        raise ValueError(
+            f"{name} must have one entry per class (C={C}), got shape {tuple(v.shape)}"
+        )
+    return v.contiguous()
+
+
+def _prepass(
+    target: torch.Tensor, C: int, ignore_index: float, labels: bool, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """Device scalar: the number of valid target entries, or the sum of their class weights."""
+    t, stb, str_, sts = pixel_view(target.unsqueeze(1) if labels else target)
+    R = 1 if labels else t.shape[1]
+    S = t[0, 0].numel()
+    block_r = triton.next_power_of_2(R)
+    block_p = max(16, min(1024, 4096 // block_r))
+    n_pblocks = triton.cdiv(S, block_p)
+    partials = torch.empty(t.shape[0] * n_pblocks, dtype=torch.float32, device=t.device)
+    _valid_sum_kernel[(partials.numel(),)](
+        t,
+        weight,
+        partials,
+        R,
+        S,
+        n_pblocks,
+        stb,
+        str_,
+        sts,
+        ignore_index,
+        C,
+        LABELS=labels,
+        HAS_W=weight is not None,
+        BLOCK_R=block_r,
+        BLOCK_P=block_p,
+    )
+    return sum_partials(partials).reshape(1)
+
+
+# --- softmax family: cross-entropy and softmax focal -----------------------------------
+
+
+def _softmax_launch(
+    logits,
+    target,
+    weight,
+    alpha,
+    ignore_index,
+    smoothing,
+    gamma,
+    alpha_scalar,
+    focal,
+    reduction,
+    denom,
+    grad,
+    gout,
+):
+    """One launch of the softmax kernel. Returns the partial or per-pixel losses (None when
+    only the gradient is wanted)."""
+    x, sxb, sxc, sxs = pixel_view(logits)
+    y, syb, sys_ = label_view(target)
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    block_c, block_p, single = class_blocks(C)
+    n_pblocks = triton.cdiv(S, block_p)
+    write_loss = gout is None
+    per_pixel = reduction == "none"
+    if write_loss:
+        shape = (B * S,) if per_pixel else (B * n_pblocks,)
+        loss = torch.empty(shape, dtype=torch.float32, device=x.device)
+    else:
+        loss = None
+    g, sgb, sgc, sgs = pixel_view(grad) if grad is not None else (None, 0, 0, 0)
+    _softmax_loss_kernel[(B * n_pblocks,)](
+        x,
+        y,
+        weight,
+        alpha,
+        g,
+        loss,
+        denom,
+        gout,
+        C,
+        S,
+        n_pblocks,
+        sxb,
+        sxc,
+        sxs,
+        syb,
+        sys_,
+        sgb,
+        sgc,
+        sgs,
+        ignore_index,
+        smoothing,
+        gamma,
+        alpha_scalar,
+        IS_FOCAL=focal,
+        HAS_W=weight is not None,
+        HAS_ALPHA=alpha is not None,
+        WRITE_GRAD=grad is not None,
+        WRITE_LOSS=write_loss,
+        PER_PIXEL=per_pixel,
+        MEAN=reduction == "mean",
+        SINGLE=single,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        num_warps=num_warps_for(block_c, block_p),
+    )
+    return loss
+
+
+def _softmax_denom(target, C, ignore_index, weight, reduction, avg_non_ignore, device):
+    if reduction != "mean":
+        return None
+    if not avg_non_ignore:
+        return torch.full((1,), float(target.numel()), dtype=torch.float32, device=device)
+    return _prepass(target, C, ignore_index, labels=True, weight=weight)
+
+
+@torch.library.custom_op("segtriton::softmax_pixel_loss", mutates_args=())
+def _softmax_pixel_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    ignore_index: int,
+    smoothing: float,
+    gamma: float,
+    alpha_scalar: float,
+    focal: bool,
+    reduction: str,
+    avg_non_ignore: bool,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    C = logits.shape[1]
+    denom = _softmax_denom(
+        target, C, ignore_index, weight, reduction, avg_non_ignore, logits.device
+    )
+    fused = need_grad and reduction != "none"
+    grad = torch.empty_like(logits) if fused else logits.new_empty(0)
+    loss = _softmax_launch(
+        logits,
+        target,
+        weight,
+        alpha,
+        ignore_index,
+        smoothing,
+        gamma,
+        alpha_scalar,
+        focal,
+        reduction,
+        denom,
+        grad if fused else None,
+        None,
+    )
+    if reduction == "none":
+        return loss.view(target.shape), grad
+    total = sum_partials(loss)
+    return (total / denom[0] if reduction == "mean" else total), grad
+
+
+@_softmax_pixel_loss.register_fake
+def _(
+    logits,
+    target,
+    weight,
+    alpha,
+    ignore_index,
+    smoothing,
+    gamma,
+    alpha_scalar,
+    focal,
+    reduction,
+    avg_non_ignore,
+    need_grad,
+):
+    shape = target.shape if reduction == "none" else ()
+    loss = logits.new_empty(shape, dtype=torch.float32)
+    fused = need_grad and reduction != "none"
+    return loss, torch.empty_like(logits) if fused else logits.new_empty(0)
+
+
+@torch.library.custom_op("segtriton::softmax_pixel_grad", mutates_args=())
+def _softmax_pixel_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    grad_output: torch.Tensor,
+    weight: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    ignore_index: int,
+    smoothing: float,
+    gamma: float,
+    alpha_scalar: float,
+    focal: bool,
+) -> torch.Tensor:
+    """dL/dz for reduction='none' with a per-pixel grad_output (recomputed in one pass)."""
+    grad = torch.empty_like(logits)
+    gout = grad_output.to(torch.float32).contiguous()
+    _softmax_launch(
+        logits,
+        target,
+        weight,
+        alpha,
+        ignore_index,
+        smoothing,
+        gamma,
+        alpha_scalar,
+        focal,
+        "none",
+        None,
+        grad,
+        gout,
+    )
+    return grad
+
+
+@_softmax_pixel_grad.register_fake
+def _(
+    logits, target, grad_output, weight, alpha, ignore_index, smoothing, gamma, alpha_scalar, focal
+):
+    return torch.empty_like(logits)
+
+
+def _scale_saved_grad(
+    grad: torch.Tensor, grad_loss: torch.Tensor, applied: torch.Tensor
+) -> torch.Tensor:
+    """Apply grad_output to the gradient written by the forward.
+
+    Eager: in place, skipped on the device when grad_output is 1 (no version-counter bump,
+    so retain_graph works; ``applied`` keeps repeated backwards right). Under
+    torch.compile's tracing (tensor subclasses): a functional product.
+    """
+    if type(grad) is torch.Tensor:
+        scale_grad_(grad, grad_loss, applied)
+        return grad
+    return grad * grad_loss.to(grad.dtype)
+
+
+def _setup_softmax(ctx, inputs, output):
+    (
+        logits,
+        target,
+        weight,
+        alpha,
+        ignore_index,
+        smoothing,
+        gamma,
+        alpha_scalar,
+        focal,
+        reduction,
+        _avg,
+        _need,
+    ) = inputs
+    ctx.reduction = reduction
+    ctx.params = (ignore_index, smoothing, gamma, alpha_scalar, focal)
+    if reduction == "none":
+        ctx.save_for_backward(logits, target, weight, alpha)
+    else:
+        ctx.save_for_backward(output[1], torch.ones(1, dtype=torch.float32, device=logits.device))
+
+
+def _backward_softmax(ctx, grad_loss, _grad_grad):
+    if ctx.reduction == "none":
+        logits, target, weight, alpha = ctx.saved_tensors
+        grad = _softmax_pixel_grad(logits, target, grad_loss, weight, alpha, *ctx.params)
+    else:
+        grad, applied = ctx.saved_tensors
+        grad = _scale_saved_grad(grad, grad_loss, applied)
+    return (grad,) + (None,) * 11
+
+
+torch.library.register_autograd(
+    "segtriton::softmax_pixel_loss", _backward_softmax, setup_context=_setup_softmax
+)
+
+
+def _need_grad(logits: torch.Tensor) -> bool:
+    return logits.requires_grad and torch.is_grad_enabled()
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    avg_non_ignore: bool = True,
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton pixel-wise cross-entropy; semantics of ``segtriton.reference.cross_entropy``
+    (``F.cross_entropy``: class weights, label smoothing, ignore_index, weighted 'mean').
+
+    Returns a float32 loss. ``validate=True`` raises ValueError on labels outside
+    ``[0, C)`` (a host sync); otherwise such labels make the loss NaN.
+    """
+    check_label_shape(logits, target)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if validate:
+        label_mask(target, logits.shape[1], ignore_index)
+    w = _class_vector("weight", weight, logits.shape[1], logits.device)
+    loss, _ = _softmax_pixel_loss(
+        logits,
+        target,
+        w,
+        None,
+        int(ignore_index),
+        float(label_smoothing),
+        0.0,
+        1.0,
+        False,
+        reduction,
+        bool(avg_non_ignore),
+        _need_grad(logits),
+    )
+    return loss
+
+
+def softmax_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float | torch.Tensor | Sequence[float] | None = None,
+    gamma: float = 2.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton multiclass softmax focal loss; semantics of
+    ``segtriton.reference.softmax_focal_loss`` (``-alpha_y (1 - p_y)^gamma log p_y``,
+    'mean' over valid pixels). Returns a float32 loss; ``validate`` as in
+    :func:`cross_entropy`.
+    """
+    check_label_shape(logits, target)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if validate:
+        label_mask(target, logits.shape[1], ignore_index)
+    scalar = 1.0 if alpha is None else alpha
+    vec = None
+    if not isinstance(scalar, (int, float)):
+        vec, scalar = _class_vector("alpha", alpha, logits.shape[1], logits.device), 1.0
+    loss, _ = _softmax_pixel_loss(
+        logits,
+        target,
+        None,
+        vec,
+        int(ignore_index),
+        0.0,
+        float(gamma),
+        float(scalar),
+        True,
+        reduction,
+        True,
+        _need_grad(logits),
+    )
+    return loss
+
+
+# --- sigmoid family: BCE with logits and sigmoid focal ---------------------------------
+
+
+def _sigmoid_launch(
+    logits,
+    target,
+    labels,
+    weight,
+    pos_weight,
+    ignore_index,
+    gamma,
+    alpha,
+    focal,
+    reduction,
+    denom,
+    grad,
+    gout,
+):
+    x, sxb, sxc, sxs = pixel_view(logits)
+    if labels:
+        t, stb, sts = label_view(target)
+        stc = 0
+    else:
+        t, stb, stc, sts = pixel_view(
+            target.view(torch.uint8) if target.dtype == torch.bool else target
+        )
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    block_c = min(triton.next_power_of_2(C), 16)
+    block_p = max(64, min(1024, 4096 // block_c))
+    n_pblocks = triton.cdiv(S, block_p)
+    write_loss = gout is None
+    per_el = reduction == "none"
+    loss = None
+    if write_loss:
+        shape = (B * C * S,) if per_el else (B * n_pblocks,)
+        loss = torch.empty(shape, dtype=torch.float32, device=x.device)
+    g, sgb, sgc, sgs = pixel_view(grad) if grad is not None else (None, 0, 0, 0)
+    _sigmoid_loss_kernel[(B * n_pblocks,)](
+        x,
+        t,
+        weight,
+        pos_weight,
+        g,
+        loss,
+        denom,
+        gout,
+        C,
+        S,
+        n_pblocks,
+        sxb,
+        sxc,
+        sxs,
+        stb,
+        stc,
+        sts,
+        sgb,
+        sgc,
+        sgs,
+        0 if ignore_index is None else ignore_index,
+        gamma,
+        0.0 if alpha is None else alpha,
+        IS_FOCAL=focal,
+        LABELS=labels,
+        HAS_W=weight is not None,
+        HAS_PW=pos_weight is not None,
+        HAS_ALPHA=alpha is not None,
+        HAS_IGNORE=ignore_index is not None,
+        WRITE_GRAD=grad is not None,
+        WRITE_LOSS=write_loss,
+        PER_ELEMENT=per_el,
+        MEAN=reduction == "mean",
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        num_warps=num_warps_for(block_c, block_p),
+    )
+    return loss
+
+
+def _sigmoid_denom(logits, target, labels, ignore_index, reduction):
+    if reduction != "mean":
+        return None
+    C = logits.shape[1]
+    if ignore_index is None:
+        count = float(logits.numel())
+        return torch.full((1,), count, dtype=torch.float32, device=logits.device)
+    count = _prepass(target, C, ignore_index, labels=labels, weight=None)
+    return count * C if labels else count
+
+
+@torch.library.custom_op("segtriton::sigmoid_pixel_loss", mutates_args=())
+def _sigmoid_pixel_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: bool,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    ignore_index: float | None,
+    gamma: float,
+    alpha: float | None,
+    focal: bool,
+    reduction: str,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
+    fused = need_grad and reduction != "none"
+    grad = torch.empty_like(logits) if fused else logits.new_empty(0)
+    loss = _sigmoid_launch(
+        logits,
+        target,
+        labels,
+        weight,
+        pos_weight,
+        ignore_index,
+        gamma,
+        alpha,
+        focal,
+        reduction,
+        denom,
+        grad if fused else None,
+        None,
+    )
+    if reduction == "none":
+        return loss.view(logits.shape), grad
+    total = sum_partials(loss)
+    return (total / denom[0] if reduction == "mean" else total), grad
+
+
+@_sigmoid_pixel_loss.register_fake
+def _(
+    logits,
+    target,
+    labels,
+    weight,
+    pos_weight,
+    ignore_index,
+    gamma,
+    alpha,
+    focal,
+    reduction,
+    need_grad,
+):
+    shape = logits.shape if reduction == "none" else ()
+    fused = need_grad and reduction != "none"
+    return (
+        logits.new_empty(shape, dtype=torch.float32),
+        torch.empty_like(logits) if fused else logits.new_empty(0),
+    )
+
+
+@torch.library.custom_op("segtriton::sigmoid_pixel_grad", mutates_args=())
+def _sigmoid_pixel_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    grad_output: torch.Tensor,
+    labels: bool,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    ignore_index: float | None,
+    gamma: float,
+    alpha: float | None,
+    focal: bool,
+) -> torch.Tensor:
+    grad = torch.empty_like(logits)
+    gout = grad_output.to(torch.float32).contiguous()
+    _sigmoid_launch(
+        logits,
+        target,
+        labels,
+        weight,
+        pos_weight,
+        ignore_index,
+        gamma,
+        alpha,
+        focal,
+        "none",
+        None,
+        grad,
+        gout,
+    )
+    return grad
+
+
+@_sigmoid_pixel_grad.register_fake
+def _(logits, target, grad_output, labels, weight, pos_weight, ignore_index, gamma, alpha, focal):
+    return torch.empty_like(logits)
+
+
+def _setup_sigmoid(ctx, inputs, output):
+    (
+        logits,
+        target,
+        labels,
+        weight,
+        pos_weight,
+        ignore_index,
+        gamma,
+        alpha,
+        focal,
+        reduction,
+        _need,
+    ) = inputs
+    ctx.reduction = reduction
+    ctx.params = (labels, ignore_index, gamma, alpha, focal)
+    if reduction == "none":
+        ctx.save_for_backward(logits, target, weight, pos_weight)
+    else:
+        ctx.save_for_backward(output[1], torch.ones(1, dtype=torch.float32, device=logits.device))
+
+
+def _backward_sigmoid(ctx, grad_loss, _grad_grad):
+    if ctx.reduction == "none":
+        logits, target, weight, pos_weight = ctx.saved_tensors
+        labels, ignore_index, gamma, alpha, focal = ctx.params
+        grad = _sigmoid_pixel_grad(
+            logits, target, grad_loss, labels, weight, pos_weight, ignore_index, gamma, alpha, focal
+        )
+    else:
+        grad, applied = ctx.saved_tensors
+        grad = _scale_saved_grad(grad, grad_loss, applied)
+    return (grad,) + (None,) * 10
+
+
+torch.library.register_autograd(
+    "segtriton::sigmoid_pixel_loss", _backward_sigmoid, setup_context=_setup_sigmoid
+)
+
+
+def binary_cross_entropy_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    pos_weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton binary / multilabel BCE on logits; semantics of
+    ``segtriton.reference.binary_cross_entropy_with_logits`` (per-class ``weight`` and
+    ``pos_weight``, 'mean' over valid elements). Targets: masks of the logits' shape (any
+    dtype, soft allowed; ``[B, *S]`` for C = 1). ``validate=True`` checks mask values on
+    the host; otherwise values outside [0, 1] make the loss NaN.
+    """
+    target = mask_shape(logits, target)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    if validate:
+        check_masks(logits, target, ignore_index)
+    C = logits.shape[1]
+    w = _class_vector("weight", weight, C, logits.device)
+    pw = _class_vector("pos_weight", pos_weight, C, logits.device)
+    ign = None if ignore_index is None else float(ignore_index)
+    loss, _ = _sigmoid_pixel_loss(
+        logits, target, False, w, pw, ign, 0.0, None, False, reduction, _need_grad(logits)
+    )
+    return loss
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "binary",
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton sigmoid focal loss; semantics of ``segtriton.reference.sigmoid_focal_loss``
+    (modes 'binary', 'multilabel' on masks, 'multiclass' one-vs-rest on integer labels).
+    ``validate`` as in :func:`cross_entropy` / :func:`binary_cross_entropy_with_logits`.
+    """
+    check_logits(logits)
+    check_mode(mode, logits)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+    labels = mode == "multiclass"
+    if labels:
+        check_label_shape(logits, target)
+        if validate:
+            label_mask(target, logits.shape[1], ignore_index)
+    else:
+        target = mask_shape(logits, target)
+        if validate:
+            check_masks(logits, target, ignore_index)
+    ign = None if ignore_index is None else (int(ignore_index) if labels else float(ignore_index))
+    loss, _ = _sigmoid_pixel_loss(
+        logits,
+        target,
+        labels,
+        None,
+        None,
+        ign,
+        float(gamma),
+        None if alpha is None else float(alpha),
+        True,
+        reduction,
+        _need_grad(logits),
+    )
+    return loss
