@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tiles import log1p_small
+from ._tiles import log1p
 
 
 @triton.jit
@@ -79,20 +79,17 @@ def _valid_sum_kernel(
 
 
 @triton.jit
-def _one_minus_exp(logp):
-    """``1 - exp(logp)`` for ``logp <= 0``, accurate near 0 (Kahan's expm1)."""
-    u = tl.exp(logp)
-    edge = (u == 1.0) | (u == 0.0)
-    em1 = (u - 1.0) * logp / tl.log(tl.where(edge, 0.5, u))
-    em1 = tl.where(u == 1.0, logp, tl.where(u == 0.0, -1.0, em1))
-    return -em1
+def _label_terms(x_y, m, s_other, s):
+    """``(log p_y, t = 1 - p_y)`` from the max ``m``, ``s = sum_c exp(x_c - m)`` and its part
+    over the other classes, both accurate as p_y -> 1 (no ``1 - p`` cancellation)."""
+    logp_y = tl.where(x_y == m, -log1p(s_other), (x_y - m) - tl.log(s))
+    return logp_y, s_other / s
 
 
 @triton.jit
-def _focal_terms(logp_y, scale_y, gamma, IS_FOCAL: tl.constexpr):
-    """Per pixel: ``(loss, K, t)`` with ``t = 1 - p_y`` (accurate as p_y -> 1) and
-    ``dL/dz_c = K * (p_c - [c = y])`` (plus the smoothing term for CE)."""
-    t = _one_minus_exp(logp_y)
+def _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL: tl.constexpr):
+    """Per pixel: ``(loss, K)`` with ``dL/dz_c = K * (p_c - [c = y])`` (plus the smoothing
+    term for CE)."""
     if IS_FOCAL:
         pos = t > 0
         pow_g = tl.where(pos, tl.exp(gamma * tl.log(tl.where(pos, t, 1.0))), 0.0)
@@ -103,14 +100,14 @@ def _focal_terms(logp_y, scale_y, gamma, IS_FOCAL: tl.constexpr):
     else:
         loss = -scale_y * logp_y
         k = scale_y
-    return loss, k, t
+    return loss, k
 
 
 @triton.jit
-def _softmax_grad_tile(x, lse, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
+def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
     """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid.
-    The true-class term ``p_y - 1 = -t`` is taken from ``t``, not from ``p - 1``."""
-    p = tl.exp(x - lse[None, :])
+    ``p = exp(x - m) / s``; the true-class term ``p_y - 1 = -t`` is taken from ``t``."""
+    p = tl.exp(x - m[None, :]) * inv_s[None, :]
     diff = tl.where(is_y, -t[None, :], p)
     dx = k[None, :] * diff + eps_c * (w_sum * p - w_c[:, None])
     return tl.where(valid[None, :], dx * gscale[None, :], 0.0)
@@ -174,17 +171,21 @@ def _softmax_loss_kernel(
         cmask = offs_c0 < C
         x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
         m = tl.max(x, axis=0)
-        lse = m + tl.log(tl.sum(tl.exp(x - m[None, :]), axis=0))
-        x_y = tl.sum(tl.where(offs_c0[:, None] == ys[None, :], x, 0.0), axis=0)
+        is_y = offs_c0[:, None] == ys[None, :]
+        e = tl.exp(x - m[None, :])
+        s = tl.sum(e, axis=0)
+        s_other = tl.sum(tl.where(is_y, 0.0, e), axis=0)
+        x_y = tl.sum(tl.where(is_y, x, 0.0), axis=0)
         if HAS_W:
             w_c = tl.load(w_ptr + offs_c0, mask=cmask, other=0.0).to(tl.float32)
         else:
             w_c = cmask.to(tl.float32)
         w_sum = tl.sum(w_c, axis=0)
-        swx = tl.sum(w_c[:, None] * tl.where(cmask[:, None], x, 0.0), axis=0)
+        smooth_sum = tl.sum(w_c[:, None] * tl.where(cmask[:, None], m[None, :] - x, 0.0), axis=0)
     else:
         m = tl.full([BLOCK_P], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK_P], tl.float32)
+        s_other = tl.zeros([BLOCK_P], tl.float32)
         x_y = tl.zeros([BLOCK_P], tl.float32)
         swx = tl.zeros([BLOCK_P], tl.float32)
         w_sum = 0.0
@@ -193,21 +194,26 @@ def _softmax_loss_kernel(
             cmask = offs_c < C
             xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
             m_new = tl.maximum(m, tl.max(xc, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(xc - m_new[None, :]), axis=0)
+            is_y = offs_c[:, None] == ys[None, :]
+            ec = tl.exp(xc - m_new[None, :])
+            rescale = tl.exp(m - m_new)
+            s = s * rescale + tl.sum(ec, axis=0)
+            s_other = s_other * rescale + tl.sum(tl.where(is_y, 0.0, ec), axis=0)
             m = m_new
-            x_y += tl.sum(tl.where(offs_c[:, None] == ys[None, :], xc, 0.0), axis=0)
+            x_y += tl.sum(tl.where(is_y, xc, 0.0), axis=0)
             if HAS_W:
                 wc = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
             else:
                 wc = cmask.to(tl.float32)
             w_sum += tl.sum(wc, axis=0)
             swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
-        lse = m + tl.log(s)
-    logp_y = x_y - lse
-    loss, k, t = _focal_terms(logp_y, scale_y, gamma, IS_FOCAL)
+        smooth_sum = w_sum * m - swx
+    logp_y, t = _label_terms(x_y, m, s_other, s)
+    inv_s = 1.0 / s
+    loss, k = _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL)
     if not IS_FOCAL:
         k = k * (1.0 - smoothing)
-        loss = (1.0 - smoothing) * loss + eps_c * (w_sum * lse - swx)
+        loss = (1.0 - smoothing) * loss + eps_c * (smooth_sum + w_sum * tl.log(s))
     loss = tl.where(valid, loss, 0.0)
     loss = tl.where(bad, float("nan"), loss)
     if WRITE_LOSS:
@@ -226,9 +232,7 @@ def _softmax_loss_kernel(
             eps_c = 0.0
         g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
         if SINGLE:
-            dx = _softmax_grad_tile(
-                x, lse, offs_c0[:, None] == ys[None, :], t, k, eps_c, w_c, w_sum, gscale, valid
-            )
+            dx = _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid)
             tl.store(
                 g_base + offs_c0[:, None] * sgc,
                 dx.to(g_ptr.dtype.element_ty),
@@ -244,7 +248,17 @@ def _softmax_loss_kernel(
                 else:
                     wc = cmask.to(tl.float32)
                 dx = _softmax_grad_tile(
-                    xc, lse, offs_c[:, None] == ys[None, :], t, k, eps_c, wc, w_sum, gscale, valid
+                    xc,
+                    m,
+                    inv_s,
+                    offs_c[:, None] == ys[None, :],
+                    t,
+                    k,
+                    eps_c,
+                    wc,
+                    w_sum,
+                    gscale,
+                    valid,
                 )
                 tl.store(
                     g_base + offs_c[:, None] * sgc,
@@ -323,12 +337,13 @@ def _sigmoid_loss_kernel(
             valid = valid & ~bad
             t = tl.where(valid, traw, 0.0)
         e = tl.exp(-tl.abs(x))
-        l1p = log1p_small(e)
+        l1p = log1p(e)
         logp = tl.minimum(x, 0.0) - l1p
         logq = tl.minimum(-x, 0.0) - l1p
         inv = 1.0 / (1.0 + e)
         p = tl.where(x >= 0, inv, e * inv)
         q = tl.where(x >= 0, e * inv, inv)
+        p_minus_t = (1.0 - t) * p - t * q  # p - t without cancellation as p -> 1
         if IS_FOCAL:
             bce = -(t * logp + (1.0 - t) * logq)
             # u = 1 - p_t; hard targets take it in log space, exact where it underflows
@@ -343,14 +358,14 @@ def _sigmoid_loss_kernel(
             else:
                 a = tl.zeros_like(t) + 1.0
             loss = a * pow_g * bce
-            dx = a * pow_g * (gamma * ratio * bce + (p - t))
+            dx = a * pow_g * (gamma * ratio * bce + p_minus_t)
         else:
             if HAS_PW:
                 pw = tl.load(pw_ptr + offs_c, mask=cmask, other=1.0).to(tl.float32)[:, None]
             else:
                 pw = 1.0
             loss = -(pw * t * logp + (1.0 - t) * logq)
-            dx = (pw * t + 1.0 - t) * p - pw * t
+            dx = (1.0 - t) * p - pw * t * q
             if HAS_W:
                 w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
                 loss = loss * w

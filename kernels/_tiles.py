@@ -55,9 +55,11 @@ def sum_partials(partials: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def log1p_small(e):
-    """``log(1 + e)`` for ``0 <= e <= 1``, accurate also where ``1 + e`` rounds to 1."""
-    return tl.where(e < 1e-4, e * (1.0 - e * (0.5 - e / 3.0)), tl.log(1.0 + e))
+def log1p(r):
+    """``log(1 + r)`` for ``r >= 0``, accurate where ``1 + r`` rounds (Kahan's trick)."""
+    u = 1.0 + r
+    same = u == 1.0
+    return tl.where(same, r, tl.log(u) * r / tl.where(same, 1.0, u - 1.0))
 
 
 @triton.jit
@@ -68,6 +70,11 @@ def _scale_kernel(g_ptr, factor_ptr, n, BLOCK: tl.constexpr):
         mask = offs < n
         g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
         tl.store(g_ptr + offs, (g * factor).to(g_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _copy_scalar_kernel(dst_ptr, src_ptr):
+    tl.store(dst_ptr, tl.load(src_ptr).to(tl.float32))
 
 
 def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Tensor) -> None:
@@ -82,4 +89,5 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Te
     factor = grad_output.reshape(1).to(torch.float32) / applied
     n = grad.numel()
     _scale_kernel[(triton.cdiv(n, 4096),)](grad, factor, n, BLOCK=4096, num_warps=8)
-    applied.copy_(grad_output.reshape(1))
+    # a kernel, not applied.copy_(): autograd must not see a new version of a saved tensor
+    _copy_scalar_kernel[(1,)](applied, grad_output.reshape(1))

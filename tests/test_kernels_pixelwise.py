@@ -1,0 +1,233 @@
+"""Triton pixel-wise kernels against the float64 reference, loss and gradient.
+
+Runs compiled on a GPU and in Triton's interpreter on CPU (small shapes). Every registry
+entry that has a kernel is checked over class counts, dtypes, 2-D/3-D, memory formats and
+reductions, with a random grad_output; then the edge cases of the issue: ignore-heavy and
+all-ignored batches, confident and extreme logits, bad labels, label dtypes,
+determinism, repeated backward, and torch.compile.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from segtriton import kernels as ker
+from segtriton import reference as ref
+from segtriton.registry import LOSSES, make_inputs, variant_fits
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNELS = [e for e in LOSSES if e.kernel is not None]
+GRAD_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DTYPES = list(GRAD_TOL)
+CLASSES = [1, 2, 3, 19, 150]
+SPATIAL = [(7, 9), (3, 5, 6)]
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _cases():
+    rows = []
+    for entry in KERNELS:
+        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), CLASSES, DTYPES):
+            if not variant_fits(options, C) or (options.get("mode") == "binary" and C != 1):
+                continue
+            k = len(rows)
+            rows.append(
+                pytest.param(
+                    entry,
+                    options,
+                    C,
+                    dtype,
+                    SPATIAL[k % 2],
+                    k % 3 == 1,
+                    REDUCTIONS[k % 3],
+                    id=f"{entry.name}-{v}-C{C}-{str(dtype)[6:]}-{len(SPATIAL[k % 2])}d"
+                    f"{'-cl' if k % 3 == 1 else ''}-{REDUCTIONS[k % 3]}",
+                )
+            )
+    return rows
+
+
+def _run(fn, x, t, options, gout_seed=None):
+    """(loss, dloss/dx) with a random grad_output (float64 result)."""
+    x = x.detach().requires_grad_(True)
+    loss = fn(x, t, **options)
+    g = torch.Generator().manual_seed(gout_seed or 0)
+    gout = (torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5).to(loss.device)
+    (grad,) = torch.autograd.grad(loss, x, grad_outputs=gout.to(loss.dtype))
+    return loss.double(), grad.double()
+
+
+def _assert_matches(entry, x, t, options, dtype, seed):
+    loss, grad = _run(entry.kernel, x, t, options, seed)
+    ref_loss, ref_grad = _run(entry.reference, x.double(), t, options, seed)
+    assert loss.dtype == ref_loss.dtype and loss.shape == ref_loss.shape
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-6)
+    scale = ref_grad.abs().max().clamp_min(1e-30)
+    tol = GRAD_TOL[dtype]
+    # Gradients below the dtype's normal range are stored as subnormals; the fused path
+    # rounds twice (gradient in the forward, then times grad_output): allow two quanta.
+    quantum = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+    torch.testing.assert_close(grad, ref_grad, rtol=tol, atol=max(tol * scale, 2 * quantum))
+    return loss, grad
+
+
+@pytest.mark.parametrize(
+    ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction"), _cases()
+)
+def test_kernel_matches_reference(
+    entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
+):
+    opts = {**options, "reduction": reduction, "ignore_index": 255}
+    x, t = make_inputs(
+        entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=0.2, soft=entry.soft, device=DEVICE
+    )
+    if channels_last:
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x = x.contiguous(memory_format=fmt)
+    _assert_matches(entry, x, t, opts, dtype, seed)
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_large_class_count_streams_classes(entry, seed, gen):
+    C = 1 if entry.channels else 300  # > 256: the online-softmax chunked path
+    opts = {**entry.variants[0], "ignore_index": 255}
+    x, t = make_inputs(
+        entry, (2, C, 3, 5), opts, torch.float32, gen, ignore_frac=0.2, device=DEVICE
+    )
+    _assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_ignore_heavy_and_all_ignored(entry, seed, gen):
+    opts = {**entry.variants[0], "ignore_index": 255}
+    x, t = make_inputs(
+        entry, (2, 3, 6, 7), opts, torch.float32, gen, ignore_frac=0.95, device=DEVICE
+    )
+    _assert_matches(entry, x, t, opts, torch.float32, seed)
+    t_all = torch.full_like(t, 255)
+    xg = x.detach().requires_grad_(True)
+    loss = entry.kernel(xg, t_all, **opts)
+    assert torch.isnan(loss)  # mean over no valid pixel: NaN, as F.cross_entropy
+    (grad,) = torch.autograd.grad(loss, xg)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    loss = entry.kernel(xg, t_all, **{**opts, "reduction": "sum"})
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_confident_and_extreme_logits(entry, dtype, seed, gen):
+    opts = dict(entry.variants[0])
+    x, t = make_inputs(entry, (2, 4, 5, 6), opts, torch.float32, gen, device=DEVICE)
+    if t.dim() == x.dim() - 1:  # labels: the true class far ahead (p_y -> 1)
+        x = x + 14.0 * torch.nn.functional.one_hot(t, 4).movedim(-1, 1)
+    else:  # masks: confident and right
+        x = torch.where(t > 0.5, 9.0, -9.0) + 0.1 * x
+    _assert_matches(entry, x.to(dtype), t, opts, dtype, seed)
+    extreme = torch.where(torch.rand(x.shape, generator=gen) < 0.5, 1e4, -1e4).to(DEVICE)
+    _assert_matches(entry, extreme.to(dtype), t, opts, dtype, seed)
+
+
+@pytest.mark.parametrize(
+    "entry", [e for e in KERNELS if e.target == "labels"], ids=lambda e: e.name
+)
+def test_bad_labels_give_nan_or_a_clear_error(entry, gen):
+    opts = dict(entry.variants[0])
+    x, t = make_inputs(entry, (2, 3, 4, 5), opts, torch.float32, gen, device=DEVICE)
+    t[1, 2, 3] = 7
+    assert torch.isnan(entry.kernel(x, t, **opts))
+    with pytest.raises(ValueError, match=r"label 7 outside \[0, 3\)"):
+        entry.kernel(x, t, validate=True, **opts)
+
+
+@pytest.mark.parametrize("entry", [e for e in KERNELS if e.target == "masks"], ids=lambda e: e.name)
+def test_bad_mask_values_give_nan_or_a_clear_error(entry, gen):
+    opts = dict(entry.variants[0])
+    x, t = make_inputs(entry, (2, 3, 4, 5), opts, torch.float32, gen, device=DEVICE)
+    t[1, 2, 3, 4] = 3.0
+    assert torch.isnan(entry.kernel(x, t, **opts))
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        entry.kernel(x, t, validate=True, **opts)
+
+
+@pytest.mark.parametrize(
+    "label_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64], ids=str
+)
+def test_any_integer_label_dtype(label_dtype, gen):
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE)
+    y = (
+        torch.randint(0, 5, (2, 6, 7), generator=gen)
+        .masked_fill(torch.rand(2, 6, 7, generator=gen) < 0.3, 255)
+        .to(DEVICE)
+    )
+    expected = ker.cross_entropy(x, y, ignore_index=255)
+    assert torch.equal(ker.cross_entropy(x, y.to(label_dtype), ignore_index=255), expected)
+    focal = ker.sigmoid_focal_loss(x, y.to(label_dtype), mode="multiclass", ignore_index=255)
+    assert torch.equal(focal, ker.sigmoid_focal_loss(x, y, mode="multiclass", ignore_index=255))
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_deterministic_and_inputs_untouched(entry, gen):
+    opts = {**entry.variants[0], "ignore_index": 255}
+    x, t = make_inputs(
+        entry, (2, 3, 9, 11), opts, torch.bfloat16, gen, ignore_frac=0.1, device=DEVICE
+    )
+    before = x.clone()
+    runs = [_run(entry.kernel, x, t, opts) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert torch.equal(x, before)
+
+
+def test_repeated_backward_with_other_grad_outputs(gen):
+    x = torch.randn(2, 4, 5, 6, generator=gen).to(DEVICE).requires_grad_(True)
+    y = torch.randint(0, 4, (2, 5, 6), generator=gen).to(DEVICE)
+    loss = ker.cross_entropy(x, y)
+    (base,) = torch.autograd.grad(ref.cross_entropy(x, y), x)
+    for factor in (1.0, 3.0, 3.0, 0.5, 1.0):
+        (g,) = torch.autograd.grad(
+            loss, x, grad_outputs=torch.tensor(factor, device=DEVICE), retain_graph=True
+        )
+        torch.testing.assert_close(g, base * factor, rtol=1e-5, atol=1e-7)
+
+
+def test_logits_grad_accumulates_like_torch(gen):
+    x = torch.randn(2, 4, 5, 6, generator=gen).to(DEVICE).requires_grad_(True)
+    y = torch.randint(0, 4, (2, 5, 6), generator=gen).to(DEVICE)
+    (ker.cross_entropy(x, y) + 2 * ker.softmax_focal_loss(x, y)).backward()
+    xr = x.detach().clone().requires_grad_(True)
+    (ref.cross_entropy(xr, y) + 2 * ref.softmax_focal_loss(xr, y)).backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_no_grad_forward_writes_no_gradient(gen):
+    x = torch.randn(2, 4, 5, 6, generator=gen).to(DEVICE).requires_grad_(True)
+    y = torch.randint(0, 4, (2, 5, 6), generator=gen).to(DEVICE)
+    with torch.no_grad():
+        loss = ker.cross_entropy(x, y)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, ref.cross_entropy(x.detach(), y), rtol=1e-6, atol=1e-7)
+
+
+def test_torch_compile_fullgraph(gen):
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE).requires_grad_(True)
+    y = torch.randint(0, 5, (2, 6, 7), generator=gen).to(DEVICE)
+
+    @torch.compile(fullgraph=True)
+    def step(x, y):
+        return (
+            0.5 * ker.cross_entropy(x, y, label_smoothing=0.1)
+            + ker.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
+        )
+
+    loss = step(x, y)
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = (
+        0.5 * ref.cross_entropy(x, y, label_smoothing=0.1)
+        + ref.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
+    )
+    (ref_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
