@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from pathlib import Path
 
 import segtriton
 
@@ -39,6 +42,82 @@ def _check(_: argparse.Namespace) -> int:
     return 0 if err < 1e-5 else 1
 
 
+def _prepare_triton() -> None:
+    """Without a CUDA device, Triton kernels can only run in the interpreter, which must be
+    chosen before triton is imported."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _default_out(name: str | None) -> Path:
+    import datetime
+
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()
+    return Path("results") / slug / (name or datetime.date.today().isoformat())
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    _prepare_triton()
+    from .report import build_report
+    from .runner import run_sweep
+    from .spec import expand, load_spec
+
+    spec = load_spec(args.preset if args.spec is None else None, args.spec)
+    for axis in ("losses", "providers", "dtypes", "modes"):
+        value = getattr(args, axis)
+        if value:
+            spec[axis] = value.split(",")
+    cases = expand(spec)
+    out = Path(args.out) if args.out else _default_out(args.name)
+    print(f"{len(cases)} cases -> {out}", file=sys.stderr)
+    df = run_sweep(
+        cases,
+        out,
+        spec,
+        resume=args.resume,
+        reps=args.reps,
+        command="segtriton " + " ".join(sys.argv[1:]),
+    )
+    report = build_report([out], out)
+    failed = int((df.passed != True).sum())  # noqa: E712
+    print(f"{len(df)} rows, {failed} failed or errored; report: {report}")
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    runs = [Path(r) for r in args.runs]
+    default = runs[-1].parent if runs[-1].is_file() else runs[-1]
+    print(build_report(runs, Path(args.out) if args.out else default))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .report import compare
+
+    table, regressions = compare(Path(args.a), Path(args.b), args.threshold)
+    cols = [
+        "loss",
+        "provider",
+        "shape",
+        "dtype",
+        "mode",
+        "median_ms_a",
+        "median_ms_b",
+        "ratio_b_over_a",
+        "regression",
+    ]
+    print(table[cols].to_string(index=False))
+    print(f"{regressions} regression(s) beyond {args.threshold:.0%}")
+    return 1 if regressions else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segtriton",
@@ -48,6 +127,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="print torch/triton/GPU/interpreter status")
     check.set_defaults(func=_check)
+
+    sweep = sub.add_parser("sweep", help="run a benchmark sweep and write rows, charts, report")
+    sweep.add_argument(
+        "--preset",
+        default="quick",
+        help="quick, standard, full, cityscapes, ade20k, voc, brats3d (default: quick)",
+    )
+    sweep.add_argument("--spec", help="a TOML sweep spec (see segtriton.bench.spec)")
+    sweep.add_argument("--losses", help="comma-separated registry names (overrides the spec)")
+    sweep.add_argument("--providers", help="comma-separated: triton,eager,compile,...")
+    sweep.add_argument("--dtypes", help="comma-separated: fp32,fp16,bf16")
+    sweep.add_argument("--modes", help="comma-separated: fwd,bwd,fwd+bwd")
+    sweep.add_argument("--out", help="output folder (default results/<device>/<date or name>)")
+    sweep.add_argument("--name", help="run name for the default output folder")
+    sweep.add_argument("--reps", type=int, default=50, help="timed repetitions per case")
+    sweep.add_argument("--resume", action="store_true", help="keep finished rows in --out")
+    sweep.set_defaults(func=_sweep)
+
+    report = sub.add_parser("report", help="rebuild charts and report.md from saved runs")
+    report.add_argument(
+        "runs",
+        nargs="+",
+        help="run folders (rows.json) or pytest-benchmark JSON files; later ones win",
+    )
+    report.add_argument("--out", help="where to write (default: the last run folder)")
+    report.set_defaults(func=_report)
+
+    comp = sub.add_parser("compare", help="two runs side by side, flagging regressions")
+    comp.add_argument("a", help="baseline run folder")
+    comp.add_argument("b", help="new run folder")
+    comp.add_argument("--threshold", type=float, default=0.05, help="allowed slowdown (0.05)")
+    comp.set_defaults(func=_compare)
     return parser
 
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 import triton
+
 from segtriton.reference._common import (
     check_choice,
     check_label_shape,

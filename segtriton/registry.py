@@ -5,6 +5,7 @@ Adding a loss means a reference function, a kernel (once written) and one entry 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +25,8 @@ class LossEntry:
     channels: allowed class counts: None for any, or a fixed tuple (binary losses: (1,)).
     soft: masks may be soft (values in (0, 1)).
     kernel: the Triton implementation, once it exists.
+    traffic: byte-model family: 'pixel' (one pass: read logits and target once, write the
+      gradient once) or 'region' (two passes: logits and target read twice).
     """
 
     name: str
@@ -34,6 +37,7 @@ class LossEntry:
     soft: bool = False
     kernel: Callable[..., torch.Tensor] | None = None
     min_classes: int = 1
+    traffic: Literal["pixel", "region"] = "region"
 
     def target_kind(self, options: dict) -> str:
         """'labels' or 'masks' for this entry under ``options`` (mode may switch it)."""
@@ -56,6 +60,7 @@ LOSSES: tuple[LossEntry, ...] = (
         "labels",
         ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]}, {"avg_non_ignore": False}),
         kernel=ker.cross_entropy,
+        traffic="pixel",
     ),
     LossEntry(
         "bce",
@@ -64,6 +69,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0]}),
         soft=True,
         kernel=ker.binary_cross_entropy_with_logits,
+        traffic="pixel",
     ),
     LossEntry(
         "sigmoid_focal",
@@ -72,6 +78,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({"mode": "multilabel"}, {"mode": "multilabel", "alpha": None, "gamma": 0.5}),
         soft=True,
         kernel=ker.sigmoid_focal_loss,
+        traffic="pixel",
     ),
     LossEntry(
         "sigmoid_focal_ovr",
@@ -79,6 +86,7 @@ LOSSES: tuple[LossEntry, ...] = (
         "labels",
         ({"mode": "multiclass"},),
         kernel=ker.sigmoid_focal_loss,
+        traffic="pixel",
     ),
     LossEntry(
         "softmax_focal",
@@ -86,6 +94,7 @@ LOSSES: tuple[LossEntry, ...] = (
         "labels",
         ({}, {"alpha": [0.25, 0.5, 0.75], "gamma": 0.5}),
         kernel=ker.softmax_focal_loss,
+        traffic="pixel",
     ),
     LossEntry(
         "dice", ref.dice_loss, "labels", (*_REGION_VARIANTS, {"squared": True, "log_loss": True})
@@ -169,3 +178,26 @@ def make_inputs(
     if not target.is_floating_point():
         target = target.to(label_dtype)
     return logits.to(device), target.to(device)
+
+
+def minimal_bytes(
+    entry: LossEntry,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    target_dtype: torch.dtype,
+    mode: str,
+    options: dict | None = None,
+) -> int:
+    """The fewest bytes a ``mode`` ('fwd', 'bwd', 'fwd+bwd') run must move: logits and
+    target read once per pass the loss family needs, and the gradient written once."""
+    logits = math.prod(shape) * dtype.itemsize
+    B, C, *spatial = shape
+    masks = entry.target_kind(options or {}) == "masks"
+    target = (math.prod(shape) if masks else B * math.prod(spatial)) * target_dtype.itemsize
+    grad = logits
+    passes = 1 if entry.traffic == "pixel" else 2
+    if mode == "fwd":
+        return logits + target
+    if mode == "bwd":
+        return grad if entry.traffic == "pixel" else logits + target + grad
+    return passes * (logits + target) + grad

@@ -27,3 +27,21 @@ def seed() -> int:
 @pytest.fixture
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--benchmark",
+        action="store_true",
+        default=False,
+        help="run the benchmark tests (tests/test_benchmarks.py) with pytest-benchmark",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--benchmark"):
+        return
+    skip = pytest.mark.skip(reason="a benchmark: run with pytest --benchmark")
+    for item in items:
+        if "benchmark_case" in item.fixturenames:
+            item.add_marker(skip)

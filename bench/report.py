@@ -1,0 +1,352 @@
+"""Reports from saved rows: charts (matplotlib), report.md with a recommendation table,
+and the comparison of two runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .runner import add_ratios, load_rows  # noqa: E402
+
+KEYS = ["loss", "shape", "dtype", "label_dtype", "mode", "memory_format", "ignore_frac"]
+
+
+def rows_from_pytest_benchmark(path: Path) -> tuple[list[dict], dict]:
+    """Rows and meta from a ``pytest --benchmark --benchmark-json=FILE`` file. Its spread is
+    the interquartile range (p25/p75), stored in the p20/p80 columns and so labelled. Its
+    rows were not checked against float64 in that run (``passed`` is None), so they are
+    charted but never recommended."""
+    data = json.loads(path.read_text())
+    rows = []
+    for bench in data["benchmarks"]:
+        info, stats = bench.get("extra_info", {}), bench["stats"]
+        if "loss" not in info:
+            continue
+        rows.append(
+            {
+                **info,
+                "median_ms": stats["median"] * 1e3,
+                "p20_ms": stats["q1"] * 1e3,
+                "p80_ms": stats["q3"] * 1e3,
+                "reps": stats["rounds"],
+                "pct_of_copy_bw": info.get("pct_of_copy_bw"),
+                "passed": None,
+                "timer": "pytest-benchmark (p25/p75 as spread)",
+            }
+        )
+    machine = data.get("machine_info", {})
+    meta = {
+        "device": rows[0]["device"] if rows else "?",
+        "date": data.get("datetime"),
+        "copy_bandwidth_gbps": rows[0].get("copy_gbps", float("nan")) if rows else float("nan"),
+        "command": "pytest --benchmark",
+        "python": machine.get("python_version"),
+    }
+    for key in ("segtriton", "torch", "triton", "gpu", "driver", "git_commit"):
+        meta[key] = rows[0].get(key) if rows else None
+    return rows, meta
+
+
+def load_runs(dirs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
+    """Rows of several runs (run folders, or pytest-benchmark JSON files; later runs win on
+    the same case and provider) and their meta."""
+    frames, metas = [], []
+    for d in dirs:
+        if d.is_file():
+            rows, meta = rows_from_pytest_benchmark(d)
+            frames.append(pd.DataFrame(rows).assign(run=str(d)))
+            metas.append(meta)
+            continue
+        rows = load_rows(d)
+        if not rows:
+            raise FileNotFoundError(f"no rows.json in {d}")
+        frames.append(pd.DataFrame(rows).assign(run=str(d)))
+        meta = d / "meta.json"
+        metas.append(json.loads(meta.read_text()) if meta.exists() else {})
+    df = pd.concat(frames, ignore_index=True)
+    df = df.drop_duplicates(subset=KEYS + ["provider"], keep="last")
+    for col in (
+        "median_ms",
+        "gbps",
+        "pct_of_copy_bw",
+        "extra_mem_mb",
+        "grad_rel_err",
+        "loss_rel_err",
+        "error",
+    ):
+        if col not in df:
+            df[col] = np.nan
+    return add_ratios(df.reset_index(drop=True)), metas
+
+
+def _pixels(shape: str) -> int:
+    dims = [int(v) for v in shape.split("x")]
+    return dims[0] * math.prod(dims[2:])
+
+
+def _classes(shape: str) -> int:
+    return int(shape.split("x")[1])
+
+
+def _regime(shape: str) -> str:
+    C, pixels = _classes(shape), _pixels(shape)
+    cls = "binary (C<=2)" if C <= 2 else ("C<=32" if C <= 32 else "C>32")
+    size = "<=1M px" if pixels <= 2**20 else ("<=16M px" if pixels <= 2**24 else ">16M px")
+    return f"{cls}, {size}"
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if isinstance(v, float):
+                cells.append("-" if math.isnan(v) else (f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _chart_time(df: pd.DataFrame, path: Path) -> bool:
+    timed = df[df.median_ms.notna()]
+    if timed.empty:
+        return False
+    losses = sorted(timed.loss.unique())
+    cols = min(3, len(losses))
+    rows = math.ceil(len(losses) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, loss in zip(axes.flat, losses, strict=False):
+        sub = timed[timed.loss == loss]
+        for (prov, dtype), g in sub.groupby(["provider", "dtype"]):
+            g = g.assign(px=g["shape"].map(_pixels) * g["shape"].map(_classes)).sort_values("px")
+            ax.errorbar(
+                g.px,
+                g.median_ms,
+                yerr=[g.median_ms - g.p20_ms, g.p80_ms - g.median_ms],
+                marker="o",
+                capsize=2,
+                label=f"{prov} {dtype}",
+            )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            title=loss,
+            xlabel="logit elements (B*C*pixels)",
+            ylabel="median ms (p20-p80)",
+        )
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(losses) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _chart_speedup(df: pd.DataFrame, path: Path, base: str) -> bool:
+    tri = df[(df.provider == "triton") & df[f"speedup_vs_{base}"].notna()]
+    if tri.empty:
+        return False
+    tri = tri.assign(C=tri["shape"].map(_classes), px=tri["shape"].map(_pixels))
+    table = tri.groupby(["C", "px"])[f"speedup_vs_{base}"].median().unstack("px")
+    fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 3, 0.6 * table.shape[0] + 2))
+    im = ax.imshow(
+        np.log2(table.values.astype(float)), cmap="RdYlGn", vmin=-4, vmax=4, aspect="auto"
+    )
+    ax.set_xticks(range(table.shape[1]), [f"{p / 1e6:.2g}M" for p in table.columns], rotation=45)
+    ax.set_yticks(range(table.shape[0]), [str(c) for c in table.index])
+    for (i, j), v in np.ndenumerate(table.values):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.1f}x", ha="center", va="center", fontsize=8)
+    ax.set(
+        xlabel="pixels (B*spatial)",
+        ylabel="classes C",
+        title=f"Triton speedup over {base} (median over losses, dtypes)",
+    )
+    fig.colorbar(im, label="log2 speedup")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _chart_floor(df: pd.DataFrame, path: Path) -> bool:
+    timed = df[df.pct_of_copy_bw.notna()]
+    if timed.empty:
+        return False
+    pivot = timed.assign(case=timed.loss + " " + timed["shape"] + " " + timed.dtype).pivot_table(
+        index="case", columns="provider", values="pct_of_copy_bw"
+    )
+    ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2))
+    ax.axvline(100, color="k", lw=0.8)
+    ax.set(xlabel="% of measured copy bandwidth (minimal bytes / time)", ylabel="")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+    return True
+
+
+def _chart_memory(df: pd.DataFrame, path: Path) -> bool:
+    mem = df[df.extra_mem_mb.notna()]
+    if mem.empty:
+        return False
+    pivot = mem.assign(case=mem.loss + " " + mem["shape"] + " " + mem.dtype).pivot_table(
+        index="case", columns="provider", values="extra_mem_mb"
+    )
+    ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2), logx=True)
+    ax.set(xlabel="peak memory beyond inputs (MiB)", ylabel="")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+    return True
+
+
+def recommendations(df: pd.DataFrame) -> pd.DataFrame:
+    """Per loss, regime, dtype and mode: the fastest provider among rows that passed."""
+    ok = df[(df.passed == True) & df.median_ms.notna()]  # noqa: E712
+    out = []
+    ok = ok.assign(regime=ok["shape"].map(_regime))
+    for (loss, regime, dtype, mode), g in ok.groupby(["loss", "regime", "dtype", "mode"]):
+        per = g.groupby("provider").median_ms.median().sort_values()
+        best = per.index[0]
+        runner_up = per.iloc[1] / per.iloc[0] if len(per) > 1 else float("nan")
+        out.append(
+            {
+                "loss": loss,
+                "regime": regime,
+                "dtype": dtype,
+                "mode": mode,
+                "use": best,
+                "median ms": per.iloc[0],
+                "x faster than next": runner_up,
+                "x faster than eager": per.get("eager", float("nan")) / per.iloc[0],
+                "cases": int(g["shape"].nunique()),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def build_report(dirs: list[Path], out: Path) -> Path:
+    """Charts and report.md for the runs in ``dirs``, written to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    df, metas = load_runs(dirs)
+    charts = {
+        "time.png": ("Time against size", _chart_time(df, out / "time.png")),
+        "speedup_eager.png": (
+            "Speedup over eager",
+            _chart_speedup(df, out / "speedup_eager.png", "eager"),
+        ),
+        "speedup_compile.png": (
+            "Speedup over torch.compile",
+            _chart_speedup(df, out / "speedup_compile.png", "compile"),
+        ),
+        "floor.png": ("Fraction of the copy-bandwidth floor", _chart_floor(df, out / "floor.png")),
+        "memory.png": ("Extra memory", _chart_memory(df, out / "memory.png")),
+    }
+    meta = metas[-1]
+    lines = ["# segtriton benchmark report", ""]
+    lines += [
+        f"- runs: {', '.join(str(d) for d in dirs)}",
+        f"- device: {meta.get('gpu') or meta.get('device', '?')}; torch {meta.get('torch')}; "
+        f"triton {meta.get('triton')}; segtriton {meta.get('segtriton')} "
+        f"(commit {str(meta.get('git_commit'))[:10]}); date {meta.get('date')}",
+        f"- measured copy bandwidth: {meta.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s"
+        " (bytes read + written); every GB/s figure uses the minimal byte model of its loss",
+        f"- command: `{meta.get('command', '')}`",
+        "",
+    ]
+    untimed = df[(df.provider == "triton") & df.median_ms.isna() & (df.passed == True)]  # noqa: E712
+    if len(untimed):
+        lines += [
+            f"{len(untimed)} Triton row(s) ran in Triton's CPU interpreter: checked "
+            "against float64, speed not measured (no GPU in this run).",
+            "",
+        ]
+    failed = df[df.passed.eq(False)]
+    if df.passed.isna().any():
+        lines += [
+            f"{int(df.passed.isna().sum())} row(s) come from pytest-benchmark and were "
+            "not checked against float64 in that run: charted, not recommended.",
+            "",
+        ]
+    if len(failed):
+        lines += [
+            f"**{len(failed)} row(s) failed correctness or errored** (kept out of the "
+            "recommendations):",
+            "",
+            _md_table(
+                failed[
+                    [
+                        "loss",
+                        "provider",
+                        "shape",
+                        "dtype",
+                        "mode",
+                        "loss_rel_err",
+                        "grad_rel_err",
+                        "error",
+                    ]
+                ]
+            ),
+            "",
+        ]
+    for name, (title, made) in charts.items():
+        if made:
+            lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    cols = [
+        "loss",
+        "provider",
+        "shape",
+        "dtype",
+        "mode",
+        "memory_format",
+        "median_ms",
+        "p20_ms",
+        "p80_ms",
+        "gbps",
+        "pct_of_copy_bw",
+        "speedup_vs_eager",
+        "speedup_vs_compile",
+        "extra_mem_mb",
+        "loss_rel_err",
+        "grad_rel_err",
+        "passed",
+        "timer",
+    ]
+    lines += ["## All rows", "", _md_table(df[[c for c in cols if c in df]]), ""]
+    rec = recommendations(df)
+    lines += [
+        "## Recommendation",
+        "",
+        "Fastest provider per loss and shape regime among rows that passed the float64 "
+        "check, from the medians above.",
+        "",
+    ]
+    lines += [_md_table(rec) if len(rec) else "No timed rows passed: nothing to recommend.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def compare(a: Path, b: Path, threshold: float = 0.05) -> tuple[pd.DataFrame, int]:
+    """Median times of run ``b`` against run ``a``; rows slower by more than ``threshold``
+    are flagged. Returns the table and the number of regressions."""
+    da, _ = load_runs([a])
+    db, _ = load_runs([b])
+    keys = KEYS + ["provider"]
+    m = da[keys + ["median_ms"]].merge(db[keys + ["median_ms"]], on=keys, suffixes=("_a", "_b"))
+    m = m[m.median_ms_a.notna() & m.median_ms_b.notna()]
+    m["ratio_b_over_a"] = m.median_ms_b / m.median_ms_a
+    m["regression"] = m.ratio_b_over_a > 1 + threshold
+    return m, int(m.regression.sum())

@@ -1,0 +1,250 @@
+"""Run sweep cases: inputs, provider, timing, memory, correctness, one row per case.
+
+Rows are written after every case (atomically: a temporary file, then a rename), so a
+killed sweep keeps what it finished and ``--resume`` continues from there. A case that
+fails (out of memory, a compile error, a missing kernel) becomes a row with its error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import traceback
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch._functorch.config
+
+from segtriton.reference._common import value_checks
+from segtriton.registry import get, make_inputs, minimal_bytes
+
+from .env import environment
+from .spec import DTYPES, LABEL_DTYPES, Case
+from .timing import copy_bandwidth, peak_memory, time_fn
+
+# Largest relative error (max |a - b| / max |b|) a row may show against float64 and pass.
+LOSS_TOL = 1e-4
+GRAD_TOL = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 3e-2}
+IGNORE_INDEX = 255
+# torch.compile donates saved buffers to the backward, which forbids retain_graph ('bwd')
+torch._functorch.config.donated_buffer = False
+
+
+def make_provider(case: Case, entry) -> Callable:
+    if case.provider == "triton":
+        if entry.kernel is None:
+            raise NotImplementedError(f"no Triton kernel for {case.loss} yet")
+        return entry.kernel
+    if case.provider == "eager":
+        fn = entry.reference
+    else:
+        mode = "max-autotune" if case.provider == "compile-max-autotune" else "default"
+        fn = torch.compile(entry.reference, mode=mode, dynamic=False)
+
+    def unchecked(*args, **kwargs):  # baselines timed without the reference's value checks
+        with value_checks(False):
+            return fn(*args, **kwargs)
+
+    return unchecked
+
+
+def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if a.shape != b.shape:
+        return math.inf
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    if bool((torch.isnan(a) ^ torch.isnan(b)).any()):
+        return math.inf
+    a, b = a.masked_fill(both_nan, 0), b.masked_fill(both_nan, 0)
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def run_case(case: Case, device: torch.device, copy_gbps: float, reps: int) -> dict:
+    """Measure one case; return its row (errors are recorded, not raised)."""
+    row = case.as_row()
+    entry = get(case.loss)
+    options = {**entry.variants[0], "ignore_index": IGNORE_INDEX}
+    dtype = DTYPES[case.dtype]
+    gen = torch.Generator().manual_seed(zlib.crc32(case.key.encode()))
+    x, t = make_inputs(
+        entry,
+        case.shape,
+        options,
+        dtype,
+        gen,
+        case.ignore_frac,
+        IGNORE_INDEX,
+        LABEL_DTYPES[case.label_dtype],
+        device=device,
+    )
+    if case.memory_format == "channels_last":
+        x = x.contiguous(
+            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        )
+    fn = make_provider(case, entry)
+    need_grad = case.mode != "fwd"
+    xg = x.detach().requires_grad_(need_grad)
+
+    def forward():
+        return fn(xg, t, **options)
+
+    t0 = time.perf_counter()
+    loss = forward()
+    grad = torch.autograd.grad(loss, xg, retain_graph=case.mode == "bwd")[0] if need_grad else None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    row["first_call_s"] = time.perf_counter() - t0  # compile / JIT time included
+
+    ref_loss = entry.reference(x.detach().double().requires_grad_(need_grad), t, **options)
+    row["loss_rel_err"] = _max_rel(loss.detach(), ref_loss.detach())
+    if need_grad:
+        xd = x.detach().double().requires_grad_(True)
+        (ref_grad,) = torch.autograd.grad(entry.reference(xd, t, **options), xd)
+        row["grad_rel_err"] = _max_rel(grad, ref_grad)
+    else:
+        row["grad_rel_err"] = float("nan")
+    grad_ok = not need_grad or row["grad_rel_err"] <= GRAD_TOL[case.dtype]
+    row["passed"] = bool(row["loss_rel_err"] <= LOSS_TOL and grad_ok)
+    del ref_loss, grad
+
+    row["bytes"] = minimal_bytes(
+        entry, case.shape, dtype, LABEL_DTYPES[case.label_dtype], case.mode, options
+    )
+    if case.provider == "triton" and device.type != "cuda":
+        row["timer"] = "not measured (Triton interpreter)"
+        return row
+    step = make_step(case.mode, forward, xg)
+    row.update(time_fn(step, device, reps=reps))
+    row["gbps"] = row["bytes"] / (row["median_ms"] * 1e-3) / 1e9
+    row["pct_of_copy_bw"] = 100 * row["gbps"] / copy_gbps
+    extra = peak_memory(step, device)
+    if extra is not None:
+        grad_bytes = x.numel() * x.element_size() if need_grad else 0
+        row["extra_mem_mb"] = extra / 2**20
+        row["extra_mem_beyond_grad_mb"] = (extra - grad_bytes) / 2**20
+    return row
+
+
+def make_step(mode: str, forward: Callable, x: torch.Tensor) -> Callable:
+    """The timed call: the forward alone, forward and backward, or the backward alone
+    (through a graph built once and retained)."""
+    if mode == "fwd":
+
+        def step():
+            with torch.no_grad():
+                return forward()
+    elif mode == "fwd+bwd":
+
+        def step():
+            return torch.autograd.grad(forward(), x)
+    else:
+        held = forward()
+
+        def step():
+            return torch.autograd.grad(held, x, retain_graph=True)
+
+    return step
+
+
+def add_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """Speedup of each row over eager and over compile on the same case."""
+    if df.empty or "median_ms" not in df:
+        return df
+    keys = ["loss", "shape", "dtype", "label_dtype", "mode", "memory_format", "ignore_frac"]
+    for base in ("eager", "compile"):
+        ref = df[df.provider == base][keys + ["median_ms"]].rename(
+            columns={"median_ms": f"_{base}_ms"}
+        )
+        df = df.drop(columns=[f"speedup_vs_{base}"], errors="ignore").merge(
+            ref, on=keys, how="left"
+        )
+        df[f"speedup_vs_{base}"] = df[f"_{base}_ms"] / df["median_ms"]
+        df = df.drop(columns=[f"_{base}_ms"])
+    return df
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_rows(out: Path, rows: list[dict]) -> pd.DataFrame:
+    df = add_ratios(pd.DataFrame(rows))
+    _write_atomic(out / "rows.json", df.to_json(orient="records", indent=1))
+    _write_atomic(out / "rows.csv", df.to_csv(index=False))
+    return df
+
+
+def load_rows(out: Path) -> list[dict]:
+    path = out / "rows.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _progress(i: int, n: int, started: float, case: Case) -> None:
+    elapsed = time.perf_counter() - started
+    eta = elapsed / i * (n - i) if i else float("nan")
+    fmt = lambda s: "--:--" if math.isnan(s) else f"{int(s // 60):02d}:{int(s % 60):02d}"  # noqa: E731
+    print(
+        f"[{i + 1:>{len(str(n))}}/{n}] {fmt(elapsed)} elapsed, ETA {fmt(eta)}  {case.describe()}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def case_of(row: dict) -> Case:
+    """The case a saved row measured."""
+    fields = {k: row[k] for k in Case.__dataclass_fields__}
+    fields["shape"] = tuple(int(v) for v in str(row["shape"]).split("x"))
+    return Case(**fields)
+
+
+def run_sweep(
+    cases: list[Case],
+    out: Path,
+    spec: dict,
+    resume: bool = False,
+    reps: int = 50,
+    command: str = "",
+) -> pd.DataFrame:
+    """Run ``cases`` into ``out`` (rows.json, rows.csv, meta.json) and return the rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = load_rows(out) if resume else []
+    done = {case_of(r).key for r in rows}
+    copy_gbps = copy_bandwidth(device)
+    meta = {
+        **environment(),
+        "device": str(device),
+        "copy_bandwidth_gbps": copy_gbps,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "spec": spec,
+    }
+    _write_atomic(out / "meta.json", json.dumps(meta, indent=1, default=str))
+    todo = [c for c in cases if c.key not in done]
+    started = time.perf_counter()
+    for i, case in enumerate(todo):
+        _progress(i, len(todo), started, case)
+        try:
+            row = run_case(case, device, copy_gbps, reps)
+        except Exception as exc:  # an OOM or compile failure is a row, and the sweep goes on
+            row = {
+                **case.as_row(),
+                "passed": False,
+                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            }
+            if os.environ.get("SEGTRITON_DEBUG"):
+                traceback.print_exc()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        save_rows(out, rows)
+    return save_rows(out, rows)

@@ -1,0 +1,190 @@
+"""Sweep specifications: named presets and TOML files, expanded into cases.
+
+A spec is a dict of axes; every combination of them is one case::
+
+    losses = ["cross_entropy", "dice"]          # registry names, or "all"
+    providers = ["triton", "eager", "compile"]
+    shapes = [[8, 19, 512, 1024], [2, 4, 128, 128, 128]]   # [B, C, *spatial]
+    dtypes = ["bf16", "fp32"]
+    label_dtypes = ["int64"]
+    modes = ["fwd+bwd"]                           # fwd | bwd | fwd+bwd
+    memory_formats = ["contiguous"]               # or channels_last
+    ignore_frac = 0.05                            # share of ignored pixels
+
+Shapes whose channel count does not fit a loss (binary losses need C = 1) are adapted:
+the loss gets C = 1 with the same batch and spatial size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LABEL_DTYPES = {
+    "uint8": torch.uint8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+}
+MODES = ("fwd", "bwd", "fwd+bwd")
+FORMATS = ("contiguous", "channels_last")
+PROVIDERS = ("triton", "eager", "compile", "compile-max-autotune")
+
+
+@dataclass(frozen=True)
+class Case:
+    loss: str
+    provider: str
+    shape: tuple[int, ...]
+    dtype: str
+    label_dtype: str
+    mode: str
+    memory_format: str
+    ignore_frac: float
+
+    @property
+    def key(self) -> str:
+        shape = "x".join(map(str, self.shape))
+        return (
+            f"{self.loss}|{self.provider}|{shape}|{self.dtype}|{self.label_dtype}|"
+            f"{self.mode}|{self.memory_format}|{self.ignore_frac}"
+        )
+
+    def describe(self) -> str:
+        return f"{self.loss} {self.provider} {self.dtype} {list(self.shape)} {self.mode}" + (
+            " channels_last" if self.memory_format == "channels_last" else ""
+        )
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["shape"] = "x".join(map(str, self.shape))
+        return row
+
+
+_CORE = [
+    "cross_entropy",
+    "softmax_focal",
+    "bce",
+    "dice",
+    "jaccard",
+    "tversky",
+    "generalized_dice",
+    "lovasz_softmax",
+]
+
+PRESETS: dict[str, dict] = {
+    # seconds on a CPU: what a newcomer's first `segtriton sweep` runs
+    "quick": {
+        "losses": ["cross_entropy", "softmax_focal", "bce", "dice"],
+        "providers": ["triton", "eager", "compile"],
+        "shapes": [[2, 19, 64, 128], [2, 150, 32, 32]],
+        "dtypes": ["fp32"],
+        "modes": ["fwd+bwd"],
+    },
+    "standard": {
+        "losses": _CORE,
+        "providers": ["triton", "eager", "compile"],
+        "shapes": [
+            [8, 19, 512, 1024],
+            [16, 150, 512, 512],
+            [8, 1, 1024, 1024],
+            [4, 4, 128, 128, 128],
+            [8, 21, 256, 256],
+            [4, 19, 1024, 2048],
+        ],
+        "dtypes": ["bf16", "fp32"],
+        "modes": ["fwd+bwd"],
+    },
+    "full": {  # hours on a GPU: every loss, class count and dtype
+        "losses": "all",
+        "providers": ["triton", "eager", "compile"],
+        "shapes": [[8, C, r, r] for C in (1, 2, 19, 21, 150, 1000) for r in (128, 512, 2048)],
+        "dtypes": ["fp32", "fp16", "bf16"],
+        "modes": ["fwd", "fwd+bwd"],
+    },
+    "cityscapes": {
+        "losses": _CORE,
+        "shapes": [[8, 19, 512, 1024], [2, 19, 1024, 2048]],
+        "dtypes": ["bf16", "fp32"],
+    },
+    "ade20k": {"losses": _CORE, "shapes": [[16, 150, 512, 512]], "dtypes": ["bf16", "fp32"]},
+    "voc": {"losses": _CORE, "shapes": [[16, 21, 512, 512]], "dtypes": ["bf16", "fp32"]},
+    "brats3d": {
+        "losses": ["bce", "dice", "generalized_dice", "tversky"],
+        "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],
+        "dtypes": ["bf16", "fp32"],
+    },
+}
+
+DEFAULTS = {
+    "providers": ["triton", "eager", "compile"],
+    "dtypes": ["fp32"],
+    "label_dtypes": ["int64"],
+    "modes": ["fwd+bwd"],
+    "memory_formats": ["contiguous"],
+    "ignore_frac": 0.05,
+}
+
+
+def load_spec(preset: str | None = None, path: str | Path | None = None) -> dict:
+    """A preset, or a TOML file (whose ``preset`` key, if any, gives the defaults)."""
+    spec: dict = {}
+    if path is not None:
+        try:
+            import tomllib
+        except ImportError as exc:  # Python 3.10
+            raise RuntimeError("TOML sweep specs need Python >= 3.11 (tomllib)") from exc
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+        preset = spec.pop("preset", preset)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        spec = {**PRESETS[preset], **spec}
+    if not spec:
+        raise ValueError("give a preset or a spec file")
+    return {**DEFAULTS, **spec}
+
+
+def expand(spec: dict) -> list[Case]:
+    """Every case of the spec, in a stable order (loss, shape, dtype, ..., provider)."""
+    from segtriton.registry import LOSSES, get
+
+    losses = [e.name for e in LOSSES] if spec["losses"] == "all" else list(spec["losses"])
+    for name in losses:
+        get(name)
+    for axis, allowed in (
+        ("dtypes", DTYPES),
+        ("label_dtypes", LABEL_DTYPES),
+        ("modes", MODES),
+        ("memory_formats", FORMATS),
+        ("providers", PROVIDERS),
+    ):
+        bad = [v for v in spec[axis] if v not in allowed]
+        if bad:
+            raise ValueError(f"{axis}: unknown {bad}; known: {list(allowed)}")
+    cases, seen = [], set()
+    for name, shape, dtype, ldt, mode, fmt, provider in itertools.product(
+        losses,
+        spec["shapes"],
+        spec["dtypes"],
+        spec["label_dtypes"],
+        spec["modes"],
+        spec["memory_formats"],
+        spec["providers"],
+    ):
+        entry = get(name)
+        shape = tuple(int(v) for v in shape)
+        if entry.channels and shape[1] not in entry.channels:
+            shape = (shape[0], entry.channels[0], *shape[2:])
+        if shape[1] < entry.min_classes or (fmt == "channels_last" and len(shape) not in (4, 5)):
+            continue
+        case = Case(name, provider, shape, dtype, ldt, mode, fmt, float(spec["ignore_frac"]))
+        if case not in seen:
+            seen.add(case)
+            cases.append(case)
+    return cases

@@ -1,0 +1,90 @@
+"""Timing and memory: CUDA events with an L2 flush on a GPU, the wall clock on a CPU.
+
+GPU times are medians over many repetitions of one call, each preceded by a write of
+a buffer larger than L2 (so no input stays cached), measured with CUDA events around the
+call alone. CPU times are ``perf_counter`` around synchronous calls. Every result says
+which method produced it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    pos = q * (len(values) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def time_fn(
+    fn: Callable[[], object],
+    device: torch.device,
+    reps: int = 50,
+    warmup: int = 5,
+    budget_s: float = 10.0,
+) -> dict[str, float | str | int]:
+    """Median, p20 and p80 of one call of ``fn`` in milliseconds, and the method used.
+
+    Repetitions stop early once ``budget_s`` is spent (at least 5 are kept)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    if device.type == "cuda":
+        flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+        for _ in range(reps):
+            flush.zero_()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+            if len(times) >= 5 and time.perf_counter() - start > budget_s:
+                break
+        method = "cuda-events+l2-flush"
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+            if len(times) >= 5 and time.perf_counter() - start > budget_s:
+                break
+        method = "wall-clock (cpu)"
+    return {
+        "median_ms": statistics.median(times),
+        "p20_ms": _quantile(times, 0.2),
+        "p80_ms": _quantile(times, 0.8),
+        "reps": len(times),
+        "timer": method,
+    }
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (bytes read plus bytes written)."""
+    n = (1 << 30 if device.type == "cuda" else 1 << 26) // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    result = time_fn(lambda: dst.copy_(src), device, reps=30, warmup=3)
+    return 2 * src.numel() * src.element_size() / (result["median_ms"] * 1e-3) / 1e9
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it
+    (CUDA only; None on a CPU, where the caching allocator does not report it)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del out
+    return int(peak)

@@ -1,0 +1,99 @@
+"""The benchmark pipeline on a CPU: spec expansion, byte models, a small sweep through the
+CLI (rows, resume, error rows, report with charts) and the comparison of two runs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from segtriton.bench.cli import main
+from segtriton.bench.report import compare
+from segtriton.bench.spec import PRESETS, expand, load_spec
+from segtriton.registry import get, minimal_bytes
+
+
+def test_presets_expand_and_adapt_binary_losses():
+    for name in PRESETS:
+        assert expand(load_spec(name))
+    cases = expand({**load_spec("quick"), "losses": ["lovasz_hinge"], "providers": ["eager"]})
+    assert {c.shape[1] for c in cases} == {1}
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_spec("huge")
+    with pytest.raises(KeyError, match="no loss named"):
+        expand({**load_spec("quick"), "losses": ["dise"]})
+
+
+def test_byte_models():
+    ce, dice = get("cross_entropy"), get("dice")
+    shape = (8, 19, 512, 1024)
+    logits = 8 * 19 * 512 * 1024 * 2
+    labels = 8 * 512 * 1024 * 8
+    bf16, i64 = torch.bfloat16, torch.int64
+    assert minimal_bytes(ce, shape, bf16, i64, "fwd+bwd") == 2 * logits + labels
+    assert minimal_bytes(ce, shape, bf16, i64, "fwd") == logits + labels
+    assert minimal_bytes(dice, shape, bf16, i64, "fwd+bwd") == 3 * logits + 2 * labels
+
+
+def test_sweep_report_resume_and_errors(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'losses = ["cross_entropy", "dice"]\nproviders = ["triton", "eager"]\n'
+        'shapes = [[2, 3, 9, 11]]\ndtypes = ["fp32"]\nmodes = ["fwd+bwd", "fwd"]\n'
+    )
+    out = tmp_path / "run"
+    code = main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3"])
+    rows = pd.read_json(out / "rows.json")
+    assert len(rows) == 8 and code == 1  # dice has no Triton kernel yet: two error rows
+    errors = rows[rows.error.notna()]
+    assert set(errors.provider) == {"triton"} and set(errors.loss) == {"dice"}
+    ok = rows[rows.error.isna()]
+    assert ok.passed.all()
+    triton = ok[ok.provider == "triton"]
+    if not torch.cuda.is_available():
+        assert triton.median_ms.isna().all() and triton.timer.str.contains("not measured").all()
+    eager = ok[ok.provider == "eager"]
+    assert (eager.median_ms > 0).all() and (eager.pct_of_copy_bw > 0).all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["copy_bandwidth_gbps"] > 0 and meta["torch"] == torch.__version__
+    report = (out / "report.md").read_text()
+    assert "## Recommendation" in report and "failed correctness or errored" in report
+    assert (out / "time.png").stat().st_size > 0
+    assert pd.read_csv(out / "rows.csv").shape[0] == 8
+    # a resumed sweep keeps finished rows and runs nothing new
+    main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", "--resume"])
+    assert "0 cases" not in capsys.readouterr().err
+    assert len(pd.read_json(out / "rows.json")) == 8
+    assert main(["report", str(out)]) == 0
+
+
+def _run(path, ms):
+    path.mkdir()
+    rows = [
+        {
+            "loss": "dice",
+            "provider": p,
+            "shape": "2x3x4x4",
+            "dtype": "fp32",
+            "label_dtype": "int64",
+            "mode": "fwd+bwd",
+            "memory_format": "contiguous",
+            "ignore_frac": 0.0,
+            "median_ms": v,
+            "passed": True,
+        }
+        for p, v in ms.items()
+    ]
+    (path / "rows.json").write_text(json.dumps(rows))
+    return path
+
+
+def test_compare_flags_regressions(tmp_path):
+    a = _run(tmp_path / "a", {"eager": 1.0, "compile": 1.0})
+    b = _run(tmp_path / "b", {"eager": 1.02, "compile": 1.3})
+    table, regressions = compare(a, b, threshold=0.05)
+    assert regressions == 1
+    assert table.set_index("provider").regression.to_dict() == {"eager": False, "compile": True}
+    assert main(["compare", str(a), str(b)]) == 1

@@ -1,0 +1,92 @@
+"""Benchmarks through pytest-benchmark: ``pytest --benchmark`` (skipped otherwise).
+
+The cases are a sweep preset (``SEGTRITON_BENCH_PRESET``, default 'quick'); each round is
+one call timed by CUDA events after an L2 flush in setup (on a CPU: the wall clock around
+synchronous calls, and Triton cases are not timed). The case, GB/s and the fraction of the
+measured copy bandwidth go to ``extra_info`` (correctness is the test suite's job, and
+``segtriton sweep`` checks every row against float64); groups are loss and shape, so
+``--benchmark-json``, ``--benchmark-compare`` and ``--benchmark-compare-fail=median:5%``
+work as usual.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from segtriton.bench.env import environment
+from segtriton.bench.runner import IGNORE_INDEX, make_provider, make_step
+from segtriton.bench.spec import DTYPES, LABEL_DTYPES, expand, load_spec
+from segtriton.bench.timing import copy_bandwidth
+from segtriton.registry import get, make_inputs, minimal_bytes
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CASES = expand(load_spec(os.environ.get("SEGTRITON_BENCH_PRESET", "quick")))
+
+
+@pytest.fixture(scope="session")
+def copy_gbps() -> float:
+    return copy_bandwidth(DEVICE)
+
+
+@pytest.fixture(scope="session")
+def versions() -> dict:
+    info = environment()
+    return {k: info.get(k) for k in ("segtriton", "torch", "triton", "gpu", "driver", "git_commit")}
+
+
+@pytest.fixture(params=CASES, ids=lambda c: c.key.replace("|", "-"))
+def benchmark_case(request):
+    return request.param
+
+
+def test_loss(benchmark, benchmark_case, copy_gbps, versions):
+    case = benchmark_case
+    if case.provider == "triton" and DEVICE.type != "cuda":
+        pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
+    entry = get(case.loss)
+    options = {**entry.variants[0], "ignore_index": IGNORE_INDEX}
+    x, t = make_inputs(
+        entry,
+        case.shape,
+        options,
+        DTYPES[case.dtype],
+        None,
+        case.ignore_frac,
+        IGNORE_INDEX,
+        LABEL_DTYPES[case.label_dtype],
+        device=DEVICE,
+    )
+    xg = x.requires_grad_(case.mode != "fwd")
+    fn = make_provider(case, entry)
+    step = make_step(case.mode, lambda: fn(xg, t, **options), xg)
+    flush = (
+        torch.empty(256 * 2**20, dtype=torch.int8, device=DEVICE) if DEVICE.type == "cuda" else None
+    )
+    if flush is not None:
+        from segtriton.bench.pytest_timer import CudaEventClock
+
+        benchmark._timer = CudaEventClock()
+    benchmark.group = f"{case.loss} {'x'.join(map(str, case.shape))} {case.dtype} {case.mode}"
+    benchmark.pedantic(
+        step,
+        setup=(flush.zero_ if flush is not None else None),
+        rounds=30,
+        warmup_rounds=3,
+        iterations=1,
+    )
+    nbytes = minimal_bytes(
+        entry, case.shape, DTYPES[case.dtype], LABEL_DTYPES[case.label_dtype], case.mode, options
+    )
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(case.as_row())
+    benchmark.extra_info.update(versions)
+    benchmark.extra_info.update(
+        bytes=nbytes,
+        gbps=nbytes / median / 1e9,
+        pct_of_copy_bw=100 * nbytes / median / 1e9 / copy_gbps,
+        copy_gbps=copy_gbps,
+        device=str(DEVICE),
+    )
