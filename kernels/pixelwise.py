@@ -203,10 +203,7 @@ def _softmax_pixel_loss(
         grad if fused else None,
         None,
     )
-    if reduction == "none":
-        return loss.view(target.shape), grad
-    total = sum_partials(loss)
-    return (total / denom[0] if reduction == "mean" else total), grad
+    return _finish(loss, grad, reduction, denom, target.shape)
 
 
 @_softmax_pixel_loss.register_fake
@@ -286,42 +283,49 @@ def _scale_saved_grad(
     return grad * grad_loss.to(grad.dtype)
 
 
-def _setup_softmax(ctx, inputs, output):
-    (
-        logits,
-        target,
-        weight,
-        alpha,
-        ignore_index,
-        smoothing,
-        gamma,
-        alpha_scalar,
-        focal,
-        reduction,
-        _avg,
-        _need,
-    ) = inputs
-    ctx.reduction = reduction
-    ctx.params = (ignore_index, smoothing, gamma, alpha_scalar, focal)
+def _register_fused_autograd(op: str, grad_op, reduction_at: int) -> None:
+    """Autograd for a fused loss op whose inputs are ``(logits, target, *params)`` with
+    ``reduction`` at ``reduction_at``, and whose grad op takes
+    ``(logits, target, grad_output, *params[:reduction_at - 2])``.
+
+    'mean' / 'sum': the forward returned the gradient; the backward applies grad_output.
+    'none': the inputs are kept and the backward recomputes the gradient in one pass.
+    """
+
+    def setup(ctx, inputs, output):
+        ctx.reduction, ctx.n_inputs = inputs[reduction_at], len(inputs)
+        if ctx.reduction != "none":
+            ones = torch.ones(1, dtype=torch.float32, device=inputs[0].device)
+            ctx.save_for_backward(output[1], ones)
+            return
+        args = inputs[:reduction_at]
+        ctx.tensor_at = [k for k, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        ctx.args = [None if isinstance(a, torch.Tensor) else a for a in args]
+        ctx.save_for_backward(*(args[k] for k in ctx.tensor_at))
+
+    def backward(ctx, grad_loss, _grad_grad):
+        if ctx.reduction != "none":
+            saved, applied = ctx.saved_tensors
+            grad = _scale_saved_grad(saved, grad_loss, applied)
+        else:
+            args = list(ctx.args)
+            for k, tensor in zip(ctx.tensor_at, ctx.saved_tensors, strict=True):
+                args[k] = tensor
+            grad = grad_op(args[0], args[1], grad_loss, *args[2:])
+        return (grad,) + (None,) * (ctx.n_inputs - 1)
+
+    torch.library.register_autograd(op, backward, setup_context=setup)
+
+
+def _finish(partials, grad, reduction, denom, shape):
+    """The op's outputs from the kernel's partial (or per-element) losses."""
     if reduction == "none":
-        ctx.save_for_backward(logits, target, weight, alpha)
-    else:
-        ctx.save_for_backward(output[1], torch.ones(1, dtype=torch.float32, device=logits.device))
+        return partials.view(shape), grad
+    total = sum_partials(partials)
+    return (total / denom[0] if reduction == "mean" else total), grad
 
 
-def _backward_softmax(ctx, grad_loss, _grad_grad):
-    if ctx.reduction == "none":
-        logits, target, weight, alpha = ctx.saved_tensors
-        grad = _softmax_pixel_grad(logits, target, grad_loss, weight, alpha, *ctx.params)
-    else:
-        grad, applied = ctx.saved_tensors
-        grad = _scale_saved_grad(grad, grad_loss, applied)
-    return (grad,) + (None,) * 11
-
-
-torch.library.register_autograd(
-    "segtriton::softmax_pixel_loss", _backward_softmax, setup_context=_setup_softmax
-)
+_register_fused_autograd("segtriton::softmax_pixel_loss", _softmax_pixel_grad, 9)
 
 
 def _need_grad(logits: torch.Tensor) -> bool:
@@ -531,10 +535,7 @@ def _sigmoid_pixel_loss(
         grad if fused else None,
         None,
     )
-    if reduction == "none":
-        return loss.view(logits.shape), grad
-    total = sum_partials(loss)
-    return (total / denom[0] if reduction == "mean" else total), grad
+    return _finish(loss, grad, reduction, denom, logits.shape)
 
 
 @_sigmoid_pixel_loss.register_fake
@@ -597,44 +598,7 @@ def _(logits, target, grad_output, labels, weight, pos_weight, ignore_index, gam
     return torch.empty_like(logits)
 
 
-def _setup_sigmoid(ctx, inputs, output):
-    (
-        logits,
-        target,
-        labels,
-        weight,
-        pos_weight,
-        ignore_index,
-        gamma,
-        alpha,
-        focal,
-        reduction,
-        _need,
-    ) = inputs
-    ctx.reduction = reduction
-    ctx.params = (labels, ignore_index, gamma, alpha, focal)
-    if reduction == "none":
-        ctx.save_for_backward(logits, target, weight, pos_weight)
-    else:
-        ctx.save_for_backward(output[1], torch.ones(1, dtype=torch.float32, device=logits.device))
-
-
-def _backward_sigmoid(ctx, grad_loss, _grad_grad):
-    if ctx.reduction == "none":
-        logits, target, weight, pos_weight = ctx.saved_tensors
-        labels, ignore_index, gamma, alpha, focal = ctx.params
-        grad = _sigmoid_pixel_grad(
-            logits, target, grad_loss, labels, weight, pos_weight, ignore_index, gamma, alpha, focal
-        )
-    else:
-        grad, applied = ctx.saved_tensors
-        grad = _scale_saved_grad(grad, grad_loss, applied)
-    return (grad,) + (None,) * 10
-
-
-torch.library.register_autograd(
-    "segtriton::sigmoid_pixel_loss", _backward_sigmoid, setup_context=_setup_sigmoid
-)
+_register_fused_autograd("segtriton::sigmoid_pixel_loss", _sigmoid_pixel_grad, 9)
 
 
 def binary_cross_entropy_with_logits(
