@@ -62,7 +62,7 @@ def _valid_sum_kernel(
     in ``[0, C)`` (bad labels are counted nowhere; the loss kernels turn them into NaN)."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
-    offs_r = tl.arange(0, BLOCK_R)
+    offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
     m = (offs_r < R)[:, None] & pmask[None, :]
     t = tl.load(t_ptr + b * stb + offs_r[:, None] * str_ + offs_p[None, :] * sts, mask=m, other=0)
     if LABELS:
@@ -164,7 +164,7 @@ def _softmax_loss_kernel(
         scale_y = tl.load(a_ptr + ys, mask=valid, other=0.0).to(tl.float32)
     else:
         scale_y = tl.zeros([BLOCK_P], tl.float32) + alpha_scalar
-    offs_c0 = tl.arange(0, BLOCK_C)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
     eps_c = smoothing / C
     # pass 1: max, sum of exp, the label's logit, and (smoothing) sum_c w_c x_c
     if SINGLE:
@@ -316,7 +316,7 @@ def _sigmoid_loss_kernel(
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     acc = tl.zeros([BLOCK_P], tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
+        offs_c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         cmask = offs_c < C
         m2 = cmask[:, None] & pmask[None, :]
         x = tl.load(
