@@ -86,6 +86,13 @@ def _prepass(
     return sum_partials(partials).reshape(1)
 
 
+def _outputs(gout, n_loss, grad, x):
+    """The loss buffer (per-program partials or per-element losses; none when the launch only
+    writes a gradient, i.e. ``gout`` is given) and the gradient's view and strides."""
+    loss = torch.empty(n_loss, dtype=torch.float32, device=x.device) if gout is None else None
+    return loss, pixel_view(grad) if grad is not None else (None, 0, 0, 0)
+
+
 # --- softmax family: cross-entropy and softmax focal -----------------------------------
 
 
@@ -112,14 +119,8 @@ def _softmax_launch(
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
-    write_loss = gout is None
     per_pixel = reduction == "none"
-    if write_loss:
-        shape = (B * S,) if per_pixel else (B * n_pblocks,)
-        loss = torch.empty(shape, dtype=torch.float32, device=x.device)
-    else:
-        loss = None
-    g, sgb, sgc, sgs = pixel_view(grad) if grad is not None else (None, 0, 0, 0)
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * S if per_pixel else B * n_pblocks, grad, x)
     _softmax_loss_kernel[(B * n_pblocks,)](
         x,
         y,
@@ -148,7 +149,7 @@ def _softmax_launch(
         HAS_W=weight is not None,
         HAS_ALPHA=alpha is not None,
         WRITE_GRAD=grad is not None,
-        WRITE_LOSS=write_loss,
+        WRITE_LOSS=loss is not None,
         PER_PIXEL=per_pixel,
         MEAN=reduction == "mean",
         SINGLE=single,
@@ -444,13 +445,8 @@ def _sigmoid_launch(
     block_c = min(triton.next_power_of_2(C), 16)
     block_p = max(64, min(1024, 4096 // block_c))
     n_pblocks = triton.cdiv(S, block_p)
-    write_loss = gout is None
     per_el = reduction == "none"
-    loss = None
-    if write_loss:
-        shape = (B * C * S,) if per_el else (B * n_pblocks,)
-        loss = torch.empty(shape, dtype=torch.float32, device=x.device)
-    g, sgb, sgc, sgs = pixel_view(grad) if grad is not None else (None, 0, 0, 0)
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * C * S if per_el else B * n_pblocks, grad, x)
     _sigmoid_loss_kernel[(B * n_pblocks,)](
         x,
         t,
@@ -482,7 +478,7 @@ def _sigmoid_launch(
         HAS_ALPHA=alpha is not None,
         HAS_IGNORE=ignore_index is not None,
         WRITE_GRAD=grad is not None,
-        WRITE_LOSS=write_loss,
+        WRITE_LOSS=loss is not None,
         PER_ELEMENT=per_el,
         MEAN=reduction == "mean",
         BLOCK_C=block_c,
