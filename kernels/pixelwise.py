@@ -17,7 +17,10 @@ Same signatures and semantics as ``segtriton.reference`` (see the formulas there
 - Labels of any integer dtype are read in the kernel. A label outside ``[0, C)`` that is
   not ``ignore_index`` (or a mask value outside [0, 1]) makes the loss NaN instead of
   triggering a device-side assert; ``validate=True`` checks the values first and raises a
-  ``ValueError`` naming the bad label (this reads the labels on the host: a sync).
+  ``ValueError`` naming the bad label (this reads the labels on the host: a sync), and
+  also rejects negative or non-finite class weights.
+- Class weights, alpha and pos_weight are best given as device tensors (the ``nn.Module``
+  forms hold them as buffers): a Python list is copied to the device on every call.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import triton
 
 from segtriton.reference._common import (
     check_choice,
+    check_class_vector,
     check_label_shape,
     check_logits,
     check_masks,
@@ -44,15 +48,17 @@ _REDUCTIONS = ("mean", "sum", "none")
 _NO_LABEL = -(2**31)  # stands for ignore_index=None: no int32 label equals it
 
 
-def _class_vector(name: str, value, C: int, device) -> torch.Tensor | None:
-    if value is None:
-        return None
-    v = torch.as_tensor(value, dtype=torch.float32, device=device)
-    if v.dim() != 1 or v.shape[0] != C:
-        raise ValueError(
-            f"{name} must have one entry per class (C={C}), got shape {tuple(v.shape)}"
-        )
-    return v.contiguous()
+def _class_vector(name: str, value, C: int, logits: torch.Tensor, validate: bool):
+    """fp32 per-class vector on the logits' device; its values are read only with
+    ``validate`` (pass device tensors: a Python list is copied to the device each call)."""
+    like = logits.new_empty(0, dtype=torch.float32)
+    return check_class_vector(name, value, C, like, check_values=validate)
+
+
+def _grad_buffer(logits: torch.Tensor, need_grad: bool, reduction: str) -> torch.Tensor:
+    """The gradient the forward writes ('mean'/'sum' with grad), else an empty placeholder."""
+    fused = need_grad and reduction != "none"
+    return torch.empty_like(logits) if fused else logits.new_empty(0)
 
 
 def _prepass(
@@ -187,8 +193,7 @@ def _softmax_pixel_loss(
     denom = _softmax_denom(
         target, C, ignore_index, weight, reduction, avg_non_ignore, logits.device
     )
-    fused = need_grad and reduction != "none"
-    grad = torch.empty_like(logits) if fused else logits.new_empty(0)
+    grad = _grad_buffer(logits, need_grad, reduction)
     loss = _softmax_launch(
         logits,
         target,
@@ -201,7 +206,7 @@ def _softmax_pixel_loss(
         focal,
         reduction,
         denom,
-        grad if fused else None,
+        grad if grad.numel() else None,
         None,
     )
     return _finish(loss, grad, reduction, denom, target.shape)
@@ -224,8 +229,7 @@ def _(
 ):
     shape = target.shape if reduction == "none" else ()
     loss = logits.new_empty(shape, dtype=torch.float32)
-    fused = need_grad and reduction != "none"
-    return loss, torch.empty_like(logits) if fused else logits.new_empty(0)
+    return loss, _grad_buffer(logits, need_grad, reduction)
 
 
 @torch.library.custom_op("segtriton::softmax_pixel_grad", mutates_args=())
@@ -355,7 +359,7 @@ def cross_entropy(
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if validate:
         label_mask(target, logits.shape[1], ignore_index)
-    w = _class_vector("weight", weight, logits.shape[1], logits.device)
+    w = _class_vector("weight", weight, logits.shape[1], logits, validate)
     loss, _ = _softmax_pixel_loss(
         logits,
         target,
@@ -396,7 +400,7 @@ def softmax_focal_loss(
     scalar = 1.0 if alpha is None else alpha
     vec = None
     if not isinstance(scalar, (int, float)):
-        vec, scalar = _class_vector("alpha", alpha, logits.shape[1], logits.device), 1.0
+        vec, scalar = _class_vector("alpha", alpha, logits.shape[1], logits, validate), 1.0
     loss, _ = _softmax_pixel_loss(
         logits,
         target,
@@ -514,8 +518,7 @@ def _sigmoid_pixel_loss(
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
-    fused = need_grad and reduction != "none"
-    grad = torch.empty_like(logits) if fused else logits.new_empty(0)
+    grad = _grad_buffer(logits, need_grad, reduction)
     loss = _sigmoid_launch(
         logits,
         target,
@@ -528,7 +531,7 @@ def _sigmoid_pixel_loss(
         focal,
         reduction,
         denom,
-        grad if fused else None,
+        grad if grad.numel() else None,
         None,
     )
     return _finish(loss, grad, reduction, denom, logits.shape)
@@ -549,11 +552,7 @@ def _(
     need_grad,
 ):
     shape = logits.shape if reduction == "none" else ()
-    fused = need_grad and reduction != "none"
-    return (
-        logits.new_empty(shape, dtype=torch.float32),
-        torch.empty_like(logits) if fused else logits.new_empty(0),
-    )
+    return logits.new_empty(shape, dtype=torch.float32), _grad_buffer(logits, need_grad, reduction)
 
 
 @torch.library.custom_op("segtriton::sigmoid_pixel_grad", mutates_args=())
@@ -617,8 +616,8 @@ def binary_cross_entropy_with_logits(
     if validate:
         check_masks(logits, target, ignore_index)
     C = logits.shape[1]
-    w = _class_vector("weight", weight, C, logits.device)
-    pw = _class_vector("pos_weight", pos_weight, C, logits.device)
+    w = _class_vector("weight", weight, C, logits, validate)
+    pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
     ign = None if ignore_index is None else float(ignore_index)
     loss, _ = _sigmoid_pixel_loss(
         logits, target, False, w, pw, ign, 0.0, None, False, reduction, _need_grad(logits)

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
 
-Reduction = Literal["mean", "sum", "none"]
-Mode = Literal["multiclass", "binary", "multilabel"]
 MODES = ("multiclass", "binary", "multilabel")
 
 
@@ -167,17 +164,23 @@ def check_mode(mode: str, logits: torch.Tensor) -> None:
 
 
 def check_class_vector(
-    name: str, value: torch.Tensor | Sequence[float] | None, C: int, like: torch.Tensor
+    name: str,
+    value: torch.Tensor | Sequence[float] | None,
+    C: int,
+    like: torch.Tensor,
+    check_values: bool = True,
 ) -> torch.Tensor | None:
-    """Per-class vector (class weights, alpha, pos_weight) as a tensor of ``like``'s dtype."""
+    """Per-class vector (class weights, alpha, pos_weight) as a contiguous tensor of
+    ``like``'s dtype and device. ``check_values`` reads it to reject negative or
+    non-finite entries (a host sync for a device tensor)."""
     if value is None:
         return None
-    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device).contiguous()
     if v.dim() != 1 or v.shape[0] != C:
         raise ValueError(
             f"{name} must have one entry per class (C={C}), got shape {tuple(v.shape)}"
         )
-    if bool((v < 0).any()) or not bool(torch.isfinite(v).all()):
+    if check_values and (bool((v < 0).any()) or not bool(torch.isfinite(v).all())):
         raise ValueError(f"{name} must be finite and non-negative")
     return v
 
