@@ -118,7 +118,6 @@ def _softmax_loss_kernel(
     x_ptr,
     y_ptr,
     w_ptr,
-    a_ptr,
     g_ptr,
     loss_ptr,
     denom_ptr,
@@ -137,10 +136,9 @@ def _softmax_loss_kernel(
     ignore_index,
     smoothing,
     gamma,
-    alpha_scalar,
+    scale,
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
-    HAS_ALPHA: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr,
     PER_PIXEL: tl.constexpr,
@@ -151,6 +149,9 @@ def _softmax_loss_kernel(
 ):
     """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
 
+    ``w_ptr`` holds the per-class factor: CE's class weights (which also enter the
+    smoothing term), or focal's alpha vector; ``scale`` is the factor without a vector.
+
     WRITE_LOSS: per-program partial sums (or per-pixel losses with PER_PIXEL) to loss_ptr.
     WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN) and by grad_output (per pixel
     with PER_PIXEL, else assumed 1 and applied later in place).
@@ -158,12 +159,11 @@ def _softmax_loss_kernel(
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
     ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
+    # the label's class factor: CE weight w_y or focal alpha_y (a vector), else a scalar
     if HAS_W:
         scale_y = tl.load(w_ptr + ys, mask=valid, other=0.0).to(tl.float32)
-    elif HAS_ALPHA:
-        scale_y = tl.load(a_ptr + ys, mask=valid, other=0.0).to(tl.float32)
     else:
-        scale_y = tl.zeros([BLOCK_P], tl.float32) + alpha_scalar
+        scale_y = tl.zeros([BLOCK_P], tl.float32) + scale
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
     eps_c = smoothing / C
     # pass 1: max, sum of exp, the label's logit, and (smoothing) sum_c w_c x_c
