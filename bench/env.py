@@ -11,6 +11,7 @@ import subprocess
 import torch
 
 import segtriton
+from segtriton.kernels import interpreter_enabled
 
 PEERS = ("monai", "kornia", "torchmetrics", "segmentation-models-pytorch")
 
@@ -46,7 +47,7 @@ def environment() -> dict[str, object]:
         "torch": torch.__version__,
         "triton": _version("triton"),
         "cuda_available": torch.cuda.is_available(),
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+        "triton_interpret": interpreter_enabled(),
         "git_commit": _git_commit(),
     }
     if torch.cuda.is_available():

@@ -181,31 +181,24 @@ def _chart_speedup(df: pd.DataFrame, path: Path, base: str) -> bool:
     return True
 
 
-def _chart_floor(df: pd.DataFrame, path: Path) -> bool:
-    timed = df[df.pct_of_copy_bw.notna()]
-    if timed.empty:
+def _chart_bars(
+    df: pd.DataFrame,
+    column: str,
+    xlabel: str,
+    path: Path,
+    logx: bool = False,
+    line_at: float | None = None,
+) -> bool:
+    """Horizontal bars of ``column`` per case (loss, shape, dtype), one bar per provider."""
+    rows = df[df[column].notna()]
+    if rows.empty:
         return False
-    pivot = timed.assign(case=timed.loss + " " + timed["shape"] + " " + timed.dtype).pivot_table(
-        index="case", columns="provider", values="pct_of_copy_bw"
-    )
-    ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2))
-    ax.axvline(100, color="k", lw=0.8)
-    ax.set(xlabel="% of measured copy bandwidth (minimal bytes / time)", ylabel="")
-    ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=110)
-    plt.close(ax.figure)
-    return True
-
-
-def _chart_memory(df: pd.DataFrame, path: Path) -> bool:
-    mem = df[df.extra_mem_mb.notna()]
-    if mem.empty:
-        return False
-    pivot = mem.assign(case=mem.loss + " " + mem["shape"] + " " + mem.dtype).pivot_table(
-        index="case", columns="provider", values="extra_mem_mb"
-    )
-    ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2), logx=True)
-    ax.set(xlabel="peak memory beyond inputs (MiB)", ylabel="")
+    case = rows.loss + " " + rows["shape"] + " " + rows.dtype
+    pivot = rows.assign(case=case).pivot_table(index="case", columns="provider", values=column)
+    ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2), logx=logx)
+    if line_at is not None:
+        ax.axvline(line_at, color="k", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel="")
     ax.figure.tight_layout()
     ax.figure.savefig(path, dpi=110)
     plt.close(ax.figure)
@@ -251,8 +244,22 @@ def build_report(dirs: list[Path], out: Path) -> Path:
             "Speedup over torch.compile",
             _chart_speedup(df, out / "speedup_compile.png", "compile"),
         ),
-        "floor.png": ("Fraction of the copy-bandwidth floor", _chart_floor(df, out / "floor.png")),
-        "memory.png": ("Extra memory", _chart_memory(df, out / "memory.png")),
+        "floor.png": (
+            "Fraction of the copy-bandwidth floor",
+            _chart_bars(
+                df,
+                "pct_of_copy_bw",
+                "% of measured copy bandwidth (minimal bytes / time)",
+                out / "floor.png",
+                line_at=100,
+            ),
+        ),
+        "memory.png": (
+            "Extra memory",
+            _chart_bars(
+                df, "extra_mem_mb", "peak memory beyond inputs (MiB)", out / "memory.png", logx=True
+            ),
+        ),
     }
     meta = metas[-1]
     lines = ["# segtriton benchmark report", ""]
