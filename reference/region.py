@@ -13,6 +13,7 @@ image (``scope='image'``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -46,6 +47,16 @@ def _with_options(fn: Callable) -> Callable:
     return fn
 
 
+class RegionStats(NamedTuple):
+    """Per-(unit, class) sums, each ``[C]`` (batch scope) or ``[B, C]`` (image scope);
+    ``present`` is ``T > 0`` (the unit's target holds the class)."""
+
+    inter: torch.Tensor
+    psum: torch.Tensor
+    tsum: torch.Tensor
+    present: torch.Tensor
+
+
 def region_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -53,7 +64,7 @@ def region_stats(
     ignore_index: float | None,
     scope: str,
     squared: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> RegionStats:
     """``(I, P, T, present)`` per unit and class: ``[C]`` (batch scope) or ``[B, C]``."""
     check_choice("scope", scope, ("batch", "image"))
     p, g, _ = region_inputs(logits, target, mode, ignore_index)
@@ -61,8 +72,7 @@ def region_stats(
     inter = (p * g).sum(dims)
     psum = (p * p if squared else p).sum(dims)
     tsum = (g * g if squared else g).sum(dims)
-    present = g.sum(dims) > 0
-    return inter, psum, tsum, present
+    return RegionStats(inter, psum, tsum, tsum > 0)
 
 
 def _class_reduce(
@@ -71,9 +81,10 @@ def _class_reduce(
     absent: str,
     weight: torch.Tensor | Sequence[float] | None,
     reduction: str,
+    check_values: bool = True,
 ) -> torch.Tensor:
     check_choice("absent", absent, ("include", "exclude", "zero"))
-    w = check_class_vector("weight", weight, loss.shape[-1], loss)
+    w = check_class_vector("weight", weight, loss.shape[-1], loss, check_values)
     w = torch.ones_like(loss) if w is None else w.expand_as(loss)
     if absent == "zero":
         loss = loss * present
@@ -98,6 +109,130 @@ def _safe_pow(base: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tenso
     return torch.where(pos, torch.exp(exponent * torch.log(torch.where(pos, base, 1.0))), 0.0)
 
 
+def dice_from_stats(
+    stats: RegionStats,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    log_loss: bool = False,
+    absent: str = "include",
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """The Dice loss from region sums (see :func:`dice_loss`)."""
+    d = _ratio(2 * stats.inter + smooth_nr, stats.psum + stats.tsum + smooth_dr, eps)
+    loss = -torch.log(d.clamp_min(eps)) if log_loss else 1 - d
+    return _class_reduce(loss, stats.present, absent, weight, reduction, check_values)
+
+
+def jaccard_from_stats(
+    stats: RegionStats,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    log_loss: bool = False,
+    absent: str = "include",
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """The Jaccard loss from region sums (see :func:`jaccard_loss`)."""
+    inter = stats.inter
+    j = _ratio(inter + smooth_nr, stats.psum + stats.tsum - inter + smooth_dr, eps)
+    loss = -torch.log(j.clamp_min(eps)) if log_loss else 1 - j
+    return _class_reduce(loss, stats.present, absent, weight, reduction, check_values)
+
+
+def _tversky_index(stats: RegionStats, alpha, beta, smooth_nr, smooth_dr, eps):
+    inter = stats.inter
+    fp, fn = stats.psum - inter, stats.tsum - inter
+    return _ratio(inter + smooth_nr, inter + alpha * fp + beta * fn + smooth_dr, eps)
+
+
+def tversky_from_stats(
+    stats: RegionStats,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    absent: str = "include",
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """The Tversky loss from region sums (see :func:`tversky_loss`)."""
+    ti = _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
+    return _class_reduce(1 - ti, stats.present, absent, weight, reduction, check_values)
+
+
+def focal_tversky_from_stats(
+    stats: RegionStats,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    gamma: float | torch.Tensor | Sequence[float] = 0.75,
+    gamma_after_mean: bool = False,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    absent: str = "include",
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """The focal Tversky loss from region sums (see :func:`focal_tversky_loss`)."""
+    base = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
+    base = base.clamp_min(0)
+    present = stats.present
+    if gamma_after_mean:
+        if not isinstance(gamma, (int, float)):
+            raise ValueError("gamma_after_mean=True needs a scalar gamma")
+        if reduction != "mean":
+            raise ValueError(f"gamma_after_mean=True needs reduction='mean', got {reduction!r}")
+        mean = _class_reduce(base, present, absent, weight, "mean", check_values)
+        return _safe_pow(mean, gamma)
+    if isinstance(gamma, (int, float)):
+        g = gamma
+    else:
+        g = check_class_vector("gamma", gamma, base.shape[-1], base, check_values)
+    return _class_reduce(_safe_pow(base, g), present, absent, weight, reduction, check_values)
+
+
+def generalized_dice_from_stats(
+    stats: RegionStats,
+    weight_type: str = "square",
+    absent_weight: str = "max",
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """The generalized Dice loss from region sums (see :func:`generalized_dice_loss`)."""
+    check_choice("weight_type", weight_type, ("square", "simple", "uniform"))
+    check_choice("absent_weight", absent_weight, ("max", "zero"))
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    inter, psum, tsum, present = (t.reshape(-1, t.shape[-1]) for t in stats)
+    safe_t = torch.where(present, tsum, torch.ones_like(tsum))
+    w = {"square": 1 / safe_t**2, "simple": 1 / safe_t, "uniform": torch.ones_like(tsum)}[
+        weight_type
+    ]
+    w = torch.where(present, w, torch.zeros_like(w))
+    if absent_weight == "max":
+        w = torch.where(present, w, w.amax(dim=1, keepdim=True))
+    cw = check_class_vector("weight", weight, w.shape[-1], w, check_values)
+    if cw is not None:
+        w = w * cw
+    num = 2 * (w * inter).sum(1) + smooth_nr
+    den = (w * (psum + tsum)).sum(1) + smooth_dr
+    loss = 1 - _ratio(num, den, eps)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
 @_with_options
 def dice_loss(
     logits: torch.Tensor,
@@ -120,10 +255,8 @@ def dice_loss(
     l = 1 - D            (log_loss=False)
     l = -log(max(D, eps)) (log_loss=True)
     """
-    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope, squared)
-    d = _ratio(2 * inter + smooth_nr, psum + tsum + smooth_dr, eps)
-    loss = -torch.log(d.clamp_min(eps)) if log_loss else 1 - d
-    return _class_reduce(loss, present, absent, weight, reduction)
+    stats = region_stats(logits, target, mode, ignore_index, scope, squared)
+    return dice_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
 
 @_with_options
@@ -147,15 +280,8 @@ def jaccard_loss(
     J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
     l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
     """
-    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope, squared)
-    j = _ratio(inter + smooth_nr, psum + tsum - inter + smooth_dr, eps)
-    loss = -torch.log(j.clamp_min(eps)) if log_loss else 1 - j
-    return _class_reduce(loss, present, absent, weight, reduction)
-
-
-def _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps):
-    fp, fn = psum - inter, tsum - inter
-    return _ratio(inter + smooth_nr, inter + alpha * fp + beta * fn + smooth_dr, eps)
+    stats = region_stats(logits, target, mode, ignore_index, scope, squared)
+    return jaccard_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
 
 @_with_options
@@ -181,9 +307,10 @@ def tversky_loss(
         TI = (I + smooth_nr) / max(I + alpha FP + beta FN + smooth_dr, eps)
         l = 1 - TI
     """
-    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
-    ti = _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps)
-    return _class_reduce(1 - ti, present, absent, weight, reduction)
+    stats = region_stats(logits, target, mode, ignore_index, scope)
+    return tversky_from_stats(
+        stats, alpha, beta, smooth_nr, smooth_dr, eps, absent, weight, reduction
+    )
 
 
 @_with_options
@@ -213,20 +340,20 @@ def focal_tversky_loss(
     ``gamma`` is the exponent itself (0.75 in the author code, i.e. 1/gamma of the paper).
     The power has a zero (not infinite) gradient where ``1 - TI = 0``.
     """
-    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
-    base = 1 - _tversky_index(inter, psum, tsum, alpha, beta, smooth_nr, smooth_dr, eps)
-    base = base.clamp_min(0)
-    if gamma_after_mean:
-        if not isinstance(gamma, (int, float)):
-            raise ValueError("gamma_after_mean=True needs a scalar gamma")
-        if reduction != "mean":
-            raise ValueError(f"gamma_after_mean=True needs reduction='mean', got {reduction!r}")
-        return _safe_pow(_class_reduce(base, present, absent, weight, "mean"), gamma)
-    if isinstance(gamma, (int, float)):
-        g = gamma
-    else:
-        g = check_class_vector("gamma", gamma, base.shape[-1], base)
-    return _class_reduce(_safe_pow(base, g), present, absent, weight, reduction)
+    stats = region_stats(logits, target, mode, ignore_index, scope)
+    return focal_tversky_from_stats(
+        stats,
+        alpha,
+        beta,
+        gamma,
+        gamma_after_mean,
+        smooth_nr,
+        smooth_dr,
+        eps,
+        absent,
+        weight,
+        reduction,
+    )
 
 
 def generalized_dice_loss(
@@ -258,24 +385,7 @@ def generalized_dice_loss(
     mode, ignore_index: as for :func:`dice_loss`.
     reduction: over units: 'mean', 'sum' or 'none' (``[1]`` or ``[B]``).
     """
-    check_choice("weight_type", weight_type, ("square", "simple", "uniform"))
-    check_choice("absent_weight", absent_weight, ("max", "zero"))
-    check_choice("reduction", reduction, ("mean", "sum", "none"))
-    inter, psum, tsum, present = region_stats(logits, target, mode, ignore_index, scope)
-    inter, psum, tsum, present = (t.reshape(-1, t.shape[-1]) for t in (inter, psum, tsum, present))
-    safe_t = torch.where(present, tsum, torch.ones_like(tsum))
-    w = {"square": 1 / safe_t**2, "simple": 1 / safe_t, "uniform": torch.ones_like(tsum)}[
-        weight_type
-    ]
-    w = torch.where(present, w, torch.zeros_like(w))
-    if absent_weight == "max":
-        w = torch.where(present, w, w.amax(dim=1, keepdim=True))
-    cw = check_class_vector("weight", weight, w.shape[-1], w)
-    if cw is not None:
-        w = w * cw
-    num = 2 * (w * inter).sum(1) + smooth_nr
-    den = (w * (psum + tsum)).sum(1) + smooth_dr
-    loss = 1 - _ratio(num, den, eps)
-    if reduction == "none":
-        return loss
-    return loss.sum() if reduction == "sum" else loss.mean()
+    stats = region_stats(logits, target, mode, ignore_index, scope)
+    return generalized_dice_from_stats(
+        stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction
+    )
