@@ -8,12 +8,26 @@ from .pixelwise import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
+from .region import (
+    dice_loss,
+    focal_tversky_loss,
+    generalized_dice_loss,
+    jaccard_loss,
+    region_stats,
+    tversky_loss,
+)
 
 __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "dice_loss",
+    "focal_tversky_loss",
+    "generalized_dice_loss",
     "interpreter_enabled",
+    "jaccard_loss",
+    "region_stats",
     "run_smoke_kernel",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "tversky_loss",
 ]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 
 from ._common import check_choice, check_class_vector, class_mean, region_inputs
 
@@ -34,6 +35,11 @@ _OPTIONS = """
       ignore_index: target value whose pixels are removed from both p and g (so they
         count neither in I, P nor T).
       weight: per-class weights w_c (weight 0 drops a class, e.g. the background).
+      process_group: a torch.distributed group (scope 'batch' only): the per-class sums
+        are all-reduced over it before the formula, so each rank computes the loss of the
+        whole global batch; the gradient each rank gets for its logits is its slice of the
+        single-process gradient (DDP averages gradients over ranks: scale the loss by the
+        world size to train as one process would on the whole batch).
       reduction: 'mean' is the weighted class mean ``sum w_c l_c / sum w_c`` over the
         included classes of a unit, then the mean over units that include any class
         (0 with zero gradient if none does); 'sum' is ``sum w_c l_c`` over all entries;
@@ -64,6 +70,7 @@ def region_stats(
     ignore_index: float | None,
     scope: str,
     squared: bool = False,
+    process_group: dist.ProcessGroup | None = None,
 ) -> RegionStats:
     """``(I, P, T, present)`` per unit and class: ``[C]`` (batch scope) or ``[B, C]``."""
     check_choice("scope", scope, ("batch", "image"))
@@ -72,6 +79,27 @@ def region_stats(
     inter = (p * g).sum(dims)
     psum = (p * p if squared else p).sum(dims)
     tsum = (g * g if squared else g).sum(dims)
+    sums = torch.stack([inter, psum, tsum])
+    return stats_from_sums(global_sums(sums, scope, process_group))
+
+
+def global_sums(
+    sums: torch.Tensor, scope: str, process_group: dist.ProcessGroup | None
+) -> torch.Tensor:
+    """Batch sums all-reduced over ``process_group`` (unchanged without one). The value is
+    the global sum; its gradient flows to the local part only."""
+    if process_group is None:
+        return sums
+    if scope != "batch":
+        raise ValueError("process_group needs scope='batch' (the sums run over the batch)")
+    total = sums.detach().clone()
+    dist.all_reduce(total, group=process_group)
+    return sums + (total - sums.detach())
+
+
+def stats_from_sums(sums: torch.Tensor) -> RegionStats:
+    """``RegionStats`` from ``[3, ..., C]`` stacked sums ``(I, P, T)``."""
+    inter, psum, tsum = sums.unbind(0)
     return RegionStats(inter, psum, tsum, tsum > 0)
 
 
@@ -104,9 +132,11 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _safe_pow(base: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tensor:
-    """``base ** exponent`` for base >= 0 with a finite gradient at base = 0 (where it is 0)."""
+    """``base ** exponent`` for base >= 0 with a finite gradient at base = 0 (where it is 0);
+    a NaN base stays NaN."""
     pos = base > 0
-    return torch.where(pos, torch.exp(exponent * torch.log(torch.where(pos, base, 1.0))), 0.0)
+    power = torch.exp(exponent * torch.log(torch.where(pos, base, 1.0)))
+    return torch.where(pos, power, base * 0)
 
 
 def dice_from_stats(
@@ -248,6 +278,7 @@ def dice_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Dice loss per (unit, class)::
 
@@ -255,7 +286,7 @@ def dice_loss(
     l = 1 - D            (log_loss=False)
     l = -log(max(D, eps)) (log_loss=True)
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope, squared)
+    stats = region_stats(logits, target, mode, ignore_index, scope, squared, process_group)
     return dice_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
 
@@ -274,13 +305,14 @@ def jaccard_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Jaccard (IoU) loss per (unit, class)::
 
     J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
     l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope, squared)
+    stats = region_stats(logits, target, mode, ignore_index, scope, squared, process_group)
     return jaccard_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
 
@@ -299,6 +331,7 @@ def tversky_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Tversky loss per (unit, class), ``alpha`` weighting false positives, ``beta`` false
     negatives (Salehi et al.; alpha = beta = 0.5 is Dice, alpha = beta = 1 is Jaccard)::
@@ -307,7 +340,7 @@ def tversky_loss(
         TI = (I + smooth_nr) / max(I + alpha FP + beta FN + smooth_dr, eps)
         l = 1 - TI
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope)
+    stats = region_stats(logits, target, mode, ignore_index, scope, False, process_group)
     return tversky_from_stats(
         stats, alpha, beta, smooth_nr, smooth_dr, eps, absent, weight, reduction
     )
@@ -330,6 +363,7 @@ def focal_tversky_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Focal Tversky loss (Abraham & Khan): the Tversky loss raised to ``gamma``::
 
@@ -340,7 +374,7 @@ def focal_tversky_loss(
     ``gamma`` is the exponent itself (0.75 in the author code, i.e. 1/gamma of the paper).
     The power has a zero (not infinite) gradient where ``1 - TI = 0``.
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope)
+    stats = region_stats(logits, target, mode, ignore_index, scope, False, process_group)
     return focal_tversky_from_stats(
         stats,
         alpha,
@@ -369,6 +403,7 @@ def generalized_dice_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Generalized Dice loss (Sudre et al. 2017), one value per unit::
 
@@ -382,10 +417,10 @@ def generalized_dice_loss(
       'zero' drops the class. A unit with no present class then has loss
       ``1 - smooth_nr / max(smooth_dr, eps)``.
     scope: 'batch' (one unit: the batch) or 'image' (one unit per image).
-    mode, ignore_index: as for :func:`dice_loss`.
+    mode, ignore_index, process_group: as for :func:`dice_loss`.
     reduction: over units: 'mean', 'sum' or 'none' (``[1]`` or ``[B]``).
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope)
+    stats = region_stats(logits, target, mode, ignore_index, scope, False, process_group)
     return generalized_dice_from_stats(
         stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction
     )

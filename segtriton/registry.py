@@ -97,23 +97,33 @@ LOSSES: tuple[LossEntry, ...] = (
         traffic="pixel",
     ),
     LossEntry(
-        "dice", ref.dice_loss, "labels", (*_REGION_VARIANTS, {"squared": True, "log_loss": True})
+        "dice",
+        ref.dice_loss,
+        "labels",
+        (*_REGION_VARIANTS, {"squared": True, "log_loss": True}),
+        kernel=ker.dice_loss,
     ),
-    LossEntry("jaccard", ref.jaccard_loss, "labels", _REGION_VARIANTS),
+    LossEntry("jaccard", ref.jaccard_loss, "labels", _REGION_VARIANTS, kernel=ker.jaccard_loss),
     LossEntry(
-        "tversky", ref.tversky_loss, "labels", ({"alpha": 0.3, "beta": 0.7}, *_REGION_VARIANTS[1:])
+        "tversky",
+        ref.tversky_loss,
+        "labels",
+        ({"alpha": 0.3, "beta": 0.7}, *_REGION_VARIANTS[1:]),
+        kernel=ker.tversky_loss,
     ),
     LossEntry(
         "focal_tversky",
         ref.focal_tversky_loss,
         "labels",
         ({}, {"gamma": [0.75, 1.0, 2.0], "scope": "image"}, {"gamma_after_mean": True}),
+        kernel=ker.focal_tversky_loss,
     ),
     LossEntry(
         "generalized_dice",
         ref.generalized_dice_loss,
         "labels",
         ({}, {"scope": "image", "weight_type": "simple", "absent_weight": "zero"}),
+        kernel=ker.generalized_dice_loss,
     ),
     LossEntry("ce_dice", ref.ce_dice_loss, "labels", ({}, {"lambda_ce": 0.3, "scope": "image"})),
     LossEntry("bce_dice", ref.bce_dice_loss, "masks", ({},), soft=True),

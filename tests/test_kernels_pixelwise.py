@@ -1,7 +1,7 @@
 """Triton pixel-wise kernels against the float64 reference, loss and gradient.
 
-Runs compiled on a GPU and in Triton's interpreter on CPU (small shapes). Every registry
-entry that has a kernel is checked over class counts, dtypes, 2-D/3-D, memory formats and
+Runs compiled on a GPU and in Triton's interpreter on CPU (small shapes). Every pixel-wise
+registry entry is checked over class counts, dtypes, 2-D/3-D, memory formats and
 reductions, with a random grad_output; then the edge cases of the issue: ignore-heavy and
 all-ignored batches, confident and extreme logits, bad labels, label dtypes,
 determinism, repeated backward, and torch.compile.
@@ -13,15 +13,13 @@ import itertools
 
 import pytest
 import torch
+from kernel_checks import DEVICE, DTYPES, assert_matches, run_with_grad
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
 from segtriton.registry import LOSSES, make_inputs, variant_fits
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNELS = [e for e in LOSSES if e.kernel is not None]
-GRAD_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-DTYPES = list(GRAD_TOL)
+KERNELS = [e for e in LOSSES if e.kernel is not None and e.traffic == "pixel"]
 CLASSES = [1, 2, 3, 19, 150]
 SPATIAL = [(7, 9), (3, 5, 6)]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -50,30 +48,6 @@ def _cases():
     return rows
 
 
-def _run(fn, x, t, options, gout_seed=None):
-    """(loss, dloss/dx) with a random grad_output (float64 result)."""
-    x = x.detach().requires_grad_(True)
-    loss = fn(x, t, **options)
-    g = torch.Generator().manual_seed(gout_seed or 0)
-    gout = (torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5).to(loss.device)
-    (grad,) = torch.autograd.grad(loss, x, grad_outputs=gout.to(loss.dtype))
-    return loss.double(), grad.double()
-
-
-def _assert_matches(entry, x, t, options, dtype, seed):
-    loss, grad = _run(entry.kernel, x, t, options, seed)
-    ref_loss, ref_grad = _run(entry.reference, x.double(), t, options, seed)
-    assert loss.dtype == ref_loss.dtype and loss.shape == ref_loss.shape
-    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-6, equal_nan=True)
-    scale = ref_grad.abs().max().clamp_min(1e-30)
-    tol = GRAD_TOL[dtype]
-    # Gradients below the dtype's normal range are stored as subnormals; the fused path
-    # rounds twice (gradient in the forward, then times grad_output): allow two quanta.
-    quantum = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    torch.testing.assert_close(grad, ref_grad, rtol=tol, atol=max(tol * scale, 2 * quantum))
-    return loss, grad
-
-
 @pytest.mark.parametrize(
     ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction"), _cases()
 )
@@ -87,7 +61,7 @@ def test_kernel_matches_reference(
     if channels_last:
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         x = x.contiguous(memory_format=fmt)
-    _assert_matches(entry, x, t, opts, dtype, seed)
+    assert_matches(entry, x, t, opts, dtype, seed)
 
 
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
@@ -97,7 +71,7 @@ def test_large_class_count_streams_classes(entry, seed, gen):
     x, t = make_inputs(
         entry, (2, C, 3, 5), opts, torch.float32, gen, ignore_frac=0.2, device=DEVICE
     )
-    _assert_matches(entry, x, t, opts, torch.float32, seed)
+    assert_matches(entry, x, t, opts, torch.float32, seed)
 
 
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
@@ -107,7 +81,7 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
         entry, (2, 3, 6, 7), opts, torch.float32, gen, ignore_frac=0.95, device=DEVICE
     )
     t.view(-1)[0] = 0  # at least one valid pixel; the all-ignored case follows
-    _assert_matches(entry, x, t, opts, torch.float32, seed)
+    assert_matches(entry, x, t, opts, torch.float32, seed)
     t_all = torch.full_like(t, 255)
     xg = x.detach().requires_grad_(True)
     loss = entry.kernel(xg, t_all, **opts)
@@ -127,9 +101,9 @@ def test_confident_and_extreme_logits(entry, dtype, seed, gen):
         x = x + 14.0 * torch.nn.functional.one_hot(t, 4).movedim(-1, 1)
     else:  # masks: confident and right
         x = torch.where(t > 0.5, 9.0, -9.0) + 0.1 * x
-    _assert_matches(entry, x.to(dtype), t, opts, dtype, seed)
+    assert_matches(entry, x.to(dtype), t, opts, dtype, seed)
     extreme = torch.where(torch.rand(x.shape, generator=gen) < 0.5, 1e4, -1e4).to(DEVICE)
-    _assert_matches(entry, extreme.to(dtype), t, opts, dtype, seed)
+    assert_matches(entry, extreme.to(dtype), t, opts, dtype, seed)
 
 
 @pytest.mark.parametrize(
@@ -177,7 +151,7 @@ def test_deterministic_and_inputs_untouched(entry, gen):
         entry, (2, 3, 9, 11), opts, torch.bfloat16, gen, ignore_frac=0.1, device=DEVICE
     )
     before = x.clone()
-    runs = [_run(entry.kernel, x, t, opts) for _ in range(2)]
+    runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert torch.equal(x, before)
 

@@ -1,0 +1,332 @@
+"""Triton kernels of the region family (see ``region.py`` for the formulas).
+
+Two passes over the logits, no one-hot:
+
+- ``_region_stats_kernel``: each program walks a range of pixel tiles of one image and sums,
+  per class, ``I = sum p g``, ``P = sum p`` (``p^2``) and ``T = sum g`` (``g^2``) in fp32;
+  it writes one partial row per program, added in a fixed order afterwards.
+- ``_region_grad_kernel``: given ``a = dL/dI`` and ``b = dL/dP`` per (image, class),
+  recomputes ``p`` and writes ``dL/dz``: ``dL/dp_c = a_c g_c + b_c`` (``2 b_c p_c`` when
+  squared), then through the softmax ``dz_c = p_c (dL/dp_c - sum_k p_k dL/dp_k)`` or the
+  sigmoid ``dz = dL/dp p (1 - p)``.
+
+LABELS means multiclass: integer labels ``[B, S]`` and a softmax over classes; otherwise
+masks ``[B, C, S]`` and a sigmoid per element. Ignored entries have ``p = g = 0``; a bad
+label or mask value puts NaN into its image's T sums, so the loss is NaN.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._pixelwise_kernels import _load_labels, _load_tile
+
+
+@triton.jit
+def _sigmoid_pq(x):
+    """``(sigmoid(x), sigmoid(-x))`` without overflow."""
+    e = tl.exp(-tl.abs(x))
+    inv = 1.0 / (1.0 + e)
+    return tl.where(x >= 0, inv, e * inv), tl.where(x >= 0, e * inv, inv)
+
+
+@triton.jit
+def _mask_tile(t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE: tl.constexpr):
+    """Mask values of a tile: ``(g, valid, bad)``, g = 0 where not valid."""
+    t = tl.load(
+        t_ptr + b * stb + offs_c[:, None] * stc + offs_p[None, :] * sts, mask=m2, other=0
+    ).to(tl.float32)
+    valid = m2
+    if HAS_IGNORE:
+        valid = valid & (t != ignore_index)
+    bad = valid & ((t < 0.0) | (t > 1.0) | (t != t))
+    valid = valid & ~bad
+    return tl.where(valid, t, 0.0), valid, bad
+
+
+@triton.jit
+def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: tl.constexpr):
+    """Per pixel ``(m, 1/s)``: the max logit and the inverse sum of ``exp(x - m)``, streamed
+    over class chunks (online softmax)."""
+    m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
+    s = tl.zeros([offs_p.shape[0]], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        xc = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
+        m_new = tl.maximum(m, tl.max(xc, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(xc - m_new[None, :]), axis=0)
+        m = m_new
+    return m, 1.0 / s
+
+
+@triton.jit
+def _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS: tl.constexpr):
+    """fp32 logits tile: classes past C read -inf for the softmax (LABELS), else 0."""
+    cmask = offs_c < C
+    if LABELS:
+        return _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+    ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
+    return tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _chunk_terms(
+    x,
+    t_ptr,
+    b,
+    offs_c,
+    offs_p,
+    pmask,
+    ys,
+    pvalid,
+    pbad,
+    m,
+    inv_s,
+    C,
+    stb,
+    stc,
+    sts,
+    ignore_index,
+    LABELS: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+):
+    """``(p, g, valid, bad)`` of the ``[classes, pixels]`` tile ``x``; p and g are 0 where
+    not valid. LABELS: softmax with the pixel's ``(m, 1/s)``; else sigmoid and masks."""
+    m2 = (offs_c < C)[:, None] & pmask[None, :]
+    if LABELS:
+        valid = m2 & pvalid[None, :]
+        bad = m2 & pbad[None, :]
+        g = tl.where(valid & (offs_c[:, None] == ys[None, :]), 1.0, 0.0)
+        p = tl.where(valid, tl.exp(x - m[None, :]) * inv_s[None, :], 0.0)
+    else:
+        g, valid, bad = _mask_tile(
+            t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
+        )
+        p = tl.where(valid, _sigmoid_pq(x)[0], 0.0)
+    return p, g, valid, bad
+
+
+@triton.jit
+def _tile_sums(p, g, bad, SQUARED: tl.constexpr):
+    """Per-class sums of one tile: ``(I, P, T)``; T is NaN for a class seeing a bad value."""
+    if SQUARED:
+        pp = p * p
+        gg = g * g
+    else:
+        pp = p
+        gg = g
+    gg = tl.where(bad, float("nan"), gg)
+    return tl.sum(p * g, axis=1), tl.sum(pp, axis=1), tl.sum(gg, axis=1)
+
+
+@triton.jit
+def _pixel_setup(
+    x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
+    LABELS: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Per pixel: labels, valid and bad masks, softmax ``(m, 1/s)`` (LABELS), and the whole
+    class tile when SINGLE (else a placeholder)."""
+    x = tl.zeros([BLOCK_C, offs_p.shape[0]], tl.float32)
+    if SINGLE:
+        x = _load_x(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+    ys = offs_p
+    pvalid = pmask
+    pbad = pmask
+    m = tl.zeros([offs_p.shape[0]], tl.float32)
+    inv_s = m
+    if LABELS:
+        ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+        if SINGLE:
+            m = tl.max(x, axis=0)
+            inv_s = 1.0 / tl.sum(tl.exp(x - m[None, :]), axis=0)
+        else:
+            m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+    return x, ys, pvalid, pbad, m, inv_s
+
+
+@triton.jit
+def _add_row(ptrs, value, mask):
+    tl.store(ptrs, tl.load(ptrs, mask=mask) + value, mask=mask)
+
+
+@triton.jit
+def _region_stats_kernel(
+    x_ptr,
+    t_ptr,
+    part_ptr,
+    C,
+    S,
+    n_chunks,
+    tiles_per_chunk,
+    sxb,
+    sxc,
+    sxs,
+    stb,
+    stc,
+    sts,
+    ignore_index,
+    LABELS: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    SQUARED: tl.constexpr,
+    SINGLE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Partial sums ``part[b, chunk, k, c]`` (k: I, P, T) over the chunk's pixel tiles.
+
+    SINGLE: all classes in one tile, sums kept in registers. Otherwise classes stream in
+    chunks of BLOCK_C and the program adds into its own partial row (a barrier orders its
+    reads after its writes).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // n_chunks
+    first_tile = (pid % n_chunks) * tiles_per_chunk
+    out = part_ptr + pid * 3 * C
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    acc_i = tl.zeros([BLOCK_C], tl.float32)
+    acc_p = tl.zeros([BLOCK_C], tl.float32)
+    acc_t = tl.zeros([BLOCK_C], tl.float32)
+    if not SINGLE:
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + offs_c0
+            for k in range(3):
+                tl.store(out + k * C + offs_c, acc_i, mask=offs_c < C)
+    for tile in range(first_tile, first_tile + tiles_per_chunk):
+        offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+        pmask = offs_p < S
+        x, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+            x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
+            LABELS, SINGLE, BLOCK_C,
+        )  # fmt: skip
+        if SINGLE:
+            p, g, valid, bad = _chunk_terms(
+                x, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+            )  # fmt: skip
+            si, sp, st = _tile_sums(p, g, bad, SQUARED)
+            acc_i += si
+            acc_p += sp
+            acc_t += st
+        else:
+            tl.debug_barrier()
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                cmask = offs_c < C
+                xc = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+                p, g, valid, bad = _chunk_terms(
+                    xc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                    stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                )  # fmt: skip
+                si, sp, st = _tile_sums(p, g, bad, SQUARED)
+                _add_row(out + offs_c, si, cmask)
+                _add_row(out + C + offs_c, sp, cmask)
+                _add_row(out + 2 * C + offs_c, st, cmask)
+    if SINGLE:
+        cmask = offs_c0 < C
+        tl.store(out + offs_c0, acc_i, mask=cmask)
+        tl.store(out + C + offs_c0, acc_p, mask=cmask)
+        tl.store(out + 2 * C + offs_c0, acc_t, mask=cmask)
+
+
+@triton.jit
+def _dl_dp(p, g, coef, offs_c, C, SQUARED: tl.constexpr):
+    """``dL/dp = a g + b`` (``a g + 2 b p`` when squared), ``a, b`` per class from ``coef``."""
+    cmask = offs_c < C
+    a = tl.load(coef + offs_c, mask=cmask, other=0.0)[:, None]
+    bc = tl.load(coef + C + offs_c, mask=cmask, other=0.0)[:, None]
+    if SQUARED:
+        return a * g + 2.0 * bc * p
+    return a * g + bc
+
+
+@triton.jit
+def _tile_grad(x, p, dp, valid, mean_dp, LABELS: tl.constexpr):
+    """``dL/dz`` of a tile; ``mean_dp = sum_k p_k dL/dp_k`` per pixel (softmax only)."""
+    if LABELS:
+        dz = p * (dp - mean_dp[None, :])
+    else:
+        sp, sq = _sigmoid_pq(x)
+        dz = dp * sp * sq
+    return tl.where(valid, dz, 0.0)
+
+
+@triton.jit
+def _region_grad_kernel(
+    x_ptr,
+    t_ptr,
+    coef_ptr,
+    g_ptr,
+    C,
+    S,
+    n_pblocks,
+    sxb,
+    sxc,
+    sxs,
+    stb,
+    stc,
+    sts,
+    sgb,
+    sgc,
+    sgs,
+    ignore_index,
+    LABELS: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    SQUARED: tl.constexpr,
+    SINGLE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """``dL/dz`` of one pixel tile from ``coef[b, 0, c] = dL/dI`` and ``coef[b, 1, c] = dL/dP``."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // n_pblocks
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pmask = offs_p < S
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    coef = coef_ptr + b * 2 * C
+    g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
+    x, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+        x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
+        LABELS, SINGLE, BLOCK_C,
+    )  # fmt: skip
+    mean_dp = tl.zeros([BLOCK_P], tl.float32)
+    if SINGLE:
+        p, g, valid, bad = _chunk_terms(
+            x, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+            stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+        )  # fmt: skip
+        dp = _dl_dp(p, g, coef, offs_c0, C, SQUARED)
+        if LABELS:
+            mean_dp = tl.sum(p * dp, axis=0)
+        dz = _tile_grad(x, p, dp, valid, mean_dp, LABELS)
+        cmask = offs_c0 < C
+        tl.store(
+            g_base + offs_c0[:, None] * sgc,
+            dz.to(g_ptr.dtype.element_ty),
+            mask=cmask[:, None] & pmask[None, :],
+        )
+    else:
+        if LABELS:  # the softmax needs sum_k p_k dL/dp_k before any class is written
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                xc = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+                p, g, valid, bad = _chunk_terms(
+                    xc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                    stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                )  # fmt: skip
+                mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, SQUARED), axis=0)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + offs_c0
+            cmask = offs_c < C
+            xc = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+            p, g, valid, bad = _chunk_terms(
+                xc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+            )  # fmt: skip
+            dp = _dl_dp(p, g, coef, offs_c, C, SQUARED)
+            dz = _tile_grad(xc, p, dp, valid, mean_dp, LABELS)
+            tl.store(
+                g_base + offs_c[:, None] * sgc,
+                dz.to(g_ptr.dtype.element_ty),
+                mask=cmask[:, None] & pmask[None, :],
+            )

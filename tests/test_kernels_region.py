@@ -1,0 +1,242 @@
+"""Triton region kernels (Dice, Jaccard, Tversky, focal Tversky, GDL) against the float64
+reference, loss and gradient.
+
+Runs compiled on a GPU and in Triton's interpreter on CPU (small shapes): every region
+registry entry with a kernel over its variants (modes, scopes, absent policies, weights,
+squared / log), class counts, dtypes, 2-D/3-D, memory formats and reductions; then binary
+soft masks, streamed classes, absent classes, ignore-heavy and all-ignored batches, fp16
+sums over a 512x512 image, bad labels, label dtypes, determinism, torch.compile, and the
+global (process_group) sums with two gloo processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from kernel_checks import DEVICE, DTYPES, assert_matches, run_with_grad
+
+from segtriton import kernels as ker
+from segtriton import reference as ref
+from segtriton.registry import LOSSES, get, make_inputs, variant_fits
+
+KERNELS = [e for e in LOSSES if e.kernel is not None and e.traffic == "region"]
+CLASSES = [1, 2, 3, 19, 150]
+SPATIAL = [(7, 9), (3, 5, 6)]
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _inputs(entry, shape, options, dtype, gen, ignore_frac=0.2, soft=True):
+    return make_inputs(
+        entry, shape, options, dtype, gen, ignore_frac=ignore_frac, soft=soft, device=DEVICE
+    )
+
+
+def _cases():
+    rows = []
+    for entry in KERNELS:
+        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), CLASSES, DTYPES):
+            if not variant_fits(options, C):
+                continue
+            k = len(rows)
+            reduction = "mean" if options.get("gamma_after_mean") else REDUCTIONS[k % 3]
+            spatial = SPATIAL[k % 2]
+            rows.append(
+                pytest.param(
+                    entry,
+                    options,
+                    C,
+                    dtype,
+                    spatial,
+                    k % 3 == 1,
+                    reduction,
+                    id=f"{entry.name}-{v}-C{C}-{str(dtype)[6:]}-{len(spatial)}d"
+                    f"{'-cl' if k % 3 == 1 else ''}-{reduction}",
+                )
+            )
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction"), _cases()
+)
+def test_kernel_matches_reference(
+    entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
+):
+    opts = {**options, "reduction": reduction, "ignore_index": 255}
+    x, t = _inputs(entry, (2, C, *spatial), opts, dtype, gen)
+    if channels_last:
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x = x.contiguous(memory_format=fmt)
+        if t.dim() == x.dim():
+            t = t.contiguous(memory_format=fmt)
+    assert_matches(entry, x, t, opts, dtype, seed)
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_binary_soft_masks(entry, seed, gen):
+    opts = {"mode": "binary", "ignore_index": 255}
+    x, t = _inputs(entry, (3, 1, 6, 7), opts, torch.float32, gen)
+    assert_matches(entry, x, t, opts, torch.float32, seed)
+    assert_matches(entry, x, t[:, 0], opts, torch.float32, seed)  # [B, *S] mask for C = 1
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_large_class_count_streams_classes(entry, mode, seed, gen):
+    opts = {"mode": mode, "ignore_index": 255, "scope": "image"}
+    x, t = _inputs(entry, (2, 300, 3, 5), opts, torch.float32, gen)  # C > 256: chunked
+    assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+@pytest.mark.parametrize("absent", ["include", "exclude", "zero"])
+@pytest.mark.parametrize("entry", [e for e in KERNELS if e.name != "generalized_dice"], ids=str)
+def test_absent_classes(entry, absent, seed, gen):
+    opts = {"absent": absent, "scope": "image", "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+    x, _ = _inputs(entry, (3, 19, 5, 6), opts, torch.float32, gen)
+    t = torch.randint(0, 3, (3, 5, 6), generator=gen).to(DEVICE)  # 16 of 19 classes absent
+    t[2] = 1  # and an image holding one class
+    assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+def test_generalized_dice_absent_weights(seed, gen):
+    entry = get("generalized_dice")
+    x = torch.randn(3, 19, 5, 6, generator=gen).to(DEVICE)
+    t = torch.randint(0, 3, (3, 5, 6), generator=gen).to(DEVICE)
+    for absent_weight, scope in itertools.product(["max", "zero"], ["batch", "image"]):
+        opts = {"absent_weight": absent_weight, "scope": scope}
+        assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_ignore_heavy_and_all_ignored(entry, seed, gen):
+    for options in ({}, {"mode": "multilabel"}):
+        opts = {**options, "ignore_index": 255, "scope": "image"}
+        x, t = _inputs(entry, (2, 3, 6, 7), opts, torch.float32, gen, ignore_frac=0.95)
+        assert_matches(entry, x, t, opts, torch.float32, seed)
+        t_all = torch.full_like(t, 255)
+        assert_matches(entry, x, t_all, opts, torch.float32, seed)
+        _, grad = run_with_grad(entry.kernel, x, t_all, opts)
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "binary"])
+def test_fp16_sums_over_a_large_image(mode, gen):
+    """Sums of 2.6e5 fp16 probabilities stay exact enough in fp32 (peers give NaN or 1)."""
+    entry = get("dice")
+    C = 2 if mode == "multiclass" else 1
+    x, t = _inputs(entry, (1, C, 512, 512), {"mode": mode}, torch.float16, gen, 0.0, False)
+    loss = ker.dice_loss(x, t, mode=mode)
+    expected = ref.dice_loss(x.double(), t, mode=mode)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_bad_targets_give_nan_or_a_clear_error(mode, gen):
+    entry = get("dice")
+    x, t = _inputs(entry, (2, 3, 4, 5), {"mode": mode}, torch.float32, gen, 0.0, False)
+    if mode == "multiclass":
+        t[1, 2, 3] = 7
+        message = r"label 7 outside \[0, 3\)"
+    else:
+        t[1, 2, 3, 4] = 3.0
+        message = r"outside \[0, 1\]"
+    for entry in KERNELS:
+        assert torch.isnan(entry.kernel(x, t, mode=mode))
+        with pytest.raises(ValueError, match=message):
+            entry.kernel(x, t, mode=mode, validate=True)
+
+
+@pytest.mark.parametrize(
+    "label_dtype", [torch.uint8, torch.int16, torch.int32, torch.int64], ids=str
+)
+def test_any_integer_label_dtype(label_dtype, gen):
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE)
+    y = torch.randint(0, 5, (2, 6, 7), generator=gen).to(DEVICE)
+    y = y.masked_fill(torch.rand(2, 6, 7, generator=gen).to(DEVICE) < 0.3, 255)
+    expected = ker.dice_loss(x, y, ignore_index=255)
+    assert torch.equal(ker.dice_loss(x, y.to(label_dtype), ignore_index=255), expected)
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_deterministic_and_inputs_untouched(entry, gen):
+    opts = {"ignore_index": 255}
+    x, t = _inputs(entry, (2, 3, 9, 11), opts, torch.bfloat16, gen, 0.1)
+    before = x.clone()
+    runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert torch.equal(x, before)
+
+
+def test_region_stats_match_the_reference(gen):
+    x = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    y = torch.randint(0, 4, (2, 5, 6), generator=gen).to(DEVICE)
+    for scope, squared in itertools.product(["batch", "image"], [False, True]):
+        got = ker.region_stats(x.float(), y, "multiclass", None, scope, squared)
+        want = ref.region_stats(x, y, "multiclass", None, scope, squared)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a.double(), b.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_torch_compile_fullgraph(gen):
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE).requires_grad_(True)
+    y = torch.randint(0, 5, (2, 6, 7), generator=gen).to(DEVICE)
+
+    @torch.compile(fullgraph=True)
+    def step(x, y):
+        return ker.dice_loss(x, y, scope="image") + ker.generalized_dice_loss(x, y)
+
+    loss = step(x, y)
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = ref.dice_loss(x, y, scope="image") + ref.generalized_dice_loss(x, y)
+    (ref_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_process_group_needs_batch_scope(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen)
+    with pytest.raises(ValueError, match="process_group needs scope='batch'"):
+        ref.dice_loss(x, y, scope="image", process_group=object())
+
+
+def _global_dice_worker(rank: int, world: int, init_file: str, seed: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(2 * world, 3, 5, 6, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 3, (2 * world, 5, 6), generator=gen)
+        y[0] = 255
+        opts = {"ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+        mine = slice(2 * rank, 2 * rank + 2)
+        for name in ("dice", "generalized_dice"):
+            entry = get(name)
+            whole, whole_grad = run_with_grad(entry.reference, x, y, opts)
+            kernel_x = x[mine].float().to(DEVICE)
+            for fn, xs, ys in (
+                (entry.reference, x[mine], y[mine]),
+                (entry.kernel, kernel_x, y[mine].to(DEVICE)),
+            ):
+                loss, _ = run_with_grad(fn, xs, ys, {**opts, "process_group": None})
+                assert not torch.allclose(loss.cpu(), whole)  # the local loss differs
+                group = dist.group.WORLD
+                loss, grad = run_with_grad(fn, xs, ys, {**opts, "process_group": group})
+                torch.testing.assert_close(loss.cpu(), whole, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(grad.cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_sums_across_two_gloo_processes(seed):
+    """Batch-scope Dice / GDL with process_group equals single-process Dice on the whole
+    batch, loss and each rank's gradient slice (reference path and kernel path)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.spawn(_global_dice_worker, args=(2, init_file, seed), nprocs=2, join=True)
