@@ -32,6 +32,21 @@ def _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index):
 
 
 @triton.jit
+def _mask_tile(t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE: tl.constexpr):
+    """Mask values of a ``[classes, pixels]`` tile as ``(t, valid, bad)``; t = 0 where not
+    valid, bad marks values outside [0, 1] (or NaN) that are not ``ignore_index``."""
+    t = tl.load(
+        t_ptr + b * stb + offs_c[:, None] * stc + offs_p[None, :] * sts, mask=m2, other=0
+    ).to(tl.float32)
+    valid = m2
+    if HAS_IGNORE:
+        valid = valid & (t != ignore_index)
+    bad = valid & ((t < 0.0) | (t > 1.0) | (t != t))
+    valid = valid & ~bad
+    return tl.where(valid, t, 0.0), valid, bad
+
+
+@triton.jit
 def _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs):
     """fp32 tile; classes past C read -inf, pixels past S read 0."""
     ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
@@ -104,6 +119,37 @@ def _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL: tl.constexpr):
 
 
 @triton.jit
+def _softmax_tile_sums(x, e, m, offs_c, cmask, is_y, w_ptr, HAS_W: tl.constexpr):
+    """Per pixel, from a tile holding every class (``e = exp(x - m)``): ``s = sum e``, its
+    part over the other classes, the label's logit, the class factors ``w_c``, their sum and
+    ``sum_c w_c (m - x_c)`` (the smoothing term)."""
+    s = tl.sum(e, axis=0)
+    s_other = tl.sum(tl.where(is_y, 0.0, e), axis=0)
+    x_y = tl.sum(tl.where(is_y, x, 0.0), axis=0)
+    if HAS_W:
+        w_c = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        w_c = cmask.to(tl.float32)
+    w_sum = tl.sum(w_c, axis=0)
+    smooth_sum = tl.sum(w_c[:, None] * tl.where(cmask[:, None], m[None, :] - x, 0.0), axis=0)
+    return s, s_other, x_y, w_c, w_sum, smooth_sum
+
+
+@triton.jit
+def _softmax_terms(
+    x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL: tl.constexpr
+):
+    """Per pixel ``(loss, K, t = 1 - p_y)`` of CE with label smoothing or of softmax focal;
+    the gradient is :func:`_softmax_grad_tile` of them."""
+    logp_y, t = _label_terms(x_y, m, s_other, s)
+    loss, k = _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL)
+    if not IS_FOCAL:
+        k = k * (1.0 - smoothing)
+        loss = (1.0 - smoothing) * loss + eps_c * (smooth_sum + w_sum * tl.log(s))
+    return loss, k, t
+
+
+@triton.jit
 def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
     """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid.
     ``p = exp(x - m) / s``; the true-class term ``p_y - 1 = -t`` is taken from ``t``."""
@@ -173,15 +219,9 @@ def _softmax_loss_kernel(
         m = tl.max(x, axis=0)
         is_y = offs_c0[:, None] == ys[None, :]
         e = tl.exp(x - m[None, :])
-        s = tl.sum(e, axis=0)
-        s_other = tl.sum(tl.where(is_y, 0.0, e), axis=0)
-        x_y = tl.sum(tl.where(is_y, x, 0.0), axis=0)
-        if HAS_W:
-            w_c = tl.load(w_ptr + offs_c0, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            w_c = cmask.to(tl.float32)
-        w_sum = tl.sum(w_c, axis=0)
-        smooth_sum = tl.sum(w_c[:, None] * tl.where(cmask[:, None], m[None, :] - x, 0.0), axis=0)
+        s, s_other, x_y, w_c, w_sum, smooth_sum = _softmax_tile_sums(
+            x, e, m, offs_c0, cmask, is_y, w_ptr, HAS_W
+        )
     else:
         m = tl.full([BLOCK_P], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK_P], tl.float32)
@@ -208,12 +248,10 @@ def _softmax_loss_kernel(
             w_sum += tl.sum(wc, axis=0)
             swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
         smooth_sum = w_sum * m - swx
-    logp_y, t = _label_terms(x_y, m, s_other, s)
+    loss, k, t = _softmax_terms(
+        x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
+    )
     inv_s = 1.0 / s
-    loss, k = _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL)
-    if not IS_FOCAL:
-        k = k * (1.0 - smoothing)
-        loss = (1.0 - smoothing) * loss + eps_c * (smooth_sum + w_sum * tl.log(s))
     loss = tl.where(valid, loss, 0.0)
     loss = tl.where(bad, float("nan"), loss)
     if WRITE_LOSS:
@@ -265,6 +303,42 @@ def _softmax_loss_kernel(
                     dx.to(g_ptr.dtype.element_ty),
                     mask=cmask[:, None] & pmask[None, :],
                 )
+
+
+@triton.jit
+def _sigmoid_terms(x, t, wp, wn, gamma, alpha, IS_FOCAL: tl.constexpr, HAS_ALPHA: tl.constexpr):
+    """Elementwise ``(loss, dL/dz)`` on logits ``x`` and targets ``t`` in [0, 1].
+
+    BCE: ``-(wp t log p + wn (1 - t) log(1 - p))`` (wp = weight * pos_weight, wn = weight).
+    Focal: ``a (1 - p_t)^gamma BCE`` with ``a = alpha t + (1 - alpha)(1 - t)`` (HAS_ALPHA).
+    """
+    e = tl.exp(-tl.abs(x))
+    l1p = log1p(e)
+    logp = tl.minimum(x, 0.0) - l1p
+    logq = tl.minimum(-x, 0.0) - l1p
+    inv = 1.0 / (1.0 + e)
+    p = tl.where(x >= 0, inv, e * inv)
+    q = tl.where(x >= 0, e * inv, inv)
+    if IS_FOCAL:
+        bce = -(t * logp + (1.0 - t) * logq)
+        # u = 1 - p_t; hard targets take it in log space, exact where it underflows
+        u = q * t + p * (1.0 - t)
+        u_safe = tl.where(u > 0.0, u, 1.0)
+        log_u = tl.where(t == 1.0, logq, tl.where(t == 0.0, logp, tl.log(u_safe)))
+        pow_g = tl.exp(gamma * log_u)
+        ratio = p * q * (1.0 - 2.0 * t) / u_safe  # du/dz / u
+        ratio = tl.where(t == 1.0, -p, tl.where(t == 0.0, q, ratio))
+        if HAS_ALPHA:
+            a = alpha * t + (1.0 - alpha) * (1.0 - t)
+        else:
+            a = tl.zeros_like(t) + 1.0
+        p_minus_t = (1.0 - t) * p - t * q  # p - t without cancellation as p -> 1
+        loss = a * pow_g * bce
+        dx = a * pow_g * (gamma * ratio * bce + p_minus_t)
+    else:
+        loss = -(wp * t * logp + wn * (1.0 - t) * logq)
+        dx = wn * (1.0 - t) * p - wp * t * q
+    return loss, dx
 
 
 @triton.jit
@@ -327,49 +401,18 @@ def _sigmoid_loss_kernel(
             valid = m2 & pvalid[None, :]
             bad = m2 & pbad[None, :]
         else:
-            traw = tl.load(
-                t_ptr + b * stb + offs_c[:, None] * stc + offs_p[None, :] * sts, mask=m2, other=0
-            ).to(tl.float32)
-            valid = m2
-            if HAS_IGNORE:
-                valid = valid & (traw != ignore_index)
-            bad = valid & ((traw < 0.0) | (traw > 1.0) | (traw != traw))
-            valid = valid & ~bad
-            t = tl.where(valid, traw, 0.0)
-        e = tl.exp(-tl.abs(x))
-        l1p = log1p(e)
-        logp = tl.minimum(x, 0.0) - l1p
-        logq = tl.minimum(-x, 0.0) - l1p
-        inv = 1.0 / (1.0 + e)
-        p = tl.where(x >= 0, inv, e * inv)
-        q = tl.where(x >= 0, e * inv, inv)
-        p_minus_t = (1.0 - t) * p - t * q  # p - t without cancellation as p -> 1
-        if IS_FOCAL:
-            bce = -(t * logp + (1.0 - t) * logq)
-            # u = 1 - p_t; hard targets take it in log space, exact where it underflows
-            u = q * t + p * (1.0 - t)
-            u_safe = tl.where(u > 0.0, u, 1.0)
-            log_u = tl.where(t == 1.0, logq, tl.where(t == 0.0, logp, tl.log(u_safe)))
-            pow_g = tl.exp(gamma * log_u)
-            ratio = p * q * (1.0 - 2.0 * t) / u_safe  # du/dz / u
-            ratio = tl.where(t == 1.0, -p, tl.where(t == 0.0, q, ratio))
-            if HAS_ALPHA:
-                a = alpha * t + (1.0 - alpha) * (1.0 - t)
-            else:
-                a = tl.zeros_like(t) + 1.0
-            loss = a * pow_g * bce
-            dx = a * pow_g * (gamma * ratio * bce + p_minus_t)
+            t, valid, bad = _mask_tile(
+                t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
+            )
+        if HAS_PW:
+            pw = tl.load(pw_ptr + offs_c, mask=cmask, other=1.0).to(tl.float32)[:, None]
         else:
-            if HAS_PW:
-                pw = tl.load(pw_ptr + offs_c, mask=cmask, other=1.0).to(tl.float32)[:, None]
-            else:
-                pw = 1.0
-            loss = -(pw * t * logp + (1.0 - t) * logq)
-            dx = (1.0 - t) * p - pw * t * q
-            if HAS_W:
-                w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
-                loss = loss * w
-                dx = dx * w
+            pw = tl.full([BLOCK_C, 1], 1.0, tl.float32)
+        if HAS_W:
+            w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
+        else:
+            w = tl.full([BLOCK_C, 1], 1.0, tl.float32)
+        loss, dx = _sigmoid_terms(x, t, w * pw, w, gamma, alpha, IS_FOCAL, HAS_ALPHA)
         loss = tl.where(valid, loss, 0.0)
         loss = tl.where(bad, float("nan"), loss)
         if WRITE_LOSS:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._pixelwise_kernels import _load_labels, _load_tile
+from ._pixelwise_kernels import _load_labels, _load_tile, _mask_tile
 
 
 @triton.jit
@@ -29,20 +29,6 @@ def _sigmoid_pq(x):
     e = tl.exp(-tl.abs(x))
     inv = 1.0 / (1.0 + e)
     return tl.where(x >= 0, inv, e * inv), tl.where(x >= 0, e * inv, inv)
-
-
-@triton.jit
-def _mask_tile(t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE: tl.constexpr):
-    """Mask values of a tile: ``(g, valid, bad)``, g = 0 where not valid."""
-    t = tl.load(
-        t_ptr + b * stb + offs_c[:, None] * stc + offs_p[None, :] * sts, mask=m2, other=0
-    ).to(tl.float32)
-    valid = m2
-    if HAS_IGNORE:
-        valid = valid & (t != ignore_index)
-    bad = valid & ((t < 0.0) | (t > 1.0) | (t != t))
-    valid = valid & ~bad
-    return tl.where(valid, t, 0.0), valid, bad
 
 
 @triton.jit
