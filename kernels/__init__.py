@@ -2,6 +2,7 @@
 ``segtriton.reference``)."""
 
 from ._runtime import interpreter_enabled, run_smoke_kernel
+from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -18,9 +19,13 @@ from .region import (
 )
 
 __all__ = [
+    "bce_dice_loss",
     "binary_cross_entropy_with_logits",
+    "ce_dice_loss",
+    "combo_loss",
     "cross_entropy",
     "dice_loss",
+    "focal_dice_loss",
     "focal_tversky_loss",
     "generalized_dice_loss",
     "interpreter_enabled",

@@ -13,6 +13,11 @@ Two passes over the logits, no one-hot:
 LABELS means multiclass: integer labels ``[B, S]`` and a softmax over classes; otherwise
 masks ``[B, C, S]`` and a sigmoid per element. Ignored entries have ``p = g = 0``; a bad
 label or mask value puts NaN into its image's T sums, so the loss is NaN.
+
+Compound losses (PIXEL = 1: CE or softmax focal, whole class tiles only; PIXEL = 2: BCE
+or sigmoid focal) ride along: pass 1 also sums the pixel loss and its 'mean' divisor per
+image, and pass 2 adds ``k_b`` times the pixel term's gradient, ``k_b`` the gradient of the
+total loss with respect to image b's pixel-loss sum.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._pixelwise_kernels import _load_labels, _load_tile, _mask_tile
+from ._pixelwise_kernels import (
+    _load_labels,
+    _load_tile,
+    _mask_tile,
+    _sigmoid_terms,
+    _softmax_grad_tile,
+    _softmax_terms,
+    _softmax_tile_sums,
+)
 
 
 @triton.jit
@@ -58,7 +71,7 @@ def _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS: tl.conste
 
 @triton.jit
 def _chunk_terms(
-    x,
+    z,
     t_ptr,
     b,
     offs_c,
@@ -67,7 +80,6 @@ def _chunk_terms(
     ys,
     pvalid,
     pbad,
-    m,
     inv_s,
     C,
     stb,
@@ -77,19 +89,19 @@ def _chunk_terms(
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
 ):
-    """``(p, g, valid, bad)`` of the ``[classes, pixels]`` tile ``x``; p and g are 0 where
-    not valid. LABELS: softmax with the pixel's ``(m, 1/s)``; else sigmoid and masks."""
+    """``(p, g, valid, bad)`` of a ``[classes, pixels]`` tile, p and g 0 where not valid.
+    ``z`` is ``exp(x - m)`` (LABELS: softmax, ``p = z / s``) or the logits (sigmoid)."""
     m2 = (offs_c < C)[:, None] & pmask[None, :]
     if LABELS:
         valid = m2 & pvalid[None, :]
         bad = m2 & pbad[None, :]
         g = tl.where(valid & (offs_c[:, None] == ys[None, :]), 1.0, 0.0)
-        p = tl.where(valid, tl.exp(x - m[None, :]) * inv_s[None, :], 0.0)
+        p = tl.where(valid, z * inv_s[None, :], 0.0)
     else:
         g, valid, bad = _mask_tile(
             t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
         )
-        p = tl.where(valid, _sigmoid_pq(x)[0], 0.0)
+        p = tl.where(valid, _sigmoid_pq(z)[0], 0.0)
     return p, g, valid, bad
 
 
@@ -111,11 +123,12 @@ def _pixel_setup(
     x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
     LABELS: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Per pixel: labels, valid and bad masks, softmax ``(m, 1/s)`` (LABELS), and the whole
-    class tile when SINGLE (else a placeholder)."""
+    """Per pixel: labels, valid and bad masks and the softmax ``(m, 1/s)`` (LABELS); with
+    SINGLE also the whole class tile ``x`` and ``z`` (``exp(x - m)`` or ``x``)."""
     x = tl.zeros([BLOCK_C, offs_p.shape[0]], tl.float32)
     if SINGLE:
         x = _load_x(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+    z = x
     ys = offs_p
     pvalid = pmask
     pbad = pmask
@@ -125,10 +138,63 @@ def _pixel_setup(
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
         if SINGLE:
             m = tl.max(x, axis=0)
-            inv_s = 1.0 / tl.sum(tl.exp(x - m[None, :]), axis=0)
+            z = tl.exp(x - m[None, :])
+            inv_s = 1.0 / tl.sum(z, axis=0)
         else:
             m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
-    return x, ys, pvalid, pbad, m, inv_s
+    return x, z, ys, pvalid, pbad, m, inv_s
+
+
+@triton.jit
+def _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS: tl.constexpr):
+    """``(x, z)`` of a class chunk (see :func:`_chunk_terms`)."""
+    x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+    if LABELS:
+        return x, tl.exp(x - m[None, :])
+    return x, x
+
+
+@triton.jit
+def _pixel_term(
+    x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
+    smoothing, gamma, scale, alpha,
+    PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, HAS_ALPHA: tl.constexpr,
+):  # fmt: skip
+    """The compound loss's pixel term on a whole-class tile: per pixel ``(loss, divisor)``
+    and the tile of its gradient. PIXEL 1: CE (``w_ptr`` class weights, label smoothing) or
+    softmax focal (``w_ptr`` alpha, else ``scale``); PIXEL 2: BCE (``w_ptr`` = weight *
+    pos_weight and ``w2_ptr`` = weight per class) or sigmoid focal (``alpha``)."""
+    cmask = offs_c < C
+    if PIXEL == 1:
+        is_y = offs_c[:, None] == ys[None, :]
+        s, s_other, x_y, w_c, w_sum, smooth_sum = _softmax_tile_sums(
+            x, z, m, offs_c, cmask, is_y, w_ptr, HAS_W
+        )
+        if HAS_W:
+            scale_y = tl.load(w_ptr + ys, mask=pvalid, other=0.0).to(tl.float32)
+        else:
+            scale_y = tl.zeros_like(m) + scale
+        eps_c = 0.0 if IS_FOCAL else smoothing / C
+        loss, k, t = _softmax_terms(
+            x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
+        )
+        loss = tl.where(pbad, float("nan"), tl.where(pvalid, loss, 0.0))
+        if HAS_W and not IS_FOCAL:  # CE's weighted mean divides by the weights
+            den = tl.where(pvalid, scale_y, 0.0)
+        else:
+            den = pvalid.to(tl.float32)
+        dx = _softmax_grad_tile(
+            x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, tl.zeros_like(m) + 1.0, pvalid
+        )
+    else:
+        wp = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
+        wn = tl.load(w2_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
+        loss, dx = _sigmoid_terms(x, g, wp, wn, gamma, alpha, IS_FOCAL, HAS_ALPHA)
+        loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
+        loss = tl.sum(loss, axis=0)
+        den = tl.sum(valid.to(tl.float32), axis=0)
+        dx = tl.where(valid, dx, 0.0)
+    return loss, den, dx
 
 
 @triton.jit
@@ -141,6 +207,8 @@ def _region_stats_kernel(
     x_ptr,
     t_ptr,
     part_ptr,
+    w_ptr,
+    w2_ptr,
     C,
     S,
     n_chunks,
@@ -152,14 +220,23 @@ def _region_stats_kernel(
     stc,
     sts,
     ignore_index,
+    smoothing,
+    gamma,
+    scale,
+    alpha,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SQUARED: tl.constexpr,
     SINGLE: tl.constexpr,
+    PIXEL: tl.constexpr,
+    IS_FOCAL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Partial sums ``part[b, chunk, k, c]`` (k: I, P, T) over the chunk's pixel tiles.
+    """Partial sums ``part[b, chunk, :]`` = ``I[C], P[C], T[C]``, pixel loss, its divisor,
+    over the chunk's pixel tiles.
 
     SINGLE: all classes in one tile, sums kept in registers. Otherwise classes stream in
     chunks of BLOCK_C and the program adds into its own partial row (a barrier orders its
@@ -168,11 +245,13 @@ def _region_stats_kernel(
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
     first_tile = (pid % n_chunks) * tiles_per_chunk
-    out = part_ptr + pid * 3 * C
+    out = part_ptr + pid * (3 * C + 2)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     acc_i = tl.zeros([BLOCK_C], tl.float32)
     acc_p = tl.zeros([BLOCK_C], tl.float32)
     acc_t = tl.zeros([BLOCK_C], tl.float32)
+    acc_loss = tl.zeros([BLOCK_P], tl.float32)
+    acc_den = tl.zeros([BLOCK_P], tl.float32)
     if not SINGLE:
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
@@ -181,38 +260,54 @@ def _region_stats_kernel(
     for tile in range(first_tile, first_tile + tiles_per_chunk):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
         pmask = offs_p < S
-        x, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+        x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
             x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
             LABELS, SINGLE, BLOCK_C,
         )  # fmt: skip
         if SINGLE:
             p, g, valid, bad = _chunk_terms(
-                x, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
                 stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
             )  # fmt: skip
             si, sp, st = _tile_sums(p, g, bad, SQUARED)
             acc_i += si
             acc_p += sp
             acc_t += st
+            if PIXEL != 0:
+                loss, den, dx = _pixel_term(
+                    x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
+                    smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                )  # fmt: skip
+                acc_loss += loss
+                acc_den += den
         else:
             tl.debug_barrier()
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
-                xc = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+                xc, zc = _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS)
                 p, g, valid, bad = _chunk_terms(
-                    xc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                    zc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
                     stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
                 )  # fmt: skip
                 si, sp, st = _tile_sums(p, g, bad, SQUARED)
                 _add_row(out + offs_c, si, cmask)
                 _add_row(out + C + offs_c, sp, cmask)
                 _add_row(out + 2 * C + offs_c, st, cmask)
+                if PIXEL == 2:  # elementwise, so it streams with the classes
+                    loss, den, dx = _pixel_term(
+                        xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
+                        smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                    )  # fmt: skip
+                    acc_loss += loss
+                    acc_den += den
     if SINGLE:
         cmask = offs_c0 < C
         tl.store(out + offs_c0, acc_i, mask=cmask)
         tl.store(out + C + offs_c0, acc_p, mask=cmask)
         tl.store(out + 2 * C + offs_c0, acc_t, mask=cmask)
+    tl.store(out + 3 * C, tl.sum(acc_loss, axis=0))
+    tl.store(out + 3 * C + 1, tl.sum(acc_den, axis=0))
 
 
 @triton.jit
@@ -227,12 +322,12 @@ def _dl_dp(p, g, coef, offs_c, C, SQUARED: tl.constexpr):
 
 
 @triton.jit
-def _tile_grad(x, p, dp, valid, mean_dp, LABELS: tl.constexpr):
+def _tile_grad(z, p, dp, valid, mean_dp, LABELS: tl.constexpr):
     """``dL/dz`` of a tile; ``mean_dp = sum_k p_k dL/dp_k`` per pixel (softmax only)."""
     if LABELS:
         dz = p * (dp - mean_dp[None, :])
     else:
-        sp, sq = _sigmoid_pq(x)
+        sp, sq = _sigmoid_pq(z)
         dz = dp * sp * sq
     return tl.where(valid, dz, 0.0)
 
@@ -242,7 +337,10 @@ def _region_grad_kernel(
     x_ptr,
     t_ptr,
     coef_ptr,
+    kpix_ptr,
     g_ptr,
+    w_ptr,
+    w2_ptr,
     C,
     S,
     n_pblocks,
@@ -256,14 +354,23 @@ def _region_grad_kernel(
     sgc,
     sgs,
     ignore_index,
+    smoothing,
+    gamma,
+    scale,
+    alpha,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SQUARED: tl.constexpr,
     SINGLE: tl.constexpr,
+    PIXEL: tl.constexpr,
+    IS_FOCAL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """``dL/dz`` of one pixel tile from ``coef[b, 0, c] = dL/dI`` and ``coef[b, 1, c] = dL/dP``."""
+    """``dL/dz`` of one pixel tile from ``coef[b, 0, c] = dL/dI``, ``coef[b, 1, c] = dL/dP``
+    and (PIXEL) ``kpix[b]``, the weight of the pixel term's gradient."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_pblocks
     offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -271,20 +378,26 @@ def _region_grad_kernel(
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     coef = coef_ptr + b * 2 * C
     g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
-    x, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+    x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
         x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
         LABELS, SINGLE, BLOCK_C,
     )  # fmt: skip
     mean_dp = tl.zeros([BLOCK_P], tl.float32)
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
-            x, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+            z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
             stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
         )  # fmt: skip
         dp = _dl_dp(p, g, coef, offs_c0, C, SQUARED)
         if LABELS:
             mean_dp = tl.sum(p * dp, axis=0)
-        dz = _tile_grad(x, p, dp, valid, mean_dp, LABELS)
+        dz = _tile_grad(z, p, dp, valid, mean_dp, LABELS)
+        if PIXEL != 0:
+            loss, den, dx = _pixel_term(
+                x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
+                smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+            )  # fmt: skip
+            dz += tl.load(kpix_ptr + b) * dx
         cmask = offs_c0 < C
         tl.store(
             g_base + offs_c0[:, None] * sgc,
@@ -295,22 +408,28 @@ def _region_grad_kernel(
         if LABELS:  # the softmax needs sum_k p_k dL/dp_k before any class is written
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
-                xc = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+                xc, zc = _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS)
                 p, g, valid, bad = _chunk_terms(
-                    xc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                    zc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
                     stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
                 )  # fmt: skip
                 mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, SQUARED), axis=0)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
             cmask = offs_c < C
-            xc = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+            xc, zc = _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS)
             p, g, valid, bad = _chunk_terms(
-                xc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                zc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
                 stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
             )  # fmt: skip
             dp = _dl_dp(p, g, coef, offs_c, C, SQUARED)
-            dz = _tile_grad(xc, p, dp, valid, mean_dp, LABELS)
+            dz = _tile_grad(zc, p, dp, valid, mean_dp, LABELS)
+            if PIXEL == 2:
+                loss, den, dx = _pixel_term(
+                    xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
+                    smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                )  # fmt: skip
+                dz += tl.load(kpix_ptr + b) * dx
             tl.store(
                 g_base + offs_c[:, None] * sgc,
                 dz.to(g_ptr.dtype.element_ty),

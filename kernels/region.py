@@ -36,9 +36,10 @@ from segtriton.reference._common import (
 )
 
 from ._region_kernels import _region_grad_kernel, _region_stats_kernel
-from ._tiles import class_blocks, label_view, num_warps_for, pixel_view
+from ._tiles import MAX_SINGLE_C, class_blocks, label_view, num_warps_for, pixel_view
 
 _NO_LABEL = -(2**31)  # stands for ignore_index=None: no int32 label equals it
+PIXEL_SOFTMAX, PIXEL_SIGMOID = 1, 2  # compound pixel terms fused into the two passes
 _PROGRAMS = 1024  # pass-1 programs per launch (each sums a contiguous run of pixel tiles)
 
 Weights = torch.Tensor | Sequence[float] | None
@@ -69,8 +70,17 @@ def _region_stats(
     labels: bool,
     ignore_index: float | None,
     squared: bool,
-) -> torch.Tensor:
-    """``[B, 3, C]`` fp32: ``I, P, T`` per image and class (pass 1)."""
+    pixel: int,
+    w: torch.Tensor | None,
+    w2: torch.Tensor | None,
+    smoothing: float,
+    gamma: float,
+    scale: float,
+    alpha: float | None,
+    focal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1: ``[B, 3, C]`` fp32 sums ``I, P, T`` per image and class, and ``[B, 2]``: the
+    pixel term's loss sum and 'mean' divisor per image (zeros when ``pixel`` is 0)."""
     x, t, strides = _views(logits, target, labels)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
@@ -78,32 +88,70 @@ def _region_stats(
     n_tiles = triton.cdiv(S, block_p)
     tiles_per_chunk = triton.cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
     n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
-    part = torch.empty(B * n_chunks * 3 * C, dtype=torch.float32, device=x.device)
+    row = 3 * C + 2
+    part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
     ign, has_ignore = _ignore(ignore_index, labels)
     _region_stats_kernel[(B * n_chunks,)](
         x,
         t,
         part,
+        w,
+        w2,
         C,
         S,
         n_chunks,
         tiles_per_chunk,
         *strides,
         ign,
-        LABELS=labels,
-        HAS_IGNORE=has_ignore,
-        SQUARED=squared,
-        SINGLE=single,
+        smoothing,
+        gamma,
+        scale,
+        0.0 if alpha is None else alpha,
+        **_flags(labels, has_ignore, squared, single, pixel, focal, w, alpha),
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )
-    return part.view(B, n_chunks, 3, C).sum(1)
+    total = part.view(B, n_chunks, row).sum(1)
+    sums = total[:, : 3 * C].reshape(B, 3, C).contiguous()
+    return sums, total[:, 3 * C :].clone()  # outputs may not alias each other
+
+
+def _flags(labels, has_ignore, squared, single, pixel, focal, w, alpha):
+    if pixel == PIXEL_SOFTMAX and not single:
+        raise ValueError(f"the fused softmax term needs C <= {MAX_SINGLE_C} (one class tile)")
+    return {
+        "LABELS": labels,
+        "HAS_IGNORE": has_ignore,
+        "SQUARED": squared,
+        "SINGLE": single,
+        "PIXEL": pixel,
+        "IS_FOCAL": focal,
+        "HAS_W": w is not None,
+        "HAS_ALPHA": alpha is not None,
+    }
 
 
 @_region_stats.register_fake
-def _(logits, target, labels, ignore_index, squared):
-    return logits.new_empty((logits.shape[0], 3, logits.shape[1]), dtype=torch.float32)
+def _(
+    logits,
+    target,
+    labels,
+    ignore_index,
+    squared,
+    pixel,
+    w,
+    w2,
+    smoothing,
+    gamma,
+    scale,
+    alpha,
+    focal,
+):
+    B, C = logits.shape[:2]
+    return logits.new_empty((B, 3, C), dtype=torch.float32), logits.new_empty(
+        (B, 2), dtype=torch.float32
+    )
 
 
 @torch.library.custom_op("segtriton::region_grad", mutates_args=())
@@ -111,11 +159,21 @@ def _region_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
     coef: torch.Tensor,
+    kpix: torch.Tensor,
     labels: bool,
     ignore_index: float | None,
     squared: bool,
+    pixel: int,
+    w: torch.Tensor | None,
+    w2: torch.Tensor | None,
+    smoothing: float,
+    gamma: float,
+    scale: float,
+    alpha: float | None,
+    focal: bool,
 ) -> torch.Tensor:
-    """``dL/dz`` from ``coef [B, 2, C]`` (``dL/dI``, ``dL/dP``), in the logits' dtype (pass 2)."""
+    """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI``, ``dL/dP``)
+    and ``kpix [B]`` (dL / d pixel-loss sum)."""
     x, t, strides = _views(logits, target, labels)
     grad = torch.empty_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
@@ -128,7 +186,10 @@ def _region_grad(
         x,
         t,
         coef,
+        kpix,
         g,
+        w,
+        w2,
         C,
         S,
         n_pblocks,
@@ -137,10 +198,11 @@ def _region_grad(
         sgc,
         sgs,
         ign,
-        LABELS=labels,
-        HAS_IGNORE=has_ignore,
-        SQUARED=squared,
-        SINGLE=single,
+        smoothing,
+        gamma,
+        scale,
+        0.0 if alpha is None else alpha,
+        **_flags(labels, has_ignore, squared, single, pixel, focal, w, alpha),
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
@@ -149,7 +211,7 @@ def _region_grad(
 
 
 @_region_grad.register_fake
-def _(logits, target, coef, labels, ignore_index, squared):
+def _(logits, target, coef, kpix, *params):
     return torch.empty_like(logits)
 
 
@@ -158,13 +220,57 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(logits, target)
 
 
-def _backward(ctx, grad_stats):
+def _backward(ctx, grad_sums, grad_pix):
     logits, target = ctx.saved_tensors
-    coef = grad_stats[:, :2].to(torch.float32).contiguous()
-    return (_region_grad(logits, target, coef, *ctx.params),) + (None,) * 4
+    coef = grad_sums[:, :2].to(torch.float32).contiguous()
+    kpix = grad_pix[:, 0].to(torch.float32).contiguous()
+    grad = _region_grad(logits, target, coef, kpix, *ctx.params)
+    return (grad,) + (None,) * (len(ctx.params) + 1)
 
 
 torch.library.register_autograd("segtriton::region_stats", _backward, setup_context=_setup)
+
+
+def _region_sums(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    ignore_index: float | None,
+    scope: str,
+    squared: bool,
+    validate: bool,
+    process_group: dist.ProcessGroup | None,
+    pixel: int = 0,
+    w: torch.Tensor | None = None,
+    w2: torch.Tensor | None = None,
+    smoothing: float = 0.0,
+    gamma: float = 0.0,
+    scale: float = 1.0,
+    alpha: float | None = None,
+    focal: bool = False,
+) -> tuple[ref_region.RegionStats, torch.Tensor]:
+    """Checked inputs through pass 1: the region sums per unit and ``[2]`` (pixel-loss sum
+    and divisor over the batch; zeros without a pixel term)."""
+    check_choice("scope", scope, ("batch", "image"))
+    check_mode(mode, logits)
+    labels = mode == "multiclass"
+    if labels:
+        check_label_shape(logits, target)
+        if validate:
+            label_mask(target, logits.shape[1], ignore_index)
+    else:
+        target = mask_shape(logits, target)
+        if validate:
+            check_masks(logits, target, ignore_index)
+    ignore = None if ignore_index is None else float(ignore_index)
+    sums, pix = _region_stats(
+        logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal
+    )
+    sums = sums.movedim(1, 0)
+    if scope == "batch":
+        sums = sums.sum(1)
+    stats = ref_region.stats_from_sums(ref_region.global_sums(sums, scope, process_group))
+    return stats, pix.sum(0)
 
 
 def region_stats(
@@ -180,22 +286,9 @@ def region_stats(
     """The sums of :func:`segtriton.reference.region_stats` from the Triton pass 1,
     differentiable (the backward is pass 2). See the module docstring for ``validate``
     and ``process_group``."""
-    check_choice("scope", scope, ("batch", "image"))
-    check_mode(mode, logits)
-    labels = mode == "multiclass"
-    if labels:
-        check_label_shape(logits, target)
-        if validate:
-            label_mask(target, logits.shape[1], ignore_index)
-    else:
-        target = mask_shape(logits, target)
-        if validate:
-            check_masks(logits, target, ignore_index)
-    ignore = None if ignore_index is None else float(ignore_index)
-    sums = _region_stats(logits, target, labels, ignore, squared).movedim(1, 0)
-    if scope == "batch":
-        sums = sums.sum(1)
-    return ref_region.stats_from_sums(ref_region.global_sums(sums, scope, process_group))
+    return _region_sums(
+        logits, target, mode, ignore_index, scope, squared, validate, process_group
+    )[0]
 
 
 def dice_loss(

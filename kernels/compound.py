@@ -1,0 +1,232 @@
+"""Triton compound losses: CE + Dice, BCE + Dice, focal + Dice, Combo, fused.
+
+Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
+``validate``. The pixel-wise term rides in the region kernels' two passes: pass 1 also
+sums its loss and 'mean' divisor, pass 2 adds its gradient to the region gradient, so a
+compound loss reads the logits twice and writes the gradient once, like Dice alone.
+The softmax terms (CE, softmax focal) need every class in one tile: above
+``MAX_SINGLE_C`` classes they run as the two separate kernels, added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from segtriton.reference import region as ref_region
+from segtriton.reference._common import check_logits
+from segtriton.reference.compound import _scalar_reduction
+
+from ._tiles import MAX_SINGLE_C
+from .pixelwise import _class_vector, cross_entropy, softmax_focal_loss
+from .region import PIXEL_SIGMOID, PIXEL_SOFTMAX, _region_sums, dice_loss
+
+Weights = torch.Tensor | Sequence[float] | None
+
+
+def _pixel_part(pix: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The pixel term from ``[loss sum, divisor]``: their ratio for 'mean' (NaN when no
+    entry is valid, as ``F.cross_entropy``), the sum for 'sum'."""
+    if reduction == "sum":
+        return pix[0]
+    has = pix[1] > 0  # no valid entry: NaN loss and a zero (not NaN) gradient
+    return torch.where(has, pix[0] / torch.where(has, pix[1], 1.0), float("nan"))
+
+
+def _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate):
+    return ref_region.dice_from_stats(
+        stats, smooth_nr, smooth_dr, eps, False, absent, weight, reduction, validate
+    )
+
+
+def _sigmoid_weights(C, logits, validate, weight=None, pos_weight=None, pos=1.0, neg=1.0):
+    """Per-class ``(wp, wn)`` of the BCE term ``-(wp t log p + wn (1 - t) log(1 - p))``."""
+    ones = torch.full((C,), 1.0, dtype=torch.float32, device=logits.device)
+    w = _class_vector("weight", weight, C, logits, validate)
+    pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
+    wn = ones * neg if w is None else w * neg
+    wp = (ones if w is None else w) * (1.0 if pw is None else pw) * pos
+    return wp, wn
+
+
+def ce_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lambda_ce: float = 1.0,
+    lambda_dice: float = 1.0,
+    weight: Weights = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton fused CE + Dice; semantics of ``segtriton.reference.ce_dice_loss``."""
+    _scalar_reduction(reduction)
+    check_logits(logits)
+    C = logits.shape[1]
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    w = _class_vector("weight", weight, C, logits, validate)
+    if C > MAX_SINGLE_C:
+        ce = cross_entropy(
+            logits,
+            target,
+            w,
+            -100 if ignore_index is None else ignore_index,
+            reduction,
+            label_smoothing,
+            validate=validate,
+        )
+        dice = dice_loss(
+            logits,
+            target,
+            "multiclass",
+            smooth_nr,
+            smooth_dr,
+            eps,
+            squared,
+            scope=scope,
+            absent=absent,
+            ignore_index=ignore_index,
+            weight=w,
+            reduction=reduction,
+            validate=validate,
+        )
+        return lambda_ce * ce + lambda_dice * dice
+    stats, pix = _region_sums(
+        logits, target, "multiclass", ignore_index, scope, squared, validate, None,
+        pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
+    )  # fmt: skip
+    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
+    return lambda_ce * _pixel_part(pix, reduction) + lambda_dice * dice
+
+
+def bce_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lambda_bce: float = 1.0,
+    lambda_dice: float = 1.0,
+    weight: Weights = None,
+    pos_weight: Weights = None,
+    ignore_index: float | None = None,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton fused BCE + Dice; semantics of ``segtriton.reference.bce_dice_loss``."""
+    _scalar_reduction(reduction)
+    check_logits(logits)
+    wp, wn = _sigmoid_weights(logits.shape[1], logits, validate, weight, pos_weight)
+    stats, pix = _region_sums(
+        logits, target, "multilabel", ignore_index, scope, squared, validate, None,
+        pixel=PIXEL_SIGMOID, w=wp, w2=wn,
+    )  # fmt: skip
+    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate)
+    return lambda_bce * _pixel_part(pix, reduction) + lambda_dice * dice
+
+
+def focal_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    lambda_focal: float = 1.0,
+    lambda_dice: float = 1.0,
+    alpha: float | Weights = None,
+    gamma: float = 2.0,
+    weight: Weights = None,
+    ignore_index: float | None = None,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton fused focal + Dice; semantics of ``segtriton.reference.focal_dice_loss``."""
+    _scalar_reduction(reduction)
+    check_logits(logits)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    C = logits.shape[1]
+    if mode == "multiclass":
+        if C > MAX_SINGLE_C:
+            focal = softmax_focal_loss(
+                logits,
+                target,
+                alpha,
+                gamma,
+                -100 if ignore_index is None else int(ignore_index),
+                reduction,
+                validate,
+            )
+            dice = dice_loss(
+                logits,
+                target,
+                mode,
+                smooth_nr,
+                smooth_dr,
+                eps,
+                scope=scope,
+                absent=absent,
+                ignore_index=ignore_index,
+                weight=weight,
+                reduction=reduction,
+                validate=validate,
+            )
+            return lambda_focal * focal + lambda_dice * dice
+        vec, scale = None, 1.0 if alpha is None else alpha
+        if not isinstance(scale, (int, float)):
+            vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
+        stats, pix = _region_sums(
+            logits, target, mode, ignore_index, scope, False, validate, None,
+            pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,
+        )  # fmt: skip
+    else:
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+        wp, wn = _sigmoid_weights(C, logits, validate)
+        stats, pix = _region_sums(
+            logits, target, mode, ignore_index, scope, False, validate, None,
+            pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma),
+            alpha=None if alpha is None else float(alpha), focal=True,
+        )  # fmt: skip
+    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate)
+    return lambda_focal * _pixel_part(pix, reduction) + lambda_dice * dice
+
+
+def combo_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth: float = 1.0,
+    ignore_index: float | None = None,
+    scope: str = "batch",
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton fused Combo loss; semantics of ``segtriton.reference.combo_loss``."""
+    _scalar_reduction(reduction)
+    check_logits(logits)
+    if not 0.0 <= beta <= 1.0 or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha and beta must be in [0, 1], got alpha={alpha}, beta={beta}")
+    wp, wn = _sigmoid_weights(logits.shape[1], logits, validate, pos=beta, neg=1.0 - beta)
+    stats, pix = _region_sums(
+        logits, target, "multilabel", ignore_index, scope, False, validate, None,
+        pixel=PIXEL_SIGMOID, w=wp, w2=wn,
+    )  # fmt: skip
+    dsc = 1 - _dice(stats, smooth, smooth, 1e-7, "include", None, "mean", validate)
+    return alpha * _pixel_part(pix, reduction) - (1 - alpha) * dsc
