@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
 { nvidia-smi; python3 -m segtriton.bench.cli check; } > "$OUT/env.txt" 2>&1
 # correctness first, compiled on the GPU (TRITON_INTERPRET stays unset)
-python3 -m pytest -q -x tests/test_kernels_pixelwise.py tests/test_reference_registry.py \
+python3 -m pytest -q tests/test_kernels_*.py tests/test_reference_registry.py \
     > "$OUT/tests.log" 2>&1
 echo "tests: exit $?" | tee -a "$OUT/tests.log"
 python3 -m segtriton.bench.cli sweep --preset "$PRESET" --out "$OUT/sweep" --reps 50 \

@@ -73,6 +73,7 @@ _CORE = [
     "jaccard",
     "tversky",
     "generalized_dice",
+    "ce_dice",
     "lovasz_softmax",
 ]
 
