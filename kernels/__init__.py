@@ -3,6 +3,7 @@
 
 from ._runtime import interpreter_enabled, run_smoke_kernel
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
+from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -19,10 +20,12 @@ from .region import (
 )
 
 __all__ = [
+    "StreamingMetrics",
     "bce_dice_loss",
     "binary_cross_entropy_with_logits",
     "ce_dice_loss",
     "combo_loss",
+    "confusion_matrix",
     "cross_entropy",
     "dice_loss",
     "focal_dice_loss",
@@ -32,6 +35,7 @@ __all__ = [
     "jaccard_loss",
     "region_stats",
     "run_smoke_kernel",
+    "segmentation_metrics",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
     "tversky_loss",

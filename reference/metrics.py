@@ -104,6 +104,12 @@ def segmentation_metrics(
     """
     check_choice("average", average, ("dataset", "image"))
     cm = confusion_matrix(preds, target, num_classes, ignore_index, per_image=average == "image")
+    return metrics_from_confusion(cm)
+
+
+def metrics_from_confusion(cm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The metrics of :func:`segmentation_metrics` from a ``[C, C]`` matrix (average
+    'dataset') or ``[B, C, C]`` per-image matrices (average 'image'), on cm's device."""
     iou, dice, acc = iou_per_class(cm), dice_per_class(cm), class_accuracy(cm)
     out = {
         "confusion_matrix": cm,
@@ -115,7 +121,7 @@ def segmentation_metrics(
         "mean_class_accuracy": acc.nanmean(-1),
         "pixel_accuracy": pixel_accuracy(cm),
     }
-    if average == "image":
+    if cm.dim() == 3:
         for key in ("iou", "dice", "class_accuracy"):
             out[key] = out[key].nanmean(0)
         for key in ("miou", "mdice", "mean_class_accuracy", "pixel_accuracy"):

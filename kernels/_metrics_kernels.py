@@ -1,0 +1,92 @@
+"""Triton kernel of the confusion matrix (see ``metrics.py``).
+
+Each program walks a run of pixel tiles of one image. A pixel's bin is ``t * C + p``
+(target t, prediction p: given labels, or the argmax of the logits over classes, fused),
+``C * C`` for a bad label (outside ``[0, C)``, not ignored) and ``C * C + 1`` for an
+ignored or padding pixel. HIST (small C): the program keeps a private histogram of every
+bin in registers and writes it as one partial row, summed afterwards in a fixed order.
+Otherwise each pixel adds 1 to its bin in the int64 output with an integer atomic. Both
+are exact, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _argmax_classes(
+    x_ptr, b, offs_p, pmask, C, sxb, sxc, sxs, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """Per pixel, the class of the largest logit (the lowest such class on ties)."""
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    base = x_ptr + b * sxb + offs_p[None, :] * sxs
+    if SINGLE:
+        m2 = (offs_c0 < C)[:, None] & pmask[None, :]
+        x = tl.load(base + offs_c0[:, None] * sxc, mask=m2, other=float("-inf")).to(tl.float32)
+        return tl.argmax(x, axis=0).to(tl.int32)
+    best = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
+    arg = tl.zeros([offs_p.shape[0]], tl.int32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        m2 = (offs_c < C)[:, None] & pmask[None, :]
+        x = tl.load(base + offs_c[:, None] * sxc, mask=m2, other=float("-inf")).to(tl.float32)
+        chunk_best = tl.max(x, axis=0)
+        chunk_arg = tl.argmax(x, axis=0).to(tl.int32) + c0
+        better = chunk_best > best  # strict: an earlier (lower) class keeps a tie
+        best = tl.where(better, chunk_best, best)
+        arg = tl.where(better, chunk_arg, arg)
+    return arg
+
+
+@triton.jit
+def _confusion_kernel(
+    p_ptr,
+    t_ptr,
+    out_ptr,
+    C,
+    S,
+    n_chunks,
+    tiles_per_chunk,
+    spb,
+    spc,
+    sps,
+    stb,
+    sts,
+    ignore_index,
+    LOGITS: tl.constexpr,
+    SINGLE: tl.constexpr,
+    HIST: tl.constexpr,
+    PER_IMAGE: tl.constexpr,
+    NB: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """HIST: ``out[pid, :NB]`` int32 partial histogram. Else: atomic adds into the int64
+    ``out[(b if PER_IMAGE else 0), :C * C + 1]`` (the last bin counts bad labels)."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // n_chunks
+    first_tile = (pid % n_chunks) * tiles_per_chunk
+    n_cells = C * C
+    acc = tl.zeros([NB], tl.int32)
+    for tile in range(first_tile, first_tile + tiles_per_chunk):
+        offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+        pmask = offs_p < S
+        t = tl.load(t_ptr + b * stb + offs_p * sts, mask=pmask, other=0).to(tl.int32)
+        counted = pmask & (t != ignore_index)
+        if LOGITS:
+            pred = _argmax_classes(p_ptr, b, offs_p, pmask, C, spb, spc, sps, SINGLE, BLOCK_C)
+        else:
+            pred = tl.load(p_ptr + b * spb + offs_p * sps, mask=pmask, other=0).to(tl.int32)
+        bad = counted & ((t < 0) | (t >= C) | (pred < 0) | (pred >= C))
+        ok = counted & ~bad
+        idx = tl.where(ok, t * C + pred, tl.where(bad, n_cells, n_cells + 1))
+        if HIST:
+            acc += tl.histogram(idx, NB)
+        else:
+            row = out_ptr + (b * (n_cells + 1) if PER_IMAGE else 0)
+            ones = tl.full([BLOCK_P], 1, tl.int64)
+            tl.atomic_add(row + idx, ones, mask=ok | bad)
+    if HIST:
+        tl.store(out_ptr + pid * NB + tl.arange(0, NB), acc)

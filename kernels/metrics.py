@@ -1,0 +1,220 @@
+"""Triton segmentation metrics: a one-pass confusion matrix, the metrics from it, and a
+streaming accumulator that can be synchronised across processes.
+
+Semantics of ``segtriton.reference.metrics`` (rows: target, columns: prediction; NaN for
+a class with an empty denominator, left out of means). How the matrix is built:
+
+- One pass over predictions and targets. Predictions are integer labels, or logits whose
+  argmax over classes is taken in the same pass (ties to the lowest class), read in place
+  through strides (NCHW, NCDHW, channels_last).
+- Counts are exact integers: for ``C * C + 2 <= 4096`` each program keeps a private
+  histogram of the bins and the partial histograms are added in a fixed order; for larger
+  C each pixel adds 1 to its bin with an integer atomic (C up to 46340). Either way the
+  result is deterministic.
+- A label outside ``[0, C)`` (target not ``ignore_index``, or a predicted label) is
+  counted apart: ``validate=True`` (the default) reads that count (one scalar host sync)
+  and raises ``ValueError``; with ``validate=False`` such pixels are left out silently.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import triton
+
+from segtriton.reference._common import check_choice, check_label_dtype
+from segtriton.reference.metrics import metrics_from_confusion
+
+from ._metrics_kernels import _confusion_kernel
+from ._tiles import class_blocks, label_view, pixel_view
+
+_NO_LABEL = -(2**31)  # stands for ignore_index=None
+_HIST_BINS = 4096  # private per-program histograms up to this many bins
+_PROGRAMS = 1024
+_LABEL_TILE = 1024
+
+
+def _check(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> bool:
+    """Validate shapes and dtypes (no value reads); True when ``preds`` are logits."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    check_label_dtype(target)
+    if target.dim() < 2:
+        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
+    if not isinstance(preds, torch.Tensor):
+        raise TypeError(f"preds must be a torch.Tensor, got {type(preds).__name__}")
+    if preds.device != target.device:
+        raise ValueError(f"preds are on {preds.device} but target on {target.device}")
+    if preds.is_floating_point():
+        expected = (target.shape[0], num_classes, *target.shape[1:])
+        if tuple(preds.shape) != expected:
+            raise ValueError(
+                f"float preds are logits of shape {expected}, got {tuple(preds.shape)}"
+            )
+        return True
+    check_label_dtype(preds)
+    if preds.shape != target.shape:
+        raise ValueError(
+            f"label preds shape {tuple(preds.shape)} does not match target {tuple(target.shape)}"
+        )
+    return False
+
+
+def _confusion(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None,
+    per_image: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cm, bad)``: int64 ``[C, C]`` or ``[B, C, C]``, and the device count of bad labels."""
+    logits = _check(preds, target, num_classes)
+    C, B = num_classes, target.shape[0]
+    t, stb, sts = label_view(target)
+    if logits:
+        p, spb, spc, sps = pixel_view(preds)
+        block_c, block_p, single = class_blocks(C)
+    else:
+        (p, spb, sps), spc = label_view(preds), 0
+        block_c, block_p, single = 1, _LABEL_TILE, True
+    S = t[0, 0].numel()
+    n_tiles = triton.cdiv(S, block_p)
+    tiles_per_chunk = triton.cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
+    n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
+    cells = C * C
+    hist = cells + 2 <= _HIST_BINS
+    nb = triton.next_power_of_2(cells + 2) if hist else 1
+    if hist:
+        out = torch.empty(B * n_chunks * nb, dtype=torch.int32, device=t.device)
+    else:
+        out = torch.zeros((B if per_image else 1) * (cells + 1), dtype=torch.int64, device=t.device)
+    _confusion_kernel[(B * n_chunks,)](
+        p,
+        t,
+        out,
+        C,
+        S,
+        n_chunks,
+        tiles_per_chunk,
+        spb,
+        spc,
+        sps,
+        stb,
+        sts,
+        _NO_LABEL if ignore_index is None else int(ignore_index),
+        LOGITS=logits,
+        SINGLE=single,
+        HIST=hist,
+        PER_IMAGE=per_image,
+        NB=nb,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+    )
+    if hist:
+        counts = out.view(B, n_chunks, nb).sum(1, dtype=torch.int64)[:, : cells + 1]
+        if not per_image:
+            counts = counts.sum(0, keepdim=True)
+    else:
+        counts = out.view(-1, cells + 1)
+    cm = counts[:, :cells].reshape(-1, C, C)
+    return (cm if per_image else cm[0]), counts[:, cells].sum()
+
+
+def _raise_if_bad(bad: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+    n = int(bad)
+    if n:
+        raise ValueError(
+            f"{n} pixel(s) hold a target or predicted label outside [0, {num_classes}) "
+            f"that is not ignore_index={ignore_index}"
+        )
+
+
+def confusion_matrix(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+    per_image: bool = False,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Triton confusion matrix; semantics of ``segtriton.reference.confusion_matrix``
+    (int64 ``[C, C]``, or ``[B, C, C]`` with ``per_image``). ``validate``: see the module
+    docstring."""
+    cm, bad = _confusion(preds, target, num_classes, ignore_index, per_image)
+    if validate:
+        _raise_if_bad(bad, num_classes, ignore_index)
+    return cm
+
+
+def segmentation_metrics(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+    average: str = "dataset",
+    validate: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Triton confusion matrix, then the metrics of
+    ``segtriton.reference.segmentation_metrics`` computed from it on the device."""
+    check_choice("average", average, ("dataset", "image"))
+    cm = confusion_matrix(preds, target, num_classes, ignore_index, average == "image", validate)
+    return metrics_from_confusion(cm)
+
+
+class StreamingMetrics:
+    """Accumulates confusion matrices over batches (``update``), then ``compute``s the
+    metrics of :func:`segmentation_metrics`; ``reset`` starts again.
+
+    ``update`` never synchronises with the host: bad labels are counted on the device and
+    reported by ``compute`` (which reads them, as it reads the metrics). Under
+    torch.distributed, call ``sync(process_group)`` before ``compute``: it all-reduces the
+    int64 matrix and the bad-label count (average 'dataset'), so every rank computes the
+    metrics of the whole dataset.
+
+    average: 'dataset' (one matrix) or 'image' (one matrix per image seen, kept until
+    ``reset``; not synchronisable).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = None,
+        average: str = "dataset",
+        device: str | torch.device | None = None,
+    ) -> None:
+        check_choice("average", average, ("dataset", "image"))
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes, self.ignore_index, self.average = num_classes, ignore_index, average
+        self.device = torch.device(device) if device is not None else None
+        self.reset()
+
+    def reset(self) -> None:
+        C = self.num_classes
+        self._cm = torch.zeros((0, C, C) if self.average == "image" else (C, C), dtype=torch.int64)
+        self._bad = torch.zeros((), dtype=torch.int64)
+        if self.device is not None:
+            self._cm, self._bad = self._cm.to(self.device), self._bad.to(self.device)
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if self._cm.device != target.device:
+            self._cm, self._bad = self._cm.to(target.device), self._bad.to(target.device)
+        per_image = self.average == "image"
+        cm, bad = _confusion(preds, target, self.num_classes, self.ignore_index, per_image)
+        self._cm = torch.cat([self._cm, cm]) if per_image else self._cm + cm
+        self._bad = self._bad + bad
+
+    def sync(self, process_group: dist.ProcessGroup | None = None) -> None:
+        """All-reduce (sum) the accumulated matrix over ``process_group`` (default: world)."""
+        if self.average != "dataset":
+            raise ValueError("sync needs average='dataset' (per-image matrices differ in number)")
+        dist.all_reduce(self._cm, group=process_group)
+        dist.all_reduce(self._bad, group=process_group)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        _raise_if_bad(self._bad, self.num_classes, self.ignore_index)
+        return metrics_from_confusion(self._cm)
+
+    @property
+    def confusion_matrix(self) -> torch.Tensor:
+        return self._cm

@@ -1,0 +1,147 @@
+"""Triton confusion matrix and metrics against the reference and torchmetrics, in the
+interpreter on CPU and compiled on a GPU: labels and fused-argmax logits, 2-D and 3-D,
+C in {1, 2, 19, 150, 1000} (private histograms and integer atomics), per image, ties,
+bad labels, the streaming accumulator and its gloo synchronisation."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from kernel_checks import DEVICE
+
+from segtriton import kernels as ker
+from segtriton import reference as ref
+
+
+def _inputs(B, C, spatial, gen, ignore_frac=0.2, label_dtype=torch.int64):
+    logits = torch.randn(B, C, *spatial, generator=gen)
+    target = torch.randint(0, C, (B, *spatial), generator=gen)
+    target = target.masked_fill(torch.rand(target.shape, generator=gen) < ignore_frac, 255)
+    return logits.to(DEVICE), target.to(label_dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize(
+    ("C", "spatial", "per_image"),
+    list(itertools.product([1, 2, 19, 150, 1000], [(5, 7), (3, 4, 5)], [False, True])),
+)
+def test_confusion_matrix_matches_reference(C, spatial, per_image, gen):
+    logits, target = _inputs(3, C, spatial, gen)
+    for preds in (logits, logits.argmax(1).to(torch.int32)):
+        got = ker.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+        want = ref.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+        assert got.dtype == torch.int64 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32], ids=str)
+def test_label_dtypes_and_channels_last(label_dtype, gen):
+    logits, target = _inputs(2, 5, (6, 7), gen, label_dtype=label_dtype)
+    want = ref.confusion_matrix(logits, target.long(), 5, ignore_index=255)
+    cl = logits.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ker.confusion_matrix(cl, target, 5, ignore_index=255), want)
+    assert torch.equal(ker.confusion_matrix(logits.argmax(1), target, 5, ignore_index=255), want)
+
+
+@pytest.mark.parametrize("C", [4, 300])
+def test_argmax_ties_go_to_the_lowest_class(C):
+    logits = torch.zeros(1, C, 2, 3, device=DEVICE)
+    logits[0, [1, C - 2], 0, 0] = 5.0  # a tie between an early and a late class
+    target = torch.ones(1, 2, 3, dtype=torch.long, device=DEVICE)
+    cm = ker.confusion_matrix(logits, target, C)
+    assert cm[1, 1] == 1 and cm[1, 0] == 5 and cm.sum() == 6
+
+
+@pytest.mark.parametrize("average", ["dataset", "image"])
+def test_metrics_match_reference_and_torchmetrics(average, gen):
+    tm = pytest.importorskip("torchmetrics.classification")
+    logits, target = _inputs(2, 19, (9, 10), gen)
+    got = ker.segmentation_metrics(logits, target, 19, ignore_index=255, average=average)
+    want = ref.segmentation_metrics(logits, target, 19, ignore_index=255, average=average)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], equal_nan=True, rtol=0, atol=0)
+    if average == "dataset":
+        pred, t = logits.argmax(1).cpu(), target.cpu()
+        cm = tm.MulticlassConfusionMatrix(19, ignore_index=255)(pred, t)
+        assert torch.equal(got["confusion_matrix"].cpu(), cm)
+        miou = tm.MulticlassJaccardIndex(19, average="macro", ignore_index=255)(pred, t)
+        present = ~torch.isnan(got["iou"].cpu())  # torchmetrics drops absent classes too
+        torch.testing.assert_close(got["miou"].cpu().float(), miou, rtol=1e-6, atol=1e-6)
+        per_class = tm.MulticlassJaccardIndex(19, average="none", ignore_index=255)(pred, t)
+        torch.testing.assert_close(
+            got["iou"].cpu()[present].float(), per_class[present], rtol=1e-6, atol=1e-6
+        )
+
+
+def test_bad_labels_raise_or_are_left_out(gen):
+    logits, target = _inputs(2, 4, (5, 6), gen, ignore_frac=0.0)
+    target[1, 2, 3] = 9
+    with pytest.raises(ValueError, match=r"outside \[0, 4\)"):
+        ker.confusion_matrix(logits, target, 4)
+    with pytest.raises(ValueError, match=r"outside \[0, 4\)"):
+        ker.confusion_matrix(logits.argmax(1) + 1, target.clamp_max(3), 4)
+    cm = ker.confusion_matrix(logits, target, 4, validate=False)
+    clean = target.clone()
+    clean[1, 2, 3] = 255
+    assert torch.equal(cm, ref.confusion_matrix(logits, clean, 4, ignore_index=255))
+
+
+def test_shape_and_dtype_errors(gen):
+    logits, target = _inputs(2, 4, (5, 6), gen)
+    with pytest.raises(ValueError, match="logits of shape"):
+        ker.confusion_matrix(logits[:, :3], target, 4)
+    with pytest.raises(TypeError, match="integer class labels"):
+        ker.confusion_matrix(logits, target.float(), 4)
+    with pytest.raises(ValueError, match="num_classes"):
+        ker.confusion_matrix(logits, target, 0)
+
+
+@pytest.mark.parametrize("average", ["dataset", "image"])
+def test_streaming_equals_one_shot(average, gen):
+    batches = [_inputs(2, 6, (7, 8), gen) for _ in range(3)]
+    acc = ker.StreamingMetrics(6, ignore_index=255, average=average)
+    for logits, target in batches:
+        acc.update(logits, target)
+    logits = torch.cat([b[0] for b in batches])
+    target = torch.cat([b[1] for b in batches])
+    want = ref.segmentation_metrics(logits, target, 6, ignore_index=255, average=average)
+    got = acc.compute()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], equal_nan=True, rtol=0, atol=0)
+    acc.reset()
+    acc.update(*batches[0])
+    assert acc.confusion_matrix.sum() == (batches[0][1] != 255).sum()
+    bad = batches[1][1].clone()
+    bad[0, 0, 0] = 7
+    acc.update(batches[1][0], bad)  # no sync, no error yet
+    with pytest.raises(ValueError, match="outside"):
+        acc.compute()
+
+
+def _sync_worker(rank: int, world: int, init_file: str, seed: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        logits = torch.randn(2 * world, 5, 6, 7, generator=gen)
+        target = torch.randint(0, 5, (2 * world, 6, 7), generator=gen)
+        acc = ker.StreamingMetrics(5, device=DEVICE)
+        mine = slice(2 * rank, 2 * rank + 2)
+        acc.update(logits[mine].to(DEVICE), target[mine].to(DEVICE))
+        acc.sync()
+        want = ref.segmentation_metrics(logits, target, 5)
+        got = acc.compute()
+        assert torch.equal(got["confusion_matrix"].cpu(), want["confusion_matrix"])
+        torch.testing.assert_close(got["miou"].cpu(), want["miou"], rtol=0, atol=0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_across_two_gloo_processes(seed):
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.spawn(_sync_worker, args=(2, init_file, seed), nprocs=2, join=True)
