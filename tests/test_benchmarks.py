@@ -20,6 +20,7 @@ from segtriton.bench.env import environment
 from segtriton.bench.runner import IGNORE_INDEX, make_provider, make_step
 from segtriton.bench.spec import DTYPES, LABEL_DTYPES, expand, load_spec
 from segtriton.bench.timing import copy_bandwidth
+from segtriton.reference._common import value_checks
 from segtriton.registry import get, make_inputs, minimal_bytes
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,5 +89,82 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
         gbps=nbytes / median / 1e9,
         pct_of_copy_bw=100 * nbytes / median / 1e9 / copy_gbps,
         copy_gbps=copy_gbps,
+        device=str(DEVICE),
+    )
+
+
+# the issue's shapes on a GPU; small ones where only the CPU baselines are timed
+METRIC_SHAPES = (
+    ([8, 19, 1024, 2048], [16, 150, 512, 512])
+    if DEVICE.type == "cuda"
+    else ([2, 19, 128, 256], [2, 150, 64, 64])
+)
+METRIC_CASES = [  # (provider, preds kind, [B, C, *S], logits dtype)
+    (provider, kind, shape, "bf16")
+    for shape in METRIC_SHAPES
+    for kind in ("labels", "logits")
+    for provider in ("triton", "bincount", "torchmetrics")
+]
+
+
+@pytest.fixture(params=METRIC_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{'x'.join(map(str, c[2]))}")
+def benchmark_case_metric(request):
+    return request.param
+
+
+def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions):
+    """The confusion matrix from labels or logits (fused argmax): Triton, the reference
+    (argmax + bincount) and torchmetrics (argmax + MulticlassConfusionMatrix)."""
+    from segtriton import kernels as ker
+    from segtriton import reference as ref
+
+    provider, kind, shape, dtype = benchmark_case_metric
+    if provider == "triton" and DEVICE.type != "cuda":
+        pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
+    B, C, *spatial = shape
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, C, (B, *spatial), generator=gen).to(DEVICE)
+    if kind == "logits":
+        preds = torch.randn(shape, generator=gen).to(DTYPES[dtype]).to(DEVICE)
+    else:
+        preds = torch.randint(0, C, (B, *spatial), generator=gen).to(DEVICE)
+    if provider == "triton":
+        fn = lambda: ker.confusion_matrix(preds, target, C, 255, validate=False)  # noqa: E731
+    elif provider == "bincount":
+
+        def fn():
+            with value_checks(False):
+                return ref.confusion_matrix(preds, target, C, 255)
+
+    else:
+        from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+        def fn():
+            p = preds.argmax(1) if kind == "logits" else preds
+            return multiclass_confusion_matrix(p, target, C, ignore_index=255, validate_args=False)
+
+    if DEVICE.type == "cuda":
+        from segtriton.bench.pytest_timer import CudaEventClock
+
+        benchmark._timer = CudaEventClock()
+        flush = torch.empty(256 * 2**20, dtype=torch.int8, device=DEVICE)
+    benchmark.group = f"confusion_matrix {kind} {'x'.join(map(str, shape))}"
+    benchmark.pedantic(
+        fn,
+        setup=(flush.zero_ if DEVICE.type == "cuda" else None),
+        rounds=30,
+        warmup_rounds=3,
+        iterations=1,
+    )
+    nbytes = preds.numel() * preds.element_size() + target.numel() * target.element_size()
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(versions)
+    benchmark.extra_info.update(
+        provider=provider,
+        preds=kind,
+        shape="x".join(map(str, shape)),
+        bytes=nbytes,
+        gbps=nbytes / median / 1e9,
+        pct_of_copy_bw=100 * nbytes / median / 1e9 / copy_gbps,
         device=str(DEVICE),
     )
