@@ -3,6 +3,7 @@
 
 from ._runtime import interpreter_enabled, run_smoke_kernel
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
+from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
 from .pixelwise import (
     binary_cross_entropy_with_logits,
@@ -33,6 +34,8 @@ __all__ = [
     "generalized_dice_loss",
     "interpreter_enabled",
     "jaccard_loss",
+    "lovasz_hinge_loss",
+    "lovasz_softmax_loss",
     "region_stats",
     "run_smoke_kernel",
     "segmentation_metrics",

@@ -53,7 +53,7 @@ def _sorted_dot(
     return (e_sorted * grad).sum(-1)
 
 
-def _reduce_units(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_units(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     if reduction == "none":
         return loss
@@ -85,7 +85,7 @@ def lovasz_hinge_loss(
     if not per_image:
         x, t, valid = x.reshape(1, -1), t.reshape(1, -1), valid.reshape(1, -1)
     errors = 1 - x * (2 * t - 1)
-    return _reduce_units(_sorted_dot(errors, t, valid, hinge=True), reduction)
+    return reduce_units(_sorted_dot(errors, t, valid, hinge=True), reduction)
 
 
 def lovasz_softmax_loss(
@@ -120,8 +120,23 @@ def lovasz_softmax_loss(
     fg = (labels.unsqueeze(1) == torch.arange(C, device=p.device).view(1, C, 1)).to(p.dtype)
     valid = valid.unsqueeze(1).expand_as(p)
     losses = _sorted_dot((fg - p).abs(), fg, valid, hinge=False)
+    present = (fg * valid).sum(-1) > 0
+    return lovasz_softmax_reduce(losses, present, classes, weight, reduction)
+
+
+def lovasz_softmax_reduce(
+    losses: torch.Tensor,
+    present: torch.Tensor,
+    classes: str | Sequence[int],
+    weight: torch.Tensor | Sequence[float] | None,
+    reduction: str,
+    check_values: bool = True,
+) -> torch.Tensor:
+    """The Lovasz-softmax loss from per-(unit, class) values ``L_c`` ``[units, C]`` and
+    whether each class is present in the unit (see :func:`lovasz_softmax_loss`)."""
+    C = losses.shape[-1]
     if classes == "present":
-        select = (fg * valid).sum(-1) > 0
+        select = present
     elif classes == "all":
         select = torch.ones_like(losses, dtype=torch.bool)
     elif isinstance(classes, str):
@@ -132,10 +147,10 @@ def lovasz_softmax_loss(
             raise ValueError(
                 f"classes must be a non-empty list of indices in [0, {C}), got {classes}"
             )
-        select = torch.zeros(C, dtype=torch.bool, device=p.device)
-        select[idx.to(p.device)] = True
+        select = torch.zeros(C, dtype=torch.bool, device=losses.device)
+        select[idx.to(losses.device)] = True
         select = select.expand_as(losses)
-    w = check_class_vector("weight", weight, C, losses)
+    w = check_class_vector("weight", weight, C, losses, check_values)
     w = select.to(losses.dtype) * (w if w is not None else 1.0)
     per_unit, _ = class_mean(losses, w)
-    return _reduce_units(per_unit, reduction)
+    return reduce_units(per_unit, reduction)

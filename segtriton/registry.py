@@ -161,13 +161,23 @@ LOSSES: tuple[LossEntry, ...] = (
         kernel=ker.combo_loss,
     ),
     LossEntry(
-        "lovasz_hinge", ref.lovasz_hinge_loss, "masks", ({}, {"per_image": True}), channels=(1,)
+        "lovasz_hinge",
+        ref.lovasz_hinge_loss,
+        "masks",
+        ({}, {"per_image": True}),
+        channels=(1,),
+        kernel=ker.lovasz_hinge_loss,
     ),
     LossEntry(
         "lovasz_softmax",
         ref.lovasz_softmax_loss,
         "labels",
-        ({}, {"per_image": True, "classes": "all"}),
+        (
+            {},
+            {"per_image": True, "classes": "all"},
+            {"classes": [0, 2], "weight": [0.5, 1.0, 2.0]},
+        ),
+        kernel=ker.lovasz_softmax_loss,
     ),
     LossEntry("boundary", ref.boundary_loss, "labels", ({},), min_classes=2),
 )
@@ -181,10 +191,14 @@ def get(name: str) -> LossEntry:
 
 
 def variant_fits(options: dict, C: int) -> bool:
-    """Whether an option set can run with C classes (per-class vectors fix C)."""
-    for value in options.values():
-        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) != C:
-            return False
+    """Whether an option set can run with C classes (per-class vectors fix C; a list of
+    class indices needs them below C)."""
+    for key, value in options.items():
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            if key == "classes" and max(value) >= C:
+                return False
+            if key != "classes" and len(value) != C:
+                return False
     return True
 
 

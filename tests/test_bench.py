@@ -40,15 +40,15 @@ def test_byte_models():
 def test_sweep_report_resume_and_errors(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
     spec.write_text(
-        'losses = ["dice", "lovasz_softmax"]\nproviders = ["triton", "eager"]\n'
+        'losses = ["dice", "boundary"]\nproviders = ["triton", "eager"]\n'
         'shapes = [[2, 3, 9, 11]]\ndtypes = ["fp32"]\nmodes = ["fwd+bwd", "fwd"]\n'
     )
     out = tmp_path / "run"
     code = main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3"])
     rows = pd.read_json(out / "rows.json")
-    assert len(rows) == 8 and code == 1  # no Triton Lovasz kernel yet: two error rows
+    assert len(rows) == 8 and code == 1  # no Triton boundary kernel yet: two error rows
     errors = rows[rows.error.notna()]
-    assert set(errors.provider) == {"triton"} and set(errors.loss) == {"lovasz_softmax"}
+    assert set(errors.provider) == {"triton"} and set(errors.loss) == {"boundary"}
     ok = rows[rows.error.isna()]
     assert ok.passed.all()
     triton = ok[ok.provider == "triton"]

@@ -127,7 +127,7 @@ def test_module_equals_function(entry, options, gen):
     opts = _options(entry, options, ignore=False)
     x, t = make_inputs(entry, _shape(entry), opts, torch.float64, gen)
     tensor_opts = {
-        k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v
+        k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) and k != "classes" else v
         for k, v in opts.items()
     }
     module = MODULES[entry.name](**tensor_opts)

@@ -1,0 +1,205 @@
+"""Triton kernels of the Lovasz losses (see ``lovasz.py``).
+
+A *row* is one (unit, class): the pooled batch or one image (PER_IMAGE), times a class
+(softmax) or the single channel (hinge). Its N entries are the unit's pixels; entry n of
+row r lives at ``keys[r * N + n]``. Pixel n of a row of unit u is image ``u + n // S``,
+position ``n % S`` (per image, ``n < S``).
+
+- ``_lovasz_errors_kernel``: the errors, ``|[y = c] - p_c|`` with a fused softmax, or the
+  hinge ``1 - x (2 t - 1)``; ignored pixels get the lowest key (-inf) so they sort last.
+- after ``torch.sort`` of each row (descending), ``_lovasz_count_kernel`` counts the
+  foreground entries of each block of sorted positions (integers), and
+  ``_lovasz_grad_kernel`` turns the exclusive prefix of those counts into the Lovasz
+  gradient in closed form, ``g_k = 1 / U_k`` at a foreground entry and
+  ``I_k / (U_{k-1} U_k)`` at a background one (``I``, ``U``: the integer intersection and
+  union counts after k), then either sums ``f(e_k) g_k`` per block (the loss) or scatters
+  ``w_r f'(e_k) g_k`` back to the entry's pixel (the backward).
+- ``_lovasz_softmax_grad_kernel``: the chain through ``|fg - p|`` and the softmax.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._pixelwise_kernels import _load_labels, _load_tile
+from ._region_kernels import _softmax_stats
+
+
+@triton.jit
+def _lovasz_errors_kernel(
+    x_ptr,
+    t_ptr,
+    key_ptr,
+    C,
+    S,
+    n_pblocks,
+    sxb,
+    sxc,
+    sxs,
+    stb,
+    sts,
+    key_b,
+    key_c,
+    ignore_index,
+    HINGE: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """``key[b * key_b + c * key_c + s]``: the error of class c at pixel s of image b."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // n_pblocks
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pmask = offs_p < S
+    out = key_ptr + b * key_b + offs_p
+    if HINGE:
+        x = tl.load(x_ptr + b * sxb + offs_p * sxs, mask=pmask, other=0.0).to(tl.float32)
+        t = tl.load(t_ptr + b * stb + offs_p * sts, mask=pmask, other=0).to(tl.float32)
+        valid = pmask
+        if HAS_IGNORE:
+            valid = valid & (t != ignore_index)
+        bad = valid & (t != 0.0) & (t != 1.0)
+        err = tl.where(bad, float("nan"), 1.0 - x * (2.0 * t - 1.0))
+        tl.store(out, tl.where(valid, err, float("-inf")), mask=pmask)
+    else:
+        ys, valid, bad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+        offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+        m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + offs_c0
+            cmask = offs_c < C
+            x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+            p = tl.exp(x - m[None, :]) * inv_s[None, :]
+            fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
+            key = tl.where(valid[None, :], tl.abs(fg - p), float("-inf"))
+            key = tl.where(bad[None, :], float("nan"), key)
+            tl.store(
+                out[None, :] + offs_c[:, None] * key_c, key, mask=cmask[:, None] & pmask[None, :]
+            )
+
+
+@triton.jit
+def _sorted_fg(
+    perm_ptr, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
+    HINGE: tl.constexpr, PER_IMAGE: tl.constexpr, HAS_IGNORE: tl.constexpr,
+):  # fmt: skip
+    """For sorted positions ``offs_k`` of row r: the entry's pixel n and whether it is a
+    (valid) foreground pixel of the row's class."""
+    n = tl.load(perm_ptr + offs_k, mask=kmask, other=0)
+    if PER_IMAGE:
+        b = r // C + n // S
+    else:
+        b = n // S
+    c = r % C
+    t = tl.load(t_ptr + b * stb + (n % S) * sts, mask=kmask, other=0)
+    if HINGE:
+        fg = t.to(tl.float32) == 1.0
+    else:
+        fg = t.to(tl.int32) == c
+    if HAS_IGNORE:
+        fg = fg & (t != ignore_index)
+    return n, fg & kmask
+
+
+@triton.jit
+def _lovasz_count_kernel(
+    perm_ptr, t_ptr, count_ptr, C, S, N, n_kblocks, stb, sts, ignore_index,
+    HINGE: tl.constexpr, PER_IMAGE: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """``count[r, j]``: foreground entries among sorted positions of block j of row r."""
+    pid = tl.program_id(0).to(tl.int64)
+    r = pid // n_kblocks
+    offs_k = (pid % n_kblocks) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    kmask = offs_k < N
+    _, fg = _sorted_fg(
+        perm_ptr + r * N, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
+        HINGE, PER_IMAGE, HAS_IGNORE,
+    )  # fmt: skip
+    tl.store(count_ptr + pid, tl.sum(fg.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _lovasz_grad_kernel(
+    perm_ptr, key_ptr, t_ptr, start_ptr, total_ptr, w_ptr, out_ptr,
+    C, S, N, n_kblocks, stb, sts, ignore_index,
+    HINGE: tl.constexpr, PER_IMAGE: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    SCATTER: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Lovasz gradient ``g`` of the sorted positions of one block of row r, from the count
+    of foreground entries before the block (``start``) and in the row (``total``).
+
+    Not SCATTER: ``out[r, j] = sum_k f(e_k) g_k`` (f = relu for the hinge, else identity).
+    SCATTER: ``out[r * N + n_k] = w_r f'(e_k) g_k``, the gradient w.r.t. the entry's error.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    r = pid // n_kblocks
+    offs_k = (pid % n_kblocks) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    kmask = offs_k < N
+    n, fg = _sorted_fg(
+        perm_ptr + r * N, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
+        HINGE, PER_IMAGE, HAS_IGNORE,
+    )  # fmt: skip
+    cum = tl.load(start_ptr + pid) + tl.cumsum(fg.to(tl.int32), axis=0)  # inclusive
+    total = tl.load(total_ptr + r)
+    inter = (total - cum).to(tl.float32)
+    union = (total + (offs_k + 1) - cum).to(tl.float32)
+    prev = tl.where(fg, union, union - 1.0)  # U_{k-1}
+    g = tl.where(fg, 1.0 / union, inter / (tl.where(prev > 0, prev, 1.0) * union))
+    g = tl.where(total == 0, tl.where(offs_k == 0, 1.0, 0.0), g)
+    e = tl.load(key_ptr + r * N + offs_k, mask=kmask, other=float("-inf"))
+    entry = kmask & (e != float("-inf"))
+    e = tl.where(entry, e, 0.0)
+    if HINGE:
+        f = tl.where(e <= 0, 0.0, e)  # relu that keeps a NaN
+        df = tl.where(e > 0, 1.0, 0.0)
+    else:
+        f = e
+        df = tl.zeros_like(e) + 1.0
+    if SCATTER:
+        grad = tl.where(entry, tl.load(w_ptr + r) * df * g, 0.0)
+        tl.store(out_ptr + r * N + n, grad, mask=kmask)
+    else:
+        tl.store(out_ptr + pid, tl.sum(tl.where(entry, f * g, 0.0), axis=0))
+
+
+@triton.jit
+def _lovasz_softmax_grad_kernel(
+    x_ptr, t_ptr, ge_ptr, g_ptr, C, S, n_pblocks, sxb, sxc, sxs, stb, sts, sgb, sgc, sgs,
+    key_b, key_c, ignore_index, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """``dL/dz`` from ``ge = dL/de`` (laid out as the keys): ``dp_c = ge_c sign(p_c - fg_c)``,
+    ``dz_c = p_c (dp_c - sum_k p_k dp_k)``."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // n_pblocks
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pmask = offs_p < S
+    ys, valid, bad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+    ge_base = ge_ptr + b * key_b + offs_p[None, :]
+    mean_dp = tl.zeros([BLOCK_P], tl.float32)
+    for c0 in range(0, C, BLOCK_C):  # sum_k p_k dp_k first
+        offs_c = c0 + offs_c0
+        m2 = (offs_c < C)[:, None] & pmask[None, :]
+        x = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
+        p = tl.exp(x - m[None, :]) * inv_s[None, :]
+        fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
+        ge = tl.load(ge_base + offs_c[:, None] * key_c, mask=m2, other=0.0)
+        dp = ge * tl.where(p > fg, 1.0, tl.where(p < fg, -1.0, 0.0))
+        mean_dp += tl.sum(tl.where(m2, p * dp, 0.0), axis=0)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        m2 = (offs_c < C)[:, None] & pmask[None, :]
+        x = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
+        p = tl.exp(x - m[None, :]) * inv_s[None, :]
+        fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
+        ge = tl.load(ge_base + offs_c[:, None] * key_c, mask=m2, other=0.0)
+        dp = ge * tl.where(p > fg, 1.0, tl.where(p < fg, -1.0, 0.0))
+        dz = tl.where(valid[None, :], p * (dp - mean_dp[None, :]), 0.0)
+        tl.store(
+            g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs,
+            dz.to(g_ptr.dtype.element_ty),
+            mask=m2,
+        )

@@ -1,0 +1,225 @@
+"""Triton Lovasz hinge and Lovasz-softmax losses.
+
+Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
+``validate``. How they run (see ``_lovasz_kernels.py``):
+
+1. one kernel writes every row's errors (fused softmax), ignored pixels as -inf;
+2. one ``torch.sort`` of all rows at once (descending, stable: ties keep pixel order);
+3. two kernels count the foreground entries per block of sorted positions (integers) and
+   apply the closed-form Lovasz gradient with the exclusive prefix of those counts,
+   summing ``f(e) g`` per block (fixed-order sums: deterministic);
+4. the backward scatters ``w f'(e) g`` to each entry's pixel and chains it through the
+   errors and the softmax in one kernel.
+
+Memory beyond the inputs and the gradient: the sorted fp32 keys and the int64 sort
+indices (kept for the backward), and an fp32 buffer of the same size in the backward.
+No host synchronisation unless ``validate=True``; a bad label makes the loss NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+
+from segtriton.reference._common import (
+    check_label_shape,
+    check_masks,
+    label_mask,
+    mask_shape,
+)
+from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
+
+from ._lovasz_kernels import (
+    _lovasz_count_kernel,
+    _lovasz_errors_kernel,
+    _lovasz_grad_kernel,
+    _lovasz_softmax_grad_kernel,
+)
+from ._tiles import label_view, pixel_view
+
+_NO_LABEL = -(2**31)
+_BLOCK_K = 1024  # sorted positions per program
+
+
+def _layout(B: int, C: int, S: int, per_image: bool) -> tuple[int, int, int, int]:
+    """``(R, N, key_b, key_c)``: rows, entries per row, and the key strides of image and
+    class (entry of pixel s of image b, class c at ``b * key_b + c * key_c + s``)."""
+    if per_image:
+        return B * C, S, C * S, S
+    return C, B * S, S, B * S
+
+
+def _geometry(logits, target, hinge):
+    x, sxb, sxc, sxs = pixel_view(logits)
+    t, stb, sts = label_view(target[:, 0] if hinge else target)
+    return x, t, (sxb, sxc, sxs), (stb, sts), x.shape[0], x.shape[1], x[0, 0].numel()
+
+
+def _ignore(ignore_index, hinge):
+    if ignore_index is None:
+        return (0.0 if hinge else _NO_LABEL), False
+    return (float(ignore_index) if hinge else int(ignore_index)), True
+
+
+@torch.library.custom_op("segtriton::lovasz_rows", mutates_args=())
+def _lovasz_rows(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    per_image: bool,
+    ignore_index: float | None,
+    hinge: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(L [R], foreground count [R], sorted keys [R, N], sort indices [R, N],
+    block starts [R, nk])`` for every row."""
+    x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
+    R, N, key_b, key_c = _layout(B, C, S, per_image)
+    ign, has_ignore = _ignore(ignore_index, hinge)
+    keys = torch.empty(R * N, dtype=torch.float32, device=x.device)
+    block_c = min(triton.next_power_of_2(C), 64)
+    block_p = max(16, 4096 // block_c)
+    n_pblocks = triton.cdiv(S, block_p)
+    _lovasz_errors_kernel[(B * n_pblocks,)](
+        x, t, keys, C, S, n_pblocks, *xs, *ts, key_b, key_c, ign,
+        HINGE=hinge, HAS_IGNORE=has_ignore, BLOCK_C=block_c, BLOCK_P=block_p,
+    )  # fmt: skip
+    sorted_keys, perm = torch.sort(keys.view(R, N), dim=1, descending=True, stable=True)
+    nk = triton.cdiv(N, _BLOCK_K)
+    flags = {"HINGE": hinge, "PER_IMAGE": per_image, "HAS_IGNORE": has_ignore}
+    counts = torch.empty(R * nk, dtype=torch.int32, device=x.device)
+    _lovasz_count_kernel[(R * nk,)](
+        perm, t, counts, C, S, N, nk, *ts, ign, **flags, BLOCK_K=_BLOCK_K
+    )
+    counts = counts.view(R, nk)
+    total = counts.sum(1, dtype=torch.int32)
+    start = counts.cumsum(1, dtype=torch.int32) - counts
+    partial = torch.empty(R * nk, dtype=torch.float32, device=x.device)
+    _lovasz_grad_kernel[(R * nk,)](
+        perm, sorted_keys, t, start, total, partial, partial, C, S, N, nk, *ts, ign,
+        **flags, SCATTER=False, BLOCK_K=_BLOCK_K,
+    )  # fmt: skip
+    return partial.view(R, nk).sum(1), total, sorted_keys, perm, start
+
+
+@_lovasz_rows.register_fake
+def _(logits, target, per_image, ignore_index, hinge):
+    B, C = logits.shape[:2]
+    S = logits[0, 0].numel()
+    R, N, _, _ = _layout(B, C, S, per_image)
+    nk = triton.cdiv(N, _BLOCK_K)
+    f32, i32 = torch.float32, torch.int32
+    return (
+        logits.new_empty(R, dtype=f32),
+        logits.new_empty(R, dtype=i32),
+        logits.new_empty((R, N), dtype=f32),
+        logits.new_empty((R, N), dtype=torch.int64),
+        logits.new_empty((R, nk), dtype=i32),
+    )
+
+
+@torch.library.custom_op("segtriton::lovasz_rows_grad", mutates_args=())
+def _lovasz_rows_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    grad_rows: torch.Tensor,
+    sorted_keys: torch.Tensor,
+    perm: torch.Tensor,
+    start: torch.Tensor,
+    total: torch.Tensor,
+    per_image: bool,
+    ignore_index: float | None,
+    hinge: bool,
+) -> torch.Tensor:
+    """``dL/dz`` from ``grad_rows = dL/dL_r``."""
+    x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
+    R, N, key_b, key_c = _layout(B, C, S, per_image)
+    ign, has_ignore = _ignore(ignore_index, hinge)
+    nk = start.shape[1]
+    ge = torch.empty(R * N, dtype=torch.float32, device=x.device)
+    w = grad_rows.to(torch.float32).contiguous()
+    _lovasz_grad_kernel[(R * nk,)](
+        perm, sorted_keys, t, start, total, w, ge, C, S, N, nk, *ts, ign,
+        HINGE=hinge, PER_IMAGE=per_image, HAS_IGNORE=has_ignore, SCATTER=True,
+        BLOCK_K=_BLOCK_K,
+    )  # fmt: skip
+    if hinge:  # e = 1 - x (2t - 1): de/dx = 1 - 2t (ge is 0 where ignored)
+        sign = torch.where(ge.view(target.shape) != 0, 1 - 2 * target.to(torch.float32), 0.0)
+        return (ge.view(target.shape) * sign).to(logits.dtype)
+    grad = torch.empty_like(logits)
+    g, sgb, sgc, sgs = pixel_view(grad)
+    block_c = min(triton.next_power_of_2(C), 64)
+    block_p = max(16, 4096 // block_c)
+    n_pblocks = triton.cdiv(S, block_p)
+    _lovasz_softmax_grad_kernel[(B * n_pblocks,)](
+        x, t, ge, g, C, S, n_pblocks, *xs, *ts, sgb, sgc, sgs, key_b, key_c, ign,
+        BLOCK_C=block_c, BLOCK_P=block_p,
+    )  # fmt: skip
+    return grad
+
+
+@_lovasz_rows_grad.register_fake
+def _(logits, target, grad_rows, sorted_keys, perm, start, total, per_image, ignore, hinge):
+    return torch.empty_like(logits)
+
+
+def _setup(ctx, inputs, output):
+    logits, target, *ctx.params = inputs
+    _, total, sorted_keys, perm, start = output
+    ctx.save_for_backward(logits, target, sorted_keys, perm, start, total)
+
+
+def _backward(ctx, grad_rows, *_):
+    logits, target, sorted_keys, perm, start, total = ctx.saved_tensors
+    grad = _lovasz_rows_grad(
+        logits, target, grad_rows, sorted_keys, perm, start, total, *ctx.params
+    )
+    return grad, None, None, None, None
+
+
+torch.library.register_autograd("segtriton::lovasz_rows", _backward, setup_context=_setup)
+
+
+def lovasz_hinge_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    per_image: bool = False,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton Lovasz hinge; semantics of ``segtriton.reference.lovasz_hinge_loss``
+    (``validate=True`` also rejects soft targets; otherwise they make the loss NaN)."""
+    if logits.shape[1] != 1:
+        raise ValueError(f"lovasz_hinge_loss needs logits with C=1, got C={logits.shape[1]}")
+    target = mask_shape(logits, target)
+    if validate:
+        t, valid = check_masks(logits, target, ignore_index)
+        if bool((valid & (t != 0) & (t != 1)).any()):
+            raise ValueError("lovasz_hinge_loss needs hard {0, 1} targets, got soft values")
+    ign = None if ignore_index is None else float(ignore_index)
+    losses = _lovasz_rows(logits, target, per_image, ign, True)[0]
+    return reduce_units(losses, reduction)
+
+
+def lovasz_softmax_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    classes: str | Sequence[int] = "present",
+    per_image: bool = False,
+    ignore_index: int | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton Lovasz-softmax; semantics of ``segtriton.reference.lovasz_softmax_loss``."""
+    check_label_shape(logits, target)
+    if validate:
+        label_mask(target, logits.shape[1], ignore_index)
+    ign = None if ignore_index is None else float(ignore_index)
+    losses, total, *_ = _lovasz_rows(logits, target, per_image, ign, False)
+    units = logits.shape[0] if per_image else 1
+    shape = (units, logits.shape[1])
+    return lovasz_softmax_reduce(
+        losses.view(shape), total.view(shape) > 0, classes, weight, reduction, validate
+    )

@@ -1,0 +1,163 @@
+"""Triton Lovasz hinge and Lovasz-softmax against the reference and the worked examples
+(hard-losses section 15), in the interpreter on CPU and compiled on a GPU.
+
+The Lovasz losses are piecewise linear in the sorted errors: values are compared for
+every dtype, gradients on fp32 inputs redrawn until tie-free (every pair of sorted errors
+of a row more than 1e-5 apart, relatively), where the sort order, and so the gradient, is unique.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from kernel_checks import DEVICE, DTYPES, assert_matches, run_with_grad
+
+from segtriton import kernels as ker
+from segtriton.registry import get, make_inputs, variant_fits
+
+ENTRIES = [get("lovasz_softmax"), get("lovasz_hinge")]
+D = torch.float64
+
+
+def _errors(entry, x, t, per_image, ignore_index=255):
+    """The rows of errors the reference sorts (float64), ignored entries dropped."""
+    x = x.double().cpu()
+    t = t.cpu()
+    if entry.name == "lovasz_hinge":
+        t = t.reshape(x.shape)
+        e = 1 - x * (2 * t - 1)
+        valid = t != ignore_index
+        e, valid = e.flatten(1), valid.flatten(1)
+    else:
+        p = torch.softmax(x, 1).flatten(2)
+        y = t.flatten(1)
+        fg = (y.unsqueeze(1) == torch.arange(x.shape[1]).view(1, -1, 1)).double()
+        e = (fg - p).abs().transpose(0, 1).flatten(1)  # [C, B * N] pooled
+        valid = (y != ignore_index).unsqueeze(0).expand(x.shape[1], -1, -1).flatten(1)
+        if per_image:
+            e = (fg - p).abs().flatten(0, 1)
+            valid = (y != ignore_index).repeat_interleave(x.shape[1], 0)
+    return [row[v] for row, v in zip(e, valid, strict=True)]
+
+
+def _separated(s: torch.Tensor) -> bool:
+    """Neighbours differ by more than 1e-5 relative (fp32 errors sort as float64 ones)."""
+    scale = torch.maximum(s[1:].abs(), s[:-1].abs())
+    return bool((s.diff() > 1e-5 * scale + 1e-12).all())
+
+
+def _tie_free_inputs(entry, shape, options, gen, tries=20):
+    for _ in range(tries):
+        x, t = make_inputs(entry, shape, options, torch.float32, gen, 0.2, device=DEVICE)
+        if entry.name == "lovasz_softmax" and shape[1] == 1:
+            return x, t  # p = 1: every error is 0 and the gradient is 0 in any order
+        rows = _errors(entry, x, t, options.get("per_image", False))
+        if all(_separated(row.sort().values) for row in rows):
+            return x, t
+    pytest.skip("no tie-free draw")
+
+
+def _cases():
+    rows = []
+    for entry in ENTRIES:
+        classes = (1,) if entry.channels else (1, 2, 3, 19, 150)
+        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), classes, DTYPES):
+            if not variant_fits(options, C):
+                continue
+            k = len(rows)
+            spatial = [(5, 6), (2, 3, 4)][k % 2]
+            reduction = ["mean", "sum", "none"][k % 3]
+            rows.append(
+                pytest.param(
+                    entry,
+                    options,
+                    C,
+                    dtype,
+                    spatial,
+                    reduction,
+                    id=f"{entry.name}-{v}-C{C}-{str(dtype)[6:]}-{len(spatial)}d-{reduction}",
+                )
+            )
+    return rows
+
+
+@pytest.mark.parametrize(("entry", "options", "C", "dtype", "spatial", "reduction"), _cases())
+def test_kernel_matches_reference(entry, options, C, dtype, spatial, reduction, seed, gen):
+    opts = {**options, "reduction": reduction, "ignore_index": 255}
+    shape = (2, C, *spatial)
+    if dtype == torch.float32:
+        x, t = _tie_free_inputs(entry, shape, opts, gen)
+        assert_matches(entry, x, t, opts, dtype, seed)
+        return
+    x, t = make_inputs(entry, shape, opts, dtype, gen, 0.2, device=DEVICE)
+    loss, grad = run_with_grad(entry.kernel, x, t, opts, seed)
+    expected, _ = run_with_grad(entry.reference, x.double(), t, opts, seed)
+    torch.testing.assert_close(loss, expected, rtol=2e-5, atol=1e-6)
+    assert torch.isfinite(grad).all()
+
+
+def test_channels_last_and_streamed_classes(seed, gen):
+    entry = get("lovasz_softmax")
+    for C in (4, 300):
+        x, t = _tie_free_inputs(entry, (2, C, 3, 4), {"per_image": True}, gen)
+        opts = {"per_image": True, "ignore_index": 255}
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+def test_worked_hinge():
+    z = torch.tensor([2.0, -1.0, 0.5, -0.25], device=DEVICE).reshape(1, 1, 4).requires_grad_()
+    loss = ker.lovasz_hinge_loss(z, torch.tensor([1.0, 0, 0, 1], device=DEVICE).reshape(1, 1, 4))
+    loss.backward()
+    assert loss.item() == pytest.approx(1.5 / 3 + 1.25 / 3, abs=1e-6)
+    expected = torch.tensor([0, 0, 1 / 3, -1 / 3], device=DEVICE)
+    torch.testing.assert_close(z.grad.flatten(), expected, rtol=0, atol=1e-7)
+
+
+def test_worked_softmax():
+    p1 = torch.tensor([0.9, 0.4, 0.2], dtype=D)
+    p = torch.stack([1 - p1, p1])
+    z = p.log().reshape(1, 2, 3).float().to(DEVICE).requires_grad_()
+    loss = ker.lovasz_softmax_loss(z, torch.tensor([[1, 1, 0]], device=DEVICE))
+    loss.backward()
+    assert loss.item() == pytest.approx((0.4 + 0.3666666666666667) / 2, abs=1e-6)
+    g = torch.tensor([[0, -1 / 6], [0.25, -0.25], [-0.25, 1 / 12]], dtype=D).T
+    expected = (p * (g - (p * g).sum(0, keepdim=True))).float().to(DEVICE)
+    torch.testing.assert_close(z.grad[0], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_ignore_heavy_and_all_ignored(entry, seed, gen):
+    C = 1 if entry.channels else 3
+    opts = {"ignore_index": 255, "per_image": True}
+    x, t = make_inputs(entry, (2, C, 6, 7), opts, torch.float32, gen, 0.9, device=DEVICE)
+    loss, _ = run_with_grad(entry.kernel, x, t, opts, seed)
+    expected, _ = run_with_grad(entry.reference, x.double(), t, opts, seed)
+    torch.testing.assert_close(loss, expected, rtol=2e-5, atol=1e-6)
+    loss, grad = run_with_grad(entry.kernel, x, torch.full_like(t, 255), opts, seed)
+    assert torch.equal(loss, torch.zeros_like(loss))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_bad_targets_give_nan_or_a_clear_error(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
+    y[1, 2, 3] = 7
+    assert torch.isnan(ker.lovasz_softmax_loss(x, y))
+    with pytest.raises(ValueError, match=r"label 7 outside \[0, 3\)"):
+        ker.lovasz_softmax_loss(x, y, validate=True)
+    m = torch.rand(2, 1, 4, 5, generator=gen).to(DEVICE)  # soft: not allowed
+    assert torch.isnan(ker.lovasz_hinge_loss(x[:, :1], m))
+    with pytest.raises(ValueError, match="hard"):
+        ker.lovasz_hinge_loss(x[:, :1], m, validate=True)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_deterministic(entry, gen):
+    C = 1 if entry.channels else 3
+    opts = {"ignore_index": 255}
+    x, t = make_inputs(entry, (2, C, 9, 11), opts, torch.bfloat16, gen, 0.1, device=DEVICE)
+    runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
