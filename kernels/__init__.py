@@ -2,6 +2,7 @@
 ``segtriton.reference``)."""
 
 from ._runtime import interpreter_enabled, run_smoke_kernel
+from .boundary import boundary_loss, signed_distance_map, squared_edt
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
@@ -24,6 +25,7 @@ __all__ = [
     "StreamingMetrics",
     "bce_dice_loss",
     "binary_cross_entropy_with_logits",
+    "boundary_loss",
     "ce_dice_loss",
     "combo_loss",
     "confusion_matrix",
@@ -40,6 +42,8 @@ __all__ = [
     "run_smoke_kernel",
     "segmentation_metrics",
     "sigmoid_focal_loss",
+    "signed_distance_map",
     "softmax_focal_loss",
+    "squared_edt",
     "tversky_loss",
 ]

@@ -179,7 +179,14 @@ LOSSES: tuple[LossEntry, ...] = (
         ),
         kernel=ker.lovasz_softmax_loss,
     ),
-    LossEntry("boundary", ref.boundary_loss, "labels", ({},), min_classes=2),
+    LossEntry(
+        "boundary",
+        ref.boundary_loss,
+        "labels",
+        ({}, {"mode": "multilabel"}),
+        min_classes=2,
+        kernel=ker.boundary_loss,
+    ),
 )
 
 

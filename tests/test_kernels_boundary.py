@@ -1,0 +1,109 @@
+"""The GPU exact Euclidean distance transform, signed distance maps and boundary loss
+against scipy and the reference, in the interpreter on CPU and compiled on a GPU."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from kernel_checks import DEVICE, assert_matches
+from scipy.ndimage import distance_transform_edt
+
+from segtriton import kernels as ker
+from segtriton import reference as ref
+from segtriton.registry import get, make_inputs
+
+SHAPES = [((3, 37, 53), None), ((2, 9, 11, 13), (2.0, 1.0, 0.5)), ((2, 70, 41), (1.5, 1.0))]
+
+
+@pytest.mark.parametrize(("shape", "spacing"), SHAPES, ids=["2d", "3d-spacing", "2d-spacing"])
+@pytest.mark.parametrize("density", [0.002, 0.05, 0.6])
+def test_squared_edt_equals_scipy(shape, spacing, density, gen):
+    sites = torch.rand(shape, generator=gen) < density
+    sites[0].view(-1)[0] = True  # every map but possibly the others has a site
+    got = ker.squared_edt(sites.to(DEVICE), spacing).sqrt().cpu().double()
+    for m, d in zip(sites.numpy(), got, strict=True):
+        if not m.any():
+            assert torch.isinf(d).all()
+            continue
+        want = torch.from_numpy(distance_transform_edt(~m, sampling=spacing))
+        torch.testing.assert_close(d, want, rtol=1e-6, atol=1e-5)
+
+
+def test_squared_edt_is_exact_in_integers(gen):
+    sites = torch.rand(4, 64, 64, generator=gen) < 0.01
+    sites[:, 0, 0] = True
+    got = ker.squared_edt(sites.to(DEVICE)).cpu().double()
+    for m, d in zip(sites.numpy(), got, strict=True):
+        want = torch.from_numpy(distance_transform_edt(~m) ** 2).round()
+        assert torch.equal(d, want)
+
+
+@pytest.mark.parametrize(("C", "spatial"), list(itertools.product([2, 5], [(23, 31), (6, 7, 8)])))
+def test_signed_map_matches_reference(C, spatial, gen):
+    t = torch.randint(0, C, (2, *spatial), generator=gen)
+    t = t.masked_fill(torch.rand(t.shape, generator=gen) < 0.1, 255)
+    t[1] = 0  # an image where class 0 fills everything but ignored pixels
+    for ignore in (255, 0):
+        got = ker.signed_distance_map(t.to(DEVICE), C, ignore_index=ignore)
+        want = ref.signed_distance_map(t, C, ignore_index=ignore)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+
+
+def test_signed_map_worked_examples_guards_and_spacing():
+    row = torch.tensor([[[0, 0, 1, 1, 1, 0]]], device=DEVICE)
+    expected = torch.tensor([2.0, 1, 0, -1, 0, 1])
+    torch.testing.assert_close(
+        ker.signed_distance_map(row, mode="binary").flatten().cpu(), expected
+    )
+    spaced = ker.signed_distance_map(row.unsqueeze(2), mode="binary", spacing=(2.0, 1.0))
+    torch.testing.assert_close(spaced.flatten().cpu(), expected)
+    sq = torch.zeros(1, 5, 5, dtype=torch.long, device=DEVICE)
+    sq[0, 1:4, 1:4] = 1
+    r2 = math.sqrt(2)
+    want = [[r2, 1, 1, 1, r2], [1, 0, 0, 0, 1], [1, 0, -1, 0, 1], [1, 0, 0, 0, 1]]
+    want = torch.tensor([*want, [r2, 1, 1, 1, r2]])
+    torch.testing.assert_close(ker.signed_distance_map(sq, 2)[0, 1].cpu(), want)
+    for fill in (0.0, 1.0):
+        flat = torch.full((1, 1, 3, 4), fill, device=DEVICE)
+        assert ker.signed_distance_map(flat, mode="binary").abs().max() == 0
+
+
+def test_multilabel_masks_with_spacing_and_ignore(gen):
+    t = (torch.rand(2, 3, 9, 12, generator=gen) < 0.3).double()
+    t[torch.rand(t.shape, generator=gen) < 0.1] = 255
+    got = ker.signed_distance_map(
+        t.to(DEVICE), mode="multilabel", spacing=(1.0, 2.5), ignore_index=255
+    )
+    want = ref.signed_distance_map(t, mode="multilabel", spacing=(1.0, 2.5), ignore_index=255)
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="hard"):
+        ker.signed_distance_map(t.to(DEVICE) * 0.5, mode="multilabel", validate=True)
+
+
+@pytest.mark.parametrize("options", get("boundary").variants, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_boundary_loss_matches_reference(options, dtype, seed, gen):
+    entry = get("boundary")
+    opts = {**options, "ignore_index": 255}
+    x, t = make_inputs(entry, (2, 4, 9, 10), opts, dtype, gen, ignore_frac=0.1, device=DEVICE)
+    assert_matches(entry, x, t, opts, dtype, seed)
+
+
+def test_boundary_loss_bad_labels(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
+    y[0, 0, 0] = 9
+    with pytest.raises(ValueError, match="label 9 outside"):
+        ker.boundary_loss(x, y, validate=True)
+
+
+def test_one_dimensional_maps(gen):
+    m = (torch.rand(3, 1, 40, generator=gen) < 0.2).long()
+    got = ker.signed_distance_map(m.to(DEVICE), mode="binary").cpu().double()
+    torch.testing.assert_close(got, ref.signed_distance_map(m, mode="binary"))
+    assert np.isfinite(got.numpy()).all()
