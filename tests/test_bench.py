@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from segtriton.bench import runner
 from segtriton.bench.cli import main
 from segtriton.bench.report import compare
 from segtriton.bench.spec import PRESETS, expand, load_spec
@@ -37,7 +38,15 @@ def test_byte_models():
     assert minimal_bytes(dice, shape, bf16, i64, "fwd+bwd") == 3 * logits + 2 * labels
 
 
-def test_sweep_report_resume_and_errors(tmp_path, capsys):
+def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
+    real = runner.make_provider
+
+    def failing_boundary_kernel(case, entry):  # a provider that fails, as a compile error would
+        if case.provider == "triton" and case.loss == "boundary":
+            raise RuntimeError("simulated failure")
+        return real(case, entry)
+
+    monkeypatch.setattr(runner, "make_provider", failing_boundary_kernel)
     spec = tmp_path / "spec.toml"
     spec.write_text(
         'losses = ["dice", "boundary"]\nproviders = ["triton", "eager"]\n'
@@ -46,7 +55,7 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3"])
     rows = pd.read_json(out / "rows.json")
-    assert len(rows) == 8 and code == 1  # no Triton boundary kernel yet: two error rows
+    assert len(rows) == 8 and code == 1  # the failing provider: two error rows
     errors = rows[rows.error.notna()]
     assert set(errors.provider) == {"triton"} and set(errors.loss) == {"boundary"}
     ok = rows[rows.error.isna()]

@@ -110,7 +110,7 @@ def test_volumes_and_channels_last(entry, options, gen):
     x, t = make_inputs(entry, (2, _classes(entry), 3, 4, 5), opts, torch.float64, gen)
     flat_opts = dict(opts)
     if entry.name == "boundary":  # the map depends on the layout: give both the 3-D map
-        opts["dist_map"] = ref.signed_distance_map(t, x.shape[1])
+        opts["dist_map"] = ref.signed_distance_map(t, x.shape[1], opts.get("mode", "multiclass"))
         flat_opts["dist_map"] = opts["dist_map"].reshape(2, -1, 3, 20)
     flat = entry.reference(x.reshape(2, -1, 3, 20), t.reshape(*t.shape[:-2], 20), **flat_opts)
     torch.testing.assert_close(entry.reference(x, t, **opts), flat, rtol=1e-12, atol=1e-12)
