@@ -165,6 +165,19 @@ def _lovasz_grad_kernel(
 
 
 @triton.jit
+def _error_grad(
+    x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C, sxb, sxc, sxs, key_c
+):  # fmt: skip
+    """``(p, dL/dp, mask)`` of a class chunk: ``dL/dp_c = ge_c sign(p_c - fg_c)``."""
+    m2 = (offs_c < C)[:, None] & pmask[None, :]
+    x = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
+    p = tl.exp(x - m[None, :]) * inv_s[None, :]
+    fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
+    ge = tl.load(ge_base + offs_c[:, None] * key_c, mask=m2, other=0.0)
+    return p, ge * tl.where(p > fg, 1.0, tl.where(p < fg, -1.0, 0.0)), m2
+
+
+@triton.jit
 def _lovasz_softmax_grad_kernel(
     x_ptr, t_ptr, ge_ptr, g_ptr, C, S, n_pblocks, sxb, sxc, sxs, stb, sts, sgb, sgc, sgs,
     key_b, key_c, ignore_index, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -182,21 +195,13 @@ def _lovasz_softmax_grad_kernel(
     mean_dp = tl.zeros([BLOCK_P], tl.float32)
     for c0 in range(0, C, BLOCK_C):  # sum_k p_k dp_k first
         offs_c = c0 + offs_c0
-        m2 = (offs_c < C)[:, None] & pmask[None, :]
-        x = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
-        p = tl.exp(x - m[None, :]) * inv_s[None, :]
-        fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
-        ge = tl.load(ge_base + offs_c[:, None] * key_c, mask=m2, other=0.0)
-        dp = ge * tl.where(p > fg, 1.0, tl.where(p < fg, -1.0, 0.0))
+        p, dp, m2 = _error_grad(x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C,
+                                sxb, sxc, sxs, key_c)  # fmt: skip
         mean_dp += tl.sum(tl.where(m2, p * dp, 0.0), axis=0)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + offs_c0
-        m2 = (offs_c < C)[:, None] & pmask[None, :]
-        x = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
-        p = tl.exp(x - m[None, :]) * inv_s[None, :]
-        fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
-        ge = tl.load(ge_base + offs_c[:, None] * key_c, mask=m2, other=0.0)
-        dp = ge * tl.where(p > fg, 1.0, tl.where(p < fg, -1.0, 0.0))
+        p, dp, m2 = _error_grad(x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C,
+                                sxb, sxc, sxs, key_c)  # fmt: skip
         dz = tl.where(valid[None, :], p * (dp - mean_dp[None, :]), 0.0)
         tl.store(
             g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs,

@@ -2,11 +2,55 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
 import torch
+
+from segtriton.registry import variant_fits
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = list(GRAD_TOL)
+CLASSES = [1, 2, 3, 19, 150]
+SPATIAL = [(7, 9), (3, 5, 6)]
+CASE_ARGS = ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction")
+
+
+def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
+    """pytest params ``CASE_ARGS`` over every entry's variants x class counts x dtypes, with
+    the spatial shape, memory format and reduction taking turns along the list."""
+    rows = []
+    for entry in entries:
+        counts = entry.channels or classes
+        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), counts, DTYPES):
+            if not variant_fits(options, C) or (options.get("mode") == "binary" and C != 1):
+                continue
+            k = len(rows)
+            shape = spatial[(k // len(reductions)) % len(spatial)]
+            channels_last = k % 3 == 1
+            reduction = reductions[k % len(reductions)]
+            if options.get("gamma_after_mean"):
+                reduction = "mean"
+            rows.append(
+                pytest.param(
+                    entry,
+                    options,
+                    C,
+                    dtype,
+                    shape,
+                    channels_last,
+                    reduction,
+                    id=f"{entry.name}-{v}-C{C}-{str(dtype)[6:]}-{len(shape)}d"
+                    f"{'-cl' if channels_last else ''}-{reduction}",
+                )
+            )
+    return rows
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return x.contiguous(memory_format=fmt)
 
 
 def run_with_grad(fn, x, t, options, gout_seed=None):

@@ -7,19 +7,22 @@ determinism.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from kernel_checks import DEVICE, DTYPES, assert_matches, run_with_grad
+from kernel_checks import (
+    CASE_ARGS,
+    DEVICE,
+    assert_matches,
+    kernel_cases,
+    run_with_grad,
+    to_channels_last,
+)
 
-from segtriton.registry import LOSSES, make_inputs, variant_fits
+from segtriton.registry import LOSSES, make_inputs
 
 KERNELS = [
     e for e in LOSSES if e.kernel is not None and e.reference.__module__.endswith(".compound")
 ]
-CLASSES = [1, 2, 3, 19, 150]
-SPATIAL = [(7, 9), (3, 5, 6)]
 
 
 def _inputs(entry, shape, options, dtype, gen, ignore_frac=0.2):
@@ -29,42 +32,14 @@ def _inputs(entry, shape, options, dtype, gen, ignore_frac=0.2):
     )
 
 
-def _cases():
-    rows = []
-    for entry in KERNELS:
-        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), CLASSES, DTYPES):
-            if not variant_fits(options, C):
-                continue
-            k = len(rows)
-            reduction = ["mean", "sum"][k % 2]
-            spatial = SPATIAL[(k // 2) % 2]
-            rows.append(
-                pytest.param(
-                    entry,
-                    options,
-                    C,
-                    dtype,
-                    spatial,
-                    k % 3 == 1,
-                    reduction,
-                    id=f"{entry.name}-{v}-C{C}-{str(dtype)[6:]}-{len(spatial)}d"
-                    f"{'-cl' if k % 3 == 1 else ''}-{reduction}",
-                )
-            )
-    return rows
-
-
-@pytest.mark.parametrize(
-    ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction"), _cases()
-)
+@pytest.mark.parametrize(CASE_ARGS, kernel_cases(KERNELS, ["mean", "sum"]))
 def test_kernel_matches_reference(
     entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
 ):
     opts = {**options, "reduction": reduction, "ignore_index": 255}
     x, t = _inputs(entry, (2, C, *spatial), opts, dtype, gen)
     if channels_last:
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        x = x.contiguous(memory_format=fmt)
+        x = to_channels_last(x)
     assert_matches(entry, x, t, opts, dtype, seed)
 
 

@@ -8,14 +8,19 @@ of a row more than 1e-5 apart, relatively), where the sort order, and so the gra
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from kernel_checks import DEVICE, DTYPES, assert_matches, run_with_grad
+from kernel_checks import (
+    CASE_ARGS,
+    DEVICE,
+    assert_matches,
+    kernel_cases,
+    run_with_grad,
+    to_channels_last,
+)
 
 from segtriton import kernels as ker
-from segtriton.registry import get, make_inputs, variant_fits
+from segtriton.registry import get, make_inputs
 
 ENTRIES = [get("lovasz_softmax"), get("lovasz_hinge")]
 D = torch.float64
@@ -59,39 +64,23 @@ def _tie_free_inputs(entry, shape, options, gen, tries=20):
     pytest.skip("no tie-free draw")
 
 
-def _cases():
-    rows = []
-    for entry in ENTRIES:
-        classes = (1,) if entry.channels else (1, 2, 3, 19, 150)
-        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), classes, DTYPES):
-            if not variant_fits(options, C):
-                continue
-            k = len(rows)
-            spatial = [(5, 6), (2, 3, 4)][k % 2]
-            reduction = ["mean", "sum", "none"][k % 3]
-            rows.append(
-                pytest.param(
-                    entry,
-                    options,
-                    C,
-                    dtype,
-                    spatial,
-                    reduction,
-                    id=f"{entry.name}-{v}-C{C}-{str(dtype)[6:]}-{len(spatial)}d-{reduction}",
-                )
-            )
-    return rows
-
-
-@pytest.mark.parametrize(("entry", "options", "C", "dtype", "spatial", "reduction"), _cases())
-def test_kernel_matches_reference(entry, options, C, dtype, spatial, reduction, seed, gen):
+@pytest.mark.parametrize(
+    CASE_ARGS, kernel_cases(ENTRIES, ["mean", "sum", "none"], spatial=[(5, 6), (2, 3, 4)])
+)
+def test_kernel_matches_reference(
+    entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
+):
     opts = {**options, "reduction": reduction, "ignore_index": 255}
     shape = (2, C, *spatial)
     if dtype == torch.float32:
         x, t = _tie_free_inputs(entry, shape, opts, gen)
+    else:
+        x, t = make_inputs(entry, shape, opts, dtype, gen, 0.2, device=DEVICE)
+    if channels_last:
+        x = to_channels_last(x)
+    if dtype == torch.float32:
         assert_matches(entry, x, t, opts, dtype, seed)
         return
-    x, t = make_inputs(entry, shape, opts, dtype, gen, 0.2, device=DEVICE)
     loss, grad = run_with_grad(entry.kernel, x, t, opts, seed)
     expected, _ = run_with_grad(entry.reference, x.double(), t, opts, seed)
     torch.testing.assert_close(loss, expected, rtol=2e-5, atol=1e-6)

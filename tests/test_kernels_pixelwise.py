@@ -9,48 +9,26 @@ determinism, repeated backward, and torch.compile.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from kernel_checks import DEVICE, DTYPES, assert_matches, run_with_grad
+from kernel_checks import (
+    CASE_ARGS,
+    DEVICE,
+    DTYPES,
+    assert_matches,
+    kernel_cases,
+    run_with_grad,
+    to_channels_last,
+)
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, make_inputs, variant_fits
+from segtriton.registry import LOSSES, make_inputs
 
 KERNELS = [e for e in LOSSES if e.kernel is not None and e.traffic == "pixel"]
-CLASSES = [1, 2, 3, 19, 150]
-SPATIAL = [(7, 9), (3, 5, 6)]
-REDUCTIONS = ["mean", "sum", "none"]
 
 
-def _cases():
-    rows = []
-    for entry in KERNELS:
-        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), CLASSES, DTYPES):
-            if not variant_fits(options, C) or (options.get("mode") == "binary" and C != 1):
-                continue
-            k = len(rows)
-            rows.append(
-                pytest.param(
-                    entry,
-                    options,
-                    C,
-                    dtype,
-                    SPATIAL[k % 2],
-                    k % 3 == 1,
-                    REDUCTIONS[k % 3],
-                    id=f"{entry.name}-{v}-C{C}-{str(dtype)[6:]}-{len(SPATIAL[k % 2])}d"
-                    f"{'-cl' if k % 3 == 1 else ''}-{REDUCTIONS[k % 3]}",
-                )
-            )
-    return rows
-
-
-@pytest.mark.parametrize(
-    ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction"), _cases()
-)
+@pytest.mark.parametrize(CASE_ARGS, kernel_cases(KERNELS, ["mean", "sum", "none"]))
 def test_kernel_matches_reference(
     entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
 ):
@@ -59,8 +37,7 @@ def test_kernel_matches_reference(
         entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=0.2, soft=entry.soft, device=DEVICE
     )
     if channels_last:
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        x = x.contiguous(memory_format=fmt)
+        x = to_channels_last(x)
     assert_matches(entry, x, t, opts, dtype, seed)
 
 
