@@ -25,6 +25,7 @@ import torch._functorch.config
 from segtriton.reference._common import value_checks
 from segtriton.registry import get, make_inputs, minimal_bytes
 
+from .baselines import BASELINES
 from .env import environment
 from .spec import DTYPES, LABEL_DTYPES, Case
 from .timing import copy_bandwidth, peak_memory, time_fn
@@ -42,7 +43,9 @@ def make_provider(case: Case, entry) -> Callable:
         if entry.kernel is None:
             raise NotImplementedError(f"no Triton kernel for {case.loss} yet")
         return entry.kernel
-    if case.provider == "eager":
+    if case.provider in BASELINES:
+        fn = BASELINES[case.provider][case.loss]
+    elif case.provider == "eager":
         fn = entry.reference
     else:
         mode = "max-autotune" if case.provider == "compile-max-autotune" else "default"

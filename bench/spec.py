@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .baselines import BASELINES
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LABEL_DTYPES = {
     "uint8": torch.uint8,
@@ -32,7 +34,7 @@ LABEL_DTYPES = {
 }
 MODES = ("fwd", "bwd", "fwd+bwd")
 FORMATS = ("contiguous", "channels_last")
-PROVIDERS = ("triton", "eager", "compile", "compile-max-autotune")
+PROVIDERS = ("triton", "eager", "compile", "compile-max-autotune", *BASELINES)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,12 @@ PRESETS: dict[str, dict] = {
     },
     "ade20k": {"losses": _CORE, "shapes": [[16, 150, 512, 512]], "dtypes": ["bf16", "fp32"]},
     "voc": {"losses": _CORE, "shapes": [[16, 21, 512, 512]], "dtypes": ["bf16", "fp32"]},
+    "lovasz": {  # the comparison: Berman's loop, the batched torch pipeline, ours
+        "losses": ["lovasz_softmax", "lovasz_hinge"],
+        "providers": ["triton", "eager", "compile", "berman"],
+        "shapes": [[8, 19, 512, 1024], [16, 150, 512, 512], [8, 1, 1024, 1024]],
+        "dtypes": ["bf16"],
+    },
     "brats3d": {
         "losses": ["bce", "dice", "generalized_dice", "tversky"],
         "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],
@@ -178,6 +186,8 @@ def expand(spec: dict) -> list[Case]:
         spec["memory_formats"],
         spec["providers"],
     ):
+        if name not in BASELINES.get(provider, {name: None}):
+            continue  # a baseline only for some losses
         entry = get(name)
         shape = tuple(int(v) for v in shape)
         if entry.channels and shape[1] not in entry.channels:

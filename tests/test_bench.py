@@ -13,7 +13,7 @@ from segtriton.bench import runner
 from segtriton.bench.cli import main
 from segtriton.bench.report import compare
 from segtriton.bench.spec import PRESETS, expand, load_spec
-from segtriton.registry import get, minimal_bytes
+from segtriton.registry import get, make_inputs, minimal_bytes
 
 
 def test_presets_expand_and_adapt_binary_losses():
@@ -106,3 +106,21 @@ def test_compare_flags_regressions(tmp_path):
     assert regressions == 1
     assert table.set_index("provider").regression.to_dict() == {"eager": False, "compile": True}
     assert main(["compare", str(a), str(b)]) == 1
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_berman_baselines_equal_the_reference(per_image, gen):
+    from segtriton.bench.baselines import BASELINES
+
+    for name in ("lovasz_softmax", "lovasz_hinge"):
+        entry = get(name)
+        C = 1 if entry.channels else 4
+        x, t = make_inputs(entry, (2, C, 5, 6), {}, torch.float32, gen, ignore_frac=0.2)
+        opts = {"per_image": per_image, "ignore_index": 255}
+        got = BASELINES["berman"][name](x, t, **opts)
+        torch.testing.assert_close(got, entry.reference(x, t, **opts), rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="no options"):
+        BASELINES["berman"]["lovasz_softmax"](x, t, classes="all")
+    cases = expand(load_spec("lovasz"))
+    assert {c.loss for c in cases if c.provider == "berman"} == {"lovasz_softmax", "lovasz_hinge"}
+    assert not [c for c in expand(load_spec("standard")) if c.provider == "berman"]

@@ -168,3 +168,55 @@ def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions)
         pct_of_copy_bw=100 * nbytes / median / 1e9 / copy_gbps,
         device=str(DEVICE),
     )
+
+
+# the issue's EDT batches on a GPU; small ones where only scipy is timed
+EDT_SHAPES = (
+    ([8, 512, 512], [4, 1024, 1024], [2, 128, 128, 128])
+    if DEVICE.type == "cuda"
+    else ([2, 64, 64], [1, 16, 16, 16])
+)
+
+
+@pytest.fixture(
+    params=[(p, s) for s in EDT_SHAPES for p in ("triton", "scipy", "cupy")],
+    ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}",
+)
+def benchmark_case_edt(request):
+    return request.param
+
+
+def test_distance_transform(benchmark, benchmark_case_edt, versions):
+    """Exact EDT of a batch of masks (the distance to the nearest foreground pixel):
+    segtriton's Triton kernels, scipy on the CPU (one call per map) and CuPy (if there)."""
+    from segtriton import kernels as ker
+
+    provider, shape = benchmark_case_edt
+    gen = torch.Generator().manual_seed(0)
+    sites = torch.rand(shape, generator=gen) < 0.01
+    if provider == "triton":
+        if DEVICE.type != "cuda":
+            pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
+        masks = sites.to(DEVICE)
+        fn = lambda: ker.squared_edt(masks)  # noqa: E731
+    elif provider == "scipy":
+        from scipy.ndimage import distance_transform_edt
+
+        masks = (~sites).numpy()
+        fn = lambda: [distance_transform_edt(m) for m in masks]  # noqa: E731
+    else:
+        cupyx = pytest.importorskip("cupyx.scipy.ndimage")
+        import cupy
+
+        if DEVICE.type != "cuda":
+            pytest.skip("CuPy needs a GPU")
+        masks = cupy.asarray((~sites).numpy())
+        fn = lambda: [cupyx.distance_transform_edt(m) for m in masks]  # noqa: E731
+    if provider != "scipy" and DEVICE.type == "cuda":
+        from segtriton.bench.pytest_timer import CudaEventClock
+
+        benchmark._timer = CudaEventClock()  # CuPy and torch share the legacy default stream
+    benchmark.group = f"edt {'x'.join(map(str, shape))}"
+    benchmark.pedantic(fn, rounds=10, warmup_rounds=2, iterations=1)
+    benchmark.extra_info.update(versions)
+    benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)))
