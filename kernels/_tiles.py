@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 MAX_TILE = 8192  # fp32 tile elements per program (registers)
+NO_LABEL = -(2**31)  # stands for ignore_index=None on integer labels: no int32 label equals it
 MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
 
 
@@ -35,6 +36,14 @@ def label_view(y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """``(y', stride_b, stride_s)`` addressing labels ``[B, *S]`` as ``[B, S]``."""
     y, sb, _, ss = pixel_view(y.unsqueeze(1))
     return y, sb, ss
+
+
+def ignore_arg(ignore_index: float | None, labels: bool) -> tuple[int | float, bool]:
+    """``(value, has_ignore)`` to pass a kernel: an int for integer labels (``NO_LABEL``
+    for None), a float for masks (``has_ignore`` False for None)."""
+    if ignore_index is None:
+        return (NO_LABEL if labels else 0.0), False
+    return (int(ignore_index) if labels else float(ignore_index)), True
 
 
 def class_blocks(C: int) -> tuple[int, int, bool]:

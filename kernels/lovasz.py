@@ -37,9 +37,8 @@ from ._lovasz_kernels import (
     _lovasz_grad_kernel,
     _lovasz_softmax_grad_kernel,
 )
-from ._tiles import label_view, pixel_view
+from ._tiles import ignore_arg, label_view, pixel_view
 
-_NO_LABEL = -(2**31)
 _BLOCK_K = 1024  # sorted positions per program
 
 
@@ -57,12 +56,6 @@ def _geometry(logits, target, hinge):
     return x, t, (sxb, sxc, sxs), (stb, sts), x.shape[0], x.shape[1], x[0, 0].numel()
 
 
-def _ignore(ignore_index, hinge):
-    if ignore_index is None:
-        return (0.0 if hinge else _NO_LABEL), False
-    return (float(ignore_index) if hinge else int(ignore_index)), True
-
-
 @torch.library.custom_op("segtriton::lovasz_rows", mutates_args=())
 def _lovasz_rows(
     logits: torch.Tensor,
@@ -75,7 +68,7 @@ def _lovasz_rows(
     block starts [R, nk])`` for every row."""
     x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
     R, N, key_b, key_c = _layout(B, C, S, per_image)
-    ign, has_ignore = _ignore(ignore_index, hinge)
+    ign, has_ignore = ignore_arg(ignore_index, not hinge)
     keys = torch.empty(R * N, dtype=torch.float32, device=x.device)
     block_c = min(triton.next_power_of_2(C), 64)
     block_p = max(16, 4096 // block_c)
@@ -134,7 +127,7 @@ def _lovasz_rows_grad(
     """``dL/dz`` from ``grad_rows = dL/dL_r``."""
     x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
     R, N, key_b, key_c = _layout(B, C, S, per_image)
-    ign, has_ignore = _ignore(ignore_index, hinge)
+    ign, has_ignore = ignore_arg(ignore_index, not hinge)
     nk = start.shape[1]
     ge = torch.empty(R * N, dtype=torch.float32, device=x.device)
     w = grad_rows.to(torch.float32).contiguous()

@@ -26,9 +26,8 @@ from segtriton.reference._common import check_choice, check_label_dtype
 from segtriton.reference.metrics import metrics_from_confusion
 
 from ._metrics_kernels import _confusion_kernel
-from ._tiles import class_blocks, label_view, pixel_view
+from ._tiles import class_blocks, ignore_arg, label_view, pixel_view
 
-_NO_LABEL = -(2**31)  # stands for ignore_index=None
 _HIST_BINS = 4096  # private per-program histograms up to this many bins
 _PROGRAMS = 1024
 _LABEL_TILE = 1024
@@ -101,7 +100,7 @@ def _confusion(
         sps,
         stb,
         sts,
-        _NO_LABEL if ignore_index is None else int(ignore_index),
+        ignore_arg(ignore_index, labels=True)[0],
         LOGITS=logits,
         SINGLE=single,
         HIST=hist,

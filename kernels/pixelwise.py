@@ -42,10 +42,17 @@ from segtriton.reference._common import (
 )
 
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
-from ._tiles import class_blocks, label_view, num_warps_for, pixel_view, scale_grad_, sum_partials
+from ._tiles import (
+    NO_LABEL,
+    class_blocks,
+    label_view,
+    num_warps_for,
+    pixel_view,
+    scale_grad_,
+    sum_partials,
+)
 
 _REDUCTIONS = ("mean", "sum", "none")
-_NO_LABEL = -(2**31)  # stands for ignore_index=None: no int32 label equals it
 
 
 def _class_vector(name: str, value, C: int, logits: torch.Tensor, validate: bool):
@@ -470,7 +477,7 @@ def _sigmoid_launch(
         sgb,
         sgc,
         sgs,
-        _NO_LABEL if ignore_index is None else ignore_index,
+        NO_LABEL if ignore_index is None else ignore_index,
         gamma,
         0.0 if alpha is None else alpha,
         IS_FOCAL=focal,

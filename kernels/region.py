@@ -36,9 +36,15 @@ from segtriton.reference._common import (
 )
 
 from ._region_kernels import _region_grad_kernel, _region_stats_kernel
-from ._tiles import MAX_SINGLE_C, class_blocks, label_view, num_warps_for, pixel_view
+from ._tiles import (
+    MAX_SINGLE_C,
+    class_blocks,
+    ignore_arg,
+    label_view,
+    num_warps_for,
+    pixel_view,
+)
 
-_NO_LABEL = -(2**31)  # stands for ignore_index=None: no int32 label equals it
 PIXEL_SOFTMAX, PIXEL_SIGMOID = 1, 2  # compound pixel terms fused into the two passes
 _PROGRAMS = 1024  # pass-1 programs per launch (each sums a contiguous run of pixel tiles)
 
@@ -55,12 +61,6 @@ def _views(logits, target, labels):
             target.view(torch.uint8) if target.dtype == torch.bool else target
         )
     return x, t, (sxb, sxc, sxs, stb, stc, sts)
-
-
-def _ignore(ignore_index, labels):
-    if ignore_index is None:
-        return (_NO_LABEL if labels else 0.0), False
-    return (int(ignore_index) if labels else float(ignore_index)), True
 
 
 @torch.library.custom_op("segtriton::region_stats", mutates_args=())
@@ -90,7 +90,7 @@ def _region_stats(
     n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
     row = 3 * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
-    ign, has_ignore = _ignore(ignore_index, labels)
+    ign, has_ignore = ignore_arg(ignore_index, labels)
     _region_stats_kernel[(B * n_chunks,)](
         x,
         t,
@@ -181,7 +181,7 @@ def _region_grad(
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
-    ign, has_ignore = _ignore(ignore_index, labels)
+    ign, has_ignore = ignore_arg(ignore_index, labels)
     _region_grad_kernel[(B * n_pblocks,)](
         x,
         t,
