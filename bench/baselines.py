@@ -1,15 +1,23 @@
-"""Extra baselines that are not the reference: implementations as peers write them, timed
-beside ours for the comparisons the issues ask for. Each has the reference's signature,
-takes the options of the registry's default variant, and raises NotImplementedError on
-others (the sweep then records an error row).
+"""Providers beside ours: extra baselines and the peer libraries, timed in the same sweep.
 
 berman: the Lovasz losses as in Berman et al.'s published code: a Python loop over classes
 (and images), boolean indexing to drop ignored pixels, one sort per class, a host sync per
-class to skip absent ones.
+class to skip absent ones. It takes the options of the registry's default variant and
+raises NotImplementedError on others (the sweep then records an error row).
+
+monai, smp, kornia: the peer's own loss, for the losses where one of our option sets gives
+its semantics (README's table, tests/test_peers.py). ``PEERS[provider][loss]`` is
+``(our options, factory)``: the sweep checks the peer against our reference under those
+options and calls ``factory()(logits, target)``. A peer that is not installed gives an
+error row.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+import types
 from collections.abc import Callable
 
 import torch
@@ -83,4 +91,56 @@ def berman_lovasz_hinge(
 
 BASELINES: dict[str, dict[str, Callable[..., torch.Tensor]]] = {
     "berman": {"lovasz_softmax": berman_lovasz_softmax, "lovasz_hinge": berman_lovasz_hinge},
+}
+
+
+def smp_losses():
+    """smp's losses module without its heavy ``__init__`` (which needs torchvision, timm)."""
+    name = "segmentation_models_pytorch"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ModuleNotFoundError(f"{name} is not installed")
+        stub = types.ModuleType(name)
+        stub.__path__ = list(spec.submodule_search_locations)
+        stub.__spec__ = spec
+        sys.modules[name] = stub
+    return importlib.import_module(f"{name}.losses")
+
+
+def _monai_dice():
+    from monai.losses import DiceLoss
+
+    loss = DiceLoss(softmax=True, to_onehot_y=True, ignore_index=255)
+    return lambda x, t: loss(x, t.unsqueeze(1))
+
+
+def _smp(name: str, **kwargs) -> Callable[[], Callable]:
+    def factory():
+        return getattr(smp_losses(), name)("multiclass", ignore_index=255, **kwargs)
+
+    return factory
+
+
+def _kornia_dice():
+    from kornia.losses import dice_loss
+
+    return lambda x, t: dice_loss(x, t, average="macro", eps=1e-8, ignore_index=255)
+
+
+PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
+    "monai": {"dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai_dice)},
+    "smp": {
+        "dice": ({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),
+        "jaccard": ({"scope": "batch", "absent": "zero"}, _smp("JaccardLoss")),
+        "tversky": (
+            {"scope": "batch", "absent": "zero", "alpha": 0.3, "beta": 0.7},
+            _smp("TverskyLoss", alpha=0.3, beta=0.7),
+        ),
+        "sigmoid_focal_ovr": ({"mode": "multiclass", "alpha": None}, _smp("FocalLoss")),
+        "lovasz_softmax": ({}, _smp("LovaszLoss")),
+    },
+    "kornia": {
+        "dice": ({"scope": "image", "absent": "exclude", "smooth_dr": 1e-8}, _kornia_dice),
+    },
 }

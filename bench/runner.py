@@ -25,7 +25,7 @@ import torch._functorch.config
 from segtriton.reference._common import value_checks
 from segtriton.registry import get, make_inputs, minimal_bytes
 
-from .baselines import BASELINES
+from .baselines import BASELINES, PEERS
 from .env import environment
 from .spec import DTYPES, LABEL_DTYPES, Case
 from .timing import copy_bandwidth, peak_memory, time_fn
@@ -43,6 +43,8 @@ def make_provider(case: Case, entry) -> Callable:
         if entry.kernel is None:
             raise NotImplementedError(f"no Triton kernel for {case.loss} yet")
         return entry.kernel
+    if case.provider in PEERS:
+        return PEERS[case.provider][case.loss][1]()
     if case.provider in BASELINES:
         fn = BASELINES[case.provider][case.loss]
     elif case.provider == "eager":
@@ -69,11 +71,20 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+def case_options(case: Case, entry) -> dict:
+    """The loss options of a row: the peer's matching option set, else the registry's
+    default variant."""
+    if case.provider in PEERS:
+        return PEERS[case.provider][case.loss][0]
+    return entry.variants[0]
+
+
 def run_case(case: Case, device: torch.device, copy_gbps: float, reps: int) -> dict:
     """Measure one case; return its row (errors are recorded, not raised)."""
     row = case.as_row()
     entry = get(case.loss)
-    options = {**entry.variants[0], "ignore_index": IGNORE_INDEX}
+    options = {**case_options(case, entry), "ignore_index": IGNORE_INDEX}
+    row["options"] = repr(options)
     dtype = DTYPES[case.dtype]
     gen = torch.Generator().manual_seed(zlib.crc32(case.key.encode()))
     x, t = make_inputs(
@@ -96,7 +107,7 @@ def run_case(case: Case, device: torch.device, copy_gbps: float, reps: int) -> d
     xg = x.detach().requires_grad_(need_grad)
 
     def forward():
-        return fn(xg, t, **options)
+        return fn(xg, t) if case.provider in PEERS else fn(xg, t, **options)
 
     t0 = time.perf_counter()
     loss = forward()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .baselines import BASELINES
+from .baselines import BASELINES, PEERS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LABEL_DTYPES = {
@@ -34,7 +34,8 @@ LABEL_DTYPES = {
 }
 MODES = ("fwd", "bwd", "fwd+bwd")
 FORMATS = ("contiguous", "channels_last")
-PROVIDERS = ("triton", "eager", "compile", "compile-max-autotune", *BASELINES)
+PROVIDERS = ("triton", "eager", "compile", "compile-max-autotune", *BASELINES, *PEERS)
+ONLY_SOME = {**BASELINES, **PEERS}  # providers that exist for some losses only
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,12 @@ PRESETS: dict[str, dict] = {
         "shapes": [[8, 19, 512, 1024], [16, 150, 512, 512], [8, 1, 1024, 1024]],
         "dtypes": ["bf16"],
     },
+    "peers": {  # the peer libraries where their semantics match an option set of ours
+        "losses": ["dice", "jaccard", "tversky", "sigmoid_focal_ovr", "lovasz_softmax"],
+        "providers": ["triton", "eager", "compile", "monai", "smp", "kornia"],
+        "shapes": [[8, 19, 512, 1024], [16, 150, 512, 512]],
+        "dtypes": ["fp32"],
+    },
     "brats3d": {
         "losses": ["bce", "dice", "generalized_dice", "tversky"],
         "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],
@@ -186,8 +193,8 @@ def expand(spec: dict) -> list[Case]:
         spec["memory_formats"],
         spec["providers"],
     ):
-        if name not in BASELINES.get(provider, {name: None}):
-            continue  # a baseline only for some losses
+        if name not in ONLY_SOME.get(provider, {name: None}):
+            continue  # a baseline or peer only for some losses
         entry = get(name)
         shape = tuple(int(v) for v in shape)
         if entry.channels and shape[1] not in entry.channels:

@@ -124,3 +124,24 @@ def test_berman_baselines_equal_the_reference(per_image, gen):
     cases = expand(load_spec("lovasz"))
     assert {c.loss for c in cases if c.provider == "berman"} == {"lovasz_softmax", "lovasz_hinge"}
     assert not [c for c in expand(load_spec("standard")) if c.provider == "berman"]
+
+
+def test_peer_providers_run_where_their_semantics_match(tmp_path):
+    spec = tmp_path / "peers.toml"
+    spec.write_text(
+        'preset = "peers"\nlosses = ["dice", "tversky", "sigmoid_focal_ovr"]\n'
+        'providers = ["eager", "monai", "smp", "kornia"]\nshapes = [[2, 5, 9, 11]]\n'
+    )
+    out = tmp_path / "run"
+    assert main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "2"]) == 0
+    rows = pd.read_json(out / "rows.json")
+    peers = rows[rows.provider.isin(["monai", "smp", "kornia"])]
+    assert set(zip(peers.provider, peers.loss, strict=True)) == {
+        ("monai", "dice"),
+        ("smp", "dice"),
+        ("kornia", "dice"),
+        ("smp", "tversky"),
+        ("smp", "sigmoid_focal_ovr"),
+    }
+    assert peers.passed.all() and (peers.median_ms > 0).all()
+    assert peers.options.str.contains("scope").any()

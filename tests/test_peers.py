@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import types
 import warnings
 
 import pytest
@@ -19,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from segtriton import reference as ref
+from segtriton.bench.baselines import smp_losses
 
 D = torch.float64
 TOL = {"rtol": 1e-6, "atol": 1e-9}
@@ -50,16 +49,7 @@ def kornia():
 
 @pytest.fixture(scope="module")
 def smp():
-    """smp's losses without its heavy ``__init__`` (which needs torchvision and timm)."""
-    name = "segmentation_models_pytorch"
-    if name not in sys.modules:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None, "segmentation-models-pytorch is not installed"
-        stub = types.ModuleType(name)
-        stub.__path__ = list(spec.submodule_search_locations)
-        stub.__spec__ = spec
-        sys.modules[name] = stub
-    return importlib.import_module(f"{name}.losses")
+    return smp_losses()
 
 
 # --- MONAI 1.6.1 -----------------------------------------------------------------------
