@@ -90,3 +90,17 @@ def test_deterministic_and_inputs_untouched(entry, gen):
     runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert torch.equal(x, before)
+
+
+def test_torch_compile_fullgraph(gen):
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE).requires_grad_(True)
+    y = torch.randint(0, 5, (2, 6, 7), generator=gen).to(DEVICE)
+    entry = next(e for e in KERNELS if e.name == "ce_dice")
+    opts = {"label_smoothing": 0.1, "scope": "image"}
+    step = torch.compile(lambda x, y: entry.kernel(x, y, **opts), fullgraph=True)
+    loss = step(x, y)
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = entry.reference(x, y, **opts)
+    (ref_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)

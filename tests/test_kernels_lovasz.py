@@ -150,3 +150,17 @@ def test_deterministic(entry, gen):
     x, t = make_inputs(entry, (2, C, 9, 11), opts, torch.bfloat16, gen, 0.1, device=DEVICE)
     runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_torch_compile_fullgraph(gen):
+    entry = get("lovasz_softmax")
+    x, y = _tie_free_inputs(entry, (2, 5, 6, 7), {"per_image": True}, gen)
+    x = x.requires_grad_(True)
+    opts = {"per_image": True, "ignore_index": 255}
+    step = torch.compile(lambda x, y: ker.lovasz_softmax_loss(x, y, **opts), fullgraph=True)
+    loss = step(x, y)
+    (grad,) = torch.autograd.grad(loss, x)
+    expected = entry.reference(x, y, **opts)
+    (ref_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
