@@ -24,9 +24,8 @@ import torch
 import triton
 
 from segtriton.reference._common import (
-    check_label_shape,
     check_masks,
-    label_mask,
+    checked_target,
     mask_shape,
 )
 from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
@@ -206,9 +205,7 @@ def lovasz_softmax_loss(
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton Lovasz-softmax; semantics of ``segtriton.reference.lovasz_softmax_loss``."""
-    check_label_shape(logits, target)
-    if validate:
-        label_mask(target, logits.shape[1], ignore_index)
+    checked_target(logits, target, True, ignore_index, validate)
     ign = None if ignore_index is None else float(ignore_index)
     losses, total, *_ = _lovasz_rows(logits, target, per_image, ign, False)
     units = logits.shape[0] if per_image else 1

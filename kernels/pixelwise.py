@@ -33,12 +33,9 @@ import triton
 from segtriton.reference._common import (
     check_choice,
     check_class_vector,
-    check_label_shape,
     check_logits,
-    check_masks,
     check_mode,
-    label_mask,
-    mask_shape,
+    checked_target,
 )
 
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
@@ -358,12 +355,10 @@ def cross_entropy(
     Returns a float32 loss. ``validate=True`` raises ValueError on labels outside
     ``[0, C)`` (a host sync); otherwise such labels make the loss NaN.
     """
-    check_label_shape(logits, target)
+    checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if validate:
-        label_mask(target, logits.shape[1], ignore_index)
     w = _class_vector("weight", weight, logits.shape[1], logits, validate)
     loss, _ = _softmax_pixel_loss(
         logits,
@@ -396,12 +391,10 @@ def softmax_focal_loss(
     'mean' over valid pixels). Returns a float32 loss; ``validate`` as in
     :func:`cross_entropy`.
     """
-    check_label_shape(logits, target)
+    checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if validate:
-        label_mask(target, logits.shape[1], ignore_index)
     scalar = 1.0 if alpha is None else alpha
     vec = None
     if not isinstance(scalar, (int, float)):
@@ -616,10 +609,8 @@ def binary_cross_entropy_with_logits(
     dtype, soft allowed; ``[B, *S]`` for C = 1). ``validate=True`` checks mask values on
     the host; otherwise values outside [0, 1] make the loss NaN.
     """
-    target = mask_shape(logits, target)
+    target = checked_target(logits, target, False, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
-    if validate:
-        check_masks(logits, target, ignore_index)
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
@@ -652,14 +643,7 @@ def sigmoid_focal_loss(
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
     labels = mode == "multiclass"
-    if labels:
-        check_label_shape(logits, target)
-        if validate:
-            label_mask(target, logits.shape[1], ignore_index)
-    else:
-        target = mask_shape(logits, target)
-        if validate:
-            check_masks(logits, target, ignore_index)
+    target = checked_target(logits, target, labels, ignore_index, validate)
     ign = None if ignore_index is None else (int(ignore_index) if labels else float(ignore_index))
     loss, _ = _sigmoid_pixel_loss(
         logits,

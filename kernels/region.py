@@ -28,11 +28,8 @@ import triton
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import (
     check_choice,
-    check_label_shape,
-    check_masks,
     check_mode,
-    label_mask,
-    mask_shape,
+    checked_target,
 )
 
 from ._region_kernels import _region_grad_kernel, _region_stats_kernel
@@ -254,14 +251,7 @@ def _region_sums(
     check_choice("scope", scope, ("batch", "image"))
     check_mode(mode, logits)
     labels = mode == "multiclass"
-    if labels:
-        check_label_shape(logits, target)
-        if validate:
-            label_mask(target, logits.shape[1], ignore_index)
-    else:
-        target = mask_shape(logits, target)
-        if validate:
-            check_masks(logits, target, ignore_index)
+    target = checked_target(logits, target, labels, ignore_index, validate)
     ignore = None if ignore_index is None else float(ignore_index)
     sums, pix = _region_stats(
         logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal

@@ -154,6 +154,26 @@ def check_masks(
     return torch.where(valid, t, torch.zeros((), dtype=t.dtype)), valid
 
 
+def checked_target(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: bool,
+    ignore_index: float | None,
+    read_values: bool,
+) -> torch.Tensor:
+    """Integer labels (``labels``) or masks (returned as ``[B, C, *S]``) checked against the
+    logits; their values are read (a host sync) only with ``read_values``."""
+    if labels:
+        check_label_shape(logits, target)
+        if read_values:
+            label_mask(target, logits.shape[1], ignore_index)
+        return target
+    target = mask_shape(logits, target)
+    if read_values:
+        check_masks(logits, target, ignore_index)
+    return target
+
+
 def check_mode(mode: str, logits: torch.Tensor) -> None:
     check_choice("mode", mode, MODES)
     if mode == "binary" and logits.shape[1] != 1:
