@@ -146,12 +146,22 @@ def _pixel_setup(
 
 
 @triton.jit
-def _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS: tl.constexpr):
-    """``(x, z)`` of a class chunk (see :func:`_chunk_terms`)."""
+def _load_chunk(
+    x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+    sxb, sxc, sxs, stb, stc, sts, ignore_index,
+    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+):  # fmt: skip
+    """A class chunk streamed from memory: ``(x, z, p, g, valid, bad)`` (see
+    :func:`_chunk_terms`; ``z = exp(x - m)`` for the softmax, else ``x``)."""
     x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+    z = x
     if LABELS:
-        return x, tl.exp(x - m[None, :])
-    return x, x
+        z = tl.exp(x - m[None, :])
+    p, g, valid, bad = _chunk_terms(
+        z, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
+        stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+    )  # fmt: skip
+    return x, z, p, g, valid, bad
 
 
 @triton.jit
@@ -285,10 +295,9 @@ def _region_stats_kernel(
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
-                xc, zc = _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS)
-                p, g, valid, bad = _chunk_terms(
-                    zc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-                    stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                xc, zc, p, g, valid, bad = _load_chunk(
+                    x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                    sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
                 )  # fmt: skip
                 si, sp, st = _tile_sums(p, g, bad, SQUARED)
                 _add_row(out + offs_c, si, cmask)
@@ -408,19 +417,17 @@ def _region_grad_kernel(
         if LABELS:  # the softmax needs sum_k p_k dL/dp_k before any class is written
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
-                xc, zc = _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS)
-                p, g, valid, bad = _chunk_terms(
-                    zc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-                    stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                xc, zc, p, g, valid, bad = _load_chunk(
+                    x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                    sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
                 )  # fmt: skip
                 mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, SQUARED), axis=0)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
             cmask = offs_c < C
-            xc, zc = _load_z(x_ptr, b, offs_c, offs_p, pmask, m, C, sxb, sxc, sxs, LABELS)
-            p, g, valid, bad = _chunk_terms(
-                zc, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-                stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+            xc, zc, p, g, valid, bad = _load_chunk(
+                x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
             )  # fmt: skip
             dp = _dl_dp(p, g, coef, offs_c, C, SQUARED)
             dz = _tile_grad(zc, p, dp, valid, mean_dp, LABELS)
