@@ -20,7 +20,7 @@ from segtriton.reference.compound import _scalar_reduction
 
 from ._tiles import MAX_SINGLE_C
 from .pixelwise import _class_vector, cross_entropy, softmax_focal_loss
-from .region import PIXEL_SIGMOID, PIXEL_SOFTMAX, _region_sums, dice_loss
+from .region import PIXEL_SIGMOID, PIXEL_SOFTMAX, _region_sums
 
 Weights = torch.Tensor | Sequence[float] | None
 
@@ -74,38 +74,18 @@ def ce_dice_loss(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     w = _class_vector("weight", weight, C, logits, validate)
-    if C > MAX_SINGLE_C:
-        ce = cross_entropy(
-            logits,
-            target,
-            w,
-            -100 if ignore_index is None else ignore_index,
-            reduction,
-            label_smoothing,
-            validate=validate,
-        )
-        dice = dice_loss(
-            logits,
-            target,
-            "multiclass",
-            smooth_nr,
-            smooth_dr,
-            eps,
-            squared,
-            scope=scope,
-            absent=absent,
-            ignore_index=ignore_index,
-            weight=w,
-            reduction=reduction,
-            validate=validate,
-        )
-        return lambda_ce * ce + lambda_dice * dice
+    fused = C <= MAX_SINGLE_C
     stats, pix = _region_sums(
         logits, target, "multiclass", ignore_index, scope, squared, validate, None,
-        pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
+        pixel=PIXEL_SOFTMAX if fused else 0, w=w, smoothing=float(label_smoothing),
     )  # fmt: skip
+    if fused:
+        ce = _pixel_part(pix, reduction)
+    else:
+        ignore = -100 if ignore_index is None else ignore_index
+        ce = cross_entropy(logits, target, w, ignore, reduction, label_smoothing, validate=validate)
     dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
-    return lambda_ce * _pixel_part(pix, reduction) + lambda_dice * dice
+    return lambda_ce * ce + lambda_dice * dice
 
 
 def bce_dice_loss(
@@ -161,38 +141,19 @@ def focal_dice_loss(
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     C = logits.shape[1]
+    focal = None
     if mode == "multiclass":
-        if C > MAX_SINGLE_C:
-            focal = softmax_focal_loss(
-                logits,
-                target,
-                alpha,
-                gamma,
-                -100 if ignore_index is None else int(ignore_index),
-                reduction,
-                validate,
-            )
-            dice = dice_loss(
-                logits,
-                target,
-                mode,
-                smooth_nr,
-                smooth_dr,
-                eps,
-                scope=scope,
-                absent=absent,
-                ignore_index=ignore_index,
-                weight=weight,
-                reduction=reduction,
-                validate=validate,
-            )
-            return lambda_focal * focal + lambda_dice * dice
+        fused = C <= MAX_SINGLE_C
+        if not fused:
+            ignore = -100 if ignore_index is None else int(ignore_index)
+            focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
         vec, scale = None, 1.0 if alpha is None else alpha
         if not isinstance(scale, (int, float)):
             vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
         stats, pix = _region_sums(
             logits, target, mode, ignore_index, scope, False, validate, None,
-            pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,
+            pixel=PIXEL_SOFTMAX if fused else 0, w=vec, gamma=float(gamma),
+            scale=float(scale), focal=True,
         )  # fmt: skip
     else:
         if alpha is not None and not 0.0 <= alpha <= 1.0:
@@ -203,8 +164,10 @@ def focal_dice_loss(
             pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma),
             alpha=None if alpha is None else float(alpha), focal=True,
         )  # fmt: skip
+    if focal is None:
+        focal = _pixel_part(pix, reduction)
     dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate)
-    return lambda_focal * _pixel_part(pix, reduction) + lambda_dice * dice
+    return lambda_focal * focal + lambda_dice * dice
 
 
 def combo_loss(
