@@ -72,9 +72,10 @@ def _valid_sum_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Per program, over the valid entries of a ``[B, R, S]`` target: the sum of ``w[y]``
-    (LABELS with HAS_W, R = 1) or their count. Valid: not ``ignore_index`` and, for labels,
-    in ``[0, C)`` (bad labels are counted nowhere; the loss kernels turn them into NaN)."""
+    """Per program, over the valid entries of a ``[B, R, S]`` target: the sum of their class
+    weights with HAS_W (``w[y]`` for labels, R = 1; ``w[r]`` for the masks of channel r) or
+    their count. Valid: not ``ignore_index`` and, for labels, in ``[0, C)`` (bad labels are
+    counted nowhere; the loss kernels turn them into NaN)."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
@@ -86,8 +87,11 @@ def _valid_sum_kernel(
     else:
         t = t.to(tl.float32)
         valid = m & (t != ignore_index)
-    if HAS_W:
+    if HAS_W and LABELS:
         val = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(tl.float32)
+    elif HAS_W:
+        w_r = tl.load(w_ptr + offs_r, mask=offs_r < R, other=0.0).to(tl.float32)
+        val = tl.where(valid, w_r[:, None], 0.0)
     else:
         val = valid.to(tl.float32)
     tl.store(out_ptr + pid, tl.sum(tl.sum(val, axis=1), axis=0))

@@ -4,7 +4,8 @@
 distance to the object outside it, minus (the distance to the background - 1) inside,
 0 for an empty or full mask; optional anisotropic ``spacing``) but runs batched over
 every (image, class) map in Triton (see ``_edt_kernels.py``) and returns float32.
-``boundary_loss`` is the reference's formula on that map, without host synchronisation.
+``boundary_loss`` reads the logits, that map (or one passed in) and the labels once, and
+writes the loss and its gradient in the same pass (``_boundary_kernels.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,19 @@ import torch
 import triton
 
 from segtriton.reference import boundary as ref_boundary
-from segtriton.reference._common import check_choice, check_masks, label_mask, value_checks
+from segtriton.reference._common import (
+    check_choice,
+    check_mode,
+    checked_target,
+    label_mask,
+    value_checks,
+)
 
+from ._boundary_kernels import _boundary_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
+from ._tiles import class_blocks, ignore_arg, num_warps_for, pixel_view
+from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
+from .region import _views
 
 MAX_LINE = 16384  # longest axis the 1-D pass holds in one tile
 
@@ -104,6 +115,69 @@ def signed_distance_map(
     return phi.view(B, C, *spatial)
 
 
+def _class_counts(idx: list[int], C: int, device: torch.device) -> torch.Tensor:
+    """fp32 ``[C]``: how often each class is selected. A run ``[a, C)`` (the defaults) is
+    filled on the device; any other list is copied there (graph capture needs the former)."""
+    if idx == list(range(idx[0], C)):
+        return (torch.arange(C, device=device) >= idx[0]).to(torch.float32)
+    return torch.bincount(torch.tensor(idx), minlength=C).to(device, torch.float32)
+
+
+def _boundary_denom(target, counts, labels, ignore_index, n_selected):
+    """Device scalar for 'mean': the valid entries of the selected classes (each counted
+    as often as it is selected)."""
+    if ignore_index is None:
+        count = n_selected * (target.numel() if labels else target[:, 0].numel())
+        return torch.full((1,), float(count), dtype=torch.float32, device=target.device)
+    if labels:
+        return _prepass(target, counts.numel(), int(ignore_index), True, None) * n_selected
+    return _prepass(target, counts.numel(), float(ignore_index), False, counts)
+
+
+@torch.library.custom_op("segtriton::boundary_loss", mutates_args=())
+def _boundary_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dist_map: torch.Tensor,
+    counts: torch.Tensor,
+    labels: bool,
+    ignore_index: float | None,
+    n_selected: float,
+    reduction: str,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused pass: ``(loss, dL/dz for grad_output 1)``; 'mean' or 'sum' only."""
+    x, t, strides = _views(logits, target, labels)
+    phi, spb, spc, sps = pixel_view(dist_map)
+    grad = _grad_buffer(logits, need_grad, reduction)
+    g, sgb, sgc, sgs = pixel_view(grad) if grad.numel() else (None, 0, 0, 0)
+    mean = reduction == "mean"
+    denom = _boundary_denom(t, counts, labels, ignore_index, n_selected) if mean else None
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    block_c, block_p, single = class_blocks(C)
+    n_pblocks = triton.cdiv(S, block_p)
+    partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
+    ign, has_ignore = ignore_arg(ignore_index, labels)
+    _boundary_kernel[(B * n_pblocks,)](
+        x, t, phi, counts, g, partials, denom,
+        C, S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs, ign,
+        LABELS=labels, HAS_IGNORE=has_ignore, WRITE_GRAD=g is not None, MEAN=mean,
+        SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
+        num_warps=num_warps_for(block_c, block_p),
+    )  # fmt: skip
+    return _finish(partials, grad, reduction, denom, None)
+
+
+@_boundary_op.register_fake
+def _(logits, target, dist_map, counts, labels, ignore_index, n_selected, reduction, need_grad):
+    loss = logits.new_empty((), dtype=torch.float32)
+    return loss, _grad_buffer(logits, need_grad, reduction)
+
+
+_register_fused_autograd("segtriton::boundary_loss", None, 7)
+
+
 def boundary_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -115,14 +189,45 @@ def boundary_loss(
     reduction: str = "mean",
     validate: bool = False,
 ) -> torch.Tensor:
-    """Boundary loss with the map from :func:`signed_distance_map` (GPU EDT); semantics
-    of ``segtriton.reference.boundary_loss``. ``validate`` as for the map."""
+    """Triton boundary loss; semantics of ``segtriton.reference.boundary_loss`` with the
+    map from :func:`signed_distance_map` (GPU EDT) unless ``dist_map`` is given (any float
+    dtype and layout; it gets no gradient).
+
+    'mean' and 'sum' run one fused kernel: it reads the logits, the map and the labels
+    (masks) once, sums ``p_c phi_c`` over valid entries of the selected classes and writes
+    dL/dz in the same pass (grad_output is applied in place in the backward, as for the
+    pixel-wise losses); no host sync. 'none' applies the reference formula to the GPU map.
+    Returns float32. ``validate=True`` checks labels / masks on the host first; otherwise a
+    bad label or mask value makes the loss NaN (and counts as no class in the map).
+    """
+    check_mode(mode, logits)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    labels = mode == "multiclass"
+    target = checked_target(logits, target, labels, ignore_index, validate)
+    C = logits.shape[1]
+    idx = ref_boundary.selected_classes(classes, C, mode)
     if dist_map is None:
-        C = logits.shape[1]
-        dist_map = signed_distance_map(target, C, mode, spacing, ignore_index, validate)
-    if validate and mode != "multiclass":
-        check_masks(logits, target, ignore_index)
-    with value_checks(validate):
-        return ref_boundary.boundary_loss(
-            logits, target, mode, classes, dist_map, spacing, ignore_index, reduction
+        dist_map = signed_distance_map(
+            target, C, mode, spacing, ignore_index, validate and not labels
         )
+    elif dist_map.shape != logits.shape:
+        raise ValueError(
+            f"dist_map shape {tuple(dist_map.shape)} must equal logits {tuple(logits.shape)}"
+        )
+    if reduction == "none":
+        with value_checks(False):
+            return ref_boundary.boundary_loss(
+                logits, target, mode, idx, dist_map, None, ignore_index, reduction
+            )
+    loss, _ = _boundary_op(
+        logits,
+        target,
+        dist_map,
+        _class_counts(idx, C, logits.device),
+        labels,
+        None if ignore_index is None else float(ignore_index),
+        float(len(idx)),
+        reduction,
+        _need_grad(logits),
+    )
+    return loss

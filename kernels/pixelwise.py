@@ -68,7 +68,8 @@ def _grad_buffer(logits: torch.Tensor, need_grad: bool, reduction: str) -> torch
 def _prepass(
     target: torch.Tensor, C: int, ignore_index: float, labels: bool, weight: torch.Tensor | None
 ) -> torch.Tensor:
-    """Device scalar: the number of valid target entries, or the sum of their class weights."""
+    """Device scalar: the number of valid target entries, or the sum of their class weights
+    (``weight[y]`` of labels, ``weight[c]`` of channel c's masks)."""
     t, stb, str_, sts = pixel_view(target.unsqueeze(1) if labels else target)
     R = 1 if labels else t.shape[1]
     S = t[0, 0].numel()
@@ -293,7 +294,8 @@ def _scale_saved_grad(
 def _register_fused_autograd(op: str, grad_op, reduction_at: int) -> None:
     """Autograd for a fused loss op whose inputs are ``(logits, target, *params)`` with
     ``reduction`` at ``reduction_at``, and whose grad op takes
-    ``(logits, target, grad_output, *params[:reduction_at - 2])``.
+    ``(logits, target, grad_output, *params[:reduction_at - 2])`` (None for an op that is
+    never called with 'none').
 
     'mean' / 'sum': the forward returned the gradient; the backward applies grad_output.
     'none': the inputs are kept and the backward recomputes the gradient in one pass.

@@ -65,6 +65,15 @@ def signed_distance_map(
     return torch.from_numpy(phi).to(target.device)
 
 
+def selected_classes(classes: Sequence[int] | None, C: int, mode: str) -> list[int]:
+    """The channels that enter the boundary loss: ``classes`` checked against ``[0, C)``,
+    by default every channel but the background (class 0) for multiclass, all otherwise."""
+    idx = list(range(1 if mode == "multiclass" else 0, C) if classes is None else classes)
+    if not idx or any(not 0 <= c < C for c in idx):
+        raise ValueError(f"classes must be a non-empty list of indices in [0, {C}), got {idx}")
+    return idx
+
+
 def boundary_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -94,14 +103,10 @@ def boundary_loss(
     if mode == "multiclass":
         valid = check_labels(logits, target, ignore_index).unsqueeze(1)
         p = torch.softmax(x, dim=1)
-        default = list(range(1, C))
     else:
         _, valid = check_masks(logits, target, ignore_index)
         p = torch.sigmoid(x)
-        default = list(range(C))
-    idx = list(default if classes is None else classes)
-    if not idx or any(not 0 <= c < C for c in idx):
-        raise ValueError(f"classes must be a non-empty list of indices in [0, {C}), got {idx}")
+    idx = selected_classes(classes, C, mode)
     if dist_map is None:
         dist_map = signed_distance_map(target, C, mode, spacing, ignore_index)
     elif dist_map.shape != logits.shape:

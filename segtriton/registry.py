@@ -183,9 +183,10 @@ LOSSES: tuple[LossEntry, ...] = (
         "boundary",
         ref.boundary_loss,
         "labels",
-        ({}, {"mode": "multilabel"}),
+        ({}, {"mode": "multilabel"}, {"classes": [0, 2]}),
         min_classes=2,
         kernel=ker.boundary_loss,
+        traffic="pixel",
     ),
 )
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_matches
+from kernel_checks import CASE_ARGS, DEVICE, assert_matches, kernel_cases, to_channels_last
 from scipy.ndimage import distance_transform_edt
 
 from segtriton import kernels as ker
@@ -85,13 +85,61 @@ def test_multilabel_masks_with_spacing_and_ignore(gen):
         ker.signed_distance_map(t.to(DEVICE) * 0.5, mode="multilabel", validate=True)
 
 
-@pytest.mark.parametrize("options", get("boundary").variants, ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_boundary_loss_matches_reference(options, dtype, seed, gen):
-    entry = get("boundary")
-    opts = {**options, "ignore_index": 255}
-    x, t = make_inputs(entry, (2, 4, 9, 10), opts, dtype, gen, ignore_frac=0.1, device=DEVICE)
+BOUNDARY = get("boundary")
+
+
+@pytest.mark.parametrize(
+    CASE_ARGS, kernel_cases([BOUNDARY], ["mean", "sum", "none"], classes=[2, 3, 19, 150])
+)
+def test_boundary_loss_matches_reference(
+    entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
+):
+    opts = {**options, "reduction": reduction, "ignore_index": 255}
+    x, t = make_inputs(entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=0.2, device=DEVICE)
+    if channels_last:
+        x = to_channels_last(x)
+        if t.dim() == x.dim():
+            t = to_channels_last(t)
     assert_matches(entry, x, t, opts, dtype, seed)
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_boundary_streams_classes_counts_repeats_and_reads_a_given_map(mode, seed, gen):
+    opts = {"mode": mode, "ignore_index": 255, "classes": [0, 5, 5, 299]}
+    x, t = make_inputs(BOUNDARY, (2, 300, 3, 5), opts, torch.float32, gen, 0.3, device=DEVICE)
+    assert_matches(BOUNDARY, x, t, opts, torch.float32, seed)  # C > 256: streamed chunks
+    phi = to_channels_last(torch.randn(x.shape, generator=gen).half().to(DEVICE))
+    given = {**opts, "dist_map": phi, "reduction": "sum"}
+    assert_matches(BOUNDARY, to_channels_last(x), t, given, torch.float32, seed)
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_boundary_all_ignored_and_ignore_heavy(mode, seed, gen):
+    opts = {"mode": mode, "ignore_index": 255}
+    x, t = make_inputs(BOUNDARY, (2, 3, 6, 7), opts, torch.float32, gen, 0.9, device=DEVICE)
+    assert_matches(BOUNDARY, x, t, opts, torch.float32, seed)
+    x = x.detach().requires_grad_(True)
+    loss = ker.boundary_loss(x, torch.full_like(t, 255), **opts)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))  # as the reference
+
+
+def test_boundary_bad_values_make_nan_without_validate(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
+    y[1, 2, 3] = 7
+    assert torch.isnan(ker.boundary_loss(x, y))
+    m = (torch.rand(2, 3, 4, 5, generator=gen) < 0.5).float().to(DEVICE)
+    m[0, 1, 0, 0] = 2.0
+    assert torch.isnan(ker.boundary_loss(x, m, mode="multilabel", reduction="sum"))
+
+
+def test_boundary_torch_compile_fullgraph(seed, gen):
+    x, t = make_inputs(BOUNDARY, (2, 4, 5, 6), {}, torch.float32, gen, 0.2, device=DEVICE)
+    phi = ker.signed_distance_map(t, 4, ignore_index=255)
+    opts = {"ignore_index": 255, "dist_map": phi}
+    step = torch.compile(lambda x, t: ker.boundary_loss(x, t, **opts), fullgraph=True)
+    assert_matches(BOUNDARY, x, t, opts, torch.float32, seed, kernel=lambda x, t, **_: step(x, t))
 
 
 def test_boundary_loss_bad_labels(gen):
