@@ -20,18 +20,18 @@ from segtriton.reference.compound import _scalar_reduction
 
 from ._tiles import MAX_SINGLE_C
 from .pixelwise import _class_vector, cross_entropy, softmax_focal_loss
-from .region import PIXEL_SIGMOID, PIXEL_SOFTMAX, _region_sums
+from .region import DICE, PIXEL_SIGMOID, PIXEL_SOFTMAX, Finalize, _region_sums, fused_loss
 
 Weights = torch.Tensor | Sequence[float] | None
 
 
-def _pixel_part(pix: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The pixel term from ``[loss sum, divisor]``: their ratio for 'mean' (NaN when no
-    entry is valid, as ``F.cross_entropy``), the sum for 'sum'."""
-    if reduction == "sum":
-        return pix[0]
-    has = pix[1] > 0  # no valid entry: NaN loss and a zero (not NaN) gradient
-    return torch.where(has, pix[0] / torch.where(has, pix[1], 1.0), float("nan"))
+def _dice_plus(smooth_nr, smooth_dr, eps, absent, weight, reduction, lam_dice, lam_pix):
+    """``lam_dice Dice + lam_pix pixel term``, both reduced by ``reduction``."""
+    mean = reduction == "mean"
+    return Finalize(
+        DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=weight, mean=mean,
+        lam_reg=lam_dice, lam_pix=lam_pix, pix_mean=mean,
+    )  # fmt: skip
 
 
 def _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate):
@@ -74,16 +74,17 @@ def ce_dice_loss(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     w = _class_vector("weight", weight, C, logits, validate)
-    fused = C <= MAX_SINGLE_C
-    stats, pix = _region_sums(
-        logits, target, "multiclass", ignore_index, scope, squared, validate, None,
-        pixel=PIXEL_SOFTMAX if fused else 0, w=w, smoothing=float(label_smoothing),
-    )  # fmt: skip
-    if fused:
-        ce = _pixel_part(pix, reduction)
-    else:
-        ignore = -100 if ignore_index is None else ignore_index
-        ce = cross_entropy(logits, target, w, ignore, reduction, label_smoothing, validate=validate)
+    if C <= MAX_SINGLE_C:
+        fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_ce)
+        return fused_loss(
+            logits, target, "multiclass", ignore_index, scope, squared, validate, fin,
+            pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
+        )  # fmt: skip
+    stats, _ = _region_sums(
+        logits, target, "multiclass", ignore_index, scope, squared, validate, None
+    )
+    ignore = -100 if ignore_index is None else ignore_index
+    ce = cross_entropy(logits, target, w, ignore, reduction, label_smoothing, validate=validate)
     dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
     return lambda_ce * ce + lambda_dice * dice
 
@@ -108,13 +109,14 @@ def bce_dice_loss(
     """Triton fused BCE + Dice; semantics of ``segtriton.reference.bce_dice_loss``."""
     _scalar_reduction(reduction)
     check_logits(logits)
-    wp, wn = _sigmoid_weights(logits.shape[1], logits, validate, weight, pos_weight)
-    stats, pix = _region_sums(
-        logits, target, "multilabel", ignore_index, scope, squared, validate, None,
+    C = logits.shape[1]
+    wp, wn = _sigmoid_weights(C, logits, validate, weight, pos_weight)
+    w = _class_vector("weight", weight, C, logits, validate)
+    fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_bce)
+    return fused_loss(
+        logits, target, "multilabel", ignore_index, scope, squared, validate, fin,
         pixel=PIXEL_SIGMOID, w=wp, w2=wn,
     )  # fmt: skip
-    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate)
-    return lambda_bce * _pixel_part(pix, reduction) + lambda_dice * dice
 
 
 def focal_dice_loss(
@@ -141,33 +143,30 @@ def focal_dice_loss(
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     C = logits.shape[1]
-    focal = None
-    if mode == "multiclass":
-        fused = C <= MAX_SINGLE_C
-        if not fused:
-            ignore = -100 if ignore_index is None else int(ignore_index)
-            focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
-        vec, scale = None, 1.0 if alpha is None else alpha
-        if not isinstance(scale, (int, float)):
-            vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
-        stats, pix = _region_sums(
-            logits, target, mode, ignore_index, scope, False, validate, None,
-            pixel=PIXEL_SOFTMAX if fused else 0, w=vec, gamma=float(gamma),
-            scale=float(scale), focal=True,
-        )  # fmt: skip
-    else:
+    w = _class_vector("weight", weight, C, logits, validate)
+    fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_focal)
+    if mode != "multiclass":
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
         wp, wn = _sigmoid_weights(C, logits, validate)
-        stats, pix = _region_sums(
-            logits, target, mode, ignore_index, scope, False, validate, None,
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, False, validate, fin,
             pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma),
             alpha=None if alpha is None else float(alpha), focal=True,
         )  # fmt: skip
-    if focal is None:
-        focal = _pixel_part(pix, reduction)
-    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate)
-    return lambda_focal * focal + lambda_dice * dice
+    if C > MAX_SINGLE_C:
+        stats, _ = _region_sums(logits, target, mode, ignore_index, scope, False, validate, None)
+        ignore = -100 if ignore_index is None else int(ignore_index)
+        focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
+        dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
+        return lambda_focal * focal + lambda_dice * dice
+    vec, scale = None, 1.0 if alpha is None else alpha
+    if not isinstance(scale, (int, float)):
+        vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, False, validate, fin,
+        pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,
+    )  # fmt: skip
 
 
 def combo_loss(
@@ -187,9 +186,12 @@ def combo_loss(
     if not 0.0 <= beta <= 1.0 or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha and beta must be in [0, 1], got alpha={alpha}, beta={beta}")
     wp, wn = _sigmoid_weights(logits.shape[1], logits, validate, pos=beta, neg=1.0 - beta)
-    stats, pix = _region_sums(
-        logits, target, "multilabel", ignore_index, scope, False, validate, None,
+    # alpha WBCE - (1 - alpha) DSC = alpha WBCE + (1 - alpha) (1 - DSC) - (1 - alpha)
+    fin = Finalize(
+        DICE, smooth, smooth, 1e-7, mean=True, lam_reg=1.0 - alpha, lam_pix=alpha,
+        pix_mean=reduction == "mean", offset=alpha - 1.0,
+    )  # fmt: skip
+    return fused_loss(
+        logits, target, "multilabel", ignore_index, scope, False, validate, fin,
         pixel=PIXEL_SIGMOID, w=wp, w2=wn,
     )  # fmt: skip
-    dsc = 1 - _dice(stats, smooth, smooth, 1e-7, "include", None, "mean", validate)
-    return alpha * _pixel_part(pix, reduction) - (1 - alpha) * dsc

@@ -6,8 +6,11 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 - Pass 1 (a Triton kernel) reads the logits and the target once and returns the sums
   ``I, P, T`` per (image, class) in fp32, from per-program partial rows added in a fixed
   order: no one-hot, no float atomics, bitwise deterministic.
-- The loss is the reference's formula applied to those ``[B, C]`` sums (tiny tensors);
-  autograd through it gives ``a = dL/dI`` and ``b = dL/dP`` per (image, class).
+- A one-program Triton finalize (``_finalize_kernels.py``) turns those ``[B, C]`` sums
+  into the loss and ``a = dL/dI``, ``b = dL/dP`` per (image, class) in one launch. Where
+  it does not apply (reduction 'none', a ``process_group``, focal Tversky with
+  ``gamma_after_mean``) the reference's own formula runs on the sums instead, and
+  autograd through it gives ``a`` and ``b`` (a few dozen tiny torch ops).
 - Pass 2 (the backward, a Triton kernel) recomputes the probabilities and writes
   ``dL/dz`` once. Nothing of pixel size is saved between the passes.
 - No host synchronisation unless ``validate=True`` (which reads the labels / masks and
@@ -20,6 +23,7 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -32,6 +36,7 @@ from segtriton.reference._common import (
     checked_target,
 )
 
+from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
 from ._region_kernels import _region_grad_kernel, _region_stats_kernel
 from ._tiles import (
     MAX_SINGLE_C,
@@ -41,6 +46,7 @@ from ._tiles import (
     num_warps_for,
     pixel_view,
 )
+from .pixelwise import _class_vector
 
 PIXEL_SOFTMAX, PIXEL_SIGMOID = 1, 2  # compound pixel terms fused into the two passes
 _PROGRAMS = 1024  # pass-1 programs per launch (each sums a contiguous run of pixel tiles)
@@ -60,24 +66,10 @@ def _views(logits, target, labels):
     return x, t, (sxb, sxc, sxs, stb, stc, sts)
 
 
-@torch.library.custom_op("segtriton::region_stats", mutates_args=())
-def _region_stats(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    labels: bool,
-    ignore_index: float | None,
-    squared: bool,
-    pixel: int,
-    w: torch.Tensor | None,
-    w2: torch.Tensor | None,
-    smoothing: float,
-    gamma: float,
-    scale: float,
-    alpha: float | None,
-    focal: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1: ``[B, 3, C]`` fp32 sums ``I, P, T`` per image and class, and ``[B, 2]``: the
-    pixel term's loss sum and 'mean' divisor per image (zeros when ``pixel`` is 0)."""
+def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma,
+           scale, alpha, focal) -> torch.Tensor:  # fmt: skip
+    """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
+    sum and 'mean' divisor (zeros when ``pixel`` is 0)."""
     x, t, strides = _views(logits, target, labels)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
@@ -109,7 +101,31 @@ def _region_stats(
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )
-    total = part.view(B, n_chunks, row).sum(1)
+    return part.view(B, n_chunks, row).sum(1)
+
+
+@torch.library.custom_op("segtriton::region_stats", mutates_args=())
+def _region_stats(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: bool,
+    ignore_index: float | None,
+    squared: bool,
+    pixel: int,
+    w: torch.Tensor | None,
+    w2: torch.Tensor | None,
+    smoothing: float,
+    gamma: float,
+    scale: float,
+    alpha: float | None,
+    focal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1 split: ``[B, 3, C]`` sums ``I, P, T`` and ``[B, 2]`` pixel-term sums."""
+    total = _pass1(
+        logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        alpha, focal,
+    )  # fmt: skip
+    B, C = logits.shape[:2]
     sums = total[:, : 3 * C].reshape(B, 3, C).contiguous()
     return sums, total[:, 3 * C :].clone()  # outputs may not alias each other
 
@@ -228,6 +244,173 @@ def _backward(ctx, grad_sums, grad_pix):
 torch.library.register_autograd("segtriton::region_stats", _backward, setup_context=_setup)
 
 
+class Finalize(NamedTuple):
+    """What the finalize kernel turns the sums into (``_finalize_kernels.py``): the index
+    ``r = (a_I I + smooth_nr) / max(b_I I + b_P P + b_T T + smooth_dr, eps)`` per class,
+    its loss (``1 - r``, ``-log`` with ``log``, ``** gamma`` when given), the absent policy
+    and class weights, 'mean' or 'sum' over units, and ``lam_reg`` times that plus
+    ``lam_pix`` times the pixel term ('mean' with ``pix_mean``) plus ``offset``."""
+
+    form: tuple[float, float, float, float]
+    smooth_nr: float
+    smooth_dr: float
+    eps: float
+    log: bool = False
+    gamma: float | torch.Tensor | None = None
+    absent: str = "include"
+    weight: torch.Tensor | None = None
+    mean: bool = True
+    lam_reg: float = 1.0
+    lam_pix: float = 0.0
+    pix_mean: bool = True
+    offset: float = 0.0
+    gdl: tuple[str, str] | None = None  # generalized Dice: (weight_type, absent_weight)
+
+
+DICE, JACCARD = (2.0, 0.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0)
+
+
+def tversky_form(alpha: float, beta: float) -> tuple[float, float, float, float]:
+    """``I + alpha (P - I) + beta (T - I)`` as ``(a_I, b_I, b_P, b_T)``."""
+    return (1.0, 1.0 - alpha - beta, float(alpha), float(beta))
+
+
+_ABSENT = {"include": 0, "exclude": 1, "zero": 2}
+_GDL_WEIGHTS = ("square", "simple", "uniform")
+
+
+@torch.library.custom_op("segtriton::region_loss", mutates_args=())
+def _region_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: bool,
+    ignore_index: float | None,
+    squared: bool,
+    pixel: int,
+    w: torch.Tensor | None,
+    w2: torch.Tensor | None,
+    smoothing: float,
+    gamma: float,
+    scale: float,
+    alpha: float | None,
+    focal: bool,
+    cw: torch.Tensor | None,
+    gvec: torch.Tensor | None,
+    floats: list[float],
+    flags: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
+    for grad_output 1 (``dL/dI, dL/dP`` per image, then dL / d pixel-loss sum per image).
+    ``floats``: a_I, b_I, b_P, b_T, smooth_nr, smooth_dr, eps, gamma, lam_reg, lam_pix,
+    offset; ``flags``: image scope, region mean, pixel mean, log, focal power, absent,
+    generalized Dice weight type (-1: not GDL), absent weight 'max'."""
+    total = _pass1(
+        logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        alpha, focal,
+    )  # fmt: skip
+    B, C = logits.shape[:2]
+    loss = torch.empty((), dtype=torch.float32, device=logits.device)
+    out = torch.empty(B * 2 * C + B, dtype=torch.float32, device=logits.device)
+    image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max = flags
+    blocks = {
+        "BLOCK_C": min(1024, triton.next_power_of_2(C)),
+        "BLOCK_B": min(1024, triton.next_power_of_2(B)),
+    }
+    if gdl_type >= 0:
+        _gdl_finalize_kernel[(1,)](
+            total, cw, loss, out, B, C, 3 * C + 2, *floats[4:7], IMAGE=bool(image),
+            MEAN=bool(reg_mean), WEIGHT_TYPE=gdl_type, ABSENT_MAX=bool(gdl_max),
+            HAS_W=cw is not None, **blocks,
+        )  # fmt: skip
+        return loss, out
+    _region_finalize_kernel[(1,)](
+        total, cw, gvec, loss, out, B, C, 3 * C + 2, *floats,
+        IMAGE=bool(image), REG_MEAN=bool(reg_mean), PIXEL=pixel != 0, PIX_MEAN=bool(pix_mean),
+        LOG=bool(log), FOCAL=bool(power), GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
+        ABSENT=absent, **blocks,
+    )  # fmt: skip
+    return loss, out
+
+
+@_region_loss.register_fake
+def _(logits, target, *params):
+    B, C = logits.shape[:2]
+    loss = logits.new_empty((), dtype=torch.float32)
+    return loss, logits.new_empty((B * 2 * C + B,), dtype=torch.float32)
+
+
+def _loss_setup(ctx, inputs, output):
+    logits, target, *params = inputs
+    ctx.params, ctx.n_inputs = params[:11], len(inputs)  # the pass-1 parameters
+    ctx.save_for_backward(logits, target, output[1])
+
+
+def _loss_backward(ctx, grad_loss, _grad_out):
+    logits, target, out = ctx.saved_tensors
+    B, C = logits.shape[:2]
+    scaled = out * grad_loss.to(torch.float32)
+    coef, kpix = scaled[: B * 2 * C].view(B, 2, C), scaled[B * 2 * C :]
+    grad = _region_grad(logits, target, coef, kpix, *ctx.params)
+    return (grad,) + (None,) * (ctx.n_inputs - 1)
+
+
+torch.library.register_autograd("segtriton::region_loss", _loss_backward, setup_context=_loss_setup)
+
+
+def _checked(logits, target, mode, ignore_index, scope, validate):
+    """``(target, labels, ignore)``: checked inputs in the form pass 1 takes."""
+    check_choice("scope", scope, ("batch", "image"))
+    check_mode(mode, logits)
+    labels = mode == "multiclass"
+    target = checked_target(logits, target, labels, ignore_index, validate)
+    return target, labels, None if ignore_index is None else float(ignore_index)
+
+
+def _direct(reduction: str, process_group: dist.ProcessGroup | None) -> bool:
+    """Whether the finalize kernel computes the loss: a scalar from local sums (else the
+    reference formula runs on the sums, with autograd through it)."""
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    return reduction != "none" and process_group is None
+
+
+def fused_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    ignore_index: float | None,
+    scope: str,
+    squared: bool,
+    validate: bool,
+    fin: Finalize,
+    pixel: int = 0,
+    w: torch.Tensor | None = None,
+    w2: torch.Tensor | None = None,
+    smoothing: float = 0.0,
+    gamma: float = 0.0,
+    scale: float = 1.0,
+    alpha: float | None = None,
+    focal: bool = False,
+) -> torch.Tensor:
+    """A region (or compound) loss as pass 1 plus the Triton finalize (one launch), with
+    pass 2 as its backward. The pixel-term arguments are those of :func:`_region_sums`."""
+    target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    check_choice("absent", fin.absent, tuple(_ABSENT))
+    power = fin.gamma is not None
+    gvec = fin.gamma if isinstance(fin.gamma, torch.Tensor) else None
+    floats = [
+        *map(float, fin.form), fin.smooth_nr, fin.smooth_dr, fin.eps,
+        float(fin.gamma) if power and gvec is None else 1.0,
+        fin.lam_reg, fin.lam_pix, fin.offset,
+    ]  # fmt: skip
+    flags = [scope == "image", fin.mean, fin.pix_mean, fin.log, power, _ABSENT[fin.absent]]
+    flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
+    loss, _ = _region_loss(
+        logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha,
+        focal, fin.weight, gvec, floats, [int(f) for f in flags],
+    )  # fmt: skip
+    return loss
+
+
 def _region_sums(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -248,11 +431,7 @@ def _region_sums(
 ) -> tuple[ref_region.RegionStats, torch.Tensor]:
     """Checked inputs through pass 1: the region sums per unit and ``[2]`` (pixel-loss sum
     and divisor over the batch; zeros without a pixel term)."""
-    check_choice("scope", scope, ("batch", "image"))
-    check_mode(mode, logits)
-    labels = mode == "multiclass"
-    target = checked_target(logits, target, labels, ignore_index, validate)
-    ignore = None if ignore_index is None else float(ignore_index)
+    target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     sums, pix = _region_stats(
         logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal
     )
@@ -299,6 +478,12 @@ def dice_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Dice loss; semantics of ``segtriton.reference.dice_loss``."""
+    if _direct(reduction, process_group):
+        fin = Finalize(
+            DICE, smooth_nr, smooth_dr, eps, log_loss, None, absent,
+            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
+        )  # fmt: skip
+        return fused_loss(logits, target, mode, ignore_index, scope, squared, validate, fin)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, validate, process_group
     )
@@ -325,6 +510,12 @@ def jaccard_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Jaccard loss; semantics of ``segtriton.reference.jaccard_loss``."""
+    if _direct(reduction, process_group):
+        fin = Finalize(
+            JACCARD, smooth_nr, smooth_dr, eps, log_loss, None, absent,
+            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
+        )  # fmt: skip
+        return fused_loss(logits, target, mode, ignore_index, scope, squared, validate, fin)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, validate, process_group
     )
@@ -351,6 +542,12 @@ def tversky_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton Tversky loss; semantics of ``segtriton.reference.tversky_loss``."""
+    if _direct(reduction, process_group):
+        fin = Finalize(
+            tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, None, absent,
+            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
+        )  # fmt: skip
+        return fused_loss(logits, target, mode, ignore_index, scope, False, validate, fin)
     stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
     return ref_region.tversky_from_stats(
         stats, alpha, beta, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate
@@ -377,6 +574,14 @@ def focal_tversky_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton focal Tversky loss; semantics of ``segtriton.reference.focal_tversky_loss``."""
+    if _direct(reduction, process_group) and not gamma_after_mean:
+        if not isinstance(gamma, (int, float)):
+            gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
+        fin = Finalize(
+            tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,
+            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
+        )  # fmt: skip
+        return fused_loss(logits, target, mode, ignore_index, scope, False, validate, fin)
     stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
     return ref_region.focal_tversky_from_stats(
         stats,
@@ -412,6 +617,15 @@ def generalized_dice_loss(
 ) -> torch.Tensor:
     """Triton generalized Dice loss; semantics of
     ``segtriton.reference.generalized_dice_loss``."""
+    if _direct(reduction, process_group):
+        check_choice("weight_type", weight_type, _GDL_WEIGHTS)
+        check_choice("absent_weight", absent_weight, ("max", "zero"))
+        fin = Finalize(
+            DICE, smooth_nr, smooth_dr, eps,
+            weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
+            mean=reduction == "mean", gdl=(weight_type, absent_weight),
+        )  # fmt: skip
+        return fused_loss(logits, target, mode, ignore_index, scope, False, validate, fin)
     stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
     return ref_region.generalized_dice_from_stats(
         stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction, validate

@@ -122,7 +122,11 @@ LOSSES: tuple[LossEntry, ...] = (
         "generalized_dice",
         ref.generalized_dice_loss,
         "labels",
-        ({}, {"scope": "image", "weight_type": "simple", "absent_weight": "zero"}),
+        (
+            {},
+            {"scope": "image", "weight_type": "simple", "absent_weight": "zero"},
+            {"weight_type": "uniform", "weight": [0.5, 1.0, 2.0]},
+        ),
         kernel=ker.generalized_dice_loss,
     ),
     LossEntry(

@@ -80,6 +80,40 @@ def test_absent_classes(entry, absent, seed, gen):
     assert_matches(entry, x, t, opts, torch.float32, seed)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("dice", {"log_loss": True}),
+        ("jaccard", {"log_loss": True, "squared": True}),
+        ("dice", {"smooth_nr": 1e-5}),
+        ("tversky", {"smooth_nr": 1e-5}),
+        ("focal_tversky", {"smooth_nr": 1e-5, "gamma": 2.0}),
+        ("generalized_dice", {"smooth_nr": 1e-5, "weight_type": "uniform"}),
+    ],
+)
+def test_clamped_ratios(name, options, seed, gen):
+    """Classes whose sums fall below eps: class 1 is present with logits near -30 (its
+    ratio underflows eps, where log_loss's clamp cuts the gradient), class 2 is absent
+    with logits near -30 (P + T below eps: the denominator's clamp cuts it)."""
+    entry = get(name)
+    opts = {**options, "scope": "image"}
+    x = torch.randn(2, 4, 5, 6, generator=gen)
+    x[:, 1:3] -= 30.0
+    t = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    t[t == 2] = 0
+    assert_matches(entry, x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
+
+
+def test_focal_tversky_index_above_one(seed, gen):
+    """smooth_nr > smooth_dr and confident right logits: TI > 1, so the base 1 - TI is
+    clamped to 0, and its power has a zero gradient there."""
+    t = torch.randint(0, 3, (2, 5, 6), generator=gen)
+    x = 20.0 * torch.nn.functional.one_hot(t, 3).movedim(-1, 1).float()
+    x += 0.1 * torch.randn(x.shape, generator=gen)
+    opts = {"smooth_nr": 1.0, "gamma": [0.5, 2.0, 1.0], "scope": "image"}
+    assert_matches(get("focal_tversky"), x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
+
+
 def test_generalized_dice_absent_weights(seed, gen):
     entry = get("generalized_dice")
     x = torch.randn(3, 19, 5, 6, generator=gen).to(DEVICE)

@@ -1,0 +1,273 @@
+"""Triton finalize of the region losses: one small program turns the per-(image, class)
+sums of pass 1 into the loss and the gradient coefficients of pass 2, in one launch instead
+of the few dozen tiny torch ops that autograd through the reference formula costs.
+
+The per-class index is a ratio of linear forms in the sums::
+
+    r = (a_I I + smooth_nr) / max(b_I I + b_P P + b_T T + smooth_dr, eps)
+
+(Dice: 2, 0, 1, 1; Jaccard: 1, -1, 1, 1; Tversky: 1, 1 - alpha - beta, alpha, beta), the
+class loss is ``1 - r`` or ``-log(max(r, eps))``, optionally ``max(1 - r, 0) ** gamma_c``
+(focal Tversky), the absent-class policy and class weights apply as in the reference's
+``_class_reduce``, and units (the batch, or each image) are reduced by 'mean' (weighted
+class mean per unit, then the mean over units that have weight) or 'sum'. A compound
+loss adds ``lam_pix`` times its pixel term (sum, or sum / divisor for 'mean').
+
+Every clamp is written ``where(x < lo, lo, x)`` so a NaN sum (a bad label) stays NaN.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE: tl.constexpr):
+    """``(I, P, T)`` of unit u for a class block: row u of ``tot`` (scope 'image') or the
+    sum of every image's row in image order (scope 'batch')."""
+    if IMAGE:
+        base = tot_ptr + u * row
+        i = tl.load(base + offs_c, mask=cmask, other=0.0)
+        p = tl.load(base + C + offs_c, mask=cmask, other=0.0)
+        t = tl.load(base + 2 * C + offs_c, mask=cmask, other=0.0)
+    else:
+        i = tl.zeros(offs_c.shape, tl.float32)
+        p = tl.zeros(offs_c.shape, tl.float32)
+        t = tl.zeros(offs_c.shape, tl.float32)
+        for b in range(B):
+            base = tot_ptr + b * row
+            i += tl.load(base + offs_c, mask=cmask, other=0.0)
+            p += tl.load(base + C + offs_c, mask=cmask, other=0.0)
+            t += tl.load(base + 2 * C + offs_c, mask=cmask, other=0.0)
+    return i, p, t
+
+
+@triton.jit
+def _class_terms(
+    tot_ptr, w_ptr, gam_ptr, u, offs_c, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
+    IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
+    HAS_W: tl.constexpr, ABSENT: tl.constexpr,
+):  # fmt: skip
+    """Per class of unit u: ``(weight, loss, dloss/dI, dloss/dP)`` (0 past C).
+    ABSENT: 0 include, 1 exclude (weight 0), 2 zero (loss 0) for a class with T = 0."""
+    cmask = offs_c < C
+    i, p, t = _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE)
+    num = a_i * i + snr
+    den_raw = b_i * i + b_p * p + b_t * t + sdr
+    live = den_raw >= eps  # clamp_min passes the gradient where the input reaches the bound
+    den = tl.where(den_raw < eps, eps, den_raw)
+    r = num / den
+    dr_di = (a_i - tl.where(live, r * b_i, 0.0)) / den
+    dr_dp = -tl.where(live, r * b_p, 0.0) / den
+    if LOG:
+        loss = -tl.log(tl.where(r < eps, eps, r))
+        dl_dr = tl.where(r >= eps, -1.0 / tl.where(r >= eps, r, 1.0), 0.0)
+    else:
+        loss = 1.0 - r
+        dl_dr = tl.full(r.shape, -1.0, tl.float32)
+    if FOCAL:  # max(loss, 0) ** gamma with a zero gradient at 0
+        if GAMMA_VEC:
+            g = tl.load(gam_ptr + offs_c, mask=cmask, other=1.0)
+        else:
+            g = gamma
+        base = tl.where(loss < 0.0, 0.0, loss)
+        pos = base > 0.0
+        log_b = tl.log(tl.where(pos, base, 1.0))
+        dl_dr = tl.where(pos, dl_dr * g * tl.exp((g - 1.0) * log_b), 0.0)
+        loss = tl.where(pos, tl.exp(g * log_b), base * 0.0)
+    if HAS_W:
+        w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0)
+    else:
+        w = cmask.to(tl.float32)
+    present = (t > 0.0).to(tl.float32)
+    if ABSENT == 1:
+        w = w * present
+    if ABSENT == 2:
+        loss = loss * present
+        dl_dr = dl_dr * present
+    loss = tl.where(cmask, loss, 0.0)
+    return w, loss, dl_dr * dr_di, dl_dr * dr_dp
+
+
+@triton.jit
+def _unit_totals(
+    tot_ptr, w_ptr, gam_ptr, u, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
+    IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
+    HAS_W: tl.constexpr, ABSENT: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``(sum_c w_c l_c, sum_c w_c)`` of unit u."""
+    wl = 0.0
+    ws = 0.0
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        w, loss, _, _ = _class_terms(
+            tot_ptr, w_ptr, gam_ptr, u, offs_c, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
+            gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
+        )  # fmt: skip
+        wl += tl.sum(w * loss, axis=0)
+        ws += tl.sum(w, axis=0)
+    return wl, ws
+
+
+@triton.jit
+def _region_finalize_kernel(
+    tot_ptr, w_ptr, gam_ptr, loss_ptr, out_ptr, B, C, row,
+    a_i, b_i, b_p, b_t, snr, sdr, eps, gamma, lam_reg, lam_pix, offset,
+    IMAGE: tl.constexpr, REG_MEAN: tl.constexpr, PIXEL: tl.constexpr, PIX_MEAN: tl.constexpr,
+    LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr, HAS_W: tl.constexpr,
+    ABSENT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
+):  # fmt: skip
+    """One program. ``tot [B, row]``: per image ``I[C], P[C], T[C]``, pixel-loss sum and
+    divisor. Writes ``loss = lam_reg region + lam_pix pixel + offset`` and ``out``:
+    ``dL/dI [B, C]`` and ``dL/dP [B, C]`` interleaved per image (``[B, 2, C]``), then
+    ``dL/d(pixel-loss sum of image b)`` ``[B]``."""
+    if IMAGE:
+        n_units = B
+    else:
+        n_units = 1
+    acc = 0.0
+    n_has = 0.0
+    for u in range(n_units):
+        wl, ws = _unit_totals(
+            tot_ptr, w_ptr, gam_ptr, u, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
+            IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, BLOCK_C,
+        )  # fmt: skip
+        if REG_MEAN:
+            has = ws > 0.0
+            acc += tl.where(has, wl / tl.where(has, ws, 1.0), 0.0)
+            n_has += has.to(tl.float32)
+        else:
+            acc += wl
+    if REG_MEAN:
+        n_has = tl.where(n_has < 1.0, 1.0, n_has)
+        region = acc / n_has
+        unit_scale = lam_reg / n_has
+    else:
+        region = acc
+        unit_scale = lam_reg
+    for u in range(n_units):
+        k = unit_scale
+        if REG_MEAN:
+            _, ws = _unit_totals(
+                tot_ptr, w_ptr, gam_ptr, u, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
+                IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, BLOCK_C,
+            )  # fmt: skip
+            k = tl.where(ws > 0.0, unit_scale / tl.where(ws > 0.0, ws, 1.0), 0.0)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            cmask = offs_c < C
+            w, _, dl_di, dl_dp = _class_terms(
+                tot_ptr, w_ptr, gam_ptr, u, offs_c, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
+                gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
+            )  # fmt: skip
+            if IMAGE:
+                tl.store(out_ptr + u * 2 * C + offs_c, k * w * dl_di, mask=cmask)
+                tl.store(out_ptr + u * 2 * C + C + offs_c, k * w * dl_dp, mask=cmask)
+            else:
+                for b in range(B):
+                    tl.store(out_ptr + b * 2 * C + offs_c, k * w * dl_di, mask=cmask)
+                    tl.store(out_ptr + b * 2 * C + C + offs_c, k * w * dl_dp, mask=cmask)
+    pix = 0.0
+    kpix = 0.0
+    if PIXEL:
+        pix_sum = 0.0
+        div = 0.0
+        for b0 in range(0, B, BLOCK_B):
+            offs_b = b0 + tl.arange(0, BLOCK_B)
+            bmask = offs_b < B
+            pix_sum += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C, mask=bmask, other=0.0))
+            div += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C + 1, mask=bmask, other=0.0))
+        if PIX_MEAN:  # no valid entry: a NaN term (as F.cross_entropy) with zero gradient
+            ok = div > 0.0
+            pix = tl.where(ok, pix_sum / tl.where(ok, div, 1.0), float("nan"))
+            kpix = tl.where(ok, lam_pix / tl.where(ok, div, 1.0), 0.0)
+        else:
+            pix = pix_sum
+            kpix = lam_pix
+    for b0 in range(0, B, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        kvec = tl.zeros([BLOCK_B], tl.float32) + kpix
+        tl.store(out_ptr + 2 * B * C + offs_b, kvec, mask=offs_b < B)
+    tl.store(loss_ptr, lam_reg * region + lam_pix * pix + offset)
+
+
+@triton.jit
+def _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE: tl.constexpr, HAS_W: tl.constexpr):
+    """Generalized Dice class weights of a block: ``1 / T^2`` (WEIGHT_TYPE 0), ``1 / T`` (1)
+    or 1 (2) for a present class, ``wmax`` for an absent one, times the class weight."""
+    cmask = offs_c < C
+    present = t > 0.0
+    safe = tl.where(present, t, 1.0)
+    if WEIGHT_TYPE == 0:
+        w = 1.0 / (safe * safe)
+    elif WEIGHT_TYPE == 1:
+        w = 1.0 / safe
+    else:
+        w = tl.full(t.shape, 1.0, tl.float32)
+    w = tl.where(cmask, tl.where(present, w, wmax), 0.0)
+    if HAS_W:
+        w = w * tl.load(cw_ptr + offs_c, mask=cmask, other=0.0)
+    return w
+
+
+@triton.jit
+def _gdl_finalize_kernel(
+    tot_ptr, cw_ptr, loss_ptr, out_ptr, B, C, row, snr, sdr, eps,
+    IMAGE: tl.constexpr, MEAN: tl.constexpr, WEIGHT_TYPE: tl.constexpr,
+    ABSENT_MAX: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):  # fmt: skip
+    """One program: the generalized Dice loss ``1 - (2 sum w I + smooth_nr) /
+    max(sum w (P + T) + smooth_dr, eps)`` per unit, 'mean' or 'sum' over units, and
+    ``out`` as in :func:`_region_finalize_kernel` (the weights get no gradient). An absent
+    class weighs the unit's largest present weight (ABSENT_MAX) or 0."""
+    if IMAGE:
+        n_units = B
+    else:
+        n_units = 1
+    if MEAN:
+        scale = 1.0 / n_units
+    else:
+        scale = 1.0
+    total = 0.0
+    for u in range(n_units):
+        wmax = 0.0
+        if ABSENT_MAX:
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + tl.arange(0, BLOCK_C)
+                _, _, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, B, C, row, IMAGE)
+                w = _gdl_weights(t, offs_c, cw_ptr, 0.0, C, WEIGHT_TYPE, False)
+                wmax = tl.maximum(wmax, tl.max(w, axis=0))
+        num = 0.0
+        den = 0.0
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            i, p, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, B, C, row, IMAGE)
+            w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
+            num += tl.sum(w * i, axis=0)
+            den += tl.sum(w * (p + t), axis=0)
+        num = 2.0 * num + snr
+        den_raw = den + sdr
+        live = den_raw >= eps
+        den = tl.where(den_raw < eps, eps, den_raw)
+        r = num / den
+        total += 1.0 - r
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            cmask = offs_c < C
+            _, _, t = _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE)
+            w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
+            dl_di = -scale * 2.0 * w / den
+            dl_dp = tl.where(live, scale * r * w / den, 0.0)
+            if IMAGE:
+                tl.store(out_ptr + u * 2 * C + offs_c, dl_di, mask=cmask)
+                tl.store(out_ptr + u * 2 * C + C + offs_c, dl_dp, mask=cmask)
+            else:
+                for b in range(B):
+                    tl.store(out_ptr + b * 2 * C + offs_c, dl_di, mask=cmask)
+                    tl.store(out_ptr + b * 2 * C + C + offs_c, dl_dp, mask=cmask)
+    for b0 in range(0, B, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        tl.store(out_ptr + 2 * B * C + offs_b, tl.zeros([BLOCK_B], tl.float32), mask=offs_b < B)
+    tl.store(loss_ptr, total * scale)
