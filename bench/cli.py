@@ -82,6 +82,7 @@ def _sweep(args: argparse.Namespace) -> int:
         resume=args.resume,
         reps=args.reps,
         command="segtriton " + " ".join(sys.argv[1:]),
+        graph=args.cuda_graph,
     )
     report = build_report([out], out)
     failed = int((df.passed != True).sum())  # noqa: E712
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="run name for the default output folder")
     sweep.add_argument("--reps", type=int, default=50, help="timed repetitions per case")
     sweep.add_argument("--resume", action="store_true", help="keep finished rows in --out")
+    sweep.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="time CUDA-graph replays (no launch overhead); rows say so in 'timer'",
+    )
     sweep.set_defaults(func=_sweep)
 
     report = sub.add_parser("report", help="rebuild charts and report.md from saved runs")

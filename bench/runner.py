@@ -79,8 +79,11 @@ def case_options(case: Case, entry) -> dict:
     return entry.variants[0]
 
 
-def run_case(case: Case, device: torch.device, copy_gbps: float, reps: int) -> dict:
-    """Measure one case; return its row (errors are recorded, not raised)."""
+def run_case(
+    case: Case, device: torch.device, copy_gbps: float, reps: int, graph: bool = False
+) -> dict:
+    """Measure one case; return its row (errors are recorded, not raised). ``graph``:
+    time CUDA-graph replays (see :func:`time_fn`)."""
     row = case.as_row()
     entry = get(case.loss)
     options = {**case_options(case, entry), "ignore_index": IGNORE_INDEX}
@@ -136,7 +139,7 @@ def run_case(case: Case, device: torch.device, copy_gbps: float, reps: int) -> d
         row["timer"] = "not measured (Triton interpreter)"
         return row
     step = make_step(case.mode, forward, xg)
-    row.update(time_fn(step, device, reps=reps))
+    row.update(time_fn(step, device, reps=reps, graph=graph))
     row["gbps"] = row["bytes"] / (row["median_ms"] * 1e-3) / 1e9
     row["pct_of_copy_bw"] = 100 * row["gbps"] / copy_gbps
     extra = peak_memory(step, device)
@@ -232,8 +235,10 @@ def run_sweep(
     resume: bool = False,
     reps: int = 50,
     command: str = "",
+    graph: bool = False,
 ) -> pd.DataFrame:
-    """Run ``cases`` into ``out`` (rows.json, rows.csv, meta.json) and return the rows."""
+    """Run ``cases`` into ``out`` (rows.json, rows.csv, meta.json) and return the rows.
+    ``graph``: time CUDA-graph replays instead of eager calls (GPU only)."""
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = load_rows(out) if resume else []
@@ -246,6 +251,7 @@ def run_sweep(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "spec": spec,
+        "cuda_graph": graph and device.type == "cuda",
     }
     _write_atomic(out / "meta.json", json.dumps(meta, indent=1, default=str))
     todo = [c for c in cases if c.key not in done]
@@ -253,7 +259,7 @@ def run_sweep(
     for i, case in enumerate(todo):
         _progress(i, len(todo), started, case)
         try:
-            row = run_case(case, device, copy_gbps, reps)
+            row = run_case(case, device, copy_gbps, reps, graph)
         except Exception as exc:  # an OOM or compile failure is a row, and the sweep goes on
             row = {
                 **case.as_row(),

@@ -2,8 +2,10 @@
 
 GPU times are medians over many repetitions of one call, each preceded by a write of
 a buffer larger than L2 (so no input stays cached), measured with CUDA events around the
-call alone. CPU times are ``perf_counter`` around synchronous calls. Every result says
-which method produced it.
+call alone. With ``graph=True`` the call is captured once into a CUDA graph and the
+replays are timed the same way: launch overhead (Python, dispatch, kernel launches)
+drops out, leaving the GPU work. CPU times are ``perf_counter`` around synchronous
+calls. Every result says which method produced it.
 """
 
 from __future__ import annotations
@@ -28,12 +30,19 @@ def time_fn(
     reps: int = 50,
     warmup: int = 5,
     budget_s: float = 10.0,
+    graph: bool = False,
 ) -> dict[str, float | str | int]:
     """Median, p20 and p80 of one call of ``fn`` in milliseconds, and the method used.
 
-    Repetitions stop early once ``budget_s`` is spent (at least 5 are kept)."""
-    for _ in range(warmup):
-        fn()
+    Repetitions stop early once ``budget_s`` is spent (at least 5 are kept). ``graph``
+    (CUDA only): time replays of ``fn`` captured in a CUDA graph; a call that cannot be
+    captured (a host sync, a CPU-to-GPU copy of pageable memory) raises."""
+    if graph and device.type == "cuda":
+        fn = _captured(fn, warmup)
+    else:
+        graph = False
+        for _ in range(warmup):
+            fn()
     times: list[float] = []
     start = time.perf_counter()
     if device.type == "cuda":
@@ -48,7 +57,7 @@ def time_fn(
             times.append(begin.elapsed_time(end))
             if len(times) >= 5 and time.perf_counter() - start > budget_s:
                 break
-        method = "cuda-events+l2-flush"
+        method = "cuda-graph+l2-flush" if graph else "cuda-events+l2-flush"
     else:
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -64,6 +73,21 @@ def time_fn(
         "reps": len(times),
         "timer": method,
     }
+
+
+def _captured(fn: Callable[[], object], warmup: int) -> Callable[[], object]:
+    """``fn`` warmed up on a side stream (as capture requires), captured once; returns the
+    graph's replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 2)):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def copy_bandwidth(device: torch.device) -> float:

@@ -72,9 +72,12 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
     assert (out / "time.png").stat().st_size > 0
     assert pd.read_csv(out / "rows.csv").shape[0] == 8
     # a resumed sweep keeps finished rows and runs nothing new
-    main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", "--resume"])
+    args = ["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", "--resume"]
+    main([*args, "--cuda-graph"])
     assert "0 cases" not in capsys.readouterr().err
     assert len(pd.read_json(out / "rows.json")) == 8
+    graph = json.loads((out / "meta.json").read_text())["cuda_graph"]
+    assert graph is torch.cuda.is_available()  # graphs are a GPU timer; the CPU ignores it
     assert main(["report", str(out)]) == 0
 
 
