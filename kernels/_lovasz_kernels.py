@@ -44,10 +44,12 @@ def _lovasz_errors_kernel(
     ignore_index,
     HINGE: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
+    SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """``key[b * key_b + c * key_c + s]``: the error of class c at pixel s of image b."""
+    """``key[b * key_b + c * key_c + s]``: the error of class c at pixel s of image b
+    (softmax over one tile of every class with SINGLE, else streamed in chunks)."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_pblocks
     offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -65,18 +67,29 @@ def _lovasz_errors_kernel(
     else:
         ys, valid, bad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
         offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
-        m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = c0 + offs_c0
-            cmask = offs_c < C
-            x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-            p = tl.exp(x - m[None, :]) * inv_s[None, :]
-            fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
-            key = tl.where(valid[None, :], tl.abs(fg - p), float("-inf"))
-            key = tl.where(bad[None, :], float("nan"), key)
-            tl.store(
-                out[None, :] + offs_c[:, None] * key_c, key, mask=cmask[:, None] & pmask[None, :]
-            )
+        if SINGLE:  # every class in one tile: the logits are read once
+            cmask = offs_c0 < C
+            x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
+            e = tl.exp(x - tl.max(x, axis=0)[None, :])
+            p = e * (1.0 / tl.sum(e, axis=0))[None, :]
+            _store_softmax_errors(out, p, offs_c0, ys, valid, bad, cmask, pmask, key_c)
+        else:
+            m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                cmask = offs_c < C
+                x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+                p = tl.exp(x - m[None, :]) * inv_s[None, :]
+                _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c)
+
+
+@triton.jit
+def _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c):
+    """Keys ``|[y = c] - p_c|`` of a tile: -inf where ignored, NaN for a bad label."""
+    fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
+    key = tl.where(valid[None, :], tl.abs(fg - p), float("-inf"))
+    key = tl.where(bad[None, :], float("nan"), key)
+    tl.store(out[None, :] + offs_c[:, None] * key_c, key, mask=cmask[:, None] & pmask[None, :])
 
 
 @triton.jit

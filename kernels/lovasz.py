@@ -36,7 +36,7 @@ from ._lovasz_kernels import (
     _lovasz_grad_kernel,
     _lovasz_softmax_grad_kernel,
 )
-from ._tiles import ignore_arg, label_view, pixel_view
+from ._tiles import class_blocks, ignore_arg, label_view, num_warps_for, pixel_view
 
 _BLOCK_K = 1024  # sorted positions per program
 
@@ -69,12 +69,12 @@ def _lovasz_rows(
     R, N, key_b, key_c = _layout(B, C, S, per_image)
     ign, has_ignore = ignore_arg(ignore_index, not hinge)
     keys = torch.empty(R * N, dtype=torch.float32, device=x.device)
-    block_c = min(triton.next_power_of_2(C), 64)
-    block_p = max(16, 4096 // block_c)
+    block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
     _lovasz_errors_kernel[(B * n_pblocks,)](
         x, t, keys, C, S, n_pblocks, *xs, *ts, key_b, key_c, ign,
-        HINGE=hinge, HAS_IGNORE=has_ignore, BLOCK_C=block_c, BLOCK_P=block_p,
+        HINGE=hinge, HAS_IGNORE=has_ignore, SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
+        num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
     sorted_keys, perm = torch.sort(keys.view(R, N), dim=1, descending=True, stable=True)
     nk = triton.cdiv(N, _BLOCK_K)
