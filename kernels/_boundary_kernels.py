@@ -24,6 +24,21 @@ def _weighted_phi(phi_ptr, n_ptr, b, offs_c, offs_p, pmask, C, spb, spc, sps):
 
 
 @triton.jit
+def _chunk(
+    x_ptr, t_ptr, phi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+    sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
+    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+):  # fmt: skip
+    """A streamed class chunk: ``(z, p, valid, bad, n_c phi_c)``."""
+    _, z, p, _, valid, bad = _load_chunk(
+        x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+        sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+    )  # fmt: skip
+    dp = _weighted_phi(phi_ptr, n_ptr, b, offs_c, offs_p, pmask, C, spb, spc, sps)
+    return z, p, valid, bad, dp
+
+
+@triton.jit
 def _tile_loss(p, dp, bad):
     """The tile's summed loss ``sum p dp``; NaN when it holds a bad label or mask value."""
     return tl.sum(tl.sum(tl.where(bad, float("nan"), p * dp), axis=1), axis=0)
@@ -72,11 +87,11 @@ def _boundary_kernel(
         pixel_loss = tl.zeros([BLOCK_P], tl.float32)  # sum_c p_c dp_c: the softmax needs it
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
-            xc, zc, p, _, valid, bad = _load_chunk(
-                x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+            zc, p, valid, bad, dp = _chunk(
+                x_ptr, t_ptr, phi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m,
+                inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
+                LABELS, HAS_IGNORE,
             )  # fmt: skip
-            dp = _weighted_phi(phi_ptr, n_ptr, b, offs_c, offs_p, pmask, C, spb, spc, sps)
             total += _tile_loss(p, dp, bad)
             pixel_loss += tl.sum(p * dp, axis=0)
             if WRITE_GRAD and not LABELS:
@@ -86,10 +101,10 @@ def _boundary_kernel(
         if WRITE_GRAD and LABELS:
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
-                xc, zc, p, _, valid, bad = _load_chunk(
-                    x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                    sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                zc, p, valid, bad, dp = _chunk(
+                    x_ptr, t_ptr, phi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m,
+                    inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
+                    LABELS, HAS_IGNORE,
                 )  # fmt: skip
-                dp = _weighted_phi(phi_ptr, n_ptr, b, offs_c, offs_p, pmask, C, spb, spc, sps)
                 dz = _tile_grad(zc, p, dp * gscale, valid, pixel_loss * gscale, LABELS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
