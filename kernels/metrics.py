@@ -167,11 +167,11 @@ class StreamingMetrics:
     ``update`` never synchronises with the host: bad labels are counted on the device and
     reported by ``compute`` (which reads them, as it reads the metrics). Under
     torch.distributed, call ``sync(process_group)`` before ``compute``: it all-reduces the
-    int64 matrix and the bad-label count (average 'dataset'), so every rank computes the
-    metrics of the whole dataset.
+    int64 matrix and the bad-label count, so every rank computes the
+    metrics of the whole dataset (for average 'image' it gathers the per-image matrices).
 
     average: 'dataset' (one matrix) or 'image' (one matrix per image seen, kept until
-    ``reset``; not synchronisable).
+    ``reset``).
     """
 
     def __init__(
@@ -204,11 +204,23 @@ class StreamingMetrics:
         self._bad = self._bad + bad
 
     def sync(self, process_group: dist.ProcessGroup | None = None) -> None:
-        """All-reduce (sum) the accumulated matrix over ``process_group`` (default: world)."""
-        if self.average != "dataset":
-            raise ValueError("sync needs average='dataset' (per-image matrices differ in number)")
-        dist.all_reduce(self._cm, group=process_group)
+        """Combine the ranks of ``process_group`` (default: world): all-reduce (sum) the
+        matrix ('dataset'), or gather every rank's per-image matrices, in rank order
+        ('image': ranks may hold different numbers of images); and the bad-label count."""
         dist.all_reduce(self._bad, group=process_group)
+        if self.average == "dataset":
+            dist.all_reduce(self._cm, group=process_group)
+            return
+        world = dist.get_world_size(process_group)
+        mine = torch.tensor([self._cm.shape[0]], device=self._cm.device)
+        counts = [torch.zeros_like(mine) for _ in range(world)]
+        dist.all_gather(counts, mine, group=process_group)
+        sizes = [int(c) for c in counts]  # a host read: sync is a synchronisation point
+        padded = self._cm.new_zeros((max(sizes), *self._cm.shape[1:]))
+        padded[: self._cm.shape[0]] = self._cm
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=process_group)
+        self._cm = torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
     def compute(self) -> dict[str, torch.Tensor]:
         _raise_if_bad(self._bad, self.num_classes, self.ignore_index)

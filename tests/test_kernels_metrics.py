@@ -127,16 +127,17 @@ def _sync_worker(rank: int, world: int, init_file: str, seed: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         gen = torch.Generator().manual_seed(seed)
-        logits = torch.randn(2 * world, 5, 6, 7, generator=gen)
-        target = torch.randint(0, 5, (2 * world, 6, 7), generator=gen)
-        acc = ker.StreamingMetrics(5, device=DEVICE)
-        mine = slice(2 * rank, 2 * rank + 2)
-        acc.update(logits[mine].to(DEVICE), target[mine].to(DEVICE))
-        acc.sync()
-        want = ref.segmentation_metrics(logits, target, 5)
-        got = acc.compute()
-        assert torch.equal(got["confusion_matrix"].cpu(), want["confusion_matrix"])
-        torch.testing.assert_close(got["miou"].cpu(), want["miou"], rtol=0, atol=0)
+        logits = torch.randn(4, 5, 6, 7, generator=gen)
+        target = torch.randint(0, 5, (4, 6, 7), generator=gen)
+        mine = slice(0, 1) if rank == 0 else slice(1, 4)  # uneven: 1 and 3 images
+        for average in ("dataset", "image"):
+            acc = ker.StreamingMetrics(5, average=average, device=DEVICE)
+            acc.update(logits[mine].to(DEVICE), target[mine].to(DEVICE))
+            acc.sync()
+            want = ref.segmentation_metrics(logits, target, 5, average=average)
+            got = acc.compute()
+            assert torch.equal(got["confusion_matrix"].cpu(), want["confusion_matrix"])
+            torch.testing.assert_close(got["miou"].cpu(), want["miou"], rtol=0, atol=0)
     finally:
         dist.destroy_process_group()
 
