@@ -1,9 +1,11 @@
 """Triton compound losses: CE + Dice, BCE + Dice, focal + Dice, Combo, fused.
 
 Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
-``validate``. The pixel-wise term rides in the region kernels' two passes: pass 1 also
-sums its loss and 'mean' divisor, pass 2 adds its gradient to the region gradient, so a
-compound loss reads the logits twice and writes the gradient once, like Dice alone.
+``validate`` and ``process_group`` (as in the reference: both terms over the global
+batch; softmax terms need at most ``MAX_SINGLE_C`` classes). The pixel-wise term rides
+in the region kernels' two passes: pass 1 also sums its loss and 'mean' divisor, pass 2
+adds its gradient to the region gradient, so a compound loss reads the logits twice and
+writes the gradient once, like Dice alone.
 The softmax terms (CE, softmax focal) need every class in one tile: above
 ``MAX_SINGLE_C`` classes they run as the two separate kernels, added.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import check_logits
@@ -32,6 +35,39 @@ def _dice_plus(smooth_nr, smooth_dr, eps, absent, weight, reduction, lam_dice, l
         DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=weight, mean=mean,
         lam_reg=lam_dice, lam_pix=lam_pix, pix_mean=mean,
     )  # fmt: skip
+
+
+def _compound(
+    logits, target, mode, ignore_index, scope, squared, validate, fin, process_group, **pixel
+):  # fmt: skip
+    """``fin.lam_reg Dice + fin.lam_pix pixel term + fin.offset``: the fused op, or with a
+    ``process_group`` pass 1 with the region sums and the pixel term's sum and divisor
+    all-reduced, and the reference formula on them (the backward is still pass 2)."""
+    if process_group is None:
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, squared, validate, fin, **pixel
+        )
+    stats, pix = _region_sums(
+        logits, target, mode, ignore_index, scope, squared, validate, process_group, **pixel
+    )
+    pix = ref_region.global_sums(pix, scope, process_group)
+    if fin.pix_mean:  # no valid entry: a NaN term with a zero gradient, as without a group
+        has = pix[1] > 0
+        pix = torch.where(has, pix[0] / torch.where(has, pix[1], 1.0), float("nan"))
+    else:
+        pix = pix[0]
+    reduction = "mean" if fin.mean else "sum"
+    dice = _dice(
+        stats, fin.smooth_nr, fin.smooth_dr, fin.eps, fin.absent, fin.weight, reduction, validate
+    )
+    return fin.lam_reg * dice + fin.lam_pix * pix + fin.offset
+
+
+def _unfused(process_group) -> None:
+    if process_group is not None:
+        raise ValueError(
+            f"process_group needs the fused softmax term (at most {MAX_SINGLE_C} classes)"
+        )
 
 
 def _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate):
@@ -66,6 +102,7 @@ def ce_dice_loss(
     absent: str = "include",
     reduction: str = "mean",
     validate: bool = False,
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton fused CE + Dice; semantics of ``segtriton.reference.ce_dice_loss``."""
     _scalar_reduction(reduction)
@@ -76,10 +113,12 @@ def ce_dice_loss(
     w = _class_vector("weight", weight, C, logits, validate)
     if C <= MAX_SINGLE_C:
         fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_ce)
-        return fused_loss(
+        return _compound(
             logits, target, "multiclass", ignore_index, scope, squared, validate, fin,
+            process_group,
             pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
         )  # fmt: skip
+    _unfused(process_group)
     stats, _ = _region_sums(
         logits, target, "multiclass", ignore_index, scope, squared, validate, None
     )
@@ -105,6 +144,7 @@ def bce_dice_loss(
     absent: str = "include",
     reduction: str = "mean",
     validate: bool = False,
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton fused BCE + Dice; semantics of ``segtriton.reference.bce_dice_loss``."""
     _scalar_reduction(reduction)
@@ -113,8 +153,8 @@ def bce_dice_loss(
     wp, wn = _sigmoid_weights(C, logits, validate, weight, pos_weight)
     w = _class_vector("weight", weight, C, logits, validate)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_bce)
-    return fused_loss(
-        logits, target, "multilabel", ignore_index, scope, squared, validate, fin,
+    return _compound(
+        logits, target, "multilabel", ignore_index, scope, squared, validate, fin, process_group,
         pixel=PIXEL_SIGMOID, w=wp, w2=wn,
     )  # fmt: skip
 
@@ -136,6 +176,7 @@ def focal_dice_loss(
     absent: str = "include",
     reduction: str = "mean",
     validate: bool = False,
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton fused focal + Dice; semantics of ``segtriton.reference.focal_dice_loss``."""
     _scalar_reduction(reduction)
@@ -149,12 +190,13 @@ def focal_dice_loss(
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
         wp, wn = _sigmoid_weights(C, logits, validate)
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, False, validate, fin,
+        return _compound(
+            logits, target, mode, ignore_index, scope, False, validate, fin, process_group,
             pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma),
             alpha=None if alpha is None else float(alpha), focal=True,
         )  # fmt: skip
     if C > MAX_SINGLE_C:
+        _unfused(process_group)
         stats, _ = _region_sums(logits, target, mode, ignore_index, scope, False, validate, None)
         ignore = -100 if ignore_index is None else int(ignore_index)
         focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
@@ -163,8 +205,8 @@ def focal_dice_loss(
     vec, scale = None, 1.0 if alpha is None else alpha
     if not isinstance(scale, (int, float)):
         vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
-    return fused_loss(
-        logits, target, mode, ignore_index, scope, False, validate, fin,
+    return _compound(
+        logits, target, mode, ignore_index, scope, False, validate, fin, process_group,
         pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,
     )  # fmt: skip
 
@@ -179,6 +221,7 @@ def combo_loss(
     scope: str = "batch",
     reduction: str = "mean",
     validate: bool = False,
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton fused Combo loss; semantics of ``segtriton.reference.combo_loss``."""
     _scalar_reduction(reduction)
@@ -191,7 +234,7 @@ def combo_loss(
         DICE, smooth, smooth, 1e-7, mean=True, lam_reg=1.0 - alpha, lam_pix=alpha,
         pix_mean=reduction == "mean", offset=alpha - 1.0,
     )  # fmt: skip
-    return fused_loss(
-        logits, target, "multilabel", ignore_index, scope, False, validate, fin,
+    return _compound(
+        logits, target, "multilabel", ignore_index, scope, False, validate, fin, process_group,
         pixel=PIXEL_SIGMOID, w=wp, w2=wn,
     )  # fmt: skip

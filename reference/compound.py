@@ -3,6 +3,12 @@
 Each returns a scalar; ``reduction`` ('mean' or 'sum') is passed to both terms (except
 where a docstring says otherwise).
 Class ``weight`` and ``ignore_index`` apply to both terms.
+
+``process_group`` (torch.distributed, scope 'batch'): both terms run over the global
+batch. The region sums, and the pixel term's sum and 'mean' divisor, are all-reduced, so
+the loss equals the single-process loss on all ranks' images together and each rank's
+gradient is its slice of that loss's gradient (under DDP, which averages gradients,
+multiply the loss by the world size; see :func:`dice_loss`).
 """
 
 from __future__ import annotations
@@ -10,22 +16,58 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
-from ._common import check_choice, check_masks, reduce_pixels
+from ._common import check_choice, check_class_vector, check_masks, reduce_pixels
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
-from .region import dice_loss
+from .region import dice_loss, global_sums
 
 Weights = torch.Tensor | Sequence[float] | None
 
 
 def _scalar_reduction(reduction: str) -> None:
     check_choice("reduction (compound losses return a scalar)", reduction, ("mean", "sum"))
+
+
+def _local(reduction: str, process_group: dist.ProcessGroup | None) -> str:
+    """The pixel term's own reduction: its sum when it is made global afterwards."""
+    return reduction if process_group is None else "sum"
+
+
+def _global_pixel_term(
+    term: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: bool,
+    ignore_index: float | None,
+    reduction: str,
+    scope: str,
+    process_group: dist.ProcessGroup | None,
+    weight: Weights = None,
+) -> torch.Tensor:
+    """A pixel term given as its local sum, over the global batch: the sum and the 'mean'
+    divisor (valid labels, or their class weights' sum; valid mask entries) all-reduced."""
+    if process_group is None:
+        return term
+    if labels:
+        valid = torch.ones_like(target, dtype=torch.bool)
+        if ignore_index is not None:
+            valid = target != ignore_index
+        w = check_class_vector("weight", weight, logits.shape[1], term)
+        per_pixel = valid.to(term.dtype)
+        if w is not None:
+            per_pixel = per_pixel * w[torch.where(valid, target, 0)]
+        divisor = per_pixel.sum()
+    else:
+        divisor = check_masks(logits, target, ignore_index)[1].sum().to(term.dtype)
+    both = global_sums(torch.stack([term, divisor]), scope, process_group)
+    return both[0] if reduction == "sum" else both[0] / both[1]
 
 
 def ce_dice_loss(
@@ -43,6 +85,7 @@ def ce_dice_loss(
     scope: str = "batch",
     absent: str = "include",
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_ce * cross_entropy + lambda_dice * dice_loss`` (multiclass, softmax).
 
@@ -56,8 +99,11 @@ def ce_dice_loss(
         target,
         weight=weight,
         ignore_index=-100 if ignore_index is None else ignore_index,
-        reduction=reduction,
+        reduction=_local(reduction, process_group),
         label_smoothing=label_smoothing,
+    )
+    ce = _global_pixel_term(
+        ce, logits, target, True, ignore_index, reduction, scope, process_group, weight
     )
     dice = dice_loss(
         logits,
@@ -72,6 +118,7 @@ def ce_dice_loss(
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,
+        process_group=process_group,
     )
     return lambda_ce * ce + lambda_dice * dice
 
@@ -91,6 +138,7 @@ def bce_dice_loss(
     scope: str = "batch",
     absent: str = "include",
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_bce * BCE + lambda_dice * Dice`` on sigmoid channels (binary or multilabel).
 
@@ -105,7 +153,10 @@ def bce_dice_loss(
         weight=weight,
         pos_weight=pos_weight,
         ignore_index=ignore_index,
-        reduction=reduction,
+        reduction=_local(reduction, process_group),
+    )
+    bce = _global_pixel_term(
+        bce, logits, target, False, ignore_index, reduction, scope, process_group
     )
     dice = dice_loss(
         logits,
@@ -120,6 +171,7 @@ def bce_dice_loss(
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,
+        process_group=process_group,
     )
     return lambda_bce * bce + lambda_dice * dice
 
@@ -140,6 +192,7 @@ def focal_dice_loss(
     scope: str = "batch",
     absent: str = "include",
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_focal * focal + lambda_dice * Dice``.
 
@@ -155,7 +208,7 @@ def focal_dice_loss(
             alpha=alpha,
             gamma=gamma,
             ignore_index=-100 if ignore_index is None else ignore_index,
-            reduction=reduction,
+            reduction=_local(reduction, process_group),
         )
     else:
         focal = sigmoid_focal_loss(
@@ -165,8 +218,12 @@ def focal_dice_loss(
             alpha=alpha,
             gamma=gamma,
             ignore_index=ignore_index,
-            reduction=reduction,
+            reduction=_local(reduction, process_group),
         )
+    focal = _global_pixel_term(
+        focal, logits, target, mode == "multiclass", ignore_index, reduction, scope,
+        process_group,
+    )  # fmt: skip
     dice = dice_loss(
         logits,
         target,
@@ -179,6 +236,7 @@ def focal_dice_loss(
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,
+        process_group=process_group,
     )
     return lambda_focal * focal + lambda_dice * dice
 
@@ -192,6 +250,7 @@ def combo_loss(
     ignore_index: float | None = None,
     scope: str = "batch",
     reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Combo loss (Taghanaki et al. 2019), binary or multilabel, in the paper's form::
 
@@ -211,7 +270,12 @@ def combo_loss(
     t, valid = check_masks(logits, target, ignore_index)
     x = logits.to(t.dtype)
     terms = beta * t * F.logsigmoid(x) + (1 - beta) * (1 - t) * F.logsigmoid(-x)
-    wbce = reduce_pixels(-terms.masked_fill(~valid, 0.0), reduction, valid.sum().to(x.dtype))
+    wbce = reduce_pixels(
+        -terms.masked_fill(~valid, 0.0), _local(reduction, process_group), valid.sum().to(x.dtype)
+    )
+    wbce = _global_pixel_term(
+        wbce, logits, target, False, ignore_index, reduction, scope, process_group
+    )
     dsc = 1 - dice_loss(
         logits,
         target,
@@ -221,5 +285,6 @@ def combo_loss(
         scope=scope,
         ignore_index=ignore_index,
         reduction="mean",
+        process_group=process_group,
     )
     return alpha * wbce - (1 - alpha) * dsc

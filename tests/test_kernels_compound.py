@@ -1,14 +1,20 @@
 """Triton fused compound losses (CE + Dice, BCE + Dice, focal + Dice, Combo) against the
 float64 reference, loss and gradient, in the interpreter on CPU and compiled on a GPU:
 every variant over class counts, dtypes, 2-D/3-D, memory formats and both reductions,
-then streamed classes (C > 256), ignore-heavy and all-ignored batches, bad labels, and
-determinism.
+then streamed classes (C > 256), ignore-heavy and all-ignored batches, bad labels,
+torch.compile, and both terms over the global batch (process_group) with two gloo
+processes.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from kernel_checks import (
     CASE_ARGS,
     DEVICE,
@@ -18,7 +24,7 @@ from kernel_checks import (
     to_channels_last,
 )
 
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import LOSSES, get, make_inputs
 
 KERNELS = [
     e for e in LOSSES if e.kernel is not None and e.reference.__module__.endswith(".compound")
@@ -94,3 +100,53 @@ def test_torch_compile_fullgraph(gen):
     (ref_grad,) = torch.autograd.grad(expected, x)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+
+GLOBAL_CASES = [
+    ("ce_dice", {"weight": [1.0, 2.0, 0.5], "label_smoothing": 0.1}),
+    ("bce_dice", {"pos_weight": [2.0, 1.0, 0.5]}),
+    ("focal_dice", {"alpha": 0.25}),
+    ("focal_dice", {"mode": "multilabel", "reduction": "sum"}),
+    ("combo", {"alpha": 0.7}),
+]
+
+
+def _global_worker(rank: int, world: int, init_file: str, seed: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        mine = slice(2 * rank, 2 * rank + 2)
+        for name, options in GLOBAL_CASES:
+            entry = get(name)
+            opts = {**options, "ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+            if name == "combo":
+                opts = {**options, "ignore_index": 255}
+            x, t = _inputs(entry, (2 * world, 3, 5, 6), opts, torch.float64, gen)
+            t[0] = 255  # rank 0 holds fewer valid pixels: local means differ from global ones
+            whole, whole_grad = run_with_grad(entry.reference, x.cpu(), t.cpu(), opts)
+            for fn, xs in ((entry.reference, x[mine].cpu()), (entry.kernel, x[mine].float())):
+                ts = t[mine] if fn is entry.kernel else t[mine].cpu()
+                alone, _ = run_with_grad(fn, xs, ts, opts)
+                assert not torch.allclose(alone.cpu(), whole)
+                opts_g = {**opts, "process_group": dist.group.WORLD}
+                loss, grad = run_with_grad(fn, xs, ts, opts_g)
+                torch.testing.assert_close(loss.cpu(), whole, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(grad.cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batch_across_two_gloo_processes(seed):
+    """With process_group, a compound loss on each rank's half of a batch equals the
+    single-process loss on the whole batch, and each rank's gradient is its slice
+    (reference path and kernel path)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.spawn(_global_worker, args=(2, init_file, seed), nprocs=2, join=True)
+
+
+def test_process_group_needs_the_fused_softmax_term(gen):
+    x = torch.randn(1, 300, 2, 3, generator=gen).to(DEVICE)
+    t = torch.randint(0, 300, (1, 2, 3), generator=gen).to(DEVICE)
+    with pytest.raises(ValueError, match="fused softmax term"):
+        get("ce_dice").kernel(x, t, process_group=object())
