@@ -1,28 +1,65 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (the device tool): install, the test suite compiled on the
-# GPU, the standard sweep, and pytest --benchmark. Everything lands under $OUT (at most 8
-# files come back): copy what matters into results/<device>/<date>/ and commit it.
-#   usage: bash bench/gpu_run.sh [preset] [sweep flags...]   (default: standard)
-#   e.g.   bash bench/gpu_run.sh cityscapes --cuda-graph
+# One call on a lent GPU machine (the device tool, at most 10 minutes a call): install, then
+# one stage. Everything lands under $OUT (at most 8 files come back): copy what matters into
+# results/<device>/<date>/ and commit it. Stages:
+#   tests                 the kernel tests compiled on the GPU, one pytest process per test
+#                         module at once (Triton compiles in parallel; small shapes)
+#   sweep PRESET [flags]  one sweep preset, e.g. `sweep cityscapes --cuda-graph`
+#   bench                 pytest --benchmark (tests/test_benchmarks.py)
+#   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
+# Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
+#   usage: bash bench/gpu_run.sh STAGE [args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
-PRESET=${1:-standard}
-shift $(( $# > 0 ? 1 : 0 ))
+LIMIT=${LIMIT:-500}
+STAGE=${1:-all}
+shift $(($# > 0 ? 1 : 0))
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
 { nvidia-smi; python3 -m segtriton.bench.cli check; } > "$OUT/env.txt" 2>&1
-# correctness first, compiled on the GPU (TRITON_INTERPRET stays unset)
-python3 -m pytest -q tests/test_kernels_*.py tests/test_reference_registry.py \
-    > "$OUT/tests.log" 2>&1
-echo "tests: exit $?" | tee -a "$OUT/tests.log"
-python3 -m segtriton.bench.cli sweep --preset "$PRESET" --out "$OUT/sweep" --reps 50 "$@" \
-    > "$OUT/sweep.log" 2>&1
-echo "sweep: exit $?" | tee -a "$OUT/sweep.log"
-python3 -m pytest -q tests/test_benchmarks.py --benchmark \
-    --benchmark-json="$OUT/pytest-benchmark.json" > "$OUT/bench.log" 2>&1
-echo "pytest --benchmark: exit $?" | tee -a "$OUT/bench.log"
-# the report and its charts travel as one archive (files come back at most 2 folders down)
-tar -czf "$OUT/sweep.tgz" -C "$OUT" sweep && rm -rf "$OUT/sweep"
-tail -n 40 "$OUT/sweep.log"
+
+run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
+    local logs
+    logs=$(mktemp -d)
+    for module in tests/test_kernels_*.py tests/test_reference_registry.py; do
+        local log="$logs/$(basename "$module" .py).log"
+        (timeout "$1" python3 -m pytest -q -p no:cacheprovider "$module" > "$log" 2>&1
+            echo " exit $?" >> "$log") &
+    done
+    wait
+    for log in "$logs"/*.log; do
+        echo "=== $(basename "$log" .log): $(tail -n 2 "$log" | tr '\n' ' ')"
+    done | tee "$OUT/tests.log"
+    cat "$logs"/*.log >> "$OUT/tests.log"
+}
+
+run_sweep() {
+    local preset=${1:-quick}
+    shift $(($# > 0 ? 1 : 0))
+    timeout "$LIMIT" python3 -m segtriton.bench.cli sweep --preset "$preset" \
+        --out "$OUT/sweep" --reps 50 "$@" > "$OUT/sweep.log" 2>&1
+    echo "sweep $preset: exit $?" | tee -a "$OUT/sweep.log"
+    # the report and its charts travel as one archive (files come back 2 folders down)
+    tar -czf "$OUT/sweep.tgz" -C "$OUT" sweep && rm -rf "$OUT/sweep"
+    tail -n 20 "$OUT/sweep.log"
+}
+
+run_bench() {
+    timeout "$1" python3 -m pytest -q tests/test_benchmarks.py --benchmark \
+        --benchmark-json="$OUT/pytest-benchmark.json" > "$OUT/bench.log" 2>&1
+    echo "pytest --benchmark: exit $?" | tee -a "$OUT/bench.log"
+}
+
+case "$STAGE" in
+    tests) run_tests "$LIMIT" ;;
+    sweep) run_sweep "$@" ;;
+    bench) run_bench "$LIMIT" ;;
+    all)
+        run_tests $((LIMIT / 2))
+        LIMIT=$((LIMIT / 3)) run_sweep "${1:-quick}"
+        run_bench $((LIMIT / 6))
+        ;;
+    *) echo "unknown stage $STAGE (tests, sweep, bench, all)" >&2; exit 2 ;;
+esac
