@@ -4,7 +4,8 @@
 # results/<device>/<date>/ and commit it. Stages:
 #   tests                 the kernel tests compiled on the GPU, one pytest process per test
 #                         module at once (Triton compiles in parallel; small shapes)
-#   sweep PRESET [flags]  one sweep preset, e.g. `sweep cityscapes --cuda-graph`
+#   sweep PRESET [flags]  one sweep preset, e.g. `sweep cityscapes --cuda-graph`; for
+#                         `sweep peers`, run bench/fetch_peer_wheels.sh here and carry .whl
 #   bench                 pytest --benchmark (tests/test_benchmarks.py)
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
@@ -18,6 +19,9 @@ shift $(($# > 0 ? 1 : 0))
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
+if compgen -G ".whl/*.whl" > /dev/null; then  # peers carried as wheels (fetch_peer_wheels.sh)
+    python3 -m pip install -q --no-deps --no-index .whl/*.whl 2>&1 | tail -1
+fi
 { nvidia-smi; python3 -m segtriton.bench.cli check; } > "$OUT/env.txt" 2>&1
 
 run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
