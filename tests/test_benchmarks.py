@@ -6,7 +6,8 @@ synchronous calls, and Triton cases are not timed). The case, GB/s and the fract
 measured copy bandwidth go to ``extra_info`` (correctness is the test suite's job, and
 ``segtriton sweep`` checks every row against float64); groups are loss and shape, so
 ``--benchmark-json``, ``--benchmark-compare`` and ``--benchmark-compare-fail=median:5%``
-work as usual.
+work as usual. Beside the presets: the confusion matrix against bincount and
+torchmetrics, the distance transform against scipy and CuPy, and the Lovasz sort's share.
 """
 
 from __future__ import annotations
@@ -220,3 +221,40 @@ def test_distance_transform(benchmark, benchmark_case_edt, versions):
     benchmark.pedantic(fn, rounds=10, warmup_rounds=2, iterations=1)
     benchmark.extra_info.update(versions)
     benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)))
+
+
+LOVASZ_SHAPES = ([8, 19, 512, 1024], [16, 150, 512, 512])
+
+
+@pytest.fixture(params=LOVASZ_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def benchmark_case_lovasz(request):
+    return request.param
+
+
+def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
+    """Triton Lovasz-softmax fwd+bwd (bf16, pooled rows) and, timed alone beside it, the
+    stable descending sort of a key tensor of the same ``[C, B*H*W]`` shape, as the loss
+    makes: ``extra_info`` gets ``sort_ms`` and ``sort_share`` (sort / whole step)."""
+    from segtriton import kernels as ker
+    from segtriton.bench.pytest_timer import CudaEventClock
+    from segtriton.bench.timing import time_fn
+
+    if DEVICE.type != "cuda":
+        pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
+    B, C, *spatial = shape = benchmark_case_lovasz
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(DEVICE, torch.bfloat16).requires_grad_(True)
+    y = torch.randint(0, C, (B, *spatial), generator=gen).to(DEVICE)
+    keys = torch.rand(C, x[:, 0].numel(), device=DEVICE)
+    sort = time_fn(lambda: torch.sort(keys, dim=1, descending=True, stable=True), DEVICE, 10)
+    step = lambda: torch.autograd.grad(ker.lovasz_softmax_loss(x, y), x)  # noqa: E731
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=DEVICE)
+    benchmark._timer = CudaEventClock()
+    benchmark.group = f"lovasz_softmax sort share {'x'.join(map(str, shape))}"
+    benchmark.pedantic(step, setup=flush.zero_, rounds=10, warmup_rounds=2, iterations=1)
+    benchmark.extra_info.update(versions)
+    benchmark.extra_info.update(
+        shape="x".join(map(str, shape)),
+        sort_ms=sort["median_ms"],
+        sort_share=sort["median_ms"] / (benchmark.stats.stats.median * 1e3),
+    )
