@@ -9,6 +9,9 @@
 #   bench                 pytest --benchmark (tests/test_benchmarks.py)
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
+# A sweep longer than one call: `SWEEP_DIR=out/standard bash bench/gpu_run.sh sweep standard
+# --resume` in as many calls as it needs (out/ is ignored and stays on the warm machine;
+# name it in `carry` to go on with a fresh one). Rows are saved after every case.
 #   usage: bash bench/gpu_run.sh STAGE [args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,13 +43,14 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
 }
 
 run_sweep() {
-    local preset=${1:-quick}
+    local preset=${1:-quick} dir=${SWEEP_DIR:-$OUT/sweep}
     shift $(($# > 0 ? 1 : 0))
     timeout "$LIMIT" python3 -m segtriton.bench.cli sweep --preset "$preset" \
-        --out "$OUT/sweep" --reps 50 "$@" > "$OUT/sweep.log" 2>&1
+        --out "$dir" --reps 50 "$@" > "$OUT/sweep.log" 2>&1
     echo "sweep $preset: exit $?" | tee -a "$OUT/sweep.log"
     # the report and its charts travel as one archive (files come back 2 folders down)
-    tar -czf "$OUT/sweep.tgz" -C "$OUT" sweep && rm -rf "$OUT/sweep"
+    tar -czf "$OUT/sweep.tgz" -C "$(dirname "$dir")" "$(basename "$dir")"
+    [ -n "${SWEEP_DIR:-}" ] || rm -rf "$dir"
     tail -n 20 "$OUT/sweep.log"
 }
 
