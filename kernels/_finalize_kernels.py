@@ -23,9 +23,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE: tl.constexpr):
+def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr):
     """``(I, P, T)`` of unit u for a class block: row u of ``tot`` (scope 'image') or the
-    sum of every image's row in image order (scope 'batch')."""
+    sum of its ``n_rows`` rows in order (scope 'batch': one row per image, or one row of
+    sums already taken over a process group)."""
     if IMAGE:
         base = tot_ptr + u * row
         i = tl.load(base + offs_c, mask=cmask, other=0.0)
@@ -35,7 +36,7 @@ def _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE: tl.constexpr):
         i = tl.zeros(offs_c.shape, tl.float32)
         p = tl.zeros(offs_c.shape, tl.float32)
         t = tl.zeros(offs_c.shape, tl.float32)
-        for b in range(B):
+        for b in range(n_rows):
             base = tot_ptr + b * row
             i += tl.load(base + offs_c, mask=cmask, other=0.0)
             p += tl.load(base + C + offs_c, mask=cmask, other=0.0)
@@ -45,14 +46,14 @@ def _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE: tl.constexpr):
 
 @triton.jit
 def _class_terms(
-    tot_ptr, w_ptr, gam_ptr, u, offs_c, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
+    tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
     IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
     HAS_W: tl.constexpr, ABSENT: tl.constexpr,
 ):  # fmt: skip
     """Per class of unit u: ``(weight, loss, dloss/dI, dloss/dP)`` (0 past C).
     ABSENT: 0 include, 1 exclude (weight 0), 2 zero (loss 0) for a class with T = 0."""
     cmask = offs_c < C
-    i, p, t = _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE)
+    i, p, t = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE)
     num = a_i * i + snr
     den_raw = b_i * i + b_p * p + b_t * t + sdr
     live = den_raw >= eps  # clamp_min passes the gradient where the input reaches the bound
@@ -92,7 +93,7 @@ def _class_terms(
 
 @triton.jit
 def _unit_totals(
-    tot_ptr, w_ptr, gam_ptr, u, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
+    tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
     IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
     HAS_W: tl.constexpr, ABSENT: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -102,7 +103,7 @@ def _unit_totals(
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         w, loss, _, _ = _class_terms(
-            tot_ptr, w_ptr, gam_ptr, u, offs_c, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
+            tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
             gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
         )  # fmt: skip
         wl += tl.sum(w * loss, axis=0)
@@ -112,14 +113,15 @@ def _unit_totals(
 
 @triton.jit
 def _region_finalize_kernel(
-    tot_ptr, w_ptr, gam_ptr, loss_ptr, out_ptr, B, C, row,
+    tot_ptr, w_ptr, gam_ptr, loss_ptr, out_ptr, B, n_rows, C, row,
     a_i, b_i, b_p, b_t, snr, sdr, eps, gamma, lam_reg, lam_pix, offset,
     IMAGE: tl.constexpr, REG_MEAN: tl.constexpr, PIXEL: tl.constexpr, PIX_MEAN: tl.constexpr,
     LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr, HAS_W: tl.constexpr,
     ABSENT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
 ):  # fmt: skip
-    """One program. ``tot [B, row]``: per image ``I[C], P[C], T[C]``, pixel-loss sum and
-    divisor. Writes ``loss = lam_reg region + lam_pix pixel + offset`` and ``out``:
+    """One program. ``tot [n_rows, row]``: per image (or, over a process group, for the
+    global batch: ``n_rows`` 1) ``I[C], P[C], T[C]``, pixel-loss sum and divisor. Writes
+    ``loss = lam_reg region + lam_pix pixel + offset`` and ``out`` for the B images:
     ``dL/dI [B, C]`` and ``dL/dP [B, C]`` interleaved per image (``[B, 2, C]``), then
     ``dL/d(pixel-loss sum of image b)`` ``[B]``."""
     if IMAGE:
@@ -130,7 +132,7 @@ def _region_finalize_kernel(
     n_has = 0.0
     for u in range(n_units):
         wl, ws = _unit_totals(
-            tot_ptr, w_ptr, gam_ptr, u, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
+            tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
             IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, BLOCK_C,
         )  # fmt: skip
         if REG_MEAN:
@@ -150,16 +152,16 @@ def _region_finalize_kernel(
         k = unit_scale
         if REG_MEAN:
             _, ws = _unit_totals(
-                tot_ptr, w_ptr, gam_ptr, u, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
-                IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, BLOCK_C,
+                tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
+                gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, BLOCK_C,
             )  # fmt: skip
             k = tl.where(ws > 0.0, unit_scale / tl.where(ws > 0.0, ws, 1.0), 0.0)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
             w, _, dl_di, dl_dp = _class_terms(
-                tot_ptr, w_ptr, gam_ptr, u, offs_c, B, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
-                gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
+                tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr,
+                eps, gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
             )  # fmt: skip
             if IMAGE:
                 tl.store(out_ptr + u * 2 * C + offs_c, k * w * dl_di, mask=cmask)
@@ -173,9 +175,9 @@ def _region_finalize_kernel(
     if PIXEL:
         pix_sum = 0.0
         div = 0.0
-        for b0 in range(0, B, BLOCK_B):
+        for b0 in range(0, n_rows, BLOCK_B):
             offs_b = b0 + tl.arange(0, BLOCK_B)
-            bmask = offs_b < B
+            bmask = offs_b < n_rows
             pix_sum += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C, mask=bmask, other=0.0))
             div += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C + 1, mask=bmask, other=0.0))
         if PIX_MEAN:  # no valid entry: a NaN term (as F.cross_entropy) with zero gradient
@@ -213,7 +215,7 @@ def _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE: tl.constexpr, HAS_W: t
 
 @triton.jit
 def _gdl_finalize_kernel(
-    tot_ptr, cw_ptr, loss_ptr, out_ptr, B, C, row, snr, sdr, eps,
+    tot_ptr, cw_ptr, loss_ptr, out_ptr, B, n_rows, C, row, snr, sdr, eps,
     IMAGE: tl.constexpr, MEAN: tl.constexpr, WEIGHT_TYPE: tl.constexpr,
     ABSENT_MAX: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -236,14 +238,14 @@ def _gdl_finalize_kernel(
         if ABSENT_MAX:
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + tl.arange(0, BLOCK_C)
-                _, _, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, B, C, row, IMAGE)
+                _, _, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE)
                 w = _gdl_weights(t, offs_c, cw_ptr, 0.0, C, WEIGHT_TYPE, False)
                 wmax = tl.maximum(wmax, tl.max(w, axis=0))
         num = 0.0
         den = 0.0
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
-            i, p, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, B, C, row, IMAGE)
+            i, p, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE)
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             num += tl.sum(w * i, axis=0)
             den += tl.sum(w * (p + t), axis=0)
@@ -256,7 +258,7 @@ def _gdl_finalize_kernel(
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
-            _, _, t = _unit_sums(tot_ptr, u, offs_c, cmask, B, C, row, IMAGE)
+            _, _, t = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE)
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             dl_di = -scale * 2.0 * w / den
             dl_dp = tl.where(live, scale * r * w / den, 0.0)

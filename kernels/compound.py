@@ -37,32 +37,6 @@ def _dice_plus(smooth_nr, smooth_dr, eps, absent, weight, reduction, lam_dice, l
     )  # fmt: skip
 
 
-def _compound(
-    logits, target, mode, ignore_index, scope, squared, validate, fin, process_group, **pixel
-):  # fmt: skip
-    """``fin.lam_reg Dice + fin.lam_pix pixel term + fin.offset``: the fused op, or with a
-    ``process_group`` pass 1 with the region sums and the pixel term's sum and divisor
-    all-reduced, and the reference formula on them (the backward is still pass 2)."""
-    if process_group is None:
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, squared, validate, fin, **pixel
-        )
-    stats, pix = _region_sums(
-        logits, target, mode, ignore_index, scope, squared, validate, process_group, **pixel
-    )
-    pix = ref_region.global_sums(pix, scope, process_group)
-    if fin.pix_mean:  # no valid entry: a NaN term with a zero gradient, as without a group
-        has = pix[1] > 0
-        pix = torch.where(has, pix[0] / torch.where(has, pix[1], 1.0), float("nan"))
-    else:
-        pix = pix[0]
-    reduction = "mean" if fin.mean else "sum"
-    dice = _dice(
-        stats, fin.smooth_nr, fin.smooth_dr, fin.eps, fin.absent, fin.weight, reduction, validate
-    )
-    return fin.lam_reg * dice + fin.lam_pix * pix + fin.offset
-
-
 def _unfused(process_group) -> None:
     if process_group is not None:
         raise ValueError(
@@ -113,10 +87,10 @@ def ce_dice_loss(
     w = _class_vector("weight", weight, C, logits, validate)
     if C <= MAX_SINGLE_C:
         fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_ce)
-        return _compound(
+        return fused_loss(
             logits, target, "multiclass", ignore_index, scope, squared, validate, fin,
-            process_group,
             pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
+            process_group=process_group,
         )  # fmt: skip
     _unfused(process_group)
     stats, _ = _region_sums(
@@ -153,9 +127,10 @@ def bce_dice_loss(
     wp, wn = _sigmoid_weights(C, logits, validate, weight, pos_weight)
     w = _class_vector("weight", weight, C, logits, validate)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_bce)
-    return _compound(
-        logits, target, "multilabel", ignore_index, scope, squared, validate, fin, process_group,
+    return fused_loss(
+        logits, target, "multilabel", ignore_index, scope, squared, validate, fin,
         pixel=PIXEL_SIGMOID, w=wp, w2=wn,
+        process_group=process_group,
     )  # fmt: skip
 
 
@@ -190,10 +165,11 @@ def focal_dice_loss(
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
         wp, wn = _sigmoid_weights(C, logits, validate)
-        return _compound(
-            logits, target, mode, ignore_index, scope, False, validate, fin, process_group,
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, False, validate, fin,
             pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma),
             alpha=None if alpha is None else float(alpha), focal=True,
+            process_group=process_group,
         )  # fmt: skip
     if C > MAX_SINGLE_C:
         _unfused(process_group)
@@ -205,9 +181,10 @@ def focal_dice_loss(
     vec, scale = None, 1.0 if alpha is None else alpha
     if not isinstance(scale, (int, float)):
         vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
-    return _compound(
-        logits, target, mode, ignore_index, scope, False, validate, fin, process_group,
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, False, validate, fin,
         pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,
+        process_group=process_group,
     )  # fmt: skip
 
 
@@ -234,7 +211,8 @@ def combo_loss(
         DICE, smooth, smooth, 1e-7, mean=True, lam_reg=1.0 - alpha, lam_pix=alpha,
         pix_mean=reduction == "mean", offset=alpha - 1.0,
     )  # fmt: skip
-    return _compound(
-        logits, target, "multilabel", ignore_index, scope, False, validate, fin, process_group,
+    return fused_loss(
+        logits, target, "multilabel", ignore_index, scope, False, validate, fin,
         pixel=PIXEL_SIGMOID, w=wp, w2=wn,
+        process_group=process_group,
     )  # fmt: skip

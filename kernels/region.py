@@ -8,16 +8,17 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
   order: no one-hot, no float atomics, bitwise deterministic.
 - A one-program Triton finalize (``_finalize_kernels.py``) turns those ``[B, C]`` sums
   into the loss and ``a = dL/dI``, ``b = dL/dP`` per (image, class) in one launch. Where
-  it does not apply (reduction 'none', a ``process_group``, focal Tversky with
-  ``gamma_after_mean``) the reference's own formula runs on the sums instead, and
-  autograd through it gives ``a`` and ``b`` (a few dozen tiny torch ops).
+  it does not apply (reduction 'none', focal Tversky with ``gamma_after_mean``) the
+  reference's own formula runs on the sums instead, and autograd through it gives ``a``
+  and ``b`` (a few dozen tiny torch ops).
 - Pass 2 (the backward, a Triton kernel) recomputes the probabilities and writes
   ``dL/dz`` once. Nothing of pixel size is saved between the passes.
 - No host synchronisation unless ``validate=True`` (which reads the labels / masks and
   the weight vectors and raises ``ValueError`` on bad values); without it a label outside
   ``[0, C)`` or a mask value outside [0, 1] makes the loss NaN.
 - ``process_group`` (torch.distributed, scope 'batch'): the per-class sums are
-  all-reduced before the formula, as in the reference (see its docstrings).
+  all-reduced before the finalize, as in the reference (see its docstrings); the
+  gradient of the global sums is that of the local ones, so pass 2 is unchanged.
 """
 
 from __future__ import annotations
@@ -279,6 +280,49 @@ _ABSENT = {"include": 0, "exclude": 1, "zero": 2}
 _GDL_WEIGHTS = ("square", "simple", "uniform")
 
 
+def _loss_and_coefs(
+    logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+    alpha, focal, cw, gvec, floats, flags, group=None,
+):  # fmt: skip
+    """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
+    for grad_output 1 (``dL/dI, dL/dP`` per image, then dL / d pixel-loss sum per image).
+    ``floats``: a_I, b_I, b_P, b_T, smooth_nr, smooth_dr, eps, gamma, lam_reg, lam_pix,
+    offset; ``flags``: image scope, region mean, pixel mean, log, focal power, absent,
+    generalized Dice weight type (-1: not GDL), absent weight 'max'. With a process
+    ``group`` (batch scope) the batch sums are all-reduced first: the coefficients of
+    global sums are those of the local ones."""
+    total = _pass1(
+        logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        alpha, focal,
+    )  # fmt: skip
+    if group is not None:
+        total = total.sum(0, keepdim=True)
+        dist.all_reduce(total, group=group)
+    B, C = logits.shape[:2]
+    loss = torch.empty((), dtype=torch.float32, device=logits.device)
+    out = torch.empty(B * 2 * C + B, dtype=torch.float32, device=logits.device)
+    image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max = flags
+    sizes = (B, total.shape[0], C, 3 * C + 2)
+    blocks = {
+        "BLOCK_C": min(1024, triton.next_power_of_2(C)),
+        "BLOCK_B": min(1024, triton.next_power_of_2(B)),
+    }
+    if gdl_type >= 0:
+        _gdl_finalize_kernel[(1,)](
+            total, cw, loss, out, *sizes, *floats[4:7], IMAGE=bool(image),
+            MEAN=bool(reg_mean), WEIGHT_TYPE=gdl_type, ABSENT_MAX=bool(gdl_max),
+            HAS_W=cw is not None, **blocks,
+        )  # fmt: skip
+        return loss, out
+    _region_finalize_kernel[(1,)](
+        total, cw, gvec, loss, out, *sizes, *floats,
+        IMAGE=bool(image), REG_MEAN=bool(reg_mean), PIXEL=pixel != 0, PIX_MEAN=bool(pix_mean),
+        LOG=bool(log), FOCAL=bool(power), GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
+        ABSENT=absent, **blocks,
+    )  # fmt: skip
+    return loss, out
+
+
 @torch.library.custom_op("segtriton::region_loss", mutates_args=())
 def _region_loss(
     logits: torch.Tensor,
@@ -299,37 +343,11 @@ def _region_loss(
     floats: list[float],
     flags: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
-    for grad_output 1 (``dL/dI, dL/dP`` per image, then dL / d pixel-loss sum per image).
-    ``floats``: a_I, b_I, b_P, b_T, smooth_nr, smooth_dr, eps, gamma, lam_reg, lam_pix,
-    offset; ``flags``: image scope, region mean, pixel mean, log, focal power, absent,
-    generalized Dice weight type (-1: not GDL), absent weight 'max'."""
-    total = _pass1(
+    """:func:`_loss_and_coefs` on local sums, as a custom op (torch.compile, graphs)."""
+    return _loss_and_coefs(
         logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
-        alpha, focal,
+        alpha, focal, cw, gvec, floats, flags,
     )  # fmt: skip
-    B, C = logits.shape[:2]
-    loss = torch.empty((), dtype=torch.float32, device=logits.device)
-    out = torch.empty(B * 2 * C + B, dtype=torch.float32, device=logits.device)
-    image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max = flags
-    blocks = {
-        "BLOCK_C": min(1024, triton.next_power_of_2(C)),
-        "BLOCK_B": min(1024, triton.next_power_of_2(B)),
-    }
-    if gdl_type >= 0:
-        _gdl_finalize_kernel[(1,)](
-            total, cw, loss, out, B, C, 3 * C + 2, *floats[4:7], IMAGE=bool(image),
-            MEAN=bool(reg_mean), WEIGHT_TYPE=gdl_type, ABSENT_MAX=bool(gdl_max),
-            HAS_W=cw is not None, **blocks,
-        )  # fmt: skip
-        return loss, out
-    _region_finalize_kernel[(1,)](
-        total, cw, gvec, loss, out, B, C, 3 * C + 2, *floats,
-        IMAGE=bool(image), REG_MEAN=bool(reg_mean), PIXEL=pixel != 0, PIX_MEAN=bool(pix_mean),
-        LOG=bool(log), FOCAL=bool(power), GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
-        ABSENT=absent, **blocks,
-    )  # fmt: skip
-    return loss, out
 
 
 @_region_loss.register_fake
@@ -357,6 +375,23 @@ def _loss_backward(ctx, grad_loss, _grad_out):
 torch.library.register_autograd("segtriton::region_loss", _loss_backward, setup_context=_loss_setup)
 
 
+class _GlobalRegionLoss(torch.autograd.Function):
+    """:func:`_loss_and_coefs` with the sums all-reduced over a process group (eager: a
+    collective inside a custom op would hide it from torch.compile anyway)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, group, *args):
+        loss, out = _loss_and_coefs(logits, target, *args, group=group)
+        ctx.params, ctx.n_inputs = args[:11], 3 + len(args)
+        ctx.save_for_backward(logits, target, out)
+        ctx.mark_non_differentiable(out)
+        return loss, out
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_out):
+        return _loss_backward(ctx, grad_loss, _grad_out)
+
+
 def _checked(logits, target, mode, ignore_index, scope, validate):
     """``(target, labels, ignore)``: checked inputs in the form pass 1 takes."""
     check_choice("scope", scope, ("batch", "image"))
@@ -366,11 +401,11 @@ def _checked(logits, target, mode, ignore_index, scope, validate):
     return target, labels, None if ignore_index is None else float(ignore_index)
 
 
-def _direct(reduction: str, process_group: dist.ProcessGroup | None) -> bool:
-    """Whether the finalize kernel computes the loss: a scalar from local sums (else the
-    reference formula runs on the sums, with autograd through it)."""
+def _direct(reduction: str) -> bool:
+    """Whether the finalize kernel computes the loss: a scalar (reduction 'none' runs the
+    reference formula on the sums, with autograd through it)."""
     check_choice("reduction", reduction, ("mean", "sum", "none"))
-    return reduction != "none" and process_group is None
+    return reduction != "none"
 
 
 def fused_loss(
@@ -390,9 +425,11 @@ def fused_loss(
     scale: float = 1.0,
     alpha: float | None = None,
     focal: bool = False,
+    process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """A region (or compound) loss as pass 1 plus the Triton finalize (one launch), with
-    pass 2 as its backward. The pixel-term arguments are those of :func:`_region_sums`."""
+    pass 2 as its backward. The pixel-term arguments are those of :func:`_region_sums`;
+    ``process_group`` (batch scope) all-reduces the sums before the finalize."""
     target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     check_choice("absent", fin.absent, tuple(_ABSENT))
     power = fin.gamma is not None
@@ -404,11 +441,15 @@ def fused_loss(
     ]  # fmt: skip
     flags = [scope == "image", fin.mean, fin.pix_mean, fin.log, power, _ABSENT[fin.absent]]
     flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
-    loss, _ = _region_loss(
-        logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha,
-        focal, fin.weight, gvec, floats, [int(f) for f in flags],
+    args = (
+        labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal,
+        fin.weight, gvec, floats, [int(f) for f in flags],
     )  # fmt: skip
-    return loss
+    if process_group is None:
+        return _region_loss(logits, target, *args)[0]
+    if scope != "batch":
+        raise ValueError("process_group needs scope='batch' (the sums run over the batch)")
+    return _GlobalRegionLoss.apply(logits, target, process_group, *args)[0]
 
 
 def _region_sums(
@@ -478,12 +519,15 @@ def dice_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Dice loss; semantics of ``segtriton.reference.dice_loss``."""
-    if _direct(reduction, process_group):
+    if _direct(reduction):
         fin = Finalize(
             DICE, smooth_nr, smooth_dr, eps, log_loss, None, absent,
             _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
         )  # fmt: skip
-        return fused_loss(logits, target, mode, ignore_index, scope, squared, validate, fin)
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, squared, validate, fin,
+            process_group=process_group,
+        )  # fmt: skip
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, validate, process_group
     )
@@ -510,12 +554,15 @@ def jaccard_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Jaccard loss; semantics of ``segtriton.reference.jaccard_loss``."""
-    if _direct(reduction, process_group):
+    if _direct(reduction):
         fin = Finalize(
             JACCARD, smooth_nr, smooth_dr, eps, log_loss, None, absent,
             _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
         )  # fmt: skip
-        return fused_loss(logits, target, mode, ignore_index, scope, squared, validate, fin)
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, squared, validate, fin,
+            process_group=process_group,
+        )  # fmt: skip
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, validate, process_group
     )
@@ -542,12 +589,15 @@ def tversky_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton Tversky loss; semantics of ``segtriton.reference.tversky_loss``."""
-    if _direct(reduction, process_group):
+    if _direct(reduction):
         fin = Finalize(
             tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, None, absent,
             _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
         )  # fmt: skip
-        return fused_loss(logits, target, mode, ignore_index, scope, False, validate, fin)
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, False, validate, fin,
+            process_group=process_group,
+        )  # fmt: skip
     stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
     return ref_region.tversky_from_stats(
         stats, alpha, beta, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate
@@ -574,14 +624,17 @@ def focal_tversky_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton focal Tversky loss; semantics of ``segtriton.reference.focal_tversky_loss``."""
-    if _direct(reduction, process_group) and not gamma_after_mean:
+    if _direct(reduction) and not gamma_after_mean:
         if not isinstance(gamma, (int, float)):
             gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
         fin = Finalize(
             tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,
             _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
         )  # fmt: skip
-        return fused_loss(logits, target, mode, ignore_index, scope, False, validate, fin)
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, False, validate, fin,
+            process_group=process_group,
+        )  # fmt: skip
     stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
     return ref_region.focal_tversky_from_stats(
         stats,
@@ -617,7 +670,7 @@ def generalized_dice_loss(
 ) -> torch.Tensor:
     """Triton generalized Dice loss; semantics of
     ``segtriton.reference.generalized_dice_loss``."""
-    if _direct(reduction, process_group):
+    if _direct(reduction):
         check_choice("weight_type", weight_type, _GDL_WEIGHTS)
         check_choice("absent_weight", absent_weight, ("max", "zero"))
         fin = Finalize(
@@ -625,7 +678,10 @@ def generalized_dice_loss(
             weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
             mean=reduction == "mean", gdl=(weight_type, absent_weight),
         )  # fmt: skip
-        return fused_loss(logits, target, mode, ignore_index, scope, False, validate, fin)
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, False, validate, fin,
+            process_group=process_group,
+        )  # fmt: skip
     stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
     return ref_region.generalized_dice_from_stats(
         stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction, validate

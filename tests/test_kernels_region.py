@@ -203,8 +203,9 @@ def test_torch_compile_fullgraph(gen):
 def test_process_group_needs_batch_scope(gen):
     x = torch.randn(2, 3, 4, 5, generator=gen)
     y = torch.randint(0, 3, (2, 4, 5), generator=gen)
-    with pytest.raises(ValueError, match="process_group needs scope='batch'"):
-        ref.dice_loss(x, y, scope="image", process_group=object())
+    for fn in (ref.dice_loss, ker.dice_loss, ker.generalized_dice_loss):
+        with pytest.raises(ValueError, match="process_group needs scope='batch'"):
+            fn(x.to(DEVICE), y.to(DEVICE), scope="image", process_group=object())
 
 
 def _global_dice_worker(rank: int, world: int, init_file: str, seed: int) -> None:
