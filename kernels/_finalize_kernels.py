@@ -8,10 +8,11 @@ The per-class index is a ratio of linear forms in the sums::
 
 (Dice: 2, 0, 1, 1; Jaccard: 1, -1, 1, 1; Tversky: 1, 1 - alpha - beta, alpha, beta), the
 class loss is ``1 - r`` or ``-log(max(r, eps))``, optionally ``max(1 - r, 0) ** gamma_c``
-(focal Tversky), the absent-class policy and class weights apply as in the reference's
-``_class_reduce``, and units (the batch, or each image) are reduced by 'mean' (weighted
-class mean per unit, then the mean over units that have weight) or 'sum'. A compound
-loss adds ``lam_pix`` times its pixel term (sum, or sum / divisor for 'mean').
+(focal Tversky; FOCAL 1) or ``max(1 - r, 0)`` with the class mean raised to ``gamma``
+(FOCAL 2, ``gamma_after_mean``), the absent-class policy and class weights apply as in
+the reference's ``_class_reduce``, and units (the batch, or each image) are reduced by
+'mean' (weighted class mean per unit, then the mean over units that have weight) or
+'sum'. A compound loss adds ``lam_pix`` times its pixel term (sum, or sum / divisor for 'mean').
 
 Every clamp is written ``where(x < lo, lo, x)`` so a NaN sum (a bad label) stays NaN.
 """
@@ -67,7 +68,10 @@ def _class_terms(
     else:
         loss = 1.0 - r
         dl_dr = tl.full(r.shape, -1.0, tl.float32)
-    if FOCAL:  # max(loss, 0) ** gamma with a zero gradient at 0
+    if FOCAL == 2:  # max(loss, 0), powered after the class mean
+        dl_dr = tl.where(loss >= 0.0, dl_dr, 0.0)
+        loss = tl.where(loss < 0.0, 0.0, loss)
+    if FOCAL == 1:  # max(loss, 0) ** gamma with a zero gradient at 0
         if GAMMA_VEC:
             g = tl.load(gam_ptr + offs_c, mask=cmask, other=1.0)
         else:
@@ -148,6 +152,11 @@ def _region_finalize_kernel(
     else:
         region = acc
         unit_scale = lam_reg
+    if FOCAL == 2:  # (class mean) ** gamma, with a zero gradient where the mean is 0
+        pos = region > 0.0
+        log_m = tl.log(tl.where(pos, region, 1.0))
+        unit_scale = tl.where(pos, unit_scale * gamma * tl.exp((gamma - 1.0) * log_m), 0.0)
+        region = tl.where(pos, tl.exp(gamma * log_m), region * 0.0)
     for u in range(n_units):
         k = unit_scale
         if REG_MEAN:

@@ -8,9 +8,8 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
   order: no one-hot, no float atomics, bitwise deterministic.
 - A one-program Triton finalize (``_finalize_kernels.py``) turns those ``[B, C]`` sums
   into the loss and ``a = dL/dI``, ``b = dL/dP`` per (image, class) in one launch. Where
-  it does not apply (reduction 'none', focal Tversky with ``gamma_after_mean``) the
-  reference's own formula runs on the sums instead, and autograd through it gives ``a``
-  and ``b`` (a few dozen tiny torch ops).
+  it does not apply (reduction 'none') the reference's own formula runs on the sums
+  instead, and autograd through it gives ``a`` and ``b`` (a few dozen tiny torch ops).
 - Pass 2 (the backward, a Triton kernel) recomputes the probabilities and writes
   ``dL/dz`` once. Nothing of pixel size is saved between the passes.
 - No host synchronisation unless ``validate=True`` (which reads the labels / masks and
@@ -266,6 +265,7 @@ class Finalize(NamedTuple):
     pix_mean: bool = True
     offset: float = 0.0
     gdl: tuple[str, str] | None = None  # generalized Dice: (weight_type, absent_weight)
+    gamma_after_mean: bool = False  # ``gamma`` powers the class mean ('mean' only)
 
 
 DICE, JACCARD = (2.0, 0.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0)
@@ -287,7 +287,8 @@ def _loss_and_coefs(
     """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
     for grad_output 1 (``dL/dI, dL/dP`` per image, then dL / d pixel-loss sum per image).
     ``floats``: a_I, b_I, b_P, b_T, smooth_nr, smooth_dr, eps, gamma, lam_reg, lam_pix,
-    offset; ``flags``: image scope, region mean, pixel mean, log, focal power, absent,
+    offset; ``flags``: image scope, region mean, pixel mean, log, focal power (1 per
+    class, 2 after the mean), absent,
     generalized Dice weight type (-1: not GDL), absent weight 'max'. With a process
     ``group`` (batch scope) the batch sums are all-reduced first: the coefficients of
     global sums are those of the local ones."""
@@ -317,7 +318,7 @@ def _loss_and_coefs(
     _region_finalize_kernel[(1,)](
         total, cw, gvec, loss, out, *sizes, *floats,
         IMAGE=bool(image), REG_MEAN=bool(reg_mean), PIXEL=pixel != 0, PIX_MEAN=bool(pix_mean),
-        LOG=bool(log), FOCAL=bool(power), GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
+        LOG=bool(log), FOCAL=power, GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
         ABSENT=absent, **blocks,
     )  # fmt: skip
     return loss, out
@@ -432,7 +433,7 @@ def fused_loss(
     ``process_group`` (batch scope) all-reduces the sums before the finalize."""
     target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     check_choice("absent", fin.absent, tuple(_ABSENT))
-    power = fin.gamma is not None
+    power = 0 if fin.gamma is None else 2 if fin.gamma_after_mean else 1
     gvec = fin.gamma if isinstance(fin.gamma, torch.Tensor) else None
     floats = [
         *map(float, fin.form), fin.smooth_nr, fin.smooth_dr, fin.eps,
@@ -624,12 +625,15 @@ def focal_tversky_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton focal Tversky loss; semantics of ``segtriton.reference.focal_tversky_loss``."""
-    if _direct(reduction) and not gamma_after_mean:
-        if not isinstance(gamma, (int, float)):
+    scalar = isinstance(gamma, (int, float))
+    after_ok = not gamma_after_mean or (scalar and reduction == "mean")  # else: the error
+    if _direct(reduction) and after_ok:
+        if not scalar:
             gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
         fin = Finalize(
             tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,
             _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
+            gamma_after_mean=gamma_after_mean,
         )  # fmt: skip
         return fused_loss(
             logits, target, mode, ignore_index, scope, False, validate, fin,

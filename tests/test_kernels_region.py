@@ -110,8 +110,15 @@ def test_focal_tversky_index_above_one(seed, gen):
     t = torch.randint(0, 3, (2, 5, 6), generator=gen)
     x = 20.0 * torch.nn.functional.one_hot(t, 3).movedim(-1, 1).float()
     x += 0.1 * torch.randn(x.shape, generator=gen)
+    entry, x, t = get("focal_tversky"), x.to(DEVICE), t.to(DEVICE)
     opts = {"smooth_nr": 1.0, "gamma": [0.5, 2.0, 1.0], "scope": "image"}
-    assert_matches(get("focal_tversky"), x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
+    assert_matches(entry, x, t, opts, torch.float32, seed)
+    opts = {"smooth_nr": 1.0, "gamma": 0.75, "gamma_after_mean": True}
+    assert_matches(entry, x, t, opts, torch.float32, seed)  # every class clamped: mean 0
+    # classes 0, 1 right (TI > 1, clamped), class 2 predicted as class 3: a positive mean
+    x4 = 4.0 * torch.nn.functional.one_hot(torch.where(t == 2, 3, t), 4).movedim(-1, 1)
+    x4 = x4.float() + 0.1 * torch.randn(x4.shape, generator=gen).to(DEVICE)
+    assert_matches(entry, x4, t, {**opts, "smooth_nr": 5.0}, torch.float32, seed)
 
 
 def test_generalized_dice_absent_weights(seed, gen):
