@@ -393,6 +393,11 @@ class _GlobalRegionLoss(torch.autograd.Function):
         return _loss_backward(ctx, grad_loss, _grad_out)
 
 
+@torch.compiler.disable  # a clean graph break around the collective under torch.compile
+def _global_region_loss(logits, target, group, *args):
+    return _GlobalRegionLoss.apply(logits, target, group, *args)[0]
+
+
 def _checked(logits, target, mode, ignore_index, scope, validate):
     """``(target, labels, ignore)``: checked inputs in the form pass 1 takes."""
     check_choice("scope", scope, ("batch", "image"))
@@ -450,7 +455,7 @@ def fused_loss(
         return _region_loss(logits, target, *args)[0]
     if scope != "batch":
         raise ValueError("process_group needs scope='batch' (the sums run over the batch)")
-    return _GlobalRegionLoss.apply(logits, target, process_group, *args)[0]
+    return _global_region_loss(logits, target, process_group, *args)
 
 
 def _region_sums(
