@@ -214,6 +214,8 @@ def boundary_loss(
         raise ValueError(
             f"dist_map shape {tuple(dist_map.shape)} must equal logits {tuple(logits.shape)}"
         )
+    elif dist_map.device != logits.device:
+        raise ValueError(f"dist_map is on {dist_map.device} but logits on {logits.device}")
     if reduction == "none":
         with value_checks(False):
             return ref_boundary.boundary_loss(

@@ -124,6 +124,16 @@ def test_boundary_all_ignored_and_ignore_heavy(mode, seed, gen):
     assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))  # as the reference
 
 
+def test_boundary_rejects_a_map_that_does_not_fit(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
+    with pytest.raises(ValueError, match="dist_map shape"):
+        ker.boundary_loss(x, y, dist_map=torch.zeros(2, 3, 5, 4, device=DEVICE))
+    if DEVICE == "cuda":
+        with pytest.raises(ValueError, match="dist_map is on cpu"):
+            ker.boundary_loss(x, y, dist_map=torch.zeros(2, 3, 4, 5))
+
+
 def test_boundary_bad_values_make_nan_without_validate(gen):
     x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
     y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
