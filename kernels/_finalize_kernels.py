@@ -119,13 +119,15 @@ def _unit_totals(
 def _region_finalize_kernel(
     tot_ptr, w_ptr, gam_ptr, loss_ptr, out_ptr, B, n_rows, C, row,
     a_i, b_i, b_p, b_t, snr, sdr, eps, gamma, lam_reg, lam_pix, offset,
-    IMAGE: tl.constexpr, REG_MEAN: tl.constexpr, PIXEL: tl.constexpr, PIX_MEAN: tl.constexpr,
+    IMAGE: tl.constexpr, REG_MEAN: tl.constexpr, NONE: tl.constexpr, PIXEL: tl.constexpr,
+    PIX_MEAN: tl.constexpr,
     LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr, HAS_W: tl.constexpr,
     ABSENT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
 ):  # fmt: skip
     """One program. ``tot [n_rows, row]``: per image (or, over a process group, for the
     global batch: ``n_rows`` 1) ``I[C], P[C], T[C]``, pixel-loss sum and divisor. Writes
-    ``loss = lam_reg region + lam_pix pixel + offset`` and ``out`` for the B images:
+    ``loss = lam_reg region + lam_pix pixel + offset`` (NONE: ``w_c l_c`` per unit and
+    class, ``[units, C]``, and ``out`` per unit of it) and ``out`` for the B images:
     ``dL/dI [B, C]`` and ``dL/dP [B, C]`` interleaved per image (``[B, 2, C]``), then
     ``dL/d(pixel-loss sum of image b)`` ``[B]``."""
     if IMAGE:
@@ -168,10 +170,12 @@ def _region_finalize_kernel(
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
-            w, _, dl_di, dl_dp = _class_terms(
+            w, loss, dl_di, dl_dp = _class_terms(
                 tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr,
                 eps, gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
             )  # fmt: skip
+            if NONE:  # the weighted loss of each (unit, class); coefficients per unit of it
+                tl.store(loss_ptr + u * C + offs_c, w * loss, mask=cmask)
             if IMAGE:
                 tl.store(out_ptr + u * 2 * C + offs_c, k * w * dl_di, mask=cmask)
                 tl.store(out_ptr + u * 2 * C + C + offs_c, k * w * dl_dp, mask=cmask)
@@ -200,7 +204,8 @@ def _region_finalize_kernel(
         offs_b = b0 + tl.arange(0, BLOCK_B)
         kvec = tl.zeros([BLOCK_B], tl.float32) + kpix
         tl.store(out_ptr + 2 * B * C + offs_b, kvec, mask=offs_b < B)
-    tl.store(loss_ptr, lam_reg * region + lam_pix * pix + offset)
+    if not NONE:
+        tl.store(loss_ptr, lam_reg * region + lam_pix * pix + offset)
 
 
 @triton.jit
@@ -225,7 +230,7 @@ def _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE: tl.constexpr, HAS_W: t
 @triton.jit
 def _gdl_finalize_kernel(
     tot_ptr, cw_ptr, loss_ptr, out_ptr, B, n_rows, C, row, snr, sdr, eps,
-    IMAGE: tl.constexpr, MEAN: tl.constexpr, WEIGHT_TYPE: tl.constexpr,
+    IMAGE: tl.constexpr, MEAN: tl.constexpr, NONE: tl.constexpr, WEIGHT_TYPE: tl.constexpr,
     ABSENT_MAX: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):  # fmt: skip
@@ -264,6 +269,8 @@ def _gdl_finalize_kernel(
         den = tl.where(den_raw < eps, eps, den_raw)
         r = num / den
         total += 1.0 - r
+        if NONE:
+            tl.store(loss_ptr + u, 1.0 - r)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
@@ -281,4 +288,5 @@ def _gdl_finalize_kernel(
     for b0 in range(0, B, BLOCK_B):
         offs_b = b0 + tl.arange(0, BLOCK_B)
         tl.store(out_ptr + 2 * B * C + offs_b, tl.zeros([BLOCK_B], tl.float32), mask=offs_b < B)
-    tl.store(loss_ptr, total * scale)
+    if not NONE:
+        tl.store(loss_ptr, total * scale)

@@ -7,9 +7,10 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
   ``I, P, T`` per (image, class) in fp32, from per-program partial rows added in a fixed
   order: no one-hot, no float atomics, bitwise deterministic.
 - A one-program Triton finalize (``_finalize_kernels.py``) turns those ``[B, C]`` sums
-  into the loss and ``a = dL/dI``, ``b = dL/dP`` per (image, class) in one launch. Where
-  it does not apply (reduction 'none') the reference's own formula runs on the sums
-  instead, and autograd through it gives ``a`` and ``b`` (a few dozen tiny torch ops).
+  into the loss and ``a = dL/dI``, ``b = dL/dP`` per (image, class) in one launch, for
+  every reduction (with 'none', ``a`` and ``b`` are per unit and class of the output and
+  the backward multiplies them by its grad_output). :func:`region_stats` returns the
+  differentiable sums themselves, for formulas of one's own.
 - Pass 2 (the backward, a Triton kernel) recomputes the probabilities and writes
   ``dL/dz`` once. Nothing of pixel size is saved between the passes.
 - No host synchronisation unless ``validate=True`` (which reads the labels / masks and
@@ -266,6 +267,7 @@ class Finalize(NamedTuple):
     offset: float = 0.0
     gdl: tuple[str, str] | None = None  # generalized Dice: (weight_type, absent_weight)
     gamma_after_mean: bool = False  # ``gamma`` powers the class mean ('mean' only)
+    none: bool = False  # reduction 'none': a loss per unit and class (per unit for GDL)
 
 
 DICE, JACCARD = (2.0, 0.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0)
@@ -280,6 +282,14 @@ _ABSENT = {"include": 0, "exclude": 1, "zero": 2}
 _GDL_WEIGHTS = ("square", "simple", "uniform")
 
 
+def _loss_shape(B: int, C: int, flags: list[int]) -> tuple[int, ...]:
+    """A scalar, or with reduction 'none' one value per unit (and class but for GDL)."""
+    if not flags[8]:
+        return ()
+    units = B if flags[0] else 1
+    return (units,) if flags[6] >= 0 else (units, C)
+
+
 def _loss_and_coefs(
     logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
     alpha, focal, cw, gvec, floats, flags, group=None,
@@ -288,10 +298,11 @@ def _loss_and_coefs(
     for grad_output 1 (``dL/dI, dL/dP`` per image, then dL / d pixel-loss sum per image).
     ``floats``: a_I, b_I, b_P, b_T, smooth_nr, smooth_dr, eps, gamma, lam_reg, lam_pix,
     offset; ``flags``: image scope, region mean, pixel mean, log, focal power (1 per
-    class, 2 after the mean), absent,
-    generalized Dice weight type (-1: not GDL), absent weight 'max'. With a process
-    ``group`` (batch scope) the batch sums are all-reduced first: the coefficients of
-    global sums are those of the local ones."""
+    class, 2 after the mean), absent, generalized Dice weight type (-1: not GDL), absent
+    weight 'max', reduction 'none' (then the loss is ``[units, C]``, ``[units]`` for GDL,
+    and the coefficients are per unit of it). With a process ``group`` (batch scope) the
+    batch sums are all-reduced first: the coefficients of global sums are those of the
+    local ones."""
     total = _pass1(
         logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
         alpha, focal,
@@ -300,9 +311,9 @@ def _loss_and_coefs(
         total = total.sum(0, keepdim=True)
         dist.all_reduce(total, group=group)
     B, C = logits.shape[:2]
-    loss = torch.empty((), dtype=torch.float32, device=logits.device)
+    loss = torch.empty(_loss_shape(B, C, flags), dtype=torch.float32, device=logits.device)
     out = torch.empty(B * 2 * C + B, dtype=torch.float32, device=logits.device)
-    image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max = flags
+    image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max, none = flags
     sizes = (B, total.shape[0], C, 3 * C + 2)
     blocks = {
         "BLOCK_C": min(1024, triton.next_power_of_2(C)),
@@ -311,13 +322,14 @@ def _loss_and_coefs(
     if gdl_type >= 0:
         _gdl_finalize_kernel[(1,)](
             total, cw, loss, out, *sizes, *floats[4:7], IMAGE=bool(image),
-            MEAN=bool(reg_mean), WEIGHT_TYPE=gdl_type, ABSENT_MAX=bool(gdl_max),
+            MEAN=bool(reg_mean), NONE=bool(none), WEIGHT_TYPE=gdl_type, ABSENT_MAX=bool(gdl_max),
             HAS_W=cw is not None, **blocks,
         )  # fmt: skip
         return loss, out
     _region_finalize_kernel[(1,)](
         total, cw, gvec, loss, out, *sizes, *floats,
-        IMAGE=bool(image), REG_MEAN=bool(reg_mean), PIXEL=pixel != 0, PIX_MEAN=bool(pix_mean),
+        IMAGE=bool(image), REG_MEAN=bool(reg_mean), NONE=bool(none), PIXEL=pixel != 0,
+        PIX_MEAN=bool(pix_mean),
         LOG=bool(log), FOCAL=power, GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
         ABSENT=absent, **blocks,
     )  # fmt: skip
@@ -354,21 +366,27 @@ def _region_loss(
 @_region_loss.register_fake
 def _(logits, target, *params):
     B, C = logits.shape[:2]
-    loss = logits.new_empty((), dtype=torch.float32)
+    loss = logits.new_empty(_loss_shape(B, C, params[-1]), dtype=torch.float32)
     return loss, logits.new_empty((B * 2 * C + B,), dtype=torch.float32)
 
 
 def _loss_setup(ctx, inputs, output):
     logits, target, *params = inputs
     ctx.params, ctx.n_inputs = params[:11], len(inputs)  # the pass-1 parameters
+    ctx.per_class = params[-1][6] < 0  # 'none': a grad_output per class, but for GDL
     ctx.save_for_backward(logits, target, output[1])
 
 
 def _loss_backward(ctx, grad_loss, _grad_out):
     logits, target, out = ctx.saved_tensors
     B, C = logits.shape[:2]
-    scaled = out * grad_loss.to(torch.float32)
-    coef, kpix = scaled[: B * 2 * C].view(B, 2, C), scaled[B * 2 * C :]
+    g = grad_loss.to(torch.float32)
+    if g.dim() == 0:
+        scaled = out * g
+        coef, kpix = scaled[: B * 2 * C].view(B, 2, C), scaled[B * 2 * C :]
+    else:  # reduction 'none': each unit's (and class's) own grad_output
+        coef = out[: B * 2 * C].view(B, 2, C) * g.reshape(-1, 1, C if ctx.per_class else 1)
+        kpix = out[B * 2 * C :]
     grad = _region_grad(logits, target, coef, kpix, *ctx.params)
     return (grad,) + (None,) * (ctx.n_inputs - 1)
 
@@ -384,6 +402,7 @@ class _GlobalRegionLoss(torch.autograd.Function):
     def forward(ctx, logits, target, group, *args):
         loss, out = _loss_and_coefs(logits, target, *args, group=group)
         ctx.params, ctx.n_inputs = args[:11], 3 + len(args)
+        ctx.per_class = args[-1][6] < 0
         ctx.save_for_backward(logits, target, out)
         ctx.mark_non_differentiable(out)
         return loss, out
@@ -407,11 +426,10 @@ def _checked(logits, target, mode, ignore_index, scope, validate):
     return target, labels, None if ignore_index is None else float(ignore_index)
 
 
-def _direct(reduction: str) -> bool:
-    """Whether the finalize kernel computes the loss: a scalar (reduction 'none' runs the
-    reference formula on the sums, with autograd through it)."""
+def _reduce(reduction: str) -> dict[str, bool]:
+    """The :class:`Finalize` fields of ``reduction`` ('mean', 'sum' or 'none')."""
     check_choice("reduction", reduction, ("mean", "sum", "none"))
-    return reduction != "none"
+    return {"mean": reduction == "mean", "none": reduction == "none"}
 
 
 def fused_loss(
@@ -447,15 +465,19 @@ def fused_loss(
     ]  # fmt: skip
     flags = [scope == "image", fin.mean, fin.pix_mean, fin.log, power, _ABSENT[fin.absent]]
     flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
+    flags.append(fin.none)
     args = (
         labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal,
         fin.weight, gvec, floats, [int(f) for f in flags],
     )  # fmt: skip
     if process_group is None:
-        return _region_loss(logits, target, *args)[0]
-    if scope != "batch":
+        loss = _region_loss(logits, target, *args)[0]
+    elif scope != "batch":
         raise ValueError("process_group needs scope='batch' (the sums run over the batch)")
-    return _global_region_loss(logits, target, process_group, *args)
+    else:
+        loss = _global_region_loss(logits, target, process_group, *args)
+    per_class_batch = fin.none and scope == "batch" and not fin.gdl
+    return loss[0] if per_class_batch else loss  # the reference's [C] for one unit
 
 
 def _region_sums(
@@ -525,21 +547,15 @@ def dice_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Dice loss; semantics of ``segtriton.reference.dice_loss``."""
-    if _direct(reduction):
-        fin = Finalize(
-            DICE, smooth_nr, smooth_dr, eps, log_loss, None, absent,
-            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
-        )  # fmt: skip
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, squared, validate, fin,
-            process_group=process_group,
-        )  # fmt: skip
-    stats = region_stats(
-        logits, target, mode, ignore_index, scope, squared, validate, process_group
-    )
-    return ref_region.dice_from_stats(
-        stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction, validate
-    )
+    fin = Finalize(
+        DICE, smooth_nr, smooth_dr, eps, log_loss, None, absent,
+        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        **_reduce(reduction),
+    )  # fmt: skip
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, squared, validate, fin,
+        process_group=process_group,
+    )  # fmt: skip
 
 
 def jaccard_loss(
@@ -560,21 +576,15 @@ def jaccard_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Jaccard loss; semantics of ``segtriton.reference.jaccard_loss``."""
-    if _direct(reduction):
-        fin = Finalize(
-            JACCARD, smooth_nr, smooth_dr, eps, log_loss, None, absent,
-            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
-        )  # fmt: skip
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, squared, validate, fin,
-            process_group=process_group,
-        )  # fmt: skip
-    stats = region_stats(
-        logits, target, mode, ignore_index, scope, squared, validate, process_group
-    )
-    return ref_region.jaccard_from_stats(
-        stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction, validate
-    )
+    fin = Finalize(
+        JACCARD, smooth_nr, smooth_dr, eps, log_loss, None, absent,
+        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        **_reduce(reduction),
+    )  # fmt: skip
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, squared, validate, fin,
+        process_group=process_group,
+    )  # fmt: skip
 
 
 def tversky_loss(
@@ -595,19 +605,15 @@ def tversky_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton Tversky loss; semantics of ``segtriton.reference.tversky_loss``."""
-    if _direct(reduction):
-        fin = Finalize(
-            tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, None, absent,
-            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
-        )  # fmt: skip
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, False, validate, fin,
-            process_group=process_group,
-        )  # fmt: skip
-    stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
-    return ref_region.tversky_from_stats(
-        stats, alpha, beta, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate
-    )
+    fin = Finalize(
+        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, None, absent,
+        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        **_reduce(reduction),
+    )  # fmt: skip
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, False, validate, fin,
+        process_group=process_group,
+    )  # fmt: skip
 
 
 def focal_tversky_loss(
@@ -630,35 +636,18 @@ def focal_tversky_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton focal Tversky loss; semantics of ``segtriton.reference.focal_tversky_loss``."""
-    scalar = isinstance(gamma, (int, float))
-    after_ok = not gamma_after_mean or (scalar and reduction == "mean")  # else: the error
-    if _direct(reduction) and after_ok:
-        if not scalar:
-            gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
-        fin = Finalize(
-            tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,
-            _class_vector("weight", weight, logits.shape[1], logits, validate), reduction == "mean",
-            gamma_after_mean=gamma_after_mean,
-        )  # fmt: skip
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, False, validate, fin,
-            process_group=process_group,
-        )  # fmt: skip
-    stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
-    return ref_region.focal_tversky_from_stats(
-        stats,
-        alpha,
-        beta,
-        gamma,
-        gamma_after_mean,
-        smooth_nr,
-        smooth_dr,
-        eps,
-        absent,
-        weight,
-        reduction,
-        validate,
-    )
+    ref_region.check_gamma_after_mean(gamma, gamma_after_mean, reduction)
+    if not isinstance(gamma, (int, float)):
+        gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
+    fin = Finalize(
+        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,
+        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        gamma_after_mean=gamma_after_mean, **_reduce(reduction),
+    )  # fmt: skip
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, False, validate, fin,
+        process_group=process_group,
+    )  # fmt: skip
 
 
 def generalized_dice_loss(
@@ -679,19 +668,14 @@ def generalized_dice_loss(
 ) -> torch.Tensor:
     """Triton generalized Dice loss; semantics of
     ``segtriton.reference.generalized_dice_loss``."""
-    if _direct(reduction):
-        check_choice("weight_type", weight_type, _GDL_WEIGHTS)
-        check_choice("absent_weight", absent_weight, ("max", "zero"))
-        fin = Finalize(
-            DICE, smooth_nr, smooth_dr, eps,
-            weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
-            mean=reduction == "mean", gdl=(weight_type, absent_weight),
-        )  # fmt: skip
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, False, validate, fin,
-            process_group=process_group,
-        )  # fmt: skip
-    stats = region_stats(logits, target, mode, ignore_index, scope, False, validate, process_group)
-    return ref_region.generalized_dice_from_stats(
-        stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction, validate
-    )
+    check_choice("weight_type", weight_type, _GDL_WEIGHTS)
+    check_choice("absent_weight", absent_weight, ("max", "zero"))
+    fin = Finalize(
+        DICE, smooth_nr, smooth_dr, eps,
+        weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
+        gdl=(weight_type, absent_weight), **_reduce(reduction),
+    )  # fmt: skip
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, False, validate, fin,
+        process_group=process_group,
+    )  # fmt: skip

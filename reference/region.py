@@ -197,6 +197,16 @@ def tversky_from_stats(
     return _class_reduce(1 - ti, stats.present, absent, weight, reduction, check_values)
 
 
+def check_gamma_after_mean(gamma: object, gamma_after_mean: bool, reduction: str) -> None:
+    """``gamma_after_mean=True`` powers one class mean: it needs a scalar gamma and 'mean'."""
+    if not gamma_after_mean:
+        return
+    if not isinstance(gamma, (int, float)):
+        raise ValueError("gamma_after_mean=True needs a scalar gamma")
+    if reduction != "mean":
+        raise ValueError(f"gamma_after_mean=True needs reduction='mean', got {reduction!r}")
+
+
 def focal_tversky_from_stats(
     stats: RegionStats,
     alpha: float = 0.3,
@@ -215,11 +225,8 @@ def focal_tversky_from_stats(
     base = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
     base = base.clamp_min(0)
     present = stats.present
+    check_gamma_after_mean(gamma, gamma_after_mean, reduction)
     if gamma_after_mean:
-        if not isinstance(gamma, (int, float)):
-            raise ValueError("gamma_after_mean=True needs a scalar gamma")
-        if reduction != "mean":
-            raise ValueError(f"gamma_after_mean=True needs reduction='mean', got {reduction!r}")
         mean = _class_reduce(base, present, absent, weight, "mean", check_values)
         return _safe_pow(mean, gamma)
     if isinstance(gamma, (int, float)):
