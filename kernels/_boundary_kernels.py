@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._region_kernels import _chunk_terms, _load_chunk, _pixel_setup, _tile_grad
+from ._tiles import pixel_block
 
 
 @triton.jit
@@ -61,9 +62,7 @@ def _boundary_kernel(
     and, with WRITE_GRAD, ``dL/dz`` for grad_output = 1 (divided by ``denom`` with MEAN).
     Softmax over classes with LABELS (streamed in chunks unless SINGLE), else sigmoid."""
     pid = tl.program_id(0).to(tl.int64)
-    b = pid // n_pblocks
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    pmask = offs_p < S
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     gscale = 1.0
     if MEAN:

@@ -24,6 +24,7 @@ import triton.language as tl
 
 from ._pixelwise_kernels import _load_labels, _load_tile
 from ._region_kernels import _softmax_stats
+from ._tiles import pixel_block
 
 
 @triton.jit
@@ -51,9 +52,7 @@ def _lovasz_errors_kernel(
     """``key[b * key_b + c * key_c + s]``: the error of class c at pixel s of image b
     (softmax over one tile of every class with SINGLE, else streamed in chunks)."""
     pid = tl.program_id(0).to(tl.int64)
-    b = pid // n_pblocks
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    pmask = offs_p < S
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     out = key_ptr + b * key_b + offs_p
     if HINGE:
         x = tl.load(x_ptr + b * sxb + offs_p * sxs, mask=pmask, other=0.0).to(tl.float32)
@@ -123,9 +122,7 @@ def _lovasz_count_kernel(
 ):  # fmt: skip
     """``count[r, j]``: foreground entries among sorted positions of block j of row r."""
     pid = tl.program_id(0).to(tl.int64)
-    r = pid // n_kblocks
-    offs_k = (pid % n_kblocks) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-    kmask = offs_k < N
+    r, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r, sorted positions
     _, fg = _sorted_fg(
         perm_ptr + r * N, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
         HINGE, PER_IMAGE, HAS_IGNORE,
@@ -147,9 +144,7 @@ def _lovasz_grad_kernel(
     SCATTER: ``out[r * N + n_k] = w_r f'(e_k) g_k``, the gradient w.r.t. the entry's error.
     """
     pid = tl.program_id(0).to(tl.int64)
-    r = pid // n_kblocks
-    offs_k = (pid % n_kblocks) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-    kmask = offs_k < N
+    r, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r, sorted positions
     n, fg = _sorted_fg(
         perm_ptr + r * N, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
         HINGE, PER_IMAGE, HAS_IGNORE,
@@ -198,9 +193,7 @@ def _lovasz_softmax_grad_kernel(
     """``dL/dz`` from ``ge = dL/de`` (laid out as the keys): ``dp_c = ge_c sign(p_c - fg_c)``,
     ``dz_c = p_c (dp_c - sum_k p_k dp_k)``."""
     pid = tl.program_id(0).to(tl.int64)
-    b = pid // n_pblocks
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    pmask = offs_p < S
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     ys, valid, bad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)

@@ -11,14 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tiles import log1p
-
-
-@triton.jit
-def _pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
-    b = pid // n_pblocks
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    return b, offs_p, offs_p < S
+from ._tiles import log1p, pixel_block
 
 
 @triton.jit
@@ -77,7 +70,7 @@ def _valid_sum_kernel(
     their count. Valid: not ``ignore_index`` and, for labels, in ``[0, C)`` (bad labels are
     counted nowhere; the loss kernels turn them into NaN)."""
     pid = tl.program_id(0).to(tl.int64)
-    b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
     m = (offs_r < R)[:, None] & pmask[None, :]
     t = tl.load(t_ptr + b * stb + offs_r[:, None] * str_ + offs_p[None, :] * sts, mask=m, other=0)
@@ -207,7 +200,7 @@ def _softmax_loss_kernel(
     with PER_PIXEL, else assumed 1 and applied later in place).
     """
     pid = tl.program_id(0).to(tl.int64)
-    b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
     # the label's class factor: CE weight w_y or focal alpha_y (a vector), else a scalar
     if HAS_W:
@@ -389,7 +382,7 @@ def _sigmoid_loss_kernel(
     read one-vs-rest (``t_c = [y = c]``). Classes are looped in chunks of BLOCK_C.
     """
     pid = tl.program_id(0).to(tl.int64)
-    b, offs_p, pmask = _pixel_block(pid, n_pblocks, S, BLOCK_P)
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     acc = tl.zeros([BLOCK_P], tl.float32)

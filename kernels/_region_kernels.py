@@ -34,6 +34,7 @@ from ._pixelwise_kernels import (
     _softmax_terms,
     _softmax_tile_sums,
 )
+from ._tiles import pixel_block
 
 
 @triton.jit
@@ -381,9 +382,7 @@ def _region_grad_kernel(
     """``dL/dz`` of one pixel tile from ``coef[b, 0, c] = dL/dI``, ``coef[b, 1, c] = dL/dP``
     and (PIXEL) ``kpix[b]``, the weight of the pixel term's gradient."""
     pid = tl.program_id(0).to(tl.int64)
-    b = pid // n_pblocks
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    pmask = offs_p < S
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     coef = coef_ptr + b * 2 * C
     g_base = g_ptr + b * sgb + offs_p[None, :] * sgs

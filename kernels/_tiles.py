@@ -64,6 +64,15 @@ def sum_partials(partials: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
+def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
+    """Program ``pid`` of a ``B * n_pblocks`` grid: its image b, its int64 pixel offsets
+    and their mask (``offs_p < S``)."""
+    b = pid // n_pblocks
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    return b, offs_p, offs_p < S
+
+
+@triton.jit
 def log1p(r):
     """``log(1 + r)`` for ``r >= 0``, accurate where ``1 + r`` rounds (Kahan's trick)."""
     u = 1.0 + r
