@@ -38,6 +38,22 @@ def label_view(y: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return y, sb, ss
 
 
+def loss_views(
+    logits: torch.Tensor, target: torch.Tensor, labels: bool
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int, int, int]]:
+    """``(x, t, (sxb, sxc, sxs, stb, stc, sts))``: logits ``[B, C, S]`` and labels ``[B, S]``
+    (``stc`` 0) or masks ``[B, C, S]`` (bool read as uint8) as a kernel addresses them."""
+    x, sxb, sxc, sxs = pixel_view(logits)
+    if labels:
+        t, stb, sts = label_view(target)
+        stc = 0
+    else:
+        t, stb, stc, sts = pixel_view(
+            target.view(torch.uint8) if target.dtype == torch.bool else target
+        )
+    return x, t, (sxb, sxc, sxs, stb, stc, sts)
+
+
 def ignore_arg(ignore_index: float | None, labels: bool) -> tuple[int | float, bool]:
     """``(value, has_ignore)`` to pass a kernel: an int for integer labels (``NO_LABEL``
     for None), a float for masks (``has_ignore`` False for None)."""

@@ -26,9 +26,8 @@ from segtriton.reference._common import (
 
 from ._boundary_kernels import _boundary_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
-from ._tiles import class_blocks, ignore_arg, num_warps_for, pixel_view
+from ._tiles import class_blocks, ignore_arg, loss_views, num_warps_for, pixel_view
 from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
-from .region import _views
 
 MAX_LINE = 16384  # longest axis the 1-D pass holds in one tile
 
@@ -147,7 +146,7 @@ def _boundary_op(
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused pass: ``(loss, dL/dz for grad_output 1)``; 'mean' or 'sum' only."""
-    x, t, strides = _views(logits, target, labels)
+    x, t, strides = loss_views(logits, target, labels)
     phi, spb, spc, sps = pixel_view(dist_map)
     grad = _grad_buffer(logits, need_grad, reduction)
     g, sgb, sgc, sgs = pixel_view(grad) if grad.numel() else (None, 0, 0, 0)

@@ -43,6 +43,7 @@ from ._tiles import (
     NO_LABEL,
     class_blocks,
     label_view,
+    loss_views,
     num_warps_for,
     pixel_view,
     scale_grad_,
@@ -436,14 +437,7 @@ def _sigmoid_launch(
     grad,
     gout,
 ):
-    x, sxb, sxc, sxs = pixel_view(logits)
-    if labels:
-        t, stb, sts = label_view(target)
-        stc = 0
-    else:
-        t, stb, stc, sts = pixel_view(
-            target.view(torch.uint8) if target.dtype == torch.bool else target
-        )
+    x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c = min(triton.next_power_of_2(C), 16)

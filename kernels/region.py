@@ -43,7 +43,7 @@ from ._tiles import (
     MAX_SINGLE_C,
     class_blocks,
     ignore_arg,
-    label_view,
+    loss_views,
     num_warps_for,
     pixel_view,
 )
@@ -55,23 +55,11 @@ _PROGRAMS = 1024  # pass-1 programs per launch (each sums a contiguous run of pi
 Weights = torch.Tensor | Sequence[float] | None
 
 
-def _views(logits, target, labels):
-    x, sxb, sxc, sxs = pixel_view(logits)
-    if labels:
-        t, stb, sts = label_view(target)
-        stc = 0
-    else:
-        t, stb, stc, sts = pixel_view(
-            target.view(torch.uint8) if target.dtype == torch.bool else target
-        )
-    return x, t, (sxb, sxc, sxs, stb, stc, sts)
-
-
 def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma,
            scale, alpha, focal) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
     sum and 'mean' divisor (zeros when ``pixel`` is 0)."""
-    x, t, strides = _views(logits, target, labels)
+    x, t, strides = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
@@ -188,7 +176,7 @@ def _region_grad(
 ) -> torch.Tensor:
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI``, ``dL/dP``)
     and ``kpix [B]`` (dL / d pixel-loss sum)."""
-    x, t, strides = _views(logits, target, labels)
+    x, t, strides = loss_views(logits, target, labels)
     grad = torch.empty_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     B, C = x.shape[:2]
