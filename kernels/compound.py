@@ -50,11 +50,10 @@ def _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate)
     )
 
 
-def _sigmoid_weights(C, logits, validate, weight=None, pos_weight=None, pos=1.0, neg=1.0):
-    """Per-class ``(wp, wn)`` of the BCE term ``-(wp t log p + wn (1 - t) log(1 - p))``."""
+def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
+    """Per-class ``(wp, wn)`` of the BCE term ``-(wp t log p + wn (1 - t) log(1 - p))``
+    from the checked ``weight`` and ``pos_weight`` vectors (or None)."""
     ones = torch.full((C,), 1.0, dtype=torch.float32, device=logits.device)
-    w = _class_vector("weight", weight, C, logits, validate)
-    pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
     wn = ones * neg if w is None else w * neg
     wp = (ones if w is None else w) * (1.0 if pw is None else pw) * pos
     return wp, wn
@@ -124,8 +123,9 @@ def bce_dice_loss(
     _scalar_reduction(reduction)
     check_logits(logits)
     C = logits.shape[1]
-    wp, wn = _sigmoid_weights(C, logits, validate, weight, pos_weight)
     w = _class_vector("weight", weight, C, logits, validate)
+    pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
+    wp, wn = _sigmoid_weights(C, logits, w, pw)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_bce)
     return fused_loss(
         logits, target, "multilabel", ignore_index, scope, squared, validate, fin,
@@ -164,7 +164,7 @@ def focal_dice_loss(
     if mode != "multiclass":
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
-        wp, wn = _sigmoid_weights(C, logits, validate)
+        wp, wn = _sigmoid_weights(C, logits)
         return fused_loss(
             logits, target, mode, ignore_index, scope, False, validate, fin,
             pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma),
@@ -205,7 +205,7 @@ def combo_loss(
     check_logits(logits)
     if not 0.0 <= beta <= 1.0 or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha and beta must be in [0, 1], got alpha={alpha}, beta={beta}")
-    wp, wn = _sigmoid_weights(logits.shape[1], logits, validate, pos=beta, neg=1.0 - beta)
+    wp, wn = _sigmoid_weights(logits.shape[1], logits, pos=beta, neg=1.0 - beta)
     # alpha WBCE - (1 - alpha) DSC = alpha WBCE + (1 - alpha) (1 - DSC) - (1 - alpha)
     fin = Finalize(
         DICE, smooth, smooth, 1e-7, mean=True, lam_reg=1.0 - alpha, lam_pix=alpha,
