@@ -30,10 +30,9 @@ Weights = torch.Tensor | Sequence[float] | None
 
 def _dice_plus(smooth_nr, smooth_dr, eps, absent, weight, reduction, lam_dice, lam_pix):
     """``lam_dice Dice + lam_pix pixel term``, both reduced by ``reduction``."""
-    mean = reduction == "mean"
     return Finalize(
-        DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=weight, mean=mean,
-        lam_reg=lam_dice, lam_pix=lam_pix, pix_mean=mean,
+        DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=weight, reduction=reduction,
+        lam_reg=lam_dice, lam_pix=lam_pix, pix_mean=reduction == "mean",
     )  # fmt: skip
 
 
@@ -208,7 +207,7 @@ def combo_loss(
     wp, wn = _sigmoid_weights(logits.shape[1], logits, pos=beta, neg=1.0 - beta)
     # alpha WBCE - (1 - alpha) DSC = alpha WBCE + (1 - alpha) (1 - DSC) - (1 - alpha)
     fin = Finalize(
-        DICE, smooth, smooth, 1e-7, mean=True, lam_reg=1.0 - alpha, lam_pix=alpha,
+        DICE, smooth, smooth, 1e-7, lam_reg=1.0 - alpha, lam_pix=alpha,
         pix_mean=reduction == "mean", offset=alpha - 1.0,
     )  # fmt: skip
     return fused_loss(

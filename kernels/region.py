@@ -237,8 +237,9 @@ class Finalize(NamedTuple):
     """What the finalize kernel turns the sums into (``_finalize_kernels.py``): the index
     ``r = (a_I I + smooth_nr) / max(b_I I + b_P P + b_T T + smooth_dr, eps)`` per class,
     its loss (``1 - r``, ``-log`` with ``log``, ``** gamma`` when given), the absent policy
-    and class weights, 'mean' or 'sum' over units, and ``lam_reg`` times that plus
-    ``lam_pix`` times the pixel term ('mean' with ``pix_mean``) plus ``offset``."""
+    and class weights, the reduction over units ('mean', 'sum', or 'none': a loss per unit
+    and class, per unit for GDL), and ``lam_reg`` times that plus ``lam_pix`` times the
+    pixel term ('mean' with ``pix_mean``) plus ``offset``."""
 
     form: tuple[float, float, float, float]
     smooth_nr: float
@@ -248,14 +249,13 @@ class Finalize(NamedTuple):
     gamma: float | torch.Tensor | None = None
     absent: str = "include"
     weight: torch.Tensor | None = None
-    mean: bool = True
+    reduction: str = "mean"
     lam_reg: float = 1.0
     lam_pix: float = 0.0
     pix_mean: bool = True
     offset: float = 0.0
     gdl: tuple[str, str] | None = None  # generalized Dice: (weight_type, absent_weight)
     gamma_after_mean: bool = False  # ``gamma`` powers the class mean ('mean' only)
-    none: bool = False  # reduction 'none': a loss per unit and class (per unit for GDL)
 
 
 DICE, JACCARD = (2.0, 0.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0)
@@ -414,12 +414,6 @@ def _checked(logits, target, mode, ignore_index, scope, validate):
     return target, labels, None if ignore_index is None else float(ignore_index)
 
 
-def _reduce(reduction: str) -> dict[str, bool]:
-    """The :class:`Finalize` fields of ``reduction`` ('mean', 'sum' or 'none')."""
-    check_choice("reduction", reduction, ("mean", "sum", "none"))
-    return {"mean": reduction == "mean", "none": reduction == "none"}
-
-
 def fused_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -451,9 +445,11 @@ def fused_loss(
         float(fin.gamma) if power and gvec is None else 1.0,
         fin.lam_reg, fin.lam_pix, fin.offset,
     ]  # fmt: skip
-    flags = [scope == "image", fin.mean, fin.pix_mean, fin.log, power, _ABSENT[fin.absent]]
+    check_choice("reduction", fin.reduction, ("mean", "sum", "none"))
+    mean, none = fin.reduction == "mean", fin.reduction == "none"
+    flags = [scope == "image", mean, fin.pix_mean, fin.log, power, _ABSENT[fin.absent]]
     flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
-    flags.append(fin.none)
+    flags.append(none)
     args = (
         labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal,
         fin.weight, gvec, floats, [int(f) for f in flags],
@@ -464,7 +460,7 @@ def fused_loss(
         raise ValueError("process_group needs scope='batch' (the sums run over the batch)")
     else:
         loss = _global_region_loss(logits, target, process_group, *args)
-    per_class_batch = fin.none and scope == "batch" and not fin.gdl
+    per_class_batch = none and scope == "batch" and not fin.gdl
     return loss[0] if per_class_batch else loss  # the reference's [C] for one unit
 
 
@@ -538,7 +534,7 @@ def dice_loss(
     fin = Finalize(
         DICE, smooth_nr, smooth_dr, eps, log_loss, None, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
-        **_reduce(reduction),
+        reduction,
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, squared, validate, fin,
@@ -567,7 +563,7 @@ def jaccard_loss(
     fin = Finalize(
         JACCARD, smooth_nr, smooth_dr, eps, log_loss, None, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
-        **_reduce(reduction),
+        reduction,
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, squared, validate, fin,
@@ -596,7 +592,7 @@ def tversky_loss(
     fin = Finalize(
         tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, None, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
-        **_reduce(reduction),
+        reduction,
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,
@@ -630,7 +626,7 @@ def focal_tversky_loss(
     fin = Finalize(
         tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
-        gamma_after_mean=gamma_after_mean, **_reduce(reduction),
+        reduction, gamma_after_mean=gamma_after_mean,
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,
@@ -661,7 +657,7 @@ def generalized_dice_loss(
     fin = Finalize(
         DICE, smooth_nr, smooth_dr, eps,
         weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
-        gdl=(weight_type, absent_weight), **_reduce(reduction),
+        reduction=reduction, gdl=(weight_type, absent_weight),
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,
