@@ -96,6 +96,30 @@ def _class_terms(
 
 
 @triton.jit
+def _store_coefs(out_ptr, u, B, C, offs_c, dl_di, dl_dp, IMAGE: tl.constexpr):
+    """``dL/dI`` and ``dL/dP`` of a class block of unit u into ``out [B, 2, C]``: image u's
+    row (scope 'image'), or every image's row (scope 'batch': they share the sums)."""
+    cmask = offs_c < C
+    if IMAGE:
+        tl.store(out_ptr + u * 2 * C + offs_c, dl_di, mask=cmask)
+        tl.store(out_ptr + u * 2 * C + C + offs_c, dl_dp, mask=cmask)
+    else:
+        for b in range(B):
+            tl.store(out_ptr + b * 2 * C + offs_c, dl_di, mask=cmask)
+            tl.store(out_ptr + b * 2 * C + C + offs_c, dl_dp, mask=cmask)
+
+
+@triton.jit
+def _store_kpix(out_ptr, B, C, kpix, BLOCK_B: tl.constexpr):
+    """The pixel term's ``dL/d(loss sum of image b)``, the same for every image, after
+    ``out [B, 2, C]``."""
+    for b0 in range(0, B, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        kvec = tl.zeros([BLOCK_B], tl.float32) + kpix
+        tl.store(out_ptr + 2 * B * C + offs_b, kvec, mask=offs_b < B)
+
+
+@triton.jit
 def _unit_totals(
     tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
     IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
@@ -176,13 +200,7 @@ def _region_finalize_kernel(
             )  # fmt: skip
             if NONE:  # the weighted loss of each (unit, class); coefficients per unit of it
                 tl.store(loss_ptr + u * C + offs_c, w * loss, mask=cmask)
-            if IMAGE:
-                tl.store(out_ptr + u * 2 * C + offs_c, k * w * dl_di, mask=cmask)
-                tl.store(out_ptr + u * 2 * C + C + offs_c, k * w * dl_dp, mask=cmask)
-            else:
-                for b in range(B):
-                    tl.store(out_ptr + b * 2 * C + offs_c, k * w * dl_di, mask=cmask)
-                    tl.store(out_ptr + b * 2 * C + C + offs_c, k * w * dl_dp, mask=cmask)
+            _store_coefs(out_ptr, u, B, C, offs_c, k * w * dl_di, k * w * dl_dp, IMAGE)
     pix = 0.0
     kpix = 0.0
     if PIXEL:
@@ -200,10 +218,7 @@ def _region_finalize_kernel(
         else:
             pix = pix_sum
             kpix = lam_pix
-    for b0 in range(0, B, BLOCK_B):
-        offs_b = b0 + tl.arange(0, BLOCK_B)
-        kvec = tl.zeros([BLOCK_B], tl.float32) + kpix
-        tl.store(out_ptr + 2 * B * C + offs_b, kvec, mask=offs_b < B)
+    _store_kpix(out_ptr, B, C, kpix, BLOCK_B)
     if not NONE:
         tl.store(loss_ptr, lam_reg * region + lam_pix * pix + offset)
 
@@ -278,15 +293,7 @@ def _gdl_finalize_kernel(
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             dl_di = -scale * 2.0 * w / den
             dl_dp = tl.where(live, scale * r * w / den, 0.0)
-            if IMAGE:
-                tl.store(out_ptr + u * 2 * C + offs_c, dl_di, mask=cmask)
-                tl.store(out_ptr + u * 2 * C + C + offs_c, dl_dp, mask=cmask)
-            else:
-                for b in range(B):
-                    tl.store(out_ptr + b * 2 * C + offs_c, dl_di, mask=cmask)
-                    tl.store(out_ptr + b * 2 * C + C + offs_c, dl_dp, mask=cmask)
-    for b0 in range(0, B, BLOCK_B):
-        offs_b = b0 + tl.arange(0, BLOCK_B)
-        tl.store(out_ptr + 2 * B * C + offs_b, tl.zeros([BLOCK_B], tl.float32), mask=offs_b < B)
+            _store_coefs(out_ptr, u, B, C, offs_c, dl_di, dl_dp, IMAGE)
+    _store_kpix(out_ptr, B, C, 0.0, BLOCK_B)
     if not NONE:
         tl.store(loss_ptr, total * scale)
