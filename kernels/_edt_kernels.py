@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_FAR = 1 << 30
+_FAR = tl.constexpr(1 << 30)  # a jit global must be a constexpr
 
 
 @triton.jit
