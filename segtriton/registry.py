@@ -27,6 +27,7 @@ class LossEntry:
     kernel: the Triton implementation, once it exists.
     traffic: byte-model family: 'pixel' (one pass: read logits and target once, write the
       gradient once) or 'region' (two passes: logits and target read twice).
+    reductions: the ``reduction`` values the loss accepts.
     """
 
     name: str
@@ -38,6 +39,7 @@ class LossEntry:
     kernel: Callable[..., torch.Tensor] | None = None
     min_classes: int = 1
     traffic: Literal["pixel", "region"] = "region"
+    reductions: tuple[str, ...] = ("mean", "sum", "none")
 
     def target_kind(self, options: dict) -> str:
         """'labels' or 'masks' for this entry under ``options`` (mode may switch it)."""
@@ -52,6 +54,8 @@ _REGION_VARIANTS = (
     {"absent": "zero", "weight": [0.5, 1.0, 2.0]},
     {"mode": "multilabel", "scope": "image"},
 )
+
+_SCALAR = ("mean", "sum")  # compound losses return one scalar
 
 LOSSES: tuple[LossEntry, ...] = (
     LossEntry(
@@ -135,6 +139,7 @@ LOSSES: tuple[LossEntry, ...] = (
         "labels",
         ({}, {"lambda_ce": 0.3, "scope": "image", "label_smoothing": 0.1, "weight": [1, 2, 3]}),
         kernel=ker.ce_dice_loss,
+        reductions=_SCALAR,
     ),
     LossEntry(
         "bce_dice",
@@ -143,6 +148,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0], "scope": "image"}),
         soft=True,
         kernel=ker.bce_dice_loss,
+        reductions=_SCALAR,
     ),
     LossEntry(
         "focal_dice",
@@ -155,6 +161,7 @@ LOSSES: tuple[LossEntry, ...] = (
             {"mode": "multilabel", "alpha": 0.25, "scope": "image"},
         ),
         kernel=ker.focal_dice_loss,
+        reductions=_SCALAR,
     ),
     LossEntry(
         "combo",
@@ -163,6 +170,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"alpha": 0.7, "beta": 0.3}),
         soft=True,
         kernel=ker.combo_loss,
+        reductions=_SCALAR,
     ),
     LossEntry(
         "lovasz_hinge",

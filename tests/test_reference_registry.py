@@ -143,7 +143,7 @@ def test_module_rejects_unknown_option():
 def test_sum_and_mean_agree_with_none(entry, gen):
     opts = dict(entry.variants[0])
     x, t = make_inputs(entry, _shape(entry), opts, torch.float64, gen)
-    if entry.reference.__module__.endswith("compound"):
+    if "none" not in entry.reductions:
         with pytest.raises(ValueError, match="reduction"):
             entry.reference(x, t, reduction="none", **opts)
         return
