@@ -119,6 +119,35 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("segtriton compile needs compiled Triton: unset TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    import datetime
+
+    from .aot import MAX_SHARED, compile_registry, write_report
+
+    rows, failures = compile_registry(args.arch, quick=args.quick)
+    out = Path(
+        args.out or Path("results") / f"sm{args.arch}-compile" / datetime.date.today().isoformat()
+    )
+    report = write_report(rows, failures, out, args.arch, "segtriton " + " ".join(sys.argv[1:]))
+    limit = MAX_SHARED.get(args.arch)
+    too_big = [r for r in rows if limit is not None and r.shared_bytes > limit]
+    for r in too_big:
+        print(
+            f"{r.kernel} needs {r.shared_bytes} B of shared memory (sm_{args.arch}: {limit}): "
+            f"{r.case}",
+            file=sys.stderr,
+        )
+    spills = sum(r.local_bytes > 0 for r in rows)
+    print(
+        f"{len(rows)} specialisations, {spills} spilling, {len(failures)} failed case(s); "
+        f"report: {report}"
+    )
+    return 1 if failures or too_big else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segtriton",
@@ -165,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("b", help="new run folder")
     comp.add_argument("--threshold", type=float, default=0.05, help="allowed slowdown (0.05)")
     comp.set_defaults(func=_compare)
+
+    aot = sub.add_parser(
+        "compile",
+        help="compile every kernel for a GPU architecture without a GPU; report registers, "
+        "spills, shared memory",
+    )
+    aot.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100)")
+    aot.add_argument("--quick", action="store_true", help="fewer class counts and dtypes")
+    aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
+    aot.set_defaults(func=_compile)
     return parser
 
 

@@ -103,7 +103,8 @@ def _regime(shape: str) -> str:
     return f"{cls}, {size}"
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
+    """A markdown table of ``df`` (floats to 3 significant digits, NaN as '-')."""
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
@@ -292,7 +293,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
             f"**{len(failed)} row(s) failed correctness or errored** (kept out of the "
             "recommendations):",
             "",
-            _md_table(
+            md_table(
                 failed[
                     [
                         "loss",
@@ -331,7 +332,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "passed",
         "timer",
     ]
-    lines += ["## All rows", "", _md_table(df[[c for c in cols if c in df]]), ""]
+    lines += ["## All rows", "", md_table(df[[c for c in cols if c in df]]), ""]
     rec = recommendations(df)
     lines += [
         "## Recommendation",
@@ -340,7 +341,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "check, from the medians above.",
         "",
     ]
-    lines += [_md_table(rec) if len(rec) else "No timed rows passed: nothing to recommend.", ""]
+    lines += [md_table(rec) if len(rec) else "No timed rows passed: nothing to recommend.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -210,12 +210,12 @@ def _clock(seconds: float) -> str:
     return "--:--" if math.isnan(seconds) else f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
 
 
-def _progress(i: int, n: int, started: float, case: Case) -> None:
+def progress(i: int, n: int, started: float, label: str) -> None:
+    """One progress line on stderr: item ``i`` of ``n`` (``label``), elapsed time and ETA."""
     elapsed = time.perf_counter() - started
     eta = elapsed / i * (n - i) if i else float("nan")
     print(
-        f"[{i + 1:>{len(str(n))}}/{n}] {_clock(elapsed)} elapsed, ETA {_clock(eta)}  "
-        f"{case.describe()}",
+        f"[{i + 1:>{len(str(n))}}/{n}] {_clock(elapsed)} elapsed, ETA {_clock(eta)}  {label}",
         file=sys.stderr,
         flush=True,
     )
@@ -257,7 +257,7 @@ def run_sweep(
     todo = [c for c in cases if c.key not in done]
     started = time.perf_counter()
     for i, case in enumerate(todo):
-        _progress(i, len(todo), started, case)
+        progress(i, len(todo), started, case.describe())
         try:
             row = run_case(case, device, copy_gbps, reps, graph)
         except Exception as exc:  # an OOM or compile failure is a row, and the sweep goes on

@@ -1,0 +1,333 @@
+"""Compile every Triton kernel for an NVIDIA architecture on a machine without that GPU.
+
+Inside :func:`compile_only`, launching a ``triton.jit`` kernel compiles it for ``sm_<arch>``
+(Triton's own specialisation of the launch arguments, so the same binary a GPU run would
+build) and records its resources instead of running it; nothing is launched, and the
+tensors the kernels would have written stay unwritten. :func:`compile_registry` drives
+every registry loss (forward and backward), the metrics and the distance transform through
+their public functions, so a kernel that does not compile for the GPU, or needs more
+shared memory than the GPU has, is found on a CPU machine in CI.
+
+Registers and local memory come from the cubin (``cuobjdump -res-usage``, bundled with
+Triton): ``local_bytes > 0`` means the kernel spills registers to memory, a speed risk
+worth reading before a GPU run. Triton must not be in interpreter mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import itertools
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+# Shared memory one block may use (bytes), by compute capability (CUDA programming guide).
+MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+
+
+@dataclasses.dataclass
+class CompiledKernel:
+    """One compiled specialisation of a kernel."""
+
+    kernel: str
+    case: str
+    signature: str
+    num_warps: int
+    registers: int
+    local_bytes: int
+    shared_bytes: int
+
+
+class _CompileOnlyDriver:
+    """The few driver calls a ``JITFunction`` launch makes, answered for a GPU that is not here."""
+
+    def __init__(self, arch: int) -> None:
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    with contextlib.suppress(AttributeError):
+        return triton.knobs.nvidia.cuobjdump.path
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """``(registers, local bytes)`` per thread of the one kernel in ``cubin``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run(
+            [_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
+    if found is None:
+        raise RuntimeError(f"no resource line in cuobjdump output:\n{out}")
+    regs, stack, local = map(int, found.groups())
+    return regs, max(stack, local)
+
+
+@contextlib.contextmanager
+def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
+    """Within the block, kernel launches compile for ``sm_<arch>`` and are recorded in the
+    yielded list (one row per new specialisation; set ``case`` on rows as you go)."""
+    from segtriton.kernels import interpreter_enabled
+
+    if interpreter_enabled():
+        raise RuntimeError("compile_only needs compiled Triton: unset TRITON_INTERPRET")
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    rows: list[CompiledKernel] = []
+    seen: set[str] = set()
+    launch = JITFunction.run
+    touched: list[JITFunction] = []
+
+    def compile_instead(self, *args, grid, warmup, **kwargs):
+        touched.append(self)
+        kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+        if kernel.hash not in seen:
+            seen.add(kernel.hash)
+            regs, local = resource_usage(kernel.asm["cubin"])
+            sig = ",".join(f"{k}:{v}" for k, v in kernel.src.signature.items() if v != "constexpr")
+            meta = kernel.metadata
+            rows.append(
+                CompiledKernel(self.__name__, "", sig, meta.num_warps, regs, local, meta.shared)
+            )
+        return kernel
+
+    previous = driver._active  # None until a real driver was first asked for
+    driver.set_active(_CompileOnlyDriver(arch))
+    JITFunction.run = compile_instead
+    try:
+        yield rows
+    finally:
+        JITFunction.run = launch
+        driver.set_active(previous)
+        for fn in touched:
+            fn.device_caches.clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileCase:
+    """One call of a public function: a loss (forward and backward) or a metric."""
+
+    name: str
+    options: dict
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    label_dtype: torch.dtype
+    channels_last: bool
+
+    def describe(self) -> str:
+        layout = " channels_last" if self.channels_last else ""
+        opts = f" {self.options}" if self.options else ""
+        return (
+            f"{self.name} {'x'.join(map(str, self.shape))} {str(self.dtype)[6:]}"
+            f" labels {str(self.label_dtype)[6:]}{layout}{opts}"
+        )
+
+
+def compile_cases(quick: bool = False) -> list[CompileCase]:
+    """Every registry loss variant and the metrics over class counts (the single-tile path,
+    C = 150, and the streamed path past 256 classes) and dtypes; layout (NCHW or
+    channels_last, 2-D or 3-D), reduction and label dtype take turns along the list."""
+    from segtriton.registry import LOSSES, variant_fits
+
+    counts = (3, 150, 300) if quick else (1, 2, 3, 19, 150, 300, 1000)
+    dtypes = (
+        (torch.bfloat16, torch.float32) if quick else (torch.bfloat16, torch.float16, torch.float32)
+    )
+    spatial = ((9, 13), (3, 5, 7))
+    label_dtypes = (torch.int64, torch.uint8, torch.int32, torch.int16)
+    plans = []  # (name, options, C, reductions)
+    for entry in LOSSES:
+        for options in entry.variants:
+            for C in entry.channels or counts:
+                binary = options.get("mode") == "binary" or entry.channels == (1,)
+                if not variant_fits(options, C) or entry.min_classes > C or (binary and C != 1):
+                    continue
+                plans.append((entry.name, options, C, entry.reductions))
+    for C in counts:
+        plans += [("confusion_logits", {}, C, ()), ("confusion_labels", {"per_image": True}, C, ())]
+    cases = []
+    for (name, options, C, reductions), dtype in itertools.product(plans, dtypes):
+        k = len(cases)
+        labels = label_dtypes[k % len(label_dtypes)]
+        if C > 255 and labels == torch.uint8:
+            labels = torch.int64
+        opts = dict(options)
+        if reductions and not options.get("gamma_after_mean"):
+            opts["reduction"] = reductions[k % len(reductions)]
+        shape = (2, C, *spatial[(k // 2) % len(spatial)])
+        cases.append(CompileCase(name, opts, shape, dtype, labels, k % 3 == 1))
+    return cases
+
+
+def run_case(case: CompileCase) -> None:
+    """Call the case's public function with small random inputs (forward and backward)."""
+    from segtriton import kernels
+    from segtriton.registry import get, make_inputs
+
+    gen = torch.Generator().manual_seed(0)
+    B, C, *spatial = case.shape
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}[len(case.shape)]
+    if case.name.startswith("confusion"):
+        target = torch.randint(0, C, (B, *spatial), generator=gen).to(case.label_dtype)
+        if case.name == "confusion_logits":
+            preds = torch.randn(case.shape, generator=gen).to(case.dtype)
+            if case.channels_last:
+                preds = preds.contiguous(memory_format=fmt)
+        else:
+            preds = torch.randint(0, C, (B, *spatial), generator=gen).to(case.label_dtype)
+        kernels.confusion_matrix(
+            preds, target, C, ignore_index=None, validate=False, **case.options
+        )
+        return
+    entry = get(case.name)
+    opts = {**case.options, "ignore_index": 255}
+    x, t = make_inputs(entry, case.shape, opts, case.dtype, gen, 0.1, label_dtype=case.label_dtype)
+    if case.channels_last:
+        x = x.contiguous(memory_format=fmt)
+    x.requires_grad_(True)
+    loss = entry.kernel(x, t, **opts)
+    loss.sum().backward()
+
+
+def compile_registry(
+    arch: int = 90, quick: bool = False, show_progress: bool = True
+) -> tuple[list[CompiledKernel], list[tuple[str, str]]]:
+    """Compile every kernel the cases of :func:`compile_cases` launch, for ``sm_<arch>``.
+    Returns the compiled specialisations and ``(case, error)`` for each case that failed."""
+    from .runner import progress
+
+    failures = []
+    cases = compile_cases(quick)
+    started = time.perf_counter()
+    with compile_only(arch) as rows:
+        for i, case in enumerate(cases):
+            label = case.describe()
+            if show_progress:
+                progress(i, len(cases), started, label)
+            n = len(rows)
+            try:
+                run_case(case)
+            except Exception as exc:  # a kernel that does not compile is a finding, go on
+                failures.append((label, f"{type(exc).__name__}: {exc}"))
+            for row in rows[n:]:
+                row.case = label
+    return rows, failures
+
+
+# Per-SM limits by compute capability: (registers, warps, blocks, shared bytes).
+SM_LIMITS = {
+    80: (65536, 64, 32, 167936),
+    86: (65536, 48, 16, 102400),
+    89: (65536, 48, 24, 102400),
+    90: (65536, 64, 32, 233472),
+    100: (65536, 64, 32, 233472),
+    120: (65536, 48, 32, 102400),
+}
+
+
+def blocks_per_sm(row: CompiledKernel, arch: int) -> int:
+    """Resident blocks per SM allowed by registers (allocated per warp in units of 256),
+    warps, the block limit and shared memory (1 KiB reserved per block), as in the CUDA
+    occupancy calculator."""
+    regs, warps, blocks, shared = SM_LIMITS[arch]
+    per_warp = -(-max(row.registers, 1) * 32 // 256) * 256
+    by_regs = (regs // per_warp) // row.num_warps
+    by_shared = shared // (row.shared_bytes + 1024)
+    return min(by_regs, warps // row.num_warps, blocks, by_shared)
+
+
+def summarize(rows: list[CompiledKernel], arch: int):
+    """One line per kernel: specialisations, warps, worst registers / local memory / shared
+    memory and the fewest resident warps per SM over its specialisations."""
+    import pandas as pd
+
+    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    df["warps_per_sm"] = [blocks_per_sm(r, arch) * r.num_warps for r in rows]
+    return (
+        df.groupby("kernel")
+        .agg(
+            specialisations=("case", "size"),
+            max_registers=("registers", "max"),
+            max_local_bytes=("local_bytes", "max"),
+            spilling=("local_bytes", lambda s: int((s > 0).sum())),
+            max_shared_bytes=("shared_bytes", "max"),
+            min_warps_per_sm=("warps_per_sm", "min"),
+        )
+        .reset_index()
+    )
+
+
+def write_report(
+    rows: list[CompiledKernel],
+    failures: list[tuple[str, str]],
+    out: Path,
+    arch: int,
+    command: str,
+) -> Path:
+    """``kernels.csv`` (every specialisation) and ``compile.md`` (summary, spills,
+    failures) under ``out``; returns the path of ``compile.md``."""
+    import pandas as pd
+    import triton
+
+    from .env import environment
+    from .report import md_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    df["warps_per_sm"] = [blocks_per_sm(r, arch) * r.num_warps for r in rows]
+    df.to_csv(out / "kernels.csv", index=False)
+    env = environment()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        f"# Triton kernels compiled for sm_{arch} (no GPU involved)",
+        "",
+        f"Command: `{command}`. triton {triton.__version__}, torch {env['torch']}, "
+        f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}.",
+        "Registers and local (spill) bytes per thread from `cuobjdump -res-usage` of each "
+        "cubin; warps per SM from those by the occupancy calculator's rules. These are "
+        "compiler figures, not GPU timings.",
+        "",
+        f"{len(rows)} specialisations compiled, {len(failures)} case(s) failed.",
+        "",
+        md_table(summarize(rows, arch)),
+        "",
+    ]
+    spills = df[df.local_bytes > 0].sort_values("local_bytes", ascending=False)
+    if len(spills):
+        lines += [
+            "## Spilling specialisations",
+            "",
+            md_table(spills[["kernel", "case", "num_warps", "registers", "local_bytes"]].head(40)),
+            "",
+        ]
+    if failures:
+        lines += ["## Failed cases", ""]
+        lines += [f"- {case}: `{error.splitlines()[0][:300]}`" for case, error in failures]
+    path = out / "compile.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
