@@ -36,7 +36,15 @@ from ._lovasz_kernels import (
     _lovasz_grad_kernel,
     _lovasz_softmax_grad_kernel,
 )
-from ._tiles import class_blocks, ignore_arg, label_view, num_warps_for, pixel_view
+from ._tiles import (
+    CHUNK,
+    MAX_TILE,
+    class_blocks,
+    ignore_arg,
+    label_view,
+    num_warps_for,
+    pixel_view,
+)
 
 _BLOCK_K = 1024  # sorted positions per program
 
@@ -140,12 +148,12 @@ def _lovasz_rows_grad(
         return (ge.view(target.shape) * sign).to(logits.dtype)
     grad = torch.empty_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    block_c = min(triton.next_power_of_2(C), 64)
-    block_p = max(16, 4096 // block_c)
+    block_c = min(triton.next_power_of_2(C), CHUNK[0])  # classes are streamed
+    block_p = max(16, MAX_TILE // block_c)
     n_pblocks = triton.cdiv(S, block_p)
     _lovasz_softmax_grad_kernel[(B * n_pblocks,)](
         x, t, ge, g, C, S, n_pblocks, *xs, *ts, sgb, sgc, sgs, key_b, key_c, ign,
-        BLOCK_C=block_c, BLOCK_P=block_p,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
     return grad
 

@@ -40,6 +40,7 @@ from segtriton.reference._common import (
 
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
 from ._tiles import (
+    MAX_TILE,
     NO_LABEL,
     class_blocks,
     label_view,
@@ -75,7 +76,7 @@ def _prepass(
     R = 1 if labels else t.shape[1]
     S = t[0, 0].numel()
     block_r = triton.next_power_of_2(R)
-    block_p = max(16, min(1024, 4096 // block_r))
+    block_p = max(16, min(1024, MAX_TILE // block_r))
     n_pblocks = triton.cdiv(S, block_p)
     partials = torch.empty(t.shape[0] * n_pblocks, dtype=torch.float32, device=t.device)
     _valid_sum_kernel[(partials.numel(),)](
@@ -94,6 +95,7 @@ def _prepass(
         HAS_W=weight is not None,
         BLOCK_R=block_r,
         BLOCK_P=block_p,
+        num_warps=num_warps_for(block_r, block_p),
     )
     return sum_partials(partials).reshape(1)
 
