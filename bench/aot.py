@@ -9,8 +9,9 @@ their public functions, so a kernel that does not compile for the GPU, or needs 
 shared memory than the GPU has, is found on a CPU machine in CI.
 
 Registers and local memory come from the cubin (``cuobjdump -res-usage``, bundled with
-Triton): ``local_bytes > 0`` means the kernel spills registers to memory, a speed risk
-worth reading before a GPU run. Triton must not be in interpreter mode.
+Triton). ``local_bytes`` is the larger of the stack frame and the local memory per thread;
+these kernels call no functions, so anything above 0 is registers spilled to memory, a
+speed risk worth reading before a GPU run. Triton must not be in interpreter mode.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _cuobjdump() -> str:
 
 
 def resource_usage(cubin: bytes) -> tuple[int, int]:
-    """``(registers, local bytes)`` per thread of the one kernel in ``cubin``."""
+    """``(registers, max(stack, local) bytes)`` per thread of the one kernel in ``cubin``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -101,10 +102,10 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
     rows: list[CompiledKernel] = []
     seen: set[str] = set()
     launch = JITFunction.run
-    touched: list[JITFunction] = []
+    touched: dict[int, JITFunction] = {}
 
     def compile_instead(self, *args, grid, warmup, **kwargs):
-        touched.append(self)
+        touched[id(self)] = self
         kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
         if kernel.hash not in seen:
             seen.add(kernel.hash)
@@ -124,7 +125,7 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
     finally:
         JITFunction.run = launch
         driver.set_active(previous)
-        for fn in touched:
+        for fn in touched.values():
             fn.device_caches.clear()
 
 
@@ -207,6 +208,8 @@ def run_case(case: CompileCase) -> None:
     entry = get(case.name)
     opts = {**case.options, "ignore_index": 255}
     x, t = make_inputs(entry, case.shape, opts, case.dtype, gen, 0.1, label_dtype=case.label_dtype)
+    if t.is_floating_point():  # masks in the logits' dtype, as a training loop has them
+        t = t.to(case.dtype)
     if case.channels_last:
         x = x.contiguous(memory_format=fmt)
     x.requires_grad_(True)
