@@ -443,7 +443,7 @@ def _sigmoid_launch(
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c = min(triton.next_power_of_2(C), 16)
-    block_p = max(64, min(1024, 4096 // block_c))
+    block_p = max(64, min(1024, MAX_TILE // block_c))
     n_pblocks = triton.cdiv(S, block_p)
     per_el = reduction == "none"
     loss, (g, sgb, sgc, sgs) = _outputs(gout, B * C * S if per_el else B * n_pblocks, grad, x)
