@@ -7,6 +7,10 @@
 #   sweep PRESET [flags]  one sweep preset, e.g. `sweep cityscapes --cuda-graph`; for
 #                         `sweep peers`, run bench/fetch_peer_wheels.sh here and carry .whl
 #   bench                 pytest --benchmark (tests/test_benchmarks.py)
+#   tiles [PRESET]        Triton alone, fwd+bwd, at SEGTRITON_MAX_TILE 2048, 4096 and 8192
+#                         (default preset cityscapes), then `segtriton compare` of each
+#                         against 2048: the GPU check of the tile rule chosen from
+#                         the sm_90 compile report
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
 # A sweep longer than one call: `SWEEP_DIR=out/standard bash bench/gpu_run.sh sweep standard
@@ -60,14 +64,30 @@ run_bench() {
     echo "pytest --benchmark: exit $?" | tee -a "$OUT/bench.log"
 }
 
+run_tiles() {
+    local preset=${1:-cityscapes} tile
+    for tile in 2048 4096 8192; do
+        SEGTRITON_MAX_TILE=$tile timeout $((LIMIT / 3)) python3 -m segtriton.bench.cli sweep \
+            --preset "$preset" --providers triton --modes fwd+bwd --reps 30 \
+            --out "$OUT/tiles/$tile" >> "$OUT/tiles.log" 2>&1
+        echo "tile $tile: exit $?" | tee -a "$OUT/tiles.log"
+    done
+    for tile in 4096 8192; do  # exit 1 only means "slower somewhere": keep going
+        python3 -m segtriton.bench.cli compare "$OUT/tiles/2048" "$OUT/tiles/$tile" \
+            | tee -a "$OUT/tiles.log"
+    done
+    tar -czf "$OUT/tiles.tgz" -C "$OUT" tiles && rm -rf "$OUT/tiles"
+}
+
 case "$STAGE" in
     tests) run_tests "$LIMIT" ;;
     sweep) run_sweep "$@" ;;
     bench) run_bench "$LIMIT" ;;
+    tiles) run_tiles "$@" ;;
     all)
         run_tests $((LIMIT / 2))
         LIMIT=$((LIMIT / 3)) run_sweep "${1:-quick}"
         run_bench $((LIMIT / 6))
         ;;
-    *) echo "unknown stage $STAGE (tests, sweep, bench, all)" >&2; exit 2 ;;
+    *) echo "unknown stage $STAGE (tests, sweep, bench, tiles, all)" >&2; exit 2 ;;
 esac

@@ -10,13 +10,26 @@ Offsets are int64 so tensors past 2^31 elements are addressed correctly.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-# fp32 elements of one [classes, pixels] tile: 8 per thread at 8 warps. Larger tiles made
-# the region kernels spill registers on sm_90 (``segtriton compile`` reports it).
-MAX_TILE = 2048
+
+def _max_tile() -> int:
+    """fp32 elements of one [classes, pixels] tile: 2048 (8 per thread at 8 warps) unless
+    ``SEGTRITON_MAX_TILE`` names another power of two, read once at import (to compare tile
+    rules on a GPU; the tile fixes the order of the partial sums, so results are bitwise
+    reproducible for a given value). At 8192 the region kernels spilled registers on sm_90
+    (``segtriton compile`` reports it)."""
+    value = int(os.environ.get("SEGTRITON_MAX_TILE", "2048"))
+    if value < 256 or value & (value - 1):
+        raise ValueError(f"SEGTRITON_MAX_TILE must be a power of two >= 256, got {value}")
+    return value
+
+
+MAX_TILE = _max_tile()
 CHUNK = (32, 64)  # (BLOCK_C, BLOCK_P) when classes are streamed
 NO_LABEL = -(2**31)  # stands for ignore_index=None on integer labels: no int32 label equals it
 MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
@@ -74,11 +87,10 @@ def class_blocks(C: int) -> tuple[int, int, bool]:
 
 
 def num_warps_for(block_c: int, block_p: int) -> int:
-    """8 fp32 elements per thread at MAX_TILE; the wider single tiles of C > 128 classes
-    ([256, 16]) get 16 warps, which on sm_90 took the region gradient from 190 registers
-    to at most 104 (C = 150, every variant)."""
-    tile = block_c * block_p
-    return 16 if tile > MAX_TILE else (8 if tile == MAX_TILE else 4)
+    """About 8 fp32 tile elements per thread, 4 to 16 warps. At C = 150 the [256, 16] tile
+    thus gets 16 warps, which on sm_90 took the region gradient from 190 registers to at
+    most 104 (every variant)."""
+    return min(16, max(4, block_c * block_p // 256))
 
 
 def sum_partials(partials: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Triton (the interpreter accepts programs the compiler rejects, e.g. non-constexp
 
 It also guards speed: in contiguous NCHW / NCDHW layouts no kernel spills registers to
 local memory beyond ``SPILL_SLACK`` bytes per thread. On a GPU the other kernel tests
-compile every kernel for real, so this module runs only where there is none.
+compile every kernel for real, so these checks run only where there is none; the test of
+the tile-size knob runs everywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(
+cpu_only = pytest.mark.skipif(
     torch.cuda.is_available(), reason="on a GPU the kernel tests compile every kernel"
 )
 
@@ -55,6 +56,7 @@ def compiled(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return proc, out
 
 
+@cpu_only
 def test_every_case_compiles_within_sm90_limits(compiled):
     proc, out = compiled
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -62,15 +64,37 @@ def test_every_case_compiles_within_sm90_limits(compiled):
     assert (out / "compile.md").exists()
 
 
+@cpu_only
 def test_every_kernel_is_covered(compiled):
     _, out = compiled
     df = pd.read_csv(out / "kernels.csv")
     assert jit_kernels() <= set(df.kernel), jit_kernels() - set(df.kernel)
 
 
+@cpu_only
 def test_no_register_spills_in_nchw(compiled):
     _, out = compiled
     df = pd.read_csv(out / "kernels.csv")
     nchw = df[~df.case.str.contains("channels_last")]
     spills = nchw[nchw.local_bytes > SPILL_SLACK]
     assert spills.empty, spills[["kernel", "case", "registers", "local_bytes"]].to_string()
+
+
+def _tile_rule(env_value: str) -> subprocess.CompletedProcess:
+    code = (
+        "from segtriton.kernels._tiles import MAX_TILE, class_blocks, num_warps_for\n"
+        "bc, bp, _ = class_blocks(19)\n"
+        "print(MAX_TILE, bc, bp, num_warps_for(bc, bp))"
+    )
+    env = {**os.environ, "SEGTRITON_MAX_TILE": env_value}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_tile_size_knob():
+    """SEGTRITON_MAX_TILE sets the tile (C = 19: 32 classes x MAX_TILE / 32 pixels) and the
+    warps follow at 8 elements per thread; anything but a power of two >= 256 is refused."""
+    proc = _tile_rule("8192")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["8192", "32", "256", "16"]
+    bad = _tile_rule("3000")
+    assert bad.returncode != 0 and "SEGTRITON_MAX_TILE must be a power of two" in bad.stderr
