@@ -78,11 +78,16 @@ def ignore_arg(ignore_index: float | None, labels: bool) -> tuple[int | float, b
     return (int(ignore_index) if labels else float(ignore_index)), True
 
 
+def tile_pixels(block_c: int, least: int = 16) -> int:
+    """BLOCK_P of a tile of ``block_c`` classes: MAX_TILE elements, within [least, 1024]."""
+    return max(least, min(1024, MAX_TILE // block_c))
+
+
 def class_blocks(C: int) -> tuple[int, int, bool]:
     """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C."""
     if C <= MAX_SINGLE_C:
         block_c = triton.next_power_of_2(C)
-        return block_c, max(16, min(1024, MAX_TILE // block_c)), True
+        return block_c, tile_pixels(block_c), True
     return (*CHUNK, False)
 
 

@@ -38,12 +38,12 @@ from ._lovasz_kernels import (
 )
 from ._tiles import (
     CHUNK,
-    MAX_TILE,
     class_blocks,
     ignore_arg,
     label_view,
     num_warps_for,
     pixel_view,
+    tile_pixels,
 )
 
 _BLOCK_K = 1024  # sorted positions per program
@@ -149,7 +149,7 @@ def _lovasz_rows_grad(
     grad = torch.empty_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     block_c = min(triton.next_power_of_2(C), CHUNK[0])  # classes are streamed
-    block_p = max(16, MAX_TILE // block_c)
+    block_p = tile_pixels(block_c)
     n_pblocks = triton.cdiv(S, block_p)
     _lovasz_softmax_grad_kernel[(B * n_pblocks,)](
         x, t, ge, g, C, S, n_pblocks, *xs, *ts, sgb, sgc, sgs, key_b, key_c, ign,

@@ -40,7 +40,6 @@ from segtriton.reference._common import (
 
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
 from ._tiles import (
-    MAX_TILE,
     NO_LABEL,
     class_blocks,
     label_view,
@@ -49,6 +48,7 @@ from ._tiles import (
     pixel_view,
     scale_grad_,
     sum_partials,
+    tile_pixels,
 )
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -76,7 +76,7 @@ def _prepass(
     R = 1 if labels else t.shape[1]
     S = t[0, 0].numel()
     block_r = triton.next_power_of_2(R)
-    block_p = max(16, min(1024, MAX_TILE // block_r))
+    block_p = tile_pixels(block_r)
     n_pblocks = triton.cdiv(S, block_p)
     partials = torch.empty(t.shape[0] * n_pblocks, dtype=torch.float32, device=t.device)
     _valid_sum_kernel[(partials.numel(),)](
@@ -443,7 +443,7 @@ def _sigmoid_launch(
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c = min(triton.next_power_of_2(C), 16)
-    block_p = max(64, min(1024, MAX_TILE // block_c))
+    block_p = tile_pixels(block_c, least=64)
     n_pblocks = triton.cdiv(S, block_p)
     per_el = reduction == "none"
     loss, (g, sgb, sgc, sgs) = _outputs(gout, B * C * S if per_el else B * n_pblocks, grad, x)
