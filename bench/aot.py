@@ -27,11 +27,27 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only when cases are built, not for `segtriton --help`
+    import torch
 
-# Shared memory one block may use (bytes), by compute capability (CUDA programming guide).
-MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+# Per-SM limits by compute capability (CUDA programming guide): registers, warps, blocks,
+# shared memory bytes. One block may use the shared memory less the 1 KiB reserved per block.
+SM_LIMITS = {
+    80: (65536, 64, 32, 167936),
+    86: (65536, 48, 16, 102400),
+    89: (65536, 48, 24, 102400),
+    90: (65536, 64, 32, 233472),
+    100: (65536, 64, 32, 233472),
+    120: (65536, 48, 32, 102400),
+}
+BLOCK_RESERVED_SHARED = 1024
+
+
+def shared_limit(arch: int) -> int:
+    """Shared memory bytes one block may use on ``sm_<arch>``."""
+    return SM_LIMITS[arch][3] - BLOCK_RESERVED_SHARED
 
 
 @dataclasses.dataclass
@@ -153,6 +169,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     """Every registry loss variant and the metrics over class counts (the single-tile path,
     C = 150, and the streamed path past 256 classes) and dtypes; layout (NCHW or
     channels_last, 2-D or 3-D), reduction and label dtype take turns along the list."""
+    import torch
+
     from segtriton.registry import LOSSES, variant_fits
 
     counts = (3, 150, 300) if quick else (1, 2, 3, 19, 150, 300, 1000)
@@ -187,6 +205,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
 
 def run_case(case: CompileCase) -> None:
     """Call the case's public function with small random inputs (forward and backward)."""
+    import torch
+
     from segtriton import kernels
     from segtriton.registry import get, make_inputs
 
@@ -242,17 +262,6 @@ def compile_registry(
     return rows, failures
 
 
-# Per-SM limits by compute capability: (registers, warps, blocks, shared bytes).
-SM_LIMITS = {
-    80: (65536, 64, 32, 167936),
-    86: (65536, 48, 16, 102400),
-    89: (65536, 48, 24, 102400),
-    90: (65536, 64, 32, 233472),
-    100: (65536, 64, 32, 233472),
-    120: (65536, 48, 32, 102400),
-}
-
-
 def blocks_per_sm(row: CompiledKernel, arch: int) -> int:
     """Resident blocks per SM allowed by registers (allocated per warp in units of 256),
     warps, the block limit and shared memory (1 KiB reserved per block), as in the CUDA
@@ -260,17 +269,22 @@ def blocks_per_sm(row: CompiledKernel, arch: int) -> int:
     regs, warps, blocks, shared = SM_LIMITS[arch]
     per_warp = -(-max(row.registers, 1) * 32 // 256) * 256
     by_regs = (regs // per_warp) // row.num_warps
-    by_shared = shared // (row.shared_bytes + 1024)
+    by_shared = shared // (row.shared_bytes + BLOCK_RESERVED_SHARED)
     return min(by_regs, warps // row.num_warps, blocks, by_shared)
 
 
-def summarize(rows: list[CompiledKernel], arch: int):
-    """One line per kernel: specialisations, warps, worst registers / local memory / shared
-    memory and the fewest resident warps per SM over its specialisations."""
+def frame(rows: list[CompiledKernel], arch: int):
+    """The rows as a DataFrame, with the resident warps per SM of each."""
     import pandas as pd
 
     df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
     df["warps_per_sm"] = [blocks_per_sm(r, arch) * r.num_warps for r in rows]
+    return df
+
+
+def summarize(df):
+    """One line per kernel of a :func:`frame`: specialisations, worst registers / local
+    memory / shared memory and the fewest resident warps per SM over its specialisations."""
     return (
         df.groupby("kernel")
         .agg(
@@ -294,15 +308,13 @@ def write_report(
 ) -> Path:
     """``kernels.csv`` (every specialisation) and ``compile.md`` (summary, spills,
     failures) under ``out``; returns the path of ``compile.md``."""
-    import pandas as pd
     import triton
 
     from .env import environment
     from .report import md_table
 
     out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
-    df["warps_per_sm"] = [blocks_per_sm(r, arch) * r.num_warps for r in rows]
+    df = frame(rows, arch)
     df.to_csv(out / "kernels.csv", index=False)
     env = environment()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -311,13 +323,13 @@ def write_report(
         "",
         f"Command: `{command}`. triton {triton.__version__}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}.",
-        "Registers and local (spill) bytes per thread from `cuobjdump -res-usage` of each "
+        "Registers and stack/local (spill) bytes per thread from `cuobjdump -res-usage` of each "
         "cubin; warps per SM from those by the occupancy calculator's rules. These are "
         "compiler figures, not GPU timings.",
         "",
         f"{len(rows)} specialisations compiled, {len(failures)} case(s) failed.",
         "",
-        md_table(summarize(rows, arch)),
+        md_table(summarize(df)),
         "",
     ]
     spills = df[df.local_bytes > 0].sort_values("local_bytes", ascending=False)

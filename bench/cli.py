@@ -125,15 +125,15 @@ def _compile(args: argparse.Namespace) -> int:
         return 2
     import datetime
 
-    from .aot import MAX_SHARED, compile_registry, write_report
+    from .aot import compile_registry, shared_limit, write_report
 
     rows, failures = compile_registry(args.arch, quick=args.quick)
     out = Path(
         args.out or Path("results") / f"sm{args.arch}-compile" / datetime.date.today().isoformat()
     )
     report = write_report(rows, failures, out, args.arch, "segtriton " + " ".join(sys.argv[1:]))
-    limit = MAX_SHARED.get(args.arch)
-    too_big = [r for r in rows if limit is not None and r.shared_bytes > limit]
+    limit = shared_limit(args.arch)
+    too_big = [r for r in rows if r.shared_bytes > limit]
     for r in too_big:
         print(
             f"{r.kernel} needs {r.shared_bytes} B of shared memory (sm_{args.arch}: {limit}): "
@@ -149,6 +149,8 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .aot import SM_LIMITS
+
     parser = argparse.ArgumentParser(
         prog="segtriton",
         description="Triton segmentation losses and metrics: checks, sweeps and reports.",
@@ -200,7 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile every kernel for a GPU architecture without a GPU; report registers, "
         "spills, shared memory",
     )
-    aot.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100)")
+    aot.add_argument(
+        "--arch",
+        type=int,
+        default=90,
+        choices=sorted(SM_LIMITS),
+        help="compute capability x10 (90: H100)",
+    )
     aot.add_argument("--quick", action="store_true", help="fewer class counts and dtypes")
     aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
     aot.set_defaults(func=_compile)
