@@ -20,6 +20,7 @@ from segtriton.reference._common import (
     check_choice,
     check_mode,
     checked_target,
+    device_constant,
     label_mask,
     value_checks,
 )
@@ -115,11 +116,11 @@ def signed_distance_map(
 
 
 def _class_counts(idx: list[int], C: int, device: torch.device) -> torch.Tensor:
-    """fp32 ``[C]``: how often each class is selected. A run ``[a, C)`` (the defaults) is
-    filled on the device; any other list is copied there (graph capture needs the former)."""
-    if idx == list(range(idx[0], C)):
-        return (torch.arange(C, device=device) >= idx[0]).to(torch.float32)
-    return torch.bincount(torch.tensor(idx), minlength=C).to(device, torch.float32)
+    """fp32 ``[C]``: how often each class is selected (a cached device constant)."""
+    counts = [0] * C
+    for c in idx:
+        counts[c] += 1
+    return device_constant(counts, torch.float32, device)
 
 
 def _boundary_denom(target, counts, labels, ignore_index, n_selected):

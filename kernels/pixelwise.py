@@ -19,8 +19,10 @@ Same signatures and semantics as ``segtriton.reference`` (see the formulas there
   triggering a device-side assert; ``validate=True`` checks the values first and raises a
   ``ValueError`` naming the bad label (this reads the labels on the host: a sync), and
   also rejects negative or non-finite class weights.
-- Class weights, alpha and pos_weight are best given as device tensors (the ``nn.Module``
-  forms hold them as buffers): a Python list is copied to the device on every call.
+- Class weights, alpha and pos_weight may be device tensors (the ``nn.Module`` forms hold
+  them as buffers) or Python lists: a list is checked on the host and copied to the device
+  once, then reused (``device_constant``), so it costs no copy per call and CUDA graphs
+  can capture the loss after a warm-up call.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def _class_vector(name: str, value, C: int, logits: torch.Tensor, validate: bool):
-    """fp32 per-class vector on the logits' device; its values are read only with
-    ``validate`` (pass device tensors: a Python list is copied to the device each call)."""
+    """fp32 per-class vector on the logits' device; a tensor's values are read only with
+    ``validate`` (a list's are always checked, on the host)."""
     like = logits.new_empty(0, dtype=torch.float32)
     return check_class_vector(name, value, C, like, check_values=validate)
 

@@ -11,9 +11,13 @@ Conventions (all losses):
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 MODES = ("multiclass", "binary", "multilabel")
@@ -183,6 +187,49 @@ def check_mode(mode: str, logits: torch.Tensor) -> None:
         )
 
 
+_CONSTANTS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_CONSTANTS_KEPT = 64
+
+
+def device_constant(
+    values: Sequence[float] | Sequence[int] | Sequence[bool],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """A read-only 1-D tensor of Python numbers on ``device``.
+
+    It is copied to the device once per distinct ``(values, dtype, device)`` and reused by
+    later calls (the last 64 are kept), so a loss given a Python list makes no host-to-device
+    copy after its first call and can be captured in a CUDA graph after a warm-up call.
+    Callers must not write into it. While torch.compile traces, or while a CUDA graph is
+    being captured (its memory would belong to the graph), nothing is cached.
+    """
+    device = torch.device(device)
+    if torch.compiler.is_compiling() or (
+        device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    ):
+        return torch.tensor(list(values), dtype=dtype, device=device)
+    key = (tuple(values), dtype, device)
+    hit = _CONSTANTS.get(key)
+    if hit is None:
+        hit = torch.tensor(key[0], dtype=dtype, device=device)
+        _CONSTANTS[key] = hit
+        if len(_CONSTANTS) > _CONSTANTS_KEPT:
+            _CONSTANTS.popitem(last=False)
+    else:
+        _CONSTANTS.move_to_end(key)
+    return hit
+
+
+def _python_numbers(value: object) -> list[float] | None:
+    """``value`` as a list of floats when it is a sequence of Python/NumPy reals, else None."""
+    if isinstance(value, torch.Tensor) or not isinstance(value, (Sequence, np.ndarray)):
+        return None
+    if not all(isinstance(v, numbers.Real) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
 def check_class_vector(
     name: str,
     value: torch.Tensor | Sequence[float] | None,
@@ -191,10 +238,22 @@ def check_class_vector(
     check_values: bool = True,
 ) -> torch.Tensor | None:
     """Per-class vector (class weights, alpha, pos_weight) as a contiguous tensor of
-    ``like``'s dtype and device. ``check_values`` reads it to reject negative or
-    non-finite entries (a host sync for a device tensor)."""
+    ``like``'s dtype and device.
+
+    A list of numbers is checked on the host (negative or non-finite entries are rejected,
+    at no cost) and becomes a cached :func:`device_constant`. A tensor's values are read
+    only with ``check_values`` (a host sync for a device tensor)."""
     if value is None:
         return None
+    numbers_ = _python_numbers(value)
+    if numbers_ is not None:
+        if len(numbers_) != C:
+            raise ValueError(
+                f"{name} must have one entry per class (C={C}), got {len(numbers_)} entries"
+            )
+        if any(not math.isfinite(v) or v < 0 for v in numbers_):
+            raise ValueError(f"{name} must be finite and non-negative, got {list(value)}")
+        return device_constant(numbers_, like.dtype, like.device)
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device).contiguous()
     if v.dim() != 1 or v.shape[0] != C:
         raise ValueError(

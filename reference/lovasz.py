@@ -20,6 +20,7 @@ from ._common import (
     check_labels,
     check_masks,
     class_mean,
+    device_constant,
     flat,
     flat_labels,
 )
@@ -142,13 +143,13 @@ def lovasz_softmax_reduce(
     elif isinstance(classes, str):
         raise ValueError(f"classes must be 'present', 'all' or a list of ints, got {classes!r}")
     else:
-        idx = torch.as_tensor(list(classes), dtype=torch.long)
-        if idx.numel() == 0 or bool(((idx < 0) | (idx >= C)).any()):
+        idx = [int(c) for c in classes]
+        if not idx or any(c < 0 or c >= C for c in idx):
             raise ValueError(
                 f"classes must be a non-empty list of indices in [0, {C}), got {classes}"
             )
-        select = torch.zeros(C, dtype=torch.bool, device=losses.device)
-        select[idx.to(losses.device)] = True
+        chosen = set(idx)
+        select = device_constant([c in chosen for c in range(C)], torch.bool, losses.device)
         select = select.expand_as(losses)
     w = check_class_vector("weight", weight, C, losses, check_values)
     w = select.to(losses.dtype) * (w if w is not None else 1.0)

@@ -146,6 +146,11 @@ def test_bad_targets_give_nan_or_a_clear_error(gen):
 def test_torch_compile_fullgraph(seed, gen):
     entry = get("lovasz_softmax")
     x, y = _tie_free_inputs(entry, (2, 5, 6, 7), {"per_image": True}, gen)
-    opts = {"per_image": True, "ignore_index": 255}
+    opts = {
+        "per_image": True,
+        "ignore_index": 255,
+        "classes": [0, 3],
+        "weight": [2.0, 1, 1, 0.5, 1],
+    }
     step = torch.compile(lambda x, y: ker.lovasz_softmax_loss(x, y, **opts), fullgraph=True)
     assert_matches(entry, x, y, opts, torch.float32, seed, kernel=lambda x, y, **_: step(x, y))

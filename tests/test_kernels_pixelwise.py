@@ -157,14 +157,14 @@ def test_torch_compile_fullgraph(gen):
     @torch.compile(fullgraph=True)
     def step(x, y):
         return (
-            0.5 * ker.cross_entropy(x, y, label_smoothing=0.1)
+            0.5 * ker.cross_entropy(x, y, label_smoothing=0.1, weight=[0.5, 1, 2, 0, 1])
             + ker.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
         )
 
     loss = step(x, y)
     (grad,) = torch.autograd.grad(loss, x)
     expected = (
-        0.5 * ref.cross_entropy(x, y, label_smoothing=0.1)
+        0.5 * ref.cross_entropy(x, y, label_smoothing=0.1, weight=[0.5, 1, 2, 0, 1])
         + ref.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
     )
     (ref_grad,) = torch.autograd.grad(expected, x)

@@ -1,0 +1,66 @@
+"""Per-class options given as Python lists: checked on the host, copied to the device once.
+
+A list (class weights, alpha, pos_weight, Lovasz ``classes``) becomes a cached device
+constant, so repeated calls make no host-to-device copy and a CUDA graph can capture the
+loss after a warm-up call (``test_kernels_graphs.py`` replays such variants on the GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import DEVICE
+
+from segtriton import kernels
+from segtriton.reference import _common
+from segtriton.reference._common import check_class_vector, device_constant
+
+
+def test_device_constant_is_reused_per_value_dtype_and_device():
+    a = device_constant([0.5, 1.0, 2.0], torch.float32, torch.device(DEVICE))
+    assert a is device_constant((0.5, 1.0, 2.0), torch.float32, torch.device(DEVICE))
+    assert a.device.type == DEVICE and a.tolist() == [0.5, 1.0, 2.0]
+    assert a is not device_constant([0.5, 1.0, 3.0], torch.float32, torch.device(DEVICE))
+    b = device_constant([0.5, 1.0, 2.0], torch.float64, torch.device(DEVICE))
+    assert b is not a and b.dtype == torch.float64
+
+
+def test_device_constant_keeps_the_most_recent():
+    first = device_constant([-1.0], torch.float32, torch.device("cpu"))
+    for i in range(_common._CONSTANTS_KEPT):
+        device_constant([float(i)], torch.float32, torch.device("cpu"))
+    assert len(_common._CONSTANTS) <= _common._CONSTANTS_KEPT
+    assert device_constant([-1.0], torch.float32, torch.device("cpu")) is not first
+
+
+def test_lists_and_tensors_give_the_same_vector():
+    like = torch.empty(0, device=DEVICE)
+    listed = check_class_vector("weight", [1, 2.5, 0], 3, like, check_values=False)
+    tensor = check_class_vector("weight", torch.tensor([1, 2.5, 0]), 3, like, False)
+    assert torch.equal(listed, tensor) and listed.dtype == torch.float32
+
+
+@pytest.mark.parametrize("bad", [[1.0, -0.5, 1.0], [1.0, float("nan"), 1.0]])
+def test_bad_list_values_are_rejected_without_validate(bad):
+    x = torch.randn(2, 3, 5, 7, device=DEVICE)
+    y = torch.randint(0, 3, (2, 5, 7), device=DEVICE)
+    with pytest.raises(ValueError, match="weight must be finite and non-negative"):
+        kernels.cross_entropy(x, y, weight=bad)
+    with pytest.raises(ValueError, match="alpha must be finite and non-negative"):
+        kernels.softmax_focal_loss(x, y, alpha=bad)
+
+
+def test_list_length_is_checked():
+    x = torch.randn(2, 3, 5, 7, device=DEVICE)
+    y = torch.randint(0, 3, (2, 5, 7), device=DEVICE)
+    with pytest.raises(ValueError, match=r"weight must have one entry per class \(C=3\)"):
+        kernels.cross_entropy(x, y, weight=[1.0, 2.0])
+
+
+def test_lovasz_class_list_selects_those_classes(gen):
+    x = torch.randn(2, 3, 5, 7, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 5, 7), generator=gen).to(DEVICE)
+    picked = kernels.lovasz_softmax_loss(x, y, classes=[2, 0], per_image=True, reduction="none")
+    masked = kernels.lovasz_softmax_loss(
+        x, y, classes="all", weight=[1.0, 0.0, 1.0], per_image=True, reduction="none"
+    )
+    torch.testing.assert_close(picked, masked)
