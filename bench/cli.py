@@ -29,12 +29,14 @@ def _check(_: argparse.Namespace) -> int:
             "set TRITON_INTERPRET=1 to run the Triton kernels in the CPU interpreter"
         )
         return 0
-    from segtriton.kernels import run_smoke_kernel
+    from segtriton.kernels import interpreter_problem, run_smoke_kernel
 
     try:
         err = run_smoke_kernel(where)
     except Exception as exc:  # report any failure of the toolchain, do not crash `check`
         print(f"kernels: smoke kernel FAILED on {where}: {type(exc).__name__}: {exc}")
+        if where == "cpu" and interpreter_problem():
+            print(f"kernels: {interpreter_problem()}")
         return 1
     status = "ok" if err < 1e-5 else f"WRONG (max error {err:g})"
     mode = "compiled" if where == "cuda" else "Triton interpreter"

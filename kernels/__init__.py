@@ -1,7 +1,9 @@
 """Triton implementations of the segtriton losses and metrics (same signatures as
 ``segtriton.reference``)."""
 
-from ._runtime import interpreter_enabled, run_smoke_kernel
+import warnings
+
+from ._runtime import interpreter_enabled, interpreter_problem, run_smoke_kernel
 from .boundary import boundary_loss, signed_distance_map, squared_edt
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
@@ -35,6 +37,7 @@ __all__ = [
     "focal_tversky_loss",
     "generalized_dice_loss",
     "interpreter_enabled",
+    "interpreter_problem",
     "jaccard_loss",
     "lovasz_hinge_loss",
     "lovasz_softmax_loss",
@@ -47,3 +50,6 @@ __all__ = [
     "squared_edt",
     "tversky_loss",
 ]
+
+if interpreter_enabled() and interpreter_problem():
+    warnings.warn(interpreter_problem(), stacklevel=2)

@@ -7,7 +7,9 @@ be set before ``triton`` is first imported.
 from __future__ import annotations
 
 import os
+import re
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -18,13 +20,35 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _release(version: str) -> tuple[int, int]:
+    major, minor = re.findall(r"\d+", version)[:2]
+    return int(major), int(minor)
+
+
+def interpreter_problem() -> str | None:
+    """Why this Triton's interpreter cannot run the segtriton kernels, or None.
+
+    Triton before 3.7 turns a loop bound into a Python int with ``int()`` of a one-element
+    array, which NumPy 2.4 rejects, so every kernel with a loop over a runtime count fails
+    there (triton-lang/triton#9171)."""
+    if _release(triton.__version__) >= (3, 7) or _release(np.__version__) < (2, 4):
+        return None
+    return (
+        f"Triton {triton.__version__}'s interpreter cannot run loops with NumPy "
+        f"{np.__version__} (triton-lang/triton#9171): install triton>=3.7 or numpy<2.4"
+    )
+
+
 @triton.jit
 def _axpy_kernel(x_ptr, y_ptr, out_ptr, a, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
-    y = tl.load(y_ptr + offs, mask=mask).to(tl.float32)
-    tl.store(out_ptr + offs, a * x + y, mask=mask)
+    """``out = a x + y`` in one program that loops over blocks (a runtime trip count, as in
+    the loss kernels)."""
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+        y = tl.load(y_ptr + offs, mask=mask).to(tl.float32)
+        tl.store(out_ptr + offs, a * x + y, mask=mask)
 
 
 def run_smoke_kernel(device: str | torch.device) -> float:
@@ -33,5 +57,5 @@ def run_smoke_kernel(device: str | torch.device) -> float:
     x = torch.randn(n, device=device)
     y = torch.randn(n, device=device)
     out = torch.empty_like(x)
-    _axpy_kernel[(triton.cdiv(n, 256),)](x, y, out, 2.0, n, BLOCK=256)
+    _axpy_kernel[(1,)](x, y, out, 2.0, n, BLOCK=256)
     return float((out - (2.0 * x + y)).abs().max())
