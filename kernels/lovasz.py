@@ -166,6 +166,9 @@ def _(logits, target, grad_rows, sorted_keys, perm, start, total, per_image, ign
 def _setup(ctx, inputs, output):
     logits, target, *ctx.params = inputs
     _, total, sorted_keys, perm, start = output
+    # only the row losses carry a gradient: no logits-sized zeros for the sort outputs
+    ctx.mark_non_differentiable(total, sorted_keys, perm, start)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(logits, target, sorted_keys, perm, start, total)
 
 

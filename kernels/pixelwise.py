@@ -307,6 +307,10 @@ def _register_fused_autograd(op: str, grad_op, reduction_at: int) -> None:
     """
 
     def setup(ctx, inputs, output):
+        # the gradient output gets no gradient: without this autograd would fill a
+        # logits-sized zeros tensor for it in every backward
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
         ctx.reduction, ctx.n_inputs = inputs[reduction_at], len(inputs)
         if ctx.reduction != "none":
             ones = torch.ones(1, dtype=torch.float32, device=inputs[0].device)

@@ -349,6 +349,8 @@ def _loss_setup(ctx, inputs, output):
     ctx.params, ctx.n_inputs = params[:11], len(inputs)  # the pass-1 parameters
     ctx.per_class = params[-1][6] < 0  # 'none': a grad_output per class, but for GDL
     ctx.save_for_backward(logits, target, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _loss_backward(ctx, grad_loss, _grad_out):
