@@ -150,6 +150,36 @@ def _compile(args: argparse.Namespace) -> int:
     return 1 if failures or too_big else 0
 
 
+def _traffic(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    from segtriton.kernels import interpreter_enabled
+
+    if not interpreter_enabled():
+        print("segtriton traffic runs in the interpreter: set TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    import datetime
+
+    from .spec import DTYPES, LABEL_DTYPES
+    from .traffic import traffic_table, write_report
+
+    shape = tuple(int(v) for v in args.shape.split(","))
+    if len(shape) < 3:
+        raise SystemExit(f"--shape needs B,C and at least one spatial size, got {args.shape}")
+    losses = args.losses.split(",") if args.losses else None
+    summary, detail = traffic_table(
+        shape, DTYPES[args.dtype], LABEL_DTYPES[args.label_dtype], losses
+    )
+    out = Path(args.out or Path("results") / "traffic" / datetime.date.today().isoformat())
+    report = write_report(summary, detail, out, "segtriton " + " ".join(sys.argv[1:]))
+    for row in summary:
+        print(
+            f"{row['loss']:<18} unique/model {row['unique_over_model']:>7.3f}  "
+            f"floor bound {row['floor_bound_pct']:>5.1f}%"
+        )
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .aot import SM_LIMITS
 
@@ -214,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     aot.add_argument("--quick", action="store_true", help="fewer class counts and dtypes")
     aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
     aot.set_defaults(func=_compile)
+
+    traffic = sub.add_parser(
+        "traffic",
+        help="count the bytes each loss's kernels ask for (Triton interpreter) against its "
+        "byte model",
+    )
+    traffic.add_argument("--shape", default="2,19,64,96", help="B,C,spatial... (2,19,64,96)")
+    traffic.add_argument("--dtype", default="bf16", help="fp32, fp16 or bf16 (bf16)")
+    traffic.add_argument("--label-dtype", default="int64", help="int64, int32, int16, uint8")
+    traffic.add_argument("--losses", help="comma-separated registry names (default: all)")
+    traffic.add_argument("--out", help="output folder (default results/traffic/<date>)")
+    traffic.set_defaults(func=_traffic)
     return parser
 
 

@@ -1,0 +1,307 @@
+"""Bytes a loss asks memory for, counted in Triton's CPU interpreter, beside its byte model.
+
+The benchmark reports speed as a fraction of a floor: the loss's minimal bytes
+(:func:`segtriton.registry.minimal_bytes`) over the measured copy bandwidth. Here each
+load, store and atomic of every Triton launch is attributed to the tensor argument it
+falls in, and every other torch op the loss runs is charged the bytes of its tensor inputs
+and outputs. Two totals per call:
+
+- **requested**: every access counted (re-reads included);
+- **unique**: per launch, each byte once: what the launch must fetch from DRAM at least
+  once. DRAM traffic lies between the two (caches serve some re-reads).
+
+``model / unique`` bounds the fraction of the floor a kernel can reach. No timing; sectors,
+caches and launch overheads are not modelled. Runs only with ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+# torch ops that move no tensor data (views, allocations, metadata)
+_FREE_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach"}
+
+
+@dataclass
+class _Arg:
+    name: str
+    start: int
+    end: int
+    read: np.ndarray = field(repr=False)
+    written: np.ndarray = field(repr=False)
+
+
+@dataclass
+class Traffic:
+    """Per ``(kernel, argument)``: requested and unique bytes read and written.
+
+    Torch ops other than segtriton's custom ops appear as kernel ``torch:<op>`` with
+    argument ``-``."""
+
+    bytes: dict[tuple[str, str], list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0])
+    )
+    launches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def totals(self) -> tuple[int, int]:
+        """``(requested, unique)`` bytes over everything counted."""
+        req = sum(v[0] + v[1] for v in self.bytes.values())
+        uniq = sum(v[2] + v[3] for v in self.bytes.values())
+        return req, uniq
+
+    def rows(self) -> list[dict[str, object]]:
+        return [
+            {
+                "kernel": k,
+                "argument": a,
+                "launches": self.launches[k],
+                "read": v[0],
+                "written": v[1],
+                "unique_read": v[2],
+                "unique_written": v[3],
+            }
+            for (k, a), v in sorted(self.bytes.items(), key=lambda kv: -sum(kv[1]))
+        ]
+
+
+class _Launch:
+    """Address ranges of one launch's tensor arguments and the bytes they saw."""
+
+    def __init__(self, record: Traffic, kernel: str, names: list[str], values: list) -> None:
+        self.record = record
+        self.kernel = kernel
+        self.args: list[_Arg] = []
+        for name, value in zip(names, values, strict=False):
+            if isinstance(value, torch.Tensor) and value.numel() > 0:
+                lo, hi = _extent(value)
+                n = hi - lo
+                self.args.append(_Arg(name, lo, hi, np.zeros(n, bool), np.zeros(n, bool)))
+
+    def access(self, addrs: np.ndarray, mask: np.ndarray, size: int, write: bool) -> None:
+        addrs, mask = np.broadcast_arrays(np.asarray(addrs, np.uint64), np.asarray(mask, bool))
+        active = addrs[mask]
+        for arg in self.args:
+            inside = active[(active >= arg.start) & (active < arg.end)]
+            if inside.size == 0:
+                continue
+            seen = arg.written if write else arg.read
+            for k in range(size):
+                seen[(inside - arg.start + k).clip(max=arg.end - arg.start - 1)] = True
+            self.record.bytes[(self.kernel, arg.name)][1 if write else 0] += inside.size * size
+
+    def close(self) -> None:
+        for arg in self.args:
+            entry = self.record.bytes[(self.kernel, arg.name)]
+            entry[2] += int(arg.read.sum())
+            entry[3] += int(arg.written.sum())
+        self.record.launches[self.kernel] += 1
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """Byte range ``[lo, hi)`` a strided tensor spans."""
+    span = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True)) + 1
+    lo = t.data_ptr()
+    return lo, lo + span * t.element_size()
+
+
+def _element_size(ptrs) -> int:
+    return max(1, ptrs.get_element_ty().primitive_bitwidth // 8)
+
+
+class _TorchOps(TorchDispatchMode):
+    """Charges every torch op outside segtriton's custom ops the bytes of its tensors."""
+
+    def __init__(self, record: Traffic) -> None:
+        super().__init__()
+        self.record = record
+        self.paused = False  # inside a Triton launch: the interpreter's own copies
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "segtriton":
+            # run the op's CPU implementation with this mode on, so that the torch ops
+            # inside it are counted too (its Triton launches are counted by the hooks)
+            with self:
+                return func.redispatch(_CPU, *args, **kwargs)
+        out = func(*args, **kwargs)
+        name = func.overloadpacket.__name__
+        if name in _FREE_OPS or func.is_view or self.paused:
+            return out
+        tensors = [
+            t
+            for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
+            if isinstance(t, torch.Tensor)
+        ]
+        moved = sum(t.numel() * t.element_size() for t in tensors)
+        entry = self.record.bytes[(f"torch:{name}", "-")]
+        entry[0] += moved
+        entry[2] += moved
+        self.record.launches[f"torch:{name}"] += 1
+        return out
+
+
+@contextmanager
+def count_traffic() -> Iterator[Traffic]:
+    """Count the bytes of every Triton launch and torch op run inside the block."""
+    from triton.runtime import interpreter as interp
+
+    from segtriton.kernels import interpreter_enabled
+
+    if not interpreter_enabled():
+        raise RuntimeError("counting traffic needs Triton's interpreter (TRITON_INTERPRET=1)")
+    record = Traffic()
+    current: list[_Launch] = []
+    builder = interp.InterpreterBuilder
+    saved = {
+        name: getattr(builder, name)
+        for name in ("create_masked_load", "create_masked_store", "create_atomic_rmw")
+    }
+    saved_call = interp.GridExecutor.__call__
+
+    def call(self, *args, **kwargs):
+        named = dict(zip(self.arg_names, args, strict=False))
+        named.update((k, v) for k, v in kwargs.items() if k in self.arg_names)
+        current.append(_Launch(record, self.fn.__name__, list(named), list(named.values())))
+        paused, ops.paused = ops.paused, True
+        try:
+            return saved_call(self, *args, **kwargs)
+        finally:
+            ops.paused = paused
+            current.pop().close()
+
+    def load(self, ptrs, mask, other, *rest):
+        current[-1].access(ptrs.data, mask.data, _element_size(ptrs), write=False)
+        return saved["create_masked_load"](self, ptrs, mask, other, *rest)
+
+    def store(self, ptrs, value, mask, *rest):
+        current[-1].access(ptrs.data, mask.data, _element_size(ptrs), write=True)
+        return saved["create_masked_store"](self, ptrs, value, mask, *rest)
+
+    def atomic(self, op, ptr, val, mask, *rest):
+        for write in (False, True):
+            current[-1].access(ptr.data, mask.data, _element_size(ptr), write=write)
+        return saved["create_atomic_rmw"](self, op, ptr, val, mask, *rest)
+
+    for name, fn in (
+        ("create_masked_load", load),
+        ("create_masked_store", store),
+        ("create_atomic_rmw", atomic),
+    ):
+        setattr(builder, name, fn)
+    interp.GridExecutor.__call__ = call
+    ops = _TorchOps(record)
+    try:
+        with ops:
+            yield record
+    finally:
+        for name, fn in saved.items():
+            setattr(builder, name, fn)
+        interp.GridExecutor.__call__ = saved_call
+
+
+def loss_traffic(
+    entry,
+    shape: tuple[int, ...],
+    dtype: torch.dtype = torch.bfloat16,
+    label_dtype: torch.dtype = torch.int64,
+    options: dict | None = None,
+    seed: int = 0,
+) -> tuple[Traffic, int]:
+    """Count one fwd+bwd call of ``entry``'s kernel at ``shape`` (integer labels in
+    ``label_dtype``); also return the byte model of that call."""
+    from segtriton.registry import make_inputs, minimal_bytes
+
+    options = dict(entry.variants[0] if options is None else options)
+    x, t = make_inputs(entry, shape, options, dtype, torch.Generator().manual_seed(seed), 0.1)
+    if not t.is_floating_point():
+        t = t.to(label_dtype)
+    x.requires_grad_(True)
+    with count_traffic() as record:
+        loss = entry.kernel(x, t, **options)
+        torch.autograd.grad(loss, x)
+    return record, minimal_bytes(entry, shape, dtype, t.dtype, "fwd+bwd", options)
+
+
+def traffic_table(
+    shape: tuple[int, ...],
+    dtype: torch.dtype = torch.bfloat16,
+    label_dtype: torch.dtype = torch.int64,
+    losses: list[str] | None = None,
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Per registry loss with a kernel (default variant, fwd+bwd; C = 1 where the loss is
+    binary): totals over the byte model, and the per-kernel, per-argument breakdown."""
+    from segtriton.registry import LOSSES
+
+    summary, detail = [], []
+    for entry in LOSSES:
+        if entry.kernel is None or (losses and entry.name not in losses):
+            continue
+        binary = entry.channels == (1,) or entry.variants[0].get("mode") == "binary"
+        case = (shape[0], 1, *shape[2:]) if binary else tuple(shape)
+        record, model = loss_traffic(entry, case, dtype, label_dtype)
+        req, uniq = record.totals()
+        rows = record.rows()
+        torch_ops = sum(r["unique_read"] for r in rows if r["argument"] == "-")
+        summary.append(
+            {
+                "loss": entry.name,
+                "shape": "x".join(map(str, case)),
+                "model_bytes": model,
+                "requested_over_model": round(req / model, 3),
+                "unique_over_model": round(uniq / model, 3),
+                "torch_ops_share": round(torch_ops / uniq, 3),
+                "floor_bound_pct": round(100 * min(1.0, model / uniq), 1),
+                "launches": sum(record.launches.values()),
+            }
+        )
+        detail += [{"loss": entry.name, **r} for r in rows]
+    return summary, detail
+
+
+def write_report(
+    summary: list[dict[str, object]], detail: list[dict[str, object]], out: Path, command: str
+) -> Path:
+    """``traffic.csv`` (per loss), ``traffic_kernels.csv`` (per kernel and argument) and
+    ``traffic.md`` under ``out``; returns the path of ``traffic.md``."""
+    import pandas as pd
+    import triton
+
+    from .env import environment
+    from .report import md_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(summary)
+    table.to_csv(out / "traffic.csv", index=False)
+    pd.DataFrame(detail).to_csv(out / "traffic_kernels.csv", index=False)
+    env = environment()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        "# Bytes each loss asks for, against its byte model (Triton interpreter, no GPU)",
+        "",
+        f"Command: `{command}`. triton {triton.__version__}, torch {env['torch']}, "
+        f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}.",
+        "",
+        "One fwd+bwd call per loss (default options). Every load, store and atomic of each "
+        "Triton launch is attributed to the tensor it touches; other torch ops are charged "
+        "the bytes of their tensors. *requested* counts every access, *unique* each byte once "
+        "per launch (what DRAM must deliver at least once); the model is the one the benchmark "
+        "divides by (`segtriton.registry.minimal_bytes`). *floor_bound_pct* = model / unique: "
+        "the highest fraction of the copy-bandwidth floor the loss can reach. These are counts, "
+        "not timings; caches, sectors and launch overheads are not modelled.",
+        "",
+        md_table(table),
+        "",
+    ]
+    path = out / "traffic.md"
+    path.write_text("\n".join(lines))
+    return path

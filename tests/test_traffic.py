@@ -1,0 +1,70 @@
+"""The byte counter behind ``segtriton traffic`` (Triton interpreter only), and what it
+says of the pixel-wise and region losses: they move what their byte model says, plus
+small per-program partials (a few percent at the small shapes the interpreter affords,
+less at full size), and no torch op beside the kernels touches a logits-sized tensor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from segtriton.bench import traffic
+from segtriton.kernels import interpreter_enabled
+from segtriton.kernels._runtime import _axpy_kernel
+from segtriton.registry import LOSSES
+
+pytestmark = pytest.mark.skipif(
+    not interpreter_enabled(), reason="counts bytes in Triton's interpreter"
+)
+
+_MODELLED = [e for e in LOSSES if e.kernel and not e.name.startswith(("lovasz", "boundary"))]
+
+
+def test_counts_each_argument_of_a_launch():
+    x, y, out = torch.randn(1000), torch.randn(1000), torch.empty(1000)
+    with traffic.count_traffic() as record:
+        _axpy_kernel[(1,)](x, y, out, 2.0, 1000, BLOCK=256)
+    assert record.bytes[("_axpy_kernel", "x_ptr")] == [4000, 0, 4000, 0]
+    assert record.bytes[("_axpy_kernel", "y_ptr")] == [4000, 0, 4000, 0]
+    assert record.bytes[("_axpy_kernel", "out_ptr")] == [0, 4000, 0, 4000]
+    assert record.launches["_axpy_kernel"] == 1 and record.totals() == (12000, 12000)
+
+
+def test_torch_ops_are_charged_their_tensors():
+    x = torch.randn(256)
+    with traffic.count_traffic() as record:
+        x.view(16, 16).t().contiguous()
+    assert record.bytes[("torch:clone", "-")][0] == 2 * 1024  # read and written once
+    assert not any(k.startswith("torch:view") or k == "torch:t" for k, _ in record.bytes)
+
+
+@pytest.mark.parametrize("entry", _MODELLED, ids=lambda e: e.name)
+def test_losses_move_what_their_model_says(entry):
+    C = 1 if entry.channels == (1,) or entry.variants[0].get("mode") == "binary" else 19
+    record, model = traffic.loss_traffic(entry, (2, C, 24, 40), label_dtype=torch.uint8)
+    requested, unique = record.totals()
+    assert model <= unique <= requested
+    assert unique <= 1.08 * model, record.rows()[:8]
+    for (kernel, _), (read, *_rest) in record.bytes.items():
+        if kernel.startswith("torch:"):
+            assert read < 0.05 * model, f"{kernel} moves {read} B of a {model} B model"
+
+
+def test_cli_writes_the_report(tmp_path):
+    out = tmp_path / "traffic"
+    result = subprocess.run(
+        [sys.executable, "-m", "segtriton.bench.cli", "traffic", "--shape", "1,3,8,8"]
+        + ["--losses", "cross_entropy,dice", "--label-dtype", "uint8", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out / "traffic.csv")
+    assert list(table.loss) == ["cross_entropy", "dice"]
+    assert (table.unique_over_model >= 1).all() and (out / "traffic.md").exists()
+    assert len(pd.read_csv(out / "traffic_kernels.csv")) > 4
