@@ -17,6 +17,7 @@ caches and launch overheads are not modelled. Runs only with ``TRITON_INTERPRET=
 from __future__ import annotations
 
 import datetime
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -242,10 +243,16 @@ def traffic_table(
     binary): totals over the byte model, and the per-kernel, per-argument breakdown."""
     from segtriton.registry import LOSSES
 
+    from .runner import progress
+
+    unknown = sorted(set(losses or ()) - {e.name for e in LOSSES if e.kernel})
+    if unknown:
+        raise ValueError(f"no Triton kernel in the registry for {unknown}")
+    entries = [e for e in LOSSES if e.kernel and (not losses or e.name in losses)]
     summary, detail = [], []
-    for entry in LOSSES:
-        if entry.kernel is None or (losses and entry.name not in losses):
-            continue
+    started = time.perf_counter()
+    for i, entry in enumerate(entries):
+        progress(i, len(entries), started, entry.name)
         binary = entry.channels == (1,) or entry.variants[0].get("mode") == "binary"
         case = (shape[0], 1, *shape[2:]) if binary else tuple(shape)
         record, model = loss_traffic(entry, case, dtype, label_dtype)
