@@ -10,6 +10,7 @@ contiguous ``[lines, L]`` tensor (the axis being processed moved last).
   (the min-plus product with a parabola), by brute force over a window: no site farther
   than ``sqrt(max f)`` over the tile can win, so only ``j`` within that of the tile is
   read. Integer squared distances stay exact in fp32 below 2^24.
+- ``_signed_map_kernel``: the signed map from the two squared transforms, in one pass.
 """
 
 from __future__ import annotations
@@ -32,14 +33,21 @@ def _min(a, b):
 
 @triton.jit
 def _edt_first_kernel(
-    site_ptr, out_ptr, n_lines, L, spacing2, ROWS: tl.constexpr, BLOCK: tl.constexpr
+    site_ptr,
+    out_ptr,
+    n_lines,
+    L,
+    spacing2,
+    INVERT: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """ROWS lines per program, each whole in one tile."""
+    """ROWS lines per program, each whole in one tile. INVERT: the sites are the zeros."""
     lines = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     inside = (lines < n_lines)[:, None] & (offs < L)[None, :]
     ptrs = lines[:, None] * L + offs[None, :]
-    site = tl.load(site_ptr + ptrs, mask=inside, other=0) != 0
+    site = (tl.load(site_ptr + ptrs, mask=inside, other=INVERT) != 0) != INVERT
     pos = tl.zeros([ROWS, BLOCK], tl.int32) + offs[None, :]
     left = tl.associative_scan(tl.where(site, pos, -_FAR), 1, _max)
     right = tl.associative_scan(tl.where(site, pos, _FAR), 1, _min, reverse=True)
@@ -82,3 +90,17 @@ def _edt_axis_kernel(
         cand = f_j[:, None, :] + (d * d * spacing2)[None, :, :]
         best = tl.minimum(best, tl.min(cand, axis=2))
     tl.store(out_ptr + lines[:, None] * L + offs_i[None, :], best, mask=inside)
+
+
+@triton.jit
+def _signed_map_kernel(out_ptr, in_ptr, n, BLOCK: tl.constexpr):
+    """Kervadec's map from the squared distances to the mask (``out``, 0 on it) and to
+    its complement (``in``), written over ``out``: ``sqrt(out)`` outside the mask,
+    ``1 - sqrt(in)`` on it, 0 where either is inf (an empty or full mask)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n
+    d_out = tl.load(out_ptr + offs, mask=live, other=0.0)
+    d_in = tl.load(in_ptr + offs, mask=live, other=0.0)
+    phi = tl.where(d_out == 0.0, 1.0 - tl.sqrt(d_in), tl.sqrt(d_out))
+    both = (d_out < float("inf")) & (d_in < float("inf"))
+    tl.store(out_ptr + offs, tl.where(both, phi, 0.0), mask=live)

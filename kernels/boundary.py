@@ -26,7 +26,7 @@ from segtriton.reference._common import (
 )
 
 from ._boundary_kernels import _boundary_kernel
-from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
+from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel, _signed_map_kernel
 from ._tiles import class_blocks, ignore_arg, loss_views, num_warps_for, pixel_view
 from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
 
@@ -37,10 +37,13 @@ def squared_edt(sites: torch.Tensor, spacing: Sequence[float] | None = None) -> 
     """``[N, *S]`` float32: the squared Euclidean distance from every pixel to the nearest
     True pixel of its map (``sites`` is a bool ``[N, *S]``), ``inf`` for a map with none.
     ``spacing``: the size of a pixel along each spatial axis (default 1)."""
+    return _squared_edt(sites, spacing, invert=False)
+
+
+def _squared_edt(sites: torch.Tensor, spacing, invert: bool) -> torch.Tensor:
+    """:func:`squared_edt`, to the False pixels with ``invert``."""
     nd = sites.dim() - 1
-    spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * nd
-    if len(spacing) != nd:
-        raise ValueError(f"spacing needs {nd} entries, got {len(spacing)}")
+    spacing = ref_boundary.check_spacing(spacing, nd)
     if max(sites.shape[1:]) > MAX_LINE:
         raise ValueError(f"squared_edt handles axes up to {MAX_LINE} pixels")
     L = sites.shape[-1]
@@ -50,7 +53,7 @@ def squared_edt(sites: torch.Tensor, spacing: Sequence[float] | None = None) -> 
     rows = max(1, 4096 // block)
     n_lines = src.numel() // L
     _edt_first_kernel[(triton.cdiv(n_lines, rows),)](
-        src, f, n_lines, L, spacing[-1] ** 2, ROWS=rows, BLOCK=block
+        src, f, n_lines, L, spacing[-1] ** 2, INVERT=invert, ROWS=rows, BLOCK=block
     )
     for axis in range(nd - 1, 0, -1):  # tensor dims nd-1 .. 1 (dim 0 is the map index)
         g = f.movedim(axis, -1).contiguous()
@@ -104,14 +107,11 @@ def signed_distance_map(
         masks = t != 0
     B, C, *spatial = masks.shape
     m = masks.reshape(B * C, *spatial)
-    if spacing is not None and len(spacing) != len(spatial):
-        raise ValueError(f"spacing needs {len(spatial)} entries, got {len(spacing)}")
-    outside = squared_edt(m, spacing).sqrt()
-    inside = squared_edt(~m, spacing).sqrt()
-    phi = torch.where(m, 1.0 - inside, outside)
-    dims = tuple(range(1, m.dim()))
-    has_boundary = m.any(dims) & (~m).any(dims)
-    phi = torch.where(has_boundary.view(-1, *([1] * len(spatial))), phi, 0.0)
+    spacing = ref_boundary.check_spacing(spacing, len(spatial))
+    phi = _squared_edt(m, spacing, invert=False)
+    inside = _squared_edt(m, spacing, invert=True)
+    block = 1024
+    _signed_map_kernel[(triton.cdiv(phi.numel(), block),)](phi, inside, phi.numel(), BLOCK=block)
     return phi.view(B, C, *spatial)
 
 

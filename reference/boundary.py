@@ -6,6 +6,7 @@ carries no gradient. Pass a precomputed ``dist_map`` to skip that step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +14,18 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from ._common import acc_dtype, check_choice, check_labels, check_masks, check_mode
+
+
+def check_spacing(spacing: Sequence[float] | None, nd: int) -> tuple[float, ...]:
+    """``spacing`` as ``nd`` floats (all 1 when None); each must be finite and positive."""
+    if spacing is None:
+        return (1.0,) * nd
+    values = tuple(float(v) for v in spacing)
+    if len(values) != nd:
+        raise ValueError(f"spacing needs {nd} entries, got {len(values)}")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing entries must be finite and > 0, got {list(spacing)}")
+    return values
 
 
 def _signed_map(mask: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
@@ -59,8 +72,7 @@ def signed_distance_map(
         if not np.isin(t, (0, 1)).all():
             raise ValueError("signed_distance_map needs hard {0, 1} masks")
         masks = t.astype(bool)
-    if spacing is not None and len(spacing) != masks.ndim - 2:
-        raise ValueError(f"spacing needs {masks.ndim - 2} entries, got {len(spacing)}")
+    spacing = check_spacing(spacing, masks.ndim - 2)
     phi = np.stack([np.stack([_signed_map(m, spacing) for m in img]) for img in masks])
     return torch.from_numpy(phi).to(target.device)
 

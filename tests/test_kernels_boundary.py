@@ -134,6 +134,16 @@ def test_boundary_rejects_a_map_that_does_not_fit(gen):
             ker.boundary_loss(x, y, dist_map=torch.zeros(2, 3, 4, 5))
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 0.0), (1.0, -2.0), (float("nan"), 1.0), (1.0,)])
+def test_bad_spacing_is_named(spacing):
+    y = torch.randint(0, 3, (1, 5, 6), device=DEVICE)
+    for impl in (ker, ref):
+        with pytest.raises(ValueError, match="spacing"):
+            impl.signed_distance_map(y, 3, spacing=spacing)
+    with pytest.raises(ValueError, match="spacing"):
+        ker.squared_edt(y == 1, spacing)
+
+
 def test_boundary_bad_values_make_nan_without_validate(gen):
     x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
     y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
