@@ -233,6 +233,33 @@ def loss_traffic(
     return record, minimal_bytes(entry, shape, dtype, t.dtype, "fwd+bwd", options)
 
 
+METRICS = ("confusion_labels", "confusion_logits")
+
+
+def confusion_traffic(
+    shape: tuple[int, ...],
+    from_logits: bool,
+    dtype: torch.dtype = torch.bfloat16,
+    label_dtype: torch.dtype = torch.int64,
+    seed: int = 0,
+) -> tuple[Traffic, int]:
+    """Count one confusion matrix at ``shape`` (``[B, C, *S]``) from predicted labels or
+    from logits; the model is reading the predictions (or logits) and targets once."""
+    from segtriton.kernels import confusion_matrix
+
+    B, C, *spatial = shape
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, C, (B, *spatial), generator=gen).to(label_dtype)
+    if from_logits:
+        preds = torch.randn(shape, generator=gen).to(dtype)
+    else:
+        preds = torch.randint(0, C, (B, *spatial), generator=gen).to(label_dtype)
+    with count_traffic() as record:
+        confusion_matrix(preds, target, C, validate=False)
+    model = preds.numel() * preds.element_size() + target.numel() * target.element_size()
+    return record, model
+
+
 def traffic_table(
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.bfloat16,
@@ -240,28 +267,35 @@ def traffic_table(
     losses: list[str] | None = None,
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """Per registry loss with a kernel (default variant, fwd+bwd; C = 1 where the loss is
-    binary): totals over the byte model, and the per-kernel, per-argument breakdown."""
-    from segtriton.registry import LOSSES
+    binary) and per confusion-matrix input (:data:`METRICS`): totals over the byte model,
+    and the per-kernel, per-argument breakdown."""
+    from segtriton.registry import LOSSES, get
 
     from .runner import progress
 
-    unknown = sorted(set(losses or ()) - {e.name for e in LOSSES if e.kernel})
+    unknown = sorted(set(losses or ()) - {e.name for e in LOSSES if e.kernel} - set(METRICS))
     if unknown:
         raise ValueError(f"no Triton kernel in the registry for {unknown}")
-    entries = [e for e in LOSSES if e.kernel and (not losses or e.name in losses)]
+    names = [e.name for e in LOSSES if e.kernel] + list(METRICS)
+    names = [n for n in names if not losses or n in losses]
     summary, detail = [], []
     started = time.perf_counter()
-    for i, entry in enumerate(entries):
-        progress(i, len(entries), started, entry.name)
-        binary = entry.channels == (1,) or entry.variants[0].get("mode") == "binary"
-        case = (shape[0], 1, *shape[2:]) if binary else tuple(shape)
-        record, model = loss_traffic(entry, case, dtype, label_dtype)
+    for i, name in enumerate(names):
+        progress(i, len(names), started, name)
+        if name in METRICS:
+            case = tuple(shape)
+            record, model = confusion_traffic(case, name.endswith("logits"), dtype, label_dtype)
+        else:
+            entry = get(name)
+            binary = entry.channels == (1,) or entry.variants[0].get("mode") == "binary"
+            case = (shape[0], 1, *shape[2:]) if binary else tuple(shape)
+            record, model = loss_traffic(entry, case, dtype, label_dtype)
         req, uniq = record.totals()
         rows = record.rows()
         torch_ops = sum(r["unique_read"] for r in rows if r["argument"] == "-")
         summary.append(
             {
-                "loss": entry.name,
+                "loss": name,
                 "shape": "x".join(map(str, case)),
                 "model_bytes": model,
                 "requested_over_model": round(req / model, 3),
@@ -271,7 +305,7 @@ def traffic_table(
                 "launches": sum(record.launches.values()),
             }
         )
-        detail += [{"loss": entry.name, **r} for r in rows]
+        detail += [{"loss": name, **r} for r in rows]
     return summary, detail
 
 

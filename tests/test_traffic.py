@@ -54,6 +54,13 @@ def test_losses_move_what_their_model_says(entry):
             assert read < 0.05 * model, f"{kernel} moves {read} B of a {model} B model"
 
 
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_confusion_matrix_reads_its_inputs_once(from_logits):
+    record, model = traffic.confusion_traffic((2, 5, 12, 20), from_logits)
+    reads = {a: v[0] for (k, a), v in record.bytes.items() if k == "_confusion_kernel"}
+    assert reads["p_ptr"] + reads["t_ptr"] == model
+
+
 def test_cli_writes_the_report(tmp_path):
     out = tmp_path / "traffic"
     result = subprocess.run(
