@@ -107,7 +107,6 @@ def signed_distance_map(
         masks = t != 0
     B, C, *spatial = masks.shape
     m = masks.reshape(B * C, *spatial)
-    spacing = ref_boundary.check_spacing(spacing, len(spatial))
     phi = _squared_edt(m, spacing, invert=False)
     inside = _squared_edt(m, spacing, invert=True)
     block = 1024

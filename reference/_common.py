@@ -223,7 +223,7 @@ def device_constant(
 
 def _python_numbers(value: object) -> list[float] | None:
     """``value`` as a list of floats when it is a sequence of Python/NumPy reals, else None."""
-    if isinstance(value, torch.Tensor) or not isinstance(value, (Sequence, np.ndarray)):
+    if not isinstance(value, (Sequence, np.ndarray)) or np.ndim(value) != 1:
         return None
     if not all(isinstance(v, numbers.Real) for v in value):
         return None
