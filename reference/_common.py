@@ -223,7 +223,10 @@ def device_constant(
 
 def _python_numbers(value: object) -> list[float] | None:
     """``value`` as a list of floats when it is a sequence of Python/NumPy reals, else None."""
-    if not isinstance(value, (Sequence, np.ndarray)) or np.ndim(value) != 1:
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            return None
+    elif not isinstance(value, Sequence):
         return None
     if not all(isinstance(v, numbers.Real) for v in value):
         return None
