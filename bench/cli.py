@@ -162,13 +162,24 @@ def _traffic(args: argparse.Namespace) -> int:
     from .spec import DTYPES, LABEL_DTYPES
     from .traffic import traffic_table, write_report
 
-    shape = tuple(int(v) for v in args.shape.split(","))
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    except ValueError:
+        shape = ()
     if len(shape) < 3:
-        raise SystemExit(f"--shape needs B,C and at least one spatial size, got {args.shape}")
+        print(
+            f"segtriton traffic: --shape needs integers B,C and spatial sizes, got {args.shape}",
+            file=sys.stderr,
+        )
+        return 2
     losses = args.losses.split(",") if args.losses else None
-    summary, detail = traffic_table(
-        shape, DTYPES[args.dtype], LABEL_DTYPES[args.label_dtype], losses
-    )
+    try:
+        summary, detail = traffic_table(
+            shape, DTYPES[args.dtype], LABEL_DTYPES[args.label_dtype], losses
+        )
+    except ValueError as exc:  # an unknown name, or a shape a loss rejects
+        print(f"segtriton traffic: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out or Path("results") / "traffic" / datetime.date.today().isoformat())
     report = write_report(summary, detail, out, "segtriton " + " ".join(sys.argv[1:]))
     for row in summary:
@@ -251,9 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
         "byte model",
     )
     traffic.add_argument("--shape", default="2,19,64,96", help="B,C,spatial... (2,19,64,96)")
-    traffic.add_argument("--dtype", default="bf16", help="fp32, fp16 or bf16 (bf16)")
-    traffic.add_argument("--label-dtype", default="int64", help="int64, int32, int16, uint8")
-    traffic.add_argument("--losses", help="comma-separated registry names (default: all)")
+    traffic.add_argument("--dtype", default="bf16", choices=("fp32", "fp16", "bf16"))
+    traffic.add_argument(
+        "--label-dtype", default="int64", choices=("int64", "int32", "int16", "uint8")
+    )
+    traffic.add_argument(
+        "--losses",
+        help="comma-separated registry names, confusion_labels, confusion_logits (default: all)",
+    )
     traffic.add_argument("--out", help="output folder (default results/traffic/<date>)")
     traffic.set_defaults(func=_traffic)
     return parser

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from segtriton.bench import traffic
+from segtriton.bench.cli import main
 from segtriton.kernels import interpreter_enabled
 from segtriton.kernels._runtime import _axpy_kernel
 from segtriton.registry import LOSSES
@@ -75,3 +76,13 @@ def test_cli_writes_the_report(tmp_path):
     assert list(table.loss) == ["cross_entropy", "dice"]
     assert (table.unique_over_model >= 1).all() and (out / "traffic.md").exists()
     assert len(pd.read_csv(out / "traffic_kernels.csv")) > 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--losses", "nope"], "no Triton kernel in the registry for ['nope']"),
+     (["--shape", "2,a,8"], "--shape needs integers")],
+)  # fmt: skip
+def test_cli_names_bad_arguments(args, message, capsys):
+    assert main(["traffic", *args]) == 2
+    assert message in capsys.readouterr().err
