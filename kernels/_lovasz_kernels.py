@@ -141,7 +141,9 @@ def _lovasz_grad_kernel(
     of foreground entries before the block (``start``) and in the row (``total``).
 
     Not SCATTER: ``out[r, j] = sum_k f(e_k) g_k`` (f = relu for the hinge, else identity).
-    SCATTER: ``out[r * N + n_k] = w_r f'(e_k) g_k``, the gradient w.r.t. the entry's error.
+    SCATTER: ``out[r * N + n_k] = w_r f'(e_k) g_k``, the gradient w.r.t. the entry's error;
+    for the hinge (``e = 1 - x (2 fg - 1)``) times ``de/dx = 1 - 2 fg``, i.e. dL/dx itself,
+    in ``out``'s dtype.
     """
     pid = tl.program_id(0).to(tl.int64)
     r, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r, sorted positions
@@ -167,7 +169,9 @@ def _lovasz_grad_kernel(
         df = tl.zeros_like(e) + 1.0
     if SCATTER:
         grad = tl.where(entry, tl.load(w_ptr + r) * df * g, 0.0)
-        tl.store(out_ptr + r * N + n, grad, mask=kmask)
+        if HINGE:
+            grad = tl.where(fg, -grad, grad)
+        tl.store(out_ptr + r * N + n, grad.to(out_ptr.dtype.element_ty), mask=kmask)
     else:
         tl.store(out_ptr + pid, tl.sum(tl.where(entry, f * g, 0.0), axis=0))
 

@@ -136,16 +136,21 @@ def _lovasz_rows_grad(
     R, N, key_b, key_c = _layout(B, C, S, per_image)
     ign, has_ignore = ignore_arg(ignore_index, not hinge)
     nk = start.shape[1]
-    ge = torch.empty(R * N, dtype=torch.float32, device=x.device)
+    # the hinge's scatter writes dL/dx itself (C = 1: entry b * S + s of a contiguous
+    # [B, 1, *S]); Lovasz-softmax's writes dL/de, chained through the softmax below
+    ge = (
+        torch.empty(logits.shape, dtype=logits.dtype, device=x.device)
+        if hinge
+        else torch.empty(R * N, dtype=torch.float32, device=x.device)
+    )
     w = grad_rows.to(torch.float32).contiguous()
     _lovasz_grad_kernel[(R * nk,)](
         perm, sorted_keys, t, start, total, w, ge, C, S, N, nk, *ts, ign,
         HINGE=hinge, PER_IMAGE=per_image, HAS_IGNORE=has_ignore, SCATTER=True,
         BLOCK_K=_BLOCK_K,
     )  # fmt: skip
-    if hinge:  # e = 1 - x (2t - 1): de/dx = 1 - 2t (ge is 0 where ignored)
-        sign = torch.where(ge.view(target.shape) != 0, 1 - 2 * target.to(torch.float32), 0.0)
-        return (ge.view(target.shape) * sign).to(logits.dtype)
+    if hinge:
+        return ge
     grad = torch.empty_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     block_c = min(triton.next_power_of_2(C), CHUNK[0])  # classes are streamed
