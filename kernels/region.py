@@ -381,6 +381,7 @@ class _GlobalRegionLoss(torch.autograd.Function):
         ctx.per_class = args[-1][6] < 0
         ctx.save_for_backward(logits, target, out)
         ctx.mark_non_differentiable(out)
+        ctx.set_materialize_grads(False)
         return loss, out
 
     @staticmethod
