@@ -47,7 +47,8 @@ class Traffic:
     """Per ``(kernel, argument)``: requested and unique bytes read and written.
 
     Torch ops other than segtriton's custom ops appear as kernel ``torch:<op>`` with
-    argument ``-``."""
+    argument ``-``; all their bytes (inputs and outputs) are booked as read, and counted
+    once as unique."""
 
     bytes: dict[tuple[str, str], list[int]] = field(
         default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0])
