@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import itertools
 import os
 import re
@@ -183,7 +182,7 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     for entry in LOSSES:
         for options in entry.variants:
             for C in entry.channels or counts:
-                binary = options.get("mode") == "binary" or entry.channels == (1,)
+                binary = entry.is_binary(options)
                 if not variant_fits(options, C) or entry.min_classes > C or (binary and C != 1):
                     continue
                 plans.append((entry.name, options, C, entry.reductions))
@@ -308,21 +307,17 @@ def write_report(
 ) -> Path:
     """``kernels.csv`` (every specialisation) and ``compile.md`` (summary, spills,
     failures) under ``out``; returns the path of ``compile.md``."""
-    import triton
 
-    from .env import environment
+    from .env import provenance
     from .report import md_table
 
     out.mkdir(parents=True, exist_ok=True)
     df = frame(rows, arch)
     df.to_csv(out / "kernels.csv", index=False)
-    env = environment()
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     lines = [
         f"# Triton kernels compiled for sm_{arch} (no GPU involved)",
         "",
-        f"Command: `{command}`. triton {triton.__version__}, torch {env['torch']}, "
-        f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}.",
+        provenance(command),
         "Registers and stack/local (spill) bytes per thread from `cuobjdump -res-usage` of each "
         "cubin; warps per SM from those by the occupancy calculator's rules. These are "
         "compiler figures, not GPU timings.",

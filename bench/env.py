@@ -3,6 +3,7 @@ stamped on every result file)."""
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import os
 import platform
@@ -76,3 +77,13 @@ def _driver_version() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+def provenance(command: str) -> str:
+    """One line for a report: the command, library versions, commit and UTC date."""
+    env = environment()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return (
+        f"Command: `{command}`. triton {env['triton']}, torch {env['torch']}, "
+        f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
+    )

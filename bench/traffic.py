@@ -16,7 +16,6 @@ caches and launch overheads are not modelled. Runs only with ``TRITON_INTERPRET=
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -288,7 +287,7 @@ def traffic_table(
             record, model = confusion_traffic(case, name.endswith("logits"), dtype, label_dtype)
         else:
             entry = get(name)
-            binary = entry.channels == (1,) or entry.variants[0].get("mode") == "binary"
+            binary = entry.is_binary(entry.variants[0])
             case = (shape[0], 1, *shape[2:]) if binary else tuple(shape)
             record, model = loss_traffic(entry, case, dtype, label_dtype)
         req, uniq = record.totals()
@@ -316,22 +315,18 @@ def write_report(
     """``traffic.csv`` (per loss), ``traffic_kernels.csv`` (per kernel and argument) and
     ``traffic.md`` under ``out``; returns the path of ``traffic.md``."""
     import pandas as pd
-    import triton
 
-    from .env import environment
+    from .env import provenance
     from .report import md_table
 
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(summary)
     table.to_csv(out / "traffic.csv", index=False)
     pd.DataFrame(detail).to_csv(out / "traffic_kernels.csv", index=False)
-    env = environment()
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     lines = [
         "# Bytes each loss asks for, against its byte model (Triton interpreter, no GPU)",
         "",
-        f"Command: `{command}`. triton {triton.__version__}, torch {env['torch']}, "
-        f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}.",
+        provenance(command),
         "",
         "One fwd+bwd call per loss (default options). Every load, store and atomic of each "
         "Triton launch is attributed to the tensor it touches; other torch ops are charged "

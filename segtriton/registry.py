@@ -41,6 +41,10 @@ class LossEntry:
     traffic: Literal["pixel", "region"] = "region"
     reductions: tuple[str, ...] = ("mean", "sum", "none")
 
+    def is_binary(self, options: dict) -> bool:
+        """Whether the loss needs C = 1 under ``options`` (a binary loss, or mode='binary')."""
+        return self.channels == (1,) or options.get("mode") == "binary"
+
     def target_kind(self, options: dict) -> str:
         """'labels' or 'masks' for this entry under ``options`` (mode may switch it)."""
         if options.get("mode") in ("binary", "multilabel"):

@@ -24,7 +24,7 @@ def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
     for entry in entries:
         counts = entry.channels or classes
         for (v, options), C, dtype in itertools.product(enumerate(entry.variants), counts, DTYPES):
-            if not variant_fits(options, C) or (options.get("mode") == "binary" and C != 1):
+            if not variant_fits(options, C) or (entry.is_binary(options) and C != 1):
                 continue
             k = len(rows)
             shape = spatial[(k // len(reductions)) % len(spatial)]

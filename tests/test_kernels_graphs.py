@@ -23,8 +23,8 @@ def _graph_options(entry) -> dict:
 
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
 def test_kernel_replays_in_a_cuda_graph(entry, gen):
-    C = 1 if entry.channels == (1,) else 3
     options = _graph_options(entry)
+    C = 1 if entry.is_binary(options) else 3
     x, t = make_inputs(entry, (2, C, 33, 47), options, torch.bfloat16, gen, 0.1, device="cuda")
     x.requires_grad_(True)
 

@@ -45,7 +45,7 @@ def test_torch_ops_are_charged_their_tensors():
 
 @pytest.mark.parametrize("entry", _MODELLED, ids=lambda e: e.name)
 def test_losses_move_what_their_model_says(entry):
-    C = 1 if entry.channels == (1,) or entry.variants[0].get("mode") == "binary" else 19
+    C = 1 if entry.is_binary(entry.variants[0]) else 19
     record, model = traffic.loss_traffic(entry, (2, C, 24, 40), label_dtype=torch.uint8)
     requested, unique = record.totals()
     assert model <= unique <= requested
