@@ -35,8 +35,9 @@ def _check(_: argparse.Namespace) -> int:
         err = run_smoke_kernel(where)
     except Exception as exc:  # report any failure of the toolchain, do not crash `check`
         print(f"kernels: smoke kernel FAILED on {where}: {type(exc).__name__}: {exc}")
-        if where == "cpu" and interpreter_problem():
-            print(f"kernels: {interpreter_problem()}")
+        problem = interpreter_problem() if where == "cpu" else None
+        if problem:
+            print(f"kernels: {problem}")
         return 1
     status = "ok" if err < 1e-5 else f"WRONG (max error {err:g})"
     mode = "compiled" if where == "cuda" else "Triton interpreter"

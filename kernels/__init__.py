@@ -51,5 +51,5 @@ __all__ = [
     "tversky_loss",
 ]
 
-if interpreter_enabled() and interpreter_problem():
-    warnings.warn(interpreter_problem(), stacklevel=2)
+if interpreter_enabled() and (_problem := interpreter_problem()):
+    warnings.warn(_problem, stacklevel=2)
