@@ -1,16 +1,21 @@
 """Triton kernels of the exact Euclidean distance transform (see ``boundary.py``).
 
-Squared distances to the nearest *site*, separable over axes. Lines are the rows of a
-contiguous ``[lines, L]`` tensor (the axis being processed moved last).
+Squared distances to the nearest *site*, separable over axes, on contiguous ``[N, *S]``
+maps with no transposing copies:
 
-- ``_edt_first_kernel``: along the first axis processed, the 1-D distance to the nearest
-  site of the line: a prefix max of site positions from the left and a prefix min from
-  the right (associative scans), ``(min(i - left, right - i) * spacing)^2``.
-- ``_edt_axis_kernel``: along every further axis, ``g_i = min_j f_j + ((i - j) spacing)^2``
-  (the min-plus product with a parabola), by brute force over a window: no site farther
-  than ``sqrt(max f)`` over the tile can win, so only ``j`` within that of the tile is
-  read. Integer squared distances stay exact in fp32 below 2^24.
-- ``_signed_map_kernel``: the signed map from the two squared transforms, in one pass.
+- ``_edt_first_kernel``: along the last axis, the 1-D distance to the nearest site of the
+  line: a prefix max of site positions from the left and a prefix min from the right
+  (associative scans), ``(min(i - left, right - i) * spacing)^2``. It reads labels (sites
+  of class c: ``label == c``, each label row read once for a block of classes) or masks
+  (sites: ``value != 0``), can transform the non-sites in the same pass, and flags each
+  line that holds a site.
+- ``_edt_axis_kernel``: along every further axis (stride ``inner``),
+  ``g_i = min_j f_j + ((i - j) spacing)^2`` (the min-plus product with a parabola) by
+  brute force over candidates read outward from the tile, until the next one is farther
+  than the tile's worst value can reach. A slab with no site (its flag 0) is all ``inf``
+  and is not searched. Integer squared distances stay exact in fp32 below 2^24.
+- Kervadec's signed map ``sqrt(out)`` outside the mask, ``1 - sqrt(in)`` on it, 0 where
+  either transform is ``inf`` (an empty or full mask), is written by the last pass.
 """
 
 from __future__ import annotations
@@ -32,75 +37,154 @@ def _min(a, b):
 
 
 @triton.jit
+def _sites(
+    src_ptr, line_ptrs, offs, live, L, c, ign, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr
+):
+    """Whether the positions ``offs`` of each line (``live`` ones, within ``[0, L)``) are sites."""
+    inside = live[:, None] & (offs >= 0)[None, :] & (offs < L)[None, :]
+    v = tl.load(src_ptr + line_ptrs[:, None] + offs[None, :], mask=inside, other=0)
+    if LABELS:
+        hit = v == c[:, None]
+    else:
+        hit = v != 0
+    if HAS_IGNORE:
+        hit = hit & (v != ign)
+    return hit & inside
+
+
+@triton.jit
+def _run_gaps(site, before, after, pos, L, spacing2):
+    """Squared distance along axis 1 from each position to the nearest position of the other
+    kind (a non-site from a site, a site from a non-site), inf if none: the run of equal
+    kind holding ``i`` spans ``[start, end]`` (scans of the change points, found from the
+    neighbours ``before`` / ``after``), so the nearest other ones are ``start - 1`` and
+    ``end + 1``."""
+    starts = (pos == 0) | (site != before)
+    ends = (pos == L - 1) | (site != after)
+    start = tl.associative_scan(tl.where(starts, pos, 0), 1, _max)
+    end = tl.associative_scan(tl.where(ends, pos, _FAR), 1, _min, reverse=True)
+    left = tl.where(start > 0, pos - start + 1, _FAR)
+    right = tl.where(end < L - 1, end + 1 - pos, _FAR)
+    gap = tl.minimum(left, right).to(tl.float32)
+    return tl.where(gap < _FAR, gap * gap * spacing2, float("inf"))
+
+
+@triton.jit
+def _signed(d_out, d_in):
+    """The signed map from the squared distances to the mask and to its complement."""
+    phi = tl.where(d_out == 0.0, 1.0 - tl.sqrt(d_in), tl.sqrt(d_out))
+    return tl.where((d_out < float("inf")) & (d_in < float("inf")), phi, 0.0)
+
+
+@triton.jit
 def _edt_first_kernel(
-    site_ptr,
+    src_ptr,
     out_ptr,
+    in_ptr,
+    flag_ptr,
     n_lines,
+    R,
     L,
+    C,
+    ign,
     spacing2,
-    INVERT: tl.constexpr,
+    LABELS: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    OUTPUT: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """ROWS lines per program, each whole in one tile. INVERT: the sites are the zeros."""
-    lines = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    """ROWS whole lines of length L per program; a map has R lines. LABELS: ``src`` is
+    labels ``[B * R, L]`` and line ``g`` is class ``g % C`` of label row ``g // C``; else
+    ``src`` is masks ``[n_lines, L]``. A value equal to ``ign`` is no site (HAS_IGNORE). OUTPUT 0:
+    distances to the sites into ``out``; 1: and to the non-sites into ``in``; 2: the
+    signed map into ``out``. ``flag[line]`` (and ``flag[n_lines + line]`` for the
+    non-sites with OUTPUT 1): whether the line has one."""
+    g = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    inside = (lines < n_lines)[:, None] & (offs < L)[None, :]
-    ptrs = lines[:, None] * L + offs[None, :]
-    site = (tl.load(site_ptr + ptrs, mask=inside, other=INVERT) != 0) != INVERT
+    if LABELS:
+        row = g // C
+        c = g % C
+        lines = ((row // R) * C + c) * R + row % R
+    else:
+        row = g
+        c = g
+        lines = g
+    live = g < n_lines
+    site = _sites(src_ptr, row * L, offs, live, L, c, ign, LABELS, HAS_IGNORE)
+    before = _sites(src_ptr, row * L, offs - 1, live, L, c, ign, LABELS, HAS_IGNORE)
+    after = _sites(src_ptr, row * L, offs + 1, live, L, c, ign, LABELS, HAS_IGNORE)
     pos = tl.zeros([ROWS, BLOCK], tl.int32) + offs[None, :]
-    left = tl.associative_scan(tl.where(site, pos, -_FAR), 1, _max)
-    right = tl.associative_scan(tl.where(site, pos, _FAR), 1, _min, reverse=True)
-    gap = tl.minimum(pos - left, right - pos).to(tl.float32)
-    d2 = tl.where(gap < _FAR // 2, gap * gap * spacing2, float("inf"))
-    tl.store(out_ptr + ptrs, d2, mask=inside)
+    d_other = _run_gaps(site, before, after, pos, L, spacing2)
+    d_out = tl.where(site, 0.0, d_other)
+    d_in = tl.where(site, d_other, 0.0)
+    on_line = (offs < L)[None, :]
+    inside = live[:, None] & on_line
+    ptrs = lines[:, None] * L + offs[None, :]
+    if OUTPUT == 2:
+        tl.store(out_ptr + ptrs, _signed(d_out, d_in), mask=inside)
+    else:
+        tl.store(out_ptr + ptrs, d_out, mask=inside)
+        tl.store(flag_ptr + lines, tl.max(site.to(tl.uint8), axis=1), mask=live)
+    if OUTPUT == 1:
+        tl.store(in_ptr + ptrs, d_in, mask=inside)
+        non_site = (site == 0) & on_line
+        tl.store(flag_ptr + n_lines + lines, tl.max(non_site.to(tl.uint8), axis=1), mask=live)
 
 
 @triton.jit
 def _edt_axis_kernel(
     f_ptr,
     out_ptr,
-    n_lines,
+    other_ptr,
+    flag_ptr,
     L,
-    n_tiles,
+    inner,
+    n_lines,
+    n_pos_tiles,
     spacing2,
+    COMBINE: tl.constexpr,
     ROWS: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_J: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """Outputs ``[ROWS lines, BLOCK_I positions]`` per program, candidates ``j`` read in
-    chunks of BLOCK_J within the tile's window."""
+    """Along the middle axis of a contiguous ``[outer, L, inner]`` tensor, whose lines
+    ``(o, col)`` are numbered ``o * inner + col``: a program holds ``[BLOCK positions, ROWS
+    consecutive lines]`` and reads BLOCK candidates at a time, from the side nearer the
+    tile, while the nearest unread one could still beat the tile's worst value; not at
+    all if no slab ``o`` of its lines has a site. COMBINE: write the signed map of this
+    transform (to the mask) and ``other`` (the finished transform to its complement)."""
     pid = tl.program_id(0).to(tl.int64)
-    lines = (pid // n_tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    i0 = (pid % n_tiles) * BLOCK_I
-    offs_i = i0 + tl.arange(0, BLOCK_I)
-    live = lines < n_lines
-    inside = live[:, None] & (offs_i < L)[None, :]
-    base = f_ptr + lines[:, None] * L
-    best = tl.load(base + offs_i[None, :], mask=inside, other=0.0)
-    reach2 = tl.max(tl.max(tl.where(inside, best, 0.0), axis=1), axis=0) / spacing2
-    reach = tl.where(reach2 < L * L, tl.sqrt(reach2), L).to(tl.int32) + 1
-    lo = tl.maximum(i0 - reach, 0)
-    hi = tl.minimum(i0 + BLOCK_I + reach, L)
-    for j0 in range(lo, hi, BLOCK_J):
-        offs_j = j0 + tl.arange(0, BLOCK_J)
-        m_j = live[:, None] & (offs_j < hi)[None, :]
-        f_j = tl.load(base + offs_j[None, :], mask=m_j, other=float("inf"))
+    i0 = (pid % n_pos_tiles) * BLOCK
+    lines = (pid // n_pos_tiles) * ROWS + tl.arange(0, ROWS)
+    line_live = lines < n_lines
+    o = lines // inner
+    col_live = line_live[None, :]
+    base = (o * L * inner + lines % inner)[None, :]
+    offs_i = i0 + tl.arange(0, BLOCK)
+    live = (offs_i < L)[:, None] & col_live
+    ptrs = base + offs_i.to(tl.int64)[:, None] * inner
+    best = tl.load(f_ptr + ptrs, mask=live, other=0.0)
+    worst = tl.max(tl.max(best, axis=1), axis=0)
+    last = tl.minimum(i0 + BLOCK, L) - 1
+    lo = i0  # candidates in [lo, hi) are read
+    hi = i0
+    more = tl.max(tl.load(flag_ptr + o, mask=line_live, other=0), axis=0) != 0
+    while more:
+        go_left = (lo > 0) & ((hi >= L) | (i0 - lo + 1 < hi - last))
+        j0 = tl.where(go_left, lo - BLOCK, hi)
+        lo = tl.where(go_left, j0, lo)
+        hi = tl.where(go_left, hi, hi + BLOCK)
+        offs_j = j0 + tl.arange(0, BLOCK)
+        m_j = ((offs_j >= 0) & (offs_j < L))[:, None] & col_live
+        f_j = tl.load(f_ptr + base + offs_j[:, None] * inner, mask=m_j, other=float("inf"))
         d = (offs_i[:, None] - offs_j[None, :]).to(tl.float32)
-        cand = f_j[:, None, :] + (d * d * spacing2)[None, :, :]
-        best = tl.minimum(best, tl.min(cand, axis=2))
-    tl.store(out_ptr + lines[:, None] * L + offs_i[None, :], best, mask=inside)
-
-
-@triton.jit
-def _signed_map_kernel(out_ptr, in_ptr, n, BLOCK: tl.constexpr):
-    """Kervadec's map from the squared distances to the mask (``out``, 0 on it) and to
-    its complement (``in``), written over ``out``: ``sqrt(out)`` outside the mask,
-    ``1 - sqrt(in)`` on it, 0 where either is inf (an empty or full mask)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < n
-    d_out = tl.load(out_ptr + offs, mask=live, other=0.0)
-    d_in = tl.load(in_ptr + offs, mask=live, other=0.0)
-    phi = tl.where(d_out == 0.0, 1.0 - tl.sqrt(d_in), tl.sqrt(d_out))
-    both = (d_out < float("inf")) & (d_in < float("inf"))
-    tl.store(out_ptr + offs, tl.where(both, phi, 0.0), mask=live)
+        cand = f_j[None, :, :] + (d * d * spacing2)[:, :, None]
+        best = tl.minimum(best, tl.min(cand, axis=1))
+        worst = tl.max(tl.max(best, axis=1), axis=0)
+        gap_l = tl.where(lo > 0, i0 - lo + 1, _FAR).to(tl.float32)
+        gap_r = tl.where(hi < L, hi - last, _FAR).to(tl.float32)
+        gap = tl.minimum(gap_l, gap_r)
+        more = (gap < _FAR) & (gap * gap * spacing2 < worst)
+    if COMBINE:
+        best = _signed(best, tl.load(other_ptr + ptrs, mask=live, other=0.0))
+    tl.store(out_ptr + ptrs, best, mask=live)

@@ -10,6 +10,7 @@ writes the loss and its gradient in the same pass (``_boundary_kernels.py``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -26,7 +27,7 @@ from segtriton.reference._common import (
 )
 
 from ._boundary_kernels import _boundary_kernel
-from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel, _signed_map_kernel
+from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._tiles import class_blocks, ignore_arg, loss_views, num_warps_for, pixel_view
 from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
 
@@ -37,39 +38,72 @@ def squared_edt(sites: torch.Tensor, spacing: Sequence[float] | None = None) -> 
     """``[N, *S]`` float32: the squared Euclidean distance from every pixel to the nearest
     True pixel of its map (``sites`` is a bool ``[N, *S]``), ``inf`` for a map with none.
     ``spacing``: the size of a pixel along each spatial axis (default 1)."""
-    return _squared_edt(sites, spacing, invert=False)
+    return _transform(sites.contiguous().view(torch.uint8), sites.shape, None, None, spacing)
 
 
-def _squared_edt(sites: torch.Tensor, spacing, invert: bool) -> torch.Tensor:
-    """:func:`squared_edt`, to the False pixels with ``invert``."""
-    nd = sites.dim() - 1
+def _transform(
+    src: torch.Tensor,
+    shape: Sequence[int],
+    classes: int | None,
+    ignore_index: float | None,
+    spacing: Sequence[float] | None,
+    signed: bool = False,
+) -> torch.Tensor:
+    """float32 ``shape = [N, *S]``: the squared transform of the sites, or with ``signed``
+    the signed map. ``src`` is contiguous: labels ``[B, *S]`` when ``classes`` is given
+    (map ``b * classes + c`` has the sites ``label == c``), else masks ``[N, *S]`` (sites:
+    ``value != 0``); a value equal to ``ignore_index`` is never a site."""
+    N, *S = shape
+    nd = len(S)
     spacing = ref_boundary.check_spacing(spacing, nd)
-    if max(sites.shape[1:]) > MAX_LINE:
-        raise ValueError(f"squared_edt handles axes up to {MAX_LINE} pixels")
-    L = sites.shape[-1]
-    src = sites.contiguous().view(torch.uint8)
-    f = torch.empty(sites.shape, dtype=torch.float32, device=sites.device)
+    if max(S) > MAX_LINE:
+        raise ValueError(f"the distance transform handles axes up to {MAX_LINE} pixels")
+    out = torch.empty(shape, dtype=torch.float32, device=src.device)
+    if out.numel() == 0:
+        return out
+    inside = torch.empty_like(out) if signed else out
+    L = S[-1]
+    n_lines = out.numel() // L
+    flags = torch.empty(2 if signed else 1, n_lines, dtype=torch.uint8, device=src.device)
     block = triton.next_power_of_2(L)
+    labels = classes is not None
+    ign, has_ignore = ignore_arg(ignore_index, labels)
     rows = max(1, 4096 // block)
-    n_lines = src.numel() // L
+    output = (2 if nd == 1 else 1) if signed else 0
     _edt_first_kernel[(triton.cdiv(n_lines, rows),)](
-        src, f, n_lines, L, spacing[-1] ** 2, INVERT=invert, ROWS=rows, BLOCK=block
-    )
-    for axis in range(nd - 1, 0, -1):  # tensor dims nd-1 .. 1 (dim 0 is the map index)
-        g = f.movedim(axis, -1).contiguous()
-        out = torch.empty_like(g)
-        L = g.shape[-1]
-        block = min(32, triton.next_power_of_2(L))
-        rows = max(1, 8192 // (block * block))
-        n_lines = g.numel() // L
-        n_tiles = triton.cdiv(L, block)
-        grid = (triton.cdiv(n_lines, rows) * n_tiles,)
+        src, out, inside, flags, n_lines, n_lines // N, L, classes or 1, ign, spacing[-1] ** 2,
+        LABELS=labels, HAS_IGNORE=has_ignore, OUTPUT=output, ROWS=rows, BLOCK=block,
+        num_warps=8 if rows * block >= 4096 else 4,
+    )  # fmt: skip
+    if nd == 1:
+        return out
+    spare = torch.empty_like(out)
+    if signed:
+        inside, spare = _axis_passes(inside, spare, flags[1], S, spacing, None)
+    return _axis_passes(out, spare, flags[0], S, spacing, inside if signed else None)[0]
+
+
+def _axis_passes(f, spare, flags, S, spacing, other):
+    """The passes along tensor dims ``nd-1 .. 1`` of ``f [N, *S]``, ping-ponging with
+    ``spare``; the last combines with ``other`` into the signed map when given.
+    Returns ``(result, the free buffer)``. ``flags``: per line of the first pass, whether
+    it holds a site; reduced over the processed axes, they mark slabs with none."""
+    nd = len(S)
+    slab = flags.view(-1, *S[:-1])
+    for axis in range(nd - 1, 0, -1):
+        slab = slab.amax(dim=-1)
+        L, inner = S[axis - 1], math.prod(S[axis:])
+        block = min(16, triton.next_power_of_2(L))
+        rows = 8192 // (block * block)
+        n_lines, n_pos_tiles = slab.numel() * inner, triton.cdiv(L, block)
+        grid = (triton.cdiv(n_lines, rows) * n_pos_tiles,)
+        combine = other is not None and axis == 1
         _edt_axis_kernel[grid](
-            g, out, n_lines, L, n_tiles, spacing[axis - 1] ** 2,
-            ROWS=rows, BLOCK_I=block, BLOCK_J=block,
+            f, spare, other if combine else f, slab, L, inner, n_lines, n_pos_tiles,
+            spacing[axis - 1] ** 2, COMBINE=combine, ROWS=rows, BLOCK=block,
         )  # fmt: skip
-        f = out.movedim(-1, axis)
-    return f.contiguous()
+        f, spare = spare, f
+    return f, spare
 
 
 def signed_distance_map(
@@ -81,37 +115,33 @@ def signed_distance_map(
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton signed distance map; semantics of ``segtriton.reference.signed_distance_map``
-    (float32 on the target's device). ``validate=True`` checks the labels / masks on the
-    host first; otherwise a label outside ``[0, C)`` belongs to no class and a mask value
-    other than 0/1 counts as foreground."""
+    (float32 on the target's device). The labels (or masks) are read in place, with no
+    one-hot; a non-contiguous target is copied once. ``validate=True`` checks the labels /
+    masks on the host first; otherwise a label outside ``[0, C)`` belongs to no class and
+    a mask value other than 0/1 counts as foreground."""
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
     if mode == "multiclass":
         if num_classes is None or num_classes < 1:
             raise ValueError("signed_distance_map needs num_classes >= 1 for multiclass labels")
         if validate:
             label_mask(target, num_classes, ignore_index)
-        classes = torch.arange(num_classes, device=target.device)
-        masks = target.unsqueeze(1) == classes.view(1, -1, *([1] * (target.dim() - 1)))
-        if ignore_index is not None:
-            masks &= (target != ignore_index).unsqueeze(1)
+        B, *spatial = target.shape
+        shape = (B * num_classes, *spatial)
+        src, classes = target.contiguous(), num_classes
     else:
-        t = target
         if validate:
-            bad = (t != 0) & (t != 1)
+            bad = (target != 0) & (target != 1)
             if ignore_index is not None:
-                bad &= t != ignore_index
+                bad &= target != ignore_index
             if bool(bad.any()):
                 raise ValueError("signed_distance_map needs hard {0, 1} masks")
-        if ignore_index is not None:
-            t = torch.where(t == ignore_index, 0, t)
-        masks = t != 0
-    B, C, *spatial = masks.shape
-    m = masks.reshape(B * C, *spatial)
-    phi = _squared_edt(m, spacing, invert=False)
-    inside = _squared_edt(m, spacing, invert=True)
-    block = 1024
-    _signed_map_kernel[(triton.cdiv(phi.numel(), block),)](phi, inside, phi.numel(), BLOCK=block)
-    return phi.view(B, C, *spatial)
+        B, num_classes, *spatial = target.shape
+        shape = (B * num_classes, *spatial)
+        src, classes = target.contiguous(), None
+        if src.dtype == torch.bool:
+            src = src.view(torch.uint8)
+    phi = _transform(src, shape, classes, ignore_index, spacing, signed=True)
+    return phi.view(B, num_classes, *spatial)
 
 
 def _class_counts(idx: list[int], C: int, device: torch.device) -> torch.Tensor:

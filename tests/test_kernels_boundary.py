@@ -54,6 +54,28 @@ def test_signed_map_matches_reference(C, spatial, gen):
         torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16])
+def test_signed_map_sparse_classes_and_empty_slabs(label_dtype, gen):
+    """Most classes absent, objects in a few slices of a volume: the slabs the axis
+    passes skip (no site) must still come out right, as must the lines they do search."""
+    t = torch.zeros(2, 5, 9, 12, dtype=label_dtype)
+    t[0, 1:3, 2:5, 3:9] = 7
+    t[0, 4, 8, 11] = 18
+    t[1, :, :, 6:] = 3
+    t[1, 2] = torch.randint(0, 19, (9, 12), generator=gen).to(label_dtype)
+    got = ker.signed_distance_map(t.to(DEVICE), 19, spacing=(3.0, 1.0, 0.5))
+    want = ref.signed_distance_map(t, 19, spacing=(3.0, 1.0, 0.5))
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+
+
+def test_signed_map_of_channels_last_masks(gen):
+    m = (torch.rand(2, 3, 11, 14, generator=gen) < 0.2).half()
+    m[1, 2] = 1.0  # a full mask: 0 everywhere
+    got = ker.signed_distance_map(to_channels_last(m.to(DEVICE)), mode="multilabel")
+    want = ref.signed_distance_map(m, mode="multilabel")
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+
+
 def test_signed_map_worked_examples_guards_and_spacing():
     row = torch.tensor([[[0, 0, 1, 1, 1, 0]]], device=DEVICE)
     expected = torch.tensor([2.0, 1, 0, -1, 0, 1])
