@@ -5,8 +5,11 @@ Each program walks a run of pixel tiles of one image. A pixel's bin is ``t * C +
 ``C * C`` for a bad label (outside ``[0, C)``, not ignored) and ``C * C + 1`` for an
 ignored or padding pixel. HIST (small C): the program keeps a private histogram of every
 bin in registers and writes it as one partial row, summed afterwards in a fixed order.
-Otherwise each pixel adds 1 to its bin in the int64 output with an integer atomic. Both
-are exact, so the result is deterministic.
+Otherwise each pixel off the diagonal adds 1 to its bin in the int64 output with an
+integer atomic, and the diagonal (most pixels of a good model, a few hot bins that
+atomics would serialise on) is counted in a private histogram of the target class
+(DIAG_BINS > C) added with one atomic per class per program. All exact, so the result is
+deterministic.
 """
 
 from __future__ import annotations
@@ -60,16 +63,20 @@ def _confusion_kernel(
     HIST: tl.constexpr,
     PER_IMAGE: tl.constexpr,
     NB: tl.constexpr,
+    DIAG_BINS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """HIST: ``out[pid, :NB]`` int32 partial histogram. Else: atomic adds into the int64
-    ``out[(b if PER_IMAGE else 0), :C * C + 1]`` (the last bin counts bad labels)."""
+    ``out[(b if PER_IMAGE else 0), :C * C + 1]`` (the last bin counts bad labels); the
+    diagonal through a private histogram when DIAG_BINS > 0."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
     first_tile = (pid % n_chunks) * tiles_per_chunk
     n_cells = C * C
     acc = tl.zeros([NB], tl.int32)
+    diag = tl.zeros([DIAG_BINS if DIAG_BINS > 0 else 1], tl.int32)
+    row = out_ptr + (b * (n_cells + 1) if PER_IMAGE else 0)
     for tile in range(first_tile, first_tile + tiles_per_chunk):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
         pmask = offs_p < S
@@ -85,8 +92,15 @@ def _confusion_kernel(
         if HIST:
             acc += tl.histogram(idx, NB)
         else:
-            row = out_ptr + (b * (n_cells + 1) if PER_IMAGE else 0)
+            scattered = ok | bad
+            if DIAG_BINS > 0:
+                hit = ok & (t == pred)
+                diag += tl.histogram(tl.where(hit, t, C), DIAG_BINS)
+                scattered = scattered & ~hit
             ones = tl.full([BLOCK_P], 1, tl.int64)
-            tl.atomic_add(row + idx, ones, mask=ok | bad)
+            tl.atomic_add(row + idx, ones, mask=scattered)
     if HIST:
         tl.store(out_ptr + pid * NB + tl.arange(0, NB), acc)
+    elif DIAG_BINS > 0:
+        k = tl.arange(0, DIAG_BINS)
+        tl.atomic_add(row + k * (C + 1), diag.to(tl.int64), mask=(k < C) & (diag > 0))

@@ -38,6 +38,21 @@ def test_confusion_matrix_matches_reference(C, spatial, per_image, gen):
         assert got.dtype == torch.int64 and torch.equal(got, want)
 
 
+@pytest.mark.parametrize("C", [19, 150, 1000])
+def test_mostly_right_predictions(C, gen):
+    """A good model's matrix is nearly diagonal: the path that counts the diagonal apart
+    (C > 63) must agree with the reference, per image too."""
+    _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
+    wrong = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.15
+    guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
+    preds = torch.where(wrong | (target == 255), guess, target).to(torch.int16)
+    for per_image in (False, True):
+        got = ker.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+        want = ref.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+        assert torch.equal(got, want)
+    assert torch.diagonal(want, dim1=-2, dim2=-1).sum() > want.sum() // 2
+
+
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32], ids=str)
 def test_label_dtypes_and_channels_last(label_dtype, gen):
     logits, target = _inputs(2, 5, (6, 7), gen, label_dtype=label_dtype)
