@@ -106,6 +106,30 @@ def _axis_passes(f, spare, flags, S, spacing, other):
     return f, spare
 
 
+@torch.library.custom_op("segtriton::signed_distance_map", mutates_args=())
+def _signed_map_op(
+    target: torch.Tensor,
+    num_classes: int,
+    labels: bool,
+    spacing: list[float],
+    ignore_index: float | None,
+) -> torch.Tensor:
+    """float32 ``[B, C, *S]`` from labels ``[B, *S]`` or masks ``[B, C, *S]``."""
+    src = target.contiguous()
+    if src.dtype == torch.bool:
+        src = src.view(torch.uint8)
+    B, *spatial = target.shape if labels else (target.shape[0], *target.shape[2:])
+    shape = (B * num_classes, *spatial)
+    phi = _transform(src, shape, num_classes if labels else None, ignore_index, spacing, True)
+    return phi.view(B, num_classes, *spatial)
+
+
+@_signed_map_op.register_fake
+def _(target, num_classes, labels, spacing, ignore_index):
+    spatial = target.shape[1:] if labels else target.shape[2:]
+    return target.new_empty((target.shape[0], num_classes, *spatial), dtype=torch.float32)
+
+
 def signed_distance_map(
     target: torch.Tensor,
     num_classes: int | None = None,
@@ -116,18 +140,18 @@ def signed_distance_map(
 ) -> torch.Tensor:
     """Triton signed distance map; semantics of ``segtriton.reference.signed_distance_map``
     (float32 on the target's device). The labels (or masks) are read in place, with no
-    one-hot; a non-contiguous target is copied once. ``validate=True`` checks the labels /
-    masks on the host first; otherwise a label outside ``[0, C)`` belongs to no class and
-    a mask value other than 0/1 counts as foreground."""
+    one-hot; a non-contiguous target is copied once. No host sync unless ``validate``, and
+    a custom op, so ``torch.compile(fullgraph=True)`` and CUDA graphs take it.
+    ``validate=True`` checks the labels / masks on the host first; otherwise a label
+    outside ``[0, C)`` belongs to no class and a mask value other than 0/1 counts as
+    foreground."""
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
-    if mode == "multiclass":
+    labels = mode == "multiclass"
+    if labels:
         if num_classes is None or num_classes < 1:
             raise ValueError("signed_distance_map needs num_classes >= 1 for multiclass labels")
         if validate:
             label_mask(target, num_classes, ignore_index)
-        B, *spatial = target.shape
-        shape = (B * num_classes, *spatial)
-        src, classes = target.contiguous(), num_classes
     else:
         if validate:
             bad = (target != 0) & (target != 1)
@@ -135,13 +159,11 @@ def signed_distance_map(
                 bad &= target != ignore_index
             if bool(bad.any()):
                 raise ValueError("signed_distance_map needs hard {0, 1} masks")
-        B, num_classes, *spatial = target.shape
-        shape = (B * num_classes, *spatial)
-        src, classes = target.contiguous(), None
-        if src.dtype == torch.bool:
-            src = src.view(torch.uint8)
-    phi = _transform(src, shape, classes, ignore_index, spacing, signed=True)
-    return phi.view(B, num_classes, *spatial)
+        num_classes = target.shape[1]
+    nd = target.dim() - (1 if labels else 2)
+    spacing = list(ref_boundary.check_spacing(spacing, nd))
+    ign = None if ignore_index is None else float(ignore_index)
+    return _signed_map_op(target, num_classes, labels, spacing, ign)
 
 
 def _class_counts(idx: list[int], C: int, device: torch.device) -> torch.Tensor:

@@ -176,10 +176,12 @@ def test_boundary_bad_values_make_nan_without_validate(gen):
     assert torch.isnan(ker.boundary_loss(x, m, mode="multilabel", reduction="sum"))
 
 
-def test_boundary_torch_compile_fullgraph(seed, gen):
+@pytest.mark.parametrize("given_map", [False, True])
+def test_boundary_torch_compile_fullgraph(given_map, seed, gen):
     x, t = make_inputs(BOUNDARY, (2, 4, 5, 6), {}, torch.float32, gen, 0.2, device=DEVICE)
-    phi = ker.signed_distance_map(t, 4, ignore_index=255)
-    opts = {"ignore_index": 255, "dist_map": phi, "classes": [3, 1, 3]}
+    opts = {"ignore_index": 255, "classes": [3, 1, 3], "spacing": (1.0, 2.0)}
+    if given_map:
+        opts["dist_map"] = ker.signed_distance_map(t, 4, spacing=(1.0, 2.0), ignore_index=255)
     step = torch.compile(lambda x, t: ker.boundary_loss(x, t, **opts), fullgraph=True)
     assert_matches(BOUNDARY, x, t, opts, torch.float32, seed, kernel=lambda x, t, **_: step(x, t))
 
