@@ -91,8 +91,9 @@ class _Launch:
     def access(self, addrs: np.ndarray, mask: np.ndarray, size: int, write: bool) -> None:
         addrs, mask = np.broadcast_arrays(np.asarray(addrs, np.uint64), np.asarray(mask, bool))
         active = addrs[mask]
-        for arg in self.args:
-            inside = active[(active >= arg.start) & (active < arg.end)]
+        for arg in self.args:  # an address is charged to the first argument holding it
+            held = (active >= arg.start) & (active < arg.end)
+            inside, active = active[held], active[~held]
             if inside.size == 0:
                 continue
             seen = arg.written if write else arg.read
@@ -102,9 +103,11 @@ class _Launch:
 
     def close(self) -> None:
         for arg in self.args:
-            entry = self.record.bytes[(self.kernel, arg.name)]
-            entry[2] += int(arg.read.sum())
-            entry[3] += int(arg.written.sum())
+            read, written = int(arg.read.sum()), int(arg.written.sum())
+            if read or written:
+                entry = self.record.bytes[(self.kernel, arg.name)]
+                entry[2] += read
+                entry[3] += written
         self.record.launches[self.kernel] += 1
 
 

@@ -96,9 +96,9 @@ def _edt_first_kernel(
 ):
     """ROWS whole lines of length L per program; a map has R lines. LABELS: ``src`` is
     labels ``[B * R, L]`` and line ``g`` is class ``g % C`` of label row ``g // C``; else
-    ``src`` is masks ``[n_lines, L]``. A value equal to ``ign`` is no site (HAS_IGNORE). OUTPUT 0:
-    distances to the sites into ``out``; 1: and to the non-sites into ``in``; 2: the
-    signed map into ``out``. ``flag[line]`` (and ``flag[n_lines + line]`` for the
+    ``src`` is masks ``[n_lines, L]``. A value equal to ``ign`` is no site (HAS_IGNORE).
+    OUTPUT 0: distances to the sites into ``out``; 1: and to the non-sites into ``in``;
+    2: the signed map into ``out``. ``flag[line]`` (and ``flag[n_lines + line]`` for the
     non-sites with OUTPUT 1): whether the line has one."""
     g = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     offs = tl.arange(0, BLOCK)

@@ -35,6 +35,15 @@ def test_counts_each_argument_of_a_launch():
     assert record.launches["_axpy_kernel"] == 1 and record.totals() == (12000, 12000)
 
 
+def test_an_argument_passed_twice_is_counted_once():
+    x, out = torch.randn(1000), torch.empty(1000)
+    with traffic.count_traffic() as record:
+        _axpy_kernel[(1,)](x, x, out, 2.0, 1000, BLOCK=256)
+    assert record.bytes[("_axpy_kernel", "x_ptr")] == [8000, 0, 4000, 0]
+    assert ("_axpy_kernel", "y_ptr") not in record.bytes
+    assert record.totals() == (12000, 8000)
+
+
 def test_torch_ops_are_charged_their_tensors():
     x = torch.randn(256)
     with traffic.count_traffic() as record:
