@@ -7,7 +7,8 @@ measured copy bandwidth go to ``extra_info`` (correctness is the test suite's jo
 ``segtriton sweep`` checks every row against float64); groups are loss and shape, so
 ``--benchmark-json``, ``--benchmark-compare`` and ``--benchmark-compare-fail=median:5%``
 work as usual. Beside the presets: the confusion matrix against bincount and
-torchmetrics, the distance transform against scipy and CuPy, and the Lovasz sort's share.
+torchmetrics, the distance transform against scipy and CuPy, signed maps from label maps
+against the scipy reference, and the Lovasz sort's share.
 """
 
 from __future__ import annotations
@@ -221,6 +222,50 @@ def test_distance_transform(benchmark, benchmark_case_edt, versions):
     benchmark.pedantic(fn, rounds=10, warmup_rounds=2, iterations=1)
     benchmark.extra_info.update(versions)
     benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)))
+
+
+# (labels shape, classes): label maps of smooth regions, as a segmentation target has
+SIGNED_MAP_CASES = (
+    (([4, 512, 512], 19), ([2, 128, 128, 128], 4))
+    if DEVICE.type == "cuda"
+    else (([2, 64, 64], 19),)
+)
+
+
+@pytest.fixture(
+    params=[(p, *c) for c in SIGNED_MAP_CASES for p in ("triton", "reference")],
+    ids=lambda c: f"{c[0]}-C{c[2]}-{'x'.join(map(str, c[1]))}",
+)
+def benchmark_case_signed_map(request):
+    return request.param
+
+
+def test_signed_map_from_labels(benchmark, benchmark_case_signed_map, versions):
+    """Every class's signed distance map from a batch of label maps: segtriton (labels
+    read in place, both transforms, empty slabs skipped) against the reference (scipy on
+    the CPU, two transforms per map, and the copies to and from the device)."""
+    from segtriton import kernels as ker
+    from segtriton import reference as ref
+
+    provider, shape, C = benchmark_case_signed_map
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.randn(shape[0], C, *[max(2, s // 32) for s in shape[1:]], generator=gen)
+    mode = "bilinear" if len(shape) == 3 else "trilinear"
+    up = torch.nn.functional.interpolate(coarse, size=shape[1:], mode=mode, align_corners=False)
+    labels = up.argmax(1).to(torch.uint8).to(DEVICE)
+    if provider == "triton":
+        if DEVICE.type != "cuda":
+            pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
+        from segtriton.bench.pytest_timer import CudaEventClock
+
+        benchmark._timer = CudaEventClock()
+        fn = lambda: ker.signed_distance_map(labels, C)  # noqa: E731
+    else:
+        fn = lambda: ref.signed_distance_map(labels, C)  # noqa: E731
+    benchmark.group = f"signed map C{C} {'x'.join(map(str, shape))}"
+    benchmark.pedantic(fn, rounds=10 if provider == "triton" else 3, warmup_rounds=1)
+    benchmark.extra_info.update(versions)
+    benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)), classes=C)
 
 
 LOVASZ_SHAPES = ([8, 19, 512, 1024], [16, 150, 512, 512])
