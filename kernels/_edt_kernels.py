@@ -3,12 +3,12 @@
 Squared distances to the nearest *site*, separable over axes, on contiguous ``[N, *S]``
 maps with no transposing copies:
 
-- ``_edt_first_kernel``: along the last axis, the 1-D distance to the nearest site of the
-  line: a prefix max of site positions from the left and a prefix min from the right
-  (associative scans), ``(min(i - left, right - i) * spacing)^2``. It reads labels (sites
-  of class c: ``label == c``, each label row read once for a block of classes) or masks
-  (sites: ``value != 0``), can transform the non-sites in the same pass, and flags each
-  line that holds a site.
+- ``_edt_first_kernel``: along the last axis, the 1-D distance from each position to the
+  nearest one of the other kind (site or not): the run of equal kind holding ``i`` is
+  found by a prefix max of run starts and a reverse prefix min of run ends (associative
+  scans), so both transforms the signed map needs come from one pair of scans. It reads
+  labels (the sites of class c: ``label == c``; no one-hot) or masks (sites:
+  ``value != 0``) and flags each line that holds a site (and a non-site).
 - ``_edt_axis_kernel``: along every further axis (stride ``inner``),
   ``g_i = min_j f_j + ((i - j) spacing)^2`` (the min-plus product with a parabola) by
   brute force over candidates read outward from the tile, until the next one is farther

@@ -38,6 +38,7 @@ def squared_edt(sites: torch.Tensor, spacing: Sequence[float] | None = None) -> 
     """``[N, *S]`` float32: the squared Euclidean distance from every pixel to the nearest
     True pixel of its map (``sites`` is a bool ``[N, *S]``), ``inf`` for a map with none.
     ``spacing``: the size of a pixel along each spatial axis (default 1)."""
+    spacing = ref_boundary.check_spacing(spacing, sites.dim() - 1)
     return _transform(sites.contiguous().view(torch.uint8), sites.shape, None, None, spacing)
 
 
@@ -46,16 +47,16 @@ def _transform(
     shape: Sequence[int],
     classes: int | None,
     ignore_index: float | None,
-    spacing: Sequence[float] | None,
+    spacing: Sequence[float],
     signed: bool = False,
 ) -> torch.Tensor:
     """float32 ``shape = [N, *S]``: the squared transform of the sites, or with ``signed``
     the signed map. ``src`` is contiguous: labels ``[B, *S]`` when ``classes`` is given
     (map ``b * classes + c`` has the sites ``label == c``), else masks ``[N, *S]`` (sites:
-    ``value != 0``); a value equal to ``ignore_index`` is never a site."""
+    ``value != 0``); a value equal to ``ignore_index`` is never a site. ``spacing``: one
+    checked entry per spatial axis."""
     N, *S = shape
     nd = len(S)
-    spacing = ref_boundary.check_spacing(spacing, nd)
     if max(S) > MAX_LINE:
         raise ValueError(f"the distance transform handles axes up to {MAX_LINE} pixels")
     out = torch.empty(shape, dtype=torch.float32, device=src.device)
