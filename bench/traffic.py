@@ -2,9 +2,9 @@
 
 The benchmark reports speed as a fraction of a floor: the loss's minimal bytes
 (:func:`segtriton.registry.minimal_bytes`) over the measured copy bandwidth. Here each
-load, store and atomic of every Triton launch is attributed to the tensor argument it
-falls in, and every other torch op the loss runs is charged the bytes of its tensor inputs
-and outputs. Two totals per call:
+load, store and atomic of every Triton launch is attributed to the first tensor argument
+that holds the address (a tensor passed twice is counted once), and every other torch op
+the loss runs is charged the bytes of its tensor inputs and outputs. Two totals per call:
 
 - **requested**: every access counted (re-reads included);
 - **unique**: per launch, each byte once: what the launch must fetch from DRAM at least
@@ -249,6 +249,7 @@ def confusion_traffic(
     """Count one confusion matrix at ``shape`` (``[B, C, *S]``) from predicted labels or
     from logits; the model is reading the predictions (or logits) and targets once."""
     from segtriton.kernels import confusion_matrix
+    from segtriton.registry import confusion_bytes
 
     B, C, *spatial = shape
     gen = torch.Generator().manual_seed(seed)
@@ -259,8 +260,7 @@ def confusion_traffic(
         preds = torch.randint(0, C, (B, *spatial), generator=gen).to(label_dtype)
     with count_traffic() as record:
         confusion_matrix(preds, target, C, validate=False)
-    model = preds.numel() * preds.element_size() + target.numel() * target.element_size()
-    return record, model
+    return record, confusion_bytes(preds, target)
 
 
 def traffic_table(

@@ -280,3 +280,9 @@ def minimal_bytes(
     if mode == "bwd":
         return grad if entry.traffic == "pixel" else logits + target + grad
     return passes * (logits + target) + grad
+
+
+def confusion_bytes(preds: torch.Tensor, target: torch.Tensor) -> int:
+    """The fewest bytes a confusion matrix must move: its predictions (labels, or the
+    logits whose argmax it takes) and its targets, each read once."""
+    return preds.numel() * preds.element_size() + target.numel() * target.element_size()

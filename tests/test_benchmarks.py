@@ -23,7 +23,7 @@ from segtriton.bench.runner import IGNORE_INDEX, make_provider, make_step
 from segtriton.bench.spec import DTYPES, LABEL_DTYPES, expand, load_spec
 from segtriton.bench.timing import copy_bandwidth
 from segtriton.reference._common import value_checks
-from segtriton.registry import get, make_inputs, minimal_bytes
+from segtriton.registry import confusion_bytes, get, make_inputs, minimal_bytes
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CASES = expand(load_spec(os.environ.get("SEGTRITON_BENCH_PRESET", "quick")))
@@ -158,7 +158,7 @@ def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions)
         warmup_rounds=3,
         iterations=1,
     )
-    nbytes = preds.numel() * preds.element_size() + target.numel() * target.element_size()
+    nbytes = confusion_bytes(preds, target)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(versions)
     benchmark.extra_info.update(
