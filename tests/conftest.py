@@ -39,6 +39,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # pytest-xdist (bench/gpu_run.sh uses it on the GPU) needs the same test ids in every
+    # worker: an id built from an object's repr holds its address and differs per process
+    unstable = [item.nodeid for item in items if " at 0x" in item.nodeid]
+    if unstable:
+        raise pytest.UsageError(f"test ids hold memory addresses (give ids=): {unstable[:3]}")
     if config.getoption("--benchmark"):
         return
     skip = pytest.mark.skip(reason="a benchmark: run with pytest --benchmark")
