@@ -242,17 +242,20 @@ def make_inputs(
 
     Logits are N(0, 2^2); labels uniform over the classes; masks Bernoulli(0.5), or
     uniform soft values with ``soft=True``. A fraction ``ignore_frac`` of the pixels (or
-    mask elements) is set to ``ignore_index``.
+    mask elements) is set to ``ignore_index``. The numbers are drawn on the generator's
+    device (a CUDA generator draws a large case in milliseconds; the CPU takes seconds)
+    and the tensors are then moved to ``device``.
     """
     B, C, *spatial = shape
-    logits = (2 * torch.randn(tuple(shape), generator=generator, dtype=torch.float64)).to(dtype)
+    on = {"generator": generator, "device": generator.device if generator else "cpu"}
+    logits = (2 * torch.randn(tuple(shape), dtype=torch.float64, **on)).to(dtype)
     if entry.target_kind(options or {}) == "labels":
-        target = torch.randint(0, C, (B, *spatial), generator=generator)
+        target = torch.randint(0, C, (B, *spatial), **on)
     else:
-        u = torch.rand(tuple(shape), generator=generator, dtype=torch.float64)
+        u = torch.rand(tuple(shape), dtype=torch.float64, **on)
         target = u if soft else (u < 0.5).to(torch.float64)
     if ignore_frac > 0:
-        drop = torch.rand(target.shape, generator=generator) < ignore_frac
+        drop = torch.rand(target.shape, **on) < ignore_frac
         target = target.masked_fill(drop, ignore_index)
     if not target.is_floating_point():
         target = target.to(label_dtype)

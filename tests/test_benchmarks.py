@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from segtriton.bench.env import environment
-from segtriton.bench.runner import IGNORE_INDEX, make_provider, make_step
+from segtriton.bench.runner import IGNORE_INDEX, case_inputs, make_provider, make_step
 from segtriton.bench.spec import DTYPES, LABEL_DTYPES, expand, load_spec
 from segtriton.bench.timing import copy_bandwidth
 from segtriton.reference._common import value_checks
-from segtriton.registry import confusion_bytes, get, make_inputs, minimal_bytes
+from segtriton.registry import confusion_bytes, get, minimal_bytes
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CASES = expand(load_spec(os.environ.get("SEGTRITON_BENCH_PRESET", "quick")))
@@ -51,17 +51,7 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
     entry = get(case.loss)
     options = {**entry.variants[0], "ignore_index": IGNORE_INDEX}
-    x, t = make_inputs(
-        entry,
-        case.shape,
-        options,
-        DTYPES[case.dtype],
-        None,
-        case.ignore_frac,
-        IGNORE_INDEX,
-        LABEL_DTYPES[case.label_dtype],
-        device=DEVICE,
-    )
+    x, t = case_inputs(case, entry, options, DEVICE)
     xg = x.requires_grad_(case.mode != "fwd")
     fn = make_provider(case, entry)
     step = make_step(case.mode, lambda: fn(xg, t, **options), xg)
@@ -124,12 +114,12 @@ def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions)
     if provider == "triton" and DEVICE.type != "cuda":
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
     B, C, *spatial = shape
-    gen = torch.Generator().manual_seed(0)
-    target = torch.randint(0, C, (B, *spatial), generator=gen).to(DEVICE)
+    on = {"generator": torch.Generator(DEVICE).manual_seed(0), "device": DEVICE}
+    target = torch.randint(0, C, (B, *spatial), **on)
     if kind == "logits":
-        preds = torch.randn(shape, generator=gen).to(DTYPES[dtype]).to(DEVICE)
+        preds = torch.randn(shape, **on).to(DTYPES[dtype])
     else:
-        preds = torch.randint(0, C, (B, *spatial), generator=gen).to(DEVICE)
+        preds = torch.randint(0, C, (B, *spatial), **on)
     if provider == "triton":
         fn = lambda: ker.confusion_matrix(preds, target, C, 255, validate=False)  # noqa: E731
     elif provider == "bincount":
@@ -287,9 +277,9 @@ def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
     if DEVICE.type != "cuda":
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
     B, C, *spatial = shape = benchmark_case_lovasz
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(DEVICE, torch.bfloat16).requires_grad_(True)
-    y = torch.randint(0, C, (B, *spatial), generator=gen).to(DEVICE)
+    on = {"generator": torch.Generator(DEVICE).manual_seed(0), "device": DEVICE}
+    x = torch.randn(shape, **on).to(torch.bfloat16).requires_grad_(True)
+    y = torch.randint(0, C, (B, *spatial), **on)
     keys = torch.rand(C, x[:, 0].numel(), device=DEVICE)
     sort = time_fn(lambda: torch.sort(keys, dim=1, descending=True, stable=True), DEVICE, 10)
     step = lambda: torch.autograd.grad(ker.lovasz_softmax_loss(x, y), x)  # noqa: E731
