@@ -84,7 +84,7 @@ def _sweep(args: argparse.Namespace) -> int:
         spec,
         resume=args.resume,
         reps=args.reps,
-        command="segtriton " + " ".join(sys.argv[1:]),
+        command=args.command,
         graph=args.cuda_graph,
     )
     report = build_report([out], out)
@@ -134,7 +134,7 @@ def _compile(args: argparse.Namespace) -> int:
     out = Path(
         args.out or Path("results") / f"sm{args.arch}-compile" / datetime.date.today().isoformat()
     )
-    report = write_report(rows, failures, out, args.arch, "segtriton " + " ".join(sys.argv[1:]))
+    report = write_report(rows, failures, out, args.arch, args.command)
     limit = shared_limit(args.arch)
     too_big = [r for r in rows if r.shared_bytes > limit]
     for r in too_big:
@@ -182,7 +182,7 @@ def _traffic(args: argparse.Namespace) -> int:
         print(f"segtriton traffic: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or Path("results") / "traffic" / datetime.date.today().isoformat())
-    report = write_report(summary, detail, out, "segtriton " + " ".join(sys.argv[1:]))
+    report = write_report(summary, detail, out, args.command)
     for row in summary:
         print(
             f"{row['loss']:<18} unique/model {row['unique_over_model']:>7.3f}  "
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command = "segtriton " + " ".join(sys.argv[1:] if argv is None else argv)
     return args.func(args)
 
 

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .runner import add_ratios, load_rows  # noqa: E402
+from .targets import bench_extras, evaluate  # noqa: E402
 
 KEYS = ["loss", "shape", "dtype", "label_dtype", "mode", "memory_format", "ignore_frac"]
 
@@ -271,9 +272,26 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         f"(commit {str(meta.get('git_commit'))[:10]}); date {meta.get('date')}",
         f"- measured copy bandwidth: {meta.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s"
         " (bytes read + written); every GB/s figure uses the minimal byte model of its loss",
-        f"- command: `{meta.get('command', '')}`",
+        "- command: "
+        + ", then ".join(f"`{c}`" for c in meta.get("commands") or [meta.get("command", "")]),
         "",
     ]
+    extras = [row for d in dirs if d.is_file() for row in bench_extras(d)]
+    targets = evaluate(pd.concat([df, pd.DataFrame(extras)], ignore_index=True))
+    if (targets.status != "not measured").any():
+        counts = targets.status.value_counts()
+        lines += [
+            "## Issue targets",
+            "",
+            "The bars the issues set (`bench/targets.py`), read from the rows below: "
+            + ", ".join(f"{n} {status}" for status, n in counts.items())
+            + ".",
+            "",
+            md_table(targets),
+            "",
+        ]
+    else:
+        lines += ["No issue target (`bench/targets.py`) was measured in this run.", ""]
     untimed = df[(df.provider == "triton") & df.median_ms.isna() & (df.passed == True)]  # noqa: E712
     if len(untimed):
         lines += [

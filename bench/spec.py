@@ -13,6 +13,10 @@ A spec is a dict of axes; every combination of them is one case::
 
 Shapes whose channel count does not fit a loss (binary losses need C = 1) are adapted:
 the loss gets C = 1 with the same batch and spatial size.
+
+Instead of the product of losses, shapes and dtypes, a spec may list ``cases`` as
+``[loss, shape, dtype]`` triples (the ``targets`` preset does); ``losses`` and ``dtypes``
+then only filter that list, and the other axes multiply it as usual.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .baselines import BASELINES, PEERS
+from .targets import sweep_cases
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LABEL_DTYPES = {
@@ -56,6 +61,11 @@ class Case:
             f"{self.loss}|{self.provider}|{shape}|{self.dtype}|{self.label_dtype}|"
             f"{self.mode}|{self.memory_format}|{self.ignore_frac}"
         )
+
+    @property
+    def inputs_key(self) -> str:
+        """The key without the provider: every provider of a case gets the same inputs."""
+        return self.key.replace(f"|{self.provider}|", "|", 1)
 
     def describe(self) -> str:
         return f"{self.loss} {self.provider} {self.dtype} {list(self.shape)} {self.mode}" + (
@@ -129,6 +139,13 @@ PRESETS: dict[str, dict] = {
         "shapes": [[8, 19, 512, 1024], [16, 150, 512, 512]],
         "dtypes": ["fp32"],
     },
+    # the issues' performance targets (bench/targets.py): their cases and no others
+    "targets": {
+        "losses": "all",
+        "cases": sweep_cases(),
+        "providers": ["triton", "eager", "compile", "berman"],
+        "dtypes": ["bf16", "fp32"],
+    },
     "brats3d": {
         "losses": ["bce", "dice", "generalized_dice", "tversky"],
         "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],
@@ -173,6 +190,14 @@ def expand(spec: dict) -> list[Case]:
     losses = [e.name for e in LOSSES] if spec["losses"] == "all" else list(spec["losses"])
     for name in losses:
         get(name)
+    if "cases" in spec:
+        triples = [
+            (name, shape, dtype)
+            for name, shape, dtype in spec["cases"]
+            if name in losses and dtype in spec["dtypes"]
+        ]
+    else:
+        triples = list(itertools.product(losses, spec["shapes"], spec["dtypes"]))
     for axis, allowed in (
         ("dtypes", DTYPES),
         ("label_dtypes", LABEL_DTYPES),
@@ -184,10 +209,8 @@ def expand(spec: dict) -> list[Case]:
         if bad:
             raise ValueError(f"{axis}: unknown {bad}; known: {list(allowed)}")
     cases, seen = [], set()
-    for name, shape, dtype, ldt, mode, fmt, provider in itertools.product(
-        losses,
-        spec["shapes"],
-        spec["dtypes"],
+    for (name, shape, dtype), ldt, mode, fmt, provider in itertools.product(
+        triples,
         spec["label_dtypes"],
         spec["modes"],
         spec["memory_formats"],

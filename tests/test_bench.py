@@ -76,8 +76,10 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
     main([*args, "--cuda-graph"])
     assert "0 cases" not in capsys.readouterr().err
     assert len(pd.read_json(out / "rows.json")) == 8
-    graph = json.loads((out / "meta.json").read_text())["cuda_graph"]
-    assert graph is torch.cuda.is_available()  # graphs are a GPU timer; the CPU ignores it
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["cuda_graph"] is torch.cuda.is_available()  # a GPU timer; the CPU ignores it
+    assert len(meta["commands"]) == 2 and "--resume" in meta["commands"][1]
+    assert "`, then `" in (out / "report.md").read_text()
     assert main(["report", str(out)]) == 0
 
 
@@ -148,3 +150,140 @@ def test_peer_providers_run_where_their_semantics_match(tmp_path):
     }
     assert peers.passed.all() and (peers.median_ms > 0).all()
     assert peers.options.str.contains("scope").any()
+
+
+def test_targets_preset_lists_the_cases_its_targets_read():
+    from segtriton.bench.targets import TARGETS
+
+    cases = expand(load_spec("targets"))
+    swept = {(c.loss, c.shape, c.dtype) for c in cases}
+    for t in TARGETS:
+        if t.loss.startswith(("confusion", "edt")):
+            continue  # pytest --benchmark times these
+        assert (t.loss, t.shape, t.dtype) in swept, t.describe()
+        if t.kind == "ratio":
+            assert (t.versus, t.shape, t.dtype) in swept
+        if t.kind == "speedup":
+            assert any(c.provider == t.versus and c.loss == t.loss for c in cases)
+    assert {c.loss for c in cases if c.provider == "berman"} == {"lovasz_softmax"}
+    # --dtypes and --losses narrow the listed cases
+    narrow = expand({**load_spec("targets"), "dtypes": ["bf16"], "losses": ["dice"]})
+    assert {(c.loss, c.dtype) for c in narrow} == {("dice", "bf16")}
+    assert {c.shape for c in narrow} == {(8, 19, 512, 1024), (16, 150, 512, 512)}
+
+
+def _target_row(loss, provider, shape, dtype, median_ms, **extra):
+    return {
+        "loss": loss,
+        "provider": provider,
+        "shape": "x".join(map(str, shape)),
+        "dtype": dtype,
+        "label_dtype": "int64",
+        "mode": "fwd+bwd",
+        "memory_format": "contiguous",
+        "median_ms": median_ms,
+        "passed": True,
+        **extra,
+    }
+
+
+def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
+    from segtriton.bench.targets import ADE20K, CITYSCAPES, bench_extras, evaluate
+
+    rows = [
+        _target_row(
+            "cross_entropy",
+            "triton",
+            CITYSCAPES,
+            "bf16",
+            1.0,
+            pct_of_copy_bw=85.0,
+            extra_mem_beyond_grad_mb=3.0,
+        ),
+        _target_row("cross_entropy", "triton", CITYSCAPES, "fp32", 1.0, pct_of_copy_bw=60.0),
+        # the timed row of another mode or label dtype must not stand in for the target's
+        _target_row(
+            "cross_entropy", "triton", ADE20K, "bf16", 1.0, pct_of_copy_bw=99.0, mode="fwd"
+        ),
+        _target_row("dice", "triton", ADE20K, "fp32", 1.0, passed=False),
+        _target_row(
+            "dice",
+            "triton",
+            CITYSCAPES,
+            "bf16",
+            2.0,
+            pct_of_copy_bw=80.0,
+            extra_mem_beyond_grad_mb=4096.0,
+        ),
+        _target_row("ce_dice", "triton", CITYSCAPES, "bf16", 2.2),
+        _target_row("lovasz_softmax", "triton", CITYSCAPES, "bf16", 10.0),
+        _target_row("lovasz_softmax", "berman", CITYSCAPES, "bf16", 500.0),
+        _target_row("lovasz_softmax", "eager", CITYSCAPES, "bf16", 40.0),
+    ]
+    bench = tmp_path / "bench.json"
+    bench.write_text(
+        json.dumps(
+            {
+                "benchmarks": [
+                    {
+                        "group": "edt 8x512x512",
+                        "stats": {"median": 2e-3},
+                        "extra_info": {"provider": "triton", "shape": "8x512x512"},
+                    },
+                    {
+                        "group": "edt 8x512x512",
+                        "stats": {"median": 0.5},
+                        "extra_info": {"provider": "scipy", "shape": "8x512x512"},
+                    },
+                    {
+                        "group": "confusion_matrix labels 8x19x1024x2048",
+                        "stats": {"median": 1e-3},
+                        "extra_info": {
+                            "provider": "triton",
+                            "preds": "labels",
+                            "shape": "8x19x1024x2048",
+                            "pct_of_copy_bw": 91.0,
+                        },
+                    },
+                ]
+            }
+        )
+    )
+    extras = bench_extras(bench)
+    assert {r["loss"] for r in extras} == {"edt", "confusion_labels"}
+    table = evaluate(pd.concat([pd.DataFrame(rows), pd.DataFrame(extras)], ignore_index=True))
+    status = dict(zip(table.target, table.status, strict=True))
+
+    def of(prefix, what):
+        (hit,) = [s for t, s in status.items() if t.startswith(prefix) and what in t]
+        return hit
+
+    assert of("cross_entropy 8x19x512x1024 bf16", "copy bandwidth") == "met"
+    assert of("cross_entropy 8x19x512x1024 fp32", "copy bandwidth") == "missed"
+    assert of("cross_entropy 8x19x512x1024 bf16", "memory") == "met"
+    assert of("cross_entropy 16x150x512x512 bf16", "copy bandwidth") == "not measured"
+    assert of("dice 16x150x512x512 fp32", "copy bandwidth") == "failed check"
+    assert of("dice 8x19x512x1024 bf16", "memory") == "missed"
+    assert of("ce_dice 8x19x512x1024 bf16", "dice") == "met"  # 1.1x the time of Dice
+    assert of("lovasz_softmax 8x19x512x1024 bf16", "berman") == "met"  # 50x
+    assert of("lovasz_softmax 8x19x512x1024 bf16", "eager") == "met"  # 4x
+    assert of("lovasz_softmax 16x150x512x512 bf16", "eager") == "not measured"
+    assert of("edt 8x512x512", "scipy") == "met"  # 250x
+    assert of("confusion_labels 8x19x1024x2048", "copy") == "met"
+    assert of("confusion_labels 16x150x512x512", "copy") == "not measured"
+    measured = dict(zip(table.target, table.measured, strict=True))
+    assert measured["ce_dice 8x19x512x1024 bf16: <= 1.15x the time of dice"] == "1.1x"
+
+
+def test_every_provider_of_a_case_gets_the_same_inputs():
+    entry = get("dice")
+    options = {**entry.variants[0], "ignore_index": runner.IGNORE_INDEX}
+    cases = expand({**load_spec("quick"), "losses": ["dice"], "shapes": [[2, 3, 5, 7]]})
+    device = torch.device("cpu")
+    first = [runner.case_inputs(c, entry, options, device) for c in cases]
+    assert len(first) == 3
+    for x, t in first[1:]:
+        assert torch.equal(x, first[0][0]) and torch.equal(t, first[0][1])
+    cache: dict = {}
+    x, _ = runner.case_inputs(cases[0], entry, options, device, cache)
+    assert runner.case_inputs(cases[1], entry, options, device, cache)[0] is x
