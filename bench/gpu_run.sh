@@ -12,6 +12,13 @@
 #                         against 2048: the GPU check of the tile rule chosen from
 #                         the sm_90 compile report
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
+#   lease                 what one call of a 15-minute device budget can hold (LIMIT default
+#                         560): the tests (150 s), the `targets` preset with Triton, eager
+#                         and Berman (until 400 s), the confusion-matrix, distance-transform
+#                         and Lovasz benchmarks (100 s), then torch.compile rows (bf16) until
+#                         LIMIT; the report's "Issue targets" table says what was met. Rows
+#                         stay in out/targets: `SWEEP_DIR=out/targets bash bench/gpu_run.sh
+#                         sweep targets --providers compile --resume` adds the rest later
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
 # A sweep longer than one call: `SWEEP_DIR=out/standard bash bench/gpu_run.sh sweep standard
 # --resume` in as many calls as it needs (out/ is ignored and stays on the warm machine;
@@ -20,9 +27,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
-LIMIT=${LIMIT:-500}
 STAGE=${1:-all}
 shift $(($# > 0 ? 1 : 0))
+if [ "$STAGE" = lease ]; then LIMIT=${LIMIT:-560}; else LIMIT=${LIMIT:-500}; fi
+START=$SECONDS
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
@@ -31,8 +39,25 @@ if compgen -G ".whl/*.whl" > /dev/null; then  # peers carried as wheels (fetch_p
 fi
 { nvidia-smi; python3 -m segtriton.bench.cli check; } > "$OUT/env.txt" 2>&1
 
+left() {  # seconds until $1 after the start, at least 1 (`timeout 0` would never stop)
+    local n=$((START + $1 - SECONDS))
+    echo $((n > 0 ? n : 1))
+}
+
 run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
-    local logs
+    local logs rc
+    if python3 -c "import xdist" 2> /dev/null; then  # one pool of workers over every module
+        # SIGINT at the cap: pytest stops as on Ctrl-C and still prints its summary
+        timeout -s INT -k 20 "$1" python3 -m pytest -v -n "$(nproc)" -p no:cacheprovider \
+            tests/test_kernels_*.py tests/test_reference_registry.py > "$OUT/tests.log" 2>&1
+        rc=$?
+        printf '\npytest -n %s: exit %s (124: stopped at %s s)\n' "$(nproc)" "$rc" "$1" \
+            >> "$OUT/tests.log"
+        grep -E "(FAILED|ERROR) tests/" "$OUT/tests.log" | sort -u | head -n 40
+        grep -oE " (PASSED|FAILED|ERROR|SKIPPED) " "$OUT/tests.log" | sort | uniq -c
+        tail -n 1 "$OUT/tests.log"
+        return
+    fi
     logs=$(mktemp -d)
     for module in tests/test_kernels_*.py tests/test_reference_registry.py; do
         local log="$logs/$(basename "$module" .py).log"
@@ -46,22 +71,42 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
     cat "$logs"/*.log >> "$OUT/tests.log"
 }
 
-run_sweep() {
-    local preset=${1:-quick} dir=${SWEEP_DIR:-$OUT/sweep}
+run_sweep() {  # [PRESET [flags]]; SWEEP_CAP seconds (default LIMIT)
+    local preset=${1:-quick} dir=${SWEEP_DIR:-$OUT/sweep} rc
     shift $(($# > 0 ? 1 : 0))
-    timeout "$LIMIT" python3 -m segtriton.bench.cli sweep --preset "$preset" \
-        --out "$dir" --reps 50 "$@" > "$OUT/sweep.log" 2>&1
-    echo "sweep $preset: exit $?" | tee -a "$OUT/sweep.log"
+    timeout "${SWEEP_CAP:-$LIMIT}" python3 -m segtriton.bench.cli sweep --preset "$preset" \
+        --out "$dir" --reps 50 "$@" >> "$OUT/sweep.log" 2>&1
+    rc=$?
+    echo "sweep $preset $*: exit $rc" | tee -a "$OUT/sweep.log"
+    if [ "$rc" -eq 124 ] && [ -f "$dir/rows.json" ]; then  # stopped: report what it finished
+        timeout 60 python3 -m segtriton.bench.cli report "$dir" >> "$OUT/sweep.log" 2>&1
+    fi
     # the report and its charts travel as one archive (files come back 2 folders down)
     tar -czf "$OUT/sweep.tgz" -C "$(dirname "$dir")" "$(basename "$dir")"
     [ -n "${SWEEP_DIR:-}" ] || rm -rf "$dir"
     tail -n 20 "$OUT/sweep.log"
 }
 
-run_bench() {
-    timeout "$1" python3 -m pytest -q tests/test_benchmarks.py --benchmark \
+run_bench() {  # CAP [pytest -k expression]
+    timeout "$1" python3 -m pytest -q tests/test_benchmarks.py --benchmark ${2:+-k "$2"} \
         --benchmark-json="$OUT/pytest-benchmark.json" > "$OUT/bench.log" 2>&1
     echo "pytest --benchmark: exit $?" | tee -a "$OUT/bench.log"
+}
+
+run_lease() {
+    local dir=${SWEEP_DIR:-out/targets}
+    run_tests $((LIMIT * 27 / 100))  # 150 s of the default 560
+    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 71 / 100))) run_sweep targets \
+        --providers triton,eager,berman --reps 20
+    run_bench "$(left $((LIMIT * 89 / 100)))" "confusion_matrix or distance_transform or signed_map or sort_share"
+    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT - 30))) run_sweep targets \
+        --providers compile --dtypes bf16 --reps 20 --resume
+    if [ -f "$OUT/pytest-benchmark.json" ]; then  # the report's targets read both
+        timeout 30 python3 -m segtriton.bench.cli report "$OUT/pytest-benchmark.json" "$dir" \
+            --out "$dir" > /dev/null 2>&1
+    fi
+    tar -czf "$OUT/sweep.tgz" -C "$(dirname "$dir")" "$(basename "$dir")"
+    sed -n '/^## Issue targets/,/^## /p' "$dir/report.md" | head -n 70
 }
 
 run_tiles() {
@@ -84,10 +129,11 @@ case "$STAGE" in
     sweep) run_sweep "$@" ;;
     bench) run_bench "$LIMIT" ;;
     tiles) run_tiles "$@" ;;
+    lease) run_lease ;;
     all)
         run_tests $((LIMIT / 2))
         LIMIT=$((LIMIT / 3)) run_sweep "${1:-quick}"
         run_bench $((LIMIT / 6))
         ;;
-    *) echo "unknown stage $STAGE (tests, sweep, bench, tiles, all)" >&2; exit 2 ;;
+    *) echo "unknown stage $STAGE (tests, sweep, bench, tiles, all, lease)" >&2; exit 2 ;;
 esac
