@@ -14,11 +14,13 @@
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
-#                         and Berman (until 400 s), the confusion-matrix, distance-transform
-#                         and Lovasz benchmarks (100 s), then torch.compile rows (bf16) until
-#                         LIMIT; the report's "Issue targets" table says what was met. Rows
-#                         stay in out/targets: `SWEEP_DIR=out/targets bash bench/gpu_run.sh
-#                         sweep targets --providers compile --resume` adds the rest later
+#                         and Berman (until 347 s), CE and Dice (bf16) at tiles 4096 and
+#                         8192 against the 2048 rows, the confusion-matrix, distance-transform
+#                         and Lovasz benchmarks (until 504 s), then torch.compile rows (bf16)
+#                         until LIMIT - 30; the report's "Issue targets" table says what was
+#                         met. Rows stay in out/targets: `SWEEP_DIR=out/targets bash
+#                         bench/gpu_run.sh sweep targets --providers compile --resume` adds
+#                         the rest in a second call
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
 # A sweep longer than one call: `SWEEP_DIR=out/standard bash bench/gpu_run.sh sweep standard
 # --resume` in as many calls as it needs (out/ is ignored and stays on the warm machine;
@@ -94,11 +96,18 @@ run_bench() {  # CAP [pytest -k expression]
 }
 
 run_lease() {
-    local dir=${SWEEP_DIR:-out/targets}
+    local dir=${SWEEP_DIR:-out/targets} tile
     run_tests $((LIMIT * 27 / 100))  # 150 s of the default 560
-    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 71 / 100))) run_sweep targets \
+    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 62 / 100))) run_sweep targets \
         --providers triton,eager,berman --reps 20
-    run_bench "$(left $((LIMIT * 89 / 100)))" "confusion_matrix or distance_transform or signed_map or sort_share"
+    tile_runs "$dir/tiles" $((LIMIT * 6 / 100)) "4096 8192" --preset targets \
+        --losses cross_entropy,dice --dtypes bf16 --reps 20
+    for tile in 4096 8192; do  # against the 2048 rows of the targets sweep
+        [ -f "$dir/tiles/$tile/rows.json" ] && [ -f "$dir/rows.json" ] &&
+            python3 -m segtriton.bench.cli compare "$dir" "$dir/tiles/$tile" | tee -a "$OUT/tiles.log"
+    done
+    run_bench "$(left $((LIMIT * 90 / 100)))" \
+        "confusion_matrix or distance_transform or signed_map or sort_share"
     SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT - 30))) run_sweep targets \
         --providers compile --dtypes bf16 --reps 20 --resume
     if [ -f "$OUT/pytest-benchmark.json" ]; then  # the report's targets read both
@@ -109,14 +118,19 @@ run_lease() {
     sed -n '/^## Issue targets/,/^## /p' "$dir/report.md" | head -n 70
 }
 
-run_tiles() {
-    local preset=${1:-cityscapes} tile
-    for tile in 2048 4096 8192; do
-        SEGTRITON_MAX_TILE=$tile timeout $((LIMIT / 3)) python3 -m segtriton.bench.cli sweep \
-            --preset "$preset" --providers triton --modes fwd+bwd --reps 30 \
-            --out "$OUT/tiles/$tile" >> "$OUT/tiles.log" 2>&1
+tile_runs() {  # BASE CAP "TILES" SWEEP-FLAGS...: Triton alone at each tile, into BASE/<tile>
+    local base=$1 cap=$2 tiles=$3 tile
+    shift 3
+    for tile in $tiles; do  # SEGTRITON_MAX_TILE is read at import: one process per tile
+        SEGTRITON_MAX_TILE=$tile timeout "$cap" python3 -m segtriton.bench.cli sweep \
+            --providers triton --modes fwd+bwd "$@" --out "$base/$tile" >> "$OUT/tiles.log" 2>&1
         echo "tile $tile: exit $?" | tee -a "$OUT/tiles.log"
     done
+}
+
+run_tiles() {
+    local preset=${1:-cityscapes} tile
+    tile_runs "$OUT/tiles" $((LIMIT / 3)) "2048 4096 8192" --preset "$preset" --reps 30
     for tile in 4096 8192; do  # exit 1 only means "slower somewhere": keep going
         python3 -m segtriton.bench.cli compare "$OUT/tiles/2048" "$OUT/tiles/$tile" \
             | tee -a "$OUT/tiles.log"
