@@ -2,8 +2,9 @@
 # One call on a lent GPU machine (the device tool, at most 10 minutes a call): install, then
 # one stage. Everything lands under $OUT (at most 8 files come back): copy what matters into
 # results/<device>/<date>/ and commit it. Stages:
-#   tests                 the kernel tests compiled on the GPU, one pytest process per test
-#                         module at once (Triton compiles in parallel; small shapes)
+#   tests                 the kernel tests compiled on the GPU (small shapes), on a pool of
+#                         pytest-xdist workers where the image has it, else one pytest
+#                         process per test module at once (Triton compiles in parallel)
 #   sweep PRESET [flags]  one sweep preset, e.g. `sweep cityscapes --cuda-graph`; for
 #                         `sweep peers`, run bench/fetch_peer_wheels.sh here and carry .whl
 #   bench                 pytest --benchmark (tests/test_benchmarks.py)
@@ -57,7 +58,7 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
             >> "$OUT/tests.log"
         grep -E "(FAILED|ERROR) tests/" "$OUT/tests.log" | sort -u | head -n 40
         grep -oE " (PASSED|FAILED|ERROR|SKIPPED) " "$OUT/tests.log" | sort | uniq -c
-        tail -n 1 "$OUT/tests.log"
+        tail -n 3 "$OUT/tests.log"
         return
     fi
     logs=$(mktemp -d)

@@ -16,7 +16,8 @@ the loss gets C = 1 with the same batch and spatial size.
 
 Instead of the product of losses, shapes and dtypes, a spec may list ``cases`` as
 ``[loss, shape, dtype]`` triples (the ``targets`` preset does); ``losses`` and ``dtypes``
-then only filter that list, and the other axes multiply it as usual.
+then only filter that list, ``shapes`` is not read, and the other axes multiply it as
+usual.
 """
 
 from __future__ import annotations
@@ -54,18 +55,19 @@ class Case:
     memory_format: str
     ignore_frac: float
 
+    def _key(self, *head: str) -> str:
+        shape = "x".join(map(str, self.shape))
+        rest = (shape, self.dtype, self.label_dtype, self.mode, self.memory_format)
+        return "|".join((*head, *rest, str(self.ignore_frac)))
+
     @property
     def key(self) -> str:
-        shape = "x".join(map(str, self.shape))
-        return (
-            f"{self.loss}|{self.provider}|{shape}|{self.dtype}|{self.label_dtype}|"
-            f"{self.mode}|{self.memory_format}|{self.ignore_frac}"
-        )
+        return self._key(self.loss, self.provider)
 
     @property
     def inputs_key(self) -> str:
         """The key without the provider: every provider of a case gets the same inputs."""
-        return self.key.replace(f"|{self.provider}|", "|", 1)
+        return self._key(self.loss)
 
     def describe(self) -> str:
         return f"{self.loss} {self.provider} {self.dtype} {list(self.shape)} {self.mode}" + (

@@ -247,7 +247,7 @@ def make_inputs(
     and the tensors are then moved to ``device``.
     """
     B, C, *spatial = shape
-    on = {"generator": generator, "device": generator.device if generator else "cpu"}
+    on = {"generator": generator, "device": "cpu" if generator is None else generator.device}
     logits = (2 * torch.randn(tuple(shape), dtype=torch.float64, **on)).to(dtype)
     if entry.target_kind(options or {}) == "labels":
         target = torch.randint(0, C, (B, *spatial), **on)
