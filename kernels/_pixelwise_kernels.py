@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tiles import log1p, pixel_block
+from ._tiles import log1p, pixel_block, program_tile
 
 
 @triton.jit
@@ -157,50 +157,15 @@ def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid
 
 
 @triton.jit
-def _softmax_loss_kernel(
-    x_ptr,
-    y_ptr,
-    w_ptr,
-    g_ptr,
-    loss_ptr,
-    denom_ptr,
-    gout_ptr,
-    C,
-    S,
-    n_pblocks,
-    sxb,
-    sxc,
-    sxs,
-    syb,
-    sys_,
-    sgb,
-    sgc,
-    sgs,
-    ignore_index,
-    smoothing,
-    gamma,
-    scale,
-    IS_FOCAL: tl.constexpr,
-    HAS_W: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
-    WRITE_LOSS: tl.constexpr,
-    PER_PIXEL: tl.constexpr,
-    MEAN: tl.constexpr,
-    SINGLE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
-    """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
-
-    ``w_ptr`` holds the per-class factor: CE's class weights (which also enter the
-    smoothing term), or focal's alpha vector; ``scale`` is the factor without a vector.
-
-    WRITE_LOSS: per-program partial sums (or per-pixel losses with PER_PIXEL) to loss_ptr.
-    WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN) and by grad_output (per pixel
-    with PER_PIXEL, else assumed 1 and applied later in place).
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+def _softmax_tile(
+    b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
+    sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+    IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr, MEAN: tl.constexpr,
+    SINGLE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
+    with PER_PIXEL; its gradient written with WRITE_GRAD."""
     ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
     # the label's class factor: CE weight w_y or focal alpha_y (a vector), else a scalar
     if HAS_W:
@@ -251,11 +216,8 @@ def _softmax_loss_kernel(
     inv_s = 1.0 / s
     loss = tl.where(valid, loss, 0.0)
     loss = tl.where(bad, float("nan"), loss)
-    if WRITE_LOSS:
-        if PER_PIXEL:
-            tl.store(loss_ptr + b * S + offs_p, loss, mask=pmask)
-        else:
-            tl.store(loss_ptr + pid, tl.sum(loss, axis=0))
+    if WRITE_LOSS and PER_PIXEL:
+        tl.store(loss_ptr + b * S + offs_p, loss, mask=pmask)
     if WRITE_GRAD:
         if PER_PIXEL:
             gscale = tl.load(gout_ptr + b * S + offs_p, mask=pmask, other=0.0).to(tl.float32)
@@ -300,6 +262,68 @@ def _softmax_loss_kernel(
                     dx.to(g_ptr.dtype.element_ty),
                     mask=cmask[:, None] & pmask[None, :],
                 )
+    return loss
+
+
+@triton.jit
+def _softmax_loss_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    g_ptr,
+    loss_ptr,
+    denom_ptr,
+    gout_ptr,
+    C,
+    S,
+    n_pblocks,
+    n_blocks,
+    sxb,
+    sxc,
+    sxs,
+    syb,
+    sys_,
+    sgb,
+    sgc,
+    sgs,
+    ignore_index,
+    smoothing,
+    gamma,
+    scale,
+    IS_FOCAL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+    PER_PIXEL: tl.constexpr,
+    MEAN: tl.constexpr,
+    SINGLE: tl.constexpr,
+    TILES: tl.constexpr,
+    STAGES: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
+
+    ``w_ptr`` holds the per-class factor: CE's class weights (which also enter the
+    smoothing term), or focal's alpha vector; ``scale`` is the factor without a vector.
+
+    Each program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead; see
+    ``_tiles.STAGES``). WRITE_LOSS: per-program partial sums (or per-pixel losses with
+    PER_PIXEL) to loss_ptr.
+    WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN) and by grad_output (per pixel
+    with PER_PIXEL, else assumed 1 and applied later in place).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK_P], tl.float32)
+    for i in tl.range(0, TILES, num_stages=STAGES):
+        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
+        acc += _softmax_tile(
+            b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
+            sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+            IS_FOCAL, HAS_W, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, SINGLE, BLOCK_C, BLOCK_P,
+        )  # fmt: skip
+    if WRITE_LOSS and not PER_PIXEL:
+        tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
 
 
 @triton.jit

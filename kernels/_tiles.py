@@ -29,7 +29,23 @@ def _max_tile() -> int:
     return value
 
 
+def _stages() -> int:
+    """Software-pipelining depth of the pixel-tile loops: 1 (the default) loads each tile
+    when it is used, one tile per program; 2 to 8 make each program loop over
+    ``TILES_PER_PROGRAM`` tiles with ``tl.range(num_stages=STAGES)``, so Triton copies the
+    next tiles to shared memory (cp.async) while the current one is computed: more bytes in
+    flight per SM than registers alone hold. Read once from ``SEGTRITON_STAGES`` at import,
+    to be compared on a GPU (``bench/gpu_run.sh lease``); partial sums, and so results, are
+    bitwise reproducible for a given value."""
+    value = int(os.environ.get("SEGTRITON_STAGES", "1"))
+    if not 1 <= value <= 8:
+        raise ValueError(f"SEGTRITON_STAGES must be 1 to 8, got {value}")
+    return value
+
+
 MAX_TILE = _max_tile()
+STAGES = _stages()
+TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = (32, 64)  # (BLOCK_C, BLOCK_P) when classes are streamed
 NO_LABEL = -(2**31)  # stands for ignore_index=None on integer labels: no int32 label equals it
 MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
@@ -110,6 +126,21 @@ def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
     b = pid // n_pblocks
     offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
     return b, offs_p, offs_p < S
+
+
+def program_count(n_blocks: int) -> int:
+    """Programs that cover ``n_blocks`` pixel tiles, ``TILES_PER_PROGRAM`` each."""
+    return triton.cdiv(n_blocks, TILES_PER_PROGRAM)
+
+
+@triton.jit
+def program_tile(pid, i, n_blocks, n_pblocks, S, TILES: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Tile ``i`` of program ``pid`` (tiles ``pid * TILES ..`` of the ``n_blocks = B *
+    n_pblocks`` grid): its image, pixel offsets and mask (empty past the last tile)."""
+    blk = pid * TILES + i
+    b, offs_p, pmask = pixel_block(blk, n_pblocks, S, BLOCK_P)
+    # tested per pixel: Triton's interpreter rejects a vector mask & a scalar one
+    return b, offs_p, pmask & (tl.zeros_like(offs_p) + blk < n_blocks)
 
 
 @triton.jit

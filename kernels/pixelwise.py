@@ -43,11 +43,14 @@ from segtriton.reference._common import (
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
 from ._tiles import (
     NO_LABEL,
+    STAGES,
+    TILES_PER_PROGRAM,
     class_blocks,
     label_view,
     loss_views,
     num_warps_for,
     pixel_view,
+    program_count,
     scale_grad_,
     sum_partials,
     tile_pixels,
@@ -135,9 +138,10 @@ def _softmax_launch(
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
+    n_programs = program_count(B * n_pblocks)
     per_pixel = reduction == "none"
-    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * S if per_pixel else B * n_pblocks, grad, x)
-    _softmax_loss_kernel[(B * n_pblocks,)](
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * S if per_pixel else n_programs, grad, x)
+    _softmax_loss_kernel[(n_programs,)](
         x,
         y,
         weight if weight is not None else alpha,
@@ -148,6 +152,7 @@ def _softmax_launch(
         C,
         S,
         n_pblocks,
+        B * n_pblocks,
         sxb,
         sxc,
         sxs,
@@ -167,6 +172,8 @@ def _softmax_launch(
         PER_PIXEL=per_pixel,
         MEAN=reduction == "mean",
         SINGLE=single,
+        TILES=TILES_PER_PROGRAM,
+        STAGES=STAGES,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
