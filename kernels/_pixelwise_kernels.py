@@ -363,50 +363,16 @@ def _sigmoid_terms(x, t, wp, wn, gamma, alpha, IS_FOCAL: tl.constexpr, HAS_ALPHA
 
 
 @triton.jit
-def _sigmoid_loss_kernel(
-    x_ptr,
-    t_ptr,
-    w_ptr,
-    pw_ptr,
-    g_ptr,
-    loss_ptr,
-    denom_ptr,
-    gout_ptr,
-    C,
-    S,
-    n_pblocks,
-    sxb,
-    sxc,
-    sxs,
-    stb,
-    stc,
-    sts,
-    sgb,
-    sgc,
-    sgs,
-    ignore_index,
-    gamma,
-    alpha,
-    IS_FOCAL: tl.constexpr,
-    LABELS: tl.constexpr,
-    HAS_W: tl.constexpr,
-    HAS_PW: tl.constexpr,
-    HAS_ALPHA: tl.constexpr,
-    HAS_IGNORE: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
-    WRITE_LOSS: tl.constexpr,
-    PER_ELEMENT: tl.constexpr,
-    MEAN: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
-    """Elementwise BCE (weight, pos_weight) or sigmoid focal loss over ``[B, C, S]``.
-
-    Targets are masks ``[B, C, S]`` (soft allowed) or, with LABELS, integer labels ``[B, S]``
-    read one-vs-rest (``t_c = [y = c]``). Classes are looped in chunks of BLOCK_C.
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+def _sigmoid_tile(
+    b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
+    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha,
+    IS_FOCAL: tl.constexpr, LABELS: tl.constexpr, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
+    HAS_ALPHA: tl.constexpr, HAS_IGNORE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr, PER_ELEMENT: tl.constexpr, MEAN: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """The loss of one pixel tile summed over classes (per element with PER_ELEMENT, written
+    there instead); its gradient written with WRITE_GRAD."""
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     acc = tl.zeros([BLOCK_P], tl.float32)
@@ -456,5 +422,65 @@ def _sigmoid_loss_kernel(
                 dx.to(g_ptr.dtype.element_ty),
                 mask=m2,
             )
+    return acc
+
+
+@triton.jit
+def _sigmoid_loss_kernel(
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    pw_ptr,
+    g_ptr,
+    loss_ptr,
+    denom_ptr,
+    gout_ptr,
+    C,
+    S,
+    n_pblocks,
+    n_blocks,
+    sxb,
+    sxc,
+    sxs,
+    stb,
+    stc,
+    sts,
+    sgb,
+    sgc,
+    sgs,
+    ignore_index,
+    gamma,
+    alpha,
+    IS_FOCAL: tl.constexpr,
+    LABELS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_PW: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+    PER_ELEMENT: tl.constexpr,
+    MEAN: tl.constexpr,
+    TILES: tl.constexpr,
+    STAGES: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Elementwise BCE (weight, pos_weight) or sigmoid focal loss over ``[B, C, S]``.
+
+    Targets are masks ``[B, C, S]`` (soft allowed) or, with LABELS, integer labels ``[B, S]``
+    read one-vs-rest (``t_c = [y = c]``). Classes are looped in chunks of BLOCK_C; each
+    program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK_P], tl.float32)
+    for i in tl.range(0, TILES, num_stages=STAGES):
+        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
+        acc += _sigmoid_tile(
+            b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr,
+            C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha,
+            IS_FOCAL, LABELS, HAS_W, HAS_PW, HAS_ALPHA, HAS_IGNORE, WRITE_GRAD, WRITE_LOSS,
+            PER_ELEMENT, MEAN, BLOCK_C, BLOCK_P,
+        )  # fmt: skip
     if WRITE_LOSS and not PER_ELEMENT:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

@@ -458,9 +458,10 @@ def _sigmoid_launch(
     block_c = min(triton.next_power_of_2(C), 16)
     block_p = tile_pixels(block_c, least=64)
     n_pblocks = triton.cdiv(S, block_p)
+    n_programs = program_count(B * n_pblocks)
     per_el = reduction == "none"
-    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * C * S if per_el else B * n_pblocks, grad, x)
-    _sigmoid_loss_kernel[(B * n_pblocks,)](
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * C * S if per_el else n_programs, grad, x)
+    _sigmoid_loss_kernel[(n_programs,)](
         x,
         t,
         weight,
@@ -472,6 +473,7 @@ def _sigmoid_launch(
         C,
         S,
         n_pblocks,
+        B * n_pblocks,
         sxb,
         sxc,
         sxs,
@@ -494,6 +496,8 @@ def _sigmoid_launch(
         WRITE_LOSS=loss is not None,
         PER_ELEMENT=per_el,
         MEAN=reduction == "mean",
+        TILES=TILES_PER_PROGRAM,
+        STAGES=STAGES,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
