@@ -34,7 +34,7 @@ from ._pixelwise_kernels import (
     _softmax_terms,
     _softmax_tile_sums,
 )
-from ._tiles import pixel_block
+from ._tiles import program_tile
 
 
 @triton.jit
@@ -243,6 +243,7 @@ def _region_stats_kernel(
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
+    STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
@@ -251,7 +252,7 @@ def _region_stats_kernel(
 
     SINGLE: all classes in one tile, sums kept in registers. Otherwise classes stream in
     chunks of BLOCK_C and the program adds into its own partial row (a barrier orders its
-    reads after its writes).
+    reads after its writes). The tile loop prefetches STAGES - 1 tiles ahead.
     """
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
@@ -268,7 +269,7 @@ def _region_stats_kernel(
             offs_c = c0 + offs_c0
             for k in range(3):
                 tl.store(out + k * C + offs_c, acc_i, mask=offs_c < C)
-    for tile in range(first_tile, first_tile + tiles_per_chunk):
+    for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
         pmask = offs_p < S
         x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
@@ -343,46 +344,14 @@ def _tile_grad(z, p, dp, valid, mean_dp, LABELS: tl.constexpr):
 
 
 @triton.jit
-def _region_grad_kernel(
-    x_ptr,
-    t_ptr,
-    coef_ptr,
-    kpix_ptr,
-    g_ptr,
-    w_ptr,
-    w2_ptr,
-    C,
-    S,
-    n_pblocks,
-    sxb,
-    sxc,
-    sxs,
-    stb,
-    stc,
-    sts,
-    sgb,
-    sgc,
-    sgs,
-    ignore_index,
-    smoothing,
-    gamma,
-    scale,
-    alpha,
-    LABELS: tl.constexpr,
-    HAS_IGNORE: tl.constexpr,
-    SQUARED: tl.constexpr,
-    SINGLE: tl.constexpr,
-    PIXEL: tl.constexpr,
-    IS_FOCAL: tl.constexpr,
-    HAS_W: tl.constexpr,
-    HAS_ALPHA: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
-    """``dL/dz`` of one pixel tile from ``coef[b, 0, c] = dL/dI``, ``coef[b, 1, c] = dL/dP``
-    and (PIXEL) ``kpix[b]``, the weight of the pixel term's gradient."""
-    pid = tl.program_id(0).to(tl.int64)
-    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+def _region_grad_tile(
+    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, g_ptr, w_ptr, w2_ptr, C, S,
+    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale, alpha,
+    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr,
+    SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
+    HAS_ALPHA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Writes ``dL/dz`` of one pixel tile (see :func:`_region_grad_kernel`)."""
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     coef = coef_ptr + b * 2 * C
     g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
@@ -441,3 +410,57 @@ def _region_grad_kernel(
                 dz.to(g_ptr.dtype.element_ty),
                 mask=cmask[:, None] & pmask[None, :],
             )
+
+
+@triton.jit
+def _region_grad_kernel(
+    x_ptr,
+    t_ptr,
+    coef_ptr,
+    kpix_ptr,
+    g_ptr,
+    w_ptr,
+    w2_ptr,
+    C,
+    S,
+    n_pblocks,
+    n_blocks,
+    sxb,
+    sxc,
+    sxs,
+    stb,
+    stc,
+    sts,
+    sgb,
+    sgc,
+    sgs,
+    ignore_index,
+    smoothing,
+    gamma,
+    scale,
+    alpha,
+    LABELS: tl.constexpr,
+    HAS_IGNORE: tl.constexpr,
+    SQUARED: tl.constexpr,
+    SINGLE: tl.constexpr,
+    PIXEL: tl.constexpr,
+    IS_FOCAL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    TILES: tl.constexpr,
+    STAGES: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """``dL/dz`` of TILES pixel tiles per program (prefetched STAGES - 1 ahead) from
+    ``coef[b, 0, c] = dL/dI``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``, the
+    weight of the pixel term's gradient."""
+    pid = tl.program_id(0).to(tl.int64)
+    for i in tl.range(0, TILES, num_stages=STAGES):
+        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
+        _region_grad_tile(
+            b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, g_ptr, w_ptr, w2_ptr, C, S,
+            sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+            alpha, LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+            BLOCK_C, BLOCK_P,
+        )  # fmt: skip

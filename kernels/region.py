@@ -41,11 +41,14 @@ from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
 from ._region_kernels import _region_grad_kernel, _region_stats_kernel
 from ._tiles import (
     MAX_SINGLE_C,
+    STAGES,
+    TILES_PER_PROGRAM,
     class_blocks,
     ignore_arg,
     loss_views,
     num_warps_for,
     pixel_view,
+    program_count,
 )
 from .pixelwise import _class_vector
 
@@ -86,6 +89,7 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
         scale,
         0.0 if alpha is None else alpha,
         **_flags(labels, has_ignore, squared, single, pixel, focal, w, alpha),
+        STAGES=STAGES,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
@@ -170,7 +174,7 @@ def _region_grad(
     block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
     ign, has_ignore = ignore_arg(ignore_index, labels)
-    _region_grad_kernel[(B * n_pblocks,)](
+    _region_grad_kernel[(program_count(B * n_pblocks),)](
         x,
         t,
         coef,
@@ -181,6 +185,7 @@ def _region_grad(
         C,
         S,
         n_pblocks,
+        B * n_pblocks,
         *strides,
         sgb,
         sgc,
@@ -191,6 +196,8 @@ def _region_grad(
         scale,
         0.0 if alpha is None else alpha,
         **_flags(labels, has_ignore, squared, single, pixel, focal, w, alpha),
+        TILES=TILES_PER_PROGRAM,
+        STAGES=STAGES,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
