@@ -15,11 +15,13 @@
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
-#                         and Berman (until 347 s), CE and Dice (bf16) at tiles 4096 and
-#                         8192 against the 2048 rows, the confusion-matrix, distance-transform
-#                         and Lovasz benchmarks (until 504 s), then torch.compile rows (bf16)
-#                         until LIMIT - 30; the report's "Issue targets" table says what was
-#                         met. Rows and the benchmark JSON stay in out/targets:
+#                         and Berman (until 308 s), CE and Dice (bf16) under each of
+#                         LEASE_VARIANTS (tiles of 4096 and 8192 elements, STAGES 3 and 4:
+#                         28 s each) against the default rows, the confusion-matrix,
+#                         distance-transform and Lovasz benchmarks (until 504 s), then
+#                         torch.compile rows (bf16) until LIMIT - 30; the report's "Issue
+#                         targets" table says what was met. Rows and the benchmark JSON stay
+#                         in out/targets:
 #                         `SWEEP_DIR=out/targets bash bench/gpu_run.sh sweep targets
 #                         --providers compile --resume` adds the rest in a second call
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
@@ -52,7 +54,7 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
     if python3 -c "import xdist" 2> /dev/null; then  # one pool of workers over every module
         # SIGINT at the cap: pytest stops as on Ctrl-C and still prints its summary
         timeout -s INT -k 20 "$1" python3 -m pytest -v -n "$(nproc)" -p no:cacheprovider \
-            tests/test_kernels_*.py tests/test_reference_registry.py > "$OUT/tests.log" 2>&1
+            tests/test_kernels_*.py > "$OUT/tests.log" 2>&1
         rc=$?
         printf '\npytest -n %s: exit %s (124: stopped at %s s)\n' "$(nproc)" "$rc" "$1" \
             >> "$OUT/tests.log"
@@ -62,7 +64,7 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
         return
     fi
     logs=$(mktemp -d)
-    for module in tests/test_kernels_*.py tests/test_reference_registry.py; do
+    for module in tests/test_kernels_*.py; do
         local log="$logs/$(basename "$module" .py).log"
         (timeout "$1" python3 -m pytest -q -p no:cacheprovider "$module" > "$log" 2>&1
             echo " exit $?" >> "$log") &
@@ -99,16 +101,21 @@ run_bench() {  # CAP [pytest -k expression]
     echo "pytest --benchmark: exit $?" | tee -a "$OUT/bench.log"
 }
 
+# the kernel knobs the lease compares with the defaults (2048-element tiles, STAGES 1)
+LEASE_VARIANTS="t4096:SEGTRITON_MAX_TILE=4096 t8192:SEGTRITON_MAX_TILE=8192"
+LEASE_VARIANTS+=" s3:SEGTRITON_STAGES=3 s4:SEGTRITON_STAGES=4"
+
 run_lease() {
-    local dir=${SWEEP_DIR:-out/targets} tile
+    local dir=${SWEEP_DIR:-out/targets} v
     run_tests $((LIMIT * 27 / 100))  # 150 s of the default 560
-    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 62 / 100))) run_sweep targets \
+    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 55 / 100))) run_sweep targets \
         --providers triton,eager,berman --reps 20
-    tile_runs "$dir/tiles" $((LIMIT * 6 / 100)) "4096 8192" --preset targets \
+    variant_runs "$dir/variants" $((LIMIT * 5 / 100)) "$LEASE_VARIANTS" --preset targets \
         --losses cross_entropy,dice --dtypes bf16 --reps 20
-    for tile in 4096 8192; do  # against the 2048 rows of the targets sweep
-        [ -f "$dir/tiles/$tile/rows.json" ] && [ -f "$dir/rows.json" ] &&
-            python3 -m segtriton.bench.cli compare "$dir" "$dir/tiles/$tile" | tee -a "$OUT/tiles.log"
+    for v in $LEASE_VARIANTS; do  # against the default rows of the targets sweep
+        v=${v%%:*}
+        [ -f "$dir/variants/$v/rows.json" ] && [ -f "$dir/rows.json" ] &&
+            python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/$v" | tee -a "$OUT/tiles.log"
     done
     run_bench "$(left $((LIMIT * 90 / 100)))" \
         "confusion_matrix or distance_transform or signed_map or sort_share"
@@ -119,19 +126,21 @@ run_lease() {
     sed -n '/^## Issue targets/,/^## /p' "$dir/report.md" | head -n 70
 }
 
-tile_runs() {  # BASE CAP "TILES" SWEEP-FLAGS...: Triton alone at each tile, into BASE/<tile>
-    local base=$1 cap=$2 tiles=$3 tile
+variant_runs() {  # BASE CAP "NAME:VAR=VALUE ..." SWEEP-FLAGS...: Triton alone per variant
+    local base=$1 cap=$2 variants=$3 v
     shift 3
-    for tile in $tiles; do  # SEGTRITON_MAX_TILE is read at import: one process per tile
-        SEGTRITON_MAX_TILE=$tile timeout "$cap" python3 -m segtriton.bench.cli sweep \
-            --providers triton --modes fwd+bwd "$@" --out "$base/$tile" >> "$OUT/tiles.log" 2>&1
-        echo "tile $tile: exit $?" | tee -a "$OUT/tiles.log"
+    for v in $variants; do  # the knobs are read at import: one process per variant
+        env "${v#*:}" timeout "$cap" python3 -m segtriton.bench.cli sweep --providers triton \
+            --modes fwd+bwd "$@" --out "$base/${v%%:*}" >> "$OUT/tiles.log" 2>&1
+        echo "variant ${v%%:*} (${v#*:}): exit $?" | tee -a "$OUT/tiles.log"
     done
 }
 
 run_tiles() {
     local preset=${1:-cityscapes} tile
-    tile_runs "$OUT/tiles" $((LIMIT / 3)) "2048 4096 8192" --preset "$preset" --reps 30
+    variant_runs "$OUT/tiles" $((LIMIT / 3)) \
+        "2048:SEGTRITON_MAX_TILE=2048 4096:SEGTRITON_MAX_TILE=4096 8192:SEGTRITON_MAX_TILE=8192" \
+        --preset "$preset" --reps 30
     for tile in 4096 8192; do  # exit 1 only means "slower somewhere": keep going
         python3 -m segtriton.bench.cli compare "$OUT/tiles/2048" "$OUT/tiles/$tile" \
             | tee -a "$OUT/tiles.log"
