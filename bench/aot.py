@@ -154,6 +154,7 @@ class CompileCase:
     dtype: torch.dtype
     label_dtype: torch.dtype
     channels_last: bool
+    empty: bool = False  # uninitialised inputs (a compile reads only shapes and dtypes)
 
     def describe(self) -> str:
         layout = " channels_last" if self.channels_last else ""
@@ -202,6 +203,27 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     return cases
 
 
+def target_cases() -> list[CompileCase]:
+    """The loss cases of the ``targets`` sweep preset at their real shapes, as a GPU run of
+    it compiles them: sizes divisible by 16 let Triton vectorise the tile loads and (with
+    ``SEGTRITON_STAGES`` > 1) pipeline them, which the small odd shapes of
+    :func:`compile_cases` do not show. Lovasz is left out (its ``torch.sort`` would run on
+    the CPU)."""
+    import torch
+
+    from segtriton.registry import get
+
+    from .spec import DTYPES
+    from .targets import sweep_cases
+
+    return [
+        CompileCase(name, dict(get(name).variants[0]), tuple(shape), DTYPES[dtype],
+                    torch.int64, False, empty=True)
+        for name, shape, dtype in sweep_cases()
+        if not name.startswith("lovasz")
+    ]  # fmt: skip
+
+
 def run_case(case: CompileCase) -> None:
     """Call the case's public function with small random inputs (forward and backward)."""
     import torch
@@ -226,7 +248,14 @@ def run_case(case: CompileCase) -> None:
         return
     entry = get(case.name)
     opts = {**case.options, "ignore_index": 255}
-    x, t = make_inputs(entry, case.shape, opts, case.dtype, gen, 0.1, label_dtype=case.label_dtype)
+    if case.empty:
+        x = torch.empty(case.shape, dtype=case.dtype)
+        labels = entry.target_kind(opts) == "labels"
+        t = torch.zeros((B, *spatial) if labels else case.shape, dtype=case.label_dtype)
+    else:
+        x, t = make_inputs(
+            entry, case.shape, opts, case.dtype, gen, 0.1, label_dtype=case.label_dtype
+        )
     if t.is_floating_point():  # masks in the logits' dtype, as a training loop has them
         t = t.to(case.dtype)
     if case.channels_last:
@@ -237,14 +266,15 @@ def run_case(case: CompileCase) -> None:
 
 
 def compile_registry(
-    arch: int = 90, quick: bool = False, show_progress: bool = True
+    arch: int = 90, quick: bool = False, show_progress: bool = True, targets: bool = False
 ) -> tuple[list[CompiledKernel], list[tuple[str, str]]]:
-    """Compile every kernel the cases of :func:`compile_cases` launch, for ``sm_<arch>``.
-    Returns the compiled specialisations and ``(case, error)`` for each case that failed."""
+    """Compile every kernel the cases of :func:`compile_cases` (or, with ``targets``,
+    :func:`target_cases`) launch, for ``sm_<arch>``. Returns the compiled specialisations
+    and ``(case, error)`` for each case that failed."""
     from .runner import progress
 
     failures = []
-    cases = compile_cases(quick)
+    cases = target_cases() if targets else compile_cases(quick)
     started = time.perf_counter()
     with compile_only(arch) as rows:
         for i, case in enumerate(cases):

@@ -130,10 +130,9 @@ def _compile(args: argparse.Namespace) -> int:
 
     from .aot import compile_registry, shared_limit, write_report
 
-    rows, failures = compile_registry(args.arch, quick=args.quick)
-    out = Path(
-        args.out or Path("results") / f"sm{args.arch}-compile" / datetime.date.today().isoformat()
-    )
+    rows, failures = compile_registry(args.arch, quick=args.quick, targets=args.targets)
+    name = datetime.date.today().isoformat() + ("-targets" if args.targets else "")
+    out = Path(args.out or Path("results") / f"sm{args.arch}-compile" / name)
     report = write_report(rows, failures, out, args.arch, args.command)
     limit = shared_limit(args.arch)
     too_big = [r for r in rows if r.shared_bytes > limit]
@@ -254,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute capability x10 (90: H100)",
     )
     aot.add_argument("--quick", action="store_true", help="fewer class counts and dtypes")
+    aot.add_argument(
+        "--targets",
+        action="store_true",
+        help="the targets preset's loss cases at their real shapes (uninitialised inputs)",
+    )
     aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
     aot.set_defaults(func=_compile)
 

@@ -12,7 +12,7 @@ import subprocess
 import torch
 
 import segtriton
-from segtriton.kernels import interpreter_enabled
+from segtriton.kernels import _tiles, interpreter_enabled
 
 PEERS = ("monai", "kornia", "torchmetrics", "segmentation-models-pytorch")
 
@@ -50,6 +50,8 @@ def environment() -> dict[str, object]:
         "cuda_available": torch.cuda.is_available(),
         "triton_interpret": interpreter_enabled(),
         "git_commit": _git_commit(),
+        "max_tile": _tiles.MAX_TILE,  # SEGTRITON_MAX_TILE
+        "stages": _tiles.STAGES,  # SEGTRITON_STAGES
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -84,6 +86,7 @@ def provenance(command: str) -> str:
     env = environment()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return (
-        f"Command: `{command}`. triton {env['triton']}, torch {env['torch']}, "
+        f"Command: `{command}` (SEGTRITON_MAX_TILE={env['max_tile']}, "
+        f"SEGTRITON_STAGES={env['stages']}). triton {env['triton']}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
     )

@@ -269,7 +269,9 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         f"- runs: {', '.join(str(d) for d in dirs)}",
         f"- device: {meta.get('gpu') or meta.get('device', '?')}; torch {meta.get('torch')}; "
         f"triton {meta.get('triton')}; segtriton {meta.get('segtriton')} "
-        f"(commit {str(meta.get('git_commit'))[:10]}); date {meta.get('date')}",
+        f"(commit {str(meta.get('git_commit'))[:10]}); date {meta.get('date')}; kernel knobs "
+        f"SEGTRITON_MAX_TILE={meta.get('max_tile', '?')}, "
+        f"SEGTRITON_STAGES={meta.get('stages', '?')}",
         f"- measured copy bandwidth: {meta.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s"
         " (bytes read + written); every GB/s figure uses the minimal byte model of its loss",
         "- command: "

@@ -98,3 +98,20 @@ def test_tile_size_knob():
     assert proc.stdout.split() == ["8192", "32", "256", "16"]
     bad = _tile_rule("3000")
     assert bad.returncode != 0 and "SEGTRITON_MAX_TILE must be a power of two" in bad.stderr
+
+
+def test_stages_knob():
+    """SEGTRITON_STAGES > 1 turns on the pipelined loops (8 tiles per program); 1 keeps one
+    tile per program; values past 8 are refused."""
+    code = (
+        "from segtriton.kernels._tiles import STAGES, TILES_PER_PROGRAM\n"
+        "print(STAGES, TILES_PER_PROGRAM)"
+    )
+    for value, expected in (("1", ["1", "1"]), ("3", ["3", "8"])):
+        env = {**os.environ, "SEGTRITON_STAGES": value}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == expected
+    env = {**os.environ, "SEGTRITON_STAGES": "9"}
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "SEGTRITON_STAGES must be 1 to 8" in bad.stderr
