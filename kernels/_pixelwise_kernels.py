@@ -1,9 +1,10 @@
 """Triton kernels of the pixel-wise family (see ``pixelwise.py`` for the formulas).
 
-One program handles ``BLOCK_P`` pixels of one image and every class: the class column is
-loaded once (or streamed in chunks with an online softmax for large C), the loss and, when
-asked, the gradient are computed in fp32 registers, and a per-program partial loss sum is
-written for a fixed-order reduction.
+A tile is ``BLOCK_P`` pixels of one image and every class: the class column is loaded once
+(or streamed in chunks with an online softmax for large C), the loss and, when asked, the
+gradient are computed in fp32 registers. A program takes ``TILES`` tiles in turn (one
+unless ``SEGTRITON_STAGES`` > 1 pipelines the loop, see ``_tiles.py``) and writes one
+partial loss sum for a fixed-order reduction.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ Two passes over the logits, no one-hot:
   per class, ``I = sum p g``, ``P = sum p`` (``p^2``) and ``T = sum g`` (``g^2``) in fp32;
   it writes one partial row per program, added in a fixed order afterwards.
 - ``_region_grad_kernel``: given ``a = dL/dI`` and ``b = dL/dP`` per (image, class),
-  recomputes ``p`` and writes ``dL/dz``: ``dL/dp_c = a_c g_c + b_c`` (``2 b_c p_c`` when
-  squared), then through the softmax ``dz_c = p_c (dL/dp_c - sum_k p_k dL/dp_k)`` or the
-  sigmoid ``dz = dL/dp p (1 - p)``.
+  recomputes ``p`` tile by tile (``TILES`` tiles per program) and writes ``dL/dz``:
+  ``dL/dp_c = a_c g_c + b_c`` (``2 b_c p_c`` when squared), then through the softmax
+  ``dz_c = p_c (dL/dp_c - sum_k p_k dL/dp_k)`` or the sigmoid ``dz = dL/dp p (1 - p)``.
 
 LABELS means multiclass: integer labels ``[B, S]`` and a softmax over classes; otherwise
 masks ``[B, C, S]`` and a sigmoid per element. Ignored entries have ``p = g = 0``; a bad
