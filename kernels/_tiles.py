@@ -136,9 +136,11 @@ def program_count(n_blocks: int) -> int:
 @triton.jit
 def program_tile(pid, i, n_blocks, n_pblocks, S, TILES: tl.constexpr, BLOCK_P: tl.constexpr):
     """Tile ``i`` of program ``pid`` (tiles ``pid * TILES ..`` of the ``n_blocks = B *
-    n_pblocks`` grid): its image, pixel offsets and mask (empty past the last tile)."""
+    n_pblocks`` grid): its image, pixel offsets and mask. A tile past the last one takes
+    the last one's image and offsets, so loads indexed by image alone stay in bounds, and
+    an empty mask."""
     blk = pid * TILES + i
-    b, offs_p, pmask = pixel_block(blk, n_pblocks, S, BLOCK_P)
+    b, offs_p, pmask = pixel_block(tl.minimum(blk, n_blocks - 1), n_pblocks, S, BLOCK_P)
     # tested per pixel: Triton's interpreter rejects a vector mask & a scalar one
     return b, offs_p, pmask & (tl.zeros_like(offs_p) + blk < n_blocks)
 

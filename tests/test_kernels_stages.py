@@ -12,6 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import triton
+import triton.language as tl
+from kernel_checks import DEVICE
+
+from segtriton.kernels._tiles import program_tile
+
 CHILD = r"""
 import sys
 import torch
@@ -59,3 +66,31 @@ def test_pipelined_tile_loops_match_the_reference(seed):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "checked 9" in out.stdout
+
+
+@triton.jit
+def _tile_map_kernel(img_ptr, live_ptr, n_blocks, n_pblocks, S, TILES: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    for i in tl.range(0, TILES):
+        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, 16)
+        slot = pid * TILES + i
+        tl.store(img_ptr + slot, b)
+        tl.store(live_ptr + slot, tl.sum(pmask.to(tl.int32), axis=0))
+
+
+def test_program_tiles_cover_the_grid_once_and_stay_in_its_images():
+    """Every tile of the ``B * n_pblocks`` grid is one program's once, with its own pixels
+    live; tiles past the end keep an image index below B (per-image loads such as the
+    region gradient's coefficients are not masked) and no live pixel."""
+    B, S, TILES = 3, 70, 8  # 5 tiles of 16 pixels per image (the last one 6), 15 in all
+    n_pblocks = triton.cdiv(S, 16)
+    n_blocks = B * n_pblocks
+    programs = triton.cdiv(n_blocks, TILES)
+    img = torch.full((programs * TILES,), -1, dtype=torch.int64, device=DEVICE)
+    live = torch.full_like(img, -1)
+    _tile_map_kernel[(programs,)](img, live, n_blocks, n_pblocks, S, TILES=TILES)
+    img, live = img.cpu(), live.cpu()
+    expected_live = [16] * (n_pblocks - 1) + [S - 16 * (n_pblocks - 1)]
+    assert live[:n_blocks].tolist() == expected_live * B
+    assert img[:n_blocks].tolist() == [b for b in range(B) for _ in range(n_pblocks)]
+    assert (live[n_blocks:] == 0).all() and (img[n_blocks:] == B - 1).all()
