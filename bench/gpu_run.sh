@@ -21,9 +21,10 @@
 #                         distance-transform and Lovasz benchmarks (until 504 s), then
 #                         torch.compile rows (bf16) until LIMIT - 30; the report's "Issue
 #                         targets" table says what was met. Rows and the benchmark JSON stay
-#                         in out/targets:
-#                         `SWEEP_DIR=out/targets bash bench/gpu_run.sh sweep targets
-#                         --providers compile --resume` adds the rest in a second call
+#                         in out/targets for a second call made at once, while the machine
+#                         is warm (about 3 minutes of the budget are left after a 600 s
+#                         call and the start): `LIMIT=150 SWEEP_DIR=out/targets bash
+#                         bench/gpu_run.sh sweep targets --providers compile --resume`
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
 # A sweep longer than one call: `SWEEP_DIR=out/standard bash bench/gpu_run.sh sweep standard
 # --resume` in as many calls as it needs (out/ is ignored and stays on the warm machine;
