@@ -138,7 +138,8 @@ def _softmax_launch(
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
-    n_programs = program_count(B * n_pblocks)
+    n_blocks = B * n_pblocks
+    n_programs = program_count(n_blocks)
     per_pixel = reduction == "none"
     loss, (g, sgb, sgc, sgs) = _outputs(gout, B * S if per_pixel else n_programs, grad, x)
     _softmax_loss_kernel[(n_programs,)](
@@ -152,7 +153,7 @@ def _softmax_launch(
         C,
         S,
         n_pblocks,
-        B * n_pblocks,
+        n_blocks,
         sxb,
         sxc,
         sxs,
@@ -458,7 +459,8 @@ def _sigmoid_launch(
     block_c = min(triton.next_power_of_2(C), 16)
     block_p = tile_pixels(block_c, least=64)
     n_pblocks = triton.cdiv(S, block_p)
-    n_programs = program_count(B * n_pblocks)
+    n_blocks = B * n_pblocks
+    n_programs = program_count(n_blocks)
     per_el = reduction == "none"
     loss, (g, sgb, sgc, sgs) = _outputs(gout, B * C * S if per_el else n_programs, grad, x)
     _sigmoid_loss_kernel[(n_programs,)](
@@ -473,7 +475,7 @@ def _sigmoid_launch(
         C,
         S,
         n_pblocks,
-        B * n_pblocks,
+        n_blocks,
         sxb,
         sxc,
         sxs,

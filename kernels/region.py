@@ -173,8 +173,9 @@ def _region_grad(
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
+    n_blocks = B * n_pblocks
     ign, has_ignore = ignore_arg(ignore_index, labels)
-    _region_grad_kernel[(program_count(B * n_pblocks),)](
+    _region_grad_kernel[(program_count(n_blocks),)](
         x,
         t,
         coef,
@@ -185,7 +186,7 @@ def _region_grad(
         C,
         S,
         n_pblocks,
-        B * n_pblocks,
+        n_blocks,
         *strides,
         sgb,
         sgc,
