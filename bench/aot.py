@@ -207,7 +207,8 @@ def target_cases() -> list[CompileCase]:
     """The loss cases of the ``targets`` sweep preset at their real shapes, as a GPU run of
     it compiles them: sizes divisible by 16 let Triton vectorise the tile loads and (with
     ``SEGTRITON_STAGES`` > 1) pipeline them, which the small odd shapes of
-    :func:`compile_cases` do not show. Lovasz is left out (its ``torch.sort`` would run on
+    :func:`compile_cases` do not show. Masks are in the logits' dtype, as in every case
+    here (a sweep draws float64 ones). Lovasz is left out (its ``torch.sort`` would run on
     the CPU)."""
     import torch
 
@@ -250,8 +251,10 @@ def run_case(case: CompileCase) -> None:
     opts = {**case.options, "ignore_index": 255}
     if case.empty:
         x = torch.empty(case.shape, dtype=case.dtype)
-        labels = entry.target_kind(opts) == "labels"
-        t = torch.zeros((B, *spatial) if labels else case.shape, dtype=case.label_dtype)
+        if entry.target_kind(opts) == "labels":
+            t = torch.zeros((B, *spatial), dtype=case.label_dtype)
+        else:
+            t = torch.zeros(case.shape, dtype=case.dtype)
     else:
         x, t = make_inputs(
             entry, case.shape, opts, case.dtype, gen, 0.1, label_dtype=case.label_dtype
