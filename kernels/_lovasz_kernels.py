@@ -7,13 +7,16 @@ position ``n % S`` (per image, ``n < S``).
 
 - ``_lovasz_errors_kernel``: the errors, ``|[y = c] - p_c|`` with a fused softmax, or the
   hinge ``1 - x (2 t - 1)``; ignored pixels get the lowest key (-inf) so they sort last.
-- after ``torch.sort`` of each row (descending), ``_lovasz_count_kernel`` counts the
-  foreground entries of each block of sorted positions (integers), and
-  ``_lovasz_grad_kernel`` turns the exclusive prefix of those counts into the Lovasz
-  gradient in closed form, ``g_k = 1 / U_k`` at a foreground entry and
+- after ``torch.sort`` of a group of rows (descending), ``_lovasz_pack_kernel`` moves the
+  sorted keys back into the key buffer and the sort indices into ``perm`` (int32 when a row
+  has fewer than 2^31 entries), and counts the foreground entries of each block of sorted
+  positions (integers); ``_lovasz_grad_kernel`` turns the exclusive prefix of those counts
+  into the Lovasz gradient in closed form, ``g_k = 1 / U_k`` at a foreground entry and
   ``I_k / (U_{k-1} U_k)`` at a background one (``I``, ``U``: the integer intersection and
   union counts after k), then either sums ``f(e_k) g_k`` per block (the loss) or scatters
-  ``w_r f'(e_k) g_k`` back to the entry's pixel (the backward).
+  ``w_r f'(e_k) g_k`` back to the entry's pixel (the backward). Whether an entry counts
+  (not ignored) and is foreground comes from its pixel's label, so the Lovasz-softmax
+  backward reads no key.
 - ``_lovasz_softmax_grad_kernel``: the chain through ``|fg - p|`` and the softmax.
 """
 
@@ -92,42 +95,47 @@ def _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c):
 
 
 @triton.jit
-def _sorted_fg(
-    perm_ptr, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
+def _entry_fg(
+    n, t_ptr, r, kmask, C, S, stb, sts, ignore_index,
     HINGE: tl.constexpr, PER_IMAGE: tl.constexpr, HAS_IGNORE: tl.constexpr,
 ):  # fmt: skip
-    """For sorted positions ``offs_k`` of row r: the entry's pixel n and whether it is a
-    (valid) foreground pixel of the row's class."""
-    n = tl.load(perm_ptr + offs_k, mask=kmask, other=0)
+    """For the entries of row r at pixels ``n`` (int64): whether each counts (in the row,
+    not ignored) and whether it is a foreground pixel of the row's class."""
     if PER_IMAGE:
         b = r // C + n // S
     else:
         b = n // S
-    c = r % C
     t = tl.load(t_ptr + b * stb + (n % S) * sts, mask=kmask, other=0)
     if HINGE:
         fg = t.to(tl.float32) == 1.0
     else:
-        fg = t.to(tl.int32) == c
+        fg = t.to(tl.int32) == r % C
+    entry = kmask
     if HAS_IGNORE:
-        fg = fg & (t != ignore_index)
-    return n, fg & kmask
+        entry = entry & (t != ignore_index)
+    return entry, fg & entry
 
 
 @triton.jit
-def _lovasz_count_kernel(
-    perm_ptr, t_ptr, count_ptr, C, S, N, n_kblocks, stb, sts, ignore_index,
+def _lovasz_pack_kernel(
+    val_ptr, idx_ptr, key_ptr, perm_ptr, t_ptr, count_ptr, r0,
+    C, S, N, n_kblocks, stb, sts, ignore_index,
     HINGE: tl.constexpr, PER_IMAGE: tl.constexpr, HAS_IGNORE: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """``count[r, j]``: foreground entries among sorted positions of block j of row r."""
+    """Rows ``r0 ..`` of one sort: ``key[r] = val[r - r0]``, ``perm[r] = idx[r - r0]`` (in
+    perm's dtype), and ``count[r, j]``: foreground entries among block j's sorted positions."""
     pid = tl.program_id(0).to(tl.int64)
-    r, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r, sorted positions
-    _, fg = _sorted_fg(
-        perm_ptr + r * N, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
-        HINGE, PER_IMAGE, HAS_IGNORE,
-    )  # fmt: skip
-    tl.store(count_ptr + pid, tl.sum(fg.to(tl.int32), axis=0))
+    i, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r0 + i, sorted positions
+    r = r0 + i
+    n = tl.load(idx_ptr + i * N + offs_k, mask=kmask, other=0)
+    tl.store(perm_ptr + r * N + offs_k, n.to(perm_ptr.dtype.element_ty), mask=kmask)
+    e = tl.load(val_ptr + i * N + offs_k, mask=kmask)
+    tl.store(key_ptr + r * N + offs_k, e, mask=kmask)
+    _, fg = _entry_fg(
+        n, t_ptr, r, kmask, C, S, stb, sts, ignore_index, HINGE, PER_IMAGE, HAS_IGNORE
+    )
+    tl.store(count_ptr + r0 * n_kblocks + pid, tl.sum(fg.to(tl.int32), axis=0))
 
 
 @triton.jit
@@ -143,14 +151,14 @@ def _lovasz_grad_kernel(
     Not SCATTER: ``out[r, j] = sum_k f(e_k) g_k`` (f = relu for the hinge, else identity).
     SCATTER: ``out[r * N + n_k] = w_r f'(e_k) g_k``, the gradient w.r.t. the entry's error;
     for the hinge (``e = 1 - x (2 fg - 1)``) times ``de/dx = 1 - 2 fg``, i.e. dL/dx itself,
-    in ``out``'s dtype.
+    in ``out``'s dtype. Lovasz-softmax's scatter (f' = 1) reads no key.
     """
     pid = tl.program_id(0).to(tl.int64)
     r, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r, sorted positions
-    n, fg = _sorted_fg(
-        perm_ptr + r * N, t_ptr, r, offs_k, kmask, C, S, stb, sts, ignore_index,
-        HINGE, PER_IMAGE, HAS_IGNORE,
-    )  # fmt: skip
+    n = tl.load(perm_ptr + r * N + offs_k, mask=kmask, other=0).to(tl.int64)
+    entry, fg = _entry_fg(
+        n, t_ptr, r, kmask, C, S, stb, sts, ignore_index, HINGE, PER_IMAGE, HAS_IGNORE
+    )
     cum = tl.load(start_ptr + pid) + tl.cumsum(fg.to(tl.int32), axis=0)  # inclusive
     total = tl.load(total_ptr + r)
     inter = (total - cum).to(tl.float32)
@@ -158,15 +166,15 @@ def _lovasz_grad_kernel(
     prev = tl.where(fg, union, union - 1.0)  # U_{k-1}
     g = tl.where(fg, 1.0 / union, inter / (tl.where(prev > 0, prev, 1.0) * union))
     g = tl.where(total == 0, tl.where(offs_k == 0, 1.0, 0.0), g)
-    e = tl.load(key_ptr + r * N + offs_k, mask=kmask, other=float("-inf"))
-    entry = kmask & (e != float("-inf"))
-    e = tl.where(entry, e, 0.0)
-    if HINGE:
-        f = tl.where(e <= 0, 0.0, e)  # relu that keeps a NaN
-        df = tl.where(e > 0, 1.0, 0.0)
+    if SCATTER and not HINGE:
+        df = tl.zeros_like(g) + 1.0
     else:
-        f = e
-        df = tl.zeros_like(e) + 1.0
+        e = tl.load(key_ptr + r * N + offs_k, mask=entry, other=0.0)
+        if HINGE:
+            f = tl.where(e <= 0, 0.0, e)  # relu that keeps a NaN
+            df = tl.where(e > 0, 1.0, 0.0)
+        else:
+            f = e
     if SCATTER:
         grad = tl.where(entry, tl.load(w_ptr + r) * df * g, 0.0)
         if HINGE:

@@ -4,16 +4,19 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 ``validate``. How they run (see ``_lovasz_kernels.py``):
 
 1. one kernel writes every row's errors (fused softmax), ignored pixels as -inf;
-2. one ``torch.sort`` of all rows at once (descending, stable: ties keep pixel order);
-3. two kernels count the foreground entries per block of sorted positions (integers) and
-   apply the closed-form Lovasz gradient with the exclusive prefix of those counts,
-   summing ``f(e) g`` per block (fixed-order sums: deterministic);
+2. ``torch.sort`` of the rows, about a sixteenth of them per call (descending, stable:
+   ties keep pixel order); after each call a kernel moves the sorted keys back into the
+   key buffer and the indices into an int32 ``perm``, counting foreground entries;
+3. a kernel applies the closed-form Lovasz gradient with the exclusive prefix of those
+   integer counts, summing ``f(e) g`` per block (fixed-order sums: deterministic);
 4. the backward scatters ``w f'(e) g`` to each entry's pixel and chains it through the
    errors and the softmax in one kernel.
 
-Memory beyond the inputs and the gradient: the sorted fp32 keys and the int64 sort
-indices (kept for the backward), and an fp32 buffer of the same size in the backward.
-No host synchronisation unless ``validate=True``; a bad label makes the loss NaN.
+Memory beyond the inputs and the gradient: one fp32 key and one int32 index per logit
+while sorting, plus one sort call's outputs and workspace (a sixteenth of the rows);
+between the passes only ``perm`` (and the hinge's keys), and in the Lovasz-softmax
+backward an fp32 buffer per logit. No host synchronisation unless ``validate=True``;
+a bad label makes the loss NaN.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from segtriton.reference._common import (
 from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
 
 from ._lovasz_kernels import (
-    _lovasz_count_kernel,
     _lovasz_errors_kernel,
     _lovasz_grad_kernel,
+    _lovasz_pack_kernel,
     _lovasz_softmax_grad_kernel,
 )
 from ._tiles import (
@@ -47,6 +50,9 @@ from ._tiles import (
 )
 
 _BLOCK_K = 1024  # sorted positions per program
+SORT_PIECES = 16  # a sort call takes R // 16 rows: its outputs and workspace stay small
+SORT_MIN_ENTRIES = 1 << 18  # ... but at least this many entries, so few calls for small R
+INT32_ENTRIES = 2**31  # rows shorter than this keep their sort indices as int32
 
 
 def _layout(B: int, C: int, S: int, per_image: bool) -> tuple[int, int, int, int]:
@@ -63,6 +69,27 @@ def _geometry(logits, target, hinge):
     return x, t, (sxb, sxc, sxs), (stb, sts), x.shape[0], x.shape[1], x[0, 0].numel()
 
 
+def perm_dtype(N: int) -> torch.dtype:
+    """Dtype of the kept sort indices of rows of N entries."""
+    return torch.int32 if N < INT32_ENTRIES else torch.int64
+
+
+def sorted_groups(keys: torch.Tensor):
+    """Sort the rows of ``keys [R, N]`` (descending, stable) a group at a time; yields
+    ``(r0, values, indices)``: the sorted group of rows starting at row r0, in buffers
+    reused by the next group (consume them before advancing)."""
+    R, N = keys.shape
+    rows = min(R, max(R // SORT_PIECES, SORT_MIN_ENTRIES // max(N, 1), 1))
+    values = torch.empty((rows, N), dtype=keys.dtype, device=keys.device)
+    indices = torch.empty((rows, N), dtype=torch.int64, device=keys.device)
+    for r0 in range(0, R, rows):
+        k = min(rows, R - r0)
+        torch.sort(
+            keys[r0 : r0 + k], dim=1, descending=True, stable=True, out=(values[:k], indices[:k])
+        )
+        yield r0, values[:k], indices[:k]
+
+
 @torch.library.custom_op("segtriton::lovasz_rows", mutates_args=())
 def _lovasz_rows(
     logits: torch.Tensor,
@@ -76,7 +103,7 @@ def _lovasz_rows(
     x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
     R, N, key_b, key_c = _layout(B, C, S, per_image)
     ign, has_ignore = ignore_arg(ignore_index, not hinge)
-    keys = torch.empty(R * N, dtype=torch.float32, device=x.device)
+    keys = torch.empty((R, N), dtype=torch.float32, device=x.device)
     block_c, block_p, single = class_blocks(C)
     n_pblocks = triton.cdiv(S, block_p)
     _lovasz_errors_kernel[(B * n_pblocks,)](
@@ -84,22 +111,23 @@ def _lovasz_rows(
         HINGE=hinge, HAS_IGNORE=has_ignore, SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
-    sorted_keys, perm = torch.sort(keys.view(R, N), dim=1, descending=True, stable=True)
     nk = triton.cdiv(N, _BLOCK_K)
     flags = {"HINGE": hinge, "PER_IMAGE": per_image, "HAS_IGNORE": has_ignore}
-    counts = torch.empty(R * nk, dtype=torch.int32, device=x.device)
-    _lovasz_count_kernel[(R * nk,)](
-        perm, t, counts, C, S, N, nk, *ts, ign, **flags, BLOCK_K=_BLOCK_K
-    )
-    counts = counts.view(R, nk)
+    perm = torch.empty((R, N), dtype=perm_dtype(N), device=x.device)
+    counts = torch.empty((R, nk), dtype=torch.int32, device=x.device)
+    for r0, values, indices in sorted_groups(keys):
+        _lovasz_pack_kernel[(values.shape[0] * nk,)](
+            values, indices, keys, perm, t, counts, r0, C, S, N, nk, *ts, ign,
+            **flags, BLOCK_K=_BLOCK_K,
+        )  # fmt: skip
     total = counts.sum(1, dtype=torch.int32)
     start = counts.cumsum(1, dtype=torch.int32) - counts
     partial = torch.empty(R * nk, dtype=torch.float32, device=x.device)
     _lovasz_grad_kernel[(R * nk,)](
-        perm, sorted_keys, t, start, total, partial, partial, C, S, N, nk, *ts, ign,
+        perm, keys, t, start, total, partial, partial, C, S, N, nk, *ts, ign,
         **flags, SCATTER=False, BLOCK_K=_BLOCK_K,
     )  # fmt: skip
-    return partial.view(R, nk).sum(1), total, sorted_keys, perm, start
+    return partial.view(R, nk).sum(1), total, keys, perm, start
 
 
 @_lovasz_rows.register_fake
@@ -113,7 +141,7 @@ def _(logits, target, per_image, ignore_index, hinge):
         logits.new_empty(R, dtype=f32),
         logits.new_empty(R, dtype=i32),
         logits.new_empty((R, N), dtype=f32),
-        logits.new_empty((R, N), dtype=torch.int64),
+        logits.new_empty((R, N), dtype=perm_dtype(N)),
         logits.new_empty((R, nk), dtype=i32),
     )
 
@@ -123,7 +151,7 @@ def _lovasz_rows_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
     grad_rows: torch.Tensor,
-    sorted_keys: torch.Tensor,
+    sorted_keys: torch.Tensor | None,
     perm: torch.Tensor,
     start: torch.Tensor,
     total: torch.Tensor,
@@ -131,7 +159,7 @@ def _lovasz_rows_grad(
     ignore_index: float | None,
     hinge: bool,
 ) -> torch.Tensor:
-    """``dL/dz`` from ``grad_rows = dL/dL_r``."""
+    """``dL/dz`` from ``grad_rows = dL/dL_r`` (``sorted_keys``: read by the hinge only)."""
     x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
     R, N, key_b, key_c = _layout(B, C, S, per_image)
     ign, has_ignore = ignore_arg(ignore_index, not hinge)
@@ -145,7 +173,8 @@ def _lovasz_rows_grad(
     )
     w = grad_rows.to(torch.float32).contiguous()
     _lovasz_grad_kernel[(R * nk,)](
-        perm, sorted_keys, t, start, total, w, ge, C, S, N, nk, *ts, ign,
+        perm, perm if sorted_keys is None else sorted_keys, t, start, total, w, ge,
+        C, S, N, nk, *ts, ign,
         HINGE=hinge, PER_IMAGE=per_image, HAS_IGNORE=has_ignore, SCATTER=True,
         BLOCK_K=_BLOCK_K,
     )  # fmt: skip
@@ -174,7 +203,9 @@ def _setup(ctx, inputs, output):
     # only the row losses carry a gradient: no logits-sized zeros for the sort outputs
     ctx.mark_non_differentiable(total, sorted_keys, perm, start)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(logits, target, sorted_keys, perm, start, total)
+    hinge = ctx.params[-1]  # Lovasz-softmax's backward reads no key: free them now
+    keys = sorted_keys if hinge else None
+    ctx.save_for_backward(logits, target, keys, perm, start, total)
 
 
 def _backward(ctx, grad_rows, *_):

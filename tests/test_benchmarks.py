@@ -268,11 +268,12 @@ def benchmark_case_lovasz(request):
 
 def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
     """Triton Lovasz-softmax fwd+bwd (bf16, pooled rows) and, timed alone beside it, the
-    stable descending sort of a key tensor of the same ``[C, B*H*W]`` shape, as the loss
-    makes: ``extra_info`` gets ``sort_ms`` and ``sort_share`` (sort / whole step)."""
+    loss's own sort calls (``sorted_groups``) on a key tensor of the same ``[C, B*H*W]``
+    shape: ``extra_info`` gets ``sort_ms`` and ``sort_share`` (sort / whole step)."""
     from segtriton import kernels as ker
     from segtriton.bench.pytest_timer import CudaEventClock
     from segtriton.bench.timing import time_fn
+    from segtriton.kernels.lovasz import sorted_groups
 
     if DEVICE.type != "cuda":
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
@@ -281,7 +282,7 @@ def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
     x = torch.randn(shape, **on).to(torch.bfloat16).requires_grad_(True)
     y = torch.randint(0, C, (B, *spatial), **on)
     keys = torch.rand(C, x[:, 0].numel(), device=DEVICE)
-    sort = time_fn(lambda: torch.sort(keys, dim=1, descending=True, stable=True), DEVICE, 10)
+    sort = time_fn(lambda: list(sorted_groups(keys)), DEVICE, 10)
     step = lambda: torch.autograd.grad(ker.lovasz_softmax_loss(x, y), x)  # noqa: E731
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device=DEVICE)
     benchmark._timer = CudaEventClock()

@@ -20,6 +20,7 @@ from kernel_checks import (
 )
 
 from segtriton import kernels as ker
+from segtriton.kernels import lovasz as lovasz_mod
 from segtriton.registry import get, make_inputs
 
 ENTRIES = [get("lovasz_softmax"), get("lovasz_hinge")]
@@ -128,6 +129,40 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     loss, grad = run_with_grad(entry.kernel, x, torch.full_like(t, 255), opts, seed)
     assert torch.equal(loss, torch.zeros_like(loss))
     assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_sort_groups_and_index_dtype_change_nothing(entry, seed, gen, monkeypatch):
+    """One row per sort call and int64 sort indices (the path of rows past 2^31 entries)
+    give bitwise the loss and gradient of the default single call with int32 indices."""
+    C = 1 if entry.channels else 19
+    for opts in ({"ignore_index": 255}, {"ignore_index": 255, "per_image": True}):
+        x, t = make_inputs(entry, (3, C, 5, 7), opts, torch.float32, gen, 0.2, device=DEVICE)
+        default = run_with_grad(entry.kernel, x, t, opts, seed)
+        monkeypatch.setattr(lovasz_mod, "SORT_MIN_ENTRIES", 1)
+        monkeypatch.setattr(lovasz_mod, "SORT_PIECES", 10**6)  # one row per call
+        monkeypatch.setattr(lovasz_mod, "INT32_ENTRIES", 0)
+        for got, want in zip(run_with_grad(entry.kernel, x, t, opts, seed), default, strict=True):
+            assert torch.equal(got, want), (seed, opts)
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_saved_for_backward_is_small(entry, gen):
+    """Between the passes the loss keeps beyond its inputs one int32 index per logit (and
+    the hinge one fp32 key): the errors and sort outputs of the forward are freed."""
+    C = 1 if entry.channels else 5
+    x, t = make_inputs(entry, (2, C, 9, 11), {}, torch.float32, gen, 0.2, device=DEVICE)
+    x.requires_grad_()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s) or s, lambda s: s):
+        loss = entry.kernel(x, t)
+    inputs = {x.data_ptr(), t.data_ptr()}
+    extra = sum(s.numel() * s.element_size() for s in saved if s.data_ptr() not in inputs)
+    per_logit = 8 if entry.name == "lovasz_hinge" else 4
+    assert extra <= per_logit * x.numel() + 64 * C * 2, (extra, x.numel())
+    assert any(s.dtype == torch.int32 and s.numel() == x.numel() for s in saved)
+    loss.backward()
 
 
 def test_bad_targets_give_nan_or_a_clear_error(gen):
