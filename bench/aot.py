@@ -208,7 +208,7 @@ def target_cases() -> list[CompileCase]:
     it compiles them: sizes divisible by 16 let Triton vectorise the tile loads and (with
     ``SEGTRITON_STAGES`` > 1) pipeline them, which the small odd shapes of
     :func:`compile_cases` do not show. Masks are in the logits' dtype, as in every case
-    here (a sweep draws float64 ones). Lovasz is left out (its ``torch.sort`` would run on
+    here and in a sweep. Lovasz is left out (its ``torch.sort`` would run on
     the CPU)."""
     import torch
 

@@ -84,7 +84,8 @@ def case_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The case's ``(logits, target)``, drawn on ``device`` from a seed that names the case
     but not the provider, so every provider is timed and checked on the same numbers.
-    ``cache`` keeps the last inputs for the next provider of the same case."""
+    Labels have the case's label dtype; masks the logits' dtype, as a training loop has
+    them. ``cache`` keeps the last inputs for the next provider of the same case."""
     key = (case.inputs_key, repr(options))
     if cache is not None and key in cache:
         return cache[key]
@@ -102,6 +103,8 @@ def case_inputs(
         LABEL_DTYPES[case.label_dtype],
         device=device,
     )
+    if inputs[1].is_floating_point():
+        inputs = inputs[0], inputs[1].to(inputs[0].dtype)
     if cache is not None:
         cache[key] = inputs
     return inputs
@@ -154,9 +157,7 @@ def run_case(
     row["passed"] = bool(row["loss_rel_err"] <= LOSS_TOL and grad_ok)
     del ref_loss, grad
 
-    row["bytes"] = minimal_bytes(
-        entry, case.shape, dtype, LABEL_DTYPES[case.label_dtype], case.mode, options
-    )
+    row["bytes"] = minimal_bytes(entry, case.shape, dtype, t.dtype, case.mode, options)
     if case.provider == "triton" and device.type != "cuda":
         row["timer"] = "not measured (Triton interpreter)"
         return row

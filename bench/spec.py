@@ -6,7 +6,7 @@ A spec is a dict of axes; every combination of them is one case::
     providers = ["triton", "eager", "compile"]
     shapes = [[8, 19, 512, 1024], [2, 4, 128, 128, 128]]   # [B, C, *spatial]
     dtypes = ["bf16", "fp32"]
-    label_dtypes = ["int64"]
+    label_dtypes = ["int64"]                    # labels; masks take the logits' dtype
     modes = ["fwd+bwd"]                           # fwd | bwd | fwd+bwd
     memory_formats = ["contiguous"]               # or channels_last
     ignore_frac = 0.05                            # share of ignored pixels

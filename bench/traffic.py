@@ -141,12 +141,13 @@ class _TorchOps(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in _FREE_OPS or func.is_view or self.paused:
             return out
-        tensors = [
-            t
+        # each tensor once: an ``out=`` tensor is both an argument and the result
+        extents = {
+            (t.data_ptr(), t.numel() * t.element_size())
             for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
             if isinstance(t, torch.Tensor)
-        ]
-        moved = sum(t.numel() * t.element_size() for t in tensors)
+        }
+        moved = sum(size for _, size in extents)
         entry = self.record.bytes[(f"torch:{name}", "-")]
         entry[0] += moved
         entry[2] += moved
@@ -222,13 +223,13 @@ def loss_traffic(
     seed: int = 0,
 ) -> tuple[Traffic, int]:
     """Count one fwd+bwd call of ``entry``'s kernel at ``shape`` (integer labels in
-    ``label_dtype``); also return the byte model of that call."""
+    ``label_dtype``, masks in the logits' dtype, as a sweep draws them); also return the
+    byte model of that call."""
     from segtriton.registry import make_inputs, minimal_bytes
 
     options = dict(entry.variants[0] if options is None else options)
     x, t = make_inputs(entry, shape, options, dtype, torch.Generator().manual_seed(seed), 0.1)
-    if not t.is_floating_point():
-        t = t.to(label_dtype)
+    t = t.to(dtype if t.is_floating_point() else label_dtype)
     x.requires_grad_(True)
     with count_traffic() as record:
         loss = entry.kernel(x, t, **options)

@@ -287,3 +287,17 @@ def test_every_provider_of_a_case_gets_the_same_inputs():
     cache: dict = {}
     x, _ = runner.case_inputs(cases[0], entry, options, device, cache)
     assert runner.case_inputs(cases[1], entry, options, device, cache)[0] is x
+
+
+def test_masks_take_the_logits_dtype_and_the_byte_model_follows():
+    spec = {**load_spec("quick"), "losses": ["bce", "dice"], "shapes": [[2, 3, 5, 7]]}
+    spec |= {"providers": ["eager"], "dtypes": ["bf16"], "label_dtypes": ["uint8"]}
+    device = torch.device("cpu")
+    for case in expand(spec):
+        entry = get(case.loss)
+        options = {**runner.case_options(case, entry), "ignore_index": runner.IGNORE_INDEX}
+        x, t = runner.case_inputs(case, entry, options, device)
+        assert t.dtype == (torch.bfloat16 if case.loss == "bce" else torch.uint8), case
+        row = runner.run_case(case, device, copy_gbps=1.0, reps=1)
+        assert row["passed"], row
+        assert row["bytes"] == minimal_bytes(entry, case.shape, x.dtype, t.dtype, case.mode)
