@@ -344,6 +344,8 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "p80_ms",
         "gbps",
         "pct_of_copy_bw",
+        "graph_median_ms",
+        "graph_pct_of_copy_bw",
         "speedup_vs_eager",
         "speedup_vs_compile",
         "extra_mem_mb",
@@ -369,12 +371,18 @@ def build_report(dirs: list[Path], out: Path) -> Path:
 
 def compare(a: Path, b: Path, threshold: float = 0.05) -> tuple[pd.DataFrame, int]:
     """Median times of run ``b`` against run ``a``; rows slower by more than ``threshold``
-    are flagged. Returns the table and the number of regressions."""
+    are flagged (event-timed medians; the CUDA-graph ratio is shown beside them when both
+    runs have it). Returns the table and the number of regressions."""
     da, _ = load_runs([a])
     db, _ = load_runs([b])
     keys = KEYS + ["provider"]
-    m = da[keys + ["median_ms"]].merge(db[keys + ["median_ms"]], on=keys, suffixes=("_a", "_b"))
+    times = ["median_ms"] + (
+        ["graph_median_ms"] if "graph_median_ms" in da and "graph_median_ms" in db else []
+    )
+    m = da[keys + times].merge(db[keys + times], on=keys, suffixes=("_a", "_b"))
     m = m[m.median_ms_a.notna() & m.median_ms_b.notna()]
     m["ratio_b_over_a"] = m.median_ms_b / m.median_ms_a
+    if "graph_median_ms" in times:  # the GPU work alone, beside the event-timed ratio
+        m["graph_ratio_b_over_a"] = m.graph_median_ms_b / m.graph_median_ms_a
     m["regression"] = m.ratio_b_over_a > 1 + threshold
     return m, int(m.regression.sum())

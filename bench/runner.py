@@ -170,7 +170,24 @@ def run_case(
         grad_bytes = x.numel() * x.element_size() if need_grad else 0
         row["extra_mem_mb"] = extra / 2**20
         row["extra_mem_beyond_grad_mb"] = (extra - grad_bytes) / 2**20
+    if case.provider == "triton" and device.type == "cuda" and not graph:
+        row.update(graph_columns(step, device, reps, row["bytes"], copy_gbps))
     return row
+
+
+def graph_columns(
+    step: Callable, device: torch.device, reps: int, nbytes: int, copy_gbps: float
+) -> dict:
+    """Triton rows are also timed as CUDA-graph replays of the same step: the GPU work
+    without Python and launch overhead, which a call of a few tens of microseconds cannot
+    hide behind the L2 flush. ``graph_median_ms`` and ``graph_pct_of_copy_bw``, or
+    ``graph_error`` when the step cannot be captured (the sweep goes on)."""
+    try:
+        timed = time_fn(step, device, reps=reps, graph=True)
+    except Exception as exc:  # a capture failure is a finding for this row only
+        return {"graph_error": f"{type(exc).__name__}: {exc}"[:300]}
+    gbps = nbytes / (timed["median_ms"] * 1e-3) / 1e9
+    return {"graph_median_ms": timed["median_ms"], "graph_pct_of_copy_bw": 100 * gbps / copy_gbps}
 
 
 def make_step(mode: str, forward: Callable, x: torch.Tensor) -> Callable:

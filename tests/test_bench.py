@@ -275,6 +275,38 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
     assert measured["ce_dice 8x19x512x1024 bf16: <= 1.15x the time of dice"] == "1.1x"
 
 
+def test_targets_prefer_graph_replays_for_floor_and_ratio():
+    """A Triton row's CUDA-graph time judges the floor and the compound ratio (both rows
+    timed so); speedups stay on event-timed calls; a row without one falls back."""
+    from segtriton.bench.targets import ADE20K, CITYSCAPES, evaluate
+
+    nan = float("nan")
+    rows = [
+        _target_row(
+            "cross_entropy", "triton", CITYSCAPES, "bf16", 1.0,
+            pct_of_copy_bw=60.0, graph_pct_of_copy_bw=85.0, graph_median_ms=0.7,
+        ),
+        _target_row(
+            "cross_entropy", "triton", ADE20K, "bf16", 1.0,
+            pct_of_copy_bw=70.0, graph_pct_of_copy_bw=nan, graph_error="capture failed",
+        ),
+        _target_row("dice", "triton", CITYSCAPES, "bf16", 2.0, graph_median_ms=1.9),
+        _target_row("ce_dice", "triton", CITYSCAPES, "bf16", 2.6, graph_median_ms=2.0),
+        _target_row("lovasz_softmax", "triton", CITYSCAPES, "bf16", 10.0, graph_median_ms=1.0),
+        _target_row("lovasz_softmax", "eager", CITYSCAPES, "bf16", 20.0),
+    ]  # fmt: skip
+    table = evaluate(pd.DataFrame(rows)).set_index("target")
+    ce = "cross_entropy 8x19x512x1024 bf16: >= 80% of copy bandwidth"
+    assert table.loc[ce, "status"] == "met"
+    assert table.loc[ce, "measured"] == "85% graph (60% events)"
+    ce_ade = "cross_entropy 16x150x512x512 bf16: >= 80% of copy bandwidth"
+    assert (table.loc[ce_ade, "status"], table.loc[ce_ade, "measured"]) == ("missed", "70%")
+    ratio = "ce_dice 8x19x512x1024 bf16: <= 1.15x the time of dice"
+    assert (table.loc[ratio, "status"], table.loc[ratio, "measured"]) == ("met", "1.05x graph")
+    eager = "lovasz_softmax 8x19x512x1024 bf16: >= 3x faster than eager"
+    assert (table.loc[eager, "status"], table.loc[eager, "measured"]) == ("missed", "2x")
+
+
 def test_every_provider_of_a_case_gets_the_same_inputs():
     entry = get("dice")
     options = {**entry.variants[0], "ignore_index": runner.IGNORE_INDEX}
@@ -301,3 +333,15 @@ def test_masks_take_the_logits_dtype_and_the_byte_model_follows():
         row = runner.run_case(case, device, copy_gbps=1.0, reps=1)
         assert row["passed"], row
         assert row["bytes"] == minimal_bytes(entry, case.shape, x.dtype, t.dtype, case.mode)
+
+
+def test_graph_columns_record_a_capture_failure_and_go_on(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(runner, "time_fn", refuse)
+    cols = runner.graph_columns(lambda: None, torch.device("cpu"), 5, 10**9, 1000.0)
+    assert cols == {"graph_error": "RuntimeError: operation not permitted when stream is capturing"}
+    monkeypatch.setattr(runner, "time_fn", lambda *a, **k: {"median_ms": 2.0})
+    cols = runner.graph_columns(lambda: None, torch.device("cpu"), 5, 10**9, 1000.0)
+    assert cols == {"graph_median_ms": 2.0, "graph_pct_of_copy_bw": 50.0}  # 500 of 1000 GB/s
