@@ -294,6 +294,56 @@ def compile_registry(
     return rows, failures
 
 
+def host_overhead(
+    names: list[str] | None = None,
+    shape: tuple[int, ...] = (2, 19, 32, 32),
+    calls: int = 200,
+    arch: int = 90,
+) -> list[dict]:
+    """Host microseconds of one fwd+bwd call of each registry loss's Triton path (bf16
+    logits, int64 labels), with every launch compiled for ``sm_<arch>`` but not run: the
+    Python, dispatch and launch-preparation time a GPU run pays per call, measured on any
+    machine. ``host_us``: the median over ``calls`` calls as users make them (the eager
+    path of :mod:`segtriton.kernels._ops`); ``custom_op_us``: the same calls through the
+    custom-op dispatcher, alternated with the first so that both see the same machine
+    load. Inputs are small CPU tensors; what the kernels would write stays unwritten (the
+    Lovasz losses still sort on the CPU)."""
+    import statistics
+
+    import torch
+
+    from segtriton.kernels import _ops
+    from segtriton.registry import LOSSES, get, make_inputs
+
+    entries = [get(n) for n in names] if names else [e for e in LOSSES if e.kernel]
+    out = []
+    fast = _ops.fast_eager
+    with compile_only(arch):
+        for entry in entries:
+            B, C, *spatial = shape
+            if entry.channels and C not in entry.channels:
+                C = entry.channels[0]
+            opts = {**entry.variants[0], "ignore_index": 255}
+            gen = torch.Generator().manual_seed(0)
+            x, t = make_inputs(entry, (B, C, *spatial), opts, torch.bfloat16, gen, 0.05)
+            t = t.to(x.dtype) if t.is_floating_point() else t
+            x.requires_grad_(True)
+            times: dict[bool, list[float]] = {True: [], False: []}
+            try:
+                for k in range(2 * calls + 6):  # the first 6 compile and warm up
+                    _ops.fast_eager = k % 2 == 0
+                    start = time.perf_counter()
+                    torch.autograd.grad(entry.kernel(x, t, **opts), x)
+                    if k >= 6:
+                        times[_ops.fast_eager].append(time.perf_counter() - start)
+            finally:
+                _ops.fast_eager = fast
+            us = {k: round(statistics.median(v) * 1e6, 1) for k, v in times.items()}
+            out.append({"loss": entry.name, "shape": "x".join(map(str, (B, C, *spatial))),
+                        "host_us": us[True], "custom_op_us": us[False]})  # fmt: skip
+    return out
+
+
 def blocks_per_sm(row: CompiledKernel, arch: int) -> int:
     """Resident blocks per SM allowed by registers (allocated per warp in units of 256),
     warps, the block limit and shared memory (1 KiB reserved per block), as in the CUDA

@@ -151,6 +151,23 @@ def _compile(args: argparse.Namespace) -> int:
     return 1 if failures or too_big else 0
 
 
+def _overhead(args: argparse.Namespace) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("segtriton overhead needs compiled Triton: unset TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    from .aot import host_overhead
+
+    shape = tuple(int(v) for v in args.shape.split(","))
+    names = args.losses.split(",") if args.losses else None
+    print(f"{'loss':<18} {'shape':>14}  host us per fwd+bwd  (through the custom-op dispatcher)")
+    for row in host_overhead(names, shape, calls=args.calls, arch=args.arch):
+        print(
+            f"{row['loss']:<18} {row['shape']:>14}  {row['host_us']:>19.1f}"
+            f"  ({row['custom_op_us']:.1f})"
+        )
+    return 0
+
+
 def _traffic(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRITON_INTERPRET", "1")
     from segtriton.kernels import interpreter_enabled
@@ -261,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
     aot.set_defaults(func=_compile)
+
+    overhead = sub.add_parser(
+        "overhead",
+        help="host time per fwd+bwd call of each loss, kernels compiled but not launched "
+        "(works without a GPU)",
+    )
+    overhead.add_argument("--shape", default="2,19,32,32", help="B,C,spatial... (2,19,32,32)")
+    overhead.add_argument("--losses", help="comma-separated registry names (default: all)")
+    overhead.add_argument("--calls", type=int, default=200, help="timed calls per path")
+    overhead.add_argument("--arch", type=int, default=90, choices=sorted(SM_LIMITS))
+    overhead.set_defaults(func=_overhead)
 
     traffic = sub.add_parser(
         "traffic",

@@ -28,6 +28,7 @@ from segtriton.reference._common import (
 
 from ._boundary_kernels import _boundary_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
+from ._ops import op
 from ._tiles import class_blocks, ignore_arg, loss_views, num_warps_for, pixel_view
 from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
 
@@ -107,7 +108,7 @@ def _axis_passes(f, spare, flags, S, spacing, other):
     return f, spare
 
 
-@torch.library.custom_op("segtriton::signed_distance_map", mutates_args=())
+@op("segtriton::signed_distance_map")
 def _signed_map_op(
     target: torch.Tensor,
     num_classes: int,
@@ -186,7 +187,7 @@ def _boundary_denom(target, counts, labels, ignore_index, n_selected):
     return _prepass(target, counts.numel(), float(ignore_index), False, counts)
 
 
-@torch.library.custom_op("segtriton::boundary_loss", mutates_args=())
+@op("segtriton::boundary_loss")
 def _boundary_op(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -227,7 +228,7 @@ def _(logits, target, dist_map, counts, labels, ignore_index, n_selected, reduct
     return loss, _grad_buffer(logits, need_grad, reduction)
 
 
-_register_fused_autograd("segtriton::boundary_loss", None, 7)
+_register_fused_autograd(_boundary_op, None, 7)
 
 
 def boundary_loss(

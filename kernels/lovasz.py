@@ -39,6 +39,7 @@ from ._lovasz_kernels import (
     _lovasz_pack_kernel,
     _lovasz_softmax_grad_kernel,
 )
+from ._ops import op
 from ._tiles import (
     CHUNK,
     class_blocks,
@@ -90,7 +91,7 @@ def sorted_groups(keys: torch.Tensor):
         yield r0, values[:k], indices[:k]
 
 
-@torch.library.custom_op("segtriton::lovasz_rows", mutates_args=())
+@op("segtriton::lovasz_rows")
 def _lovasz_rows(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -146,7 +147,7 @@ def _(logits, target, per_image, ignore_index, hinge):
     )
 
 
-@torch.library.custom_op("segtriton::lovasz_rows_grad", mutates_args=())
+@op("segtriton::lovasz_rows_grad")
 def _lovasz_rows_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -216,7 +217,7 @@ def _backward(ctx, grad_rows, *_):
     return grad, None, None, None, None
 
 
-torch.library.register_autograd("segtriton::lovasz_rows", _backward, setup_context=_setup)
+_lovasz_rows.register_autograd(_backward, _setup)
 
 
 def lovasz_hinge_loss(

@@ -40,6 +40,7 @@ from segtriton.reference._common import (
     checked_target,
 )
 
+from ._ops import Op, op
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
 from ._tiles import (
     NO_LABEL,
@@ -190,7 +191,7 @@ def _softmax_denom(target, C, ignore_index, weight, reduction, avg_non_ignore, d
     return _prepass(target, C, ignore_index, labels=True, weight=weight)
 
 
-@torch.library.custom_op("segtriton::softmax_pixel_loss", mutates_args=())
+@op("segtriton::softmax_pixel_loss")
 def _softmax_pixel_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -248,7 +249,7 @@ def _(
     return loss, _grad_buffer(logits, need_grad, reduction)
 
 
-@torch.library.custom_op("segtriton::softmax_pixel_grad", mutates_args=())
+@op("segtriton::softmax_pixel_grad")
 def _softmax_pixel_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -304,7 +305,7 @@ def _scale_saved_grad(
     return grad * grad_loss.to(grad.dtype)
 
 
-def _register_fused_autograd(op: str, grad_op, reduction_at: int) -> None:
+def _register_fused_autograd(op: Op, grad_op, reduction_at: int) -> None:
     """Autograd for a fused loss op whose inputs are ``(logits, target, *params)`` with
     ``reduction`` at ``reduction_at``, and whose grad op takes
     ``(logits, target, grad_output, *params[:reduction_at - 2])`` (None for an op that is
@@ -340,7 +341,7 @@ def _register_fused_autograd(op: str, grad_op, reduction_at: int) -> None:
             grad = grad_op(args[0], args[1], grad_loss, *args[2:])
         return (grad,) + (None,) * (ctx.n_inputs - 1)
 
-    torch.library.register_autograd(op, backward, setup_context=setup)
+    op.register_autograd(backward, setup)
 
 
 def _finish(partials, grad, reduction, denom, shape):
@@ -351,7 +352,7 @@ def _finish(partials, grad, reduction, denom, shape):
     return (total / denom[0] if reduction == "mean" else total), grad
 
 
-_register_fused_autograd("segtriton::softmax_pixel_loss", _softmax_pixel_grad, 9)
+_register_fused_autograd(_softmax_pixel_loss, _softmax_pixel_grad, 9)
 
 
 def _need_grad(logits: torch.Tensor) -> bool:
@@ -518,7 +519,7 @@ def _sigmoid_denom(logits, target, labels, ignore_index, reduction):
     return count * C if labels else count
 
 
-@torch.library.custom_op("segtriton::sigmoid_pixel_loss", mutates_args=())
+@op("segtriton::sigmoid_pixel_loss")
 def _sigmoid_pixel_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -570,7 +571,7 @@ def _(
     return logits.new_empty(shape, dtype=torch.float32), _grad_buffer(logits, need_grad, reduction)
 
 
-@torch.library.custom_op("segtriton::sigmoid_pixel_grad", mutates_args=())
+@op("segtriton::sigmoid_pixel_grad")
 def _sigmoid_pixel_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -608,7 +609,7 @@ def _(logits, target, grad_output, labels, weight, pos_weight, ignore_index, gam
     return torch.empty_like(logits)
 
 
-_register_fused_autograd("segtriton::sigmoid_pixel_loss", _sigmoid_pixel_grad, 9)
+_register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 9)
 
 
 def binary_cross_entropy_with_logits(

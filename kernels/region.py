@@ -38,6 +38,7 @@ from segtriton.reference._common import (
 )
 
 from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
+from ._ops import op
 from ._region_kernels import _region_grad_kernel, _region_stats_kernel
 from ._tiles import (
     MAX_SINGLE_C,
@@ -97,7 +98,7 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
     return part.view(B, n_chunks, row).sum(1)
 
 
-@torch.library.custom_op("segtriton::region_stats", mutates_args=())
+@op("segtriton::region_stats")
 def _region_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -146,7 +147,7 @@ def _(logits, target, *params):
     )
 
 
-@torch.library.custom_op("segtriton::region_grad", mutates_args=())
+@op("segtriton::region_grad")
 def _region_grad(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -224,7 +225,7 @@ def _backward(ctx, grad_sums, grad_pix):
     return (grad,) + (None,) * (len(ctx.params) + 1)
 
 
-torch.library.register_autograd("segtriton::region_stats", _backward, setup_context=_setup)
+_region_stats.register_autograd(_backward, _setup)
 
 
 class Finalize(NamedTuple):
@@ -318,7 +319,7 @@ def _loss_and_coefs(
     return loss, out
 
 
-@torch.library.custom_op("segtriton::region_loss", mutates_args=())
+@op("segtriton::region_loss")
 def _region_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -375,7 +376,7 @@ def _loss_backward(ctx, grad_loss, _grad_out):
     return (grad,) + (None,) * (ctx.n_inputs - 1)
 
 
-torch.library.register_autograd("segtriton::region_loss", _loss_backward, setup_context=_loss_setup)
+_region_loss.register_autograd(_loss_backward, _loss_setup)
 
 
 class _GlobalRegionLoss(torch.autograd.Function):

@@ -115,3 +115,18 @@ def test_stages_knob():
     env = {**os.environ, "SEGTRITON_STAGES": "9"}
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "SEGTRITON_STAGES must be 1 to 8" in bad.stderr
+
+
+@cpu_only
+def test_overhead_times_both_dispatch_paths():
+    """``segtriton overhead`` times a loss's host side through the eager path and through
+    the custom-op dispatcher (launches compiled for sm_90, not run)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "segtriton.bench.cli", "overhead"]
+    cmd += ["--losses", "cross_entropy,dice", "--calls", "5", "--shape", "2,3,8,8"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [r[:2] for r in rows] == [["cross_entropy", "2x3x8x8"], ["dice", "2x3x8x8"]]
+    for r in rows:
+        assert float(r[2]) > 0 and float(r[3].strip("()")) > 0

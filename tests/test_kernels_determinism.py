@@ -1,12 +1,15 @@
 """Every Triton kernel of the registry: the same inputs give bitwise the same loss and
-gradient, and the inputs are left untouched (bf16 logits, ignored pixels)."""
+gradient, and the inputs are left untouched (bf16 logits, ignored pixels); the eager
+path and the custom op agree bitwise."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from kernel_checks import DEVICE, run_with_grad
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from segtriton.kernels import _ops
 from segtriton.registry import LOSSES, make_inputs
 
 
@@ -21,3 +24,35 @@ def test_deterministic_and_inputs_untouched(entry, gen):
     runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert torch.equal(x, before) and torch.equal(t, target_before)
+
+
+class _Namespaces(TorchDispatchMode):
+    """Records the namespace of every op dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(func.namespace)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+def test_eager_path_equals_the_custom_op_and_skips_its_dispatcher(entry, gen, monkeypatch):
+    """Eager calls run each op's implementation through a plain autograd.Function (the
+    custom-op dispatcher costs host time every call); under torch.compile the custom op
+    runs. Both paths give bitwise the same loss and gradient, and eager calls dispatch no
+    segtriton op."""
+    C = entry.channels[0] if entry.channels else 3
+    for reduction in [r for r in ("mean", "none") if r in entry.reductions]:
+        opts = {**entry.variants[0], "ignore_index": 255, "reduction": reduction}
+        x, t = make_inputs(entry, (2, C, 9, 11), opts, torch.float32, gen, 0.1, device=DEVICE)
+        with _Namespaces() as spy:
+            eager = run_with_grad(entry.kernel, x, t, opts)
+        assert spy.seen and "segtriton" not in spy.seen
+        with monkeypatch.context() as m:
+            m.setattr(_ops, "fast_eager", False)
+            custom = run_with_grad(entry.kernel, x, t, opts)
+        for a, b in zip(eager, custom, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

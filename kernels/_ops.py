@@ -1,0 +1,80 @@
+"""Custom ops that skip the dispatcher in eager mode.
+
+Every loss is a ``torch.library`` custom op with a fake implementation, so that
+``torch.compile(fullgraph=True)`` sees one opaque node. The dispatcher and the autograd
+wrapper of a custom op cost hundreds of microseconds of host time per call, more than the
+GPU needs for a Cityscapes-sized loss, and an eager training step pays them every call.
+:func:`op` registers the custom op as usual and returns an :class:`Op` that, outside
+tracing, runs the same Python implementation directly: through a ``torch.autograd.Function``
+made from the op's ``setup_context`` and ``backward`` when an input requires grad, else as
+a plain call. Under tracing (Dynamo, or the fake and functional tensors of AOTAutograd)
+and for meta tensors, calls go through the custom op, and so does every call when the
+environment sets ``SEGTRITON_EAGER_OPS=0`` (or the module's ``fast_eager`` is False).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+import torch
+
+fast_eager = os.environ.get("SEGTRITON_EAGER_OPS", "1") not in ("", "0")
+
+
+def _eager(args: tuple) -> bool:
+    """Plain tensors on a real device, outside Dynamo: the implementation can run as is."""
+    if not fast_eager or torch.compiler.is_compiling():
+        return False
+    return all(
+        type(a) is torch.Tensor and a.device.type != "meta"
+        for a in args
+        if isinstance(a, torch.Tensor)
+    )
+
+
+class Op:
+    """A custom op and its Python implementation; call it with positional arguments."""
+
+    def __init__(self, name: str, impl: Callable, mutates_args: Iterable[str] = ()) -> None:
+        self.impl = impl
+        self.custom_op = torch.library.custom_op(name, impl, mutates_args=tuple(mutates_args))
+        self.function: type[torch.autograd.Function] | None = None
+
+    def register_fake(self, fn: Callable) -> Callable:
+        return self.custom_op.register_fake(fn)
+
+    def register_autograd(self, backward: Callable, setup_context: Callable) -> None:
+        """The custom op's autograd, and the same pair as an autograd.Function for eager."""
+        self.custom_op.register_autograd(backward, setup_context=setup_context)
+        impl = self.impl
+
+        class _Function(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *args):
+                output = impl(*args)
+                setup_context(ctx, args, output)
+                return output
+
+            @staticmethod
+            def backward(ctx, *grads):
+                return backward(ctx, *grads)
+
+        self.function = _Function
+
+    def __call__(self, *args):
+        if not _eager(args):
+            return self.custom_op(*args)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if (
+            self.function is not None
+            and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors)
+        ):
+            return self.function.apply(*args)
+        return self.impl(*args)
+
+
+def op(name: str, mutates_args: Iterable[str] = ()) -> Callable[[Callable], Op]:
+    """Decorator: ``@op("segtriton::name")`` on the implementation gives an :class:`Op`."""
+    return lambda impl: Op(name, impl, mutates_args)
