@@ -102,7 +102,7 @@ def tile_pixels(block_c: int, least: int = 16) -> int:
 def class_blocks(C: int) -> tuple[int, int, bool]:
     """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C."""
     if C <= MAX_SINGLE_C:
-        block_c = triton.next_power_of_2(C)
+        block_c = next_pow2(C)
         return block_c, tile_pixels(block_c), True
     return (*CHUNK, False)
 
@@ -128,9 +128,21 @@ def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
     return b, offs_p, offs_p < S
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for b > 0. ``triton.cdiv`` is a constexpr function that costs
+    microseconds per host call; the launch wrappers call this many times per loss."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n, for n >= 1 (``triton.next_power_of_2`` without its
+    host-call cost)."""
+    return 1 << (n - 1).bit_length()
+
+
 def program_count(n_blocks: int) -> int:
     """Programs that cover ``n_blocks`` pixel tiles, ``TILES_PER_PROGRAM`` each."""
-    return triton.cdiv(n_blocks, TILES_PER_PROGRAM)
+    return cdiv(n_blocks, TILES_PER_PROGRAM)
 
 
 @triton.jit
@@ -179,6 +191,6 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Te
     """
     factor = grad_output.reshape(1).to(torch.float32) / applied
     n = grad.numel()
-    _scale_kernel[(triton.cdiv(n, 4096),)](grad, factor, n, BLOCK=4096, num_warps=8)
+    _scale_kernel[(cdiv(n, 4096),)](grad, factor, n, BLOCK=4096, num_warps=8)
     # a kernel, not applied.copy_(): autograd must not see a new version of a saved tensor
     _copy_scalar_kernel[(1,)](applied, grad_output.reshape(1))

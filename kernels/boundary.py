@@ -14,7 +14,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import triton
 
 from segtriton.reference import boundary as ref_boundary
 from segtriton.reference._common import (
@@ -29,7 +28,7 @@ from segtriton.reference._common import (
 from ._boundary_kernels import _boundary_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
-from ._tiles import class_blocks, ignore_arg, loss_views, num_warps_for, pixel_view
+from ._tiles import cdiv, class_blocks, ignore_arg, loss_views, next_pow2, num_warps_for, pixel_view
 from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
 
 MAX_LINE = 16384  # longest axis the 1-D pass holds in one tile
@@ -67,12 +66,12 @@ def _transform(
     L = S[-1]
     n_lines = out.numel() // L
     flags = torch.empty(2 if signed else 1, n_lines, dtype=torch.uint8, device=src.device)
-    block = triton.next_power_of_2(L)
+    block = next_pow2(L)
     labels = classes is not None
     ign, has_ignore = ignore_arg(ignore_index, labels)
     rows = max(1, 4096 // block)
     output = (2 if nd == 1 else 1) if signed else 0
-    _edt_first_kernel[(triton.cdiv(n_lines, rows),)](
+    _edt_first_kernel[(cdiv(n_lines, rows),)](
         src, out, inside, flags, n_lines, n_lines // N, L, classes or 1, ign, spacing[-1] ** 2,
         LABELS=labels, HAS_IGNORE=has_ignore, OUTPUT=output, ROWS=rows, BLOCK=block,
         num_warps=8 if rows * block >= 4096 else 4,
@@ -95,10 +94,10 @@ def _axis_passes(f, spare, flags, S, spacing, other):
     for axis in range(nd - 1, 0, -1):
         slab = slab.amax(dim=-1)
         L, inner = S[axis - 1], math.prod(S[axis:])
-        block = min(16, triton.next_power_of_2(L))
+        block = min(16, next_pow2(L))
         rows = 8192 // (block * block)
-        n_lines, n_pos_tiles = slab.numel() * inner, triton.cdiv(L, block)
-        grid = (triton.cdiv(n_lines, rows) * n_pos_tiles,)
+        n_lines, n_pos_tiles = slab.numel() * inner, cdiv(L, block)
+        grid = (cdiv(n_lines, rows) * n_pos_tiles,)
         combine = other is not None and axis == 1
         _edt_axis_kernel[grid](
             f, spare, other if combine else f, slab, L, inner, n_lines, n_pos_tiles,
@@ -209,7 +208,7 @@ def _boundary_op(
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
-    n_pblocks = triton.cdiv(S, block_p)
+    n_pblocks = cdiv(S, block_p)
     partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _boundary_kernel[(B * n_pblocks,)](

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import triton
 
 from segtriton.reference._common import (
     check_masks,
@@ -42,9 +41,11 @@ from ._lovasz_kernels import (
 from ._ops import op
 from ._tiles import (
     CHUNK,
+    cdiv,
     class_blocks,
     ignore_arg,
     label_view,
+    next_pow2,
     num_warps_for,
     pixel_view,
     tile_pixels,
@@ -106,13 +107,13 @@ def _lovasz_rows(
     ign, has_ignore = ignore_arg(ignore_index, not hinge)
     keys = torch.empty((R, N), dtype=torch.float32, device=x.device)
     block_c, block_p, single = class_blocks(C)
-    n_pblocks = triton.cdiv(S, block_p)
+    n_pblocks = cdiv(S, block_p)
     _lovasz_errors_kernel[(B * n_pblocks,)](
         x, t, keys, C, S, n_pblocks, *xs, *ts, key_b, key_c, ign,
         HINGE=hinge, HAS_IGNORE=has_ignore, SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
-    nk = triton.cdiv(N, _BLOCK_K)
+    nk = cdiv(N, _BLOCK_K)
     flags = {"HINGE": hinge, "PER_IMAGE": per_image, "HAS_IGNORE": has_ignore}
     perm = torch.empty((R, N), dtype=perm_dtype(N), device=x.device)
     counts = torch.empty((R, nk), dtype=torch.int32, device=x.device)
@@ -136,7 +137,7 @@ def _(logits, target, per_image, ignore_index, hinge):
     B, C = logits.shape[:2]
     S = logits[0, 0].numel()
     R, N, _, _ = _layout(B, C, S, per_image)
-    nk = triton.cdiv(N, _BLOCK_K)
+    nk = cdiv(N, _BLOCK_K)
     f32, i32 = torch.float32, torch.int32
     return (
         logits.new_empty(R, dtype=f32),
@@ -183,9 +184,9 @@ def _lovasz_rows_grad(
         return ge
     grad = torch.empty_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    block_c = min(triton.next_power_of_2(C), CHUNK[0])  # classes are streamed
+    block_c = min(next_pow2(C), CHUNK[0])  # classes are streamed
     block_p = tile_pixels(block_c)
-    n_pblocks = triton.cdiv(S, block_p)
+    n_pblocks = cdiv(S, block_p)
     _lovasz_softmax_grad_kernel[(B * n_pblocks,)](
         x, t, ge, g, C, S, n_pblocks, *xs, *ts, sgb, sgc, sgs, key_b, key_c, ign,
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c, block_p),

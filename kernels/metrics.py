@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import triton
 
 from segtriton.reference._common import check_choice, check_label_dtype
 from segtriton.reference.metrics import metrics_from_confusion
 
 from ._metrics_kernels import _confusion_kernel
-from ._tiles import class_blocks, ignore_arg, label_view, pixel_view
+from ._tiles import cdiv, class_blocks, ignore_arg, label_view, next_pow2, pixel_view
 
 _HIST_BINS = 4096  # private per-program histograms up to this many bins
 _PROGRAMS = 1024
@@ -79,13 +78,13 @@ def _confusion(
         (p, spb, sps), spc = label_view(preds), 0
         block_c, block_p, single = 1, _LABEL_TILE, True
     S = t[0, 0].numel()
-    n_tiles = triton.cdiv(S, block_p)
-    tiles_per_chunk = triton.cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
-    n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
+    n_tiles = cdiv(S, block_p)
+    tiles_per_chunk = cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
+    n_chunks = cdiv(n_tiles, tiles_per_chunk)
     cells = C * C
     hist = cells + 2 <= _HIST_BINS
-    nb = triton.next_power_of_2(cells + 2) if hist else 1
-    diag_bins = triton.next_power_of_2(C + 1) if not hist and C + 1 <= _HIST_BINS else 0
+    nb = next_pow2(cells + 2) if hist else 1
+    diag_bins = next_pow2(C + 1) if not hist and C + 1 <= _HIST_BINS else 0
     if hist:
         out = torch.empty(B * n_chunks * nb, dtype=torch.int32, device=t.device)
     else:

@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import triton
 
 from segtriton.reference._common import (
     check_choice,
@@ -46,9 +45,11 @@ from ._tiles import (
     NO_LABEL,
     STAGES,
     TILES_PER_PROGRAM,
+    cdiv,
     class_blocks,
     label_view,
     loss_views,
+    next_pow2,
     num_warps_for,
     pixel_view,
     program_count,
@@ -81,9 +82,9 @@ def _prepass(
     t, stb, str_, sts = pixel_view(target.unsqueeze(1) if labels else target)
     R = 1 if labels else t.shape[1]
     S = t[0, 0].numel()
-    block_r = triton.next_power_of_2(R)
+    block_r = next_pow2(R)
     block_p = tile_pixels(block_r)
-    n_pblocks = triton.cdiv(S, block_p)
+    n_pblocks = cdiv(S, block_p)
     partials = torch.empty(t.shape[0] * n_pblocks, dtype=torch.float32, device=t.device)
     _valid_sum_kernel[(partials.numel(),)](
         t,
@@ -138,7 +139,7 @@ def _softmax_launch(
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
-    n_pblocks = triton.cdiv(S, block_p)
+    n_pblocks = cdiv(S, block_p)
     n_blocks = B * n_pblocks
     n_programs = program_count(n_blocks)
     per_pixel = reduction == "none"
@@ -457,9 +458,9 @@ def _sigmoid_launch(
     x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
-    block_c = min(triton.next_power_of_2(C), 16)
+    block_c = min(next_pow2(C), 16)
     block_p = tile_pixels(block_c, least=64)
-    n_pblocks = triton.cdiv(S, block_p)
+    n_pblocks = cdiv(S, block_p)
     n_blocks = B * n_pblocks
     n_programs = program_count(n_blocks)
     per_el = reduction == "none"

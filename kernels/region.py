@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-import triton
 
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import (
@@ -44,9 +43,11 @@ from ._tiles import (
     MAX_SINGLE_C,
     STAGES,
     TILES_PER_PROGRAM,
+    cdiv,
     class_blocks,
     ignore_arg,
     loss_views,
+    next_pow2,
     num_warps_for,
     pixel_view,
     program_count,
@@ -67,9 +68,9 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
-    n_tiles = triton.cdiv(S, block_p)
-    tiles_per_chunk = triton.cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
-    n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
+    n_tiles = cdiv(S, block_p)
+    tiles_per_chunk = cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
+    n_chunks = cdiv(n_tiles, tiles_per_chunk)
     row = 3 * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)
@@ -173,7 +174,7 @@ def _region_grad(
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
-    n_pblocks = triton.cdiv(S, block_p)
+    n_pblocks = cdiv(S, block_p)
     n_blocks = B * n_pblocks
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _region_grad_kernel[(program_count(n_blocks),)](
@@ -299,8 +300,8 @@ def _loss_and_coefs(
     image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max, none = flags
     sizes = (B, total.shape[0], C, 3 * C + 2)
     blocks = {
-        "BLOCK_C": min(1024, triton.next_power_of_2(C)),
-        "BLOCK_B": min(1024, triton.next_power_of_2(B)),
+        "BLOCK_C": min(1024, next_pow2(C)),
+        "BLOCK_B": min(1024, next_pow2(B)),
     }
     if gdl_type >= 0:
         _gdl_finalize_kernel[(1,)](

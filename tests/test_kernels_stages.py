@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from kernel_checks import DEVICE
 
-from segtriton.kernels._tiles import program_tile
+from segtriton.kernels._tiles import cdiv, next_pow2, program_tile
 
 CHILD = r"""
 import sys
@@ -94,3 +94,11 @@ def test_program_tiles_cover_the_grid_once_and_stay_in_its_images():
     assert live[:n_blocks].tolist() == expected_live * B
     assert img[:n_blocks].tolist() == [b for b in range(B) for _ in range(n_pblocks)]
     assert (live[n_blocks:] == 0).all() and (img[n_blocks:] == B - 1).all()
+
+
+def test_host_grid_helpers_agree_with_triton():
+    """``cdiv`` and ``next_pow2`` replace Triton's constexpr functions on the host."""
+    for n in [*range(1, 2100), 2**31 - 1, 2**31, 2**40 + 3]:
+        assert next_pow2(n) == triton.next_power_of_2(n), n
+        for b in (1, 3, 16, 1024, 4096):
+            assert cdiv(n, b) == triton.cdiv(n, b), (n, b)
