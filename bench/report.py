@@ -192,6 +192,8 @@ def _chart_bars(
     line_at: float | None = None,
 ) -> bool:
     """Horizontal bars of ``column`` per case (loss, shape, dtype), one bar per provider."""
+    if column not in df:
+        return False
     rows = df[df[column].notna()]
     if rows.empty:
         return False
@@ -205,6 +207,18 @@ def _chart_bars(
     ax.figure.savefig(path, dpi=110)
     plt.close(ax.figure)
     return True
+
+
+def _with_graph_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` plus, for each row with a CUDA-graph time, a row of provider
+    '<provider> (CUDA graph)' whose ``pct_of_copy_bw`` is the graph figure."""
+    if "graph_pct_of_copy_bw" not in df:
+        return df
+    graph = df[df.graph_pct_of_copy_bw.notna()]
+    graph = graph.assign(
+        provider=graph.provider + " (CUDA graph)", pct_of_copy_bw=graph.graph_pct_of_copy_bw
+    )
+    return pd.concat([df, graph], ignore_index=True)
 
 
 def recommendations(df: pd.DataFrame) -> pd.DataFrame:
@@ -249,7 +263,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "floor.png": (
             "Fraction of the copy-bandwidth floor",
             _chart_bars(
-                df,
+                _with_graph_rows(df),
                 "pct_of_copy_bw",
                 "% of measured copy bandwidth (minimal bytes / time)",
                 out / "floor.png",

@@ -345,3 +345,23 @@ def test_graph_columns_record_a_capture_failure_and_go_on(monkeypatch):
     monkeypatch.setattr(runner, "time_fn", lambda *a, **k: {"median_ms": 2.0})
     cols = runner.graph_columns(lambda: None, torch.device("cpu"), 5, 10**9, 1000.0)
     assert cols == {"graph_median_ms": 2.0, "graph_pct_of_copy_bw": 50.0}  # 500 of 1000 GB/s
+
+
+def test_floor_chart_adds_the_graph_figures_as_their_own_bars(tmp_path):
+    from segtriton.bench.report import _chart_bars, _with_graph_rows
+
+    df = pd.DataFrame(
+        [
+            {**_target_row("dice", "triton", (2, 3, 8, 8), "bf16", 1.0), "pct_of_copy_bw": 40.0,
+             "graph_pct_of_copy_bw": 90.0},
+            {**_target_row("dice", "eager", (2, 3, 8, 8), "bf16", 3.0), "pct_of_copy_bw": 10.0,
+             "graph_pct_of_copy_bw": float("nan")},
+        ]
+    )  # fmt: skip
+    rows = _with_graph_rows(df)
+    assert sorted(rows.provider) == ["eager", "triton", "triton (CUDA graph)"]
+    assert rows.set_index("provider").pct_of_copy_bw["triton (CUDA graph)"] == 90.0
+    assert _chart_bars(rows, "pct_of_copy_bw", "%", tmp_path / "floor.png")
+    assert (tmp_path / "floor.png").stat().st_size > 0
+    assert not _chart_bars(df.drop(columns="graph_pct_of_copy_bw"), "graph_pct_of_copy_bw", "%",
+                           tmp_path / "none.png")  # fmt: skip
