@@ -12,7 +12,8 @@ Same signatures and semantics as ``segtriton.reference`` (see the formulas there
   but the inputs, and the backward recomputes the gradient in one pass.
 - The 'mean' divisor (valid-pixel count or summed class weights) is computed on the device
   by a pre-pass over the labels: no host synchronisation, so the ops are CUDA-graph
-  capturable and registered as ``torch.library`` custom ops for ``torch.compile``.
+  capturable and registered as ``torch.library`` custom ops for ``torch.compile``
+  (eager calls skip the custom-op dispatcher: see ``_ops.py``).
 - Reductions are per-program partial sums added in a fixed order: bitwise deterministic.
 - Labels of any integer dtype are read in the kernel. A label outside ``[0, C)`` that is
   not ``ignore_index`` (or a mask value outside [0, 1]) makes the loss NaN instead of
