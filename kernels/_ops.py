@@ -22,15 +22,13 @@ import torch
 fast_eager = os.environ.get("SEGTRITON_EAGER_OPS", "1") not in ("", "0")
 
 
-def _eager(args: tuple) -> bool:
-    """Plain tensors on a real device, outside Dynamo: the implementation can run as is."""
+def _eager(first: torch.Tensor) -> bool:
+    """Outside Dynamo, with a plain tensor on a real device as the op's first argument (the
+    logits, or the labels: under AOTAutograd every tensor is a fake or functional one), the
+    implementation can run as is."""
     if not fast_eager or torch.compiler.is_compiling():
         return False
-    return all(
-        type(a) is torch.Tensor and a.device.type != "meta"
-        for a in args
-        if isinstance(a, torch.Tensor)
-    )
+    return type(first) is torch.Tensor and first.device.type != "meta"
 
 
 class Op:
@@ -63,13 +61,12 @@ class Op:
         self.function = _Function
 
     def __call__(self, *args):
-        if not _eager(args):
+        if not _eager(args[0]):
             return self.custom_op(*args)
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if (
             self.function is not None
             and torch.is_grad_enabled()
-            and any(t.requires_grad for t in tensors)
+            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
         ):
             return self.function.apply(*args)
         return self.impl(*args)
