@@ -320,12 +320,10 @@ def host_overhead(
     fast = _ops.fast_eager
     with compile_only(arch):
         for entry in entries:
-            B, C, *spatial = shape
-            if entry.channels and C not in entry.channels:
-                C = entry.channels[0]
             opts = {**entry.variants[0], "ignore_index": 255}
+            case = entry.fit_shape(shape, opts)
             gen = torch.Generator().manual_seed(0)
-            x, t = make_inputs(entry, (B, C, *spatial), opts, torch.bfloat16, gen, 0.05)
+            x, t = make_inputs(entry, case, opts, torch.bfloat16, gen, 0.05)
             t = t.to(x.dtype) if t.is_floating_point() else t
             x.requires_grad_(True)
             times: dict[bool, list[float]] = {True: [], False: []}
@@ -339,7 +337,7 @@ def host_overhead(
             finally:
                 _ops.fast_eager = fast
             us = {k: round(statistics.median(v) * 1e6, 1) for k, v in times.items()}
-            out.append({"loss": entry.name, "shape": "x".join(map(str, (B, C, *spatial))),
+            out.append({"loss": entry.name, "shape": "x".join(map(str, case)),
                         "host_us": us[True], "custom_op_us": us[False]})  # fmt: skip
     return out
 

@@ -221,9 +221,7 @@ def expand(spec: dict) -> list[Case]:
         if name not in ONLY_SOME.get(provider, {name: None}):
             continue  # a baseline or peer only for some losses
         entry = get(name)
-        shape = tuple(int(v) for v in shape)
-        if entry.channels and shape[1] not in entry.channels:
-            shape = (shape[0], entry.channels[0], *shape[2:])
+        shape = entry.fit_shape(shape)
         if shape[1] < entry.min_classes or (fmt == "channels_last" and len(shape) not in (4, 5)):
             continue
         case = Case(name, provider, shape, dtype, ldt, mode, fmt, float(spec["ignore_frac"]))

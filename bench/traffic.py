@@ -291,8 +291,7 @@ def traffic_table(
             record, model = confusion_traffic(case, name.endswith("logits"), dtype, label_dtype)
         else:
             entry = get(name)
-            binary = entry.is_binary(entry.variants[0])
-            case = (shape[0], 1, *shape[2:]) if binary else tuple(shape)
+            case = entry.fit_shape(shape, entry.variants[0])
             record, model = loss_traffic(entry, case, dtype, label_dtype)
         req, uniq = record.totals()
         rows = record.rows()

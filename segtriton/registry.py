@@ -45,6 +45,16 @@ class LossEntry:
         """Whether the loss needs C = 1 under ``options`` (a binary loss, or mode='binary')."""
         return self.channels == (1,) or options.get("mode") == "binary"
 
+    def fit_shape(self, shape: Sequence[int], options: dict | None = None) -> tuple[int, ...]:
+        """``shape`` with a class count this loss takes under ``options``: 1 for a binary
+        loss, the first allowed count where C is not allowed, else C unchanged."""
+        B, C, *spatial = (int(v) for v in shape)
+        if self.is_binary(options or {}):
+            C = 1
+        elif self.channels and C not in self.channels:
+            C = self.channels[0]
+        return (B, C, *spatial)
+
     def target_kind(self, options: dict) -> str:
         """'labels' or 'masks' for this entry under ``options`` (mode may switch it)."""
         if options.get("mode") in ("binary", "multilabel"):
