@@ -257,10 +257,9 @@ def run_case(case: CompileCase) -> None:
             t = torch.zeros(case.shape, dtype=case.dtype)
     else:
         x, t = make_inputs(
-            entry, case.shape, opts, case.dtype, gen, 0.1, label_dtype=case.label_dtype
-        )
-    if t.is_floating_point():  # masks in the logits' dtype, as a training loop has them
-        t = t.to(case.dtype)
+            entry, case.shape, opts, case.dtype, gen, 0.1,
+            label_dtype=case.label_dtype, mask_dtype=case.dtype,
+        )  # fmt: skip
     if case.channels_last:
         x = x.contiguous(memory_format=fmt)
     x.requires_grad_(True)
@@ -323,8 +322,8 @@ def host_overhead(
             opts = {**entry.variants[0], "ignore_index": 255}
             case = entry.fit_shape(shape, opts)
             gen = torch.Generator().manual_seed(0)
-            x, t = make_inputs(entry, case, opts, torch.bfloat16, gen, 0.05)
-            t = t.to(x.dtype) if t.is_floating_point() else t
+            bf16 = torch.bfloat16
+            x, t = make_inputs(entry, case, opts, bf16, gen, 0.05, mask_dtype=bf16)
             x.requires_grad_(True)
             times: dict[bool, list[float]] = {True: [], False: []}
             try:

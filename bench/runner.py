@@ -102,9 +102,8 @@ def case_inputs(
         IGNORE_INDEX,
         LABEL_DTYPES[case.label_dtype],
         device=device,
+        mask_dtype=DTYPES[case.dtype],
     )
-    if inputs[1].is_floating_point():
-        inputs = inputs[0], inputs[1].to(inputs[0].dtype)
     if cache is not None:
         cache[key] = inputs
     return inputs

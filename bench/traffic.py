@@ -228,8 +228,10 @@ def loss_traffic(
     from segtriton.registry import make_inputs, minimal_bytes
 
     options = dict(entry.variants[0] if options is None else options)
-    x, t = make_inputs(entry, shape, options, dtype, torch.Generator().manual_seed(seed), 0.1)
-    t = t.to(dtype if t.is_floating_point() else label_dtype)
+    gen = torch.Generator().manual_seed(seed)
+    x, t = make_inputs(
+        entry, shape, options, dtype, gen, 0.1, label_dtype=label_dtype, mask_dtype=dtype
+    )
     x.requires_grad_(True)
     with count_traffic() as record:
         loss = entry.kernel(x, t, **options)

@@ -247,14 +247,16 @@ def make_inputs(
     label_dtype: torch.dtype = torch.int64,
     soft: bool = False,
     device: str | torch.device = "cpu",
+    mask_dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ``(logits, target)`` for ``entry`` under ``options``, logits ``[B, C, *S]``.
 
-    Logits are N(0, 2^2); labels uniform over the classes; masks Bernoulli(0.5), or
-    uniform soft values with ``soft=True``. A fraction ``ignore_frac`` of the pixels (or
-    mask elements) is set to ``ignore_index``. The numbers are drawn on the generator's
-    device (a CUDA generator draws a large case in milliseconds; the CPU takes seconds)
-    and the tensors are then moved to ``device``.
+    Logits are N(0, 2^2); labels uniform over the classes, in ``label_dtype``; masks
+    Bernoulli(0.5), or uniform soft values with ``soft=True``, in ``mask_dtype`` (float64
+    by default, for exact checks; the benchmark passes the logits' dtype). A fraction
+    ``ignore_frac`` of the pixels (or mask elements) is set to ``ignore_index``. The
+    numbers are drawn on the generator's device (a CUDA generator draws a large case in
+    milliseconds; the CPU takes seconds) and the tensors are then moved to ``device``.
     """
     B, C, *spatial = shape
     on = {"generator": generator, "device": "cpu" if generator is None else generator.device}
@@ -267,8 +269,7 @@ def make_inputs(
     if ignore_frac > 0:
         drop = torch.rand(target.shape, **on) < ignore_frac
         target = target.masked_fill(drop, ignore_index)
-    if not target.is_floating_point():
-        target = target.to(label_dtype)
+    target = target.to(mask_dtype if target.is_floating_point() else label_dtype)
     return logits.to(device), target.to(device)
 
 
