@@ -162,7 +162,7 @@ def run_case(
         return row
     step = make_step(case.mode, forward, xg)
     row.update(time_fn(step, device, reps=reps, graph=graph))
-    row["gbps"] = row["bytes"] / (row["median_ms"] * 1e-3) / 1e9
+    row["gbps"] = gbps(row["bytes"], row["median_ms"])
     row["pct_of_copy_bw"] = 100 * row["gbps"] / copy_gbps
     extra = peak_memory(step, device)
     if extra is not None:
@@ -185,8 +185,13 @@ def graph_columns(
         timed = time_fn(step, device, reps=reps, graph=True)
     except Exception as exc:  # a capture failure is a finding for this row only
         return {"graph_error": f"{type(exc).__name__}: {exc}"[:300]}
-    gbps = nbytes / (timed["median_ms"] * 1e-3) / 1e9
-    return {"graph_median_ms": timed["median_ms"], "graph_pct_of_copy_bw": 100 * gbps / copy_gbps}
+    pct = 100 * gbps(nbytes, timed["median_ms"]) / copy_gbps
+    return {"graph_median_ms": timed["median_ms"], "graph_pct_of_copy_bw": pct}
+
+
+def gbps(nbytes: int, median_ms: float) -> float:
+    """GB/s of ``nbytes`` moved in ``median_ms``."""
+    return nbytes / (median_ms * 1e-3) / 1e9
 
 
 def make_step(mode: str, forward: Callable, x: torch.Tensor) -> Callable:
