@@ -140,6 +140,17 @@ def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+CHUNK_PROGRAMS = 1024  # programs of a chunked reduction (each sums a run of pixel tiles)
+
+
+def tile_chunks(S: int, block_p: int, B: int) -> tuple[int, int]:
+    """``(tiles_per_chunk, n_chunks)``: the ``cdiv(S, block_p)`` pixel tiles of an image
+    cut into runs, so that about ``CHUNK_PROGRAMS`` programs cover the batch."""
+    n_tiles = cdiv(S, block_p)
+    tiles_per_chunk = cdiv(n_tiles, min(n_tiles, max(1, CHUNK_PROGRAMS // B)))
+    return tiles_per_chunk, cdiv(n_tiles, tiles_per_chunk)
+
+
 def program_count(n_blocks: int) -> int:
     """Programs that cover ``n_blocks`` pixel tiles, ``TILES_PER_PROGRAM`` each."""
     return cdiv(n_blocks, TILES_PER_PROGRAM)

@@ -27,10 +27,9 @@ from segtriton.reference._common import check_choice, check_label_dtype
 from segtriton.reference.metrics import metrics_from_confusion
 
 from ._metrics_kernels import _confusion_kernel
-from ._tiles import cdiv, class_blocks, ignore_arg, label_view, next_pow2, pixel_view
+from ._tiles import class_blocks, ignore_arg, label_view, next_pow2, pixel_view, tile_chunks
 
 _HIST_BINS = 4096  # private per-program histograms up to this many bins
-_PROGRAMS = 1024
 _LABEL_TILE = 1024
 
 
@@ -78,9 +77,7 @@ def _confusion(
         (p, spb, sps), spc = label_view(preds), 0
         block_c, block_p, single = 1, _LABEL_TILE, True
     S = t[0, 0].numel()
-    n_tiles = cdiv(S, block_p)
-    tiles_per_chunk = cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
-    n_chunks = cdiv(n_tiles, tiles_per_chunk)
+    tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     cells = C * C
     hist = cells + 2 <= _HIST_BINS
     nb = next_pow2(cells + 2) if hist else 1

@@ -51,11 +51,11 @@ from ._tiles import (
     num_warps_for,
     pixel_view,
     program_count,
+    tile_chunks,
 )
 from .pixelwise import _class_vector
 
 PIXEL_SOFTMAX, PIXEL_SIGMOID = 1, 2  # compound pixel terms fused into the two passes
-_PROGRAMS = 1024  # pass-1 programs per launch (each sums a contiguous run of pixel tiles)
 
 Weights = torch.Tensor | Sequence[float] | None
 
@@ -68,9 +68,7 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
-    n_tiles = cdiv(S, block_p)
-    tiles_per_chunk = cdiv(n_tiles, min(n_tiles, max(1, _PROGRAMS // B)))
-    n_chunks = cdiv(n_tiles, tiles_per_chunk)
+    tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     row = 3 * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)
