@@ -8,15 +8,16 @@ position ``n % S`` (per image, ``n < S``).
 - ``_lovasz_errors_kernel``: the errors, ``|[y = c] - p_c|`` with a fused softmax, or the
   hinge ``1 - x (2 t - 1)``; ignored pixels get the lowest key (-inf) so they sort last.
 - after ``torch.sort`` of a group of rows (descending), ``_lovasz_pack_kernel`` moves the
-  sorted keys back into the key buffer and the sort indices into ``perm`` (int32 when a row
-  has fewer than 2^31 entries), and counts the foreground entries of each block of sorted
-  positions (integers); ``_lovasz_grad_kernel`` turns the exclusive prefix of those counts
-  into the Lovasz gradient in closed form, ``g_k = 1 / U_k`` at a foreground entry and
-  ``I_k / (U_{k-1} U_k)`` at a background one (``I``, ``U``: the integer intersection and
-  union counts after k), then either sums ``f(e_k) g_k`` per block (the loss) or scatters
-  ``w_r f'(e_k) g_k`` back to the entry's pixel (the backward). Whether an entry counts
-  (not ignored) and is foreground comes from its pixel's label, so the Lovasz-softmax
-  backward reads no key.
+  sorted keys back into the key buffer and the sort indices into ``perm`` as codes
+  ``4 n + 2 fg + entry`` (int32 when a row has fewer than 2^29 entries), and counts the
+  foreground entries of each block of sorted positions (integers); ``_lovasz_grad_kernel``
+  turns the exclusive prefix of those counts into the Lovasz gradient in closed form,
+  ``g_k = 1 / U_k`` at a foreground entry and ``I_k / (U_{k-1} U_k)`` at a background one
+  (``I``, ``U``: the integer intersection and union counts after k), then either sums
+  ``f(e_k) g_k`` per block (the loss) or scatters ``w_r f'(e_k) g_k`` back to the entry's
+  pixel (the backward). Whether an entry counts (not ignored) and is foreground is read
+  from its pixel's label once, by the pack kernel, and carried in the code: the gradient
+  passes gather no label, and the Lovasz-softmax backward reads no key.
 - ``_lovasz_softmax_grad_kernel``: the chain through ``|fg - p|`` and the softmax.
 """
 
@@ -123,30 +124,31 @@ def _lovasz_pack_kernel(
     HINGE: tl.constexpr, PER_IMAGE: tl.constexpr, HAS_IGNORE: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Rows ``r0 ..`` of one sort: ``key[r] = val[r - r0]``, ``perm[r] = idx[r - r0]`` (in
-    perm's dtype), and ``count[r, j]``: foreground entries among block j's sorted positions."""
+    """Rows ``r0 ..`` of one sort: ``key[r] = val[r - r0]``, ``perm[r] = 4 idx + 2 fg +
+    entry`` (in perm's dtype: the pixel and its two flags, so later passes read no label),
+    and ``count[r, j]``: foreground entries among block j's sorted positions."""
     pid = tl.program_id(0).to(tl.int64)
     i, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r0 + i, sorted positions
     r = r0 + i
     n = tl.load(idx_ptr + i * N + offs_k, mask=kmask, other=0)
-    tl.store(perm_ptr + r * N + offs_k, n.to(perm_ptr.dtype.element_ty), mask=kmask)
-    e = tl.load(val_ptr + i * N + offs_k, mask=kmask)
-    tl.store(key_ptr + r * N + offs_k, e, mask=kmask)
-    _, fg = _entry_fg(
+    entry, fg = _entry_fg(
         n, t_ptr, r, kmask, C, S, stb, sts, ignore_index, HINGE, PER_IMAGE, HAS_IGNORE
     )
+    code = 4 * n + 2 * fg.to(tl.int64) + entry.to(tl.int64)
+    tl.store(perm_ptr + r * N + offs_k, code.to(perm_ptr.dtype.element_ty), mask=kmask)
+    e = tl.load(val_ptr + i * N + offs_k, mask=kmask)
+    tl.store(key_ptr + r * N + offs_k, e, mask=kmask)
     tl.store(count_ptr + r0 * n_kblocks + pid, tl.sum(fg.to(tl.int32), axis=0))
 
 
 @triton.jit
 def _lovasz_grad_kernel(
-    perm_ptr, key_ptr, t_ptr, start_ptr, total_ptr, w_ptr, out_ptr,
-    C, S, N, n_kblocks, stb, sts, ignore_index,
-    HINGE: tl.constexpr, PER_IMAGE: tl.constexpr, HAS_IGNORE: tl.constexpr,
-    SCATTER: tl.constexpr, BLOCK_K: tl.constexpr,
+    perm_ptr, key_ptr, start_ptr, total_ptr, w_ptr, out_ptr, N, n_kblocks,
+    HINGE: tl.constexpr, SCATTER: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Lovasz gradient ``g`` of the sorted positions of one block of row r, from the count
-    of foreground entries before the block (``start``) and in the row (``total``).
+    of foreground entries before the block (``start``) and in the row (``total``); pixel,
+    foreground and entry flags come from ``perm``'s codes.
 
     Not SCATTER: ``out[r, j] = sum_k f(e_k) g_k`` (f = relu for the hinge, else identity).
     SCATTER: ``out[r * N + n_k] = w_r f'(e_k) g_k``, the gradient w.r.t. the entry's error;
@@ -155,10 +157,10 @@ def _lovasz_grad_kernel(
     """
     pid = tl.program_id(0).to(tl.int64)
     r, offs_k, kmask = pixel_block(pid, n_kblocks, N, BLOCK_K)  # row r, sorted positions
-    n = tl.load(perm_ptr + r * N + offs_k, mask=kmask, other=0).to(tl.int64)
-    entry, fg = _entry_fg(
-        n, t_ptr, r, kmask, C, S, stb, sts, ignore_index, HINGE, PER_IMAGE, HAS_IGNORE
-    )
+    code = tl.load(perm_ptr + r * N + offs_k, mask=kmask, other=0).to(tl.int64)
+    n = code >> 2
+    fg = (code & 2) != 0
+    entry = (code & 1) != 0
     cum = tl.load(start_ptr + pid) + tl.cumsum(fg.to(tl.int32), axis=0)  # inclusive
     total = tl.load(total_ptr + r)
     inter = (total - cum).to(tl.float32)

@@ -6,7 +6,8 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 1. one kernel writes every row's errors (fused softmax), ignored pixels as -inf;
 2. ``torch.sort`` of the rows, about a sixteenth of them per call (descending, stable:
    ties keep pixel order); after each call a kernel moves the sorted keys back into the
-   key buffer and the indices into an int32 ``perm``, counting foreground entries;
+   key buffer and the indices into an int32 ``perm`` (with each entry's foreground and
+   not-ignored flags in its two low bits), counting foreground entries;
 3. a kernel applies the closed-form Lovasz gradient with the exclusive prefix of those
    integer counts, summing ``f(e) g`` per block (fixed-order sums: deterministic);
 4. the backward scatters ``w f'(e) g`` to each entry's pixel and chains it through the
@@ -54,7 +55,7 @@ from ._tiles import (
 _BLOCK_K = 1024  # sorted positions per program
 SORT_PIECES = 16  # a sort call takes R // 16 rows: its outputs and workspace stay small
 SORT_MIN_ENTRIES = 1 << 18  # ... but at least this many entries, so few calls for small R
-INT32_ENTRIES = 2**31  # rows shorter than this keep their sort indices as int32
+INT32_ENTRIES = 2**29  # rows shorter than this keep their codes 4 n + 2 fg + entry as int32
 
 
 def _layout(B: int, C: int, S: int, per_image: bool) -> tuple[int, int, int, int]:
@@ -72,7 +73,7 @@ def _geometry(logits, target, hinge):
 
 
 def perm_dtype(N: int) -> torch.dtype:
-    """Dtype of the kept sort indices of rows of N entries."""
+    """Dtype of the kept sort codes (``4 n + 2 fg + entry``) of rows of N entries."""
     return torch.int32 if N < INT32_ENTRIES else torch.int64
 
 
@@ -126,8 +127,8 @@ def _lovasz_rows(
     start = counts.cumsum(1, dtype=torch.int32) - counts
     partial = torch.empty(R * nk, dtype=torch.float32, device=x.device)
     _lovasz_grad_kernel[(R * nk,)](
-        perm, keys, t, start, total, partial, partial, C, S, N, nk, *ts, ign,
-        **flags, SCATTER=False, BLOCK_K=_BLOCK_K,
+        perm, keys, start, total, partial, partial, N, nk,
+        HINGE=hinge, SCATTER=False, BLOCK_K=_BLOCK_K,
     )  # fmt: skip
     return partial.view(R, nk).sum(1), total, keys, perm, start
 
@@ -164,7 +165,6 @@ def _lovasz_rows_grad(
     """``dL/dz`` from ``grad_rows = dL/dL_r`` (``sorted_keys``: read by the hinge only)."""
     x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
     R, N, key_b, key_c = _layout(B, C, S, per_image)
-    ign, has_ignore = ignore_arg(ignore_index, not hinge)
     nk = start.shape[1]
     # the hinge's scatter writes dL/dx itself (C = 1: entry b * S + s of a contiguous
     # [B, 1, *S]); Lovasz-softmax's writes dL/de, chained through the softmax below
@@ -175,10 +175,8 @@ def _lovasz_rows_grad(
     )
     w = grad_rows.to(torch.float32).contiguous()
     _lovasz_grad_kernel[(R * nk,)](
-        perm, perm if sorted_keys is None else sorted_keys, t, start, total, w, ge,
-        C, S, N, nk, *ts, ign,
-        HINGE=hinge, PER_IMAGE=per_image, HAS_IGNORE=has_ignore, SCATTER=True,
-        BLOCK_K=_BLOCK_K,
+        perm, perm if sorted_keys is None else sorted_keys, start, total, w, ge, N, nk,
+        HINGE=hinge, SCATTER=True, BLOCK_K=_BLOCK_K,
     )  # fmt: skip
     if hinge:
         return ge
@@ -187,6 +185,7 @@ def _lovasz_rows_grad(
     block_c = min(next_pow2(C), CHUNK[0])  # classes are streamed
     block_p = tile_pixels(block_c)
     n_pblocks = cdiv(S, block_p)
+    ign, _ = ignore_arg(ignore_index, True)
     _lovasz_softmax_grad_kernel[(B * n_pblocks,)](
         x, t, ge, g, C, S, n_pblocks, *xs, *ts, sgb, sgc, sgs, key_b, key_c, ign,
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c, block_p),

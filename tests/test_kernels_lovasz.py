@@ -133,7 +133,7 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
 def test_sort_groups_and_index_dtype_change_nothing(entry, seed, gen, monkeypatch):
-    """One row per sort call and int64 sort indices (the path of rows past 2^31 entries)
+    """One row per sort call and int64 sort codes (the path of rows of 2^29 entries or more)
     give bitwise the loss and gradient of the default single call with int32 indices."""
     C = 1 if entry.channels else 19
     for opts in ({"ignore_index": 255}, {"ignore_index": 255, "per_image": True}):
