@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
-from segtriton.reference._common import check_logits
-from segtriton.reference.compound import _scalar_reduction
+from segtriton.reference._common import check_logits, check_number, is_number
+from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
+from segtriton.reference.pixelwise import sigmoid_focal_options
 
 from ._tiles import MAX_SINGLE_C
 from .pixelwise import _class_vector, cross_entropy, softmax_focal_loss
@@ -79,9 +80,9 @@ def ce_dice_loss(
     """Triton fused CE + Dice; semantics of ``segtriton.reference.ce_dice_loss``."""
     _scalar_reduction(reduction)
     check_logits(logits)
+    lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
     C = logits.shape[1]
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
     if C <= MAX_SINGLE_C:
         fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_ce)
@@ -121,6 +122,7 @@ def bce_dice_loss(
     """Triton fused BCE + Dice; semantics of ``segtriton.reference.bce_dice_loss``."""
     _scalar_reduction(reduction)
     check_logits(logits)
+    lambda_bce, lambda_dice = term_weights(lambda_bce=lambda_bce, lambda_dice=lambda_dice)
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
@@ -155,14 +157,13 @@ def focal_dice_loss(
     """Triton fused focal + Dice; semantics of ``segtriton.reference.focal_dice_loss``."""
     _scalar_reduction(reduction)
     check_logits(logits)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
+    gamma = check_number("gamma", gamma)
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_focal)
     if mode != "multiclass":
-        if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+        gamma, alpha = sigmoid_focal_options(gamma, alpha)
         wp, wn = _sigmoid_weights(C, logits)
         return fused_loss(
             logits, target, mode, ignore_index, scope, False, validate, fin,
@@ -178,7 +179,9 @@ def focal_dice_loss(
         dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
         return lambda_focal * focal + lambda_dice * dice
     vec, scale = None, 1.0 if alpha is None else alpha
-    if not isinstance(scale, (int, float)):
+    if is_number(scale):
+        scale = check_number("alpha", scale)
+    else:
         vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,
@@ -202,8 +205,7 @@ def combo_loss(
     """Triton fused Combo loss; semantics of ``segtriton.reference.combo_loss``."""
     _scalar_reduction(reduction)
     check_logits(logits)
-    if not 0.0 <= beta <= 1.0 or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha and beta must be in [0, 1], got alpha={alpha}, beta={beta}")
+    alpha, beta, smooth = combo_options(alpha, beta, smooth)
     wp, wn = _sigmoid_weights(logits.shape[1], logits, pos=beta, neg=1.0 - beta)
     # alpha WBCE - (1 - alpha) DSC = alpha WBCE + (1 - alpha) (1 - DSC) - (1 - alpha)
     fin = Finalize(

@@ -37,8 +37,11 @@ from segtriton.reference._common import (
     check_class_vector,
     check_logits,
     check_mode,
+    check_number,
     checked_target,
+    is_number,
 )
+from segtriton.reference.pixelwise import sigmoid_focal_options
 
 from ._ops import Op, op
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
@@ -379,8 +382,7 @@ def cross_entropy(
     """
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, logits.shape[1], logits, validate)
     loss, _ = _softmax_pixel_loss(
         logits,
@@ -415,11 +417,12 @@ def softmax_focal_loss(
     """
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    gamma = check_number("gamma", gamma)
     scalar = 1.0 if alpha is None else alpha
     vec = None
-    if not isinstance(scalar, (int, float)):
+    if is_number(scalar):
+        scalar = check_number("alpha", scalar)
+    else:
         vec, scalar = _class_vector("alpha", alpha, logits.shape[1], logits, validate), 1.0
     loss, _ = _softmax_pixel_loss(
         logits,
@@ -658,10 +661,7 @@ def sigmoid_focal_loss(
     check_logits(logits)
     check_mode(mode, logits)
     check_choice("reduction", reduction, _REDUCTIONS)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+    gamma, alpha = sigmoid_focal_options(gamma, alpha)
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
     ign = None if ignore_index is None else (int(ignore_index) if labels else float(ignore_index))

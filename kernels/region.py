@@ -33,7 +33,9 @@ from segtriton.reference import region as ref_region
 from segtriton.reference._common import (
     check_choice,
     check_mode,
+    check_number,
     checked_target,
+    is_number,
 )
 
 from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
@@ -256,8 +258,10 @@ DICE, JACCARD = (2.0, 0.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0)
 
 
 def tversky_form(alpha: float, beta: float) -> tuple[float, float, float, float]:
-    """``I + alpha (P - I) + beta (T - I)`` as ``(a_I, b_I, b_P, b_T)``."""
-    return (1.0, 1.0 - alpha - beta, float(alpha), float(beta))
+    """``I + alpha (P - I) + beta (T - I)`` as ``(a_I, b_I, b_P, b_T)`` (alpha and beta
+    finite and >= 0)."""
+    alpha, beta = check_number("alpha", alpha), check_number("beta", beta)
+    return (1.0, 1.0 - alpha - beta, alpha, beta)
 
 
 _ABSENT = {"include": 0, "exclude": 1, "zero": 2}
@@ -435,10 +439,11 @@ def fused_loss(
     ``process_group`` (batch scope) all-reduces the sums before the finalize."""
     target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     check_choice("absent", fin.absent, tuple(_ABSENT))
+    smoothing_terms = ref_region.check_smoothing(fin.smooth_nr, fin.smooth_dr, fin.eps)
     power = 0 if fin.gamma is None else 2 if fin.gamma_after_mean else 1
     gvec = fin.gamma if isinstance(fin.gamma, torch.Tensor) else None
     floats = [
-        *map(float, fin.form), fin.smooth_nr, fin.smooth_dr, fin.eps,
+        *map(float, fin.form), *smoothing_terms,
         float(fin.gamma) if power and gvec is None else 1.0,
         fin.lam_reg, fin.lam_pix, fin.offset,
     ]  # fmt: skip
@@ -618,7 +623,9 @@ def focal_tversky_loss(
 ) -> torch.Tensor:
     """Triton focal Tversky loss; semantics of ``segtriton.reference.focal_tversky_loss``."""
     ref_region.check_gamma_after_mean(gamma, gamma_after_mean, reduction)
-    if not isinstance(gamma, (int, float)):
+    if is_number(gamma):
+        gamma = check_number("gamma", gamma)
+    else:
         gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
     fin = Finalize(
         tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,

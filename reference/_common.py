@@ -53,6 +53,31 @@ def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
+def is_number(value: object) -> bool:
+    """Whether ``value`` is one real number (Python or NumPy scalar, or the symbolic one
+    torch.compile passes), as opposed to a per-class vector."""
+    return isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt))
+
+
+def check_number(
+    name: str, value: object, low: float = 0.0, high: float = math.inf, none_ok: bool = False
+) -> float | None:
+    """``value`` as a float (a symbolic one under torch.compile stays symbolic): a finite
+    real number (a Python or NumPy scalar; not a bool, tensor or list) in ``[low, high]``,
+    or None when ``none_ok``. Otherwise a TypeError or ValueError that names ``name``."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not is_number(value):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    # a symbolic number stays symbolic (comparisons become guards); v - v is NaN for
+    # inf and NaN, so the test needs no math.isfinite, which tracing cannot take
+    v = value if isinstance(value, (torch.SymFloat, torch.SymInt)) else float(value)
+    if not (v - v == 0 and low <= v <= high):
+        bound = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f"finite and >= {low:g}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return v
+
+
 def check_logits(logits: torch.Tensor) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -249,6 +274,12 @@ def check_class_vector(
     if value is None:
         return None
     numbers_ = _python_numbers(value)
+    if isinstance(value, (str, bytes)) or not (
+        numbers_ is not None or isinstance(value, (torch.Tensor, np.ndarray, Sequence))
+    ):
+        raise TypeError(
+            f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}"
+        )
     if numbers_ is not None:
         if len(numbers_) != C:
             raise ValueError(

@@ -2,7 +2,8 @@
 
 Each returns a scalar; ``reduction`` ('mean' or 'sum') is passed to both terms (except
 where a docstring says otherwise).
-Class ``weight`` and ``ignore_index`` apply to both terms.
+Class ``weight`` and ``ignore_index`` apply to both terms. The term weights
+(``lambda_*``) must be finite and >= 0.
 
 ``process_group`` (torch.distributed, scope 'batch'): both terms run over the global
 batch. The region sums, and the pixel term's sum and 'mean' divisor, are all-reduced, so
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ._common import check_choice, check_class_vector, check_masks, reduce_pixels
+from ._common import check_choice, check_class_vector, check_masks, check_number, reduce_pixels
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -33,6 +34,21 @@ Weights = torch.Tensor | Sequence[float] | None
 
 def _scalar_reduction(reduction: str) -> None:
     check_choice("reduction (compound losses return a scalar)", reduction, ("mean", "sum"))
+
+
+def term_weights(**weights: object) -> tuple[float, ...]:
+    """The compound loss's term weights (``lambda_ce=...``) as floats, each finite and
+    >= 0 (or an error naming the bad one)."""
+    return tuple(check_number(name, value) for name, value in weights.items())
+
+
+def combo_options(alpha: object, beta: object, smooth: object) -> tuple[float, float, float]:
+    """Combo's ``alpha`` and ``beta`` (in [0, 1]) and ``smooth`` (finite, >= 0) as floats."""
+    return (
+        check_number("alpha", alpha, 0.0, 1.0),
+        check_number("beta", beta, 0.0, 1.0),
+        check_number("smooth", smooth),
+    )
 
 
 def _local(reduction: str, process_group: dist.ProcessGroup | None) -> str:
@@ -94,6 +110,7 @@ def ce_dice_loss(
     given here (see there for smooth_nr, smooth_dr, eps, squared, scope, absent).
     """
     _scalar_reduction(reduction)
+    lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
     ce = cross_entropy(
         logits,
         target,
@@ -147,6 +164,7 @@ def bce_dice_loss(
     ``mode='multilabel'`` (which equals 'binary' for C = 1) and class ``weight``.
     """
     _scalar_reduction(reduction)
+    lambda_bce, lambda_dice = term_weights(lambda_bce=lambda_bce, lambda_dice=lambda_dice)
     bce = binary_cross_entropy_with_logits(
         logits,
         target,
@@ -201,6 +219,7 @@ def focal_dice_loss(
     None) plus sigmoid Dice. ``weight`` goes to the Dice term.
     """
     _scalar_reduction(reduction)
+    lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
     if mode == "multiclass":
         focal = softmax_focal_loss(
             logits,
@@ -265,8 +284,7 @@ def combo_loss(
     the paper.)
     """
     _scalar_reduction(reduction)
-    if not 0.0 <= beta <= 1.0 or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha and beta must be in [0, 1], got alpha={alpha}, beta={beta}")
+    alpha, beta, smooth = combo_options(alpha, beta, smooth)
     t, valid = check_masks(logits, target, ignore_index)
     x = logits.to(t.dtype)
     terms = beta * t * F.logsigmoid(x) + (1 - beta) * (1 - t) * F.logsigmoid(-x)

@@ -19,8 +19,16 @@ from ._common import (
     check_labels,
     check_masks,
     check_mode,
+    check_number,
+    is_number,
     reduce_pixels,
 )
+
+
+def sigmoid_focal_options(gamma: object, alpha: object) -> tuple[float, float | None]:
+    """The sigmoid focal loss's ``gamma`` (finite, >= 0) and ``alpha`` (in [0, 1] or None)
+    as floats, or an error naming the bad one."""
+    return check_number("gamma", gamma), check_number("alpha", alpha, 0.0, 1.0, none_ok=True)
 
 
 def cross_entropy(
@@ -49,8 +57,7 @@ def cross_entropy(
     """
     valid = check_labels(logits, target, ignore_index)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     C = logits.shape[1]
     logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
     w = check_class_vector("weight", weight, C, logp)
@@ -121,7 +128,8 @@ def sigmoid_focal_loss(
 
         l = alpha_t * (1 - p_t) ** gamma * BCE(x, t)
 
-    ``alpha`` weighs positives, ``1 - alpha`` negatives; ``alpha=None`` means no weighting.
+    ``alpha`` (in [0, 1]) weighs positives, ``1 - alpha`` negatives; ``alpha=None`` means no
+    weighting. ``gamma`` is finite and >= 0.
     ``(1 - p_t) ** gamma`` is evaluated as ``exp(gamma * log(1 - p_t))`` with
     ``log(1 - p_t)`` built from log-sigmoids, so gamma < 1 and p -> 1 stay finite.
 
@@ -133,10 +141,7 @@ def sigmoid_focal_loss(
     (``[B, C, *spatial]``, ignored elements 0).
     """
     check_mode(mode, logits)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+    gamma, alpha = sigmoid_focal_options(gamma, alpha)
     if mode == "multiclass":
         valid = check_labels(logits, target, ignore_index)
         labels = torch.where(valid, target, 0).long()
@@ -171,16 +176,15 @@ def softmax_focal_loss(
         l = -alpha_y * (1 - p_y) ** gamma * log p_y
 
     ``alpha``: None (1 for every class), a scalar (the same factor for every class) or a
-    per-class vector. MONAI/kornia's scalar convention ``[1 - a, a, a, ...]`` is that
-    vector. ``1 - p_y`` is ``-expm1(log p_y)`` (accurate as p_y -> 1); where it is exactly
-    0 the term and its gradient are 0, so gamma < 1 is safe.
+    per-class vector, finite and >= 0 (as is ``gamma``). MONAI/kornia's scalar convention
+    ``[1 - a, a, a, ...]`` is that vector. ``1 - p_y`` is ``-expm1(log p_y)`` (accurate as
+    p_y -> 1); where it is exactly 0 the term and its gradient are 0, so gamma < 1 is safe.
 
     reduction: 'mean' over valid pixels (alpha is a multiplier, not part of the divisor;
     NaN when all are ignored), 'sum', 'none' (``[B, *spatial]``).
     """
     valid = check_labels(logits, target, ignore_index)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    gamma = check_number("gamma", gamma)
     C = logits.shape[1]
     logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
     labels = torch.where(valid, target, 0).long()
@@ -192,8 +196,8 @@ def softmax_focal_loss(
     )
     loss = -focal * logp_y
     if alpha is not None:
-        if isinstance(alpha, (int, float)):
-            a = torch.full((C,), float(alpha), dtype=logp.dtype, device=logp.device)
+        if is_number(alpha):
+            a = torch.full((C,), check_number("alpha", alpha), dtype=logp.dtype, device=logp.device)
         else:
             a = check_class_vector("alpha", alpha, C, logp)
         loss = loss * a[labels]

@@ -18,7 +18,14 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from ._common import check_choice, check_class_vector, class_mean, region_inputs
+from ._common import (
+    check_choice,
+    check_class_vector,
+    check_number,
+    class_mean,
+    is_number,
+    region_inputs,
+)
 
 _OPTIONS = """
     Shared options:
@@ -28,6 +35,7 @@ _OPTIONS = """
         space only (one value per image and class).
       smooth_nr / smooth_dr: added to the numerator / denominator. The denominator is then
         clamped below at ``eps`` so that an empty class with no smoothing gives 0, not NaN.
+        All three (and Tversky's alpha and beta) must be finite and >= 0.
       absent: policy for a (unit, class) whose target is empty (T = 0):
         'include' keeps its formula value in the mean (with zero smoothing this is a loss
         of 1 for every absent class); 'exclude' drops it from the mean (MONAI-style
@@ -127,6 +135,15 @@ def _class_reduce(
     return (per_unit * has).sum() / has.sum().clamp_min(1)
 
 
+def check_smoothing(smooth_nr: object, smooth_dr: object, eps: object) -> tuple[float, ...]:
+    """``(smooth_nr, smooth_dr, eps)`` as floats, each finite and >= 0 (or an error naming
+    the bad one)."""
+    return tuple(
+        check_number(name, value)
+        for name, value in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr), ("eps", eps))
+    )
+
+
 def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float) -> torch.Tensor:
     return num / den.clamp_min(eps)
 
@@ -151,6 +168,7 @@ def dice_from_stats(
     check_values: bool = True,
 ) -> torch.Tensor:
     """The Dice loss from region sums (see :func:`dice_loss`)."""
+    smooth_nr, smooth_dr, eps = check_smoothing(smooth_nr, smooth_dr, eps)
     d = _ratio(2 * stats.inter + smooth_nr, stats.psum + stats.tsum + smooth_dr, eps)
     loss = -torch.log(d.clamp_min(eps)) if log_loss else 1 - d
     return _class_reduce(loss, stats.present, absent, weight, reduction, check_values)
@@ -168,6 +186,7 @@ def jaccard_from_stats(
     check_values: bool = True,
 ) -> torch.Tensor:
     """The Jaccard loss from region sums (see :func:`jaccard_loss`)."""
+    smooth_nr, smooth_dr, eps = check_smoothing(smooth_nr, smooth_dr, eps)
     inter = stats.inter
     j = _ratio(inter + smooth_nr, stats.psum + stats.tsum - inter + smooth_dr, eps)
     loss = -torch.log(j.clamp_min(eps)) if log_loss else 1 - j
@@ -175,6 +194,8 @@ def jaccard_from_stats(
 
 
 def _tversky_index(stats: RegionStats, alpha, beta, smooth_nr, smooth_dr, eps):
+    alpha, beta = check_number("alpha", alpha), check_number("beta", beta)
+    smooth_nr, smooth_dr, eps = check_smoothing(smooth_nr, smooth_dr, eps)
     inter = stats.inter
     fp, fn = stats.psum - inter, stats.tsum - inter
     return _ratio(inter + smooth_nr, inter + alpha * fp + beta * fn + smooth_dr, eps)
@@ -201,7 +222,7 @@ def check_gamma_after_mean(gamma: object, gamma_after_mean: bool, reduction: str
     """``gamma_after_mean=True`` powers one class mean: it needs a scalar gamma and 'mean'."""
     if not gamma_after_mean:
         return
-    if not isinstance(gamma, (int, float)):
+    if not is_number(gamma):
         raise ValueError("gamma_after_mean=True needs a scalar gamma")
     if reduction != "mean":
         raise ValueError(f"gamma_after_mean=True needs reduction='mean', got {reduction!r}")
@@ -228,9 +249,9 @@ def focal_tversky_from_stats(
     check_gamma_after_mean(gamma, gamma_after_mean, reduction)
     if gamma_after_mean:
         mean = _class_reduce(base, present, absent, weight, "mean", check_values)
-        return _safe_pow(mean, gamma)
-    if isinstance(gamma, (int, float)):
-        g = gamma
+        return _safe_pow(mean, check_number("gamma", gamma))
+    if is_number(gamma):
+        g = check_number("gamma", gamma)
     else:
         g = check_class_vector("gamma", gamma, base.shape[-1], base, check_values)
     return _class_reduce(_safe_pow(base, g), present, absent, weight, reduction, check_values)
@@ -251,6 +272,7 @@ def generalized_dice_from_stats(
     check_choice("weight_type", weight_type, ("square", "simple", "uniform"))
     check_choice("absent_weight", absent_weight, ("max", "zero"))
     check_choice("reduction", reduction, ("mean", "sum", "none"))
+    smooth_nr, smooth_dr, eps = check_smoothing(smooth_nr, smooth_dr, eps)
     inter, psum, tsum, present = (t.reshape(-1, t.shape[-1]) for t in stats)
     safe_t = torch.where(present, tsum, torch.ones_like(tsum))
     w = {"square": 1 / safe_t**2, "simple": 1 / safe_t, "uniform": torch.ones_like(tsum)}[

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+from kernel_checks import DEVICE
 
 from segtriton import reference as ref
 from segtriton.registry import LOSSES, make_inputs
@@ -85,7 +88,7 @@ def test_bad_options_are_named():
         ref.dice_loss(x, y, absent="nan")
     with pytest.raises(ValueError, match="label_smoothing"):
         ref.cross_entropy(x, y, label_smoothing=1.5)
-    with pytest.raises(ValueError, match="gamma must be >= 0"):
+    with pytest.raises(ValueError, match="gamma must be finite and >= 0"):
         ref.softmax_focal_loss(x, y, gamma=-1.0)
     with pytest.raises(ValueError, match="classes must be"):
         ref.lovasz_softmax_loss(x, y, classes=[0, 7])
@@ -93,6 +96,32 @@ def test_bad_options_are_named():
         ref.cross_entropy(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
     with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
         ref.cross_entropy([[0.0]], y)
+
+
+def _number_options(entry) -> list[str]:
+    """The options of ``entry`` that take a real number (``float``, maybe or a vector)."""
+    params = inspect.signature(entry.reference).parameters
+    return [
+        name
+        for name, p in params.items()
+        if str(p.annotation).startswith("float") and name != "ignore_index"
+    ]
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_bad_numbers_are_named(entry, gen):
+    """A string, a bool, NaN or a negative number given to any numeric option (smoothing,
+    eps, alpha, beta, gamma, term weights) raises an error naming the option, in the
+    reference and the kernel alike, before anything is computed."""
+    names = _number_options(entry)
+    assert names or entry.name.startswith(("lovasz", "boundary", "bce")), entry.name
+    x, y = _inputs(entry, gen)
+    x, y = x.to(DEVICE), y.to(DEVICE)
+    for name in names:
+        for bad in ("0.5", True, float("nan"), -1.0):
+            for fn in (entry.reference, entry.kernel):
+                with pytest.raises((TypeError, ValueError), match=name):
+                    fn(x, y, **{**entry.variants[0], name: bad})
 
 
 def test_metric_inputs():

@@ -24,6 +24,8 @@ from kernel_checks import (
     to_channels_last,
 )
 
+from segtriton import kernels as ker
+from segtriton import reference as ref
 from segtriton.registry import LOSSES, get, make_inputs
 
 KERNELS = [
@@ -95,6 +97,22 @@ def test_torch_compile_fullgraph(seed, gen):
     opts = {"label_smoothing": 0.1, "scope": "image"}
     step = torch.compile(lambda x, y: entry.kernel(x, y, **opts), fullgraph=True)
     assert_matches(entry, x, y, opts, torch.float32, seed, kernel=lambda x, y, **_: step(x, y))
+
+
+def test_torch_compile_numbers_as_arguments(gen):
+    """Numeric options passed to the compiled function (symbolic floats from the second
+    call on) are checked and traced with fullgraph, giving the eager values."""
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE)
+    y = torch.randint(0, 5, (2, 6, 7), generator=gen).to(DEVICE)
+    for fn in (ref.ce_dice_loss, ker.ce_dice_loss):
+
+        def loss(x, y, lam, smoothing, smooth, fn=fn):
+            opts = {"lambda_ce": lam, "label_smoothing": smoothing, "smooth_nr": smooth}
+            return fn(x, y, **opts, smooth_dr=smooth)
+
+        step = torch.compile(loss, fullgraph=True)
+        for numbers in ((0.5, 0.1, 1.0), (0.7, 0.2, 0.5), (1.5, 0.0, 2.0)):
+            torch.testing.assert_close(step(x, y, *numbers), loss(x, y, *numbers))
 
 
 GLOBAL_CASES = [
