@@ -78,6 +78,34 @@ def check_number(
     return v
 
 
+def check_numbers(name: str, values: object) -> list[float]:
+    """``values`` as a list of floats: a sequence (list, tuple, 1-D array) of real numbers,
+    else a TypeError naming ``name`` (their range is the caller's to check)."""
+    numbers_ = None if isinstance(values, (str, bytes)) else _python_numbers(values)
+    if numbers_ is None:
+        raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
+    return numbers_
+
+
+def check_class_indices(name: str, values: object, C: int) -> list[int]:
+    """``values`` as a non-empty list of class indices in ``[0, C)``: a sequence of
+    integers (not bools) or a 1-D integer tensor (read on the host), else a TypeError or
+    ValueError naming ``name``."""
+    if isinstance(values, torch.Tensor) and values.dim() == 1:
+        values = values.tolist()
+    ints = (
+        not isinstance(values, (str, bytes))
+        and isinstance(values, (Sequence, np.ndarray))
+        and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in values)
+    )
+    if not ints:
+        raise TypeError(f"{name} must be a sequence of integer class indices, got {values!r}")
+    idx = [int(c) for c in values]
+    if not idx or any(not 0 <= c < C for c in idx):
+        raise ValueError(f"{name} must be a non-empty list of indices in [0, {C}), got {idx}")
+    return idx
+
+
 def check_logits(logits: torch.Tensor) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")

@@ -13,14 +13,22 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from ._common import acc_dtype, check_choice, check_labels, check_masks, check_mode
+from ._common import (
+    acc_dtype,
+    check_choice,
+    check_class_indices,
+    check_labels,
+    check_masks,
+    check_mode,
+    check_numbers,
+)
 
 
 def check_spacing(spacing: Sequence[float] | None, nd: int) -> tuple[float, ...]:
     """``spacing`` as ``nd`` floats (all 1 when None); each must be finite and positive."""
     if spacing is None:
         return (1.0,) * nd
-    values = tuple(float(v) for v in spacing)
+    values = tuple(check_numbers("spacing", spacing))
     if len(values) != nd:
         raise ValueError(f"spacing needs {nd} entries, got {len(values)}")
     if not all(math.isfinite(v) and v > 0 for v in values):
@@ -80,10 +88,9 @@ def signed_distance_map(
 def selected_classes(classes: Sequence[int] | None, C: int, mode: str) -> list[int]:
     """The channels that enter the boundary loss: ``classes`` checked against ``[0, C)``,
     by default every channel but the background (class 0) for multiclass, all otherwise."""
-    idx = list(range(1 if mode == "multiclass" else 0, C) if classes is None else classes)
-    if not idx or any(not 0 <= c < C for c in idx):
-        raise ValueError(f"classes must be a non-empty list of indices in [0, {C}), got {idx}")
-    return idx
+    if classes is None:
+        classes = range(1 if mode == "multiclass" else 0, C)
+    return check_class_indices("classes", classes, C)
 
 
 def boundary_loss(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ._common import (
     acc_dtype,
     check_choice,
+    check_class_indices,
     check_class_vector,
     check_labels,
     check_masks,
@@ -136,19 +137,11 @@ def lovasz_softmax_reduce(
     """The Lovasz-softmax loss from per-(unit, class) values ``L_c`` ``[units, C]`` and
     whether each class is present in the unit (see :func:`lovasz_softmax_loss`)."""
     C = losses.shape[-1]
-    if classes == "present":
-        select = present
-    elif classes == "all":
-        select = torch.ones_like(losses, dtype=torch.bool)
-    elif isinstance(classes, str):
-        raise ValueError(f"classes must be 'present', 'all' or a list of ints, got {classes!r}")
+    if isinstance(classes, str):
+        check_choice("classes", classes, ("present", "all"))
+        select = present if classes == "present" else torch.ones_like(losses, dtype=torch.bool)
     else:
-        idx = [int(c) for c in classes]
-        if not idx or any(c < 0 or c >= C for c in idx):
-            raise ValueError(
-                f"classes must be a non-empty list of indices in [0, {C}), got {classes}"
-            )
-        chosen = set(idx)
+        chosen = set(check_class_indices("classes", classes, C))
         select = device_constant([c in chosen for c in range(C)], torch.bool, losses.device)
         select = select.expand_as(losses)
     w = check_class_vector("weight", weight, C, losses, check_values)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from kernel_checks import DEVICE
 
+from segtriton import kernels as ker
 from segtriton import reference as ref
 from segtriton.registry import LOSSES, make_inputs
 
@@ -122,6 +124,25 @@ def test_bad_numbers_are_named(entry, gen):
             for fn in (entry.reference, entry.kernel):
                 with pytest.raises((TypeError, ValueError), match=name):
                     fn(x, y, **{**entry.variants[0], name: bad})
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_bad_class_lists_and_spacing_are_named(lib):
+    """Class index lists must hold integers (0.5 or True is not a class), and spacing must
+    be a sequence of numbers; a NumPy array or tensor of indices is read as a list."""
+    x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    for fn in (lib.boundary_loss, lib.lovasz_softmax_loss):
+        for bad in ([0.5], [True], 2):
+            with pytest.raises(TypeError, match="classes must be a sequence of integer"):
+                fn(x, y, classes=bad)
+        with pytest.raises(ValueError, match=r"indices in \[0, 3\)"):
+            fn(x, y, classes=[0, 3])
+        expected = fn(x, y, classes=[1, 2])
+        for same in (np.array([1, 2]), torch.tensor([1, 2]), (1, 2)):
+            torch.testing.assert_close(fn(x, y, classes=same), expected)
+    for bad in (2.0, "ab", ["a", 1.0]):
+        with pytest.raises(TypeError, match="spacing must be a sequence of numbers"):
+            lib.boundary_loss(x, y, spacing=bad)
 
 
 def test_metric_inputs():
