@@ -18,7 +18,9 @@ import torch
 from segtriton.reference import boundary as ref_boundary
 from segtriton.reference._common import (
     check_choice,
+    check_ignore_index,
     check_mode,
+    check_num_classes,
     checked_target,
     device_constant,
     label_mask,
@@ -148,9 +150,9 @@ def signed_distance_map(
     foreground."""
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
     labels = mode == "multiclass"
+    check_ignore_index(ignore_index, labels)
     if labels:
-        if num_classes is None or num_classes < 1:
-            raise ValueError("signed_distance_map needs num_classes >= 1 for multiclass labels")
+        check_num_classes(num_classes, "signed_distance_map of multiclass labels")
         if validate:
             label_mask(target, num_classes, ignore_index)
     else:

@@ -29,7 +29,6 @@ import torch
 from segtriton.reference._common import (
     check_masks,
     checked_target,
-    mask_shape,
 )
 from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
 
@@ -230,9 +229,9 @@ def lovasz_hinge_loss(
 ) -> torch.Tensor:
     """Triton Lovasz hinge; semantics of ``segtriton.reference.lovasz_hinge_loss``
     (``validate=True`` also rejects soft targets; otherwise they make the loss NaN)."""
+    target = checked_target(logits, target, False, ignore_index, False)
     if logits.shape[1] != 1:
         raise ValueError(f"lovasz_hinge_loss needs logits with C=1, got C={logits.shape[1]}")
-    target = mask_shape(logits, target)
     if validate:
         t, valid = check_masks(logits, target, ignore_index)
         if bool((valid & (t != 0) & (t != 1)).any()):

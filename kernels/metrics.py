@@ -23,7 +23,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from segtriton.reference._common import check_choice, check_label_dtype
+from segtriton.reference._common import (
+    check_choice,
+    check_ignore_index,
+    check_label_dtype,
+    check_num_classes,
+)
 from segtriton.reference.metrics import metrics_from_confusion
 
 from ._metrics_kernels import _confusion_kernel
@@ -35,8 +40,7 @@ _LABEL_TILE = 1024
 
 def _check(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> bool:
     """Validate shapes and dtypes (no value reads); True when ``preds`` are logits."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    check_num_classes(num_classes)
     check_label_dtype(target)
     if target.dim() < 2:
         raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
@@ -68,6 +72,7 @@ def _confusion(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cm, bad)``: int64 ``[C, C]`` or ``[B, C, C]``, and the device count of bad labels."""
     logits = _check(preds, target, num_classes)
+    check_ignore_index(ignore_index, labels=True)
     C, B = num_classes, target.shape[0]
     t, stb, sts = label_view(target)
     if logits:
@@ -182,8 +187,8 @@ class StreamingMetrics:
         device: str | torch.device | None = None,
     ) -> None:
         check_choice("average", average, ("dataset", "image"))
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_num_classes(num_classes)
+        check_ignore_index(ignore_index, labels=True)
         self.num_classes, self.ignore_index, self.average = num_classes, ignore_index, average
         self.device = torch.device(device) if device is not None else None
         self.reset()

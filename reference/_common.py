@@ -106,6 +106,35 @@ def check_class_indices(name: str, values: object, C: int) -> list[int]:
     return idx
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, (numbers.Integral, torch.SymInt)) and not isinstance(value, bool)
+
+
+def check_num_classes(num_classes: object, what: str = "") -> int:
+    """``num_classes`` as an int >= 1 (a TypeError or ValueError naming it otherwise);
+    ``what`` names the caller in the message."""
+    if num_classes is None and what:
+        raise ValueError(f"{what} needs num_classes >= 1")
+    if not _is_int(num_classes):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+def check_ignore_index(ignore_index: object, labels: bool) -> None:
+    """``ignore_index`` is None, an int for integer labels, or a real number for masks (a
+    float such as 2.5 would match no label, or be truncated to one)."""
+    if ignore_index is None:
+        return
+    if not isinstance(ignore_index, bool) and (
+        _is_int(ignore_index) if labels else is_number(ignore_index)
+    ):
+        return
+    kind = "an int (labels are integers)" if labels else "a number"
+    raise TypeError(f"ignore_index must be None or {kind}, got {ignore_index!r}")
+
+
 def check_logits(logits: torch.Tensor) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -133,6 +162,7 @@ def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None)
     """Check integer labels lie in ``[0, num_classes)`` or equal ``ignore_index``; return the
     valid (not ignored) mask. Reads the values (a host sync on a GPU)."""
     check_label_dtype(target)
+    check_ignore_index(ignore_index, labels=True)
     if ignore_index is None:
         valid = torch.ones_like(target, dtype=torch.bool)
     else:
@@ -197,6 +227,7 @@ def check_masks(
     Values must lie in [0, 1] (soft targets allowed) or equal ``ignore_index``.
     """
     target = mask_shape(logits, target)
+    check_ignore_index(ignore_index, labels=False)
     if ignore_index is None:
         valid = torch.ones_like(target, dtype=torch.bool)
     else:
@@ -220,6 +251,7 @@ def checked_target(
 ) -> torch.Tensor:
     """Integer labels (``labels``) or masks (returned as ``[B, C, *S]``) checked against the
     logits; their values are read (a host sync) only with ``read_values``."""
+    check_ignore_index(ignore_index, labels)
     if labels:
         check_label_shape(logits, target)
         if read_values:

@@ -17,9 +17,11 @@ from ._common import (
     acc_dtype,
     check_choice,
     check_class_indices,
+    check_ignore_index,
     check_labels,
     check_masks,
     check_mode,
+    check_num_classes,
     check_numbers,
 )
 
@@ -66,9 +68,9 @@ def signed_distance_map(
     ``[B, C, *S]`` (values other than 0/1/ignore_index are rejected).
     """
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
+    check_ignore_index(ignore_index, mode == "multiclass")
     if mode == "multiclass":
-        if num_classes is None or num_classes < 1:
-            raise ValueError("signed_distance_map needs num_classes >= 1 for multiclass labels")
+        check_num_classes(num_classes, "signed_distance_map of multiclass labels")
         labels = target.detach().cpu().numpy()
         masks = labels[:, None] == np.arange(num_classes).reshape(1, -1, *([1] * (labels.ndim - 1)))
         if ignore_index is not None:

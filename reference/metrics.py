@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_choice, label_mask
+from ._common import check_choice, check_num_classes, label_mask
 
 
 def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -44,8 +44,7 @@ def confusion_matrix(
     preds: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (argmax over dim 1; ties go
     to the lowest class). Pixels whose target is ``ignore_index`` are not counted.
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    check_num_classes(num_classes)
     valid = label_mask(target, num_classes, ignore_index)
     if target.dim() < 2:
         raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")

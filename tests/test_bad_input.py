@@ -145,6 +145,31 @@ def test_bad_class_lists_and_spacing_are_named(lib):
             lib.boundary_loss(x, y, spacing=bad)
 
 
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_bad_ignore_index_is_named(entry, gen):
+    """ignore_index must be an int for integer labels (2.5 would be truncated to class 2 by
+    one implementation and rejected by another) and a number for masks; never a bool."""
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    opts = entry.variants[0]
+    bads = ("a", True, 2.5) if entry.target_kind(opts) == "labels" else ("a", True)
+    for bad in bads:
+        for fn in (entry.reference, entry.kernel):
+            with pytest.raises(TypeError, match="ignore_index must be None or"):
+                fn(x, y, **{**opts, "ignore_index": bad})
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_bad_num_classes_is_named(lib):
+    y = torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    for bad in (3.0, "3", True, None):
+        with pytest.raises(TypeError, match="num_classes must be an int"):
+            lib.confusion_matrix(y, y, bad)
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        lib.signed_distance_map(y, 3.0)
+    with pytest.raises(TypeError, match="ignore_index must be None or an int"):
+        lib.confusion_matrix(y, y, 3, ignore_index=2.5)
+
+
 def test_metric_inputs():
     y = torch.randint(0, 3, (2, 4, 4))
     with pytest.raises(ValueError, match=r"label 5 outside \[0, 3\)"):
