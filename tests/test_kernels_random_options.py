@@ -1,0 +1,111 @@
+"""Every loss under option sets drawn at random each run (on top of the registry's fixed
+variants): the options named in its signature, a class count, spatial shape, dtype,
+memory format, label dtype, ignored fraction and soft masks. The kernel must match the
+float64 reference, or reject what the reference rejects."""
+
+from __future__ import annotations
+
+import inspect
+import random
+
+import pytest
+import torch
+from kernel_checks import DEVICE, assert_matches, to_channels_last
+
+from segtriton.registry import LOSSES, make_inputs
+
+DRAWS = 4  # option sets compared per loss and run
+ATTEMPTS = 40  # draws allowed to find them (some drawn sets are invalid for the loss)
+_FIXED = {"logits", "target", "reduction", "validate", "process_group", "dist_map"}
+
+
+def _vector(r: random.Random, C: int) -> list[float]:
+    return [round(r.uniform(0.2, 2.0), 3) for _ in range(C)]
+
+
+def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
+    """A value for option ``name`` (None: leave the default). Values may be invalid for a
+    given loss (a vector alpha for a sigmoid loss): the reference then rejects them."""
+    unit = round(r.uniform(0.0, 1.0), 3)
+    choices = {
+        "mode": lambda: r.choice(["multiclass", "multilabel", "binary"]),
+        "weight": lambda: r.choice([None, _vector(r, C)]),
+        "pos_weight": lambda: r.choice([None, _vector(r, C)]),
+        "alpha": lambda: r.choice([None, unit, _vector(r, C)]),
+        "beta": lambda: unit,
+        "gamma": lambda: r.choice([0.0, 0.5, 1.0, 2.0, _vector(r, C)]),
+        "label_smoothing": lambda: r.choice([0.0, 0.1, 0.4]),
+        "smooth_nr": lambda: r.choice([0.0, 1e-5, 1.0]),
+        "smooth_dr": lambda: r.choice([0.0, 1e-5, 1.0]),
+        "smooth": lambda: r.choice([0.0, 1.0]),
+        "eps": lambda: r.choice([1e-7, 1e-3]),
+        "scope": lambda: r.choice(["batch", "image"]),
+        "absent": lambda: r.choice(["include", "exclude", "zero"]),
+        "weight_type": lambda: r.choice(["square", "simple", "uniform"]),
+        "absent_weight": lambda: r.choice(["max", "zero"]),
+        "classes": lambda: r.choice(["present", "all", None, sorted(r.sample(range(C), 1))]),
+        "spacing": lambda: r.choice([None, [round(r.uniform(0.5, 2.0), 2) for _ in range(nd)]]),
+    }
+    if name.startswith("lambda_"):
+        return r.choice([0.0, 0.3, 1.0, 2.0])
+    if name in ("avg_non_ignore", "squared", "log_loss", "per_image", "gamma_after_mean"):
+        return r.random() < 0.5
+    if name == "ignore_index":
+        return r.choice([None, 255])
+    return choices[name]()
+
+
+def _case(entry, r: random.Random):
+    """(options, shape, dtype, channels_last, ignored fraction, label dtype, soft)."""
+    spatial = r.choice([(5, 7), (1, 13), (3, 4, 5), (9, 11)])
+    C = max(r.choice(entry.channels or [1, 2, 3, 5, 19]), entry.min_classes)
+    opts = {}
+    for name in inspect.signature(entry.reference).parameters:
+        value = None if name in _FIXED else _draw(name, r, C, len(spatial))
+        if value is not None:
+            opts[name] = value
+    if entry.is_binary(opts) and C != 1:
+        opts = {k: v for k, v in opts.items() if not isinstance(v, list) or k == "spacing"}
+        C = 1
+    if isinstance(opts.get("classes"), list):
+        opts["classes"] = [c for c in opts["classes"] if c < C] or [0]
+    reduction = r.choice(entry.reductions)
+    opts["reduction"] = "mean" if opts.get("gamma_after_mean") else reduction
+    ignore = r.choice([0.0, 0.3, 0.9, 1.0]) if "ignore_index" in opts else 0.0
+    labels = entry.target_kind(opts) == "labels"
+    label_dtype = r.choice([torch.int64, torch.int32, torch.int16, torch.uint8])
+    dtype = r.choice([torch.float32, torch.float16, torch.bfloat16])
+    shape = (r.choice([1, 2, 3]), C, *spatial)
+    soft = entry.soft and not labels and r.random() < 0.5
+    return opts, shape, dtype, r.random() < 0.3, ignore, label_dtype, soft
+
+
+@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+def test_random_options_match_reference(entry, seed):
+    """DRAWS option sets the reference accepts are compared; on the way, every drawn set it
+    rejects must be rejected by the kernel too."""
+    r = random.Random(seed)
+    compared = 0
+    for draw in range(ATTEMPTS):
+        opts, shape, dtype, channels_last, ignore, label_dtype, soft = _case(entry, r)
+        gen = torch.Generator().manual_seed(seed + draw)
+        x, t = make_inputs(
+            entry, shape, opts, dtype, gen, ignore, 255, label_dtype, soft, device=DEVICE
+        )
+        if channels_last:
+            x = to_channels_last(x)
+        try:
+            entry.reference(x.double(), t, **opts)
+        except (TypeError, ValueError):
+            with pytest.raises((TypeError, ValueError)):
+                entry.kernel(x, t, **opts)
+            continue
+        case = f"draw {draw}: {shape} {dtype} cl={channels_last} ignore={ignore} {opts}"
+        try:
+            assert_matches(entry, x, t, opts, dtype, seed + draw)
+        except AssertionError as exc:
+            raise AssertionError(case) from exc
+        compared += 1
+        if compared == DRAWS:
+            return
+    pytest.fail(f"only {compared} of {ATTEMPTS} drawn option sets were valid for {entry.name}")
