@@ -310,9 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .spec import SpecError
+
     args = build_parser().parse_args(argv)
     args.command = "segtriton " + " ".join(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"segtriton: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ usual.
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,6 +166,21 @@ DEFAULTS = {
 }
 
 
+class SpecError(ValueError):
+    """A sweep spec that cannot be run; the message names the key and what is wrong."""
+
+
+_AXES = {  # list-valued axes and their allowed values (None: registry names)
+    "losses": None,
+    "providers": PROVIDERS,
+    "dtypes": DTYPES,
+    "label_dtypes": LABEL_DTYPES,
+    "modes": MODES,
+    "memory_formats": FORMATS,
+}
+_KEYS = {*_AXES, "shapes", "cases", "ignore_frac"}
+
+
 def load_spec(preset: str | None = None, path: str | Path | None = None) -> dict:
     """A preset, or a TOML file (whose ``preset`` key, if any, gives the defaults)."""
     spec: dict = {}
@@ -173,25 +189,62 @@ def load_spec(preset: str | None = None, path: str | Path | None = None) -> dict
             import tomllib
         except ImportError as exc:  # Python 3.10
             raise RuntimeError("TOML sweep specs need Python >= 3.11 (tomllib)") from exc
-        with open(path, "rb") as f:
-            spec = tomllib.load(f)
+        try:
+            with open(path, "rb") as f:
+                spec = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SpecError(f"cannot read spec file {path}: {exc}") from exc
         preset = spec.pop("preset", preset)
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+            raise SpecError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
         spec = {**PRESETS[preset], **spec}
     if not spec:
-        raise ValueError("give a preset or a spec file")
+        raise SpecError("give a preset or a spec file")
     return {**DEFAULTS, **spec}
+
+
+def check_spec(spec: dict) -> None:
+    """Raise :class:`SpecError` naming the first key whose value cannot be swept: unknown
+    keys, axes that are not lists of known names, shapes that are not ``[B, C, *spatial]``
+    lists of positive ints, ``ignore_frac`` outside [0, 1)."""
+    from segtriton.registry import LOSSES
+
+    unknown = sorted(set(spec) - _KEYS)
+    if unknown:
+        raise SpecError(f"unknown keys {unknown}; a spec takes {sorted(_KEYS)}")
+    if "losses" not in spec or ("shapes" not in spec and "cases" not in spec):
+        raise SpecError("a spec needs 'losses' and 'shapes' (or 'cases')")
+    for axis, allowed in _AXES.items():
+        values = spec[axis]
+        if axis == "losses" and values == "all":
+            continue
+        known = [e.name for e in LOSSES] if allowed is None else list(allowed)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise SpecError(f"{axis} must be a non-empty list of names, got {values!r}")
+        bad = [v for v in values if v not in known]
+        if bad:
+            raise SpecError(f"{axis}: unknown {bad}; known: {known}")
+    shapes = spec.get("shapes", []) if "cases" not in spec else []
+    if not isinstance(shapes, (list, tuple)):
+        raise SpecError(f"shapes must be a list of [B, C, *spatial] lists, got {shapes!r}")
+    for shape in shapes:
+        ints = isinstance(shape, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape
+        )
+        if not ints or len(shape) < 3:
+            raise SpecError(f"shapes: {shape!r} is not [B, C, *spatial] of positive ints")
+    frac = spec["ignore_frac"]
+    if not isinstance(frac, numbers.Real) or isinstance(frac, bool) or not 0 <= frac < 1:
+        raise SpecError(f"ignore_frac must be a number in [0, 1), got {frac!r}")
 
 
 def expand(spec: dict) -> list[Case]:
     """Every case of the spec, in a stable order (loss, shape, dtype, ..., provider)."""
     from segtriton.registry import LOSSES, get
 
+    check_spec(spec)
     losses = [e.name for e in LOSSES] if spec["losses"] == "all" else list(spec["losses"])
-    for name in losses:
-        get(name)
     if "cases" in spec:
         triples = [
             (name, shape, dtype)
@@ -200,16 +253,6 @@ def expand(spec: dict) -> list[Case]:
         ]
     else:
         triples = list(itertools.product(losses, spec["shapes"], spec["dtypes"]))
-    for axis, allowed in (
-        ("dtypes", DTYPES),
-        ("label_dtypes", LABEL_DTYPES),
-        ("modes", MODES),
-        ("memory_formats", FORMATS),
-        ("providers", PROVIDERS),
-    ):
-        bad = [v for v in spec[axis] if v not in allowed]
-        if bad:
-            raise ValueError(f"{axis}: unknown {bad}; known: {list(allowed)}")
     cases, seen = [], set()
     for (name, shape, dtype), ldt, mode, fmt, provider in itertools.product(
         triples,

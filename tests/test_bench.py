@@ -12,7 +12,7 @@ import torch
 from segtriton.bench import runner
 from segtriton.bench.cli import main
 from segtriton.bench.report import compare
-from segtriton.bench.spec import PRESETS, expand, load_spec
+from segtriton.bench.spec import PRESETS, SpecError, expand, load_spec
 from segtriton.registry import get, make_inputs, minimal_bytes
 
 
@@ -23,8 +23,33 @@ def test_presets_expand_and_adapt_binary_losses():
     assert {c.shape[1] for c in cases} == {1}
     with pytest.raises(ValueError, match="unknown preset"):
         load_spec("huge")
-    with pytest.raises(KeyError, match="no loss named"):
-        expand({**load_spec("quick"), "losses": ["dise"]})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"losses": ["dise"]}, r"losses: unknown \['dise'\]"),
+        ({"dtypes": ["fp8"]}, r"dtypes: unknown \['fp8'\]"),
+        ({"providers": "eager"}, "providers must be a non-empty list"),
+        ({"shapes": [[2, 3]]}, "is not \\[B, C, \\*spatial\\]"),
+        ({"shapes": [[2, 3, 0, 4]]}, "positive ints"),
+        ({"ignore_frac": 1.5}, r"ignore_frac must be a number in \[0, 1\)"),
+        ({"shape": [[2, 3, 4, 4]]}, r"unknown keys \['shape'\]"),
+    ],
+)
+def test_bad_specs_are_named(change, message):
+    with pytest.raises(SpecError, match=message):
+        expand({**load_spec("quick"), **change})
+
+
+def test_cli_reports_a_bad_spec_file(tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('losses = ["dice"]\nshapes = "abc"\n')
+    assert main(["sweep", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "shapes must be a list of [B, C, *spatial] lists" in capsys.readouterr().err
+    spec.write_text("losses = [\n")
+    assert main(["sweep", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot read spec file" in capsys.readouterr().err
 
 
 def test_byte_models():
