@@ -151,14 +151,42 @@ def _compile(args: argparse.Namespace) -> int:
     return 1 if failures or too_big else 0
 
 
+class _ArgError(ValueError):
+    """A command-line value the command cannot use (printed, exit status 2)."""
+
+
+def _shape_arg(text: str) -> tuple[int, ...]:
+    """``--shape B,C,spatial...`` as positive ints."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) < 3 or min(shape) < 1:
+        raise _ArgError(f"--shape needs positive integers B,C and spatial sizes, got {text}")
+    return shape
+
+
+def _kernel_names(text: str | None, also: tuple[str, ...] = ()) -> list[str] | None:
+    """``--losses a,b`` as registry names with a Triton kernel (or one of ``also``)."""
+    if not text:
+        return None
+    from segtriton.registry import LOSSES
+
+    names = text.split(",")
+    unknown = sorted(set(names) - {e.name for e in LOSSES if e.kernel} - set(also))
+    if unknown:
+        raise _ArgError(f"--losses: no Triton kernel in the registry for {unknown}")
+    return names
+
+
 def _overhead(args: argparse.Namespace) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("segtriton overhead needs compiled Triton: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
     from .aot import host_overhead
 
-    shape = tuple(int(v) for v in args.shape.split(","))
-    names = args.losses.split(",") if args.losses else None
+    shape = _shape_arg(args.shape)
+    names = _kernel_names(args.losses)
     print(f"{'loss':<18} {'shape':>14}  host us per fwd+bwd  (through the custom-op dispatcher)")
     for row in host_overhead(names, shape, calls=args.calls, arch=args.arch):
         print(
@@ -178,26 +206,16 @@ def _traffic(args: argparse.Namespace) -> int:
     import datetime
 
     from .spec import DTYPES, LABEL_DTYPES
-    from .traffic import traffic_table, write_report
+    from .traffic import METRICS, traffic_table, write_report
 
-    try:
-        shape = tuple(int(v) for v in args.shape.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) < 3:
-        print(
-            f"segtriton traffic: --shape needs integers B,C and spatial sizes, got {args.shape}",
-            file=sys.stderr,
-        )
-        return 2
-    losses = args.losses.split(",") if args.losses else None
+    shape = _shape_arg(args.shape)
+    losses = _kernel_names(args.losses, tuple(METRICS))
     try:
         summary, detail = traffic_table(
             shape, DTYPES[args.dtype], LABEL_DTYPES[args.label_dtype], losses
         )
-    except ValueError as exc:  # an unknown name, or a shape a loss rejects
-        print(f"segtriton traffic: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # a shape a loss rejects
+        raise _ArgError(str(exc)) from exc
     out = Path(args.out or Path("results") / "traffic" / datetime.date.today().isoformat())
     report = write_report(summary, detail, out, args.command)
     for row in summary:
@@ -316,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args.command = "segtriton " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except SpecError as exc:
-        print(f"segtriton: error: {exc}", file=sys.stderr)
+    except (SpecError, _ArgError, FileNotFoundError) as exc:  # bad input, not a bug
+        print(f"segtriton {args.func.__name__[1:]}: error: {exc}", file=sys.stderr)
         return 2
 
 

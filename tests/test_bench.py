@@ -50,6 +50,8 @@ def test_cli_reports_a_bad_spec_file(tmp_path, capsys):
     spec.write_text("losses = [\n")
     assert main(["sweep", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 2
     assert "cannot read spec file" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "segtriton report: error: no rows.json in" in capsys.readouterr().err
 
 
 def test_byte_models():

@@ -90,7 +90,8 @@ def test_cli_writes_the_report(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--losses", "nope"], "no Triton kernel in the registry for ['nope']"),
-     (["--shape", "2,a,8"], "--shape needs integers")],
+     (["--shape", "2,a,8"], "--shape needs positive integers"),
+     (["--shape", "2,0,8"], "--shape needs positive integers")],
 )  # fmt: skip
 def test_cli_names_bad_arguments(args, message, capsys):
     assert main(["traffic", *args]) == 2
