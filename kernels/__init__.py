@@ -3,6 +3,8 @@
 
 import warnings
 
+from segtriton.reference.modules import module_forms
+
 from ._runtime import interpreter_enabled, interpreter_problem, run_smoke_kernel
 from .boundary import boundary_loss, signed_distance_map, squared_edt
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
@@ -50,6 +52,12 @@ __all__ = [
     "squared_edt",
     "tversky_loss",
 ]
+
+# nn.Module forms (DiceLoss, CrossEntropyLoss, ...): the reference's classes around the
+# Triton functions above
+_MODULES = module_forms(globals(), __name__)
+globals().update(_MODULES)
+__all__ += sorted(_MODULES)
 
 if interpreter_enabled() and (_problem := interpreter_problem()):
     warnings.warn(_problem, stacklevel=2)

@@ -3,12 +3,14 @@
 ``DiceLoss(mode="multiclass", scope="image")(logits, target)`` equals
 ``dice_loss(logits, target, mode="multiclass", scope="image")``. Tensor options (class
 weights, alpha, pos_weight) are registered as buffers, so ``.to(device)`` moves them.
+``segtriton.kernels`` has the same classes around its Triton functions
+(:func:`module_forms`).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -60,10 +62,14 @@ class LossModule(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
 
 
-def loss_module(name: str, fn: Callable[..., torch.Tensor]) -> type[LossModule]:
-    """A :class:`LossModule` subclass named ``name`` around ``fn``."""
+def loss_module(
+    name: str, fn: Callable[..., torch.Tensor], module: str = __name__
+) -> type[LossModule]:
+    """A :class:`LossModule` subclass named ``name`` around ``fn``, importable (and so
+    picklable) as ``module.name``."""
     doc = f"Module form of :func:`{fn.__name__}`; options are its keyword arguments.\n\n"
-    return type(name, (LossModule,), {"fn": staticmethod(fn), "__doc__": doc + (fn.__doc__ or "")})
+    body = {"fn": staticmethod(fn), "__doc__": doc + (fn.__doc__ or ""), "__module__": module}
+    return type(name, (LossModule,), body)
 
 
 CrossEntropyLoss = loss_module("CrossEntropyLoss", cross_entropy)
@@ -82,3 +88,14 @@ ComboLoss = loss_module("ComboLoss", combo_loss)
 LovaszHingeLoss = loss_module("LovaszHingeLoss", lovasz_hinge_loss)
 LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)
 BoundaryLoss = loss_module("BoundaryLoss", boundary_loss)
+
+
+def module_forms(functions: Mapping[str, Callable[..., torch.Tensor]], module: str) -> dict:
+    """Every module class above, rebuilt around the function of the same name in
+    ``functions`` and exported by ``module``: ``segtriton.kernels`` gets its Triton module
+    forms this way."""
+    return {
+        name: loss_module(name, functions[cls.fn.__name__], module)
+        for name, cls in globals().items()
+        if isinstance(cls, type) and issubclass(cls, LossModule) and cls is not LossModule
+    }

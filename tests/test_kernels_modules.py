@@ -1,0 +1,48 @@
+"""``segtriton.kernels`` has every ``nn.Module`` form of ``segtriton.reference`` around its
+Triton function: same options, tensor options as buffers, picklable."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from kernel_checks import DEVICE
+
+from segtriton import kernels as ker
+from segtriton import reference as ref
+from segtriton.reference.modules import LossModule
+from segtriton.registry import LOSSES, make_inputs
+
+REFERENCE_FORMS = {
+    name: cls
+    for name, cls in vars(ref).items()
+    if isinstance(cls, type) and issubclass(cls, LossModule) and cls is not LossModule
+}
+
+
+def test_every_reference_module_has_a_kernel_form():
+    assert len(REFERENCE_FORMS) == len({e.reference for e in LOSSES})
+    for name, cls in REFERENCE_FORMS.items():
+        form = getattr(ker, name)
+        assert name in ker.__all__ and issubclass(form, LossModule)
+        assert form.fn is getattr(ker, cls.fn.__name__)
+        assert form.__module__ == "segtriton.kernels"
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_kernel_module_equals_kernel_function(entry, gen):
+    C = 1 if entry.is_binary(entry.variants[-1]) else 3
+    opts = {**entry.variants[-1], "reduction": entry.reductions[0]}
+    x, t = make_inputs(entry, (2, C, 5, 6), opts, torch.float32, gen, device=DEVICE)
+    tensors = {
+        k: torch.tensor(v) if isinstance(v, list) and k != "classes" else v for k, v in opts.items()
+    }
+    name = next(n for n, cls in REFERENCE_FORMS.items() if cls.fn is entry.reference)
+    module = getattr(ker, name)(**tensors).to(DEVICE)
+    assert torch.equal(module(x, t), entry.kernel(x, t, **opts))
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is type(module) and torch.equal(loaded(x, t), module(x, t))
