@@ -18,12 +18,17 @@ import torch
 import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
-from segtriton.reference._common import check_logits, check_number, is_number
+from segtriton.reference._common import check_logits, check_number
 from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
 from segtriton.reference.pixelwise import sigmoid_focal_options
 
 from ._tiles import MAX_SINGLE_C
-from .pixelwise import _class_vector, cross_entropy, softmax_focal_loss
+from .pixelwise import (
+    _class_vector,
+    cross_entropy,
+    softmax_focal_loss,
+    softmax_focal_options,
+)
 from .region import DICE, PIXEL_SIGMOID, PIXEL_SOFTMAX, Finalize, _region_sums, fused_loss
 
 Weights = torch.Tensor | Sequence[float] | None
@@ -158,7 +163,6 @@ def focal_dice_loss(
     _scalar_reduction(reduction)
     check_logits(logits)
     lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
-    gamma = check_number("gamma", gamma)
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_focal)
@@ -178,11 +182,7 @@ def focal_dice_loss(
         focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
         dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
         return lambda_focal * focal + lambda_dice * dice
-    vec, scale = None, 1.0 if alpha is None else alpha
-    if is_number(scale):
-        scale = check_number("alpha", scale)
-    else:
-        vec, scale = _class_vector("alpha", alpha, C, logits, validate), 1.0
+    vec, scale, gamma = softmax_focal_options(alpha, gamma, logits, validate)
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,
         pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,

@@ -401,6 +401,19 @@ def cross_entropy(
     return loss
 
 
+def softmax_focal_options(
+    alpha: object, gamma: object, logits: torch.Tensor, validate: bool
+) -> tuple[torch.Tensor | None, float, float]:
+    """``(alpha vector or None, alpha scale, gamma)`` of a softmax focal term: ``alpha`` is
+    None (scale 1), one number (the scale) or a per-class vector; ``gamma`` finite, >= 0."""
+    gamma = check_number("gamma", gamma)
+    if alpha is None:
+        return None, 1.0, gamma
+    if is_number(alpha):
+        return None, check_number("alpha", alpha), gamma
+    return _class_vector("alpha", alpha, logits.shape[1], logits, validate), 1.0, gamma
+
+
 def softmax_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -417,13 +430,7 @@ def softmax_focal_loss(
     """
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
-    gamma = check_number("gamma", gamma)
-    scalar = 1.0 if alpha is None else alpha
-    vec = None
-    if is_number(scalar):
-        scalar = check_number("alpha", scalar)
-    else:
-        vec, scalar = _class_vector("alpha", alpha, logits.shape[1], logits, validate), 1.0
+    vec, scalar, gamma = softmax_focal_options(alpha, gamma, logits, validate)
     loss, _ = _softmax_pixel_loss(
         logits,
         target,
