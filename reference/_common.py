@@ -89,9 +89,14 @@ def check_numbers(name: str, values: object) -> list[float]:
 
 def check_class_indices(name: str, values: object, C: int) -> list[int]:
     """``values`` as a non-empty list of class indices in ``[0, C)``: a sequence of
-    integers (not bools) or a 1-D integer tensor (read on the host), else a TypeError or
-    ValueError naming ``name``."""
-    if isinstance(values, torch.Tensor) and values.dim() == 1:
+    integers (not bools) or a 1-D integer CPU tensor, else a TypeError or ValueError naming
+    ``name``. A GPU tensor is refused: reading it inside a loss would synchronise."""
+    if isinstance(values, torch.Tensor):
+        if values.device.type != "cpu":
+            raise TypeError(
+                f"{name} must be a list or a CPU tensor, got a tensor on {values.device} "
+                "(reading it would synchronise with the device every call)"
+            )
         values = values.tolist()
     ints = (
         not isinstance(values, (str, bytes))

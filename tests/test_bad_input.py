@@ -129,7 +129,8 @@ def test_bad_numbers_are_named(entry, gen):
 @pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
 def test_bad_class_lists_and_spacing_are_named(lib):
     """Class index lists must hold integers (0.5 or True is not a class), and spacing must
-    be a sequence of numbers; a NumPy array or tensor of indices is read as a list."""
+    be a sequence of numbers; a NumPy array or CPU tensor of indices is read as a list, a
+    device tensor is refused (reading it would synchronise)."""
     x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
     for fn in (lib.boundary_loss, lib.lovasz_softmax_loss):
         for bad in ([0.5], [True], 2):
@@ -137,6 +138,8 @@ def test_bad_class_lists_and_spacing_are_named(lib):
                 fn(x, y, classes=bad)
         with pytest.raises(ValueError, match=r"indices in \[0, 3\)"):
             fn(x, y, classes=[0, 3])
+        with pytest.raises(TypeError, match="must be a list or a CPU tensor"):
+            fn(x, y, classes=torch.tensor([1, 2], device="meta"))  # no device read in a loss
         expected = fn(x, y, classes=[1, 2])
         for same in (np.array([1, 2]), torch.tensor([1, 2]), (1, 2)):
             torch.testing.assert_close(fn(x, y, classes=same), expected)
