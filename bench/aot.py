@@ -312,9 +312,9 @@ def host_overhead(
     import torch
 
     from segtriton.kernels import _ops
-    from segtriton.registry import LOSSES, get, make_inputs
+    from segtriton.registry import get, kernel_names, make_inputs
 
-    entries = [get(n) for n in names] if names else [e for e in LOSSES if e.kernel]
+    entries = [get(n) for n in kernel_names(names)]
     out = []
     fast = _ops.fast_eager
     with compile_only(arch):

@@ -166,17 +166,16 @@ def _shape_arg(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _kernel_names(text: str | None, also: tuple[str, ...] = ()) -> list[str] | None:
-    """``--losses a,b`` as registry names with a Triton kernel (or one of ``also``)."""
+def _kernel_names(text: str | None, extra: tuple[str, ...] = ()) -> list[str] | None:
+    """``--losses a,b``: names checked by :func:`segtriton.registry.kernel_names`."""
     if not text:
         return None
-    from segtriton.registry import LOSSES
+    from segtriton.registry import kernel_names
 
-    names = text.split(",")
-    unknown = sorted(set(names) - {e.name for e in LOSSES if e.kernel} - set(also))
-    if unknown:
-        raise _ArgError(f"--losses: no Triton kernel in the registry for {unknown}")
-    return names
+    try:
+        return kernel_names(text.split(","), extra)
+    except ValueError as exc:
+        raise _ArgError(f"--losses: {exc}") from exc
 
 
 def _overhead(args: argparse.Namespace) -> int:

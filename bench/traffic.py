@@ -275,15 +275,11 @@ def traffic_table(
     """Per registry loss with a kernel (default variant, fwd+bwd; C = 1 where the loss is
     binary) and per confusion-matrix input (:data:`METRICS`): totals over the byte model,
     and the per-kernel, per-argument breakdown."""
-    from segtriton.registry import LOSSES, get
+    from segtriton.registry import get, kernel_names
 
     from .runner import progress
 
-    unknown = sorted(set(losses or ()) - {e.name for e in LOSSES if e.kernel} - set(METRICS))
-    if unknown:
-        raise ValueError(f"no Triton kernel in the registry for {unknown}")
-    names = [e.name for e in LOSSES if e.kernel] + list(METRICS)
-    names = [n for n in names if not losses or n in losses]
+    names = kernel_names(losses, METRICS)
     summary, detail = [], []
     started = time.perf_counter()
     for i, name in enumerate(names):

@@ -224,6 +224,16 @@ def get(name: str) -> LossEntry:
     raise KeyError(f"no loss named {name!r}; known: {[e.name for e in LOSSES]}")
 
 
+def kernel_names(names: Sequence[str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """Names of the registry losses with a Triton kernel, then ``extra``, in that order;
+    only those in ``names`` when given, where a name that is neither raises ValueError."""
+    known = [e.name for e in LOSSES if e.kernel] + list(extra)
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise ValueError(f"no Triton kernel in the registry for {unknown}")
+    return [n for n in known if not names or n in names]
+
+
 def variant_fits(options: dict, C: int) -> bool:
     """Whether an option set can run with C classes (per-class vectors fix C; a list of
     class indices needs them below C)."""
