@@ -114,13 +114,12 @@ def _lovasz_rows(
         num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
     nk = cdiv(N, _BLOCK_K)
-    flags = {"HINGE": hinge, "PER_IMAGE": per_image, "HAS_IGNORE": has_ignore}
     perm = torch.empty((R, N), dtype=perm_dtype(N), device=x.device)
     counts = torch.empty((R, nk), dtype=torch.int32, device=x.device)
     for r0, values, indices in sorted_groups(keys):
         _lovasz_pack_kernel[(values.shape[0] * nk,)](
             values, indices, keys, perm, t, counts, r0, C, S, N, nk, *ts, ign,
-            **flags, BLOCK_K=_BLOCK_K,
+            HINGE=hinge, PER_IMAGE=per_image, HAS_IGNORE=has_ignore, BLOCK_K=_BLOCK_K,
         )  # fmt: skip
     total = counts.sum(1, dtype=torch.int32)
     start = counts.cumsum(1, dtype=torch.int32) - counts

@@ -90,12 +90,20 @@ LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)
 BoundaryLoss = loss_module("BoundaryLoss", boundary_loss)
 
 
-def module_forms(functions: Mapping[str, Callable[..., torch.Tensor]], module: str) -> dict:
-    """Every module class above, rebuilt around the function of the same name in
-    ``functions`` and exported by ``module``: ``segtriton.kernels`` gets its Triton module
-    forms this way."""
+def loss_modules() -> dict[str, type[LossModule]]:
+    """Every module class above, by name."""
     return {
-        name: loss_module(name, functions[cls.fn.__name__], module)
+        name: cls
         for name, cls in globals().items()
         if isinstance(cls, type) and issubclass(cls, LossModule) and cls is not LossModule
+    }
+
+
+def module_forms(functions: Mapping[str, Callable[..., torch.Tensor]], module: str) -> dict:
+    """Every module class of :func:`loss_modules`, rebuilt around the function of the same
+    name in ``functions`` and exported by ``module``: ``segtriton.kernels`` gets its Triton
+    module forms this way."""
+    return {
+        name: loss_module(name, functions[cls.fn.__name__], module)
+        for name, cls in loss_modules().items()
     }

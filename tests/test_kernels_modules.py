@@ -10,15 +10,10 @@ import torch
 from kernel_checks import DEVICE
 
 from segtriton import kernels as ker
-from segtriton import reference as ref
-from segtriton.reference.modules import LossModule
+from segtriton.reference.modules import LossModule, loss_modules
 from segtriton.registry import LOSSES, make_inputs
 
-REFERENCE_FORMS = {
-    name: cls
-    for name, cls in vars(ref).items()
-    if isinstance(cls, type) and issubclass(cls, LossModule) and cls is not LossModule
-}
+REFERENCE_FORMS = loss_modules()
 
 
 def test_every_reference_module_has_a_kernel_form():
