@@ -22,6 +22,7 @@ from segtriton.reference._common import (
     check_mode,
     check_num_classes,
     checked_target,
+    checks_flags,
     device_constant,
     label_mask,
     value_checks,
@@ -133,6 +134,7 @@ def _(target, num_classes, labels, spacing, ignore_index):
     return target.new_empty((target.shape[0], num_classes, *spatial), dtype=torch.float32)
 
 
+@checks_flags
 def signed_distance_map(
     target: torch.Tensor,
     num_classes: int | None = None,
@@ -232,6 +234,7 @@ def _(logits, target, dist_map, counts, labels, ignore_index, n_selected, reduct
 _register_fused_autograd(_boundary_op, None, 7)
 
 
+@checks_flags
 def boundary_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
-from segtriton.reference._common import check_logits, check_number
+from segtriton.reference._common import check_logits, check_number, checks_flags
 from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
 from segtriton.reference.pixelwise import sigmoid_focal_options
 
@@ -64,6 +64,7 @@ def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
     return wp, wn
 
 
+@checks_flags
 def ce_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -106,6 +107,7 @@ def ce_dice_loss(
     return lambda_ce * ce + lambda_dice * dice
 
 
+@checks_flags
 def bce_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -140,6 +142,7 @@ def bce_dice_loss(
     )  # fmt: skip
 
 
+@checks_flags
 def focal_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -190,6 +193,7 @@ def focal_dice_loss(
     )  # fmt: skip
 
 
+@checks_flags
 def combo_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

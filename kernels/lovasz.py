@@ -29,6 +29,7 @@ import torch
 from segtriton.reference._common import (
     check_masks,
     checked_target,
+    checks_flags,
 )
 from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
 
@@ -218,6 +219,7 @@ def _backward(ctx, grad_rows, *_):
 _lovasz_rows.register_autograd(_backward, _setup)
 
 
+@checks_flags
 def lovasz_hinge_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -240,6 +242,7 @@ def lovasz_hinge_loss(
     return reduce_units(losses, reduction)
 
 
+@checks_flags
 def lovasz_softmax_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

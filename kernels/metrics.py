@@ -28,6 +28,7 @@ from segtriton.reference._common import (
     check_ignore_index,
     check_label_dtype,
     check_num_classes,
+    checks_flags,
 )
 from segtriton.reference.metrics import metrics_from_confusion
 
@@ -133,6 +134,7 @@ def _raise_if_bad(bad: torch.Tensor, num_classes: int, ignore_index: int | None)
         )
 
 
+@checks_flags
 def confusion_matrix(
     preds: torch.Tensor,
     target: torch.Tensor,
@@ -150,6 +152,7 @@ def confusion_matrix(
     return cm
 
 
+@checks_flags
 def segmentation_metrics(
     preds: torch.Tensor,
     target: torch.Tensor,

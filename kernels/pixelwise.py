@@ -39,6 +39,7 @@ from segtriton.reference._common import (
     check_mode,
     check_number,
     checked_target,
+    checks_flags,
     is_number,
 )
 from segtriton.reference.pixelwise import sigmoid_focal_options
@@ -364,6 +365,7 @@ def _need_grad(logits: torch.Tensor) -> bool:
     return logits.requires_grad and torch.is_grad_enabled()
 
 
+@checks_flags
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -414,6 +416,7 @@ def softmax_focal_options(
     return _class_vector("alpha", alpha, logits.shape[1], logits, validate), 1.0, gamma
 
 
+@checks_flags
 def softmax_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -624,6 +627,7 @@ def _(logits, target, grad_output, labels, weight, pos_weight, ignore_index, gam
 _register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 9)
 
 
+@checks_flags
 def binary_cross_entropy_with_logits(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -651,6 +655,7 @@ def binary_cross_entropy_with_logits(
     return loss
 
 
+@checks_flags
 def sigmoid_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -35,6 +35,7 @@ from segtriton.reference._common import (
     check_mode,
     check_number,
     checked_target,
+    checks_flags,
     is_number,
 )
 
@@ -497,6 +498,7 @@ def _region_sums(
     return stats, pix.sum(0)
 
 
+@checks_flags
 def region_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -515,6 +517,7 @@ def region_stats(
     )[0]
 
 
+@checks_flags
 def dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -544,6 +547,7 @@ def dice_loss(
     )  # fmt: skip
 
 
+@checks_flags
 def jaccard_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -573,6 +577,7 @@ def jaccard_loss(
     )  # fmt: skip
 
 
+@checks_flags
 def tversky_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -602,6 +607,7 @@ def tversky_loss(
     )  # fmt: skip
 
 
+@checks_flags
 def focal_tversky_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -638,6 +644,7 @@ def focal_tversky_loss(
     )  # fmt: skip
 
 
+@checks_flags
 def generalized_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

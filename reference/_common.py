@@ -11,10 +11,12 @@ Conventions (all losses):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -51,6 +53,33 @@ def acc_dtype(x: torch.Tensor) -> torch.dtype:
 def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool: True or False (a NumPy bool too); anything else, such as the
+    string 'yes', None or 1, is a TypeError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+
+
+def checks_flags(fn: Callable) -> Callable:
+    """Decorate a loss or metric so that every option annotated ``bool`` passes
+    :func:`check_flag` (and reaches ``fn`` as a Python bool) before ``fn`` runs."""
+    params = list(inspect.signature(fn).parameters.values())
+    flags = [(i, p.name) for i, p in enumerate(params) if p.annotation in (bool, "bool")]
+
+    @functools.wraps(fn)
+    def checked(*args: object, **kwargs: object) -> object:
+        args_ = list(args)
+        for i, name in flags:
+            if i < len(args_):
+                args_[i] = check_flag(name, args_[i])
+            elif name in kwargs:
+                kwargs[name] = check_flag(name, kwargs[name])
+        return fn(*args_, **kwargs)
+
+    return checked
 
 
 def is_number(value: object) -> bool:

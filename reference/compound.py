@@ -20,7 +20,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ._common import check_choice, check_class_vector, check_masks, check_number, reduce_pixels
+from ._common import (
+    check_choice,
+    check_class_vector,
+    check_masks,
+    check_number,
+    checks_flags,
+    reduce_pixels,
+)
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -86,6 +93,7 @@ def _global_pixel_term(
     return both[0] if reduction == "sum" else both[0] / both[1]
 
 
+@checks_flags
 def ce_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -140,6 +148,7 @@ def ce_dice_loss(
     return lambda_ce * ce + lambda_dice * dice
 
 
+@checks_flags
 def bce_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

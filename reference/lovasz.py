@@ -20,6 +20,7 @@ from ._common import (
     check_class_vector,
     check_labels,
     check_masks,
+    checks_flags,
     class_mean,
     device_constant,
     flat,
@@ -62,6 +63,7 @@ def reduce_units(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     return loss.sum() if reduction == "sum" else loss.mean()
 
 
+@checks_flags
 def lovasz_hinge_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -90,6 +92,7 @@ def lovasz_hinge_loss(
     return reduce_units(_sorted_dot(errors, t, valid, hinge=True), reduction)
 
 
+@checks_flags
 def lovasz_softmax_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_choice, check_num_classes, label_mask
+from ._common import check_choice, check_num_classes, checks_flags, label_mask
 
 
 def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -32,6 +32,7 @@ def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) ->
     return preds
 
 
+@checks_flags
 def confusion_matrix(
     preds: torch.Tensor,
     target: torch.Tensor,

@@ -20,6 +20,7 @@ from ._common import (
     check_masks,
     check_mode,
     check_number,
+    checks_flags,
     is_number,
     reduce_pixels,
 )
@@ -31,6 +32,7 @@ def sigmoid_focal_options(gamma: object, alpha: object) -> tuple[float, float | 
     return check_number("gamma", gamma), check_number("alpha", alpha, 0.0, 1.0, none_ok=True)
 
 
+@checks_flags
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,

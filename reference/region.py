@@ -22,6 +22,7 @@ from ._common import (
     check_choice,
     check_class_vector,
     check_number,
+    checks_flags,
     class_mean,
     is_number,
     region_inputs,
@@ -71,6 +72,7 @@ class RegionStats(NamedTuple):
     present: torch.Tensor
 
 
+@checks_flags
 def region_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -292,6 +294,7 @@ def generalized_dice_from_stats(
     return loss.sum() if reduction == "sum" else loss.mean()
 
 
+@checks_flags
 @_with_options
 def dice_loss(
     logits: torch.Tensor,
@@ -319,6 +322,7 @@ def dice_loss(
     return dice_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
 
+@checks_flags
 @_with_options
 def jaccard_loss(
     logits: torch.Tensor,
@@ -375,6 +379,7 @@ def tversky_loss(
     )
 
 
+@checks_flags
 @_with_options
 def focal_tversky_loss(
     logits: torch.Tensor,

@@ -183,3 +183,46 @@ def test_metric_inputs():
         ref.confusion_matrix(y[:, :2], y, 3)
     with pytest.raises(ValueError, match="empty"):
         ref.confusion_matrix(y[:, :0], y[:, :0], 3)
+
+
+def _flag_options(fn) -> list[str]:
+    """The options of ``fn`` that take a bool (``squared``, ``per_image``, ``validate``...)."""
+    return [
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.annotation in (bool, "bool")
+    ]
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_bad_flags_are_named(entry, gen):
+    """A flag takes True or False (a NumPy bool too): a string, None or a number is
+    refused with an error naming the flag, in the reference and the kernel alike (the
+    kernel once turned log_loss='yes' into int('yes'))."""
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    opts = entry.variants[0]
+    for fn in (entry.reference, entry.kernel):
+        for name in _flag_options(fn):
+            for bad in ("yes", None, 1):
+                with pytest.raises(TypeError, match=f"{name} must be a bool"):
+                    fn(x, y, **{**opts, name: bad})
+            flag = bool(opts.get(name, inspect.signature(fn).parameters[name].default))
+            torch.testing.assert_close(
+                fn(x, y, **{**opts, name: np.bool_(flag)}), fn(x, y, **{**opts, name: flag})
+            )
+
+
+def test_bad_flags_of_metrics_are_named():
+    y = torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    calls = [
+        (ref.confusion_matrix, (y, y, 3)),
+        (ker.confusion_matrix, (y, y, 3)),
+        (ker.segmentation_metrics, (y, y, 3)),
+        (ker.signed_distance_map, (y, 3)),
+    ]
+    for fn, args in calls:
+        flags = _flag_options(fn)
+        assert flags, fn.__qualname__
+        for flag in flags:
+            with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+                fn(*args, **{flag: "yes"})
