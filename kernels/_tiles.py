@@ -51,17 +51,37 @@ NO_LABEL = -(2**31)  # stands for ignore_index=None on integer labels: no int32 
 MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
 
 
-def pixel_view(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
-    """``(x', stride_b, stride_c, stride_s)`` addressing ``x [B, C, *S]`` as ``[B, C, S]``."""
+def _spatial_merges(x: torch.Tensor) -> bool:
+    """Whether the spatial dims of ``x [B, C, *S]`` can be walked with one stride."""
     sizes, strides = x.shape, x.stride()
-    for i in range(2, x.dim() - 1):
-        if sizes[i] > 1 and strides[i] != strides[i + 1] * sizes[i + 1]:
-            x = x.contiguous()
-            strides = x.stride()
-            break
+    return all(
+        sizes[i] == 1 or strides[i] == strides[i + 1] * sizes[i + 1] for i in range(2, x.dim() - 1)
+    )
+
+
+def pixel_view(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """``(x', stride_b, stride_c, stride_s)`` addressing ``x [B, C, *S]`` as ``[B, C, S]``;
+    ``x'`` is ``x``, or a contiguous copy when its spatial dims cannot be merged."""
+    if not _spatial_merges(x):
+        x = x.contiguous()
+    sizes, strides = x.shape, x.stride()
     spatial = [i for i in range(2, x.dim()) if sizes[i] > 1]
     stride_s = strides[spatial[-1]] if spatial else 1
     return x, strides[0], strides[1], stride_s
+
+
+def grad_like(logits: torch.Tensor) -> torch.Tensor:
+    """An uninitialised gradient for ``logits`` that a kernel can write through
+    :func:`pixel_view` without a copy: the logits' layout (``empty_like``: contiguous NCHW,
+    channels_last, or the dense order of a sliced input) when its spatial dims merge, else
+    contiguous (a buffer that pixel_view copied would take the kernel's writes and be
+    dropped, as a spatially transposed input once showed)."""
+    grad = torch.empty_like(logits)
+    return (
+        grad
+        if _spatial_merges(grad)
+        else torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    )
 
 
 def label_view(y: torch.Tensor) -> tuple[torch.Tensor, int, int]:

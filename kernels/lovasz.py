@@ -44,6 +44,7 @@ from ._tiles import (
     CHUNK,
     cdiv,
     class_blocks,
+    grad_like,
     ignore_arg,
     label_view,
     next_pow2,
@@ -179,7 +180,7 @@ def _lovasz_rows_grad(
     )  # fmt: skip
     if hinge:
         return ge
-    grad = torch.empty_like(logits)
+    grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     block_c = min(next_pow2(C), CHUNK[0])  # classes are streamed
     block_p = tile_pixels(block_c)
@@ -194,7 +195,7 @@ def _lovasz_rows_grad(
 
 @_lovasz_rows_grad.register_fake
 def _(logits, target, grad_rows, sorted_keys, perm, start, total, per_image, ignore, hinge):
-    return torch.empty_like(logits)
+    return grad_like(logits)
 
 
 def _setup(ctx, inputs, output):

@@ -52,6 +52,7 @@ from ._tiles import (
     TILES_PER_PROGRAM,
     cdiv,
     class_blocks,
+    grad_like,
     label_view,
     loss_views,
     next_pow2,
@@ -76,7 +77,7 @@ def _class_vector(name: str, value, C: int, logits: torch.Tensor, validate: bool
 def _grad_buffer(logits: torch.Tensor, need_grad: bool, reduction: str) -> torch.Tensor:
     """The gradient the forward writes ('mean'/'sum' with grad), else an empty placeholder."""
     fused = need_grad and reduction != "none"
-    return torch.empty_like(logits) if fused else logits.new_empty(0)
+    return grad_like(logits) if fused else logits.new_empty(0)
 
 
 def _prepass(
@@ -269,7 +270,7 @@ def _softmax_pixel_grad(
     focal: bool,
 ) -> torch.Tensor:
     """dL/dz for reduction='none' with a per-pixel grad_output (recomputed in one pass)."""
-    grad = torch.empty_like(logits)
+    grad = grad_like(logits)
     gout = grad_output.to(torch.float32).contiguous()
     _softmax_launch(
         logits,
@@ -293,7 +294,7 @@ def _softmax_pixel_grad(
 def _(
     logits, target, grad_output, weight, alpha, ignore_index, smoothing, gamma, alpha_scalar, focal
 ):
-    return torch.empty_like(logits)
+    return grad_like(logits)
 
 
 def _scale_saved_grad(
@@ -599,7 +600,7 @@ def _sigmoid_pixel_grad(
     alpha: float | None,
     focal: bool,
 ) -> torch.Tensor:
-    grad = torch.empty_like(logits)
+    grad = grad_like(logits)
     gout = grad_output.to(torch.float32).contiguous()
     _sigmoid_launch(
         logits,
@@ -621,7 +622,7 @@ def _sigmoid_pixel_grad(
 
 @_sigmoid_pixel_grad.register_fake
 def _(logits, target, grad_output, labels, weight, pos_weight, ignore_index, gamma, alpha, focal):
-    return torch.empty_like(logits)
+    return grad_like(logits)
 
 
 _register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 9)

@@ -48,6 +48,7 @@ from ._tiles import (
     TILES_PER_PROGRAM,
     cdiv,
     class_blocks,
+    grad_like,
     ignore_arg,
     loss_views,
     next_pow2,
@@ -170,7 +171,7 @@ def _region_grad(
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI``, ``dL/dP``)
     and ``kpix [B]`` (dL / d pixel-loss sum)."""
     x, t, strides = loss_views(logits, target, labels)
-    grad = torch.empty_like(logits)
+    grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
@@ -211,7 +212,7 @@ def _region_grad(
 
 @_region_grad.register_fake
 def _(logits, target, coef, kpix, *params):
-    return torch.empty_like(logits)
+    return grad_like(logits)
 
 
 def _setup(ctx, inputs, output):

@@ -1,0 +1,48 @@
+"""Logits in layouts the kernels cannot walk with one pixel stride (spatial dims transposed,
+classes stored between two spatial dims) or only through a slice: the kernel copies or
+strides them and still gives the reference's loss and gradient, for every loss, with a
+scalar and a per-pixel grad_output. A gradient buffer laid out like such logits once took
+no writes: the kernel wrote into a contiguous copy of it, and the returned gradient was
+uninitialised memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import DEVICE, assert_matches
+
+from segtriton.registry import LOSSES, make_inputs
+
+KERNELS = [e for e in LOSSES if e.kernel is not None]
+
+
+def _transposed(x: torch.Tensor) -> torch.Tensor:
+    """The last two dims swapped in storage (a dense tensor whose spatial dims do not merge)."""
+    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def _classes_inside(x: torch.Tensor) -> torch.Tensor:
+    """Stored as ``[B, H, C, ...]``: the class stride lies between two spatial strides."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+LAYOUTS = {
+    "transposed": lambda x, t: (_transposed(x), _transposed(t)),
+    "classes-inside": lambda x, t: (_classes_inside(x), t),
+    "strided": lambda x, t: (x[..., ::2], t[..., ::2]),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_layouts(entry, layout, seed, gen):
+    options = dict(entry.variants[0])
+    for spatial in ((5, 6), (3, 4, 6)):
+        shape = entry.fit_shape((2, 3, *spatial), options)
+        x, t = make_inputs(entry, shape, options, torch.float32, gen, device=DEVICE)
+        x, t = LAYOUTS[layout](x, t)
+        for reduction in ("mean", "none"):
+            if reduction in entry.reductions:
+                assert_matches(
+                    entry, x, t, {**options, "reduction": reduction}, torch.float32, seed
+                )
