@@ -110,7 +110,7 @@ def _entry_fg(
     if HINGE:
         fg = t.to(tl.float32) == 1.0
     else:
-        fg = t.to(tl.int32) == r % C
+        fg = t == r % C
     entry = kmask
     if HAS_IGNORE:
         entry = entry & (t != ignore_index)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._tiles import ignored, label_values
+
 
 @triton.jit
 def _argmax_classes(
@@ -80,14 +82,17 @@ def _confusion_kernel(
     for tile in range(first_tile, first_tile + tiles_per_chunk):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
         pmask = offs_p < S
-        t = tl.load(t_ptr + b * stb + offs_p * sts, mask=pmask, other=0).to(tl.int32)
-        counted = pmask & (t != ignore_index)
+        t = label_values(tl.load(t_ptr + b * stb + offs_p * sts, mask=pmask, other=0))
+        counted = pmask & ~ignored(t, ignore_index)
         if LOGITS:
             pred = _argmax_classes(p_ptr, b, offs_p, pmask, C, spb, spc, sps, SINGLE, BLOCK_C)
         else:
-            pred = tl.load(p_ptr + b * spb + offs_p * sps, mask=pmask, other=0).to(tl.int32)
+            pred = label_values(tl.load(p_ptr + b * spb + offs_p * sps, mask=pmask, other=0))
+        # range tests in the loaded dtypes, then int32 (a label past int32 is no class)
         bad = counted & ((t < 0) | (t >= C) | (pred < 0) | (pred >= C))
         ok = counted & ~bad
+        t = tl.where(ok, t, 0).to(tl.int32)
+        pred = tl.where(ok, pred, 0).to(tl.int32)
         idx = tl.where(ok, t * C + pred, tl.where(bad, n_cells, n_cells + 1))
         if HIST:
             acc += tl.histogram(idx, NB)

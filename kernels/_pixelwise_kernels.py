@@ -12,17 +12,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tiles import log1p, pixel_block, program_tile
+from ._tiles import ignored, label_values, log1p, pixel_block, program_tile
 
 
 @triton.jit
 def _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index):
-    """Labels of a pixel block as int32, their valid mask, and a mask of bad labels."""
-    y = tl.load(y_ptr + b * syb + offs_p * sys_, mask=pmask, other=0).to(tl.int32)
-    valid = pmask & (y != ignore_index)
+    """Labels of a pixel block as int32 (0 where not valid), their valid mask, and a mask
+    of bad labels (outside ``[0, C)``, tested before the cast to int32)."""
+    y = label_values(tl.load(y_ptr + b * syb + offs_p * sys_, mask=pmask, other=0))
+    valid = pmask & ~ignored(y, ignore_index)
     bad = valid & ((y < 0) | (y >= C))
     valid = valid & ~bad
-    return tl.where(valid, y, 0), valid, bad
+    return tl.where(valid, y, 0).to(tl.int32), valid, bad
 
 
 @triton.jit
@@ -76,8 +77,9 @@ def _valid_sum_kernel(
     m = (offs_r < R)[:, None] & pmask[None, :]
     t = tl.load(t_ptr + b * stb + offs_r[:, None] * str_ + offs_p[None, :] * sts, mask=m, other=0)
     if LABELS:
-        t = t.to(tl.int32)
-        valid = m & (t != ignore_index) & (t >= 0) & (t < C)
+        t = label_values(t)
+        valid = m & ~ignored(t, ignore_index) & (t >= 0) & (t < C)
+        t = tl.where(valid, t, 0).to(tl.int32)
     else:
         t = t.to(tl.float32)
         valid = m & (t != ignore_index)

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from segtriton.reference._common import RESERVED_IGNORE
+
 
 def _max_tile() -> int:
     """fp32 elements of one [classes, pixels] tile: 2048 (8 per thread at 8 warps) unless
@@ -47,7 +49,8 @@ MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = (32, 64)  # (BLOCK_C, BLOCK_P) when classes are streamed
-NO_LABEL = -(2**31)  # stands for ignore_index=None on integer labels: no int32 label equals it
+NO_LABEL = RESERVED_IGNORE  # stands for ignore_index=None on integer labels (see ``ignored``)
+_NO_LABEL = tl.constexpr(NO_LABEL)
 MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
 
 
@@ -108,7 +111,8 @@ def loss_views(
 
 def ignore_arg(ignore_index: float | None, labels: bool) -> tuple[int | float, bool]:
     """``(value, has_ignore)`` to pass a kernel: an int for integer labels (``NO_LABEL``
-    for None), a float for masks (``has_ignore`` False for None)."""
+    for None; ``check_ignore_index`` refuses it as a user value), a float for masks
+    (``has_ignore`` False for None)."""
     if ignore_index is None:
         return (NO_LABEL if labels else 0.0), False
     return (int(ignore_index) if labels else float(ignore_index)), True
@@ -137,6 +141,24 @@ def num_warps_for(block_c: int, block_p: int) -> int:
 def sum_partials(partials: torch.Tensor) -> torch.Tensor:
     """Fixed-order sum of per-program partial sums (deterministic, no float atomics)."""
     return partials.sum(dtype=torch.float32)
+
+
+@triton.jit
+def label_values(y):
+    """Loaded integer labels in a dtype that holds them and the bounds they are tested
+    against (negative ones too): int64 labels stay int64, narrower ones become int32."""
+    if y.dtype == tl.int64:
+        return y
+    else:
+        return y.to(tl.int32)
+
+
+@triton.jit
+def ignored(y, ignore_index):
+    """Which labels ``y`` (from :func:`label_values`) equal ``ignore_index`` (none for
+    ``NO_LABEL``, which no user value equals): int64 labels past int32 are not truncated
+    into classes. Both tests are on ``y``: ``ignore_index`` may be a constexpr."""
+    return (y == ignore_index) & (y != _NO_LABEL)
 
 
 @triton.jit

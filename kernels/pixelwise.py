@@ -15,7 +15,8 @@ Same signatures and semantics as ``segtriton.reference`` (see the formulas there
   capturable and registered as ``torch.library`` custom ops for ``torch.compile``
   (eager calls skip the custom-op dispatcher: see ``_ops.py``).
 - Reductions are per-program partial sums added in a fixed order: bitwise deterministic.
-- Labels of any integer dtype are read in the kernel. A label outside ``[0, C)`` that is
+- Labels (uint8 to int64) are read in the kernel and range-tested in their own dtype
+  before any cast to int32. A label outside ``[0, C)`` that is
   not ``ignore_index`` (or a mask value outside [0, 1]) makes the loss NaN instead of
   triggering a device-side assert; ``validate=True`` checks the values first and raises a
   ``ValueError`` naming the bad label (this reads the labels on the host: a sync), and
@@ -47,12 +48,12 @@ from segtriton.reference.pixelwise import sigmoid_focal_options
 from ._ops import Op, op
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
 from ._tiles import (
-    NO_LABEL,
     STAGES,
     TILES_PER_PROGRAM,
     cdiv,
     class_blocks,
     grad_like,
+    ignore_arg,
     label_view,
     loss_views,
     next_pow2,
@@ -502,7 +503,7 @@ def _sigmoid_launch(
         sgb,
         sgc,
         sgs,
-        NO_LABEL if ignore_index is None else ignore_index,
+        ignore_arg(ignore_index, labels)[0],
         gamma,
         0.0 if alpha is None else alpha,
         IS_FOCAL=focal,

@@ -3,7 +3,8 @@
 Conventions (all losses):
 - ``logits`` is ``[B, C, *spatial]`` (one or more spatial dims), any floating dtype.
   Arithmetic runs in float32, or float64 when the logits are float64.
-- multiclass targets are integer labels ``[B, *spatial]`` (any integer dtype);
+- multiclass targets are integer labels ``[B, *spatial]`` (uint8, int8, int16, int32 or
+  int64; ``ignore_index`` any int64 but ``RESERVED_IGNORE``);
   binary / multilabel targets are ``{0, 1}`` or soft masks ``[B, C, *spatial]``
   (for C = 1 a ``[B, *spatial]`` mask is accepted too).
 - ``ignore_index`` marks target values that take no part in the loss.
@@ -156,14 +157,25 @@ def check_num_classes(num_classes: object, what: str = "") -> int:
     return num_classes
 
 
+RESERVED_IGNORE = -(2**31)  # the kernels' stand-in for ignore_index=None on labels
+
+
 def check_ignore_index(ignore_index: object, labels: bool) -> None:
-    """``ignore_index`` is None, an int for integer labels, or a real number for masks (a
-    float such as 2.5 would match no label, or be truncated to one)."""
+    """``ignore_index`` is None, an int64 other than ``RESERVED_IGNORE`` (-2^31) for integer
+    labels, or a real number for masks (a float such as 2.5 would match no label, or be
+    truncated to one)."""
     if ignore_index is None:
         return
     if not isinstance(ignore_index, bool) and (
         _is_int(ignore_index) if labels else is_number(ignore_index)
     ):
+        if labels and not -(2**63) <= ignore_index < 2**63:
+            raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
+        if labels and ignore_index == RESERVED_IGNORE:
+            raise ValueError(
+                f"ignore_index={RESERVED_IGNORE} is reserved (the kernels' stand-in for "
+                "None): use None or another value"
+            )
         return
     kind = "an int (labels are integers)" if labels else "a number"
     raise TypeError(f"ignore_index must be None or {kind}, got {ignore_index!r}")
@@ -183,11 +195,19 @@ def check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
 
 
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def check_label_dtype(target: torch.Tensor) -> None:
+    """Integer labels of a dtype in ``LABEL_DTYPES``: uint16/32/64 are refused, as torch
+    cannot compare them on every device (and a reference could not check them)."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
+    if target.dtype not in LABEL_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in LABEL_DTYPES)
+        raise TypeError(f"target dtype {target.dtype} is not supported: use one of {names}")
     if target.numel() == 0:
         raise ValueError(f"target is empty (shape {tuple(target.shape)})")
 

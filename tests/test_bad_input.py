@@ -226,3 +226,44 @@ def test_bad_flags_of_metrics_are_named():
         for flag in flags:
             with pytest.raises(TypeError, match=f"{flag} must be a bool"):
                 fn(*args, **{flag: "yes"})
+
+
+@pytest.mark.parametrize("bad", [2**32 + 1, 2**31, -(2**32) + 2, -(2**31)])
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+def test_labels_past_int32(entry, bad, gen):
+    """An int64 label outside int32 is a bad label, never a class it would become when
+    truncated to 32 bits (2^32 + 1 is not class 1; 2^31 and -2^31 are not 'no label'): the
+    reference and ``validate=True`` name it, the kernel alone gives NaN."""
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    y[0, 1, 2] = bad
+    opts = entry.variants[0]
+    for fn, extra in ((entry.reference, {}), (entry.kernel, {"validate": True})):
+        with pytest.raises(ValueError, match=rf"label {bad} outside \[0, 3\)"):
+            fn(x, y, **opts, **extra)
+    assert torch.isnan(entry.kernel(x, y, **opts).sum())
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_metric_labels_past_int32(lib):
+    y = torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    for bad in (2**32 + 1, 2**31, -(2**31)):
+        z = y.clone()
+        z[1, 2, 3] = bad
+        for preds, target in ((z, y), (y, z)):
+            with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+                lib.confusion_matrix(preds, target, 3)
+
+
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+def test_unsupported_label_dtypes_and_reserved_ignore_index(entry, gen):
+    """uint16/32/64 labels are refused by name (torch cannot compare them on every device),
+    and so is ignore_index = -2^31, which the kernels use to mean None."""
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    opts = entry.variants[0]
+    for fn in (entry.reference, entry.kernel):
+        for dtype in (torch.uint16, torch.uint32, torch.uint64):
+            with pytest.raises(TypeError, match=f"target dtype {dtype} is not supported"):
+                fn(x, y.to(dtype), **opts)
+        for bad, message in ((-(2**31), "is reserved"), (2**63, "must fit in int64")):
+            with pytest.raises(ValueError, match=message):
+                fn(x, y, **{**opts, "ignore_index": bad})
