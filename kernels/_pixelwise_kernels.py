@@ -145,7 +145,10 @@ def _softmax_terms(
     loss, k = _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL)
     if not IS_FOCAL:
         k = k * (1.0 - smoothing)
-        loss = (1.0 - smoothing) * loss + eps_c * (smooth_sum + w_sum * tl.log(s))
+        # without smoothing the term is dropped, not multiplied by 0: a class masked with
+        # a -inf logit makes it inf (F.cross_entropy gives a finite loss there)
+        smooth = eps_c * (smooth_sum + w_sum * tl.log(s))
+        loss = (1.0 - smoothing) * loss + tl.where(eps_c > 0.0, smooth, 0.0)
     return loss, k, t
 
 

@@ -1,0 +1,40 @@
+"""A class masked out with -inf logits (a common way to leave out classes an image cannot
+hold): every softmax loss on integer labels matches the reference, value and gradient.
+The CE kernel once returned NaN there: it multiplied the label-smoothing term, infinite
+for a -inf logit, by a smoothing of 0. (The one-vs-rest sigmoid focal loss is left out:
+at a -inf logit its reference gradient is NaN, as BCE-with-logits is in torch.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import DEVICE, assert_matches
+
+from segtriton.registry import LOSSES, make_inputs
+
+CASES = [
+    (entry, options)
+    for entry in LOSSES
+    if entry.kernel is not None and entry.target == "labels" and entry.name != "sigmoid_focal_ovr"
+    for options in entry.variants
+    if entry.target_kind(options) == "labels"
+]
+
+
+def _classes(entry, options: dict) -> list[int]:
+    """Class counts to try: the length of a per-class option, else one tile, and for the
+    default options also C = 300 (classes streamed in chunks)."""
+    lengths = {len(v) for v in options.values() if isinstance(v, list) and len(v) > 2}
+    return sorted(lengths) or ([4, 300] if options == entry.variants[0] else [4])
+
+
+@pytest.mark.parametrize(
+    "entry, options", CASES, ids=[f"{e.name}-{i}" for i, (e, _) in enumerate(CASES)]
+)
+def test_class_masked_with_minus_inf(entry, options, seed, gen):
+    for C in _classes(entry, options):
+        x, t = make_inputs(entry, (2, C, 4, 5), options, torch.float32, gen, device=DEVICE)
+        x[:, 1] = float("-inf")
+        t = torch.where(t == 1, 0, t)  # no pixel holds the masked class
+        loss, grad = assert_matches(entry, x, t, options, torch.float32, seed)
+        assert not grad.isnan().any()
