@@ -18,6 +18,7 @@ import torch
 from segtriton.reference import boundary as ref_boundary
 from segtriton.reference._common import (
     check_choice,
+    check_constant,
     check_ignore_index,
     check_mode,
     check_num_classes,
@@ -248,7 +249,7 @@ def boundary_loss(
 ) -> torch.Tensor:
     """Triton boundary loss; semantics of ``segtriton.reference.boundary_loss`` with the
     map from :func:`signed_distance_map` (GPU EDT) unless ``dist_map`` is given (any float
-    dtype and layout; it gets no gradient).
+    dtype and layout; it gets no gradient, so one that requires grad is refused).
 
     'mean' and 'sum' run one fused kernel: it reads the logits, the map and the labels
     (masks) once, sums ``p_c phi_c`` over valid entries of the selected classes and writes
@@ -273,6 +274,8 @@ def boundary_loss(
         )
     elif dist_map.device != logits.device:
         raise ValueError(f"dist_map is on {dist_map.device} but logits on {logits.device}")
+    else:
+        check_constant("dist_map", dist_map)
     if reduction == "none":
         with value_checks(False):
             return ref_boundary.boundary_loss(

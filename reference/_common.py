@@ -304,7 +304,8 @@ def checked_target(
     read_values: bool,
 ) -> torch.Tensor:
     """Integer labels (``labels``) or masks (returned as ``[B, C, *S]``) checked against the
-    logits; their values are read (a host sync) only with ``read_values``."""
+    logits for a kernel; their values are read (a host sync) only with ``read_values``. A
+    mask that requires grad is refused: the kernels give the target no gradient."""
     check_ignore_index(ignore_index, labels)
     if labels:
         check_label_shape(logits, target)
@@ -312,9 +313,20 @@ def checked_target(
             label_mask(target, logits.shape[1], ignore_index)
         return target
     target = mask_shape(logits, target)
+    check_constant("target", target)
     if read_values:
         check_masks(logits, target, ignore_index)
     return target
+
+
+def check_constant(name: str, value: torch.Tensor) -> None:
+    """A kernel input that gets no gradient must not require one (it would silently get
+    None where the reference gives a gradient)."""
+    if value.requires_grad:
+        raise ValueError(
+            f"{name} requires grad, but the Triton kernels give it no gradient: pass "
+            f"{name}.detach(), or use segtriton.reference for a gradient with respect to it"
+        )
 
 
 def check_mode(mode: str, logits: torch.Tensor) -> None:

@@ -267,3 +267,24 @@ def test_unsupported_label_dtypes_and_reserved_ignore_index(entry, gen):
         for bad, message in ((-(2**31), "is reserved"), (2**63, "must fit in int64")):
             with pytest.raises(ValueError, match=message):
                 fn(x, y, **{**opts, "ignore_index": bad})
+
+
+@pytest.mark.parametrize("entry", MASKS, ids=lambda e: e.name)
+def test_target_requiring_grad_is_refused_by_kernels(entry, gen):
+    """The reference gives a soft target a gradient, the kernels give it none: rather than
+    return None for it silently, a kernel refuses a target that requires grad."""
+    x, t = (v.to(DEVICE) for v in _inputs(entry, gen))
+    t = t.float().requires_grad_(True)
+    opts = entry.variants[0]
+    torch.autograd.grad(entry.reference(x, t, **opts).sum(), t)  # raises if t is unused
+    with pytest.raises(ValueError, match="target requires grad"):
+        entry.kernel(x, t, **opts)
+    entry.kernel(x, t.detach(), **opts)
+
+
+def test_dist_map_requiring_grad_is_refused_by_the_kernel():
+    x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    phi = ker.signed_distance_map(y, 3).requires_grad_(True)
+    with pytest.raises(ValueError, match="dist_map requires grad"):
+        ker.boundary_loss(x, y, dist_map=phi)
+    ker.boundary_loss(x, y, dist_map=phi.detach())
