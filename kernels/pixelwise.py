@@ -36,6 +36,7 @@ import torch
 from segtriton.reference._common import (
     check_choice,
     check_class_vector,
+    check_constant,
     check_logits,
     check_mode,
     check_number,
@@ -70,7 +71,10 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 def _class_vector(name: str, value, C: int, logits: torch.Tensor, validate: bool):
     """fp32 per-class vector on the logits' device; a tensor's values are read only with
-    ``validate`` (a list's are always checked, on the host)."""
+    ``validate`` (a list's are always checked, on the host). A tensor that requires grad is
+    refused: the kernels give it no gradient."""
+    if isinstance(value, torch.Tensor):
+        check_constant(name, value)
     like = logits.new_empty(0, dtype=torch.float32)
     return check_class_vector(name, value, C, like, check_values=validate)
 

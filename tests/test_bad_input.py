@@ -288,3 +288,16 @@ def test_dist_map_requiring_grad_is_refused_by_the_kernel():
     with pytest.raises(ValueError, match="dist_map requires grad"):
         ker.boundary_loss(x, y, dist_map=phi)
     ker.boundary_loss(x, y, dist_map=phi.detach())
+
+
+def test_class_vectors_requiring_grad_are_refused_by_kernels():
+    x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    w = torch.tensor([0.5, 1.0, 2.0], device=DEVICE, requires_grad=True)
+    for fn, name in (
+        (ker.cross_entropy, "weight"),
+        (ker.dice_loss, "weight"),
+        (ker.softmax_focal_loss, "alpha"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} requires grad"):
+            fn(x, y, **{name: w})
+        fn(x, y, **{name: w.detach()})
