@@ -124,7 +124,11 @@ run_lease() {
     [ -f "$OUT/pytest-benchmark.json" ] && cp "$OUT/pytest-benchmark.json" "$dir/"
     SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT - 30))) run_sweep targets \
         --providers compile --dtypes bf16 --reps 20 --resume > /dev/null
-    sed -n '/^## Issue targets/,/^## /p' "$dir/report.md" | head -n 70
+    if [ -f "$dir/report.md" ]; then
+        sed -n '/^## Issue targets/,/^## /p' "$dir/report.md" | head -n 70
+    else
+        echo "no report.md: the targets sweep wrote no rows (see sweep.log)"
+    fi
 }
 
 variant_runs() {  # BASE CAP "NAME:VAR=VALUE ..." SWEEP-FLAGS...: Triton alone per variant
