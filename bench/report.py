@@ -316,6 +316,15 @@ def build_report(dirs: list[Path], out: Path) -> Path:
             "",
         ]
     failed = df[df.passed.eq(False)]
+    ungated = df.grad_gated.eq(False) & (df["mode"] != "fwd") if "grad_gated" in df else []
+    if any(ungated):
+        lines += [
+            f"Rows of {', '.join(sorted(set(df.loss[ungated])))} passed on the loss value: "
+            "their gradient depends on how tied errors are ordered, so its error "
+            "(grad_rel_err) is shown but not gated here; the test suite compares it on "
+            "tie-free inputs.",
+            "",
+        ]
     if df.passed.isna().any():
         lines += [
             f"{int(df.passed.isna().sum())} row(s) come from pytest-benchmark and were "

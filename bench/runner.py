@@ -152,7 +152,10 @@ def run_case(
         del ref_grad
     else:
         row["grad_rel_err"] = float("nan")
-    grad_ok = not need_grad or row["grad_rel_err"] <= GRAD_TOL[case.dtype]
+    # a tie-order-dependent gradient (Lovasz) is recorded, not gated: at bf16 and millions
+    # of pixels tied errors are common, and the tests check it on tie-free inputs
+    row["grad_gated"] = need_grad and not entry.tie_order_grad
+    grad_ok = not row["grad_gated"] or row["grad_rel_err"] <= GRAD_TOL[case.dtype]
     row["passed"] = bool(row["loss_rel_err"] <= LOSS_TOL and grad_ok)
     del ref_loss, grad
 

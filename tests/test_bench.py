@@ -392,3 +392,28 @@ def test_floor_chart_adds_the_graph_figures_as_their_own_bars(tmp_path):
     assert (tmp_path / "floor.png").stat().st_size > 0
     assert not _chart_bars(df.drop(columns="graph_pct_of_copy_bw"), "graph_pct_of_copy_bw", "%",
                            tmp_path / "none.png")  # fmt: skip
+
+
+def test_tie_order_gradients_are_recorded_not_gated(tmp_path, monkeypatch):
+    """A provider whose gradient is twice the right one (same loss value) fails a Dice row
+    but passes a Lovasz row, whose gradient depends on how tied errors are ordered: its
+    error is kept in the row and the report says it was not gated."""
+    real = runner.make_provider
+
+    def doubled(case, entry):
+        fn = real(case, entry)
+        return lambda x, t, **o: fn(x.detach() + 2 * (x - x.detach()), t, **o)
+
+    monkeypatch.setattr(runner, "make_provider", doubled)
+    rows = []
+    for loss in ("dice", "lovasz_softmax"):
+        case = runner.Case(loss, "eager", (2, 3, 5, 7), "fp32", "int64", "fwd+bwd",
+                           "contiguous", 0.0)  # fmt: skip
+        row = runner.run_case(case, torch.device("cpu"), copy_gbps=1.0, reps=1)
+        assert row["loss_rel_err"] < 1e-6 and row["grad_rel_err"] > 0.5, row
+        assert row["grad_gated"] == (loss == "dice") and row["passed"] == (loss != "dice")
+        rows.append(row)
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    main(["report", str(tmp_path), "--out", str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert "Rows of lovasz_softmax passed on the loss value" in report
