@@ -84,7 +84,7 @@ def _valid_sum_kernel(
         t = t.to(tl.float32)
         valid = m & (t != ignore_index)
     if HAS_W and LABELS:
-        val = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(tl.float32)
+        val = tl.load(w_ptr + t, mask=valid, other=0.0).to(tl.float32)
     elif HAS_W:
         w_r = tl.load(w_ptr + offs_r, mask=offs_r < R, other=0.0).to(tl.float32)
         val = tl.where(valid, w_r[:, None], 0.0)

@@ -49,8 +49,7 @@ MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = (32, 64)  # (BLOCK_C, BLOCK_P) when classes are streamed
-NO_LABEL = RESERVED_IGNORE  # stands for ignore_index=None on integer labels (see ``ignored``)
-_NO_LABEL = tl.constexpr(NO_LABEL)
+_NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
 MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
 
 
@@ -110,11 +109,11 @@ def loss_views(
 
 
 def ignore_arg(ignore_index: float | None, labels: bool) -> tuple[int | float, bool]:
-    """``(value, has_ignore)`` to pass a kernel: an int for integer labels (``NO_LABEL``
+    """``(value, has_ignore)`` to pass a kernel: an int for integer labels (``RESERVED_IGNORE``
     for None; ``check_ignore_index`` refuses it as a user value), a float for masks
     (``has_ignore`` False for None)."""
     if ignore_index is None:
-        return (NO_LABEL if labels else 0.0), False
+        return (RESERVED_IGNORE if labels else 0.0), False
     return (int(ignore_index) if labels else float(ignore_index)), True
 
 
@@ -156,7 +155,7 @@ def label_values(y):
 @triton.jit
 def ignored(y, ignore_index):
     """Which labels ``y`` (from :func:`label_values`) equal ``ignore_index`` (none for
-    ``NO_LABEL``, which no user value equals): int64 labels past int32 are not truncated
+    ``RESERVED_IGNORE``, which no user value equals): int64 labels past int32 are not truncated
     into classes. Both tests are on ``y``: ``ignore_index`` may be a constexpr."""
     return (y == ignore_index) & (y != _NO_LABEL)
 
