@@ -6,13 +6,19 @@ be set before ``triton`` is first imported.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from segtriton.reference._common import checks_flags
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def interpreter_enabled() -> bool:
@@ -37,6 +43,30 @@ def interpreter_problem() -> str | None:
         f"Triton {triton.__version__}'s interpreter cannot run loops with NumPy "
         f"{np.__version__} (triton-lang/triton#9171): install triton>=3.7 or numpy<2.4"
     )
+
+
+def kernel_api(fn: Callable) -> Callable:
+    """Decorate a public kernel function: its bool options pass ``checks_flags``, and float
+    logits (the first argument) must be of a dtype in ``KERNEL_DTYPES``. The kernels
+    compute in float32, so float64 logits are refused rather than rounded without a word
+    (``segtriton.reference`` computes in float64)."""
+    checked = checks_flags(fn)
+
+    @functools.wraps(fn)
+    def entry(logits: object, *args: object, **kwargs: object) -> object:
+        if (
+            isinstance(logits, torch.Tensor)
+            and logits.is_floating_point()
+            and logits.dtype not in KERNEL_DTYPES
+        ):
+            raise TypeError(
+                f"segtriton.kernels.{fn.__name__} takes float32, float16 or bfloat16 logits "
+                f"(it computes in float32), got {logits.dtype}; "
+                f"segtriton.reference.{fn.__name__} computes in float64"
+            )
+        return checked(logits, *args, **kwargs)
+
+    return entry
 
 
 @triton.jit

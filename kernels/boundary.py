@@ -32,6 +32,7 @@ from segtriton.reference._common import (
 from ._boundary_kernels import _boundary_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
+from ._runtime import kernel_api
 from ._tiles import cdiv, class_blocks, ignore_arg, loss_views, next_pow2, num_warps_for, pixel_view
 from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
 
@@ -235,7 +236,7 @@ def _(logits, target, dist_map, counts, labels, ignore_index, n_selected, reduct
 _register_fused_autograd(_boundary_op, None, 7)
 
 
-@checks_flags
+@kernel_api
 def boundary_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

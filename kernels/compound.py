@@ -18,10 +18,11 @@ import torch
 import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
-from segtriton.reference._common import check_logits, check_number, checks_flags
+from segtriton.reference._common import check_logits, check_number
 from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
 from segtriton.reference.pixelwise import sigmoid_focal_options
 
+from ._runtime import kernel_api
 from ._tiles import MAX_SINGLE_C
 from .pixelwise import (
     _class_vector,
@@ -64,7 +65,7 @@ def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
     return wp, wn
 
 
-@checks_flags
+@kernel_api
 def ce_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -107,7 +108,7 @@ def ce_dice_loss(
     return lambda_ce * ce + lambda_dice * dice
 
 
-@checks_flags
+@kernel_api
 def bce_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -142,7 +143,7 @@ def bce_dice_loss(
     )  # fmt: skip
 
 
-@checks_flags
+@kernel_api
 def focal_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -193,7 +194,7 @@ def focal_dice_loss(
     )  # fmt: skip
 
 
-@checks_flags
+@kernel_api
 def combo_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -29,7 +29,6 @@ import torch
 from segtriton.reference._common import (
     check_masks,
     checked_target,
-    checks_flags,
 )
 from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
 
@@ -40,6 +39,7 @@ from ._lovasz_kernels import (
     _lovasz_softmax_grad_kernel,
 )
 from ._ops import op
+from ._runtime import kernel_api
 from ._tiles import (
     CHUNK,
     cdiv,
@@ -220,7 +220,7 @@ def _backward(ctx, grad_rows, *_):
 _lovasz_rows.register_autograd(_backward, _setup)
 
 
-@checks_flags
+@kernel_api
 def lovasz_hinge_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -243,7 +243,7 @@ def lovasz_hinge_loss(
     return reduce_units(losses, reduction)
 
 
-@checks_flags
+@kernel_api
 def lovasz_softmax_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -28,11 +28,11 @@ from segtriton.reference._common import (
     check_ignore_index,
     check_label_dtype,
     check_num_classes,
-    checks_flags,
 )
 from segtriton.reference.metrics import metrics_from_confusion
 
 from ._metrics_kernels import _confusion_kernel
+from ._runtime import kernel_api
 from ._tiles import class_blocks, ignore_arg, label_view, next_pow2, pixel_view, tile_chunks
 
 _HIST_BINS = 4096  # private per-program histograms up to this many bins
@@ -134,7 +134,7 @@ def _raise_if_bad(bad: torch.Tensor, num_classes: int, ignore_index: int | None)
         )
 
 
-@checks_flags
+@kernel_api
 def confusion_matrix(
     preds: torch.Tensor,
     target: torch.Tensor,
@@ -152,7 +152,7 @@ def confusion_matrix(
     return cm
 
 
-@checks_flags
+@kernel_api
 def segmentation_metrics(
     preds: torch.Tensor,
     target: torch.Tensor,

@@ -41,13 +41,13 @@ from segtriton.reference._common import (
     check_mode,
     check_number,
     checked_target,
-    checks_flags,
     is_number,
 )
 from segtriton.reference.pixelwise import sigmoid_focal_options
 
 from ._ops import Op, op
 from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
+from ._runtime import kernel_api
 from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
@@ -371,7 +371,7 @@ def _need_grad(logits: torch.Tensor) -> bool:
     return logits.requires_grad and torch.is_grad_enabled()
 
 
-@checks_flags
+@kernel_api
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -422,7 +422,7 @@ def softmax_focal_options(
     return _class_vector("alpha", alpha, logits.shape[1], logits, validate), 1.0, gamma
 
 
-@checks_flags
+@kernel_api
 def softmax_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -633,7 +633,7 @@ def _(logits, target, grad_output, labels, weight, pos_weight, ignore_index, gam
 _register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 9)
 
 
-@checks_flags
+@kernel_api
 def binary_cross_entropy_with_logits(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -661,7 +661,7 @@ def binary_cross_entropy_with_logits(
     return loss
 
 
-@checks_flags
+@kernel_api
 def sigmoid_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

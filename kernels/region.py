@@ -35,13 +35,13 @@ from segtriton.reference._common import (
     check_mode,
     check_number,
     checked_target,
-    checks_flags,
     is_number,
 )
 
 from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
 from ._ops import op
 from ._region_kernels import _region_grad_kernel, _region_stats_kernel
+from ._runtime import kernel_api
 from ._tiles import (
     MAX_SINGLE_C,
     STAGES,
@@ -499,7 +499,7 @@ def _region_sums(
     return stats, pix.sum(0)
 
 
-@checks_flags
+@kernel_api
 def region_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -518,7 +518,7 @@ def region_stats(
     )[0]
 
 
-@checks_flags
+@kernel_api
 def dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -548,7 +548,7 @@ def dice_loss(
     )  # fmt: skip
 
 
-@checks_flags
+@kernel_api
 def jaccard_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -578,7 +578,7 @@ def jaccard_loss(
     )  # fmt: skip
 
 
-@checks_flags
+@kernel_api
 def tversky_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -608,7 +608,7 @@ def tversky_loss(
     )  # fmt: skip
 
 
-@checks_flags
+@kernel_api
 def focal_tversky_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -645,7 +645,7 @@ def focal_tversky_loss(
     )  # fmt: skip
 
 
-@checks_flags
+@kernel_api
 def generalized_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -301,3 +301,24 @@ def test_class_vectors_requiring_grad_are_refused_by_kernels():
         with pytest.raises(ValueError, match=f"{name} requires grad"):
             fn(x, y, **{name: w})
         fn(x, y, **{name: w.detach()})
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_float64_logits_are_refused_by_kernels(entry, gen):
+    """The kernels compute in float32: float64 logits raise instead of being rounded."""
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    opts = entry.variants[0]
+    with pytest.raises(TypeError, match=rf"{entry.kernel.__name__} takes float32.*float64"):
+        entry.kernel(x.double(), y, **opts)
+    entry.reference(x.double(), y, **opts)
+
+
+def test_float64_logits_are_refused_by_the_metrics_kernel():
+    x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    for fn in (ker.confusion_matrix, ker.segmentation_metrics):
+        with pytest.raises(TypeError, match="got torch.float64"):
+            fn(x.double(), y, 3)
+        fn(x, y, 3)
+    assert torch.equal(
+        ker.confusion_matrix(x.argmax(1).long(), y, 3), ref.confusion_matrix(x, y, 3)
+    )
