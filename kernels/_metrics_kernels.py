@@ -21,24 +21,36 @@ from ._tiles import ignored, label_values
 
 
 @triton.jit
+def _order_key(x):
+    """An int32 that orders floats as ``torch.argmax`` does: -0.0 equals 0.0 and NaN is
+    above +inf. The bits of a float order like ints when it is not negative; flipping the
+    magnitude bits of a negative one reverses its order, and the +1 puts -0.0 on 0.0."""
+    bits = x.to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, (bits ^ 0x7FFFFFFF) + 1, bits)
+    return tl.where(x != x, 0x7FFFFFFF, key)
+
+
+@triton.jit
 def _argmax_classes(
     x_ptr, b, offs_p, pmask, C, sxb, sxc, sxs, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr
 ):
-    """Per pixel, the class of the largest logit (the lowest such class on ties)."""
+    """Per pixel, the class of the largest logit (the lowest such class on ties; the first
+    NaN, if any, as in ``torch.argmax``)."""
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     base = x_ptr + b * sxb + offs_p[None, :] * sxs
     if SINGLE:
         m2 = (offs_c0 < C)[:, None] & pmask[None, :]
         x = tl.load(base + offs_c0[:, None] * sxc, mask=m2, other=float("-inf")).to(tl.float32)
-        return tl.argmax(x, axis=0).to(tl.int32)
-    best = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
+        return tl.argmax(_order_key(x), axis=0).to(tl.int32)
+    best = tl.full([offs_p.shape[0]], -(2**31), tl.int32)  # below every key
     arg = tl.zeros([offs_p.shape[0]], tl.int32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + offs_c0
         m2 = (offs_c < C)[:, None] & pmask[None, :]
         x = tl.load(base + offs_c[:, None] * sxc, mask=m2, other=float("-inf")).to(tl.float32)
-        chunk_best = tl.max(x, axis=0)
-        chunk_arg = tl.argmax(x, axis=0).to(tl.int32) + c0
+        key = _order_key(x)
+        chunk_best = tl.max(key, axis=0)
+        chunk_arg = tl.argmax(key, axis=0).to(tl.int32) + c0
         better = chunk_best > best  # strict: an earlier (lower) class keeps a tie
         best = tl.where(better, chunk_best, best)
         arg = tl.where(better, chunk_arg, arg)

@@ -5,7 +5,8 @@ Semantics of ``segtriton.reference.metrics`` (rows: target, columns: prediction;
 a class with an empty denominator, left out of means). How the matrix is built:
 
 - One pass over predictions and targets. Predictions are integer labels, or logits whose
-  argmax over classes is taken in the same pass (ties to the lowest class), read in place
+  argmax over classes is taken in the same pass with ``torch.argmax``'s order (ties to
+  the lowest class, -0.0 equal to 0.0, the first NaN above everything), read in place
   through strides (NCHW, NCDHW, channels_last).
 - Counts are exact integers: for ``C * C + 2 <= 4096`` each program keeps a private
   histogram of the bins and the partial histograms are added in a fixed order; for larger

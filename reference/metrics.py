@@ -42,8 +42,9 @@ def confusion_matrix(
 ) -> torch.Tensor:
     """int64 confusion matrix ``[C, C]`` (or ``[B, C, C]`` with ``per_image=True``).
 
-    preds: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (argmax over dim 1; ties go
-    to the lowest class). Pixels whose target is ``ignore_index`` are not counted.
+    preds: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (``torch.argmax`` over dim 1:
+    ties go to the lowest class, and a pixel with a NaN logit predicts its first NaN's
+    class). Pixels whose target is ``ignore_index`` are not counted.
     """
     check_num_classes(num_classes)
     valid = label_mask(target, num_classes, ignore_index)

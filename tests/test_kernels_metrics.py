@@ -71,6 +71,27 @@ def test_argmax_ties_go_to_the_lowest_class(C):
     assert cm[1, 1] == 1 and cm[1, 0] == 5 and cm.sum() == 6
 
 
+@pytest.mark.parametrize("C", [4, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_argmax_of_special_values_is_torchs(C, dtype):
+    """NaN beats +inf (the first NaN wins), -0.0 ties 0.0, an all -inf pixel is class 0,
+    as in torch.argmax; at C = 300 the pair sits in different class chunks."""
+    nan, inf, late = float("nan"), float("inf"), C - 2
+    logits = torch.full((1, C, 1, 6), -1.0)
+    logits[0, :, 0, 0] = -inf
+    logits[0, [1, late], 0, 1] = torch.tensor([inf, nan])
+    logits[0, [1, late], 0, 2] = torch.tensor([nan, nan])
+    logits[0, [1, late], 0, 3] = torch.tensor([-0.0, 0.0])
+    logits[0, [1, late], 0, 4] = torch.tensor([0.0, -0.0])
+    logits[0, :, 0, 5] = nan
+    logits = logits.to(dtype).to(DEVICE)
+    assert logits.argmax(1).flatten().tolist() == [0, late, 1, 1, 1, 0]
+    target = torch.zeros(1, 1, 6, dtype=torch.long, device=DEVICE)
+    assert torch.equal(
+        ker.confusion_matrix(logits, target, C), ref.confusion_matrix(logits, target, C)
+    )
+
+
 @pytest.mark.parametrize("average", ["dataset", "image"])
 def test_metrics_match_reference_and_torchmetrics(average, gen):
     tm = pytest.importorskip("torchmetrics.classification")
