@@ -1,8 +1,11 @@
-"""A class masked out with -inf logits (a common way to leave out classes an image cannot
-hold): every softmax loss on integer labels matches the reference, value and gradient.
-The CE kernel once returned NaN there: it multiplied the label-smoothing term, infinite
-for a -inf logit, by a smoothing of 0. (The one-vs-rest sigmoid focal loss is left out:
-at a -inf logit its reference gradient is NaN, as BCE-with-logits is in torch.)"""
+"""Infinite logits. A class masked out with -inf logits (a common way to leave out classes
+an image cannot hold): every softmax loss on integer labels matches the reference, value
+and gradient. The CE kernel once returned NaN there: it multiplied the label-smoothing
+term, infinite for a -inf logit, by a smoothing of 0. A +inf logit makes the softmax NaN:
+the loss must be NaN as the reference's (and torch's) is; the CE kernel once returned a
+finite loss with a NaN gradient when the +inf was the true class's. (The one-vs-rest
+sigmoid focal loss is left out: at a -inf logit its reference gradient is NaN, as
+BCE-with-logits is in torch.)"""
 
 from __future__ import annotations
 
@@ -38,3 +41,17 @@ def test_class_masked_with_minus_inf(entry, options, seed, gen):
         t = torch.where(t == 1, 0, t)  # no pixel holds the masked class
         loss, grad = assert_matches(entry, x, t, options, torch.float32, seed)
         assert not grad.isnan().any()
+
+
+@pytest.mark.parametrize(
+    "entry, options", CASES, ids=[f"{e.name}-{i}" for i, (e, _) in enumerate(CASES)]
+)
+def test_plus_inf_logit_of_the_true_class_gives_nan(entry, options, gen):
+    for C in _classes(entry, options):
+        x, t = make_inputs(entry, (2, C, 4, 5), options, torch.float32, gen, device=DEVICE)
+        t[0, 0, 0] = C - 1  # at C = 300, in the last chunk of classes
+        x[0, C - 1, 0, 0] = float("inf")
+        want = entry.reference(x.cpu(), t.cpu(), **options)
+        got = entry.kernel(x, t, **options)
+        assert want.isnan().any(), "the reference is no longer NaN here: revisit this test"
+        assert torch.equal(got.isnan().cpu(), want.isnan())
