@@ -176,8 +176,11 @@ class StreamingMetrics:
     ``update`` never synchronises with the host: bad labels are counted on the device and
     reported by ``compute`` (which reads them, as it reads the metrics). Under
     torch.distributed, call ``sync(process_group)`` before ``compute``: it all-reduces the
-    int64 matrix and the bad-label count, so every rank computes the
-    metrics of the whole dataset (for average 'image' it gathers the per-image matrices).
+    int64 matrix and the bad-label count, so every rank computes the metrics of the whole
+    dataset (for average 'image' it gathers the per-image matrices). The combined counts
+    hold until the next ``update`` or ``reset``; each rank keeps its own counts, so
+    ``sync`` may be called again (after more updates, or twice) without counting a rank's
+    pixels twice.
 
     average: 'dataset' (one matrix) or 'image' (one matrix per image seen, kept until
     ``reset``).
@@ -203,6 +206,7 @@ class StreamingMetrics:
         self._bad = torch.zeros((), dtype=torch.int64)
         if self.device is not None:
             self._cm, self._bad = self._cm.to(self.device), self._bad.to(self.device)
+        self._synced: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if self._cm.device != target.device:
@@ -211,14 +215,19 @@ class StreamingMetrics:
         cm, bad = _confusion(preds, target, self.num_classes, self.ignore_index, per_image)
         self._cm = torch.cat([self._cm, cm]) if per_image else self._cm + cm
         self._bad = self._bad + bad
+        self._synced = None
 
     def sync(self, process_group: dist.ProcessGroup | None = None) -> None:
         """Combine the ranks of ``process_group`` (default: world): all-reduce (sum) the
         matrix ('dataset'), or gather every rank's per-image matrices, in rank order
-        ('image': ranks may hold different numbers of images); and the bad-label count."""
-        dist.all_reduce(self._bad, group=process_group)
+        ('image': ranks may hold different numbers of images); and the bad-label count.
+        Collective: every rank of the group must call it."""
+        bad = self._bad.clone()
+        dist.all_reduce(bad, group=process_group)
         if self.average == "dataset":
-            dist.all_reduce(self._cm, group=process_group)
+            cm = self._cm.clone()
+            dist.all_reduce(cm, group=process_group)
+            self._synced = (cm, bad)
             return
         world = dist.get_world_size(process_group)
         mine = torch.tensor([self._cm.shape[0]], device=self._cm.device)
@@ -229,12 +238,16 @@ class StreamingMetrics:
         padded[: self._cm.shape[0]] = self._cm
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=process_group)
-        self._cm = torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+        cm = torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+        self._synced = (cm, bad)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        _raise_if_bad(self._bad, self.num_classes, self.ignore_index)
-        return metrics_from_confusion(self._cm)
+        """The metrics of the counts: all ranks' after ``sync``, else this process's."""
+        cm, bad = self._synced or (self._cm, self._bad)
+        _raise_if_bad(bad, self.num_classes, self.ignore_index)
+        return metrics_from_confusion(cm)
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
-        return self._cm
+        """The matrix ``compute`` would use (all ranks' after ``sync``)."""
+        return self._synced[0] if self._synced else self._cm

@@ -159,21 +159,33 @@ def test_streaming_equals_one_shot(average, gen):
         acc.compute()
 
 
+def _assert_metrics_of(acc, logits, target, average):
+    want = ref.segmentation_metrics(logits, target, 5, average=average)
+    got = acc.compute()
+    assert torch.equal(got["confusion_matrix"].cpu(), want["confusion_matrix"])
+    torch.testing.assert_close(got["miou"].cpu(), want["miou"], rtol=0, atol=0)
+
+
 def _sync_worker(rank: int, world: int, init_file: str, seed: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         gen = torch.Generator().manual_seed(seed)
-        logits = torch.randn(4, 5, 6, 7, generator=gen)
-        target = torch.randint(0, 5, (4, 6, 7), generator=gen)
+        logits = torch.randn(6, 5, 6, 7, generator=gen)
+        target = torch.randint(0, 5, (6, 6, 7), generator=gen)
         mine = slice(0, 1) if rank == 0 else slice(1, 4)  # uneven: 1 and 3 images
+        more = slice(4, 5) if rank == 0 else slice(5, 6)  # a second update on each rank
+        seen = [0, 4] if rank == 0 else [1, 2, 3, 5]
         for average in ("dataset", "image"):
             acc = ker.StreamingMetrics(5, average=average, device=DEVICE)
             acc.update(logits[mine].to(DEVICE), target[mine].to(DEVICE))
             acc.sync()
-            want = ref.segmentation_metrics(logits, target, 5, average=average)
-            got = acc.compute()
-            assert torch.equal(got["confusion_matrix"].cpu(), want["confusion_matrix"])
-            torch.testing.assert_close(got["miou"].cpu(), want["miou"], rtol=0, atol=0)
+            acc.sync()  # a second sync must not count a rank's pixels twice
+            _assert_metrics_of(acc, logits[:4], target[:4], average)
+            acc.update(logits[more].to(DEVICE), target[more].to(DEVICE))
+            _assert_metrics_of(acc, logits[seen], target[seen], average)  # local until sync
+            acc.sync()
+            order = [0, 4, 1, 2, 3, 5]  # 'image' gathers rank 0's images, then rank 1's
+            _assert_metrics_of(acc, logits[order], target[order], average)
     finally:
         dist.destroy_process_group()
 
