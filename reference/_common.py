@@ -391,34 +391,42 @@ def check_class_vector(
     like: torch.Tensor,
     check_values: bool = True,
 ) -> torch.Tensor | None:
-    """Per-class vector (class weights, alpha, pos_weight) as a contiguous tensor of
+    """Per-class vector (class weights, alpha, pos_weight) as a contiguous ``[C]`` tensor of
     ``like``'s dtype and device.
 
-    A list of numbers is checked on the host (negative or non-finite entries are rejected,
-    at no cost) and becomes a cached :func:`device_constant`. A tensor's values are read
-    only with ``check_values`` (a host sync for a device tensor)."""
+    ``value``: C numbers, or one for every class (a number, a one-element list or tensor,
+    as torch broadcasts ``pos_weight``); a tensor may also be shaped ``[C, 1, ..., 1]``,
+    the per-class form that broadcasts against ``[B, C, *spatial]`` in torch. A list of
+    numbers is checked on the host (negative or non-finite entries are rejected, at no
+    cost) and becomes a cached :func:`device_constant`. A tensor's values are read only
+    with ``check_values`` (a host sync for a device tensor)."""
     if value is None:
         return None
+    if is_number(value) and not isinstance(value, bool):
+        value = [value]
     numbers_ = _python_numbers(value)
     if isinstance(value, (str, bytes)) or not (
         numbers_ is not None or isinstance(value, (torch.Tensor, np.ndarray, Sequence))
     ):
         raise TypeError(
-            f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}"
+            f"{name} must be a tensor, a number or a sequence of numbers, "
+            f"got {type(value).__name__}"
         )
+    wanted = f"one entry per class (C={C}) or one for all"
     if numbers_ is not None:
-        if len(numbers_) != C:
-            raise ValueError(
-                f"{name} must have one entry per class (C={C}), got {len(numbers_)} entries"
-            )
+        if len(numbers_) not in (1, C):
+            raise ValueError(f"{name} must have {wanted}, got {len(numbers_)} entries")
         if any(not math.isfinite(v) or v < 0 for v in numbers_):
-            raise ValueError(f"{name} must be finite and non-negative, got {list(value)}")
-        return device_constant(numbers_, like.dtype, like.device)
-    v = torch.as_tensor(value, dtype=like.dtype, device=like.device).contiguous()
-    if v.dim() != 1 or v.shape[0] != C:
+            raise ValueError(f"{name} must be finite and non-negative, got {numbers_}")
+        return device_constant(numbers_ * (C // len(numbers_)), like.dtype, like.device)
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if v.numel() == 1:
+        v = v.reshape(1).expand(C)
+    elif v.dim() == 0 or v.shape[0] != C or v.numel() != C:
         raise ValueError(
-            f"{name} must have one entry per class (C={C}), got shape {tuple(v.shape)}"
+            f"{name} must have {wanted}, or shape (C, 1, ..., 1); got shape {tuple(v.shape)}"
         )
+    v = v.reshape(C).contiguous()
     if check_values and (bool((v < 0).any()) or not bool(torch.isfinite(v).all())):
         raise ValueError(f"{name} must be finite and non-negative")
     return v

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from kernel_checks import DEVICE
 
-from segtriton import kernels
+from segtriton import kernels, reference
 from segtriton.reference import _common
 from segtriton.reference._common import check_class_vector, device_constant
 
@@ -54,6 +55,29 @@ def test_list_length_is_checked():
     y = torch.randint(0, 3, (2, 5, 7), device=DEVICE)
     with pytest.raises(ValueError, match=r"weight must have one entry per class \(C=3\)"):
         kernels.cross_entropy(x, y, weight=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("lib", ["reference", "kernels"])
+def test_per_class_options_broadcast_as_in_torch(lib, gen):
+    """One value for every class (a number, a one-element list or tensor) and the
+    ``[C, 1, 1]`` shape that broadcasts against ``[B, C, H, W]`` give torch's BCE."""
+    fn = (reference if lib == "reference" else kernels).binary_cross_entropy_with_logits
+    x = torch.randn(2, 3, 5, 7, generator=gen).to(DEVICE)
+    t = (torch.rand(2, 3, 5, 7, generator=gen) > 0.5).float().to(DEVICE)
+    per_class = torch.tensor([0.5, 2.0, 3.0], device=DEVICE).view(3, 1, 1)
+    for given, torch_form in (
+        (2.0, torch.tensor(2.0)),
+        ([2.0], torch.tensor([2.0])),
+        (torch.tensor([2.0], device=DEVICE), torch.tensor([2.0])),
+        (per_class, per_class.cpu()),
+    ):
+        want = F.binary_cross_entropy_with_logits(
+            x.cpu(), t.cpu(), weight=torch_form, pos_weight=torch_form
+        )
+        got = fn(x, t, weight=given, pos_weight=given)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"or shape \(C, 1, ..., 1\); got shape \(1, 3\)"):
+        fn(x, t, pos_weight=per_class.view(1, 3))
 
 
 def test_lovasz_class_list_selects_those_classes(gen):
