@@ -10,6 +10,7 @@ Offsets are int64 so tensors past 2^31 elements are addressed correctly.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -115,6 +116,22 @@ def ignore_arg(ignore_index: float | None, labels: bool) -> tuple[int | float, b
     if ignore_index is None:
         return (RESERVED_IGNORE if labels else 0.0), False
     return (int(ignore_index) if labels else float(ignore_index)), True
+
+
+@functools.lru_cache(maxsize=64)
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+
+
+def mask_ignore(ignore_index: float | None, target: torch.Tensor) -> float | None:
+    """A mask's ``ignore_index`` as the float the kernels compare its values with (read as
+    float32): rounded to an fp16/bf16 mask's dtype first, as torch compares
+    ``target != ignore_index`` in the mask's dtype (fp16 masks that hold 0.3 match 0.3)."""
+    if ignore_index is None:
+        return None
+    if target.dtype in (torch.float16, torch.bfloat16):
+        return _rounded(float(ignore_index), target.dtype)
+    return float(ignore_index)
 
 
 def tile_pixels(block_c: int, least: int = 16) -> int:

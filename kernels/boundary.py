@@ -33,7 +33,16 @@ from ._boundary_kernels import _boundary_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
 from ._runtime import kernel_api
-from ._tiles import cdiv, class_blocks, ignore_arg, loss_views, next_pow2, num_warps_for, pixel_view
+from ._tiles import (
+    cdiv,
+    class_blocks,
+    ignore_arg,
+    loss_views,
+    mask_ignore,
+    next_pow2,
+    num_warps_for,
+    pixel_view,
+)
 from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
 
 MAX_LINE = 16384  # longest axis the 1-D pass holds in one tile
@@ -169,7 +178,10 @@ def signed_distance_map(
         num_classes = target.shape[1]
     nd = target.dim() - (1 if labels else 2)
     spacing = list(ref_boundary.check_spacing(spacing, nd))
-    ign = None if ignore_index is None else float(ignore_index)
+    if labels:
+        ign = None if ignore_index is None else float(ignore_index)
+    else:
+        ign = mask_ignore(ignore_index, target)
     return _signed_map_op(target, num_classes, labels, spacing, ign)
 
 
@@ -282,13 +294,17 @@ def boundary_loss(
             return ref_boundary.boundary_loss(
                 logits, target, mode, idx, dist_map, None, ignore_index, reduction
             )
+    if labels:
+        ign = None if ignore_index is None else float(ignore_index)
+    else:
+        ign = mask_ignore(ignore_index, target)
     loss, _ = _boundary_op(
         logits,
         target,
         dist_map,
         _class_counts(idx, C, logits.device),
         labels,
-        None if ignore_index is None else float(ignore_index),
+        ign,
         float(len(idx)),
         reduction,
         _need_grad(logits),

@@ -47,6 +47,7 @@ from ._tiles import (
     grad_like,
     ignore_arg,
     label_view,
+    mask_ignore,
     next_pow2,
     num_warps_for,
     pixel_view,
@@ -238,8 +239,7 @@ def lovasz_hinge_loss(
         t, valid = check_masks(logits, target, ignore_index)
         if bool((valid & (t != 0) & (t != 1)).any()):
             raise ValueError("lovasz_hinge_loss needs hard {0, 1} targets, got soft values")
-    ign = None if ignore_index is None else float(ignore_index)
-    losses = _lovasz_rows(logits, target, per_image, ign, True)[0]
+    losses = _lovasz_rows(logits, target, per_image, mask_ignore(ignore_index, target), True)[0]
     return reduce_units(losses, reduction)
 
 

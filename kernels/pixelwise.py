@@ -57,6 +57,7 @@ from ._tiles import (
     ignore_arg,
     label_view,
     loss_views,
+    mask_ignore,
     next_pow2,
     num_warps_for,
     pixel_view,
@@ -654,7 +655,7 @@ def binary_cross_entropy_with_logits(
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
-    ign = None if ignore_index is None else float(ignore_index)
+    ign = mask_ignore(ignore_index, target)
     loss, _ = _sigmoid_pixel_loss(
         logits, target, False, w, pw, ign, 0.0, None, False, reduction, _need_grad(logits)
     )
@@ -682,7 +683,10 @@ def sigmoid_focal_loss(
     gamma, alpha = sigmoid_focal_options(gamma, alpha)
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
-    ign = None if ignore_index is None else (int(ignore_index) if labels else float(ignore_index))
+    if labels:
+        ign = None if ignore_index is None else int(ignore_index)
+    else:
+        ign = mask_ignore(ignore_index, target)
     loss, _ = _sigmoid_pixel_loss(
         logits,
         target,

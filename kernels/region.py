@@ -51,6 +51,7 @@ from ._tiles import (
     grad_like,
     ignore_arg,
     loss_views,
+    mask_ignore,
     next_pow2,
     num_warps_for,
     pixel_view,
@@ -414,7 +415,9 @@ def _checked(logits, target, mode, ignore_index, scope, validate):
     check_mode(mode, logits)
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
-    return target, labels, None if ignore_index is None else float(ignore_index)
+    if labels:
+        return target, labels, None if ignore_index is None else float(ignore_index)
+    return target, labels, mask_ignore(ignore_index, target)
 
 
 def fused_loss(

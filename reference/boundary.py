@@ -76,9 +76,10 @@ def signed_distance_map(
         if ignore_index is not None:
             masks &= (labels != ignore_index)[:, None]
     else:
-        t = target.detach().cpu().numpy()
+        t = target.detach()
         if ignore_index is not None:
-            t = np.where(t == ignore_index, 0, t)
+            t = t.masked_fill(t == ignore_index, 0)  # compared in the mask's dtype, as torch does
+        t = t.cpu().double().numpy()  # NumPy has no bfloat16
         if not np.isin(t, (0, 1)).all():
             raise ValueError("signed_distance_map needs hard {0, 1} masks")
         masks = t.astype(bool)
