@@ -212,15 +212,21 @@ def check_label_dtype(target: torch.Tensor) -> None:
         raise ValueError(f"target is empty (shape {tuple(target.shape)})")
 
 
+def not_ignored(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """Where integer labels are not ``ignore_index``, compared as numbers (in int64): an
+    ignore_index outside the label dtype's range matches no label, where torch's ``!=``
+    would wrap it (uint8 labels equal -100 at 156)."""
+    if ignore_index is None:
+        return torch.ones_like(target, dtype=torch.bool)
+    return target.long() != ignore_index
+
+
 def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
     """Check integer labels lie in ``[0, num_classes)`` or equal ``ignore_index``; return the
     valid (not ignored) mask. Reads the values (a host sync on a GPU)."""
     check_label_dtype(target)
     check_ignore_index(ignore_index, labels=True)
-    if ignore_index is None:
-        valid = torch.ones_like(target, dtype=torch.bool)
-    else:
-        valid = target != ignore_index
+    valid = not_ignored(target, ignore_index)
     bad = valid & ((target < 0) | (target >= num_classes))
     if _checking_values() and bool(bad.any()):
         value = int(target[bad].flatten()[0])

@@ -23,6 +23,7 @@ from ._common import (
     check_mode,
     check_num_classes,
     check_numbers,
+    not_ignored,
 )
 
 
@@ -71,10 +72,10 @@ def signed_distance_map(
     check_ignore_index(ignore_index, mode == "multiclass")
     if mode == "multiclass":
         check_num_classes(num_classes, "signed_distance_map of multiclass labels")
+        valid = not_ignored(target.detach(), ignore_index).cpu().numpy()
         labels = target.detach().cpu().numpy()
         masks = labels[:, None] == np.arange(num_classes).reshape(1, -1, *([1] * (labels.ndim - 1)))
-        if ignore_index is not None:
-            masks &= (labels != ignore_index)[:, None]
+        masks &= valid[:, None]
     else:
         t = target.detach()
         if ignore_index is not None:

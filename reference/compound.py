@@ -26,6 +26,7 @@ from ._common import (
     check_masks,
     check_number,
     checks_flags,
+    not_ignored,
     reduce_pixels,
 )
 from .pixelwise import (
@@ -79,9 +80,7 @@ def _global_pixel_term(
     if process_group is None:
         return term
     if labels:
-        valid = torch.ones_like(target, dtype=torch.bool)
-        if ignore_index is not None:
-            valid = target != ignore_index
+        valid = not_ignored(target, ignore_index)
         w = check_class_vector("weight", weight, logits.shape[1], term)
         per_pixel = valid.to(term.dtype)
         if w is not None:

@@ -255,6 +255,31 @@ def test_metric_labels_past_int32(lib):
 
 
 @pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+def test_ignore_index_outside_the_label_dtype_matches_no_label(entry, gen):
+    """ignore_index is compared with labels as a number: -100 is no uint8 label (torch's
+    ``==`` wraps it to 156, which the reference once ignored), and with 3 classes a uint8
+    255 is then a bad label, not an ignored one."""
+    C = 160
+    x = torch.randn(2, C, 2, 3, generator=gen).to(DEVICE)
+    y = torch.randint(0, C, (2, 2, 3), generator=gen).to(DEVICE)
+    y[0, 0, 0] = 156
+    opts = {**entry.variants[0], "ignore_index": -100}
+    for fn in (entry.reference, entry.kernel):
+        torch.testing.assert_close(fn(x, y.to(torch.uint8), **opts), fn(x, y, **opts))
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    y[0, 1, 2] = 255
+    with pytest.raises(ValueError, match=r"label 255 outside \[0, 3\)"):
+        entry.reference(x, y.to(torch.uint8), **{**entry.variants[0], "ignore_index": -1})
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_metric_ignore_index_outside_the_label_dtype(lib):
+    y = torch.arange(160).reshape(2, 8, 10).to(DEVICE)
+    for target in (y, y.to(torch.uint8)):
+        assert lib.confusion_matrix(y, target, 160, ignore_index=-100).trace() == 160
+
+
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
 def test_unsupported_label_dtypes_and_reserved_ignore_index(entry, gen):
     """uint16/32/64 labels are refused by name (torch cannot compare them on every device),
     and so is ignore_index = -2^31, which the kernels use to mean None."""
