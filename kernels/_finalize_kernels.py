@@ -211,10 +211,10 @@ def _region_finalize_kernel(
             bmask = offs_b < n_rows
             pix_sum += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C, mask=bmask, other=0.0))
             div += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C + 1, mask=bmask, other=0.0))
-        if PIX_MEAN:  # no valid entry: a NaN term (as F.cross_entropy) with zero gradient
+        if PIX_MEAN:  # a divisor of 0 (as F.cross_entropy): NaN term, kpix inf (see pass 2)
             ok = div > 0.0
             pix = tl.where(ok, pix_sum / tl.where(ok, div, 1.0), float("nan"))
-            kpix = tl.where(ok, lam_pix / tl.where(ok, div, 1.0), 0.0)
+            kpix = lam_pix / div
         else:
             pix = pix_sum
             kpix = lam_pix

@@ -168,13 +168,15 @@ def _load_chunk(
 @triton.jit
 def _pixel_term(
     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-    smoothing, gamma, scale, alpha,
+    smoothing, gamma, scale, alpha, kpix,
     PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, HAS_ALPHA: tl.constexpr,
 ):  # fmt: skip
     """The compound loss's pixel term on a whole-class tile: per pixel ``(loss, divisor)``
-    and the tile of its gradient. PIXEL 1: CE (``w_ptr`` class weights, label smoothing) or
-    softmax focal (``w_ptr`` alpha, else ``scale``); PIXEL 2: BCE (``w_ptr`` = weight *
-    pos_weight and ``w2_ptr`` = weight per class) or sigmoid focal (``alpha``)."""
+    and the tile of its gradient times ``kpix``, 0 where not valid (``kpix`` is inf for a
+    'mean' whose divisor is 0: then an entry of weight 0 gets NaN, as in torch). PIXEL 1:
+    CE (``w_ptr`` class weights, label smoothing) or softmax focal (``w_ptr`` alpha, else
+    ``scale``); PIXEL 2: BCE (``w_ptr`` = weight * pos_weight and ``w2_ptr`` = weight per
+    class) or sigmoid focal (``alpha``)."""
     cmask = offs_c < C
     if PIXEL == 1:
         is_y = offs_c[:, None] == ys[None, :]
@@ -195,7 +197,7 @@ def _pixel_term(
         else:
             den = pvalid.to(tl.float32)
         dx = _softmax_grad_tile(
-            x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, tl.zeros_like(m) + 1.0, pvalid
+            x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, tl.zeros_like(m) + kpix, pvalid
         )
     else:
         wp = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
@@ -204,7 +206,7 @@ def _pixel_term(
         loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
         loss = tl.sum(loss, axis=0)
         den = tl.sum(valid.to(tl.float32), axis=0)
-        dx = tl.where(valid, dx, 0.0)
+        dx = tl.where(valid, dx * kpix, 0.0)
     return loss, den, dx
 
 
@@ -288,7 +290,7 @@ def _region_stats_kernel(
             if PIXEL != 0:
                 loss, den, dx = _pixel_term(
                     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                    smoothing, gamma, scale, alpha, 1.0, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
                 )  # fmt: skip
                 acc_loss += loss
                 acc_den += den
@@ -308,7 +310,7 @@ def _region_stats_kernel(
                 if PIXEL == 2:  # elementwise, so it streams with the classes
                     loss, den, dx = _pixel_term(
                         xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                        smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                        smoothing, gamma, scale, alpha, 1.0, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
                     )  # fmt: skip
                     acc_loss += loss
                     acc_den += den
@@ -372,9 +374,10 @@ def _region_grad_tile(
         if PIXEL != 0:
             loss, den, dx = _pixel_term(
                 x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                smoothing, gamma, scale, alpha, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL, HAS_W,
+                HAS_ALPHA,
             )  # fmt: skip
-            dz += tl.load(kpix_ptr + b) * dx
+            dz += dx
         cmask = offs_c0 < C
         tl.store(
             g_base + offs_c0[:, None] * sgc,
@@ -402,9 +405,10 @@ def _region_grad_tile(
             if PIXEL == 2:
                 loss, den, dx = _pixel_term(
                     xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, alpha, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                    smoothing, gamma, scale, alpha, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL,
+                    HAS_W, HAS_ALPHA,
                 )  # fmt: skip
-                dz += tl.load(kpix_ptr + b) * dx
+                dz += dx
             tl.store(
                 g_base + offs_c[:, None] * sgc,
                 dz.to(g_ptr.dtype.element_ty),

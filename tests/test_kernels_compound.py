@@ -81,6 +81,25 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["one-launch", "two-pass"])
+def test_ce_weights_zero_on_every_valid_pixel(fused, gen):
+    """CE's weighted mean divides by the valid pixels' weights: 0 when every valid label
+    has weight 0, so the loss and the valid pixels' gradient are NaN as in F.cross_entropy
+    (the kernel once gave the gradient 0 there). C = 300 takes the two-pass path."""
+    entry = get("ce_dice")
+    C = 3 if fused else 300
+    w = [0.0] + [1.0] * (C - 1)
+    x = torch.randn(2, C, 4, 5, generator=gen).to(DEVICE)
+    t = torch.zeros(2, 4, 5, dtype=torch.long, device=DEVICE)
+    t[0, 0, 0] = 255
+    opts = {"weight": w, "ignore_index": 255}
+    valid = (t != 255).unsqueeze(1).expand_as(x)
+    for fn in (entry.reference, entry.kernel):
+        loss, grad = run_with_grad(fn, x, t, opts)
+        assert torch.isnan(loss)
+        assert torch.equal(grad.isnan(), valid) and (grad[~valid] == 0).all()  # as torch
+
+
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_bad_targets_give_nan_or_a_clear_error(entry, gen):
     x, t = _inputs(entry, (2, 3, 4, 5), {}, torch.float32, gen, 0.0)
