@@ -123,12 +123,17 @@ def _rounded(value: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(value, dtype=torch.float64).to(dtype))
 
 
-def mask_ignore(ignore_index: float | None, target: torch.Tensor) -> float | None:
-    """A mask's ``ignore_index`` as the float the kernels compare its values with (read as
-    float32): rounded to an fp16/bf16 mask's dtype first, as torch compares
-    ``target != ignore_index`` in the mask's dtype (fp16 masks that hold 0.3 match 0.3)."""
+def ignore_value(
+    ignore_index: float | None, target: torch.Tensor, labels: bool
+) -> int | float | None:
+    """``ignore_index`` as the kernels compare it with the target: an int for labels; for
+    masks (read as float32) a float, rounded to an fp16/bf16 mask's dtype first, as torch
+    compares ``target != ignore_index`` in the mask's dtype (fp16 masks holding 0.3 match
+    0.3)."""
     if ignore_index is None:
         return None
+    if labels:
+        return int(ignore_index)
     if target.dtype in (torch.float16, torch.bfloat16):
         return _rounded(float(ignore_index), target.dtype)
     return float(ignore_index)

@@ -37,8 +37,8 @@ from ._tiles import (
     cdiv,
     class_blocks,
     ignore_arg,
+    ignore_value,
     loss_views,
-    mask_ignore,
     next_pow2,
     num_warps_for,
     pixel_view,
@@ -178,10 +178,7 @@ def signed_distance_map(
         num_classes = target.shape[1]
     nd = target.dim() - (1 if labels else 2)
     spacing = list(ref_boundary.check_spacing(spacing, nd))
-    if labels:
-        ign = None if ignore_index is None else float(ignore_index)
-    else:
-        ign = mask_ignore(ignore_index, target)
+    ign = ignore_value(ignore_index, target, labels)
     return _signed_map_op(target, num_classes, labels, spacing, ign)
 
 
@@ -294,17 +291,13 @@ def boundary_loss(
             return ref_boundary.boundary_loss(
                 logits, target, mode, idx, dist_map, None, ignore_index, reduction
             )
-    if labels:
-        ign = None if ignore_index is None else float(ignore_index)
-    else:
-        ign = mask_ignore(ignore_index, target)
     loss, _ = _boundary_op(
         logits,
         target,
         dist_map,
         _class_counts(idx, C, logits.device),
         labels,
-        ign,
+        ignore_value(ignore_index, target, labels),
         float(len(idx)),
         reduction,
         _need_grad(logits),

@@ -46,8 +46,8 @@ from ._tiles import (
     class_blocks,
     grad_like,
     ignore_arg,
+    ignore_value,
     label_view,
-    mask_ignore,
     next_pow2,
     num_warps_for,
     pixel_view,
@@ -239,7 +239,9 @@ def lovasz_hinge_loss(
         t, valid = check_masks(logits, target, ignore_index)
         if bool((valid & (t != 0) & (t != 1)).any()):
             raise ValueError("lovasz_hinge_loss needs hard {0, 1} targets, got soft values")
-    losses = _lovasz_rows(logits, target, per_image, mask_ignore(ignore_index, target), True)[0]
+    losses = _lovasz_rows(
+        logits, target, per_image, ignore_value(ignore_index, target, False), True
+    )[0]
     return reduce_units(losses, reduction)
 
 

@@ -55,9 +55,9 @@ from ._tiles import (
     class_blocks,
     grad_like,
     ignore_arg,
+    ignore_value,
     label_view,
     loss_views,
-    mask_ignore,
     next_pow2,
     num_warps_for,
     pixel_view,
@@ -655,7 +655,7 @@ def binary_cross_entropy_with_logits(
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
-    ign = mask_ignore(ignore_index, target)
+    ign = ignore_value(ignore_index, target, False)
     loss, _ = _sigmoid_pixel_loss(
         logits, target, False, w, pw, ign, 0.0, None, False, reduction, _need_grad(logits)
     )
@@ -683,10 +683,7 @@ def sigmoid_focal_loss(
     gamma, alpha = sigmoid_focal_options(gamma, alpha)
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
-    if labels:
-        ign = None if ignore_index is None else int(ignore_index)
-    else:
-        ign = mask_ignore(ignore_index, target)
+    ign = ignore_value(ignore_index, target, labels)
     loss, _ = _sigmoid_pixel_loss(
         logits,
         target,

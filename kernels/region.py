@@ -50,8 +50,8 @@ from ._tiles import (
     class_blocks,
     grad_like,
     ignore_arg,
+    ignore_value,
     loss_views,
-    mask_ignore,
     next_pow2,
     num_warps_for,
     pixel_view,
@@ -415,9 +415,7 @@ def _checked(logits, target, mode, ignore_index, scope, validate):
     check_mode(mode, logits)
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
-    if labels:
-        return target, labels, None if ignore_index is None else float(ignore_index)
-    return target, labels, mask_ignore(ignore_index, target)
+    return target, labels, ignore_value(ignore_index, target, labels)
 
 
 def fused_loss(

@@ -428,7 +428,7 @@ def check_class_vector(
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if v.numel() == 1:
         v = v.reshape(1).expand(C)
-    elif v.dim() == 0 or v.shape[0] != C or v.numel() != C:
+    elif v.shape[0] != C or v.numel() != C:
         raise ValueError(
             f"{name} must have {wanted}, or shape (C, 1, ..., 1); got shape {tuple(v.shape)}"
         )
