@@ -146,16 +146,18 @@ def run_case(
     xd = x.detach().double().requires_grad_(need_grad)
     ref_loss = entry.reference(xd, t, **options)  # one float64 pass serves loss and gradient
     row["loss_rel_err"] = _max_rel(loss, ref_loss)
+    row["grad_rel_err"] = math.nan
     if need_grad:
         (ref_grad,) = torch.autograd.grad(ref_loss, xd)
         row["grad_rel_err"] = _max_rel(grad, ref_grad)
         del ref_grad
-    else:
-        row["grad_rel_err"] = float("nan")
-    # a tie-order-dependent gradient (Lovasz) is recorded, not gated: at bf16 and millions
-    # of pixels tied errors are common, and the tests check it on tie-free inputs
-    row["grad_gated"] = need_grad and not entry.tie_order_grad
-    grad_ok = not row["grad_gated"] or row["grad_rel_err"] <= GRAD_TOL[case.dtype]
+    gate = "grad_rel_err"
+    if need_grad and entry.grad_weights is not None:
+        # a tie-order-dependent gradient (Lovasz) differs from the reference's where errors
+        # tie, common at bf16 over millions of pixels: gate on the loss it implies instead
+        row["grad_identity_err"] = entry.grad_identity_err(x, t, grad, ref_loss, options)
+        gate = "grad_identity_err"
+    grad_ok = not need_grad or row[gate] <= GRAD_TOL[case.dtype]
     row["passed"] = bool(row["loss_rel_err"] <= LOSS_TOL and grad_ok)
     del ref_loss, grad
 

@@ -2,7 +2,13 @@
 
 from .boundary import boundary_loss, signed_distance_map
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
-from .lovasz import lovasz_grad, lovasz_hinge_loss, lovasz_softmax_loss
+from .lovasz import (
+    lovasz_grad,
+    lovasz_hinge_grad_weights,
+    lovasz_hinge_loss,
+    lovasz_softmax_grad_weights,
+    lovasz_softmax_loss,
+)
 from .metrics import (
     class_accuracy,
     confusion_matrix,
@@ -80,7 +86,9 @@ __all__ = [
     "jaccard_loss",
     "lovasz_grad",
     "lovasz_hinge_loss",
+    "lovasz_hinge_grad_weights",
     "lovasz_softmax_loss",
+    "lovasz_softmax_grad_weights",
     "pixel_accuracy",
     "region_stats",
     "segmentation_metrics",

@@ -129,6 +129,49 @@ def lovasz_softmax_loss(
     return lovasz_softmax_reduce(losses, present, classes, weight, reduction)
 
 
+def lovasz_hinge_grad_weights(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: float | None = None,
+    **_: object,
+) -> torch.Tensor:
+    """Float64 weights ``w`` with ``<w, dL/dx> = L`` for the scalar Lovasz hinge loss
+    ``L``, whatever order its gradient gave tied errors: ``w = -s e``.
+
+    Within a unit, ``dL/dx_i = -s_i g_i [e_i > 0] / units`` with ``s = 2t - 1`` and
+    ``e = 1 - x s``, so ``sum_i dL/dx_i (-s_i e_i) = sum_k relu(e_(k)) g_k / units = L``:
+    tied errors share one ``e``, so any split of their ``g`` gives the same sum. Ignored
+    pixels get ``t = 0``, so a gradient leaked into them shows. With reduction='none',
+    ``L`` is the sum over units.
+    """
+    t, valid = check_masks(logits, target, ignore_index)
+    s = 2 * t.double().masked_fill(~valid, 0) - 1
+    return -s * (1 - logits.double() * s)
+
+
+def lovasz_softmax_grad_weights(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int | None = None,
+    **_: object,
+) -> torch.Tensor:
+    """Float64 weights ``w`` with ``<w, dL/dx> = L`` for the scalar Lovasz-softmax loss
+    ``L``, whatever order its gradient gave tied errors: ``w_ic = -[c = y_i] / p_iy`` on
+    valid pixels, 0 elsewhere.
+
+    With ``u = dL/dp``, each class's term ``sum_k e_(k) g_k`` (``e = |fg - p|``) gives
+    ``u_ic = (1 - 2 fg_ic) g_ic`` (tied errors share one ``e``), so
+    ``L = sum_i (<u_i, p_i> - u_{i,y_i})`` over valid pixels, for any class selection or
+    weights; the softmax Jacobian gives ``dL/dx_iy = p_iy (u_iy - <u_i, p_i>)``. With
+    reduction='none', ``L`` is the sum over units.
+    """
+    valid = check_labels(logits, target, ignore_index)
+    p = torch.softmax(logits.double(), dim=1)
+    y = target.long().masked_fill(~valid, 0).unsqueeze(1)
+    w = torch.zeros_like(p)
+    return w.scatter_(1, y, -(valid.unsqueeze(1) / p.gather(1, y)))
+
+
 def lovasz_softmax_reduce(
     losses: torch.Tensor,
     present: torch.Tensor,

@@ -28,9 +28,11 @@ class LossEntry:
     traffic: byte-model family: 'pixel' (one pass: read logits and target once, write the
       gradient once) or 'region' (two passes: logits and target read twice).
     reductions: the ``reduction`` values the loss accepts.
-    tie_order_grad: the gradient is a subgradient that depends on how tied errors are
-      ordered (Lovasz): it equals the reference's on tie-free inputs only, so the tests
-      compare it there and elsewhere compare the loss value alone.
+    grad_weights: for a gradient that is a subgradient depending on how tied errors are
+      ordered (Lovasz), ``f(logits, target, **options)``: float64 weights ``w`` with
+      ``<w, grad> = loss`` for every order. The gradient equals the reference's on
+      tie-free inputs only; elsewhere the tests and the benchmark check it through
+      :meth:`grad_identity_err`.
     """
 
     name: str
@@ -43,7 +45,7 @@ class LossEntry:
     min_classes: int = 1
     traffic: Literal["pixel", "region"] = "region"
     reductions: tuple[str, ...] = ("mean", "sum", "none")
-    tie_order_grad: bool = False
+    grad_weights: Callable[..., torch.Tensor] | None = None
 
     def is_binary(self, options: dict) -> bool:
         """Whether the loss needs C = 1 under ``options`` (a binary loss, or mode='binary')."""
@@ -58,6 +60,27 @@ class LossEntry:
         elif self.channels and C not in self.channels:
             C = self.channels[0]
         return (B, C, *spatial)
+
+    def grad_identity_err(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        grad: torch.Tensor,
+        loss: torch.Tensor,
+        options: dict,
+    ) -> float:
+        """How far ``<w, grad>`` (``w`` from :attr:`grad_weights`) is from ``loss`` (the
+        float64 reference, summed over units), relative to ``|loss|``, beyond what rounding
+        ``grad`` to its dtype explains: ``sum |w| ulp(grad)``. A low-precision gradient far
+        below its dtype's normal range (fp16 over millions of pixels without loss scaling)
+        has few bits left, and that shows as a large allowance, not as an error."""
+        w = self.grad_weights(logits, target, **options)
+        g = grad.detach().double()
+        finfo = torch.finfo(grad.dtype)
+        ulp = torch.ldexp(torch.full_like(g, finfo.eps), torch.frexp(g)[1] - 1)
+        ulp = torch.where(g.abs() >= finfo.tiny, ulp, finfo.tiny * finfo.eps)
+        miss = ((w * g).sum() - loss.double().sum()).abs() - (w.abs() * ulp).sum()
+        return float(miss.clamp_min(0) / loss.double().sum().abs().clamp_min(1e-30))
 
     def target_kind(self, options: dict) -> str:
         """'labels' or 'masks' for this entry under ``options`` (mode may switch it)."""
@@ -197,7 +220,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"per_image": True}),
         channels=(1,),
         kernel=ker.lovasz_hinge_loss,
-        tie_order_grad=True,
+        grad_weights=ref.lovasz_hinge_grad_weights,
     ),
     LossEntry(
         "lovasz_softmax",
@@ -209,7 +232,7 @@ LOSSES: tuple[LossEntry, ...] = (
             {"classes": [0, 2], "weight": [0.5, 1.0, 2.0]},
         ),
         kernel=ker.lovasz_softmax_loss,
-        tie_order_grad=True,
+        grad_weights=ref.lovasz_softmax_grad_weights,
     ),
     LossEntry(
         "boundary",

@@ -76,3 +76,15 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     quantum = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
     torch.testing.assert_close(grad, ref_grad, rtol=tol, atol=max(tol * scale, 2 * quantum))
     return loss, grad
+
+
+def assert_identity(entry, x, t, options, dtype):
+    """For a tie-order-dependent gradient (``entry.grad_weights``): the kernel's loss
+    equals the reference's, and so does the loss its gradient implies (summed over units
+    for reduction='none'), whatever order it gave tied errors."""
+    x = x.detach().requires_grad_(True)
+    loss = entry.kernel(x, t, **options)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    expected = entry.reference(x.detach().double(), t, **options)
+    torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=1e-6)
+    assert entry.grad_identity_err(x.detach(), t, grad, expected, options) <= GRAD_TOL[dtype]

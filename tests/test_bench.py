@@ -394,10 +394,16 @@ def test_floor_chart_adds_the_graph_figures_as_their_own_bars(tmp_path):
                            tmp_path / "none.png")  # fmt: skip
 
 
-def test_tie_order_gradients_are_recorded_not_gated(tmp_path, monkeypatch):
+def test_tie_order_gradients_are_gated_through_the_loss_they_imply(tmp_path, monkeypatch):
     """A provider whose gradient is twice the right one (same loss value) fails a Dice row
-    but passes a Lovasz row, whose gradient depends on how tied errors are ordered: its
-    error is kept in the row and the report says it was not gated."""
+    on the gradient's error and a Lovasz row, whose gradient depends on how tied errors
+    are ordered, on the loss that gradient implies; the report says how each was gated.
+    The right gradient passes that gate at bf16, where errors tie."""
+    for dtype in ("fp32", "bf16"):
+        case = runner.Case("lovasz_softmax", "triton", (2, 3, 5, 7), dtype, "int64",
+                           "fwd+bwd", "contiguous", 0.2)  # fmt: skip
+        row = runner.run_case(case, torch.device("cpu"), copy_gbps=1.0, reps=1)
+        assert row["passed"] and row["grad_identity_err"] < runner.GRAD_TOL[dtype] / 10, row
     real = runner.make_provider
 
     def doubled(case, entry):
@@ -406,14 +412,16 @@ def test_tie_order_gradients_are_recorded_not_gated(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "make_provider", doubled)
     rows = []
-    for loss in ("dice", "lovasz_softmax"):
-        case = runner.Case(loss, "eager", (2, 3, 5, 7), "fp32", "int64", "fwd+bwd",
-                           "contiguous", 0.0)  # fmt: skip
+    for loss in ("dice", "lovasz_softmax", "lovasz_hinge"):
+        shape = get(loss).fit_shape((2, 3, 5, 7))
+        case = runner.Case(loss, "eager", shape, "fp32", "int64", "fwd+bwd", "contiguous", 0.0)
         row = runner.run_case(case, torch.device("cpu"), copy_gbps=1.0, reps=1)
         assert row["loss_rel_err"] < 1e-6 and row["grad_rel_err"] > 0.5, row
-        assert row["grad_gated"] == (loss == "dice") and row["passed"] == (loss != "dice")
+        assert not row["passed"], row
+        if loss != "dice":
+            assert row["grad_identity_err"] == pytest.approx(1.0, rel=1e-5), row
         rows.append(row)
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     main(["report", str(tmp_path), "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text()
-    assert "Rows of lovasz_softmax passed on the loss value" in report
+    assert "Rows of lovasz_hinge, lovasz_softmax are gated on their gradient" in report
