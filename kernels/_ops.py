@@ -31,10 +31,28 @@ def _eager(first: torch.Tensor) -> bool:
     return type(first) is torch.Tensor and first.device.type != "meta"
 
 
+def first_order(name: str, backward: Callable) -> Callable:
+    """``backward`` that refuses ``create_graph=True`` (grad mode on in a backward): its
+    gradient comes from Triton kernels and cannot be differentiated again, and a graph
+    built around it would leave out the op's second-order terms without a word."""
+
+    def guarded(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{name} is differentiable once (its gradient comes from a Triton kernel): "
+                "create_graph=True would build a second-order graph without this op's "
+                "terms; segtriton.reference gives higher-order gradients"
+            )
+        return backward(ctx, *grads)
+
+    return guarded
+
+
 class Op:
     """A custom op and its Python implementation; call it with positional arguments."""
 
     def __init__(self, name: str, impl: Callable, mutates_args: Iterable[str] = ()) -> None:
+        self.name = name
         self.impl = impl
         self.custom_op = torch.library.custom_op(name, impl, mutates_args=tuple(mutates_args))
         self.function: type[torch.autograd.Function] | None = None
@@ -43,7 +61,9 @@ class Op:
         return self.custom_op.register_fake(fn)
 
     def register_autograd(self, backward: Callable, setup_context: Callable) -> None:
-        """The custom op's autograd, and the same pair as an autograd.Function for eager."""
+        """The custom op's autograd, and the same pair as an autograd.Function for eager;
+        both refuse second derivatives (:func:`first_order`)."""
+        backward = first_order(self.name, backward)
         self.custom_op.register_autograd(backward, setup_context=setup_context)
         impl = self.impl
 

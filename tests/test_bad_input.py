@@ -307,6 +307,25 @@ def test_target_requiring_grad_is_refused_by_kernels(entry, gen):
     entry.kernel(x, t.detach(), **opts)
 
 
+@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("fast_eager", [True, False], ids=["function", "custom-op"])
+def test_second_derivatives_are_refused_by_kernels(entry, fast_eager, gen, monkeypatch):
+    """A kernel's gradient cannot be differentiated again: create_graph=True once gave a
+    gradient with no graph, so a penalty built on it added nothing to a later backward.
+    It raises, through the eager Function and the custom op alike; the reference gives
+    the second derivative."""
+    monkeypatch.setattr(ker._ops, "fast_eager", fast_eager)
+    x, t = (v.to(DEVICE) for v in _inputs(entry, gen))
+    x.requires_grad_(True)
+    opts = entry.variants[0]
+    (g,) = torch.autograd.grad(entry.reference(x, t, **opts).sum(), x, create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(entry.kernel(x, t, **opts).sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad(entry.kernel(x, t, **opts).sum(), x)
+    torch.testing.assert_close(h, g.detach(), rtol=1e-4, atol=1e-6)
+
+
 def test_dist_map_requiring_grad_is_refused_by_the_kernel():
     x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
     phi = ker.signed_distance_map(y, 3).requires_grad_(True)
