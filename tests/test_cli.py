@@ -27,6 +27,14 @@ def test_version():
     assert out.returncode == 0 and out.stdout.strip() == f"segtriton {segtriton.__version__}"
 
 
+def test_sweep_help_names_every_preset():
+    from segtriton.bench.spec import PRESETS
+
+    out = _run("sweep", "--help")
+    assert out.returncode == 0, out.stderr
+    assert [name for name in PRESETS if name not in out.stdout] == []
+
+
 def test_check_reports_environment_and_runs_a_kernel():
     out = _run("check")
     assert out.returncode == 0, out.stdout + out.stderr
