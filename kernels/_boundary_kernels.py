@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._region_kernels import _chunk_terms, _load_chunk, _pixel_setup, _tile_grad
-from ._tiles import pixel_block
+from ._tiles import grad_divisor, pixel_block
 
 
 @triton.jit
@@ -56,17 +56,19 @@ def _boundary_kernel(
     x_ptr, t_ptr, phi_ptr, n_ptr, g_ptr, loss_ptr, denom_ptr,
     C, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, sgb, sgc, sgs, ignore_index,
     LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, WRITE_GRAD: tl.constexpr,
-    MEAN: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """Per program (``BLOCK_P`` pixels of one image): the partial loss sum to ``loss_ptr``
-    and, with WRITE_GRAD, ``dL/dz`` for grad_output = 1 (divided by ``denom`` with MEAN).
+    and, with WRITE_GRAD, ``dL/dz`` for grad_output = 1 (divided by ``denom`` with MEAN,
+    unless DEFER_MEAN leaves that to the backward: ``_tiles.defers_mean``).
     Softmax over classes with LABELS (streamed in chunks unless SINGLE), else sigmoid."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     gscale = 1.0
     if MEAN:
-        gscale = 1.0 / tl.load(denom_ptr)
+        gscale = 1.0 / grad_divisor(denom_ptr, DEFER_MEAN)
     x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
         x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
         LABELS, SINGLE, BLOCK_C,

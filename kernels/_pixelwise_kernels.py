@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._tiles import ignored, label_values, log1p, pixel_block, program_tile
+from ._tiles import grad_divisor, ignored, label_values, log1p, pixel_block, program_tile
 
 
 @triton.jit
@@ -170,7 +170,8 @@ def _softmax_tile(
     sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
     IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr, MEAN: tl.constexpr,
-    SINGLE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
     with PER_PIXEL; its gradient written with WRITE_GRAD."""
@@ -232,7 +233,7 @@ def _softmax_tile(
         else:
             gscale = tl.zeros([BLOCK_P], tl.float32) + 1.0
         if MEAN:
-            gscale = gscale / tl.load(denom_ptr)
+            gscale = gscale / grad_divisor(denom_ptr, DEFER_MEAN)
         if IS_FOCAL:
             eps_c = 0.0
         g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
@@ -304,6 +305,7 @@ def _softmax_loss_kernel(
     WRITE_LOSS: tl.constexpr,
     PER_PIXEL: tl.constexpr,
     MEAN: tl.constexpr,
+    DEFER_MEAN: tl.constexpr,
     SINGLE: tl.constexpr,
     TILES: tl.constexpr,
     STAGES: tl.constexpr,
@@ -318,8 +320,9 @@ def _softmax_loss_kernel(
     Each program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead; see
     ``_tiles.STAGES``). WRITE_LOSS: per-program partial sums (or per-pixel losses with
     PER_PIXEL) to loss_ptr.
-    WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN) and by grad_output (per pixel
-    with PER_PIXEL, else assumed 1 and applied later in place).
+    WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN; left to the backward with
+    DEFER_MEAN, see ``_tiles.defers_mean``) and by grad_output (per pixel with PER_PIXEL,
+    else assumed 1 and applied later in place).
     """
     pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK_P], tl.float32)
@@ -328,7 +331,8 @@ def _softmax_loss_kernel(
         acc += _softmax_tile(
             b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
             sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-            IS_FOCAL, HAS_W, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, SINGLE, BLOCK_C, BLOCK_P,
+            IS_FOCAL, HAS_W, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN, SINGLE,
+            BLOCK_C, BLOCK_P,
         )  # fmt: skip
     if WRITE_LOSS and not PER_PIXEL:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
@@ -377,7 +381,7 @@ def _sigmoid_tile(
     IS_FOCAL: tl.constexpr, LABELS: tl.constexpr, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
     HAS_ALPHA: tl.constexpr, HAS_IGNORE: tl.constexpr, WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr, PER_ELEMENT: tl.constexpr, MEAN: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    DEFER_MEAN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile summed over classes (per element with PER_ELEMENT, written
     there instead); its gradient written with WRITE_GRAD."""
@@ -423,7 +427,7 @@ def _sigmoid_tile(
             else:
                 gsc = tl.zeros_like(x) + 1.0
             if MEAN:
-                gsc = gsc / tl.load(denom_ptr)
+                gsc = gsc / grad_divisor(denom_ptr, DEFER_MEAN)
             dx = tl.where(valid, dx * gsc, 0.0)
             tl.store(
                 g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs,
@@ -469,6 +473,7 @@ def _sigmoid_loss_kernel(
     WRITE_LOSS: tl.constexpr,
     PER_ELEMENT: tl.constexpr,
     MEAN: tl.constexpr,
+    DEFER_MEAN: tl.constexpr,
     TILES: tl.constexpr,
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -488,7 +493,7 @@ def _sigmoid_loss_kernel(
             b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha,
             IS_FOCAL, LABELS, HAS_W, HAS_PW, HAS_ALPHA, HAS_IGNORE, WRITE_GRAD, WRITE_LOSS,
-            PER_ELEMENT, MEAN, BLOCK_C, BLOCK_P,
+            PER_ELEMENT, MEAN, DEFER_MEAN, BLOCK_C, BLOCK_P,
         )  # fmt: skip
     if WRITE_LOSS and not PER_ELEMENT:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

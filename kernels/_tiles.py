@@ -240,8 +240,42 @@ def log1p(r):
 
 
 @triton.jit
-def _scale_kernel(g_ptr, factor_ptr, n, BLOCK: tl.constexpr):
-    factor = tl.load(factor_ptr)
+def grad_divisor(denom_ptr, DEFER_MEAN: tl.constexpr):
+    """What the forward divides a 'mean' gradient by: the mean's denominator, or with
+    DEFER_MEAN (see :func:`defers_mean`) 1, the backward dividing instead. 0 stays 0, so an
+    entry of weight 0 under an all-zero denominator gets NaN, as 0/0 gives in torch."""
+    d = tl.load(denom_ptr)
+    if DEFER_MEAN:
+        d = tl.where(d == 0, 0.0, 1.0)
+    return d
+
+
+def defers_mean(logits: torch.Tensor, reduction: str) -> bool:
+    """Whether the forward writes a 'mean' gradient undivided (fp16 logits).
+
+    Divided by the mean's denominator N, an fp16 gradient falls below fp16's normal range
+    (6.1e-5) once N passes about 16K entries and loses its low bits; a loss scale applied
+    later (``torch.amp.GradScaler``, 65536 at first) cannot restore them. Undivided, it
+    keeps them, and the backward applies ``grad_output / N`` in fp32 (one more pass over
+    the gradient, which a loss scale other than 1 costs anyway). bf16 has fp32's range."""
+    return reduction == "mean" and logits.dtype == torch.float16
+
+
+def applied_scale(grad: torch.Tensor, denom: torch.Tensor | None, defer: bool) -> torch.Tensor:
+    """The 1-element fp32 factor by which a gradient the forward wrote exceeds dL/dz for
+    grad_output 1: the mean's denominator where :func:`defers_mean`, else 1; empty when
+    no gradient was written."""
+    if not grad.numel():
+        return grad.new_empty(0, dtype=torch.float32)
+    if defer:
+        return denom
+    return torch.ones(1, dtype=torch.float32, device=grad.device)
+
+
+@triton.jit
+def _scale_kernel(g_ptr, gout_ptr, applied_ptr, n, BLOCK: tl.constexpr):
+    applied = tl.load(applied_ptr)
+    factor = tl.load(gout_ptr).to(tl.float32) / tl.where(applied == 0, 1.0, applied)
     if factor != 1.0:
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
@@ -255,16 +289,17 @@ def _copy_scalar_kernel(dst_ptr, src_ptr):
 
 
 def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Tensor) -> None:
-    """Scale a gradient buffer written in the forward (for grad_output 1) by ``grad_output``,
-    in place and without a host sync: programs exit at once when the factor is 1.
+    """Scale a gradient buffer written in the forward to ``grad_output`` times dL/dz, in
+    place and without a host sync: programs exit at once when the factor is 1.
 
-    ``applied`` (a 1-element fp32 device tensor) records the scale already applied, so a
-    second backward through the same graph (``retain_graph=True``) stays correct.
-    The buffer is ours and dense (``empty_like`` of a dense input), so its storage is
-    scaled as one flat range whatever its memory format.
+    ``applied`` (see :func:`applied_scale`; a 0 there reads as 1: the buffer then holds
+    only zeros and NaNs) is the factor the buffer holds, divided out first, and is set to
+    ``grad_output`` afterwards, so a second backward through the same graph
+    (``retain_graph=True``) stays correct. The buffer is ours and dense (``empty_like`` of
+    a dense input), so its storage is scaled as one flat range whatever its memory format.
     """
-    factor = grad_output.reshape(1).to(torch.float32) / applied
+    gout = grad_output.reshape(1)
     n = grad.numel()
-    _scale_kernel[(cdiv(n, 4096),)](grad, factor, n, BLOCK=4096, num_warps=8)
+    _scale_kernel[(cdiv(n, 4096),)](grad, gout, applied, n, BLOCK=4096, num_warps=8)
     # a kernel, not applied.copy_(): autograd must not see a new version of a saved tensor
-    _copy_scalar_kernel[(1,)](applied, grad_output.reshape(1))
+    _copy_scalar_kernel[(1,)](applied, gout)

@@ -36,6 +36,7 @@ from ._runtime import kernel_api
 from ._tiles import (
     cdiv,
     class_blocks,
+    defers_mean,
     ignore_arg,
     ignore_value,
     loss_views,
@@ -43,7 +44,14 @@ from ._tiles import (
     num_warps_for,
     pixel_view,
 )
-from .pixelwise import _finish, _grad_buffer, _need_grad, _prepass, _register_fused_autograd
+from .pixelwise import (
+    _fake_grad,
+    _finish,
+    _grad_buffer,
+    _need_grad,
+    _prepass,
+    _register_fused_autograd,
+)
 
 MAX_LINE = 16384  # longest axis the 1-D pass holds in one tile
 
@@ -212,8 +220,9 @@ def _boundary_op(
     n_selected: float,
     reduction: str,
     need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused pass: ``(loss, dL/dz for grad_output 1)``; 'mean' or 'sum' only."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused pass: ``(loss, dL/dz for grad_output 1 times its applied scale, that
+    scale)``; 'mean' or 'sum' only (see ``pixelwise._finish``)."""
     x, t, strides = loss_views(logits, target, labels)
     phi, spb, spc, sps = pixel_view(dist_map)
     grad = _grad_buffer(logits, need_grad, reduction)
@@ -230,16 +239,17 @@ def _boundary_op(
         x, t, phi, counts, g, partials, denom,
         C, S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs, ign,
         LABELS=labels, HAS_IGNORE=has_ignore, WRITE_GRAD=g is not None, MEAN=mean,
-        SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
+        DEFER_MEAN=defers_mean(logits, reduction), SINGLE=single, BLOCK_C=block_c,
+        BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
-    return _finish(partials, grad, reduction, denom, None)
+    return _finish(partials, grad, reduction, denom, None, logits)
 
 
 @_boundary_op.register_fake
 def _(logits, target, dist_map, counts, labels, ignore_index, n_selected, reduction, need_grad):
     loss = logits.new_empty((), dtype=torch.float32)
-    return loss, _grad_buffer(logits, need_grad, reduction)
+    return loss, *_fake_grad(logits, need_grad, reduction)
 
 
 _register_fused_autograd(_boundary_op, None, 7)
@@ -291,7 +301,7 @@ def boundary_loss(
             return ref_boundary.boundary_loss(
                 logits, target, mode, idx, dist_map, None, ignore_index, reduction
             )
-    loss, _ = _boundary_op(
+    loss, _, _ = _boundary_op(
         logits,
         target,
         dist_map,

@@ -51,8 +51,10 @@ from ._runtime import kernel_api
 from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
+    applied_scale,
     cdiv,
     class_blocks,
+    defers_mean,
     grad_like,
     ignore_arg,
     ignore_value,
@@ -84,6 +86,14 @@ def _grad_buffer(logits: torch.Tensor, need_grad: bool, reduction: str) -> torch
     """The gradient the forward writes ('mean'/'sum' with grad), else an empty placeholder."""
     fused = need_grad and reduction != "none"
     return grad_like(logits) if fused else logits.new_empty(0)
+
+
+def _fake_grad(
+    logits: torch.Tensor, need_grad: bool, reduction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fake implementations' gradient buffer and applied scale (see :func:`_finish`)."""
+    grad = _grad_buffer(logits, need_grad, reduction)
+    return grad, logits.new_empty(1 if grad.numel() else 0, dtype=torch.float32)
 
 
 def _prepass(
@@ -186,6 +196,7 @@ def _softmax_launch(
         WRITE_LOSS=loss is not None,
         PER_PIXEL=per_pixel,
         MEAN=reduction == "mean",
+        DEFER_MEAN=grad is not None and defers_mean(logits, reduction),
         SINGLE=single,
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
@@ -218,7 +229,7 @@ def _softmax_pixel_loss(
     reduction: str,
     avg_non_ignore: bool,
     need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     C = logits.shape[1]
     denom = _softmax_denom(
         target, C, ignore_index, weight, reduction, avg_non_ignore, logits.device
@@ -239,7 +250,7 @@ def _softmax_pixel_loss(
         grad if grad.numel() else None,
         None,
     )
-    return _finish(loss, grad, reduction, denom, target.shape)
+    return _finish(loss, grad, reduction, denom, target.shape, logits)
 
 
 @_softmax_pixel_loss.register_fake
@@ -259,7 +270,7 @@ def _(
 ):
     shape = target.shape if reduction == "none" else ()
     loss = logits.new_empty(shape, dtype=torch.float32)
-    return loss, _grad_buffer(logits, need_grad, reduction)
+    return loss, *_fake_grad(logits, need_grad, reduction)
 
 
 @op("segtriton::softmax_pixel_grad")
@@ -306,7 +317,7 @@ def _(
 def _scale_saved_grad(
     grad: torch.Tensor, grad_loss: torch.Tensor, applied: torch.Tensor
 ) -> torch.Tensor:
-    """Apply grad_output to the gradient written by the forward.
+    """Apply grad_output to the gradient written by the forward (see ``scale_grad_``).
 
     Eager: in place, skipped on the device when grad_output is 1 (no version-counter bump,
     so retain_graph works; ``applied`` keeps repeated backwards right). Under
@@ -315,7 +326,8 @@ def _scale_saved_grad(
     if type(grad) is torch.Tensor:
         scale_grad_(grad, grad_loss, applied)
         return grad
-    return grad * grad_loss.to(grad.dtype)
+    factor = grad_loss.to(torch.float32) / torch.where(applied == 0, 1.0, applied)
+    return (grad.to(torch.float32) * factor).to(grad.dtype)
 
 
 def _register_fused_autograd(op: Op, grad_op, reduction_at: int) -> None:
@@ -324,26 +336,26 @@ def _register_fused_autograd(op: Op, grad_op, reduction_at: int) -> None:
     ``(logits, target, grad_output, *params[:reduction_at - 2])`` (None for an op that is
     never called with 'none').
 
-    'mean' / 'sum': the forward returned the gradient; the backward applies grad_output.
+    'mean' / 'sum': the forward returned the gradient and its applied scale; the backward
+    applies grad_output.
     'none': the inputs are kept and the backward recomputes the gradient in one pass.
     """
 
     def setup(ctx, inputs, output):
-        # the gradient output gets no gradient: without this autograd would fill a
+        # the gradient outputs get no gradient: without this autograd would fill a
         # logits-sized zeros tensor for it in every backward
-        ctx.mark_non_differentiable(output[1])
+        ctx.mark_non_differentiable(output[1], output[2])
         ctx.set_materialize_grads(False)
         ctx.reduction, ctx.n_inputs = inputs[reduction_at], len(inputs)
         if ctx.reduction != "none":
-            ones = torch.ones(1, dtype=torch.float32, device=inputs[0].device)
-            ctx.save_for_backward(output[1], ones)
+            ctx.save_for_backward(output[1], output[2])
             return
         args = inputs[:reduction_at]
         ctx.tensor_at = [k for k, a in enumerate(args) if isinstance(a, torch.Tensor)]
         ctx.args = [None if isinstance(a, torch.Tensor) else a for a in args]
         ctx.save_for_backward(*(args[k] for k in ctx.tensor_at))
 
-    def backward(ctx, grad_loss, _grad_grad):
+    def backward(ctx, grad_loss, _grad_grad, _grad_applied):
         if ctx.reduction != "none":
             saved, applied = ctx.saved_tensors
             grad = _scale_saved_grad(saved, grad_loss, applied)
@@ -357,12 +369,14 @@ def _register_fused_autograd(op: Op, grad_op, reduction_at: int) -> None:
     op.register_autograd(backward, setup)
 
 
-def _finish(partials, grad, reduction, denom, shape):
-    """The op's outputs from the kernel's partial (or per-element) losses."""
+def _finish(partials, grad, reduction, denom, shape, logits):
+    """The op's outputs ``(loss, gradient buffer, its applied scale)`` from the kernel's
+    partial (or per-element) losses (see ``_tiles.applied_scale``)."""
+    applied = applied_scale(grad, denom, defers_mean(logits, reduction))
     if reduction == "none":
-        return partials.view(shape), grad
+        return partials.view(shape), grad, applied
     total = sum_partials(partials)
-    return (total / denom[0] if reduction == "mean" else total), grad
+    return (total / denom[0] if reduction == "mean" else total), grad, applied
 
 
 _register_fused_autograd(_softmax_pixel_loss, _softmax_pixel_grad, 9)
@@ -393,7 +407,7 @@ def cross_entropy(
     check_choice("reduction", reduction, _REDUCTIONS)
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, logits.shape[1], logits, validate)
-    loss, _ = _softmax_pixel_loss(
+    loss, _, _ = _softmax_pixel_loss(
         logits,
         target,
         w,
@@ -441,7 +455,7 @@ def softmax_focal_loss(
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
     vec, scalar, gamma = softmax_focal_options(alpha, gamma, logits, validate)
-    loss, _ = _softmax_pixel_loss(
+    loss, _, _ = _softmax_pixel_loss(
         logits,
         target,
         None,
@@ -521,6 +535,7 @@ def _sigmoid_launch(
         WRITE_LOSS=loss is not None,
         PER_ELEMENT=per_el,
         MEAN=reduction == "mean",
+        DEFER_MEAN=grad is not None and defers_mean(logits, reduction),
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
         BLOCK_C=block_c,
@@ -554,7 +569,7 @@ def _sigmoid_pixel_loss(
     focal: bool,
     reduction: str,
     need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _sigmoid_launch(
@@ -572,7 +587,7 @@ def _sigmoid_pixel_loss(
         grad if grad.numel() else None,
         None,
     )
-    return _finish(loss, grad, reduction, denom, logits.shape)
+    return _finish(loss, grad, reduction, denom, logits.shape, logits)
 
 
 @_sigmoid_pixel_loss.register_fake
@@ -590,7 +605,8 @@ def _(
     need_grad,
 ):
     shape = logits.shape if reduction == "none" else ()
-    return logits.new_empty(shape, dtype=torch.float32), _grad_buffer(logits, need_grad, reduction)
+    loss = logits.new_empty(shape, dtype=torch.float32)
+    return loss, *_fake_grad(logits, need_grad, reduction)
 
 
 @op("segtriton::sigmoid_pixel_grad")
@@ -656,7 +672,7 @@ def binary_cross_entropy_with_logits(
     w = _class_vector("weight", weight, C, logits, validate)
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
     ign = ignore_value(ignore_index, target, False)
-    loss, _ = _sigmoid_pixel_loss(
+    loss, _, _ = _sigmoid_pixel_loss(
         logits, target, False, w, pw, ign, 0.0, None, False, reduction, _need_grad(logits)
     )
     return loss
@@ -684,7 +700,7 @@ def sigmoid_focal_loss(
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
     ign = ignore_value(ignore_index, target, labels)
-    loss, _ = _sigmoid_pixel_loss(
+    loss, _, _ = _sigmoid_pixel_loss(
         logits,
         target,
         labels,
