@@ -7,7 +7,8 @@ The per-class index is a ratio of linear forms in the sums::
     r = (a_I I + smooth_nr) / max(b_I I + b_P P + b_T T + smooth_dr, eps)
 
 (Dice: 2, 0, 1, 1; Jaccard: 1, -1, 1, 1; Tversky: 1, 1 - alpha - beta, alpha, beta), the
-class loss is ``1 - r`` or ``-log(max(r, eps))``, optionally ``max(1 - r, 0) ** gamma_c``
+class loss is ``1 - r`` (computed as ``(den - num) / den`` from ``P - I`` and ``T - I``, which
+do not cancel near r = 1) or ``-log(max(r, eps))``, optionally ``max(1 - r, 0) ** gamma_c``
 (focal Tversky; FOCAL 1) or ``max(1 - r, 0)`` with the class mean raised to ``gamma``
 (FOCAL 2, ``gamma_after_mean``), the absent-class policy and class weights apply as in
 the reference's ``_class_reduce``, and units (the batch, or each image) are reduced by
@@ -66,7 +67,10 @@ def _class_terms(
         loss = -tl.log(tl.where(r < eps, eps, r))
         dl_dr = tl.where(r >= eps, -1.0 / tl.where(r >= eps, r, 1.0), 0.0)
     else:
-        loss = 1.0 - r
+        # 1 - r without cancelling near r = 1: den - num = b_p (P - I) + b_t (T - I) +
+        # smooth_dr - smooth_nr, as b_i - a_i = -(b_p + b_t) for every family above
+        close = (b_p * (p - i) + b_t * (t - i) + (sdr - snr)) / den
+        loss = tl.where(live, close, 1.0 - r)
         dl_dr = tl.full(r.shape, -1.0, tl.float32)
     if FOCAL == 2:  # max(loss, 0), powered after the class mean
         dl_dr = tl.where(loss >= 0.0, dl_dr, 0.0)
@@ -272,20 +276,23 @@ def _gdl_finalize_kernel(
                 wmax = tl.maximum(wmax, tl.max(w, axis=0))
         num = 0.0
         den = 0.0
+        gap = 0.0  # den - num without smoothing, summed without cancelling near r = 1
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             i, p, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE)
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             num += tl.sum(w * i, axis=0)
             den += tl.sum(w * (p + t), axis=0)
+            gap += tl.sum(w * ((p - i) + (t - i)), axis=0)
         num = 2.0 * num + snr
         den_raw = den + sdr
         live = den_raw >= eps
         den = tl.where(den_raw < eps, eps, den_raw)
         r = num / den
-        total += 1.0 - r
+        loss = tl.where(live, (gap + (sdr - snr)) / den, 1.0 - r)
+        total += loss
         if NONE:
-            tl.store(loss_ptr + u, 1.0 - r)
+            tl.store(loss_ptr + u, loss)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C

@@ -106,6 +106,32 @@ def test_clamped_ratios(name, options, seed, gen):
     assert_matches(entry, x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("dice", {}),
+        ("jaccard", {}),
+        ("tversky", {"alpha": 0.7, "beta": 0.3}),
+        ("focal_tversky", {"gamma": 0.5}),
+        ("generalized_dice", {"weight_type": "uniform"}),
+    ],
+)
+def test_near_one_ratios_keep_their_digits(name, options, seed, gen):
+    """One class under softmax: p = 1 at every valid pixel, so I = P = T and the loss is
+    smooth_dr / den (or its root), near 1e-6. Computed as ``1 - r`` in fp32 it kept a digit or
+    none (a focal Tversky with gamma 0.5 came out 13% off in a random-option draw); the
+    finalize forms ``den - num`` from ``P - I`` and ``T - I`` instead."""
+    entry = get(name)
+    opts = {**options, "smooth_dr": 1e-4, "ignore_index": 255, "scope": "image"}
+    x = torch.randn(2, 1, 5, 7, generator=gen).to(DEVICE).requires_grad_(True)
+    t = torch.zeros(2, 5, 7, dtype=torch.long, device=DEVICE)
+    t[0, 0] = 255
+    loss = entry.kernel(x, t, **opts)
+    want = entry.reference(x.detach().double(), t, **opts)
+    assert float(want) < 1e-2  # r is within 1e-2 of 1 (gamma 0.5: within 1e-4)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-4, atol=0)
+
+
 def test_focal_tversky_index_above_one(seed, gen):
     """smooth_nr > smooth_dr and confident right logits: TI > 1, so the base 1 - TI is
     clamped to 0, and its power has a zero gradient there."""
