@@ -1,8 +1,9 @@
 """Every loss under option sets drawn at random each run (on top of the registry's fixed
 variants): the options named in its signature, a class count, spatial shape, dtype,
 memory format, label dtype, ignored fraction and soft masks. The kernel must match the
-float64 reference (loss and gradient; the Lovasz losses' value only, as random inputs
-have ties), or reject what the reference rejects."""
+float64 reference (loss and gradient; for the Lovasz losses, whose random inputs have
+ties, the loss and the loss their gradient implies), or reject what the reference
+rejects."""
 
 from __future__ import annotations
 
