@@ -34,6 +34,17 @@ from .timing import copy_bandwidth, peak_memory, time_fn
 LOSS_TOL = 1e-4
 GRAD_TOL = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 3e-2}
 IGNORE_INDEX = 255
+# fp16 rows backpropagate the loss times GradScaler's initial scale, as fp16 training does:
+# unscaled, a mean's fp16 gradient over more than about 16K pixels is subnormal for every
+# provider and cannot be checked against float64
+LOSS_SCALE = {"fp16": 65536.0}
+
+
+def loss_scale(dtype: str) -> float:
+    """The grad_output of a row's backward (see ``LOSS_SCALE``)."""
+    return LOSS_SCALE.get(dtype, 1.0)
+
+
 # torch.compile donates saved buffers to the backward, which forbids retain_graph ('bwd')
 torch._functorch.config.donated_buffer = False
 
@@ -136,9 +147,13 @@ def run_case(
     def forward():
         return fn(xg, t) if case.provider in PEERS else fn(xg, t, **options)
 
+    row["loss_scale"] = scale = loss_scale(case.dtype)
     t0 = time.perf_counter()
     loss = forward()
-    grad = torch.autograd.grad(loss, xg, retain_graph=case.mode == "bwd")[0] if need_grad else None
+    grad = None  # of the loss times scale
+    if need_grad:
+        scaled = loss * scale if scale != 1.0 else loss
+        grad = torch.autograd.grad(scaled, xg, retain_graph=case.mode == "bwd")[0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["first_call_s"] = time.perf_counter() - t0  # compile / JIT time included
@@ -149,13 +164,13 @@ def run_case(
     row["grad_rel_err"] = math.nan
     if need_grad:
         (ref_grad,) = torch.autograd.grad(ref_loss, xd)
-        row["grad_rel_err"] = _max_rel(grad, ref_grad)
+        row["grad_rel_err"] = _max_rel(grad, ref_grad * scale)
         del ref_grad
     gate = "grad_rel_err"
     if need_grad and entry.grad_weights is not None:
         # a tie-order-dependent gradient (Lovasz) differs from the reference's where errors
         # tie, common at bf16 over millions of pixels: gate on the loss it implies instead
-        row["grad_identity_err"] = entry.grad_identity_err(x, t, grad, ref_loss, options)
+        row["grad_identity_err"] = entry.grad_identity_err(x, t, grad, ref_loss * scale, options)
         gate = "grad_identity_err"
     grad_ok = not need_grad or row[gate] <= GRAD_TOL[case.dtype]
     row["passed"] = bool(row["loss_rel_err"] <= LOSS_TOL and grad_ok)
@@ -165,7 +180,7 @@ def run_case(
     if case.provider == "triton" and device.type != "cuda":
         row["timer"] = "not measured (Triton interpreter)"
         return row
-    step = make_step(case.mode, forward, xg)
+    step = make_step(case.mode, forward, xg, scale)
     row.update(time_fn(step, device, reps=reps, graph=graph))
     row["gbps"] = gbps(row["bytes"], row["median_ms"])
     row["pct_of_copy_bw"] = 100 * row["gbps"] / copy_gbps
@@ -199,9 +214,14 @@ def gbps(nbytes: int, median_ms: float) -> float:
     return nbytes / (median_ms * 1e-3) / 1e9
 
 
-def make_step(mode: str, forward: Callable, x: torch.Tensor) -> Callable:
+def make_step(mode: str, forward: Callable, x: torch.Tensor, scale: float = 1.0) -> Callable:
     """The timed call: the forward alone, forward and backward, or the backward alone
-    (through a graph built once and retained)."""
+    (through a graph built once and retained); the backward is of the loss times
+    ``scale``, as ``torch.amp.GradScaler.scale`` gives it (see ``LOSS_SCALE``)."""
+
+    def scaled():
+        return forward() * scale if scale != 1.0 else forward()
+
     if mode == "fwd":
 
         def step():
@@ -210,9 +230,9 @@ def make_step(mode: str, forward: Callable, x: torch.Tensor) -> Callable:
     elif mode == "fwd+bwd":
 
         def step():
-            return torch.autograd.grad(forward(), x)
+            return torch.autograd.grad(scaled(), x)
     else:
-        held = forward()
+        held = scaled()
 
         def step():
             return torch.autograd.grad(held, x, retain_graph=True)

@@ -394,6 +394,20 @@ def test_floor_chart_adds_the_graph_figures_as_their_own_bars(tmp_path):
                            tmp_path / "none.png")  # fmt: skip
 
 
+def test_fp16_rows_backpropagate_a_scaled_loss():
+    """fp16 rows train as GradScaler does (loss times 65536): unscaled, a mean's fp16
+    gradient over 20480 pixels is subnormal and cannot be checked; scaled, the Triton
+    and eager rows match float64 to fp16's precision. bf16 rows are not scaled."""
+    for dtype, scale in (("fp16", 65536.0), ("bf16", 1.0)):
+        for provider in ("triton", "eager"):
+            case = runner.Case("cross_entropy", provider, (1, 2, 128, 160), dtype, "int64",
+                               "fwd+bwd", "contiguous", 0.1)  # fmt: skip
+            row = runner.run_case(case, torch.device("cpu"), copy_gbps=1.0, reps=1)
+            assert row["loss_scale"] == scale and row["passed"], row
+            if dtype == "fp16":
+                assert row["grad_rel_err"] < 1e-3, row
+
+
 def test_tie_order_gradients_are_gated_through_the_loss_they_imply(tmp_path, monkeypatch):
     """A provider whose gradient is twice the right one (same loss value) fails a Dice row
     on the gradient's error and a Lovasz row, whose gradient depends on how tied errors

@@ -19,7 +19,13 @@ import pytest
 import torch
 
 from segtriton.bench.env import environment
-from segtriton.bench.runner import IGNORE_INDEX, case_inputs, make_provider, make_step
+from segtriton.bench.runner import (
+    IGNORE_INDEX,
+    case_inputs,
+    loss_scale,
+    make_provider,
+    make_step,
+)
 from segtriton.bench.spec import DTYPES, LABEL_DTYPES, expand, load_spec
 from segtriton.bench.timing import copy_bandwidth
 from segtriton.reference._common import value_checks
@@ -54,7 +60,7 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
     x, t = case_inputs(case, entry, options, DEVICE)
     xg = x.requires_grad_(case.mode != "fwd")
     fn = make_provider(case, entry)
-    step = make_step(case.mode, lambda: fn(xg, t, **options), xg)
+    step = make_step(case.mode, lambda: fn(xg, t, **options), xg, loss_scale(case.dtype))
     flush = (
         torch.empty(256 * 2**20, dtype=torch.int8, device=DEVICE) if DEVICE.type == "cuda" else None
     )
