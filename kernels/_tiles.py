@@ -273,14 +273,16 @@ def applied_scale(grad: torch.Tensor, denom: torch.Tensor | None, defer: bool) -
 
 
 @triton.jit
-def _scale_kernel(g_ptr, gout_ptr, applied_ptr, n, BLOCK: tl.constexpr):
+def _scale_kernel(
+    g_ptr, out_ptr, gout_ptr, applied_ptr, n, BLOCK: tl.constexpr, IN_PLACE: tl.constexpr
+):
     applied = tl.load(applied_ptr)
     factor = tl.load(gout_ptr).to(tl.float32) / tl.where(applied == 0, 1.0, applied)
-    if factor != 1.0:
+    if not IN_PLACE or factor != 1.0:
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-        tl.store(g_ptr + offs, (g * factor).to(g_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, (g * factor).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -288,18 +290,29 @@ def _copy_scalar_kernel(dst_ptr, src_ptr):
     tl.store(dst_ptr, tl.load(src_ptr).to(tl.float32))
 
 
-def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Tensor) -> None:
-    """Scale a gradient buffer written in the forward to ``grad_output`` times dL/dz, in
-    place and without a host sync: programs exit at once when the factor is 1.
+def scale_grad(
+    grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Tensor, first: bool
+) -> torch.Tensor:
+    """A gradient buffer written in the forward, as ``grad_output`` times dL/dz, without a
+    host sync.
 
     ``applied`` (see :func:`applied_scale`; a 0 there reads as 1: the buffer then holds
-    only zeros and NaNs) is the factor the buffer holds, divided out first, and is set to
-    ``grad_output`` afterwards, so a second backward through the same graph
-    (``retain_graph=True``) stays correct. The buffer is ours and dense (``empty_like`` of
-    a dense input), so its storage is scaled as one flat range whatever its memory format.
+    only zeros and NaNs) is the factor the buffer holds, divided out first. The first
+    backward through a graph (``first``) scales the buffer in place and returns it;
+    programs exit at once when the factor is 1, and ``applied`` becomes ``grad_output``.
+    Later backwards (``retain_graph=True``) write a new tensor and leave the buffer as it
+    is, since the first one handed it out. A first grad_output of exactly 0 zeroes the
+    buffer, so later backwards through that graph give zeros too (telling would take a
+    host sync or a recompute in every backward). The buffer is ours and dense
+    (``empty_like`` of a dense input), so its storage is scaled as one flat range
+    whatever its memory format, and ``empty_like`` keeps that format for a new one.
     """
     gout = grad_output.reshape(1)
     n = grad.numel()
-    _scale_kernel[(cdiv(n, 4096),)](grad, gout, applied, n, BLOCK=4096, num_warps=8)
-    # a kernel, not applied.copy_(): autograd must not see a new version of a saved tensor
-    _copy_scalar_kernel[(1,)](applied, gout)
+    out = grad if first else torch.empty_like(grad)
+    grid = (cdiv(n, 4096),)
+    _scale_kernel[grid](grad, out, gout, applied, n, BLOCK=4096, IN_PLACE=first, num_warps=8)
+    if first:
+        # a kernel, not applied.copy_(): autograd must not see a new version of a saved tensor
+        _copy_scalar_kernel[(1,)](applied, gout)
+    return out

@@ -64,7 +64,7 @@ from ._tiles import (
     num_warps_for,
     pixel_view,
     program_count,
-    scale_grad_,
+    scale_grad,
     sum_partials,
     tile_pixels,
 )
@@ -314,18 +314,18 @@ def _(
     return grad_like(logits)
 
 
-def _scale_saved_grad(
-    grad: torch.Tensor, grad_loss: torch.Tensor, applied: torch.Tensor
-) -> torch.Tensor:
-    """Apply grad_output to the gradient written by the forward (see ``scale_grad_``).
+def _scale_saved_grad(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
+    """Apply grad_output to the gradient written by the forward (see ``scale_grad``).
 
-    Eager: in place, skipped on the device when grad_output is 1 (no version-counter bump,
-    so retain_graph works; ``applied`` keeps repeated backwards right). Under
-    torch.compile's tracing (tensor subclasses): a functional product.
+    Eager: in place on the first backward, skipped on the device when grad_output is 1
+    (no version-counter bump, so retain_graph works); a new tensor on later ones, so the
+    gradients handed out do not alias. Under torch.compile's tracing (tensor
+    subclasses): a functional product.
     """
+    grad, applied = ctx.saved_tensors
     if type(grad) is torch.Tensor:
-        scale_grad_(grad, grad_loss, applied)
-        return grad
+        first, ctx.scaled = not ctx.scaled, True
+        return scale_grad(grad, grad_loss, applied, first)
     factor = grad_loss.to(torch.float32) / torch.where(applied == 0, 1.0, applied)
     return (grad.to(torch.float32) * factor).to(grad.dtype)
 
@@ -349,6 +349,7 @@ def _register_fused_autograd(op: Op, grad_op, reduction_at: int) -> None:
         ctx.reduction, ctx.n_inputs = inputs[reduction_at], len(inputs)
         if ctx.reduction != "none":
             ctx.save_for_backward(output[1], output[2])
+            ctx.scaled = False
             return
         args = inputs[:reduction_at]
         ctx.tensor_at = [k for k, a in enumerate(args) if isinstance(a, torch.Tensor)]
@@ -357,8 +358,7 @@ def _register_fused_autograd(op: Op, grad_op, reduction_at: int) -> None:
 
     def backward(ctx, grad_loss, _grad_grad, _grad_applied):
         if ctx.reduction != "none":
-            saved, applied = ctx.saved_tensors
-            grad = _scale_saved_grad(saved, grad_loss, applied)
+            grad = _scale_saved_grad(ctx, grad_loss)
         else:
             args = list(ctx.args)
             for k, tensor in zip(ctx.tensor_at, ctx.saved_tensors, strict=True):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from kernel_checks import DEVICE
 
+from segtriton.kernels import _ops
 from segtriton.registry import LOSSES, make_inputs
 
 SCALE = 65536.0
@@ -32,3 +33,33 @@ def test_fp16_gradient_under_a_loss_scale(entry, seed, gen):
     top = float(want.abs().max())
     assert top > 0.01  # well inside fp16's normal range once scaled
     torch.testing.assert_close(grad.double(), want, rtol=2e-3, atol=2e-4 * top)
+
+
+@pytest.mark.parametrize("fast_eager", [True, False], ids=["function", "custom-op"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+def test_repeated_backwards_through_one_graph(entry, dtype, fast_eager, seed, gen, monkeypatch):
+    """retain_graph: each backward gives its grad_output times the first gradient, the
+    gradients handed out do not alias (a later backward left the earlier ones as they
+    were), and x.grad accumulates them."""
+    monkeypatch.setattr(_ops, "fast_eager", fast_eager)
+    options = {**entry.variants[0], "reduction": "mean"}
+    x, t = make_inputs(entry, entry.fit_shape((2, 3, 9, 11), options), options, dtype, gen)
+    x.requires_grad_(True)
+    loss = entry.kernel(x, t, **options)
+    factors = (1.0, 3.0, 0.5, 1024.0, 1.0)
+    grads = []
+    for f in factors:
+        gout = torch.tensor(f, dtype=loss.dtype, device=DEVICE)
+        grads.append(torch.autograd.grad(loss, x, grad_outputs=gout, retain_graph=True)[0])
+
+    def close(got: torch.Tensor, f: float) -> None:
+        # fp16: the first gradient may lie among the subnormals (step 2^-24), times f
+        tol = {"rtol": 2e-3, "atol": 2.0**-23 * f} if dtype == torch.float16 else {}
+        torch.testing.assert_close(got.float(), grads[0].float() * f, **tol)
+
+    for f, g in zip(factors, grads, strict=True):
+        close(g, f)
+    loss.backward(retain_graph=True)
+    (2 * loss).backward()
+    close(x.grad, 3.0)
