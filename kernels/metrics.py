@@ -206,14 +206,25 @@ class StreamingMetrics:
         self._bad = torch.zeros((), dtype=torch.int64)
         if self.device is not None:
             self._cm, self._bad = self._cm.to(self.device), self._bad.to(self.device)
+        self._images: list[torch.Tensor] = []
         self._synced: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _own(self) -> torch.Tensor:
+        """This process's counts: the matrix, or the per-image matrices stacked."""
+        if self._images:
+            self._cm = torch.cat([self._cm, *self._images])
+            self._images = []
+        return self._cm
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if self._cm.device != target.device:
-            self._cm, self._bad = self._cm.to(target.device), self._bad.to(target.device)
+            self._cm, self._bad = self._own().to(target.device), self._bad.to(target.device)
         per_image = self.average == "image"
         cm, bad = _confusion(preds, target, self.num_classes, self.ignore_index, per_image)
-        self._cm = torch.cat([self._cm, cm]) if per_image else self._cm + cm
+        if per_image:  # concatenated when read: a cat per update would copy O(n^2)
+            self._images.append(cm)
+        else:
+            self._cm = self._cm + cm
         self._bad = self._bad + bad
         self._synced = None
 
@@ -224,18 +235,19 @@ class StreamingMetrics:
         Collective: every rank of the group must call it."""
         bad = self._bad.clone()
         dist.all_reduce(bad, group=process_group)
+        own = self._own()
         if self.average == "dataset":
-            cm = self._cm.clone()
+            cm = own.clone()
             dist.all_reduce(cm, group=process_group)
             self._synced = (cm, bad)
             return
         world = dist.get_world_size(process_group)
-        mine = torch.tensor([self._cm.shape[0]], device=self._cm.device)
+        mine = torch.tensor([own.shape[0]], device=own.device)
         counts = [torch.zeros_like(mine) for _ in range(world)]
         dist.all_gather(counts, mine, group=process_group)
         sizes = [int(c) for c in counts]  # a host read: sync is a synchronisation point
-        padded = self._cm.new_zeros((max(sizes), *self._cm.shape[1:]))
-        padded[: self._cm.shape[0]] = self._cm
+        padded = own.new_zeros((max(sizes), *own.shape[1:]))
+        padded[: own.shape[0]] = own
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=process_group)
         cm = torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
@@ -243,11 +255,11 @@ class StreamingMetrics:
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The metrics of the counts: all ranks' after ``sync``, else this process's."""
-        cm, bad = self._synced or (self._cm, self._bad)
+        cm, bad = self._synced or (self._own(), self._bad)
         _raise_if_bad(bad, self.num_classes, self.ignore_index)
         return metrics_from_confusion(cm)
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
         """The matrix ``compute`` would use (all ranks' after ``sync``)."""
-        return self._synced[0] if self._synced else self._cm
+        return self._synced[0] if self._synced else self._own()
