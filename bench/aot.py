@@ -248,7 +248,7 @@ def run_case(case: CompileCase) -> None:
         )
         return
     entry = get(case.name)
-    opts = {**case.options, "ignore_index": 255}
+    opts = entry.ignoring(case.options)
     if case.empty:
         x = torch.empty(case.shape, dtype=case.dtype)
         if entry.target_kind(opts) == "labels":
@@ -257,7 +257,7 @@ def run_case(case: CompileCase) -> None:
             t = torch.zeros(case.shape, dtype=case.dtype)
     else:
         x, t = make_inputs(
-            entry, case.shape, opts, case.dtype, gen, 0.1,
+            entry, case.shape, opts, case.dtype, gen, 0.1 if "ignore_index" in opts else 0.0,
             label_dtype=case.label_dtype, mask_dtype=case.dtype,
         )  # fmt: skip
     if case.channels_last:
@@ -319,11 +319,12 @@ def host_overhead(
     fast = _ops.fast_eager
     with compile_only(arch):
         for entry in entries:
-            opts = {**entry.variants[0], "ignore_index": 255}
+            opts = entry.ignoring(entry.variants[0])
             case = entry.fit_shape(shape, opts)
             gen = torch.Generator().manual_seed(0)
             bf16 = torch.bfloat16
-            x, t = make_inputs(entry, case, opts, bf16, gen, 0.05, mask_dtype=bf16)
+            frac = 0.05 if "ignore_index" in opts else 0.0
+            x, t = make_inputs(entry, case, opts, bf16, gen, frac, mask_dtype=bf16)
             x.requires_grad_(True)
             times: dict[bool, list[float]] = {True: [], False: []}
             try:

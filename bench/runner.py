@@ -132,7 +132,7 @@ def run_case(
     time CUDA-graph replays (see :func:`time_fn`); ``cache``: see :func:`case_inputs`."""
     row = case.as_row()
     entry = get(case.loss)
-    options = {**case_options(case, entry), "ignore_index": IGNORE_INDEX}
+    options = entry.ignoring(case_options(case, entry), IGNORE_INDEX)
     row["options"] = repr(options)
     dtype = DTYPES[case.dtype]
     x, t = case_inputs(case, entry, options, device, cache)

@@ -267,7 +267,8 @@ def expand(spec: dict) -> list[Case]:
         shape = entry.fit_shape(shape)
         if shape[1] < entry.min_classes or (fmt == "channels_last" and len(shape) not in (4, 5)):
             continue
-        case = Case(name, provider, shape, dtype, ldt, mode, fmt, float(spec["ignore_frac"]))
+        frac = float(spec["ignore_frac"]) if entry.takes("ignore_index") else 0.0
+        case = Case(name, provider, shape, dtype, ldt, mode, fmt, frac)
         if case not in seen:
             seen.add(case)
             cases.append(case)

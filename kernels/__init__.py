@@ -13,6 +13,7 @@ from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
+    cross_entropy_probs,
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "combo_loss",
     "confusion_matrix",
     "cross_entropy",
+    "cross_entropy_probs",
     "dice_loss",
     "focal_dice_loss",
     "focal_tversky_loss",

@@ -339,6 +339,177 @@ def _softmax_loss_kernel(
 
 
 @triton.jit
+def _probs_chunk(x_ptr, t_ptr, w_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, stb, stc, sts,
+                 smoothing, HAS_W: tl.constexpr):  # fmt: skip
+    """A ``[classes, pixels]`` chunk: logits (-inf past C), ``w_c t'_c`` with
+    ``t' = (1 - eps) t + eps / C`` (0 past C), the class mask and the bad-target mask."""
+    cmask = offs_c < C
+    x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+    t, _, bad = _mask_tile(
+        t_ptr, b, offs_c, offs_p, cmask[:, None] & pmask[None, :], stb, stc, sts, 0.0, False
+    )
+    if HAS_W:
+        w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        w = cmask.to(tl.float32)
+    wt = w[:, None] * ((1.0 - smoothing) * t + smoothing / C)
+    return x, wt, cmask, bad
+
+
+@triton.jit
+def _probs_grad(x, wt, cmask, m, s, s_rest, wsum):
+    """``dL/dz_c = W p_c - w_c t'_c``; at a maximal logit (``p_c = 1 / s``) taken as
+    ``((W - w_c t'_c) - w_c t'_c (s - 1)) / s``, exact as p_c -> 1."""
+    is_max = (x == m[None, :]) & cmask[:, None]
+    at_max = ((wsum[None, :] - wt) - wt * s_rest[None, :]) / s[None, :]
+    return tl.where(is_max, at_max, wsum[None, :] * tl.exp(x - m[None, :]) / s[None, :] - wt)
+
+
+@triton.jit
+def _probs_tile(
+    b, offs_p, pmask, x_ptr, t_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
+    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, smoothing, HAS_W: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr,
+    MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Cross-entropy against class probabilities of one pixel tile (NaN where a target lies
+    outside [0, 1]): ``l = W log s - sum_c w_c t'_c (x_c - m)``, ``W = sum_c w_c t'_c``,
+    ``s = sum_c exp(x_c - m)``; both terms are >= 0, and ``log s = log1p(s - 1)`` with
+    ``s - 1`` summed without the 1 of one maximal logit. Written per pixel with PER_PIXEL;
+    the gradient written with WRITE_GRAD."""
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
+    if SINGLE:
+        x, wt, cmask, bad = _probs_chunk(
+            x_ptr, t_ptr, w_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, stc, sts,
+            smoothing, HAS_W,
+        )  # fmt: skip
+        m = tl.max(x, axis=0)
+        is_max = (x == m[None, :]) & cmask[:, None]
+        e = tl.exp(x - m[None, :])
+        s_other = tl.sum(tl.where(is_max, 0.0, e), axis=0)
+        n_max = tl.sum(is_max.to(tl.float32), axis=0)
+        wsum = tl.sum(wt, axis=0)
+        a = tl.sum(tl.where(cmask[:, None], wt * (x - m[None, :]), 0.0), axis=0)
+        pbad = tl.max(bad.to(tl.int32), axis=0) > 0
+    else:
+        m = tl.full([BLOCK_P], float("-inf"), tl.float32)
+        s_other = tl.zeros([BLOCK_P], tl.float32)  # sum of exp(x_c - m) off the maximum
+        n_max = tl.zeros([BLOCK_P], tl.float32)  # how many logits equal m
+        wsum = tl.zeros([BLOCK_P], tl.float32)
+        a = tl.zeros([BLOCK_P], tl.float32)  # sum_c w_c t'_c (x_c - m)
+        pbad = tl.zeros([BLOCK_P], tl.int1)
+        for c0 in range(0, C, BLOCK_C):
+            xc, wtc, cmask, badc = _probs_chunk(
+                x_ptr, t_ptr, w_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs,
+                stb, stc, sts, smoothing, HAS_W,
+            )  # fmt: skip
+            m_new = tl.maximum(m, tl.max(xc, axis=0))
+            up = m_new > m
+            s_other = tl.where(up, (s_other + n_max) * tl.exp(m - m_new), s_other)
+            n_max = tl.where(up, 0.0, n_max)
+            a = tl.where(up & (wsum != 0.0), a - wsum * (m_new - m), a)
+            m = m_new
+            is_max = (xc == m[None, :]) & cmask[:, None]
+            ec = tl.exp(xc - m[None, :])
+            s_other += tl.sum(tl.where(is_max, 0.0, ec), axis=0)
+            n_max += tl.sum(is_max.to(tl.float32), axis=0)
+            wsum += tl.sum(wtc, axis=0)
+            a += tl.sum(tl.where(cmask[:, None], wtc * (xc - m[None, :]), 0.0), axis=0)
+            pbad = pbad | (tl.max(badc.to(tl.int32), axis=0) > 0)
+    s_rest = s_other + (n_max - 1.0)
+    s = s_other + n_max
+    loss = wsum * log1p(s_rest) - a
+    valid = pmask & ~pbad
+    loss = tl.where(pmask, loss, 0.0)
+    loss = tl.where(pbad, float("nan"), loss)
+    if WRITE_LOSS and PER_PIXEL:
+        tl.store(loss_ptr + b * S + offs_p, loss, mask=pmask)
+    if WRITE_GRAD:
+        if PER_PIXEL:
+            gscale = tl.load(gout_ptr + b * S + offs_p, mask=pmask, other=0.0).to(tl.float32)
+        else:
+            gscale = tl.zeros([BLOCK_P], tl.float32) + 1.0
+        if MEAN:
+            gscale = gscale / grad_divisor(denom_ptr, DEFER_MEAN)
+        g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
+        if SINGLE:
+            dx = _probs_grad(x, wt, cmask, m, s, s_rest, wsum)
+            dx = tl.where(valid[None, :], dx * gscale[None, :], 0.0)
+            tl.store(
+                g_base + offs_c0[:, None] * sgc,
+                dx.to(g_ptr.dtype.element_ty),
+                mask=cmask[:, None] & pmask[None, :],
+            )
+        else:
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                xc, wtc, cmask, _ = _probs_chunk(
+                    x_ptr, t_ptr, w_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs,
+                    stb, stc, sts, smoothing, HAS_W,
+                )  # fmt: skip
+                dx = _probs_grad(xc, wtc, cmask, m, s, s_rest, wsum)
+                dx = tl.where(valid[None, :], dx * gscale[None, :], 0.0)
+                tl.store(
+                    g_base + offs_c[:, None] * sgc,
+                    dx.to(g_ptr.dtype.element_ty),
+                    mask=cmask[:, None] & pmask[None, :],
+                )
+    return loss
+
+
+@triton.jit
+def _probs_loss_kernel(
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    g_ptr,
+    loss_ptr,
+    denom_ptr,
+    gout_ptr,
+    C,
+    S,
+    n_pblocks,
+    n_blocks,
+    sxb,
+    sxc,
+    sxs,
+    stb,
+    stc,
+    sts,
+    sgb,
+    sgc,
+    sgs,
+    smoothing,
+    HAS_W: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
+    PER_PIXEL: tl.constexpr,
+    MEAN: tl.constexpr,
+    DEFER_MEAN: tl.constexpr,
+    SINGLE: tl.constexpr,
+    TILES: tl.constexpr,
+    STAGES: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Cross-entropy against class probabilities ``[B, C, S]`` (class weights, label
+    smoothing); programs, tiles, WRITE_LOSS and WRITE_GRAD as in
+    :func:`_softmax_loss_kernel`."""
+    pid = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK_P], tl.float32)
+    for i in tl.range(0, TILES, num_stages=STAGES):
+        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
+        acc += _probs_tile(
+            b, offs_p, pmask, x_ptr, t_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
+            sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, smoothing, HAS_W, WRITE_GRAD,
+            WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN, SINGLE, BLOCK_C, BLOCK_P,
+        )  # fmt: skip
+    if WRITE_LOSS and not PER_PIXEL:
+        tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit
 def _sigmoid_terms(x, t, wp, wn, gamma, alpha, IS_FOCAL: tl.constexpr, HAS_ALPHA: tl.constexpr):
     """Elementwise ``(loss, dL/dz)`` on logits ``x`` and targets ``t`` in [0, 1].
 

@@ -37,16 +37,22 @@ from segtriton.reference._common import (
     check_choice,
     check_class_vector,
     check_constant,
+    check_ignore_index,
     check_logits,
     check_mode,
     check_number,
     checked_target,
     is_number,
 )
-from segtriton.reference.pixelwise import sigmoid_focal_options
+from segtriton.reference.pixelwise import is_probs, sigmoid_focal_options
 
 from ._ops import Op, op
-from ._pixelwise_kernels import _sigmoid_loss_kernel, _softmax_loss_kernel, _valid_sum_kernel
+from ._pixelwise_kernels import (
+    _probs_loss_kernel,
+    _sigmoid_loss_kernel,
+    _softmax_loss_kernel,
+    _valid_sum_kernel,
+)
 from ._runtime import kernel_api
 from ._tiles import (
     STAGES,
@@ -401,8 +407,12 @@ def cross_entropy(
     (``F.cross_entropy``: class weights, label smoothing, ignore_index, weighted 'mean').
 
     Returns a float32 loss. ``validate=True`` raises ValueError on labels outside
-    ``[0, C)`` (a host sync); otherwise such labels make the loss NaN.
+    ``[0, C)`` (a host sync); otherwise such labels make the loss NaN. A floating target
+    of the logits' shape holds class probabilities: :func:`cross_entropy_probs`.
     """
+    if is_probs(logits, target):
+        check_ignore_index(ignore_index, labels=True)
+        return cross_entropy_probs(logits, target, weight, reduction, label_smoothing, validate)
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
@@ -468,6 +478,139 @@ def softmax_focal_loss(
         reduction,
         True,
         _need_grad(logits),
+    )
+    return loss
+
+
+# --- cross-entropy against class probabilities ----------------------------------------
+
+
+def _probs_launch(logits, target, weight, smoothing, reduction, denom, grad, gout):
+    """One launch of the probability-target kernel (see :func:`_softmax_launch`)."""
+    x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, False)
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    block_c, block_p, single = class_blocks(C)
+    n_pblocks = cdiv(S, block_p)
+    n_blocks = B * n_pblocks
+    n_programs = program_count(n_blocks)
+    per_pixel = reduction == "none"
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * S if per_pixel else n_programs, grad, x)
+    _probs_loss_kernel[(n_programs,)](
+        x,
+        t,
+        weight,
+        g,
+        loss,
+        denom,
+        gout,
+        C,
+        S,
+        n_pblocks,
+        n_blocks,
+        sxb,
+        sxc,
+        sxs,
+        stb,
+        stc,
+        sts,
+        sgb,
+        sgc,
+        sgs,
+        smoothing,
+        HAS_W=weight is not None,
+        WRITE_GRAD=grad is not None,
+        WRITE_LOSS=loss is not None,
+        PER_PIXEL=per_pixel,
+        MEAN=reduction == "mean",
+        DEFER_MEAN=defers_mean(logits, reduction),
+        SINGLE=single,
+        TILES=TILES_PER_PROGRAM,
+        STAGES=STAGES,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        num_warps=num_warps_for(block_c, block_p),
+    )
+    return loss
+
+
+def _pixel_shape(logits: torch.Tensor) -> tuple[int, ...]:
+    return (logits.shape[0], *logits.shape[2:])
+
+
+@op("segtriton::probs_pixel_loss")
+def _probs_pixel_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: float,
+    reduction: str,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    denom = None
+    if reduction == "mean":  # every pixel counts, as in torch
+        pixels = float(logits.numel() // logits.shape[1])
+        denom = torch.full((1,), pixels, dtype=torch.float32, device=logits.device)
+    grad = _grad_buffer(logits, need_grad, reduction)
+    loss = _probs_launch(
+        logits, target, weight, smoothing, reduction, denom, grad if grad.numel() else None, None
+    )
+    return _finish(loss, grad, reduction, denom, _pixel_shape(logits), logits)
+
+
+@_probs_pixel_loss.register_fake
+def _(logits, target, weight, smoothing, reduction, need_grad):
+    shape = _pixel_shape(logits) if reduction == "none" else ()
+    loss = logits.new_empty(shape, dtype=torch.float32)
+    return loss, *_fake_grad(logits, need_grad, reduction)
+
+
+@op("segtriton::probs_pixel_grad")
+def _probs_pixel_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    grad_output: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: float,
+) -> torch.Tensor:
+    """dL/dz for reduction='none' with a per-pixel grad_output (recomputed in one pass)."""
+    grad = grad_like(logits)
+    gout = grad_output.to(torch.float32).contiguous()
+    _probs_launch(logits, target, weight, smoothing, "none", None, grad, gout)
+    return grad
+
+
+@_probs_pixel_grad.register_fake
+def _(logits, target, grad_output, weight, smoothing):
+    return grad_like(logits)
+
+
+_register_fused_autograd(_probs_pixel_loss, _probs_pixel_grad, 4)
+
+
+@kernel_api
+def cross_entropy_probs(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton cross-entropy against class probabilities ``[B, C, *spatial]``; semantics of
+    ``segtriton.reference.cross_entropy_probs`` (``F.cross_entropy`` with a probability
+    target: class weights, label smoothing, 'mean' over every pixel).
+
+    One pass, as :func:`cross_entropy`, reading the target tile beside the logits tile.
+    Returns a float32 loss. A target value outside [0, 1] makes its pixel's loss NaN;
+    ``validate=True`` raises a ValueError instead (a host sync).
+    """
+    target = checked_target(logits, target, False, None, validate)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    w = _class_vector("weight", weight, logits.shape[1], logits, validate)
+    loss, _, _ = _probs_pixel_loss(
+        logits, target, w, float(label_smoothing), reduction, _need_grad(logits)
     )
     return loss
 

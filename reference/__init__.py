@@ -24,6 +24,7 @@ from .modules import (
     CEDiceLoss,
     ComboLoss,
     CrossEntropyLoss,
+    CrossEntropyProbsLoss,
     DiceLoss,
     FocalDiceLoss,
     FocalTverskyLoss,
@@ -39,6 +40,7 @@ from .modules import (
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
+    cross_entropy_probs,
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "CEDiceLoss",
     "ComboLoss",
     "CrossEntropyLoss",
+    "CrossEntropyProbsLoss",
     "DiceLoss",
     "FocalDiceLoss",
     "FocalTverskyLoss",
@@ -77,6 +80,7 @@ __all__ = [
     "combo_loss",
     "confusion_matrix",
     "cross_entropy",
+    "cross_entropy_probs",
     "dice_loss",
     "dice_per_class",
     "focal_dice_loss",

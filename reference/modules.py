@@ -21,6 +21,7 @@ from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
+    cross_entropy_probs,
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
@@ -73,6 +74,7 @@ def loss_module(
 
 
 CrossEntropyLoss = loss_module("CrossEntropyLoss", cross_entropy)
+CrossEntropyProbsLoss = loss_module("CrossEntropyProbsLoss", cross_entropy_probs)
 BCEWithLogitsLoss = loss_module("BCEWithLogitsLoss", binary_cross_entropy_with_logits)
 SigmoidFocalLoss = loss_module("SigmoidFocalLoss", sigmoid_focal_loss)
 SoftmaxFocalLoss = loss_module("SoftmaxFocalLoss", softmax_focal_loss)

@@ -16,6 +16,7 @@ from ._common import (
     acc_dtype,
     check_choice,
     check_class_vector,
+    check_ignore_index,
     check_labels,
     check_masks,
     check_mode,
@@ -56,7 +57,14 @@ def cross_entropy(
         when every pixel is ignored, as in PyTorch). With ``avg_non_ignore=False`` the
         divisor is the number of pixels *including* ignored ones (mmseg's default).
       - 'sum': ``sum_i l_i``;  'none': ``l`` with shape ``[B, *spatial]``.
+
+    A floating target of the logits' shape holds class probabilities, as in
+    ``F.cross_entropy``: see :func:`cross_entropy_probs` (``ignore_index`` and
+    ``avg_non_ignore`` do not apply to it).
     """
+    if is_probs(logits, target):
+        check_ignore_index(ignore_index, labels=True)
+        return cross_entropy_probs(logits, target, weight, reduction, label_smoothing)
     valid = check_labels(logits, target, ignore_index)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
@@ -81,6 +89,48 @@ def cross_entropy(
     if avg_non_ignore or reduction == "none":
         return nll
     return reduce_pixels(nll, reduction, torch.tensor(float(nll.numel()), dtype=nll.dtype))
+
+
+def is_probs(logits: object, target: object) -> bool:
+    """Whether ``cross_entropy`` reads ``target`` as class probabilities: a floating tensor
+    with the logits' number of dims (labels have one fewer)."""
+    return (
+        isinstance(logits, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and target.is_floating_point()
+        and target.dim() == logits.dim()
+    )
+
+
+def cross_entropy_probs(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy against class probabilities ``target [B, C, *spatial]`` (soft labels:
+    mixup, distillation), the semantics of ``F.cross_entropy`` with a probability target.
+
+    For pixel i (``log p = log_softmax(logits, dim=1)``)::
+
+        l_i = -sum_c w_c t'_ic log p_ic,    t' = (1 - eps) t + eps / C
+
+    with ``eps = label_smoothing`` and ``w = weight`` (all ones when None). Target values
+    must lie in [0, 1] (a ValueError names one that does not); each pixel's need not sum
+    to 1, as in torch. There is no ignore_index: a pixel whose target is all zeros adds 0
+    (with eps = 0) but still counts in the mean.
+
+    reduction: 'mean': ``sum_i l_i / (B * prod(spatial))``, every pixel counted and the
+    weights left out of the divisor, as in torch; 'sum': ``sum_i l_i``; 'none': ``l``
+    with shape ``[B, *spatial]``.
+    """
+    t, _ = check_masks(logits, target, None)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    x = logits.to(acc_dtype(logits))
+    w = check_class_vector("weight", weight, logits.shape[1], x)
+    return F.cross_entropy(x, t, weight=w, reduction=reduction, label_smoothing=label_smoothing)
 
 
 def binary_cross_entropy_with_logits(

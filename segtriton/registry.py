@@ -5,6 +5,7 @@ Adding a loss means a reference function, a kernel (once written) and one entry 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,17 @@ class LossEntry:
         miss = ((w * g).sum() - loss.double().sum()).abs() - (w.abs() * ulp).sum()
         return float(miss.clamp_min(0) / loss.double().sum().abs().clamp_min(1e-30))
 
+    def takes(self, option: str) -> bool:
+        """Whether the loss has the option ``option`` (a parameter of its reference)."""
+        return option in inspect.signature(self.reference).parameters
+
+    def ignoring(self, options: dict, ignore_index: float = 255) -> dict:
+        """``options`` with ``ignore_index`` where the loss has that option (cross-entropy
+        against probabilities has none)."""
+        if self.takes("ignore_index"):
+            return {**options, "ignore_index": ignore_index}
+        return dict(options)
+
     def target_kind(self, options: dict) -> str:
         """'labels' or 'masks' for this entry under ``options`` (mode may switch it)."""
         if options.get("mode") in ("binary", "multilabel"):
@@ -105,6 +117,15 @@ LOSSES: tuple[LossEntry, ...] = (
         "labels",
         ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]}, {"avg_non_ignore": False}),
         kernel=ker.cross_entropy,
+        traffic="pixel",
+    ),
+    LossEntry(
+        "cross_entropy_probs",
+        ref.cross_entropy_probs,
+        "masks",
+        ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]}),
+        soft=True,
+        kernel=ker.cross_entropy_probs,
         traffic="pixel",
     ),
     LossEntry(

@@ -18,6 +18,7 @@ from kernel_checks import (
     assert_matches,
     kernel_cases,
     to_channels_last,
+    with_ignore,
 )
 
 from segtriton import kernels as ker
@@ -31,9 +32,9 @@ KERNELS = [e for e in LOSSES if e.kernel and e.reference.__module__.endswith(".p
 def test_kernel_matches_reference(
     entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
 ):
-    opts = {**options, "reduction": reduction, "ignore_index": 255}
+    opts, frac = with_ignore(entry, {**options, "reduction": reduction})
     x, t = make_inputs(
-        entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=0.2, soft=entry.soft, device=DEVICE
+        entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=frac, soft=entry.soft, device=DEVICE
     )
     if channels_last:
         x = to_channels_last(x)
@@ -43,14 +44,16 @@ def test_kernel_matches_reference(
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_large_class_count_streams_classes(entry, seed, gen):
     C = 1 if entry.channels else 300  # > 256: the online-softmax chunked path
-    opts = {**entry.variants[0], "ignore_index": 255}
+    opts, frac = with_ignore(entry, entry.variants[0])
     x, t = make_inputs(
-        entry, (2, C, 3, 5), opts, torch.float32, gen, ignore_frac=0.2, device=DEVICE
+        entry, (2, C, 3, 5), opts, torch.float32, gen, ignore_frac=frac, device=DEVICE
     )
     assert_matches(entry, x, t, opts, torch.float32, seed)
 
 
-@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+@pytest.mark.parametrize(
+    "entry", [e for e in KERNELS if e.takes("ignore_index")], ids=lambda e: e.name
+)
 def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     opts = {**entry.variants[0], "ignore_index": 255}
     x, t = make_inputs(
@@ -118,6 +121,20 @@ def test_any_integer_label_dtype(label_dtype, gen):
     assert torch.equal(ker.cross_entropy(x, y.to(label_dtype), ignore_index=255), expected)
     focal = ker.sigmoid_focal_loss(x, y.to(label_dtype), mode="multiclass", ignore_index=255)
     assert torch.equal(focal, ker.sigmoid_focal_loss(x, y, mode="multiclass", ignore_index=255))
+
+
+def test_cross_entropy_reads_a_float_target_as_probabilities(gen):
+    """As F.cross_entropy: a floating target of the logits' shape holds class probabilities
+    (ignore_index does not apply to it); a floating target of the labels' shape is refused."""
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE)
+    probs = torch.softmax(torch.randn(2, 5, 6, 7, generator=gen), dim=1).to(DEVICE)
+    want = ker.cross_entropy_probs(x, probs, label_smoothing=0.1)
+    assert torch.equal(ker.cross_entropy(x, probs, ignore_index=255, label_smoothing=0.1), want)
+    torch.testing.assert_close(
+        want, torch.nn.functional.cross_entropy(x, probs, label_smoothing=0.1)
+    )
+    with pytest.raises(TypeError, match="integer class labels"):
+        ker.cross_entropy(x, probs[:, 0])
 
 
 def test_repeated_backward_with_other_grad_outputs(gen):
