@@ -1,4 +1,5 @@
-"""Triton pixel-wise losses: cross-entropy, softmax focal, BCE with logits, sigmoid focal.
+"""Triton pixel-wise losses: cross-entropy (labels or probabilities), softmax focal, BCE
+with logits, sigmoid focal.
 
 Same signatures and semantics as ``segtriton.reference`` (see the formulas there), plus
 ``validate``. How they run:
@@ -8,8 +9,10 @@ Same signatures and semantics as ``segtriton.reference`` (see the formulas there
 - When the logits require grad and the reduction is 'mean' or 'sum', the forward writes
   dL/dz (for grad_output = 1) into a new buffer in the same pass that computes the loss;
   the backward then only scales that buffer in place by grad_output, and skips even that
-  when grad_output is 1 (checked on the device). With reduction='none' nothing is saved
-  but the inputs, and the backward recomputes the gradient in one pass.
+  when grad_output is 1 (checked on the device); a later backward through the same graph
+  writes a new tensor. With reduction='none' nothing is saved but the inputs, and the
+  backward recomputes the gradient in one pass. A floating target of the logits' shape
+  holds class probabilities (:func:`cross_entropy_probs`).
 - The 'mean' divisor (valid-pixel count or summed class weights) is computed on the device
   by a pre-pass over the labels: no host synchronisation, so the ops are CUDA-graph
   capturable and registered as ``torch.library`` custom ops for ``torch.compile``
