@@ -272,7 +272,7 @@ def mask_shape(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.shape != logits.shape:
         raise ValueError(
             f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
-            "binary/multilabel targets are masks of the logits' shape"
+            "binary/multilabel masks and class probabilities have the logits' shape"
         )
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits on {logits.device}")
