@@ -56,7 +56,7 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
     if case.provider == "triton" and DEVICE.type != "cuda":
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
     entry = get(case.loss)
-    options = {**entry.variants[0], "ignore_index": IGNORE_INDEX}
+    options = entry.ignoring(entry.variants[0], IGNORE_INDEX)
     x, t = case_inputs(case, entry, options, DEVICE)
     xg = x.requires_grad_(case.mode != "fwd")
     fn = make_provider(case, entry)

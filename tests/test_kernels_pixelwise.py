@@ -206,3 +206,22 @@ def test_offsets_past_2_pow_31(gen):
     (ref_grad,) = torch.autograd.grad(expected.sum(), xs)
     torch.testing.assert_close(grad[:, :, -2:].double(), ref_grad, rtol=1.6e-2, atol=1e-3)
     assert grad[:, :, :-2].abs().max() == 0
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
+    reason="needs a GPU with 40 GiB: one image of 2.4e9 logits and as many probabilities",
+)
+def test_probability_targets_past_2_pow_31(gen):
+    C, H, W = 1000, 1536, 1536  # C * H * W > 2^31 within one image, in logits and target
+    x = torch.randn(1, C, H, W, device="cuda", dtype=torch.bfloat16)
+    t = torch.rand(1, C, H, W, device="cuda", dtype=torch.bfloat16)
+    x.requires_grad_(True)
+    loss = ker.cross_entropy_probs(x, t, reduction="none")
+    (grad,) = torch.autograd.grad(loss[:, -2:].sum(), x)
+    xs = x.detach()[:, :, -2:].double().requires_grad_(True)
+    expected = ref.cross_entropy_probs(xs, t[:, :, -2:].double(), reduction="none")
+    torch.testing.assert_close(loss[:, -2:].double(), expected, rtol=2e-5, atol=1e-3)
+    (ref_grad,) = torch.autograd.grad(expected.sum(), xs)
+    torch.testing.assert_close(grad[:, :, -2:].double(), ref_grad, rtol=1.6e-2, atol=1e-3)
+    assert grad[:, :, :-2].abs().max() == 0
