@@ -83,6 +83,7 @@ class Case:
 
 _CORE = [
     "cross_entropy",
+    "cross_entropy_probs",
     "softmax_focal",
     "bce",
     "dice",
