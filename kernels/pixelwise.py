@@ -148,6 +148,18 @@ def _outputs(gout, n_loss, grad, x):
 # --- softmax family: cross-entropy and softmax focal -----------------------------------
 
 
+def _softmax_grid(x: torch.Tensor):
+    """``(C, S, n_pblocks, n_blocks, n_programs, class_blocks(C))`` of a softmax-family
+    launch over logits ``x`` viewed as ``[B, C, S]``: pixel tiles holding every class
+    (or its chunks), TILES of them per program."""
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    blocks = class_blocks(C)
+    n_pblocks = cdiv(S, blocks[1])
+    n_blocks = B * n_pblocks
+    return C, S, n_pblocks, n_blocks, program_count(n_blocks), blocks
+
+
 def _softmax_launch(
     logits,
     target,
@@ -167,14 +179,9 @@ def _softmax_launch(
     only the gradient is wanted)."""
     x, sxb, sxc, sxs = pixel_view(logits)
     y, syb, sys_ = label_view(target)
-    B, C = x.shape[:2]
-    S = x[0, 0].numel()
-    block_c, block_p, single = class_blocks(C)
-    n_pblocks = cdiv(S, block_p)
-    n_blocks = B * n_pblocks
-    n_programs = program_count(n_blocks)
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = _softmax_grid(x)
     per_pixel = reduction == "none"
-    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * S if per_pixel else n_programs, grad, x)
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, grad, x)
     _softmax_loss_kernel[(n_programs,)](
         x,
         y,
@@ -491,14 +498,9 @@ def softmax_focal_loss(
 def _probs_launch(logits, target, weight, smoothing, reduction, denom, grad, gout):
     """One launch of the probability-target kernel (see :func:`_softmax_launch`)."""
     x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, False)
-    B, C = x.shape[:2]
-    S = x[0, 0].numel()
-    block_c, block_p, single = class_blocks(C)
-    n_pblocks = cdiv(S, block_p)
-    n_blocks = B * n_pblocks
-    n_programs = program_count(n_blocks)
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = _softmax_grid(x)
     per_pixel = reduction == "none"
-    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * S if per_pixel else n_programs, grad, x)
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, grad, x)
     _probs_loss_kernel[(n_programs,)](
         x,
         t,
