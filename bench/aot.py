@@ -257,7 +257,7 @@ def run_case(case: CompileCase) -> None:
             t = torch.zeros(case.shape, dtype=case.dtype)
     else:
         x, t = make_inputs(
-            entry, case.shape, opts, case.dtype, gen, 0.1 if "ignore_index" in opts else 0.0,
+            entry, case.shape, opts, case.dtype, gen, 0.1,
             label_dtype=case.label_dtype, mask_dtype=case.dtype,
         )  # fmt: skip
     if case.channels_last:
@@ -323,8 +323,7 @@ def host_overhead(
             case = entry.fit_shape(shape, opts)
             gen = torch.Generator().manual_seed(0)
             bf16 = torch.bfloat16
-            frac = 0.05 if "ignore_index" in opts else 0.0
-            x, t = make_inputs(entry, case, opts, bf16, gen, frac, mask_dtype=bf16)
+            x, t = make_inputs(entry, case, opts, bf16, gen, 0.05, mask_dtype=bf16)
             x.requires_grad_(True)
             times: dict[bool, list[float]] = {True: [], False: []}
             try:

@@ -314,7 +314,8 @@ def make_inputs(
     Logits are N(0, 2^2); labels uniform over the classes, in ``label_dtype``; masks
     Bernoulli(0.5), or uniform soft values with ``soft=True``, in ``mask_dtype`` (float64
     by default, for exact checks; the benchmark passes the logits' dtype). A fraction
-    ``ignore_frac`` of the pixels (or mask elements) is set to ``ignore_index``. The
+    ``ignore_frac`` of the pixels (or mask elements) is set to ``ignore_index`` (none for a
+    loss without that option: there it would be an invalid target value). The
     numbers are drawn on the generator's device (a CUDA generator draws a large case in
     milliseconds; the CPU takes seconds) and the tensors are then moved to ``device``.
     """
@@ -326,7 +327,7 @@ def make_inputs(
     else:
         u = torch.rand(tuple(shape), dtype=torch.float64, **on)
         target = u if soft else (u < 0.5).to(torch.float64)
-    if ignore_frac > 0:
+    if ignore_frac > 0 and entry.takes("ignore_index"):
         drop = torch.rand(target.shape, **on) < ignore_frac
         target = target.masked_fill(drop, ignore_index)
     target = target.to(mask_dtype if target.is_floating_point() else label_dtype)

@@ -48,13 +48,6 @@ def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
     return rows
 
 
-def with_ignore(entry, options: dict, frac: float = 0.2) -> tuple[dict, float]:
-    """``(options with ignore_index 255, frac)``: the options and the fraction of the target
-    to ignore, for a loss that has the option; ``(options, 0.0)`` for one that has none
-    (cross-entropy against probabilities)."""
-    return entry.ignoring(options), frac if entry.takes("ignore_index") else 0.0
-
-
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     return x.contiguous(memory_format=fmt)

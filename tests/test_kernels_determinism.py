@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, run_with_grad, with_ignore
+from kernel_checks import DEVICE, run_with_grad
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from segtriton.kernels import _ops
@@ -16,9 +16,9 @@ from segtriton.registry import LOSSES, make_inputs
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
 def test_deterministic_and_inputs_untouched(entry, gen):
     C = entry.channels[0] if entry.channels else 3
-    opts, frac = with_ignore(entry, entry.variants[0], 0.1)
+    opts = entry.ignoring(entry.variants[0])
     x, t = make_inputs(
-        entry, (2, C, 9, 11), opts, torch.bfloat16, gen, ignore_frac=frac, device=DEVICE
+        entry, (2, C, 9, 11), opts, torch.bfloat16, gen, ignore_frac=0.1, device=DEVICE
     )
     before, target_before = x.clone(), t.clone()
     runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
@@ -46,8 +46,8 @@ def test_eager_path_equals_the_custom_op_and_skips_its_dispatcher(entry, gen, mo
     segtriton op."""
     C = entry.channels[0] if entry.channels else 3
     for reduction in [r for r in ("mean", "none") if r in entry.reductions]:
-        opts, frac = with_ignore(entry, {**entry.variants[0], "reduction": reduction}, 0.1)
-        x, t = make_inputs(entry, (2, C, 9, 11), opts, torch.float32, gen, frac, device=DEVICE)
+        opts = entry.ignoring({**entry.variants[0], "reduction": reduction})
+        x, t = make_inputs(entry, (2, C, 9, 11), opts, torch.float32, gen, 0.1, device=DEVICE)
         with _Namespaces() as spy:
             eager = run_with_grad(entry.kernel, x, t, opts)
         assert spy.seen and "segtriton" not in spy.seen
