@@ -1,9 +1,13 @@
-"""Triton kernel of the boundary loss (see ``boundary.py``): one pass over the logits, the
-signed distance map and the labels or masks gives the partial loss sums and the gradient.
+"""Triton kernels of the distance-map losses (see ``boundary.py``): one pass over the
+logits, the distance maps and the labels or masks gives the partial loss sums and the
+gradient.
 
-With ``n_c`` the number of times class c is selected, the summed loss is
-``sum over valid entries of n_c p_c phi_c``, so ``dL/dp_c = n_c phi_c`` and the chain
+Boundary loss: with ``n_c`` the number of times class c is selected, the summed loss is
+``sum over valid entries of n_c p_c phi_c``, so ``dL/dp_c = n_c phi_c``. Hausdorff (HD-DT):
+the summed loss is ``sum n_c (p_c - g_c)^2 w_c`` with ``w_c = d_true^alpha + d_pred^alpha``
+read from the two squared distance maps, so ``dL/dp_c = 2 n_c (p_c - g_c) w_c``. The chain
 rule through the softmax (or sigmoid) is the region kernels' :func:`_tile_grad`.
+``_pred_sites_kernel`` writes the prediction's masks the Hausdorff map is computed from.
 """
 
 from __future__ import annotations
@@ -11,38 +15,62 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._region_kernels import _chunk_terms, _load_chunk, _pixel_setup, _tile_grad
+from ._pixelwise_kernels import _load_labels, _mask_tile
+from ._region_kernels import _chunk_terms, _load_chunk, _load_x, _pixel_setup, _tile_grad
 from ._tiles import grad_divisor, pixel_block
 
 
 @triton.jit
-def _weighted_phi(phi_ptr, n_ptr, b, offs_c, offs_p, pmask, C, spb, spc, sps):
-    """``n_c phi_c`` of a ``[classes, pixels]`` tile (0 outside it): dL/dp of the sum."""
+def _power(d2, half_alpha):
+    """``d^alpha`` from the squared distance ``d2 >= 0`` (exact for alpha = 2)."""
+    pos = d2 > 0.0
+    power = tl.where(pos, tl.exp2(half_alpha * tl.log2(tl.where(pos, d2, 1.0))), 0.0)
+    return tl.where(half_alpha == 1.0, d2, power)
+
+
+@triton.jit
+def _entry_terms(
+    phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, spb, spc, sps, half_alpha,
+    HAUSDORFF: tl.constexpr,
+):  # fmt: skip
+    """``(loss, dL/dp)`` of a ``[classes, pixels]`` tile of the summed loss (0 outside it;
+    ``p`` and ``g`` are 0 where not valid)."""
     cmask = offs_c < C
-    ptrs = phi_ptr + b * spb + offs_c[:, None] * spc + offs_p[None, :] * sps
-    phi = tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
-    return tl.load(n_ptr + offs_c, mask=cmask, other=0.0)[:, None] * phi
+    offs = b * spb + offs_c[:, None] * spc + offs_p[None, :] * sps
+    m2 = cmask[:, None] & pmask[None, :]
+    n = tl.load(n_ptr + offs_c, mask=cmask, other=0.0)[:, None]
+    phi = tl.load(phi_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+    if HAUSDORFF:
+        psi = tl.load(psi_ptr + offs, mask=m2, other=0.0)
+        w = n * (_power(phi, half_alpha) + _power(psi, half_alpha))
+        err = p - g
+        return err * err * w, 2.0 * err * w
+    dp = n * phi
+    return p * dp, dp
 
 
 @triton.jit
 def _chunk(
-    x_ptr, t_ptr, phi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-    sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
-    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m,
+    inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index, half_alpha,
+    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, HAUSDORFF: tl.constexpr,
 ):  # fmt: skip
-    """A streamed class chunk: ``(z, p, valid, bad, n_c phi_c)``."""
-    _, z, p, _, valid, bad = _load_chunk(
+    """A streamed class chunk: ``(z, p, valid, bad, loss, dL/dp)``."""
+    _, z, p, g, valid, bad = _load_chunk(
         x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
         sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
     )  # fmt: skip
-    dp = _weighted_phi(phi_ptr, n_ptr, b, offs_c, offs_p, pmask, C, spb, spc, sps)
-    return z, p, valid, bad, dp
+    loss, dp = _entry_terms(
+        phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, spb, spc, sps, half_alpha,
+        HAUSDORFF,
+    )  # fmt: skip
+    return z, p, valid, bad, loss, dp
 
 
 @triton.jit
-def _tile_loss(p, dp, bad):
-    """The tile's summed loss ``sum p dp``; NaN when it holds a bad label or mask value."""
-    return tl.sum(tl.sum(tl.where(bad, float("nan"), p * dp), axis=1), axis=0)
+def _tile_loss(loss, bad):
+    """The tile's summed loss; NaN when it holds a bad label or mask value."""
+    return tl.sum(tl.sum(tl.where(bad, float("nan"), loss), axis=1), axis=0)
 
 
 @triton.jit
@@ -53,16 +81,19 @@ def _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs):
 
 @triton.jit
 def _boundary_kernel(
-    x_ptr, t_ptr, phi_ptr, n_ptr, g_ptr, loss_ptr, denom_ptr,
+    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, g_ptr, loss_ptr, denom_ptr,
     C, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, sgb, sgc, sgs, ignore_index,
-    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    half_alpha, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, HAUSDORFF: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
     MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """Per program (``BLOCK_P`` pixels of one image): the partial loss sum to ``loss_ptr``
     and, with WRITE_GRAD, ``dL/dz`` for grad_output = 1 (divided by ``denom`` with MEAN,
     unless DEFER_MEAN leaves that to the backward: ``_tiles.defers_mean``).
-    Softmax over classes with LABELS (streamed in chunks unless SINGLE), else sigmoid."""
+    Softmax over classes with LABELS (streamed in chunks unless SINGLE), else sigmoid.
+    HAUSDORFF: the HD-DT loss over the maps ``phi`` (target) and ``psi`` (prediction) of
+    squared distances, else the boundary loss over the signed map ``phi``."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -74,38 +105,79 @@ def _boundary_kernel(
         LABELS, SINGLE, BLOCK_C,
     )  # fmt: skip
     if SINGLE:
-        p, _, valid, bad = _chunk_terms(
+        p, g, valid, bad = _chunk_terms(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
             stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
         )  # fmt: skip
-        dp = _weighted_phi(phi_ptr, n_ptr, b, offs_c0, offs_p, pmask, C, spb, spc, sps)
-        tl.store(loss_ptr + pid, _tile_loss(p, dp, bad))
+        loss, dp = _entry_terms(
+            phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c0, offs_p, pmask, C, spb, spc, sps,
+            half_alpha, HAUSDORFF,
+        )  # fmt: skip
+        tl.store(loss_ptr + pid, _tile_loss(loss, bad))
         if WRITE_GRAD:
             dz = _tile_grad(z, p, dp * gscale, valid, tl.sum(p * dp, axis=0) * gscale, LABELS)
             _store_grad(g_ptr, dz, b, offs_c0, offs_p, pmask, C, sgb, sgc, sgs)
     else:
         total = 0.0
-        pixel_loss = tl.zeros([BLOCK_P], tl.float32)  # sum_c p_c dp_c: the softmax needs it
+        mean_dp = tl.zeros([BLOCK_P], tl.float32)  # sum_c p_c dL/dp_c: the softmax needs it
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
-            zc, p, valid, bad, dp = _chunk(
-                x_ptr, t_ptr, phi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m,
-                inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
-                LABELS, HAS_IGNORE,
+            zc, p, valid, bad, loss, dp = _chunk(
+                x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid,
+                pbad, m, inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
+                half_alpha, LABELS, HAS_IGNORE, HAUSDORFF,
             )  # fmt: skip
-            total += _tile_loss(p, dp, bad)
-            pixel_loss += tl.sum(p * dp, axis=0)
+            total += _tile_loss(loss, bad)
+            mean_dp += tl.sum(p * dp, axis=0)
             if WRITE_GRAD and not LABELS:
-                dz = _tile_grad(zc, p, dp * gscale, valid, pixel_loss, LABELS)
+                dz = _tile_grad(zc, p, dp * gscale, valid, mean_dp, LABELS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
         tl.store(loss_ptr + pid, total)
         if WRITE_GRAD and LABELS:
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
-                zc, p, valid, bad, dp = _chunk(
-                    x_ptr, t_ptr, phi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m,
-                    inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
-                    LABELS, HAS_IGNORE,
+                zc, p, valid, bad, _, dp = _chunk(
+                    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys,
+                    pvalid, pbad, m, inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps,
+                    ignore_index, half_alpha, LABELS, HAS_IGNORE, HAUSDORFF,
                 )  # fmt: skip
-                dz = _tile_grad(zc, p, dp * gscale, valid, pixel_loss * gscale, LABELS)
+                dz = _tile_grad(zc, p, dp * gscale, valid, mean_dp * gscale, LABELS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
+
+
+@triton.jit
+def _pred_sites_kernel(
+    x_ptr, t_ptr, out_ptr, C, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, ignore_index,
+    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """The prediction's masks for the Hausdorff map, contiguous, for ``BLOCK_P`` pixels of
+    one image. LABELS: int32 ``[B, S]``, the class whose softmax probability exceeds 1/2
+    (``1/s > 1/2`` at the max logit, ``s`` the sum of ``exp(x - max)``), -1 where none
+    does or the pixel is not valid. Else uint8 ``[B, C, S]``: logit > 0 and valid."""
+    pid = tl.program_id(0).to(tl.int64)
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    if LABELS:
+        _, pvalid, _ = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+        m = tl.full([BLOCK_P], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK_P], tl.float32)
+        top = tl.zeros([BLOCK_P], tl.int32)
+        for c0 in range(0, C, BLOCK_C):
+            x = _load_x(x_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+            xm = tl.max(x, axis=0)
+            top = tl.where(xm > m, tl.argmax(x, axis=0).to(tl.int32) + c0, top)
+            m_new = tl.maximum(m, xm)
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[None, :]), axis=0)
+            m = m_new
+        tl.store(out_ptr + b * S + offs_p, tl.where(pvalid & (s < 2.0), top, -1), mask=pmask)
+    else:
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + offs_c0
+            m2 = (offs_c < C)[:, None] & pmask[None, :]
+            x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+            _, valid, _ = _mask_tile(
+                t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
+            )
+            ptrs = out_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :]
+            tl.store(ptrs, ((x > 0.0) & valid).to(tl.uint8), mask=m2)

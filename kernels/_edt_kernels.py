@@ -14,8 +14,10 @@ maps with no transposing copies:
   brute force over candidates read outward from the tile, until the next one is farther
   than the tile's worst value can reach. A slab with no site (its flag 0) is all ``inf``
   and is not searched. Integer squared distances stay exact in fp32 below 2^24.
-- Kervadec's signed map ``sqrt(out)`` outside the mask, ``1 - sqrt(in)`` on it, 0 where
-  either transform is ``inf`` (an empty or full mask), is written by the last pass.
+- The last pass combines the transforms to the mask (``out``) and to its complement
+  (``in``): Kervadec's signed map ``sqrt(out)`` outside the mask, ``1 - sqrt(in)`` on it,
+  or the Hausdorff loss's squared distance to the other side, ``out + in``; 0 where
+  either transform is ``inf`` (an empty or full mask).
 """
 
 from __future__ import annotations
@@ -70,10 +72,15 @@ def _run_gaps(site, before, after, pos, L, spacing2):
 
 
 @triton.jit
-def _signed(d_out, d_in):
-    """The signed map from the squared distances to the mask and to its complement."""
-    phi = tl.where(d_out == 0.0, 1.0 - tl.sqrt(d_in), tl.sqrt(d_out))
-    return tl.where((d_out < float("inf")) & (d_in < float("inf")), phi, 0.0)
+def _combined(d_out, d_in, KIND: tl.constexpr):
+    """From the squared distances to the mask and to its complement, KIND 1: the signed
+    map; KIND 2: the squared distance to the other side of the boundary. 0 where either
+    is ``inf`` (an empty or full mask)."""
+    if KIND == 1:
+        d = tl.where(d_out == 0.0, 1.0 - tl.sqrt(d_in), tl.sqrt(d_out))
+    else:
+        d = d_out + d_in
+    return tl.where((d_out < float("inf")) & (d_in < float("inf")), d, 0.0)
 
 
 @triton.jit
@@ -91,6 +98,7 @@ def _edt_first_kernel(
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     OUTPUT: tl.constexpr,
+    KIND: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -98,8 +106,9 @@ def _edt_first_kernel(
     labels ``[B * R, L]`` and line ``g`` is class ``g % C`` of label row ``g // C``; else
     ``src`` is masks ``[n_lines, L]``. A value equal to ``ign`` is no site (HAS_IGNORE).
     OUTPUT 0: distances to the sites into ``out``; 1: and to the non-sites into ``in``;
-    2: the signed map into ``out``. ``flag[line]`` (and ``flag[n_lines + line]`` for the
-    non-sites with OUTPUT 1): whether the line has one."""
+    2: their combination of KIND (see :func:`_combined`) into ``out``. ``flag[line]``
+    (and ``flag[n_lines + line]`` for the non-sites with OUTPUT 1): whether the line has
+    one."""
     g = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     if LABELS:
@@ -122,7 +131,7 @@ def _edt_first_kernel(
     inside = live[:, None] & on_line
     ptrs = lines[:, None] * L + offs[None, :]
     if OUTPUT == 2:
-        tl.store(out_ptr + ptrs, _signed(d_out, d_in), mask=inside)
+        tl.store(out_ptr + ptrs, _combined(d_out, d_in, KIND), mask=inside)
     else:
         tl.store(out_ptr + ptrs, d_out, mask=inside)
         tl.store(flag_ptr + lines, tl.max(site.to(tl.uint8), axis=1), mask=live)
@@ -143,7 +152,7 @@ def _edt_axis_kernel(
     n_lines,
     n_pos_tiles,
     spacing2,
-    COMBINE: tl.constexpr,
+    KIND: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -151,8 +160,9 @@ def _edt_axis_kernel(
     ``(o, col)`` are numbered ``o * inner + col``: a program holds ``[BLOCK positions, ROWS
     consecutive lines]`` and reads BLOCK candidates at a time, from the side nearer the
     tile, while the nearest unread one could still beat the tile's worst value; not at
-    all if no slab ``o`` of its lines has a site. COMBINE: write the signed map of this
-    transform (to the mask) and ``other`` (the finished transform to its complement)."""
+    all if no slab ``o`` of its lines has a site. KIND 1 or 2: write the combination
+    (:func:`_combined`) of this transform (to the mask) and ``other`` (the finished
+    transform to its complement)."""
     pid = tl.program_id(0).to(tl.int64)
     i0 = (pid % n_pos_tiles) * BLOCK
     lines = (pid // n_pos_tiles) * ROWS + tl.arange(0, ROWS)
@@ -185,6 +195,6 @@ def _edt_axis_kernel(
         gap_r = tl.where(hi < L, hi - last, _FAR).to(tl.float32)
         gap = tl.minimum(gap_l, gap_r)
         more = (gap < _FAR) & (gap * gap * spacing2 < worst)
-    if COMBINE:
-        best = _signed(best, tl.load(other_ptr + ptrs, mask=live, other=0.0))
+    if KIND != 0:
+        best = _combined(best, tl.load(other_ptr + ptrs, mask=live, other=0.0), KIND)
     tl.store(out_ptr + ptrs, best, mask=live)

@@ -29,7 +29,7 @@ from segtriton.reference._common import (
     value_checks,
 )
 
-from ._boundary_kernels import _boundary_kernel
+from ._boundary_kernels import _boundary_kernel, _pred_sites_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
 from ._runtime import kernel_api
@@ -64,17 +64,21 @@ def squared_edt(sites: torch.Tensor, spacing: Sequence[float] | None = None) -> 
     return _transform(sites.contiguous().view(torch.uint8), sites.shape, None, None, spacing)
 
 
+SIGNED, FIELD = 1, 2  # what _transform combines the two transforms into (_combined)
+
+
 def _transform(
     src: torch.Tensor,
     shape: Sequence[int],
     classes: int | None,
     ignore_index: float | None,
     spacing: Sequence[float],
-    signed: bool = False,
+    kind: int = 0,
 ) -> torch.Tensor:
-    """float32 ``shape = [N, *S]``: the squared transform of the sites, or with ``signed``
-    the signed map. ``src`` is contiguous: labels ``[B, *S]`` when ``classes`` is given
-    (map ``b * classes + c`` has the sites ``label == c``), else masks ``[N, *S]`` (sites:
+    """float32 ``shape = [N, *S]``: the squared transform of the sites, or with ``kind``
+    SIGNED the signed map, FIELD the squared distance to the other side of the boundary.
+    ``src`` is contiguous: labels ``[B, *S]`` when ``classes`` is given (map
+    ``b * classes + c`` has the sites ``label == c``), else masks ``[N, *S]`` (sites:
     ``value != 0``); a value equal to ``ignore_index`` is never a site. ``spacing``: one
     checked entry per spatial axis."""
     N, *S = shape
@@ -84,31 +88,32 @@ def _transform(
     out = torch.empty(shape, dtype=torch.float32, device=src.device)
     if out.numel() == 0:
         return out
-    inside = torch.empty_like(out) if signed else out
+    both = kind != 0
+    inside = torch.empty_like(out) if both else out
     L = S[-1]
     n_lines = out.numel() // L
-    flags = torch.empty(2 if signed else 1, n_lines, dtype=torch.uint8, device=src.device)
+    flags = torch.empty(2 if both else 1, n_lines, dtype=torch.uint8, device=src.device)
     block = next_pow2(L)
     labels = classes is not None
     ign, has_ignore = ignore_arg(ignore_index, labels)
     rows = max(1, 4096 // block)
-    output = (2 if nd == 1 else 1) if signed else 0
+    output = (2 if nd == 1 else 1) if both else 0
     _edt_first_kernel[(cdiv(n_lines, rows),)](
         src, out, inside, flags, n_lines, n_lines // N, L, classes or 1, ign, spacing[-1] ** 2,
-        LABELS=labels, HAS_IGNORE=has_ignore, OUTPUT=output, ROWS=rows, BLOCK=block,
+        LABELS=labels, HAS_IGNORE=has_ignore, OUTPUT=output, KIND=kind, ROWS=rows, BLOCK=block,
         num_warps=8 if rows * block >= 4096 else 4,
     )  # fmt: skip
     if nd == 1:
         return out
     spare = torch.empty_like(out)
-    if signed:
-        inside, spare = _axis_passes(inside, spare, flags[1], S, spacing, None)
-    return _axis_passes(out, spare, flags[0], S, spacing, inside if signed else None)[0]
+    if both:
+        inside, spare = _axis_passes(inside, spare, flags[1], S, spacing, None, 0)
+    return _axis_passes(out, spare, flags[0], S, spacing, inside if both else None, kind)[0]
 
 
-def _axis_passes(f, spare, flags, S, spacing, other):
+def _axis_passes(f, spare, flags, S, spacing, other, kind):
     """The passes along tensor dims ``nd-1 .. 1`` of ``f [N, *S]``, ping-ponging with
-    ``spare``; the last combines with ``other`` into the signed map when given.
+    ``spare``; the last combines with ``other`` into a map of ``kind`` when given.
     Returns ``(result, the free buffer)``. ``flags``: per line of the first pass, whether
     it holds a site; reduced over the processed axes, they mark slabs with none."""
     nd = len(S)
@@ -120,10 +125,10 @@ def _axis_passes(f, spare, flags, S, spacing, other):
         rows = 8192 // (block * block)
         n_lines, n_pos_tiles = slab.numel() * inner, cdiv(L, block)
         grid = (cdiv(n_lines, rows) * n_pos_tiles,)
-        combine = other is not None and axis == 1
+        last = other is not None and axis == 1
         _edt_axis_kernel[grid](
-            f, spare, other if combine else f, slab, L, inner, n_lines, n_pos_tiles,
-            spacing[axis - 1] ** 2, COMBINE=combine, ROWS=rows, BLOCK=block,
+            f, spare, other if last else f, slab, L, inner, n_lines, n_pos_tiles,
+            spacing[axis - 1] ** 2, KIND=kind if last else 0, ROWS=rows, BLOCK=block,
         )  # fmt: skip
         f, spare = spare, f
     return f, spare
@@ -143,7 +148,7 @@ def _signed_map_op(
         src = src.view(torch.uint8)
     B, *spatial = target.shape if labels else (target.shape[0], *target.shape[2:])
     shape = (B * num_classes, *spatial)
-    phi = _transform(src, shape, num_classes if labels else None, ignore_index, spacing, True)
+    phi = _transform(src, shape, num_classes if labels else None, ignore_index, spacing, SIGNED)
     return phi.view(B, num_classes, *spatial)
 
 
@@ -151,6 +156,15 @@ def _signed_map_op(
 def _(target, num_classes, labels, spacing, ignore_index):
     spatial = target.shape[1:] if labels else target.shape[2:]
     return target.new_empty((target.shape[0], num_classes, *spatial), dtype=torch.float32)
+
+
+def _check_hard(target: torch.Tensor, ignore_index: float | None, what: str) -> None:
+    """Raise unless every mask value is 0, 1 or ``ignore_index`` (a host sync)."""
+    bad = (target != 0) & (target != 1)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if bool(bad.any()):
+        raise ValueError(f"{what} needs hard {{0, 1}} masks")
 
 
 @checks_flags
@@ -178,11 +192,7 @@ def signed_distance_map(
             label_mask(target, num_classes, ignore_index)
     else:
         if validate:
-            bad = (target != 0) & (target != 1)
-            if ignore_index is not None:
-                bad &= target != ignore_index
-            if bool(bad.any()):
-                raise ValueError("signed_distance_map needs hard {0, 1} masks")
+            _check_hard(target, ignore_index, "signed_distance_map")
         num_classes = target.shape[1]
     nd = target.dim() - (1 if labels else 2)
     spacing = list(ref_boundary.check_spacing(spacing, nd))
@@ -209,22 +219,26 @@ def _boundary_denom(target, counts, labels, ignore_index, n_selected):
     return _prepass(target, counts.numel(), float(ignore_index), False, counts)
 
 
-@op("segtriton::boundary_loss")
-def _boundary_op(
+@op("segtriton::distance_map_loss")
+def _distance_op(
     logits: torch.Tensor,
     target: torch.Tensor,
-    dist_map: torch.Tensor,
+    phi: torch.Tensor,
+    psi: torch.Tensor | None,
     counts: torch.Tensor,
     labels: bool,
     ignore_index: float | None,
     n_selected: float,
+    half_alpha: float,
     reduction: str,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fused pass: ``(loss, dL/dz for grad_output 1 times its applied scale, that
-    scale)``; 'mean' or 'sum' only (see ``pixelwise._finish``)."""
+    """The fused pass of the boundary loss over the signed map ``phi`` (``psi`` None) or of
+    the Hausdorff loss over the squared distance maps ``phi`` (target) and ``psi``
+    (prediction, laid out as ``phi``): ``(loss, dL/dz for grad_output 1 times its applied
+    scale, that scale)``; 'mean' or 'sum' only (see ``pixelwise._finish``)."""
     x, t, strides = loss_views(logits, target, labels)
-    phi, spb, spc, sps = pixel_view(dist_map)
+    phi, spb, spc, sps = pixel_view(phi)
     grad = _grad_buffer(logits, need_grad, reduction)
     g, sgb, sgc, sgs = pixel_view(grad) if grad.numel() else (None, 0, 0, 0)
     mean = reduction == "mean"
@@ -236,23 +250,24 @@ def _boundary_op(
     partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _boundary_kernel[(B * n_pblocks,)](
-        x, t, phi, counts, g, partials, denom,
-        C, S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs, ign,
-        LABELS=labels, HAS_IGNORE=has_ignore, WRITE_GRAD=g is not None, MEAN=mean,
-        DEFER_MEAN=defers_mean(logits, reduction), SINGLE=single, BLOCK_C=block_c,
-        BLOCK_P=block_p,
+        x, t, phi, phi if psi is None else psi, counts, g, partials, denom,
+        C, S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs, ign, half_alpha,
+        LABELS=labels, HAS_IGNORE=has_ignore, HAUSDORFF=psi is not None,
+        WRITE_GRAD=g is not None, MEAN=mean, DEFER_MEAN=defers_mean(logits, reduction),
+        SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
     return _finish(partials, grad, reduction, denom, None, logits)
 
 
-@_boundary_op.register_fake
-def _(logits, target, dist_map, counts, labels, ignore_index, n_selected, reduction, need_grad):
+@_distance_op.register_fake
+def _(logits, target, phi, psi, counts, labels, ignore_index, n_selected, half_alpha,
+      reduction, need_grad):  # fmt: skip
     loss = logits.new_empty((), dtype=torch.float32)
     return loss, *_fake_grad(logits, need_grad, reduction)
 
 
-_register_fused_autograd(_boundary_op, None, 7)
+_register_fused_autograd(_distance_op, None, 9)
 
 
 @kernel_api
@@ -301,14 +316,123 @@ def boundary_loss(
             return ref_boundary.boundary_loss(
                 logits, target, mode, idx, dist_map, None, ignore_index, reduction
             )
-    loss, _, _ = _boundary_op(
+    loss, _, _ = _distance_op(
         logits,
         target,
         dist_map,
+        None,
         _class_counts(idx, C, logits.device),
         labels,
         ignore_value(ignore_index, target, labels),
         float(len(idx)),
+        1.0,
+        reduction,
+        _need_grad(logits),
+    )
+    return loss
+
+
+def _pred_sites(
+    logits: torch.Tensor, target: torch.Tensor, labels: bool, ignore_index: float | None
+) -> torch.Tensor:
+    """The prediction's masks (``_pred_sites_kernel``): int32 ``[B, *S]`` labels (-1: no
+    class) with ``labels``, else uint8 ``[B, C, *S]``; contiguous."""
+    x, t, strides = loss_views(logits, target, labels)
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    shape = (B, *logits.shape[2:]) if labels else logits.shape
+    out = torch.empty(shape, dtype=torch.int32 if labels else torch.uint8, device=x.device)
+    block_c, block_p, _ = class_blocks(C)
+    n_pblocks = cdiv(S, block_p)
+    ign, has_ignore = ignore_arg(ignore_index, labels)
+    _pred_sites_kernel[(B * n_pblocks,)](
+        x, t, out, C, S, n_pblocks, *strides, ign, LABELS=labels, HAS_IGNORE=has_ignore,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c, block_p),
+    )  # fmt: skip
+    return out
+
+
+@op("segtriton::hausdorff_maps")
+def _hausdorff_maps_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: bool,
+    spacing: list[float],
+    ignore_index: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``[B, C, *S]`` squared distances to the other side of each class's boundary
+    in the target and in the prediction (0 for a mask with no boundary)."""
+    B, C, *spatial = logits.shape
+    shape = (B * C, *spatial)
+    classes = C if labels else None
+    src = target.contiguous()
+    if src.dtype == torch.bool:
+        src = src.view(torch.uint8)
+    true = _transform(src, shape, classes, ignore_index, spacing, FIELD)
+    sites = _pred_sites(logits, target, labels, ignore_index)
+    pred = _transform(sites, shape, classes, None, spacing, FIELD)
+    return true.view(logits.shape), pred.view(logits.shape)
+
+
+@_hausdorff_maps_op.register_fake
+def _(logits, target, labels, spacing, ignore_index):
+    return torch.empty_like(logits, dtype=torch.float32), torch.empty_like(
+        logits, dtype=torch.float32
+    )
+
+
+@kernel_api
+def hausdorff_dt_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    classes: Sequence[int] | None = None,
+    alpha: float = 2.0,
+    spacing: Sequence[float] | None = None,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton Hausdorff distance-transform loss; semantics of
+    ``segtriton.reference.hausdorff_dt_loss``.
+
+    One pass over logits and labels (masks) writes the prediction's masks (the class whose
+    softmax probability exceeds 1/2, as an int32 label map; logit > 0 per channel for
+    sigmoid); the GPU EDT turns them and the target into the two squared distance maps
+    (float32 ``[B, C, *S]`` each); one fused pass reads the logits, both maps and the labels,
+    sums ``(p - g)^2 (d_true^alpha + d_pred^alpha)`` and writes dL/dz, as the boundary loss
+    does. No host sync. 'none' applies the reference formula to the GPU maps. Returns
+    float32. ``validate=True`` checks labels / masks on the host first; otherwise a bad
+    label or mask value makes the loss NaN (and counts as no class in the maps).
+    """
+    check_mode(mode, logits)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    alpha = ref_boundary.check_alpha(alpha)
+    labels = mode == "multiclass"
+    target = checked_target(logits, target, labels, ignore_index, validate)
+    if validate and not labels:
+        _check_hard(target, ignore_index, "hausdorff_dt_loss")
+    C = logits.shape[1]
+    idx = ref_boundary.selected_classes(classes, C, mode)
+    spacing = list(ref_boundary.check_spacing(spacing, logits.dim() - 2))
+    ign = ignore_value(ignore_index, target, labels)
+    true, pred = _hausdorff_maps_op(logits.detach(), target, labels, spacing, ign)
+    if reduction == "none":
+        weight = true ** (alpha / 2) + pred ** (alpha / 2)
+        with value_checks(False):
+            return ref_boundary.hausdorff_terms(
+                logits, target, mode, idx, weight, ignore_index, reduction
+            )
+    loss, _, _ = _distance_op(
+        logits,
+        target,
+        true,
+        pred,
+        _class_counts(idx, C, logits.device),
+        labels,
+        ign,
+        float(len(idx)),
+        alpha / 2,
         reduction,
         _need_grad(logits),
     )

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference implementations (the oracle every kernel is checked against)."""
 
-from .boundary import boundary_loss, signed_distance_map
+from .boundary import boundary_loss, hausdorff_dt_loss, signed_distance_map
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .lovasz import (
     lovasz_grad,
@@ -29,6 +29,7 @@ from .modules import (
     FocalDiceLoss,
     FocalTverskyLoss,
     GeneralizedDiceLoss,
+    HausdorffDTLoss,
     JaccardLoss,
     LossModule,
     LovaszHingeLoss,
@@ -65,6 +66,7 @@ __all__ = [
     "FocalDiceLoss",
     "FocalTverskyLoss",
     "GeneralizedDiceLoss",
+    "HausdorffDTLoss",
     "JaccardLoss",
     "LossModule",
     "LovaszHingeLoss",
@@ -86,6 +88,7 @@ __all__ = [
     "focal_dice_loss",
     "focal_tversky_loss",
     "generalized_dice_loss",
+    "hausdorff_dt_loss",
     "iou_per_class",
     "jaccard_loss",
     "lovasz_grad",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from ._common import (
@@ -22,7 +23,9 @@ from ._common import (
     check_masks,
     check_mode,
     check_num_classes,
+    check_number,
     check_numbers,
+    mask_shape,
     not_ignored,
 )
 
@@ -47,6 +50,28 @@ def _signed_map(mask: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray
     return outside - inside
 
 
+def _class_masks(
+    target: torch.Tensor, num_classes: int | None, mode: str, ignore_index: float | None, what: str
+) -> np.ndarray:
+    """Boolean ``[B, C, *S]`` foreground of every (image, class): ``label == c`` for
+    multiclass labels, the hard mask otherwise; ignored pixels are background."""
+    check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
+    check_ignore_index(ignore_index, mode == "multiclass")
+    if mode == "multiclass":
+        check_num_classes(num_classes, f"{what} of multiclass labels")
+        valid = not_ignored(target.detach(), ignore_index).cpu().numpy()
+        labels = target.detach().cpu().numpy()
+        masks = labels[:, None] == np.arange(num_classes).reshape(1, -1, *([1] * (labels.ndim - 1)))
+        return masks & valid[:, None]
+    t = target.detach()
+    if ignore_index is not None:
+        t = t.masked_fill(t == ignore_index, 0)  # compared in the mask's dtype, as torch does
+    t = t.cpu().double().numpy()  # NumPy has no bfloat16
+    if not np.isin(t, (0, 1)).all():
+        raise ValueError(f"{what} needs hard {{0, 1}} masks")
+    return t.astype(bool)
+
+
 def signed_distance_map(
     target: torch.Tensor,
     num_classes: int | None = None,
@@ -68,22 +93,7 @@ def signed_distance_map(
     required; ignored pixels count as background. binary/multilabel: hard masks
     ``[B, C, *S]`` (values other than 0/1/ignore_index are rejected).
     """
-    check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
-    check_ignore_index(ignore_index, mode == "multiclass")
-    if mode == "multiclass":
-        check_num_classes(num_classes, "signed_distance_map of multiclass labels")
-        valid = not_ignored(target.detach(), ignore_index).cpu().numpy()
-        labels = target.detach().cpu().numpy()
-        masks = labels[:, None] == np.arange(num_classes).reshape(1, -1, *([1] * (labels.ndim - 1)))
-        masks &= valid[:, None]
-    else:
-        t = target.detach()
-        if ignore_index is not None:
-            t = t.masked_fill(t == ignore_index, 0)  # compared in the mask's dtype, as torch does
-        t = t.cpu().double().numpy()  # NumPy has no bfloat16
-        if not np.isin(t, (0, 1)).all():
-            raise ValueError("signed_distance_map needs hard {0, 1} masks")
-        masks = t.astype(bool)
+    masks = _class_masks(target, num_classes, mode, ignore_index, "signed_distance_map")
     spacing = check_spacing(spacing, masks.ndim - 2)
     phi = np.stack([np.stack([_signed_map(m, spacing) for m in img]) for img in masks])
     return torch.from_numpy(phi).to(target.device)
@@ -141,3 +151,107 @@ def boundary_loss(
     if reduction == "none":
         return loss
     return loss.sum() if reduction == "sum" else loss.sum() / valid.sum()
+
+
+def _field(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    if not mask.any() or mask.all():
+        return np.zeros(mask.shape, dtype=np.float64)
+    return distance_transform_edt(~mask, sampling=spacing) + distance_transform_edt(
+        mask, sampling=spacing
+    )
+
+
+def _fields(masks: np.ndarray, spacing: Sequence[float], device: torch.device) -> torch.Tensor:
+    d = np.stack([np.stack([_field(m, spacing) for m in img]) for img in masks])
+    return torch.from_numpy(d).to(device)
+
+
+def check_alpha(alpha: object) -> float:
+    """``alpha`` as a float; it must be a finite real number > 0."""
+    value = check_number("alpha", alpha)
+    if value == 0:
+        raise ValueError("alpha must be > 0, got 0")
+    return value
+
+
+def hausdorff_terms(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    idx: list[int],
+    weight: torch.Tensor,
+    ignore_index: float | None,
+    reduction: str,
+) -> torch.Tensor:
+    """``(p - g)^2 weight`` over the valid entries of the classes ``idx``, reduced; the
+    formula of :func:`hausdorff_dt_loss` once its weight map ``[B, C, *S]`` is known."""
+    x = logits.to(acc_dtype(logits))
+    if mode == "multiclass":
+        valid = check_labels(logits, target, ignore_index)
+        p = torch.softmax(x, dim=1)
+        g = F.one_hot(target.long().masked_fill(~valid, 0), logits.shape[1]).movedim(-1, 1)
+        valid = valid.unsqueeze(1).expand_as(p)
+    else:
+        g, valid = check_masks(logits, target, ignore_index)
+        p = torch.sigmoid(x)
+    valid = valid[:, idx]
+    err = p[:, idx] - g[:, idx].to(x.dtype)
+    loss = (err * err * weight[:, idx].to(x.dtype)).masked_fill(~valid, 0.0)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / valid.sum()
+
+
+def hausdorff_dt_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    classes: Sequence[int] | None = None,
+    alpha: float = 2.0,
+    spacing: Sequence[float] | None = None,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Hausdorff distance-transform loss (Karimi and Salcudean, HD-DT)::
+
+        loss = mean over valid entries of the selected classes of
+               (p_c - g_c)^2 (d_pred_c^alpha + d_true_c^alpha)
+
+    ``p`` is the softmax (multiclass) or sigmoid (binary/multilabel) of ``logits``, ``g``
+    the one-hot labels or the hard masks. ``d_true_c`` is, at every pixel, the Euclidean
+    distance (with ``spacing``) to the nearest pixel on the other side of class c's
+    boundary in the target (``edt(m) + edt(~m)``, scipy), and ``d_pred_c`` the same for the
+    prediction's mask ``p_c > 1/2`` (sigmoid: ``logit > 0``), recomputed on every call. A
+    mask that is empty or covers the image has no boundary: its distances are 0. Both maps
+    are constants (no gradient). MONAI's ``HausdorffDTLoss`` with ``to_onehot_y`` and
+    ``include_background=False`` is this loss with the defaults.
+
+    classes: channels that enter the loss; default all but the background (class 0) for
+      multiclass, every channel for binary/multilabel.
+    alpha: exponent of the distances (> 0).
+    ignore_index: ignored pixels are background in both masks, add nothing and are not
+      counted.
+    reduction: 'mean' (over valid pixels x selected classes), 'sum', or 'none'
+      (``[B, K, *S]`` with ignored entries 0).
+    """
+    check_mode(mode, logits)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    alpha = check_alpha(alpha)
+    C = logits.shape[1]
+    idx = selected_classes(classes, C, mode)
+    x = logits.detach().double()
+    if mode == "multiclass":
+        valid = check_labels(logits, target, ignore_index).unsqueeze(1)
+        pred = torch.softmax(x, dim=1) > 0.5
+    else:
+        target = mask_shape(logits, target)
+        valid = check_masks(logits, target, ignore_index)[1]
+        pred = x > 0
+    true = _class_masks(target, C, mode, ignore_index, "hausdorff_dt_loss")
+    pred = (pred & valid).cpu().numpy()
+    spacing = check_spacing(spacing, true.ndim - 2)
+    weight = (
+        _fields(true, spacing, logits.device) ** alpha
+        + _fields(pred, spacing, logits.device) ** alpha
+    )
+    return hausdorff_terms(logits, target, mode, idx, weight, ignore_index, reduction)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .boundary import boundary_loss
+from .boundary import boundary_loss, hausdorff_dt_loss
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .pixelwise import (
@@ -90,6 +90,7 @@ ComboLoss = loss_module("ComboLoss", combo_loss)
 LovaszHingeLoss = loss_module("LovaszHingeLoss", lovasz_hinge_loss)
 LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)
 BoundaryLoss = loss_module("BoundaryLoss", boundary_loss)
+HausdorffDTLoss = loss_module("HausdorffDTLoss", hausdorff_dt_loss)
 
 
 def loss_modules() -> dict[str, type[LossModule]]:

@@ -264,6 +264,15 @@ LOSSES: tuple[LossEntry, ...] = (
         kernel=ker.boundary_loss,
         traffic="pixel",
     ),
+    LossEntry(
+        "hausdorff_dt",
+        ref.hausdorff_dt_loss,
+        "labels",
+        ({}, {"mode": "multilabel"}, {"classes": [0, 2], "alpha": 1.0}),
+        min_classes=2,
+        kernel=ker.hausdorff_dt_loss,
+        traffic="pixel",
+    ),
 )
 
 

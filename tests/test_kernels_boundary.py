@@ -199,3 +199,90 @@ def test_one_dimensional_maps(gen):
     got = ker.signed_distance_map(m.to(DEVICE), mode="binary").cpu().double()
     torch.testing.assert_close(got, ref.signed_distance_map(m, mode="binary"))
     assert np.isfinite(got.numpy()).all()
+
+
+HAUSDORFF = get("hausdorff_dt")
+
+
+@pytest.mark.parametrize(
+    CASE_ARGS, kernel_cases([HAUSDORFF], ["mean", "sum", "none"], classes=[2, 3, 19, 150])
+)
+def test_hausdorff_loss_matches_reference(
+    entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
+):
+    opts = {**options, "reduction": reduction, "ignore_index": 255}
+    x, t = make_inputs(entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=0.2, device=DEVICE)
+    if channels_last:
+        x = to_channels_last(x)
+        if t.dim() == x.dim():
+            t = to_channels_last(t)
+    assert_matches(entry, x, t, opts, dtype, seed)
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_hausdorff_streams_classes_with_spacing_and_repeats(mode, seed, gen):
+    opts = {"mode": mode, "ignore_index": 255, "classes": [0, 5, 5, 299], "alpha": 0.7}
+    x, t = make_inputs(HAUSDORFF, (2, 300, 3, 4, 5), opts, torch.float32, gen, 0.3, device=DEVICE)
+    x[:, 5] += 4.0  # class 5 is confident somewhere: its predicted mask has a boundary
+    opts["spacing"] = (2.0, 1.0, 0.5)
+    assert_matches(HAUSDORFF, x, t, opts, torch.float32, seed)  # C > 256: streamed chunks
+
+
+def test_hausdorff_maps_are_scipy_fields(gen):
+    """The two maps are the squared distances to the other side of each class's boundary
+    (scipy's ``edt(m) + edt(~m)``), 0 for a class with no boundary; the predicted class is
+    the one whose softmax probability exceeds 1/2, never an ignored pixel."""
+    from segtriton.kernels.boundary import _hausdorff_maps_op
+
+    x = 3 * torch.randn(2, 4, 9, 10, generator=gen)
+    x[1, 3] = 50.0  # image 1 predicts class 3 everywhere: no boundary, zero maps
+    y = torch.randint(0, 4, (2, 9, 10), generator=gen)
+    y[0, :2] = 255
+    true, pred = _hausdorff_maps_op(x.to(DEVICE), y.to(DEVICE), True, [1.0, 1.5], 255)
+    valid = (y != 255).unsqueeze(1).numpy()
+    p = torch.softmax(x.double(), dim=1).numpy()
+    for got, masks in ((true, y.unsqueeze(1).numpy() == np.arange(4)[:, None, None]),
+                       (pred, p > 0.5)):  # fmt: skip
+        masks = masks & valid
+        for b, c in itertools.product(range(2), range(4)):
+            m = masks[b, c]
+            want = np.zeros(m.shape)
+            if m.any() and not m.all():
+                want = (distance_transform_edt(m, sampling=(1.0, 1.5))
+                        + distance_transform_edt(~m, sampling=(1.0, 1.5))) ** 2  # fmt: skip
+            torch.testing.assert_close(got[b, c].cpu().double(), torch.from_numpy(want))
+    assert not pred[1].any()
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_hausdorff_all_ignored_and_ignore_heavy(mode, seed, gen):
+    opts = {"mode": mode, "ignore_index": 255}
+    x, t = make_inputs(HAUSDORFF, (2, 3, 6, 7), opts, torch.float32, gen, 0.9, device=DEVICE)
+    assert_matches(HAUSDORFF, x, t, opts, torch.float32, seed)
+    x = x.detach().requires_grad_(True)
+    loss = ker.hausdorff_dt_loss(x, torch.full_like(t, 255), **opts)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))  # as the reference
+
+
+def test_hausdorff_bad_values_nan_or_raise(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
+    y[1, 2, 3] = 7
+    assert torch.isnan(ker.hausdorff_dt_loss(x, y))
+    with pytest.raises(ValueError, match="label 7 outside"):
+        ker.hausdorff_dt_loss(x, y, validate=True)
+    m = (torch.rand(2, 3, 4, 5, generator=gen) < 0.5).float().to(DEVICE)
+    m[0, 1, 0, 0] = 0.5  # soft: the maps need hard masks
+    assert torch.isnan(ker.hausdorff_dt_loss(x, m.masked_fill(m == 0.5, 2.0), mode="multilabel"))
+    for impl in (ker.hausdorff_dt_loss, ref.hausdorff_dt_loss):
+        kwargs = {"validate": True} if impl is ker.hausdorff_dt_loss else {}
+        with pytest.raises(ValueError, match="hard"):
+            impl(x, m, mode="multilabel", **kwargs)
+
+
+def test_hausdorff_torch_compile_fullgraph(seed, gen):
+    x, t = make_inputs(HAUSDORFF, (2, 4, 5, 6), {}, torch.float32, gen, 0.2, device=DEVICE)
+    opts = {"ignore_index": 255, "classes": [3, 1, 3], "spacing": (1.0, 2.0), "alpha": 1.5}
+    step = torch.compile(lambda x, t: ker.hausdorff_dt_loss(x, t, **opts), fullgraph=True)
+    assert_matches(HAUSDORFF, x, t, opts, torch.float32, seed, kernel=lambda x, t, **_: step(x, t))

@@ -134,6 +134,18 @@ def test_monai_softmax_focal_is_ours_over_c(monai, gen):
     _close(ref.softmax_focal_loss(x, y, gamma=1.5) / x.shape[1], theirs)
 
 
+@pytest.mark.parametrize("spatial", [(9, 11), (4, 5, 6)], ids=["2d", "3d"])
+def test_monai_hausdorff_dt(monai, spatial, gen):
+    """MONAI's HausdorffDTLoss (scipy's EDT on the CPU, one map at a time) is ours with
+    the default classes (no background) for one-hot labels, every channel for sigmoid."""
+    x, y = _inputs(gen, spatial=spatial)
+    theirs = monai.HausdorffDTLoss(softmax=True, to_onehot_y=True, alpha=1.5)(x, y.unsqueeze(1))
+    _close(ref.hausdorff_dt_loss(x, y, alpha=1.5), theirs)
+    t = (torch.rand(x.shape, generator=gen) < 0.5).to(D)
+    theirs = monai.HausdorffDTLoss(sigmoid=True, include_background=True)(x, t)
+    _close(ref.hausdorff_dt_loss(x, t, mode="multilabel"), theirs)
+
+
 # --- kornia 0.9.0 ----------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ MODULES = {
     "lovasz_hinge": ref.LovaszHingeLoss,
     "lovasz_softmax": ref.LovaszSoftmaxLoss,
     "boundary": ref.BoundaryLoss,
+    "hausdorff_dt": ref.HausdorffDTLoss,
 }
 
 
@@ -115,8 +116,9 @@ def test_volumes_and_channels_last(entry, options, gen):
     if entry.name == "boundary":  # the map depends on the layout: give both the 3-D map
         opts["dist_map"] = ref.signed_distance_map(t, x.shape[1], opts.get("mode", "multiclass"))
         flat_opts["dist_map"] = opts["dist_map"].reshape(2, -1, 3, 20)
-    flat = entry.reference(x.reshape(2, -1, 3, 20), t.reshape(*t.shape[:-2], 20), **flat_opts)
-    torch.testing.assert_close(entry.reference(x, t, **opts), flat, rtol=1e-12, atol=1e-12)
+    if entry.name != "hausdorff_dt":  # its maps come from the layout and cannot be given
+        flat = entry.reference(x.reshape(2, -1, 3, 20), t.reshape(*t.shape[:-2], 20), **flat_opts)
+        torch.testing.assert_close(entry.reference(x, t, **opts), flat, rtol=1e-12, atol=1e-12)
     opts.pop("dist_map", None)
     x2, t2 = make_inputs(entry, _shape(entry, (4, 6)), opts, torch.float64, gen)
     cl = x2.contiguous(memory_format=torch.channels_last)
