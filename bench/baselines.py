@@ -115,6 +115,13 @@ def _monai_dice():
     return lambda x, t: loss(x, t.unsqueeze(1))
 
 
+def _monai_hausdorff():
+    from monai.losses import HausdorffDTLoss
+
+    loss = HausdorffDTLoss(softmax=True, to_onehot_y=True)  # it has no ignore_index
+    return lambda x, t: loss(x, t.unsqueeze(1))
+
+
 def _smp(name: str, **kwargs) -> Callable[[], Callable]:
     def factory():
         return getattr(smp_losses(), name)("multiclass", ignore_index=255, **kwargs)
@@ -129,7 +136,10 @@ def _kornia_dice():
 
 
 PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
-    "monai": {"dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai_dice)},
+    "monai": {
+        "dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai_dice),
+        "hausdorff_dt": ({}, _monai_hausdorff),
+    },
     "smp": {
         "dice": ({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),
         "jaccard": ({"scope": "batch", "absent": "zero"}, _smp("JaccardLoss")),

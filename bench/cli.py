@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--preset",
         default="quick",
-        help="quick (default), standard, full, cityscapes, ade20k, voc, brats3d, lovasz, "
-        "peers, targets (see segtriton.bench.spec.PRESETS)",
+        help="quick (default), standard, full, cityscapes, ade20k, voc, brats3d, distance, "
+        "lovasz, peers, targets (see segtriton.bench.spec.PRESETS)",
     )
     sweep.add_argument("--spec", help="a TOML sweep spec (see segtriton.bench.spec)")
     sweep.add_argument("--losses", help="comma-separated registry names (overrides the spec)")

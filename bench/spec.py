@@ -150,6 +150,15 @@ PRESETS: dict[str, dict] = {
         "providers": ["triton", "eager", "compile", "berman"],
         "dtypes": ["bf16", "fp32"],
     },
+    # the losses over distance maps: our GPU transform, scipy's in eager and in MONAI's
+    # HausdorffDTLoss (which has no ignore_index, so no pixel is ignored here)
+    "distance": {
+        "losses": ["boundary", "hausdorff_dt"],
+        "providers": ["triton", "eager", "monai"],
+        "shapes": [[8, 2, 512, 512], [2, 4, 96, 96, 96]],
+        "dtypes": ["bf16", "fp32"],
+        "ignore_frac": 0.0,
+    },
     "brats3d": {
         "losses": ["bce", "dice", "generalized_dice", "tversky"],
         "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],
