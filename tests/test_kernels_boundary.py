@@ -286,3 +286,14 @@ def test_hausdorff_torch_compile_fullgraph(seed, gen):
     opts = {"ignore_index": 255, "classes": [3, 1, 3], "spacing": (1.0, 2.0), "alpha": 1.5}
     step = torch.compile(lambda x, t: ker.hausdorff_dt_loss(x, t, **opts), fullgraph=True)
     assert_matches(HAUSDORFF, x, t, opts, torch.float32, seed, kernel=lambda x, t, **_: step(x, t))
+
+
+def test_hausdorff_worked_example():
+    from test_worked_examples import hausdorff_example
+
+    z, g, loss, grad = hausdorff_example()
+    x = z.float().to(DEVICE).requires_grad_()
+    out = ker.hausdorff_dt_loss(x, g.float().to(DEVICE), mode="binary")
+    (got,) = torch.autograd.grad(out, x)
+    assert out.item() == pytest.approx(loss, rel=1e-6)
+    torch.testing.assert_close(got.flatten().cpu().double(), grad, rtol=1e-6, atol=1e-7)

@@ -323,6 +323,33 @@ def test_15_7_boundary_map_guards_and_spacing():
     torch.testing.assert_close(phi.flatten(), torch.tensor([2.0, 1, 0, -1, 0, 1], dtype=D))
 
 
+def hausdorff_example() -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    """A hand-checked HD-DT case: target [0, 0, 1, 1], prediction p = [1/4, 3/4, 3/4, 3/4]
+    (mask [0, 1, 1, 1]). Distances to the other side: target [2, 1, 1, 2], prediction
+    [1, 1, 2, 3]; with alpha = 2, w = [5, 2, 5, 13]; (p - g)^2 = [1, 9, 1, 1] / 16, so
+    the mean is (5 + 18 + 5 + 13) / 64 = 41/64, and dL/dz = 2 (p - g) w p (1 - p) / 4 =
+    (p - g) w 3/32. Returns (logits, target, loss, gradient)."""
+    z = torch.tensor([-math.log(3), math.log(3), math.log(3), math.log(3)], dtype=D)
+    grad = torch.tensor([1.25, 1.5, -1.25, -3.25], dtype=D) * 3 / 32
+    return z.reshape(1, 1, 4), torch.tensor([0.0, 0, 1, 1], dtype=D).reshape(1, 1, 4), 41 / 64, grad
+
+
+def test_hausdorff_dt_worked_example():
+    z, g, loss, grad = hausdorff_example()
+    z.requires_grad_()
+    out = ref.hausdorff_dt_loss(z, g, mode="binary")
+    out.backward()
+    assert out.item() == pytest.approx(loss, abs=1e-15)
+    torch.testing.assert_close(z.grad.flatten(), grad)
+    # the same as a two-class softmax over logits (0, z), background left out by default
+    z2 = torch.cat([torch.zeros_like(z), z.detach()], dim=1).requires_grad_()
+    out = ref.hausdorff_dt_loss(z2, g[:, 0].long())
+    out.backward()
+    assert out.item() == pytest.approx(loss, abs=1e-15)
+    torch.testing.assert_close(z2.grad[0, 1], grad)
+    torch.testing.assert_close(z2.grad[0, 0], -grad)
+
+
 def test_15_9_label_smoothing_cross_entropy():
     z = torch.tensor([2.0, 0.0, 0.0], dtype=D).reshape(1, 3, 1).requires_grad_()
     loss = ref.cross_entropy(z, torch.tensor([[0]]), label_smoothing=0.1)
