@@ -1,4 +1,5 @@
-"""Exact Euclidean distance transform on the GPU, signed distance maps, boundary loss.
+"""Exact Euclidean distance transform on the GPU, signed distance maps, boundary and
+Hausdorff (HD-DT) losses.
 
 ``signed_distance_map`` has the semantics of the reference (Kervadec's signed map: the
 distance to the object outside it, minus (the distance to the background - 1) inside,
@@ -6,6 +7,8 @@ distance to the object outside it, minus (the distance to the background - 1) in
 every (image, class) map in Triton (see ``_edt_kernels.py``) and returns float32.
 ``boundary_loss`` reads the logits, that map (or one passed in) and the labels once, and
 writes the loss and its gradient in the same pass (``_boundary_kernels.py``).
+``hausdorff_dt_loss`` builds two maps with the same transform, from the target and from
+the prediction's masks, and runs the same fused pass over both.
 """
 
 from __future__ import annotations
