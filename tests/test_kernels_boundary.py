@@ -1,5 +1,5 @@
-"""The GPU exact Euclidean distance transform, signed distance maps and boundary loss
-against scipy and the reference, in the interpreter on CPU and compiled on a GPU."""
+"""The GPU exact Euclidean distance transform, signed distance maps, boundary and Hausdorff
+losses against scipy and the reference, in the interpreter on CPU and compiled on a GPU."""
 
 from __future__ import annotations
 
@@ -108,12 +108,14 @@ def test_multilabel_masks_with_spacing_and_ignore(gen):
 
 
 BOUNDARY = get("boundary")
+HAUSDORFF = get("hausdorff_dt")
 
 
 @pytest.mark.parametrize(
-    CASE_ARGS, kernel_cases([BOUNDARY], ["mean", "sum", "none"], classes=[2, 3, 19, 150])
+    CASE_ARGS,
+    kernel_cases([BOUNDARY, HAUSDORFF], ["mean", "sum", "none"], classes=[2, 3, 19, 150]),
 )
-def test_boundary_loss_matches_reference(
+def test_distance_losses_match_reference(
     entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
 ):
     opts = {**options, "reduction": reduction, "ignore_index": 255}
@@ -135,13 +137,14 @@ def test_boundary_streams_classes_counts_repeats_and_reads_a_given_map(mode, see
     assert_matches(BOUNDARY, to_channels_last(x), t, given, torch.float32, seed)
 
 
+@pytest.mark.parametrize("entry", [BOUNDARY, HAUSDORFF], ids=lambda e: e.name)
 @pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
-def test_boundary_all_ignored_and_ignore_heavy(mode, seed, gen):
+def test_all_ignored_and_ignore_heavy(entry, mode, seed, gen):
     opts = {"mode": mode, "ignore_index": 255}
-    x, t = make_inputs(BOUNDARY, (2, 3, 6, 7), opts, torch.float32, gen, 0.9, device=DEVICE)
-    assert_matches(BOUNDARY, x, t, opts, torch.float32, seed)
+    x, t = make_inputs(entry, (2, 3, 6, 7), opts, torch.float32, gen, 0.9, device=DEVICE)
+    assert_matches(entry, x, t, opts, torch.float32, seed)
     x = x.detach().requires_grad_(True)
-    loss = ker.boundary_loss(x, torch.full_like(t, 255), **opts)
+    loss = entry.kernel(x, torch.full_like(t, 255), **opts)
     (grad,) = torch.autograd.grad(loss, x)
     assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))  # as the reference
 
@@ -201,24 +204,6 @@ def test_one_dimensional_maps(gen):
     assert np.isfinite(got.numpy()).all()
 
 
-HAUSDORFF = get("hausdorff_dt")
-
-
-@pytest.mark.parametrize(
-    CASE_ARGS, kernel_cases([HAUSDORFF], ["mean", "sum", "none"], classes=[2, 3, 19, 150])
-)
-def test_hausdorff_loss_matches_reference(
-    entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
-):
-    opts = {**options, "reduction": reduction, "ignore_index": 255}
-    x, t = make_inputs(entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=0.2, device=DEVICE)
-    if channels_last:
-        x = to_channels_last(x)
-        if t.dim() == x.dim():
-            t = to_channels_last(t)
-    assert_matches(entry, x, t, opts, dtype, seed)
-
-
 @pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
 def test_hausdorff_streams_classes_with_spacing_and_repeats(mode, seed, gen):
     opts = {"mode": mode, "ignore_index": 255, "classes": [0, 5, 5, 299], "alpha": 0.7}
@@ -252,17 +237,6 @@ def test_hausdorff_maps_are_scipy_fields(gen):
                         + distance_transform_edt(~m, sampling=(1.0, 1.5))) ** 2  # fmt: skip
             torch.testing.assert_close(got[b, c].cpu().double(), torch.from_numpy(want))
     assert not pred[1].any()
-
-
-@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
-def test_hausdorff_all_ignored_and_ignore_heavy(mode, seed, gen):
-    opts = {"mode": mode, "ignore_index": 255}
-    x, t = make_inputs(HAUSDORFF, (2, 3, 6, 7), opts, torch.float32, gen, 0.9, device=DEVICE)
-    assert_matches(HAUSDORFF, x, t, opts, torch.float32, seed)
-    x = x.detach().requires_grad_(True)
-    loss = ker.hausdorff_dt_loss(x, torch.full_like(t, 255), **opts)
-    (grad,) = torch.autograd.grad(loss, x)
-    assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))  # as the reference
 
 
 def test_hausdorff_bad_values_nan_or_raise(gen):
