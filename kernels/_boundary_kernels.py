@@ -68,6 +68,13 @@ def _chunk(
 
 
 @triton.jit
+def _scaled(dp, gscale):
+    """``dp * gscale``; a zero dL/dp (a class not selected) stays 0 where gscale is inf (a
+    'mean' over no valid entry of the selected classes), as the reference gives."""
+    return tl.where(dp == 0.0, 0.0, dp * gscale)
+
+
+@triton.jit
 def _tile_loss(loss, bad):
     """The tile's summed loss; NaN when it holds a bad label or mask value."""
     return tl.sum(tl.sum(tl.where(bad, float("nan"), loss), axis=1), axis=0)
@@ -115,7 +122,8 @@ def _boundary_kernel(
         )  # fmt: skip
         tl.store(loss_ptr + pid, _tile_loss(loss, bad))
         if WRITE_GRAD:
-            dz = _tile_grad(z, p, dp * gscale, valid, tl.sum(p * dp, axis=0) * gscale, LABELS)
+            mean_dp = tl.sum(p * dp, axis=0) * gscale
+            dz = _tile_grad(z, p, _scaled(dp, gscale), valid, mean_dp, LABELS)
             _store_grad(g_ptr, dz, b, offs_c0, offs_p, pmask, C, sgb, sgc, sgs)
     else:
         total = 0.0
@@ -130,7 +138,7 @@ def _boundary_kernel(
             total += _tile_loss(loss, bad)
             mean_dp += tl.sum(p * dp, axis=0)
             if WRITE_GRAD and not LABELS:
-                dz = _tile_grad(zc, p, dp * gscale, valid, mean_dp, LABELS)
+                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp, LABELS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
         tl.store(loss_ptr + pid, total)
         if WRITE_GRAD and LABELS:
@@ -141,7 +149,7 @@ def _boundary_kernel(
                     pvalid, pbad, m, inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps,
                     ignore_index, half_alpha, LABELS, HAS_IGNORE, HAUSDORFF,
                 )  # fmt: skip
-                dz = _tile_grad(zc, p, dp * gscale, valid, mean_dp * gscale, LABELS)
+                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp * gscale, LABELS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
 
 

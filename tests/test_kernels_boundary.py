@@ -147,6 +147,11 @@ def test_all_ignored_and_ignore_heavy(entry, mode, seed, gen):
     loss = entry.kernel(x, torch.full_like(t, 255), **opts)
     (grad,) = torch.autograd.grad(loss, x)
     assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))  # as the reference
+    if mode == "multilabel":  # the one selected class all ignored, the others not
+        t = t.masked_fill(torch.arange(3, device=DEVICE).view(1, 3, 1, 1) == 1, 255)
+        loss = entry.kernel(x, t, **opts, classes=[1])
+        (grad,) = torch.autograd.grad(loss, x)
+        assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_boundary_rejects_a_map_that_does_not_fit(gen):
