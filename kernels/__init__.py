@@ -6,7 +6,13 @@ import warnings
 from segtriton.reference.modules import module_forms
 
 from ._runtime import interpreter_enabled, interpreter_problem, run_smoke_kernel
-from .boundary import boundary_loss, hausdorff_dt_loss, signed_distance_map, squared_edt
+from .boundary import (
+    boundary_loss,
+    distance_field,
+    hausdorff_dt_loss,
+    signed_distance_map,
+    squared_edt,
+)
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
@@ -37,6 +43,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_probs",
     "dice_loss",
+    "distance_field",
     "focal_dice_loss",
     "focal_tversky_loss",
     "generalized_dice_loss",

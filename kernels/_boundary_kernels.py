@@ -5,8 +5,9 @@ gradient.
 Boundary loss: with ``n_c`` the number of times class c is selected, the summed loss is
 ``sum over valid entries of n_c p_c phi_c``, so ``dL/dp_c = n_c phi_c``. Hausdorff (HD-DT):
 the summed loss is ``sum n_c (p_c - g_c)^2 w_c`` with ``w_c = d_true^alpha + d_pred^alpha``
-read from the two squared distance maps, so ``dL/dp_c = 2 n_c (p_c - g_c) w_c``. The chain
-rule through the softmax (or sigmoid) is the region kernels' :func:`_tile_grad`.
+from the two distance maps (squared, or the target's as given), so
+``dL/dp_c = 2 n_c (p_c - g_c) w_c``. The chain rule through the softmax (or sigmoid) is
+the region kernels' :func:`_tile_grad`.
 ``_pred_sites_kernel`` writes the prediction's masks the Hausdorff map is computed from.
 """
 
@@ -21,28 +22,29 @@ from ._tiles import grad_divisor, pixel_block
 
 
 @triton.jit
-def _power(d2, half_alpha):
-    """``d^alpha`` from the squared distance ``d2 >= 0`` (exact for alpha = 2)."""
-    pos = d2 > 0.0
-    power = tl.where(pos, tl.exp2(half_alpha * tl.log2(tl.where(pos, d2, 1.0))), 0.0)
-    return tl.where(half_alpha == 1.0, d2, power)
+def _power(d, e):
+    """``d^e`` for ``d >= 0`` (exact for e = 1 and 2)."""
+    pos = d > 0.0
+    power = tl.where(pos, tl.exp2(e * tl.log2(tl.where(pos, d, 1.0))), 0.0)
+    return tl.where(e == 1.0, d, tl.where(e == 2.0, d * d, power))
 
 
 @triton.jit
 def _entry_terms(
-    phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, spb, spc, sps, half_alpha,
-    HAUSDORFF: tl.constexpr,
+    phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, S, spb, spc, sps, phi_exp,
+    psi_exp, HAUSDORFF: tl.constexpr,
 ):  # fmt: skip
     """``(loss, dL/dp)`` of a ``[classes, pixels]`` tile of the summed loss (0 outside it;
-    ``p`` and ``g`` are 0 where not valid)."""
+    ``p`` and ``g`` are 0 where not valid). ``psi`` is contiguous ``[B, C, S]``."""
     cmask = offs_c < C
-    offs = b * spb + offs_c[:, None] * spc + offs_p[None, :] * sps
     m2 = cmask[:, None] & pmask[None, :]
     n = tl.load(n_ptr + offs_c, mask=cmask, other=0.0)[:, None]
-    phi = tl.load(phi_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+    phi_ptrs = phi_ptr + b * spb + offs_c[:, None] * spc + offs_p[None, :] * sps
+    phi = tl.load(phi_ptrs, mask=m2, other=0.0).to(tl.float32)
     if HAUSDORFF:
-        psi = tl.load(psi_ptr + offs, mask=m2, other=0.0)
-        w = n * (_power(phi, half_alpha) + _power(psi, half_alpha))
+        psi_ptrs = psi_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :]
+        psi = tl.load(psi_ptrs, mask=m2, other=0.0)
+        w = n * (_power(phi, phi_exp) + _power(psi, psi_exp))
         err = p - g
         return err * err * w, 2.0 * err * w
     dp = n * phi
@@ -52,7 +54,7 @@ def _entry_terms(
 @triton.jit
 def _chunk(
     x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m,
-    inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index, half_alpha,
+    inv_s, C, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index, phi_exp, psi_exp,
     LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, HAUSDORFF: tl.constexpr,
 ):  # fmt: skip
     """A streamed class chunk: ``(z, p, valid, bad, loss, dL/dp)``."""
@@ -61,8 +63,8 @@ def _chunk(
         sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
     )  # fmt: skip
     loss, dp = _entry_terms(
-        phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, spb, spc, sps, half_alpha,
-        HAUSDORFF,
+        phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, S, spb, spc, sps, phi_exp,
+        psi_exp, HAUSDORFF,
     )  # fmt: skip
     return z, p, valid, bad, loss, dp
 
@@ -90,8 +92,8 @@ def _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs):
 def _boundary_kernel(
     x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, g_ptr, loss_ptr, denom_ptr,
     C, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, sgb, sgc, sgs, ignore_index,
-    half_alpha, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, HAUSDORFF: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
+    phi_exp, psi_exp, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    HAUSDORFF: tl.constexpr, WRITE_GRAD: tl.constexpr,
     MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -117,8 +119,8 @@ def _boundary_kernel(
             stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
         )  # fmt: skip
         loss, dp = _entry_terms(
-            phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c0, offs_p, pmask, C, spb, spc, sps,
-            half_alpha, HAUSDORFF,
+            phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c0, offs_p, pmask, C, S, spb, spc, sps,
+            phi_exp, psi_exp, HAUSDORFF,
         )  # fmt: skip
         tl.store(loss_ptr + pid, _tile_loss(loss, bad))
         if WRITE_GRAD:
@@ -132,8 +134,8 @@ def _boundary_kernel(
             offs_c = c0 + offs_c0
             zc, p, valid, bad, loss, dp = _chunk(
                 x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid,
-                pbad, m, inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
-                half_alpha, LABELS, HAS_IGNORE, HAUSDORFF,
+                pbad, m, inv_s, C, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
+                phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
             )  # fmt: skip
             total += _tile_loss(loss, bad)
             mean_dp += tl.sum(p * dp, axis=0)
@@ -146,8 +148,8 @@ def _boundary_kernel(
                 offs_c = c0 + offs_c0
                 zc, p, valid, bad, _, dp = _chunk(
                     x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys,
-                    pvalid, pbad, m, inv_s, C, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps,
-                    ignore_index, half_alpha, LABELS, HAS_IGNORE, HAUSDORFF,
+                    pvalid, pbad, m, inv_s, C, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps,
+                    ignore_index, phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
                 )  # fmt: skip
                 dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp * gscale, LABELS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)

@@ -16,7 +16,7 @@ maps with no transposing copies:
   and is not searched. Integer squared distances stay exact in fp32 below 2^24.
 - The last pass combines the transforms to the mask (``out``) and to its complement
   (``in``): Kervadec's signed map ``sqrt(out)`` outside the mask, ``1 - sqrt(in)`` on it,
-  or the Hausdorff loss's squared distance to the other side, ``out + in``; 0 where
+  or the Hausdorff loss's (squared) distance to the other side, ``out + in``; 0 where
   either transform is ``inf`` (an empty or full mask).
 """
 
@@ -74,12 +74,14 @@ def _run_gaps(site, before, after, pos, L, spacing2):
 @triton.jit
 def _combined(d_out, d_in, KIND: tl.constexpr):
     """From the squared distances to the mask and to its complement, KIND 1: the signed
-    map; KIND 2: the squared distance to the other side of the boundary. 0 where either
-    is ``inf`` (an empty or full mask)."""
+    map; KIND 2: the squared distance to the other side of the boundary; KIND 3: that
+    distance. 0 where either is ``inf`` (an empty or full mask)."""
     if KIND == 1:
         d = tl.where(d_out == 0.0, 1.0 - tl.sqrt(d_in), tl.sqrt(d_out))
-    else:
+    elif KIND == 2:
         d = d_out + d_in
+    else:
+        d = tl.sqrt(d_out + d_in)
     return tl.where((d_out < float("inf")) & (d_in < float("inf")), d, 0.0)
 
 
@@ -160,7 +162,7 @@ def _edt_axis_kernel(
     ``(o, col)`` are numbered ``o * inner + col``: a program holds ``[BLOCK positions, ROWS
     consecutive lines]`` and reads BLOCK candidates at a time, from the side nearer the
     tile, while the nearest unread one could still beat the tile's worst value; not at
-    all if no slab ``o`` of its lines has a site. KIND 1 or 2: write the combination
+    all if no slab ``o`` of its lines has a site. KIND 1, 2 or 3: write the combination
     (:func:`_combined`) of this transform (to the mask) and ``other`` (the finished
     transform to its complement)."""
     pid = tl.program_id(0).to(tl.int64)

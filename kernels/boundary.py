@@ -67,7 +67,7 @@ def squared_edt(sites: torch.Tensor, spacing: Sequence[float] | None = None) -> 
     return _transform(sites.contiguous().view(torch.uint8), sites.shape, None, None, spacing)
 
 
-SIGNED, FIELD = 1, 2  # what _transform combines the two transforms into (_combined)
+SIGNED, FIELD, ROOT_FIELD = 1, 2, 3  # what _transform combines the transforms into
 
 
 def _transform(
@@ -79,7 +79,8 @@ def _transform(
     kind: int = 0,
 ) -> torch.Tensor:
     """float32 ``shape = [N, *S]``: the squared transform of the sites, or with ``kind``
-    SIGNED the signed map, FIELD the squared distance to the other side of the boundary.
+    SIGNED the signed map, FIELD the squared distance to the other side of the boundary,
+    ROOT_FIELD that distance (``_combined``).
     ``src`` is contiguous: labels ``[B, *S]`` when ``classes`` is given (map
     ``b * classes + c`` has the sites ``label == c``), else masks ``[N, *S]`` (sites:
     ``value != 0``); a value equal to ``ignore_index`` is never a site. ``spacing``: one
@@ -137,26 +138,28 @@ def _axis_passes(f, spare, flags, S, spacing, other, kind):
     return f, spare
 
 
-@op("segtriton::signed_distance_map")
-def _signed_map_op(
+@op("segtriton::class_distance_map")
+def _class_map_op(
     target: torch.Tensor,
     num_classes: int,
     labels: bool,
     spacing: list[float],
     ignore_index: float | None,
+    kind: int,
 ) -> torch.Tensor:
-    """float32 ``[B, C, *S]`` from labels ``[B, *S]`` or masks ``[B, C, *S]``."""
+    """float32 ``[B, C, *S]`` of ``kind`` (see :func:`_transform`) from labels ``[B, *S]``
+    or masks ``[B, C, *S]``."""
     src = target.contiguous()
     if src.dtype == torch.bool:
         src = src.view(torch.uint8)
     B, *spatial = target.shape if labels else (target.shape[0], *target.shape[2:])
     shape = (B * num_classes, *spatial)
-    phi = _transform(src, shape, num_classes if labels else None, ignore_index, spacing, SIGNED)
+    phi = _transform(src, shape, num_classes if labels else None, ignore_index, spacing, kind)
     return phi.view(B, num_classes, *spatial)
 
 
-@_signed_map_op.register_fake
-def _(target, num_classes, labels, spacing, ignore_index):
+@_class_map_op.register_fake
+def _(target, num_classes, labels, spacing, ignore_index, kind):
     spatial = target.shape[1:] if labels else target.shape[2:]
     return target.new_empty((target.shape[0], num_classes, *spatial), dtype=torch.float32)
 
@@ -168,6 +171,25 @@ def _check_hard(target: torch.Tensor, ignore_index: float | None, what: str) -> 
         bad &= target != ignore_index
     if bool(bad.any()):
         raise ValueError(f"{what} needs hard {{0, 1}} masks")
+
+
+def _class_map(target, num_classes, mode, spacing, ignore_index, validate, kind, what):
+    """The checks and the op behind :func:`signed_distance_map` and :func:`distance_field`."""
+    check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
+    labels = mode == "multiclass"
+    check_ignore_index(ignore_index, labels)
+    if labels:
+        check_num_classes(num_classes, f"{what} of multiclass labels")
+        if validate:
+            label_mask(target, num_classes, ignore_index)
+    else:
+        if validate:
+            _check_hard(target, ignore_index, what)
+        num_classes = target.shape[1]
+    nd = target.dim() - (1 if labels else 2)
+    spacing = list(ref_boundary.check_spacing(spacing, nd))
+    ign = ignore_value(ignore_index, target, labels)
+    return _class_map_op(target, num_classes, labels, spacing, ign, kind)
 
 
 @checks_flags
@@ -186,21 +208,26 @@ def signed_distance_map(
     ``validate=True`` checks the labels / masks on the host first; otherwise a label
     outside ``[0, C)`` belongs to no class and a mask value other than 0/1 counts as
     foreground."""
-    check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
-    labels = mode == "multiclass"
-    check_ignore_index(ignore_index, labels)
-    if labels:
-        check_num_classes(num_classes, "signed_distance_map of multiclass labels")
-        if validate:
-            label_mask(target, num_classes, ignore_index)
-    else:
-        if validate:
-            _check_hard(target, ignore_index, "signed_distance_map")
-        num_classes = target.shape[1]
-    nd = target.dim() - (1 if labels else 2)
-    spacing = list(ref_boundary.check_spacing(spacing, nd))
-    ign = ignore_value(ignore_index, target, labels)
-    return _signed_map_op(target, num_classes, labels, spacing, ign)
+    return _class_map(
+        target, num_classes, mode, spacing, ignore_index, validate, SIGNED, "signed_distance_map"
+    )
+
+
+@checks_flags
+def distance_field(
+    target: torch.Tensor,
+    num_classes: int | None = None,
+    mode: str = "multiclass",
+    spacing: Sequence[float] | None = None,
+    ignore_index: float | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton distance to the other side of each class's boundary; semantics of
+    ``segtriton.reference.distance_field`` (float32), computed as
+    :func:`signed_distance_map` is: the target's map of :func:`hausdorff_dt_loss`."""
+    return _class_map(
+        target, num_classes, mode, spacing, ignore_index, validate, ROOT_FIELD, "distance_field"
+    )
 
 
 def _class_counts(idx: list[int], C: int, device: torch.device) -> torch.Tensor:
@@ -232,16 +259,19 @@ def _distance_op(
     labels: bool,
     ignore_index: float | None,
     n_selected: float,
-    half_alpha: float,
+    phi_exp: float,
+    psi_exp: float,
     reduction: str,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused pass of the boundary loss over the signed map ``phi`` (``psi`` None) or of
-    the Hausdorff loss over the squared distance maps ``phi`` (target) and ``psi``
-    (prediction, laid out as ``phi``): ``(loss, dL/dz for grad_output 1 times its applied
-    scale, that scale)``; 'mean' or 'sum' only (see ``pixelwise._finish``)."""
+    the Hausdorff loss over the distance maps ``phi`` (target) and ``psi`` (prediction,
+    contiguous), whose powers ``phi_exp`` and ``psi_exp`` are its weights: ``(loss, dL/dz
+    for grad_output 1 times its applied scale, that scale)``; 'mean' or 'sum' only (see
+    ``pixelwise._finish``)."""
     x, t, strides = loss_views(logits, target, labels)
     phi, spb, spc, sps = pixel_view(phi)
+    hausdorff = psi is not None
     grad = _grad_buffer(logits, need_grad, reduction)
     g, sgb, sgc, sgs = pixel_view(grad) if grad.numel() else (None, 0, 0, 0)
     mean = reduction == "mean"
@@ -253,9 +283,9 @@ def _distance_op(
     partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _boundary_kernel[(B * n_pblocks,)](
-        x, t, phi, phi if psi is None else psi, counts, g, partials, denom,
-        C, S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs, ign, half_alpha,
-        LABELS=labels, HAS_IGNORE=has_ignore, HAUSDORFF=psi is not None,
+        x, t, phi, psi if hausdorff else phi, counts, g, partials, denom, C, S, n_pblocks,
+        *strides, spb, spc, sps, sgb, sgc, sgs, ign, phi_exp, psi_exp,
+        LABELS=labels, HAS_IGNORE=has_ignore, HAUSDORFF=hausdorff,
         WRITE_GRAD=g is not None, MEAN=mean, DEFER_MEAN=defers_mean(logits, reduction),
         SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
@@ -264,13 +294,13 @@ def _distance_op(
 
 
 @_distance_op.register_fake
-def _(logits, target, phi, psi, counts, labels, ignore_index, n_selected, half_alpha,
+def _(logits, target, phi, psi, counts, labels, ignore_index, n_selected, phi_exp, psi_exp,
       reduction, need_grad):  # fmt: skip
     loss = logits.new_empty((), dtype=torch.float32)
     return loss, *_fake_grad(logits, need_grad, reduction)
 
 
-_register_fused_autograd(_distance_op, None, 9)
+_register_fused_autograd(_distance_op, None, 10)
 
 
 @kernel_api
@@ -306,13 +336,8 @@ def boundary_loss(
         dist_map = signed_distance_map(
             target, C, mode, spacing, ignore_index, validate and not labels
         )
-    elif dist_map.shape != logits.shape:
-        raise ValueError(
-            f"dist_map shape {tuple(dist_map.shape)} must equal logits {tuple(logits.shape)}"
-        )
-    elif dist_map.device != logits.device:
-        raise ValueError(f"dist_map is on {dist_map.device} but logits on {logits.device}")
     else:
+        ref_boundary.check_map(dist_map, logits)
         check_constant("dist_map", dist_map)
     if reduction == "none":
         with value_checks(False):
@@ -328,6 +353,7 @@ def boundary_loss(
         labels,
         ignore_value(ignore_index, target, labels),
         float(len(idx)),
+        1.0,
         1.0,
         reduction,
         _need_grad(logits),
@@ -355,33 +381,25 @@ def _pred_sites(
     return out
 
 
-@op("segtriton::hausdorff_maps")
-def _hausdorff_maps_op(
+@op("segtriton::predicted_field")
+def _pred_field_op(
     logits: torch.Tensor,
     target: torch.Tensor,
     labels: bool,
     spacing: list[float],
     ignore_index: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 ``[B, C, *S]`` squared distances to the other side of each class's boundary
-    in the target and in the prediction (0 for a mask with no boundary)."""
+) -> torch.Tensor:
+    """float32 ``[B, C, *S]``: the squared distance to the other side of each class's
+    boundary in the prediction's masks (0 for a mask with no boundary)."""
     B, C, *spatial = logits.shape
-    shape = (B * C, *spatial)
-    classes = C if labels else None
-    src = target.contiguous()
-    if src.dtype == torch.bool:
-        src = src.view(torch.uint8)
-    true = _transform(src, shape, classes, ignore_index, spacing, FIELD)
     sites = _pred_sites(logits, target, labels, ignore_index)
-    pred = _transform(sites, shape, classes, None, spacing, FIELD)
-    return true.view(logits.shape), pred.view(logits.shape)
+    field = _transform(sites, (B * C, *spatial), C if labels else None, None, spacing, FIELD)
+    return field.view(logits.shape)
 
 
-@_hausdorff_maps_op.register_fake
+@_pred_field_op.register_fake
 def _(logits, target, labels, spacing, ignore_index):
-    return torch.empty_like(logits, dtype=torch.float32), torch.empty_like(
-        logits, dtype=torch.float32
-    )
+    return torch.empty_like(logits, dtype=torch.float32)
 
 
 @kernel_api
@@ -391,6 +409,7 @@ def hausdorff_dt_loss(
     mode: str = "multiclass",
     classes: Sequence[int] | None = None,
     alpha: float = 2.0,
+    dist_map: torch.Tensor | None = None,
     spacing: Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
@@ -401,27 +420,35 @@ def hausdorff_dt_loss(
 
     One pass over logits and labels (masks) writes the prediction's masks (the class whose
     softmax probability exceeds 1/2, as an int32 label map; logit > 0 per channel for
-    sigmoid); the GPU EDT turns them and the target into the two squared distance maps
-    (float32 ``[B, C, *S]`` each); one fused pass reads the logits, both maps and the labels,
-    sums ``(p - g)^2 (d_true^alpha + d_pred^alpha)`` and writes dL/dz, as the boundary loss
-    does. No host sync. 'none' applies the reference formula to the GPU maps. Returns
-    float32. ``validate=True`` checks labels / masks on the host first; otherwise a bad
-    label or mask value makes the loss NaN (and counts as no class in the maps).
+    sigmoid); the GPU EDT turns them, and the target unless ``dist_map`` (its
+    :func:`distance_field`, any float dtype and layout, no gradient) is given, into
+    float32 ``[B, C, *S]`` maps of squared distances; one fused pass reads the logits, both
+    maps and the labels, sums ``(p - g)^2 (d_true^alpha + d_pred^alpha)`` and writes dL/dz,
+    as the boundary loss does. No host sync. 'none' applies the reference formula to the
+    GPU maps. Returns float32. ``validate=True`` checks labels / masks on the host first;
+    otherwise a bad label or mask value makes the loss NaN (and counts as no class in the
+    maps).
     """
     check_mode(mode, logits)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     alpha = ref_boundary.check_alpha(alpha)
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
-    if validate and not labels:
+    if validate and not labels and dist_map is None:
         _check_hard(target, ignore_index, "hausdorff_dt_loss")
     C = logits.shape[1]
     idx = ref_boundary.selected_classes(classes, C, mode)
     spacing = list(ref_boundary.check_spacing(spacing, logits.dim() - 2))
     ign = ignore_value(ignore_index, target, labels)
-    true, pred = _hausdorff_maps_op(logits.detach(), target, labels, spacing, ign)
+    if dist_map is None:  # squared distances: d^alpha = (d^2)^(alpha / 2)
+        true, true_exp = _class_map_op(target, C, labels, spacing, ign, FIELD), alpha / 2
+    else:
+        ref_boundary.check_map(dist_map, logits)
+        check_constant("dist_map", dist_map)
+        true, true_exp = dist_map, alpha
+    pred = _pred_field_op(logits.detach(), target, labels, spacing, ign)
     if reduction == "none":
-        weight = true ** (alpha / 2) + pred ** (alpha / 2)
+        weight = true.float() ** true_exp + pred ** (alpha / 2)
         with value_checks(False):
             return ref_boundary.hausdorff_terms(
                 logits, target, mode, idx, weight, ignore_index, reduction
@@ -435,6 +462,7 @@ def hausdorff_dt_loss(
         labels,
         ign,
         float(len(idx)),
+        true_exp,
         alpha / 2,
         reduction,
         _need_grad(logits),

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference implementations (the oracle every kernel is checked against)."""
 
-from .boundary import boundary_loss, hausdorff_dt_loss, signed_distance_map
+from .boundary import boundary_loss, distance_field, hausdorff_dt_loss, signed_distance_map
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .lovasz import (
     lovasz_grad,
@@ -84,6 +84,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_probs",
     "dice_loss",
+    "distance_field",
     "dice_per_class",
     "focal_dice_loss",
     "focal_tversky_loss",

@@ -99,6 +99,16 @@ def signed_distance_map(
     return torch.from_numpy(phi).to(target.device)
 
 
+def check_map(dist_map: torch.Tensor, logits: torch.Tensor) -> None:
+    """A given distance map must have the logits' shape and device."""
+    if dist_map.shape != logits.shape:
+        raise ValueError(
+            f"dist_map shape {tuple(dist_map.shape)} must equal logits {tuple(logits.shape)}"
+        )
+    if dist_map.device != logits.device:
+        raise ValueError(f"dist_map is on {dist_map.device} but logits on {logits.device}")
+
+
 def selected_classes(classes: Sequence[int] | None, C: int, mode: str) -> list[int]:
     """The channels that enter the boundary loss: ``classes`` checked against ``[0, C)``,
     by default every channel but the background (class 0) for multiclass, all otherwise."""
@@ -142,10 +152,8 @@ def boundary_loss(
     idx = selected_classes(classes, C, mode)
     if dist_map is None:
         dist_map = signed_distance_map(target, C, mode, spacing, ignore_index)
-    elif dist_map.shape != logits.shape:
-        raise ValueError(
-            f"dist_map shape {tuple(dist_map.shape)} must equal logits {tuple(logits.shape)}"
-        )
+    else:
+        check_map(dist_map, logits)
     valid = valid.expand_as(p)[:, idx]
     loss = (p[:, idx] * dist_map[:, idx].to(x.dtype)).masked_fill(~valid, 0.0)
     if reduction == "none":
@@ -164,6 +172,24 @@ def _field(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 def _fields(masks: np.ndarray, spacing: Sequence[float], device: torch.device) -> torch.Tensor:
     d = np.stack([np.stack([_field(m, spacing) for m in img]) for img in masks])
     return torch.from_numpy(d).to(device)
+
+
+def distance_field(
+    target: torch.Tensor,
+    num_classes: int | None = None,
+    mode: str = "multiclass",
+    spacing: Sequence[float] | None = None,
+    ignore_index: float | None = None,
+) -> torch.Tensor:
+    """Unsigned distance to the other side of each class's boundary, ``[B, C, *spatial]``
+    float64: for the foreground ``m`` of one (image, class), ``edt(m) + edt(~m)`` (scipy,
+    ``sampling=spacing``), i.e. at every pixel the distance to the nearest pixel of the
+    other kind; 0 everywhere for a mask that is empty or covers the image. The target's
+    map of :func:`hausdorff_dt_loss` (pass it as ``dist_map`` to reuse it). Labels, masks
+    and ``ignore_index`` as in :func:`signed_distance_map` (ignored pixels are
+    background)."""
+    masks = _class_masks(target, num_classes, mode, ignore_index, "distance_field")
+    return _fields(masks, check_spacing(spacing, masks.ndim - 2), target.device)
 
 
 def check_alpha(alpha: object) -> float:
@@ -208,6 +234,7 @@ def hausdorff_dt_loss(
     mode: str = "multiclass",
     classes: Sequence[int] | None = None,
     alpha: float = 2.0,
+    dist_map: torch.Tensor | None = None,
     spacing: Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
@@ -229,6 +256,8 @@ def hausdorff_dt_loss(
     classes: channels that enter the loss; default all but the background (class 0) for
       multiclass, every channel for binary/multilabel.
     alpha: exponent of the distances (> 0).
+    dist_map: ``d_true`` ``[B, C, *S]`` when given (:func:`distance_field` of the target,
+      computed once and reused), else computed from the target on every call.
     ignore_index: ignored pixels are background in both masks, add nothing and are not
       counted.
     reduction: 'mean' (over valid pixels x selected classes), 'sum', or 'none'
@@ -247,11 +276,12 @@ def hausdorff_dt_loss(
         target = mask_shape(logits, target)
         valid = check_masks(logits, target, ignore_index)[1]
         pred = x > 0
-    true = _class_masks(target, C, mode, ignore_index, "hausdorff_dt_loss")
+    spacing = check_spacing(spacing, logits.dim() - 2)
+    if dist_map is None:
+        true = _class_masks(target, C, mode, ignore_index, "hausdorff_dt_loss")
+        dist_map = _fields(true, spacing, logits.device)
+    else:
+        check_map(dist_map, logits)
     pred = (pred & valid).cpu().numpy()
-    spacing = check_spacing(spacing, true.ndim - 2)
-    weight = (
-        _fields(true, spacing, logits.device) ** alpha
-        + _fields(pred, spacing, logits.device) ** alpha
-    )
+    weight = dist_map.to(x.dtype) ** alpha + _fields(pred, spacing, logits.device) ** alpha
     return hausdorff_terms(logits, target, mode, idx, weight, ignore_index, reduction)

@@ -330,10 +330,14 @@ def test_second_derivatives_are_refused_by_kernels(entry, fast_eager, gen, monke
 
 def test_dist_map_requiring_grad_is_refused_by_the_kernel():
     x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
-    phi = ker.signed_distance_map(y, 3).requires_grad_(True)
-    with pytest.raises(ValueError, match="dist_map requires grad"):
-        ker.boundary_loss(x, y, dist_map=phi)
-    ker.boundary_loss(x, y, dist_map=phi.detach())
+    for loss, make_map in (
+        (ker.boundary_loss, ker.signed_distance_map),
+        (ker.hausdorff_dt_loss, ker.distance_field),
+    ):
+        phi = make_map(y, 3).requires_grad_(True)
+        with pytest.raises(ValueError, match="dist_map requires grad"):
+            loss(x, y, dist_map=phi)
+        loss(x, y, dist_map=phi.detach())
 
 
 def test_class_vectors_requiring_grad_are_refused_by_kernels():

@@ -219,29 +219,49 @@ def test_hausdorff_streams_classes_with_spacing_and_repeats(mode, seed, gen):
 
 
 def test_hausdorff_maps_are_scipy_fields(gen):
-    """The two maps are the squared distances to the other side of each class's boundary
-    (scipy's ``edt(m) + edt(~m)``), 0 for a class with no boundary; the predicted class is
-    the one whose softmax probability exceeds 1/2, never an ignored pixel."""
-    from segtriton.kernels.boundary import _hausdorff_maps_op
+    """The target's map (``distance_field``) is scipy's ``edt(m) + edt(~m)``, the distance
+    to the other side of each class's boundary, 0 for a class with no boundary; the
+    prediction's is its square for the class whose softmax probability exceeds 1/2,
+    never at an ignored pixel."""
+    from segtriton.kernels.boundary import _pred_field_op
 
     x = 3 * torch.randn(2, 4, 9, 10, generator=gen)
     x[1, 3] = 50.0  # image 1 predicts class 3 everywhere: no boundary, zero maps
     y = torch.randint(0, 4, (2, 9, 10), generator=gen)
     y[0, :2] = 255
-    true, pred = _hausdorff_maps_op(x.to(DEVICE), y.to(DEVICE), True, [1.0, 1.5], 255)
+    spacing = (1.0, 1.5)
+    true = ker.distance_field(y.to(DEVICE), 4, spacing=spacing, ignore_index=255)
+    torch.testing.assert_close(
+        true.cpu().double(), ref.distance_field(y, 4, "multiclass", spacing, 255)
+    )
+    pred = _pred_field_op(x.to(DEVICE), y.to(DEVICE), True, list(spacing), 255).sqrt()
     valid = (y != 255).unsqueeze(1).numpy()
-    p = torch.softmax(x.double(), dim=1).numpy()
     for got, masks in ((true, y.unsqueeze(1).numpy() == np.arange(4)[:, None, None]),
-                       (pred, p > 0.5)):  # fmt: skip
+                       (pred, torch.softmax(x.double(), dim=1).numpy() > 0.5)):  # fmt: skip
         masks = masks & valid
         for b, c in itertools.product(range(2), range(4)):
             m = masks[b, c]
             want = np.zeros(m.shape)
             if m.any() and not m.all():
-                want = (distance_transform_edt(m, sampling=(1.0, 1.5))
-                        + distance_transform_edt(~m, sampling=(1.0, 1.5))) ** 2  # fmt: skip
+                want = distance_transform_edt(m, sampling=spacing) + distance_transform_edt(
+                    ~m, sampling=spacing
+                )
             torch.testing.assert_close(got[b, c].cpu().double(), torch.from_numpy(want))
     assert not pred[1].any()
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_hausdorff_reads_a_given_target_map(mode, seed, gen):
+    """``dist_map`` (the target's ``distance_field``, any dtype and layout) gives the loss
+    computed without it; the reference takes the same map."""
+    opts = {"mode": mode, "ignore_index": 255, "alpha": 1.5, "reduction": "sum"}
+    x, t = make_inputs(HAUSDORFF, (2, 3, 6, 7), opts, torch.float32, gen, 0.2, device=DEVICE)
+    C = x.shape[1]
+    d = ker.distance_field(t, C, mode, ignore_index=255)
+    torch.testing.assert_close(d.cpu().double(), ref.distance_field(t.cpu(), C, mode, None, 255))
+    assert_matches(HAUSDORFF, x, t, {**opts, "dist_map": d.half()}, torch.float32, seed)
+    given = ker.hausdorff_dt_loss(x, t, **opts, dist_map=to_channels_last(d))
+    torch.testing.assert_close(given, ker.hausdorff_dt_loss(x, t, **opts), rtol=1e-5, atol=0)
 
 
 def test_hausdorff_bad_values_nan_or_raise(gen):
