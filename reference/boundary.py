@@ -7,7 +7,7 @@ carries no gradient. Pass a precomputed ``dist_map`` to skip that step.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,14 @@ def _signed_map(mask: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray
     outside = distance_transform_edt(~mask, sampling=spacing) * ~mask
     inside = (distance_transform_edt(mask, sampling=spacing) - 1) * mask
     return outside - inside
+
+
+def _each_map(
+    fn: Callable, masks: np.ndarray, spacing: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """``fn(mask, spacing)`` of every (image, class) mask of ``[B, C, *S]``, on ``device``."""
+    d = np.stack([np.stack([fn(m, spacing) for m in img]) for img in masks])
+    return torch.from_numpy(d).to(device)
 
 
 def _class_masks(
@@ -95,8 +103,7 @@ def signed_distance_map(
     """
     masks = _class_masks(target, num_classes, mode, ignore_index, "signed_distance_map")
     spacing = check_spacing(spacing, masks.ndim - 2)
-    phi = np.stack([np.stack([_signed_map(m, spacing) for m in img]) for img in masks])
-    return torch.from_numpy(phi).to(target.device)
+    return _each_map(_signed_map, masks, spacing, target.device)
 
 
 def check_map(dist_map: torch.Tensor, logits: torch.Tensor) -> None:
@@ -169,11 +176,6 @@ def _field(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     )
 
 
-def _fields(masks: np.ndarray, spacing: Sequence[float], device: torch.device) -> torch.Tensor:
-    d = np.stack([np.stack([_field(m, spacing) for m in img]) for img in masks])
-    return torch.from_numpy(d).to(device)
-
-
 def distance_field(
     target: torch.Tensor,
     num_classes: int | None = None,
@@ -189,7 +191,7 @@ def distance_field(
     and ``ignore_index`` as in :func:`signed_distance_map` (ignored pixels are
     background)."""
     masks = _class_masks(target, num_classes, mode, ignore_index, "distance_field")
-    return _fields(masks, check_spacing(spacing, masks.ndim - 2), target.device)
+    return _each_map(_field, masks, check_spacing(spacing, masks.ndim - 2), target.device)
 
 
 def check_alpha(alpha: object) -> float:
@@ -279,9 +281,9 @@ def hausdorff_dt_loss(
     spacing = check_spacing(spacing, logits.dim() - 2)
     if dist_map is None:
         true = _class_masks(target, C, mode, ignore_index, "hausdorff_dt_loss")
-        dist_map = _fields(true, spacing, logits.device)
+        dist_map = _each_map(_field, true, spacing, logits.device)
     else:
         check_map(dist_map, logits)
-    pred = (pred & valid).cpu().numpy()
-    weight = dist_map.to(x.dtype) ** alpha + _fields(pred, spacing, logits.device) ** alpha
+    d_pred = _each_map(_field, (pred & valid).cpu().numpy(), spacing, logits.device)
+    weight = dist_map.to(x.dtype) ** alpha + d_pred**alpha
     return hausdorff_terms(logits, target, mode, idx, weight, ignore_index, reduction)
