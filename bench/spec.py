@@ -84,6 +84,7 @@ class Case:
 _CORE = [
     "cross_entropy",
     "cross_entropy_probs",
+    "ohem_cross_entropy",
     "softmax_focal",
     "bce",
     "dice",

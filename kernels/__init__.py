@@ -20,6 +20,7 @@ from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
     cross_entropy_probs,
+    ohem_cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "jaccard_loss",
     "lovasz_hinge_loss",
     "lovasz_softmax_loss",
+    "ohem_cross_entropy",
     "region_stats",
     "run_smoke_kernel",
     "segmentation_metrics",

@@ -32,6 +32,7 @@ Same signatures and semantics as ``segtriton.reference`` (see the formulas there
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -46,8 +47,9 @@ from segtriton.reference._common import (
     check_number,
     checked_target,
     is_number,
+    not_ignored,
 )
-from segtriton.reference.pixelwise import is_probs, sigmoid_focal_options
+from segtriton.reference.pixelwise import check_min_kept, is_probs, sigmoid_focal_options
 
 from ._ops import Op, op
 from ._pixelwise_kernels import (
@@ -442,6 +444,51 @@ def cross_entropy(
         _need_grad(logits),
     )
     return loss
+
+
+@kernel_api
+def ohem_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    thresh: float = 0.7,
+    min_kept: int = 100000,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton OHEM cross-entropy; semantics of ``segtriton.reference.ohem_cross_entropy``.
+
+    No host sync: the cross-entropy kernel with reduction 'none' gives every pixel's
+    ``nll = -log p`` in fp32, one ``torch.sort`` of those (ignored pixels placed last)
+    gives the threshold on the device, and the kept pixels' labels (the others set to -1)
+    go through :func:`cross_entropy`, which writes the gradient in its forward: two
+    passes over the logits. Returns float32. ``validate=True`` raises ValueError on
+    labels outside ``[0, C)`` (a host sync); otherwise such labels make the loss NaN.
+    """
+    checked_target(logits, target, True, ignore_index, validate)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    thresh = check_number("thresh", thresh, 0.0, 1.0)
+    min_kept = check_min_kept(min_kept)
+    with torch.no_grad():  # select on -log p (fp32 keeps its bits where p rounds to 1)
+        nll = cross_entropy(logits.detach(), target, ignore_index=ignore_index, reduction="none")
+        valid = not_ignored(target, ignore_index)
+        order = torch.where(valid, nll, -1.0).flatten().sort(descending=True).values
+        k = (valid.sum() - 1).clamp(0, min_kept)  # min(min_kept, n - 1); 0 when n = 0
+        limit = order.gather(0, k.view(1)).clamp_max(-math.log(thresh) if thresh else math.inf)
+        kept = valid & ~(nll <= limit)  # p < t; a NaN (bad label, infinite logit) is kept
+        bad = kept & nll.isnan()
+        n_kept = kept.sum()
+    labels = target.to(torch.int64 if target.dtype == torch.int64 else torch.int32)
+    labels = labels.masked_fill(~kept, -1)
+    if weight is None or reduction != "mean":
+        loss = cross_entropy(logits, labels, weight, -1, reduction)
+    else:  # the mean over kept pixels, not over their weights; NaN (zero gradient) for none
+        total = cross_entropy(logits, labels, weight, -1, "sum")
+        loss = torch.where(n_kept == 0, float("nan"), total / n_kept.clamp_min(1))
+    if reduction == "none":
+        return loss.masked_fill(bad, float("nan"))
+    return torch.where(bad.any(), float("nan"), loss)
 
 
 def softmax_focal_options(

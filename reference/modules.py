@@ -22,6 +22,7 @@ from .pixelwise import (
     binary_cross_entropy_with_logits,
     cross_entropy,
     cross_entropy_probs,
+    ohem_cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
@@ -75,6 +76,7 @@ def loss_module(
 
 CrossEntropyLoss = loss_module("CrossEntropyLoss", cross_entropy)
 CrossEntropyProbsLoss = loss_module("CrossEntropyProbsLoss", cross_entropy_probs)
+OhemCrossEntropyLoss = loss_module("OhemCrossEntropyLoss", ohem_cross_entropy)
 BCEWithLogitsLoss = loss_module("BCEWithLogitsLoss", binary_cross_entropy_with_logits)
 SigmoidFocalLoss = loss_module("SigmoidFocalLoss", sigmoid_focal_loss)
 SoftmaxFocalLoss = loss_module("SoftmaxFocalLoss", softmax_focal_loss)

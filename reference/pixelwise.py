@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import (
+    _is_int,
     acc_dtype,
     check_choice,
     check_class_vector,
@@ -89,6 +90,61 @@ def cross_entropy(
     if avg_non_ignore or reduction == "none":
         return nll
     return reduce_pixels(nll, reduction, torch.tensor(float(nll.numel()), dtype=nll.dtype))
+
+
+def check_min_kept(min_kept: object) -> int:
+    """``min_kept`` as an int >= 0 (not a bool), or an error naming it."""
+    if not _is_int(min_kept) or min_kept < 0:
+        raise TypeError(f"min_kept must be an int >= 0, got {min_kept!r}")
+    return int(min_kept)
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    thresh: float = 0.7,
+    min_kept: int = 100000,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy over the hard pixels only (online hard example mining), the semantics
+    of mmsegmentation's ``OhemCrossEntropy`` (from PIDNet).
+
+    With ``p_i`` the softmax probability of pixel i's label, over the n valid pixels (those
+    whose label is not ``ignore_index``), sorted ascending into ``q``::
+
+        t = max(q[min(min_kept, n - 1)], thresh),   kept = {valid i : p_i < t}
+        l_i = w_{y_i} * (-log p_i)  for kept pixels, 0 otherwise
+
+    so at least ``min_kept`` pixels (when there are that many; ties at ``t`` excepted)
+    and every pixel less sure than ``thresh`` are kept. ``w = weight`` (ones when None).
+    The selection carries no gradient. A pixel whose ``p`` is NaN (a label outside
+    ``[0, C)``, an infinite logit) is kept, so the loss is NaN rather than the pixel
+    silently dropped (mmseg drops it).
+
+    reduction: 'mean': ``sum_i l_i / |kept|`` (the weights are not the divisor, as in
+    mmseg; NaN when nothing is kept, e.g. every pixel ignored); 'sum'; 'none': ``l``
+    with shape ``[B, *spatial]``.
+    """
+    valid = check_labels(logits, target, ignore_index)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    thresh = check_number("thresh", thresh, 0.0, 1.0)
+    min_kept = check_min_kept(min_kept)
+    logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
+    w = check_class_vector("weight", weight, logits.shape[1], logp)
+    labels = target.long().masked_fill(~valid, 0).unsqueeze(1)
+    nll = -logp.gather(1, labels).squeeze(1)
+    if w is not None:
+        nll = nll * w[labels.squeeze(1)]
+    p = logp.detach().gather(1, labels).squeeze(1).exp()
+    q = p[valid].sort().values
+    t = max(float(q[min(min_kept, q.numel() - 1)]), thresh) if q.numel() else thresh
+    kept = valid & ~(p >= t)  # p < t, and a NaN p is kept: the loss is then NaN
+    loss = nll.masked_fill(~kept, 0.0)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / kept.sum()
 
 
 def is_probs(logits: object, target: object) -> bool:

@@ -129,6 +129,14 @@ LOSSES: tuple[LossEntry, ...] = (
         traffic="pixel",
     ),
     LossEntry(
+        "ohem_cross_entropy",
+        ref.ohem_cross_entropy,
+        "labels",
+        ({}, {"thresh": 0.9, "min_kept": 5}, {"thresh": 0.5, "min_kept": 0, "weight": [0.5, 1, 2]}),
+        kernel=ker.ohem_cross_entropy,
+        traffic="pixel",
+    ),
+    LossEntry(
         "bce",
         ref.binary_cross_entropy_with_logits,
         "masks",

@@ -224,3 +224,15 @@ def test_probability_targets_past_2_pow_31(gen):
     (ref_grad,) = torch.autograd.grad(expected.sum(), xs)
     torch.testing.assert_close(grad[:, :, -2:].double(), ref_grad, rtol=1.6e-2, atol=1e-3)
     assert grad[:, :, :-2].abs().max() == 0
+
+
+def test_ohem_worked_example():
+    from test_worked_examples import ohem_example
+
+    z, y = ohem_example()
+    x = z.float().to(DEVICE).requires_grad_()
+    loss = ker.ohem_cross_entropy(x, y.to(DEVICE), 0.7, 3)
+    (grad,) = torch.autograd.grad(loss, x)
+    want = -torch.tensor([0.6, 0.8, 0.3]).log().mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert torch.equal(grad[0, :, 0].cpu(), torch.zeros(2))  # p = 0.9 is not kept

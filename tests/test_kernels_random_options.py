@@ -47,6 +47,8 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
         "absent_weight": lambda: r.choice(["max", "zero"]),
         "classes": lambda: r.choice(["present", "all", None, sorted(r.sample(range(C), 1))]),
         "spacing": lambda: r.choice([None, [round(r.uniform(0.5, 2.0), 2) for _ in range(nd)]]),
+        "thresh": lambda: r.choice([0.0, 0.3, 0.7, 1.0]),
+        "min_kept": lambda: r.choice([0, 1, 7, 100000]),
     }
     if name.startswith("lambda_"):
         return r.choice([0.0, 0.3, 1.0, 2.0])

@@ -39,6 +39,7 @@ MODULES = {
     "lovasz_softmax": ref.LovaszSoftmaxLoss,
     "boundary": ref.BoundaryLoss,
     "hausdorff_dt": ref.HausdorffDTLoss,
+    "ohem_cross_entropy": ref.OhemCrossEntropyLoss,
 }
 
 

@@ -323,6 +323,26 @@ def test_15_7_boundary_map_guards_and_spacing():
     torch.testing.assert_close(phi.flatten(), torch.tensor([2.0, 1, 0, -1, 0, 1], dtype=D))
 
 
+def ohem_example() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four pixels of two classes whose true-class probabilities are 0.9, 0.6, 0.8, 0.3
+    (logits ``log p``, ``log(1 - p)``; labels alternate)."""
+    p = torch.tensor([0.9, 0.6, 0.8, 0.3], dtype=D)
+    y = torch.tensor([0, 1, 0, 1])
+    probs = torch.stack([torch.where(y == 0, p, 1 - p), torch.where(y == 1, p, 1 - p)])
+    return probs.log().reshape(1, 2, 4), y.reshape(1, 4)
+
+
+@pytest.mark.parametrize(
+    ("min_kept", "kept"), [(1, [0.6, 0.3]), (3, [0.6, 0.8, 0.3]), (0, [0.6, 0.3])]
+)
+def test_ohem_worked_example(min_kept, kept):
+    """Sorted, q = [0.3, 0.6, 0.8, 0.9]; t = max(q[min_kept], 0.7): 0.7 for min_kept 1
+    (keeps 0.6 and 0.3), 0.9 for min_kept 3 (keeps all but 0.9); the mean of -log p."""
+    z, y = ohem_example()
+    want = -torch.tensor(kept, dtype=D).log().mean()
+    assert ref.ohem_cross_entropy(z, y, 0.7, min_kept).item() == pytest.approx(want.item())
+
+
 def hausdorff_example() -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """A hand-checked HD-DT case: target [0, 0, 1, 1], prediction p = [1/4, 3/4, 3/4, 3/4]
     (mask [0, 1, 1, 1]). Distances to the other side: target [2, 1, 1, 2], prediction
