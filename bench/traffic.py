@@ -227,7 +227,7 @@ def loss_traffic(
     byte model of that call."""
     from segtriton.registry import make_inputs, minimal_bytes
 
-    options = dict(entry.variants[0] if options is None else options)
+    options = entry.ignoring(dict(entry.variants[0] if options is None else options))
     gen = torch.Generator().manual_seed(seed)
     x, t = make_inputs(
         entry, shape, options, dtype, gen, 0.1, label_dtype=label_dtype, mask_dtype=dtype
