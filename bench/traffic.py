@@ -221,16 +221,20 @@ def loss_traffic(
     label_dtype: torch.dtype = torch.int64,
     options: dict | None = None,
     seed: int = 0,
+    ignore_frac: float = 0.1,
 ) -> tuple[Traffic, int]:
     """Count one fwd+bwd call of ``entry``'s kernel at ``shape`` (integer labels in
-    ``label_dtype``, masks in the logits' dtype, as a sweep draws them); also return the
-    byte model of that call."""
+    ``label_dtype``, masks in the logits' dtype, as a sweep draws them; a fraction
+    ``ignore_frac`` of them ignored, with ``ignore_index`` passed where the loss has it);
+    also return the byte model of that call."""
     from segtriton.registry import make_inputs, minimal_bytes
 
-    options = entry.ignoring(dict(entry.variants[0] if options is None else options))
+    options = dict(entry.variants[0] if options is None else options)
+    if ignore_frac > 0:
+        options = entry.ignoring(options)
     gen = torch.Generator().manual_seed(seed)
     x, t = make_inputs(
-        entry, shape, options, dtype, gen, 0.1, label_dtype=label_dtype, mask_dtype=dtype
+        entry, shape, options, dtype, gen, ignore_frac, label_dtype=label_dtype, mask_dtype=dtype
     )
     x.requires_grad_(True)
     with count_traffic() as record:
