@@ -94,8 +94,10 @@ def cross_entropy(
 
 def check_min_kept(min_kept: object) -> int:
     """``min_kept`` as an int >= 0 (not a bool), or an error naming it."""
-    if not _is_int(min_kept) or min_kept < 0:
-        raise TypeError(f"min_kept must be an int >= 0, got {min_kept!r}")
+    if not _is_int(min_kept):
+        raise TypeError(f"min_kept must be an int, got {min_kept!r}")
+    if min_kept < 0:
+        raise ValueError(f"min_kept must be >= 0, got {min_kept}")
     return int(min_kept)
 
 

@@ -372,3 +372,11 @@ def test_float64_logits_are_refused_by_the_metrics_kernel():
     assert torch.equal(
         ker.confusion_matrix(x.argmax(1).long(), y, 3), ref.confusion_matrix(x, y, 3)
     )
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_bad_min_kept_is_named(lib):
+    x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    for bad in (-1, 2.0, True, "5"):
+        with pytest.raises((TypeError, ValueError), match="min_kept"):
+            lib.ohem_cross_entropy(x, y, min_kept=bad)
