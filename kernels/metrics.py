@@ -30,7 +30,7 @@ from segtriton.reference._common import (
     check_label_dtype,
     check_num_classes,
 )
-from segtriton.reference.metrics import metrics_from_confusion
+from segtriton.reference.metrics import class_counts, metrics_from_confusion, metrics_from_counts
 
 from ._metrics_kernels import _confusion_kernel
 from ._runtime import kernel_api
@@ -177,13 +177,17 @@ class StreamingMetrics:
     reported by ``compute`` (which reads them, as it reads the metrics). Under
     torch.distributed, call ``sync(process_group)`` before ``compute``: it all-reduces the
     int64 matrix and the bad-label count, so every rank computes the metrics of the whole
-    dataset (for average 'image' it gathers the per-image matrices). The combined counts
+    dataset (for average 'image' it gathers the per-image counts). The combined counts
     hold until the next ``update`` or ``reset``; each rank keeps its own counts, so
     ``sync`` may be called again (after more updates, or twice) without counting a rank's
     pixels twice.
 
-    average: 'dataset' (one matrix) or 'image' (one matrix per image seen, kept until
-    ``reset``).
+    average: 'dataset' (one matrix) or 'image' (per image seen, until ``reset``, the three
+    counts per class the metrics need: true positives, target and predicted pixels, int64
+    ``[3, C]`` (``segtriton.reference.class_counts``), not a ``C x C`` matrix: 24 KB an
+    image at C = 1000 instead of 8 MB). Either way ``compute()["confusion_matrix"]`` and
+    :attr:`confusion_matrix` are the ``[C, C]`` matrix summed over every image; per-image
+    matrices of one batch come from :func:`confusion_matrix` with ``per_image=True``.
     """
 
     def __init__(
@@ -202,64 +206,70 @@ class StreamingMetrics:
 
     def reset(self) -> None:
         C = self.num_classes
-        self._cm = torch.zeros((0, C, C) if self.average == "image" else (C, C), dtype=torch.int64)
+        self._cm = torch.zeros((C, C), dtype=torch.int64)
+        self._counts = torch.zeros((0, 3, C), dtype=torch.int64)
         self._bad = torch.zeros((), dtype=torch.int64)
-        if self.device is not None:
-            self._cm, self._bad = self._cm.to(self.device), self._bad.to(self.device)
         self._images: list[torch.Tensor] = []
-        self._synced: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.device is not None:
+            self._to(self.device)
+        self._synced: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def _own(self) -> torch.Tensor:
-        """This process's counts: the matrix, or the per-image matrices stacked."""
+    def _to(self, device: torch.device) -> None:
+        self._counts = self._own_counts().to(device)
+        self._cm, self._bad = self._cm.to(device), self._bad.to(device)
+
+    def _own_counts(self) -> torch.Tensor:
+        """This process's per-image counts ``[images, 3, C]`` (empty for 'dataset')."""
         if self._images:
-            self._cm = torch.cat([self._cm, *self._images])
+            self._counts = torch.cat([self._counts, *self._images])
             self._images = []
-        return self._cm
+        return self._counts
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if self._cm.device != target.device:
-            self._cm, self._bad = self._own().to(target.device), self._bad.to(target.device)
+            self._to(target.device)
         per_image = self.average == "image"
         cm, bad = _confusion(preds, target, self.num_classes, self.ignore_index, per_image)
         if per_image:  # concatenated when read: a cat per update would copy O(n^2)
-            self._images.append(cm)
-        else:
-            self._cm = self._cm + cm
+            self._images.append(class_counts(cm))
+            cm = cm.sum(0)
+        self._cm = self._cm + cm
         self._bad = self._bad + bad
         self._synced = None
 
     def sync(self, process_group: dist.ProcessGroup | None = None) -> None:
         """Combine the ranks of ``process_group`` (default: world): all-reduce (sum) the
-        matrix ('dataset'), or gather every rank's per-image matrices, in rank order
-        ('image': ranks may hold different numbers of images); and the bad-label count.
-        Collective: every rank of the group must call it."""
-        bad = self._bad.clone()
+        matrix and the bad-label count, and for 'image' gather every rank's per-image
+        counts in rank order (ranks may hold different numbers of images). Collective:
+        every rank of the group must call it."""
+        cm, bad = self._cm.clone(), self._bad.clone()
+        dist.all_reduce(cm, group=process_group)
         dist.all_reduce(bad, group=process_group)
-        own = self._own()
+        own = self._own_counts()
         if self.average == "dataset":
-            cm = own.clone()
-            dist.all_reduce(cm, group=process_group)
-            self._synced = (cm, bad)
+            self._synced = (cm, own, bad)
             return
         world = dist.get_world_size(process_group)
         mine = torch.tensor([own.shape[0]], device=own.device)
-        counts = [torch.zeros_like(mine) for _ in range(world)]
-        dist.all_gather(counts, mine, group=process_group)
-        sizes = [int(c) for c in counts]  # a host read: sync is a synchronisation point
-        padded = own.new_zeros((max(sizes), *own.shape[1:]))
+        sizes = [torch.zeros_like(mine) for _ in range(world)]
+        dist.all_gather(sizes, mine, group=process_group)
+        n = [int(k) for k in sizes]  # a host read: sync is a synchronisation point
+        padded = own.new_zeros((max(n), *own.shape[1:]))
         padded[: own.shape[0]] = own
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=process_group)
-        cm = torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
-        self._synced = (cm, bad)
+        counts = torch.cat([part[:k] for part, k in zip(parts, n, strict=True)])
+        self._synced = (cm, counts, bad)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The metrics of the counts: all ranks' after ``sync``, else this process's."""
-        cm, bad = self._synced or (self._own(), self._bad)
+        cm, counts, bad = self._synced or (self._cm, self._own_counts(), self._bad)
         _raise_if_bad(bad, self.num_classes, self.ignore_index)
-        return metrics_from_confusion(cm)
+        if self.average == "dataset":
+            return metrics_from_confusion(cm)
+        return {"confusion_matrix": cm, **metrics_from_counts(counts)}
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
-        """The matrix ``compute`` would use (all ranks' after ``sync``)."""
-        return self._synced[0] if self._synced else self._own()
+        """The ``[C, C]`` matrix ``compute`` reports (all ranks' after ``sync``)."""
+        return self._synced[0] if self._synced else self._cm

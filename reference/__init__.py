@@ -11,9 +11,12 @@ from .lovasz import (
 )
 from .metrics import (
     class_accuracy,
+    class_counts,
     confusion_matrix,
     dice_per_class,
     iou_per_class,
+    metrics_from_confusion,
+    metrics_from_counts,
     pixel_accuracy,
     segmentation_metrics,
 )
@@ -82,6 +85,7 @@ __all__ = [
     "boundary_loss",
     "ce_dice_loss",
     "class_accuracy",
+    "class_counts",
     "combo_loss",
     "confusion_matrix",
     "cross_entropy",
@@ -101,6 +105,8 @@ __all__ = [
     "lovasz_softmax_loss",
     "ohem_cross_entropy",
     "lovasz_softmax_grad_weights",
+    "metrics_from_confusion",
+    "metrics_from_counts",
     "pixel_accuracy",
     "region_stats",
     "segmentation_metrics",

@@ -64,15 +64,28 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, float("nan")))
 
 
+def class_counts(cm: torch.Tensor) -> torch.Tensor:
+    """int64 ``[..., 3, C]``: per class, true positives (``diag``), target pixels (row
+    sums) and predicted pixels (column sums); every metric here is a ratio of these."""
+    return torch.stack((cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1), cm.sum(-2)), dim=-2)
+
+
+def _iou(tp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    return _ratio(tp, target + pred - tp)
+
+
+def _dice(tp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    return _ratio(2 * tp, target + pred)
+
+
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
     """``IoU_c = TP / (TP + FP + FN)``: ``diag / (row + col - diag)``, float64 ``[..., C]``."""
-    tp = cm.diagonal(dim1=-2, dim2=-1)
-    return _ratio(tp, cm.sum(-1) + cm.sum(-2) - tp)
+    return _iou(*class_counts(cm).unbind(-2))
 
 
 def dice_per_class(cm: torch.Tensor) -> torch.Tensor:
     """``Dice_c = 2 TP / (2 TP + FP + FN)``: ``2 diag / (row + col)``, float64 ``[..., C]``."""
-    return _ratio(2 * cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1) + cm.sum(-2))
+    return _dice(*class_counts(cm).unbind(-2))
 
 
 def class_accuracy(cm: torch.Tensor) -> torch.Tensor:
@@ -111,18 +124,25 @@ def segmentation_metrics(
 def metrics_from_confusion(cm: torch.Tensor) -> dict[str, torch.Tensor]:
     """The metrics of :func:`segmentation_metrics` from a ``[C, C]`` matrix (average
     'dataset') or ``[B, C, C]`` per-image matrices (average 'image'), on cm's device."""
-    iou, dice, acc = iou_per_class(cm), dice_per_class(cm), class_accuracy(cm)
+    return {"confusion_matrix": cm, **metrics_from_counts(class_counts(cm))}
+
+
+def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The metrics of :func:`metrics_from_confusion` (but the matrix) from
+    :func:`class_counts`: ``[3, C]`` (average 'dataset') or ``[B, 3, C]`` (average
+    'image', the same rules of means)."""
+    tp, target, pred = counts.unbind(-2)
+    iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
     out = {
-        "confusion_matrix": cm,
         "iou": iou,
         "miou": iou.nanmean(-1),
         "dice": dice,
         "mdice": dice.nanmean(-1),
         "class_accuracy": acc,
         "mean_class_accuracy": acc.nanmean(-1),
-        "pixel_accuracy": pixel_accuracy(cm),
+        "pixel_accuracy": _ratio(tp.sum(-1), target.sum(-1)),
     }
-    if cm.dim() == 3:
+    if counts.dim() == 3:
         for key in ("iou", "dice", "class_accuracy"):
             out[key] = out[key].nanmean(0)
         for key in ("miou", "mdice", "mean_class_accuracy", "pixel_accuracy"):

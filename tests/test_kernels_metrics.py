@@ -148,11 +148,14 @@ def test_streaming_equals_one_shot(average, gen):
     logits = torch.cat([b[0] for b in batches])
     target = torch.cat([b[1] for b in batches])
     want = ref.segmentation_metrics(logits, target, 6, ignore_index=255, average=average)
+    want["confusion_matrix"] = ref.confusion_matrix(logits, target, 6, ignore_index=255)
     got = acc.compute()
+    assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], equal_nan=True, rtol=0, atol=0)
     acc.reset()
     acc.update(*batches[0])
+    assert acc.confusion_matrix.shape == (6, 6)  # 'image' keeps [3, C] per image, not C x C
     assert acc.confusion_matrix.sum() == (batches[0][1] != 255).sum()
     bad = batches[1][1].clone()
     bad[0, 0, 0] = 7
@@ -164,8 +167,9 @@ def test_streaming_equals_one_shot(average, gen):
 def _assert_metrics_of(acc, logits, target, average):
     want = ref.segmentation_metrics(logits, target, 5, average=average)
     got = acc.compute()
-    assert torch.equal(got["confusion_matrix"].cpu(), want["confusion_matrix"])
-    torch.testing.assert_close(got["miou"].cpu(), want["miou"], rtol=0, atol=0)
+    assert torch.equal(got["confusion_matrix"].cpu(), ref.confusion_matrix(logits, target, 5))
+    for key in ("miou", "dice", "pixel_accuracy"):
+        torch.testing.assert_close(got[key].cpu(), want[key], rtol=0, atol=0, equal_nan=True)
 
 
 def _sync_worker(rank: int, world: int, init_file: str, seed: int) -> None:
