@@ -47,10 +47,10 @@ from segtriton.reference._common import (
     check_number,
     checked_target,
     is_number,
-    not_ignored,
 )
 from segtriton.reference.pixelwise import check_min_kept, is_probs, sigmoid_focal_options
 
+from ._ohem_kernels import _ohem_keep_kernel, _radix_hist_kernel, _radix_scan_kernel
 from ._ops import Op, op
 from ._pixelwise_kernels import (
     _probs_loss_kernel,
@@ -77,6 +77,7 @@ from ._tiles import (
     program_count,
     scale_grad,
     sum_partials,
+    tile_chunks,
     tile_pixels,
 )
 
@@ -460,8 +461,8 @@ def ohem_cross_entropy(
     """Triton OHEM cross-entropy; semantics of ``segtriton.reference.ohem_cross_entropy``.
 
     No host sync: the cross-entropy kernel with reduction 'none' gives every pixel's
-    ``nll = -log p`` in fp32, one ``torch.sort`` of those (ignored pixels placed last)
-    gives the threshold on the device, and the kept pixels' labels (the others set to -1)
+    ``nll = -log p`` in fp32, a radix select over those finds the threshold on the device
+    (:func:`_ohem_labels`; no sort), and the kept pixels' labels (the others set to -1)
     go through :func:`cross_entropy`, which writes the gradient in its forward: two
     passes over the logits. Returns float32. ``validate=True`` raises ValueError on
     labels outside ``[0, C)`` (a host sync); otherwise such labels make the loss NaN.
@@ -472,23 +473,60 @@ def ohem_cross_entropy(
     min_kept = check_min_kept(min_kept)
     with torch.no_grad():  # select on -log p (fp32 keeps its bits where p rounds to 1)
         nll = cross_entropy(logits.detach(), target, ignore_index=ignore_index, reduction="none")
-        valid = not_ignored(target, ignore_index)
-        order = torch.where(valid, nll, -1.0).flatten().sort(descending=True).values
-        k = (valid.sum() - 1).clamp(0, min_kept)  # min(min_kept, n - 1); 0 when n = 0
-        limit = order.gather(0, k.view(1)).clamp_max(-math.log(thresh) if thresh else math.inf)
-        kept = valid & ~(nll <= limit)  # p < t; a NaN (bad label, infinite logit) is kept
-        bad = kept & nll.isnan()
-        n_kept = kept.sum()
-    labels = target.to(torch.int64 if target.dtype == torch.int64 else torch.int32)
-    labels = labels.masked_fill(~kept, -1)
+        max_nll = -math.log(thresh) if thresh else math.inf
+        labels, n_kept = _ohem_labels(
+            nll, target, logits.shape[1], int(ignore_index), min(min_kept, nll.numel()), max_nll
+        )
     if weight is None or reduction != "mean":
-        loss = cross_entropy(logits, labels, weight, -1, reduction)
-    else:  # the mean over kept pixels, not over their weights; NaN (zero gradient) for none
-        total = cross_entropy(logits, labels, weight, -1, "sum")
-        loss = torch.where(n_kept == 0, float("nan"), total / n_kept.clamp_min(1))
-    if reduction == "none":
-        return loss.masked_fill(bad, float("nan"))
-    return torch.where(bad.any(), float("nan"), loss)
+        return cross_entropy(logits, labels, weight, -1, reduction)
+    # the mean over kept pixels, not over their weights; NaN (zero gradient) for none
+    total = cross_entropy(logits, labels, weight, -1, "sum")
+    return torch.where(n_kept == 0, float("nan"), total / n_kept.clamp_min(1))
+
+
+_SELECT_BLOCK = 1024
+
+
+@op("segtriton::ohem_labels")
+def _ohem_labels(
+    nll: torch.Tensor,
+    target: torch.Tensor,
+    C: int,
+    ignore_index: int,
+    min_kept: int,
+    max_nll: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 labels of the pixels OHEM keeps (-1 elsewhere; -2 for a kept bad label) and
+    their device count: a radix select (``_ohem_kernels``) finds ``order_k``, the
+    ``min(min_kept, n_valid - 1)``-th largest ``nll``, then one pass keeps the valid pixels
+    without ``nll <= min(order_k, max_nll)``. Ignored pixels hold nll 0, at or below every
+    valid one, so they do not move ``order_k``. Five passes over fp32 ``nll`` (one with the
+    labels), two over the labels; no sort, no host sync."""
+    N = nll.numel()
+    t, stb, sts = label_view(target)
+    S = t[0, 0].numel()
+    tiles, n_programs = tile_chunks(N, _SELECT_BLOCK, 1)
+    state = torch.zeros(4 + 4 * 256, dtype=torch.int64, device=nll.device)
+    v, ign = nll.reshape(-1), ignore_arg(ignore_index, True)[0]
+    for shift in (24, 16, 8, 0):
+        first = shift == 24
+        _radix_hist_kernel[(n_programs,)](
+            v, t, state, state[4:], N, S, stb, sts, ign, tiles,
+            SHIFT=shift, FIRST=first, BLOCK=_SELECT_BLOCK,
+        )  # fmt: skip
+        _radix_scan_kernel[(1,)](state, state[4:], min_kept, SHIFT=shift, FIRST=first)
+    out = torch.empty(nll.shape, dtype=torch.int32, device=nll.device)
+    _ohem_keep_kernel[(n_programs,)](
+        v, t, state, out, N, S, stb, sts, C, ign, max_nll, tiles, BLOCK=_SELECT_BLOCK
+    )
+    return out, state[3]
+
+
+@_ohem_labels.register_fake
+def _(nll, target, C, ignore_index, min_kept, max_nll):
+    return torch.empty(nll.shape, dtype=torch.int32, device=nll.device), nll.new_empty(
+        (), dtype=torch.int64
+    )
 
 
 def softmax_focal_options(

@@ -175,6 +175,7 @@ def test_torch_compile_fullgraph(gen):
         return (
             0.5 * ker.cross_entropy(x, y, label_smoothing=0.1, weight=[0.5, 1, 2, 0, 1])
             + ker.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
+            + ker.ohem_cross_entropy(x, y, thresh=0.8, min_kept=10)
         )
 
     loss = step(x, y)
@@ -182,6 +183,7 @@ def test_torch_compile_fullgraph(gen):
     expected = (
         0.5 * ref.cross_entropy(x, y, label_smoothing=0.1, weight=[0.5, 1, 2, 0, 1])
         + ref.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
+        + ref.ohem_cross_entropy(x, y, thresh=0.8, min_kept=10)
     )
     (ref_grad,) = torch.autograd.grad(expected, x)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
@@ -236,3 +238,36 @@ def test_ohem_worked_example():
     want = -torch.tensor([0.6, 0.8, 0.3]).log().mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     assert torch.equal(grad[0, :, 0].cpu(), torch.zeros(2))  # p = 0.9 is not kept
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int64])
+def test_ohem_radix_select_equals_a_sort(label_dtype, gen):
+    """OHEM's threshold (the min(min_kept, n - 1)-th largest -log p of the valid pixels)
+    from the radix select equals torch.sort's, with ties (values on a coarse grid), zeros,
+    NaN, ignored pixels, and min_kept below, at and past the valid count."""
+    from segtriton.kernels.pixelwise import _ohem_labels
+
+    for trial in range(6):
+        B, H, W = 2, 5 + trial, 37
+        nll = torch.randint(0, 9, (B, H, W), generator=gen).float() * 0.25
+        nll[torch.rand(nll.shape, generator=gen) < 0.05] = float("nan") if trial % 2 else 3e38
+        y = torch.randint(0, 3, (B, H, W), generator=gen)
+        ignore = torch.rand(y.shape, generator=gen) < (0.3 if trial < 5 else 1.0)
+        y = y.masked_fill(ignore, 255).to(label_dtype)
+        nll = nll.masked_fill(ignore, 0.0)  # the CE kernel's 'none' value for ignored pixels
+        valid = ~ignore
+        n = int(valid.sum())
+        order = torch.where(valid, nll, -1.0).flatten().sort(descending=True).values
+        for min_kept in (0, 1, 7, n - 1, n, 10**6):
+            if min_kept < 0:
+                continue
+            for max_nll in (0.8, float("inf")):
+                k = max(0, min(min_kept, n - 1))
+                limit = min(order[k].item(), max_nll) if order[k] == order[k] else order[k]
+                kept = valid & ~(nll <= limit)
+                want = torch.where(kept, y.long(), -1)
+                labels, n_kept = _ohem_labels(
+                    nll.to(DEVICE), y.to(DEVICE), 3, 255, min_kept, max_nll
+                )
+                assert torch.equal(labels.cpu().long(), want), (trial, min_kept, max_nll)
+                assert int(n_kept) == int(kept.sum())
