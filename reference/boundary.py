@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from ._common import (
@@ -214,16 +213,15 @@ def hausdorff_terms(
     """``(p - g)^2 weight`` over the valid entries of the classes ``idx``, reduced; the
     formula of :func:`hausdorff_dt_loss` once its weight map ``[B, C, *S]`` is known."""
     x = logits.to(acc_dtype(logits))
-    if mode == "multiclass":
+    if mode == "multiclass":  # g compared per selected class: no [B, C, *S] one-hot
         valid = check_labels(logits, target, ignore_index)
-        p = torch.softmax(x, dim=1)
-        g = F.one_hot(target.long().masked_fill(~valid, 0), logits.shape[1]).movedim(-1, 1)
+        p = torch.softmax(x, dim=1)[:, idx]
+        g = torch.stack([target == c for c in idx], dim=1) & valid.unsqueeze(1)
         valid = valid.unsqueeze(1).expand_as(p)
     else:
         g, valid = check_masks(logits, target, ignore_index)
-        p = torch.sigmoid(x)
-    valid = valid[:, idx]
-    err = p[:, idx] - g[:, idx].to(x.dtype)
+        p, g, valid = torch.sigmoid(x)[:, idx], g[:, idx], valid[:, idx]
+    err = p - g.to(x.dtype)
     loss = (err * err * weight[:, idx].to(x.dtype)).masked_fill(~valid, 0.0)
     if reduction == "none":
         return loss
