@@ -29,16 +29,21 @@ def _nll_key(v):
 
 
 @triton.jit
-def _labels_at(t_ptr, offs, m, S, stb, sts):
-    """Labels of the flat pixel indices ``offs`` of a ``[B, S]`` label view (strides)."""
-    b = offs // S
-    return label_values(tl.load(t_ptr + b * stb + (offs - b * S) * sts, mask=m, other=0))
+def _labels_at(t_ptr, offs, m, S, stb, sts, FLAT: tl.constexpr):
+    """Labels of the flat pixel indices ``offs`` of a ``[B, S]`` label view: at ``offs``
+    when FLAT (contiguous), else through the strides."""
+    if FLAT:
+        ptrs = t_ptr + offs
+    else:
+        b = offs // S
+        ptrs = t_ptr + b * stb + (offs - b * S) * sts
+    return label_values(tl.load(ptrs, mask=m, other=0))
 
 
 @triton.jit
 def _radix_hist_kernel(
     v_ptr, t_ptr, state_ptr, hist_ptr, N, S, stb, sts, ignore_index,
-    tiles, SHIFT: tl.constexpr, FIRST: tl.constexpr, BLOCK: tl.constexpr,
+    tiles, SHIFT: tl.constexpr, FIRST: tl.constexpr, FLAT: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Histogram (into ``hist[SHIFT // 8]``) of the digit ``(key >> SHIFT) & 255`` of the
     keys whose digits above SHIFT equal the prefix found so far. ``FIRST`` (the top digit)
@@ -52,7 +57,7 @@ def _radix_hist_kernel(
         m = offs < N
         key = _nll_key(tl.load(v_ptr + offs, mask=m, other=0.0))
         if FIRST:
-            y = _labels_at(t_ptr, offs, m, S, stb, sts)
+            y = _labels_at(t_ptr, offs, m, S, stb, sts, FLAT)
             n_valid += (m & ~ignored(y, ignore_index)).to(tl.int64)
         else:
             m = m & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
@@ -85,7 +90,7 @@ def _radix_scan_kernel(state_ptr, hist_ptr, min_kept, SHIFT: tl.constexpr, FIRST
 @triton.jit
 def _ohem_keep_kernel(
     v_ptr, t_ptr, state_ptr, out_ptr, N, S, stb, sts, C, ignore_index, max_nll,
-    tiles, BLOCK: tl.constexpr,
+    tiles, FLAT: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Kept pixels' labels into int32 ``out`` (-1: not kept or ignored; -2: a kept label
     outside ``[0, C)``, still a bad label for the loss), and their count into ``state[3]``.
@@ -98,7 +103,7 @@ def _ohem_keep_kernel(
         offs = (pid * tiles + i) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         m = offs < N
         v = tl.load(v_ptr + offs, mask=m, other=0.0)
-        y = _labels_at(t_ptr, offs, m, S, stb, sts)
+        y = _labels_at(t_ptr, offs, m, S, stb, sts, FLAT)
         kept = m & ~ignored(y, ignore_index) & ~(v <= limit)
         label = tl.where((y >= 0) & (y < C), y, -2).to(tl.int32)
         tl.store(out_ptr + offs, tl.where(kept, label, -1), mask=m)

@@ -508,16 +508,17 @@ def _ohem_labels(
     tiles, n_programs = tile_chunks(N, _SELECT_BLOCK, 1)
     state = torch.zeros(4 + 4 * 256, dtype=torch.int64, device=nll.device)
     v, ign = nll.reshape(-1), ignore_arg(ignore_index, True)[0]
+    flat = sts == 1 and (stb == S or t.shape[0] == 1)
     for shift in (24, 16, 8, 0):
         first = shift == 24
         _radix_hist_kernel[(n_programs,)](
             v, t, state, state[4:], N, S, stb, sts, ign, tiles,
-            SHIFT=shift, FIRST=first, BLOCK=_SELECT_BLOCK,
+            SHIFT=shift, FIRST=first, FLAT=flat, BLOCK=_SELECT_BLOCK,
         )  # fmt: skip
         _radix_scan_kernel[(1,)](state, state[4:], min_kept, SHIFT=shift, FIRST=first)
     out = torch.empty(nll.shape, dtype=torch.int32, device=nll.device)
     _ohem_keep_kernel[(n_programs,)](
-        v, t, state, out, N, S, stb, sts, C, ign, max_nll, tiles, BLOCK=_SELECT_BLOCK
+        v, t, state, out, N, S, stb, sts, C, ign, max_nll, tiles, FLAT=flat, BLOCK=_SELECT_BLOCK
     )
     return out, state[3]
 

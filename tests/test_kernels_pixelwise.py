@@ -243,8 +243,8 @@ def test_ohem_worked_example():
 def test_ohem_radix_select_equals_a_sort(gen):
     """OHEM's threshold (the min(min_kept, n - 1)-th largest -log p of the valid pixels)
     from the radix select equals torch.sort's, with ties (values on a coarse grid), zeros,
-    NaN, ignored pixels (all of them in the last trial), uint8 and int64 labels, and
-    min_kept below, at and past the valid count."""
+    NaN, ignored pixels (all of them in the last trial), uint8 and int64 labels, strided
+    labels, and min_kept below, at and past the valid count."""
     from segtriton.kernels.pixelwise import _ohem_labels
 
     for trial in range(6):
@@ -256,6 +256,9 @@ def test_ohem_radix_select_equals_a_sort(gen):
         ignore = torch.rand(y.shape, generator=gen) < (0.3 if trial < 5 else 1.0)
         y = y.masked_fill(ignore, 255).to(label_dtype)
         nll = nll.masked_fill(ignore, 0.0)  # the CE kernel's 'none' value for ignored pixels
+        given = y
+        if trial % 2:  # every other image of a larger batch: strided, not flat
+            given = torch.stack([y, torch.zeros_like(y)], dim=1).flatten(0, 1)[::2]
         valid = ~ignore
         n = int(valid.sum())
         order = torch.where(valid, nll, -1.0).flatten().sort(descending=True).values
@@ -268,7 +271,7 @@ def test_ohem_radix_select_equals_a_sort(gen):
                 kept = valid & ~(nll <= limit)
                 want = torch.where(kept, y.long(), -1)
                 labels, n_kept = _ohem_labels(
-                    nll.to(DEVICE), y.to(DEVICE), 3, 255, min_kept, max_nll
+                    nll.to(DEVICE), given.to(DEVICE), 3, 255, min_kept, max_nll
                 )
                 assert torch.equal(labels.cpu().long(), want), (trial, min_kept, max_nll)
                 assert int(n_kept) == int(kept.sum())
