@@ -248,11 +248,18 @@ def _softmax_pixel_loss(
     reduction: str,
     avg_non_ignore: bool,
     need_grad: bool,
+    denom: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The softmax pixel losses; ``denom`` (fp32 ``[1]``, 'mean' only) is a divisor the
+    caller already holds on the device (copied: fp16 returns it as the applied scale, and
+    an op's output may not alias its input), else it is computed from the labels."""
     C = logits.shape[1]
-    denom = _softmax_denom(
-        target, C, ignore_index, weight, reduction, avg_non_ignore, logits.device
-    )
+    if denom is not None:
+        denom = denom.clone()
+    else:
+        denom = _softmax_denom(
+            target, C, ignore_index, weight, reduction, avg_non_ignore, logits.device
+        )
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _softmax_launch(
         logits,
@@ -286,6 +293,7 @@ def _(
     reduction,
     avg_non_ignore,
     need_grad,
+    denom,
 ):
     shape = target.shape if reduction == "none" else ()
     loss = logits.new_empty(shape, dtype=torch.float32)
@@ -443,6 +451,7 @@ def cross_entropy(
         reduction,
         bool(avg_non_ignore),
         _need_grad(logits),
+        None,
     )
     return loss
 
@@ -471,17 +480,20 @@ def ohem_cross_entropy(
     check_choice("reduction", reduction, _REDUCTIONS)
     thresh = check_number("thresh", thresh, 0.0, 1.0)
     min_kept = check_min_kept(min_kept)
+    w = _class_vector("weight", weight, logits.shape[1], logits, validate)
     with torch.no_grad():  # select on -log p (fp32 keeps its bits where p rounds to 1)
         nll = cross_entropy(logits.detach(), target, ignore_index=ignore_index, reduction="none")
         max_nll = -math.log(thresh) if thresh else math.inf
         labels, n_kept = _ohem_labels(
             nll, target, logits.shape[1], int(ignore_index), min(min_kept, nll.numel()), max_nll
         )
-    if weight is None or reduction != "mean":
-        return cross_entropy(logits, labels, weight, -1, reduction)
-    # the mean over kept pixels, not over their weights; NaN (zero gradient) for none
-    total = cross_entropy(logits, labels, weight, -1, "sum")
-    return torch.where(n_kept == 0, float("nan"), total / n_kept.clamp_min(1))
+    # 'mean' divides by the kept count (not their weights; NaN, zero gradient, for none)
+    denom = n_kept.to(torch.float32).reshape(1) if reduction == "mean" else None
+    loss, _, _ = _softmax_pixel_loss(
+        logits, labels, w, None, -1, 0.0, 0.0, 1.0, False, reduction, True,
+        _need_grad(logits), denom,
+    )  # fmt: skip
+    return loss
 
 
 _SELECT_BLOCK = 1024
@@ -574,6 +586,7 @@ def softmax_focal_loss(
         reduction,
         True,
         _need_grad(logits),
+        None,
     )
     return loss
 
