@@ -7,7 +7,9 @@ Boundary loss: with ``n_c`` the number of times class c is selected, the summed 
 the summed loss is ``sum n_c (p_c - g_c)^2 w_c`` with ``w_c = d_true^alpha + d_pred^alpha``
 from the two distance maps (squared, or the target's as given), so
 ``dL/dp_c = 2 n_c (p_c - g_c) w_c``. The chain rule through the softmax (or sigmoid) is
-the region kernels' :func:`_tile_grad`.
+the region kernels' :func:`_tile_grad`. The maps may hold only the selected classes: a
+table of slots gives each class's channel in ``phi`` and in ``psi`` (-1: not selected,
+nothing read).
 ``_pred_sites_kernel`` writes the prediction's masks the Hausdorff map is computed from.
 """
 
@@ -31,19 +33,21 @@ def _power(d, e):
 
 @triton.jit
 def _entry_terms(
-    phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, S, spb, spc, sps, phi_exp,
-    psi_exp, HAUSDORFF: tl.constexpr,
+    phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c, offs_p, pmask, C, K, S, spb, spc, sps,
+    phi_exp, psi_exp, HAUSDORFF: tl.constexpr,
 ):  # fmt: skip
     """``(loss, dL/dp)`` of a ``[classes, pixels]`` tile of the summed loss (0 outside it;
-    ``p`` and ``g`` are 0 where not valid). ``psi`` is contiguous ``[B, C, S]``."""
+    ``p`` and ``g`` are 0 where not valid). ``slot [2, C]``: each class's channel in
+    ``phi`` and in ``psi`` (contiguous ``[B, K, S]``), -1 if it is not selected."""
     cmask = offs_c < C
-    m2 = cmask[:, None] & pmask[None, :]
     n = tl.load(n_ptr + offs_c, mask=cmask, other=0.0)[:, None]
-    phi_ptrs = phi_ptr + b * spb + offs_c[:, None] * spc + offs_p[None, :] * sps
-    phi = tl.load(phi_ptrs, mask=m2, other=0.0).to(tl.float32)
+    at = tl.load(slot_ptr + offs_c, mask=cmask, other=-1).to(tl.int64)
+    phi_ptrs = phi_ptr + b * spb + at[:, None] * spc + offs_p[None, :] * sps
+    phi = tl.load(phi_ptrs, mask=(at >= 0)[:, None] & pmask[None, :], other=0.0).to(tl.float32)
     if HAUSDORFF:
-        psi_ptrs = psi_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :]
-        psi = tl.load(psi_ptrs, mask=m2, other=0.0)
+        at = tl.load(slot_ptr + C + offs_c, mask=cmask, other=-1).to(tl.int64)
+        psi_ptrs = psi_ptr + (b * K + at[:, None]) * S + offs_p[None, :]
+        psi = tl.load(psi_ptrs, mask=(at >= 0)[:, None] & pmask[None, :], other=0.0)
         w = n * (_power(phi, phi_exp) + _power(psi, psi_exp))
         err = p - g
         return err * err * w, 2.0 * err * w
@@ -53,8 +57,9 @@ def _entry_terms(
 
 @triton.jit
 def _chunk(
-    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m,
-    inv_s, C, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index, phi_exp, psi_exp,
+    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, b, offs_c, offs_p, pmask, ys, pvalid,
+    pbad, m, inv_s, C, K, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
+    phi_exp, psi_exp,
     LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, HAUSDORFF: tl.constexpr,
 ):  # fmt: skip
     """A streamed class chunk: ``(z, p, valid, bad, loss, dL/dp)``."""
@@ -63,8 +68,8 @@ def _chunk(
         sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
     )  # fmt: skip
     loss, dp = _entry_terms(
-        phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c, offs_p, pmask, C, S, spb, spc, sps, phi_exp,
-        psi_exp, HAUSDORFF,
+        phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c, offs_p, pmask, C, K, S, spb, spc,
+        sps, phi_exp, psi_exp, HAUSDORFF,
     )  # fmt: skip
     return z, p, valid, bad, loss, dp
 
@@ -90,8 +95,8 @@ def _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs):
 
 @triton.jit
 def _boundary_kernel(
-    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, g_ptr, loss_ptr, denom_ptr,
-    C, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, sgb, sgc, sgs, ignore_index,
+    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, g_ptr, loss_ptr, denom_ptr,
+    C, K, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, sgb, sgc, sgs, ignore_index,
     phi_exp, psi_exp, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
     HAUSDORFF: tl.constexpr, WRITE_GRAD: tl.constexpr,
     MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
@@ -119,8 +124,8 @@ def _boundary_kernel(
             stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
         )  # fmt: skip
         loss, dp = _entry_terms(
-            phi_ptr, psi_ptr, n_ptr, p, g, b, offs_c0, offs_p, pmask, C, S, spb, spc, sps,
-            phi_exp, psi_exp, HAUSDORFF,
+            phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c0, offs_p, pmask, C, K, S, spb,
+            spc, sps, phi_exp, psi_exp, HAUSDORFF,
         )  # fmt: skip
         tl.store(loss_ptr + pid, _tile_loss(loss, bad))
         if WRITE_GRAD:
@@ -133,9 +138,9 @@ def _boundary_kernel(
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
             zc, p, valid, bad, loss, dp = _chunk(
-                x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys, pvalid,
-                pbad, m, inv_s, C, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
-                phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
+                x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, b, offs_c, offs_p, pmask, ys,
+                pvalid, pbad, m, inv_s, C, K, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps,
+                ignore_index, phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
             )  # fmt: skip
             total += _tile_loss(loss, bad)
             mean_dp += tl.sum(p * dp, axis=0)
@@ -147,9 +152,9 @@ def _boundary_kernel(
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
                 zc, p, valid, bad, _, dp = _chunk(
-                    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, b, offs_c, offs_p, pmask, ys,
-                    pvalid, pbad, m, inv_s, C, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps,
-                    ignore_index, phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
+                    x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, b, offs_c, offs_p, pmask,
+                    ys, pvalid, pbad, m, inv_s, C, K, S, sxb, sxc, sxs, stb, stc, sts, spb, spc,
+                    sps, ignore_index, phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
                 )  # fmt: skip
                 dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp * gscale, LABELS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)

@@ -7,8 +7,8 @@ maps with no transposing copies:
   nearest one of the other kind (site or not): the run of equal kind holding ``i`` is
   found by a prefix max of run starts and a reverse prefix min of run ends (associative
   scans), so both transforms the signed map needs come from one pair of scans. It reads
-  labels (the sites of class c: ``label == c``; no one-hot) or masks (sites:
-  ``value != 0``) and flags each line that holds a site (and a non-site).
+  labels (the sites of class c: ``label == c``, for the classes of a table; no one-hot)
+  or masks (sites: ``value != 0``) and flags each line that holds a site (and a non-site).
 - ``_edt_axis_kernel``: along every further axis (stride ``inner``),
   ``g_i = min_j f_j + ((i - j) spacing)^2`` (the min-plus product with a parabola) by
   brute force over candidates read outward from the tile, until the next one is farther
@@ -91,10 +91,11 @@ def _edt_first_kernel(
     out_ptr,
     in_ptr,
     flag_ptr,
+    cls_ptr,
     n_lines,
     R,
     L,
-    C,
+    K,
     ign,
     spacing2,
     LABELS: tl.constexpr,
@@ -105,7 +106,8 @@ def _edt_first_kernel(
     BLOCK: tl.constexpr,
 ):
     """ROWS whole lines of length L per program; a map has R lines. LABELS: ``src`` is
-    labels ``[B * R, L]`` and line ``g`` is class ``g % C`` of label row ``g // C``; else
+    labels ``[B * R, L]``, an image has K maps, and line ``g`` is class ``cls[g % K]`` of
+    label row ``g // K``; else
     ``src`` is masks ``[n_lines, L]``. A value equal to ``ign`` is no site (HAS_IGNORE).
     OUTPUT 0: distances to the sites into ``out``; 1: and to the non-sites into ``in``;
     2: their combination of KIND (see :func:`_combined`) into ``out``. ``flag[line]``
@@ -114,9 +116,10 @@ def _edt_first_kernel(
     g = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     if LABELS:
-        row = g // C
-        c = g % C
-        lines = ((row // R) * C + c) * R + row % R
+        row = g // K
+        k = g % K
+        c = tl.load(cls_ptr + k, mask=g < n_lines, other=-1)
+        lines = ((row // R) * K + k) * R + row % R
     else:
         row = g
         c = g

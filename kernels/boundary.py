@@ -4,7 +4,8 @@ Hausdorff (HD-DT) losses.
 ``signed_distance_map`` has the semantics of the reference (Kervadec's signed map: the
 distance to the object outside it, minus (the distance to the background - 1) inside,
 0 for an empty or full mask; optional anisotropic ``spacing``) but runs batched over
-every (image, class) map in Triton (see ``_edt_kernels.py``) and returns float32.
+every (image, class) map in Triton (see ``_edt_kernels.py``) and returns float32; the
+losses map only the classes they select.
 ``boundary_loss`` reads the logits, that map (or one passed in) and the labels once, and
 writes the loss and its gradient in the same pass (``_boundary_kernels.py``).
 ``hausdorff_dt_loss`` builds two maps with the same transform, from the target and from
@@ -73,7 +74,7 @@ SIGNED, FIELD, ROOT_FIELD = 1, 2, 3  # what _transform combines the transforms i
 def _transform(
     src: torch.Tensor,
     shape: Sequence[int],
-    classes: int | None,
+    classes: torch.Tensor | None,
     ignore_index: float | None,
     spacing: Sequence[float],
     kind: int = 0,
@@ -81,10 +82,10 @@ def _transform(
     """float32 ``shape = [N, *S]``: the squared transform of the sites, or with ``kind``
     SIGNED the signed map, FIELD the squared distance to the other side of the boundary,
     ROOT_FIELD that distance (``_combined``).
-    ``src`` is contiguous: labels ``[B, *S]`` when ``classes`` is given (map
-    ``b * classes + c`` has the sites ``label == c``), else masks ``[N, *S]`` (sites:
-    ``value != 0``); a value equal to ``ignore_index`` is never a site. ``spacing``: one
-    checked entry per spatial axis."""
+    ``src`` is contiguous: labels ``[B, *S]`` when ``classes`` (an int32 table of K class
+    indices, ``N = B * K``) is given (map ``b * K + k`` has the sites
+    ``label == classes[k]``), else masks ``[N, *S]`` (sites: ``value != 0``); a value equal
+    to ``ignore_index`` is never a site. ``spacing``: one checked entry per spatial axis."""
     N, *S = shape
     nd = len(S)
     if max(S) > MAX_LINE:
@@ -103,8 +104,9 @@ def _transform(
     rows = max(1, 4096 // block)
     output = (2 if nd == 1 else 1) if both else 0
     _edt_first_kernel[(cdiv(n_lines, rows),)](
-        src, out, inside, flags, n_lines, n_lines // N, L, classes or 1, ign, spacing[-1] ** 2,
-        LABELS=labels, HAS_IGNORE=has_ignore, OUTPUT=output, KIND=kind, ROWS=rows, BLOCK=block,
+        src, out, inside, flags, classes, n_lines, n_lines // N, L,
+        classes.numel() if labels else 1, ign, spacing[-1] ** 2, LABELS=labels,
+        HAS_IGNORE=has_ignore, OUTPUT=output, KIND=kind, ROWS=rows, BLOCK=block,
         num_warps=8 if rows * block >= 4096 else 4,
     )  # fmt: skip
     if nd == 1:
@@ -141,27 +143,35 @@ def _axis_passes(f, spare, flags, S, spacing, other, kind):
 @op("segtriton::class_distance_map")
 def _class_map_op(
     target: torch.Tensor,
-    num_classes: int,
+    classes: list[int],
     labels: bool,
     spacing: list[float],
     ignore_index: float | None,
     kind: int,
 ) -> torch.Tensor:
-    """float32 ``[B, C, *S]`` of ``kind`` (see :func:`_transform`) from labels ``[B, *S]``
-    or masks ``[B, C, *S]``."""
-    src = target.contiguous()
+    """float32 ``[B, K, *S]`` of ``kind`` (see :func:`_transform`) for the K ``classes``
+    (distinct channels) of labels ``[B, *S]`` or masks ``[B, C, *S]``."""
+    src = target.contiguous() if labels else _channels(target, classes)
     if src.dtype == torch.bool:
         src = src.view(torch.uint8)
     B, *spatial = target.shape if labels else (target.shape[0], *target.shape[2:])
-    shape = (B * num_classes, *spatial)
-    phi = _transform(src, shape, num_classes if labels else None, ignore_index, spacing, kind)
-    return phi.view(B, num_classes, *spatial)
+    shape = (B * len(classes), *spatial)
+    table = device_constant(classes, torch.int32, target.device) if labels else None
+    phi = _transform(src, shape, table, ignore_index, spacing, kind)
+    return phi.view(B, len(classes), *spatial)
 
 
 @_class_map_op.register_fake
-def _(target, num_classes, labels, spacing, ignore_index, kind):
+def _(target, classes, labels, spacing, ignore_index, kind):
     spatial = target.shape[1:] if labels else target.shape[2:]
-    return target.new_empty((target.shape[0], num_classes, *spatial), dtype=torch.float32)
+    return target.new_empty((target.shape[0], len(classes), *spatial), dtype=torch.float32)
+
+
+def _channels(x: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Contiguous ``x[:, classes]`` (no copy when that is all of a contiguous ``x``)."""
+    if classes == list(range(x.shape[1])):
+        return x.contiguous()
+    return x[:, classes].contiguous()
 
 
 def _check_hard(target: torch.Tensor, ignore_index: float | None, what: str) -> None:
@@ -189,7 +199,7 @@ def _class_map(target, num_classes, mode, spacing, ignore_index, validate, kind,
     nd = target.dim() - (1 if labels else 2)
     spacing = list(ref_boundary.check_spacing(spacing, nd))
     ign = ignore_value(ignore_index, target, labels)
-    return _class_map_op(target, num_classes, labels, spacing, ign, kind)
+    return _class_map_op(target, list(range(num_classes)), labels, spacing, ign, kind)
 
 
 @checks_flags
@@ -230,12 +240,31 @@ def distance_field(
     )
 
 
-def _class_counts(idx: list[int], C: int, device: torch.device) -> torch.Tensor:
-    """fp32 ``[C]``: how often each class is selected (a cached device constant)."""
+def _selection(
+    idx: list[int], C: int, phi_all: bool, psi_all: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached device tables: fp32 ``[C]``, how often each class is selected, and int32
+    ``[2, C]``, each selected class's channel in the maps ``phi`` and ``psi`` (-1 for one
+    not selected): the class itself in a map of all C classes (``*_all``), else its rank
+    among the distinct selected classes (:func:`_distinct`)."""
     counts = [0] * C
     for c in idx:
         counts[c] += 1
-    return device_constant(counts, torch.float32, device)
+    rank = {c: k for k, c in enumerate(_distinct(idx))}
+    slots = [
+        (c if whole else rank[c]) if counts[c] else -1
+        for whole in (phi_all, psi_all)
+        for c in range(C)
+    ]
+    return device_constant(counts, torch.float32, device), device_constant(
+        slots, torch.int32, device
+    )
+
+
+def _distinct(idx: list[int]) -> list[int]:
+    """The selected classes, each once, in increasing order: the channels of a map that
+    holds only those."""
+    return sorted(set(idx))
 
 
 def _boundary_denom(target, counts, labels, ignore_index, n_selected):
@@ -256,6 +285,7 @@ def _distance_op(
     phi: torch.Tensor,
     psi: torch.Tensor | None,
     counts: torch.Tensor,
+    slots: torch.Tensor,
     labels: bool,
     ignore_index: float | None,
     n_selected: float,
@@ -266,9 +296,9 @@ def _distance_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused pass of the boundary loss over the signed map ``phi`` (``psi`` None) or of
     the Hausdorff loss over the distance maps ``phi`` (target) and ``psi`` (prediction,
-    contiguous), whose powers ``phi_exp`` and ``psi_exp`` are its weights: ``(loss, dL/dz
-    for grad_output 1 times its applied scale, that scale)``; 'mean' or 'sum' only (see
-    ``pixelwise._finish``)."""
+    contiguous), whose powers ``phi_exp`` and ``psi_exp`` are its weights; ``counts`` and
+    ``slots`` from :func:`_selection`. Returns ``(loss, dL/dz for grad_output 1 times its
+    applied scale, that scale)``; 'mean' or 'sum' only (see ``pixelwise._finish``)."""
     x, t, strides = loss_views(logits, target, labels)
     phi, spb, spc, sps = pixel_view(phi)
     hausdorff = psi is not None
@@ -283,9 +313,9 @@ def _distance_op(
     partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _boundary_kernel[(B * n_pblocks,)](
-        x, t, phi, psi if hausdorff else phi, counts, g, partials, denom, C, S, n_pblocks,
-        *strides, spb, spc, sps, sgb, sgc, sgs, ign, phi_exp, psi_exp,
-        LABELS=labels, HAS_IGNORE=has_ignore, HAUSDORFF=hausdorff,
+        x, t, phi, psi if hausdorff else phi, counts, slots, g, partials, denom, C,
+        psi.shape[1] if hausdorff else 0, S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs,
+        ign, phi_exp, psi_exp, LABELS=labels, HAS_IGNORE=has_ignore, HAUSDORFF=hausdorff,
         WRITE_GRAD=g is not None, MEAN=mean, DEFER_MEAN=defers_mean(logits, reduction),
         SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
@@ -294,13 +324,13 @@ def _distance_op(
 
 
 @_distance_op.register_fake
-def _(logits, target, phi, psi, counts, labels, ignore_index, n_selected, phi_exp, psi_exp,
-      reduction, need_grad):  # fmt: skip
+def _(logits, target, phi, psi, counts, slots, labels, ignore_index, n_selected, phi_exp,
+      psi_exp, reduction, need_grad):  # fmt: skip
     loss = logits.new_empty((), dtype=torch.float32)
     return loss, *_fake_grad(logits, need_grad, reduction)
 
 
-_register_fused_autograd(_distance_op, None, 10)
+_register_fused_autograd(_distance_op, None, 11)
 
 
 @kernel_api
@@ -322,7 +352,9 @@ def boundary_loss(
     'mean' and 'sum' run one fused kernel: it reads the logits, the map and the labels
     (masks) once, sums ``p_c phi_c`` over valid entries of the selected classes and writes
     dL/dz in the same pass (grad_output is applied in place in the backward, as for the
-    pixel-wise losses); no host sync. 'none' applies the reference formula to the GPU map.
+    pixel-wise losses); no host sync. The EDT maps only the selected classes (K of them:
+    ``[B, K, *S]``), and of a given map only their channels are read. 'none' applies the
+    reference formula to the GPU map of every class.
     Returns float32. ``validate=True`` checks labels / masks on the host first; otherwise a
     bad label or mask value makes the loss NaN (and counts as no class in the map).
     """
@@ -332,13 +364,18 @@ def boundary_loss(
     target = checked_target(logits, target, labels, ignore_index, validate)
     C = logits.shape[1]
     idx = ref_boundary.selected_classes(classes, C, mode)
-    if dist_map is None:
-        dist_map = signed_distance_map(
-            target, C, mode, spacing, ignore_index, validate and not labels
-        )
-    else:
+    ign = ignore_value(ignore_index, target, labels)
+    given = dist_map is not None
+    if given:
         ref_boundary.check_map(dist_map, logits)
         check_constant("dist_map", dist_map)
+    else:
+        if validate and not labels:
+            _check_hard(target, ignore_index, "boundary_loss")
+        spacing = list(ref_boundary.check_spacing(spacing, logits.dim() - 2))
+        # 'none' applies the reference formula, which reads every class's map
+        maps = list(range(C)) if reduction == "none" else _distinct(idx)
+        dist_map = _class_map_op(target, maps, labels, spacing, ign, SIGNED)
     if reduction == "none":
         with value_checks(False):
             return ref_boundary.boundary_loss(
@@ -349,9 +386,9 @@ def boundary_loss(
         target,
         dist_map,
         None,
-        _class_counts(idx, C, logits.device),
+        *_selection(idx, C, given, True, logits.device),
         labels,
-        ignore_value(ignore_index, target, labels),
+        ign,
         float(len(idx)),
         1.0,
         1.0,
@@ -385,21 +422,29 @@ def _pred_sites(
 def _pred_field_op(
     logits: torch.Tensor,
     target: torch.Tensor,
+    classes: list[int],
     labels: bool,
     spacing: list[float],
     ignore_index: float | None,
 ) -> torch.Tensor:
-    """float32 ``[B, C, *S]``: the squared distance to the other side of each class's
-    boundary in the prediction's masks (0 for a mask with no boundary)."""
+    """float32 ``[B, K, *S]``: for the K ``classes`` (distinct channels), the squared
+    distance to the other side of each class's boundary in the prediction's masks (0 for
+    a mask with no boundary)."""
     B, C, *spatial = logits.shape
     sites = _pred_sites(logits, target, labels, ignore_index)
-    field = _transform(sites, (B * C, *spatial), C if labels else None, None, spacing, FIELD)
-    return field.view(logits.shape)
+    table = None
+    if labels:
+        table = device_constant(classes, torch.int32, logits.device)
+    else:
+        sites = _channels(sites, classes)
+    field = _transform(sites, (B * len(classes), *spatial), table, None, spacing, FIELD)
+    return field.view(B, len(classes), *spatial)
 
 
 @_pred_field_op.register_fake
-def _(logits, target, labels, spacing, ignore_index):
-    return torch.empty_like(logits, dtype=torch.float32)
+def _(logits, target, classes, labels, spacing, ignore_index):
+    B, _, *spatial = logits.shape
+    return logits.new_empty((B, len(classes), *spatial), dtype=torch.float32)
 
 
 @kernel_api
@@ -422,10 +467,11 @@ def hausdorff_dt_loss(
     softmax probability exceeds 1/2, as an int32 label map; logit > 0 per channel for
     sigmoid); the GPU EDT turns them, and the target unless ``dist_map`` (its
     :func:`distance_field`, any float dtype and layout, no gradient) is given, into
-    float32 ``[B, C, *S]`` maps of squared distances; one fused pass reads the logits, both
-    maps and the labels, sums ``(p - g)^2 (d_true^alpha + d_pred^alpha)`` and writes dL/dz,
-    as the boundary loss does. No host sync. 'none' applies the reference formula to the
-    GPU maps. Returns float32. ``validate=True`` checks labels / masks on the host first;
+    float32 ``[B, K, *S]`` maps of squared distances for the K selected classes; one fused
+    pass reads the logits, both maps (of a given map, the selected channels) and the
+    labels, sums ``(p - g)^2 (d_true^alpha + d_pred^alpha)`` and writes dL/dz, as the
+    boundary loss does. No host sync. 'none' applies the reference formula to the GPU maps
+    of every class. Returns float32. ``validate=True`` checks labels / masks on the host first;
     otherwise a bad label or mask value makes the loss NaN (and counts as no class in the
     maps).
     """
@@ -440,13 +486,16 @@ def hausdorff_dt_loss(
     idx = ref_boundary.selected_classes(classes, C, mode)
     spacing = list(ref_boundary.check_spacing(spacing, logits.dim() - 2))
     ign = ignore_value(ignore_index, target, labels)
-    if dist_map is None:  # squared distances: d^alpha = (d^2)^(alpha / 2)
-        true, true_exp = _class_map_op(target, C, labels, spacing, ign, FIELD), alpha / 2
-    else:
+    # for 'none', maps of every class for the reference formula; else only the selected
+    maps = list(range(C)) if reduction == "none" else _distinct(idx)
+    given = dist_map is not None
+    if given:
         ref_boundary.check_map(dist_map, logits)
         check_constant("dist_map", dist_map)
         true, true_exp = dist_map, alpha
-    pred = _pred_field_op(logits.detach(), target, labels, spacing, ign)
+    else:  # squared distances: d^alpha = (d^2)^(alpha / 2)
+        true, true_exp = _class_map_op(target, maps, labels, spacing, ign, FIELD), alpha / 2
+    pred = _pred_field_op(logits.detach(), target, maps, labels, spacing, ign)
     if reduction == "none":
         weight = true.float() ** true_exp + pred ** (alpha / 2)
         with value_checks(False):
@@ -458,7 +507,7 @@ def hausdorff_dt_loss(
         target,
         true,
         pred,
-        _class_counts(idx, C, logits.device),
+        *_selection(idx, C, given, False, logits.device),
         labels,
         ign,
         float(len(idx)),

@@ -143,6 +143,17 @@ def test_boundary_streams_classes_counts_repeats_and_reads_a_given_map(mode, see
 
 
 @pytest.mark.parametrize("entry", [BOUNDARY, HAUSDORFF], ids=lambda e: e.name)
+def test_a_given_map_is_read_only_in_the_selected_channels(entry, seed, gen):
+    """Channels the loss does not select may hold anything (here inf and NaN): the
+    reference never reads them, nor may the kernel (a weight of 0 times inf is NaN)."""
+    opts = {"ignore_index": 255, "classes": [2, 0, 2], "reduction": "sum"}
+    x, t = make_inputs(entry, (2, 4, 6, 7), opts, torch.float32, gen, 0.2, device=DEVICE)
+    d = torch.rand(x.shape, generator=gen)
+    d[:, 1], d[:, 3] = math.inf, math.nan
+    assert_matches(entry, x, t, {**opts, "dist_map": d.to(DEVICE)}, torch.float32, seed)
+
+
+@pytest.mark.parametrize("entry", [BOUNDARY, HAUSDORFF], ids=lambda e: e.name)
 @pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
 def test_all_ignored_and_ignore_heavy(entry, mode, seed, gen):
     opts = {"mode": mode, "ignore_index": 255}
@@ -227,7 +238,7 @@ def test_hausdorff_maps_are_scipy_fields(gen):
     """The target's map (``distance_field``) is scipy's ``edt(m) + edt(~m)``, the distance
     to the other side of each class's boundary, 0 for a class with no boundary; the
     prediction's is its square for the class whose softmax probability exceeds 1/2,
-    never at an ignored pixel."""
+    never at an ignored pixel; the maps of chosen classes are theirs in these."""
     from segtriton.kernels.boundary import _pred_field_op
 
     x = 3 * torch.randn(2, 4, 9, 10, generator=gen)
@@ -239,7 +250,10 @@ def test_hausdorff_maps_are_scipy_fields(gen):
     torch.testing.assert_close(
         true.cpu().double(), ref.distance_field(y, 4, "multiclass", spacing, 255)
     )
-    pred = _pred_field_op(x.to(DEVICE), y.to(DEVICE), True, list(spacing), 255).sqrt()
+    args = (x.to(DEVICE), y.to(DEVICE))
+    pred = _pred_field_op(*args, [0, 1, 2, 3], True, list(spacing), 255).sqrt()
+    some = _pred_field_op(*args, [1, 3], True, list(spacing), 255).sqrt()
+    torch.testing.assert_close(some, pred[:, [1, 3]], rtol=0, atol=0)  # a map per class given
     valid = (y != 255).unsqueeze(1).numpy()
     for got, masks in ((true, y.unsqueeze(1).numpy() == np.arange(4)[:, None, None]),
                        (pred, torch.softmax(x.double(), dim=1).numpy() > 0.5)):  # fmt: skip
