@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -210,8 +211,14 @@ def _traffic(args: argparse.Namespace) -> int:
     shape = _shape_arg(args.shape)
     losses = _kernel_names(args.losses, tuple(METRICS))
     try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as exc:
+        raise _ArgError(f"--options is not JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise _ArgError("--options must be a JSON object, e.g. '{\"classes\": [1]}'")
+    try:
         summary, detail = traffic_table(
-            shape, DTYPES[args.dtype], LABEL_DTYPES[args.label_dtype], losses
+            shape, DTYPES[args.dtype], LABEL_DTYPES[args.label_dtype], losses, options
         )
     except ValueError as exc:  # a shape a loss rejects
         raise _ArgError(str(exc)) from exc
@@ -321,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument(
         "--losses",
         help="comma-separated registry names, confusion_labels, confusion_logits (default: all)",
+    )
+    traffic.add_argument(
+        "--options",
+        default="{}",
+        help="JSON object of loss options over each default, e.g. '{\"classes\": [1]}'",
     )
     traffic.add_argument("--out", help="output folder (default results/traffic/<date>)")
     traffic.set_defaults(func=_traffic)

@@ -275,10 +275,11 @@ def traffic_table(
     dtype: torch.dtype = torch.bfloat16,
     label_dtype: torch.dtype = torch.int64,
     losses: list[str] | None = None,
+    options: dict | None = None,
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Per registry loss with a kernel (default variant, fwd+bwd; C = 1 where the loss is
-    binary) and per confusion-matrix input (:data:`METRICS`): totals over the byte model,
-    and the per-kernel, per-argument breakdown."""
+    """Per registry loss with a kernel (default variant updated with ``options``, fwd+bwd;
+    C = 1 where the loss is binary) and per confusion-matrix input (:data:`METRICS`):
+    totals over the byte model, and the per-kernel, per-argument breakdown."""
     from segtriton.registry import get, kernel_names
 
     from .runner import progress
@@ -293,8 +294,9 @@ def traffic_table(
             record, model = confusion_traffic(case, name.endswith("logits"), dtype, label_dtype)
         else:
             entry = get(name)
-            case = entry.fit_shape(shape, entry.variants[0])
-            record, model = loss_traffic(entry, case, dtype, label_dtype)
+            opts = {**entry.variants[0], **(options or {})}
+            case = entry.fit_shape(shape, opts)
+            record, model = loss_traffic(entry, case, dtype, label_dtype, opts)
         req, uniq = record.totals()
         rows = record.rows()
         torch_ops = sum(r["unique_read"] for r in rows if r["argument"] == "-")
@@ -333,13 +335,14 @@ def write_report(
         "",
         provenance(command),
         "",
-        "One fwd+bwd call per loss (default options). Every load, store and atomic of each "
-        "Triton launch is attributed to the tensor it touches; other torch ops are charged "
-        "the bytes of their tensors. *requested* counts every access, *unique* each byte once "
-        "per launch (what DRAM must deliver at least once); the model is the one the benchmark "
-        "divides by (`segtriton.registry.minimal_bytes`). *floor_bound_pct* = model / unique: "
-        "the highest fraction of the copy-bandwidth floor the loss can reach. These are counts, "
-        "not timings; caches, sectors and launch overheads are not modelled.",
+        "One fwd+bwd call per loss (default options, updated with the command's `--options`). "
+        "Every load, store and atomic of each Triton launch is attributed to the tensor it "
+        "touches; other torch ops are charged the bytes of their tensors. *requested* counts "
+        "every access, *unique* each byte once per launch (what DRAM must deliver at least "
+        "once); the model is the one the benchmark divides by "
+        "(`segtriton.registry.minimal_bytes`). *floor_bound_pct* = model / unique: the highest "
+        "fraction of the copy-bandwidth floor the loss can reach. These are counts, not "
+        "timings; caches, sectors and launch overheads are not modelled.",
         "",
         md_table(table),
         "",

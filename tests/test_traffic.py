@@ -16,7 +16,7 @@ from segtriton.bench import traffic
 from segtriton.bench.cli import main
 from segtriton.kernels import interpreter_enabled
 from segtriton.kernels._runtime import _axpy_kernel
-from segtriton.registry import LOSSES
+from segtriton.registry import LOSSES, get
 
 pytestmark = pytest.mark.skipif(
     not interpreter_enabled(), reason="counts bytes in Triton's interpreter"
@@ -70,6 +70,19 @@ def test_losses_move_what_their_model_says(entry):
             assert read < 0.05 * model, f"{kernel} moves {read} B of a {model} B model"
 
 
+@pytest.mark.parametrize("name", ["boundary", "hausdorff_dt"])
+def test_distance_losses_map_only_the_selected_classes(name):
+    """With one class of five selected, the distance transforms and the loss pass touch
+    only its maps: the bytes fall to well under half (most of them are maps)."""
+    unique = {}
+    for classes in ([0, 1, 2, 3, 4], [3]):
+        record, _ = traffic.loss_traffic(
+            get(name), (2, 5, 12, 20), options={"classes": classes}, ignore_frac=0.0
+        )
+        unique[len(classes)] = record.totals()[1]
+    assert unique[1] < 0.5 * unique[5], unique
+
+
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_confusion_matrix_reads_its_inputs_once(from_logits):
     record, model = traffic.confusion_traffic((2, 5, 12, 20), from_logits)
@@ -97,7 +110,9 @@ def test_cli_writes_the_report(tmp_path):
     ("args", "message"),
     [(["--losses", "nope"], "no Triton kernel in the registry for ['nope']"),
      (["--shape", "2,a,8"], "--shape needs positive integers"),
-     (["--shape", "2,0,8"], "--shape needs positive integers")],
+     (["--shape", "2,0,8"], "--shape needs positive integers"),
+     (["--options", "[1]"], "--options must be a JSON object"),
+     (["--options", "{classes"], "--options is not JSON")],
 )  # fmt: skip
 def test_cli_names_bad_arguments(args, message, capsys):
     assert main(["traffic", *args]) == 2
