@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     from .spec import SpecError
 
     args = build_parser().parse_args(argv)
-    args.command = "segtriton " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = shlex.join(["segtriton", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
     except (SpecError, _ArgError, FileNotFoundError) as exc:  # bad input, not a bug
