@@ -9,6 +9,7 @@ from ._runtime import interpreter_enabled, interpreter_problem, run_smoke_kernel
 from .boundary import (
     boundary_loss,
     distance_field,
+    hausdorff_distance,
     hausdorff_dt_loss,
     signed_distance_map,
     squared_edt,
@@ -48,6 +49,7 @@ __all__ = [
     "focal_dice_loss",
     "focal_tversky_loss",
     "generalized_dice_loss",
+    "hausdorff_distance",
     "hausdorff_dt_loss",
     "interpreter_enabled",
     "interpreter_problem",

@@ -30,6 +30,7 @@ from segtriton.reference._common import (
     checks_flags,
     device_constant,
     label_mask,
+    not_ignored,
     value_checks,
 )
 
@@ -48,6 +49,8 @@ from ._tiles import (
     num_warps_for,
     pixel_view,
 )
+from .metrics import _check as _metric_check
+from .metrics import _raise_if_bad
 from .pixelwise import (
     _fake_grad,
     _finish,
@@ -517,3 +520,110 @@ def hausdorff_dt_loss(
         _need_grad(logits),
     )
     return loss
+
+
+def _surface_labels(cls: torch.Tensor) -> torch.Tensor:
+    """int32 ``[B, *S]`` from class labels ``cls`` (-1: no class): a pixel's class where it
+    lies on that class's surface (a face neighbour of another class, of no class or
+    outside the image), else -1."""
+    padded = torch.nn.functional.pad(cls, [1, 1] * (cls.dim() - 1), value=-1)
+    edge = torch.zeros_like(cls, dtype=torch.bool)
+    for axis in range(1, cls.dim()):
+        for start in (0, 2):
+            window = [slice(None)] + [slice(1, n + 1) for n in cls.shape[1:]]
+            window[axis] = slice(start, start + cls.shape[axis])
+            edge |= padded[tuple(window)] != cls
+    return torch.where(edge, cls, -1)
+
+
+def _groups(surface: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(key [B, P], count [B, C])``: the class of each pixel's surface (C for none, a
+    group of its own) and the surface pixels of each class."""
+    B, C = surface.shape[0], num_classes
+    cls = surface.reshape(B, -1).long()
+    key = torch.where(cls >= 0, cls, C)
+    count = torch.zeros(B, C + 1, dtype=torch.int64, device=key.device)
+    return key, count.scatter_add_(1, key, torch.ones_like(key))[:, :C]
+
+
+def _directed_distance(
+    key: torch.Tensor,
+    count: torch.Tensor,
+    to_map: torch.Tensor,
+    to_count: torch.Tensor,
+    percentile: float | None,
+) -> torch.Tensor:
+    """``[B, C]``: over the surface pixels of each class (:func:`_groups`), the maximum or
+    ``percentile`` of the distance to the nearest pixel of the other surface, whose
+    squared distances are ``to_map [B, C, *S]`` and sizes ``to_count``; inf when only one
+    of the surfaces has pixels, NaN when neither has."""
+    B, C = count.shape
+    d2 = to_map.reshape(B, C, -1).gather(1, key.clamp(max=C - 1).unsqueeze(1)).squeeze(1)
+    d = torch.where(key < C, d2.sqrt(), math.inf)
+    if percentile is None:
+        dist = torch.full((B, C + 1), -math.inf, device=d.device)
+        dist = dist.scatter_reduce_(1, key, d, "amax")[:, :C]
+    else:  # grouped by class, ascending within each: two sorts, the second stable
+        d, order = d.sort(dim=1)
+        key, order = key.gather(1, order).sort(dim=1, stable=True)
+        d = d.gather(1, order).double()
+        first = count.cumsum(1) - count
+        pos = (count - 1).clamp(min=0) * (percentile / 100)
+        lo = pos.floor().long()
+        hi = torch.minimum(lo + 1, (count - 1).clamp(min=0))
+        last = d.shape[1] - 1
+        below, above = (d.gather(1, (first + k).clamp(max=last)) for k in (lo, hi))
+        dist = (below + (pos - lo) * (above - below)).float()
+    one_sided = (count == 0) != (to_count == 0)
+    return torch.where(one_sided, math.inf, torch.where(count == 0, math.nan, dist))
+
+
+@kernel_api
+def hausdorff_distance(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    percentile: float | None = None,
+    directed: bool = False,
+    spacing: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Hausdorff distance (HD, or HD95 with ``percentile=95``) of every (image, class);
+    semantics of ``segtriton.reference.hausdorff_distance``, float32 ``[B, C]``.
+
+    The surfaces of all classes come from one label map per input (each pixel is on the
+    surface of its own class at most), the distance from every pixel to each class's
+    target (and, unless ``directed``, predicted) surface from the GPU EDT (float32
+    ``[B, C, *S]`` squared distances, exact integers for unit spacing); a class's maximum
+    is a scatter-max, a percentile two sorts of the surface distances (per image, grouped
+    by class) and a linear interpolation. No Python loop over images or classes, and no
+    host sync unless ``validate``: it reads whether any label lies outside ``[0, C)``
+    (one scalar) and raises ``ValueError``; otherwise such a pixel belongs to no class.
+    """
+    logits = _metric_check(preds, target, num_classes)
+    check_ignore_index(ignore_index, labels=True)
+    percentile = ref_boundary.check_percentile(percentile)
+    spacing = list(ref_boundary.check_spacing(spacing, target.dim() - 1))
+    pred = preds.argmax(dim=1) if logits else preds
+    valid = not_ignored(target, ignore_index)
+    t_in = (target >= 0) & (target < num_classes)
+    p_in = (pred >= 0) & (pred < num_classes)
+    if validate:
+        _raise_if_bad((valid & ~t_in).sum() + (~p_in).sum(), num_classes, ignore_index)
+    classes = device_constant(list(range(num_classes)), torch.int32, target.device)
+    B, *spatial = target.shape
+    surfaces, groups = [], []
+    for labels, ok in ((pred, p_in), (target, t_in)):
+        surfaces.append(_surface_labels(torch.where(valid & ok, labels.to(torch.int32), -1)))
+        groups.append(_groups(surfaces[-1], num_classes))
+
+    def edt(surface: torch.Tensor) -> torch.Tensor:
+        shape = (B * num_classes, *spatial)
+        return _transform(surface.contiguous(), shape, classes, None, spacing)
+
+    dist = _directed_distance(*groups[0], edt(surfaces[1]), groups[1][1], percentile)
+    if directed:
+        return dist
+    back = _directed_distance(*groups[1], edt(surfaces[0]), groups[0][1], percentile)
+    return torch.fmax(dist, back)

@@ -1,6 +1,12 @@
 """Plain-PyTorch reference implementations (the oracle every kernel is checked against)."""
 
-from .boundary import boundary_loss, distance_field, hausdorff_dt_loss, signed_distance_map
+from .boundary import (
+    boundary_loss,
+    distance_field,
+    hausdorff_distance,
+    hausdorff_dt_loss,
+    signed_distance_map,
+)
 from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
 from .lovasz import (
     lovasz_grad,
@@ -96,6 +102,7 @@ __all__ = [
     "focal_dice_loss",
     "focal_tversky_loss",
     "generalized_dice_loss",
+    "hausdorff_distance",
     "hausdorff_dt_loss",
     "iou_per_class",
     "jaccard_loss",

@@ -264,6 +264,54 @@ def test_signed_map_from_labels(benchmark, benchmark_case_signed_map, versions):
     benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)), classes=C)
 
 
+@pytest.fixture(
+    params=[(p, *c) for c in SIGNED_MAP_CASES for p in ("triton", "reference", "monai")],
+    ids=lambda c: f"{c[0]}-C{c[2]}-{'x'.join(map(str, c[1]))}",
+)
+def benchmark_case_hd95(request):
+    return request.param
+
+
+def test_hausdorff_distance(benchmark, benchmark_case_hd95, versions):
+    """HD95 of every (image, class) between two label maps of smooth regions: segtriton
+    (surfaces from one label map each, the GPU EDT, grouped sorts), the reference (scipy
+    per map on the CPU) and MONAI's compute_hausdorff_distance on one-hot tensors."""
+    from segtriton import kernels as ker
+    from segtriton import reference as ref
+
+    provider, shape, C = benchmark_case_hd95
+    gen = torch.Generator().manual_seed(0)
+    mode = "bilinear" if len(shape) == 3 else "trilinear"
+    pred, target = (
+        torch.nn.functional.interpolate(
+            torch.randn(shape[0], C, *[max(2, s // 32) for s in shape[1:]], generator=gen),
+            size=shape[1:],
+            mode=mode,
+            align_corners=False,
+        )
+        .argmax(1)
+        .to(DEVICE)
+        for _ in range(2)
+    )
+    if provider == "triton":
+        if DEVICE.type != "cuda":
+            pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
+        from segtriton.bench.pytest_timer import CudaEventClock
+
+        benchmark._timer = CudaEventClock()
+        fn = lambda: ker.hausdorff_distance(pred, target, C, 95, validate=False)  # noqa: E731
+    elif provider == "reference":
+        fn = lambda: ref.hausdorff_distance(pred, target, C, 95)  # noqa: E731
+    else:
+        metrics = pytest.importorskip("monai.metrics")
+        one_hot = [torch.nn.functional.one_hot(t, C).movedim(-1, 1) for t in (pred, target)]
+        fn = lambda: metrics.compute_hausdorff_distance(*one_hot, True, percentile=95)  # noqa: E731
+    benchmark.group = f"hd95 C{C} {'x'.join(map(str, shape))}"
+    benchmark.pedantic(fn, rounds=5 if provider == "triton" else 2, warmup_rounds=1)
+    benchmark.extra_info.update(versions)
+    benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)), classes=C)
+
+
 LOVASZ_SHAPES = ([8, 19, 512, 1024], [16, 150, 512, 512])
 
 

@@ -146,6 +146,39 @@ def test_monai_hausdorff_dt(monai, spatial, gen):
     _close(ref.hausdorff_dt_loss(x, t, mode="multilabel"), theirs)
 
 
+@pytest.mark.parametrize(
+    ("spatial", "spacing"),
+    [((30, 41), (0.7, 1.3)), ((9, 12, 14), (2.0, 1.0, 0.5))],
+    ids=["2d", "3d"],
+)
+def test_monai_hausdorff_distance(spatial, spacing, gen):
+    """MONAI's compute_hausdorff_distance (one-hot inputs, surfaces by erosion, scipy's EDT
+    per map) is ours, HD and HD95, symmetric and directed, where a class is in both
+    masks, and for the maximum everywhere (inf where a class is in one mask only); for a
+    percentile MONAI gives NaN there (left out of its means), and we inf."""
+    from monai.metrics import compute_hausdorff_distance
+
+    C, pool = 3, (F.avg_pool2d if len(spatial) == 2 else F.avg_pool3d)
+    pred, target = (pool(torch.randn(2, C, *spatial, generator=gen), 5, 1, 2).argmax(1)
+                    for _ in range(2))  # fmt: skip
+    pred[0][pred[0] == 2] = 1  # class 2 missed in image 0
+    one_hot = [F.one_hot(t, C).movedim(-1, 1) for t in (pred, target)]
+    both = one_hot[0].flatten(2).any(-1) & one_hot[1].flatten(2).any(-1)
+    assert both.sum() >= 4
+    for percentile in (None, 95):
+        for directed in (False, True):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = compute_hausdorff_distance(
+                    *one_hot, True, percentile=percentile, directed=directed, spacing=spacing
+                ).double()
+            ours = ref.hausdorff_distance(pred, target, C, percentile, directed, spacing)
+            # MONAI works in float32
+            torch.testing.assert_close(ours[both], theirs[both], rtol=1e-5, atol=1e-5)
+            assert ours[0, 2] == torch.inf
+            assert torch.isnan(theirs[0, 2]) if percentile else theirs[0, 2] == torch.inf
+
+
 # --- kornia 0.9.0 ----------------------------------------------------------------------
 
 
