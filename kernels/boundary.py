@@ -1,5 +1,5 @@
 """Exact Euclidean distance transform on the GPU, signed distance maps, boundary and
-Hausdorff (HD-DT) losses.
+Hausdorff (HD-DT) losses, and the Hausdorff distance metric.
 
 ``signed_distance_map`` has the semantics of the reference (Kervadec's signed map: the
 distance to the object outside it, minus (the distance to the background - 1) inside,
@@ -9,7 +9,8 @@ losses map only the classes they select.
 ``boundary_loss`` reads the logits, that map (or one passed in) and the labels once, and
 writes the loss and its gradient in the same pass (``_boundary_kernels.py``).
 ``hausdorff_dt_loss`` builds two maps with the same transform, from the target and from
-the prediction's masks, and runs the same fused pass over both.
+the prediction's masks, and runs the same fused pass over both. ``hausdorff_distance``
+(HD, HD95) measures surface distances on the same transform.
 """
 
 from __future__ import annotations
