@@ -598,8 +598,9 @@ def hausdorff_distance(
     target (and, unless ``directed``, predicted) surface from the GPU EDT (float32
     ``[B, C, *S]`` squared distances, exact integers for unit spacing); a class's maximum
     is a scatter-max, a percentile two sorts of the surface distances (per image, grouped
-    by class) and a linear interpolation. No Python loop over images or classes, and no
-    host sync unless ``validate``: it reads whether any label lies outside ``[0, C)``
+    by class) and a linear interpolation; at most two float32 ``[B, C, *S]`` buffers are
+    live (one transform at a time). No Python loop over images or classes, and no host
+    sync unless ``validate``: it reads whether any label lies outside ``[0, C)``
     (one scalar) and raises ``ValueError``; otherwise such a pixel belongs to no class.
     """
     logits = _metric_check(preds, target, num_classes)
