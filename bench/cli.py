@@ -221,7 +221,7 @@ def _traffic(args: argparse.Namespace) -> int:
         summary, detail = traffic_table(
             shape, DTYPES[args.dtype], LABEL_DTYPES[args.label_dtype], losses, options
         )
-    except ValueError as exc:  # a shape a loss rejects
+    except (TypeError, ValueError) as exc:  # a shape or an option a loss rejects
         raise _ArgError(str(exc)) from exc
     out = Path(args.out or Path("results") / "traffic" / datetime.date.today().isoformat())
     report = write_report(summary, detail, out, args.command)

@@ -112,7 +112,9 @@ def test_cli_writes_the_report(tmp_path):
      (["--shape", "2,a,8"], "--shape needs positive integers"),
      (["--shape", "2,0,8"], "--shape needs positive integers"),
      (["--options", "[1]"], "--options must be a JSON object"),
-     (["--options", "{classes"], "--options is not JSON")],
+     (["--options", "{classes"], "--options is not JSON"),
+     (["--losses", "cross_entropy", "--options", '{"classes": [1]}'],
+      "unexpected keyword argument 'classes'")],
 )  # fmt: skip
 def test_cli_names_bad_arguments(args, message, capsys):
     assert main(["traffic", *args]) == 2
