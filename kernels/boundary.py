@@ -539,12 +539,14 @@ def _surface_labels(cls: torch.Tensor) -> torch.Tensor:
 
 def _groups(surface: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(key [B, P], count [B, C])``: the class of each pixel's surface (C for none, a
-    group of its own) and the surface pixels of each class."""
+    group of its own) and the surface pixels of each class (``bincount`` without
+    weights: exact and deterministic)."""
     B, C = surface.shape[0], num_classes
     cls = surface.reshape(B, -1).long()
     key = torch.where(cls >= 0, cls, C)
-    count = torch.zeros(B, C + 1, dtype=torch.int64, device=key.device)
-    return key, count.scatter_add_(1, key, torch.ones_like(key))[:, :C]
+    start = torch.arange(B, device=key.device).unsqueeze(1) * (C + 1)
+    count = torch.bincount((key + start).flatten(), minlength=B * (C + 1))
+    return key, count.view(B, C + 1)[:, :C]
 
 
 def _directed_distance(
@@ -554,27 +556,23 @@ def _directed_distance(
     to_count: torch.Tensor,
     percentile: float | None,
 ) -> torch.Tensor:
-    """``[B, C]``: over the surface pixels of each class (:func:`_groups`), the maximum or
-    ``percentile`` of the distance to the nearest pixel of the other surface, whose
-    squared distances are ``to_map [B, C, *S]`` and sizes ``to_count``; inf when only one
-    of the surfaces has pixels, NaN when neither has."""
+    """``[B, C]``: over the surface pixels of each class (:func:`_groups`), the
+    ``percentile`` (the maximum for None) of the distance to the nearest pixel of the
+    other surface, whose squared distances are ``to_map [B, C, *S]`` and sizes
+    ``to_count``; inf when only one of the surfaces has pixels, NaN when neither has.
+    The distances are sorted, then stably by class, so each class's lie in ascending
+    order from its first position; the percentile interpolates between two of them."""
     B, C = count.shape
     d2 = to_map.reshape(B, C, -1).gather(1, key.clamp(max=C - 1).unsqueeze(1)).squeeze(1)
-    d = torch.where(key < C, d2.sqrt(), math.inf)
-    if percentile is None:
-        dist = torch.full((B, C + 1), -math.inf, device=d.device)
-        dist = dist.scatter_reduce_(1, key, d, "amax")[:, :C]
-    else:  # grouped by class, ascending within each: two sorts, the second stable
-        d, order = d.sort(dim=1)
-        key, order = key.gather(1, order).sort(dim=1, stable=True)
-        d = d.gather(1, order).double()
-        first = count.cumsum(1) - count
-        pos = (count - 1).clamp(min=0) * (percentile / 100)
-        lo = pos.floor().long()
-        hi = torch.minimum(lo + 1, (count - 1).clamp(min=0))
-        last = d.shape[1] - 1
-        below, above = (d.gather(1, (first + k).clamp(max=last)) for k in (lo, hi))
-        dist = (below + (pos - lo) * (above - below)).float()
+    d, order = torch.where(key < C, d2.sqrt(), math.inf).sort(dim=1)
+    d = d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices).double()
+    first = count.cumsum(1) - count
+    pos = (count - 1).clamp(min=0) * ((100.0 if percentile is None else percentile) / 100)
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, (count - 1).clamp(min=0))
+    last = d.shape[1] - 1
+    below, above = (d.gather(1, (first + k).clamp(max=last)) for k in (lo, hi))
+    dist = (below + (pos - lo) * (above - below)).float()
     one_sided = (count == 0) != (to_count == 0)
     return torch.where(one_sided, math.inf, torch.where(count == 0, math.nan, dist))
 
@@ -597,11 +595,12 @@ def hausdorff_distance(
     surface of its own class at most), the distance from every pixel to each class's
     target (and, unless ``directed``, predicted) surface from the GPU EDT (float32
     ``[B, C, *S]`` squared distances, exact integers for unit spacing); a class's maximum
-    is a scatter-max, a percentile two sorts of the surface distances (per image, grouped
-    by class) and a linear interpolation; at most two float32 ``[B, C, *S]`` buffers are
-    live (one transform at a time). No Python loop over images or classes, and no host
-    sync unless ``validate``: it reads whether any label lies outside ``[0, C)``
-    (one scalar) and raises ``ValueError``; otherwise such a pixel belongs to no class.
+    or percentile comes from two sorts of the surface distances (per image, grouped by
+    class) and a linear interpolation, with no float atomics (deterministic); at most two
+    float32 ``[B, C, *S]`` buffers are live (one transform at a time). No Python loop over
+    images or classes, and no host sync unless ``validate``: it reads whether any label
+    lies outside ``[0, C)`` (one scalar) and raises ``ValueError``; otherwise such a pixel
+    belongs to no class.
     """
     logits = _metric_check(preds, target, num_classes)
     check_ignore_index(ignore_index, labels=True)
