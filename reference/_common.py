@@ -346,6 +346,12 @@ def check_mode(mode: str, logits: torch.Tensor) -> None:
 
 _CONSTANTS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _CONSTANTS_KEPT = 64
+_CAPTURED: dict[tuple, torch.Tensor] = {}  # read by a captured CUDA graph: never freed
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether work on ``device`` is being captured into a CUDA graph now."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def device_constant(
@@ -357,24 +363,31 @@ def device_constant(
 
     It is copied to the device once per distinct ``(values, dtype, device)`` and reused by
     later calls (the last 64 are kept), so a loss given a Python list makes no host-to-device
-    copy after its first call and can be captured in a CUDA graph after a warm-up call.
-    Callers must not write into it. While torch.compile traces, or while a CUDA graph is
-    being captured (its memory would belong to the graph), nothing is cached.
+    copy after its first call. Callers must not write into it. While torch.compile traces,
+    a fresh tensor is returned (a constant of the graph). While a CUDA graph is captured,
+    the copy a warm-up call made is returned and kept for the life of the process (the
+    graph reads it at every replay); with no warm-up there is no copy to return, and
+    copying from the host during a capture is not allowed, so it raises RuntimeError.
     """
     device = torch.device(device)
-    if torch.compiler.is_compiling() or (
-        device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    ):
+    if torch.compiler.is_compiling():
         return torch.tensor(list(values), dtype=dtype, device=device)
     key = (tuple(values), dtype, device)
-    hit = _CONSTANTS.get(key)
+    hit = _CONSTANTS.get(key, _CAPTURED.get(key))
+    if _capturing(device):
+        if hit is None:
+            raise RuntimeError(
+                f"{list(values)} must reach the device before CUDA graph capture: call the "
+                "loss once with the same options before capturing it"
+            )
+        _CAPTURED[key] = hit
+        return hit
     if hit is None:
         hit = torch.tensor(key[0], dtype=dtype, device=device)
-        _CONSTANTS[key] = hit
-        if len(_CONSTANTS) > _CONSTANTS_KEPT:
-            _CONSTANTS.popitem(last=False)
-    else:
-        _CONSTANTS.move_to_end(key)
+    _CONSTANTS[key] = hit
+    _CONSTANTS.move_to_end(key)
+    if len(_CONSTANTS) > _CONSTANTS_KEPT:
+        _CONSTANTS.popitem(last=False)
     return hit
 
 

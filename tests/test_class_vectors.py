@@ -2,7 +2,8 @@
 
 A list (class weights, alpha, pos_weight, Lovasz ``classes``) becomes a cached device
 constant, so repeated calls make no host-to-device copy and a CUDA graph can capture the
-loss after a warm-up call (``test_kernels_graphs.py`` replays such variants on the GPU)."""
+loss after a warm-up call (``test_kernels_graphs.py`` replays such variants on the GPU;
+the capture path is checked here on the CPU with the capture state patched)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ def test_device_constant_keeps_the_most_recent():
         device_constant([float(i)], torch.float32, torch.device("cpu"))
     assert len(_common._CONSTANTS) <= _common._CONSTANTS_KEPT
     assert device_constant([-1.0], torch.float32, torch.device("cpu")) is not first
+
+
+def test_device_constant_under_capture_reuses_the_warm_up_copy(monkeypatch):
+    """A CUDA graph capture may not copy from the host: it gets the copy a warm-up call
+    made, kept after the cache has moved on (the graph reads it at every replay), or a
+    RuntimeError that names the fix."""
+    cpu = torch.device("cpu")
+    warm = device_constant([7.25, 8.5], torch.float32, cpu)
+    monkeypatch.setattr(_common, "_capturing", lambda device: True)
+    assert device_constant([7.25, 8.5], torch.float32, cpu) is warm
+    with pytest.raises(RuntimeError, match="before CUDA graph capture"):
+        device_constant([-1234.5], torch.float32, cpu)  # never copied
+    monkeypatch.setattr(_common, "_capturing", lambda device: False)
+    for i in range(_common._CONSTANTS_KEPT + 1):
+        device_constant([i + 0.5], torch.float32, cpu)
+    assert device_constant([7.25, 8.5], torch.float32, cpu) is warm
 
 
 def test_lists_and_tensors_give_the_same_vector():
