@@ -539,14 +539,14 @@ def _surface_labels(cls: torch.Tensor) -> torch.Tensor:
 
 def _groups(surface: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(key [B, P], count [B, C])``: the class of each pixel's surface (C for none, a
-    group of its own) and the surface pixels of each class (``bincount`` without
-    weights: exact and deterministic)."""
+    group of its own) and the surface pixels of each class, from the sorted keys (no
+    ``bincount``, whose output size would need a host sync)."""
     B, C = surface.shape[0], num_classes
     cls = surface.reshape(B, -1).long()
     key = torch.where(cls >= 0, cls, C)
-    start = torch.arange(B, device=key.device).unsqueeze(1) * (C + 1)
-    count = torch.bincount((key + start).flatten(), minlength=B * (C + 1))
-    return key, count.view(B, C + 1)[:, :C]
+    classes = torch.arange(C + 1, device=key.device).expand(B, C + 1).contiguous()
+    bounds = torch.searchsorted(key.sort(dim=1).values, classes)
+    return key, bounds.diff(dim=1)
 
 
 def _directed_distance(
