@@ -1,0 +1,76 @@
+"""No host synchronisation inside a loss or a metric update: the torch ops that make a GPU
+wait for the host to read a value (``.item()``, ``bool()`` of a tensor, boolean-mask
+indexing, ``nonzero``, ``bincount``, ``unique``, ...) are recorded with a
+TorchDispatchMode while every registry kernel runs forward and backward (each fixed
+variant, after a warm-up call that puts Python-list options on the device), and while the
+confusion matrix, the streaming update and the Hausdorff distance run with
+``validate=False``. This sees the ops the Python code issues, on any device; the GPU
+tests capture the losses in CUDA graphs, which would also fail on a sync inside an op."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import DEVICE
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from segtriton import kernels as ker
+from segtriton.registry import LOSSES, make_inputs
+
+# ops whose result size or value the host must read from the device
+_SYNCING = {
+    "_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "bincount",
+    "histc", "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim",
+}  # fmt: skip
+
+
+class _Syncs(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        index = args[1] if name in ("index", "index_put", "index_put_") else ()
+        if name in _SYNCING or any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index or ()
+        ):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_recorder_sees_a_sync():
+    x = torch.randn(4, device=DEVICE)
+    with _Syncs() as syncs:
+        x.sum().item()
+        x[x > 0]  # noqa: B018
+        torch.bincount(torch.tensor([0, 2], device=DEVICE))
+    assert len(syncs.seen) == 3, syncs.seen
+
+
+@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+def test_losses_do_not_sync(entry, gen):
+    for variant in entry.variants:
+        options = entry.ignoring(variant)
+        C = 1 if entry.is_binary(options) else 3
+        x, t = make_inputs(entry, (2, C, 7, 9), options, torch.float32, gen, 0.2, device=DEVICE)
+        x.requires_grad_(True)
+        entry.kernel(x, t, **options)
+        with _Syncs() as syncs:
+            loss = entry.kernel(x, t, **options)
+            torch.autograd.grad(loss, x)
+        assert not syncs.seen, (variant, syncs.seen)
+
+
+def test_metrics_do_not_sync(gen):
+    logits = torch.randn(2, 4, 9, 11, generator=gen).to(DEVICE)
+    target = torch.randint(0, 4, (2, 9, 11), generator=gen).to(DEVICE)
+    stream = ker.StreamingMetrics(4, ignore_index=255, average="image")
+    ker.hausdorff_distance(logits, target, 4, 95, validate=False)
+    with _Syncs() as syncs:
+        ker.confusion_matrix(logits, target, 4, 255, validate=False)
+        ker.confusion_matrix(logits.argmax(1), target, 4, per_image=True, validate=False)
+        stream.update(logits, target)
+        ker.hausdorff_distance(logits, target, 4, 95, validate=False)
+        ker.hausdorff_distance(logits, target, 4, directed=True, validate=False)
+    assert not syncs.seen, syncs.seen
