@@ -187,8 +187,12 @@ def _check_hard(target: torch.Tensor, ignore_index: float | None, what: str) -> 
         raise ValueError(f"{what} needs hard {{0, 1}} masks")
 
 
-def _class_map(target, num_classes, mode, spacing, ignore_index, validate, kind, what):
-    """The checks and the op behind :func:`signed_distance_map` and :func:`distance_field`."""
+def _class_map(
+    target, num_classes, mode, spacing, ignore_index, validate, kind, what, classes=None
+):
+    """The checks and the op behind :func:`signed_distance_map`, :func:`distance_field`
+    and the boundary loss's map: the maps of ``classes`` (distinct, increasing), by
+    default of every class."""
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
     labels = mode == "multiclass"
     check_ignore_index(ignore_index, labels)
@@ -203,7 +207,8 @@ def _class_map(target, num_classes, mode, spacing, ignore_index, validate, kind,
     nd = target.dim() - (1 if labels else 2)
     spacing = list(ref_boundary.check_spacing(spacing, nd))
     ign = ignore_value(ignore_index, target, labels)
-    return _class_map_op(target, list(range(num_classes)), labels, spacing, ign, kind)
+    maps = list(range(num_classes)) if classes is None else classes
+    return _class_map_op(target, maps, labels, spacing, ign, kind)
 
 
 @checks_flags
@@ -368,18 +373,15 @@ def boundary_loss(
     target = checked_target(logits, target, labels, ignore_index, validate)
     C = logits.shape[1]
     idx = ref_boundary.selected_classes(classes, C, mode)
-    ign = ignore_value(ignore_index, target, labels)
     given = dist_map is not None
     if given:
         ref_boundary.check_map(dist_map, logits)
         check_constant("dist_map", dist_map)
-    else:
-        if validate and not labels:
-            _check_hard(target, ignore_index, "boundary_loss")
-        spacing = list(ref_boundary.check_spacing(spacing, logits.dim() - 2))
-        # 'none' applies the reference formula, which reads every class's map
-        maps = list(range(C)) if reduction == "none" else _distinct(idx)
-        dist_map = _class_map_op(target, maps, labels, spacing, ign, SIGNED)
+    else:  # 'none' applies the reference formula, which reads every class's map
+        dist_map = _class_map(
+            target, C, mode, spacing, ignore_index, validate and not labels, SIGNED,
+            "boundary_loss", None if reduction == "none" else _distinct(idx),
+        )  # fmt: skip
     if reduction == "none":
         with value_checks(False):
             return ref_boundary.boundary_loss(
@@ -392,7 +394,7 @@ def boundary_loss(
         None,
         *_selection(idx, C, given, True, logits.device),
         labels,
-        ign,
+        ignore_value(ignore_index, target, labels),
         float(len(idx)),
         1.0,
         1.0,
@@ -567,9 +569,10 @@ def _directed_distance(
     d, order = torch.where(key < C, d2.sqrt(), math.inf).sort(dim=1)
     d = d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices).double()
     first = count.cumsum(1) - count
-    pos = (count - 1).clamp(min=0) * ((100.0 if percentile is None else percentile) / 100)
+    top = (count - 1).clamp(min=0)  # the last rank of each class
+    pos = top * ((100.0 if percentile is None else percentile) / 100)
     lo = pos.floor().long()
-    hi = torch.minimum(lo + 1, (count - 1).clamp(min=0))
+    hi = torch.minimum(lo + 1, top)
     last = d.shape[1] - 1
     below, above = (d.gather(1, (first + k).clamp(max=last)) for k in (lo, hi))
     dist = (below + (pos - lo) * (above - below)).float()
