@@ -48,6 +48,14 @@ def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
     return rows
 
 
+def smooth_labels(gen: torch.Generator, C: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """int64 labels ``[B, *S]`` (2-D or 3-D) of smooth regions, as a segmentation has: the
+    argmax over classes of noise averaged over 5-pixel boxes."""
+    noise = torch.randn(shape[0], C, *shape[1:], generator=gen)
+    pool = torch.nn.functional.avg_pool2d if len(shape) == 3 else torch.nn.functional.avg_pool3d
+    return pool(noise, 5, stride=1, padding=2, count_include_pad=False).argmax(dim=1)
+
+
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     return x.contiguous(memory_format=fmt)

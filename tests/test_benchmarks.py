@@ -228,6 +228,15 @@ SIGNED_MAP_CASES = (
 )
 
 
+def _region_labels(shape: list[int], C: int, gen: torch.Generator) -> torch.Tensor:
+    """int64 labels ``shape`` on DEVICE of regions about 32 pixels across: the argmax of
+    coarse noise upsampled (bi- or trilinear)."""
+    coarse = torch.randn(shape[0], C, *[max(2, s // 32) for s in shape[1:]], generator=gen)
+    mode = "bilinear" if len(shape) == 3 else "trilinear"
+    up = torch.nn.functional.interpolate(coarse, size=shape[1:], mode=mode, align_corners=False)
+    return up.argmax(1).to(DEVICE)
+
+
 @pytest.fixture(
     params=[(p, *c) for c in SIGNED_MAP_CASES for p in ("triton", "reference")],
     ids=lambda c: f"{c[0]}-C{c[2]}-{'x'.join(map(str, c[1]))}",
@@ -244,11 +253,7 @@ def test_signed_map_from_labels(benchmark, benchmark_case_signed_map, versions):
     from segtriton import reference as ref
 
     provider, shape, C = benchmark_case_signed_map
-    gen = torch.Generator().manual_seed(0)
-    coarse = torch.randn(shape[0], C, *[max(2, s // 32) for s in shape[1:]], generator=gen)
-    mode = "bilinear" if len(shape) == 3 else "trilinear"
-    up = torch.nn.functional.interpolate(coarse, size=shape[1:], mode=mode, align_corners=False)
-    labels = up.argmax(1).to(torch.uint8).to(DEVICE)
+    labels = _region_labels(shape, C, torch.Generator().manual_seed(0)).to(torch.uint8)
     if provider == "triton":
         if DEVICE.type != "cuda":
             pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
@@ -281,18 +286,7 @@ def test_hausdorff_distance(benchmark, benchmark_case_hd95, versions):
 
     provider, shape, C = benchmark_case_hd95
     gen = torch.Generator().manual_seed(0)
-    mode = "bilinear" if len(shape) == 3 else "trilinear"
-    pred, target = (
-        torch.nn.functional.interpolate(
-            torch.randn(shape[0], C, *[max(2, s // 32) for s in shape[1:]], generator=gen),
-            size=shape[1:],
-            mode=mode,
-            align_corners=False,
-        )
-        .argmax(1)
-        .to(DEVICE)
-        for _ in range(2)
-    )
+    pred, target = (_region_labels(shape, C, gen) for _ in range(2))
     if provider == "triton":
         if DEVICE.type != "cuda":
             pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")

@@ -8,18 +8,10 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, smooth_labels
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-
-
-def blobs(gen: torch.Generator, C: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """int64 labels ``[B, *S]`` of smooth regions: the argmax of box-filtered noise."""
-    noise = torch.randn(shape[0], C, *shape[1:], generator=gen)
-    pool = F.avg_pool2d if len(shape) == 3 else F.avg_pool3d
-    return pool(noise, 5, stride=1, padding=2, count_include_pad=False).argmax(dim=1)
 
 
 def check(preds, target, C, **opts):
@@ -41,8 +33,8 @@ CASES = [
 @pytest.mark.parametrize(("C", "shape", "spacing"), CASES, ids=["c2", "c3-spacing", "c19", "3d"])
 @pytest.mark.parametrize("percentile", [None, 95, 0, 50.5])
 def test_matches_reference(C, shape, spacing, percentile, gen):
-    target = blobs(gen, C, shape)
-    preds = blobs(gen, C, shape)
+    target = smooth_labels(gen, C, shape)
+    preds = smooth_labels(gen, C, shape)
     target = target.masked_fill(torch.rand(shape, generator=gen) < 0.05, 255)
     for directed in (False, True):
         opts = {"percentile": percentile, "directed": directed, "spacing": spacing}
