@@ -539,16 +539,12 @@ def _surface_labels(cls: torch.Tensor) -> torch.Tensor:
     return torch.where(edge, cls, -1)
 
 
-def _groups(surface: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(key [B, P], count [B, C])``: the class of each pixel's surface (C for none, a
-    group of its own) and the surface pixels of each class, from the sorted keys (no
+def _groups(key: torch.Tensor, K: int) -> torch.Tensor:
+    """int64 ``[B, K]``: how many pixels of each row of ``key`` (``[B, P]``, values in
+    ``[0, K]``, K for none) hold each value below K, from the sorted keys (no
     ``bincount``, whose output size would need a host sync)."""
-    B, C = surface.shape[0], num_classes
-    cls = surface.reshape(B, -1).long()
-    key = torch.where(cls >= 0, cls, C)
-    classes = torch.arange(C + 1, device=key.device).expand(B, C + 1).contiguous()
-    bounds = torch.searchsorted(key.sort(dim=1).values, classes)
-    return key, bounds.diff(dim=1)
+    values = torch.arange(K + 1, device=key.device).expand(key.shape[0], K + 1).contiguous()
+    return torch.searchsorted(key.sort(dim=1).values, values).diff(dim=1)
 
 
 def _directed_distance(
@@ -558,15 +554,16 @@ def _directed_distance(
     to_count: torch.Tensor,
     percentile: float | None,
 ) -> torch.Tensor:
-    """``[B, C]``: over the surface pixels of each class (:func:`_groups`), the
-    ``percentile`` (the maximum for None) of the distance to the nearest pixel of the
-    other surface, whose squared distances are ``to_map [B, C, *S]`` and sizes
+    """``[B, K]``: over the surface pixels of each measured class (``key [B, P]``, the
+    class's slot in ``[0, K)``, K for none; ``count`` pixels per slot, :func:`_groups`),
+    the ``percentile`` (the maximum for None) of the distance to the nearest pixel of the
+    other surface, whose squared distances are ``to_map [B, K, *S]`` and sizes
     ``to_count``; inf when only one of the surfaces has pixels, NaN when neither has.
-    The distances are sorted, then stably by class, so each class's lie in ascending
+    The distances are sorted, then stably by slot, so each class's lie in ascending
     order from its first position; the percentile interpolates between two of them."""
-    B, C = count.shape
-    d2 = to_map.reshape(B, C, -1).gather(1, key.clamp(max=C - 1).unsqueeze(1)).squeeze(1)
-    d, order = torch.where(key < C, d2.sqrt(), math.inf).sort(dim=1)
+    B, K = count.shape
+    d2 = to_map.reshape(B, K, -1).gather(1, key.clamp(max=K - 1).unsqueeze(1)).squeeze(1)
+    d, order = torch.where(key < K, d2.sqrt(), math.inf).sort(dim=1)
     d = d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices).double()
     first = count.cumsum(1) - count
     top = (count - 1).clamp(min=0)  # the last rank of each class
@@ -589,45 +586,54 @@ def hausdorff_distance(
     directed: bool = False,
     spacing: Sequence[float] | None = None,
     ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
     validate: bool = True,
 ) -> torch.Tensor:
-    """Hausdorff distance (HD, or HD95 with ``percentile=95``) of every (image, class);
-    semantics of ``segtriton.reference.hausdorff_distance``, float32 ``[B, C]``.
+    """Hausdorff distance (HD, or HD95 with ``percentile=95``) of every image and measured
+    class; semantics of ``segtriton.reference.hausdorff_distance``, float32 ``[B, K]``.
 
     The surfaces of all classes come from one label map per input (each pixel is on the
-    surface of its own class at most), the distance from every pixel to each class's
-    target (and, unless ``directed``, predicted) surface from the GPU EDT (float32
-    ``[B, C, *S]`` squared distances, exact integers for unit spacing); a class's maximum
-    or percentile comes from two sorts of the surface distances (per image, grouped by
-    class) and a linear interpolation, with no float atomics (deterministic); at most two
-    float32 ``[B, C, *S]`` buffers are live (one transform at a time). No Python loop over
-    images or classes, and no host sync unless ``validate``: it reads whether any label
-    lies outside ``[0, C)`` (one scalar) and raises ``ValueError``; otherwise such a pixel
-    belongs to no class.
+    surface of its own class at most), the distance from every pixel to each measured
+    class's target (and, unless ``directed``, predicted) surface from the GPU EDT
+    (float32 ``[B, K', *S]`` squared distances for the K' distinct measured classes,
+    exact integers for unit spacing); a class's maximum or percentile comes from two
+    sorts of the surface distances (per image, grouped by class) and a linear
+    interpolation, with no float atomics (deterministic); at most two such buffers are
+    live (one transform at a time), so ``classes`` bounds the memory as well as the work.
+    No Python loop over images or classes, and no host sync unless ``validate``: it reads
+    whether any label lies outside ``[0, C)`` (one scalar) and raises ``ValueError``;
+    otherwise such a pixel belongs to no class.
     """
     logits = _metric_check(preds, target, num_classes)
     check_ignore_index(ignore_index, labels=True)
     percentile = ref_boundary.check_percentile(percentile)
     spacing = list(ref_boundary.check_spacing(spacing, target.dim() - 1))
+    idx = ref_boundary.measured_classes(classes, num_classes)
     pred = preds.argmax(dim=1) if logits else preds
     valid = not_ignored(target, ignore_index)
     t_in = (target >= 0) & (target < num_classes)
     p_in = (pred >= 0) & (pred < num_classes)
     if validate:
         _raise_if_bad((valid & ~t_in).sum() + (~p_in).sum(), num_classes, ignore_index)
-    classes = device_constant(list(range(num_classes)), torch.int32, target.device)
+    uniq = _distinct(idx)
+    K, device = len(uniq), target.device
+    rank = {c: k for k, c in enumerate(uniq)}
+    slot = device_constant([rank.get(c, K) for c in range(num_classes)] + [K], torch.int64, device)
+    table = device_constant(uniq, torch.int32, device)
     B, *spatial = target.shape
     surfaces, groups = [], []
     for labels, ok in ((pred, p_in), (target, t_in)):
         surfaces.append(_surface_labels(torch.where(valid & ok, labels.to(torch.int32), -1)))
-        groups.append(_groups(surfaces[-1], num_classes))
+        key = slot[surfaces[-1].reshape(B, -1).long()]  # -1 (no surface) reads slot[C] = K
+        groups.append((key, _groups(key, K)))
 
     def edt(surface: torch.Tensor) -> torch.Tensor:
-        shape = (B * num_classes, *spatial)
-        return _transform(surface.contiguous(), shape, classes, None, spacing)
+        return _transform(surface.contiguous(), (B * K, *spatial), table, None, spacing)
 
     dist = _directed_distance(*groups[0], edt(surfaces[1]), groups[1][1], percentile)
-    if directed:
+    if not directed:
+        back = _directed_distance(*groups[1], edt(surfaces[0]), groups[0][1], percentile)
+        dist = torch.fmax(dist, back)
+    if idx == uniq:
         return dist
-    back = _directed_distance(*groups[1], edt(surfaces[0]), groups[0][1], percentile)
-    return torch.fmax(dist, back)
+    return dist.index_select(1, device_constant([rank[c] for c in idx], torch.int64, device))

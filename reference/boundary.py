@@ -300,6 +300,12 @@ def check_percentile(percentile: object) -> float | None:
     return value
 
 
+def measured_classes(classes: Sequence[int] | None, C: int) -> list[int]:
+    """The classes a metric reports, in order: ``classes`` checked against ``[0, C)``
+    (repeats allowed), every class by default."""
+    return list(range(C)) if classes is None else check_class_indices("classes", classes, C)
+
+
 def _edges(mask: np.ndarray) -> np.ndarray:
     """The pixels of ``mask`` with a face neighbour outside it (or outside the image)."""
     cross = generate_binary_structure(mask.ndim, 1)
@@ -323,9 +329,11 @@ def hausdorff_distance(
     directed: bool = False,
     spacing: Sequence[float] | None = None,
     ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Hausdorff distance between the predicted and target surface of every (image,
-    class): float64 ``[B, C]``.
+    """Hausdorff distance between the predicted and target surface of every image and
+    measured class: float64 ``[B, K]``, column k for class ``classes[k]`` (every class,
+    ``K = C``, by default; a class may be listed twice).
 
     A class's mask is ``label == c`` over the pixels whose target is not ``ignore_index``
     (an ignored pixel belongs to no class in either mask); its surface is the mask's
@@ -340,6 +348,7 @@ def hausdorff_distance(
     ``nanmean``), ``inf`` when it is in only one (a missed or spurious class).
 
     preds: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (argmax over dim 1).
+    Labels are checked against ``[0, C)`` whichever classes are measured.
     """
     check_num_classes(num_classes)
     valid = label_mask(target, num_classes, ignore_index)
@@ -347,17 +356,14 @@ def hausdorff_distance(
         raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
     percentile = check_percentile(percentile)
     spacing = check_spacing(spacing, target.dim() - 1)
+    idx = measured_classes(classes, num_classes)
     pred = _pred_labels(preds, target, num_classes)
     valid = valid.cpu().numpy()
-    masks = [
-        np.where(valid, t.cpu().long().numpy(), -1)[:, None]
-        == np.arange(num_classes).reshape(1, -1, *([1] * (target.dim() - 1)))
-        for t in (pred, target)
-    ]
-    out = np.empty((target.shape[0], num_classes))
-    for b, c in np.ndindex(*out.shape):
-        p, g = _edges(masks[0][b, c]), _edges(masks[1][b, c])
-        out[b, c] = _directed(p, g, percentile, spacing)
+    labels = [np.where(valid, t.cpu().long().numpy(), -1) for t in (pred, target)]
+    out = np.empty((target.shape[0], len(idx)))
+    for b, k in np.ndindex(*out.shape):
+        p, g = (_edges(x[b] == idx[k]) for x in labels)
+        out[b, k] = _directed(p, g, percentile, spacing)
         if not directed:
-            out[b, c] = np.fmax(out[b, c], _directed(g, p, percentile, spacing))
+            out[b, k] = np.fmax(out[b, k], _directed(g, p, percentile, spacing))
     return torch.from_numpy(out).to(target.device)

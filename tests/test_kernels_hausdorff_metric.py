@@ -54,6 +54,21 @@ def test_logits_noise_and_label_dtypes(gen):
     assert torch.equal(check(one, one, 1), torch.zeros(1, 1))
 
 
+@pytest.mark.parametrize("classes", [[2], [4, 0, 3], [1, 1, 0]], ids=["one", "unordered", "repeat"])
+def test_classes_are_the_columns_of_all(classes, gen):
+    """``classes`` gives column k for class ``classes[k]``: the reference's, and the same
+    numbers as those columns of the full result (bitwise: the same transform per class)."""
+    target = smooth_labels(gen, 5, (2, 19, 22)).masked_fill(
+        torch.rand(2, 19, 22, generator=gen) < 0.05, 255
+    )
+    logits = torch.randn(2, 5, 19, 22, generator=gen)
+    for directed in (False, True):
+        opts = {"percentile": 95, "directed": directed, "ignore_index": 255}
+        some = check(logits, target, 5, classes=classes, **opts)
+        full = ker.hausdorff_distance(logits.to(DEVICE), target.to(DEVICE), 5, **opts).cpu()
+        torch.testing.assert_close(some, full[:, classes], rtol=0, atol=0, equal_nan=True)
+
+
 def test_absent_classes_nan_or_inf():
     """Absent from both: NaN; from one side: inf (a missed or spurious class), directed
     or not; an ignored region is in no class's mask."""
@@ -87,7 +102,10 @@ def test_worked_example():
      ({"target": torch.full((1, 4, 5), 3)}, ValueError, "outside [0, 3)"),
      ({"preds": torch.full((1, 4, 5), -1)}, ValueError, "outside [0, 3)"),
      ({"preds": torch.zeros(1, 4, 6, dtype=torch.int64)}, ValueError, "does not match"),
-     ({"target": torch.zeros(1, 4, 5)}, TypeError, "integer class labels")],
+     ({"target": torch.zeros(1, 4, 5)}, TypeError, "integer class labels"),
+     ({"classes": [3]}, ValueError, "classes must be a non-empty list of indices in [0, 3)"),
+     ({"classes": []}, ValueError, "classes must be a non-empty list"),
+     ({"classes": [0.5]}, TypeError, "classes must be a sequence of integer class indices")],
 )  # fmt: skip
 def test_bad_input_is_named(change, error, message):
     args = {"preds": torch.zeros(1, 4, 5, dtype=torch.int64), "target": torch.ones(1, 4, 5)}

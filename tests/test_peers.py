@@ -156,7 +156,8 @@ def test_monai_hausdorff_distance(spatial, spacing, gen):
     """MONAI's compute_hausdorff_distance (one-hot inputs, surfaces by erosion, scipy's EDT
     per map) is ours, HD and HD95, symmetric and directed, where a class is in both
     masks, and for the maximum everywhere (inf where a class is in one mask only); for a
-    percentile MONAI gives NaN there (left out of its means), and we inf."""
+    percentile MONAI gives NaN there (left out of its means), and we inf. Its
+    ``include_background=False`` is our ``classes`` without 0."""
     from monai.metrics import compute_hausdorff_distance
 
     C = 3
@@ -177,6 +178,11 @@ def test_monai_hausdorff_distance(spatial, spacing, gen):
             torch.testing.assert_close(ours[both], theirs[both], rtol=1e-5, atol=1e-5)
             assert ours[0, 2] == torch.inf
             assert torch.isnan(theirs[0, 2]) if percentile else theirs[0, 2] == torch.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = compute_hausdorff_distance(*one_hot, False, spacing=spacing).double()
+    ours = ref.hausdorff_distance(pred, target, C, spacing=spacing, classes=[1, 2])
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 # --- kornia 0.9.0 ----------------------------------------------------------------------
