@@ -189,6 +189,7 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                 plans.append((entry.name, options, C, entry.reductions))
     for C in counts:
         plans += [("confusion_logits", {}, C, ()), ("confusion_labels", {"per_image": True}, C, ())]
+    plans.append(("surface_dice", {"tolerance": 1.0}, 3, ()))
     cases = []
     for (name, options, C, reductions), dtype in itertools.product(plans, dtypes):
         k = len(cases)
@@ -246,6 +247,10 @@ def run_case(case: CompileCase) -> None:
         kernels.confusion_matrix(
             preds, target, C, ignore_index=None, validate=False, **case.options
         )
+        return
+    if case.name == "surface_dice":  # the EDT over label maps, and the per-class sums
+        preds, target = (torch.randint(0, C, (B, *spatial), generator=gen) for _ in range(2))
+        kernels.surface_dice(preds, target, C, validate=False, **case.options)
         return
     entry = get(case.name)
     opts = entry.ignoring(case.options)

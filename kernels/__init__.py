@@ -9,7 +9,6 @@ from ._runtime import interpreter_enabled, interpreter_problem, run_smoke_kernel
 from .boundary import (
     boundary_loss,
     distance_field,
-    hausdorff_distance,
     hausdorff_dt_loss,
     signed_distance_map,
     squared_edt,
@@ -33,9 +32,11 @@ from .region import (
     region_stats,
     tversky_loss,
 )
+from .surface import average_surface_distance, hausdorff_distance, surface_dice
 
 __all__ = [
     "StreamingMetrics",
+    "average_surface_distance",
     "bce_dice_loss",
     "binary_cross_entropy_with_logits",
     "boundary_loss",
@@ -64,6 +65,7 @@ __all__ = [
     "signed_distance_map",
     "softmax_focal_loss",
     "squared_edt",
+    "surface_dice",
     "tversky_loss",
 ]
 

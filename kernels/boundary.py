@@ -1,5 +1,5 @@
-"""Exact Euclidean distance transform on the GPU, signed distance maps, boundary and
-Hausdorff (HD-DT) losses, and the Hausdorff distance metric.
+"""Exact Euclidean distance transform on the GPU, signed distance maps, and the boundary
+and Hausdorff (HD-DT) losses.
 
 ``signed_distance_map`` has the semantics of the reference (Kervadec's signed map: the
 distance to the object outside it, minus (the distance to the background - 1) inside,
@@ -9,8 +9,8 @@ losses map only the classes they select.
 ``boundary_loss`` reads the logits, that map (or one passed in) and the labels once, and
 writes the loss and its gradient in the same pass (``_boundary_kernels.py``).
 ``hausdorff_dt_loss`` builds two maps with the same transform, from the target and from
-the prediction's masks, and runs the same fused pass over both. ``hausdorff_distance``
-(HD, HD95) measures surface distances on the same transform.
+the prediction's masks, and runs the same fused pass over both. The surface-distance
+metrics (``surface.py``) use the same transform.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from segtriton.reference._common import (
     checks_flags,
     device_constant,
     label_mask,
-    not_ignored,
     value_checks,
 )
 
@@ -50,8 +49,6 @@ from ._tiles import (
     num_warps_for,
     pixel_view,
 )
-from .metrics import _check as _metric_check
-from .metrics import _raise_if_bad
 from .pixelwise import (
     _fake_grad,
     _finish,
@@ -523,117 +520,3 @@ def hausdorff_dt_loss(
         _need_grad(logits),
     )
     return loss
-
-
-def _surface_labels(cls: torch.Tensor) -> torch.Tensor:
-    """int32 ``[B, *S]`` from class labels ``cls`` (-1: no class): a pixel's class where it
-    lies on that class's surface (a face neighbour of another class, of no class or
-    outside the image), else -1."""
-    padded = torch.nn.functional.pad(cls, [1, 1] * (cls.dim() - 1), value=-1)
-    edge = torch.zeros_like(cls, dtype=torch.bool)
-    for axis in range(1, cls.dim()):
-        for start in (0, 2):
-            window = [slice(None)] + [slice(1, n + 1) for n in cls.shape[1:]]
-            window[axis] = slice(start, start + cls.shape[axis])
-            edge |= padded[tuple(window)] != cls
-    return torch.where(edge, cls, -1)
-
-
-def _groups(key: torch.Tensor, K: int) -> torch.Tensor:
-    """int64 ``[B, K]``: how many pixels of each row of ``key`` (``[B, P]``, values in
-    ``[0, K]``, K for none) hold each value below K, from the sorted keys (no
-    ``bincount``, whose output size would need a host sync)."""
-    values = torch.arange(K + 1, device=key.device).expand(key.shape[0], K + 1).contiguous()
-    return torch.searchsorted(key.sort(dim=1).values, values).diff(dim=1)
-
-
-def _directed_distance(
-    key: torch.Tensor,
-    count: torch.Tensor,
-    to_map: torch.Tensor,
-    to_count: torch.Tensor,
-    percentile: float | None,
-) -> torch.Tensor:
-    """``[B, K]``: over the surface pixels of each measured class (``key [B, P]``, the
-    class's slot in ``[0, K)``, K for none; ``count`` pixels per slot, :func:`_groups`),
-    the ``percentile`` (the maximum for None) of the distance to the nearest pixel of the
-    other surface, whose squared distances are ``to_map [B, K, *S]`` and sizes
-    ``to_count``; inf when only one of the surfaces has pixels, NaN when neither has.
-    The distances are sorted, then stably by slot, so each class's lie in ascending
-    order from its first position; the percentile interpolates between two of them."""
-    B, K = count.shape
-    d2 = to_map.reshape(B, K, -1).gather(1, key.clamp(max=K - 1).unsqueeze(1)).squeeze(1)
-    d, order = torch.where(key < K, d2.sqrt(), math.inf).sort(dim=1)
-    d = d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices).double()
-    first = count.cumsum(1) - count
-    top = (count - 1).clamp(min=0)  # the last rank of each class
-    pos = top * ((100.0 if percentile is None else percentile) / 100)
-    lo = pos.floor().long()
-    hi = torch.minimum(lo + 1, top)
-    last = d.shape[1] - 1
-    below, above = (d.gather(1, (first + k).clamp(max=last)) for k in (lo, hi))
-    dist = (below + (pos - lo) * (above - below)).float()
-    one_sided = (count == 0) != (to_count == 0)
-    return torch.where(one_sided, math.inf, torch.where(count == 0, math.nan, dist))
-
-
-@kernel_api
-def hausdorff_distance(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    percentile: float | None = None,
-    directed: bool = False,
-    spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
-    classes: Sequence[int] | None = None,
-    validate: bool = True,
-) -> torch.Tensor:
-    """Hausdorff distance (HD, or HD95 with ``percentile=95``) of every image and measured
-    class; semantics of ``segtriton.reference.hausdorff_distance``, float32 ``[B, K]``.
-
-    The surfaces of all classes come from one label map per input (each pixel is on the
-    surface of its own class at most), the distance from every pixel to each measured
-    class's target (and, unless ``directed``, predicted) surface from the GPU EDT
-    (float32 ``[B, K', *S]`` squared distances for the K' distinct measured classes,
-    exact integers for unit spacing); a class's maximum or percentile comes from two
-    sorts of the surface distances (per image, grouped by class) and a linear
-    interpolation, with no float atomics (deterministic); at most two such buffers are
-    live (one transform at a time), so ``classes`` bounds the memory as well as the work.
-    No Python loop over images or classes, and no host sync unless ``validate``: it reads
-    whether any label lies outside ``[0, C)`` (one scalar) and raises ``ValueError``;
-    otherwise such a pixel belongs to no class.
-    """
-    logits = _metric_check(preds, target, num_classes)
-    check_ignore_index(ignore_index, labels=True)
-    percentile = ref_boundary.check_percentile(percentile)
-    spacing = list(ref_boundary.check_spacing(spacing, target.dim() - 1))
-    idx = ref_boundary.measured_classes(classes, num_classes)
-    pred = preds.argmax(dim=1) if logits else preds
-    valid = not_ignored(target, ignore_index)
-    t_in = (target >= 0) & (target < num_classes)
-    p_in = (pred >= 0) & (pred < num_classes)
-    if validate:
-        _raise_if_bad((valid & ~t_in).sum() + (~p_in).sum(), num_classes, ignore_index)
-    uniq = _distinct(idx)
-    K, device = len(uniq), target.device
-    rank = {c: k for k, c in enumerate(uniq)}
-    slot = device_constant([rank.get(c, K) for c in range(num_classes)] + [K], torch.int64, device)
-    table = device_constant(uniq, torch.int32, device)
-    B, *spatial = target.shape
-    surfaces, groups = [], []
-    for labels, ok in ((pred, p_in), (target, t_in)):
-        surfaces.append(_surface_labels(torch.where(valid & ok, labels.to(torch.int32), -1)))
-        key = slot[surfaces[-1].reshape(B, -1).long()]  # -1 (no surface) reads slot[C] = K
-        groups.append((key, _groups(key, K)))
-
-    def edt(surface: torch.Tensor) -> torch.Tensor:
-        return _transform(surface.contiguous(), (B * K, *spatial), table, None, spacing)
-
-    dist = _directed_distance(*groups[0], edt(surfaces[1]), groups[1][1], percentile)
-    if not directed:
-        back = _directed_distance(*groups[1], edt(surfaces[0]), groups[0][1], percentile)
-        dist = torch.fmax(dist, back)
-    if idx == uniq:
-        return dist
-    return dist.index_select(1, device_constant([rank[c] for c in idx], torch.int64, device))

@@ -3,7 +3,6 @@
 from .boundary import (
     boundary_loss,
     distance_field,
-    hausdorff_distance,
     hausdorff_dt_loss,
     signed_distance_map,
 )
@@ -64,6 +63,7 @@ from .region import (
     region_stats,
     tversky_loss,
 )
+from .surface import average_surface_distance, hausdorff_distance, surface_dice
 
 __all__ = [
     "BCEDiceLoss",
@@ -86,6 +86,7 @@ __all__ = [
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
     "TverskyLoss",
+    "average_surface_distance",
     "bce_dice_loss",
     "binary_cross_entropy_with_logits",
     "boundary_loss",
@@ -119,6 +120,7 @@ __all__ = [
     "segmentation_metrics",
     "sigmoid_focal_loss",
     "signed_distance_map",
+    "surface_dice",
     "softmax_focal_loss",
     "tversky_loss",
 ]

@@ -1,5 +1,5 @@
-"""Boundary loss (Kervadec et al.) and the signed distance map it needs, the HD-DT loss,
-and the Hausdorff distance metric (HD, HD95).
+"""Boundary loss (Kervadec et al.) and the signed distance map it needs, and the HD-DT
+loss (the surface-distance metrics are in ``surface.py``).
 
 The map is computed on the CPU with scipy's exact Euclidean distance transform; it
 carries no gradient. Pass a precomputed ``dist_map`` to skip that step.
@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+from scipy.ndimage import distance_transform_edt
 
 from ._common import (
     acc_dtype,
@@ -25,11 +25,9 @@ from ._common import (
     check_num_classes,
     check_number,
     check_numbers,
-    label_mask,
     mask_shape,
     not_ignored,
 )
-from .metrics import _pred_labels
 
 
 def check_spacing(spacing: Sequence[float] | None, nd: int) -> tuple[float, ...]:
@@ -288,82 +286,3 @@ def hausdorff_dt_loss(
     d_pred = _each_map(_field, (pred & valid).cpu().numpy(), spacing, logits.device)
     weight = dist_map.to(x.dtype) ** alpha + d_pred**alpha
     return hausdorff_terms(logits, target, mode, idx, weight, ignore_index, reduction)
-
-
-def check_percentile(percentile: object) -> float | None:
-    """``percentile`` as a float in ``[0, 100]``, or None (the maximum)."""
-    if percentile is None:
-        return None
-    value = check_number("percentile", percentile)
-    if not 0 <= value <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    return value
-
-
-def measured_classes(classes: Sequence[int] | None, C: int) -> list[int]:
-    """The classes a metric reports, in order: ``classes`` checked against ``[0, C)``
-    (repeats allowed), every class by default."""
-    return list(range(C)) if classes is None else check_class_indices("classes", classes, C)
-
-
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """The pixels of ``mask`` with a face neighbour outside it (or outside the image)."""
-    cross = generate_binary_structure(mask.ndim, 1)
-    return mask & ~binary_erosion(mask, structure=cross, border_value=0)
-
-
-def _directed(
-    edges: np.ndarray, to: np.ndarray, percentile: float | None, spacing: Sequence[float]
-) -> float:
-    if not (edges.any() and to.any()):
-        return math.nan if edges.any() == to.any() else math.inf
-    d = distance_transform_edt(~to, sampling=spacing)[edges]
-    return float(d.max() if percentile is None else np.percentile(d, percentile))
-
-
-def hausdorff_distance(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    percentile: float | None = None,
-    directed: bool = False,
-    spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
-    classes: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Hausdorff distance between the predicted and target surface of every image and
-    measured class: float64 ``[B, K]``, column k for class ``classes[k]`` (every class,
-    ``K = C``, by default; a class may be listed twice).
-
-    A class's mask is ``label == c`` over the pixels whose target is not ``ignore_index``
-    (an ignored pixel belongs to no class in either mask); its surface is the mask's
-    pixels with a face neighbour (4 in 2-D, 6 in 3-D) outside the mask or the image
-    (``mask & ~binary_erosion(mask)``). The directed distance from surface P to surface G
-    is the maximum, or the ``percentile`` (0-100, linear interpolation as
-    ``numpy.percentile``; 95 gives HD95), over the pixels of P of the Euclidean distance
-    (in units of ``spacing`` per axis) to the nearest pixel of G. The result is that of
-    prediction to target when ``directed``, else the larger of both directions.
-
-    Absent classes, in either mode: NaN when the class is in neither mask (left out of a
-    ``nanmean``), ``inf`` when it is in only one (a missed or spurious class).
-
-    preds: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (argmax over dim 1).
-    Labels are checked against ``[0, C)`` whichever classes are measured.
-    """
-    check_num_classes(num_classes)
-    valid = label_mask(target, num_classes, ignore_index)
-    if target.dim() < 2:
-        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
-    percentile = check_percentile(percentile)
-    spacing = check_spacing(spacing, target.dim() - 1)
-    idx = measured_classes(classes, num_classes)
-    pred = _pred_labels(preds, target, num_classes)
-    valid = valid.cpu().numpy()
-    labels = [np.where(valid, t.cpu().long().numpy(), -1) for t in (pred, target)]
-    out = np.empty((target.shape[0], len(idx)))
-    for b, k in np.ndindex(*out.shape):
-        p, g = (_edges(x[b] == idx[k]) for x in labels)
-        out[b, k] = _directed(p, g, percentile, spacing)
-        if not directed:
-            out[b, k] = np.fmax(out[b, k], _directed(g, p, percentile, spacing))
-    return torch.from_numpy(out).to(target.device)

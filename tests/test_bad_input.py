@@ -221,6 +221,10 @@ def test_bad_flags_of_metrics_are_named():
         (ker.confusion_matrix, (y, y, 3)),
         (ker.segmentation_metrics, (y, y, 3)),
         (ker.signed_distance_map, (y, 3)),
+        (ref.hausdorff_distance, (y, y, 3)),
+        (ker.hausdorff_distance, (y, y, 3)),
+        (ref.average_surface_distance, (y, y, 3)),
+        (ker.average_surface_distance, (y, y, 3)),
     ]
     for fn, args in calls:
         flags = _flag_options(fn)

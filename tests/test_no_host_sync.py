@@ -66,11 +66,17 @@ def test_metrics_do_not_sync(gen):
     logits = torch.randn(2, 4, 9, 11, generator=gen).to(DEVICE)
     target = torch.randint(0, 4, (2, 9, 11), generator=gen).to(DEVICE)
     stream = ker.StreamingMetrics(4, ignore_index=255, average="image")
-    ker.hausdorff_distance(logits, target, 4, 95, validate=False)
+    warm_up = {"classes": [3, 1], "validate": False}  # list options reach the device first
+    ker.hausdorff_distance(logits, target, 4, 95, **warm_up)
+    ker.surface_dice(logits, target, 4, [1.0, 0.5, 2.0, 1.5], **warm_up)
+    ker.average_surface_distance(logits, target, 4, **warm_up)
     with _Syncs() as syncs:
         ker.confusion_matrix(logits, target, 4, 255, validate=False)
         ker.confusion_matrix(logits.argmax(1), target, 4, per_image=True, validate=False)
         stream.update(logits, target)
         ker.hausdorff_distance(logits, target, 4, 95, validate=False)
         ker.hausdorff_distance(logits, target, 4, directed=True, validate=False)
+        ker.hausdorff_distance(logits, target, 4, 95, **warm_up)
+        ker.average_surface_distance(logits, target, 4, **warm_up)
+        ker.surface_dice(logits, target, 4, [1.0, 0.5, 2.0, 1.5], **warm_up)
     assert not syncs.seen, syncs.seen

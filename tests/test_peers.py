@@ -185,6 +185,37 @@ def test_monai_hausdorff_distance(spatial, spacing, gen):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("spatial", "spacing"),
+    [((30, 41), (0.7, 1.3)), ((9, 12, 14), (2.0, 1.0, 0.5))],
+    ids=["2d", "3d"],
+)
+def test_monai_surface_distance_and_surface_dice(spatial, spacing, gen):
+    """MONAI's compute_average_surface_distance (``symmetric=True`` is our default,
+    ``False`` our ``directed``) and compute_surface_dice (``class_thresholds`` is our
+    ``tolerance``) are ours, absent classes included (inf, and 0 for the surface Dice)."""
+    from monai.metrics import compute_average_surface_distance, compute_surface_dice
+
+    C = 3
+    pred, target = (smooth_labels(gen, C, (2, *spatial)) for _ in range(2))
+    pred[0][pred[0] == 2] = 1  # class 2 missed in image 0
+    one_hot = [F.one_hot(t, C).movedim(-1, 1) for t in (pred, target)]
+    tolerance = [1.25, 2.1, 0.8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for symmetric in (True, False):
+            theirs = compute_average_surface_distance(
+                *one_hot, True, symmetric=symmetric, spacing=spacing
+            )
+            ours = ref.average_surface_distance(pred, target, C, not symmetric, spacing)
+            torch.testing.assert_close(ours, theirs.double(), rtol=1e-5, atol=1e-5)
+            assert ours[0, 2] == torch.inf
+        theirs = compute_surface_dice(*one_hot, tolerance[1:], spacing=spacing)
+    ours = ref.surface_dice(pred, target, C, tolerance, spacing, classes=[1, 2])
+    torch.testing.assert_close(ours, theirs.double(), rtol=1e-5, atol=1e-5)
+    assert ours[0, 1] == 0
+
+
 # --- kornia 0.9.0 ----------------------------------------------------------------------
 
 

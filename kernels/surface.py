@@ -1,0 +1,243 @@
+"""Surface-distance metrics on the GPU: Hausdorff distance (HD, HD95), average surface
+distance (ASD / ASSD) and normalised surface Dice (NSD), with the semantics of
+``segtriton.reference.surface`` and float32 results.
+
+How they are computed, with no Python loop over images or classes and no float atomics
+(deterministic):
+
+- The surfaces of all classes come from one label map per input (a pixel is on the
+  surface of its own class at most, ``_surface_labels``), and each surface pixel gets the
+  slot of its class among the K distinct measured classes (K for none).
+- The distance from every pixel to each measured class's surface of the other input is
+  the GPU EDT of ``boundary.py`` (float32 ``[B, K, *S]`` squared distances, exact
+  integers for unit spacing); at most two such buffers are live (one transform at a
+  time), so ``classes`` bounds the memory as well as the work.
+- Each surface pixel's distance is gathered from its class's map, then sorted per image
+  and stably by slot, so each class's distances lie together in ascending order
+  (``_sorted_distances``). A percentile interpolates between two of them; sums and counts
+  within a tolerance come from one program per (image, class) that adds its run in a
+  fixed order (``_surface_stats_kernel``).
+- ``validate`` (default True) reads whether any label lies outside ``[0, C)`` (one
+  scalar host sync) and raises ``ValueError``; with ``validate=False`` such a pixel
+  belongs to no class and nothing waits for the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from segtriton.reference import surface as ref_surface
+from segtriton.reference._common import check_ignore_index, device_constant, not_ignored
+from segtriton.reference.boundary import check_spacing
+
+from ._runtime import kernel_api
+from ._surface_kernels import _surface_stats_kernel
+from .boundary import _distinct, _transform
+from .metrics import _check as _metric_check
+from .metrics import _raise_if_bad
+
+_STATS_BLOCK = 1024
+
+
+def _surface_labels(cls: torch.Tensor) -> torch.Tensor:
+    """int32 ``[B, *S]`` from class labels ``cls`` (-1: no class): a pixel's class where it
+    lies on that class's surface (a face neighbour of another class, of no class or
+    outside the image), else -1."""
+    padded = torch.nn.functional.pad(cls, [1, 1] * (cls.dim() - 1), value=-1)
+    edge = torch.zeros_like(cls, dtype=torch.bool)
+    for axis in range(1, cls.dim()):
+        for start in (0, 2):
+            window = [slice(None)] + [slice(1, n + 1) for n in cls.shape[1:]]
+            window[axis] = slice(start, start + cls.shape[axis])
+            edge |= padded[tuple(window)] != cls
+    return torch.where(edge, cls, -1)
+
+
+def _groups(key: torch.Tensor, K: int) -> torch.Tensor:
+    """int64 ``[B, K]``: how many pixels of each row of ``key`` (``[B, P]``, values in
+    ``[0, K]``, K for none) hold each value below K, from the sorted keys (no
+    ``bincount``, whose output size would need a host sync)."""
+    values = torch.arange(K + 1, device=key.device).expand(key.shape[0], K + 1).contiguous()
+    return torch.searchsorted(key.sort(dim=1).values, values).diff(dim=1)
+
+
+def _sorted_distances(key: torch.Tensor, to_map: torch.Tensor) -> torch.Tensor:
+    """float64 ``[B, P]``: the distance of each surface pixel (``key``: its slot, K for
+    none) to the other surface, whose squared distances are ``to_map [B, K, *S]``
+    (inf where that surface is empty), sorted, then stably by slot: each slot's
+    distances lie together in ascending order, those of no surface (inf) last."""
+    B, K = to_map.shape[:2]
+    d2 = to_map.reshape(B, K, -1).gather(1, key.clamp(max=K - 1).unsqueeze(1)).squeeze(1)
+    d, order = torch.where(key < K, d2.sqrt(), math.inf).sort(dim=1)
+    return d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices).double()
+
+
+def _first(count: torch.Tensor) -> torch.Tensor:
+    """Where each slot's run starts in a row of :func:`_sorted_distances`."""
+    return count.cumsum(1) - count
+
+
+def _percentile(d: torch.Tensor, count: torch.Tensor, percentile: float | None) -> torch.Tensor:
+    """float64 ``[B, K]``: the ``percentile`` (the maximum for None) of each slot's run of
+    ``d``, interpolated linearly between ranks as ``numpy.percentile`` (any value for an
+    empty run)."""
+    first, top = _first(count), (count - 1).clamp(min=0)  # top: the last rank of a run
+    pos = top * ((100.0 if percentile is None else percentile) / 100)
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, top)
+    last = d.shape[1] - 1
+    below, above = (d.gather(1, (first + k).clamp(max=last)) for k in (lo, hi))
+    return below + (pos - lo) * (above - below)
+
+
+def _stats(
+    d: torch.Tensor, count: torch.Tensor, tol: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum, within)`` ``[B, K]`` of each slot's run of ``d``: float64 sum of the
+    distances and int64 count of those at most ``tol[k]``."""
+    B, K = count.shape
+    total = torch.empty(B, K, dtype=torch.float64, device=d.device)
+    within = torch.empty(B, K, dtype=torch.int64, device=d.device)
+    _surface_stats_kernel[(B * K,)](
+        d, _first(count), count.contiguous(), tol, total, within, d.shape[1], K,
+        BLOCK=_STATS_BLOCK,
+    )  # fmt: skip
+    return total, within
+
+
+@dataclass
+class _Surfaces:
+    """The surfaces of prediction (index 0) and target (1) of the measured classes:
+    ``labels`` int32 ``[B, *S]`` (:func:`_surface_labels`), ``keys`` each pixel's slot
+    ``[B, P]``, ``counts`` surface pixels per slot ``[B, K]``; ``idx`` the measured
+    classes (the result's columns), ``uniq`` the distinct ones (the slots)."""
+
+    idx: list[int]
+    uniq: list[int]
+    spacing: list[float]
+    labels: list[torch.Tensor]
+    keys: list[torch.Tensor]
+    counts: list[torch.Tensor]
+
+    def to_other(self, side: int) -> torch.Tensor:
+        """:func:`_sorted_distances` from this side's surface pixels to the other's."""
+        other = self.labels[1 - side]
+        B, *spatial = other.shape
+        table = device_constant(self.uniq, torch.int32, other.device)
+        shape = (B * len(self.uniq), *spatial)
+        to_map = _transform(other.contiguous(), shape, table, None, self.spacing)
+        return _sorted_distances(self.keys[side], to_map.view(B, -1, *spatial))
+
+    def finish(self, value: torch.Tensor, one_sided: float) -> torch.Tensor:
+        """float32 ``[B, len(idx)]``: ``value`` where both surfaces of a class have pixels,
+        ``one_sided`` where one has, NaN where neither has."""
+        n_p, n_g = (c > 0 for c in self.counts)
+        out = torch.where(n_p & n_g, value, torch.where(n_p | n_g, one_sided, math.nan))
+        out = out.float()
+        if self.idx == self.uniq:
+            return out
+        rank = {c: k for k, c in enumerate(self.uniq)}
+        columns = device_constant([rank[c] for c in self.idx], torch.int64, out.device)
+        return out.index_select(1, columns)
+
+
+def _surfaces(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    spacing: Sequence[float] | None,
+    ignore_index: int | None,
+    classes: Sequence[int] | None,
+    validate: bool,
+) -> _Surfaces:
+    """The checks every surface metric makes, then the surfaces of both inputs."""
+    logits = _metric_check(preds, target, num_classes)
+    check_ignore_index(ignore_index, labels=True)
+    spacing = list(check_spacing(spacing, target.dim() - 1))
+    idx = ref_surface.measured_classes(classes, num_classes)
+    pred = preds.argmax(dim=1) if logits else preds
+    valid = not_ignored(target, ignore_index)
+    t_in = (target >= 0) & (target < num_classes)
+    p_in = (pred >= 0) & (pred < num_classes)
+    if validate:
+        _raise_if_bad((valid & ~t_in).sum() + (~p_in).sum(), num_classes, ignore_index)
+    uniq = _distinct(idx)
+    K, B = len(uniq), target.shape[0]
+    rank = {c: k for k, c in enumerate(uniq)}
+    lookup = [rank.get(c, K) for c in range(num_classes)] + [K]
+    slot = device_constant(lookup, torch.int64, target.device)
+    labels, keys, counts = [], [], []
+    for x, ok in ((pred, p_in), (target, t_in)):
+        labels.append(_surface_labels(torch.where(valid & ok, x.to(torch.int32), -1)))
+        keys.append(slot[labels[-1].reshape(B, -1).long()])  # -1 (none) reads slot[C] = K
+        counts.append(_groups(keys[-1], K))
+    return _Surfaces(idx, uniq, spacing, labels, keys, counts)
+
+
+@kernel_api
+def hausdorff_distance(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    percentile: float | None = None,
+    directed: bool = False,
+    spacing: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Hausdorff distance (HD, or HD95 with ``percentile=95``) of every image and measured
+    class, float32 ``[B, K]``; semantics of ``segtriton.reference.hausdorff_distance``,
+    computation in the module docstring."""
+    percentile = ref_surface.check_percentile(percentile)
+    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, validate)
+    dist = _percentile(s.to_other(0), s.counts[0], percentile)
+    if not directed:
+        dist = torch.fmax(dist, _percentile(s.to_other(1), s.counts[1], percentile))
+    return s.finish(dist, math.inf)
+
+
+@kernel_api
+def average_surface_distance(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    directed: bool = False,
+    spacing: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Average (symmetric) surface distance of every image and measured class, float32
+    ``[B, K]``; semantics of ``segtriton.reference.average_surface_distance``, computation
+    in the module docstring."""
+    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, validate)
+    zero = device_constant([0.0] * len(s.uniq), torch.float64, target.device)
+    sides = (0,) if directed else (0, 1)
+    total = sum(_stats(s.to_other(i), s.counts[i], zero)[0] for i in sides)
+    return s.finish(total / sum(s.counts[i] for i in sides), math.inf)
+
+
+@kernel_api
+def surface_dice(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    tolerance: float | Sequence[float],
+    spacing: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Normalised surface Dice of every image and measured class, float32 ``[B, K]``;
+    semantics of ``segtriton.reference.surface_dice``, computation in the module
+    docstring."""
+    tau = ref_surface.check_tolerance(tolerance, num_classes)
+    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, validate)
+    tol = device_constant([tau[c] for c in s.uniq], torch.float64, target.device)
+    within = sum(_stats(s.to_other(i), s.counts[i], tol)[1] for i in (0, 1))
+    return s.finish(within / (s.counts[0] + s.counts[1]), 0.0)

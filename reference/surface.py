@@ -1,0 +1,198 @@
+"""Surface-distance metrics of a segmentation, per image and class: the Hausdorff distance
+(HD, HD95), the average surface distance (ASD / ASSD) and the normalised surface Dice
+(NSD), computed with scipy's exact distance transform on the CPU in float64.
+
+Shared semantics. A class's mask is ``label == c`` over the pixels whose target is not
+``ignore_index`` (an ignored pixel belongs to no class in either mask). Its surface is
+the mask's pixels with a face neighbour (4 in 2-D, 6 in 3-D) outside the mask or the
+image (``mask & ~binary_erosion(mask)``). The distance from a surface pixel to the
+other surface is Euclidean, in units of ``spacing`` per axis, to the nearest pixel of
+that surface. ``preds``: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (argmax
+over dim 1); labels are checked against ``[0, C)`` whichever classes are measured.
+``classes``: the classes measured, column k for ``classes[k]`` (every class by default;
+a class may be listed twice). Each metric returns float64 ``[B, K]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+
+from ._common import (
+    check_class_indices,
+    check_num_classes,
+    check_number,
+    checks_flags,
+    label_mask,
+)
+from .boundary import check_spacing
+from .metrics import _pred_labels
+
+
+def check_percentile(percentile: object) -> float | None:
+    """``percentile`` as a float in ``[0, 100]``, or None (the maximum)."""
+    if percentile is None:
+        return None
+    value = check_number("percentile", percentile)
+    if not 0 <= value <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    return value
+
+
+def measured_classes(classes: Sequence[int] | None, C: int) -> list[int]:
+    """The classes a metric reports, in order: ``classes`` checked against ``[0, C)``
+    (repeats allowed), every class by default."""
+    return list(range(C)) if classes is None else check_class_indices("classes", classes, C)
+
+
+def check_tolerance(tolerance: object, C: int) -> list[float]:
+    """``tolerance`` as C finite numbers ``>= 0``: one number for every class, or C of
+    them (a sequence or a CPU tensor)."""
+    if isinstance(tolerance, torch.Tensor):
+        tolerance = tolerance.tolist() if tolerance.device.type == "cpu" else tolerance
+    many = isinstance(tolerance, (Sequence, np.ndarray)) and not isinstance(tolerance, str)
+    if many and len(tolerance) != C:
+        raise ValueError(f"tolerance needs one number or {C}, one per class; got {tolerance!r}")
+    return [check_number("tolerance", v) for v in (tolerance if many else [tolerance] * C)]
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` with a face neighbour outside it (or outside the image)."""
+    cross = generate_binary_structure(mask.ndim, 1)
+    return mask & ~binary_erosion(mask, structure=cross, border_value=0)
+
+
+def _distances(edges: np.ndarray, to: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """The distance from each pixel of ``edges`` to the nearest pixel of ``to`` (inf when
+    ``to`` is empty)."""
+    if not to.any():
+        return np.full(int(edges.sum()), math.inf)
+    return distance_transform_edt(~to, sampling=spacing)[edges]
+
+
+def _per_class(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    spacing: Sequence[float] | None,
+    ignore_index: int | None,
+    classes: Sequence[int] | None,
+    measure: Callable[[np.ndarray, np.ndarray, tuple[float, ...], int], float],
+) -> torch.Tensor:
+    """``measure(surface of the prediction, surface of the target, spacing, class)`` for
+    every image and measured class, as float64 ``[B, K]``."""
+    check_num_classes(num_classes)
+    valid = label_mask(target, num_classes, ignore_index)
+    if target.dim() < 2:
+        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
+    spacing = check_spacing(spacing, target.dim() - 1)
+    idx = measured_classes(classes, num_classes)
+    pred = _pred_labels(preds, target, num_classes)
+    valid = valid.cpu().numpy()
+    labels = [np.where(valid, t.cpu().long().numpy(), -1) for t in (pred, target)]
+    out = np.empty((target.shape[0], len(idx)))
+    for b, k in np.ndindex(*out.shape):
+        out[b, k] = measure(*(_edges(x[b] == idx[k]) for x in labels), spacing, idx[k])
+    return torch.from_numpy(out).to(target.device)
+
+
+def _absent(p: np.ndarray, g: np.ndarray) -> float | None:
+    """NaN for a class in neither mask, inf for one in only one (a missed or spurious
+    class), None when both surfaces have pixels."""
+    if p.any() and g.any():
+        return None
+    return math.nan if p.any() == g.any() else math.inf
+
+
+@checks_flags
+def hausdorff_distance(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    percentile: float | None = None,
+    directed: bool = False,
+    spacing: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Hausdorff distance between the predicted surface P and the target surface G of
+    every image and measured class (module docstring), float64 ``[B, K]``.
+
+    The directed distance from P to G is the maximum, or the ``percentile`` (0-100,
+    linear interpolation as ``numpy.percentile``; 95 gives HD95), over the pixels of P of
+    their distance to G. The result is that of prediction to target when ``directed``,
+    else the larger of both directions. A class in neither mask gives NaN (left out of a
+    ``nanmean``), one in only one mask inf, in either mode.
+    """
+    percentile = check_percentile(percentile)
+
+    def one_way(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...]) -> float:
+        d = _distances(p, g, spacing)
+        return float(d.max() if percentile is None else np.percentile(d, percentile))
+
+    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> float:
+        absent = _absent(p, g)
+        if absent is not None:
+            return absent
+        hd = one_way(p, g, spacing)
+        return hd if directed else max(hd, one_way(g, p, spacing))
+
+    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, measure)
+
+
+@checks_flags
+def average_surface_distance(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    directed: bool = False,
+    spacing: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Average surface distance of every image and measured class (module docstring),
+    float64 ``[B, K]``: the mean, over the pixels of the predicted surface P and the
+    target surface G together, of each one's distance to the other surface (the average
+    symmetric surface distance, ASSD), or with ``directed`` over the pixels of P only,
+    their distance to G (ASD). A class in neither mask gives NaN, one in only one inf.
+    """
+
+    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> float:
+        absent = _absent(p, g)
+        if absent is not None:
+            return absent
+        d = [_distances(p, g, spacing)] + ([] if directed else [_distances(g, p, spacing)])
+        return float(np.concatenate(d).mean())
+
+    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, measure)
+
+
+def surface_dice(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    tolerance: float | Sequence[float],
+    spacing: Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Normalised surface Dice (NSD) of every image and measured class (module
+    docstring), float64 ``[B, K]``: the fraction of the pixels of the predicted surface P
+    and the target surface G, together, that lie within ``tolerance`` (distance <= tau_c,
+    in the units of ``spacing``) of the other surface. ``tolerance``: one number, or C
+    (``tau_c`` for class c). A class in neither mask gives NaN, one in only one 0.
+    """
+    check_num_classes(num_classes)
+    tau = check_tolerance(tolerance, num_classes)
+
+    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> float:
+        if not (p.any() or g.any()):
+            return math.nan
+        d = np.concatenate([_distances(p, g, spacing), _distances(g, p, spacing)])
+        return float((d <= tau[c]).mean())
+
+    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, measure)
