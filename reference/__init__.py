@@ -23,6 +23,7 @@ from .metrics import (
     metrics_from_confusion,
     metrics_from_counts,
     pixel_accuracy,
+    precision_per_class,
     segmentation_metrics,
 )
 from .modules import (
@@ -116,6 +117,7 @@ __all__ = [
     "metrics_from_confusion",
     "metrics_from_counts",
     "pixel_accuracy",
+    "precision_per_class",
     "region_stats",
     "segmentation_metrics",
     "sigmoid_focal_loss",

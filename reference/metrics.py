@@ -93,6 +93,12 @@ def class_accuracy(cm: torch.Tensor) -> torch.Tensor:
     return _ratio(cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1))
 
 
+def precision_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class precision ``TP / (TP + FP)``: ``diag / col``, float64 ``[..., C]`` (NaN for
+    a class never predicted)."""
+    return _ratio(cm.diagonal(dim1=-2, dim2=-1), cm.sum(-2))
+
+
 def pixel_accuracy(cm: torch.Tensor) -> torch.Tensor:
     """Correct pixels over counted pixels: ``trace / total`` (NaN when nothing is counted)."""
     return _ratio(cm.diagonal(dim1=-2, dim2=-1).sum(-1), cm.sum((-2, -1)))
@@ -105,7 +111,8 @@ def segmentation_metrics(
     ignore_index: int | None = None,
     average: str = "dataset",
 ) -> dict[str, torch.Tensor]:
-    """IoU, mIoU, Dice, mean Dice, pixel accuracy and mean class accuracy.
+    """IoU, mIoU, Dice (the F1 score), mean Dice, precision, mean precision, pixel accuracy,
+    class accuracy (recall) and mean class accuracy.
 
     average='dataset': one confusion matrix over every pixel of the batch; per-class
       values come from it and means are ``nanmean`` over classes (mmseg's IoUMetric,
@@ -133,6 +140,7 @@ def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     'image', the same rules of means)."""
     tp, target, pred = counts.unbind(-2)
     iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
+    precision = _ratio(tp, pred)
     out = {
         "iou": iou,
         "miou": iou.nanmean(-1),
@@ -140,11 +148,13 @@ def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
         "mdice": dice.nanmean(-1),
         "class_accuracy": acc,
         "mean_class_accuracy": acc.nanmean(-1),
+        "precision": precision,
+        "mean_precision": precision.nanmean(-1),
         "pixel_accuracy": _ratio(tp.sum(-1), target.sum(-1)),
     }
     if counts.dim() == 3:
-        for key in ("iou", "dice", "class_accuracy"):
+        for key in ("iou", "dice", "class_accuracy", "precision"):
             out[key] = out[key].nanmean(0)
-        for key in ("miou", "mdice", "mean_class_accuracy", "pixel_accuracy"):
+        for key in ("miou", "mdice", "mean_class_accuracy", "mean_precision", "pixel_accuracy"):
             out[key] = out[key].nanmean()
     return out

@@ -44,6 +44,9 @@ def test_metric_formulas_on_a_hand_matrix():
     assert dice[0].item() == 10 / 13 and dice[1].item() == 6 / 9
     acc = ref.class_accuracy(cm)
     assert acc[0].item() == 5 / 6 and acc[1].item() == 3 / 5 and math.isnan(acc[2].item())
+    precision = ref.precision_per_class(cm)
+    assert precision[0].item() == 5 / 7 and precision[1].item() == 3 / 4
+    assert math.isnan(precision[2].item())
     assert ref.pixel_accuracy(cm).item() == 8 / 11
 
 
@@ -62,6 +65,7 @@ def test_predicted_but_absent_class_scores_zero():
     m = ref.segmentation_metrics(pred, target, num_classes=3)
     assert m["iou"][2].item() == 0.0 and math.isnan(m["iou"][1])
     assert math.isnan(m["class_accuracy"][2])
+    assert m["precision"][2].item() == 0.0 and math.isnan(m["precision"][1])
 
 
 def test_image_average_differs_from_dataset_average():

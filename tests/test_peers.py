@@ -323,7 +323,10 @@ def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
     from torchmetrics.classification import (
         MulticlassAccuracy,
         MulticlassConfusionMatrix,
+        MulticlassF1Score,
         MulticlassJaccardIndex,
+        MulticlassPrecision,
+        MulticlassRecall,
     )
 
     logits = torch.randn(2, C, *spatial, generator=gen)
@@ -342,3 +345,11 @@ def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
     torch.testing.assert_close(m["miou"], macro.to(D), **TOL)
     micro = MulticlassAccuracy(average="micro", **kw)(pred, y)
     torch.testing.assert_close(m["pixel_accuracy"], micro.to(D), **TOL)
+    # per class, where both define it (they give 0 where we give NaN)
+    for key, metric in [("precision", MulticlassPrecision), ("class_accuracy", MulticlassRecall),
+                        ("dice", MulticlassF1Score)]:  # fmt: skip
+        theirs = metric(average="none", **kw)(pred, y).to(D)
+        ours = m[key]
+        defined = ~torch.isnan(ours)
+        assert defined.any() and (theirs[~defined] == 0).all(), key
+        torch.testing.assert_close(ours[defined], theirs[defined], **TOL)
