@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from kernel_checks import DEVICE, smooth_labels
+from kernel_checks import DEVICE, smooth_labels, to_channels_last
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -59,15 +59,17 @@ def test_matches_reference(name, C, shape, spacing, gen):
 
 @pytest.mark.parametrize("name", METRICS)
 def test_logits_noise_and_label_dtypes(name, gen):
-    """Logits (argmax as in ``confusion_matrix``), salt-and-pepper labels (surfaces nearly
-    everywhere), uint8 and int16 labels, a single class; the same result twice."""
+    """Logits (argmax as in ``confusion_matrix``; channels_last read in place), salt-and-
+    pepper labels (surfaces nearly everywhere), uint8 and int16 labels, transposed
+    labels, a single class; the same result twice."""
     opts = option_sets(name, 3, gen)[0]
     target = torch.randint(0, 3, (2, 13, 17), generator=gen)
     logits = torch.randn(2, 3, 13, 17, generator=gen)
-    first = check(name, logits, target.to(torch.uint8), 3, **opts)
+    first = check(name, to_channels_last(logits), target.to(torch.uint8), 3, **opts)
     again = getattr(ker, name)(logits.to(DEVICE), target.to(DEVICE), 3, **opts).cpu()
     torch.testing.assert_close(again, first, rtol=0, atol=0, equal_nan=True)  # deterministic
     check(name, logits.argmax(1).to(torch.int16), target, 3, **opts)
+    check(name, logits.argmax(1).mT.contiguous().mT, target, 3, **opts)
     one = torch.zeros(1, 5, 6, dtype=torch.int64)
     perfect = 1.0 if name == "surface_dice" else 0.0
     assert check(name, one, one, 1, **option_sets(name, 1, gen)[0]).tolist() == [[perfect]]
