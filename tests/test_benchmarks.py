@@ -13,7 +13,9 @@ against the scipy reference, and the Lovasz sort's share.
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 
 import pytest
 import torch
@@ -269,41 +271,72 @@ def test_signed_map_from_labels(benchmark, benchmark_case_signed_map, versions):
     benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)), classes=C)
 
 
+SURFACE_METRICS = ("hd95", "assd", "nsd")
+
+
 @pytest.fixture(
-    params=[(p, *c) for c in SIGNED_MAP_CASES for p in ("triton", "reference", "monai")],
-    ids=lambda c: f"{c[0]}-C{c[2]}-{'x'.join(map(str, c[1]))}",
+    params=[
+        (p, m, *c)
+        for c in SIGNED_MAP_CASES
+        for m in SURFACE_METRICS
+        for p in ("triton", "reference", "monai")
+        if p != "reference" or m == "hd95"  # scipy per map: the same transforms for each
+    ],
+    ids=lambda c: f"{c[0]}-{c[1]}-C{c[3]}-{'x'.join(map(str, c[2]))}",
 )
-def benchmark_case_hd95(request):
+def benchmark_case_surface(request):
     return request.param
 
 
-def test_hausdorff_distance(benchmark, benchmark_case_hd95, versions):
-    """HD95 of every (image, class) between two label maps of smooth regions: segtriton
-    (surfaces from one label map each, the GPU EDT, grouped sorts), the reference (scipy
-    per map on the CPU) and MONAI's compute_hausdorff_distance on one-hot tensors."""
+def test_surface_metrics(benchmark, benchmark_case_surface, versions):
+    """HD95, ASSD and NSD (tolerance 2) of every (image, class) between two label maps of
+    smooth regions: segtriton (surfaces from one label map each, the GPU EDT, grouped
+    sorts), the reference (scipy per map on the CPU; HD95 only) and MONAI's
+    compute_hausdorff_distance, compute_average_surface_distance and compute_surface_dice
+    on one-hot tensors."""
     from segtriton import kernels as ker
     from segtriton import reference as ref
 
-    provider, shape, C = benchmark_case_hd95
+    provider, metric, shape, C = benchmark_case_surface
     gen = torch.Generator().manual_seed(0)
     pred, target = (_region_labels(shape, C, gen) for _ in range(2))
+    ours = {
+        "hd95": {"fn": "hausdorff_distance", "percentile": 95},
+        "assd": {"fn": "average_surface_distance"},
+        "nsd": {"fn": "surface_dice", "tolerance": 2.0},
+    }[metric]
+    name = ours.pop("fn")
     if provider == "triton":
         if DEVICE.type != "cuda":
             pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
         from segtriton.bench.pytest_timer import CudaEventClock
 
         benchmark._timer = CudaEventClock()
-        fn = lambda: ker.hausdorff_distance(pred, target, C, 95, validate=False)  # noqa: E731
+        fn = functools.partial(getattr(ker, name), pred, target, C, validate=False, **ours)
     elif provider == "reference":
-        fn = lambda: ref.hausdorff_distance(pred, target, C, 95)  # noqa: E731
+        fn = functools.partial(getattr(ref, name), pred, target, C, **ours)
     else:
         metrics = pytest.importorskip("monai.metrics")
         one_hot = [torch.nn.functional.one_hot(t, C).movedim(-1, 1) for t in (pred, target)]
-        fn = lambda: metrics.compute_hausdorff_distance(*one_hot, True, percentile=95)  # noqa: E731
-    benchmark.group = f"hd95 C{C} {'x'.join(map(str, shape))}"
-    benchmark.pedantic(fn, rounds=5 if provider == "triton" else 2, warmup_rounds=1)
+        fn = {
+            "hd95": functools.partial(
+                metrics.compute_hausdorff_distance, *one_hot, True, percentile=95
+            ),
+            "assd": functools.partial(
+                metrics.compute_average_surface_distance, *one_hot, True, symmetric=True
+            ),
+            "nsd": functools.partial(
+                metrics.compute_surface_dice, *one_hot, [2.0] * C, include_background=True
+            ),
+        }[metric]
+    benchmark.group = f"{metric} C{C} {'x'.join(map(str, shape))}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns of every class missing from a map
+        benchmark.pedantic(fn, rounds=5 if provider == "triton" else 2, warmup_rounds=1)
     benchmark.extra_info.update(versions)
-    benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)), classes=C)
+    benchmark.extra_info.update(
+        provider=provider, metric=metric, shape="x".join(map(str, shape)), classes=C
+    )
 
 
 LOVASZ_SHAPES = ([8, 19, 512, 1024], [16, 150, 512, 512])
