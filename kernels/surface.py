@@ -5,33 +5,42 @@ distance (ASD / ASSD) and normalised surface Dice (NSD), with the semantics of
 How they are computed, with no Python loop over images or classes and no float atomics
 (deterministic):
 
-- The surfaces of all classes come from one label map per input (a pixel is on the
-  surface of its own class at most, ``_surface_labels``), and each surface pixel gets the
-  slot of its class among the K distinct measured classes (K for none).
+- Labels (``mode='multiclass'``): the surfaces of all classes come from one label map
+  per input (a pixel is on the surface of its own class at most, ``_surface_labels``),
+  and each surface pixel gets the slot of its class among the K distinct measured
+  classes (K for none). Masks (``'multilabel'``, which may overlap): each measured
+  channel's surface is a uint8 map of its own.
 - The distance from every pixel to each measured class's surface of the other input is
   the GPU EDT of ``boundary.py`` (float32 ``[B, K, *S]`` squared distances, exact
   integers for unit spacing); at most two such buffers are live (one transform at a
   time), so ``classes`` bounds the memory as well as the work.
 - Each surface pixel's distance is gathered from its class's map, then sorted per image
   and stably by slot, so each class's distances lie together in ascending order
-  (``_sorted_distances``). A percentile interpolates between two of them; sums and counts
+  (``_sorted_distances``; for masks, each (image, class) row is sorted on its own). A percentile interpolates between two of them; sums and counts
   within a tolerance come from one program per (image, class) that adds its run in a
   fixed order (``_surface_stats_kernel``).
-- ``validate`` (default True) reads whether any label lies outside ``[0, C)`` (one
-  scalar host sync) and raises ``ValueError``; with ``validate=False`` such a pixel
-  belongs to no class and nothing waits for the device.
+- ``validate`` (default True) reads whether any label lies outside ``[0, C)``, or any
+  mask value is not 0, 1 (or ``ignore_index``) (one scalar host sync) and raises
+  ``ValueError``; with ``validate=False`` such a pixel belongs to no class (a nonzero
+  integer prediction to its mask) and nothing waits for the device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from segtriton.reference import surface as ref_surface
-from segtriton.reference._common import check_ignore_index, device_constant, not_ignored
+from segtriton.reference._common import (
+    check_choice,
+    check_ignore_index,
+    check_num_classes,
+    device_constant,
+    not_ignored,
+)
 from segtriton.reference.boundary import check_spacing
 
 from ._runtime import kernel_api
@@ -76,16 +85,13 @@ def _sorted_distances(key: torch.Tensor, to_map: torch.Tensor) -> torch.Tensor:
     return d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices).double()
 
 
-def _first(count: torch.Tensor) -> torch.Tensor:
-    """Where each slot's run starts in a row of :func:`_sorted_distances`."""
-    return count.cumsum(1) - count
-
-
-def _percentile(d: torch.Tensor, count: torch.Tensor, percentile: float | None) -> torch.Tensor:
+def _percentile(
+    d: torch.Tensor, first: torch.Tensor, count: torch.Tensor, percentile: float | None
+) -> torch.Tensor:
     """float64 ``[B, K]``: the ``percentile`` (the maximum for None) of each slot's run of
-    ``d``, interpolated linearly between ranks as ``numpy.percentile`` (any value for an
-    empty run)."""
-    first, top = _first(count), (count - 1).clamp(min=0)  # top: the last rank of a run
+    ``d`` (ascending, ``count[b, k]`` values from ``first[b, k]``), interpolated linearly
+    between ranks as ``numpy.percentile`` (any value for an empty run)."""
+    top = (count - 1).clamp(min=0)  # the last rank of a run
     pos = top * ((100.0 if percentile is None else percentile) / 100)
     lo = pos.floor().long()
     hi = torch.minimum(lo + 1, top)
@@ -95,15 +101,16 @@ def _percentile(d: torch.Tensor, count: torch.Tensor, percentile: float | None) 
 
 
 def _stats(
-    d: torch.Tensor, count: torch.Tensor, tol: torch.Tensor
+    d: torch.Tensor, first: torch.Tensor, count: torch.Tensor, tol: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum, within)`` ``[B, K]`` of each slot's run of ``d``: float64 sum of the
-    distances and int64 count of those at most ``tol[k]``."""
+    """``(sum, within)`` ``[B, K]`` of each slot's run of ``d`` (as in
+    :func:`_percentile`): float64 sum of the distances and int64 count of those at most
+    ``tol[k]``."""
     B, K = count.shape
     total = torch.empty(B, K, dtype=torch.float64, device=d.device)
     within = torch.empty(B, K, dtype=torch.int64, device=d.device)
     _surface_stats_kernel[(B * K,)](
-        d, _first(count), count.contiguous(), tol, total, within, d.shape[1], K,
+        d, first.contiguous(), count.contiguous(), tol, total, within, d.shape[1], K,
         BLOCK=_STATS_BLOCK,
     )  # fmt: skip
     return total, within
@@ -111,26 +118,17 @@ def _stats(
 
 @dataclass
 class _Surfaces:
-    """The surfaces of prediction (index 0) and target (1) of the measured classes:
-    ``labels`` int32 ``[B, *S]`` (:func:`_surface_labels`), ``keys`` each pixel's slot
-    ``[B, P]``, ``counts`` surface pixels per slot ``[B, K]``; ``idx`` the measured
-    classes (the result's columns), ``uniq`` the distinct ones (the slots)."""
+    """The surfaces of prediction (side 0) and target (side 1) for the measured classes:
+    ``idx`` (the result's columns), ``uniq`` the distinct ones (the slots), ``counts``
+    surface pixels per side ``[B, K]``, and ``to_other(side)``: ``(d, first)``, the
+    distances of that side's surface pixels to the other surface, each slot's run
+    ascending (``d`` float64 ``[B, *]``, ``first`` int64 ``[B, K]``; see
+    :func:`_percentile`)."""
 
     idx: list[int]
     uniq: list[int]
-    spacing: list[float]
-    labels: list[torch.Tensor]
-    keys: list[torch.Tensor]
     counts: list[torch.Tensor]
-
-    def to_other(self, side: int) -> torch.Tensor:
-        """:func:`_sorted_distances` from this side's surface pixels to the other's."""
-        other = self.labels[1 - side]
-        B, *spatial = other.shape
-        table = device_constant(self.uniq, torch.int32, other.device)
-        shape = (B * len(self.uniq), *spatial)
-        to_map = _transform(other.contiguous(), shape, table, None, self.spacing)
-        return _sorted_distances(self.keys[side], to_map.view(B, -1, *spatial))
+    to_other: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
     def finish(self, value: torch.Tensor, one_sided: float) -> torch.Tensor:
         """float32 ``[B, len(idx)]``: ``value`` where both surfaces of a class have pixels,
@@ -145,37 +143,87 @@ class _Surfaces:
         return out.index_select(1, columns)
 
 
-def _surfaces(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    spacing: Sequence[float] | None,
-    ignore_index: int | None,
-    classes: Sequence[int] | None,
-    validate: bool,
-) -> _Surfaces:
-    """The checks every surface metric makes, then the surfaces of both inputs."""
+def _label_surfaces(preds, target, num_classes, ignore_index, idx, spacing, validate):
+    """:class:`_Surfaces` of label maps (or logits' argmax): the surfaces of all classes
+    in one int32 map per side, each surface pixel keyed by its class's slot."""
     logits = _metric_check(preds, target, num_classes)
     check_ignore_index(ignore_index, labels=True)
-    spacing = list(check_spacing(spacing, target.dim() - 1))
-    idx = ref_surface.measured_classes(classes, num_classes)
     pred = preds.argmax(dim=1) if logits else preds
     valid = not_ignored(target, ignore_index)
     t_in = (target >= 0) & (target < num_classes)
     p_in = (pred >= 0) & (pred < num_classes)
     if validate:
         _raise_if_bad((valid & ~t_in).sum() + (~p_in).sum(), num_classes, ignore_index)
+    spacing = list(check_spacing(spacing, target.dim() - 1))
     uniq = _distinct(idx)
-    K, B = len(uniq), target.shape[0]
+    K, (B, *spatial) = len(uniq), target.shape
     rank = {c: k for k, c in enumerate(uniq)}
     lookup = [rank.get(c, K) for c in range(num_classes)] + [K]
     slot = device_constant(lookup, torch.int64, target.device)
+    table = device_constant(uniq, torch.int32, target.device)
     labels, keys, counts = [], [], []
     for x, ok in ((pred, p_in), (target, t_in)):
         labels.append(_surface_labels(torch.where(valid & ok, x.to(torch.int32), -1)))
         keys.append(slot[labels[-1].reshape(B, -1).long()])  # -1 (none) reads slot[C] = K
         counts.append(_groups(keys[-1], K))
-    return _Surfaces(idx, uniq, spacing, labels, keys, counts)
+
+    def to_other(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (B * K, *spatial)
+        to_map = _transform(labels[1 - side].contiguous(), shape, table, None, spacing)
+        d = _sorted_distances(keys[side], to_map.view(B, K, *spatial))
+        return d, counts[side].cumsum(1) - counts[side]
+
+    return _Surfaces(idx, uniq, counts, to_other)
+
+
+def _mask_surfaces(preds, target, num_classes, ignore_index, idx, spacing, validate):
+    """:class:`_Surfaces` of multilabel masks: the measured channels' surfaces as uint8
+    ``[B * K, *S]`` maps; each (image, class) row of distances is sorted on its own."""
+    ref_surface.check_mask_inputs(preds, target, num_classes, ignore_index)
+    pred, true, bad_pred, bad_true = ref_surface.mask_values(preds, target, ignore_index)
+    if validate and int(bad_pred.sum() + bad_true.sum()):
+        raise ValueError(
+            "multilabel surface metrics need hard {0, 1} masks: preds (integer) or target "
+            f"hold other values that are not ignore_index={ignore_index}"
+        )
+    spacing = list(check_spacing(spacing, target.dim() - 2))
+    uniq = _distinct(idx)
+    K, (B, _, *spatial) = len(uniq), target.shape
+    channels = device_constant(uniq, torch.int64, target.device)
+    surfaces, counts = [], []
+    for m in (pred, true):
+        cls = torch.where(m.index_select(1, channels), 0, -1).to(torch.int32)
+        surfaces.append((_surface_labels(cls.view(B * K, *spatial)) == 0).view(torch.uint8))
+        counts.append(surfaces[-1].view(B, K, -1).sum(-1))
+    P = math.prod(spatial)
+    first = (torch.arange(K, device=target.device) * P).expand(B, K)
+
+    def to_other(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (B * K, *spatial)
+        to_map = _transform(surfaces[1 - side], shape, None, None, spacing).view(B * K, -1)
+        on = surfaces[side].view(B * K, -1) != 0
+        d = torch.where(on, to_map.sqrt(), math.inf).sort(dim=1).values
+        return d.double().view(B, K * P), first
+
+    return _Surfaces(idx, uniq, counts, to_other)
+
+
+def _surfaces(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    spacing: Sequence[float] | None,
+    ignore_index: float | None,
+    classes: Sequence[int] | None,
+    mode: str,
+    validate: bool,
+) -> _Surfaces:
+    """The checks every surface metric makes, then the surfaces of both inputs."""
+    check_num_classes(num_classes)
+    check_choice("mode", mode, ref_surface.MODES)
+    idx = ref_surface.measured_classes(classes, num_classes)
+    build = _label_surfaces if mode == "multiclass" else _mask_surfaces
+    return build(preds, target, num_classes, ignore_index, idx, spacing, validate)
 
 
 @kernel_api
@@ -186,18 +234,19 @@ def hausdorff_distance(
     percentile: float | None = None,
     directed: bool = False,
     spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
     validate: bool = True,
 ) -> torch.Tensor:
     """Hausdorff distance (HD, or HD95 with ``percentile=95``) of every image and measured
     class, float32 ``[B, K]``; semantics of ``segtriton.reference.hausdorff_distance``,
     computation in the module docstring."""
     percentile = ref_surface.check_percentile(percentile)
-    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, validate)
-    dist = _percentile(s.to_other(0), s.counts[0], percentile)
+    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, mode, validate)
+    dist = _percentile(*s.to_other(0), s.counts[0], percentile)
     if not directed:
-        dist = torch.fmax(dist, _percentile(s.to_other(1), s.counts[1], percentile))
+        dist = torch.fmax(dist, _percentile(*s.to_other(1), s.counts[1], percentile))
     return s.finish(dist, math.inf)
 
 
@@ -208,17 +257,18 @@ def average_surface_distance(
     num_classes: int,
     directed: bool = False,
     spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
     validate: bool = True,
 ) -> torch.Tensor:
     """Average (symmetric) surface distance of every image and measured class, float32
     ``[B, K]``; semantics of ``segtriton.reference.average_surface_distance``, computation
     in the module docstring."""
-    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, validate)
+    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, mode, validate)
     zero = device_constant([0.0] * len(s.uniq), torch.float64, target.device)
     sides = (0,) if directed else (0, 1)
-    total = sum(_stats(s.to_other(i), s.counts[i], zero)[0] for i in sides)
+    total = sum(_stats(*s.to_other(i), s.counts[i], zero)[0] for i in sides)
     return s.finish(total / sum(s.counts[i] for i in sides), math.inf)
 
 
@@ -229,15 +279,16 @@ def surface_dice(
     num_classes: int,
     tolerance: float | Sequence[float],
     spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
     validate: bool = True,
 ) -> torch.Tensor:
     """Normalised surface Dice of every image and measured class, float32 ``[B, K]``;
     semantics of ``segtriton.reference.surface_dice``, computation in the module
     docstring."""
     tau = ref_surface.check_tolerance(tolerance, num_classes)
-    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, validate)
+    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, mode, validate)
     tol = device_constant([tau[c] for c in s.uniq], torch.float64, target.device)
-    within = sum(_stats(s.to_other(i), s.counts[i], tol)[1] for i in (0, 1))
+    within = sum(_stats(*s.to_other(i), s.counts[i], tol)[1] for i in (0, 1))
     return s.finish(within / (s.counts[0] + s.counts[1]), 0.0)

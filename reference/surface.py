@@ -2,15 +2,21 @@
 (HD, HD95), the average surface distance (ASD / ASSD) and the normalised surface Dice
 (NSD), computed with scipy's exact distance transform on the CPU in float64.
 
-Shared semantics. A class's mask is ``label == c`` over the pixels whose target is not
-``ignore_index`` (an ignored pixel belongs to no class in either mask). Its surface is
-the mask's pixels with a face neighbour (4 in 2-D, 6 in 3-D) outside the mask or the
-image (``mask & ~binary_erosion(mask)``). The distance from a surface pixel to the
-other surface is Euclidean, in units of ``spacing`` per axis, to the nearest pixel of
-that surface. ``preds``: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (argmax
-over dim 1); labels are checked against ``[0, C)`` whichever classes are measured.
-``classes``: the classes measured, column k for ``classes[k]`` (every class by default;
-a class may be listed twice). Each metric returns float64 ``[B, K]``.
+Shared semantics. ``mode='multiclass'`` (default): ``preds`` are integer labels
+``[B, *S]`` or logits ``[B, C, *S]`` (argmax over dim 1), ``target`` integer labels
+``[B, *S]``; class c's mask is ``label == c`` over the pixels whose target is not
+``ignore_index``; labels are checked against ``[0, C)`` whichever classes are measured.
+``mode='multilabel'``: one independent mask per channel, which may overlap (BraTS's
+whole tumour, tumour core and enhancing tumour): ``preds`` ``[B, C, *S]`` are masks
+(bool, or integers 0/1) or logits (float: in the mask where positive, i.e. sigmoid above
+1/2), ``target`` ``[B, C, *S]`` hard masks (0/1, any dtype) whose ``ignore_index``
+entries are in neither mask of that channel.
+A mask's surface is its pixels with a face neighbour (4 in 2-D, 6 in 3-D) outside the
+mask or the image (``mask & ~binary_erosion(mask)``). The distance from a surface pixel
+to the other surface is Euclidean, in units of ``spacing`` per axis, to the nearest pixel
+of that surface. ``classes``: the classes (channels) measured, column k for
+``classes[k]`` (every class by default; a class may be listed twice). Each metric
+returns float64 ``[B, K]``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import torch
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from ._common import (
+    check_choice,
     check_class_indices,
+    check_ignore_index,
     check_num_classes,
     check_number,
     checks_flags,
@@ -74,29 +82,103 @@ def _distances(edges: np.ndarray, to: np.ndarray, spacing: Sequence[float]) -> n
     return distance_transform_edt(~to, sampling=spacing)[edges]
 
 
+MODES = ("multiclass", "multilabel")
+
+
+def check_mask_inputs(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: float | None
+) -> None:
+    """Multilabel inputs: preds and target of one shape ``[B, C, *S]`` with C =
+    ``num_classes``, on one device (no value reads)."""
+    for name, x in (("preds", preds), ("target", target)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    check_ignore_index(ignore_index, labels=False)
+    if preds.dim() < 3 or preds.shape[1] != num_classes:
+        raise ValueError(
+            f"multilabel preds must be [B, {num_classes}, *spatial] masks or logits, "
+            f"got shape {tuple(preds.shape)}"
+        )
+    if target.shape != preds.shape:
+        raise ValueError(
+            f"multilabel target shape {tuple(target.shape)} does not match preds "
+            f"{tuple(preds.shape)}"
+        )
+    if target.device != preds.device:
+        raise ValueError(f"preds are on {preds.device} but target on {target.device}")
+    if preds.numel() == 0:
+        raise ValueError(f"preds are empty (shape {tuple(preds.shape)})")
+
+
+def mask_values(
+    preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> tuple[torch.Tensor, ...]:
+    """``(pred, true, bad_pred, bad_true)``, bool ``[B, C, *S]``: the multilabel masks (a
+    pixel whose target is ``ignore_index`` in neither), and where an integer prediction is
+    not 0 or 1, or a target neither 0, 1 nor ``ignore_index``. Float preds are logits
+    (in the mask where positive: sigmoid above 1/2); other preds are in it where nonzero."""
+    if ignore_index is None or target.dtype == torch.bool:
+        valid = torch.ones_like(target, dtype=torch.bool)
+    else:  # as numbers: a uint8 target must not equal -100 at 156
+        valid = (target if target.is_floating_point() else target.long()) != ignore_index
+    true = valid & (target == 1)
+    bad_true = valid & ~true & (target != 0)
+    pred = valid & (preds > 0 if preds.is_floating_point() else preds != 0)
+    bad_pred = torch.zeros_like(true) if preds.is_floating_point() else (preds != 0) & (preds != 1)
+    return pred, true, bad_pred, bad_true
+
+
+def _label_masks(preds, target, num_classes, ignore_index):
+    valid = label_mask(target, num_classes, ignore_index)
+    if target.dim() < 2:
+        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
+    pred = _pred_labels(preds, target, num_classes)
+    valid = valid.cpu().numpy()
+    labels = [np.where(valid, t.cpu().long().numpy(), -1) for t in (pred, target)]
+    return lambda b, c: tuple(x[b] == c for x in labels)
+
+
+def _multilabel_masks(preds, target, num_classes, ignore_index):
+    check_mask_inputs(preds, target, num_classes, ignore_index)
+    pred, true, bad_pred, bad_true = mask_values(preds, target, ignore_index)
+    if bool(bad_true.any()):
+        value = float(target[bad_true].flatten()[0])
+        raise ValueError(
+            f"target mask holds {value}: surface metrics need hard {{0, 1}} masks "
+            f"(or ignore_index={ignore_index})"
+        )
+    if bool(bad_pred.any()):
+        value = int(preds[bad_pred].flatten()[0])
+        raise ValueError(f"integer preds must be {{0, 1}} masks, got {value}")
+    pred, true = pred.cpu().numpy(), true.cpu().numpy()
+    return lambda b, c: (pred[b, c], true[b, c])
+
+
 def _per_class(
     preds: torch.Tensor,
     target: torch.Tensor,
     num_classes: int,
     spacing: Sequence[float] | None,
-    ignore_index: int | None,
+    ignore_index: float | None,
     classes: Sequence[int] | None,
+    mode: str,
     measure: Callable[[np.ndarray, np.ndarray, tuple[float, ...], int], float],
 ) -> torch.Tensor:
     """``measure(surface of the prediction, surface of the target, spacing, class)`` for
     every image and measured class, as float64 ``[B, K]``."""
     check_num_classes(num_classes)
-    valid = label_mask(target, num_classes, ignore_index)
-    if target.dim() < 2:
-        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
-    spacing = check_spacing(spacing, target.dim() - 1)
+    check_choice("mode", mode, MODES)
+    labels = mode == "multiclass"
+    masks = (_label_masks if labels else _multilabel_masks)(
+        preds, target, num_classes, ignore_index
+    )
+    spacing = check_spacing(spacing, target.dim() - (1 if labels else 2))
     idx = measured_classes(classes, num_classes)
-    pred = _pred_labels(preds, target, num_classes)
-    valid = valid.cpu().numpy()
-    labels = [np.where(valid, t.cpu().long().numpy(), -1) for t in (pred, target)]
     out = np.empty((target.shape[0], len(idx)))
     for b, k in np.ndindex(*out.shape):
-        out[b, k] = measure(*(_edges(x[b] == idx[k]) for x in labels), spacing, idx[k])
+        out[b, k] = measure(*(_edges(m) for m in masks(b, idx[k])), spacing, idx[k])
     return torch.from_numpy(out).to(target.device)
 
 
@@ -116,8 +198,9 @@ def hausdorff_distance(
     percentile: float | None = None,
     directed: bool = False,
     spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
 ) -> torch.Tensor:
     """Hausdorff distance between the predicted surface P and the target surface G of
     every image and measured class (module docstring), float64 ``[B, K]``.
@@ -141,7 +224,7 @@ def hausdorff_distance(
         hd = one_way(p, g, spacing)
         return hd if directed else max(hd, one_way(g, p, spacing))
 
-    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, measure)
+    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
 
 
 @checks_flags
@@ -151,8 +234,9 @@ def average_surface_distance(
     num_classes: int,
     directed: bool = False,
     spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
 ) -> torch.Tensor:
     """Average surface distance of every image and measured class (module docstring),
     float64 ``[B, K]``: the mean, over the pixels of the predicted surface P and the
@@ -168,7 +252,7 @@ def average_surface_distance(
         d = [_distances(p, g, spacing)] + ([] if directed else [_distances(g, p, spacing)])
         return float(np.concatenate(d).mean())
 
-    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, measure)
+    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
 
 
 def surface_dice(
@@ -177,8 +261,9 @@ def surface_dice(
     num_classes: int,
     tolerance: float | Sequence[float],
     spacing: Sequence[float] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
 ) -> torch.Tensor:
     """Normalised surface Dice (NSD) of every image and measured class (module
     docstring), float64 ``[B, K]``: the fraction of the pixels of the predicted surface P
@@ -195,4 +280,4 @@ def surface_dice(
         d = np.concatenate([_distances(p, g, spacing), _distances(g, p, spacing)])
         return float((d <= tau[c]).mean())
 
-    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, measure)
+    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, mode, measure)

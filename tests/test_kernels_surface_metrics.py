@@ -90,6 +90,43 @@ def test_classes_are_the_columns_of_all(name, classes, gen):
         torch.testing.assert_close(some, full.cpu()[:, classes], rtol=0, atol=0, equal_nan=True)
 
 
+def nested_masks(gen, shape):
+    """int64 ``[B, 3, *S]`` masks of smooth regions nested as BraTS's whole tumour,
+    tumour core and enhancing tumour (each inside the one before)."""
+    level = smooth_labels(gen, 4, shape)  # 0: outside, 1..3: deeper
+    return torch.stack([level >= c for c in (1, 2, 3)], dim=1).long()
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing"), [((2, 19, 23), None), ((1, 7, 9, 10), (2.0, 1.0, 0.5))], ids=["2d", "3d"]
+)
+@pytest.mark.parametrize("name", METRICS)
+def test_multilabel_matches_reference(name, shape, spacing, gen):
+    """Overlapping masks (nested regions, with ignored entries), predicted as bool masks,
+    0/1 integers and logits (in the mask where positive)."""
+    target = nested_masks(gen, shape)
+    target = target.masked_fill(torch.rand(target.shape, generator=gen) < 0.05, 255)
+    pred = nested_masks(gen, shape)
+    logits = torch.randn(pred.shape, generator=gen).abs() * (2 * pred - 1)
+    opts = {"spacing": spacing, "ignore_index": 255, "mode": "multilabel"}
+    for preds, extra in [(pred.bool(), {}), (pred.to(torch.uint8), {"classes": [2, 0]}),
+                         (logits, {})]:  # fmt: skip
+        for more in option_sets(name, 3, gen)[:2]:
+            check(name, preds, target, 3, **opts, **extra, **more)
+
+
+@pytest.mark.parametrize("name", METRICS)
+def test_one_hot_masks_are_the_labels(name, gen):
+    """Disjoint masks (the one-hot of a label map) measure what the labels measure."""
+    labels = smooth_labels(gen, 4, (2, 15, 18))
+    pred = smooth_labels(gen, 4, (2, 15, 18))
+    one_hot = [torch.nn.functional.one_hot(x, 4).movedim(-1, 1) for x in (pred, labels)]
+    opts = option_sets(name, 4, gen)[0]
+    as_masks = getattr(ker, name)(*(x.to(DEVICE) for x in one_hot), 4, mode="multilabel", **opts)
+    as_labels = getattr(ker, name)(pred.to(DEVICE), labels.to(DEVICE), 4, **opts)
+    torch.testing.assert_close(as_masks, as_labels, rtol=0, atol=0, equal_nan=True)
+
+
 def test_absent_classes():
     """Absent from both: NaN; from one side: inf for the distances (a missed or spurious
     class), 0 for the surface Dice, directed or not; an ignored region is in no class's
@@ -143,7 +180,16 @@ def test_worked_example():
      ("nsd", {"tolerance": [1.0, 2.0]}, ValueError, "tolerance needs one number or 3"),
      ("nsd", {"tolerance": -1.0}, ValueError, "tolerance must be finite and >= 0"),
      ("nsd", {"tolerance": [1.0, math.nan, 1.0]}, ValueError, "tolerance must be finite"),
-     ("nsd", {"tolerance": "1"}, TypeError, "tolerance must be a real number")],
+     ("nsd", {"tolerance": "1"}, TypeError, "tolerance must be a real number"),
+     ("hd", {"mode": "binary"}, ValueError, "mode must be one of"),
+     ("asd", {"mode": "multilabel", "preds": torch.zeros(1, 3, 4, 5)}, ValueError,
+      "multilabel target shape (1, 4, 5) does not match"),
+     ("nsd", {"mode": "multilabel", "preds": torch.zeros(1, 2, 4, 5)}, ValueError,
+      "multilabel preds must be [B, 3, *spatial]"),
+     ("hd", {"mode": "multilabel", "preds": torch.zeros(1, 3, 4, 5, dtype=torch.int64),
+             "target": torch.full((1, 3, 4, 5), 0.5)}, ValueError, "hard {0, 1} masks"),
+     ("asd", {"mode": "multilabel", "preds": torch.full((1, 3, 4, 5), 2),
+              "target": torch.ones(1, 3, 4, 5)}, ValueError, "{0, 1} masks")],
 )  # fmt: skip
 def test_bad_input_is_named(name, change, error, message):
     name = {"hd": "hausdorff_distance", "asd": "average_surface_distance"}.get(name, "surface_dice")

@@ -216,6 +216,35 @@ def test_monai_surface_distance_and_surface_dice(spatial, spacing, gen):
     assert ours[0, 1] == 0
 
 
+def test_monai_surface_metrics_of_overlapping_masks(gen):
+    """MONAI's surface metrics take one binary mask per channel, which may overlap
+    (BraTS's nested tumour regions): ours with ``mode='multilabel'``."""
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
+
+    def nested():
+        level = smooth_labels(gen, 4, (2, 11, 13, 9))
+        return torch.stack([level >= c for c in (1, 2, 3)], dim=1)
+
+    pred, target = nested(), nested()
+    spacing = (1.0, 1.5, 2.0)
+    opts = {"spacing": spacing, "mode": "multilabel"}
+    pairs = [
+        (compute_hausdorff_distance(pred, target, True, percentile=95, spacing=spacing),
+         ref.hausdorff_distance(pred, target, 3, 95, **opts)),
+        (compute_average_surface_distance(pred, target, True, symmetric=True, spacing=spacing),
+         ref.average_surface_distance(pred, target, 3, **opts)),
+        (compute_surface_dice(pred, target, [2.0] * 3, include_background=True, spacing=spacing),
+         ref.surface_dice(pred, target, 3, 2.0, **opts)),
+    ]  # fmt: skip
+    for theirs, ours in pairs:
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, theirs.double(), rtol=1e-5, atol=1e-5)
+
+
 # --- kornia 0.9.0 ----------------------------------------------------------------------
 
 
