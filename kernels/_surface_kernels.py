@@ -13,8 +13,8 @@ def _surface_stats_kernel(
     d_ptr, first_ptr, count_ptr, tol_ptr, sum_ptr, within_ptr, P, K, BLOCK: tl.constexpr
 ):  # fmt: skip
     """Program ``b * K + k``: over the ``count`` distances ``d[b, first:first + count]``
-    (float64), their sum and how many are at most ``tol[k]``, added in a fixed order
-    (deterministic, no atomics)."""
+    (float32), their float64 sum and how many are at most ``tol[k]`` (float64), added in
+    a fixed order (deterministic, no atomics)."""
     pid = tl.program_id(0)
     b = pid // K
     start = tl.load(first_ptr + pid)
@@ -26,7 +26,7 @@ def _surface_stats_kernel(
     within = tl.zeros([BLOCK], dtype=tl.int64)
     for i in range(0, n, BLOCK):
         mask = i + offs < n
-        d = tl.load(row + i + offs, mask=mask, other=0.0)
+        d = tl.load(row + i + offs, mask=mask, other=0.0).to(tl.float64)
         total += d
         within += (mask & (d <= tol)).to(tl.int64)
     tl.store(sum_ptr + pid, tl.sum(total, axis=0))

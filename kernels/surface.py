@@ -14,9 +14,10 @@ How they are computed, with no Python loop over images or classes and no float a
   the GPU EDT of ``boundary.py`` (float32 ``[B, K, *S]`` squared distances, exact
   integers for unit spacing); at most two such buffers are live (one transform at a
   time), so ``classes`` bounds the memory as well as the work.
-- Each surface pixel's distance is gathered from its class's map, then sorted per image
-  and stably by slot, so each class's distances lie together in ascending order
-  (``_sorted_distances``; for masks, each (image, class) row is sorted on its own). A percentile interpolates between two of them; sums and counts
+- Each surface pixel's distance (float32) is gathered from its class's map, then sorted
+  per image and stably by slot, so each class's distances lie together in ascending
+  order (``_sorted_distances``; for masks, each (image, class) row is sorted on its own).
+  A percentile interpolates between two of them (in float64); sums (float64) and counts
   within a tolerance come from one program per (image, class) that adds its run in a
   fixed order (``_surface_stats_kernel``).
 - ``validate`` (default True) reads whether any label lies outside ``[0, C)``, or any
@@ -75,14 +76,14 @@ def _groups(key: torch.Tensor, K: int) -> torch.Tensor:
 
 
 def _sorted_distances(key: torch.Tensor, to_map: torch.Tensor) -> torch.Tensor:
-    """float64 ``[B, P]``: the distance of each surface pixel (``key``: its slot, K for
+    """float32 ``[B, P]``: the distance of each surface pixel (``key``: its slot, K for
     none) to the other surface, whose squared distances are ``to_map [B, K, *S]``
     (inf where that surface is empty), sorted, then stably by slot: each slot's
     distances lie together in ascending order, those of no surface (inf) last."""
     B, K = to_map.shape[:2]
     d2 = to_map.reshape(B, K, -1).gather(1, key.clamp(max=K - 1).unsqueeze(1)).squeeze(1)
     d, order = torch.where(key < K, d2.sqrt(), math.inf).sort(dim=1)
-    return d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices).double()
+    return d.gather(1, key.gather(1, order).sort(dim=1, stable=True).indices)
 
 
 def _percentile(
@@ -96,7 +97,7 @@ def _percentile(
     lo = pos.floor().long()
     hi = torch.minimum(lo + 1, top)
     last = d.shape[1] - 1
-    below, above = (d.gather(1, (first + k).clamp(max=last)) for k in (lo, hi))
+    below, above = (d.gather(1, (first + k).clamp(max=last)).double() for k in (lo, hi))
     return below + (pos - lo) * (above - below)
 
 
@@ -122,7 +123,7 @@ class _Surfaces:
     ``idx`` (the result's columns), ``uniq`` the distinct ones (the slots), ``counts``
     surface pixels per side ``[B, K]``, and ``to_other(side)``: ``(d, first)``, the
     distances of that side's surface pixels to the other surface, each slot's run
-    ascending (``d`` float64 ``[B, *]``, ``first`` int64 ``[B, K]``; see
+    ascending (``d`` float32 ``[B, *]``, ``first`` int64 ``[B, K]``; see
     :func:`_percentile`)."""
 
     idx: list[int]
@@ -203,7 +204,7 @@ def _mask_surfaces(preds, target, num_classes, ignore_index, idx, spacing, valid
         to_map = _transform(surfaces[1 - side], shape, None, None, spacing).view(B * K, -1)
         on = surfaces[side].view(B * K, -1) != 0
         d = torch.where(on, to_map.sqrt(), math.inf).sort(dim=1).values
-        return d.double().view(B, K * P), first
+        return d.view(B, K * P), first
 
     return _Surfaces(idx, uniq, counts, to_other)
 
