@@ -32,7 +32,12 @@ from .region import (
     region_stats,
     tversky_loss,
 )
-from .surface import average_surface_distance, hausdorff_distance, surface_dice
+from .surface import (
+    average_surface_distance,
+    hausdorff_distance,
+    surface_dice,
+    surface_metrics,
+)
 
 __all__ = [
     "StreamingMetrics",
@@ -66,6 +71,7 @@ __all__ = [
     "softmax_focal_loss",
     "squared_edt",
     "surface_dice",
+    "surface_metrics",
     "tversky_loss",
 ]
 

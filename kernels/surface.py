@@ -28,6 +28,7 @@ How they are computed, with no Python loop over images or classes and no float a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -227,6 +228,23 @@ def _surfaces(
     return build(preds, target, num_classes, ignore_index, idx, spacing, validate)
 
 
+def _hausdorff(s: _Surfaces, sides: list, percentile: float | None) -> torch.Tensor:
+    """The larger over ``sides`` (``s.to_other`` of side 0, or of both) of the percentile."""
+    one_way = [_percentile(*side, s.counts[i], percentile) for i, side in enumerate(sides)]
+    return s.finish(functools.reduce(torch.fmax, one_way), math.inf)
+
+
+def _mean_distance(s: _Surfaces, stats: list) -> torch.Tensor:
+    """Mean distance over the surface pixels of the sides of ``stats`` (``_stats`` each)."""
+    total = sum(stat[0] for stat in stats)
+    return s.finish(total / sum(s.counts[: len(stats)]), math.inf)
+
+
+def _surface_dice(s: _Surfaces, stats: list) -> torch.Tensor:
+    """Fraction of both sides' surface pixels within the tolerance ``stats`` counted."""
+    return s.finish((stats[0][1] + stats[1][1]) / (s.counts[0] + s.counts[1]), 0.0)
+
+
 @kernel_api
 def hausdorff_distance(
     preds: torch.Tensor,
@@ -245,10 +263,8 @@ def hausdorff_distance(
     computation in the module docstring."""
     percentile = ref_surface.check_percentile(percentile)
     s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, mode, validate)
-    dist = _percentile(*s.to_other(0), s.counts[0], percentile)
-    if not directed:
-        dist = torch.fmax(dist, _percentile(*s.to_other(1), s.counts[1], percentile))
-    return s.finish(dist, math.inf)
+    sides = [s.to_other(i) for i in ((0,) if directed else (0, 1))]
+    return _hausdorff(s, sides, percentile)
 
 
 @kernel_api
@@ -268,9 +284,8 @@ def average_surface_distance(
     in the module docstring."""
     s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, mode, validate)
     zero = device_constant([0.0] * len(s.uniq), torch.float64, target.device)
-    sides = (0,) if directed else (0, 1)
-    total = sum(_stats(*s.to_other(i), s.counts[i], zero)[0] for i in sides)
-    return s.finish(total / sum(s.counts[i] for i in sides), math.inf)
+    stats = [_stats(*s.to_other(i), s.counts[i], zero) for i in ((0,) if directed else (0, 1))]
+    return _mean_distance(s, stats)
 
 
 @kernel_api
@@ -291,5 +306,35 @@ def surface_dice(
     tau = ref_surface.check_tolerance(tolerance, num_classes)
     s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, mode, validate)
     tol = device_constant([tau[c] for c in s.uniq], torch.float64, target.device)
-    within = sum(_stats(*s.to_other(i), s.counts[i], tol)[1] for i in (0, 1))
-    return s.finish(within / (s.counts[0] + s.counts[1]), 0.0)
+    return _surface_dice(s, [_stats(*s.to_other(i), s.counts[i], tol) for i in (0, 1)])
+
+
+@kernel_api
+def surface_metrics(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    tolerance: float | Sequence[float] | None = None,
+    spacing: Sequence[float] | None = None,
+    ignore_index: float | None = None,
+    classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
+    validate: bool = True,
+) -> dict[str, torch.Tensor]:
+    """HD, HD95, ASSD and (given a ``tolerance``) NSD of every image and measured class,
+    float32 ``[B, K]`` each; semantics of ``segtriton.reference.surface_metrics``. One
+    distance transform per side serves all four (the single-metric functions run the
+    same computation, so each value equals theirs bitwise)."""
+    tau = None if tolerance is None else ref_surface.check_tolerance(tolerance, num_classes)
+    s = _surfaces(preds, target, num_classes, spacing, ignore_index, classes, mode, validate)
+    tol = device_constant([tau[c] if tau else 0.0 for c in s.uniq], torch.float64, target.device)
+    sides = [s.to_other(i) for i in (0, 1)]
+    stats = [_stats(*side, s.counts[i], tol) for i, side in enumerate(sides)]
+    out = {
+        "hd": _hausdorff(s, sides, None),
+        "hd95": _hausdorff(s, sides, 95.0),
+        "assd": _mean_distance(s, stats),
+    }
+    if tau is not None:
+        out["nsd"] = _surface_dice(s, stats)
+    return out

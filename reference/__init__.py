@@ -64,7 +64,12 @@ from .region import (
     region_stats,
     tversky_loss,
 )
-from .surface import average_surface_distance, hausdorff_distance, surface_dice
+from .surface import (
+    average_surface_distance,
+    hausdorff_distance,
+    surface_dice,
+    surface_metrics,
+)
 
 __all__ = [
     "BCEDiceLoss",
@@ -123,6 +128,7 @@ __all__ = [
     "sigmoid_focal_loss",
     "signed_distance_map",
     "surface_dice",
+    "surface_metrics",
     "softmax_focal_loss",
     "tversky_loss",
 ]

@@ -164,10 +164,10 @@ def _per_class(
     ignore_index: float | None,
     classes: Sequence[int] | None,
     mode: str,
-    measure: Callable[[np.ndarray, np.ndarray, tuple[float, ...], int], float],
+    measure: Callable[[np.ndarray, np.ndarray, tuple[float, ...], int], Sequence[float]],
 ) -> torch.Tensor:
-    """``measure(surface of the prediction, surface of the target, spacing, class)`` for
-    every image and measured class, as float64 ``[B, K]``."""
+    """``measure(surface of the prediction, surface of the target, spacing, class)`` (M
+    numbers) for every image and measured class, as float64 ``[B, K, M]``."""
     check_num_classes(num_classes)
     check_choice("mode", mode, MODES)
     labels = mode == "multiclass"
@@ -176,9 +176,13 @@ def _per_class(
     )
     spacing = check_spacing(spacing, target.dim() - (1 if labels else 2))
     idx = measured_classes(classes, num_classes)
-    out = np.empty((target.shape[0], len(idx)))
-    for b, k in np.ndindex(*out.shape):
-        out[b, k] = measure(*(_edges(m) for m in masks(b, idx[k])), spacing, idx[k])
+    out = np.array(
+        [
+            [measure(*(_edges(m) for m in masks(b, c)), spacing, c) for c in idx]
+            for b in range(target.shape[0])
+        ],
+        dtype=np.float64,
+    )
     return torch.from_numpy(out).to(target.device)
 
 
@@ -217,14 +221,15 @@ def hausdorff_distance(
         d = _distances(p, g, spacing)
         return float(d.max() if percentile is None else np.percentile(d, percentile))
 
-    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> float:
+    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
         absent = _absent(p, g)
         if absent is not None:
-            return absent
+            return [absent]
         hd = one_way(p, g, spacing)
-        return hd if directed else max(hd, one_way(g, p, spacing))
+        return [hd if directed else max(hd, one_way(g, p, spacing))]
 
-    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    return _per_class(*args)[..., 0]
 
 
 @checks_flags
@@ -245,14 +250,15 @@ def average_surface_distance(
     their distance to G (ASD). A class in neither mask gives NaN, one in only one inf.
     """
 
-    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> float:
+    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
         absent = _absent(p, g)
         if absent is not None:
-            return absent
+            return [absent]
         d = [_distances(p, g, spacing)] + ([] if directed else [_distances(g, p, spacing)])
-        return float(np.concatenate(d).mean())
+        return [float(np.concatenate(d).mean())]
 
-    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    return _per_class(*args)[..., 0]
 
 
 def surface_dice(
@@ -274,10 +280,43 @@ def surface_dice(
     check_num_classes(num_classes)
     tau = check_tolerance(tolerance, num_classes)
 
-    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> float:
+    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
         if not (p.any() or g.any()):
-            return math.nan
+            return [math.nan]
         d = np.concatenate([_distances(p, g, spacing), _distances(g, p, spacing)])
-        return float((d <= tau[c]).mean())
+        return [float((d <= tau[c]).mean())]
 
-    return _per_class(preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    return _per_class(*args)[..., 0]
+
+
+def surface_metrics(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    tolerance: float | Sequence[float] | None = None,
+    spacing: Sequence[float] | None = None,
+    ignore_index: float | None = None,
+    classes: Sequence[int] | None = None,
+    mode: str = "multiclass",
+) -> dict[str, torch.Tensor]:
+    """The symmetric surface metrics of every image and measured class at once (module
+    docstring), float64 ``[B, K]`` each: ``hd`` (:func:`hausdorff_distance`), ``hd95``
+    (its 95th percentile), ``assd`` (:func:`average_surface_distance`) and, given a
+    ``tolerance``, ``nsd`` (:func:`surface_dice`), from one pair of distance sets."""
+    check_num_classes(num_classes)
+    tau = None if tolerance is None else check_tolerance(tolerance, num_classes)
+
+    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
+        absent = _absent(p, g)
+        if absent is not None:  # NSD: NaN for neither surface, 0 for one
+            return [absent] * 3 + [absent if math.isnan(absent) else 0.0]
+        pg, gp = _distances(p, g, spacing), _distances(g, p, spacing)
+        both = np.concatenate([pg, gp])
+        hd = [max(np.percentile(pg, q), np.percentile(gp, q)) for q in (100, 95)]
+        return [*hd, both.mean(), (both <= tau[c]).mean() if tau else math.nan]
+
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    out = _per_class(*args)
+    keys = ("hd", "hd95", "assd", "nsd")[: 3 if tau is None else 4]
+    return {key: out[..., i] for i, key in enumerate(keys)}

@@ -271,7 +271,7 @@ def test_signed_map_from_labels(benchmark, benchmark_case_signed_map, versions):
     benchmark.extra_info.update(provider=provider, shape="x".join(map(str, shape)), classes=C)
 
 
-SURFACE_METRICS = ("hd95", "assd", "nsd")
+SURFACE_METRICS = ("hd95", "assd", "nsd", "all")  # all: surface_metrics (Triton only)
 
 
 @pytest.fixture(
@@ -280,7 +280,8 @@ SURFACE_METRICS = ("hd95", "assd", "nsd")
         for c in SIGNED_MAP_CASES
         for m in SURFACE_METRICS
         for p in ("triton", "reference", "monai")
-        if p != "reference" or m == "hd95"  # scipy per map: the same transforms for each
+        if (p != "reference" or m == "hd95")  # scipy per map: the same transforms for each
+        and (p == "triton" or m != "all")
     ],
     ids=lambda c: f"{c[0]}-{c[1]}-C{c[3]}-{'x'.join(map(str, c[2]))}",
 )
@@ -291,9 +292,9 @@ def benchmark_case_surface(request):
 def test_surface_metrics(benchmark, benchmark_case_surface, versions):
     """HD95, ASSD and NSD (tolerance 2) of every (image, class) between two label maps of
     smooth regions: segtriton (surfaces from one label map each, the GPU EDT, grouped
-    sorts), the reference (scipy per map on the CPU; HD95 only) and MONAI's
-    compute_hausdorff_distance, compute_average_surface_distance and compute_surface_dice
-    on one-hot tensors."""
+    sorts; ``all``: the four metrics of ``surface_metrics`` in one call), the reference
+    (scipy per map on the CPU; HD95 only) and MONAI's compute_hausdorff_distance,
+    compute_average_surface_distance and compute_surface_dice on one-hot tensors."""
     from segtriton import kernels as ker
     from segtriton import reference as ref
 
@@ -304,6 +305,7 @@ def test_surface_metrics(benchmark, benchmark_case_surface, versions):
         "hd95": {"fn": "hausdorff_distance", "percentile": 95},
         "assd": {"fn": "average_surface_distance"},
         "nsd": {"fn": "surface_dice", "tolerance": 2.0},
+        "all": {"fn": "surface_metrics", "tolerance": 2.0},
     }[metric]
     name = ours.pop("fn")
     if provider == "triton":

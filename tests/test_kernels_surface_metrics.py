@@ -127,6 +127,38 @@ def test_one_hot_masks_are_the_labels(name, gen):
     torch.testing.assert_close(as_masks, as_labels, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_surface_metrics_are_the_single_metrics(mode, gen):
+    """``surface_metrics`` (one transform per side for all four) gives the reference's
+    values, and bitwise the single-metric functions' (symmetric HD, HD95, ASSD, NSD);
+    without a tolerance, no NSD."""
+    shape = (2, 17, 21)
+    if mode == "multiclass":
+        target, preds = smooth_labels(gen, 4, shape), smooth_labels(gen, 4, shape)
+        target = target.masked_fill(torch.rand(shape, generator=gen) < 0.05, 255)
+    else:
+        target, preds = nested_masks(gen, shape), nested_masks(gen, shape).bool()
+        preds[0, 2] = False  # a channel missed in image 0
+    C = target.shape[1] if mode == "multilabel" else 4
+    opts = {"ignore_index": 255, "mode": mode, "spacing": (1.0, 0.6), "classes": [2, 0, 2]}
+    tolerance = [round(float(v), 2) + 0.005 for v in torch.rand(C, generator=gen) * 3]
+    got = ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), C, tolerance, **opts)
+    want = ref.surface_metrics(preds, target, C, tolerance, **opts)
+    assert list(got) == list(want) == ["hd", "hd95", "assd", "nsd"]
+    single = {
+        "hd": check("hausdorff_distance", preds, target, C, **opts),
+        "hd95": check("hausdorff_distance", preds, target, C, 95, **opts),
+        "assd": check("average_surface_distance", preds, target, C, **opts),
+        "nsd": check("surface_dice", preds, target, C, tolerance, **opts),
+    }
+    for key, value in got.items():
+        torch.testing.assert_close(
+            value.cpu().double(), want[key], rtol=1e-6, atol=1e-5, equal_nan=True
+        )
+        torch.testing.assert_close(value.cpu(), single[key], rtol=0, atol=0, equal_nan=True)
+    assert "nsd" not in ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), C, **opts)
+
+
 def test_absent_classes():
     """Absent from both: NaN; from one side: inf for the distances (a missed or spurious
     class), 0 for the surface Dice, directed or not; an ignored region is in no class's

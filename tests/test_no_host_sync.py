@@ -71,6 +71,7 @@ def test_metrics_do_not_sync(gen):
     ker.surface_dice(logits, target, 4, [1.0, 0.5, 2.0, 1.5], **warm_up)
     ker.average_surface_distance(logits, target, 4, **warm_up)
     ker.hausdorff_distance(logits, logits > 0, 4, mode="multilabel", **warm_up)
+    ker.surface_metrics(logits, target, 4, 1.5, **warm_up)
     with _Syncs() as syncs:
         ker.confusion_matrix(logits, target, 4, 255, validate=False)
         ker.confusion_matrix(logits.argmax(1), target, 4, per_image=True, validate=False)
@@ -81,4 +82,5 @@ def test_metrics_do_not_sync(gen):
         ker.average_surface_distance(logits, target, 4, **warm_up)
         ker.surface_dice(logits, target, 4, [1.0, 0.5, 2.0, 1.5], **warm_up)
         ker.hausdorff_distance(logits, logits > 0, 4, mode="multilabel", **warm_up)
+        ker.surface_metrics(logits, target, 4, 1.5, **warm_up)
     assert not syncs.seen, syncs.seen
