@@ -33,6 +33,7 @@ from .region import (
     tversky_loss,
 )
 from .surface import (
+    StreamingSurfaceMetrics,
     average_surface_distance,
     hausdorff_distance,
     surface_dice,
@@ -41,6 +42,7 @@ from .surface import (
 
 __all__ = [
     "StreamingMetrics",
+    "StreamingSurfaceMetrics",
     "average_surface_distance",
     "bce_dice_loss",
     "binary_cross_entropy_with_logits",

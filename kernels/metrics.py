@@ -135,6 +135,21 @@ def _raise_if_bad(bad: torch.Tensor, num_classes: int, ignore_index: int | None)
         )
 
 
+def gather_rows(own: torch.Tensor, process_group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Every rank's rows of ``own`` (``[n, ...]``; n may differ between ranks), concatenated
+    in rank order. Collective; reads the ranks' sizes on the host."""
+    world = dist.get_world_size(process_group)
+    mine = torch.tensor([own.shape[0]], device=own.device)
+    sizes = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(sizes, mine, group=process_group)
+    n = [int(k) for k in sizes]
+    padded = own.new_zeros((max(n), *own.shape[1:]))
+    padded[: own.shape[0]] = own
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=process_group)
+    return torch.cat([part[:k] for part, k in zip(parts, n, strict=True)])
+
+
 @kernel_api
 def confusion_matrix(
     preds: torch.Tensor,
@@ -249,17 +264,7 @@ class StreamingMetrics:
         if self.average == "dataset":
             self._synced = (cm, own, bad)
             return
-        world = dist.get_world_size(process_group)
-        mine = torch.tensor([own.shape[0]], device=own.device)
-        sizes = [torch.zeros_like(mine) for _ in range(world)]
-        dist.all_gather(sizes, mine, group=process_group)
-        n = [int(k) for k in sizes]  # a host read: sync is a synchronisation point
-        padded = own.new_zeros((max(n), *own.shape[1:]))
-        padded[: own.shape[0]] = own
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded, group=process_group)
-        counts = torch.cat([part[:k] for part, k in zip(parts, n, strict=True)])
-        self._synced = (cm, counts, bad)
+        self._synced = (cm, gather_rows(own, process_group), bad)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The metrics of the counts: all ranks' after ``sync``, else this process's."""

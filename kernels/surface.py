@@ -34,12 +34,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from segtriton.reference import surface as ref_surface
 from segtriton.reference._common import (
     check_choice,
+    check_flag,
     check_ignore_index,
     check_num_classes,
+    check_number,
     device_constant,
     not_ignored,
 )
@@ -49,7 +52,7 @@ from ._runtime import kernel_api
 from ._surface_kernels import _surface_stats_kernel
 from .boundary import _distinct, _transform
 from .metrics import _check as _metric_check
-from .metrics import _raise_if_bad
+from .metrics import _raise_if_bad, gather_rows
 
 _STATS_BLOCK = 1024
 
@@ -338,3 +341,81 @@ def surface_metrics(
     if tau is not None:
         out["nsd"] = _surface_dice(s, stats)
     return out
+
+
+class StreamingSurfaceMetrics:
+    """The surface metrics of every image seen (``update``), summarised by ``compute``;
+    ``reset`` starts again.
+
+    ``update(preds, target)`` runs :func:`surface_metrics` on the batch with this object's
+    options and keeps each image's values on the device (``K`` floats per metric and
+    image). ``compute()`` returns, for each metric (``hd``, ``hd95``, ``assd``, and ``nsd``
+    given a ``tolerance``), the per-class mean over images (``[K]``; NaN values, a class
+    in neither mask, are left out) and under ``"m" + name`` the mean of those over
+    classes (NaN left out). A distance is inf where a class is in only one mask; it makes
+    the means inf unless ``missing`` gives the value to count instead (BraTS counts
+    373.13 mm for HD95). ``values`` holds the per-image ``[images, K]`` tensors. Under
+    torch.distributed, ``sync(process_group)`` gathers every rank's images (rank order)
+    for ``compute``, until the next ``update`` or ``reset``. ``validate`` is
+    :func:`surface_metrics`'s: it reads one scalar per ``update``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        tolerance: float | Sequence[float] | None = None,
+        spacing: Sequence[float] | None = None,
+        ignore_index: float | None = None,
+        classes: Sequence[int] | None = None,
+        mode: str = "multiclass",
+        missing: float | None = None,
+        validate: bool = True,
+    ) -> None:
+        check_num_classes(num_classes)
+        check_choice("mode", mode, ref_surface.MODES)
+        if tolerance is not None:
+            ref_surface.check_tolerance(tolerance, num_classes)
+        ref_surface.measured_classes(classes, num_classes)
+        self.missing = check_number("missing", missing, none_ok=True)
+        self.options = {
+            "num_classes": num_classes, "tolerance": tolerance, "spacing": spacing,
+            "ignore_index": ignore_index, "classes": classes, "mode": mode,
+            "validate": check_flag("validate", validate),
+        }  # fmt: skip
+        self.reset()
+
+    def reset(self) -> None:
+        self._batches: list[dict[str, torch.Tensor]] = []
+        self._synced: dict[str, torch.Tensor] | None = None
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self._batches.append(surface_metrics(preds, target, **self.options))
+        self._synced = None
+
+    @property
+    def values(self) -> dict[str, torch.Tensor]:
+        """Per-image values ``[images, K]`` of each metric: all ranks' after ``sync``."""
+        if self._synced is not None:
+            return self._synced
+        if not self._batches:
+            raise RuntimeError("no images yet: call update() before reading the metrics")
+        if len(self._batches) > 1:  # concatenated when read: a cat per update is O(n^2)
+            self._batches = [
+                {k: torch.cat([b[k] for b in self._batches]) for k in self._batches[0]}
+            ]
+        return self._batches[0]
+
+    def sync(self, process_group: dist.ProcessGroup | None = None) -> None:
+        """Gather every rank's per-image values (collective: every rank of the group calls
+        it; each must have seen at least one batch)."""
+        own = self.values
+        self._synced = {k: gather_rows(v, process_group) for k, v in own.items()}
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, v in self.values.items():
+            if self.missing is not None and name != "nsd":
+                v = torch.where(v == math.inf, self.missing, v)
+            per_class = v.nanmean(0)
+            out[name], out["m" + name] = per_class, per_class.nanmean()
+        return out

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
+from collections.abc import Callable
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from segtriton.registry import variant_fits
 
@@ -102,3 +107,19 @@ def assert_identity(entry, x, t, options, dtype):
     expected = entry.reference(x.detach().double(), t, **options)
     torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=1e-6)
     assert entry.grad_identity_err(x.detach(), t, grad, expected, options) <= GRAD_TOL[dtype]
+
+
+def _gloo_rank(rank: int, worker: Callable, init_file: str, seed: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        worker(rank, 2, seed)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_gloo_ranks(worker: Callable[[int, int, int], None], seed: int) -> None:
+    """Run ``worker(rank, world, seed)`` in two CPU processes of one gloo process group
+    (``worker`` must be a module-level function: the processes import it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init = os.path.join(tmp, "init")
+        mp.spawn(_gloo_rank, args=(worker, init, seed), nprocs=2, join=True)

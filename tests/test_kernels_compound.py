@@ -8,18 +8,15 @@ processes.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from kernel_checks import (
     CASE_ARGS,
     DEVICE,
     assert_matches,
     kernel_cases,
+    on_two_gloo_ranks,
     run_with_grad,
     to_channels_last,
 )
@@ -143,38 +140,32 @@ GLOBAL_CASES = [
 ]
 
 
-def _global_worker(rank: int, world: int, init_file: str, seed: int) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        mine = slice(2 * rank, 2 * rank + 2)
-        for name, options in GLOBAL_CASES:
-            entry = get(name)
-            opts = {**options, "ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
-            if name == "combo":
-                opts = {**options, "ignore_index": 255}
-            x, t = _inputs(entry, (2 * world, 3, 5, 6), opts, torch.float64, gen)
-            t[0] = 255  # rank 0 holds fewer valid pixels: local means differ from global ones
-            whole, whole_grad = run_with_grad(entry.reference, x.cpu(), t.cpu(), opts)
-            for fn, xs in ((entry.reference, x[mine].cpu()), (entry.kernel, x[mine].float())):
-                ts = t[mine] if fn is entry.kernel else t[mine].cpu()
-                alone, _ = run_with_grad(fn, xs, ts, opts)
-                assert not torch.allclose(alone.cpu(), whole)
-                opts_g = {**opts, "process_group": dist.group.WORLD}
-                loss, grad = run_with_grad(fn, xs, ts, opts_g)
-                torch.testing.assert_close(loss.cpu(), whole, rtol=1e-5, atol=1e-6)
-                torch.testing.assert_close(grad.cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
-    finally:
-        dist.destroy_process_group()
+def _global_worker(rank: int, world: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    mine = slice(2 * rank, 2 * rank + 2)
+    for name, options in GLOBAL_CASES:
+        entry = get(name)
+        opts = {**options, "ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+        if name == "combo":
+            opts = {**options, "ignore_index": 255}
+        x, t = _inputs(entry, (2 * world, 3, 5, 6), opts, torch.float64, gen)
+        t[0] = 255  # rank 0 holds fewer valid pixels: local means differ from global ones
+        whole, whole_grad = run_with_grad(entry.reference, x.cpu(), t.cpu(), opts)
+        for fn, xs in ((entry.reference, x[mine].cpu()), (entry.kernel, x[mine].float())):
+            ts = t[mine] if fn is entry.kernel else t[mine].cpu()
+            alone, _ = run_with_grad(fn, xs, ts, opts)
+            assert not torch.allclose(alone.cpu(), whole)
+            opts_g = {**opts, "process_group": dist.group.WORLD}
+            loss, grad = run_with_grad(fn, xs, ts, opts_g)
+            torch.testing.assert_close(loss.cpu(), whole, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grad.cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
 
 
 def test_global_batch_across_two_gloo_processes(seed):
     """With process_group, a compound loss on each rank's half of a batch equals the
     single-process loss on the whole batch, and each rank's gradient is its slice
     (reference path and kernel path)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_global_worker, args=(2, init_file, seed), nprocs=2, join=True)
+    on_two_gloo_ranks(_global_worker, seed)
 
 
 def test_process_group_needs_the_fused_softmax_term(gen):

@@ -6,14 +6,10 @@ bad labels, the streaming accumulator and its gloo synchronisation."""
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, on_two_gloo_ranks
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -172,31 +168,25 @@ def _assert_metrics_of(acc, logits, target, average):
         torch.testing.assert_close(got[key].cpu(), want[key], rtol=0, atol=0, equal_nan=True)
 
 
-def _sync_worker(rank: int, world: int, init_file: str, seed: int) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        logits = torch.randn(6, 5, 6, 7, generator=gen)
-        target = torch.randint(0, 5, (6, 6, 7), generator=gen)
-        mine = slice(0, 1) if rank == 0 else slice(1, 4)  # uneven: 1 and 3 images
-        more = slice(4, 5) if rank == 0 else slice(5, 6)  # a second update on each rank
-        seen = [0, 4] if rank == 0 else [1, 2, 3, 5]
-        for average in ("dataset", "image"):
-            acc = ker.StreamingMetrics(5, average=average, device=DEVICE)
-            acc.update(logits[mine].to(DEVICE), target[mine].to(DEVICE))
-            acc.sync()
-            acc.sync()  # a second sync must not count a rank's pixels twice
-            _assert_metrics_of(acc, logits[:4], target[:4], average)
-            acc.update(logits[more].to(DEVICE), target[more].to(DEVICE))
-            _assert_metrics_of(acc, logits[seen], target[seen], average)  # local until sync
-            acc.sync()
-            order = [0, 4, 1, 2, 3, 5]  # 'image' gathers rank 0's images, then rank 1's
-            _assert_metrics_of(acc, logits[order], target[order], average)
-    finally:
-        dist.destroy_process_group()
+def _sync_worker(rank: int, world: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, 5, 6, 7, generator=gen)
+    target = torch.randint(0, 5, (6, 6, 7), generator=gen)
+    mine = slice(0, 1) if rank == 0 else slice(1, 4)  # uneven: 1 and 3 images
+    more = slice(4, 5) if rank == 0 else slice(5, 6)  # a second update on each rank
+    seen = [0, 4] if rank == 0 else [1, 2, 3, 5]
+    for average in ("dataset", "image"):
+        acc = ker.StreamingMetrics(5, average=average, device=DEVICE)
+        acc.update(logits[mine].to(DEVICE), target[mine].to(DEVICE))
+        acc.sync()
+        acc.sync()  # a second sync must not count a rank's pixels twice
+        _assert_metrics_of(acc, logits[:4], target[:4], average)
+        acc.update(logits[more].to(DEVICE), target[more].to(DEVICE))
+        _assert_metrics_of(acc, logits[seen], target[seen], average)  # local until sync
+        acc.sync()
+        order = [0, 4, 1, 2, 3, 5]  # 'image' gathers rank 0's images, then rank 1's
+        _assert_metrics_of(acc, logits[order], target[order], average)
 
 
 def test_sync_across_two_gloo_processes(seed):
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_sync_worker, args=(2, init_file, seed), nprocs=2, join=True)
+    on_two_gloo_ranks(_sync_worker, seed)

@@ -12,18 +12,16 @@ global (process_group) sums with two gloo processes.
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from kernel_checks import (
     CASE_ARGS,
     DEVICE,
     assert_matches,
     kernel_cases,
+    on_two_gloo_ranks,
     run_with_grad,
     to_channels_last,
 )
@@ -243,36 +241,30 @@ def test_process_group_needs_batch_scope(gen):
             fn(x.to(DEVICE), y.to(DEVICE), scope="image", process_group=object())
 
 
-def _global_dice_worker(rank: int, world: int, init_file: str, seed: int) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(2 * world, 3, 5, 6, generator=gen, dtype=torch.float64)
-        y = torch.randint(0, 3, (2 * world, 5, 6), generator=gen)
-        y[0] = 255
-        opts = {"ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
-        mine = slice(2 * rank, 2 * rank + 2)
-        for name in ("dice", "generalized_dice"):
-            entry = get(name)
-            whole, whole_grad = run_with_grad(entry.reference, x, y, opts)
-            kernel_x = x[mine].float().to(DEVICE)
-            for fn, xs, ys in (
-                (entry.reference, x[mine], y[mine]),
-                (entry.kernel, kernel_x, y[mine].to(DEVICE)),
-            ):
-                loss, _ = run_with_grad(fn, xs, ys, {**opts, "process_group": None})
-                assert not torch.allclose(loss.cpu(), whole)  # the local loss differs
-                group = dist.group.WORLD
-                loss, grad = run_with_grad(fn, xs, ys, {**opts, "process_group": group})
-                torch.testing.assert_close(loss.cpu(), whole, rtol=1e-5, atol=1e-6)
-                torch.testing.assert_close(grad.cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
-    finally:
-        dist.destroy_process_group()
+def _global_dice_worker(rank: int, world: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2 * world, 3, 5, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (2 * world, 5, 6), generator=gen)
+    y[0] = 255
+    opts = {"ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+    mine = slice(2 * rank, 2 * rank + 2)
+    for name in ("dice", "generalized_dice"):
+        entry = get(name)
+        whole, whole_grad = run_with_grad(entry.reference, x, y, opts)
+        kernel_x = x[mine].float().to(DEVICE)
+        for fn, xs, ys in (
+            (entry.reference, x[mine], y[mine]),
+            (entry.kernel, kernel_x, y[mine].to(DEVICE)),
+        ):
+            loss, _ = run_with_grad(fn, xs, ys, {**opts, "process_group": None})
+            assert not torch.allclose(loss.cpu(), whole)  # the local loss differs
+            group = dist.group.WORLD
+            loss, grad = run_with_grad(fn, xs, ys, {**opts, "process_group": group})
+            torch.testing.assert_close(loss.cpu(), whole, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grad.cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
 
 
 def test_global_sums_across_two_gloo_processes(seed):
     """Batch-scope Dice / GDL with process_group equals single-process Dice on the whole
     batch, loss and each rank's gradient slice (reference path and kernel path)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_global_dice_worker, args=(2, init_file, seed), nprocs=2, join=True)
+    on_two_gloo_ranks(_global_dice_worker, seed)

@@ -5,10 +5,14 @@ on CPU and compiled on a GPU."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from kernel_checks import DEVICE, smooth_labels, to_channels_last
 
 from segtriton import kernels as ker
@@ -234,3 +238,60 @@ def test_bad_input_is_named(name, change, error, message):
     for fn in (getattr(ker, name), getattr(ref, name)):
         with pytest.raises(error, match=re.escape(message)):
             fn(args["preds"].to(DEVICE), args["target"].to(DEVICE), 3, **opts)
+
+
+def test_streaming_surface_metrics(gen):
+    """Images of several updates, summarised: per-class nanmean over images and its mean
+    over classes; ``missing`` replaces inf (a class in one mask only) in the distances."""
+    shape = (3, 14, 17)
+    target = smooth_labels(gen, 3, shape)
+    preds = smooth_labels(gen, 3, shape)
+    target[1, :3, :3] = 2
+    preds[1][preds[1] == 2] = 0  # class 2 missed in image 1: inf distances there
+    acc = ker.StreamingSurfaceMetrics(3, tolerance=1.5, classes=[1, 2], missing=99.0)
+    with pytest.raises(RuntimeError, match="call update"):
+        acc.compute()
+    for part in (slice(0, 1), slice(1, 3)):
+        acc.update(preds[part].to(DEVICE), target[part].to(DEVICE))
+    whole = ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), 3, 1.5, classes=[1, 2])
+    got = acc.compute()
+    assert set(got) == {"hd", "hd95", "assd", "nsd", "mhd", "mhd95", "massd", "mnsd"}
+    for key, v in whole.items():
+        assert torch.equal(acc.values[key].nan_to_num(-1), v.nan_to_num(-1))
+        if key != "nsd":
+            assert v[1, 1] == math.inf
+            v = torch.where(v == math.inf, 99.0, v)
+        torch.testing.assert_close(got[key], v.nanmean(0), rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(got["m" + key], v.nanmean(0).nanmean(), rtol=0, atol=0)
+    acc.reset()
+    acc.update(preds[:1].to(DEVICE), target[:1].to(DEVICE))
+    assert acc.values["hd"].shape == (1, 2)
+    with pytest.raises(ValueError, match="missing must be finite"):
+        ker.StreamingSurfaceMetrics(3, missing=math.inf)
+    with pytest.raises(TypeError, match="validate must be a bool"):
+        ker.StreamingSurfaceMetrics(3, validate="yes")
+    with pytest.raises(ValueError, match="tolerance needs one number or 3"):
+        ker.StreamingSurfaceMetrics(3, tolerance=[1.0, 2.0])
+
+
+def _sync_worker(rank: int, world: int, init_file: str, seed: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        target = smooth_labels(gen, 3, (4, 12, 13))
+        preds = smooth_labels(gen, 3, (4, 12, 13))
+        acc = ker.StreamingSurfaceMetrics(3, tolerance=2.0, mode="multiclass")
+        mine = slice(0, 1) if rank == 0 else slice(1, 4)  # uneven: 1 and 3 images
+        acc.update(preds[mine].to(DEVICE), target[mine].to(DEVICE))
+        acc.sync()
+        whole = ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), 3, 2.0)
+        for key, v in whole.items():
+            assert torch.equal(acc.values[key].nan_to_num(-1), v.nan_to_num(-1)), key
+    finally:
+        dist.destroy_process_group()
+
+
+def test_streaming_surface_metrics_sync_across_two_gloo_processes(seed):
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.spawn(_sync_worker, args=(2, init_file, seed), nprocs=2, join=True)
