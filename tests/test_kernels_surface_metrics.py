@@ -5,15 +5,11 @@ on CPU and compiled on a GPU."""
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from kernel_checks import DEVICE, smooth_labels, to_channels_last
+from kernel_checks import DEVICE, on_two_gloo_ranks, smooth_labels, to_channels_last
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -274,24 +270,18 @@ def test_streaming_surface_metrics(gen):
         ker.StreamingSurfaceMetrics(3, tolerance=[1.0, 2.0])
 
 
-def _sync_worker(rank: int, world: int, init_file: str, seed: int) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        target = smooth_labels(gen, 3, (4, 12, 13))
-        preds = smooth_labels(gen, 3, (4, 12, 13))
-        acc = ker.StreamingSurfaceMetrics(3, tolerance=2.0, mode="multiclass")
-        mine = slice(0, 1) if rank == 0 else slice(1, 4)  # uneven: 1 and 3 images
-        acc.update(preds[mine].to(DEVICE), target[mine].to(DEVICE))
-        acc.sync()
-        whole = ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), 3, 2.0)
-        for key, v in whole.items():
-            assert torch.equal(acc.values[key].nan_to_num(-1), v.nan_to_num(-1)), key
-    finally:
-        dist.destroy_process_group()
+def _sync_worker(rank: int, world: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    target = smooth_labels(gen, 3, (4, 12, 13))
+    preds = smooth_labels(gen, 3, (4, 12, 13))
+    acc = ker.StreamingSurfaceMetrics(3, tolerance=2.0, mode="multiclass")
+    mine = slice(0, 1) if rank == 0 else slice(1, 4)  # uneven: 1 and 3 images
+    acc.update(preds[mine].to(DEVICE), target[mine].to(DEVICE))
+    acc.sync()
+    whole = ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), 3, 2.0)
+    for key, v in whole.items():
+        assert torch.equal(acc.values[key].nan_to_num(-1), v.nan_to_num(-1)), key
 
 
 def test_streaming_surface_metrics_sync_across_two_gloo_processes(seed):
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_sync_worker, args=(2, init_file, seed), nprocs=2, join=True)
+    on_two_gloo_ranks(_sync_worker, seed)
