@@ -353,10 +353,11 @@ class StreamingSurfaceMetrics:
     given a ``tolerance``), the per-class mean over images (``[K]``; NaN values, a class
     in neither mask, are left out) and under ``"m" + name`` the mean of those over
     classes (NaN left out). A distance is inf where a class is in only one mask; it makes
-    the means inf unless ``missing`` gives the value to count instead (BraTS counts
-    373.13 mm for HD95). ``values`` holds the per-image ``[images, K]`` tensors. Under
-    torch.distributed, ``sync(process_group)`` gathers every rank's images (rank order)
-    for ``compute``, until the next ``update`` or ``reset``. ``validate`` is
+    the means inf unless ``missing`` gives the value to count instead (such as the
+    volume's diagonal: 373.13 mm for BraTS's 240 x 240 x 155 grid). ``values`` holds the
+    per-image ``[images, K]`` tensors. Under torch.distributed, ``sync(process_group)``
+    gathers every rank's images (rank order) for ``compute``, until the next ``update``
+    or ``reset``. ``validate`` is
     :func:`surface_metrics`'s: it reads one scalar per ``update``.
     """
 
