@@ -50,7 +50,7 @@ from segtriton.reference.boundary import check_spacing
 
 from ._runtime import kernel_api
 from ._surface_kernels import _surface_stats_kernel
-from .boundary import _distinct, _transform
+from .boundary import _class_map_op, _distinct
 from .metrics import _check as _metric_check
 from .metrics import _raise_if_bad, gather_rows
 
@@ -161,11 +161,10 @@ def _label_surfaces(preds, target, num_classes, ignore_index, idx, spacing, vali
         _raise_if_bad((valid & ~t_in).sum() + (~p_in).sum(), num_classes, ignore_index)
     spacing = list(check_spacing(spacing, target.dim() - 1))
     uniq = _distinct(idx)
-    K, (B, *spatial) = len(uniq), target.shape
+    K, B = len(uniq), target.shape[0]
     rank = {c: k for k, c in enumerate(uniq)}
     lookup = [rank.get(c, K) for c in range(num_classes)] + [K]
     slot = device_constant(lookup, torch.int64, target.device)
-    table = device_constant(uniq, torch.int32, target.device)
     labels, keys, counts = [], [], []
     for x, ok in ((pred, p_in), (target, t_in)):
         labels.append(_surface_labels(torch.where(valid & ok, x.to(torch.int32), -1)))
@@ -173,41 +172,41 @@ def _label_surfaces(preds, target, num_classes, ignore_index, idx, spacing, vali
         counts.append(_groups(keys[-1], K))
 
     def to_other(side: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (B * K, *spatial)
-        to_map = _transform(labels[1 - side].contiguous(), shape, table, None, spacing)
-        d = _sorted_distances(keys[side], to_map.view(B, K, *spatial))
-        return d, counts[side].cumsum(1) - counts[side]
+        to_map = _class_map_op(labels[1 - side], uniq, True, spacing, None, 0)
+        return _sorted_distances(keys[side], to_map), counts[side].cumsum(1) - counts[side]
 
     return _Surfaces(idx, uniq, counts, to_other)
 
 
 def _mask_surfaces(preds, target, num_classes, ignore_index, idx, spacing, validate):
     """:class:`_Surfaces` of multilabel masks: the measured channels' surfaces as uint8
-    ``[B * K, *S]`` maps; each (image, class) row of distances is sorted on its own."""
+    ``[B, K, *S]`` masks; each (image, class) row of distances is sorted on its own."""
     ref_surface.check_mask_inputs(preds, target, num_classes, ignore_index)
-    pred, true, bad_pred, bad_true = ref_surface.mask_values(preds, target, ignore_index)
-    if validate and int(bad_pred.sum() + bad_true.sum()):
-        raise ValueError(
-            "multilabel surface metrics need hard {0, 1} masks: preds (integer) or target "
-            f"hold other values that are not ignore_index={ignore_index}"
-        )
+    if validate:
+        bad_pred, bad_true = ref_surface.bad_mask_values(preds, target, ignore_index)
+        if int(bad_pred.sum() + bad_true.sum()):
+            raise ValueError(
+                "multilabel surface metrics need hard {0, 1} masks: preds (integer) or "
+                f"target hold other values that are not ignore_index={ignore_index}"
+            )
     spacing = list(check_spacing(spacing, target.dim() - 2))
+    pred, true = ref_surface.mask_values(preds, target, ignore_index)
     uniq = _distinct(idx)
     K, (B, _, *spatial) = len(uniq), target.shape
     channels = device_constant(uniq, torch.int64, target.device)
     surfaces, counts = [], []
     for m in (pred, true):
         cls = torch.where(m.index_select(1, channels), 0, -1).to(torch.int32)
-        surfaces.append((_surface_labels(cls.view(B * K, *spatial)) == 0).view(torch.uint8))
-        counts.append(surfaces[-1].view(B, K, -1).sum(-1))
+        surface = _surface_labels(cls.view(B * K, *spatial)) == 0
+        surfaces.append(surface.view(torch.uint8).view(B, K, *spatial))
+        counts.append(surface.view(B, K, -1).sum(-1))
     P = math.prod(spatial)
     first = (torch.arange(K, device=target.device) * P).expand(B, K)
 
     def to_other(side: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (B * K, *spatial)
-        to_map = _transform(surfaces[1 - side], shape, None, None, spacing).view(B * K, -1)
-        on = surfaces[side].view(B * K, -1) != 0
-        d = torch.where(on, to_map.sqrt(), math.inf).sort(dim=1).values
+        to_map = _class_map_op(surfaces[1 - side], list(range(K)), False, spacing, None, 0)
+        on = surfaces[side] != 0
+        d = torch.where(on, to_map.sqrt(), math.inf).view(B * K, P).sort(dim=1).values
         return d.view(B, K * P), first
 
     return _Surfaces(idx, uniq, counts, to_other)

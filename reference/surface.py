@@ -112,22 +112,34 @@ def check_mask_inputs(
         raise ValueError(f"preds are empty (shape {tuple(preds.shape)})")
 
 
+def _mask_valid(target: torch.Tensor, ignore_index: float | None) -> torch.Tensor:
+    """Where a multilabel target is not ``ignore_index``, compared as numbers (a uint8
+    target must not equal -100 at 156)."""
+    if ignore_index is None or target.dtype == torch.bool:
+        return torch.ones_like(target, dtype=torch.bool)
+    return (target if target.is_floating_point() else target.long()) != ignore_index
+
+
 def mask_values(
     preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
-) -> tuple[torch.Tensor, ...]:
-    """``(pred, true, bad_pred, bad_true)``, bool ``[B, C, *S]``: the multilabel masks (a
-    pixel whose target is ``ignore_index`` in neither), and where an integer prediction is
-    not 0 or 1, or a target neither 0, 1 nor ``ignore_index``. Float preds are logits
-    (in the mask where positive: sigmoid above 1/2); other preds are in it where nonzero."""
-    if ignore_index is None or target.dtype == torch.bool:
-        valid = torch.ones_like(target, dtype=torch.bool)
-    else:  # as numbers: a uint8 target must not equal -100 at 156
-        valid = (target if target.is_floating_point() else target.long()) != ignore_index
-    true = valid & (target == 1)
-    bad_true = valid & ~true & (target != 0)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, true)``, bool ``[B, C, *S]``: the multilabel masks, a pixel whose target is
+    ``ignore_index`` in neither. Float preds are logits (in the mask where positive:
+    sigmoid above 1/2); other preds are in it where nonzero; the target where it is 1."""
+    valid = _mask_valid(target, ignore_index)
     pred = valid & (preds > 0 if preds.is_floating_point() else preds != 0)
-    bad_pred = torch.zeros_like(true) if preds.is_floating_point() else (preds != 0) & (preds != 1)
-    return pred, true, bad_pred, bad_true
+    return pred, valid & (target == 1)
+
+
+def bad_mask_values(
+    preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(bad_pred, bad_true)``, bool ``[B, C, *S]``: where an integer prediction is not 0
+    or 1, and where a target is neither 0, 1 nor ``ignore_index``."""
+    bad_true = _mask_valid(target, ignore_index) & (target != 0) & (target != 1)
+    if preds.is_floating_point():
+        return torch.zeros_like(bad_true), bad_true
+    return (preds != 0) & (preds != 1), bad_true
 
 
 def _label_masks(preds, target, num_classes, ignore_index):
@@ -142,7 +154,7 @@ def _label_masks(preds, target, num_classes, ignore_index):
 
 def _multilabel_masks(preds, target, num_classes, ignore_index):
     check_mask_inputs(preds, target, num_classes, ignore_index)
-    pred, true, bad_pred, bad_true = mask_values(preds, target, ignore_index)
+    bad_pred, bad_true = bad_mask_values(preds, target, ignore_index)
     if bool(bad_true.any()):
         value = float(target[bad_true].flatten()[0])
         raise ValueError(
@@ -152,7 +164,7 @@ def _multilabel_masks(preds, target, num_classes, ignore_index):
     if bool(bad_pred.any()):
         value = int(preds[bad_pred].flatten()[0])
         raise ValueError(f"integer preds must be {{0, 1}} masks, got {value}")
-    pred, true = pred.cpu().numpy(), true.cpu().numpy()
+    pred, true = (m.cpu().numpy() for m in mask_values(preds, target, ignore_index))
     return lambda b, c: (pred[b, c], true[b, c])
 
 
