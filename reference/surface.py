@@ -168,6 +168,9 @@ def _multilabel_masks(preds, target, num_classes, ignore_index):
     return lambda b, c: (pred[b, c], true[b, c])
 
 
+Formula = tuple[Callable[[np.ndarray, np.ndarray, int], float], float]
+
+
 def _per_class(
     preds: torch.Tensor,
     target: torch.Tensor,
@@ -176,10 +179,12 @@ def _per_class(
     ignore_index: float | None,
     classes: Sequence[int] | None,
     mode: str,
-    measure: Callable[[np.ndarray, np.ndarray, tuple[float, ...], int], Sequence[float]],
+    formulas: Sequence[Formula],
 ) -> torch.Tensor:
-    """``measure(surface of the prediction, surface of the target, spacing, class)`` (M
-    numbers) for every image and measured class, as float64 ``[B, K, M]``."""
+    """float64 ``[B, K, M]``: for every image and measured class c, each of the M
+    ``(formula, one_sided)``: ``formula(pg, gp, c)`` of the distances from the predicted
+    surface to the target's (``pg``) and back (``gp``) where both surfaces have pixels;
+    ``one_sided`` where only one has (a missed or spurious class); NaN where neither."""
     check_num_classes(num_classes)
     check_choice("mode", mode, MODES)
     labels = mode == "multiclass"
@@ -188,22 +193,36 @@ def _per_class(
     )
     spacing = check_spacing(spacing, target.dim() - (1 if labels else 2))
     idx = measured_classes(classes, num_classes)
-    out = np.array(
-        [
-            [measure(*(_edges(m) for m in masks(b, c)), spacing, c) for c in idx]
-            for b in range(target.shape[0])
-        ],
-        dtype=np.float64,
-    )
-    return torch.from_numpy(out).to(target.device)
+
+    def measure(b: int, c: int) -> list[float]:
+        p, g = (_edges(m) for m in masks(b, c))
+        if not (p.any() and g.any()):
+            return [one if p.any() or g.any() else math.nan for _, one in formulas]
+        pg, gp = _distances(p, g, spacing), _distances(g, p, spacing)
+        return [float(f(pg, gp, c)) for f, _ in formulas]
+
+    out = [[measure(b, c) for c in idx] for b in range(target.shape[0])]
+    return torch.tensor(out, dtype=torch.float64, device=target.device)
 
 
-def _absent(p: np.ndarray, g: np.ndarray) -> float | None:
-    """NaN for a class in neither mask, inf for one in only one (a missed or spurious
-    class), None when both surfaces have pixels."""
-    if p.any() and g.any():
-        return None
-    return math.nan if p.any() == g.any() else math.inf
+def _hd(percentile: float | None, directed: bool) -> Formula:
+    """The maximum (or percentile) of the distances from P, or the larger of both ways."""
+
+    def formula(pg: np.ndarray, gp: np.ndarray, c: int) -> float:
+        one_way = [pg] if directed else [pg, gp]
+        return max(d.max() if percentile is None else np.percentile(d, percentile) for d in one_way)
+
+    return formula, math.inf
+
+
+def _asd(directed: bool) -> Formula:
+    """The mean distance over the pixels of P (and of G, unless directed)."""
+    return (lambda pg, gp, c: np.concatenate([pg] if directed else [pg, gp]).mean()), math.inf
+
+
+def _nsd(tau: list[float]) -> Formula:
+    """The fraction of the pixels of P and G within ``tau[c]`` of the other surface."""
+    return (lambda pg, gp, c: (np.concatenate([pg, gp]) <= tau[c]).mean()), 0.0
 
 
 @checks_flags
@@ -227,20 +246,8 @@ def hausdorff_distance(
     else the larger of both directions. A class in neither mask gives NaN (left out of a
     ``nanmean``), one in only one mask inf, in either mode.
     """
-    percentile = check_percentile(percentile)
-
-    def one_way(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...]) -> float:
-        d = _distances(p, g, spacing)
-        return float(d.max() if percentile is None else np.percentile(d, percentile))
-
-    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
-        absent = _absent(p, g)
-        if absent is not None:
-            return [absent]
-        hd = one_way(p, g, spacing)
-        return [hd if directed else max(hd, one_way(g, p, spacing))]
-
-    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    formulas = [_hd(check_percentile(percentile), directed)]
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, formulas)
     return _per_class(*args)[..., 0]
 
 
@@ -261,15 +268,7 @@ def average_surface_distance(
     symmetric surface distance, ASSD), or with ``directed`` over the pixels of P only,
     their distance to G (ASD). A class in neither mask gives NaN, one in only one inf.
     """
-
-    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
-        absent = _absent(p, g)
-        if absent is not None:
-            return [absent]
-        d = [_distances(p, g, spacing)] + ([] if directed else [_distances(g, p, spacing)])
-        return [float(np.concatenate(d).mean())]
-
-    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, [_asd(directed)])
     return _per_class(*args)[..., 0]
 
 
@@ -290,15 +289,8 @@ def surface_dice(
     (``tau_c`` for class c). A class in neither mask gives NaN, one in only one 0.
     """
     check_num_classes(num_classes)
-    tau = check_tolerance(tolerance, num_classes)
-
-    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
-        if not (p.any() or g.any()):
-            return [math.nan]
-        d = np.concatenate([_distances(p, g, spacing), _distances(g, p, spacing)])
-        return [float((d <= tau[c]).mean())]
-
-    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    formulas = [_nsd(check_tolerance(tolerance, num_classes))]
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, formulas)
     return _per_class(*args)[..., 0]
 
 
@@ -317,18 +309,9 @@ def surface_metrics(
     (its 95th percentile), ``assd`` (:func:`average_surface_distance`) and, given a
     ``tolerance``, ``nsd`` (:func:`surface_dice`), from one pair of distance sets."""
     check_num_classes(num_classes)
-    tau = None if tolerance is None else check_tolerance(tolerance, num_classes)
-
-    def measure(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], c: int) -> list:
-        absent = _absent(p, g)
-        if absent is not None:  # NSD: NaN for neither surface, 0 for one
-            return [absent] * 3 + [absent if math.isnan(absent) else 0.0]
-        pg, gp = _distances(p, g, spacing), _distances(g, p, spacing)
-        both = np.concatenate([pg, gp])
-        hd = [max(np.percentile(pg, q), np.percentile(gp, q)) for q in (100, 95)]
-        return [*hd, both.mean(), (both <= tau[c]).mean() if tau else math.nan]
-
-    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, measure)
+    named = {"hd": _hd(None, False), "hd95": _hd(95.0, False), "assd": _asd(False)}
+    if tolerance is not None:
+        named["nsd"] = _nsd(check_tolerance(tolerance, num_classes))
+    args = (preds, target, num_classes, spacing, ignore_index, classes, mode, list(named.values()))
     out = _per_class(*args)
-    keys = ("hd", "hd95", "assd", "nsd")[: 3 if tau is None else 4]
-    return {key: out[..., i] for i, key in enumerate(keys)}
+    return {key: out[..., i] for i, key in enumerate(named)}
