@@ -61,6 +61,13 @@ def smooth_labels(gen: torch.Generator, C: int, shape: tuple[int, ...]) -> torch
     return pool(noise, 5, stride=1, padding=2, count_include_pad=False).argmax(dim=1)
 
 
+def nested_masks(gen: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    """int64 ``[B, 3, *S]`` masks of smooth regions nested as BraTS's whole tumour,
+    tumour core and enhancing tumour (each inside the one before)."""
+    level = smooth_labels(gen, 4, shape)  # 0: outside, 1..3: deeper
+    return torch.stack([level >= c for c in (1, 2, 3)], dim=1).long()
+
+
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     return x.contiguous(memory_format=fmt)

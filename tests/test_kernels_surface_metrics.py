@@ -9,7 +9,13 @@ import re
 
 import pytest
 import torch
-from kernel_checks import DEVICE, on_two_gloo_ranks, smooth_labels, to_channels_last
+from kernel_checks import (
+    DEVICE,
+    nested_masks,
+    on_two_gloo_ranks,
+    smooth_labels,
+    to_channels_last,
+)
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -88,13 +94,6 @@ def test_classes_are_the_columns_of_all(name, classes, gen):
         some = check(name, logits, target, 5, classes=classes, ignore_index=255, **opts)
         full = getattr(ker, name)(logits.to(DEVICE), target.to(DEVICE), 5, ignore_index=255, **opts)
         torch.testing.assert_close(some, full.cpu()[:, classes], rtol=0, atol=0, equal_nan=True)
-
-
-def nested_masks(gen, shape):
-    """int64 ``[B, 3, *S]`` masks of smooth regions nested as BraTS's whole tumour,
-    tumour core and enhancing tumour (each inside the one before)."""
-    level = smooth_labels(gen, 4, shape)  # 0: outside, 1..3: deeper
-    return torch.stack([level >= c for c in (1, 2, 3)], dim=1).long()
 
 
 @pytest.mark.parametrize(

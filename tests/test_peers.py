@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import smooth_labels
+from kernel_checks import nested_masks, smooth_labels
 
 from segtriton import reference as ref
 from segtriton.bench.baselines import smp_losses
@@ -225,11 +225,7 @@ def test_monai_surface_metrics_of_overlapping_masks(gen):
         compute_surface_dice,
     )
 
-    def nested():
-        level = smooth_labels(gen, 4, (2, 11, 13, 9))
-        return torch.stack([level >= c for c in (1, 2, 3)], dim=1)
-
-    pred, target = nested(), nested()
+    pred, target = (nested_masks(gen, (2, 11, 13, 9)).bool() for _ in range(2))
     spacing = (1.0, 1.5, 2.0)
     opts = {"spacing": spacing, "mode": "multilabel"}
     pairs = [
