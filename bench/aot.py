@@ -189,6 +189,7 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                 plans.append((entry.name, options, C, entry.reductions))
     for C in counts:
         plans += [("confusion_logits", {}, C, ()), ("confusion_labels", {"per_image": True}, C, ())]
+    plans += [("confusion_masks", {"mode": "multilabel"}, C, ()) for C in (3, 300)]
     plans.append(("surface_dice", {"tolerance": 1.0}, 3, ()))
     cases = []
     for (name, options, C, reductions), dtype in itertools.product(plans, dtypes):
@@ -236,6 +237,13 @@ def run_case(case: CompileCase) -> None:
     gen = torch.Generator().manual_seed(0)
     B, C, *spatial = case.shape
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}[len(case.shape)]
+    if case.name == "confusion_masks":  # multilabel: logits against uint8 masks
+        target = torch.randint(0, 2, case.shape, generator=gen).to(torch.uint8)
+        preds = torch.randn(case.shape, generator=gen).to(case.dtype)
+        if case.channels_last:
+            preds, target = (x.contiguous(memory_format=fmt) for x in (preds, target))
+        kernels.confusion_matrix(preds, target, C, ignore_index=255, validate=False, **case.options)
+        return
     if case.name.startswith("confusion"):
         target = torch.randint(0, C, (B, *spatial), generator=gen).to(case.label_dtype)
         if case.name == "confusion_logits":

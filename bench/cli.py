@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     traffic.add_argument(
         "--losses",
-        help="comma-separated registry names, confusion_labels, confusion_logits (default: all)",
+        help="comma-separated registry names, confusion_labels, confusion_logits, confusion_masks "
+        "(default: all)",
     )
     traffic.add_argument(
         "--options",

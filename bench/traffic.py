@@ -243,30 +243,35 @@ def loss_traffic(
     return record, minimal_bytes(entry, shape, dtype, t.dtype, "fwd+bwd", options)
 
 
-METRICS = ("confusion_labels", "confusion_logits")
+METRICS = ("confusion_labels", "confusion_logits", "confusion_masks")
 
 
 def confusion_traffic(
     shape: tuple[int, ...],
-    from_logits: bool,
+    kind: str,
     dtype: torch.dtype = torch.bfloat16,
     label_dtype: torch.dtype = torch.int64,
     seed: int = 0,
 ) -> tuple[Traffic, int]:
-    """Count one confusion matrix at ``shape`` (``[B, C, *S]``) from predicted labels or
-    from logits; the model is reading the predictions (or logits) and targets once."""
+    """Count one confusion matrix at ``shape`` (``[B, C, *S]``) from predicted labels,
+    from logits, or (``kind`` 'masks') multilabel: logits against uint8 masks of that
+    shape; the model is reading the predictions (or logits) and targets once."""
     from segtriton.kernels import confusion_matrix
     from segtriton.registry import confusion_bytes
 
     B, C, *spatial = shape
     gen = torch.Generator().manual_seed(seed)
-    target = torch.randint(0, C, (B, *spatial), generator=gen).to(label_dtype)
-    if from_logits:
-        preds = torch.randn(shape, generator=gen).to(dtype)
+    if kind == "masks":
+        target = torch.randint(0, 2, shape, generator=gen).to(torch.uint8)
     else:
+        target = torch.randint(0, C, (B, *spatial), generator=gen).to(label_dtype)
+    if kind == "labels":
         preds = torch.randint(0, C, (B, *spatial), generator=gen).to(label_dtype)
+    else:
+        preds = torch.randn(shape, generator=gen).to(dtype)
+    mode = "multilabel" if kind == "masks" else "multiclass"
     with count_traffic() as record:
-        confusion_matrix(preds, target, C, validate=False)
+        confusion_matrix(preds, target, C, mode=mode, validate=False)
     return record, confusion_bytes(preds, target)
 
 
@@ -291,7 +296,8 @@ def traffic_table(
         progress(i, len(names), started, name)
         if name in METRICS:
             case = tuple(shape)
-            record, model = confusion_traffic(case, name.endswith("logits"), dtype, label_dtype)
+            kind = name.removeprefix("confusion_")
+            record, model = confusion_traffic(case, kind, dtype, label_dtype)
         else:
             entry = get(name)
             opts = {**entry.variants[0], **(options or {})}

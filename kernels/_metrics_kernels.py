@@ -121,3 +121,72 @@ def _confusion_kernel(
     elif DIAG_BINS > 0:
         k = tl.arange(0, DIAG_BINS)
         tl.atomic_add(row + k * (C + 1), diag.to(tl.int64), mask=(k < C) & (diag > 0))
+
+
+@triton.jit
+def _multilabel_counts_kernel(
+    p_ptr,
+    t_ptr,
+    out_ptr,
+    C,
+    S,
+    n_chunks,
+    tiles_per_chunk,
+    spb,
+    spc,
+    sps,
+    stb,
+    stc,
+    sts,
+    ignore_value,
+    HAS_IGNORE: tl.constexpr,
+    LOGITS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Five int64 counts per channel of class block ``program_id(1)`` over one run of pixel
+    tiles of one image, stored at ``out[program_id(0), k, c]``: true positives, target
+    entries, predicted entries, counted entries (target not ``ignore_value``) and bad
+    entries (a counted target not 0 / 1, or an integer prediction not 0 / 1).
+
+    A prediction is in its mask where a logit is positive (LOGITS) or a value nonzero; a
+    target where it equals 1. Values are compared in their loaded dtypes, as torch
+    compares them with a Python number."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // n_chunks
+    first_tile = (pid % n_chunks) * tiles_per_chunk
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    cmask = offs_c < C
+    p_base = p_ptr + b * spb + offs_c[:, None] * spc
+    t_base = t_ptr + b * stb + offs_c[:, None] * stc
+    tp = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
+    n_true = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
+    n_pred = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
+    n_valid = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
+    n_bad = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
+    for tile in range(first_tile, first_tile + tiles_per_chunk):
+        offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+        m2 = cmask[:, None] & (offs_p < S)[None, :]
+        t = tl.load(t_base + offs_p[None, :] * sts, mask=m2, other=0)
+        p = tl.load(p_base + offs_p[None, :] * sps, mask=m2, other=0)
+        valid = m2
+        if HAS_IGNORE:
+            valid = valid & (t != ignore_value)
+        true = valid & (t == 1)
+        if LOGITS:  # fp32: a bf16 tile against 0 misreads in Triton's interpreter
+            pred = valid & (p.to(tl.float32) > 0)
+            bad = valid & ~true & (t != 0)
+        else:
+            pred = valid & (p != 0)
+            bad = (valid & ~true & (t != 0)) | (m2 & (p != 0) & (p != 1))
+        tp += (true & pred).to(tl.int32)
+        n_true += true.to(tl.int32)
+        n_pred += pred.to(tl.int32)
+        n_valid += valid.to(tl.int32)
+        n_bad += bad.to(tl.int32)
+    row = out_ptr + pid * 5 * C + offs_c
+    tl.store(row, tl.sum(tp.to(tl.int64), axis=1), mask=cmask)
+    tl.store(row + C, tl.sum(n_true.to(tl.int64), axis=1), mask=cmask)
+    tl.store(row + 2 * C, tl.sum(n_pred.to(tl.int64), axis=1), mask=cmask)
+    tl.store(row + 3 * C, tl.sum(n_valid.to(tl.int64), axis=1), mask=cmask)
+    tl.store(row + 4 * C, tl.sum(n_bad.to(tl.int64), axis=1), mask=cmask)

@@ -17,6 +17,13 @@ a class with an empty denominator, left out of means). How the matrix is built:
 - A label outside ``[0, C)`` (target not ``ignore_index``, or a predicted label) is
   counted apart: ``validate=True`` (the default) reads that count (one scalar host sync)
   and raises ``ValueError``; with ``validate=False`` such pixels are left out silently.
+- ``mode='multilabel'`` (overlapping masks ``[B, C, *S]``): one pass over predictions and
+  targets, each program counting true positives, target, predicted and counted entries
+  per channel of one run of pixel tiles; the int64 partial rows are summed in a fixed
+  order. A target other than 0, 1 or ``ignore_index``, or an integer prediction other
+  than 0 / 1, is counted apart as above (``validate=False``: such a target entry is
+  counted in no mask, and such a prediction is in its mask, as
+  ``segtriton.reference.metrics.mask_values`` reads them).
 """
 
 from __future__ import annotations
@@ -30,11 +37,27 @@ from segtriton.reference._common import (
     check_label_dtype,
     check_num_classes,
 )
-from segtriton.reference.metrics import class_counts, metrics_from_confusion, metrics_from_counts
+from segtriton.reference.metrics import (
+    MODES,
+    check_mask_inputs,
+    class_counts,
+    metrics_from_confusion,
+    metrics_from_counts,
+    multilabel_matrix,
+)
 
-from ._metrics_kernels import _confusion_kernel
+from ._metrics_kernels import _confusion_kernel, _multilabel_counts_kernel
 from ._runtime import kernel_api
-from ._tiles import class_blocks, ignore_arg, label_view, next_pow2, pixel_view, tile_chunks
+from ._tiles import (
+    cdiv,
+    class_blocks,
+    ignore_arg,
+    ignore_value,
+    label_view,
+    next_pow2,
+    pixel_view,
+    tile_chunks,
+)
 
 _HIST_BINS = 4096  # private per-program histograms up to this many bins
 _LABEL_TILE = 1024
@@ -126,8 +149,75 @@ def _confusion(
     return (cm if per_image else cm[0]), counts[:, cells].sum()
 
 
-def _raise_if_bad(bad: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+def multilabel_counts(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(counts, bad)``: int64 ``[B, 4, C]`` per image and channel (true positives, target,
+    predicted and counted entries; ``class_counts``'s multilabel rows) and the device
+    count of bad mask values, from one pass over multilabel ``preds`` and ``target``."""
+    check_num_classes(num_classes)
+    check_mask_inputs(preds, target, num_classes, ignore_index)
+    C, B = num_classes, target.shape[0]
+    p, spb, spc, sps = pixel_view(preds.view(torch.uint8) if preds.dtype == torch.bool else preds)
+    t, stb, stc, sts = pixel_view(
+        target.view(torch.uint8) if target.dtype == torch.bool else target
+    )
+    block_c, block_p, _ = class_blocks(C)
+    S = t[0, 0].numel()
+    tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
+    ign = ignore_value(ignore_index, target, labels=False)
+    out = torch.empty(B * n_chunks * 5 * C, dtype=torch.int64, device=t.device)
+    _multilabel_counts_kernel[(B * n_chunks, cdiv(C, block_c))](
+        p,
+        t,
+        out,
+        C,
+        S,
+        n_chunks,
+        tiles_per_chunk,
+        spb,
+        spc,
+        sps,
+        stb,
+        stc,
+        sts,
+        0.0 if ign is None else ign,
+        HAS_IGNORE=ign is not None and target.dtype != torch.bool,
+        LOGITS=preds.is_floating_point(),
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+    )
+    counts = out.view(B, n_chunks, 5, C).sum(1)
+    return counts[:, :4], counts[:, 4].sum()
+
+
+def _matrix(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: float | None,
+    per_image: bool,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cm, bad)`` of :func:`confusion_matrix` for either mode, without a host sync."""
+    check_choice("mode", mode, MODES)
+    if mode == "multiclass":
+        return _confusion(preds, target, num_classes, ignore_index, per_image)
+    counts, bad = multilabel_counts(preds, target, num_classes, ignore_index)
+    cm = multilabel_matrix(counts)
+    return (cm if per_image else cm.sum(0)), bad
+
+
+def _raise_if_bad(
+    bad: torch.Tensor, num_classes: int, ignore_index: float | None, mode: str = "multiclass"
+) -> None:
     n = int(bad)
+    if n and mode == "multilabel":
+        raise ValueError(
+            f"{n} entries hold a target mask value other than 0, 1 or "
+            f"ignore_index={ignore_index}, or an integer prediction other than 0 / 1: "
+            "multilabel metrics need hard {0, 1} masks"
+        )
     if n:
         raise ValueError(
             f"{n} pixel(s) hold a target or predicted label outside [0, {num_classes}) "
@@ -155,16 +245,17 @@ def confusion_matrix(
     preds: torch.Tensor,
     target: torch.Tensor,
     num_classes: int,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     per_image: bool = False,
+    mode: str = "multiclass",
     validate: bool = True,
 ) -> torch.Tensor:
     """Triton confusion matrix; semantics of ``segtriton.reference.confusion_matrix``
-    (int64 ``[C, C]``, or ``[B, C, C]`` with ``per_image``). ``validate``: see the module
-    docstring."""
-    cm, bad = _confusion(preds, target, num_classes, ignore_index, per_image)
+    (int64 ``[C, C]``, multilabel ``[C, 2, 2]``; a leading ``B`` dim with ``per_image``).
+    ``validate``: see the module docstring."""
+    cm, bad = _matrix(preds, target, num_classes, ignore_index, per_image, mode)
     if validate:
-        _raise_if_bad(bad, num_classes, ignore_index)
+        _raise_if_bad(bad, num_classes, ignore_index, mode)
     return cm
 
 
@@ -173,56 +264,65 @@ def segmentation_metrics(
     preds: torch.Tensor,
     target: torch.Tensor,
     num_classes: int,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     average: str = "dataset",
+    mode: str = "multiclass",
     validate: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Triton confusion matrix, then the metrics of
     ``segtriton.reference.segmentation_metrics`` computed from it on the device."""
     check_choice("average", average, ("dataset", "image"))
-    cm = confusion_matrix(preds, target, num_classes, ignore_index, average == "image", validate)
-    return metrics_from_confusion(cm)
+    per_image = average == "image"
+    cm = confusion_matrix(preds, target, num_classes, ignore_index, per_image, mode, validate)
+    return metrics_from_confusion(cm, mode)
 
 
 class StreamingMetrics:
     """Accumulates confusion matrices over batches (``update``), then ``compute``s the
     metrics of :func:`segmentation_metrics`; ``reset`` starts again.
 
-    ``update`` never synchronises with the host: bad labels are counted on the device and
-    reported by ``compute`` (which reads them, as it reads the metrics). Under
-    torch.distributed, call ``sync(process_group)`` before ``compute``: it all-reduces the
-    int64 matrix and the bad-label count, so every rank computes the metrics of the whole
-    dataset (for average 'image' it gathers the per-image counts). The combined counts
-    hold until the next ``update`` or ``reset``; each rank keeps its own counts, so
-    ``sync`` may be called again (after more updates, or twice) without counting a rank's
-    pixels twice.
+    ``update`` never synchronises with the host: bad labels (or mask values) are counted
+    on the device and reported by ``compute`` (which reads them, as it reads the
+    metrics). Under torch.distributed, call ``sync(process_group)`` before ``compute``: it
+    all-reduces the int64 matrix and the bad-label count, so every rank computes the
+    metrics of the whole dataset (for average 'image' it gathers the per-image counts).
+    The combined counts hold until the next ``update`` or ``reset``; each rank keeps its
+    own counts, so ``sync`` may be called again (after more updates, or twice) without
+    counting a rank's pixels twice.
 
-    average: 'dataset' (one matrix) or 'image' (per image seen, until ``reset``, the three
-    counts per class the metrics need: true positives, target and predicted pixels, int64
-    ``[3, C]`` (``segtriton.reference.class_counts``), not a ``C x C`` matrix: 24 KB an
-    image at C = 1000 instead of 8 MB). Either way ``compute()["confusion_matrix"]`` and
-    :attr:`confusion_matrix` are the ``[C, C]`` matrix summed over every image; per-image
-    matrices of one batch come from :func:`confusion_matrix` with ``per_image=True``.
+    average: 'dataset' (one matrix) or 'image' (per image seen, until ``reset``, the
+    counts per class the metrics need: true positives, target and predicted pixels, and
+    for multilabel the counted entries, int64 ``[3, C]`` or ``[4, C]``
+    (``segtriton.reference.class_counts``), not a ``C x C`` matrix: 24 KB an image at
+    C = 1000 instead of 8 MB). Either way ``compute()["confusion_matrix"]`` and
+    :attr:`confusion_matrix` are the matrix summed over every image (``[C, C]``;
+    multilabel ``[C, 2, 2]``); per-image matrices of one batch come from
+    :func:`confusion_matrix` with ``per_image=True``.
+    mode: 'multiclass' (label maps or logits) or 'multilabel' (overlapping masks), as
+    :func:`confusion_matrix` reads them.
     """
 
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int | None = None,
+        ignore_index: float | None = None,
         average: str = "dataset",
         device: str | torch.device | None = None,
+        mode: str = "multiclass",
     ) -> None:
         check_choice("average", average, ("dataset", "image"))
+        check_choice("mode", mode, MODES)
         check_num_classes(num_classes)
-        check_ignore_index(ignore_index, labels=True)
+        check_ignore_index(ignore_index, labels=mode == "multiclass")
         self.num_classes, self.ignore_index, self.average = num_classes, ignore_index, average
+        self.mode = mode
         self.device = torch.device(device) if device is not None else None
         self.reset()
 
     def reset(self) -> None:
-        C = self.num_classes
-        self._cm = torch.zeros((C, C), dtype=torch.int64)
-        self._counts = torch.zeros((0, 3, C), dtype=torch.int64)
+        C, labels = self.num_classes, self.mode == "multiclass"
+        self._cm = torch.zeros((C, C) if labels else (C, 2, 2), dtype=torch.int64)
+        self._counts = torch.zeros((0, 3 if labels else 4, C), dtype=torch.int64)
         self._bad = torch.zeros((), dtype=torch.int64)
         self._images: list[torch.Tensor] = []
         if self.device is not None:
@@ -234,7 +334,7 @@ class StreamingMetrics:
         self._cm, self._bad = self._cm.to(device), self._bad.to(device)
 
     def _own_counts(self) -> torch.Tensor:
-        """This process's per-image counts ``[images, 3, C]`` (empty for 'dataset')."""
+        """This process's per-image counts ``[images, 3 or 4, C]`` (empty for 'dataset')."""
         if self._images:
             self._counts = torch.cat([self._counts, *self._images])
             self._images = []
@@ -244,9 +344,9 @@ class StreamingMetrics:
         if self._cm.device != target.device:
             self._to(target.device)
         per_image = self.average == "image"
-        cm, bad = _confusion(preds, target, self.num_classes, self.ignore_index, per_image)
+        cm, bad = _matrix(preds, target, self.num_classes, self.ignore_index, per_image, self.mode)
         if per_image:  # concatenated when read: a cat per update would copy O(n^2)
-            self._images.append(class_counts(cm))
+            self._images.append(class_counts(cm, self.mode))
             cm = cm.sum(0)
         self._cm = self._cm + cm
         self._bad = self._bad + bad
@@ -269,12 +369,12 @@ class StreamingMetrics:
     def compute(self) -> dict[str, torch.Tensor]:
         """The metrics of the counts: all ranks' after ``sync``, else this process's."""
         cm, counts, bad = self._synced or (self._cm, self._own_counts(), self._bad)
-        _raise_if_bad(bad, self.num_classes, self.ignore_index)
+        _raise_if_bad(bad, self.num_classes, self.ignore_index, self.mode)
         if self.average == "dataset":
-            return metrics_from_confusion(cm)
+            return metrics_from_confusion(cm, self.mode)
         return {"confusion_matrix": cm, **metrics_from_counts(counts)}
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
-        """The ``[C, C]`` matrix ``compute`` reports (all ranks' after ``sync``)."""
+        """The matrix ``compute`` reports (all ranks' after ``sync``)."""
         return self._synced[0] if self._synced else self._cm

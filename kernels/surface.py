@@ -47,12 +47,13 @@ from segtriton.reference._common import (
     not_ignored,
 )
 from segtriton.reference.boundary import check_spacing
+from segtriton.reference.metrics import MODES, check_mask_inputs, mask_values
 
 from ._runtime import kernel_api
 from ._surface_kernels import _surface_stats_kernel
 from .boundary import _class_map_op, _distinct
 from .metrics import _check as _metric_check
-from .metrics import _raise_if_bad, gather_rows
+from .metrics import _raise_if_bad, gather_rows, multilabel_counts
 
 _STATS_BLOCK = 1024
 
@@ -181,16 +182,16 @@ def _label_surfaces(preds, target, num_classes, ignore_index, idx, spacing, vali
 def _mask_surfaces(preds, target, num_classes, ignore_index, idx, spacing, validate):
     """:class:`_Surfaces` of multilabel masks: the measured channels' surfaces as uint8
     ``[B, K, *S]`` masks; each (image, class) row of distances is sorted on its own."""
-    ref_surface.check_mask_inputs(preds, target, num_classes, ignore_index)
-    if validate:
-        bad_pred, bad_true = ref_surface.bad_mask_values(preds, target, ignore_index)
-        if int(bad_pred.sum() + bad_true.sum()):
-            raise ValueError(
-                "multilabel surface metrics need hard {0, 1} masks: preds (integer) or "
-                f"target hold other values that are not ignore_index={ignore_index}"
-            )
+    check_mask_inputs(preds, target, num_classes, ignore_index)
+    if validate:  # one counting pass over both inputs, then one scalar read
+        _raise_if_bad(
+            multilabel_counts(preds, target, num_classes, ignore_index)[1],
+            num_classes,
+            ignore_index,
+            "multilabel",
+        )
     spacing = list(check_spacing(spacing, target.dim() - 2))
-    pred, true = ref_surface.mask_values(preds, target, ignore_index)
+    pred, true = mask_values(preds, target, ignore_index)
     uniq = _distinct(idx)
     K, (B, _, *spatial) = len(uniq), target.shape
     channels = device_constant(uniq, torch.int64, target.device)
@@ -224,7 +225,7 @@ def _surfaces(
 ) -> _Surfaces:
     """The checks every surface metric makes, then the surfaces of both inputs."""
     check_num_classes(num_classes)
-    check_choice("mode", mode, ref_surface.MODES)
+    check_choice("mode", mode, MODES)
     idx = ref_surface.measured_classes(classes, num_classes)
     build = _label_surfaces if mode == "multiclass" else _mask_surfaces
     return build(preds, target, num_classes, ignore_index, idx, spacing, validate)
@@ -372,7 +373,7 @@ class StreamingSurfaceMetrics:
         validate: bool = True,
     ) -> None:
         check_num_classes(num_classes)
-        check_choice("mode", mode, ref_surface.MODES)
+        check_choice("mode", mode, MODES)
         if tolerance is not None:
             ref_surface.check_tolerance(tolerance, num_classes)
         ref_surface.measured_classes(classes, num_classes)

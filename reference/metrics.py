@@ -1,17 +1,29 @@
-"""Segmentation metrics from a C x C confusion matrix.
+"""Segmentation metrics from a confusion matrix.
 
-``cm[t, p]`` counts pixels whose target is t and prediction p (rows: target, columns:
-prediction, the torchmetrics convention). Every metric is a ratio of counts; a ratio
-whose denominator is 0 (for IoU and Dice: a class absent from both target and
-prediction; for class accuracy: a class absent from the target) is NaN and is left out
-of means (``nanmean``).
+``mode='multiclass'`` (default): label maps; ``cm[t, p]`` (``[C, C]``) counts pixels whose
+target is t and prediction p (rows: target, columns: prediction, the torchmetrics
+convention). ``mode='multilabel'``: one binary mask per channel, which may overlap
+(BraTS's whole tumour, tumour core and enhancing tumour); ``cm[c]`` (``[C, 2, 2]``) is
+channel c's ``[[TN, FP], [FN, TP]]`` over its (pixel, channel) entries, as torchmetrics'
+MultilabelConfusionMatrix. Every metric is a ratio of counts; a ratio whose denominator
+is 0 (for IoU and Dice: a class absent from both target and prediction; for class
+accuracy: a class absent from the target) is NaN and is left out of means
+(``nanmean``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._common import check_choice, check_num_classes, checks_flags, label_mask
+from ._common import (
+    check_choice,
+    check_ignore_index,
+    check_num_classes,
+    checks_flags,
+    label_mask,
+)
+
+MODES = ("multiclass", "multilabel")
 
 
 def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -32,21 +44,129 @@ def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) ->
     return preds
 
 
+def check_mask_inputs(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: float | None
+) -> None:
+    """Multilabel inputs: preds and target of one shape ``[B, C, *S]`` with C =
+    ``num_classes``, on one device (no value reads)."""
+    for name, x in (("preds", preds), ("target", target)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    check_ignore_index(ignore_index, labels=False)
+    if preds.dim() < 3 or preds.shape[1] != num_classes:
+        raise ValueError(
+            f"multilabel preds must be [B, {num_classes}, *spatial] masks or logits, "
+            f"got shape {tuple(preds.shape)}"
+        )
+    if target.shape != preds.shape:
+        raise ValueError(
+            f"multilabel target shape {tuple(target.shape)} does not match preds "
+            f"{tuple(preds.shape)}"
+        )
+    if target.device != preds.device:
+        raise ValueError(f"preds are on {preds.device} but target on {target.device}")
+    if preds.numel() == 0:
+        raise ValueError(f"preds are empty (shape {tuple(preds.shape)})")
+
+
+def mask_valid(target: torch.Tensor, ignore_index: float | None) -> torch.Tensor:
+    """Where a multilabel target is not ``ignore_index``, compared as numbers (a uint8
+    target must not equal -100 at 156)."""
+    if ignore_index is None or target.dtype == torch.bool:
+        return torch.ones_like(target, dtype=torch.bool)
+    return (target if target.is_floating_point() else target.long()) != ignore_index
+
+
+def mask_values(
+    preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, true)``, bool ``[B, C, *S]``: the multilabel masks, a pixel whose target is
+    ``ignore_index`` in neither. Float preds are logits (in the mask where positive:
+    sigmoid above 1/2); other preds are in it where nonzero; the target where it is 1."""
+    valid = mask_valid(target, ignore_index)
+    pred = valid & (preds > 0 if preds.is_floating_point() else preds != 0)
+    return pred, valid & (target == 1)
+
+
+def bad_mask_values(
+    preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(bad_pred, bad_true)``, bool ``[B, C, *S]``: where an integer prediction is not 0
+    or 1, and where a target is neither 0, 1 nor ``ignore_index``."""
+    bad_true = mask_valid(target, ignore_index) & (target != 0) & (target != 1)
+    if preds.is_floating_point():
+        return torch.zeros_like(bad_true), bad_true
+    return (preds != 0) & (preds != 1), bad_true
+
+
+def check_mask_values(
+    preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> None:
+    """Raise ``ValueError`` naming the first bad value of :func:`bad_mask_values`."""
+    bad_pred, bad_true = bad_mask_values(preds, target, ignore_index)
+    if bool(bad_true.any()):
+        value = float(target[bad_true].flatten()[0])
+        raise ValueError(
+            f"target mask holds {value}: multilabel metrics need hard {{0, 1}} masks "
+            f"(or ignore_index={ignore_index})"
+        )
+    if bool(bad_pred.any()):
+        value = int(preds[bad_pred].flatten()[0])
+        raise ValueError(f"integer preds must be {{0, 1}} masks, got {value}")
+
+
+def multilabel_matrix(counts: torch.Tensor) -> torch.Tensor:
+    """``[..., C, 2, 2]`` ``[[TN, FP], [FN, TP]]`` from ``[..., 4, C]`` counts (true
+    positives, target entries, predicted entries, counted entries)."""
+    tp, t, p, n = counts.unbind(-2)
+    return torch.stack((n - t - p + tp, p - tp, t - tp, tp), -1).unflatten(-1, (2, 2))
+
+
+def _multilabel_confusion(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: float | None,
+    per_image: bool,
+) -> torch.Tensor:
+    check_mask_inputs(preds, target, num_classes, ignore_index)
+    check_mask_values(preds, target, ignore_index)
+    pred, true = mask_values(preds, target, ignore_index)
+    valid = mask_valid(target, ignore_index)
+    dims = tuple(range(2, target.dim()))
+    counts = torch.stack([m.sum(dims) for m in (pred & true, true, pred, valid)], dim=1)
+    cm = multilabel_matrix(counts)
+    return cm if per_image else cm.sum(0)
+
+
 @checks_flags
 def confusion_matrix(
     preds: torch.Tensor,
     target: torch.Tensor,
     num_classes: int,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     per_image: bool = False,
+    mode: str = "multiclass",
 ) -> torch.Tensor:
-    """int64 confusion matrix ``[C, C]`` (or ``[B, C, C]`` with ``per_image=True``).
+    """int64 confusion matrix: ``[C, C]`` (multiclass) or ``[C, 2, 2]`` (multilabel), with a
+    leading ``B`` dim when ``per_image``.
 
-    preds: integer labels ``[B, *S]`` or logits ``[B, C, *S]`` (``torch.argmax`` over dim 1:
-    ties go to the lowest class, and a pixel with a NaN logit predicts its first NaN's
-    class). Pixels whose target is ``ignore_index`` are not counted.
+    mode='multiclass': preds are integer labels ``[B, *S]`` or logits ``[B, C, *S]``
+    (``torch.argmax`` over dim 1: ties go to the lowest class, and a pixel with a NaN
+    logit predicts its first NaN's class); target integer labels ``[B, *S]``. Pixels whose
+    target is ``ignore_index`` are not counted.
+    mode='multilabel': preds ``[B, C, *S]`` are masks (bool, or integers 0/1) or logits
+    (float: in the mask where positive, i.e. sigmoid above 1/2); target ``[B, C, *S]`` hard
+    masks (0/1, any dtype). An entry whose target is ``ignore_index`` is not counted
+    (compared as a number). Any other target value, or an integer prediction other than
+    0 / 1, raises ``ValueError``.
     """
     check_num_classes(num_classes)
+    check_choice("mode", mode, MODES)
+    if mode == "multilabel":
+        return _multilabel_confusion(preds, target, num_classes, ignore_index, per_image)
     valid = label_mask(target, num_classes, ignore_index)
     if target.dim() < 2:
         raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
@@ -64,9 +184,16 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, float("nan")))
 
 
-def class_counts(cm: torch.Tensor) -> torch.Tensor:
-    """int64 ``[..., 3, C]``: per class, true positives (``diag``), target pixels (row
-    sums) and predicted pixels (column sums); every metric here is a ratio of these."""
+def class_counts(cm: torch.Tensor, mode: str = "multiclass") -> torch.Tensor:
+    """int64 counts per class, every metric here being a ratio of them: ``[..., 3, C]``
+    from a multiclass ``[..., C, C]`` matrix (true positives ``diag``, target pixels (row
+    sums), predicted pixels (column sums)); ``[..., 4, C]`` from a multilabel
+    ``[..., C, 2, 2]`` one (the same three, then the counted entries)."""
+    check_choice("mode", mode, MODES)
+    if mode == "multilabel":
+        return torch.stack(
+            (cm[..., 1, 1], cm[..., 1, :].sum(-1), cm[..., :, 1].sum(-1), cm.sum((-2, -1))), -2
+        )
     return torch.stack((cm.diagonal(dim1=-2, dim2=-1), cm.sum(-1), cm.sum(-2)), dim=-2)
 
 
@@ -108,8 +235,9 @@ def segmentation_metrics(
     preds: torch.Tensor,
     target: torch.Tensor,
     num_classes: int,
-    ignore_index: int | None = None,
+    ignore_index: float | None = None,
     average: str = "dataset",
+    mode: str = "multiclass",
 ) -> dict[str, torch.Tensor]:
     """IoU, mIoU, Dice (the F1 score), mean Dice, precision, mean precision, pixel accuracy,
     class accuracy (recall) and mean class accuracy.
@@ -121,26 +249,39 @@ def segmentation_metrics(
       ``miou`` / ``mdice`` / ``mean_class_accuracy`` are the mean over images of each
       image's ``nanmean`` over classes (images where all are NaN are left out), and
       ``pixel_accuracy`` is the mean of per-image accuracies.
-    Returns float64 tensors and the int64 ``confusion_matrix`` (``[C, C]`` or ``[B, C, C]``).
+    mode: the inputs, as :func:`confusion_matrix` reads them. 'multilabel' scores each
+      channel's mask on its own (true positives, target and predicted entries of that
+      channel), so IoU / Dice per channel are those of BraTS's regions, and
+      ``pixel_accuracy`` is the fraction of counted (pixel, channel) entries predicted
+      right (torchmetrics' MultilabelAccuracy with average='micro').
+    Returns float64 tensors and the int64 ``confusion_matrix`` (``[C, C]`` or
+    ``[B, C, C]``; multilabel ``[C, 2, 2]`` or ``[B, C, 2, 2]``).
     """
     check_choice("average", average, ("dataset", "image"))
-    cm = confusion_matrix(preds, target, num_classes, ignore_index, per_image=average == "image")
-    return metrics_from_confusion(cm)
+    check_choice("mode", mode, MODES)
+    cm = confusion_matrix(preds, target, num_classes, ignore_index, average == "image", mode)
+    return metrics_from_confusion(cm, mode)
 
 
-def metrics_from_confusion(cm: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The metrics of :func:`segmentation_metrics` from a ``[C, C]`` matrix (average
-    'dataset') or ``[B, C, C]`` per-image matrices (average 'image'), on cm's device."""
-    return {"confusion_matrix": cm, **metrics_from_counts(class_counts(cm))}
+def metrics_from_confusion(cm: torch.Tensor, mode: str = "multiclass") -> dict[str, torch.Tensor]:
+    """The metrics of :func:`segmentation_metrics` from a matrix of :func:`confusion_matrix`
+    (average 'dataset') or per-image matrices (average 'image'), on cm's device."""
+    return {"confusion_matrix": cm, **metrics_from_counts(class_counts(cm, mode))}
 
 
 def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     """The metrics of :func:`metrics_from_confusion` (but the matrix) from
-    :func:`class_counts`: ``[3, C]`` (average 'dataset') or ``[B, 3, C]`` (average
-    'image', the same rules of means)."""
-    tp, target, pred = counts.unbind(-2)
+    :func:`class_counts`: ``[3 or 4, C]`` (average 'dataset') or ``[B, 3 or 4, C]``
+    (average 'image', the same rules of means). With the fourth row (multilabel: counted
+    entries per channel) ``pixel_accuracy`` is the fraction of counted entries right."""
+    tp, target, pred = counts.unbind(-2)[:3]
     iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
     precision = _ratio(tp, pred)
+    if counts.shape[-2] == 4:
+        n = counts[..., 3, :]
+        pixel = _ratio((n - target - pred + 2 * tp).sum(-1), n.sum(-1))
+    else:
+        pixel = _ratio(tp.sum(-1), target.sum(-1))
     out = {
         "iou": iou,
         "miou": iou.nanmean(-1),
@@ -150,7 +291,7 @@ def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
         "mean_class_accuracy": acc.nanmean(-1),
         "precision": precision,
         "mean_precision": precision.nanmean(-1),
-        "pixel_accuracy": _ratio(tp.sum(-1), target.sum(-1)),
+        "pixel_accuracy": pixel,
     }
     if counts.dim() == 3:
         for key in ("iou", "dice", "class_accuracy", "precision"):

@@ -31,14 +31,13 @@ from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binar
 from ._common import (
     check_choice,
     check_class_indices,
-    check_ignore_index,
     check_num_classes,
     check_number,
     checks_flags,
     label_mask,
 )
 from .boundary import check_spacing
-from .metrics import _pred_labels
+from .metrics import MODES, _pred_labels, check_mask_inputs, check_mask_values, mask_values
 
 
 def check_percentile(percentile: object) -> float | None:
@@ -82,66 +81,6 @@ def _distances(edges: np.ndarray, to: np.ndarray, spacing: Sequence[float]) -> n
     return distance_transform_edt(~to, sampling=spacing)[edges]
 
 
-MODES = ("multiclass", "multilabel")
-
-
-def check_mask_inputs(
-    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: float | None
-) -> None:
-    """Multilabel inputs: preds and target of one shape ``[B, C, *S]`` with C =
-    ``num_classes``, on one device (no value reads)."""
-    for name, x in (("preds", preds), ("target", target)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.is_complex():
-            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
-    check_ignore_index(ignore_index, labels=False)
-    if preds.dim() < 3 or preds.shape[1] != num_classes:
-        raise ValueError(
-            f"multilabel preds must be [B, {num_classes}, *spatial] masks or logits, "
-            f"got shape {tuple(preds.shape)}"
-        )
-    if target.shape != preds.shape:
-        raise ValueError(
-            f"multilabel target shape {tuple(target.shape)} does not match preds "
-            f"{tuple(preds.shape)}"
-        )
-    if target.device != preds.device:
-        raise ValueError(f"preds are on {preds.device} but target on {target.device}")
-    if preds.numel() == 0:
-        raise ValueError(f"preds are empty (shape {tuple(preds.shape)})")
-
-
-def _mask_valid(target: torch.Tensor, ignore_index: float | None) -> torch.Tensor:
-    """Where a multilabel target is not ``ignore_index``, compared as numbers (a uint8
-    target must not equal -100 at 156)."""
-    if ignore_index is None or target.dtype == torch.bool:
-        return torch.ones_like(target, dtype=torch.bool)
-    return (target if target.is_floating_point() else target.long()) != ignore_index
-
-
-def mask_values(
-    preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pred, true)``, bool ``[B, C, *S]``: the multilabel masks, a pixel whose target is
-    ``ignore_index`` in neither. Float preds are logits (in the mask where positive:
-    sigmoid above 1/2); other preds are in it where nonzero; the target where it is 1."""
-    valid = _mask_valid(target, ignore_index)
-    pred = valid & (preds > 0 if preds.is_floating_point() else preds != 0)
-    return pred, valid & (target == 1)
-
-
-def bad_mask_values(
-    preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(bad_pred, bad_true)``, bool ``[B, C, *S]``: where an integer prediction is not 0
-    or 1, and where a target is neither 0, 1 nor ``ignore_index``."""
-    bad_true = _mask_valid(target, ignore_index) & (target != 0) & (target != 1)
-    if preds.is_floating_point():
-        return torch.zeros_like(bad_true), bad_true
-    return (preds != 0) & (preds != 1), bad_true
-
-
 def _label_masks(preds, target, num_classes, ignore_index):
     valid = label_mask(target, num_classes, ignore_index)
     if target.dim() < 2:
@@ -154,16 +93,7 @@ def _label_masks(preds, target, num_classes, ignore_index):
 
 def _multilabel_masks(preds, target, num_classes, ignore_index):
     check_mask_inputs(preds, target, num_classes, ignore_index)
-    bad_pred, bad_true = bad_mask_values(preds, target, ignore_index)
-    if bool(bad_true.any()):
-        value = float(target[bad_true].flatten()[0])
-        raise ValueError(
-            f"target mask holds {value}: surface metrics need hard {{0, 1}} masks "
-            f"(or ignore_index={ignore_index})"
-        )
-    if bool(bad_pred.any()):
-        value = int(preds[bad_pred].flatten()[0])
-        raise ValueError(f"integer preds must be {{0, 1}} masks, got {value}")
+    check_mask_values(preds, target, ignore_index)
     pred, true = (m.cpu().numpy() for m in mask_values(preds, target, ignore_index))
     return lambda b, c: (pred[b, c], true[b, c])
 

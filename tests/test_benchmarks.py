@@ -99,12 +99,15 @@ METRIC_SHAPES = (
     if DEVICE.type == "cuda"
     else ([2, 19, 128, 256], [2, 150, 64, 64])
 )
+# multilabel: BraTS-like volumes, logits against three overlapping uint8 region masks
+MASK_SHAPE = [4, 3, 128, 128, 128] if DEVICE.type == "cuda" else [1, 3, 24, 32, 32]
 METRIC_CASES = [  # (provider, preds kind, [B, C, *S], logits dtype)
     (provider, kind, shape, "bf16")
-    for shape in METRIC_SHAPES
-    for kind in ("labels", "logits")
+    for shape, kinds in ((METRIC_SHAPES[0], ("labels", "logits")),
+                         (METRIC_SHAPES[1], ("labels", "logits")), (MASK_SHAPE, ("masks",)))
+    for kind in kinds
     for provider in ("triton", "bincount", "torchmetrics")
-]
+]  # fmt: skip
 
 
 @pytest.fixture(params=METRIC_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{'x'.join(map(str, c[2]))}")
@@ -114,7 +117,9 @@ def benchmark_case_metric(request):
 
 def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions):
     """The confusion matrix from labels or logits (fused argmax): Triton, the reference
-    (argmax + bincount) and torchmetrics (argmax + MulticlassConfusionMatrix)."""
+    (argmax + bincount) and torchmetrics (argmax + MulticlassConfusionMatrix); of
+    multilabel masks: Triton, the reference (torch ops; provider 'bincount') and
+    torchmetrics' MultilabelConfusionMatrix."""
     from segtriton import kernels as ker
     from segtriton import reference as ref
 
@@ -123,18 +128,33 @@ def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions)
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
     B, C, *spatial = shape
     on = {"generator": torch.Generator(DEVICE).manual_seed(0), "device": DEVICE}
-    target = torch.randint(0, C, (B, *spatial), **on)
-    if kind == "logits":
-        preds = torch.randn(shape, **on).to(DTYPES[dtype])
+    mode = "multilabel" if kind == "masks" else "multiclass"
+    if kind == "masks":
+        target = (torch.rand(shape, **on) < 0.3).to(torch.uint8)
     else:
+        target = torch.randint(0, C, (B, *spatial), **on)
+    if kind == "labels":
         preds = torch.randint(0, C, (B, *spatial), **on)
+    else:
+        preds = torch.randn(shape, **on).to(DTYPES[dtype])
     if provider == "triton":
-        fn = lambda: ker.confusion_matrix(preds, target, C, 255, validate=False)  # noqa: E731
+
+        def fn():
+            return ker.confusion_matrix(preds, target, C, 255, mode=mode, validate=False)
+
     elif provider == "bincount":
 
         def fn():
             with value_checks(False):
-                return ref.confusion_matrix(preds, target, C, 255)
+                return ref.confusion_matrix(preds, target, C, 255, mode=mode)
+
+    elif kind == "masks":
+        from torchmetrics.functional.classification import multilabel_confusion_matrix
+
+        def fn():
+            return multilabel_confusion_matrix(
+                preds, target, C, ignore_index=255, validate_args=False
+            )
 
     else:
         from torchmetrics.functional.classification import multiclass_confusion_matrix

@@ -66,6 +66,7 @@ def test_metrics_do_not_sync(gen):
     logits = torch.randn(2, 4, 9, 11, generator=gen).to(DEVICE)
     target = torch.randint(0, 4, (2, 9, 11), generator=gen).to(DEVICE)
     stream = ker.StreamingMetrics(4, ignore_index=255, average="image")
+    masks = ker.StreamingMetrics(4, ignore_index=255, average="image", mode="multilabel")
     warm_up = {"classes": [3, 1], "validate": False}  # list options reach the device first
     ker.hausdorff_distance(logits, target, 4, 95, **warm_up)
     ker.surface_dice(logits, target, 4, [1.0, 0.5, 2.0, 1.5], **warm_up)
@@ -76,6 +77,8 @@ def test_metrics_do_not_sync(gen):
         ker.confusion_matrix(logits, target, 4, 255, validate=False)
         ker.confusion_matrix(logits.argmax(1), target, 4, per_image=True, validate=False)
         stream.update(logits, target)
+        masks.update(logits, (logits > 0.5).to(torch.uint8))
+        ker.confusion_matrix(logits, logits < 0, 4, mode="multilabel", validate=False)
         ker.hausdorff_distance(logits, target, 4, 95, validate=False)
         ker.hausdorff_distance(logits, target, 4, directed=True, validate=False)
         ker.hausdorff_distance(logits, target, 4, 95, **warm_up)

@@ -241,6 +241,22 @@ def test_monai_surface_metrics_of_overlapping_masks(gen):
         torch.testing.assert_close(ours, theirs.double(), rtol=1e-5, atol=1e-5)
 
 
+def test_monai_dice_and_iou_metrics_of_overlapping_masks(gen):
+    """MONAI's DiceMetric and MeanIoU over one mask per channel, averaged per class over
+    images (``reduction='mean_batch'``), are our multilabel metrics with
+    ``average='image'``. Every (image, channel) has target pixels: where it has none,
+    MONAI's ``ignore_empty`` drops the image and ours scores its false positives as 0."""
+    from monai.metrics import DiceMetric, MeanIoU
+
+    pred, target = (nested_masks(gen, (3, 11, 13, 9)).bool() for _ in range(2))
+    target[:, :, 5, 6, 4] = True
+    ours = ref.segmentation_metrics(pred, target, 3, average="image", mode="multilabel")
+    for key, metric in (("dice", DiceMetric), ("iou", MeanIoU)):
+        acc = metric(include_background=True, reduction="mean_batch")
+        acc(pred, target)
+        torch.testing.assert_close(ours[key], acc.aggregate().double(), rtol=1e-6, atol=1e-6)
+
+
 # --- kornia 0.9.0 ----------------------------------------------------------------------
 
 

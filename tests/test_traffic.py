@@ -83,10 +83,11 @@ def test_distance_losses_map_only_the_selected_classes(name):
     assert unique[1] < 0.5 * unique[5], unique
 
 
-@pytest.mark.parametrize("from_logits", [False, True])
-def test_confusion_matrix_reads_its_inputs_once(from_logits):
-    record, model = traffic.confusion_traffic((2, 5, 12, 20), from_logits)
-    reads = {a: v[0] for (k, a), v in record.bytes.items() if k == "_confusion_kernel"}
+@pytest.mark.parametrize("kind", ["labels", "logits", "masks"])
+def test_confusion_matrix_reads_its_inputs_once(kind):
+    record, model = traffic.confusion_traffic((2, 5, 12, 20), kind)
+    kernel = "_multilabel_counts_kernel" if kind == "masks" else "_confusion_kernel"
+    reads = {a: v[0] for (k, a), v in record.bytes.items() if k == kernel}
     assert reads["p_ptr"] + reads["t_ptr"] == model
 
 
