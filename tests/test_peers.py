@@ -135,6 +135,46 @@ def test_monai_softmax_focal_is_ours_over_c(monai, gen):
     _close(ref.softmax_focal_loss(x, y, gamma=1.5) / x.shape[1], theirs)
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_monai_dice_ce(monai, batch, gen):
+    x, y = _inputs(gen, C=5)
+    kw = {"lambda_ce": 0.7, "lambda_dice": 1.3, "label_smoothing": 0.1}
+    theirs = monai.DiceCELoss(softmax=True, to_onehot_y=True, batch=batch, **kw)(x, y.unsqueeze(1))
+    scope = "batch" if batch else "image"
+    _close(ref.ce_dice_loss(x, y, smooth_nr=1e-5, smooth_dr=1e-5, scope=scope, **kw), theirs)
+
+
+def test_monai_sigmoid_dice_ce_of_one_channel(monai, gen):
+    """DiceCELoss(sigmoid=True) adds BCE for one channel. For more, MONAI's CE term is a
+    softmax cross-entropy against the masks read as class probabilities."""
+    x = torch.randn(2, 1, 5, 6, generator=gen, dtype=D)
+    t = (torch.rand(x.shape, generator=gen) < 0.4).to(D)
+    theirs = monai.DiceCELoss(sigmoid=True, lambda_ce=0.5)(x, t)
+    ours = ref.bce_dice_loss(x, t, lambda_bce=0.5, smooth_nr=1e-5, smooth_dr=1e-5, scope="image")
+    _close(ours, theirs)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_monai_sigmoid_dice_focal(monai, alpha, gen):
+    """DiceFocalLoss(sigmoid=True); with softmax=True MONAI's focal term stays the sigmoid
+    one-vs-rest focal (our ``sigmoid_focal_loss(mode='multiclass')``) beside a softmax Dice."""
+    x = torch.randn(2, 3, 5, 6, generator=gen, dtype=D)
+    t = (torch.rand(x.shape, generator=gen) < 0.4).to(D)
+    kw = {"gamma": 1.5, "lambda_focal": 0.8, "alpha": alpha}
+    theirs = monai.DiceFocalLoss(sigmoid=True, **kw)(x, t)
+    ours = ref.focal_dice_loss(
+        x, t, "multilabel", smooth_nr=1e-5, smooth_dr=1e-5, scope="image", **kw
+    )
+    _close(ours, theirs)
+
+
+def test_monai_softmax_dice_focal_is_softmax_dice_plus_sigmoid_focal(monai, gen):
+    x, y = _inputs(gen)
+    theirs = monai.DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=2.0)(x, y.unsqueeze(1))
+    dice = ref.dice_loss(x, y, scope="image", smooth_nr=1e-5, smooth_dr=1e-5)
+    _close(dice + ref.sigmoid_focal_loss(x, y, mode="multiclass", alpha=None), theirs)
+
+
 @pytest.mark.parametrize("spatial", [(9, 11), (4, 5, 6)], ids=["2d", "3d"])
 def test_monai_hausdorff_dt(monai, spatial, gen):
     """MONAI's HausdorffDTLoss (scipy's EDT on the CPU, one map at a time) is ours with
