@@ -152,6 +152,10 @@ def test_monai_sigmoid_dice_ce_of_one_channel(monai, gen):
     theirs = monai.DiceCELoss(sigmoid=True, lambda_ce=0.5)(x, t)
     ours = ref.bce_dice_loss(x, t, lambda_bce=0.5, smooth_nr=1e-5, smooth_dr=1e-5, scope="image")
     _close(ours, theirs)
+    x3 = torch.randn(2, 3, 5, 6, generator=gen, dtype=D)
+    t3 = (torch.rand(x3.shape, generator=gen) < 0.4).to(D)
+    dice = ref.dice_loss(x3, t3, "multilabel", 1e-5, 1e-5, scope="image")
+    _close(dice + ref.cross_entropy(x3, t3), monai.DiceCELoss(sigmoid=True)(x3, t3))
 
 
 @pytest.mark.parametrize("alpha", [None, 0.25])
