@@ -25,6 +25,7 @@ from .metrics import (
     pixel_accuracy,
     precision_per_class,
     segmentation_metrics,
+    specificity_per_class,
 )
 from .modules import (
     BCEDiceLoss,
@@ -130,5 +131,6 @@ __all__ = [
     "surface_dice",
     "surface_metrics",
     "softmax_focal_loss",
+    "specificity_per_class",
     "tversky_loss",
 ]

@@ -226,6 +226,18 @@ def precision_per_class(cm: torch.Tensor) -> torch.Tensor:
     return _ratio(cm.diagonal(dim1=-2, dim2=-1), cm.sum(-2))
 
 
+def specificity_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class specificity (true negative rate) ``TN / (TN + FP)`` of a multiclass matrix,
+    where ``TN + FP`` are the counted pixels whose target is not c: ``(total - row - col +
+    diag) / (total - row)``, float64 ``[..., C]`` (NaN for a class every pixel holds)."""
+    tp, target, pred = class_counts(cm).unbind(-2)
+    return _specificity(tp, target, pred, target.sum(-1, keepdim=True))
+
+
+def _specificity(tp, target, pred, n):
+    return _ratio(n - target - pred + tp, n - target)
+
+
 def pixel_accuracy(cm: torch.Tensor) -> torch.Tensor:
     """Correct pixels over counted pixels: ``trace / total`` (NaN when nothing is counted)."""
     return _ratio(cm.diagonal(dim1=-2, dim2=-1).sum(-1), cm.sum((-2, -1)))
@@ -240,7 +252,9 @@ def segmentation_metrics(
     mode: str = "multiclass",
 ) -> dict[str, torch.Tensor]:
     """IoU, mIoU, Dice (the F1 score), mean Dice, precision, mean precision, pixel accuracy,
-    class accuracy (recall) and mean class accuracy.
+    class accuracy (recall, sensitivity) and mean class accuracy, specificity and mean
+    specificity (``TN / (TN + FP)``: of the counted pixels whose target is not the class,
+    the fraction not predicted as it; NaN where there are none).
 
     average='dataset': one confusion matrix over every pixel of the batch; per-class
       values come from it and means are ``nanmean`` over classes (mmseg's IoUMetric,
@@ -281,7 +295,9 @@ def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
         n = counts[..., 3, :]
         pixel = _ratio((n - target - pred + 2 * tp).sum(-1), n.sum(-1))
     else:
+        n = target.sum(-1, keepdim=True)
         pixel = _ratio(tp.sum(-1), target.sum(-1))
+    specificity = _specificity(tp, target, pred, n)
     out = {
         "iou": iou,
         "miou": iou.nanmean(-1),
@@ -291,11 +307,20 @@ def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
         "mean_class_accuracy": acc.nanmean(-1),
         "precision": precision,
         "mean_precision": precision.nanmean(-1),
+        "specificity": specificity,
+        "mean_specificity": specificity.nanmean(-1),
         "pixel_accuracy": pixel,
     }
     if counts.dim() == 3:
-        for key in ("iou", "dice", "class_accuracy", "precision"):
+        for key in ("iou", "dice", "class_accuracy", "precision", "specificity"):
             out[key] = out[key].nanmean(0)
-        for key in ("miou", "mdice", "mean_class_accuracy", "mean_precision", "pixel_accuracy"):
+        for key in (
+            "miou",
+            "mdice",
+            "mean_class_accuracy",
+            "mean_precision",
+            "mean_specificity",
+            "pixel_accuracy",
+        ):
             out[key] = out[key].nanmean()
     return out

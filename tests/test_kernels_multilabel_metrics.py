@@ -89,6 +89,7 @@ def test_metrics_match_reference_and_torchmetrics(average, gen):
         "dice": tm.MultilabelF1Score(4, average="none", ignore_index=-1),
         "precision": tm.MultilabelPrecision(4, average="none", ignore_index=-1),
         "class_accuracy": tm.MultilabelRecall(4, average="none", ignore_index=-1),
+        "specificity": tm.MultilabelSpecificity(4, average="none", ignore_index=-1),
         "pixel_accuracy": tm.MultilabelAccuracy(4, average="micro", ignore_index=-1),
     }
     for key, metric in theirs.items():  # every class is present: no NaN against their 0

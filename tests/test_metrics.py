@@ -47,6 +47,8 @@ def test_metric_formulas_on_a_hand_matrix():
     precision = ref.precision_per_class(cm)
     assert precision[0].item() == 5 / 7 and precision[1].item() == 3 / 4
     assert math.isnan(precision[2].item())
+    # 11 pixels: TN = total - row - col + diag over total - row
+    assert ref.specificity_per_class(cm).tolist() == [3 / 5, 5 / 6, 1.0]
     assert ref.pixel_accuracy(cm).item() == 8 / 11
 
 

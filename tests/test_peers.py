@@ -412,6 +412,7 @@ def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
         MulticlassJaccardIndex,
         MulticlassPrecision,
         MulticlassRecall,
+        MulticlassSpecificity,
     )
 
     logits = torch.randn(2, C, *spatial, generator=gen)
@@ -432,7 +433,8 @@ def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
     torch.testing.assert_close(m["pixel_accuracy"], micro.to(D), **TOL)
     # per class, where both define it (they give 0 where we give NaN)
     for key, metric in [("precision", MulticlassPrecision), ("class_accuracy", MulticlassRecall),
-                        ("dice", MulticlassF1Score)]:  # fmt: skip
+                        ("dice", MulticlassF1Score),
+                        ("specificity", MulticlassSpecificity)]:  # fmt: skip
         theirs = metric(average="none", **kw)(pred, y).to(D)
         ours = m[key]
         defined = ~torch.isnan(ours)
