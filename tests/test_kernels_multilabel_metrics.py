@@ -123,6 +123,8 @@ def test_logits_at_zero_nan_and_all_ignored(gen):
     cm = ker.confusion_matrix(preds, target, 2, -100, mode="multilabel")
     assert cm[0].tolist() == [[0, 0], [4, 2]] and cm[1].sum() == 0
     _assert_counts_equal(preds, target, 2, -100)
+    with pytest.raises(TypeError, match="float64"):  # the kernels compute in float32
+        ker.confusion_matrix(preds.double(), target, 2, -100, mode="multilabel")
 
 
 def test_bad_mask_values_raise_or_follow_mask_values(gen):
