@@ -55,6 +55,7 @@ from ._tiles import (
     ignore_value,
     label_view,
     next_pow2,
+    num_warps_for,
     pixel_view,
     tile_chunks,
 )
@@ -186,6 +187,7 @@ def multilabel_counts(
         LOGITS=preds.is_floating_point(),
         BLOCK_C=block_c,
         BLOCK_P=block_p,
+        num_warps=num_warps_for(block_c, block_p),
     )
     counts = out.view(B, n_chunks, 5, C).sum(1)
     return counts[:, :4], counts[:, 4].sum()
