@@ -39,6 +39,7 @@ from segtriton.reference._common import (
 )
 from segtriton.reference.metrics import (
     MODES,
+    PROBABILITY_PREDS,
     check_mask_inputs,
     class_counts,
     metrics_from_confusion,
@@ -153,9 +154,11 @@ def _confusion(
 def multilabel_counts(
     preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(counts, bad)``: int64 ``[B, 4, C]`` per image and channel (true positives, target,
-    predicted and counted entries; ``class_counts``'s multilabel rows) and the device
-    count of bad mask values, from one pass over multilabel ``preds`` and ``target``."""
+    """``(counts, flags)``: int64 ``[B, 4, C]`` per image and channel (true positives,
+    target, predicted and counted entries; ``class_counts``'s multilabel rows) and int64
+    ``[2]`` on the device: the count of bad mask values, and 1 if the float preds look
+    like probabilities (none outside [0, 1], some strictly inside; see
+    :func:`_raise_if_bad`), from one pass over multilabel ``preds`` and ``target``."""
     check_num_classes(num_classes)
     check_mask_inputs(preds, target, num_classes, ignore_index)
     C, B = num_classes, target.shape[0]
@@ -167,7 +170,7 @@ def multilabel_counts(
     S = t[0, 0].numel()
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     ign = ignore_value(ignore_index, target, labels=False)
-    out = torch.empty(B * n_chunks * 5 * C, dtype=torch.int64, device=t.device)
+    out = torch.empty(B * n_chunks * 7 * C, dtype=torch.int64, device=t.device)
     _multilabel_counts_kernel[(B * n_chunks, cdiv(C, block_c))](
         p,
         t,
@@ -189,8 +192,9 @@ def multilabel_counts(
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )
-    counts = out.view(B, n_chunks, 5, C).sum(1)
-    return counts[:, :4], counts[:, 4].sum()
+    counts = out.view(B, n_chunks, 7, C).sum(1)
+    bad, soft, outside = counts[:, 4:].sum((0, 2)).unbind()
+    return counts[:, :4], torch.stack((bad, ((soft > 0) & (outside == 0)).long()))
 
 
 def _matrix(
@@ -213,13 +217,21 @@ def _matrix(
 def _raise_if_bad(
     bad: torch.Tensor, num_classes: int, ignore_index: float | None, mode: str = "multiclass"
 ) -> None:
+    """Raise for what ``bad`` counted: bad labels (multiclass), or for multilabel the
+    flags of :func:`multilabel_counts` (summed over calls: bad mask values, and calls
+    whose float preds looked like probabilities). One host sync."""
+    if mode == "multilabel":
+        n, probability_calls = bad.tolist()
+        if n:
+            raise ValueError(
+                f"{n} entries hold a target mask value other than 0, 1 or "
+                f"ignore_index={ignore_index}, or an integer prediction other than 0 / 1: "
+                "multilabel metrics need hard {0, 1} masks"
+            )
+        if probability_calls:
+            raise ValueError(PROBABILITY_PREDS)
+        return
     n = int(bad)
-    if n and mode == "multilabel":
-        raise ValueError(
-            f"{n} entries hold a target mask value other than 0, 1 or "
-            f"ignore_index={ignore_index}, or an integer prediction other than 0 / 1: "
-            "multilabel metrics need hard {0, 1} masks"
-        )
     if n:
         raise ValueError(
             f"{n} pixel(s) hold a target or predicted label outside [0, {num_classes}) "
@@ -325,7 +337,7 @@ class StreamingMetrics:
         C, labels = self.num_classes, self.mode == "multiclass"
         self._cm = torch.zeros((C, C) if labels else (C, 2, 2), dtype=torch.int64)
         self._counts = torch.zeros((0, 3 if labels else 4, C), dtype=torch.int64)
-        self._bad = torch.zeros((), dtype=torch.int64)
+        self._bad = torch.zeros(() if labels else 2, dtype=torch.int64)
         self._images: list[torch.Tensor] = []
         if self.device is not None:
             self._to(self.device)

@@ -101,10 +101,27 @@ def bad_mask_values(
     return (preds != 0) & (preds != 1), bad_true
 
 
+PROBABILITY_PREDS = (
+    "multilabel float preds are read as logits (in the mask where > 0), but every value "
+    "lies in [0, 1] and some strictly between, as probabilities do: pass `probs > 0.5` "
+    "(or the logits)"
+)
+
+
+def looks_like_probabilities(preds: torch.Tensor) -> bool:
+    """Whether float ``preds`` lie in [0, 1] with some strictly between: sigmoid outputs
+    passed where logits are read (every value would fall in the mask)."""
+    if not preds.is_floating_point():
+        return False
+    inside = bool(((preds > 0) & (preds < 1)).any())
+    return inside and not bool(((preds < 0) | (preds > 1)).any())
+
+
 def check_mask_values(
     preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
 ) -> None:
-    """Raise ``ValueError`` naming the first bad value of :func:`bad_mask_values`."""
+    """Raise ``ValueError`` naming the first bad value of :func:`bad_mask_values`, or for
+    preds that :func:`looks_like_probabilities`."""
     bad_pred, bad_true = bad_mask_values(preds, target, ignore_index)
     if bool(bad_true.any()):
         value = float(target[bad_true].flatten()[0])
@@ -115,6 +132,8 @@ def check_mask_values(
     if bool(bad_pred.any()):
         value = int(preds[bad_pred].flatten()[0])
         raise ValueError(f"integer preds must be {{0, 1}} masks, got {value}")
+    if looks_like_probabilities(preds):
+        raise ValueError(PROBABILITY_PREDS)
 
 
 def multilabel_matrix(counts: torch.Tensor) -> torch.Tensor:
@@ -161,7 +180,9 @@ def confusion_matrix(
     (float: in the mask where positive, i.e. sigmoid above 1/2); target ``[B, C, *S]`` hard
     masks (0/1, any dtype). An entry whose target is ``ignore_index`` is not counted
     (compared as a number). Any other target value, or an integer prediction other than
-    0 / 1, raises ``ValueError``.
+    0 / 1, raises ``ValueError``; so do float preds that all lie in [0, 1] with some
+    strictly between (probabilities, which as logits would all be in the mask: pass
+    ``probs > 0.5``).
     """
     check_num_classes(num_classes)
     check_choice("mode", mode, MODES)

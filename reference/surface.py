@@ -9,8 +9,9 @@ Shared semantics. ``mode='multiclass'`` (default): ``preds`` are integer labels
 ``mode='multilabel'``: one independent mask per channel, which may overlap (BraTS's
 whole tumour, tumour core and enhancing tumour): ``preds`` ``[B, C, *S]`` are masks
 (bool, or integers 0/1) or logits (float: in the mask where positive, i.e. sigmoid above
-1/2), ``target`` ``[B, C, *S]`` hard masks (0/1, any dtype) whose ``ignore_index``
-entries are in neither mask of that channel.
+1/2; values all in [0, 1] with some strictly between are refused as probabilities),
+``target`` ``[B, C, *S]`` hard masks (0/1, any dtype) whose ``ignore_index`` entries are
+in neither mask of that channel.
 A mask's surface is its pixels with a face neighbour (4 in 2-D, 6 in 3-D) outside the
 mask or the image (``mask & ~binary_erosion(mask)``). The distance from a surface pixel
 to the other surface is Euclidean, in units of ``spacing`` per axis, to the nearest pixel

@@ -147,6 +147,30 @@ def test_bad_mask_values_raise_or_follow_mask_values(gen):
     assert got.sum().item() == soft.numel()
 
 
+def test_probabilities_for_logits_are_refused(gen):
+    """Sigmoid outputs read as logits would all be in the mask: refused (reference,
+    kernels, streaming at compute, and the multilabel surface metrics), unless the kernel
+    is told not to validate; binarised float masks are not probabilities."""
+    logits, target = _inputs(gen, 2, 3, (5, 6), "float32", torch.uint8)
+    probs = logits.sigmoid()
+    for fn in (ker.confusion_matrix, ref.confusion_matrix, ker.segmentation_metrics):
+        with pytest.raises(ValueError, match="as probabilities do"):
+            fn(probs, target, 3, mode="multilabel")
+    with pytest.raises(ValueError, match="as probabilities do"):
+        ker.hausdorff_distance(probs, target, 3, mode="multilabel")
+    acc = ker.StreamingMetrics(3, mode="multilabel")
+    acc.update(logits, target)
+    acc.update(probs, target)  # no sync, no error yet; logits in other updates no excuse
+    with pytest.raises(ValueError, match="as probabilities do"):
+        acc.compute()
+    unchecked = ker.confusion_matrix(probs, target, 3, mode="multilabel", validate=False)
+    assert unchecked[:, :, 1].sum() == probs.numel()  # every entry predicted
+    hard = (probs > 0.5).float()
+    want = ref.confusion_matrix(probs > 0.5, target, 3, mode="multilabel")
+    assert torch.equal(ker.confusion_matrix(hard, target, 3, mode="multilabel"), want)
+    assert torch.equal(ref.confusion_matrix(hard, target, 3, mode="multilabel"), want)
+
+
 def test_shape_and_mode_errors(gen):
     preds, target = _inputs(gen, 2, 3, (5, 6))
     with pytest.raises(ValueError, match="multilabel target shape"):
