@@ -144,12 +144,12 @@ def _multilabel_counts_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Seven int64 counts per channel of class block ``program_id(1)`` over one run of pixel
+    """Seven int64 values per channel of class block ``program_id(1)`` over one run of pixel
     tiles of one image, stored at ``out[program_id(0), k, c]``: true positives, target
     entries, predicted entries, counted entries (target not ``ignore_value``), bad
-    entries (a counted target not 0 / 1, or an integer prediction not 0 / 1), and of
-    float predictions those strictly between 0 and 1 and those outside [0, 1] (how
-    probabilities passed for logits show).
+    entries (a counted target not 0 / 1, or an integer prediction not 0 / 1), and
+    whether any float prediction lies strictly between 0 and 1, and any outside [0, 1]
+    (0 or 1 each; how probabilities passed for logits show).
 
     A prediction is in its mask where a logit is positive (LOGITS) or a value nonzero; a
     target where it equals 1. Values are compared in their loaded dtypes, as torch
@@ -166,8 +166,7 @@ def _multilabel_counts_kernel(
     n_pred = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
     n_valid = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
     n_bad = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
-    n_soft = tl.zeros([BLOCK_C if LOGITS else 1, BLOCK_P if LOGITS else 1], tl.int32)
-    n_out = tl.zeros([BLOCK_C if LOGITS else 1, BLOCK_P if LOGITS else 1], tl.int32)
+    seen = tl.zeros([BLOCK_C if LOGITS else 1, BLOCK_P if LOGITS else 1], tl.int32)
     for tile in range(first_tile, first_tile + tiles_per_chunk):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
         m2 = cmask[:, None] & (offs_p < S)[None, :]
@@ -181,8 +180,8 @@ def _multilabel_counts_kernel(
             p = p.to(tl.float32)
             pred = valid & (p > 0)
             bad = valid & ~true & (t != 0)
-            n_soft += (m2 & (p > 0) & (p < 1)).to(tl.int32)
-            n_out += (m2 & ((p < 0) | (p > 1))).to(tl.int32)
+            seen |= (m2 & (p > 0) & (p < 1)).to(tl.int32)  # bit 0: strictly in (0, 1)
+            seen |= (m2 & ((p < 0) | (p > 1))).to(tl.int32) << 1  # bit 1: outside [0, 1]
         else:
             pred = valid & (p != 0)
             bad = (valid & ~true & (t != 0)) | (m2 & (p != 0) & (p != 1))
@@ -198,8 +197,8 @@ def _multilabel_counts_kernel(
     tl.store(row + 3 * C, tl.sum(n_valid.to(tl.int64), axis=1), mask=cmask)
     tl.store(row + 4 * C, tl.sum(n_bad.to(tl.int64), axis=1), mask=cmask)
     if LOGITS:
-        tl.store(row + 5 * C, tl.sum(n_soft.to(tl.int64), axis=1), mask=cmask)
-        tl.store(row + 6 * C, tl.sum(n_out.to(tl.int64), axis=1), mask=cmask)
+        tl.store(row + 5 * C, tl.max(seen & 1, axis=1).to(tl.int64), mask=cmask)
+        tl.store(row + 6 * C, tl.max(seen >> 1, axis=1).to(tl.int64), mask=cmask)
     else:
         tl.store(row + 5 * C, tl.zeros([BLOCK_C], tl.int64), mask=cmask)
         tl.store(row + 6 * C, tl.zeros([BLOCK_C], tl.int64), mask=cmask)
