@@ -144,7 +144,7 @@ def _multilabel_counts_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Seven int64 values per channel of class block ``program_id(1)`` over one run of pixel
+    """Seven int32 values per channel of class block ``program_id(1)`` over one run of pixel
     tiles of one image, stored at ``out[program_id(0), k, c]``: true positives, target
     entries, predicted entries, counted entries (target not ``ignore_value``), bad
     entries (a counted target not 0 / 1, or an integer prediction not 0 / 1), and
@@ -190,15 +190,15 @@ def _multilabel_counts_kernel(
         n_pred += pred.to(tl.int32)
         n_valid += valid.to(tl.int32)
         n_bad += bad.to(tl.int32)
-    row = out_ptr + pid * 7 * C + offs_c
-    tl.store(row, tl.sum(tp.to(tl.int64), axis=1), mask=cmask)
-    tl.store(row + C, tl.sum(n_true.to(tl.int64), axis=1), mask=cmask)
-    tl.store(row + 2 * C, tl.sum(n_pred.to(tl.int64), axis=1), mask=cmask)
-    tl.store(row + 3 * C, tl.sum(n_valid.to(tl.int64), axis=1), mask=cmask)
-    tl.store(row + 4 * C, tl.sum(n_bad.to(tl.int64), axis=1), mask=cmask)
+    row = out_ptr + pid * 7 * C + offs_c  # int32: a program counts far fewer than 2^31
+    tl.store(row, tl.sum(tp, axis=1), mask=cmask)
+    tl.store(row + C, tl.sum(n_true, axis=1), mask=cmask)
+    tl.store(row + 2 * C, tl.sum(n_pred, axis=1), mask=cmask)
+    tl.store(row + 3 * C, tl.sum(n_valid, axis=1), mask=cmask)
+    tl.store(row + 4 * C, tl.sum(n_bad, axis=1), mask=cmask)
     if LOGITS:
-        tl.store(row + 5 * C, tl.max(seen & 1, axis=1).to(tl.int64), mask=cmask)
-        tl.store(row + 6 * C, tl.max(seen >> 1, axis=1).to(tl.int64), mask=cmask)
+        tl.store(row + 5 * C, tl.max(seen & 1, axis=1), mask=cmask)
+        tl.store(row + 6 * C, tl.max(seen >> 1, axis=1), mask=cmask)
     else:
-        tl.store(row + 5 * C, tl.zeros([BLOCK_C], tl.int64), mask=cmask)
-        tl.store(row + 6 * C, tl.zeros([BLOCK_C], tl.int64), mask=cmask)
+        tl.store(row + 5 * C, tl.zeros([BLOCK_C], tl.int32), mask=cmask)
+        tl.store(row + 6 * C, tl.zeros([BLOCK_C], tl.int32), mask=cmask)

@@ -19,8 +19,8 @@ a class with an empty denominator, left out of means). How the matrix is built:
   and raises ``ValueError``; with ``validate=False`` such pixels are left out silently.
 - ``mode='multilabel'`` (overlapping masks ``[B, C, *S]``): one pass over predictions and
   targets, each program counting true positives, target, predicted and counted entries
-  per channel of one run of pixel tiles; the int64 partial rows are summed in a fixed
-  order. A target other than 0, 1 or ``ignore_index``, or an integer prediction other
+  per channel of one run of pixel tiles; the int32 partial rows are summed in a fixed
+  order into int64. A target other than 0, 1 or ``ignore_index``, or an integer prediction other
   than 0 / 1, is counted apart as above (``validate=False``: such a target entry is
   counted in no mask, and such a prediction is in its mask, as
   ``segtriton.reference.metrics.mask_values`` reads them).
@@ -170,7 +170,7 @@ def multilabel_counts(
     S = t[0, 0].numel()
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     ign = ignore_value(ignore_index, target, labels=False)
-    out = torch.empty(B * n_chunks * 7 * C, dtype=torch.int64, device=t.device)
+    out = torch.empty(B * n_chunks * 7 * C, dtype=torch.int32, device=t.device)
     _multilabel_counts_kernel[(B * n_chunks, cdiv(C, block_c))](
         p,
         t,
@@ -192,7 +192,7 @@ def multilabel_counts(
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )
-    counts = out.view(B, n_chunks, 7, C).sum(1)
+    counts = out.view(B, n_chunks, 7, C).sum(1, dtype=torch.int64)
     bad, soft, outside = counts[:, 4:].sum((0, 2)).unbind()
     return counts[:, :4], torch.stack((bad, ((soft > 0) & (outside == 0)).long()))
 
