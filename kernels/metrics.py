@@ -28,6 +28,8 @@ a class with an empty denominator, left out of means). How the matrix is built:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -42,6 +44,7 @@ from segtriton.reference.metrics import (
     PROBABILITY_PREDS,
     check_mask_inputs,
     class_counts,
+    measured_classes,
     metrics_from_confusion,
     metrics_from_counts,
     multilabel_matrix,
@@ -281,14 +284,16 @@ def segmentation_metrics(
     ignore_index: float | None = None,
     average: str = "dataset",
     mode: str = "multiclass",
+    classes: Sequence[int] | None = None,
     validate: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Triton confusion matrix, then the metrics of
     ``segtriton.reference.segmentation_metrics`` computed from it on the device."""
     check_choice("average", average, ("dataset", "image"))
+    measured_classes(classes, check_num_classes(num_classes))
     per_image = average == "image"
     cm = confusion_matrix(preds, target, num_classes, ignore_index, per_image, mode, validate)
-    return metrics_from_confusion(cm, mode)
+    return metrics_from_confusion(cm, mode, classes)
 
 
 class StreamingMetrics:
@@ -313,7 +318,8 @@ class StreamingMetrics:
     multilabel ``[C, 2, 2]``); per-image matrices of one batch come from
     :func:`confusion_matrix` with ``per_image=True``.
     mode: 'multiclass' (label maps or logits) or 'multilabel' (overlapping masks), as
-    :func:`confusion_matrix` reads them.
+    :func:`confusion_matrix` reads them. classes: the classes reported and averaged, as
+    in :func:`segmentation_metrics` (every pixel is still counted).
     """
 
     def __init__(
@@ -323,6 +329,7 @@ class StreamingMetrics:
         average: str = "dataset",
         device: str | torch.device | None = None,
         mode: str = "multiclass",
+        classes: Sequence[int] | None = None,
     ) -> None:
         check_choice("average", average, ("dataset", "image"))
         check_choice("mode", mode, MODES)
@@ -330,6 +337,7 @@ class StreamingMetrics:
         check_ignore_index(ignore_index, labels=mode == "multiclass")
         self.num_classes, self.ignore_index, self.average = num_classes, ignore_index, average
         self.mode = mode
+        self.classes = None if classes is None else measured_classes(classes, num_classes)
         self.device = torch.device(device) if device is not None else None
         self.reset()
 
@@ -385,8 +393,8 @@ class StreamingMetrics:
         cm, counts, bad = self._synced or (self._cm, self._own_counts(), self._bad)
         _raise_if_bad(bad, self.num_classes, self.ignore_index, self.mode)
         if self.average == "dataset":
-            return metrics_from_confusion(cm, self.mode)
-        return {"confusion_matrix": cm, **metrics_from_counts(counts)}
+            return metrics_from_confusion(cm, self.mode, self.classes)
+        return {"confusion_matrix": cm, **metrics_from_counts(counts, self.classes)}
 
     @property
     def confusion_matrix(self) -> torch.Tensor:

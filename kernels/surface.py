@@ -47,7 +47,7 @@ from segtriton.reference._common import (
     not_ignored,
 )
 from segtriton.reference.boundary import check_spacing
-from segtriton.reference.metrics import MODES, check_mask_inputs, mask_values
+from segtriton.reference.metrics import MODES, check_mask_inputs, mask_values, measured_classes
 
 from ._runtime import kernel_api
 from ._surface_kernels import _surface_stats_kernel
@@ -226,7 +226,7 @@ def _surfaces(
     """The checks every surface metric makes, then the surfaces of both inputs."""
     check_num_classes(num_classes)
     check_choice("mode", mode, MODES)
-    idx = ref_surface.measured_classes(classes, num_classes)
+    idx = measured_classes(classes, num_classes)
     build = _label_surfaces if mode == "multiclass" else _mask_surfaces
     return build(preds, target, num_classes, ignore_index, idx, spacing, validate)
 
@@ -376,7 +376,7 @@ class StreamingSurfaceMetrics:
         check_choice("mode", mode, MODES)
         if tolerance is not None:
             ref_surface.check_tolerance(tolerance, num_classes)
-        ref_surface.measured_classes(classes, num_classes)
+        measured_classes(classes, num_classes)
         self.missing = check_number("missing", missing, none_ok=True)
         self.options = {
             "num_classes": num_classes, "tolerance": tolerance, "spacing": spacing,

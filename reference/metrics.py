@@ -13,17 +13,27 @@ accuracy: a class absent from the target) is NaN and is left out of means
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ._common import (
     check_choice,
+    check_class_indices,
     check_ignore_index,
     check_num_classes,
     checks_flags,
+    device_constant,
     label_mask,
 )
 
 MODES = ("multiclass", "multilabel")
+
+
+def measured_classes(classes: Sequence[int] | None, C: int) -> list[int]:
+    """The classes a metric reports, in order: ``classes`` checked against ``[0, C)``
+    (repeats allowed), every class by default."""
+    return list(range(C)) if classes is None else check_class_indices("classes", classes, C)
 
 
 def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -271,6 +281,7 @@ def segmentation_metrics(
     ignore_index: float | None = None,
     average: str = "dataset",
     mode: str = "multiclass",
+    classes: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """IoU, mIoU, Dice (the F1 score), mean Dice, precision, mean precision, pixel accuracy,
     class accuracy (recall, sensitivity) and mean class accuracy, specificity and mean
@@ -289,35 +300,49 @@ def segmentation_metrics(
       channel), so IoU / Dice per channel are those of BraTS's regions, and
       ``pixel_accuracy`` is the fraction of counted (pixel, channel) entries predicted
       right (torchmetrics' MultilabelAccuracy with average='micro').
+    classes: the classes reported per class and averaged in the means, column k for
+      ``classes[k]`` (every class by default); ``range(1, C)`` leaves the background out
+      as MONAI's ``include_background=False``. Every pixel is still counted: the matrix,
+      ``pixel_accuracy`` and each class's false positives cover all classes.
     Returns float64 tensors and the int64 ``confusion_matrix`` (``[C, C]`` or
     ``[B, C, C]``; multilabel ``[C, 2, 2]`` or ``[B, C, 2, 2]``).
     """
     check_choice("average", average, ("dataset", "image"))
     check_choice("mode", mode, MODES)
+    measured_classes(classes, num_classes)
     cm = confusion_matrix(preds, target, num_classes, ignore_index, average == "image", mode)
-    return metrics_from_confusion(cm, mode)
+    return metrics_from_confusion(cm, mode, classes)
 
 
-def metrics_from_confusion(cm: torch.Tensor, mode: str = "multiclass") -> dict[str, torch.Tensor]:
+def metrics_from_confusion(
+    cm: torch.Tensor, mode: str = "multiclass", classes: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
     """The metrics of :func:`segmentation_metrics` from a matrix of :func:`confusion_matrix`
     (average 'dataset') or per-image matrices (average 'image'), on cm's device."""
-    return {"confusion_matrix": cm, **metrics_from_counts(class_counts(cm, mode))}
+    return {"confusion_matrix": cm, **metrics_from_counts(class_counts(cm, mode), classes)}
 
 
-def metrics_from_counts(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+def metrics_from_counts(
+    counts: torch.Tensor, classes: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
     """The metrics of :func:`metrics_from_confusion` (but the matrix) from
     :func:`class_counts`: ``[3 or 4, C]`` (average 'dataset') or ``[B, 3 or 4, C]``
     (average 'image', the same rules of means). With the fourth row (multilabel: counted
-    entries per channel) ``pixel_accuracy`` is the fraction of counted entries right."""
+    entries per channel) ``pixel_accuracy`` is the fraction of counted entries right.
+    ``classes``: as in :func:`segmentation_metrics`."""
     tp, target, pred = counts.unbind(-2)[:3]
-    iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
-    precision = _ratio(tp, pred)
     if counts.shape[-2] == 4:
         n = counts[..., 3, :]
         pixel = _ratio((n - target - pred + 2 * tp).sum(-1), n.sum(-1))
     else:
-        n = target.sum(-1, keepdim=True)
+        n = target.sum(-1, keepdim=True).expand_as(target)
         pixel = _ratio(tp.sum(-1), target.sum(-1))
+    if classes is not None:
+        idx = measured_classes(classes, counts.shape[-1])
+        idx = device_constant(idx, torch.int64, counts.device)
+        tp, target, pred, n = (x.index_select(-1, idx) for x in (tp, target, pred, n))
+    iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
+    precision = _ratio(tp, pred)
     specificity = _specificity(tp, target, pred, n)
     out = {
         "iou": iou,

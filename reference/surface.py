@@ -31,14 +31,20 @@ from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binar
 
 from ._common import (
     check_choice,
-    check_class_indices,
     check_num_classes,
     check_number,
     checks_flags,
     label_mask,
 )
 from .boundary import check_spacing
-from .metrics import MODES, _pred_labels, check_mask_inputs, check_mask_values, mask_values
+from .metrics import (
+    MODES,
+    _pred_labels,
+    check_mask_inputs,
+    check_mask_values,
+    mask_values,
+    measured_classes,
+)
 
 
 def check_percentile(percentile: object) -> float | None:
@@ -49,12 +55,6 @@ def check_percentile(percentile: object) -> float | None:
     if not 0 <= value <= 100:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     return value
-
-
-def measured_classes(classes: Sequence[int] | None, C: int) -> list[int]:
-    """The classes a metric reports, in order: ``classes`` checked against ``[0, C)``
-    (repeats allowed), every class by default."""
-    return list(range(C)) if classes is None else check_class_indices("classes", classes, C)
 
 
 def check_tolerance(tolerance: object, C: int) -> list[float]:

@@ -110,6 +110,37 @@ def test_metrics_match_reference_and_torchmetrics(average, gen):
         )
 
 
+@pytest.mark.parametrize("average", ["dataset", "image"])
+def test_selected_classes(average, gen):
+    """``classes`` reports and averages those columns (in order, repeats allowed); the
+    matrix and pixel accuracy still count every pixel."""
+    logits, target = _inputs(3, 6, (7, 8), gen)
+    classes = [5, 1, 2, 1]
+    got = ker.segmentation_metrics(logits, target, 6, 255, average, classes=classes)
+    want = ref.segmentation_metrics(logits, target, 6, 255, average, classes=classes)
+    full = ref.segmentation_metrics(logits, target, 6, 255, average)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], equal_nan=True, rtol=0, atol=0)
+    for key in ("iou", "dice", "precision", "class_accuracy", "specificity"):
+        torch.testing.assert_close(want[key], full[key][classes], equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(want["confusion_matrix"], full["confusion_matrix"])
+    assert want["pixel_accuracy"] == full["pixel_accuracy"]
+    if average == "dataset":
+        torch.testing.assert_close(want["miou"], full["iou"][classes].nanmean())
+    acc = ker.StreamingMetrics(6, 255, average, classes=classes)
+    acc.update(logits, target)
+    streamed = acc.compute()
+    assert torch.equal(
+        streamed.pop("confusion_matrix"), ref.confusion_matrix(logits, target, 6, 255)
+    )
+    for key, value in streamed.items():
+        torch.testing.assert_close(value, want[key], equal_nan=True, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="classes"):
+        ker.segmentation_metrics(logits, target, 6, classes=[6])
+    with pytest.raises(ValueError, match="classes"):
+        ker.StreamingMetrics(6, classes=[-1])
+
+
 def test_bad_labels_raise_or_are_left_out(gen):
     logits, target = _inputs(2, 4, (5, 6), gen, ignore_frac=0.0)
     target[1, 2, 3] = 9

@@ -96,6 +96,18 @@ def test_metrics_match_reference_and_torchmetrics(average, gen):
         torch.testing.assert_close(got[key].cpu().float(), metric(p, t), rtol=1e-6, atol=1e-6)
 
 
+def test_selected_channels(gen):
+    preds, target = _inputs(gen, 3, 4, (6, 7), "bfloat16", torch.uint8, 255)
+    for average in ("dataset", "image"):
+        got = ker.segmentation_metrics(preds, target, 4, 255, average, "multilabel", [3, 1])
+        want = ref.segmentation_metrics(preds, target, 4, 255, average, "multilabel", [3, 1])
+        full = ref.segmentation_metrics(preds, target, 4, 255, average, "multilabel")
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], equal_nan=True, rtol=0, atol=0)
+        torch.testing.assert_close(want["specificity"], full["specificity"][[3, 1]])
+        assert want["pixel_accuracy"] == full["pixel_accuracy"]
+
+
 def test_nested_regions_and_absent_channels(gen):
     """BraTS-like nested masks; a channel in neither mask of an image gives NaN there and
     drops out of that image's means, one in the target only gives IoU 0."""

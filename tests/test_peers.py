@@ -285,6 +285,21 @@ def test_monai_surface_metrics_of_overlapping_masks(gen):
         torch.testing.assert_close(ours, theirs.double(), rtol=1e-5, atol=1e-5)
 
 
+def test_monai_dice_metric_without_background(gen):
+    """MONAI's DiceMetric(include_background=False) over one-hot label maps: per class
+    over images ('mean_batch') is ours with ``average='image'`` and ``classes=range(1,
+    C)``. Every class is in every target, so MONAI's ``ignore_empty`` drops nothing."""
+    from monai.metrics import DiceMetric
+
+    C = 4
+    pred, target = (torch.randint(0, C, (3, 12, 13), generator=gen) for _ in range(2))
+    target[:, 0, :C] = torch.arange(C)
+    acc = DiceMetric(include_background=False, reduction="mean_batch")
+    acc(*(F.one_hot(x, C).movedim(-1, 1) for x in (pred, target)))
+    ours = ref.segmentation_metrics(pred, target, C, average="image", classes=range(1, C))
+    torch.testing.assert_close(ours["dice"], acc.aggregate().double(), rtol=1e-6, atol=1e-6)
+
+
 def test_monai_dice_and_iou_metrics_of_overlapping_masks(gen):
     """MONAI's DiceMetric and MeanIoU over one mask per channel, averaged per class over
     images (``reduction='mean_batch'``), are our multilabel metrics with
