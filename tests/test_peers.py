@@ -414,6 +414,25 @@ def test_smp_lovasz(smp, gen):
     )
 
 
+def test_smp_soft_cross_entropy_is_label_smoothing(smp, gen):
+    """Without ignored pixels (smp averages over them too, we do not)."""
+    x, y = _inputs(gen)
+    theirs = smp.SoftCrossEntropyLoss(smooth_factor=0.1)(x, y)
+    _close(ref.cross_entropy(x, y, label_smoothing=0.1), theirs)
+
+
+def test_smp_soft_bce_is_bce_of_smoothed_targets(smp, gen):
+    """SoftBCEWithLogitsLoss(smooth_factor=s) trains on ``t (1 - 2s) + s``: our BCE takes
+    that soft target as it is; pos_weight is ours per class."""
+    x = torch.randn(2, 3, 5, 6, generator=gen, dtype=D)
+    t = (torch.rand(x.shape, generator=gen) < 0.4).to(D)
+    s, pw = 0.1, [2.0, 1.0, 0.5]
+    theirs = smp.SoftBCEWithLogitsLoss(smooth_factor=s)(x, t)
+    _close(ref.binary_cross_entropy_with_logits(x, t * (1 - 2 * s) + s), theirs)
+    theirs = smp.SoftBCEWithLogitsLoss(pos_weight=torch.tensor(pw, dtype=D).view(1, 3, 1, 1))(x, t)
+    _close(ref.binary_cross_entropy_with_logits(x, t, pos_weight=pw), theirs)
+
+
 # --- torchmetrics 1.9.0 ----------------------------------------------------------------
 
 
