@@ -474,3 +474,27 @@ def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
         defined = ~torch.isnan(ours)
         assert defined.any() and (theirs[~defined] == 0).all(), key
         torch.testing.assert_close(ours[defined], theirs[defined], **TOL)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_torchmetrics_segmentation_mean_iou_and_dice_score(background, gen):
+    """torchmetrics.segmentation's MeanIoU(per_class=True) and DiceScore score each image
+    and average over images: ours with ``average='image'``; ``include_background=False``
+    is ``classes=range(1, C)``. Every class is in every target (where one is in neither
+    mask of an image they count a number, we NaN)."""
+    from torchmetrics.segmentation import DiceScore, MeanIoU
+
+    C = 4
+    pred, target = (torch.randint(0, C, (3, 12, 13), generator=gen) for _ in range(2))
+    target[:, 0, :C] = torch.arange(C)
+    kw = {"num_classes": C, "include_background": background, "input_format": "index"}
+    classes = range(C) if background else range(1, C)
+    ours = ref.segmentation_metrics(pred, target, C, average="image", classes=classes)
+    pairs = [
+        (MeanIoU(per_class=True, **kw), ours["iou"]),
+        (DiceScore(average="none", **kw), ours["dice"]),
+        (DiceScore(average="macro", **kw), ours["mdice"]),
+    ]
+    for metric, mine in pairs:
+        metric.update(pred, target)
+        torch.testing.assert_close(mine, metric.compute().double(), rtol=1e-6, atol=1e-6)
