@@ -286,7 +286,9 @@ def segmentation_metrics(
     """IoU, mIoU, Dice (the F1 score), mean Dice, precision, mean precision, pixel accuracy,
     class accuracy (recall, sensitivity) and mean class accuracy, specificity and mean
     specificity (``TN / (TN + FP)``: of the counted pixels whose target is not the class,
-    the fraction not predicted as it; NaN where there are none).
+    the fraction not predicted as it; NaN where there are none), and the frequency-weighted
+    IoU ``fwiou = sum_c T_c IoU_c / sum_c T_c`` over the reported classes (``T_c``: target
+    pixels of class c; detectron2's fwIoU; NaN without target pixels).
 
     average='dataset': one confusion matrix over every pixel of the batch; per-class
       values come from it and means are ``nanmean`` over classes (mmseg's IoUMetric,
@@ -344,9 +346,11 @@ def metrics_from_counts(
     iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
     precision = _ratio(tp, pred)
     specificity = _specificity(tp, target, pred, n)
+    weighted = torch.where(target > 0, iou * target, 0.0).sum(-1)
     out = {
         "iou": iou,
         "miou": iou.nanmean(-1),
+        "fwiou": _ratio(weighted, target.sum(-1)),
         "dice": dice,
         "mdice": dice.nanmean(-1),
         "class_accuracy": acc,
@@ -362,6 +366,7 @@ def metrics_from_counts(
             out[key] = out[key].nanmean(0)
         for key in (
             "miou",
+            "fwiou",
             "mdice",
             "mean_class_accuracy",
             "mean_precision",

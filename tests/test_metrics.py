@@ -50,6 +50,9 @@ def test_metric_formulas_on_a_hand_matrix():
     # 11 pixels: TN = total - row - col + diag over total - row
     assert ref.specificity_per_class(cm).tolist() == [3 / 5, 5 / 6, 1.0]
     assert ref.pixel_accuracy(cm).item() == 8 / 11
+    # frequency-weighted IoU: target pixels 6 and 5 weigh IoU 5/8 and 3/6
+    fwiou = ref.metrics_from_confusion(cm)["fwiou"].item()
+    assert fwiou == pytest.approx((6 * 5 / 8 + 5 * 3 / 6) / 11, rel=1e-15)
 
 
 def test_absent_classes_are_nan_and_left_out_of_means():
