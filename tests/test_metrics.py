@@ -89,3 +89,24 @@ def test_all_ignored_gives_nan_accuracy():
     target = torch.full((1, 2, 2), 255)
     m = ref.segmentation_metrics(torch.zeros_like(target), target, 2, ignore_index=255)
     assert m["confusion_matrix"].sum() == 0 and math.isnan(m["pixel_accuracy"])
+
+
+def test_detectron2_fwiou_and_pixel_accuracy(gen):
+    """detectron2's SemSegEvaluator: fwIoU weighs each class's IoU by its share of the
+    target pixels (classes absent from the target weigh 0) and pACC is correct over
+    counted pixels: ours. Its mIoU averages only classes in the target; ours also counts a
+    predicted but absent class as 0 (mmseg's rule), so they differ exactly there."""
+    C = 6
+    target = torch.randint(0, C - 1, (2, 9, 10), generator=gen)  # class 5 never in the target
+    pred = torch.randint(0, C, (2, 9, 10), generator=gen)
+    pred[0, 0, 0] = C - 1
+    m = ref.segmentation_metrics(pred, target, C)
+    cm = m["confusion_matrix"].double()
+    tp, pos_gt, pos_pred = cm.diagonal(), cm.sum(1), cm.sum(0)
+    valid = pos_gt > 0
+    iou = tp[valid] / (pos_gt + pos_pred - tp)[valid]
+    weights = pos_gt[valid] / pos_gt.sum()
+    assert m["fwiou"].item() == pytest.approx((iou * weights).sum().item(), rel=1e-12)
+    assert m["pixel_accuracy"].item() == pytest.approx((tp.sum() / pos_gt.sum()).item())
+    assert m["iou"][C - 1].item() == 0.0  # predicted, absent: 0 here, left out there
+    assert m["miou"].item() == pytest.approx(torch.cat([iou, iou.new_zeros(1)]).mean().item())
