@@ -191,13 +191,14 @@ def _mask_surfaces(preds, target, num_classes, ignore_index, idx, spacing, valid
             "multilabel",
         )
     spacing = list(check_spacing(spacing, target.dim() - 2))
-    pred, true = mask_values(preds, target, ignore_index)
     uniq = _distinct(idx)
     K, (B, _, *spatial) = len(uniq), target.shape
-    channels = device_constant(uniq, torch.int64, target.device)
+    if uniq != list(range(num_classes)):  # the masks of the measured channels only
+        channels = device_constant(uniq, torch.int64, target.device)
+        preds, target = preds.index_select(1, channels), target.index_select(1, channels)
     surfaces, counts = [], []
-    for m in (pred, true):
-        cls = torch.where(m.index_select(1, channels), 0, -1).to(torch.int32)
+    for m in mask_values(preds, target, ignore_index):
+        cls = torch.where(m, 0, -1).to(torch.int32, memory_format=torch.contiguous_format)
         surface = _surface_labels(cls.view(B * K, *spatial)) == 0
         surfaces.append(surface.view(torch.uint8).view(B, K, *spatial))
         counts.append(surface.view(B, K, -1).sum(-1))
