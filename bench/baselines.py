@@ -122,6 +122,13 @@ def _monai_hausdorff():
     return lambda x, t: loss(x, t.unsqueeze(1))
 
 
+def _monai_mcc():
+    from monai.losses import MCCLoss
+
+    loss = MCCLoss(softmax=True, to_onehot_y=True)  # it has no ignore_index
+    return lambda x, t: loss(x, t.unsqueeze(1))
+
+
 def _smp(name: str, **kwargs) -> Callable[[], Callable]:
     def factory():
         return getattr(smp_losses(), name)("multiclass", ignore_index=255, **kwargs)
@@ -139,6 +146,7 @@ PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
     "monai": {
         "dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai_dice),
         "hausdorff_dt": ({}, _monai_hausdorff),
+        "mcc": ({"scope": "image", "eps": 0.0}, _monai_mcc),
     },
     "smp": {
         "dice": ({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),

@@ -160,6 +160,14 @@ PRESETS: dict[str, dict] = {
         "dtypes": ["bf16", "fp32"],
         "ignore_frac": 0.0,
     },
+    # MONAI's MCCLoss (which has no ignore_index either) beside ours
+    "mcc": {
+        "losses": ["mcc"],
+        "providers": ["triton", "eager", "compile", "monai"],
+        "shapes": [[8, 19, 512, 1024], [4, 4, 128, 128, 128]],
+        "dtypes": ["bf16", "fp32"],
+        "ignore_frac": 0.0,
+    },
     "brats3d": {
         "losses": ["bce", "dice", "generalized_dice", "tversky"],
         "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],

@@ -29,6 +29,7 @@ from .region import (
     focal_tversky_loss,
     generalized_dice_loss,
     jaccard_loss,
+    mcc_loss,
     region_stats,
     tversky_loss,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "jaccard_loss",
     "lovasz_hinge_loss",
     "lovasz_softmax_loss",
+    "mcc_loss",
     "ohem_cross_entropy",
     "region_stats",
     "run_smoke_kernel",

@@ -14,6 +14,8 @@ do not cancel near r = 1) or ``-log(max(r, eps))``, optionally ``max(1 - r, 0) *
 the reference's ``_class_reduce``, and units (the batch, or each image) are reduced by
 'mean' (weighted class mean per unit, then the mean over units that have weight) or
 'sum'. A compound loss adds ``lam_pix`` times its pixel term (sum, or sum / divisor for 'mean').
+With MCC the index is instead the Matthews correlation of the soft counts (``_mcc``),
+which also needs ``N``, the counted pixels, as a fourth row of sums.
 
 Every clamp is written ``where(x < lo, lo, x)`` so a NaN sum (a bad label) stays NaN.
 """
@@ -25,47 +27,82 @@ import triton.language as tl
 
 
 @triton.jit
-def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr):
-    """``(I, P, T)`` of unit u for a class block: row u of ``tot`` (scope 'image') or the
-    sum of its ``n_rows`` rows in order (scope 'batch': one row per image, or one row of
-    sums already taken over a process group)."""
+def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, MCC: tl.constexpr):
+    """``(I, P, T, N)`` of unit u for a class block (N with MCC, else 0): row u of ``tot``
+    (scope 'image') or the sum of its ``n_rows`` rows in order (scope 'batch': one row per
+    image, or one row of sums already taken over a process group)."""
+    i = tl.zeros(offs_c.shape, tl.float32)
+    p = tl.zeros(offs_c.shape, tl.float32)
+    t = tl.zeros(offs_c.shape, tl.float32)
+    n = tl.zeros(offs_c.shape, tl.float32)
+    first = 0
+    n_sum = n_rows
     if IMAGE:
-        base = tot_ptr + u * row
-        i = tl.load(base + offs_c, mask=cmask, other=0.0)
-        p = tl.load(base + C + offs_c, mask=cmask, other=0.0)
-        t = tl.load(base + 2 * C + offs_c, mask=cmask, other=0.0)
-    else:
-        i = tl.zeros(offs_c.shape, tl.float32)
-        p = tl.zeros(offs_c.shape, tl.float32)
-        t = tl.zeros(offs_c.shape, tl.float32)
-        for b in range(n_rows):
-            base = tot_ptr + b * row
-            i += tl.load(base + offs_c, mask=cmask, other=0.0)
-            p += tl.load(base + C + offs_c, mask=cmask, other=0.0)
-            t += tl.load(base + 2 * C + offs_c, mask=cmask, other=0.0)
-    return i, p, t
+        first = u
+        n_sum = 1
+    for b in range(first, first + n_sum):
+        base = tot_ptr + b * row
+        i += tl.load(base + offs_c, mask=cmask, other=0.0)
+        p += tl.load(base + C + offs_c, mask=cmask, other=0.0)
+        t += tl.load(base + 2 * C + offs_c, mask=cmask, other=0.0)
+        if MCC:
+            n += tl.load(base + 3 * C + offs_c, mask=cmask, other=0.0)
+    return i, p, t, n
+
+
+@triton.jit
+def _mcc(i, p, t, n, eps):
+    """``(MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``,
+    ``FP = P - I + eps``, ``FN = T - I + eps``, ``TN = N - P - T + I + eps``:
+    ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
+    denominator is 0, 1 where the prediction is perfect (``P - I = T - I = 0`` exactly),
+    both with a zero gradient. Of its four factors only ``TP + FP = P + 2 eps`` and
+    ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N - T) - (P - I)``:
+    exact for a class that fills the unit, where the denominator is tiny."""
+    tp = i + eps
+    fp = (p - i) + eps
+    fn = (t - i) + eps
+    tn = (n - t) - (p - i) + eps
+    ab = (tp + fp) * (tp + fn)
+    cd = (tn + fp) * (tn + fn)
+    perfect = (p - i == 0.0) & (t - i == 0.0)
+    zero = (ab <= 0.0) | (cd <= 0.0) | perfect  # NaN sums are neither: they stay NaN
+    den = tl.sqrt(tl.where(zero, 1.0, ab)) * tl.sqrt(tl.where(zero, 1.0, cd))
+    mcc = tl.where(perfect, 1.0, tl.where(zero, 0.0, (tp * tn - fp * fn) / den))
+    d_log_den = 0.5 * (1.0 / (tp + fp) - 1.0 / (tn + fn))
+    # dMCC/dI = (TP + FP + FN + TN) / den; with dMCC/dP that sum keeps TN + FP, small
+    # where the class fills the unit, instead of a difference of two large terms
+    d_ip = tl.where(zero, 0.0, (tn + fp) / den - mcc * d_log_den)
+    d_p = tl.where(zero, 0.0, -(tp + fn) / den - mcc * d_log_den)
+    return mcc, d_ip, d_p
 
 
 @triton.jit
 def _class_terms(
     tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
     IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
-    HAS_W: tl.constexpr, ABSENT: tl.constexpr,
+    HAS_W: tl.constexpr, ABSENT: tl.constexpr, MCC: tl.constexpr,
 ):  # fmt: skip
-    """Per class of unit u: ``(weight, loss, dloss/dI, dloss/dP)`` (0 past C).
+    """Per class of unit u: ``(weight, loss, dloss/dI + dloss/dP, dloss/dP)`` (0 past C).
     ABSENT: 0 include, 1 exclude (weight 0), 2 zero (loss 0) for a class with T = 0."""
     cmask = offs_c < C
-    i, p, t = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE)
-    num = a_i * i + snr
-    den_raw = b_i * i + b_p * p + b_t * t + sdr
-    live = den_raw >= eps  # clamp_min passes the gradient where the input reaches the bound
-    den = tl.where(den_raw < eps, eps, den_raw)
-    r = num / den
-    dr_di = (a_i - tl.where(live, r * b_i, 0.0)) / den
-    dr_dp = -tl.where(live, r * b_p, 0.0) / den
+    i, p, t, n = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, MCC)
+    if MCC:
+        r, dr_dip, dr_dp = _mcc(i, p, t, n, eps)
+    else:
+        num = a_i * i + snr
+        den_raw = b_i * i + b_p * p + b_t * t + sdr
+        live = den_raw >= eps  # clamp_min passes the gradient where the input reaches the bound
+        den = tl.where(den_raw < eps, eps, den_raw)
+        r = num / den
+        dr_dp = -tl.where(live, r * b_p, 0.0) / den
+        dr_dip = (a_i - tl.where(live, r * (b_i + b_p), 0.0)) / den
     if LOG:
         loss = -tl.log(tl.where(r < eps, eps, r))
         dl_dr = tl.where(r >= eps, -1.0 / tl.where(r >= eps, r, 1.0), 0.0)
+    elif MCC:
+        loss = 1.0 - r
+        dl_dr = tl.full(r.shape, -1.0, tl.float32)
     else:
         # 1 - r without cancelling near r = 1: den - num = b_p (P - I) + b_t (T - I) +
         # smooth_dr - smooth_nr, as b_i - a_i = -(b_p + b_t) for every family above
@@ -96,20 +133,21 @@ def _class_terms(
         loss = loss * present
         dl_dr = dl_dr * present
     loss = tl.where(cmask, loss, 0.0)
-    return w, loss, dl_dr * dr_di, dl_dr * dr_dp
+    return w, loss, dl_dr * dr_dip, dl_dr * dr_dp
 
 
 @triton.jit
-def _store_coefs(out_ptr, u, B, C, offs_c, dl_di, dl_dp, IMAGE: tl.constexpr):
-    """``dL/dI`` and ``dL/dP`` of a class block of unit u into ``out [B, 2, C]``: image u's
-    row (scope 'image'), or every image's row (scope 'batch': they share the sums)."""
+def _store_coefs(out_ptr, u, B, C, offs_c, dl_dip, dl_dp, IMAGE: tl.constexpr):
+    """``dL/dI + dL/dP`` and ``dL/dP`` (pass 2's ``dL/dp`` where g = 1 and g = 0) of a class
+    block of unit u into ``out [B, 2, C]``: image u's row (scope 'image'), or every
+    image's row (scope 'batch': they share the sums)."""
     cmask = offs_c < C
     if IMAGE:
-        tl.store(out_ptr + u * 2 * C + offs_c, dl_di, mask=cmask)
+        tl.store(out_ptr + u * 2 * C + offs_c, dl_dip, mask=cmask)
         tl.store(out_ptr + u * 2 * C + C + offs_c, dl_dp, mask=cmask)
     else:
         for b in range(B):
-            tl.store(out_ptr + b * 2 * C + offs_c, dl_di, mask=cmask)
+            tl.store(out_ptr + b * 2 * C + offs_c, dl_dip, mask=cmask)
             tl.store(out_ptr + b * 2 * C + C + offs_c, dl_dp, mask=cmask)
 
 
@@ -127,7 +165,7 @@ def _store_kpix(out_ptr, B, C, kpix, BLOCK_B: tl.constexpr):
 def _unit_totals(
     tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
     IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
-    HAS_W: tl.constexpr, ABSENT: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_W: tl.constexpr, ABSENT: tl.constexpr, MCC: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """``(sum_c w_c l_c, sum_c w_c)`` of unit u."""
     wl = 0.0
@@ -136,7 +174,7 @@ def _unit_totals(
         offs_c = c0 + tl.arange(0, BLOCK_C)
         w, loss, _, _ = _class_terms(
             tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
-            gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
+            gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, MCC,
         )  # fmt: skip
         wl += tl.sum(w * loss, axis=0)
         ws += tl.sum(w, axis=0)
@@ -150,13 +188,14 @@ def _region_finalize_kernel(
     IMAGE: tl.constexpr, REG_MEAN: tl.constexpr, NONE: tl.constexpr, PIXEL: tl.constexpr,
     PIX_MEAN: tl.constexpr,
     LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr, HAS_W: tl.constexpr,
-    ABSENT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
+    ABSENT: tl.constexpr, MCC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
 ):  # fmt: skip
     """One program. ``tot [n_rows, row]``: per image (or, over a process group, for the
-    global batch: ``n_rows`` 1) ``I[C], P[C], T[C]``, pixel-loss sum and divisor. Writes
+    global batch: ``n_rows`` 1) ``I[C], P[C], T[C]`` (MCC: then ``N[C]``), pixel-loss sum
+    and divisor. Writes
     ``loss = lam_reg region + lam_pix pixel + offset`` (NONE: ``w_c l_c`` per unit and
     class, ``[units, C]``, and ``out`` per unit of it) and ``out`` for the B images:
-    ``dL/dI [B, C]`` and ``dL/dP [B, C]`` interleaved per image (``[B, 2, C]``), then
+    ``dL/dI + dL/dP [B, C]`` and ``dL/dP [B, C]`` interleaved per image (``[B, 2, C]``), then
     ``dL/d(pixel-loss sum of image b)`` ``[B]``."""
     if IMAGE:
         n_units = B
@@ -167,7 +206,7 @@ def _region_finalize_kernel(
     for u in range(n_units):
         wl, ws = _unit_totals(
             tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
-            IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, BLOCK_C,
+            IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, MCC, BLOCK_C,
         )  # fmt: skip
         if REG_MEAN:
             has = ws > 0.0
@@ -192,19 +231,19 @@ def _region_finalize_kernel(
         if REG_MEAN:
             _, ws = _unit_totals(
                 tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
-                gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, BLOCK_C,
+                gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, MCC, BLOCK_C,
             )  # fmt: skip
             k = tl.where(ws > 0.0, unit_scale / tl.where(ws > 0.0, ws, 1.0), 0.0)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
-            w, loss, dl_di, dl_dp = _class_terms(
+            w, loss, dl_dip, dl_dp = _class_terms(
                 tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr,
-                eps, gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT,
+                eps, gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, MCC,
             )  # fmt: skip
             if NONE:  # the weighted loss of each (unit, class); coefficients per unit of it
                 tl.store(loss_ptr + u * C + offs_c, w * loss, mask=cmask)
-            _store_coefs(out_ptr, u, B, C, offs_c, k * w * dl_di, k * w * dl_dp, IMAGE)
+            _store_coefs(out_ptr, u, B, C, offs_c, k * w * dl_dip, k * w * dl_dp, IMAGE)
     pix = 0.0
     kpix = 0.0
     if PIXEL:
@@ -213,8 +252,8 @@ def _region_finalize_kernel(
         for b0 in range(0, n_rows, BLOCK_B):
             offs_b = b0 + tl.arange(0, BLOCK_B)
             bmask = offs_b < n_rows
-            pix_sum += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C, mask=bmask, other=0.0))
-            div += tl.sum(tl.load(tot_ptr + offs_b * row + 3 * C + 1, mask=bmask, other=0.0))
+            pix_sum += tl.sum(tl.load(tot_ptr + offs_b * row + row - 2, mask=bmask, other=0.0))
+            div += tl.sum(tl.load(tot_ptr + offs_b * row + row - 1, mask=bmask, other=0.0))
         if PIX_MEAN:  # a divisor of 0 (as F.cross_entropy): NaN term, kpix inf (see pass 2)
             ok = div > 0.0
             pix = tl.where(ok, pix_sum / tl.where(ok, div, 1.0), float("nan"))
@@ -271,7 +310,8 @@ def _gdl_finalize_kernel(
         if ABSENT_MAX:
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + tl.arange(0, BLOCK_C)
-                _, _, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE)
+                cmask = offs_c < C
+                _, _, t, _ = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)
                 w = _gdl_weights(t, offs_c, cw_ptr, 0.0, C, WEIGHT_TYPE, False)
                 wmax = tl.maximum(wmax, tl.max(w, axis=0))
         num = 0.0
@@ -279,7 +319,7 @@ def _gdl_finalize_kernel(
         gap = 0.0  # den - num without smoothing, summed without cancelling near r = 1
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
-            i, p, t = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE)
+            i, p, t, _ = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE, False)
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             num += tl.sum(w * i, axis=0)
             den += tl.sum(w * (p + t), axis=0)
@@ -296,11 +336,11 @@ def _gdl_finalize_kernel(
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
-            _, _, t = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE)
+            _, _, t, _ = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             dl_di = -scale * 2.0 * w / den
             dl_dp = tl.where(live, scale * r * w / den, 0.0)
-            _store_coefs(out_ptr, u, B, C, offs_c, dl_di, dl_dp, IMAGE)
+            _store_coefs(out_ptr, u, B, C, offs_c, dl_di + dl_dp, dl_dp, IMAGE)
     _store_kpix(out_ptr, B, C, 0.0, BLOCK_B)
     if not NONE:
         tl.store(loss_ptr, total * scale)

@@ -3,12 +3,16 @@
 Two passes over the logits, no one-hot:
 
 - ``_region_stats_kernel``: each program walks a range of pixel tiles of one image and sums,
-  per class, ``I = sum p g``, ``P = sum p`` (``p^2``) and ``T = sum g`` (``g^2``) in fp32;
-  it writes one partial row per program, added in a fixed order afterwards.
-- ``_region_grad_kernel``: given ``a = dL/dI`` and ``b = dL/dP`` per (image, class),
-  recomputes ``p`` tile by tile (``TILES`` tiles per program) and writes ``dL/dz``:
-  ``dL/dp_c = a_c g_c + b_c`` (``2 b_c p_c`` when squared), then through the softmax
+  per class, ``I = sum p g``, ``P = sum p`` (``p^2``), ``T = sum g`` (``g^2``) and, with
+  COUNT, ``N`` the counted pixels (the MCC) in fp32; it writes one partial row per
+  program, added in a fixed order afterwards.
+- ``_region_grad_kernel``: given ``u = dL/dI + dL/dP`` and ``v = dL/dP`` per (image,
+  class), ``dL/dp`` where ``g = 1`` and where ``g = 0``, recomputes ``p`` tile by tile
+  (``TILES`` tiles per program) and writes ``dL/dz``: ``dL/dp_c = u_c g_c + v_c (1 - g_c)``
+  (``(u_c - v_c) g_c + 2 v_c p_c`` when squared), then through the softmax
   ``dz_c = p_c (dL/dp_c - sum_k p_k dL/dp_k)`` or the sigmoid ``dz = dL/dp p (1 - p)``.
+  ``u`` comes from the finalize whole, not as a sum of two large terms that nearly
+  cancel (the MCC of a class that fills its unit).
 
 LABELS means multiclass: integer labels ``[B, S]`` and a softmax over classes; otherwise
 masks ``[B, C, S]`` and a sigmoid per element. Ignored entries have ``p = g = 0``; a bad
@@ -245,12 +249,13 @@ def _region_stats_kernel(
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
+    COUNT: tl.constexpr,
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Partial sums ``part[b, chunk, :]`` = ``I[C], P[C], T[C]``, pixel loss, its divisor,
-    over the chunk's pixel tiles.
+    """Partial sums ``part[b, chunk, :]`` = ``I[C], P[C], T[C]`` (then ``N[C]`` with
+    COUNT), pixel loss, its divisor, over the chunk's pixel tiles.
 
     SINGLE: all classes in one tile, sums kept in registers. Otherwise classes stream in
     chunks of BLOCK_C and the program adds into its own partial row (a barrier orders its
@@ -259,17 +264,19 @@ def _region_stats_kernel(
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
     first_tile = (pid % n_chunks) * tiles_per_chunk
-    out = part_ptr + pid * (3 * C + 2)
+    n_stats = 3 + COUNT
+    out = part_ptr + pid * (n_stats * C + 2)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     acc_i = tl.zeros([BLOCK_C], tl.float32)
     acc_p = tl.zeros([BLOCK_C], tl.float32)
     acc_t = tl.zeros([BLOCK_C], tl.float32)
+    acc_n = tl.zeros([BLOCK_C], tl.float32)
     acc_loss = tl.zeros([BLOCK_P], tl.float32)
     acc_den = tl.zeros([BLOCK_P], tl.float32)
     if not SINGLE:
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
-            for k in range(3):
+            for k in range(n_stats):
                 tl.store(out + k * C + offs_c, acc_i, mask=offs_c < C)
     for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -287,6 +294,8 @@ def _region_stats_kernel(
             acc_i += si
             acc_p += sp
             acc_t += st
+            if COUNT:
+                acc_n += tl.sum(valid.to(tl.float32), axis=1)
             if PIXEL != 0:
                 loss, den, dx = _pixel_term(
                     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
@@ -307,6 +316,8 @@ def _region_stats_kernel(
                 _add_row(out + offs_c, si, cmask)
                 _add_row(out + C + offs_c, sp, cmask)
                 _add_row(out + 2 * C + offs_c, st, cmask)
+                if COUNT:
+                    _add_row(out + 3 * C + offs_c, tl.sum(valid.to(tl.float32), axis=1), cmask)
                 if PIXEL == 2:  # elementwise, so it streams with the classes
                     loss, den, dx = _pixel_term(
                         xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
@@ -319,19 +330,22 @@ def _region_stats_kernel(
         tl.store(out + offs_c0, acc_i, mask=cmask)
         tl.store(out + C + offs_c0, acc_p, mask=cmask)
         tl.store(out + 2 * C + offs_c0, acc_t, mask=cmask)
-    tl.store(out + 3 * C, tl.sum(acc_loss, axis=0))
-    tl.store(out + 3 * C + 1, tl.sum(acc_den, axis=0))
+        if COUNT:
+            tl.store(out + 3 * C + offs_c0, acc_n, mask=cmask)
+    tl.store(out + n_stats * C, tl.sum(acc_loss, axis=0))
+    tl.store(out + n_stats * C + 1, tl.sum(acc_den, axis=0))
 
 
 @triton.jit
 def _dl_dp(p, g, coef, offs_c, C, SQUARED: tl.constexpr):
-    """``dL/dp = a g + b`` (``a g + 2 b p`` when squared), ``a, b`` per class from ``coef``."""
+    """``dL/dp = u g + v (1 - g)``, exactly u or v for a hard label (``(u - v) g + 2 v p``
+    when squared), ``u, v`` per class from ``coef``."""
     cmask = offs_c < C
-    a = tl.load(coef + offs_c, mask=cmask, other=0.0)[:, None]
-    bc = tl.load(coef + C + offs_c, mask=cmask, other=0.0)[:, None]
+    u = tl.load(coef + offs_c, mask=cmask, other=0.0)[:, None]
+    v = tl.load(coef + C + offs_c, mask=cmask, other=0.0)[:, None]
     if SQUARED:
-        return a * g + 2.0 * bc * p
-    return a * g + bc
+        return (u - v) * g + 2.0 * v * p
+    return u * g + v * (1.0 - g)
 
 
 @triton.jit
@@ -457,8 +471,8 @@ def _region_grad_kernel(
     BLOCK_P: tl.constexpr,
 ):
     """``dL/dz`` of TILES pixel tiles per program (prefetched STAGES - 1 ahead) from
-    ``coef[b, 0, c] = dL/dI``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``, the
-    weight of the pixel term's gradient."""
+    ``coef[b, 0, c] = dL/dI + dL/dP``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``,
+    the weight of the pixel term's gradient."""
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)

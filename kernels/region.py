@@ -1,4 +1,4 @@
-"""Triton region losses: soft Dice, Jaccard, Tversky, focal Tversky, generalized Dice.
+"""Triton region losses: soft Dice, Jaccard, Tversky, focal Tversky, generalized Dice, MCC.
 
 Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 ``validate`` and ``process_group``. How they run:
@@ -7,9 +7,10 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
   ``I, P, T`` per (image, class) in fp32, from per-program partial rows added in a fixed
   order: no one-hot, no float atomics, bitwise deterministic.
 - A one-program Triton finalize (``_finalize_kernels.py``) turns those ``[B, C]`` sums
-  into the loss and ``a = dL/dI``, ``b = dL/dP`` per (image, class) in one launch, for
-  every reduction (with 'none', ``a`` and ``b`` are per unit and class of the output and
-  the backward multiplies them by its grad_output). :func:`region_stats` returns the
+  into the loss and ``u = dL/dI + dL/dP``, ``v = dL/dP`` per (image, class) (``dL/dp``
+  of a pixel of the class, and of one not of it) in one launch, for every reduction
+  (with 'none', ``u`` and ``v`` are per unit and class of the output and the backward
+  multiplies them by its grad_output). :func:`region_stats` returns the
   differentiable sums themselves, for formulas of one's own.
 - Pass 2 (the backward, a Triton kernel) recomputes the probabilities and writes
   ``dL/dz`` once. Nothing of pixel size is saved between the passes.
@@ -66,15 +67,16 @@ Weights = torch.Tensor | Sequence[float] | None
 
 
 def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma,
-           scale, alpha, focal) -> torch.Tensor:  # fmt: skip
+           scale, alpha, focal, count=False) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
-    sum and 'mean' divisor (zeros when ``pixel`` is 0)."""
+    sum and 'mean' divisor (zeros when ``pixel`` is 0); with ``count``, ``[B, 4C + 2]``
+    with the counted pixels ``N[C]`` after T."""
     x, t, strides = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
-    row = 3 * C + 2
+    row = (4 if count else 3) * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _region_stats_kernel[(B * n_chunks,)](
@@ -94,6 +96,7 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
         scale,
         0.0 if alpha is None else alpha,
         **_flags(labels, has_ignore, squared, single, pixel, focal, w, alpha),
+        COUNT=count,
         STAGES=STAGES,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
@@ -169,8 +172,8 @@ def _region_grad(
     alpha: float | None,
     focal: bool,
 ) -> torch.Tensor:
-    """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI``, ``dL/dP``)
-    and ``kpix [B]`` (dL / d pixel-loss sum)."""
+    """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
+    ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum)."""
     x, t, strides = loss_views(logits, target, labels)
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
@@ -223,7 +226,8 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_sums, grad_pix):
     logits, target = ctx.saved_tensors
-    coef = grad_sums[:, :2].to(torch.float32).contiguous()
+    d_i, d_p = grad_sums[:, 0].to(torch.float32), grad_sums[:, 1].to(torch.float32)
+    coef = torch.stack([d_i + d_p, d_p], 1)
     kpix = grad_pix[:, 0].to(torch.float32).contiguous()
     grad = _region_grad(logits, target, coef, kpix, *ctx.params)
     return (grad,) + (None,) * (len(ctx.params) + 1)
@@ -255,6 +259,7 @@ class Finalize(NamedTuple):
     offset: float = 0.0
     gdl: tuple[str, str] | None = None  # generalized Dice: (weight_type, absent_weight)
     gamma_after_mean: bool = False  # ``gamma`` powers the class mean ('mean' only)
+    mcc: bool = False  # the index is the Matthews correlation (``eps`` on each count)
 
 
 DICE, JACCARD = (2.0, 0.0, 1.0, 1.0), (1.0, -1.0, 1.0, 1.0)
@@ -284,17 +289,18 @@ def _loss_and_coefs(
     alpha, focal, cw, gvec, floats, flags, group=None,
 ):  # fmt: skip
     """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
-    for grad_output 1 (``dL/dI, dL/dP`` per image, then dL / d pixel-loss sum per image).
+    for grad_output 1 (``dL/dI + dL/dP, dL/dP`` per image, then dL / d pixel-loss sum per
+    image).
     ``floats``: a_I, b_I, b_P, b_T, smooth_nr, smooth_dr, eps, gamma, lam_reg, lam_pix,
     offset; ``flags``: image scope, region mean, pixel mean, log, focal power (1 per
     class, 2 after the mean), absent, generalized Dice weight type (-1: not GDL), absent
     weight 'max', reduction 'none' (then the loss is ``[units, C]``, ``[units]`` for GDL,
-    and the coefficients are per unit of it). With a process ``group`` (batch scope) the
-    batch sums are all-reduced first: the coefficients of global sums are those of the
-    local ones."""
+    and the coefficients are per unit of it), MCC (pass 1 also counts the pixels). With a
+    process ``group`` (batch scope) the batch sums are all-reduced first: the coefficients
+    of global sums are those of the local ones."""
     total = _pass1(
         logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
-        alpha, focal,
+        alpha, focal, count=bool(flags[9]),
     )  # fmt: skip
     if group is not None:
         total = total.sum(0, keepdim=True)
@@ -302,8 +308,8 @@ def _loss_and_coefs(
     B, C = logits.shape[:2]
     loss = torch.empty(_loss_shape(B, C, flags), dtype=torch.float32, device=logits.device)
     out = torch.empty(B * 2 * C + B, dtype=torch.float32, device=logits.device)
-    image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max, none = flags
-    sizes = (B, total.shape[0], C, 3 * C + 2)
+    image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max, none, mcc = flags
+    sizes = (B, total.shape[0], C, total.shape[1])
     blocks = {
         "BLOCK_C": min(1024, next_pow2(C)),
         "BLOCK_B": min(1024, next_pow2(B)),
@@ -320,7 +326,7 @@ def _loss_and_coefs(
         IMAGE=bool(image), REG_MEAN=bool(reg_mean), NONE=bool(none), PIXEL=pixel != 0,
         PIX_MEAN=bool(pix_mean),
         LOG=bool(log), FOCAL=power, GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
-        ABSENT=absent, **blocks,
+        ABSENT=absent, MCC=bool(mcc), **blocks,
     )  # fmt: skip
     return loss, out
 
@@ -454,7 +460,7 @@ def fused_loss(
     mean, none = fin.reduction == "mean", fin.reduction == "none"
     flags = [scope == "image", mean, fin.pix_mean, fin.log, power, _ABSENT[fin.absent]]
     flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
-    flags.append(none)
+    flags += [none, fin.mcc]
     args = (
         labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal,
         fin.weight, gvec, floats, [int(f) for f in flags],
@@ -671,6 +677,33 @@ def generalized_dice_loss(
         DICE, smooth_nr, smooth_dr, eps,
         weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
         reduction=reduction, gdl=(weight_type, absent_weight),
+    )  # fmt: skip
+    return fused_loss(
+        logits, target, mode, ignore_index, scope, False, validate, fin,
+        process_group=process_group,
+    )  # fmt: skip
+
+
+@kernel_api
+def mcc_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    eps: float = 1e-5,
+    scope: str = "batch",
+    absent: str = "include",
+    ignore_index: float | None = None,
+    weight: Weights = None,
+    reduction: str = "mean",
+    validate: bool = False,
+    process_group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """Triton Matthews correlation loss; semantics of ``segtriton.reference.mcc_loss``.
+    Pass 1 also counts each (image, class)'s counted pixels for ``TN``."""
+    fin = Finalize(
+        DICE, 0.0, 0.0, eps, absent=absent,
+        weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
+        reduction=reduction, mcc=True,
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,

@@ -31,6 +31,7 @@ from .region import (
     focal_tversky_loss,
     generalized_dice_loss,
     jaccard_loss,
+    mcc_loss,
     tversky_loss,
 )
 
@@ -85,6 +86,7 @@ JaccardLoss = loss_module("JaccardLoss", jaccard_loss)
 TverskyLoss = loss_module("TverskyLoss", tversky_loss)
 FocalTverskyLoss = loss_module("FocalTverskyLoss", focal_tversky_loss)
 GeneralizedDiceLoss = loss_module("GeneralizedDiceLoss", generalized_dice_loss)
+MCCLoss = loss_module("MCCLoss", mcc_loss)
 CEDiceLoss = loss_module("CEDiceLoss", ce_dice_loss)
 BCEDiceLoss = loss_module("BCEDiceLoss", bce_dice_loss)
 FocalDiceLoss = loss_module("FocalDiceLoss", focal_dice_loss)

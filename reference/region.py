@@ -1,4 +1,5 @@
-"""Region (overlap) losses: soft Dice, soft Jaccard, Tversky, focal Tversky, generalized Dice.
+"""Region (overlap) losses: soft Dice, soft Jaccard, Tversky, focal Tversky, generalized Dice,
+Matthews correlation (MCC).
 
 All of them are functions of per-(unit, class) sums over pixels::
 
@@ -6,7 +7,8 @@ All of them are functions of per-(unit, class) sums over pixels::
 
 where ``p`` is the softmax (multiclass) or sigmoid (binary/multilabel) probability and
 ``g`` the one-hot label or the (soft) mask; with ``squared=True`` P and T sum ``p**2``
-and ``g**2`` instead (V-Net). A *unit* is the whole batch (``scope='batch'``) or one
+and ``g**2`` instead (V-Net); the MCC also needs ``N``, the count of counted (not
+ignored) pixels. A *unit* is the whole batch (``scope='batch'``) or one
 image (``scope='image'``).
 """
 
@@ -458,3 +460,69 @@ def generalized_dice_loss(
     return generalized_dice_from_stats(
         stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction
     )
+
+
+def mcc_from_stats(
+    stats: RegionStats,
+    count: torch.Tensor,
+    eps: float = 1e-5,
+    absent: str = "include",
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    check_values: bool = True,
+) -> torch.Tensor:
+    """The MCC loss from region sums and the counted pixels ``count`` (see :func:`mcc_loss`)."""
+    eps = check_number("eps", eps)
+    inter, psum, tsum = stats.inter, stats.psum, stats.tsum
+    tp, fp, fn = inter + eps, (psum - inter) + eps, (tsum - inter) + eps
+    tn = (count - tsum) - (psum - inter) + eps
+    ab, cd = (tp + fp) * (tp + fn), (tn + fp) * (tn + fn)
+    perfect = (psum - inter == 0) & (tsum - inter == 0)
+    zero = (ab <= 0) | (cd <= 0) | perfect
+    den = torch.sqrt(torch.where(zero, 1.0, ab)) * torch.sqrt(torch.where(zero, 1.0, cd))
+    mcc = torch.where(zero, perfect.to(den.dtype), (tp * tn - fp * fn) / den)
+    return _class_reduce(1 - mcc, stats.present, absent, weight, reduction, check_values)
+
+
+@_with_options
+def mcc_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    eps: float = 1e-5,
+    scope: str = "batch",
+    absent: str = "include",
+    ignore_index: float | None = None,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """Matthews correlation coefficient loss per (unit, class) (Abhishek and Hamarneh
+    2021; smp's ``MCCLoss``), from soft counts of the class against the rest::
+
+        TP = I + eps,  FP = P - I + eps,  FN = T - I + eps,  TN = N - P - T + I + eps
+        MCC = (TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))
+        l = 1 - MCC
+
+    ``N`` counts the unit's pixels that are not ignored (per channel in multilabel
+    mode). ``eps`` (finite, >= 0) is added to each of the four counts, as smp does. A
+    perfect prediction (no false positive or negative: ``P = I = T`` exactly, as with
+    saturated probabilities) has MCC 1, as in MONAI; otherwise MCC is 0 where the
+    denominator is 0 (possible only with ``eps=0``: a class predicted or present nowhere
+    or everywhere); both with a zero gradient. An absent class (T = 0) nearly but not
+    exactly predicted empty has a loss near 1 (near 0.5 with ``eps > 0``), which
+    ``absent`` can drop.
+
+    Peers: smp's ``MCCLoss(eps)`` on ``sigmoid(logits)`` is ``mode='binary',
+    scope='batch'`` (but for a perfect prediction, where smp's loss is about
+    ``eps (1/TP + 1/TN)``, 0.5 for an absent class); MONAI's ``MCCLoss(sigmoid=True)`` is
+    ``mode='multilabel', scope='image', eps=0`` (``batch=True``: scope 'batch'), up to its
+    ``smooth_dr=1e-5`` under the square root.
+    """
+    check_choice("scope", scope, ("batch", "image"))
+    p, g, valid = region_inputs(logits, target, mode, ignore_index)
+    dims = (2,) if scope == "image" else (0, 2)
+    sums = torch.stack([(p * g).sum(dims), p.sum(dims), g.sum(dims), valid.to(p.dtype).sum(dims)])
+    inter, psum, tsum, count = global_sums(sums, scope, process_group).unbind(0)
+    stats = RegionStats(inter, psum, tsum, tsum > 0)
+    return mcc_from_stats(stats, count, eps, absent, weight, reduction)

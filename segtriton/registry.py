@@ -204,6 +204,17 @@ LOSSES: tuple[LossEntry, ...] = (
         kernel=ker.generalized_dice_loss,
     ),
     LossEntry(
+        "mcc",
+        ref.mcc_loss,
+        "labels",
+        (
+            {},
+            {"mode": "multilabel", "scope": "image", "eps": 0.0},
+            {"absent": "exclude", "weight": [0.5, 1.0, 2.0], "ignore_index": 255},
+        ),
+        kernel=ker.mcc_loss,
+    ),
+    LossEntry(
         "ce_dice",
         ref.ce_dice_loss,
         "labels",

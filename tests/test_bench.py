@@ -179,6 +179,19 @@ def test_peer_providers_run_where_their_semantics_match(tmp_path):
     assert peers.options.str.contains("scope").any()
 
 
+def test_mcc_preset_checks_monai_without_ignored_pixels(tmp_path):
+    spec = tmp_path / "mcc.toml"
+    spec.write_text(
+        'preset = "mcc"\nproviders = ["eager", "monai"]\nshapes = [[2, 5, 9, 11]]\n'
+        'dtypes = ["fp32"]\n'
+    )
+    out = tmp_path / "run"
+    assert main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "2"]) == 0
+    rows = pd.read_json(out / "rows.json")
+    assert set(rows.provider) == {"eager", "monai"} and set(rows.loss) == {"mcc"}
+    assert rows.passed.all() and (rows.ignore_frac == 0).all()
+
+
 def test_targets_preset_lists_the_cases_its_targets_read():
     from segtriton.bench.targets import TARGETS
 

@@ -1,5 +1,5 @@
-"""Triton region kernels (Dice, Jaccard, Tversky, focal Tversky, GDL) against the float64
-reference, loss and gradient.
+"""Triton region kernels (Dice, Jaccard, Tversky, focal Tversky, GDL, MCC) against the
+float64 reference, loss and gradient.
 
 Runs compiled on a GPU and in Triton's interpreter on CPU (small shapes): every region
 registry entry with a kernel over its variants (modes, scopes, absent policies, weights,
@@ -74,6 +74,7 @@ def test_large_class_count_streams_classes(entry, mode, seed, gen):
 )
 def test_absent_classes(entry, absent, seed, gen):
     opts = {"absent": absent, "scope": "image", "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+    opts = {k: v for k, v in opts.items() if entry.takes(k)}  # the MCC has no smoothing
     x, _ = _inputs(entry, (3, 19, 5, 6), opts, torch.float32, gen)
     t = torch.randint(0, 3, (3, 5, 6), generator=gen).to(DEVICE)  # 16 of 19 classes absent
     t[2] = 1  # and an image holding one class
@@ -154,6 +155,31 @@ def test_generalized_dice_absent_weights(seed, gen):
     for absent_weight, scope in itertools.product(["max", "zero"], ["batch", "image"]):
         opts = {"absent_weight": absent_weight, "scope": scope}
         assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_mcc_degenerate_units(mode, eps, seed, gen):
+    """Per image, each MCC corner: a class that fills its image (its denominator is tiny,
+    and the gradient is a small difference of large terms), one absent from it (with
+    eps = 0 the denominator is 0: MCC 0, zero gradient) and a perfect prediction
+    (saturated logits: MCC 1, zero gradient), of a present or an absent class; then the
+    same pooled over the batch."""
+    entry = get("mcc")
+    C = 1 if mode == "binary" else 3
+    x = torch.randn(5, C, 5, 7, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, max(C, 2), (5, 5, 7), generator=gen)
+    y[1], y[2], y[4] = 1, 0, 0
+    onehot = torch.nn.functional.one_hot(y, max(C, 2)).movedim(-1, 1)[:, -C:]
+    x[3:] = torch.where(onehot[3:] > 0, 1000.0, -1000.0)
+    t = onehot.double() if mode == "binary" else y
+    for scope in ("image", "batch"):
+        opts = {"mode": mode, "eps": eps, "scope": scope, "reduction": "none"}
+        x32, t = x.float().to(DEVICE), t.to(DEVICE)
+        loss, _ = assert_matches(entry, x32, t, opts, torch.float32, seed)
+        if scope == "image" and mode == "binary":
+            assert loss[3].item() == loss[4].item() == 0.0
+            assert eps > 0 or loss[2].item() == 1.0
 
 
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)

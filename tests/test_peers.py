@@ -105,6 +105,32 @@ def test_monai_tversky(monai, alpha, beta, gen):
 
 
 @pytest.mark.parametrize("batch", [False, True])
+def test_monai_mcc(monai, batch, gen):
+    """MONAI 1.6's MCCLoss, sigmoid per channel and softmax over classes, values and
+    gradients, with channels predicted perfectly (MCC 1), one of them absent from its
+    image (0 / 0, where MONAI's perfect-prediction rule gives 1), and a channel absent
+    but predicted (MCC 0): ours with eps=0 (its smooth_dr=1e-5 under the root moves
+    these values by about 1e-10)."""
+    kw = {"scope": "batch" if batch else "image", "eps": 0.0}
+    x, y = _inputs(gen)
+    t = F.one_hot(y, 4).movedim(-1, 1).to(D)
+    t[1, 2], t[1, 1] = 0, 0
+    for b, c in ((0, 3), (1, 1)):
+        x[b, c] = torch.where(t[b, c] > 0, 1000.0, -1000.0)
+    x.requires_grad_(True)
+    pairs = (
+        (monai.MCCLoss(sigmoid=True, batch=batch)(x, t), ref.mcc_loss(x, t, "multilabel", **kw)),
+        (
+            monai.MCCLoss(softmax=True, to_onehot_y=True, batch=batch)(x, y.unsqueeze(1)),
+            ref.mcc_loss(x, y, "multiclass", **kw),
+        ),
+    )
+    for theirs, ours in pairs:
+        _close(ours, theirs)
+        _close(*(torch.autograd.grad(loss, x, retain_graph=True)[0] for loss in (ours, theirs)))
+
+
+@pytest.mark.parametrize("batch", [False, True])
 def test_monai_generalized_dice(monai, batch, gen):
     x, y = _inputs(gen, C=5, spatial=(4, 4))
     y[0] = y[0].clamp_max(2)  # classes 3 and 4 absent from image 0: the inf-weight rule
@@ -412,6 +438,19 @@ def test_smp_lovasz(smp, gen):
     torch.testing.assert_close(
         ref.lovasz_hinge_loss(xb.double(), tb), theirs.to(D), rtol=1e-5, atol=1e-7
     )
+
+
+@pytest.mark.parametrize("spatial", [(9, 11), (3, 5, 7)], ids=["2d", "3d"])
+def test_smp_mcc_is_binary_batch_mcc_on_probabilities(smp, spatial, gen):
+    """smp's MCCLoss takes probabilities and pools the batch; its gradient too."""
+    x = (2 * torch.randn(3, 1, *spatial, generator=gen, dtype=D)).requires_grad_(True)
+    t = (torch.rand(x.shape, generator=gen) < 0.3).to(D)
+    theirs = smp.MCCLoss()(torch.sigmoid(x), t)
+    ours = ref.mcc_loss(x, t, mode="binary")
+    _close(ours, theirs)
+    (g_theirs,) = torch.autograd.grad(theirs, x)
+    (g_ours,) = torch.autograd.grad(ours, x)
+    _close(g_ours, g_theirs)
 
 
 def test_smp_soft_cross_entropy_is_label_smoothing(smp, gen):

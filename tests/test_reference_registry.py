@@ -31,6 +31,7 @@ MODULES = {
     "tversky": ref.TverskyLoss,
     "focal_tversky": ref.FocalTverskyLoss,
     "generalized_dice": ref.GeneralizedDiceLoss,
+    "mcc": ref.MCCLoss,
     "ce_dice": ref.CEDiceLoss,
     "bce_dice": ref.BCEDiceLoss,
     "focal_dice": ref.FocalDiceLoss,

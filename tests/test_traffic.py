@@ -64,7 +64,8 @@ def test_losses_move_what_their_model_says(entry):
     )
     requested, unique = record.totals()
     assert model <= unique <= requested
-    assert unique <= 1.08 * model, record.rows()[:8]
+    slack = 1.10 if entry.name == "mcc" else 1.08  # its partial rows hold a fourth sum
+    assert unique <= slack * model, record.rows()[:8]
     for (kernel, _), (read, *_rest) in record.bytes.items():
         if kernel.startswith("torch:"):
             assert read < 0.05 * model, f"{kernel} moves {read} B of a {model} B model"
