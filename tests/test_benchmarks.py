@@ -20,10 +20,12 @@ import warnings
 import pytest
 import torch
 
+from segtriton.bench.baselines import PEERS
 from segtriton.bench.env import environment
 from segtriton.bench.runner import (
     IGNORE_INDEX,
     case_inputs,
+    case_options,
     loss_scale,
     make_provider,
     make_step,
@@ -58,11 +60,12 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
     if case.provider == "triton" and DEVICE.type != "cuda":
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
     entry = get(case.loss)
-    options = entry.ignoring(entry.variants[0], IGNORE_INDEX)
+    options = entry.ignoring(case_options(case, entry), IGNORE_INDEX)
     x, t = case_inputs(case, entry, options, DEVICE)
     xg = x.requires_grad_(case.mode != "fwd")
     fn = make_provider(case, entry)
-    step = make_step(case.mode, lambda: fn(xg, t, **options), xg, loss_scale(case.dtype))
+    kwargs = {} if case.provider in PEERS else options  # a peer's options are its own
+    step = make_step(case.mode, lambda: fn(xg, t, **kwargs), xg, loss_scale(case.dtype))
     flush = (
         torch.empty(256 * 2**20, dtype=torch.int8, device=DEVICE) if DEVICE.type == "cuda" else None
     )
