@@ -272,10 +272,11 @@ def _global_dice_worker(rank: int, world: int, seed: int) -> None:
     x = torch.randn(2 * world, 3, 5, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (2 * world, 5, 6), generator=gen)
     y[0] = 255
-    opts = {"ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
     mine = slice(2 * rank, 2 * rank + 2)
-    for name in ("dice", "generalized_dice"):
+    for name in ("dice", "generalized_dice", "mcc"):  # the MCC's pixel counts too
         entry = get(name)
+        opts = {"ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+        opts = {k: v for k, v in opts.items() if entry.takes(k)}
         whole, whole_grad = run_with_grad(entry.reference, x, y, opts)
         kernel_x = x[mine].float().to(DEVICE)
         for fn, xs, ys in (
@@ -291,6 +292,6 @@ def _global_dice_worker(rank: int, world: int, seed: int) -> None:
 
 
 def test_global_sums_across_two_gloo_processes(seed):
-    """Batch-scope Dice / GDL with process_group equals single-process Dice on the whole
-    batch, loss and each rank's gradient slice (reference path and kernel path)."""
+    """Batch-scope Dice / GDL / MCC with process_group equals the single-process loss on
+    the whole batch, loss and each rank's gradient slice (reference path and kernel path)."""
     on_two_gloo_ranks(_global_dice_worker, seed)
