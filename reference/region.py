@@ -14,6 +14,7 @@ image (``scope='image'``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -30,37 +31,47 @@ from ._common import (
     region_inputs,
 )
 
-_OPTIONS = """
-    Shared options:
+_OPTIONS = {  # the shared options, each documented where a loss has it
+    "mode": """
       mode: 'multiclass' (softmax over C, integer labels ``[B, *S]``), 'binary' (sigmoid,
-        C = 1) or 'multilabel' (sigmoid per channel, masks ``[B, C, *S]``, soft allowed).
+        C = 1) or 'multilabel' (sigmoid per channel, masks ``[B, C, *S]``, soft allowed).""",
+    "scope": """
       scope: 'batch' sums over batch and space (one value per class); 'image' sums over
-        space only (one value per image and class).
+        space only (one value per image and class).""",
+    "smooth_nr": """
       smooth_nr / smooth_dr: added to the numerator / denominator. The denominator is then
         clamped below at ``eps`` so that an empty class with no smoothing gives 0, not NaN.
-        All three (and Tversky's alpha and beta) must be finite and >= 0.
+        All three (and Tversky's alpha and beta) must be finite and >= 0.""",
+    "absent": """
       absent: policy for a (unit, class) whose target is empty (T = 0):
-        'include' keeps its formula value in the mean (with zero smoothing this is a loss
-        of 1 for every absent class); 'exclude' drops it from the mean (MONAI-style
-        'present only'); 'zero' sets its loss to 0 but still counts it (smp).
+        'include' keeps its formula value in the mean (for the ratio losses with zero
+        smoothing, a loss of 1 for every absent class); 'exclude' drops it from the mean
+        (MONAI-style 'present only'); 'zero' sets its loss to 0 but still counts it (smp).""",
+    "ignore_index": """
       ignore_index: target value whose pixels are removed from both p and g (so they
-        count neither in I, P nor T).
-      weight: per-class weights w_c (weight 0 drops a class, e.g. the background).
+        count in none of the sums, the MCC's N included).""",
+    "weight": """
+      weight: per-class weights w_c (weight 0 drops a class, e.g. the background).""",
+    "process_group": """
       process_group: a torch.distributed group (scope 'batch' only): the per-class sums
         are all-reduced over it before the formula, so each rank computes the loss of the
         whole global batch; the gradient each rank gets for its logits is its slice of the
         single-process gradient (DDP averages gradients over ranks: scale the loss by the
-        world size to train as one process would on the whole batch).
+        world size to train as one process would on the whole batch).""",
+    "reduction": """
       reduction: 'mean' is the weighted class mean ``sum w_c l_c / sum w_c`` over the
         included classes of a unit, then the mean over units that include any class
         (0 with zero gradient if none does); 'sum' is ``sum w_c l_c`` over all entries;
         'none' returns ``w_c l_c`` per entry (``[C]`` for scope 'batch', ``[B, C]`` for
-        'image'; excluded entries are 0).
-"""
+        'image'; excluded entries are 0).""",
+}
 
 
 def _with_options(fn: Callable) -> Callable:
-    fn.__doc__ = (fn.__doc__ or "") + _OPTIONS
+    """Append the shared options ``fn`` takes to its docstring."""
+    params = inspect.signature(fn).parameters
+    text = "".join(doc for name, doc in _OPTIONS.items() if name in params)
+    fn.__doc__ = (fn.__doc__ or "") + "\n    Shared options:" + text + "\n"
     return fn
 
 
