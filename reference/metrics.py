@@ -269,6 +269,17 @@ def _specificity(tp, target, pred, n):
     return _ratio(n - target - pred + tp, n - target)
 
 
+def _mcc(tp, target, pred, n):
+    """Matthews correlation of the class against the rest, ``(TP TN - FP FN) / sqrt((TP +
+    FP) (TP + FN) (TN + FP) (TN + FN))``, in float64 (the product passes int64); NaN where
+    a factor is 0 (the class, or its complement, is in no target or no prediction)."""
+    tp, target, pred, n = (x.to(torch.float64) for x in (tp, target, pred, n))
+    fp, fn = pred - tp, target - tp
+    tn = n - target - fp
+    den = torch.sqrt(pred * target) * torch.sqrt((n - target) * (n - pred))
+    return _ratio(tp * tn - fp * fn, den)
+
+
 def pixel_accuracy(cm: torch.Tensor) -> torch.Tensor:
     """Correct pixels over counted pixels: ``trace / total`` (NaN when nothing is counted)."""
     return _ratio(cm.diagonal(dim1=-2, dim2=-1).sum(-1), cm.sum((-2, -1)))
@@ -286,7 +297,10 @@ def segmentation_metrics(
     """IoU, mIoU, Dice (the F1 score), mean Dice, precision, mean precision, pixel accuracy,
     class accuracy (recall, sensitivity) and mean class accuracy, specificity and mean
     specificity (``TN / (TN + FP)``: of the counted pixels whose target is not the class,
-    the fraction not predicted as it; NaN where there are none), and the frequency-weighted
+    the fraction not predicted as it; NaN where there are none), the Matthews correlation
+    of each class against the rest ``mcc`` and its mean ``mean_mcc`` (``(TP TN - FP FN) /
+    sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``; NaN where a factor is 0, as when the
+    class is in no target or no prediction), and the frequency-weighted
     IoU ``fwiou = sum_c T_c IoU_c / sum_c T_c`` over the reported classes (``T_c``: target
     pixels of class c; detectron2's fwIoU; NaN without target pixels).
 
@@ -346,6 +360,7 @@ def metrics_from_counts(
     iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
     precision = _ratio(tp, pred)
     specificity = _specificity(tp, target, pred, n)
+    mcc = _mcc(tp, target, pred, n)
     weighted = torch.where(target > 0, iou * target, 0.0).sum(-1)
     out = {
         "iou": iou,
@@ -359,10 +374,12 @@ def metrics_from_counts(
         "mean_precision": precision.nanmean(-1),
         "specificity": specificity,
         "mean_specificity": specificity.nanmean(-1),
+        "mcc": mcc,
+        "mean_mcc": mcc.nanmean(-1),
         "pixel_accuracy": pixel,
     }
     if counts.dim() == 3:
-        for key in ("iou", "dice", "class_accuracy", "precision", "specificity"):
+        for key in ("iou", "dice", "class_accuracy", "precision", "specificity", "mcc"):
             out[key] = out[key].nanmean(0)
         for key in (
             "miou",
@@ -371,6 +388,7 @@ def metrics_from_counts(
             "mean_class_accuracy",
             "mean_precision",
             "mean_specificity",
+            "mean_mcc",
             "pixel_accuracy",
         ):
             out[key] = out[key].nanmean()

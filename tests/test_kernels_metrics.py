@@ -121,7 +121,7 @@ def test_selected_classes(average, gen):
     full = ref.segmentation_metrics(logits, target, 6, 255, average)
     for key in want:
         torch.testing.assert_close(got[key], want[key], equal_nan=True, rtol=0, atol=0)
-    for key in ("iou", "dice", "precision", "class_accuracy", "specificity"):
+    for key in ("iou", "dice", "precision", "class_accuracy", "specificity", "mcc"):
         torch.testing.assert_close(want[key], full[key][classes], equal_nan=True, rtol=0, atol=0)
     assert torch.equal(want["confusion_matrix"], full["confusion_matrix"])
     assert want["pixel_accuracy"] == full["pixel_accuracy"]

@@ -94,6 +94,9 @@ def test_metrics_match_reference_and_torchmetrics(average, gen):
     }
     for key, metric in theirs.items():  # every class is present: no NaN against their 0
         torch.testing.assert_close(got[key].cpu().float(), metric(p, t), rtol=1e-6, atol=1e-6)
+    for c in range(4):  # their multilabel MCC pools the channels: per channel it is binary
+        mcc = tm.BinaryMatthewsCorrCoef(ignore_index=-1)(p[:, c], t[:, c])
+        torch.testing.assert_close(got["mcc"][c].cpu().float(), mcc, rtol=1e-5, atol=1e-6)
 
 
 def test_selected_channels(gen):

@@ -51,8 +51,13 @@ def test_metric_formulas_on_a_hand_matrix():
     assert ref.specificity_per_class(cm).tolist() == [3 / 5, 5 / 6, 1.0]
     assert ref.pixel_accuracy(cm).item() == 8 / 11
     # frequency-weighted IoU: target pixels 6 and 5 weigh IoU 5/8 and 3/6
-    fwiou = ref.metrics_from_confusion(cm)["fwiou"].item()
-    assert fwiou == pytest.approx((6 * 5 / 8 + 5 * 3 / 6) / 11, rel=1e-15)
+    m = ref.metrics_from_confusion(cm)
+    assert m["fwiou"].item() == pytest.approx((6 * 5 / 8 + 5 * 3 / 6) / 11, rel=1e-15)
+    # MCC against the rest: class 0 (TP 5, FN 1, FP 2, TN 3): (15 - 2) / sqrt(7 6 5 4);
+    # class 1 (TP 3, FN 2, FP 1, TN 5) the same; class 2, in no target or prediction, NaN
+    mcc = m["mcc"].tolist()
+    assert mcc[:2] == pytest.approx([13 / math.sqrt(840)] * 2, rel=1e-15) and math.isnan(mcc[2])
+    assert m["mean_mcc"].item() == pytest.approx(13 / math.sqrt(840), rel=1e-15)
 
 
 def test_absent_classes_are_nan_and_left_out_of_means():

@@ -479,10 +479,12 @@ def test_smp_soft_bce_is_bce_of_smoothed_targets(smp, gen):
 @pytest.mark.parametrize("C", [2, 19, 150])
 def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
     from torchmetrics.classification import (
+        BinaryMatthewsCorrCoef,
         MulticlassAccuracy,
         MulticlassConfusionMatrix,
         MulticlassF1Score,
         MulticlassJaccardIndex,
+        MulticlassMatthewsCorrCoef,
         MulticlassPrecision,
         MulticlassRecall,
         MulticlassSpecificity,
@@ -513,6 +515,16 @@ def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
         defined = ~torch.isnan(ours)
         assert defined.any() and (theirs[~defined] == 0).all(), key
         torch.testing.assert_close(ours[defined], theirs[defined], **TOL)
+    # MCC per class: the binary MCC of the class against the rest over the counted pixels
+    counted = y != 255
+    defined = (~torch.isnan(m["mcc"])).nonzero().flatten()[:8]
+    assert len(defined) > 0
+    for c in defined.tolist():
+        theirs = BinaryMatthewsCorrCoef()((pred[counted] == c).long(), (y[counted] == c).long())
+        torch.testing.assert_close(m["mcc"][c], theirs.to(D), rtol=1e-5, atol=1e-7)
+    if C == 2:  # their multiclass MCC (Gorodkin's R_K) is that of either class
+        theirs = MulticlassMatthewsCorrCoef(**kw)(pred, y).to(D)
+        torch.testing.assert_close(m["mcc"], theirs.expand(2), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("background", [True, False])
