@@ -96,14 +96,22 @@ def region_stats(
     process_group: dist.ProcessGroup | None = None,
 ) -> RegionStats:
     """``(I, P, T, present)`` per unit and class: ``[C]`` (batch scope) or ``[B, C]``."""
+    return stats_from_sums(
+        _unit_sums(logits, target, mode, ignore_index, scope, squared, process_group)
+    )
+
+
+def _unit_sums(logits, target, mode, ignore_index, scope, squared, process_group, count=False):
+    """Stacked ``(I, P, T)`` per unit and class (then ``N``, the counted pixels, with
+    ``count``), all-reduced over ``process_group``."""
     check_choice("scope", scope, ("batch", "image"))
-    p, g, _ = region_inputs(logits, target, mode, ignore_index)
+    p, g, valid = region_inputs(logits, target, mode, ignore_index)
     dims = (2,) if scope == "image" else (0, 2)
-    inter = (p * g).sum(dims)
-    psum = (p * p if squared else p).sum(dims)
-    tsum = (g * g if squared else g).sum(dims)
-    sums = torch.stack([inter, psum, tsum])
-    return stats_from_sums(global_sums(sums, scope, process_group))
+    sums = [(p * g).sum(dims), (p * p if squared else p).sum(dims)]
+    sums.append((g * g if squared else g).sum(dims))
+    if count:
+        sums.append(valid.to(p.dtype).sum(dims))
+    return global_sums(torch.stack(sums), scope, process_group)
 
 
 def global_sums(
@@ -530,10 +538,5 @@ def mcc_loss(
     ``mode='multilabel', scope='image', eps=0`` (``batch=True``: scope 'batch'), up to its
     ``smooth_dr=1e-5`` under the square root.
     """
-    check_choice("scope", scope, ("batch", "image"))
-    p, g, valid = region_inputs(logits, target, mode, ignore_index)
-    dims = (2,) if scope == "image" else (0, 2)
-    sums = torch.stack([(p * g).sum(dims), p.sum(dims), g.sum(dims), valid.to(p.dtype).sum(dims)])
-    inter, psum, tsum, count = global_sums(sums, scope, process_group).unbind(0)
-    stats = RegionStats(inter, psum, tsum, tsum > 0)
-    return mcc_from_stats(stats, count, eps, absent, weight, reduction)
+    sums = _unit_sums(logits, target, mode, ignore_index, scope, False, process_group, True)
+    return mcc_from_stats(stats_from_sums(sums[:3]), sums[3], eps, absent, weight, reduction)
