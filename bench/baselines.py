@@ -108,25 +108,16 @@ def smp_losses():
     return importlib.import_module(f"{name}.losses")
 
 
-def _monai_dice():
-    from monai.losses import DiceLoss
+def _monai(name: str, **kwargs) -> Callable[[], Callable]:
+    """MONAI's loss ``name`` with softmax over the logits and one-hot labels."""
 
-    loss = DiceLoss(softmax=True, to_onehot_y=True, ignore_index=255)
-    return lambda x, t: loss(x, t.unsqueeze(1))
+    def factory():
+        loss = getattr(importlib.import_module("monai.losses"), name)(
+            softmax=True, to_onehot_y=True, **kwargs
+        )
+        return lambda x, t: loss(x, t.unsqueeze(1))
 
-
-def _monai_hausdorff():
-    from monai.losses import HausdorffDTLoss
-
-    loss = HausdorffDTLoss(softmax=True, to_onehot_y=True)  # it has no ignore_index
-    return lambda x, t: loss(x, t.unsqueeze(1))
-
-
-def _monai_mcc():
-    from monai.losses import MCCLoss
-
-    loss = MCCLoss(softmax=True, to_onehot_y=True)  # it has no ignore_index
-    return lambda x, t: loss(x, t.unsqueeze(1))
+    return factory
 
 
 def _smp(name: str, **kwargs) -> Callable[[], Callable]:
@@ -144,9 +135,13 @@ def _kornia_dice():
 
 PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
     "monai": {
-        "dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai_dice),
-        "hausdorff_dt": ({}, _monai_hausdorff),
-        "mcc": ({"scope": "image", "eps": 0.0}, _monai_mcc),
+        "dice": (
+            {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5},
+            _monai("DiceLoss", ignore_index=255),
+        ),
+        # HausdorffDTLoss and MCCLoss have no ignore_index
+        "hausdorff_dt": ({}, _monai("HausdorffDTLoss")),
+        "mcc": ({"scope": "image", "eps": 0.0}, _monai("MCCLoss")),
     },
     "smp": {
         "dice": ({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),

@@ -50,12 +50,15 @@ torch._functorch.config.donated_buffer = False
 
 
 def make_provider(case: Case, entry) -> Callable:
+    """``fn(logits, target, **options)`` for the case's provider (a peer's matching options
+    are bound into it: it ignores the ones passed)."""
     if case.provider == "triton":
         if entry.kernel is None:
             raise NotImplementedError(f"no Triton kernel for {case.loss} yet")
         return entry.kernel
     if case.provider in PEERS:
-        return PEERS[case.provider][case.loss][1]()
+        peer = PEERS[case.provider][case.loss][1]()
+        return lambda x, t, **_: peer(x, t)
     if case.provider in BASELINES:
         fn = BASELINES[case.provider][case.loss]
     elif case.provider == "eager":
@@ -145,7 +148,7 @@ def run_case(
     xg = x.detach().requires_grad_(need_grad)
 
     def forward():
-        return fn(xg, t) if case.provider in PEERS else fn(xg, t, **options)
+        return fn(xg, t, **options)
 
     row["loss_scale"] = scale = loss_scale(case.dtype)
     t0 = time.perf_counter()

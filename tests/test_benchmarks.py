@@ -20,7 +20,6 @@ import warnings
 import pytest
 import torch
 
-from segtriton.bench.baselines import PEERS
 from segtriton.bench.env import environment
 from segtriton.bench.runner import (
     IGNORE_INDEX,
@@ -64,8 +63,7 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
     x, t = case_inputs(case, entry, options, DEVICE)
     xg = x.requires_grad_(case.mode != "fwd")
     fn = make_provider(case, entry)
-    kwargs = {} if case.provider in PEERS else options  # a peer's options are its own
-    step = make_step(case.mode, lambda: fn(xg, t, **kwargs), xg, loss_scale(case.dtype))
+    step = make_step(case.mode, lambda: fn(xg, t, **options), xg, loss_scale(case.dtype))
     flush = (
         torch.empty(256 * 2**20, dtype=torch.int8, device=DEVICE) if DEVICE.type == "cuda" else None
     )
