@@ -16,6 +16,14 @@ from segtriton.bench.spec import PRESETS, SpecError, expand, load_spec
 from segtriton.registry import get, make_inputs, minimal_bytes
 
 
+def _sweep(tmp_path, spec_toml: str) -> tuple[int, pd.DataFrame]:
+    """``segtriton sweep --reps 2`` of a TOML spec into ``tmp_path``: exit code and rows."""
+    spec, out = tmp_path / "spec.toml", tmp_path / "run"
+    spec.write_text(spec_toml)
+    code = main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "2"])
+    return code, pd.read_json(out / "rows.json")
+
+
 def test_presets_expand_and_adapt_binary_losses():
     for name in PRESETS:
         assert expand(load_spec(name))
@@ -159,14 +167,12 @@ def test_berman_baselines_equal_the_reference(per_image, gen):
 
 
 def test_peer_providers_run_where_their_semantics_match(tmp_path):
-    spec = tmp_path / "peers.toml"
-    spec.write_text(
+    code, rows = _sweep(
+        tmp_path,
         'preset = "peers"\nlosses = ["dice", "tversky", "sigmoid_focal_ovr"]\n'
-        'providers = ["eager", "monai", "smp", "kornia"]\nshapes = [[2, 5, 9, 11]]\n'
+        'providers = ["eager", "monai", "smp", "kornia"]\nshapes = [[2, 5, 9, 11]]\n',
     )
-    out = tmp_path / "run"
-    assert main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "2"]) == 0
-    rows = pd.read_json(out / "rows.json")
+    assert code == 0
     peers = rows[rows.provider.isin(["monai", "smp", "kornia"])]
     assert set(zip(peers.provider, peers.loss, strict=True)) == {
         ("monai", "dice"),
@@ -180,14 +186,12 @@ def test_peer_providers_run_where_their_semantics_match(tmp_path):
 
 
 def test_mcc_preset_checks_monai_without_ignored_pixels(tmp_path):
-    spec = tmp_path / "mcc.toml"
-    spec.write_text(
+    code, rows = _sweep(
+        tmp_path,
         'preset = "mcc"\nproviders = ["eager", "monai"]\nshapes = [[2, 5, 9, 11]]\n'
-        'dtypes = ["fp32"]\n'
+        'dtypes = ["fp32"]\n',
     )
-    out = tmp_path / "run"
-    assert main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "2"]) == 0
-    rows = pd.read_json(out / "rows.json")
+    assert code == 0
     assert set(rows.provider) == {"eager", "monai"} and set(rows.loss) == {"mcc"}
     assert rows.passed.all() and (rows.ignore_frac == 0).all()
 
