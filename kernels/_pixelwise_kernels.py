@@ -510,11 +510,12 @@ def _probs_loss_kernel(
 
 
 @triton.jit
-def _sigmoid_terms(x, t, wp, wn, gamma, alpha, IS_FOCAL: tl.constexpr, HAS_ALPHA: tl.constexpr):
+def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
     """Elementwise ``(loss, dL/dz)`` on logits ``x`` and targets ``t`` in [0, 1].
 
     BCE: ``-(wp t log p + wn (1 - t) log(1 - p))`` (wp = weight * pos_weight, wn = weight).
-    Focal: ``a (1 - p_t)^gamma BCE`` with ``a = alpha t + (1 - alpha)(1 - t)`` (HAS_ALPHA).
+    Focal: ``a (1 - p_t)^gamma BCE`` with ``a = wp t + wn (1 - t)`` (weight times alpha and
+    times 1 - alpha).
     """
     e = tl.exp(-tl.abs(x))
     l1p = log1p(e)
@@ -532,10 +533,7 @@ def _sigmoid_terms(x, t, wp, wn, gamma, alpha, IS_FOCAL: tl.constexpr, HAS_ALPHA
         pow_g = tl.exp(gamma * log_u)
         ratio = p * q * (1.0 - 2.0 * t) / u_safe  # du/dz / u
         ratio = tl.where(t == 1.0, -p, tl.where(t == 0.0, q, ratio))
-        if HAS_ALPHA:
-            a = alpha * t + (1.0 - alpha) * (1.0 - t)
-        else:
-            a = tl.zeros_like(t) + 1.0
+        a = wp * t + wn * (1.0 - t)
         p_minus_t = (1.0 - t) * p - t * q  # p - t without cancellation as p -> 1
         loss = a * pow_g * bce
         dx = a * pow_g * (gamma * ratio * bce + p_minus_t)
@@ -574,15 +572,21 @@ def _sigmoid_tile(
             t, valid, bad = _mask_tile(
                 t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
             )
-        if HAS_PW:
+        if HAS_PW:  # BCE's pos_weight, or the focal loss's per-class alpha
             pw = tl.load(pw_ptr + offs_c, mask=cmask, other=1.0).to(tl.float32)[:, None]
+        elif HAS_ALPHA:  # the focal loss's scalar alpha
+            pw = tl.zeros([BLOCK_C, 1], tl.float32) + alpha
         else:
             pw = tl.full([BLOCK_C, 1], 1.0, tl.float32)
         if HAS_W:
             w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         else:
             w = tl.full([BLOCK_C, 1], 1.0, tl.float32)
-        loss, dx = _sigmoid_terms(x, t, w * pw, w, gamma, alpha, IS_FOCAL, HAS_ALPHA)
+        if IS_FOCAL and (HAS_PW or HAS_ALPHA):
+            wn = w * (1.0 - pw)
+        else:
+            wn = w
+        loss, dx = _sigmoid_terms(x, t, w * pw, wn, gamma, IS_FOCAL)
         loss = tl.where(valid, loss, 0.0)
         loss = tl.where(bad, float("nan"), loss)
         if WRITE_LOSS:

@@ -172,15 +172,15 @@ def _load_chunk(
 @triton.jit
 def _pixel_term(
     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-    smoothing, gamma, scale, alpha, kpix,
-    PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, HAS_ALPHA: tl.constexpr,
+    smoothing, gamma, scale, kpix,
+    PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
 ):  # fmt: skip
     """The compound loss's pixel term on a whole-class tile: per pixel ``(loss, divisor)``
     and the tile of its gradient times ``kpix``, 0 where not valid (``kpix`` is inf for a
     'mean' whose divisor is 0: then an entry of weight 0 gets NaN, as in torch). PIXEL 1:
     CE (``w_ptr`` class weights, label smoothing) or softmax focal (``w_ptr`` alpha, else
     ``scale``); PIXEL 2: BCE (``w_ptr`` = weight * pos_weight and ``w2_ptr`` = weight per
-    class) or sigmoid focal (``alpha``)."""
+    class) or sigmoid focal (``w_ptr`` = alpha and ``w2_ptr`` = 1 - alpha per class)."""
     cmask = offs_c < C
     if PIXEL == 1:
         is_y = offs_c[:, None] == ys[None, :]
@@ -206,7 +206,7 @@ def _pixel_term(
     else:
         wp = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         wn = tl.load(w2_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
-        loss, dx = _sigmoid_terms(x, g, wp, wn, gamma, alpha, IS_FOCAL, HAS_ALPHA)
+        loss, dx = _sigmoid_terms(x, g, wp, wn, gamma, IS_FOCAL)
         loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
         loss = tl.sum(loss, axis=0)
         den = tl.sum(valid.to(tl.float32), axis=0)
@@ -240,7 +240,6 @@ def _region_stats_kernel(
     smoothing,
     gamma,
     scale,
-    alpha,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SQUARED: tl.constexpr,
@@ -248,7 +247,6 @@ def _region_stats_kernel(
     PIXEL: tl.constexpr,
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
-    HAS_ALPHA: tl.constexpr,
     COUNT: tl.constexpr,
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -299,7 +297,7 @@ def _region_stats_kernel(
             if PIXEL != 0:
                 loss, den, dx = _pixel_term(
                     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, alpha, 1.0, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                    smoothing, gamma, scale, 1.0, PIXEL, IS_FOCAL, HAS_W,
                 )  # fmt: skip
                 acc_loss += loss
                 acc_den += den
@@ -321,7 +319,7 @@ def _region_stats_kernel(
                 if PIXEL == 2:  # elementwise, so it streams with the classes
                     loss, den, dx = _pixel_term(
                         xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                        smoothing, gamma, scale, alpha, 1.0, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
+                        smoothing, gamma, scale, 1.0, PIXEL, IS_FOCAL, HAS_W,
                     )  # fmt: skip
                     acc_loss += loss
                     acc_den += den
@@ -362,10 +360,10 @@ def _tile_grad(z, p, dp, valid, mean_dp, LABELS: tl.constexpr):
 @triton.jit
 def _region_grad_tile(
     b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, g_ptr, w_ptr, w2_ptr, C, S,
-    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale, alpha,
+    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
     LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr,
     SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
-    HAS_ALPHA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """Writes ``dL/dz`` of one pixel tile (see :func:`_region_grad_kernel`)."""
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -388,8 +386,7 @@ def _region_grad_tile(
         if PIXEL != 0:
             loss, den, dx = _pixel_term(
                 x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                smoothing, gamma, scale, alpha, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL, HAS_W,
-                HAS_ALPHA,
+                smoothing, gamma, scale, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL, HAS_W,
             )  # fmt: skip
             dz += dx
         cmask = offs_c0 < C
@@ -419,8 +416,7 @@ def _region_grad_tile(
             if PIXEL == 2:
                 loss, den, dx = _pixel_term(
                     xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, alpha, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL,
-                    HAS_W, HAS_ALPHA,
+                    smoothing, gamma, scale, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL, HAS_W,
                 )  # fmt: skip
                 dz += dx
             tl.store(
@@ -456,7 +452,6 @@ def _region_grad_kernel(
     smoothing,
     gamma,
     scale,
-    alpha,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SQUARED: tl.constexpr,
@@ -464,7 +459,6 @@ def _region_grad_kernel(
     PIXEL: tl.constexpr,
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
-    HAS_ALPHA: tl.constexpr,
     TILES: tl.constexpr,
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -479,6 +473,5 @@ def _region_grad_kernel(
         _region_grad_tile(
             b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, g_ptr, w_ptr, w2_ptr, C, S,
             sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-            alpha, LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, HAS_ALPHA,
-            BLOCK_C, BLOCK_P,
+            LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, BLOCK_C, BLOCK_P,
         )  # fmt: skip

@@ -20,13 +20,13 @@ import torch.distributed as dist
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import check_logits, check_number
 from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
-from segtriton.reference.pixelwise import sigmoid_focal_options
 
 from ._runtime import kernel_api
 from ._tiles import MAX_SINGLE_C
 from .pixelwise import (
     _class_vector,
     cross_entropy,
+    sigmoid_focal_options,
     softmax_focal_loss,
     softmax_focal_options,
 )
@@ -58,7 +58,8 @@ def _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate)
 
 def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
     """Per-class ``(wp, wn)`` of the BCE term ``-(wp t log p + wn (1 - t) log(1 - p))``
-    from the checked ``weight`` and ``pos_weight`` vectors (or None)."""
+    from the checked ``weight`` and ``pos_weight`` vectors (or None), times ``pos`` and
+    ``neg`` (numbers or per-class vectors: Combo's beta, the focal term's alpha)."""
     ones = torch.full((C,), 1.0, dtype=torch.float32, device=logits.device)
     wn = ones * neg if w is None else w * neg
     wp = (ones if w is None else w) * (1.0 if pw is None else pw) * pos
@@ -171,12 +172,12 @@ def focal_dice_loss(
     w = _class_vector("weight", weight, C, logits, validate)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_focal)
     if mode != "multiclass":
-        gamma, alpha = sigmoid_focal_options(gamma, alpha)
-        wp, wn = _sigmoid_weights(C, logits)
+        gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
+        pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
+        wp, wn = _sigmoid_weights(C, logits, pos=pos, neg=neg)
         return fused_loss(
             logits, target, mode, ignore_index, scope, False, validate, fin,
-            pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma),
-            alpha=None if alpha is None else float(alpha), focal=True,
+            pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma), focal=True,
             process_group=process_group,
         )  # fmt: skip
     if C > MAX_SINGLE_C:

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
+from segtriton.reference import pixelwise as ref_pixelwise
 from segtriton.reference._common import (
     check_choice,
     check_class_vector,
@@ -48,7 +49,7 @@ from segtriton.reference._common import (
     checked_target,
     is_number,
 )
-from segtriton.reference.pixelwise import check_min_kept, is_probs, sigmoid_focal_options
+from segtriton.reference.pixelwise import check_min_kept, is_probs
 
 from ._ohem_kernels import _ohem_keep_kernel, _radix_hist_kernel, _radix_scan_kernel
 from ._ops import Op, op
@@ -555,6 +556,18 @@ def softmax_focal_options(
     return _class_vector("alpha", alpha, logits.shape[1], logits, validate), 1.0, gamma
 
 
+def sigmoid_focal_options(
+    gamma: object, alpha: object, logits: torch.Tensor, validate: bool
+) -> tuple[float, float | torch.Tensor | None]:
+    """``(gamma, alpha)`` of a sigmoid focal term: ``alpha`` None, one number in [0, 1] or an
+    fp32 per-class vector on the logits' device (a tensor's values read with ``validate``;
+    one that requires grad is refused)."""
+    if isinstance(alpha, torch.Tensor):
+        check_constant("alpha", alpha)
+    like = logits.new_empty(0, dtype=torch.float32)
+    return ref_pixelwise.sigmoid_focal_options(gamma, alpha, logits.shape[1], like, validate)
+
+
 @kernel_api
 def softmax_focal_loss(
     logits: torch.Tensor,
@@ -817,6 +830,8 @@ def _sigmoid_pixel_loss(
     reduction: str,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BCE (``focal`` False) or sigmoid focal loss and its fused gradient. ``pos_weight`` is
+    BCE's, or the focal loss's per-class alpha (``alpha``: its scalar alpha)."""
     denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _sigmoid_launch(
@@ -930,32 +945,36 @@ def sigmoid_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     mode: str = "binary",
-    alpha: float | None = 0.25,
+    alpha: float | torch.Tensor | Sequence[float] | None = 0.25,
     gamma: float = 2.0,
+    weight: torch.Tensor | Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton sigmoid focal loss; semantics of ``segtriton.reference.sigmoid_focal_loss``
-    (modes 'binary', 'multilabel' on masks, 'multiclass' one-vs-rest on integer labels).
-    ``validate`` as in :func:`cross_entropy` / :func:`binary_cross_entropy_with_logits`.
+    (modes 'binary', 'multilabel' on masks, 'multiclass' one-vs-rest on integer labels;
+    ``alpha`` one number or one per class, ``weight`` per class). ``validate`` as in
+    :func:`cross_entropy` / :func:`binary_cross_entropy_with_logits`.
     """
     check_logits(logits)
     check_mode(mode, logits)
     check_choice("reduction", reduction, _REDUCTIONS)
-    gamma, alpha = sigmoid_focal_options(gamma, alpha)
+    gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
+    w = _class_vector("weight", weight, logits.shape[1], logits, validate)
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
     ign = ignore_value(ignore_index, target, labels)
+    vector = isinstance(alpha, torch.Tensor)
     loss, _, _ = _sigmoid_pixel_loss(
         logits,
         target,
         labels,
-        None,
-        None,
+        w,
+        alpha if vector else None,
         ign,
         float(gamma),
-        None if alpha is None else float(alpha),
+        None if alpha is None or vector else float(alpha),
         True,
         reduction,
         _need_grad(logits),

@@ -67,7 +67,7 @@ Weights = torch.Tensor | Sequence[float] | None
 
 
 def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma,
-           scale, alpha, focal, count=False) -> torch.Tensor:  # fmt: skip
+           scale, focal, count=False) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
     sum and 'mean' divisor (zeros when ``pixel`` is 0); with ``count``, ``[B, 4C + 2]``
     with the counted pixels ``N[C]`` after T."""
@@ -94,8 +94,7 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
         smoothing,
         gamma,
         scale,
-        0.0 if alpha is None else alpha,
-        **_flags(labels, has_ignore, squared, single, pixel, focal, w, alpha),
+        **_flags(labels, has_ignore, squared, single, pixel, focal, w),
         COUNT=count,
         STAGES=STAGES,
         BLOCK_C=block_c,
@@ -118,20 +117,19 @@ def _region_stats(
     smoothing: float,
     gamma: float,
     scale: float,
-    alpha: float | None,
     focal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 1 split: ``[B, 3, C]`` sums ``I, P, T`` and ``[B, 2]`` pixel-term sums."""
     total = _pass1(
         logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
-        alpha, focal,
+        focal,
     )  # fmt: skip
     B, C = logits.shape[:2]
     sums = total[:, : 3 * C].reshape(B, 3, C).contiguous()
     return sums, total[:, 3 * C :].clone()  # outputs may not alias each other
 
 
-def _flags(labels, has_ignore, squared, single, pixel, focal, w, alpha):
+def _flags(labels, has_ignore, squared, single, pixel, focal, w):
     if pixel == PIXEL_SOFTMAX and not single:
         raise ValueError(f"the fused softmax term needs C <= {MAX_SINGLE_C} (one class tile)")
     return {
@@ -142,7 +140,6 @@ def _flags(labels, has_ignore, squared, single, pixel, focal, w, alpha):
         "PIXEL": pixel,
         "IS_FOCAL": focal,
         "HAS_W": w is not None,
-        "HAS_ALPHA": alpha is not None,
     }
 
 
@@ -169,7 +166,6 @@ def _region_grad(
     smoothing: float,
     gamma: float,
     scale: float,
-    alpha: float | None,
     focal: bool,
 ) -> torch.Tensor:
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
@@ -203,8 +199,7 @@ def _region_grad(
         smoothing,
         gamma,
         scale,
-        0.0 if alpha is None else alpha,
-        **_flags(labels, has_ignore, squared, single, pixel, focal, w, alpha),
+        **_flags(labels, has_ignore, squared, single, pixel, focal, w),
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
         BLOCK_C=block_c,
@@ -286,7 +281,7 @@ def _loss_shape(B: int, C: int, flags: list[int]) -> tuple[int, ...]:
 
 def _loss_and_coefs(
     logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
-    alpha, focal, cw, gvec, floats, flags, group=None,
+    focal, cw, gvec, floats, flags, group=None,
 ):  # fmt: skip
     """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
     for grad_output 1 (``dL/dI + dL/dP, dL/dP`` per image, then dL / d pixel-loss sum per
@@ -300,7 +295,7 @@ def _loss_and_coefs(
     of global sums are those of the local ones."""
     total = _pass1(
         logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
-        alpha, focal, count=bool(flags[9]),
+        focal, count=bool(flags[9]),
     )  # fmt: skip
     if group is not None:
         total = total.sum(0, keepdim=True)
@@ -344,7 +339,6 @@ def _region_loss(
     smoothing: float,
     gamma: float,
     scale: float,
-    alpha: float | None,
     focal: bool,
     cw: torch.Tensor | None,
     gvec: torch.Tensor | None,
@@ -354,7 +348,7 @@ def _region_loss(
     """:func:`_loss_and_coefs` on local sums, as a custom op (torch.compile, graphs)."""
     return _loss_and_coefs(
         logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
-        alpha, focal, cw, gvec, floats, flags,
+        focal, cw, gvec, floats, flags,
     )  # fmt: skip
 
 
@@ -367,7 +361,7 @@ def _(logits, target, *params):
 
 def _loss_setup(ctx, inputs, output):
     logits, target, *params = inputs
-    ctx.params, ctx.n_inputs = params[:11], len(inputs)  # the pass-1 parameters
+    ctx.params, ctx.n_inputs = params[:10], len(inputs)  # the pass-1 parameters
     ctx.per_class = params[-1][6] < 0  # 'none': a grad_output per class, but for GDL
     ctx.save_for_backward(logits, target, output[1])
     ctx.mark_non_differentiable(output[1])
@@ -398,7 +392,7 @@ class _GlobalRegionLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, group, *args):
         loss, out = _loss_and_coefs(logits, target, *args, group=group)
-        ctx.params, ctx.n_inputs = args[:11], 3 + len(args)
+        ctx.params, ctx.n_inputs = args[:10], 3 + len(args)
         ctx.per_class = args[-1][6] < 0
         ctx.save_for_backward(logits, target, out)
         ctx.mark_non_differentiable(out)
@@ -439,7 +433,6 @@ def fused_loss(
     smoothing: float = 0.0,
     gamma: float = 0.0,
     scale: float = 1.0,
-    alpha: float | None = None,
     focal: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -462,7 +455,7 @@ def fused_loss(
     flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
     flags += [none, fin.mcc]
     args = (
-        labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal,
+        labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal,
         fin.weight, gvec, floats, [int(f) for f in flags],
     )  # fmt: skip
     if process_group is None:
@@ -490,14 +483,13 @@ def _region_sums(
     smoothing: float = 0.0,
     gamma: float = 0.0,
     scale: float = 1.0,
-    alpha: float | None = None,
     focal: bool = False,
 ) -> tuple[ref_region.RegionStats, torch.Tensor]:
     """Checked inputs through pass 1: the region sums per unit and ``[2]`` (pixel-loss sum
     and divisor over the batch; zeros without a pixel term)."""
     target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     sums, pix = _region_stats(
-        logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, alpha, focal
+        logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal
     )
     sums = sums.movedim(1, 0)
     if scope == "batch":

@@ -409,16 +409,17 @@ def check_class_vector(
     C: int,
     like: torch.Tensor,
     check_values: bool = True,
+    high: float = math.inf,
 ) -> torch.Tensor | None:
     """Per-class vector (class weights, alpha, pos_weight) as a contiguous ``[C]`` tensor of
-    ``like``'s dtype and device.
+    ``like``'s dtype and device, its entries finite and in ``[0, high]``.
 
     ``value``: C numbers, or one for every class (a number, a one-element list or tensor,
     as torch broadcasts ``pos_weight``); a tensor may also be shaped ``[C, 1, ..., 1]``,
     the per-class form that broadcasts against ``[B, C, *spatial]`` in torch. A list of
-    numbers is checked on the host (negative or non-finite entries are rejected, at no
-    cost) and becomes a cached :func:`device_constant`. A tensor's values are read only
-    with ``check_values`` (a host sync for a device tensor)."""
+    numbers is checked on the host (an entry out of range is rejected, at no cost) and
+    becomes a cached :func:`device_constant`. A tensor's values are read only with
+    ``check_values`` (a host sync for a device tensor)."""
     if value is None:
         return None
     if is_number(value) and not isinstance(value, bool):
@@ -432,11 +433,12 @@ def check_class_vector(
             f"got {type(value).__name__}"
         )
     wanted = f"one entry per class (C={C}) or one for all"
+    bound = "finite and non-negative" if math.isinf(high) else f"in [0, {high:g}]"
     if numbers_ is not None:
         if len(numbers_) not in (1, C):
             raise ValueError(f"{name} must have {wanted}, got {len(numbers_)} entries")
-        if any(not math.isfinite(v) or v < 0 for v in numbers_):
-            raise ValueError(f"{name} must be finite and non-negative, got {numbers_}")
+        if any(not (math.isfinite(v) and 0 <= v <= high) for v in numbers_):
+            raise ValueError(f"{name} must be {bound}, got {numbers_}")
         return device_constant(numbers_ * (C // len(numbers_)), like.dtype, like.device)
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if v.numel() == 1:
@@ -446,8 +448,8 @@ def check_class_vector(
             f"{name} must have {wanted}, or shape (C, 1, ..., 1); got shape {tuple(v.shape)}"
         )
     v = v.reshape(C).contiguous()
-    if check_values and (bool((v < 0).any()) or not bool(torch.isfinite(v).all())):
-        raise ValueError(f"{name} must be finite and non-negative")
+    if check_values and not bool(((v >= 0) & (v <= high) & torch.isfinite(v)).all()):
+        raise ValueError(f"{name} must be {bound}")
     return v
 
 

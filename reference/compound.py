@@ -223,8 +223,8 @@ def focal_dice_loss(
     """``lambda_focal * focal + lambda_dice * Dice``.
 
     mode 'multiclass': :func:`softmax_focal_loss` (alpha None, scalar or per class) plus
-    softmax Dice; 'binary' / 'multilabel': :func:`sigmoid_focal_loss` (alpha scalar or
-    None) plus sigmoid Dice. ``weight`` goes to the Dice term.
+    softmax Dice; 'binary' / 'multilabel': :func:`sigmoid_focal_loss` (alpha None, scalar or
+    per class) plus sigmoid Dice. ``weight`` goes to the Dice term.
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)

@@ -28,10 +28,17 @@ from ._common import (
 )
 
 
-def sigmoid_focal_options(gamma: object, alpha: object) -> tuple[float, float | None]:
-    """The sigmoid focal loss's ``gamma`` (finite, >= 0) and ``alpha`` (in [0, 1] or None)
-    as floats, or an error naming the bad one."""
-    return check_number("gamma", gamma), check_number("alpha", alpha, 0.0, 1.0, none_ok=True)
+def sigmoid_focal_options(
+    gamma: object, alpha: object, C: int, like: torch.Tensor, check_values: bool = True
+) -> tuple[float, float | torch.Tensor | None]:
+    """The sigmoid focal loss's ``gamma`` (finite, >= 0) and ``alpha``: None, a float in
+    [0, 1], or a per-class ``[C]`` tensor of ``like``'s dtype and device with entries in
+    [0, 1] (:func:`check_class_vector`; a tensor's values read with ``check_values``);
+    otherwise an error naming the bad one."""
+    gamma = check_number("gamma", gamma)
+    if alpha is None or is_number(alpha):
+        return gamma, check_number("alpha", alpha, 0.0, 1.0, none_ok=True)
+    return gamma, check_class_vector("alpha", alpha, C, like, check_values, high=1.0)
 
 
 @checks_flags
@@ -227,19 +234,23 @@ def sigmoid_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
     mode: str = "binary",
-    alpha: float | None = 0.25,
+    alpha: float | torch.Tensor | Sequence[float] | None = 0.25,
     gamma: float = 2.0,
+    weight: torch.Tensor | Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al.), per element of ``[B, C, *spatial]``.
 
-    With ``p = sigmoid(x)``, ``p_t = p*t + (1-p)*(1-t)``, ``alpha_t = alpha*t + (1-alpha)*(1-t)``::
+    With ``p = sigmoid(x)``, ``p_t = p*t + (1-p)*(1-t)``, ``a_t = a_c*t + (1-a_c)*(1-t)``::
 
-        l = alpha_t * (1 - p_t) ** gamma * BCE(x, t)
+        l = w_c * a_t * (1 - p_t) ** gamma * BCE(x, t)
 
-    ``alpha`` (in [0, 1]) weighs positives, ``1 - alpha`` negatives; ``alpha=None`` means no
-    weighting. ``gamma`` is finite and >= 0.
+    ``alpha`` (``a_c``: one number in [0, 1] for every class, or one per class, as mmseg's
+    ``FocalLoss`` takes it) weighs positives, ``1 - a_c`` negatives; ``alpha=None`` means no
+    weighting. ``weight`` (``w_c``, per class, finite and >= 0; MONAI's ``FocalLoss``
+    ``weight``) multiplies every element of class c; it is not part of the 'mean' divisor.
+    ``gamma`` is finite and >= 0.
     ``(1 - p_t) ** gamma`` is evaluated as ``exp(gamma * log(1 - p_t))`` with
     ``log(1 - p_t)`` built from log-sigmoids, so gamma < 1 and p -> 1 stay finite.
 
@@ -251,11 +262,15 @@ def sigmoid_focal_loss(
     (``[B, C, *spatial]``, ignored elements 0).
     """
     check_mode(mode, logits)
-    gamma, alpha = sigmoid_focal_options(gamma, alpha)
+    C = logits.shape[1]
+    dtype = acc_dtype(logits)
+    like = logits.new_empty(0, dtype=dtype)
+    gamma, alpha = sigmoid_focal_options(gamma, alpha, C, like)
+    w = check_class_vector("weight", weight, C, like)
     if mode == "multiclass":
         valid = check_labels(logits, target, ignore_index)
         labels = torch.where(valid, target, 0).long()
-        t = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(acc_dtype(logits))
+        t = F.one_hot(labels, C).movedim(-1, 1).to(dtype)
         valid = valid.unsqueeze(1).expand_as(t)
     else:
         t, valid = check_masks(logits, target, ignore_index)
@@ -265,8 +280,12 @@ def sigmoid_focal_loss(
     # log(1 - p_t) = log(t * (1 - p) + (1 - t) * p); log(0) = -inf drops a term exactly.
     log_1m_pt = torch.logaddexp(torch.log(t) + log_1mp, torch.log1p(-t) + log_p)
     loss = torch.exp(gamma * log_1m_pt) * bce
+    per_class = (C,) + (1,) * (logits.dim() - 2)
     if alpha is not None:
-        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+        a = alpha.view(per_class) if isinstance(alpha, torch.Tensor) else alpha
+        loss = loss * (a * t + (1 - a) * (1 - t))
+    if w is not None:
+        loss = loss * w.view(per_class)
     loss = loss.masked_fill(~valid, 0.0)
     return reduce_pixels(loss, reduction, valid.sum().to(loss.dtype))
 

@@ -67,6 +67,25 @@ def test_bad_list_values_are_rejected_without_validate(bad):
         kernels.softmax_focal_loss(x, y, alpha=bad)
 
 
+def test_sigmoid_focal_alpha_per_class_must_lie_in_unit_range():
+    """A per-class alpha weighs positives by ``a`` and negatives by ``1 - a``: an entry above
+    1 is refused (a list always, a tensor by the reference and with ``validate``), and a
+    tensor that requires grad by the kernel."""
+    x = torch.randn(2, 3, 5, 7, device=DEVICE)
+    t = (torch.rand(2, 3, 5, 7) > 0.5).float().to(DEVICE)
+    bad = [0.2, 1.5, 0.3]
+    for fn in (reference.sigmoid_focal_loss, kernels.sigmoid_focal_loss):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+            fn(x, t, mode="multilabel", alpha=bad)
+    tensor = torch.tensor(bad, device=DEVICE)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        reference.sigmoid_focal_loss(x, t, mode="multilabel", alpha=tensor)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        kernels.sigmoid_focal_loss(x, t, mode="multilabel", alpha=tensor, validate=True)
+    with pytest.raises(ValueError, match="alpha requires grad"):
+        kernels.sigmoid_focal_loss(x, t, mode="multilabel", alpha=tensor.requires_grad_())
+
+
 def test_list_length_is_checked():
     x = torch.randn(2, 3, 5, 7, device=DEVICE)
     y = torch.randint(0, 3, (2, 5, 7), device=DEVICE)

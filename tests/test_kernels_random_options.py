@@ -25,15 +25,19 @@ def _vector(r: random.Random, C: int) -> list[float]:
     return [round(r.uniform(0.2, 2.0), 3) for _ in range(C)]
 
 
+def _units(r: random.Random, C: int) -> list[float]:
+    return [round(r.uniform(0.0, 1.0), 3) for _ in range(C)]
+
+
 def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
     """A value for option ``name`` (None: leave the default). Values may be invalid for a
-    given loss (a vector alpha for a sigmoid loss): the reference then rejects them."""
+    given loss (an alpha above 1 for a sigmoid loss): the reference then rejects them."""
     unit = round(r.uniform(0.0, 1.0), 3)
     choices = {
         "mode": lambda: r.choice(["multiclass", "multilabel", "binary"]),
         "weight": lambda: r.choice([None, _vector(r, C)]),
         "pos_weight": lambda: r.choice([None, _vector(r, C)]),
-        "alpha": lambda: r.choice([None, unit, _vector(r, C)]),
+        "alpha": lambda: r.choice([None, unit, _vector(r, C), _units(r, C)]),
         "beta": lambda: unit,
         "gamma": lambda: r.choice([0.0, 0.5, 1.0, 2.0, _vector(r, C)]),
         "label_smoothing": lambda: r.choice([0.0, 0.1, 0.4]),

@@ -155,6 +155,28 @@ def test_monai_sigmoid_focal_one_vs_rest(monai, alpha, gen):
     _close(ref.sigmoid_focal_loss(x, y, mode="multiclass", alpha=alpha, gamma=2.0), theirs)
 
 
+def test_monai_sigmoid_focal_class_weight(monai, gen):
+    """FocalLoss(weight=...) on overlapping masks: each channel's elements times its weight,
+    the 'mean' still over every element."""
+    x = 2 * torch.randn(2, 3, 6, 7, generator=gen, dtype=D)
+    t = nested_masks(gen, (2, 6, 7))
+    w = [0.5, 1.0, 3.0]
+    theirs = monai.FocalLoss(gamma=1.5, alpha=0.25, weight=w)(x, t)
+    ours = ref.sigmoid_focal_loss(x, t, mode="multilabel", alpha=0.25, gamma=1.5, weight=w)
+    _close(ours, theirs)
+
+
+def test_monai_per_class_alpha_is_ours_with_weight(monai, gen):
+    """MONAI weighs positives by a per-class alpha ``a`` and negatives by 1 (its scalar alpha
+    gives negatives 1 - a); that is our ``alpha = a / (1 + a)`` with ``weight = 1 + a``."""
+    x = 2 * torch.randn(2, 3, 6, 7, generator=gen, dtype=D)
+    t = nested_masks(gen, (2, 6, 7))
+    a = torch.tensor([0.2, 0.6, 0.9], dtype=D)
+    theirs = monai.FocalLoss(gamma=2.0, alpha=a.tolist())(x, t)
+    ours = ref.sigmoid_focal_loss(x, t, mode="multilabel", alpha=a / (1 + a), weight=1 + a)
+    _close(ours, theirs)
+
+
 def test_monai_softmax_focal_is_ours_over_c(monai, gen):
     x, y = _inputs(gen)
     theirs = monai.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=1.5)(x, y.unsqueeze(1))
