@@ -280,6 +280,22 @@ def _mcc(tp, target, pred, n):
     return _ratio(tp * tn - fp * fn, den)
 
 
+def _overall_mcc(tp, target, pred, n, masks):
+    """The MCC of the whole confusion, in float64; NaN where its denominator is 0. Label
+    maps: Gorodkin's R_K over the C x C matrix, ``(s c - sum_k t_k p_k) / sqrt(sum_k p_k
+    (s - p_k) * sum_k t_k (s - t_k))`` (c correct of s counted pixels; t_k, p_k target and
+    predicted pixels of class k; each factor a sum of non-negative terms, since the p_k
+    and the t_k each sum to s). Masks: the binary MCC of every counted (pixel, channel)
+    entry pooled."""
+    if masks:
+        return _mcc(*(x.sum(-1) for x in (tp, target, pred, n)))
+    tp, t, p = (x.to(torch.float64) for x in (tp, target, pred))
+    s, c = t.sum(-1, keepdim=True), tp.sum(-1)
+    num = s[..., 0] * c - (t * p).sum(-1)
+    den = torch.sqrt((p * (s - p)).sum(-1)) * torch.sqrt((t * (s - t)).sum(-1))
+    return _ratio(num, den)
+
+
 def pixel_accuracy(cm: torch.Tensor) -> torch.Tensor:
     """Correct pixels over counted pixels: ``trace / total`` (NaN when nothing is counted)."""
     return _ratio(cm.diagonal(dim1=-2, dim2=-1).sum(-1), cm.sum((-2, -1)))
@@ -300,7 +316,11 @@ def segmentation_metrics(
     the fraction not predicted as it; NaN where there are none), the Matthews correlation
     of each class against the rest ``mcc`` and its mean ``mean_mcc`` (``(TP TN - FP FN) /
     sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``; NaN where a factor is 0, as when the
-    class is in no target or no prediction), and the frequency-weighted
+    class is in no target or no prediction), ``overall_mcc``, the MCC of the whole
+    confusion (label maps: Gorodkin's multiclass R_K, torchmetrics'
+    MulticlassMatthewsCorrCoef; masks: the binary MCC of every (pixel, channel) entry
+    pooled, its MultilabelMatthewsCorrCoef; over every class, whatever ``classes``
+    selects; NaN where its denominator is 0), and the frequency-weighted
     IoU ``fwiou = sum_c T_c IoU_c / sum_c T_c`` over the reported classes (``T_c``: target
     pixels of class c; detectron2's fwIoU; NaN without target pixels).
 
@@ -310,7 +330,7 @@ def segmentation_metrics(
     average='image': one matrix per image; per-class values are ``nanmean`` over images,
       ``miou`` / ``mdice`` / ``mean_class_accuracy`` are the mean over images of each
       image's ``nanmean`` over classes (images where all are NaN are left out), and
-      ``pixel_accuracy`` is the mean of per-image accuracies.
+      ``pixel_accuracy`` and ``overall_mcc`` are means of per-image values.
     mode: the inputs, as :func:`confusion_matrix` reads them. 'multilabel' scores each
       channel's mask on its own (true positives, target and predicted entries of that
       channel), so IoU / Dice per channel are those of BraTS's regions, and
@@ -353,6 +373,7 @@ def metrics_from_counts(
     else:
         n = target.sum(-1, keepdim=True).expand_as(target)
         pixel = _ratio(tp.sum(-1), target.sum(-1))
+    overall_mcc = _overall_mcc(tp, target, pred, n, counts.shape[-2] == 4)
     if classes is not None:
         idx = measured_classes(classes, counts.shape[-1])
         idx = device_constant(idx, torch.int64, counts.device)
@@ -376,6 +397,7 @@ def metrics_from_counts(
         "mean_specificity": specificity.nanmean(-1),
         "mcc": mcc,
         "mean_mcc": mcc.nanmean(-1),
+        "overall_mcc": overall_mcc,
         "pixel_accuracy": pixel,
     }
     if counts.dim() == 3:
@@ -389,6 +411,7 @@ def metrics_from_counts(
             "mean_precision",
             "mean_specificity",
             "mean_mcc",
+            "overall_mcc",
             "pixel_accuracy",
         ):
             out[key] = out[key].nanmean()

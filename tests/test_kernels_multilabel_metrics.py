@@ -97,6 +97,8 @@ def test_metrics_match_reference_and_torchmetrics(average, gen):
     for c in range(4):  # their multilabel MCC pools the channels: per channel it is binary
         mcc = tm.BinaryMatthewsCorrCoef(ignore_index=-1)(p[:, c], t[:, c])
         torch.testing.assert_close(got["mcc"][c].cpu().float(), mcc, rtol=1e-5, atol=1e-6)
+    pooled = tm.MultilabelMatthewsCorrCoef(4, ignore_index=-1)(p, t)
+    torch.testing.assert_close(got["overall_mcc"].cpu().float(), pooled, rtol=1e-5, atol=1e-6)
 
 
 def test_selected_channels(gen):

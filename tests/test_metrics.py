@@ -58,6 +58,25 @@ def test_metric_formulas_on_a_hand_matrix():
     mcc = m["mcc"].tolist()
     assert mcc[:2] == pytest.approx([13 / math.sqrt(840)] * 2, rel=1e-15) and math.isnan(mcc[2])
     assert m["mean_mcc"].item() == pytest.approx(13 / math.sqrt(840), rel=1e-15)
+    # two classes in play: the multiclass R_K is their common MCC
+    assert m["overall_mcc"].item() == pytest.approx(13 / math.sqrt(840), rel=1e-15)
+
+
+def test_overall_mcc_by_hand():
+    """R_K = (s c - sum t_k p_k) / sqrt(sum p_k (s - p_k) * sum t_k (s - t_k)); with masks,
+    the binary MCC of the pooled (pixel, channel) entries."""
+    cm = torch.tensor([[5, 1, 1], [2, 3, 0], [0, 1, 4]])  # s 17, c 12, t = p = (7, 5, 5)
+    m = ref.metrics_from_confusion(cm)
+    assert m["overall_mcc"].item() == pytest.approx((17 * 12 - 99) / 190, rel=1e-15)
+    per_image = ref.metrics_from_confusion(torch.stack([cm, torch.diag(torch.tensor([3, 0, 2]))]))
+    assert per_image["overall_mcc"].item() == pytest.approx((21 / 38 + 1) / 2, rel=1e-15)
+    # masks [C, 2, 2] = [[TN, FP], [FN, TP]]: pooled TN 7, FP 2, FN 1, TP 4
+    masks = torch.tensor([[[3, 1], [0, 2]], [[4, 1], [1, 2]]])
+    m = ref.metrics_from_confusion(masks, mode="multilabel")
+    want = (4 * 7 - 2 * 1) / math.sqrt(6 * 5 * 9 * 8)
+    assert m["overall_mcc"].item() == pytest.approx(want, rel=1e-15)
+    one_class = ref.metrics_from_confusion(torch.diag(torch.tensor([4, 0, 0])))
+    assert math.isnan(one_class["overall_mcc"])  # one class everywhere: 0 / 0
 
 
 def test_absent_classes_are_nan_and_left_out_of_means():

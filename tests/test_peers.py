@@ -544,8 +544,10 @@ def test_torchmetrics_confusion_and_jaccard(C, spatial, gen):
     for c in defined.tolist():
         theirs = BinaryMatthewsCorrCoef()((pred[counted] == c).long(), (y[counted] == c).long())
         torch.testing.assert_close(m["mcc"][c], theirs.to(D), rtol=1e-5, atol=1e-7)
-    if C == 2:  # their multiclass MCC (Gorodkin's R_K) is that of either class
-        theirs = MulticlassMatthewsCorrCoef(**kw)(pred, y).to(D)
+    # their multiclass MCC (Gorodkin's R_K) is our overall one; at C = 2 that of either class
+    theirs = MulticlassMatthewsCorrCoef(**kw)(pred, y).to(D)
+    torch.testing.assert_close(m["overall_mcc"], theirs, rtol=1e-5, atol=1e-7)
+    if C == 2:
         torch.testing.assert_close(m["mcc"], theirs.expand(2), rtol=1e-5, atol=1e-7)
 
 
