@@ -212,7 +212,7 @@ def confusion_matrix(
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     num, den = num.to(torch.float64), den.to(torch.float64)
-    return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, float("nan")))
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), float("nan"))
 
 
 def class_counts(cm: torch.Tensor, mode: str = "multiclass") -> torch.Tensor:
@@ -280,6 +280,18 @@ def _mcc(tp, target, pred, n):
     return _ratio(tp * tn - fp * fn, den)
 
 
+def _generalized_dice(tp, target, pred):
+    """Sudre et al.'s generalized Dice score ``2 sum_c w_c TP_c / sum_c w_c (T_c + P_c)``,
+    ``w_c = 1 / T_c^2``, in float64; a class without target pixels weighs as much as the
+    heaviest class with some (1 when none has any: MONAI's rule); NaN where the
+    denominator is 0."""
+    tp, t, p = (x.to(torch.float64) for x in (tp, target, pred))
+    w = torch.where(t > 0, 1.0 / torch.where(t > 0, t * t, 1.0), 0.0)
+    heaviest = w.amax(-1, keepdim=True)
+    w = torch.where(t > 0, w, torch.where(heaviest > 0, heaviest, 1.0))
+    return _ratio(2 * (w * tp).sum(-1), (w * (t + p)).sum(-1))
+
+
 def _overall_mcc(tp, target, pred, n, masks):
     """The MCC of the whole confusion, in float64; NaN where its denominator is 0. Label
     maps: Gorodkin's R_K over the C x C matrix, ``(s c - sum_k t_k p_k) / sqrt(sum_k p_k
@@ -320,7 +332,12 @@ def segmentation_metrics(
     confusion (label maps: Gorodkin's multiclass R_K, torchmetrics'
     MulticlassMatthewsCorrCoef; masks: the binary MCC of every (pixel, channel) entry
     pooled, its MultilabelMatthewsCorrCoef; over every class, whatever ``classes``
-    selects; NaN where its denominator is 0), and the frequency-weighted
+    selects; NaN where its denominator is 0), the generalized Dice score
+    ``generalized_dice`` (Sudre et al.: ``2 sum_c w_c TP_c / sum_c w_c (T_c + P_c)``
+    over the reported classes, ``w_c = 1 / T_c^2``, a class without target pixels
+    weighted as the heaviest one with some, or 1 if none has any, as MONAI's and
+    torchmetrics' GeneralizedDiceScore with weight_type 'square'; NaN where the
+    denominator is 0, where MONAI gives 1), and the frequency-weighted
     IoU ``fwiou = sum_c T_c IoU_c / sum_c T_c`` over the reported classes (``T_c``: target
     pixels of class c; detectron2's fwIoU; NaN without target pixels).
 
@@ -330,7 +347,8 @@ def segmentation_metrics(
     average='image': one matrix per image; per-class values are ``nanmean`` over images,
       ``miou`` / ``mdice`` / ``mean_class_accuracy`` are the mean over images of each
       image's ``nanmean`` over classes (images where all are NaN are left out), and
-      ``pixel_accuracy`` and ``overall_mcc`` are means of per-image values.
+      ``pixel_accuracy``, ``overall_mcc`` and ``generalized_dice`` are means of
+      per-image values (MONAI's and torchmetrics' generalized Dice average images).
     mode: the inputs, as :func:`confusion_matrix` reads them. 'multilabel' scores each
       channel's mask on its own (true positives, target and predicted entries of that
       channel), so IoU / Dice per channel are those of BraTS's regions, and
@@ -398,6 +416,7 @@ def metrics_from_counts(
         "mcc": mcc,
         "mean_mcc": mcc.nanmean(-1),
         "overall_mcc": overall_mcc,
+        "generalized_dice": _generalized_dice(tp, target, pred),
         "pixel_accuracy": pixel,
     }
     if counts.dim() == 3:
@@ -412,6 +431,7 @@ def metrics_from_counts(
             "mean_specificity",
             "mean_mcc",
             "overall_mcc",
+            "generalized_dice",
             "pixel_accuracy",
         ):
             out[key] = out[key].nanmean()

@@ -62,6 +62,19 @@ def test_metric_formulas_on_a_hand_matrix():
     assert m["overall_mcc"].item() == pytest.approx(13 / math.sqrt(840), rel=1e-15)
 
 
+def test_generalized_dice_by_hand():
+    """2 sum w_c TP_c / sum w_c (T_c + P_c), w_c = 1 / T_c^2; a class in no target weighs as
+    the heaviest other (rows: target)."""
+    cm = torch.tensor([[5, 1, 1], [2, 3, 0], [0, 1, 4]])  # T = P = (7, 5, 5), TP (5, 3, 4)
+    got = ref.metrics_from_confusion(cm)["generalized_dice"].item()
+    assert got == pytest.approx((10 / 49 + 14 / 25) / (14 / 49 + 20 / 25), rel=1e-15)
+    cm = torch.tensor([[2, 0, 1], [0, 2, 0], [0, 0, 0]])  # T (3, 2, 0): w (1/9, 1/4, 1/4)
+    m = ref.metrics_from_confusion(cm)
+    assert m["generalized_dice"].item() == pytest.approx(0.8, rel=1e-15)
+    empty = ref.metrics_from_confusion(torch.zeros(3, 3, dtype=torch.long))
+    assert math.isnan(empty["generalized_dice"])  # nothing counted
+
+
 def test_overall_mcc_by_hand():
     """R_K = (s c - sum t_k p_k) / sqrt(sum p_k (s - p_k) * sum t_k (s - t_k)); with masks,
     the binary MCC of the pooled (pixel, channel) entries."""

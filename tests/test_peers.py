@@ -348,6 +348,24 @@ def test_monai_dice_metric_without_background(gen):
     torch.testing.assert_close(ours["dice"], acc.aggregate().double(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("background", [True, False])
+def test_monai_generalized_dice_score(background, gen):
+    """MONAI's per-image generalized Dice (weights 1 / T_c^2; a class missing from an
+    image's target weighs as its heaviest present class) averaged over images is ours
+    with ``average='image'``; ``include_background=False`` is ``classes=range(1, C)``."""
+    from monai.metrics import compute_generalized_dice
+
+    C = 5
+    pred = torch.randint(0, C, (4, 9, 11), generator=gen)
+    target = torch.randint(0, C - 1, (4, 9, 11), generator=gen)  # class 4: in no target
+    target[0, 0, :2] = 4  # but image 0's
+    hot = [F.one_hot(x, C).movedim(-1, 1) for x in (pred, target)]
+    theirs = compute_generalized_dice(*hot, background, sum_over_classes=True).mean()
+    classes = range(C) if background else range(1, C)
+    ours = ref.segmentation_metrics(pred, target, C, average="image", classes=classes)
+    torch.testing.assert_close(ours["generalized_dice"], theirs.double(), rtol=1e-6, atol=1e-6)
+
+
 def test_monai_dice_and_iou_metrics_of_overlapping_masks(gen):
     """MONAI's DiceMetric and MeanIoU over one mask per channel, averaged per class over
     images (``reduction='mean_batch'``), are our multilabel metrics with
@@ -557,7 +575,7 @@ def test_torchmetrics_segmentation_mean_iou_and_dice_score(background, gen):
     and average over images: ours with ``average='image'``; ``include_background=False``
     is ``classes=range(1, C)``. Every class is in every target (where one is in neither
     mask of an image they count a number, we NaN)."""
-    from torchmetrics.segmentation import DiceScore, MeanIoU
+    from torchmetrics.segmentation import DiceScore, GeneralizedDiceScore, MeanIoU
 
     C = 4
     pred, target = (torch.randint(0, C, (3, 12, 13), generator=gen) for _ in range(2))
@@ -569,6 +587,7 @@ def test_torchmetrics_segmentation_mean_iou_and_dice_score(background, gen):
         (MeanIoU(per_class=True, **kw), ours["iou"]),
         (DiceScore(average="none", **kw), ours["dice"]),
         (DiceScore(average="macro", **kw), ours["mdice"]),
+        (GeneralizedDiceScore(**kw), ours["generalized_dice"]),
     ]
     for metric, mine in pairs:
         metric.update(pred, target)
