@@ -182,9 +182,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     plans = []  # (name, options, C, reductions)
     for entry in LOSSES:
         for options in entry.variants:
-            for C in entry.channels or counts:
-                binary = entry.is_binary(options)
-                if not variant_fits(options, C) or entry.min_classes > C or (binary and C != 1):
+            for C in (1,) if entry.is_binary(options) else counts:
+                if not variant_fits(options, C) or entry.min_classes > C:
                     continue
                 plans.append((entry.name, options, C, entry.reductions))
     for C in counts:

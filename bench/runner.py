@@ -27,7 +27,7 @@ from segtriton.registry import get, make_inputs, minimal_bytes
 
 from .baselines import BASELINES, PEERS
 from .env import environment
-from .spec import DTYPES, LABEL_DTYPES, Case
+from .spec import DTYPES, LABEL_DTYPES, Case, provider_options
 from .timing import copy_bandwidth, peak_memory, time_fn
 
 # Largest relative error (max |a - b| / max |b|) a row may show against float64 and pass.
@@ -85,14 +85,6 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def case_options(case: Case, entry) -> dict:
-    """The loss options of a row: the peer's matching option set, else the registry's
-    default variant."""
-    if case.provider in PEERS:
-        return PEERS[case.provider][case.loss][0]
-    return entry.variants[0]
-
-
 def case_inputs(
     case: Case, entry, options: dict, device: torch.device, cache: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +127,7 @@ def run_case(
     time CUDA-graph replays (see :func:`time_fn`); ``cache``: see :func:`case_inputs`."""
     row = case.as_row()
     entry = get(case.loss)
-    options = entry.ignoring(case_options(case, entry), IGNORE_INDEX)
+    options = entry.ignoring(provider_options(case.provider, entry), IGNORE_INDEX)
     row["options"] = repr(options)
     dtype = DTYPES[case.dtype]
     x, t = case_inputs(case, entry, options, device, cache)

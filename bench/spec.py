@@ -258,6 +258,14 @@ def check_spec(spec: dict) -> None:
         raise SpecError(f"ignore_frac must be a number in [0, 1), got {frac!r}")
 
 
+def provider_options(provider: str, entry) -> dict:
+    """The loss options of a provider's rows: a peer's matching option set, else the
+    registry's default variant."""
+    if provider in PEERS:
+        return PEERS[provider][entry.name][0]
+    return entry.variants[0]
+
+
 def expand(spec: dict) -> list[Case]:
     """Every case of the spec, in a stable order (loss, shape, dtype, ..., provider)."""
     from segtriton.registry import LOSSES, get
@@ -283,7 +291,7 @@ def expand(spec: dict) -> list[Case]:
         if name not in ONLY_SOME.get(provider, {name: None}):
             continue  # a baseline or peer only for some losses
         entry = get(name)
-        shape = entry.fit_shape(shape)
+        shape = entry.fit_shape(shape, provider_options(provider, entry))
         if shape[1] < entry.min_classes or (fmt == "channels_last" and len(shape) not in (4, 5)):
             continue
         frac = float(spec["ignore_frac"]) if entry.takes("ignore_index") else 0.0

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 import torch
 
 from segtriton.reference._common import (
+    check_choice,
     check_masks,
+    check_mode,
     checked_target,
 )
 from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
@@ -221,24 +223,38 @@ def _backward(ctx, grad_rows, *_):
 _lovasz_rows.register_autograd(_backward, _setup)
 
 
+def _pooled_channels(logits: torch.Tensor, target: torch.Tensor):
+    """``[B, C, *S]`` logits and masks as ``[B, 1, C * S]``: each image's entries in one
+    row, in the logits' memory order (a row's order does not change its loss). A view
+    of NCHW and channels_last logits; a target in another layout is copied."""
+    if logits.dim() > 2 and logits.shape[1] > 1 and logits.stride(1) == 1:
+        logits, target = logits.movedim(1, -1), target.movedim(1, -1)  # channels_last
+    return (v.reshape(v.shape[0], 1, -1) for v in (logits, target))
+
+
 @kernel_api
 def lovasz_hinge_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
+    mode: str = "binary",
     per_image: bool = False,
     ignore_index: float | None = None,
     reduction: str = "mean",
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton Lovasz hinge; semantics of ``segtriton.reference.lovasz_hinge_loss``
-    (``validate=True`` also rejects soft targets; otherwise they make the loss NaN)."""
+    (``validate=True`` also rejects soft targets; otherwise they make the loss NaN).
+    'multilabel' runs the binary hinge on each image's entries of every channel as one
+    row of pixels."""
+    check_choice("mode", mode, ("binary", "multilabel"))
+    check_mode(mode, logits)
     target = checked_target(logits, target, False, ignore_index, False)
-    if logits.shape[1] != 1:
-        raise ValueError(f"lovasz_hinge_loss needs logits with C=1, got C={logits.shape[1]}")
     if validate:
         t, valid = check_masks(logits, target, ignore_index)
         if bool((valid & (t != 0) & (t != 1)).any()):
             raise ValueError("lovasz_hinge_loss needs hard {0, 1} targets, got soft values")
+    if logits.shape[1] > 1:
+        logits, target = _pooled_channels(logits, target)
     losses = _lovasz_rows(
         logits, target, per_image, ignore_value(ignore_index, target, False), True
     )[0]

@@ -1,4 +1,4 @@
-"""Lovasz hinge (binary) and Lovasz-softmax (multiclass) losses (Berman et al. 2018).
+"""Lovasz hinge (binary, multilabel) and Lovasz-softmax (multiclass) losses (Berman et al. 2018).
 
 Both sort per-pixel errors in decreasing order and take their dot product with the
 Lovasz gradient of the Jaccard loss. Rows are processed in one batched ``torch.sort``;
@@ -20,6 +20,7 @@ from ._common import (
     check_class_vector,
     check_labels,
     check_masks,
+    check_mode,
     checks_flags,
     class_mean,
     device_constant,
@@ -67,27 +68,30 @@ def reduce_units(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 def lovasz_hinge_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
+    mode: str = "binary",
     per_image: bool = False,
     ignore_index: float | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Binary Lovasz hinge on logits ``[B, 1, *S]`` and ``{0, 1}`` masks.
+    """Lovasz hinge on logits ``[B, C, *S]`` and ``{0, 1}`` masks of that shape.
 
     ``e_i = 1 - x_i (2 t_i - 1)``; ``loss = sum_k relu(e_(k)) g_k`` over the errors sorted
-    in decreasing order, ``g = lovasz_grad(t sorted alike)``. ``per_image=False`` pools
-    the batch into one sort (smp, mmseg); ``per_image=True`` gives one value per image
-    (Berman, kornia). A unit whose pixels are all ignored gives 0.
+    in decreasing order, ``g = lovasz_grad(t sorted alike)``. mode 'binary' takes C = 1
+    (masks may also be ``[B, *S]``); 'multilabel' pools the entries of every channel into
+    the unit, as smp's ``LovaszLoss('multilabel')``: the surrogate of the Jaccard index of
+    all (pixel, channel) entries. ``per_image=False`` pools the batch into one sort (smp,
+    mmseg); ``per_image=True`` gives one value per image (Berman, kornia). A unit whose
+    entries are all ignored gives 0.
 
     reduction over units (1 pooled, or B images): 'mean', 'sum', 'none' (``[units]``).
     """
-    if logits.shape[1] != 1:
-        raise ValueError(f"lovasz_hinge_loss needs logits with C=1, got C={logits.shape[1]}")
+    check_choice("mode", mode, ("binary", "multilabel"))
+    check_mode(mode, logits)
     t, valid = check_masks(logits, target, ignore_index)
     if bool(((t != 0) & (t != 1)).any()):
         raise ValueError("lovasz_hinge_loss needs hard {0, 1} targets, got soft values")
-    x, t, valid = (flat(v)[:, 0] for v in (logits.to(t.dtype), t, valid))
-    if not per_image:
-        x, t, valid = x.reshape(1, -1), t.reshape(1, -1), valid.reshape(1, -1)
+    units = logits.shape[0] if per_image else 1
+    x, t, valid = (v.reshape(units, -1) for v in (logits.to(t.dtype), t, valid))
     errors = 1 - x * (2 * t - 1)
     return reduce_units(_sorted_dot(errors, t, valid, hinge=True), reduction)
 

@@ -23,7 +23,6 @@ class LossEntry:
 
     target: 'labels' (integer ``[B, *S]``) or 'masks' (``[B, C, *S]`` in {0, 1}).
     variants: option sets the tests exercise (the first is the default configuration).
-    channels: allowed class counts: None for any, or a fixed tuple (binary losses: (1,)).
     soft: masks may be soft (values in (0, 1)).
     kernel: the Triton implementation, once it exists.
     traffic: byte-model family: 'pixel' (one pass: read logits and target once, write the
@@ -40,7 +39,6 @@ class LossEntry:
     reference: Callable[..., torch.Tensor]
     target: Literal["labels", "masks"]
     variants: tuple[dict, ...] = ({},)
-    channels: tuple[int, ...] | None = None
     soft: bool = False
     kernel: Callable[..., torch.Tensor] | None = None
     min_classes: int = 1
@@ -49,18 +47,19 @@ class LossEntry:
     grad_weights: Callable[..., torch.Tensor] | None = None
 
     def is_binary(self, options: dict) -> bool:
-        """Whether the loss needs C = 1 under ``options`` (a binary loss, or mode='binary')."""
-        return self.channels == (1,) or options.get("mode") == "binary"
+        """Whether the loss needs C = 1 under ``options``: its mode, given or the reference's
+        default, is 'binary'."""
+        mode = inspect.signature(self.reference).parameters.get("mode")
+        return options.get("mode", None if mode is None else mode.default) == "binary"
+
+    def fit_classes(self, C: int, options: dict | None = None) -> int:
+        """A class count this loss takes under ``options``: 1 in binary mode, else C."""
+        return 1 if self.is_binary(options or {}) else C
 
     def fit_shape(self, shape: Sequence[int], options: dict | None = None) -> tuple[int, ...]:
-        """``shape`` with a class count this loss takes under ``options``: 1 for a binary
-        loss, the first allowed count where C is not allowed, else C unchanged."""
+        """``shape`` with the class count of :meth:`fit_classes`."""
         B, C, *spatial = (int(v) for v in shape)
-        if self.is_binary(options or {}):
-            C = 1
-        elif self.channels and C not in self.channels:
-            C = self.channels[0]
-        return (B, C, *spatial)
+        return (B, self.fit_classes(C, options), *spatial)
 
     def grad_identity_err(
         self,
@@ -262,8 +261,12 @@ LOSSES: tuple[LossEntry, ...] = (
         "lovasz_hinge",
         ref.lovasz_hinge_loss,
         "masks",
-        ({}, {"per_image": True}),
-        channels=(1,),
+        (
+            {},
+            {"per_image": True},
+            {"mode": "multilabel"},
+            {"mode": "multilabel", "per_image": True},
+        ),
         kernel=ker.lovasz_hinge_loss,
         grad_weights=ref.lovasz_hinge_grad_weights,
     ),

@@ -27,8 +27,7 @@ def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
     the spatial shape, memory format and reduction taking turns along the list."""
     rows = []
     for entry in entries:
-        counts = entry.channels or classes
-        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), counts, DTYPES):
+        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), classes, DTYPES):
             if not variant_fits(options, C) or (entry.is_binary(options) and C != 1):
                 continue
             k = len(rows)

@@ -18,7 +18,7 @@ MASKS = [e for e in LOSSES if e.target == "masks"]
 
 
 def _inputs(entry, gen, C=3):
-    C = entry.channels[0] if entry.channels else C
+    C = entry.fit_classes(C, entry.variants[0])
     return make_inputs(entry, (2, C, 4, 5), dict(entry.variants[0]), torch.float32, gen)
 
 

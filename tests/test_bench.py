@@ -12,7 +12,7 @@ import torch
 from segtriton.bench import runner
 from segtriton.bench.cli import main
 from segtriton.bench.report import compare
-from segtriton.bench.spec import PRESETS, SpecError, expand, load_spec
+from segtriton.bench.spec import PRESETS, SpecError, expand, load_spec, provider_options
 from segtriton.registry import get, make_inputs, minimal_bytes
 
 
@@ -154,7 +154,7 @@ def test_berman_baselines_equal_the_reference(per_image, gen):
 
     for name in ("lovasz_softmax", "lovasz_hinge"):
         entry = get(name)
-        C = 1 if entry.channels else 4
+        C = entry.fit_classes(4)
         x, t = make_inputs(entry, (2, C, 5, 6), {}, torch.float32, gen, ignore_frac=0.2)
         opts = {"per_image": per_image, "ignore_index": 255}
         got = BASELINES["berman"][name](x, t, **opts)
@@ -371,7 +371,7 @@ def test_masks_take_the_logits_dtype_and_the_byte_model_follows():
     device = torch.device("cpu")
     for case in expand(spec):
         entry = get(case.loss)
-        options = {**runner.case_options(case, entry), "ignore_index": runner.IGNORE_INDEX}
+        options = {**provider_options(case.provider, entry), "ignore_index": runner.IGNORE_INDEX}
         x, t = runner.case_inputs(case, entry, options, device)
         assert t.dtype == (torch.bfloat16 if case.loss == "bce" else torch.uint8), case
         row = runner.run_case(case, device, copy_gbps=1.0, reps=1)
@@ -444,7 +444,7 @@ def test_tie_order_gradients_are_gated_through_the_loss_they_imply(tmp_path, mon
     monkeypatch.setattr(runner, "make_provider", doubled)
     rows = []
     for loss in ("dice", "lovasz_softmax", "lovasz_hinge"):
-        shape = get(loss).fit_shape((2, 3, 5, 7))
+        shape = get(loss).fit_shape((2, 3, 5, 7), get(loss).variants[0])
         case = runner.Case(loss, "eager", shape, "fp32", "int64", "fwd+bwd", "contiguous", 0.0)
         row = runner.run_case(case, torch.device("cpu"), copy_gbps=1.0, reps=1)
         assert row["loss_rel_err"] < 1e-6 and row["grad_rel_err"] > 0.5, row

@@ -24,12 +24,11 @@ from segtriton.bench.env import environment
 from segtriton.bench.runner import (
     IGNORE_INDEX,
     case_inputs,
-    case_options,
     loss_scale,
     make_provider,
     make_step,
 )
-from segtriton.bench.spec import DTYPES, LABEL_DTYPES, expand, load_spec
+from segtriton.bench.spec import DTYPES, LABEL_DTYPES, expand, load_spec, provider_options
 from segtriton.bench.timing import copy_bandwidth
 from segtriton.reference._common import value_checks
 from segtriton.registry import confusion_bytes, get, minimal_bytes
@@ -59,7 +58,7 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
     if case.provider == "triton" and DEVICE.type != "cuda":
         pytest.skip("Triton runs in the CPU interpreter here: its speed means nothing")
     entry = get(case.loss)
-    options = entry.ignoring(case_options(case, entry), IGNORE_INDEX)
+    options = entry.ignoring(provider_options(case.provider, entry), IGNORE_INDEX)
     x, t = case_inputs(case, entry, options, DEVICE)
     xg = x.requires_grad_(case.mode != "fwd")
     fn = make_provider(case, entry)

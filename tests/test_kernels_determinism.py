@@ -15,7 +15,7 @@ from segtriton.registry import LOSSES, make_inputs
 
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
 def test_deterministic_and_inputs_untouched(entry, gen):
-    C = entry.channels[0] if entry.channels else 3
+    C = entry.fit_classes(3, entry.variants[0])
     opts = entry.ignoring(entry.variants[0])
     x, t = make_inputs(
         entry, (2, C, 9, 11), opts, torch.bfloat16, gen, ignore_frac=0.1, device=DEVICE
@@ -44,7 +44,7 @@ def test_eager_path_equals_the_custom_op_and_skips_its_dispatcher(entry, gen, mo
     custom-op dispatcher costs host time every call); under torch.compile the custom op
     runs. Both paths give bitwise the same loss and gradient, and eager calls dispatch no
     segtriton op."""
-    C = entry.channels[0] if entry.channels else 3
+    C = entry.fit_classes(3, entry.variants[0])
     for reduction in [r for r in ("mean", "none") if r in entry.reductions]:
         opts = entry.ignoring({**entry.variants[0], "reduction": reduction})
         x, t = make_inputs(entry, (2, C, 9, 11), opts, torch.float32, gen, 0.1, device=DEVICE)

@@ -42,8 +42,8 @@ def test_kernel_matches_reference(
 
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_large_class_count_streams_classes(entry, seed, gen):
-    C = 1 if entry.channels else 300  # > 256: the online-softmax chunked path
     opts = entry.ignoring(entry.variants[0])
+    C = entry.fit_classes(300, opts)  # > 256: the online-softmax chunked path
     x, t = make_inputs(
         entry, (2, C, 3, 5), opts, torch.float32, gen, ignore_frac=0.2, device=DEVICE
     )

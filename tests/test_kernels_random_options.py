@@ -66,7 +66,7 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
 def _case(entry, r: random.Random):
     """(options, shape, dtype, channels_last, ignored fraction, label dtype, soft)."""
     spatial = r.choice([(5, 7), (1, 13), (3, 4, 5), (9, 11)])
-    C = max(r.choice(entry.channels or [1, 2, 3, 5, 19]), entry.min_classes)
+    C = max(r.choice([1, 2, 3, 5, 19]), entry.min_classes)
     opts = {}
     for name in inspect.signature(entry.reference).parameters:
         value = None if name in _FIXED else _draw(name, r, C, len(spatial))

@@ -480,6 +480,20 @@ def test_smp_lovasz(smp, gen):
     )
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_smp_multilabel_lovasz_pools_the_channels(smp, per_image, gen):
+    """smp's LovaszLoss('multilabel') is one hinge over every (pixel, channel) entry of the
+    batch (or of each image): ours with mode='multilabel'."""
+    x = torch.randn(2, 3, 5, 6, generator=gen)
+    t = nested_masks(gen, (2, 5, 6)).float()
+    t[0, 1, :2] = 255  # ignored entries
+    theirs = smp.LovaszLoss("multilabel", per_image=per_image, ignore_index=255)(x, t)
+    ours = ref.lovasz_hinge_loss(
+        x.double(), t, mode="multilabel", per_image=per_image, ignore_index=255
+    )
+    torch.testing.assert_close(ours, theirs.to(D), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("spatial", [(9, 11), (3, 5, 7)], ids=["2d", "3d"])
 def test_smp_mcc_is_binary_batch_mcc_on_probabilities(smp, spatial, gen):
     """smp's MCCLoss takes probabilities and pools the batch; its gradient too."""

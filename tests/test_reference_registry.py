@@ -44,16 +44,12 @@ MODULES = {
 }
 
 
-def _classes(entry: LossEntry) -> int:
-    return entry.channels[0] if entry.channels else C
-
-
-def _shape(entry: LossEntry, spatial=(3, 5)) -> tuple[int, ...]:
-    return (2, _classes(entry), *spatial)
+def _shape(entry: LossEntry, options: dict, spatial=(3, 5)) -> tuple[int, ...]:
+    return (2, entry.fit_classes(C, options), *spatial)
 
 
 def _options(entry: LossEntry, options: dict, ignore: bool) -> dict:
-    if not variant_fits(options, _classes(entry)):
+    if not variant_fits(options, entry.fit_classes(C, options)):
         pytest.skip("variant needs another class count")
     if ignore and not entry.takes("ignore_index"):
         pytest.skip(f"{entry.name} has no ignore_index")
@@ -70,7 +66,7 @@ def test_gradcheck_float64(entry, options, ignore, gen):
     opts = _options(entry, options, ignore)
     x, t = make_inputs(
         entry,
-        _shape(entry),
+        _shape(entry, opts),
         opts,
         torch.float64,
         gen,
@@ -86,7 +82,9 @@ def test_gradcheck_float64(entry, options, ignore, gen):
 @pytest.mark.parametrize(("entry", "options"), CASES)
 def test_ignored_pixels_change_nothing(entry, options, gen):
     opts = _options(entry, options, ignore=True)
-    x, t = make_inputs(entry, _shape(entry, (4, 6)), opts, torch.float64, gen, ignore_frac=0.4)
+    x, t = make_inputs(
+        entry, _shape(entry, opts, (4, 6)), opts, torch.float64, gen, ignore_frac=0.4
+    )
     x.requires_grad_(True)
     loss = entry.reference(x, t, **opts)
     (grad,) = torch.autograd.grad(loss, x)
@@ -103,7 +101,7 @@ def test_ignored_pixels_change_nothing(entry, options, gen):
 @pytest.mark.parametrize(("entry", "options"), CASES)
 def test_low_precision_accumulates_in_float32(entry, options, dtype, gen):
     opts = _options(entry, options, ignore=False)
-    x, t = make_inputs(entry, _shape(entry, (16, 17)), opts, dtype, gen)
+    x, t = make_inputs(entry, _shape(entry, opts, (16, 17)), opts, dtype, gen)
     out = entry.reference(x, t, **opts)
     assert out.dtype == torch.float32
     expected = entry.reference(x.to(torch.float64), t, **opts)
@@ -113,7 +111,7 @@ def test_low_precision_accumulates_in_float32(entry, options, dtype, gen):
 @pytest.mark.parametrize(("entry", "options"), CASES)
 def test_volumes_and_channels_last(entry, options, gen):
     opts = _options(entry, options, ignore=False)
-    x, t = make_inputs(entry, (2, _classes(entry), 3, 4, 5), opts, torch.float64, gen)
+    x, t = make_inputs(entry, (2, entry.fit_classes(C, opts), 3, 4, 5), opts, torch.float64, gen)
     flat_opts = dict(opts)
     if entry.name == "boundary":  # the map depends on the layout: give both the 3-D map
         opts["dist_map"] = ref.signed_distance_map(t, x.shape[1], opts.get("mode", "multiclass"))
@@ -122,7 +120,7 @@ def test_volumes_and_channels_last(entry, options, gen):
         flat = entry.reference(x.reshape(2, -1, 3, 20), t.reshape(*t.shape[:-2], 20), **flat_opts)
         torch.testing.assert_close(entry.reference(x, t, **opts), flat, rtol=1e-12, atol=1e-12)
     opts.pop("dist_map", None)
-    x2, t2 = make_inputs(entry, _shape(entry, (4, 6)), opts, torch.float64, gen)
+    x2, t2 = make_inputs(entry, _shape(entry, opts, (4, 6)), opts, torch.float64, gen)
     cl = x2.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(
         entry.reference(cl, t2, **opts), entry.reference(x2, t2, **opts), rtol=1e-12, atol=1e-12
@@ -132,7 +130,7 @@ def test_volumes_and_channels_last(entry, options, gen):
 @pytest.mark.parametrize(("entry", "options"), CASES)
 def test_module_equals_function(entry, options, gen):
     opts = _options(entry, options, ignore=False)
-    x, t = make_inputs(entry, _shape(entry), opts, torch.float64, gen)
+    x, t = make_inputs(entry, _shape(entry, opts), opts, torch.float64, gen)
     tensor_opts = {
         k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) and k != "classes" else v
         for k, v in opts.items()
@@ -149,7 +147,7 @@ def test_module_rejects_unknown_option():
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
 def test_sum_and_mean_agree_with_none(entry, gen):
     opts = dict(entry.variants[0])
-    x, t = make_inputs(entry, _shape(entry), opts, torch.float64, gen)
+    x, t = make_inputs(entry, _shape(entry, opts), opts, torch.float64, gen)
     if "none" not in entry.reductions:
         with pytest.raises(ValueError, match="reduction"):
             entry.reference(x, t, reduction="none", **opts)
