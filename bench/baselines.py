@@ -139,6 +139,10 @@ PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
             {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5},
             _monai("DiceLoss", ignore_index=255),
         ),
+        "tversky": (
+            {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, "alpha": 0.3, "beta": 0.7},
+            _monai("TverskyLoss", alpha=0.3, beta=0.7, ignore_index=255),
+        ),
         # HausdorffDTLoss and MCCLoss have no ignore_index
         "hausdorff_dt": ({}, _monai("HausdorffDTLoss")),
         "mcc": ({"scope": "image", "eps": 0.0}, _monai("MCCLoss")),

@@ -179,6 +179,7 @@ def test_peer_providers_run_where_their_semantics_match(tmp_path):
         ("smp", "dice"),
         ("kornia", "dice"),
         ("smp", "tversky"),
+        ("monai", "tversky"),
         ("smp", "sigmoid_focal_ovr"),
     }
     assert peers.passed.all() and (peers.median_ms > 0).all()

@@ -104,6 +104,19 @@ def test_monai_tversky(monai, alpha, beta, gen):
     _close(ours, theirs)
 
 
+def test_monai_tversky_ignore_index(monai, gen):
+    """TverskyLoss(ignore_index=255) drops the ignored pixels from prediction and target."""
+    x, y = _inputs(gen, ignore=True)
+    kw = {"alpha": 0.3, "beta": 0.7}
+    theirs = monai.TverskyLoss(softmax=True, to_onehot_y=True, ignore_index=255, **kw)(
+        x, y.unsqueeze(1)
+    )
+    ours = ref.tversky_loss(
+        x, y, scope="image", smooth_nr=1e-5, smooth_dr=1e-5, ignore_index=255, **kw
+    )
+    _close(ours, theirs)
+
+
 @pytest.mark.parametrize("batch", [False, True])
 def test_monai_mcc(monai, batch, gen):
     """MONAI 1.6's MCCLoss, sigmoid per channel and softmax over classes, values and
