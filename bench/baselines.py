@@ -143,7 +143,12 @@ PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
             {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, "alpha": 0.3, "beta": 0.7},
             _monai("TverskyLoss", alpha=0.3, beta=0.7, ignore_index=255),
         ),
-        # HausdorffDTLoss and MCCLoss have no ignore_index
+        # these have no ignore_index: the `distance` and `monai` presets ignore no pixel
+        "generalized_dice": (
+            {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, "absent_weight": "max"},
+            _monai("GeneralizedDiceLoss"),
+        ),
+        "ce_dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai("DiceCELoss")),
         "hausdorff_dt": ({}, _monai("HausdorffDTLoss")),
         "mcc": ({"scope": "image", "eps": 0.0}, _monai("MCCLoss")),
     },

@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="quick",
         help="quick (default), standard, full, cityscapes, ade20k, voc, brats3d, distance, "
-        "lovasz, mcc, peers, targets (see segtriton.bench.spec.PRESETS)",
+        "lovasz, monai, peers, targets (see segtriton.bench.spec.PRESETS)",
     )
     sweep.add_argument("--spec", help="a TOML sweep spec (see segtriton.bench.spec)")
     sweep.add_argument("--losses", help="comma-separated registry names (overrides the spec)")

@@ -160,9 +160,10 @@ PRESETS: dict[str, dict] = {
         "dtypes": ["bf16", "fp32"],
         "ignore_frac": 0.0,
     },
-    # MONAI's MCCLoss (which has no ignore_index either) beside ours
-    "mcc": {
-        "losses": ["mcc"],
+    # MONAI's region and compound losses beside ours, without ignored pixels (its
+    # GeneralizedDiceLoss, DiceCELoss and MCCLoss have no ignore_index)
+    "monai": {
+        "losses": ["dice", "tversky", "generalized_dice", "ce_dice", "mcc"],
         "providers": ["triton", "eager", "compile", "monai"],
         "shapes": [[8, 19, 512, 1024], [4, 4, 128, 128, 128]],
         "dtypes": ["bf16", "fp32"],

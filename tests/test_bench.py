@@ -186,14 +186,17 @@ def test_peer_providers_run_where_their_semantics_match(tmp_path):
     assert peers.options.str.contains("scope").any()
 
 
-def test_mcc_preset_checks_monai_without_ignored_pixels(tmp_path):
+def test_monai_preset_checks_monai_without_ignored_pixels(tmp_path):
     code, rows = _sweep(
         tmp_path,
-        'preset = "mcc"\nproviders = ["eager", "monai"]\nshapes = [[2, 5, 9, 11]]\n'
+        'preset = "monai"\nproviders = ["eager", "monai"]\nshapes = [[2, 5, 9, 11]]\n'
         'dtypes = ["fp32"]\n',
     )
     assert code == 0
-    assert set(rows.provider) == {"eager", "monai"} and set(rows.loss) == {"mcc"}
+    assert set(rows.provider) == {"eager", "monai"}
+    assert set(rows[rows.provider == "monai"].loss) == {
+        "dice", "tversky", "generalized_dice", "ce_dice", "mcc"
+    }  # fmt: skip
     assert rows.passed.all() and (rows.ignore_frac == 0).all()
 
 
