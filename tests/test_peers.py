@@ -413,6 +413,23 @@ def test_kornia_binary_focal_one_vs_rest(kornia, gen):
     _close(ref.sigmoid_focal_loss(x, y, mode="multiclass", alpha=0.25, gamma=2.0), theirs)
 
 
+def test_kornia_binary_focal_pos_weight_and_weight(kornia, gen):
+    """kornia weighs positives by ``alpha pos_weight_c w_c`` and negatives by ``(1 - alpha)
+    w_c``: ours with the per-class pair ``weight = w (alpha pw + 1 - alpha)``,
+    ``alpha = alpha pw / (alpha pw + 1 - alpha)``."""
+    x = 2 * torch.randn(2, 3, 6, 7, generator=gen, dtype=D)
+    t = nested_masks(gen, (2, 6, 7)).to(D)
+    pw, w = torch.tensor([0.5, 2.0, 4.0], dtype=D), torch.tensor([1.0, 0.3, 2.0], dtype=D)
+    theirs = kornia.binary_focal_loss_with_logits(
+        x, t, alpha=0.25, gamma=1.5, pos_weight=pw, weight=w, reduction="mean"
+    )
+    pos, neg = 0.25 * pw, 0.75
+    ours = ref.sigmoid_focal_loss(
+        x, t, mode="multilabel", alpha=pos / (pos + neg), gamma=1.5, weight=w * (pos + neg)
+    )
+    _close(ours, theirs)
+
+
 def test_kornia_tversky_macro_over_present_classes(kornia, gen):
     x, y = _inputs(gen, C=5, spatial=(4, 5))
     y[1] = y[1].clamp_max(1)  # image 1 holds two of five classes
