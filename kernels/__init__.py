@@ -13,7 +13,13 @@ from .boundary import (
     signed_distance_map,
     squared_edt,
 )
-from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
+from .compound import (
+    bce_dice_loss,
+    ce_dice_loss,
+    combo_loss,
+    focal_dice_loss,
+    generalized_dice_focal_loss,
+)
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
 from .pixelwise import (
@@ -57,6 +63,7 @@ __all__ = [
     "distance_field",
     "focal_dice_loss",
     "focal_tversky_loss",
+    "generalized_dice_focal_loss",
     "generalized_dice_loss",
     "hausdorff_distance",
     "hausdorff_dt_loss",

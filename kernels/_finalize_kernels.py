@@ -162,6 +162,33 @@ def _store_kpix(out_ptr, B, C, kpix, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
+def _pixel_total(
+    tot_ptr, n_rows, row, lam_pix, PIXEL: tl.constexpr, PIX_MEAN: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):  # fmt: skip
+    """``(pixel term, dL/d(pixel-loss sum of an image))`` from the last two entries of each
+    row (loss sum, divisor); ``(0, 0)`` without PIXEL."""
+    pix = 0.0
+    kpix = 0.0
+    if PIXEL:
+        pix_sum = 0.0
+        div = 0.0
+        for b0 in range(0, n_rows, BLOCK_B):
+            offs_b = b0 + tl.arange(0, BLOCK_B)
+            bmask = offs_b < n_rows
+            pix_sum += tl.sum(tl.load(tot_ptr + offs_b * row + row - 2, mask=bmask, other=0.0))
+            div += tl.sum(tl.load(tot_ptr + offs_b * row + row - 1, mask=bmask, other=0.0))
+        if PIX_MEAN:  # a divisor of 0 (as F.cross_entropy): NaN term, kpix inf (see pass 2)
+            ok = div > 0.0
+            pix = tl.where(ok, pix_sum / tl.where(ok, div, 1.0), float("nan"))
+            kpix = lam_pix / div
+        else:
+            pix = pix_sum
+            kpix = lam_pix
+    return pix, kpix
+
+
+@triton.jit
 def _unit_totals(
     tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
     IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
@@ -244,23 +271,7 @@ def _region_finalize_kernel(
             if NONE:  # the weighted loss of each (unit, class); coefficients per unit of it
                 tl.store(loss_ptr + u * C + offs_c, w * loss, mask=cmask)
             _store_coefs(out_ptr, u, B, C, offs_c, k * w * dl_dip, k * w * dl_dp, IMAGE)
-    pix = 0.0
-    kpix = 0.0
-    if PIXEL:
-        pix_sum = 0.0
-        div = 0.0
-        for b0 in range(0, n_rows, BLOCK_B):
-            offs_b = b0 + tl.arange(0, BLOCK_B)
-            bmask = offs_b < n_rows
-            pix_sum += tl.sum(tl.load(tot_ptr + offs_b * row + row - 2, mask=bmask, other=0.0))
-            div += tl.sum(tl.load(tot_ptr + offs_b * row + row - 1, mask=bmask, other=0.0))
-        if PIX_MEAN:  # a divisor of 0 (as F.cross_entropy): NaN term, kpix inf (see pass 2)
-            ok = div > 0.0
-            pix = tl.where(ok, pix_sum / tl.where(ok, div, 1.0), float("nan"))
-            kpix = lam_pix / div
-        else:
-            pix = pix_sum
-            kpix = lam_pix
+    pix, kpix = _pixel_total(tot_ptr, n_rows, row, lam_pix, PIXEL, PIX_MEAN, BLOCK_B)
     _store_kpix(out_ptr, B, C, kpix, BLOCK_B)
     if not NONE:
         tl.store(loss_ptr, lam_reg * region + lam_pix * pix + offset)
@@ -287,15 +298,16 @@ def _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE: tl.constexpr, HAS_W: t
 
 @triton.jit
 def _gdl_finalize_kernel(
-    tot_ptr, cw_ptr, loss_ptr, out_ptr, B, n_rows, C, row, snr, sdr, eps,
+    tot_ptr, cw_ptr, loss_ptr, out_ptr, B, n_rows, C, row, snr, sdr, eps, lam_reg, lam_pix,
     IMAGE: tl.constexpr, MEAN: tl.constexpr, NONE: tl.constexpr, WEIGHT_TYPE: tl.constexpr,
-    ABSENT_MAX: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_B: tl.constexpr,
+    ABSENT_MAX: tl.constexpr, HAS_W: tl.constexpr, PIXEL: tl.constexpr,
+    PIX_MEAN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
 ):  # fmt: skip
     """One program: the generalized Dice loss ``1 - (2 sum w I + smooth_nr) /
-    max(sum w (P + T) + smooth_dr, eps)`` per unit, 'mean' or 'sum' over units, and
-    ``out`` as in :func:`_region_finalize_kernel` (the weights get no gradient). An absent
-    class weighs the unit's largest present weight (ABSENT_MAX) or 0."""
+    max(sum w (P + T) + smooth_dr, eps)`` per unit, 'mean' or 'sum' over units, times
+    ``lam_reg`` plus ``lam_pix`` times the pixel term (PIXEL), and ``out`` as in
+    :func:`_region_finalize_kernel` (the weights get no gradient). An absent class weighs
+    the unit's largest present weight (ABSENT_MAX) or 0."""
     if IMAGE:
         n_units = B
     else:
@@ -304,6 +316,7 @@ def _gdl_finalize_kernel(
         scale = 1.0 / n_units
     else:
         scale = 1.0
+    k = lam_reg * scale
     total = 0.0
     for u in range(n_units):
         wmax = 0.0
@@ -338,9 +351,10 @@ def _gdl_finalize_kernel(
             cmask = offs_c < C
             _, _, t, _ = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
-            dl_di = -scale * 2.0 * w / den
-            dl_dp = tl.where(live, scale * r * w / den, 0.0)
+            dl_di = -k * 2.0 * w / den
+            dl_dp = tl.where(live, k * r * w / den, 0.0)
             _store_coefs(out_ptr, u, B, C, offs_c, dl_di + dl_dp, dl_dp, IMAGE)
-    _store_kpix(out_ptr, B, C, 0.0, BLOCK_B)
+    pix, kpix = _pixel_total(tot_ptr, n_rows, row, lam_pix, PIXEL, PIX_MEAN, BLOCK_B)
+    _store_kpix(out_ptr, B, C, kpix, BLOCK_B)
     if not NONE:
-        tl.store(loss_ptr, total * scale)
+        tl.store(loss_ptr, lam_reg * total * scale + lam_pix * pix)

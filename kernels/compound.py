@@ -1,4 +1,5 @@
-"""Triton compound losses: CE + Dice, BCE + Dice, focal + Dice, Combo, fused.
+"""Triton compound losses: CE + Dice, BCE + Dice, focal + Dice, focal + generalized Dice,
+Combo, fused.
 
 Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 ``validate`` and ``process_group`` (as in the reference: both terms over the global
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
-from segtriton.reference._common import check_logits, check_number
+from segtriton.reference._common import check_choice, check_logits, check_number
 from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
 
 from ._runtime import kernel_api
@@ -30,7 +31,16 @@ from .pixelwise import (
     softmax_focal_loss,
     softmax_focal_options,
 )
-from .region import DICE, PIXEL_SIGMOID, PIXEL_SOFTMAX, Finalize, _region_sums, fused_loss
+from .region import (
+    _GDL_WEIGHTS,
+    DICE,
+    PIXEL_SIGMOID,
+    PIXEL_SOFTMAX,
+    Finalize,
+    _region_sums,
+    fused_loss,
+    generalized_dice_loss,
+)
 
 Weights = torch.Tensor | Sequence[float] | None
 
@@ -171,28 +181,81 @@ def focal_dice_loss(
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_focal)
-    if mode != "multiclass":
-        gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
-        pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
-        wp, wn = _sigmoid_weights(C, logits, pos=pos, neg=neg)
-        return fused_loss(
-            logits, target, mode, ignore_index, scope, False, validate, fin,
-            pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma), focal=True,
-            process_group=process_group,
-        )  # fmt: skip
-    if C > MAX_SINGLE_C:
+    if mode == "multiclass" and C > MAX_SINGLE_C:
         _unfused(process_group)
         stats, _ = _region_sums(logits, target, mode, ignore_index, scope, False, validate, None)
         ignore = -100 if ignore_index is None else int(ignore_index)
         focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
         dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
         return lambda_focal * focal + lambda_dice * dice
+    return _fused_focal(
+        logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group
+    )
+
+
+def _fused_focal(logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group):
+    """The region loss of ``fin`` plus the focal term (softmax for 'multiclass', at most
+    ``MAX_SINGLE_C`` classes; else sigmoid), in the region kernels' two passes."""
+    if mode != "multiclass":
+        gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
+        pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
+        wp, wn = _sigmoid_weights(logits.shape[1], logits, pos=pos, neg=neg)
+        return fused_loss(
+            logits, target, mode, ignore_index, scope, False, validate, fin,
+            pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma), focal=True,
+            process_group=group,
+        )  # fmt: skip
     vec, scale, gamma = softmax_focal_options(alpha, gamma, logits, validate)
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,
         pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,
-        process_group=process_group,
+        process_group=group,
     )  # fmt: skip
+
+
+@kernel_api
+def generalized_dice_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    lambda_focal: float = 1.0,
+    lambda_gdl: float = 1.0,
+    alpha: float | Weights = None,
+    gamma: float = 2.0,
+    weight_type: str = "square",
+    absent_weight: str = "max",
+    ignore_index: float | None = None,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    scope: str = "batch",
+    reduction: str = "mean",
+    validate: bool = False,
+    process_group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """Triton fused focal + generalized Dice; semantics of
+    ``segtriton.reference.generalized_dice_focal_loss``."""
+    _scalar_reduction(reduction)
+    check_logits(logits)
+    lambda_focal, lambda_gdl = term_weights(lambda_focal=lambda_focal, lambda_gdl=lambda_gdl)
+    if mode == "multiclass" and logits.shape[1] > MAX_SINGLE_C:
+        _unfused(process_group)
+        ignore = -100 if ignore_index is None else int(ignore_index)
+        focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
+        gdl = generalized_dice_loss(
+            logits, target, mode, weight_type, absent_weight, smooth_nr, smooth_dr, eps,
+            scope, ignore_index, None, reduction, validate,
+        )  # fmt: skip
+        return lambda_focal * focal + lambda_gdl * gdl
+    check_choice("weight_type", weight_type, _GDL_WEIGHTS)
+    check_choice("absent_weight", absent_weight, ("max", "zero"))
+    fin = Finalize(
+        DICE, smooth_nr, smooth_dr, eps, reduction=reduction, lam_reg=lambda_gdl,
+        lam_pix=lambda_focal, pix_mean=reduction == "mean", gdl=(weight_type, absent_weight),
+    )  # fmt: skip
+    return _fused_focal(
+        logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group
+    )
 
 
 @kernel_api

@@ -311,9 +311,9 @@ def _loss_and_coefs(
     }
     if gdl_type >= 0:
         _gdl_finalize_kernel[(1,)](
-            total, cw, loss, out, *sizes, *floats[4:7], IMAGE=bool(image),
+            total, cw, loss, out, *sizes, *floats[4:7], *floats[8:10], IMAGE=bool(image),
             MEAN=bool(reg_mean), NONE=bool(none), WEIGHT_TYPE=gdl_type, ABSENT_MAX=bool(gdl_max),
-            HAS_W=cw is not None, **blocks,
+            HAS_W=cw is not None, PIXEL=pixel != 0, PIX_MEAN=bool(pix_mean), **blocks,
         )  # fmt: skip
         return loss, out
     _region_finalize_kernel[(1,)](

@@ -6,7 +6,13 @@ from .boundary import (
     hausdorff_dt_loss,
     signed_distance_map,
 )
-from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
+from .compound import (
+    bce_dice_loss,
+    ce_dice_loss,
+    combo_loss,
+    focal_dice_loss,
+    generalized_dice_focal_loss,
+)
 from .lovasz import (
     lovasz_grad,
     lovasz_hinge_grad_weights,
@@ -38,6 +44,7 @@ from .modules import (
     DiceLoss,
     FocalDiceLoss,
     FocalTverskyLoss,
+    GeneralizedDiceFocalLoss,
     GeneralizedDiceLoss,
     HausdorffDTLoss,
     JaccardLoss,
@@ -85,6 +92,7 @@ __all__ = [
     "DiceLoss",
     "FocalDiceLoss",
     "FocalTverskyLoss",
+    "GeneralizedDiceFocalLoss",
     "GeneralizedDiceLoss",
     "HausdorffDTLoss",
     "JaccardLoss",
@@ -111,6 +119,7 @@ __all__ = [
     "distance_field",
     "dice_per_class",
     "focal_dice_loss",
+    "generalized_dice_focal_loss",
     "focal_tversky_loss",
     "generalized_dice_loss",
     "hausdorff_distance",

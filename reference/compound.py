@@ -35,7 +35,7 @@ from .pixelwise import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
-from .region import dice_loss, global_sums
+from .region import dice_loss, generalized_dice_loss, global_sums
 
 Weights = torch.Tensor | Sequence[float] | None
 
@@ -202,6 +202,33 @@ def bce_dice_loss(
     return lambda_bce * bce + lambda_dice * dice
 
 
+def _focal_term(logits, target, mode, alpha, gamma, ignore_index, reduction, scope, group):
+    """The focal term of a compound loss: softmax focal for 'multiclass', else sigmoid
+    focal, over the global batch with a process group."""
+    if mode == "multiclass":
+        focal = softmax_focal_loss(
+            logits,
+            target,
+            alpha=alpha,
+            gamma=gamma,
+            ignore_index=-100 if ignore_index is None else ignore_index,
+            reduction=_local(reduction, group),
+        )
+    else:
+        focal = sigmoid_focal_loss(
+            logits,
+            target,
+            mode=mode,
+            alpha=alpha,
+            gamma=gamma,
+            ignore_index=ignore_index,
+            reduction=_local(reduction, group),
+        )
+    return _global_pixel_term(
+        focal, logits, target, mode == "multiclass", ignore_index, reduction, scope, group
+    )
+
+
 def focal_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -228,29 +255,9 @@ def focal_dice_loss(
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
-    if mode == "multiclass":
-        focal = softmax_focal_loss(
-            logits,
-            target,
-            alpha=alpha,
-            gamma=gamma,
-            ignore_index=-100 if ignore_index is None else ignore_index,
-            reduction=_local(reduction, process_group),
-        )
-    else:
-        focal = sigmoid_focal_loss(
-            logits,
-            target,
-            mode=mode,
-            alpha=alpha,
-            gamma=gamma,
-            ignore_index=ignore_index,
-            reduction=_local(reduction, process_group),
-        )
-    focal = _global_pixel_term(
-        focal, logits, target, mode == "multiclass", ignore_index, reduction, scope,
-        process_group,
-    )  # fmt: skip
+    focal = _focal_term(
+        logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group
+    )
     dice = dice_loss(
         logits,
         target,
@@ -266,6 +273,50 @@ def focal_dice_loss(
         process_group=process_group,
     )
     return lambda_focal * focal + lambda_dice * dice
+
+
+def generalized_dice_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    lambda_focal: float = 1.0,
+    lambda_gdl: float = 1.0,
+    alpha: float | Weights = None,
+    gamma: float = 2.0,
+    weight_type: str = "square",
+    absent_weight: str = "max",
+    ignore_index: float | None = None,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    scope: str = "batch",
+    reduction: str = "mean",
+    process_group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """``lambda_focal * focal + lambda_gdl * generalized Dice`` (MONAI's
+    GeneralizedDiceFocalLoss): the focal term of :func:`focal_dice_loss` beside
+    :func:`generalized_dice_loss` (``weight_type``, ``absent_weight``, smoothing, scope).
+    """
+    _scalar_reduction(reduction)
+    lambda_focal, lambda_gdl = term_weights(lambda_focal=lambda_focal, lambda_gdl=lambda_gdl)
+    focal = _focal_term(
+        logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group
+    )
+    gdl = generalized_dice_loss(
+        logits,
+        target,
+        mode,
+        weight_type,
+        absent_weight,
+        smooth_nr,
+        smooth_dr,
+        eps,
+        scope=scope,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        process_group=process_group,
+    )
+    return lambda_focal * focal + lambda_gdl * gdl
 
 
 def combo_loss(

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from .boundary import boundary_loss, hausdorff_dt_loss
-from .compound import bce_dice_loss, ce_dice_loss, combo_loss, focal_dice_loss
+from .compound import (
+    bce_dice_loss,
+    ce_dice_loss,
+    combo_loss,
+    focal_dice_loss,
+    generalized_dice_focal_loss,
+)
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .pixelwise import (
     binary_cross_entropy_with_logits,
@@ -90,6 +96,7 @@ MCCLoss = loss_module("MCCLoss", mcc_loss)
 CEDiceLoss = loss_module("CEDiceLoss", ce_dice_loss)
 BCEDiceLoss = loss_module("BCEDiceLoss", bce_dice_loss)
 FocalDiceLoss = loss_module("FocalDiceLoss", focal_dice_loss)
+GeneralizedDiceFocalLoss = loss_module("GeneralizedDiceFocalLoss", generalized_dice_focal_loss)
 ComboLoss = loss_module("ComboLoss", combo_loss)
 LovaszHingeLoss = loss_module("LovaszHingeLoss", lovasz_hinge_loss)
 LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)

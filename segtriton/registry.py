@@ -249,6 +249,18 @@ LOSSES: tuple[LossEntry, ...] = (
         reductions=_SCALAR,
     ),
     LossEntry(
+        "generalized_dice_focal",
+        ref.generalized_dice_focal_loss,
+        "labels",
+        (
+            {},
+            {"alpha": 0.25, "weight_type": "simple", "scope": "image", "lambda_gdl": 0.5},
+            {"mode": "multilabel", "alpha": [0.1, 0.5, 0.9], "absent_weight": "zero"},
+        ),
+        kernel=ker.generalized_dice_focal_loss,
+        reductions=_SCALAR,
+    ),
+    LossEntry(
         "combo",
         ref.combo_loss,
         "masks",

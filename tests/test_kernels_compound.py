@@ -136,6 +136,7 @@ GLOBAL_CASES = [
     ("bce_dice", {"pos_weight": [2.0, 1.0, 0.5]}),
     ("focal_dice", {"alpha": 0.25}),
     ("focal_dice", {"mode": "multilabel", "reduction": "sum"}),
+    ("generalized_dice_focal", {"alpha": [0.2, 1.0, 0.6], "lambda_gdl": 0.5}),
     ("combo", {"alpha": 0.7}),
 ]
 

@@ -233,6 +233,22 @@ def test_monai_sigmoid_dice_focal(monai, alpha, gen):
     _close(ours, theirs)
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_monai_sigmoid_generalized_dice_focal(monai, batch, gen):
+    """GeneralizedDiceFocalLoss(sigmoid=True) on overlapping masks: its focal term has no
+    alpha; a channel missing from an image's target takes the max weight."""
+    x = 2 * torch.randn(2, 3, 6, 7, generator=gen, dtype=D)
+    t = nested_masks(gen, (2, 6, 7)).to(D)
+    t[1, 2] = 0  # channel 2 absent from image 1
+    kw = {"gamma": 1.5, "lambda_gdl": 0.7, "lambda_focal": 1.2}
+    theirs = monai.GeneralizedDiceFocalLoss(sigmoid=True, batch=batch, **kw)(x, t)
+    ours = ref.generalized_dice_focal_loss(
+        x, t, mode="multilabel", alpha=None, smooth_nr=1e-5, smooth_dr=1e-5,
+        scope="batch" if batch else "image", **kw,
+    )  # fmt: skip
+    _close(ours, theirs)
+
+
 def test_monai_softmax_dice_focal_is_softmax_dice_plus_sigmoid_focal(monai, gen):
     x, y = _inputs(gen)
     theirs = monai.DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=2.0)(x, y.unsqueeze(1))

@@ -38,6 +38,7 @@ MODULES = {
     "combo": ref.ComboLoss,
     "lovasz_hinge": ref.LovaszHingeLoss,
     "lovasz_softmax": ref.LovaszSoftmaxLoss,
+    "generalized_dice_focal": ref.GeneralizedDiceFocalLoss,
     "boundary": ref.BoundaryLoss,
     "hausdorff_dt": ref.HausdorffDTLoss,
     "ohem_cross_entropy": ref.OhemCrossEntropyLoss,
