@@ -181,21 +181,29 @@ def focal_dice_loss(
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_focal)
-    if mode == "multiclass" and C > MAX_SINGLE_C:
-        _unfused(process_group)
+
+    def dice_alone():
         stats, _ = _region_sums(logits, target, mode, ignore_index, scope, False, validate, None)
+        return lambda_dice * _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
+
+    return _focal_compound(
+        logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
+        dice_alone,
+    )  # fmt: skip
+
+
+def _focal_compound(
+    logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group, region_alone
+):  # fmt: skip
+    """``fin``'s region loss plus ``fin.lam_pix`` times the focal term (softmax for
+    'multiclass', else sigmoid) in the region kernels' two passes; a softmax term over
+    more than ``MAX_SINGLE_C`` classes runs as its own kernel, added to
+    ``region_alone()`` (the weighted region term)."""
+    if mode == "multiclass" and logits.shape[1] > MAX_SINGLE_C:
+        _unfused(group)
         ignore = -100 if ignore_index is None else int(ignore_index)
-        focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
-        dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
-        return lambda_focal * focal + lambda_dice * dice
-    return _fused_focal(
-        logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group
-    )
-
-
-def _fused_focal(logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group):
-    """The region loss of ``fin`` plus the focal term (softmax for 'multiclass', at most
-    ``MAX_SINGLE_C`` classes; else sigmoid), in the region kernels' two passes."""
+        focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, fin.reduction, validate)
+        return fin.lam_pix * focal + region_alone()
     if mode != "multiclass":
         gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
         pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
@@ -238,24 +246,23 @@ def generalized_dice_focal_loss(
     _scalar_reduction(reduction)
     check_logits(logits)
     lambda_focal, lambda_gdl = term_weights(lambda_focal=lambda_focal, lambda_gdl=lambda_gdl)
-    if mode == "multiclass" and logits.shape[1] > MAX_SINGLE_C:
-        _unfused(process_group)
-        ignore = -100 if ignore_index is None else int(ignore_index)
-        focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, reduction, validate)
-        gdl = generalized_dice_loss(
-            logits, target, mode, weight_type, absent_weight, smooth_nr, smooth_dr, eps,
-            scope, ignore_index, None, reduction, validate,
-        )  # fmt: skip
-        return lambda_focal * focal + lambda_gdl * gdl
     check_choice("weight_type", weight_type, _GDL_WEIGHTS)
     check_choice("absent_weight", absent_weight, ("max", "zero"))
     fin = Finalize(
         DICE, smooth_nr, smooth_dr, eps, reduction=reduction, lam_reg=lambda_gdl,
         lam_pix=lambda_focal, pix_mean=reduction == "mean", gdl=(weight_type, absent_weight),
     )  # fmt: skip
-    return _fused_focal(
-        logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group
-    )
+
+    def gdl_alone():
+        return lambda_gdl * generalized_dice_loss(
+            logits, target, mode, weight_type, absent_weight, smooth_nr, smooth_dr, eps,
+            scope, ignore_index, None, reduction, validate,
+        )  # fmt: skip
+
+    return _focal_compound(
+        logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
+        gdl_alone,
+    )  # fmt: skip
 
 
 @kernel_api

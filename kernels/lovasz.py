@@ -227,8 +227,8 @@ def _pooled_channels(logits: torch.Tensor, target: torch.Tensor):
     """``[B, C, *S]`` logits and masks as ``[B, 1, C * S]``: each image's entries in one
     row, in the logits' memory order (a row's order does not change its loss). A view
     of NCHW and channels_last logits; a target in another layout is copied."""
-    if logits.dim() > 2 and logits.shape[1] > 1 and logits.stride(1) == 1:
-        logits, target = logits.movedim(1, -1), target.movedim(1, -1)  # channels_last
+    if logits.stride(1) == 1:  # channels_last
+        logits, target = logits.movedim(1, -1), target.movedim(1, -1)
     return (v.reshape(v.shape[0], 1, -1) for v in (logits, target))
 
 
