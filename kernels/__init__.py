@@ -29,6 +29,7 @@ from .pixelwise import (
     ohem_cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
+    topk_cross_entropy,
 )
 from .region import (
     dice_loss,
@@ -83,6 +84,7 @@ __all__ = [
     "squared_edt",
     "surface_dice",
     "surface_metrics",
+    "topk_cross_entropy",
     "tversky_loss",
 ]
 

@@ -49,9 +49,8 @@ from segtriton.reference._common import (
     checked_target,
     is_number,
 )
-from segtriton.reference.pixelwise import check_min_kept, is_probs
+from segtriton.reference.pixelwise import check_min_kept, is_probs, topk_count
 
-from ._ohem_kernels import _ohem_keep_kernel, _radix_hist_kernel, _radix_scan_kernel
 from ._ops import Op, op
 from ._pixelwise_kernels import (
     _probs_loss_kernel,
@@ -60,6 +59,12 @@ from ._pixelwise_kernels import (
     _valid_sum_kernel,
 )
 from ._runtime import kernel_api
+from ._select_kernels import (
+    _ohem_keep_kernel,
+    _radix_hist_kernel,
+    _radix_scan_kernel,
+    _topk_share_kernel,
+)
 from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
@@ -497,7 +502,75 @@ def ohem_cross_entropy(
     return loss
 
 
+@kernel_api
+def topk_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    k: float = 10.0,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton top-k cross-entropy; semantics of ``segtriton.reference.topk_cross_entropy``.
+
+    :func:`cross_entropy` with reduction 'none' gives every pixel's loss in fp32; a radix
+    select over those finds the n-th largest on the device (no sort, no host sync) and
+    one more pass writes each pixel's share (:func:`_topk_share`). The backward is the
+    per-pixel one of :func:`cross_entropy`: two passes over the logits in all. Returns
+    float32. ``validate=True`` raises ValueError on labels outside ``[0, C)`` (a host
+    sync); otherwise such labels make the loss NaN.
+    """
+    checked_target(logits, target, True, ignore_index, False)  # cross_entropy validates
+    check_choice("reduction", reduction, _REDUCTIONS)
+    n = topk_count(target.numel(), k)
+    losses = cross_entropy(
+        logits, target, weight, ignore_index, "none", label_smoothing, validate=validate
+    )
+    share = _topk_share(losses.detach(), n)
+    if reduction == "none":
+        return losses * share
+    total = torch.dot(losses.reshape(-1), share.reshape(-1))  # no product tensor
+    return total if reduction == "sum" else total / n
+
+
 _SELECT_BLOCK = 1024
+
+
+def _select_labels(target: torch.Tensor) -> tuple[torch.Tensor, int, int, int, bool]:
+    """``(view, S, batch stride, pixel stride, flat)`` of labels ``[B, *S]`` for the
+    select kernels; ``flat``: pixel i lies at offset i."""
+    t, stb, sts = label_view(target)
+    S = t[0, 0].numel()
+    return t, S, stb, sts, sts == 1 and (stb == S or t.shape[0] == 1)
+
+
+def _radix_select(
+    v: torch.Tensor, target: torch.Tensor | None, ignore_index: int, k_max: int
+) -> torch.Tensor:
+    """The select state (``_select_kernels``) of the ``k``-th largest of the fp32 values
+    ``v`` (flat, contiguous), ``k = min(k_max, n_valid - 1)``: ``n_valid`` counts the
+    labels of ``target`` that are not ``ignore_index``, or every value when ``target`` is
+    None. Four histogram passes over ``v``, the first also over the labels."""
+    N = v.numel()
+    tiles, n_programs = tile_chunks(N, _SELECT_BLOCK, 1)
+    state = torch.zeros(4 + 4 * 256, dtype=torch.int64, device=v.device)
+    if target is None:  # no labels to read: every value counts
+        state[2] = N
+        t, S, stb, sts, flat = v, N, N, 1, True
+    else:
+        t, S, stb, sts, flat = _select_labels(target)
+    ign = ignore_arg(ignore_index, True)[0]
+    for shift in (24, 16, 8, 0):
+        first = shift == 24
+        _radix_hist_kernel[(n_programs,)](
+            v, t, state, state[4:], N, S, stb, sts, ign, tiles,
+            SHIFT=shift, FIRST=first, COUNT=first and target is not None, FLAT=flat,
+            BLOCK=_SELECT_BLOCK,
+        )  # fmt: skip
+        _radix_scan_kernel[(1,)](state, state[4:], k_max, SHIFT=shift, FIRST=first)
+    return state
 
 
 @op("segtriton::ohem_labels")
@@ -510,29 +583,21 @@ def _ohem_labels(
     max_nll: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """int32 labels of the pixels OHEM keeps (-1 elsewhere; -2 for a kept bad label) and
-    their device count: a radix select (``_ohem_kernels``) finds ``order_k``, the
+    their device count: a radix select (:func:`_radix_select`) finds ``order_k``, the
     ``min(min_kept, n_valid - 1)``-th largest ``nll``, then one pass keeps the valid pixels
     without ``nll <= min(order_k, max_nll)``. Ignored pixels hold nll 0, at or below every
     valid one, so they do not move ``order_k``. Five passes over fp32 ``nll`` (one with the
     labels), two over the labels; no sort, no host sync."""
-    N = nll.numel()
-    t, stb, sts = label_view(target)
-    S = t[0, 0].numel()
-    tiles, n_programs = tile_chunks(N, _SELECT_BLOCK, 1)
-    state = torch.zeros(4 + 4 * 256, dtype=torch.int64, device=nll.device)
-    v, ign = nll.reshape(-1), ignore_arg(ignore_index, True)[0]
-    flat = sts == 1 and (stb == S or t.shape[0] == 1)
-    for shift in (24, 16, 8, 0):
-        first = shift == 24
-        _radix_hist_kernel[(n_programs,)](
-            v, t, state, state[4:], N, S, stb, sts, ign, tiles,
-            SHIFT=shift, FIRST=first, FLAT=flat, BLOCK=_SELECT_BLOCK,
-        )  # fmt: skip
-        _radix_scan_kernel[(1,)](state, state[4:], min_kept, SHIFT=shift, FIRST=first)
+    v = nll.reshape(-1)
+    state = _radix_select(v, target, ignore_index, min_kept)
+    t, S, stb, sts, flat = _select_labels(target)
+    tiles, n_programs = tile_chunks(v.numel(), _SELECT_BLOCK, 1)
     out = torch.empty(nll.shape, dtype=torch.int32, device=nll.device)
+    ign = ignore_arg(ignore_index, True)[0]
     _ohem_keep_kernel[(n_programs,)](
-        v, t, state, out, N, S, stb, sts, C, ign, max_nll, tiles, FLAT=flat, BLOCK=_SELECT_BLOCK
-    )
+        v, t, state, out, v.numel(), S, stb, sts, C, ign, max_nll, tiles,
+        FLAT=flat, BLOCK=_SELECT_BLOCK,
+    )  # fmt: skip
     return out, state[3]
 
 
@@ -541,6 +606,27 @@ def _(nll, target, C, ignore_index, min_kept, max_nll):
     return torch.empty(nll.shape, dtype=torch.int32, device=nll.device), nll.new_empty(
         (), dtype=torch.int64
     )
+
+
+@op("segtriton::topk_share")
+def _topk_share(losses: torch.Tensor, n: int) -> torch.Tensor:
+    """Each pixel's fp32 share of the ``n`` largest ``losses`` (fp32, >= 0): 1 above the
+    n-th largest ``t``, an equal part of what is left to the values at ``t``, 0 below; a
+    NaN ranks above every finite value. A radix select over every value (:func:`_radix_select`),
+    then one pass: five passes over ``losses``."""
+    v = losses.reshape(-1)
+    state = _radix_select(v, None, -100, n - 1)
+    out = torch.empty_like(v)
+    tiles, n_programs = tile_chunks(v.numel(), _SELECT_BLOCK, 1)
+    _topk_share_kernel[(n_programs,)](
+        v, state, state[4:], out, v.numel(), tiles, BLOCK=_SELECT_BLOCK
+    )
+    return out.view(losses.shape)
+
+
+@_topk_share.register_fake
+def _(losses, n):
+    return torch.empty_like(losses)
 
 
 def softmax_focal_options(

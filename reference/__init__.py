@@ -55,6 +55,7 @@ from .modules import (
     OhemCrossEntropyLoss,
     SigmoidFocalLoss,
     SoftmaxFocalLoss,
+    TopKCrossEntropyLoss,
     TverskyLoss,
 )
 from .pixelwise import (
@@ -64,6 +65,7 @@ from .pixelwise import (
     ohem_cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
+    topk_cross_entropy,
 )
 from .region import (
     dice_loss,
@@ -103,6 +105,7 @@ __all__ = [
     "OhemCrossEntropyLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "TopKCrossEntropyLoss",
     "TverskyLoss",
     "average_surface_distance",
     "bce_dice_loss",
@@ -145,5 +148,6 @@ __all__ = [
     "specificity_per_class",
     "surface_dice",
     "surface_metrics",
+    "topk_cross_entropy",
     "tversky_loss",
 ]

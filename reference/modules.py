@@ -31,6 +31,7 @@ from .pixelwise import (
     ohem_cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
+    topk_cross_entropy,
 )
 from .region import (
     dice_loss,
@@ -84,6 +85,7 @@ def loss_module(
 CrossEntropyLoss = loss_module("CrossEntropyLoss", cross_entropy)
 CrossEntropyProbsLoss = loss_module("CrossEntropyProbsLoss", cross_entropy_probs)
 OhemCrossEntropyLoss = loss_module("OhemCrossEntropyLoss", ohem_cross_entropy)
+TopKCrossEntropyLoss = loss_module("TopKCrossEntropyLoss", topk_cross_entropy)
 BCEWithLogitsLoss = loss_module("BCEWithLogitsLoss", binary_cross_entropy_with_logits)
 SigmoidFocalLoss = loss_module("SigmoidFocalLoss", sigmoid_focal_loss)
 SoftmaxFocalLoss = loss_module("SoftmaxFocalLoss", softmax_focal_loss)

@@ -7,6 +7,7 @@ log space (``log_softmax``, ``logsigmoid``) so that confident predictions never 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -154,6 +155,61 @@ def ohem_cross_entropy(
     if reduction == "none":
         return loss
     return loss.sum() if reduction == "sum" else loss.sum() / kept.sum()
+
+
+def topk_count(N: int, k: object) -> int:
+    """How many of ``N`` pixels :func:`topk_cross_entropy` keeps: ``int(N * k / 100)`` (as
+    nnU-Net counts), at least 1. ``k`` is a percentage in (0, 100], else an error."""
+    k = check_number("k", k, 0.0, 100.0)
+    if not k > 0:
+        raise ValueError(f"k must be in (0, 100], got {k}")
+    return max(1, int(N * k / 100))
+
+
+def topk_share(losses: torch.Tensor, n: int) -> torch.Tensor:
+    """Each pixel's share of the ``n`` largest ``losses`` (no gradient): 1 above the n-th
+    largest value ``t``, ``(n - #above) / #tied`` for the values equal to ``t``, 0 below;
+    a NaN ranks with +inf, above every finite value."""
+    key = losses.detach().nan_to_num(nan=math.inf, posinf=math.inf)
+    t = key.flatten().topk(n).values[-1]
+    above, tied = key > t, key == t
+    left = (n - above.sum()).to(key.dtype)  # int / int would divide in float32
+    return above.to(key.dtype) + tied * (left / tied.sum())
+
+
+def topk_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    k: float = 10.0,
+    weight: torch.Tensor | Sequence[float] | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy over the ``k`` percent largest per-pixel losses, the semantics of
+    nnU-Net's ``TopKLoss`` (also SegLossOdyssey's).
+
+    ``l`` is :func:`cross_entropy` with ``reduction='none'`` (``weight`` and
+    ``label_smoothing`` as there; an ignored pixel's loss is 0). Over all N pixels of the
+    batch, ignored ones included, ``n = max(1, int(N * k / 100))`` pixels with the largest
+    ``l`` are kept, each with share ``s_i = 1``. Pixels tied at the n-th largest value
+    share what is left equally (:func:`topk_share`): the loss is the same whichever of
+    them a sort would keep, and the gradient is the mean over those choices (a
+    deterministic subgradient; nnU-Net's ``torch.topk`` keeps an arbitrary subset).
+    Where fewer than n valid pixels have a positive loss, ignored pixels fill the top n
+    with zeros. The selection carries no gradient.
+
+    reduction: 'mean': ``sum_i s_i l_i / n`` (the divisor is n, not the weights);
+    'sum': ``sum_i s_i l_i``; 'none': ``s * l`` with shape ``[B, *spatial]``.
+    """
+    check_labels(logits, target, ignore_index)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    n = topk_count(target.numel(), k)
+    losses = cross_entropy(logits, target, weight, ignore_index, "none", label_smoothing)
+    loss = losses * topk_share(losses, n)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / n
 
 
 def is_probs(logits: object, target: object) -> bool:

@@ -136,6 +136,14 @@ LOSSES: tuple[LossEntry, ...] = (
         traffic="pixel",
     ),
     LossEntry(
+        "topk_cross_entropy",
+        ref.topk_cross_entropy,
+        "labels",
+        ({}, {"k": 30.0, "label_smoothing": 0.1}, {"k": 100, "weight": [0.5, 1, 2]}, {"k": 1}),
+        kernel=ker.topk_cross_entropy,
+        traffic="pixel",
+    ),
+    LossEntry(
         "bce",
         ref.binary_cross_entropy_with_logits,
         "masks",

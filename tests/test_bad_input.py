@@ -384,3 +384,13 @@ def test_bad_min_kept_is_named(lib):
     for bad in (-1, 2.0, True, "5"):
         with pytest.raises((TypeError, ValueError), match="min_kept"):
             lib.ohem_cross_entropy(x, y, min_kept=bad)
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_bad_topk_percentage_is_named(lib):
+    x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    for bad in (0, -1.0, 100.5, float("nan"), True, "10", [10]):
+        with pytest.raises((TypeError, ValueError), match="k must"):
+            lib.topk_cross_entropy(x, y, k=bad)
+    with pytest.raises(ValueError, match="shape"):
+        lib.topk_cross_entropy(x, y[:, :3])

@@ -63,7 +63,9 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     t_all = torch.full_like(t, 255)
     xg = x.detach().requires_grad_(True)
     loss = entry.kernel(xg, t_all, **opts)
-    assert torch.isnan(loss)  # mean over no valid pixel: NaN, as F.cross_entropy
+    # NaN for a mean over no valid pixel (F.cross_entropy); top-k divides by its own count
+    want = entry.reference(x.detach().double(), t_all, **opts).item()
+    assert (loss.item() == want) if want == want else torch.isnan(loss)
     (grad,) = torch.autograd.grad(loss, xg)
     assert torch.equal(grad, torch.zeros_like(grad))
     loss = entry.kernel(xg, t_all, **{**opts, "reduction": "sum"})
@@ -176,6 +178,7 @@ def test_torch_compile_fullgraph(gen):
             0.5 * ker.cross_entropy(x, y, label_smoothing=0.1, weight=[0.5, 1, 2, 0, 1])
             + ker.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
             + ker.ohem_cross_entropy(x, y, thresh=0.8, min_kept=10)
+            + ker.topk_cross_entropy(x, y, k=20, label_smoothing=0.1)
         )
 
     loss = step(x, y)
@@ -184,6 +187,7 @@ def test_torch_compile_fullgraph(gen):
         0.5 * ref.cross_entropy(x, y, label_smoothing=0.1, weight=[0.5, 1, 2, 0, 1])
         + ref.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
         + ref.ohem_cross_entropy(x, y, thresh=0.8, min_kept=10)
+        + ref.topk_cross_entropy(x, y, k=20, label_smoothing=0.1)
     )
     (ref_grad,) = torch.autograd.grad(expected, x)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
@@ -238,6 +242,23 @@ def test_ohem_worked_example():
     want = -torch.tensor([0.6, 0.8, 0.3]).log().mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     assert torch.equal(grad[0, :, 0].cpu(), torch.zeros(2))  # p = 0.9 is not kept
+
+
+def test_topk_share_equals_the_reference(gen):
+    """The top-k shares from the radix select equal the reference's (a torch.topk) on fp32
+    losses with many ties (a coarse grid), zeros, NaN and huge values, for n from 1 to
+    N, and they add up to n."""
+    from segtriton.kernels.pixelwise import _topk_share
+
+    for trial in range(4):
+        losses = torch.randint(0, 9, (2, 5 + trial, 37), generator=gen).float() * 0.25
+        odd = torch.rand(losses.shape, generator=gen) < 0.05
+        losses[odd] = float("nan") if trial % 2 else 3e38
+        N = losses.numel()
+        for n in (1, 2, 7, N // 3, N - 1, N):
+            share = _topk_share(losses.to(DEVICE), n).cpu()
+            torch.testing.assert_close(share, ref.pixelwise.topk_share(losses, n))
+            assert share.sum().item() == pytest.approx(n, rel=1e-6), (trial, n)
 
 
 def test_ohem_radix_select_equals_a_sort(gen):

@@ -53,6 +53,7 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
         "spacing": lambda: r.choice([None, [round(r.uniform(0.5, 2.0), 2) for _ in range(nd)]]),
         "thresh": lambda: r.choice([0.0, 0.3, 0.7, 1.0]),
         "min_kept": lambda: r.choice([0, 1, 7, 100000]),
+        "k": lambda: r.choice([0.5, 10.0, 33.3, 100]),
     }
     if name.startswith("lambda_"):
         return r.choice([0.0, 0.3, 1.0, 2.0])

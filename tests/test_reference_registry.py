@@ -42,6 +42,7 @@ MODULES = {
     "boundary": ref.BoundaryLoss,
     "hausdorff_dt": ref.HausdorffDTLoss,
     "ohem_cross_entropy": ref.OhemCrossEntropyLoss,
+    "topk_cross_entropy": ref.TopKCrossEntropyLoss,
 }
 
 

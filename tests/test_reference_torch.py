@@ -107,3 +107,48 @@ def test_softmax_focal_with_gamma_zero_is_cross_entropy(gen):
     x = torch.randn(2, 5, 4, 4, generator=gen, dtype=D)
     y = torch.randint(0, 5, (2, 4, 4), generator=gen)
     torch.testing.assert_close(ref.softmax_focal_loss(x, y, gamma=0.0), F.cross_entropy(x, y))
+
+
+@pytest.mark.parametrize("k", [0.5, 10, 37.5, 100])
+@pytest.mark.parametrize("options", [{}, {"weight": [0.2, 1.0, 3.0], "label_smoothing": 0.2}])
+def test_topk_cross_entropy_is_the_mean_of_torch_topk(k, options, gen):
+    """nnU-Net's TopKLoss written with torch: the per-pixel F.cross_entropy (ignored pixels
+    0), torch.topk of int(N * k / 100) of them over the whole batch, their mean. Tie-free
+    float64 inputs, so the gradient is unique too."""
+    x = torch.randn(2, 3, 9, 11, generator=gen, dtype=D).requires_grad_(True)
+    y = torch.randint(0, 3, (2, 9, 11), generator=gen)
+    y[0, :4] = 255
+    w = torch.tensor(options["weight"], dtype=D) if "weight" in options else None
+    smoothing = options.get("label_smoothing", 0.0)
+    per_pixel = F.cross_entropy(
+        x, y, weight=w, ignore_index=255, reduction="none", label_smoothing=smoothing
+    )
+    want = per_pixel.flatten().topk(max(1, int(y.numel() * k / 100))).values.mean()
+    loss = ref.topk_cross_entropy(x, y, k=k, ignore_index=255, **options)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=0)
+    (grad,) = torch.autograd.grad(loss, x)
+    (want_grad,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_topk_cross_entropy_shares_ties_equally(gen):
+    """Every pixel alike: all N tie, each keeps the share n / N, so the loss and its
+    gradient are those of the plain mean whatever k is; k = 100 is the mean over all
+    pixels, ignored ones counted as 0."""
+    x = torch.randn(1, 4, 1, 1, generator=gen, dtype=D).expand(2, 4, 5, 7).clone()
+    x.requires_grad_(True)
+    y = torch.full((2, 5, 7), 2)
+    (want_grad,) = torch.autograd.grad(F.cross_entropy(x, y), x)
+    for k in (3, 10, 50):
+        loss = ref.topk_cross_entropy(x, y, k=k)
+        torch.testing.assert_close(loss, F.cross_entropy(x, y), rtol=1e-12, atol=0)
+        (grad,) = torch.autograd.grad(loss, x)
+        torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-17)
+    z = torch.randn(2, 4, 5, 7, generator=gen, dtype=D)
+    y[0, 0] = -100
+    torch.testing.assert_close(
+        ref.topk_cross_entropy(z, y, k=100),
+        F.cross_entropy(z, y, reduction="sum") / y.numel(),
+        rtol=1e-12,
+        atol=0,
+    )

@@ -1,13 +1,16 @@
-"""Triton kernels of OHEM's pixel selection (see ``pixelwise.ohem_cross_entropy``).
+"""Triton kernels that select pixels by their loss: OHEM's hard pixels and the top-k
+cross-entropy's largest losses (see ``pixelwise.ohem_cross_entropy`` and
+``pixelwise.topk_cross_entropy``).
 
-The threshold is the k-th largest per-pixel ``nll = -log p_y`` (0-based), found by a
+The threshold is the k-th largest per-pixel loss (0-based; fp32, >= 0), found by a
 radix select on order-preserving int32 keys: four passes over the keys, each a histogram
 of one 8-bit digit among the keys that share the digits found so far, each followed by a
 one-program scan that picks the digit holding the k-th key. Integer atomics only, so the
 result is exact and deterministic, and nothing is read on the host.
 
 ``state`` (int64): ``[prefix, k, n_valid, n_kept]``; ``hist``: four 256-bin int64
-histograms, one per pass; both start at zero.
+histograms, one per pass (``hist[0]`` is the last); both start at zero, except
+``n_valid``, which a caller without labels sets itself.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ def _labels_at(t_ptr, offs, m, S, stb, sts, FLAT: tl.constexpr):
 @triton.jit
 def _radix_hist_kernel(
     v_ptr, t_ptr, state_ptr, hist_ptr, N, S, stb, sts, ignore_index,
-    tiles, SHIFT: tl.constexpr, FIRST: tl.constexpr, FLAT: tl.constexpr, BLOCK: tl.constexpr,
+    tiles, SHIFT: tl.constexpr, FIRST: tl.constexpr, COUNT: tl.constexpr, FLAT: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Histogram (into ``hist[SHIFT // 8]``) of the digit ``(key >> SHIFT) & 255`` of the
-    keys whose digits above SHIFT equal the prefix found so far. ``FIRST`` (the top digit)
-    also counts the labels that are not ``ignore_index`` into ``state[2]``."""
+    keys whose digits above SHIFT equal the prefix found so far (all keys when ``FIRST``,
+    the top digit). ``COUNT`` also counts the labels that are not ``ignore_index`` into
+    ``state[2]``."""
     pid = tl.program_id(0).to(tl.int64)
     prefix = tl.load(state_ptr).to(tl.int32)
     counts = tl.zeros([512], dtype=tl.int32)
@@ -56,15 +61,15 @@ def _radix_hist_kernel(
         offs = (pid * tiles + i) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         m = offs < N
         key = _nll_key(tl.load(v_ptr + offs, mask=m, other=0.0))
-        if FIRST:
+        if COUNT:
             y = _labels_at(t_ptr, offs, m, S, stb, sts, FLAT)
             n_valid += (m & ~ignored(y, ignore_index)).to(tl.int64)
-        else:
+        if not FIRST:
             m = m & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
         counts += tl.histogram(tl.where(m, (key >> SHIFT) & 255, 256), 512)
     bins = tl.arange(0, 512)
     tl.atomic_add(hist_ptr + (SHIFT // 8) * 256 + bins, counts.to(tl.int64), mask=bins < 256)
-    if FIRST:
+    if COUNT:
         tl.atomic_add(state_ptr + 2, tl.sum(n_valid, axis=0))
 
 
@@ -109,3 +114,21 @@ def _ohem_keep_kernel(
         tl.store(out_ptr + offs, tl.where(kept, label, -1), mask=m)
         n_kept += kept.to(tl.int64)
     tl.atomic_add(state_ptr + 3, tl.sum(n_kept, axis=0))
+
+
+@triton.jit
+def _topk_share_kernel(v_ptr, state_ptr, hist_ptr, out_ptr, N, tiles, BLOCK: tl.constexpr):
+    """Each value's share of the n largest, after the select of the ``(n-1)``-th largest
+    key ``t``: 1 above ``t``, ``(k_left + 1) / tied`` at ``t``, 0 below. ``k_left`` is what
+    the scans left of ``n - 1`` after the keys above ``t``, so ``n - above = k_left + 1``;
+    ``tied`` is the last pass's count in ``t``'s bin."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(state_ptr).to(tl.int32)
+    tied = tl.load(hist_ptr + (t & 255)).to(tl.float32)
+    frac = (tl.load(state_ptr + 1) + 1).to(tl.float32) / tied
+    for i in range(tiles):
+        offs = (pid * tiles + i) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+        m = offs < N
+        key = _nll_key(tl.load(v_ptr + offs, mask=m, other=0.0))
+        share = tl.where(key > t, 1.0, tl.where(key == t, frac, 0.0))
+        tl.store(out_ptr + offs, share, mask=m)
