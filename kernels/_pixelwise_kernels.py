@@ -546,14 +546,15 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
 @triton.jit
 def _sigmoid_tile(
     b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
-    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha,
+    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha, smoothing,
     IS_FOCAL: tl.constexpr, LABELS: tl.constexpr, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
     HAS_ALPHA: tl.constexpr, HAS_IGNORE: tl.constexpr, WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr, PER_ELEMENT: tl.constexpr, MEAN: tl.constexpr,
     DEFER_MEAN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile summed over classes (per element with PER_ELEMENT, written
-    there instead); its gradient written with WRITE_GRAD."""
+    there instead); its gradient written with WRITE_GRAD. Targets are smoothed toward 1/2:
+    ``t + smoothing (1 - 2 t)`` (exactly ``t`` for smoothing 0)."""
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     acc = tl.zeros([BLOCK_P], tl.float32)
@@ -572,6 +573,7 @@ def _sigmoid_tile(
             t, valid, bad = _mask_tile(
                 t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
             )
+        t = t + smoothing * (1.0 - 2.0 * t)
         if HAS_PW:  # BCE's pos_weight, or the focal loss's per-class alpha
             pw = tl.load(pw_ptr + offs_c, mask=cmask, other=1.0).to(tl.float32)[:, None]
         elif HAS_ALPHA:  # the focal loss's scalar alpha
@@ -638,6 +640,7 @@ def _sigmoid_loss_kernel(
     ignore_index,
     gamma,
     alpha,
+    smoothing,
     IS_FOCAL: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_W: tl.constexpr,
@@ -667,8 +670,8 @@ def _sigmoid_loss_kernel(
         acc += _sigmoid_tile(
             b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha,
-            IS_FOCAL, LABELS, HAS_W, HAS_PW, HAS_ALPHA, HAS_IGNORE, WRITE_GRAD, WRITE_LOSS,
-            PER_ELEMENT, MEAN, DEFER_MEAN, BLOCK_C, BLOCK_P,
+            smoothing, IS_FOCAL, LABELS, HAS_W, HAS_PW, HAS_ALPHA, HAS_IGNORE, WRITE_GRAD,
+            WRITE_LOSS, PER_ELEMENT, MEAN, DEFER_MEAN, BLOCK_C, BLOCK_P,
         )  # fmt: skip
     if WRITE_LOSS and not PER_ELEMENT:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

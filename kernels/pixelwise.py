@@ -830,6 +830,7 @@ def _sigmoid_launch(
     ignore_index,
     gamma,
     alpha,
+    smoothing,
     focal,
     reduction,
     denom,
@@ -871,6 +872,7 @@ def _sigmoid_launch(
         ignore_arg(ignore_index, labels)[0],
         gamma,
         0.0 if alpha is None else alpha,
+        smoothing,
         IS_FOCAL=focal,
         LABELS=labels,
         HAS_W=weight is not None,
@@ -912,12 +914,14 @@ def _sigmoid_pixel_loss(
     ignore_index: float | None,
     gamma: float,
     alpha: float | None,
+    smoothing: float,
     focal: bool,
     reduction: str,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BCE (``focal`` False) or sigmoid focal loss and its fused gradient. ``pos_weight`` is
-    BCE's, or the focal loss's per-class alpha (``alpha``: its scalar alpha)."""
+    BCE's, or the focal loss's per-class alpha (``alpha``: its scalar alpha);
+    ``smoothing``: BCE's label smoothing (0 for the focal loss)."""
     denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _sigmoid_launch(
@@ -929,6 +933,7 @@ def _sigmoid_pixel_loss(
         ignore_index,
         gamma,
         alpha,
+        smoothing,
         focal,
         reduction,
         denom,
@@ -948,6 +953,7 @@ def _(
     ignore_index,
     gamma,
     alpha,
+    smoothing,
     focal,
     reduction,
     need_grad,
@@ -968,6 +974,7 @@ def _sigmoid_pixel_grad(
     ignore_index: float | None,
     gamma: float,
     alpha: float | None,
+    smoothing: float,
     focal: bool,
 ) -> torch.Tensor:
     grad = grad_like(logits)
@@ -981,6 +988,7 @@ def _sigmoid_pixel_grad(
         ignore_index,
         gamma,
         alpha,
+        smoothing,
         focal,
         "none",
         None,
@@ -991,11 +999,14 @@ def _sigmoid_pixel_grad(
 
 
 @_sigmoid_pixel_grad.register_fake
-def _(logits, target, grad_output, labels, weight, pos_weight, ignore_index, gamma, alpha, focal):
+def _(
+    logits, target, grad_output, labels, weight, pos_weight, ignore_index, gamma, alpha,
+    smoothing, focal,
+):  # fmt: skip
     return grad_like(logits)
 
 
-_register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 9)
+_register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 10)
 
 
 @kernel_api
@@ -1006,23 +1017,26 @@ def binary_cross_entropy_with_logits(
     pos_weight: torch.Tensor | Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton binary / multilabel BCE on logits; semantics of
     ``segtriton.reference.binary_cross_entropy_with_logits`` (per-class ``weight`` and
-    ``pos_weight``, 'mean' over valid elements). Targets: masks of the logits' shape (any
-    dtype, soft allowed; ``[B, *S]`` for C = 1). ``validate=True`` checks mask values on
-    the host; otherwise values outside [0, 1] make the loss NaN.
+    ``pos_weight``, 'mean' over valid elements, ``label_smoothing``). Targets: masks of
+    the logits' shape (any dtype, soft allowed; ``[B, *S]`` for C = 1). ``validate=True``
+    checks mask values on the host; otherwise values outside [0, 1] make the loss NaN.
     """
     target = checked_target(logits, target, False, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
+    label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     C = logits.shape[1]
     w = _class_vector("weight", weight, C, logits, validate)
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
     ign = ignore_value(ignore_index, target, False)
     loss, _, _ = _sigmoid_pixel_loss(
-        logits, target, False, w, pw, ign, 0.0, None, False, reduction, _need_grad(logits)
-    )
+        logits, target, False, w, pw, ign, 0.0, None, label_smoothing, False, reduction,
+        _need_grad(logits),
+    )  # fmt: skip
     return loss
 
 
@@ -1061,6 +1075,7 @@ def sigmoid_focal_loss(
         ign,
         float(gamma),
         None if alpha is None or vector else float(alpha),
+        0.0,
         True,
         reduction,
         _need_grad(logits),

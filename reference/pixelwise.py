@@ -261,18 +261,23 @@ def binary_cross_entropy_with_logits(
     pos_weight: torch.Tensor | Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Binary / multilabel BCE on logits, per element of ``[B, C, *spatial]``.
 
     ``l = -w_c * (pw_c * t * logsigmoid(x) + (1 - t) * logsigmoid(-x))`` with ``w = weight``
     and ``pw = pos_weight`` (per class, ones when None); ``t`` may be soft in [0, 1].
-    Elements whose target equals ``ignore_index`` give 0.
+    ``label_smoothing`` ``s`` in [0, 1] moves every target toward 1/2 first:
+    ``t <- t (1 - s) + (1 - t) s`` (smp's ``SoftBCEWithLogitsLoss(smooth_factor=s)``).
+    Elements whose target equals ``ignore_index`` (compared before smoothing) give 0.
 
     reduction: 'mean' divides the sum by the number of valid elements (as
     ``F.binary_cross_entropy_with_logits``: weights are multipliers, not part of the
     divisor; NaN when all are ignored); 'sum'; 'none' returns ``[B, C, *spatial]``.
     """
     t, valid = check_masks(logits, target, ignore_index)
+    s = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    t = t * (1 - s) + (1 - t) * s if s else t
     x = logits.to(t.dtype)
     C = x.shape[1]
     shape = (1, C, *([1] * (x.dim() - 2)))

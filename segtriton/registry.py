@@ -147,7 +147,11 @@ LOSSES: tuple[LossEntry, ...] = (
         "bce",
         ref.binary_cross_entropy_with_logits,
         "masks",
-        ({}, {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0]}),
+        (
+            {},
+            {"pos_weight": [2.0, 1.0, 0.5], "weight": [1.0, 0.5, 2.0]},
+            {"label_smoothing": 0.1, "pos_weight": [0.5, 1.0, 3.0]},
+        ),
         soft=True,
         kernel=ker.binary_cross_entropy_with_logits,
         traffic="pixel",

@@ -560,16 +560,24 @@ def test_smp_soft_cross_entropy_is_label_smoothing(smp, gen):
     _close(ref.cross_entropy(x, y, label_smoothing=0.1), theirs)
 
 
-def test_smp_soft_bce_is_bce_of_smoothed_targets(smp, gen):
-    """SoftBCEWithLogitsLoss(smooth_factor=s) trains on ``t (1 - 2s) + s``: our BCE takes
-    that soft target as it is; pos_weight is ours per class."""
+def test_smp_soft_bce_is_bce_with_label_smoothing(smp, gen):
+    """SoftBCEWithLogitsLoss(smooth_factor=s) is our label_smoothing=s, the same as BCE of
+    the soft target ``t (1 - 2s) + s``; pos_weight is ours per class. With ignored
+    elements smp's mean counts them too, so their 'sum's are compared."""
     x = torch.randn(2, 3, 5, 6, generator=gen, dtype=D)
     t = (torch.rand(x.shape, generator=gen) < 0.4).to(D)
     s, pw = 0.1, [2.0, 1.0, 0.5]
     theirs = smp.SoftBCEWithLogitsLoss(smooth_factor=s)(x, t)
+    _close(ref.binary_cross_entropy_with_logits(x, t, label_smoothing=s), theirs)
     _close(ref.binary_cross_entropy_with_logits(x, t * (1 - 2 * s) + s), theirs)
     theirs = smp.SoftBCEWithLogitsLoss(pos_weight=torch.tensor(pw, dtype=D).view(1, 3, 1, 1))(x, t)
     _close(ref.binary_cross_entropy_with_logits(x, t, pos_weight=pw), theirs)
+    t[torch.rand(x.shape, generator=gen) < 0.2] = 255
+    theirs = smp.SoftBCEWithLogitsLoss(smooth_factor=s, ignore_index=255, reduction="sum")(x, t)
+    ours = ref.binary_cross_entropy_with_logits(
+        x, t, ignore_index=255, reduction="sum", label_smoothing=s
+    )
+    _close(ours, theirs)
 
 
 # --- torchmetrics 1.9.0 ----------------------------------------------------------------
