@@ -86,6 +86,7 @@ from ._tiles import (
     tile_chunks,
     tile_pixels,
 )
+from .metrics import _confusion
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -500,6 +501,54 @@ def ohem_cross_entropy(
         _need_grad(logits), denom,
     )  # fmt: skip
     return loss
+
+
+@kernel_api
+def recall_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton recall cross-entropy; semantics of
+    ``segtriton.reference.recall_cross_entropy``.
+
+    The metrics' confusion kernel (arg-max fused, integer counts) gives each class's
+    valid pixels and hits on the device; their weights ``1 - recall`` and the valid count
+    go to the cross-entropy kernel as its class weights and 'mean' divisor, which writes
+    the gradient in its forward: two passes over the logits, no host sync. Returns
+    float32. ``validate`` as in :func:`cross_entropy`; without it a label outside
+    ``[0, C)`` makes the loss NaN.
+    """
+    checked_target(logits, target, True, ignore_index, validate)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    with torch.no_grad():
+        w, n_valid = _recall_weights(logits.detach(), target, int(ignore_index))
+    loss, _, _ = _softmax_pixel_loss(
+        logits, target, w, None, int(ignore_index), 0.0, 0.0, 1.0, False, reduction, True,
+        _need_grad(logits), n_valid if reduction == "mean" else None,
+    )  # fmt: skip
+    return loss
+
+
+@op("segtriton::recall_weights")
+def _recall_weights(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``w_c = 1 - recall_c`` (0 for a class without valid pixels) of the arg-max
+    prediction, and the valid-pixel count as fp32 ``[1]``, from the confusion kernel."""
+    cm, _ = _confusion(logits, target, logits.shape[1], ignore_index, False)
+    gt = cm.sum(1)
+    w = torch.where(gt > 0, (gt - cm.diagonal()) / gt.clamp_min(1), 0.0)
+    return w.float(), gt.sum().to(torch.float32).reshape(1)
+
+
+@_recall_weights.register_fake
+def _(logits, target, ignore_index):
+    return logits.new_empty(logits.shape[1], dtype=torch.float32), logits.new_empty(
+        1, dtype=torch.float32
+    )
 
 
 @kernel_api

@@ -29,6 +29,7 @@ from .pixelwise import (
     cross_entropy,
     cross_entropy_probs,
     ohem_cross_entropy,
+    recall_cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
     topk_cross_entropy,
@@ -86,6 +87,7 @@ CrossEntropyLoss = loss_module("CrossEntropyLoss", cross_entropy)
 CrossEntropyProbsLoss = loss_module("CrossEntropyProbsLoss", cross_entropy_probs)
 OhemCrossEntropyLoss = loss_module("OhemCrossEntropyLoss", ohem_cross_entropy)
 TopKCrossEntropyLoss = loss_module("TopKCrossEntropyLoss", topk_cross_entropy)
+RecallCrossEntropyLoss = loss_module("RecallCrossEntropyLoss", recall_cross_entropy)
 BCEWithLogitsLoss = loss_module("BCEWithLogitsLoss", binary_cross_entropy_with_logits)
 SigmoidFocalLoss = loss_module("SigmoidFocalLoss", sigmoid_focal_loss)
 SoftmaxFocalLoss = loss_module("SoftmaxFocalLoss", softmax_focal_loss)

@@ -157,6 +157,42 @@ def ohem_cross_entropy(
     return loss.sum() if reduction == "sum" else loss.sum() / kept.sum()
 
 
+def recall_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Recall loss (Tian et al., 2021): cross-entropy with each class weighted by how much of
+    it the batch's own predictions miss.
+
+    From the arg-max prediction ``q_i`` (the first largest logit) over the valid pixels
+    (label not ``ignore_index``) of the whole batch, per class c::
+
+        G_c = #{i : y_i = c},   F_c = #{i : y_i = c, q_i != c},   w_c = F_c / G_c
+
+    (``1 - recall_c``; 0 for a class no valid pixel has). The weights carry no gradient.
+    A valid pixel gives ``l_i = w_{y_i} * (-log p_{y_i})``, an ignored one 0.
+
+    reduction: 'mean': ``sum_i l_i / #valid`` (NaN when every pixel is ignored; the
+    authors' code divides by every pixel, ignored ones included); 'sum'; 'none': ``l``
+    with shape ``[B, *spatial]``.
+    """
+    valid = check_labels(logits, target, ignore_index)
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
+    labels = target.long().masked_fill(~valid, 0)
+    hit = valid & (logits.detach().argmax(1) == labels)
+    counts = torch.zeros(2, logits.shape[1], dtype=logp.dtype, device=logp.device)
+    counts[0].scatter_add_(0, labels.flatten(), valid.flatten().to(logp.dtype))
+    counts[1].scatter_add_(0, labels.flatten(), hit.flatten().to(logp.dtype))
+    gt, tp = counts
+    w = torch.where(gt > 0, (gt - tp) / gt.clamp_min(1), 0.0)
+    nll = -logp.gather(1, labels.unsqueeze(1)).squeeze(1)
+    loss = (w[labels] * nll).masked_fill(~valid, 0.0)
+    return reduce_pixels(loss, reduction, valid.sum().to(loss.dtype))
+
+
 def topk_count(N: int, k: object) -> int:
     """How many of ``N`` pixels :func:`topk_cross_entropy` keeps: ``int(N * k / 100)`` (as
     nnU-Net counts), at least 1. ``k`` is a percentage in (0, 100], else an error."""

@@ -136,6 +136,13 @@ LOSSES: tuple[LossEntry, ...] = (
         traffic="pixel",
     ),
     LossEntry(
+        "recall_cross_entropy",
+        ref.recall_cross_entropy,
+        "labels",
+        kernel=ker.recall_cross_entropy,
+        traffic="pixel",
+    ),
+    LossEntry(
         "topk_cross_entropy",
         ref.topk_cross_entropy,
         "labels",

@@ -116,7 +116,7 @@ def test_bad_numbers_are_named(entry, gen):
     eps, alpha, beta, gamma, term weights) raises an error naming the option, in the
     reference and the kernel alike, before anything is computed."""
     names = _number_options(entry)
-    assert names or entry.name.startswith(("lovasz", "boundary", "bce")), entry.name
+    assert names or entry.name.startswith(("lovasz", "boundary", "recall")), entry.name
     x, y = _inputs(entry, gen)
     x, y = x.to(DEVICE), y.to(DEVICE)
     for name in names:

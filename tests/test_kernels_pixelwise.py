@@ -179,6 +179,7 @@ def test_torch_compile_fullgraph(gen):
             + ker.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
             + ker.ohem_cross_entropy(x, y, thresh=0.8, min_kept=10)
             + ker.topk_cross_entropy(x, y, k=20, label_smoothing=0.1)
+            + ker.recall_cross_entropy(x, y)
         )
 
     loss = step(x, y)
@@ -188,6 +189,7 @@ def test_torch_compile_fullgraph(gen):
         + ref.sigmoid_focal_loss(x, y, mode="multiclass", reduction="none").mean()
         + ref.ohem_cross_entropy(x, y, thresh=0.8, min_kept=10)
         + ref.topk_cross_entropy(x, y, k=20, label_smoothing=0.1)
+        + ref.recall_cross_entropy(x, y)
     )
     (ref_grad,) = torch.autograd.grad(expected, x)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

@@ -43,6 +43,7 @@ MODULES = {
     "hausdorff_dt": ref.HausdorffDTLoss,
     "ohem_cross_entropy": ref.OhemCrossEntropyLoss,
     "topk_cross_entropy": ref.TopKCrossEntropyLoss,
+    "recall_cross_entropy": ref.RecallCrossEntropyLoss,
 }
 
 

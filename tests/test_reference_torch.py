@@ -152,3 +152,26 @@ def test_topk_cross_entropy_shares_ties_equally(gen):
         rtol=1e-12,
         atol=0,
     )
+
+
+@pytest.mark.parametrize("C", [1, 2, 5, 19])
+def test_recall_cross_entropy_weighs_classes_by_their_misses(C, gen):
+    """Per class, counted one by one: ``w_c = 1 - recall_c`` of the batch's arg-max
+    prediction over the valid pixels (0 for a class no valid pixel has), times each
+    valid pixel's F.cross_entropy, averaged over the valid pixels."""
+    x = torch.randn(2, C, 6, 7, generator=gen, dtype=D).requires_grad_(True)
+    y = torch.randint(0, C, (2, 6, 7), generator=gen)
+    y[1, :2] = 255
+    valid, pred = y != 255, x.detach().argmax(1)
+    w = torch.zeros(256, dtype=D)
+    for c in range(C):
+        n = int(((y == c) & valid).sum())
+        w[c] = int(((y == c) & valid & (pred != c)).sum()) / n if n else 0.0
+    per_pixel = F.cross_entropy(x, y, ignore_index=255, reduction="none") * w[y]
+    want = per_pixel.sum() / valid.sum()
+    loss = ref.recall_cross_entropy(x, y, ignore_index=255)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-15)
+    (grad,) = torch.autograd.grad(loss, x)
+    (want_grad,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-15)
+    assert loss.item() > 0 or C == 1

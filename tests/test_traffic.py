@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # a sort, a distance transform or a second pass over the logits beyond the model
-_BEYOND = ("lovasz", "boundary", "hausdorff", "ohem", "topk")
+_BEYOND = ("lovasz", "boundary", "hausdorff", "ohem", "topk", "recall")
 _MODELLED = [e for e in LOSSES if e.kernel and not e.name.startswith(_BEYOND)]
 
 
