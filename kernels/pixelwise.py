@@ -39,6 +39,7 @@ import torch
 
 from segtriton.reference import pixelwise as ref_pixelwise
 from segtriton.reference._common import (
+    RESERVED_IGNORE,
     check_choice,
     check_class_vector,
     check_constant,
@@ -89,6 +90,12 @@ from ._tiles import (
 from .metrics import _confusion
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def _label_ignore(ignore_index: int | None) -> int:
+    """``ignore_index`` of integer labels as the softmax kernels take it: None (nothing
+    ignored) becomes ``RESERVED_IGNORE``, which no label may equal."""
+    return RESERVED_IGNORE if ignore_index is None else int(ignore_index)
 
 
 def _class_vector(name: str, value, C: int, logits: torch.Tensor, validate: bool):
@@ -425,7 +432,7 @@ def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | Sequence[float] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     avg_non_ignore: bool = True,
@@ -450,7 +457,7 @@ def cross_entropy(
         target,
         w,
         None,
-        int(ignore_index),
+        _label_ignore(ignore_index),
         float(label_smoothing),
         0.0,
         1.0,
@@ -470,7 +477,7 @@ def ohem_cross_entropy(
     thresh: float = 0.7,
     min_kept: int = 100000,
     weight: torch.Tensor | Sequence[float] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     validate: bool = False,
 ) -> torch.Tensor:
@@ -492,7 +499,12 @@ def ohem_cross_entropy(
         nll = cross_entropy(logits.detach(), target, ignore_index=ignore_index, reduction="none")
         max_nll = -math.log(thresh) if thresh else math.inf
         labels, n_kept = _ohem_labels(
-            nll, target, logits.shape[1], int(ignore_index), min(min_kept, nll.numel()), max_nll
+            nll,
+            target,
+            logits.shape[1],
+            _label_ignore(ignore_index),
+            min(min_kept, nll.numel()),
+            max_nll,
         )
     # 'mean' divides by the kept count (not their weights; NaN, zero gradient, for none)
     denom = n_kept.to(torch.float32).reshape(1) if reduction == "mean" else None
@@ -507,7 +519,7 @@ def ohem_cross_entropy(
 def recall_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     validate: bool = False,
 ) -> torch.Tensor:
@@ -524,9 +536,9 @@ def recall_cross_entropy(
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
     with torch.no_grad():
-        w, n_valid = _recall_weights(logits.detach(), target, int(ignore_index))
+        w, n_valid = _recall_weights(logits.detach(), target, ignore_index)
     loss, _, _ = _softmax_pixel_loss(
-        logits, target, w, None, int(ignore_index), 0.0, 0.0, 1.0, False, reduction, True,
+        logits, target, w, None, _label_ignore(ignore_index), 0.0, 0.0, 1.0, False, reduction, True,
         _need_grad(logits), n_valid if reduction == "mean" else None,
     )  # fmt: skip
     return loss
@@ -534,7 +546,7 @@ def recall_cross_entropy(
 
 @op("segtriton::recall_weights")
 def _recall_weights(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 ``w_c = 1 - recall_c`` (0 for a class without valid pixels) of the arg-max
     prediction, and the valid-pixel count as fp32 ``[1]``, from the confusion kernel."""
@@ -557,7 +569,7 @@ def topk_cross_entropy(
     target: torch.Tensor,
     k: float = 10.0,
     weight: torch.Tensor | Sequence[float] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     validate: bool = False,
@@ -709,7 +721,7 @@ def softmax_focal_loss(
     target: torch.Tensor,
     alpha: float | torch.Tensor | Sequence[float] | None = None,
     gamma: float = 2.0,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     validate: bool = False,
 ) -> torch.Tensor:
@@ -726,7 +738,7 @@ def softmax_focal_loss(
         target,
         None,
         vec,
-        int(ignore_index),
+        _label_ignore(ignore_index),
         0.0,
         float(gamma),
         float(scalar),

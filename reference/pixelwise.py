@@ -47,7 +47,7 @@ def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | Sequence[float] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     avg_non_ignore: bool = True,
@@ -59,7 +59,7 @@ def cross_entropy(
         l_i = (1 - eps) * w_y * (-log p_y) + (eps / C) * sum_c w_c * (-log p_c)
 
     with ``eps = label_smoothing`` and ``w = weight`` (all ones when None). Pixels whose
-    label is ``ignore_index`` give 0.
+    label is ``ignore_index`` give 0 (None: no pixel is ignored; so in every loss here).
 
     reduction:
       - 'mean': ``sum_i l_i / sum_{i valid} w_{y_i}`` (exactly ``F.cross_entropy``; NaN
@@ -84,7 +84,9 @@ def cross_entropy(
     # 'mean' and 'sum' of the NLL term go through F.nll_loss so that float64 results are
     # bit-identical to F.cross_entropy (same summation order).
     inner = reduction if avg_non_ignore else "none"
-    nll = F.nll_loss(logp, labels, weight=w, ignore_index=ignore_index, reduction=inner)
+    # None ignores nothing: check_labels has refused any label -100 then
+    ignore = -100 if ignore_index is None else ignore_index
+    nll = F.nll_loss(logp, labels, weight=w, ignore_index=ignore, reduction=inner)
     if label_smoothing > 0:
         w_c = w.view(1, C, *([1] * (logp.dim() - 2))) if w is not None else 1.0
         smooth = -(logp * w_c).sum(1).masked_fill(~valid, 0.0)
@@ -115,7 +117,7 @@ def ohem_cross_entropy(
     thresh: float = 0.7,
     min_kept: int = 100000,
     weight: torch.Tensor | Sequence[float] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy over the hard pixels only (online hard example mining), the semantics
@@ -160,7 +162,7 @@ def ohem_cross_entropy(
 def recall_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Recall loss (Tian et al., 2021): cross-entropy with each class weighted by how much of
@@ -218,7 +220,7 @@ def topk_cross_entropy(
     target: torch.Tensor,
     k: float = 10.0,
     weight: torch.Tensor | Sequence[float] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -392,7 +394,7 @@ def softmax_focal_loss(
     target: torch.Tensor,
     alpha: float | torch.Tensor | Sequence[float] | None = None,
     gamma: float = 2.0,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Multiclass softmax focal loss on integer labels ``[B, *spatial]``.

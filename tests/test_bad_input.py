@@ -394,3 +394,29 @@ def test_bad_topk_percentage_is_named(lib):
             lib.topk_cross_entropy(x, y, k=bad)
     with pytest.raises(ValueError, match="shape"):
         lib.topk_cross_entropy(x, y[:, :3])
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cross_entropy",
+        "softmax_focal_loss",
+        "ohem_cross_entropy",
+        "topk_cross_entropy",
+        "recall_cross_entropy",
+    ],
+)
+def test_label_losses_take_ignore_index_none(lib, name, gen):
+    """ignore_index=None ignores nothing (smp's spelling), the same as an index no label
+    holds; a label -100 is then a bad label, not an ignored one."""
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
+    fn = getattr(lib, name)
+    assert torch.equal(fn(x, y, ignore_index=None), fn(x, y, ignore_index=255))
+    y[0, 0, 0] = -100
+    if lib is ref:
+        with pytest.raises(ValueError, match="label -100"):
+            fn(x, y, ignore_index=None)
+    else:
+        assert torch.isnan(fn(x, y, ignore_index=None))
