@@ -326,6 +326,9 @@ def _gdl_finalize_kernel(
                 cmask = offs_c < C
                 _, _, t, _ = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)
                 w = _gdl_weights(t, offs_c, cw_ptr, 0.0, C, WEIGHT_TYPE, False)
+                if HAS_W:  # a class weighted 0 takes no part, not even in the max
+                    cw = tl.load(cw_ptr + offs_c, mask=cmask, other=0.0)
+                    w = tl.where(cw != 0.0, w, 0.0)
                 wmax = tl.maximum(wmax, tl.max(w, axis=0))
         num = 0.0
         den = 0.0

@@ -302,9 +302,10 @@ def generalized_dice_from_stats(
         weight_type
     ]
     w = torch.where(present, w, torch.zeros_like(w))
-    if absent_weight == "max":
-        w = torch.where(present, w, w.amax(dim=1, keepdim=True))
     cw = check_class_vector("weight", weight, w.shape[-1], w, check_values)
+    if absent_weight == "max":  # over the classes that take part (class weight not 0)
+        taking_part = w if cw is None else torch.where(cw != 0, w, torch.zeros_like(w))
+        w = torch.where(present, w, taking_part.amax(dim=1, keepdim=True))
     if cw is not None:
         w = w * cw
     num = 2 * (w * inter).sum(1) + smooth_nr
@@ -468,7 +469,9 @@ def generalized_dice_loss(
     The class weights come from the target only (no gradient through them).
 
     absent_weight: what ``w_c`` is for a class with T_c = 0 in the unit, where
-      ``1/T_c`` is infinite: 'max' uses the largest finite weight of that unit (MONAI),
+      ``1/T_c`` is infinite: 'max' uses the largest finite weight of that unit among the
+      classes whose ``weight`` is not 0 (MONAI; so ``weight=[0, 1, ...]`` is MONAI's
+      ``include_background=False``),
       'zero' drops the class. A unit with no present class then has loss
       ``1 - smooth_nr / max(smooth_dr, eps)``.
     scope: 'batch' (one unit: the batch) or 'image' (one unit per image).

@@ -149,11 +149,18 @@ def test_focal_tversky_index_above_one(seed, gen):
 
 
 def test_generalized_dice_absent_weights(seed, gen):
+    """Classes 3..18 absent; class 0 rare (the heaviest weight), so leaving it out with a
+    class weight of 0 changes the weight the absent classes get under 'max'."""
     entry = get("generalized_dice")
     x = torch.randn(3, 19, 5, 6, generator=gen).to(DEVICE)
-    t = torch.randint(0, 3, (3, 5, 6), generator=gen).to(DEVICE)
-    for absent_weight, scope in itertools.product(["max", "zero"], ["batch", "image"]):
-        opts = {"absent_weight": absent_weight, "scope": scope}
+    t = torch.randint(1, 3, (3, 5, 6), generator=gen)
+    t[:, 0, :2] = 0
+    t = t.to(DEVICE)
+    no_background = [0.0] + [1.0] * 18
+    for absent_weight, scope, weight in itertools.product(
+        ["max", "zero"], ["batch", "image"], [None, no_background]
+    ):
+        opts = {"absent_weight": absent_weight, "scope": scope, "weight": weight}
         assert_matches(entry, x, t, opts, torch.float32, seed)
 
 

@@ -161,6 +161,28 @@ def test_monai_generalized_dice(monai, batch, gen):
     _close(ours, theirs)
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_monai_without_background_is_a_zero_class_weight(monai, batch, gen):
+    """include_background=False drops channel 0 after the softmax: our ``weight`` 0 for
+    class 0 does the same for Dice, Tversky and generalized Dice (whose absent-class
+    weight is then the heaviest among the classes that take part, as MONAI's is)."""
+    x, y = _inputs(gen, C=5, spatial=(4, 4))
+    y[0] = y[0].clamp_max(2)  # classes 3 and 4 absent from image 0
+    w = [0.0, 1.0, 1.0, 1.0, 1.0]
+    common = {"softmax": True, "to_onehot_y": True, "include_background": False, "batch": batch}
+    ours_common = {
+        "scope": "batch" if batch else "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, "weight": w
+    }  # fmt: skip
+    tversky = {"alpha": 0.3, "beta": 0.7}
+    cases = [
+        (monai.DiceLoss(**common), ref.dice_loss, {}),
+        (monai.TverskyLoss(**tversky, **common), ref.tversky_loss, tversky),
+        (monai.GeneralizedDiceLoss(**common), ref.generalized_dice_loss, {}),
+    ]
+    for theirs, ours, options in cases:
+        _close(ours(x, y, **ours_common, **options), theirs(x, y.unsqueeze(1)))
+
+
 @pytest.mark.parametrize("alpha", [None, 0.25])
 def test_monai_sigmoid_focal_one_vs_rest(monai, alpha, gen):
     x, y = _inputs(gen)
