@@ -19,6 +19,7 @@ from .compound import (
     combo_loss,
     focal_dice_loss,
     generalized_dice_focal_loss,
+    topk_dice_loss,
 )
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
@@ -87,6 +88,7 @@ __all__ = [
     "surface_dice",
     "surface_metrics",
     "topk_cross_entropy",
+    "topk_dice_loss",
     "tversky_loss",
 ]
 

@@ -359,11 +359,11 @@ def _tile_grad(z, p, dp, valid, mean_dp, LABELS: tl.constexpr):
 
 @triton.jit
 def _region_grad_tile(
-    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, g_ptr, w_ptr, w2_ptr, C, S,
-    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr, C,
+    S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
     LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr,
     SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    SHARE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """Writes ``dL/dz`` of one pixel tile (see :func:`_region_grad_kernel`)."""
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -384,9 +384,12 @@ def _region_grad_tile(
             mean_dp = tl.sum(p * dp, axis=0)
         dz = _tile_grad(z, p, dp, valid, mean_dp, LABELS)
         if PIXEL != 0:
+            kpix = tl.load(kpix_ptr + b)
+            if SHARE:  # top-k: each pixel's share of the pixel term
+                kpix = kpix * tl.load(share_ptr + b * S + offs_p, mask=pmask, other=0.0)
             loss, den, dx = _pixel_term(
                 x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                smoothing, gamma, scale, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL, HAS_W,
+                smoothing, gamma, scale, kpix, PIXEL, IS_FOCAL, HAS_W,
             )  # fmt: skip
             dz += dx
         cmask = offs_c0 < C
@@ -432,6 +435,7 @@ def _region_grad_kernel(
     t_ptr,
     coef_ptr,
     kpix_ptr,
+    share_ptr,
     g_ptr,
     w_ptr,
     w2_ptr,
@@ -459,6 +463,7 @@ def _region_grad_kernel(
     PIXEL: tl.constexpr,
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
+    SHARE: tl.constexpr,
     TILES: tl.constexpr,
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -466,12 +471,14 @@ def _region_grad_kernel(
 ):
     """``dL/dz`` of TILES pixel tiles per program (prefetched STAGES - 1 ahead) from
     ``coef[b, 0, c] = dL/dI + dL/dP``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``,
-    the weight of the pixel term's gradient."""
+    the weight of the pixel term's gradient; with SHARE (softmax pixel term, one class
+    tile) each pixel's weight is also times ``share[b, s]`` (fp32, contiguous)."""
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
         _region_grad_tile(
-            b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, g_ptr, w_ptr, w2_ptr, C, S,
-            sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-            LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, BLOCK_C, BLOCK_P,
+            b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
+            C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
+            scale, LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, SHARE, BLOCK_C,
+            BLOCK_P,
         )  # fmt: skip

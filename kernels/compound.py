@@ -21,15 +21,18 @@ import torch.distributed as dist
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import check_choice, check_logits, check_number
 from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
+from segtriton.reference.pixelwise import topk_count
 
 from ._runtime import kernel_api
 from ._tiles import MAX_SINGLE_C
 from .pixelwise import (
     _class_vector,
+    _topk_share,
     cross_entropy,
     sigmoid_focal_options,
     softmax_focal_loss,
     softmax_focal_options,
+    topk_cross_entropy,
 )
 from .region import (
     _GDL_WEIGHTS,
@@ -38,6 +41,9 @@ from .region import (
     PIXEL_SOFTMAX,
     Finalize,
     _region_sums,
+    _topk_region_loss,
+    dice_loss,
+    fused_args,
     fused_loss,
     generalized_dice_loss,
 )
@@ -117,6 +123,69 @@ def ce_dice_loss(
     ce = cross_entropy(logits, target, w, ignore, reduction, label_smoothing, validate=validate)
     dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
     return lambda_ce * ce + lambda_dice * dice
+
+
+@kernel_api
+def topk_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    k: float = 10.0,
+    lambda_ce: float = 1.0,
+    lambda_dice: float = 1.0,
+    weight: Weights = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton top-k CE + Dice; semantics of ``segtriton.reference.topk_dice_loss``.
+
+    The cross-entropy kernel's 'none' pass gives the per-pixel losses and the radix
+    select their shares (as in :func:`topk_cross_entropy`); then the Dice passes run, and
+    pass 2 adds each pixel's share of the cross-entropy gradient: three passes over the
+    logits (Dice alone takes two, the two losses apart four) and one gradient write.
+    Above ``MAX_SINGLE_C`` classes the two losses run apart, added.
+    """
+    _scalar_reduction(reduction)
+    check_logits(logits)
+    lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
+    C = logits.shape[1]
+    label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    w = _class_vector("weight", weight, C, logits, validate)
+    if C > MAX_SINGLE_C:
+        ce = topk_cross_entropy(
+            logits, target, k, w, ignore_index, label_smoothing, reduction, validate=validate
+        )
+        dice = dice_loss(
+            logits, target, "multiclass", smooth_nr, smooth_dr, eps, squared, scope=scope,
+            absent=absent, ignore_index=ignore_index, weight=w, reduction=reduction,
+            validate=validate,
+        )  # fmt: skip
+        return lambda_ce * ce + lambda_dice * dice
+    fin = Finalize(
+        DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=w, reduction=reduction,
+        lam_reg=lambda_dice,
+    )  # fmt: skip
+    target, args = fused_args(
+        logits, target, "multiclass", ignore_index, scope, squared, validate, fin
+    )
+    n = topk_count(target.numel(), k)
+    with torch.no_grad():
+        losses = cross_entropy(logits.detach(), target, w, ignore_index, "none", label_smoothing)
+        share = _topk_share(losses, n)
+        pix_k = lambda_ce / n if reduction == "mean" else lambda_ce
+        pix_total = torch.dot(losses.reshape(-1), share.reshape(-1)) * pix_k
+    labels, ignore, squared = args[:3]
+    return _topk_region_loss(
+        logits, target, share, pix_total, pix_k, w, float(label_smoothing), labels, ignore,
+        squared, *args[10:],
+    )[0]  # fmt: skip
 
 
 @kernel_api

@@ -167,9 +167,11 @@ def _region_grad(
     gamma: float,
     scale: float,
     focal: bool,
+    share: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
-    ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum)."""
+    ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum), times each pixel's ``share``
+    (fp32 ``[B, *S]``; the softmax pixel term only) when given."""
     x, t, strides = loss_views(logits, target, labels)
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
@@ -184,6 +186,7 @@ def _region_grad(
         t,
         coef,
         kpix,
+        kpix if share is None else share,
         g,
         w,
         w2,
@@ -200,6 +203,7 @@ def _region_grad(
         gamma,
         scale,
         **_flags(labels, has_ignore, squared, single, pixel, focal, w),
+        SHARE=share is not None,
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
         BLOCK_C=block_c,
@@ -385,6 +389,63 @@ def _loss_backward(ctx, grad_loss, _grad_out):
 _region_loss.register_autograd(_loss_backward, _loss_setup)
 
 
+@op("segtriton::topk_region_loss")
+def _topk_region_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    share: torch.Tensor,
+    pix_total: torch.Tensor,
+    pix_k: float,
+    w: torch.Tensor | None,
+    smoothing: float,
+    labels: bool,
+    ignore_index: float | None,
+    squared: bool,
+    cw: torch.Tensor | None,
+    gvec: torch.Tensor | None,
+    floats: list[float],
+    flags: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A region loss (arguments as for :func:`_region_loss`, without a pixel term) plus a
+    top-k cross-entropy whose value ``pix_total`` (its weight included) and per-pixel
+    ``share`` were found beforehand. Pass 2 adds ``pix_k`` times each pixel's share of
+    the cross-entropy gradient (class weights ``w``, label ``smoothing``), so the region
+    loss's two passes carry both terms."""
+    loss, out = _loss_and_coefs(
+        logits, target, labels, ignore_index, squared, 0, None, None, 0.0, 0.0, 1.0, False,
+        cw, gvec, floats, flags,
+    )  # fmt: skip
+    return loss + pix_total, out
+
+
+@_topk_region_loss.register_fake
+def _(logits, target, share, pix_total, *params):
+    B, C = logits.shape[:2]
+    return pix_total.new_empty(()), logits.new_empty((B * 2 * C + B,), dtype=torch.float32)
+
+
+def _topk_setup(ctx, inputs, output):
+    logits, target, share, _, pix_k, w, smoothing, labels, ignore, squared = inputs[:10]
+    ctx.params = (labels, ignore, squared, PIXEL_SOFTMAX, w, None, smoothing, 0.0, 1.0, False)
+    ctx.pix_k, ctx.n_inputs = pix_k, len(inputs)
+    ctx.save_for_backward(logits, target, share, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _topk_backward(ctx, grad_loss, _grad_out):
+    logits, target, share, out = ctx.saved_tensors
+    B, C = logits.shape[:2]
+    g = grad_loss.to(torch.float32)
+    coef = (out[: B * 2 * C] * g).view(B, 2, C)
+    kpix = (g * ctx.pix_k).expand(B).contiguous()
+    grad = _region_grad(logits, target, coef, kpix, *ctx.params, share)
+    return (grad,) + (None,) * (ctx.n_inputs - 1)
+
+
+_topk_region_loss.register_autograd(_topk_backward, _topk_setup)
+
+
 class _GlobalRegionLoss(torch.autograd.Function):
     """:func:`_loss_and_coefs` with the sums all-reduced over a process group (eager: a
     collective inside a custom op would hide it from torch.compile anyway)."""
@@ -439,6 +500,38 @@ def fused_loss(
     """A region (or compound) loss as pass 1 plus the Triton finalize (one launch), with
     pass 2 as its backward. The pixel-term arguments are those of :func:`_region_sums`;
     ``process_group`` (batch scope) all-reduces the sums before the finalize."""
+    target, args = fused_args(
+        logits, target, mode, ignore_index, scope, squared, validate, fin, pixel, w, w2,
+        smoothing, gamma, scale, focal,
+    )  # fmt: skip
+    if process_group is None:
+        loss = _region_loss(logits, target, *args)[0]
+    elif scope != "batch":
+        raise ValueError("process_group needs scope='batch' (the sums run over the batch)")
+    else:
+        loss = _global_region_loss(logits, target, process_group, *args)
+    per_class_batch = fin.reduction == "none" and scope == "batch" and not fin.gdl
+    return loss[0] if per_class_batch else loss  # the reference's [C] for one unit
+
+
+def fused_args(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    ignore_index: float | None,
+    scope: str,
+    squared: bool,
+    validate: bool,
+    fin: Finalize,
+    pixel: int = 0,
+    w: torch.Tensor | None = None,
+    w2: torch.Tensor | None = None,
+    smoothing: float = 0.0,
+    gamma: float = 0.0,
+    scale: float = 1.0,
+    focal: bool = False,
+) -> tuple[torch.Tensor, tuple]:
+    """The checked target and the arguments of :func:`_region_loss` after it."""
     target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     check_choice("absent", fin.absent, tuple(_ABSENT))
     smoothing_terms = ref_region.check_smoothing(fin.smooth_nr, fin.smooth_dr, fin.eps)
@@ -458,14 +551,7 @@ def fused_loss(
         labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal,
         fin.weight, gvec, floats, [int(f) for f in flags],
     )  # fmt: skip
-    if process_group is None:
-        loss = _region_loss(logits, target, *args)[0]
-    elif scope != "batch":
-        raise ValueError("process_group needs scope='batch' (the sums run over the batch)")
-    else:
-        loss = _global_region_loss(logits, target, process_group, *args)
-    per_class_batch = none and scope == "batch" and not fin.gdl
-    return loss[0] if per_class_batch else loss  # the reference's [C] for one unit
+    return target, args
 
 
 def _region_sums(

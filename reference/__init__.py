@@ -12,6 +12,7 @@ from .compound import (
     combo_loss,
     focal_dice_loss,
     generalized_dice_focal_loss,
+    topk_dice_loss,
 )
 from .lovasz import (
     lovasz_grad,
@@ -57,6 +58,7 @@ from .modules import (
     SigmoidFocalLoss,
     SoftmaxFocalLoss,
     TopKCrossEntropyLoss,
+    TopKDiceLoss,
     TverskyLoss,
 )
 from .pixelwise import (
@@ -109,6 +111,7 @@ __all__ = [
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
     "TopKCrossEntropyLoss",
+    "TopKDiceLoss",
     "TverskyLoss",
     "average_surface_distance",
     "bce_dice_loss",
@@ -153,5 +156,6 @@ __all__ = [
     "surface_dice",
     "surface_metrics",
     "topk_cross_entropy",
+    "topk_dice_loss",
     "tversky_loss",
 ]

@@ -34,6 +34,7 @@ from .pixelwise import (
     cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
+    topk_cross_entropy,
 )
 from .region import dice_loss, generalized_dice_loss, global_sums
 
@@ -143,6 +144,54 @@ def ce_dice_loss(
         weight=weight,
         reduction=reduction,
         process_group=process_group,
+    )
+    return lambda_ce * ce + lambda_dice * dice
+
+
+@checks_flags
+def topk_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    k: float = 10.0,
+    lambda_ce: float = 1.0,
+    lambda_dice: float = 1.0,
+    weight: Weights = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    scope: str = "batch",
+    absent: str = "include",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``lambda_ce * topk_cross_entropy + lambda_dice * dice_loss`` (multiclass, softmax),
+    the shape of nnU-Net's ``DC_and_topk_loss``.
+
+    The top-k term is :func:`topk_cross_entropy` (the ``k`` percent largest per-pixel
+    cross-entropies of the batch; weights, label smoothing); the Dice term is
+    :func:`dice_loss` with ``mode='multiclass'`` and the Dice options given here. nnU-Net
+    adds ``-Dice`` where this adds ``1 - Dice`` (the same gradient), and leaves the
+    background out of its Dice term only, where ``weight`` here applies to both terms.
+    No ``process_group``: each process picks its own top-k pixels, as nnU-Net's do.
+    """
+    _scalar_reduction(reduction)
+    lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
+    ce = topk_cross_entropy(logits, target, k, weight, ignore_index, label_smoothing, reduction)
+    dice = dice_loss(
+        logits,
+        target,
+        "multiclass",
+        smooth_nr,
+        smooth_dr,
+        eps,
+        squared,
+        scope=scope,
+        absent=absent,
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
     )
     return lambda_ce * ce + lambda_dice * dice
 

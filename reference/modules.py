@@ -22,6 +22,7 @@ from .compound import (
     combo_loss,
     focal_dice_loss,
     generalized_dice_focal_loss,
+    topk_dice_loss,
 )
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .pixelwise import (
@@ -102,6 +103,7 @@ BCEDiceLoss = loss_module("BCEDiceLoss", bce_dice_loss)
 FocalDiceLoss = loss_module("FocalDiceLoss", focal_dice_loss)
 GeneralizedDiceFocalLoss = loss_module("GeneralizedDiceFocalLoss", generalized_dice_focal_loss)
 ComboLoss = loss_module("ComboLoss", combo_loss)
+TopKDiceLoss = loss_module("TopKDiceLoss", topk_dice_loss)
 LovaszHingeLoss = loss_module("LovaszHingeLoss", lovasz_hinge_loss)
 LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)
 BoundaryLoss = loss_module("BoundaryLoss", boundary_loss)

@@ -245,6 +245,18 @@ LOSSES: tuple[LossEntry, ...] = (
         reductions=_SCALAR,
     ),
     LossEntry(
+        "topk_dice",
+        ref.topk_dice_loss,
+        "labels",
+        (
+            {},
+            {"k": 50.0, "lambda_ce": 0.5, "scope": "image", "label_smoothing": 0.1},
+            {"k": 5.0, "weight": [0.0, 1.0, 2.0], "smooth_nr": 1e-5, "smooth_dr": 1e-5},
+        ),
+        kernel=ker.topk_dice_loss,
+        reductions=_SCALAR,
+    ),
+    LossEntry(
         "bce_dice",
         ref.bce_dice_loss,
         "masks",

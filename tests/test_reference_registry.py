@@ -44,6 +44,7 @@ MODULES = {
     "ohem_cross_entropy": ref.OhemCrossEntropyLoss,
     "topk_cross_entropy": ref.TopKCrossEntropyLoss,
     "recall_cross_entropy": ref.RecallCrossEntropyLoss,
+    "topk_dice": ref.TopKDiceLoss,
 }
 
 
