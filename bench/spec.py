@@ -170,7 +170,7 @@ PRESETS: dict[str, dict] = {
         "ignore_frac": 0.0,
     },
     "brats3d": {
-        "losses": ["bce", "dice", "generalized_dice", "tversky", "topk_cross_entropy"],
+        "losses": ["bce", "dice", "generalized_dice", "tversky", "topk_cross_entropy", "topk_dice"],
         "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],
         "dtypes": ["bf16", "fp32"],
     },
