@@ -82,6 +82,15 @@ def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
     return wp, wn
 
 
+def _dice_weight(w, C, include_background, logits):
+    """The Dice term's class weights (``reference.compound.dice_class_weight``): ``w``,
+    times 0 for class 0 without the background (a cached device constant)."""
+    if include_background or C == 1:
+        return w
+    keep = _class_vector("weight", [0.0] + [1.0] * (C - 1), C, logits, False)
+    return keep if w is None else w * keep
+
+
 @kernel_api
 def ce_dice_loss(
     logits: torch.Tensor,
@@ -97,6 +106,7 @@ def ce_dice_loss(
     squared: bool = False,
     scope: str = "batch",
     absent: str = "include",
+    include_background: bool = True,
     reduction: str = "mean",
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
@@ -108,8 +118,11 @@ def ce_dice_loss(
     C = logits.shape[1]
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
+    dice_w = _dice_weight(w, C, include_background, logits)
     if C <= MAX_SINGLE_C:
-        fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_ce)
+        fin = _dice_plus(
+            smooth_nr, smooth_dr, eps, absent, dice_w, reduction, lambda_dice, lambda_ce
+        )
         return fused_loss(
             logits, target, "multiclass", ignore_index, scope, squared, validate, fin,
             pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
@@ -121,7 +134,7 @@ def ce_dice_loss(
     )
     ignore = -100 if ignore_index is None else ignore_index
     ce = cross_entropy(logits, target, w, ignore, reduction, label_smoothing, validate=validate)
-    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
+    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, dice_w, reduction, validate)
     return lambda_ce * ce + lambda_dice * dice
 
 
@@ -141,6 +154,7 @@ def topk_dice_loss(
     squared: bool = False,
     scope: str = "batch",
     absent: str = "include",
+    include_background: bool = True,
     reduction: str = "mean",
     validate: bool = False,
 ) -> torch.Tensor:
@@ -158,18 +172,19 @@ def topk_dice_loss(
     C = logits.shape[1]
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
+    dice_w = _dice_weight(w, C, include_background, logits)
     if C > MAX_SINGLE_C:
         ce = topk_cross_entropy(
             logits, target, k, w, ignore_index, label_smoothing, reduction, validate=validate
         )
         dice = dice_loss(
             logits, target, "multiclass", smooth_nr, smooth_dr, eps, squared, scope=scope,
-            absent=absent, ignore_index=ignore_index, weight=w, reduction=reduction,
+            absent=absent, ignore_index=ignore_index, weight=dice_w, reduction=reduction,
             validate=validate,
         )  # fmt: skip
         return lambda_ce * ce + lambda_dice * dice
     fin = Finalize(
-        DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=w, reduction=reduction,
+        DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=dice_w, reduction=reduction,
         lam_reg=lambda_dice,
     )  # fmt: skip
     target, args = fused_args(

@@ -21,8 +21,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ._common import (
+    acc_dtype,
     check_choice,
     check_class_vector,
+    check_logits,
     check_masks,
     check_number,
     checks_flags,
@@ -49,6 +51,26 @@ def term_weights(**weights: object) -> tuple[float, ...]:
     """The compound loss's term weights (``lambda_ce=...``) as floats, each finite and
     >= 0 (or an error naming the bad one)."""
     return tuple(check_number(name, value) for name, value in weights.items())
+
+
+def _like(logits: object) -> torch.Tensor:
+    """An empty tensor of the dtype and device the class weights take for ``logits``."""
+    check_logits(logits)
+    return logits.new_empty(0, dtype=acc_dtype(logits))
+
+
+def dice_class_weight(
+    weight: Weights, C: int, include_background: bool, like: torch.Tensor
+) -> Weights:
+    """The Dice term's class weights: ``weight``, times 0 for class 0 when
+    ``include_background`` is False and C > 1 (as MONAI, which ignores the flag for one
+    channel). Checked first (:func:`check_class_vector`), in ``like``'s dtype and device."""
+    w = check_class_vector("weight", weight, C, like)
+    if include_background or C == 1:
+        return w if w is not None else weight
+    keep = torch.ones(C, dtype=like.dtype, device=like.device)
+    keep[0] = 0.0
+    return keep if w is None else w * keep
 
 
 def combo_options(alpha: object, beta: object, smooth: object) -> tuple[float, float, float]:
@@ -108,6 +130,7 @@ def ce_dice_loss(
     squared: bool = False,
     scope: str = "batch",
     absent: str = "include",
+    include_background: bool = True,
     reduction: str = "mean",
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -116,9 +139,12 @@ def ce_dice_loss(
     The CE term is :func:`cross_entropy` (weighted mean over valid pixels, label smoothing);
     the Dice term is :func:`dice_loss` with ``mode='multiclass'`` and the Dice options
     given here (see there for smooth_nr, smooth_dr, eps, squared, scope, absent).
+    ``include_background=False`` leaves class 0 out of the Dice term only, as MONAI's
+    ``DiceCELoss`` and nnU-Net's ``do_bg=False`` do (ignored for one class).
     """
     _scalar_reduction(reduction)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
+    dice_w = dice_class_weight(weight, logits.shape[1], include_background, _like(logits))
     ce = cross_entropy(
         logits,
         target,
@@ -141,7 +167,7 @@ def ce_dice_loss(
         scope=scope,
         absent=absent,
         ignore_index=ignore_index,
-        weight=weight,
+        weight=dice_w,
         reduction=reduction,
         process_group=process_group,
     )
@@ -164,6 +190,7 @@ def topk_dice_loss(
     squared: bool = False,
     scope: str = "batch",
     absent: str = "include",
+    include_background: bool = True,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """``lambda_ce * topk_cross_entropy + lambda_dice * dice_loss`` (multiclass, softmax),
@@ -171,13 +198,15 @@ def topk_dice_loss(
 
     The top-k term is :func:`topk_cross_entropy` (the ``k`` percent largest per-pixel
     cross-entropies of the batch; weights, label smoothing); the Dice term is
-    :func:`dice_loss` with ``mode='multiclass'`` and the Dice options given here. nnU-Net
-    adds ``-Dice`` where this adds ``1 - Dice`` (the same gradient), and leaves the
-    background out of its Dice term only, where ``weight`` here applies to both terms.
-    No ``process_group``: each process picks its own top-k pixels, as nnU-Net's do.
+    :func:`dice_loss` with ``mode='multiclass'`` and the Dice options given here;
+    ``include_background`` as for :func:`ce_dice_loss`. nnU-Net adds ``-Dice`` where this
+    adds ``1 - Dice`` (the same gradient) and by default leaves the background out of its
+    Dice term (``include_background=False`` here). No ``process_group``: each process
+    picks its own top-k pixels, as nnU-Net's do.
     """
     _scalar_reduction(reduction)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
+    dice_w = dice_class_weight(weight, logits.shape[1], include_background, _like(logits))
     ce = topk_cross_entropy(logits, target, k, weight, ignore_index, label_smoothing, reduction)
     dice = dice_loss(
         logits,
@@ -190,7 +219,7 @@ def topk_dice_loss(
         scope=scope,
         absent=absent,
         ignore_index=ignore_index,
-        weight=weight,
+        weight=dice_w,
         reduction=reduction,
     )
     return lambda_ce * ce + lambda_dice * dice

@@ -240,7 +240,16 @@ LOSSES: tuple[LossEntry, ...] = (
         "ce_dice",
         ref.ce_dice_loss,
         "labels",
-        ({}, {"lambda_ce": 0.3, "scope": "image", "label_smoothing": 0.1, "weight": [1, 2, 3]}),
+        (
+            {},
+            {
+                "lambda_ce": 0.3,
+                "scope": "image",
+                "label_smoothing": 0.1,
+                "weight": [1, 2, 3],
+                "include_background": False,
+            },
+        ),
         kernel=ker.ce_dice_loss,
         reductions=_SCALAR,
     ),
@@ -250,7 +259,13 @@ LOSSES: tuple[LossEntry, ...] = (
         "labels",
         (
             {},
-            {"k": 50.0, "lambda_ce": 0.5, "scope": "image", "label_smoothing": 0.1},
+            {
+                "k": 50.0,
+                "lambda_ce": 0.5,
+                "scope": "image",
+                "label_smoothing": 0.1,
+                "include_background": False,
+            },
             {"k": 5.0, "weight": [0.0, 1.0, 2.0], "smooth_nr": 1e-5, "smooth_dr": 1e-5},
         ),
         kernel=ker.topk_dice_loss,

@@ -220,11 +220,19 @@ def test_monai_softmax_focal_is_ours_over_c(monai, gen):
 
 @pytest.mark.parametrize("batch", [False, True])
 def test_monai_dice_ce(monai, batch, gen):
+    """Also with include_background=False, which leaves class 0 out of the Dice term only
+    (its CE term keeps every class)."""
     x, y = _inputs(gen, C=5)
     kw = {"lambda_ce": 0.7, "lambda_dice": 1.3, "label_smoothing": 0.1}
-    theirs = monai.DiceCELoss(softmax=True, to_onehot_y=True, batch=batch, **kw)(x, y.unsqueeze(1))
     scope = "batch" if batch else "image"
-    _close(ref.ce_dice_loss(x, y, smooth_nr=1e-5, smooth_dr=1e-5, scope=scope, **kw), theirs)
+    for background in (True, False):
+        theirs = monai.DiceCELoss(
+            softmax=True, to_onehot_y=True, batch=batch, include_background=background, **kw
+        )(x, y.unsqueeze(1))
+        ours = ref.ce_dice_loss(
+            x, y, smooth_nr=1e-5, smooth_dr=1e-5, scope=scope, include_background=background, **kw
+        )
+        _close(ours, theirs)
 
 
 def test_monai_sigmoid_dice_ce_of_one_channel(monai, gen):
