@@ -67,7 +67,7 @@ def dice_class_weight(
     channel). Checked first (:func:`check_class_vector`), in ``like``'s dtype and device."""
     w = check_class_vector("weight", weight, C, like)
     if include_background or C == 1:
-        return w if w is not None else weight
+        return w
     keep = torch.ones(C, dtype=like.dtype, device=like.device)
     keep[0] = 0.0
     return keep if w is None else w * keep
