@@ -488,22 +488,15 @@ def fused_loss(
     squared: bool,
     validate: bool,
     fin: Finalize,
-    pixel: int = 0,
-    w: torch.Tensor | None = None,
-    w2: torch.Tensor | None = None,
-    smoothing: float = 0.0,
-    gamma: float = 0.0,
-    scale: float = 1.0,
-    focal: bool = False,
     process_group: dist.ProcessGroup | None = None,
+    **pixel_term: object,
 ) -> torch.Tensor:
     """A region (or compound) loss as pass 1 plus the Triton finalize (one launch), with
-    pass 2 as its backward. The pixel-term arguments are those of :func:`_region_sums`;
+    pass 2 as its backward. ``pixel_term``: the pixel-term keywords of :func:`fused_args`;
     ``process_group`` (batch scope) all-reduces the sums before the finalize."""
     target, args = fused_args(
-        logits, target, mode, ignore_index, scope, squared, validate, fin, pixel, w, w2,
-        smoothing, gamma, scale, focal,
-    )  # fmt: skip
+        logits, target, mode, ignore_index, scope, squared, validate, fin, **pixel_term
+    )
     if process_group is None:
         loss = _region_loss(logits, target, *args)[0]
     elif scope != "batch":
@@ -531,7 +524,8 @@ def fused_args(
     scale: float = 1.0,
     focal: bool = False,
 ) -> tuple[torch.Tensor, tuple]:
-    """The checked target and the arguments of :func:`_region_loss` after it."""
+    """The checked target and the arguments of :func:`_region_loss` after it; the
+    pixel-term arguments are those of :func:`_region_sums`."""
     target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     check_choice("absent", fin.absent, tuple(_ABSENT))
     smoothing_terms = ref_region.check_smoothing(fin.smooth_nr, fin.smooth_dr, fin.eps)
