@@ -9,6 +9,8 @@ determinism, repeated backward, and torch.compile.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from kernel_checks import (
@@ -261,6 +263,17 @@ def test_topk_share_equals_the_reference(gen):
             share = _topk_share(losses.to(DEVICE), n).cpu()
             torch.testing.assert_close(share, ref.pixelwise.topk_share(losses, n))
             assert share.sum().item() == pytest.approx(n, rel=1e-6), (trial, n)
+
+
+def test_topk_worked_example_with_ties():
+    """Three pixels tied at the cut share its two places (see test_worked_examples)."""
+    p = torch.tensor([0.5, 0.5, 0.5, 0.9])
+    z = torch.stack([p.log(), (1 - p).log()]).reshape(1, 2, 4).to(DEVICE).requires_grad_()
+    loss = ker.topk_cross_entropy(z, torch.zeros(1, 4, dtype=torch.long, device=DEVICE), 50)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert loss.item() == pytest.approx(math.log(2.0), rel=1e-6)
+    want = torch.tensor([-0.5, -0.5, -0.5, 0.0]) / 3
+    torch.testing.assert_close(grad[0, 0].cpu(), want, rtol=1e-6, atol=1e-7)
 
 
 def test_ohem_radix_select_equals_a_sort(gen):

@@ -343,6 +343,33 @@ def test_ohem_worked_example(min_kept, kept):
     assert ref.ohem_cross_entropy(z, y, 0.7, min_kept).item() == pytest.approx(want.item())
 
 
+@pytest.mark.parametrize(
+    ("k", "kept"),
+    [(50, [0.6, 0.3]), (75, [0.6, 0.8, 0.3]), (10, [0.3]), (100, [0.9, 0.6, 0.8, 0.3])],
+)
+def test_topk_worked_example(k, kept):
+    """The same four pixels: the int(4 k / 100) (at least 1) smallest p, i.e. the largest
+    -log p, averaged: k = 50 keeps 0.3 and 0.6, k = 10 keeps 0.3 alone."""
+    z, y = ohem_example()
+    want = -torch.tensor(kept, dtype=D).log().mean()
+    assert ref.topk_cross_entropy(z, y, k).item() == pytest.approx(want.item())
+
+
+def test_topk_worked_example_with_ties():
+    """p = [0.5, 0.5, 0.5, 0.9] and k = 50: the two places go to three tied pixels, 2/3
+    each, so the loss is -log 0.5 and each tied pixel's logit gradient is 2/3 of its
+    cross-entropy gradient (p - 1 on its class) over n = 2; the 0.9 pixel gets none."""
+    p = torch.tensor([0.5, 0.5, 0.5, 0.9], dtype=D)
+    z = torch.stack([p.log(), (1 - p).log()]).reshape(1, 2, 4).requires_grad_(True)
+    y = torch.zeros(1, 4, dtype=torch.long)
+    loss = ref.topk_cross_entropy(z, y, 50)
+    assert loss.item() == pytest.approx(-math.log(0.5))
+    (grad,) = torch.autograd.grad(loss, z)
+    want = torch.tensor([-0.5, -0.5, -0.5, 0.0], dtype=D) * (2 / 3) / 2
+    torch.testing.assert_close(grad[0, 0], want)
+    torch.testing.assert_close(grad[0, 1], -want)
+
+
 def hausdorff_example() -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """A hand-checked HD-DT case: target [0, 0, 1, 1], prediction p = [1/4, 3/4, 3/4, 3/4]
     (mask [0, 1, 1, 1]). Distances to the other side: target [2, 1, 1, 2], prediction
