@@ -132,8 +132,9 @@ def ce_dice_loss(
     stats, _ = _region_sums(
         logits, target, "multiclass", ignore_index, scope, squared, validate, None
     )
-    ignore = -100 if ignore_index is None else ignore_index
-    ce = cross_entropy(logits, target, w, ignore, reduction, label_smoothing, validate=validate)
+    ce = cross_entropy(
+        logits, target, w, ignore_index, reduction, label_smoothing, validate=validate
+    )
     dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, dice_w, reduction, validate)
     return lambda_ce * ce + lambda_dice * dice
 
@@ -285,8 +286,9 @@ def _focal_compound(
     ``region_alone()`` (the weighted region term)."""
     if mode == "multiclass" and logits.shape[1] > MAX_SINGLE_C:
         _unfused(group)
-        ignore = -100 if ignore_index is None else int(ignore_index)
-        focal = softmax_focal_loss(logits, target, alpha, gamma, ignore, fin.reduction, validate)
+        focal = softmax_focal_loss(
+            logits, target, alpha, gamma, ignore_index, fin.reduction, validate
+        )
         return fin.lam_pix * focal + region_alone()
     if mode != "multiclass":
         gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)

@@ -149,7 +149,7 @@ def ce_dice_loss(
         logits,
         target,
         weight=weight,
-        ignore_index=-100 if ignore_index is None else ignore_index,
+        ignore_index=ignore_index,
         reduction=_local(reduction, process_group),
         label_smoothing=label_smoothing,
     )
@@ -289,7 +289,7 @@ def _focal_term(logits, target, mode, alpha, gamma, ignore_index, reduction, sco
             target,
             alpha=alpha,
             gamma=gamma,
-            ignore_index=-100 if ignore_index is None else ignore_index,
+            ignore_index=ignore_index,
             reduction=_local(reduction, group),
         )
     else:
