@@ -546,9 +546,9 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
 @triton.jit
 def _sigmoid_tile(
     b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
-    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha, smoothing,
+    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, smoothing,
     IS_FOCAL: tl.constexpr, LABELS: tl.constexpr, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
-    HAS_ALPHA: tl.constexpr, HAS_IGNORE: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    HAS_IGNORE: tl.constexpr, WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr, PER_ELEMENT: tl.constexpr, MEAN: tl.constexpr,
     DEFER_MEAN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -574,17 +574,15 @@ def _sigmoid_tile(
                 t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
             )
         t = t + smoothing * (1.0 - 2.0 * t)
-        if HAS_PW:  # BCE's pos_weight, or the focal loss's per-class alpha
+        if HAS_PW:  # BCE's pos_weight, or the focal loss's alpha per class
             pw = tl.load(pw_ptr + offs_c, mask=cmask, other=1.0).to(tl.float32)[:, None]
-        elif HAS_ALPHA:  # the focal loss's scalar alpha
-            pw = tl.zeros([BLOCK_C, 1], tl.float32) + alpha
         else:
             pw = tl.full([BLOCK_C, 1], 1.0, tl.float32)
         if HAS_W:
             w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         else:
             w = tl.full([BLOCK_C, 1], 1.0, tl.float32)
-        if IS_FOCAL and (HAS_PW or HAS_ALPHA):
+        if IS_FOCAL and HAS_PW:
             wn = w * (1.0 - pw)
         else:
             wn = w
@@ -639,13 +637,11 @@ def _sigmoid_loss_kernel(
     sgs,
     ignore_index,
     gamma,
-    alpha,
     smoothing,
     IS_FOCAL: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_PW: tl.constexpr,
-    HAS_ALPHA: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr,
@@ -669,8 +665,8 @@ def _sigmoid_loss_kernel(
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
         acc += _sigmoid_tile(
             b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr,
-            C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, alpha,
-            smoothing, IS_FOCAL, LABELS, HAS_W, HAS_PW, HAS_ALPHA, HAS_IGNORE, WRITE_GRAD,
+            C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, smoothing,
+            IS_FOCAL, LABELS, HAS_W, HAS_PW, HAS_IGNORE, WRITE_GRAD,
             WRITE_LOSS, PER_ELEMENT, MEAN, DEFER_MEAN, BLOCK_C, BLOCK_P,
         )  # fmt: skip
     if WRITE_LOSS and not PER_ELEMENT:

@@ -608,26 +608,25 @@ def _select_labels(target: torch.Tensor) -> tuple[torch.Tensor, int, int, int, b
 
 
 def _radix_select(
-    v: torch.Tensor, target: torch.Tensor | None, ignore_index: int, k_max: int
+    v: torch.Tensor, labels: tuple | None, ignore_index: int, k_max: int
 ) -> torch.Tensor:
     """The select state (``_select_kernels``) of the ``k``-th largest of the fp32 values
     ``v`` (flat, contiguous), ``k = min(k_max, n_valid - 1)``: ``n_valid`` counts the
-    labels of ``target`` that are not ``ignore_index``, or every value when ``target`` is
-    None. Four histogram passes over ``v``, the first also over the labels."""
+    labels (:func:`_select_labels` of the target) that are not ``ignore_index``, or every
+    value when ``labels`` is None. Four histogram passes over ``v``, the first also over
+    the labels."""
     N = v.numel()
     tiles, n_programs = tile_chunks(N, _SELECT_BLOCK, 1)
     state = torch.zeros(4 + 4 * 256, dtype=torch.int64, device=v.device)
-    if target is None:  # no labels to read: every value counts
+    if labels is None:  # no labels to read: every value counts
         state[2] = N
-        t, S, stb, sts, flat = v, N, N, 1, True
-    else:
-        t, S, stb, sts, flat = _select_labels(target)
+    t, S, stb, sts, flat = (v, N, N, 1, True) if labels is None else labels
     ign = ignore_arg(ignore_index, True)[0]
     for shift in (24, 16, 8, 0):
         first = shift == 24
         _radix_hist_kernel[(n_programs,)](
             v, t, state, state[4:], N, S, stb, sts, ign, tiles,
-            SHIFT=shift, FIRST=first, COUNT=first and target is not None, FLAT=flat,
+            SHIFT=shift, FIRST=first, COUNT=first and labels is not None, FLAT=flat,
             BLOCK=_SELECT_BLOCK,
         )  # fmt: skip
         _radix_scan_kernel[(1,)](state, state[4:], k_max, SHIFT=shift, FIRST=first)
@@ -650,8 +649,9 @@ def _ohem_labels(
     valid one, so they do not move ``order_k``. Five passes over fp32 ``nll`` (one with the
     labels), two over the labels; no sort, no host sync."""
     v = nll.reshape(-1)
-    state = _radix_select(v, target, ignore_index, min_kept)
-    t, S, stb, sts, flat = _select_labels(target)
+    labels = _select_labels(target)
+    state = _radix_select(v, labels, ignore_index, min_kept)
+    t, S, stb, sts, flat = labels
     tiles, n_programs = tile_chunks(v.numel(), _SELECT_BLOCK, 1)
     out = torch.empty(nll.shape, dtype=torch.int32, device=nll.device)
     ign = ignore_arg(ignore_index, True)[0]
@@ -890,7 +890,6 @@ def _sigmoid_launch(
     pos_weight,
     ignore_index,
     gamma,
-    alpha,
     smoothing,
     focal,
     reduction,
@@ -932,13 +931,11 @@ def _sigmoid_launch(
         sgs,
         ignore_arg(ignore_index, labels)[0],
         gamma,
-        0.0 if alpha is None else alpha,
         smoothing,
         IS_FOCAL=focal,
         LABELS=labels,
         HAS_W=weight is not None,
         HAS_PW=pos_weight is not None,
-        HAS_ALPHA=alpha is not None,
         HAS_IGNORE=ignore_index is not None,
         WRITE_GRAD=grad is not None,
         WRITE_LOSS=loss is not None,
@@ -974,15 +971,14 @@ def _sigmoid_pixel_loss(
     pos_weight: torch.Tensor | None,
     ignore_index: float | None,
     gamma: float,
-    alpha: float | None,
     smoothing: float,
     focal: bool,
     reduction: str,
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BCE (``focal`` False) or sigmoid focal loss and its fused gradient. ``pos_weight`` is
-    BCE's, or the focal loss's per-class alpha (``alpha``: its scalar alpha);
-    ``smoothing``: BCE's label smoothing (0 for the focal loss)."""
+    BCE's, or the focal loss's alpha per class; ``smoothing``: BCE's label smoothing (0
+    for the focal loss)."""
     denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _sigmoid_launch(
@@ -993,7 +989,6 @@ def _sigmoid_pixel_loss(
         pos_weight,
         ignore_index,
         gamma,
-        alpha,
         smoothing,
         focal,
         reduction,
@@ -1013,7 +1008,6 @@ def _(
     pos_weight,
     ignore_index,
     gamma,
-    alpha,
     smoothing,
     focal,
     reduction,
@@ -1034,7 +1028,6 @@ def _sigmoid_pixel_grad(
     pos_weight: torch.Tensor | None,
     ignore_index: float | None,
     gamma: float,
-    alpha: float | None,
     smoothing: float,
     focal: bool,
 ) -> torch.Tensor:
@@ -1048,7 +1041,6 @@ def _sigmoid_pixel_grad(
         pos_weight,
         ignore_index,
         gamma,
-        alpha,
         smoothing,
         focal,
         "none",
@@ -1061,13 +1053,13 @@ def _sigmoid_pixel_grad(
 
 @_sigmoid_pixel_grad.register_fake
 def _(
-    logits, target, grad_output, labels, weight, pos_weight, ignore_index, gamma, alpha,
-    smoothing, focal,
+    logits, target, grad_output, labels, weight, pos_weight, ignore_index, gamma, smoothing,
+    focal,
 ):  # fmt: skip
     return grad_like(logits)
 
 
-_register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 10)
+_register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 9)
 
 
 @kernel_api
@@ -1095,7 +1087,7 @@ def binary_cross_entropy_with_logits(
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
     ign = ignore_value(ignore_index, target, False)
     loss, _, _ = _sigmoid_pixel_loss(
-        logits, target, False, w, pw, ign, 0.0, None, label_smoothing, False, reduction,
+        logits, target, False, w, pw, ign, 0.0, label_smoothing, False, reduction,
         _need_grad(logits),
     )  # fmt: skip
     return loss
@@ -1126,19 +1118,10 @@ def sigmoid_focal_loss(
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
     ign = ignore_value(ignore_index, target, labels)
-    vector = isinstance(alpha, torch.Tensor)
+    if alpha is not None and not isinstance(alpha, torch.Tensor):  # one alpha for every class
+        alpha = torch.full((logits.shape[1],), alpha, dtype=torch.float32, device=logits.device)
     loss, _, _ = _sigmoid_pixel_loss(
-        logits,
-        target,
-        labels,
-        w,
-        alpha if vector else None,
-        ign,
-        float(gamma),
-        None if alpha is None or vector else float(alpha),
-        0.0,
-        True,
-        reduction,
+        logits, target, labels, w, alpha, ign, float(gamma), 0.0, True, reduction,
         _need_grad(logits),
-    )
+    )  # fmt: skip
     return loss
