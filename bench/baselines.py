@@ -127,6 +127,22 @@ def _smp(name: str, **kwargs) -> Callable[[], Callable]:
     return factory
 
 
+def _monai_wasserstein():
+    """MONAI's GeneralizedWassersteinDiceLoss with unit distances between classes (our
+    ``dist_matrix=None``), one module per class count."""
+    from monai.losses import GeneralizedWassersteinDiceLoss
+
+    losses: dict[int, Callable] = {}
+
+    def loss(x, t):
+        C = x.shape[1]
+        if C not in losses:
+            losses[C] = GeneralizedWassersteinDiceLoss(1 - torch.eye(C))
+        return losses[C](x, t)
+
+    return loss
+
+
 def _kornia_dice():
     from kornia.losses import dice_loss
 
@@ -151,6 +167,7 @@ PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
         "ce_dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai("DiceCELoss")),
         "hausdorff_dt": ({}, _monai("HausdorffDTLoss")),
         "mcc": ({"scope": "image", "eps": 0.0}, _monai("MCCLoss")),
+        "wasserstein_dice": ({}, _monai_wasserstein),
     },
     "smp": {
         "dice": ({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),

@@ -163,14 +163,22 @@ PRESETS: dict[str, dict] = {
     # MONAI's region and compound losses beside ours, without ignored pixels (its
     # GeneralizedDiceLoss, DiceCELoss and MCCLoss have no ignore_index)
     "monai": {
-        "losses": ["dice", "tversky", "generalized_dice", "ce_dice", "mcc"],
+        "losses": ["dice", "tversky", "generalized_dice", "ce_dice", "mcc", "wasserstein_dice"],
         "providers": ["triton", "eager", "compile", "monai"],
         "shapes": [[8, 19, 512, 1024], [4, 4, 128, 128, 128]],
         "dtypes": ["bf16", "fp32"],
         "ignore_frac": 0.0,
     },
     "brats3d": {
-        "losses": ["bce", "dice", "generalized_dice", "tversky", "topk_cross_entropy", "topk_dice"],
+        "losses": [
+            "bce",
+            "dice",
+            "generalized_dice",
+            "wasserstein_dice",
+            "tversky",
+            "topk_cross_entropy",
+            "topk_dice",
+        ],
         "shapes": [[2, 4, 128, 128, 128], [1, 4, 160, 192, 160]],
         "dtypes": ["bf16", "fp32"],
     },

@@ -49,6 +49,7 @@ from .surface import (
     surface_dice,
     surface_metrics,
 )
+from .wasserstein import generalized_wasserstein_dice_loss
 
 __all__ = [
     "StreamingMetrics",
@@ -68,6 +69,7 @@ __all__ = [
     "focal_tversky_loss",
     "generalized_dice_focal_loss",
     "generalized_dice_loss",
+    "generalized_wasserstein_dice_loss",
     "hausdorff_distance",
     "hausdorff_dt_loss",
     "interpreter_enabled",

@@ -47,6 +47,7 @@ from .modules import (
     FocalTverskyLoss,
     GeneralizedDiceFocalLoss,
     GeneralizedDiceLoss,
+    GeneralizedWassersteinDiceLoss,
     HausdorffDTLoss,
     JaccardLoss,
     LossModule,
@@ -86,6 +87,7 @@ from .surface import (
     surface_dice,
     surface_metrics,
 )
+from .wasserstein import class_distances, generalized_wasserstein_dice_loss
 
 __all__ = [
     "BCEDiceLoss",
@@ -100,6 +102,7 @@ __all__ = [
     "FocalTverskyLoss",
     "GeneralizedDiceFocalLoss",
     "GeneralizedDiceLoss",
+    "GeneralizedWassersteinDiceLoss",
     "HausdorffDTLoss",
     "JaccardLoss",
     "LossModule",
@@ -120,6 +123,7 @@ __all__ = [
     "ce_dice_loss",
     "class_accuracy",
     "class_counts",
+    "class_distances",
     "combo_loss",
     "confusion_matrix",
     "cross_entropy",
@@ -131,6 +135,7 @@ __all__ = [
     "focal_tversky_loss",
     "generalized_dice_focal_loss",
     "generalized_dice_loss",
+    "generalized_wasserstein_dice_loss",
     "hausdorff_distance",
     "hausdorff_dt_loss",
     "iou_per_class",

@@ -43,6 +43,7 @@ from .region import (
     mcc_loss,
     tversky_loss,
 )
+from .wasserstein import generalized_wasserstein_dice_loss
 
 
 class LossModule(nn.Module):
@@ -98,6 +99,9 @@ TverskyLoss = loss_module("TverskyLoss", tversky_loss)
 FocalTverskyLoss = loss_module("FocalTverskyLoss", focal_tversky_loss)
 GeneralizedDiceLoss = loss_module("GeneralizedDiceLoss", generalized_dice_loss)
 MCCLoss = loss_module("MCCLoss", mcc_loss)
+GeneralizedWassersteinDiceLoss = loss_module(
+    "GeneralizedWassersteinDiceLoss", generalized_wasserstein_dice_loss
+)
 CEDiceLoss = loss_module("CEDiceLoss", ce_dice_loss)
 BCEDiceLoss = loss_module("BCEDiceLoss", bce_dice_loss)
 FocalDiceLoss = loss_module("FocalDiceLoss", focal_dice_loss)

@@ -237,6 +237,18 @@ LOSSES: tuple[LossEntry, ...] = (
         kernel=ker.mcc_loss,
     ),
     LossEntry(
+        "wasserstein_dice",
+        ref.generalized_wasserstein_dice_loss,
+        "labels",
+        (
+            {},
+            {"weighting_mode": "GDL"},
+            {"dist_matrix": [[0.0, 1.0, 2.0], [1.0, 0.0, 0.5], [2.0, 0.5, 0.0]], "smooth_nr": 0.0},
+        ),
+        kernel=ker.generalized_wasserstein_dice_loss,
+        min_classes=2,
+    ),
+    LossEntry(
         "ce_dice",
         ref.ce_dice_loss,
         "labels",

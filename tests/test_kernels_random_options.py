@@ -29,6 +29,11 @@ def _units(r: random.Random, C: int) -> list[float]:
     return [round(r.uniform(0.0, 1.0), 3) for _ in range(C)]
 
 
+def _distances(r: random.Random, C: int) -> list[list[float]]:
+    """A ``[C, C]`` class distance matrix: 0 on the diagonal, not symmetric."""
+    return [[0.0 if i == j else round(r.uniform(0.1, 3.0), 3) for j in range(C)] for i in range(C)]
+
+
 def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
     """A value for option ``name`` (None: leave the default). Values may be invalid for a
     given loss (an alpha above 1 for a sigmoid loss): the reference then rejects them."""
@@ -54,6 +59,8 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
         "thresh": lambda: r.choice([0.0, 0.3, 0.7, 1.0]),
         "min_kept": lambda: r.choice([0, 1, 7, 100000]),
         "k": lambda: r.choice([0.5, 10.0, 33.3, 100]),
+        "weighting_mode": lambda: r.choice(["default", "GDL"]),
+        "dist_matrix": lambda: r.choice([None, _distances(r, C)]),
     }
     if name.startswith("lambda_"):
         return r.choice([0.0, 0.3, 1.0, 2.0])

@@ -161,6 +161,26 @@ def test_monai_generalized_dice(monai, batch, gen):
     _close(ours, theirs)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("mode", ["default", "GDL"])
+def test_monai_generalized_wasserstein_dice(monai, mode, reduction, gen):
+    """Loss and gradient, with an asymmetric distance matrix whose largest entry is not 1
+    (both scale it to 1) and a class absent from image 0."""
+    x, y = _inputs(gen, C=4, spatial=(5, 6))
+    y[0] = y[0].clamp_max(2)
+    dist = 3 * torch.rand(4, 4, generator=gen, dtype=D)
+    kw = {"weighting_mode": mode, "reduction": reduction}
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    theirs = monai.GeneralizedWassersteinDiceLoss(dist.numpy(), **kw)(xs[0], y.unsqueeze(1))
+    ours = ref.generalized_wasserstein_dice_loss(xs[1], y, dist, **kw)
+    _close(ours, theirs)
+    for loss, xi in zip((theirs, ours), xs, strict=True):
+        loss.sum().backward()
+        assert xi.grad is not None
+    # MONAI's GDL weights are float32: 1 / (count + 1) to 7 digits
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("batch", [False, True])
 def test_monai_without_background_is_a_zero_class_weight(monai, batch, gen):
     """include_background=False drops channel 0 after the softmax: our ``weight`` 0 for

@@ -45,6 +45,7 @@ MODULES = {
     "topk_cross_entropy": ref.TopKCrossEntropyLoss,
     "recall_cross_entropy": ref.RecallCrossEntropyLoss,
     "topk_dice": ref.TopKDiceLoss,
+    "wasserstein_dice": ref.GeneralizedWassersteinDiceLoss,
 }
 
 

@@ -397,6 +397,30 @@ def test_hausdorff_dt_worked_example():
     torch.testing.assert_close(z2.grad[0, 0], -grad)
 
 
+def wasserstein_example() -> tuple[torch.Tensor, torch.Tensor, list[list[float]]]:
+    """Three pixels labelled [1, 2, 1] with p = (0.2, 0.6, 0.2), (0.1, 0.4, 0.5),
+    (0.1, 0.8, 0.1), and M = [[0, 1, 1], [1, 0, 0.5], [1, 0.5, 0]]: each pixel's
+    distance w = M[y] . p is 0.2 + 0.1 = 0.3, 0.1 + 0.2 = 0.3 and 0.1 + 0.05 = 0.15.
+
+    'default' (a = 1 for both labels): TP = 0.7 + 0.7 + 0.85 = 2.25, D = 2 TP + 0.75 =
+    5.25, loss = 1 - 4.5 / 5.25 = 1/7. 'GDL' (a = 1/3 for label 1, counted twice, 1/2 for
+    label 2): TP = (0.7 + 0.85) / 3 + 0.7 / 2 = 13/15, D = (1.7 + 1.85) / 3 + 1.7 / 2 =
+    61/30, loss = 1 - (26/15) / (61/30) = 9/61. Returns (logits, labels, M)."""
+    p = torch.tensor([[0.2, 0.6, 0.2], [0.1, 0.4, 0.5], [0.1, 0.8, 0.1]], dtype=D)
+    z = p.log().T.reshape(1, 3, 3)
+    return z, torch.tensor([[1, 2, 1]]), [[0, 1, 1], [1, 0, 0.5], [1, 0.5, 0]]
+
+
+@pytest.mark.parametrize(("mode", "want"), [("default", 1 / 7), ("GDL", 9 / 61)])
+def test_wasserstein_dice_worked_example(mode, want):
+    z, y, dist = wasserstein_example()
+    loss = ref.generalized_wasserstein_dice_loss(z, y, dist, mode, smooth_nr=0, smooth_dr=0)
+    assert loss.item() == pytest.approx(want, abs=1e-15)
+    # MONAI's docstring example: confident right predictions give 0 in either mode
+    sure = 1000.0 * torch.eye(3, dtype=D).reshape(1, 3, 3)
+    assert ref.generalized_wasserstein_dice_loss(sure, torch.tensor([[0, 1, 2]]), dist, mode) == 0
+
+
 def test_15_9_label_smoothing_cross_entropy():
     z = torch.tensor([2.0, 0.0, 0.0], dtype=D).reshape(1, 3, 1).requires_grad_()
     loss = ref.cross_entropy(z, torch.tensor([[0]]), label_smoothing=0.1)

@@ -1,0 +1,152 @@
+"""Triton kernels of the generalized Wasserstein Dice loss (formulas in
+``segtriton.reference.generalized_wasserstein_dice_loss``).
+
+Every pixel needs ``w_i = sum_c M[y_i, c] p_ic``: its softmax weighted by the row of the
+``[C, C]`` distance matrix ``M`` at its label, gathered per pixel (M is small and stays in
+cache). The loss of an image depends on its pixels only through, per class c,
+``V_c`` (pixels labelled c) and ``W_c = sum_{i: y_i = c} w_i``, so:
+
+- ``_wass_stats_kernel`` (pass 1) reads logits and labels once and writes one partial row
+  ``(V, W)`` per program, added in a fixed order afterwards;
+- ``_wass_grad_kernel`` (pass 2, the backward) gets ``k_c = dL/dW_c`` per (image, class)
+  and writes ``dL/dz_ic = k_{y_i} p_ic (M[y_i, c] - w_i)``.
+
+Ignored pixels take no part (``k = 0``, counted nowhere). A label outside ``[0, C)``
+puts NaN into its image's ``W`` sums.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._pixelwise_kernels import _load_labels, _load_tile
+from ._region_kernels import _add_row
+from ._tiles import program_tile
+
+
+@triton.jit
+def _distance_rows(m_ptr, ys, offs_c, cmask, pmask, C):
+    """``M[y_i, c]`` for a ``[classes, pixels]`` tile, 0 outside it."""
+    ptrs = m_ptr + ys[None, :].to(tl.int64) * C + offs_c[:, None]
+    return tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=0.0)
+
+
+@triton.jit
+def _softmax_distance(
+    x_ptr, m_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, BLOCK_C: tl.constexpr
+):
+    """Per pixel ``(max logit, 1 / sum exp(x - max), w)``, one pass over the class chunks
+    (online softmax; one chunk when ``BLOCK_C >= C``)."""
+    mx = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
+    s = tl.zeros([offs_p.shape[0]], tl.float32)
+    acc = tl.zeros([offs_p.shape[0]], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        cmask = offs_c < C
+        x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+        m_new = tl.maximum(mx, tl.max(x, axis=0))
+        rescale = tl.exp(mx - m_new)
+        e = tl.exp(x - m_new[None, :])
+        s = s * rescale + tl.sum(e, axis=0)
+        acc = acc * rescale + tl.sum(e * _distance_rows(m_ptr, ys, offs_c, cmask, pmask, C), axis=0)
+        mx = m_new
+    inv_s = 1.0 / s
+    return mx, inv_s, acc * inv_s
+
+
+@triton.jit
+def _wass_stats_kernel(
+    x_ptr, t_ptr, m_ptr, part_ptr, C, S, n_chunks, tiles_per_chunk, sxb, sxc, sxs, stb, sts,
+    ignore_index,
+    SINGLE: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: program ``pid`` sums ``(V[C], W[C])`` over ``tiles_per_chunk`` pixel tiles
+    of image ``pid // n_chunks`` into its row of ``part``. SINGLE (``BLOCK_C >= C``) keeps
+    the row in registers; otherwise it is added to in memory chunk by chunk."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // n_chunks
+    first_tile = (pid % n_chunks) * tiles_per_chunk
+    out = part_ptr + pid * 2 * C
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    acc_v = tl.zeros([BLOCK_C], tl.float32)
+    acc_w = tl.zeros([BLOCK_C], tl.float32)
+    if not SINGLE:
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + offs_c0
+            tl.store(out + offs_c, acc_v, mask=offs_c < C)
+            tl.store(out + C + offs_c, acc_v, mask=offs_c < C)
+    for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
+        offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+        pmask = offs_p < S
+        ys, valid, bad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+        _, _, w = _softmax_distance(
+            x_ptr, m_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, BLOCK_C
+        )
+        nan = tl.sum(tl.where(bad, float("nan"), 0.0), axis=0)
+        if SINGLE:
+            hit = (offs_c0[:, None] == ys[None, :]) & valid[None, :]
+            acc_v += tl.sum(hit.to(tl.float32), axis=1)
+            acc_w += tl.sum(tl.where(hit, w[None, :], 0.0), axis=1) + nan
+        else:
+            tl.debug_barrier()
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                cmask = offs_c < C
+                hit = (offs_c[:, None] == ys[None, :]) & valid[None, :]
+                _add_row(out + offs_c, tl.sum(hit.to(tl.float32), axis=1), cmask)
+                _add_row(
+                    out + C + offs_c, tl.sum(tl.where(hit, w[None, :], 0.0), axis=1) + nan, cmask
+                )
+    if SINGLE:
+        cmask = offs_c0 < C
+        tl.store(out + offs_c0, acc_v, mask=cmask)
+        tl.store(out + C + offs_c0, acc_w, mask=cmask)
+
+
+@triton.jit
+def _wass_grad_kernel(
+    x_ptr, t_ptr, m_ptr, k_ptr, g_ptr, C, S, n_pblocks, n_blocks, sxb, sxc, sxs, stb, sts,
+    sgb, sgc, sgs, ignore_index,
+    SINGLE: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Pass 2: ``dL/dz_ic = k[b, y_i] p_ic (M[y_i, c] - w_i)`` for TILES pixel tiles per
+    program. SINGLE computes it from the one class tile it loaded; otherwise a first sweep
+    over the class chunks gives the softmax and ``w``, a second one writes."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    for i in tl.range(0, TILES, num_stages=STAGES):
+        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
+        ys, valid, _ = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+        k = tl.load(k_ptr + b * C + ys, mask=valid, other=0.0)
+        g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
+        if SINGLE:
+            cmask = offs_c0 < C
+            x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
+            e = tl.exp(x - tl.max(x, axis=0)[None, :])
+            p = e / tl.sum(e, axis=0)[None, :]
+            rows = _distance_rows(m_ptr, ys, offs_c0, cmask, pmask, C)
+            w = tl.sum(p * rows, axis=0)
+            dz = k[None, :] * p * (rows - w[None, :])
+            tl.store(
+                g_base + offs_c0[:, None] * sgc,
+                dz.to(g_ptr.dtype.element_ty),
+                mask=cmask[:, None] & pmask[None, :],
+            )
+        else:
+            mx, inv_s, w = _softmax_distance(
+                x_ptr, m_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, BLOCK_C
+            )
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                cmask = offs_c < C
+                x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+                p = tl.exp(x - mx[None, :]) * inv_s[None, :]
+                rows = _distance_rows(m_ptr, ys, offs_c, cmask, pmask, C)
+                dz = k[None, :] * p * (rows - w[None, :])
+                tl.store(
+                    g_base + offs_c[:, None] * sgc,
+                    dz.to(g_ptr.dtype.element_ty),
+                    mask=cmask[:, None] & pmask[None, :],
+                )
