@@ -28,16 +28,17 @@ def class_distances(
     """``dist_matrix`` as a ``[C, C]`` tensor of ``like``'s dtype and device, divided by its
     largest entry (as MONAI does), so the largest distance is 1.
 
-    None gives distance 1 between every two different classes (0 on the diagonal). A
-    nested list or a NumPy array is checked on the host and cached on the device; a
-    tensor's values are read only with ``check_values`` (a host sync on a GPU). The
-    entries must be finite and non-negative, with a positive largest one.
+    None gives distance 1 between every two different classes (0 on the diagonal), made
+    on the device. A nested list or a NumPy array is checked on the host and cached on
+    the device, but read again at every call (milliseconds of host time at C = 150: pass
+    a tensor on the logits' device when C is large); a tensor's values are read only with
+    ``check_values`` (a host sync on a GPU). The entries must be finite and non-negative,
+    with a positive largest one.
     """
     if dist_matrix is None:
         if C < 2:
             raise ValueError("dist_matrix=None needs C >= 2 classes (one class has no distance)")
-        flat_ = [float(i != j) for i in range(C) for j in range(C)]
-        return device_constant(flat_, like.dtype, like.device).view(C, C)
+        return 1 - torch.eye(C, dtype=like.dtype, device=like.device)
     if isinstance(dist_matrix, (str, bytes)):
         raise TypeError(f"dist_matrix must be a [C, C] matrix of numbers, got {dist_matrix!r}")
     if not isinstance(dist_matrix, torch.Tensor):
