@@ -150,3 +150,49 @@ def _wass_grad_kernel(
                     dz.to(g_ptr.dtype.element_ty),
                     mask=cmask[:, None] & pmask[None, :],
                 )
+
+
+@triton.jit
+def _wass_weights(v, w, offs_c, GDL: tl.constexpr):
+    """Per class ``(x, z)``: how ``W_c`` enters the loss's numerator and denominator, and
+    ``y`` how ``V_c`` enters the denominator (see :func:`_wass_finalize_kernel`)."""
+    if GDL:
+        a = 1.0 / (v + 1.0)
+        return a, -a, 2.0 * a
+    a = tl.where(offs_c != 0, 1.0, 0.0)
+    return tl.full(v.shape, 1.0, tl.float32), 1.0 - 2.0 * a, 2.0 * a
+
+
+@triton.jit
+def _wass_finalize_kernel(
+    sums_ptr, loss_ptr, coef_ptr, C, smooth_nr, smooth_dr, GDL: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Image ``pid``'s loss and ``coef[c] = dL/dW_c`` from its sums ``V, W`` (``[2, C]``).
+
+    ``D - 2 TP`` is ``sum_c W_c`` ('default') or ``sum_c a_c W_c`` ('GDL'), so the loss
+    ``1 - (2 TP + smooth_nr) / (D + smooth_dr)`` is formed as
+    ``(sum_c x_c W_c + smooth_dr - smooth_nr) / (sum_c (y_c V_c + z_c W_c) + smooth_dr)``,
+    without the cancellation of ``1 - r`` when the loss is small; then
+    ``dL/dW_c = (x_c - loss z_c) / den``."""
+    b = tl.program_id(0).to(tl.int64)
+    v_ptr = sums_ptr + b * 2 * C
+    num = tl.zeros([BLOCK], tl.float32)
+    den = tl.zeros([BLOCK], tl.float32)
+    for c0 in range(0, C, BLOCK):
+        offs_c = c0 + tl.arange(0, BLOCK)
+        cmask = offs_c < C
+        v = tl.load(v_ptr + offs_c, mask=cmask, other=0.0)
+        w = tl.load(v_ptr + C + offs_c, mask=cmask, other=0.0)
+        x, z, y = _wass_weights(v, w, offs_c, GDL)
+        num += tl.where(cmask, x * w, 0.0)
+        den += tl.where(cmask, y * v + z * w, 0.0)
+    total = tl.sum(den, axis=0) + smooth_dr
+    loss = (tl.sum(num, axis=0) + (smooth_dr - smooth_nr)) / total
+    tl.store(loss_ptr + b, loss)
+    for c0 in range(0, C, BLOCK):
+        offs_c = c0 + tl.arange(0, BLOCK)
+        cmask = offs_c < C
+        v = tl.load(v_ptr + offs_c, mask=cmask, other=0.0)
+        w = tl.load(v_ptr + C + offs_c, mask=cmask, other=0.0)
+        x, z, y = _wass_weights(v, w, offs_c, GDL)
+        tl.store(coef_ptr + b * C + offs_c, (x - loss * z) / total, mask=cmask)

@@ -3,10 +3,11 @@
 
 Pass 1 (a Triton kernel) returns, per (image, class), the labelled pixels ``V`` and the
 sum ``W`` of their distances ``w_i``, from per-program partial rows added in a fixed
-order; a few torch ops on those ``[B, C]`` sums give the loss, and autograd gives
-``dL/dW``; pass 2 (the backward) recomputes the softmax and writes ``dL/dz`` once. No
-``[B, C, C]`` or ``[B, C, pixels]`` temporary (MONAI gathers a row of the distance matrix
-for every pixel, ``B * C * pixels`` floats), no host sync unless ``validate=True``
+order; a one-program-per-image Triton finalize turns those ``[B, C]`` sums into the loss
+and ``dL/dW`` per (image, class); pass 2 (the backward) recomputes the softmax and writes
+``dL/dz`` once, with ``dL/dW`` times the image's grad_output. No ``[B, C, C]`` or
+``[B, C, pixels]`` temporary (MONAI gathers a row of the distance matrix for every pixel,
+``B * C * pixels`` floats), no host sync unless ``validate=True``
 (which reads the labels and a tensor ``dist_matrix`` and raises ``ValueError`` on bad
 values; without it a label outside ``[0, C)`` makes its image's loss NaN).
 """
@@ -35,15 +36,15 @@ from ._tiles import (
     grad_like,
     ignore_arg,
     loss_views,
+    next_pow2,
     num_warps_for,
     pixel_view,
     program_count,
     tile_chunks,
 )
-from ._wasserstein_kernels import _wass_grad_kernel, _wass_stats_kernel
+from ._wasserstein_kernels import _wass_finalize_kernel, _wass_grad_kernel, _wass_stats_kernel
 
 
-@op("segtriton::wasserstein_sums")
 def _wass_sums(
     logits: torch.Tensor, target: torch.Tensor, dist: torch.Tensor, ignore_index: int | None
 ) -> torch.Tensor:
@@ -63,10 +64,31 @@ def _wass_sums(
     return part.view(B, n_chunks, 2, C).sum(1)
 
 
-@_wass_sums.register_fake
-def _(logits, target, dist, ignore_index):
+@op("segtriton::wasserstein_loss")
+def _wass_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dist: torch.Tensor,
+    ignore_index: int | None,
+    gdl: bool,
+    smooth_nr: float,
+    smooth_dr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1 and the finalize: fp32 loss per image ``[B]`` and ``dL_b/dW_bc`` ``[B, C]``."""
+    sums = _wass_sums(logits, target, dist, ignore_index)
+    B, C = sums.shape[0], sums.shape[2]
+    loss = sums.new_empty(B)
+    coef = sums.new_empty((B, C))
+    _wass_finalize_kernel[(B,)](
+        sums, loss, coef, C, smooth_nr, smooth_dr, GDL=gdl, BLOCK=min(1024, next_pow2(C))
+    )
+    return loss, coef
+
+
+@_wass_loss.register_fake
+def _(logits, target, dist, ignore_index, gdl, smooth_nr, smooth_dr):
     B, C = logits.shape[:2]
-    return logits.new_empty((B, 2, C), dtype=torch.float32)
+    return logits.new_empty(B, dtype=torch.float32), logits.new_empty((B, C), dtype=torch.float32)
 
 
 @op("segtriton::wasserstein_grad")
@@ -101,17 +123,19 @@ def _(logits, target, dist, coef, ignore_index):
 
 
 def _setup(ctx, inputs, output):
-    logits, target, dist, ctx.ignore_index = inputs
-    ctx.save_for_backward(logits, target, dist)
+    logits, target, dist, ctx.ignore_index = inputs[:4]
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(logits, target, dist, output[1])
 
 
-def _backward(ctx, grad_sums):
-    logits, target, dist = ctx.saved_tensors
-    coef = grad_sums[:, 1].to(torch.float32).contiguous()
-    return _wass_grad(logits, target, dist, coef, ctx.ignore_index), None, None, None
+def _backward(ctx, grad_loss, _grad_coef):
+    logits, target, dist, coef = ctx.saved_tensors
+    coef = (coef * grad_loss.to(torch.float32)[:, None]).contiguous()
+    grad = _wass_grad(logits, target, dist, coef, ctx.ignore_index)
+    return (grad,) + (None,) * 6
 
 
-_wass_sums.register_autograd(_backward, _setup)
+_wass_loss.register_autograd(_backward, _setup)
 
 
 @kernel_api
@@ -127,11 +151,8 @@ def generalized_wasserstein_dice_loss(
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton generalized Wasserstein Dice loss; semantics of
-    ``segtriton.reference.generalized_wasserstein_dice_loss``. From the sums ``V, W``::
-
-        TP = sum_c a_c (V_c - W_c)
-        D  = 2 TP + sum_c W_c ('default')  or  sum_c a_c (2 V_c - W_c) ('GDL')
-    """
+    ``segtriton.reference.generalized_wasserstein_dice_loss``, with
+    ``TP = sum_c a_c (V_c - W_c)`` and ``D`` from the sums (see the finalize kernel)."""
     check_choice("weighting_mode", weighting_mode, ("default", "GDL"))
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     smooth_nr = check_number("smooth_nr", smooth_nr)
@@ -142,15 +163,9 @@ def generalized_wasserstein_dice_loss(
     C = logits.shape[1]
     like = logits.new_empty(0, dtype=torch.float32)
     dist = class_distances(dist_matrix, C, like, validate).contiguous()
-    sums = _wass_sums(logits, target, dist, None if ignore_index is None else int(ignore_index))
-    counts, w = sums[:, 0].detach(), sums[:, 1]
-    if weighting_mode == "default":
-        a = (torch.arange(C, device=logits.device) != 0).to(torch.float32)
-    else:
-        a = 1.0 / (counts + 1.0)
-    tp = (a * (counts - w)).sum(1)
-    den = 2 * tp + w.sum(1) if weighting_mode == "default" else (a * (2 * counts - w)).sum(1)
-    loss = 1 - (2 * tp + smooth_nr) / (den + smooth_dr)
+    ignore = None if ignore_index is None else int(ignore_index)
+    gdl = weighting_mode == "GDL"
+    loss = _wass_loss(logits, target, dist, ignore, gdl, smooth_nr, smooth_dr)[0]
     if reduction == "none":
         return loss
     return loss.sum() if reduction == "sum" else loss.mean()
