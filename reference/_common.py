@@ -238,8 +238,16 @@ def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None)
 
 
 def check_label_shape(logits: torch.Tensor, target: torch.Tensor) -> None:
-    """Logits and label tensor agree in shape, device and dtype kind (no value reads)."""
+    """Logits and label tensor agree in shape, device and dtype kind (no value reads). A
+    target of the logits' shape (one-hot maps, MONAI's ``to_onehot_y=False`` form) is
+    refused with a hint on what to pass instead."""
     check_logits(logits)
+    if isinstance(target, torch.Tensor) and target.shape == logits.shape and logits.shape[1] > 1:
+        raise (TypeError if target.is_floating_point() else ValueError)(
+            f"target has the logits' shape {tuple(target.shape)}, but this loss takes integer "
+            f"class labels [B, *spatial]: for one-hot maps pass target.argmax(1); for "
+            "independent per-class masks use mode='multilabel' where the loss has it"
+        )
     check_label_dtype(target)
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected:

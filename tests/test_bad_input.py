@@ -38,6 +38,19 @@ def test_float_labels_rejected(entry, gen):
         entry.reference(x, y.float(), **entry.variants[0])
 
 
+@pytest.mark.parametrize(
+    "entry", [e for e in LABELS if e.name != "cross_entropy"], ids=lambda e: e.name
+)
+def test_one_hot_target_gets_a_hint(entry, gen):
+    """A one-hot target (MONAI's default form) where labels are expected: the error says
+    to pass ``argmax(1)`` (cross_entropy reads it as class probabilities instead)."""
+    x, y = _inputs(entry, gen)
+    one_hot = torch.nn.functional.one_hot(y, x.shape[1]).movedim(-1, 1).float()
+    for fn in (entry.reference, entry.kernel):
+        with pytest.raises(TypeError, match=r"pass target\.argmax\(1\)"):
+            fn(x, one_hot, **entry.variants[0])
+
+
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
 def test_shape_mismatch(entry, gen):
     x, y = _inputs(entry, gen)
