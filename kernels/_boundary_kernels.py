@@ -65,7 +65,7 @@ def _chunk(
     """A streamed class chunk: ``(z, p, valid, bad, loss, dL/dp)``."""
     _, z, p, g, valid, bad = _load_chunk(
         x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-        sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+        sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE,
     )  # fmt: skip
     loss, dp = _entry_terms(
         phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c, offs_p, pmask, C, K, S, spb, spc,
@@ -116,12 +116,12 @@ def _boundary_kernel(
         gscale = 1.0 / grad_divisor(denom_ptr, DEFER_MEAN)
     x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
         x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-        LABELS, SINGLE, BLOCK_C,
+        LABELS, LABELS, SINGLE, BLOCK_C,
     )  # fmt: skip
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-            stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+            stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE,
         )  # fmt: skip
         loss, dp = _entry_terms(
             phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c0, offs_p, pmask, C, K, S, spb,

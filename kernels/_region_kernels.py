@@ -14,9 +14,11 @@ Two passes over the logits, no one-hot:
   ``u`` comes from the finalize whole, not as a sum of two large terms that nearly
   cancel (the MCC of a class that fills its unit).
 
-LABELS means multiclass: integer labels ``[B, S]`` and a softmax over classes; otherwise
-masks ``[B, C, S]`` and a sigmoid per element. Ignored entries have ``p = g = 0``; a bad
-label or mask value puts NaN into its image's T sums, so the loss is NaN.
+SOFTMAX means multiclass (a softmax over classes), else a sigmoid per element; LABELS
+means integer labels ``[B, S]`` (always with SOFTMAX), else masks ``[B, C, S]``: with
+SOFTMAX, class probabilities (one-hot or soft) as the target. Ignored entries have
+``p = g = 0``; a bad label or mask value puts NaN into its image's T sums, so the loss is
+NaN.
 
 Compound losses (PIXEL = 1: CE or softmax focal, whole class tiles only; PIXEL = 2: BCE
 or sigmoid focal) ride along: pass 1 also sums the pixel loss and its 'mean' divisor per
@@ -65,10 +67,10 @@ def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: 
 
 
 @triton.jit
-def _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS: tl.constexpr):
-    """fp32 logits tile: classes past C read -inf for the softmax (LABELS), else 0."""
+def _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX: tl.constexpr):
+    """fp32 logits tile: classes past C read -inf for the softmax, else 0."""
     cmask = offs_c < C
-    if LABELS:
+    if SOFTMAX:
         return _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
     ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
     return tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
@@ -91,21 +93,24 @@ def _chunk_terms(
     stc,
     sts,
     ignore_index,
+    SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
 ):
     """``(p, g, valid, bad)`` of a ``[classes, pixels]`` tile, p and g 0 where not valid.
-    ``z`` is ``exp(x - m)`` (LABELS: softmax, ``p = z / s``) or the logits (sigmoid)."""
+    ``z`` is ``exp(x - m)`` (SOFTMAX: ``p = z / s``) or the logits (sigmoid)."""
     m2 = (offs_c < C)[:, None] & pmask[None, :]
     if LABELS:
         valid = m2 & pvalid[None, :]
         bad = m2 & pbad[None, :]
         g = tl.where(valid & (offs_c[:, None] == ys[None, :]), 1.0, 0.0)
-        p = tl.where(valid, z * inv_s[None, :], 0.0)
     else:
         g, valid, bad = _mask_tile(
             t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
         )
+    if SOFTMAX:
+        p = tl.where(valid, z * inv_s[None, :], 0.0)
+    else:
         p = tl.where(valid, _sigmoid_pq(z)[0], 0.0)
     return p, g, valid, bad
 
@@ -126,13 +131,14 @@ def _tile_sums(p, g, bad, SQUARED: tl.constexpr):
 @triton.jit
 def _pixel_setup(
     x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-    LABELS: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Per pixel: labels, valid and bad masks and the softmax ``(m, 1/s)`` (LABELS); with
-    SINGLE also the whole class tile ``x`` and ``z`` (``exp(x - m)`` or ``x``)."""
+    """Per pixel: labels, valid and bad masks (LABELS) and the softmax ``(m, 1/s)``
+    (SOFTMAX); with SINGLE also the whole class tile ``x`` and ``z`` (``exp(x - m)`` or
+    ``x``)."""
     x = tl.zeros([BLOCK_C, offs_p.shape[0]], tl.float32)
     if SINGLE:
-        x = _load_x(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+        x = _load_x(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX)
     z = x
     ys = offs_p
     pvalid = pmask
@@ -141,6 +147,7 @@ def _pixel_setup(
     inv_s = m
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+    if SOFTMAX:
         if SINGLE:
             m = tl.max(x, axis=0)
             z = tl.exp(x - m[None, :])
@@ -154,17 +161,17 @@ def _pixel_setup(
 def _load_chunk(
     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
     sxb, sxc, sxs, stb, stc, sts, ignore_index,
-    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
 ):  # fmt: skip
     """A class chunk streamed from memory: ``(x, z, p, g, valid, bad)`` (see
     :func:`_chunk_terms`; ``z = exp(x - m)`` for the softmax, else ``x``)."""
-    x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+    x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX)
     z = x
-    if LABELS:
+    if SOFTMAX:
         z = tl.exp(x - m[None, :])
     p, g, valid, bad = _chunk_terms(
         z, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-        stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+        stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
     )  # fmt: skip
     return x, z, p, g, valid, bad
 
@@ -240,6 +247,7 @@ def _region_stats_kernel(
     smoothing,
     gamma,
     scale,
+    SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SQUARED: tl.constexpr,
@@ -281,12 +289,12 @@ def _region_stats_kernel(
         pmask = offs_p < S
         x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
             x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-            LABELS, SINGLE, BLOCK_C,
+            SOFTMAX, LABELS, SINGLE, BLOCK_C,
         )  # fmt: skip
         if SINGLE:
             p, g, valid, bad = _chunk_terms(
                 z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-                stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
             )  # fmt: skip
             si, sp, st = _tile_sums(p, g, bad, SQUARED)
             acc_i += si
@@ -308,7 +316,7 @@ def _region_stats_kernel(
                 cmask = offs_c < C
                 xc, zc, p, g, valid, bad = _load_chunk(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                    sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                    sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
                 )  # fmt: skip
                 si, sp, st = _tile_sums(p, g, bad, SQUARED)
                 _add_row(out + offs_c, si, cmask)
@@ -347,9 +355,9 @@ def _dl_dp(p, g, coef, offs_c, C, SQUARED: tl.constexpr):
 
 
 @triton.jit
-def _tile_grad(z, p, dp, valid, mean_dp, LABELS: tl.constexpr):
+def _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX: tl.constexpr):
     """``dL/dz`` of a tile; ``mean_dp = sum_k p_k dL/dp_k`` per pixel (softmax only)."""
-    if LABELS:
+    if SOFTMAX:
         dz = p * (dp - mean_dp[None, :])
     else:
         sp, sq = _sigmoid_pq(z)
@@ -361,7 +369,7 @@ def _tile_grad(z, p, dp, valid, mean_dp, LABELS: tl.constexpr):
 def _region_grad_tile(
     b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr, C,
     S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr,
     SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
     SHARE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -371,18 +379,18 @@ def _region_grad_tile(
     g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
     x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
         x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-        LABELS, SINGLE, BLOCK_C,
+        SOFTMAX, LABELS, SINGLE, BLOCK_C,
     )  # fmt: skip
     mean_dp = tl.zeros([BLOCK_P], tl.float32)
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-            stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+            stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
         )  # fmt: skip
         dp = _dl_dp(p, g, coef, offs_c0, C, SQUARED)
-        if LABELS:
+        if SOFTMAX:
             mean_dp = tl.sum(p * dp, axis=0)
-        dz = _tile_grad(z, p, dp, valid, mean_dp, LABELS)
+        dz = _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX)
         if PIXEL != 0:
             kpix = tl.load(kpix_ptr + b)
             if SHARE:  # top-k: each pixel's share of the pixel term
@@ -399,12 +407,12 @@ def _region_grad_tile(
             mask=cmask[:, None] & pmask[None, :],
         )
     else:
-        if LABELS:  # the softmax needs sum_k p_k dL/dp_k before any class is written
+        if SOFTMAX:  # sum_k p_k dL/dp_k is needed before any class is written
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
                 xc, zc, p, g, valid, bad = _load_chunk(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                    sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                    sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
                 )  # fmt: skip
                 mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, SQUARED), axis=0)
         for c0 in range(0, C, BLOCK_C):
@@ -412,10 +420,10 @@ def _region_grad_tile(
             cmask = offs_c < C
             xc, zc, p, g, valid, bad = _load_chunk(
                 x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE,
+                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
             )  # fmt: skip
             dp = _dl_dp(p, g, coef, offs_c, C, SQUARED)
-            dz = _tile_grad(zc, p, dp, valid, mean_dp, LABELS)
+            dz = _tile_grad(zc, p, dp, valid, mean_dp, SOFTMAX)
             if PIXEL == 2:
                 loss, den, dx = _pixel_term(
                     xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
@@ -456,6 +464,7 @@ def _region_grad_kernel(
     smoothing,
     gamma,
     scale,
+    SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SQUARED: tl.constexpr,
@@ -479,6 +488,6 @@ def _region_grad_kernel(
         _region_grad_tile(
             b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
-            scale, LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, SHARE, BLOCK_C,
-            BLOCK_P,
+            scale, SOFTMAX, LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, SHARE,
+            BLOCK_C, BLOCK_P,
         )  # fmt: skip

@@ -189,17 +189,18 @@ def topk_dice_loss(
         lam_reg=lambda_dice,
     )  # fmt: skip
     target, args = fused_args(
-        logits, target, "multiclass", ignore_index, scope, squared, validate, fin
-    )
+        logits, target, "multiclass", ignore_index, scope, squared, validate, fin,
+        labels_only=True,
+    )  # fmt: skip
     n = topk_count(target.numel(), k)
     with torch.no_grad():
         losses = cross_entropy(logits.detach(), target, w, ignore_index, "none", label_smoothing)
         share = _topk_share(losses, n)
         pix_k = lambda_ce / n if reduction == "mean" else lambda_ce
         pix_total = torch.dot(losses.reshape(-1), share.reshape(-1)) * pix_k
-    labels, ignore, squared = args[:3]
+    kind, ignore, squared = args[:3]
     return _topk_region_loss(
-        logits, target, share, pix_total, pix_k, w, float(label_smoothing), labels, ignore,
+        logits, target, share, pix_total, pix_k, w, float(label_smoothing), kind, ignore,
         squared, *args[10:],
     )[0]  # fmt: skip
 

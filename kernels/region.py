@@ -37,6 +37,7 @@ from segtriton.reference._common import (
     check_number,
     checked_target,
     is_number,
+    probability_target,
 )
 
 from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
@@ -62,23 +63,25 @@ from ._tiles import (
 from .pixelwise import _class_vector
 
 PIXEL_SOFTMAX, PIXEL_SIGMOID = 1, 2  # compound pixel terms fused into the two passes
+# what pass 1 and 2 read: sigmoid over masks, softmax over labels or over class probabilities
+TARGET_MASKS, TARGET_LABELS, TARGET_PROBS = 0, 1, 2
 
 Weights = torch.Tensor | Sequence[float] | None
 
 
-def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma,
+def _pass1(logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma,
            scale, focal, count=False) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
     sum and 'mean' divisor (zeros when ``pixel`` is 0); with ``count``, ``[B, 4C + 2]``
     with the counted pixels ``N[C]`` after T."""
-    x, t, strides = loss_views(logits, target, labels)
+    x, t, strides = loss_views(logits, target, kind == TARGET_LABELS)
     B, C = x.shape[:2]
     S = x[0, 0].numel()
     block_c, block_p, single = class_blocks(C)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     row = (4 if count else 3) * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
-    ign, has_ignore = ignore_arg(ignore_index, labels)
+    ign, has_ignore = ignore_arg(ignore_index, kind == TARGET_LABELS)
     _region_stats_kernel[(B * n_chunks,)](
         x,
         t,
@@ -94,7 +97,7 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
         smoothing,
         gamma,
         scale,
-        **_flags(labels, has_ignore, squared, single, pixel, focal, w),
+        **_flags(kind, has_ignore, squared, single, pixel, focal, w),
         COUNT=count,
         STAGES=STAGES,
         BLOCK_C=block_c,
@@ -108,7 +111,7 @@ def _pass1(logits, target, labels, ignore_index, squared, pixel, w, w2, smoothin
 def _region_stats(
     logits: torch.Tensor,
     target: torch.Tensor,
-    labels: bool,
+    kind: int,
     ignore_index: float | None,
     squared: bool,
     pixel: int,
@@ -121,7 +124,7 @@ def _region_stats(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 1 split: ``[B, 3, C]`` sums ``I, P, T`` and ``[B, 2]`` pixel-term sums."""
     total = _pass1(
-        logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
         focal,
     )  # fmt: skip
     B, C = logits.shape[:2]
@@ -129,11 +132,12 @@ def _region_stats(
     return sums, total[:, 3 * C :].clone()  # outputs may not alias each other
 
 
-def _flags(labels, has_ignore, squared, single, pixel, focal, w):
+def _flags(kind, has_ignore, squared, single, pixel, focal, w):
     if pixel == PIXEL_SOFTMAX and not single:
         raise ValueError(f"the fused softmax term needs C <= {MAX_SINGLE_C} (one class tile)")
     return {
-        "LABELS": labels,
+        "SOFTMAX": kind != TARGET_MASKS,
+        "LABELS": kind == TARGET_LABELS,
         "HAS_IGNORE": has_ignore,
         "SQUARED": squared,
         "SINGLE": single,
@@ -157,7 +161,7 @@ def _region_grad(
     target: torch.Tensor,
     coef: torch.Tensor,
     kpix: torch.Tensor,
-    labels: bool,
+    kind: int,
     ignore_index: float | None,
     squared: bool,
     pixel: int,
@@ -172,7 +176,7 @@ def _region_grad(
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
     ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum), times each pixel's ``share``
     (fp32 ``[B, *S]``; the softmax pixel term only) when given."""
-    x, t, strides = loss_views(logits, target, labels)
+    x, t, strides = loss_views(logits, target, kind == TARGET_LABELS)
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     B, C = x.shape[:2]
@@ -180,7 +184,7 @@ def _region_grad(
     block_c, block_p, single = class_blocks(C)
     n_pblocks = cdiv(S, block_p)
     n_blocks = B * n_pblocks
-    ign, has_ignore = ignore_arg(ignore_index, labels)
+    ign, has_ignore = ignore_arg(ignore_index, kind == TARGET_LABELS)
     _region_grad_kernel[(program_count(n_blocks),)](
         x,
         t,
@@ -202,7 +206,7 @@ def _region_grad(
         smoothing,
         gamma,
         scale,
-        **_flags(labels, has_ignore, squared, single, pixel, focal, w),
+        **_flags(kind, has_ignore, squared, single, pixel, focal, w),
         SHARE=share is not None,
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
@@ -284,7 +288,7 @@ def _loss_shape(B: int, C: int, flags: list[int]) -> tuple[int, ...]:
 
 
 def _loss_and_coefs(
-    logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+    logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
     focal, cw, gvec, floats, flags, group=None,
 ):  # fmt: skip
     """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
@@ -298,7 +302,7 @@ def _loss_and_coefs(
     process ``group`` (batch scope) the batch sums are all-reduced first: the coefficients
     of global sums are those of the local ones."""
     total = _pass1(
-        logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
         focal, count=bool(flags[9]),
     )  # fmt: skip
     if group is not None:
@@ -334,7 +338,7 @@ def _loss_and_coefs(
 def _region_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
-    labels: bool,
+    kind: int,
     ignore_index: float | None,
     squared: bool,
     pixel: int,
@@ -351,7 +355,7 @@ def _region_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_loss_and_coefs` on local sums, as a custom op (torch.compile, graphs)."""
     return _loss_and_coefs(
-        logits, target, labels, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
         focal, cw, gvec, floats, flags,
     )  # fmt: skip
 
@@ -398,7 +402,7 @@ def _topk_region_loss(
     pix_k: float,
     w: torch.Tensor | None,
     smoothing: float,
-    labels: bool,
+    kind: int,
     ignore_index: float | None,
     squared: bool,
     cw: torch.Tensor | None,
@@ -412,7 +416,7 @@ def _topk_region_loss(
     the cross-entropy gradient (class weights ``w``, label ``smoothing``), so the region
     loss's two passes carry both terms."""
     loss, out = _loss_and_coefs(
-        logits, target, labels, ignore_index, squared, 0, None, None, 0.0, 0.0, 1.0, False,
+        logits, target, kind, ignore_index, squared, 0, None, None, 0.0, 0.0, 1.0, False,
         cw, gvec, floats, flags,
     )  # fmt: skip
     return loss + pix_total, out
@@ -425,8 +429,8 @@ def _(logits, target, share, pix_total, *params):
 
 
 def _topk_setup(ctx, inputs, output):
-    logits, target, share, _, pix_k, w, smoothing, labels, ignore, squared = inputs[:10]
-    ctx.params = (labels, ignore, squared, PIXEL_SOFTMAX, w, None, smoothing, 0.0, 1.0, False)
+    logits, target, share, _, pix_k, w, smoothing, kind, ignore, squared = inputs[:10]
+    ctx.params = (kind, ignore, squared, PIXEL_SOFTMAX, w, None, smoothing, 0.0, 1.0, False)
     ctx.pix_k, ctx.n_inputs = pix_k, len(inputs)
     ctx.save_for_backward(logits, target, share, output[1])
     ctx.mark_non_differentiable(output[1])
@@ -471,12 +475,16 @@ def _global_region_loss(logits, target, group, *args):
 
 
 def _checked(logits, target, mode, ignore_index, scope, validate):
-    """``(target, labels, ignore)``: checked inputs in the form pass 1 takes."""
+    """``(target, kind, ignore)``: checked inputs in the form pass 1 takes; ``kind`` is a
+    ``TARGET_*`` value (multiclass with a target of the logits' shape: probabilities)."""
     check_choice("scope", scope, ("batch", "image"))
     check_mode(mode, logits)
-    labels = mode == "multiclass"
+    kind = TARGET_MASKS
+    if mode == "multiclass":
+        kind = TARGET_PROBS if probability_target(logits, target, ignore_index) else TARGET_LABELS
+    labels = kind == TARGET_LABELS
     target = checked_target(logits, target, labels, ignore_index, validate)
-    return target, labels, ignore_value(ignore_index, target, labels)
+    return target, kind, ignore_value(ignore_index, target, labels)
 
 
 def fused_loss(
@@ -523,10 +531,17 @@ def fused_args(
     gamma: float = 0.0,
     scale: float = 1.0,
     focal: bool = False,
+    labels_only: bool = False,
 ) -> tuple[torch.Tensor, tuple]:
     """The checked target and the arguments of :func:`_region_loss` after it; the
-    pixel-term arguments are those of :func:`_region_sums`."""
-    target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    pixel-term arguments are those of :func:`_region_sums`. A pixel term (or
+    ``labels_only``) needs integer labels in multiclass mode."""
+    target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    if kind == TARGET_PROBS and (pixel or labels_only):
+        raise ValueError(
+            "the compound losses take integer labels; with class-probability targets add "
+            "the region loss and cross_entropy (which reads them as probabilities) instead"
+        )
     check_choice("absent", fin.absent, tuple(_ABSENT))
     smoothing_terms = ref_region.check_smoothing(fin.smooth_nr, fin.smooth_dr, fin.eps)
     power = 0 if fin.gamma is None else 2 if fin.gamma_after_mean else 1
@@ -542,7 +557,7 @@ def fused_args(
     flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
     flags += [none, fin.mcc]
     args = (
-        labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal,
+        kind, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal,
         fin.weight, gvec, floats, [int(f) for f in flags],
     )  # fmt: skip
     return target, args
@@ -567,9 +582,9 @@ def _region_sums(
 ) -> tuple[ref_region.RegionStats, torch.Tensor]:
     """Checked inputs through pass 1: the region sums per unit and ``[2]`` (pixel-loss sum
     and divisor over the batch; zeros without a pixel term)."""
-    target, labels, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     sums, pix = _region_stats(
-        logits, target, labels, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal
+        logits, target, kind, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal
     )
     sums = sums.movedim(1, 0)
     if scope == "batch":

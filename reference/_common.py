@@ -471,16 +471,42 @@ def flat_labels(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def probability_target(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: float | None
+) -> bool:
+    """Whether a multiclass region loss reads ``target`` as class probabilities: a floating
+    (or bool) tensor of the logits' shape, one-hot or soft (MONAI's ``to_onehot_y=False``
+    form), for C > 1. Such a target has no ignore_index (ValueError): leave the pixels out
+    by labelling them instead."""
+    probs = (
+        isinstance(target, torch.Tensor)
+        and (target.is_floating_point() or target.dtype == torch.bool)
+        and target.shape == logits.shape
+        and logits.shape[1] > 1
+    )
+    if probs and ignore_index is not None:
+        raise ValueError(
+            "ignore_index applies to integer labels; a class-probability target "
+            f"{tuple(target.shape)} takes none (pass labels to ignore pixels)"
+        )
+    return probs
+
+
 def region_inputs(
     logits: torch.Tensor, target: torch.Tensor, mode: str, ignore_index: float | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probabilities, one-hot/soft target and valid mask, each ``[B, C, N]``, masked.
 
-    multiclass: ``p = softmax(logits)``, ``g = one_hot(target)``; binary/multilabel:
+    multiclass: ``p = softmax(logits)``, ``g = one_hot(target)`` (or ``g = target`` for
+    class probabilities, see :func:`probability_target`); binary/multilabel:
     ``p = sigmoid(logits)``, ``g = target``. Ignored positions have p = g = 0.
     """
     check_mode(mode, logits)
+    check_logits(logits)
     x = flat(logits).to(acc_dtype(logits))
+    if mode == "multiclass" and probability_target(logits, target, ignore_index):
+        t, valid = check_masks(logits, target, None)
+        return torch.softmax(x, dim=1), flat(t).to(x.dtype), flat(valid)
     if mode == "multiclass":
         valid = check_labels(logits, target, ignore_index)
         labels = flat_labels(torch.where(valid, target, 0).long())

@@ -33,8 +33,10 @@ from ._common import (
 
 _OPTIONS = {  # the shared options, each documented where a loss has it
     "mode": """
-      mode: 'multiclass' (softmax over C, integer labels ``[B, *S]``), 'binary' (sigmoid,
-        C = 1) or 'multilabel' (sigmoid per channel, masks ``[B, C, *S]``, soft allowed).""",
+      mode: 'multiclass' (softmax over C, integer labels ``[B, *S]``, or class
+        probabilities of the logits' shape, one-hot or soft, without ignore_index),
+        'binary' (sigmoid, C = 1) or 'multilabel' (sigmoid per channel, masks
+        ``[B, C, *S]``, soft allowed).""",
     "scope": """
       scope: 'batch' sums over batch and space (one value per class); 'image' sums over
         space only (one value per image and class).""",

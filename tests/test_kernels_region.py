@@ -28,7 +28,7 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, get, make_inputs
+from segtriton.registry import LOSSES, get, make_inputs, variant_fits
 
 KERNELS = [e for e in LOSSES if e.kernel is not None and e.reference.__module__.endswith(".region")]
 
@@ -66,6 +66,60 @@ def test_large_class_count_streams_classes(entry, mode, seed, gen):
     opts = {"mode": mode, "ignore_index": 255, "scope": "image"}
     x, t = _inputs(entry, (2, 300, 3, 5), opts, torch.float32, gen)  # C > 256: chunked
     assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+def _probability_cases():
+    """(entry, options, C) over every multiclass variant of the region entries."""
+    return [
+        pytest.param(e, v, C, id=f"{e.name}-{i}-C{C}")
+        for e in KERNELS
+        for i, v in enumerate(e.variants)
+        for C in (2, 3, 19, 300)
+        if v.get("mode", "multiclass") == "multiclass"
+        and "ignore_index" not in v
+        and variant_fits(v, C)
+    ]
+
+
+@pytest.mark.parametrize(("entry", "options", "C"), _probability_cases())
+def test_probability_targets(entry, options, C, seed, gen):
+    """Soft class probabilities ``[B, C, *S]`` as the multiclass target (MONAI's
+    ``to_onehot_y=False`` form): softmax over the logits, the target read as ``g``;
+    C = 300 streams the classes. dtype, layout and reduction take turns."""
+    k = C % 3
+    dtype = (torch.float32, torch.bfloat16, torch.float16)[k]
+    x = (2 * torch.randn(2, C, 5, 7, generator=gen)).to(dtype)
+    t = torch.softmax(3 * torch.randn(2, C, 5, 7, generator=gen), dim=1)
+    x, t = x.to(DEVICE), t.to(dtype).double().to(DEVICE)
+    if k == 1:
+        x, t = to_channels_last(x), to_channels_last(t)
+    reduction = "mean" if options.get("gamma_after_mean") else ("mean", "sum", "none")[k]
+    assert_matches(entry, x, t, {**options, "reduction": reduction}, dtype, seed)
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_one_hot_probabilities_equal_labels(entry, gen):
+    """A one-hot float target gives the loss and gradient of its labels."""
+    x, t = _inputs(entry, (2, 4, 6, 5), {}, torch.float32, gen, ignore_frac=0.0)
+    one_hot = torch.nn.functional.one_hot(t, 4).movedim(-1, 1).float()
+    opts = {"scope": "image"} if entry.takes("scope") else {}
+    loss, grad = run_with_grad(entry.kernel, x, t, opts, 1)
+    loss_p, grad_p = run_with_grad(entry.kernel, x, one_hot, opts, 1)
+    torch.testing.assert_close(loss_p, loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad_p, grad, rtol=1e-5, atol=1e-8)
+
+
+def test_probability_targets_refuse_ignore_index_and_compounds(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    t = torch.softmax(torch.randn(2, 3, 4, 5, generator=gen), dim=1).to(DEVICE)
+    for fn in (ref.dice_loss, ker.dice_loss):
+        with pytest.raises(ValueError, match="takes none"):
+            fn(x, t, ignore_index=255)
+    for fn in (ker.ce_dice_loss, ker.focal_dice_loss, ker.topk_dice_loss):
+        with pytest.raises((TypeError, ValueError), match="integer labels"):
+            fn(x, t)
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        ker.dice_loss(x, t * 2, validate=True)
 
 
 @pytest.mark.parametrize("absent", ["include", "exclude", "zero"])

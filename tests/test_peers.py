@@ -75,6 +75,19 @@ def test_monai_dice_family(monai, case, spatial, gen):
     _close(fn(x, y, smooth_nr=s, smooth_dr=s, **our_kw), theirs)
 
 
+@pytest.mark.parametrize("case", MONAI_CASES)
+def test_monai_dice_family_on_soft_targets(monai, case, gen):
+    """MONAI's default target form (``to_onehot_y=False``): class probabilities of the
+    logits' shape, here soft; ours reads them as the multiclass target."""
+    x = 2 * torch.randn(2, 4, 6, 7, generator=gen, dtype=D)
+    t = torch.softmax(2 * torch.randn(2, 4, 6, 7, generator=gen, dtype=D), dim=1)
+    peer_kw, our_kw = MONAI_CASES[case]
+    theirs = monai.DiceLoss(softmax=True, **peer_kw)(x, t)
+    fn = ref.jaccard_loss if case == "jaccard" else ref.dice_loss
+    s = 0.5e-5 if case == "jaccard" else 1e-5
+    _close(fn(x, t, smooth_nr=s, smooth_dr=s, **our_kw), theirs)
+
+
 def test_monai_dice_ignore_index(monai, gen):
     x, y = _inputs(gen, C=3, ignore=True)
     theirs = monai.DiceLoss(softmax=True, to_onehot_y=True, ignore_index=255)(x, y.unsqueeze(1))
