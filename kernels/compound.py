@@ -19,7 +19,12 @@ import torch
 import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
-from segtriton.reference._common import check_choice, check_logits, check_number
+from segtriton.reference._common import (
+    check_choice,
+    check_logits,
+    check_number,
+    probability_target,
+)
 from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
 from segtriton.reference.pixelwise import topk_count
 
@@ -111,7 +116,9 @@ def ce_dice_loss(
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
-    """Triton fused CE + Dice; semantics of ``segtriton.reference.ce_dice_loss``."""
+    """Triton fused CE + Dice; semantics of ``segtriton.reference.ce_dice_loss``. Above
+    ``MAX_SINGLE_C`` classes, and for a class-probability target (which the fused
+    softmax term does not read), the two losses run apart, added."""
     _scalar_reduction(reduction)
     check_logits(logits)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
@@ -119,7 +126,7 @@ def ce_dice_loss(
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
     dice_w = _dice_weight(w, C, include_background, logits)
-    if C <= MAX_SINGLE_C:
+    if C <= MAX_SINGLE_C and not probability_target(logits, target, ignore_index):
         fin = _dice_plus(
             smooth_nr, smooth_dr, eps, absent, dice_w, reduction, lambda_dice, lambda_ce
         )

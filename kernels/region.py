@@ -539,8 +539,8 @@ def fused_args(
     target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     if kind == TARGET_PROBS and (pixel or labels_only):
         raise ValueError(
-            "the compound losses take integer labels; with class-probability targets add "
-            "the region loss and cross_entropy (which reads them as probabilities) instead"
+            "the focal and top-k compound losses take integer labels; with class-probability "
+            "targets use ce_dice_loss, or add a region loss and a pixel-wise one"
         )
     check_choice("absent", fin.absent, tuple(_ABSENT))
     smoothing_terms = ref_region.check_smoothing(fin.smooth_nr, fin.smooth_dr, fin.eps)

@@ -109,13 +109,24 @@ def test_one_hot_probabilities_equal_labels(entry, gen):
     torch.testing.assert_close(grad_p, grad, rtol=1e-5, atol=1e-8)
 
 
-def test_probability_targets_refuse_ignore_index_and_compounds(gen):
+@pytest.mark.parametrize("C", [3, 300])
+def test_ce_dice_on_probability_targets(C, seed, gen):
+    """CE + Dice against class probabilities: the two losses apart (cross-entropy reads
+    them as probabilities), equal to the reference."""
+    entry = get("ce_dice")
+    x = (2 * torch.randn(2, C, 5, 6, generator=gen)).to(DEVICE)
+    t = torch.softmax(2 * torch.randn(2, C, 5, 6, generator=gen), dim=1).double().to(DEVICE)
+    opts = {"lambda_ce": 0.5, "label_smoothing": 0.1, "scope": "image"}
+    assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+def test_probability_targets_refuse_ignore_index_and_label_compounds(gen):
     x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
     t = torch.softmax(torch.randn(2, 3, 4, 5, generator=gen), dim=1).to(DEVICE)
     for fn in (ref.dice_loss, ker.dice_loss):
         with pytest.raises(ValueError, match="takes none"):
             fn(x, t, ignore_index=255)
-    for fn in (ker.ce_dice_loss, ker.focal_dice_loss, ker.topk_dice_loss):
+    for fn in (ker.focal_dice_loss, ker.topk_dice_loss):
         with pytest.raises((TypeError, ValueError), match="integer labels"):
             fn(x, t)
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
