@@ -67,7 +67,8 @@ def _dice_plus(smooth_nr, smooth_dr, eps, absent, weight, reduction, lam_dice, l
 def _unfused(process_group) -> None:
     if process_group is not None:
         raise ValueError(
-            f"process_group needs the fused softmax term (at most {MAX_SINGLE_C} classes)"
+            f"process_group needs the fused softmax term (at most {MAX_SINGLE_C} classes, "
+            "integer labels)"
         )
 
 
