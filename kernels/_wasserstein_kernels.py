@@ -153,14 +153,18 @@ def _wass_grad_kernel(
 
 
 @triton.jit
-def _wass_weights(v, w, offs_c, GDL: tl.constexpr):
-    """Per class ``(x, z)``: how ``W_c`` enters the loss's numerator and denominator, and
-    ``y`` how ``V_c`` enters the denominator (see :func:`_wass_finalize_kernel`)."""
+def _wass_class_terms(v_ptr, offs_c, C, GDL: tl.constexpr):
+    """Per class of a chunk: ``(cmask, v, w, x, z, y)``, the sums ``V, W`` (``[2, C]`` at
+    ``v_ptr``), how ``W_c`` enters the loss's numerator (x) and denominator (z), and how
+    ``V_c`` enters the denominator (y) (see :func:`_wass_finalize_kernel`)."""
+    cmask = offs_c < C
+    v = tl.load(v_ptr + offs_c, mask=cmask, other=0.0)
+    w = tl.load(v_ptr + C + offs_c, mask=cmask, other=0.0)
     if GDL:
         a = 1.0 / (v + 1.0)
-        return a, -a, 2.0 * a
+        return cmask, v, w, a, -a, 2.0 * a
     a = tl.where(offs_c != 0, 1.0, 0.0)
-    return tl.full(v.shape, 1.0, tl.float32), 1.0 - 2.0 * a, 2.0 * a
+    return cmask, v, w, tl.full(v.shape, 1.0, tl.float32), 1.0 - 2.0 * a, 2.0 * a
 
 
 @triton.jit
@@ -179,11 +183,7 @@ def _wass_finalize_kernel(
     num = tl.zeros([BLOCK], tl.float32)
     den = tl.zeros([BLOCK], tl.float32)
     for c0 in range(0, C, BLOCK):
-        offs_c = c0 + tl.arange(0, BLOCK)
-        cmask = offs_c < C
-        v = tl.load(v_ptr + offs_c, mask=cmask, other=0.0)
-        w = tl.load(v_ptr + C + offs_c, mask=cmask, other=0.0)
-        x, z, y = _wass_weights(v, w, offs_c, GDL)
+        cmask, v, w, x, z, y = _wass_class_terms(v_ptr, c0 + tl.arange(0, BLOCK), C, GDL)
         num += tl.where(cmask, x * w, 0.0)
         den += tl.where(cmask, y * v + z * w, 0.0)
     total = tl.sum(den, axis=0) + smooth_dr
@@ -191,8 +191,5 @@ def _wass_finalize_kernel(
     tl.store(loss_ptr + b, loss)
     for c0 in range(0, C, BLOCK):
         offs_c = c0 + tl.arange(0, BLOCK)
-        cmask = offs_c < C
-        v = tl.load(v_ptr + offs_c, mask=cmask, other=0.0)
-        w = tl.load(v_ptr + C + offs_c, mask=cmask, other=0.0)
-        x, z, y = _wass_weights(v, w, offs_c, GDL)
+        cmask, v, w, x, z, y = _wass_class_terms(v_ptr, offs_c, C, GDL)
         tl.store(coef_ptr + b * C + offs_c, (x - loss * z) / total, mask=cmask)
