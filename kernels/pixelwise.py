@@ -937,6 +937,7 @@ def _sigmoid_launch(
         HAS_W=weight is not None,
         HAS_PW=pos_weight is not None,
         HAS_IGNORE=ignore_index is not None,
+        SMOOTH=smoothing != 0,
         WRITE_GRAD=grad is not None,
         WRITE_LOSS=loss is not None,
         PER_ELEMENT=per_el,
