@@ -546,9 +546,10 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
 @triton.jit
 def _sigmoid_tile(
     b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
-    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, smoothing,
+    sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, smoothing, alpha,
     IS_FOCAL: tl.constexpr, LABELS: tl.constexpr, HAS_W: tl.constexpr, HAS_PW: tl.constexpr,
-    HAS_IGNORE: tl.constexpr, SMOOTH: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    SCALAR_ALPHA: tl.constexpr, HAS_IGNORE: tl.constexpr, SMOOTH: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr, PER_ELEMENT: tl.constexpr, MEAN: tl.constexpr,
     DEFER_MEAN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -585,11 +586,16 @@ def _sigmoid_tile(
             w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         else:
             w = tl.full([BLOCK_C, 1], 1.0, tl.float32)
-        if IS_FOCAL and HAS_PW:
+        if SCALAR_ALPHA:  # the focal loss's one alpha, a scalar: no per-class tile to hold
+            wp = w * alpha
+            wn = w * (1.0 - alpha)
+        elif IS_FOCAL and HAS_PW:
+            wp = w * pw
             wn = w * (1.0 - pw)
         else:
+            wp = w * pw
             wn = w
-        loss, dx = _sigmoid_terms(x, t, w * pw, wn, gamma, IS_FOCAL)
+        loss, dx = _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL)
         loss = tl.where(valid, loss, 0.0)
         loss = tl.where(bad, float("nan"), loss)
         if WRITE_LOSS:
@@ -641,10 +647,12 @@ def _sigmoid_loss_kernel(
     ignore_index,
     gamma,
     smoothing,
+    alpha,
     IS_FOCAL: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_PW: tl.constexpr,
+    SCALAR_ALPHA: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     SMOOTH: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
@@ -670,7 +678,7 @@ def _sigmoid_loss_kernel(
         acc += _sigmoid_tile(
             b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, smoothing,
-            IS_FOCAL, LABELS, HAS_W, HAS_PW, HAS_IGNORE, SMOOTH, WRITE_GRAD,
+            alpha, IS_FOCAL, LABELS, HAS_W, HAS_PW, SCALAR_ALPHA, HAS_IGNORE, SMOOTH, WRITE_GRAD,
             WRITE_LOSS, PER_ELEMENT, MEAN, DEFER_MEAN, BLOCK_C, BLOCK_P,
         )  # fmt: skip
     if WRITE_LOSS and not PER_ELEMENT:

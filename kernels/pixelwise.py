@@ -888,6 +888,7 @@ def _sigmoid_launch(
     labels,
     weight,
     pos_weight,
+    alpha,
     ignore_index,
     gamma,
     smoothing,
@@ -932,10 +933,12 @@ def _sigmoid_launch(
         ignore_arg(ignore_index, labels)[0],
         gamma,
         smoothing,
+        1.0 if alpha is None else alpha,
         IS_FOCAL=focal,
         LABELS=labels,
         HAS_W=weight is not None,
         HAS_PW=pos_weight is not None,
+        SCALAR_ALPHA=alpha is not None,
         HAS_IGNORE=ignore_index is not None,
         SMOOTH=smoothing != 0,
         WRITE_GRAD=grad is not None,
@@ -970,6 +973,7 @@ def _sigmoid_pixel_loss(
     labels: bool,
     weight: torch.Tensor | None,
     pos_weight: torch.Tensor | None,
+    alpha: float | None,
     ignore_index: float | None,
     gamma: float,
     smoothing: float,
@@ -978,8 +982,9 @@ def _sigmoid_pixel_loss(
     need_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BCE (``focal`` False) or sigmoid focal loss and its fused gradient. ``pos_weight`` is
-    BCE's, or the focal loss's alpha per class; ``smoothing``: BCE's label smoothing (0
-    for the focal loss)."""
+    BCE's, or the focal loss's alpha per class; ``alpha`` the focal loss's one alpha for
+    every class (None otherwise); ``smoothing``: BCE's label smoothing (0 for the focal
+    loss)."""
     denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _sigmoid_launch(
@@ -988,6 +993,7 @@ def _sigmoid_pixel_loss(
         labels,
         weight,
         pos_weight,
+        alpha,
         ignore_index,
         gamma,
         smoothing,
@@ -1007,6 +1013,7 @@ def _(
     labels,
     weight,
     pos_weight,
+    alpha,
     ignore_index,
     gamma,
     smoothing,
@@ -1027,6 +1034,7 @@ def _sigmoid_pixel_grad(
     labels: bool,
     weight: torch.Tensor | None,
     pos_weight: torch.Tensor | None,
+    alpha: float | None,
     ignore_index: float | None,
     gamma: float,
     smoothing: float,
@@ -1040,6 +1048,7 @@ def _sigmoid_pixel_grad(
         labels,
         weight,
         pos_weight,
+        alpha,
         ignore_index,
         gamma,
         smoothing,
@@ -1054,13 +1063,13 @@ def _sigmoid_pixel_grad(
 
 @_sigmoid_pixel_grad.register_fake
 def _(
-    logits, target, grad_output, labels, weight, pos_weight, ignore_index, gamma, smoothing,
-    focal,
+    logits, target, grad_output, labels, weight, pos_weight, alpha, ignore_index, gamma,
+    smoothing, focal,
 ):  # fmt: skip
     return grad_like(logits)
 
 
-_register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 9)
+_register_fused_autograd(_sigmoid_pixel_loss, _sigmoid_pixel_grad, 10)
 
 
 @kernel_api
@@ -1088,7 +1097,7 @@ def binary_cross_entropy_with_logits(
     pw = _class_vector("pos_weight", pos_weight, C, logits, validate)
     ign = ignore_value(ignore_index, target, False)
     loss, _, _ = _sigmoid_pixel_loss(
-        logits, target, False, w, pw, ign, 0.0, label_smoothing, False, reduction,
+        logits, target, False, w, pw, None, ign, 0.0, label_smoothing, False, reduction,
         _need_grad(logits),
     )  # fmt: skip
     return loss
@@ -1119,10 +1128,10 @@ def sigmoid_focal_loss(
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
     ign = ignore_value(ignore_index, target, labels)
-    if alpha is not None and not isinstance(alpha, torch.Tensor):  # one alpha for every class
-        alpha = torch.full((logits.shape[1],), alpha, dtype=torch.float32, device=logits.device)
+    vec = alpha if isinstance(alpha, torch.Tensor) else None
+    scalar = None if alpha is None or vec is not None else float(alpha)
     loss, _, _ = _sigmoid_pixel_loss(
-        logits, target, labels, w, alpha, ign, float(gamma), 0.0, True, reduction,
+        logits, target, labels, w, vec, scalar, ign, float(gamma), 0.0, True, reduction,
         _need_grad(logits),
     )  # fmt: skip
     return loss
