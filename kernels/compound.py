@@ -264,6 +264,7 @@ def focal_dice_loss(
     eps: float = 1e-7,
     scope: str = "batch",
     absent: str = "include",
+    sigmoid_focal: bool = False,
     reduction: str = "mean",
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
@@ -282,24 +283,27 @@ def focal_dice_loss(
 
     return _focal_compound(
         logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
-        dice_alone,
+        dice_alone, sigmoid_focal,
     )  # fmt: skip
 
 
 def _focal_compound(
-    logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group, region_alone
+    logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group, region_alone,
+    sigmoid_focal,
 ):  # fmt: skip
     """``fin``'s region loss plus ``fin.lam_pix`` times the focal term (softmax for
-    'multiclass', else sigmoid) in the region kernels' two passes; a softmax term over
-    more than ``MAX_SINGLE_C`` classes runs as its own kernel, added to
-    ``region_alone()`` (the weighted region term)."""
-    if mode == "multiclass" and logits.shape[1] > MAX_SINGLE_C:
+    'multiclass' unless ``sigmoid_focal``, else sigmoid: one-vs-rest on the labels in
+    multiclass mode) in the region kernels' two passes; a softmax term over more than
+    ``MAX_SINGLE_C`` classes runs as its own kernel, added to ``region_alone()`` (the
+    weighted region term)."""
+    softmax = mode == "multiclass" and not sigmoid_focal
+    if softmax and logits.shape[1] > MAX_SINGLE_C:
         _unfused(group)
         focal = softmax_focal_loss(
             logits, target, alpha, gamma, ignore_index, fin.reduction, validate
         )
         return fin.lam_pix * focal + region_alone()
-    if mode != "multiclass":
+    if not softmax:
         gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
         pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
         wp, wn = _sigmoid_weights(logits.shape[1], logits, pos=pos, neg=neg)
@@ -332,6 +336,7 @@ def generalized_dice_focal_loss(
     smooth_dr: float = 0.0,
     eps: float = 1e-7,
     scope: str = "batch",
+    sigmoid_focal: bool = False,
     reduction: str = "mean",
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
@@ -356,7 +361,7 @@ def generalized_dice_focal_loss(
 
     return _focal_compound(
         logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
-        gdl_alone,
+        gdl_alone, sigmoid_focal,
     )  # fmt: skip
 
 

@@ -97,9 +97,11 @@ def _global_pixel_term(
     scope: str,
     process_group: dist.ProcessGroup | None,
     weight: Weights = None,
+    per_class: bool = False,
 ) -> torch.Tensor:
     """A pixel term given as its local sum, over the global batch: the sum and the 'mean'
-    divisor (valid labels, or their class weights' sum; valid mask entries) all-reduced."""
+    divisor (valid labels, or their class weights' sum, times C with ``per_class`` for a
+    one-vs-rest term; valid mask entries) all-reduced."""
     if process_group is None:
         return term
     if labels:
@@ -108,7 +110,7 @@ def _global_pixel_term(
         per_pixel = valid.to(term.dtype)
         if w is not None:
             per_pixel = per_pixel * w[torch.where(valid, target, 0)]
-        divisor = per_pixel.sum()
+        divisor = per_pixel.sum() * (logits.shape[1] if per_class else 1)
     else:
         divisor = check_masks(logits, target, ignore_index)[1].sum().to(term.dtype)
     both = global_sums(torch.stack([term, divisor]), scope, process_group)
@@ -280,10 +282,14 @@ def bce_dice_loss(
     return lambda_bce * bce + lambda_dice * dice
 
 
-def _focal_term(logits, target, mode, alpha, gamma, ignore_index, reduction, scope, group):
-    """The focal term of a compound loss: softmax focal for 'multiclass', else sigmoid
-    focal, over the global batch with a process group."""
-    if mode == "multiclass":
+def _focal_term(
+    logits, target, mode, alpha, gamma, ignore_index, reduction, scope, group, sigmoid_focal
+):  # fmt: skip
+    """The focal term of a compound loss: softmax focal for 'multiclass' (one-vs-rest
+    sigmoid focal with ``sigmoid_focal``), else sigmoid focal, over the global batch with a
+    process group."""
+    ovr = mode == "multiclass" and sigmoid_focal
+    if mode == "multiclass" and not ovr:
         focal = softmax_focal_loss(
             logits,
             target,
@@ -303,10 +309,12 @@ def _focal_term(logits, target, mode, alpha, gamma, ignore_index, reduction, sco
             reduction=_local(reduction, group),
         )
     return _global_pixel_term(
-        focal, logits, target, mode == "multiclass", ignore_index, reduction, scope, group
-    )
+        focal, logits, target, mode == "multiclass", ignore_index, reduction, scope, group,
+        per_class=ovr,
+    )  # fmt: skip
 
 
+@checks_flags
 def focal_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -322,20 +330,26 @@ def focal_dice_loss(
     eps: float = 1e-7,
     scope: str = "batch",
     absent: str = "include",
+    sigmoid_focal: bool = False,
     reduction: str = "mean",
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_focal * focal + lambda_dice * Dice``.
 
     mode 'multiclass': :func:`softmax_focal_loss` (alpha None, scalar or per class) plus
-    softmax Dice; 'binary' / 'multilabel': :func:`sigmoid_focal_loss` (alpha None, scalar or
-    per class) plus sigmoid Dice. ``weight`` goes to the Dice term.
+    softmax Dice; with ``sigmoid_focal=True`` the focal term is
+    :func:`sigmoid_focal_loss` one-vs-rest on the labels (``mode='multiclass'``, 'mean' over
+    valid pixels times C), as MONAI's ``DiceFocalLoss(softmax=True, to_onehot_y=True)``
+    computes it. 'binary' / 'multilabel': :func:`sigmoid_focal_loss` (alpha None, scalar
+    or per class) plus sigmoid Dice (``sigmoid_focal`` changes nothing). ``weight`` goes to
+    the Dice term.
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
     focal = _focal_term(
-        logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group
-    )
+        logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group,
+        sigmoid_focal,
+    )  # fmt: skip
     dice = dice_loss(
         logits,
         target,
@@ -353,6 +367,7 @@ def focal_dice_loss(
     return lambda_focal * focal + lambda_dice * dice
 
 
+@checks_flags
 def generalized_dice_focal_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -368,18 +383,21 @@ def generalized_dice_focal_loss(
     smooth_dr: float = 0.0,
     eps: float = 1e-7,
     scope: str = "batch",
+    sigmoid_focal: bool = False,
     reduction: str = "mean",
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_focal * focal + lambda_gdl * generalized Dice`` (MONAI's
-    GeneralizedDiceFocalLoss): the focal term of :func:`focal_dice_loss` beside
-    :func:`generalized_dice_loss` (``weight_type``, ``absent_weight``, smoothing, scope).
+    GeneralizedDiceFocalLoss): the focal term of :func:`focal_dice_loss` (``sigmoid_focal``
+    as there; MONAI's multiclass form uses it) beside :func:`generalized_dice_loss`
+    (``weight_type``, ``absent_weight``, smoothing, scope).
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_gdl = term_weights(lambda_focal=lambda_focal, lambda_gdl=lambda_gdl)
     focal = _focal_term(
-        logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group
-    )
+        logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group,
+        sigmoid_focal,
+    )  # fmt: skip
     gdl = generalized_dice_loss(
         logits,
         target,

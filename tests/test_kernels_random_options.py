@@ -64,7 +64,14 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
     }
     if name.startswith("lambda_"):
         return r.choice([0.0, 0.3, 1.0, 2.0])
-    flags = ("avg_non_ignore", "squared", "log_loss", "per_image", "gamma_after_mean")
+    flags = (
+        "avg_non_ignore",
+        "squared",
+        "log_loss",
+        "per_image",
+        "gamma_after_mean",
+        "sigmoid_focal",
+    )
     if name in (*flags, "include_background"):
         return r.random() < 0.5
     if name == "ignore_index":

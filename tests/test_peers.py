@@ -312,11 +312,31 @@ def test_monai_sigmoid_generalized_dice_focal(monai, batch, gen):
     _close(ours, theirs)
 
 
-def test_monai_softmax_dice_focal_is_softmax_dice_plus_sigmoid_focal(monai, gen):
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_monai_softmax_dice_focal_is_softmax_dice_plus_sigmoid_focal(monai, alpha, gen):
+    """MONAI's multiclass DiceFocalLoss keeps its focal term sigmoid one-vs-rest: the sum
+    of our two losses, and focal_dice_loss(sigmoid_focal=True) in one call."""
     x, y = _inputs(gen)
-    theirs = monai.DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=2.0)(x, y.unsqueeze(1))
+    theirs = monai.DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=2.0, alpha=alpha)(
+        x, y.unsqueeze(1)
+    )
     dice = ref.dice_loss(x, y, scope="image", smooth_nr=1e-5, smooth_dr=1e-5)
-    _close(dice + ref.sigmoid_focal_loss(x, y, mode="multiclass", alpha=None), theirs)
+    _close(dice + ref.sigmoid_focal_loss(x, y, mode="multiclass", alpha=alpha), theirs)
+    kw = {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}
+    _close(ref.focal_dice_loss(x, y, alpha=alpha, sigmoid_focal=True, **kw), theirs)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_monai_softmax_generalized_dice_focal(monai, batch, gen):
+    x, y = _inputs(gen, C=5)
+    theirs = monai.GeneralizedDiceFocalLoss(
+        softmax=True, to_onehot_y=True, gamma=1.5, lambda_gdl=0.7, batch=batch
+    )(x, y.unsqueeze(1))
+    ours = ref.generalized_dice_focal_loss(
+        x, y, gamma=1.5, lambda_gdl=0.7, sigmoid_focal=True, smooth_nr=1e-5, smooth_dr=1e-5,
+        scope="batch" if batch else "image",
+    )  # fmt: skip
+    _close(ours, theirs)
 
 
 @pytest.mark.parametrize("spatial", [(9, 11), (4, 5, 6)], ids=["2d", "3d"])
