@@ -161,9 +161,18 @@ PRESETS: dict[str, dict] = {
         "ignore_frac": 0.0,
     },
     # MONAI's region and compound losses beside ours, without ignored pixels (its
-    # GeneralizedDiceLoss, DiceCELoss and MCCLoss have no ignore_index)
+    # GeneralizedDiceLoss, DiceCELoss, DiceFocalLoss, MCCLoss and
+    # GeneralizedWassersteinDiceLoss have no ignore_index)
     "monai": {
-        "losses": ["dice", "tversky", "generalized_dice", "ce_dice", "mcc", "wasserstein_dice"],
+        "losses": [
+            "dice",
+            "tversky",
+            "generalized_dice",
+            "ce_dice",
+            "focal_dice",
+            "mcc",
+            "wasserstein_dice",
+        ],
         "providers": ["triton", "eager", "compile", "monai"],
         "shapes": [[8, 19, 512, 1024], [4, 4, 128, 128, 128]],
         "dtypes": ["bf16", "fp32"],

@@ -195,7 +195,8 @@ def test_monai_preset_checks_monai_without_ignored_pixels(tmp_path):
     assert code == 0
     assert set(rows.provider) == {"eager", "monai"}
     assert set(rows[rows.provider == "monai"].loss) == {
-        "dice", "tversky", "generalized_dice", "ce_dice", "mcc", "wasserstein_dice"
+        "dice", "tversky", "generalized_dice", "ce_dice", "focal_dice", "mcc",
+        "wasserstein_dice",
     }  # fmt: skip
     assert rows.passed.all() and (rows.ignore_frac == 0).all()
 
