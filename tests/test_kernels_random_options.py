@@ -106,6 +106,25 @@ def _case(entry, r: random.Random):
     return opts, shape, dtype, r.random() < 0.3, ignore, label_dtype, soft
 
 
+def _reads_probabilities(entry, opts: dict) -> bool:
+    """Whether a class-probability target of the logits' shape may replace the labels: the
+    multiclass region losses and CE + Dice."""
+    multiclass = entry.target_kind(opts) == "labels" and opts.get("mode") in (None, "multiclass")
+    region = entry.reference.__module__.endswith(".region") or entry.name == "ce_dice"
+    return multiclass and region
+
+
+def _probabilities(labels, shape, gen, one_hot: bool):
+    """Class probabilities ``shape`` on the labels' device: the one-hot of ``labels``
+    (ignored pixels read as class 0), or a random soft distribution per pixel."""
+    C = shape[1]
+    if one_hot:
+        hard = torch.where((labels >= 0) & (labels < C), labels.long(), 0)
+        return torch.nn.functional.one_hot(hard, C).movedim(-1, 1).double()
+    soft = torch.softmax(2 * torch.randn(shape, generator=gen, dtype=torch.float64), dim=1)
+    return soft.to(labels.device)
+
+
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
 def test_random_options_match_reference(entry, seed):
     """DRAWS option sets the reference accepts are compared; on the way, every drawn set it
@@ -118,6 +137,9 @@ def test_random_options_match_reference(entry, seed):
         x, t = make_inputs(
             entry, shape, opts, dtype, gen, ignore, 255, label_dtype, soft, device=DEVICE
         )
+        if _reads_probabilities(entry, opts) and r.random() < 0.3:
+            t = _probabilities(t, shape, gen, one_hot=r.random() < 0.5)
+            opts.pop("ignore_index", None)
         if channels_last:
             x = to_channels_last(x)
         try:
