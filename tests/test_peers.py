@@ -268,6 +268,17 @@ def test_monai_dice_ce(monai, batch, gen):
         _close(ours, theirs)
 
 
+def test_monai_dice_ce_on_soft_targets(monai, gen):
+    """MONAI's DiceCELoss on a target of the logits' shape (its default
+    ``to_onehot_y=False``): Dice against it and cross-entropy against it as class
+    probabilities, as ce_dice_loss reads a probability target."""
+    x = 2 * torch.randn(2, 4, 5, 6, generator=gen, dtype=D)
+    t = torch.softmax(2 * torch.randn(2, 4, 5, 6, generator=gen, dtype=D), dim=1)
+    kw = {"lambda_ce": 0.7, "lambda_dice": 1.3}
+    theirs = monai.DiceCELoss(softmax=True, **kw)(x, t)
+    _close(ref.ce_dice_loss(x, t, smooth_nr=1e-5, smooth_dr=1e-5, scope="image", **kw), theirs)
+
+
 def test_monai_sigmoid_dice_ce_of_one_channel(monai, gen):
     """DiceCELoss(sigmoid=True) adds BCE for one channel. For more, MONAI's CE term is a
     softmax cross-entropy against the masks read as class probabilities."""
