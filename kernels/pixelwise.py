@@ -608,7 +608,7 @@ def _select_labels(target: torch.Tensor) -> tuple[torch.Tensor, int, int, int, b
 
 
 def _radix_select(
-    v: torch.Tensor, labels: tuple | None, ignore_index: int, k_max: int
+    v: torch.Tensor, labels: tuple | None, ignore_index: int | None, k_max: int
 ) -> torch.Tensor:
     """The select state (``_select_kernels``) of the ``k``-th largest of the fp32 values
     ``v`` (flat, contiguous), ``k = min(k_max, n_valid - 1)``: ``n_valid`` counts the
@@ -676,7 +676,7 @@ def _topk_share(losses: torch.Tensor, n: int) -> torch.Tensor:
     NaN ranks above every finite value. A radix select over every value (:func:`_radix_select`),
     then one pass: five passes over ``losses``."""
     v = losses.reshape(-1)
-    state = _radix_select(v, None, -100, n - 1)
+    state = _radix_select(v, None, None, n - 1)
     out = torch.empty_like(v)
     tiles, n_programs = tile_chunks(v.numel(), _SELECT_BLOCK, 1)
     _topk_share_kernel[(n_programs,)](
