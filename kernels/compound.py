@@ -25,7 +25,12 @@ from segtriton.reference._common import (
     check_number,
     probability_target,
 )
-from segtriton.reference.compound import _scalar_reduction, combo_options, term_weights
+from segtriton.reference.compound import (
+    _scalar_reduction,
+    combo_options,
+    dice_class_weight,
+    term_weights,
+)
 from segtriton.reference.pixelwise import topk_count
 
 from ._runtime import kernel_api
@@ -88,15 +93,6 @@ def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
     return wp, wn
 
 
-def _dice_weight(w, C, include_background, logits):
-    """The Dice term's class weights (``reference.compound.dice_class_weight``): ``w``,
-    times 0 for class 0 without the background (a cached device constant)."""
-    if include_background or C == 1:
-        return w
-    keep = _class_vector("weight", [0.0] + [1.0] * (C - 1), C, logits, False)
-    return keep if w is None else w * keep
-
-
 @kernel_api
 def ce_dice_loss(
     logits: torch.Tensor,
@@ -126,7 +122,8 @@ def ce_dice_loss(
     C = logits.shape[1]
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
-    dice_w = _dice_weight(w, C, include_background, logits)
+    fp32 = logits.new_empty(0, dtype=torch.float32)  # w is checked and fp32 already
+    dice_w = dice_class_weight(w, C, include_background, fp32, check_values=False)
     if C <= MAX_SINGLE_C and not probability_target(logits, target, ignore_index):
         fin = _dice_plus(
             smooth_nr, smooth_dr, eps, absent, dice_w, reduction, lambda_dice, lambda_ce
@@ -181,7 +178,8 @@ def topk_dice_loss(
     C = logits.shape[1]
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
-    dice_w = _dice_weight(w, C, include_background, logits)
+    fp32 = logits.new_empty(0, dtype=torch.float32)  # w is checked and fp32 already
+    dice_w = dice_class_weight(w, C, include_background, fp32, check_values=False)
     if C > MAX_SINGLE_C:
         ce = topk_cross_entropy(
             logits, target, k, w, ignore_index, label_smoothing, reduction, validate=validate

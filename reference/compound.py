@@ -28,6 +28,7 @@ from ._common import (
     check_masks,
     check_number,
     checks_flags,
+    device_constant,
     not_ignored,
     reduce_pixels,
 )
@@ -60,16 +61,18 @@ def _like(logits: object) -> torch.Tensor:
 
 
 def dice_class_weight(
-    weight: Weights, C: int, include_background: bool, like: torch.Tensor
-) -> Weights:
+    weight: Weights, C: int, include_background: bool, like: torch.Tensor,
+    check_values: bool = True,
+) -> Weights:  # fmt: skip
     """The Dice term's class weights: ``weight``, times 0 for class 0 when
     ``include_background`` is False and C > 1 (as MONAI, which ignores the flag for one
-    channel). Checked first (:func:`check_class_vector`), in ``like``'s dtype and device."""
-    w = check_class_vector("weight", weight, C, like)
+    channel; the mask is a cached device constant). Checked first
+    (:func:`check_class_vector`, a tensor's values read with ``check_values``), in
+    ``like``'s dtype and device."""
+    w = check_class_vector("weight", weight, C, like, check_values)
     if include_background or C == 1:
         return w
-    keep = torch.ones(C, dtype=like.dtype, device=like.device)
-    keep[0] = 0.0
+    keep = device_constant([0.0] + [1.0] * (C - 1), like.dtype, like.device)
     return keep if w is None else w * keep
 
 
