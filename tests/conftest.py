@@ -16,6 +16,46 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+def vectorize_min_max_scans() -> bool:
+    """Let Triton's interpreter run the distance transform's prefix max / min scans as numpy
+    ``accumulate`` calls. The interpreter vectorizes only sum and product scans; any other
+    combine function it applies one element at a time in Python, which was most of the
+    surface-metric and boundary tests' CPU time. Same results (integer max / min); the
+    original runs for every other scan and wherever triton's internals differ. Whether it
+    took effect is returned; ``tests/test_kernels_boundary.py`` checks it against the
+    interpreter's own scan."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import numpy as np
+        from triton.runtime.interpreter import ScanOps
+
+        from segtriton.kernels import _edt_kernels
+    except ImportError:
+        return False
+    slow = getattr(ScanOps, "generic_scan", None)
+    if slow is None or getattr(slow, "vectorized", False):
+        return slow is not None
+    ufuncs = {id(_edt_kernels._max): np.maximum, id(_edt_kernels._min): np.minimum}
+
+    def generic_scan(self, input):
+        ufunc = ufuncs.get(id(self.combine_fn))
+        if ufunc is None or len(input) != 1:
+            return slow(self, input)
+        generic_scan.shortcuts += 1
+        data = input[0].handle.data
+        return [self.to_tensor(ufunc.accumulate(data, axis=self.axis), input[0].dtype)]
+
+    generic_scan.vectorized = True
+    generic_scan.shortcuts = 0
+    generic_scan.slow = slow
+    ScanOps.generic_scan = generic_scan
+    return True
+
+
+VECTORIZED_SCANS = vectorize_min_max_scans()
+
+
 @pytest.fixture
 def seed() -> int:
     """A fresh seed per test (printed, so a failure shows it); SEGTRITON_SEED fixes it."""

@@ -42,6 +42,24 @@ def test_squared_edt_is_exact_in_integers(gen):
         assert torch.equal(d, want)
 
 
+def test_interpreter_scan_shortcut_changes_nothing(gen, monkeypatch):
+    """tests/conftest.py runs the distance transform's max / min scans as numpy
+    ``accumulate`` in Triton's interpreter; the interpreter's own scan gives the same maps."""
+    import conftest
+
+    if not conftest.VECTORIZED_SCANS:
+        pytest.skip("the kernels are compiled here: no interpreter scan to shortcut")
+    from triton.runtime.interpreter import ScanOps
+
+    t = torch.randint(0, 3, (2, 6, 7, 9), generator=gen)
+    t = t.masked_fill(torch.rand(t.shape, generator=gen) < 0.1, 255)
+    before = ScanOps.generic_scan.shortcuts
+    fast = ker.signed_distance_map(t, 3, ignore_index=255)
+    assert ScanOps.generic_scan.shortcuts > before
+    monkeypatch.setattr(ScanOps, "generic_scan", ScanOps.generic_scan.slow)
+    assert torch.equal(ker.signed_distance_map(t, 3, ignore_index=255), fast)
+
+
 @pytest.mark.parametrize(("C", "spatial"), list(itertools.product([2, 5], [(23, 31), (6, 7, 8)])))
 def test_signed_map_matches_reference(C, spatial, gen):
     t = torch.randint(0, C, (2, *spatial), generator=gen)
