@@ -188,10 +188,13 @@ def _overhead(args: argparse.Namespace) -> int:
 
     shape = _shape_arg(args.shape)
     names = _kernel_names(args.losses)
-    print(f"{'loss':<18} {'shape':>14}  host us per fwd+bwd  (through the custom-op dispatcher)")
-    for row in host_overhead(names, shape, calls=args.calls, arch=args.arch):
+    rows = host_overhead(names, shape, calls=args.calls, arch=args.arch)
+    width = max(len(row["loss"]) for row in [{"loss": "loss"}, *rows])
+    head = "host us per fwd+bwd  (through the custom-op dispatcher)"
+    print(f"{'loss':<{width}} {'shape':>14}  {head}")
+    for row in rows:
         print(
-            f"{row['loss']:<18} {row['shape']:>14}  {row['host_us']:>19.1f}"
+            f"{row['loss']:<{width}} {row['shape']:>14}  {row['host_us']:>19.1f}"
             f"  ({row['custom_op_us']:.1f})"
         )
     return 0
