@@ -29,6 +29,7 @@ from segtriton.reference.compound import (
     _scalar_reduction,
     combo_options,
     dice_class_weight,
+    focal_background,
     term_weights,
 )
 from segtriton.reference.pixelwise import topk_count
@@ -262,6 +263,7 @@ def focal_dice_loss(
     eps: float = 1e-7,
     scope: str = "batch",
     absent: str = "include",
+    include_background: bool = True,
     sigmoid_focal: bool = False,
     reduction: str = "mean",
     validate: bool = False,
@@ -272,8 +274,12 @@ def focal_dice_loss(
     check_logits(logits)
     lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
     C = logits.shape[1]
+    fp32 = logits.new_empty(0, dtype=torch.float32)
+    keep, scale = focal_background(mode, sigmoid_focal, include_background, C, fp32)
     w = _class_vector("weight", weight, C, logits, validate)
-    fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_focal)
+    w = dice_class_weight(w, C, include_background, fp32, check_values=False)
+    lam_focal = lambda_focal * scale if reduction == "mean" else lambda_focal
+    fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lam_focal)
 
     def dice_alone():
         stats, _ = _region_sums(logits, target, mode, ignore_index, scope, False, validate, None)
@@ -281,17 +287,18 @@ def focal_dice_loss(
 
     return _focal_compound(
         logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
-        dice_alone, sigmoid_focal,
+        dice_alone, sigmoid_focal, keep,
     )  # fmt: skip
 
 
 def _focal_compound(
     logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group, region_alone,
-    sigmoid_focal,
+    sigmoid_focal, keep=None,
 ):  # fmt: skip
     """``fin``'s region loss plus ``fin.lam_pix`` times the focal term (softmax for
     'multiclass' unless ``sigmoid_focal``, else sigmoid: one-vs-rest on the labels in
-    multiclass mode) in the region kernels' two passes; a softmax term over more than
+    multiclass mode, its classes weighted by ``keep``) in the region kernels' two passes;
+    a softmax term over more than
     ``MAX_SINGLE_C`` classes runs as its own kernel, added to ``region_alone()`` (the
     weighted region term)."""
     softmax = mode == "multiclass" and not sigmoid_focal
@@ -304,7 +311,7 @@ def _focal_compound(
     if not softmax:
         gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
         pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
-        wp, wn = _sigmoid_weights(logits.shape[1], logits, pos=pos, neg=neg)
+        wp, wn = _sigmoid_weights(logits.shape[1], logits, w=keep, pos=pos, neg=neg)
         return fused_loss(
             logits, target, mode, ignore_index, scope, False, validate, fin,
             pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma), focal=True,

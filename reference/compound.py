@@ -76,6 +76,26 @@ def dice_class_weight(
     return keep if w is None else w * keep
 
 
+def focal_background(
+    mode: str, sigmoid_focal: bool, include_background: bool, C: int, like: torch.Tensor
+) -> tuple[torch.Tensor | None, float]:
+    """The focal term of a Dice + focal loss without the background (C > 1): class weights
+    that drop class 0 (a cached device constant) and the factor ``C / (C - 1)`` that makes
+    its 'mean' over the other ``C - 1`` elements of a pixel, as MONAI's ``DiceFocalLoss``
+    does by cutting channel 0 before its sigmoid focal term; ``(None, 1.0)`` with the
+    background. A softmax focal term has no such form (MONAI would renormalise the softmax
+    over the remaining channels): ValueError."""
+    if include_background or C == 1:
+        return None, 1.0
+    if mode == "multiclass" and not sigmoid_focal:
+        raise ValueError(
+            "include_background=False leaves class 0 out of a one-vs-rest focal term: "
+            "pass sigmoid_focal=True with mode='multiclass' (a softmax focal term has no "
+            "class to leave out)"
+        )
+    return device_constant([0.0] + [1.0] * (C - 1), like.dtype, like.device), C / (C - 1)
+
+
 def combo_options(alpha: object, beta: object, smooth: object) -> tuple[float, float, float]:
     """Combo's ``alpha`` and ``beta`` (in [0, 1]) and ``smooth`` (finite, >= 0) as floats."""
     return (
@@ -286,11 +306,12 @@ def bce_dice_loss(
 
 
 def _focal_term(
-    logits, target, mode, alpha, gamma, ignore_index, reduction, scope, group, sigmoid_focal
+    logits, target, mode, alpha, gamma, ignore_index, reduction, scope, group, sigmoid_focal,
+    weight=None,
 ):  # fmt: skip
     """The focal term of a compound loss: softmax focal for 'multiclass' (one-vs-rest
-    sigmoid focal with ``sigmoid_focal``), else sigmoid focal, over the global batch with a
-    process group."""
+    sigmoid focal with ``sigmoid_focal``), else sigmoid focal (its class ``weight``), over
+    the global batch with a process group."""
     ovr = mode == "multiclass" and sigmoid_focal
     if mode == "multiclass" and not ovr:
         focal = softmax_focal_loss(
@@ -308,6 +329,7 @@ def _focal_term(
             mode=mode,
             alpha=alpha,
             gamma=gamma,
+            weight=weight,
             ignore_index=ignore_index,
             reduction=_local(reduction, group),
         )
@@ -333,6 +355,7 @@ def focal_dice_loss(
     eps: float = 1e-7,
     scope: str = "batch",
     absent: str = "include",
+    include_background: bool = True,
     sigmoid_focal: bool = False,
     reduction: str = "mean",
     process_group: dist.ProcessGroup | None = None,
@@ -346,13 +369,24 @@ def focal_dice_loss(
     computes it. 'binary' / 'multilabel': :func:`sigmoid_focal_loss` (alpha None, scalar
     or per class) plus sigmoid Dice (``sigmoid_focal`` changes nothing). ``weight`` goes to
     the Dice term.
+
+    ``include_background=False`` (ignored for one class) leaves class 0 out of both terms,
+    as MONAI's ``DiceFocalLoss(include_background=False)``: the Dice term as in
+    :func:`ce_dice_loss`, the sigmoid focal term over the other C - 1 classes ('mean' over
+    valid pixels times C - 1). With a softmax focal term it is a ValueError
+    (:func:`focal_background`).
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
+    like = _like(logits)
+    C = logits.shape[1]
+    keep, scale = focal_background(mode, sigmoid_focal, include_background, C, like)
     focal = _focal_term(
         logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group,
-        sigmoid_focal,
+        sigmoid_focal, keep,
     )  # fmt: skip
+    if reduction == "mean":
+        focal = focal * scale
     dice = dice_loss(
         logits,
         target,
@@ -363,7 +397,7 @@ def focal_dice_loss(
         scope=scope,
         absent=absent,
         ignore_index=ignore_index,
-        weight=weight,
+        weight=dice_class_weight(weight, C, include_background, like),
         reduction=reduction,
         process_group=process_group,
     )

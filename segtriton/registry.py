@@ -303,6 +303,7 @@ LOSSES: tuple[LossEntry, ...] = (
             {"mode": "multilabel", "alpha": 0.25, "scope": "image"},
             {"mode": "multilabel", "alpha": [0.1, 0.5, 0.9]},
             {"sigmoid_focal": True, "alpha": 0.25, "scope": "image"},
+            {"sigmoid_focal": True, "include_background": False, "gamma": 1.5},
         ),
         kernel=ker.focal_dice_loss,
         reductions=_SCALAR,

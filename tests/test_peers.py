@@ -337,6 +337,23 @@ def test_monai_softmax_dice_focal_is_softmax_dice_plus_sigmoid_focal(monai, alph
     _close(ref.focal_dice_loss(x, y, alpha=alpha, sigmoid_focal=True, **kw), theirs)
 
 
+@pytest.mark.parametrize("C", [2, 5])
+def test_monai_dice_focal_without_background(monai, C, gen):
+    """DiceFocalLoss(include_background=False) cuts channel 0 before both terms: the
+    one-vs-rest focal term over the other C - 1 classes, labels or multilabel masks; a
+    softmax focal term has no background to leave out (ValueError)."""
+    x, y = _inputs(gen, C=C)
+    kw = {"gamma": 1.5, "alpha": 0.25, "include_background": False}
+    ours = {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, **kw}
+    theirs = monai.DiceFocalLoss(softmax=True, to_onehot_y=True, **kw)(x, y.unsqueeze(1))
+    _close(ref.focal_dice_loss(x, y, sigmoid_focal=True, **ours), theirs)
+    t = (torch.rand(x.shape, generator=gen) < 0.4).to(D)
+    theirs = monai.DiceFocalLoss(sigmoid=True, **kw)(x, t)
+    _close(ref.focal_dice_loss(x, t, "multilabel", **ours), theirs)
+    with pytest.raises(ValueError, match="sigmoid_focal=True"):
+        ref.focal_dice_loss(x, y, **ours)
+
+
 @pytest.mark.parametrize("batch", [False, True])
 def test_monai_softmax_generalized_dice_focal(monai, batch, gen):
     x, y = _inputs(gen, C=5)
