@@ -298,9 +298,8 @@ def _focal_compound(
     """``fin``'s region loss plus ``fin.lam_pix`` times the focal term (softmax for
     'multiclass' unless ``sigmoid_focal``, else sigmoid: one-vs-rest on the labels in
     multiclass mode, its classes weighted by ``keep``) in the region kernels' two passes;
-    a softmax term over more than
-    ``MAX_SINGLE_C`` classes runs as its own kernel, added to ``region_alone()`` (the
-    weighted region term)."""
+    a softmax term over more than ``MAX_SINGLE_C`` classes runs as its own kernel, added
+    to ``region_alone()`` (the weighted region term)."""
     softmax = mode == "multiclass" and not sigmoid_focal
     if softmax and logits.shape[1] > MAX_SINGLE_C:
         _unfused(group)
