@@ -340,6 +340,7 @@ def generalized_dice_focal_loss(
     smooth_dr: float = 0.0,
     eps: float = 1e-7,
     scope: str = "batch",
+    include_background: bool = True,
     sigmoid_focal: bool = False,
     reduction: str = "mean",
     validate: bool = False,
@@ -352,20 +353,23 @@ def generalized_dice_focal_loss(
     lambda_focal, lambda_gdl = term_weights(lambda_focal=lambda_focal, lambda_gdl=lambda_gdl)
     check_choice("weight_type", weight_type, _GDL_WEIGHTS)
     check_choice("absent_weight", absent_weight, ("max", "zero"))
+    fp32 = logits.new_empty(0, dtype=torch.float32)
+    keep, scale = focal_background(mode, sigmoid_focal, include_background, logits.shape[1], fp32)
     fin = Finalize(
-        DICE, smooth_nr, smooth_dr, eps, reduction=reduction, lam_reg=lambda_gdl,
-        lam_pix=lambda_focal, pix_mean=reduction == "mean", gdl=(weight_type, absent_weight),
+        DICE, smooth_nr, smooth_dr, eps, weight=keep, reduction=reduction, lam_reg=lambda_gdl,
+        lam_pix=lambda_focal * scale if reduction == "mean" else lambda_focal,
+        pix_mean=reduction == "mean", gdl=(weight_type, absent_weight),
     )  # fmt: skip
 
     def gdl_alone():
         return lambda_gdl * generalized_dice_loss(
             logits, target, mode, weight_type, absent_weight, smooth_nr, smooth_dr, eps,
-            scope, ignore_index, None, reduction, validate,
+            scope, ignore_index, keep, reduction, validate,
         )  # fmt: skip
 
     return _focal_compound(
         logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
-        gdl_alone, sigmoid_focal,
+        gdl_alone, sigmoid_focal, keep,
     )  # fmt: skip
 
 

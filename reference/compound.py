@@ -420,21 +420,27 @@ def generalized_dice_focal_loss(
     smooth_dr: float = 0.0,
     eps: float = 1e-7,
     scope: str = "batch",
+    include_background: bool = True,
     sigmoid_focal: bool = False,
     reduction: str = "mean",
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_focal * focal + lambda_gdl * generalized Dice`` (MONAI's
     GeneralizedDiceFocalLoss): the focal term of :func:`focal_dice_loss` (``sigmoid_focal``
-    as there; MONAI's multiclass form uses it) beside :func:`generalized_dice_loss`
-    (``weight_type``, ``absent_weight``, smoothing, scope).
+    and ``include_background`` as there; MONAI's multiclass form uses the sigmoid term)
+    beside :func:`generalized_dice_loss` (``weight_type``, ``absent_weight``, smoothing,
+    scope; without the background, class weight 0 for class 0).
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_gdl = term_weights(lambda_focal=lambda_focal, lambda_gdl=lambda_gdl)
+    like = _like(logits)
+    keep, scale = focal_background(mode, sigmoid_focal, include_background, logits.shape[1], like)
     focal = _focal_term(
         logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group,
-        sigmoid_focal,
+        sigmoid_focal, keep,
     )  # fmt: skip
+    if reduction == "mean":
+        focal = focal * scale
     gdl = generalized_dice_loss(
         logits,
         target,
@@ -446,6 +452,7 @@ def generalized_dice_focal_loss(
         eps,
         scope=scope,
         ignore_index=ignore_index,
+        weight=keep,
         reduction=reduction,
         process_group=process_group,
     )

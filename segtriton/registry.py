@@ -317,6 +317,7 @@ LOSSES: tuple[LossEntry, ...] = (
             {"alpha": 0.25, "weight_type": "simple", "scope": "image", "lambda_gdl": 0.5},
             {"mode": "multilabel", "alpha": [0.1, 0.5, 0.9], "absent_weight": "zero"},
             {"sigmoid_focal": True, "scope": "image", "ignore_index": 255},
+            {"sigmoid_focal": True, "include_background": False, "absent_weight": "zero"},
         ),
         kernel=ker.generalized_dice_focal_loss,
         reductions=_SCALAR,

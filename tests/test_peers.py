@@ -355,6 +355,23 @@ def test_monai_dice_focal_without_background(monai, C, gen):
 
 
 @pytest.mark.parametrize("batch", [False, True])
+def test_monai_generalized_dice_focal_without_background(monai, batch, gen):
+    """GeneralizedDiceFocalLoss(include_background=False): class 0 out of the generalized
+    Dice weights (a class absent from an image still takes the max of the others) and of
+    the sigmoid focal term, labels or masks."""
+    x, y = _inputs(gen, C=5)
+    y[1] = y[1].masked_fill(y[1] == 1, 0)  # class 1 absent from image 1
+    kw = {"gamma": 1.5, "lambda_gdl": 0.7, "include_background": False}
+    ours = {**kw, "scope": "batch" if batch else "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}
+    theirs = monai.GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True, batch=batch, **kw)
+    got = ref.generalized_dice_focal_loss(x, y, sigmoid_focal=True, **ours)
+    _close(got, theirs(x, y.unsqueeze(1)))
+    t = (torch.rand(x.shape, generator=gen) < 0.4).to(D)
+    theirs = monai.GeneralizedDiceFocalLoss(sigmoid=True, batch=batch, **kw)(x, t)
+    _close(ref.generalized_dice_focal_loss(x, t, "multilabel", alpha=None, **ours), theirs)
+
+
+@pytest.mark.parametrize("batch", [False, True])
 def test_monai_softmax_generalized_dice_focal(monai, batch, gen):
     x, y = _inputs(gen, C=5)
     theirs = monai.GeneralizedDiceFocalLoss(
