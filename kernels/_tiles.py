@@ -219,6 +219,18 @@ def program_count(n_blocks: int) -> int:
     return cdiv(n_blocks, TILES_PER_PROGRAM)
 
 
+def tile_grid(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int, bool]]:
+    """``(C, S, n_pblocks, n_blocks, n_programs, class_blocks(C))`` of a launch over logits
+    ``x`` viewed as ``[B, C, S]``: pixel tiles holding every class (or its chunks),
+    ``TILES_PER_PROGRAM`` of them per program (:func:`program_tile`)."""
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    blocks = class_blocks(C)
+    n_pblocks = cdiv(S, blocks[1])
+    n_blocks = B * n_pblocks
+    return C, S, n_pblocks, n_blocks, program_count(n_blocks), blocks
+
+
 @triton.jit
 def program_tile(pid, i, n_blocks, n_pblocks, S, TILES: tl.constexpr, BLOCK_P: tl.constexpr):
     """Tile ``i`` of program ``pid`` (tiles ``pid * TILES ..`` of the ``n_blocks = B *

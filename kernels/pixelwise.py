@@ -71,7 +71,6 @@ from ._tiles import (
     TILES_PER_PROGRAM,
     applied_scale,
     cdiv,
-    class_blocks,
     defers_mean,
     grad_like,
     ignore_arg,
@@ -85,6 +84,7 @@ from ._tiles import (
     scale_grad,
     sum_partials,
     tile_chunks,
+    tile_grid,
     tile_pixels,
 )
 from .metrics import _confusion
@@ -165,18 +165,6 @@ def _outputs(gout, n_loss, grad, x):
 # --- softmax family: cross-entropy and softmax focal -----------------------------------
 
 
-def _softmax_grid(x: torch.Tensor):
-    """``(C, S, n_pblocks, n_blocks, n_programs, class_blocks(C))`` of a softmax-family
-    launch over logits ``x`` viewed as ``[B, C, S]``: pixel tiles holding every class
-    (or its chunks), TILES of them per program."""
-    B, C = x.shape[:2]
-    S = x[0, 0].numel()
-    blocks = class_blocks(C)
-    n_pblocks = cdiv(S, blocks[1])
-    n_blocks = B * n_pblocks
-    return C, S, n_pblocks, n_blocks, program_count(n_blocks), blocks
-
-
 def _softmax_launch(
     logits,
     target,
@@ -196,7 +184,7 @@ def _softmax_launch(
     only the gradient is wanted)."""
     x, sxb, sxc, sxs = pixel_view(logits)
     y, syb, sys_ = label_view(target)
-    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = _softmax_grid(x)
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
     per_pixel = reduction == "none"
     loss, (g, sgb, sgc, sgs) = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, grad, x)
     _softmax_loss_kernel[(n_programs,)](
@@ -757,7 +745,7 @@ def softmax_focal_loss(
 def _probs_launch(logits, target, weight, smoothing, reduction, denom, grad, gout):
     """One launch of the probability-target kernel (see :func:`_softmax_launch`)."""
     x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, False)
-    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = _softmax_grid(x)
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
     per_pixel = reduction == "none"
     loss, (g, sgb, sgc, sgs) = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, grad, x)
     _probs_loss_kernel[(n_programs,)](

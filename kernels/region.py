@@ -48,7 +48,6 @@ from ._tiles import (
     MAX_SINGLE_C,
     STAGES,
     TILES_PER_PROGRAM,
-    cdiv,
     class_blocks,
     grad_like,
     ignore_arg,
@@ -57,8 +56,8 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
-    program_count,
     tile_chunks,
+    tile_grid,
 )
 from .pixelwise import _class_vector
 
@@ -179,13 +178,9 @@ def _region_grad(
     x, t, strides = loss_views(logits, target, kind == TARGET_LABELS)
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    B, C = x.shape[:2]
-    S = x[0, 0].numel()
-    block_c, block_p, single = class_blocks(C)
-    n_pblocks = cdiv(S, block_p)
-    n_blocks = B * n_pblocks
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
     ign, has_ignore = ignore_arg(ignore_index, kind == TARGET_LABELS)
-    _region_grad_kernel[(program_count(n_blocks),)](
+    _region_grad_kernel[(n_programs,)](
         x,
         t,
         coef,

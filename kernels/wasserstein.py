@@ -31,7 +31,6 @@ from ._runtime import kernel_api
 from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
-    cdiv,
     class_blocks,
     grad_like,
     ignore_arg,
@@ -39,8 +38,8 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
-    program_count,
     tile_chunks,
+    tile_grid,
 )
 from ._wasserstein_kernels import _wass_finalize_kernel, _wass_grad_kernel, _wass_stats_kernel
 
@@ -103,12 +102,8 @@ def _wass_grad(
     x, t, (sxb, sxc, sxs, stb, _, sts) = loss_views(logits, target, True)
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    B, C = x.shape[:2]
-    S = x[0, 0].numel()
-    block_c, block_p, single = class_blocks(C)
-    n_pblocks = cdiv(S, block_p)
-    n_blocks = B * n_pblocks
-    _wass_grad_kernel[(program_count(n_blocks),)](
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
+    _wass_grad_kernel[(n_programs,)](
         x, t, dist, coef, g, C, S, n_pblocks, n_blocks, sxb, sxc, sxs, stb, sts, sgb, sgc, sgs,
         ignore_arg(ignore_index, True)[0],
         SINGLE=single, TILES=TILES_PER_PROGRAM, STAGES=STAGES, BLOCK_C=block_c,
