@@ -3,7 +3,8 @@
 Two passes over the logits, no one-hot:
 
 - ``_region_stats_kernel``: each program walks a range of pixel tiles of one image and sums,
-  per class, ``I = sum p g``, ``P = sum p`` (``p^2``), ``T = sum g`` (``g^2``) and, with
+  per class, ``I = sum p g`` (``min(p, g)``), ``P = sum p`` (``p^2``), ``T = sum g``
+  (``g^2``) and, with
   COUNT, ``N`` the counted pixels (the MCC) in fp32; it writes one partial row per
   program, added in a fixed order afterwards.
 - ``_region_grad_kernel``: given ``u = dL/dI + dL/dP`` and ``v = dL/dP`` per (image,
@@ -41,6 +42,10 @@ from ._pixelwise_kernels import (
     _softmax_tile_sums,
 )
 from ._tiles import program_tile
+
+# OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
+# ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
+PRODUCT, SQUARED, SOFT_MIN = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
@@ -116,16 +121,18 @@ def _chunk_terms(
 
 
 @triton.jit
-def _tile_sums(p, g, bad, SQUARED: tl.constexpr):
+def _tile_sums(p, g, bad, OVERLAP: tl.constexpr):
     """Per-class sums of one tile: ``(I, P, T)``; T is NaN for a class seeing a bad value."""
-    if SQUARED:
+    pg = p * g
+    pp = p
+    gg = g
+    if OVERLAP == SQUARED:
         pp = p * p
         gg = g * g
-    else:
-        pp = p
-        gg = g
+    if OVERLAP == SOFT_MIN:
+        pg = tl.minimum(p, g)
     gg = tl.where(bad, float("nan"), gg)
-    return tl.sum(p * g, axis=1), tl.sum(pp, axis=1), tl.sum(gg, axis=1)
+    return tl.sum(pg, axis=1), tl.sum(pp, axis=1), tl.sum(gg, axis=1)
 
 
 @triton.jit
@@ -250,7 +257,7 @@ def _region_stats_kernel(
     SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
-    SQUARED: tl.constexpr,
+    OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr,
     PIXEL: tl.constexpr,
     IS_FOCAL: tl.constexpr,
@@ -296,7 +303,7 @@ def _region_stats_kernel(
                 z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
                 stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
             )  # fmt: skip
-            si, sp, st = _tile_sums(p, g, bad, SQUARED)
+            si, sp, st = _tile_sums(p, g, bad, OVERLAP)
             acc_i += si
             acc_p += sp
             acc_t += st
@@ -318,7 +325,7 @@ def _region_stats_kernel(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
                     sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
                 )  # fmt: skip
-                si, sp, st = _tile_sums(p, g, bad, SQUARED)
+                si, sp, st = _tile_sums(p, g, bad, OVERLAP)
                 _add_row(out + offs_c, si, cmask)
                 _add_row(out + C + offs_c, sp, cmask)
                 _add_row(out + 2 * C + offs_c, st, cmask)
@@ -343,14 +350,18 @@ def _region_stats_kernel(
 
 
 @triton.jit
-def _dl_dp(p, g, coef, offs_c, C, SQUARED: tl.constexpr):
-    """``dL/dp = u g + v (1 - g)``, exactly u or v for a hard label (``(u - v) g + 2 v p``
-    when squared), ``u, v`` per class from ``coef``."""
+def _dl_dp(p, g, coef, offs_c, C, OVERLAP: tl.constexpr):
+    """``dL/dp = u g + v (1 - g)``, exactly u or v for a hard label; ``(u - v) g + 2 v p``
+    when SQUARED; with SOFT_MIN, ``dI/dp`` (1 where ``p < g``, 1/2 where equal, else 0)
+    in place of g. ``u, v`` per class from ``coef``."""
     cmask = offs_c < C
     u = tl.load(coef + offs_c, mask=cmask, other=0.0)[:, None]
     v = tl.load(coef + C + offs_c, mask=cmask, other=0.0)[:, None]
-    if SQUARED:
+    if OVERLAP == SQUARED:
         return (u - v) * g + 2.0 * v * p
+    if OVERLAP == SOFT_MIN:
+        h = tl.where(p < g, 1.0, tl.where(p == g, 0.5, 0.0))
+        return (u - v) * h + v
     return u * g + v * (1.0 - g)
 
 
@@ -369,7 +380,7 @@ def _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX: tl.constexpr):
 def _region_grad_tile(
     b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr, C,
     S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, SQUARED: tl.constexpr,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
     SHARE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -387,7 +398,7 @@ def _region_grad_tile(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
             stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
         )  # fmt: skip
-        dp = _dl_dp(p, g, coef, offs_c0, C, SQUARED)
+        dp = _dl_dp(p, g, coef, offs_c0, C, OVERLAP)
         if SOFTMAX:
             mean_dp = tl.sum(p * dp, axis=0)
         dz = _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX)
@@ -414,7 +425,7 @@ def _region_grad_tile(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
                     sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
                 )  # fmt: skip
-                mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, SQUARED), axis=0)
+                mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, OVERLAP), axis=0)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
             cmask = offs_c < C
@@ -422,7 +433,7 @@ def _region_grad_tile(
                 x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
                 sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
             )  # fmt: skip
-            dp = _dl_dp(p, g, coef, offs_c, C, SQUARED)
+            dp = _dl_dp(p, g, coef, offs_c, C, OVERLAP)
             dz = _tile_grad(zc, p, dp, valid, mean_dp, SOFTMAX)
             if PIXEL == 2:
                 loss, den, dx = _pixel_term(
@@ -467,7 +478,7 @@ def _region_grad_kernel(
     SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
-    SQUARED: tl.constexpr,
+    OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr,
     PIXEL: tl.constexpr,
     IS_FOCAL: tl.constexpr,
@@ -488,6 +499,6 @@ def _region_grad_kernel(
         _region_grad_tile(
             b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
-            scale, SOFTMAX, LABELS, HAS_IGNORE, SQUARED, SINGLE, PIXEL, IS_FOCAL, HAS_W, SHARE,
+            scale, SOFTMAX, LABELS, HAS_IGNORE, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W, SHARE,
             BLOCK_C, BLOCK_P,
         )  # fmt: skip

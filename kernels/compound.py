@@ -57,6 +57,7 @@ from .region import (
     fused_args,
     fused_loss,
     generalized_dice_loss,
+    overlap_form,
 )
 
 Weights = torch.Tensor | Sequence[float] | None
@@ -111,6 +112,7 @@ def ce_dice_loss(
     absent: str = "include",
     include_background: bool = True,
     reduction: str = "mean",
+    soft_label: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -130,14 +132,15 @@ def ce_dice_loss(
             smooth_nr, smooth_dr, eps, absent, dice_w, reduction, lambda_dice, lambda_ce
         )
         return fused_loss(
-            logits, target, "multiclass", ignore_index, scope, squared, validate, fin,
-            pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
+            logits, target, "multiclass", ignore_index, scope, overlap_form(squared, soft_label),
+            validate, fin, pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
             process_group=process_group,
         )  # fmt: skip
     _unfused(process_group)
     stats, _ = _region_sums(
-        logits, target, "multiclass", ignore_index, scope, squared, validate, None
-    )
+        logits, target, "multiclass", ignore_index, scope, overlap_form(squared, soft_label),
+        validate, None,
+    )  # fmt: skip
     ce = cross_entropy(
         logits, target, w, ignore_index, reduction, label_smoothing, validate=validate
     )
@@ -196,8 +199,8 @@ def topk_dice_loss(
         lam_reg=lambda_dice,
     )  # fmt: skip
     target, args = fused_args(
-        logits, target, "multiclass", ignore_index, scope, squared, validate, fin,
-        labels_only=True,
+        logits, target, "multiclass", ignore_index, scope, overlap_form(squared, False),
+        validate, fin, labels_only=True,
     )  # fmt: skip
     n = topk_count(target.numel(), k)
     with torch.no_grad():
@@ -205,10 +208,10 @@ def topk_dice_loss(
         share = _topk_share(losses, n)
         pix_k = lambda_ce / n if reduction == "mean" else lambda_ce
         pix_total = torch.dot(losses.reshape(-1), share.reshape(-1)) * pix_k
-    kind, ignore, squared = args[:3]
+    kind, ignore, overlap = args[:3]
     return _topk_region_loss(
         logits, target, share, pix_total, pix_k, w, float(label_smoothing), kind, ignore,
-        squared, *args[10:],
+        overlap, *args[10:],
     )[0]  # fmt: skip
 
 
@@ -228,6 +231,7 @@ def bce_dice_loss(
     scope: str = "batch",
     absent: str = "include",
     reduction: str = "mean",
+    soft_label: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -241,8 +245,8 @@ def bce_dice_loss(
     wp, wn = _sigmoid_weights(C, logits, w, pw)
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lambda_bce)
     return fused_loss(
-        logits, target, "multilabel", ignore_index, scope, squared, validate, fin,
-        pixel=PIXEL_SIGMOID, w=wp, w2=wn,
+        logits, target, "multilabel", ignore_index, scope, overlap_form(squared, soft_label),
+        validate, fin, pixel=PIXEL_SIGMOID, w=wp, w2=wn,
         process_group=process_group,
     )  # fmt: skip
 
@@ -282,7 +286,9 @@ def focal_dice_loss(
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lam_focal)
 
     def dice_alone():
-        stats, _ = _region_sums(logits, target, mode, ignore_index, scope, False, validate, None)
+        stats, _ = _region_sums(
+            logits, target, mode, ignore_index, scope, overlap_form(False, False), validate, None
+        )
         return lambda_dice * _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
 
     return _focal_compound(
@@ -312,13 +318,13 @@ def _focal_compound(
         pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
         wp, wn = _sigmoid_weights(logits.shape[1], logits, w=keep, pos=pos, neg=neg)
         return fused_loss(
-            logits, target, mode, ignore_index, scope, False, validate, fin,
+            logits, target, mode, ignore_index, scope, overlap_form(False, False), validate, fin,
             pixel=PIXEL_SIGMOID, w=wp, w2=wn, gamma=float(gamma), focal=True,
             process_group=group,
         )  # fmt: skip
     vec, scale, gamma = softmax_focal_options(alpha, gamma, logits, validate)
     return fused_loss(
-        logits, target, mode, ignore_index, scope, False, validate, fin,
+        logits, target, mode, ignore_index, scope, overlap_form(False, False), validate, fin,
         pixel=PIXEL_SOFTMAX, w=vec, gamma=float(gamma), scale=float(scale), focal=True,
         process_group=group,
     )  # fmt: skip
@@ -397,7 +403,6 @@ def combo_loss(
         pix_mean=reduction == "mean", offset=alpha - 1.0,
     )  # fmt: skip
     return fused_loss(
-        logits, target, "multilabel", ignore_index, scope, False, validate, fin,
-        pixel=PIXEL_SIGMOID, w=wp, w2=wn,
-        process_group=process_group,
+        logits, target, "multilabel", ignore_index, scope, overlap_form(False, False),
+        validate, fin, pixel=PIXEL_SIGMOID, w=wp, w2=wn, process_group=process_group,
     )  # fmt: skip

@@ -42,7 +42,7 @@ from segtriton.reference._common import (
 
 from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
 from ._ops import op
-from ._region_kernels import _region_grad_kernel, _region_stats_kernel
+from ._region_kernels import SOFT_MIN, SQUARED, _region_grad_kernel, _region_stats_kernel
 from ._runtime import kernel_api
 from ._tiles import (
     MAX_SINGLE_C,
@@ -68,7 +68,20 @@ TARGET_MASKS, TARGET_LABELS, TARGET_PROBS = 0, 1, 2
 Weights = torch.Tensor | Sequence[float] | None
 
 
-def _pass1(logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma,
+def overlap_form(squared: bool, soft_label: bool) -> int:
+    """Pass 1's OVERLAP (``_region_kernels.py``) for the reference's ``squared`` and
+    ``soft_label`` (the squared sums are already the L2 form: ``soft_label`` adds nothing)."""
+    if squared:
+        return SQUARED.value
+    return SOFT_MIN.value if soft_label else 0
+
+
+def _read_overlap(overlap: int, kind: int) -> int:
+    """With integer labels (g is 0 or 1) ``min(p, g) = p g``: the product."""
+    return 0 if overlap == SOFT_MIN.value and kind == TARGET_LABELS else overlap
+
+
+def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma,
            scale, focal, count=False) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
     sum and 'mean' divisor (zeros when ``pixel`` is 0); with ``count``, ``[B, 4C + 2]``
@@ -96,7 +109,7 @@ def _pass1(logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing,
         smoothing,
         gamma,
         scale,
-        **_flags(kind, has_ignore, squared, single, pixel, focal, w),
+        **_flags(kind, has_ignore, overlap, single, pixel, focal, w),
         COUNT=count,
         STAGES=STAGES,
         BLOCK_C=block_c,
@@ -112,7 +125,7 @@ def _region_stats(
     target: torch.Tensor,
     kind: int,
     ignore_index: float | None,
-    squared: bool,
+    overlap: int,
     pixel: int,
     w: torch.Tensor | None,
     w2: torch.Tensor | None,
@@ -123,7 +136,7 @@ def _region_stats(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 1 split: ``[B, 3, C]`` sums ``I, P, T`` and ``[B, 2]`` pixel-term sums."""
     total = _pass1(
-        logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma, scale,
         focal,
     )  # fmt: skip
     B, C = logits.shape[:2]
@@ -131,14 +144,14 @@ def _region_stats(
     return sums, total[:, 3 * C :].clone()  # outputs may not alias each other
 
 
-def _flags(kind, has_ignore, squared, single, pixel, focal, w):
+def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
     if pixel == PIXEL_SOFTMAX and not single:
         raise ValueError(f"the fused softmax term needs C <= {MAX_SINGLE_C} (one class tile)")
     return {
         "SOFTMAX": kind != TARGET_MASKS,
         "LABELS": kind == TARGET_LABELS,
         "HAS_IGNORE": has_ignore,
-        "SQUARED": squared,
+        "OVERLAP": overlap,
         "SINGLE": single,
         "PIXEL": pixel,
         "IS_FOCAL": focal,
@@ -162,7 +175,7 @@ def _region_grad(
     kpix: torch.Tensor,
     kind: int,
     ignore_index: float | None,
-    squared: bool,
+    overlap: int,
     pixel: int,
     w: torch.Tensor | None,
     w2: torch.Tensor | None,
@@ -201,7 +214,7 @@ def _region_grad(
         smoothing,
         gamma,
         scale,
-        **_flags(kind, has_ignore, squared, single, pixel, focal, w),
+        **_flags(kind, has_ignore, overlap, single, pixel, focal, w),
         SHARE=share is not None,
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
@@ -283,7 +296,7 @@ def _loss_shape(B: int, C: int, flags: list[int]) -> tuple[int, ...]:
 
 
 def _loss_and_coefs(
-    logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+    logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma, scale,
     focal, cw, gvec, floats, flags, group=None,
 ):  # fmt: skip
     """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
@@ -297,7 +310,7 @@ def _loss_and_coefs(
     process ``group`` (batch scope) the batch sums are all-reduced first: the coefficients
     of global sums are those of the local ones."""
     total = _pass1(
-        logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma, scale,
         focal, count=bool(flags[9]),
     )  # fmt: skip
     if group is not None:
@@ -335,7 +348,7 @@ def _region_loss(
     target: torch.Tensor,
     kind: int,
     ignore_index: float | None,
-    squared: bool,
+    overlap: int,
     pixel: int,
     w: torch.Tensor | None,
     w2: torch.Tensor | None,
@@ -350,7 +363,7 @@ def _region_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_loss_and_coefs` on local sums, as a custom op (torch.compile, graphs)."""
     return _loss_and_coefs(
-        logits, target, kind, ignore_index, squared, pixel, w, w2, smoothing, gamma, scale,
+        logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma, scale,
         focal, cw, gvec, floats, flags,
     )  # fmt: skip
 
@@ -399,7 +412,7 @@ def _topk_region_loss(
     smoothing: float,
     kind: int,
     ignore_index: float | None,
-    squared: bool,
+    overlap: int,
     cw: torch.Tensor | None,
     gvec: torch.Tensor | None,
     floats: list[float],
@@ -411,7 +424,7 @@ def _topk_region_loss(
     the cross-entropy gradient (class weights ``w``, label ``smoothing``), so the region
     loss's two passes carry both terms."""
     loss, out = _loss_and_coefs(
-        logits, target, kind, ignore_index, squared, 0, None, None, 0.0, 0.0, 1.0, False,
+        logits, target, kind, ignore_index, overlap, 0, None, None, 0.0, 0.0, 1.0, False,
         cw, gvec, floats, flags,
     )  # fmt: skip
     return loss + pix_total, out
@@ -424,8 +437,8 @@ def _(logits, target, share, pix_total, *params):
 
 
 def _topk_setup(ctx, inputs, output):
-    logits, target, share, _, pix_k, w, smoothing, kind, ignore, squared = inputs[:10]
-    ctx.params = (kind, ignore, squared, PIXEL_SOFTMAX, w, None, smoothing, 0.0, 1.0, False)
+    logits, target, share, _, pix_k, w, smoothing, kind, ignore, overlap = inputs[:10]
+    ctx.params = (kind, ignore, overlap, PIXEL_SOFTMAX, w, None, smoothing, 0.0, 1.0, False)
     ctx.pix_k, ctx.n_inputs = pix_k, len(inputs)
     ctx.save_for_backward(logits, target, share, output[1])
     ctx.mark_non_differentiable(output[1])
@@ -488,7 +501,7 @@ def fused_loss(
     mode: str,
     ignore_index: float | None,
     scope: str,
-    squared: bool,
+    overlap: int,
     validate: bool,
     fin: Finalize,
     process_group: dist.ProcessGroup | None = None,
@@ -498,7 +511,7 @@ def fused_loss(
     pass 2 as its backward. ``pixel_term``: the pixel-term keywords of :func:`fused_args`;
     ``process_group`` (batch scope) all-reduces the sums before the finalize."""
     target, args = fused_args(
-        logits, target, mode, ignore_index, scope, squared, validate, fin, **pixel_term
+        logits, target, mode, ignore_index, scope, overlap, validate, fin, **pixel_term
     )
     if process_group is None:
         loss = _region_loss(logits, target, *args)[0]
@@ -516,7 +529,7 @@ def fused_args(
     mode: str,
     ignore_index: float | None,
     scope: str,
-    squared: bool,
+    overlap: int,
     validate: bool,
     fin: Finalize,
     pixel: int = 0,
@@ -532,6 +545,7 @@ def fused_args(
     pixel-term arguments are those of :func:`_region_sums`. A pixel term (or
     ``labels_only``) needs integer labels in multiclass mode."""
     target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    overlap = _read_overlap(overlap, kind)
     if kind == TARGET_PROBS and (pixel or labels_only):
         raise ValueError(
             "the focal and top-k compound losses take integer labels; with class-probability "
@@ -552,7 +566,7 @@ def fused_args(
     flags += [_GDL_WEIGHTS.index(fin.gdl[0]), fin.gdl[1] == "max"] if fin.gdl else [-1, 0]
     flags += [none, fin.mcc]
     args = (
-        kind, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal,
+        kind, ignore, overlap, pixel, w, w2, smoothing, gamma, scale, focal,
         fin.weight, gvec, floats, [int(f) for f in flags],
     )  # fmt: skip
     return target, args
@@ -564,7 +578,7 @@ def _region_sums(
     mode: str,
     ignore_index: float | None,
     scope: str,
-    squared: bool,
+    overlap: int,
     validate: bool,
     process_group: dist.ProcessGroup | None,
     pixel: int = 0,
@@ -578,8 +592,9 @@ def _region_sums(
     """Checked inputs through pass 1: the region sums per unit and ``[2]`` (pixel-loss sum
     and divisor over the batch; zeros without a pixel term)."""
     target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    overlap = _read_overlap(overlap, kind)
     sums, pix = _region_stats(
-        logits, target, kind, ignore, squared, pixel, w, w2, smoothing, gamma, scale, focal
+        logits, target, kind, ignore, overlap, pixel, w, w2, smoothing, gamma, scale, focal
     )
     sums = sums.movedim(1, 0)
     if scope == "batch":
@@ -598,12 +613,14 @@ def region_stats(
     squared: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
+    soft_label: bool = False,
 ) -> ref_region.RegionStats:
     """The sums of :func:`segtriton.reference.region_stats` from the Triton pass 1,
     differentiable (the backward is pass 2). See the module docstring for ``validate``
     and ``process_group``."""
+    overlap = overlap_form(squared, soft_label)
     return _region_sums(
-        logits, target, mode, ignore_index, scope, squared, validate, process_group
+        logits, target, mode, ignore_index, scope, overlap, validate, process_group
     )[0]
 
 
@@ -622,6 +639,7 @@ def dice_loss(
     ignore_index: float | None = None,
     weight: Weights = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -632,7 +650,7 @@ def dice_loss(
         reduction,
     )  # fmt: skip
     return fused_loss(
-        logits, target, mode, ignore_index, scope, squared, validate, fin,
+        logits, target, mode, ignore_index, scope, overlap_form(squared, soft_label), validate, fin,
         process_group=process_group,
     )  # fmt: skip
 
@@ -652,6 +670,7 @@ def jaccard_loss(
     ignore_index: float | None = None,
     weight: Weights = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -662,7 +681,7 @@ def jaccard_loss(
         reduction,
     )  # fmt: skip
     return fused_loss(
-        logits, target, mode, ignore_index, scope, squared, validate, fin,
+        logits, target, mode, ignore_index, scope, overlap_form(squared, soft_label), validate, fin,
         process_group=process_group,
     )  # fmt: skip
 
@@ -682,6 +701,7 @@ def tversky_loss(
     ignore_index: float | None = None,
     weight: Weights = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -692,7 +712,7 @@ def tversky_loss(
         reduction,
     )  # fmt: skip
     return fused_loss(
-        logits, target, mode, ignore_index, scope, False, validate, fin,
+        logits, target, mode, ignore_index, scope, overlap_form(False, soft_label), validate, fin,
         process_group=process_group,
     )  # fmt: skip
 
@@ -714,6 +734,7 @@ def focal_tversky_loss(
     ignore_index: float | None = None,
     weight: Weights = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -729,7 +750,7 @@ def focal_tversky_loss(
         reduction, gamma_after_mean=gamma_after_mean,
     )  # fmt: skip
     return fused_loss(
-        logits, target, mode, ignore_index, scope, False, validate, fin,
+        logits, target, mode, ignore_index, scope, overlap_form(False, soft_label), validate, fin,
         process_group=process_group,
     )  # fmt: skip
 
@@ -748,6 +769,7 @@ def generalized_dice_loss(
     ignore_index: float | None = None,
     weight: Weights = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -761,7 +783,7 @@ def generalized_dice_loss(
         reduction=reduction, gdl=(weight_type, absent_weight),
     )  # fmt: skip
     return fused_loss(
-        logits, target, mode, ignore_index, scope, False, validate, fin,
+        logits, target, mode, ignore_index, scope, overlap_form(False, soft_label), validate, fin,
         process_group=process_group,
     )  # fmt: skip
 

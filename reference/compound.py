@@ -157,13 +157,15 @@ def ce_dice_loss(
     absent: str = "include",
     include_background: bool = True,
     reduction: str = "mean",
+    soft_label: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_ce * cross_entropy + lambda_dice * dice_loss`` (multiclass, softmax).
 
     The CE term is :func:`cross_entropy` (weighted mean over valid pixels, label smoothing);
     the Dice term is :func:`dice_loss` with ``mode='multiclass'`` and the Dice options
-    given here (see there for smooth_nr, smooth_dr, eps, squared, scope, absent).
+    given here (see there for smooth_nr, smooth_dr, eps, squared, scope, absent,
+    soft_label).
     ``include_background=False`` leaves class 0 out of the Dice term only, as MONAI's
     ``DiceCELoss`` and nnU-Net's ``do_bg=False`` do (ignored for one class).
     """
@@ -194,6 +196,7 @@ def ce_dice_loss(
         ignore_index=ignore_index,
         weight=dice_w,
         reduction=reduction,
+        soft_label=soft_label,
         process_group=process_group,
     )
     return lambda_ce * ce + lambda_dice * dice
@@ -266,13 +269,15 @@ def bce_dice_loss(
     scope: str = "batch",
     absent: str = "include",
     reduction: str = "mean",
+    soft_label: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """``lambda_bce * BCE + lambda_dice * Dice`` on sigmoid channels (binary or multilabel).
 
     The BCE term is :func:`binary_cross_entropy_with_logits` (mean over valid elements,
     ``weight`` and ``pos_weight`` per class); the Dice term is :func:`dice_loss` with
-    ``mode='multilabel'`` (which equals 'binary' for C = 1) and class ``weight``.
+    ``mode='multilabel'`` (which equals 'binary' for C = 1), class ``weight`` and
+    ``soft_label`` (for soft masks; see :func:`dice_loss`).
     """
     _scalar_reduction(reduction)
     lambda_bce, lambda_dice = term_weights(lambda_bce=lambda_bce, lambda_dice=lambda_dice)
@@ -300,6 +305,7 @@ def bce_dice_loss(
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,
+        soft_label=soft_label,
         process_group=process_group,
     )
     return lambda_bce * bce + lambda_dice * dice

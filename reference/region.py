@@ -7,9 +7,9 @@ All of them are functions of per-(unit, class) sums over pixels::
 
 where ``p`` is the softmax (multiclass) or sigmoid (binary/multilabel) probability and
 ``g`` the one-hot label or the (soft) mask; with ``squared=True`` P and T sum ``p**2``
-and ``g**2`` instead (V-Net); the MCC also needs ``N``, the count of counted (not
-ignored) pixels. A *unit* is the whole batch (``scope='batch'``) or one
-image (``scope='image'``).
+and ``g**2`` instead (V-Net); with ``soft_label=True`` I sums ``min(p, g)`` instead; the
+MCC also needs ``N``, the count of counted (not ignored) pixels. A *unit* is the whole
+batch (``scope='batch'``) or one image (``scope='image'``).
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ _OPTIONS = {  # the shared options, each documented where a loss has it
         whole global batch; the gradient each rank gets for its logits is its slice of the
         single-process gradient (DDP averages gradients over ranks: scale the loss by the
         world size to train as one process would on the whole batch).""",
+    "soft_label": """
+      soft_label: ``I = sum min(p, g)`` instead of ``sum p g`` (the Dice semimetric form of
+        Wang and Blaschko 2023; smp's losses always, MONAI's with ``soft_label=True``:
+        ``(P + T - sum |p - g|) / 2``). With a soft target (masks, class probabilities)
+        the Dice loss is then 0 exactly when ``p = g`` everywhere (the product form is
+        not 0 there); with hard targets the two forms are equal.
+        ``dI/dp`` is 1 where ``p < g``, 0 where ``p > g`` and 1/2 where they are equal.
+        With ``squared=True`` (which is already the L2 form) it changes nothing.""",
     "reduction": """
       reduction: 'mean' is the weighted class mean ``sum w_c l_c / sum w_c`` over the
         included classes of a unit, then the mean over units that include any class
@@ -96,20 +104,27 @@ def region_stats(
     scope: str,
     squared: bool = False,
     process_group: dist.ProcessGroup | None = None,
+    soft_label: bool = False,
 ) -> RegionStats:
-    """``(I, P, T, present)`` per unit and class: ``[C]`` (batch scope) or ``[B, C]``."""
+    """``(I, P, T, present)`` per unit and class: ``[C]`` (batch scope) or ``[B, C]``
+    (``soft_label``: I sums ``min(p, g)``, see :func:`dice_loss`)."""
     return stats_from_sums(
-        _unit_sums(logits, target, mode, ignore_index, scope, squared, process_group)
+        _unit_sums(
+            logits, target, mode, ignore_index, scope, squared, process_group, soft_label=soft_label
+        )
     )
 
 
-def _unit_sums(logits, target, mode, ignore_index, scope, squared, process_group, count=False):
+def _unit_sums(
+    logits, target, mode, ignore_index, scope, squared, process_group, count=False, soft_label=False
+):
     """Stacked ``(I, P, T)`` per unit and class (then ``N``, the counted pixels, with
     ``count``), all-reduced over ``process_group``."""
     check_choice("scope", scope, ("batch", "image"))
     p, g, valid = region_inputs(logits, target, mode, ignore_index)
     dims = (2,) if scope == "image" else (0, 2)
-    sums = [(p * g).sum(dims), (p * p if squared else p).sum(dims)]
+    overlap = torch.minimum(p, g) if soft_label and not squared else p * g
+    sums = [overlap.sum(dims), (p * p if squared else p).sum(dims)]
     sums.append((g * g if squared else g).sum(dims))
     if count:
         sums.append(valid.to(p.dtype).sum(dims))
@@ -334,6 +349,7 @@ def dice_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Dice loss per (unit, class)::
@@ -342,7 +358,9 @@ def dice_loss(
     l = 1 - D            (log_loss=False)
     l = -log(max(D, eps)) (log_loss=True)
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope, squared, process_group)
+    stats = region_stats(
+        logits, target, mode, ignore_index, scope, squared, process_group, soft_label
+    )
     return dice_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
 
@@ -362,6 +380,7 @@ def jaccard_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Jaccard (IoU) loss per (unit, class)::
@@ -369,10 +388,13 @@ def jaccard_loss(
     J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
     l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope, squared, process_group)
+    stats = region_stats(
+        logits, target, mode, ignore_index, scope, squared, process_group, soft_label
+    )
     return jaccard_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
 
+@checks_flags
 @_with_options
 def tversky_loss(
     logits: torch.Tensor,
@@ -388,6 +410,7 @@ def tversky_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Tversky loss per (unit, class), ``alpha`` weighting false positives, ``beta`` false
@@ -397,7 +420,9 @@ def tversky_loss(
         TI = (I + smooth_nr) / max(I + alpha FP + beta FN + smooth_dr, eps)
         l = 1 - TI
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope, False, process_group)
+    stats = region_stats(
+        logits, target, mode, ignore_index, scope, False, process_group, soft_label
+    )
     return tversky_from_stats(
         stats, alpha, beta, smooth_nr, smooth_dr, eps, absent, weight, reduction
     )
@@ -421,6 +446,7 @@ def focal_tversky_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Focal Tversky loss (Abraham & Khan): the Tversky loss raised to ``gamma``::
@@ -432,7 +458,9 @@ def focal_tversky_loss(
     ``gamma`` is the exponent itself (0.75 in the author code, i.e. 1/gamma of the paper).
     The power has a zero (not infinite) gradient where ``1 - TI = 0``.
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope, False, process_group)
+    stats = region_stats(
+        logits, target, mode, ignore_index, scope, False, process_group, soft_label
+    )
     return focal_tversky_from_stats(
         stats,
         alpha,
@@ -448,6 +476,7 @@ def focal_tversky_loss(
     )
 
 
+@checks_flags
 def generalized_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -461,6 +490,7 @@ def generalized_dice_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    soft_label: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Generalized Dice loss (Sudre et al. 2017), one value per unit::
@@ -477,10 +507,12 @@ def generalized_dice_loss(
       'zero' drops the class. A unit with no present class then has loss
       ``1 - smooth_nr / max(smooth_dr, eps)``.
     scope: 'batch' (one unit: the batch) or 'image' (one unit per image).
-    mode, ignore_index, process_group: as for :func:`dice_loss`.
+    mode, ignore_index, soft_label, process_group: as for :func:`dice_loss`.
     reduction: over units: 'mean', 'sum' or 'none' (``[1]`` or ``[B]``).
     """
-    stats = region_stats(logits, target, mode, ignore_index, scope, False, process_group)
+    stats = region_stats(
+        logits, target, mode, ignore_index, scope, False, process_group, soft_label
+    )
     return generalized_dice_from_stats(
         stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction
     )

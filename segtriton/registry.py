@@ -196,7 +196,11 @@ LOSSES: tuple[LossEntry, ...] = (
         "dice",
         ref.dice_loss,
         "labels",
-        (*_REGION_VARIANTS, {"squared": True, "log_loss": True}),
+        (
+            *_REGION_VARIANTS,
+            {"squared": True, "log_loss": True},
+            {"mode": "multilabel", "soft_label": True, "absent": "zero"},
+        ),
         kernel=ker.dice_loss,
     ),
     LossEntry("jaccard", ref.jaccard_loss, "labels", _REGION_VARIANTS, kernel=ker.jaccard_loss),

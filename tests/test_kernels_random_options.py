@@ -71,6 +71,7 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
         "per_image",
         "gamma_after_mean",
         "sigmoid_focal",
+        "soft_label",
     )
     if name in (*flags, "include_background"):
         return r.random() < 0.5

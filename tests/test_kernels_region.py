@@ -120,6 +120,53 @@ def test_ce_dice_on_probability_targets(C, seed, gen):
     assert_matches(entry, x, t, opts, torch.float32, seed)
 
 
+SOFT_LABEL = [e for e in KERNELS if e.takes("soft_label")]
+
+
+@pytest.mark.parametrize("C", [3, 300])
+@pytest.mark.parametrize("entry", SOFT_LABEL, ids=lambda e: e.name)
+def test_soft_label_on_soft_targets(entry, C, seed, gen):
+    """``soft_label=True`` (``I = sum min(p, g)``) on class probabilities and on soft
+    multilabel masks, per image; C = 300 streams the classes."""
+    x = (2 * torch.randn(2, C, 5, 7, generator=gen)).to(DEVICE)
+    probs = torch.softmax(2 * torch.randn(2, C, 5, 7, generator=gen, dtype=torch.float64), 1)
+    masks = torch.rand(2, C, 5, 7, generator=gen, dtype=torch.float64)
+    opts = {"soft_label": True, "scope": "image"}
+    if entry.takes("gamma"):
+        opts["gamma"] = 1.5
+    assert_matches(entry, x, probs.to(DEVICE), opts, torch.float32, seed)
+    assert_matches(entry, x, masks.to(DEVICE), {**opts, "mode": "multilabel"}, torch.float32, seed)
+
+
+@pytest.mark.parametrize("name", ["ce_dice", "bce_dice"])
+def test_soft_label_in_compounds(name, seed, gen):
+    """CE + Dice on class probabilities and BCE + Dice on soft masks (fused: the pixel
+    term rides in the soft-label passes) with ``soft_label=True``."""
+    entry = get(name)
+    x = (2 * torch.randn(2, 3, 5, 7, generator=gen)).to(DEVICE)
+    t = torch.rand(2, 3, 5, 7, generator=gen, dtype=torch.float64)
+    if name == "ce_dice":
+        t = t / t.sum(1, keepdim=True)
+    opts = {"soft_label": True, "scope": "image", "lambda_dice": 2.0}
+    assert_matches(entry, x, t.to(DEVICE), opts, torch.float32, seed)
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_soft_label_dice_is_zero_where_the_prediction_is_the_target(mode, gen):
+    """A target equal to the prediction's probabilities: the soft-label Dice is 0 (the
+    product form's is not), and so is the reference's gradient (``dI/dp = 1/2`` where
+    ``p = g``: the two halves of ``dL/dI`` and ``dL/dP`` cancel)."""
+    x = torch.randn(2, 3, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        t = torch.softmax(x, 1) if mode == "multiclass" else torch.sigmoid(x)
+    loss = ref.dice_loss(x, t, mode=mode, soft_label=True)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert abs(loss.item()) < 1e-12 and grad.abs().max().item() < 1e-12
+    xk, tk = x.detach().float().to(DEVICE), t.to(DEVICE)
+    assert abs(ker.dice_loss(xk, tk, mode=mode, soft_label=True).item()) < 1e-5
+    assert ker.dice_loss(xk, tk, mode=mode).item() > 0.1
+
+
 def test_probability_targets_refuse_ignore_index_and_label_compounds(gen):
     x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
     t = torch.softmax(torch.randn(2, 3, 4, 5, generator=gen), dim=1).to(DEVICE)

@@ -88,6 +88,32 @@ def test_monai_dice_family_on_soft_targets(monai, case, gen):
     _close(fn(x, t, smooth_nr=s, smooth_dr=s, **our_kw), theirs)
 
 
+TVERSKY = {"alpha": 0.3, "beta": 0.7}
+SOFT_LABEL_CASES = {
+    "dice": ("DiceLoss", ref.dice_loss, {}, {}),
+    "dice_batch": ("DiceLoss", ref.dice_loss, {"batch": True}, {"scope": "batch"}),
+    "jaccard": ("DiceLoss", ref.jaccard_loss, {"jaccard": True}, {}),
+    "tversky": ("TverskyLoss", ref.tversky_loss, TVERSKY, TVERSKY),
+    "generalized_dice": ("GeneralizedDiceLoss", ref.generalized_dice_loss, {}, {}),
+}
+
+
+@pytest.mark.parametrize("case", SOFT_LABEL_CASES)
+def test_monai_soft_label_on_soft_targets(monai, case, gen):
+    """MONAI's ``soft_label=True`` (``tp = (|p| + |g| - |p - g|) / 2``, the L1 form) is
+    ours: loss and gradient, on soft class probabilities."""
+    name, fn, peer_kw, our_kw = SOFT_LABEL_CASES[case]
+    x = (2 * torch.randn(2, 4, 6, 7, generator=gen, dtype=D)).requires_grad_(True)
+    t = torch.softmax(2 * torch.randn(2, 4, 6, 7, generator=gen, dtype=D), dim=1)
+    theirs = getattr(monai, name)(softmax=True, soft_label=True, **peer_kw)(x, t)
+    s = 0.5e-5 if case == "jaccard" else 1e-5  # MONAI's Jaccard: (2I + s) / (2U + s)
+    kw = {"scope": "image", "smooth_nr": s, "smooth_dr": s, **our_kw}
+    ours = fn(x, t, soft_label=True, **kw)
+    _close(ours, theirs)
+    _close(*(torch.autograd.grad(loss, x, retain_graph=True)[0] for loss in (ours, theirs)))
+    assert not torch.allclose(fn(x, t, **kw), theirs)  # the product form differs there
+
+
 def test_monai_dice_ignore_index(monai, gen):
     x, y = _inputs(gen, C=3, ignore=True)
     theirs = monai.DiceLoss(softmax=True, to_onehot_y=True, ignore_index=255)(x, y.unsqueeze(1))
@@ -621,6 +647,22 @@ def test_smp_region_losses(smp, name, gen):
     fn, kw = SMP_REGION[name]
     theirs = getattr(smp, name)("multiclass", ignore_index=255, **kw)(x, y)
     _close(fn(x, y, scope="batch", absent="zero", ignore_index=255, **kw), theirs)
+
+
+@pytest.mark.parametrize("mode", ["multilabel", "binary"])
+@pytest.mark.parametrize("name", SMP_REGION)
+def test_smp_region_losses_on_soft_masks(smp, name, mode, gen):
+    """smp computes I as ``(P + T - sum |p - g|) / 2`` always: on soft masks that is our
+    ``soft_label=True`` (loss and gradient), with ignored entries dropped."""
+    C = 3 if mode == "multilabel" else 1
+    x = torch.randn(2, C, 6, 7, generator=gen, dtype=D, requires_grad=True)
+    t = torch.rand(x.shape, generator=gen, dtype=D)
+    t = t.masked_fill(torch.rand(x.shape, generator=gen) < 0.2, 255)
+    fn, kw = SMP_REGION[name]
+    theirs = getattr(smp, name)(mode, ignore_index=255, **kw)(x, t)
+    ours = fn(x, t, mode=mode, absent="zero", ignore_index=255, soft_label=True, **kw)
+    _close(ours, theirs)
+    _close(*(torch.autograd.grad(loss, x, retain_graph=True)[0] for loss in (ours, theirs)))
 
 
 def test_smp_focal_tversky_after_mean(smp, gen):
