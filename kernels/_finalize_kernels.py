@@ -8,7 +8,8 @@ The per-class index is a ratio of linear forms in the sums::
 
 (Dice: 2, 0, 1, 1; Jaccard: 1, -1, 1, 1; Tversky: 1, 1 - alpha - beta, alpha, beta), the
 class loss is ``1 - r`` (computed as ``(den - num) / den`` from ``P - I`` and ``T - I``, which
-do not cancel near r = 1) or ``-log(max(r, eps))``, optionally ``max(1 - r, 0) ** gamma_c``
+do not cancel near r = 1), ``-log(max(r, eps))`` (LOG 1) or ``log(cosh(1 - r))`` (LOG 2),
+optionally ``max(1 - r, 0) ** gamma_c``
 (focal Tversky; FOCAL 1) or ``max(1 - r, 0)`` with the class mean raised to ``gamma``
 (FOCAL 2, ``gamma_after_mean``), the absent-class policy and class weights apply as in
 the reference's ``_class_reduce``, and units (the batch, or each image) are reduced by
@@ -78,6 +79,29 @@ def _mcc(i, p, t, n, eps):
 
 
 @triton.jit
+def _log_cosh(x):
+    """``log(cosh(x))``: its Taylor series below 1/4 (where the closed form loses the digits
+    of ``x^2 / 2`` to rounding), else ``|x| + log(1 + exp(-2|x|)) - log 2``."""
+    a = tl.abs(x)
+    y = a * a
+    series = y * (0.5 + y * (-1.0 / 12.0 + y * (1.0 / 45.0 - y * (17.0 / 2520.0))))
+    closed = a + tl.log(1.0 + tl.exp(-2.0 * a)) - 0.6931471805599453
+    return tl.where(a < 0.25, series, closed)
+
+
+@triton.jit
+def _tanh(x):
+    """``tanh(x)``: its Taylor series below 1/4 (``1 - exp(-2|x|)`` cancels there), else
+    ``sign(x) (1 - e) / (1 + e)`` with ``e = exp(-2|x|)``."""
+    a = tl.abs(x)
+    y = a * a
+    series = a * (1.0 + y * (-1.0 / 3.0 + y * (2.0 / 15.0 - y * (17.0 / 315.0))))
+    e = tl.exp(-2.0 * a)
+    t = tl.where(a < 0.25, series, (1.0 - e) / (1.0 + e))
+    return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
 def _class_terms(
     tot_ptr, w_ptr, gam_ptr, u, offs_c, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps, gamma,
     IMAGE: tl.constexpr, LOG: tl.constexpr, FOCAL: tl.constexpr, GAMMA_VEC: tl.constexpr,
@@ -97,7 +121,7 @@ def _class_terms(
         r = num / den
         dr_dp = -tl.where(live, r * b_p, 0.0) / den
         dr_dip = (a_i - tl.where(live, r * (b_i + b_p), 0.0)) / den
-    if LOG:
+    if LOG == 1:
         loss = -tl.log(tl.where(r < eps, eps, r))
         dl_dr = tl.where(r >= eps, -1.0 / tl.where(r >= eps, r, 1.0), 0.0)
     elif MCC:
@@ -109,6 +133,8 @@ def _class_terms(
         close = (b_p * (p - i) + b_t * (t - i) + (sdr - snr)) / den
         loss = tl.where(live, close, 1.0 - r)
         dl_dr = tl.full(r.shape, -1.0, tl.float32)
+    if LOG == 2:  # log(cosh(1 - r)), whose derivative is tanh(1 - r)
+        loss, dl_dr = _log_cosh(loss), dl_dr * _tanh(loss)
     if FOCAL == 2:  # max(loss, 0), powered after the class mean
         dl_dr = tl.where(loss >= 0.0, dl_dr, 0.0)
         loss = tl.where(loss < 0.0, 0.0, loss)

@@ -250,7 +250,8 @@ _region_stats.register_autograd(_backward, _setup)
 class Finalize(NamedTuple):
     """What the finalize kernel turns the sums into (``_finalize_kernels.py``): the index
     ``r = (a_I I + smooth_nr) / max(b_I I + b_P P + b_T T + smooth_dr, eps)`` per class,
-    its loss (``1 - r``, ``-log`` with ``log``, ``** gamma`` when given), the absent policy
+    its loss (``1 - r``; ``-log`` with ``log`` 1, ``log(cosh(1 - r))`` with 2; ``** gamma``
+    when given), the absent policy
     and class weights, the reduction over units ('mean', 'sum', or 'none': a loss per unit
     and class, per unit for GDL), and ``lam_reg`` times that plus ``lam_pix`` times the
     pixel term ('mean' with ``pix_mean``) plus ``offset``."""
@@ -259,7 +260,7 @@ class Finalize(NamedTuple):
     smooth_nr: float
     smooth_dr: float
     eps: float
-    log: bool = False
+    log: int = 0
     gamma: float | torch.Tensor | None = None
     absent: str = "include"
     weight: torch.Tensor | None = None
@@ -336,7 +337,7 @@ def _loss_and_coefs(
         total, cw, gvec, loss, out, *sizes, *floats,
         IMAGE=bool(image), REG_MEAN=bool(reg_mean), NONE=bool(none), PIXEL=pixel != 0,
         PIX_MEAN=bool(pix_mean),
-        LOG=bool(log), FOCAL=power, GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
+        LOG=int(log), FOCAL=power, GAMMA_VEC=gvec is not None, HAS_W=cw is not None,
         ABSENT=absent, MCC=bool(mcc), **blocks,
     )  # fmt: skip
     return loss, out
@@ -640,12 +641,15 @@ def dice_loss(
     weight: Weights = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    log_cosh: bool = False,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Dice loss; semantics of ``segtriton.reference.dice_loss``."""
+    if log_loss and log_cosh:
+        raise ValueError("log_loss and log_cosh are two forms of the class loss: choose one")
     fin = Finalize(
-        DICE, smooth_nr, smooth_dr, eps, log_loss, None, absent,
+        DICE, smooth_nr, smooth_dr, eps, 2 if log_cosh else int(log_loss), None, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
         reduction,
     )  # fmt: skip
@@ -676,7 +680,7 @@ def jaccard_loss(
 ) -> torch.Tensor:
     """Triton soft Jaccard loss; semantics of ``segtriton.reference.jaccard_loss``."""
     fin = Finalize(
-        JACCARD, smooth_nr, smooth_dr, eps, log_loss, None, absent,
+        JACCARD, smooth_nr, smooth_dr, eps, int(log_loss), None, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
         reduction,
     )  # fmt: skip
@@ -707,7 +711,7 @@ def tversky_loss(
 ) -> torch.Tensor:
     """Triton Tversky loss; semantics of ``segtriton.reference.tversky_loss``."""
     fin = Finalize(
-        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, None, absent,
+        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, 0, None, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
         reduction,
     )  # fmt: skip
@@ -745,7 +749,7 @@ def focal_tversky_loss(
     else:
         gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
     fin = Finalize(
-        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, False, gamma, absent,
+        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, 0, gamma, absent,
         _class_vector("weight", weight, logits.shape[1], logits, validate),
         reduction, gamma_after_mean=gamma_after_mean,
     )  # fmt: skip

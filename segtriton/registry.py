@@ -200,6 +200,7 @@ LOSSES: tuple[LossEntry, ...] = (
             *_REGION_VARIANTS,
             {"squared": True, "log_loss": True},
             {"mode": "multilabel", "soft_label": True, "absent": "zero"},
+            {"log_cosh": True, "scope": "image"},
         ),
         kernel=ker.dice_loss,
     ),

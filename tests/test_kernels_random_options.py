@@ -72,6 +72,7 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
         "gamma_after_mean",
         "sigmoid_focal",
         "soft_label",
+        "log_cosh",
     )
     if name in (*flags, "include_background"):
         return r.random() < 0.5

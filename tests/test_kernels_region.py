@@ -167,6 +167,26 @@ def test_soft_label_dice_is_zero_where_the_prediction_is_the_target(mode, gen):
     assert ker.dice_loss(xk, tk, mode=mode).item() > 0.1
 
 
+@pytest.mark.parametrize("confident", [False, True])
+def test_log_cosh_dice_is_log_cosh_of_dice(confident, seed, gen):
+    """Jadon's log-cosh Dice: for one unit and one class, ``log(cosh(L))`` of the Dice loss
+    ``L``, with the gradient ``tanh(L)`` times Dice's, in the reference and the kernel.
+    Confident logits make L small, where the kernel takes the Taylor series of both."""
+    t = (torch.rand(2, 1, 6, 7, generator=gen) < 0.4).double()
+    x = torch.randn(2, 1, 6, 7, generator=gen) + (8 * t - 4 if confident else 0)
+    x, t = x.float().to(DEVICE), t.to(DEVICE)
+    opts = {"mode": "binary"}
+    for fn in (ref.dice_loss, ker.dice_loss):
+        xx = x.double() if fn is ref.dice_loss else x
+        plain, grad = run_with_grad(fn, xx, t, opts)
+        loss, grad_lc = run_with_grad(fn, xx, t, {**opts, "log_cosh": True})
+        assert (plain < 0.05) == confident
+        torch.testing.assert_close(loss, torch.log(torch.cosh(plain)), rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad_lc, torch.tanh(plain) * grad, rtol=1e-5, atol=1e-12)
+    with pytest.raises(ValueError, match="choose one"):
+        ker.dice_loss(x, t, **opts, log_cosh=True, log_loss=True)
+
+
 def test_probability_targets_refuse_ignore_index_and_label_compounds(gen):
     x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
     t = torch.softmax(torch.randn(2, 3, 4, 5, generator=gen), dim=1).to(DEVICE)
