@@ -3,6 +3,7 @@
 
 import warnings
 
+from segtriton.reference.deep_supervision import DeepSupervisionLoss
 from segtriton.reference.modules import module_forms
 
 from ._runtime import interpreter_enabled, interpreter_problem, run_smoke_kernel
@@ -52,6 +53,7 @@ from .surface import (
 from .wasserstein import generalized_wasserstein_dice_loss
 
 __all__ = [
+    "DeepSupervisionLoss",
     "StreamingMetrics",
     "StreamingSurfaceMetrics",
     "average_surface_distance",

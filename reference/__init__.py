@@ -14,6 +14,7 @@ from .compound import (
     generalized_dice_focal_loss,
     topk_dice_loss,
 )
+from .deep_supervision import DeepSupervisionLoss, resize_nearest
 from .lovasz import (
     lovasz_grad,
     lovasz_hinge_grad_weights,
@@ -97,6 +98,7 @@ __all__ = [
     "ComboLoss",
     "CrossEntropyLoss",
     "CrossEntropyProbsLoss",
+    "DeepSupervisionLoss",
     "DiceLoss",
     "FocalDiceLoss",
     "FocalTverskyLoss",
@@ -153,6 +155,7 @@ __all__ = [
     "precision_per_class",
     "recall_cross_entropy",
     "region_stats",
+    "resize_nearest",
     "segmentation_metrics",
     "sigmoid_focal_loss",
     "signed_distance_map",

@@ -4,7 +4,7 @@ indexing, ``nonzero``, ``bincount``, ``unique``, ...) are recorded with a
 TorchDispatchMode while every registry kernel runs forward and backward (each fixed
 variant, after a warm-up call that puts Python-list options on the device), and while the
 confusion matrix, the streaming update and the Hausdorff distance run with
-``validate=False``. This sees the ops the Python code issues, on any device; the GPU
+``validate=False``, and the deep-supervision wrapper around a kernel loss. This sees the ops the Python code issues, on any device; the GPU
 tests capture the losses in CUDA graphs, which would also fail on a sync inside an op."""
 
 from __future__ import annotations
@@ -88,4 +88,19 @@ def test_metrics_do_not_sync(gen):
         ker.surface_dice(logits, target, 4, [1.0, 0.5, 2.0, 1.5], **warm_up)
         ker.hausdorff_distance(logits, logits > 0, 4, mode="multilabel", **warm_up)
         ker.surface_metrics(logits, target, 4, 1.5, **warm_up)
+    assert not syncs.seen, syncs.seen
+
+
+def test_deep_supervision_does_not_sync(gen):
+    """The target resampled for each level on the device (``resize_nearest``), the kernel
+    loss at every level, forward and backward."""
+    outputs = [
+        torch.randn(2, 3, 12 >> k, 10 >> k, generator=gen).to(DEVICE).requires_grad_(True)
+        for k in range(3)
+    ]
+    labels = torch.randint(0, 3, (2, 12, 10), generator=gen).to(DEVICE)
+    loss_fn = ker.DeepSupervisionLoss(ker.CEDiceLoss(ignore_index=255))
+    loss_fn(outputs, labels)
+    with _Syncs() as syncs:
+        torch.autograd.grad(loss_fn(outputs, labels), outputs)
     assert not syncs.seen, syncs.seen

@@ -294,6 +294,26 @@ def test_monai_dice_ce(monai, batch, gen):
         _close(ours, theirs)
 
 
+@pytest.mark.parametrize("weight_mode", ["exp", "two", "same"])
+def test_monai_deep_supervision(monai, weight_mode, gen):
+    """MONAI's DeepSupervisionLoss around DiceCELoss over a 4-level pyramid of odd sizes
+    (nearest-exact targets): loss and every level's gradient. MONAI casts the outputs to
+    float32, hence the float32 tolerance."""
+    sizes = [(13, 10), (7, 5), (4, 3), (2, 2)]
+    outputs = [torch.randn(2, 3, *s, generator=gen, dtype=D, requires_grad=True) for s in sizes]
+    y = torch.randint(0, 3, (2, *sizes[0]), generator=gen)
+    kw = {"lambda_ce": 0.7, "lambda_dice": 1.3}
+    peer = monai.DiceCELoss(softmax=True, to_onehot_y=True, **kw)
+    theirs = monai.DeepSupervisionLoss(peer, weight_mode)(outputs, y.unsqueeze(1).to(D))
+    loss = ref.CEDiceLoss(smooth_nr=1e-5, smooth_dr=1e-5, scope="image", **kw)
+    ours = ref.DeepSupervisionLoss(loss, weight_mode)(outputs, y)
+    f32 = {"rtol": 1e-5, "atol": 1e-7}
+    torch.testing.assert_close(ours, theirs.to(D), **f32)
+    grads = [torch.autograd.grad(v, outputs, retain_graph=True) for v in (ours, theirs)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, **f32)
+
+
 def test_monai_dice_ce_on_soft_targets(monai, gen):
     """MONAI's DiceCELoss on a target of the logits' shape (its default
     ``to_onehot_y=False``): Dice against it and cross-entropy against it as class
