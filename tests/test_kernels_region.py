@@ -373,11 +373,18 @@ def test_any_integer_label_dtype(label_dtype, gen):
 
 
 def test_region_stats_match_the_reference(gen):
+    """Labels, then soft masks with and without ``soft_label`` (whose I differs)."""
     x = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64).to(DEVICE)
     y = torch.randint(0, 4, (2, 5, 6), generator=gen).to(DEVICE)
+    masks = torch.rand(2, 4, 5, 6, generator=gen, dtype=torch.float64).to(DEVICE)
     for scope, squared in itertools.product(["batch", "image"], [False, True]):
         got = ker.region_stats(x.float(), y, "multiclass", None, scope, squared)
         want = ref.region_stats(x, y, "multiclass", None, scope, squared)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a.double(), b.double(), rtol=1e-6, atol=1e-6)
+    for soft_label in (False, True):
+        got = ker.region_stats(x.float(), masks, "multilabel", None, "image", soft_label=soft_label)
+        want = ref.region_stats(x, masks, "multilabel", None, "image", soft_label=soft_label)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a.double(), b.double(), rtol=1e-6, atol=1e-6)
 

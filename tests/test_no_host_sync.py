@@ -4,8 +4,9 @@ indexing, ``nonzero``, ``bincount``, ``unique``, ...) are recorded with a
 TorchDispatchMode while every registry kernel runs forward and backward (each fixed
 variant, after a warm-up call that puts Python-list options on the device), and while the
 confusion matrix, the streaming update and the Hausdorff distance run with
-``validate=False``, and the deep-supervision wrapper around a kernel loss. This sees the ops the Python code issues, on any device; the GPU
-tests capture the losses in CUDA graphs, which would also fail on a sync inside an op."""
+``validate=False``, and the deep-supervision wrapper around a kernel loss. This sees the
+ops the Python code issues, on any device; the GPU tests capture the losses in CUDA
+graphs, which would also fail on a sync inside an op."""
 
 from __future__ import annotations
 
