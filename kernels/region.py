@@ -42,7 +42,13 @@ from segtriton.reference._common import (
 
 from ._finalize_kernels import _gdl_finalize_kernel, _region_finalize_kernel
 from ._ops import op
-from ._region_kernels import SOFT_MIN, SQUARED, _region_grad_kernel, _region_stats_kernel
+from ._region_kernels import (
+    PRODUCT,
+    SOFT_MIN,
+    SQUARED,
+    _region_grad_kernel,
+    _region_stats_kernel,
+)
 from ._runtime import kernel_api
 from ._tiles import (
     MAX_SINGLE_C,
@@ -73,12 +79,12 @@ def overlap_form(squared: bool, soft_label: bool) -> int:
     ``soft_label`` (the squared sums are already the L2 form: ``soft_label`` adds nothing)."""
     if squared:
         return SQUARED.value
-    return SOFT_MIN.value if soft_label else 0
+    return SOFT_MIN.value if soft_label else PRODUCT.value
 
 
 def _read_overlap(overlap: int, kind: int) -> int:
     """With integer labels (g is 0 or 1) ``min(p, g) = p g``: the product."""
-    return 0 if overlap == SOFT_MIN.value and kind == TARGET_LABELS else overlap
+    return PRODUCT.value if overlap == SOFT_MIN.value and kind == TARGET_LABELS else overlap
 
 
 def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma,

@@ -1,8 +1,8 @@
 """Deep supervision: one loss over the outputs of a network at several resolutions.
 
-U-Nets trained as nnU-Net and MONAI's DynUNet train them (BraTS, KiTS, ...) return one
-output per decoder level, and the loss is a weighted sum of the same loss on each, the
-target resampled to each output's size. :class:`DeepSupervisionLoss` wraps any loss, so
+A U-Net trained the nnU-Net way (or MONAI's DynUNet; BraTS, KiTS, ...) returns one output
+per decoder level, and the loss is a weighted sum of the same loss on each, the target
+resampled to each output's size. :class:`DeepSupervisionLoss` wraps any loss, so
 ``DeepSupervisionLoss(kernels.CEDiceLoss(...))`` runs the Triton kernels at every level.
 """
 
@@ -72,7 +72,10 @@ class DeepSupervisionLoss(nn.Module):
         if weight_mode not in WEIGHT_MODES:
             raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {weight_mode!r}")
         if weights is not None:
-            weights = [float(w) for w in weights]
+            try:
+                weights = [float(w) for w in weights]
+            except (TypeError, ValueError):
+                raise TypeError(f"weights must be a sequence of numbers, got {weights!r}") from None
             if not all(0.0 <= w < float("inf") for w in weights):
                 raise ValueError(f"weights must be finite and >= 0, got {weights}")
         self.loss = loss

@@ -90,6 +90,8 @@ def test_bad_calls_raise_clear_errors(gen):
         ref.DeepSupervisionLoss("dice")
     with pytest.raises(ValueError, match="weight_mode"):
         ref.DeepSupervisionLoss(dice, "linear")
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        ref.DeepSupervisionLoss(dice, weights=["one"])
     with pytest.raises(ValueError, match="finite and >= 0"):
         ref.DeepSupervisionLoss(dice, weights=[1.0, -0.5])
     with pytest.raises(ValueError, match="3 outputs but 2 weights"):
