@@ -28,7 +28,6 @@ from segtriton.reference._common import (
 from segtriton.reference.compound import (
     _scalar_reduction,
     combo_options,
-    dice_class_weight,
     focal_background,
     term_weights,
 )
@@ -126,7 +125,7 @@ def ce_dice_loss(
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
     fp32 = logits.new_empty(0, dtype=torch.float32)  # w is checked and fp32 already
-    dice_w = dice_class_weight(w, C, include_background, fp32, check_values=False)
+    dice_w = ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
     if C <= MAX_SINGLE_C and not probability_target(logits, target, ignore_index):
         fin = _dice_plus(
             smooth_nr, smooth_dr, eps, absent, dice_w, reduction, lambda_dice, lambda_ce
@@ -183,7 +182,7 @@ def topk_dice_loss(
     label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     w = _class_vector("weight", weight, C, logits, validate)
     fp32 = logits.new_empty(0, dtype=torch.float32)  # w is checked and fp32 already
-    dice_w = dice_class_weight(w, C, include_background, fp32, check_values=False)
+    dice_w = ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
     if C > MAX_SINGLE_C:
         ce = topk_cross_entropy(
             logits, target, k, w, ignore_index, label_smoothing, reduction, validate=validate
@@ -281,7 +280,7 @@ def focal_dice_loss(
     fp32 = logits.new_empty(0, dtype=torch.float32)
     keep, scale = focal_background(mode, sigmoid_focal, include_background, C, fp32)
     w = _class_vector("weight", weight, C, logits, validate)
-    w = dice_class_weight(w, C, include_background, fp32, check_values=False)
+    w = ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
     lam_focal = lambda_focal * scale if reduction == "mean" else lambda_focal
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lam_focal)
 

@@ -610,6 +610,14 @@ def _region_sums(
     return stats, pix.sum(0)
 
 
+def _weights(weight, include_background, logits, validate):
+    """The checked fp32 class weights, class 0's set to 0 without the background."""
+    C = logits.shape[1]
+    w = _class_vector("weight", weight, C, logits, validate)
+    fp32 = logits.new_empty(0, dtype=torch.float32)
+    return ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
+
+
 @kernel_api
 def region_stats(
     logits: torch.Tensor,
@@ -648,6 +656,7 @@ def dice_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     log_cosh: bool = False,
+    include_background: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -656,7 +665,7 @@ def dice_loss(
         raise ValueError("log_loss and log_cosh are two forms of the class loss: choose one")
     fin = Finalize(
         DICE, smooth_nr, smooth_dr, eps, 2 if log_cosh else int(log_loss), None, absent,
-        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        _weights(weight, include_background, logits, validate),
         reduction,
     )  # fmt: skip
     return fused_loss(
@@ -681,13 +690,14 @@ def jaccard_loss(
     weight: Weights = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Jaccard loss; semantics of ``segtriton.reference.jaccard_loss``."""
     fin = Finalize(
         JACCARD, smooth_nr, smooth_dr, eps, int(log_loss), None, absent,
-        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        _weights(weight, include_background, logits, validate),
         reduction,
     )  # fmt: skip
     return fused_loss(
@@ -712,13 +722,14 @@ def tversky_loss(
     weight: Weights = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton Tversky loss; semantics of ``segtriton.reference.tversky_loss``."""
     fin = Finalize(
         tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, 0, None, absent,
-        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        _weights(weight, include_background, logits, validate),
         reduction,
     )  # fmt: skip
     return fused_loss(
@@ -745,6 +756,7 @@ def focal_tversky_loss(
     weight: Weights = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -756,7 +768,7 @@ def focal_tversky_loss(
         gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
     fin = Finalize(
         tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, 0, gamma, absent,
-        _class_vector("weight", weight, logits.shape[1], logits, validate),
+        _weights(weight, include_background, logits, validate),
         reduction, gamma_after_mean=gamma_after_mean,
     )  # fmt: skip
     return fused_loss(
@@ -780,6 +792,7 @@ def generalized_dice_loss(
     weight: Weights = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -789,7 +802,7 @@ def generalized_dice_loss(
     check_choice("absent_weight", absent_weight, ("max", "zero"))
     fin = Finalize(
         DICE, smooth_nr, smooth_dr, eps,
-        weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
+        weight=_weights(weight, include_background, logits, validate),
         reduction=reduction, gdl=(weight_type, absent_weight),
     )  # fmt: skip
     return fused_loss(
@@ -809,6 +822,7 @@ def mcc_loss(
     ignore_index: float | None = None,
     weight: Weights = None,
     reduction: str = "mean",
+    include_background: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -816,7 +830,7 @@ def mcc_loss(
     Pass 1 also counts each (image, class)'s counted pixels for ``TN``."""
     fin = Finalize(
         DICE, 0.0, 0.0, eps, absent=absent,
-        weight=_class_vector("weight", weight, logits.shape[1], logits, validate),
+        weight=_weights(weight, include_background, logits, validate),
         reduction=reduction, mcc=True,
     )  # fmt: skip
     return fused_loss(

@@ -21,10 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ._common import (
-    acc_dtype,
     check_choice,
     check_class_vector,
-    check_logits,
     check_masks,
     check_number,
     checks_flags,
@@ -39,7 +37,13 @@ from .pixelwise import (
     softmax_focal_loss,
     topk_cross_entropy,
 )
-from .region import dice_loss, generalized_dice_loss, global_sums
+from .region import (
+    dice_loss,
+    generalized_dice_loss,
+    global_sums,
+    region_class_weight,
+    weight_like,
+)
 
 Weights = torch.Tensor | Sequence[float] | None
 
@@ -52,28 +56,6 @@ def term_weights(**weights: object) -> tuple[float, ...]:
     """The compound loss's term weights (``lambda_ce=...``) as floats, each finite and
     >= 0 (or an error naming the bad one)."""
     return tuple(check_number(name, value) for name, value in weights.items())
-
-
-def _like(logits: object) -> torch.Tensor:
-    """An empty tensor of the dtype and device the class weights take for ``logits``."""
-    check_logits(logits)
-    return logits.new_empty(0, dtype=acc_dtype(logits))
-
-
-def dice_class_weight(
-    weight: Weights, C: int, include_background: bool, like: torch.Tensor,
-    check_values: bool = True,
-) -> Weights:  # fmt: skip
-    """The Dice term's class weights: ``weight``, times 0 for class 0 when
-    ``include_background`` is False and C > 1 (as MONAI, which ignores the flag for one
-    channel; the mask is a cached device constant). Checked first
-    (:func:`check_class_vector`, a tensor's values read with ``check_values``), in
-    ``like``'s dtype and device."""
-    w = check_class_vector("weight", weight, C, like, check_values)
-    if include_background or C == 1:
-        return w
-    keep = device_constant([0.0] + [1.0] * (C - 1), like.dtype, like.device)
-    return keep if w is None else w * keep
 
 
 def focal_background(
@@ -171,7 +153,7 @@ def ce_dice_loss(
     """
     _scalar_reduction(reduction)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
-    dice_w = dice_class_weight(weight, logits.shape[1], include_background, _like(logits))
+    dice_w = region_class_weight(weight, logits.shape[1], include_background, weight_like(logits))
     ce = cross_entropy(
         logits,
         target,
@@ -234,7 +216,7 @@ def topk_dice_loss(
     """
     _scalar_reduction(reduction)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
-    dice_w = dice_class_weight(weight, logits.shape[1], include_background, _like(logits))
+    dice_w = region_class_weight(weight, logits.shape[1], include_background, weight_like(logits))
     ce = topk_cross_entropy(logits, target, k, weight, ignore_index, label_smoothing, reduction)
     dice = dice_loss(
         logits,
@@ -384,7 +366,7 @@ def focal_dice_loss(
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_dice = term_weights(lambda_focal=lambda_focal, lambda_dice=lambda_dice)
-    like = _like(logits)
+    like = weight_like(logits)
     C = logits.shape[1]
     keep, scale = focal_background(mode, sigmoid_focal, include_background, C, like)
     focal = _focal_term(
@@ -403,7 +385,7 @@ def focal_dice_loss(
         scope=scope,
         absent=absent,
         ignore_index=ignore_index,
-        weight=dice_class_weight(weight, C, include_background, like),
+        weight=region_class_weight(weight, C, include_background, like),
         reduction=reduction,
         process_group=process_group,
     )
@@ -439,7 +421,7 @@ def generalized_dice_focal_loss(
     """
     _scalar_reduction(reduction)
     lambda_focal, lambda_gdl = term_weights(lambda_focal=lambda_focal, lambda_gdl=lambda_gdl)
-    like = _like(logits)
+    like = weight_like(logits)
     keep, scale = focal_background(mode, sigmoid_focal, include_background, logits.shape[1], like)
     focal = _focal_term(
         logits, target, mode, alpha, gamma, ignore_index, reduction, scope, process_group,

@@ -22,11 +22,14 @@ import torch
 import torch.distributed as dist
 
 from ._common import (
+    acc_dtype,
     check_choice,
     check_class_vector,
+    check_logits,
     check_number,
     checks_flags,
     class_mean,
+    device_constant,
     is_number,
     region_inputs,
 )
@@ -54,6 +57,10 @@ _OPTIONS = {  # the shared options, each documented where a loss has it
         count in none of the sums, the MCC's N included).""",
     "weight": """
       weight: per-class weights w_c (weight 0 drops a class, e.g. the background).""",
+    "include_background": """
+      include_background: False leaves class 0 out (MONAI's ``include_background=False``;
+        ignored for one class): its weight is 0, so it is in no mean, and 'none' gives it
+        0 (MONAI's output has no entry for it).""",
     "process_group": """
       process_group: a torch.distributed group (scope 'batch' only): the per-class sums
         are all-reduced over it before the formula, so each rank computes the loss of the
@@ -149,6 +156,33 @@ def stats_from_sums(sums: torch.Tensor) -> RegionStats:
     """``RegionStats`` from ``[3, ..., C]`` stacked sums ``(I, P, T)``."""
     inter, psum, tsum = sums.unbind(0)
     return RegionStats(inter, psum, tsum, tsum > 0)
+
+
+def weight_like(logits: object) -> torch.Tensor:
+    """An empty tensor of the dtype and device the class weights take for ``logits``."""
+    check_logits(logits)
+    return logits.new_empty(0, dtype=acc_dtype(logits))
+
+
+def region_class_weight(
+    weight: torch.Tensor | Sequence[float] | None, C: int, include_background: bool,
+    like: torch.Tensor, check_values: bool = True,
+) -> torch.Tensor | None:  # fmt: skip
+    """Class weights of a region term: ``weight``, times 0 for class 0 when
+    ``include_background`` is False and C > 1 (as MONAI, which ignores the flag for one
+    channel; the mask is a cached device constant). Checked first
+    (:func:`check_class_vector`, a tensor's values read with ``check_values``), in
+    ``like``'s dtype and device."""
+    w = check_class_vector("weight", weight, C, like, check_values)
+    if include_background or C == 1:
+        return w
+    keep = device_constant([0.0] + [1.0] * (C - 1), like.dtype, like.device)
+    return keep if w is None else w * keep
+
+
+def _weight_for(logits, weight, include_background):
+    like = weight_like(logits)  # checks the logits before their shape is read
+    return region_class_weight(weight, logits.shape[1], include_background, like)
 
 
 def _class_reduce(
@@ -356,6 +390,7 @@ def dice_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     log_cosh: bool = False,
+    include_background: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Dice loss per (unit, class)::
@@ -367,6 +402,7 @@ def dice_loss(
                              gradient is tanh(1 - D) times Dice's: at most 0.762 times
                              it where D lies in [0, 1])
     """
+    weight = _weight_for(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, process_group, soft_label
     )
@@ -392,6 +428,7 @@ def jaccard_loss(
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Jaccard (IoU) loss per (unit, class)::
@@ -399,6 +436,7 @@ def jaccard_loss(
     J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
     l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
     """
+    weight = _weight_for(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, process_group, soft_label
     )
@@ -422,6 +460,7 @@ def tversky_loss(
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Tversky loss per (unit, class), ``alpha`` weighting false positives, ``beta`` false
@@ -431,6 +470,7 @@ def tversky_loss(
         TI = (I + smooth_nr) / max(I + alpha FP + beta FN + smooth_dr, eps)
         l = 1 - TI
     """
+    weight = _weight_for(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, False, process_group, soft_label
     )
@@ -458,6 +498,7 @@ def focal_tversky_loss(
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Focal Tversky loss (Abraham & Khan): the Tversky loss raised to ``gamma``::
@@ -469,6 +510,7 @@ def focal_tversky_loss(
     ``gamma`` is the exponent itself (0.75 in the author code, i.e. 1/gamma of the paper).
     The power has a zero (not infinite) gradient where ``1 - TI = 0``.
     """
+    weight = _weight_for(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, False, process_group, soft_label
     )
@@ -502,6 +544,7 @@ def generalized_dice_loss(
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
     soft_label: bool = False,
+    include_background: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Generalized Dice loss (Sudre et al. 2017), one value per unit::
@@ -518,9 +561,11 @@ def generalized_dice_loss(
       'zero' drops the class. A unit with no present class then has loss
       ``1 - smooth_nr / max(smooth_dr, eps)``.
     scope: 'batch' (one unit: the batch) or 'image' (one unit per image).
-    mode, ignore_index, soft_label, process_group: as for :func:`dice_loss`.
+    mode, ignore_index, soft_label, include_background, process_group: as for
+      :func:`dice_loss`.
     reduction: over units: 'mean', 'sum' or 'none' (``[1]`` or ``[B]``).
     """
+    weight = _weight_for(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, False, process_group, soft_label
     )
@@ -551,6 +596,7 @@ def mcc_from_stats(
     return _class_reduce(1 - mcc, stats.present, absent, weight, reduction, check_values)
 
 
+@checks_flags
 @_with_options
 def mcc_loss(
     logits: torch.Tensor,
@@ -562,6 +608,7 @@ def mcc_loss(
     ignore_index: float | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    include_background: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Matthews correlation coefficient loss per (unit, class) (Abhishek and Hamarneh
@@ -586,5 +633,6 @@ def mcc_loss(
     ``mode='multilabel', scope='image', eps=0`` (``batch=True``: scope 'batch'), up to its
     ``smooth_dr=1e-5`` under the square root.
     """
+    weight = _weight_for(logits, weight, include_background)
     sums = _unit_sums(logits, target, mode, ignore_index, scope, False, process_group, True)
     return mcc_from_stats(stats_from_sums(sums[:3]), sums[3], eps, absent, weight, reduction)

@@ -221,25 +221,27 @@ def test_monai_generalized_wasserstein_dice(monai, mode, reduction, gen):
 
 
 @pytest.mark.parametrize("batch", [False, True])
-def test_monai_without_background_is_a_zero_class_weight(monai, batch, gen):
-    """include_background=False drops channel 0 after the softmax: our ``weight`` 0 for
-    class 0 does the same for Dice, Tversky and generalized Dice (whose absent-class
-    weight is then the heaviest among the classes that take part, as MONAI's is)."""
+def test_monai_without_background(monai, batch, gen):
+    """include_background=False drops channel 0 after the softmax: ours, and our ``weight``
+    0 for class 0, do the same for Dice, Tversky, generalized Dice (whose absent-class
+    weight is then the heaviest among the classes that take part, as MONAI's is) and the
+    MCC."""
     x, y = _inputs(gen, C=5, spatial=(4, 4))
     y[0] = y[0].clamp_max(2)  # classes 3 and 4 absent from image 0
-    w = [0.0, 1.0, 1.0, 1.0, 1.0]
     common = {"softmax": True, "to_onehot_y": True, "include_background": False, "batch": batch}
-    ours_common = {
-        "scope": "batch" if batch else "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, "weight": w
-    }  # fmt: skip
+    smooth = {"smooth_nr": 1e-5, "smooth_dr": 1e-5}
     tversky = {"alpha": 0.3, "beta": 0.7}
     cases = [
-        (monai.DiceLoss(**common), ref.dice_loss, {}),
-        (monai.TverskyLoss(**tversky, **common), ref.tversky_loss, tversky),
-        (monai.GeneralizedDiceLoss(**common), ref.generalized_dice_loss, {}),
+        (monai.DiceLoss(**common), ref.dice_loss, smooth),
+        (monai.TverskyLoss(**tversky, **common), ref.tversky_loss, {**tversky, **smooth}),
+        (monai.GeneralizedDiceLoss(**common), ref.generalized_dice_loss, smooth),
+        (monai.MCCLoss(**common), ref.mcc_loss, {"eps": 0.0}),
     ]
+    scope = "batch" if batch else "image"
     for theirs, ours, options in cases:
-        _close(ours(x, y, **ours_common, **options), theirs(x, y.unsqueeze(1)))
+        expected = theirs(x, y.unsqueeze(1))
+        _close(ours(x, y, scope=scope, include_background=False, **options), expected)
+        _close(ours(x, y, scope=scope, weight=[0.0, 1.0, 1.0, 1.0, 1.0], **options), expected)
 
 
 @pytest.mark.parametrize("alpha", [None, 0.25])
