@@ -15,11 +15,13 @@ batch (``scope='batch'``) or one image (``scope='image'``).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from ._common import (
     acc_dtype,
@@ -230,6 +232,14 @@ def _safe_pow(base: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tenso
     return torch.where(pos, power, base * 0)
 
 
+def _log_cosh(x: torch.Tensor) -> torch.Tensor:
+    """``log(cosh(x))`` as ``|x| + log(1 + exp(-2|x|)) - log 2``: ``cosh`` overflows past
+    ``|x| = 710`` (a class loss ``1 - D`` reaches that when ``smooth_nr`` exceeds
+    ``smooth_dr`` on an empty class). Its gradient is ``tanh(x)``."""
+    a = x.abs()
+    return a + F.softplus(-2 * a) - math.log(2.0)
+
+
 def dice_from_stats(
     stats: RegionStats,
     smooth_nr: float = 0.0,
@@ -249,7 +259,7 @@ def dice_from_stats(
     d = _ratio(2 * stats.inter + smooth_nr, stats.psum + stats.tsum + smooth_dr, eps)
     loss = -torch.log(d.clamp_min(eps)) if log_loss else 1 - d
     if log_cosh:
-        loss = torch.log(torch.cosh(loss))
+        loss = _log_cosh(loss)
     return _class_reduce(loss, stats.present, absent, weight, reduction, check_values)
 
 

@@ -12,6 +12,7 @@ global (process_group) sums with two gloo processes.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -185,6 +186,24 @@ def test_log_cosh_dice_is_log_cosh_of_dice(confident, seed, gen):
         torch.testing.assert_close(grad_lc, torch.tanh(plain) * grad, rtol=1e-5, atol=1e-12)
     with pytest.raises(ValueError, match="choose one"):
         ker.dice_loss(x, t, **opts, log_cosh=True, log_loss=True)
+
+
+@pytest.mark.parametrize("absent", ["include", "exclude"])
+def test_log_cosh_of_a_large_class_loss(absent, gen):
+    """All pixels ignored with smooth_nr 1 and smooth_dr 1e-5: the class loss ``1 - D`` is
+    about -1e5, where ``cosh`` overflows. Its log-cosh is ``1e5 - 1 - log 2`` in both
+    (the reference once gave inf, and NaN once the absent class was excluded); excluded,
+    no class is left and the loss is 0."""
+    x = torch.randn(2, 1, 5, 7, generator=gen).to(DEVICE)
+    t = torch.full((2, 1, 5, 7), 255.0, device=DEVICE)
+    opts = {"mode": "binary", "ignore_index": 255, "smooth_nr": 1.0, "smooth_dr": 1e-5}
+    opts.update(scope="image", absent=absent, log_cosh=True)
+    expected = 0.0 if absent == "exclude" else 1e5 - 1 - math.log(2.0)
+    for fn in (ref.dice_loss, ker.dice_loss):
+        xx = x.double() if fn is ref.dice_loss else x
+        loss, grad = run_with_grad(fn, xx, t, opts)
+        torch.testing.assert_close(loss.item(), expected, rtol=1e-6, atol=0.0)
+        assert not grad.any()
 
 
 def test_probability_targets_refuse_ignore_index_and_label_compounds(gen):
