@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ._common import check_choice, check_number, check_numbers
+
 WEIGHT_MODES = ("exp", "two", "same")
 
 
@@ -69,15 +71,9 @@ class DeepSupervisionLoss(nn.Module):
         super().__init__()
         if not callable(loss):
             raise TypeError(f"loss must be callable (a loss module or function), got {loss!r}")
-        if weight_mode not in WEIGHT_MODES:
-            raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {weight_mode!r}")
+        check_choice("weight_mode", weight_mode, WEIGHT_MODES)
         if weights is not None:
-            try:
-                weights = [float(w) for w in weights]
-            except (TypeError, ValueError):
-                raise TypeError(f"weights must be a sequence of numbers, got {weights!r}") from None
-            if not all(0.0 <= w < float("inf") for w in weights):
-                raise ValueError(f"weights must be finite and >= 0, got {weights}")
+            weights = [check_number("weights", w) for w in check_numbers("weights", weights)]
         self.loss = loss
         self.weight_mode = weight_mode
         self.weights = weights
@@ -110,8 +106,5 @@ class DeepSupervisionLoss(nn.Module):
             targets = list(target)
             if len(targets) != len(outputs):
                 raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
-        total = None
-        for w, out, tgt in zip(self.level_weights(len(outputs)), outputs, targets, strict=True):
-            term = w * self.loss(out, tgt)
-            total = term if total is None else total + term
-        return total
+        weights = self.level_weights(len(outputs))
+        return sum(w * self.loss(o, t) for w, o, t in zip(weights, outputs, targets, strict=True))
