@@ -256,8 +256,8 @@ _region_stats.register_autograd(_backward, _setup)
 class Finalize(NamedTuple):
     """What the finalize kernel turns the sums into (``_finalize_kernels.py``): the index
     ``r = (a_I I + smooth_nr) / max(b_I I + b_P P + b_T T + smooth_dr, eps)`` per class,
-    its loss (``1 - r``; ``-log`` with ``log`` 1, ``log(cosh(1 - r))`` with 2; ``** gamma``
-    when given), the absent policy
+    its loss (``log``, a ``reference.region.LOSS_*`` form: ``1 - r``, ``-log r`` or
+    ``log(cosh(1 - r))``; ``** gamma`` when given), the absent policy
     and class weights, the reduction over units ('mean', 'sum', or 'none': a loss per unit
     and class, per unit for GDL), and ``lam_reg`` times that plus ``lam_pix`` times the
     pixel term ('mean' with ``pix_mean``) plus ``offset``."""
@@ -661,10 +661,9 @@ def dice_loss(
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Triton soft Dice loss; semantics of ``segtriton.reference.dice_loss``."""
-    if log_loss and log_cosh:
-        raise ValueError("log_loss and log_cosh are two forms of the class loss: choose one")
     fin = Finalize(
-        DICE, smooth_nr, smooth_dr, eps, 2 if log_cosh else int(log_loss), None, absent,
+        DICE, smooth_nr, smooth_dr, eps, ref_region.class_loss_form(log_loss, log_cosh), None,
+        absent,
         _weights(weight, include_background, logits, validate),
         reduction,
     )  # fmt: skip
@@ -696,7 +695,7 @@ def jaccard_loss(
 ) -> torch.Tensor:
     """Triton soft Jaccard loss; semantics of ``segtriton.reference.jaccard_loss``."""
     fin = Finalize(
-        JACCARD, smooth_nr, smooth_dr, eps, int(log_loss), None, absent,
+        JACCARD, smooth_nr, smooth_dr, eps, ref_region.class_loss_form(log_loss), None, absent,
         _weights(weight, include_background, logits, validate),
         reduction,
     )  # fmt: skip
@@ -728,7 +727,7 @@ def tversky_loss(
 ) -> torch.Tensor:
     """Triton Tversky loss; semantics of ``segtriton.reference.tversky_loss``."""
     fin = Finalize(
-        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, 0, None, absent,
+        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, ref_region.LOSS_PLAIN, None, absent,
         _weights(weight, include_background, logits, validate),
         reduction,
     )  # fmt: skip
@@ -767,7 +766,7 @@ def focal_tversky_loss(
     else:
         gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
     fin = Finalize(
-        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, 0, gamma, absent,
+        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, ref_region.LOSS_PLAIN, gamma, absent,
         _weights(weight, include_background, logits, validate),
         reduction, gamma_after_mean=gamma_after_mean,
     )  # fmt: skip

@@ -232,6 +232,16 @@ def _safe_pow(base: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tenso
     return torch.where(pos, power, base * 0)
 
 
+LOSS_PLAIN, LOSS_LOG, LOSS_LOG_COSH = 0, 1, 2  # a class's loss: 1 - D, -log D, log cosh(1 - D)
+
+
+def class_loss_form(log_loss: bool, log_cosh: bool = False) -> int:
+    """Which ``LOSS_*`` form of a class's loss the two flags ask for (not both)."""
+    if log_loss and log_cosh:
+        raise ValueError("log_loss and log_cosh are two forms of the class loss: choose one")
+    return LOSS_LOG_COSH if log_cosh else LOSS_LOG if log_loss else LOSS_PLAIN
+
+
 def _log_cosh(x: torch.Tensor) -> torch.Tensor:
     """``log(cosh(x))`` as ``|x| + log(1 + exp(-2|x|)) - log 2``: ``cosh`` overflows past
     ``|x| = 710`` (a class loss ``1 - D`` reaches that when ``smooth_nr`` exceeds
@@ -254,11 +264,10 @@ def dice_from_stats(
 ) -> torch.Tensor:
     """The Dice loss from region sums (see :func:`dice_loss`)."""
     smooth_nr, smooth_dr, eps = check_smoothing(smooth_nr, smooth_dr, eps)
-    if log_loss and log_cosh:
-        raise ValueError("log_loss and log_cosh are two forms of the class loss: choose one")
+    form = class_loss_form(log_loss, log_cosh)
     d = _ratio(2 * stats.inter + smooth_nr, stats.psum + stats.tsum + smooth_dr, eps)
-    loss = -torch.log(d.clamp_min(eps)) if log_loss else 1 - d
-    if log_cosh:
+    loss = -torch.log(d.clamp_min(eps)) if form == LOSS_LOG else 1 - d
+    if form == LOSS_LOG_COSH:
         loss = _log_cosh(loss)
     return _class_reduce(loss, stats.present, absent, weight, reduction, check_values)
 
