@@ -41,6 +41,7 @@ from .region import (
     dice_loss,
     generalized_dice_loss,
     global_sums,
+    loss_class_weight,
     region_class_weight,
     weight_like,
 )
@@ -153,7 +154,7 @@ def ce_dice_loss(
     """
     _scalar_reduction(reduction)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
-    dice_w = region_class_weight(weight, logits.shape[1], include_background, weight_like(logits))
+    dice_w = loss_class_weight(logits, weight, include_background)
     ce = cross_entropy(
         logits,
         target,
@@ -216,7 +217,7 @@ def topk_dice_loss(
     """
     _scalar_reduction(reduction)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
-    dice_w = region_class_weight(weight, logits.shape[1], include_background, weight_like(logits))
+    dice_w = loss_class_weight(logits, weight, include_background)
     ce = topk_cross_entropy(logits, target, k, weight, ignore_index, label_smoothing, reduction)
     dice = dice_loss(
         logits,

@@ -182,8 +182,11 @@ def region_class_weight(
     return keep if w is None else w * keep
 
 
-def _weight_for(logits, weight, include_background):
-    like = weight_like(logits)  # checks the logits before their shape is read
+def loss_class_weight(
+    logits: torch.Tensor, weight: torch.Tensor | Sequence[float] | None, include_background: bool
+) -> torch.Tensor | None:
+    """:func:`region_class_weight` for ``logits`` (checked before their shape is read)."""
+    like = weight_like(logits)
     return region_class_weight(weight, logits.shape[1], include_background, like)
 
 
@@ -421,7 +424,7 @@ def dice_loss(
                              gradient is tanh(1 - D) times Dice's: at most 0.762 times
                              it where D lies in [0, 1])
     """
-    weight = _weight_for(logits, weight, include_background)
+    weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, process_group, soft_label
     )
@@ -455,7 +458,7 @@ def jaccard_loss(
     J = (I + smooth_nr) / max(P + T - I + smooth_dr, eps)
     l = 1 - J  (or -log(max(J, eps)) with log_loss=True)
     """
-    weight = _weight_for(logits, weight, include_background)
+    weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, squared, process_group, soft_label
     )
@@ -489,7 +492,7 @@ def tversky_loss(
         TI = (I + smooth_nr) / max(I + alpha FP + beta FN + smooth_dr, eps)
         l = 1 - TI
     """
-    weight = _weight_for(logits, weight, include_background)
+    weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, False, process_group, soft_label
     )
@@ -529,7 +532,7 @@ def focal_tversky_loss(
     ``gamma`` is the exponent itself (0.75 in the author code, i.e. 1/gamma of the paper).
     The power has a zero (not infinite) gradient where ``1 - TI = 0``.
     """
-    weight = _weight_for(logits, weight, include_background)
+    weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, False, process_group, soft_label
     )
@@ -584,7 +587,7 @@ def generalized_dice_loss(
       :func:`dice_loss`.
     reduction: over units: 'mean', 'sum' or 'none' (``[1]`` or ``[B]``).
     """
-    weight = _weight_for(logits, weight, include_background)
+    weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
         logits, target, mode, ignore_index, scope, False, process_group, soft_label
     )
@@ -652,6 +655,6 @@ def mcc_loss(
     ``mode='multilabel', scope='image', eps=0`` (``batch=True``: scope 'batch'), up to its
     ``smooth_dr=1e-5`` under the square root.
     """
-    weight = _weight_for(logits, weight, include_background)
+    weight = loss_class_weight(logits, weight, include_background)
     sums = _unit_sums(logits, target, mode, ignore_index, scope, False, process_group, True)
     return mcc_from_stats(stats_from_sums(sums[:3]), sums[3], eps, absent, weight, reduction)
