@@ -82,11 +82,6 @@ def overlap_form(squared: bool, soft_label: bool) -> int:
     return SOFT_MIN.value if soft_label else PRODUCT.value
 
 
-def _read_overlap(overlap: int, kind: int) -> int:
-    """With integer labels (g is 0 or 1) ``min(p, g) = p g``: the product."""
-    return PRODUCT.value if overlap == SOFT_MIN.value and kind == TARGET_LABELS else overlap
-
-
 def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma,
            scale, focal, count=False) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
@@ -552,7 +547,6 @@ def fused_args(
     pixel-term arguments are those of :func:`_region_sums`. A pixel term (or
     ``labels_only``) needs integer labels in multiclass mode."""
     target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
-    overlap = _read_overlap(overlap, kind)
     if kind == TARGET_PROBS and (pixel or labels_only):
         raise ValueError(
             "the focal and top-k compound losses take integer labels; with class-probability "
@@ -599,7 +593,6 @@ def _region_sums(
     """Checked inputs through pass 1: the region sums per unit and ``[2]`` (pixel-loss sum
     and divisor over the batch; zeros without a pixel term)."""
     target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
-    overlap = _read_overlap(overlap, kind)
     sums, pix = _region_stats(
         logits, target, kind, ignore, overlap, pixel, w, w2, smoothing, gamma, scale, focal
     )
