@@ -26,6 +26,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._tiles import log1p
+
 
 @triton.jit
 def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, MCC: tl.constexpr):
@@ -85,7 +87,7 @@ def _log_cosh(x):
     a = tl.abs(x)
     y = a * a
     series = y * (0.5 + y * (-1.0 / 12.0 + y * (1.0 / 45.0 - y * (17.0 / 2520.0))))
-    closed = a + tl.log(1.0 + tl.exp(-2.0 * a)) - 0.6931471805599453
+    closed = a + log1p(tl.exp(-2.0 * a)) - 0.6931471805599453
     return tl.where(a < 0.25, series, closed)
 
 
