@@ -166,6 +166,7 @@ PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
         ),
         "ce_dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai("DiceCELoss")),
         "hausdorff_dt": ({}, _monai("HausdorffDTLoss")),
+        "cldice": ({}, _monai("SoftclDiceLoss")),
         "mcc": ({"scope": "image", "eps": 0.0}, _monai("MCCLoss")),
         "focal_dice": (
             {"sigmoid_focal": True, "scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5},

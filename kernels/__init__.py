@@ -14,6 +14,7 @@ from .boundary import (
     signed_distance_map,
     squared_edt,
 )
+from .cldice import cldice_loss
 from .compound import (
     bce_dice_loss,
     ce_dice_loss,
@@ -61,6 +62,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "boundary_loss",
     "ce_dice_loss",
+    "cldice_loss",
     "combo_loss",
     "confusion_matrix",
     "cross_entropy",

@@ -6,6 +6,7 @@ from .boundary import (
     hausdorff_dt_loss,
     signed_distance_map,
 )
+from .cldice import cldice_loss, soft_skeleton
 from .compound import (
     bce_dice_loss,
     ce_dice_loss,
@@ -40,6 +41,7 @@ from .modules import (
     BCEWithLogitsLoss,
     BoundaryLoss,
     CEDiceLoss,
+    ClDiceLoss,
     ComboLoss,
     CrossEntropyLoss,
     CrossEntropyProbsLoss,
@@ -95,6 +97,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "BoundaryLoss",
     "CEDiceLoss",
+    "ClDiceLoss",
     "ComboLoss",
     "CrossEntropyLoss",
     "CrossEntropyProbsLoss",
@@ -123,6 +126,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "boundary_loss",
     "ce_dice_loss",
+    "cldice_loss",
     "class_accuracy",
     "class_counts",
     "class_distances",
@@ -159,6 +163,7 @@ __all__ = [
     "segmentation_metrics",
     "sigmoid_focal_loss",
     "signed_distance_map",
+    "soft_skeleton",
     "softmax_focal_loss",
     "specificity_per_class",
     "surface_dice",

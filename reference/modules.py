@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .boundary import boundary_loss, hausdorff_dt_loss
+from .cldice import cldice_loss
 from .compound import (
     bce_dice_loss,
     ce_dice_loss,
@@ -112,6 +113,7 @@ LovaszHingeLoss = loss_module("LovaszHingeLoss", lovasz_hinge_loss)
 LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)
 BoundaryLoss = loss_module("BoundaryLoss", boundary_loss)
 HausdorffDTLoss = loss_module("HausdorffDTLoss", hausdorff_dt_loss)
+ClDiceLoss = loss_module("ClDiceLoss", cldice_loss)
 
 
 def loss_modules() -> dict[str, type[LossModule]]:

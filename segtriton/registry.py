@@ -33,6 +33,9 @@ class LossEntry:
       ``<w, grad> = loss`` for every order. The gradient equals the reference's on
       tie-free inputs only; elsewhere the tests and the benchmark check it through
       :meth:`grad_identity_err`.
+    order_sensitive: the gradient goes where a comparison of probabilities points (the
+      min and max of clDice's skeletons), so the tests keep float32 and float64 in one
+      order (an input with ties in one precision only has two different gradients).
     """
 
     name: str
@@ -45,6 +48,7 @@ class LossEntry:
     traffic: Literal["pixel", "region"] = "region"
     reductions: tuple[str, ...] = ("mean", "sum", "none")
     grad_weights: Callable[..., torch.Tensor] | None = None
+    order_sensitive: bool = False
 
     def is_binary(self, options: dict) -> bool:
         """Whether the loss needs C = 1 under ``options``: its mode, given or the reference's
@@ -378,6 +382,18 @@ LOSSES: tuple[LossEntry, ...] = (
         min_classes=2,
         kernel=ker.hausdorff_dt_loss,
         traffic="pixel",
+    ),
+    LossEntry(
+        "cldice",
+        ref.cldice_loss,
+        "labels",
+        (
+            {},
+            {"include_background": False, "scope": "batch", "iterations": 1},
+            {"mode": "multilabel", "iterations": 0, "smooth_nr": 0.5, "smooth": 1e-3},
+        ),
+        kernel=ker.cldice_loss,
+        order_sensitive=True,
     ),
 )
 

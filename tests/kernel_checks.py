@@ -98,11 +98,40 @@ def apart_from_predictions(entry, x, t, options, gap=1e-3):
     return g.reshape(t.shape).to(t.dtype)
 
 
+def ordered_as_float64(entry, x, options, step=0.05, rounds=20):
+    """Logits whose float32 probabilities (as the kernel computes them: torch's softmax or
+    sigmoid of ``x.float()``) order each (image, class) map exactly as the float64 ones
+    do. The soft skeletons route the gradient to the neighbour that wins a min or max,
+    so two probabilities that float32 rounds into the other order (or into a tie) would
+    send it elsewhere in the kernel than in the float64 reference. A logit of each such
+    pair moves by ``step`` until none is left."""
+    masks = entry.target_kind(options) == "masks"
+    for _ in range(rounds):
+        z = x.detach()
+        p32 = (torch.sigmoid(z.float()) if masks else torch.softmax(z.float(), 1)).double()
+        p64 = torch.sigmoid(z.double()) if masks else torch.softmax(z.double(), 1)
+        order = p64.flatten(2).argsort(dim=-1, stable=True)
+        a64, a32 = (p.flatten(2).gather(-1, order) for p in (p64, p32))
+        up64, up32 = a64[..., 1:] > a64[..., :-1], a32[..., 1:] > a32[..., :-1]
+        tie64, tie32 = a64[..., 1:] == a64[..., :-1], a32[..., 1:] == a32[..., :-1]
+        bad = (up64 & ~up32) | (tie64 & ~tie32)
+        if not bad.any():
+            return x
+        b, c, k = bad.nonzero(as_tuple=True)
+        shift = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        shift.view(*x.shape[:2], -1)[b, c, order[..., 1:][b, c, k]] = step
+        x = x.detach().clone().copy_(x.double() + shift)
+    raise AssertionError(f"float32 still orders the probabilities otherwise after {rounds} moves")
+
+
 def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     """The kernel's loss and gradient equal the reference's on float64 logits (with
-    ``soft_label``, the target kept apart from the predictions first)."""
+    ``soft_label``, the target kept apart from the predictions first; for a loss whose
+    gradient follows the order of the probabilities, logits ordered alike in float32)."""
     if options.get("soft_label") and t.is_floating_point():
         t = apart_from_predictions(entry, x, t, options)
+    if entry.order_sensitive:
+        x = ordered_as_float64(entry, x, options)
     loss, grad = run_with_grad(kernel or entry.kernel, x, t, options, seed)
     ref_loss, ref_grad = run_with_grad(entry.reference, x.double(), t, options, seed)
     assert loss.shape == ref_loss.shape

@@ -43,6 +43,7 @@ def _reads_probabilities(entry) -> bool:
     return entry.reference.__module__.endswith(".region") or entry.name in (
         "cross_entropy",
         "ce_dice",
+        "cldice",
     )
 
 

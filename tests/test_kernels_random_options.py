@@ -61,6 +61,7 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
         "k": lambda: r.choice([0.5, 10.0, 33.3, 100]),
         "weighting_mode": lambda: r.choice(["default", "GDL"]),
         "dist_matrix": lambda: r.choice([None, _distances(r, C)]),
+        "iterations": lambda: r.choice([0, 1, 3]),
     }
     if name.startswith("lambda_"):
         return r.choice([0.0, 0.3, 1.0, 2.0])
@@ -110,9 +111,9 @@ def _case(entry, r: random.Random):
 
 def _reads_probabilities(entry, opts: dict) -> bool:
     """Whether a class-probability target of the logits' shape may replace the labels: the
-    multiclass region losses and CE + Dice."""
+    multiclass region losses, CE + Dice and clDice."""
     multiclass = entry.target_kind(opts) == "labels" and opts.get("mode") in (None, "multiclass")
-    region = entry.reference.__module__.endswith(".region") or entry.name == "ce_dice"
+    region = entry.reference.__module__.endswith(".region") or entry.name in ("ce_dice", "cldice")
     return multiclass and region
 
 

@@ -852,3 +852,33 @@ def test_torchmetrics_segmentation_mean_iou_and_dice_score(background, gen):
     for metric, mine in pairs:
         metric.update(pred, target)
         torch.testing.assert_close(mine, metric.compute().double(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial", [(9, 11), (4, 5, 6)], ids=["2d", "3d"])
+@pytest.mark.parametrize("include_background", [True, False])
+def test_monai_cldice(monai, spatial, include_background, gen):
+    """MONAI's SoftclDiceLoss (max-pool skeletons) is ours per image, loss and gradient:
+    one-hot labels with softmax, masks with sigmoid; its SoftDiceclDiceLoss is the mix
+    ``(1 - alpha)`` Dice (smoothing 1, per image) ``+ alpha`` clDice."""
+    x, y = _inputs(gen, spatial=spatial)
+    t = (torch.rand(x.shape, generator=gen) < 0.5).to(D)
+    flag = {"include_background": include_background}
+    cases = [
+        (monai.SoftclDiceLoss(softmax=True, to_onehot_y=True, iter_=2, **flag), y.unsqueeze(1),
+         lambda z: ref.cldice_loss(z, y, iterations=2, **flag)),
+        (monai.SoftclDiceLoss(sigmoid=True, reduction="none", **flag), t,
+         lambda z: ref.cldice_loss(z, t, mode="multilabel", reduction="none", **flag)),
+        (monai.SoftDiceclDiceLoss(softmax=True, to_onehot_y=True, alpha=0.3, **flag),
+         y.unsqueeze(1),
+         lambda z: 0.7 * ref.dice_loss(z, y, scope="image", smooth_nr=1, smooth_dr=1, **flag)
+         + 0.3 * ref.cldice_loss(z, y, **flag)),
+    ]  # fmt: skip
+    for loss, target, ours in cases:
+        z = x.clone().requires_grad_(True)
+        theirs = loss(z, target)
+        (want,) = torch.autograd.grad(theirs.sum(), z)
+        z = x.clone().requires_grad_(True)
+        got = ours(z)
+        (grad,) = torch.autograd.grad(got.sum(), z)
+        _close(got, theirs)
+        _close(grad, want)

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.skipif(
     not interpreter_enabled(), reason="counts bytes in Triton's interpreter"
 )
 
-# a sort, a distance transform or a second pass over the logits beyond the model
-_BEYOND = ("lovasz", "boundary", "hausdorff", "ohem", "topk", "recall")
+# a sort, a distance transform, a second pass over the logits or the skeletons' iterated
+# stencils beyond the model
+_BEYOND = ("lovasz", "boundary", "hausdorff", "ohem", "topk", "recall", "cldice")
 _MODELLED = [e for e in LOSSES if e.kernel and not e.name.startswith(_BEYOND)]
 
 
