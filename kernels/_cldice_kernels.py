@@ -5,13 +5,17 @@ flat int64 indices. Neighbours are named by codes: the cross (erosion) 0 for the
 itself, then 1..6 for -1/+1 along z, y and x; the cube (dilation) ``9 (dz+1) + 3 (dy+1) +
 (dx+1)``. Scanning in code order and keeping the first extreme is the reference's tie rule.
 The backward never scatters: each pixel gathers the gradient of the neighbours whose code
-points back at it, so it is deterministic.
+points back at it, so it is deterministic. The front and back kernels read the logits and
+target where they lie (the region kernels' tiles) for the first level and the last step.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from ._region_kernels import _load_chunk, _pixel_setup, _sigmoid_pq
+from ._tiles import pixel_block
 
 
 @triton.jit
@@ -197,3 +201,72 @@ def _skeleton_grad_kernel(
             sg_ptr + i, mask=live, other=0.0
         )
     tl.store(out_ptr + i, acc, mask=live)
+
+
+@triton.jit
+def _cldice_front_kernel(
+    x_ptr, t_ptr, x0_ptr, g0_ptr, bad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc,
+    sts, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """The skeletons' level 0: ``p`` (softmax or sigmoid) and ``g`` of the classes from
+    ``first`` on, 0 where not valid, into contiguous float32 ``[B, C - first, S]``; per
+    program, whether it saw a bad target value."""
+    pid = tl.program_id(0)
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+    offs_c0 = tl.arange(0, BLOCK_C)
+    _, _, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+        x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
+        SOFTMAX, LABELS, False, BLOCK_C,
+    )  # fmt: skip
+    seen = 0
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        _x, _z, p, g, _valid, bad = _load_chunk(
+            x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+            sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+        )  # fmt: skip
+        seen = tl.maximum(seen, tl.max(tl.max(bad.to(tl.int32), axis=0), axis=0))
+        at = (b * (C - first) + offs_c[:, None] - first).to(tl.int64) * S + offs_p[None, :]
+        keep = (offs_c[:, None] >= first) & (offs_c[:, None] < C) & pmask[None, :]
+        tl.store(x0_ptr + at, p, mask=keep)
+        tl.store(g0_ptr + at, g, mask=keep)
+    tl.store(bad_ptr + pid, seen)
+
+
+@triton.jit
+def _cldice_back_kernel(
+    x_ptr, t_ptr, d_ptr, grad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts,
+    sgb, sgc, sgs, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr,
+    HAS_IGNORE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """``dL/dz`` from ``d = dL/dx0`` (``[B, C - first, S]``; 0 for the classes before
+    ``first`` and where not valid): softmax ``p (d - sum_c p_c d_c)``, sigmoid
+    ``p (1 - p) d``; float32, at the gradient buffer's strides."""
+    pid = tl.program_id(0)
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+    offs_c0 = tl.arange(0, BLOCK_C)
+    _, _, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+        x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
+        SOFTMAX, LABELS, False, BLOCK_C,
+    )  # fmt: skip
+    dot = tl.zeros([BLOCK_P], tl.float32)
+    for sweep in tl.static_range(2 if SOFTMAX else 1):
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + offs_c0
+            x, _z, p, _g, valid, _bad = _load_chunk(
+                x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+            )  # fmt: skip
+            at = (b * (C - first) + offs_c[:, None] - first).to(tl.int64) * S + offs_p[None, :]
+            d = tl.load(d_ptr + at, mask=valid & (offs_c[:, None] >= first), other=0.0)
+            if SOFTMAX and sweep == 0:
+                dot += tl.sum(p * d, axis=0)
+            else:
+                if SOFTMAX:
+                    dz = p * (d - dot[None, :])
+                else:
+                    sp, sq = _sigmoid_pq(x)
+                    dz = tl.where(valid, sp * sq * d, 0.0)
+                out = grad_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs
+                tl.store(out, dz, mask=(offs_c[:, None] < C) & pmask[None, :])

@@ -73,17 +73,18 @@ def pixel_view(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     return x, strides[0], strides[1], stride_s
 
 
-def grad_like(logits: torch.Tensor) -> torch.Tensor:
-    """An uninitialised gradient for ``logits`` that a kernel can write through
-    :func:`pixel_view` without a copy: the logits' layout (``empty_like``: contiguous NCHW,
-    channels_last, or the dense order of a sliced input) when its spatial dims merge, else
-    contiguous (a buffer that pixel_view copied would take the kernel's writes and be
-    dropped, as a spatially transposed input once showed)."""
-    grad = torch.empty_like(logits)
+def grad_like(logits: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised gradient for ``logits`` (in ``dtype``, by default theirs) that a
+    kernel can write through :func:`pixel_view` without a copy: the logits' layout
+    (``empty_like``: contiguous NCHW, channels_last, or the dense order of a sliced input)
+    when its spatial dims merge, else contiguous (a buffer that pixel_view copied would
+    take the kernel's writes and be dropped, as a spatially transposed input once
+    showed)."""
+    grad = torch.empty_like(logits, dtype=dtype)
     return (
         grad
         if _spatial_merges(grad)
-        else torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        else torch.empty(logits.shape, dtype=grad.dtype, device=logits.device)
     )
 
 

@@ -7,22 +7,24 @@ keeps an int64 index map per pooling and a dozen float maps per level; here the 
 keeps, per level, the eroded map and ``s`` (float32) and one int8 code per pixel for each
 min and max (which neighbour won). The backward walks the ``s`` recursion back pixel by
 pixel, then the levels from the deepest, each pixel gathering the gradient of the
-neighbours whose code names it: no atomics, bitwise reproducible. The softmax (sigmoid)
-in front and its backward are PyTorch operations on float32.
+neighbours whose code names it: no atomics, bitwise reproducible. One kernel in front
+reads the logits and the target in place (any layout, any label dtype) and writes the
+kept classes' probabilities and target as the skeletons' first level; one at the end
+turns ``dL/dp`` into ``dL/dz`` through the softmax (sigmoid).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from segtriton.reference import cldice as ref_cldice
-from segtriton.reference._common import (
-    checked_target,
-    not_ignored,
-    probability_target,
-)
+from segtriton.reference._common import checked_target, probability_target
 
 from ._cldice_kernels import (
+    _cldice_back_kernel,
+    _cldice_front_kernel,
     _erode_kernel,
     _skeleton_chain_kernel,
     _skeleton_grad_kernel,
@@ -31,7 +33,16 @@ from ._cldice_kernels import (
 )
 from ._ops import op
 from ._runtime import kernel_api
-from ._tiles import cdiv, ignore_value
+from ._tiles import (
+    cdiv,
+    class_blocks,
+    grad_like,
+    ignore_arg,
+    ignore_value,
+    loss_views,
+    num_warps_for,
+    pixel_view,
+)
 
 BLOCK = 512
 SUM_BLOCK, SUM_CHUNK = 1024, 16384
@@ -45,39 +56,44 @@ def _geometry(shape: torch.Size) -> tuple[int, int, int, int]:
     return D0 * D1 * D2, D0, D1, D2
 
 
-def _skeleton(x0: torch.Tensor, iterations: int, keep: bool):
-    """The soft skeleton of the float32 maps ``x0 [B, K, *S]`` (contiguous). With ``keep``,
-    ``(skel, x, s, erode codes, dilate codes)`` for the backward, each level a row of
-    ``[levels, B K N]``; else ``(skel,)`` with two rotating buffers."""
-    N, D0, D1, D2 = _geometry(x0.shape)
-    total = x0.numel()
-    three_d = x0.dim() == 5
+def _level_maps(shape: tuple[int, ...], iterations: int, keep: bool, device) -> torch.Tensor:
+    """float32 rows for the eroded maps of :func:`_skeleton`, row 0 for level 0: one per
+    level with ``keep``, else three (level 0, kept, and two that take turns)."""
+    rows = iterations + 2 if keep else 3
+    return torch.empty(rows, math.prod(shape), dtype=torch.float32, device=device)
+
+
+def _skeleton(x: torch.Tensor, shape: tuple[int, ...], iterations: int, keep: bool):
+    """The soft skeleton of the float32 maps ``[B, K, *S] = shape`` in row 0 of ``x``
+    (:func:`_level_maps`). With ``keep``, ``(skel, x, s, erode codes, dilate codes)`` for
+    the backward, each level a row of ``x`` and of ``[levels, B K N]`` tensors (row 0 of
+    ``x`` is left as it is); else ``(skel,)``."""
+    N, D0, D1, D2 = _geometry(shape)
+    total = x.shape[1]
+    three_d = len(shape) == 5
     levels = iterations + 1
-    device = x0.device
+    s = torch.empty(levels if keep else 1, total, dtype=torch.float32, device=x.device)
+    ecode = dcode = s  # not written without keep
     if keep:
-        x = torch.empty(levels + 1, total, dtype=torch.float32, device=device)
-        x[0] = x0.view(-1)
-        s = torch.empty(levels, total, dtype=torch.float32, device=device)
-        ecode = torch.empty(levels, total, dtype=torch.int8, device=device)
-        dcode = torch.empty(levels, total, dtype=torch.int8, device=device)
-    else:
-        x = torch.empty(2, total, dtype=torch.float32, device=device)
-        x[0] = x0.view(-1)
-        s = torch.empty(1, total, dtype=torch.float32, device=device)
-        ecode = dcode = s  # not written
+        ecode = torch.empty(levels, total, dtype=torch.int8, device=x.device)
+        dcode = torch.empty(levels, total, dtype=torch.int8, device=x.device)
     grid = (cdiv(total, BLOCK),)
     geometry = (total, N, D0, D1, D2)
+
+    def row(k: int) -> int:
+        return k if keep or k == 0 else 2 - k % 2
+
     for k in range(levels):
-        here, nxt = (k, k + 1) if keep else (k % 2, (k + 1) % 2)
         slot = k if keep else 0
         _erode_kernel[grid](
-            x[here], x[nxt], ecode[slot], *geometry, CODES=keep, THREE_D=three_d, BLOCK=BLOCK
-        )
+            x[row(k)], x[row(k + 1)], ecode[slot], *geometry, CODES=keep, THREE_D=three_d,
+            BLOCK=BLOCK,
+        )  # fmt: skip
         _skeleton_level_kernel[grid](
-            x[here], x[nxt], s[max(slot - 1, 0)], s[slot], dcode[slot], *geometry,
+            x[row(k)], x[row(k + 1)], s[max(slot - 1, 0)], s[slot], dcode[slot], *geometry,
             FIRST=k == 0, CODES=keep, THREE_D=three_d, BLOCK=BLOCK,
         )  # fmt: skip
-    skel = s[levels - 1 if keep else 0].view(x0.shape)
+    skel = s[levels - 1 if keep else 0].view(shape)
     return (skel, x, s, ecode, dcode) if keep else (skel,)
 
 
@@ -93,38 +109,43 @@ def _sums(skel_p, g, skel_g, p, units: int) -> torch.Tensor:
     return part.view(units, n_chunks, 4).sum(1)
 
 
-def _level0(
+def _front(
     logits: torch.Tensor,
     target: torch.Tensor,
     labels: bool,
     first: int,
     ignore_index: float | None,
+    x0: torch.Tensor,
+    g0: torch.Tensor,
+    grad: torch.Tensor | None = None,
 ):
-    """float32 ``p`` (softmax or sigmoid, all classes), the kept classes' ``x0 = p valid``
-    and ``g0 = g valid`` (contiguous ``[B, K, *S]``), the valid mask, and whether a target
-    value is out of range (a device bool: the loss becomes NaN)."""
-    x = logits.float()
-    C = x.shape[1]
-    if labels and probability_target(logits, target, ignore_index):
-        p = torch.softmax(x, 1)
-        g = target.float()
-        valid = torch.ones((), dtype=torch.bool, device=x.device)
-        bad = ((g < 0) | (g > 1) | g.isnan()).any()
-    elif labels:
-        p = torch.softmax(x, 1)
-        valid = not_ignored(target, ignore_index)
-        bad = (valid & ((target < 0) | (target >= C))).any()
-        valid = valid.unsqueeze(1)
-        classes = torch.arange(C, device=x.device).view(1, C, *[1] * (x.dim() - 2))
-        g = (target.unsqueeze(1) == classes).float()
-    else:
-        p = torch.sigmoid(x)
-        g = target.float()
-        valid = torch.ones_like(g, dtype=torch.bool) if ignore_index is None else g != ignore_index
-        bad = (valid & ((g < 0) | (g > 1) | g.isnan())).any()
-    x0 = (p * valid)[:, first:].contiguous()
-    g0 = torch.where(valid, g, 0.0)[:, first:].contiguous()
-    return p, x0, g0, valid, bad
+    """Level 0 of the skeletons (``_cldice_front_kernel``): writes ``x0 = p valid`` and
+    ``g0 = g valid`` of the kept classes (float32 ``[B, K, *S]`` rows) and returns whether
+    a target value is out of range (a device bool: the loss becomes NaN). With ``grad``
+    (``dL/dx0``), returns ``dL/dz`` instead (``_cldice_back_kernel``), float32 in the
+    logits' layout."""
+    read_labels = labels and not probability_target(logits, target, ignore_index)
+    x, t, strides = loss_views(logits, target, read_labels)
+    B, C = x.shape[:2]
+    S = x[0, 0].numel()
+    block_c, block_p, _ = class_blocks(C)
+    n_pblocks = cdiv(S, block_p)
+    ign, has_ignore = ignore_arg(ignore_index, read_labels)
+    meta = {
+        "SOFTMAX": labels, "LABELS": read_labels, "HAS_IGNORE": has_ignore,
+        "BLOCK_C": block_c, "BLOCK_P": block_p, "num_warps": num_warps_for(block_c, block_p),
+    }  # fmt: skip
+    grid = (B * n_pblocks,)
+    if grad is not None:
+        out = grad_like(logits, torch.float32)
+        o, sob, soc, sos = pixel_view(out)
+        _cldice_back_kernel[grid](
+            x, t, grad, o, C, first, S, n_pblocks, *strides, sob, soc, sos, ign, **meta
+        )
+        return out
+    flags = torch.empty(B * n_pblocks, dtype=torch.int32, device=x.device)
+    _cldice_front_kernel[grid](x, t, x0, g0, flags, C, first, S, n_pblocks, *strides, ign, **meta)
+    return flags.any()
 
 
 def _finalize(sums: torch.Tensor, smooth_nr: float, smooth_dr: float, smooth: float):
@@ -193,26 +214,22 @@ def _cldice_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-unit losses (float32 ``[U]``) and, with ``need_grad``, the float32 gradient of
     their sum with respect to the logits (else an empty tensor)."""
-    p, x0, g0, valid, bad = _level0(logits, target, labels, first, ignore_index)
-    kept = _skeleton(x0, iterations, need_grad)
-    skel_g = _skeleton(g0, iterations, False)[0]
-    B = x0.shape[0]
-    sums = _sums(kept[0], g0, skel_g, x0, B)
+    shape = (logits.shape[0], logits.shape[1] - first, *logits.shape[2:])
+    x = _level_maps(shape, iterations, need_grad, logits.device)
+    g = _level_maps(shape, iterations, False, logits.device)
+    bad = _front(logits, target, labels, first, ignore_index, x[0], g[0])
+    kept = _skeleton(x, shape, iterations, need_grad)
+    skel_g = _skeleton(g, shape, iterations, False)[0]
+    B = shape[0]
+    sums = _sums(kept[0], g[0], skel_g, x[0], B)
     if batch:
         sums = sums.sum(0, keepdim=True)
     loss, coef = _finalize(sums, smooth_nr, smooth_dr, smooth)
     loss = torch.where(bad, torch.nan, loss)
     if not need_grad:
         return loss, logits.new_empty(0, dtype=torch.float32)
-    d_x0 = _skeleton_grad(kept, coef.expand(B, 3), g0, skel_g, iterations)
-    d_p = torch.zeros_like(p)
-    d_p[:, first:] = d_x0
-    d_p = d_p * valid
-    if labels:
-        grad = p * (d_p - (p * d_p).sum(1, keepdim=True))
-    else:
-        grad = p * (1 - p) * d_p
-    return loss, grad
+    d_x0 = _skeleton_grad(kept, coef.expand(B, 3), g[0].view(shape), skel_g, iterations)
+    return loss, _front(logits, target, labels, first, ignore_index, x[0], g[0], d_x0)
 
 
 @_cldice_op.register_fake
