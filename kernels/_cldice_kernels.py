@@ -204,6 +204,29 @@ def _skeleton_grad_kernel(
 
 
 @triton.jit
+def _program_pixels(
+    x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Program ``pid``'s image and pixels, and per pixel the labels' valid and bad masks
+    and the softmax statistics (the region kernels' streamed setup)."""
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+    _, _, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+        x_ptr, t_ptr, b, tl.arange(0, BLOCK_C), offs_p, pmask, C, sxb, sxc, sxs, stb, sts,
+        ignore_index, SOFTMAX, LABELS, False, BLOCK_C,
+    )  # fmt: skip
+    return b, offs_p, pmask, ys, pvalid, pbad, m, inv_s
+
+
+@triton.jit
+def _kept_at(b, offs_c, offs_p, pmask, C, first, S):
+    """Offsets of a ``[classes, pixels]`` tile in ``[B, C - first, S]`` maps, and which of
+    its entries are kept classes inside the image."""
+    at = (b * (C - first) + offs_c[:, None] - first).to(tl.int64) * S + offs_p[None, :]
+    return at, (offs_c[:, None] >= first) & (offs_c[:, None] < C) & pmask[None, :]
+
+
+@triton.jit
 def _cldice_front_kernel(
     x_ptr, t_ptr, x0_ptr, g0_ptr, bad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc,
     sts, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
@@ -213,12 +236,11 @@ def _cldice_front_kernel(
     ``first`` on, 0 where not valid, into contiguous float32 ``[B, C - first, S]``; per
     program, whether it saw a bad target value."""
     pid = tl.program_id(0)
-    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
-    offs_c0 = tl.arange(0, BLOCK_C)
-    _, _, ys, pvalid, pbad, m, inv_s = _pixel_setup(
-        x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-        SOFTMAX, LABELS, False, BLOCK_C,
+    b, offs_p, pmask, ys, pvalid, pbad, m, inv_s = _program_pixels(
+        x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index, SOFTMAX,
+        LABELS, BLOCK_C, BLOCK_P,
     )  # fmt: skip
+    offs_c0 = tl.arange(0, BLOCK_C)
     seen = 0
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + offs_c0
@@ -227,8 +249,7 @@ def _cldice_front_kernel(
             sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
         )  # fmt: skip
         seen = tl.maximum(seen, tl.max(tl.max(bad.to(tl.int32), axis=0), axis=0))
-        at = (b * (C - first) + offs_c[:, None] - first).to(tl.int64) * S + offs_p[None, :]
-        keep = (offs_c[:, None] >= first) & (offs_c[:, None] < C) & pmask[None, :]
+        at, keep = _kept_at(b, offs_c, offs_p, pmask, C, first, S)
         tl.store(x0_ptr + at, p, mask=keep)
         tl.store(g0_ptr + at, g, mask=keep)
     tl.store(bad_ptr + pid, seen)
@@ -244,12 +265,11 @@ def _cldice_back_kernel(
     ``first`` and where not valid): softmax ``p (d - sum_c p_c d_c)``, sigmoid
     ``p (1 - p) d``; float32, at the gradient buffer's strides."""
     pid = tl.program_id(0)
-    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
-    offs_c0 = tl.arange(0, BLOCK_C)
-    _, _, ys, pvalid, pbad, m, inv_s = _pixel_setup(
-        x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-        SOFTMAX, LABELS, False, BLOCK_C,
+    b, offs_p, pmask, ys, pvalid, pbad, m, inv_s = _program_pixels(
+        x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index, SOFTMAX,
+        LABELS, BLOCK_C, BLOCK_P,
     )  # fmt: skip
+    offs_c0 = tl.arange(0, BLOCK_C)
     dot = tl.zeros([BLOCK_P], tl.float32)
     for sweep in tl.static_range(2 if SOFTMAX else 1):
         for c0 in range(0, C, BLOCK_C):
@@ -258,8 +278,8 @@ def _cldice_back_kernel(
                 x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
                 sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
             )  # fmt: skip
-            at = (b * (C - first) + offs_c[:, None] - first).to(tl.int64) * S + offs_p[None, :]
-            d = tl.load(d_ptr + at, mask=valid & (offs_c[:, None] >= first), other=0.0)
+            at, keep = _kept_at(b, offs_c, offs_p, pmask, C, first, S)
+            d = tl.load(d_ptr + at, mask=valid & keep, other=0.0)
             if SOFTMAX and sweep == 0:
                 dot += tl.sum(p * d, axis=0)
             else:
