@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="quick",
         help="quick (default), standard, full, cityscapes, ade20k, voc, brats3d, distance, "
-        "lovasz, monai, peers, targets (see segtriton.bench.spec.PRESETS)",
+        "cldice, lovasz, monai, peers, targets (see segtriton.bench.spec.PRESETS)",
     )
     sweep.add_argument("--spec", help="a TOML sweep spec (see segtriton.bench.spec)")
     sweep.add_argument("--losses", help="comma-separated registry names (overrides the spec)")

@@ -160,6 +160,15 @@ PRESETS: dict[str, dict] = {
         "dtypes": ["bf16", "fp32"],
         "ignore_frac": 0.0,
     },
+    # clDice beside MONAI's SoftclDiceLoss (no ignore_index there either): two-class 2-D
+    # vessel-sized images and a 3-D volume
+    "cldice": {
+        "losses": ["cldice"],
+        "providers": ["triton", "eager", "compile", "monai"],
+        "shapes": [[8, 2, 512, 512], [2, 2, 96, 96, 96]],
+        "dtypes": ["bf16", "fp32"],
+        "ignore_frac": 0.0,
+    },
     # MONAI's region and compound losses beside ours, without ignored pixels (its
     # GeneralizedDiceLoss, DiceCELoss, DiceFocalLoss, MCCLoss and
     # GeneralizedWassersteinDiceLoss have no ignore_index)
