@@ -3,9 +3,10 @@
 ``cldice_loss`` has the semantics of ``segtriton.reference.cldice_loss``. Its cost is the
 skeletons: ``iterations + 1`` erosions (a 5- or 7-point min) and as many 9- or 27-point
 max dilations, for the prediction and for the target. Autograd through max-pooling (MONAI)
-keeps an int64 index map per pooling and a dozen float maps per level; here the forward
-keeps, per level, the eroded map and ``s`` (float32) and one int8 code per pixel for each
-min and max (which neighbour won). The backward walks the ``s`` recursion back pixel by
+keeps an int64 index map per pooling and several float maps per level (README: 320 bytes
+per logit in 2-D); here the forward keeps, per level, the eroded map and ``s`` (float32)
+and one int8 code per pixel for each min and max (which neighbour won), and only the
+float32 gradient outlives the call. The backward walks the ``s`` recursion back pixel by
 pixel, then the levels from the deepest, each pixel gathering the gradient of the
 neighbours whose code names it: no atomics, bitwise reproducible. One kernel in front
 reads the logits and the target in place (any layout, any label dtype) and writes the
@@ -20,7 +21,7 @@ import math
 import torch
 
 from segtriton.reference import cldice as ref_cldice
-from segtriton.reference._common import checked_target, probability_target
+from segtriton.reference._common import check_masks, checked_target, probability_target
 
 from ._cldice_kernels import (
     _cldice_back_kernel,
@@ -283,7 +284,10 @@ def cldice_loss(
         logits, mode, iterations, (smooth_nr, smooth_dr, smooth), scope, reduction
     )
     labels = mode == "multiclass"
-    if not (labels and probability_target(logits, target, ignore_index)):
+    if labels and probability_target(logits, target, ignore_index):
+        if validate:
+            check_masks(logits, target, None)
+    else:
         target = checked_target(logits, target, labels, ignore_index, validate)
     first = 0 if include_background or logits.shape[1] == 1 else 1
     loss, _ = _cldice_op(

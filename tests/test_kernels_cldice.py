@@ -130,3 +130,8 @@ def test_bad_values_make_nan_without_validate(gen):
     m[0, 1, 0, 0] = 2.0
     assert torch.isnan(ker.cldice_loss(x, m, mode="multilabel", reduction="sum"))
     assert torch.isnan(ker.cldice_loss(x, m.masked_fill(m == 2, torch.nan), mode="multilabel"))
+    probs = torch.softmax(x, 1)
+    probs[0, 0, 0, 0] = 1.5
+    assert torch.isnan(ker.cldice_loss(x, probs))
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        ker.cldice_loss(x, probs, validate=True)
