@@ -148,7 +148,7 @@ def _skeleton_chain_kernel(
     grad = tl.load(coef_ptr + 2 * b, mask=live, other=0.0) * g
     grad += tl.load(coef_ptr + 2 * b + 1, mask=live, other=0.0)
     for k in range(LEVELS, -1, -1):
-        level = k * level_stride + i
+        level = k.to(tl.int64) * level_stride + i
         code = tl.load(code_ptr + level, mask=live, other=13).to(tl.int32)
         xk = tl.load(x_ptr + level, mask=live, other=0.0)
         ok = tl.load(x_ptr + level + level_stride + _cube_offset(code, D1, D2), mask=live)
@@ -240,7 +240,7 @@ def _cldice_front_kernel(
         x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index, SOFTMAX,
         LABELS, BLOCK_C, BLOCK_P,
     )  # fmt: skip
-    offs_c0 = tl.arange(0, BLOCK_C)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     seen = 0
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + offs_c0
@@ -269,7 +269,7 @@ def _cldice_back_kernel(
         x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index, SOFTMAX,
         LABELS, BLOCK_C, BLOCK_P,
     )  # fmt: skip
-    offs_c0 = tl.arange(0, BLOCK_C)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     dot = tl.zeros([BLOCK_P], tl.float32)
     for sweep in tl.static_range(2 if SOFTMAX else 1):
         for c0 in range(0, C, BLOCK_C):

@@ -185,9 +185,10 @@ def ignored(y, ignore_index):
 
 @triton.jit
 def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
-    """Program ``pid`` of a ``B * n_pblocks`` grid: its image b, its int64 pixel offsets
-    and their mask (``offs_p < S``)."""
-    b = pid // n_pblocks
+    """Program ``pid`` of a ``B * n_pblocks`` grid: its image b (int64, so that ``b`` times
+    an image stride past 2^31 does not wrap) and int64 pixel offsets, and their mask
+    (``offs_p < S``)."""
+    b = (pid // n_pblocks).to(tl.int64)
     offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
     return b, offs_p, offs_p < S
 

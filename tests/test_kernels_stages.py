@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from kernel_checks import DEVICE
 
-from segtriton.kernels._tiles import cdiv, next_pow2, program_tile
+from segtriton.kernels._tiles import cdiv, next_pow2, pixel_block, program_tile
 
 CHILD = r"""
 import sys
@@ -102,3 +102,19 @@ def test_host_grid_helpers_agree_with_triton():
         assert next_pow2(n) == triton.next_power_of_2(n), n
         for b in (1, 3, 16, 1024, 4096):
             assert cdiv(n, b) == triton.cdiv(n, b), (n, b)
+
+
+@triton.jit
+def _image_offset_kernel(out_ptr, n_pblocks, stride):
+    pid = tl.program_id(0)
+    b, _, _ = pixel_block(pid, n_pblocks, 1, 16)
+    tl.store(out_ptr + pid, b * stride)
+
+
+def test_image_offsets_do_not_wrap_past_2_31():
+    """``b * stride_b`` of an image stride under 2^31 (int32 on the kernel's side) but a
+    product past it: the image index is int64, so the offset does not wrap."""
+    stride = 2**30 + 1
+    out = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    _image_offset_kernel[(4,)](out, 1, stride)
+    assert out.cpu().tolist() == [b * stride for b in range(4)]
