@@ -147,14 +147,15 @@ def _skeleton_chain_kernel(
     g = tl.load(g_ptr + i, mask=live, other=0.0)
     grad = tl.load(coef_ptr + 2 * b, mask=live, other=0.0) * g
     grad += tl.load(coef_ptr + 2 * b + 1, mask=live, other=0.0)
+    stride = tl.zeros_like(i) + level_stride  # int64: k * stride may pass 2^31
     for k in range(LEVELS, -1, -1):
-        level = k.to(tl.int64) * level_stride + i
+        level = k * stride + i
         code = tl.load(code_ptr + level, mask=live, other=13).to(tl.int32)
         xk = tl.load(x_ptr + level, mask=live, other=0.0)
-        ok = tl.load(x_ptr + level + level_stride + _cube_offset(code, D1, D2), mask=live)
+        ok = tl.load(x_ptr + level + stride + _cube_offset(code, D1, D2), mask=live)
         delta = tl.maximum(xk - ok, 0.0)
         # s_{-1} = 0 makes level 0's T = [x_0 > o_0] dL/ds_0
-        s = tl.load(s_ptr + level - level_stride, mask=live & (k > 0), other=0.0)
+        s = tl.load(s_ptr + level - stride, mask=live & (k > 0), other=0.0)
         grows = delta - s * delta > 0
         t = tl.where(grows & (xk > ok), grad * (1 - s), 0.0)
         grad = tl.where(grows, grad * (1 - delta), grad)
