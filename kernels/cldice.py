@@ -154,10 +154,9 @@ def _finalize(sums: torch.Tensor, smooth_nr: float, smooth_dr: float, smooth: fl
     ``dL/dp = c skel(g)``, ``[units, 3]``; float32, from float64 (``1 - 2 P Q / H`` of a
     near-perfect prediction would keep few digits in float32)."""
     sums = sums.double()
-    tprec = (sums[:, 0] + smooth_nr) / (sums[:, 1] + smooth_dr)
-    tsens = (sums[:, 2] + smooth_nr) / (sums[:, 3] + smooth_dr)
+    tprec, tsens = ref_cldice.cldice_ratios(sums, smooth_nr, smooth_dr)
+    loss = ref_cldice.cldice_from_sums(sums, smooth_nr, smooth_dr, smooth)
     h = tprec + tsens + smooth
-    loss = 1 - 2 * tprec * tsens / h
     d_prec = -2 * tsens * (tsens + smooth) / (h * h)
     d_sens = -2 * tprec * (tprec + smooth) / (h * h)
     coef = torch.stack(

@@ -112,13 +112,21 @@ def check_cldice_options(
     return check_iterations(iterations), values
 
 
+def cldice_ratios(
+    sums: torch.Tensor, smooth_nr: float, smooth_dr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Tprec, Tsens)`` per unit from ``sums [..., 4]``: (skel(p) . g, skel(p),
+    skel(g) . p, skel(g)) summed over the unit's classes and pixels."""
+    tprec = (sums[..., 0] + smooth_nr) / (sums[..., 1] + smooth_dr)
+    tsens = (sums[..., 2] + smooth_nr) / (sums[..., 3] + smooth_dr)
+    return tprec, tsens
+
+
 def cldice_from_sums(
     sums: torch.Tensor, smooth_nr: float, smooth_dr: float, smooth: float
 ) -> torch.Tensor:
-    """``1 - clDice`` per unit from ``sums [..., 4]``: (skel(p) . g, skel(p), skel(g) . p,
-    skel(g)) summed over the unit's classes and pixels."""
-    tprec = (sums[..., 0] + smooth_nr) / (sums[..., 1] + smooth_dr)
-    tsens = (sums[..., 2] + smooth_nr) / (sums[..., 3] + smooth_dr)
+    """``1 - clDice`` per unit from the sums of :func:`cldice_ratios`."""
+    tprec, tsens = cldice_ratios(sums, smooth_nr, smooth_dr)
     return 1 - 2 * tprec * tsens / (tprec + tsens + smooth)
 
 
