@@ -16,6 +16,7 @@ from .compound import (
     topk_dice_loss,
 )
 from .deep_supervision import DeepSupervisionLoss, resize_nearest
+from .hausdorff_er import hausdorff_er_loss
 from .lovasz import (
     lovasz_grad,
     lovasz_hinge_grad_weights,
@@ -144,6 +145,7 @@ __all__ = [
     "generalized_wasserstein_dice_loss",
     "hausdorff_distance",
     "hausdorff_dt_loss",
+    "hausdorff_er_loss",
     "iou_per_class",
     "jaccard_loss",
     "lovasz_grad",

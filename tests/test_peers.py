@@ -653,6 +653,34 @@ def test_kornia_lovasz_hinge_per_image(kornia, gen):
     _close(ref.lovasz_hinge_loss(x, t.to(D), per_image=True), theirs)
 
 
+@pytest.mark.parametrize("spatial", [(9, 10), (5, 6, 7)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_kornia_hausdorff_er(kornia, spatial, reduction, gen):
+    """kornia's HausdorffERLoss (3-D: HausdorffERLoss3D) on softmax probabilities and
+    labels is ours, loss and gradient, for its defaults and for other ``alpha`` and ``k``.
+    kornia keeps its kernel as a float32 buffer (1/5 rounded to float32); the test gives
+    it float64 weights, so that only the two computations differ. Its 'none' is ``[C, B,
+    1, *S]``, ours ``[B, C, *S]``."""
+    x, y = _inputs(gen, C=3, spatial=spatial)
+    w = torch.randn(x.shape, generator=gen, dtype=D)  # a weighting for 'none'
+    cls = kornia.HausdorffERLoss if len(spatial) == 2 else kornia.HausdorffERLoss3D
+    for opts in ({}, {"alpha": 1.5, "k": 4}):
+        loss = cls(reduction=reduction, **opts)
+        cross = loss.kernel != 0
+        loss.kernel = cross.to(D) / cross.sum()
+        z = x.clone().requires_grad_(True)
+        theirs = loss(torch.softmax(z, 1), y.unsqueeze(1))
+        if reduction == "none":
+            theirs = theirs.squeeze(2).movedim(0, 1)
+        (want,) = torch.autograd.grad((theirs * w).sum(), z)
+        z = x.clone().requires_grad_(True)
+        kw = {"alpha": opts.get("alpha", 2.0), "iterations": opts.get("k", 10)}
+        got = ref.hausdorff_er_loss(z, y, reduction=reduction, **kw)
+        (grad,) = torch.autograd.grad((got * w).sum(), z)
+        _close(got, theirs)
+        _close(grad, want)
+
+
 # --- segmentation_models_pytorch 0.6.0 -------------------------------------------------
 
 SMP_REGION = {
