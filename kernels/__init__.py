@@ -23,6 +23,7 @@ from .compound import (
     generalized_dice_focal_loss,
     topk_dice_loss,
 )
+from .hausdorff_er import hausdorff_er_loss
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .metrics import StreamingMetrics, confusion_matrix, segmentation_metrics
 from .pixelwise import (
@@ -76,6 +77,7 @@ __all__ = [
     "generalized_wasserstein_dice_loss",
     "hausdorff_distance",
     "hausdorff_dt_loss",
+    "hausdorff_er_loss",
     "interpreter_enabled",
     "interpreter_problem",
     "jaccard_loss",

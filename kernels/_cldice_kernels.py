@@ -231,11 +231,12 @@ def _kept_at(b, offs_c, offs_p, pmask, C, first, S):
 def _cldice_front_kernel(
     x_ptr, t_ptr, x0_ptr, g0_ptr, bad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc,
     sts, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ERROR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """The skeletons' level 0: ``p`` (softmax or sigmoid) and ``g`` of the classes from
-    ``first`` on, 0 where not valid, into contiguous float32 ``[B, C - first, S]``; per
-    program, whether it saw a bad target value."""
+    ``first`` on, 0 where not valid, into contiguous ``[B, C - first, S]`` float32 maps
+    (with ``ERROR``, the erosion loss's ``p - g`` and, with ``HAS_IGNORE``, int8 valid
+    flags instead); per program, whether it saw a bad target value."""
     pid = tl.program_id(0)
     b, offs_p, pmask, ys, pvalid, pbad, m, inv_s = _program_pixels(
         x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index, SOFTMAX,
@@ -251,8 +252,13 @@ def _cldice_front_kernel(
         )  # fmt: skip
         seen = tl.maximum(seen, tl.max(tl.max(bad.to(tl.int32), axis=0), axis=0))
         at, keep = _kept_at(b, offs_c, offs_p, pmask, C, first, S)
-        tl.store(x0_ptr + at, p, mask=keep)
-        tl.store(g0_ptr + at, g, mask=keep)
+        if ERROR:
+            tl.store(x0_ptr + at, p - g, mask=keep)
+            if HAS_IGNORE:
+                tl.store(g0_ptr + at, _valid.to(tl.int8), mask=keep)
+        else:
+            tl.store(x0_ptr + at, p, mask=keep)
+            tl.store(g0_ptr + at, g, mask=keep)
     tl.store(bad_ptr + pid, seen)
 
 

@@ -119,12 +119,15 @@ def _front(
     x0: torch.Tensor,
     g0: torch.Tensor,
     grad: torch.Tensor | None = None,
+    error: bool = False,
+    out: torch.Tensor | None = None,
 ):
     """Level 0 of the skeletons (``_cldice_front_kernel``): writes ``x0 = p valid`` and
-    ``g0 = g valid`` of the kept classes (float32 ``[B, K, *S]`` rows) and returns whether
-    a target value is out of range (a device bool: the loss becomes NaN). With ``grad``
-    (``dL/dx0``), returns ``dL/dz`` instead (``_cldice_back_kernel``), float32 in the
-    logits' layout."""
+    ``g0 = g valid`` of the kept classes (float32 ``[B, K, *S]`` rows; with ``error``,
+    ``x0 = (p - g) valid`` and the int8 valid flags in ``g0``) and returns whether a
+    target value is out of range (a device bool: the loss becomes NaN). With ``grad``
+    (``dL/dx0``), returns ``dL/dz`` instead (``_cldice_back_kernel``) in ``out`` (default
+    float32 in the logits' layout)."""
     read_labels = labels and not probability_target(logits, target, ignore_index)
     x, t, strides = loss_views(logits, target, read_labels)
     B, C = x.shape[:2]
@@ -138,14 +141,16 @@ def _front(
     }  # fmt: skip
     grid = (B * n_pblocks,)
     if grad is not None:
-        out = grad_like(logits, torch.float32)
+        out = grad_like(logits, torch.float32) if out is None else out
         o, sob, soc, sos = pixel_view(out)
         _cldice_back_kernel[grid](
             x, t, grad, o, C, first, S, n_pblocks, *strides, sob, soc, sos, ign, **meta
         )
         return out
     flags = torch.empty(B * n_pblocks, dtype=torch.int32, device=x.device)
-    _cldice_front_kernel[grid](x, t, x0, g0, flags, C, first, S, n_pblocks, *strides, ign, **meta)
+    _cldice_front_kernel[grid](
+        x, t, x0, g0, flags, C, first, S, n_pblocks, *strides, ign, ERROR=error, **meta
+    )
     return flags.any()
 
 

@@ -55,8 +55,8 @@ def check_hausdorff_er_options(
     logits: torch.Tensor, mode: str, alpha: object, iterations: object, reduction: str
 ) -> tuple[float, int]:
     """The checked ``(alpha, iterations)`` of :func:`hausdorff_er_loss`, after its mode,
-    reduction and a 2-D or 3-D image: ``alpha`` a finite real number, ``iterations`` an int
-    >= 1."""
+    reduction and a 2-D or 3-D image: ``alpha`` a finite real number >= 0, ``iterations``
+    an int >= 1."""
     check_mode(mode, logits)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     if logits.dim() not in (4, 5):
@@ -64,7 +64,7 @@ def check_hausdorff_er_options(
             f"the erosion Hausdorff loss needs 2-D or 3-D images, [B, C, H, W] or "
             f"[B, C, D, H, W]; got logits of shape {tuple(logits.shape)}"
         )
-    alpha = check_number("alpha", alpha, low=-float("inf"))
+    alpha = check_number("alpha", alpha)
     iterations = check_iterations(iterations)
     if iterations == 0:
         raise ValueError("iterations must be >= 1, got 0")
@@ -90,7 +90,8 @@ def hausdorff_er_loss(
     defaults this is kornia's ``HausdorffERLoss`` / ``HausdorffERLoss3D`` (``alpha=2``,
     ``k=10``) applied to ``softmax(logits)`` and integer labels.
 
-    alpha: exponent of the weight ``k^alpha`` of the k-th erosion (any finite real).
+    alpha: exponent of the weight ``k^alpha`` of the k-th erosion (>= 0; 0 weighs every
+      erosion alike).
     iterations: the number of erosions (>= 1).
     include_background: False leaves class 0 out (ignored for one channel).
     ignore_index: ignored pixels (or mask entries) have no error of their own (``p = g =

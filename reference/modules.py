@@ -25,6 +25,7 @@ from .compound import (
     generalized_dice_focal_loss,
     topk_dice_loss,
 )
+from .hausdorff_er import hausdorff_er_loss
 from .lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from .pixelwise import (
     binary_cross_entropy_with_logits,
@@ -113,6 +114,7 @@ LovaszHingeLoss = loss_module("LovaszHingeLoss", lovasz_hinge_loss)
 LovaszSoftmaxLoss = loss_module("LovaszSoftmaxLoss", lovasz_softmax_loss)
 BoundaryLoss = loss_module("BoundaryLoss", boundary_loss)
 HausdorffDTLoss = loss_module("HausdorffDTLoss", hausdorff_dt_loss)
+HausdorffERLoss = loss_module("HausdorffERLoss", hausdorff_er_loss)
 ClDiceLoss = loss_module("ClDiceLoss", cldice_loss)
 
 

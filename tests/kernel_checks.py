@@ -135,20 +135,60 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     loss, grad = run_with_grad(kernel or entry.kernel, x, t, options, seed)
     ref_loss, ref_grad = run_with_grad(entry.reference, x.double(), t, options, seed)
     assert loss.shape == ref_loss.shape
-    torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-6, equal_nan=True)
+    slack = None
+    if entry.kinked:
+        slack = float32_slack(entry, x, t, options, seed, ref_loss, ref_grad)
+        _assert_within(loss, ref_loss, 2e-5, 1e-6, slack[0])
+    else:
+        torch.testing.assert_close(loss, ref_loss, rtol=2e-5, atol=1e-6, equal_nan=True)
     # an entry past the dtype's range (fp16: 65504) is inf in that dtype, whoever computes
     # it: the kernel must give the reference's signed inf there, and match elsewhere
     rounded = ref_grad.to(dtype).double()
     over = ref_grad.isfinite() & rounded.isinf()
     assert torch.equal(grad[over], rounded[over])
     grad, ref_grad = grad.masked_fill(over, 0.0), ref_grad.masked_fill(over, 0.0)
+    # a gradient under 1e-12 of the loss is the rounding residue of a true zero (the
+    # erosion loss's min-max scaling cancels exactly where one pixel survives an erosion)
+    residue = 1e-12 * float(ref_loss.detach().abs().nan_to_num().max()) if ref_loss.numel() else 0.0
     scale = ref_grad.abs().max().clamp_min(1e-30)
     tol = GRAD_TOL[dtype]
     # Gradients below the dtype's normal range are stored as subnormals; the fused path
     # rounds twice (gradient in the forward, then times grad_output): allow two quanta.
     quantum = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    torch.testing.assert_close(grad, ref_grad, rtol=tol, atol=max(tol * scale, 2 * quantum))
+    atol = max(tol * scale, residue, 2 * quantum)
+    if slack is not None:
+        _assert_within(grad, ref_grad, tol, float(atol), slack[1].masked_fill(over, 0.0))
+    else:
+        torch.testing.assert_close(grad, ref_grad, rtol=tol, atol=atol)
     return loss, grad
+
+
+def float32_slack(entry, x, t, options, seed, ref_loss, ref_grad, factor=10.0):
+    """``factor`` times how far the reference itself lands from float64 when it runs in
+    float32, per entry of the loss and of the gradient. A kinked loss (``entry.kinked``:
+    the erosion loss's min-max scaling of an erosion that barely passes 1/2) can be so
+    ill-conditioned at some inputs that any float32 computation, torch's as the kernel's,
+    misses float64 by more than the fixed tolerances; the kernel may miss by as much as
+    float32 torch does, not more."""
+    loss32, grad32 = run_with_grad(entry.reference, x.float(), t, options, seed)
+    slack_loss = factor * (loss32 - ref_loss).abs().nan_to_num(0.0)
+    slack_grad = factor * (grad32 - ref_grad).abs().nan_to_num(0.0)
+    return slack_loss, slack_grad
+
+
+def _assert_within(got, want, rtol: float, atol: float, slack: torch.Tensor) -> None:
+    """``|got - want| <= atol + rtol |want| + slack`` entry by entry (NaN where both are)."""
+    both_nan = got.isnan() & want.isnan()
+    err = (got - want).abs().masked_fill(both_nan, 0.0)
+    bound = atol + rtol * want.abs().nan_to_num(0.0) + slack
+    bad = ~(err <= bound)
+    if bad.any():
+        k = int(bad.flatten().nonzero()[0])
+        raise AssertionError(
+            f"{int(bad.sum())} of {bad.numel()} entries off; first at flat index {k}: got "
+            f"{float(got.flatten()[k])}, want {float(want.flatten()[k])}, allowed "
+            f"{float(bound.flatten()[k])} (float32 slack {float(slack.flatten()[k])})"
+        )
 
 
 def assert_identity(entry, x, t, options, dtype):

@@ -44,6 +44,7 @@ def _reads_probabilities(entry) -> bool:
         "cross_entropy",
         "ce_dice",
         "cldice",
+        "hausdorff_er",
     )
 
 

@@ -111,9 +111,13 @@ def _case(entry, r: random.Random):
 
 def _reads_probabilities(entry, opts: dict) -> bool:
     """Whether a class-probability target of the logits' shape may replace the labels: the
-    multiclass region losses, CE + Dice and clDice."""
+    multiclass region losses, CE + Dice, clDice and the erosion Hausdorff loss."""
     multiclass = entry.target_kind(opts) == "labels" and opts.get("mode") in (None, "multiclass")
-    region = entry.reference.__module__.endswith(".region") or entry.name in ("ce_dice", "cldice")
+    region = entry.reference.__module__.endswith(".region") or entry.name in (
+        "ce_dice",
+        "cldice",
+        "hausdorff_er",
+    )
     return multiclass and region
 
 

@@ -47,6 +47,7 @@ MODULES = {
     "topk_dice": ref.TopKDiceLoss,
     "wasserstein_dice": ref.GeneralizedWassersteinDiceLoss,
     "cldice": ref.ClDiceLoss,
+    "hausdorff_er": ref.HausdorffERLoss,
 }
 
 
@@ -122,8 +123,8 @@ def test_volumes_and_channels_last(entry, options, gen):
     if entry.name == "boundary":  # the map depends on the layout: give both the 3-D map
         opts["dist_map"] = ref.signed_distance_map(t, x.shape[1], opts.get("mode", "multiclass"))
         flat_opts["dist_map"] = opts["dist_map"].reshape(2, -1, 3, 20)
-    # the distance maps and the skeletons come from the layout (the maps cannot be given)
-    if entry.name not in ("hausdorff_dt", "cldice"):
+    # the distance maps, skeletons and erosions come from the layout (maps cannot be given)
+    if entry.name not in ("hausdorff_dt", "cldice", "hausdorff_er"):
         flat = entry.reference(x.reshape(2, -1, 3, 20), t.reshape(*t.shape[:-2], 20), **flat_opts)
         torch.testing.assert_close(entry.reference(x, t, **opts), flat, rtol=1e-12, atol=1e-12)
     opts.pop("dist_map", None)

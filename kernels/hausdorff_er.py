@@ -1,0 +1,255 @@
+"""The erosion Hausdorff loss (HD-ER) on the GPU: the erosions in Triton, forward and
+backward.
+
+``hausdorff_er_loss`` has the semantics of ``segtriton.reference.hausdorff_er_loss``.
+kornia loops over the classes in Python and, per erosion, runs a convolution, a clamp,
+two global reductions and a normalisation, each a tensor that autograd keeps. Here one
+kernel in front reads the logits and the target in place (any layout, any label dtype)
+and writes ``p - g`` of the kept classes and, with ``ignore_index``, an int8 valid flag;
+then one stencil kernel per erosion reads the previous level (normalising it on the fly
+with that level's per-(image, class) min and max) and writes ``r_k = d_k - 1/2``, the
+partial min, max and loss sums of its programs. The forward keeps ``r_k`` of every
+level (float32) for the backward, which runs the levels from the deepest, each kernel
+gathering ``dL/dd`` of the level above over the cross (no atomics: bitwise
+reproducible) and writing its own with the partial sums that the min / max terms need;
+the last turns ``dL/dp`` into ``dL/dz`` through the softmax (sigmoid) in the logits'
+dtype. No host sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from segtriton.reference import hausdorff_er as ref_hder
+from segtriton.reference._common import check_masks, checked_target, probability_target
+
+from ._erosion_kernels import _erosion_grad_kernel, _erosion_level_kernel
+from ._ops import op
+from ._runtime import kernel_api
+from ._tiles import cdiv, grad_like, ignore_value, next_pow2
+from .cldice import _front, _geometry
+
+BLOCK, WARPS = 2048, 8  # pixels per program (BLOCK_N of each of BLOCK_U units), warps
+
+
+def _tiling(U: int, N: int) -> tuple[int, dict]:
+    """``(programs, meta)`` of the ``[BLOCK_U, BLOCK_N]`` tiles covering ``U`` maps of
+    ``N`` pixels, and the pixel blocks per map in ``meta['n_blocks']``."""
+    block_n = min(next_pow2(N), BLOCK)
+    block_u = min(BLOCK // block_n, next_pow2(U))
+    n_blocks = cdiv(N, block_n)
+    meta = {"BLOCK_U": block_u, "BLOCK_N": block_n, "n_blocks": n_blocks, "num_warps": WARPS}
+    return cdiv(U, block_u) * n_blocks, meta
+
+
+def _kept_shape(logits: torch.Tensor, first: int) -> tuple[int, ...]:
+    return (logits.shape[0], logits.shape[1] - first, *logits.shape[2:])
+
+
+def _level_weights(alpha: float, iterations: int, device) -> torch.Tensor:
+    """``k^alpha`` for k = 1 .. iterations, float64."""
+    k = torch.arange(1, iterations + 1, dtype=torch.float64, device=device)
+    return k**alpha
+
+
+@op("segtriton::hausdorff_er")
+def _hder_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    labels: bool,
+    first: int,
+    alpha: float,
+    iterations: int,
+    ignore_index: float | None,
+    per_entry: bool,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, count, r, lohi, err, valid)``: the float32 loss map ``[B, K, *S]``
+    (``per_entry``) or the per-unit sums of ``L`` over valid entries ``[U]``; the count of
+    valid entries; and for the backward (empty without ``need_grad``) ``r_k`` of every
+    level ``[iterations, U N]``, the per-unit min and max of each ``e_k``
+    ``[iterations, 2, U]``, ``p - g`` ``[U N]`` and the int8 valid flags (empty without
+    ``ignore_index``)."""
+    shape = _kept_shape(logits, first)
+    N, D0, D1, D2 = _geometry(shape)
+    U = shape[0] * shape[1]
+    dev = logits.device
+    err = torch.empty(U * N, dtype=torch.float32, device=dev)
+    has_valid = ignore_index is not None
+    valid = torch.empty(U * N if has_valid else 0, dtype=torch.int8, device=dev)
+    bad = _front(logits, target, labels, first, ignore_index, err, valid, error=True)
+    bad = bad.to(torch.int32).view(1)
+    rows = iterations if need_grad else min(iterations, 2)
+    r = torch.empty(rows, U * N, dtype=torch.float32, device=dev)
+    lohi = torch.empty(iterations, 2, U, dtype=torch.float32, device=dev)
+    programs, tiles = _tiling(U, N)
+    n_blocks = tiles["n_blocks"]
+    part = torch.empty(iterations + 1, U * n_blocks, 3, dtype=torch.float32, device=dev)
+    loss_map = torch.empty(shape if per_entry else 0, dtype=torch.float32, device=dev)
+    weights = _level_weights(alpha, iterations, "cpu").tolist()
+    meta = {"HAS_VALID": has_valid, "THREE_D": len(shape) == 5, **tiles}
+    for k in range(1, iterations + 2):  # level k from b_{k-1}; the last one only sums
+        src = err if k == 1 else r[(k - 2) % rows]
+        _erosion_level_kernel[(programs,)](
+            src, lohi[max(k - 2, 0)], r[(k - 1) % rows], valid, bad, part[k - 1], loss_map,
+            U, N, D0, D1, D2, w_prev=weights[k - 2] if k > 1 else 0.0, FIRST=k == 1,
+            TAIL=k == iterations + 1, MAP=per_entry and k > 1, MAP_INIT=k == 2, **meta,
+        )  # fmt: skip
+        if k <= iterations:
+            blocks = part[k - 1].view(U, n_blocks, 3)
+            torch.amin(blocks[..., 0], dim=1, out=lohi[k - 1, 0])
+            torch.amax(blocks[..., 1], dim=1, out=lohi[k - 1, 1])
+    sums = part[..., 2].view(iterations + 1, U, n_blocks).double().sum(-1)
+    count = sums[0].sum().float()
+    if per_entry:
+        loss = loss_map
+    else:
+        loss = (_level_weights(alpha, iterations, dev)[:, None] * sums[1:]).sum(0).float()
+        loss = torch.where(bad.bool(), torch.nan, loss)
+    if not need_grad:
+        r, lohi, err = (t.new_empty(0) for t in (r, lohi, err))
+        valid = valid.new_empty(0)
+    return loss, count, r, lohi, err, valid
+
+
+@_hder_op.register_fake
+def _(logits, target, labels, first, alpha, iterations, ignore_index, per_entry, need_grad):
+    shape = _kept_shape(logits, first)
+    U, UN = shape[0] * shape[1], math.prod(shape)
+    f32 = {"dtype": torch.float32}
+    keep = need_grad
+    return (
+        logits.new_empty(shape if per_entry else (U,), **f32),
+        logits.new_empty((), **f32),
+        logits.new_empty((iterations, UN) if keep else 0, **f32),
+        logits.new_empty((iterations, 2, U) if keep else 0, **f32),
+        logits.new_empty(UN if keep else 0, **f32),
+        logits.new_empty(UN if keep and ignore_index is not None else 0, dtype=torch.int8),
+    )
+
+
+@op("segtriton::hausdorff_er_grad")
+def _hder_grad_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: torch.Tensor,
+    r: torch.Tensor,
+    lohi: torch.Tensor,
+    err: torch.Tensor,
+    valid: torch.Tensor,
+    labels: bool,
+    first: int,
+    alpha: float,
+    iterations: int,
+    ignore_index: float | None,
+    per_entry: bool,
+) -> torch.Tensor:
+    """``dL/dz`` in the logits' dtype and layout, from ``gamma = dL/dloss`` (per entry or
+    per unit) and what :func:`_hder_op` kept."""
+    shape = _kept_shape(logits, first)
+    N, D0, D1, D2 = _geometry(shape)
+    U = shape[0] * shape[1]
+    dev = logits.device
+    programs, tiles = _tiling(U, N)
+    n_blocks = tiles["n_blocks"]
+    gamma = gamma.to(torch.float32).contiguous()
+    u = torch.empty(2, U * N, dtype=torch.float32, device=dev)
+    part = torch.empty(U * n_blocks, 4, dtype=torch.float32, device=dev)
+    coef = torch.zeros(U, 2, dtype=torch.float32, device=dev)
+    weights = _level_weights(alpha, iterations, "cpu").tolist()
+    meta = {
+        "HAS_VALID": valid.numel() > 0, "PER_ENTRY": per_entry, "THREE_D": len(shape) == 5,
+        **tiles,
+    }  # fmt: skip
+    for k in range(iterations, -1, -1):
+        top, bottom = k == iterations, k == 0
+        nxt = min(k, iterations - 1)  # level k + 1's row (unused at the top)
+        _erosion_grad_kernel[(programs,)](
+            r[max(k - 1, 0)], lohi[max(k - 1, 0)], r[nxt], lohi[nxt], coef, u[(k + 1) % 2],
+            u[k % 2], valid, gamma, err, part, U, N, D0, D1, D2,
+            w_k=weights[k - 1] if k > 0 else 0.0, TOP=top, BOTTOM=bottom, **meta,
+        )  # fmt: skip
+        if not bottom:
+            sums = part.view(U, n_blocks, 4).double().sum(1)
+            spread = (lohi[k - 1, 1] - lohi[k - 1, 0]).double()
+            scale = torch.where(spread != 0, 1 / spread, 0.0)
+            coef = torch.stack([sums[:, 0] / sums[:, 2], -sums[:, 1] / sums[:, 3]], 1)
+            coef = (coef * scale[:, None]).float()
+    grad = grad_like(logits)
+    return _front(
+        logits, target, labels, first, ignore_index, err, valid, u[0].view(shape), out=grad
+    )
+
+
+@_hder_grad_op.register_fake
+def _(logits, target, gamma, r, lohi, err, valid, labels, first, alpha, iterations,
+      ignore_index, per_entry):  # fmt: skip
+    return grad_like(logits)
+
+
+def _setup(ctx, inputs, output):
+    logits, target, *ctx.params = inputs
+    _, count, r, lohi, err, valid = output
+    ctx.mark_non_differentiable(count, r, lohi, err, valid)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(logits, target, r, lohi, err, valid)
+
+
+def _backward(ctx, grad_loss, *_):
+    if grad_loss is None:
+        return (None,) * 9
+    logits, target, r, lohi, err, valid = ctx.saved_tensors
+    labels, first, alpha, iterations, ignore_index, per_entry, _ = ctx.params
+    grad = _hder_grad_op(
+        logits, target, grad_loss, r, lohi, err, valid, labels, first, alpha, iterations,
+        ignore_index, per_entry,
+    )  # fmt: skip
+    return (grad,) + (None,) * 8
+
+
+_hder_op.register_autograd(_backward, _setup)
+
+
+@kernel_api
+def hausdorff_er_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str = "multiclass",
+    alpha: float = 2.0,
+    iterations: int = 10,
+    include_background: bool = True,
+    ignore_index: float | None = None,
+    reduction: str = "mean",
+    validate: bool = False,
+) -> torch.Tensor:
+    """Triton erosion Hausdorff loss; semantics of
+    ``segtriton.reference.hausdorff_er_loss`` (see the module docstring for how it runs).
+    No host sync. Returns float32. ``validate=True`` checks the labels / masks on the host
+    first; otherwise a label or mask value out of range makes the loss NaN."""
+    alpha, iterations = ref_hder.check_hausdorff_er_options(
+        logits, mode, alpha, iterations, reduction
+    )
+    labels = mode == "multiclass"
+    if labels and probability_target(logits, target, ignore_index):
+        if validate:
+            check_masks(logits, target, None)
+    else:
+        target = checked_target(logits, target, labels, ignore_index, validate)
+    first = 0 if include_background or logits.shape[1] == 1 else 1
+    loss, count, *_ = _hder_op(
+        logits,
+        target,
+        labels,
+        first,
+        alpha,
+        iterations,
+        ignore_value(ignore_index, target, labels),
+        reduction == "none",
+        logits.requires_grad and torch.is_grad_enabled(),
+    )
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total if reduction == "sum" else total / count

@@ -1,0 +1,104 @@
+"""The erosion Hausdorff loss: the Triton erosions, loss and gradient against the float64
+reference, a worked example, ties at a map's max, and all-ignored batches; in the
+interpreter on CPU and compiled on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import CASE_ARGS, DEVICE, assert_matches, kernel_cases, to_channels_last
+
+from segtriton import kernels as ker
+from segtriton import reference as ref
+from segtriton.registry import get, make_inputs
+
+HDER = get("hausdorff_er")
+SPATIAL = [(9, 11), (4, 5, 6), (1, 9)]
+
+
+@pytest.mark.parametrize(
+    CASE_ARGS,
+    kernel_cases([HDER], ["mean", "sum", "none"], spatial=SPATIAL, classes=[1, 2, 3, 19]),
+)
+def test_hausdorff_er_matches_reference(
+    entry, options, C, dtype, spatial, channels_last, reduction, seed, gen
+):
+    opts = {**options, "reduction": reduction, "ignore_index": 255}
+    x, t = make_inputs(entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=0.2, device=DEVICE)
+    if channels_last:
+        x = to_channels_last(x)
+    assert_matches(entry, x, t, opts, dtype, seed)
+
+
+def test_worked_example_row_of_five():
+    """``tests/test_reference_hausdorff_er.py``'s row: errors of 1 everywhere give ``L =
+    [0, 1, 5, 1, 0]``."""
+    t = torch.ones(1, 1, 1, 5, device=DEVICE)
+    opts = {"mode": "binary", "iterations": 3, "reduction": "none"}
+    loss = ker.hausdorff_er_loss(torch.full_like(t, -30.0), t, **opts)
+    want = torch.tensor([0.0, 1.0, 5.0, 1.0, 0.0], device=DEVICE).view(1, 1, 1, 5)
+    torch.testing.assert_close(loss, want, rtol=0, atol=1e-5)
+
+
+def test_ties_at_the_max_split_the_gradient(seed, gen):
+    """Logits of 0 and four classes make every error 0.75 or 0.25, so every level-1 sum is
+    exact and equal neighbourhoods tie exactly, in float32 as in float64: the pixels whose
+    cross is all one class share each map's max, and the gradient through the max is split
+    evenly among them (``torch.amax``'s rule, the reference's). 'none' with a random
+    grad_output: under one weight for every entry, the max's terms cancel the pixels' own
+    (``b`` does not change when every ``e`` is scaled), leaving rounding alone."""
+    labels = torch.zeros(2, 9, 11, dtype=torch.int64)
+    labels[:, 2:7, 3:9] = 1
+    labels[1, 4:, :5] = 2
+    labels[0, 6:, 6:] = 3
+    x = torch.zeros(2, 4, 9, 11, device=DEVICE)
+    opts = {"iterations": 1, "reduction": "none"}
+    loss, grad = assert_matches(HDER, x, labels.to(DEVICE), opts, torch.float32, seed)
+    assert loss.sum() > 0 and grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("ignore_frac", [0.9, 1.0])
+def test_ignored_batches(ignore_frac, seed, gen):
+    """Batches (almost) all ignored: with every pixel ignored, 'sum' is 0 with no gradient
+    and 'mean' is 0 / 0 = NaN, as in the reference."""
+    for reduction in ("sum", "mean"):
+        opts = {"ignore_index": 255, "reduction": reduction, "iterations": 3}
+        x, t = make_inputs(HDER, (2, 3, 8, 9), opts, torch.float32, gen, ignore_frac, device=DEVICE)
+        loss, grad = assert_matches(HDER, x, t, opts, torch.float32, seed)
+        if ignore_frac == 1.0:
+            assert loss.isnan() if reduction == "mean" else loss == 0
+            if reduction == "sum":
+                assert grad.abs().max() == 0
+
+
+def test_bad_options_are_refused():
+    x = torch.randn(2, 3, 5, 6)
+    t = torch.randint(0, 3, (2, 5, 6))
+    for fn in (ref.hausdorff_er_loss, ker.hausdorff_er_loss):
+        with pytest.raises(ValueError, match="2-D or 3-D"):
+            fn(x[..., 0], t[..., 0])
+        with pytest.raises(ValueError, match="iterations must be >= 1"):
+            fn(x, t, iterations=0)
+        with pytest.raises(ValueError, match="alpha"):
+            fn(x, t, alpha=float("inf"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_hausdorff_er_torch_compile_fullgraph(reduction, seed, gen):
+    opts = {"ignore_index": 255, "iterations": 3, "reduction": reduction}
+    x, t = make_inputs(HDER, (2, 3, 5, 6), opts, torch.float32, gen, 0.2, device=DEVICE)
+    step = torch.compile(lambda x, t: ker.hausdorff_er_loss(x, t, **opts), fullgraph=True)
+    assert_matches(HDER, x, t, opts, torch.float32, seed, kernel=lambda x, t, **_: step(x, t))
+
+
+def test_bad_values_make_nan_without_validate(gen):
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE)
+    y[1, 2, 3] = 7
+    assert torch.isnan(ker.hausdorff_er_loss(x, y))
+    assert torch.isnan(ker.hausdorff_er_loss(x, y, reduction="none")).all()
+    with pytest.raises(ValueError, match="label 7 outside"):
+        ker.hausdorff_er_loss(x, y, validate=True)
+    m = (torch.rand(2, 3, 4, 5, generator=gen) < 0.5).float().to(DEVICE)
+    m[0, 1, 0, 0] = 2.0
+    assert torch.isnan(ker.hausdorff_er_loss(x, m, mode="multilabel", reduction="sum"))
