@@ -149,6 +149,20 @@ def _kornia_dice():
     return lambda x, t: dice_loss(x, t, average="macro", eps=1e-8, ignore_index=255)
 
 
+def _kornia_hausdorff_er():
+    """kornia's HausdorffERLoss (HausdorffERLoss3D for volumes) on softmax probabilities,
+    with its defaults (alpha 2, k 10); it takes int64 labels ``[B, 1, *S]``."""
+    from kornia.losses import HausdorffERLoss, HausdorffERLoss3D
+
+    losses = {4: HausdorffERLoss(), 5: HausdorffERLoss3D()}
+
+    def loss(x, t):
+        module = losses[x.dim()].to(x.device)
+        return module(torch.softmax(x, dim=1), t.long().unsqueeze(1))
+
+    return loss
+
+
 PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
     "monai": {
         "dice": (
@@ -186,5 +200,7 @@ PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
     },
     "kornia": {
         "dice": ({"scope": "image", "absent": "exclude", "smooth_dr": 1e-8}, _kornia_dice),
+        # no ignore_index in kornia's: the `hausdorff_er` preset ignores no pixel
+        "hausdorff_er": ({}, _kornia_hausdorff_er),
     },
 }

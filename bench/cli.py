@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="quick",
         help="quick (default), standard, full, cityscapes, ade20k, voc, brats3d, distance, "
-        "cldice, lovasz, monai, peers, targets (see segtriton.bench.spec.PRESETS)",
+        "cldice, hausdorff_er, lovasz, monai, peers, targets (see "
+        "segtriton.bench.spec.PRESETS)",
     )
     sweep.add_argument("--spec", help="a TOML sweep spec (see segtriton.bench.spec)")
     sweep.add_argument("--losses", help="comma-separated registry names (overrides the spec)")

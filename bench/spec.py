@@ -169,6 +169,15 @@ PRESETS: dict[str, dict] = {
         "dtypes": ["bf16", "fp32"],
         "ignore_frac": 0.0,
     },
+    # the erosion Hausdorff loss beside kornia's HausdorffERLoss / HausdorffERLoss3D
+    # (no ignore_index there): two-class 2-D images and a 3-D volume, kornia's k = 10
+    "hausdorff_er": {
+        "losses": ["hausdorff_er"],
+        "providers": ["triton", "eager", "compile", "kornia"],
+        "shapes": [[8, 2, 512, 512], [2, 2, 96, 96, 96]],
+        "dtypes": ["bf16", "fp32"],
+        "ignore_frac": 0.0,
+    },
     # MONAI's region and compound losses beside ours, without ignored pixels (its
     # GeneralizedDiceLoss, DiceCELoss, DiceFocalLoss, MCCLoss and
     # GeneralizedWassersteinDiceLoss have no ignore_index)

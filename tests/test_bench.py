@@ -201,6 +201,34 @@ def test_monai_preset_checks_monai_without_ignored_pixels(tmp_path):
     assert rows.passed.all() and (rows.ignore_frac == 0).all()
 
 
+def test_hausdorff_er_preset_checks_kornia_and_gates_on_the_share_off(tmp_path):
+    """kornia's HausdorffERLoss (2-D) and HausdorffERLoss3D rows beside ours pass the float64
+    check; the erosion loss's rows carry ``grad_off_share`` (the share of gradient entries
+    off the tolerance), its gate."""
+    code, rows = _sweep(
+        tmp_path,
+        'preset = "hausdorff_er"\nproviders = ["eager", "kornia", "triton"]\n'
+        'shapes = [[2, 2, 9, 11], [1, 2, 4, 5, 6]]\ndtypes = ["fp32"]\n',
+    )
+    assert code == 0
+    assert len(rows) == 6 and rows.groupby("provider")["shape"].nunique().to_dict() == {
+        "eager": 2, "kornia": 2, "triton": 2
+    }  # fmt: skip
+    assert rows.passed.all() and (rows.grad_off_share == 0).all()
+    assert "grad_off_share" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_off_share_counts_isolated_misses():
+    from segtriton.bench.runner import _off_share
+
+    ref_grad = torch.linspace(-1, 1, 10_000, dtype=torch.float64)
+    grad = ref_grad.clone()
+    assert _off_share(grad, ref_grad, 1e-4) == 0
+    grad[[3, 4000]] += 0.5
+    grad[7] = torch.nan
+    assert _off_share(grad, ref_grad, 1e-4) == 3 / 10_000
+
+
 def test_targets_preset_lists_the_cases_its_targets_read():
     from segtriton.bench.targets import TARGETS
 
