@@ -44,13 +44,15 @@ def _bound_at(src, at, inside, lo, hi, FIRST: tl.constexpr):
 
 @triton.jit
 def _unit_block(pid, n_blocks, U, N, BLOCK_U: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Program ``pid``'s units ``[BLOCK_U, 1]``, flat indices ``[BLOCK_U, BLOCK_N]`` and
-    which of these exist, and the index of each unit's partial row ``[BLOCK_U]``."""
+    """Program ``pid``'s units ``[BLOCK_U, 1]``, flat indices ``[BLOCK_U, BLOCK_N]`` (int64)
+    and which of these exist, the index of each unit's partial row ``[BLOCK_U]``, and the
+    pixels' int32 indices in their map (a map has fewer than 2^31 pixels)."""
     nb = pid % n_blocks
     u = (pid // n_blocks) * BLOCK_U + tl.arange(0, BLOCK_U)[:, None]
-    n = nb.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    n = nb * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     rows = u.to(tl.int64) * n_blocks + nb
-    return u, u.to(tl.int64) * N + n, (u < U) & (n < N), tl.reshape(rows, [BLOCK_U])
+    live = (u < U) & (n < N)
+    return u, u.to(tl.int64) * N + n, live, tl.reshape(rows, [BLOCK_U]), n
 
 
 @triton.jit
@@ -65,7 +67,7 @@ def _erosion_level_kernel(
     of valid entries (FIRST), else ``sum valid b_{k-1}``; with MAP, ``w_prev valid
     b_{k-1}`` added to the loss map (NaN there if a target value was bad). TAIL only sums
     the last level."""
-    u, i, live, rows = _unit_block(tl.program_id(0), n_blocks, U, N, BLOCK_U, BLOCK_N)
+    u, i, live, rows, n = _unit_block(tl.program_id(0), n_blocks, U, N, BLOCK_U, BLOCK_N)
     unit = u < U
     lo = tl.zeros_like(u).to(tl.float32)
     hi = lo
@@ -91,7 +93,7 @@ def _erosion_level_kernel(
     low = tl.zeros_like(total)
     high = low
     if not TAIL:
-        z, y, x = _coords(i, N, D1, D2)
+        z, y, x = _coords(n, N, D1, D2)
         acc = centre
         for k in tl.static_range(1 if THREE_D else 3, 7):
             off, inside = _cross_neighbour(z, y, x, D0, D1, D2, k)
@@ -131,7 +133,7 @@ def _erosion_grad_kernel(
     writes ``dL/dp = 2 G_0 (p - g)`` into ``u_out``; a level k >= 1 writes ``u_k = [r_k >=
     0] G_k / (hi - lo)`` (``G_k`` where ``hi == lo``) and per unit and pixel block ``(sum
     G_k (b_k - 1), sum G_k b_k, entries at the min, entries at the max)``."""
-    u, i, live, rows = _unit_block(tl.program_id(0), n_blocks, U, N, BLOCK_U, BLOCK_N)
+    u, i, live, rows, n = _unit_block(tl.program_id(0), n_blocks, U, N, BLOCK_U, BLOCK_N)
     unit = u < U
     g = tl.zeros(i.shape, tl.float32)
     if not TOP:
@@ -139,7 +141,7 @@ def _erosion_grad_kernel(
         hi1 = tl.load(lohi_next + U + u, mask=unit, other=0.0)
         c_lo = tl.load(coef_next + 2 * u, mask=unit, other=0.0)
         c_hi = tl.load(coef_next + 2 * u + 1, mask=unit, other=0.0)
-        z, y, x = _coords(i, N, D1, D2)
+        z, y, x = _coords(n, N, D1, D2)
         g = _through(u_next, r_next, i, live, lo1, hi1, c_lo, c_hi)
         for k in tl.static_range(1 if THREE_D else 3, 7):
             off, inside = _cross_neighbour(z, y, x, D0, D1, D2, k)

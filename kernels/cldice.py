@@ -154,6 +154,26 @@ def _front(
     return flags.any()
 
 
+def front_inputs(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    include_background: bool,
+    ignore_index: float | None,
+    validate: bool,
+) -> tuple[torch.Tensor, bool, int]:
+    """``(target, labels, first)`` for :func:`_front`: the target checked (on the host only
+    with ``validate``), whether it is read through the softmax (multiclass), and the first
+    kept class (1 without the background, unless there is one channel)."""
+    labels = mode == "multiclass"
+    if labels and probability_target(logits, target, ignore_index):
+        if validate:
+            check_masks(logits, target, None)
+    else:
+        target = checked_target(logits, target, labels, ignore_index, validate)
+    return target, labels, 0 if include_background or logits.shape[1] == 1 else 1
+
+
 def _finalize(sums: torch.Tensor, smooth_nr: float, smooth_dr: float, smooth: float):
     """Per-unit loss and the coefficients of its gradient: ``dL/dskel(p) = a g + b`` and
     ``dL/dp = c skel(g)``, ``[units, 3]``; float32, from float64 (``1 - 2 P Q / H`` of a
@@ -287,13 +307,9 @@ def cldice_loss(
     iterations, (smooth_nr, smooth_dr, smooth) = ref_cldice.check_cldice_options(
         logits, mode, iterations, (smooth_nr, smooth_dr, smooth), scope, reduction
     )
-    labels = mode == "multiclass"
-    if labels and probability_target(logits, target, ignore_index):
-        if validate:
-            check_masks(logits, target, None)
-    else:
-        target = checked_target(logits, target, labels, ignore_index, validate)
-    first = 0 if include_background or logits.shape[1] == 1 else 1
+    target, labels, first = front_inputs(
+        logits, target, mode, include_background, ignore_index, validate
+    )
     loss, _ = _cldice_op(
         logits,
         target,

@@ -23,22 +23,26 @@ import math
 import torch
 
 from segtriton.reference import hausdorff_er as ref_hder
-from segtriton.reference._common import check_masks, checked_target, probability_target
 
 from ._erosion_kernels import _erosion_grad_kernel, _erosion_level_kernel
 from ._ops import op
 from ._runtime import kernel_api
 from ._tiles import cdiv, grad_like, ignore_value, next_pow2
-from .cldice import _front, _geometry
+from .cldice import _front, _geometry, front_inputs
 
-BLOCK, WARPS = 2048, 8  # pixels per program (BLOCK_N of each of BLOCK_U units), warps
+# pixels per program (BLOCK_N of each of BLOCK_U units) at 8 warps: 8 per thread in the
+# forward, 4 in the backward, whose gather holds more per pixel. Compiled for sm_90 at
+# [2, 2, 512, 512], [1, 2, 64, 64, 64] and [2, 19, 128, 256] (one map per tile): at most
+# 127 and 102 registers, 16 warps per SM; small maps sharing a tile take up to 146 in the
+# backward (8 warps per SM; `segtriton compile --quick`); no spill
+FORWARD_BLOCK, BACKWARD_BLOCK, WARPS = 2048, 1024, 8
 
 
-def _tiling(U: int, N: int) -> tuple[int, dict]:
-    """``(programs, meta)`` of the ``[BLOCK_U, BLOCK_N]`` tiles covering ``U`` maps of
-    ``N`` pixels, and the pixel blocks per map in ``meta['n_blocks']``."""
-    block_n = min(next_pow2(N), BLOCK)
-    block_u = min(BLOCK // block_n, next_pow2(U))
+def _tiling(U: int, N: int, block: int) -> tuple[int, dict]:
+    """``(programs, meta)`` of the ``[BLOCK_U, BLOCK_N]`` tiles of ``block`` pixels covering
+    ``U`` maps of ``N`` pixels, and the pixel blocks per map in ``meta['n_blocks']``."""
+    block_n = min(next_pow2(N), block)
+    block_u = min(block // block_n, next_pow2(U))
     n_blocks = cdiv(N, block_n)
     meta = {"BLOCK_U": block_u, "BLOCK_N": block_n, "n_blocks": n_blocks, "num_warps": WARPS}
     return cdiv(U, block_u) * n_blocks, meta
@@ -84,7 +88,7 @@ def _hder_op(
     rows = iterations if need_grad else min(iterations, 2)
     r = torch.empty(rows, U * N, dtype=torch.float32, device=dev)
     lohi = torch.empty(iterations, 2, U, dtype=torch.float32, device=dev)
-    programs, tiles = _tiling(U, N)
+    programs, tiles = _tiling(U, N, FORWARD_BLOCK)
     n_blocks = tiles["n_blocks"]
     part = torch.empty(iterations + 1, U * n_blocks, 3, dtype=torch.float32, device=dev)
     loss_map = torch.empty(shape if per_entry else 0, dtype=torch.float32, device=dev)
@@ -152,7 +156,7 @@ def _hder_grad_op(
     N, D0, D1, D2 = _geometry(shape)
     U = shape[0] * shape[1]
     dev = logits.device
-    programs, tiles = _tiling(U, N)
+    programs, tiles = _tiling(U, N, BACKWARD_BLOCK)
     n_blocks = tiles["n_blocks"]
     gamma = gamma.to(torch.float32).contiguous()
     u = torch.empty(2, U * N, dtype=torch.float32, device=dev)
@@ -231,13 +235,9 @@ def hausdorff_er_loss(
     alpha, iterations = ref_hder.check_hausdorff_er_options(
         logits, mode, alpha, iterations, reduction
     )
-    labels = mode == "multiclass"
-    if labels and probability_target(logits, target, ignore_index):
-        if validate:
-            check_masks(logits, target, None)
-    else:
-        target = checked_target(logits, target, labels, ignore_index, validate)
-    first = 0 if include_background or logits.shape[1] == 1 else 1
+    target, labels, first = front_inputs(
+        logits, target, mode, include_background, ignore_index, validate
+    )
     loss, count, *_ = _hder_op(
         logits,
         target,
