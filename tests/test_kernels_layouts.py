@@ -36,7 +36,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_layouts(entry, layout, seed, gen):
-    options = dict(entry.variants[0])
+    options = {**entry.variants[0], **entry.light}
     for spatial in ((5, 6), (3, 4, 6)):
         shape = entry.fit_shape((2, 3, *spatial), options)
         x, t = make_inputs(entry, shape, options, torch.float32, gen, device=DEVICE)

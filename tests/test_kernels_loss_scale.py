@@ -20,7 +20,7 @@ _TARGET_MAPS = {"boundary": ref.signed_distance_map, "hausdorff_dt": ref.distanc
 
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
 def test_fp16_gradient_under_a_loss_scale(entry, seed, gen):
-    options = entry.ignoring({**entry.variants[0], "reduction": "mean"})
+    options = entry.ignoring({**entry.variants[0], **entry.light, "reduction": "mean"})
     shape = entry.fit_shape((1, 2, 128, 160), options)
     x, t = make_inputs(entry, shape, options, torch.float16, gen, 0.1, device=DEVICE)
     if entry.name in _TARGET_MAPS:  # the interpreter's transform takes 10-20 s at this size;
@@ -50,7 +50,7 @@ def test_repeated_backwards_through_one_graph(entry, dtype, fast_eager, seed, ge
     gradients handed out do not alias (a later backward left the earlier ones as they
     were), and x.grad accumulates them."""
     monkeypatch.setattr(_ops, "fast_eager", fast_eager)
-    options = {**entry.variants[0], "reduction": "mean"}
+    options = {**entry.variants[0], **entry.light, "reduction": "mean"}
     x, t = make_inputs(entry, entry.fit_shape((2, 3, 9, 11), options), options, dtype, gen)
     x.requires_grad_(True)
     loss = entry.kernel(x, t, **options)

@@ -17,7 +17,7 @@ from kernel_checks import DEVICE, assert_matches
 from segtriton.registry import LOSSES, make_inputs
 
 CASES = [
-    (entry, options)
+    (entry, {**options, **entry.light})
     for entry in LOSSES
     if entry.kernel is not None and entry.target == "labels" and entry.name != "sigmoid_focal_ovr"
     for options in entry.variants
@@ -29,7 +29,8 @@ def _classes(entry, options: dict) -> list[int]:
     """Class counts to try: the length of a per-class option, else one tile, and for the
     default options also C = 300 (classes streamed in chunks)."""
     lengths = {len(v) for v in options.values() if isinstance(v, list) and len(v) > 2}
-    return sorted(lengths) or ([4, 300] if options == entry.variants[0] else [4])
+    default = {**entry.variants[0], **entry.light}
+    return sorted(lengths) or ([4, 300] if options == default else [4])
 
 
 FINITE_GRAD = [(e, o) for e, o in CASES if not o.get("sigmoid_focal")]
