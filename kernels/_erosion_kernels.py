@@ -64,7 +64,7 @@ def _erosion_level_kernel(
 ):  # fmt: skip
     """Level k from ``b_{k-1}``: ``r_k = sum of b_{k-1} over the cross / (5 or 7) - 1/2``
     into ``dst``, and per unit and pixel block ``(min e_k, max e_k, s)``: ``s`` the count
-    of valid entries (FIRST), else ``sum valid b_{k-1}``; with MAP, ``w_prev valid
+    of valid entries (FIRST), else ``w_prev sum valid b_{k-1}``; with MAP, ``w_prev valid
     b_{k-1}`` added to the loss map (NaN there if a target value was bad). TAIL only sums
     the last level."""
     u, i, live, rows, n = _unit_block(tl.program_id(0), n_blocks, U, N, BLOCK_U, BLOCK_N)
@@ -82,7 +82,7 @@ def _erosion_level_kernel(
     if FIRST:
         total = tl.sum(valid, axis=1)
     else:
-        total = tl.sum(valid * centre, axis=1)
+        total = w_prev * tl.sum(valid * centre, axis=1)
         if MAP:
             add = w_prev * valid * centre
             if not MAP_INIT:

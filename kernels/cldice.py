@@ -57,6 +57,11 @@ def _geometry(shape: torch.Size) -> tuple[int, int, int, int]:
     return D0 * D1 * D2, D0, D1, D2
 
 
+def _kept_shape(logits: torch.Tensor, first: int) -> tuple[int, ...]:
+    """``[B, C - first, *S]``: the maps of the classes from ``first`` on."""
+    return (logits.shape[0], logits.shape[1] - first, *logits.shape[2:])
+
+
 def _level_maps(shape: tuple[int, ...], iterations: int, keep: bool, device) -> torch.Tensor:
     """float32 rows for the eroded maps of :func:`_skeleton`, row 0 for level 0: one per
     level with ``keep``, else three (level 0, kept, and two that take turns)."""
@@ -239,7 +244,7 @@ def _cldice_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-unit losses (float32 ``[U]``) and, with ``need_grad``, the float32 gradient of
     their sum with respect to the logits (else an empty tensor)."""
-    shape = (logits.shape[0], logits.shape[1] - first, *logits.shape[2:])
+    shape = _kept_shape(logits, first)
     x = _level_maps(shape, iterations, need_grad, logits.device)
     g = _level_maps(shape, iterations, False, logits.device)
     bad = _front(logits, target, labels, first, ignore_index, x[0], g[0])

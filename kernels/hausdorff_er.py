@@ -28,7 +28,7 @@ from ._erosion_kernels import _erosion_grad_kernel, _erosion_level_kernel
 from ._ops import op
 from ._runtime import kernel_api
 from ._tiles import cdiv, grad_like, ignore_value, next_pow2
-from .cldice import _front, _geometry, front_inputs
+from .cldice import _front, _geometry, _kept_shape, front_inputs
 
 # pixels per program (BLOCK_N of each of BLOCK_U units) at 8 warps: 8 per thread in the
 # forward, 4 in the backward, whose gather holds more per pixel. Compiled for sm_90 at
@@ -48,14 +48,9 @@ def _tiling(U: int, N: int, block: int) -> tuple[int, dict]:
     return cdiv(U, block_u) * n_blocks, meta
 
 
-def _kept_shape(logits: torch.Tensor, first: int) -> tuple[int, ...]:
-    return (logits.shape[0], logits.shape[1] - first, *logits.shape[2:])
-
-
-def _level_weights(alpha: float, iterations: int, device) -> torch.Tensor:
-    """``k^alpha`` for k = 1 .. iterations, float64."""
-    k = torch.arange(1, iterations + 1, dtype=torch.float64, device=device)
-    return k**alpha
+def _level_weights(alpha: float, iterations: int) -> list[float]:
+    """``k^alpha`` for k = 1 .. iterations."""
+    return [float(k) ** alpha for k in range(1, iterations + 1)]
 
 
 @op("segtriton::hausdorff_er")
@@ -92,7 +87,7 @@ def _hder_op(
     n_blocks = tiles["n_blocks"]
     part = torch.empty(iterations + 1, U * n_blocks, 3, dtype=torch.float32, device=dev)
     loss_map = torch.empty(shape if per_entry else 0, dtype=torch.float32, device=dev)
-    weights = _level_weights(alpha, iterations, "cpu").tolist()
+    weights = _level_weights(alpha, iterations)
     meta = {"HAS_VALID": has_valid, "THREE_D": len(shape) == 5, **tiles}
     for k in range(1, iterations + 2):  # level k from b_{k-1}; the last one only sums
         src = err if k == 1 else r[(k - 2) % rows]
@@ -110,7 +105,7 @@ def _hder_op(
     if per_entry:
         loss = loss_map
     else:
-        loss = (_level_weights(alpha, iterations, dev)[:, None] * sums[1:]).sum(0).float()
+        loss = sums[1:].sum(0).float()
         loss = torch.where(bad.bool(), torch.nan, loss)
     if not need_grad:
         r, lohi, err = (t.new_empty(0) for t in (r, lohi, err))
@@ -162,7 +157,7 @@ def _hder_grad_op(
     u = torch.empty(2, U * N, dtype=torch.float32, device=dev)
     part = torch.empty(U * n_blocks, 4, dtype=torch.float32, device=dev)
     coef = torch.zeros(U, 2, dtype=torch.float32, device=dev)
-    weights = _level_weights(alpha, iterations, "cpu").tolist()
+    weights = _level_weights(alpha, iterations)
     meta = {
         "HAS_VALID": valid.numel() > 0, "PER_ENTRY": per_entry, "THREE_D": len(shape) == 5,
         **tiles,

@@ -36,8 +36,8 @@ from .cldice import _cross, _neighbours, check_iterations
 
 
 def erosion_steps(bound: torch.Tensor, iterations: int):
-    """Yield ``(d_k, e_k, b_k)`` for k = 1 .. ``iterations`` from ``b_0 = bound [B, K, *S]``
-    (the module docstring's recursion)."""
+    """Yield ``b_k`` for k = 1 .. ``iterations`` from ``b_0 = bound [B, K, *S]`` (the module
+    docstring's recursion)."""
     nd = bound.dim() - 2
     offsets = _cross(nd)
     for _ in range(iterations):
@@ -48,7 +48,7 @@ def erosion_steps(bound: torch.Tensor, iterations: int):
         spread = high - low
         scaled = (eroded - low) / torch.where(spread != 0, spread, 1.0)
         bound = torch.where(spread != 0, scaled, eroded)
-        yield dilated, eroded, bound
+        yield bound
 
 
 def check_hausdorff_er_options(
@@ -106,7 +106,7 @@ def hausdorff_er_loss(
     p, g, valid = (v.view(logits.shape)[:, first:] for v in (p, g, valid))
     err = p - g.detach()
     loss = torch.zeros_like(err)
-    for k, (_, _, bound) in enumerate(erosion_steps(err * err, iterations), start=1):
+    for k, bound in enumerate(erosion_steps(err * err, iterations), start=1):
         loss = loss + k**alpha * bound
     loss = loss.masked_fill(~valid, 0.0)
     return reduce_pixels(loss, reduction, valid.sum())
