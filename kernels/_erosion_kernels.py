@@ -176,3 +176,71 @@ def _erosion_grad_kernel(
         tl.store(part_ptr + 4 * rows + 2, at_lo, mask=alive)
         at_hi = tl.sum((live & (e == hi)).to(tl.float32), axis=1)
         tl.store(part_ptr + 4 * rows + 3, at_hi, mask=alive)
+
+
+@triton.jit
+def _unit_tile(part_ptr, width, column, u, start, U, n_blocks, BLOCK_B: tl.constexpr):
+    """Column ``column`` of the partial rows ``start ..`` of units ``u`` ``[BLOCK_U, 1]``
+    (rows of ``width`` values, ``n_blocks`` per unit), and which exist."""
+    nb = start + tl.arange(0, BLOCK_B)[None, :]
+    live = (u < U) & (nb < n_blocks)
+    at = (u.to(tl.int64) * n_blocks + nb) * width + column
+    return tl.load(part_ptr + at, mask=live, other=0.0), live
+
+
+@triton.jit
+def _extrema_kernel(
+    part_ptr, lohi_ptr, U, n_blocks, BLOCK_U: tl.constexpr, BLOCK_B: tl.constexpr
+):  # fmt: skip
+    """Per unit, the min of the level's partial minima and the max of its partial maxima
+    (NaN if any is NaN) into ``lohi`` ``[2, U]``."""
+    u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)[:, None]
+    low = tl.full([BLOCK_U], float("inf"), tl.float32)
+    high = tl.full([BLOCK_U], float("-inf"), tl.float32)
+    nan = tl.zeros([BLOCK_U], tl.int32)
+    for start in range(0, n_blocks, BLOCK_B):
+        lo, live = _unit_tile(part_ptr, 3, 0, u, start, U, n_blocks, BLOCK_B)
+        hi, _ = _unit_tile(part_ptr, 3, 1, u, start, U, n_blocks, BLOCK_B)
+        nan |= tl.max((live & ((lo != lo) | (hi != hi))).to(tl.int32), axis=1)
+        low = tl.minimum(low, tl.min(tl.where(live, lo, float("inf")), axis=1))
+        high = tl.maximum(high, tl.max(tl.where(live, hi, float("-inf")), axis=1))
+    unit = tl.reshape(u, [BLOCK_U])
+    alive = unit < U
+    tl.store(lohi_ptr + unit, tl.where(nan != 0, float("nan"), low), mask=alive)
+    tl.store(lohi_ptr + U + unit, tl.where(nan != 0, float("nan"), high), mask=alive)
+
+
+@triton.jit
+def _sum64(part_ptr, column, u, start, U, n_blocks, BLOCK_B: tl.constexpr):
+    """Float64 sum per unit of column ``column`` of the grad kernel's partial rows
+    ``start ..`` (four values per row)."""
+    v, _ = _unit_tile(part_ptr, 4, column, u, start, U, n_blocks, BLOCK_B)
+    return tl.sum(v.to(tl.float64), axis=1)
+
+
+@triton.jit
+def _tie_coef_kernel(
+    part_ptr, lohi_ptr, coef_ptr, U, n_blocks, BLOCK_U: tl.constexpr, BLOCK_B: tl.constexpr
+):  # fmt: skip
+    """Per unit, from the grad kernel's partial rows summed in float64 in a fixed order:
+    ``coef = (sum G (b - 1) / n_lo, -sum G b / n_hi) / (hi - lo)`` (0 where ``hi == lo``),
+    what each entry tied with the min / max of ``e_k`` receives."""
+    u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)[:, None]
+    s_lo = tl.zeros([BLOCK_U], tl.float64)
+    s_hi = s_lo
+    n_lo = s_lo
+    n_hi = s_lo
+    for start in range(0, n_blocks, BLOCK_B):
+        s_lo += _sum64(part_ptr, 0, u, start, U, n_blocks, BLOCK_B)
+        s_hi += _sum64(part_ptr, 1, u, start, U, n_blocks, BLOCK_B)
+        n_lo += _sum64(part_ptr, 2, u, start, U, n_blocks, BLOCK_B)
+        n_hi += _sum64(part_ptr, 3, u, start, U, n_blocks, BLOCK_B)
+    unit = tl.reshape(u, [BLOCK_U])
+    alive = unit < U
+    spread = (
+        tl.load(lohi_ptr + U + unit, mask=alive, other=0.0)
+        - tl.load(lohi_ptr + unit, mask=alive, other=0.0)
+    ).to(tl.float64)
+    scale = tl.where(spread != 0, 1.0 / tl.where(spread != 0, spread, 1.0), 0.0)
+    tl.store(coef_ptr + 2 * unit, (s_lo / n_lo * scale).to(tl.float32), mask=alive)
+    tl.store(coef_ptr + 2 * unit + 1, (-s_hi / n_hi * scale).to(tl.float32), mask=alive)

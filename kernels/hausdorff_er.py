@@ -8,12 +8,13 @@ kernel in front reads the logits and the target in place (any layout, any label 
 and writes ``p - g`` of the kept classes and, with ``ignore_index``, an int8 valid flag;
 then one stencil kernel per erosion reads the previous level (normalising it on the fly
 with that level's per-(image, class) min and max) and writes ``r_k = d_k - 1/2``, the
-partial min, max and loss sums of its programs. The forward keeps ``r_k`` of every
-level (float32) for the backward, which runs the levels from the deepest, each kernel
-gathering ``dL/dd`` of the level above over the cross (no atomics: bitwise
-reproducible) and writing its own with the partial sums that the min / max terms need;
-the last turns ``dL/dp`` into ``dL/dz`` through the softmax (sigmoid) in the logits'
-dtype. No host sync.
+partial min, max and loss sums of its programs; a one-row-per-unit kernel reduces the
+partial minima and maxima. The forward keeps ``r_k`` of every level (float32) for the
+backward, which runs the levels from the deepest, each kernel gathering ``dL/dd`` of the
+level above over the cross (no atomics: bitwise reproducible) and writing its own with
+the partial sums that the min / max terms need, which a second small kernel turns into
+the terms of the tied entries; the last level turns ``dL/dp`` into ``dL/dz`` through the
+softmax (sigmoid) in the logits' dtype. Two launches per level each way, no host sync.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ import torch
 
 from segtriton.reference import hausdorff_er as ref_hder
 
-from ._erosion_kernels import _erosion_grad_kernel, _erosion_level_kernel
+from ._erosion_kernels import (
+    _erosion_grad_kernel,
+    _erosion_level_kernel,
+    _extrema_kernel,
+    _tie_coef_kernel,
+)
 from ._ops import op
 from ._runtime import kernel_api
 from ._tiles import cdiv, grad_like, ignore_value, next_pow2
@@ -46,6 +52,14 @@ def _tiling(U: int, N: int, block: int) -> tuple[int, dict]:
     n_blocks = cdiv(N, block_n)
     meta = {"BLOCK_U": block_u, "BLOCK_N": block_n, "n_blocks": n_blocks, "num_warps": WARPS}
     return cdiv(U, block_u) * n_blocks, meta
+
+
+def _unit_tiling(U: int, n_blocks: int) -> tuple[int, dict]:
+    """``(programs, meta)`` of the per-level kernels that reduce the ``n_blocks`` partial
+    rows of each of ``U`` units (a fixed order for a given ``n_blocks``)."""
+    block_b = min(next_pow2(n_blocks), 128)
+    block_u = min(next_pow2(U), 1024 // block_b)
+    return cdiv(U, block_u), {"BLOCK_U": block_u, "BLOCK_B": block_b, "num_warps": 4}
 
 
 def _level_weights(alpha: float, iterations: int) -> list[float]:
@@ -89,6 +103,7 @@ def _hder_op(
     loss_map = torch.empty(shape if per_entry else 0, dtype=torch.float32, device=dev)
     weights = _level_weights(alpha, iterations)
     meta = {"HAS_VALID": has_valid, "THREE_D": len(shape) == 5, **tiles}
+    units, unit_meta = _unit_tiling(U, n_blocks)
     for k in range(1, iterations + 2):  # level k from b_{k-1}; the last one only sums
         src = err if k == 1 else r[(k - 2) % rows]
         _erosion_level_kernel[(programs,)](
@@ -97,9 +112,7 @@ def _hder_op(
             TAIL=k == iterations + 1, MAP=per_entry and k > 1, MAP_INIT=k == 2, **meta,
         )  # fmt: skip
         if k <= iterations:
-            blocks = part[k - 1].view(U, n_blocks, 3)
-            torch.amin(blocks[..., 0], dim=1, out=lohi[k - 1, 0])
-            torch.amax(blocks[..., 1], dim=1, out=lohi[k - 1, 1])
+            _extrema_kernel[(units,)](part[k - 1], lohi[k - 1], U, n_blocks, **unit_meta)
     sums = part[..., 2].view(iterations + 1, U, n_blocks).double().sum(-1)
     count = sums[0].sum().float()
     if per_entry:
@@ -156,8 +169,9 @@ def _hder_grad_op(
     gamma = gamma.to(torch.float32).contiguous()
     u = torch.empty(2, U * N, dtype=torch.float32, device=dev)
     part = torch.empty(U * n_blocks, 4, dtype=torch.float32, device=dev)
-    coef = torch.zeros(U, 2, dtype=torch.float32, device=dev)
+    coef = torch.empty(U, 2, dtype=torch.float32, device=dev)  # level k + 1's, then k's
     weights = _level_weights(alpha, iterations)
+    units, unit_meta = _unit_tiling(U, n_blocks)
     meta = {
         "HAS_VALID": valid.numel() > 0, "PER_ENTRY": per_entry, "THREE_D": len(shape) == 5,
         **tiles,
@@ -171,11 +185,7 @@ def _hder_grad_op(
             w_k=weights[k - 1] if k > 0 else 0.0, TOP=top, BOTTOM=bottom, **meta,
         )  # fmt: skip
         if not bottom:
-            sums = part.view(U, n_blocks, 4).double().sum(1)
-            spread = (lohi[k - 1, 1] - lohi[k - 1, 0]).double()
-            scale = torch.where(spread != 0, 1 / spread, 0.0)
-            coef = torch.stack([sums[:, 0] / sums[:, 2], -sums[:, 1] / sums[:, 3]], 1)
-            coef = (coef * scale[:, None]).float()
+            _tie_coef_kernel[(units,)](part, lohi[k - 1], coef, U, n_blocks, **unit_meta)
     grad = grad_like(logits)
     return _front(
         logits, target, labels, first, ignore_index, err, valid, u[0].view(shape), out=grad

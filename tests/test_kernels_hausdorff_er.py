@@ -1,5 +1,5 @@
 """The erosion Hausdorff loss: the Triton erosions, loss and gradient against the float64
-reference, a worked example, ties at a map's max, and all-ignored batches; in the
+reference, a worked example, ties at a map's max and min, and all-ignored batches; in the
 interpreter on CPU and compiled on a GPU."""
 
 from __future__ import annotations
@@ -55,6 +55,19 @@ def test_ties_at_the_max_split_the_gradient(seed, gen):
     opts = {"iterations": 1, "reduction": "none"}
     loss, grad = assert_matches(HDER, x, labels.to(DEVICE), opts, torch.float32, seed)
     assert loss.sum() > 0 and grad.abs().max() > 0
+
+
+def test_ties_at_a_positive_min_split_the_gradient(seed, gen):
+    """Every error the same and large (logits of -3, target 1: ``b_0 = 0.907``), so level 1
+    is ``b_0 - 1/2`` inside, ``4 b_0 / 5 - 1/2`` on the edges and ``3 b_0 / 5 - 1/2 = 0.044``
+    at the four corners, exactly tied in float32 as in float64. The min is above 0, so
+    the erosion lets the gradient of the min's term through to the corners, split evenly
+    among them."""
+    t = torch.ones(2, 1, 6, 7, device=DEVICE)
+    x = torch.full_like(t, -3.0)
+    opts = {"mode": "binary", "iterations": 2, "reduction": "none"}
+    loss, grad = assert_matches(HDER, x, t, opts, torch.float32, seed)
+    assert loss.sum() > 0 and grad[..., 0, 0].abs().min() > 0
 
 
 @pytest.mark.parametrize("ignore_frac", [0.9, 1.0])
