@@ -70,6 +70,19 @@ def test_ties_at_a_positive_min_split_the_gradient(seed, gen):
     assert loss.sum() > 0 and grad[..., 0, 0].abs().min() > 0
 
 
+@pytest.mark.parametrize("spatial", [(2, 2), (2, 2, 2)], ids=["2d", "3d"])
+def test_a_level_without_spread_is_kept_unscaled(spatial, seed, gen):
+    """Every pixel of a 2 x 2 (2 x 2 x 2) image is a corner, so equal errors give equal
+    level-1 values, ``3 b_0 / 5 - 1/2`` (``4 b_0 / 7 - 1/2``), above 0 for ``b_0 = 0.907``:
+    the map's max equals its min, and the level is kept as it is instead of scaled (kornia's
+    rule), in the forward and the backward."""
+    t = torch.ones(2, 1, *spatial, device=DEVICE)
+    x = torch.full_like(t, -3.0)
+    opts = {"mode": "binary", "iterations": 3, "reduction": "none"}
+    loss, grad = assert_matches(HDER, x, t, opts, torch.float32, seed)
+    assert loss.sum() > 0 and grad.abs().min() > 0
+
+
 @pytest.mark.parametrize("ignore_frac", [0.9, 1.0])
 def test_ignored_batches(ignore_frac, seed, gen):
     """Batches (almost) all ignored: with every pixel ignored, 'sum' is 0 with no gradient
