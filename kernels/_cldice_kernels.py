@@ -156,8 +156,8 @@ def _skeleton_chain_kernel(
         delta = tl.maximum(xk - ok, 0.0)
         # s_{-1} = 0 makes level 0's T = [x_0 > o_0] dL/ds_0
         s = tl.load(s_ptr + level - stride, mask=live & (k > 0), other=0.0)
-        grows = delta - s * delta > 0
-        t = tl.where(grows & (xk > ok), grad * (1 - s), 0.0)
+        grows = delta - s * delta > 0  # so delta > 0: x_k > o_k
+        t = tl.where(grows, grad * (1 - s), 0.0)
         grad = tl.where(grows, grad * (1 - delta), grad)
         tl.store(s_ptr + level, t, mask=live)
 

@@ -55,6 +55,20 @@ def test_class_probability_targets(soft, seed, gen):
     assert_matches(CLDICE, x, t.to(DEVICE), {"scope": "batch"}, torch.float32, seed)
 
 
+@pytest.mark.parametrize("spatial", [(9, 11), (3, 5, 6)], ids=["2d", "3d"])
+def test_ties_go_to_the_first_neighbour(spatial, seed, gen):
+    """Logits drawn from {-2, .., 2} give five probabilities (sigmoid: a softmax would make
+    mathematically equal ones that round apart), so erosions and dilations tie everywhere,
+    in float32 as in float64: the gradient of each tied min or max goes to the first
+    neighbour in code order, the reference's rule."""
+    shape = (2, 3, *spatial)
+    x = torch.randint(-2, 3, shape, generator=gen).float().to(DEVICE)
+    t = torch.randint(0, 2, shape, generator=gen).float().to(DEVICE)
+    opts = {"mode": "multilabel", "iterations": 2, "reduction": "none"}
+    loss, grad = assert_matches(CLDICE, x, t, opts, torch.float32, seed)
+    assert grad.abs().max() > 0
+
+
 def _bar() -> torch.Tensor:
     """A 3-pixel-thick horizontal bar across an 11 x 20 image, ``[1, 1, 11, 20]``."""
     mask = torch.zeros(1, 1, 11, 20, dtype=torch.float64)
