@@ -99,7 +99,7 @@ def _label_terms(x_y, m, s_other, s):
     over the other classes, both accurate as p_y -> 1 (no ``1 - p`` cancellation). A +inf
     logit makes ``s`` NaN, and log p_y too, as in ``F.cross_entropy`` (the gradient is NaN
     there, so a finite loss would hide it)."""
-    logp_y = tl.where((x_y == m), -log1p(s_other), (x_y - m) - tl.log(s))
+    logp_y = tl.where((x_y == m) & (s == s), -log1p(s_other), (x_y - m) - tl.log(s))
     return logp_y, s_other / s
 
 

@@ -272,6 +272,29 @@ def test_labels_past_int32(entry, bad, gen):
     assert torch.isnan(entry.kernel(x, y, **opts).sum())
 
 
+MASK_VARIANTS = [
+    pytest.param(e, opts, id=f"{e.name}-{i}")
+    for e in LOSSES
+    if e.kernel is not None
+    for i, opts in enumerate(e.variants)
+    if e.target_kind(opts) == "masks"
+]
+
+
+@pytest.mark.parametrize("bad", [2.0, -0.5, float("nan")])
+@pytest.mark.parametrize(("entry", "opts"), MASK_VARIANTS)
+def test_bad_mask_values_in_every_kernel(entry, opts, bad, gen):
+    """A mask value outside [0, 1] (or NaN) makes every kernel's loss NaN, and
+    ``validate=True`` names it; the reference names it too."""
+    C = entry.fit_classes(3, opts)
+    x, t = make_inputs(entry, (2, C, 4, 5), dict(opts), torch.float32, gen, device=DEVICE)
+    t.view(-1)[7] = bad
+    assert torch.isnan(entry.kernel(x, t, **opts)).any()
+    for fn, extra in ((entry.reference, {}), (entry.kernel, {"validate": True})):
+        with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+            fn(x, t, **opts, **extra)
+
+
 @pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
 def test_metric_labels_past_int32(lib):
     y = torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
