@@ -193,7 +193,8 @@ def _extrema_kernel(
     part_ptr, lohi_ptr, U, n_blocks, BLOCK_U: tl.constexpr, BLOCK_B: tl.constexpr
 ):  # fmt: skip
     """Per unit, the min of the level's partial minima and the max of its partial maxima
-    (NaN if any is NaN) into ``lohi`` ``[2, U]``."""
+    into ``lohi`` ``[2, U]``; both NaN if a partial row is (the level kernel writes NaN
+    to its min and max together)."""
     u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)[:, None]
     low = tl.full([BLOCK_U], float("inf"), tl.float32)
     high = tl.full([BLOCK_U], float("-inf"), tl.float32)
@@ -201,7 +202,7 @@ def _extrema_kernel(
     for start in range(0, n_blocks, BLOCK_B):
         lo, live = _unit_tile(part_ptr, 3, 0, u, start, U, n_blocks, BLOCK_B)
         hi, _ = _unit_tile(part_ptr, 3, 1, u, start, U, n_blocks, BLOCK_B)
-        nan |= tl.max((live & ((lo != lo) | (hi != hi))).to(tl.int32), axis=1)
+        nan |= tl.max((live & (lo != lo)).to(tl.int32), axis=1)
         low = tl.minimum(low, tl.min(tl.where(live, lo, float("inf")), axis=1))
         high = tl.maximum(high, tl.max(tl.where(live, hi, float("-inf")), axis=1))
     unit = tl.reshape(u, [BLOCK_U])
