@@ -57,14 +57,20 @@ def test_ties_at_the_max_split_the_gradient(seed, gen):
     assert loss.sum() > 0 and grad.abs().max() > 0
 
 
+def _equal_errors(*spatial: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary logits of -3 against a target of 1 everywhere: ``b_0 = (p - 1)^2 = 0.907``
+    at every pixel."""
+    t = torch.ones(2, 1, *spatial, device=DEVICE)
+    return torch.full_like(t, -3.0), t
+
+
 def test_ties_at_a_positive_min_split_the_gradient(seed, gen):
     """Every error the same and large (logits of -3, target 1: ``b_0 = 0.907``), so level 1
     is ``b_0 - 1/2`` inside, ``4 b_0 / 5 - 1/2`` on the edges and ``3 b_0 / 5 - 1/2 = 0.044``
     at the four corners, exactly tied in float32 as in float64. The min is above 0, so
     the erosion lets the gradient of the min's term through to the corners, split evenly
     among them."""
-    t = torch.ones(2, 1, 6, 7, device=DEVICE)
-    x = torch.full_like(t, -3.0)
+    x, t = _equal_errors(6, 7)
     opts = {"mode": "binary", "iterations": 2, "reduction": "none"}
     loss, grad = assert_matches(HDER, x, t, opts, torch.float32, seed)
     assert loss.sum() > 0 and grad[..., 0, 0].abs().min() > 0
@@ -76,8 +82,7 @@ def test_a_level_without_spread_is_kept_unscaled(spatial, seed, gen):
     level-1 values, ``3 b_0 / 5 - 1/2`` (``4 b_0 / 7 - 1/2``), above 0 for ``b_0 = 0.907``:
     the map's max equals its min, and the level is kept as it is instead of scaled (kornia's
     rule), in the forward and the backward."""
-    t = torch.ones(2, 1, *spatial, device=DEVICE)
-    x = torch.full_like(t, -3.0)
+    x, t = _equal_errors(*spatial)
     opts = {"mode": "binary", "iterations": 3, "reduction": "none"}
     loss, grad = assert_matches(HDER, x, t, opts, torch.float32, seed)
     assert loss.sum() > 0 and grad.abs().min() > 0
