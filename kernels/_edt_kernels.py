@@ -59,12 +59,10 @@ def _run_gaps(site, before, after, pos, L, spacing2):
     """Squared distance along axis 1 from each position to the nearest position of the other
     kind (a non-site from a site, a site from a non-site), inf if none: the run of equal
     kind holding ``i`` spans ``[start, end]`` (scans of the change points, found from the
-    neighbours ``before`` / ``after``), so the nearest other ones are ``start - 1`` and
-    ``end + 1``."""
-    starts = (pos == 0) | (site != before)
-    ends = (pos == L - 1) | (site != after)
-    start = tl.associative_scan(tl.where(starts, pos, 0), 1, _max)
-    end = tl.associative_scan(tl.where(ends, pos, _FAR), 1, _min, reverse=True)
+    neighbours ``before`` / ``after``; positions off the line read as non-sites), so the
+    nearest other ones are ``start - 1`` and ``end + 1`` when those lie on the line."""
+    start = tl.associative_scan(tl.where(site != before, pos, 0), 1, _max)
+    end = tl.associative_scan(tl.where(site != after, pos, _FAR), 1, _min, reverse=True)
     left = tl.where(start > 0, pos - start + 1, _FAR)
     right = tl.where(end < L - 1, end + 1 - pos, _FAR)
     gap = tl.minimum(left, right).to(tl.float32)
