@@ -16,10 +16,19 @@ from segtriton import kernels as ker
 from segtriton import reference as ref
 from segtriton.registry import get, make_inputs
 
-SHAPES = [((3, 37, 53), None), ((2, 9, 11, 13), (2.0, 1.0, 0.5)), ((2, 70, 41), (1.5, 1.0))]
+# The axis passes stop searching once the nearest unread candidate is too far; the fine
+# spacing (< 1) of a searched axis checks that the spacing is in that bound.
+SHAPES = [
+    ((3, 37, 53), None),
+    ((2, 9, 11, 13), (2.0, 1.0, 0.5)),
+    ((2, 70, 41), (1.5, 1.0)),
+    ((2, 40, 23), (0.3, 1.7)),
+]
 
 
-@pytest.mark.parametrize(("shape", "spacing"), SHAPES, ids=["2d", "3d-spacing", "2d-spacing"])
+@pytest.mark.parametrize(
+    ("shape", "spacing"), SHAPES, ids=["2d", "3d-spacing", "2d-spacing", "2d-fine-rows"]
+)
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.6])
 def test_squared_edt_equals_scipy(shape, spacing, density, gen):
     sites = torch.rand(shape, generator=gen) < density
