@@ -60,12 +60,25 @@ def test_all_ignored_image(seed, gen):
     assert not grad[0].any() and grad[1].abs().sum() > 0
 
 
-def test_bad_label_is_nan_or_a_validation_error(gen):
-    x, t = _inputs((2, 3, 4, 5), gen, ignore_frac=0.0)
-    t[1, 2, 3] = 3
+@pytest.mark.parametrize("mode", ["default", "GDL"])
+def test_unequal_smooth_terms(mode, seed, gen):
+    """``smooth_nr`` and ``smooth_dr`` enter the loss apart: image 0 fully ignored gives
+    ``1 - smooth_nr / smooth_dr`` exactly, image 1 matches the reference."""
+    opts = {"weighting_mode": mode, "ignore_index": 255, "reduction": "none"}
+    opts |= {"smooth_nr": 0.5, "smooth_dr": 2.0}
+    x, t = _inputs((2, 4, 3, 5), gen, opts)
+    t[0] = 255
+    loss, _ = assert_matches(ENTRY, x, t, opts, torch.float32, seed)
+    assert loss[0] == 0.75
+
+
+@pytest.mark.parametrize("C", [3, 300], ids=["one-tile", "chunked"])
+def test_bad_label_is_nan_or_a_validation_error(C, gen):
+    x, t = _inputs((2, C, 4, 5), gen, ignore_frac=0.0)
+    t[1, 2, 3] = C
     loss = ker.generalized_wasserstein_dice_loss(x, t, reduction="none")
     assert torch.isfinite(loss[0]) and torch.isnan(loss[1])
-    with pytest.raises(ValueError, match="label 3 outside"):
+    with pytest.raises(ValueError, match=f"label {C} outside"):
         ker.generalized_wasserstein_dice_loss(x, t, validate=True)
 
 
