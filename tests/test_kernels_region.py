@@ -168,6 +168,28 @@ def test_soft_label_dice_is_zero_where_the_prediction_is_the_target(mode, gen):
     assert ker.dice_loss(xk, tk, mode=mode).item() > 0.1
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_soft_label_exact_ties_take_half_the_gradient(mode, seed, gen):
+    """Where ``p = g`` exactly, ``dI/dp`` is 1/2 in the kernel as in the reference (torch's
+    ``minimum`` splits its gradient): zero logits at about 40% of the pixels give
+    ``p = 1/4`` (softmax, 4 classes) or 1/2 (sigmoid) exactly in float32 and float64, and
+    the target equals p there; elsewhere it is random."""
+    shape = (2, 4, 5, 7)
+    tie = torch.rand(2, 1, 5, 7, generator=gen) < 0.4
+    x = (2 * torch.randn(shape, generator=gen)).masked_fill(tie, 0.0)
+    if mode == "multiclass":
+        t = torch.softmax(2 * torch.randn(shape, generator=gen, dtype=torch.float64), 1)
+        t = torch.where(tie, 0.25, t)
+    else:
+        t = torch.where(tie, 0.5, torch.rand(shape, generator=gen, dtype=torch.float64))
+    opts = {"mode": mode, "soft_label": True, "scope": "image", "reduction": "none"}
+    loss, grad = run_with_grad(ker.dice_loss, x.to(DEVICE), t.to(DEVICE), opts, seed)
+    want_loss, want_grad = run_with_grad(ref.dice_loss, x.double(), t, opts, seed)
+    torch.testing.assert_close(loss.cpu(), want_loss, rtol=2e-5, atol=1e-6)
+    scale = want_grad.abs().max().item()
+    torch.testing.assert_close(grad.cpu(), want_grad, rtol=2e-5, atol=2e-5 * scale)
+
+
 @pytest.mark.parametrize("confident", [False, True])
 def test_log_cosh_dice_is_log_cosh_of_dice(confident, seed, gen):
     """Jadon's log-cosh Dice: for one unit and one class, ``log(cosh(L))`` of the Dice loss
