@@ -91,12 +91,15 @@ def test_confident_and_extreme_logits(entry, dtype, seed, gen):
 @pytest.mark.parametrize(
     "entry", [e for e in KERNELS if e.target == "labels"], ids=lambda e: e.name
 )
-def test_bad_labels_give_nan_or_a_clear_error(entry, gen):
+@pytest.mark.parametrize("bad", [7, -1])
+def test_bad_labels_give_nan_or_a_clear_error(entry, bad, gen):
+    """A label past C or a negative one (not ``ignore_index``; OHEM marks dropped pixels
+    -1 inside, so a kept -1 must not read as dropped)."""
     opts = dict(entry.variants[0])
     x, t = make_inputs(entry, (2, 3, 4, 5), opts, torch.float32, gen, device=DEVICE)
-    t[1, 2, 3] = 7
+    t[1, 2, 3] = bad
     assert torch.isnan(entry.kernel(x, t, **opts))
-    with pytest.raises(ValueError, match=r"label 7 outside \[0, 3\)"):
+    with pytest.raises(ValueError, match=rf"label {bad} outside \[0, 3\)"):
         entry.kernel(x, t, validate=True, **opts)
 
 
