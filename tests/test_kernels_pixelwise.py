@@ -19,6 +19,7 @@ from kernel_checks import (
     DTYPES,
     assert_matches,
     kernel_cases,
+    run_with_grad,
     to_channels_last,
 )
 
@@ -75,6 +76,22 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ce_weights_zero_on_every_valid_pixel(dtype, gen):
+    """A weighted 'mean' divides by the valid pixels' weights: 0 when each valid label has
+    weight 0, so the loss and the valid pixels' gradient are NaN, the ignored ones' 0, as in
+    F.cross_entropy; fp16 defers the division to the backward (``defers_mean``)."""
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    t = torch.zeros(2, 4, 5, dtype=torch.long, device=DEVICE)
+    t[0, 0, 0] = 255
+    opts = {"weight": [0.0, 1.0, 1.0], "ignore_index": 255}
+    valid = (t != 255).unsqueeze(1).expand_as(x)
+    for fn, xd in ((ref.cross_entropy, x.double()), (ker.cross_entropy, x.to(dtype))):
+        loss, grad = run_with_grad(fn, xd, t, opts)
+        assert torch.isnan(loss)
+        assert torch.equal(grad.isnan(), valid) and (grad[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_confident_and_extreme_logits(entry, dtype, seed, gen):
     opts = dict(entry.variants[0])
@@ -91,12 +108,17 @@ def test_confident_and_extreme_logits(entry, dtype, seed, gen):
 @pytest.mark.parametrize(
     "entry", [e for e in KERNELS if e.target == "labels"], ids=lambda e: e.name
 )
-@pytest.mark.parametrize("bad", [7, -1])
+@pytest.mark.parametrize("bad", [7, -1, 2**32 + 1, -(2**31)])
 def test_bad_labels_give_nan_or_a_clear_error(entry, bad, gen):
     """A label past C or a negative one (not ``ignore_index``; OHEM marks dropped pixels
-    -1 inside, so a kept -1 must not read as dropped)."""
+    -1 inside, so a kept -1 must not read as dropped); an int64 label that int32 would
+    truncate into class 1. -2^31 is the kernels' stand-in for ``ignore_index=None``: with
+    None, that label is bad too, not ignored."""
     opts = dict(entry.variants[0])
+    if bad == -(2**31) and entry.takes("ignore_index"):
+        opts["ignore_index"] = None
     x, t = make_inputs(entry, (2, 3, 4, 5), opts, torch.float32, gen, device=DEVICE)
+    assert t.dtype == torch.int64
     t[1, 2, 3] = bad
     assert torch.isnan(entry.kernel(x, t, **opts))
     with pytest.raises(ValueError, match=rf"label {bad} outside \[0, 3\)"):
