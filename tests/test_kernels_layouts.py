@@ -11,6 +11,7 @@ import pytest
 import torch
 from kernel_checks import DEVICE, assert_matches
 
+from segtriton.kernels._tiles import pixel_view
 from segtriton.registry import LOSSES, make_inputs
 
 KERNELS = [e for e in LOSSES if e.kernel is not None]
@@ -46,3 +47,22 @@ def test_layouts(entry, layout, seed, gen):
                 assert_matches(
                     entry, x, t, {**options, "reduction": reduction}, torch.float32, seed
                 )
+
+
+def test_pixel_view_copies_only_what_one_stride_cannot_walk():
+    """``pixel_view`` walks contiguous, channels_last and sliced logits in place, and size-1
+    spatial dims whatever their stride (one row of a strided slice); it copies only when
+    the spatial dims do not merge (stored transposed)."""
+    x = torch.randn(2, 3, 5, 6)
+    in_place = {
+        "contiguous": (x, (90, 30, 1)),
+        "channels_last": (x.contiguous(memory_format=torch.channels_last), (90, 1, 3)),
+        "strided": (x[..., ::2], (90, 30, 2)),
+        "one-row": (x[:, :, ::2][:, :, :1], (90, 30, 1)),  # the row's stride is 12
+    }
+    for name, (view, strides) in in_place.items():
+        walked, *got = pixel_view(view)
+        assert walked is view and tuple(got) == strides, name
+    stored_transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    walked, *got = pixel_view(stored_transposed)
+    assert walked.is_contiguous() and torch.equal(walked, x) and tuple(got) == (90, 30, 1)
