@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import CASE_ARGS, DEVICE, assert_matches, kernel_cases, to_channels_last
+from kernel_checks import (
+    CASE_ARGS,
+    DEVICE,
+    assert_matches,
+    kernel_cases,
+    run_with_grad,
+    to_channels_last,
+)
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -43,6 +50,18 @@ def test_deep_skeletons_and_ignored_batches(iterations, ignore_frac, seed, gen):
     if ignore_frac == 1.0:
         torch.testing.assert_close(loss, torch.full_like(loss, 1e-4 / (2 + 1e-4)))
         assert grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_one_channel_keeps_its_background(mode, seed, gen):
+    """``include_background=False`` is ignored for one sigmoid channel (as MONAI): the loss
+    and gradient are the reference's and those of ``include_background=True``. (One
+    softmax channel is p = 1 everywhere, a loss of 0 with or without it.)"""
+    opts = {"mode": mode, "include_background": False, "reduction": "none"}
+    x, t = make_inputs(CLDICE, (2, 1, 9, 10), opts, torch.float32, gen, device=DEVICE)
+    loss, grad = assert_matches(CLDICE, x, t, opts, torch.float32, seed)
+    kept = run_with_grad(ker.cldice_loss, x, t, {**opts, "include_background": True}, seed)
+    assert torch.equal(loss, kept[0]) and torch.equal(grad, kept[1])
 
 
 @pytest.mark.parametrize("soft", [False, True], ids=["one-hot", "soft"])
