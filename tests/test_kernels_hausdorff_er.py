@@ -30,6 +30,26 @@ def test_hausdorff_er_matches_reference(
     assert_matches(entry, x, t, opts, dtype, seed)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_forward_alone_equals_the_kept_forward(reduction, gen):
+    """Without a gradient wanted, the levels take turns in two rows instead of one row
+    each. A missed object (a 36 x 40 square of errors near 1 at a random place in 53 x 61
+    maps, so that levels stay nonzero across the boundary of the maps' two blocks of 2048
+    pixels) with five erosions: each level still reads the whole level before it, and the
+    loss is bitwise the one the gradient path computes."""
+    t = torch.zeros(2, 1, 53, 61)
+    for b in range(2):
+        r0, c0 = (int(v) for v in torch.randint(3, 12, (2,), generator=gen))
+        t[b, 0, r0 : r0 + 36, c0 : c0 + 40] = 1.0
+    x = -4.0 + 0.5 * torch.randn(t.shape, generator=gen)
+    x, t = x.to(DEVICE), t.to(DEVICE)
+    opts = {"mode": "binary", "iterations": 5, "reduction": reduction}
+    with torch.no_grad():
+        alone = ker.hausdorff_er_loss(x, t, **opts)
+    kept = ker.hausdorff_er_loss(x.requires_grad_(True), t, **opts)
+    assert torch.equal(alone, kept.detach())
+
+
 def test_worked_example_row_of_five():
     """``tests/test_reference_hausdorff_er.py``'s row: errors of 1 everywhere give ``L =
     [0, 1, 5, 1, 0]``."""
