@@ -126,8 +126,8 @@ def test_multilabel_masks_with_spacing_and_ignore(gen):
     t = (torch.rand(2, 3, 9, 12, generator=gen) < 0.3).double()
     t[torch.rand(t.shape, generator=gen) < 0.1] = 255
     got = ker.signed_distance_map(
-        t.to(DEVICE), mode="multilabel", spacing=(1.0, 2.5), ignore_index=255
-    )
+        t.to(DEVICE), mode="multilabel", spacing=(1.0, 2.5), ignore_index=255, validate=True
+    )  # validate: 255 is ignored, not a soft mask value
     want = ref.signed_distance_map(t, mode="multilabel", spacing=(1.0, 2.5), ignore_index=255)
     torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
     with pytest.raises(ValueError, match="hard"):
@@ -205,6 +205,21 @@ def test_boundary_rejects_a_map_that_does_not_fit(gen):
     if DEVICE == "cuda":
         with pytest.raises(ValueError, match="dist_map is on cpu"):
             ker.boundary_loss(x, y, dist_map=torch.zeros(2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("options", BOUNDARY.variants[:2], ids=["multiclass", "multilabel"])
+def test_boundary_mean_without_ignore_index(options, seed, gen):
+    """With no ``ignore_index``, 'mean' divides by the number of (selected class, pixel)
+    entries, taken from the shapes without a counting pass, for labels and masks alike."""
+    opts = {**options, "reduction": "mean"}
+    x, t = make_inputs(BOUNDARY, (2, 3, 5, 6), opts, torch.float32, gen, device=DEVICE)
+    assert_matches(BOUNDARY, x, t, opts, torch.float32, seed)
+
+
+def test_a_line_past_the_tile_is_refused():
+    """The 1-D pass holds a whole line in one tile: a longer axis is named, not run."""
+    with pytest.raises(ValueError, match="axes up to 16384"):
+        ker.squared_edt(torch.zeros(1, 2, 16385, dtype=torch.bool, device=DEVICE))
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.0), (1.0, -2.0), (float("nan"), 1.0), (1.0,)])
