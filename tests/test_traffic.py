@@ -1,7 +1,8 @@
 """The byte counter behind ``segtriton traffic`` (Triton interpreter only), and what it
 says of the pixel-wise and region losses: they move what their byte model says, plus
 small per-program partials (a few percent at the small shapes the interpreter affords,
-less at full size), and no torch op beside the kernels touches a logits-sized tensor."""
+less at full size), and no torch op beside the kernels touches a logits-sized tensor; and
+that the distance transform searches nothing for a map without sites."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from segtriton import kernels as ker
 from segtriton.bench import traffic
 from segtriton.bench.cli import main
 from segtriton.kernels import interpreter_enabled
@@ -122,3 +124,35 @@ def test_cli_writes_the_report(tmp_path):
 def test_cli_names_bad_arguments(args, message, capsys):
     assert main(["traffic", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def _edt_axis_reads(fn, t: torch.Tensor) -> int:
+    """Bytes the distance transform's axis passes ask of their input maps in ``fn(t)``."""
+    with traffic.count_traffic() as record:
+        fn(t)
+    return record.bytes[("_edt_axis_kernel", "f_ptr")][0]
+
+
+def test_the_distance_transform_skips_maps_without_sites():
+    """The first pass flags the lines that hold a site (and, for a signed map, a non-site),
+    so the axis passes search no candidates for a map with none: an empty map costs fewer
+    reads than a map of one site, and a full mask fewer than a mask of one background
+    pixel. The lines are 23 long, not a power of two, so the flags must leave out the
+    tile's padding."""
+    site = torch.zeros(1, 40, 23, dtype=torch.bool)
+    site[0, 5, 7] = True
+    base = _edt_axis_reads(ker.squared_edt, site)
+    empty = _edt_axis_reads(ker.squared_edt, torch.cat([site, torch.zeros_like(site)])) - base
+    one = _edt_axis_reads(ker.squared_edt, torch.cat([site, site])) - base
+    assert empty < one
+
+    def signed(t):
+        return ker.signed_distance_map(t, mode="multilabel")
+
+    mask = site.unsqueeze(0).float()
+    almost = torch.ones_like(mask)
+    almost[0, 0, 30, 11] = 0.0
+    base = _edt_axis_reads(signed, mask)
+    full = _edt_axis_reads(signed, torch.cat([mask, torch.ones_like(mask)], 1)) - base
+    one_hole = _edt_axis_reads(signed, torch.cat([mask, almost], 1)) - base
+    assert full < one_hole
