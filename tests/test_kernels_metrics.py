@@ -185,7 +185,7 @@ def test_streaming_equals_one_shot(average, gen):
     assert acc.confusion_matrix.shape == (6, 6)  # 'image' keeps [3, C] per image, not C x C
     assert acc.confusion_matrix.sum() == (batches[0][1] != 255).sum()
     bad = batches[1][1].clone()
-    bad[0, 0, 0] = 7
+    bad[1, 0, 0] = 7  # in the batch's second image: 'image' counts per image
     acc.update(batches[1][0], bad)  # no sync, no error yet
     with pytest.raises(ValueError, match="outside"):
         acc.compute()
@@ -217,6 +217,14 @@ def _sync_worker(rank: int, world: int, seed: int) -> None:
         acc.sync()
         order = [0, 4, 1, 2, 3, 5]  # 'image' gathers rank 0's images, then rank 1's
         _assert_metrics_of(acc, logits[order], target[order], average)
+    acc = ker.StreamingMetrics(5, device=DEVICE)
+    bad = target[mine].clone()
+    if rank == 1:
+        bad[0, 0, 0] = 9
+    acc.update(logits[mine].to(DEVICE), bad.to(DEVICE))
+    acc.sync()
+    with pytest.raises(ValueError, match="outside"):  # on rank 0 too, once synced
+        acc.compute()
 
 
 def test_sync_across_two_gloo_processes(seed):
