@@ -81,21 +81,26 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["one-launch", "two-pass"])
-def test_ce_weights_zero_on_every_valid_pixel(fused, gen):
+@pytest.mark.parametrize(
+    ("name", "C", "dtype"),
+    [("cross_entropy", 3, dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16)]
+    + [("ce_dice", 3, torch.float32), ("ce_dice", 300, torch.float32)],
+    ids=["ce-fp32", "ce-fp16", "ce-bf16", "ce_dice-one-launch", "ce_dice-two-pass"],
+)
+def test_ce_weights_zero_on_every_valid_pixel(name, C, dtype, gen):
     """CE's weighted mean divides by the valid pixels' weights: 0 when every valid label
     has weight 0, so the loss and the valid pixels' gradient are NaN as in F.cross_entropy
-    (the kernel once gave the gradient 0 there). C = 300 takes the two-pass path."""
-    entry = get("ce_dice")
-    C = 3 if fused else 300
+    (the kernel once gave the gradient 0 there), alone in every dtype (fp16 defers the
+    division to the backward) and in CE + Dice (C = 300 takes the two-pass path)."""
+    entry = get(name)
     w = [0.0] + [1.0] * (C - 1)
     x = torch.randn(2, C, 4, 5, generator=gen).to(DEVICE)
     t = torch.zeros(2, 4, 5, dtype=torch.long, device=DEVICE)
     t[0, 0, 0] = 255
     opts = {"weight": w, "ignore_index": 255}
     valid = (t != 255).unsqueeze(1).expand_as(x)
-    for fn in (entry.reference, entry.kernel):
-        loss, grad = run_with_grad(fn, x, t, opts)
+    for fn, xd in ((entry.reference, x.double()), (entry.kernel, x.to(dtype))):
+        loss, grad = run_with_grad(fn, xd, t, opts)
         assert torch.isnan(loss)
         assert torch.equal(grad.isnan(), valid) and (grad[~valid] == 0).all()  # as torch
 

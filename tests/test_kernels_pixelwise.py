@@ -19,7 +19,6 @@ from kernel_checks import (
     DTYPES,
     assert_matches,
     kernel_cases,
-    run_with_grad,
     to_channels_last,
 )
 
@@ -73,22 +72,6 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     assert torch.equal(grad, torch.zeros_like(grad))
     loss = entry.kernel(xg, t_all, **{**opts, "reduction": "sum"})
     assert loss.item() == 0.0
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_ce_weights_zero_on_every_valid_pixel(dtype, gen):
-    """A weighted 'mean' divides by the valid pixels' weights: 0 when each valid label has
-    weight 0, so the loss and the valid pixels' gradient are NaN, the ignored ones' 0, as in
-    F.cross_entropy; fp16 defers the division to the backward (``defers_mean``)."""
-    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
-    t = torch.zeros(2, 4, 5, dtype=torch.long, device=DEVICE)
-    t[0, 0, 0] = 255
-    opts = {"weight": [0.0, 1.0, 1.0], "ignore_index": 255}
-    valid = (t != 255).unsqueeze(1).expand_as(x)
-    for fn, xd in ((ref.cross_entropy, x.double()), (ker.cross_entropy, x.to(dtype))):
-        loss, grad = run_with_grad(fn, xd, t, opts)
-        assert torch.isnan(loss)
-        assert torch.equal(grad.isnan(), valid) and (grad[~valid] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
