@@ -647,7 +647,7 @@ def _ohem_labels(
         v, t, state, out, v.numel(), S, stb, sts, C, ign, max_nll, tiles,
         FLAT=flat, BLOCK=_SELECT_BLOCK,
     )  # fmt: skip
-    return out, state[3]
+    return out, state[3].clone()  # a view would not match the fake's fresh scalar
 
 
 @_ohem_labels.register_fake
