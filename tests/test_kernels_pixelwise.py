@@ -169,7 +169,9 @@ def test_logits_grad_accumulates_like_torch(gen):
     torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_no_grad_forward_writes_no_gradient(gen):
+def test_no_grad_forward_builds_no_graph(gen):
+    """The value of a forward under torch.no_grad, and no graph (tests/test_traffic.py checks
+    that it writes no gradient buffer either)."""
     x = torch.randn(2, 4, 5, 6, generator=gen).to(DEVICE).requires_grad_(True)
     y = torch.randint(0, 4, (2, 5, 6), generator=gen).to(DEVICE)
     with torch.no_grad():
@@ -204,6 +206,25 @@ def test_torch_compile_fullgraph(gen):
     (ref_grad,) = torch.autograd.grad(expected, x)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "softmax_focal_loss", "sigmoid_focal_loss"])
+def test_torch_compile_all_ignored_fp16_mean(name, gen):
+    """fp16 logits defer the 'mean' division to the backward; with every pixel ignored the
+    divisor is 0: compiled as in eager, the loss is NaN (0 / 0, as torch gives) and the
+    gradient zero, not 0 * inf. (Inductor's CPU code may turn 0 * inf into 0: the
+    'aot_eager' backend runs the traced backward's arithmetic as written.)"""
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE, torch.float16).requires_grad_(True)
+    y = torch.full((2, 4, 5), 255, device=DEVICE)
+    options = {"mode": "multiclass"} if name == "sigmoid_focal_loss" else {}
+    fn = getattr(ker, name)
+    compiled = [
+        torch.compile(lambda x, y: fn(x, y, ignore_index=255, **options), fullgraph=True, backend=b)
+        for b in ("aot_eager", "inductor")
+    ]
+    for loss in (fn(x, y, ignore_index=255, **options), *(step(x, y) for step in compiled)):
+        (grad,) = torch.autograd.grad(loss, x)
+        assert torch.isnan(loss) and torch.equal(grad, torch.zeros_like(grad))
 
 
 @pytest.mark.skipif(
