@@ -1,8 +1,9 @@
 """The byte counter behind ``segtriton traffic`` (Triton interpreter only), and what it
 says of the pixel-wise and region losses: they move what their byte model says, plus
 small per-program partials (a few percent at the small shapes the interpreter affords,
-less at full size), and no torch op beside the kernels touches a logits-sized tensor; and
-that the distance transform searches nothing for a map without sites."""
+less at full size), no torch op beside the kernels touches a logits-sized tensor, and a
+forward without grad writes no gradient; and that the distance transform searches
+nothing for a map without sites."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from segtriton.bench import traffic
 from segtriton.bench.cli import main
 from segtriton.kernels import interpreter_enabled
 from segtriton.kernels._runtime import _axpy_kernel
-from segtriton.registry import LOSSES, get
+from segtriton.registry import LOSSES, get, make_inputs
 
 pytestmark = pytest.mark.skipif(
     not interpreter_enabled(), reason="counts bytes in Triton's interpreter"
@@ -69,9 +70,25 @@ def test_losses_move_what_their_model_says(entry):
     assert model <= unique <= requested
     slack = 1.10 if entry.name == "mcc" else 1.08  # its partial rows hold a fourth sum
     assert unique <= slack * model, record.rows()[:8]
-    for (kernel, _), (read, *_rest) in record.bytes.items():
+    for (kernel, _), (read, written, *_rest) in record.bytes.items():
         if kernel.startswith("torch:"):
-            assert read < 0.05 * model, f"{kernel} moves {read} B of a {model} B model"
+            moved = read + written
+            assert moved < 0.05 * model, f"{kernel} moves {moved} B of a {model} B model"
+
+
+@pytest.mark.parametrize("entry", _MODELLED, ids=lambda e: e.name)
+def test_a_forward_without_grad_writes_no_gradient(entry):
+    """Under torch.no_grad, logits that require grad get no gradient buffer: the bytes
+    written stay far below the logits' size (the fused losses write one in a forward
+    with grad)."""
+    options = entry.variants[0]
+    C = 1 if entry.is_binary(options) else 19
+    x, t = make_inputs(entry, (2, C, 24, 40), options, torch.float32)
+    x.requires_grad_(True)
+    with torch.no_grad(), traffic.count_traffic() as record:
+        entry.kernel(x, t, **options)
+    written = sum(v[1] for v in record.bytes.values())
+    assert written < 0.1 * x.numel() * x.element_size(), record.rows()[:4]
 
 
 @pytest.mark.parametrize("name", ["boundary", "hausdorff_dt"])
