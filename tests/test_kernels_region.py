@@ -456,13 +456,15 @@ def test_process_group_needs_batch_scope(gen):
 
 def _global_dice_worker(rank: int, world: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(2 * world, 3, 5, 6, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (2 * world, 5, 6), generator=gen)
-    y[0] = 255
-    mine = slice(2 * rank, 2 * rank + 2)
-    for name in ("dice", "generalized_dice", "mcc"):  # the MCC's pixel counts too
-        entry = get(name)
-        opts = {"ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3}
+    sizes = [1 + 2 * r for r in range(world)]  # unequal local batches: sums are reduced
+    x = torch.randn(sum(sizes), 3, 5, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (sum(sizes), 5, 6), generator=gen)
+    y[-1] = 255
+    mine = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    names = ("dice", "generalized_dice", "mcc")
+    for name, reduction in itertools.product(names, ("mean", "sum", "none")):
+        entry = get(name)  # the MCC's pixel counts are reduced too
+        opts = {"ignore_index": 255, "smooth_nr": 1e-3, "smooth_dr": 1e-3, "reduction": reduction}
         opts = {k: v for k, v in opts.items() if entry.takes(k)}
         whole, whole_grad = run_with_grad(entry.reference, x, y, opts)
         kernel_x = x[mine].float().to(DEVICE)
@@ -480,5 +482,6 @@ def _global_dice_worker(rank: int, world: int, seed: int) -> None:
 
 def test_global_sums_across_two_gloo_processes(seed):
     """Batch-scope Dice / GDL / MCC with process_group equals the single-process loss on
-    the whole batch, loss and each rank's gradient slice (reference path and kernel path)."""
+    the whole batch, loss and each rank's gradient slice (reference path and kernel path),
+    for every reduction and with ranks holding 1 and 3 images."""
     on_two_gloo_ranks(_global_dice_worker, seed)
