@@ -136,7 +136,7 @@ def ce_dice_loss(
             process_group=process_group,
         )  # fmt: skip
     _unfused(process_group)
-    stats, _ = _region_sums(
+    stats = _region_sums(
         logits, target, "multiclass", ignore_index, scope, overlap_form(squared, soft_label),
         validate, None,
     )  # fmt: skip
@@ -285,7 +285,7 @@ def focal_dice_loss(
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lam_focal)
 
     def dice_alone():
-        stats, _ = _region_sums(
+        stats = _region_sums(
             logits, target, mode, ignore_index, scope, overlap_form(False, False), validate, None
         )
         return lambda_dice * _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)

@@ -70,6 +70,8 @@ from .pixelwise import _class_vector
 PIXEL_SOFTMAX, PIXEL_SIGMOID = 1, 2  # compound pixel terms fused into the two passes
 # what pass 1 and 2 read: sigmoid over masks, softmax over labels or over class probabilities
 TARGET_MASKS, TARGET_LABELS, TARGET_PROBS = 0, 1, 2
+# pass 1 / 2's pixel-term arguments (pixel, w, w2, smoothing, gamma, scale, focal) for none
+_NO_PIXEL = (0, None, None, 0.0, 0.0, 1.0, False)
 
 Weights = torch.Tensor | Sequence[float] | None
 
@@ -127,22 +129,11 @@ def _region_stats(
     kind: int,
     ignore_index: float | None,
     overlap: int,
-    pixel: int,
-    w: torch.Tensor | None,
-    w2: torch.Tensor | None,
-    smoothing: float,
-    gamma: float,
-    scale: float,
-    focal: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1 split: ``[B, 3, C]`` sums ``I, P, T`` and ``[B, 2]`` pixel-term sums."""
-    total = _pass1(
-        logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma, scale,
-        focal,
-    )  # fmt: skip
+) -> torch.Tensor:
+    """Pass 1 without a pixel term: the ``[B, 3, C]`` sums ``I, P, T``."""
+    total = _pass1(logits, target, kind, ignore_index, overlap, *_NO_PIXEL)
     B, C = logits.shape[:2]
-    sums = total[:, : 3 * C].reshape(B, 3, C).contiguous()
-    return sums, total[:, 3 * C :].clone()  # outputs may not alias each other
+    return total[:, : 3 * C].reshape(B, 3, C).contiguous()
 
 
 def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
@@ -163,9 +154,7 @@ def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
 @_region_stats.register_fake
 def _(logits, target, *params):
     B, C = logits.shape[:2]
-    return logits.new_empty((B, 3, C), dtype=torch.float32), logits.new_empty(
-        (B, 2), dtype=torch.float32
-    )
+    return logits.new_empty((B, 3, C), dtype=torch.float32)
 
 
 @op("segtriton::region_grad")
@@ -236,12 +225,12 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(logits, target)
 
 
-def _backward(ctx, grad_sums, grad_pix):
+def _backward(ctx, grad_sums):
     logits, target = ctx.saved_tensors
     d_i, d_p = grad_sums[:, 0].to(torch.float32), grad_sums[:, 1].to(torch.float32)
     coef = torch.stack([d_i + d_p, d_p], 1)
-    kpix = grad_pix[:, 0].to(torch.float32).contiguous()
-    grad = _region_grad(logits, target, coef, kpix, *ctx.params)
+    # kpix (here coef) is read only with a pixel term
+    grad = _region_grad(logits, target, coef, coef, *ctx.params, *_NO_PIXEL)
     return (grad,) + (None,) * (len(ctx.params) + 1)
 
 
@@ -543,8 +532,9 @@ def fused_args(
     focal: bool = False,
     labels_only: bool = False,
 ) -> tuple[torch.Tensor, tuple]:
-    """The checked target and the arguments of :func:`_region_loss` after it; the
-    pixel-term arguments are those of :func:`_region_sums`. A pixel term (or
+    """The checked target and the arguments of :func:`_region_loss` after it. The pixel
+    term (``pixel``: a ``PIXEL_*`` value, 0 for none) takes class weights ``w`` (and BCE's
+    ``w2``), label ``smoothing`` and the focal ``gamma``, ``scale`` and ``focal``; it (or
     ``labels_only``) needs integer labels in multiclass mode."""
     target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
     if kind == TARGET_PROBS and (pixel or labels_only):
@@ -582,25 +572,13 @@ def _region_sums(
     overlap: int,
     validate: bool,
     process_group: dist.ProcessGroup | None,
-    pixel: int = 0,
-    w: torch.Tensor | None = None,
-    w2: torch.Tensor | None = None,
-    smoothing: float = 0.0,
-    gamma: float = 0.0,
-    scale: float = 1.0,
-    focal: bool = False,
-) -> tuple[ref_region.RegionStats, torch.Tensor]:
-    """Checked inputs through pass 1: the region sums per unit and ``[2]`` (pixel-loss sum
-    and divisor over the batch; zeros without a pixel term)."""
+) -> ref_region.RegionStats:
+    """Checked inputs through pass 1: the region sums per unit."""
     target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
-    sums, pix = _region_stats(
-        logits, target, kind, ignore, overlap, pixel, w, w2, smoothing, gamma, scale, focal
-    )
-    sums = sums.movedim(1, 0)
+    sums = _region_stats(logits, target, kind, ignore, overlap).movedim(1, 0)
     if scope == "batch":
         sums = sums.sum(1)
-    stats = ref_region.stats_from_sums(ref_region.global_sums(sums, scope, process_group))
-    return stats, pix.sum(0)
+    return ref_region.stats_from_sums(ref_region.global_sums(sums, scope, process_group))
 
 
 def _weights(weight, include_background, logits, validate):
@@ -627,9 +605,7 @@ def region_stats(
     differentiable (the backward is pass 2). See the module docstring for ``validate``
     and ``process_group``."""
     overlap = overlap_form(squared, soft_label)
-    return _region_sums(
-        logits, target, mode, ignore_index, scope, overlap, validate, process_group
-    )[0]
+    return _region_sums(logits, target, mode, ignore_index, scope, overlap, validate, process_group)
 
 
 @kernel_api
