@@ -174,6 +174,14 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
+def _saved_index_dtypes(entry, x, t, opts) -> set[torch.dtype]:
+    """Dtypes of the integer ``[rows, *]`` tensors the loss saves for its backward."""
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s) or s, lambda s: s):
+        entry.kernel(x.detach().requires_grad_(True), t, **opts)
+    return {s.dtype for s in saved if s.dim() == 2 and not s.is_floating_point()}
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
 def test_sort_groups_and_index_dtype_change_nothing(entry, seed, gen, monkeypatch):
     """One row per sort call and int64 sort codes (the path of rows of 2^29 entries or more)
@@ -182,9 +190,11 @@ def test_sort_groups_and_index_dtype_change_nothing(entry, seed, gen, monkeypatc
     for opts in ({"ignore_index": 255}, {"ignore_index": 255, "per_image": True}):
         x, t = make_inputs(entry, (3, C, 5, 7), opts, torch.float32, gen, 0.2, device=DEVICE)
         default = run_with_grad(entry.kernel, x, t, opts, seed)
+        assert torch.int64 not in _saved_index_dtypes(entry, x, t, opts)
         monkeypatch.setattr(lovasz_mod, "SORT_MIN_ENTRIES", 1)
         monkeypatch.setattr(lovasz_mod, "SORT_PIECES", 10**6)  # one row per call
         monkeypatch.setattr(lovasz_mod, "INT32_ENTRIES", 0)
+        assert torch.int64 in _saved_index_dtypes(entry, x, t, opts)  # the int64 codes ran
         for got, want in zip(run_with_grad(entry.kernel, x, t, opts, seed), default, strict=True):
             assert torch.equal(got, want), (seed, opts)
         monkeypatch.undo()
