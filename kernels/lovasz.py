@@ -250,8 +250,8 @@ def lovasz_hinge_loss(
     check_mode(mode, logits)
     target = checked_target(logits, target, False, ignore_index, False)
     if validate:
-        t, valid = check_masks(logits, target, ignore_index)
-        if bool((valid & (t != 0) & (t != 1)).any()):
+        t, _ = check_masks(logits, target, ignore_index)  # ignored entries read as 0
+        if bool(((t != 0) & (t != 1)).any()):
             raise ValueError("lovasz_hinge_loss needs hard {0, 1} targets, got soft values")
     if logits.shape[1] > 1:
         logits, target = _pooled_channels(logits, target)
