@@ -280,6 +280,8 @@ def _sync_worker(rank: int, world: int, seed: int) -> None:
     whole = ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), 3, 2.0)
     for key, v in whole.items():
         assert torch.equal(acc.values[key].nan_to_num(-1), v.nan_to_num(-1)), key
+    acc.update(preds[mine].to(DEVICE), target[mine].to(DEVICE))  # local again until a sync
+    assert acc.values["hd"].shape[0] == 2 * (mine.stop - mine.start)
 
 
 def test_streaming_surface_metrics_sync_across_two_gloo_processes(seed):
