@@ -174,11 +174,17 @@ def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
-def _saved_index_dtypes(entry, x, t, opts) -> set[torch.dtype]:
-    """Dtypes of the integer ``[rows, *]`` tensors the loss saves for its backward."""
+def _forward_saving(entry, x, t, opts) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss of a forward with grad, and the tensors it saves for its backward."""
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s) or s, lambda s: s):
-        entry.kernel(x.detach().requires_grad_(True), t, **opts)
+        loss = entry.kernel(x, t, **opts)
+    return loss, saved
+
+
+def _saved_index_dtypes(entry, x, t, opts) -> set[torch.dtype]:
+    """Dtypes of the integer ``[rows, *]`` tensors the loss saves for its backward."""
+    _, saved = _forward_saving(entry, x.detach().requires_grad_(True), t, opts)
     return {s.dtype for s in saved if s.dim() == 2 and not s.is_floating_point()}
 
 
@@ -207,9 +213,7 @@ def test_saved_for_backward_is_small(entry, gen):
     C = entry.fit_classes(5)
     x, t = make_inputs(entry, (2, C, 9, 11), {}, torch.float32, gen, 0.2, device=DEVICE)
     x.requires_grad_()
-    saved: list[torch.Tensor] = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s) or s, lambda s: s):
-        loss = entry.kernel(x, t)
+    loss, saved = _forward_saving(entry, x, t, {})
     inputs = {x.data_ptr(), t.data_ptr()}
     extra = sum(s.numel() * s.element_size() for s in saved if s.data_ptr() not in inputs)
     per_logit = 8 if entry.name == "lovasz_hinge" else 4
