@@ -415,9 +415,8 @@ def _topk_region_loss(
     the cross-entropy gradient (class weights ``w``, label ``smoothing``), so the region
     loss's two passes carry both terms."""
     loss, out = _loss_and_coefs(
-        logits, target, kind, ignore_index, overlap, 0, None, None, 0.0, 0.0, 1.0, False,
-        cw, gvec, floats, flags,
-    )  # fmt: skip
+        logits, target, kind, ignore_index, overlap, *_NO_PIXEL, cw, gvec, floats, flags
+    )
     return loss + pix_total, out
 
 
