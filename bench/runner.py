@@ -159,7 +159,7 @@ def run_case(
     grad = None  # of the loss times scale
     if need_grad:
         scaled = loss * scale if scale != 1.0 else loss
-        grad = torch.autograd.grad(scaled, xg, retain_graph=case.mode == "bwd")[0]
+        grad = torch.autograd.grad(scaled, xg)[0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["first_call_s"] = time.perf_counter() - t0  # compile / JIT time included
