@@ -102,6 +102,8 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
     assert (eager.median_ms > 0).all() and (eager.pct_of_copy_bw > 0).all()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["copy_bandwidth_gbps"] > 0 and meta["torch"] == torch.__version__
+    floor = 100 * eager.gbps / meta["copy_bandwidth_gbps"]
+    assert eager.pct_of_copy_bw.tolist() == pytest.approx(floor.tolist(), rel=1e-6)
     report = (out / "report.md").read_text()
     assert "## Recommendation" in report and "failed correctness or errored" in report
     assert (out / "time.png").stat().st_size > 0
@@ -116,6 +118,9 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
     assert len(meta["commands"]) == 2 and "--resume" in meta["commands"][1]
     assert "`, then `" in (out / "report.md").read_text()
     assert main(["report", str(out)]) == 0
+    # without --resume, the folder's rows are replaced
+    main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", "--losses", "dice"])
+    assert len(pd.read_json(out / "rows.json")) == 4
 
 
 def _run(path, ms):

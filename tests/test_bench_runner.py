@@ -1,0 +1,129 @@
+"""The sweep runner's parts on a CPU: the error measures, each correctness gate failing a row
+on its own, the layout and mode a row names, the timed steps, speedups and the progress line."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from segtriton.bench import runner
+from segtriton.registry import get
+
+CPU = torch.device("cpu")
+
+
+def _case(loss: str, provider: str = "eager", mode: str = "fwd+bwd", fmt: str = "contiguous"):
+    shape = get(loss).fit_shape((2, 3, 5, 7), get(loss).variants[0])
+    return runner.Case(loss, provider, shape, "fp32", "int64", mode, fmt, 0.0)
+
+
+def test_relative_error_counts_nan_and_shape_as_misses():
+    nan, inf = math.nan, math.inf
+    assert runner._max_rel(torch.tensor([nan, 2.0]), torch.tensor([nan, 4.0])) == 0.5
+    assert runner._max_rel(torch.tensor([nan, 2.0]), torch.tensor([1.0, 2.0])) == inf
+    assert runner._max_rel(torch.zeros(3), torch.zeros(3)) == 0  # an all-zero gradient
+    assert runner._max_rel(torch.ones(2, 3), torch.ones(3)) == inf  # no broadcasting
+    assert runner._off_share(torch.ones(2, 3), torch.ones(3), 1e-4) == inf
+
+
+def _wrapped(monkeypatch, wrap):
+    """Every provider's function passed through ``wrap(fn)``."""
+    real = runner.make_provider
+    monkeypatch.setattr(runner, "make_provider", lambda case, entry: wrap(real(case, entry)))
+
+
+def test_a_loss_value_off_fails_a_row_whose_gradient_is_right(monkeypatch):
+    def off(fn):
+        def loss(x, t, **o):
+            value = fn(x, t, **o)
+            return value + 1e-3 * value.detach()  # the value 0.1% high, the same gradient
+
+        return loss
+
+    _wrapped(monkeypatch, off)
+    for mode in ("fwd", "fwd+bwd"):
+        row = runner.run_case(_case("dice", mode=mode), CPU, copy_gbps=1.0, reps=1)
+        assert row["loss_rel_err"] == pytest.approx(1e-3, rel=1e-3), row
+        assert not row["passed"], row
+    assert row["grad_rel_err"] < 1e-5, row
+
+
+def test_a_kinked_loss_fails_on_the_share_of_its_gradient_off(monkeypatch):
+    """A gradient twice the right one fails the erosion Hausdorff row (gated on the share of
+    entries off the tolerance, not on the largest error)."""
+    entry = get("hausdorff_er")
+    assert entry.kinked
+    row = runner.run_case(_case(entry.name), CPU, copy_gbps=1.0, reps=1)
+    assert row["passed"] and row["grad_off_share"] == 0, row
+
+    def doubled(fn):  # the same value, twice the gradient
+        return lambda x, t, **o: fn(x.detach() + 2 * (x - x.detach()), t, **o)
+
+    _wrapped(monkeypatch, doubled)
+    row = runner.run_case(_case(entry.name), CPU, copy_gbps=1.0, reps=1)
+    assert row["loss_rel_err"] < 1e-6 and row["grad_off_share"] > 0.1, row
+    assert not row["passed"], row
+
+
+def test_a_row_runs_the_layout_and_mode_it_names(monkeypatch):
+    seen = []
+
+    def record(fn):
+        def loss(x, t, **o):
+            seen.append((x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)))
+            return fn(x, t, **o)
+
+        return loss
+
+    _wrapped(monkeypatch, record)
+    for fmt, layout in (("channels_last", (False, True)), ("contiguous", (True, False))):
+        seen.clear()
+        row = runner.run_case(_case("dice", fmt=fmt), CPU, copy_gbps=1.0, reps=1)
+        assert row["passed"] and set(seen) == {layout}, (fmt, seen)
+    row = runner.run_case(_case("dice", mode="bwd"), CPU, copy_gbps=1.0, reps=1)
+    assert row["passed"] and row["grad_rel_err"] < 1e-5, row  # bwd rows check the gradient
+    row = runner.run_case(_case("dice", mode="fwd"), CPU, copy_gbps=1.0, reps=1)
+    assert row["passed"] and math.isnan(row["grad_rel_err"]), row
+
+
+def test_timed_steps_scale_the_backward_and_time_a_forward_without_a_graph():
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+
+    def forward():
+        return (x**2).sum()
+
+    for mode in ("fwd+bwd", "bwd"):
+        (grad,) = runner.make_step(mode, forward, x, scale=4.0)()
+        torch.testing.assert_close(grad, 8 * x.detach(), rtol=0, atol=0)
+    assert not runner.make_step("fwd", forward, x)().requires_grad
+
+
+def test_speedups_compare_rows_of_the_same_case_only():
+    base = {"loss": "dice", "shape": "2x3x4x4", "label_dtype": "int64", "mode": "fwd+bwd"}
+    base |= {"memory_format": "contiguous", "ignore_frac": 0.0}
+    rows = [
+        {**base, "dtype": "fp32", "provider": "eager", "median_ms": 4.0},
+        {**base, "dtype": "fp32", "provider": "compile", "median_ms": 2.0},
+        {**base, "dtype": "fp32", "provider": "triton", "median_ms": 1.0},
+        {**base, "dtype": "bf16", "provider": "eager", "median_ms": 8.0},
+        {**base, "dtype": "bf16", "provider": "triton", "median_ms": 1.0},
+    ]
+    df = runner.add_ratios(pd.DataFrame(rows))
+    assert len(df) == 5
+    tri = df[df.provider == "triton"].set_index("dtype")
+    assert tri.speedup_vs_eager.to_dict() == {"fp32": 4.0, "bf16": 8.0}
+    assert tri.speedup_vs_compile["fp32"] == 2.0 and math.isnan(tri.speedup_vs_compile["bf16"])
+
+
+def test_progress_line_counts_from_one_and_gives_an_eta(monkeypatch, capsys):
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: 1090.0)
+    runner.progress(3, 12, 1000.0, "dice eager")
+    runner.progress(0, 12, 1000.0, "dice triton")
+    assert capsys.readouterr().err.splitlines() == [
+        "[ 4/12] 01:30 elapsed, ETA 04:30  dice eager",
+        "[ 1/12] 01:30 elapsed, ETA --:--  dice triton",
+    ]
+
