@@ -127,3 +127,9 @@ def test_progress_line_counts_from_one_and_gives_an_eta(monkeypatch, capsys):
         "[ 1/12] 01:30 elapsed, ETA --:--  dice triton",
     ]
 
+
+def test_saved_rows_keep_small_errors(tmp_path):
+    row = _case("dice").as_row() | {"loss_rel_err": 1.2345e-12, "median_ms": 0.5}
+    runner.save_rows(tmp_path, [row])
+    (saved,) = runner.load_rows(tmp_path)
+    assert saved["loss_rel_err"] == pytest.approx(1.2345e-12, rel=1e-3)
