@@ -160,12 +160,18 @@ def _chart_time(df: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def _chart_speedup(df: pd.DataFrame, path: Path, base: str) -> bool:
+def speedup_table(df: pd.DataFrame, base: str) -> pd.DataFrame:
+    """Median speedup of the Triton rows over ``base``: classes C down, pixels across
+    (the median is over losses, dtypes and modes; other providers' rows are not in it)."""
     tri = df[(df.provider == "triton") & df[f"speedup_vs_{base}"].notna()]
-    if tri.empty:
-        return False
     tri = tri.assign(C=tri["shape"].map(_classes), px=tri["shape"].map(_pixels))
-    table = tri.groupby(["C", "px"])[f"speedup_vs_{base}"].median().unstack("px")
+    return tri.groupby(["C", "px"])[f"speedup_vs_{base}"].median().unstack("px")
+
+
+def _chart_speedup(df: pd.DataFrame, path: Path, base: str) -> bool:
+    table = speedup_table(df, base)
+    if table.empty:
+        return False
     fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 3, 0.6 * table.shape[0] + 2))
     im = ax.imshow(
         np.log2(table.values.astype(float)), cmap="RdYlGn", vmin=-4, vmax=4, aspect="auto"

@@ -1,0 +1,131 @@
+"""Reports from saved rows: the production recommendation, shape regimes, tables, merged
+runs, the speedup heatmap's numbers, pytest-benchmark rows and the comparison of two runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from segtriton.bench import report
+
+NAN = math.nan
+
+
+def _row(provider: str, shape: str, median_ms: float, passed: bool | None = True, **extra):
+    return {
+        "loss": "dice",
+        "provider": provider,
+        "shape": shape,
+        "dtype": "fp32",
+        "label_dtype": "int64",
+        "mode": "fwd+bwd",
+        "memory_format": "contiguous",
+        "ignore_frac": 0.0,
+        "median_ms": median_ms,
+        "passed": passed,
+        **extra,
+    }
+
+
+def _save(path, rows):
+    path.mkdir()
+    (path / "rows.json").write_text(json.dumps(rows))
+    return path
+
+
+def test_regimes_split_at_their_stated_bounds():
+    assert report._regime("1x2x1024x1024") == "binary (C<=2), <=1M px"
+    assert report._regime("1x3x1024x1025") == "C<=32, <=16M px"
+    assert report._regime("16x32x1024x1024") == "C<=32, <=16M px"
+    assert report._regime("17x33x1024x1024") == "C>32, >16M px"
+
+
+def test_the_recommendation_is_the_fastest_provider_that_passed():
+    small, larger, binary = "2x19x64x64", "2x19x128x128", "2x2x64x64"
+    rows = [
+        _row("triton", small, 1.0),
+        _row("triton", larger, 2.0),
+        _row("smp", small, 2.0),
+        _row("smp", larger, 3.0),
+        _row("eager", small, 4.0),
+        _row("eager", larger, 10.0),
+        _row("compile", small, 0.5, passed=False),  # fastest, but wrong
+        _row("monai", small, 0.1, passed=None),  # pytest-benchmark: never checked
+        _row("kornia", larger, NAN),  # not timed
+        _row("eager", binary, 1.0),
+        _row("triton", binary, 2.0),
+    ]
+    rec = report.recommendations(pd.DataFrame(rows)).set_index("regime")
+    assert sorted(rec.index) == ["C<=32, <=1M px", "binary (C<=2), <=1M px"]
+    multi = rec.loc["C<=32, <=1M px"]
+    assert multi["use"] == "triton" and multi["median ms"] == 1.5  # medians over the shapes
+    assert multi["x faster than next"] == pytest.approx(2.5 / 1.5)  # smp
+    assert multi["x faster than eager"] == pytest.approx(7.0 / 1.5)
+    assert multi["cases"] == 2
+    binary_rec = rec.loc["binary (C<=2), <=1M px"]
+    assert binary_rec["use"] == "eager" and binary_rec["x faster than next"] == 2.0
+
+
+def test_markdown_tables_round_floats_and_dash_nan():
+    df = pd.DataFrame({"a": [1.23456, NAN, 123456.7], "b": ["x", "y", "z"]})
+    assert report.md_table(df).splitlines() == [
+        "| a | b |",
+        "|---|---|",
+        "| 1.23 | x |",
+        "| - | y |",
+        "| 123457 | z |",
+    ]
+
+
+def test_a_later_run_wins_on_the_same_case(tmp_path):
+    a = _save(tmp_path / "a", [_row("triton", "2x3x4x4", 1.0), _row("eager", "2x3x4x4", 4.0)])
+    b = _save(tmp_path / "b", [_row("triton", "2x3x4x4", 2.0)])
+    df, _ = report.load_runs([a, b])
+    assert df.set_index("provider").median_ms.to_dict() == {"triton": 2.0, "eager": 4.0}
+    assert df.set_index("provider").speedup_vs_eager["triton"] == 2.0
+
+
+def test_the_speedup_heatmap_reads_triton_rows_only():
+    rows = [
+        _row("triton", "2x19x64x64", 1.0, speedup_vs_eager=4.0),
+        _row("triton", "2x19x64x64", 1.0, speedup_vs_eager=2.0),
+        _row("eager", "2x19x64x64", 4.0, speedup_vs_eager=1.0),
+        _row("triton", "2x150x64x64", 1.0, speedup_vs_eager=NAN),
+    ]
+    table = report.speedup_table(pd.DataFrame(rows), "eager")
+    assert table.to_dict() == {2 * 64 * 64: {19: 3.0}}
+
+
+def test_pytest_benchmark_rows_are_charted_never_recommended(tmp_path):
+    bench = tmp_path / "bench.json"
+    info = _row("triton", "2x3x4x4", NAN) | {"device": "cpu", "copy_gbps": 10.0}
+    del info["median_ms"], info["passed"]
+    stats = {"median": 2e-3, "q1": 1e-3, "q3": 4e-3, "rounds": 7}
+    bench.write_text(json.dumps({"benchmarks": [{"extra_info": info, "stats": stats}]}))
+    df, (meta,) = report.load_runs([bench])
+    (row,) = df.to_dict(orient="records")
+    assert (row["median_ms"], row["p20_ms"], row["p80_ms"], row["reps"]) == (2.0, 1.0, 4.0, 7)
+    assert row["passed"] is None and meta["copy_bandwidth_gbps"] == 10.0
+    assert report.recommendations(df).empty
+
+
+def test_the_report_counts_interpreter_rows(tmp_path):
+    rows = [
+        _row("triton", "2x3x4x4", NAN, timer="not measured (Triton interpreter)"),
+        _row("triton", "2x3x8x8", NAN, timer="not measured (Triton interpreter)"),
+        _row("triton", "2x3x16x16", 1.0, p20_ms=0.9, p80_ms=1.1),
+        _row("eager", "2x3x4x4", 2.0, p20_ms=1.9, p80_ms=2.1),
+    ]
+    run = _save(tmp_path / "run", rows)
+    text = report.build_report([run], run).read_text()
+    assert "2 Triton row(s) ran in Triton's CPU interpreter" in text
+
+
+def test_compare_lists_rows_timed_in_both_runs(tmp_path):
+    a = _save(tmp_path / "a", [_row("triton", "2x3x4x4", 1.0), _row("eager", "2x3x4x4", 2.0)])
+    b = _save(tmp_path / "b", [_row("triton", "2x3x4x4", 1.01), _row("eager", "2x3x4x4", NAN)])
+    table, regressions = report.compare(a, b, threshold=0.05)
+    assert list(table.provider) == ["triton"] and regressions == 0
