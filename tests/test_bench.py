@@ -401,6 +401,10 @@ def test_every_provider_of_a_case_gets_the_same_inputs():
     cache: dict = {}
     x, _ = runner.case_inputs(cases[0], entry, options, device, cache)
     assert runner.case_inputs(cases[1], entry, options, device, cache)[0] is x
+    # a provider whose options take masks (a peer's option set) gets masks, not the cache's
+    masks = {**options, "mode": "multilabel"}
+    _, t = runner.case_inputs(cases[2], entry, masks, device, cache)
+    assert t.shape == x.shape and t.is_floating_point()
 
 
 def test_masks_take_the_logits_dtype_and_the_byte_model_follows():
