@@ -12,7 +12,14 @@ import torch
 from segtriton.bench import runner
 from segtriton.bench.cli import main
 from segtriton.bench.report import compare
-from segtriton.bench.spec import PRESETS, SpecError, expand, load_spec, provider_options
+from segtriton.bench.spec import (
+    FORMATS,
+    PRESETS,
+    SpecError,
+    expand,
+    load_spec,
+    provider_options,
+)
 from segtriton.registry import get, make_inputs, minimal_bytes
 
 
@@ -42,12 +49,44 @@ def test_presets_expand_and_adapt_binary_losses():
         ({"shapes": [[2, 3]]}, "is not \\[B, C, \\*spatial\\]"),
         ({"shapes": [[2, 3, 0, 4]]}, "positive ints"),
         ({"ignore_frac": 1.5}, r"ignore_frac must be a number in \[0, 1\)"),
+        ({"ignore_frac": 1.0}, r"ignore_frac must be a number in \[0, 1\)"),
+        ({"ignore_frac": False}, r"ignore_frac must be a number in \[0, 1\), got False"),
+        ({"dtypes": []}, r"dtypes must be a non-empty list of names, got \[\]"),
+        ({"shapes": [[2, True, 4, 4]]}, "positive ints"),
         ({"shape": [[2, 3, 4, 4]]}, r"unknown keys \['shape'\]"),
     ],
 )
 def test_bad_specs_are_named(change, message):
     with pytest.raises(SpecError, match=message):
         expand({**load_spec("quick"), **change})
+
+
+def test_a_spec_needs_losses_and_shapes():
+    with pytest.raises(SpecError, match="give a preset or a spec file"):
+        load_spec()
+    quick = load_spec("quick")
+    del quick["shapes"]
+    with pytest.raises(SpecError, match="a spec needs 'losses' and 'shapes'"):
+        expand(quick)
+
+
+def test_expand_leaves_out_cases_a_loss_cannot_run_and_repeats():
+    spec = {**load_spec("quick"), "providers": ["eager"], "ignore_frac": 0.1}
+
+    def cases(losses, shapes, **more):
+        return expand({**spec, "losses": losses, "shapes": shapes, **more})
+
+    assert cases(["boundary"], [[2, 1, 8, 8]]) == []  # it needs two classes
+    layouts = cases(["dice"], [[2, 3, 16], [2, 3, 4, 4]], memory_formats=FORMATS)
+    assert [(len(c.shape), c.memory_format) for c in layouts] == [
+        (3, "contiguous"), (4, "contiguous"), (4, "channels_last")
+    ]  # fmt: skip
+    # a binary loss takes C = 1 from both shapes: one case, not two
+    hinge = cases(["lovasz_hinge"], [[2, 3, 8, 8], [2, 5, 8, 8]])
+    assert [c.shape for c in hinge] == [(2, 1, 8, 8)]
+    # no pixel of a loss without ignore_index is ignored, and its rows say so
+    fracs = {c.loss: c.ignore_frac for c in cases(["dice", "cross_entropy_probs"], [[2, 3, 4, 4]])}
+    assert fracs == {"dice": 0.1, "cross_entropy_probs": 0.0}
 
 
 def test_cli_reports_a_bad_spec_file(tmp_path, capsys):
@@ -71,6 +110,12 @@ def test_byte_models():
     assert minimal_bytes(ce, shape, bf16, i64, "fwd+bwd") == 2 * logits + labels
     assert minimal_bytes(ce, shape, bf16, i64, "fwd") == logits + labels
     assert minimal_bytes(dice, shape, bf16, i64, "fwd+bwd") == 3 * logits + 2 * labels
+    assert minimal_bytes(ce, shape, bf16, i64, "bwd") == logits  # the gradient, written
+    assert minimal_bytes(dice, shape, bf16, i64, "bwd") == 2 * logits + labels  # pass 2
+    masks = logits  # bf16 masks, one per logit
+    assert minimal_bytes(get("bce"), shape, bf16, bf16, "fwd+bwd") == 2 * logits + masks
+    multilabel = {"mode": "multilabel"}
+    assert minimal_bytes(dice, shape, bf16, bf16, "fwd", multilabel) == logits + masks
 
 
 def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
@@ -118,9 +163,11 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
     assert len(meta["commands"]) == 2 and "--resume" in meta["commands"][1]
     assert "`, then `" in (out / "report.md").read_text()
     assert main(["report", str(out)]) == 0
-    # without --resume, the folder's rows are replaced
-    main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", "--losses", "dice"])
-    assert len(pd.read_json(out / "rows.json")) == 4
+    # without --resume, the folder's rows are replaced; --dtypes and --modes narrow the spec
+    args = ["--losses", "dice", "--dtypes", "bf16", "--modes", "fwd"]
+    main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", *args])
+    rows = pd.read_json(out / "rows.json")
+    assert len(rows) == 2 and set(rows.dtype + " " + rows["mode"]) == {"bf16 fwd"}
 
 
 def _run(path, ms):
@@ -282,11 +329,23 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
             pct_of_copy_bw=85.0,
             extra_mem_beyond_grad_mb=3.0,
         ),
+        # an earlier run's row: the later one below judges the target
+        _target_row("cross_entropy", "triton", CITYSCAPES, "fp32", 1.0, pct_of_copy_bw=90.0),
         _target_row("cross_entropy", "triton", CITYSCAPES, "fp32", 1.0, pct_of_copy_bw=60.0),
-        # the timed row of another mode or label dtype must not stand in for the target's
+        _target_row("sigmoid_focal_ovr", "triton", CITYSCAPES, "bf16", 1.0, pct_of_copy_bw=80.0),
+        # the timed row of another mode or layout must not stand in for the target's
         _target_row(
             "cross_entropy", "triton", ADE20K, "bf16", 1.0, pct_of_copy_bw=99.0, mode="fwd"
         ),
+        _target_row(
+            "cross_entropy",
+            "triton",
+            ADE20K,
+            "bf16",
+            1.0,
+            pct_of_copy_bw=99.0,
+            memory_format="channels_last",
+        ),  # fmt: skip
         _target_row("dice", "triton", ADE20K, "fp32", 1.0, passed=False),
         _target_row(
             "dice",
@@ -327,12 +386,22 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
                             "pct_of_copy_bw": 91.0,
                         },
                     },
+                    {
+                        "group": "confusion_matrix logits 16x150x512x512",
+                        "stats": {"median": 1e-3},
+                        "extra_info": {
+                            "provider": "triton",
+                            "preds": "logits",
+                            "shape": "16x150x512x512",
+                            "pct_of_copy_bw": 76.0,
+                        },
+                    },
                 ]
             }
         )
     )
     extras = bench_extras(bench)
-    assert {r["loss"] for r in extras} == {"edt", "confusion_labels"}
+    assert {r["loss"] for r in extras} == {"edt", "confusion_labels", "confusion_logits"}
     table = evaluate(pd.concat([pd.DataFrame(rows), pd.DataFrame(extras)], ignore_index=True))
     status = dict(zip(table.target, table.status, strict=True))
 
@@ -342,6 +411,7 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
 
     assert of("cross_entropy 8x19x512x1024 bf16", "copy bandwidth") == "met"
     assert of("cross_entropy 8x19x512x1024 fp32", "copy bandwidth") == "missed"
+    assert of("sigmoid_focal_ovr 8x19x512x1024 bf16", "copy bandwidth") == "met"  # 80% of 80%
     assert of("cross_entropy 8x19x512x1024 bf16", "memory") == "met"
     assert of("cross_entropy 16x150x512x512 bf16", "copy bandwidth") == "not measured"
     assert of("dice 16x150x512x512 fp32", "copy bandwidth") == "failed check"
@@ -353,8 +423,25 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
     assert of("edt 8x512x512", "scipy") == "met"  # 250x
     assert of("confusion_labels 8x19x1024x2048", "copy") == "met"
     assert of("confusion_labels 16x150x512x512", "copy") == "not measured"
+    assert of("confusion_logits 16x150x512x512 bf16", "copy") == "met"
     measured = dict(zip(table.target, table.measured, strict=True))
     assert measured["ce_dice 8x19x512x1024 bf16: <= 1.15x the time of dice"] == "1.1x"
+
+
+def test_memory_targets_state_their_bound_and_bf16_cases_come_first():
+    from segtriton.bench.targets import CITYSCAPES, SLACK_BYTES, Target, sweep_cases
+
+    pixels = 8 * 512 * 1024
+    ce = Target(3, "cross_entropy", CITYSCAPES, "bf16", "memory", 0, per_pixel=8, per_unit=8)
+    assert ce.memory_bound_mb() == (8 * pixels + 8 * 8 * 19 + SLACK_BYTES) / 2**20
+    assert ce.describe() == (
+        "cross_entropy 8x19x512x1024 bf16: extra memory <= 8 B/pixel + 8 B/(image, class) + 16 MiB"
+    )
+    lovasz = Target(7, "lovasz_softmax", CITYSCAPES, "bf16", "memory", 0, per_logit=12)
+    assert lovasz.memory_bound_mb() == (12 * pixels * 19 + SLACK_BYTES) / 2**20
+    # a sweep of the targets cut short by its time cap keeps the bf16 rows
+    dtypes = [dtype for _, _, dtype in sweep_cases()]
+    assert dtypes == sorted(dtypes, key=lambda d: d != "bf16") and set(dtypes) == {"bf16", "fp32"}
 
 
 def test_targets_prefer_graph_replays_for_floor_and_ratio():
