@@ -99,13 +99,17 @@ def test_the_speedup_heatmap_reads_triton_rows_only():
     assert table.to_dict() == {2 * 64 * 64: {19: 3.0}}
 
 
-def test_pytest_benchmark_rows_are_charted_never_recommended(tmp_path):
-    bench = tmp_path / "bench.json"
+def _benchmark_file(path):
+    """A ``pytest --benchmark --benchmark-json`` file with one loss row."""
     info = _row("triton", "2x3x4x4", NAN) | {"device": "cpu", "copy_gbps": 10.0}
     del info["median_ms"], info["passed"]
     stats = {"median": 2e-3, "q1": 1e-3, "q3": 4e-3, "rounds": 7}
-    bench.write_text(json.dumps({"benchmarks": [{"extra_info": info, "stats": stats}]}))
-    df, (meta,) = report.load_runs([bench])
+    path.write_text(json.dumps({"benchmarks": [{"extra_info": info, "stats": stats}]}))
+    return path
+
+
+def test_pytest_benchmark_rows_are_charted_never_recommended(tmp_path):
+    df, (meta,) = report.load_runs([_benchmark_file(tmp_path / "bench.json")])
     (row,) = df.to_dict(orient="records")
     assert (row["median_ms"], row["p20_ms"], row["p80_ms"], row["reps"]) == (2.0, 1.0, 4.0, 7)
     assert row["passed"] is None and meta["copy_bandwidth_gbps"] == 10.0
@@ -129,3 +133,10 @@ def test_compare_lists_rows_timed_in_both_runs(tmp_path):
     b = _save(tmp_path / "b", [_row("triton", "2x3x4x4", 1.01), _row("eager", "2x3x4x4", NAN)])
     table, regressions = report.compare(a, b, threshold=0.05)
     assert list(table.provider) == ["triton"] and regressions == 0
+
+
+def test_the_report_of_a_benchmark_file_goes_beside_it(tmp_path):
+    from segtriton.bench.cli import main
+
+    assert main(["report", str(_benchmark_file(tmp_path / "bench.json"))]) == 0
+    assert "1 row(s) come from pytest-benchmark" in (tmp_path / "report.md").read_text()

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import triton
 
 import segtriton
 from segtriton.kernels import interpreter_problem
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "segtriton.bench.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
 
 
@@ -56,3 +61,24 @@ def test_interpreter_problem_names_the_incompatible_versions(
     assert (problem is not None) == broken
     if broken:
         assert "triton>=3.7" in problem and numpy_version in problem
+
+
+def test_a_sweep_runs_the_kernels_where_it_can_without_being_told(tmp_path):
+    """`segtriton sweep` on a fresh shell: without a GPU it picks Triton's interpreter
+    itself (TRITON_INTERPRET unset), so the Triton rows are checked, not errors."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    args = ["--losses", "cross_entropy", "--providers", "triton", "--reps", "1"]
+    out = _run("sweep", *args, "--out", str(tmp_path), env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 2 and all(row["passed"] for row in rows)
+    if not torch.cuda.is_available():
+        assert {row["timer"] for row in rows} == {"not measured (Triton interpreter)"}
+
+
+def test_the_default_run_folder_is_named_after_the_device(monkeypatch):
+    from segtriton.bench import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert cli._default_out("lease") == Path("results/nvidia-h100-80gb-hbm3/lease")
