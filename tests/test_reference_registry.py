@@ -165,3 +165,21 @@ def test_sum_and_mean_agree_with_none(entry, gen):
     torch.testing.assert_close(none.sum(), total, rtol=1e-12, atol=1e-12)
     mean = entry.reference(x, t, reduction="mean", **opts)
     assert torch.isfinite(mean)
+
+
+def test_variant_fits_reads_class_lists_and_per_class_vectors():
+    assert variant_fits({"classes": [0, 2]}, 3) and not variant_fits({"classes": [0, 2]}, 2)
+    assert variant_fits({"weight": [1.0, 2.0]}, 2) and not variant_fits({"weight": [1.0, 2.0]}, 3)
+    assert variant_fits({"mode": "multilabel", "reduction": "sum"}, 1)
+
+
+def test_inputs_ignore_and_soften_only_as_asked(gen):
+    entries = {e.name: e for e in LOSSES}
+    shape = (2, 3, 8, 8)
+    _, t = make_inputs(entries["dice"], shape, {}, generator=gen, ignore_frac=0.5)
+    assert (t == 255).any()
+    # no ignore_index: its masks stay 0 / 1
+    _, t = make_inputs(entries["cross_entropy_probs"], shape, {}, generator=gen, ignore_frac=0.5)
+    assert ((t == 0) | (t == 1)).all()
+    _, t = make_inputs(entries["cross_entropy_probs"], shape, {}, generator=gen, soft=True)
+    assert ((t > 0) & (t < 1)).all()
