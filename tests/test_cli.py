@@ -82,3 +82,26 @@ def test_the_default_run_folder_is_named_after_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert cli._default_out("lease") == Path("results/nvidia-h100-80gb-hbm3/lease")
+
+
+def test_pytest_benchmark_writes_rows_the_report_reads(tmp_path):
+    """`pytest --benchmark` (here two eager cases of the quick preset) writes a JSON file
+    whose rows carry the case, GB/s and the copy-bandwidth fraction, and `segtriton
+    report` charts it."""
+    root = Path(__file__).resolve().parent.parent
+    result = tmp_path / "bench.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--benchmark", "tests/test_benchmarks.py", "-q",
+         "-p", "no:cacheprovider", "-k", "cross_entropy and eager",
+         f"--benchmark-json={result}"],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    benches = json.loads(result.read_text())["benchmarks"]
+    assert len(benches) == 2
+    for bench in benches:
+        info = bench["extra_info"]
+        assert (info["loss"], info["provider"]) == ("cross_entropy", "eager")
+        assert info["pct_of_copy_bw"] > 0 and info["bytes"] > 0
+    assert _run("report", str(result)).returncode == 0
+    assert "2 row(s) come from pytest-benchmark" in (tmp_path / "report.md").read_text()
