@@ -13,6 +13,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from segtriton import kernels as ker
 from segtriton.bench import traffic
@@ -56,6 +58,56 @@ def test_torch_ops_are_charged_their_tensors():
         x.view(16, 16).t().contiguous()
     assert record.bytes[("torch:clone", "-")][0] == 2 * 1024  # read and written once
     assert not any(k.startswith("torch:view") or k == "torch:t" for k, _ in record.bytes)
+
+
+@triton.jit
+def _count_kernel(out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.atomic_add(out_ptr + offs, 1, mask=offs < n)
+
+
+def test_an_atomic_reads_and_writes_its_target():
+    out = torch.zeros(100, dtype=torch.int32)
+    with traffic.count_traffic() as record:
+        _count_kernel[(1,)](out, 100, BLOCK=128)
+    assert record.bytes[("_count_kernel", "out_ptr")] == [400, 400, 400, 400]
+
+
+def test_a_strided_argument_spans_its_strides():
+    column = torch.randn(1000, 2)[:, 0]  # 1000 elements over 1999 floats
+    lo, hi = traffic._extent(column)
+    assert (lo, hi - lo) == (column.data_ptr(), 1999 * 4)
+
+
+def test_an_out_tensor_is_counted_once_and_counting_stops_after_the_block():
+    x, y, z = torch.randn(256), torch.randn(256), torch.empty(256)
+    with traffic.count_traffic() as record:
+        torch.add(x, y, out=z)
+    assert record.bytes[("torch:add", "-")][0] == 3 * 1024
+    _axpy_kernel[(1,)](x, y, z, 2.0, 256, BLOCK=256)
+    torch.add(x, y, out=z)
+    assert dict(record.launches) == {"torch:add": 1}
+
+
+def test_the_custom_op_path_counts_the_torch_ops_inside_the_op(monkeypatch):
+    """Through the custom-op dispatcher (as torch.compile calls it) a loss moves the same
+    bytes as on the eager fast path: the torch ops inside the op are counted too."""
+    from segtriton.kernels import _ops
+
+    totals = {}
+    for fast in (True, False):
+        monkeypatch.setattr(_ops, "fast_eager", fast)
+        record, _ = traffic.loss_traffic(get("cross_entropy"), (2, 3, 8, 8))
+        totals[fast] = record.totals(), sorted(record.launches)
+    assert totals[False] == totals[True]
+
+
+def test_the_floor_bound_stops_at_100_percent(monkeypatch):
+    record = traffic.Traffic()
+    record.bytes[("k", "x")] = [100, 0, 100, 0]
+    monkeypatch.setattr(traffic, "loss_traffic", lambda *args, **kwargs: (record, 200))
+    (row,), _ = traffic.traffic_table((2, 3, 8, 8), losses=["dice"])
+    assert (row["unique_over_model"], row["floor_bound_pct"]) == (0.5, 100.0)
 
 
 @pytest.mark.parametrize("entry", _MODELLED, ids=lambda e: e.name)
