@@ -90,11 +90,14 @@ def test_pytest_benchmark_writes_rows_the_report_reads(tmp_path):
     report` charts it."""
     root = Path(__file__).resolve().parent.parent
     result = tmp_path / "bench.json"
+    # under pytest-xdist (CI's -n auto) a child pytest that sees the worker's variables
+    # turns pytest-benchmark off
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--benchmark", "tests/test_benchmarks.py", "-q",
          "-p", "no:cacheprovider", "-k", "cross_entropy and eager",
          f"--benchmark-json={result}"],
-        cwd=root, capture_output=True, text=True, timeout=600,
+        cwd=root, capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     benches = json.loads(result.read_text())["benchmarks"]
