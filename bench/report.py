@@ -78,6 +78,8 @@ def load_runs(dirs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
     df = df.drop_duplicates(subset=KEYS + ["provider"], keep="last")
     for col in (
         "median_ms",
+        "p20_ms",
+        "p80_ms",
         "gbps",
         "pct_of_copy_bw",
         "extra_mem_mb",
