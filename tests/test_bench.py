@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from bench_rows import bench_row, save_run
 
 from segtriton.bench import runner
 from segtriton.bench.cli import main
@@ -171,24 +172,7 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
 
 
 def _run(path, ms):
-    path.mkdir()
-    rows = [
-        {
-            "loss": "dice",
-            "provider": p,
-            "shape": "2x3x4x4",
-            "dtype": "fp32",
-            "label_dtype": "int64",
-            "mode": "fwd+bwd",
-            "memory_format": "contiguous",
-            "ignore_frac": 0.0,
-            "median_ms": v,
-            "passed": True,
-        }
-        for p, v in ms.items()
-    ]
-    (path / "rows.json").write_text(json.dumps(rows))
-    return path
+    return save_run(path, [bench_row("dice", p, "2x3x4x4", "fp32", v) for p, v in ms.items()])
 
 
 def test_compare_flags_regressions(tmp_path):
@@ -301,26 +285,11 @@ def test_targets_preset_lists_the_cases_its_targets_read():
     assert {c.shape for c in narrow} == {(8, 19, 512, 1024), (16, 150, 512, 512)}
 
 
-def _target_row(loss, provider, shape, dtype, median_ms, **extra):
-    return {
-        "loss": loss,
-        "provider": provider,
-        "shape": "x".join(map(str, shape)),
-        "dtype": dtype,
-        "label_dtype": "int64",
-        "mode": "fwd+bwd",
-        "memory_format": "contiguous",
-        "median_ms": median_ms,
-        "passed": True,
-        **extra,
-    }
-
-
 def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
     from segtriton.bench.targets import ADE20K, CITYSCAPES, bench_extras, evaluate
 
     rows = [
-        _target_row(
+        bench_row(
             "cross_entropy",
             "triton",
             CITYSCAPES,
@@ -330,14 +299,12 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
             extra_mem_beyond_grad_mb=3.0,
         ),
         # an earlier run's row: the later one below judges the target
-        _target_row("cross_entropy", "triton", CITYSCAPES, "fp32", 1.0, pct_of_copy_bw=90.0),
-        _target_row("cross_entropy", "triton", CITYSCAPES, "fp32", 1.0, pct_of_copy_bw=60.0),
-        _target_row("sigmoid_focal_ovr", "triton", CITYSCAPES, "bf16", 1.0, pct_of_copy_bw=80.0),
+        bench_row("cross_entropy", "triton", CITYSCAPES, "fp32", 1.0, pct_of_copy_bw=90.0),
+        bench_row("cross_entropy", "triton", CITYSCAPES, "fp32", 1.0, pct_of_copy_bw=60.0),
+        bench_row("sigmoid_focal_ovr", "triton", CITYSCAPES, "bf16", 1.0, pct_of_copy_bw=80.0),
         # the timed row of another mode or layout must not stand in for the target's
-        _target_row(
-            "cross_entropy", "triton", ADE20K, "bf16", 1.0, pct_of_copy_bw=99.0, mode="fwd"
-        ),
-        _target_row(
+        bench_row("cross_entropy", "triton", ADE20K, "bf16", 1.0, pct_of_copy_bw=99.0, mode="fwd"),
+        bench_row(
             "cross_entropy",
             "triton",
             ADE20K,
@@ -346,8 +313,8 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
             pct_of_copy_bw=99.0,
             memory_format="channels_last",
         ),  # fmt: skip
-        _target_row("dice", "triton", ADE20K, "fp32", 1.0, passed=False),
-        _target_row(
+        bench_row("dice", "triton", ADE20K, "fp32", 1.0, passed=False),
+        bench_row(
             "dice",
             "triton",
             CITYSCAPES,
@@ -356,10 +323,10 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
             pct_of_copy_bw=80.0,
             extra_mem_beyond_grad_mb=4096.0,
         ),
-        _target_row("ce_dice", "triton", CITYSCAPES, "bf16", 2.2),
-        _target_row("lovasz_softmax", "triton", CITYSCAPES, "bf16", 10.0),
-        _target_row("lovasz_softmax", "berman", CITYSCAPES, "bf16", 500.0),
-        _target_row("lovasz_softmax", "eager", CITYSCAPES, "bf16", 40.0),
+        bench_row("ce_dice", "triton", CITYSCAPES, "bf16", 2.2),
+        bench_row("lovasz_softmax", "triton", CITYSCAPES, "bf16", 10.0),
+        bench_row("lovasz_softmax", "berman", CITYSCAPES, "bf16", 500.0),
+        bench_row("lovasz_softmax", "eager", CITYSCAPES, "bf16", 40.0),
     ]
     bench = tmp_path / "bench.json"
     bench.write_text(
@@ -451,18 +418,18 @@ def test_targets_prefer_graph_replays_for_floor_and_ratio():
 
     nan = float("nan")
     rows = [
-        _target_row(
+        bench_row(
             "cross_entropy", "triton", CITYSCAPES, "bf16", 1.0,
             pct_of_copy_bw=60.0, graph_pct_of_copy_bw=85.0, graph_median_ms=0.7,
         ),
-        _target_row(
+        bench_row(
             "cross_entropy", "triton", ADE20K, "bf16", 1.0,
             pct_of_copy_bw=70.0, graph_pct_of_copy_bw=nan, graph_error="capture failed",
         ),
-        _target_row("dice", "triton", CITYSCAPES, "bf16", 2.0, graph_median_ms=1.9),
-        _target_row("ce_dice", "triton", CITYSCAPES, "bf16", 2.6, graph_median_ms=2.0),
-        _target_row("lovasz_softmax", "triton", CITYSCAPES, "bf16", 10.0, graph_median_ms=1.0),
-        _target_row("lovasz_softmax", "eager", CITYSCAPES, "bf16", 20.0),
+        bench_row("dice", "triton", CITYSCAPES, "bf16", 2.0, graph_median_ms=1.9),
+        bench_row("ce_dice", "triton", CITYSCAPES, "bf16", 2.6, graph_median_ms=2.0),
+        bench_row("lovasz_softmax", "triton", CITYSCAPES, "bf16", 10.0, graph_median_ms=1.0),
+        bench_row("lovasz_softmax", "eager", CITYSCAPES, "bf16", 20.0),
     ]  # fmt: skip
     table = evaluate(pd.DataFrame(rows)).set_index("target")
     ce = "cross_entropy 8x19x512x1024 bf16: >= 80% of copy bandwidth"
@@ -525,9 +492,9 @@ def test_floor_chart_adds_the_graph_figures_as_their_own_bars(tmp_path):
 
     df = pd.DataFrame(
         [
-            {**_target_row("dice", "triton", (2, 3, 8, 8), "bf16", 1.0), "pct_of_copy_bw": 40.0,
+            {**bench_row("dice", "triton", (2, 3, 8, 8), "bf16", 1.0), "pct_of_copy_bw": 40.0,
              "graph_pct_of_copy_bw": 90.0},
-            {**_target_row("dice", "eager", (2, 3, 8, 8), "bf16", 3.0), "pct_of_copy_bw": 10.0,
+            {**bench_row("dice", "eager", (2, 3, 8, 8), "bf16", 3.0), "pct_of_copy_bw": 10.0,
              "graph_pct_of_copy_bw": float("nan")},
         ]
     )  # fmt: skip
@@ -552,36 +519,3 @@ def test_fp16_rows_backpropagate_a_scaled_loss():
             assert row["loss_scale"] == scale and row["passed"], row
             if dtype == "fp16":
                 assert row["grad_rel_err"] < 1e-3, row
-
-
-def test_tie_order_gradients_are_gated_through_the_loss_they_imply(tmp_path, monkeypatch):
-    """A provider whose gradient is twice the right one (same loss value) fails a Dice row
-    on the gradient's error and a Lovasz row, whose gradient depends on how tied errors
-    are ordered, on the loss that gradient implies; the report says how each was gated.
-    The right gradient passes that gate at bf16, where errors tie."""
-    for dtype in ("fp32", "bf16"):
-        case = runner.Case("lovasz_softmax", "triton", (2, 3, 5, 7), dtype, "int64",
-                           "fwd+bwd", "contiguous", 0.2)  # fmt: skip
-        row = runner.run_case(case, torch.device("cpu"), copy_gbps=1.0, reps=1)
-        assert row["passed"] and row["grad_identity_err"] < runner.GRAD_TOL[dtype] / 10, row
-    real = runner.make_provider
-
-    def doubled(case, entry):
-        fn = real(case, entry)
-        return lambda x, t, **o: fn(x.detach() + 2 * (x - x.detach()), t, **o)
-
-    monkeypatch.setattr(runner, "make_provider", doubled)
-    rows = []
-    for loss in ("dice", "lovasz_softmax", "lovasz_hinge"):
-        shape = get(loss).fit_shape((2, 3, 5, 7), get(loss).variants[0])
-        case = runner.Case(loss, "eager", shape, "fp32", "int64", "fwd+bwd", "contiguous", 0.0)
-        row = runner.run_case(case, torch.device("cpu"), copy_gbps=1.0, reps=1)
-        assert row["loss_rel_err"] < 1e-6 and row["grad_rel_err"] > 0.5, row
-        assert not row["passed"], row
-        if loss != "dice":
-            assert row["grad_identity_err"] == pytest.approx(1.0, rel=1e-5), row
-        rows.append(row)
-    (tmp_path / "rows.json").write_text(json.dumps(rows))
-    main(["report", str(tmp_path), "--out", str(tmp_path)])
-    report = (tmp_path / "report.md").read_text()
-    assert "Rows of lovasz_hinge, lovasz_softmax are gated on their gradient" in report

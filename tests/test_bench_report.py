@@ -8,32 +8,15 @@ import math
 
 import pandas as pd
 import pytest
+from bench_rows import bench_row, save_run
 
 from segtriton.bench import report
 
 NAN = math.nan
 
 
-def _row(provider: str, shape: str, median_ms: float, passed: bool | None = True, **extra):
-    return {
-        "loss": "dice",
-        "provider": provider,
-        "shape": shape,
-        "dtype": "fp32",
-        "label_dtype": "int64",
-        "mode": "fwd+bwd",
-        "memory_format": "contiguous",
-        "ignore_frac": 0.0,
-        "median_ms": median_ms,
-        "passed": passed,
-        **extra,
-    }
-
-
-def _save(path, rows):
-    path.mkdir()
-    (path / "rows.json").write_text(json.dumps(rows))
-    return path
+def _row(provider: str, shape: str, median_ms: float, **extra) -> dict:
+    return bench_row("dice", provider, shape, "fp32", median_ms, **extra)
 
 
 def test_regimes_split_at_their_stated_bounds():
@@ -81,8 +64,8 @@ def test_markdown_tables_round_floats_and_dash_nan():
 
 
 def test_a_later_run_wins_on_the_same_case(tmp_path):
-    a = _save(tmp_path / "a", [_row("triton", "2x3x4x4", 1.0), _row("eager", "2x3x4x4", 4.0)])
-    b = _save(tmp_path / "b", [_row("triton", "2x3x4x4", 2.0)])
+    a = save_run(tmp_path / "a", [_row("triton", "2x3x4x4", 1.0), _row("eager", "2x3x4x4", 4.0)])
+    b = save_run(tmp_path / "b", [_row("triton", "2x3x4x4", 2.0)])
     df, _ = report.load_runs([a, b])
     assert df.set_index("provider").median_ms.to_dict() == {"triton": 2.0, "eager": 4.0}
     assert df.set_index("provider").speedup_vs_eager["triton"] == 2.0
@@ -123,15 +106,15 @@ def test_the_report_counts_interpreter_rows(tmp_path):
         _row("triton", "2x3x16x16", 1.0),  # rows without a spread are charted too
         _row("eager", "2x3x4x4", 2.0),
     ]
-    run = _save(tmp_path / "run", rows)
+    run = save_run(tmp_path / "run", rows)
     text = report.build_report([run], run).read_text()
     assert "2 Triton row(s) ran in Triton's CPU interpreter" in text
     assert (run / "time.png").stat().st_size > 0
 
 
 def test_compare_lists_rows_timed_in_both_runs(tmp_path):
-    a = _save(tmp_path / "a", [_row("triton", "2x3x4x4", 1.0), _row("eager", "2x3x4x4", 2.0)])
-    b = _save(tmp_path / "b", [_row("triton", "2x3x4x4", 1.01), _row("eager", "2x3x4x4", NAN)])
+    a = save_run(tmp_path / "a", [_row("triton", "2x3x4x4", 1.0), _row("eager", "2x3x4x4", 2.0)])
+    b = save_run(tmp_path / "b", [_row("triton", "2x3x4x4", 1.01), _row("eager", "2x3x4x4", NAN)])
     table, regressions = report.compare(a, b, threshold=0.05)
     assert list(table.provider) == ["triton"] and regressions == 0
 

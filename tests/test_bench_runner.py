@@ -3,13 +3,15 @@ on its own, the layout and mode a row names, the timed steps, speedups and the p
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
 import torch
+from bench_rows import bench_row
 
-from segtriton.bench import runner
+from segtriton.bench import cli, runner
 from segtriton.registry import get
 
 CPU = torch.device("cpu")
@@ -35,6 +37,11 @@ def _wrapped(monkeypatch, wrap):
     monkeypatch.setattr(runner, "make_provider", lambda case, entry: wrap(real(case, entry)))
 
 
+def _doubled(fn):
+    """``fn`` with the same value and twice the gradient."""
+    return lambda x, t, **o: fn(x.detach() + 2 * (x - x.detach()), t, **o)
+
+
 def test_a_loss_value_off_fails_a_row_whose_gradient_is_right(monkeypatch):
     def off(fn):
         def loss(x, t, **o):
@@ -58,11 +65,7 @@ def test_a_kinked_loss_fails_on_the_share_of_its_gradient_off(monkeypatch):
     assert entry.kinked
     row = runner.run_case(_case(entry.name), CPU, copy_gbps=1.0, reps=1)
     assert row["passed"] and row["grad_off_share"] == 0, row
-
-    def doubled(fn):  # the same value, twice the gradient
-        return lambda x, t, **o: fn(x.detach() + 2 * (x - x.detach()), t, **o)
-
-    _wrapped(monkeypatch, doubled)
+    _wrapped(monkeypatch, _doubled)
     row = runner.run_case(_case(entry.name), CPU, copy_gbps=1.0, reps=1)
     assert row["loss_rel_err"] < 1e-6 and row["grad_off_share"] > 0.1, row
     assert not row["passed"], row
@@ -102,14 +105,15 @@ def test_timed_steps_scale_the_backward_and_time_a_forward_without_a_graph():
 
 
 def test_speedups_compare_rows_of_the_same_case_only():
-    base = {"loss": "dice", "shape": "2x3x4x4", "label_dtype": "int64", "mode": "fwd+bwd"}
-    base |= {"memory_format": "contiguous", "ignore_frac": 0.0}
     rows = [
-        {**base, "dtype": "fp32", "provider": "eager", "median_ms": 4.0},
-        {**base, "dtype": "fp32", "provider": "compile", "median_ms": 2.0},
-        {**base, "dtype": "fp32", "provider": "triton", "median_ms": 1.0},
-        {**base, "dtype": "bf16", "provider": "eager", "median_ms": 8.0},
-        {**base, "dtype": "bf16", "provider": "triton", "median_ms": 1.0},
+        bench_row("dice", provider, "2x3x4x4", dtype, ms)
+        for provider, dtype, ms in (
+            ("eager", "fp32", 4.0),
+            ("compile", "fp32", 2.0),
+            ("triton", "fp32", 1.0),
+            ("eager", "bf16", 8.0),
+            ("triton", "bf16", 1.0),
+        )
     ]
     df = runner.add_ratios(pd.DataFrame(rows))
     assert len(df) == 5
@@ -133,3 +137,28 @@ def test_saved_rows_keep_small_errors(tmp_path):
     runner.save_rows(tmp_path, [row])
     (saved,) = runner.load_rows(tmp_path)
     assert saved["loss_rel_err"] == pytest.approx(1.2345e-12, rel=1e-3)
+
+
+def test_tie_order_gradients_are_gated_through_the_loss_they_imply(tmp_path, monkeypatch):
+    """A provider whose gradient is twice the right one (same loss value) fails a Dice row
+    on the gradient's error and a Lovasz row, whose gradient depends on how tied errors
+    are ordered, on the loss that gradient implies; the report says how each was gated.
+    The right gradient passes that gate at bf16, where errors tie."""
+    for dtype in ("fp32", "bf16"):
+        case = runner.Case("lovasz_softmax", "triton", (2, 3, 5, 7), dtype, "int64",
+                           "fwd+bwd", "contiguous", 0.2)  # fmt: skip
+        row = runner.run_case(case, CPU, copy_gbps=1.0, reps=1)
+        assert row["passed"] and row["grad_identity_err"] < runner.GRAD_TOL[dtype] / 10, row
+    _wrapped(monkeypatch, _doubled)
+    rows = []
+    for loss in ("dice", "lovasz_softmax", "lovasz_hinge"):
+        row = runner.run_case(_case(loss), CPU, copy_gbps=1.0, reps=1)
+        assert row["loss_rel_err"] < 1e-6 and row["grad_rel_err"] > 0.5, row
+        assert not row["passed"], row
+        if loss != "dice":
+            assert row["grad_identity_err"] == pytest.approx(1.0, rel=1e-5), row
+        rows.append(row)
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    cli.main(["report", str(tmp_path), "--out", str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert "Rows of lovasz_hinge, lovasz_softmax are gated on their gradient" in report
