@@ -97,8 +97,9 @@ class LossEntry:
         finfo = torch.finfo(grad.dtype)
         ulp = torch.ldexp(torch.full_like(g, finfo.eps), torch.frexp(g)[1] - 1)
         ulp = torch.where(g.abs() >= finfo.tiny, ulp, finfo.tiny * finfo.eps)
-        miss = ((w * g).sum() - loss.double().sum()).abs() - (w.abs() * ulp).sum()
-        return float(miss.clamp_min(0) / loss.double().sum().abs().clamp_min(1e-30))
+        total = loss.detach().double().sum()
+        miss = ((w * g).sum() - total).abs() - (w.abs() * ulp).sum()
+        return float(miss.clamp_min(0) / total.abs().clamp_min(1e-30))
 
     def takes(self, option: str) -> bool:
         """Whether the loss has the option ``option`` (a parameter of its reference)."""
