@@ -6,10 +6,11 @@ class to skip absent ones. It takes the options of the registry's default varian
 raises NotImplementedError on others (the sweep then records an error row).
 
 monai, smp, kornia: the peer's own loss, for the losses where one of our option sets gives
-its semantics (README's table, tests/test_peers.py). ``PEERS[provider][loss]`` is
-``(our options, factory)``: the sweep checks the peer against our reference under those
-options and calls ``factory()(logits, target)``. A peer that is not installed gives an
-error row.
+its semantics (README's table, tests/test_peers.py). ``PEERS[provider][loss]`` is a
+:class:`Peer`: the sweep checks the peer against our reference under its options and
+calls ``factory()(logits, target)``. A peer that is not installed, one without
+``ignore_index`` on a case that ignores pixels, or a 2-D-only one on a volume gives an
+error row naming why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib.util
 import sys
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -163,44 +165,57 @@ def _kornia_hausdorff_er():
     return loss
 
 
-PEERS: dict[str, dict[str, tuple[dict, Callable[[], Callable]]]] = {
+@dataclass(frozen=True)
+class Peer:
+    """A peer's loss: ``options`` (ours) give its semantics; ``factory()`` builds the
+    callable; ``ignores``: it takes ``ignore_index`` (255), so a case may ignore pixels;
+    ``dims``: the spatial dimensions it takes."""
+
+    options: dict
+    factory: Callable[[], Callable]
+    ignores: bool = True
+    dims: tuple[int, ...] = (2, 3)
+
+
+_MONAI_SMOOTH = {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}
+
+PEERS: dict[str, dict[str, Peer]] = {
     "monai": {
-        "dice": (
-            {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5},
-            _monai("DiceLoss", ignore_index=255),
-        ),
-        "tversky": (
-            {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, "alpha": 0.3, "beta": 0.7},
+        "dice": Peer(_MONAI_SMOOTH, _monai("DiceLoss", ignore_index=255)),
+        "tversky": Peer(
+            {**_MONAI_SMOOTH, "alpha": 0.3, "beta": 0.7},
             _monai("TverskyLoss", alpha=0.3, beta=0.7, ignore_index=255),
         ),
         # these have no ignore_index: the `distance` and `monai` presets ignore no pixel
-        "generalized_dice": (
-            {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5, "absent_weight": "max"},
+        "generalized_dice": Peer(
+            {**_MONAI_SMOOTH, "absent_weight": "max"},
             _monai("GeneralizedDiceLoss"),
+            ignores=False,
         ),
-        "ce_dice": ({"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}, _monai("DiceCELoss")),
-        "hausdorff_dt": ({}, _monai("HausdorffDTLoss")),
-        "cldice": ({}, _monai("SoftclDiceLoss")),
-        "mcc": ({"scope": "image", "eps": 0.0}, _monai("MCCLoss")),
-        "focal_dice": (
-            {"sigmoid_focal": True, "scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5},
-            _monai("DiceFocalLoss"),
+        "ce_dice": Peer(_MONAI_SMOOTH, _monai("DiceCELoss"), ignores=False),
+        "hausdorff_dt": Peer({}, _monai("HausdorffDTLoss"), ignores=False),
+        "cldice": Peer({}, _monai("SoftclDiceLoss"), ignores=False),
+        "mcc": Peer({"scope": "image", "eps": 0.0}, _monai("MCCLoss"), ignores=False),
+        "focal_dice": Peer(
+            {"sigmoid_focal": True, **_MONAI_SMOOTH}, _monai("DiceFocalLoss"), ignores=False
         ),
-        "wasserstein_dice": ({}, _monai_wasserstein),
+        "wasserstein_dice": Peer({}, _monai_wasserstein, ignores=False),
     },
     "smp": {
-        "dice": ({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),
-        "jaccard": ({"scope": "batch", "absent": "zero"}, _smp("JaccardLoss")),
-        "tversky": (
+        "dice": Peer({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),
+        "jaccard": Peer({"scope": "batch", "absent": "zero"}, _smp("JaccardLoss")),
+        "tversky": Peer(
             {"scope": "batch", "absent": "zero", "alpha": 0.3, "beta": 0.7},
             _smp("TverskyLoss", alpha=0.3, beta=0.7),
         ),
-        "sigmoid_focal_ovr": ({"mode": "multiclass", "alpha": None}, _smp("FocalLoss")),
-        "lovasz_softmax": ({}, _smp("LovaszLoss")),
+        "sigmoid_focal_ovr": Peer({"mode": "multiclass", "alpha": None}, _smp("FocalLoss")),
+        "lovasz_softmax": Peer({}, _smp("LovaszLoss")),
     },
     "kornia": {
-        "dice": ({"scope": "image", "absent": "exclude", "smooth_dr": 1e-8}, _kornia_dice),
+        "dice": Peer(
+            {"scope": "image", "absent": "exclude", "smooth_dr": 1e-8}, _kornia_dice, dims=(2,)
+        ),
         # no ignore_index in kornia's: the `hausdorff_er` preset ignores no pixel
-        "hausdorff_er": ({}, _kornia_hausdorff_er),
+        "hausdorff_er": Peer({}, _kornia_hausdorff_er, ignores=False),
     },
 }

@@ -57,8 +57,18 @@ def make_provider(case: Case, entry) -> Callable:
             raise NotImplementedError(f"no Triton kernel for {case.loss} yet")
         return entry.kernel
     if case.provider in PEERS:
-        peer = PEERS[case.provider][case.loss][1]()
-        return lambda x, t, **_: peer(x, t)
+        peer = PEERS[case.provider][case.loss]
+        if case.ignore_frac > 0 and not peer.ignores:
+            raise NotImplementedError(
+                f"{case.provider}'s {case.loss} has no ignore_index: sweep it with ignore_frac = 0"
+            )
+        if (dims := len(case.shape) - 2) not in peer.dims:
+            takes = " or ".join(f"{d}-D" for d in peer.dims)
+            raise NotImplementedError(
+                f"{case.provider}'s {case.loss} takes {takes} inputs only, not {dims}-D"
+            )
+        loss = peer.factory()
+        return lambda x, t, **_: loss(x, t)
     if case.provider in BASELINES:
         fn = BASELINES[case.provider][case.loss]
     elif case.provider == "eager":

@@ -298,7 +298,7 @@ def provider_options(provider: str, entry) -> dict:
     """The loss options of a provider's rows: a peer's matching option set, else the
     registry's default variant."""
     if provider in PEERS:
-        return PEERS[provider][entry.name][0]
+        return PEERS[provider][entry.name].options
     return entry.variants[0]
 
 

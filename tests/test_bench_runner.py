@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ import torch
 from bench_rows import bench_row
 
 from segtriton.bench import cli, runner
+from segtriton.bench.baselines import PEERS
 from segtriton.registry import get
 
 CPU = torch.device("cpu")
@@ -90,6 +92,34 @@ def test_a_row_runs_the_layout_and_mode_it_names(monkeypatch):
     assert row["passed"] and row["grad_rel_err"] < 1e-5, row  # bwd rows check the gradient
     row = runner.run_case(_case("dice", mode="fwd"), CPU, copy_gbps=1.0, reps=1)
     assert row["passed"] and math.isnan(row["grad_rel_err"]), row
+
+
+PEER_ROWS = [(provider, loss) for provider, losses in PEERS.items() for loss in losses]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 4, 5, 6)], ids=["2d", "3d"])
+@pytest.mark.parametrize(("provider", "loss"), PEER_ROWS, ids=["-".join(p) for p in PEER_ROWS])
+def test_every_peer_row_matches_the_reference_under_its_options(provider, loss, shape):
+    """Each entry of the peer table passes the row's float64 check, with ignored pixels
+    where the peer takes ``ignore_index``; a case the peer cannot take (ignored pixels,
+    a volume for a 2-D loss) is refused by name instead of failing inside the peer."""
+    peer = PEERS[provider][loss]
+    shape = get(loss).fit_shape(shape, peer.options)
+    for frac in (0.0, 0.2):
+        case = runner.Case(loss, provider, shape, "fp32", "int64", "fwd+bwd", "contiguous", frac)
+        refusal = f"{provider}'s {loss} " + (
+            "has no ignore" if frac and not peer.ignores else "takes 2-D inputs only, not 3-D"
+        )
+        if (frac and not peer.ignores) or len(shape) - 2 not in peer.dims:
+            with pytest.raises(NotImplementedError, match=re.escape(refusal)):
+                runner.run_case(case, CPU, copy_gbps=1.0, reps=1)
+            options = get(loss).ignoring(peer.options)
+            x, t = runner.case_inputs(case, get(loss), options, CPU)
+            with pytest.raises((RuntimeError, ValueError)):  # the refusal is needed
+                peer.factory()(x, t)
+            continue
+        row = runner.run_case(case, CPU, copy_gbps=1.0, reps=1)
+        assert row["passed"], row
 
 
 def test_timed_steps_scale_the_backward_and_time_a_forward_without_a_graph():
