@@ -1,0 +1,139 @@
+"""The timer, the copy-bandwidth floor and the environment stamp. On a CPU the wall-clock
+path runs against a fake clock, so the medians and quantiles are exact; the CUDA-event
+and CUDA-graph timers are checked where a GPU is present."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import subprocess
+import types
+
+import pytest
+import torch
+
+from segtriton.bench import env, timing
+
+CPU = torch.device("cpu")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA timer needs CUDA")
+
+
+def test_quantiles_interpolate_between_sorted_values():
+    assert timing._quantile([5.0, 1.0, 4.0, 2.0, 3.0], 0.2) == pytest.approx(1.8)
+    assert timing._quantile([5.0, 1.0, 4.0, 2.0, 3.0], 0.8) == pytest.approx(4.2)
+    assert timing._quantile([1.0, 2.0], 0.5) == 1.5
+    assert timing._quantile([7.0], 0.2) == 7.0
+
+
+class FakeClock:
+    """``perf_counter`` that moves only when the timed function runs: call ``i`` of
+    ``step`` takes ``durations_ms[i]``."""
+
+    def __init__(self, durations_ms: list[float]):
+        self.now, self.durations, self.calls = 100.0, durations_ms, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += self.durations[self.calls] / 1e3
+        self.calls += 1
+
+
+def test_wall_clock_times_each_call_after_the_warmup(monkeypatch):
+    clock = FakeClock([50.0, 60.0, 5.0, 1.0, 4.0, 2.0, 3.0])  # two warm-up calls first
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    for graph in (False, True):  # a CPU has no graphs: the same wall clock, labelled so
+        clock.now, clock.calls = 100.0, 0
+        got = timing.time_fn(clock.step, CPU, reps=5, warmup=2, graph=graph)
+        assert clock.calls == 7
+        assert got["reps"] == 5 and got["timer"] == "wall-clock (cpu)"
+        assert got["median_ms"] == pytest.approx(3.0)
+        assert got["p20_ms"] == pytest.approx(1.8) and got["p80_ms"] == pytest.approx(4.2)
+
+
+@pytest.mark.parametrize(("budget_s", "kept"), [(0.5, 5), (6.5, 7), (100.0, 20)])
+def test_repetitions_stop_once_the_budget_is_spent_keeping_at_least_five(
+    monkeypatch, budget_s, kept
+):
+    clock = FakeClock([1000.0] * 20)
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    got = timing.time_fn(clock.step, CPU, reps=20, warmup=0, budget_s=budget_s)
+    assert got["reps"] == kept == clock.calls
+
+
+def test_copy_bandwidth_counts_the_bytes_read_and_written(monkeypatch):
+    seen = {}
+
+    def timed(fn, device, reps, warmup):
+        seen["out"] = fn()
+        return {"median_ms": 2.0}
+
+    monkeypatch.setattr(timing, "time_fn", timed)
+    gbps = timing.copy_bandwidth(CPU)
+    n = seen["out"].numel()
+    assert n == 2**24 and seen["out"].dtype == torch.float32
+    assert gbps == pytest.approx(2 * 4 * n / 2e-3 / 1e9)
+
+
+def test_peak_memory_is_not_reported_on_a_cpu():
+    assert timing.peak_memory(lambda: torch.ones(1000), CPU) is None
+
+
+@CUDA
+def test_cuda_timers_say_which_one_ran_and_peak_memory_counts_an_allocation():
+    dev = torch.device("cuda")
+    x = torch.randn(1 << 20, device=dev)
+    plain = timing.time_fn(lambda: x * 2, dev, reps=10)
+    graph = timing.time_fn(lambda: x * 2, dev, reps=10, graph=True)
+    assert plain["timer"] == "cuda-events+l2-flush" and graph["timer"] == "cuda-graph+l2-flush"
+    assert plain["median_ms"] > 0 and graph["median_ms"] > 0
+    peak = timing.peak_memory(lambda: torch.empty(1 << 22, dtype=torch.uint8, device=dev), dev)
+    assert peak >= 1 << 22
+    assert timing.copy_bandwidth(dev) > 100  # GB/s: any GPU this project targets
+
+
+def test_environment_names_versions_commit_and_the_peers():
+    info = env.environment()
+    assert info["torch"] == torch.__version__
+    assert info["triton"] == importlib.metadata.version("triton")
+    assert info["cuda_available"] == torch.cuda.is_available()
+    assert info["peer:monai"] == importlib.metadata.version("monai")
+    here = env.os.path.dirname(env.__file__)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here)
+    head = head.stdout.strip()
+    assert info["git_commit"] == (head or None)
+
+
+def test_environment_describes_the_gpu_where_there_is_one(monkeypatch):
+    props = types.SimpleNamespace(name="GPU X", total_memory=80 * 2**30, multi_processor_count=132)
+    monkeypatch.setattr(env.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(env.torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(env, "_driver_version", lambda: "550.1")
+    info = env.environment()
+    assert (info["gpu"], info["gpu_memory_gib"], info["sm_count"]) == ("GPU X", 80.0, 132)
+    assert info["driver"] == "550.1" and info["cuda"] == torch.version.cuda
+
+
+@pytest.mark.parametrize(
+    ("stdout", "want"), [("550.54.15\n550.54.15\n", "550.54.15"), ("\n", None), (None, None)]
+)
+def test_driver_version_reads_the_first_gpu_and_lookups_survive_a_missing_tool(
+    monkeypatch, stdout, want
+):
+    def run(*args, **kwargs):
+        if stdout is None:
+            raise FileNotFoundError("nvidia-smi")
+        return types.SimpleNamespace(stdout=stdout)
+
+    monkeypatch.setattr(env.subprocess, "run", run)
+    assert env._driver_version() == want
+    assert env._git_commit() == (stdout.strip() or None if stdout else None)
+
+
+def test_provenance_names_the_command_versions_and_date():
+    line = env.provenance("segtriton sweep --preset quick")
+    assert line.startswith("Command: `segtriton sweep --preset quick` (SEGTRITON_MAX_TILE=")
+    assert f"torch {torch.__version__}" in line
+    stamp = line.rsplit(", ", 1)[1].rstrip(".")
+    assert datetime.datetime.fromisoformat(stamp).tzinfo is not None
