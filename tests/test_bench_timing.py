@@ -41,15 +41,15 @@ class FakeClock:
 
 
 def test_wall_clock_times_each_call_after_the_warmup(monkeypatch):
-    clock = FakeClock([50.0, 60.0, 5.0, 1.0, 4.0, 2.0, 3.0])  # two warm-up calls first
+    clock = FakeClock([50.0, 60.0, 5.0, 1.0, 4.0, 2.0, 13.0])  # two warm-up calls first
     monkeypatch.setattr(timing.time, "perf_counter", clock)
     for graph in (False, True):  # a CPU has no graphs: the same wall clock, labelled so
         clock.now, clock.calls = 100.0, 0
         got = timing.time_fn(clock.step, CPU, reps=5, warmup=2, graph=graph)
         assert clock.calls == 7
         assert got["reps"] == 5 and got["timer"] == "wall-clock (cpu)"
-        assert got["median_ms"] == pytest.approx(3.0)
-        assert got["p20_ms"] == pytest.approx(1.8) and got["p80_ms"] == pytest.approx(4.2)
+        assert got["median_ms"] == pytest.approx(4.0)  # the mean is 5
+        assert got["p20_ms"] == pytest.approx(1.8) and got["p80_ms"] == pytest.approx(6.6)
 
 
 @pytest.mark.parametrize(("budget_s", "kept"), [(0.5, 5), (6.5, 7), (100.0, 20)])
@@ -113,10 +113,11 @@ def test_environment_describes_the_gpu_where_there_is_one(monkeypatch):
     info = env.environment()
     assert (info["gpu"], info["gpu_memory_gib"], info["sm_count"]) == ("GPU X", 80.0, 132)
     assert info["driver"] == "550.1" and info["cuda"] == torch.version.cuda
+    assert info["cuda_available"] is True
 
 
 @pytest.mark.parametrize(
-    ("stdout", "want"), [("550.54.15\n550.54.15\n", "550.54.15"), ("\n", None), (None, None)]
+    ("stdout", "want"), [("550.54.15\n535.1\n", "550.54.15"), ("\n", None), (None, None)]
 )
 def test_driver_version_reads_the_first_gpu_and_lookups_survive_a_missing_tool(
     monkeypatch, stdout, want
