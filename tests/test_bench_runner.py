@@ -97,11 +97,14 @@ def test_a_row_runs_the_layout_and_mode_it_names(monkeypatch):
 PEER_ROWS = [(provider, loss) for provider, losses in PEERS.items() for loss in losses]
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 4, 5, 6)], ids=["2d", "3d"])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 9, 11), (1, 2, 4, 5, 6), (2, 19, 3, 4)], ids=["2d", "3d", "absent"]
+)
 @pytest.mark.parametrize(("provider", "loss"), PEER_ROWS, ids=["-".join(p) for p in PEER_ROWS])
 def test_every_peer_row_matches_the_reference_under_its_options(provider, loss, shape):
     """Each entry of the peer table passes the row's float64 check, with ignored pixels
-    where the peer takes ``ignore_index``; a case the peer cannot take (ignored pixels,
+    where the peer takes ``ignore_index`` and with classes absent from an image (19 classes
+    over 12 pixels: the absent-class policy shows); a case the peer cannot take (ignored pixels,
     a volume for a 2-D loss) is refused by name instead of failing inside the peer."""
     peer = PEERS[provider][loss]
     shape = get(loss).fit_shape(shape, peer.options)
