@@ -81,3 +81,96 @@ def test_kernels_compile_for_sm90_on_any_machine():
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert "_softmax_loss_kernel" in {r["kernel"] for r in rows}
     assert all(r["registers"] > 0 and r["num_warps"] >= 1 for r in rows), rows
+
+
+def _variant(case: aot.CompileCase, options: dict) -> bool:
+    """Whether ``case`` runs the variant ``options`` (with a reduction added or not)."""
+    extra = {"reduction"} - set(options)
+    return {k: v for k, v in case.options.items() if k not in extra} == options
+
+
+def test_compile_cases_cover_every_variant_in_every_layout_and_label_dtype():
+    import torch
+
+    from segtriton.registry import LOSSES, variant_fits
+
+    cases = aot.compile_cases()
+    seen = {(c.name, repr(c.options)) for c in cases}
+    for entry in LOSSES:
+        for options in entry.variants:
+            for reduction in entry.reductions if not options.get("gamma_after_mean") else ():
+                assert (entry.name, repr({**options, "reduction": reduction})) in seen
+            named = [c for c in cases if c.name == entry.name and _variant(c, options)]
+            label = f"{entry.name} {options}"
+            assert {c.channels_last for c in named} == {False, True}, label
+            assert {len(c.shape) for c in named} == {4, 5}, label
+            assert {c.dtype for c in named} == {torch.bfloat16, torch.float16, torch.float32}
+            if not entry.is_binary(options):
+                fits = {C for C in (1, 2, 3, 19, 150, 300, 1000) if variant_fits(options, C)}
+                want = {C for C in fits if entry.min_classes <= C}
+                assert {c.shape[1] for c in named} == want, label
+            else:
+                assert {c.shape[1] for c in named} == {1}, label
+    assert {c.label_dtype for c in cases} == {torch.int64, torch.int32, torch.int16, torch.uint8}
+    assert not [c for c in cases if c.shape[1] > 255 and c.label_dtype == torch.uint8]
+    assert {c.name for c in cases} >= {"confusion_logits", "confusion_labels", "surface_dice"}
+    quick = aot.compile_cases(quick=True)
+    assert {c.shape[1] for c in quick} == {1, 3, 150, 300} and len(quick) < len(cases)
+
+
+def test_target_cases_are_the_targets_presets_loss_cases_uninitialised():
+    from segtriton.bench.targets import sweep_cases
+
+    cases = aot.target_cases()
+    assert [(c.name, list(c.shape)) for c in cases] == [
+        (name, list(shape)) for name, shape, _ in sweep_cases() if not name.startswith("lovasz")
+    ]
+    assert all(c.empty and not c.channels_last for c in cases)
+
+
+_COMPILE_CLI = """
+import sys, torch
+from segtriton.bench import aot, cli
+bf16, f32 = torch.bfloat16, torch.float32
+aot.compile_cases = lambda quick=False: [
+    aot.CompileCase("dice", {}, (2, 3, 9, 13), bf16, torch.uint8, True),
+    aot.CompileCase("confusion_masks", {"mode": "multilabel"}, (2, 3, 9, 13), f32, torch.int64,
+                    False),
+    aot.CompileCase("confusion_labels", {"per_image": True}, (2, 3, 9, 13), f32, torch.int16,
+                    False),
+    aot.CompileCase("cross_entropy", {"reduction": "nope"}, (2, 3, 9, 13), bf16, torch.int64,
+                    False),
+]
+code = cli.main(["compile", "--out", sys.argv[1]])
+code2 = cli.main(["overhead", "--losses", "dice", "--calls", "3", "--shape", "2,3,8,8"])
+print("exit", code, code2)
+"""
+
+
+def test_segtriton_compile_labels_each_kernel_with_its_case_and_reports_failures(tmp_path):
+    """The compile and overhead commands on compiled (not interpreted) Triton: each case's
+    launches carry its label, a case that raises is listed as failed and sets the exit
+    status, and the overhead command times a loss."""
+    import pandas as pd
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_CLI, str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "exit 1 0", out.stdout
+    df = pd.read_csv(tmp_path / "kernels.csv")
+    by_case = df.groupby("case").kernel.apply(set).to_dict()
+    assert set(by_case) == {
+        "dice 2x3x9x13 bfloat16 labels uint8 channels_last",
+        "confusion_masks 2x3x9x13 float32 labels int64 {'mode': 'multilabel'}",
+        "confusion_labels 2x3x9x13 float32 labels int16 {'per_image': True}",
+    }, by_case
+    assert all(by_case.values())
+    report = (tmp_path / "compile.md").read_text()
+    assert "1 case(s) failed" in report and "cross_entropy 2x3x9x13" in report
+    assert "reduction" in report.split("## Failed cases")[1]
+    (line,) = [ln for ln in out.stdout.splitlines() if ln.startswith("dice ")]
+    host_us, custom_op_us = (float(v.strip("()")) for v in line.split()[2:4])
+    assert line.split()[1] == "2x3x8x8" and host_us > 0 and custom_op_us > 0
