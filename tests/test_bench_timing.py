@@ -93,6 +93,17 @@ def test_cuda_timers_say_which_one_ran_and_peak_memory_counts_an_allocation():
     assert timing.copy_bandwidth(dev) > 100  # GB/s: any GPU this project targets
 
 
+@CUDA
+def test_the_pytest_benchmark_clock_reads_stream_time_in_seconds():
+    from segtriton.bench.pytest_timer import CudaEventClock
+
+    clock = CudaEventClock()
+    before = clock()
+    torch.cuda._sleep(200_000_000)  # cycles: about 0.1 s at 2 GHz, spent on the GPU
+    after = clock()
+    assert 0.02 < after - before < 2.0
+
+
 def test_environment_names_versions_commit_and_the_peers():
     info = env.environment()
     assert info["torch"] == torch.__version__
