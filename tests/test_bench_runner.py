@@ -125,6 +125,17 @@ def test_every_peer_row_matches_the_reference_under_its_options(provider, loss, 
         assert row["passed"], row
 
 
+def test_no_preset_asks_a_peer_for_a_case_it_cannot_take():
+    from segtriton.bench.spec import PRESETS, expand, load_spec
+
+    for name in PRESETS:
+        for case in expand(load_spec(name)):
+            if case.provider in PEERS:
+                peer = PEERS[case.provider][case.loss]
+                assert peer.ignores or case.ignore_frac == 0, (name, case)
+                assert len(case.shape) - 2 in peer.dims, (name, case)
+
+
 def test_timed_steps_scale_the_backward_and_time_a_forward_without_a_graph():
     x = torch.randn(5, dtype=torch.float64, requires_grad=True)
 
