@@ -444,6 +444,17 @@ def test_monai_hausdorff_dt(monai, spatial, gen):
     _close(ref.hausdorff_dt_loss(x, t, mode="multilabel"), theirs)
 
 
+def test_monai_log_hausdorff_dt_is_log1p_of_ours(monai, gen):
+    """LogHausdorffDTLoss takes ``log(1 + loss)`` of the mean: ``torch.log1p`` of ours,
+    in value and gradient."""
+    x, y = _inputs(gen)
+    x.requires_grad_(True)
+    theirs = monai.LogHausdorffDTLoss(softmax=True, to_onehot_y=True)(x, y.unsqueeze(1))
+    ours = torch.log1p(ref.hausdorff_dt_loss(x, y))
+    _close(ours, theirs)
+    _close(*(torch.autograd.grad(v, x)[0] for v in (ours, theirs)))
+
+
 @pytest.mark.parametrize(
     ("spatial", "spacing"),
     [((30, 41), (0.7, 1.3)), ((9, 12, 14), (2.0, 1.0, 0.5))],
