@@ -70,7 +70,7 @@ def _sweep(args: argparse.Namespace) -> int:
     _prepare_triton()
     from .report import build_report
     from .runner import run_sweep
-    from .spec import expand, load_spec
+    from .spec import ONLY_SOME, SpecError, expand, load_spec
 
     spec = load_spec(args.preset if args.spec is None else None, args.spec)
     for axis in ("losses", "providers", "dtypes", "modes"):
@@ -78,6 +78,13 @@ def _sweep(args: argparse.Namespace) -> int:
         if value:
             spec[axis] = value.split(",")
     cases = expand(spec)
+    if not cases:
+        some = {p: sorted(ONLY_SOME[p]) for p in spec["providers"] if p in ONLY_SOME}
+        raise SpecError(
+            "the spec gives no cases (no provider runs its losses at its shapes"
+            + (f"; losses each of these providers has: {some}" if some else "")
+            + ")"
+        )
     out = Path(args.out) if args.out else _default_out(args.name)
     print(f"{len(cases)} cases -> {out}", file=sys.stderr)
     df = run_sweep(

@@ -100,6 +100,12 @@ def test_cli_reports_a_bad_spec_file(tmp_path, capsys):
     assert "cannot read spec file" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "segtriton report: error: no rows.json in" in capsys.readouterr().err
+    # a peer without the loss asked for: no cases, said before any folder is made
+    spec.write_text('losses = ["jaccard"]\nproviders = ["kornia"]\nshapes = [[2, 3, 8, 8]]\n')
+    assert main(["sweep", "--spec", str(spec), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "the spec gives no cases" in err and "{'kornia': ['dice', 'hausdorff_er']}" in err
+    assert not (tmp_path / "none").exists()
 
 
 def test_byte_models():
