@@ -2,9 +2,10 @@
 # One call on a lent GPU machine (the device tool, at most 10 minutes a call): install, then
 # one stage. Everything lands under $OUT (at most 8 files come back): copy what matters into
 # results/<device>/<date>/ and commit it. Stages:
-#   tests                 the kernel tests compiled on the GPU (small shapes), on a pool of
-#                         pytest-xdist workers where the image has it, else one pytest
-#                         process per test module at once (Triton compiles in parallel)
+#   tests                 the kernel tests compiled on the GPU (small shapes) and the CUDA
+#                         timer's tests, on a pool of pytest-xdist workers where the image
+#                         has it, else one pytest process per test module at once (Triton
+#                         compiles in parallel)
 #   sweep PRESET [flags]  one sweep preset, e.g. `sweep cityscapes --cuda-graph`; for
 #                         `sweep peers`, run bench/fetch_peer_wheels.sh here and carry .whl
 #   bench                 pytest --benchmark (tests/test_benchmarks.py)
@@ -55,7 +56,7 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
     if python3 -c "import xdist" 2> /dev/null; then  # one pool of workers over every module
         # SIGINT at the cap: pytest stops as on Ctrl-C and still prints its summary
         timeout -s INT -k 20 "$1" python3 -m pytest -v -n "$(nproc)" -p no:cacheprovider \
-            tests/test_kernels_*.py > "$OUT/tests.log" 2>&1
+            tests/test_kernels_*.py tests/test_bench_timing.py > "$OUT/tests.log" 2>&1
         rc=$?
         printf '\npytest -n %s: exit %s (124: stopped at %s s)\n' "$(nproc)" "$rc" "$1" \
             >> "$OUT/tests.log"
@@ -65,7 +66,7 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
         return
     fi
     logs=$(mktemp -d)
-    for module in tests/test_kernels_*.py; do
+    for module in tests/test_kernels_*.py tests/test_bench_timing.py; do
         local log="$logs/$(basename "$module" .py).log"
         (timeout "$1" python3 -m pytest -q -p no:cacheprovider "$module" > "$log" 2>&1
             echo " exit $?" >> "$log") &

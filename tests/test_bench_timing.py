@@ -109,10 +109,18 @@ def test_environment_names_versions_commit_and_the_peers():
     assert info["torch"] == torch.__version__
     assert info["triton"] == importlib.metadata.version("triton")
     assert info["cuda_available"] == torch.cuda.is_available()
-    assert info["peer:monai"] == importlib.metadata.version("monai")
+    for peer in env.PEERS:  # installed or not (the GPU image may lack them)
+        try:
+            want = importlib.metadata.version(peer)
+        except importlib.metadata.PackageNotFoundError:
+            want = None
+        assert info[f"peer:{peer}"] == want, peer
     here = env.os.path.dirname(env.__file__)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here)
-    head = head.stdout.strip()
+    try:  # a copy of the tree without .git, or a machine without git, has no commit
+        run = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here)
+        head = run.stdout.strip() if run.returncode == 0 else ""
+    except OSError:
+        head = ""
     assert info["git_commit"] == (head or None)
 
 
