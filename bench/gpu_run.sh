@@ -2,10 +2,11 @@
 # One call on a lent GPU machine (the device tool, at most 10 minutes a call): install, then
 # one stage. Everything lands under $OUT (at most 8 files come back): copy what matters into
 # results/<device>/<date>/ and commit it. Stages:
-#   tests                 the kernel tests compiled on the GPU (small shapes) and the CUDA
-#                         timer's tests, on a pool of pytest-xdist workers where the image
-#                         has it, else one pytest process per test module at once (Triton
-#                         compiles in parallel)
+#   tests                 the tests that run on the GPU (GPU_TESTS_ALL: the kernel tests at
+#                         small shapes, bad input, custom ops, no host sync, the CUDA timer),
+#                         on a pool of pytest-xdist workers where the image has it, else one
+#                         pytest process per test module at once (Triton compiles in
+#                         parallel); lease and all run GPU_TESTS (kernels and timer) only
 #   sweep PRESET [flags]  one sweep preset, e.g. `sweep cityscapes --cuda-graph`; for
 #                         `sweep peers`, run bench/fetch_peer_wheels.sh here and carry .whl
 #   bench                 pytest --benchmark (tests/test_benchmarks.py)
@@ -51,12 +52,18 @@ left() {  # seconds until $1 after the start, at least 1 (`timeout 0` would neve
     echo $((n > 0 ? n : 1))
 }
 
-run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
-    local logs rc
+GPU_TESTS="tests/test_kernels_*.py tests/test_bench_timing.py"
+GPU_TESTS_ALL="$GPU_TESTS tests/test_bad_input.py tests/test_custom_ops.py"
+GPU_TESTS_ALL+=" tests/test_no_host_sync.py tests/test_deep_supervision.py"
+GPU_TESTS_ALL+=" tests/test_class_vectors.py"
+
+run_tests() {  # CAP [MODULES]; TRITON_INTERPRET stays unset: compiled kernels
+    local logs rc modules=${2:-$GPU_TESTS}
     if python3 -c "import xdist" 2> /dev/null; then  # one pool of workers over every module
         # SIGINT at the cap: pytest stops as on Ctrl-C and still prints its summary
+        # shellcheck disable=SC2086  # $modules holds globs
         timeout -s INT -k 20 "$1" python3 -m pytest -v -n "$(nproc)" -p no:cacheprovider \
-            tests/test_kernels_*.py tests/test_bench_timing.py > "$OUT/tests.log" 2>&1
+            $modules > "$OUT/tests.log" 2>&1
         rc=$?
         printf '\npytest -n %s: exit %s (124: stopped at %s s)\n' "$(nproc)" "$rc" "$1" \
             >> "$OUT/tests.log"
@@ -66,7 +73,7 @@ run_tests() {  # TRITON_INTERPRET stays unset: compiled kernels
         return
     fi
     logs=$(mktemp -d)
-    for module in tests/test_kernels_*.py tests/test_bench_timing.py; do
+    for module in $modules; do
         local log="$logs/$(basename "$module" .py).log"
         (timeout "$1" python3 -m pytest -q -p no:cacheprovider "$module" > "$log" 2>&1
             echo " exit $?" >> "$log") &
@@ -155,7 +162,7 @@ run_tiles() {
 }
 
 case "$STAGE" in
-    tests) run_tests "$LIMIT" ;;
+    tests) run_tests "$LIMIT" "$GPU_TESTS_ALL" ;;
     sweep) run_sweep "$@" ;;
     bench) run_bench "$LIMIT" ;;
     tiles) run_tiles "$@" ;;
