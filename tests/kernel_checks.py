@@ -22,6 +22,13 @@ SPATIAL = [(7, 9), (3, 5, 6)]
 CASE_ARGS = ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction")
 
 
+def env_without_interpreter() -> dict[str, str]:
+    """This process's environment without ``TRITON_INTERPRET``, for a subprocess that must
+    choose for itself (``segtriton sweep``) or compile (``segtriton compile``, which builds
+    sm_90 binaries without a GPU)."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
 def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
     """pytest params ``CASE_ARGS`` over every entry's variants x class counts x dtypes, with
     the spatial shape, memory format and reduction taking turns along the list."""

@@ -4,12 +4,12 @@ calculator's rules, the per-kernel summary, and compile.md's spill and failure s
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
+from kernel_checks import env_without_interpreter
 
 from segtriton.bench import aot
 
@@ -74,7 +74,7 @@ print(json.dumps([dataclasses.asdict(r) for r in rows]))
 def test_kernels_compile_for_sm90_on_any_machine():
     """`segtriton compile`'s mechanism, in a process without the interpreter: a loss's
     forward and backward launches build sm_90 binaries whose resources are read back."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_without_interpreter()
     out = subprocess.run(
         [sys.executable, "-c", _COMPILE_ONE], capture_output=True, text=True, timeout=600, env=env
     )
@@ -143,26 +143,23 @@ aot.compile_cases = lambda quick=False: [
     aot.CompileCase("cross_entropy", {"reduction": "nope"}, (2, 3, 9, 13), bf16, torch.int64,
                     False),
 ]
-code = cli.main(["compile", "--out", sys.argv[1]])
-overhead = ["--losses", "dice,lovasz_hinge", "--calls", "3", "--shape", "2,3,8,8"]
-code2 = cli.main(["overhead", *overhead])
-print("exit", code, code2)
+print("exit", cli.main(["compile", "--out", sys.argv[1]]))
 """
 
 
 def test_segtriton_compile_labels_each_kernel_with_its_case_and_reports_failures(tmp_path):
-    """The compile and overhead commands on compiled (not interpreted) Triton: each case's
-    launches carry its label, a case that raises is listed as failed and sets the exit
-    status, and the overhead command times a loss."""
+    """The compile command on compiled (not interpreted) Triton: each case's launches carry
+    its label, and a case that raises is listed as failed and sets the exit status (the
+    real case list, and the overhead command, are tests/test_compile.py's)."""
     import pandas as pd
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_without_interpreter()
     out = subprocess.run(
         [sys.executable, "-c", _COMPILE_CLI, str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "exit 1 0", out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "exit 1", out.stdout
     df = pd.read_csv(tmp_path / "kernels.csv")
     by_case = df.groupby("case").kernel.apply(set).to_dict()
     assert set(by_case) == {
@@ -180,9 +177,3 @@ def test_segtriton_compile_labels_each_kernel_with_its_case_and_reports_failures
     report = (tmp_path / "compile.md").read_text()
     assert "1 case(s) failed" in report and "cross_entropy 2x3x9x13" in report
     assert "reduction" in report.split("## Failed cases")[1]
-    lines = {ln.split()[0]: ln.split()[1:4] for ln in out.stdout.splitlines()[-4:-1]}
-    assert {loss: shape for loss, (shape, *_) in lines.items()} == {
-        "loss": "shape", "dice": "2x3x8x8", "lovasz_hinge": "2x1x8x8"
-    }  # fmt: skip
-    for loss in ("dice", "lovasz_hinge"):  # microseconds: a launch alone costs more than 5
-        assert min(float(v.strip("()")) for v in lines[loss][1:]) > 5, lines

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import triton
+from kernel_checks import env_without_interpreter
 
 import segtriton
 from segtriton.kernels import interpreter_problem
@@ -66,7 +67,7 @@ def test_interpreter_problem_names_the_incompatible_versions(
 def test_a_sweep_runs_the_kernels_where_it_can_without_being_told(tmp_path):
     """`segtriton sweep` on a fresh shell: without a GPU it picks Triton's interpreter
     itself (TRITON_INTERPRET unset), so the Triton rows are checked, not errors."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_without_interpreter()
     args = ["--losses", "cross_entropy", "--providers", "triton", "--reps", "1"]
     out = _run("sweep", *args, "--out", str(tmp_path), env=env)
     assert out.returncode == 0, out.stdout + out.stderr
