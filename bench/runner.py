@@ -151,12 +151,12 @@ def run_case(
     options = entry.ignoring(provider_options(case.provider, entry), IGNORE_INDEX)
     row["options"] = repr(options)
     dtype = DTYPES[case.dtype]
+    fn = make_provider(case, entry)  # before the inputs: a provider may refuse the case
     x, t = case_inputs(case, entry, options, device, cache)
     if case.memory_format == "channels_last":
         x = x.contiguous(
             memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         )
-    fn = make_provider(case, entry)
     need_grad = case.mode != "fwd"
     xg = x.detach().requires_grad_(need_grad)
 
