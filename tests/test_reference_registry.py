@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, LossEntry, make_inputs, variant_fits
+from segtriton.registry import LOSSES, LossEntry, get, make_inputs, variant_fits
 
 C = 3
 CASES = [
@@ -174,12 +174,11 @@ def test_variant_fits_reads_class_lists_and_per_class_vectors():
 
 
 def test_inputs_ignore_and_soften_only_as_asked(gen):
-    entries = {e.name: e for e in LOSSES}
     shape = (2, 3, 8, 8)
-    _, t = make_inputs(entries["dice"], shape, {}, generator=gen, ignore_frac=0.5)
+    _, t = make_inputs(get("dice"), shape, {}, generator=gen, ignore_frac=0.5)
     assert (t == 255).any()
     # no ignore_index: its masks stay 0 / 1
-    _, t = make_inputs(entries["cross_entropy_probs"], shape, {}, generator=gen, ignore_frac=0.5)
+    _, t = make_inputs(get("cross_entropy_probs"), shape, {}, generator=gen, ignore_frac=0.5)
     assert ((t == 0) | (t == 1)).all()
-    _, t = make_inputs(entries["cross_entropy_probs"], shape, {}, generator=gen, soft=True)
+    _, t = make_inputs(get("cross_entropy_probs"), shape, {}, generator=gen, soft=True)
     assert ((t > 0) & (t < 1)).all()
