@@ -129,6 +129,32 @@ def _smp(name: str, **kwargs) -> Callable[[], Callable]:
     return factory
 
 
+def _monai_focal(use_softmax: bool) -> Callable[[], Callable]:
+    """MONAI's FocalLoss on one-hot labels with ``ignore_index=255`` and no alpha. With
+    ``ignore_index`` its 'mean' divides by the valid pixels, not the valid elements: the
+    softmax form then equals ours (only the label's class contributes), the sigmoid form
+    (every class contributes) is C times ours, which the wrapper divides out."""
+
+    def factory():
+        from monai.losses import FocalLoss
+
+        loss = FocalLoss(to_onehot_y=True, use_softmax=use_softmax, ignore_index=255)
+        if use_softmax:
+            return lambda x, t: loss(x, t.unsqueeze(1))
+        return lambda x, t: loss(x, t.unsqueeze(1)) / x.shape[1]
+
+    return factory
+
+
+def _kornia_focal():
+    """kornia's FocalLoss (softmax form), no alpha; its 'mean' divides by every pixel,
+    ignored or not, and by C, so the sweep runs its 'sum'. It takes int64 labels."""
+    from kornia.losses import FocalLoss
+
+    loss = FocalLoss(alpha=None, reduction="sum", ignore_index=255)
+    return lambda x, t: loss(x, t.long())
+
+
 def _monai_wasserstein():
     """MONAI's GeneralizedWassersteinDiceLoss with unit distances between classes (our
     ``dist_matrix=None``), one module per class count."""
@@ -200,6 +226,10 @@ PEERS: dict[str, dict[str, Peer]] = {
             {"sigmoid_focal": True, **_MONAI_SMOOTH}, _monai("DiceFocalLoss"), ignores=False
         ),
         "wasserstein_dice": Peer({}, _monai_wasserstein, ignores=False),
+        "softmax_focal": Peer({"alpha": None}, _monai_focal(use_softmax=True)),
+        "sigmoid_focal_ovr": Peer(
+            {"mode": "multiclass", "alpha": None}, _monai_focal(use_softmax=False)
+        ),
     },
     "smp": {
         "dice": Peer({"scope": "batch", "absent": "zero"}, _smp("DiceLoss")),
@@ -217,5 +247,6 @@ PEERS: dict[str, dict[str, Peer]] = {
         ),
         # no ignore_index in kornia's: the `hausdorff_er` preset ignores no pixel
         "hausdorff_er": Peer({}, _kornia_hausdorff_er, ignores=False),
+        "softmax_focal": Peer({"alpha": None, "reduction": "sum"}, _kornia_focal),
     },
 }

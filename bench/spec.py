@@ -139,7 +139,14 @@ PRESETS: dict[str, dict] = {
         "dtypes": ["bf16"],
     },
     "peers": {  # the peer libraries where their semantics match an option set of ours
-        "losses": ["dice", "jaccard", "tversky", "sigmoid_focal_ovr", "lovasz_softmax"],
+        "losses": [
+            "dice",
+            "jaccard",
+            "tversky",
+            "softmax_focal",
+            "sigmoid_focal_ovr",
+            "lovasz_softmax",
+        ],
         "providers": ["triton", "eager", "compile", "monai", "smp", "kornia"],
         "shapes": [[8, 19, 512, 1024], [16, 150, 512, 512]],
         "dtypes": ["fp32"],
@@ -185,6 +192,8 @@ PRESETS: dict[str, dict] = {
         "losses": [
             "dice",
             "tversky",
+            "softmax_focal",
+            "sigmoid_focal_ovr",
             "generalized_dice",
             "ce_dice",
             "focal_dice",

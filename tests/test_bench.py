@@ -104,7 +104,10 @@ def test_cli_reports_a_bad_spec_file(tmp_path, capsys):
     spec.write_text('losses = ["jaccard"]\nproviders = ["kornia"]\nshapes = [[2, 3, 8, 8]]\n')
     assert main(["sweep", "--spec", str(spec), "--out", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
-    assert "the spec gives no cases" in err and "{'kornia': ['dice', 'hausdorff_er']}" in err
+    assert (
+        "the spec gives no cases" in err
+        and "{'kornia': ['dice', 'hausdorff_er', 'softmax_focal']}" in err
+    )
     assert not (tmp_path / "none").exists()
 
 
@@ -214,7 +217,7 @@ def test_berman_baselines_equal_the_reference(per_image, gen):
 def test_peer_providers_run_where_their_semantics_match(tmp_path):
     code, rows = _sweep(
         tmp_path,
-        'preset = "peers"\nlosses = ["dice", "tversky", "sigmoid_focal_ovr"]\n'
+        'preset = "peers"\nlosses = ["dice", "tversky", "softmax_focal", "sigmoid_focal_ovr"]\n'
         'providers = ["eager", "monai", "smp", "kornia"]\nshapes = [[2, 5, 9, 11]]\n',
     )
     assert code == 0
@@ -226,6 +229,9 @@ def test_peer_providers_run_where_their_semantics_match(tmp_path):
         ("smp", "tversky"),
         ("monai", "tversky"),
         ("smp", "sigmoid_focal_ovr"),
+        ("monai", "sigmoid_focal_ovr"),
+        ("monai", "softmax_focal"),
+        ("kornia", "softmax_focal"),
     }
     assert peers.passed.all() and (peers.median_ms > 0).all()
     assert peers.options.str.contains("scope").any()
@@ -240,8 +246,8 @@ def test_monai_preset_checks_monai_without_ignored_pixels(tmp_path):
     assert code == 0
     assert set(rows.provider) == {"eager", "monai"}
     assert set(rows[rows.provider == "monai"].loss) == {
-        "dice", "tversky", "generalized_dice", "ce_dice", "focal_dice", "mcc",
-        "wasserstein_dice",
+        "dice", "tversky", "softmax_focal", "sigmoid_focal_ovr", "generalized_dice",
+        "ce_dice", "focal_dice", "mcc", "wasserstein_dice",
     }  # fmt: skip
     assert rows.passed.all() and (rows.ignore_frac == 0).all()
 

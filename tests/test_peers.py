@@ -279,6 +279,25 @@ def test_monai_softmax_focal_is_ours_over_c(monai, gen):
     _close(ref.softmax_focal_loss(x, y, gamma=1.5) / x.shape[1], theirs)
 
 
+def test_monai_focal_with_ignore_index_divides_by_valid_pixels(monai, gen):
+    """With ``ignore_index`` MONAI's focal 'mean' divides by the valid pixels, not the
+    valid elements: its softmax form (only the label's class contributes) is then ours,
+    its sigmoid form (every class contributes) C times ours, even with no pixel ignored."""
+    x, y = _inputs(gen, ignore=True)
+    C = x.shape[1]
+    for use_softmax, ours in (
+        (True, ref.softmax_focal_loss(x, y, ignore_index=255)),
+        (False, C * ref.sigmoid_focal_loss(x, y, mode="multiclass", alpha=None, ignore_index=255)),
+    ):
+        loss = monai.FocalLoss(to_onehot_y=True, use_softmax=use_softmax, ignore_index=255)
+        _close(ours, loss(x, y.unsqueeze(1)))
+    kept = y.masked_fill(y == 255, 0)
+    loss = monai.FocalLoss(to_onehot_y=True, ignore_index=255)
+    plain = ref.sigmoid_focal_loss(x, kept, mode="multiclass", alpha=None)
+    _close(C * plain, loss(x, kept.unsqueeze(1)))
+    _close(plain, monai.FocalLoss(to_onehot_y=True)(x, kept.unsqueeze(1)))
+
+
 @pytest.mark.parametrize("batch", [False, True])
 def test_monai_dice_ce(monai, batch, gen):
     """Also with include_background=False, which leaves class 0 out of the Dice term only
@@ -605,6 +624,15 @@ def test_kornia_softmax_focal_is_ours_over_c(kornia, gen):
     x, y = _inputs(gen)
     theirs = kornia.focal_loss(x, y, alpha=None, gamma=2.0, reduction="mean")
     _close(ref.softmax_focal_loss(x, y, gamma=2.0) / x.shape[1], theirs)
+
+
+def test_kornia_focal_with_ignore_index(kornia, gen):
+    """Its 'sum' is ours; its 'mean' divides that by every pixel, ignored or not, and by C."""
+    x, y = _inputs(gen, ignore=True)
+    ours = ref.softmax_focal_loss(x, y, ignore_index=255, reduction="sum")
+    for reduction, divisor in (("sum", 1), ("mean", y.numel() * x.shape[1])):
+        theirs = kornia.focal_loss(x, y, alpha=None, reduction=reduction, ignore_index=255)
+        _close(ours / divisor, theirs)
 
 
 def test_kornia_binary_focal_one_vs_rest(kornia, gen):
