@@ -11,6 +11,7 @@ Offsets are int64 so tensors past 2^31 elements are addressed correctly.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -193,6 +194,12 @@ def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
     return b, offs_p, offs_p < S
 
 
+def spatial_size(x: torch.Tensor) -> int:
+    """Pixels per map of ``x [B, C, *S]`` (or of a ``[B, R, S]`` view): ``prod(S)``,
+    without the host cost of making the ``x[0, 0]`` view to count them."""
+    return math.prod(x.shape[2:])
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for b > 0. ``triton.cdiv`` is a constexpr function that costs
     microseconds per host call; the launch wrappers call this many times per loss."""
@@ -226,7 +233,7 @@ def tile_grid(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int,
     ``x`` viewed as ``[B, C, S]``: pixel tiles holding every class (or its chunks),
     ``TILES_PER_PROGRAM`` of them per program (:func:`program_tile`)."""
     B, C = x.shape[:2]
-    S = x[0, 0].numel()
+    S = spatial_size(x)
     blocks = class_blocks(C)
     n_pblocks = cdiv(S, blocks[1])
     n_blocks = B * n_pblocks

@@ -48,6 +48,7 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
+    spatial_size,
 )
 from .pixelwise import (
     _fake_grad,
@@ -313,7 +314,7 @@ def _distance_op(
     mean = reduction == "mean"
     denom = _boundary_denom(t, counts, labels, ignore_index, n_selected) if mean else None
     B, C = x.shape[:2]
-    S = x[0, 0].numel()
+    S = spatial_size(x)
     block_c, block_p, single = class_blocks(C)
     n_pblocks = cdiv(S, block_p)
     partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
@@ -408,7 +409,7 @@ def _pred_sites(
     class) with ``labels``, else uint8 ``[B, C, *S]``; contiguous."""
     x, t, strides = loss_views(logits, target, labels)
     B, C = x.shape[:2]
-    S = x[0, 0].numel()
+    S = spatial_size(x)
     shape = (B, *logits.shape[2:]) if labels else logits.shape
     out = torch.empty(shape, dtype=torch.int32 if labels else torch.uint8, device=x.device)
     block_c, block_p, _ = class_blocks(C)

@@ -43,6 +43,7 @@ from ._tiles import (
     loss_views,
     num_warps_for,
     pixel_view,
+    spatial_size,
 )
 
 BLOCK = 512
@@ -136,7 +137,7 @@ def _front(
     read_labels = labels and not probability_target(logits, target, ignore_index)
     x, t, strides = loss_views(logits, target, read_labels)
     B, C = x.shape[:2]
-    S = x[0, 0].numel()
+    S = spatial_size(x)
     block_c, block_p, _ = class_blocks(C)
     n_pblocks = cdiv(S, block_p)
     ign, has_ignore = ignore_arg(ignore_index, read_labels)

@@ -53,6 +53,7 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
+    spatial_size,
     tile_pixels,
 )
 
@@ -73,7 +74,7 @@ def _layout(B: int, C: int, S: int, per_image: bool) -> tuple[int, int, int, int
 def _geometry(logits, target, hinge):
     x, sxb, sxc, sxs = pixel_view(logits)
     t, stb, sts = label_view(target[:, 0] if hinge else target)
-    return x, t, (sxb, sxc, sxs), (stb, sts), x.shape[0], x.shape[1], x[0, 0].numel()
+    return x, t, (sxb, sxc, sxs), (stb, sts), x.shape[0], x.shape[1], spatial_size(x)
 
 
 def perm_dtype(N: int) -> torch.dtype:
@@ -139,7 +140,7 @@ def _lovasz_rows(
 @_lovasz_rows.register_fake
 def _(logits, target, per_image, ignore_index, hinge):
     B, C = logits.shape[:2]
-    S = logits[0, 0].numel()
+    S = spatial_size(logits)
     R, N, _, _ = _layout(B, C, S, per_image)
     nk = cdiv(N, _BLOCK_K)
     f32, i32 = torch.float32, torch.int32

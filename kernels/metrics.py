@@ -61,6 +61,7 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
+    spatial_size,
     tile_chunks,
 )
 
@@ -111,7 +112,7 @@ def _confusion(
     else:
         (p, spb, sps), spc = label_view(preds), 0
         block_c, block_p, single = 1, _LABEL_TILE, True
-    S = t[0, 0].numel()
+    S = spatial_size(t)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     cells = C * C
     hist = cells + 2 <= _HIST_BINS
@@ -170,7 +171,7 @@ def multilabel_counts(
         target.view(torch.uint8) if target.dtype == torch.bool else target
     )
     block_c, block_p, _ = class_blocks(C)
-    S = t[0, 0].numel()
+    S = spatial_size(t)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     ign = ignore_value(ignore_index, target, labels=False)
     out = torch.empty(B * n_chunks * 7 * C, dtype=torch.int32, device=t.device)

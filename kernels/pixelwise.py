@@ -82,6 +82,7 @@ from ._tiles import (
     pixel_view,
     program_count,
     scale_grad,
+    spatial_size,
     sum_partials,
     tile_chunks,
     tile_grid,
@@ -129,7 +130,7 @@ def _prepass(
     (``weight[y]`` of labels, ``weight[c]`` of channel c's masks)."""
     t, stb, str_, sts = pixel_view(target.unsqueeze(1) if labels else target)
     R = 1 if labels else t.shape[1]
-    S = t[0, 0].numel()
+    S = spatial_size(t)
     block_r = next_pow2(R)
     block_p = tile_pixels(block_r)
     n_pblocks = cdiv(S, block_p)
@@ -591,7 +592,7 @@ def _select_labels(target: torch.Tensor) -> tuple[torch.Tensor, int, int, int, b
     """``(view, S, batch stride, pixel stride, flat)`` of labels ``[B, *S]`` for the
     select kernels; ``flat``: pixel i lies at offset i."""
     t, stb, sts = label_view(target)
-    S = t[0, 0].numel()
+    S = spatial_size(t)
     return t, S, stb, sts, sts == 1 and (stb == S or t.shape[0] == 1)
 
 
@@ -888,7 +889,7 @@ def _sigmoid_launch(
 ):
     x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, labels)
     B, C = x.shape[:2]
-    S = x[0, 0].numel()
+    S = spatial_size(x)
     block_c = min(next_pow2(C), 16)
     block_p = tile_pixels(block_c, least=64)
     n_pblocks = cdiv(S, block_p)

@@ -62,6 +62,7 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
+    spatial_size,
     tile_chunks,
     tile_grid,
 )
@@ -91,7 +92,7 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
     with the counted pixels ``N[C]`` after T."""
     x, t, strides = loss_views(logits, target, kind == TARGET_LABELS)
     B, C = x.shape[:2]
-    S = x[0, 0].numel()
+    S = spatial_size(x)
     block_c, block_p, single = class_blocks(C)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     row = (4 if count else 3) * C + 2

@@ -38,6 +38,7 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
+    spatial_size,
     tile_chunks,
     tile_grid,
 )
@@ -50,7 +51,7 @@ def _wass_sums(
     """Pass 1: ``[B, 2, C]`` fp32 ``(V, W)`` per image and class."""
     x, t, (sxb, sxc, sxs, stb, _, sts) = loss_views(logits, target, True)
     B, C = x.shape[:2]
-    S = x[0, 0].numel()
+    S = spatial_size(x)
     block_c, block_p, single = class_blocks(C)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     part = torch.empty(B * n_chunks * 2 * C, dtype=torch.float32, device=x.device)
