@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .spec import SpecError
 
+    # Triton 3.9 warns that FMA contraction, on by default in every Triton so far, turns
+    # off by default in 3.10: the commands keep it on, so runs under either compare alike
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     args = build_parser().parse_args(argv)
     args.command = shlex.join(["segtriton", *(sys.argv[1:] if argv is None else argv)])
     try:

@@ -52,6 +52,7 @@ def environment() -> dict[str, object]:
         "git_commit": _git_commit(),
         "max_tile": _tiles.MAX_TILE,  # SEGTRITON_MAX_TILE
         "stages": _tiles.STAGES,  # SEGTRITON_STAGES
+        "fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION", "triton's default"),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -14,6 +14,8 @@ import torch
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+# compiled kernels keep FMA contraction on, as `segtriton` commands do (bench/cli.py)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 # Under pytest-xdist (`pytest -n auto`) every worker would start one torch thread per core;
 # splitting the cores between the workers ran the cldice and region tests 9% faster on CI's
