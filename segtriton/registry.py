@@ -40,10 +40,11 @@ class LossEntry:
       order (an input with ties in one precision only has two different gradients).
     kinked: the gradient jumps where a threshold or an extreme inside the loss changes
       side (the erosion Hausdorff loss: ``d_k = 1/2``, a map's max or min moving to
-      another pixel). Over a large input a float32 provider and the float64 reference
-      fall on two sides at a few isolated pixels, so the benchmark gates such a gradient
-      on the share of its entries off by more than the tolerance (:data:`KINK_SHARE`),
-      not on the largest error.
+      another pixel; the top-k and OHEM cross-entropies: a pixel at the k-th largest
+      loss or at the OHEM threshold, kept or dropped). Over a large input a float32
+      provider and the float64 reference fall on two sides at a few isolated pixels,
+      so the benchmark gates such a gradient on the share of its entries off by more
+      than the tolerance (:data:`KINK_SHARE`), not on the largest error.
     light: options that shorten the loss's inner loop (clDice's and HD-ER's erosions),
       which the generic tests that run many launches or large inputs in Triton's
       interpreter (infinite logits, layouts, the fp16 loss scale) merge into theirs; the
@@ -153,6 +154,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"thresh": 0.9, "min_kept": 5}, {"thresh": 0.5, "min_kept": 0, "weight": [0.5, 1, 2]}),
         kernel=ker.ohem_cross_entropy,
         traffic="pixel",
+        kinked=True,
     ),
     LossEntry(
         "recall_cross_entropy",
@@ -168,6 +170,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"k": 30.0, "label_smoothing": 0.1}, {"k": 100, "weight": [0.5, 1, 2]}, {"k": 1}),
         kernel=ker.topk_cross_entropy,
         traffic="pixel",
+        kinked=True,
     ),
     LossEntry(
         "bce",
@@ -306,6 +309,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ),
         kernel=ker.topk_dice_loss,
         reductions=_SCALAR,
+        kinked=True,
     ),
     LossEntry(
         "bce_dice",

@@ -17,6 +17,7 @@ from kernel_checks import (
     CASE_ARGS,
     DEVICE,
     DTYPES,
+    apart_at_topk,
     assert_matches,
     kernel_cases,
     to_channels_last,
@@ -24,7 +25,7 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import LOSSES, get, make_inputs
 
 KERNELS = [e for e in LOSSES if e.kernel and e.reference.__module__.endswith(".pixelwise")]
 
@@ -303,6 +304,21 @@ def test_topk_worked_example_with_ties():
     assert loss.item() == pytest.approx(math.log(2.0), rel=1e-6)
     want = torch.tensor([-0.5, -0.5, -0.5, 0.0]) / 3
     torch.testing.assert_close(grad[0, 0].cpu(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_near_tie_at_the_kth_loss_is_moved_apart():
+    """Two pixels whose losses differ by float32 rounding at the cut of the top k: the
+    kernel tests move one of them (one logit), so float32 and float64 keep the same."""
+    x = torch.tensor([[[3.0, 1.0, 1.0 + 2**-23, 4.0], [0.0] * 4, [0.0] * 4]])
+    y = torch.tensor([[1, 0, 0, 0]])
+    entry = get("topk_cross_entropy")  # the second and third largest losses tie in float32
+    ce = ref.cross_entropy(x.double(), y, reduction="none").flatten()
+    assert 0 < ce[1] - ce[2] < 1e-6 * ce[1] and ce[0] > ce[1] and ce[2] > ce[3]
+    moved = apart_at_topk(entry, x, y, {"k": 50.0})
+    assert int((moved != x).sum()) == 1
+    top = ref.cross_entropy(moved.double(), y, reduction="none").flatten().sort().values
+    assert top[2] - top[1] > 1e-5 * top[2]
+    assert apart_at_topk(get("cross_entropy"), x, y, {}) is x
 
 
 def test_ohem_radix_select_equals_a_sort(gen):
