@@ -202,6 +202,15 @@ class Peer:
     ignores: bool = True
     dims: tuple[int, ...] = (2, 3)
 
+    def refusal(self, shape: tuple[int, ...], ignore_frac: float) -> str | None:
+        """Why the peer cannot take a case of ``shape`` ignoring ``ignore_frac`` of its
+        pixels, or None when it can."""
+        if ignore_frac > 0 and not self.ignores:
+            return "has no ignore_index: sweep it with ignore_frac = 0"
+        if (dims := len(shape) - 2) not in self.dims:
+            return f"takes {' or '.join(f'{d}-D' for d in self.dims)} inputs only, not {dims}-D"
+        return None
+
 
 _MONAI_SMOOTH = {"scope": "image", "smooth_nr": 1e-5, "smooth_dr": 1e-5}
 

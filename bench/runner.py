@@ -58,15 +58,8 @@ def make_provider(case: Case, entry) -> Callable:
         return entry.kernel
     if case.provider in PEERS:
         peer = PEERS[case.provider][case.loss]
-        if case.ignore_frac > 0 and not peer.ignores:
-            raise NotImplementedError(
-                f"{case.provider}'s {case.loss} has no ignore_index: sweep it with ignore_frac = 0"
-            )
-        if (dims := len(case.shape) - 2) not in peer.dims:
-            takes = " or ".join(f"{d}-D" for d in peer.dims)
-            raise NotImplementedError(
-                f"{case.provider}'s {case.loss} takes {takes} inputs only, not {dims}-D"
-            )
+        if why := peer.refusal(case.shape, case.ignore_frac):
+            raise NotImplementedError(f"{case.provider}'s {case.loss} {why}")
         loss = peer.factory()
         return lambda x, t, **_: loss(x, t)
     if case.provider in BASELINES:

@@ -113,7 +113,7 @@ def test_every_peer_row_matches_the_reference_under_its_options(provider, loss, 
         refusal = f"{provider}'s {loss} " + (
             "has no ignore" if frac and not peer.ignores else "takes 2-D inputs only, not 3-D"
         )
-        if (frac and not peer.ignores) or len(shape) - 2 not in peer.dims:
+        if peer.refusal(shape, frac):
             with pytest.raises(NotImplementedError, match=re.escape(refusal)):
                 runner.run_case(case, CPU, copy_gbps=1.0, reps=1)
             options = get(loss).ignoring(peer.options)
@@ -132,8 +132,7 @@ def test_no_preset_asks_a_peer_for_a_case_it_cannot_take():
         for case in expand(load_spec(name)):
             if case.provider in PEERS:
                 peer = PEERS[case.provider][case.loss]
-                assert peer.ignores or case.ignore_frac == 0, (name, case)
-                assert len(case.shape) - 2 in peer.dims, (name, case)
+                assert peer.refusal(case.shape, case.ignore_frac) is None, (name, case)
 
 
 def test_timed_steps_scale_the_backward_and_time_a_forward_without_a_graph():
