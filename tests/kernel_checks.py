@@ -107,6 +107,14 @@ def apart_from_predictions(entry, x, t, options, gap=1e-3):
     return g.reshape(t.shape).to(t.dtype)
 
 
+def _moved(x, b, c, s, step):
+    """``x`` with the logits at image ``b``, class ``c``, flat pixel ``s`` (indices or index
+    tensors) moved by ``step``, rounded to ``x``'s dtype, in ``x``'s layout."""
+    shift = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    shift.view(*x.shape[:2], -1)[b, c, s] = step
+    return x.detach().clone().copy_(x.double() + shift)
+
+
 def ordered_as_float64(entry, x, options, step=0.05, rounds=20):
     """Logits whose float32 probabilities (as the kernel computes them: torch's softmax or
     sigmoid of ``x.float()``) order each (image, class) map exactly as the float64 ones
@@ -127,9 +135,7 @@ def ordered_as_float64(entry, x, options, step=0.05, rounds=20):
         if not bad.any():
             return x
         b, c, k = bad.nonzero(as_tuple=True)
-        shift = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-        shift.view(*x.shape[:2], -1)[b, c, order[..., 1:][b, c, k]] = step
-        x = x.detach().clone().copy_(x.double() + shift)
+        x = _moved(x, b, c, order[..., 1:][b, c, k], step)
     raise AssertionError(f"float32 still orders the probabilities otherwise after {rounds} moves")
 
 
@@ -143,8 +149,8 @@ def apart_at_topk(entry, x, t, options, margin=1e-5, step=0.1, rounds=50):
     params = inspect.signature(entry.reference).parameters
     if "k" not in params:
         return x
-    kw = {n: options.get(n, params[n].default) for n in ("weight", "ignore_index")}
-    kw["label_smoothing"] = options.get("label_smoothing", 0.0)
+    names = ("weight", "ignore_index", "label_smoothing")
+    kw = {name: options.get(name, params[name].default) for name in names}
     n = ref.pixelwise.topk_count(t.numel(), options.get("k", params["k"].default))
     for _ in range(rounds):
         ce = ref.cross_entropy(x.detach().double(), t, reduction="none", **kw).flatten()
@@ -152,9 +158,7 @@ def apart_at_topk(entry, x, t, options, margin=1e-5, step=0.1, rounds=50):
         if n == ce.numel() or top[n - 1] == top[n] or top[n - 1] - top[n] > margin * top[n - 1]:
             return x
         b, s = divmod(int(order[n]), ce.numel() // x.shape[0])
-        shift = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-        shift.view(*x.shape[:2], -1)[b, int(t.flatten()[order[n]]), s] = step
-        x = x.detach().clone().copy_(x.double() + shift)
+        x = _moved(x, b, int(t.flatten()[order[n]]), s, step)
     raise AssertionError(f"the top {n} losses still end within {margin:g} after {rounds} moves")
 
 
