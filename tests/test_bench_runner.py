@@ -3,7 +3,6 @@ on its own, the layout and mode a row names, the timed steps, speedups and the p
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -201,7 +200,7 @@ def test_tie_order_gradients_are_gated_through_the_loss_they_imply(tmp_path, mon
         if loss != "dice":
             assert row["grad_identity_err"] == pytest.approx(1.0, rel=1e-5), row
         rows.append(row)
-    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    runner.save_rows(tmp_path, rows)
     cli.main(["report", str(tmp_path), "--out", str(tmp_path)])
     report = (tmp_path / "report.md").read_text()
     assert "Rows of lovasz_hinge, lovasz_softmax are gated on their gradient" in report
