@@ -107,7 +107,8 @@ def generalized_wasserstein_dice_loss(
     p = torch.softmax(x, dim=1)
     y = flat_labels(torch.where(valid, target, 0).long())
     v = flat_labels(valid).to(x.dtype)
-    w = torch.einsum("kc,bcn->bkn", m, p).gather(1, y[:, None]).squeeze(1)
+    # elementwise, not a matmul: under torch.autocast a matmul would run in bf16 / fp16
+    w = (m[y] * p.transpose(1, 2)).sum(2)
     # not 0 * w: a NaN loss (an all-ignored image with no smoothing) must leave ignored
     # pixels a zero gradient, as torch's cross-entropy does
     w = torch.where(v > 0, w, 0.0)
