@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 MODES = ("multiclass", "binary", "multilabel")
 
@@ -372,13 +373,15 @@ def device_constant(
     It is copied to the device once per distinct ``(values, dtype, device)`` and reused by
     later calls (the last 64 are kept), so a loss given a Python list makes no host-to-device
     copy after its first call. Callers must not write into it. While torch.compile traces,
-    a fresh tensor is returned (a constant of the graph). While a CUDA graph is captured,
+    a fresh tensor is returned (a constant of the graph), and so it is under a dispatch
+    mode such as ``FakeTensorMode`` (a fake tensor kept would reach later real calls).
+    While a CUDA graph is captured,
     the copy a warm-up call made is returned and kept for the life of the process (the
     graph reads it at every replay); with no warm-up there is no copy to return, and
     copying from the host during a capture is not allowed, so it raises RuntimeError.
     """
     device = torch.device(device)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
         return torch.tensor(list(values), dtype=dtype, device=device)
     key = (tuple(values), dtype, device)
     hit = _CONSTANTS.get(key, _CAPTURED.get(key))

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kernel_checks import DEVICE
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from segtriton import kernels, reference
 from segtriton.reference import _common
@@ -32,6 +33,18 @@ def test_device_constant_keeps_the_most_recent():
         device_constant([float(i)], torch.float32, torch.device("cpu"))
     assert len(_common._CONSTANTS) <= _common._CONSTANTS_KEPT
     assert device_constant([-1.0], torch.float32, torch.device("cpu")) is not first
+
+
+def test_device_constant_under_a_fake_mode_is_not_kept():
+    """A call under ``FakeTensorMode`` (a memory estimate, a trace) gets a fake tensor,
+    which later real calls must not be handed, and is not handed a real one."""
+    cpu = torch.device("cpu")
+    real = device_constant([6.5, 2.25], torch.float32, cpu)
+    with FakeTensorMode():
+        fake = device_constant([6.5, 2.25], torch.float32, cpu)
+        assert isinstance(fake, FakeTensor) and device_constant([9.75], torch.float32, cpu)
+    assert device_constant([6.5, 2.25], torch.float32, cpu) is real
+    assert type(device_constant([9.75], torch.float32, cpu)) is torch.Tensor
 
 
 def test_device_constant_under_capture_reuses_the_warm_up_copy(monkeypatch):
