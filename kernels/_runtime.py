@@ -6,6 +6,7 @@ be set before ``triton`` is first imported.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -45,10 +46,28 @@ def interpreter_problem() -> str | None:
     )
 
 
+def on_device_of(tensor: object) -> contextlib.AbstractContextManager:
+    """A context in which ``tensor``'s CUDA device is the current one. Triton launches on
+    the current device and its stream, whatever device the arguments are on: a loss on
+    ``cuda:1`` called while ``cuda:0`` is current (no ``torch.cuda.set_device``) would
+    fail with "Pointer argument cannot be accessed from Triton". The backward needs none:
+    autograd runs it on a thread whose current device is the gradient's. Under
+    ``torch.compile`` the generated code sets the device itself."""
+    if (
+        isinstance(tensor, torch.Tensor)
+        and tensor.device.type == "cuda"
+        and not torch.compiler.is_compiling()
+        and tensor.device.index != torch.cuda.current_device()
+    ):
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
 def kernel_api(fn: Callable) -> Callable:
-    """Decorate a public kernel function: its bool options pass ``checks_flags``, and float
-    logits (the first argument) must be of a dtype in ``KERNEL_DTYPES``. The kernels
-    compute in float32, so float64 logits are refused rather than rounded without a word
+    """Decorate a public kernel function: its bool options pass ``checks_flags``, float
+    logits (the first argument) must be of a dtype in ``KERNEL_DTYPES``, and it runs with
+    the first argument's device current (:func:`on_device_of`). The kernels compute in
+    float32, so float64 logits are refused rather than rounded without a word
     (``segtriton.reference`` computes in float64)."""
     checked = checks_flags(fn)
 
@@ -64,7 +83,8 @@ def kernel_api(fn: Callable) -> Callable:
                 f"(it computes in float32), got {logits.dtype}; "
                 f"segtriton.reference.{fn.__name__} computes in float64"
             )
-        return checked(logits, *args, **kwargs)
+        with on_device_of(logits):
+            return checked(logits, *args, **kwargs)
 
     return entry
 
@@ -87,5 +107,6 @@ def run_smoke_kernel(device: str | torch.device) -> float:
     x = torch.randn(n, device=device)
     y = torch.randn(n, device=device)
     out = torch.empty_like(x)
-    _axpy_kernel[(1,)](x, y, out, 2.0, n, BLOCK=256)
+    with on_device_of(x):
+        _axpy_kernel[(1,)](x, y, out, 2.0, n, BLOCK=256)
     return float((out - (2.0 * x + y)).abs().max())

@@ -62,6 +62,7 @@ from .pixelwise import (
 MAX_LINE = 16384  # longest axis the 1-D pass holds in one tile
 
 
+@kernel_api
 def squared_edt(sites: torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
     """``[N, *S]`` float32: the squared Euclidean distance from every pixel to the nearest
     True pixel of its map (``sites`` is a bool ``[N, *S]``), ``inf`` for a map with none.

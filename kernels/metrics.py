@@ -51,7 +51,7 @@ from segtriton.reference.metrics import (
 )
 
 from ._metrics_kernels import _confusion_kernel, _multilabel_counts_kernel
-from ._runtime import kernel_api
+from ._runtime import kernel_api, on_device_of
 from ._tiles import (
     cdiv,
     class_blocks,
@@ -367,7 +367,10 @@ class StreamingMetrics:
         if self._cm.device != target.device:
             self._to(target.device)
         per_image = self.average == "image"
-        cm, bad = _matrix(preds, target, self.num_classes, self.ignore_index, per_image, self.mode)
+        with on_device_of(target):
+            cm, bad = _matrix(
+                preds, target, self.num_classes, self.ignore_index, per_image, self.mode
+            )
         if per_image:  # concatenated when read: a cat per update would copy O(n^2)
             self._images.append(class_counts(cm, self.mode))
             cm = cm.sum(0)
