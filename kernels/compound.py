@@ -205,12 +205,14 @@ def topk_dice_loss(
     with torch.no_grad():
         losses = cross_entropy(logits.detach(), target, w, ignore_index, "none", label_smoothing)
         share = _topk_share(losses, n)
-        pix_k = lambda_ce / n if reduction == "mean" else lambda_ce
-        pix_total = torch.dot(losses.reshape(-1), share.reshape(-1)) * pix_k
+        # n stays an int: under torch.compile with dynamic shapes a float made from it
+        # would be specialised, and every new resolution would compile again
+        div = n if reduction == "mean" else 1
+        pix_total = torch.dot(losses.reshape(-1), share.reshape(-1)) * (lambda_ce / div)
     kind, ignore, overlap = args[:3]
     return _topk_region_loss(
-        logits, target, share, pix_total, pix_k, w, float(label_smoothing), kind, ignore,
-        overlap, *args[10:],
+        logits, target, share, pix_total, lambda_ce, div, w, float(label_smoothing), kind,
+        ignore, overlap, *args[10:],
     )[0]  # fmt: skip
 
 

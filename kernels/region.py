@@ -399,7 +399,8 @@ def _topk_region_loss(
     target: torch.Tensor,
     share: torch.Tensor,
     pix_total: torch.Tensor,
-    pix_k: float,
+    lambda_pix: float,
+    pix_div: int,
     w: torch.Tensor | None,
     smoothing: float,
     kind: int,
@@ -412,9 +413,9 @@ def _topk_region_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A region loss (arguments as for :func:`_region_loss`, without a pixel term) plus a
     top-k cross-entropy whose value ``pix_total`` (its weight included) and per-pixel
-    ``share`` were found beforehand. Pass 2 adds ``pix_k`` times each pixel's share of
-    the cross-entropy gradient (class weights ``w``, label ``smoothing``), so the region
-    loss's two passes carry both terms."""
+    ``share`` were found beforehand. Pass 2 adds ``lambda_pix / pix_div`` times each
+    pixel's share of the cross-entropy gradient (class weights ``w``, label
+    ``smoothing``), so the region loss's two passes carry both terms."""
     loss, out = _loss_and_coefs(
         logits, target, kind, ignore_index, overlap, *_NO_PIXEL, cw, gvec, floats, flags
     )
@@ -428,9 +429,9 @@ def _(logits, target, share, pix_total, *params):
 
 
 def _topk_setup(ctx, inputs, output):
-    logits, target, share, _, pix_k, w, smoothing, kind, ignore, overlap = inputs[:10]
+    logits, target, share, _, lambda_pix, pix_div, w, smoothing, kind, ignore, overlap = inputs[:11]
     ctx.params = (kind, ignore, overlap, PIXEL_SOFTMAX, w, None, smoothing, 0.0, 1.0, False)
-    ctx.pix_k, ctx.n_inputs = pix_k, len(inputs)
+    ctx.pix_scale, ctx.n_inputs = (lambda_pix, pix_div), len(inputs)
     ctx.save_for_backward(logits, target, share, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
@@ -441,7 +442,8 @@ def _topk_backward(ctx, grad_loss, _grad_out):
     B, C = logits.shape[:2]
     g = grad_loss.to(torch.float32)
     coef = (out[: B * 2 * C] * g).view(B, 2, C)
-    kpix = (g * ctx.pix_k).expand(B).contiguous()
+    lambda_pix, pix_div = ctx.pix_scale
+    kpix = (g * (lambda_pix / pix_div)).expand(B).contiguous()
     grad = _region_grad(logits, target, coef, kpix, *ctx.params, share)
     return (grad,) + (None,) * (ctx.n_inputs - 1)
 

@@ -1,0 +1,39 @@
+"""Multi-scale training feeds the loss a new resolution and batch size every few steps.
+Under ``torch.compile(dynamic=True, fullgraph=True)`` each loss must compile once for
+all of them: a Python float or int made from a shape and handed to a custom op would be
+specialised, every new shape would compile again, and past Dynamo's recompile limit
+(8) ``fullgraph=True`` fails. The compiled loss and gradient equal eager's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import DEVICE
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from segtriton.registry import LOSSES, make_inputs
+
+SHAPES = [(2, 3, 9, 11), (3, 3, 12, 7), (2, 3, 10, 13)]
+
+
+@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+def test_one_compile_for_every_shape(entry, gen):
+    options = entry.ignoring({**entry.variants[0], **entry.light})
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(
+        lambda x, t: entry.kernel(x, t, **options), backend=counter, dynamic=True, fullgraph=True
+    )
+    compiles = []
+    for shape in SHAPES:
+        x, t = make_inputs(entry, entry.fit_shape(shape, options), options, torch.float32, gen, 0.2)
+        results = []
+        for fn in (step, entry.kernel):
+            xi = x.detach().to(DEVICE).requires_grad_(True)
+            loss = fn(xi, t.to(DEVICE)) if fn is step else fn(xi, t.to(DEVICE), **options)
+            results.append((loss, *torch.autograd.grad(loss.sum(), xi)))
+        for got, want in zip(*results, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, equal_nan=True)
+        compiles.append(counter.frame_count)
+    # the first shape may count twice (Dynamo restarts once to specialise a float option)
+    assert compiles[1:] == compiles[:1] * (len(SHAPES) - 1), compiles
