@@ -90,6 +90,12 @@ def is_number(value: object) -> bool:
     return isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt))
 
 
+def is_finite(v: float) -> bool:
+    """Whether the number ``v`` is finite, also for a symbolic float under torch.compile
+    (``math.isfinite`` cannot take one): ``v - v`` is NaN for inf and NaN."""
+    return v - v == 0
+
+
 def check_number(
     name: str, value: object, low: float = 0.0, high: float = math.inf, none_ok: bool = False
 ) -> float | None:
@@ -100,10 +106,9 @@ def check_number(
         return None
     if isinstance(value, bool) or not is_number(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    # a symbolic number stays symbolic (comparisons become guards); v - v is NaN for
-    # inf and NaN, so the test needs no math.isfinite, which tracing cannot take
+    # a symbolic number stays symbolic (comparisons become guards)
     v = value if isinstance(value, (torch.SymFloat, torch.SymInt)) else float(value)
-    if not (v - v == 0 and low <= v <= high):
+    if not (is_finite(v) and low <= v <= high):
         bound = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f"finite and >= {low:g}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return v
@@ -446,9 +451,10 @@ def check_class_vector(
     wanted = f"one entry per class (C={C}) or one for all"
     bound = "finite and non-negative" if math.isinf(high) else f"in [0, {high:g}]"
     if numbers_ is not None:
-        if len(numbers_) not in (1, C):
+        if len(numbers_) != 1 and len(numbers_) != C:  # not `in (1, C)`: Dynamo finds no
+            # symbolic C (torch.compile(dynamic=True)) in a tuple
             raise ValueError(f"{name} must have {wanted}, got {len(numbers_)} entries")
-        if any(not (math.isfinite(v) and 0 <= v <= high) for v in numbers_):
+        if any(not (is_finite(v) and 0 <= v <= high) for v in numbers_):
             raise ValueError(f"{name} must be {bound}, got {numbers_}")
         return device_constant(numbers_ * (C // len(numbers_)), like.dtype, like.device)
     v = torch.as_tensor(value, dtype=like.dtype, device=like.device)

@@ -7,7 +7,6 @@ carries no gradient. Pass a precomputed ``dist_map`` to skip that step.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -25,6 +24,7 @@ from ._common import (
     check_num_classes,
     check_number,
     check_numbers,
+    is_finite,
     mask_shape,
     not_ignored,
 )
@@ -37,7 +37,7 @@ def check_spacing(spacing: Sequence[float] | None, nd: int) -> tuple[float, ...]
     values = tuple(check_numbers("spacing", spacing))
     if len(values) != nd:
         raise ValueError(f"spacing needs {nd} entries, got {len(values)}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
+    if not all(is_finite(v) and v > 0 for v in values):
         raise ValueError(f"spacing entries must be finite and > 0, got {list(spacing)}")
     return values
 

@@ -16,6 +16,7 @@ from ._common import (
     device_constant,
     flat,
     flat_labels,
+    is_finite,
 )
 
 
@@ -42,15 +43,23 @@ def class_distances(
     if isinstance(dist_matrix, (str, bytes)):
         raise TypeError(f"dist_matrix must be a [C, C] matrix of numbers, got {dist_matrix!r}")
     if not isinstance(dist_matrix, torch.Tensor):
+        # plain Python, not NumPy: torch.compile traces NumPy calls as tensor ops, and the
+        # checks below would become branches on tensor data (fullgraph=True fails)
+        if isinstance(dist_matrix, np.ndarray):
+            dist_matrix = dist_matrix.tolist()
         try:
-            rows = np.asarray(dist_matrix, dtype=np.float64)
+            rows = [[float(v) for v in row] for row in dist_matrix]
         except (TypeError, ValueError) as err:
             raise TypeError(f"dist_matrix must be a [C, C] matrix of numbers: {err}") from None
-        _check_distance_shape(rows.shape, C)
-        if not (np.isfinite(rows).all() and (rows >= 0).all() and rows.max() > 0):
+        widths = sorted({len(row) for row in rows})
+        if len(widths) > 1:
+            raise TypeError(f"dist_matrix must be a [C, C] matrix of numbers: rows of {widths}")
+        _check_distance_shape((len(rows), *widths), C)
+        flat_ = [v for row in rows for v in row]
+        if not (all(is_finite(v) and v >= 0 for v in flat_) and max(flat_) > 0):
             raise ValueError("dist_matrix must be finite and non-negative, with a positive entry")
-        flat_ = (rows / rows.max()).reshape(-1).tolist()
-        return device_constant(flat_, like.dtype, like.device).view(C, C)
+        top = max(flat_)
+        return device_constant([v / top for v in flat_], like.dtype, like.device).view(C, C)
     _check_distance_shape(tuple(dist_matrix.shape), C)
     m = dist_matrix.to(dtype=like.dtype, device=like.device)
     if check_values and not bool(torch.isfinite(m).all() & (m >= 0).all() & (m.max() > 0)):

@@ -14,6 +14,12 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from segtriton.registry import LOSSES, make_inputs
 
 SHAPES = [(2, 3, 9, 11), (3, 3, 12, 7), (2, 3, 10, 13)]
+VARIANTS = [
+    pytest.param(entry, i, id=f"{entry.name}-{i}")
+    for entry in LOSSES
+    if entry.kernel
+    for i in range(1, len(entry.variants))
+]
 
 
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
@@ -36,4 +42,24 @@ def test_one_compile_for_every_shape(entry, gen):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, equal_nan=True)
         compiles.append(counter.frame_count)
     # the first shape may count twice (Dynamo restarts once to specialise a float option)
+    assert compiles[1:] == compiles[:1] * (len(SHAPES) - 1), compiles
+
+
+@pytest.mark.parametrize(("entry", "variant"), VARIANTS)
+def test_options_stay_valid_under_dynamic_shapes(entry, variant, gen):
+    """Every other option set, forward only: a Python list of class weights, alpha or
+    distances is symbolic under ``dynamic=True`` (``math.isfinite`` cannot check it)."""
+    options = entry.ignoring({**entry.variants[variant], **entry.light})
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("eager")
+    step = torch.compile(
+        lambda x, t: entry.kernel(x, t, **options), backend=counter, dynamic=True, fullgraph=True
+    )
+    compiles = []
+    for shape in SHAPES:
+        x, t = make_inputs(entry, entry.fit_shape(shape, options), options, torch.float32, gen, 0.2)
+        x, t = x.to(DEVICE), t.to(DEVICE)
+        want = entry.kernel(x, t, **options)
+        torch.testing.assert_close(step(x, t), want, rtol=1e-6, atol=1e-7, equal_nan=True)
+        compiles.append(counter.frame_count)
     assert compiles[1:] == compiles[:1] * (len(SHAPES) - 1), compiles
