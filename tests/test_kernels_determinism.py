@@ -1,8 +1,13 @@
 """Every Triton kernel of the registry: the same inputs give bitwise the same loss and
-gradient, and the inputs are left untouched (bf16 logits, ignored pixels); the eager
-path and the custom op agree bitwise."""
+gradient, also under ``torch.use_deterministic_algorithms(True)`` (which raises on a
+torch op with no deterministic CUDA implementation and fills new tensors with NaN, so an
+output entry a kernel leaves unwritten shows), and the inputs are left untouched (bf16
+logits, ignored pixels); the eager path and the custom op agree bitwise."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,6 +16,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from segtriton.kernels import _ops
 from segtriton.registry import LOSSES, make_inputs
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
@@ -22,7 +38,10 @@ def test_deterministic_and_inputs_untouched(entry, gen):
     )
     before, target_before = x.clone(), t.clone()
     runs = [run_with_grad(entry.kernel, x, t, opts) for _ in range(2)]
-    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    with deterministic_algorithms():
+        runs.append(run_with_grad(entry.kernel, x, t, opts))
+    for loss, grad in runs[1:]:
+        assert torch.equal(loss, runs[0][0]) and torch.equal(grad, runs[0][1])
     assert torch.equal(x, before) and torch.equal(t, target_before)
 
 
