@@ -22,27 +22,41 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
-def test_one_compile_for_every_shape(entry, gen):
-    options = entry.ignoring({**entry.variants[0], **entry.light})
+def _over_shapes(entry, options, backend, gen, check) -> None:
+    """Compile the loss with ``dynamic=True, fullgraph=True`` on ``backend``, call
+    ``check(step, x, t)`` at each of SHAPES and assert nothing compiled after the first
+    (which may count twice: Dynamo restarts once to specialise a float option)."""
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
+    counter = CompileCounterWithBackend(backend)
     step = torch.compile(
         lambda x, t: entry.kernel(x, t, **options), backend=counter, dynamic=True, fullgraph=True
     )
     compiles = []
     for shape in SHAPES:
         x, t = make_inputs(entry, entry.fit_shape(shape, options), options, torch.float32, gen, 0.2)
+        check(step, x.to(DEVICE), t.to(DEVICE))
+        compiles.append(counter.frame_count)
+    assert compiles[1:] == compiles[:1] * (len(SHAPES) - 1), compiles
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+def test_one_compile_for_every_shape(entry, gen):
+    options = entry.ignoring({**entry.variants[0], **entry.light})
+
+    def check(step, x, t):
         results = []
-        for fn in (step, entry.kernel):
-            xi = x.detach().to(DEVICE).requires_grad_(True)
-            loss = fn(xi, t.to(DEVICE)) if fn is step else fn(xi, t.to(DEVICE), **options)
+        for fn in (step, lambda x, t: entry.kernel(x, t, **options)):
+            xi = x.detach().requires_grad_(True)
+            loss = fn(xi, t)
             results.append((loss, *torch.autograd.grad(loss.sum(), xi)))
         for got, want in zip(*results, strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, equal_nan=True)
-        compiles.append(counter.frame_count)
-    # the first shape may count twice (Dynamo restarts once to specialise a float option)
-    assert compiles[1:] == compiles[:1] * (len(SHAPES) - 1), compiles
+            _close(got, want)
+
+    _over_shapes(entry, options, "aot_eager", gen, check)
 
 
 @pytest.mark.parametrize(("entry", "variant"), VARIANTS)
@@ -50,16 +64,8 @@ def test_options_stay_valid_under_dynamic_shapes(entry, variant, gen):
     """Every other option set, forward only: a Python list of class weights, alpha or
     distances is symbolic under ``dynamic=True`` (``math.isfinite`` cannot check it)."""
     options = entry.ignoring({**entry.variants[variant], **entry.light})
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend("eager")
-    step = torch.compile(
-        lambda x, t: entry.kernel(x, t, **options), backend=counter, dynamic=True, fullgraph=True
-    )
-    compiles = []
-    for shape in SHAPES:
-        x, t = make_inputs(entry, entry.fit_shape(shape, options), options, torch.float32, gen, 0.2)
-        x, t = x.to(DEVICE), t.to(DEVICE)
-        want = entry.kernel(x, t, **options)
-        torch.testing.assert_close(step(x, t), want, rtol=1e-6, atol=1e-7, equal_nan=True)
-        compiles.append(counter.frame_count)
-    assert compiles[1:] == compiles[:1] * (len(SHAPES) - 1), compiles
+
+    def check(step, x, t):
+        _close(step(x, t), entry.kernel(x, t, **options))
+
+    _over_shapes(entry, options, "eager", gen, check)
