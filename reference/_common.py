@@ -380,10 +380,10 @@ def device_constant(
     copy after its first call. Callers must not write into it. While torch.compile traces,
     a fresh tensor is returned (a constant of the graph), and so it is under a dispatch
     mode such as ``FakeTensorMode`` (a fake tensor kept would reach later real calls).
-    While a CUDA graph is captured,
-    the copy a warm-up call made is returned and kept for the life of the process (the
-    graph reads it at every replay); with no warm-up there is no copy to return, and
-    copying from the host during a capture is not allowed, so it raises RuntimeError.
+    While a CUDA graph is captured, the copy a warm-up call made is returned and kept for
+    the life of the process (the graph reads it at every replay); with no warm-up there is
+    no copy to return, and copying from the host during a capture is not allowed, so it
+    raises RuntimeError.
     """
     device = torch.device(device)
     if torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
