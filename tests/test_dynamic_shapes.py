@@ -6,11 +6,15 @@ specialised, every new shape would compile again, and past Dynamo's recompile li
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from kernel_checks import DEVICE
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from segtriton import kernels
+from segtriton.reference.modules import loss_modules
 from segtriton.registry import LOSSES, make_inputs
 
 SHAPES = [(2, 3, 9, 11), (3, 3, 12, 7), (2, 3, 10, 13)]
@@ -21,16 +25,25 @@ VARIANTS = [
     for i in range(1, len(entry.variants))
 ]
 
+FORMS = loss_modules()
+WITH_LISTS = [  # option sets whose lists become buffers of the nn.Module form
+    pytest.param(entry, i, id=f"{entry.name}-{i}")
+    for entry in LOSSES
+    if entry.kernel
+    for i, v in enumerate(entry.variants)
+    if any(isinstance(x, list) and k != "classes" for k, x in v.items())
+]
 
-def _over_shapes(entry, options, backend, gen, check) -> None:
-    """Compile the loss with ``dynamic=True, fullgraph=True`` on ``backend``, call
-    ``check(step, x, t)`` at each of SHAPES and assert nothing compiled after the first
-    (which may count twice: Dynamo restarts once to specialise a float option)."""
+
+def _over_shapes(entry, options, backend, gen, check, loss=None) -> None:
+    """Compile ``loss`` (default: the entry's kernel with ``options``) with
+    ``dynamic=True, fullgraph=True`` on ``backend``, call ``check(step, x, t)`` at each of
+    SHAPES and assert nothing compiled after the first (which may count twice: Dynamo
+    restarts once to specialise a float option)."""
     torch._dynamo.reset()
     counter = CompileCounterWithBackend(backend)
-    step = torch.compile(
-        lambda x, t: entry.kernel(x, t, **options), backend=counter, dynamic=True, fullgraph=True
-    )
+    loss = loss or functools.partial(entry.kernel, **options)
+    step = torch.compile(loss, backend=counter, dynamic=True, fullgraph=True)
     compiles = []
     for shape in SHAPES:
         x, t = make_inputs(entry, entry.fit_shape(shape, options), options, torch.float32, gen, 0.2)
@@ -69,3 +82,19 @@ def test_options_stay_valid_under_dynamic_shapes(entry, variant, gen):
         _close(step(x, t), entry.kernel(x, t, **options))
 
     _over_shapes(entry, options, "eager", gen, check)
+
+
+@pytest.mark.parametrize(("entry", "variant"), WITH_LISTS)
+def test_module_forms_with_tensor_options_compile_once(entry, variant, gen):
+    """The ``nn.Module`` forms hold list options as tensor buffers (another path through
+    the option checks than a list): they compile once too."""
+    options = entry.ignoring({**entry.variants[variant], **entry.light})
+    buffers = {k: torch.tensor(v) if isinstance(v, list) and k != "classes" else v
+               for k, v in options.items()}  # fmt: skip
+    name = next(n for n, cls in FORMS.items() if cls.fn is entry.reference)
+    module = getattr(kernels, name)(**buffers).to(DEVICE)
+
+    def check(step, x, t):
+        _close(step(x, t), entry.kernel(x, t, **options))
+
+    _over_shapes(entry, options, "eager", gen, check, loss=module)
