@@ -1,10 +1,10 @@
 """Triton launches on the current CUDA device, not on its arguments' device: a loss on
 ``cuda:1`` while ``cuda:0`` is current (a model moved with ``.to("cuda:1")`` and no
 ``torch.cuda.set_device``) fails with "Pointer argument cannot be accessed from Triton"
-unless the entry makes the inputs' device current. The first test checks that routing on
-any machine, with fake tensors on ``cuda:1`` and the device switch recorded; the second
-runs the kernels on a second GPU and needs a machine with two (none of this project's
-machines has had two, so it has not run yet)."""
+unless the entry makes the inputs' device current. The first two tests check that
+routing on any machine, with fake tensors on ``cuda:1`` and the device switch recorded;
+the third runs the kernels on a second GPU and needs a machine with two (none of this
+project's machines has had two, so it has not run yet)."""
 
 from __future__ import annotations
 
