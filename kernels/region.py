@@ -431,7 +431,7 @@ def _(logits, target, share, pix_total, *params):
 def _topk_setup(ctx, inputs, output):
     logits, target, share, _, lambda_pix, pix_div, w, smoothing, kind, ignore, overlap = inputs[:11]
     ctx.params = (kind, ignore, overlap, PIXEL_SOFTMAX, w, None, smoothing, 0.0, 1.0, False)
-    ctx.pix_scale, ctx.n_inputs = (lambda_pix, pix_div), len(inputs)
+    ctx.pix_k, ctx.n_inputs = lambda_pix / pix_div, len(inputs)
     ctx.save_for_backward(logits, target, share, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
@@ -442,8 +442,7 @@ def _topk_backward(ctx, grad_loss, _grad_out):
     B, C = logits.shape[:2]
     g = grad_loss.to(torch.float32)
     coef = (out[: B * 2 * C] * g).view(B, 2, C)
-    lambda_pix, pix_div = ctx.pix_scale
-    kpix = (g * (lambda_pix / pix_div)).expand(B).contiguous()
+    kpix = (g * ctx.pix_k).expand(B).contiguous()
     grad = _region_grad(logits, target, coef, kpix, *ctx.params, share)
     return (grad,) + (None,) * (ctx.n_inputs - 1)
 
