@@ -255,9 +255,7 @@ def _selection(
     ``[2, C]``, each selected class's channel in the maps ``phi`` and ``psi`` (-1 for one
     not selected): the class itself in a map of all C classes (``*_all``), else its rank
     among the distinct selected classes (:func:`_distinct`)."""
-    counts = [0] * C
-    for c in idx:
-        counts[c] += 1
+    counts = [idx.count(c) for c in range(C)]
     rank = {c: k for k, c in enumerate(_distinct(idx))}
     slots = [
         (c if whole else rank[c]) if counts[c] else -1
