@@ -20,6 +20,7 @@ import triton.language as tl
 
 from ._pixelwise_kernels import _load_labels, _mask_tile
 from ._region_kernels import _chunk_terms, _load_chunk, _load_x, _pixel_setup, _tile_grad
+from ._runtime import kernel_jit
 from ._tiles import grad_divisor, pixel_block
 
 
@@ -93,7 +94,7 @@ def _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs):
     tl.store(ptrs, dz.to(g_ptr.dtype.element_ty), mask=(offs_c < C)[:, None] & pmask[None, :])
 
 
-@triton.jit
+@kernel_jit
 def _boundary_kernel(
     x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, g_ptr, loss_ptr, denom_ptr,
     C, K, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, sgb, sgc, sgs, ignore_index,
@@ -160,7 +161,7 @@ def _boundary_kernel(
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
 
 
-@triton.jit
+@kernel_jit
 def _pred_sites_kernel(
     x_ptr, t_ptr, out_ptr, C, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, ignore_index,
     LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK_C: tl.constexpr,

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ._region_kernels import _load_chunk, _pixel_setup, _sigmoid_pq
+from ._runtime import kernel_jit
 from ._tiles import pixel_block
 
 
@@ -44,7 +45,7 @@ def _cross_neighbour(z, y, x, D0, D1, D2, K: tl.constexpr):
     )  # fmt: skip
 
 
-@triton.jit
+@kernel_jit
 def _erode_kernel(
     src, dst, code_ptr, total, N, D0, D1, D2,
     CODES: tl.constexpr, THREE_D: tl.constexpr, BLOCK: tl.constexpr,
@@ -66,7 +67,7 @@ def _erode_kernel(
         tl.store(code_ptr + i, code.to(tl.int8), mask=live)
 
 
-@triton.jit
+@kernel_jit
 def _skeleton_level_kernel(
     x_ptr, e_ptr, s_in, s_out, code_ptr, total, N, D0, D1, D2,
     FIRST: tl.constexpr, CODES: tl.constexpr, THREE_D: tl.constexpr, BLOCK: tl.constexpr,
@@ -105,7 +106,7 @@ def _cube_offset(code, D1, D2):
     return ((code // 9 - 1) * D1 + (code // 3 % 3 - 1)) * D2 + (code % 3 - 1)
 
 
-@triton.jit
+@kernel_jit
 def _skeleton_sums_kernel(
     sp_ptr, g_ptr, sg_ptr, p_ptr, part_ptr, per_unit, n_chunks,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr,
@@ -133,7 +134,7 @@ def _skeleton_sums_kernel(
     tl.store(part_ptr + pid * 4 + tl.arange(0, 4), tl.sum(acc, axis=1))
 
 
-@triton.jit
+@kernel_jit
 def _skeleton_chain_kernel(
     x_ptr, s_ptr, code_ptr, g_ptr, coef_ptr, total, level_stride, per_image, LEVELS, N, D1,
     D2, BLOCK: tl.constexpr,
@@ -162,7 +163,7 @@ def _skeleton_chain_kernel(
         tl.store(s_ptr + level, t, mask=live)
 
 
-@triton.jit
+@kernel_jit
 def _skeleton_grad_kernel(
     t_ptr, t_prev, dcode_prev, g_next, ecode_ptr, sg_ptr, coef_ptr, out_ptr, total,
     per_image, N, D0, D1, D2, HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_E: tl.constexpr,
@@ -227,7 +228,7 @@ def _kept_at(b, offs_c, offs_p, pmask, C, first, S):
     return at, (offs_c[:, None] >= first) & (offs_c[:, None] < C) & pmask[None, :]
 
 
-@triton.jit
+@kernel_jit
 def _cldice_front_kernel(
     x_ptr, t_ptr, x0_ptr, g0_ptr, bad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc,
     sts, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
@@ -262,7 +263,7 @@ def _cldice_front_kernel(
     tl.store(bad_ptr + pid, seen)
 
 
-@triton.jit
+@kernel_jit
 def _cldice_back_kernel(
     x_ptr, t_ptr, d_ptr, grad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts,
     sgb, sgc, sgs, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr,

@@ -25,6 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._runtime import kernel_jit
+
 _FAR = tl.constexpr(1 << 30)  # a jit global must be a constexpr
 
 
@@ -83,7 +85,7 @@ def _combined(d_out, d_in, KIND: tl.constexpr):
     return tl.where((d_out < float("inf")) & (d_in < float("inf")), d, 0.0)
 
 
-@triton.jit
+@kernel_jit
 def _edt_first_kernel(
     src_ptr,
     out_ptr,
@@ -144,7 +146,7 @@ def _edt_first_kernel(
         tl.store(flag_ptr + n_lines + lines, tl.max(non_site.to(tl.uint8), axis=1), mask=live)
 
 
-@triton.jit
+@kernel_jit
 def _edt_axis_kernel(
     f_ptr,
     out_ptr,

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ._cldice_kernels import _coords, _cross_neighbour
+from ._runtime import kernel_jit
 
 
 @triton.jit
@@ -55,7 +56,7 @@ def _unit_block(pid, n_blocks, U, N, BLOCK_U: tl.constexpr, BLOCK_N: tl.constexp
     return u, u.to(tl.int64) * N + n, live, tl.reshape(rows, [BLOCK_U]), n
 
 
-@triton.jit
+@kernel_jit
 def _erosion_level_kernel(
     src, lohi_prev, dst, valid_ptr, bad_ptr, part_ptr, map_ptr, U, N, D0, D1, D2, n_blocks,
     w_prev, FIRST: tl.constexpr, TAIL: tl.constexpr, HAS_VALID: tl.constexpr,
@@ -121,7 +122,7 @@ def _through(u_next, r_next, at, inside, lo, hi, c_lo, c_hi):
     return tl.where(inside, du + tl.where(r >= 0, tie, 0.0), 0.0)
 
 
-@triton.jit
+@kernel_jit
 def _erosion_grad_kernel(
     r_ptr, lohi, r_next, lohi_next, coef_next, u_next, u_out, valid_ptr, gam_ptr, err_ptr,
     part_ptr, U, N, D0, D1, D2, n_blocks, w_k, TOP: tl.constexpr, BOTTOM: tl.constexpr,
@@ -188,7 +189,7 @@ def _unit_tile(part_ptr, width, column, u, start, U, n_blocks, BLOCK_B: tl.const
     return tl.load(part_ptr + at, mask=live, other=0.0), live
 
 
-@triton.jit
+@kernel_jit
 def _extrema_kernel(
     part_ptr, lohi_ptr, U, n_blocks, BLOCK_U: tl.constexpr, BLOCK_B: tl.constexpr
 ):  # fmt: skip
@@ -219,7 +220,7 @@ def _sum64(part_ptr, column, u, start, U, n_blocks, BLOCK_B: tl.constexpr):
     return tl.sum(v.to(tl.float64), axis=1)
 
 
-@triton.jit
+@kernel_jit
 def _tie_coef_kernel(
     part_ptr, lohi_ptr, coef_ptr, U, n_blocks, BLOCK_U: tl.constexpr, BLOCK_B: tl.constexpr
 ):  # fmt: skip

@@ -26,6 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._runtime import kernel_jit
 from ._tiles import log1p
 
 
@@ -236,7 +237,7 @@ def _unit_totals(
     return wl, ws
 
 
-@triton.jit
+@kernel_jit
 def _region_finalize_kernel(
     tot_ptr, w_ptr, gam_ptr, loss_ptr, out_ptr, B, n_rows, C, row,
     a_i, b_i, b_p, b_t, snr, sdr, eps, gamma, lam_reg, lam_pix, offset,
@@ -324,7 +325,7 @@ def _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE: tl.constexpr, HAS_W: t
     return w
 
 
-@triton.jit
+@kernel_jit
 def _gdl_finalize_kernel(
     tot_ptr, cw_ptr, loss_ptr, out_ptr, B, n_rows, C, row, snr, sdr, eps, lam_reg, lam_pix,
     IMAGE: tl.constexpr, MEAN: tl.constexpr, NONE: tl.constexpr, WEIGHT_TYPE: tl.constexpr,

@@ -28,10 +28,11 @@ import triton.language as tl
 
 from ._pixelwise_kernels import _load_labels, _load_tile
 from ._region_kernels import _softmax_stats
+from ._runtime import kernel_jit
 from ._tiles import pixel_block
 
 
-@triton.jit
+@kernel_jit
 def _lovasz_errors_kernel(
     x_ptr,
     t_ptr,
@@ -117,7 +118,7 @@ def _entry_fg(
     return entry, fg & entry
 
 
-@triton.jit
+@kernel_jit
 def _lovasz_pack_kernel(
     val_ptr, idx_ptr, key_ptr, perm_ptr, t_ptr, count_ptr, r0,
     C, S, N, n_kblocks, stb, sts, ignore_index,
@@ -141,7 +142,7 @@ def _lovasz_pack_kernel(
     tl.store(count_ptr + r0 * n_kblocks + pid, tl.sum(fg.to(tl.int32), axis=0))
 
 
-@triton.jit
+@kernel_jit
 def _lovasz_grad_kernel(
     perm_ptr, key_ptr, start_ptr, total_ptr, w_ptr, out_ptr, N, n_kblocks,
     HINGE: tl.constexpr, SCATTER: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -199,7 +200,7 @@ def _error_grad(
     return p, ge * tl.where(p > fg, 1.0, tl.where(p < fg, -1.0, 0.0)), m2
 
 
-@triton.jit
+@kernel_jit
 def _lovasz_softmax_grad_kernel(
     x_ptr, t_ptr, ge_ptr, g_ptr, C, S, n_pblocks, sxb, sxc, sxs, stb, sts, sgb, sgc, sgs,
     key_b, key_c, ignore_index, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._runtime import kernel_jit
 from ._tiles import ignored, label_values
 
 
@@ -57,7 +58,7 @@ def _argmax_classes(
     return arg
 
 
-@triton.jit
+@kernel_jit
 def _confusion_kernel(
     p_ptr,
     t_ptr,
@@ -123,7 +124,7 @@ def _confusion_kernel(
         tl.atomic_add(row + k * (C + 1), diag.to(tl.int64), mask=(k < C) & (diag > 0))
 
 
-@triton.jit
+@kernel_jit
 def _multilabel_counts_kernel(
     p_ptr,
     t_ptr,

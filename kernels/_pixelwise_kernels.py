@@ -12,6 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._runtime import kernel_jit
 from ._tiles import grad_divisor, ignored, label_values, log1p, pixel_block, program_tile
 
 
@@ -49,7 +50,7 @@ def _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs):
     return tl.where(pmask[None, :], x.to(tl.float32), 0.0)
 
 
-@triton.jit
+@kernel_jit
 def _valid_sum_kernel(
     t_ptr,
     w_ptr,
@@ -274,7 +275,7 @@ def _softmax_tile(
     return loss
 
 
-@triton.jit
+@kernel_jit
 def _softmax_loss_kernel(
     x_ptr,
     y_ptr,
@@ -458,7 +459,7 @@ def _probs_tile(
     return loss
 
 
-@triton.jit
+@kernel_jit
 def _probs_loss_kernel(
     x_ptr,
     t_ptr,
@@ -621,7 +622,7 @@ def _sigmoid_tile(
     return acc
 
 
-@triton.jit
+@kernel_jit
 def _sigmoid_loss_kernel(
     x_ptr,
     t_ptr,

@@ -41,6 +41,7 @@ from ._pixelwise_kernels import (
     _softmax_terms,
     _softmax_tile_sums,
 )
+from ._runtime import kernel_jit
 from ._tiles import program_tile
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
@@ -233,7 +234,7 @@ def _add_row(ptrs, value, mask):
     tl.store(ptrs, tl.load(ptrs, mask=mask) + value, mask=mask)
 
 
-@triton.jit
+@kernel_jit
 def _region_stats_kernel(
     x_ptr,
     t_ptr,
@@ -448,7 +449,7 @@ def _region_grad_tile(
             )
 
 
-@triton.jit
+@kernel_jit
 def _region_grad_kernel(
     x_ptr,
     t_ptr,

@@ -89,7 +89,26 @@ def kernel_api(fn: Callable) -> Callable:
     return entry
 
 
-@triton.jit
+def kernel_jit(fn: Callable) -> triton.runtime.jit.KernelInterface:
+    """``triton.jit`` for a kernel that segtriton launches: where the environment does not
+    set ``TRITON_DEFAULT_FP_FUSION``, each launch asks for FMA contraction
+    (``enable_fp_fusion=True``), Triton's default up to 3.9, which 3.10 turns off. A
+    training script then runs the kernels as the benchmark built them, on any Triton, and
+    Triton 3.9 does not warn that the default will change; where the variable is set (0
+    or 1), the launches follow it."""
+    kernel = triton.jit(fn)
+
+    def run(*args: object, **kwargs: object) -> object:
+        if "TRITON_DEFAULT_FP_FUSION" not in os.environ:
+            kwargs.setdefault("enable_fp_fusion", True)
+        # the class's run, looked up per call: `segtriton compile` swaps it
+        return type(kernel).run(kernel, *args, **kwargs)
+
+    kernel.run = run
+    return kernel
+
+
+@kernel_jit
 def _axpy_kernel(x_ptr, y_ptr, out_ptr, a, n, BLOCK: tl.constexpr):
     """``out = a x + y`` in one program that loops over blocks (a runtime trip count, as in
     the loss kernels)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._runtime import kernel_jit
 from ._tiles import ignored, label_values
 
 _NAN_KEY = tl.constexpr(0x7FFFFFFF)  # above every other key, as torch.sort puts NaN first
@@ -43,7 +44,7 @@ def _labels_at(t_ptr, offs, m, S, stb, sts, FLAT: tl.constexpr):
     return label_values(tl.load(ptrs, mask=m, other=0))
 
 
-@triton.jit
+@kernel_jit
 def _radix_hist_kernel(
     v_ptr, t_ptr, state_ptr, hist_ptr, N, S, stb, sts, ignore_index,
     tiles, SHIFT: tl.constexpr, FIRST: tl.constexpr, COUNT: tl.constexpr, FLAT: tl.constexpr,
@@ -73,7 +74,7 @@ def _radix_hist_kernel(
         tl.atomic_add(state_ptr + 2, tl.sum(n_valid, axis=0))
 
 
-@triton.jit
+@kernel_jit
 def _radix_scan_kernel(state_ptr, hist_ptr, min_kept, SHIFT: tl.constexpr, FIRST: tl.constexpr):
     """Pick the digit at SHIFT of the k-th largest key: the bin ``d`` with
     ``above(d) <= k < above(d) + hist[d]``, where ``above(d)`` counts the keys in higher
@@ -92,7 +93,7 @@ def _radix_scan_kernel(state_ptr, hist_ptr, min_kept, SHIFT: tl.constexpr, FIRST
     tl.store(state_ptr, tl.load(state_ptr) | (digit << SHIFT))
 
 
-@triton.jit
+@kernel_jit
 def _ohem_keep_kernel(
     v_ptr, t_ptr, state_ptr, out_ptr, N, S, stb, sts, C, ignore_index, max_nll,
     tiles, FLAT: tl.constexpr, BLOCK: tl.constexpr,
@@ -116,7 +117,7 @@ def _ohem_keep_kernel(
     tl.atomic_add(state_ptr + 3, tl.sum(n_kept, axis=0))
 
 
-@triton.jit
+@kernel_jit
 def _topk_share_kernel(v_ptr, state_ptr, hist_ptr, out_ptr, N, tiles, BLOCK: tl.constexpr):
     """Each value's share of the n largest, after the select of the ``(n-1)``-th largest
     key ``t``: 1 above ``t``, ``(k_left + 1) / tied`` at ``t``, 0 below. ``k_left`` is what

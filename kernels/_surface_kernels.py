@@ -4,11 +4,12 @@ after the grouping sort."""
 
 from __future__ import annotations
 
-import triton
 import triton.language as tl
 
+from ._runtime import kernel_jit
 
-@triton.jit
+
+@kernel_jit
 def _surface_stats_kernel(
     d_ptr, first_ptr, count_ptr, tol_ptr, sum_ptr, within_ptr, P, K, BLOCK: tl.constexpr
 ):  # fmt: skip

@@ -20,6 +20,8 @@ import triton.language as tl
 
 from segtriton.reference._common import RESERVED_IGNORE
 
+from ._runtime import kernel_jit
+
 
 def _max_tile() -> int:
     """fp32 elements of one [classes, pixels] tile: 2048 (8 per thread at 8 warps) unless
@@ -293,7 +295,7 @@ def applied_scale(grad: torch.Tensor, denom: torch.Tensor | None, defer: bool) -
     return torch.ones(1, dtype=torch.float32, device=grad.device)
 
 
-@triton.jit
+@kernel_jit
 def _scale_kernel(
     g_ptr, out_ptr, gout_ptr, applied_ptr, n, BLOCK: tl.constexpr, IN_PLACE: tl.constexpr
 ):
@@ -306,7 +308,7 @@ def _scale_kernel(
         tl.store(out_ptr + offs, (g * factor).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@kernel_jit
 def _copy_scalar_kernel(dst_ptr, src_ptr):
     tl.store(dst_ptr, tl.load(src_ptr).to(tl.float32))
 

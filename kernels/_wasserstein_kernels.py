@@ -22,6 +22,7 @@ import triton.language as tl
 
 from ._pixelwise_kernels import _load_labels, _load_tile
 from ._region_kernels import _add_row
+from ._runtime import kernel_jit
 from ._tiles import program_tile
 
 
@@ -55,7 +56,7 @@ def _softmax_distance(
     return mx, inv_s, acc * inv_s
 
 
-@triton.jit
+@kernel_jit
 def _wass_stats_kernel(
     x_ptr, t_ptr, m_ptr, part_ptr, C, S, n_chunks, tiles_per_chunk, sxb, sxc, sxs, stb, sts,
     ignore_index,
@@ -104,7 +105,7 @@ def _wass_stats_kernel(
         tl.store(out + C + offs_c0, acc_w, mask=cmask)
 
 
-@triton.jit
+@kernel_jit
 def _wass_grad_kernel(
     x_ptr, t_ptr, m_ptr, k_ptr, g_ptr, C, S, n_pblocks, n_blocks, sxb, sxc, sxs, stb, sts,
     sgb, sgc, sgs, ignore_index,
@@ -167,7 +168,7 @@ def _wass_class_terms(v_ptr, offs_c, C, GDL: tl.constexpr):
     return cmask, v, w, tl.full(v.shape, 1.0, tl.float32), 1.0 - 2.0 * a, 2.0 * a
 
 
-@triton.jit
+@kernel_jit
 def _wass_finalize_kernel(
     sums_ptr, loss_ptr, coef_ptr, C, smooth_nr, smooth_dr, GDL: tl.constexpr, BLOCK: tl.constexpr
 ):
