@@ -4,7 +4,7 @@
 # results/<device>/<date>/ and commit it. Stages:
 #   tests                 the tests that run on the GPU (GPU_TESTS_ALL: the kernel tests at
 #                         small shapes, bad input, custom ops, no host sync, autocast, dynamic
-#                         shapes, the CUDA timer),
+#                         shapes, FMA at launch, the CUDA timer),
 #                         on a pool of pytest-xdist workers where the image has it, else one
 #                         pytest process per test module at once (Triton compiles in
 #                         parallel); lease and all run GPU_TESTS (kernels and timer) only
@@ -57,6 +57,7 @@ GPU_TESTS="tests/test_kernels_*.py tests/test_bench_timing.py"
 GPU_TESTS_ALL="$GPU_TESTS tests/test_bad_input.py tests/test_custom_ops.py"
 GPU_TESTS_ALL+=" tests/test_no_host_sync.py tests/test_deep_supervision.py"
 GPU_TESTS_ALL+=" tests/test_class_vectors.py tests/test_autocast.py tests/test_dynamic_shapes.py"
+GPU_TESTS_ALL+=" tests/test_fp_fusion.py"
 
 run_tests() {  # CAP [MODULES]; TRITON_INTERPRET stays unset: compiled kernels
     local logs rc modules=${2:-$GPU_TESTS}
