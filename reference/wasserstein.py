@@ -33,8 +33,9 @@ def class_distances(
     on the device. A nested list or a NumPy array is checked on the host and cached on
     the device, but read again at every call (milliseconds of host time at C = 150: pass
     a tensor on the logits' device when C is large); a tensor's values are read only with
-    ``check_values`` (a host sync on a GPU). The entries must be finite and non-negative,
-    with a positive largest one.
+    ``check_values`` (a host sync on a GPU). Under ``torch.compile`` a NumPy array is
+    traced as a tensor input, so it takes the tensor's path there. The entries must be
+    finite and non-negative, with a positive largest one.
     """
     if dist_matrix is None:
         if C < 2:
@@ -42,6 +43,8 @@ def class_distances(
         return 1 - torch.eye(C, dtype=like.dtype, device=like.device)
     if isinstance(dist_matrix, (str, bytes)):
         raise TypeError(f"dist_matrix must be a [C, C] matrix of numbers, got {dist_matrix!r}")
+    if isinstance(dist_matrix, np.ndarray) and torch.compiler.is_compiling():
+        dist_matrix = torch.as_tensor(dist_matrix)  # its values are not constants there
     if not isinstance(dist_matrix, torch.Tensor):
         # plain Python, not NumPy: torch.compile traces NumPy calls as tensor ops, and the
         # checks below would become branches on tensor data (fullgraph=True fails)
@@ -99,7 +102,8 @@ def generalized_wasserstein_dice_loss(
     close classes costs less than confusing far ones.
 
     dist_matrix: ``[C, C]`` non-negative distances (need not be symmetric), a tensor,
-      nested list or array; None puts every two different classes at distance 1.
+      nested list or array; None puts every two different classes at distance 1. Under
+      ``torch.compile`` the values of a tensor or array are not checked.
     weighting_mode: 'default' or 'GDL', as above; the weights come from the target
       only (no gradient through them).
     ignore_index: pixels with this label take no part in any sum (MONAI has no such
@@ -112,7 +116,8 @@ def generalized_wasserstein_dice_loss(
     smooth_dr = check_number("smooth_dr", smooth_dr)
     valid = check_labels(logits, target, ignore_index)
     x = flat(logits).to(acc_dtype(logits))
-    m = class_distances(dist_matrix, logits.shape[1], x)
+    # a graph cannot branch on a tensor's values: under torch.compile they go unchecked
+    m = class_distances(dist_matrix, logits.shape[1], x, not torch.compiler.is_compiling())
     p = torch.softmax(x, dim=1)
     y = flat_labels(torch.where(valid, target, 0).long())
     v = flat_labels(valid).to(x.dtype)

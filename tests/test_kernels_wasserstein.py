@@ -6,6 +6,8 @@ random options, bad input) run it too."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from kernel_checks import (
@@ -94,6 +96,23 @@ def test_distance_matrix_forms_agree(seed, gen):
         torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=0)
         torch.testing.assert_close(grad, results[0][1], rtol=1e-5, atol=1e-9)
     assert_matches(ENTRY, x, t, {"dist_matrix": dist.tolist()}, torch.float32, seed)
+
+
+@pytest.mark.parametrize("form", ["list", "array", "tensor"])
+@pytest.mark.parametrize("fn", [ker, ref], ids=["kernel", "reference"])
+def test_every_distance_matrix_form_compiles_whole(form, fn, gen):
+    """``torch.compile(fullgraph=True)`` takes the matrix as a nested list, a NumPy array
+    (which Dynamo traces as a tensor input) or a tensor, with eager's loss and gradient."""
+    x, t = _inputs((2, 3, 5, 6), gen)
+    dist = torch.rand(3, 3, generator=gen) + 0.1
+    matrix = {"list": dist.tolist(), "array": dist.numpy(), "tensor": dist.to(DEVICE)}[form]
+    options = {"dist_matrix": matrix, "ignore_index": 255, "reduction": "none"}
+    loss = functools.partial(fn.generalized_wasserstein_dice_loss, **options)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got, want = run_with_grad(compiled, x, t, {}), run_with_grad(loss, x, t, {})
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
 def test_unit_distances_give_the_closed_form(gen):
