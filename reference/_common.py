@@ -419,12 +419,19 @@ def _python_numbers(value: object) -> list[float] | None:
     return [float(v) for v in value]
 
 
+def reads_values(check_values: bool | None) -> bool:
+    """Whether a tensor option's values are read (a host sync for a device tensor):
+    ``check_values``, where None means outside ``torch.compile`` only, since a graph
+    cannot branch on them. The references leave it None; the kernels pass ``validate``."""
+    return not torch.compiler.is_compiling() if check_values is None else check_values
+
+
 def check_class_vector(
     name: str,
     value: torch.Tensor | Sequence[float] | None,
     C: int,
     like: torch.Tensor,
-    check_values: bool = True,
+    check_values: bool | None = None,
     high: float = math.inf,
 ) -> torch.Tensor | None:
     """Per-class vector (class weights, alpha, pos_weight) as a contiguous ``[C]`` tensor of
@@ -434,8 +441,8 @@ def check_class_vector(
     as torch broadcasts ``pos_weight``); a tensor may also be shaped ``[C, 1, ..., 1]``,
     the per-class form that broadcasts against ``[B, C, *spatial]`` in torch. A list of
     numbers is checked on the host (an entry out of range is rejected, at no cost) and
-    becomes a cached :func:`device_constant`. A tensor's values are read only with
-    ``check_values`` (a host sync for a device tensor)."""
+    becomes a cached :func:`device_constant`. A tensor's values are read only as
+    :func:`reads_values` says."""
     if value is None:
         return None
     if is_number(value) and not isinstance(value, bool):
@@ -465,7 +472,7 @@ def check_class_vector(
             f"{name} must have {wanted}, or shape (C, 1, ..., 1); got shape {tuple(v.shape)}"
         )
     v = v.reshape(C).contiguous()
-    if check_values and not bool(((v >= 0) & (v <= high) & torch.isfinite(v)).all()):
+    if reads_values(check_values) and not bool(((v >= 0) & (v <= high) & torch.isfinite(v)).all()):
         raise ValueError(f"{name} must be {bound}")
     return v
 

@@ -182,7 +182,7 @@ def lovasz_softmax_reduce(
     classes: str | Sequence[int],
     weight: torch.Tensor | Sequence[float] | None,
     reduction: str,
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """The Lovasz-softmax loss from per-(unit, class) values ``L_c`` ``[units, C]`` and
     whether each class is present in the unit (see :func:`lovasz_softmax_loss`)."""

@@ -30,12 +30,12 @@ from ._common import (
 
 
 def sigmoid_focal_options(
-    gamma: object, alpha: object, C: int, like: torch.Tensor, check_values: bool = True
+    gamma: object, alpha: object, C: int, like: torch.Tensor, check_values: bool | None = None
 ) -> tuple[float, float | torch.Tensor | None]:
     """The sigmoid focal loss's ``gamma`` (finite, >= 0) and ``alpha``: None, a float in
     [0, 1], or a per-class ``[C]`` tensor of ``like``'s dtype and device with entries in
-    [0, 1] (:func:`check_class_vector`; a tensor's values read with ``check_values``);
-    otherwise an error naming the bad one."""
+    [0, 1] (:func:`check_class_vector`; a tensor's values read as :func:`reads_values`
+    says); otherwise an error naming the bad one."""
     gamma = check_number("gamma", gamma)
     if alpha is None or is_number(alpha):
         return gamma, check_number("alpha", alpha, 0.0, 1.0, none_ok=True)

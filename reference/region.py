@@ -168,12 +168,12 @@ def weight_like(logits: object) -> torch.Tensor:
 
 def region_class_weight(
     weight: torch.Tensor | Sequence[float] | None, C: int, include_background: bool,
-    like: torch.Tensor, check_values: bool = True,
+    like: torch.Tensor, check_values: bool | None = None,
 ) -> torch.Tensor | None:  # fmt: skip
     """Class weights of a region term: ``weight``, times 0 for class 0 when
     ``include_background`` is False and C > 1 (as MONAI, which ignores the flag for one
     channel; the mask is a cached device constant). Checked first
-    (:func:`check_class_vector`, a tensor's values read with ``check_values``), in
+    (:func:`check_class_vector`, a tensor's values read as :func:`reads_values` says), in
     ``like``'s dtype and device."""
     w = check_class_vector("weight", weight, C, like, check_values)
     if include_background or C == 1:
@@ -196,7 +196,7 @@ def _class_reduce(
     absent: str,
     weight: torch.Tensor | Sequence[float] | None,
     reduction: str,
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     check_choice("absent", absent, ("include", "exclude", "zero"))
     w = check_class_vector("weight", weight, loss.shape[-1], loss, check_values)
@@ -262,7 +262,7 @@ def dice_from_stats(
     absent: str = "include",
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
-    check_values: bool = True,
+    check_values: bool | None = None,
     log_cosh: bool = False,
 ) -> torch.Tensor:
     """The Dice loss from region sums (see :func:`dice_loss`)."""
@@ -284,7 +284,7 @@ def jaccard_from_stats(
     absent: str = "include",
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """The Jaccard loss from region sums (see :func:`jaccard_loss`)."""
     smooth_nr, smooth_dr, eps = check_smoothing(smooth_nr, smooth_dr, eps)
@@ -312,7 +312,7 @@ def tversky_from_stats(
     absent: str = "include",
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """The Tversky loss from region sums (see :func:`tversky_loss`)."""
     ti = _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
@@ -341,7 +341,7 @@ def focal_tversky_from_stats(
     absent: str = "include",
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """The focal Tversky loss from region sums (see :func:`focal_tversky_loss`)."""
     base = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
@@ -367,7 +367,7 @@ def generalized_dice_from_stats(
     eps: float = 1e-7,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """The generalized Dice loss from region sums (see :func:`generalized_dice_loss`)."""
     check_choice("weight_type", weight_type, ("square", "simple", "uniform"))
@@ -603,7 +603,7 @@ def mcc_from_stats(
     absent: str = "include",
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """The MCC loss from region sums and the counted pixels ``count`` (see :func:`mcc_loss`)."""
     eps = check_number("eps", eps)

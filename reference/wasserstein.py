@@ -17,6 +17,7 @@ from ._common import (
     flat,
     flat_labels,
     is_finite,
+    reads_values,
 )
 
 
@@ -24,7 +25,7 @@ def class_distances(
     dist_matrix: torch.Tensor | Sequence[Sequence[float]] | None,
     C: int,
     like: torch.Tensor,
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> torch.Tensor:
     """``dist_matrix`` as a ``[C, C]`` tensor of ``like``'s dtype and device, divided by its
     largest entry (as MONAI does), so the largest distance is 1.
@@ -32,8 +33,8 @@ def class_distances(
     None gives distance 1 between every two different classes (0 on the diagonal), made
     on the device. A nested list or a NumPy array is checked on the host and cached on
     the device, but read again at every call (milliseconds of host time at C = 150: pass
-    a tensor on the logits' device when C is large); a tensor's values are read only with
-    ``check_values`` (a host sync on a GPU). Under ``torch.compile`` a NumPy array is
+    a tensor on the logits' device when C is large); a tensor's values are read only as
+    :func:`reads_values` says. Under ``torch.compile`` a NumPy array is
     traced as a tensor input, so it takes the tensor's path there. The entries must be
     finite and non-negative, with a positive largest one.
     """
@@ -65,7 +66,8 @@ def class_distances(
         return device_constant([v / top for v in flat_], like.dtype, like.device).view(C, C)
     _check_distance_shape(tuple(dist_matrix.shape), C)
     m = dist_matrix.to(dtype=like.dtype, device=like.device)
-    if check_values and not bool(torch.isfinite(m).all() & (m >= 0).all() & (m.max() > 0)):
+    ok = torch.isfinite(m).all() & (m >= 0).all() & (m.max() > 0)
+    if reads_values(check_values) and not bool(ok):
         raise ValueError("dist_matrix must be finite and non-negative, with a positive entry")
     return m / m.max()
 
@@ -116,8 +118,7 @@ def generalized_wasserstein_dice_loss(
     smooth_dr = check_number("smooth_dr", smooth_dr)
     valid = check_labels(logits, target, ignore_index)
     x = flat(logits).to(acc_dtype(logits))
-    # a graph cannot branch on a tensor's values: under torch.compile they go unchecked
-    m = class_distances(dist_matrix, logits.shape[1], x, not torch.compiler.is_compiling())
+    m = class_distances(dist_matrix, logits.shape[1], x)
     p = torch.softmax(x, dim=1)
     y = flat_labels(torch.where(valid, target, 0).long())
     v = flat_labels(valid).to(x.dtype)
