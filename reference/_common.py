@@ -455,12 +455,13 @@ def check_class_vector(
             f"{name} must be a tensor, a number or a sequence of numbers, "
             f"got {type(value).__name__}"
         )
-    wanted = f"one entry per class (C={C}) or one for all"
+    # the message is made only to raise: formatting a symbolic C would specialise it
+    wanted = "one entry per class (C={}) or one for all"
     bound = "finite and non-negative" if math.isinf(high) else f"in [0, {high:g}]"
     if numbers_ is not None:
         if len(numbers_) != 1 and len(numbers_) != C:  # not `in (1, C)`: Dynamo finds no
             # symbolic C (torch.compile(dynamic=True)) in a tuple
-            raise ValueError(f"{name} must have {wanted}, got {len(numbers_)} entries")
+            raise ValueError(f"{name} must have {wanted.format(C)}, got {len(numbers_)} entries")
         if any(not (is_finite(v) and 0 <= v <= high) for v in numbers_):
             raise ValueError(f"{name} must be {bound}, got {numbers_}")
         return device_constant(numbers_ * (C // len(numbers_)), like.dtype, like.device)
@@ -469,7 +470,8 @@ def check_class_vector(
         v = v.reshape(1).expand(C)
     elif v.shape[0] != C or v.numel() != C:
         raise ValueError(
-            f"{name} must have {wanted}, or shape (C, 1, ..., 1); got shape {tuple(v.shape)}"
+            f"{name} must have {wanted.format(C)}, or shape (C, 1, ..., 1); "
+            f"got shape {tuple(v.shape)}"
         )
     v = v.reshape(C).contiguous()
     if reads_values(check_values) and not bool(((v >= 0) & (v <= high) & torch.isfinite(v)).all()):
