@@ -26,12 +26,16 @@ VARIANTS = [
 ]
 
 FORMS = loss_modules()
-WITH_LISTS = [  # option sets whose lists become buffers of the nn.Module form
-    pytest.param(entry, i, id=f"{entry.name}-{i}")
+WITH_LISTS = [  # option sets whose lists become buffers of the nn.Module form, per library
+    pytest.param(entry, i, lib, id=f"{entry.name}-{i}-{lib}")
     for entry in LOSSES
     if entry.kernel
     for i, v in enumerate(entry.variants)
     if any(isinstance(x, list) and k != "classes" for k, x in v.items())
+    for lib in ("kernel", "reference")
+    # the OHEM reference keeps pixels by boolean indexing, as mmseg does: a shape that
+    # depends on the data, so no whole graph with or without tensor options
+    if lib == "kernel" or entry.name != "ohem_cross_entropy"
 ]
 
 
@@ -84,41 +88,22 @@ def test_options_stay_valid_under_dynamic_shapes(entry, variant, gen):
     _over_shapes(entry, options, "eager", gen, check)
 
 
-@pytest.mark.parametrize(("entry", "variant"), WITH_LISTS)
-def test_module_forms_with_tensor_options_compile_once(entry, variant, gen):
+@pytest.mark.parametrize(("entry", "variant", "lib"), WITH_LISTS)
+def test_module_forms_with_tensor_options_compile_whole(entry, variant, lib, gen):
     """The ``nn.Module`` forms hold list options as tensor buffers (another path through
-    the option checks than a list): they compile once too."""
+    the option checks than a list). The kernels' compile once. The references' (the
+    `compile` provider's code, compiled as a user would) compile whole, as they leave
+    tensor options unread under ``torch.compile``, where the check would be a host sync;
+    how often they compile is torch's business (torch 2.11's ``F.cross_entropy`` with a
+    probability target and class weights specialises every size)."""
     options = entry.ignoring({**entry.variants[variant], **entry.light})
     buffers = {k: torch.tensor(v) if isinstance(v, list) and k != "classes" else v
                for k, v in options.items()}  # fmt: skip
     name = next(n for n, cls in FORMS.items() if cls.fn is entry.reference)
-    module = getattr(kernels, name)(**buffers).to(DEVICE)
+    module = getattr(kernels if lib == "kernel" else reference, name)(**buffers).to(DEVICE)
+    loss = getattr(entry, lib)
 
     def check(step, x, t):
-        _close(step(x, t), entry.kernel(x, t, **options))
+        _close(step(x, t), loss(x, t, **options))
 
-    _over_shapes(entry, options, "eager", gen, check, loss=module)
-
-
-# the OHEM reference keeps pixels by boolean indexing, as mmseg does: a shape that depends
-# on the data, so no whole graph with or without tensor options
-REFERENCE_LISTS = [p for p in WITH_LISTS if p.values[0].name != "ohem_cross_entropy"]
-
-
-@pytest.mark.parametrize(("entry", "variant"), REFERENCE_LISTS)
-def test_reference_module_forms_with_tensor_options_compile_once(entry, variant, gen):
-    """The references' ``nn.Module`` forms too (the `compile` provider's code compiled as a
-    user would) compile whole: their tensor options are not read under ``torch.compile``,
-    where the value check would be a host sync the graph cannot hold. How often they
-    compile is torch's business: torch 2.11's ``F.cross_entropy`` with a probability
-    target and class weights specialises every size."""
-    options = entry.ignoring({**entry.variants[variant], **entry.light})
-    buffers = {k: torch.tensor(v) if isinstance(v, list) and k != "classes" else v
-               for k, v in options.items()}  # fmt: skip
-    name = next(n for n, cls in FORMS.items() if cls.fn is entry.reference)
-    module = getattr(reference, name)(**buffers).to(DEVICE)
-
-    def check(step, x, t):
-        _close(step(x, t), entry.reference(x, t, **options))
-
-    _over_shapes(entry, options, "eager", gen, check, loss=module, once=False)
+    _over_shapes(entry, options, "eager", gen, check, loss=module, once=lib == "kernel")
