@@ -16,6 +16,7 @@ metrics (``surface.py``) use the same transform.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -255,7 +256,9 @@ def _selection(
     ``[2, C]``, each selected class's channel in the maps ``phi`` and ``psi`` (-1 for one
     not selected): the class itself in a map of all C classes (``*_all``), else its rank
     among the distinct selected classes (:func:`_distinct`)."""
-    counts = [idx.count(c) for c in range(C)]
+    # a Counter, not `counts[c] += 1` on a list: torch 2.11's Dynamo cannot trace that
+    selected = Counter(idx)
+    counts = [selected[c] for c in range(C)]
     rank = {c: k for k, c in enumerate(_distinct(idx))}
     slots = [
         (c if whole else rank[c]) if counts[c] else -1
