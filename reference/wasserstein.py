@@ -44,13 +44,12 @@ def class_distances(
         return 1 - torch.eye(C, dtype=like.dtype, device=like.device)
     if isinstance(dist_matrix, (str, bytes)):
         raise TypeError(f"dist_matrix must be a [C, C] matrix of numbers, got {dist_matrix!r}")
-    if isinstance(dist_matrix, np.ndarray) and torch.compiler.is_compiling():
-        dist_matrix = torch.as_tensor(dist_matrix)  # its values are not constants there
+    if isinstance(dist_matrix, np.ndarray):
+        # torch.compile traces an array (and any NumPy call) as tensors, whose values are
+        # no constants there; elsewhere it is read as a list, checked in plain Python
+        compiling = torch.compiler.is_compiling()
+        dist_matrix = torch.as_tensor(dist_matrix) if compiling else dist_matrix.tolist()
     if not isinstance(dist_matrix, torch.Tensor):
-        # plain Python, not NumPy: torch.compile traces NumPy calls as tensor ops, and the
-        # checks below would become branches on tensor data (fullgraph=True fails)
-        if isinstance(dist_matrix, np.ndarray):
-            dist_matrix = dist_matrix.tolist()
         try:
             rows = [[float(v) for v in row] for row in dist_matrix]
         except (TypeError, ValueError) as err:
@@ -66,8 +65,9 @@ def class_distances(
         return device_constant([v / top for v in flat_], like.dtype, like.device).view(C, C)
     _check_distance_shape(tuple(dist_matrix.shape), C)
     m = dist_matrix.to(dtype=like.dtype, device=like.device)
-    ok = torch.isfinite(m).all() & (m >= 0).all() & (m.max() > 0)
-    if reads_values(check_values) and not bool(ok):
+    if reads_values(check_values) and not bool(
+        torch.isfinite(m).all() & (m >= 0).all() & (m.max() > 0)
+    ):
         raise ValueError("dist_matrix must be finite and non-negative, with a positive entry")
     return m / m.max()
 
