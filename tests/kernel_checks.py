@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from segtriton import reference as ref
-from segtriton.registry import variant_fits
+from segtriton.registry import make_inputs, variant_fits
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -79,6 +79,21 @@ def nested_masks(gen: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     return x.contiguous(memory_format=fmt)
+
+
+def light_options(entry, variant=0) -> dict:
+    """Option set ``variant`` of ``entry`` with its ``light`` options (fewer inner loops)
+    and ``ignore_index=255`` where the loss takes one: what the generic tests call."""
+    return entry.ignoring({**entry.variants[variant], **entry.light})
+
+
+def light_case(entry, shape, gen, dtype=torch.float32, ignore_frac=0.0, device=DEVICE):
+    """``(options, logits, target)``: :func:`light_options` of the first option set and
+    inputs of ``shape`` (its class count fitted to the loss) drawn from ``gen``."""
+    options = light_options(entry)
+    shape = entry.fit_shape(shape, options)
+    x, t = make_inputs(entry, shape, options, dtype, gen, ignore_frac, device=device)
+    return options, x, t
 
 
 def run_with_grad(fn, x, t, options, gout_seed=None):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, light_case
 
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import LOSSES
 
 CASES = [
     pytest.param(entry, which, dtype, id=f"{entry.name}-{which}-{str(dtype)[6:]}")
@@ -22,9 +22,7 @@ CASES = [
 
 @pytest.mark.parametrize(("entry", "which", "dtype"), CASES)
 def test_loss_and_gradient_are_unchanged_under_autocast(entry, which, dtype, gen):
-    options = entry.ignoring({**entry.variants[0], **entry.light})
-    shape = entry.fit_shape((2, 3, 9, 11), options)
-    x, t = make_inputs(entry, shape, options, dtype, gen, 0.2, device=DEVICE)
+    options, x, t = light_case(entry, (2, 3, 9, 11), gen, dtype, 0.2)
     fn = getattr(entry, which)
     results = []
     for enabled in (False, True):

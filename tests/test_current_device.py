@@ -12,11 +12,12 @@ import contextlib
 
 import pytest
 import torch
+from kernel_checks import light_case
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from segtriton import kernels
 from segtriton.kernels import boundary, metrics
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import LOSSES
 
 KERNELS = [e for e in LOSSES if e.kernel is not None]
 
@@ -44,8 +45,7 @@ def switches(monkeypatch) -> list[torch.device]:
 
 def _calls(entry, gen):
     """The entry's kernel with inputs from ``gen``, as a function of their device."""
-    options = entry.ignoring({**entry.variants[0], **entry.light})
-    x, t = make_inputs(entry, entry.fit_shape((2, 3, 9, 11), options), options, torch.float32, gen)
+    options, x, t = light_case(entry, (2, 3, 9, 11), gen, device="cpu")
     return lambda mode, device: entry.kernel(
         mode.from_tensor(x).to(device), mode.from_tensor(t).to(device), **options
     )
@@ -88,8 +88,7 @@ def test_metrics_and_transform_launch_on_the_inputs_device(switches, monkeypatch
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_kernels_run_on_a_second_gpu(entry, gen):
-    options = entry.ignoring({**entry.variants[0], **entry.light})
-    x, t = make_inputs(entry, entry.fit_shape((2, 3, 9, 11), options), options, torch.float32, gen)
+    options, x, t = light_case(entry, (2, 3, 9, 11), gen, device="cpu")
     torch.cuda.set_device(0)
     results = []
     for current in (0, 1):  # cuda:0 current, then cuda:1 itself

@@ -10,7 +10,7 @@ import functools
 
 import pytest
 import torch
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, light_options
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from segtriton import kernels, reference
@@ -62,7 +62,7 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
 def test_one_compile_for_every_shape(entry, gen):
-    options = entry.ignoring({**entry.variants[0], **entry.light})
+    options = light_options(entry)
 
     def check(step, x, t):
         results = []
@@ -80,7 +80,7 @@ def test_one_compile_for_every_shape(entry, gen):
 def test_options_stay_valid_under_dynamic_shapes(entry, variant, gen):
     """Every other option set, forward only: a Python list of class weights, alpha or
     distances is symbolic under ``dynamic=True`` (``math.isfinite`` cannot check it)."""
-    options = entry.ignoring({**entry.variants[variant], **entry.light})
+    options = light_options(entry, variant)
 
     def check(step, x, t):
         _close(step(x, t), entry.kernel(x, t, **options))
@@ -96,7 +96,7 @@ def test_module_forms_with_tensor_options_compile_whole(entry, variant, lib, gen
     tensor options unread under ``torch.compile``, where the check would be a host sync;
     how often they compile is torch's business (torch 2.11's ``F.cross_entropy`` with a
     probability target and class weights specialises every size)."""
-    options = entry.ignoring({**entry.variants[variant], **entry.light})
+    options = light_options(entry, variant)
     buffers = {k: torch.tensor(v) if isinstance(v, list) and k != "classes" else v
                for k, v in options.items()}  # fmt: skip
     name = next(n for n, cls in FORMS.items() if cls.fn is entry.reference)

@@ -12,11 +12,11 @@ import pkgutil
 
 import pytest
 import torch
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, light_case
 
 import segtriton.kernels as kernels
 from segtriton.kernels import _runtime
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import LOSSES
 
 KERNELS = [e for e in LOSSES if e.kernel is not None]
 VARIABLE = "TRITON_DEFAULT_FP_FUSION"
@@ -42,9 +42,7 @@ def test_every_loss_launch_asks_for_fma_when_the_variable_is_unset(
     entry, launches, monkeypatch, gen
 ):
     monkeypatch.delenv(VARIABLE, raising=False)
-    options = entry.ignoring({**entry.variants[0], **entry.light})
-    shape = entry.fit_shape((2, 3, 6, 7), options)
-    logits, target = make_inputs(entry, shape, options, generator=gen, device=DEVICE)
+    options, logits, target = light_case(entry, (2, 3, 6, 7), gen)
     logits.requires_grad_(True)
     entry.kernel(logits, target, **options).sum().backward()
     assert launches, f"{entry.name}: no Triton launch recorded"
