@@ -213,9 +213,10 @@ def _program_pixels(
     """Program ``pid``'s image and pixels, and per pixel the labels' valid and bad masks
     and the softmax statistics (the region kernels' streamed setup)."""
     b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
+    offs_c = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
     _, _, ys, pvalid, pbad, m, inv_s = _pixel_setup(
-        x_ptr, t_ptr, b, tl.arange(0, BLOCK_C), offs_p, pmask, C, sxb, sxc, sxs, stb, sts,
-        ignore_index, SOFTMAX, LABELS, False, BLOCK_C,
+        x_ptr, t_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
+        SOFTMAX, LABELS, False, BLOCK_C,
     )  # fmt: skip
     return b, offs_p, pmask, ys, pvalid, pbad, m, inv_s
 
