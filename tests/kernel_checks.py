@@ -14,14 +14,21 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from segtriton import reference as ref
-from segtriton.registry import make_inputs, variant_fits
+from segtriton.registry import LOSSES, make_inputs, variant_fits
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = list(GRAD_TOL)
 CLASSES = [1, 2, 3, 19, 150]
 SPATIAL = [(7, 9), (3, 5, 6)]
+KERNELS = tuple(e for e in LOSSES if e.kernel is not None)  # the losses with a Triton kernel
 CASE_ARGS = ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction")
+
+
+def kernels_of(family: str) -> list:
+    """The :data:`KERNELS` whose reference lives in ``reference/<family>.py``."""
+    return [e for e in KERNELS if e.reference.__module__.endswith(f".{family}")]
+
 
 
 def env_without_interpreter() -> dict[str, str]:

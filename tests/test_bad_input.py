@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_matches
+from kernel_checks import DEVICE, KERNELS, assert_matches
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -359,7 +359,7 @@ def test_target_requiring_grad_is_refused_by_kernels(entry, gen):
     entry.kernel(x, t.detach(), **opts)
 
 
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 @pytest.mark.parametrize("fast_eager", [True, False], ids=["function", "custom-op"])
 def test_second_derivatives_are_refused_by_kernels(entry, fast_eager, seed, gen, monkeypatch):
     """A kernel's gradient cannot be differentiated again: create_graph=True once gave a

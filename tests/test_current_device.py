@@ -12,14 +12,11 @@ import contextlib
 
 import pytest
 import torch
-from kernel_checks import light_case
+from kernel_checks import KERNELS, light_case
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from segtriton import kernels
 from segtriton.kernels import boundary, metrics
-from segtriton.registry import LOSSES
-
-KERNELS = [e for e in LOSSES if e.kernel is not None]
 
 
 @pytest.fixture

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, KERNELS
 
 from segtriton import kernels as ker
 from segtriton.kernels import _ops
-from segtriton.registry import LOSSES, make_inputs
-
-KERNELS = [e for e in LOSSES if e.kernel is not None]
+from segtriton.registry import make_inputs
 
 
 def _key(args: tuple) -> tuple:

@@ -10,7 +10,7 @@ import functools
 
 import pytest
 import torch
-from kernel_checks import DEVICE, light_options
+from kernel_checks import DEVICE, KERNELS, light_options
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from segtriton import kernels, reference
@@ -60,7 +60,7 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, equal_nan=True)
 
 
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_one_compile_for_every_shape(entry, gen):
     options = light_options(entry)
 

@@ -12,13 +12,11 @@ import pkgutil
 
 import pytest
 import torch
-from kernel_checks import DEVICE, light_case
+from kernel_checks import DEVICE, KERNELS, light_case
 
 import segtriton.kernels as kernels
 from segtriton.kernels import _runtime
-from segtriton.registry import LOSSES
 
-KERNELS = [e for e in LOSSES if e.kernel is not None]
 VARIABLE = "TRITON_DEFAULT_FP_FUSION"
 
 

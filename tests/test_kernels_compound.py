@@ -16,6 +16,7 @@ from kernel_checks import (
     DEVICE,
     assert_matches,
     kernel_cases,
+    kernels_of,
     on_two_gloo_ranks,
     run_with_grad,
     to_channels_last,
@@ -23,11 +24,9 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, get, make_inputs
+from segtriton.registry import get, make_inputs
 
-KERNELS = [
-    e for e in LOSSES if e.kernel is not None and e.reference.__module__.endswith(".compound")
-]
+KERNELS = kernels_of("compound")
 
 
 def _inputs(entry, shape, options, dtype, gen, ignore_frac=0.2):

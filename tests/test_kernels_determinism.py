@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from kernel_checks import DEVICE, run_with_grad
+from kernel_checks import DEVICE, KERNELS, run_with_grad
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from segtriton.kernels import _ops
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import make_inputs
 
 
 @contextlib.contextmanager
@@ -29,7 +29,7 @@ def deterministic_algorithms() -> Iterator[None]:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_deterministic_and_inputs_untouched(entry, gen):
     C = entry.fit_classes(3, entry.variants[0])
     opts = entry.ignoring(entry.variants[0])
@@ -57,7 +57,7 @@ class _Namespaces(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_eager_path_equals_the_custom_op_and_skips_its_dispatcher(entry, gen, monkeypatch):
     """Eager calls run each op's implementation through a plain autograd.Function (the
     custom-op dispatcher costs host time every call); under torch.compile the custom op

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_checks import KERNELS
 
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import make_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 
@@ -21,7 +22,7 @@ def _graph_options(entry) -> dict:
     return entry.ignoring((listed or entry.variants)[0])
 
 
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_kernel_replays_in_a_cuda_graph(entry, gen):
     options = _graph_options(entry)
     C = 1 if entry.is_binary(options) else 3

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, KERNELS
 
 from segtriton import reference as ref
 from segtriton.kernels import _ops
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import make_inputs
 
 SCALE = 65536.0
 _TARGET_MAPS = {"boundary": ref.signed_distance_map, "hausdorff_dt": ref.distance_field}
 
 
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_fp16_gradient_under_a_loss_scale(entry, seed, gen):
     options = entry.ignoring({**entry.variants[0], **entry.light, "reduction": "mean"})
     shape = entry.fit_shape((1, 2, 128, 160), options)
@@ -44,7 +44,7 @@ def test_fp16_gradient_under_a_loss_scale(entry, seed, gen):
 
 @pytest.mark.parametrize("fast_eager", [True, False], ids=["function", "custom-op"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("entry", [e for e in LOSSES if e.kernel], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_repeated_backwards_through_one_graph(entry, dtype, fast_eager, seed, gen, monkeypatch):
     """retain_graph: each backward gives its grad_output times the first gradient, the
     gradients handed out do not alias (a later backward left the earlier ones as they

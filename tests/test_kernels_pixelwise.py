@@ -20,14 +20,15 @@ from kernel_checks import (
     apart_at_topk,
     assert_matches,
     kernel_cases,
+    kernels_of,
     to_channels_last,
 )
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, get, make_inputs
+from segtriton.registry import get, make_inputs
 
-KERNELS = [e for e in LOSSES if e.kernel and e.reference.__module__.endswith(".pixelwise")]
+KERNELS = kernels_of("pixelwise")
 
 
 @pytest.mark.parametrize(CASE_ARGS, kernel_cases(KERNELS, ["mean", "sum", "none"]))

@@ -22,6 +22,7 @@ from kernel_checks import (
     DEVICE,
     assert_matches,
     kernel_cases,
+    kernels_of,
     on_two_gloo_ranks,
     run_with_grad,
     to_channels_last,
@@ -29,9 +30,9 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, get, make_inputs, variant_fits
+from segtriton.registry import get, make_inputs, variant_fits
 
-KERNELS = [e for e in LOSSES if e.kernel is not None and e.reference.__module__.endswith(".region")]
+KERNELS = kernels_of("region")
 
 
 def _inputs(entry, shape, options, dtype, gen, ignore_frac=0.2, soft=True):

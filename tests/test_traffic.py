@@ -15,13 +15,14 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from kernel_checks import KERNELS
 
 from segtriton import kernels as ker
 from segtriton.bench import traffic
 from segtriton.bench.cli import main
 from segtriton.kernels import interpreter_enabled
 from segtriton.kernels._runtime import _axpy_kernel
-from segtriton.registry import LOSSES, get, make_inputs
+from segtriton.registry import get, make_inputs
 
 pytestmark = pytest.mark.skipif(
     not interpreter_enabled(), reason="counts bytes in Triton's interpreter"
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 # a sort, a distance transform, a second pass over the logits or the skeletons' iterated
 # stencils beyond the model
 _BEYOND = ("lovasz", "boundary", "hausdorff", "ohem", "topk", "recall", "cldice")
-_MODELLED = [e for e in LOSSES if e.kernel and not e.name.startswith(_BEYOND)]
+_MODELLED = [e for e in KERNELS if not e.name.startswith(_BEYOND)]
 
 
 def test_counts_each_argument_of_a_launch():
