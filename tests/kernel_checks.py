@@ -30,7 +30,6 @@ def kernels_of(family: str) -> list:
     return [e for e in KERNELS if e.reference.__module__.endswith(f".{family}")]
 
 
-
 def env_without_interpreter() -> dict[str, str]:
     """This process's environment without ``TRITON_INTERPRET``, for a subprocess that must
     choose for itself (``segtriton sweep``) or compile (``segtriton compile``, which builds
