@@ -1,9 +1,9 @@
 """Logits in layouts the kernels cannot walk with one pixel stride (spatial dims transposed,
-classes stored between two spatial dims) or only through a slice: the kernel copies or
-strides them and still gives the reference's loss and gradient, for every loss, with a
-scalar and a per-pixel grad_output. A gradient buffer laid out like such logits once took
-no writes: the kernel wrote into a contiguous copy of it, and the returned gradient was
-uninitialised memory."""
+classes stored between two spatial dims) or only through a slice, and a target broadcast
+over the batch (image stride 0): the kernel copies or strides them and still gives the
+reference's loss and gradient, for every loss, with a scalar and a per-pixel
+grad_output. A gradient buffer laid out like such logits once took no writes: the kernel
+wrote into a contiguous copy of it, and the returned gradient was uninitialised memory."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ LAYOUTS = {
     "transposed": lambda x, t: (_transposed(x), _transposed(t)),
     "classes-inside": lambda x, t: (_classes_inside(x), t),
     "strided": lambda x, t: (x[..., ::2], t[..., ::2]),
+    # one target broadcast over the batch (image stride 0), as for a fixed mask
+    "broadcast-target": lambda x, t: (x, t[:1].expand_as(t)),
 }
 
 
