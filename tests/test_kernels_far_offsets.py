@@ -2,9 +2,11 @@
 into a large buffer that ``torch.empty`` leaves untouched (on the CPU only the pages the
 view touches get memory), with one axis strided so that ``index * stride`` passes 2^31
 while each stride stays an int32. A kernel that multiplies such an index and stride in
-int32 wraps and reads elsewhere. Every loss and the confusion matrix must give on the view
-bitwise what they give on a contiguous copy of it, for the batch, class and pixel axes in
-turn; 300 classes take the streamed (chunked) class path. Logits are bf16, labels int16."""
+int32 wraps and reads elsewhere. Every loss and the confusion matrix (multiclass and
+multilabel) must give on the view bitwise what they give on a contiguous copy of it, for
+the batch, class and pixel axes in turn; 300 classes take the streamed (chunked) class
+path. Logits are bf16, labels int16. The gradient buffer is a fresh contiguous tensor
+here; the kernels write it through the same int64 image, class and pixel offsets."""
 
 from __future__ import annotations
 
@@ -118,19 +120,24 @@ def test_loss_far_offsets(entry, axis, C, stores, seed, gen):
     assert torch.equal(grad, want_grad)
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize(("axis", "C"), CASES)
-def test_confusion_matrix_far_offsets(axis, C, per_image, stores, gen):
-    """From logits (the fused argmax) and from predicted labels."""
+def test_confusion_matrix_far_offsets(axis, C, per_image, mode, stores, gen):
+    """Multiclass from logits (the fused argmax) and from predicted labels; multilabel
+    from logits and masks."""
     x = torch.randn(3, C, 3, 4, generator=gen).to(device=DEVICE, dtype=torch.bfloat16)
-    y = torch.randint(0, C, (3, 3, 4), generator=gen).to(DEVICE)
-    y[:, 0] = -1
-    yv = far_along(y, axis, False, stores, "target")
     xv = far_along(x, axis, True, stores, "logits")
-    pv = far_along(x.argmax(1), axis, False, stores, "preds")
-    for preds in (xv, pv):
-        got = confusion_matrix(preds, yv, C, ignore_index=-1, per_image=per_image)
-        want = confusion_matrix(
-            preds.contiguous(), yv.contiguous(), C, ignore_index=-1, per_image=per_image
-        )
+    if mode == "multiclass":
+        y = torch.randint(0, C, (3, 3, 4), generator=gen).to(DEVICE)
+        y[:, 0] = -1
+        yv = far_along(y, axis, False, stores, "target")
+        pairs = [(xv, yv), (far_along(x.argmax(1), axis, False, stores, "preds"), yv)]
+    else:
+        masks = (torch.rand(3, C, 3, 4, generator=gen) < 0.5).to(DEVICE)
+        pairs = [(xv, far_along(masks, axis, True, stores, "target"))]
+    for preds, target in pairs:
+        options = {"ignore_index": -1, "per_image": per_image, "mode": mode}
+        got = confusion_matrix(preds, target, C, **options)
+        want = confusion_matrix(preds.contiguous(), target.contiguous(), C, **options)
         assert torch.equal(got, want)
