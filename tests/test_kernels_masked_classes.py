@@ -1,4 +1,4 @@
-"""Infinite logits. A class masked out with -inf logits (a common way to leave out classes
+"""Infinite and NaN logits. A class masked out with -inf logits (a common way to leave out classes
 an image cannot hold): every softmax loss on integer labels matches the reference, value
 and gradient. The CE kernel once returned NaN there: it multiplied the label-smoothing
 term, infinite for a -inf logit, by a smoothing of 0. A +inf logit makes the softmax NaN:
@@ -6,13 +6,17 @@ the loss must be NaN as the reference's (and torch's) is; the CE kernel once ret
 finite loss with a NaN gradient when the +inf was the true class's. (The one-vs-rest
 sigmoid focal loss, alone or as the focal term of a compound with ``sigmoid_focal``, is
 left out of the -inf case: at a -inf logit its reference gradient is NaN, as
-BCE-with-logits is in torch.)"""
+BCE-with-logits is in torch.) For every loss, one NaN, +inf or -inf logit makes the loss
+non-finite where the reference's is, and leaves a non-finite gradient entry where the
+reference's gradient has one: AMP's GradScaler skips a step only when it finds one. The
+CE kernel on class probabilities once gave a +inf logit's pixel the softmax's limit, a
+finite gradient, under a NaN loss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_matches
+from kernel_checks import DEVICE, KERNELS, assert_matches, light_options
 
 from segtriton.registry import LOSSES, make_inputs
 
@@ -60,3 +64,28 @@ def test_plus_inf_logit_of_the_true_class_gives_nan(entry, options, gen):
         got = entry.kernel(x, t, **options)
         assert want.isnan().any(), "the reference is no longer NaN here: revisit this test"
         assert torch.equal(got.isnan().cpu(), want.isnan())
+
+
+NON_FINITE = [
+    pytest.param(entry, value, C, id=f"{entry.name}-{value}-C{C}")
+    for entry in KERNELS
+    for value in (float("nan"), float("inf"), float("-inf"))
+    for C in ((4, 300) if value == float("inf") else (4,))
+    if entry.fit_shape((2, C, 4, 5), light_options(entry))[1] == C or C == 4
+]
+
+
+@pytest.mark.parametrize(("entry", "value", "C"), NON_FINITE)
+def test_one_non_finite_logit_reaches_loss_and_gradient(entry, value, C, gen):
+    options = light_options(entry)
+    shape = entry.fit_shape((2, C, 4, 5), options)
+    x, t = make_inputs(entry, shape, options, torch.float32, gen, device=DEVICE)
+    x[1, shape[1] - 1, 2, 3] = value  # at C = 300, in the last chunk of classes
+    got = x.clone().requires_grad_(True)
+    want = x.double().cpu().requires_grad_(True)
+    loss = entry.kernel(got, t, **options)
+    ref_loss = entry.reference(want, t.cpu(), **options)
+    (grad,) = torch.autograd.grad(loss.sum(), got)
+    (ref_grad,) = torch.autograd.grad(ref_loss.sum(), want)
+    assert torch.equal(loss.isfinite().cpu(), ref_loss.isfinite())
+    assert bool(grad.isfinite().all()) == bool(ref_grad.isfinite().all())
