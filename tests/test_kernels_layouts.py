@@ -3,13 +3,14 @@ classes stored between two spatial dims) or only through a slice, and a target b
 over the batch (image stride 0): the kernel copies or strides them and still gives the
 reference's loss and gradient, for every loss, with a scalar and a per-pixel
 grad_output. A gradient buffer laid out like such logits once took no writes: the kernel
-wrote into a contiguous copy of it, and the returned gradient was uninitialised memory."""
+wrote into a contiguous copy of it, and the returned gradient was uninitialised memory.
+A per-unit grad_output (reduction='none') may come broadcast, transposed or sliced too."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, assert_matches
+from kernel_checks import DEVICE, KERNELS, assert_matches, light_options
 
 from segtriton.kernels._tiles import pixel_view
 from segtriton.registry import make_inputs
@@ -66,3 +67,34 @@ def test_pixel_view_copies_only_what_one_stride_cannot_walk():
     stored_transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
     walked, *got = pixel_view(stored_transposed)
     assert walked.is_contiguous() and torch.equal(walked, x) and tuple(got) == (90, 30, 1)
+
+
+def _grad_output_layouts(shape: tuple[int, ...], gen) -> dict[str, torch.Tensor]:
+    """A per-unit grad_output of ``shape`` in the layouts autograd can hand a backward:
+    broadcast (``loss.sum()`` or ``.mean()`` after reduction='none': stride 0), stored
+    transposed, and a strided slice."""
+    g = torch.rand(*shape[:-1], 2 * shape[-1], generator=gen, dtype=torch.float64) + 0.5
+    g = g.to(DEVICE)
+    layouts = {"broadcast": g[..., :1].flatten()[:1].expand(shape), "strided": g[..., ::2]}
+    if len(shape) >= 2:
+        layouts["transposed"] = g[..., ::2].transpose(-1, -2).contiguous().transpose(-1, -2)
+    return layouts
+
+
+@pytest.mark.parametrize(
+    "entry", [e for e in KERNELS if "none" in e.reductions], ids=lambda e: e.name
+)
+def test_grad_output_layouts(entry, gen):
+    """With reduction='none', a non-contiguous grad_output gives bitwise the gradient of
+    its contiguous copy."""
+    options = {**light_options(entry), "reduction": "none"}
+    x, t = make_inputs(
+        entry, entry.fit_shape((2, 3, 5, 6), options), options, torch.float32, gen, device=DEVICE
+    )
+    x.requires_grad_(True)
+    loss = entry.kernel(x, t, **options)
+    for name, gout in _grad_output_layouts(tuple(loss.shape), gen).items():
+        gout = gout.to(loss.dtype)
+        (got,) = torch.autograd.grad(loss, x, gout, retain_graph=True)
+        (want,) = torch.autograd.grad(loss, x, gout.contiguous(), retain_graph=True)
+        assert torch.equal(got, want), name
