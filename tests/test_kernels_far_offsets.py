@@ -1,12 +1,16 @@
 """Element offsets past 2^31, the int32 range, without 2^31 elements: each input is a view
 into a large buffer that ``torch.empty`` leaves untouched (on the CPU only the pages the
-view touches get memory), with one axis strided so that ``index * stride`` passes 2^31
+views touch get memory), with one axis strided so that ``index * stride`` passes 2^31
 while each stride stays an int32. A kernel that multiplies such an index and stride in
 int32 wraps and reads elsewhere. Every loss and the confusion matrix (multiclass and
-multilabel) must give on the view bitwise what they give on a contiguous copy of it, for
-the batch, class and pixel axes in turn; 300 classes take the streamed (chunked) class
-path. Logits are bf16, labels int16. The gradient buffer is a fresh contiguous tensor
-here; the kernels write it through the same int64 image, class and pixel offsets."""
+multilabel) must give on the views bitwise what they give on contiguous copies, for the
+batch, class and pixel axes in turn; 300 classes take the streamed (chunked) class path.
+Logits and masks are bf16, labels int16. The gradient buffer is a fresh contiguous tensor
+here; the kernels write it through the same int64 image, class and pixel offsets.
+
+On a GPU the buffer takes 4 GiB of real memory, so the pytest-xdist workers take turns
+(a file lock) for the far run, after compiling its kernels outside the lock on views
+with the same Triton specialisation whose far entries lie a few MiB apart."""
 
 from __future__ import annotations
 
@@ -24,14 +28,58 @@ from segtriton.kernels import confusion_matrix
 from segtriton.registry import make_inputs
 
 PAST = 2**31
-STORE = PAST + 2**20  # elements of each buffer: the far entries plus a dense block below
+DENSE = 2**16  # elements below the first far entry, where the other dims are packed
 CASES = [("batch", 3), ("classes", 3), ("classes", 300), ("pixels", 3)]
+SHAPE = (3, 3, 4)  # batch and spatial sizes
+
+
+class FarViews:
+    """Tensors copied into one buffer of 2-byte elements, at views that lay out the dims
+    of one axis (``n`` entries in all) ``unit`` elements apart, so that the last lies
+    past ``reach``, and pack the other dims densely below ``DENSE``, each tensor after
+    the previous one. ``unit`` is 7 modulo 16 and every stride an int32 whatever
+    ``reach``, so kernels get the same Triton specialisation at any reach. Integer
+    tensors become int16, floating and bool ones bf16."""
+
+    def __init__(self, n: int, reach: int) -> None:
+        assert n > 1, "a far axis needs two entries"
+        self.unit = (max(reach // (n - 1), DENSE) // 16 + 1) * 16 + 7
+        size = (n - 1) * self.unit + DENSE
+        self.buffer = torch.empty(size, dtype=torch.int16, device=DEVICE)
+        self.used = 0
+
+    def put(self, x: torch.Tensor, dims: range | None) -> torch.Tensor:
+        """``x`` as such a view, far along ``dims`` (consecutive); as it is for None."""
+        if dims is None:
+            return x
+        whole = not (x.is_floating_point() or x.dtype == torch.bool)
+        x = x.to(torch.int16 if whole else torch.bfloat16)
+        strides, step = [0] * x.dim(), 1
+        for d in reversed(range(x.dim())):
+            if d not in dims:
+                strides[d], step = step, step * x.shape[d]
+        unit = self.unit
+        for d in reversed(dims):
+            strides[d], unit = unit, unit * x.shape[d]
+        assert self.used + step <= DENSE and max(strides) < PAST
+        view = self.buffer.view(x.dtype).as_strided(x.shape, strides, self.used)
+        self.used += step
+        return view.copy_(x)
+
+
+def far_dims(axis: str, x: torch.Tensor, classes: bool) -> range | None:
+    """The dims of ``axis`` in ``x`` (``[B, C, *S]`` when ``classes``, else ``[B, *S]``);
+    None for the class axis of labels."""
+    if axis == "batch":
+        return range(1)
+    if axis == "classes":
+        return range(1, 2) if classes else None
+    return range(2 if classes else 1, x.dim())
 
 
 @contextlib.contextmanager
-def _one_test_at_a_time():
-    """On a GPU, where each buffer takes 4 GiB of real memory, the tests of the
-    pytest-xdist workers take turns (a file lock); on the CPU they run side by side."""
+def _one_worker_at_a_time():
+    """On a GPU, a file lock shared by the pytest-xdist workers; nothing on the CPU."""
     if DEVICE != "cuda":
         yield
         return
@@ -41,103 +89,94 @@ def _one_test_at_a_time():
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@pytest.fixture
-def stores():
-    """Buffers by (role, dtype), made on first use and freed after the test."""
-    made: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-
-    def store(role: str, dtype: torch.dtype) -> torch.Tensor:
-        if (role, dtype) not in made:
-            made[role, dtype] = torch.empty(STORE, dtype=dtype, device=DEVICE)
-        return made[role, dtype]
-
-    with _one_test_at_a_time():
-        yield store
-        made.clear()
-        if DEVICE == "cuda":
             torch.cuda.empty_cache()
 
 
-def far(x: torch.Tensor, dims: range, store: torch.Tensor) -> torch.Tensor:
-    """``x`` copied into ``store`` at a view in which the consecutive ``dims`` are laid out
-    densely among themselves but ``unit`` elements apart, so that their last entry lies
-    just past 2^31; the other dims are packed densely below ``unit``."""
-    n = math.prod(x.shape[d] for d in dims)
-    assert n > 1, "a far axis needs two entries"
-    strides, step = [0] * x.dim(), 1
-    for d in reversed(range(x.dim())):
-        if d not in dims:
-            strides[d], step = step, step * x.shape[d]
-    unit = PAST // (n - 1) + 7
-    assert step < unit < PAST and (n - 1) * unit + step <= STORE
-    for d in reversed(dims):
-        strides[d], unit = unit, unit * x.shape[d]
-    return store.as_strided(x.shape, strides).copy_(x)
+def check_far(check, n: int) -> None:
+    """``check(views)`` with far entries past 2^31 (on a GPU first a few MiB apart, so
+    the kernels compile outside the lock)."""
+    if DEVICE == "cuda":
+        check(FarViews(n, reach=DENSE))
+    with _one_worker_at_a_time():
+        check(FarViews(n, reach=PAST))
 
 
-def far_along(x: torch.Tensor, axis: str, classes: bool, stores, role: str) -> torch.Tensor:
-    """``x`` (``[B, C, *S]`` when ``classes``, else ``[B, *S]``) as a far view along
-    ``axis``, in ``stores(role, ...)``; as it is where it has no such axis. Integer
-    tensors become int16 and floating ones bf16 (bool stays), so that a buffer of 2^31
-    elements takes 4 GiB at most."""
-    first = 2 if classes else 1
-    dims = {"batch": range(1), "classes": range(1, 2) if classes else None}.get(
-        axis, range(first, x.dim())
-    )
-    if dims is None:
-        return x
-    if x.is_floating_point():
-        x = x.to(torch.bfloat16)
-    elif x.dtype != torch.bool:
-        x = x.to(torch.int16)
-    return far(x, dims, stores(role, x.dtype))
+def _axis_entries(axis: str, C: int) -> int:
+    return {"batch": SHAPE[0], "classes": C, "pixels": math.prod(SHAPE[1:])}[axis]
 
 
 def _loss_cases():
     for entry in KERNELS:
         options = light_options(entry)
         for axis, C in CASES:
-            shape = entry.fit_shape((3, C, 3, 4), options)
+            shape = entry.fit_shape((SHAPE[0], C, *SHAPE[1:]), options)
             if axis == "classes" and shape[1] != C:
                 continue  # a loss with a fixed class count (binary) has no such axis
             yield pytest.param(entry, axis, C, id=f"{entry.name}-{axis}-C{C}")
 
 
 @pytest.mark.parametrize(("entry", "axis", "C"), list(_loss_cases()))
-def test_loss_far_offsets(entry, axis, C, stores, seed, gen):
+def test_loss_far_offsets(entry, axis, C, seed, gen):
     options = light_options(entry)
-    shape = entry.fit_shape((3, C, 3, 4), options)
+    shape = entry.fit_shape((SHAPE[0], C, *SHAPE[1:]), options)
     x, t = make_inputs(entry, shape, options, torch.bfloat16, gen, 0.2, device=DEVICE)
-    xv = far_along(x, axis, True, stores, "logits")
-    tv = far_along(t, axis, entry.target_kind(options) == "masks", stores, "target")
-    loss, grad = run_with_grad(entry.kernel, xv, tv, options, seed)
-    want_loss, want_grad = run_with_grad(
-        entry.kernel, xv.contiguous(), tv.contiguous(), options, seed
-    )
-    assert torch.equal(loss, want_loss)
-    assert torch.equal(grad, want_grad)
+    masks = entry.target_kind(options) == "masks"
+
+    def check(views: FarViews) -> None:
+        xv = views.put(x, far_dims(axis, x, True))
+        tv = views.put(t, far_dims(axis, t, masks))
+        loss, grad = run_with_grad(entry.kernel, xv, tv, options, seed)
+        want = run_with_grad(entry.kernel, xv.contiguous(), tv.contiguous(), options, seed)
+        assert torch.equal(loss, want[0])
+        assert torch.equal(grad, want[1])
+
+    check_far(check, _axis_entries(axis, C))
 
 
 @pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize(("axis", "C"), CASES)
-def test_confusion_matrix_far_offsets(axis, C, per_image, mode, stores, gen):
+def test_confusion_matrix_far_offsets(axis, C, per_image, mode, gen):
     """Multiclass from logits (the fused argmax) and from predicted labels; multilabel
     from logits and masks."""
-    x = torch.randn(3, C, 3, 4, generator=gen).to(device=DEVICE, dtype=torch.bfloat16)
-    xv = far_along(x, axis, True, stores, "logits")
-    if mode == "multiclass":
-        y = torch.randint(0, C, (3, 3, 4), generator=gen).to(DEVICE)
-        y[:, 0] = -1
-        yv = far_along(y, axis, False, stores, "target")
-        pairs = [(xv, yv), (far_along(x.argmax(1), axis, False, stores, "preds"), yv)]
-    else:
-        masks = (torch.rand(3, C, 3, 4, generator=gen) < 0.5).to(DEVICE)
-        pairs = [(xv, far_along(masks, axis, True, stores, "target"))]
-    for preds, target in pairs:
-        options = {"ignore_index": -1, "per_image": per_image, "mode": mode}
-        got = confusion_matrix(preds, target, C, **options)
-        want = confusion_matrix(preds.contiguous(), target.contiguous(), C, **options)
-        assert torch.equal(got, want)
+    x = torch.randn(SHAPE[0], C, *SHAPE[1:], generator=gen).to(DEVICE, torch.bfloat16)
+    y = torch.randint(0, C, SHAPE, generator=gen).to(DEVICE)
+    y[:, 0] = -1
+    masks = (torch.rand(x.shape, generator=gen) < 0.5).to(DEVICE)
+    options = {"ignore_index": -1, "per_image": per_image, "mode": mode}
+
+    def check(views: FarViews) -> None:
+        xv = views.put(x, far_dims(axis, x, True))
+        if mode == "multiclass":
+            yv = views.put(y, far_dims(axis, y, False))
+            preds = views.put(x.argmax(1), far_dims(axis, y, False))
+            pairs = [(xv, yv), (preds, yv)]
+        else:
+            pairs = [(xv, views.put(masks, far_dims(axis, masks, True)))]
+        for p, target in pairs:
+            got = confusion_matrix(p, target, C, **options)
+            assert torch.equal(
+                got, confusion_matrix(p.contiguous(), target.contiguous(), C, **options)
+            )
+
+    check_far(check, _axis_entries(axis, C))
+
+
+@pytest.mark.parametrize(("axis", "C"), CASES)
+def test_near_views_share_the_far_views_specialisation(axis, C):
+    """The views a GPU compiles with (far entries a few MiB apart) and the far ones: same
+    shapes, strides equal modulo 16 and all int32, same storage offsets (Triton
+    specialises a launch on these, not on the values), the far ones reaching past 2^31."""
+    x = torch.zeros(SHAPE[0], C, *SHAPE[1:], device=DEVICE)
+    y = torch.zeros(SHAPE, dtype=torch.int64, device=DEVICE)
+    n = _axis_entries(axis, C)
+    near, far = FarViews(n, reach=DENSE), FarViews(n, reach=PAST)
+    assert near.buffer.numel() * 2 < 2**26 <= PAST < far.buffer.numel()
+    for t, classes in ((x, True), (y, False), (x, True)):
+        dims = far_dims(axis, t, classes)
+        a, b = near.put(t, dims), far.put(t, dims)
+        assert a.shape == b.shape and a.storage_offset() == b.storage_offset()
+        assert [s % 16 for s in a.stride()] == [s % 16 for s in b.stride()]
+        assert max(b.stride()) < PAST
+        reach = sum((size - 1) * s for size, s in zip(b.shape, b.stride(), strict=True))
+        assert dims is None or reach >= PAST
