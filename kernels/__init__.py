@@ -2,6 +2,7 @@
 ``segtriton.reference``)."""
 
 import warnings
+from typing import TYPE_CHECKING
 
 from segtriton.reference.deep_supervision import DeepSupervisionLoss
 from segtriton.reference.modules import module_forms
@@ -101,7 +102,38 @@ __all__ = [
 ]
 
 # nn.Module forms (DiceLoss, CrossEntropyLoss, ...): the reference's classes around the
-# Triton functions above
+# Triton functions above, made at import; a type checker reads their names here (both
+# forms are LossModule subclasses; tests/test_kernels_modules.py holds the list complete)
+if TYPE_CHECKING:
+    from segtriton.reference.modules import (  # noqa: F401 (exported by _MODULES below)
+        BCEDiceLoss,
+        BCEWithLogitsLoss,
+        BoundaryLoss,
+        CEDiceLoss,
+        ClDiceLoss,
+        ComboLoss,
+        CrossEntropyLoss,
+        CrossEntropyProbsLoss,
+        DiceLoss,
+        FocalDiceLoss,
+        FocalTverskyLoss,
+        GeneralizedDiceFocalLoss,
+        GeneralizedDiceLoss,
+        GeneralizedWassersteinDiceLoss,
+        HausdorffDTLoss,
+        HausdorffERLoss,
+        JaccardLoss,
+        LovaszHingeLoss,
+        LovaszSoftmaxLoss,
+        MCCLoss,
+        OhemCrossEntropyLoss,
+        RecallCrossEntropyLoss,
+        SigmoidFocalLoss,
+        SoftmaxFocalLoss,
+        TopKCrossEntropyLoss,
+        TopKDiceLoss,
+        TverskyLoss,
+    )
 _MODULES = module_forms(globals(), __name__)
 globals().update(_MODULES)
 __all__ += sorted(_MODULES)

@@ -11,13 +11,14 @@ import functools
 import os
 import re
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from segtriton.reference._common import checks_flags
+from segtriton.reference._common import P, R, checks_flags
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -63,7 +64,7 @@ def on_device_of(tensor: object) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def kernel_api(fn: Callable) -> Callable:
+def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a public kernel function: its bool options pass ``checks_flags``, float
     logits (the first argument) must be of a dtype in ``KERNEL_DTYPES``, and it runs with
     the first argument's device current (:func:`on_device_of`). The kernels compute in
@@ -86,7 +87,7 @@ def kernel_api(fn: Callable) -> Callable:
         with on_device_of(logits):
             return checked(logits, *args, **kwargs)
 
-    return entry
+    return cast("Callable[P, R]", entry)
 
 
 def kernel_jit(fn: Callable) -> triton.runtime.jit.KernelInterface:

@@ -19,6 +19,7 @@ import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -65,14 +66,19 @@ def check_flag(name: str, value: object) -> bool:
     raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
 
 
-def checks_flags(fn: Callable) -> Callable:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def checks_flags(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a loss or metric so that every option annotated ``bool`` passes
-    :func:`check_flag` (and reaches ``fn`` as a Python bool) before ``fn`` runs."""
+    :func:`check_flag` (and reaches ``fn`` as a Python bool) before ``fn`` runs. The
+    signature stays ``fn``'s, for type checkers too."""
     params = list(inspect.signature(fn).parameters.values())
     flags = [(i, p.name) for i, p in enumerate(params) if p.annotation in (bool, "bool")]
 
     @functools.wraps(fn)
-    def checked(*args: object, **kwargs: object) -> object:
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
         args_ = list(args)
         for i, name in flags:
             if i < len(args_):

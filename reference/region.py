@@ -24,6 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ._common import (
+    P,
+    R,
     acc_dtype,
     check_choice,
     check_class_vector,
@@ -86,7 +88,7 @@ _OPTIONS = {  # the shared options, each documented where a loss has it
 }
 
 
-def _with_options(fn: Callable) -> Callable:
+def _with_options(fn: Callable[P, R]) -> Callable[P, R]:
     """Append the shared options ``fn`` takes to its docstring."""
     params = inspect.signature(fn).parameters
     text = "".join(doc for name, doc in _OPTIONS.items() if name in params)

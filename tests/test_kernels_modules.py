@@ -3,7 +3,9 @@ Triton function: same options, tensor options as buffers, picklable."""
 
 from __future__ import annotations
 
+import ast
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,19 @@ def test_every_reference_module_has_a_kernel_form():
         assert name in ker.__all__ and issubclass(form, LossModule)
         assert form.fn is getattr(ker, cls.fn.__name__)
         assert form.__module__ == "segtriton.kernels"
+
+
+def test_type_checkers_see_every_kernel_form():
+    """The forms are made at import; ``kernels/__init__.py`` names them all for type
+    checkers in its ``if TYPE_CHECKING:`` import (the package ships ``py.typed``)."""
+    tree = ast.parse((Path(ker.__file__).parent / "__init__.py").read_text())
+    typing_block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    named = {alias.name for node in typing_block.body for alias in node.names}
+    assert named == set(REFERENCE_FORMS)
 
 
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
