@@ -30,7 +30,13 @@ from segtriton.registry import make_inputs
 PAST = 2**31
 DENSE = 2**16  # elements below the first far entry, where the other dims are packed
 CASES = [("batch", 3), ("classes", 3), ("classes", 300), ("pixels", 3)]
-SHAPE = (3, 3, 4)  # batch and spatial sizes
+SPATIAL = (3, 4)
+
+
+def logits_shape(axis: str, C: int) -> tuple[int, ...]:
+    """Three images where the batch axis is the far one (with two, its stride would
+    pass int32 itself), else one."""
+    return (3 if axis == "batch" else 1, C, *SPATIAL)
 
 
 class FarViews:
@@ -102,14 +108,14 @@ def check_far(check, n: int) -> None:
 
 
 def _axis_entries(axis: str, C: int) -> int:
-    return {"batch": SHAPE[0], "classes": C, "pixels": math.prod(SHAPE[1:])}[axis]
+    return {"batch": 3, "classes": C, "pixels": math.prod(SPATIAL)}[axis]
 
 
 def _loss_cases():
     for entry in KERNELS:
         options = light_options(entry)
         for axis, C in CASES:
-            shape = entry.fit_shape((SHAPE[0], C, *SHAPE[1:]), options)
+            shape = entry.fit_shape(logits_shape(axis, C), options)
             if axis == "classes" and shape[1] != C:
                 continue  # a loss with a fixed class count (binary) has no such axis
             yield pytest.param(entry, axis, C, id=f"{entry.name}-{axis}-C{C}")
@@ -118,7 +124,7 @@ def _loss_cases():
 @pytest.mark.parametrize(("entry", "axis", "C"), list(_loss_cases()))
 def test_loss_far_offsets(entry, axis, C, seed, gen):
     options = light_options(entry)
-    shape = entry.fit_shape((SHAPE[0], C, *SHAPE[1:]), options)
+    shape = entry.fit_shape(logits_shape(axis, C), options)
     x, t = make_inputs(entry, shape, options, torch.bfloat16, gen, 0.2, device=DEVICE)
     masks = entry.target_kind(options) == "masks"
 
@@ -139,8 +145,8 @@ def test_loss_far_offsets(entry, axis, C, seed, gen):
 def test_confusion_matrix_far_offsets(axis, C, per_image, mode, gen):
     """Multiclass from logits (the fused argmax) and from predicted labels; multilabel
     from logits and masks."""
-    x = torch.randn(SHAPE[0], C, *SHAPE[1:], generator=gen).to(DEVICE, torch.bfloat16)
-    y = torch.randint(0, C, SHAPE, generator=gen).to(DEVICE)
+    x = torch.randn(logits_shape(axis, C), generator=gen).to(DEVICE, torch.bfloat16)
+    y = torch.randint(0, C, x[:, 0].shape, generator=gen).to(DEVICE)
     y[:, 0] = -1
     masks = (torch.rand(x.shape, generator=gen) < 0.5).to(DEVICE)
     options = {"ignore_index": -1, "per_image": per_image, "mode": mode}
@@ -167,8 +173,8 @@ def test_near_views_share_the_far_views_specialisation(axis, C):
     """The views a GPU compiles with (far entries a few MiB apart) and the far ones: same
     shapes, strides equal modulo 16 and all int32, same storage offsets (Triton
     specialises a launch on these, not on the values), the far ones reaching past 2^31."""
-    x = torch.zeros(SHAPE[0], C, *SHAPE[1:], device=DEVICE)
-    y = torch.zeros(SHAPE, dtype=torch.int64, device=DEVICE)
+    x = torch.zeros(logits_shape(axis, C), device=DEVICE)
+    y = torch.zeros(x[:, 0].shape, dtype=torch.int64, device=DEVICE)
     n = _axis_entries(axis, C)
     near, far = FarViews(n, reach=DENSE), FarViews(n, reach=PAST)
     assert near.buffer.numel() * 2 < 2**26 <= PAST < far.buffer.numel()
