@@ -361,11 +361,12 @@ def _probs_chunk(x_ptr, t_ptr, w_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs
 def _probs_grad(x, wt, cmask, m, s, s_rest, wsum):
     """``dL/dz_c = W p_c - w_c t'_c``; at a maximal logit (``p_c = 1 / s``) taken as
     ``((W - w_c t'_c) - w_c t'_c (s - 1)) / s``, exact as p_c -> 1. NaN for every class
-    of a pixel with a +inf logit, as torch's softmax gives there (the loss is NaN too)."""
+    of a pixel whose largest logit is infinite (one +inf, or all -inf), as torch's
+    softmax gives there (the loss is NaN too)."""
     is_max = (x == m[None, :]) & cmask[:, None]
     at_max = ((wsum[None, :] - wt) - wt * s_rest[None, :]) / s[None, :]
     dz = tl.where(is_max, at_max, wsum[None, :] * tl.exp(x - m[None, :]) / s[None, :] - wt)
-    return tl.where(m[None, :] == float("inf"), float("nan"), dz)
+    return tl.where(tl.abs(m[None, :]) == float("inf"), float("nan"), dz)
 
 
 @triton.jit

@@ -8,9 +8,9 @@ sigmoid focal loss, alone or as the focal term of a compound with ``sigmoid_foca
 left out of the -inf case: at a -inf logit its reference gradient is NaN, as
 BCE-with-logits is in torch.) For every loss, one NaN, +inf or -inf logit makes the loss
 non-finite where the reference's is, and leaves a non-finite gradient entry where the
-reference's gradient has one: AMP's GradScaler skips a step only when it finds one. The
-CE kernel on class probabilities once gave a +inf logit's pixel the softmax's limit, a
-finite gradient, under a NaN loss."""
+reference's gradient has one: AMP's GradScaler skips a step only when it finds one; so
+does a pixel with -inf at every class. The CE kernel on class probabilities once gave
+such pixels a finite gradient (for a +inf logit the softmax's limit) under a NaN loss."""
 
 from __future__ import annotations
 
@@ -67,20 +67,23 @@ def test_plus_inf_logit_of_the_true_class_gives_nan(entry, options, gen):
 
 
 NON_FINITE = [
-    pytest.param(entry, value, C, id=f"{entry.name}-{value}-C{C}")
+    pytest.param(entry, value, spread, C, id=f"{entry.name}-{value}-{spread}-C{C}")
     for entry in KERNELS
-    for value in (float("nan"), float("inf"), float("-inf"))
-    for C in ((4, 300) if value == float("inf") else (4,))
-    if entry.fit_shape((2, C, 4, 5), light_options(entry))[1] == C or C == 4
+    for value, spread in (("nan", "one"), ("inf", "one"), ("-inf", "one"), ("-inf", "all"))
+    for C in ((4, 300) if value == "inf" else (4,))
+    if C == 4 or entry.fit_shape((2, C, 4, 5), light_options(entry))[1] == C
 ]
 
 
-@pytest.mark.parametrize(("entry", "value", "C"), NON_FINITE)
-def test_one_non_finite_logit_reaches_loss_and_gradient(entry, value, C, gen):
+@pytest.mark.parametrize(("entry", "value", "spread", "C"), NON_FINITE)
+def test_non_finite_logits_reach_loss_and_gradient(entry, value, spread, C, gen):
+    """``value`` at one logit of a pixel, or at all its classes (a pixel whose every
+    class is masked out)."""
     options = light_options(entry)
     shape = entry.fit_shape((2, C, 4, 5), options)
     x, t = make_inputs(entry, shape, options, torch.float32, gen, device=DEVICE)
-    x[1, shape[1] - 1, 2, 3] = value  # at C = 300, in the last chunk of classes
+    classes = slice(None) if spread == "all" else shape[1] - 1  # at C = 300, the last chunk
+    x[1, classes, 2, 3] = float(value)
     got = x.clone().requires_grad_(True)
     want = x.double().cpu().requires_grad_(True)
     loss = entry.kernel(got, t, **options)
