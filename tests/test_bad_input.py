@@ -274,8 +274,7 @@ def test_labels_past_int32(entry, bad, gen):
 
 MASK_VARIANTS = [
     pytest.param(e, opts, id=f"{e.name}-{i}")
-    for e in LOSSES
-    if e.kernel is not None
+    for e in KERNELS
     for i, opts in enumerate(e.variants)
     if e.target_kind(opts) == "masks"
 ]

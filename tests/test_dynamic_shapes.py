@@ -15,21 +15,19 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from segtriton import kernels, reference
 from segtriton.reference.modules import loss_modules
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import make_inputs
 
 SHAPES = [(2, 3, 9, 11), (3, 3, 12, 7), (2, 3, 10, 13)]
 VARIANTS = [
     pytest.param(entry, i, id=f"{entry.name}-{i}")
-    for entry in LOSSES
-    if entry.kernel
+    for entry in KERNELS
     for i in range(1, len(entry.variants))
 ]
 
 FORMS = loss_modules()
 WITH_LISTS = [  # option sets whose lists become buffers of the nn.Module form, per library
     pytest.param(entry, i, lib, id=f"{entry.name}-{i}-{lib}")
-    for entry in LOSSES
-    if entry.kernel
+    for entry in KERNELS
     for i, v in enumerate(entry.variants)
     if any(isinstance(x, list) and k != "classes" for k, x in v.items())
     for lib in ("kernel", "reference")

@@ -18,12 +18,12 @@ import pytest
 import torch
 from kernel_checks import DEVICE, KERNELS, assert_matches, light_options
 
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import make_inputs
 
 CASES = [
     (entry, {**options, **entry.light})
-    for entry in LOSSES
-    if entry.kernel is not None and entry.target == "labels" and entry.name != "sigmoid_focal_ovr"
+    for entry in KERNELS
+    if entry.target == "labels" and entry.name != "sigmoid_focal_ovr"
     for options in entry.variants
     if entry.target_kind(options) == "labels"
 ]
