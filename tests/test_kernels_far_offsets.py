@@ -22,10 +22,9 @@ import tempfile
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, light_options, run_with_grad
+from kernel_checks import DEVICE, KERNELS, light_case, light_options, run_with_grad
 
 from segtriton.kernels import confusion_matrix
-from segtriton.registry import make_inputs
 
 PAST = 2**31
 DENSE = 2**16  # elements below the first far entry, where the other dims are packed
@@ -107,8 +106,9 @@ def check_far(check, n: int) -> None:
         check(FarViews(n, reach=PAST))
 
 
-def _axis_entries(axis: str, C: int) -> int:
-    return {"batch": 3, "classes": C, "pixels": math.prod(SPATIAL)}[axis]
+def far_entries(axis: str, logits: torch.Tensor) -> int:
+    """How many entries the far axis of ``logits`` holds: the ``n`` of :class:`FarViews`."""
+    return math.prod(logits.shape[d] for d in far_dims(axis, logits, True))
 
 
 def _loss_cases():
@@ -123,9 +123,7 @@ def _loss_cases():
 
 @pytest.mark.parametrize(("entry", "axis", "C"), list(_loss_cases()))
 def test_loss_far_offsets(entry, axis, C, seed, gen):
-    options = light_options(entry)
-    shape = entry.fit_shape(logits_shape(axis, C), options)
-    x, t = make_inputs(entry, shape, options, torch.bfloat16, gen, 0.2, device=DEVICE)
+    options, x, t = light_case(entry, logits_shape(axis, C), gen, torch.bfloat16, 0.2)
     masks = entry.target_kind(options) == "masks"
 
     def check(views: FarViews) -> None:
@@ -136,7 +134,7 @@ def test_loss_far_offsets(entry, axis, C, seed, gen):
         assert torch.equal(loss, want[0])
         assert torch.equal(grad, want[1])
 
-    check_far(check, _axis_entries(axis, C))
+    check_far(check, far_entries(axis, x))
 
 
 @pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
@@ -165,7 +163,7 @@ def test_confusion_matrix_far_offsets(axis, C, per_image, mode, gen):
                 got, confusion_matrix(p.contiguous(), target.contiguous(), C, **options)
             )
 
-    check_far(check, _axis_entries(axis, C))
+    check_far(check, far_entries(axis, x))
 
 
 @pytest.mark.parametrize(("axis", "C"), CASES)
@@ -175,7 +173,7 @@ def test_near_views_share_the_far_views_specialisation(axis, C):
     specialises a launch on these, not on the values), the far ones reaching past 2^31."""
     x = torch.zeros(logits_shape(axis, C), device=DEVICE)
     y = torch.zeros(x[:, 0].shape, dtype=torch.int64, device=DEVICE)
-    n = _axis_entries(axis, C)
+    n = far_entries(axis, x)
     near, far = FarViews(n, reach=DENSE), FarViews(n, reach=PAST)
     assert near.buffer.numel() * 2 < 2**26 <= PAST < far.buffer.numel()
     for t, classes in ((x, True), (y, False), (x, True)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, assert_matches, light_options
+from kernel_checks import DEVICE, KERNELS, assert_matches, light_case
 
 from segtriton.kernels._tiles import pixel_view
 from segtriton.registry import make_inputs
@@ -87,10 +87,8 @@ def _grad_output_layouts(shape: tuple[int, ...], gen) -> dict[str, torch.Tensor]
 def test_grad_output_layouts(entry, gen):
     """With reduction='none', a non-contiguous grad_output gives bitwise the gradient of
     its contiguous copy."""
-    options = {**light_options(entry), "reduction": "none"}
-    x, t = make_inputs(
-        entry, entry.fit_shape((2, 3, 5, 6), options), options, torch.float32, gen, device=DEVICE
-    )
+    options, x, t = light_case(entry, (2, 3, 5, 6), gen)
+    options["reduction"] = "none"
     x.requires_grad_(True)
     loss = entry.kernel(x, t, **options)
     for name, gout in _grad_output_layouts(tuple(loss.shape), gen).items():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, assert_matches, light_options
+from kernel_checks import DEVICE, KERNELS, assert_matches, light_case, light_options
 
 from segtriton.registry import make_inputs
 
@@ -79,10 +79,8 @@ NON_FINITE = [
 def test_non_finite_logits_reach_loss_and_gradient(entry, value, spread, C, gen):
     """``value`` at one logit of a pixel, or at all its classes (a pixel whose every
     class is masked out)."""
-    options = light_options(entry)
-    shape = entry.fit_shape((2, C, 4, 5), options)
-    x, t = make_inputs(entry, shape, options, torch.float32, gen, device=DEVICE)
-    classes = slice(None) if spread == "all" else shape[1] - 1  # at C = 300, the last chunk
+    options, x, t = light_case(entry, (2, C, 4, 5), gen)
+    classes = slice(None) if spread == "all" else x.shape[1] - 1  # at C = 300, the last chunk
     x[1, classes, 2, 3] = float(value)
     got = x.clone().requires_grad_(True)
     want = x.double().cpu().requires_grad_(True)
