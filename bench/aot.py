@@ -166,12 +166,13 @@ class CompileCase:
 
 
 def compile_cases(quick: bool = False) -> list[CompileCase]:
-    """Every registry loss variant and the metrics over class counts (the single-tile path,
-    C = 150, and the streamed path past 256 classes) and dtypes; layout (NCHW or
-    channels_last, 2-D or 3-D), reduction and label dtype take turns along the list."""
+    """Every registry loss variant (per-class vectors repeated to C) and the metrics over
+    class counts (the single-tile path, C = 150, and the streamed path past 256 classes)
+    and dtypes; layout (NCHW or channels_last, 2-D or 3-D), reduction and label dtype take
+    turns along the list."""
     import torch
 
-    from segtriton.registry import LOSSES, variant_fits
+    from segtriton.registry import LOSSES, fit_variant
 
     counts = (3, 150, 300) if quick else (1, 2, 3, 19, 150, 300, 1000)
     dtypes = (
@@ -181,9 +182,10 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     label_dtypes = (torch.int64, torch.uint8, torch.int32, torch.int16)
     plans = []  # (name, options, C, reductions)
     for entry in LOSSES:
-        for options in entry.variants:
-            for C in (1,) if entry.is_binary(options) else counts:
-                if not variant_fits(options, C) or entry.min_classes > C:
+        for variant in entry.variants:
+            for C in (1,) if entry.is_binary(variant) else counts:
+                options = fit_variant(variant, C)
+                if options is None or entry.min_classes > C:
                     continue
                 plans.append((entry.name, options, C, entry.reductions))
     for C in counts:

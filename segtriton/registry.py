@@ -448,16 +448,24 @@ def kernel_names(names: Sequence[str] | None = None, extra: Sequence[str] = ()) 
     return [n for n in known if not names or n in names]
 
 
-def variant_fits(options: dict, C: int) -> bool:
-    """Whether an option set can run with C classes (per-class vectors fix C; a list of
-    class indices needs them below C)."""
+def fit_variant(options: dict, C: int) -> dict | None:
+    """``options`` for C classes, or None where they cannot take C: a per-class vector of
+    another length is repeated (``v[c % len(v)]``), so its values stay valid for the
+    option; a list of class indices must lie below C and a ``[C, C]`` matrix
+    (``dist_matrix``) must already be C x C."""
+    fitted = dict(options)
     for key, value in options.items():
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            if key == "classes" and max(value) >= C:
-                return False
-            if key != "classes" and len(value) != C:
-                return False
-    return True
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            continue
+        if key == "classes":
+            if max(value) >= C:
+                return None
+        elif isinstance(value[0], Sequence):
+            if len(value) != C:
+                return None
+        elif len(value) != C:
+            fitted[key] = [value[c % len(value)] for c in range(C)]
+    return fitted
 
 
 def make_inputs(

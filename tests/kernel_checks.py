@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, make_inputs, variant_fits
+from segtriton.registry import LOSSES, fit_variant, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -39,11 +39,16 @@ def env_without_interpreter() -> dict[str, str]:
 
 def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
     """pytest params ``CASE_ARGS`` over every entry's variants x class counts x dtypes, with
-    the spatial shape, memory format and reduction taking turns along the list."""
+    the spatial shape, memory format and reduction taking turns along the list. A variant's
+    per-class vectors are repeated to C (:func:`fit_variant`); at a C other than their
+    length, one dtype per class count, in turn."""
     rows = []
     for entry in entries:
-        for (v, options), C, dtype in itertools.product(enumerate(entry.variants), classes, DTYPES):
-            if not variant_fits(options, C) or (entry.is_binary(options) and C != 1):
+        for (v, variant), C, dtype in itertools.product(enumerate(entry.variants), classes, DTYPES):
+            options = fit_variant(variant, C)
+            if options is None or (entry.is_binary(options) and C != 1):
+                continue
+            if options != variant and dtype != DTYPES[classes.index(C) % len(DTYPES)]:
                 continue
             k = len(rows)
             shape = spatial[(k // len(reductions)) % len(spatial)]

@@ -24,7 +24,7 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import get, make_inputs
+from segtriton.registry import fit_variant, get, make_inputs
 
 KERNELS = kernels_of("compound")
 
@@ -47,10 +47,14 @@ def test_kernel_matches_reference(
     assert_matches(entry, x, t, opts, dtype, seed)
 
 
-@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
-def test_large_class_count(entry, seed, gen):
-    """C > 256: sigmoid terms stay fused (streamed classes), softmax terms run unfused."""
-    opts = {"ignore_index": 255}
+@pytest.mark.parametrize(
+    ("entry", "variant"),
+    [pytest.param(e, v, id=f"{e.name}-{i}") for e in KERNELS for i, v in enumerate(e.variants)],
+)
+def test_large_class_count(entry, variant, seed, gen):
+    """C > 256, every variant with its per-class vectors repeated to C: sigmoid terms stay
+    fused (streamed classes), softmax terms run unfused."""
+    opts = {**fit_variant(variant, 300), "ignore_index": 255}
     x, t = _inputs(entry, (2, 300, 3, 5), opts, torch.float32, gen)
     assert_matches(entry, x, t, opts, torch.float32, seed)
 

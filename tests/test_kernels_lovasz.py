@@ -206,6 +206,22 @@ def test_sort_groups_and_index_dtype_change_nothing(entry, seed, gen, monkeypatc
         monkeypatch.undo()
 
 
+def test_sort_groups_are_a_sixteenth_of_the_rows_unless_small(gen, monkeypatch):
+    """``sorted_groups`` bounds the sort's outputs and workspace: R // 16 rows a call
+    where that holds ``SORT_MIN_ENTRIES`` entries, else as many rows as make that many,
+    and every row comes back sorted (descending, stable) as one ``torch.sort`` gives it."""
+    keys = torch.randint(0, 5, (64, 24), generator=gen).float().to(DEVICE)  # ties: stable
+    want = torch.sort(keys, dim=1, descending=True, stable=True)
+    for min_entries, rows in ((24, 4), (24 * 8, 8), (24 * 100, 64)):
+        monkeypatch.setattr(lovasz_mod, "SORT_MIN_ENTRIES", min_entries)
+        starts = []
+        for r0, values, indices in lovasz_mod.sorted_groups(keys):
+            starts.append(r0)
+            assert torch.equal(values, want.values[r0 : r0 + rows])
+            assert torch.equal(indices, want.indices[r0 : r0 + rows])
+        assert starts == list(range(0, 64, rows)), min_entries
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
 def test_saved_for_backward_is_small(entry, gen):
     """Between the passes the loss keeps beyond its inputs one int32 index per logit (and

@@ -30,7 +30,7 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import get, make_inputs, variant_fits
+from segtriton.registry import fit_variant, get, make_inputs
 
 KERNELS = kernels_of("region")
 
@@ -70,16 +70,27 @@ def test_large_class_count_streams_classes(entry, mode, seed, gen):
     assert_matches(entry, x, t, opts, torch.float32, seed)
 
 
+@pytest.mark.parametrize(
+    ("entry", "variant"),
+    [pytest.param(e, v, id=f"{e.name}-{i}") for e in KERNELS for i, v in enumerate(e.variants)],
+)
+def test_every_variant_streams_classes(entry, variant, seed, gen):
+    """Every variant (modes, scopes, weights), its per-class vectors repeated to C = 300:
+    past 256 classes pass 1 reads them in chunks and the finalize runs over 300."""
+    opts = {**fit_variant(variant, 300), "ignore_index": 255}
+    x, t = _inputs(entry, (2, 300, 3, 5), opts, torch.float32, gen)
+    assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
 def _probability_cases():
-    """(entry, options, C) over every multiclass variant of the region entries."""
+    """(entry, options, C) over every multiclass variant of the region entries, its
+    per-class vectors repeated to C."""
     return [
-        pytest.param(e, v, C, id=f"{e.name}-{i}-C{C}")
+        pytest.param(e, fit_variant(v, C), C, id=f"{e.name}-{i}-C{C}")
         for e in KERNELS
         for i, v in enumerate(e.variants)
         for C in (2, 3, 19, 300)
-        if v.get("mode", "multiclass") == "multiclass"
-        and "ignore_index" not in v
-        and variant_fits(v, C)
+        if v.get("mode", "multiclass") == "multiclass" and "ignore_index" not in v
     ]
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, LossEntry, get, make_inputs, variant_fits
+from segtriton.registry import LOSSES, LossEntry, fit_variant, get, make_inputs
 
 C = 3
 CASES = [
@@ -55,8 +55,9 @@ def _shape(entry: LossEntry, options: dict, spatial=(3, 5)) -> tuple[int, ...]:
     return (2, entry.fit_classes(C, options), *spatial)
 
 
-def _options(entry: LossEntry, options: dict, ignore: bool) -> dict:
-    if not variant_fits(options, entry.fit_classes(C, options)):
+def _options(entry: LossEntry, variant: dict, ignore: bool) -> dict:
+    options = fit_variant(variant, entry.fit_classes(C, variant))
+    if options is None:
         pytest.skip("variant needs another class count")
     if ignore and not entry.takes("ignore_index"):
         pytest.skip(f"{entry.name} has no ignore_index")
@@ -167,10 +168,18 @@ def test_sum_and_mean_agree_with_none(entry, gen):
     assert torch.isfinite(mean)
 
 
-def test_variant_fits_reads_class_lists_and_per_class_vectors():
-    assert variant_fits({"classes": [0, 2]}, 3) and not variant_fits({"classes": [0, 2]}, 2)
-    assert variant_fits({"weight": [1.0, 2.0]}, 2) and not variant_fits({"weight": [1.0, 2.0]}, 3)
-    assert variant_fits({"mode": "multilabel", "reduction": "sum"}, 1)
+def test_fit_variant_repeats_class_vectors_and_checks_class_lists():
+    assert fit_variant({"classes": [0, 2]}, 3) == {"classes": [0, 2]}
+    assert fit_variant({"classes": [0, 2]}, 2) is None
+    got = fit_variant({"weight": [1.0, 2.0], "alpha": 0.25, "mode": "multiclass"}, 5)
+    assert got == {"weight": [1.0, 2.0, 1.0, 2.0, 1.0], "alpha": 0.25, "mode": "multiclass"}
+    assert fit_variant({"pos_weight": [1.0, 2.0, 3.0]}, 1) == {"pos_weight": [1.0]}
+    assert fit_variant({"dist_matrix": [[0, 1], [1, 0]]}, 2) == {"dist_matrix": [[0, 1], [1, 0]]}
+    assert fit_variant({"dist_matrix": [[0, 1], [1, 0]]}, 3) is None
+    assert fit_variant({"mode": "multilabel", "reduction": "sum"}, 1) == {
+        "mode": "multilabel",
+        "reduction": "sum",
+    }
 
 
 def test_inputs_ignore_and_soften_only_as_asked(gen):
