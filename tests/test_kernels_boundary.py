@@ -279,12 +279,16 @@ def test_hausdorff_streams_classes_with_spacing_and_repeats(mode, seed, gen):
 def test_hausdorff_a_probability_of_one_half_predicts_no_class(seed, gen):
     """Equal logits of two classes (a zero-initialised head) give each a probability of
     exactly 1/2, which does not exceed 1/2: no class is predicted there, in the kernel as in
-    the reference, so only the rows where class 1 leads have a predicted mask."""
+    the reference, so only the rows where class 1 leads have a predicted mask. Likewise a
+    sigmoid channel at logit 0 (multilabel) is not predicted."""
     x = torch.zeros(2, 2, 7, 9)
     x[:, 1, :3] = 3.0
     t = torch.randint(0, 2, (2, 7, 9), generator=gen)
     opts = {"classes": [0, 1]}  # class 0 would be predicted on the tied rows otherwise
     assert_matches(HAUSDORFF, x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
+    masks = torch.randint(0, 2, (2, 2, 7, 9), generator=gen).double()
+    opts = {"mode": "multilabel"}
+    assert_matches(HAUSDORFF, x.to(DEVICE), masks.to(DEVICE), opts, torch.float32, seed)
 
 
 def test_hausdorff_maps_are_scipy_fields(gen):
