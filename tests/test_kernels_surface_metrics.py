@@ -63,6 +63,17 @@ def test_matches_reference(name, C, shape, spacing, gen):
         check(name, preds, target, C, spacing=spacing, ignore_index=255, **opts)
 
 
+@pytest.mark.parametrize("shape", [(2, 2, 29), (1, 1, 31), (2, 2, 2, 9)], ids=str)
+@pytest.mark.parametrize("name", METRICS)
+def test_thin_images_where_every_pixel_is_on_a_surface(name, shape, gen):
+    """Images two pixels thick or less: every pixel touches the border, so every pixel is a
+    surface pixel and the last slot's run of sorted distances ends at the last entry."""
+    target = torch.randint(0, 3, shape, generator=gen)
+    preds = torch.randint(0, 3, shape, generator=gen)
+    for opts in option_sets(name, 3, gen):
+        check(name, preds, target, 3, **opts)
+
+
 @pytest.mark.parametrize("name", METRICS)
 def test_logits_noise_and_label_dtypes(name, gen):
     """Logits (argmax as in ``confusion_matrix``; channels_last read in place), salt-and-
