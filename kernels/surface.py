@@ -44,6 +44,7 @@ from segtriton.reference._common import (
     check_num_classes,
     check_number,
     device_constant,
+    in_classes,
     not_ignored,
 )
 from segtriton.reference.boundary import check_spacing
@@ -156,8 +157,7 @@ def _label_surfaces(preds, target, num_classes, ignore_index, idx, spacing, vali
     check_ignore_index(ignore_index, labels=True)
     pred = preds.argmax(dim=1) if logits else preds
     valid = not_ignored(target, ignore_index)
-    t_in = (target >= 0) & (target < num_classes)
-    p_in = (pred >= 0) & (pred < num_classes)
+    t_in, p_in = in_classes(target, num_classes), in_classes(pred, num_classes)
     if validate:
         _raise_if_bad((valid & ~t_in).sum() + (~p_in).sum(), num_classes, ignore_index)
     spacing = list(check_spacing(spacing, target.dim() - 1))

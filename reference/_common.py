@@ -233,13 +233,21 @@ def not_ignored(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
     return target.long() != ignore_index
 
 
+def in_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Where integer labels lie in ``[0, num_classes)``, compared as numbers: past the label
+    dtype's range the bound is its largest value, where torch's ``<`` would wrap it
+    (uint8 labels against 300 classes compare with 44)."""
+    top = min(num_classes - 1, torch.iinfo(labels.dtype).max)
+    return (labels >= 0) & (labels <= top)
+
+
 def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
     """Check integer labels lie in ``[0, num_classes)`` or equal ``ignore_index``; return the
     valid (not ignored) mask. Reads the values (a host sync on a GPU)."""
     check_label_dtype(target)
     check_ignore_index(ignore_index, labels=True)
     valid = not_ignored(target, ignore_index)
-    bad = valid & ((target < 0) | (target >= num_classes))
+    bad = valid & ~in_classes(target, num_classes)
     if _checking_values() and bool(bad.any()):
         value = int(target[bad].flatten()[0])
         raise ValueError(

@@ -323,6 +323,31 @@ def test_ignore_index_outside_the_label_dtype_matches_no_label(entry, gen):
         entry.reference(x, y.to(torch.uint8), **{**entry.variants[0], "ignore_index": -1})
 
 
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+def test_more_classes_than_the_label_dtype_holds(entry, gen):
+    """With 300 classes every uint8 label is a class (and with 200 every int8 label from 0):
+    the dtype's largest value bounds the range check, where torch's comparison with 300
+    wraps it to 44 (the reference refused uint8 labels from 44 up)."""
+    for C, dtype in ((300, torch.uint8), (200, torch.int8)):
+        top = torch.iinfo(dtype).max
+        x = torch.randn(1, C, 2, 3, generator=gen).to(DEVICE)
+        y = torch.randint(0, top + 1, (1, 2, 3), generator=gen).to(DEVICE)
+        y[0, 0, 0] = top
+        for fn in (entry.reference, entry.kernel):
+            got = fn(x, y.to(dtype), **entry.variants[0])
+            torch.testing.assert_close(got, fn(x, y, **entry.variants[0]), equal_nan=True)
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_metrics_of_more_classes_than_the_label_dtype_holds(lib, gen):
+    y = torch.randint(0, 256, (2, 4, 5), generator=gen).to(DEVICE)
+    y[0, 0, 0] = 255
+    z = y.flip(-1)
+    for fn in (lib.confusion_matrix, lib.hausdorff_distance):
+        got = fn(z.to(torch.uint8), y.to(torch.uint8), 300)
+        torch.testing.assert_close(got, fn(z, y, 300), equal_nan=True)
+
+
 @pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
 def test_metric_ignore_index_outside_the_label_dtype(lib):
     y = torch.arange(160).reshape(2, 8, 10).to(DEVICE)
