@@ -1,5 +1,6 @@
 """Every loss under option sets drawn at random each run (on top of the registry's fixed
-variants): the options named in its signature, a class count, spatial shape, dtype,
+variants): the options named in its signature, a class count (up to 300, past the
+256 where classes are streamed, except for the per-class map losses), spatial shape, dtype,
 memory format, label dtype, ignored fraction and soft masks. The kernel must match the
 float64 reference (loss and gradient; for the Lovasz losses, whose random inputs have
 ties, the loss and the loss their gradient implies), or reject what the reference
@@ -19,6 +20,9 @@ from segtriton.registry import make_inputs
 DRAWS = 4  # option sets compared per loss and run
 ATTEMPTS = 40  # draws allowed to find them (some drawn sets are invalid for the loss)
 _FIXED = {"logits", "target", "reduction", "validate", "process_group", "dist_map"}
+# C = 300 takes the streamed-class paths (past 256 classes); the losses that build a
+# distance map or skeleton of every class take minutes at that C in the interpreter
+_MAPS_EVERY_CLASS = (".boundary", ".cldice", ".hausdorff_er")
 
 
 def _vector(r: random.Random, C: int) -> list[float]:
@@ -85,7 +89,10 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
 def _case(entry, r: random.Random):
     """(options, shape, dtype, channels_last, ignored fraction, label dtype, soft)."""
     spatial = r.choice([(5, 7), (1, 13), (3, 4, 5), (9, 11)])
-    C = max(r.choice([1, 2, 3, 5, 19]), entry.min_classes)
+    counts = [1, 2, 3, 5, 19]
+    if not entry.reference.__module__.endswith(_MAPS_EVERY_CLASS):
+        counts.append(300)
+    C = max(r.choice(counts), entry.min_classes)
     opts = {}
     for name in inspect.signature(entry.reference).parameters:
         value = None if name in _FIXED else _draw(name, r, C, len(spatial))
