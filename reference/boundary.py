@@ -217,7 +217,8 @@ def hausdorff_terms(
     if mode == "multiclass":  # g compared per selected class: no [B, C, *S] one-hot
         valid = check_labels(logits, target, ignore_index)
         p = torch.softmax(x, dim=1)[:, idx]
-        g = torch.stack([target == c for c in idx], dim=1) & valid.unsqueeze(1)
+        labels = target.long()  # uint8 labels == 299 would compare with 43
+        g = torch.stack([labels == c for c in idx], dim=1) & valid.unsqueeze(1)
         valid = valid.unsqueeze(1).expand_as(p)
     else:
         g, valid = check_masks(logits, target, ignore_index)

@@ -327,15 +327,21 @@ def test_ignore_index_outside_the_label_dtype_matches_no_label(entry, gen):
 def test_more_classes_than_the_label_dtype_holds(entry, gen):
     """With 300 classes every uint8 label is a class (and with 200 every int8 label from 0):
     the dtype's largest value bounds the range check, where torch's comparison with 300
-    wraps it to 44 (the reference refused uint8 labels from 44 up)."""
+    wraps it to 44 (the reference refused uint8 labels from 44 up). The last class, which
+    no such label can name, is predicted on a row and selected where a loss selects
+    classes (HD-DT's reference once matched uint8 label 43 as class 299)."""
     for C, dtype in ((300, torch.uint8), (200, torch.int8)):
         top = torch.iinfo(dtype).max
         x = torch.randn(1, C, 2, 3, generator=gen).to(DEVICE)
+        x[0, C - 1, 1] = 20.0
         y = torch.randint(0, top + 1, (1, 2, 3), generator=gen).to(DEVICE)
-        y[0, 0, 0] = top
+        y[0, 0] = torch.tensor([top, (C - 1) % 256 if dtype == torch.uint8 else 5, 1])
+        opts = dict(entry.variants[0])
+        if entry.takes("classes"):
+            opts["classes"] = [1, C - 1]
         for fn in (entry.reference, entry.kernel):
-            got = fn(x, y.to(dtype), **entry.variants[0])
-            torch.testing.assert_close(got, fn(x, y, **entry.variants[0]), equal_nan=True)
+            got = fn(x, y.to(dtype), **opts)
+            torch.testing.assert_close(got, fn(x, y, **opts), equal_nan=True)
 
 
 @pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
