@@ -72,6 +72,16 @@ def kernel_cases(entries, reductions, spatial=SPATIAL, classes=CLASSES):
     return rows
 
 
+def variants_at(entries, C):
+    """pytest params ``(entry, options)``: every variant of ``entries``, its per-class
+    vectors repeated to the class count the entry takes at C (:func:`fit_variant`)."""
+    return [
+        pytest.param(e, fit_variant(v, e.fit_classes(C, v)), id=f"{e.name}-{i}")
+        for e in entries
+        for i, v in enumerate(e.variants)
+    ]
+
+
 def smooth_labels(gen: torch.Generator, C: int, shape: tuple[int, ...]) -> torch.Tensor:
     """int64 labels ``[B, *S]`` (2-D or 3-D) of smooth regions, as a segmentation has: the
     argmax over classes of noise averaged over 5-pixel boxes."""

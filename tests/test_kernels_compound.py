@@ -20,11 +20,12 @@ from kernel_checks import (
     on_two_gloo_ranks,
     run_with_grad,
     to_channels_last,
+    variants_at,
 )
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import fit_variant, get, make_inputs
+from segtriton.registry import get, make_inputs
 
 KERNELS = kernels_of("compound")
 
@@ -47,14 +48,11 @@ def test_kernel_matches_reference(
     assert_matches(entry, x, t, opts, dtype, seed)
 
 
-@pytest.mark.parametrize(
-    ("entry", "variant"),
-    [pytest.param(e, v, id=f"{e.name}-{i}") for e in KERNELS for i, v in enumerate(e.variants)],
-)
-def test_large_class_count(entry, variant, seed, gen):
+@pytest.mark.parametrize(("entry", "options"), variants_at(KERNELS, 300))
+def test_large_class_count(entry, options, seed, gen):
     """C > 256, every variant with its per-class vectors repeated to C: sigmoid terms stay
     fused (streamed classes), softmax terms run unfused."""
-    opts = {**fit_variant(variant, 300), "ignore_index": 255}
+    opts = {**options, "ignore_index": 255}
     x, t = _inputs(entry, (2, 300, 3, 5), opts, torch.float32, gen)
     assert_matches(entry, x, t, opts, torch.float32, seed)
 

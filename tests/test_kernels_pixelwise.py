@@ -22,11 +22,12 @@ from kernel_checks import (
     kernel_cases,
     kernels_of,
     to_channels_last,
+    variants_at,
 )
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import fit_variant, get, make_inputs
+from segtriton.registry import get, make_inputs
 
 KERNELS = kernels_of("pixelwise")
 
@@ -44,18 +45,13 @@ def test_kernel_matches_reference(
     assert_matches(entry, x, t, opts, dtype, seed)
 
 
-@pytest.mark.parametrize(
-    ("entry", "variant"),
-    [pytest.param(e, v, id=f"{e.name}-{i}") for e in KERNELS for i, v in enumerate(e.variants)],
-)
-def test_large_class_count_streams_classes(entry, variant, seed, gen):
+@pytest.mark.parametrize(("entry", "options"), variants_at(KERNELS, 300))
+def test_large_class_count_streams_classes(entry, options, seed, gen):
     """Every variant, its per-class vectors repeated to C, where C > 256 takes the
     online-softmax path over chunks of classes (the last chunk part-masked)."""
-    C = entry.fit_classes(300, variant)
-    opts = entry.ignoring(fit_variant(variant, C))
-    x, t = make_inputs(
-        entry, (2, C, 3, 5), opts, torch.float32, gen, ignore_frac=0.2, device=DEVICE
-    )
+    opts = entry.ignoring(options)
+    shape = entry.fit_shape((2, 300, 3, 5), opts)
+    x, t = make_inputs(entry, shape, opts, torch.float32, gen, ignore_frac=0.2, device=DEVICE)
     assert_matches(entry, x, t, opts, torch.float32, seed)
 
 

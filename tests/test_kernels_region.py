@@ -26,6 +26,7 @@ from kernel_checks import (
     on_two_gloo_ranks,
     run_with_grad,
     to_channels_last,
+    variants_at,
 )
 
 from segtriton import kernels as ker
@@ -70,14 +71,11 @@ def test_large_class_count_streams_classes(entry, mode, seed, gen):
     assert_matches(entry, x, t, opts, torch.float32, seed)
 
 
-@pytest.mark.parametrize(
-    ("entry", "variant"),
-    [pytest.param(e, v, id=f"{e.name}-{i}") for e in KERNELS for i, v in enumerate(e.variants)],
-)
-def test_every_variant_streams_classes(entry, variant, seed, gen):
+@pytest.mark.parametrize(("entry", "options"), variants_at(KERNELS, 300))
+def test_every_variant_streams_classes(entry, options, seed, gen):
     """Every variant (modes, scopes, weights), its per-class vectors repeated to C = 300:
     past 256 classes pass 1 reads them in chunks and the finalize runs over 300."""
-    opts = {**fit_variant(variant, 300), "ignore_index": 255}
+    opts = {**options, "ignore_index": 255}
     x, t = _inputs(entry, (2, 300, 3, 5), opts, torch.float32, gen)
     assert_matches(entry, x, t, opts, torch.float32, seed)
 
