@@ -103,12 +103,17 @@ def test_the_custom_op_path_counts_the_torch_ops_inside_the_op(monkeypatch):
     assert totals[False] == totals[True]
 
 
-def test_the_floor_bound_stops_at_100_percent(monkeypatch):
+@pytest.mark.parametrize(
+    ("unique", "ratio", "bound"), [(100, 0.5, 100.0), (250, 1.25, 80.0)], ids=["capped", "over"]
+)
+def test_the_floor_bound_is_the_model_over_the_unique_bytes(monkeypatch, unique, ratio, bound):
+    """A loss moving 1.25x its model can reach at most 80% of the floor; one moving less
+    than its model (a smaller count than the model assumes) is capped at 100%."""
     record = traffic.Traffic()
-    record.bytes[("k", "x")] = [100, 0, 100, 0]
+    record.bytes[("k", "x")] = [unique, 0, unique, 0]
     monkeypatch.setattr(traffic, "loss_traffic", lambda *args, **kwargs: (record, 200))
     (row,), _ = traffic.traffic_table((2, 3, 8, 8), losses=["dice"])
-    assert (row["unique_over_model"], row["floor_bound_pct"]) == (0.5, 100.0)
+    assert (row["unique_over_model"], row["floor_bound_pct"]) == (ratio, bound)
 
 
 @pytest.mark.parametrize("entry", _MODELLED, ids=lambda e: e.name)
