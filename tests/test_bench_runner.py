@@ -1,5 +1,6 @@
 """The sweep runner's parts on a CPU: the error measures, each correctness gate failing a row
-on its own, the layout and mode a row names, the timed steps, speedups and the progress line."""
+on its own, the layout and mode a row names, the timed steps, the bandwidth and memory
+columns, speedups and the progress line."""
 
 from __future__ import annotations
 
@@ -91,6 +92,24 @@ def test_a_row_runs_the_layout_and_mode_it_names(monkeypatch):
     assert row["passed"] and row["grad_rel_err"] < 1e-5, row  # bwd rows check the gradient
     row = runner.run_case(_case("dice", mode="fwd"), CPU, copy_gbps=1.0, reps=1)
     assert row["passed"] and math.isnan(row["grad_rel_err"]), row
+
+
+@pytest.mark.parametrize("mode", ["fwd+bwd", "fwd"])
+def test_a_row_derives_bandwidth_and_memory_from_its_measurements(monkeypatch, mode):
+    """The columns the floor and memory targets read, from a stubbed 2 ms median and a
+    5 MiB peak: GB/s is the byte model over the median, the floor share that over the copy
+    bandwidth, and the extra memory beyond the gradient leaves out one logits-sized
+    buffer when the row computes a gradient."""
+    monkeypatch.setattr(runner, "time_fn", lambda *a, **k: {"median_ms": 2.0})
+    monkeypatch.setattr(runner, "peak_memory", lambda step, device: 5 * 2**20)
+    case = _case("dice", mode=mode)
+    row = runner.run_case(case, CPU, copy_gbps=50.0, reps=1)
+    assert row["passed"], row
+    assert row["gbps"] == pytest.approx(row["bytes"] / 2e-3 / 1e9)
+    assert row["pct_of_copy_bw"] == pytest.approx(2 * row["gbps"])
+    grad = math.prod(case.shape) * 4 if mode == "fwd+bwd" else 0  # fp32 logits
+    assert row["extra_mem_mb"] == 5.0
+    assert row["extra_mem_beyond_grad_mb"] == pytest.approx(5.0 - grad / 2**20)
 
 
 PEER_ROWS = [(provider, loss) for provider, losses in PEERS.items() for loss in losses]
