@@ -21,6 +21,7 @@ from ._common import (
     check_choice,
     check_class_indices,
     check_ignore_index,
+    check_label_dtype,
     check_num_classes,
     checks_flags,
     device_constant,
@@ -36,9 +37,25 @@ def measured_classes(classes: Sequence[int] | None, C: int) -> list[int]:
     return list(range(C)) if classes is None else check_class_indices("classes", classes, C)
 
 
-def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+def label_inputs(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(valid, pred)`` of multiclass metric inputs: the not-ignored mask of the labels
+    ``target [B, *S]`` and the predicted labels (the argmax of float ``preds``, logits
+    ``[B, C, *S]``, else ``preds`` itself, labels of the target's shape). Shapes, dtypes
+    and devices are checked before any value is read."""
+    check_label_dtype(target)
+    if target.dim() < 2:
+        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
     if not isinstance(preds, torch.Tensor):
         raise TypeError(f"preds must be a torch.Tensor, got {type(preds).__name__}")
+    if preds.device != target.device:
+        raise ValueError(f"preds are on {preds.device} but target on {target.device}")
+    valid = label_mask(target, num_classes, ignore_index)
+    return valid, _pred_labels(preds, target, num_classes)
+
+
+def _pred_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if preds.is_floating_point():
         expected = (target.shape[0], num_classes, *target.shape[1:])
         if tuple(preds.shape) != expected:
@@ -198,10 +215,7 @@ def confusion_matrix(
     check_choice("mode", mode, MODES)
     if mode == "multilabel":
         return _multilabel_confusion(preds, target, num_classes, ignore_index, per_image)
-    valid = label_mask(target, num_classes, ignore_index)
-    if target.dim() < 2:
-        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
-    pred = _pred_labels(preds, target, num_classes)
+    valid, pred = label_inputs(preds, target, num_classes, ignore_index)
     C, B = num_classes, target.shape[0]
     idx = target.long() * C + pred.long()
     if per_image:

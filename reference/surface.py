@@ -34,14 +34,13 @@ from ._common import (
     check_num_classes,
     check_number,
     checks_flags,
-    label_mask,
 )
 from .boundary import check_spacing
 from .metrics import (
     MODES,
-    _pred_labels,
     check_mask_inputs,
     check_mask_values,
+    label_inputs,
     mask_values,
     measured_classes,
 )
@@ -83,10 +82,7 @@ def _distances(edges: np.ndarray, to: np.ndarray, spacing: Sequence[float]) -> n
 
 
 def _label_masks(preds, target, num_classes, ignore_index):
-    valid = label_mask(target, num_classes, ignore_index)
-    if target.dim() < 2:
-        raise ValueError(f"target must be [B, *spatial], got shape {tuple(target.shape)}")
-    pred = _pred_labels(preds, target, num_classes)
+    valid, pred = label_inputs(preds, target, num_classes, ignore_index)
     valid = valid.cpu().numpy()
     labels = [np.where(valid, t.cpu().long().numpy(), -1) for t in (pred, target)]
     return lambda b, c: tuple(x[b] == c for x in labels)
