@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -65,27 +66,29 @@ def on_device_of(tensor: object) -> contextlib.AbstractContextManager:
 
 
 def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a public kernel function: its bool options pass ``checks_flags``, float
-    logits (the first argument) must be of a dtype in ``KERNEL_DTYPES``, and it runs with
-    the first argument's device current (:func:`on_device_of`). The kernels compute in
-    float32, so float64 logits are refused rather than rounded without a word
-    (``segtriton.reference`` computes in float64)."""
+    """Decorate a public kernel function: its bool options pass ``checks_flags``, its first
+    argument (positional or by name) must be a tensor, of a dtype in ``KERNEL_DTYPES`` if
+    it is float, and it runs with that tensor's device current (:func:`on_device_of`). The
+    kernels compute in float32, so float64 logits are refused rather than rounded without
+    a word (``segtriton.reference`` computes in float64)."""
     checked = checks_flags(fn)
+    first = next(iter(inspect.signature(fn).parameters))
 
     @functools.wraps(fn)
-    def entry(logits: object, *args: object, **kwargs: object) -> object:
-        if (
-            isinstance(logits, torch.Tensor)
-            and logits.is_floating_point()
-            and logits.dtype not in KERNEL_DTYPES
-        ):
+    def entry(*args: object, **kwargs: object) -> object:
+        if not args and first not in kwargs:
+            return checked(*args, **kwargs)  # Python's own error for the missing argument
+        x = args[0] if args else kwargs[first]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{first} must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_floating_point() and x.dtype not in KERNEL_DTYPES:
             raise TypeError(
                 f"segtriton.kernels.{fn.__name__} takes float32, float16 or bfloat16 logits "
-                f"(it computes in float32), got {logits.dtype}; "
+                f"(it computes in float32), got {x.dtype}; "
                 f"segtriton.reference.{fn.__name__} computes in float64"
             )
-        with on_device_of(logits):
-            return checked(logits, *args, **kwargs)
+        with on_device_of(x):
+            return checked(*args, **kwargs)
 
     return cast("Callable[P, R]", entry)
 

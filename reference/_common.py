@@ -364,6 +364,9 @@ def check_constant(name: str, value: torch.Tensor) -> None:
 
 
 def check_mode(mode: str, logits: torch.Tensor) -> None:
+    """``mode`` is one of ``MODES`` and the logits (checked first) have one channel for
+    'binary'."""
+    check_logits(logits)
     check_choice("mode", mode, MODES)
     if mode == "binary" and logits.shape[1] != 1:
         raise ValueError(

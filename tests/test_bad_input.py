@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import numpy as np
@@ -64,24 +65,44 @@ def test_one_hot_target_gets_a_hint(entry, gen):
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
 def test_shape_mismatch(entry, gen):
     x, y = _inputs(entry, gen)
-    with pytest.raises(ValueError, match="target shape"):
-        entry.reference(x, y[..., :-1], **entry.variants[0])
+    for fn in (entry.reference, entry.kernel):
+        with pytest.raises(ValueError, match="target shape"):
+            fn(x, y[..., :-1], **entry.variants[0])
 
 
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
 def test_empty_tensors(entry, gen):
     x, y = _inputs(entry, gen)
-    with pytest.raises(ValueError, match="empty"):
-        entry.reference(
-            x[:, :, :0], y[..., :0, :] if y.dim() == 3 else y[:, :, :0], **entry.variants[0]
-        )
+    for fn in (entry.reference, entry.kernel):
+        with pytest.raises(ValueError, match="empty"):
+            fn(x[:, :, :0], y[..., :0, :] if y.dim() == 3 else y[:, :, :0], **entry.variants[0])
 
 
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
 def test_integer_logits_rejected(entry, gen):
     x, y = _inputs(entry, gen)
-    with pytest.raises(TypeError, match="logits must be a floating tensor"):
-        entry.reference(x.long(), y, **entry.variants[0])
+    for fn in (entry.reference, entry.kernel):
+        with pytest.raises(TypeError, match="logits must be a floating tensor"):
+            fn(x.long(), y, **entry.variants[0])
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_inputs_that_are_not_tensors_or_lie_on_two_devices(entry, gen):
+    """Lists or arrays in place of tensors, and logits and target on different devices
+    (the meta device stands in for a GPU here: a tensor there has no values), are named
+    before anything reads them."""
+    x, y = _inputs(entry, gen)
+    opts = entry.variants[0]
+    for fn in (entry.reference, entry.kernel):
+        for bad in (x.tolist(), x.numpy()):
+            with pytest.raises(TypeError, match="logits must be a torch.Tensor, got"):
+                fn(bad, y, **opts)
+        with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+            fn(x, y.tolist(), **opts)
+        with pytest.raises(ValueError, match="target is on cpu but logits on meta"):
+            fn(x.to("meta"), y, **opts)
+        with pytest.raises(ValueError, match="target is on meta but logits on cpu"):
+            fn(x, y.to("meta"), **opts)
 
 
 @pytest.mark.parametrize("entry", MASKS, ids=lambda e: e.name)
@@ -198,16 +219,35 @@ def test_bad_num_classes_is_named(lib):
         lib.confusion_matrix(y, y, 3, ignore_index=2.5)
 
 
-def test_metric_inputs():
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+@pytest.mark.parametrize(
+    "name", ["confusion_matrix", "segmentation_metrics", "hausdorff_distance", "surface_dice"]
+)
+def test_metric_inputs(lib, name):
     y = torch.randint(0, 3, (2, 4, 4))
-    with pytest.raises(ValueError, match=r"label 5 outside \[0, 3\)"):
-        ref.confusion_matrix(torch.full_like(y, 5), y, 3)
+    x = torch.randn(2, 3, 4, 4)
+    fn = functools.partial(getattr(lib, name), num_classes=3)
+    if name == "surface_dice":
+        fn = functools.partial(fn, tolerance=1.0)
+    with pytest.raises(ValueError, match=r"label (5 )?outside \[0, 3\)"):
+        fn(torch.full_like(y, 5), y)
     with pytest.raises(ValueError, match="logits of shape"):
-        ref.confusion_matrix(torch.randn(2, 4, 4, 4), y, 3)
+        fn(torch.randn(2, 4, 4, 4), y)
     with pytest.raises(ValueError, match="does not match target"):
-        ref.confusion_matrix(y[:, :2], y, 3)
+        fn(y[:, :2], y)
     with pytest.raises(ValueError, match="empty"):
-        ref.confusion_matrix(y[:, :0], y[:, :0], 3)
+        fn(y[:, :0], y[:, :0])
+    with pytest.raises(ValueError, match="target must be"):
+        fn(y[0, 0], y[0, 0])
+    with pytest.raises(TypeError, match="preds must be a torch.Tensor, got list"):
+        fn(y.tolist(), y)
+    with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+        fn(y, y.tolist())
+    for preds in (y, x):
+        with pytest.raises(ValueError, match="preds are on meta but target on cpu"):
+            fn(preds.to("meta"), y)
+        with pytest.raises(ValueError, match="preds are on cpu but target on meta"):
+            fn(preds, y.to("meta"))
 
 
 def _flag_options(fn) -> list[str]:

@@ -1,9 +1,12 @@
 """``segtriton.kernels`` has every ``nn.Module`` form of ``segtriton.reference`` around its
-Triton function: same options, tensor options as buffers, picklable."""
+Triton function: same options, tensor options as buffers, picklable. Its functions have
+their references' signatures (plus ``validate``) and take every argument by name."""
 
 from __future__ import annotations
 
 import ast
+import functools
+import inspect
 import io
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import torch
 from kernel_checks import DEVICE
 
 from segtriton import kernels as ker
+from segtriton import reference as ref
 from segtriton.reference.modules import LossModule, loss_modules
 from segtriton.registry import LOSSES, make_inputs
 
@@ -56,3 +60,37 @@ def test_kernel_module_equals_kernel_function(entry, gen):
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     assert type(loaded) is type(module) and torch.equal(loaded(x, t), module(x, t))
+
+
+def test_kernel_functions_have_their_reference_signatures():
+    named = [n for n in ker.__all__ if inspect.isfunction(getattr(ker, n)) and hasattr(ref, n)]
+    assert len(named) > 30
+    for name in named:
+        params = list(inspect.signature(getattr(ker, name)).parameters)
+        params.remove("validate")
+        assert params == list(inspect.signature(getattr(ref, name)).parameters), name
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_losses_take_their_inputs_by_name(entry, gen):
+    opts = dict(entry.variants[0])
+    shape = entry.fit_shape((2, 3, 5, 6), opts)
+    x, y = make_inputs(entry, shape, opts, torch.float32, gen, device=DEVICE)
+    assert torch.equal(entry.kernel(logits=x, target=y, **opts), entry.kernel(x, y, **opts))
+
+
+@pytest.mark.parametrize(
+    "name", ["confusion_matrix", "segmentation_metrics", "hausdorff_distance", "surface_dice"]
+)
+def test_metrics_take_their_inputs_by_name(name, gen):
+    y = torch.randint(0, 3, (2, 5, 6), generator=gen).to(DEVICE)
+    fn = functools.partial(getattr(ker, name), num_classes=3)
+    if name == "surface_dice":
+        fn = functools.partial(fn, tolerance=1.0)
+    by_name, positional = fn(preds=y.flip(1), target=y), fn(y.flip(1), y)
+    if isinstance(by_name, dict):
+        by_name, positional = list(by_name.values()), list(positional.values())
+    else:
+        by_name, positional = [by_name], [positional]
+    for a, b in zip(by_name, positional, strict=True):
+        assert torch.equal(a, b) or torch.allclose(a, b, equal_nan=True), name
