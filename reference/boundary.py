@@ -107,7 +107,9 @@ def signed_distance_map(
 
 
 def check_map(dist_map: torch.Tensor, logits: torch.Tensor) -> None:
-    """A given distance map must have the logits' shape and device."""
+    """A given distance map must be a tensor of the logits' shape and device."""
+    if not isinstance(dist_map, torch.Tensor):
+        raise TypeError(f"dist_map must be a torch.Tensor, got {type(dist_map).__name__}")
     if dist_map.shape != logits.shape:
         raise ValueError(
             f"dist_map shape {tuple(dist_map.shape)} must equal logits {tuple(logits.shape)}"

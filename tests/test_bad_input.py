@@ -535,3 +535,34 @@ def test_label_losses_take_ignore_index_none(lib, name, gen):
             fn(x, y, ignore_index=None)
     else:
         assert torch.isnan(fn(x, y, ignore_index=None))
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_loss_and_metric_specific_inputs_are_named(lib, gen):
+    """Checks the shared ones above do not reach: soft targets for the Lovasz hinge, a
+    given distance map that is a list or lies on another device, multilabel metric inputs
+    that are complex, lists or on two devices, ``gamma_after_mean`` with a reduction that
+    is not 'mean', and a 2-D array of class weights."""
+    kw = {"validate": True} if lib is ker else {}
+    with pytest.raises(ValueError, match=r"needs hard \{0, 1\} targets"):
+        lib.lovasz_hinge_loss(
+            torch.randn(2, 1, 5, 6, generator=gen), torch.rand(2, 1, 5, 6, generator=gen), **kw
+        )
+    x, y = torch.randn(2, 3, 5, 6, generator=gen), torch.randint(0, 3, (2, 5, 6), generator=gen)
+    for fn in (lib.boundary_loss, lib.hausdorff_dt_loss):
+        with pytest.raises(TypeError, match="dist_map must be a torch.Tensor, got list"):
+            fn(x, y, dist_map=torch.zeros_like(x).tolist())
+        with pytest.raises(ValueError, match="dist_map is on meta but logits on cpu"):
+            fn(x, y, dist_map=torch.zeros_like(x, device="meta"))
+    masks = (torch.rand(2, 3, 5, 6, generator=gen) > 0.5).float()
+    cm = functools.partial(lib.confusion_matrix, num_classes=3, mode="multilabel")
+    with pytest.raises(TypeError, match="preds must be real"):
+        cm(masks.to(torch.complex64), masks)
+    with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+        cm(masks, masks.tolist())
+    with pytest.raises(ValueError, match="preds are on meta but target on cpu"):
+        cm(masks.to("meta"), masks)
+    with pytest.raises(ValueError, match="gamma_after_mean=True needs reduction='mean'"):
+        lib.focal_tversky_loss(x, y, gamma_after_mean=True, reduction="sum")
+    with pytest.raises(ValueError, match=r"one entry per class \(C=3\).*got shape \(3, 2\)"):
+        lib.dice_loss(x, y, weight=np.ones((3, 2)))
