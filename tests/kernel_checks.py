@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import os
@@ -80,6 +81,15 @@ def variants_at(entries, C):
         for e in entries
         for i, v in enumerate(e.variants)
     ]
+
+
+LABEL_METRICS = ["confusion_matrix", "segmentation_metrics", "hausdorff_distance", "surface_dice"]
+
+
+def label_metric(lib, name: str, C: int) -> Callable:
+    """``lib``'s metric ``name`` as ``fn(preds, target)`` over C classes (NSD at tolerance 1)."""
+    fn = functools.partial(getattr(lib, name), num_classes=C)
+    return functools.partial(fn, tolerance=1.0) if name == "surface_dice" else fn
 
 
 def smooth_labels(gen: torch.Generator, C: int, shape: tuple[int, ...]) -> torch.Tensor:

@@ -8,7 +8,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, assert_matches
+from kernel_checks import DEVICE, KERNELS, LABEL_METRICS, assert_matches, label_metric
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -220,15 +220,11 @@ def test_bad_num_classes_is_named(lib):
 
 
 @pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
-@pytest.mark.parametrize(
-    "name", ["confusion_matrix", "segmentation_metrics", "hausdorff_distance", "surface_dice"]
-)
+@pytest.mark.parametrize("name", LABEL_METRICS)
 def test_metric_inputs(lib, name):
-    y = torch.randint(0, 3, (2, 4, 4))
-    x = torch.randn(2, 3, 4, 4)
-    fn = functools.partial(getattr(lib, name), num_classes=3)
-    if name == "surface_dice":
-        fn = functools.partial(fn, tolerance=1.0)
+    y = torch.randint(0, 3, (2, 4, 4), device=DEVICE)
+    x = torch.randn(2, 3, 4, 4, device=DEVICE)
+    fn = label_metric(lib, name, 3)
     with pytest.raises(ValueError, match=r"label (5 )?outside \[0, 3\)"):
         fn(torch.full_like(y, 5), y)
     with pytest.raises(ValueError, match="logits of shape"):
@@ -244,9 +240,9 @@ def test_metric_inputs(lib, name):
     with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
         fn(y, y.tolist())
     for preds in (y, x):
-        with pytest.raises(ValueError, match="preds are on meta but target on cpu"):
+        with pytest.raises(ValueError, match=f"preds are on meta but target on {y.device}"):
             fn(preds.to("meta"), y)
-        with pytest.raises(ValueError, match="preds are on cpu but target on meta"):
+        with pytest.raises(ValueError, match=f"preds are on {y.device} but target on meta"):
             fn(preds, y.to("meta"))
 
 
@@ -546,21 +542,24 @@ def test_loss_and_metric_specific_inputs_are_named(lib, gen):
     kw = {"validate": True} if lib is ker else {}
     with pytest.raises(ValueError, match=r"needs hard \{0, 1\} targets"):
         lib.lovasz_hinge_loss(
-            torch.randn(2, 1, 5, 6, generator=gen), torch.rand(2, 1, 5, 6, generator=gen), **kw
+            torch.randn(2, 1, 5, 6, generator=gen).to(DEVICE),
+            torch.rand(2, 1, 5, 6, generator=gen).to(DEVICE),
+            **kw,
         )
-    x, y = torch.randn(2, 3, 5, 6, generator=gen), torch.randint(0, 3, (2, 5, 6), generator=gen)
+    x = torch.randn(2, 3, 5, 6, generator=gen).to(DEVICE)
+    y = torch.randint(0, 3, (2, 5, 6), generator=gen).to(DEVICE)
     for fn in (lib.boundary_loss, lib.hausdorff_dt_loss):
         with pytest.raises(TypeError, match="dist_map must be a torch.Tensor, got list"):
             fn(x, y, dist_map=torch.zeros_like(x).tolist())
-        with pytest.raises(ValueError, match="dist_map is on meta but logits on cpu"):
+        with pytest.raises(ValueError, match=f"dist_map is on meta but logits on {x.device}"):
             fn(x, y, dist_map=torch.zeros_like(x, device="meta"))
-    masks = (torch.rand(2, 3, 5, 6, generator=gen) > 0.5).float()
+    masks = (torch.rand(2, 3, 5, 6, generator=gen) > 0.5).float().to(DEVICE)
     cm = functools.partial(lib.confusion_matrix, num_classes=3, mode="multilabel")
     with pytest.raises(TypeError, match="preds must be real"):
         cm(masks.to(torch.complex64), masks)
     with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
         cm(masks, masks.tolist())
-    with pytest.raises(ValueError, match="preds are on meta but target on cpu"):
+    with pytest.raises(ValueError, match=f"preds are on meta but target on {masks.device}"):
         cm(masks.to("meta"), masks)
     with pytest.raises(ValueError, match="gamma_after_mean=True needs reduction='mean'"):
         lib.focal_tversky_loss(x, y, gamma_after_mean=True, reduction="sum")

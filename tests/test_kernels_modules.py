@@ -5,14 +5,13 @@ their references' signatures (plus ``validate``) and take every argument by name
 from __future__ import annotations
 
 import ast
-import functools
 import inspect
 import io
 from pathlib import Path
 
 import pytest
 import torch
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, LABEL_METRICS, label_metric
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -79,18 +78,9 @@ def test_losses_take_their_inputs_by_name(entry, gen):
     assert torch.equal(entry.kernel(logits=x, target=y, **opts), entry.kernel(x, y, **opts))
 
 
-@pytest.mark.parametrize(
-    "name", ["confusion_matrix", "segmentation_metrics", "hausdorff_distance", "surface_dice"]
-)
+@pytest.mark.parametrize("name", LABEL_METRICS)
 def test_metrics_take_their_inputs_by_name(name, gen):
     y = torch.randint(0, 3, (2, 5, 6), generator=gen).to(DEVICE)
-    fn = functools.partial(getattr(ker, name), num_classes=3)
-    if name == "surface_dice":
-        fn = functools.partial(fn, tolerance=1.0)
+    fn = label_metric(ker, name, 3)
     by_name, positional = fn(preds=y.flip(1), target=y), fn(y.flip(1), y)
-    if isinstance(by_name, dict):
-        by_name, positional = list(by_name.values()), list(positional.values())
-    else:
-        by_name, positional = [by_name], [positional]
-    for a, b in zip(by_name, positional, strict=True):
-        assert torch.equal(a, b) or torch.allclose(a, b, equal_nan=True), name
+    torch.testing.assert_close(by_name, positional, rtol=0, atol=0, equal_nan=True)
