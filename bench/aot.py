@@ -180,7 +180,7 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     )
     spatial = ((9, 13), (3, 5, 7))
     label_dtypes = (torch.int64, torch.uint8, torch.int32, torch.int16)
-    plans = []  # (name, options, C, reductions)
+    plans: list[tuple[str, dict, int, tuple[str, ...]]] = []
     for entry in LOSSES:
         for variant in entry.variants:
             for C in (1,) if entry.is_binary(variant) else counts:
@@ -192,7 +192,7 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
         plans += [("confusion_logits", {}, C, ()), ("confusion_labels", {"per_image": True}, C, ())]
     plans += [("confusion_masks", {"mode": "multilabel"}, C, ()) for C in (3, 300)]
     plans.append(("surface_dice", {"tolerance": 1.0}, 3, ()))
-    cases = []
+    cases: list[CompileCase] = []
     for (name, options, C, reductions), dtype in itertools.product(plans, dtypes):
         k = len(cases)
         labels = label_dtypes[k % len(label_dtypes)]
@@ -277,7 +277,7 @@ def run_case(case: CompileCase) -> None:
     if case.channels_last:
         x = x.contiguous(memory_format=fmt)
     x.requires_grad_(True)
-    loss = entry.kernel(x, t, **opts)
+    loss = entry.triton()(x, t, **opts)
     loss.sum().backward()
 
 
@@ -344,7 +344,7 @@ def host_overhead(
                 for k in range(2 * calls + 6):  # the first 6 compile and warm up
                     _ops.fast_eager = k % 2 == 0
                     start = time.perf_counter()
-                    torch.autograd.grad(entry.kernel(x, t, **opts), x)
+                    torch.autograd.grad(entry.triton()(x, t, **opts), x)
                     if k >= 6:
                         times[_ops.fast_eager].append(time.perf_counter() - start)
             finally:

@@ -72,8 +72,8 @@ def load_runs(dirs: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
         if not rows:
             raise FileNotFoundError(f"no rows.json in {d}")
         frames.append(pd.DataFrame(rows).assign(run=str(d)))
-        meta = d / "meta.json"
-        metas.append(json.loads(meta.read_text()) if meta.exists() else {})
+        meta_file = d / "meta.json"
+        metas.append(json.loads(meta_file.read_text()) if meta_file.exists() else {})
     df = pd.concat(frames, ignore_index=True)
     df = df.drop_duplicates(subset=KEYS + ["provider"], keep="last")
     for col in (

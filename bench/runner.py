@@ -53,9 +53,7 @@ def make_provider(case: Case, entry) -> Callable:
     """``fn(logits, target, **options)`` for the case's provider (a peer's matching options
     are bound into it: it ignores the ones passed)."""
     if case.provider == "triton":
-        if entry.kernel is None:
-            raise NotImplementedError(f"no Triton kernel for {case.loss} yet")
-        return entry.kernel
+        return entry.triton()
     if case.provider in PEERS:
         peer = PEERS[case.provider][case.loss]
         if why := peer.refusal(case.shape, case.ignore_frac):
@@ -171,22 +169,26 @@ def run_case(
     ref_loss = entry.reference(xd, t, **options)  # one float64 pass serves loss and gradient
     row["loss_rel_err"] = _max_rel(loss, ref_loss)
     row["grad_rel_err"] = math.nan
-    ref_grad = None
-    if need_grad:
+    grad_ok = True
+    if grad is not None:
         (ref_grad,) = torch.autograd.grad(ref_loss, xd)
         row["grad_rel_err"] = _max_rel(grad, ref_grad * scale)
-    grad_ok = not need_grad or row["grad_rel_err"] <= GRAD_TOL[case.dtype]
-    if need_grad and entry.grad_weights is not None:
-        # a tie-order-dependent gradient (Lovasz) differs from the reference's where errors
-        # tie, common at bf16 over millions of pixels: gate on the loss it implies instead
-        row["grad_identity_err"] = entry.grad_identity_err(x, t, grad, ref_loss * scale, options)
-        grad_ok = row["grad_identity_err"] <= GRAD_TOL[case.dtype]
-    if need_grad and entry.kinked:
-        # isolated pixels on the other side of a kink in float32: gate on their share
-        row["grad_off_share"] = _off_share(grad, ref_grad * scale, GRAD_TOL[case.dtype])
-        grad_ok = row["grad_off_share"] <= KINK_SHARE
+        grad_ok = row["grad_rel_err"] <= GRAD_TOL[case.dtype]
+        if entry.grad_weights is not None:
+            # a tie-order-dependent gradient (Lovasz) differs from the reference's where
+            # errors tie, common at bf16 over millions of pixels: gate on the loss it
+            # implies instead
+            row["grad_identity_err"] = entry.grad_identity_err(
+                x, t, grad, ref_loss * scale, options
+            )
+            grad_ok = row["grad_identity_err"] <= GRAD_TOL[case.dtype]
+        if entry.kinked:
+            # isolated pixels on the other side of a kink in float32: gate on their share
+            row["grad_off_share"] = _off_share(grad, ref_grad * scale, GRAD_TOL[case.dtype])
+            grad_ok = row["grad_off_share"] <= KINK_SHARE
+        del ref_grad
     row["passed"] = bool(row["loss_rel_err"] <= LOSS_TOL and grad_ok)
-    del ref_loss, grad, ref_grad
+    del ref_loss, grad
 
     row["bytes"] = minimal_bytes(entry, case.shape, dtype, t.dtype, case.mode, options)
     if case.provider == "triton" and device.type != "cuda":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ LABEL_DTYPES = {
 MODES = ("fwd", "bwd", "fwd+bwd")
 FORMATS = ("contiguous", "channels_last")
 PROVIDERS = ("triton", "eager", "compile", "compile-max-autotune", *BASELINES, *PEERS)
-ONLY_SOME = {**BASELINES, **PEERS}  # providers that exist for some losses only
+ONLY_SOME: dict[str, Mapping[str, object]] = {**BASELINES, **PEERS}  # for some losses only
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ def check_spec(spec: dict) -> None:
         if not ints or len(shape) < 3:
             raise SpecError(f"shapes: {shape!r} is not [B, C, *spatial] of positive ints")
     frac = spec["ignore_frac"]
-    if not isinstance(frac, numbers.Real) or isinstance(frac, bool) or not 0 <= frac < 1:
+    if not isinstance(frac, numbers.Real) or isinstance(frac, bool) or not 0 <= float(frac) < 1:
         raise SpecError(f"ignore_frac must be a number in [0, 1), got {frac!r}")
 
 

@@ -27,6 +27,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import pandas as pd
 
@@ -185,7 +186,7 @@ def _graph(row, col: str) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
 
-def _timed(row) -> bool:
+def _timed(row: pd.Series | None) -> TypeGuard[pd.Series]:
     return row is not None and not pd.isna(row.get("median_ms", math.nan))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypedDict
 
 import torch
 
@@ -24,6 +25,16 @@ def _quantile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
+class Timing(TypedDict):
+    """What :func:`time_fn` returns: milliseconds per call, repetitions and the method."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    reps: int
+    timer: str
+
+
 def time_fn(
     fn: Callable[[], object],
     device: torch.device,
@@ -31,7 +42,7 @@ def time_fn(
     warmup: int = 5,
     budget_s: float = 10.0,
     graph: bool = False,
-) -> dict[str, float | str | int]:
+) -> Timing:
     """Median, p20 and p80 of one call of ``fn`` in milliseconds, and the method used.
 
     Repetitions stop early once ``budget_s`` is spent (at least 5 are kept). ``graph``

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class Traffic:
         uniq = sum(v[2] + v[3] for v in self.bytes.values())
         return req, uniq
 
-    def rows(self) -> list[dict[str, object]]:
+    def rows(self) -> list[dict[str, Any]]:
         return [
             {
                 "kernel": k,
@@ -238,7 +239,7 @@ def loss_traffic(
     )
     x.requires_grad_(True)
     with count_traffic() as record:
-        loss = entry.kernel(x, t, **options)
+        loss = entry.triton()(x, t, **options)
         torch.autograd.grad(loss, x)
     return record, minimal_bytes(entry, shape, dtype, t.dtype, "fwd+bwd", options)
 
@@ -281,7 +282,7 @@ def traffic_table(
     label_dtype: torch.dtype = torch.int64,
     losses: list[str] | None = None,
     options: dict | None = None,
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+) -> tuple[list[dict[str, object]], list[dict[str, Any]]]:
     """Per registry loss with a kernel (default variant updated with ``options``, fwd+bwd;
     C = 1 where the loss is binary) and per confusion-matrix input (:data:`METRICS`):
     totals over the byte model, and the per-kernel, per-argument breakdown."""
@@ -323,7 +324,7 @@ def traffic_table(
 
 
 def write_report(
-    summary: list[dict[str, object]], detail: list[dict[str, object]], out: Path, command: str
+    summary: list[dict[str, object]], detail: list[dict[str, Any]], out: Path, command: str
 ) -> Path:
     """``traffic.csv`` (per loss), ``traffic_kernels.csv`` (per kernel and argument) and
     ``traffic.md`` under ``out``; returns the path of ``traffic.md``."""

@@ -71,7 +71,7 @@ def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
     it is float, and it runs with that tensor's device current (:func:`on_device_of`). The
     kernels compute in float32, so float64 logits are refused rather than rounded without
     a word (``segtriton.reference`` computes in float64)."""
-    checked = checks_flags(fn)
+    checked: Callable[..., R] = checks_flags(fn)
     first = next(iter(inspect.signature(fn).parameters))
 
     @functools.wraps(fn)

@@ -290,7 +290,7 @@ def applied_scale(grad: torch.Tensor, denom: torch.Tensor | None, defer: bool) -
     no gradient was written."""
     if not grad.numel():
         return grad.new_empty(0, dtype=torch.float32)
-    if defer:
+    if defer and denom is not None:
         return denom
     return torch.ones(1, dtype=torch.float32, device=grad.device)
 

@@ -109,7 +109,7 @@ def _transform(
     output = (2 if nd == 1 else 1) if both else 0
     _edt_first_kernel[(cdiv(n_lines, rows),)](
         src, out, inside, flags, classes, n_lines, n_lines // N, L,
-        classes.numel() if labels else 1, ign, spacing[-1] ** 2, LABELS=labels,
+        1 if classes is None else classes.numel(), ign, spacing[-1] ** 2, LABELS=labels,
         HAS_IGNORE=has_ignore, OUTPUT=output, KIND=kind, ROWS=rows, BLOCK=block,
         num_warps=8 if rows * block >= 4096 else 4,
     )  # fmt: skip
@@ -323,7 +323,7 @@ def _distance_op(
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _boundary_kernel[(B * n_pblocks,)](
         x, t, phi, psi if hausdorff else phi, counts, slots, g, partials, denom, C,
-        psi.shape[1] if hausdorff else 0, S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs,
+        0 if psi is None else psi.shape[1], S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs,
         ign, phi_exp, psi_exp, LABELS=labels, HAS_IGNORE=has_ignore, HAUSDORFF=hausdorff,
         WRITE_GRAD=g is not None, MEAN=mean, DEFER_MEAN=defers_mean(logits, reduction),
         SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
@@ -374,7 +374,7 @@ def boundary_loss(
     C = logits.shape[1]
     idx = ref_boundary.selected_classes(classes, C, mode)
     given = dist_map is not None
-    if given:
+    if dist_map is not None:
         ref_boundary.check_map(dist_map, logits)
         check_constant("dist_map", dist_map)
     else:  # 'none' applies the reference formula, which reads every class's map
@@ -495,7 +495,7 @@ def hausdorff_dt_loss(
     # for 'none', maps of every class for the reference formula; else only the selected
     maps = list(range(C)) if reduction == "none" else _distinct(idx)
     given = dist_map is not None
-    if given:
+    if dist_map is not None:
         ref_boundary.check_map(dist_map, logits)
         check_constant("dist_map", dist_map)
         true, true_exp = dist_map, alpha

@@ -50,7 +50,7 @@ BLOCK = 512
 SUM_BLOCK, SUM_CHUNK = 1024, 16384
 
 
-def _geometry(shape: torch.Size) -> tuple[int, int, int, int]:
+def _geometry(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """``(N, D0, D1, D2)`` of ``[B, K, *S]`` maps: pixels per map and the 3-D extent (a
     2-D image has depth 1)."""
     spatial = list(shape[2:])

@@ -98,7 +98,7 @@ def _confusion(
     preds: torch.Tensor,
     target: torch.Tensor,
     num_classes: int,
-    ignore_index: int | None,
+    ignore_index: float | None,
     per_image: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cm, bad)``: int64 ``[C, C]`` or ``[B, C, C]``, and the device count of bad labels."""

@@ -693,7 +693,10 @@ def softmax_focal_options(
 
 
 def sigmoid_focal_options(
-    gamma: object, alpha: object, logits: torch.Tensor, validate: bool
+    gamma: float,
+    alpha: float | Sequence[float] | torch.Tensor | None,
+    logits: torch.Tensor,
+    validate: bool,
 ) -> tuple[float, float | torch.Tensor | None]:
     """``(gamma, alpha)`` of a sigmoid focal term: ``alpha`` None, one number in [0, 1] or an
     fp32 per-class vector on the logits' device (a tensor's values read with ``validate``;

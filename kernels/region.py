@@ -25,7 +25,7 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -497,7 +497,7 @@ def fused_loss(
     validate: bool,
     fin: Finalize,
     process_group: dist.ProcessGroup | None = None,
-    **pixel_term: object,
+    **pixel_term: Any,
 ) -> torch.Tensor:
     """A region (or compound) loss as pass 1 plus the Triton finalize (one launch), with
     pass 2 as its backward. ``pixel_term``: the pixel-term keywords of :func:`fused_args`;
@@ -549,7 +549,7 @@ def fused_args(
     gvec = fin.gamma if isinstance(fin.gamma, torch.Tensor) else None
     floats = [
         *map(float, fin.form), *smoothing_terms,
-        float(fin.gamma) if power and gvec is None else 1.0,
+        1.0 if fin.gamma is None or isinstance(fin.gamma, torch.Tensor) else float(fin.gamma),
         fin.lam_reg, fin.lam_pix, fin.offset,
     ]  # fmt: skip
     check_choice("reduction", fin.reduction, ("mean", "sum", "none"))
@@ -731,12 +731,13 @@ def focal_tversky_loss(
 ) -> torch.Tensor:
     """Triton focal Tversky loss; semantics of ``segtriton.reference.focal_tversky_loss``."""
     ref_region.check_gamma_after_mean(gamma, gamma_after_mean, reduction)
+    g: float | torch.Tensor
     if is_number(gamma):
-        gamma = check_number("gamma", gamma)
+        g = check_number("gamma", gamma)
     else:
-        gamma = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
+        g = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
     fin = Finalize(
-        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, ref_region.LOSS_PLAIN, gamma, absent,
+        tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, ref_region.LOSS_PLAIN, g, absent,
         _weights(weight, include_background, logits, validate),
         reduction, gamma_after_mean=gamma_after_mean,
     )  # fmt: skip

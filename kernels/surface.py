@@ -32,6 +32,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -232,7 +233,9 @@ def _surfaces(
     return build(preds, target, num_classes, ignore_index, idx, spacing, validate)
 
 
-def _hausdorff(s: _Surfaces, sides: list, percentile: float | None) -> torch.Tensor:
+def _hausdorff(
+    s: _Surfaces, sides: list[tuple[torch.Tensor, torch.Tensor]], percentile: float | None
+) -> torch.Tensor:
     """The larger over ``sides`` (``s.to_other`` of side 0, or of both) of the percentile."""
     one_way = [_percentile(*side, s.counts[i], percentile) for i, side in enumerate(sides)]
     return s.finish(functools.reduce(torch.fmax, one_way), math.inf)
@@ -379,7 +382,7 @@ class StreamingSurfaceMetrics:
             ref_surface.check_tolerance(tolerance, num_classes)
         measured_classes(classes, num_classes)
         self.missing = check_number("missing", missing, none_ok=True)
-        self.options = {
+        self.options: dict[str, Any] = {
             "num_classes": num_classes, "tolerance": tolerance, "spacing": spacing,
             "ignore_index": ignore_index, "classes": classes, "mode": mode,
             "validate": check_flag("validate", validate),

@@ -19,7 +19,7 @@ import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeGuard, TypeVar, cast, overload
 
 import numpy as np
 import torch
@@ -85,12 +85,12 @@ def checks_flags(fn: Callable[P, R]) -> Callable[P, R]:
                 args_[i] = check_flag(name, args_[i])
             elif name in kwargs:
                 kwargs[name] = check_flag(name, kwargs[name])
-        return fn(*args_, **kwargs)
+        return fn(*args_, **kwargs)  # type: ignore[arg-type]  # the same arguments, checked
 
     return checked
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[float]:
     """Whether ``value`` is one real number (Python or NumPy scalar, or the symbolic one
     torch.compile passes), as opposed to a per-class vector."""
     return isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt))
@@ -102,6 +102,14 @@ def is_finite(v: float) -> bool:
     return v - v == 0
 
 
+@overload
+def check_number(
+    name: str, value: object, low: float = ..., high: float = ..., none_ok: Literal[False] = ...
+) -> float: ...
+@overload
+def check_number(
+    name: str, value: object, low: float = ..., high: float = ..., none_ok: bool = ...
+) -> float | None: ...
 def check_number(
     name: str, value: object, low: float = 0.0, high: float = math.inf, none_ok: bool = False
 ) -> float | None:
@@ -113,7 +121,7 @@ def check_number(
     if isinstance(value, bool) or not is_number(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     # a symbolic number stays symbolic (comparisons become guards)
-    v = value if isinstance(value, (torch.SymFloat, torch.SymInt)) else float(value)
+    v = cast(float, value) if isinstance(value, (torch.SymFloat, torch.SymInt)) else float(value)
     if not (is_finite(v) and low <= v <= high):
         bound = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f"finite and >= {low:g}"
         raise ValueError(f"{name} must be {bound}, got {value}")
@@ -140,20 +148,18 @@ def check_class_indices(name: str, values: object, C: int) -> list[int]:
                 "(reading it would synchronise with the device every call)"
             )
         values = values.tolist()
-    ints = (
-        not isinstance(values, (str, bytes))
-        and isinstance(values, (Sequence, np.ndarray))
-        and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in values)
-    )
-    if not ints:
+    seq = None if isinstance(values, (str, bytes)) else values
+    if not isinstance(seq, (Sequence, np.ndarray)) or not all(
+        isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in seq
+    ):
         raise TypeError(f"{name} must be a sequence of integer class indices, got {values!r}")
-    idx = [int(c) for c in values]
+    idx = [int(c) for c in seq]
     if not idx or any(not 0 <= c < C for c in idx):
         raise ValueError(f"{name} must be a non-empty list of indices in [0, {C}), got {idx}")
     return idx
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, (numbers.Integral, torch.SymInt)) and not isinstance(value, bool)
 
 
@@ -178,16 +184,16 @@ def check_ignore_index(ignore_index: object, labels: bool) -> None:
     truncated to one)."""
     if ignore_index is None:
         return
-    if not isinstance(ignore_index, bool) and (
-        _is_int(ignore_index) if labels else is_number(ignore_index)
-    ):
-        if labels and not -(2**63) <= ignore_index < 2**63:
+    if labels and _is_int(ignore_index):
+        if not -(2**63) <= ignore_index < 2**63:
             raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
-        if labels and ignore_index == RESERVED_IGNORE:
+        if ignore_index == RESERVED_IGNORE:
             raise ValueError(
                 f"ignore_index={RESERVED_IGNORE} is reserved (the kernels' stand-in for "
                 "None): use None or another value"
             )
+        return
+    if not labels and is_number(ignore_index) and not isinstance(ignore_index, bool):
         return
     kind = "an int (labels are integers)" if labels else "a number"
     raise TypeError(f"ignore_index must be None or {kind}, got {ignore_index!r}")
@@ -224,7 +230,7 @@ def check_label_dtype(target: torch.Tensor) -> None:
         raise ValueError(f"target is empty (shape {tuple(target.shape)})")
 
 
-def not_ignored(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+def not_ignored(target: torch.Tensor, ignore_index: float | None) -> torch.Tensor:
     """Where integer labels are not ``ignore_index``, compared as numbers (in int64): an
     ignore_index outside the label dtype's range matches no label, where torch's ``!=``
     would wrap it (uint8 labels equal -100 at 156)."""
@@ -241,7 +247,7 @@ def in_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (labels >= 0) & (labels <= top)
 
 
-def label_mask(target: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
+def label_mask(target: torch.Tensor, num_classes: int, ignore_index: float | None) -> torch.Tensor:
     """Check integer labels lie in ``[0, num_classes)`` or equal ``ignore_index``; return the
     valid (not ignored) mask. Reads the values (a host sync on a GPU)."""
     check_label_dtype(target)
@@ -280,7 +286,7 @@ def check_label_shape(logits: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def check_labels(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: float | None
 ) -> torch.Tensor:
     """Validate integer labels ``[B, *spatial]`` against ``logits``; return the valid mask."""
     check_label_shape(logits, target)
@@ -443,9 +449,39 @@ def reads_values(check_values: bool | None) -> bool:
     return not torch.compiler.is_compiling() if check_values is None else check_values
 
 
+ClassVector = torch.Tensor | Sequence[float] | float
+
+
+@overload
 def check_class_vector(
     name: str,
-    value: torch.Tensor | Sequence[float] | None,
+    value: None,
+    C: int,
+    like: torch.Tensor,
+    check_values: bool | None = ...,
+    high: float = ...,
+) -> None: ...
+@overload
+def check_class_vector(
+    name: str,
+    value: ClassVector,
+    C: int,
+    like: torch.Tensor,
+    check_values: bool | None = ...,
+    high: float = ...,
+) -> torch.Tensor: ...
+@overload
+def check_class_vector(
+    name: str,
+    value: ClassVector | None,
+    C: int,
+    like: torch.Tensor,
+    check_values: bool | None = ...,
+    high: float = ...,
+) -> torch.Tensor | None: ...
+def check_class_vector(
+    name: str,
+    value: ClassVector | None,
     C: int,
     like: torch.Tensor,
     check_values: bool | None = None,
@@ -463,7 +499,7 @@ def check_class_vector(
     if value is None:
         return None
     if is_number(value) and not isinstance(value, bool):
-        value = [value]
+        value = [float(value)]
     numbers_ = _python_numbers(value)
     if isinstance(value, (str, bytes)) or not (
         numbers_ is not None or isinstance(value, (torch.Tensor, np.ndarray, Sequence))

@@ -66,18 +66,18 @@ def _class_masks(
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
     check_ignore_index(ignore_index, mode == "multiclass")
     if mode == "multiclass":
-        check_num_classes(num_classes, f"{what} of multiclass labels")
+        C = check_num_classes(num_classes, f"{what} of multiclass labels")
         valid = not_ignored(target.detach(), ignore_index).cpu().numpy()
         labels = target.detach().cpu().numpy()
-        masks = labels[:, None] == np.arange(num_classes).reshape(1, -1, *([1] * (labels.ndim - 1)))
+        masks = labels[:, None] == np.arange(C).reshape(1, -1, *([1] * (labels.ndim - 1)))
         return masks & valid[:, None]
     t = target.detach()
     if ignore_index is not None:
         t = t.masked_fill(t == ignore_index, 0)  # compared in the mask's dtype, as torch does
-    t = t.cpu().double().numpy()  # NumPy has no bfloat16
-    if not np.isin(t, (0, 1)).all():
+    values = t.cpu().double().numpy()  # NumPy has no bfloat16
+    if not np.isin(values, (0, 1)).all():
         raise ValueError(f"{what} needs hard {{0, 1}} masks")
-    return t.astype(bool)
+    return values.astype(bool)
 
 
 def signed_distance_map(

@@ -44,8 +44,9 @@ def _neighbours(x: torch.Tensor, offsets: list[tuple[int, ...]], fill: float) ->
     nd = len(offsets[0])
     size = x.shape[-nd:]
     padded = F.pad(x, (1, 1) * nd, value=fill)
+    lead = (slice(None),) * (x.ndim - nd)
     views = [
-        padded[(..., *(slice(1 + o, 1 + o + n) for o, n in zip(off, size, strict=True)))]
+        padded[lead + tuple(slice(1 + o, 1 + o + n) for o, n in zip(off, size, strict=True))]
         for off in offsets
     ]
     return torch.stack(views)

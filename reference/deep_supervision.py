@@ -8,6 +8,8 @@ resampled to each output's size. :class:`DeepSupervisionLoss` wraps any loss, so
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -96,6 +98,8 @@ class DeepSupervisionLoss(nn.Module):
         target: torch.Tensor | Sequence[torch.Tensor],
     ) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
+            if not isinstance(target, torch.Tensor):
+                raise TypeError("one output tensor takes one target tensor, got a sequence")
             return self.loss(outputs, target)
         outputs = list(outputs)
         if not outputs:
@@ -107,4 +111,5 @@ class DeepSupervisionLoss(nn.Module):
             if len(targets) != len(outputs):
                 raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
         weights = self.level_weights(len(outputs))
-        return sum(w * self.loss(o, t) for w, o, t in zip(weights, outputs, targets, strict=True))
+        terms = [w * self.loss(o, t) for w, o, t in zip(weights, outputs, targets, strict=True)]
+        return functools.reduce(operator.add, terms)

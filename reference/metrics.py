@@ -38,7 +38,7 @@ def measured_classes(classes: Sequence[int] | None, C: int) -> list[int]:
 
 
 def label_inputs(
-    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(valid, pred)`` of multiclass metric inputs: the not-ignored mask of the labels
     ``target [B, *S]`` and the predicted labels (the argmax of float ``preds``, logits
@@ -407,8 +407,9 @@ def metrics_from_counts(
         pixel = _ratio(tp.sum(-1), target.sum(-1))
     overall_mcc = _overall_mcc(tp, target, pred, n, counts.shape[-2] == 4)
     if classes is not None:
-        idx = measured_classes(classes, counts.shape[-1])
-        idx = device_constant(idx, torch.int64, counts.device)
+        idx = device_constant(
+            measured_classes(classes, counts.shape[-1]), torch.int64, counts.device
+        )
         tp, target, pred, n = (x.index_select(-1, idx) for x in (tp, target, pred, n))
     iou, dice, acc = _iou(tp, target, pred), _dice(tp, target, pred), _ratio(tp, target)
     precision = _ratio(tp, pred)

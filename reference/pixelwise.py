@@ -30,7 +30,11 @@ from ._common import (
 
 
 def sigmoid_focal_options(
-    gamma: object, alpha: object, C: int, like: torch.Tensor, check_values: bool | None = None
+    gamma: float,
+    alpha: float | Sequence[float] | torch.Tensor | None,
+    C: int,
+    like: torch.Tensor,
+    check_values: bool | None = None,
 ) -> tuple[float, float | torch.Tensor | None]:
     """The sigmoid focal loss's ``gamma`` (finite, >= 0) and ``alpha``: None, a float in
     [0, 1], or a per-class ``[C]`` tensor of ``like``'s dtype and device with entries in

@@ -162,7 +162,7 @@ def stats_from_sums(sums: torch.Tensor) -> RegionStats:
     return RegionStats(inter, psum, tsum, tsum > 0)
 
 
-def weight_like(logits: object) -> torch.Tensor:
+def weight_like(logits: torch.Tensor) -> torch.Tensor:
     """An empty tensor of the dtype and device the class weights take for ``logits``."""
     check_logits(logits)
     return logits.new_empty(0, dtype=acc_dtype(logits))
@@ -353,6 +353,7 @@ def focal_tversky_from_stats(
     if gamma_after_mean:
         mean = _class_reduce(base, present, absent, weight, "mean", check_values)
         return _safe_pow(mean, check_number("gamma", gamma))
+    g: float | torch.Tensor
     if is_number(gamma):
         g = check_number("gamma", gamma)
     else:

@@ -61,10 +61,12 @@ def check_tolerance(tolerance: object, C: int) -> list[float]:
     them (a sequence or a CPU tensor)."""
     if isinstance(tolerance, torch.Tensor):
         tolerance = tolerance.tolist() if tolerance.device.type == "cpu" else tolerance
-    many = isinstance(tolerance, (Sequence, np.ndarray)) and not isinstance(tolerance, str)
-    if many and len(tolerance) != C:
-        raise ValueError(f"tolerance needs one number or {C}, one per class; got {tolerance!r}")
-    return [check_number("tolerance", v) for v in (tolerance if many else [tolerance] * C)]
+    values = [tolerance] * C
+    if isinstance(tolerance, (Sequence, np.ndarray)) and not isinstance(tolerance, str):
+        if len(tolerance) != C:
+            raise ValueError(f"tolerance needs one number or {C}, one per class; got {tolerance!r}")
+        values = list(tolerance)
+    return [check_number("tolerance", v) for v in values]
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:

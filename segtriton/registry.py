@@ -65,6 +65,12 @@ class LossEntry:
     kinked: bool = False
     light: dict = field(default_factory=dict)
 
+    def triton(self) -> Callable[..., torch.Tensor]:
+        """The Triton implementation, or a NotImplementedError naming a loss without one."""
+        if self.kernel is None:
+            raise NotImplementedError(f"no Triton kernel for {self.name} yet")
+        return self.kernel
+
     def is_binary(self, options: dict) -> bool:
         """Whether the loss needs C = 1 under ``options``: its mode, given or the reference's
         default, is 'binary'."""
@@ -93,6 +99,8 @@ class LossEntry:
         ``grad`` to its dtype explains: ``sum |w| ulp(grad)``. A low-precision gradient far
         below its dtype's normal range (fp16 over millions of pixels without loss scaling)
         has few bits left, and that shows as a large allowance, not as an error."""
+        if self.grad_weights is None:
+            raise ValueError(f"{self.name} has no grad_weights: its gradient is unique")
         w = self.grad_weights(logits, target, **options)
         g = grad.detach().double()
         finfo = torch.finfo(grad.dtype)
@@ -120,7 +128,7 @@ class LossEntry:
         return self.target
 
 
-_REGION_VARIANTS = (
+_REGION_VARIANTS: tuple[dict[str, object], ...] = (
     {},
     {"scope": "image", "absent": "exclude", "smooth_nr": 1e-5, "smooth_dr": 1e-5},
     {"absent": "zero", "weight": [0.5, 1.0, 2.0]},
@@ -492,15 +500,17 @@ def make_inputs(
     milliseconds; the CPU takes seconds) and the tensors are then moved to ``device``.
     """
     B, C, *spatial = shape
-    on = {"generator": generator, "device": "cpu" if generator is None else generator.device}
-    logits = (2 * torch.randn(tuple(shape), dtype=torch.float64, **on)).to(dtype)
+    gen, on = generator, "cpu" if generator is None else generator.device
+    logits = (2 * torch.randn(tuple(shape), dtype=torch.float64, generator=gen, device=on)).to(
+        dtype
+    )
     if entry.target_kind(options or {}) == "labels":
-        target = torch.randint(0, C, (B, *spatial), **on)
+        target = torch.randint(0, C, (B, *spatial), generator=gen, device=on)
     else:
-        u = torch.rand(tuple(shape), dtype=torch.float64, **on)
+        u = torch.rand(tuple(shape), dtype=torch.float64, generator=gen, device=on)
         target = u if soft else (u < 0.5).to(torch.float64)
     if ignore_frac > 0 and entry.takes("ignore_index"):
-        drop = torch.rand(target.shape, **on) < ignore_frac
+        drop = torch.rand(target.shape, generator=gen, device=on) < ignore_frac
         target = target.masked_fill(drop, ignore_index)
     target = target.to(mask_dtype if target.is_floating_point() else label_dtype)
     return logits.to(device), target.to(device)

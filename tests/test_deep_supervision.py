@@ -100,5 +100,7 @@ def test_bad_calls_raise_clear_errors(gen):
         ref.DeepSupervisionLoss(dice)([], labels)
     with pytest.raises(ValueError, match="3 outputs but 1 targets"):
         ref.DeepSupervisionLoss(dice)(outputs, [labels])
+    with pytest.raises(TypeError, match="one output tensor takes one target tensor"):
+        ref.DeepSupervisionLoss(dice)(outputs[0], [labels])
     with pytest.raises(ValueError, match="fewer than"):
         resize_nearest(torch.zeros(4, 5), (2, 2))
