@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch loads only when cases are built, not for `segtriton --help`
+    import pandas as pd
     import torch
 
 # Per-SM limits by compute capability (CUDA programming guide): registers, warps, blocks,
@@ -366,7 +367,7 @@ def blocks_per_sm(row: CompiledKernel, arch: int) -> int:
     return min(by_regs, warps // row.num_warps, blocks, by_shared)
 
 
-def frame(rows: list[CompiledKernel], arch: int):
+def frame(rows: list[CompiledKernel], arch: int) -> pd.DataFrame:
     """The rows as a DataFrame, with the resident warps per SM of each."""
     import pandas as pd
 
@@ -375,7 +376,7 @@ def frame(rows: list[CompiledKernel], arch: int):
     return df
 
 
-def summarize(df):
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One line per kernel of a :func:`frame`: specialisations, worst registers / local
     memory / shared memory and the fewest resident warps per SM over its specialisations."""
     return (

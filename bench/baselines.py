@@ -51,7 +51,7 @@ def berman_lovasz_softmax(
     target: torch.Tensor,
     per_image: bool = False,
     ignore_index: int | None = None,
-    **options,
+    **options: object,
 ) -> torch.Tensor:
     _unsupported(options)
     p = torch.softmax(logits.float(), dim=1).flatten(2)  # [B, C, N]
@@ -75,7 +75,7 @@ def berman_lovasz_hinge(
     target: torch.Tensor,
     per_image: bool = False,
     ignore_index: float | None = None,
-    **options,
+    **options: object,
 ) -> torch.Tensor:
     _unsupported(options)
     x, t = logits.float().flatten(1), target.reshape(logits.shape).float().flatten(1)
@@ -96,12 +96,12 @@ BASELINES: dict[str, dict[str, Callable[..., torch.Tensor]]] = {
 }
 
 
-def smp_losses():
+def smp_losses() -> types.ModuleType:
     """smp's losses module without its heavy ``__init__`` (which needs torchvision, timm)."""
     name = "segmentation_models_pytorch"
     if name not in sys.modules:
         spec = importlib.util.find_spec(name)
-        if spec is None:
+        if spec is None or spec.submodule_search_locations is None:
             raise ModuleNotFoundError(f"{name} is not installed")
         stub = types.ModuleType(name)
         stub.__path__ = list(spec.submodule_search_locations)

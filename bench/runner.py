@@ -23,7 +23,7 @@ import torch
 import torch._functorch.config
 
 from segtriton.reference._common import value_checks
-from segtriton.registry import KINK_SHARE, get, make_inputs, minimal_bytes
+from segtriton.registry import KINK_SHARE, LossEntry, get, make_inputs, minimal_bytes
 
 from .baselines import BASELINES, PEERS
 from .env import environment
@@ -49,7 +49,7 @@ def loss_scale(dtype: str) -> float:
 torch._functorch.config.donated_buffer = False
 
 
-def make_provider(case: Case, entry) -> Callable:
+def make_provider(case: Case, entry: LossEntry) -> Callable:
     """``fn(logits, target, **options)`` for the case's provider (a peer's matching options
     are bound into it: it ignores the ones passed)."""
     if case.provider == "triton":
@@ -98,7 +98,11 @@ def _off_share(a: torch.Tensor, b: torch.Tensor, tol: float) -> float:
 
 
 def case_inputs(
-    case: Case, entry, options: dict, device: torch.device, cache: dict | None = None
+    case: Case,
+    entry: LossEntry,
+    options: dict,
+    device: torch.device,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The case's ``(logits, target)``, drawn on ``device`` from a seed that names the case
     but not the provider, so every provider is timed and checked on the same numbers.

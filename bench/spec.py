@@ -27,11 +27,15 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .baselines import BASELINES, PEERS
 from .targets import sweep_cases
+
+if TYPE_CHECKING:  # the registry is imported where it is used (it loads every loss)
+    from segtriton.registry import LossEntry
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LABEL_DTYPES = {
@@ -304,7 +308,7 @@ def check_spec(spec: dict) -> None:
         raise SpecError(f"ignore_frac must be a number in [0, 1), got {frac!r}")
 
 
-def provider_options(provider: str, entry) -> dict:
+def provider_options(provider: str, entry: LossEntry) -> dict:
     """The loss options of a provider's rows: a peer's matching option set, else the
     registry's default variant."""
     if provider in PEERS:

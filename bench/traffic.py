@@ -22,11 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+if TYPE_CHECKING:  # the registry is imported where it is used (it loads every loss)
+    from segtriton.registry import LossEntry
 
 _CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 # torch ops that move no tensor data (views, allocations, metadata)
@@ -216,7 +219,7 @@ def count_traffic() -> Iterator[Traffic]:
 
 
 def loss_traffic(
-    entry,
+    entry: LossEntry,
     shape: tuple[int, ...],
     dtype: torch.dtype = torch.bfloat16,
     label_dtype: torch.dtype = torch.int64,

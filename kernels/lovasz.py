@@ -22,7 +22,7 @@ a bad label makes the loss NaN.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ def perm_dtype(N: int) -> torch.dtype:
     return torch.int32 if N < INT32_ENTRIES else torch.int64
 
 
-def sorted_groups(keys: torch.Tensor):
+def sorted_groups(keys: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Sort the rows of ``keys [R, N]`` (descending, stable) a group at a time; yields
     ``(r0, values, indices)``: the sorted group of rows starting at row r0, in buffers
     reused by the next group (consume them before advancing)."""

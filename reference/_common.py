@@ -499,7 +499,7 @@ def check_class_vector(
     if value is None:
         return None
     if is_number(value) and not isinstance(value, bool):
-        value = [float(value)]
+        value = [value]
     numbers_ = _python_numbers(value)
     if isinstance(value, (str, bytes)) or not (
         numbers_ is not None or isinstance(value, (torch.Tensor, np.ndarray, Sequence))

@@ -22,6 +22,8 @@ gradient through it splits evenly among them (``torch.amax``'s rule).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from ._common import (
@@ -35,7 +37,7 @@ from ._common import (
 from .cldice import _cross, _neighbours, check_iterations
 
 
-def erosion_steps(bound: torch.Tensor, iterations: int):
+def erosion_steps(bound: torch.Tensor, iterations: int) -> Iterator[torch.Tensor]:
     """Yield ``b_k`` for k = 1 .. ``iterations`` from ``b_0 = bound [B, K, *S]`` (the module
     docstring's recursion)."""
     nd = bound.dim() - 2
