@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from ._common import (
+    _checking_values,
     check_choice,
     check_class_indices,
     check_ignore_index,
@@ -148,7 +149,10 @@ def check_mask_values(
     preds: torch.Tensor, target: torch.Tensor, ignore_index: float | None
 ) -> None:
     """Raise ``ValueError`` naming the first bad value of :func:`bad_mask_values`, or for
-    preds that :func:`looks_like_probabilities`."""
+    preds that :func:`looks_like_probabilities` (these reads sync with a GPU: they are
+    skipped where ``value_checks(False)`` turns value checks off)."""
+    if not _checking_values():
+        return
     bad_pred, bad_true = bad_mask_values(preds, target, ignore_index)
     if bool(bad_true.any()):
         value = float(target[bad_true].flatten()[0])

@@ -16,7 +16,9 @@ from kernel_checks import DEVICE, KERNELS
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from segtriton import kernels as ker
-from segtriton.registry import make_inputs
+from segtriton import reference as ref
+from segtriton.reference._common import value_checks
+from segtriton.registry import get, make_inputs
 
 # ops whose result size or value the host must read from the device
 _SYNCING = {
@@ -104,4 +106,41 @@ def test_deep_supervision_does_not_sync(gen):
     loss_fn(outputs, labels)
     with _Syncs() as syncs:
         torch.autograd.grad(loss_fn(outputs, labels), outputs)
+    assert not syncs.seen, syncs.seen
+
+
+# references whose formulas read nothing on the host (the others call F.one_hot, which
+# checks its labels on the device, or take a data-dependent threshold as OHEM does)
+_READ_FREE = ("cross_entropy", "bce", "softmax_focal", "bce_dice", "combo", "wasserstein_dice",
+              "lovasz_hinge", "lovasz_softmax", "boundary", "hausdorff_dt")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _READ_FREE)
+def test_value_checks_off_leave_a_reference_without_syncs(name, gen):
+    """The benchmark times eager and torch.compile baselines under ``value_checks(False)``:
+    then the reference must not read label or mask values to validate them (a host sync,
+    and for masks whole extra passes), or its eager figure would be charged for checks
+    the Triton rows skip."""
+    entry = get(name)
+    options = entry.ignoring(entry.variants[0])
+    C = 1 if entry.is_binary(options) else 3
+    x, t = make_inputs(entry, (2, C, 7, 9), options, torch.float32, gen, 0.2, device=DEVICE)
+    with _Syncs() as checked:
+        entry.reference(x, t, **options)
+    assert checked.seen, "the checks read no value: this test would prove nothing"
+    x.requires_grad_(True)
+    with value_checks(False), _Syncs() as syncs:
+        torch.autograd.grad(entry.reference(x, t, **options), x)
+    assert not syncs.seen, syncs.seen
+
+
+def test_value_checks_off_leave_the_reference_mask_matrix_without_syncs(gen):
+    """The benchmark's 'bincount' provider of the multilabel confusion matrix."""
+    logits = torch.randn(2, 3, 9, 11, generator=gen).to(DEVICE)
+    masks = (torch.rand(2, 3, 9, 11, generator=gen) < 0.3).to(torch.uint8).to(DEVICE)
+    with _Syncs() as checked:
+        ref.confusion_matrix(logits, masks, 3, 255, mode="multilabel")
+    assert checked.seen
+    with value_checks(False), _Syncs() as syncs:
+        ref.confusion_matrix(logits, masks, 3, 255, mode="multilabel")
     assert not syncs.seen, syncs.seen
