@@ -500,9 +500,9 @@ def check_class_vector(
         return None
     if is_number(value) and not isinstance(value, bool):
         value = [value]
-    numbers_ = _python_numbers(value)
-    if isinstance(value, (str, bytes)) or not (
-        numbers_ is not None or isinstance(value, (torch.Tensor, np.ndarray, Sequence))
+    numbers_ = _python_numbers(value)  # None unless a sequence or array of numbers
+    if isinstance(value, (str, bytes)) or not isinstance(
+        value, (torch.Tensor, np.ndarray, Sequence)
     ):
         raise TypeError(
             f"{name} must be a tensor, a number or a sequence of numbers, "

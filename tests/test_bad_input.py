@@ -52,10 +52,11 @@ def _reads_probabilities(entry) -> bool:
 @pytest.mark.parametrize(
     "entry", [e for e in LABELS if not _reads_probabilities(e)], ids=lambda e: e.name
 )
-def test_one_hot_target_gets_a_hint(entry, gen):
+@pytest.mark.parametrize("C", [2, 3])
+def test_one_hot_target_gets_a_hint(entry, C, gen):
     """A one-hot target (MONAI's default form) where labels are expected: the error says
-    to pass ``argmax(1)``, or that the loss takes integer labels."""
-    x, y = _inputs(entry, gen)
+    to pass ``argmax(1)``, or that the loss takes integer labels (two classes too)."""
+    x, y = _inputs(entry, gen, C)
     one_hot = torch.nn.functional.one_hot(y, x.shape[1]).movedim(-1, 1).float()
     for fn in (entry.reference, entry.kernel):
         with pytest.raises((TypeError, ValueError), match=r"argmax\(1\)|integer labels"):
