@@ -61,8 +61,8 @@ class _Namespaces(TorchDispatchMode):
 def test_eager_path_equals_the_custom_op_and_skips_its_dispatcher(entry, gen, monkeypatch):
     """Eager calls run each op's implementation through a plain autograd.Function (the
     custom-op dispatcher costs host time every call); under torch.compile the custom op
-    runs. Both paths give bitwise the same loss and gradient, and eager calls dispatch no
-    segtriton op."""
+    runs. Both paths give bitwise the same loss and gradient, eager calls dispatch no
+    segtriton op, and with the fast path off (``SEGTRITON_EAGER_OPS=0``) they do."""
     C = entry.fit_classes(3, entry.variants[0])
     for reduction in [r for r in ("mean", "none") if r in entry.reductions]:
         opts = entry.ignoring({**entry.variants[0], "reduction": reduction})
@@ -70,8 +70,9 @@ def test_eager_path_equals_the_custom_op_and_skips_its_dispatcher(entry, gen, mo
         with _Namespaces() as spy:
             eager = run_with_grad(entry.kernel, x, t, opts)
         assert spy.seen and "segtriton" not in spy.seen
-        with monkeypatch.context() as m:
+        with monkeypatch.context() as m, _Namespaces() as spy:
             m.setattr(_ops, "fast_eager", False)
             custom = run_with_grad(entry.kernel, x, t, opts)
+        assert "segtriton" in spy.seen  # SEGTRITON_EAGER_OPS=0 goes through the custom op
         for a, b in zip(eager, custom, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
