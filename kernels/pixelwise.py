@@ -44,7 +44,6 @@ from segtriton.reference._common import (
     check_class_vector,
     check_constant,
     check_ignore_index,
-    check_logits,
     check_mode,
     check_number,
     checked_target,
@@ -1112,7 +1111,6 @@ def sigmoid_focal_loss(
     ``alpha`` one number or one per class, ``weight`` per class). ``validate`` as in
     :func:`cross_entropy` / :func:`binary_cross_entropy_with_logits`.
     """
-    check_logits(logits)
     check_mode(mode, logits)
     check_choice("reduction", reduction, _REDUCTIONS)
     gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)

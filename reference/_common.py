@@ -470,15 +470,6 @@ def check_class_vector(
     check_values: bool | None = ...,
     high: float = ...,
 ) -> torch.Tensor: ...
-@overload
-def check_class_vector(
-    name: str,
-    value: ClassVector | None,
-    C: int,
-    like: torch.Tensor,
-    check_values: bool | None = ...,
-    high: float = ...,
-) -> torch.Tensor | None: ...
 def check_class_vector(
     name: str,
     value: ClassVector | None,
@@ -573,7 +564,6 @@ def region_inputs(
     ``p = sigmoid(logits)``, ``g = target``. Ignored positions have p = g = 0.
     """
     check_mode(mode, logits)
-    check_logits(logits)
     x = flat(logits).to(acc_dtype(logits))
     if mode == "multiclass" and probability_target(logits, target, ignore_index):
         t, valid = check_masks(logits, target, None)

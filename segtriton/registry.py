@@ -500,17 +500,16 @@ def make_inputs(
     milliseconds; the CPU takes seconds) and the tensors are then moved to ``device``.
     """
     B, C, *spatial = shape
-    gen, on = generator, "cpu" if generator is None else generator.device
-    logits = (2 * torch.randn(tuple(shape), dtype=torch.float64, generator=gen, device=on)).to(
-        dtype
-    )
+    on = "cpu" if generator is None else generator.device
+    logits = 2 * torch.randn(tuple(shape), dtype=torch.float64, generator=generator, device=on)
+    logits = logits.to(dtype)
     if entry.target_kind(options or {}) == "labels":
-        target = torch.randint(0, C, (B, *spatial), generator=gen, device=on)
+        target = torch.randint(0, C, (B, *spatial), generator=generator, device=on)
     else:
-        u = torch.rand(tuple(shape), dtype=torch.float64, generator=gen, device=on)
+        u = torch.rand(tuple(shape), dtype=torch.float64, generator=generator, device=on)
         target = u if soft else (u < 0.5).to(torch.float64)
     if ignore_frac > 0 and entry.takes("ignore_index"):
-        drop = torch.rand(target.shape, generator=gen, device=on) < ignore_frac
+        drop = torch.rand(target.shape, generator=generator, device=on) < ignore_frac
         target = target.masked_fill(drop, ignore_index)
     target = target.to(mask_dtype if target.is_floating_point() else label_dtype)
     return logits.to(device), target.to(device)
