@@ -115,6 +115,15 @@ _READ_FREE = ("cross_entropy", "bce", "softmax_focal", "bce_dice", "combo", "was
               "lovasz_hinge", "lovasz_softmax", "boundary", "hausdorff_dt")  # fmt: skip
 
 
+def _syncs_with_checks_on_and_off(step) -> tuple[list[str], list[str]]:
+    """The host reads of ``step()`` with the references' value checks on, then off."""
+    with _Syncs() as on:
+        step()
+    with value_checks(False), _Syncs() as off:
+        step()
+    return on.seen, off.seen
+
+
 @pytest.mark.parametrize("name", _READ_FREE)
 def test_value_checks_off_leave_a_reference_without_syncs(name, gen):
     """The benchmark times eager and torch.compile baselines under ``value_checks(False)``:
@@ -125,22 +134,20 @@ def test_value_checks_off_leave_a_reference_without_syncs(name, gen):
     options = entry.ignoring(entry.variants[0])
     C = 1 if entry.is_binary(options) else 3
     x, t = make_inputs(entry, (2, C, 7, 9), options, torch.float32, gen, 0.2, device=DEVICE)
-    with _Syncs() as checked:
-        entry.reference(x, t, **options)
-    assert checked.seen, "the checks read no value: this test would prove nothing"
     x.requires_grad_(True)
-    with value_checks(False), _Syncs() as syncs:
-        torch.autograd.grad(entry.reference(x, t, **options), x)
-    assert not syncs.seen, syncs.seen
+    checked, unchecked = _syncs_with_checks_on_and_off(
+        lambda: torch.autograd.grad(entry.reference(x, t, **options), x)
+    )
+    assert checked, "the checks read no value: this test would prove nothing"
+    assert not unchecked, unchecked
 
 
 def test_value_checks_off_leave_the_reference_mask_matrix_without_syncs(gen):
     """The benchmark's 'bincount' provider of the multilabel confusion matrix."""
     logits = torch.randn(2, 3, 9, 11, generator=gen).to(DEVICE)
     masks = (torch.rand(2, 3, 9, 11, generator=gen) < 0.3).to(torch.uint8).to(DEVICE)
-    with _Syncs() as checked:
-        ref.confusion_matrix(logits, masks, 3, 255, mode="multilabel")
-    assert checked.seen
-    with value_checks(False), _Syncs() as syncs:
-        ref.confusion_matrix(logits, masks, 3, 255, mode="multilabel")
-    assert not syncs.seen, syncs.seen
+    checked, unchecked = _syncs_with_checks_on_and_off(
+        lambda: ref.confusion_matrix(logits, masks, 3, 255, mode="multilabel")
+    )
+    assert checked
+    assert not unchecked, unchecked
