@@ -951,8 +951,7 @@ def _sigmoid_denom(logits, target, labels, ignore_index, reduction):
         return None
     C = logits.shape[1]
     if ignore_index is None:
-        count = float(logits.numel())
-        return torch.full((1,), count, dtype=torch.float32, device=logits.device)
+        return torch.full((1,), float(logits.numel()), dtype=torch.float32, device=logits.device)
     count = _prepass(target, C, ignore_index, labels=labels, weight=None)
     return count * C if labels else count
 

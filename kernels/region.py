@@ -289,7 +289,7 @@ def _loss_shape(B: int, C: int, flags: list[int]) -> tuple[int, ...]:
 
 def _loss_and_coefs(
     logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma, scale,
-    focal, cw, gvec, floats, flags, group=None,
+    focal, cw, gvec, floats, flags, *, group=None,
 ):  # fmt: skip
     """Pass 1 and the finalize: the loss and ``[B * 2C + B]`` fp32 gradient coefficients
     for grad_output 1 (``dL/dI + dL/dP, dL/dP`` per image, then dL / d pixel-loss sum per

@@ -85,8 +85,8 @@ def _distances(edges: np.ndarray, to: np.ndarray, spacing: Sequence[float]) -> n
 
 def _label_masks(preds, target, num_classes, ignore_index):
     valid, pred = label_inputs(preds, target, num_classes, ignore_index)
-    valid = valid.cpu().numpy()
-    labels = [np.where(valid, t.cpu().long().numpy(), -1) for t in (pred, target)]
+    keep = valid.cpu().numpy()
+    labels = [np.where(keep, t.cpu().long().numpy(), -1) for t in (pred, target)]
     return lambda b, c: tuple(x[b] == c for x in labels)
 
 
