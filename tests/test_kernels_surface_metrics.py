@@ -37,7 +37,9 @@ def option_sets(name, C, gen):
     rounding of a distance: 1.25 is no distance at unit or the tests' spacings)."""
     if name == "hausdorff_distance":
         return [
-            {"percentile": p, "directed": d} for p in (None, 95, 0, 50.5) for d in (False, True)
+            {"percentile": p, "directed": d}
+            for p in (None, 95, 0, 100, 50.5)
+            for d in (False, True)
         ]
     if name == "average_surface_distance":
         return [{"directed": False}, {"directed": True}]
