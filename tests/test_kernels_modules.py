@@ -1,6 +1,7 @@
 """``segtriton.kernels`` has every ``nn.Module`` form of ``segtriton.reference`` around its
 Triton function: same options, tensor options as buffers, picklable. Its functions have
-their references' signatures (plus ``validate``) and take every argument by name."""
+their references' signatures (plus ``validate``: the same names, kinds and defaults) and
+take every argument by name."""
 
 from __future__ import annotations
 
@@ -65,9 +66,12 @@ def test_kernel_functions_have_their_reference_signatures():
     named = [n for n in ker.__all__ if inspect.isfunction(getattr(ker, n)) and hasattr(ref, n)]
     assert len(named) > 30
     for name in named:
-        params = list(inspect.signature(getattr(ker, name)).parameters)
-        params.remove("validate")
-        assert params == list(inspect.signature(getattr(ref, name)).parameters), name
+        params = dict(inspect.signature(getattr(ker, name)).parameters)
+        params.pop("validate")
+        ref_params = inspect.signature(getattr(ref, name)).parameters
+        assert list(params) == list(ref_params), name
+        for p, r in zip(params.values(), ref_params.values(), strict=True):
+            assert (p.kind, p.default) == (r.kind, r.default), (name, p.name)
 
 
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
