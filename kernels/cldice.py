@@ -281,8 +281,6 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_grad):
     (grad,) = ctx.saved_tensors
-    if grad_loss is None:
-        return (None,) * 11
     scale = grad_loss.expand(grad.shape[0]) if ctx.batch else grad_loss
     scale = scale.view(-1, *[1] * (grad.dim() - 1))
     return ((grad * scale).to(ctx.dtype),) + (None,) * 10

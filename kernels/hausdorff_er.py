@@ -207,8 +207,6 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, *_):
-    if grad_loss is None:
-        return (None,) * 9
     logits, target, r, lohi, err, valid = ctx.saved_tensors
     labels, first, alpha, iterations, ignore_index, per_entry, _ = ctx.params
     grad = _hder_grad_op(
