@@ -36,10 +36,11 @@ class _Allocations(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.seen:
-                self.seen.add(t.untyped_storage().data_ptr())
+            storage = t.untyped_storage() if isinstance(t, torch.Tensor) else None
+            if storage is not None and storage.data_ptr() not in self.seen:
+                self.seen.add(storage.data_ptr())
                 self.held.append(t)
-                self.bytes += t.untyped_storage().nbytes()
+                self.bytes += storage.nbytes()
         return out
 
 
@@ -52,7 +53,7 @@ def _allocated(entry, x, t, options, requires_grad: bool, grad_mode: bool) -> in
 
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_a_forward_without_grad_allocates_less_or_the_same(entry, gen):
-    options = dict(entry.variants[0])
+    options = dict(entry.variants[0])  # not light_case: HD-ER keeps its maps past 2 levels
     shape = entry.fit_shape((2, 3, 20, 24), options)
     x, t = make_inputs(entry, shape, options, torch.float32, gen, device=DEVICE)
     entry.kernel(x, t, **options)  # caches device constants
