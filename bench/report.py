@@ -233,26 +233,49 @@ def _with_graph_rows(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df, graph], ignore_index=True)
 
 
+CASE = ["shape", "label_dtype", "memory_format", "ignore_frac"]
+
+
+def _common_cases(times: pd.DataFrame) -> pd.DataFrame:
+    """The columns (providers) of ``times`` (cases x providers, NaN where a provider has
+    no passing row) that cover every one of its cases. Where none does, the cases that
+    all the providers covering most of them share (or, where they share none, the first
+    one's cases), and the providers covering all of those."""
+    covered = times.notna().sum()
+    if covered.max() < len(times):
+        most = list(covered[covered == covered.max()].index)
+        shared = times[times[most].notna().all(axis=1)]
+        times = shared if len(shared) else times[times[most[0]].notna()]
+    return times.loc[:, times.notna().all()]
+
+
 def recommendations(df: pd.DataFrame) -> pd.DataFrame:
-    """Per loss, regime, dtype and mode: the fastest provider among rows that passed."""
+    """Per loss, regime, dtype and mode: the fastest provider among rows that passed, by
+    the median over the regime's cases (shape, label dtype, layout, ignored fraction). All
+    ranked providers are compared on the same cases: one that passed only some of them
+    (an OOM, a compile failure or a wrong value at the others) is not ranked and is named
+    under 'not ranked' with its count."""
     ok = df[(df.passed == True) & df.median_ms.notna()]  # noqa: E712
     out = []
     ok = ok.assign(regime=ok["shape"].map(_regime))
     for (loss, regime, dtype, mode), g in ok.groupby(["loss", "regime", "dtype", "mode"]):
-        per = g.groupby("provider").median_ms.median().sort_values()
-        best = per.index[0]
-        runner_up = per.iloc[1] / per.iloc[0] if len(per) > 1 else float("nan")
+        times = g.pivot_table(index=CASE, columns="provider", values="median_ms")
+        ranked = _common_cases(times)
+        per = ranked.median().sort_values()
+        left_out = times.notna().sum().drop(ranked.columns)
         out.append(
             {
                 "loss": loss,
                 "regime": regime,
                 "dtype": dtype,
                 "mode": mode,
-                "use": best,
+                "use": per.index[0],
                 "median ms": per.iloc[0],
-                "x faster than next": runner_up,
-                "x faster than eager": per.get("eager", float("nan")) / per.iloc[0],
-                "cases": int(g["shape"].nunique()),
+                "x faster than next": per.iloc[1] / per.iloc[0] if len(per) > 1 else math.nan,
+                "x faster than eager": per.get("eager", math.nan) / per.iloc[0],
+                "cases": len(ranked),
+                "not ranked": ", ".join(f"{p} ({n} of {len(times)})" for p, n in left_out.items())
+                or "-",
             }
         )
     return pd.DataFrame(out)
@@ -411,7 +434,8 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "## Recommendation",
         "",
         "Fastest provider per loss and shape regime among rows that passed the float64 "
-        "check, from the medians above.",
+        "check: the median of its medians above over the regime's cases, every ranked "
+        "provider on the same cases ('not ranked': providers that passed only some).",
         "",
     ]
     lines += [md_table(rec) if len(rec) else "No timed rows passed: nothing to recommend.", ""]

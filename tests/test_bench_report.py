@@ -50,6 +50,47 @@ def test_the_recommendation_is_the_fastest_provider_that_passed():
     assert multi["cases"] == 2
     binary_rec = rec.loc["binary (C<=2), <=1M px"]
     assert binary_rec["use"] == "eager" and binary_rec["x faster than next"] == 2.0
+    assert multi["not ranked"] == binary_rec["not ranked"] == "-"
+
+
+def test_providers_are_ranked_on_the_cases_they_all_passed():
+    """A provider that passed only the cheap case of a regime (it ran out of memory or
+    failed at the others) is not ranked against medians over more cases."""
+    small, larger = "2x19x64x64", "2x19x128x128"
+    rows = [
+        _row("triton", small, 1.0),
+        _row("triton", larger, 4.0),
+        _row("triton", small, 2.0, memory_format="channels_last"),
+        _row("eager", small, 3.0),
+        _row("eager", larger, 9.0),
+        _row("eager", small, 5.0, memory_format="channels_last"),
+        _row("compile", small, 0.5),
+        _row("compile", larger, NAN, error="OutOfMemoryError"),
+        _row("compile", small, 0.6, memory_format="channels_last", passed=False),
+    ]
+    (rec,) = report.recommendations(pd.DataFrame(rows)).to_dict(orient="records")
+    assert rec["use"] == "triton" and rec["median ms"] == 2.0 and rec["cases"] == 3
+    assert rec["x faster than next"] == rec["x faster than eager"] == 2.5
+    assert rec["not ranked"] == "compile (1 of 3)"
+
+
+def test_without_a_provider_passing_every_case_the_best_covered_share_theirs():
+    a, b, c = "2x19x64x64", "2x19x96x96", "2x19x128x128"
+    rows = [
+        _row("triton", a, 1.0),
+        _row("triton", b, 2.0),
+        _row("eager", a, 4.0),
+        _row("eager", c, 8.0),
+        _row("smp", a, 3.0),
+    ]
+    (rec,) = report.recommendations(pd.DataFrame(rows)).to_dict(orient="records")
+    assert (rec["use"], rec["median ms"], rec["cases"]) == ("triton", 1.0, 1)
+    assert rec["x faster than next"] == 3.0 and rec["x faster than eager"] == 4.0
+    assert rec["not ranked"] == "-"
+    rows[2]["shape"] = "2x19x80x80"  # triton and eager share no case: the first one's (eager)
+    (rec,) = report.recommendations(pd.DataFrame(rows)).to_dict(orient="records")
+    assert (rec["use"], rec["median ms"], rec["cases"]) == ("eager", 6.0, 2)
+    assert rec["not ranked"] == "smp (1 of 4), triton (2 of 4)"
 
 
 def test_markdown_tables_round_floats_and_dash_nan():
