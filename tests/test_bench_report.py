@@ -165,3 +165,36 @@ def test_the_report_of_a_benchmark_file_goes_beside_it(tmp_path):
 
     assert main(["report", str(_benchmark_file(tmp_path / "bench.json"))]) == 0
     assert "1 row(s) come from pytest-benchmark" in (tmp_path / "report.md").read_text()
+
+
+def test_charts_draw_the_rows_numbers(tmp_path, monkeypatch):
+    """The time chart's error bars run from p20 to p80 around the median, along logit
+    elements in increasing order; the heatmap writes a speedup in each cell that has one
+    and nothing in a cell without."""
+    from matplotlib.axes import Axes
+
+    bars, texts = [], []
+    errorbar, text = Axes.errorbar, Axes.text
+
+    def record_bars(self, x, y, yerr=None, **kw):
+        bars.append((list(x), list(y), [list(e) for e in yerr]))
+        return errorbar(self, x, y, yerr=yerr, **kw)
+
+    def record_text(self, x, y, s, **kw):
+        texts.append(s)
+        return text(self, x, y, s, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", record_bars)
+    monkeypatch.setattr(Axes, "text", record_text)
+    rows = [
+        _row("triton", "2x3x8x8", 4.0, p20_ms=3.0, p80_ms=7.0),
+        _row("triton", "2x3x4x4", 2.0, p20_ms=1.5, p80_ms=3.0),
+    ]
+    assert report._chart_time(pd.DataFrame(rows), tmp_path / "time.png")
+    assert bars == [([2 * 3 * 16, 2 * 3 * 64], [2.0, 4.0], [[0.5, 1.0], [1.0, 3.0]])]
+    rows = [
+        _row("triton", "2x3x4x4", 1.0, speedup_vs_eager=2.0),
+        _row("triton", "2x19x8x8", 1.0, speedup_vs_eager=3.0),
+    ]
+    assert report._chart_speedup(pd.DataFrame(rows), tmp_path / "speedup.png", "eager")
+    assert sorted(texts) == ["2.0x", "3.0x"]
