@@ -109,6 +109,7 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
     """Within the block, kernel launches compile for ``sm_<arch>`` and are recorded in the
     yielded list (one row per new specialisation; set ``case`` on rows as you go)."""
     from segtriton.kernels import interpreter_enabled
+    from segtriton.kernels._runtime import cpu_launches
 
     if interpreter_enabled():
         raise RuntimeError("compile_only needs compiled Triton: unset TRITON_INTERPRET")
@@ -137,7 +138,8 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
     driver.set_active(_CompileOnlyDriver(arch))
     JITFunction.run = compile_instead
     try:
-        yield rows
+        with cpu_launches():
+            yield rows
     finally:
         JITFunction.run = launch
         driver.set_active(previous)

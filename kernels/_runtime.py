@@ -11,7 +11,7 @@ import functools
 import inspect
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import numpy as np
@@ -48,6 +48,41 @@ def interpreter_problem() -> str | None:
     )
 
 
+_cpu_launches = False  # set by cpu_launches()
+
+
+@contextlib.contextmanager
+def cpu_launches() -> Iterator[None]:
+    """Within the block, :func:`check_launchable` lets CPU tensors through: for
+    ``segtriton.bench.aot``, whose launches compile for a GPU that is not there."""
+    global _cpu_launches
+    before, _cpu_launches = _cpu_launches, True
+    try:
+        yield
+    finally:
+        _cpu_launches = before
+
+
+def check_launchable(tensor: torch.Tensor, name: str, arg: str) -> None:
+    """Refuse a CPU tensor on a machine without a CUDA device unless Triton runs in its
+    interpreter: compiled Triton kernels launch on a GPU only, and Triton's own error there
+    ("0 active drivers") names neither the tensor nor the way out. Beside a GPU, Triton
+    itself says "Pointer argument cannot be accessed from Triton (cpu tensor?)"."""
+    if (
+        tensor.device.type == "cpu"
+        and not (interpreter_enabled() or _cpu_launches)
+        and not torch.cuda.is_available()
+    ):
+        from segtriton import reference
+
+        other = f", or call segtriton.reference.{name}" if hasattr(reference, name) else ""
+        raise ValueError(
+            f"segtriton.kernels.{name}: {arg} is on the CPU and there is no GPU here: "
+            "Triton kernels then run only in Triton's interpreter (TRITON_INTERPRET=1, set "
+            f"before triton is imported){other}"
+        )
+
+
 def on_device_of(tensor: object) -> contextlib.AbstractContextManager:
     """A context in which ``tensor``'s CUDA device is the current one. Triton launches on
     the current device and its stream, whatever device the arguments are on: a loss on
@@ -68,7 +103,9 @@ def on_device_of(tensor: object) -> contextlib.AbstractContextManager:
 def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a public kernel function: its bool options pass ``checks_flags``, its first
     argument (positional or by name) must be a tensor, of a dtype in ``KERNEL_DTYPES`` if
-    it is float, and it runs with that tensor's device current (:func:`on_device_of`). The
+    it is float, off the CPU on a machine without a GPU unless Triton interprets
+    (:func:`check_launchable`), and it
+    runs with that tensor's device current (:func:`on_device_of`). The
     kernels compute in float32, so float64 logits are refused rather than rounded without
     a word (``segtriton.reference`` computes in float64)."""
     checked: Callable[..., R] = checks_flags(fn)
@@ -87,6 +124,7 @@ def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
                 f"(it computes in float32), got {x.dtype}; "
                 f"segtriton.reference.{fn.__name__} computes in float64"
             )
+        check_launchable(x, fn.__name__, first)
         with on_device_of(x):
             return checked(*args, **kwargs)
 

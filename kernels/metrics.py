@@ -51,7 +51,7 @@ from segtriton.reference.metrics import (
 )
 
 from ._metrics_kernels import _confusion_kernel, _multilabel_counts_kernel
-from ._runtime import kernel_api, on_device_of
+from ._runtime import check_launchable, kernel_api, on_device_of
 from ._tiles import (
     cdiv,
     class_blocks,
@@ -364,6 +364,9 @@ class StreamingMetrics:
         return self._counts
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        check_launchable(target, "StreamingMetrics", "target")
         if self._cm.device != target.device:
             self._to(target.device)
         per_image = self.average == "image"

@@ -18,6 +18,7 @@ from ._common import (
     check_choice,
     check_class_indices,
     check_ignore_index,
+    check_label_dtype,
     check_labels,
     check_masks,
     check_mode,
@@ -58,12 +59,40 @@ def _each_map(
     return torch.from_numpy(d).to(device)
 
 
+def check_map_target(target: torch.Tensor, mode: str, what: str) -> None:
+    """The target of a distance map, checked without reading values: a non-empty tensor,
+    integer labels ``[B, *S]`` for 'multiclass', real masks ``[B, C, *S]`` otherwise
+    (``C = 1`` for 'binary'), with at least one spatial dim."""
+    check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
+    if mode == "multiclass":
+        check_label_dtype(target)
+        layout, dims = "labels [B, *spatial]", 2
+    else:
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        if target.is_complex():
+            raise TypeError(f"target must be real, got dtype {target.dtype}")
+        layout, dims = "masks [B, C, *spatial]", 3
+    if target.dim() < dims:
+        raise ValueError(
+            f"{what} takes {mode} {layout} with at least one spatial dim, "
+            f"got shape {tuple(target.shape)}"
+        )
+    if mode == "binary" and target.shape[1] != 1:
+        raise ValueError(
+            f"{what} with mode='binary' takes masks [B, 1, *spatial], got shape "
+            f"{tuple(target.shape)}; use mode='multilabel' for several channels"
+        )
+    if target.numel() == 0:
+        raise ValueError(f"target is empty (shape {tuple(target.shape)})")
+
+
 def _class_masks(
     target: torch.Tensor, num_classes: int | None, mode: str, ignore_index: float | None, what: str
 ) -> np.ndarray:
     """Boolean ``[B, C, *S]`` foreground of every (image, class): ``label == c`` for
     multiclass labels, the hard mask otherwise; ignored pixels are background."""
-    check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
+    check_map_target(target, mode, what)
     check_ignore_index(ignore_index, mode == "multiclass")
     if mode == "multiclass":
         C = check_num_classes(num_classes, f"{what} of multiclass labels")
@@ -99,7 +128,9 @@ def signed_distance_map(
     whole image has no boundary and gets ``phi = 0`` (scipy's value would be undefined for
     a full mask). multiclass: ``target`` holds labels ``[B, *S]`` and ``num_classes`` is
     required; ignored pixels count as background. binary/multilabel: hard masks
-    ``[B, C, *S]`` (values other than 0/1/ignore_index are rejected).
+    ``[B, C, *S]``, ``C = 1`` for binary (values other than 0/1/ignore_index are
+    rejected). An empty target, float labels or a target without a spatial dim is
+    refused (``check_map_target``).
     """
     masks = _class_masks(target, num_classes, mode, ignore_index, "signed_distance_map")
     spacing = check_spacing(spacing, masks.ndim - 2)

@@ -566,3 +566,60 @@ def test_loss_and_metric_specific_inputs_are_named(lib, gen):
         lib.focal_tversky_loss(x, y, gamma_after_mean=True, reduction="sum")
     with pytest.raises(ValueError, match=r"one entry per class \(C=3\).*got shape \(3, 2\)"):
         lib.dice_loss(x, y, weight=np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("lib", [ref, ker], ids=["reference", "kernels"])
+def test_bad_distance_map_targets_are_named(lib, gen):
+    """The standalone maps check their target as the losses do: a tensor, integer labels
+    ``[B, *S]`` or masks ``[B, C, *S]`` (one channel for 'binary': a ``[B, H, W]`` mask
+    would otherwise be read as H one-pixel-high channels), with a spatial dim, not empty."""
+    y = torch.randint(0, 3, (2, 5, 6), generator=gen).to(DEVICE)
+    masks = (y == 1).unsqueeze(1).float()
+    for fn in (lib.signed_distance_map, lib.distance_field):
+        with pytest.raises(TypeError, match="target must be a torch.Tensor, got list"):
+            fn(y.tolist(), 3)
+        with pytest.raises(TypeError, match="integer class labels"):
+            fn(y.float(), 3)
+        with pytest.raises(ValueError, match=r"multiclass labels \[B, \*spatial\].*\(2,\)"):
+            fn(y[:, 0, 0], 3)
+        with pytest.raises(ValueError, match=r"target is empty \(shape \(0, 5, 6\)\)"):
+            fn(y[:0], 3)
+        with pytest.raises(ValueError, match=r"binary' takes masks \[B, 1, \*spatial\]"):
+            fn(masks[:, 0], mode="binary")
+        with pytest.raises(ValueError, match=r"multilabel masks \[B, C, \*spatial\]"):
+            fn(masks[:, 0, 0], mode="multilabel")
+        with pytest.raises(TypeError, match="target must be real"):
+            fn(masks.to(torch.complex64), mode="multilabel")
+        with pytest.raises(ValueError, match="target is empty"):
+            fn(masks[:, :, :0], mode="binary")
+        assert fn(masks, mode="binary").shape == fn(y, 3)[:, 1:2].shape
+
+
+def test_kernels_refuse_cpu_tensors_without_the_interpreter(gen, monkeypatch):
+    """Compiled Triton runs on a GPU only: on a machine without one and with
+    TRITON_INTERPRET unset, a CPU tensor is named before any launch (Triton's own error
+    says "0 active drivers"), and the message points to the reference where there is one."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    x = torch.randn(2, 3, 5, 6, generator=gen)
+    y = torch.randint(0, 3, (2, 5, 6), generator=gen)
+    calls = {e.name: functools.partial(e.kernel, *_inputs(e, gen)) for e in LOSSES}
+    calls |= {
+        "confusion_matrix": functools.partial(ker.confusion_matrix, y, y, 3),
+        "segmentation_metrics": functools.partial(ker.segmentation_metrics, x, y, 3),
+        "surface_metrics": functools.partial(ker.surface_metrics, y, y, 3),
+        "region_stats": functools.partial(ker.region_stats, x, y),
+        "signed_distance_map": functools.partial(ker.signed_distance_map, y, 3),
+        "distance_field": functools.partial(ker.distance_field, y, 3),
+    }
+    for call in calls.values():
+        where = rf"kernels\.{call.func.__name__}: \w+ is on the CPU and there is no GPU here"
+        with pytest.raises(ValueError, match=where):
+            call()
+    with pytest.raises(ValueError, match=r"sites is on the CPU.*is imported\)$"):
+        ker.squared_edt(y == 0)
+    metric = ker.StreamingMetrics(3)
+    with pytest.raises(ValueError, match=r"segtriton.kernels.StreamingMetrics: target is on"):
+        metric.update(y, y)
+    with pytest.raises(ValueError, match=r"or call segtriton.reference.cross_entropy$"):
+        ker.cross_entropy(x, y)

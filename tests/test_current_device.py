@@ -82,6 +82,14 @@ def test_metrics_and_transform_launch_on_the_inputs_device(switches, monkeypatch
     assert launched == [1, 1, 1] and set(switches) == {torch.device("cuda:1")}
 
 
+def test_distance_maps_make_the_targets_device_current(switches):
+    with FakeTensorMode() as mode:
+        labels = mode.from_tensor(torch.zeros(2, 5, 6, dtype=torch.long)).to("cuda:1")
+        for fn in (kernels.signed_distance_map, kernels.distance_field):
+            assert fn(labels, 3).device == torch.device("cuda:1")
+    assert switches == [torch.device("cuda:1")] * 2
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_kernels_run_on_a_second_gpu(entry, gen):
