@@ -125,10 +125,10 @@ def _compare(args: argparse.Namespace) -> int:
         "median_ms_b",
         "ratio_b_over_a",
         "graph_ratio_b_over_a",
-        "regression",
+        "why",
     ]
     print(table[[c for c in cols if c in table]].to_string(index=False))
-    print(f"{regressions} regression(s) beyond {args.threshold:.0%}")
+    print(f"{regressions} regression(s): slower by more than {args.threshold:.0%}, or failing")
     return 1 if regressions else 0
 
 

@@ -445,19 +445,32 @@ def build_report(dirs: list[Path], out: Path) -> Path:
 
 
 def compare(a: Path, b: Path, threshold: float = 0.05) -> tuple[pd.DataFrame, int]:
-    """Median times of run ``b`` against run ``a``; rows slower by more than ``threshold``
-    are flagged (event-timed medians; the CUDA-graph ratio is shown beside them when both
-    runs have it). Returns the table and the number of regressions."""
+    """Median times of run ``b`` against run ``a``. A row is a regression (column ``why``)
+    when ``b`` is slower by more than ``threshold`` (event-timed medians; the CUDA-graph
+    ratio is shown beside them when both runs have it), or when it passed the float64
+    check in ``a`` and fails it or errors in ``b`` (an error row has no time, and a
+    failing row's time is no use). Rows in one run only are left out. Returns the table
+    and the number of regressions."""
     da, _ = load_runs([a])
     db, _ = load_runs([b])
     keys = KEYS + ["provider"]
     times = ["median_ms"] + (
         ["graph_median_ms"] if "graph_median_ms" in da and "graph_median_ms" in db else []
     )
-    m = da[keys + times].merge(db[keys + times], on=keys, suffixes=("_a", "_b"))
-    m = m[m.median_ms_a.notna() & m.median_ms_b.notna()]
+    cols = keys + times + ["passed", "error"]
+    m = da[cols].merge(db[cols], on=keys, suffixes=("_a", "_b"))
+    broke = m.passed_a.eq(True) & m.passed_b.eq(False)
+    m = m[(m.median_ms_a.notna() & m.median_ms_b.notna()) | broke].copy()
+    broke = broke[m.index]
     m["ratio_b_over_a"] = m.median_ms_b / m.median_ms_a
     if "graph_median_ms" in times:  # the GPU work alone, beside the event-timed ratio
         m["graph_ratio_b_over_a"] = m.graph_median_ms_b / m.graph_median_ms_a
-    m["regression"] = m.ratio_b_over_a > 1 + threshold
-    return m, int(m.regression.sum())
+    slower = m.ratio_b_over_a > 1 + threshold
+    m["regression"] = slower | broke
+    m["why"] = [
+        (f"error in b: {err}" if isinstance(err, str) else "failed the check in b")
+        if fails
+        else ("slower" if slow else "")
+        for fails, slow, err in zip(broke, slower, m.error_b, strict=True)
+    ]
+    return m.reset_index(drop=True), int(m.regression.sum())

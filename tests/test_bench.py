@@ -4,6 +4,7 @@ CLI (rows, resume, error rows, report with charts) and the comparison of two run
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -191,6 +192,39 @@ def test_compare_flags_regressions(tmp_path):
     assert regressions == 1
     assert table.set_index("provider").regression.to_dict() == {"eager": False, "compile": True}
     assert main(["compare", str(a), str(b)]) == 1
+
+
+def test_compare_flags_cases_that_stop_passing(tmp_path, capsys):
+    """A case that passed in the old run and fails its check, or errors, in the new one is
+    a regression whatever its time; one failing in both, or not checked (pytest-benchmark
+    rows), is compared on time alone."""
+    shape, oom = "2x3x4x4", "OutOfMemoryError"
+    old = [
+        bench_row("dice", "triton", shape, "fp32", 1.0),
+        bench_row("dice", "compile", shape, "fp32", 1.0),
+        bench_row("dice", "eager", shape, "fp32", 1.0, passed=False),
+        bench_row("dice", "smp", shape, "fp32", 1.0, passed=None),
+        bench_row("dice", "monai", shape, "fp32", 1.0),
+    ]
+    new = [
+        bench_row("dice", "triton", shape, "fp32", 0.5, passed=False),
+        bench_row("dice", "compile", shape, "fp32", math.nan, passed=False, error=oom),
+        bench_row("dice", "eager", shape, "fp32", 1.0, passed=False),
+        bench_row("dice", "smp", shape, "fp32", 1.0, passed=False),
+        bench_row("dice", "monai", shape, "fp32", 1.0, passed=None),
+    ]
+    a, b = save_run(tmp_path / "a", old), save_run(tmp_path / "b", new)
+    table, regressions = compare(a, b, threshold=0.05)
+    assert regressions == 2
+    assert table.set_index("provider").why.to_dict() == {
+        "triton": "failed the check in b",
+        "compile": "error in b: OutOfMemoryError",
+        "eager": "",
+        "smp": "",
+        "monai": "",
+    }
+    assert main(["compare", str(a), str(b)]) == 1
+    assert "error in b: OutOfMemoryError" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("per_image", [False, True])
