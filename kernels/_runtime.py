@@ -103,11 +103,10 @@ def on_device_of(tensor: object) -> contextlib.AbstractContextManager:
 def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a public kernel function: its bool options pass ``checks_flags``, its first
     argument (positional or by name) must be a tensor, of a dtype in ``KERNEL_DTYPES`` if
-    it is float, off the CPU on a machine without a GPU unless Triton interprets
-    (:func:`check_launchable`), and it
-    runs with that tensor's device current (:func:`on_device_of`). The
-    kernels compute in float32, so float64 logits are refused rather than rounded without
-    a word (``segtriton.reference`` computes in float64)."""
+    it is float, and launchable (:func:`check_launchable`), and it runs with that tensor's
+    device current (:func:`on_device_of`). The kernels compute in float32, so float64
+    logits are refused rather than rounded without a word (``segtriton.reference``
+    computes in float64)."""
     checked: Callable[..., R] = checks_flags(fn)
     first = next(iter(inspect.signature(fn).parameters))
 
