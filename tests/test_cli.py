@@ -46,7 +46,34 @@ def test_check_reports_environment_and_runs_a_kernel():
     assert out.returncode == 0, out.stdout + out.stderr
     for key in ("torch", "triton", "cuda_available", "triton_interpret", "peer:monai"):
         assert key in out.stdout
-    assert "smoke kernel" in out.stdout and ": ok" in out.stdout
+    mode = "compiled" if torch.cuda.is_available() else "Triton interpreter"
+    assert f"smoke kernel on {'cuda' if torch.cuda.is_available() else 'cpu'} ({mode}): ok" in (
+        out.stdout
+    )
+    torch_line = next(line for line in out.stdout.splitlines() if line.startswith("torch "))
+    assert torch_line.split() == ["torch", torch.__version__]
+
+
+def test_traffic_refuses_compiled_triton(monkeypatch, capsys):
+    from segtriton.bench.cli import main
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert main(["traffic"]) == 2
+    assert "segtriton traffic runs in the interpreter" in capsys.readouterr().err
+
+
+def test_compare_allows_five_percent_by_default(tmp_path, capsys):
+    from bench_rows import bench_row, save_run
+
+    from segtriton.bench.cli import main
+
+    runs = [
+        save_run(tmp_path / name, [bench_row("dice", "triton", "2x3x4x4", "fp32", ms)])
+        for name, ms in (("a", 1.0), ("b", 1.04), ("c", 1.06))
+    ]
+    assert main(["compare", str(runs[0]), str(runs[1])]) == 0
+    assert main(["compare", str(runs[0]), str(runs[2])]) == 1
+    assert "1 regression(s): slower by more than 5%" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
