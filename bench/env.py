@@ -25,6 +25,9 @@ def _version(dist: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    """HEAD of the checkout the package runs from, ending in '-dirty' where tracked files
+    differ from it (uncommitted code is not stamped as the commit), or None outside a git
+    checkout or without git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(
@@ -35,9 +38,15 @@ def _git_commit() -> str | None:
             timeout=5,
             check=True,
         )
+        changed = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--"], cwd=here, capture_output=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    commit = out.stdout.strip()
+    if not commit:
+        return None
+    return commit + ("-dirty" if changed.returncode == 1 else "")
 
 
 def environment() -> dict[str, object]:

@@ -281,6 +281,12 @@ def recommendations(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _short_commit(commit: object) -> str:
+    """A stamped commit cut to 10 hex digits, keeping a '-dirty' mark."""
+    text = str(commit)
+    return text[:10] + ("-dirty" if text.endswith("-dirty") else "")
+
+
 def build_report(dirs: list[Path], out: Path) -> Path:
     """Charts and report.md for the runs in ``dirs``, written to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -318,7 +324,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         f"- runs: {', '.join(str(d) for d in dirs)}",
         f"- device: {meta.get('gpu') or meta.get('device', '?')}; torch {meta.get('torch')}; "
         f"triton {meta.get('triton')}; segtriton {meta.get('segtriton')} "
-        f"(commit {str(meta.get('git_commit'))[:10]}); date {meta.get('date')}; kernel knobs "
+        f"(commit {_short_commit(meta.get('git_commit'))}); date {meta.get('date')}; kernel knobs "
         f"SEGTRITON_MAX_TILE={meta.get('max_tile', '?')}, "
         f"SEGTRITON_STAGES={meta.get('stages', '?')}",
         f"- measured copy bandwidth: {meta.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s"

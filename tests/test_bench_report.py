@@ -198,3 +198,13 @@ def test_charts_draw_the_rows_numbers(tmp_path, monkeypatch):
     ]
     assert report._chart_speedup(pd.DataFrame(rows), tmp_path / "speedup.png", "eager")
     assert sorted(texts) == ["2.0x", "3.0x"]
+
+
+@pytest.mark.parametrize(
+    ("commit", "shown"),
+    [("0123456789abcdef", "0123456789"), ("0123456789abcd-dirty", "0123456789-dirty")],
+)
+def test_the_report_header_keeps_a_dirty_mark(tmp_path, commit, shown):
+    run = save_run(tmp_path / "run", [_row("triton", "2x3x4x4", 1.0)])
+    (run / "meta.json").write_text(json.dumps({"git_commit": commit}))
+    assert f"(commit {shown});" in report.build_report([run], run).read_text()

@@ -119,9 +119,25 @@ def test_environment_names_versions_commit_and_the_peers():
     try:  # a copy of the tree without .git, or a machine without git, has no commit
         run = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here)
         head = run.stdout.strip() if run.returncode == 0 else ""
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here).returncode == 1
     except OSError:
         head = ""
-    assert info["git_commit"] == (head or None)
+    assert info["git_commit"] == ((head + "-dirty" * dirty) if head else None)
+
+
+def test_a_checkout_with_changes_is_stamped_dirty(monkeypatch):
+    """Tracked files that differ from HEAD (``git diff --quiet`` exits 1) mark the commit,
+    so a run of uncommitted code is not credited to it."""
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd[:3])
+        changed = cmd[1] == "diff"
+        return types.SimpleNamespace(stdout="" if changed else "abc123\n", returncode=int(changed))
+
+    monkeypatch.setattr(env.subprocess, "run", run)
+    assert env._git_commit() == "abc123-dirty"
+    assert calls == [["git", "rev-parse", "HEAD"], ["git", "diff", "--quiet"]]
 
 
 def test_environment_describes_the_gpu_where_there_is_one(monkeypatch):
@@ -144,7 +160,7 @@ def test_driver_version_reads_the_first_gpu_and_lookups_survive_a_missing_tool(
     def run(*args, **kwargs):
         if stdout is None:
             raise FileNotFoundError("nvidia-smi")
-        return types.SimpleNamespace(stdout=stdout)
+        return types.SimpleNamespace(stdout=stdout, returncode=0)
 
     monkeypatch.setattr(env.subprocess, "run", run)
     assert env._driver_version() == want
