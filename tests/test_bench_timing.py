@@ -143,7 +143,7 @@ def test_a_checkout_with_changes_is_stamped_dirty(monkeypatch):
 def test_environment_describes_the_gpu_where_there_is_one(monkeypatch):
     props = types.SimpleNamespace(name="GPU X", total_memory=80 * 2**30, multi_processor_count=132)
     monkeypatch.setattr(env.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(env.torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(env.torch.cuda, "get_device_properties", {0: props}.__getitem__)
     monkeypatch.setattr(env, "_driver_version", lambda: "550.1")
     info = env.environment()
     assert (info["gpu"], info["gpu_memory_gib"], info["sm_count"]) == ("GPU X", 80.0, 132)
@@ -157,7 +157,9 @@ def test_environment_describes_the_gpu_where_there_is_one(monkeypatch):
 def test_driver_version_reads_the_first_gpu_and_lookups_survive_a_missing_tool(
     monkeypatch, stdout, want
 ):
-    def run(*args, **kwargs):
+    def run(cmd, **kwargs):
+        if cmd[0] == "nvidia-smi":  # str output, and a failing tool raises
+            assert kwargs["text"] and kwargs["check"]
         if stdout is None:
             raise FileNotFoundError("nvidia-smi")
         return types.SimpleNamespace(stdout=stdout, returncode=0)
