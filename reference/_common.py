@@ -132,7 +132,7 @@ def check_numbers(name: str, values: object) -> list[float]:
     """``values`` as a list of floats: a sequence (list, tuple, 1-D array) of real numbers,
     else a TypeError naming ``name`` (their range is the caller's to check)."""
     numbers_ = None if isinstance(values, (str, bytes)) else _python_numbers(values)
-    if numbers_ is None:
+    if numbers_ is None or _holds_bools(values):
         raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
     return numbers_
 
@@ -430,6 +430,19 @@ def device_constant(
     return hit
 
 
+def _holds_bools(value: object) -> bool:
+    """Whether ``value`` is a bool tensor or array, or a sequence holding a bool: a bool is
+    not a number here (torch refuses a bool ``weight``, and ``[True, False]`` is more
+    likely a class mask than weights)."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype == torch.bool
+    if isinstance(value, np.ndarray):
+        return value.dtype == np.bool_
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return any(isinstance(v, (bool, np.bool_)) for v in value)
+    return False
+
+
 def _python_numbers(value: object) -> list[float] | None:
     """``value`` as a list of floats when it is a sequence of Python/NumPy reals, else None."""
     if isinstance(value, np.ndarray):
@@ -483,7 +496,8 @@ def check_class_vector(
 
     ``value``: C numbers, or one for every class (a number, a one-element list or tensor,
     as torch broadcasts ``pos_weight``); a tensor may also be shaped ``[C, 1, ..., 1]``,
-    the per-class form that broadcasts against ``[B, C, *spatial]`` in torch. A list of
+    the per-class form that broadcasts against ``[B, C, *spatial]`` in torch; bools, in a
+    list or as a bool tensor, are refused, as torch refuses a bool ``weight``. A list of
     numbers is checked on the host (an entry out of range is rejected, at no cost) and
     becomes a cached :func:`device_constant`. A tensor's values are read only as
     :func:`reads_values` says."""
@@ -492,6 +506,8 @@ def check_class_vector(
     if is_number(value) and not isinstance(value, bool):
         value = [value]
     numbers_ = _python_numbers(value)  # None unless a sequence or array of numbers
+    if _holds_bools(value):
+        raise TypeError(f"{name} must hold numbers, got bools in a {type(value).__name__}")
     if isinstance(value, (str, bytes)) or not isinstance(
         value, (torch.Tensor, np.ndarray, Sequence)
     ):

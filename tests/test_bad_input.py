@@ -623,3 +623,28 @@ def test_kernels_refuse_cpu_tensors_without_the_interpreter(gen, monkeypatch):
         metric.update(y, y)
     with pytest.raises(ValueError, match=r"or call segtriton.reference.cross_entropy$"):
         ker.cross_entropy(x, y)
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_bool_class_vectors_are_refused(entry, gen):
+    """A per-class option (weight, pos_weight, alpha) of bools, as a list or a bool tensor,
+    is refused in the reference and the kernel alike (torch refuses a bool ``weight``;
+    read as 1/0 it would pass for weights), as a lone bool is."""
+    params = inspect.signature(entry.reference).parameters
+    names = [n for n, p in params.items() if "Tensor | Sequence[float]" in str(p.annotation)]
+    x, y = (t.to(DEVICE) for t in _inputs(entry, gen))
+    C = x.shape[1]
+    for name in names:
+        for bad in ([True] * C, torch.ones(C, dtype=torch.bool, device=DEVICE)):
+            for fn in (entry.reference, entry.kernel):
+                with pytest.raises(TypeError, match=f"{name} must hold numbers, got bools"):
+                    fn(x, y, **{**entry.variants[0], name: bad})
+
+
+def test_bool_spacing_and_supervision_weights_are_refused():
+    x, y = torch.randn(2, 3, 4, 5).to(DEVICE), torch.randint(0, 3, (2, 4, 5)).to(DEVICE)
+    for lib in (ref, ker):
+        with pytest.raises(TypeError, match=r"spacing must be a sequence of numbers, got \[True"):
+            lib.boundary_loss(x, y, spacing=[True, 1.0])
+    with pytest.raises(TypeError, match="weights must be a sequence of numbers"):
+        ref.DeepSupervisionLoss(ref.dice_loss, weights=[1.0, True])
