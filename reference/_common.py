@@ -293,14 +293,19 @@ def check_labels(
     return label_mask(target, logits.shape[1], ignore_index)
 
 
+def check_real_tensor(name: str, x: object) -> None:
+    """``x`` must be a real (not complex) tensor: masks, probabilities or logits."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+
+
 def mask_shape(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary/multilabel target as ``[B, C, *S]`` (a ``[B, *S]`` mask for C = 1 gains the
     channel dim), checked against the logits without reading values."""
     check_logits(logits)
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if target.is_complex():
-        raise TypeError(f"target must be real, got dtype {target.dtype}")
+    check_real_tensor("target", target)
     if logits.shape[1] == 1 and target.dim() == logits.dim() - 1:
         target = target.unsqueeze(1)
     if target.shape != logits.shape:

@@ -25,6 +25,7 @@ from ._common import (
     check_num_classes,
     check_number,
     check_numbers,
+    check_real_tensor,
     is_finite,
     mask_shape,
     not_ignored,
@@ -65,13 +66,10 @@ def check_map_target(target: torch.Tensor, mode: str, what: str) -> None:
     (``C = 1`` for 'binary'), with at least one spatial dim."""
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
     if mode == "multiclass":
-        check_label_dtype(target)
+        check_label_dtype(target)  # a tensor of integers, not empty
         layout, dims = "labels [B, *spatial]", 2
     else:
-        if not isinstance(target, torch.Tensor):
-            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-        if target.is_complex():
-            raise TypeError(f"target must be real, got dtype {target.dtype}")
+        check_real_tensor("target", target)
         layout, dims = "masks [B, C, *spatial]", 3
     if target.dim() < dims:
         raise ValueError(

@@ -24,6 +24,7 @@ from ._common import (
     check_ignore_index,
     check_label_dtype,
     check_num_classes,
+    check_real_tensor,
     checks_flags,
     device_constant,
     label_mask,
@@ -77,11 +78,8 @@ def check_mask_inputs(
 ) -> None:
     """Multilabel inputs: preds and target of one shape ``[B, C, *S]`` with C =
     ``num_classes``, on one device (no value reads)."""
-    for name, x in (("preds", preds), ("target", target)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.is_complex():
-            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    check_real_tensor("preds", preds)
+    check_real_tensor("target", target)
     check_ignore_index(ignore_index, labels=False)
     if preds.dim() < 3 or preds.shape[1] != num_classes:
         raise ValueError(
