@@ -53,7 +53,7 @@ _cpu_launches = False  # set by cpu_launches()
 
 @contextlib.contextmanager
 def cpu_launches() -> Iterator[None]:
-    """Within the block, :func:`check_launchable` lets CPU tensors through: for
+    """Within the block, :func:`launch_on` lets CPU tensors through: for
     ``segtriton.bench.aot``, whose launches compile for a GPU that is not there."""
     global _cpu_launches
     before, _cpu_launches = _cpu_launches, True
@@ -63,7 +63,7 @@ def cpu_launches() -> Iterator[None]:
         _cpu_launches = before
 
 
-def check_launchable(tensor: torch.Tensor, name: str, arg: str) -> None:
+def _check_launchable(tensor: torch.Tensor, name: str, arg: str) -> None:
     """Refuse a CPU tensor on a machine without a CUDA device unless Triton runs in its
     interpreter: compiled Triton kernels launch on a GPU only, and Triton's own error there
     ("0 active drivers") names neither the tensor nor the way out. Beside a GPU, Triton
@@ -100,11 +100,19 @@ def on_device_of(tensor: object) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def launch_on(tensor: torch.Tensor, name: str, arg: str) -> contextlib.AbstractContextManager:
+    """The context in which the public entry ``name`` launches kernels on the tensor
+    ``arg``: that tensor's device current (:func:`on_device_of`), once a CPU tensor that no
+    GPU or interpreter can run has been refused (:func:`_check_launchable`)."""
+    _check_launchable(tensor, name, arg)
+    return on_device_of(tensor)
+
+
 def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a public kernel function: its bool options pass ``checks_flags``, its first
     argument (positional or by name) must be a tensor, of a dtype in ``KERNEL_DTYPES`` if
-    it is float, and launchable (:func:`check_launchable`), and it runs with that tensor's
-    device current (:func:`on_device_of`). The kernels compute in float32, so float64
+    it is float, and it runs in that tensor's :func:`launch_on` context. The kernels
+    compute in float32, so float64
     logits are refused rather than rounded without a word (``segtriton.reference``
     computes in float64)."""
     checked: Callable[..., R] = checks_flags(fn)
@@ -123,8 +131,7 @@ def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
                 f"(it computes in float32), got {x.dtype}; "
                 f"segtriton.reference.{fn.__name__} computes in float64"
             )
-        check_launchable(x, fn.__name__, first)
-        with on_device_of(x):
+        with launch_on(x, fn.__name__, first):
             return checked(*args, **kwargs)
 
     return cast("Callable[P, R]", entry)

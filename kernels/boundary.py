@@ -38,7 +38,7 @@ from segtriton.reference._common import (
 from ._boundary_kernels import _boundary_kernel, _pred_sites_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
-from ._runtime import check_launchable, kernel_api, on_device_of
+from ._runtime import kernel_api, launch_on
 from ._tiles import (
     cdiv,
     class_blocks,
@@ -194,7 +194,6 @@ def _class_map(
     and the boundary loss's map: the maps of ``classes`` (distinct, increasing), by
     default of every class."""
     ref_boundary.check_map_target(target, mode, what)
-    check_launchable(target, what, "target")
     labels = mode == "multiclass"
     check_ignore_index(ignore_index, labels)
     if labels:
@@ -209,7 +208,7 @@ def _class_map(
     spacing = list(ref_boundary.check_spacing(spacing, nd))
     ign = ignore_value(ignore_index, target, labels)
     maps = list(range(num_classes)) if classes is None else classes
-    with on_device_of(target):
+    with launch_on(target, what, "target"):
         return _class_map_op(target, maps, labels, spacing, ign, kind)
 
 

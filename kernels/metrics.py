@@ -51,7 +51,7 @@ from segtriton.reference.metrics import (
 )
 
 from ._metrics_kernels import _confusion_kernel, _multilabel_counts_kernel
-from ._runtime import check_launchable, kernel_api, on_device_of
+from ._runtime import kernel_api, launch_on
 from ._tiles import (
     cdiv,
     class_blocks,
@@ -366,11 +366,10 @@ class StreamingMetrics:
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         if not isinstance(target, torch.Tensor):
             raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-        check_launchable(target, "StreamingMetrics", "target")
-        if self._cm.device != target.device:
-            self._to(target.device)
         per_image = self.average == "image"
-        with on_device_of(target):
+        with launch_on(target, "StreamingMetrics", "target"):  # refused: state not moved
+            if self._cm.device != target.device:
+                self._to(target.device)
             cm, bad = _matrix(
                 preds, target, self.num_classes, self.ignore_index, per_image, self.mode
             )
