@@ -233,7 +233,8 @@ def _with_graph_rows(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df, graph], ignore_index=True)
 
 
-CASE = ["shape", "label_dtype", "memory_format", "ignore_frac"]
+# the cases a recommendation ranks over: KEYS less those it is made per (with the regime)
+CASE = [k for k in KEYS if k not in ("loss", "dtype", "mode")]
 
 
 def _common_cases(times: pd.DataFrame) -> pd.DataFrame:
