@@ -165,6 +165,27 @@ def test_timed_steps_scale_the_backward_and_time_a_forward_without_a_graph():
     assert not runner.make_step("fwd", forward, x)().requires_grad
 
 
+@pytest.mark.parametrize(
+    "provider, mode", [("compile", "default"), ("compile-max-autotune", "max-autotune")]
+)
+def test_compile_rows_compile_the_reference_in_their_mode_and_time_the_first_call(
+    monkeypatch, provider, mode
+):
+    """A compile row hands the reference to ``torch.compile`` with its provider's mode and
+    records the first call (where compiling happens) apart from the timed ones."""
+    asked = []
+
+    def compile_(fn, **kw):
+        asked.append((fn, kw))
+        return lambda *a, **k: (runner.time.sleep(0.05), fn(*a, **k))[1]
+
+    monkeypatch.setattr(runner.torch, "compile", compile_)
+    monkeypatch.setattr(runner, "time_fn", lambda *a, **k: {"median_ms": 1.0})
+    row = runner.run_case(_case("dice", provider), CPU, copy_gbps=1.0, reps=1)
+    assert asked == [(get("dice").reference, {"mode": mode, "dynamic": False})]
+    assert row["passed"] and 0.05 <= row["first_call_s"] < 5, row
+
+
 def test_speedups_compare_rows_of_the_same_case_only():
     rows = [
         bench_row("dice", provider, "2x3x4x4", dtype, ms)
