@@ -250,20 +250,36 @@ def _common_cases(times: pd.DataFrame) -> pd.DataFrame:
     return times.loc[:, times.notna().all()]
 
 
+def _why_unranked(rows: pd.DataFrame) -> str:
+    """Why a provider with no timed row that passed in a regime is absent from its ranking."""
+    if (rows.passed == True).any():  # noqa: E712
+        return "not timed"  # a Triton row checked in the interpreter
+    return "not checked" if rows.passed.isna().all() else "failed"
+
+
 def recommendations(df: pd.DataFrame) -> pd.DataFrame:
     """Per loss, regime, dtype and mode: the fastest provider among rows that passed, by
     the median over the regime's cases (shape, label dtype, layout, ignored fraction). All
-    ranked providers are compared on the same cases: one that passed only some of them
-    (an OOM, a compile failure or a wrong value at the others) is not ranked and is named
-    under 'not ranked' with its count."""
-    ok = df[(df.passed == True) & df.median_ms.notna()]  # noqa: E712
+    ranked providers are compared on the same cases. 'not ranked' names the regime's other
+    providers: one that passed only some of the cases (an OOM, a compile failure or a wrong
+    value at the others), with its count; one whose rows all failed or errored ('failed'),
+    were not timed (Triton in the interpreter) or never checked (pytest-benchmark)."""
+    df = df.assign(regime=df["shape"].map(_regime))
+    timed = (df.passed == True) & df.median_ms.notna()  # noqa: E712
     out = []
-    ok = ok.assign(regime=ok["shape"].map(_regime))
-    for (loss, regime, dtype, mode), g in ok.groupby(["loss", "regime", "dtype", "mode"]):
-        times = g.pivot_table(index=CASE, columns="provider", values="median_ms")
+    for (loss, regime, dtype, mode), group in df.groupby(["loss", "regime", "dtype", "mode"]):
+        ok = group[timed[group.index]]
+        if ok.empty:
+            continue
+        times = ok.pivot_table(index=CASE, columns="provider", values="median_ms")
         ranked = _common_cases(times)
         per = ranked.median().sort_values()
-        left_out = times.notna().sum().drop(ranked.columns)
+        left_out = [
+            f"{p} ({n} of {len(times)})"
+            for p, n in times.notna().sum().drop(ranked.columns).items()
+        ]
+        absent = group[~group.provider.isin(times.columns)]
+        left_out += [f"{p} ({_why_unranked(rows)})" for p, rows in absent.groupby("provider")]
         out.append(
             {
                 "loss": loss,
@@ -275,8 +291,7 @@ def recommendations(df: pd.DataFrame) -> pd.DataFrame:
                 "x faster than next": per.iloc[1] / per.iloc[0] if len(per) > 1 else math.nan,
                 "x faster than eager": per.get("eager", math.nan) / per.iloc[0],
                 "cases": len(ranked),
-                "not ranked": ", ".join(f"{p} ({n} of {len(times)})" for p, n in left_out.items())
-                or "-",
+                "not ranked": ", ".join(left_out) or "-",
             }
         )
     return pd.DataFrame(out)
@@ -442,7 +457,8 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "",
         "Fastest provider per loss and shape regime among rows that passed the float64 "
         "check: the median of its medians above over the regime's cases, every ranked "
-        "provider on the same cases ('not ranked': providers that passed only some).",
+        "provider on the same cases ('not ranked': the regime's other providers, with the "
+        "share of its cases they passed, or why none counts).",
         "",
     ]
     lines += [md_table(rec) if len(rec) else "No timed rows passed: nothing to recommend.", ""]
