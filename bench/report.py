@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from segtriton.registry import KINK_SHARE  # noqa: E402
 
@@ -126,35 +127,69 @@ def md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# case columns besides loss, shape and dtype, named in a chart's labels where they vary
+_SIDE = {
+    "mode": "{}",
+    "memory_format": "{}",
+    "label_dtype": "labels {}",
+    "ignore_frac": "ignore {:g}",
+}
+
+
+def _varying(df: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The ``columns`` of ``df`` holding more than one value."""
+    return [c for c in columns if c in df and df[c].nunique(dropna=False) > 1]
+
+
+def _side_label(row: pd.Series, columns: list[str]) -> str:
+    return " ".join(_SIDE[c].format(row[c]) for c in columns)
+
+
+def _size_ticks(ax: plt.Axes, sizes: pd.Series) -> None:
+    """Label the x axis (log) at the sizes drawn, skipping one within 1.5x of the last."""
+    kept: list[int] = []
+    for v in sorted(set(sizes)):
+        if not kept or v >= 1.5 * kept[-1]:
+            kept.append(v)
+    ax.set_xticks(kept, [f"{v / 1e6:.3g}M" if v >= 1e6 else f"{v / 1e3:.3g}k" for v in kept])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def _chart_time(df: pd.DataFrame, path: Path) -> bool:
+    """Median time (p20-p80 bars) against logit elements: a panel per loss and mode, a line
+    per provider and dtype, split further by any case column that varies (layout, label
+    dtype, ignored share), so one line never joins two kinds of case."""
     timed = df[df.median_ms.notna()]
     if timed.empty:
         return False
-    losses = sorted(timed.loss.unique())
-    cols = min(3, len(losses))
-    rows = math.ceil(len(losses) / cols)
+    timed = timed.assign(px=timed["shape"].map(_pixels) * timed["shape"].map(_classes))
+    modes = _varying(timed, ["mode"])
+    panels = list(timed.groupby(["loss", *modes]))
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    for ax, loss in zip(axes.flat, losses, strict=False):
-        sub = timed[timed.loss == loss]
-        for (prov, dtype), g in sub.groupby(["provider", "dtype"]):
-            g = g.assign(px=g["shape"].map(_pixels) * g["shape"].map(_classes)).sort_values("px")
+    side = _varying(timed, ["memory_format", "label_dtype", "ignore_frac"])
+    for ax, (key, sub) in zip(axes.flat, panels, strict=False):
+        for (prov, dtype, *_), g in sub.groupby(["provider", "dtype", *side]):
+            g = g.sort_values(["px", "shape"])
             ax.errorbar(
                 g.px,
                 g.median_ms,
                 yerr=[g.median_ms - g.p20_ms, g.p80_ms - g.median_ms],
                 marker="o",
                 capsize=2,
-                label=f"{prov} {dtype}",
+                label=f"{prov} {dtype} {_side_label(g.iloc[0], side)}".strip(),
             )
         ax.set(
             xscale="log",
             yscale="log",
-            title=loss,
+            title=" ".join(key),
             xlabel="logit elements (B*C*pixels)",
             ylabel="median ms (p20-p80)",
         )
+        _size_ticks(ax, sub.px)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(losses) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -203,14 +238,20 @@ def _chart_bars(
     logx: bool = False,
     line_at: float | None = None,
 ) -> bool:
-    """Horizontal bars of ``column`` per case (loss, shape, dtype), one bar per provider."""
+    """Horizontal bars of ``column`` per case (loss, shape, dtype and any other case column
+    that varies), one bar per provider; per loss from the smallest case down."""
     if column not in df:
         return False
     rows = df[df[column].notna()]
     if rows.empty:
         return False
+    side = _varying(rows, list(_SIDE))
     case = rows.loss + " " + rows["shape"] + " " + rows.dtype
-    pivot = rows.assign(case=case).pivot_table(index="case", columns="provider", values=column)
+    if side:
+        case = case + " " + rows.apply(_side_label, axis=1, columns=side)
+    rows = rows.assign(case=case, size=rows["shape"].map(_pixels) * rows["shape"].map(_classes))
+    order = rows.sort_values(["loss", "size", "case"], ascending=False).case.unique()
+    pivot = rows.pivot_table(index="case", columns="provider", values=column).loc[order]
     ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2), logx=logx)
     if line_at is not None:
         ax.axvline(line_at, color="k", lw=0.8)

@@ -201,6 +201,46 @@ def test_charts_draw_the_rows_numbers(tmp_path, monkeypatch):
     assert sorted(texts) == ["2.0x", "3.0x"]
 
 
+def test_a_chart_line_never_joins_two_kinds_of_case(tmp_path, monkeypatch):
+    """fwd and fwd+bwd rows get panels of their own, and layouts their own lines (named in
+    the legend); the bar charts keep them apart as cases instead of averaging them."""
+    from matplotlib.axes import Axes
+
+    lines, bars = [], []
+    errorbar = Axes.errorbar
+
+    def record(self, x, y, yerr=None, label=None, **kw):
+        lines.append((self, label, list(y)))
+        return errorbar(self, x, y, yerr=yerr, label=label, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", record)
+    rows = [
+        _row("triton", shape, ms, mode=mode, memory_format=fmt, p20_ms=ms, p80_ms=ms)
+        for mode, base in (("fwd", 1.0), ("fwd+bwd", 3.0))
+        for fmt, extra in (("contiguous", 0.0), ("channels_last", 0.5))
+        for shape, ms in (("2x3x4x4", base + extra), ("2x3x8x8", 2 * base + extra))
+    ]
+    assert report._chart_time(pd.DataFrame(rows), tmp_path / "time.png")
+    assert sorted((ax.get_title(), label, y) for ax, label, y in lines) == [
+        ("dice fwd", "triton fp32 channels_last", [1.5, 2.5]),
+        ("dice fwd", "triton fp32 contiguous", [1.0, 2.0]),
+        ("dice fwd+bwd", "triton fp32 channels_last", [3.5, 6.5]),
+        ("dice fwd+bwd", "triton fp32 contiguous", [3.0, 6.0]),
+    ]
+    plot = pd.DataFrame.plot
+
+    def record_bars(self):
+        bars.append(self)
+        return plot(self)
+
+    monkeypatch.setattr(pd.DataFrame, "plot", property(record_bars))
+    df = pd.DataFrame(rows).assign(pct_of_copy_bw=lambda d: 10 * d.median_ms)
+    assert report._chart_bars(df, "pct_of_copy_bw", "%", tmp_path / "floor.png")
+    (pivot,) = bars
+    assert pivot.loc["dice 2x3x4x4 fp32 fwd channels_last", "triton"] == 15.0
+    assert pivot.shape == (8, 1)
+
+
 @pytest.mark.parametrize(
     ("commit", "shown"),
     [("0123456789abcdef", "0123456789"), ("0123456789abcd-dirty", "0123456789-dirty")],
