@@ -199,7 +199,7 @@ def _chart_time(df: pd.DataFrame, path: Path) -> bool:
 
 def speedup_table(df: pd.DataFrame, base: str) -> pd.DataFrame:
     """Median speedup of the Triton rows over ``base``: classes C down, pixels across
-    (the median is over losses, dtypes and modes; other providers' rows are not in it)."""
+    (the median is over losses, dtypes, modes and layouts; other providers' rows are not in it)."""
     tri = df[(df.provider == "triton") & df[f"speedup_vs_{base}"].notna()]
     tri = tri.assign(C=tri["shape"].map(_classes), px=tri["shape"].map(_pixels))
     return tri.groupby(["C", "px"])[f"speedup_vs_{base}"].median().unstack("px")
@@ -221,7 +221,7 @@ def _chart_speedup(df: pd.DataFrame, path: Path, base: str) -> bool:
     ax.set(
         xlabel="pixels (B*spatial)",
         ylabel="classes C",
-        title=f"Triton speedup over {base} (median over losses, dtypes)",
+        title=f"Triton speedup over {base} (median over the cases of each cell)",
     )
     fig.colorbar(im, label="log2 speedup")
     fig.tight_layout()
