@@ -81,8 +81,10 @@ def lovasz_hinge_loss(
     (masks may also be ``[B, *S]``); 'multilabel' pools the entries of every channel into
     the unit, as smp's ``LovaszLoss('multilabel')``: the surrogate of the Jaccard index of
     all (pixel, channel) entries. ``per_image=False`` pools the batch into one sort (smp,
-    mmseg); ``per_image=True`` gives one value per image (Berman, kornia). A unit whose
-    entries are all ignored gives 0.
+    mmseg); ``per_image=True`` gives one value per image (Berman, kornia).
+    ignore_index: entries whose target equals it are left out of their unit (no error, no
+    place in the sorted order, not in the intersection or union); a unit whose entries
+    are all ignored gives 0.
 
     reduction over units (1 pooled, or B images): 'mean', 'sum', 'none' (``[units]``).
     """
@@ -118,6 +120,8 @@ def lovasz_softmax_loss(
     classes: 'present' (classes with at least one valid pixel in the unit; a unit with
     none gives 0, as in Berman's code), 'all' (an absent class contributes
     ``max_i p_i(c)``), or a list of class indices.
+    ignore_index: pixels with this label are left out of every unit: no error, no place in
+    the sorted order, not counted in any class's intersection or union.
     reduction over units: 'mean', 'sum', 'none' (``[units]``).
     """
     valid = check_labels(logits, target, ignore_index)

@@ -365,14 +365,16 @@ def segmentation_metrics(
       image's ``nanmean`` over classes (images where all are NaN are left out), and
       ``pixel_accuracy``, ``overall_mcc`` and ``generalized_dice`` are means of
       per-image values (MONAI's and torchmetrics' generalized Dice average images).
-    mode: the inputs, as :func:`confusion_matrix` reads them. 'multilabel' scores each
+    preds, target, num_classes, ignore_index, mode: as :func:`confusion_matrix` reads
+      them (a pixel, or multilabel entry, whose target is ``ignore_index`` is counted
+      nowhere: not in any class's TP, FP, FN or TN). 'multilabel' scores each
       channel's mask on its own (true positives, target and predicted entries of that
       channel), so IoU / Dice per channel are those of BraTS's regions, and
       ``pixel_accuracy`` is the fraction of counted (pixel, channel) entries predicted
       right (torchmetrics' MultilabelAccuracy with average='micro').
     classes: the classes reported per class and averaged in the means, column k for
       ``classes[k]`` (every class by default); ``range(1, C)`` leaves the background out
-      as MONAI's ``include_background=False``. Every pixel is still counted: the matrix,
+      as MONAI's ``include_background=False``. Every pixel not ignored still counts: the matrix,
       ``pixel_accuracy`` and each class's false positives cover all classes.
     Returns float64 tensors and the int64 ``confusion_matrix`` (``[C, C]`` or
     ``[B, C, C]``; multilabel ``[C, 2, 2]`` or ``[B, C, 2, 2]``).
