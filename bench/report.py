@@ -484,6 +484,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "speedup_vs_eager",
         "speedup_vs_compile",
         "extra_mem_mb",
+        "first_call_s",
         "loss_rel_err",
         "grad_rel_err",
         "grad_identity_err",

@@ -186,6 +186,20 @@ def test_compile_rows_compile_the_reference_in_their_mode_and_time_the_first_cal
     assert row["passed"] and 0.05 <= row["first_call_s"] < 5, row
 
 
+def test_every_compile_row_times_compiled_code(monkeypatch):
+    """Past its recompile limit Dynamo runs a function eagerly without a word, so a sweep's
+    later compile rows would time eager code; each row starts from a fresh cache. With
+    the limit at 1, every one of three shapes still compiles its own graphs."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    for H in (5, 6, 7):
+        graphs = counters["stats"]["unique_graphs"]
+        case = runner.Case("bce", "compile", (2, 1, H, 7), "fp32", "int64", "fwd", "contiguous", 0)
+        row = runner.run_case(case, CPU, copy_gbps=1.0, reps=1)
+        assert row["passed"] and counters["stats"]["unique_graphs"] > graphs, (H, row)
+
+
 def test_speedups_compare_rows_of_the_same_case_only():
     rows = [
         bench_row("dice", provider, "2x3x4x4", dtype, ms)
