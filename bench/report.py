@@ -435,6 +435,16 @@ def build_report(dirs: list[Path], out: Path) -> Path:
             "(grad_rel_err) is shown but not gated.",
             "",
         ]
+    if "graph_breaks" in df:
+        broken = df[df.graph_breaks > 0].groupby("loss").graph_breaks.max().astype(int)
+        if len(broken):
+            lines += [
+                "torch.compile split these references into several graphs, running the "
+                "code between them eagerly (most graph breaks in one first call): "
+                + ", ".join(f"{loss} ({n})" for loss, n in broken.items())
+                + ".",
+                "",
+            ]
     if df.passed.isna().any():
         lines += [
             f"{int(df.passed.isna().sum())} row(s) come from pytest-benchmark and were "

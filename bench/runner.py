@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch._functorch.config
+from torch._dynamo.utils import counters as dynamo_counters
 
 from segtriton.reference._common import value_checks
 from segtriton.registry import KINK_SHARE, LossEntry, get, make_inputs, minimal_bytes
@@ -100,6 +101,11 @@ def _off_share(a: torch.Tensor, b: torch.Tensor, tol: float) -> float:
     return float(off.double().mean())
 
 
+def _graph_breaks() -> int:
+    """The graph breaks Dynamo has counted in this process, over all their reasons."""
+    return sum(dynamo_counters["graph_break"].values())
+
+
 def case_inputs(
     case: Case,
     entry: LossEntry,
@@ -162,6 +168,7 @@ def run_case(
         return fn(xg, t, **options)
 
     row["loss_scale"] = scale = loss_scale(case.dtype)
+    breaks = _graph_breaks()
     t0 = time.perf_counter()
     loss = forward()
     grad = None  # of the loss times scale
@@ -171,6 +178,8 @@ def run_case(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["first_call_s"] = time.perf_counter() - t0  # compile / JIT time included
+    if case.provider.startswith("compile"):
+        row["graph_breaks"] = _graph_breaks() - breaks  # the code between them ran eagerly
 
     xd = x.detach().double().requires_grad_(need_grad)
     ref_loss = entry.reference(xd, t, **options)  # one float64 pass serves loss and gradient

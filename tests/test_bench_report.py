@@ -152,6 +152,19 @@ def test_the_report_counts_interpreter_rows(tmp_path):
     text = report.build_report([run], run).read_text()
     assert "2 Triton row(s) ran in Triton's CPU interpreter" in text
     assert (run / "time.png").stat().st_size > 0
+    assert "graph breaks" not in text
+
+
+def test_the_report_names_losses_whose_compiled_graph_broke(tmp_path):
+    rows = [
+        _row("compile", "2x3x4x4", 1.0, graph_breaks=0),
+        bench_row("boundary", "compile", "2x3x4x4", "fp32", 1.0, graph_breaks=7),
+        bench_row("boundary", "compile", "2x3x8x8", "fp32", 1.0, graph_breaks=9),
+        bench_row("boundary", "eager", "2x3x8x8", "fp32", 2.0),
+    ]
+    run = save_run(tmp_path / "run", rows)
+    text = report.build_report([run], run).read_text()
+    assert "(most graph breaks in one first call): boundary (9)." in text
 
 
 def test_compare_lists_rows_timed_in_both_runs(tmp_path):

@@ -200,6 +200,20 @@ def test_every_compile_row_times_compiled_code(monkeypatch):
         assert row["passed"] and counters["stats"]["unique_graphs"] > graphs, (H, row)
 
 
+def test_compile_rows_count_their_graph_breaks():
+    """OHEM keeps pixels by a data-dependent threshold, so Dynamo breaks its graph there;
+    Dice compiles whole; rows of other providers carry no count."""
+    rows = {
+        (loss, provider): runner.run_case(_case(loss, provider), CPU, copy_gbps=1.0, reps=1)
+        for loss, provider in (("ohem_cross_entropy", "compile"), ("dice", "compile"),
+                               ("dice", "eager"))
+    }  # fmt: skip
+    assert all(row["passed"] for row in rows.values()), rows
+    assert rows["ohem_cross_entropy", "compile"]["graph_breaks"] > 0
+    assert rows["dice", "compile"]["graph_breaks"] == 0
+    assert "graph_breaks" not in rows["dice", "eager"]
+
+
 def test_speedups_compare_rows_of_the_same_case_only():
     rows = [
         bench_row("dice", provider, "2x3x4x4", dtype, ms)
