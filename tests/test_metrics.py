@@ -53,6 +53,8 @@ def test_metric_formulas_on_a_hand_matrix():
     # frequency-weighted IoU: target pixels 6 and 5 weigh IoU 5/8 and 3/6
     m = ref.metrics_from_confusion(cm)
     assert m["fwiou"].item() == pytest.approx((6 * 5 / 8 + 5 * 3 / 6) / 11, rel=1e-15)
+    one = ref.metrics_from_confusion(cm + torch.diag(torch.tensor([0, 0, 1])))  # class 2: 1 px
+    assert one["fwiou"].item() == pytest.approx((6 * 5 / 8 + 5 * 3 / 6 + 1) / 12, rel=1e-15)
     # MCC against the rest: class 0 (TP 5, FN 1, FP 2, TN 3): (15 - 2) / sqrt(7 6 5 4);
     # class 1 (TP 3, FN 2, FP 1, TN 5) the same; class 2, in no target or prediction, NaN
     mcc = m["mcc"].tolist()
