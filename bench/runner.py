@@ -66,8 +66,8 @@ def make_provider(case: Case, entry: LossEntry) -> Callable:
     elif case.provider == "eager":
         fn = entry.reference
     else:
-        # Dynamo compiles a function for at most 8 specialisations (recompile_limit), then
-        # runs it eagerly without a word: a fresh cache per row keeps every row compiled
+        # past recompile_limit (8 cache entries per function) Dynamo runs a function
+        # eagerly without a word: a fresh cache per row keeps every row compiled
         torch._dynamo.reset()
         mode = "max-autotune" if case.provider == "compile-max-autotune" else "default"
         fn = torch.compile(entry.reference, mode=mode, dynamic=False)
