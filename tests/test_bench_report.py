@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -153,6 +154,9 @@ def test_the_report_counts_interpreter_rows(tmp_path):
     assert "2 Triton row(s) ran in Triton's CPU interpreter" in text
     assert (run / "time.png").stat().st_size > 0
     assert "graph breaks" not in text
+    embedded = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert "time.png" in embedded and "speedup_eager.png" not in embedded  # no common case
+    assert all((run / name).is_file() for name in embedded), embedded
 
 
 def test_the_report_names_losses_whose_compiled_graph_broke(tmp_path):
