@@ -218,6 +218,17 @@ def test_charts_draw_the_rows_numbers(tmp_path, monkeypatch):
     assert sorted(texts) == ["2.0x", "3.0x"]
 
 
+def test_size_ticks_label_the_sizes_drawn_without_crowding():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    report._size_ticks(ax, pd.Series([1_250_000, 1_800_000, 39_800_000, 300_000, 1_250_000]))
+    assert list(ax.get_xticks()) == [300_000, 1_250_000, 39_800_000]  # 1.8M: within 1.5x
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["300k", "1.25M", "39.8M"]
+    plt.close(fig)
+
+
 def test_a_chart_line_never_joins_two_kinds_of_case(tmp_path, monkeypatch):
     """fwd and fwd+bwd rows get panels of their own, and layouts their own lines (named in
     the legend); the bar charts keep them apart as cases instead of averaging them."""
