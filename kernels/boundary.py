@@ -25,9 +25,7 @@ from segtriton.reference import boundary as ref_boundary
 from segtriton.reference._common import (
     check_choice,
     check_constant,
-    check_ignore_index,
     check_mode,
-    check_num_classes,
     checked_target,
     checks_flags,
     device_constant,
@@ -193,17 +191,12 @@ def _class_map(
     """The checks and the op behind :func:`signed_distance_map`, :func:`distance_field`
     and the boundary loss's map: the maps of ``classes`` (distinct, increasing), by
     default of every class."""
-    ref_boundary.check_map_target(target, mode, what)
+    num_classes = ref_boundary.check_map_target(target, num_classes, mode, ignore_index, what)
     labels = mode == "multiclass"
-    check_ignore_index(ignore_index, labels)
-    if labels:
-        check_num_classes(num_classes, f"{what} of multiclass labels")
-        if validate:
-            label_mask(target, num_classes, ignore_index)
-    else:
-        if validate:
-            _check_hard(target, ignore_index, what)
-        num_classes = target.shape[1]
+    if validate and labels:
+        label_mask(target, num_classes, ignore_index)
+    elif validate:
+        _check_hard(target, ignore_index, what)
     nd = target.dim() - (1 if labels else 2)
     spacing = list(ref_boundary.check_spacing(spacing, nd))
     ign = ignore_value(ignore_index, target, labels)

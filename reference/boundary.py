@@ -60,10 +60,17 @@ def _each_map(
     return torch.from_numpy(d).to(device)
 
 
-def check_map_target(target: torch.Tensor, mode: str, what: str) -> None:
+def check_map_target(
+    target: torch.Tensor,
+    num_classes: int | None,
+    mode: str,
+    ignore_index: float | None,
+    what: str,
+) -> int:
     """The target of a distance map, checked without reading values: a non-empty tensor,
     integer labels ``[B, *S]`` for 'multiclass', real masks ``[B, C, *S]`` otherwise
-    (``C = 1`` for 'binary'), with at least one spatial dim."""
+    (``C = 1`` for 'binary'), with at least one spatial dim; and ``ignore_index``. Returns
+    the class count: ``num_classes`` (required) for labels, the masks' channels else."""
     check_choice("mode", mode, ("multiclass", "binary", "multilabel"))
     if mode == "multiclass":
         check_label_dtype(target)  # a tensor of integers, not empty
@@ -83,6 +90,10 @@ def check_map_target(target: torch.Tensor, mode: str, what: str) -> None:
         )
     if target.numel() == 0:
         raise ValueError(f"target is empty (shape {tuple(target.shape)})")
+    check_ignore_index(ignore_index, mode == "multiclass")
+    if mode == "multiclass":
+        return check_num_classes(num_classes, f"{what} of multiclass labels")
+    return target.shape[1]
 
 
 def _class_masks(
@@ -90,10 +101,8 @@ def _class_masks(
 ) -> np.ndarray:
     """Boolean ``[B, C, *S]`` foreground of every (image, class): ``label == c`` for
     multiclass labels, the hard mask otherwise; ignored pixels are background."""
-    check_map_target(target, mode, what)
-    check_ignore_index(ignore_index, mode == "multiclass")
+    C = check_map_target(target, num_classes, mode, ignore_index, what)
     if mode == "multiclass":
-        C = check_num_classes(num_classes, f"{what} of multiclass labels")
         valid = not_ignored(target.detach(), ignore_index).cpu().numpy()
         labels = target.detach().cpu().numpy()
         masks = labels[:, None] == np.arange(C).reshape(1, -1, *([1] * (labels.ndim - 1)))
