@@ -112,9 +112,8 @@ def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a public kernel function: its bool options pass ``checks_flags``, its first
     argument (positional or by name) must be a tensor, of a dtype in ``KERNEL_DTYPES`` if
     it is float, and it runs in that tensor's :func:`launch_on` context. The kernels
-    compute in float32, so float64
-    logits are refused rather than rounded without a word (``segtriton.reference``
-    computes in float64)."""
+    compute in float32, so float64 logits are refused rather than rounded without a word
+    (``segtriton.reference`` computes in float64)."""
     checked: Callable[..., R] = checks_flags(fn)
     first = next(iter(inspect.signature(fn).parameters))
 

@@ -38,6 +38,7 @@ from segtriton.reference._common import (
     check_ignore_index,
     check_label_dtype,
     check_num_classes,
+    check_real_tensor,
 )
 from segtriton.reference.metrics import (
     MODES,
@@ -364,8 +365,7 @@ class StreamingMetrics:
         return self._counts
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        if not isinstance(target, torch.Tensor):
-            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        check_real_tensor("target", target)  # launch_on reads its device
         per_image = self.average == "image"
         with launch_on(target, "StreamingMetrics", "target"):  # refused: state not moved
             if self._cm.device != target.device:
