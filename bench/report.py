@@ -104,6 +104,11 @@ def _classes(shape: str) -> int:
     return int(shape.split("x")[1])
 
 
+def _elements(shape: str) -> int:
+    """Logit elements B*C*pixels of a ``'BxCx...'`` shape."""
+    return math.prod(int(v) for v in shape.split("x"))
+
+
 def _regime(shape: str) -> str:
     C, pixels = _classes(shape), _pixels(shape)
     cls = "binary (C<=2)" if C <= 2 else ("C<=32" if C <= 32 else "C>32")
@@ -162,13 +167,13 @@ def _chart_time(df: pd.DataFrame, path: Path) -> bool:
     timed = df[df.median_ms.notna()]
     if timed.empty:
         return False
-    timed = timed.assign(px=timed["shape"].map(_pixels) * timed["shape"].map(_classes))
+    timed = timed.assign(px=timed["shape"].map(_elements))
     modes = _varying(timed, ["mode"])
     panels = list(timed.groupby(["loss", *modes]))
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    side = _varying(timed, ["memory_format", "label_dtype", "ignore_frac"])
+    side = [c for c in _varying(timed, list(_SIDE)) if c != "mode"]  # modes: panels
     for ax, (key, sub) in zip(axes.flat, panels, strict=False):
         for (prov, dtype, *_), g in sub.groupby(["provider", "dtype", *side]):
             g = g.sort_values(["px", "shape"])
@@ -249,7 +254,7 @@ def _chart_bars(
     case = rows.loss + " " + rows["shape"] + " " + rows.dtype
     if side:
         case = case + " " + rows.apply(_side_label, axis=1, columns=side)
-    rows = rows.assign(case=case, size=rows["shape"].map(_pixels) * rows["shape"].map(_classes))
+    rows = rows.assign(case=case, size=rows["shape"].map(_elements))
     order = rows.sort_values(["loss", "size", "case"], ascending=False).case.unique()
     pivot = rows.pivot_table(index="case", columns="provider", values=column).loc[order]
     ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2), logx=logx)
