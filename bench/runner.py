@@ -69,7 +69,10 @@ def make_provider(case: Case, entry: LossEntry) -> Callable:
         # past recompile_limit (8 cache entries per function) Dynamo runs a function
         # eagerly without a word: a fresh cache per row keeps every row compiled
         torch._dynamo.reset()
-        mode = "max-autotune" if case.provider == "compile-max-autotune" else "default"
+        # max-autotune's kernel search without Inductor's CUDA graphs: their private pool
+        # hides allocations from the memory column, a 'bwd' row replays one backward many
+        # times, and --cuda-graph captures every provider alike
+        mode = "max-autotune-no-cudagraphs" if case.provider.endswith("autotune") else "default"
         fn = torch.compile(entry.reference, mode=mode, dynamic=False)
 
     def unchecked(*args, **kwargs):  # baselines timed without the reference's value checks

@@ -166,7 +166,8 @@ def test_timed_steps_scale_the_backward_and_time_a_forward_without_a_graph():
 
 
 @pytest.mark.parametrize(
-    "provider, mode", [("compile", "default"), ("compile-max-autotune", "max-autotune")]
+    "provider, mode",
+    [("compile", "default"), ("compile-max-autotune", "max-autotune-no-cudagraphs")],
 )
 def test_compile_rows_compile_the_reference_in_their_mode_and_time_the_first_call(
     monkeypatch, provider, mode
