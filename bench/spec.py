@@ -105,7 +105,8 @@ PRESETS: dict[str, dict] = {
     "quick": {
         "losses": ["cross_entropy", "softmax_focal", "bce", "dice"],
         "providers": ["triton", "eager", "compile"],
-        "shapes": [[2, 19, 64, 128], [2, 150, 32, 32]],
+        # logit counts 2x apart (the time chart has a slope to show), one of them at C = 150
+        "shapes": [[2, 19, 32, 64], [2, 150, 16, 32], [2, 19, 64, 128]],
         "dtypes": ["fp32"],
         "modes": ["fwd+bwd"],
     },

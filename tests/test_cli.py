@@ -15,6 +15,7 @@ import triton
 from kernel_checks import env_without_interpreter
 
 import segtriton
+from segtriton.bench.spec import load_spec
 from segtriton.kernels import interpreter_problem
 
 
@@ -99,7 +100,8 @@ def test_a_sweep_runs_the_kernels_where_it_can_without_being_told(tmp_path):
     out = _run("sweep", *args, "--out", str(tmp_path), env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = json.loads((tmp_path / "rows.json").read_text())
-    assert len(rows) == 2 and all(row["passed"] for row in rows)
+    assert len(rows) == len(load_spec("quick")["shapes"]), rows  # the default preset
+    assert all(row["passed"] for row in rows), rows
     if not torch.cuda.is_available():
         assert {row["timer"] for row in rows} == {"not measured (Triton interpreter)"}
 
@@ -113,7 +115,7 @@ def test_the_default_run_folder_is_named_after_the_device(monkeypatch):
 
 
 def test_pytest_benchmark_writes_rows_the_report_reads(tmp_path):
-    """`pytest --benchmark` (here two eager cases of the quick preset) writes a JSON file
+    """`pytest --benchmark` (here the eager CE cases of the quick preset) writes a JSON file
     whose rows carry the case, GB/s and the copy-bandwidth fraction, and `segtriton
     report` charts it."""
     root = Path(__file__).resolve().parent.parent
@@ -129,10 +131,11 @@ def test_pytest_benchmark_writes_rows_the_report_reads(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     benches = json.loads(result.read_text())["benchmarks"]
-    assert len(benches) == 2
+    n = len(load_spec("quick")["shapes"])
+    assert len(benches) == n
     for bench in benches:
         info = bench["extra_info"]
         assert (info["loss"], info["provider"]) == ("cross_entropy", "eager")
         assert info["pct_of_copy_bw"] > 0 and info["bytes"] > 0
     assert _run("report", str(result)).returncode == 0
-    assert "2 row(s) come from pytest-benchmark" in (tmp_path / "report.md").read_text()
+    assert f"{n} row(s) come from pytest-benchmark" in (tmp_path / "report.md").read_text()
