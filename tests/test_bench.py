@@ -418,6 +418,7 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
     )
     extras = bench_extras(bench)
     assert {r["loss"] for r in extras} == {"edt", "confusion_labels", "confusion_logits"}
+    assert [r["median_ms"] for r in extras] == [2.0, 500.0, 1.0, 1.0]  # pytest-benchmark: s
     table = evaluate(pd.concat([pd.DataFrame(rows), pd.DataFrame(extras)], ignore_index=True))
     status = dict(zip(table.target, table.status, strict=True))
 
