@@ -373,6 +373,8 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
             extra_mem_beyond_grad_mb=4096.0,
         ),
         bench_row("ce_dice", "triton", CITYSCAPES, "bf16", 2.2),
+        bench_row("dice", "triton", CITYSCAPES, "fp32", 2.0),
+        bench_row("ce_dice", "triton", CITYSCAPES, "fp32", 2.3),  # the bar itself
         bench_row("lovasz_softmax", "triton", CITYSCAPES, "bf16", 10.0),
         bench_row("lovasz_softmax", "berman", CITYSCAPES, "bf16", 500.0),
         bench_row("lovasz_softmax", "eager", CITYSCAPES, "bf16", 40.0),
@@ -434,6 +436,7 @@ def test_targets_are_judged_from_rows_and_benchmark_json(tmp_path):
     assert of("dice 16x150x512x512 fp32", "copy bandwidth") == "failed check"
     assert of("dice 8x19x512x1024 bf16", "memory") == "missed"
     assert of("ce_dice 8x19x512x1024 bf16", "dice") == "met"  # 1.1x the time of Dice
+    assert of("ce_dice 8x19x512x1024 fp32", "dice") == "met"  # 1.15x
     assert of("lovasz_softmax 8x19x512x1024 bf16", "berman") == "met"  # 50x
     assert of("lovasz_softmax 8x19x512x1024 bf16", "eager") == "met"  # 4x
     assert of("lovasz_softmax 16x150x512x512 bf16", "eager") == "not measured"
