@@ -43,13 +43,17 @@ from segtriton.reference._common import (
     check_choice,
     check_class_vector,
     check_constant,
-    check_ignore_index,
     check_mode,
     check_number,
     checked_target,
     is_number,
 )
-from segtriton.reference.pixelwise import check_min_kept, is_probs, topk_count
+from segtriton.reference.pixelwise import (
+    check_min_kept,
+    check_probs_ignore,
+    is_probs,
+    topk_count,
+)
 
 from ._ops import Op, op
 from ._pixelwise_kernels import (
@@ -431,10 +435,11 @@ def cross_entropy(
 
     Returns a float32 loss. ``validate=True`` raises ValueError on labels outside
     ``[0, C)`` (a host sync); otherwise such labels make the loss NaN. A floating target
-    of the logits' shape holds class probabilities: :func:`cross_entropy_probs`.
+    of the logits' shape holds class probabilities: :func:`cross_entropy_probs` (with
+    ``ignore_index`` None or the default -100, as in the reference).
     """
     if is_probs(logits, target):
-        check_ignore_index(ignore_index, labels=True)
+        check_probs_ignore(target, ignore_index)
         return cross_entropy_probs(logits, target, weight, reduction, label_smoothing, validate)
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)

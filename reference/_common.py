@@ -567,12 +567,19 @@ def probability_target(
         and target.shape == logits.shape
         and logits.shape[1] > 1
     )
-    if probs and ignore_index is not None:
+    if probs:
+        check_no_ignore(target, ignore_index)
+    return probs
+
+
+def check_no_ignore(target: torch.Tensor, ignore_index: object) -> None:
+    """A class-probability ``target`` has no labels to ignore: ValueError unless
+    ``ignore_index`` is None."""
+    if ignore_index is not None:
         raise ValueError(
             "ignore_index applies to integer labels; a class-probability target "
             f"{tuple(target.shape)} takes none (pass labels to ignore pixels)"
         )
-    return probs
 
 
 def region_inputs(

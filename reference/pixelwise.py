@@ -22,6 +22,7 @@ from ._common import (
     check_labels,
     check_masks,
     check_mode,
+    check_no_ignore,
     check_number,
     checks_flags,
     is_number,
@@ -72,11 +73,12 @@ def cross_entropy(
       - 'sum': ``sum_i l_i``;  'none': ``l`` with shape ``[B, *spatial]``.
 
     A floating target of the logits' shape holds class probabilities, as in
-    ``F.cross_entropy``: see :func:`cross_entropy_probs` (``ignore_index`` and
-    ``avg_non_ignore`` do not apply to it).
+    ``F.cross_entropy``: see :func:`cross_entropy_probs` (``avg_non_ignore`` does not apply
+    to it, and ``ignore_index`` must be None or the default -100: ValueError otherwise, as
+    torch refuses it too; there are no labels to ignore).
     """
     if is_probs(logits, target):
-        check_ignore_index(ignore_index, labels=True)
+        check_probs_ignore(target, ignore_index)
         return cross_entropy_probs(logits, target, weight, reduction, label_smoothing)
     valid = check_labels(logits, target, ignore_index)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
@@ -252,6 +254,13 @@ def topk_cross_entropy(
     if reduction == "none":
         return loss
     return loss.sum() if reduction == "sum" else loss.sum() / n
+
+
+def check_probs_ignore(target: torch.Tensor, ignore_index: object) -> None:
+    """``cross_entropy``'s ``ignore_index`` beside a class-probability ``target``: None or
+    the default -100 (unset), as ``F.cross_entropy`` takes; another value is refused."""
+    check_ignore_index(ignore_index, labels=True)
+    check_no_ignore(target, None if ignore_index == -100 else ignore_index)
 
 
 def is_probs(logits: object, target: object) -> bool:

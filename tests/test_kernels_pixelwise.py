@@ -139,11 +139,16 @@ def test_any_integer_label_dtype(label_dtype, gen):
 
 def test_cross_entropy_reads_a_float_target_as_probabilities(gen):
     """As F.cross_entropy: a floating target of the logits' shape holds class probabilities
-    (ignore_index does not apply to it); a floating target of the labels' shape is refused."""
+    (ignore_index left at None or -100; another value is refused, as there are no labels to
+    ignore); a floating target of the labels' shape is refused."""
     x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE)
     probs = torch.softmax(torch.randn(2, 5, 6, 7, generator=gen), dim=1).to(DEVICE)
     want = ker.cross_entropy_probs(x, probs, label_smoothing=0.1)
-    assert torch.equal(ker.cross_entropy(x, probs, ignore_index=255, label_smoothing=0.1), want)
+    for ignore_index in (-100, None):
+        got = ker.cross_entropy(x, probs, ignore_index=ignore_index, label_smoothing=0.1)
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="ignore_index applies to integer labels"):
+        ker.cross_entropy(x, probs, ignore_index=255)
     torch.testing.assert_close(
         want, torch.nn.functional.cross_entropy(x, probs, label_smoothing=0.1)
     )

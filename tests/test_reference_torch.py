@@ -37,14 +37,19 @@ def test_cross_entropy_is_bit_identical_to_torch_in_float64(
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cross_entropy_with_probabilities_is_torchs(reduction, smoothing, weighted, gen):
     """A floating target of the logits' shape holds class probabilities, as in
-    F.cross_entropy; ignore_index does not apply to it there either."""
+    F.cross_entropy, which takes its default ignore_index (-100) beside it and refuses
+    another value; so does the reference."""
     x = 3 * torch.randn(2, 5, 4, 6, generator=gen, dtype=D)
     probs = torch.softmax(2 * torch.randn(2, 5, 4, 6, generator=gen, dtype=D), dim=1)
     w = torch.rand(5, generator=gen, dtype=D) + 0.1 if weighted else None
     opts = {"weight": w, "reduction": reduction, "label_smoothing": smoothing}
     theirs = F.cross_entropy(x, probs, **opts)
     assert torch.equal(ref.cross_entropy_probs(x, probs, **opts), theirs)
-    assert torch.equal(ref.cross_entropy(x, probs, ignore_index=255, **opts), theirs)
+    assert torch.equal(ref.cross_entropy(x, probs, **opts), theirs)
+    with pytest.raises(RuntimeError, match="ignore_index"):
+        F.cross_entropy(x, probs, ignore_index=255, **opts)
+    with pytest.raises(ValueError, match="ignore_index applies to integer labels"):
+        ref.cross_entropy(x, probs, ignore_index=255, **opts)
     y = torch.randint(0, 5, (2, 4, 6), generator=gen)
     one_hot = F.one_hot(y, 5).movedim(-1, 1).to(D)
     if not (weighted and reduction == "mean"):  # there torch divides by N, not sum w_y
