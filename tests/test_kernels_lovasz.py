@@ -208,11 +208,12 @@ def test_sort_groups_and_index_dtype_change_nothing(entry, seed, gen, monkeypatc
 
 def test_sort_groups_are_a_sixteenth_of_the_rows_unless_small(gen, monkeypatch):
     """``sorted_groups`` bounds the sort's outputs and workspace: R // 16 rows a call
-    where that holds ``SORT_MIN_ENTRIES`` entries, else as many rows as make that many,
-    and every row comes back sorted (descending, stable) as one ``torch.sort`` gives it."""
+    where that holds ``SORT_MIN_ENTRIES`` entries, else as many rows as make that many (the
+    last group holds what is left: 4 of 5), and every row comes back sorted (descending,
+    stable) as one ``torch.sort`` gives it."""
     keys = torch.randint(0, 5, (64, 24), generator=gen).float().to(DEVICE)  # ties: stable
     want = torch.sort(keys, dim=1, descending=True, stable=True)
-    for min_entries, rows in ((24, 4), (24 * 8, 8), (24 * 100, 64)):
+    for min_entries, rows in ((24, 4), (24 * 5, 5), (24 * 8, 8), (24 * 100, 64)):
         monkeypatch.setattr(lovasz_mod, "SORT_MIN_ENTRIES", min_entries)
         starts = []
         for r0, values, indices in lovasz_mod.sorted_groups(keys):
