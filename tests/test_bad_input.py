@@ -648,3 +648,21 @@ def test_bool_spacing_and_supervision_weights_are_refused():
             lib.boundary_loss(x, y, spacing=[True, 1.0])
     with pytest.raises(TypeError, match="weights must be a sequence of numbers"):
         ref.DeepSupervisionLoss(ref.dice_loss, weights=[1.0, True])
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [e for e in KERNELS if "validate" in inspect.signature(e.kernel).parameters],
+    ids=lambda e: e.name,
+)
+def test_validate_lets_valid_inputs_through_unchanged(entry, seed, gen):
+    """``validate=True`` only checks: on valid inputs (every option set of the registry,
+    a fifth of the pixels ignored where the loss takes ``ignore_index``) it raises
+    nothing, and the loss is bitwise the one without it."""
+    for options in entry.variants:
+        options = entry.ignoring({**options, **entry.light})
+        shape = entry.fit_shape((2, 3, 5, 6), options)
+        x, t = make_inputs(entry, shape, options, torch.float32, gen, 0.2, device=DEVICE)
+        want = entry.kernel(x, t, **options)
+        got = entry.kernel(x, t, **options, validate=True)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=str(seed))
