@@ -182,20 +182,25 @@ def test_monai_mcc(monai, batch, gen):
         _close(*(torch.autograd.grad(loss, x, retain_graph=True)[0] for loss in (ours, theirs)))
 
 
+@pytest.mark.parametrize("smooth", [1e-5, 1.0])
+@pytest.mark.parametrize("weight_type", ["square", "simple", "uniform"])
 @pytest.mark.parametrize("batch", [False, True])
-def test_monai_generalized_dice(monai, batch, gen):
+def test_monai_generalized_dice(monai, batch, weight_type, smooth, gen):
+    """Each weighting; smooth 1.0 is of the weighted sums' size, so the weights' scale
+    shows (with smooth near 0 it cancels in the ratio)."""
     x, y = _inputs(gen, C=5, spatial=(4, 4))
     y[0] = y[0].clamp_max(2)  # classes 3 and 4 absent from image 0: the inf-weight rule
-    theirs = monai.GeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=batch)(
-        x, y.unsqueeze(1)
-    )
+    kw = {"smooth_nr": smooth, "smooth_dr": smooth}
+    theirs = monai.GeneralizedDiceLoss(
+        softmax=True, to_onehot_y=True, batch=batch, w_type=weight_type, **kw
+    )(x, y.unsqueeze(1))
     ours = ref.generalized_dice_loss(
         x,
         y,
         scope="batch" if batch else "image",
-        smooth_nr=1e-5,
-        smooth_dr=1e-5,
+        weight_type=weight_type,
         absent_weight="max",
+        **kw,
     )
     _close(ours, theirs)
 
