@@ -57,7 +57,8 @@ def test_torch_ops_are_charged_their_tensors():
     x = torch.randn(256)
     with traffic.count_traffic() as record:
         x.view(16, 16).t().contiguous()
-    assert record.bytes[("torch:clone", "-")][0] == 2 * 1024  # read and written once
+    # read and written once, all booked as read (requested, then unique)
+    assert record.bytes[("torch:clone", "-")] == [2 * 1024, 0, 2 * 1024, 0]
     assert not any(k.startswith("torch:view") or k == "torch:t" for k, _ in record.bytes)
 
 
@@ -114,6 +115,33 @@ def test_the_floor_bound_is_the_model_over_the_unique_bytes(monkeypatch, unique,
     monkeypatch.setattr(traffic, "loss_traffic", lambda *args, **kwargs: (record, 200))
     (row,), _ = traffic.traffic_table((2, 3, 8, 8), losses=["dice"])
     assert (row["unique_over_model"], row["floor_bound_pct"]) == (ratio, bound)
+
+
+def test_the_table_row_of_a_loss(monkeypatch):
+    """Each ratio of a row from its record: requested bytes count re-reads, the torch ops'
+    share is of the unique bytes; the loss runs its first variant updated with the
+    options, at the shape it fits."""
+    record = traffic.Traffic()
+    record.bytes[("k", "x")] = [300, 100, 150, 50]
+    record.bytes[("torch:sum", "-")] = [50, 0, 50, 0]
+    record.launches.update({"k": 2, "torch:sum": 1})
+    calls = []
+
+    def counted(entry, case, dtype, label_dtype, opts):
+        calls.append((case, opts))
+        return record, 200
+
+    monkeypatch.setattr(traffic, "loss_traffic", counted)
+    (row,), _ = traffic.traffic_table(
+        (2, 3, 8, 8), losses=["bce"], options={"label_smoothing": 0.1}
+    )
+    ratios = ("requested_over_model", "unique_over_model", "torch_ops_share", "floor_bound_pct")
+    assert [row[k] for k in ratios] == [2.25, 1.25, 0.2, 80.0]
+    assert row["launches"] == 3
+    entry = get("bce")
+    opts = {**entry.variants[0], "label_smoothing": 0.1}
+    assert calls == [(entry.fit_shape((2, 3, 8, 8), opts), opts)]
+    assert row["shape"] == "x".join(map(str, calls[0][0]))
 
 
 @pytest.mark.parametrize("entry", _MODELLED, ids=lambda e: e.name)
