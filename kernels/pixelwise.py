@@ -434,8 +434,8 @@ def cross_entropy(
     (``F.cross_entropy``: class weights, label smoothing, ignore_index, weighted 'mean').
 
     Returns a float32 loss. ``validate=True`` raises ValueError on labels outside
-    ``[0, C)`` (a host sync); otherwise such labels make the loss NaN. A floating target
-    of the logits' shape holds class probabilities: :func:`cross_entropy_probs` (with
+    ``[0, C)`` (a host sync); otherwise such labels make the loss NaN. A floating (or bool)
+    target of the logits' shape holds class probabilities: :func:`cross_entropy_probs` (with
     ``ignore_index`` None or the default -100, as in the reference).
     """
     if is_probs(logits, target):

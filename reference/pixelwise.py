@@ -73,7 +73,8 @@ def cross_entropy(
       - 'sum': ``sum_i l_i``;  'none': ``l`` with shape ``[B, *spatial]``.
 
     A floating target of the logits' shape holds class probabilities, as in
-    ``F.cross_entropy``: see :func:`cross_entropy_probs` (``avg_non_ignore`` does not apply
+    ``F.cross_entropy`` (a bool one, a one-hot map, is read as 0 and 1, where torch
+    refuses it): see :func:`cross_entropy_probs` (``avg_non_ignore`` does not apply
     to it, and ``ignore_index`` must be None or the default -100: ValueError otherwise, as
     torch refuses it too; there are no labels to ignore).
     """
@@ -264,12 +265,13 @@ def check_probs_ignore(target: torch.Tensor, ignore_index: object) -> None:
 
 
 def is_probs(logits: object, target: object) -> bool:
-    """Whether ``cross_entropy`` reads ``target`` as class probabilities: a floating tensor
-    with the logits' number of dims (labels have one fewer)."""
+    """Whether ``cross_entropy`` reads ``target`` as class probabilities: a floating (or
+    bool: a one-hot map) tensor with the logits' number of dims (labels have one fewer),
+    as the multiclass region losses read one."""
     return (
         isinstance(logits, torch.Tensor)
         and isinstance(target, torch.Tensor)
-        and target.is_floating_point()
+        and (target.is_floating_point() or target.dtype == torch.bool)
         and target.dim() == logits.dim()
     )
 

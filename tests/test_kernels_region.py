@@ -108,16 +108,25 @@ def test_probability_targets(entry, options, C, seed, gen):
     assert_matches(entry, x, t, {**options, "reduction": reduction}, dtype, seed)
 
 
-@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+_READ_PROBABILITIES = [
+    *KERNELS,
+    *(get(name) for name in ("cross_entropy", "ce_dice", "cldice", "hausdorff_er")),
+]
+
+
+@pytest.mark.parametrize("entry", _READ_PROBABILITIES, ids=lambda e: e.name)
 def test_one_hot_probabilities_equal_labels(entry, gen):
-    """A one-hot float target gives the loss and gradient of its labels."""
+    """A one-hot target, float or bool, gives the loss and gradient of its labels, in the
+    kernel and the reference, for every loss that reads class probabilities."""
     x, t = _inputs(entry, (2, 4, 6, 5), {}, torch.float32, gen, ignore_frac=0.0)
-    one_hot = torch.nn.functional.one_hot(t, 4).movedim(-1, 1).float()
+    one_hot = torch.nn.functional.one_hot(t, 4).movedim(-1, 1)
     opts = {"scope": "image"} if entry.takes("scope") else {}
-    loss, grad = run_with_grad(entry.kernel, x, t, opts, 1)
-    loss_p, grad_p = run_with_grad(entry.kernel, x, one_hot, opts, 1)
-    torch.testing.assert_close(loss_p, loss, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(grad_p, grad, rtol=1e-5, atol=1e-8)
+    for fn in (entry.reference, entry.kernel):
+        loss, grad = run_with_grad(fn, x, t, opts, 1)
+        for target in (one_hot.float(), one_hot.bool()):
+            loss_p, grad_p = run_with_grad(fn, x, target, opts, 1)
+            torch.testing.assert_close(loss_p, loss, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(grad_p, grad, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("C", [3, 300])
