@@ -227,15 +227,17 @@ def test_compare_flags_cases_that_stop_passing(tmp_path, capsys):
     assert "error in b: OutOfMemoryError" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("per_image", [None, False, True], ids=["default", "pooled", "per-image"])
 def test_berman_baselines_equal_the_reference(per_image, gen):
+    """Each Berman loop against our reference, pooled and per image, and with neither
+    given: the sweep passes the default variant's options, so the defaults must agree."""
     from segtriton.bench.baselines import BASELINES
 
     for name in ("lovasz_softmax", "lovasz_hinge"):
         entry = get(name)
         C = entry.fit_classes(4)
         x, t = make_inputs(entry, (2, C, 5, 6), {}, torch.float32, gen, ignore_frac=0.2)
-        opts = {"per_image": per_image, "ignore_index": 255}
+        opts = {"ignore_index": 255} | ({} if per_image is None else {"per_image": per_image})
         absent = torch.where(t == 3, 2, t)  # class 3 absent: left out of the mean
         for xi, ti in ((x, t), (x.bfloat16(), t), (x, absent), (x, torch.full_like(t, 255))):
             got = BASELINES["berman"][name](xi, ti, **opts)
