@@ -134,5 +134,5 @@ def test_overhead_times_both_dispatch_paths():
     assert [r[:2] for r in rows] == [
         ["cross_entropy", "2x3x8x8"], ["dice", "2x3x8x8"], ["lovasz_hinge", "2x1x8x8"]
     ]  # fmt: skip
-    for r in rows:  # microseconds: a launch alone costs more than 5
-        assert float(r[2]) > 5 and float(r[3].strip("()")) > 5
+    for r in rows:  # microseconds: a launch alone costs more than 5, no call a second
+        assert 5 < float(r[2]) < 1e6 and 5 < float(r[3].strip("()")) < 1e6
