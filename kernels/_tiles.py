@@ -11,6 +11,7 @@ Offsets are int64 so tensors past 2^31 elements are addressed correctly.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 
@@ -58,11 +59,11 @@ MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax
 
 
 def _spatial_merges(x: torch.Tensor) -> bool:
-    """Whether the spatial dims of ``x [B, C, *S]`` can be walked with one stride."""
+    """Whether the spatial dims of ``x [B, C, *S]`` can be walked with one stride: each
+    dim's stride is the next one's times its size, size-1 dims (any stride) left out."""
     sizes, strides = x.shape, x.stride()
-    return all(
-        sizes[i] == 1 or strides[i] == strides[i + 1] * sizes[i + 1] for i in range(2, x.dim() - 1)
-    )
+    dims = [i for i in range(2, x.dim()) if sizes[i] != 1]
+    return all(strides[a] == strides[b] * sizes[b] for a, b in itertools.pairwise(dims))
 
 
 def pixel_view(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:

@@ -30,6 +30,8 @@ LAYOUTS = {
     "transposed": lambda x, t: (_transposed(x), _transposed(t)),
     "classes-inside": lambda x, t: (_classes_inside(x), t),
     "strided": lambda x, t: (x[..., ::2], t[..., ::2]),
+    # a last spatial dim sliced to size 1: the other spatial dims still merge, read in place
+    "one-column": lambda x, t: (x[..., 2:3], t[..., 2:3]),
     # one target broadcast over the batch (image stride 0), as for a fixed mask
     "broadcast-target": lambda x, t: (x, t[:1].expand_as(t)),
 }
@@ -52,14 +54,17 @@ def test_layouts(entry, layout, seed, gen):
 
 def test_pixel_view_copies_only_what_one_stride_cannot_walk():
     """``pixel_view`` walks contiguous, channels_last and sliced logits in place, and size-1
-    spatial dims whatever their stride (one row of a strided slice); it copies only when
+    spatial dims whatever their stride (one row of a strided slice, one column, one slice
+    of a volume); it copies only when
     the spatial dims do not merge (stored transposed)."""
-    x = torch.randn(2, 3, 5, 6)
+    x, v = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 5, 6, 4)
     in_place = {
         "contiguous": (x, (90, 30, 1)),
         "channels_last": (x.contiguous(memory_format=torch.channels_last), (90, 1, 3)),
         "strided": (x[..., ::2], (90, 30, 2)),
         "one-row": (x[:, :, ::2][:, :, :1], (90, 30, 1)),  # the row's stride is 12
+        "one-column": (x[..., 2:3], (90, 30, 6)),  # the column's stride is 1
+        "one-slice-of-a-volume": (v[..., 1:2], (360, 120, 4)),  # the slice's stride is 1
     }
     for name, (view, strides) in in_place.items():
         walked, *got = pixel_view(view)
