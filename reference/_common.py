@@ -554,6 +554,14 @@ def flat_labels(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def holds_probabilities(target: object) -> bool:
+    """Whether ``target`` is a tensor of a dtype that can hold class probabilities:
+    floating, or bool (a one-hot map, read as 0 and 1)."""
+    return isinstance(target, torch.Tensor) and (
+        target.is_floating_point() or target.dtype == torch.bool
+    )
+
+
 def probability_target(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: float | None
 ) -> bool:
@@ -561,12 +569,7 @@ def probability_target(
     (or bool) tensor of the logits' shape, one-hot or soft (MONAI's ``to_onehot_y=False``
     form), for C > 1. Such a target has no ignore_index (ValueError): leave the pixels out
     by labelling them instead."""
-    probs = (
-        isinstance(target, torch.Tensor)
-        and (target.is_floating_point() or target.dtype == torch.bool)
-        and target.shape == logits.shape
-        and logits.shape[1] > 1
-    )
+    probs = holds_probabilities(target) and target.shape == logits.shape and logits.shape[1] > 1
     if probs:
         check_no_ignore(target, ignore_index)
     return probs

@@ -25,6 +25,7 @@ from ._common import (
     check_no_ignore,
     check_number,
     checks_flags,
+    holds_probabilities,
     is_number,
     reduce_pixels,
 )
@@ -270,8 +271,7 @@ def is_probs(logits: object, target: object) -> bool:
     as the multiclass region losses read one."""
     return (
         isinstance(logits, torch.Tensor)
-        and isinstance(target, torch.Tensor)
-        and (target.is_floating_point() or target.dtype == torch.bool)
+        and holds_probabilities(target)
         and target.dim() == logits.dim()
     )
 
