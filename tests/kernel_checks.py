@@ -112,6 +112,17 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=fmt)
 
 
+def reads_probabilities(entry) -> bool:
+    """Losses that read a floating (or bool) target of the logits' shape as class
+    probabilities."""
+    return entry.reference.__module__.endswith(".region") or entry.name in (
+        "cross_entropy",
+        "ce_dice",
+        "cldice",
+        "hausdorff_er",
+    )
+
+
 def light_options(entry, variant=0) -> dict:
     """Option set ``variant`` of ``entry`` with its ``light`` options (fewer inner loops)
     and ``ignore_index=255`` where the loss takes one: what the generic tests call."""

@@ -15,6 +15,7 @@ from kernel_checks import (
     assert_matches,
     label_metric,
     light_options,
+    reads_probabilities,
 )
 
 from segtriton import kernels as ker
@@ -46,18 +47,8 @@ def test_float_labels_rejected(entry, gen):
         entry.reference(x, y.float(), **entry.variants[0])
 
 
-def _reads_probabilities(entry) -> bool:
-    """Losses that read a floating target of the logits' shape as class probabilities."""
-    return entry.reference.__module__.endswith(".region") or entry.name in (
-        "cross_entropy",
-        "ce_dice",
-        "cldice",
-        "hausdorff_er",
-    )
-
-
 @pytest.mark.parametrize(
-    "entry", [e for e in LABELS if not _reads_probabilities(e)], ids=lambda e: e.name
+    "entry", [e for e in LABELS if not reads_probabilities(e)], ids=lambda e: e.name
 )
 @pytest.mark.parametrize("C", [2, 3])
 def test_one_hot_target_gets_a_hint(entry, C, gen):

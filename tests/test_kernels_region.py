@@ -24,10 +24,12 @@ from kernel_checks import (
     kernel_cases,
     kernels_of,
     on_two_gloo_ranks,
+    reads_probabilities,
     run_with_grad,
     to_channels_last,
     variants_at,
 )
+from kernel_checks import KERNELS as ALL_KERNELS
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -108,13 +110,9 @@ def test_probability_targets(entry, options, C, seed, gen):
     assert_matches(entry, x, t, {**options, "reduction": reduction}, dtype, seed)
 
 
-_READ_PROBABILITIES = [
-    *KERNELS,
-    *(get(name) for name in ("cross_entropy", "ce_dice", "cldice", "hausdorff_er")),
-]
-
-
-@pytest.mark.parametrize("entry", _READ_PROBABILITIES, ids=lambda e: e.name)
+@pytest.mark.parametrize(
+    "entry", [e for e in ALL_KERNELS if reads_probabilities(e)], ids=lambda e: e.name
+)
 def test_one_hot_probabilities_equal_labels(entry, gen):
     """A one-hot target, float or bool, gives the loss and gradient of its labels, in the
     kernel and the reference, for every loss that reads class probabilities."""
