@@ -554,7 +554,7 @@ def flat_labels(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def holds_probabilities(target: object) -> bool:
+def holds_probabilities(target: object) -> TypeGuard[torch.Tensor]:
     """Whether ``target`` is a tensor of a dtype that can hold class probabilities:
     floating, or bool (a one-hot map, read as 0 and 1)."""
     return isinstance(target, torch.Tensor) and (
