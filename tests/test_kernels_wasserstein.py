@@ -136,6 +136,8 @@ def test_unit_distances_give_the_closed_form(gen):
         ([[0, 1], [1, 0, 1], [1, 1, 0]], TypeError, "matrix of numbers"),
         ("far", TypeError, "matrix of numbers"),
         (torch.ones(3, 3).fill_diagonal_(0) * -1, ValueError, "non-negative"),
+        (torch.zeros(3, 3), ValueError, "positive entry"),
+        (torch.ones(3, 3).fill_diagonal_(float("inf")), ValueError, "finite"),
     ],
 )
 def test_bad_distance_matrix_is_refused(dist, error, match, gen):
