@@ -29,6 +29,8 @@ def test_every_reference_module_has_a_kernel_form():
         assert name in ker.__all__ and issubclass(form, LossModule)
         assert form.fn is getattr(ker, cls.fn.__name__)
         assert form.__module__ == "segtriton.kernels"
+        for module_form in (cls, form):
+            assert module_form.fn.__doc__ and module_form.fn.__doc__ in module_form.__doc__
 
 
 def test_type_checkers_see_every_kernel_form():
