@@ -3,8 +3,8 @@ wait for the host to read a value (``.item()``, ``bool()`` of a tensor, boolean-
 indexing, ``nonzero``, ``bincount``, ``unique``, ...) are recorded with a
 TorchDispatchMode while every registry kernel runs forward and backward (each fixed
 variant, after a warm-up call that puts Python-list options on the device), and while the
-confusion matrix, the streaming update and the Hausdorff distance run with
-``validate=False``, and the deep-supervision wrapper around a kernel loss. This sees the
+confusion matrix, the streaming update, the Hausdorff distance and the distance maps run
+with ``validate=False``, and the deep-supervision wrapper around a kernel loss. This sees the
 ops the Python code issues, on any device; the GPU tests capture the losses in CUDA
 graphs, which would also fail on a sync inside an op."""
 
@@ -106,6 +106,20 @@ def test_deep_supervision_does_not_sync(gen):
     loss_fn(outputs, labels)
     with _Syncs() as syncs:
         torch.autograd.grad(loss_fn(outputs, labels), outputs)
+    assert not syncs.seen, syncs.seen
+
+
+def test_distance_maps_do_not_sync(gen):
+    """The exported maps with their default ``validate=False``: labels and masks, with an
+    ignored value, and the plain transform of a bool map."""
+    labels = torch.randint(0, 4, (2, 7, 9), generator=gen).to(DEVICE)
+    labels = labels.masked_fill(torch.rand(labels.shape, generator=gen).to(DEVICE) < 0.2, 255)
+    masks = torch.rand(2, 3, 5, 6, 4, generator=gen).to(DEVICE) < 0.4
+    with _Syncs() as syncs:
+        for make in (ker.signed_distance_map, ker.distance_field):
+            make(labels, 4, ignore_index=255)
+            make(masks, mode="multilabel", spacing=(1.0, 2.0, 0.5))
+        ker.squared_edt(masks.flatten(0, 1))
     assert not syncs.seen, syncs.seen
 
 
