@@ -17,6 +17,8 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
+import triton
+import triton.language as tl
 from kernel_checks import (
     CASE_ARGS,
     DEVICE,
@@ -33,6 +35,7 @@ from kernel_checks import KERNELS as ALL_KERNELS
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
+from segtriton.kernels._finalize_kernels import _log_cosh, _tanh
 from segtriton.registry import fit_variant, get, make_inputs
 
 KERNELS = kernels_of("region")
@@ -225,6 +228,33 @@ def test_log_cosh_dice_is_log_cosh_of_dice(confident, seed, gen):
         torch.testing.assert_close(grad_lc, torch.tanh(plain) * grad, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="choose one"):
         ker.dice_loss(x, t, **opts, log_cosh=True, log_loss=True)
+
+
+@triton.jit
+def _log_cosh_tanh_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(out_ptr + offs, _log_cosh(x), mask=offs < n)
+    tl.store(out_ptr + n + offs, _tanh(x), mask=offs < n)
+
+
+def test_log_cosh_and_tanh_helpers_match_float64():
+    """The finalize's ``log(cosh(x))`` and ``tanh(x)`` on both sides of 1/4, where they
+    switch from the Taylor series to the closed form: within 1e-6 relative of float64
+    below it (a wrong sign on either series' last term errs by 7e-6 or 3e-5 near 1/4),
+    and within 5 float32 steps of log 2 absolute above it, where ``log(1 + e) - log 2``
+    cancels (3e-6 relative at 0.255)."""
+    x = torch.cat([torch.linspace(-0.3, 0.3, 241), torch.tensor([1e-4, 2.0, -7.5])])
+    n = x.numel()
+    out = torch.empty(2 * n, device=DEVICE)
+    _log_cosh_tanh_kernel[(1,)](x.to(DEVICE), out, n, BLOCK=256)
+    got = out.cpu().double().view(2, n)
+    xd = x.double()
+    # log(cosh x) = log1p(2 sinh(x/2)^2): no cancellation at small x in float64
+    want = torch.stack([torch.log1p(2 * torch.sinh(xd / 2) ** 2), xd.tanh()])
+    series = x.abs() < 0.25
+    torch.testing.assert_close(got[:, series], want[:, series], rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(got[:, ~series], want[:, ~series], rtol=0.0, atol=3e-7)
 
 
 @pytest.mark.parametrize("absent", ["include", "exclude"])
