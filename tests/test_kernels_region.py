@@ -325,6 +325,20 @@ def test_clamped_ratios(name, options, seed, gen):
     assert_matches(entry, x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
 
 
+@pytest.mark.parametrize("name", ["dice", "jaccard", "tversky", "focal_tversky"])
+def test_clamped_denominator_with_a_soft_target(name, seed, gen):
+    """``P + T < eps`` with ``T > 0`` (faint soft masks, confident negative logits, eps
+    0.5): the ratio is ``(a I + smooth_nr) / eps``, so the gradient still flows through
+    ``I`` (and only there). With hard labels a clamped class has ``T = 0`` and ``g = 0``
+    at every pixel, where the ``I`` term vanishes."""
+    x = (torch.randn(2, 1, 5, 6, generator=gen) - 6.0).to(DEVICE)
+    t = (0.01 * torch.rand(2, 1, 5, 6, generator=gen, dtype=torch.float64)).to(DEVICE)
+    opts = {"mode": "binary", "soft_label": True, "eps": 0.5, "scope": "image"}
+    p = torch.sigmoid(x.double())
+    assert ((p + t).sum((1, 2, 3)) < 0.5).all()
+    assert_matches(get(name), x, t, opts, torch.float32, seed)
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [
