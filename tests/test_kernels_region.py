@@ -241,9 +241,9 @@ def _log_cosh_tanh_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 def test_log_cosh_and_tanh_helpers_match_float64():
     """The finalize's ``log(cosh(x))`` and ``tanh(x)`` on both sides of 1/4, where they
     switch from the Taylor series to the closed form: within 1e-6 relative of float64
-    below it (a wrong sign on either series' last term errs by 7e-6 or 3e-5 near 1/4),
-    and within 5 float32 steps of log 2 absolute above it, where ``log(1 + e) - log 2``
-    cancels (3e-6 relative at 0.255)."""
+    below it (a wrong sign on either series' last term errs by 7e-6 or 3e-5 near 1/4);
+    above it within 5 float32 steps of log 2 absolute, where ``log(1 + e) - log 2``
+    cancels (3e-6 relative at 0.255), plus a few steps of the value (log cosh 7.5)."""
     x = torch.cat([torch.linspace(-0.3, 0.3, 241), torch.tensor([1e-4, 2.0, -7.5])])
     n = x.numel()
     out = torch.empty(2 * n, device=DEVICE)
@@ -254,7 +254,7 @@ def test_log_cosh_and_tanh_helpers_match_float64():
     want = torch.stack([torch.log1p(2 * torch.sinh(xd / 2) ** 2), xd.tanh()])
     series = x.abs() < 0.25
     torch.testing.assert_close(got[:, series], want[:, series], rtol=1e-6, atol=0.0)
-    torch.testing.assert_close(got[:, ~series], want[:, ~series], rtol=0.0, atol=3e-7)
+    torch.testing.assert_close(got[:, ~series], want[:, ~series], rtol=4e-7, atol=3e-7)
 
 
 @pytest.mark.parametrize("absent", ["include", "exclude"])
