@@ -330,8 +330,9 @@ def test_clamped_denominator_with_a_soft_target(name, seed, gen):
     """``P + T < eps`` with ``T > 0`` (faint soft masks, confident negative logits, eps
     0.5): the ratio is ``(a I + smooth_nr) / eps``, so the gradient still flows through
     ``I`` (and only there). With hard labels a clamped class has ``T = 0`` and ``g = 0``
-    at every pixel, where the ``I`` term vanishes."""
-    x = (torch.randn(2, 1, 5, 6, generator=gen) - 6.0).to(DEVICE)
+    at every pixel, where the ``I`` term vanishes. Logits in [-7, -5] and masks below
+    0.01 keep ``P + T`` under 0.3 for each 30-pixel image."""
+    x = (2 * torch.rand(2, 1, 5, 6, generator=gen) - 7.0).to(DEVICE)
     t = (0.01 * torch.rand(2, 1, 5, 6, generator=gen, dtype=torch.float64)).to(DEVICE)
     opts = {"mode": "binary", "soft_label": True, "eps": 0.5, "scope": "image"}
     p = torch.sigmoid(x.double())
