@@ -24,7 +24,7 @@ import sys
 import torch
 from kernel_checks import DEVICE, assert_matches, to_channels_last
 from segtriton.kernels import _tiles
-from segtriton.registry import get, make_inputs
+from segtriton.registry import fit_variant, get, make_inputs
 
 pipelined = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM)
 assert pipelined == (3, 8), pipelined
@@ -41,10 +41,13 @@ CASES = [
     ("dice", 1, 19, (7, 83), torch.bfloat16, "none", True),
     ("generalized_dice", 0, 150, (5, 37), torch.float32, "mean", False),
     ("ce_dice", 1, 3, (3, 5, 41), torch.float32, "mean", False),
+    ("cross_entropy_probs", 1, 19, (7, 83), torch.bfloat16, "sum", True),
+    ("wasserstein_dice", 0, 3, (23, 61), torch.float16, "none", False),
+    ("wasserstein_dice", 1, 19, (7, 83), torch.float32, "mean", True),
 ]
 for k, (name, v, C, spatial, dtype, reduction, cl) in enumerate(CASES):
     entry = get(name)
-    options = {**entry.variants[v], "reduction": reduction, "ignore_index": 255}
+    options = entry.ignoring({**fit_variant(entry.variants[v], C), "reduction": reduction})
     gen = torch.Generator().manual_seed(seed + k)
     x, t = make_inputs(entry, (3, C, *spatial), options, dtype, gen, 0.2, 255, device=DEVICE)
     if cl:
@@ -65,7 +68,7 @@ def test_pipelined_tile_loops_match_the_reference(seed):
         [sys.executable, "-c", CHILD, str(seed)], env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "checked 9" in out.stdout
+    assert "checked 12" in out.stdout
 
 
 @triton.jit
