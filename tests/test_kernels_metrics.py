@@ -1,7 +1,8 @@
 """Triton confusion matrix and metrics against the reference and torchmetrics, in the
 interpreter on CPU and compiled on a GPU: labels and fused-argmax logits, 2-D and 3-D,
-C in {1, 2, 19, 150, 1000} (private histograms and integer atomics), per image, ties,
-bad labels, the streaming accumulator and its gloo synchronisation."""
+C in {1, 2, 19, 150, 1000} (private histograms and integer atomics; past 4096 classes,
+atomics alone), per image, ties, bad labels, the streaming accumulator and its gloo
+synchronisation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kernel_checks import DEVICE, on_two_gloo_ranks
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
+from segtriton.kernels import metrics as metrics_mod
 
 
 def _inputs(B, C, spatial, gen, ignore_frac=0.2, label_dtype=torch.int64):
@@ -45,6 +47,24 @@ def test_mostly_right_predictions(C, gen):
     for per_image in (False, True):
         got = ker.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
         want = ref.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+        assert torch.equal(got, want)
+    assert torch.diagonal(want, dim1=-2, dim2=-1).sum() > want.sum() // 2
+
+
+@pytest.mark.parametrize("C", [19, 150])
+def test_classes_past_every_histogram(C, gen, monkeypatch):
+    """From C = 4096 no private histogram fits, not even the diagonal's: every counted
+    pixel is one integer atomic. A bin limit lowered to 16 takes that path at C = 19 and
+    150, from labels and from logits, per image too, most pixels on the diagonal."""
+    monkeypatch.setattr(metrics_mod, "_HIST_BINS", 16)
+    _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
+    wrong = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.15
+    guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
+    preds = torch.where(wrong | (target == 255), guess, target)
+    logits = torch.randn(3, C, 6, 9, generator=gen).to(DEVICE).scatter(1, preds[:, None], 9.0)
+    for p, per_image in itertools.product((preds.to(torch.int16), logits), (False, True)):
+        got = ker.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
+        want = ref.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
         assert torch.equal(got, want)
     assert torch.diagonal(want, dim1=-2, dim2=-1).sum() > want.sum() // 2
 
