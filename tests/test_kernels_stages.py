@@ -1,8 +1,10 @@
-"""The pipelined tile loops (``SEGTRITON_STAGES`` > 1: several pixel tiles per program,
-prefetched) give the reference's loss and gradient, tails of the program grid included.
+"""The kernel knobs that ``bench/gpu_run.sh lease`` times against the defaults give the
+reference's loss and gradient: the pipelined tile loops (``SEGTRITON_STAGES`` > 1:
+several pixel tiles per program, prefetched; tails of the program grid included) and the
+largest tile (``SEGTRITON_MAX_TILE=8192``).
 
-``SEGTRITON_STAGES`` is read when segtriton.kernels is imported, so the cases run in a
-child process (in Triton's interpreter where this one uses it, compiled on a GPU).
+Both are read when segtriton.kernels is imported, so the cases run in a child process (in
+Triton's interpreter where this one uses it, compiled on a GPU).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import triton
 import triton.language as tl
@@ -26,8 +29,8 @@ from kernel_checks import DEVICE, assert_matches, to_channels_last
 from segtriton.kernels import _tiles
 from segtriton.registry import fit_variant, get, make_inputs
 
-pipelined = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM)
-assert pipelined == (3, 8), pipelined
+knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
+assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
 # several programs per launch, the last one with tiles past the end of the grid
@@ -57,16 +60,20 @@ print("checked", len(CASES))
 """
 
 
-def test_pipelined_tile_loops_match_the_reference(seed):
+@pytest.mark.parametrize(
+    ("knob", "expected"),
+    [(("SEGTRITON_STAGES", "3"), (3, 8, 2048)), (("SEGTRITON_MAX_TILE", "8192"), (1, 1, 8192))],
+    ids=["stages3", "tile8192"],
+)
+def test_kernel_knobs_match_the_reference(knob, expected, seed):
     tests = Path(__file__).parent
     env = {
-        **os.environ,
-        "SEGTRITON_STAGES": "3",
-        "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+        k: v for k, v in os.environ.items() if k not in ("SEGTRITON_STAGES", "SEGTRITON_MAX_TILE")
     }
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(seed)], env=env, capture_output=True, text=True
-    )
+    env[knob[0]] = knob[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-c", CHILD, str(seed), *map(str, expected)]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "checked 12" in out.stdout
 
