@@ -272,6 +272,7 @@ def test_hausdorff_streams_classes_with_spacing_and_repeats(mode, seed, gen):
     opts = {"mode": mode, "ignore_index": 255, "classes": [0, 5, 5, 299], "alpha": 0.7}
     x, t = make_inputs(HAUSDORFF, (2, 300, 2, 3, 4), opts, torch.float32, gen, 0.3, device=DEVICE)
     x[:, 5] += 4.0  # class 5 is confident somewhere: its predicted mask has a boundary
+    x[:, 299, 1, :2] += 12.0  # and class 299, in the last chunk (the argmax adds its start)
     opts["spacing"] = (2.0, 1.0, 0.5)
     assert_matches(HAUSDORFF, x, t, opts, torch.float32, seed)  # C > 256: streamed chunks
 
