@@ -19,6 +19,7 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
+from segtriton.kernels import surface as surface_mod
 
 METRICS = ["hausdorff_distance", "average_surface_distance", "surface_dice"]
 
@@ -63,6 +64,18 @@ def test_matches_reference(name, C, shape, spacing, gen):
     target = target.masked_fill(torch.rand(shape, generator=gen) < 0.05, 255)
     for opts in option_sets(name, C, gen):
         check(name, preds, target, C, spacing=spacing, ignore_index=255, **opts)
+
+
+@pytest.mark.parametrize("name", ["average_surface_distance", "surface_dice"])
+def test_runs_longer_than_a_block(name, gen, monkeypatch):
+    """ASD's sums and NSD's counts of a class's surface distances go ``BLOCK`` (1024) at a
+    time, more than a surface at the tests' shapes holds; with 16 the runs here take
+    several blocks, the last one partial."""
+    monkeypatch.setattr(surface_mod, "_STATS_BLOCK", 16)
+    target = smooth_labels(gen, 3, (2, 30, 17))
+    preds = smooth_labels(gen, 3, (2, 30, 17))
+    for opts in option_sets(name, 3, gen):
+        check(name, preds, target, 3, spacing=(0.7, 1.3), **opts)
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 29), (1, 1, 31), (2, 2, 2, 9)], ids=str)
