@@ -216,6 +216,13 @@ def next_pow2(n: int) -> int:
 
 
 CHUNK_PROGRAMS = 1024  # programs of a chunked reduction (each sums a run of pixel tiles)
+FINALIZE_BLOCK = 1024  # widest class or image block of a one-program finalize
+
+
+def finalize_block(n: int) -> int:
+    """Block of ``n`` classes or images in a one-program finalize: ``next_pow2(n)`` up to
+    ``FINALIZE_BLOCK``, past which the kernel loops over blocks."""
+    return min(FINALIZE_BLOCK, next_pow2(n))
 
 
 def tile_chunks(S: int, block_p: int, B: int) -> tuple[int, int]:

@@ -55,11 +55,11 @@ from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
     class_blocks,
+    finalize_block,
     grad_like,
     ignore_arg,
     ignore_value,
     loss_views,
-    next_pow2,
     num_warps_for,
     pixel_view,
     spatial_size,
@@ -314,8 +314,8 @@ def _loss_and_coefs(
     image, reg_mean, pix_mean, log, power, absent, gdl_type, gdl_max, none, mcc = flags
     sizes = (B, total.shape[0], C, total.shape[1])
     blocks = {
-        "BLOCK_C": min(1024, next_pow2(C)),
-        "BLOCK_B": min(1024, next_pow2(B)),
+        "BLOCK_C": finalize_block(C),
+        "BLOCK_B": finalize_block(B),
     }
     if gdl_type >= 0:
         _gdl_finalize_kernel[(1,)](

@@ -32,10 +32,10 @@ from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
     class_blocks,
+    finalize_block,
     grad_like,
     ignore_arg,
     loss_views,
-    next_pow2,
     num_warps_for,
     pixel_view,
     spatial_size,
@@ -80,7 +80,7 @@ def _wass_loss(
     loss = sums.new_empty(B)
     coef = sums.new_empty((B, C))
     _wass_finalize_kernel[(B,)](
-        sums, loss, coef, C, smooth_nr, smooth_dr, GDL=gdl, BLOCK=min(1024, next_pow2(C))
+        sums, loss, coef, C, smooth_nr, smooth_dr, GDL=gdl, BLOCK=finalize_block(C)
     )
     return loss, coef
 

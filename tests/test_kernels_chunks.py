@@ -10,6 +10,10 @@ call. Here CHUNK_PROGRAMS is lowered to 4 and the images hold S = 2050 = 2^11 + 
 so that every power-of-two tile up to 1024 leaves an odd number of tiles: each launch
 takes runs of two or more tiles, the last run ending past the image (checked on every
 ``tile_chunks`` call a case makes).
+
+Likewise the one-program finalize of the region statistics and the Wasserstein sums takes
+up to ``FINALIZE_BLOCK`` (1024) classes or images at a time, so its loops over blocks
+only turn past 1024 classes or images; lowered to 2, they turn at the tests' shapes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ CHUNKED = {
     "tversky", "focal_tversky", "generalized_dice", "mcc", "wasserstein_dice", "ce_dice",
     "topk_dice", "bce_dice", "focal_dice", "generalized_dice_focal", "combo",
 }  # fmt: skip
+PIXELWISE = {"ohem_cross_entropy", "recall_cross_entropy", "topk_cross_entropy"}  # no finalize
 
 
 @pytest.fixture
@@ -91,6 +96,40 @@ def test_loss_over_runs_of_tiles(entry, options, C, dtype, reduction, runs, seed
     )
     assert_matches(entry, x, t, opts, dtype, seed)
     assert_runs_split(runs)
+
+
+def _finalize_cases():
+    """Every variant of the losses with a one-program finalize (region statistics and the
+    Wasserstein sums): 1 class in binary mode, the length of a class matrix, else 3 and 5
+    in turn."""
+    rows = []
+    for entry in (e for e in KERNELS if e.name in CHUNKED - PIXELWISE):
+        for v, variant in enumerate(entry.variants):
+            C = entry.fit_classes((3, 5)[len(rows) % 2], variant)
+            options = fit_variant(variant, C)
+            if options is None:
+                C, options = len(variant["dist_matrix"]), variant
+            rows.append(pytest.param(entry, options, C, id=f"{entry.name}-{v}-C{C}"))
+    return rows
+
+
+@pytest.mark.parametrize(("entry", "options", "C"), _finalize_cases())
+def test_finalize_over_blocks_of_classes_and_images(entry, options, C, monkeypatch, seed, gen):
+    """Three images and three or five classes take two or three blocks of 2 each, the
+    last one partial."""
+    monkeypatch.setattr(_tiles, "FINALIZE_BLOCK", 2)
+    widths = []
+
+    def recorded(n: int) -> int:
+        widths.append(n)
+        return _tiles.finalize_block(n)
+
+    for module in (region, wasserstein):
+        monkeypatch.setattr(module, "finalize_block", recorded)
+    opts = entry.ignoring(options)
+    x, t = make_inputs(entry, (3, C, 5, 7), opts, torch.float32, gen, 0.2, device=DEVICE)
+    assert_matches(entry, x, t, opts, torch.float32, seed)
+    assert max(widths, default=0) > 2, widths
 
 
 @pytest.mark.parametrize("per_image", [False, True])
