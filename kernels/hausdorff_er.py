@@ -42,6 +42,7 @@ from .cldice import _front, _geometry, _kept_shape, front_inputs
 # 127 and 102 registers, 16 warps per SM; small maps sharing a tile take up to 146 in the
 # backward (8 warps per SM; `segtriton compile --quick`); no spill
 FORWARD_BLOCK, BACKWARD_BLOCK, WARPS = 2048, 1024, 8
+UNIT_ROWS = 128  # partial rows of a unit that a per-level reduction takes at a time
 
 
 def _tiling(U: int, N: int, block: int) -> tuple[int, dict]:
@@ -57,7 +58,7 @@ def _tiling(U: int, N: int, block: int) -> tuple[int, dict]:
 def _unit_tiling(U: int, n_blocks: int) -> tuple[int, dict]:
     """``(programs, meta)`` of the per-level kernels that reduce the ``n_blocks`` partial
     rows of each of ``U`` units (a fixed order for a given ``n_blocks``)."""
-    block_b = min(next_pow2(n_blocks), 128)
+    block_b = min(next_pow2(n_blocks), UNIT_ROWS)
     block_u = min(next_pow2(U), 1024 // block_b)
     return cdiv(U, block_u), {"BLOCK_U": block_u, "BLOCK_B": block_b, "num_warps": 4}
 

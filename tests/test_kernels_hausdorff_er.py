@@ -1,6 +1,7 @@
 """The erosion Hausdorff loss: the Triton erosions, loss and gradient against the float64
-reference, a worked example, ties at a map's max and min, and all-ignored batches; in the
-interpreter on CPU and compiled on a GPU."""
+reference, a worked example, ties at a map's max and min, all-ignored batches, and the
+per-level reductions over many partial rows; in the interpreter on CPU and compiled on a
+GPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from kernel_checks import CASE_ARGS, DEVICE, assert_matches, kernel_cases, to_ch
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
+from segtriton.kernels import hausdorff_er as her_mod
 from segtriton.registry import get, make_inputs
 
 HDER = get("hausdorff_er")
@@ -28,6 +30,21 @@ def test_hausdorff_er_matches_reference(
     if channels_last:
         x = to_channels_last(x)
     assert_matches(entry, x, t, opts, dtype, seed)
+
+
+@pytest.mark.parametrize("v", range(len(HDER.variants)))
+def test_levels_reduce_many_partial_rows(v, seed, gen, monkeypatch):
+    """Each level's extrema and tie coefficients reduce a unit's partial rows (one per
+    pixel block of 2048, 1024 in the backward) up to 128 at a time, looping only past 2^18
+    pixels per map; with blocks of 16 pixels and 2 rows at a time, a 9 x 11 map has 7
+    rows, taken in four steps, the last one partial."""
+    monkeypatch.setattr(her_mod, "FORWARD_BLOCK", 16)
+    monkeypatch.setattr(her_mod, "BACKWARD_BLOCK", 16)
+    monkeypatch.setattr(her_mod, "UNIT_ROWS", 2)
+    opts = {**HDER.variants[v], **HDER.light, "ignore_index": 255}
+    C = HDER.fit_classes(3, opts)
+    x, t = make_inputs(HDER, (2, C, 9, 11), opts, torch.float32, gen, 0.2, device=DEVICE)
+    assert_matches(HDER, x, t, opts, torch.float32, seed)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
