@@ -216,11 +216,12 @@ def next_pow2(n: int) -> int:
 
 
 CHUNK_PROGRAMS = 1024  # programs of a chunked reduction (each sums a run of pixel tiles)
-FINALIZE_BLOCK = 1024  # widest class or image block of a one-program finalize
+FINALIZE_BLOCK = 1024  # widest class or image block of a finalize kernel
 
 
 def finalize_block(n: int) -> int:
-    """Block of ``n`` classes or images in a one-program finalize: ``next_pow2(n)`` up to
+    """Block of ``n`` classes or images in a finalize kernel (the region losses' single
+    program, the Wasserstein loss's program per image): ``next_pow2(n)`` up to
     ``FINALIZE_BLOCK``, past which the kernel loops over blocks."""
     return min(FINALIZE_BLOCK, next_pow2(n))
 

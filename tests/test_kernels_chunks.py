@@ -11,9 +11,10 @@ so that every power-of-two tile up to 1024 leaves an odd number of tiles: each l
 takes runs of two or more tiles, the last run ending past the image (checked on every
 ``tile_chunks`` call a case makes).
 
-Likewise the one-program finalize of the region statistics and the Wasserstein sums takes
-up to ``FINALIZE_BLOCK`` (1024) classes or images at a time, so its loops over blocks
-only turn past 1024 classes or images; lowered to 2, they turn at the tests' shapes.
+Likewise the finalize kernels of the region statistics (one program) and of the
+Wasserstein sums (one program per image) take up to ``FINALIZE_BLOCK`` (1024) classes or
+images at a time, so their loops over blocks only turn past 1024 classes or images;
+lowered to 2, they turn at the tests' shapes.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def test_loss_over_runs_of_tiles(entry, options, C, dtype, reduction, runs, seed
 
 
 def _finalize_cases():
-    """Every variant of the losses with a one-program finalize (region statistics and the
+    """Every variant of the losses with a finalize kernel (region statistics and the
     Wasserstein sums): 1 class in binary mode, the length of a class matrix, else 3 and 5
     in turn."""
     rows = []
