@@ -82,8 +82,20 @@ def _loss_cases():
     return rows
 
 
-def test_every_chunked_loss_is_listed():
+def test_chunked_names_are_registry_kernels():
     assert {e.name for e in KERNELS} >= CHUNKED
+
+
+@pytest.mark.parametrize(
+    "entry", [e for e in KERNELS if e.name not in CHUNKED], ids=lambda e: e.name
+)
+def test_every_chunking_loss_is_listed(entry, runs, gen):
+    """A loss outside CHUNKED makes no ``tile_chunks`` call (else it belongs there)."""
+    opts = {**entry.variants[0], **entry.light}
+    shape = entry.fit_shape((2, 3, 5, 7), opts)
+    x, t = make_inputs(entry, shape, opts, generator=gen, device=DEVICE)
+    entry.kernel(x.requires_grad_(), t, **opts).sum().backward()
+    assert runs == []
 
 
 @pytest.mark.parametrize(("entry", "options", "C", "dtype", "reduction"), _loss_cases())
