@@ -23,11 +23,14 @@ SHAPES = [
     ((2, 9, 11, 13), (2.0, 1.0, 0.5)),
     ((2, 70, 41), (1.5, 1.0)),
     ((2, 40, 23), (0.3, 1.7)),
+    ((2, 3, 5000), (1.0, 0.7)),  # rows past 4096 pixels: one line per program
 ]
 
 
 @pytest.mark.parametrize(
-    ("shape", "spacing"), SHAPES, ids=["2d", "3d-spacing", "2d-spacing", "2d-fine-rows"]
+    ("shape", "spacing"),
+    SHAPES,
+    ids=["2d", "3d-spacing", "2d-spacing", "2d-fine-rows", "2d-long-rows"],
 )
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.6])
 def test_squared_edt_equals_scipy(shape, spacing, density, gen):
