@@ -107,6 +107,42 @@ def nested_masks(gen: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([level >= c for c in (1, 2, 3)], dim=1).long()
 
 
+def record_calls(monkeypatch, name: str, modules) -> list[tuple[tuple, object]]:
+    """Wraps ``segtriton.kernels._tiles.<name>`` where each of ``modules`` imported it;
+    returns the list its calls fill with ``(args, result)``."""
+    from segtriton.kernels import _tiles
+
+    real, calls = getattr(_tiles, name), []
+
+    def recorded(*args):
+        result = real(*args)
+        calls.append((args, result))
+        return result
+
+    for module in modules:
+        monkeypatch.setattr(module, name, recorded)
+    return calls
+
+
+def chunked_runs(monkeypatch) -> list[tuple[tuple, object]]:
+    """Runs of several pixel tiles per program in the chunked reductions at small shapes:
+    ``CHUNK_PROGRAMS`` lowered from 1024 to 4. Returns the recorded ``tile_chunks`` calls
+    (see :func:`assert_runs_split` and ``tests/test_kernels_chunks.py``)."""
+    from segtriton.kernels import _tiles, metrics, pixelwise, region, wasserstein
+
+    monkeypatch.setattr(_tiles, "CHUNK_PROGRAMS", 4)
+    return record_calls(monkeypatch, "tile_chunks", (metrics, pixelwise, region, wasserstein))
+
+
+def assert_runs_split(calls: list[tuple[tuple, object]]) -> None:
+    """Every recorded ``tile_chunks(S, block_p, B)`` call gave two or more runs of two or
+    more tiles, the last run ending past the image."""
+    assert calls, "no chunked launch ran"
+    for (S, block_p, _), (per_run, n_runs) in calls:
+        tiles = -(-S // block_p)
+        assert per_run >= 2 and n_runs >= 2 and per_run * n_runs > tiles, calls
+
+
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     return x.contiguous(memory_format=fmt)

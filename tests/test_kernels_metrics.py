@@ -1,8 +1,8 @@
 """Triton confusion matrix and metrics against the reference and torchmetrics, in the
 interpreter on CPU and compiled on a GPU: labels and fused-argmax logits, 2-D and 3-D,
 C in {1, 2, 19, 150, 1000} (private histograms and integer atomics; past 4096 classes,
-atomics alone), per image, ties, bad labels, the streaming accumulator and its gloo
-synchronisation."""
+atomics alone), per image, several pixel tiles per program, ties, bad labels, the
+streaming accumulator and its gloo synchronisation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from kernel_checks import DEVICE, on_two_gloo_ranks
+from kernel_checks import DEVICE, assert_runs_split, chunked_runs, on_two_gloo_ranks
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -36,27 +36,16 @@ def test_confusion_matrix_matches_reference(C, spatial, per_image, gen):
         assert got.dtype == torch.int64 and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("C", [19, 150, 1000])
-def test_mostly_right_predictions(C, gen):
+@pytest.mark.parametrize(
+    ("C", "hist_bins"), [(19, None), (150, None), (1000, None), (19, 16), (150, 16)]
+)
+def test_mostly_right_predictions(C, hist_bins, gen, monkeypatch):
     """A good model's matrix is nearly diagonal: the path that counts the diagonal apart
-    (C > 63) must agree with the reference, per image too."""
-    _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
-    wrong = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.15
-    guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
-    preds = torch.where(wrong | (target == 255), guess, target).to(torch.int16)
-    for per_image in (False, True):
-        got = ker.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
-        want = ref.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
-        assert torch.equal(got, want)
-    assert torch.diagonal(want, dim1=-2, dim2=-1).sum() > want.sum() // 2
-
-
-@pytest.mark.parametrize("C", [19, 150])
-def test_classes_past_every_histogram(C, gen, monkeypatch):
-    """From C = 4096 no private histogram fits, not even the diagonal's: every counted
-    pixel is one integer atomic. A bin limit lowered to 16 takes that path at C = 19 and
-    150, from labels and from logits, per image too, most pixels on the diagonal."""
-    monkeypatch.setattr(metrics_mod, "_HIST_BINS", 16)
+    (C > 63) must agree with the reference, per image too, from labels and from logits.
+    From C = 4096 no private histogram fits, not even the diagonal's: every counted pixel
+    is one integer atomic; a bin limit lowered to 16 takes that path at C = 19 and 150."""
+    if hist_bins is not None:
+        monkeypatch.setattr(metrics_mod, "_HIST_BINS", hist_bins)
     _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
     wrong = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.15
     guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
@@ -67,6 +56,23 @@ def test_classes_past_every_histogram(C, gen, monkeypatch):
         want = ref.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
         assert torch.equal(got, want)
     assert torch.diagonal(want, dim1=-2, dim2=-1).sum() > want.sum() // 2
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize(
+    ("C", "from_logits"), [(3, False), (150, False), (3, True), (19, True), (150, True)]
+)
+def test_confusion_matrix_over_runs_of_tiles(C, from_logits, per_image, gen, monkeypatch):
+    """Several pixel tiles per program, the last run past the image
+    (``kernel_checks.chunked_runs``): labels and small-C logits take the private
+    histograms; C = 150 the atomic adds and the diagonal histogram."""
+    runs = chunked_runs(monkeypatch)
+    logits, target = _inputs(2, C, (41, 50), gen)  # 2050 = 2^11 + 2 pixels
+    preds = logits if from_logits else logits.argmax(1).to(torch.int32)
+    got = ker.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+    want = ref.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+    assert torch.equal(got, want)
+    assert_runs_split(runs)
 
 
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32], ids=str)

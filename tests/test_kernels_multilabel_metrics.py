@@ -10,7 +10,14 @@ import itertools
 
 import pytest
 import torch
-from kernel_checks import DEVICE, nested_masks, on_two_gloo_ranks, to_channels_last
+from kernel_checks import (
+    DEVICE,
+    assert_runs_split,
+    chunked_runs,
+    nested_masks,
+    on_two_gloo_ranks,
+    to_channels_last,
+)
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -49,6 +56,17 @@ def _cases():
         name = f"C{C}-{len(spatial)}d-{preds}-{str(target)[6:]}{'-cl' if cl else ''}"
         rows.append(pytest.param(C, spatial, preds, target, cl, id=name))
     return rows
+
+
+@pytest.mark.parametrize("preds", ["bfloat16", "uint8"])
+@pytest.mark.parametrize("C", [3, 19])
+def test_counts_over_runs_of_tiles(C, preds, gen, monkeypatch):
+    """Several pixel tiles per program, the last run past the image
+    (``kernel_checks.chunked_runs``), at 2050 = 2^11 + 2 pixels."""
+    runs = chunked_runs(monkeypatch)
+    p, t = _inputs(gen, 2, C, (41, 50), preds, torch.uint8, 255)
+    _assert_counts_equal(p, t, C, 255)
+    assert_runs_split(runs)
 
 
 @pytest.mark.parametrize(("C", "spatial", "preds", "target_dtype", "channels_last"), _cases())
