@@ -187,18 +187,22 @@ def test_compile_rows_compile_the_reference_in_their_mode_and_time_the_first_cal
     assert row["passed"] and 0.05 <= row["first_call_s"] < 5, row
 
 
-def test_every_compile_row_times_compiled_code(monkeypatch):
+def test_every_compile_row_times_compiled_code():
     """Past its recompile limit Dynamo runs a function eagerly without a word, so a sweep's
     later compile rows would time eager code; each row starts from a fresh cache. With
-    the limit at 1, every one of three shapes still compiles its own graphs."""
+    the limit at 1, every one of three shapes still compiles its own graphs. (The limit
+    is set through Dynamo's own ``config.patch``: pytest 9.2's ``monkeypatch`` undoes a
+    setattr on torch's config modules with a ``delattr``, which hides the option from
+    every later compile in the process.)"""
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    for H in (5, 6, 7):
-        graphs = counters["stats"]["unique_graphs"]
-        case = runner.Case("bce", "compile", (2, 1, H, 7), "fp32", "int64", "fwd", "contiguous", 0)
-        row = runner.run_case(case, CPU, copy_gbps=1.0, reps=1)
-        assert row["passed"] and counters["stats"]["unique_graphs"] > graphs, (H, row)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for H in (5, 6, 7):
+            graphs = counters["stats"]["unique_graphs"]
+            shape = (2, 1, H, 7)
+            case = runner.Case("bce", "compile", shape, "fp32", "int64", "fwd", "contiguous", 0)
+            row = runner.run_case(case, CPU, copy_gbps=1.0, reps=1)
+            assert row["passed"] and counters["stats"]["unique_graphs"] > graphs, (H, row)
 
 
 def test_compile_rows_count_their_graph_breaks():
