@@ -24,10 +24,16 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, packaged apart before Python 3.11
+    import tomli as tomllib
 
 import torch
 
@@ -255,10 +261,6 @@ def load_spec(preset: str | None = None, path: str | Path | None = None) -> dict
     """A preset, or a TOML file (whose ``preset`` key, if any, gives the defaults)."""
     spec: dict = {}
     if path is not None:
-        try:
-            import tomllib
-        except ImportError as exc:  # Python 3.10
-            raise RuntimeError("TOML sweep specs need Python >= 3.11 (tomllib)") from exc
         try:
             with open(path, "rb") as f:
                 spec = tomllib.load(f)
