@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from bench_rows import bench_row, save_run
+from kernel_checks import NO_KORNIA, needs_kornia
 
 from segtriton.bench import runner
 from segtriton.bench.cli import main
@@ -251,14 +252,15 @@ def test_berman_baselines_equal_the_reference(per_image, gen):
 
 
 def test_peer_providers_run_where_their_semantics_match(tmp_path):
+    providers = ["monai", "smp"] + ([] if NO_KORNIA else ["kornia"])
     code, rows = _sweep(
         tmp_path,
         'preset = "peers"\nlosses = ["dice", "tversky", "softmax_focal", "sigmoid_focal_ovr"]\n'
-        'providers = ["eager", "monai", "smp", "kornia"]\nshapes = [[2, 5, 9, 11]]\n',
+        f"providers = {json.dumps(['eager', *providers])}\nshapes = [[2, 5, 9, 11]]\n",
     )
     assert code == 0
-    peers = rows[rows.provider.isin(["monai", "smp", "kornia"])]
-    assert set(zip(peers.provider, peers.loss, strict=True)) == {
+    peers = rows[rows.provider.isin(providers)]
+    want = {
         ("monai", "dice"),
         ("smp", "dice"),
         ("kornia", "dice"),
@@ -268,6 +270,9 @@ def test_peer_providers_run_where_their_semantics_match(tmp_path):
         ("monai", "sigmoid_focal_ovr"),
         ("monai", "softmax_focal"),
         ("kornia", "softmax_focal"),
+    }
+    assert set(zip(peers.provider, peers.loss, strict=True)) == {
+        row for row in want if row[0] in providers
     }
     assert peers.passed.all() and (peers.median_ms > 0).all()
     assert peers.options.str.contains("scope").any()
@@ -288,6 +293,7 @@ def test_monai_preset_checks_monai_without_ignored_pixels(tmp_path):
     assert rows.passed.all() and (rows.ignore_frac == 0).all()
 
 
+@needs_kornia
 def test_hausdorff_er_preset_checks_kornia_and_gates_on_the_share_off(tmp_path):
     """kornia's HausdorffERLoss (2-D) and HausdorffERLoss3D rows beside ours pass the float64
     check; the erosion loss's rows carry ``grad_off_share`` (the share of gradient entries

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from bench_rows import bench_row
+from kernel_checks import needs_kornia
 
 from segtriton.bench import cli, runner
 from segtriton.bench.baselines import PEERS
@@ -112,13 +113,19 @@ def test_a_row_derives_bandwidth_and_memory_from_its_measurements(monkeypatch, m
     assert row["extra_mem_beyond_grad_mb"] == pytest.approx(5.0 - grad / 2**20)
 
 
-PEER_ROWS = [(provider, loss) for provider, losses in PEERS.items() for loss in losses]
+PEER_ROWS = [
+    pytest.param(
+        provider, loss, id=f"{provider}-{loss}", marks=needs_kornia if provider == "kornia" else ()
+    )
+    for provider, losses in PEERS.items()
+    for loss in losses
+]
 
 
 @pytest.mark.parametrize(
     "shape", [(2, 3, 9, 11), (1, 2, 4, 5, 6), (2, 19, 3, 4)], ids=["2d", "3d", "absent"]
 )
-@pytest.mark.parametrize(("provider", "loss"), PEER_ROWS, ids=["-".join(p) for p in PEER_ROWS])
+@pytest.mark.parametrize(("provider", "loss"), PEER_ROWS)
 def test_every_peer_row_matches_the_reference_under_its_options(provider, loss, shape):
     """Each entry of the peer table passes the row's float64 check, with ignored pixels
     where the peer takes ``ignore_index`` and with classes absent from an image (19 classes
