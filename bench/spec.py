@@ -25,15 +25,11 @@ from __future__ import annotations
 import itertools
 import numbers
 import sys
+import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser, packaged apart before Python 3.11
-    import tomli as tomllib
 
 import torch
 
@@ -257,14 +253,25 @@ _AXES = {  # list-valued axes and their allowed values (None: registry names)
 _KEYS = {*_AXES, "shapes", "cases", "ignore_frac"}
 
 
+def _toml() -> types.ModuleType:
+    """``tomllib``, or before Python 3.11 ``tomli`` (the same parser, packaged apart; a
+    dependency there), imported only when a spec file is read."""
+    if sys.version_info >= (3, 11):
+        import tomllib as toml
+    else:
+        import tomli as toml
+    return toml
+
+
 def load_spec(preset: str | None = None, path: str | Path | None = None) -> dict:
     """A preset, or a TOML file (whose ``preset`` key, if any, gives the defaults)."""
     spec: dict = {}
     if path is not None:
+        toml = _toml()
         try:
             with open(path, "rb") as f:
-                spec = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+                spec = toml.load(f)
+        except (OSError, toml.TOMLDecodeError) as exc:
             raise SpecError(f"cannot read spec file {path}: {exc}") from exc
         preset = spec.pop("preset", preset)
     if preset is not None:
