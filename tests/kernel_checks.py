@@ -26,8 +26,8 @@ SPATIAL = [(7, 9), (3, 5, 6)]
 KERNELS = tuple(e for e in LOSSES if e.kernel is not None)  # the losses with a Triton kernel
 # the pinned kornia (0.9.0) needs Python >= 3.11: pyproject installs it only there, and
 # its tests fail where it is missing on 3.11 and later
-NO_KORNIA = sys.version_info < (3, 11)
-needs_kornia = pytest.mark.skipif(NO_KORNIA, reason="kornia 0.9.0 needs Python >= 3.11")
+NO_KORNIA, KORNIA_REASON = sys.version_info < (3, 11), "kornia 0.9.0 needs Python >= 3.11"
+needs_kornia = pytest.mark.skipif(NO_KORNIA, reason=KORNIA_REASON)
 CASE_ARGS = ("entry", "options", "C", "dtype", "spatial", "channels_last", "reduction")
 
 

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_checks import NO_KORNIA, nested_masks, smooth_labels
+from kernel_checks import KORNIA_REASON, NO_KORNIA, nested_masks, smooth_labels
 
 from segtriton import reference as ref
 from segtriton.bench.baselines import smp_losses
@@ -46,7 +46,7 @@ def monai():
 @pytest.fixture(scope="module")
 def kornia():
     if NO_KORNIA:
-        pytest.skip("kornia 0.9.0 needs Python >= 3.11")
+        pytest.skip(KORNIA_REASON)
     return importlib.import_module("kornia.losses")
 
 
