@@ -66,7 +66,7 @@ def _chunk(
     """A streamed class chunk: ``(z, p, valid, bad, loss, dL/dp)``."""
     _, z, p, g, valid, bad = _load_chunk(
         x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-        sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE,
+        sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE, False,
     )  # fmt: skip
     loss, dp = _entry_terms(
         phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c, offs_p, pmask, C, K, S, spb, spc,
@@ -122,7 +122,7 @@ def _boundary_kernel(
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-            stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE,
+            stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE, False,
         )  # fmt: skip
         loss, dp = _entry_terms(
             phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c0, offs_p, pmask, C, K, S, spb,
@@ -131,7 +131,7 @@ def _boundary_kernel(
         tl.store(loss_ptr + pid, _tile_loss(loss, bad))
         if WRITE_GRAD:
             mean_dp = tl.sum(p * dp, axis=0) * gscale
-            dz = _tile_grad(z, p, _scaled(dp, gscale), valid, mean_dp, LABELS)
+            dz = _tile_grad(z, p, _scaled(dp, gscale), valid, mean_dp, LABELS, False)
             _store_grad(g_ptr, dz, b, offs_c0, offs_p, pmask, C, sgb, sgc, sgs)
     else:
         total = 0.0
@@ -146,7 +146,7 @@ def _boundary_kernel(
             total += _tile_loss(loss, bad)
             mean_dp += tl.sum(p * dp, axis=0)
             if WRITE_GRAD and not LABELS:
-                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp, LABELS)
+                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp, LABELS, False)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
         tl.store(loss_ptr + pid, total)
         if WRITE_GRAD and LABELS:
@@ -157,7 +157,7 @@ def _boundary_kernel(
                     ys, pvalid, pbad, m, inv_s, C, K, S, sxb, sxc, sxs, stb, stc, sts, spb, spc,
                     sps, ignore_index, phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
                 )  # fmt: skip
-                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp * gscale, LABELS)
+                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp * gscale, LABELS, False)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
 
 

@@ -250,7 +250,7 @@ def _cldice_front_kernel(
         offs_c = c0 + offs_c0
         _x, _z, p, g, _valid, bad = _load_chunk(
             x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-            sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+            sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, False,
         )  # fmt: skip
         seen = tl.maximum(seen, tl.max(tl.max(bad.to(tl.int32), axis=0), axis=0))
         at, keep = _kept_at(b, offs_c, offs_p, pmask, C, first, S)
@@ -285,7 +285,7 @@ def _cldice_back_kernel(
             offs_c = c0 + offs_c0
             x, _z, p, _g, valid, _bad = _load_chunk(
                 x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, False,
             )  # fmt: skip
             at, keep = _kept_at(b, offs_c, offs_p, pmask, C, first, S)
             d = tl.load(d_ptr + at, mask=valid & keep, other=0.0)

@@ -15,11 +15,12 @@ Two passes over the logits, no one-hot:
   ``u`` comes from the finalize whole, not as a sum of two large terms that nearly
   cancel (the MCC of a class that fills its unit).
 
-SOFTMAX means multiclass (a softmax over classes), else a sigmoid per element; LABELS
-means integer labels ``[B, S]`` (always with SOFTMAX), else masks ``[B, C, S]``: with
-SOFTMAX, class probabilities (one-hot or soft) as the target. Ignored entries have
-``p = g = 0``; a bad label or mask value puts NaN into its image's T sums, so the loss is
-NaN.
+SOFTMAX means multiclass (a softmax over classes), else a sigmoid per element, or with
+PROBS none: the input is ``p`` (``from_logits=False``) and ``dL/dz = dL/dp``. LABELS
+means integer labels ``[B, S]`` (multiclass), else masks ``[B, C, S]``: in multiclass
+mode, class probabilities (one-hot or soft) as the target. Ignored entries have
+``p = g = 0``; a bad label or mask value, or with PROBS an input outside [0, 1], puts NaN
+into its image's T sums, so the loss is NaN.
 
 Compound losses (PIXEL = 1: CE or softmax focal, whole class tiles only; PIXEL = 2: BCE
 or sigmoid focal) ride along: pass 1 also sums the pixel loss and its 'mean' divisor per
@@ -102,9 +103,11 @@ def _chunk_terms(
     SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
+    PROBS: tl.constexpr,
 ):
     """``(p, g, valid, bad)`` of a ``[classes, pixels]`` tile, p and g 0 where not valid.
-    ``z`` is ``exp(x - m)`` (SOFTMAX: ``p = z / s``) or the logits (sigmoid)."""
+    ``z`` is ``exp(x - m)`` (SOFTMAX: ``p = z / s``), the logits (sigmoid) or, with PROBS,
+    the probabilities themselves (a counted entry outside [0, 1] is bad)."""
     m2 = (offs_c < C)[:, None] & pmask[None, :]
     if LABELS:
         valid = m2 & pvalid[None, :]
@@ -116,6 +119,9 @@ def _chunk_terms(
         )
     if SOFTMAX:
         p = tl.where(valid, z * inv_s[None, :], 0.0)
+    elif PROBS:
+        p = tl.where(valid, z, 0.0)
+        bad = bad | (valid & ~((z >= 0.0) & (z <= 1.0)))
     else:
         p = tl.where(valid, _sigmoid_pq(z)[0], 0.0)
     return p, g, valid, bad
@@ -169,7 +175,7 @@ def _pixel_setup(
 def _load_chunk(
     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
     sxb, sxc, sxs, stb, stc, sts, ignore_index,
-    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, PROBS: tl.constexpr,
 ):  # fmt: skip
     """A class chunk streamed from memory: ``(x, z, p, g, valid, bad)`` (see
     :func:`_chunk_terms`; ``z = exp(x - m)`` for the softmax, else ``x``)."""
@@ -179,7 +185,7 @@ def _load_chunk(
         z = tl.exp(x - m[None, :])
     p, g, valid, bad = _chunk_terms(
         z, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-        stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+        stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
     )  # fmt: skip
     return x, z, p, g, valid, bad
 
@@ -258,6 +264,7 @@ def _region_stats_kernel(
     SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
+    PROBS: tl.constexpr,
     OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr,
     PIXEL: tl.constexpr,
@@ -302,7 +309,7 @@ def _region_stats_kernel(
         if SINGLE:
             p, g, valid, bad = _chunk_terms(
                 z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-                stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+                stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
             )  # fmt: skip
             si, sp, st = _tile_sums(p, g, bad, OVERLAP)
             acc_i += si
@@ -324,7 +331,7 @@ def _region_stats_kernel(
                 cmask = offs_c < C
                 xc, zc, p, g, valid, bad = _load_chunk(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                    sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+                    sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
                 )  # fmt: skip
                 si, sp, st = _tile_sums(p, g, bad, OVERLAP)
                 _add_row(out + offs_c, si, cmask)
@@ -367,10 +374,13 @@ def _dl_dp(p, g, coef, offs_c, C, OVERLAP: tl.constexpr):
 
 
 @triton.jit
-def _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX: tl.constexpr):
-    """``dL/dz`` of a tile; ``mean_dp = sum_k p_k dL/dp_k`` per pixel (softmax only)."""
+def _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX: tl.constexpr, PROBS: tl.constexpr):
+    """``dL/dz`` of a tile; ``mean_dp = sum_k p_k dL/dp_k`` per pixel (softmax only); with
+    PROBS, z is p and ``dL/dz = dL/dp``."""
     if SOFTMAX:
         dz = p * (dp - mean_dp[None, :])
+    elif PROBS:
+        dz = dp
     else:
         sp, sq = _sigmoid_pq(z)
         dz = dp * sp * sq
@@ -381,7 +391,8 @@ def _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX: tl.constexpr):
 def _region_grad_tile(
     b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr, C,
     S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, OVERLAP: tl.constexpr,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, PROBS: tl.constexpr,
+    OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
     SHARE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -397,12 +408,12 @@ def _region_grad_tile(
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-            stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+            stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
         )  # fmt: skip
         dp = _dl_dp(p, g, coef, offs_c0, C, OVERLAP)
         if SOFTMAX:
             mean_dp = tl.sum(p * dp, axis=0)
-        dz = _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX)
+        dz = _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX, PROBS)
         if PIXEL != 0:
             kpix = tl.load(kpix_ptr + b)
             if SHARE:  # top-k: each pixel's share of the pixel term
@@ -424,7 +435,7 @@ def _region_grad_tile(
                 offs_c = c0 + offs_c0
                 xc, zc, p, g, valid, bad = _load_chunk(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                    sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+                    sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
                 )  # fmt: skip
                 mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, OVERLAP), axis=0)
         for c0 in range(0, C, BLOCK_C):
@@ -432,10 +443,10 @@ def _region_grad_tile(
             cmask = offs_c < C
             xc, zc, p, g, valid, bad = _load_chunk(
                 x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
             )  # fmt: skip
             dp = _dl_dp(p, g, coef, offs_c, C, OVERLAP)
-            dz = _tile_grad(zc, p, dp, valid, mean_dp, SOFTMAX)
+            dz = _tile_grad(zc, p, dp, valid, mean_dp, SOFTMAX, PROBS)
             if PIXEL == 2:
                 loss, den, dx = _pixel_term(
                     xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
@@ -479,6 +490,7 @@ def _region_grad_kernel(
     SOFTMAX: tl.constexpr,
     LABELS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
+    PROBS: tl.constexpr,
     OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr,
     PIXEL: tl.constexpr,
@@ -500,6 +512,6 @@ def _region_grad_kernel(
         _region_grad_tile(
             b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
-            scale, SOFTMAX, LABELS, HAS_IGNORE, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W, SHARE,
-            BLOCK_C, BLOCK_P,
+            scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W,
+            SHARE, BLOCK_C, BLOCK_P,
         )  # fmt: skip

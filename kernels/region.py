@@ -13,7 +13,8 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
   multiplies them by its grad_output). :func:`region_stats` returns the
   differentiable sums themselves, for formulas of one's own.
 - Pass 2 (the backward, a Triton kernel) recomputes the probabilities and writes
-  ``dL/dz`` once. Nothing of pixel size is saved between the passes.
+  ``dL/dz`` once. Nothing of pixel size is saved between the passes. With
+  ``from_logits=False`` both passes read the input as the probabilities (no activation).
 - No host synchronisation unless ``validate=True`` (which reads the labels / masks and
   the weight vectors and raises ``ValueError`` on bad values); without it a label outside
   ``[0, C)`` or a mask value outside [0, 1] makes the loss NaN.
@@ -32,11 +33,13 @@ import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import (
+    bad_probabilities,
     check_choice,
     check_mode,
     check_number,
     checked_target,
     is_number,
+    not_ignored,
     probability_target,
 )
 
@@ -71,6 +74,7 @@ from .pixelwise import _class_vector
 PIXEL_SOFTMAX, PIXEL_SIGMOID = 1, 2  # compound pixel terms fused into the two passes
 # what pass 1 and 2 read: sigmoid over masks, softmax over labels or over class probabilities
 TARGET_MASKS, TARGET_LABELS, TARGET_PROBS = 0, 1, 2
+INPUT_PROBS = 4  # added to the kind when the input holds probabilities (from_logits=False)
 # pass 1 / 2's pixel-term arguments (pixel, w, w2, smoothing, gamma, scale, focal) for none
 _NO_PIXEL = (0, None, None, 0.0, 0.0, 1.0, False)
 
@@ -90,14 +94,14 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
     """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
     sum and 'mean' divisor (zeros when ``pixel`` is 0); with ``count``, ``[B, 4C + 2]``
     with the counted pixels ``N[C]`` after T."""
-    x, t, strides = loss_views(logits, target, kind == TARGET_LABELS)
+    x, t, strides = loss_views(logits, target, _reads_labels(kind))
     B, C = x.shape[:2]
     S = spatial_size(x)
     block_c, block_p, single = class_blocks(C)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     row = (4 if count else 3) * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
-    ign, has_ignore = ignore_arg(ignore_index, kind == TARGET_LABELS)
+    ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     _region_stats_kernel[(B * n_chunks,)](
         x,
         t,
@@ -137,13 +141,19 @@ def _region_stats(
     return total[:, : 3 * C].reshape(B, 3, C).contiguous()
 
 
+def _reads_labels(kind: int) -> bool:
+    return kind % INPUT_PROBS == TARGET_LABELS
+
+
 def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
     if pixel == PIXEL_SOFTMAX and not single:
         raise ValueError(f"the fused softmax term needs C <= {MAX_SINGLE_C} (one class tile)")
+    probs = kind >= INPUT_PROBS
     return {
-        "SOFTMAX": kind != TARGET_MASKS,
-        "LABELS": kind == TARGET_LABELS,
+        "SOFTMAX": kind % INPUT_PROBS != TARGET_MASKS and not probs,
+        "LABELS": _reads_labels(kind),
         "HAS_IGNORE": has_ignore,
+        "PROBS": probs,
         "OVERLAP": overlap,
         "SINGLE": single,
         "PIXEL": pixel,
@@ -179,11 +189,11 @@ def _region_grad(
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
     ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum), times each pixel's ``share``
     (fp32 ``[B, *S]``; the softmax pixel term only) when given."""
-    x, t, strides = loss_views(logits, target, kind == TARGET_LABELS)
+    x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
-    ign, has_ignore = ignore_arg(ignore_index, kind == TARGET_LABELS)
+    ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     _region_grad_kernel[(n_programs,)](
         x,
         t,
@@ -474,9 +484,10 @@ def _global_region_loss(logits, target, group, *args):
     return _GlobalRegionLoss.apply(logits, target, group, *args)[0]
 
 
-def _checked(logits, target, mode, ignore_index, scope, validate):
+def _checked(logits, target, mode, ignore_index, scope, validate, from_logits=True):
     """``(target, kind, ignore)``: checked inputs in the form pass 1 takes; ``kind`` is a
-    ``TARGET_*`` value (multiclass with a target of the logits' shape: probabilities)."""
+    ``TARGET_*`` value (multiclass with a target of the logits' shape: probabilities),
+    plus ``INPUT_PROBS`` when not ``from_logits`` (``validate`` then reads the input too)."""
     check_choice("scope", scope, ("batch", "image"))
     check_mode(mode, logits)
     kind = TARGET_MASKS
@@ -484,6 +495,15 @@ def _checked(logits, target, mode, ignore_index, scope, validate):
         kind = TARGET_PROBS if probability_target(logits, target, ignore_index) else TARGET_LABELS
     labels = kind == TARGET_LABELS
     target = checked_target(logits, target, labels, ignore_index, validate)
+    if not from_logits:
+        kind += INPUT_PROBS
+        if validate:  # the counted entries (a probability target has no ignore_index)
+            valid = not_ignored(target, ignore_index)
+            if labels:
+                valid = valid.unsqueeze(1)
+            elif ignore_index is not None:  # masks: compared as they are, not as integers
+                valid = target != ignore_index
+            bad_probabilities(logits, valid, True)
     return target, kind, ignore_value(ignore_index, target, labels)
 
 
@@ -500,8 +520,8 @@ def fused_loss(
     **pixel_term: Any,
 ) -> torch.Tensor:
     """A region (or compound) loss as pass 1 plus the Triton finalize (one launch), with
-    pass 2 as its backward. ``pixel_term``: the pixel-term keywords of :func:`fused_args`;
-    ``process_group`` (batch scope) all-reduces the sums before the finalize."""
+    pass 2 as its backward. ``pixel_term``: the keywords of :func:`fused_args` after
+    ``fin``; ``process_group`` (batch scope) all-reduces the sums before the finalize."""
     target, args = fused_args(
         logits, target, mode, ignore_index, scope, overlap, validate, fin, **pixel_term
     )
@@ -532,12 +552,16 @@ def fused_args(
     scale: float = 1.0,
     focal: bool = False,
     labels_only: bool = False,
+    from_logits: bool = True,
 ) -> tuple[torch.Tensor, tuple]:
     """The checked target and the arguments of :func:`_region_loss` after it. The pixel
     term (``pixel``: a ``PIXEL_*`` value, 0 for none) takes class weights ``w`` (and BCE's
     ``w2``), label ``smoothing`` and the focal ``gamma``, ``scale`` and ``focal``; it (or
-    ``labels_only``) needs integer labels in multiclass mode."""
-    target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    ``labels_only``) needs integer labels in multiclass mode; ``from_logits=False``
+    (probabilities as the input) is for the region losses, which have no pixel term."""
+    target, kind, ignore = _checked(
+        logits, target, mode, ignore_index, scope, validate, from_logits
+    )
     if kind == TARGET_PROBS and (pixel or labels_only):
         raise ValueError(
             "the focal and top-k compound losses take integer labels; with class-probability "
@@ -573,9 +597,12 @@ def _region_sums(
     overlap: int,
     validate: bool,
     process_group: dist.ProcessGroup | None,
+    from_logits: bool = True,
 ) -> ref_region.RegionStats:
     """Checked inputs through pass 1: the region sums per unit."""
-    target, kind, ignore = _checked(logits, target, mode, ignore_index, scope, validate)
+    target, kind, ignore = _checked(
+        logits, target, mode, ignore_index, scope, validate, from_logits
+    )
     sums = _region_stats(logits, target, kind, ignore, overlap).movedim(1, 0)
     if scope == "batch":
         sums = sums.sum(1)
@@ -601,12 +628,15 @@ def region_stats(
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
     soft_label: bool = False,
+    from_logits: bool = True,
 ) -> ref_region.RegionStats:
     """The sums of :func:`segtriton.reference.region_stats` from the Triton pass 1,
     differentiable (the backward is pass 2). See the module docstring for ``validate``
     and ``process_group``."""
     overlap = overlap_form(squared, soft_label)
-    return _region_sums(logits, target, mode, ignore_index, scope, overlap, validate, process_group)
+    return _region_sums(
+        logits, target, mode, ignore_index, scope, overlap, validate, process_group, from_logits
+    )
 
 
 @kernel_api
@@ -627,6 +657,7 @@ def dice_loss(
     soft_label: bool = False,
     log_cosh: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -639,7 +670,7 @@ def dice_loss(
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, overlap_form(squared, soft_label), validate, fin,
-        process_group=process_group,
+        process_group=process_group, from_logits=from_logits,
     )  # fmt: skip
 
 
@@ -660,6 +691,7 @@ def jaccard_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -671,7 +703,7 @@ def jaccard_loss(
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, overlap_form(squared, soft_label), validate, fin,
-        process_group=process_group,
+        process_group=process_group, from_logits=from_logits,
     )  # fmt: skip
 
 
@@ -692,6 +724,7 @@ def tversky_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -703,7 +736,7 @@ def tversky_loss(
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, overlap_form(False, soft_label), validate, fin,
-        process_group=process_group,
+        process_group=process_group, from_logits=from_logits,
     )  # fmt: skip
 
 
@@ -726,6 +759,7 @@ def focal_tversky_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -743,7 +777,7 @@ def focal_tversky_loss(
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, overlap_form(False, soft_label), validate, fin,
-        process_group=process_group,
+        process_group=process_group, from_logits=from_logits,
     )  # fmt: skip
 
 
@@ -763,6 +797,7 @@ def generalized_dice_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -777,7 +812,7 @@ def generalized_dice_loss(
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, overlap_form(False, soft_label), validate, fin,
-        process_group=process_group,
+        process_group=process_group, from_logits=from_logits,
     )  # fmt: skip
 
 
@@ -793,6 +828,7 @@ def mcc_loss(
     weight: Weights = None,
     reduction: str = "mean",
     include_background: bool = True,
+    from_logits: bool = True,
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
@@ -805,5 +841,5 @@ def mcc_loss(
     )  # fmt: skip
     return fused_loss(
         logits, target, mode, ignore_index, scope, False, validate, fin,
-        process_group=process_group,
+        process_group=process_group, from_logits=from_logits,
     )  # fmt: skip

@@ -585,31 +585,63 @@ def check_no_ignore(target: torch.Tensor, ignore_index: object) -> None:
         )
 
 
+def bad_probabilities(x: torch.Tensor, valid: torch.Tensor, read_values: bool) -> torch.Tensor:
+    """Where ``x``, an input of probabilities (``from_logits=False``), lies outside [0, 1]
+    (NaN included) at a counted entry (``valid``, broadcast to ``x``); with
+    ``read_values`` (a host sync), a ValueError naming such a value."""
+    bad = valid & ~((x >= 0) & (x <= 1))
+    if read_values and bool(bad.any()):
+        value = float(x.detach()[bad].flatten()[0])
+        raise ValueError(
+            f"from_logits=False reads the input as probabilities, but it holds {value}, "
+            "outside [0, 1] (pass logits with from_logits=True)"
+        )
+    return bad
+
+
+def _activate(
+    x: torch.Tensor, valid: torch.Tensor, softmax: bool, from_logits: bool
+) -> torch.Tensor:
+    """``softmax(x)`` over dim 1 or ``sigmoid(x)``; ``x`` itself when not ``from_logits``,
+    0 where not ``valid``, NaN where it lies outside [0, 1] (or a ValueError when values
+    are checked)."""
+    if not from_logits:
+        p = torch.where(valid, x, 0.0)
+        return p.masked_fill(bad_probabilities(x, valid, _checking_values()), math.nan)
+    return torch.softmax(x, dim=1) if softmax else torch.sigmoid(x)
+
+
 def region_inputs(
-    logits: torch.Tensor, target: torch.Tensor, mode: str, ignore_index: float | None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    ignore_index: float | None,
+    from_logits: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probabilities, one-hot/soft target and valid mask, each ``[B, C, N]``, masked.
 
     multiclass: ``p = softmax(logits)``, ``g = one_hot(target)`` (or ``g = target`` for
     class probabilities, see :func:`probability_target`); binary/multilabel:
-    ``p = sigmoid(logits)``, ``g = target``. Ignored positions have p = g = 0.
+    ``p = sigmoid(logits)``, ``g = target``. With ``from_logits=False`` the input is ``p``
+    itself. Ignored positions have p = g = 0.
     """
     check_mode(mode, logits)
     x = flat(logits).to(acc_dtype(logits))
-    if mode == "multiclass" and probability_target(logits, target, ignore_index):
+    multiclass = mode == "multiclass"
+    if multiclass and probability_target(logits, target, ignore_index):
         t, valid = check_masks(logits, target, None)
-        return torch.softmax(x, dim=1), flat(t).to(x.dtype), flat(valid)
-    if mode == "multiclass":
+        valid = flat(valid)
+        return _activate(x, valid, True, from_logits), flat(t).to(x.dtype), valid
+    if multiclass:
         valid = check_labels(logits, target, ignore_index)
         labels = flat_labels(torch.where(valid, target, 0).long())
         valid = flat_labels(valid).unsqueeze(1)
-        p = torch.softmax(x, dim=1)
         g = torch.nn.functional.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(x.dtype)
     else:
         t, valid = check_masks(logits, target, ignore_index)
         valid = flat(valid)
-        p = torch.sigmoid(x)
         g = flat(t)
+    p = _activate(x, valid, multiclass, from_logits)
     return p * valid, g * valid, valid.expand_as(p)
 
 

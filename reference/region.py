@@ -65,6 +65,13 @@ _OPTIONS = {  # the shared options, each documented where a loss has it
       include_background: False leaves class 0 out (MONAI's ``include_background=False``;
         ignored for one class): its weight is 0, so it is in no mean, and 'none' gives it
         0 (MONAI's output has no entry for it).""",
+    "from_logits": """
+      from_logits: False reads the input as the probabilities ``p`` themselves (smp's
+        ``from_logits=False``, MONAI's default of no activation): no softmax or sigmoid,
+        and the gradient is ``dL/dp``. Every entry, ignored pixels' too, must lie in
+        [0, 1]: the reference raises ``ValueError`` otherwise (the kernels with
+        ``validate=True``; without it such an entry makes the loss NaN). A multiclass
+        input is not renormalised over the classes.""",
     "process_group": """
       process_group: a torch.distributed group (scope 'batch' only): the per-class sums
         are all-reduced over it before the formula, so each rank computes the loss of the
@@ -116,23 +123,25 @@ def region_stats(
     squared: bool = False,
     process_group: dist.ProcessGroup | None = None,
     soft_label: bool = False,
+    from_logits: bool = True,
 ) -> RegionStats:
     """``(I, P, T, present)`` per unit and class: ``[C]`` (batch scope) or ``[B, C]``
-    (``soft_label``: I sums ``min(p, g)``, see :func:`dice_loss`)."""
-    return stats_from_sums(
-        _unit_sums(
-            logits, target, mode, ignore_index, scope, squared, process_group, soft_label=soft_label
-        )
-    )
+    (``soft_label``: I sums ``min(p, g)``; ``from_logits``: see :func:`dice_loss`)."""
+    sums = _unit_sums(
+        logits, target, mode, ignore_index, scope, squared, process_group,
+        soft_label=soft_label, from_logits=from_logits,
+    )  # fmt: skip
+    return stats_from_sums(sums)
 
 
 def _unit_sums(
-    logits, target, mode, ignore_index, scope, squared, process_group, count=False, soft_label=False
-):
+    logits, target, mode, ignore_index, scope, squared, process_group, count=False,
+    soft_label=False, from_logits=True,
+):  # fmt: skip
     """Stacked ``(I, P, T)`` per unit and class (then ``N``, the counted pixels, with
     ``count``), all-reduced over ``process_group``."""
     check_choice("scope", scope, ("batch", "image"))
-    p, g, valid = region_inputs(logits, target, mode, ignore_index)
+    p, g, valid = region_inputs(logits, target, mode, ignore_index, from_logits)
     dims = (2,) if scope == "image" else (0, 2)
     overlap = torch.minimum(p, g) if soft_label and not squared else p * g
     sums = [overlap.sum(dims), (p * p if squared else p).sum(dims)]
@@ -416,6 +425,7 @@ def dice_loss(
     soft_label: bool = False,
     log_cosh: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Dice loss per (unit, class)::
@@ -429,7 +439,7 @@ def dice_loss(
     """
     weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
-        logits, target, mode, ignore_index, scope, squared, process_group, soft_label
+        logits, target, mode, ignore_index, scope, squared, process_group, soft_label, from_logits
     )
     return dice_from_stats(
         stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction, log_cosh=log_cosh
@@ -454,6 +464,7 @@ def jaccard_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Soft Jaccard (IoU) loss per (unit, class)::
@@ -463,7 +474,7 @@ def jaccard_loss(
     """
     weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
-        logits, target, mode, ignore_index, scope, squared, process_group, soft_label
+        logits, target, mode, ignore_index, scope, squared, process_group, soft_label, from_logits
     )
     return jaccard_from_stats(stats, smooth_nr, smooth_dr, eps, log_loss, absent, weight, reduction)
 
@@ -486,6 +497,7 @@ def tversky_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Tversky loss per (unit, class), ``alpha`` weighting false positives, ``beta`` false
@@ -497,7 +509,7 @@ def tversky_loss(
     """
     weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
-        logits, target, mode, ignore_index, scope, False, process_group, soft_label
+        logits, target, mode, ignore_index, scope, False, process_group, soft_label, from_logits
     )
     return tversky_from_stats(
         stats, alpha, beta, smooth_nr, smooth_dr, eps, absent, weight, reduction
@@ -524,6 +536,7 @@ def focal_tversky_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Focal Tversky loss (Abraham & Khan): the Tversky loss raised to ``gamma``::
@@ -537,7 +550,7 @@ def focal_tversky_loss(
     """
     weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
-        logits, target, mode, ignore_index, scope, False, process_group, soft_label
+        logits, target, mode, ignore_index, scope, False, process_group, soft_label, from_logits
     )
     return focal_tversky_from_stats(
         stats,
@@ -570,6 +583,7 @@ def generalized_dice_loss(
     reduction: str = "mean",
     soft_label: bool = False,
     include_background: bool = True,
+    from_logits: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Generalized Dice loss (Sudre et al. 2017), one value per unit::
@@ -586,13 +600,13 @@ def generalized_dice_loss(
       'zero' drops the class. A unit with no present class then has loss
       ``1 - smooth_nr / max(smooth_dr, eps)``.
     scope: 'batch' (one unit: the batch) or 'image' (one unit per image).
-    mode, ignore_index, soft_label, include_background, process_group: as for
-      :func:`dice_loss`.
+    mode, ignore_index, soft_label, include_background, from_logits, process_group: as
+      for :func:`dice_loss`.
     reduction: over units: 'mean', 'sum' or 'none' (``[1]`` or ``[B]``).
     """
     weight = loss_class_weight(logits, weight, include_background)
     stats = region_stats(
-        logits, target, mode, ignore_index, scope, False, process_group, soft_label
+        logits, target, mode, ignore_index, scope, False, process_group, soft_label, from_logits
     )
     return generalized_dice_from_stats(
         stats, weight_type, absent_weight, smooth_nr, smooth_dr, eps, weight, reduction
@@ -634,6 +648,7 @@ def mcc_loss(
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
     include_background: bool = True,
+    from_logits: bool = True,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Matthews correlation coefficient loss per (unit, class) (Abhishek and Hamarneh
@@ -659,5 +674,8 @@ def mcc_loss(
     ``smooth_dr=1e-5`` under the square root.
     """
     weight = loss_class_weight(logits, weight, include_background)
-    sums = _unit_sums(logits, target, mode, ignore_index, scope, False, process_group, True)
+    sums = _unit_sums(
+        logits, target, mode, ignore_index, scope, False, process_group, True,
+        from_logits=from_logits,
+    )  # fmt: skip
     return mcc_from_stats(stats_from_sums(sums[:3]), sums[3], eps, absent, weight, reduction)

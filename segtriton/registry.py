@@ -231,6 +231,7 @@ LOSSES: tuple[LossEntry, ...] = (
             {"squared": True, "log_loss": True},
             {"mode": "multilabel", "soft_label": True, "absent": "zero"},
             {"log_cosh": True, "scope": "image"},
+            {"from_logits": False},
         ),
         kernel=ker.dice_loss,
     ),
@@ -239,7 +240,11 @@ LOSSES: tuple[LossEntry, ...] = (
         "tversky",
         ref.tversky_loss,
         "labels",
-        ({"alpha": 0.3, "beta": 0.7}, *_REGION_VARIANTS[1:]),
+        (
+            {"alpha": 0.3, "beta": 0.7},
+            *_REGION_VARIANTS[1:],
+            {"from_logits": False, "mode": "multilabel", "soft_label": True},
+        ),
         kernel=ker.tversky_loss,
     ),
     LossEntry(
@@ -268,6 +273,7 @@ LOSSES: tuple[LossEntry, ...] = (
             {},
             {"mode": "multilabel", "scope": "image", "eps": 0.0},
             {"absent": "exclude", "weight": [0.5, 1.0, 2.0], "ignore_index": 255},
+            {"from_logits": False, "scope": "image"},
         ),
         kernel=ker.mcc_loss,
     ),
@@ -491,19 +497,24 @@ def make_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ``(logits, target)`` for ``entry`` under ``options``, logits ``[B, C, *S]``.
 
-    Logits are N(0, 2^2); labels uniform over the classes, in ``label_dtype``; masks
-    Bernoulli(0.5), or uniform soft values with ``soft=True``, in ``mask_dtype`` (float64
-    by default, for exact checks; the benchmark passes the logits' dtype). A fraction
-    ``ignore_frac`` of the pixels (or mask elements) is set to ``ignore_index`` (none for a
-    loss without that option: there it would be an invalid target value). The
-    numbers are drawn on the generator's device (a CUDA generator draws a large case in
-    milliseconds; the CPU takes seconds) and the tensors are then moved to ``device``.
+    Logits are N(0, 2^2) (with ``from_logits=False`` among the options, their softmax over
+    classes in multiclass mode, else their sigmoid); labels uniform over the classes, in
+    ``label_dtype``; masks Bernoulli(0.5), or uniform soft values with ``soft=True``, in
+    ``mask_dtype`` (float64 by default, for exact checks; the benchmark passes the logits'
+    dtype). A fraction ``ignore_frac`` of the pixels (or mask elements) is set to
+    ``ignore_index`` (none for a loss without that option: there it would be an invalid
+    target value). The numbers are drawn on the generator's device (a CUDA generator draws
+    a large case in milliseconds; the CPU takes seconds) and the tensors are then moved to
+    ``device``.
     """
     B, C, *spatial = shape
     on = "cpu" if generator is None else generator.device
     logits = 2 * torch.randn(tuple(shape), dtype=torch.float64, generator=generator, device=on)
+    labels = entry.target_kind(options or {}) == "labels"
+    if not (options or {}).get("from_logits", True):
+        logits = torch.softmax(logits, dim=1) if labels else torch.sigmoid(logits)
     logits = logits.to(dtype)
-    if entry.target_kind(options or {}) == "labels":
+    if labels:
         target = torch.randint(0, C, (B, *spatial), generator=generator, device=on)
     else:
         u = torch.rand(tuple(shape), dtype=torch.float64, generator=generator, device=on)

@@ -192,13 +192,15 @@ def run_with_grad(fn, x, t, options, gout_seed=None):
 
 def apart_from_predictions(entry, x, t, options, gap=1e-3):
     """A soft target whose entries lie at least ``gap`` from the predicted probabilities
-    (or at 0 or 1): with ``soft_label``, ``dI/dp`` jumps where ``p = g``, so an entry
-    within fp32 rounding of its prediction could fall on one side in the kernel and on the
-    other in the float64 reference. Entries within ``gap`` move to ``p -+ gap`` on their
-    side; ignored entries (outside [0, 1]) stay."""
+    (or at 0 or 1; the input itself with ``from_logits=False``): with ``soft_label``,
+    ``dI/dp`` jumps where ``p = g``, so an entry within fp32 rounding of its prediction
+    could fall on one side in the kernel and on the other in the float64 reference.
+    Entries within ``gap`` move to ``p -+ gap`` on their side; ignored entries (outside
+    [0, 1]) stay."""
     masks = entry.target_kind(options) == "masks"
-    z = x.detach().double()
-    p = torch.sigmoid(z) if masks else torch.softmax(z, dim=1)
+    p = x.detach().double()
+    if options.get("from_logits", True):
+        p = torch.sigmoid(p) if masks else torch.softmax(p, dim=1)
     g = t.double().reshape(p.shape)
     near = (g - p).abs() < gap
     moved = torch.where(g < p, p - gap, p + gap).clamp(0.0, 1.0)

@@ -78,6 +78,7 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
         "sigmoid_focal",
         "soft_label",
         "log_cosh",
+        "from_logits",
     )
     if name in (*flags, "include_background"):
         return r.random() < 0.5

@@ -11,6 +11,7 @@ global (process_group) sums with two gloo processes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -100,11 +101,13 @@ def _probability_cases():
 @pytest.mark.parametrize(("entry", "options", "C"), _probability_cases())
 def test_probability_targets(entry, options, C, seed, gen):
     """Soft class probabilities ``[B, C, *S]`` as the multiclass target (MONAI's
-    ``to_onehot_y=False`` form): softmax over the logits, the target read as ``g``;
-    C = 300 streams the classes. dtype, layout and reduction take turns."""
+    ``to_onehot_y=False`` form): softmax over the logits (or probabilities as the input),
+    the target read as ``g``; C = 300 streams the classes. dtype, layout and reduction
+    take turns."""
     k = C % 3
     dtype = (torch.float32, torch.bfloat16, torch.float16)[k]
-    x = (2 * torch.randn(2, C, 5, 7, generator=gen)).to(dtype)
+    x = 2 * torch.randn(2, C, 5, 7, generator=gen)
+    x = (x if options.get("from_logits", True) else torch.softmax(x, dim=1)).to(dtype)
     t = torch.softmax(3 * torch.randn(2, C, 5, 7, generator=gen), dim=1)
     x, t = x.to(DEVICE), t.to(dtype).double().to(DEVICE)
     if k == 1:
@@ -493,6 +496,62 @@ def test_region_stats_match_the_reference(gen):
         want = ref.region_stats(x, masks, "multilabel", None, "image", soft_label=soft_label)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a.double(), b.double(), rtol=1e-6, atol=1e-6)
+    p = torch.softmax(x, dim=1)  # probabilities as the input: P sums them as they are
+    got = ker.region_stats(p.float(), y, "multiclass", None, "image", from_logits=False)
+    for a, b in zip(got, ref.region_stats(x, y, "multiclass", None, "image"), strict=True):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_probabilities_in_equal_logits_in(entry, mode, gen):
+    """``from_logits=False`` on torch's ``softmax(x)`` (``sigmoid(x)``) gives the loss of
+    ``x``, and its gradient taken back through torch's activation gives the gradient of
+    ``x`` (C = 300 streams the classes)."""
+    for C in (3, 300):
+        opts = {"mode": mode, "ignore_index": 255, "scope": "image", "reduction": "none"}
+        x, t = _inputs(entry, (2, C, 5, 6), opts, torch.float32, gen)
+        x = x.requires_grad_(True)
+        p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
+        loss_x = entry.kernel(x, t, **opts)
+        loss_p = entry.kernel(p, t, from_logits=False, **opts)
+        torch.testing.assert_close(loss_p, loss_x, rtol=1e-5, atol=1e-6)
+        w = torch.rand(loss_x.shape, generator=gen).to(DEVICE)
+        (want,) = torch.autograd.grad((loss_x * w).sum(), x)
+        (got,) = torch.autograd.grad((loss_p * w).sum(), x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("C", [3, 300])
+@pytest.mark.parametrize("bad", [1.5, -0.25, math.nan])
+def test_probabilities_outside_the_unit_interval(bad, C, gen):
+    """With ``from_logits=False`` a counted input entry outside [0, 1]: the reference
+    raises naming it, the kernel too with ``validate=True``; without it the kernel's loss
+    is NaN. At an ignored pixel (entry) the value is not read: loss and gradient stay."""
+    p = torch.softmax(torch.randn(2, C, 4, 5, generator=gen), dim=1).to(DEVICE)
+    y = torch.randint(0, C, (2, 4, 5), generator=gen).to(DEVICE)
+    masks = (torch.rand(p.shape, generator=gen) < 0.5).float().to(DEVICE)
+    y[1, 2, 3], masks[1, C - 1, 2, 3] = 255, 255
+    at_ignored, at_counted = p.clone(), p.clone()
+    at_ignored[1, C - 1, 2, 3] = bad
+    at_counted[0, C - 1, 2, 3] = bad
+    for entry, (mode, t) in itertools.product(KERNELS, [("multiclass", y), ("multilabel", masks)]):
+        opts = {"mode": mode, "ignore_index": 255, "from_logits": False}
+        with pytest.raises(ValueError, match=r"from_logits=False .* outside \[0, 1\]"):
+            entry.reference(at_counted.double(), t, **opts)
+        with pytest.raises(ValueError, match=r"from_logits=False .* outside \[0, 1\]"):
+            entry.kernel(at_counted, t, validate=True, **opts)
+        assert entry.kernel(at_counted, t, **opts).isnan().all(), (entry.name, mode)
+        validated = functools.partial(entry.kernel, validate=True)
+        for fn, dtype in (
+            (entry.reference, torch.float64),
+            (entry.kernel, p.dtype),
+            (validated, p.dtype),
+        ):
+            want = run_with_grad(fn, p.to(dtype), t, opts)
+            got = run_with_grad(fn, at_ignored.to(dtype), t, opts)
+            for a, b in zip(got, want, strict=True):
+                assert torch.equal(a, b), (entry.name, mode)
 
 
 def test_torch_compile_fullgraph(gen):
