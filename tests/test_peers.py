@@ -133,6 +133,35 @@ def test_monai_multilabel_dice(monai, gen):
     )
 
 
+MONAI_ON_PROBABILITIES = {
+    "dice": ("DiceLoss", ref.dice_loss, {}, {}),
+    "jaccard": ("DiceLoss", ref.jaccard_loss, {"jaccard": True}, {}),
+    "tversky": ("TverskyLoss", ref.tversky_loss, TVERSKY, TVERSKY),
+    "generalized_dice": ("GeneralizedDiceLoss", ref.generalized_dice_loss, {}, {}),
+}
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("case", MONAI_ON_PROBABILITIES)
+def test_monai_losses_on_probabilities(monai, case, mode, gen):
+    """MONAI's default of no activation (``sigmoid=False, softmax=False``) reads the input
+    as probabilities: ours with ``from_logits=False``, loss and gradient."""
+    name, fn, peer_kw, our_kw = MONAI_ON_PROBABILITIES[case]
+    z = 2 * torch.randn(2, 4, 6, 7, generator=gen, dtype=D)
+    p = (torch.softmax(z, dim=1) if mode == "multiclass" else torch.sigmoid(z)).requires_grad_()
+    if mode == "multiclass":
+        y = torch.randint(0, 4, (2, 6, 7), generator=gen)
+        theirs = getattr(monai, name)(to_onehot_y=True, **peer_kw)(p, y.unsqueeze(1))
+    else:
+        y = (torch.rand(p.shape, generator=gen) < 0.4).to(D)
+        theirs = getattr(monai, name)(**peer_kw)(p, y)
+    s = 0.5e-5 if case == "jaccard" else 1e-5  # MONAI's Jaccard: (2I + s) / (2U + s)
+    kw = {"scope": "image", "smooth_nr": s, "smooth_dr": s, **our_kw}
+    ours = fn(p, y, mode=mode, from_logits=False, **kw)
+    _close(ours, theirs)
+    _close(*(torch.autograd.grad(loss, p, retain_graph=True)[0] for loss in (ours, theirs)))
+
+
 @pytest.mark.parametrize(("alpha", "beta"), [(0.3, 0.7), (0.7, 0.3)])
 def test_monai_tversky(monai, alpha, beta, gen):
     x, y = _inputs(gen)
@@ -761,6 +790,25 @@ def test_smp_region_losses_on_soft_masks(smp, name, mode, gen):
     _close(*(torch.autograd.grad(loss, x, retain_graph=True)[0] for loss in (ours, theirs)))
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("name", SMP_REGION)
+def test_smp_region_losses_on_probabilities(smp, name, mode, gen):
+    """smp's ``from_logits=False`` is ours: loss and gradient with respect to the
+    probabilities, ignored pixels (entries) dropped."""
+    z = 2 * torch.randn(2, 4, 6, 7, generator=gen, dtype=D)
+    p = (torch.softmax(z, dim=1) if mode == "multiclass" else torch.sigmoid(z)).requires_grad_()
+    if mode == "multiclass":
+        y = torch.randint(0, 4, (2, 6, 7), generator=gen)
+    else:
+        y = (torch.rand(p.shape, generator=gen) < 0.4).to(D)
+    y = y.masked_fill(torch.rand(y.shape, generator=gen) < 0.2, 255)
+    fn, kw = SMP_REGION[name]
+    theirs = getattr(smp, name)(mode, from_logits=False, ignore_index=255, **kw)(p, y)
+    ours = fn(p, y, mode=mode, absent="zero", ignore_index=255, from_logits=False, **kw)
+    _close(ours, theirs)
+    _close(*(torch.autograd.grad(loss, p, retain_graph=True)[0] for loss in (ours, theirs)))
+
+
 def test_smp_focal_tversky_after_mean(smp, gen):
     x, y = _inputs(gen)
     theirs = smp.TverskyLoss("multiclass", alpha=0.3, beta=0.7, gamma=0.75)(x, y)
@@ -808,15 +856,18 @@ def test_smp_multilabel_lovasz_pools_the_channels(smp, per_image, gen):
 
 @pytest.mark.parametrize("spatial", [(9, 11), (3, 5, 7)], ids=["2d", "3d"])
 def test_smp_mcc_is_binary_batch_mcc_on_probabilities(smp, spatial, gen):
-    """smp's MCCLoss takes probabilities and pools the batch; its gradient too."""
+    """smp's MCCLoss takes probabilities and pools the batch: ours on the logits, or on the
+    probabilities with ``from_logits=False``; its gradient too."""
     x = (2 * torch.randn(3, 1, *spatial, generator=gen, dtype=D)).requires_grad_(True)
     t = (torch.rand(x.shape, generator=gen) < 0.3).to(D)
-    theirs = smp.MCCLoss()(torch.sigmoid(x), t)
+    p = torch.sigmoid(x)
+    theirs = smp.MCCLoss()(p, t)
     ours = ref.mcc_loss(x, t, mode="binary")
     _close(ours, theirs)
-    (g_theirs,) = torch.autograd.grad(theirs, x)
-    (g_ours,) = torch.autograd.grad(ours, x)
-    _close(g_ours, g_theirs)
+    _close(*(torch.autograd.grad(loss, x, retain_graph=True)[0] for loss in (ours, theirs)))
+    on_p = ref.mcc_loss(p, t, mode="binary", from_logits=False)  # its own input form
+    _close(on_p, theirs)
+    _close(*(torch.autograd.grad(loss, p, retain_graph=True)[0] for loss in (on_p, theirs)))
 
 
 def test_smp_soft_cross_entropy_is_label_smoothing(smp, gen):
