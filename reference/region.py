@@ -68,10 +68,10 @@ _OPTIONS = {  # the shared options, each documented where a loss has it
     "from_logits": """
       from_logits: False reads the input as the probabilities ``p`` themselves (smp's
         ``from_logits=False``, MONAI's default of no activation): no softmax or sigmoid,
-        and the gradient is ``dL/dp``. Every entry, ignored pixels' too, must lie in
-        [0, 1]: the reference raises ``ValueError`` otherwise (the kernels with
-        ``validate=True``; without it such an entry makes the loss NaN). A multiclass
-        input is not renormalised over the classes.""",
+        and the gradient is ``dL/dp``. Every counted entry must lie in [0, 1]: the
+        reference raises ``ValueError`` otherwise (the kernels with ``validate=True``;
+        without it such an entry makes the loss NaN). An ignored pixel's (entry's) value
+        is not read. A multiclass input is not renormalised over the classes.""",
     "process_group": """
       process_group: a torch.distributed group (scope 'batch' only): the per-class sums
         are all-reduced over it before the formula, so each rank computes the loss of the
