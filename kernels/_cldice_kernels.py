@@ -233,12 +233,13 @@ def _kept_at(b, offs_c, offs_p, pmask, C, first, S):
 def _cldice_front_kernel(
     x_ptr, t_ptr, x0_ptr, g0_ptr, bad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc,
     sts, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
-    ERROR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    PROBS: tl.constexpr, ERROR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    """The skeletons' level 0: ``p`` (softmax or sigmoid) and ``g`` of the classes from
-    ``first`` on, 0 where not valid, into contiguous ``[B, C - first, S]`` float32 maps
-    (with ``ERROR``, the erosion loss's ``p - g`` and, with ``HAS_IGNORE``, int8 valid
-    flags instead); per program, whether it saw a bad target value."""
+    """The skeletons' level 0: ``p`` (softmax, sigmoid or, with PROBS, the input) and ``g``
+    of the classes from ``first`` on, 0 where not valid, into contiguous
+    ``[B, C - first, S]`` float32 maps (with ``ERROR``, the erosion loss's ``p - g`` and,
+    with ``HAS_IGNORE``, int8 valid flags instead); per program, whether it saw a bad
+    target value (or with PROBS a counted input outside [0, 1])."""
     pid = tl.program_id(0)
     b, offs_p, pmask, ys, pvalid, pbad, m, inv_s = _program_pixels(
         x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index, SOFTMAX,
@@ -250,7 +251,7 @@ def _cldice_front_kernel(
         offs_c = c0 + offs_c0
         _x, _z, p, g, _valid, bad = _load_chunk(
             x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-            sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, False,
+            sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
         )  # fmt: skip
         seen = tl.maximum(seen, tl.max(tl.max(bad.to(tl.int32), axis=0), axis=0))
         at, keep = _kept_at(b, offs_c, offs_p, pmask, C, first, S)
@@ -268,11 +269,11 @@ def _cldice_front_kernel(
 def _cldice_back_kernel(
     x_ptr, t_ptr, d_ptr, grad_ptr, C, first, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts,
     sgb, sgc, sgs, ignore_index, SOFTMAX: tl.constexpr, LABELS: tl.constexpr,
-    HAS_IGNORE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_IGNORE: tl.constexpr, PROBS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """``dL/dz`` from ``d = dL/dx0`` (``[B, C - first, S]``; 0 for the classes before
     ``first`` and where not valid): softmax ``p (d - sum_c p_c d_c)``, sigmoid
-    ``p (1 - p) d``; float32, at the gradient buffer's strides."""
+    ``p (1 - p) d``, with PROBS ``d`` itself; float32, at the gradient buffer's strides."""
     pid = tl.program_id(0)
     b, offs_p, pmask, ys, pvalid, pbad, m, inv_s = _program_pixels(
         x_ptr, t_ptr, pid, n_pblocks, C, S, sxb, sxc, sxs, stb, sts, ignore_index, SOFTMAX,
@@ -285,7 +286,7 @@ def _cldice_back_kernel(
             offs_c = c0 + offs_c0
             x, _z, p, _g, valid, _bad = _load_chunk(
                 x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, False,
+                sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
             )  # fmt: skip
             at, keep = _kept_at(b, offs_c, offs_p, pmask, C, first, S)
             d = tl.load(d_ptr + at, mask=valid & keep, other=0.0)
@@ -294,6 +295,8 @@ def _cldice_back_kernel(
             else:
                 if SOFTMAX:
                     dz = p * (d - dot[None, :])
+                elif PROBS:
+                    dz = d
                 else:
                     sp, sq = _sigmoid_pq(x)
                     dz = tl.where(valid, sp * sq * d, 0.0)

@@ -21,7 +21,12 @@ import math
 import torch
 
 from segtriton.reference import cldice as ref_cldice
-from segtriton.reference._common import check_masks, checked_target, probability_target
+from segtriton.reference._common import (
+    check_masks,
+    check_probability_input,
+    checked_target,
+    probability_target,
+)
 
 from ._cldice_kernels import (
     _cldice_back_kernel,
@@ -116,10 +121,19 @@ def _sums(skel_p, g, skel_g, p, units: int) -> torch.Tensor:
     return part.view(units, n_chunks, 4).sum(1)
 
 
+PROBS_IN = 2  # added to an ``act`` when the input holds probabilities (from_logits=False)
+
+
+def front_act(labels: bool, from_logits: bool) -> int:
+    """:func:`_front`'s ``act``: 1 for a softmax over the classes (multiclass), else 0 (a
+    sigmoid per channel), plus ``PROBS_IN`` for no activation (the input is ``p``)."""
+    return int(labels) + (0 if from_logits else PROBS_IN)
+
+
 def _front(
     logits: torch.Tensor,
     target: torch.Tensor,
-    labels: bool,
+    act: int,
     first: int,
     ignore_index: float | None,
     x0: torch.Tensor,
@@ -133,7 +147,8 @@ def _front(
     ``x0 = (p - g) valid`` and the int8 valid flags in ``g0``) and returns whether a
     target value is out of range (a device bool: the loss becomes NaN). With ``grad``
     (``dL/dx0``), returns ``dL/dz`` instead (``_cldice_back_kernel``) in ``out`` (default
-    float32 in the logits' layout)."""
+    float32 in the logits' layout). ``act``: see :func:`front_act`."""
+    labels, probs = act % PROBS_IN == 1, act >= PROBS_IN
     read_labels = labels and not probability_target(logits, target, ignore_index)
     x, t, strides = loss_views(logits, target, read_labels)
     B, C = x.shape[:2]
@@ -142,7 +157,8 @@ def _front(
     n_pblocks = cdiv(S, block_p)
     ign, has_ignore = ignore_arg(ignore_index, read_labels)
     meta = {
-        "SOFTMAX": labels, "LABELS": read_labels, "HAS_IGNORE": has_ignore,
+        "SOFTMAX": labels and not probs, "LABELS": read_labels, "HAS_IGNORE": has_ignore,
+        "PROBS": probs,
         "BLOCK_C": block_c, "BLOCK_P": block_p, "num_warps": num_warps_for(block_c, block_p),
     }  # fmt: skip
     grid = (B * n_pblocks,)
@@ -167,16 +183,21 @@ def front_inputs(
     include_background: bool,
     ignore_index: float | None,
     validate: bool,
+    from_logits: bool = True,
 ) -> tuple[torch.Tensor, bool, int]:
     """``(target, labels, first)`` for :func:`_front`: the target checked (on the host only
-    with ``validate``), whether it is read through the softmax (multiclass), and the first
-    kept class (1 without the background, unless there is one channel)."""
+    with ``validate``, as is an input of probabilities), whether it is multiclass (read
+    through the softmax from logits), and the first kept class (1 without the background,
+    unless there is one channel)."""
     labels = mode == "multiclass"
-    if labels and probability_target(logits, target, ignore_index):
+    probs = labels and probability_target(logits, target, ignore_index)
+    if probs:
         if validate:
             check_masks(logits, target, None)
     else:
         target = checked_target(logits, target, labels, ignore_index, validate)
+    if validate and not from_logits:
+        check_probability_input(logits, target, labels and not probs, ignore_index)
     return target, labels, 0 if include_background or logits.shape[1] == 1 else 1
 
 
@@ -233,7 +254,7 @@ def _skeleton_grad(kept, coef: torch.Tensor, g0, skel_g, iterations: int) -> tor
 def _cldice_op(
     logits: torch.Tensor,
     target: torch.Tensor,
-    labels: bool,
+    act: int,
     first: int,
     iterations: int,
     smooth_nr: float,
@@ -248,7 +269,7 @@ def _cldice_op(
     shape = _kept_shape(logits, first)
     x = _level_maps(shape, iterations, need_grad, logits.device)
     g = _level_maps(shape, iterations, False, logits.device)
-    bad = _front(logits, target, labels, first, ignore_index, x[0], g[0])
+    bad = _front(logits, target, act, first, ignore_index, x[0], g[0])
     kept = _skeleton(x, shape, iterations, need_grad)
     skel_g = _skeleton(g, shape, iterations, False)[0]
     B = shape[0]
@@ -260,11 +281,11 @@ def _cldice_op(
     if not need_grad:
         return loss, logits.new_empty(0, dtype=torch.float32)
     d_x0 = _skeleton_grad(kept, coef.expand(B, 3), g[0].view(shape), skel_g, iterations)
-    return loss, _front(logits, target, labels, first, ignore_index, x[0], g[0], d_x0)
+    return loss, _front(logits, target, act, first, ignore_index, x[0], g[0], d_x0)
 
 
 @_cldice_op.register_fake
-def _(logits, target, labels, first, iterations, smooth_nr, smooth_dr, smooth, batch,
+def _(logits, target, act, first, iterations, smooth_nr, smooth_dr, smooth, batch,
       ignore_index, need_grad):  # fmt: skip
     units = 1 if batch else logits.shape[0]
     loss = logits.new_empty(units, dtype=torch.float32)
@@ -302,6 +323,7 @@ def cldice_loss(
     include_background: bool = True,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton soft clDice; semantics of ``segtriton.reference.cldice_loss`` (see the
@@ -312,12 +334,12 @@ def cldice_loss(
         logits, mode, iterations, (smooth_nr, smooth_dr, smooth), scope, reduction
     )
     target, labels, first = front_inputs(
-        logits, target, mode, include_background, ignore_index, validate
+        logits, target, mode, include_background, ignore_index, validate, from_logits
     )
     loss, _ = _cldice_op(
         logits,
         target,
-        labels,
+        front_act(labels, from_logits),
         first,
         iterations,
         smooth_nr,

@@ -34,7 +34,7 @@ from ._erosion_kernels import (
 from ._ops import op
 from ._runtime import kernel_api
 from ._tiles import cdiv, grad_like, ignore_value, next_pow2
-from .cldice import _front, _geometry, _kept_shape, front_inputs
+from .cldice import _front, _geometry, _kept_shape, front_act, front_inputs
 
 # pixels per program (BLOCK_N of each of BLOCK_U units) at 8 warps: 8 per thread in the
 # forward, 4 in the backward, whose gather holds more per pixel. Compiled for sm_90 at
@@ -72,7 +72,7 @@ def _level_weights(alpha: float, iterations: int) -> list[float]:
 def _hder_op(
     logits: torch.Tensor,
     target: torch.Tensor,
-    labels: bool,
+    act: int,
     first: int,
     alpha: float,
     iterations: int,
@@ -93,7 +93,7 @@ def _hder_op(
     err = torch.empty(U * N, dtype=torch.float32, device=dev)
     has_valid = ignore_index is not None
     valid = torch.empty(U * N if has_valid else 0, dtype=torch.int8, device=dev)
-    bad = _front(logits, target, labels, first, ignore_index, err, valid, error=True)
+    bad = _front(logits, target, act, first, ignore_index, err, valid, error=True)
     bad = bad.to(torch.int32).view(1)
     rows = iterations if need_grad else min(iterations, 2)
     r = torch.empty(rows, U * N, dtype=torch.float32, device=dev)
@@ -128,7 +128,7 @@ def _hder_op(
 
 
 @_hder_op.register_fake
-def _(logits, target, labels, first, alpha, iterations, ignore_index, per_entry, need_grad):
+def _(logits, target, act, first, alpha, iterations, ignore_index, per_entry, need_grad):
     shape = _kept_shape(logits, first)
     U, UN = shape[0] * shape[1], math.prod(shape)
     f32 = {"dtype": torch.float32}
@@ -152,7 +152,7 @@ def _hder_grad_op(
     lohi: torch.Tensor,
     err: torch.Tensor,
     valid: torch.Tensor,
-    labels: bool,
+    act: int,
     first: int,
     alpha: float,
     iterations: int,
@@ -188,13 +188,11 @@ def _hder_grad_op(
         if not bottom:
             _tie_coef_kernel[(units,)](part, lohi[k - 1], coef, U, n_blocks, **unit_meta)
     grad = grad_like(logits)
-    return _front(
-        logits, target, labels, first, ignore_index, err, valid, u[0].view(shape), out=grad
-    )
+    return _front(logits, target, act, first, ignore_index, err, valid, u[0].view(shape), out=grad)
 
 
 @_hder_grad_op.register_fake
-def _(logits, target, gamma, r, lohi, err, valid, labels, first, alpha, iterations,
+def _(logits, target, gamma, r, lohi, err, valid, act, first, alpha, iterations,
       ignore_index, per_entry):  # fmt: skip
     return grad_like(logits)
 
@@ -209,9 +207,9 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, *_):
     logits, target, r, lohi, err, valid = ctx.saved_tensors
-    labels, first, alpha, iterations, ignore_index, per_entry, _ = ctx.params
+    act, first, alpha, iterations, ignore_index, per_entry, _ = ctx.params
     grad = _hder_grad_op(
-        logits, target, grad_loss, r, lohi, err, valid, labels, first, alpha, iterations,
+        logits, target, grad_loss, r, lohi, err, valid, act, first, alpha, iterations,
         ignore_index, per_entry,
     )  # fmt: skip
     return (grad,) + (None,) * 8
@@ -230,6 +228,7 @@ def hausdorff_er_loss(
     include_background: bool = True,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton erosion Hausdorff loss; semantics of
@@ -240,12 +239,12 @@ def hausdorff_er_loss(
         logits, mode, alpha, iterations, reduction
     )
     target, labels, first = front_inputs(
-        logits, target, mode, include_background, ignore_index, validate
+        logits, target, mode, include_background, ignore_index, validate, from_logits
     )
     loss, count, *_ = _hder_op(
         logits,
         target,
-        labels,
+        front_act(labels, from_logits),
         first,
         alpha,
         iterations,

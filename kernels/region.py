@@ -33,13 +33,12 @@ import torch.distributed as dist
 
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import (
-    bad_probabilities,
     check_choice,
     check_mode,
     check_number,
+    check_probability_input,
     checked_target,
     is_number,
-    not_ignored,
     probability_target,
 )
 
@@ -497,13 +496,8 @@ def _checked(logits, target, mode, ignore_index, scope, validate, from_logits=Tr
     target = checked_target(logits, target, labels, ignore_index, validate)
     if not from_logits:
         kind += INPUT_PROBS
-        if validate:  # the counted entries (a probability target has no ignore_index)
-            valid = not_ignored(target, ignore_index)
-            if labels:
-                valid = valid.unsqueeze(1)
-            elif ignore_index is not None:  # masks: compared as they are, not as integers
-                valid = target != ignore_index
-            bad_probabilities(logits, valid, True)
+        if validate:
+            check_probability_input(logits, target, labels, ignore_index)
     return target, kind, ignore_value(ignore_index, target, labels)
 
 

@@ -599,6 +599,20 @@ def bad_probabilities(x: torch.Tensor, valid: torch.Tensor, read_values: bool) -
     return bad
 
 
+def check_probability_input(
+    logits: torch.Tensor, target: torch.Tensor, labels: bool, ignore_index: float | None
+) -> None:
+    """A kernel's ``validate=True`` for ``from_logits=False``: ValueError unless every entry
+    that ``target`` (checked: labels ``[B, *S]``, else ``[B, C, *S]`` masks or class
+    probabilities) counts lies in [0, 1]. A host sync."""
+    valid = not_ignored(target, ignore_index)
+    if labels:
+        valid = valid.unsqueeze(1)
+    elif ignore_index is not None:  # masks: compared as they are, not as integers
+        valid = target != ignore_index
+    bad_probabilities(logits, valid, True)
+
+
 def _activate(
     x: torch.Tensor, valid: torch.Tensor, softmax: bool, from_logits: bool
 ) -> torch.Tensor:

@@ -144,6 +144,7 @@ def cldice_loss(
     include_background: bool = True,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
 ) -> torch.Tensor:
     """Soft clDice loss, ``1 - clDice`` per unit (an image, or the batch)::
 
@@ -157,7 +158,8 @@ def cldice_loss(
     ``iterations`` erosions, the target's taking no gradient. Sums run over the unit's
     classes and pixels (one clDice per unit, not per class). MONAI's ``SoftclDiceLoss``
     with the defaults (``iter_=3``, ``smooth_nr = smooth_dr = 1``, ``smooth=1e-4``,
-    per image) is this loss.
+    per image) is this loss (from logits with its ``softmax=True`` or ``sigmoid=True``;
+    on probabilities, its default, with ``from_logits=False``).
 
     smooth_nr, smooth_dr, smooth: >= 0, > 0 and > 0.
     scope: 'image' (one loss per image, as MONAI) or 'batch' (sums over the whole batch,
@@ -168,11 +170,14 @@ def cldice_loss(
       skeletonising, so they add to no sum and take no gradient.
     reduction: 'mean' or 'sum' over units, or 'none' (``[B]`` for 'image', ``[1]`` for
       'batch').
+    from_logits: False reads the input as ``p`` itself, as the region losses do (see
+      ``segtriton.reference.dice_loss``: a counted entry outside [0, 1] is an error, or NaN
+      in a kernel without ``validate``).
     """
     iterations, (smooth_nr, smooth_dr, smooth) = check_cldice_options(
         logits, mode, iterations, (smooth_nr, smooth_dr, smooth), scope, reduction
     )
-    p, g, _ = region_inputs(logits, target, mode, ignore_index)
+    p, g, _ = region_inputs(logits, target, mode, ignore_index, from_logits)
     first = 0 if include_background or logits.shape[1] == 1 else 1
     p = p.view(logits.shape)[:, first:]
     g = g.view(logits.shape)[:, first:]

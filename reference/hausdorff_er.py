@@ -83,6 +83,7 @@ def hausdorff_er_loss(
     include_background: bool = True,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
 ) -> torch.Tensor:
     """Erosion-based Hausdorff loss (HD-ER): ``L`` of the module docstring, per entry.
 
@@ -90,7 +91,8 @@ def hausdorff_er_loss(
     the one-hot labels, the class probabilities of a float multiclass target of the
     logits' shape, or the (hard or soft) masks. The target takes no gradient. With the
     defaults this is kornia's ``HausdorffERLoss`` / ``HausdorffERLoss3D`` (``alpha=2``,
-    ``k=10``) applied to ``softmax(logits)`` and integer labels.
+    ``k=10``) applied to ``softmax(logits)`` and integer labels (to its input itself with
+    ``from_logits=False``: kornia takes probabilities).
 
     alpha: exponent of the weight ``k^alpha`` of the k-th erosion (>= 0; 0 weighs every
       erosion alike).
@@ -101,9 +103,12 @@ def hausdorff_er_loss(
       out of the sum and of the mean's count.
     reduction: 'mean' (over the valid entries of the kept classes), 'sum', or 'none'
       (``[B, K, *S]``, ignored entries 0).
+    from_logits: False reads the input as ``p`` itself, as the region losses do (see
+      ``segtriton.reference.dice_loss``: a counted entry outside [0, 1] is an error, or NaN
+      in a kernel without ``validate``).
     """
     alpha, iterations = check_hausdorff_er_options(logits, mode, alpha, iterations, reduction)
-    p, g, valid = region_inputs(logits, target, mode, ignore_index)
+    p, g, valid = region_inputs(logits, target, mode, ignore_index, from_logits)
     first = 0 if include_background or logits.shape[1] == 1 else 1
     p, g, valid = (v.view(logits.shape)[:, first:] for v in (p, g, valid))
     err = p - g.detach()

@@ -222,7 +222,10 @@ def ordered_as_float64(entry, x, options, step=0.05, rounds=20):
     do. The soft skeletons route the gradient to the neighbour that wins a min or max,
     so two probabilities that float32 rounds into the other order (or into a tie) would
     send it elsewhere in the kernel than in the float64 reference. A logit of each such
-    pair moves by ``step`` until none is left."""
+    pair moves by ``step`` until none is left. Probabilities as the input
+    (``from_logits=False``) come back as they are: the kernel reads the same numbers."""
+    if not options.get("from_logits", True):
+        return x
     masks = entry.target_kind(options) == "masks"
     for _ in range(rounds):
         z = x.detach()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from kernel_checks import (
     label_metric,
     light_options,
     reads_probabilities,
+    run_with_grad,
 )
 
 from segtriton import kernels as ker
@@ -24,6 +26,7 @@ from segtriton.registry import LOSSES, make_inputs
 
 LABELS = [e for e in LOSSES if e.target == "labels"]
 MASKS = [e for e in LOSSES if e.target == "masks"]
+PROBABILITY_INPUT = [e for e in KERNELS if e.takes("from_logits")]
 
 
 def _inputs(entry, gen, C=3):
@@ -664,3 +667,41 @@ def test_validate_lets_valid_inputs_through_unchanged(entry, seed, gen):
         want = entry.kernel(x, t, **options)
         got = entry.kernel(x, t, **options, validate=True)
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=str(seed))
+
+
+@pytest.mark.parametrize(
+    ("entry", "C"),
+    [
+        pytest.param(e, C, id=f"{e.name}-C{C}")
+        for e in PROBABILITY_INPUT
+        for C in (3, 300)
+        if C == 3 or e.reference.__module__.endswith(".region")  # one map per class: slow
+    ],
+)
+@pytest.mark.parametrize("bad", [1.5, -0.25, math.nan])
+def test_probabilities_outside_the_unit_interval(entry, C, bad, gen):
+    """With ``from_logits=False`` a counted input entry outside [0, 1]: the reference
+    raises naming it, the kernel too with ``validate=True``; without it the kernel's loss
+    is NaN. At an ignored pixel (entry) the value is not read: loss and gradient stay.
+    C = 300 streams the classes through the region passes."""
+    p = torch.softmax(torch.randn(2, C, 4, 5, generator=gen), dim=1).to(DEVICE)
+    y = torch.randint(0, C, (2, 4, 5), generator=gen).to(DEVICE)
+    masks = (torch.rand(p.shape, generator=gen) < 0.5).float().to(DEVICE)
+    y[1, 2, 3], masks[1, C - 1, 2, 3] = 255, 255
+    at_ignored, at_counted = p.clone(), p.clone()
+    at_ignored[1, C - 1, 2, 3] = bad
+    at_counted[0, C - 1, 2, 3] = bad
+    validated = functools.partial(entry.kernel, validate=True)
+    for mode, t in (("multiclass", y), ("multilabel", masks)):
+        opts = {**entry.light, "mode": mode, "ignore_index": 255, "from_logits": False}
+        with pytest.raises(ValueError, match=r"from_logits=False .* outside \[0, 1\]"):
+            entry.reference(at_counted.double(), t, **opts)
+        with pytest.raises(ValueError, match=r"from_logits=False .* outside \[0, 1\]"):
+            validated(at_counted, t, **opts)
+        assert entry.kernel(at_counted, t, **opts).isnan().all(), mode
+        for fn in (entry.reference, entry.kernel, validated):
+            dtype = torch.float64 if fn is entry.reference else p.dtype
+            want = run_with_grad(fn, p.to(dtype), t, opts)
+            got = run_with_grad(fn, at_ignored.to(dtype), t, opts)
+            for a, b in zip(got, want, strict=True):
+                assert torch.equal(a, b), mode

@@ -11,7 +11,6 @@ global (process_group) sums with two gloo processes.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 
@@ -520,38 +519,6 @@ def test_probabilities_in_equal_logits_in(entry, mode, gen):
         (want,) = torch.autograd.grad((loss_x * w).sum(), x)
         (got,) = torch.autograd.grad((loss_p * w).sum(), x)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
-
-
-@pytest.mark.parametrize("C", [3, 300])
-@pytest.mark.parametrize("bad", [1.5, -0.25, math.nan])
-def test_probabilities_outside_the_unit_interval(bad, C, gen):
-    """With ``from_logits=False`` a counted input entry outside [0, 1]: the reference
-    raises naming it, the kernel too with ``validate=True``; without it the kernel's loss
-    is NaN. At an ignored pixel (entry) the value is not read: loss and gradient stay."""
-    p = torch.softmax(torch.randn(2, C, 4, 5, generator=gen), dim=1).to(DEVICE)
-    y = torch.randint(0, C, (2, 4, 5), generator=gen).to(DEVICE)
-    masks = (torch.rand(p.shape, generator=gen) < 0.5).float().to(DEVICE)
-    y[1, 2, 3], masks[1, C - 1, 2, 3] = 255, 255
-    at_ignored, at_counted = p.clone(), p.clone()
-    at_ignored[1, C - 1, 2, 3] = bad
-    at_counted[0, C - 1, 2, 3] = bad
-    for entry, (mode, t) in itertools.product(KERNELS, [("multiclass", y), ("multilabel", masks)]):
-        opts = {"mode": mode, "ignore_index": 255, "from_logits": False}
-        with pytest.raises(ValueError, match=r"from_logits=False .* outside \[0, 1\]"):
-            entry.reference(at_counted.double(), t, **opts)
-        with pytest.raises(ValueError, match=r"from_logits=False .* outside \[0, 1\]"):
-            entry.kernel(at_counted, t, validate=True, **opts)
-        assert entry.kernel(at_counted, t, **opts).isnan().all(), (entry.name, mode)
-        validated = functools.partial(entry.kernel, validate=True)
-        for fn, dtype in (
-            (entry.reference, torch.float64),
-            (entry.kernel, p.dtype),
-            (validated, p.dtype),
-        ):
-            want = run_with_grad(fn, p.to(dtype), t, opts)
-            got = run_with_grad(fn, at_ignored.to(dtype), t, opts)
-            for a, b in zip(got, want, strict=True):
-                assert torch.equal(a, b), (entry.name, mode)
 
 
 def test_torch_compile_fullgraph(gen):

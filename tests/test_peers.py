@@ -732,7 +732,8 @@ def test_kornia_lovasz_hinge_per_image(kornia, gen):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_kornia_hausdorff_er(kornia, spatial, reduction, gen):
     """kornia's HausdorffERLoss (3-D: HausdorffERLoss3D) on softmax probabilities and
-    labels is ours, loss and gradient, for its defaults and for other ``alpha`` and ``k``.
+    labels is ours, loss and gradient, for its defaults and for other ``alpha`` and ``k``
+    (ours from the logits, and on the same probabilities with ``from_logits=False``).
     kornia keeps its kernel as a float32 buffer (1/5 rounded to float32); the test gives
     it float64 weights, so that only the two computations differ. Its 'none' is ``[C, B,
     1, *S]``, ours ``[B, C, *S]``."""
@@ -753,6 +754,15 @@ def test_kornia_hausdorff_er(kornia, spatial, reduction, gen):
         got = ref.hausdorff_er_loss(z, y, reduction=reduction, **kw)
         (grad,) = torch.autograd.grad((got * w).sum(), z)
         _close(got, theirs)
+        _close(grad, want)
+        p = torch.softmax(x, dim=1).requires_grad_(True)
+        theirs = loss(p, y.unsqueeze(1))
+        if reduction == "none":
+            theirs = theirs.squeeze(2).movedim(0, 1)
+        ours = ref.hausdorff_er_loss(p, y, reduction=reduction, from_logits=False, **kw)
+        _close(ours, theirs)
+        (want,) = torch.autograd.grad((theirs * w).sum(), p, retain_graph=True)
+        (grad,) = torch.autograd.grad((ours * w).sum(), p)
         _close(grad, want)
 
 
@@ -983,8 +993,9 @@ def test_torchmetrics_segmentation_mean_iou_and_dice_score(background, gen):
 @pytest.mark.parametrize("include_background", [True, False])
 def test_monai_cldice(monai, spatial, include_background, gen):
     """MONAI's SoftclDiceLoss (max-pool skeletons) is ours per image, loss and gradient:
-    one-hot labels with softmax, masks with sigmoid; its SoftDiceclDiceLoss is the mix
-    ``(1 - alpha)`` Dice (smoothing 1, per image) ``+ alpha`` clDice."""
+    one-hot labels with softmax, masks with sigmoid, and probabilities without an
+    activation (its default: ours with ``from_logits=False``); its SoftDiceclDiceLoss is
+    the mix ``(1 - alpha)`` Dice (smoothing 1, per image) ``+ alpha`` clDice."""
     x, y = _inputs(gen, spatial=spatial)
     t = (torch.rand(x.shape, generator=gen) < 0.5).to(D)
     flag = {"include_background": include_background}
@@ -1007,3 +1018,8 @@ def test_monai_cldice(monai, spatial, include_background, gen):
         (grad,) = torch.autograd.grad(got.sum(), z)
         _close(got, theirs)
         _close(grad, want)
+    p = torch.softmax(x, dim=1).requires_grad_(True)
+    theirs = monai.SoftclDiceLoss(to_onehot_y=True, **flag)(p, y.unsqueeze(1))
+    ours = ref.cldice_loss(p, y, from_logits=False, **flag)
+    _close(ours, theirs)
+    _close(*(torch.autograd.grad(loss, p, retain_graph=True)[0] for loss in (ours, theirs)))
