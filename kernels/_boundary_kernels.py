@@ -60,13 +60,13 @@ def _entry_terms(
 def _chunk(
     x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, b, offs_c, offs_p, pmask, ys, pvalid,
     pbad, m, inv_s, C, K, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, ignore_index,
-    phi_exp, psi_exp,
-    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, HAUSDORFF: tl.constexpr,
+    phi_exp, psi_exp, SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    PROBS: tl.constexpr, HAUSDORFF: tl.constexpr,
 ):  # fmt: skip
     """A streamed class chunk: ``(z, p, valid, bad, loss, dL/dp)``."""
     _, z, p, g, valid, bad = _load_chunk(
         x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-        sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE, False,
+        sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
     )  # fmt: skip
     loss, dp = _entry_terms(
         phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c, offs_p, pmask, C, K, S, spb, spc,
@@ -98,15 +98,16 @@ def _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs):
 def _boundary_kernel(
     x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, g_ptr, loss_ptr, denom_ptr,
     C, K, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps, sgb, sgc, sgs, ignore_index,
-    phi_exp, psi_exp, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
-    HAUSDORFF: tl.constexpr, WRITE_GRAD: tl.constexpr,
+    phi_exp, psi_exp, SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    PROBS: tl.constexpr, HAUSDORFF: tl.constexpr, WRITE_GRAD: tl.constexpr,
     MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """Per program (``BLOCK_P`` pixels of one image): the partial loss sum to ``loss_ptr``
     and, with WRITE_GRAD, ``dL/dz`` for grad_output = 1 (divided by ``denom`` with MEAN,
     unless DEFER_MEAN leaves that to the backward: ``_tiles.defers_mean``).
-    Softmax over classes with LABELS (streamed in chunks unless SINGLE), else sigmoid.
+    Softmax over classes with SOFTMAX (streamed in chunks unless SINGLE), else sigmoid, or
+    with PROBS the input as ``p``; LABELS: integer labels, else masks.
     HAUSDORFF: the HD-DT loss over the maps ``phi`` (target) and ``psi`` (prediction) of
     squared distances, else the boundary loss over the signed map ``phi``."""
     pid = tl.program_id(0).to(tl.int64)
@@ -117,12 +118,12 @@ def _boundary_kernel(
         gscale = 1.0 / grad_divisor(denom_ptr, DEFER_MEAN)
     x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
         x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-        LABELS, LABELS, SINGLE, BLOCK_C,
+        SOFTMAX, LABELS, SINGLE, BLOCK_C,
     )  # fmt: skip
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-            stb, stc, sts, ignore_index, LABELS, LABELS, HAS_IGNORE, False,
+            stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
         )  # fmt: skip
         loss, dp = _entry_terms(
             phi_ptr, psi_ptr, n_ptr, slot_ptr, p, g, b, offs_c0, offs_p, pmask, C, K, S, spb,
@@ -131,7 +132,7 @@ def _boundary_kernel(
         tl.store(loss_ptr + pid, _tile_loss(loss, bad))
         if WRITE_GRAD:
             mean_dp = tl.sum(p * dp, axis=0) * gscale
-            dz = _tile_grad(z, p, _scaled(dp, gscale), valid, mean_dp, LABELS, False)
+            dz = _tile_grad(z, p, _scaled(dp, gscale), valid, mean_dp, SOFTMAX, PROBS)
             _store_grad(g_ptr, dz, b, offs_c0, offs_p, pmask, C, sgb, sgc, sgs)
     else:
         total = 0.0
@@ -141,46 +142,50 @@ def _boundary_kernel(
             zc, p, valid, bad, loss, dp = _chunk(
                 x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, b, offs_c, offs_p, pmask, ys,
                 pvalid, pbad, m, inv_s, C, K, S, sxb, sxc, sxs, stb, stc, sts, spb, spc, sps,
-                ignore_index, phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
+                ignore_index, phi_exp, psi_exp, SOFTMAX, LABELS, HAS_IGNORE, PROBS, HAUSDORFF,
             )  # fmt: skip
             total += _tile_loss(loss, bad)
             mean_dp += tl.sum(p * dp, axis=0)
-            if WRITE_GRAD and not LABELS:
-                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp, LABELS, False)
+            if WRITE_GRAD and not SOFTMAX:
+                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp, SOFTMAX, PROBS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
         tl.store(loss_ptr + pid, total)
-        if WRITE_GRAD and LABELS:
+        if WRITE_GRAD and SOFTMAX:
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
                 zc, p, valid, bad, _, dp = _chunk(
                     x_ptr, t_ptr, phi_ptr, psi_ptr, n_ptr, slot_ptr, b, offs_c, offs_p, pmask,
                     ys, pvalid, pbad, m, inv_s, C, K, S, sxb, sxc, sxs, stb, stc, sts, spb, spc,
-                    sps, ignore_index, phi_exp, psi_exp, LABELS, HAS_IGNORE, HAUSDORFF,
+                    sps, ignore_index, phi_exp, psi_exp, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
+                    HAUSDORFF,
                 )  # fmt: skip
-                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp * gscale, LABELS, False)
+                dz = _tile_grad(zc, p, _scaled(dp, gscale), valid, mean_dp * gscale, SOFTMAX, PROBS)
                 _store_grad(g_ptr, dz, b, offs_c, offs_p, pmask, C, sgb, sgc, sgs)
 
 
 @kernel_jit
 def _pred_sites_kernel(
     x_ptr, t_ptr, out_ptr, C, S, n_pblocks, sxb, sxc, sxs, stb, stc, sts, ignore_index,
-    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    PROBS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """The prediction's masks for the Hausdorff map, contiguous, for ``BLOCK_P`` pixels of
-    one image. LABELS: int32 ``[B, S]``, the class whose softmax probability exceeds 1/2
+    one image. SOFTMAX: int32 ``[B, S]``, the class whose softmax probability exceeds 1/2
     (``1/s > 1/2`` at the max logit, ``s`` the sum of ``exp(x - max)``), -1 where none
-    does or the pixel is not valid. Else uint8 ``[B, C, S]``: logit > 0 and valid."""
+    does or the pixel is not valid. Else uint8 ``[B, C, S]``: logit > 0 (with PROBS,
+    ``p > 1/2``) and valid (from the labels with LABELS, else from the masks)."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    pvalid = pmask
     if LABELS:
         _, pvalid, _ = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
+    if SOFTMAX:
         m = tl.full([BLOCK_P], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK_P], tl.float32)
         top = tl.zeros([BLOCK_P], tl.int32)
         for c0 in range(0, C, BLOCK_C):
-            x = _load_x(x_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
+            x = _load_x(x_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX)
             xm = tl.max(x, axis=0)
             top = tl.where(xm > m, tl.argmax(x, axis=0).to(tl.int32) + c0, top)
             m_new = tl.maximum(m, xm)
@@ -191,9 +196,16 @@ def _pred_sites_kernel(
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
             m2 = (offs_c < C)[:, None] & pmask[None, :]
-            x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, LABELS)
-            _, valid, _ = _mask_tile(
-                t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
-            )
+            x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX)
+            if LABELS:
+                valid = m2 & pvalid[None, :]
+            else:
+                _, valid, _ = _mask_tile(
+                    t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
+                )
+            if PROBS:
+                hit = x > 0.5
+            else:
+                hit = x > 0.0
             ptrs = out_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :]
-            tl.store(ptrs, ((x > 0.0) & valid).to(tl.uint8), mask=m2)
+            tl.store(ptrs, (hit & valid).to(tl.uint8), mask=m2)

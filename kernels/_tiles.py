@@ -215,6 +215,20 @@ def next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+PROBS_IN = 2  # added to an activation code for an input of probabilities (from_logits=False)
+
+
+def activation(multiclass: bool, from_logits: bool) -> int:
+    """An activation code for the ops: 1 for a softmax over the classes (multiclass), 0 for
+    a sigmoid per channel, plus ``PROBS_IN`` for none (the input is ``p`` itself)."""
+    return int(multiclass) + (0 if from_logits else PROBS_IN)
+
+
+def activation_flags(act: int) -> tuple[bool, bool]:
+    """``(multiclass, probabilities)`` of an :func:`activation` code."""
+    return act % PROBS_IN == 1, act >= PROBS_IN
+
+
 CHUNK_PROGRAMS = 1024  # programs of a chunked reduction (each sums a run of pixel tiles)
 FINALIZE_BLOCK = 1024  # widest class or image block of a finalize kernel
 

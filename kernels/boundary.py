@@ -26,6 +26,7 @@ from segtriton.reference._common import (
     check_choice,
     check_constant,
     check_mode,
+    check_probability_input,
     checked_target,
     checks_flags,
     device_constant,
@@ -38,6 +39,8 @@ from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
 from ._runtime import kernel_api, launch_on
 from ._tiles import (
+    activation,
+    activation_flags,
     cdiv,
     class_blocks,
     defers_mean,
@@ -289,7 +292,7 @@ def _distance_op(
     psi: torch.Tensor | None,
     counts: torch.Tensor,
     slots: torch.Tensor,
-    labels: bool,
+    act: int,
     ignore_index: float | None,
     n_selected: float,
     phi_exp: float,
@@ -300,8 +303,10 @@ def _distance_op(
     """The fused pass of the boundary loss over the signed map ``phi`` (``psi`` None) or of
     the Hausdorff loss over the distance maps ``phi`` (target) and ``psi`` (prediction,
     contiguous), whose powers ``phi_exp`` and ``psi_exp`` are its weights; ``counts`` and
-    ``slots`` from :func:`_selection`. Returns ``(loss, dL/dz for grad_output 1 times its
-    applied scale, that scale)``; 'mean' or 'sum' only (see ``pixelwise._finish``)."""
+    ``slots`` from :func:`_selection`; ``act`` a ``_tiles.activation`` code. Returns
+    ``(loss, dL/dz for grad_output 1 times its applied scale, that scale)``; 'mean' or
+    'sum' only (see ``pixelwise._finish``)."""
+    labels, probs = activation_flags(act)
     x, t, strides = loss_views(logits, target, labels)
     phi, spb, spc, sps = pixel_view(phi)
     hausdorff = psi is not None
@@ -318,7 +323,8 @@ def _distance_op(
     _boundary_kernel[(B * n_pblocks,)](
         x, t, phi, psi if hausdorff else phi, counts, slots, g, partials, denom, C,
         0 if psi is None else psi.shape[1], S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs,
-        ign, phi_exp, psi_exp, LABELS=labels, HAS_IGNORE=has_ignore, HAUSDORFF=hausdorff,
+        ign, phi_exp, psi_exp, SOFTMAX=labels and not probs, LABELS=labels,
+        HAS_IGNORE=has_ignore, PROBS=probs, HAUSDORFF=hausdorff,
         WRITE_GRAD=g is not None, MEAN=mean, DEFER_MEAN=defers_mean(logits, reduction),
         SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
@@ -327,7 +333,7 @@ def _distance_op(
 
 
 @_distance_op.register_fake
-def _(logits, target, phi, psi, counts, slots, labels, ignore_index, n_selected, phi_exp,
+def _(logits, target, phi, psi, counts, slots, act, ignore_index, n_selected, phi_exp,
       psi_exp, reduction, need_grad):  # fmt: skip
     loss = logits.new_empty((), dtype=torch.float32)
     return loss, *_fake_grad(logits, need_grad, reduction)
@@ -346,6 +352,7 @@ def boundary_loss(
     spacing: Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton boundary loss; semantics of ``segtriton.reference.boundary_loss`` with the
@@ -365,6 +372,8 @@ def boundary_loss(
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     labels = mode == "multiclass"
     target = checked_target(logits, target, labels, ignore_index, validate)
+    if validate and not from_logits:
+        check_probability_input(logits, target, labels, ignore_index)
     C = logits.shape[1]
     idx = ref_boundary.selected_classes(classes, C, mode)
     given = dist_map is not None
@@ -379,7 +388,7 @@ def boundary_loss(
     if reduction == "none":
         with value_checks(False):
             return ref_boundary.boundary_loss(
-                logits, target, mode, idx, dist_map, None, ignore_index, reduction
+                logits, target, mode, idx, dist_map, None, ignore_index, reduction, from_logits
             )
     loss, _, _ = _distance_op(
         logits,
@@ -387,7 +396,7 @@ def boundary_loss(
         dist_map,
         None,
         *_selection(idx, C, given, True, logits.device),
-        labels,
+        activation(labels, from_logits),
         ignore_value(ignore_index, target, labels),
         float(len(idx)),
         1.0,
@@ -399,21 +408,25 @@ def boundary_loss(
 
 
 def _pred_sites(
-    logits: torch.Tensor, target: torch.Tensor, labels: bool, ignore_index: float | None
+    logits: torch.Tensor, target: torch.Tensor, act: int, ignore_index: float | None
 ) -> torch.Tensor:
-    """The prediction's masks (``_pred_sites_kernel``): int32 ``[B, *S]`` labels (-1: no
-    class) with ``labels``, else uint8 ``[B, C, *S]``; contiguous."""
+    """The prediction's masks (``_pred_sites_kernel``; ``act`` a ``_tiles.activation``
+    code): int32 ``[B, *S]`` labels (-1: no class) for a softmax, else uint8
+    ``[B, C, *S]``; contiguous."""
+    labels, probs = activation_flags(act)
+    softmax = labels and not probs
     x, t, strides = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = spatial_size(x)
-    shape = (B, *logits.shape[2:]) if labels else logits.shape
-    out = torch.empty(shape, dtype=torch.int32 if labels else torch.uint8, device=x.device)
+    shape = (B, *logits.shape[2:]) if softmax else logits.shape
+    out = torch.empty(shape, dtype=torch.int32 if softmax else torch.uint8, device=x.device)
     block_c, block_p, _ = class_blocks(C)
     n_pblocks = cdiv(S, block_p)
     ign, has_ignore = ignore_arg(ignore_index, labels)
     _pred_sites_kernel[(B * n_pblocks,)](
-        x, t, out, C, S, n_pblocks, *strides, ign, LABELS=labels, HAS_IGNORE=has_ignore,
-        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c, block_p),
+        x, t, out, C, S, n_pblocks, *strides, ign, SOFTMAX=softmax, LABELS=labels,
+        HAS_IGNORE=has_ignore, PROBS=probs, BLOCK_C=block_c, BLOCK_P=block_p,
+        num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
     return out
 
@@ -423,17 +436,18 @@ def _pred_field_op(
     logits: torch.Tensor,
     target: torch.Tensor,
     classes: list[int],
-    labels: bool,
+    act: int,
     spacing: list[float],
     ignore_index: float | None,
 ) -> torch.Tensor:
     """float32 ``[B, K, *S]``: for the K ``classes`` (distinct channels), the squared
     distance to the other side of each class's boundary in the prediction's masks (0 for
-    a mask with no boundary)."""
+    a mask with no boundary); ``act`` a ``_tiles.activation`` code."""
     B, C, *spatial = logits.shape
-    sites = _pred_sites(logits, target, labels, ignore_index)
+    sites = _pred_sites(logits, target, act, ignore_index)
     table = None
-    if labels:
+    labels, probs = activation_flags(act)
+    if labels and not probs:  # the softmax's label map
         table = device_constant(classes, torch.int32, logits.device)
     else:
         sites = _channels(sites, classes)
@@ -442,7 +456,7 @@ def _pred_field_op(
 
 
 @_pred_field_op.register_fake
-def _(logits, target, classes, labels, spacing, ignore_index):
+def _(logits, target, classes, act, spacing, ignore_index):
     B, _, *spatial = logits.shape
     return logits.new_empty((B, len(classes), *spatial), dtype=torch.float32)
 
@@ -458,6 +472,7 @@ def hausdorff_dt_loss(
     spacing: Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton Hausdorff distance-transform loss; semantics of
@@ -482,6 +497,9 @@ def hausdorff_dt_loss(
     target = checked_target(logits, target, labels, ignore_index, validate)
     if validate and not labels and dist_map is None:
         _check_hard(target, ignore_index, "hausdorff_dt_loss")
+    if validate and not from_logits:
+        check_probability_input(logits, target, labels, ignore_index)
+    act = activation(labels, from_logits)
     C = logits.shape[1]
     idx = ref_boundary.selected_classes(classes, C, mode)
     spacing = list(ref_boundary.check_spacing(spacing, logits.dim() - 2))
@@ -495,12 +513,12 @@ def hausdorff_dt_loss(
         true, true_exp = dist_map, alpha
     else:  # squared distances: d^alpha = (d^2)^(alpha / 2)
         true, true_exp = _class_map_op(target, maps, labels, spacing, ign, FIELD), alpha / 2
-    pred = _pred_field_op(logits.detach(), target, maps, labels, spacing, ign)
+    pred = _pred_field_op(logits.detach(), target, maps, act, spacing, ign)
     if reduction == "none":
         weight = true.float() ** true_exp + pred ** (alpha / 2)
         with value_checks(False):
             return ref_boundary.hausdorff_terms(
-                logits, target, mode, idx, weight, ignore_index, reduction
+                logits, target, mode, idx, weight, ignore_index, reduction, from_logits
             )
     loss, _, _ = _distance_op(
         logits,
@@ -508,7 +526,7 @@ def hausdorff_dt_loss(
         true,
         pred,
         *_selection(idx, C, given, False, logits.device),
-        labels,
+        act,
         ign,
         float(len(idx)),
         true_exp,

@@ -40,6 +40,8 @@ from ._cldice_kernels import (
 from ._ops import op
 from ._runtime import kernel_api
 from ._tiles import (
+    activation,
+    activation_flags,
     cdiv,
     class_blocks,
     grad_like,
@@ -121,15 +123,6 @@ def _sums(skel_p, g, skel_g, p, units: int) -> torch.Tensor:
     return part.view(units, n_chunks, 4).sum(1)
 
 
-PROBS_IN = 2  # added to an ``act`` when the input holds probabilities (from_logits=False)
-
-
-def front_act(labels: bool, from_logits: bool) -> int:
-    """:func:`_front`'s ``act``: 1 for a softmax over the classes (multiclass), else 0 (a
-    sigmoid per channel), plus ``PROBS_IN`` for no activation (the input is ``p``)."""
-    return int(labels) + (0 if from_logits else PROBS_IN)
-
-
 def _front(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -147,8 +140,8 @@ def _front(
     ``x0 = (p - g) valid`` and the int8 valid flags in ``g0``) and returns whether a
     target value is out of range (a device bool: the loss becomes NaN). With ``grad``
     (``dL/dx0``), returns ``dL/dz`` instead (``_cldice_back_kernel``) in ``out`` (default
-    float32 in the logits' layout). ``act``: see :func:`front_act`."""
-    labels, probs = act % PROBS_IN == 1, act >= PROBS_IN
+    float32 in the logits' layout). ``act``: see :func:`_tiles.activation`."""
+    labels, probs = activation_flags(act)
     read_labels = labels and not probability_target(logits, target, ignore_index)
     x, t, strides = loss_views(logits, target, read_labels)
     B, C = x.shape[:2]
@@ -339,7 +332,7 @@ def cldice_loss(
     loss, _ = _cldice_op(
         logits,
         target,
-        front_act(labels, from_logits),
+        activation(labels, from_logits),
         first,
         iterations,
         smooth_nr,

@@ -33,8 +33,8 @@ from ._erosion_kernels import (
 )
 from ._ops import op
 from ._runtime import kernel_api
-from ._tiles import cdiv, grad_like, ignore_value, next_pow2
-from .cldice import _front, _geometry, _kept_shape, front_act, front_inputs
+from ._tiles import activation, cdiv, grad_like, ignore_value, next_pow2
+from .cldice import _front, _geometry, _kept_shape, front_inputs
 
 # pixels per program (BLOCK_N of each of BLOCK_U units) at 8 warps: 8 per thread in the
 # forward, 4 in the backward, whose gather holds more per pixel. Compiled for sm_90 at
@@ -244,7 +244,7 @@ def hausdorff_er_loss(
     loss, count, *_ = _hder_op(
         logits,
         target,
-        front_act(labels, from_logits),
+        activation(labels, from_logits),
         first,
         alpha,
         iterations,

@@ -613,7 +613,7 @@ def check_probability_input(
     bad_probabilities(logits, valid, True)
 
 
-def _activate(
+def activate(
     x: torch.Tensor, valid: torch.Tensor, softmax: bool, from_logits: bool
 ) -> torch.Tensor:
     """``softmax(x)`` over dim 1 or ``sigmoid(x)``; ``x`` itself when not ``from_logits``,
@@ -645,7 +645,7 @@ def region_inputs(
     if multiclass and probability_target(logits, target, ignore_index):
         t, valid = check_masks(logits, target, None)
         valid = flat(valid)
-        return _activate(x, valid, True, from_logits), flat(t).to(x.dtype), valid
+        return activate(x, valid, True, from_logits), flat(t).to(x.dtype), valid
     if multiclass:
         valid = check_labels(logits, target, ignore_index)
         labels = flat_labels(torch.where(valid, target, 0).long())
@@ -655,7 +655,7 @@ def region_inputs(
         t, valid = check_masks(logits, target, ignore_index)
         valid = flat(valid)
         g = flat(t)
-    p = _activate(x, valid, multiclass, from_logits)
+    p = activate(x, valid, multiclass, from_logits)
     return p * valid, g * valid, valid.expand_as(p)
 
 

@@ -15,6 +15,7 @@ from scipy.ndimage import distance_transform_edt
 
 from ._common import (
     acc_dtype,
+    activate,
     check_choice,
     check_class_indices,
     check_ignore_index,
@@ -26,6 +27,7 @@ from ._common import (
     check_number,
     check_numbers,
     check_real_tensor,
+    checks_flags,
     is_finite,
     mask_shape,
     not_ignored,
@@ -164,6 +166,7 @@ def selected_classes(classes: Sequence[int] | None, C: int, mode: str) -> list[i
     return check_class_indices("classes", classes, C)
 
 
+@checks_flags
 def boundary_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -173,6 +176,7 @@ def boundary_loss(
     spacing: Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
 ) -> torch.Tensor:
     """Boundary loss: ``mean(p_c * phi_c)`` over pixels and the selected classes.
 
@@ -185,17 +189,20 @@ def boundary_loss(
     ignore_index: ignored pixels add nothing and are not counted.
     reduction: 'mean' (over valid pixels x selected classes), 'sum', or 'none'
       (``[B, K, *S]`` with ignored entries 0).
+    from_logits: False reads the input as ``p`` itself (Kervadec's code takes the
+      softmax's output), as ``segtriton.reference.dice_loss`` does: a counted entry
+      outside [0, 1] is an error, or NaN in a kernel without ``validate``.
     """
     check_mode(mode, logits)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     C = logits.shape[1]
     x = logits.to(acc_dtype(logits))
-    if mode == "multiclass":
+    multiclass = mode == "multiclass"
+    if multiclass:
         valid = check_labels(logits, target, ignore_index).unsqueeze(1)
-        p = torch.softmax(x, dim=1)
     else:
         _, valid = check_masks(logits, target, ignore_index)
-        p = torch.sigmoid(x)
+    p = activate(x, valid, multiclass, from_logits)
     idx = selected_classes(classes, C, mode)
     if dist_map is None:
         dist_map = signed_distance_map(target, C, mode, spacing, ignore_index)
@@ -250,19 +257,21 @@ def hausdorff_terms(
     weight: torch.Tensor,
     ignore_index: float | None,
     reduction: str,
+    from_logits: bool = True,
 ) -> torch.Tensor:
     """``(p - g)^2 weight`` over the valid entries of the classes ``idx``, reduced; the
     formula of :func:`hausdorff_dt_loss` once its weight map ``[B, C, *S]`` is known."""
     x = logits.to(acc_dtype(logits))
     if mode == "multiclass":  # g compared per selected class: no [B, C, *S] one-hot
-        valid = check_labels(logits, target, ignore_index)
-        p = torch.softmax(x, dim=1)[:, idx]
+        valid = check_labels(logits, target, ignore_index).unsqueeze(1)
+        p = activate(x, valid, True, from_logits)[:, idx]
         labels = target.long()  # uint8 labels == 299 would compare with 43
-        g = torch.stack([labels == c for c in idx], dim=1) & valid.unsqueeze(1)
-        valid = valid.unsqueeze(1).expand_as(p)
+        g = torch.stack([labels == c for c in idx], dim=1) & valid
+        valid = valid.expand_as(p)
     else:
         g, valid = check_masks(logits, target, ignore_index)
-        p, g, valid = torch.sigmoid(x)[:, idx], g[:, idx], valid[:, idx]
+        p = activate(x, valid, False, from_logits)[:, idx]
+        g, valid = g[:, idx], valid[:, idx]
     err = p - g.to(x.dtype)
     loss = (err * err * weight[:, idx].to(x.dtype)).masked_fill(~valid, 0.0)
     if reduction == "none":
@@ -270,6 +279,7 @@ def hausdorff_terms(
     return loss.sum() if reduction == "sum" else loss.sum() / valid.sum()
 
 
+@checks_flags
 def hausdorff_dt_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -280,6 +290,7 @@ def hausdorff_dt_loss(
     spacing: Sequence[float] | None = None,
     ignore_index: float | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
 ) -> torch.Tensor:
     """Hausdorff distance-transform loss (Karimi and Salcudean, HD-DT)::
 
@@ -293,7 +304,8 @@ def hausdorff_dt_loss(
     prediction's mask ``p_c > 1/2`` (sigmoid: ``logit > 0``), recomputed on every call. A
     mask that is empty or covers the image has no boundary: its distances are 0. Both maps
     are constants (no gradient). MONAI's ``HausdorffDTLoss`` with ``to_onehot_y`` and
-    ``include_background=False`` is this loss with the defaults.
+    ``include_background=False`` is this loss with the defaults (from logits with its
+    ``softmax=True``; on probabilities, its default, with ``from_logits=False``).
 
     classes: channels that enter the loss; default all but the background (class 0) for
       multiclass, every channel for binary/multilabel.
@@ -304,6 +316,8 @@ def hausdorff_dt_loss(
       counted.
     reduction: 'mean' (over valid pixels x selected classes), 'sum', or 'none'
       (``[B, K, *S]`` with ignored entries 0).
+    from_logits: False reads the input as ``p`` itself, as ``boundary_loss`` does; the
+      prediction's mask of class c is then ``p_c > 1/2`` in every mode.
     """
     check_mode(mode, logits)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
@@ -313,11 +327,11 @@ def hausdorff_dt_loss(
     x = logits.detach().double()
     if mode == "multiclass":
         valid = check_labels(logits, target, ignore_index).unsqueeze(1)
-        pred = torch.softmax(x, dim=1) > 0.5
+        pred = (torch.softmax(x, dim=1) if from_logits else x) > 0.5
     else:
         target = mask_shape(logits, target)
         valid = check_masks(logits, target, ignore_index)[1]
-        pred = x > 0
+        pred = x > (0 if from_logits else 0.5)
     spacing = check_spacing(spacing, logits.dim() - 2)
     if dist_map is None:
         true = _class_masks(target, C, mode, ignore_index, "hausdorff_dt_loss")
@@ -326,4 +340,4 @@ def hausdorff_dt_loss(
         check_map(dist_map, logits)
     d_pred = _each_map(_field, (pred & valid).cpu().numpy(), spacing, logits.device)
     weight = dist_map.to(x.dtype) ** alpha + d_pred**alpha
-    return hausdorff_terms(logits, target, mode, idx, weight, ignore_index, reduction)
+    return hausdorff_terms(logits, target, mode, idx, weight, ignore_index, reduction, from_logits)

@@ -378,3 +378,18 @@ def test_hausdorff_worked_example():
     (got,) = torch.autograd.grad(out, x)
     assert out.item() == pytest.approx(loss, rel=1e-6)
     torch.testing.assert_close(got.flatten().cpu().double(), grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("C", [3, 300])
+def test_hausdorff_on_probabilities_that_do_not_sum_to_one(C, seed, gen):
+    """``from_logits=False`` in multiclass mode uses the input as given: where it does not
+    sum to 1 over the classes, two classes can exceed 1/2 at a pixel, and each class's
+    prediction mask is its own ``p_c > 1/2`` in the kernel as in the reference (not the
+    one label a softmax would give). C = 300 streams the classes."""
+    entry = get("hausdorff_dt")
+    p = torch.sigmoid(2 * torch.randn(2, C, 6, 7, generator=gen)).to(DEVICE)
+    t = torch.randint(0, C, (2, 6, 7), generator=gen).to(DEVICE)
+    assert ((p > 0.5).sum(1) >= 2).any()
+    opts = {"from_logits": False, "ignore_index": 255, "classes": [0, 1, 2]}
+    for reduction in ("mean", "none"):
+        assert_matches(entry, p, t, {**opts, "reduction": reduction}, torch.float32, seed)

@@ -490,13 +490,28 @@ def test_monai_softmax_generalized_dice_focal(monai, batch, gen):
 @pytest.mark.parametrize("spatial", [(9, 11), (4, 5, 6)], ids=["2d", "3d"])
 def test_monai_hausdorff_dt(monai, spatial, gen):
     """MONAI's HausdorffDTLoss (scipy's EDT on the CPU, one map at a time) is ours with
-    the default classes (no background) for one-hot labels, every channel for sigmoid."""
+    the default classes (no background) for one-hot labels, every channel for sigmoid;
+    on probabilities (its default of no activation) with ``from_logits=False``, loss
+    and gradient."""
     x, y = _inputs(gen, spatial=spatial)
     theirs = monai.HausdorffDTLoss(softmax=True, to_onehot_y=True, alpha=1.5)(x, y.unsqueeze(1))
     _close(ref.hausdorff_dt_loss(x, y, alpha=1.5), theirs)
     t = (torch.rand(x.shape, generator=gen) < 0.5).to(D)
     theirs = monai.HausdorffDTLoss(sigmoid=True, include_background=True)(x, t)
     _close(ref.hausdorff_dt_loss(x, t, mode="multilabel"), theirs)
+    for p, target, ours in (
+        (torch.softmax(x, 1), y, {"alpha": 1.5}),
+        (torch.sigmoid(x), t, {"mode": "multilabel"}),
+    ):
+        p = p.requires_grad_(True)
+        labels = target.dim() < x.dim()
+        loss = monai.HausdorffDTLoss(
+            alpha=ours.get("alpha", 2.0), to_onehot_y=labels, include_background=not labels
+        )
+        theirs = loss(p, target.unsqueeze(1) if labels else target)
+        mine = ref.hausdorff_dt_loss(p, target, from_logits=False, **ours)
+        _close(mine, theirs)
+        _close(*(torch.autograd.grad(v, p, retain_graph=True)[0] for v in (mine, theirs)))
 
 
 def test_monai_log_hausdorff_dt_is_log1p_of_ours(monai, gen):
