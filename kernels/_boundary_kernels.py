@@ -172,8 +172,9 @@ def _pred_sites_kernel(
     """The prediction's masks for the Hausdorff map, contiguous, for ``BLOCK_P`` pixels of
     one image. SOFTMAX: int32 ``[B, S]``, the class whose softmax probability exceeds 1/2
     (``1/s > 1/2`` at the max logit, ``s`` the sum of ``exp(x - max)``), -1 where none
-    does or the pixel is not valid. Else uint8 ``[B, C, S]``: logit > 0 (with PROBS,
-    ``p > 1/2``) and valid (from the labels with LABELS, else from the masks)."""
+    does or the pixel is not valid (whose logits are not read). Else uint8 ``[B, C, S]``:
+    logit > 0 (with PROBS, ``p > 1/2``) and valid (from the labels with LABELS, else from
+    the masks)."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -185,7 +186,7 @@ def _pred_sites_kernel(
         s = tl.zeros([BLOCK_P], tl.float32)
         top = tl.zeros([BLOCK_P], tl.int32)
         for c0 in range(0, C, BLOCK_C):
-            x = _load_x(x_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX)
+            x = _load_x(x_ptr, b, c0 + offs_c0, offs_p, pvalid, C, sxb, sxc, sxs, SOFTMAX)
             xm = tl.max(x, axis=0)
             top = tl.where(xm > m, tl.argmax(x, axis=0).to(tl.int32) + c0, top)
             m_new = tl.maximum(m, xm)

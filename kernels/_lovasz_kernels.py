@@ -50,12 +50,14 @@ def _lovasz_errors_kernel(
     ignore_index,
     HINGE: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
+    PROBS: tl.constexpr,
     SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """``key[b * key_b + c * key_c + s]``: the error of class c at pixel s of image b
-    (softmax over one tile of every class with SINGLE, else streamed in chunks)."""
+    (softmax over one tile of every class with SINGLE, else streamed in chunks; with
+    PROBS the input is ``p``, a counted entry outside [0, 1] a NaN key)."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     out = key_ptr + b * key_b + offs_p
@@ -71,12 +73,19 @@ def _lovasz_errors_kernel(
     else:
         ys, valid, bad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
         offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
-        if SINGLE:  # every class in one tile: the logits are read once
+        if PROBS:
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + offs_c0
+                cmask = offs_c < C
+                p = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+                bad_p = bad[None, :] | (valid[None, :] & ~((p >= 0.0) & (p <= 1.0)))
+                _store_softmax_errors(out, p, offs_c, ys, valid, bad_p, cmask, pmask, key_c)
+        elif SINGLE:  # every class in one tile: the logits are read once
             cmask = offs_c0 < C
             x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
             e = tl.exp(x - tl.max(x, axis=0)[None, :])
             p = e * (1.0 / tl.sum(e, axis=0))[None, :]
-            _store_softmax_errors(out, p, offs_c0, ys, valid, bad, cmask, pmask, key_c)
+            _store_softmax_errors(out, p, offs_c0, ys, valid, bad[None, :], cmask, pmask, key_c)
         else:
             m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
             for c0 in range(0, C, BLOCK_C):
@@ -84,15 +93,16 @@ def _lovasz_errors_kernel(
                 cmask = offs_c < C
                 x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
                 p = tl.exp(x - m[None, :]) * inv_s[None, :]
-                _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c)
+                _store_softmax_errors(out, p, offs_c, ys, valid, bad[None, :], cmask, pmask, key_c)
 
 
 @triton.jit
 def _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c):
-    """Keys ``|[y = c] - p_c|`` of a tile: -inf where ignored, NaN for a bad label."""
+    """Keys ``|[y = c] - p_c|`` of a tile: -inf where ignored, NaN where ``bad`` (a bad
+    label, or an input outside [0, 1])."""
     fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
     key = tl.where(valid[None, :], tl.abs(fg - p), float("-inf"))
-    key = tl.where(bad[None, :], float("nan"), key)
+    key = tl.where(bad, float("nan"), key)
     tl.store(out[None, :] + offs_c[:, None] * key_c, key, mask=cmask[:, None] & pmask[None, :])
 
 
@@ -189,12 +199,15 @@ def _lovasz_grad_kernel(
 
 @triton.jit
 def _error_grad(
-    x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C, sxb, sxc, sxs, key_c
+    x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C, sxb, sxc, sxs, key_c,
+    PROBS: tl.constexpr,
 ):  # fmt: skip
-    """``(p, dL/dp, mask)`` of a class chunk: ``dL/dp_c = ge_c sign(p_c - fg_c)``."""
+    """``(p, dL/dp, mask)`` of a class chunk: ``dL/dp_c = ge_c sign(p_c - fg_c)``; ``p``
+    the softmax, or with PROBS the input."""
     m2 = (offs_c < C)[:, None] & pmask[None, :]
-    x = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
-    p = tl.exp(x - m[None, :]) * inv_s[None, :]
+    p = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
+    if not PROBS:
+        p = tl.exp(p - m[None, :]) * inv_s[None, :]
     fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
     ge = tl.load(ge_base + offs_c[:, None] * key_c, mask=m2, other=0.0)
     return p, ge * tl.where(p > fg, 1.0, tl.where(p < fg, -1.0, 0.0)), m2
@@ -203,27 +216,33 @@ def _error_grad(
 @kernel_jit
 def _lovasz_softmax_grad_kernel(
     x_ptr, t_ptr, ge_ptr, g_ptr, C, S, n_pblocks, sxb, sxc, sxs, stb, sts, sgb, sgc, sgs,
-    key_b, key_c, ignore_index, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    key_b, key_c, ignore_index, PROBS: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """``dL/dz`` from ``ge = dL/de`` (laid out as the keys): ``dp_c = ge_c sign(p_c - fg_c)``,
-    ``dz_c = p_c (dp_c - sum_k p_k dp_k)``."""
+    ``dz_c = p_c (dp_c - sum_k p_k dp_k)``, or with PROBS (the input is ``p``) ``dp_c``."""
     pid = tl.program_id(0).to(tl.int64)
     b, offs_p, pmask = pixel_block(pid, n_pblocks, S, BLOCK_P)
     ys, valid, bad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
-    m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
-    ge_base = ge_ptr + b * key_b + offs_p[None, :]
     mean_dp = tl.zeros([BLOCK_P], tl.float32)
-    for c0 in range(0, C, BLOCK_C):  # sum_k p_k dp_k first
-        offs_c = c0 + offs_c0
-        p, dp, m2 = _error_grad(x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C,
-                                sxb, sxc, sxs, key_c)  # fmt: skip
-        mean_dp += tl.sum(tl.where(m2, p * dp, 0.0), axis=0)
+    m, inv_s = mean_dp, mean_dp
+    ge_base = ge_ptr + b * key_b + offs_p[None, :]
+    if not PROBS:
+        m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+        for c0 in range(0, C, BLOCK_C):  # sum_k p_k dp_k first
+            offs_c = c0 + offs_c0
+            p, dp, m2 = _error_grad(x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C,
+                                    sxb, sxc, sxs, key_c, PROBS)  # fmt: skip
+            mean_dp += tl.sum(tl.where(m2, p * dp, 0.0), axis=0)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + offs_c0
         p, dp, m2 = _error_grad(x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C,
-                                sxb, sxc, sxs, key_c)  # fmt: skip
-        dz = tl.where(valid[None, :], p * (dp - mean_dp[None, :]), 0.0)
+                                sxb, sxc, sxs, key_c, PROBS)  # fmt: skip
+        if PROBS:
+            dz = tl.where(valid[None, :], dp, 0.0)
+        else:
+            dz = tl.where(valid[None, :], p * (dp - mean_dp[None, :]), 0.0)
         tl.store(
             g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs,
             dz.to(g_ptr.dtype.element_ty),

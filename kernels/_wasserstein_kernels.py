@@ -112,9 +112,10 @@ def _wass_grad_kernel(
     SINGLE: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    """Pass 2: ``dL/dz_ic = k[b, y_i] p_ic (M[y_i, c] - w_i)`` for TILES pixel tiles per
-    program. SINGLE computes it from the one class tile it loaded; otherwise a first sweep
-    over the class chunks gives the softmax and ``w``, a second one writes."""
+    """Pass 2: ``dL/dz_ic = k[b, y_i] p_ic (M[y_i, c] - w_i)`` (0 at an ignored pixel,
+    whatever its logits) for TILES pixel tiles per program. SINGLE computes it from the
+    one class tile it loaded; otherwise a first sweep over the class chunks gives the
+    softmax and ``w``, a second one writes."""
     pid = tl.program_id(0).to(tl.int64)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
@@ -129,7 +130,7 @@ def _wass_grad_kernel(
             p = e / tl.sum(e, axis=0)[None, :]
             rows = _distance_rows(m_ptr, ys, offs_c0, cmask, pmask, C)
             w = tl.sum(p * rows, axis=0)
-            dz = k[None, :] * p * (rows - w[None, :])
+            dz = tl.where(valid[None, :], k[None, :] * p * (rows - w[None, :]), 0.0)
             tl.store(
                 g_base + offs_c0[:, None] * sgc,
                 dz.to(g_ptr.dtype.element_ty),
@@ -145,7 +146,7 @@ def _wass_grad_kernel(
                 x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
                 p = tl.exp(x - mx[None, :]) * inv_s[None, :]
                 rows = _distance_rows(m_ptr, ys, offs_c, cmask, pmask, C)
-                dz = k[None, :] * p * (rows - w[None, :])
+                dz = tl.where(valid[None, :], k[None, :] * p * (rows - w[None, :]), 0.0)
                 tl.store(
                     g_base + offs_c[:, None] * sgc,
                     dz.to(g_ptr.dtype.element_ty),

@@ -3,7 +3,8 @@
 Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 ``validate``. How they run (see ``_lovasz_kernels.py``):
 
-1. one kernel writes every row's errors (fused softmax), ignored pixels as -inf;
+1. one kernel writes every row's errors (fused softmax; with ``from_logits=False`` the
+   input is the probabilities), ignored pixels as -inf;
 2. ``torch.sort`` of the rows, about a sixteenth of them per call (descending, stable:
    ties keep pixel order); after each call a kernel moves the sorted keys back into the
    key buffer and the indices into an int32 ``perm`` (with each entry's foreground and
@@ -30,6 +31,7 @@ from segtriton.reference._common import (
     check_choice,
     check_masks,
     check_mode,
+    check_probability_input,
     checked_target,
 )
 from segtriton.reference.lovasz import lovasz_softmax_reduce, reduce_units
@@ -105,9 +107,10 @@ def _lovasz_rows(
     per_image: bool,
     ignore_index: float | None,
     hinge: bool,
+    probs: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(L [R], foreground count [R], sorted keys [R, N], sort indices [R, N],
-    block starts [R, nk])`` for every row."""
+    block starts [R, nk])`` for every row (``probs``: Lovasz-softmax's input is ``p``)."""
     x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
     R, N, key_b, key_c = _layout(B, C, S, per_image)
     ign, has_ignore = ignore_arg(ignore_index, not hinge)
@@ -116,7 +119,8 @@ def _lovasz_rows(
     n_pblocks = cdiv(S, block_p)
     _lovasz_errors_kernel[(B * n_pblocks,)](
         x, t, keys, C, S, n_pblocks, *xs, *ts, key_b, key_c, ign,
-        HINGE=hinge, HAS_IGNORE=has_ignore, SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
+        HINGE=hinge, HAS_IGNORE=has_ignore, PROBS=probs, SINGLE=single, BLOCK_C=block_c,
+        BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
     nk = cdiv(N, _BLOCK_K)
@@ -138,7 +142,7 @@ def _lovasz_rows(
 
 
 @_lovasz_rows.register_fake
-def _(logits, target, per_image, ignore_index, hinge):
+def _(logits, target, per_image, ignore_index, hinge, probs):
     B, C = logits.shape[:2]
     S = spatial_size(logits)
     R, N, _, _ = _layout(B, C, S, per_image)
@@ -165,6 +169,7 @@ def _lovasz_rows_grad(
     per_image: bool,
     ignore_index: float | None,
     hinge: bool,
+    probs: bool,
 ) -> torch.Tensor:
     """``dL/dz`` from ``grad_rows = dL/dL_r`` (``sorted_keys``: read by the hinge only)."""
     x, t, xs, ts, B, C, S = _geometry(logits, target, hinge)
@@ -172,6 +177,7 @@ def _lovasz_rows_grad(
     nk = start.shape[1]
     # the hinge's scatter writes dL/dx itself (C = 1: entry b * S + s of a contiguous
     # [B, 1, *S]); Lovasz-softmax's writes dL/de, chained through the softmax below
+    # (unless the input is p)
     ge = (
         torch.empty(logits.shape, dtype=logits.dtype, device=x.device)
         if hinge
@@ -191,14 +197,15 @@ def _lovasz_rows_grad(
     n_pblocks = cdiv(S, block_p)
     ign, _ = ignore_arg(ignore_index, True)
     _lovasz_softmax_grad_kernel[(B * n_pblocks,)](
-        x, t, ge, g, C, S, n_pblocks, *xs, *ts, sgb, sgc, sgs, key_b, key_c, ign,
+        x, t, ge, g, C, S, n_pblocks, *xs, *ts, sgb, sgc, sgs, key_b, key_c, ign, PROBS=probs,
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps_for(block_c, block_p),
     )  # fmt: skip
     return grad
 
 
 @_lovasz_rows_grad.register_fake
-def _(logits, target, grad_rows, sorted_keys, perm, start, total, per_image, ignore, hinge):
+def _(logits, target, grad_rows, sorted_keys, perm, start, total, per_image, ignore, hinge,
+      probs):  # fmt: skip
     return grad_like(logits)
 
 
@@ -208,7 +215,7 @@ def _setup(ctx, inputs, output):
     # only the row losses carry a gradient: no logits-sized zeros for the sort outputs
     ctx.mark_non_differentiable(total, sorted_keys, perm, start)
     ctx.set_materialize_grads(False)
-    hinge = ctx.params[-1]  # Lovasz-softmax's backward reads no key: free them now
+    hinge = ctx.params[2]  # Lovasz-softmax's backward reads no key: free them now
     keys = sorted_keys if hinge else None
     ctx.save_for_backward(logits, target, keys, perm, start, total)
 
@@ -218,7 +225,7 @@ def _backward(ctx, grad_rows, *_):
     grad = _lovasz_rows_grad(
         logits, target, grad_rows, sorted_keys, perm, start, total, *ctx.params
     )
-    return grad, None, None, None, None
+    return grad, None, None, None, None, None
 
 
 _lovasz_rows.register_autograd(_backward, _setup)
@@ -257,7 +264,7 @@ def lovasz_hinge_loss(
     if logits.shape[1] > 1:
         logits, target = _pooled_channels(logits, target)
     losses = _lovasz_rows(
-        logits, target, per_image, ignore_value(ignore_index, target, False), True
+        logits, target, per_image, ignore_value(ignore_index, target, False), True, False
     )[0]
     return reduce_units(losses, reduction)
 
@@ -271,12 +278,15 @@ def lovasz_softmax_loss(
     ignore_index: int | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
     validate: bool = False,
 ) -> torch.Tensor:
     """Triton Lovasz-softmax; semantics of ``segtriton.reference.lovasz_softmax_loss``."""
     checked_target(logits, target, True, ignore_index, validate)
+    if validate and not from_logits:
+        check_probability_input(logits, target, True, ignore_index)
     ign = None if ignore_index is None else float(ignore_index)
-    losses, total, *_ = _lovasz_rows(logits, target, per_image, ign, False)
+    losses, total, *_ = _lovasz_rows(logits, target, per_image, ign, False, not from_logits)
     units = logits.shape[0] if per_image else 1
     shape = (units, logits.shape[1])
     return lovasz_softmax_reduce(

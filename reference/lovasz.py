@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ._common import (
     _checking_values,
     acc_dtype,
+    activate,
     check_choice,
     check_class_indices,
     check_class_vector,
@@ -108,6 +109,7 @@ def lovasz_softmax_loss(
     ignore_index: int | None = None,
     weight: torch.Tensor | Sequence[float] | None = None,
     reduction: str = "mean",
+    from_logits: bool = True,
 ) -> torch.Tensor:
     """Multiclass Lovasz-softmax on logits ``[B, C, *S]`` and integer labels.
 
@@ -123,11 +125,14 @@ def lovasz_softmax_loss(
     ignore_index: pixels with this label are left out of every unit: no error, no place in
     the sorted order, not counted in any class's intersection or union.
     reduction over units: 'mean', 'sum', 'none' (``[units]``).
+    from_logits: False reads the input as ``p`` itself (Berman's ``lovasz_softmax`` and
+      smp's ``from_logits=False``), as ``segtriton.reference.dice_loss`` does: a counted
+      entry outside [0, 1] is an error, or NaN in a kernel without ``validate``.
     """
     valid = check_labels(logits, target, ignore_index)
     B, C = logits.shape[:2]
-    p = torch.softmax(flat(logits).to(acc_dtype(logits)), dim=1)
     labels, valid = flat_labels(target.long()), flat_labels(valid)
+    p = activate(flat(logits).to(acc_dtype(logits)), valid.unsqueeze(1), True, from_logits)
     if not per_image:
         p = p.transpose(0, 1).reshape(1, C, -1)
         labels, valid = labels.reshape(1, -1), valid.reshape(1, -1)
@@ -162,11 +167,13 @@ def lovasz_softmax_grad_weights(
     logits: torch.Tensor,
     target: torch.Tensor,
     ignore_index: int | None = None,
+    from_logits: bool = True,
     **_: object,
 ) -> torch.Tensor:
     """Float64 weights ``w`` with ``<w, dL/dx> = L`` for the scalar Lovasz-softmax loss
     ``L``, whatever order its gradient gave tied errors: ``w_ic = -[c = y_i] / p_iy`` on
-    valid pixels, 0 elsewhere.
+    valid pixels, 0 elsewhere (``w = p - fg`` there with ``from_logits=False``, where the
+    gradient is ``u`` itself).
 
     With ``u = dL/dp``, each class's term ``sum_k e_(k) g_k`` (``e = |fg - p|``) gives
     ``u_ic = (1 - 2 fg_ic) g_ic`` (tied errors share one ``e``), so
@@ -175,8 +182,10 @@ def lovasz_softmax_grad_weights(
     reduction='none', ``L`` is the sum over units.
     """
     valid = check_labels(logits, target, ignore_index)
-    p = torch.softmax(logits.double(), dim=1)
+    p = torch.softmax(logits.double(), dim=1) if from_logits else logits.double()
     y = target.long().masked_fill(~valid, 0).unsqueeze(1)
+    if not from_logits:
+        return (p - torch.zeros_like(p).scatter_(1, y, 1.0)) * valid.unsqueeze(1)
     w = torch.zeros_like(p)
     return w.scatter_(1, y, -(valid.unsqueeze(1) / p.gather(1, y)))
 

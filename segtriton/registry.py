@@ -394,6 +394,7 @@ LOSSES: tuple[LossEntry, ...] = (
             {},
             {"per_image": True, "classes": "all"},
             {"classes": [0, 2], "weight": [0.5, 1.0, 2.0]},
+            {"per_image": True, "from_logits": False},
         ),
         kernel=ker.lovasz_softmax_loss,
         grad_weights=ref.lovasz_softmax_grad_weights,

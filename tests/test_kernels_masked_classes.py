@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, assert_matches, light_case, light_options
+from kernel_checks import (
+    DEVICE,
+    KERNELS,
+    assert_matches,
+    light_case,
+    light_options,
+    run_with_grad,
+)
 
 from segtriton.registry import make_inputs
 
@@ -84,6 +91,8 @@ def test_non_finite_logits_reach_loss_and_gradient(entry, value, spread, C, gen)
     options, x, t = light_case(entry, (2, C, 4, 5), gen)
     classes = slice(None) if spread == "all" else x.shape[1] - 1  # at C = 300, the last chunk
     x[1, classes, 2, 3] = float(value)
+    if t.dim() < x.dim():  # a counted pixel: at C = 300 a random label can be 255, ignored
+        t[1, 2, 3] = 0
     got = x.clone().requires_grad_(True)
     want = x.double().cpu().requires_grad_(True)
     loss = entry.kernel(got, t, **options)
@@ -92,3 +101,25 @@ def test_non_finite_logits_reach_loss_and_gradient(entry, value, spread, C, gen)
     (ref_grad,) = torch.autograd.grad(ref_loss.sum(), want)
     assert torch.equal(loss.isfinite().cpu(), ref_loss.isfinite())
     assert bool(grad.isfinite().all()) == bool(ref_grad.isfinite().all())
+
+
+IGNORING = [e for e in KERNELS if "ignore_index" in light_options(e)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("entry", IGNORING, ids=lambda e: e.name)
+def test_logits_of_an_ignored_pixel_are_not_read(entry, value, gen):
+    """Non-finite logits at an ignored pixel (every entry of it ignored) change neither
+    the kernel's loss nor its gradient, which is 0 there. (The references follow torch,
+    whose softmax backward turns such a logit into a NaN gradient at its pixel.)"""
+    options, x, t = light_case(entry, (2, 4, 4, 5), gen)
+    if t.dim() < x.dim():
+        t[1, 2, 3] = 255
+    else:
+        t[1, :, 2, 3] = 255
+    poisoned = x.clone()
+    poisoned[1, :, 2, 3] = float(value)
+    loss, grad = run_with_grad(entry.kernel, x, t, options)
+    got_loss, got_grad = run_with_grad(entry.kernel, poisoned, t, options)
+    assert torch.equal(got_loss, loss)
+    assert torch.equal(got_grad, grad) and not grad[1, :, 2, 3].any()

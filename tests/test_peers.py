@@ -857,6 +857,14 @@ def test_smp_lovasz(smp, gen):
     theirs = smp.LovaszLoss("multiclass", ignore_index=255)(x, y)
     ours = ref.lovasz_softmax_loss(x.double(), y, ignore_index=255)
     torch.testing.assert_close(ours, theirs.to(D), rtol=1e-5, atol=1e-7)
+    # smp 0.6.0's LovaszLoss takes the softmax whatever its from_logits says; its
+    # _lovasz_softmax (Berman's function) takes probabilities: ours with from_logits=False
+    p = torch.softmax(x, dim=1)
+    ignored = smp.LovaszLoss("multiclass", ignore_index=255, from_logits=False)(x, y)
+    torch.testing.assert_close(ignored, theirs)
+    berman = importlib.import_module(smp.LovaszLoss.__module__)._lovasz_softmax
+    ours = ref.lovasz_softmax_loss(p.double(), y, ignore_index=255, from_logits=False)
+    torch.testing.assert_close(ours, berman(p, y, ignore=255).to(D), rtol=1e-5, atol=1e-7)
     xb = torch.randn(2, 1, 5, 6, generator=gen)
     tb = (torch.rand(2, 1, 5, 6, generator=gen) < 0.5).float()
     theirs = smp.LovaszLoss("binary")(xb, tb)
