@@ -78,14 +78,13 @@ def _lovasz_errors_kernel(
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
                 p = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-                bad_p = bad[None, :] | (valid[None, :] & ~((p >= 0.0) & (p <= 1.0)))
-                _store_softmax_errors(out, p, offs_c, ys, valid, bad_p, cmask, pmask, key_c)
+                _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c, PROBS)
         elif SINGLE:  # every class in one tile: the logits are read once
             cmask = offs_c0 < C
             x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
             e = tl.exp(x - tl.max(x, axis=0)[None, :])
             p = e * (1.0 / tl.sum(e, axis=0))[None, :]
-            _store_softmax_errors(out, p, offs_c0, ys, valid, bad[None, :], cmask, pmask, key_c)
+            _store_softmax_errors(out, p, offs_c0, ys, valid, bad, cmask, pmask, key_c, PROBS)
         else:
             m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
             for c0 in range(0, C, BLOCK_C):
@@ -93,16 +92,21 @@ def _lovasz_errors_kernel(
                 cmask = offs_c < C
                 x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
                 p = tl.exp(x - m[None, :]) * inv_s[None, :]
-                _store_softmax_errors(out, p, offs_c, ys, valid, bad[None, :], cmask, pmask, key_c)
+                _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c, PROBS)
 
 
 @triton.jit
-def _store_softmax_errors(out, p, offs_c, ys, valid, bad, cmask, pmask, key_c):
-    """Keys ``|[y = c] - p_c|`` of a tile: -inf where ignored, NaN where ``bad`` (a bad
-    label, or an input outside [0, 1])."""
+def _store_softmax_errors(
+    out, p, offs_c, ys, valid, bad, cmask, pmask, key_c, PROBS: tl.constexpr
+):  # fmt: skip
+    """Keys ``|[y = c] - p_c|`` of a tile: -inf where ignored, NaN for a bad label or, with
+    PROBS (``p`` is the input), a counted entry outside [0, 1]."""
     fg = (offs_c[:, None] == ys[None, :]).to(tl.float32)
-    key = tl.where(valid[None, :], tl.abs(fg - p), float("-inf"))
-    key = tl.where(bad, float("nan"), key)
+    err = tl.abs(fg - p)
+    if PROBS:
+        err = tl.where((p >= 0.0) & (p <= 1.0), err, float("nan"))
+    key = tl.where(valid[None, :], err, float("-inf"))
+    key = tl.where(bad[None, :], float("nan"), key)
     tl.store(out[None, :] + offs_c[:, None] * key_c, key, mask=cmask[:, None] & pmask[None, :])
 
 
