@@ -183,14 +183,14 @@ def front_inputs(
     through the softmax from logits), and the first kept class (1 without the background,
     unless there is one channel)."""
     labels = mode == "multiclass"
-    probs = labels and probability_target(logits, target, ignore_index)
-    if probs:
+    soft_target = labels and probability_target(logits, target, ignore_index)
+    if soft_target:
         if validate:
             check_masks(logits, target, None)
     else:
         target = checked_target(logits, target, labels, ignore_index, validate)
     if validate and not from_logits:
-        check_probability_input(logits, target, labels and not probs, ignore_index)
+        check_probability_input(logits, target, labels and not soft_target, ignore_index)
     return target, labels, 0 if include_background or logits.shape[1] == 1 else 1
 
 
