@@ -125,9 +125,10 @@ def lovasz_softmax_loss(
     ignore_index: pixels with this label are left out of every unit: no error, no place in
     the sorted order, not counted in any class's intersection or union.
     reduction over units: 'mean', 'sum', 'none' (``[units]``).
-    from_logits: False reads the input as ``p`` itself (Berman's ``lovasz_softmax`` and
-      smp's ``from_logits=False``), as ``segtriton.reference.dice_loss`` does: a counted
-      entry outside [0, 1] is an error, or NaN in a kernel without ``validate``.
+    from_logits: False reads the input as ``p`` itself (Berman's ``lovasz_softmax``; smp
+      0.6.0's ``LovaszLoss`` ignores its own ``from_logits``), as
+      ``segtriton.reference.dice_loss`` does: a counted entry outside [0, 1] is an error,
+      or NaN in a kernel without ``validate``.
     """
     valid = check_labels(logits, target, ignore_index)
     B, C = logits.shape[:2]
