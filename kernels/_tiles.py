@@ -224,9 +224,11 @@ def activation(multiclass: bool, from_logits: bool) -> int:
     return int(multiclass) + (0 if from_logits else PROBS_IN)
 
 
-def activation_flags(act: int) -> tuple[bool, bool]:
-    """``(multiclass, probabilities)`` of an :func:`activation` code."""
-    return act % PROBS_IN == 1, act >= PROBS_IN
+def activation_flags(act: int) -> tuple[bool, bool, bool]:
+    """``(multiclass, softmax, probabilities)`` of an :func:`activation` code: the kernels'
+    SOFTMAX is a multiclass input of logits."""
+    multiclass, probs = act % PROBS_IN == 1, act >= PROBS_IN
+    return multiclass, multiclass and not probs, probs
 
 
 CHUNK_PROGRAMS = 1024  # programs of a chunked reduction (each sums a run of pixel tiles)

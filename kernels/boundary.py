@@ -306,7 +306,7 @@ def _distance_op(
     ``slots`` from :func:`_selection`; ``act`` a ``_tiles.activation`` code. Returns
     ``(loss, dL/dz for grad_output 1 times its applied scale, that scale)``; 'mean' or
     'sum' only (see ``pixelwise._finish``)."""
-    labels, probs = activation_flags(act)
+    labels, softmax, probs = activation_flags(act)
     x, t, strides = loss_views(logits, target, labels)
     phi, spb, spc, sps = pixel_view(phi)
     hausdorff = psi is not None
@@ -323,7 +323,7 @@ def _distance_op(
     _boundary_kernel[(B * n_pblocks,)](
         x, t, phi, psi if hausdorff else phi, counts, slots, g, partials, denom, C,
         0 if psi is None else psi.shape[1], S, n_pblocks, *strides, spb, spc, sps, sgb, sgc, sgs,
-        ign, phi_exp, psi_exp, SOFTMAX=labels and not probs, LABELS=labels,
+        ign, phi_exp, psi_exp, SOFTMAX=softmax, LABELS=labels,
         HAS_IGNORE=has_ignore, PROBS=probs, HAUSDORFF=hausdorff,
         WRITE_GRAD=g is not None, MEAN=mean, DEFER_MEAN=defers_mean(logits, reduction),
         SINGLE=single, BLOCK_C=block_c, BLOCK_P=block_p,
@@ -413,8 +413,7 @@ def _pred_sites(
     """The prediction's masks (``_pred_sites_kernel``; ``act`` a ``_tiles.activation``
     code): int32 ``[B, *S]`` labels (-1: no class) for a softmax, else uint8
     ``[B, C, *S]``; contiguous."""
-    labels, probs = activation_flags(act)
-    softmax = labels and not probs
+    labels, softmax, probs = activation_flags(act)
     x, t, strides = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = spatial_size(x)
@@ -446,8 +445,7 @@ def _pred_field_op(
     B, C, *spatial = logits.shape
     sites = _pred_sites(logits, target, act, ignore_index)
     table = None
-    labels, probs = activation_flags(act)
-    if labels and not probs:  # the softmax's label map
+    if activation_flags(act)[1]:  # the softmax's label map
         table = device_constant(classes, torch.int32, logits.device)
     else:
         sites = _channels(sites, classes)

@@ -141,7 +141,7 @@ def _front(
     target value is out of range (a device bool: the loss becomes NaN). With ``grad``
     (``dL/dx0``), returns ``dL/dz`` instead (``_cldice_back_kernel``) in ``out`` (default
     float32 in the logits' layout). ``act``: see :func:`_tiles.activation`."""
-    labels, probs = activation_flags(act)
+    labels, softmax, probs = activation_flags(act)
     read_labels = labels and not probability_target(logits, target, ignore_index)
     x, t, strides = loss_views(logits, target, read_labels)
     B, C = x.shape[:2]
@@ -150,7 +150,7 @@ def _front(
     n_pblocks = cdiv(S, block_p)
     ign, has_ignore = ignore_arg(ignore_index, read_labels)
     meta = {
-        "SOFTMAX": labels and not probs, "LABELS": read_labels, "HAS_IGNORE": has_ignore,
+        "SOFTMAX": softmax, "LABELS": read_labels, "HAS_IGNORE": has_ignore,
         "PROBS": probs,
         "BLOCK_C": block_c, "BLOCK_P": block_p, "num_warps": num_warps_for(block_c, block_p),
     }  # fmt: skip
