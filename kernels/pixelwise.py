@@ -612,7 +612,7 @@ def _radix_select(
     tiles, n_programs = tile_chunks(N, _SELECT_BLOCK, 1)
     state = torch.zeros(4 + 4 * 256, dtype=torch.int64, device=v.device)
     if labels is None:  # no labels to read: every value counts
-        state[2] = N
+        state[2].fill_(N)  # a kernel: an indexed assignment copies from the host
     t, S, stb, sts, flat = (v, N, N, 1, True) if labels is None else labels
     ign = ignore_arg(ignore_index, True)[0]
     for shift in (24, 16, 8, 0):
