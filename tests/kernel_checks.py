@@ -288,16 +288,21 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     over = ref_grad.isfinite() & rounded.isinf()
     assert torch.equal(grad[over], rounded[over])
     grad, ref_grad = grad.masked_fill(over, 0.0), ref_grad.masked_fill(over, 0.0)
-    # a gradient under 1e-12 of the loss is the rounding residue of a true zero (the
-    # erosion loss's min-max scaling cancels exactly where one pixel survives an erosion)
-    residue = 1e-12 * float(ref_loss.detach().abs().nan_to_num().max()) if ref_loss.numel() else 0.0
+    # where the float64 gradient is 0 (or about as small), the kernel's may hold the
+    # rounding residue of terms that cancel (the erosion loss's min-max scaling, where one
+    # pixel survives an erosion): under 1e-12 of the loss in the interpreter, which
+    # cancels exactly, under 8 float32 eps of it compiled, where FMA contraction does not
+    # (1.1 eps on an H200)
+    loss_top = float(ref_loss.detach().abs().nan_to_num().max()) if ref_loss.numel() else 0.0
+    residue = (1e-12 if DEVICE == "cpu" else 8 * torch.finfo(torch.float32).eps) * loss_top
     scale = ref_grad.abs().max().clamp_min(1e-30)
     tol = GRAD_TOL[dtype]
     # Gradients below the dtype's normal range are stored as subnormals; the fused path
     # rounds twice (gradient in the forward, then times grad_output): allow two quanta.
     quantum = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    atol = max(tol * scale, residue, 2 * quantum)
-    _assert_within(grad, ref_grad, tol, float(atol), slack[1].masked_fill(over, 0.0))
+    atol = max(tol * scale, 2 * quantum)
+    slack_grad = slack[1].masked_fill(over, 0.0) + residue * (ref_grad.abs() <= residue)
+    _assert_within(grad, ref_grad, tol, float(atol), slack_grad)
     return loss, grad
 
 

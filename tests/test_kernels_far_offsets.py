@@ -3,8 +3,10 @@ into a large buffer that ``torch.empty`` leaves untouched (on the CPU only the p
 views touch get memory), with one axis strided so that ``index * stride`` passes 2^31
 while each stride stays an int32. A kernel that multiplies such an index and stride in
 int32 wraps and reads elsewhere. Every loss and the confusion matrix (multiclass and
-multilabel) must give on the views bitwise what they give on contiguous copies, for the
-batch, class and pixel axes in turn; 300 classes take the streamed (chunked) class path.
+multilabel) must give on the views what they give on contiguous copies (bitwise, but for
+a loss on a GPU, see ``_same_up_to_order``, where it must be bitwise the one of views
+with the same strides that stay near), for the batch, class and pixel axes in turn;
+300 classes take the streamed (chunked) class path.
 Logits and masks are bf16, labels int16. The gradient buffer is a fresh contiguous tensor
 here; the kernels write it through the same int64 image, class and pixel offsets.
 
@@ -99,16 +101,31 @@ def _one_worker_at_a_time():
 
 def check_far(check, n: int) -> None:
     """``check(views)`` with far entries past 2^31 (on a GPU first a few MiB apart, so
-    the kernels compile outside the lock)."""
-    if DEVICE == "cuda":
-        check(FarViews(n, reach=DENSE))
+    the kernels compile outside the lock). What ``check`` returns must be bitwise the
+    same for both: the same compiled kernel reads the same values at other offsets."""
+    near = check(FarViews(n, reach=DENSE)) if DEVICE == "cuda" else None
     with _one_worker_at_a_time():
-        check(FarViews(n, reach=PAST))
+        far = check(FarViews(n, reach=PAST))
+    if near is not None:
+        assert all(torch.equal(a, b) for a, b in zip(far, near, strict=True))
 
 
 def far_entries(axis: str, logits: torch.Tensor) -> int:
     """How many entries the far axis of ``logits`` holds: the ``n`` of :class:`FarViews`."""
     return math.prod(logits.shape[d] for d in far_dims(axis, logits, True))
+
+
+def _same_up_to_order(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bitwise in the interpreter; on a GPU within a bf16 rounding of the sums. There the
+    contiguous copies get another specialisation (a pixel stride of 1 gives vector loads
+    and another thread layout), so a sum over a tile's pixels adds in another order: the
+    dice, MCC and one-vs-rest focal losses of the pixel axis' case differed in the last
+    bits on an H200 (2026-12-04). A wrong offset reads other values, far off both ways."""
+    if DEVICE != "cuda":
+        assert torch.equal(got, want)
+        return
+    top = float(want.abs().max()) if want.numel() else 0.0
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-6 * top)
 
 
 def _loss_cases():
@@ -126,13 +143,14 @@ def test_loss_far_offsets(entry, axis, C, seed, gen):
     options, x, t = light_case(entry, logits_shape(axis, C), gen, torch.bfloat16, 0.2)
     masks = entry.target_kind(options) == "masks"
 
-    def check(views: FarViews) -> None:
+    def check(views: FarViews) -> tuple[torch.Tensor, torch.Tensor]:
         xv = views.put(x, far_dims(axis, x, True))
         tv = views.put(t, far_dims(axis, t, masks))
         loss, grad = run_with_grad(entry.kernel, xv, tv, options, seed)
         want = run_with_grad(entry.kernel, xv.contiguous(), tv.contiguous(), options, seed)
-        assert torch.equal(loss, want[0])
-        assert torch.equal(grad, want[1])
+        _same_up_to_order(loss, want[0])
+        _same_up_to_order(grad, want[1])
+        return loss, grad
 
     check_far(check, far_entries(axis, x))
 

@@ -51,7 +51,9 @@ def test_repeated_backwards_through_one_graph(entry, dtype, fast_eager, seed, ge
     were), and x.grad accumulates them."""
     monkeypatch.setattr(_ops, "fast_eager", fast_eager)
     options = {**entry.variants[0], **entry.light, "reduction": "mean"}
-    x, t = make_inputs(entry, entry.fit_shape((2, 3, 9, 11), options), options, dtype, gen)
+    x, t = make_inputs(
+        entry, entry.fit_shape((2, 3, 9, 11), options), options, dtype, gen, device=DEVICE
+    )
     x.requires_grad_(True)
     loss = entry.kernel(x, t, **options)
     factors = (1.0, 3.0, 0.5, 1024.0, 1.0)
