@@ -104,6 +104,18 @@ def test_the_pytest_benchmark_clock_reads_stream_time_in_seconds():
     assert 0.02 < after - before < 2.0
 
 
+def test_the_l2_flush_setup_hands_pytest_benchmark_no_arguments(monkeypatch):
+    """pytest-benchmark takes what ``setup`` returns as the round's ``(args, kwargs)``: a
+    flush that returned its buffer failed every round of the GPU benchmarks (2026-12-04)."""
+    from segtriton.bench.pytest_timer import l2_flush
+
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "zero_", lambda self: calls.append(self.numel()) or self)
+    setup = l2_flush(torch.device("cpu"))
+    assert setup() is None
+    assert calls == [256 * 2**20]
+
+
 def test_environment_names_versions_commit_and_the_peers():
     info = env.environment()
     assert info["torch"] == torch.__version__
