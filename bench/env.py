@@ -61,6 +61,8 @@ def environment() -> dict[str, object]:
         "git_commit": _git_commit(),
         "max_tile": _tiles.MAX_TILE,  # SEGTRITON_MAX_TILE
         "stages": _tiles.STAGES,  # SEGTRITON_STAGES
+        "max_single_c": _tiles.MAX_SINGLE_C,  # SEGTRITON_MAX_SINGLE_C
+        "chunk": ",".join(map(str, _tiles.CHUNK)),  # SEGTRITON_CHUNK
         "fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION", "triton's default"),
     }
     if torch.cuda.is_available():

@@ -16,6 +16,9 @@
 #                         against 2048: the GPU check of the tile rule chosen from
 #                         the sm_90 compile report
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
+#   probe [TESTS...]      bench/probe.py (per-kernel times under the profiler, the copy
+#                         rate of each tile shape, the tile knobs against the defaults),
+#                         then the named test modules or node ids, if any
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
 #                         and Berman (until 308 s), CE and Dice (bf16) under each of
@@ -169,10 +172,18 @@ case "$STAGE" in
     bench) run_bench "$LIMIT" ;;
     tiles) run_tiles "$@" ;;
     lease) run_lease ;;
+    probe)  # where the time goes (bench/probe.py), then the GPU tests named after it
+        timeout "$((LIMIT * 55 / 100))" python3 -m segtriton.bench.probe \
+            --knobs-cap "$((LIMIT * 30 / 100))" > "$OUT/probe.log" 2>&1
+        echo "probe: exit $?" >> "$OUT/probe.log"
+        cat "$OUT/probe.log"
+        # shellcheck disable=SC2124  # one string of test modules, as run_tests takes it
+        [ $# -gt 0 ] && run_tests "$(left $((LIMIT - 5)))" "$*"
+        ;;
     all)
         run_tests $((LIMIT / 2))
         LIMIT=$((LIMIT / 3)) run_sweep "${1:-quick}"
         run_bench $((LIMIT / 6))
         ;;
-    *) echo "unknown stage $STAGE (tests, sweep, bench, tiles, all, lease)" >&2; exit 2 ;;
+    *) echo "unknown stage $STAGE (tests, sweep, bench, tiles, all, lease, probe)" >&2; exit 2 ;;
 esac

@@ -388,7 +388,9 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         f"triton {meta.get('triton')}; segtriton {meta.get('segtriton')} "
         f"(commit {_short_commit(meta.get('git_commit'))}); date {meta.get('date')}; kernel knobs "
         f"SEGTRITON_MAX_TILE={meta.get('max_tile', '?')}, "
-        f"SEGTRITON_STAGES={meta.get('stages', '?')}",
+        f"SEGTRITON_STAGES={meta.get('stages', '?')}, "
+        f"SEGTRITON_MAX_SINGLE_C={meta.get('max_single_c', '?')}, "
+        f"SEGTRITON_CHUNK={meta.get('chunk', '?')}",
         f"- measured copy bandwidth: {meta.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s"
         " (bytes read + written); every GB/s figure uses the minimal byte model of its loss",
         "- command: "

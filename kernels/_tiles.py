@@ -50,12 +50,32 @@ def _stages() -> int:
     return value
 
 
+def _chunk() -> tuple[int, int]:
+    """``(BLOCK_C, BLOCK_P)`` of a streamed class chunk: (32, 64) unless ``SEGTRITON_CHUNK``
+    names two powers of two ``"C,P"``, read once at import (to compare on a GPU)."""
+    value = os.environ.get("SEGTRITON_CHUNK", "32,64")
+    parts = value.split(",")
+    sizes = [int(v) for v in parts if v.strip().isdigit()]
+    if len(parts) != 2 or len(sizes) != 2 or any(v < 1 or v & (v - 1) for v in sizes):
+        raise ValueError(f"SEGTRITON_CHUNK must be two powers of two 'C,P', got {value!r}")
+    return sizes[0], max(16, sizes[1])
+
+
+def _max_single_c() -> int:
+    """Most classes one tile holds: 256 unless ``SEGTRITON_MAX_SINGLE_C`` says (at least
+    1, read once at import); above it classes are streamed in :data:`CHUNK` tiles."""
+    value = int(os.environ.get("SEGTRITON_MAX_SINGLE_C", "256"))
+    if not 1 <= value <= 256:
+        raise ValueError(f"SEGTRITON_MAX_SINGLE_C must be 1 to 256, got {value}")
+    return value
+
+
 MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
-CHUNK = (32, 64)  # (BLOCK_C, BLOCK_P) when classes are streamed
+CHUNK = _chunk()  # (BLOCK_C, BLOCK_P) when classes are streamed
 _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
-MAX_SINGLE_C = 256  # above this, classes are streamed in chunks (online softmax)
+MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
 
 
 def _spatial_merges(x: torch.Tensor) -> bool:

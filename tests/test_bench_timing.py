@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import subprocess
+import sys
 import types
 
 import pytest
@@ -114,6 +115,14 @@ def test_the_l2_flush_setup_hands_pytest_benchmark_no_arguments(monkeypatch):
     setup = l2_flush(torch.device("cpu"))
     assert setup() is None
     assert calls == [256 * 2**20]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_the_probe_refuses_a_machine_without_cuda():
+    """``bench/probe.py`` times CUDA kernels; without a device it says so and fails."""
+    argv = [sys.executable, "-m", "segtriton.bench.probe"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode != 0 and "no CUDA device" in proc.stderr
 
 
 def test_environment_names_versions_commit_and_the_peers():

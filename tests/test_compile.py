@@ -120,6 +120,31 @@ def test_stages_knob():
     assert bad.returncode != 0 and "SEGTRITON_STAGES must be 1 to 8" in bad.stderr
 
 
+def test_streamed_class_knobs():
+    """SEGTRITON_MAX_SINGLE_C sets the most classes one tile holds, SEGTRITON_CHUNK the
+    streamed chunk (at least 16 pixels); malformed values are refused by name."""
+    code = (
+        "from segtriton.kernels._tiles import CHUNK, MAX_SINGLE_C, class_blocks\n"
+        "print(MAX_SINGLE_C, *CHUNK, *class_blocks(3))"
+    )
+
+    def run(**knobs: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, **knobs}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+    proc = run(SEGTRITON_MAX_SINGLE_C="2", SEGTRITON_CHUNK="8,512")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "8", "512", "8", "512", "False"]
+    assert run(SEGTRITON_CHUNK="4,8").stdout.split()[1:3] == ["4", "16"]
+    for knobs, message in (
+        ({"SEGTRITON_CHUNK": "6,64"}, "SEGTRITON_CHUNK must be two powers of two"),
+        ({"SEGTRITON_CHUNK": "64"}, "SEGTRITON_CHUNK must be two powers of two"),
+        ({"SEGTRITON_MAX_SINGLE_C": "0"}, "SEGTRITON_MAX_SINGLE_C must be 1 to 256"),
+    ):
+        bad = run(**knobs)
+        assert bad.returncode != 0 and message in bad.stderr
+
+
 @cpu_only
 def test_overhead_times_both_dispatch_paths():
     """``segtriton overhead`` times a loss's host side through the eager path and through

@@ -1,9 +1,11 @@
 """The kernel knobs that ``bench/gpu_run.sh lease`` times against the defaults give the
 reference's loss and gradient: the pipelined tile loops (``SEGTRITON_STAGES`` > 1:
 several pixel tiles per program, prefetched; tails of the program grid included) and the
-largest tile (``SEGTRITON_MAX_TILE=8192``).
+largest tile (``SEGTRITON_MAX_TILE=8192``), and every class count streamed in chunks of 8
+classes by 256 pixels (``SEGTRITON_MAX_SINGLE_C=1``, ``SEGTRITON_CHUNK=8,256``), which
+``bench/probe.py`` times.
 
-Both are read when segtriton.kernels is imported, so the cases run in a child process (in
+They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
 """
 
@@ -30,6 +32,7 @@ from segtriton.kernels import _tiles
 from segtriton.registry import fit_variant, get, make_inputs
 
 knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
+knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK)
 assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
@@ -60,17 +63,22 @@ print("checked", len(CASES))
 """
 
 
+KNOBS = ("SEGTRITON_STAGES", "SEGTRITON_MAX_TILE", "SEGTRITON_MAX_SINGLE_C", "SEGTRITON_CHUNK")
+
+
 @pytest.mark.parametrize(
-    ("knob", "expected"),
-    [(("SEGTRITON_STAGES", "3"), (3, 8, 2048)), (("SEGTRITON_MAX_TILE", "8192"), (1, 1, 8192))],
-    ids=["stages3", "tile8192"],
+    ("knobs", "expected"),
+    [
+        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 256, 32, 64)),
+        ({"SEGTRITON_MAX_TILE": "8192"}, (1, 1, 8192, 256, 32, 64)),
+        ({"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256)),
+    ],
+    ids=["stages3", "tile8192", "streamed8x256"],
 )
-def test_kernel_knobs_match_the_reference(knob, expected, seed):
+def test_kernel_knobs_match_the_reference(knobs, expected, seed):
     tests = Path(__file__).parent
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("SEGTRITON_STAGES", "SEGTRITON_MAX_TILE")
-    }
-    env[knob[0]] = knob[1]
+    env = {k: v for k, v in os.environ.items() if k not in KNOBS}
+    env.update(knobs)
     env["PYTHONPATH"] = os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])
     argv = [sys.executable, "-c", CHILD, str(seed), *map(str, expected)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True)

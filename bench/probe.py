@@ -1,0 +1,178 @@
+"""Where a loss's GPU time goes, for one lease call: ``python3 -m segtriton.bench.probe``.
+
+Three measurements, each printed as it finishes (CUDA only):
+
+- ``kernels``: one forward + backward of each (loss, shape) under ``torch.profiler``,
+  the time of every kernel launched, against a copy of the logits (``x.clone()``);
+- ``pattern``: a kernel that only copies ``[B, C, S]`` logits the way the loss kernels
+  read them, a ``[BLOCK_C, BLOCK_P]`` tile of classes by pixels at a time, per tile shape,
+  as a fraction of the measured copy bandwidth: what the tile shape alone allows;
+- ``knobs``: forward + backward of each (loss, shape) in a fresh process per setting of
+  the tile knobs read at import (``SEGTRITON_MAX_TILE``, ``SEGTRITON_MAX_SINGLE_C``,
+  ``SEGTRITON_CHUNK``, ``SEGTRITON_STAGES``), against the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+from segtriton.bench.timing import copy_bandwidth, time_fn
+from segtriton.registry import get
+
+CASES = [
+    ("cross_entropy", (8, 19, 512, 1024)),
+    ("cross_entropy", (16, 150, 512, 512)),
+    ("dice", (8, 19, 512, 1024)),
+    ("dice", (16, 150, 512, 512)),
+]
+KNOBS = [
+    {},
+    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "8,256"},
+    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "8,512"},
+    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "16,256"},
+    {"SEGTRITON_MAX_SINGLE_C": "32", "SEGTRITON_CHUNK": "8,256"},
+    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "4,512"},
+    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "32,128"},
+]
+
+
+def _step(name: str, shape: tuple[int, ...], device: str = "cuda"):
+    """A forward + backward of loss ``name`` on bf16 logits of ``shape``, and their bytes."""
+    torch.manual_seed(0)  # drawn on the device: a CPU draw of 6e8 logits takes seconds
+    x = torch.randn(shape, device=device, dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), device=device)
+    t.masked_fill_(torch.rand(t.shape, device=device) < 0.05, 255)
+    fn = get(name).triton()
+
+    def step():
+        return torch.autograd.grad(fn(x, t, ignore_index=255), x)
+
+    return step, x
+
+
+def kernels() -> None:
+    """Per-kernel device time of one forward + backward under the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, shape in CASES:
+        step, x = _step(name, shape)
+        for _ in range(3):
+            step()
+        copy = time_fn(lambda x=x: x.detach().clone(), torch.device("cuda"), reps=10)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        rows = []
+        for ev in prof.key_averages():
+            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if us:
+                rows.append((us / 3, ev.count // 3, ev.key))
+        total = sum(r[0] for r in rows)
+        print(f"\n{name} {shape} bf16 fwd+bwd: {total / 1e3:.3f} ms of kernels per step; "
+              f"logits clone {copy['median_ms']:.3f} ms")  # fmt: skip
+        for us, n, key in sorted(rows, reverse=True)[:8]:
+            print(f"  {us / 1e3:8.3f} ms  x{n:<3d} {key[:90]}")
+
+
+@triton.jit
+def _tile_copy_kernel(x_ptr, y_ptr, C, S, n_pblocks, BLOCK_C: tl.constexpr,
+                      BLOCK_P: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    b = (pid // n_pblocks).to(tl.int64)
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pmask = offs_p < S
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        m = (offs_c[:, None] < C) & pmask[None, :]
+        off = b * C * S + offs_c[:, None] * S + offs_p[None, :]
+        tl.store(y_ptr + off, tl.load(x_ptr + off, mask=m), mask=m)
+
+
+def pattern(bandwidth: float) -> None:
+    """Copy rate of ``[BLOCK_C, BLOCK_P]`` tiles (classes looped in chunks of BLOCK_C)."""
+    shapes = [(8, 19, 512 * 1024), (16, 150, 512 * 512)]
+    print(f"\ntile copy of bf16 logits, % of copy bandwidth ({bandwidth:.0f} GB/s)")
+    for B, C, S in shapes:
+        x = torch.randn(B, C, S, device="cuda", dtype=torch.bfloat16)
+        y = torch.empty_like(x)
+        for block_c in sorted({1, 4, 8, 32, triton.next_power_of_2(C)}):
+            for block_p in (16, 64, 256, 1024):
+                if block_c * block_p > 16384:
+                    continue
+                warps = min(16, max(4, block_c * block_p // 256))
+                n_pblocks = triton.cdiv(S, block_p)
+                run = functools.partial(
+                    _tile_copy_kernel[(B * n_pblocks,)], x, y, C, S, n_pblocks,
+                    BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
+                )  # fmt: skip
+                ms = time_fn(run, torch.device("cuda"), reps=10)["median_ms"]
+                gbps = 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
+                print(f"  C={C:3d} BLOCK_C={block_c:3d} BLOCK_P={block_p:4d} warps={warps:2d}: "
+                      f"{ms:7.3f} ms {100 * gbps / bandwidth:5.1f}%")  # fmt: skip
+
+
+def knob_case() -> None:
+    """One process's share of ``knobs``: each case's median fwd+bwd time, as JSON."""
+    out = {}
+    for name, shape in CASES:
+        step, _ = _step(name, shape)
+        out[f"{name} {'x'.join(map(str, shape))}"] = time_fn(
+            step, torch.device("cuda"), reps=10, budget_s=3.0
+        )["median_ms"]
+    print(json.dumps(out))
+
+
+def knobs(cap_s: float) -> None:
+    """``knob_case`` in a fresh process per knob setting (the knobs are read at import)."""
+    start = time.monotonic()
+    base = None
+    for knob in KNOBS:
+        left = cap_s - (time.monotonic() - start)
+        if left < 15:
+            print(f"knobs: stopped at {cap_s:.0f} s")
+            return
+        env = {**os.environ, **knob}
+        cmd = [sys.executable, "-m", "segtriton.bench.probe", "--knob-case"]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=left)
+        except subprocess.TimeoutExpired:
+            print(f"knobs {knob}: timed out")
+            return
+        if proc.returncode:
+            print(f"knobs {knob}: exit {proc.returncode}\n{proc.stderr[-1500:]}")
+            continue
+        times = json.loads(proc.stdout.strip().splitlines()[-1])
+        base = base or times
+        cells = "  ".join(f"{k} {v:.3f} ms ({v / base[k]:.2f}x)" for k, v in times.items())
+        print(f"knobs {knob or 'defaults'}: {cells}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--knob-case", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--knobs-cap", type=float, default=90.0, help="seconds for 'knobs'")
+    args = parser.parse_args()
+    if args.knob_case:
+        knob_case()
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("the probe times CUDA kernels: no CUDA device")
+    kernels()
+    pattern(copy_bandwidth(torch.device("cuda")))
+    knobs(args.knobs_cap)
+
+
+if __name__ == "__main__":
+    main()
