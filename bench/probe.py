@@ -4,6 +4,10 @@ Three measurements, each printed as it finishes (CUDA only):
 
 - ``kernels``: one forward + backward of each (loss, shape) under ``torch.profiler``,
   the time of every kernel launched, against a copy of the logits (``x.clone()``);
+- ``work``: plain CE and its gradient as two kernels, one that sums over classes with
+  reductions across a ``[classes, pixels]`` tile (as the loss kernels do) and one whose
+  threads walk the classes one row of pixels at a time (online softmax, then a second
+  walk for the gradient), as a fraction of the same floor;
 - ``pattern``: a kernel that only copies ``[B, C, S]`` logits the way the loss kernels
   read them, a ``[BLOCK_C, BLOCK_P]`` tile of classes by pixels at a time, per tile shape,
   as a fraction of the measured copy bandwidth: what the tile shape alone allows;
@@ -123,6 +127,106 @@ def pattern(bandwidth: float) -> None:
                       f"{ms:7.3f} ms {100 * gbps / bandwidth:5.1f}%")  # fmt: skip
 
 
+@triton.jit
+def _ce_tile_kernel(x_ptr, y_ptr, g_ptr, part_ptr, C, S, n_pblocks, BLOCK_C: tl.constexpr,
+                    BLOCK_P: tl.constexpr):  # fmt: skip
+    """Plain CE (labels, no ignore) and its gradient on one ``[BLOCK_C, BLOCK_P]`` tile,
+    the class sums as axis-0 reductions, as the loss kernels compute them."""
+    pid = tl.program_id(0)
+    b = (pid // n_pblocks).to(tl.int64)
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pmask = offs_p < S
+    offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
+    m2 = (offs_c[:, None] < C) & pmask[None, :]
+    off = b * C * S + offs_c[:, None] * S + offs_p[None, :]
+    x = tl.load(x_ptr + off, mask=m2, other=float("-inf")).to(tl.float32)
+    y = tl.load(y_ptr + b * S + offs_p, mask=pmask, other=0)
+    m = tl.max(x, axis=0)
+    e = tl.exp(x - m[None, :])
+    s = tl.sum(e, axis=0)
+    hit = offs_c[:, None] == y[None, :]
+    loss = m + tl.log(s) - tl.sum(tl.where(hit, x, 0.0), axis=0)
+    tl.store(g_ptr + off, (e / s[None, :] - hit.to(tl.float32)).to(g_ptr.dtype.element_ty), mask=m2)
+    tl.store(part_ptr + pid, tl.sum(tl.where(pmask, loss, 0.0), axis=0))
+
+
+@triton.jit
+def _ce_rows_kernel(x_ptr, y_ptr, g_ptr, part_ptr, C, S, n_pblocks, BLOCK_P: tl.constexpr,
+                    UNROLL: tl.constexpr):  # fmt: skip
+    """The same CE with each thread's pixels walking the classes one row at a time (an
+    online max and sum, then a second walk for the gradient): no reduction across
+    threads but the program's final sum."""
+    pid = tl.program_id(0)
+    b = (pid // n_pblocks).to(tl.int64)
+    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pmask = offs_p < S
+    base = b * C * S + offs_p
+    y = tl.load(y_ptr + b * S + offs_p, mask=pmask, other=0)
+    m = tl.full([BLOCK_P], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_P], tl.float32)
+    xy = tl.zeros([BLOCK_P], tl.float32)
+    for c0 in range(0, C, UNROLL):
+        for u in tl.static_range(UNROLL):
+            c = c0 + u
+            ok = pmask & (tl.zeros_like(offs_p) + c < C)  # the interpreter: no scalar mask
+            xc = tl.load(x_ptr + base + c * S, mask=ok, other=float("-inf"))
+            xc = xc.to(tl.float32)
+            m_new = tl.maximum(m, xc)
+            s = s * tl.exp(m - m_new) + tl.exp(xc - m_new)
+            m = m_new
+            xy = tl.where(y == c, xc, xy)
+    loss = m + tl.log(s) - xy
+    tl.store(part_ptr + pid, tl.sum(tl.where(pmask, loss, 0.0), axis=0))
+    for c0 in range(0, C, UNROLL):
+        for u in tl.static_range(UNROLL):
+            c = c0 + u
+            ok = pmask & (tl.zeros_like(offs_p) + c < C)
+            xc = tl.load(x_ptr + base + c * S, mask=ok, other=0.0).to(tl.float32)
+            g = tl.exp(xc - m) / s - (y == c).to(tl.float32)
+            tl.store(g_ptr + base + c * S, g.to(g_ptr.dtype.element_ty), mask=ok)
+
+
+def ce_launch(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, rows: bool, block_p: int,
+              unroll: int = 1, warps: int = 4) -> torch.Tensor:  # fmt: skip
+    """Per-program CE partial sums of ``x [B, C, S]`` against ``y [B, S]``; the gradient
+    of their sum goes to ``g``. ``rows``: :func:`_ce_rows_kernel`, else one tile of every
+    class (padded to a power of two) by ``block_p`` pixels."""
+    B, C, S = x.shape
+    n_pblocks = triton.cdiv(S, block_p)
+    part = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
+    if rows:
+        _ce_rows_kernel[(B * n_pblocks,)](x, y, g, part, C, S, n_pblocks, BLOCK_P=block_p,
+                                          UNROLL=unroll, num_warps=warps)  # fmt: skip
+    else:
+        _ce_tile_kernel[(B * n_pblocks,)](x, y, g, part, C, S, n_pblocks,
+                                          BLOCK_C=triton.next_power_of_2(C), BLOCK_P=block_p,
+                                          num_warps=warps)  # fmt: skip
+    return part
+
+
+def work(bandwidth: float) -> None:
+    """Plain CE forward + gradient, tile reductions against class rows, per launch shape."""
+    print(f"\nplain CE + gradient (bf16, int64 labels), % of copy bandwidth ({bandwidth:.0f} GB/s)")
+    for B, C, S in [(8, 19, 512 * 1024), (16, 150, 512 * 512)]:
+        x = torch.randn(B, C, S, device="cuda", dtype=torch.bfloat16)
+        y = torch.randint(0, C, (B, S), device="cuda")
+        g = torch.empty_like(x)
+        want = torch.nn.functional.cross_entropy(x[:1].float(), y[:1], reduction="sum")
+        nbytes = 2 * x.numel() * x.element_size() + y.numel() * y.element_size()
+        bc = triton.next_power_of_2(C)
+        tile = max(16, 2048 // bc)
+        configs = [("tile", False, tile, 1, min(16, max(4, bc * tile // 256)))]
+        configs += [("rows", True, p, u, w) for p in (256, 1024) for u in (1, 4) for w in (4, 8)]
+        for name, rows, block_p, unroll, warps in configs:
+            run = functools.partial(ce_launch, x, y, g, rows, block_p, unroll, warps)
+            got = float(ce_launch(x[:1], y[:1], g[:1], rows, block_p, unroll, warps).sum())
+            ok = abs(got - float(want)) <= 1e-3 * abs(float(want))
+            ms = time_fn(run, torch.device("cuda"), reps=10)["median_ms"]
+            pct = 100 * nbytes / (ms * 1e-3) / 1e9 / bandwidth
+            print(f"  C={C:3d} {name} BLOCK_P={block_p:4d} unroll={unroll} warps={warps:2d}: "
+                  f"{ms:7.3f} ms {pct:5.1f}%{'' if ok else ' LOSS OFF'}")  # fmt: skip
+
+
 def knob_case() -> None:
     """One process's share of ``knobs``: each case's median fwd+bwd time, as JSON."""
     out = {}
@@ -170,7 +274,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("the probe times CUDA kernels: no CUDA device")
     kernels()
-    pattern(copy_bandwidth(torch.device("cuda")))
+    bandwidth = copy_bandwidth(torch.device("cuda"))
+    work(bandwidth)
+    pattern(bandwidth)
     knobs(args.knobs_cap)
 
 

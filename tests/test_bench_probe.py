@@ -1,0 +1,27 @@
+"""The probe's two plain cross-entropy kernels (``bench/probe.py``: class sums as tile
+reductions, and as walks over class rows) give torch's loss and gradient, so a GPU run
+times the same work both ways; in the interpreter on CPU, compiled on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import DEVICE
+
+from segtriton.bench.probe import ce_launch
+
+
+@pytest.mark.parametrize("C", [1, 3, 19])
+@pytest.mark.parametrize(
+    ("rows", "block_p", "unroll"), [(False, 16, 1), (True, 16, 1), (True, 32, 4)]
+)
+def test_plain_ce_kernels_match_torch(C, rows, block_p, unroll, gen):
+    x = torch.randn(2, C, 37, generator=gen).to(DEVICE, torch.bfloat16)
+    y = torch.randint(0, C, (2, 37), generator=gen).to(DEVICE)
+    g = torch.empty_like(x)
+    loss = ce_launch(x, y, g, rows, block_p, unroll).sum()
+    xd = x.double().requires_grad_(True)
+    want = torch.nn.functional.cross_entropy(xd, y, reduction="sum")
+    (want_grad,) = torch.autograd.grad(want, xd)
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g.double(), want_grad, rtol=1.6e-2, atol=1e-2)
