@@ -72,7 +72,7 @@ def kernels() -> None:
         step, x = _step(name, shape)
         for _ in range(3):
             step()
-        copy = time_fn(lambda x=x: x.detach().clone(), torch.device("cuda"), reps=10)
+        copy = time_fn(x.detach().clone, torch.device("cuda"), reps=10)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
