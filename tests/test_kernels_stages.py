@@ -2,8 +2,9 @@
 reference's loss and gradient: the pipelined tile loops (``SEGTRITON_STAGES`` > 1:
 several pixel tiles per program, prefetched; tails of the program grid included) and the
 largest tile (``SEGTRITON_MAX_TILE=8192``), and every class count streamed in chunks of 8
-classes by 256 pixels (``SEGTRITON_MAX_SINGLE_C=1``, ``SEGTRITON_CHUNK=8,256``), which
-``bench/probe.py`` times.
+classes by 256 pixels or of one class by 512 (``SEGTRITON_MAX_SINGLE_C=1``,
+``SEGTRITON_CHUNK=8,256`` or ``1,512``: a walk over class rows), which ``bench/probe.py``
+times.
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
@@ -72,8 +73,9 @@ KNOBS = ("SEGTRITON_STAGES", "SEGTRITON_MAX_TILE", "SEGTRITON_MAX_SINGLE_C", "SE
         ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 256, 32, 64)),
         ({"SEGTRITON_MAX_TILE": "8192"}, (1, 1, 8192, 256, 32, 64)),
         ({"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256)),
+        ({"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,512"}, (1, 1, 2048, 1, 1, 512)),
     ],
-    ids=["stages3", "tile8192", "streamed8x256"],
+    ids=["stages3", "tile8192", "streamed8x256", "streamed1x512"],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
     tests = Path(__file__).parent
