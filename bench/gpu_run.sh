@@ -22,7 +22,7 @@
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
 #                         and Berman (until 308 s), CE and Dice (bf16) under each of
-#                         LEASE_VARIANTS (tiles of 4096 and 8192 elements, STAGES 3 and 4:
+#                         LEASE_VARIANTS (8192-element tiles, STAGES 3, class-row walks:
 #                         28 s each) against the default rows, the confusion-matrix,
 #                         distance-transform and Lovasz benchmarks (until 504 s), then
 #                         torch.compile rows (bf16) until LIMIT - 30; the report's "Issue
@@ -115,9 +115,12 @@ run_bench() {  # CAP [pytest -k expression]
     echo "pytest --benchmark: exit $?" | tee -a "$OUT/bench.log"
 }
 
-# the kernel knobs the lease compares with the defaults (2048-element tiles, STAGES 1)
-LEASE_VARIANTS="t4096:SEGTRITON_MAX_TILE=4096 t8192:SEGTRITON_MAX_TILE=8192"
-LEASE_VARIANTS+=" s3:SEGTRITON_STAGES=3 s4:SEGTRITON_STAGES=4"
+# the kernel knobs the lease compares with the defaults (2048-element tiles, STAGES 1),
+# NAME:VAR=VALUE[+VAR=VALUE...]; on the H200 (2026-12-04) 4096-element tiles and STAGES 4
+# gained nothing, 8192 up to 1.6x at C = 150; walk*: classes streamed one row at a time
+LEASE_VARIANTS="t8192:SEGTRITON_MAX_TILE=8192 s3:SEGTRITON_STAGES=3"
+LEASE_VARIANTS+=" walk1024:SEGTRITON_MAX_SINGLE_C=1+SEGTRITON_CHUNK=1,1024"
+LEASE_VARIANTS+=" walk256:SEGTRITON_MAX_SINGLE_C=1+SEGTRITON_CHUNK=1,256"
 
 run_lease() {
     local dir=${SWEEP_DIR:-out/targets} v
@@ -148,8 +151,11 @@ variant_runs() {  # BASE CAP "NAME:VAR=VALUE ..." SWEEP-FLAGS...: Triton alone p
     local base=$1 cap=$2 variants=$3 v
     shift 3
     for v in $variants; do  # the knobs are read at import: one process per variant
-        env "${v#*:}" timeout "$cap" python3 -m segtriton.bench.cli sweep --providers triton \
-            --modes fwd+bwd "$@" --out "$base/${v%%:*}" >> "$OUT/tiles.log" 2>&1
+        local assigns
+        IFS=+ read -ra assigns <<< "${v#*:}"
+        env "${assigns[@]}" timeout "$cap" python3 -m segtriton.bench.cli sweep \
+            --providers triton --modes fwd+bwd "$@" --out "$base/${v%%:*}" \
+            >> "$OUT/tiles.log" 2>&1
         echo "variant ${v%%:*} (${v#*:}): exit $?" | tee -a "$OUT/tiles.log"
     done
 }
