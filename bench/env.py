@@ -99,6 +99,7 @@ def provenance(command: str) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return (
         f"Command: `{command}` (SEGTRITON_MAX_TILE={env['max_tile']}, "
-        f"SEGTRITON_STAGES={env['stages']}). triton {env['triton']}, torch {env['torch']}, "
+        f"SEGTRITON_STAGES={env['stages']}, SEGTRITON_MAX_SINGLE_C={env['max_single_c']}, "
+        f"SEGTRITON_CHUNK={env['chunk']}). triton {env['triton']}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
     )
