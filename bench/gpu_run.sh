@@ -16,9 +16,10 @@
 #                         against 2048: the GPU check of the tile rule chosen from
 #                         the sm_90 compile report
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
-#   probe [TESTS...]      bench/probe.py (per-kernel times under the profiler, the copy
-#                         rate of each tile shape, the tile knobs against the defaults),
-#                         then the named test modules or node ids, if any
+#   probe [TESTS...]      bench/probe.py (per-kernel times under the profiler, plain CE
+#                         with tile reductions and with class-row walks, the copy rate of
+#                         each tile shape, the tile knobs against the defaults), then the
+#                         named test modules or node ids, if any
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
 #                         and Berman (until 308 s), CE and Dice (bf16) under each of
@@ -184,7 +185,7 @@ case "$STAGE" in
         echo "probe: exit $?" >> "$OUT/probe.log"
         cat "$OUT/probe.log"
         # shellcheck disable=SC2124  # one string of test modules, as run_tests takes it
-        [ $# -gt 0 ] && run_tests "$(left $((LIMIT - 5)))" "$*"
+        if [ $# -gt 0 ]; then run_tests "$(left $((LIMIT - 5)))" "$*"; fi
         ;;
     all)
         run_tests $((LIMIT / 2))

@@ -52,7 +52,8 @@ def _stages() -> int:
 
 def _chunk() -> tuple[int, int]:
     """``(BLOCK_C, BLOCK_P)`` of a streamed class chunk: (32, 64) unless ``SEGTRITON_CHUNK``
-    names two powers of two ``"C,P"``, read once at import (to compare on a GPU)."""
+    names two powers of two ``"C,P"`` (P raised to 16 if smaller), read once at import (to
+    compare on a GPU)."""
     value = os.environ.get("SEGTRITON_CHUNK", "32,64")
     parts = value.split(",")
     sizes = [int(v) for v in parts if v.strip().isdigit()]
