@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -33,6 +34,8 @@ import triton.language as tl
 from segtriton.bench.timing import copy_bandwidth, time_fn
 from segtriton.registry import get
 
+Shape = tuple[int, int, int]
+SHAPES: list[Shape] = [(8, 19, 512 * 1024), (16, 150, 512 * 512)]  # the targets' [B, C, S]
 CASES = [
     ("cross_entropy", (8, 19, 512, 1024)),
     ("cross_entropy", (16, 150, 512, 512)),
@@ -106,12 +109,11 @@ def _tile_copy_kernel(x_ptr, y_ptr, C, S, n_pblocks, BLOCK_C: tl.constexpr,
         tl.store(y_ptr + off, tl.load(x_ptr + off, mask=m), mask=m)
 
 
-def pattern(bandwidth: float) -> None:
+def pattern(bandwidth: float, shapes: Sequence[Shape] = SHAPES, device: str = "cuda") -> None:
     """Copy rate of ``[BLOCK_C, BLOCK_P]`` tiles (classes looped in chunks of BLOCK_C)."""
-    shapes = [(8, 19, 512 * 1024), (16, 150, 512 * 512)]
     print(f"\ntile copy of bf16 logits, % of copy bandwidth ({bandwidth:.0f} GB/s)")
     for B, C, S in shapes:
-        x = torch.randn(B, C, S, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(B, C, S, device=device, dtype=torch.bfloat16)
         y = torch.empty_like(x)
         for block_c in sorted({1, 4, 8, 32, triton.next_power_of_2(C)}):
             for block_p in (16, 64, 256, 1024):
@@ -123,7 +125,7 @@ def pattern(bandwidth: float) -> None:
                     _tile_copy_kernel[(B * n_pblocks,)], x, y, C, S, n_pblocks,
                     BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps,
                 )  # fmt: skip
-                ms = time_fn(run, torch.device("cuda"), reps=10)["median_ms"]
+                ms = time_fn(run, torch.device(device), reps=10)["median_ms"]
                 gbps = 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
                 print(f"  C={C:3d} BLOCK_C={block_c:3d} BLOCK_P={block_p:4d} warps={warps:2d}: "
                       f"{ms:7.3f} ms {100 * gbps / bandwidth:5.1f}%")  # fmt: skip
@@ -206,12 +208,12 @@ def ce_launch(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, rows: bool, blo
     return part
 
 
-def work(bandwidth: float) -> None:
+def work(bandwidth: float, shapes: Sequence[Shape] = SHAPES, device: str = "cuda") -> None:
     """Plain CE forward + gradient, tile reductions against class rows, per launch shape."""
     print(f"\nplain CE + gradient (bf16, int64 labels), % of copy bandwidth ({bandwidth:.0f} GB/s)")
-    for B, C, S in [(8, 19, 512 * 1024), (16, 150, 512 * 512)]:
-        x = torch.randn(B, C, S, device="cuda", dtype=torch.bfloat16)
-        y = torch.randint(0, C, (B, S), device="cuda")
+    for B, C, S in shapes:
+        x = torch.randn(B, C, S, device=device, dtype=torch.bfloat16)
+        y = torch.randint(0, C, (B, S), device=device)
         g = torch.empty_like(x)
         want = torch.nn.functional.cross_entropy(x[:1].float(), y[:1], reduction="sum")
         nbytes = 2 * x.numel() * x.element_size() + y.numel() * y.element_size()
@@ -223,7 +225,7 @@ def work(bandwidth: float) -> None:
             run = functools.partial(ce_launch, x, y, g, rows, block_p, unroll, warps)
             got = float(ce_launch(x[:1], y[:1], g[:1], rows, block_p, unroll, warps).sum())
             ok = abs(got - float(want)) <= 1e-3 * abs(float(want))
-            ms = time_fn(run, torch.device("cuda"), reps=10)["median_ms"]
+            ms = time_fn(run, torch.device(device), reps=10)["median_ms"]
             pct = 100 * nbytes / (ms * 1e-3) / 1e9 / bandwidth
             print(f"  C={C:3d} {name} BLOCK_P={block_p:4d} unroll={unroll} warps={warps:2d}: "
                   f"{ms:7.3f} ms {pct:5.1f}%{'' if ok else ' LOSS OFF'}")  # fmt: skip

@@ -8,6 +8,7 @@ import pytest
 import torch
 from kernel_checks import DEVICE
 
+from segtriton.bench import probe
 from segtriton.bench.probe import ce_launch
 
 
@@ -25,3 +26,15 @@ def test_plain_ce_kernels_match_torch(C, rows, block_p, unroll, gen):
     (want_grad,) = torch.autograd.grad(want, xd)
     torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g.double(), want_grad, rtol=1.6e-2, atol=1e-2)
+
+
+def test_work_and_pattern_stages_run_through(capsys):
+    """The probe's ``work`` and ``pattern`` stages at a small shape: every configuration
+    runs, is timed and (``work``) gives the loss torch gives, so a GPU call is not lost
+    to a bug in the stage."""
+    probe.work(1.0, [(1, 3, 40)], DEVICE)
+    probe.pattern(1.0, [(1, 3, 40)], DEVICE)
+    out = capsys.readouterr().out
+    assert "LOSS OFF" not in out
+    assert out.count("C=  3 rows") == 8 and out.count("C=  3 tile") == 1
+    assert out.count("C=  3 BLOCK_C=") == 15  # 32 x 1024 passes the 16384 elements
