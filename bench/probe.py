@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 
 from segtriton.bench.timing import copy_bandwidth, time_fn
+from segtriton.kernels._pixelwise_kernels import _load_tile
+from segtriton.kernels._tiles import pixel_block
 from segtriton.registry import get
 
 Shape = tuple[int, int, int]
@@ -98,10 +100,7 @@ def kernels() -> None:
 @triton.jit
 def _tile_copy_kernel(x_ptr, y_ptr, C, S, n_pblocks, BLOCK_C: tl.constexpr,
                       BLOCK_P: tl.constexpr):  # fmt: skip
-    pid = tl.program_id(0)
-    b = (pid // n_pblocks).to(tl.int64)
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    pmask = offs_p < S
+    b, offs_p, pmask = pixel_block(tl.program_id(0), n_pblocks, S, BLOCK_P)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         m = (offs_c[:, None] < C) & pmask[None, :]
@@ -136,14 +135,11 @@ def _ce_tile_kernel(x_ptr, y_ptr, g_ptr, part_ptr, C, S, n_pblocks, BLOCK_C: tl.
                     BLOCK_P: tl.constexpr):  # fmt: skip
     """Plain CE (labels, no ignore) and its gradient on one ``[BLOCK_C, BLOCK_P]`` tile,
     the class sums as axis-0 reductions, as the loss kernels compute them."""
-    pid = tl.program_id(0)
-    b = (pid // n_pblocks).to(tl.int64)
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    pmask = offs_p < S
+    b, offs_p, pmask = pixel_block(tl.program_id(0), n_pblocks, S, BLOCK_P)
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
     m2 = (offs_c[:, None] < C) & pmask[None, :]
     off = b * C * S + offs_c[:, None] * S + offs_p[None, :]
-    x = tl.load(x_ptr + off, mask=m2, other=float("-inf")).to(tl.float32)
+    x = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, C * S, S, 1)
     y = tl.load(y_ptr + b * S + offs_p, mask=pmask, other=0)
     m = tl.max(x, axis=0)
     e = tl.exp(x - m[None, :])
@@ -151,7 +147,7 @@ def _ce_tile_kernel(x_ptr, y_ptr, g_ptr, part_ptr, C, S, n_pblocks, BLOCK_C: tl.
     hit = offs_c[:, None] == y[None, :]
     loss = m + tl.log(s) - tl.sum(tl.where(hit, x, 0.0), axis=0)
     tl.store(g_ptr + off, (e / s[None, :] - hit.to(tl.float32)).to(g_ptr.dtype.element_ty), mask=m2)
-    tl.store(part_ptr + pid, tl.sum(tl.where(pmask, loss, 0.0), axis=0))
+    tl.store(part_ptr + tl.program_id(0), tl.sum(tl.where(pmask, loss, 0.0), axis=0))
 
 
 @triton.jit
@@ -160,10 +156,7 @@ def _ce_rows_kernel(x_ptr, y_ptr, g_ptr, part_ptr, C, S, n_pblocks, BLOCK_P: tl.
     """The same CE with each thread's pixels walking the classes one row at a time (an
     online max and sum, then a second walk for the gradient): no reduction across
     threads but the program's final sum."""
-    pid = tl.program_id(0)
-    b = (pid // n_pblocks).to(tl.int64)
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    pmask = offs_p < S
+    b, offs_p, pmask = pixel_block(tl.program_id(0), n_pblocks, S, BLOCK_P)
     base = b * C * S + offs_p
     y = tl.load(y_ptr + b * S + offs_p, mask=pmask, other=0)
     m = tl.full([BLOCK_P], float("-inf"), tl.float32)
@@ -180,7 +173,7 @@ def _ce_rows_kernel(x_ptr, y_ptr, g_ptr, part_ptr, C, S, n_pblocks, BLOCK_P: tl.
             m = m_new
             xy = tl.where(y == c, xc, xy)
     loss = m + tl.log(s) - xy
-    tl.store(part_ptr + pid, tl.sum(tl.where(pmask, loss, 0.0), axis=0))
+    tl.store(part_ptr + tl.program_id(0), tl.sum(tl.where(pmask, loss, 0.0), axis=0))
     for c0 in range(0, C, UNROLL):
         for u in tl.static_range(UNROLL):
             c = c0 + u
