@@ -36,6 +36,15 @@ def _max_tile() -> int:
     return value
 
 
+def _knob_in(name: str, default: int, low: int, high: int) -> int:
+    """The integer environment variable ``name`` (``default`` when unset), within
+    ``[low, high]``; read at import."""
+    value = int(os.environ.get(name, str(default)))
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {low} to {high}, got {value}")
+    return value
+
+
 def _stages() -> int:
     """Software-pipelining depth of the pixel-tile loops: 1 (the default) loads each tile
     when it is used, one tile per program; 2 to 8 make each program loop over
@@ -44,10 +53,7 @@ def _stages() -> int:
     flight per SM than registers alone hold. Read once from ``SEGTRITON_STAGES`` at import,
     to be compared on a GPU (``bench/gpu_run.sh lease``); partial sums, and so results, are
     bitwise reproducible for a given value."""
-    value = int(os.environ.get("SEGTRITON_STAGES", "1"))
-    if not 1 <= value <= 8:
-        raise ValueError(f"SEGTRITON_STAGES must be 1 to 8, got {value}")
-    return value
+    return _knob_in("SEGTRITON_STAGES", 1, 1, 8)
 
 
 def _chunk() -> tuple[int, int]:
@@ -65,10 +71,7 @@ def _chunk() -> tuple[int, int]:
 def _max_single_c() -> int:
     """Most classes one tile holds: 256 unless ``SEGTRITON_MAX_SINGLE_C`` says (at least
     1, read once at import); above it classes are streamed in :data:`CHUNK` tiles."""
-    value = int(os.environ.get("SEGTRITON_MAX_SINGLE_C", "256"))
-    if not 1 <= value <= 256:
-        raise ValueError(f"SEGTRITON_MAX_SINGLE_C must be 1 to 256, got {value}")
-    return value
+    return _knob_in("SEGTRITON_MAX_SINGLE_C", 256, 1, 256)
 
 
 MAX_TILE = _max_tile()
