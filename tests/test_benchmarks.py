@@ -53,6 +53,17 @@ def benchmark_case(request):
     return request.param
 
 
+def _cuda_rounds(benchmark):
+    """On a GPU, time rounds with CUDA events and return an L2-flush ``setup`` for them;
+    None on a CPU (the wall clock, no flush)."""
+    if DEVICE.type != "cuda":
+        return None
+    from segtriton.bench.pytest_timer import CudaEventClock, l2_flush
+
+    benchmark._timer = CudaEventClock()
+    return l2_flush(DEVICE)
+
+
 def test_loss(benchmark, benchmark_case, copy_gbps, versions):
     case = benchmark_case
     if case.provider == "triton" and DEVICE.type != "cuda":
@@ -63,12 +74,7 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
     xg = x.requires_grad_(case.mode != "fwd")
     fn = make_provider(case, entry)
     step = make_step(case.mode, lambda: fn(xg, t, **options), xg, loss_scale(case.dtype))
-    setup = None
-    if DEVICE.type == "cuda":
-        from segtriton.bench.pytest_timer import CudaEventClock, l2_flush
-
-        benchmark._timer = CudaEventClock()
-        setup = l2_flush(DEVICE)
+    setup = _cuda_rounds(benchmark)
     benchmark.group = f"{case.loss} {'x'.join(map(str, case.shape))} {case.dtype} {case.mode}"
     benchmark.pedantic(
         step,
@@ -162,12 +168,7 @@ def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions)
             p = preds.argmax(1) if kind == "logits" else preds
             return multiclass_confusion_matrix(p, target, C, ignore_index=255, validate_args=False)
 
-    setup = None
-    if DEVICE.type == "cuda":
-        from segtriton.bench.pytest_timer import CudaEventClock, l2_flush
-
-        benchmark._timer = CudaEventClock()
-        setup = l2_flush(DEVICE)
+    setup = _cuda_rounds(benchmark)
     benchmark.group = f"confusion_matrix {kind} {'x'.join(map(str, shape))}"
     benchmark.pedantic(
         fn,
@@ -374,7 +375,6 @@ def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
     loss's own sort calls (``sorted_groups``) on a key tensor of the same ``[C, B*H*W]``
     shape: ``extra_info`` gets ``sort_ms`` and ``sort_share`` (sort / whole step)."""
     from segtriton import kernels as ker
-    from segtriton.bench.pytest_timer import CudaEventClock, l2_flush
     from segtriton.bench.timing import time_fn
     from segtriton.kernels.lovasz import sorted_groups
 
@@ -387,9 +387,9 @@ def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
     keys = torch.rand(C, x[:, 0].numel(), device=DEVICE)
     sort = time_fn(lambda: list(sorted_groups(keys)), DEVICE, 10)
     step = lambda: torch.autograd.grad(ker.lovasz_softmax_loss(x, y), x)  # noqa: E731
-    benchmark._timer = CudaEventClock()
+    setup = _cuda_rounds(benchmark)
     benchmark.group = f"lovasz_softmax sort share {'x'.join(map(str, shape))}"
-    benchmark.pedantic(step, setup=l2_flush(DEVICE), rounds=10, warmup_rounds=2, iterations=1)
+    benchmark.pedantic(step, setup=setup, rounds=10, warmup_rounds=2, iterations=1)
     benchmark.extra_info.update(versions)
     benchmark.extra_info.update(
         shape="x".join(map(str, shape)),
