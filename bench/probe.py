@@ -255,8 +255,10 @@ def knobs(cap_s: float) -> None:
             print(f"knobs {knob}: exit {proc.returncode}\n{proc.stderr[-1500:]}")
             continue
         times = json.loads(proc.stdout.strip().splitlines()[-1])
-        base = base or times
-        cells = "  ".join(f"{k} {v:.3f} ms ({v / base[k]:.2f}x)" for k, v in times.items())
+        base = times if not knob else base  # ratios are to the defaults' run, if it ran
+        cells = "  ".join(
+            f"{k} {v:.3f} ms" + (f" ({v / base[k]:.2f}x)" if base else "") for k, v in times.items()
+        )
         print(f"knobs {knob or 'defaults'}: {cells}", flush=True)
 
 
