@@ -19,7 +19,9 @@
 #   probe [TESTS...]      bench/probe.py (per-kernel times under the profiler, plain CE
 #                         with tile reductions and with class-row walks, the copy rate of
 #                         each tile shape, the tile knobs against the defaults), then the
-#                         named test modules or node ids, if any
+#                         named test modules or node ids, if any; PROBE_STAGES
+#                         (comma-separated) picks stages, PROBE_SHARE (default 55) is
+#                         the percentage of LIMIT the probe takes (knobs: that less 25)
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
 #                         and Berman (until 308 s), CE and Dice (bf16) under each of
@@ -180,8 +182,9 @@ case "$STAGE" in
     tiles) run_tiles "$@" ;;
     lease) run_lease ;;
     probe)  # where the time goes (bench/probe.py), then the GPU tests named after it
-        timeout "$((LIMIT * 55 / 100))" python3 -m segtriton.bench.probe \
-            --knobs-cap "$((LIMIT * 30 / 100))" > "$OUT/probe.log" 2>&1
+        timeout "$((LIMIT * ${PROBE_SHARE:-55} / 100))" python3 -m segtriton.bench.probe \
+            --stages "${PROBE_STAGES:-kernels,work,pattern,knobs}" \
+            --knobs-cap "$((LIMIT * (${PROBE_SHARE:-55} - 25) / 100))" > "$OUT/probe.log" 2>&1
         echo "probe: exit $?" >> "$OUT/probe.log"
         cat "$OUT/probe.log"
         # shellcheck disable=SC2124  # one string of test modules, as run_tests takes it

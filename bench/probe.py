@@ -50,11 +50,12 @@ CASES = [
 KNOBS = [
     {},
     {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,1024"},
-    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,256"},
+    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,512"},
+    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,2048"},
     {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "2,512"},
     {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "4,256"},
-    {"SEGTRITON_MAX_TILE": "8192"},
 ]
+STAGES = ("kernels", "work", "pattern", "knobs")
 
 
 def _step(name: str, shape: tuple[int, ...], device: str = "cuda"):
@@ -213,6 +214,7 @@ def work(bandwidth: float, shapes: Sequence[Shape] = SHAPES, device: str = "cuda
         bc = triton.next_power_of_2(C)
         tile = max(16, 2048 // bc)
         configs = [("tile", False, tile, 1, min(16, max(4, bc * tile // 256)))]
+        configs += [("tile", False, tile, 1, w) for w in (4, 16) if w != configs[0][-1]]
         configs += [("rows", True, p, u, w) for p in (256, 1024) for u in (1, 4) for w in (4, 8)]
         for name, rows, block_p, unroll, warps in configs:
             run = functools.partial(ce_launch, x, y, g, rows, block_p, unroll, warps)
@@ -266,17 +268,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--knob-case", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--knobs-cap", type=float, default=90.0, help="seconds for 'knobs'")
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}"
+    )
     args = parser.parse_args()
     if args.knob_case:
         knob_case()
         return
     if not torch.cuda.is_available():
         raise SystemExit("the probe times CUDA kernels: no CUDA device")
-    kernels()
+    stages = args.stages.split(",")
+    if unknown := set(stages) - set(STAGES):
+        raise SystemExit(f"unknown probe stages {sorted(unknown)}; choose from {STAGES}")
+    if "kernels" in stages:
+        kernels()
     bandwidth = copy_bandwidth(torch.device("cuda"))
-    work(bandwidth)
-    pattern(bandwidth)
-    knobs(args.knobs_cap)
+    if "work" in stages:
+        work(bandwidth)
+    if "pattern" in stages:
+        pattern(bandwidth)
+    if "knobs" in stages:
+        knobs(args.knobs_cap)
 
 
 if __name__ == "__main__":

@@ -36,5 +36,5 @@ def test_work_and_pattern_stages_run_through(capsys):
     probe.pattern(1.0, [(1, 3, 40)], DEVICE)
     out = capsys.readouterr().out
     assert "LOSS OFF" not in out
-    assert out.count("C=  3 rows") == 8 and out.count("C=  3 tile") == 1
+    assert out.count("C=  3 rows") == 8 and out.count("C=  3 tile") == 3
     assert out.count("C=  3 BLOCK_C=") == 15  # 32 x 1024 passes the 16384 elements
