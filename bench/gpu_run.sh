@@ -25,8 +25,8 @@
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
 #                         and Berman (until 308 s), CE and Dice (bf16) under each of
-#                         LEASE_VARIANTS (8192-element tiles, STAGES 3, class-row walks:
-#                         28 s each) against the default rows, the confusion-matrix,
+#                         LEASE_VARIANTS (whole-class tiles, walks of 256 pixels,
+#                         STAGES 3: 28 s each) against the default rows, the confusion-matrix,
 #                         distance-transform and Lovasz benchmarks (until 504 s), then
 #                         torch.compile rows (bf16) until LIMIT - 30; the report's "Issue
 #                         targets" table says what was met. Rows and the benchmark JSON stay
@@ -118,12 +118,12 @@ run_bench() {  # CAP [pytest -k expression]
     echo "pytest --benchmark: exit $?" | tee -a "$OUT/bench.log"
 }
 
-# the kernel knobs the lease compares with the defaults (2048-element tiles, STAGES 1),
-# NAME:VAR=VALUE[+VAR=VALUE...]; on the H200 (2026-12-04) 4096-element tiles and STAGES 4
-# gained nothing, 8192 up to 1.6x at C = 150; walk*: classes streamed one row at a time
-LEASE_VARIANTS="t8192:SEGTRITON_MAX_TILE=8192 s3:SEGTRITON_STAGES=3"
-LEASE_VARIANTS+=" walk1024:SEGTRITON_MAX_SINGLE_C=1+SEGTRITON_CHUNK=1,1024"
-LEASE_VARIANTS+=" walk256:SEGTRITON_MAX_SINGLE_C=1+SEGTRITON_CHUNK=1,256"
+# the kernel knobs the lease compares with the defaults (walks over class rows: 1 class by
+# 512 pixels), NAME:VAR=VALUE[+VAR=VALUE...]. On the H200 (2026-12-04) walks of 1024 and
+# 2048 pixels and chunks of 2-16 classes were slower; tiles: the whole-class tiles that
+# were the default before
+LEASE_VARIANTS="tiles:SEGTRITON_MAX_SINGLE_C=256+SEGTRITON_CHUNK=32,64"
+LEASE_VARIANTS+=" walk256:SEGTRITON_CHUNK=1,256 s3:SEGTRITON_STAGES=3"
 
 run_lease() {
     local dir=${SWEEP_DIR:-out/targets} v

@@ -44,16 +44,13 @@ CASES = [
     ("dice", (8, 19, 512, 1024)),
     ("dice", (16, 150, 512, 512)),
 ]
-# 2026-12-04 (H200): chunks of 8 or 16 classes by 256-512 pixels were 1.9-3.0x slower
-# than the defaults; a chunk of one class is a walk over class rows (no reduction across
-# warps), and 8192-element tiles were up to 1.6x faster at C = 150
+# 2026-12-04 (H200): walks of one class by 512 pixels (now the default) beat whole-class
+# tiles 2.5-7x, walks of 1024 or 2048 pixels and chunks of 2-16 classes
 KNOBS = [
     {},
-    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,1024"},
-    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,512"},
-    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,2048"},
-    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "2,512"},
-    {"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "4,256"},
+    {"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"},
+    {"SEGTRITON_CHUNK": "1,256"},
+    {"SEGTRITON_STAGES": "3"},
 ]
 STAGES = ("kernels", "work", "pattern", "knobs")
 

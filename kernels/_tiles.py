@@ -57,10 +57,11 @@ def _stages() -> int:
 
 
 def _chunk() -> tuple[int, int]:
-    """``(BLOCK_C, BLOCK_P)`` of a streamed class chunk: (32, 64) unless ``SEGTRITON_CHUNK``
+    """``(BLOCK_C, BLOCK_P)`` of a streamed class chunk: (1, 512) unless ``SEGTRITON_CHUNK``
     names two powers of two ``"C,P"`` (P raised to 16 if smaller), read once at import (to
-    compare on a GPU)."""
-    value = os.environ.get("SEGTRITON_CHUNK", "32,64")
+    compare on a GPU). A chunk of one class is a walk over class rows: each thread keeps
+    running sums for its own pixels, and no class sum crosses the warps of a tile."""
+    value = os.environ.get("SEGTRITON_CHUNK", "1,512")
     parts = value.split(",")
     sizes = [int(v) for v in parts if v.strip().isdigit()]
     if len(parts) != 2 or len(sizes) != 2 or any(v < 1 or v & (v - 1) for v in sizes):
@@ -69,9 +70,15 @@ def _chunk() -> tuple[int, int]:
 
 
 def _max_single_c() -> int:
-    """Most classes one tile holds: 256 unless ``SEGTRITON_MAX_SINGLE_C`` says (at least
-    1, read once at import); above it classes are streamed in :data:`CHUNK` tiles."""
-    return _knob_in("SEGTRITON_MAX_SINGLE_C", 256, 1, 256)
+    """Most classes one ``[classes, pixels]`` tile holds: 1 unless
+    ``SEGTRITON_MAX_SINGLE_C`` says (1 to 256, read once at import); above it classes are
+    streamed in :data:`CHUNK` tiles. On an H200 (``bench/probe.py``, bf16 fwd+bwd at the
+    targets' shapes, 2026-12-04) walking class rows in chunks of one class by 512 pixels
+    took CE at C = 19 and 150 from 2.50 and 15.2 ms with whole-class tiles (the old
+    default, 256) to 0.67 and 2.14 ms, Dice from 2.49 and 12.9 ms to 1.01 and 4.55 ms:
+    the class sums of a whole-class tile are reductions across its warps. The fused
+    CE + Dice kernel needs one tile of every class, so it runs only where C fits."""
+    return _knob_in("SEGTRITON_MAX_SINGLE_C", 1, 1, 256)
 
 
 MAX_TILE = _max_tile()
@@ -173,9 +180,15 @@ def tile_pixels(block_c: int, least: int = 16) -> int:
     return max(least, min(1024, MAX_TILE // block_c))
 
 
-def class_blocks(C: int) -> tuple[int, int, bool]:
-    """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C."""
-    if C <= MAX_SINGLE_C:
+FUSED_MAX_C = 256  # most classes of a fused softmax term: one tile of every class
+
+
+def class_blocks(C: int, whole: bool = False) -> tuple[int, int, bool]:
+    """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C,
+    or, with ``whole`` (a kernel that needs every class at once: the softmax term fused
+    into the region passes), when C <= ``FUSED_MAX_C``."""
+    most = FUSED_MAX_C if whole else MAX_SINGLE_C
+    if most >= C:
         block_c = next_pow2(C)
         return block_c, tile_pixels(block_c), True
     return (*CHUNK, False)
@@ -279,13 +292,15 @@ def program_count(n_blocks: int) -> int:
     return cdiv(n_blocks, TILES_PER_PROGRAM)
 
 
-def tile_grid(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int, bool]]:
-    """``(C, S, n_pblocks, n_blocks, n_programs, class_blocks(C))`` of a launch over logits
-    ``x`` viewed as ``[B, C, S]``: pixel tiles holding every class (or its chunks),
+def tile_grid(
+    x: torch.Tensor, whole: bool = False
+) -> tuple[int, int, int, int, int, tuple[int, int, bool]]:
+    """``(C, S, n_pblocks, n_blocks, n_programs, class_blocks(C, whole))`` of a launch over
+    logits ``x`` viewed as ``[B, C, S]``: pixel tiles holding every class (or its chunks),
     ``TILES_PER_PROGRAM`` of them per program (:func:`program_tile`)."""
     B, C = x.shape[:2]
     S = spatial_size(x)
-    blocks = class_blocks(C)
+    blocks = class_blocks(C, whole)
     n_pblocks = cdiv(S, blocks[1])
     n_blocks = B * n_pblocks
     return C, S, n_pblocks, n_blocks, program_count(n_blocks), blocks

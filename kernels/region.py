@@ -53,7 +53,7 @@ from ._region_kernels import (
 )
 from ._runtime import kernel_api
 from ._tiles import (
-    MAX_SINGLE_C,
+    FUSED_MAX_C,
     STAGES,
     TILES_PER_PROGRAM,
     class_blocks,
@@ -96,7 +96,7 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     B, C = x.shape[:2]
     S = spatial_size(x)
-    block_c, block_p, single = class_blocks(C)
+    block_c, block_p, single = class_blocks(C, whole=pixel == PIXEL_SOFTMAX)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     row = (4 if count else 3) * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
@@ -146,7 +146,7 @@ def _reads_labels(kind: int) -> bool:
 
 def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
     if pixel == PIXEL_SOFTMAX and not single:
-        raise ValueError(f"the fused softmax term needs C <= {MAX_SINGLE_C} (one class tile)")
+        raise ValueError(f"the fused softmax term needs C <= {FUSED_MAX_C} (one class tile)")
     probs = kind >= INPUT_PROBS
     return {
         "SOFTMAX": kind % INPUT_PROBS != TARGET_MASKS and not probs,
@@ -191,7 +191,9 @@ def _region_grad(
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(
+        x, whole=pixel == PIXEL_SOFTMAX
+    )
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     _region_grad_kernel[(n_programs,)](
         x,

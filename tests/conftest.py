@@ -16,6 +16,15 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 # compiled kernels keep FMA contraction on, as `segtriton` commands do (bench/cli.py)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# In the interpreter each kernel op is a NumPy call, and the default walk over class rows
+# (kernels/_tiles.py) makes C of them where a tile of every class makes one: the kernel
+# tests ran 4x slower. There the kernels take whole-class tiles (the knobs below) unless
+# the environment sets the knobs or SEGTRITON_TEST_DEFAULT_TILES;
+# tests/test_kernels_stages.py runs the random-option tests and twelve fixed cases under
+# the defaults in child processes, and on a GPU every test runs the defaults.
+if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("SEGTRITON_TEST_DEFAULT_TILES"):
+    os.environ.setdefault("SEGTRITON_MAX_SINGLE_C", "256")
+    os.environ.setdefault("SEGTRITON_CHUNK", "32,64")
 
 # Under pytest-xdist (`pytest -n auto`) every worker would start one torch thread per core;
 # splitting the cores between the workers ran the cldice and region tests 9% faster on CI's

@@ -86,7 +86,7 @@ def test_no_register_spills_in_nchw(compiled):
 def _tile_rule(env_value: str) -> subprocess.CompletedProcess:
     code = (
         "from segtriton.kernels._tiles import MAX_TILE, class_blocks, num_warps_for\n"
-        "bc, bp, _ = class_blocks(19)\n"
+        "bc, bp, _ = class_blocks(19, whole=True)\n"
         "print(MAX_TILE, bc, bp, num_warps_for(bc, bp))"
     )
     env = {**os.environ, "SEGTRITON_MAX_TILE": env_value}
@@ -94,7 +94,7 @@ def _tile_rule(env_value: str) -> subprocess.CompletedProcess:
 
 
 def test_tile_size_knob():
-    """SEGTRITON_MAX_TILE sets the tile (C = 19: 32 classes x MAX_TILE / 32 pixels) and the
+    """SEGTRITON_MAX_TILE sets the tile of every class (C = 19: 32 x MAX_TILE / 32) and the
     warps follow at 8 elements per thread; anything but a power of two >= 256 is refused."""
     proc = _tile_rule("8192")
     assert proc.returncode == 0, proc.stderr
@@ -121,8 +121,9 @@ def test_stages_knob():
 
 
 def test_streamed_class_knobs():
-    """SEGTRITON_MAX_SINGLE_C sets the most classes one tile holds, SEGTRITON_CHUNK the
-    streamed chunk (at least 16 pixels); malformed values are refused by name."""
+    """SEGTRITON_MAX_SINGLE_C sets the most classes one tile holds (default 1), SEGTRITON_CHUNK
+    the streamed chunk (default one class by 512 pixels, at least 16 pixels); malformed
+    values are refused by name."""
     code = (
         "from segtriton.kernels._tiles import CHUNK, MAX_SINGLE_C, class_blocks\n"
         "print(MAX_SINGLE_C, *CHUNK, *class_blocks(3))"
@@ -132,6 +133,15 @@ def test_streamed_class_knobs():
         env = {**os.environ, **knobs}
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
+    defaults = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SEGTRITON_MAX_SINGLE_C", "SEGTRITON_CHUNK")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=defaults, capture_output=True, text=True
+    )
+    assert proc.stdout.split() == ["1", "1", "512", "1", "512", "False"], proc.stderr
     proc = run(SEGTRITON_MAX_SINGLE_C="2", SEGTRITON_CHUNK="8,512")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["2", "8", "512", "8", "512", "False"]

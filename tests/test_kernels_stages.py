@@ -1,10 +1,10 @@
-"""The kernel knobs that ``bench/gpu_run.sh lease`` times against the defaults give the
-reference's loss and gradient: the pipelined tile loops (``SEGTRITON_STAGES`` > 1:
-several pixel tiles per program, prefetched; tails of the program grid included) and the
-largest tile (``SEGTRITON_MAX_TILE=8192``), and every class count streamed in chunks of 8
-classes by 256 pixels or of one class by 512 (``SEGTRITON_MAX_SINGLE_C=1``,
-``SEGTRITON_CHUNK=8,256`` or ``1,512``: a walk over class rows), which ``bench/probe.py``
-times.
+"""The defaults and the kernel knobs that ``bench/gpu_run.sh lease`` times against them
+give the reference's loss and gradient: classes walked one row at a time (the defaults),
+tiles of every class (``SEGTRITON_MAX_SINGLE_C=256``, the interpreter's choice in
+tests/conftest.py, up to ``SEGTRITON_MAX_TILE=8192`` elements), the pipelined tile loops
+(``SEGTRITON_STAGES`` > 1: several pixel tiles per program, prefetched; tails of the
+program grid included) and classes streamed in chunks of 8 by 256 pixels
+(``SEGTRITON_CHUNK=8,256``).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
@@ -24,6 +24,8 @@ import triton.language as tl
 from kernel_checks import DEVICE
 
 from segtriton.kernels._tiles import cdiv, next_pow2, pixel_block, program_tile
+
+TESTS = Path(__file__).parent
 
 CHILD = r"""
 import sys
@@ -67,21 +69,46 @@ print("checked", len(CASES))
 KNOBS = ("SEGTRITON_STAGES", "SEGTRITON_MAX_TILE", "SEGTRITON_MAX_SINGLE_C", "SEGTRITON_CHUNK")
 
 
+def _child_env(knobs: dict[str, str]) -> dict[str, str]:
+    """This process's environment with the kernel knobs set to ``knobs`` alone (the others
+    at their defaults, whatever tests/conftest.py set here) and tests/ on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in KNOBS}
+    env.update(knobs, SEGTRITON_TEST_DEFAULT_TILES="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.skipif(
+    os.environ.get("SEGTRITON_TEST_DEFAULT_TILES") == "1" or torch.cuda.is_available(),
+    reason="this run takes the default tiles already",
+)
+def test_random_options_under_the_default_tiles():
+    """In Triton's interpreter the suite takes whole-class tiles for speed
+    (tests/conftest.py); every loss's random option sets run here under the default
+    walks over class rows, in a child pytest (on a GPU the whole suite runs them)."""
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    argv.append(str(TESTS / "test_kernels_random_options.py"))
+    out = subprocess.run(argv, env=_child_env({}), capture_output=True, text=True, cwd=TESTS.parent)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-500:]
+
+
 @pytest.mark.parametrize(
     ("knobs", "expected"),
     [
-        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 256, 32, 64)),
-        ({"SEGTRITON_MAX_TILE": "8192"}, (1, 1, 8192, 256, 32, 64)),
-        ({"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256)),
-        ({"SEGTRITON_MAX_SINGLE_C": "1", "SEGTRITON_CHUNK": "1,512"}, (1, 1, 2048, 1, 1, 512)),
+        ({}, (1, 1, 2048, 1, 1, 512)),
+        ({"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"}, (1, 1, 2048, 256, 32, 64)),
+        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512)),
+        (
+            {"SEGTRITON_MAX_TILE": "8192", "SEGTRITON_MAX_SINGLE_C": "256"},
+            (1, 1, 8192, 256, 1, 512),
+        ),
+        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256)),
     ],
-    ids=["stages3", "tile8192", "streamed8x256", "streamed1x512"],
+    ids=["defaults", "whole_class_tiles", "stages3", "tile8192", "streamed8x256"],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
-    tests = Path(__file__).parent
-    env = {k: v for k, v in os.environ.items() if k not in KNOBS}
-    env.update(knobs)
-    env["PYTHONPATH"] = os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])
+    env = _child_env(knobs)
     argv = [sys.executable, "-c", CHILD, str(seed), *map(str, expected)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
