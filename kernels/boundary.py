@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import torch
+import triton
 
 from segtriton.reference import boundary as ref_boundary
 from segtriton.reference._common import (
@@ -37,8 +38,9 @@ from segtriton.reference._common import (
 from ._boundary_kernels import _boundary_kernel, _pred_sites_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
-from ._runtime import kernel_api, launch_on
+from ._runtime import _release, kernel_api, launch_on
 from ._tiles import (
+    FUSED_MAX_C,
     activation,
     activation_flags,
     cdiv,
@@ -284,6 +286,21 @@ def _boundary_denom(target, counts, labels, ignore_index, n_selected):
     return _prepass(target, counts.numel(), float(ignore_index), False, counts)
 
 
+# Triton 3.6 (the GPU image's) cannot build the HD-DT kernel's walk over class rows on 8-
+# or 16-bit labels: its TritonGPURemoveLayoutConversions pass moves a value from inside
+# the class loop to before it ("operand #0 does not dominate this use"); 3.9 builds it.
+# Under older Tritons that kernel keeps the earlier tiles there: every class at once up to
+# FUSED_MAX_C classes, chunks of 32 classes by 64 pixels past that.
+_WALK_BUG = _release(triton.__version__) < (3, 7)
+
+
+def _boundary_blocks(C: int, hd_labels: bool, t: torch.Tensor) -> tuple[int, int, bool]:
+    """``class_blocks(C)`` of the boundary kernel; see ``_WALK_BUG``."""
+    if _WALK_BUG and hd_labels and t.element_size() < 4:
+        return class_blocks(C, whole=True) if C <= FUSED_MAX_C else (32, 64, False)
+    return class_blocks(C)
+
+
 @op("segtriton::distance_map_loss")
 def _distance_op(
     logits: torch.Tensor,
@@ -316,7 +333,7 @@ def _distance_op(
     denom = _boundary_denom(t, counts, labels, ignore_index, n_selected) if mean else None
     B, C = x.shape[:2]
     S = spatial_size(x)
-    block_c, block_p, single = class_blocks(C)
+    block_c, block_p, single = _boundary_blocks(C, hausdorff and labels, t)
     n_pblocks = cdiv(S, block_p)
     partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)

@@ -393,3 +393,23 @@ def test_hausdorff_on_probabilities_that_do_not_sum_to_one(C, seed, gen):
     opts = {"from_logits": False, "ignore_index": 255, "classes": [0, 1, 2]}
     for reduction in ("mean", "none"):
         assert_matches(entry, p, t, {**opts, "reduction": reduction}, torch.float32, seed)
+
+
+@pytest.mark.parametrize("walk_bug", [False, True])
+def test_hd_dt_tiles_under_the_triton_3_6_layout_bug(walk_bug, monkeypatch):
+    """Under Triton < 3.7 the HD-DT kernel on 8- or 16-bit labels takes a tile of every
+    class up to 256 classes and chunks of 32 x 64 past that (that Triton cannot build the
+    walk there); every other case, and every case under a newer Triton, walks class rows
+    (the defaults, set here whatever tests/conftest.py chose)."""
+    from segtriton.kernels import _tiles, boundary
+
+    monkeypatch.setattr(boundary, "_WALK_BUG", walk_bug)
+    monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
+    monkeypatch.setattr(_tiles, "CHUNK", (1, 512))
+    narrow, wide = torch.zeros(1, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64)
+    old_tiles = {3: (4, 512, True), 150: (256, 16, True), 300: (32, 64, False)}
+    for C in (3, 150, 300):
+        for hd_labels, t in ((True, narrow), (True, wide), (False, narrow)):
+            old = walk_bug and hd_labels and t is narrow
+            want = old_tiles[C] if old else (1, 512, False)
+            assert boundary._boundary_blocks(C, hd_labels, t) == want, (C, hd_labels, t.dtype)
