@@ -291,10 +291,11 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     # where the float64 gradient is 0 (or about as small), the kernel's may hold the
     # rounding residue of terms that cancel (the erosion loss's min-max scaling, where one
     # pixel survives an erosion): under 1e-12 of the loss in the interpreter, which
-    # cancels exactly, under 8 float32 eps of it compiled, where FMA contraction does not
-    # (1.1 eps on an H200)
+    # cancels exactly, under 16 float32 eps of it compiled, where the division is not
+    # correctly rounded (on an H200: 1.1 eps with FMA contraction, 10.8 eps without it,
+    # which the erosion kernels have asked for since)
     loss_top = float(ref_loss.detach().abs().nan_to_num().max()) if ref_loss.numel() else 0.0
-    residue = (1e-12 if DEVICE == "cpu" else 8 * torch.finfo(torch.float32).eps) * loss_top
+    residue = (1e-12 if DEVICE == "cpu" else 16 * torch.finfo(torch.float32).eps) * loss_top
     scale = ref_grad.abs().max().clamp_min(1e-30)
     tol = GRAD_TOL[dtype]
     # Gradients below the dtype's normal range are stored as subnormals; the fused path
