@@ -24,12 +24,13 @@
 #                         the percentage of LIMIT the probe takes (knobs: that less 25)
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
-#                         and Berman (until 308 s), CE and Dice (bf16) under each of
-#                         LEASE_VARIANTS (whole-class tiles, walks of 256 pixels,
-#                         STAGES 3: 28 s each) against the default rows, the confusion-matrix,
-#                         distance-transform and Lovasz benchmarks (until 504 s), then
-#                         torch.compile rows (bf16) until LIMIT - 30; the report's "Issue
-#                         targets" table says what was met. Rows and the benchmark JSON stay
+#                         and Berman (until 252 s), torch.compile rows (bf16) of the
+#                         COMPILE_FIRST losses (until 392 s), CE and Dice (bf16) under
+#                         each of LEASE_VARIANTS (whole-class tiles, walks of 256 pixels,
+#                         STAGES 3: 22 s each) against the default rows, the
+#                         confusion-matrix, distance-transform and Lovasz benchmarks (until
+#                         492 s), then the other compile rows until LIMIT - 20; the
+#                         report's "Issue targets" table says what was met. Rows and the benchmark JSON stay
 #                         in out/targets for a second call made at once, while the machine
 #                         is warm (about 3 minutes of the budget are left after a 600 s
 #                         call and the start): `LIMIT=150 SWEEP_DIR=out/targets bash
@@ -125,23 +126,32 @@ run_bench() {  # CAP [pytest -k expression]
 LEASE_VARIANTS="tiles:SEGTRITON_MAX_SINGLE_C=256+SEGTRITON_CHUNK=32,64"
 LEASE_VARIANTS+=" walk256:SEGTRITON_CHUNK=1,256 s3:SEGTRITON_STAGES=3"
 
+# the losses whose torch.compile rows the lease times first (the preset's order puts CE +
+# Dice last): a row compiles for 15-30 s, and on 2026-12-04 the lease's cap stopped the
+# compile rows after CE, the focal losses and BCE
+COMPILE_FIRST="cross_entropy,dice,ce_dice,softmax_focal"
+
 run_lease() {
     local dir=${SWEEP_DIR:-out/targets} v
     run_tests $((LIMIT * 27 / 100))  # 150 s of the default 560
-    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 55 / 100))) run_sweep targets \
+    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 45 / 100))) run_sweep targets \
         --providers triton,eager,berman --reps 20
-    variant_runs "$dir/variants" $((LIMIT * 5 / 100)) "$LEASE_VARIANTS" --preset targets \
+    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 70 / 100))) run_sweep targets \
+        --providers compile --dtypes bf16 --losses "$COMPILE_FIRST" --reps 20 --resume \
+        > /dev/null
+    variant_runs "$dir/variants" $((LIMIT * 4 / 100)) "$LEASE_VARIANTS" --preset targets \
         --losses cross_entropy,dice --dtypes bf16 --reps 20
     for v in $LEASE_VARIANTS; do  # against the default rows of the targets sweep
         v=${v%%:*}
         [ -f "$dir/variants/$v/rows.json" ] && [ -f "$dir/rows.json" ] &&
             python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/$v" | tee -a "$OUT/tiles.log"
     done
-    run_bench "$(left $((LIMIT * 90 / 100)))" \
+    run_bench "$(left $((LIMIT * 88 / 100)))" \
         "confusion_matrix or distance_transform or signed_map or sort_share"
     # kept beside the rows, so this report and a later call's read the EDT and metric bars
     [ -f "$OUT/pytest-benchmark.json" ] && cp "$OUT/pytest-benchmark.json" "$dir/"
-    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT - 30))) run_sweep targets \
+    # the report comes with this last sweep call, reading the benchmarks' JSON too
+    SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT - 20))) run_sweep targets \
         --providers compile --dtypes bf16 --reps 20 --resume > /dev/null
     if [ -f "$dir/report.md" ]; then
         sed -n '/^## Issue targets/,/^## /p' "$dir/report.md" | head -n 70
