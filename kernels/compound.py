@@ -51,7 +51,6 @@ from .region import (
     PIXEL_SIGMOID,
     PIXEL_SOFTMAX,
     Finalize,
-    _region_sums,
     _topk_region_loss,
     dice_loss,
     fused_args,
@@ -86,12 +85,6 @@ def _unfused(process_group) -> None:
             f"process_group needs the fused softmax term (at most {FUSED_MAX_C} classes, "
             "integer labels)"
         )
-
-
-def _dice(stats, smooth_nr, smooth_dr, eps, absent, weight, reduction, validate):
-    return ref_region.dice_from_stats(
-        stats, smooth_nr, smooth_dr, eps, False, absent, weight, reduction, validate
-    )
 
 
 def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
@@ -146,14 +139,14 @@ def ce_dice_loss(
             process_group=process_group,
         )  # fmt: skip
     _unfused(process_group)
-    stats = _region_sums(
-        logits, target, "multiclass", ignore_index, scope, overlap_form(squared, soft_label),
-        validate, None,
-    )  # fmt: skip
     ce = cross_entropy(
         logits, target, w, ignore_index, reduction, label_smoothing, validate=validate
     )
-    dice = _dice(stats, smooth_nr, smooth_dr, eps, absent, dice_w, reduction, validate)
+    dice = dice_loss(
+        logits, target, "multiclass", smooth_nr, smooth_dr, eps, squared, scope=scope,
+        absent=absent, ignore_index=ignore_index, weight=dice_w, reduction=reduction,
+        soft_label=soft_label, validate=validate,
+    )  # fmt: skip
     return lambda_ce * ce + lambda_dice * dice
 
 
@@ -297,10 +290,10 @@ def focal_dice_loss(
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lam_focal)
 
     def dice_alone():
-        stats = _region_sums(
-            logits, target, mode, ignore_index, scope, overlap_form(False, False), validate, None
-        )
-        return lambda_dice * _dice(stats, smooth_nr, smooth_dr, eps, absent, w, reduction, validate)
+        return lambda_dice * dice_loss(
+            logits, target, mode, smooth_nr, smooth_dr, eps, scope=scope, absent=absent,
+            ignore_index=ignore_index, weight=w, reduction=reduction, validate=validate,
+        )  # fmt: skip
 
     return _focal_compound(
         logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,

@@ -32,7 +32,7 @@ from kernel_checks import (
     record_calls,
 )
 
-from segtriton.kernels import _tiles, compound, region, wasserstein
+from segtriton.kernels import _tiles, region, wasserstein
 from segtriton.registry import fit_variant, make_inputs
 
 SPATIAL = (41, 50)  # S = 2050
@@ -104,8 +104,6 @@ def test_loss_over_runs_of_tiles(entry, options, C, k, runs, seed, gen):
 def test_finalize_over_blocks_of_classes_and_images(entry, options, C, k, monkeypatch, seed, gen):
     """Three images and three or five classes take two or three blocks of 2 each, the
     last one partial."""
-    if entry.name in ("ce_dice", "focal_dice") and not compound._fuses_softmax(C, None):
-        pytest.skip("the softmax term runs apart here, and Dice is finished in torch")
     monkeypatch.setattr(_tiles, "FINALIZE_BLOCK", 2)
     widths = record_calls(monkeypatch, "finalize_block", (region, wasserstein))
     opts = entry.ignoring(options)
