@@ -8,8 +8,6 @@ not the host's launch of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 
@@ -23,15 +21,3 @@ class CudaEventClock:
         event.record()
         event.synchronize()
         return self._origin.elapsed_time(event) / 1e3
-
-
-def l2_flush(device: torch.device) -> Callable[[], None]:
-    """A pytest-benchmark ``setup`` that overwrites 256 MiB on ``device``, so each round
-    starts with a cold L2. It returns None: a setup's return value is taken as the round's
-    ``(args, kwargs)``, and a returned tensor made every round fail."""
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
-
-    def setup() -> None:
-        flush.zero_()
-
-    return setup

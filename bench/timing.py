@@ -35,6 +35,19 @@ class Timing(TypedDict):
     timer: str
 
 
+def l2_flush(device: torch.device) -> Callable[[], None]:
+    """A call that overwrites 256 MiB on ``device``, so what runs next starts with a cold
+    L2 (before each timed call, and as a pytest-benchmark ``setup``). It returns None: a
+    setup's return value is taken as the round's ``(args, kwargs)``, and a returned tensor
+    made every round fail."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+
+    def setup() -> None:
+        flush.zero_()
+
+    return setup
+
+
 def time_fn(
     fn: Callable[[], object],
     device: torch.device,
@@ -57,9 +70,9 @@ def time_fn(
     times: list[float] = []
     start = time.perf_counter()
     if device.type == "cuda":
-        flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+        flush = l2_flush(device)
         for _ in range(reps):
-            flush.zero_()
+            flush()
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
             fn()

@@ -108,7 +108,7 @@ def test_the_pytest_benchmark_clock_reads_stream_time_in_seconds():
 def test_the_l2_flush_setup_hands_pytest_benchmark_no_arguments(monkeypatch):
     """pytest-benchmark takes what ``setup`` returns as the round's ``(args, kwargs)``: a
     flush that returned its buffer failed every round of the GPU benchmarks (2026-12-04)."""
-    from segtriton.bench.pytest_timer import l2_flush
+    from segtriton.bench.timing import l2_flush
 
     calls = []
     monkeypatch.setattr(torch.Tensor, "zero_", lambda self: calls.append(self.numel()) or self)

@@ -58,7 +58,8 @@ def _cuda_rounds(benchmark):
     None on a CPU (the wall clock, no flush)."""
     if DEVICE.type != "cuda":
         return None
-    from segtriton.bench.pytest_timer import CudaEventClock, l2_flush
+    from segtriton.bench.pytest_timer import CudaEventClock
+    from segtriton.bench.timing import l2_flush
 
     benchmark._timer = CudaEventClock()
     return l2_flush(DEVICE)
