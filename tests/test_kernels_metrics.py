@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_runs_split, chunked_runs, on_two_gloo_ranks
+from kernel_checks import DEVICE, METRIC_ULPS, assert_runs_split, chunked_runs, on_two_gloo_ranks
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -218,17 +218,12 @@ def test_streaming_equals_one_shot(average, gen):
         acc.compute()
 
 
-# metrics a GPU computes from counts equal to the reference's: a mean over classes may add
-# in another order and land an ulp away (0.0938026850581253 against ...529 on an H200)
-ULPS = {"rtol": 4 * torch.finfo(torch.float64).eps, "atol": 0.0}
-
-
 def _assert_metrics_of(acc, logits, target, average):
     want = ref.segmentation_metrics(logits, target, 5, average=average)
     got = acc.compute()
     assert torch.equal(got["confusion_matrix"].cpu(), ref.confusion_matrix(logits, target, 5))
     for key in ("miou", "dice", "pixel_accuracy"):
-        torch.testing.assert_close(got[key].cpu(), want[key], **ULPS, equal_nan=True)
+        torch.testing.assert_close(got[key].cpu(), want[key], **METRIC_ULPS, equal_nan=True)
 
 
 def _sync_worker(rank: int, world: int, seed: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from kernel_checks import (
     DEVICE,
+    METRIC_ULPS,
     assert_runs_split,
     chunked_runs,
     nested_masks,
@@ -241,11 +242,6 @@ def test_streaming_equals_one_shot(average, gen):
         acc.compute()
 
 
-# metrics a GPU computes from counts equal to the reference's: a mean over classes may add
-# in another order and land an ulp away (0.5088675951555077 against ...078 on an H200)
-ULPS = {"rtol": 4 * torch.finfo(torch.float64).eps, "atol": 0.0}
-
-
 def _sync_worker(rank: int, world: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     preds = torch.randn(4, 3, 6, 7, generator=gen)
@@ -260,7 +256,7 @@ def _sync_worker(rank: int, world: int, seed: int) -> None:
         assert torch.equal(got["confusion_matrix"].cpu(), want["confusion_matrix"].sum(0)
                            if average == "image" else want["confusion_matrix"])  # fmt: skip
         for key in ("iou", "mdice", "pixel_accuracy"):
-            torch.testing.assert_close(got[key].cpu(), want[key], **ULPS, equal_nan=True)
+            torch.testing.assert_close(got[key].cpu(), want[key], **METRIC_ULPS, equal_nan=True)
 
 
 def test_sync_across_two_gloo_processes(seed):
