@@ -76,8 +76,9 @@ def _max_single_c() -> int:
     targets' shapes, 2026-12-04) walking class rows in chunks of one class by 512 pixels
     took CE at C = 19 and 150 from 2.50 and 15.2 ms with whole-class tiles (the old
     default, 256) to 0.67 and 2.14 ms, Dice from 2.49 and 12.9 ms to 1.01 and 4.55 ms:
-    the class sums of a whole-class tile are reductions across its warps. The fused
-    CE + Dice kernel needs one tile of every class, so it runs only where C fits."""
+    the class sums of a whole-class tile are reductions across its warps. A kernel that
+    needs every class at once (the softmax term fused into the region passes) asks
+    :func:`class_blocks` for a whole tile up to ``FUSED_MAX_C`` classes."""
     return _knob_in("SEGTRITON_MAX_SINGLE_C", 1, 1, 256)
 
 
