@@ -122,6 +122,14 @@ def _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL: tl.constexpr):
 
 
 @triton.jit
+def _class_factors(w_ptr, offs_c, cmask, HAS_W: tl.constexpr):
+    """fp32 class weights of a chunk (``w_ptr``; 1 without HAS_W), 0 past C."""
+    if HAS_W:
+        return tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    return cmask.to(tl.float32)
+
+
+@triton.jit
 def _softmax_tile_sums(x, e, m, offs_c, cmask, is_y, w_ptr, HAS_W: tl.constexpr):
     """Per pixel, from a tile holding every class (``e = exp(x - m)``): ``s = sum e``, its
     part over the other classes, the label's logit, the class factors ``w_c``, their sum and
@@ -129,10 +137,7 @@ def _softmax_tile_sums(x, e, m, offs_c, cmask, is_y, w_ptr, HAS_W: tl.constexpr)
     s = tl.sum(e, axis=0)
     s_other = tl.sum(tl.where(is_y, 0.0, e), axis=0)
     x_y = tl.sum(tl.where(is_y, x, 0.0), axis=0)
-    if HAS_W:
-        w_c = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    else:
-        w_c = cmask.to(tl.float32)
+    w_c = _class_factors(w_ptr, offs_c, cmask, HAS_W)
     w_sum = tl.sum(w_c, axis=0)
     smooth_sum = tl.sum(w_c[:, None] * tl.where(cmask[:, None], m[None, :] - x, 0.0), axis=0)
     return s, s_other, x_y, w_c, w_sum, smooth_sum
@@ -166,6 +171,37 @@ def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid
 
 
 @triton.jit
+def _softmax_walk_sums(
+    x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs,
+    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """:func:`_softmax_tile_sums` streamed over class chunks of BLOCK_C (online softmax):
+    per pixel ``(m, s, s_other, x_y, W, sum_c w_c (m - x_c))``, ``W = sum_c w_c``."""
+    m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
+    s = tl.zeros([offs_p.shape[0]], tl.float32)
+    s_other = tl.zeros([offs_p.shape[0]], tl.float32)
+    x_y = tl.zeros([offs_p.shape[0]], tl.float32)
+    swx = tl.zeros([offs_p.shape[0]], tl.float32)
+    w_sum = 0.0
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        cmask = offs_c < C
+        xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+        m_new = tl.maximum(m, tl.max(xc, axis=0))
+        is_y = offs_c[:, None] == ys[None, :]
+        ec = tl.exp(xc - m_new[None, :])
+        rescale = tl.exp(m - m_new)
+        s = s * rescale + tl.sum(ec, axis=0)
+        s_other = s_other * rescale + tl.sum(tl.where(is_y, 0.0, ec), axis=0)
+        m = m_new
+        x_y += tl.sum(tl.where(is_y, xc, 0.0), axis=0)
+        wc = _class_factors(w_ptr, offs_c, cmask, HAS_W)
+        w_sum += tl.sum(wc, axis=0)
+        swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
+    return m, s, s_other, x_y, w_sum, w_sum * m - swx
+
+
+@triton.jit
 def _softmax_tile(
     b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
     sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
@@ -195,31 +231,9 @@ def _softmax_tile(
             x, e, m, offs_c0, cmask, is_y, w_ptr, HAS_W
         )
     else:
-        m = tl.full([BLOCK_P], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK_P], tl.float32)
-        s_other = tl.zeros([BLOCK_P], tl.float32)
-        x_y = tl.zeros([BLOCK_P], tl.float32)
-        swx = tl.zeros([BLOCK_P], tl.float32)
-        w_sum = 0.0
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = c0 + offs_c0
-            cmask = offs_c < C
-            xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-            m_new = tl.maximum(m, tl.max(xc, axis=0))
-            is_y = offs_c[:, None] == ys[None, :]
-            ec = tl.exp(xc - m_new[None, :])
-            rescale = tl.exp(m - m_new)
-            s = s * rescale + tl.sum(ec, axis=0)
-            s_other = s_other * rescale + tl.sum(tl.where(is_y, 0.0, ec), axis=0)
-            m = m_new
-            x_y += tl.sum(tl.where(is_y, xc, 0.0), axis=0)
-            if HAS_W:
-                wc = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
-            else:
-                wc = cmask.to(tl.float32)
-            w_sum += tl.sum(wc, axis=0)
-            swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
-        smooth_sum = w_sum * m - swx
+        m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
+            x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C
+        )
     loss, k, t = _softmax_terms(
         x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
     )
@@ -250,10 +264,7 @@ def _softmax_tile(
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
                 xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-                if HAS_W:
-                    wc = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
-                else:
-                    wc = cmask.to(tl.float32)
+                wc = _class_factors(w_ptr, offs_c, cmask, HAS_W)
                 dx = _softmax_grad_tile(
                     xc,
                     m,
@@ -349,10 +360,7 @@ def _probs_chunk(x_ptr, t_ptr, w_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs
     t, _, bad = _mask_tile(
         t_ptr, b, offs_c, offs_p, cmask[:, None] & pmask[None, :], stb, stc, sts, 0.0, False
     )
-    if HAS_W:
-        w = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    else:
-        w = cmask.to(tl.float32)
+    w = _class_factors(w_ptr, offs_c, cmask, HAS_W)
     wt = w[:, None] * ((1.0 - smoothing) * t + smoothing / C)
     return x, wt, cmask, bad
 
