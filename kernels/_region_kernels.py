@@ -22,10 +22,11 @@ mode, class probabilities (one-hot or soft) as the target. Ignored entries have
 ``p = g = 0``; a bad label or mask value, or with PROBS an input outside [0, 1], puts NaN
 into its image's T sums, so the loss is NaN.
 
-Compound losses (PIXEL = 1: CE or softmax focal, whole class tiles only; PIXEL = 2: BCE
-or sigmoid focal) ride along: pass 1 also sums the pixel loss and its 'mean' divisor per
-image, and pass 2 adds ``k_b`` times the pixel term's gradient, ``k_b`` the gradient of the
-total loss with respect to image b's pixel-loss sum.
+Compound losses (PIXEL = 1: CE or softmax focal; PIXEL = 2: BCE or sigmoid focal) ride
+along: pass 1 also sums the pixel loss and its 'mean' divisor per image, and pass 2 adds
+``k_b`` times the pixel term's gradient, ``k_b`` the gradient of the total loss with
+respect to image b's pixel-loss sum. With classes streamed, the softmax term's per-pixel
+sums come from the walk that finds ``(m, 1/s)``, so it costs no extra pass.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ._pixelwise_kernels import (
+    _class_factors,
     _load_labels,
     _load_tile,
     _mask_tile,
@@ -41,6 +43,7 @@ from ._pixelwise_kernels import (
     _softmax_grad_tile,
     _softmax_terms,
     _softmax_tile_sums,
+    _softmax_walk_sums,
 )
 from ._runtime import kernel_jit
 from ._tiles import program_tile
@@ -191,39 +194,53 @@ def _load_chunk(
 
 
 @triton.jit
+def _softmax_pixel(
+    x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr, smoothing, gamma, scale,
+    IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
+):  # fmt: skip
+    """The softmax pixel term (CE or focal, see :func:`_pixel_term`) per pixel from its
+    class sums (``_softmax_tile_sums``): ``(loss, divisor, K, t, eps / C)``, the last
+    three for :func:`_softmax_grad_tile`; loss and divisor 0 where not valid."""
+    if HAS_W:
+        scale_y = tl.load(w_ptr + ys, mask=pvalid, other=0.0).to(tl.float32)
+    else:
+        scale_y = tl.zeros_like(m) + scale
+    eps_c = 0.0 if IS_FOCAL else smoothing / C
+    loss, k, t = _softmax_terms(
+        x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
+    )
+    loss = tl.where(pbad, float("nan"), tl.where(pvalid, loss, 0.0))
+    if HAS_W and not IS_FOCAL:  # CE's weighted mean divides by the weights
+        den = tl.where(pvalid, scale_y, 0.0)
+    else:
+        den = pvalid.to(tl.float32)
+    return loss, den, k, t, eps_c
+
+
+@triton.jit
 def _pixel_term(
     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
     smoothing, gamma, scale, kpix,
     PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
 ):  # fmt: skip
-    """The compound loss's pixel term on a whole-class tile: per pixel ``(loss, divisor)``
-    and the tile of its gradient times ``kpix``, 0 where not valid (``kpix`` is inf for a
-    'mean' whose divisor is 0: then an entry of weight 0 gets NaN, as in torch). PIXEL 1:
-    CE (``w_ptr`` class weights, label smoothing) or softmax focal (``w_ptr`` alpha, else
-    ``scale``); PIXEL 2: BCE (``w_ptr`` = weight * pos_weight and ``w2_ptr`` = weight per
-    class) or sigmoid focal (``w_ptr`` = alpha and ``w2_ptr`` = 1 - alpha per class)."""
+    """The compound loss's pixel term on a tile (with PIXEL 1, one holding every class):
+    per pixel ``(loss, divisor)`` and the tile of its gradient times ``kpix`` (per pixel),
+    0 where not valid (``kpix`` is inf for a 'mean' whose divisor is 0: then an entry of
+    weight 0 gets NaN, as in torch). PIXEL 1: CE (``w_ptr`` class weights, label
+    smoothing) or softmax focal (``w_ptr`` alpha, else ``scale``); PIXEL 2: BCE
+    (``w_ptr`` = weight * pos_weight and ``w2_ptr`` = weight per class) or sigmoid focal
+    (``w_ptr`` = alpha and ``w2_ptr`` = 1 - alpha per class)."""
     cmask = offs_c < C
     if PIXEL == 1:
         is_y = offs_c[:, None] == ys[None, :]
         s, s_other, x_y, w_c, w_sum, smooth_sum = _softmax_tile_sums(
             x, z, m, offs_c, cmask, is_y, w_ptr, HAS_W
         )
-        if HAS_W:
-            scale_y = tl.load(w_ptr + ys, mask=pvalid, other=0.0).to(tl.float32)
-        else:
-            scale_y = tl.zeros_like(m) + scale
-        eps_c = 0.0 if IS_FOCAL else smoothing / C
-        loss, k, t = _softmax_terms(
-            x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
-        )
-        loss = tl.where(pbad, float("nan"), tl.where(pvalid, loss, 0.0))
-        if HAS_W and not IS_FOCAL:  # CE's weighted mean divides by the weights
-            den = tl.where(pvalid, scale_y, 0.0)
-        else:
-            den = pvalid.to(tl.float32)
-        dx = _softmax_grad_tile(
-            x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, tl.zeros_like(m) + kpix, pvalid
-        )
+        loss, den, k, t, eps_c = _softmax_pixel(
+            x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr,
+            smoothing, gamma, scale, IS_FOCAL, HAS_W,
+        )  # fmt: skip
+        dx = _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, kpix, pvalid)
     else:
         wp = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         wn = tl.load(w2_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
@@ -231,8 +248,36 @@ def _pixel_term(
         loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
         loss = tl.sum(loss, axis=0)
         den = tl.sum(valid.to(tl.float32), axis=0)
-        dx = tl.where(valid, dx * kpix, 0.0)
+        dx = tl.where(valid, dx * kpix[None, :], 0.0)
     return loss, den, dx
+
+
+@triton.jit
+def _softmax_walk_term(
+    x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C, sxb, sxc, sxs,
+    smoothing, gamma, scale, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """The softmax pixel term with classes streamed: one walk gives the softmax ``(m, 1/s)``
+    and the term's ``(loss, divisor, K, t, eps / C, W)`` per pixel (:func:`_softmax_pixel`;
+    ``W`` the sum of the class factors)."""
+    m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
+        x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C
+    )
+    loss, den, k, t, eps_c = _softmax_pixel(
+        x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr,
+        smoothing, gamma, scale, IS_FOCAL, HAS_W,
+    )  # fmt: skip
+    return m, 1.0 / s, loss, den, k, t, eps_c, w_sum
+
+
+@triton.jit
+def _pixel_weight(kpix_ptr, share_ptr, b, offs_p, pmask, S, SHARE: tl.constexpr):
+    """Per pixel, the weight of the pixel term's gradient: ``kpix[b]``, times the pixel's
+    ``share[b, s]`` with SHARE (top-k)."""
+    kpix = tl.zeros([offs_p.shape[0]], tl.float32) + tl.load(kpix_ptr + b)
+    if SHARE:
+        kpix = kpix * tl.load(share_ptr + b * S + offs_p, mask=pmask, other=0.0)
+    return kpix
 
 
 @triton.jit
@@ -294,6 +339,7 @@ def _region_stats_kernel(
     acc_n = tl.zeros([BLOCK_C], tl.float32)
     acc_loss = tl.zeros([BLOCK_P], tl.float32)
     acc_den = tl.zeros([BLOCK_P], tl.float32)
+    ones = tl.full([BLOCK_P], 1.0, tl.float32)  # pass 1 weighs the pixel term's gradient 1
     if not SINGLE:
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0
@@ -302,10 +348,18 @@ def _region_stats_kernel(
     for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
         pmask = offs_p < S
+        # a streamed softmax pixel term's walk gives the softmax (m, 1/s) as well
         x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
             x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-            SOFTMAX, LABELS, SINGLE, BLOCK_C,
+            SOFTMAX and (SINGLE or PIXEL != 1), LABELS, SINGLE, BLOCK_C,
         )  # fmt: skip
+        if PIXEL == 1 and not SINGLE:
+            m, inv_s, loss, den, k, t, eps_c, w_sum = _softmax_walk_term(
+                x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C, sxb, sxc, sxs,
+                smoothing, gamma, scale, IS_FOCAL, HAS_W, BLOCK_C,
+            )  # fmt: skip
+            acc_loss += loss
+            acc_den += den
         if SINGLE:
             p, g, valid, bad = _chunk_terms(
                 z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
@@ -320,7 +374,7 @@ def _region_stats_kernel(
             if PIXEL != 0:
                 loss, den, dx = _pixel_term(
                     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, 1.0, PIXEL, IS_FOCAL, HAS_W,
+                    smoothing, gamma, scale, ones, PIXEL, IS_FOCAL, HAS_W,
                 )  # fmt: skip
                 acc_loss += loss
                 acc_den += den
@@ -342,7 +396,7 @@ def _region_stats_kernel(
                 if PIXEL == 2:  # elementwise, so it streams with the classes
                     loss, den, dx = _pixel_term(
                         xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                        smoothing, gamma, scale, 1.0, PIXEL, IS_FOCAL, HAS_W,
+                        smoothing, gamma, scale, ones, PIXEL, IS_FOCAL, HAS_W,
                     )  # fmt: skip
                     acc_loss += loss
                     acc_den += den
@@ -402,8 +456,15 @@ def _region_grad_tile(
     g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
     x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
         x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-        SOFTMAX, LABELS, SINGLE, BLOCK_C,
+        SOFTMAX and (SINGLE or PIXEL != 1), LABELS, SINGLE, BLOCK_C,
     )  # fmt: skip
+    if PIXEL != 0:
+        kpix = _pixel_weight(kpix_ptr, share_ptr, b, offs_p, pmask, S, SHARE)
+    if PIXEL == 1 and not SINGLE:  # its walk gives the softmax (m, 1/s) as well
+        m, inv_s, loss, den, k, t, eps_c, w_sum = _softmax_walk_term(
+            x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C, sxb, sxc, sxs,
+            smoothing, gamma, scale, IS_FOCAL, HAS_W, BLOCK_C,
+        )  # fmt: skip
     mean_dp = tl.zeros([BLOCK_P], tl.float32)
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
@@ -415,9 +476,6 @@ def _region_grad_tile(
             mean_dp = tl.sum(p * dp, axis=0)
         dz = _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX, PROBS)
         if PIXEL != 0:
-            kpix = tl.load(kpix_ptr + b)
-            if SHARE:  # top-k: each pixel's share of the pixel term
-                kpix = kpix * tl.load(share_ptr + b * S + offs_p, mask=pmask, other=0.0)
             loss, den, dx = _pixel_term(
                 x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
                 smoothing, gamma, scale, kpix, PIXEL, IS_FOCAL, HAS_W,
@@ -447,10 +505,15 @@ def _region_grad_tile(
             )  # fmt: skip
             dp = _dl_dp(p, g, coef, offs_c, C, OVERLAP)
             dz = _tile_grad(zc, p, dp, valid, mean_dp, SOFTMAX, PROBS)
+            if PIXEL == 1:  # g is the label's one-hot where valid
+                dz += _softmax_grad_tile(
+                    xc, m, inv_s, g > 0.0, t, k, eps_c,
+                    _class_factors(w_ptr, offs_c, cmask, HAS_W), w_sum, kpix, pvalid,
+                )  # fmt: skip
             if PIXEL == 2:
                 loss, den, dx = _pixel_term(
                     xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, tl.load(kpix_ptr + b), PIXEL, IS_FOCAL, HAS_W,
+                    smoothing, gamma, scale, kpix, PIXEL, IS_FOCAL, HAS_W,
                 )  # fmt: skip
                 dz += dx
             tl.store(
@@ -504,8 +567,8 @@ def _region_grad_kernel(
 ):
     """``dL/dz`` of TILES pixel tiles per program (prefetched STAGES - 1 ahead) from
     ``coef[b, 0, c] = dL/dI + dL/dP``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``,
-    the weight of the pixel term's gradient; with SHARE (softmax pixel term, one class
-    tile) each pixel's weight is also times ``share[b, s]`` (fp32, contiguous)."""
+    the weight of the pixel term's gradient; with SHARE (the softmax pixel term) each
+    pixel's weight is also times ``share[b, s]`` (fp32, contiguous)."""
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)

@@ -34,6 +34,13 @@ def _release(version: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+# Triton before 3.7 (3.6 is the GPU image's) cannot build some walks over class rows that
+# compare each class with 8- or 16-bit labels: its TritonGPURemoveLayoutConversions pass
+# moves a value from one loop into another ("operand #0 does not dominate this use").
+# Triton 3.9 builds them; `segtriton compile` under Triton 3.6 on a CPU shows the failures.
+WALK_LABEL_BUG = _release(triton.__version__) < (3, 7)
+
+
 def interpreter_problem() -> str | None:
     """Why this Triton's interpreter cannot run the segtriton kernels, or None.
 

@@ -77,8 +77,8 @@ def _max_single_c() -> int:
     took CE at C = 19 and 150 from 2.50 and 15.2 ms with whole-class tiles (the old
     default, 256) to 0.67 and 2.14 ms, Dice from 2.49 and 12.9 ms to 1.01 and 4.55 ms:
     the class sums of a whole-class tile are reductions across its warps. A kernel that
-    needs every class at once (the softmax term fused into the region passes) asks
-    :func:`class_blocks` for a whole tile up to ``FUSED_MAX_C`` classes."""
+    cannot walk (see ``boundary._WALK_BUG``) asks :func:`class_blocks` for a whole tile
+    up to ``WHOLE_MAX_C`` classes."""
     return _knob_in("SEGTRITON_MAX_SINGLE_C", 1, 1, 256)
 
 
@@ -181,14 +181,13 @@ def tile_pixels(block_c: int, least: int = 16) -> int:
     return max(least, min(1024, MAX_TILE // block_c))
 
 
-FUSED_MAX_C = 256  # most classes of a fused softmax term: one tile of every class
+WHOLE_MAX_C = 256  # most classes of one tile that holds every class
 
 
 def class_blocks(C: int, whole: bool = False) -> tuple[int, int, bool]:
     """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C,
-    or, with ``whole`` (a kernel that needs every class at once: the softmax term fused
-    into the region passes), when C <= ``FUSED_MAX_C``."""
-    most = FUSED_MAX_C if whole else MAX_SINGLE_C
+    or, with ``whole`` (a kernel that cannot walk class rows), when C <= ``WHOLE_MAX_C``."""
+    most = WHOLE_MAX_C if whole else MAX_SINGLE_C
     if most >= C:
         block_c = next_pow2(C)
         return block_c, tile_pixels(block_c), True
@@ -293,15 +292,13 @@ def program_count(n_blocks: int) -> int:
     return cdiv(n_blocks, TILES_PER_PROGRAM)
 
 
-def tile_grid(
-    x: torch.Tensor, whole: bool = False
-) -> tuple[int, int, int, int, int, tuple[int, int, bool]]:
-    """``(C, S, n_pblocks, n_blocks, n_programs, class_blocks(C, whole))`` of a launch over
+def tile_grid(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int, bool]]:
+    """``(C, S, n_pblocks, n_blocks, n_programs, class_blocks(C))`` of a launch over
     logits ``x`` viewed as ``[B, C, S]``: pixel tiles holding every class (or its chunks),
     ``TILES_PER_PROGRAM`` of them per program (:func:`program_tile`)."""
     B, C = x.shape[:2]
     S = spatial_size(x)
-    blocks = class_blocks(C, whole)
+    blocks = class_blocks(C)
     n_pblocks = cdiv(S, blocks[1])
     n_blocks = B * n_pblocks
     return C, S, n_pblocks, n_blocks, program_count(n_blocks), blocks

@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import torch
-import triton
 
 from segtriton.reference import boundary as ref_boundary
 from segtriton.reference._common import (
@@ -38,9 +37,9 @@ from segtriton.reference._common import (
 from ._boundary_kernels import _boundary_kernel, _pred_sites_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
-from ._runtime import _release, kernel_api, launch_on
+from ._runtime import WALK_LABEL_BUG, kernel_api, launch_on
 from ._tiles import (
-    FUSED_MAX_C,
+    WHOLE_MAX_C,
     activation,
     activation_flags,
     cdiv,
@@ -286,18 +285,16 @@ def _boundary_denom(target, counts, labels, ignore_index, n_selected):
     return _prepass(target, counts.numel(), float(ignore_index), False, counts)
 
 
-# Triton 3.6 (the GPU image's) cannot build the HD-DT kernel's walk over class rows on 8-
-# or 16-bit labels: its TritonGPURemoveLayoutConversions pass moves a value from inside
-# the class loop to before it ("operand #0 does not dominate this use"); 3.9 builds it.
-# Under older Tritons that kernel keeps the earlier tiles there: every class at once up to
-# FUSED_MAX_C classes, chunks of 32 classes by 64 pixels past that.
-_WALK_BUG = _release(triton.__version__) < (3, 7)
+# The HD-DT kernel's walk over class rows on 8- or 16-bit labels is one that Triton < 3.7
+# cannot build (``_runtime.WALK_LABEL_BUG``). There that kernel keeps the earlier tiles:
+# every class at once up to WHOLE_MAX_C classes, chunks of 32 classes by 64 pixels past that.
+_WALK_BUG = WALK_LABEL_BUG
 
 
 def _boundary_blocks(C: int, hd_labels: bool, t: torch.Tensor) -> tuple[int, int, bool]:
     """``class_blocks(C)`` of the boundary kernel; see ``_WALK_BUG``."""
     if _WALK_BUG and hd_labels and t.element_size() < 4:
-        return class_blocks(C, whole=True) if C <= FUSED_MAX_C else (32, 64, False)
+        return class_blocks(C, whole=True) if C <= WHOLE_MAX_C else (32, 64, False)
     return class_blocks(C)
 
 

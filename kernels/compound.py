@@ -3,13 +3,11 @@ Combo, fused.
 
 Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 ``validate`` and ``process_group`` (as in the reference: both terms over the global
-batch; softmax terms need at most ``FUSED_MAX_C`` classes). The pixel-wise term rides
-in the region kernels' two passes: pass 1 also sums its loss and 'mean' divisor, pass 2
-adds its gradient to the region gradient, so a compound loss reads the logits twice and
-writes the gradient once, like Dice alone.
-The softmax terms (CE, softmax focal) need every class in one tile, so they are fused
-only where :func:`_fuses_softmax` says; elsewhere the two losses run as their own
-kernels, added.
+batch). The pixel-wise term rides in the region kernels' two passes: pass 1 also sums
+its loss and 'mean' divisor, pass 2 adds its gradient to the region gradient, so a
+compound loss reads the logits twice and writes the gradient once, like Dice alone.
+With classes streamed, the softmax term's per-pixel sums (CE, softmax focal) come from
+the walk over class rows that the softmax needs anyway.
 """
 
 from __future__ import annotations
@@ -35,15 +33,12 @@ from segtriton.reference.compound import (
 from segtriton.reference.pixelwise import topk_count
 
 from ._runtime import kernel_api
-from ._tiles import FUSED_MAX_C, MAX_SINGLE_C
 from .pixelwise import (
     _class_vector,
     _topk_share,
     cross_entropy,
     sigmoid_focal_options,
-    softmax_focal_loss,
     softmax_focal_options,
-    topk_cross_entropy,
 )
 from .region import (
     _GDL_WEIGHTS,
@@ -55,7 +50,6 @@ from .region import (
     dice_loss,
     fused_args,
     fused_loss,
-    generalized_dice_loss,
     overlap_form,
 )
 
@@ -68,23 +62,6 @@ def _dice_plus(smooth_nr, smooth_dr, eps, absent, weight, reduction, lam_dice, l
         DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=weight, reduction=reduction,
         lam_reg=lam_dice, lam_pix=lam_pix, pix_mean=reduction == "mean",
     )  # fmt: skip
-
-
-def _fuses_softmax(C: int, process_group: dist.ProcessGroup | None) -> bool:
-    """Whether a softmax term rides in the region passes: where the kernels hold every
-    class in one tile anyway (C <= ``MAX_SINGLE_C``), or where ``process_group`` needs
-    it (C <= ``FUSED_MAX_C``). Elsewhere the two losses apart, walking class rows, are
-    faster: on an H200 (bf16 fwd+bwd, 8x19x512x1024, 2026-12-04) the fused CE + Dice took
-    4.78 ms with whole-class tiles, CE and Dice apart 0.67 + 1.01 ms with walks."""
-    return C <= MAX_SINGLE_C or (process_group is not None and C <= FUSED_MAX_C)
-
-
-def _unfused(process_group) -> None:
-    if process_group is not None:
-        raise ValueError(
-            f"process_group needs the fused softmax term (at most {FUSED_MAX_C} classes, "
-            "integer labels)"
-        )
 
 
 def _sigmoid_weights(C, logits, w=None, pw=None, pos=1.0, neg=1.0):
@@ -118,9 +95,9 @@ def ce_dice_loss(
     validate: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
-    """Triton fused CE + Dice; semantics of ``segtriton.reference.ce_dice_loss``. Where
-    :func:`_fuses_softmax` says no, and for a class-probability target (which the fused
-    softmax term does not read), the two losses run apart, added."""
+    """Triton fused CE + Dice; semantics of ``segtriton.reference.ce_dice_loss``. For a
+    class-probability target (which the fused softmax term does not read) the two losses
+    run apart, added; ``process_group`` then raises ValueError."""
     _scalar_reduction(reduction)
     check_logits(logits)
     lambda_ce, lambda_dice = term_weights(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
@@ -129,7 +106,7 @@ def ce_dice_loss(
     w = _class_vector("weight", weight, C, logits, validate)
     fp32 = logits.new_empty(0, dtype=torch.float32)  # w is checked and fp32 already
     dice_w = ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
-    if _fuses_softmax(C, process_group) and not probability_target(logits, target, ignore_index):
+    if not probability_target(logits, target, ignore_index):
         fin = _dice_plus(
             smooth_nr, smooth_dr, eps, absent, dice_w, reduction, lambda_dice, lambda_ce
         )
@@ -138,7 +115,8 @@ def ce_dice_loss(
             validate, fin, pixel=PIXEL_SOFTMAX, w=w, smoothing=float(label_smoothing),
             process_group=process_group,
         )  # fmt: skip
-    _unfused(process_group)
+    if process_group is not None:
+        raise ValueError("process_group needs integer labels (the fused softmax term)")
     ce = cross_entropy(
         logits, target, w, ignore_index, reduction, label_smoothing, validate=validate
     )
@@ -176,7 +154,6 @@ def topk_dice_loss(
     select their shares (as in :func:`topk_cross_entropy`); then the Dice passes run, and
     pass 2 adds each pixel's share of the cross-entropy gradient: three passes over the
     logits (Dice alone takes two, the two losses apart four) and one gradient write.
-    Where :func:`_fuses_softmax` says no, the two losses run apart, added.
     """
     _scalar_reduction(reduction)
     check_logits(logits)
@@ -186,16 +163,6 @@ def topk_dice_loss(
     w = _class_vector("weight", weight, C, logits, validate)
     fp32 = logits.new_empty(0, dtype=torch.float32)  # w is checked and fp32 already
     dice_w = ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
-    if not _fuses_softmax(C, None):
-        ce = topk_cross_entropy(
-            logits, target, k, w, ignore_index, label_smoothing, reduction, validate=validate
-        )
-        dice = dice_loss(
-            logits, target, "multiclass", smooth_nr, smooth_dr, eps, squared, scope=scope,
-            absent=absent, ignore_index=ignore_index, weight=dice_w, reduction=reduction,
-            validate=validate,
-        )  # fmt: skip
-        return lambda_ce * ce + lambda_dice * dice
     fin = Finalize(
         DICE, smooth_nr, smooth_dr, eps, absent=absent, weight=dice_w, reduction=reduction,
         lam_reg=lambda_dice,
@@ -288,35 +255,20 @@ def focal_dice_loss(
     w = ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
     lam_focal = lambda_focal * scale if reduction == "mean" else lambda_focal
     fin = _dice_plus(smooth_nr, smooth_dr, eps, absent, w, reduction, lambda_dice, lam_focal)
-
-    def dice_alone():
-        return lambda_dice * dice_loss(
-            logits, target, mode, smooth_nr, smooth_dr, eps, scope=scope, absent=absent,
-            ignore_index=ignore_index, weight=w, reduction=reduction, validate=validate,
-        )  # fmt: skip
-
     return _focal_compound(
         logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
-        dice_alone, sigmoid_focal, keep,
+        sigmoid_focal, keep,
     )  # fmt: skip
 
 
 def _focal_compound(
-    logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group, region_alone,
+    logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, group,
     sigmoid_focal, keep=None,
 ):  # fmt: skip
     """``fin``'s region loss plus ``fin.lam_pix`` times the focal term (softmax for
     'multiclass' unless ``sigmoid_focal``, else sigmoid: one-vs-rest on the labels in
-    multiclass mode, its classes weighted by ``keep``) in the region kernels' two passes;
-    a softmax term that :func:`_fuses_softmax` leaves apart runs as its own kernel, added
-    to ``region_alone()`` (the weighted region term)."""
+    multiclass mode, its classes weighted by ``keep``) in the region kernels' two passes."""
     softmax = mode == "multiclass" and not sigmoid_focal
-    if softmax and not _fuses_softmax(logits.shape[1], group):
-        _unfused(group)
-        focal = softmax_focal_loss(
-            logits, target, alpha, gamma, ignore_index, fin.reduction, validate
-        )
-        return fin.lam_pix * focal + region_alone()
     if not softmax:
         gamma, alpha = sigmoid_focal_options(gamma, alpha, logits, validate)
         pos, neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
@@ -370,16 +322,9 @@ def generalized_dice_focal_loss(
         lam_pix=lambda_focal * scale if reduction == "mean" else lambda_focal,
         pix_mean=reduction == "mean", gdl=(weight_type, absent_weight),
     )  # fmt: skip
-
-    def gdl_alone():
-        return lambda_gdl * generalized_dice_loss(
-            logits, target, mode, weight_type, absent_weight, smooth_nr, smooth_dr, eps,
-            scope, ignore_index, keep, reduction, validate,
-        )  # fmt: skip
-
     return _focal_compound(
         logits, target, mode, alpha, gamma, ignore_index, scope, validate, fin, process_group,
-        gdl_alone, sigmoid_focal, keep,
+        sigmoid_focal, keep,
     )  # fmt: skip
 
 

@@ -51,9 +51,8 @@ from ._region_kernels import (
     _region_grad_kernel,
     _region_stats_kernel,
 )
-from ._runtime import kernel_api
+from ._runtime import WALK_LABEL_BUG, kernel_api
 from ._tiles import (
-    FUSED_MAX_C,
     STAGES,
     TILES_PER_PROGRAM,
     class_blocks,
@@ -96,7 +95,7 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     B, C = x.shape[:2]
     S = spatial_size(x)
-    block_c, block_p, single = class_blocks(C, whole=pixel == PIXEL_SOFTMAX)
+    block_c, block_p, single = class_blocks(C)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     row = (4 if count else 3) * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
@@ -145,8 +144,6 @@ def _reads_labels(kind: int) -> bool:
 
 
 def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
-    if pixel == PIXEL_SOFTMAX and not single:
-        raise ValueError(f"the fused softmax term needs C <= {FUSED_MAX_C} (one class tile)")
     probs = kind >= INPUT_PROBS
     return {
         "SOFTMAX": kind % INPUT_PROBS != TARGET_MASKS and not probs,
@@ -165,6 +162,22 @@ def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
 def _(logits, target, *params):
     B, C = logits.shape[:2]
     return logits.new_empty((B, 3, C), dtype=torch.float32)
+
+
+def _pass2_target(logits: torch.Tensor, target: torch.Tensor, pixel: int) -> torch.Tensor:
+    """The target pass 2 reads: as given, or 8- or 16-bit labels widened to int32 (a copy
+    of the labels, not of the logits) where Triton < 3.7 cannot build the softmax pixel
+    term's walk over class rows (``_runtime.WALK_LABEL_BUG``): there, with logits whose
+    pixels are strided (channels_last)."""
+    if (
+        WALK_LABEL_BUG
+        and pixel == PIXEL_SOFTMAX
+        and target.element_size() < 4
+        and not class_blocks(logits.shape[1])[2]
+        and pixel_view(logits)[3] != 1
+    ):
+        return target.to(torch.int32)
+    return target
 
 
 @op("segtriton::region_grad")
@@ -188,12 +201,11 @@ def _region_grad(
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
     ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum), times each pixel's ``share``
     (fp32 ``[B, *S]``; the softmax pixel term only) when given."""
+    target = _pass2_target(logits, target, pixel)
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(
-        x, whole=pixel == PIXEL_SOFTMAX
-    )
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     _region_grad_kernel[(n_programs,)](
         x,

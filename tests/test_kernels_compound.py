@@ -50,11 +50,40 @@ def test_kernel_matches_reference(
 
 @pytest.mark.parametrize(("entry", "options"), variants_at(KERNELS, 300))
 def test_large_class_count(entry, options, seed, gen):
-    """C > 256, every variant with its per-class vectors repeated to C: sigmoid terms stay
-    fused (streamed classes), softmax terms run unfused."""
+    """C > 256, every variant with its per-class vectors repeated to C: classes streamed,
+    the softmax terms' per-pixel sums taken in the walk that finds the softmax."""
     opts = {**options, "ignore_index": 255}
     x, t = _inputs(entry, (2, 300, 3, 5), opts, torch.float32, gen)
     assert_matches(entry, x, t, opts, torch.float32, seed)
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_pass2_labels_under_the_triton_3_6_layout_bug(bug, monkeypatch, seed, gen):
+    """Under Triton < 3.7, pass 2 of a softmax pixel term walked over class rows reads 8-
+    or 16-bit labels widened to int32 where the logits' pixels are strided (that Triton
+    cannot build the walk there); every other case, and every case under a newer Triton,
+    reads the labels as given. The loss is right either way (walks forced here)."""
+    from segtriton.kernels import _tiles, region
+
+    monkeypatch.setattr(region, "WALK_LABEL_BUG", bug)
+    monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
+    monkeypatch.setattr(_tiles, "CHUNK", (1, 16))
+    x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
+    for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64):
+        t = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE, dtype)
+        for logits, pixel, one_class in (
+            (to_channels_last(x), region.PIXEL_SOFTMAX, False),
+            (x, region.PIXEL_SOFTMAX, False),
+            (to_channels_last(x), region.PIXEL_SIGMOID, False),
+            (to_channels_last(x[:, :1]), region.PIXEL_SOFTMAX, True),
+        ):
+            wide = bug and dtype.itemsize < 4 and logits is not x and pixel == 1
+            got = region._pass2_target(logits, t, pixel)
+            want = torch.int32 if wide and not one_class else dtype
+            assert got.dtype == want and torch.equal(got.long(), t.long()), (dtype, pixel)
+    t = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE, torch.uint8)
+    opts = {"label_smoothing": 0.1, "reduction": "sum"}
+    assert_matches(get("ce_dice"), to_channels_last(x), t, opts, torch.float32, seed)
 
 
 @pytest.mark.parametrize("mode", ["binary", "multilabel"])
@@ -179,8 +208,11 @@ def test_global_batch_across_two_gloo_processes(seed):
     on_two_gloo_ranks(_global_worker, seed)
 
 
-def test_process_group_needs_the_fused_softmax_term(gen):
-    x = torch.randn(1, 300, 2, 3, generator=gen).to(DEVICE)
-    t = torch.randint(0, 300, (1, 2, 3), generator=gen).to(DEVICE)
-    with pytest.raises(ValueError, match="fused softmax term"):
+def test_process_group_needs_integer_labels(gen):
+    """CE + Dice against class probabilities runs its two terms apart, which a
+    ``process_group`` cannot sum over the global batch: a clear error before any
+    collective."""
+    x = torch.randn(1, 3, 2, 3, generator=gen).to(DEVICE)
+    t = torch.softmax(torch.randn(1, 3, 2, 3, generator=gen), 1).to(DEVICE)
+    with pytest.raises(ValueError, match="process_group needs integer labels"):
         get("ce_dice").kernel(x, t, process_group=object())

@@ -13,7 +13,6 @@ from kernel_checks import DEVICE, KERNELS
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from segtriton.kernels import compound
 from segtriton.registry import make_inputs
 
 # the forward writes the gradient, or keeps maps for the backward, when one is wanted
@@ -22,8 +21,6 @@ _KEEPS = {
     "bce", "sigmoid_focal", "sigmoid_focal_ovr", "softmax_focal", "boundary", "hausdorff_dt",
     "cldice", "hausdorff_er",
 }  # fmt: skip
-if not compound._fuses_softmax(3, None):  # their softmax term runs apart, as cross_entropy
-    _KEEPS |= {"ce_dice", "focal_dice", "generalized_dice_focal"}
 
 
 class _Allocations(TorchDispatchMode):
