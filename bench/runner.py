@@ -240,7 +240,17 @@ def graph_columns(
     try:
         timed = time_fn(step, device, reps=reps, graph=True)
     except Exception as exc:  # a capture failure is a finding for this row only
-        return {"graph_error": f"{type(exc).__name__}: {exc}"[:300]}
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:240]}"
+        if device.type == "cuda":
+            # what the allocator holds: on the H200 every graph timing from one row on ran
+            # out of memory with 1-7 GiB allocated and 139.6 GiB in use by the process,
+            # after the process's first capture had failed; the OOM text's own figures
+            # were cut off
+            error += (
+                f" [allocated {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB, "
+                f"reserved {torch.cuda.memory_reserved(device) / 2**30:.2f} GiB]"
+            )
+        return {"graph_error": error}
     pct = 100 * gbps(nbytes, timed["median_ms"]) / copy_gbps
     return {"graph_median_ms": timed["median_ms"], "graph_pct_of_copy_bw": pct}
 
