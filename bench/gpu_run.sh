@@ -26,8 +26,8 @@
 #                         560): the tests (150 s), the `targets` preset with Triton, eager
 #                         and Berman (until 252 s), torch.compile rows (bf16) of the
 #                         COMPILE_FIRST losses (until 392 s), CE and Dice (bf16) under
-#                         each of LEASE_VARIANTS (whole-class tiles, walks of 256 pixels,
-#                         STAGES 3: 22 s each) against the default rows, the
+#                         each of LEASE_VARIANTS (class walks unrolled 4 times, walks of
+#                         256 pixels, STAGES 3: 22 s each) against the default rows, the
 #                         confusion-matrix, distance-transform and Lovasz benchmarks (until
 #                         492 s), then the other compile rows until LIMIT - 20; the
 #                         report's "Issue targets" table says what was met. Rows and the benchmark JSON stay
@@ -121,9 +121,10 @@ run_bench() {  # CAP [pytest -k expression]
 
 # the kernel knobs the lease compares with the defaults (walks over class rows: 1 class by
 # 512 pixels), NAME:VAR=VALUE[+VAR=VALUE...]. On the H200 (2026-12-04) walks of 1024 and
-# 2048 pixels and chunks of 2-16 classes were slower; tiles: the whole-class tiles that
-# were the default before
-LEASE_VARIANTS="tiles:SEGTRITON_MAX_SINGLE_C=256+SEGTRITON_CHUNK=32,64"
+# 2048 pixels and chunks of 2-16 classes were slower, and the whole-class tiles that were
+# the default before 2.6-7x slower (2026-12-04-lease2). The targets read int64 labels:
+# under Triton < 3.7 unrolled walks do not build on 8- or 16-bit ones (WALK_LABEL_BUG)
+LEASE_VARIANTS="unroll4:SEGTRITON_UNROLL=4"
 LEASE_VARIANTS+=" walk256:SEGTRITON_CHUNK=1,256 s3:SEGTRITON_STAGES=3"
 
 # the losses whose torch.compile rows the lease times first (the preset's order puts CE +

@@ -13,7 +13,15 @@ import triton
 import triton.language as tl
 
 from ._runtime import kernel_jit
-from ._tiles import grad_divisor, ignored, label_values, log1p, pixel_block, program_tile
+from ._tiles import (
+    WALK_UNROLL,
+    grad_divisor,
+    ignored,
+    label_values,
+    log1p,
+    pixel_block,
+    program_tile,
+)
 
 
 @triton.jit
@@ -183,7 +191,7 @@ def _softmax_walk_sums(
     x_y = tl.zeros([offs_p.shape[0]], tl.float32)
     swx = tl.zeros([offs_p.shape[0]], tl.float32)
     w_sum = 0.0
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + offs_c0
         cmask = offs_c < C
         xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
@@ -260,7 +268,7 @@ def _softmax_tile(
                 mask=cmask[:, None] & pmask[None, :],
             )
         else:
-            for c0 in range(0, C, BLOCK_C):
+            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
                 xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
@@ -411,7 +419,7 @@ def _probs_tile(
         wsum = tl.zeros([BLOCK_P], tl.float32)
         a = tl.zeros([BLOCK_P], tl.float32)  # sum_c w_c t'_c (x_c - m)
         pbad = tl.zeros([BLOCK_P], tl.int1)
-        for c0 in range(0, C, BLOCK_C):
+        for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
             xc, wtc, cmask, badc = _probs_chunk(
                 x_ptr, t_ptr, w_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs,
                 stb, stc, sts, smoothing, HAS_W,
@@ -454,7 +462,7 @@ def _probs_tile(
                 mask=cmask[:, None] & pmask[None, :],
             )
         else:
-            for c0 in range(0, C, BLOCK_C):
+            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
                 offs_c = c0 + offs_c0
                 xc, wtc, cmask, _ = _probs_chunk(
                     x_ptr, t_ptr, w_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs,
@@ -573,7 +581,7 @@ def _sigmoid_tile(
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     acc = tl.zeros([BLOCK_P], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         cmask = offs_c < C
         m2 = cmask[:, None] & pmask[None, :]

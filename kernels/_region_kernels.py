@@ -46,7 +46,7 @@ from ._pixelwise_kernels import (
     _softmax_walk_sums,
 )
 from ._runtime import kernel_jit
-from ._tiles import program_tile
+from ._tiles import WALK_UNROLL, program_tile
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -67,7 +67,7 @@ def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: 
     over class chunks (online softmax)."""
     m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
     s = tl.zeros([offs_p.shape[0]], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + offs_c0
         xc = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
         m_new = tl.maximum(m, tl.max(xc, axis=0))
@@ -380,7 +380,7 @@ def _region_stats_kernel(
                 acc_den += den
         else:
             tl.debug_barrier()
-            for c0 in range(0, C, BLOCK_C):
+            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
                 xc, zc, p, g, valid, bad = _load_chunk(
@@ -489,14 +489,14 @@ def _region_grad_tile(
         )
     else:
         if SOFTMAX:  # sum_k p_k dL/dp_k is needed before any class is written
-            for c0 in range(0, C, BLOCK_C):
+            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
                 offs_c = c0 + offs_c0
                 xc, zc, p, g, valid, bad = _load_chunk(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
                     sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
                 )  # fmt: skip
                 mean_dp += tl.sum(p * _dl_dp(p, g, coef, offs_c, C, OVERLAP), axis=0)
-        for c0 in range(0, C, BLOCK_C):
+        for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
             offs_c = c0 + offs_c0
             cmask = offs_c < C
             xc, zc, p, g, valid, bad = _load_chunk(

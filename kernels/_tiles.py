@@ -82,12 +82,26 @@ def _max_single_c() -> int:
     return _knob_in("SEGTRITON_MAX_SINGLE_C", 1, 1, 256)
 
 
+def _unroll() -> int:
+    """Unroll factor of the pixel-wise and region kernels' walks over class chunks
+    (``tl.range(loop_unroll_factor=...)``): 1 (none) unless ``SEGTRITON_UNROLL`` says
+    (1 to 8), read once at import, to be compared on a GPU (``bench/gpu_run.sh lease``).
+    A plain CE kernel walking class rows by 256 or 1024 pixels on an H200 ran 1.02-1.19x
+    faster with its class loop unrolled 4 times (``bench/probe.py``, 2026-12-04). Under
+    Triton < 3.7 unrolled walks do not build on 8- or 16-bit labels
+    (``_runtime.WALK_LABEL_BUG``); int32 and int64 labels build."""
+    return _knob_in("SEGTRITON_UNROLL", 1, 1, 8)
+
+
 MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = _chunk()  # (BLOCK_C, BLOCK_P) when classes are streamed
 _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
+UNROLL = _unroll()
+# the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
+WALK_UNROLL = tl.constexpr(None if UNROLL == 1 else UNROLL)
 
 
 def _spatial_merges(x: torch.Tensor) -> bool:

@@ -120,6 +120,22 @@ def test_stages_knob():
     assert bad.returncode != 0 and "SEGTRITON_STAGES must be 1 to 8" in bad.stderr
 
 
+def test_unroll_knob():
+    """SEGTRITON_UNROLL sets the class walks' unroll factor: 1 (the default) leaves the
+    loops plain (no unroll attribute), 2 to 8 unroll them; other values are refused."""
+    code = (
+        "from segtriton.kernels._tiles import UNROLL, WALK_UNROLL\nprint(UNROLL, WALK_UNROLL.value)"
+    )
+    for value, expected in (("1", ["1", "None"]), ("4", ["4", "4"])):
+        env = {**os.environ, "SEGTRITON_UNROLL": value}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == expected
+    env = {**os.environ, "SEGTRITON_UNROLL": "0"}
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "SEGTRITON_UNROLL must be 1 to 8" in bad.stderr
+
+
 def test_streamed_class_knobs():
     """SEGTRITON_MAX_SINGLE_C sets the most classes one tile holds (default 1), SEGTRITON_CHUNK
     the streamed chunk (default one class by 512 pixels, at least 16 pixels); malformed

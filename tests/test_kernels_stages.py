@@ -3,8 +3,8 @@ give the reference's loss and gradient: classes walked one row at a time (the de
 tiles of every class (``SEGTRITON_MAX_SINGLE_C=256``, the interpreter's choice in
 tests/conftest.py, up to ``SEGTRITON_MAX_TILE=8192`` elements), the pipelined tile loops
 (``SEGTRITON_STAGES`` > 1: several pixel tiles per program, prefetched; tails of the
-program grid included) and classes streamed in chunks of 8 by 256 pixels
-(``SEGTRITON_CHUNK=8,256``).
+program grid included), classes streamed in chunks of 8 by 256 pixels
+(``SEGTRITON_CHUNK=8,256``) and the class walks unrolled (``SEGTRITON_UNROLL=4``).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
@@ -35,7 +35,7 @@ from segtriton.kernels import _tiles
 from segtriton.registry import fit_variant, get, make_inputs
 
 knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
-knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK)
+knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, _tiles.UNROLL)
 assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
@@ -66,7 +66,13 @@ print("checked", len(CASES))
 """
 
 
-KNOBS = ("SEGTRITON_STAGES", "SEGTRITON_MAX_TILE", "SEGTRITON_MAX_SINGLE_C", "SEGTRITON_CHUNK")
+KNOBS = (
+    "SEGTRITON_STAGES",
+    "SEGTRITON_MAX_TILE",
+    "SEGTRITON_MAX_SINGLE_C",
+    "SEGTRITON_CHUNK",
+    "SEGTRITON_UNROLL",
+)
 
 
 def _child_env(knobs: dict[str, str]) -> dict[str, str]:
@@ -96,16 +102,20 @@ def test_random_options_under_the_default_tiles():
 @pytest.mark.parametrize(
     ("knobs", "expected"),
     [
-        ({}, (1, 1, 2048, 1, 1, 512)),
-        ({"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"}, (1, 1, 2048, 256, 32, 64)),
-        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512)),
+        ({}, (1, 1, 2048, 1, 1, 512, 1)),
+        (
+            {"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"},
+            (1, 1, 2048, 256, 32, 64, 1),
+        ),
+        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512, 1)),
         (
             {"SEGTRITON_MAX_TILE": "8192", "SEGTRITON_MAX_SINGLE_C": "256"},
-            (1, 1, 8192, 256, 1, 512),
+            (1, 1, 8192, 256, 1, 512, 1),
         ),
-        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256)),
+        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 1)),
+        ({"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"}, (1, 1, 2048, 1, 2, 256, 4)),
     ],
-    ids=["defaults", "whole_class_tiles", "stages3", "tile8192", "streamed8x256"],
+    ids=["defaults", "whole_class_tiles", "stages3", "tile8192", "streamed8x256", "unroll4"],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
     env = _child_env(knobs)
