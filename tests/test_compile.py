@@ -103,37 +103,42 @@ def test_tile_size_knob():
     assert bad.returncode != 0 and "SEGTRITON_MAX_TILE must be a power of two" in bad.stderr
 
 
-def test_stages_knob():
-    """SEGTRITON_STAGES > 1 turns on the pipelined loops (8 tiles per program); 1 keeps one
-    tile per program; values past 8 are refused."""
-    code = (
-        "from segtriton.kernels._tiles import STAGES, TILES_PER_PROGRAM\n"
-        "print(STAGES, TILES_PER_PROGRAM)"
-    )
-    for value, expected in (("1", ["1", "1"]), ("3", ["3", "8"])):
-        env = {**os.environ, "SEGTRITON_STAGES": value}
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+@pytest.mark.parametrize(
+    ("name", "code", "cases", "bad"),
+    [
+        (
+            "SEGTRITON_STAGES",
+            "from segtriton.kernels._tiles import STAGES, TILES_PER_PROGRAM\n"
+            "print(STAGES, TILES_PER_PROGRAM)",
+            (("1", ["1", "1"]), ("3", ["3", "8"])),
+            "9",
+        ),
+        (
+            "SEGTRITON_UNROLL",
+            "from segtriton.kernels._tiles import UNROLL, WALK_UNROLL\n"
+            "print(UNROLL, WALK_UNROLL.value)",
+            (("1", ["1", "None"]), ("4", ["4", "4"])),
+            "0",
+        ),
+    ],
+    ids=["stages", "unroll"],
+)
+def test_integer_knobs(name, code, cases, bad):
+    """SEGTRITON_STAGES > 1 turns on the pipelined loops (8 tiles per program), 1 keeps one
+    tile per program; SEGTRITON_UNROLL sets the class walks' unroll factor (1, the
+    default, leaves the loops plain: no unroll attribute). Both take 1 to 8 and refuse
+    other values by name."""
+
+    def run(value: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, name: value}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+    for value, expected in cases:
+        proc = run(value)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == expected
-    env = {**os.environ, "SEGTRITON_STAGES": "9"}
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "SEGTRITON_STAGES must be 1 to 8" in bad.stderr
-
-
-def test_unroll_knob():
-    """SEGTRITON_UNROLL sets the class walks' unroll factor: 1 (the default) leaves the
-    loops plain (no unroll attribute), 2 to 8 unroll them; other values are refused."""
-    code = (
-        "from segtriton.kernels._tiles import UNROLL, WALK_UNROLL\nprint(UNROLL, WALK_UNROLL.value)"
-    )
-    for value, expected in (("1", ["1", "None"]), ("4", ["4", "4"])):
-        env = {**os.environ, "SEGTRITON_UNROLL": value}
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.split() == expected
-    env = {**os.environ, "SEGTRITON_UNROLL": "0"}
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "SEGTRITON_UNROLL must be 1 to 8" in bad.stderr
+    proc = run(bad)
+    assert proc.returncode != 0 and f"{name} must be 1 to 8" in proc.stderr
 
 
 def test_streamed_class_knobs():
