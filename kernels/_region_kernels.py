@@ -131,8 +131,11 @@ def _chunk_terms(
 
 
 @triton.jit
-def _tile_sums(p, g, bad, OVERLAP: tl.constexpr):
-    """Per-class sums of one tile: ``(I, P, T)``; T is NaN for a class seeing a bad value."""
+def _tile_sums(p, g, valid, bad, OVERLAP: tl.constexpr):
+    """Per-class sums of one tile: ``(I, P, T, N)``, N the valid entries; T is NaN for a
+    class seeing a bad value. The four are one reduction over the pixels (a ``[classes,
+    pixels, 2, 2]`` join): one exchange across the tile's warps where separate sums took
+    one each (on sm_90, Dice pass 1 at C = 19: 10 barriers in the kernel, not 18)."""
     pg = p * g
     pp = p
     gg = g
@@ -142,7 +145,11 @@ def _tile_sums(p, g, bad, OVERLAP: tl.constexpr):
     if OVERLAP == SOFT_MIN:
         pg = tl.minimum(p, g)
     gg = tl.where(bad, float("nan"), gg)
-    return tl.sum(pg, axis=1), tl.sum(pp, axis=1), tl.sum(gg, axis=1)
+    sums = tl.sum(tl.join(tl.join(pg, pp), tl.join(gg, valid.to(tl.float32))), axis=1)
+    pairs, rest = tl.split(sums)
+    si, sp = tl.split(pairs)
+    st, sn = tl.split(rest)
+    return si, sp, st, sn
 
 
 @triton.jit
@@ -365,12 +372,11 @@ def _region_stats_kernel(
                 z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
                 stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
             )  # fmt: skip
-            si, sp, st = _tile_sums(p, g, bad, OVERLAP)
+            si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
             acc_i += si
             acc_p += sp
             acc_t += st
-            if COUNT:
-                acc_n += tl.sum(valid.to(tl.float32), axis=1)
+            acc_n += sn
             if PIXEL != 0:
                 loss, den, dx = _pixel_term(
                     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
@@ -387,12 +393,12 @@ def _region_stats_kernel(
                     x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
                     sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
                 )  # fmt: skip
-                si, sp, st = _tile_sums(p, g, bad, OVERLAP)
+                si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
                 _add_row(out + offs_c, si, cmask)
                 _add_row(out + C + offs_c, sp, cmask)
                 _add_row(out + 2 * C + offs_c, st, cmask)
                 if COUNT:
-                    _add_row(out + 3 * C + offs_c, tl.sum(valid.to(tl.float32), axis=1), cmask)
+                    _add_row(out + 3 * C + offs_c, sn, cmask)
                 if PIXEL == 2:  # elementwise, so it streams with the classes
                     loss, den, dx = _pixel_term(
                         xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
