@@ -56,6 +56,15 @@ def _softmax_distance(
     return mx, inv_s, acc * inv_s
 
 
+@triton.jit
+def _hit_sums(offs_c, ys, valid, w):
+    """Per class of the chunk: its valid labelled pixels and the sum of their distances
+    ``w``, as one reduction over the pixels (one exchange across the warps, not two)."""
+    hit = (offs_c[:, None] == ys[None, :]) & valid[None, :]
+    both = tl.join(hit.to(tl.float32), tl.where(hit, w[None, :], 0.0))
+    return tl.split(tl.sum(both, axis=1))
+
+
 @kernel_jit
 def _wass_stats_kernel(
     x_ptr, t_ptr, m_ptr, part_ptr, C, S, n_chunks, tiles_per_chunk, sxb, sxc, sxs, stb, sts,
@@ -86,19 +95,17 @@ def _wass_stats_kernel(
         )
         nan = tl.sum(tl.where(bad, float("nan"), 0.0), axis=0)
         if SINGLE:
-            hit = (offs_c0[:, None] == ys[None, :]) & valid[None, :]
-            acc_v += tl.sum(hit.to(tl.float32), axis=1)
-            acc_w += tl.sum(tl.where(hit, w[None, :], 0.0), axis=1) + nan
+            sum_v, sum_w = _hit_sums(offs_c0, ys, valid, w)
+            acc_v += sum_v
+            acc_w += sum_w + nan
         else:
             tl.debug_barrier()
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
-                hit = (offs_c[:, None] == ys[None, :]) & valid[None, :]
-                _add_row(out + offs_c, tl.sum(hit.to(tl.float32), axis=1), cmask)
-                _add_row(
-                    out + C + offs_c, tl.sum(tl.where(hit, w[None, :], 0.0), axis=1) + nan, cmask
-                )
+                sum_v, sum_w = _hit_sums(offs_c, ys, valid, w)
+                _add_row(out + offs_c, sum_v, cmask)
+                _add_row(out + C + offs_c, sum_w + nan, cmask)
     if SINGLE:
         cmask = offs_c0 < C
         tl.store(out + offs_c0, acc_v, mask=cmask)
