@@ -179,6 +179,27 @@ def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid
 
 
 @triton.jit
+def _online_step(m, s, xc):
+    """One class chunk ``xc`` into the running per-pixel max ``m`` and ``s = sum exp(x -
+    m)``: the new ``(m, s)``, the chunk's ``exp(x - m)`` and ``exp(m_old - m_new)``, the
+    factor that rescales every other running sum of exponentials."""
+    m_new = tl.maximum(m, tl.max(xc, axis=0))
+    ec = tl.exp(xc - m_new[None, :])
+    rescale = tl.exp(m - m_new)
+    return m_new, s * rescale + tl.sum(ec, axis=0), ec, rescale
+
+
+@triton.jit
+def _label_step(s_other, x_y, w_sum, swx, xc, ec, rescale, is_y, wc, cmask):
+    """One class chunk into the running label sums of :func:`_softmax_walk_sums`."""
+    s_other = s_other * rescale + tl.sum(tl.where(is_y, 0.0, ec), axis=0)
+    x_y += tl.sum(tl.where(is_y, xc, 0.0), axis=0)
+    w_sum += tl.sum(wc, axis=0)
+    swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
+    return s_other, x_y, w_sum, swx
+
+
+@triton.jit
 def _softmax_walk_sums(
     x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs,
     HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -195,17 +216,11 @@ def _softmax_walk_sums(
         offs_c = c0 + offs_c0
         cmask = offs_c < C
         xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-        m_new = tl.maximum(m, tl.max(xc, axis=0))
-        is_y = offs_c[:, None] == ys[None, :]
-        ec = tl.exp(xc - m_new[None, :])
-        rescale = tl.exp(m - m_new)
-        s = s * rescale + tl.sum(ec, axis=0)
-        s_other = s_other * rescale + tl.sum(tl.where(is_y, 0.0, ec), axis=0)
-        m = m_new
-        x_y += tl.sum(tl.where(is_y, xc, 0.0), axis=0)
-        wc = _class_factors(w_ptr, offs_c, cmask, HAS_W)
-        w_sum += tl.sum(wc, axis=0)
-        swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
+        m, s, ec, rescale = _online_step(m, s, xc)
+        s_other, x_y, w_sum, swx = _label_step(
+            s_other, x_y, w_sum, swx, xc, ec, rescale, offs_c[:, None] == ys[None, :],
+            _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,
+        )  # fmt: skip
     return m, s, s_other, x_y, w_sum, w_sum * m - swx
 
 

@@ -13,7 +13,9 @@ Two passes over the logits, no one-hot:
   (``(u_c - v_c) g_c + 2 v_c p_c`` when squared), then through the softmax
   ``dz_c = p_c (dL/dp_c - sum_k p_k dL/dp_k)`` or the sigmoid ``dz = dL/dp p (1 - p)``.
   ``u`` comes from the finalize whole, not as a sum of two large terms that nearly
-  cancel (the MCC of a class that fills its unit).
+  cancel (the MCC of a class that fills its unit). With classes streamed, the softmax
+  needs a walk over the class rows before any is written; with the product sums (FOLD)
+  that walk also takes ``sum_k p_k dL/dp_k``, else a second walk does.
 
 SOFTMAX means multiclass (a softmax over classes), else a sigmoid per element, or with
 PROBS none: the input is ``p`` (``from_logits=False``) and ``dL/dz = dL/dp``. LABELS
@@ -36,9 +38,11 @@ import triton.language as tl
 
 from ._pixelwise_kernels import (
     _class_factors,
+    _label_step,
     _load_labels,
     _load_tile,
     _mask_tile,
+    _online_step,
     _sigmoid_terms,
     _softmax_grad_tile,
     _softmax_terms,
@@ -70,9 +74,7 @@ def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: 
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + offs_c0
         xc = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
-        m_new = tl.maximum(m, tl.max(xc, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(xc - m_new[None, :]), axis=0)
-        m = m_new
+        m, s, _, _ = _online_step(m, s, xc)
     return m, 1.0 / s
 
 
@@ -448,30 +450,82 @@ def _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX: tl.constexpr, PROBS: tl.conste
 
 
 @triton.jit
+def _fold_walk(
+    x_ptr, t_ptr, w_ptr, coef, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C,
+    sxb, sxc, sxs, stb, stc, sts, ignore_index,
+    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, PIXEL: tl.constexpr, HAS_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Pass 2's one walk before its writes (softmax, PRODUCT sums, classes streamed): per
+    pixel the softmax's ``(m, s)`` and ``a = sum_k exp(x_k - m) dL/dp_k``, kept against
+    the running max as s is, so that ``sum_k p_k dL/dp_k = a / s`` without a walk of its
+    own; with PIXEL 1 also the pixel term's label sums (as :func:`_softmax_walk_sums`).
+    Returns ``(m, s, a, s_other, x_y, W, sum_c w_c (m - x_c))``."""
+    m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
+    s = tl.zeros([offs_p.shape[0]], tl.float32)
+    a = tl.zeros([offs_p.shape[0]], tl.float32)
+    s_other = tl.zeros([offs_p.shape[0]], tl.float32)
+    x_y = tl.zeros([offs_p.shape[0]], tl.float32)
+    swx = tl.zeros([offs_p.shape[0]], tl.float32)
+    w_sum = 0.0
+    ones = tl.full([offs_p.shape[0]], 1.0, tl.float32)  # p as exp(x - m), unnormalised
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+        offs_c = c0 + offs_c0
+        cmask = offs_c < C
+        xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+        m, s, ec, rescale = _online_step(m, s, xc)
+        e, g, valid, bad = _chunk_terms(
+            ec, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, ones, C,
+            stb, stc, sts, ignore_index, True, LABELS, HAS_IGNORE, False,
+        )  # fmt: skip
+        a = a * rescale + tl.sum(e * _dl_dp(e, g, coef, offs_c, C, PRODUCT), axis=0)
+        if PIXEL == 1:
+            s_other, x_y, w_sum, swx = _label_step(
+                s_other, x_y, w_sum, swx, xc, ec, rescale, g > 0.0,
+                _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,
+            )  # fmt: skip
+    return m, s, a, s_other, x_y, w_sum, w_sum * m - swx
+
+
+@triton.jit
 def _region_grad_tile(
     b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr, C,
     S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
     SOFTMAX: tl.constexpr, LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, PROBS: tl.constexpr,
     OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
-    SHARE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    SHARE: tl.constexpr, FOLD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """Writes ``dL/dz`` of one pixel tile (see :func:`_region_grad_kernel`)."""
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     coef = coef_ptr + b * 2 * C
     g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
+    # the walks of FOLD and of a streamed softmax pixel term give the softmax (m, 1/s)
     x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
         x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-        SOFTMAX and (SINGLE or PIXEL != 1), LABELS, SINGLE, BLOCK_C,
+        SOFTMAX and (SINGLE or (PIXEL != 1 and not FOLD)), LABELS, SINGLE, BLOCK_C,
     )  # fmt: skip
     if PIXEL != 0:
         kpix = _pixel_weight(kpix_ptr, share_ptr, b, offs_p, pmask, S, SHARE)
-    if PIXEL == 1 and not SINGLE:  # its walk gives the softmax (m, 1/s) as well
+    mean_dp = tl.zeros([BLOCK_P], tl.float32)
+    if FOLD:
+        m, s, a, s_other, x_y, w_sum, smooth_sum = _fold_walk(
+            x_ptr, t_ptr, w_ptr, coef, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C,
+            sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE, PIXEL, HAS_W,
+            BLOCK_C,
+        )  # fmt: skip
+        inv_s = 1.0 / s
+        mean_dp = a * inv_s
+        if PIXEL == 1:
+            loss, den, k, t, eps_c = _softmax_pixel(
+                x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr,
+                smoothing, gamma, scale, IS_FOCAL, HAS_W,
+            )  # fmt: skip
+    elif PIXEL == 1 and not SINGLE:
         m, inv_s, loss, den, k, t, eps_c, w_sum = _softmax_walk_term(
             x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C, sxb, sxc, sxs,
             smoothing, gamma, scale, IS_FOCAL, HAS_W, BLOCK_C,
         )  # fmt: skip
-    mean_dp = tl.zeros([BLOCK_P], tl.float32)
     if SINGLE:
         p, g, valid, bad = _chunk_terms(
             z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
@@ -494,7 +548,7 @@ def _region_grad_tile(
             mask=cmask[:, None] & pmask[None, :],
         )
     else:
-        if SOFTMAX:  # sum_k p_k dL/dp_k is needed before any class is written
+        if SOFTMAX and not FOLD:  # sum_k p_k dL/dp_k is needed before any class is written
             for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
                 offs_c = c0 + offs_c0
                 xc, zc, p, g, valid, bad = _load_chunk(
@@ -566,6 +620,7 @@ def _region_grad_kernel(
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
     SHARE: tl.constexpr,
+    FOLD: tl.constexpr,
     TILES: tl.constexpr,
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -582,5 +637,5 @@ def _region_grad_kernel(
             b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
             scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W,
-            SHARE, BLOCK_C, BLOCK_P,
+            SHARE, FOLD, BLOCK_C, BLOCK_P,
         )  # fmt: skip

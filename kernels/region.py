@@ -143,6 +143,13 @@ def _reads_labels(kind: int) -> bool:
     return kind % INPUT_PROBS == TARGET_LABELS
 
 
+def _folds(flags: dict) -> bool:
+    """Whether pass 2 takes ``sum_k p_k dL/dp_k`` in the walk that finds the softmax
+    (``_region_kernels._fold_walk``): a softmax over streamed classes with the PRODUCT
+    sums. Two walks over the class rows before the writes become one."""
+    return flags["SOFTMAX"] and not flags["SINGLE"] and flags["OVERLAP"] == PRODUCT.value
+
+
 def _flags(kind, has_ignore, overlap, single, pixel, focal, w):
     probs = kind >= INPUT_PROBS
     return {
@@ -164,14 +171,18 @@ def _(logits, target, *params):
     return logits.new_empty((B, 3, C), dtype=torch.float32)
 
 
-def _pass2_target(logits: torch.Tensor, target: torch.Tensor, pixel: int) -> torch.Tensor:
+def _pass2_target(
+    logits: torch.Tensor, target: torch.Tensor, pixel: int, overlap: int
+) -> torch.Tensor:
     """The target pass 2 reads: as given, or 8- or 16-bit labels widened to int32 (a copy
     of the labels, not of the logits) where Triton < 3.7 cannot build the softmax pixel
-    term's walk over class rows (``_runtime.WALK_LABEL_BUG``): there, with logits whose
-    pixels are strided (channels_last)."""
+    term's walks over class rows (``_runtime.WALK_LABEL_BUG``): with logits whose pixels
+    are strided (channels_last) and squared or soft-min sums (pass 2 then walks the
+    classes three times; with the product sums, twice, and that Triton builds it)."""
     if (
         WALK_LABEL_BUG
         and pixel == PIXEL_SOFTMAX
+        and overlap != PRODUCT.value
         and target.element_size() < 4
         and not class_blocks(logits.shape[1])[2]
         and pixel_view(logits)[3] != 1
@@ -201,12 +212,13 @@ def _region_grad(
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
     ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum), times each pixel's ``share``
     (fp32 ``[B, *S]``; the softmax pixel term only) when given."""
-    target = _pass2_target(logits, target, pixel)
+    target = _pass2_target(logits, target, pixel, overlap)
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
+    flags = _flags(kind, has_ignore, overlap, single, pixel, focal, w)
     _region_grad_kernel[(n_programs,)](
         x,
         t,
@@ -228,8 +240,9 @@ def _region_grad(
         smoothing,
         gamma,
         scale,
-        **_flags(kind, has_ignore, overlap, single, pixel, focal, w),
+        **flags,
         SHARE=share is not None,
+        FOLD=_folds(flags),
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
         BLOCK_C=block_c,
