@@ -61,6 +61,7 @@ class CompiledKernel:
     registers: int
     local_bytes: int
     shared_bytes: int
+    barriers: int = 0  # bar.sync instructions in the PTX: static syncs across the warps
 
 
 class _CompileOnlyDriver:
@@ -129,8 +130,11 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
             regs, local = resource_usage(kernel.asm["cubin"])
             sig = ",".join(f"{k}:{v}" for k, v in kernel.src.signature.items() if v != "constexpr")
             meta = kernel.metadata
+            barriers = len(re.findall(r"\bbar(?:rier)?\.sync\b", kernel.asm["ptx"]))
             rows.append(
-                CompiledKernel(self.__name__, "", sig, meta.num_warps, regs, local, meta.shared)
+                CompiledKernel(
+                    self.__name__, "", sig, meta.num_warps, regs, local, meta.shared, barriers
+                )
             )
         return kernel
 
@@ -390,6 +394,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             spilling=("local_bytes", lambda s: int((s > 0).sum())),
             max_shared_bytes=("shared_bytes", "max"),
             min_warps_per_sm=("warps_per_sm", "min"),
+            max_barriers=("barriers", "max"),
         )
         .reset_index()
     )
@@ -416,8 +421,9 @@ def write_report(
         "",
         provenance(command),
         "Registers and stack/local (spill) bytes per thread from `cuobjdump -res-usage` of each "
-        "cubin; warps per SM from those by the occupancy calculator's rules. These are "
-        "compiler figures, not GPU timings.",
+        "cubin; warps per SM from those by the occupancy calculator's rules; barriers: the "
+        "`bar.sync` instructions in the PTX (a static count of syncs across a block's warps, "
+        "which a reduction across them needs). These are compiler figures, not GPU timings.",
         "",
         f"{len(rows)} specialisations compiled, {len(failures)} case(s) failed.",
         "",
