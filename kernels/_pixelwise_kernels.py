@@ -179,14 +179,25 @@ def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid
 
 
 @triton.jit
-def _online_step(m, s, xc):
-    """One class chunk ``xc`` into the running per-pixel max ``m`` and ``s = sum exp(x -
-    m)``: the new ``(m, s)``, the chunk's ``exp(x - m)`` and ``exp(m_old - m_new)``, the
-    factor that rescales every other running sum of exponentials."""
+def _walk_start(offs_p):
+    """The state of a walk over class chunks before the first for a pixel block: the
+    running max (-inf), ``s`` and the :func:`_label_step` sums but W (0)."""
+    zero = tl.zeros([offs_p.shape[0]], tl.float32)
+    return tl.full([offs_p.shape[0]], float("-inf"), tl.float32), zero, zero, zero, zero
+
+
+@triton.jit
+def _online_step(m, s, x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs):
+    """Loads the class chunk ``offs_c`` (fp32 ``xc``; -inf past C) and adds it into the
+    running per-pixel max ``m`` and ``s = sum exp(x - m)``: ``(xc, its class mask, the
+    new m and s, exp(xc - m), exp(m_old - m_new))``, the last the factor that rescales
+    every other running sum of exponentials."""
+    cmask = offs_c < C
+    xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
     m_new = tl.maximum(m, tl.max(xc, axis=0))
     ec = tl.exp(xc - m_new[None, :])
     rescale = tl.exp(m - m_new)
-    return m_new, s * rescale + tl.sum(ec, axis=0), ec, rescale
+    return xc, cmask, m_new, s * rescale + tl.sum(ec, axis=0), ec, rescale
 
 
 @triton.jit
@@ -206,17 +217,13 @@ def _softmax_walk_sums(
 ):  # fmt: skip
     """:func:`_softmax_tile_sums` streamed over class chunks of BLOCK_C (online softmax):
     per pixel ``(m, s, s_other, x_y, W, sum_c w_c (m - x_c))``, ``W = sum_c w_c``."""
-    m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
-    s = tl.zeros([offs_p.shape[0]], tl.float32)
-    s_other = tl.zeros([offs_p.shape[0]], tl.float32)
-    x_y = tl.zeros([offs_p.shape[0]], tl.float32)
-    swx = tl.zeros([offs_p.shape[0]], tl.float32)
+    m, s, s_other, x_y, swx = _walk_start(offs_p)
     w_sum = 0.0
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + offs_c0
-        cmask = offs_c < C
-        xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-        m, s, ec, rescale = _online_step(m, s, xc)
+        xc, cmask, m, s, ec, rescale = _online_step(
+            m, s, x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs
+        )
         s_other, x_y, w_sum, swx = _label_step(
             s_other, x_y, w_sum, swx, xc, ec, rescale, offs_c[:, None] == ys[None, :],
             _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,

@@ -48,6 +48,7 @@ from ._pixelwise_kernels import (
     _softmax_terms,
     _softmax_tile_sums,
     _softmax_walk_sums,
+    _walk_start,
 )
 from ._runtime import kernel_jit
 from ._tiles import WALK_UNROLL, program_tile
@@ -72,9 +73,9 @@ def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: 
     m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
     s = tl.zeros([offs_p.shape[0]], tl.float32)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        offs_c = c0 + offs_c0
-        xc = _load_tile(x_ptr, b, offs_c, offs_p, offs_c < C, pmask, sxb, sxc, sxs)
-        m, s, _, _ = _online_step(m, s, xc)
+        _, _, m, s, _, _ = _online_step(
+            m, s, x_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs
+        )
     return m, 1.0 / s
 
 
@@ -461,19 +462,15 @@ def _fold_walk(
     the running max as s is, so that ``sum_k p_k dL/dp_k = a / s`` without a walk of its
     own; with PIXEL 1 also the pixel term's label sums (as :func:`_softmax_walk_sums`).
     Returns ``(m, s, a, s_other, x_y, W, sum_c w_c (m - x_c))``."""
-    m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
-    s = tl.zeros([offs_p.shape[0]], tl.float32)
-    a = tl.zeros([offs_p.shape[0]], tl.float32)
-    s_other = tl.zeros([offs_p.shape[0]], tl.float32)
-    x_y = tl.zeros([offs_p.shape[0]], tl.float32)
-    swx = tl.zeros([offs_p.shape[0]], tl.float32)
+    m, s, s_other, x_y, swx = _walk_start(offs_p)
+    a = tl.zeros_like(s)
     w_sum = 0.0
     ones = tl.full([offs_p.shape[0]], 1.0, tl.float32)  # p as exp(x - m), unnormalised
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + offs_c0
-        cmask = offs_c < C
-        xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-        m, s, ec, rescale = _online_step(m, s, xc)
+        xc, cmask, m, s, ec, rescale = _online_step(
+            m, s, x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs
+        )
         e, g, valid, bad = _chunk_terms(
             ec, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, ones, C,
             stb, stc, sts, ignore_index, True, LABELS, HAS_IGNORE, False,
