@@ -21,7 +21,7 @@ import triton.language as tl
 
 from segtriton.reference._common import RESERVED_IGNORE
 
-from ._runtime import kernel_jit
+from ._runtime import WALK_LABEL_BUG, kernel_jit
 
 
 def _max_tile() -> int:
@@ -76,9 +76,7 @@ def _max_single_c() -> int:
     targets' shapes, 2026-12-04) walking class rows in chunks of one class by 512 pixels
     took CE at C = 19 and 150 from 2.50 and 15.2 ms with whole-class tiles (the old
     default, 256) to 0.67 and 2.14 ms, Dice from 2.49 and 12.9 ms to 1.01 and 4.55 ms:
-    the class sums of a whole-class tile are reductions across its warps. A kernel that
-    cannot walk (see ``boundary._WALK_BUG``) asks :func:`class_blocks` for a whole tile
-    up to ``WHOLE_MAX_C`` classes."""
+    the class sums of a whole-class tile are reductions across its warps."""
     return _knob_in("SEGTRITON_MAX_SINGLE_C", 1, 1, 256)
 
 
@@ -160,6 +158,19 @@ def loss_views(
     return x, t, (sxb, sxc, sxs, stb, stc, sts)
 
 
+def walk_labels(
+    t: torch.Tensor, strides: tuple[int, int, int, int, int, int]
+) -> tuple[torch.Tensor, tuple[int, int, int, int, int, int]]:
+    """Labels ``t`` and the strides from :func:`loss_views` for a kernel that walks class
+    rows where Triton < 3.7 cannot build that walk on 8- or 16-bit labels
+    (``_runtime.WALK_LABEL_BUG``): there such labels widened to int32 (a copy of the
+    labels, never of the logits), else as given. The caller says where it is needed."""
+    if not WALK_LABEL_BUG or t.element_size() >= 4:
+        return t, strides
+    t, stb, sts = label_view(t.squeeze(1).to(torch.int32))
+    return t, (*strides[:3], stb, 0, sts)
+
+
 def ignore_arg(ignore_index: float | None, labels: bool) -> tuple[int | float, bool]:
     """``(value, has_ignore)`` to pass a kernel: an int for integer labels (``RESERVED_IGNORE``
     for None; ``check_ignore_index`` refuses it as a user value), a float for masks
@@ -195,14 +206,9 @@ def tile_pixels(block_c: int, least: int = 16) -> int:
     return max(least, min(1024, MAX_TILE // block_c))
 
 
-WHOLE_MAX_C = 256  # most classes of one tile that holds every class
-
-
-def class_blocks(C: int, whole: bool = False) -> tuple[int, int, bool]:
-    """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C,
-    or, with ``whole`` (a kernel that cannot walk class rows), when C <= ``WHOLE_MAX_C``."""
-    most = WHOLE_MAX_C if whole else MAX_SINGLE_C
-    if most >= C:
+def class_blocks(C: int) -> tuple[int, int, bool]:
+    """``(BLOCK_C, BLOCK_P, single)``: one tile holds every class when C <= MAX_SINGLE_C."""
+    if C <= MAX_SINGLE_C:
         block_c = next_pow2(C)
         return block_c, tile_pixels(block_c), True
     return (*CHUNK, False)

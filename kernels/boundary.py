@@ -37,9 +37,8 @@ from segtriton.reference._common import (
 from ._boundary_kernels import _boundary_kernel, _pred_sites_kernel
 from ._edt_kernels import _edt_axis_kernel, _edt_first_kernel
 from ._ops import op
-from ._runtime import WALK_LABEL_BUG, kernel_api, launch_on
+from ._runtime import kernel_api, launch_on
 from ._tiles import (
-    WHOLE_MAX_C,
     activation,
     activation_flags,
     cdiv,
@@ -52,6 +51,7 @@ from ._tiles import (
     num_warps_for,
     pixel_view,
     spatial_size,
+    walk_labels,
 )
 from .pixelwise import (
     _fake_grad,
@@ -285,19 +285,6 @@ def _boundary_denom(target, counts, labels, ignore_index, n_selected):
     return _prepass(target, counts.numel(), float(ignore_index), False, counts)
 
 
-# The HD-DT kernel's walk over class rows on 8- or 16-bit labels is one that Triton < 3.7
-# cannot build (``_runtime.WALK_LABEL_BUG``). There that kernel keeps the earlier tiles:
-# every class at once up to WHOLE_MAX_C classes, chunks of 32 classes by 64 pixels past that.
-_WALK_BUG = WALK_LABEL_BUG
-
-
-def _boundary_blocks(C: int, hd_labels: bool, t: torch.Tensor) -> tuple[int, int, bool]:
-    """``class_blocks(C)`` of the boundary kernel; see ``_WALK_BUG``."""
-    if _WALK_BUG and hd_labels and t.element_size() < 4:
-        return class_blocks(C, whole=True) if C <= WHOLE_MAX_C else (32, 64, False)
-    return class_blocks(C)
-
-
 @op("segtriton::distance_map_loss")
 def _distance_op(
     logits: torch.Tensor,
@@ -330,7 +317,9 @@ def _distance_op(
     denom = _boundary_denom(t, counts, labels, ignore_index, n_selected) if mean else None
     B, C = x.shape[:2]
     S = spatial_size(x)
-    block_c, block_p, single = _boundary_blocks(C, hausdorff and labels, t)
+    block_c, block_p, single = class_blocks(C)
+    if hausdorff and labels and not single:  # a walk Triton < 3.7 builds on wide labels only
+        t, strides = walk_labels(t, strides)
     n_pblocks = cdiv(S, block_p)
     partials = torch.empty(B * n_pblocks, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, labels)

@@ -51,7 +51,7 @@ from ._region_kernels import (
     _region_grad_kernel,
     _region_stats_kernel,
 )
-from ._runtime import WALK_LABEL_BUG, kernel_api
+from ._runtime import kernel_api
 from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
@@ -66,6 +66,7 @@ from ._tiles import (
     spatial_size,
     tile_chunks,
     tile_grid,
+    walk_labels,
 )
 from .pixelwise import _class_vector
 
@@ -171,26 +172,6 @@ def _(logits, target, *params):
     return logits.new_empty((B, 3, C), dtype=torch.float32)
 
 
-def _pass2_target(
-    logits: torch.Tensor, target: torch.Tensor, pixel: int, overlap: int
-) -> torch.Tensor:
-    """The target pass 2 reads: as given, or 8- or 16-bit labels widened to int32 (a copy
-    of the labels, not of the logits) where Triton < 3.7 cannot build the softmax pixel
-    term's walks over class rows (``_runtime.WALK_LABEL_BUG``): with logits whose pixels
-    are strided (channels_last) and squared or soft-min sums (pass 2 then walks the
-    classes three times; with the product sums, twice, and that Triton builds it)."""
-    if (
-        WALK_LABEL_BUG
-        and pixel == PIXEL_SOFTMAX
-        and overlap != PRODUCT.value
-        and target.element_size() < 4
-        and not class_blocks(logits.shape[1])[2]
-        and pixel_view(logits)[3] != 1
-    ):
-        return target.to(torch.int32)
-    return target
-
-
 @op("segtriton::region_grad")
 def _region_grad(
     logits: torch.Tensor,
@@ -212,11 +193,13 @@ def _region_grad(
     """Pass 2: ``dL/dz`` in the logits' dtype from ``coef [B, 2, C]`` (``dL/dI + dL/dP``,
     ``dL/dP``) and ``kpix [B]`` (dL / d pixel-loss sum), times each pixel's ``share``
     (fp32 ``[B, *S]``; the softmax pixel term only) when given."""
-    target = _pass2_target(logits, target, pixel, overlap)
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
+    if pixel == PIXEL_SOFTMAX and overlap != PRODUCT.value and not single and strides[2] != 1:
+        # the three walks of this pass (no FOLD) with channels_last logits
+        t, strides = walk_labels(t, strides)
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     flags = _flags(kind, has_ignore, overlap, single, pixel, focal, w)
     _region_grad_kernel[(n_programs,)](

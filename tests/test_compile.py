@@ -86,10 +86,10 @@ def test_no_register_spills_in_nchw(compiled):
 def _tile_rule(env_value: str) -> subprocess.CompletedProcess:
     code = (
         "from segtriton.kernels._tiles import MAX_TILE, class_blocks, num_warps_for\n"
-        "bc, bp, _ = class_blocks(19, whole=True)\n"
+        "bc, bp, _ = class_blocks(19)\n"
         "print(MAX_TILE, bc, bp, num_warps_for(bc, bp))"
     )
-    env = {**os.environ, "SEGTRITON_MAX_TILE": env_value}
+    env = {**os.environ, "SEGTRITON_MAX_TILE": env_value, "SEGTRITON_MAX_SINGLE_C": "256"}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
 

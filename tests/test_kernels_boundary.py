@@ -9,7 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from kernel_checks import CASE_ARGS, DEVICE, assert_matches, kernel_cases, to_channels_last
+from kernel_checks import (
+    CASE_ARGS,
+    DEVICE,
+    assert_matches,
+    kernel_cases,
+    record_calls,
+    to_channels_last,
+)
 from scipy.ndimage import distance_transform_edt
 
 from segtriton import kernels as ker
@@ -396,20 +403,23 @@ def test_hausdorff_on_probabilities_that_do_not_sum_to_one(C, seed, gen):
 
 
 @pytest.mark.parametrize("walk_bug", [False, True])
-def test_hd_dt_tiles_under_the_triton_3_6_layout_bug(walk_bug, monkeypatch):
-    """Under Triton < 3.7 the HD-DT kernel on 8- or 16-bit labels takes a tile of every
-    class up to 256 classes and chunks of 32 x 64 past that (that Triton cannot build the
-    walk there); every other case, and every case under a newer Triton, walks class rows
-    (the defaults, set here whatever tests/conftest.py chose)."""
+def test_hd_dt_labels_under_the_triton_3_6_layout_bug(walk_bug, monkeypatch, seed, gen):
+    """Under Triton < 3.7 the HD-DT kernel, walking class rows, reads 8- or 16-bit labels
+    widened to int32 (that Triton cannot build the walk on them); the boundary loss's
+    kernel, and every case under a newer Triton, reads the labels as given. The losses
+    are right either way (walks forced here, whatever tests/conftest.py chose)."""
     from segtriton.kernels import _tiles, boundary
 
-    monkeypatch.setattr(boundary, "_WALK_BUG", walk_bug)
+    monkeypatch.setattr(_tiles, "WALK_LABEL_BUG", walk_bug)
     monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
     monkeypatch.setattr(_tiles, "CHUNK", (1, 512))
-    narrow, wide = torch.zeros(1, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64)
-    old_tiles = {3: (4, 512, True), 150: (256, 16, True), 300: (32, 64, False)}
-    for C in (3, 150, 300):
-        for hd_labels, t in ((True, narrow), (True, wide), (False, narrow)):
-            old = walk_bug and hd_labels and t is narrow
-            want = old_tiles[C] if old else (1, 512, False)
-            assert boundary._boundary_blocks(C, hd_labels, t) == want, (C, hd_labels, t.dtype)
+    calls = record_calls(monkeypatch, "walk_labels", [boundary])
+    x = torch.randn(2, 3, 6, 7, generator=gen).to(DEVICE)
+    for dtype in (torch.uint8, torch.int16, torch.int64):
+        t = torch.randint(0, 3, (2, 6, 7), generator=gen).to(DEVICE, dtype)
+        for name in ("hausdorff_dt", "boundary"):
+            calls.clear()
+            assert_matches(get(name), x, t, {"reduction": "mean"}, torch.float32, seed)
+            want = torch.int32 if walk_bug and dtype.itemsize < 4 else dtype
+            asked = [r[0].dtype for _, r in calls]
+            assert asked == ([want] if name == "hausdorff_dt" else []), (name, dtype)

@@ -18,6 +18,7 @@ from kernel_checks import (
     kernel_cases,
     kernels_of,
     on_two_gloo_ranks,
+    record_calls,
     run_with_grad,
     to_channels_last,
     variants_at,
@@ -62,30 +63,30 @@ def test_pass2_labels_under_the_triton_3_6_layout_bug(bug, monkeypatch, seed, ge
     """Under Triton < 3.7, pass 2 of a softmax pixel term walked over class rows with
     squared (or soft-min) sums reads 8- or 16-bit labels widened to int32 where the
     logits' pixels are strided (that Triton cannot build its three walks there); every
-    other case (the product sums walk twice), and every case under a newer Triton, reads
-    the labels as given. The loss is right either way (walks forced here)."""
+    other case (the product sums walk twice, one tile does not walk), and every case under
+    a newer Triton, reads the labels as given. The loss is right either way (walks forced
+    here)."""
     from segtriton.kernels import _tiles, region
 
-    monkeypatch.setattr(region, "WALK_LABEL_BUG", bug)
+    monkeypatch.setattr(_tiles, "WALK_LABEL_BUG", bug)
     monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
     monkeypatch.setattr(_tiles, "CHUNK", (1, 16))
-    squared, product = region.SQUARED.value, region.PRODUCT.value
+    calls = record_calls(monkeypatch, "walk_labels", [region])
     x = torch.randn(2, 3, 4, 5, generator=gen).to(DEVICE)
     for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64):
         t = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE, dtype)
-        for logits, pixel, overlap, wide in (
-            (to_channels_last(x), region.PIXEL_SOFTMAX, squared, True),
-            (to_channels_last(x), region.PIXEL_SOFTMAX, product, False),
-            (x, region.PIXEL_SOFTMAX, squared, False),
-            (to_channels_last(x), region.PIXEL_SIGMOID, squared, False),
-            (to_channels_last(x[:, :1]), region.PIXEL_SOFTMAX, squared, False),  # one tile
+        for logits, squared, asks in (
+            (to_channels_last(x), True, True),
+            (to_channels_last(x), False, False),
+            (x, True, False),
+            (to_channels_last(x[:, :1]), True, False),  # one class tile
         ):
-            got = region._pass2_target(logits, t, pixel, overlap)
-            want = torch.int32 if bug and wide and dtype.itemsize < 4 else dtype
-            assert got.dtype == want and torch.equal(got.long(), t.long()), (dtype, pixel)
-    t = torch.randint(0, 3, (2, 4, 5), generator=gen).to(DEVICE, torch.uint8)
-    opts = {"label_smoothing": 0.1, "squared": True, "reduction": "sum"}
-    assert_matches(get("ce_dice"), to_channels_last(x), t, opts, torch.float32, seed)
+            calls.clear()
+            opts = {"label_smoothing": 0.1, "squared": squared, "reduction": "sum"}
+            assert_matches(get("ce_dice"), logits, t.clamp_max(logits.shape[1] - 1), opts,
+                           torch.float32, seed)  # fmt: skip
+            want = torch.int32 if bug and dtype.itemsize < 4 else dtype
+            assert [r[0].dtype for _, r in calls] == ([want] if asks else []), (dtype, opts)
 
 
 @pytest.mark.parametrize("mode", ["binary", "multilabel"])
