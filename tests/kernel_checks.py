@@ -211,6 +211,34 @@ def apart_from_predictions(entry, x, t, options, gap=1e-3):
     return g.reshape(t.shape).to(t.dtype)
 
 
+def lovasz_errors(entry, x, t, per_image, ignore_index=255):
+    """The rows of errors the reference sorts (float64), ignored entries dropped."""
+    x = x.double().cpu()
+    t = t.cpu()
+    if entry.name == "lovasz_hinge":
+        t = t.reshape(x.shape)
+        e = 1 - x * (2 * t - 1)
+        valid = t != ignore_index
+        rows = x.shape[0] if per_image else 1
+        e, valid = e.reshape(rows, -1), valid.reshape(rows, -1)
+    else:
+        p = torch.softmax(x, 1).flatten(2)
+        y = t.flatten(1)
+        fg = (y.unsqueeze(1) == torch.arange(x.shape[1]).view(1, -1, 1)).double()
+        e = (fg - p).abs().transpose(0, 1).flatten(1)  # [C, B * N] pooled
+        valid = (y != ignore_index).unsqueeze(0).expand(x.shape[1], -1, -1).flatten(1)
+        if per_image:
+            e = (fg - p).abs().flatten(0, 1)
+            valid = (y != ignore_index).repeat_interleave(x.shape[1], 0)
+    return [row[v] for row, v in zip(e, valid, strict=True)]
+
+
+def separated(s: torch.Tensor) -> bool:
+    """Neighbours differ by more than 1e-5 relative (fp32 errors sort as float64 ones)."""
+    scale = torch.maximum(s[1:].abs(), s[:-1].abs())
+    return bool((s.diff() > 1e-5 * scale + 1e-12).all())
+
+
 def _moved(x, b, c, s, step):
     """``x`` with the logits at image ``b``, class ``c``, flat pixel ``s`` (indices or index
     tensors) moved by ``step``, rounded to ``x``'s dtype, in ``x``'s layout."""

@@ -18,7 +18,9 @@ from kernel_checks import (
     assert_identity,
     assert_matches,
     kernel_cases,
+    lovasz_errors,
     run_with_grad,
+    separated,
     to_channels_last,
 )
 
@@ -30,42 +32,14 @@ ENTRIES = [get("lovasz_softmax"), get("lovasz_hinge")]
 D = torch.float64
 
 
-def _errors(entry, x, t, per_image, ignore_index=255):
-    """The rows of errors the reference sorts (float64), ignored entries dropped."""
-    x = x.double().cpu()
-    t = t.cpu()
-    if entry.name == "lovasz_hinge":
-        t = t.reshape(x.shape)
-        e = 1 - x * (2 * t - 1)
-        valid = t != ignore_index
-        rows = x.shape[0] if per_image else 1
-        e, valid = e.reshape(rows, -1), valid.reshape(rows, -1)
-    else:
-        p = torch.softmax(x, 1).flatten(2)
-        y = t.flatten(1)
-        fg = (y.unsqueeze(1) == torch.arange(x.shape[1]).view(1, -1, 1)).double()
-        e = (fg - p).abs().transpose(0, 1).flatten(1)  # [C, B * N] pooled
-        valid = (y != ignore_index).unsqueeze(0).expand(x.shape[1], -1, -1).flatten(1)
-        if per_image:
-            e = (fg - p).abs().flatten(0, 1)
-            valid = (y != ignore_index).repeat_interleave(x.shape[1], 0)
-    return [row[v] for row, v in zip(e, valid, strict=True)]
-
-
-def _separated(s: torch.Tensor) -> bool:
-    """Neighbours differ by more than 1e-5 relative (fp32 errors sort as float64 ones)."""
-    scale = torch.maximum(s[1:].abs(), s[:-1].abs())
-    return bool((s.diff() > 1e-5 * scale + 1e-12).all())
-
-
 def _tie_free_inputs(entry, shape, options, gen, tries=20):
     """fp32 inputs whose rows of errors have no near ties, or None after ``tries`` draws."""
     for _ in range(tries):
         x, t = make_inputs(entry, shape, options, torch.float32, gen, 0.2, device=DEVICE)
         if entry.name == "lovasz_softmax" and shape[1] == 1:
             return x, t  # p = 1: every error is 0 and the gradient is 0 in any order
-        rows = _errors(entry, x, t, options.get("per_image", False))
-        if all(_separated(row.sort().values) for row in rows):
+        rows = lovasz_errors(entry, x, t, options.get("per_image", False))
+        if all(separated(row.sort().values) for row in rows):
             return x, t
     return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_checks import lovasz_errors, separated
 
 from segtriton import reference as ref
 from segtriton.registry import LOSSES, LossEntry, fit_variant, get, make_inputs
@@ -71,16 +72,26 @@ def test_registry_covers_every_module():
 @pytest.mark.parametrize("ignore", [False, True], ids=["all-valid", "ignore"])
 @pytest.mark.parametrize(("entry", "options"), CASES)
 def test_gradcheck_float64(entry, options, ignore, gen):
+    """Finite differences against the autograd gradient. A Lovasz loss (a subgradient
+    that depends on the sort order of its errors) is drawn again until no two errors of
+    a row lie within 1e-5 of each other: a difference step across a swap measures the
+    kink, not the gradient (a pooled row with a gap of 7.8e-7 failed CI once)."""
     opts = _options(entry, options, ignore)
-    x, t = make_inputs(
-        entry,
-        _shape(entry, opts),
-        opts,
-        torch.float64,
-        gen,
-        ignore_frac=0.3 if ignore else 0.0,
-        soft=entry.soft,
-    )
+    for _ in range(20):
+        x, t = make_inputs(
+            entry,
+            _shape(entry, opts),
+            opts,
+            torch.float64,
+            gen,
+            ignore_frac=0.3 if ignore else 0.0,
+            soft=entry.soft,
+        )
+        if entry.grad_weights is None:
+            break
+        rows = lovasz_errors(entry, x, t, opts.get("per_image", False))
+        if all(separated(row.sort().values) for row in rows):
+            break
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda z: entry.reference(z, t, **opts), (x,), eps=1e-6, atol=1e-6, rtol=1e-4
