@@ -13,6 +13,7 @@ from kernel_checks import (
     CASE_ARGS,
     DEVICE,
     assert_matches,
+    force_walk_label_bug,
     kernel_cases,
     record_calls,
     to_channels_last,
@@ -410,7 +411,7 @@ def test_hd_dt_labels_under_the_triton_3_6_layout_bug(walk_bug, monkeypatch, see
     are right either way (walks forced here, whatever tests/conftest.py chose)."""
     from segtriton.kernels import _tiles, boundary
 
-    monkeypatch.setattr(_tiles, "WALK_LABEL_BUG", walk_bug)
+    force_walk_label_bug(monkeypatch, walk_bug)
     monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
     monkeypatch.setattr(_tiles, "CHUNK", (1, 512))
     calls = record_calls(monkeypatch, "walk_labels", [boundary])

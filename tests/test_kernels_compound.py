@@ -15,6 +15,7 @@ from kernel_checks import (
     CASE_ARGS,
     DEVICE,
     assert_matches,
+    force_walk_label_bug,
     kernel_cases,
     kernels_of,
     on_two_gloo_ranks,
@@ -68,7 +69,7 @@ def test_pass2_labels_under_the_triton_3_6_layout_bug(bug, monkeypatch, seed, ge
     here)."""
     from segtriton.kernels import _tiles, region
 
-    monkeypatch.setattr(_tiles, "WALK_LABEL_BUG", bug)
+    force_walk_label_bug(monkeypatch, bug)
     monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
     monkeypatch.setattr(_tiles, "CHUNK", (1, 16))
     calls = record_calls(monkeypatch, "walk_labels", [region])
