@@ -28,7 +28,10 @@ def rows_from_pytest_benchmark(path: Path) -> tuple[list[dict], dict]:
     the interquartile range (p25/p75), stored in the p20/p80 columns and so labelled. Its
     rows were not checked against float64 in that run (``passed`` is None), so they are
     charted but never recommended."""
-    data = json.loads(path.read_text())
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(f"{path} is empty: its pytest --benchmark run stopped before writing it")
+    data = json.loads(text)
     rows = []
     for bench in data["benchmarks"]:
         info, stats = bench.get("extra_info", {}), bench["stats"]

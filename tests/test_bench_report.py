@@ -142,6 +142,14 @@ def test_pytest_benchmark_rows_are_charted_never_recommended(tmp_path):
     assert report.recommendations(df).empty
 
 
+def test_an_empty_benchmark_json_is_named(tmp_path):
+    """A pytest --benchmark run stopped at its time cap leaves its JSON file empty."""
+    empty = tmp_path / "bench.json"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"bench\.json is empty"):
+        report.load_runs([empty])
+
+
 def test_the_report_counts_interpreter_rows(tmp_path):
     rows = [
         _row("triton", "2x3x4x4", NAN, timer="not measured (Triton interpreter)"),
