@@ -27,17 +27,18 @@
 #                         printed), the `targets` preset with Triton, eager and Berman
 #                         (until 252 s), the confusion-matrix and distance-transform
 #                         benchmarks (until 297 s), torch.compile rows (bf16) of the
-#                         COMPILE_FIRST losses (until 381 s), CE and Dice (bf16) under each
-#                         of LEASE_VARIANTS (22 s each) against the default rows, the
-#                         signed-map and Lovasz-sort benchmarks (until 492 s), then the
-#                         other compile rows until LIMIT - 20; the report's "Issue
-#                         targets" table says what was met. At most 8 files of $OUT come
-#                         back and the lease writes 6: add at most the call's own log (the rows,
-#                         report and benchmark JSON travel in sweep.tgz). Rows and JSON
-#                         stay in out/targets for a second call made at once, while the
-#                         machine is warm (about 3 minutes of the budget are left after a
-#                         600 s call and the start): `LIMIT=150 SWEEP_DIR=out/targets bash
-#                         bench/gpu_run.sh sweep targets --providers compile --resume`
+#                         COMPILE_FIRST losses (until 381 s), CE, softmax focal and Dice
+#                         (bf16) under each of LEASE_VARIANTS (28 s each) against the
+#                         default rows, the signed-map and Lovasz-sort benchmarks (until
+#                         492 s), then the other compile rows until LIMIT - 20; the
+#                         report's "Issue targets" table says what was met. At most 8
+#                         files of $OUT come back and the lease writes 6: add at most the
+#                         call's own log (the rows, report and benchmark JSON travel in
+#                         sweep.tgz). Rows and JSON stay in out/targets for a second call
+#                         made at once, while the machine is warm (about 3 minutes of the
+#                         budget are left after a 600 s call and the start): `LIMIT=150
+#                         SWEEP_DIR=out/targets bash bench/gpu_run.sh sweep targets
+#                         --providers compile --resume`
 # Each stage stops at LIMIT seconds (default 500; exit 124 in a log) so the logs come back.
 # A sweep longer than one call: `SWEEP_DIR=out/standard bash bench/gpu_run.sh sweep standard
 # --resume` in as many calls as it needs (out/ is ignored and stays on the warm machine;
@@ -126,12 +127,13 @@ run_bench() {  # CAP [pytest -k expression [JSON]]; the log is appended to
 }
 
 # the kernel knobs the lease compares with the defaults (walks over class rows: 1 class by
-# 512 pixels), NAME:VAR=VALUE[+VAR=VALUE...]. On the H200 (2026-12-04) walks of 1024 and
-# 2048 pixels and chunks of 2-16 classes were slower, and the whole-class tiles that were
-# the default before 2.6-7x slower (2026-12-04-lease2). The targets read int64 labels:
-# under Triton < 3.7 unrolled walks do not build on 8- or 16-bit ones (WALK_LABEL_BUG)
-LEASE_VARIANTS="unroll4:SEGTRITON_UNROLL=4"
-LEASE_VARIANTS+=" walk256:SEGTRITON_CHUNK=1,256 s3:SEGTRITON_STAGES=3"
+# 512 pixels; the CE / softmax focal walks unrolled 4 times, the others plain),
+# NAME:VAR=VALUE[+VAR=VALUE...]. On the H200 (2026-12-04) walks of 256, 1024 and 2048
+# pixels, chunks of 2-16 classes and STAGES 3 were slower or mixed, the whole-class tiles
+# of the first design 2.6-7x slower, and every walk unrolled 4 times made CE 7-13% faster
+# and Dice 12-13% slower (2026-12-04-lease3). The targets read int64 labels: under Triton
+# < 3.7 unrolled walks do not build on 8- or 16-bit ones (WALK_LABEL_BUG)
+LEASE_VARIANTS="unroll1:SEGTRITON_UNROLL=1 unroll4:SEGTRITON_UNROLL=4"
 
 # the losses whose torch.compile rows the lease times first (the preset's order puts CE +
 # Dice last): a row compiles for 15-30 s, and on 2026-12-04 the lease's cap stopped the
@@ -149,8 +151,8 @@ run_lease() {
     SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT * 68 / 100))) run_sweep targets \
         --providers compile --dtypes bf16 --losses "$COMPILE_FIRST" --reps 20 --resume \
         > /dev/null
-    variant_runs "$dir/variants" $((LIMIT * 4 / 100)) "$LEASE_VARIANTS" --preset targets \
-        --losses cross_entropy,dice --dtypes bf16 --reps 20
+    variant_runs "$dir/variants" $((LIMIT * 5 / 100)) "$LEASE_VARIANTS" --preset targets \
+        --losses cross_entropy,softmax_focal,dice --dtypes bf16 --reps 20
     for v in $LEASE_VARIANTS; do  # against the default rows of the targets sweep
         v=${v%%:*}
         [ -f "$dir/variants/$v/rows.json" ] && [ -f "$dir/rows.json" ] &&

@@ -213,13 +213,14 @@ def _label_step(s_other, x_y, w_sum, swx, xc, ec, rescale, is_y, wc, cmask):
 @triton.jit
 def _softmax_walk_sums(
     x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs,
-    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
-    """:func:`_softmax_tile_sums` streamed over class chunks of BLOCK_C (online softmax):
-    per pixel ``(m, s, s_other, x_y, W, sum_c w_c (m - x_c))``, ``W = sum_c w_c``."""
+    """:func:`_softmax_tile_sums` streamed over class chunks of BLOCK_C (online softmax,
+    the loop unrolled UNROLL times): per pixel ``(m, s, s_other, x_y, W, sum_c w_c (m -
+    x_c))``, ``W = sum_c w_c``."""
     m, s, s_other, x_y, swx = _walk_start(offs_p)
     w_sum = 0.0
-    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=UNROLL):
         offs_c = c0 + offs_c0
         xc, cmask, m, s, ec, rescale = _online_step(
             m, s, x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs
@@ -238,10 +239,11 @@ def _softmax_tile(
     IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr, MEAN: tl.constexpr,
     DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    BLOCK_P: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
-    with PER_PIXEL; its gradient written with WRITE_GRAD."""
+    with PER_PIXEL; its gradient written with WRITE_GRAD (class walks unrolled UNROLL
+    times)."""
     ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
     # the label's class factor: CE weight w_y or focal alpha_y (a vector), else a scalar
     if HAS_W:
@@ -262,8 +264,9 @@ def _softmax_tile(
         )
     else:
         m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
-            x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C
-        )
+            x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C,
+            UNROLL,
+        )  # fmt: skip
     loss, k, t = _softmax_terms(
         x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
     )
@@ -290,7 +293,7 @@ def _softmax_tile(
                 mask=cmask[:, None] & pmask[None, :],
             )
         else:
-            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=UNROLL):
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
                 xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
@@ -353,6 +356,7 @@ def _softmax_loss_kernel(
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
 
@@ -374,7 +378,7 @@ def _softmax_loss_kernel(
             b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
             sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
             IS_FOCAL, HAS_W, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN, SINGLE,
-            BLOCK_C, BLOCK_P,
+            BLOCK_C, BLOCK_P, UNROLL,
         )  # fmt: skip
     if WRITE_LOSS and not PER_PIXEL:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

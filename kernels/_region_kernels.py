@@ -271,8 +271,9 @@ def _softmax_walk_term(
     and the term's ``(loss, divisor, K, t, eps / C, W)`` per pixel (:func:`_softmax_pixel`;
     ``W`` the sum of the class factors)."""
     m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
-        x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C
-    )
+        x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C,
+        WALK_UNROLL,
+    )  # fmt: skip
     loss, den, k, t, eps_c = _softmax_pixel(
         x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr,
         smoothing, gamma, scale, IS_FOCAL, HAS_W,

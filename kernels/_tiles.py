@@ -80,15 +80,19 @@ def _max_single_c() -> int:
     return _knob_in("SEGTRITON_MAX_SINGLE_C", 1, 1, 256)
 
 
-def _unroll() -> int:
-    """Unroll factor of the pixel-wise and region kernels' walks over class chunks
-    (``tl.range(loop_unroll_factor=...)``): 1 (none) unless ``SEGTRITON_UNROLL`` says
-    (1 to 8), read once at import, to be compared on a GPU (``bench/gpu_run.sh lease``).
-    A plain CE kernel walking class rows by 256 or 1024 pixels on an H200 ran 1.02-1.19x
-    faster with its class loop unrolled 4 times (``bench/probe.py``, 2026-12-04). Under
-    Triton < 3.7 unrolled walks do not build on 8- or 16-bit labels
-    (``_runtime.WALK_LABEL_BUG``); int32 and int64 labels build."""
-    return _knob_in("SEGTRITON_UNROLL", 1, 1, 8)
+def _unroll() -> tuple[int, int]:
+    """Unroll factors of the class walks (``tl.range(loop_unroll_factor=...)``), ``(the CE
+    / softmax focal kernel's, every other walk's)``: ``(4, 1)`` unless ``SEGTRITON_UNROLL``
+    names one factor for all (1 to 8), read once at import. On an H200 (bf16 fwd+bwd at
+    the targets' shapes, CUDA-graph replays, 2026-12-04-lease3) unrolling every walk 4 times
+    took CE from 0.252 and 1.93 ms to 0.234 and 1.68 ms and Dice from 0.474 and 3.77 ms to
+    0.537 and 4.22 ms; ``bench/probe.py`` had found a plain CE walk 1.02-1.19x faster
+    unrolled. Under Triton < 3.7 unrolled walks do not build on 8- or 16-bit labels
+    (``_runtime.WALK_LABEL_BUG``): see :func:`softmax_unroll`."""
+    if "SEGTRITON_UNROLL" in os.environ:
+        factor = _knob_in("SEGTRITON_UNROLL", 1, 1, 8)
+        return factor, factor
+    return 4, 1
 
 
 MAX_TILE = _max_tile()
@@ -97,9 +101,21 @@ TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = _chunk()  # (BLOCK_C, BLOCK_P) when classes are streamed
 _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
-UNROLL = _unroll()
+UNROLL = _unroll()  # (the CE / softmax focal walks, every other walk)
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
-WALK_UNROLL = tl.constexpr(None if UNROLL == 1 else UNROLL)
+WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
+
+
+def softmax_unroll(labels: torch.Tensor, pixel_stride: int) -> int | None:
+    """The ``loop_unroll_factor`` of the CE / softmax focal kernel's class walks for a
+    launch reading ``labels`` and logits whose pixels lie ``pixel_stride`` apart:
+    ``UNROLL[0]`` (None for 1) on contiguous pixels (the layout timed), else None. None
+    too where an unrolled walk does not build (8- or 16-bit labels under Triton < 3.7,
+    ``_runtime.WALK_LABEL_BUG``). Compiled for sm_90 under Triton 3.6, unrolled
+    channels_last walks reached 128 registers and spilled 16-24 bytes."""
+    if UNROLL[0] == 1 or pixel_stride != 1 or (WALK_LABEL_BUG and labels.element_size() < 4):
+        return None
+    return UNROLL[0]
 
 
 def _spatial_merges(x: torch.Tensor) -> bool:

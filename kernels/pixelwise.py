@@ -85,6 +85,7 @@ from ._tiles import (
     pixel_view,
     program_count,
     scale_grad,
+    softmax_unroll,
     spatial_size,
     sum_partials,
     tile_chunks,
@@ -227,6 +228,7 @@ def _softmax_launch(
         STAGES=STAGES,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
+        UNROLL=softmax_unroll(y, sxs),
         num_warps=num_warps_for(block_c, block_p),
     )
     return loss

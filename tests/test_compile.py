@@ -116,8 +116,8 @@ def test_tile_size_knob():
         (
             "SEGTRITON_UNROLL",
             "from segtriton.kernels._tiles import UNROLL, WALK_UNROLL\n"
-            "print(UNROLL, WALK_UNROLL.value)",
-            (("1", ["1", "None"]), ("4", ["4", "4"])),
+            "print(*UNROLL, WALK_UNROLL.value)",
+            (("1", ["1", "1", "None"]), ("4", ["4", "4", "4"])),
             "0",
         ),
     ],
@@ -125,9 +125,9 @@ def test_tile_size_knob():
 )
 def test_integer_knobs(name, code, cases, bad):
     """SEGTRITON_STAGES > 1 turns on the pipelined loops (8 tiles per program), 1 keeps one
-    tile per program; SEGTRITON_UNROLL sets the class walks' unroll factor (1, the
-    default, leaves the loops plain: no unroll attribute). Both take 1 to 8 and refuse
-    other values by name."""
+    tile per program; SEGTRITON_UNROLL sets every class walk's unroll factor (1 leaves the
+    loops plain: no unroll attribute; unset, the CE / softmax focal walks take 4 and the
+    others 1). Both take 1 to 8 and refuse other values by name."""
 
     def run(value: str) -> subprocess.CompletedProcess:
         env = {**os.environ, name: value}

@@ -19,8 +19,10 @@ from kernel_checks import (
     DTYPES,
     apart_at_topk,
     assert_matches,
+    force_walk_label_bug,
     kernel_cases,
     kernels_of,
+    record_calls,
     to_channels_last,
     variants_at,
 )
@@ -363,3 +365,29 @@ def test_ohem_radix_select_equals_a_sort(gen):
                 )
                 assert torch.equal(labels.cpu().long(), want), (trial, min_kept, max_nll)
                 assert int(n_kept) == int(kept.sum())
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_softmax_walks_unroll_where_the_labels_let_them(bug, monkeypatch, seed, gen):
+    """The CE / softmax focal class walks unroll ``UNROLL[0]`` times (4 unless
+    SEGTRITON_UNROLL says) on contiguous pixels, but walk plainly on channels_last logits
+    and on 8- or 16-bit labels under a Triton that cannot build an unrolled walk there
+    (``WALK_LABEL_BUG``); the loss is right either way (walks forced here)."""
+    from segtriton.kernels import _tiles, pixelwise
+
+    force_walk_label_bug(monkeypatch, bug)
+    monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
+    monkeypatch.setattr(_tiles, "CHUNK", (1, 16))
+    monkeypatch.setattr(_tiles, "UNROLL", (4, 1))
+    calls = record_calls(monkeypatch, "softmax_unroll", [pixelwise])
+    x = torch.randn(2, 5, 4, 7, generator=gen).to(DEVICE)
+    for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64):
+        t = torch.randint(0, 5, (2, 4, 7), generator=gen).to(DEVICE, dtype)
+        for logits in (x, to_channels_last(x)):
+            calls.clear()
+            opts = {"label_smoothing": 0.1}
+            assert_matches(get("cross_entropy"), logits, t, opts, torch.float32, seed)
+            plain = (bug and dtype.itemsize < 4) or logits is not x
+            assert calls and all(r == (None if plain else 4) for _, r in calls), (dtype, calls)
+    monkeypatch.setattr(_tiles, "UNROLL", (1, 1))
+    assert _tiles.softmax_unroll(torch.zeros(3, dtype=torch.int64), 1) is None

@@ -35,7 +35,7 @@ from segtriton.kernels import _tiles
 from segtriton.registry import fit_variant, get, make_inputs
 
 knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
-knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, _tiles.UNROLL)
+knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, *_tiles.UNROLL)
 assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
@@ -102,20 +102,29 @@ def test_random_options_under_the_default_tiles():
 @pytest.mark.parametrize(
     ("knobs", "expected"),
     [
-        ({}, (1, 1, 2048, 1, 1, 512, 1)),
+        ({}, (1, 1, 2048, 1, 1, 512, 4, 1)),
         (
             {"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"},
-            (1, 1, 2048, 256, 32, 64, 1),
+            (1, 1, 2048, 256, 32, 64, 4, 1),
         ),
-        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512, 1)),
+        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512, 4, 1)),
         (
             {"SEGTRITON_MAX_TILE": "8192", "SEGTRITON_MAX_SINGLE_C": "256"},
-            (1, 1, 8192, 256, 1, 512, 1),
+            (1, 1, 8192, 256, 1, 512, 4, 1),
         ),
-        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 1)),
-        ({"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"}, (1, 1, 2048, 1, 2, 256, 4)),
+        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 4, 1)),
+        ({"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"}, (1, 1, 2048, 1, 2, 256, 4, 4)),
+        ({"SEGTRITON_UNROLL": "1"}, (1, 1, 2048, 1, 1, 512, 1, 1)),
     ],
-    ids=["defaults", "whole_class_tiles", "stages3", "tile8192", "streamed8x256", "unroll4"],
+    ids=[
+        "defaults",
+        "whole_class_tiles",
+        "stages3",
+        "tile8192",
+        "streamed8x256",
+        "unroll4",
+        "unroll1",
+    ],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
     env = _child_env(knobs)
