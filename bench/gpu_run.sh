@@ -16,10 +16,11 @@
 #                         against 2048: the GPU check of the tile rule chosen from
 #                         the sm_90 compile report
 #   all [PRESET]          tests, a sweep (default quick) and bench, each with a time cap
-#   probe [TESTS...]      bench/probe.py (per-kernel times under the profiler, plain CE
-#                         with tile reductions and with class-row walks, the copy rate of
-#                         each tile shape, the tile knobs against the defaults), then the
-#                         named test modules or node ids, if any; PROBE_STAGES
+#   probe [TESTS...]      bench/probe.py (per-kernel times under the profiler, the host's
+#                         time per call and what takes it; with PROBE_STAGES also plain
+#                         CE with tile reductions and with class-row walks, the copy rate
+#                         of each tile shape, the tile knobs against the defaults), then
+#                         the named test modules or node ids, if any; PROBE_STAGES
 #                         (comma-separated) picks stages, PROBE_SHARE (default 55) is
 #                         the percentage of LIMIT the probe takes (knobs: that less 25)
 #   lease                 what one call of a 15-minute device budget can hold (LIMIT default
@@ -204,7 +205,7 @@ case "$STAGE" in
     lease) run_lease ;;
     probe)  # where the time goes (bench/probe.py), then the GPU tests named after it
         timeout "$((LIMIT * ${PROBE_SHARE:-55} / 100))" python3 -m segtriton.bench.probe \
-            --stages "${PROBE_STAGES:-kernels,work,pattern,knobs}" \
+            --stages "${PROBE_STAGES:-kernels,host}" \
             --knobs-cap "$((LIMIT * (${PROBE_SHARE:-55} - 25) / 100))" > "$OUT/probe.log" 2>&1
         echo "probe: exit $?" >> "$OUT/probe.log"
         cat "$OUT/probe.log"

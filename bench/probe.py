@@ -13,15 +13,21 @@ Three measurements, each printed as it finishes (CUDA only):
   as a fraction of the measured copy bandwidth: what the tile shape alone allows;
 - ``knobs``: forward + backward of each (loss, shape) in a fresh process per setting of
   the tile knobs read at import (``SEGTRITON_MAX_TILE``, ``SEGTRITON_MAX_SINGLE_C``,
-  ``SEGTRITON_CHUNK``, ``SEGTRITON_STAGES``), against the defaults.
+  ``SEGTRITON_CHUNK``, ``SEGTRITON_STAGES``), against the defaults;
+- ``host``: the host's time per forward + backward (calls enqueued back to back, one
+  sync at the end) and the CPU ops that take it under ``torch.profiler``: at C = 19 a
+  call took 0.9 ms timed with CUDA events and 0.25 ms replayed from a CUDA graph
+  (2026-12-04-lease3), so most of it is host time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import functools
 import json
 import os
+import pstats
 import subprocess
 import sys
 import time
@@ -43,6 +49,8 @@ CASES = [
     ("cross_entropy", (16, 150, 512, 512)),
     ("dice", (8, 19, 512, 1024)),
     ("dice", (16, 150, 512, 512)),
+    ("ce_dice", (8, 19, 512, 1024)),
+    ("ce_dice", (16, 150, 512, 512)),
 ]
 # 2026-12-04 (H200): walks of one class by 512 pixels (now the default) beat whole-class
 # tiles 2.5-7x, walks of 1024 or 2048 pixels and chunks of 2-16 classes
@@ -52,7 +60,7 @@ KNOBS = [
     {"SEGTRITON_CHUNK": "1,256"},
     {"SEGTRITON_STAGES": "3"},
 ]
-STAGES = ("kernels", "work", "pattern", "knobs")
+STAGES = ("kernels", "work", "pattern", "knobs", "host")
 
 
 def _step(name: str, shape: tuple[int, ...], device: str = "cuda"):
@@ -223,6 +231,49 @@ def work(bandwidth: float, shapes: Sequence[Shape] = SHAPES, device: str = "cuda
                   f"{ms:7.3f} ms {pct:5.1f}%{'' if ok else ' LOSS OFF'}")  # fmt: skip
 
 
+def host(cases: Sequence = CASES, device: str = "cuda", calls: int = 20) -> None:
+    """Host time of one forward + backward per (loss, shape): the CPU wall time of ``calls``
+    steps enqueued back to back over their count, then, over 5 steps each, the CPU ops
+    with the most self time under ``torch.profiler`` and the Python functions with the
+    most own time under ``cProfile``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    print("\nhost time per fwd+bwd (calls enqueued back to back), top CPU ops by self time")
+    for name, shape in cases:
+        step, _ = _step(name, shape, device)
+        for _ in range(3):
+            step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        host_us = (time.perf_counter() - start) / calls * 1e6
+        sync()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                step()
+            sync()
+        print(f"{name} {'x'.join(map(str, shape))}: {host_us:.0f} us per call", flush=True)
+        ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        for ev in ops[:8]:
+            print(f"  {ev.self_cpu_time_total / 5:8.1f} us  x{ev.count // 5:<3d} {ev.key[:80]}")
+        python = cProfile.Profile()
+        for _ in range(5):
+            python.runcall(step)
+        sync()
+        print("  Python functions by own time (us per call, cProfile: slowed by the profiler):")
+        stats = pstats.Stats(python).stats  # {(file, line, function): (cc, nc, tt, ct, callers)}
+        for (file, line, func), (_, calls_, own, _, _) in sorted(
+            stats.items(), key=lambda item: item[1][2], reverse=True
+        )[:8]:
+            where = f"{os.path.basename(file)}:{line}({func})"
+            print(f"  {own / 5 * 1e6:8.1f} us  x{calls_ // 5:<3d} {where[:80]}")
+
+
 def knob_case() -> None:
     """One process's share of ``knobs``: each case's median fwd+bwd time, as JSON."""
     out = {}
@@ -286,6 +337,8 @@ def main() -> None:
         pattern(bandwidth)
     if "knobs" in stages:
         knobs(args.knobs_cap)
+    if "host" in stages:
+        host()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ times the same work both ways; in the interpreter on CPU, compiled on a GPU."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from kernel_checks import DEVICE
@@ -38,3 +40,15 @@ def test_work_and_pattern_stages_run_through(capsys):
     assert "LOSS OFF" not in out
     assert out.count("C=  3 rows") == 8 and out.count("C=  3 tile") == 3
     assert out.count("C=  3 BLOCK_C=") == 15  # 32 x 1024 passes the 16384 elements
+
+
+def test_host_stage_runs_through(capsys):
+    """The probe's ``host`` stage at a small shape: each case prints its host time per
+    call, the CPU ops and the Python functions that took it."""
+    probe.host([("cross_entropy", (1, 3, 4, 5)), ("ce_dice", (1, 3, 4, 5))], DEVICE, calls=2)
+    out = capsys.readouterr().out
+    times = re.findall(r"^(cross_entropy|ce_dice) 1x3x4x5: (\d+) us per call$", out, re.M)
+    assert [name for name, _ in times] == ["cross_entropy", "ce_dice"], out
+    assert all(int(us) > 0 for _, us in times)
+    assert len(re.findall(r"^ +[\d.]+ us  x\d+ ", out, re.M)) >= 4, out
+    assert out.count("Python functions by own time") == 2 and ".py:" in out, out
