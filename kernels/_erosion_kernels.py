@@ -9,6 +9,11 @@ a fixed order. Level k stores ``r_k =
 d_k - 1/2`` (float32, unclamped: ``e_k = max(r_k, 0)``, and ``r_k >= 0`` is where the
 erosion lets the gradient through); ``b_k``, which needs the unit's min and max of
 ``e_k``, is formed where it is read, by the next level.
+
+Divisions are IEEE-rounded (``tl.math.div_rn``): Triton compiles a float32 ``/`` to
+``div.full.f32`` (within 2 ulp) or, by a constant under Triton 3.9, to a reciprocal and a
+product, which can move a value across ``d_k = 1/2`` or off a map's max where float32
+torch and the interpreter, rounding each division once, do not.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ def _scaled(r, lo, hi):
     """``b = (e - lo) / (hi - lo)``, or ``e`` where ``hi == lo``, with ``e = max(r, 0)``."""
     e = _eroded(r)
     spread = hi - lo
-    return tl.where(spread != 0, (e - lo) / tl.where(spread != 0, spread, 1.0), e)
+    return tl.where(spread != 0, tl.math.div_rn(e - lo, tl.where(spread != 0, spread, 1.0)), e)
 
 
 @triton.jit
@@ -99,7 +104,7 @@ def _erosion_level_kernel(
         for k in tl.static_range(1 if THREE_D else 3, 7):
             off, inside = _cross_neighbour(z, y, x, D0, D1, D2, k)
             acc += _bound_at(src, i + off, live & inside, lo, hi, FIRST)
-        r = acc / (7.0 if THREE_D else 5.0) - 0.5
+        r = tl.math.div_rn(acc, 7.0 if THREE_D else 5.0) - 0.5
         tl.store(dst + i, r, mask=live)
         e = _eroded(r)
         nan = tl.max((live & (e != e)).to(tl.int32), axis=1) > 0
@@ -147,7 +152,7 @@ def _erosion_grad_kernel(
         for k in tl.static_range(1 if THREE_D else 3, 7):
             off, inside = _cross_neighbour(z, y, x, D0, D1, D2, k)
             g += _through(u_next, r_next, i + off, live & inside, lo1, hi1, c_lo, c_hi)
-        g = g / (7.0 if THREE_D else 5.0)
+        g = tl.math.div_rn(g, 7.0 if THREE_D else 5.0)
     if BOTTOM:
         err = tl.load(err_ptr + i, mask=live, other=0.0)
         tl.store(u_out + i, 2 * g * err, mask=live)
@@ -167,7 +172,7 @@ def _erosion_grad_kernel(
         e = _eroded(r)
         spread = hi - lo
         b = _scaled(r, lo, hi)
-        du = tl.where(spread != 0, g / tl.where(spread != 0, spread, 1.0), g)
+        du = tl.where(spread != 0, tl.math.div_rn(g, tl.where(spread != 0, spread, 1.0)), g)
         tl.store(u_out + i, tl.where(r >= 0, du, 0.0), mask=live)
         gl = tl.where(live, g, 0.0)
         alive = tl.reshape(unit, [BLOCK_U])
