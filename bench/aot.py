@@ -62,6 +62,7 @@ class CompiledKernel:
     local_bytes: int
     shared_bytes: int
     barriers: int = 0  # bar.sync instructions in the PTX: static syncs across the warps
+    approx_divisions: int = 0  # div.full / div.approx in the PTX: float32 / within 2 ulp
 
 
 class _CompileOnlyDriver:
@@ -130,11 +131,21 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
             regs, local = resource_usage(kernel.asm["cubin"])
             sig = ",".join(f"{k}:{v}" for k, v in kernel.src.signature.items() if v != "constexpr")
             meta = kernel.metadata
-            barriers = len(re.findall(r"\bbar(?:rier)?\.sync\b", kernel.asm["ptx"]))
+            ptx = kernel.asm["ptx"]
+            barriers = len(re.findall(r"\bbar(?:rier)?\.sync\b", ptx))
+            approx = len(re.findall(r"\bdiv\.(?:full|approx)\.", ptx))
             rows.append(
                 CompiledKernel(
-                    self.__name__, "", sig, meta.num_warps, regs, local, meta.shared, barriers
-                )
+                    self.__name__,
+                    "",
+                    sig,
+                    meta.num_warps,
+                    regs,
+                    local,
+                    meta.shared,
+                    barriers,
+                    approx,
+                )  # fmt: skip
             )
         return kernel
 

@@ -86,6 +86,32 @@ def test_kernels_compile_for_sm90_on_any_machine():
     assert all(r["barriers"] > 0 for r in rows if r["kernel"] == "_softmax_loss_kernel"), rows
 
 
+_COMPILE_HD_ER = """
+import dataclasses, json, torch
+from segtriton.bench import aot
+case = aot.CompileCase("hausdorff_er", {"iterations": 2}, (2, 2, 4, 5, 6), torch.float32,
+                       torch.int64, False)
+with aot.compile_only(90) as rows:
+    aot.run_case(case)
+print(json.dumps([dataclasses.asdict(r) for r in rows]))
+"""
+
+
+def test_the_erosion_kernels_divide_with_ieee_rounding():
+    """The erosion Hausdorff kernels, which keep ties and the ``d_k = 1/2`` threshold as
+    float32 torch does, compile with no ``div.full`` or ``div.approx`` (Triton's float32
+    ``/`` without ``tl.math.div_rn``) in their PTX."""
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_HD_ER],
+        capture_output=True, text=True, timeout=600, env=env_without_interpreter(),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    erosion = {"_erosion_level_kernel", "_erosion_grad_kernel"}
+    assert erosion <= {r["kernel"] for r in rows}, rows
+    assert all(r["approx_divisions"] == 0 for r in rows if r["kernel"] in erosion), rows
+
+
 def _variant(case: aot.CompileCase, options: dict) -> bool:
     """Whether ``case`` runs the variant ``options`` (its class vectors repeated to the
     case's C, with a reduction added or not)."""
