@@ -27,7 +27,6 @@ import cProfile
 import functools
 import json
 import os
-import pstats
 import subprocess
 import sys
 import time
@@ -266,12 +265,15 @@ def host(cases: Sequence = CASES, device: str = "cuda", calls: int = 20) -> None
             python.runcall(step)
         sync()
         print("  Python functions by own time (us per call, cProfile: slowed by the profiler):")
-        stats = pstats.Stats(python).stats  # {(file, line, function): (cc, nc, tt, ct, callers)}
-        for (file, line, func), (_, calls_, own, _, _) in sorted(
-            stats.items(), key=lambda item: item[1][2], reverse=True
-        )[:8]:
-            where = f"{os.path.basename(file)}:{line}({func})"
-            print(f"  {own / 5 * 1e6:8.1f} us  x{calls_ // 5:<3d} {where[:80]}")
+        for entry in sorted(python.getstats(), key=lambda e: -e.inlinetime)[:8]:
+            code = entry.code  # a code object, or a built-in's description
+            where = (
+                code
+                if isinstance(code, str)
+                else f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}({code.co_name})"
+            )
+            own_us = entry.inlinetime / 5 * 1e6
+            print(f"  {own_us:8.1f} us  x{entry.callcount // 5:<3d} {where[:80]}")
 
 
 def knob_case() -> None:
