@@ -70,8 +70,7 @@ def _sigmoid_pq(x):
 def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: tl.constexpr):
     """Per pixel ``(m, 1/s)``: the max logit and the inverse sum of ``exp(x - m)``, streamed
     over class chunks (online softmax)."""
-    m = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
-    s = tl.zeros([offs_p.shape[0]], tl.float32)
+    m, s, _, _, _ = _walk_start(offs_p)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         _, _, m, s, _, _ = _online_step(
             m, s, x_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs

@@ -106,6 +106,12 @@ UNROLL = _unroll()  # (the CE / softmax focal walks, every other walk)
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
 
 
+def _narrow_walk_bug(labels: torch.Tensor) -> bool:
+    """Whether this Triton cannot build a class walk that compares with ``labels``: 8- or
+    16-bit labels under Triton < 3.7 (``_runtime.WALK_LABEL_BUG``)."""
+    return WALK_LABEL_BUG and labels.element_size() < 4
+
+
 def softmax_unroll(labels: torch.Tensor, pixel_stride: int) -> int | None:
     """The ``loop_unroll_factor`` of the CE / softmax focal kernel's class walks for a
     launch reading ``labels`` and logits whose pixels lie ``pixel_stride`` apart:
@@ -113,7 +119,7 @@ def softmax_unroll(labels: torch.Tensor, pixel_stride: int) -> int | None:
     too where an unrolled walk does not build (8- or 16-bit labels under Triton < 3.7,
     ``_runtime.WALK_LABEL_BUG``). Compiled for sm_90 under Triton 3.6, unrolled
     channels_last walks reached 128 registers and spilled 16-24 bytes."""
-    if UNROLL[0] == 1 or pixel_stride != 1 or (WALK_LABEL_BUG and labels.element_size() < 4):
+    if UNROLL[0] == 1 or pixel_stride != 1 or _narrow_walk_bug(labels):
         return None
     return UNROLL[0]
 
@@ -181,7 +187,7 @@ def walk_labels(
     rows where Triton < 3.7 cannot build that walk on 8- or 16-bit labels
     (``_runtime.WALK_LABEL_BUG``): there such labels widened to int32 (a copy of the
     labels, never of the logits), else as given. The caller says where it is needed."""
-    if not WALK_LABEL_BUG or t.element_size() >= 4:
+    if not _narrow_walk_bug(t):
         return t, strides
     t, stb, sts = label_view(t.squeeze(1).to(torch.int32))
     return t, (*strides[:3], stb, 0, sts)

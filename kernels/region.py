@@ -197,11 +197,11 @@ def _region_grad(
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
-    if pixel == PIXEL_SOFTMAX and overlap != PRODUCT.value and not single and strides[2] != 1:
-        # the three walks of this pass (no FOLD) with channels_last logits
-        t, strides = walk_labels(t, strides)
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     flags = _flags(kind, has_ignore, overlap, single, pixel, focal, w)
+    if pixel == PIXEL_SOFTMAX and not single and not _folds(flags) and strides[2] != 1:
+        # the three walks of this pass (no FOLD) with channels_last logits
+        t, strides = walk_labels(t, strides)
     _region_grad_kernel[(n_programs,)](
         x,
         t,
