@@ -18,10 +18,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._pixelwise_kernels import _load_labels, _mask_tile
+from ._pixelwise_kernels import WALK_MAX0, _load_labels, _mask_tile
 from ._region_kernels import _chunk_terms, _load_chunk, _load_x, _pixel_setup, _tile_grad
 from ._runtime import kernel_jit
-from ._tiles import grad_divisor, pixel_block
+from ._tiles import fast_exp, grad_divisor, pixel_block
 
 
 @triton.jit
@@ -182,17 +182,23 @@ def _pred_sites_kernel(
     if LABELS:
         _, pvalid, _ = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     if SOFTMAX:
-        m = tl.full([BLOCK_P], float("-inf"), tl.float32)
+        m = tl.full([BLOCK_P], WALK_MAX0, tl.float32)
         s = tl.zeros([BLOCK_P], tl.float32)
         top = tl.zeros([BLOCK_P], tl.int32)
         for c0 in range(0, C, BLOCK_C):
             x = _load_x(x_ptr, b, c0 + offs_c0, offs_p, pvalid, C, sxb, sxc, sxs, SOFTMAX)
             xm = tl.max(x, axis=0)
-            top = tl.where(xm > m, tl.argmax(x, axis=0).to(tl.int32) + c0, top)
+            if BLOCK_C == 1:  # (and no argmax of a lone NaN, which the interpreter refuses)
+                arg = tl.zeros_like(top) + c0
+            else:
+                arg = tl.argmax(x, axis=0).to(tl.int32) + c0
+            top = tl.where(xm > m, arg, top)
             m_new = tl.maximum(m, xm)
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[None, :]), axis=0)
+            s = s * fast_exp(m - m_new) + tl.sum(fast_exp(x - m_new[None, :]), axis=0)
             m = m_new
-        tl.store(out_ptr + b * S + offs_p, tl.where(pvalid & (s < 2.0), top, -1), mask=pmask)
+        # s >= 1 holds the max's own term: not so where every logit is -inf (s = 0)
+        confident = pvalid & (s >= 1.0) & (s < 2.0)
+        tl.store(out_ptr + b * S + offs_p, tl.where(confident, top, -1), mask=pmask)
     else:
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + offs_c0

@@ -14,7 +14,9 @@ import triton.language as tl
 
 from ._runtime import kernel_jit
 from ._tiles import (
+    LOG2E,
     WALK_UNROLL,
+    fast_exp,
     grad_divisor,
     ignored,
     label_values,
@@ -118,7 +120,7 @@ def _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL: tl.constexpr):
     term for CE)."""
     if IS_FOCAL:
         pos = t > 0
-        pow_g = tl.where(pos, tl.exp(gamma * tl.log(tl.where(pos, t, 1.0))), 0.0)
+        pow_g = tl.where(pos, fast_exp(gamma * tl.log(tl.where(pos, t, 1.0))), 0.0)
         q = 1.0 - t
         r = tl.where(pos, -logp_y / tl.where(pos, t, 1.0), 1.0)
         loss = -scale_y * pow_g * logp_y
@@ -169,40 +171,81 @@ def _softmax_terms(
 
 
 @triton.jit
-def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
-    """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid.
-    ``p = exp(x - m) / s``; the true-class term ``p_y - 1 = -t`` is taken from ``t``."""
-    p = tl.exp(x - m[None, :]) * inv_s[None, :]
-    diff = tl.where(is_y, -t[None, :], p)
-    dx = k[None, :] * diff + eps_c * (w_sum * p - w_c[:, None])
-    return tl.where(valid[None, :], dx * gscale[None, :], 0.0)
+def _softmax_grad_tile(
+    x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid, SMOOTH: tl.constexpr = True
+):
+    """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid
+    (the smoothing term left out without SMOOTH). ``p = exp(x - m) / s``; the true-class
+    term ``p_y - 1 = -t`` is taken from ``t``."""
+    p = fast_exp(x - m[None, :]) * inv_s[None, :]
+    kg = k * gscale
+    dx = kg[None, :] * tl.where(is_y, -t[None, :], p)
+    if SMOOTH:
+        dx += (eps_c * gscale)[None, :] * (w_sum * p - w_c[:, None])
+    return tl.where(valid[None, :], dx, 0.0)
+
+
+# a class walk's running max starts at the lowest finite float, so that a -inf logit never
+# meets a -inf max (inf - inf); it stays there only where every logit is -inf (or NaN)
+WALK_MAX0 = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
 def _walk_start(offs_p):
     """The state of a walk over class chunks before the first for a pixel block: the
-    running max (-inf), ``s`` and the :func:`_label_step` sums but W (0)."""
+    running max (``WALK_MAX0``), and zeros for its running sums."""
     zero = tl.zeros([offs_p.shape[0]], tl.float32)
-    return tl.full([offs_p.shape[0]], float("-inf"), tl.float32), zero, zero, zero, zero
+    return tl.full([offs_p.shape[0]], WALK_MAX0, tl.float32), zero, zero, zero, zero
 
 
 @triton.jit
-def _online_step(m, s, x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs):
-    """Loads the class chunk ``offs_c`` (fp32 ``xc``; -inf past C) and adds it into the
-    running per-pixel max ``m`` and ``s = sum exp(x - m)``: ``(xc, its class mask, the
-    new m and s, exp(xc - m), exp(m_old - m_new))``, the last the factor that rescales
-    every other running sum of exponentials."""
+def _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs):
+    """Pointers of a class walk's first chunk ``offs_c0``, the step to the next chunk and
+    the first offset (0), both int64 scalars (a chunk of class strides can pass 2^31). A
+    walk reads ``ptrs + off`` and adds the step to ``off``: one scalar add per chunk, not
+    an address computed from the class index, nor a carried tensor of pointers (which
+    Triton 3.6 passed through shared memory in the loop's remainder)."""
+    ptrs = x_ptr + b * sxb + offs_c0[:, None] * sxc + offs_p[None, :] * sxs
+    step = (b * 0 + offs_c0.shape[0]) * sxc
+    return ptrs, step, step * 0
+
+
+@triton.jit
+def _load_walk(ptrs, offs_c, pmask, C):
+    """fp32 logits of one chunk of a class walk (at ``ptrs``) and its class mask. A chunk of
+    one class (always below C) is the row, pixels past S read 0; in wider chunks classes
+    past C read -inf, as in :func:`_load_tile`."""
     cmask = offs_c < C
-    xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
+    if offs_c.shape[0] == 1:
+        return tl.load(ptrs, mask=pmask[None, :], other=0.0).to(tl.float32), cmask
+    x = tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=float("-inf"))
+    return tl.where(pmask[None, :], x.to(tl.float32), 0.0), cmask
+
+
+@triton.jit
+def _online_step(m, s, ptrs, offs_c, pmask, C):
+    """Loads the class chunk ``offs_c`` at ``ptrs`` (fp32 ``xc``) and adds it into the
+    running per-pixel max ``m`` and ``s = sum exp(x - m)``: ``(xc, its class mask, the new
+    m and s, exp(xc - m), exp(m_old - m_new))``, the last the factor that rescales every other
+    running sum of exponentials. For a chunk of one class the two exponentials are 1 and
+    ``exp(-|x - m_old|)``, one exponential per logit."""
+    xc, cmask = _load_walk(ptrs, offs_c, pmask, C)
+    if offs_c.shape[0] == 1:
+        x = tl.max(xc, axis=0)
+        d = tl.exp2(tl.abs(x - m) * -LOG2E)
+        up = x > m
+        rescale = tl.where(up, d, 1.0)
+        ec = tl.where(up, 1.0, d)
+        return xc, cmask, tl.maximum(m, x), s * rescale + ec, ec[None, :], rescale
     m_new = tl.maximum(m, tl.max(xc, axis=0))
-    ec = tl.exp(xc - m_new[None, :])
-    rescale = tl.exp(m - m_new)
+    ec = fast_exp(xc - m_new[None, :])
+    rescale = fast_exp(m - m_new)
     return xc, cmask, m_new, s * rescale + tl.sum(ec, axis=0), ec, rescale
 
 
 @triton.jit
 def _label_step(s_other, x_y, w_sum, swx, xc, ec, rescale, is_y, wc, cmask):
-    """One class chunk into the running label sums of :func:`_softmax_walk_sums`."""
+    """One class chunk into the running label sums of :func:`_region_kernels._fold_walk`."""
     s_other = s_other * rescale + tl.sum(tl.where(is_y, 0.0, ec), axis=0)
     x_y += tl.sum(tl.where(is_y, xc, 0.0), axis=0)
     w_sum += tl.sum(wc, axis=0)
@@ -211,39 +254,109 @@ def _label_step(s_other, x_y, w_sum, swx, xc, ec, rescale, is_y, wc, cmask):
 
 
 @triton.jit
+def _excl_step(m, s_ex, xc):
+    """One class chunk into a running max ``m`` and ``s_ex``, the sum of ``exp(x_c - m)``
+    over the classes so far but one of those at the max (whose term is 1). A chunk of one
+    class takes one exponential: ``d = exp(-|x - m|)``, and a new max turns the old sum
+    into ``(s_ex + 1) d``. Wider chunks leave out their first maximal class when it is the
+    new max."""
+    if xc.shape[0] == 1:
+        x = tl.max(xc, axis=0)
+        d = tl.exp2(tl.abs(x - m) * -LOG2E)
+        up = x > m
+        return tl.maximum(m, x), tl.where(up, s_ex * d, s_ex) + d
+    chunk_max = tl.max(xc, axis=0)
+    m_new = tl.maximum(m, chunk_max)
+    up = chunk_max > m
+    e = fast_exp(xc - m_new[None, :])
+    first = tl.arange(0, xc.shape[0])[:, None] == tl.argmax(xc, axis=0)[None, :]
+    rest = tl.sum(tl.where(first & up[None, :], 0.0, e), axis=0)
+    return m_new, tl.where(up, (s_ex + 1.0) * fast_exp(m - m_new), s_ex) + rest
+
+
+@triton.jit
 def _softmax_walk_sums(
-    x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs,
-    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
+    x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, valid, C, sxb, sxc, sxs,
+    HAS_W: tl.constexpr, SMOOTH: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     """:func:`_softmax_tile_sums` streamed over class chunks of BLOCK_C (online softmax,
     the loop unrolled UNROLL times): per pixel ``(m, s, s_other, x_y, W, sum_c w_c (m -
-    x_c))``, ``W = sum_c w_c``."""
-    m, s, s_other, x_y, swx = _walk_start(offs_p)
+    x_c))``, ``W = sum_c w_c``, the last two 0 without SMOOTH.
+
+    The walk reads no label: it keeps ``s_ex``, ``s`` less the 1 of one maximal class
+    (:func:`_excl_step`), and the label's logit is read once after it (where valid). Where
+    ``x_y`` is the max, ``s_other = s_ex`` exactly; elsewhere ``p_y <= 1/2`` and ``s_other =
+    s - exp(x_y - m)`` loses at most a bit. ``s`` is NaN where the max is +inf (as an
+    online softmax gives, and ``F.cross_entropy``'s loss) or every logit is -inf."""
+    m, s_ex, swx, _, _ = _walk_start(offs_p)
     w_sum = 0.0
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=UNROLL):
         offs_c = c0 + offs_c0
-        xc, cmask, m, s, ec, rescale = _online_step(
-            m, s, x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs
-        )
-        s_other, x_y, w_sum, swx = _label_step(
-            s_other, x_y, w_sum, swx, xc, ec, rescale, offs_c[:, None] == ys[None, :],
-            _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,
-        )  # fmt: skip
+        xc, cmask = _load_walk(ptrs + off, offs_c, pmask, C)
+        off += step
+        m, s_ex = _excl_step(m, s_ex, xc)
+        if SMOOTH:
+            wc = _class_factors(w_ptr, offs_c, cmask, HAS_W)
+            w_sum += tl.sum(wc, axis=0)
+            swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
+    ptrs = x_ptr + b * sxb + ys.to(tl.int64) * sxc + offs_p * sxs
+    x_y = tl.load(ptrs, mask=valid, other=0.0).to(tl.float32)
+    s = tl.where((m > WALK_MAX0) & (m < float("inf")), 1.0 + s_ex, float("nan"))
+    s_other = tl.where(x_y == m, s_ex, s - fast_exp(x_y - m))
     return m, s, s_other, x_y, w_sum, w_sum * m - swx
+
+
+@triton.jit
+def _softmax_grad_walk(
+    x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, lse2, t, kg, eg, w_sum,
+    C, sxb, sxc, sxs, sgb, sgc, sgs,
+    HAS_W: tl.constexpr, SMOOTH: tl.constexpr, UNROLL: tl.constexpr,
+):  # fmt: skip
+    """Writes the gradient of a pixel block walking its class chunks: ``kg p_c`` (plus ``eg (W
+    p_c - w_c)`` with SMOOTH), ``p_c = 2^((x_c - m) log2(e) - lse2)``, ``lse2 = log2(s)``,
+    and 0 where not valid (``kg``, ``eg`` are 0 there too). The label's entry is then
+    written over the walk's with ``kg (p_y - 1) = -kg t`` (no cancellation as p_y -> 1), so
+    the walk compares no class with the label; a barrier orders the two stores of a
+    pixel, which may sit in different threads."""
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
+    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
+    for c0 in tl.range(0, C, offs_c0.shape[0], loop_unroll_factor=UNROLL):
+        offs_c = c0 + offs_c0
+        xc, cmask = _load_walk(ptrs + off, offs_c, pmask, C)
+        off += step
+        p = tl.exp2((xc - m[None, :]) * LOG2E - lse2[None, :])
+        p = tl.where(valid[None, :], p, 0.0)  # whatever an ignored pixel's logits hold
+        dx = kg[None, :] * p
+        if SMOOTH:
+            dx += eg[None, :] * (w_sum * p - _class_factors(w_ptr, offs_c, cmask, HAS_W)[:, None])
+        gmask = cmask[:, None] & pmask[None, :]
+        tl.store(g_ptrs + g_off, dx.to(g_ptr.dtype.element_ty), mask=gmask)
+        g_off += g_step
+    dx_y = -kg * t
+    if SMOOTH:
+        if HAS_W:
+            w_y = tl.load(w_ptr + ys, mask=valid, other=0.0).to(tl.float32)
+        else:
+            w_y = 1.0
+        dx_y += eg * (w_sum * tl.exp2((x_y - m) * LOG2E - lse2) - w_y)
+    tl.debug_barrier()
+    g_y = g_ptr + b * sgb + ys.to(tl.int64) * sgc + offs_p * sgs
+    tl.store(g_y, dx_y.to(g_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
 def _softmax_tile(
     b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
     sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-    IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, WRITE_GRAD: tl.constexpr,
-    WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr, MEAN: tl.constexpr,
-    DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr, UNROLL: tl.constexpr,
+    IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr,
+    MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
     with PER_PIXEL; its gradient written with WRITE_GRAD (class walks unrolled UNROLL
-    times)."""
+    times). SMOOTH: CE with a label smoothing above 0."""
     ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
     # the label's class factor: CE weight w_y or focal alpha_y (a vector), else a scalar
     if HAS_W:
@@ -258,14 +371,14 @@ def _softmax_tile(
         x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
         m = tl.max(x, axis=0)
         is_y = offs_c0[:, None] == ys[None, :]
-        e = tl.exp(x - m[None, :])
+        e = fast_exp(x - m[None, :])
         s, s_other, x_y, w_c, w_sum, smooth_sum = _softmax_tile_sums(
             x, e, m, offs_c0, cmask, is_y, w_ptr, HAS_W
         )
     else:
         m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
-            x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C,
-            UNROLL,
+            x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, valid, C, sxb, sxc, sxs, HAS_W,
+            SMOOTH, BLOCK_C, UNROLL,
         )  # fmt: skip
     loss, k, t = _softmax_terms(
         x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
@@ -293,29 +406,11 @@ def _softmax_tile(
                 mask=cmask[:, None] & pmask[None, :],
             )
         else:
-            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=UNROLL):
-                offs_c = c0 + offs_c0
-                cmask = offs_c < C
-                xc = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-                wc = _class_factors(w_ptr, offs_c, cmask, HAS_W)
-                dx = _softmax_grad_tile(
-                    xc,
-                    m,
-                    inv_s,
-                    offs_c[:, None] == ys[None, :],
-                    t,
-                    k,
-                    eps_c,
-                    wc,
-                    w_sum,
-                    gscale,
-                    valid,
-                )
-                tl.store(
-                    g_base + offs_c[:, None] * sgc,
-                    dx.to(g_ptr.dtype.element_ty),
-                    mask=cmask[:, None] & pmask[None, :],
-                )
+            _softmax_grad_walk(
+                x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, tl.log2(s),
+                t, tl.where(valid, k * gscale, 0.0), tl.where(valid, eps_c * gscale, 0.0),
+                w_sum, C, sxb, sxc, sxs, sgb, sgc, sgs, HAS_W, SMOOTH, UNROLL,
+            )  # fmt: skip
     return loss
 
 
@@ -346,6 +441,7 @@ def _softmax_loss_kernel(
     scale,
     IS_FOCAL: tl.constexpr,
     HAS_W: tl.constexpr,
+    SMOOTH: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr,
     PER_PIXEL: tl.constexpr,
@@ -377,8 +473,8 @@ def _softmax_loss_kernel(
         acc += _softmax_tile(
             b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
             sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-            IS_FOCAL, HAS_W, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN, SINGLE,
-            BLOCK_C, BLOCK_P, UNROLL,
+            IS_FOCAL, HAS_W, SMOOTH, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN,
+            SINGLE, BLOCK_C, BLOCK_P, UNROLL,
         )  # fmt: skip
     if WRITE_LOSS and not PER_PIXEL:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
@@ -407,7 +503,7 @@ def _probs_grad(x, wt, cmask, m, s, s_rest, wsum):
     softmax gives there (the loss is NaN too)."""
     is_max = (x == m[None, :]) & cmask[:, None]
     at_max = ((wsum[None, :] - wt) - wt * s_rest[None, :]) / s[None, :]
-    dz = tl.where(is_max, at_max, wsum[None, :] * tl.exp(x - m[None, :]) / s[None, :] - wt)
+    dz = tl.where(is_max, at_max, wsum[None, :] * fast_exp(x - m[None, :]) / s[None, :] - wt)
     return tl.where(tl.abs(m[None, :]) == float("inf"), float("nan"), dz)
 
 
@@ -432,7 +528,7 @@ def _probs_tile(
         )  # fmt: skip
         m = tl.max(x, axis=0)
         is_max = (x == m[None, :]) & cmask[:, None]
-        e = tl.exp(x - m[None, :])
+        e = fast_exp(x - m[None, :])
         s_other = tl.sum(tl.where(is_max, 0.0, e), axis=0)
         n_max = tl.sum(is_max.to(tl.float32), axis=0)
         wsum = tl.sum(wt, axis=0)
@@ -452,12 +548,12 @@ def _probs_tile(
             )  # fmt: skip
             m_new = tl.maximum(m, tl.max(xc, axis=0))
             up = m_new > m
-            s_other = tl.where(up, (s_other + n_max) * tl.exp(m - m_new), s_other)
+            s_other = tl.where(up, (s_other + n_max) * fast_exp(m - m_new), s_other)
             n_max = tl.where(up, 0.0, n_max)
             a = tl.where(up & (wsum != 0.0), a - wsum * (m_new - m), a)
             m = m_new
             is_max = (xc == m[None, :]) & cmask[:, None]
-            ec = tl.exp(xc - m[None, :])
+            ec = fast_exp(xc - m[None, :])
             s_other += tl.sum(tl.where(is_max, 0.0, ec), axis=0)
             n_max += tl.sum(is_max.to(tl.float32), axis=0)
             wsum += tl.sum(wtc, axis=0)
@@ -563,7 +659,7 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
     Focal: ``a (1 - p_t)^gamma BCE`` with ``a = wp t + wn (1 - t)`` (weight times alpha and
     times 1 - alpha).
     """
-    e = tl.exp(-tl.abs(x))
+    e = fast_exp(-tl.abs(x))
     l1p = log1p(e)
     logp = tl.minimum(x, 0.0) - l1p
     logq = tl.minimum(-x, 0.0) - l1p
@@ -576,7 +672,7 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
         u = q * t + p * (1.0 - t)
         u_safe = tl.where(u > 0.0, u, 1.0)
         log_u = tl.where(t == 1.0, logq, tl.where(t == 0.0, logp, tl.log(u_safe)))
-        pow_g = tl.exp(gamma * log_u)
+        pow_g = fast_exp(gamma * log_u)
         ratio = p * q * (1.0 - 2.0 * t) / u_safe  # du/dz / u
         ratio = tl.where(t == 1.0, -p, tl.where(t == 0.0, q, ratio))
         a = wp * t + wn * (1.0 - t)

@@ -48,10 +48,11 @@ from ._pixelwise_kernels import (
     _softmax_terms,
     _softmax_tile_sums,
     _softmax_walk_sums,
+    _walk_ptrs,
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import WALK_UNROLL, program_tile
+from ._tiles import WALK_UNROLL, fast_exp, program_tile
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -61,7 +62,7 @@ PRODUCT, SQUARED, SOFT_MIN = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 @triton.jit
 def _sigmoid_pq(x):
     """``(sigmoid(x), sigmoid(-x))`` without overflow."""
-    e = tl.exp(-tl.abs(x))
+    e = fast_exp(-tl.abs(x))
     inv = 1.0 / (1.0 + e)
     return tl.where(x >= 0, inv, e * inv), tl.where(x >= 0, e * inv, inv)
 
@@ -71,10 +72,10 @@ def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: 
     """Per pixel ``(m, 1/s)``: the max logit and the inverse sum of ``exp(x - m)``, streamed
     over class chunks (online softmax)."""
     m, s, _, _, _ = _walk_start(offs_p)
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        _, _, m, s, _, _ = _online_step(
-            m, s, x_ptr, b, c0 + offs_c0, offs_p, pmask, C, sxb, sxc, sxs
-        )
+        _, _, m, s, _, _ = _online_step(m, s, ptrs + off, c0 + offs_c0, pmask, C)
+        off += step
     return m, 1.0 / s
 
 
@@ -176,7 +177,7 @@ def _pixel_setup(
     if SOFTMAX:
         if SINGLE:
             m = tl.max(x, axis=0)
-            z = tl.exp(x - m[None, :])
+            z = fast_exp(x - m[None, :])
             inv_s = 1.0 / tl.sum(z, axis=0)
         else:
             m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
@@ -194,7 +195,7 @@ def _load_chunk(
     x = _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX)
     z = x
     if SOFTMAX:
-        z = tl.exp(x - m[None, :])
+        z = fast_exp(x - m[None, :])
     p, g, valid, bad = _chunk_terms(
         z, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
         stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
@@ -270,8 +271,8 @@ def _softmax_walk_term(
     and the term's ``(loss, divisor, K, t, eps / C, W)`` per pixel (:func:`_softmax_pixel`;
     ``W`` the sum of the class factors)."""
     m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
-        x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, C, sxb, sxc, sxs, HAS_W, BLOCK_C,
-        WALK_UNROLL,
+        x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, C, sxb, sxc, sxs, HAS_W, True,
+        BLOCK_C, WALK_UNROLL,
     )  # fmt: skip
     loss, den, k, t, eps_c = _softmax_pixel(
         x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr,
@@ -466,11 +467,11 @@ def _fold_walk(
     a = tl.zeros_like(s)
     w_sum = 0.0
     ones = tl.full([offs_p.shape[0]], 1.0, tl.float32)  # p as exp(x - m), unnormalised
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + offs_c0
-        xc, cmask, m, s, ec, rescale = _online_step(
-            m, s, x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs
-        )
+        xc, cmask, m, s, ec, rescale = _online_step(m, s, ptrs + off, offs_c, pmask, C)
+        off += step
         e, g, valid, bad = _chunk_terms(
             ec, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, ones, C,
             stb, stc, sts, ignore_index, True, LABELS, HAS_IGNORE, False,

@@ -20,10 +20,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._pixelwise_kernels import _load_labels, _load_tile
+from ._pixelwise_kernels import WALK_MAX0, _load_labels, _load_tile
 from ._region_kernels import _add_row
 from ._runtime import kernel_jit
-from ._tiles import program_tile
+from ._tiles import fast_exp, program_tile
 
 
 @triton.jit
@@ -39,7 +39,7 @@ def _softmax_distance(
 ):
     """Per pixel ``(max logit, 1 / sum exp(x - max), w)``, one pass over the class chunks
     (online softmax; one chunk when ``BLOCK_C >= C``)."""
-    mx = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
+    mx = tl.full([offs_p.shape[0]], WALK_MAX0, tl.float32)
     s = tl.zeros([offs_p.shape[0]], tl.float32)
     acc = tl.zeros([offs_p.shape[0]], tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -47,8 +47,8 @@ def _softmax_distance(
         cmask = offs_c < C
         x = _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
         m_new = tl.maximum(mx, tl.max(x, axis=0))
-        rescale = tl.exp(mx - m_new)
-        e = tl.exp(x - m_new[None, :])
+        rescale = fast_exp(mx - m_new)
+        e = fast_exp(x - m_new[None, :])
         s = s * rescale + tl.sum(e, axis=0)
         acc = acc * rescale + tl.sum(e * _distance_rows(m_ptr, ys, offs_c, cmask, pmask, C), axis=0)
         mx = m_new

@@ -218,6 +218,7 @@ def _softmax_launch(
         alpha_scalar,
         IS_FOCAL=focal,
         HAS_W=weight is not None or alpha is not None,
+        SMOOTH=not focal and smoothing > 0,
         WRITE_GRAD=grad is not None,
         WRITE_LOSS=loss is not None,
         PER_PIXEL=per_pixel,

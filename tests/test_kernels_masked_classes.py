@@ -1,7 +1,8 @@
 """Infinite and NaN logits. A class masked out with -inf logits (a common way to leave out classes
 an image cannot hold): every softmax loss on integer labels matches the reference, value
 and gradient. The CE kernel once returned NaN there: it multiplied the label-smoothing
-term, infinite for a -inf logit, by a smoothing of 0. A +inf logit makes the softmax NaN:
+term, infinite for a -inf logit, by a smoothing of 0; and the walks over class rows once
+did, where the first class was masked (their running max started at -inf). A +inf logit makes the softmax NaN:
 the loss must be NaN as the reference's (and torch's) is; the CE kernel once returned a
 finite loss with a NaN gradient when the +inf was the true class's. (The one-vs-rest
 sigmoid focal loss, alone or as the focal term of a compound with ``sigmoid_focal``, is
@@ -55,8 +56,8 @@ FINITE_GRAD = [(e, o) for e, o in CASES if not o.get("sigmoid_focal")]
 def test_class_masked_with_minus_inf(entry, options, seed, gen):
     for C in _classes(entry, options):
         x, t = make_inputs(entry, (2, C, 4, 5), options, torch.float32, gen, device=DEVICE)
-        x[:, 1] = float("-inf")
-        t = torch.where(t == 1, 0, t)  # no pixel holds the masked class
+        x[:, :2] = float("-inf")  # the first two: a class walk starts on a -inf max
+        t = torch.where(t < 2, 2, t)  # no pixel holds a masked class
         loss, grad = assert_matches(entry, x, t, options, torch.float32, seed)
         assert not grad.isnan().any()
 
