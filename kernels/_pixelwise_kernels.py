@@ -275,6 +275,14 @@ def _excl_step(m, s_ex, xc):
 
 
 @triton.jit
+def _excl_total(m, s_ex):
+    """``s = 1 + s_ex`` after a walk of :func:`_excl_step`: NaN where the max is +inf (as
+    an online softmax gives, and ``F.cross_entropy``'s loss) or every logit is -inf (the
+    max never left ``WALK_MAX0``), as the softmax is NaN there."""
+    return tl.where((m > WALK_MAX0) & (m < float("inf")), 1.0 + s_ex, float("nan"))
+
+
+@triton.jit
 def _softmax_walk_sums(
     x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, valid, C, sxb, sxc, sxs,
     HAS_W: tl.constexpr, SMOOTH: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
@@ -286,8 +294,7 @@ def _softmax_walk_sums(
     The walk reads no label: it keeps ``s_ex``, ``s`` less the 1 of one maximal class
     (:func:`_excl_step`), and the label's logit is read once after it (where valid). Where
     ``x_y`` is the max, ``s_other = s_ex`` exactly; elsewhere ``p_y <= 1/2`` and ``s_other =
-    s - exp(x_y - m)`` loses at most a bit. ``s`` is NaN where the max is +inf (as an
-    online softmax gives, and ``F.cross_entropy``'s loss) or every logit is -inf."""
+    s - exp(x_y - m)`` loses at most a bit. ``s`` as :func:`_excl_total` gives it."""
     m, s_ex, swx, _, _ = _walk_start(offs_p)
     w_sum = 0.0
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
@@ -302,7 +309,7 @@ def _softmax_walk_sums(
             swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
     ptrs = x_ptr + b * sxb + ys.to(tl.int64) * sxc + offs_p * sxs
     x_y = tl.load(ptrs, mask=valid, other=0.0).to(tl.float32)
-    s = tl.where((m > WALK_MAX0) & (m < float("inf")), 1.0 + s_ex, float("nan"))
+    s = _excl_total(m, s_ex)
     s_other = tl.where(x_y == m, s_ex, s - fast_exp(x_y - m))
     return m, s, s_other, x_y, w_sum, w_sum * m - swx
 

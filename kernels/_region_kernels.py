@@ -38,9 +38,12 @@ import triton.language as tl
 
 from ._pixelwise_kernels import (
     _class_factors,
+    _excl_step,
+    _excl_total,
     _label_step,
     _load_labels,
     _load_tile,
+    _load_walk,
     _mask_tile,
     _online_step,
     _sigmoid_terms,
@@ -71,21 +74,25 @@ def _sigmoid_pq(x):
 def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: tl.constexpr):
     """Per pixel ``(m, 1/s)``: the max logit and the inverse sum of ``exp(x - m)``, streamed
     over class chunks (online softmax)."""
-    m, s, _, _, _ = _walk_start(offs_p)
+    m, s_ex, _, _, _ = _walk_start(offs_p)
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        _, _, m, s, _, _ = _online_step(m, s, ptrs + off, c0 + offs_c0, pmask, C)
+        xc, cmask = _load_walk(ptrs + off, c0 + offs_c0, pmask, C)
+        m, s_ex = _excl_step(m, s_ex, xc)
         off += step
-    return m, 1.0 / s
+    return m, 1.0 / _excl_total(m, s_ex)
 
 
 @triton.jit
 def _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX: tl.constexpr):
-    """fp32 logits tile: classes past C read -inf for the softmax, else 0."""
+    """fp32 logits tile: classes past C read -inf for the softmax, else 0; pixels past S
+    read 0 (a chunk of one class, always below C, is loaded as the row)."""
     cmask = offs_c < C
+    ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
+    if offs_c.shape[0] == 1:
+        return tl.load(ptrs, mask=pmask[None, :], other=0.0).to(tl.float32)
     if SOFTMAX:
         return _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-    ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
     return tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
 
 
@@ -118,7 +125,8 @@ def _chunk_terms(
     if LABELS:
         valid = m2 & pvalid[None, :]
         bad = m2 & pbad[None, :]
-        g = tl.where(valid & (offs_c[:, None] == ys[None, :]), 1.0, 0.0)
+        # int32 (ys is): one compare, where the int64 class index took two
+        g = tl.where(valid & (offs_c.to(tl.int32)[:, None] == ys[None, :]), 1.0, 0.0)
     else:
         g, valid, bad = _mask_tile(
             t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
