@@ -63,6 +63,7 @@ class CompiledKernel:
     shared_bytes: int
     barriers: int = 0  # bar.sync instructions in the PTX: static syncs across the warps
     approx_divisions: int = 0  # div.full / div.approx in the PTX: float32 / within 2 ulp
+    loop_instructions: str = ""  # SASS instructions of each innermost loop that loads
 
 
 class _CompileOnlyDriver:
@@ -106,6 +107,43 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
     return regs, max(stack, local)
 
 
+_SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+([^;]*);", re.M)
+_BRANCH = re.compile(r"\bBRA\b[^;]*?(0x[0-9a-f]+)")
+
+
+def sass_loops(sass: str) -> list[int]:
+    """Instructions in each innermost loop of a SASS listing that loads from global memory
+    (``LDG``), in address order: a loop is the span from a branch's target back to the
+    branch; innermost ones hold no other. Per logit, a class walk costs its count over
+    (pixels per thread x unroll factor): the figure that bounds these memory-bound kernels
+    when instruction issue, not bandwidth, runs out first."""
+    code = [(int(a, 16), text.strip()) for a, text in _SASS_LINE.findall(sass)]
+    loops = []
+    for addr, text in code:
+        target = _BRANCH.search(text)
+        if target and int(target.group(1), 16) < addr:
+            loops.append((int(target.group(1), 16), addr))
+    inner = [
+        (lo, hi) for lo, hi in loops
+        if not any((lo, hi) != (a, b) and lo <= a and b <= hi for a, b in loops)
+    ]  # fmt: skip
+    counts = []
+    for lo, hi in sorted(inner):
+        body = [text for addr, text in code if lo <= addr <= hi]
+        if any("LDG" in text for text in body):
+            counts.append(len(body))
+    return counts
+
+
+def _sass(cubin: bytes) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run(
+            [_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True
+        ).stdout
+
+
 @contextlib.contextmanager
 def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
     """Within the block, kernel launches compile for ``sm_<arch>`` and are recorded in the
@@ -145,6 +183,7 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
                     meta.shared,
                     barriers,
                     approx,
+                    ",".join(map(str, sass_loops(_sass(kernel.asm["cubin"])))),
                 )  # fmt: skip
             )
         return kernel
@@ -441,6 +480,20 @@ def write_report(
         md_table(summarize(df)),
         "",
     ]
+    totals = df.loop_instructions.map(lambda v: sum(int(n) for n in v.split(",") if n))
+    heavy = df.assign(loop_total=totals).sort_values("loop_total", ascending=False)
+    heavy = heavy[heavy.loop_total > 0]
+    if len(heavy):
+        lines += [
+            "## Hot loops",
+            "",
+            "SASS instructions of each innermost loop that loads from global memory (in "
+            "code order), for the 20 specialisations with the most; a class walk's count "
+            "over (pixels per thread x unroll) is its instructions per logit.",
+            "",
+            md_table(heavy[["kernel", "case", "num_warps", "loop_instructions"]].head(20)),
+            "",
+        ]
     spills = df[df.local_bytes > 0].sort_values("local_bytes", ascending=False)
     if len(spills):
         lines += [

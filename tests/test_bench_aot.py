@@ -212,3 +212,22 @@ def test_segtriton_compile_labels_each_kernel_with_its_case_and_reports_failures
     report = (tmp_path / "compile.md").read_text()
     assert "1 case(s) failed" in report and "cross_entropy 2x3x9x13" in report
     assert "reduction" in report.split("## Failed cases")[1]
+
+
+def test_sass_loops_count_the_innermost_loops_that_load():
+    """Two walks inside a tile loop, a store-only loop and the closing self-branch: the
+    walks are counted (3 and 2 instructions), the tile loop holds them and is not, nor
+    are loops without a global load."""
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0020*/                   MUFU.EX2 R3, R2 ;
+        /*0030*/               @P0 BRA 0x10 ;
+        /*0040*/                   LDG.E R6, desc[UR4][R4.64] ;
+        /*0050*/               @P1 BRA `(.L_x_3) 0x40 ;
+        /*0060*/                   STG.E desc[UR4][R4.64], R6 ;
+        /*0070*/               @P2 BRA 0x60 ;
+        /*0080*/               @P3 BRA 0x0 ;
+        /*0090*/                   BRA 0x90 ;
+    """
+    assert aot.sass_loops(listing) == [3, 2]
