@@ -2,9 +2,10 @@
 an image cannot hold): every softmax loss on integer labels matches the reference, value
 and gradient. The CE kernel once returned NaN there: it multiplied the label-smoothing
 term, infinite for a -inf logit, by a smoothing of 0; and the walks over class rows once
-did, where the first class was masked (their running max started at -inf). A +inf logit makes the softmax NaN:
-the loss must be NaN as the reference's (and torch's) is; the CE kernel once returned a
-finite loss with a NaN gradient when the +inf was the true class's. (The one-vs-rest
+did, where the first class was masked (their running max started at -inf). A +inf
+logit makes the softmax NaN: the loss must be NaN as the reference's (and torch's) is;
+the CE kernel once returned a finite loss with a NaN gradient when the +inf was the true
+class's. (The one-vs-rest
 sigmoid focal loss, alone or as the focal term of a compound with ``sigmoid_focal``, is
 left out of the -inf case: at a -inf logit its reference gradient is NaN, as
 BCE-with-logits is in torch.) For every loss, one NaN, +inf or -inf logit makes the loss
