@@ -63,7 +63,7 @@ class CompiledKernel:
     shared_bytes: int
     barriers: int = 0  # bar.sync instructions in the PTX: static syncs across the warps
     approx_divisions: int = 0  # div.full / div.approx in the PTX: float32 / within 2 ulp
-    loop_instructions: str = ""  # SASS instructions of each innermost loop that loads
+    loop_instructions: str = ""  # SASS instructions of each innermost loop that loads (--targets)
 
 
 class _CompileOnlyDriver:
@@ -145,9 +145,11 @@ def _sass(cubin: bytes) -> str:
 
 
 @contextlib.contextmanager
-def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
+def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledKernel]]:
     """Within the block, kernel launches compile for ``sm_<arch>`` and are recorded in the
-    yielded list (one row per new specialisation; set ``case`` on rows as you go)."""
+    yielded list (one row per new specialisation; set ``case`` on rows as you go). With
+    ``loops``, each row also gets :func:`sass_loops` of its cubin (a disassembly per
+    specialisation: about 0.3 s each on a CPU machine)."""
     from segtriton.kernels import interpreter_enabled
     from segtriton.kernels._runtime import cpu_launches
 
@@ -183,7 +185,7 @@ def compile_only(arch: int = 90) -> Iterator[list[CompiledKernel]]:
                     meta.shared,
                     barriers,
                     approx,
-                    ",".join(map(str, sass_loops(_sass(kernel.asm["cubin"])))),
+                    ",".join(map(str, sass_loops(_sass(kernel.asm["cubin"])))) if loops else "",
                 )  # fmt: skip
             )
         return kernel
@@ -342,14 +344,15 @@ def compile_registry(
     arch: int = 90, quick: bool = False, show_progress: bool = True, targets: bool = False
 ) -> tuple[list[CompiledKernel], list[tuple[str, str]]]:
     """Compile every kernel the cases of :func:`compile_cases` (or, with ``targets``,
-    :func:`target_cases`) launch, for ``sm_<arch>``. Returns the compiled specialisations
-    and ``(case, error)`` for each case that failed."""
+    :func:`target_cases`, whose hot loops are counted too) launch, for ``sm_<arch>``.
+    Returns the compiled specialisations and ``(case, error)`` for each case that
+    failed."""
     from .runner import progress
 
     failures = []
     cases = target_cases() if targets else compile_cases(quick)
     started = time.perf_counter()
-    with compile_only(arch) as rows:
+    with compile_only(arch, loops=targets) as rows:
         for i, case in enumerate(cases):
             label = case.describe()
             if show_progress:
