@@ -258,8 +258,8 @@ def _excl_step(m, s_ex, xc):
     """One class chunk into a running max ``m`` and ``s_ex``, the sum of ``exp(x_c - m)``
     over the classes so far but one of those at the max (whose term is 1). A chunk of one
     class takes one exponential: ``d = exp(-|x - m|)``, and a new max turns the old sum
-    into ``(s_ex + 1) d``. Wider chunks leave out their first maximal class when it is the
-    new max."""
+    into ``(s_ex + 1) d``. Wider chunks leave out one of their maximal classes when it is
+    the new max."""
     if xc.shape[0] == 1:
         x = tl.max(xc, axis=0)
         d = tl.exp2(tl.abs(x - m) * -LOG2E)
@@ -269,8 +269,11 @@ def _excl_step(m, s_ex, xc):
     m_new = tl.maximum(m, chunk_max)
     up = chunk_max > m
     e = fast_exp(xc - m_new[None, :])
-    first = tl.arange(0, xc.shape[0])[:, None] == tl.argmax(xc, axis=0)[None, :]
-    rest = tl.sum(tl.where(first & up[None, :], 0.0, e), axis=0)
+    # a new max: its ties leave the sum and all but one come back as 1 each (no argmax,
+    # which Triton's interpreter refuses on a chunk of NaNs)
+    at_max = up[None, :] & (xc == m_new[None, :])
+    rest = tl.sum(tl.where(at_max, 0.0, e), axis=0) + tl.sum(at_max.to(tl.float32), axis=0)
+    rest = tl.where(up, rest - 1.0, rest)
     return m_new, tl.where(up, (s_ex + 1.0) * fast_exp(m - m_new), s_ex) + rest
 
 
