@@ -92,14 +92,19 @@ def _cuobjdump() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def resource_usage(cubin: bytes) -> tuple[int, int]:
-    """``(registers, max(stack, local) bytes)`` per thread of the one kernel in ``cubin``."""
+def _cuobjdump_of(cubin: bytes, flag: str) -> str:
+    """``cuobjdump <flag>`` of a cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run(
-            [_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True
+        return subprocess.run(
+            [_cuobjdump(), flag, f.name], capture_output=True, text=True, check=True
         ).stdout
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """``(registers, max(stack, local) bytes)`` per thread of the one kernel in ``cubin``."""
+    out = _cuobjdump_of(cubin, "-res-usage")
     found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
     if found is None:
         raise RuntimeError(f"no resource line in cuobjdump output:\n{out}")
@@ -135,15 +140,6 @@ def sass_loops(sass: str) -> list[int]:
     return counts
 
 
-def _sass(cubin: bytes) -> str:
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run(
-            [_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True
-        ).stdout
-
-
 @contextlib.contextmanager
 def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledKernel]]:
     """Within the block, kernel launches compile for ``sm_<arch>`` and are recorded in the
@@ -174,6 +170,7 @@ def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledK
             ptx = kernel.asm["ptx"]
             barriers = len(re.findall(r"\bbar(?:rier)?\.sync\b", ptx))
             approx = len(re.findall(r"\bdiv\.(?:full|approx)\.", ptx))
+            loop_counts = sass_loops(_cuobjdump_of(kernel.asm["cubin"], "-sass")) if loops else []
             rows.append(
                 CompiledKernel(
                     self.__name__,
@@ -185,7 +182,7 @@ def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledK
                     meta.shared,
                     barriers,
                     approx,
-                    ",".join(map(str, sass_loops(_sass(kernel.asm["cubin"])))) if loops else "",
+                    ",".join(map(str, loop_counts)),
                 )  # fmt: skip
             )
         return kernel

@@ -56,6 +56,12 @@ def _mask_tile(t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IG
 def _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs):
     """fp32 tile; classes past C read -inf, pixels past S read 0."""
     ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
+    return _load_at(ptrs, cmask, pmask)
+
+
+@triton.jit
+def _load_at(ptrs, cmask, pmask):
+    """:func:`_load_tile` at given pointers."""
     x = tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=float("-inf"))
     return tl.where(pmask[None, :], x.to(tl.float32), 0.0)
 
@@ -171,18 +177,13 @@ def _softmax_terms(
 
 
 @triton.jit
-def _softmax_grad_tile(
-    x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid, SMOOTH: tl.constexpr = True
-):
-    """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid
-    (the smoothing term left out without SMOOTH). ``p = exp(x - m) / s``; the true-class
-    term ``p_y - 1 = -t`` is taken from ``t``."""
+def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
+    """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid.
+    ``p = exp(x - m) / s``; the true-class term ``p_y - 1 = -t`` is taken from ``t``."""
     p = fast_exp(x - m[None, :]) * inv_s[None, :]
-    kg = k * gscale
-    dx = kg[None, :] * tl.where(is_y, -t[None, :], p)
-    if SMOOTH:
-        dx += (eps_c * gscale)[None, :] * (w_sum * p - w_c[:, None])
-    return tl.where(valid[None, :], dx, 0.0)
+    diff = tl.where(is_y, -t[None, :], p)
+    dx = k[None, :] * diff + eps_c * (w_sum * p - w_c[:, None])
+    return tl.where(valid[None, :], dx * gscale[None, :], 0.0)
 
 
 # a class walk's running max starts at the lowest finite float, so that a -inf logit never
@@ -218,8 +219,16 @@ def _load_walk(ptrs, offs_c, pmask, C):
     cmask = offs_c < C
     if offs_c.shape[0] == 1:
         return tl.load(ptrs, mask=pmask[None, :], other=0.0).to(tl.float32), cmask
-    x = tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=float("-inf"))
-    return tl.where(pmask[None, :], x.to(tl.float32), 0.0), cmask
+    return _load_at(ptrs, cmask, pmask), cmask
+
+
+@triton.jit
+def _row_step(m, xc):
+    """A one-class chunk ``xc`` against the running max m: ``(x, d, up)``, ``d = exp(-|x -
+    m|)`` (the rescale of the old sums where x is the new max, ``up``; else x's own
+    term), one exponential per logit."""
+    x = tl.max(xc, axis=0)
+    return x, tl.exp2(tl.abs(x - m) * -LOG2E), x > m
 
 
 @triton.jit
@@ -231,9 +240,7 @@ def _online_step(m, s, ptrs, offs_c, pmask, C):
     ``exp(-|x - m_old|)``, one exponential per logit."""
     xc, cmask = _load_walk(ptrs, offs_c, pmask, C)
     if offs_c.shape[0] == 1:
-        x = tl.max(xc, axis=0)
-        d = tl.exp2(tl.abs(x - m) * -LOG2E)
-        up = x > m
+        x, d, up = _row_step(m, xc)
         rescale = tl.where(up, d, 1.0)
         ec = tl.where(up, 1.0, d)
         return xc, cmask, tl.maximum(m, x), s * rescale + ec, ec[None, :], rescale
@@ -261,9 +268,7 @@ def _excl_step(m, s_ex, xc):
     into ``(s_ex + 1) d``. Wider chunks leave out one of their maximal classes when it is
     the new max."""
     if xc.shape[0] == 1:
-        x = tl.max(xc, axis=0)
-        d = tl.exp2(tl.abs(x - m) * -LOG2E)
-        up = x > m
+        x, d, up = _row_step(m, xc)
         return tl.maximum(m, x), tl.where(up, s_ex * d, s_ex) + d
     chunk_max = tl.max(xc, axis=0)
     m_new = tl.maximum(m, chunk_max)

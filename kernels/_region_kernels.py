@@ -42,7 +42,6 @@ from ._pixelwise_kernels import (
     _excl_total,
     _label_step,
     _load_labels,
-    _load_tile,
     _load_walk,
     _mask_tile,
     _online_step,
@@ -87,13 +86,10 @@ def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: 
 def _load_x(x_ptr, b, offs_c, offs_p, pmask, C, sxb, sxc, sxs, SOFTMAX: tl.constexpr):
     """fp32 logits tile: classes past C read -inf for the softmax, else 0; pixels past S
     read 0 (a chunk of one class, always below C, is loaded as the row)."""
-    cmask = offs_c < C
     ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
-    if offs_c.shape[0] == 1:
-        return tl.load(ptrs, mask=pmask[None, :], other=0.0).to(tl.float32)
-    if SOFTMAX:
-        return _load_tile(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs)
-    return tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+    if SOFTMAX or offs_c.shape[0] == 1:
+        return _load_walk(ptrs, offs_c, pmask, C)[0]
+    return tl.load(ptrs, mask=(offs_c < C)[:, None] & pmask[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
