@@ -15,7 +15,9 @@ Two passes over the logits, no one-hot:
   ``u`` comes from the finalize whole, not as a sum of two large terms that nearly
   cancel (the MCC of a class that fills its unit). With classes streamed, the softmax
   needs a walk over the class rows before any is written; with the product sums (FOLD)
-  that walk also takes ``sum_k p_k dL/dp_k``, else a second walk does.
+  that walk also takes ``sum_k p_k dL/dp_k``, else a second walk does. Hard labels with
+  those sums and no pixel term take :func:`_label_grad_tile`, where ``dL/dp_c`` is
+  ``u_c`` at the label and ``v_c`` elsewhere.
 
 SOFTMAX means multiclass (a softmax over classes), else a sigmoid per element, or with
 PROBS none: the input is ``p`` (``from_logits=False``) and ``dL/dz = dL/dp``. LABELS
@@ -54,7 +56,7 @@ from ._pixelwise_kernels import (
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import WALK_UNROLL, fast_exp, program_tile
+from ._tiles import LOG2E, WALK_UNROLL, fast_exp, program_tile
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -300,6 +302,36 @@ def _add_row(ptrs, value, mask):
     tl.store(ptrs, tl.load(ptrs, mask=mask) + value, mask=mask)
 
 
+@triton.jit
+def _add_at(acc, offs_a, c0, s):
+    """``acc[c0 + j] += s[j]``: a class chunk's sums ``s`` into the accumulator of a class
+    block (``offs_a``, its int32 class indices), in registers."""
+    if s.shape[0] == 1:
+        return tl.where(offs_a == c0, acc + tl.sum(s), acc)
+    offs_c = c0 + tl.arange(0, s.shape[0])
+    return acc + tl.sum(tl.where(offs_a[:, None] == offs_c[None, :], s[None, :], 0.0), axis=1)
+
+
+@triton.jit
+def _label_row_sums(ptrs, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP: tl.constexpr):
+    """Softmax over labels: per class of the chunk at ``ptrs`` (classes ``c0 + j``),
+    ``(I, P)`` of the tile, ``p = 2^((x - m) log2 e - log2 s)`` where counted (else 0) and
+    ``g = [y = c]`` (``y_in`` is -1 where not counted). T, N and bad labels do not depend
+    on the class's logits: the caller takes them once per tile. The class index is int32
+    and no address derives from it, so each label test is one compare."""
+    offs_c = c0 + tl.arange(0, ptrs.shape[0])
+    x = _load_walk(ptrs, offs_c, pmask, C)[0]
+    p = tl.where(pvalid[None, :], tl.exp2((x - m[None, :]) * LOG2E - log2_s[None, :]), 0.0)
+    g = offs_c[:, None] == y_in[None, :]
+    pp = p
+    if OVERLAP == SQUARED:
+        pp = p * p
+    pg = tl.where(g, p, 0.0)
+    if OVERLAP == SOFT_MIN:
+        pg = tl.where(g, tl.minimum(p, 1.0), 0.0)
+    return tl.split(tl.sum(tl.join(pg, pp), axis=1))
+
+
 @kernel_jit
 def _region_stats_kernel(
     x_ptr,
@@ -334,14 +366,22 @@ def _region_stats_kernel(
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """Partial sums ``part[b, chunk, :]`` = ``I[C], P[C], T[C]`` (then ``N[C]`` with
     COUNT), pixel loss, its divisor, over the chunk's pixel tiles.
 
     SINGLE: all classes in one tile, sums kept in registers. Otherwise classes stream in
-    chunks of BLOCK_C and the program adds into its own partial row (a barrier orders its
-    reads after its writes). The tile loop prefetches STAGES - 1 tiles ahead.
+    chunks of BLOCK_C, in blocks of ACC classes: a block's sums over the tile build up in
+    registers, then are added into the program's partial row (its earlier value loaded
+    before the block's walk, so no load waits on a store in the walk). With labels and a
+    softmax, T (a histogram of the tile's labels), N and the bad-label flag do not depend
+    on the logits and are taken once per tile: a class row costs one reduction, of I and
+    P joined. The tile loop prefetches STAGES - 1 tiles ahead.
     """
+    # hard labels under a softmax, whose class loop takes I and P alone (a BCE or sigmoid
+    # focal term streams with the classes in the general loop)
+    HARD: tl.constexpr = LABELS and SOFTMAX and PIXEL != 2
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
     first_tile = (pid % n_chunks) * tiles_per_chunk
@@ -355,11 +395,6 @@ def _region_stats_kernel(
     acc_loss = tl.zeros([BLOCK_P], tl.float32)
     acc_den = tl.zeros([BLOCK_P], tl.float32)
     ones = tl.full([BLOCK_P], 1.0, tl.float32)  # pass 1 weighs the pixel term's gradient 1
-    if not SINGLE:
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = c0 + offs_c0
-            for k in range(n_stats):
-                tl.store(out + k * C + offs_c, acc_i, mask=offs_c < C)
     for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
         offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
         pmask = offs_p < S
@@ -393,27 +428,66 @@ def _region_stats_kernel(
                 acc_loss += loss
                 acc_den += den
         else:
-            tl.debug_barrier()
-            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-                offs_c = c0 + offs_c0
-                cmask = offs_c < C
-                xc, zc, p, g, valid, bad = _load_chunk(
-                    x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                    sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
-                )  # fmt: skip
-                si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
-                _add_row(out + offs_c, si, cmask)
-                _add_row(out + C + offs_c, sp, cmask)
-                _add_row(out + 2 * C + offs_c, st, cmask)
+            if HARD:  # T, N and bad labels once per tile, not per class
+                y_in = tl.where(pvalid, ys, -1)
+                log2_s = -tl.log2(inv_s)
+                ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
+                n_tile = tl.sum(pvalid.to(tl.float32), axis=0)
+                bad_tile = tl.max(pbad.to(tl.int32), axis=0) > 0
+            for cb in range(0, C, ACC):
+                offs_a = cb + tl.arange(0, ACC)
+                amask = offs_a < C
+                # the sums of the program's earlier tiles (a where: the interpreter's scalar
+                # compare of the loop index is int32, not a mask)
+                seen = tl.where(tile > first_tile, amask, False)
+                row = out + offs_a
+                prev_i = tl.load(row, mask=seen, other=0.0)
+                prev_p = tl.load(row + C, mask=seen, other=0.0)
+                prev_t = tl.load(row + 2 * C, mask=seen, other=0.0)
+                prev_n = prev_t
                 if COUNT:
-                    _add_row(out + 3 * C + offs_c, sn, cmask)
-                if PIXEL == 2:  # elementwise, so it streams with the classes
-                    loss, den, dx = _pixel_term(
-                        xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                        smoothing, gamma, scale, ones, PIXEL, IS_FOCAL, HAS_W,
-                    )  # fmt: skip
-                    acc_loss += loss
-                    acc_den += den
+                    prev_n = tl.load(row + 3 * C, mask=seen, other=0.0)
+                add_i = tl.zeros([ACC], tl.float32)
+                add_p = add_i
+                add_t = add_i
+                add_n = add_i
+                if HARD:
+                    in_block = (y_in >= cb) & (y_in < cb + ACC)
+                    add_t = tl.histogram(y_in - cb, ACC, mask=in_block).to(tl.float32)
+                    add_t = tl.where(bad_tile, float("nan"), add_t)
+                    add_n = add_n + n_tile
+                    off = (step * 0 + cb) * sxc
+                c_end = tl.minimum(cb + ACC, C)
+                for c0 in tl.range(cb, c_end, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+                    if HARD:
+                        si, sp = _label_row_sums(
+                            ptrs + off, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP
+                        )
+                        off += step
+                    else:
+                        offs_c = c0 + offs_c0
+                        xc, zc, p, g, valid, bad = _load_chunk(
+                            x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
+                            sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
+                            PROBS,
+                        )  # fmt: skip
+                        si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
+                        add_t = _add_at(add_t, offs_a, c0, st)
+                        add_n = _add_at(add_n, offs_a, c0, sn)
+                        if PIXEL == 2:  # elementwise, so it streams with the classes
+                            loss, den, dx = _pixel_term(
+                                xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr,
+                                w2_ptr, smoothing, gamma, scale, ones, PIXEL, IS_FOCAL, HAS_W,
+                            )  # fmt: skip
+                            acc_loss += loss
+                            acc_den += den
+                    add_i = _add_at(add_i, offs_a, c0, si)
+                    add_p = _add_at(add_p, offs_a, c0, sp)
+                tl.store(row, prev_i + add_i, mask=amask)
+                tl.store(row + C, prev_p + add_p, mask=amask)
+                tl.store(row + 2 * C, prev_t + add_t, mask=amask)
+                if COUNT:
+                    tl.store(row + 3 * C, prev_n + add_n, mask=amask)
     if SINGLE:
         cmask = offs_c0 < C
         tl.store(out + offs_c0, acc_i, mask=cmask)
@@ -487,6 +561,59 @@ def _fold_walk(
                 _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,
             )  # fmt: skip
     return m, s, a, s_other, x_y, w_sum, w_sum * m - swx
+
+
+@triton.jit
+def _dp_rows(coef_at, c0, y_in, C, BLOCK_C: tl.constexpr):
+    """``dL/dp`` of a class chunk ``c0 + j`` for hard labels (PRODUCT sums): ``u_c`` at
+    the label, else ``v_c`` (``y_in`` is -1 where not counted), by an int32 compare;
+    ``coef_at`` points at ``u_c0`` (a pointer walked apart from c0, so that c0 never
+    widens to 64 bits, nor the compare with it)."""
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    u = tl.load(coef_at + tl.arange(0, BLOCK_C), mask=cmask, other=0.0)[:, None]
+    v = tl.load(coef_at + C + tl.arange(0, BLOCK_C), mask=cmask, other=0.0)[:, None]
+    return tl.where(offs_c[:, None] == y_in[None, :], u, v), offs_c, cmask
+
+
+@triton.jit
+def _label_grad_tile(
+    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, g_ptr, C, sxb, sxc, sxs, stb, sts, sgb, sgc,
+    sgs, ignore_index, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Pass 2 for a softmax over hard labels with the PRODUCT sums, no pixel term and
+    classes streamed (:func:`_fold_walk` and the write loop with nothing else): one walk
+    takes ``(m, s)`` and ``a = sum_c exp(x_c - m) dL/dp_c``, then each row is written as
+    ``p_c (dL/dp_c - a / s)``, ``p_c = 2^((x_c - m) log2 e - log2 s)``, 0 where the pixel is
+    not counted. ``dL/dp_c`` is :func:`_dp_rows`; no address derives from the int32 class
+    index (walk pointers), so the label test stays one compare."""
+    ys, pvalid = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)[:2]
+    y_in = tl.where(pvalid, ys, -1)
+    coef = coef_ptr + b * 2 * C
+    m, s, a, _, _ = _walk_start(offs_p)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64 addresses; the class index is c0
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+        dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
+        xc, cmask, m, s, ec, rescale = _online_step(m, s, ptrs + off, offs_c, pmask, C)
+        a = a * rescale + tl.sum(ec * dp, axis=0)
+        off += step
+        coef += BLOCK_C
+    mean_dp = a / s
+    log2_s = tl.log2(s)
+    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
+    off = g_off
+    coef = coef_ptr + b * 2 * C
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+        dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
+        coef += BLOCK_C
+        xc = _load_walk(ptrs + off, offs_c, pmask, C)[0]
+        p = tl.exp2((xc - m[None, :]) * LOG2E - log2_s[None, :])
+        dz = tl.where(pvalid[None, :], p * (dp - mean_dp[None, :]), 0.0)
+        gmask = cmask[:, None] & pmask[None, :]
+        tl.store(g_ptrs + g_off, dz.to(g_ptr.dtype.element_ty), mask=gmask)
+        off += step
+        g_off += g_step
 
 
 @triton.jit
@@ -635,9 +762,15 @@ def _region_grad_kernel(
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
-        _region_grad_tile(
-            b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
-            C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
-            scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W,
-            SHARE, FOLD, BLOCK_C, BLOCK_P,
-        )  # fmt: skip
+        if FOLD and LABELS and PIXEL == 0:
+            _label_grad_tile(
+                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, g_ptr, C, sxb, sxc, sxs, stb, sts,
+                sgb, sgc, sgs, ignore_index, BLOCK_C,
+            )  # fmt: skip
+        else:
+            _region_grad_tile(
+                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr,
+                w2_ptr, C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index,
+                smoothing, gamma, scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE,
+                PIXEL, IS_FOCAL, HAS_W, SHARE, FOLD, BLOCK_C, BLOCK_P,
+            )  # fmt: skip

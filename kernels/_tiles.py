@@ -321,11 +321,11 @@ def finalize_block(n: int) -> int:
     return min(FINALIZE_BLOCK, next_pow2(n))
 
 
-def tile_chunks(S: int, block_p: int, B: int) -> tuple[int, int]:
+def tile_chunks(S: int, block_p: int, B: int, more: int = 1) -> tuple[int, int]:
     """``(tiles_per_chunk, n_chunks)``: the ``cdiv(S, block_p)`` pixel tiles of an image
-    cut into runs, so that about ``CHUNK_PROGRAMS`` programs cover the batch."""
+    cut into runs, so that about ``more * CHUNK_PROGRAMS`` programs cover the batch."""
     n_tiles = cdiv(S, block_p)
-    tiles_per_chunk = cdiv(n_tiles, min(n_tiles, max(1, CHUNK_PROGRAMS // B)))
+    tiles_per_chunk = cdiv(n_tiles, min(n_tiles, max(1, more * CHUNK_PROGRAMS // B)))
     return tiles_per_chunk, cdiv(n_tiles, tiles_per_chunk)
 
 

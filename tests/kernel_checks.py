@@ -162,7 +162,7 @@ def assert_runs_split(calls: list[tuple[tuple, object]]) -> None:
     from segtriton.kernels._tiles import cdiv
 
     assert calls, "no chunked launch ran"
-    for (S, block_p, _), (per_run, n_runs) in calls:
+    for (S, block_p, *_), (per_run, n_runs) in calls:
         assert per_run >= 2 and n_runs >= 2 and per_run * n_runs > cdiv(S, block_p), calls
 
 

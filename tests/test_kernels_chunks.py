@@ -3,7 +3,8 @@
 The region statistics (region and compound losses, recall CE), the Wasserstein sums, the
 confusion matrix and the OHEM / top-k radix select cut each image's pixel tiles into
 runs, one program per run, so that about ``_tiles.CHUNK_PROGRAMS`` (1024) programs cover
-the batch (``tile_chunks``). At the
+the batch (``tile_chunks``; four times as many one-warp programs in a region pass 1 that
+walks class rows). At the
 suite's small shapes every run is one tile: a program's second tile, and a last run that
 ends past the image, never ran, while on a GPU at a training shape both happen in every
 call. Here CHUNK_PROGRAMS is lowered to 4 and the images hold S = 2050 = 2^11 + 2 pixels,

@@ -84,19 +84,39 @@ def _child_env(knobs: dict[str, str]) -> dict[str, str]:
     return env
 
 
-@pytest.mark.skipif(
+def _child_pytest(*args: str) -> str:
+    """Runs pytest on ``args`` in a child process under the default tiles; its stdout."""
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    out = subprocess.run(
+        [*argv, *args], env=_child_env({}), capture_output=True, text=True, cwd=TESTS.parent
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+_DEFAULTS_ALREADY = pytest.mark.skipif(
     os.environ.get("SEGTRITON_TEST_DEFAULT_TILES") == "1" or torch.cuda.is_available(),
     reason="this run takes the default tiles already",
 )
+
+
+@_DEFAULTS_ALREADY
 def test_random_options_under_the_default_tiles():
     """In Triton's interpreter the suite takes whole-class tiles for speed
     (tests/conftest.py); every loss's random option sets run here under the default
     walks over class rows, in a child pytest (on a GPU the whole suite runs them)."""
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-    argv.append(str(TESTS / "test_kernels_random_options.py"))
-    out = subprocess.run(argv, env=_child_env({}), capture_output=True, text=True, cwd=TESTS.parent)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-500:]
+    stdout = _child_pytest(str(TESTS / "test_kernels_random_options.py"))
+    assert " passed" in stdout and "skipped" not in stdout, stdout[-500:]
+
+
+@_DEFAULTS_ALREADY
+def test_region_label_edge_cases_under_the_default_tiles():
+    """The region and compound losses' ignore-heavy, all-ignored and bad-label tests and
+    every integer label dtype under the default walks, where pass 1 takes T, the counted
+    pixels and the bad-label flag once per tile and pass 2 picks ``dL/dp`` by the label."""
+    tests = [str(TESTS / f"test_kernels_{name}.py") for name in ("region", "compound")]
+    stdout = _child_pytest(*tests, "-k", "bad_targets or ignore_heavy or any_integer_label")
+    assert " passed" in stdout and " failed" not in stdout, stdout[-500:]
 
 
 @pytest.mark.parametrize(
