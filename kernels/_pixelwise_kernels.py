@@ -177,12 +177,19 @@ def _softmax_terms(
 
 
 @triton.jit
-def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
-    """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid.
-    ``p = exp(x - m) / s``; the true-class term ``p_y - 1 = -t`` is taken from ``t``."""
-    p = fast_exp(x - m[None, :]) * inv_s[None, :]
+def _softmax_grad_p(p, is_y, t, k, eps_c, w_c, w_sum):
+    """``K (p - onehot) + eps/C (W p - w_c)`` of a tile given ``p``; the true-class term
+    ``p_y - 1 = -t`` is taken from ``t``."""
     diff = tl.where(is_y, -t[None, :], p)
-    dx = k[None, :] * diff + eps_c * (w_sum * p - w_c[:, None])
+    return k[None, :] * diff + eps_c * (w_sum * p - w_c[:, None])
+
+
+@triton.jit
+def _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid):
+    """``dL/dz`` of one tile: ``g (K (p - onehot) + eps/C (W p - w_c))``, 0 where invalid,
+    ``p = exp(x - m) / s`` (:func:`_softmax_grad_p`)."""
+    p = fast_exp(x - m[None, :]) * inv_s[None, :]
+    dx = _softmax_grad_p(p, is_y, t, k, eps_c, w_c, w_sum)
     return tl.where(valid[None, :], dx * gscale[None, :], 0.0)
 
 

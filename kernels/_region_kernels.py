@@ -16,8 +16,8 @@ Two passes over the logits, no one-hot:
   cancel (the MCC of a class that fills its unit). With classes streamed, the softmax
   needs a walk over the class rows before any is written; with the product sums (FOLD)
   that walk also takes ``sum_k p_k dL/dp_k``, else a second walk does. Hard labels with
-  those sums and no pixel term take :func:`_label_grad_tile`, where ``dL/dp_c`` is
-  ``u_c`` at the label and ``v_c`` elsewhere.
+  those sums and no pixel term, or the softmax one, take :func:`_label_grad_tile`, where
+  ``dL/dp_c`` is ``u_c`` at the label and ``v_c`` elsewhere.
 
 SOFTMAX means multiclass (a softmax over classes), else a sigmoid per element, or with
 PROBS none: the input is ``p`` (``from_logits=False``) and ``dL/dz = dL/dp``. LABELS
@@ -48,6 +48,7 @@ from ._pixelwise_kernels import (
     _mask_tile,
     _online_step,
     _sigmoid_terms,
+    _softmax_grad_p,
     _softmax_grad_tile,
     _softmax_terms,
     _softmax_tile_sums,
@@ -578,27 +579,43 @@ def _dp_rows(coef_at, c0, y_in, C, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _label_grad_tile(
-    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, g_ptr, C, sxb, sxc, sxs, stb, sts, sgb, sgc,
-    sgs, ignore_index, BLOCK_C: tl.constexpr,
+    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, C, S,
+    sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+    PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, SHARE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Pass 2 for a softmax over hard labels with the PRODUCT sums, no pixel term and
-    classes streamed (:func:`_fold_walk` and the write loop with nothing else): one walk
-    takes ``(m, s)`` and ``a = sum_c exp(x_c - m) dL/dp_c``, then each row is written as
-    ``p_c (dL/dp_c - a / s)``, ``p_c = 2^((x_c - m) log2 e - log2 s)``, 0 where the pixel is
-    not counted. ``dL/dp_c`` is :func:`_dp_rows`; no address derives from the int32 class
-    index (walk pointers), so the label test stays one compare."""
-    ys, pvalid = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)[:2]
+    """Pass 2 for a softmax over hard labels with the PRODUCT sums, classes streamed and
+    no pixel term or (PIXEL 1) the softmax one (:func:`_fold_walk` and the write loop,
+    with the label tested by one int32 compare): one walk takes ``(m, s)``, ``a = sum_c
+    exp(x_c - m) dL/dp_c`` and the pixel term's label sums, then each row is written as
+    ``p_c (dL/dp_c - a / s)`` plus the pixel term's gradient, ``p_c = 2^((x_c - m) log2 e
+    - log2 s)``, 0 where the pixel is not counted. ``dL/dp_c`` is :func:`_dp_rows`; no
+    address derives from the class index (walk pointers), so it stays 32-bit."""
+    ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     y_in = tl.where(pvalid, ys, -1)
     coef = coef_ptr + b * 2 * C
-    m, s, a, _, _ = _walk_start(offs_p)
+    m, s, a, s_other, x_y = _walk_start(offs_p)
+    swx = tl.zeros_like(s)
+    w_sum = 0.0
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64 addresses; the class index is c0
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
         xc, cmask, m, s, ec, rescale = _online_step(m, s, ptrs + off, offs_c, pmask, C)
         a = a * rescale + tl.sum(ec * dp, axis=0)
+        if PIXEL == 1:
+            s_other, x_y, w_sum, swx = _label_step(
+                s_other, x_y, w_sum, swx, xc, ec, rescale, offs_c[:, None] == y_in[None, :],
+                _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,
+            )  # fmt: skip
         off += step
         coef += BLOCK_C
+    if PIXEL == 1:
+        loss, den, k, t, eps_c = _softmax_pixel(
+            x_y, m, s_other, s, w_sum * m - swx, w_sum, ys, pvalid, pbad, C, w_ptr,
+            smoothing, gamma, scale, IS_FOCAL, HAS_W,
+        )  # fmt: skip
+        kpix = _pixel_weight(kpix_ptr, share_ptr, b, offs_p, pmask, S, SHARE)
     mean_dp = a / s
     log2_s = tl.log2(s)
     g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
@@ -609,7 +626,14 @@ def _label_grad_tile(
         coef += BLOCK_C
         xc = _load_walk(ptrs + off, offs_c, pmask, C)[0]
         p = tl.exp2((xc - m[None, :]) * LOG2E - log2_s[None, :])
-        dz = tl.where(pvalid[None, :], p * (dp - mean_dp[None, :]), 0.0)
+        dz = p * (dp - mean_dp[None, :])
+        if PIXEL == 1:
+            dx = _softmax_grad_p(
+                p, offs_c[:, None] == y_in[None, :], t, k, eps_c,
+                _class_factors(w_ptr, offs_c, cmask, HAS_W), w_sum,
+            )  # fmt: skip
+            dz += dx * kpix[None, :]
+        dz = tl.where(pvalid[None, :], dz, 0.0)
         gmask = cmask[:, None] & pmask[None, :]
         tl.store(g_ptrs + g_off, dz.to(g_ptr.dtype.element_ty), mask=gmask)
         off += step
@@ -762,10 +786,11 @@ def _region_grad_kernel(
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
-        if FOLD and LABELS and PIXEL == 0:
+        if FOLD and LABELS and PIXEL != 2:
             _label_grad_tile(
-                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, g_ptr, C, sxb, sxc, sxs, stb, sts,
-                sgb, sgc, sgs, ignore_index, BLOCK_C,
+                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, C,
+                S, sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+                PIXEL, IS_FOCAL, HAS_W, SHARE, BLOCK_C,
             )  # fmt: skip
         else:
             _region_grad_tile(
