@@ -239,6 +239,13 @@ def _row_step(m, xc):
 
 
 @triton.jit
+def _walk_probs(xc, m, lse2):
+    """Softmax probabilities of a class chunk given its pixels' max ``m`` and ``lse2 =
+    log2(s)``: ``2^((x - m) log2(e) - lse2)``, one FFMA and one MUFU.EX2 per logit."""
+    return tl.exp2((xc - m[None, :]) * LOG2E - lse2[None, :])
+
+
+@triton.jit
 def _online_step(m, s, ptrs, offs_c, pmask, C):
     """Loads the class chunk ``offs_c`` at ``ptrs`` (fp32 ``xc``) and adds it into the
     running per-pixel max ``m`` and ``s = sum exp(x - m)``: ``(xc, its class mask, the new
@@ -347,7 +354,7 @@ def _softmax_grad_walk(
         offs_c = c0 + offs_c0
         xc, cmask = _load_walk(ptrs + off, offs_c, pmask, C)
         off += step
-        p = tl.exp2((xc - m[None, :]) * LOG2E - lse2[None, :])
+        p = _walk_probs(xc, m, lse2)
         p = tl.where(valid[None, :], p, 0.0)  # whatever an ignored pixel's logits hold
         dx = kg[None, :] * p
         if SMOOTH:

@@ -15,9 +15,9 @@ Two passes over the logits, no one-hot:
   ``u`` comes from the finalize whole, not as a sum of two large terms that nearly
   cancel (the MCC of a class that fills its unit). With classes streamed, the softmax
   needs a walk over the class rows before any is written; with the product sums (FOLD)
-  that walk also takes ``sum_k p_k dL/dp_k``, else a second walk does. Hard labels with
-  those sums and no pixel term, or the softmax one, take :func:`_label_grad_tile`, where
-  ``dL/dp_c`` is ``u_c`` at the label and ``v_c`` elsewhere.
+  that walk also takes ``sum_k p_k dL/dp_k``, else a second walk does. With hard
+  labels (and no BCE / sigmoid focal term) ``dL/dp_c`` is picked as ``u_c`` at the label
+  and ``v_c`` elsewhere (:func:`_dp_rows`), in that walk and in the write loop.
 
 SOFTMAX means multiclass (a softmax over classes), else a sigmoid per element, or with
 PROBS none: the input is ``p`` (``from_logits=False``) and ``dL/dz = dL/dp``. LABELS
@@ -53,11 +53,12 @@ from ._pixelwise_kernels import (
     _softmax_terms,
     _softmax_tile_sums,
     _softmax_walk_sums,
+    _walk_probs,
     _walk_ptrs,
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import LOG2E, WALK_UNROLL, fast_exp, program_tile
+from ._tiles import WALK_UNROLL, fast_exp, program_tile
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -322,7 +323,7 @@ def _label_row_sums(ptrs, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP: tl.con
     and no address derives from it, so each label test is one compare."""
     offs_c = c0 + tl.arange(0, ptrs.shape[0])
     x = _load_walk(ptrs, offs_c, pmask, C)[0]
-    p = tl.where(pvalid[None, :], tl.exp2((x - m[None, :]) * LOG2E - log2_s[None, :]), 0.0)
+    p = tl.where(pvalid[None, :], _walk_probs(x, m, log2_s), 0.0)
     g = offs_c[:, None] == y_in[None, :]
     pp = p
     if OVERLAP == SQUARED:
@@ -541,24 +542,36 @@ def _fold_walk(
     pixel the softmax's ``(m, s)`` and ``a = sum_k exp(x_k - m) dL/dp_k``, kept against
     the running max as s is, so that ``sum_k p_k dL/dp_k = a / s`` without a walk of its
     own; with PIXEL 1 also the pixel term's label sums (as :func:`_softmax_walk_sums`).
-    Returns ``(m, s, a, s_other, x_y, W, sum_c w_c (m - x_c))``."""
+    With LABELS, ``dL/dp_k`` is :func:`_dp_rows` (``a`` is then not 0 at a pixel that is
+    not counted: its writes are). Returns ``(m, s, a, s_other, x_y, W, sum_c w_c (m -
+    x_c))``."""
     m, s, s_other, x_y, swx = _walk_start(offs_p)
     a = tl.zeros_like(s)
     w_sum = 0.0
     ones = tl.full([offs_p.shape[0]], 1.0, tl.float32)  # p as exp(x - m), unnormalised
+    y_in = tl.where(pvalid, ys, -1)
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        offs_c = c0 + offs_c0
+        if LABELS:
+            dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
+            coef += BLOCK_C
+            is_y = offs_c[:, None] == y_in[None, :]
+        else:
+            offs_c = c0 + offs_c0
         xc, cmask, m, s, ec, rescale = _online_step(m, s, ptrs + off, offs_c, pmask, C)
         off += step
-        e, g, valid, bad = _chunk_terms(
-            ec, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, ones, C,
-            stb, stc, sts, ignore_index, True, LABELS, HAS_IGNORE, False,
-        )  # fmt: skip
-        a = a * rescale + tl.sum(e * _dl_dp(e, g, coef, offs_c, C, PRODUCT), axis=0)
+        if LABELS:
+            a = a * rescale + tl.sum(ec * dp, axis=0)
+        else:
+            e, g, valid, bad = _chunk_terms(
+                ec, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, ones, C,
+                stb, stc, sts, ignore_index, True, LABELS, HAS_IGNORE, False,
+            )  # fmt: skip
+            a = a * rescale + tl.sum(e * _dl_dp(e, g, coef, offs_c, C, PRODUCT), axis=0)
+            is_y = g > 0.0
         if PIXEL == 1:
             s_other, x_y, w_sum, swx = _label_step(
-                s_other, x_y, w_sum, swx, xc, ec, rescale, g > 0.0,
+                s_other, x_y, w_sum, swx, xc, ec, rescale, is_y,
                 _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,
             )  # fmt: skip
     return m, s, a, s_other, x_y, w_sum, w_sum * m - swx
@@ -575,69 +588,6 @@ def _dp_rows(coef_at, c0, y_in, C, BLOCK_C: tl.constexpr):
     u = tl.load(coef_at + tl.arange(0, BLOCK_C), mask=cmask, other=0.0)[:, None]
     v = tl.load(coef_at + C + tl.arange(0, BLOCK_C), mask=cmask, other=0.0)[:, None]
     return tl.where(offs_c[:, None] == y_in[None, :], u, v), offs_c, cmask
-
-
-@triton.jit
-def _label_grad_tile(
-    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, C, S,
-    sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-    PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, SHARE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """Pass 2 for a softmax over hard labels with the PRODUCT sums, classes streamed and
-    no pixel term or (PIXEL 1) the softmax one (:func:`_fold_walk` and the write loop,
-    with the label tested by one int32 compare): one walk takes ``(m, s)``, ``a = sum_c
-    exp(x_c - m) dL/dp_c`` and the pixel term's label sums, then each row is written as
-    ``p_c (dL/dp_c - a / s)`` plus the pixel term's gradient, ``p_c = 2^((x_c - m) log2 e
-    - log2 s)``, 0 where the pixel is not counted. ``dL/dp_c`` is :func:`_dp_rows`; no
-    address derives from the class index (walk pointers), so it stays 32-bit."""
-    ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
-    y_in = tl.where(pvalid, ys, -1)
-    coef = coef_ptr + b * 2 * C
-    m, s, a, s_other, x_y = _walk_start(offs_p)
-    swx = tl.zeros_like(s)
-    w_sum = 0.0
-    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64 addresses; the class index is c0
-    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
-    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
-        xc, cmask, m, s, ec, rescale = _online_step(m, s, ptrs + off, offs_c, pmask, C)
-        a = a * rescale + tl.sum(ec * dp, axis=0)
-        if PIXEL == 1:
-            s_other, x_y, w_sum, swx = _label_step(
-                s_other, x_y, w_sum, swx, xc, ec, rescale, offs_c[:, None] == y_in[None, :],
-                _class_factors(w_ptr, offs_c, cmask, HAS_W), cmask,
-            )  # fmt: skip
-        off += step
-        coef += BLOCK_C
-    if PIXEL == 1:
-        loss, den, k, t, eps_c = _softmax_pixel(
-            x_y, m, s_other, s, w_sum * m - swx, w_sum, ys, pvalid, pbad, C, w_ptr,
-            smoothing, gamma, scale, IS_FOCAL, HAS_W,
-        )  # fmt: skip
-        kpix = _pixel_weight(kpix_ptr, share_ptr, b, offs_p, pmask, S, SHARE)
-    mean_dp = a / s
-    log2_s = tl.log2(s)
-    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
-    off = g_off
-    coef = coef_ptr + b * 2 * C
-    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
-        coef += BLOCK_C
-        xc = _load_walk(ptrs + off, offs_c, pmask, C)[0]
-        p = tl.exp2((xc - m[None, :]) * LOG2E - log2_s[None, :])
-        dz = p * (dp - mean_dp[None, :])
-        if PIXEL == 1:
-            dx = _softmax_grad_p(
-                p, offs_c[:, None] == y_in[None, :], t, k, eps_c,
-                _class_factors(w_ptr, offs_c, cmask, HAS_W), w_sum,
-            )  # fmt: skip
-            dz += dx * kpix[None, :]
-        dz = tl.where(pvalid[None, :], dz, 0.0)
-        gmask = cmask[:, None] & pmask[None, :]
-        tl.store(g_ptrs + g_off, dz.to(g_ptr.dtype.element_ty), mask=gmask)
-        off += step
-        g_off += g_step
 
 
 @triton.jit
@@ -700,6 +650,28 @@ def _region_grad_tile(
             dz.to(g_ptr.dtype.element_ty),
             mask=cmask[:, None] & pmask[None, :],
         )
+    elif FOLD and LABELS and PIXEL != 2:  # dL/dp_c picked by the label (_dp_rows)
+        y_in = tl.where(pvalid, ys, -1)
+        log2_s = tl.log2(s)
+        ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
+        g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
+        for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+            dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
+            coef += BLOCK_C
+            xc = _load_walk(ptrs + off, offs_c, pmask, C)[0]
+            p = _walk_probs(xc, m, log2_s)
+            dz = p * (dp - mean_dp[None, :])
+            if PIXEL == 1:  # p computed once for both terms
+                dx = _softmax_grad_p(
+                    p, offs_c[:, None] == y_in[None, :], t, k, eps_c,
+                    _class_factors(w_ptr, offs_c, cmask, HAS_W), w_sum,
+                )  # fmt: skip
+                dz += dx * kpix[None, :]
+            dz = tl.where(pvalid[None, :], dz, 0.0)
+            gmask = cmask[:, None] & pmask[None, :]
+            tl.store(g_ptrs + g_off, dz.to(g_ptr.dtype.element_ty), mask=gmask)
+            off += step
+            g_off += g_step
     else:
         if SOFTMAX and not FOLD:  # sum_k p_k dL/dp_k is needed before any class is written
             for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
@@ -786,16 +758,9 @@ def _region_grad_kernel(
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
-        if FOLD and LABELS and PIXEL != 2:
-            _label_grad_tile(
-                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, C,
-                S, sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-                PIXEL, IS_FOCAL, HAS_W, SHARE, BLOCK_C,
-            )  # fmt: skip
-        else:
-            _region_grad_tile(
-                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr,
-                w2_ptr, C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index,
-                smoothing, gamma, scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE,
-                PIXEL, IS_FOCAL, HAS_W, SHARE, FOLD, BLOCK_C, BLOCK_P,
-            )  # fmt: skip
+        _region_grad_tile(
+            b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
+            C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
+            scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W,
+            SHARE, FOLD, BLOCK_C, BLOCK_P,
+        )  # fmt: skip
