@@ -535,14 +535,14 @@ def _tile_grad(z, p, dp, valid, mean_dp, SOFTMAX: tl.constexpr, PROBS: tl.conste
 def _fold_walk(
     x_ptr, t_ptr, w_ptr, coef, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C,
     sxb, sxc, sxs, stb, stc, sts, ignore_index,
-    LABELS: tl.constexpr, HAS_IGNORE: tl.constexpr, PIXEL: tl.constexpr, HAS_W: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    LABELS: tl.constexpr, PICK: tl.constexpr, HAS_IGNORE: tl.constexpr, PIXEL: tl.constexpr,
+    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Pass 2's one walk before its writes (softmax, PRODUCT sums, classes streamed): per
     pixel the softmax's ``(m, s)`` and ``a = sum_k exp(x_k - m) dL/dp_k``, kept against
     the running max as s is, so that ``sum_k p_k dL/dp_k = a / s`` without a walk of its
     own; with PIXEL 1 also the pixel term's label sums (as :func:`_softmax_walk_sums`).
-    With LABELS, ``dL/dp_k`` is :func:`_dp_rows` (``a`` is then not 0 at a pixel that is
+    With PICK, ``dL/dp_k`` is :func:`_dp_rows` (``a`` is then not 0 at a pixel that is
     not counted: its writes are). Returns ``(m, s, a, s_other, x_y, W, sum_c w_c (m -
     x_c))``."""
     m, s, s_other, x_y, swx = _walk_start(offs_p)
@@ -552,7 +552,7 @@ def _fold_walk(
     y_in = tl.where(pvalid, ys, -1)
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        if LABELS:
+        if PICK:
             dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
             coef += BLOCK_C
             is_y = offs_c[:, None] == y_in[None, :]
@@ -560,7 +560,7 @@ def _fold_walk(
             offs_c = c0 + offs_c0
         xc, cmask, m, s, ec, rescale = _online_step(m, s, ptrs + off, offs_c, pmask, C)
         off += step
-        if LABELS:
+        if PICK:
             a = a * rescale + tl.sum(ec * dp, axis=0)
         else:
             e, g, valid, bad = _chunk_terms(
@@ -600,6 +600,10 @@ def _region_grad_tile(
     SHARE: tl.constexpr, FOLD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """Writes ``dL/dz`` of one pixel tile (see :func:`_region_grad_kernel`)."""
+    # dL/dp_c picked by the label (_dp_rows). Not with a BCE / sigmoid focal term: its write
+    # loop tests labels in _chunk_terms, and Triton 3.6 cannot build the pick walk beside
+    # that loop on 8- or 16-bit labels (_runtime.WALK_LABEL_BUG)
+    PICK: tl.constexpr = FOLD and LABELS and PIXEL != 2
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     coef = coef_ptr + b * 2 * C
     g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
@@ -614,8 +618,8 @@ def _region_grad_tile(
     if FOLD:
         m, s, a, s_other, x_y, w_sum, smooth_sum = _fold_walk(
             x_ptr, t_ptr, w_ptr, coef, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C,
-            sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, HAS_IGNORE, PIXEL, HAS_W,
-            BLOCK_C,
+            sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, PICK, HAS_IGNORE, PIXEL,
+            HAS_W, BLOCK_C,
         )  # fmt: skip
         inv_s = 1.0 / s
         mean_dp = a * inv_s
@@ -650,7 +654,7 @@ def _region_grad_tile(
             dz.to(g_ptr.dtype.element_ty),
             mask=cmask[:, None] & pmask[None, :],
         )
-    elif FOLD and LABELS and PIXEL != 2:  # dL/dp_c picked by the label (_dp_rows)
+    elif PICK:
         y_in = tl.where(pvalid, ys, -1)
         log2_s = tl.log2(s)
         ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
