@@ -10,10 +10,11 @@ a class with an empty denominator, left out of means). How the matrix is built:
   through strides (NCHW, NCDHW, channels_last).
 - Counts are exact integers: for ``C * C + 2 <= 4096`` each program keeps a private
   histogram of the bins and the partial histograms are added in a fixed order; for larger
-  C each pixel off the diagonal adds 1 to its bin with an integer atomic (C up to 46340),
-  and the diagonal is counted per program first (for C < 4096), so the few hot bins of
-  a good model take one atomic per class per program instead of one per pixel. Either
-  way the result is deterministic.
+  C each pixel adds 1 to its bin with a relaxed integer atomic (C up to 46340), except
+  in a pixel tile whose diagonal holds an eighth of its pixels or more (for C < 4096):
+  there the diagonal is counted per program first, so the few hot bins of a good model
+  take one atomic per class per program instead of one per pixel. Either way the result
+  is deterministic.
 - A label outside ``[0, C)`` (target not ``ignore_index``, or a predicted label) is
   counted apart: ``validate=True`` (the default) reads that count (one scalar host sync)
   and raises ``ValueError``; with ``validate=False`` such pixels are left out silently.

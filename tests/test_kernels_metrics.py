@@ -75,6 +75,28 @@ def test_confusion_matrix_over_runs_of_tiles(C, from_logits, per_image, gen, mon
     assert_runs_split(runs)
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_dense_and_sparse_diagonal_tiles_in_one_run(from_logits, per_image, gen, monkeypatch):
+    """C = 150: a tile whose diagonal holds an eighth of its pixels or more counts it in
+    the program's private histogram, a sparser one sends its hits through the atomics.
+    Right predictions on the first 1100 pixels of each image and random ones after put
+    both kinds of tile, and one that changes inside it, into the same run."""
+    runs = chunked_runs(monkeypatch)
+    C = 150
+    logits, target = _inputs(2, C, (41, 50), gen, ignore_frac=0.1)
+    right = (torch.arange(41 * 50, device=DEVICE) < 1100).view(1, 41, 50)
+    preds = torch.where(right & (target != 255), target, logits.argmax(1))
+    if from_logits:
+        preds = logits.scatter(1, preds[:, None], 9.0)
+    got = ker.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+    want = ref.confusion_matrix(preds, target, C, ignore_index=255, per_image=per_image)
+    assert torch.equal(got, want)
+    hits = torch.diagonal(want, dim1=-2, dim2=-1).sum()
+    assert 2 * 1100 * 0.8 < hits < 2 * 1100, hits
+    assert_runs_split(runs)
+
+
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32], ids=str)
 def test_label_dtypes_and_channels_last(label_dtype, gen):
     logits, target = _inputs(2, 5, (6, 7), gen, label_dtype=label_dtype)
