@@ -6,7 +6,8 @@ The threshold is the k-th largest per-pixel loss (0-based; fp32, >= 0), found by
 radix select on order-preserving int32 keys: four passes over the keys, each a histogram
 of one 8-bit digit among the keys that share the digits found so far, each followed by a
 one-program scan that picks the digit holding the k-th key. Integer atomics only, so the
-result is exact and deterministic, and nothing is read on the host.
+result is exact and deterministic, and nothing is read on the host; relaxed ones, as only
+the next kernel reads what they add.
 
 ``state`` (int64): ``[prefix, k, n_valid, n_kept]``; ``hist``: four 256-bin int64
 histograms, one per pass (``hist[0]`` is the last); both start at zero, except
@@ -69,9 +70,10 @@ def _radix_hist_kernel(
             m = m & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8)))
         counts += tl.histogram(tl.where(m, (key >> SHIFT) & 255, 256), 512)
     bins = tl.arange(0, 512)
-    tl.atomic_add(hist_ptr + (SHIFT // 8) * 256 + bins, counts.to(tl.int64), mask=bins < 256)
+    hist = hist_ptr + (SHIFT // 8) * 256 + bins
+    tl.atomic_add(hist, counts.to(tl.int64), mask=bins < 256, sem="relaxed")
     if COUNT:
-        tl.atomic_add(state_ptr + 2, tl.sum(n_valid, axis=0))
+        tl.atomic_add(state_ptr + 2, tl.sum(n_valid, axis=0), sem="relaxed")
 
 
 @kernel_jit
@@ -114,7 +116,7 @@ def _ohem_keep_kernel(
         label = tl.where((y >= 0) & (y < C), y, -2).to(tl.int32)
         tl.store(out_ptr + offs, tl.where(kept, label, -1), mask=m)
         n_kept += kept.to(tl.int64)
-    tl.atomic_add(state_ptr + 3, tl.sum(n_kept, axis=0))
+    tl.atomic_add(state_ptr + 3, tl.sum(n_kept, axis=0), sem="relaxed")
 
 
 @kernel_jit
