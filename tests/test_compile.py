@@ -1,6 +1,8 @@
 """Every Triton kernel compiles for the H100 (sm_90) with the installed Triton, on a
 machine without a GPU: ``segtriton compile --quick`` runs in a subprocess with compiled
-Triton (the interpreter accepts programs the compiler rejects, e.g. non-constexpr globals).
+Triton (the interpreter accepts programs the compiler rejects, e.g. non-constexpr globals);
+and with the GPU image's Triton where ``SEGTRITON_GPU_TRITON_PYTHON`` names a Python that
+has it (``.ci/run`` makes one).
 
 It also guards speed: in contiguous NCHW / NCDHW layouts no kernel spills registers to
 local memory beyond ``SPILL_SLACK`` bytes per thread. On a GPU the other kernel tests
@@ -85,6 +87,32 @@ def test_no_register_spills_in_nchw(compiled):
     nchw = df[~df.case.str.contains("channels_last")]
     spills = nchw[nchw.local_bytes > SPILL_SLACK]
     assert spills.empty, spills[["kernel", "case", "registers", "local_bytes"]].to_string()
+
+
+# a Python whose Triton is the GPU image's (3.6), over this checkout (.ci/run makes one)
+GPU_TRITON_PYTHON = os.environ.get("SEGTRITON_GPU_TRITON_PYTHON")
+
+
+@pytest.mark.skipif(
+    not GPU_TRITON_PYTHON, reason="SEGTRITON_GPU_TRITON_PYTHON names no Python to build with"
+)
+def test_the_gpu_images_triton_builds_every_case(tmp_path):
+    """``segtriton compile --quick`` under the GPU image's Triton. Its compiler fails on
+    some programs that the installed one builds (``_runtime.WALK_LABEL_BUG``); a GPU run
+    would meet such a failure only for the cases its tests launch."""
+    version = subprocess.run(
+        [GPU_TRITON_PYTHON, "-c", "import triton; print(triton.__version__)"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert version.stdout.startswith("3.6"), version.stdout + version.stderr
+    env = env_without_interpreter()
+    for knob in ("TRITON_DEFAULT_FP_FUSION", "SEGTRITON_MAX_SINGLE_C", "SEGTRITON_CHUNK"):
+        env.pop(knob, None)
+    cmd = [GPU_TRITON_PYTHON, "-m", "segtriton.bench.cli", "compile", "--quick"]
+    cmd += ["--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "0 failed case(s)" in proc.stdout
 
 
 def _tile_rule(env_value: str) -> subprocess.CompletedProcess:
