@@ -107,10 +107,13 @@ METRIC_SHAPES = (
 )
 # multilabel: BraTS-like volumes, logits against three overlapping uint8 region masks
 MASK_SHAPE = [4, 3, 128, 128, 128] if DEVICE.type == "cuda" else [1, 3, 24, 32, 32]
+# kinds: random labels or logits; labels90, labels right on 90% of the pixels (a good
+# model's matrix: C = 150 takes the Triton kernel's private diagonal); multilabel masks
 METRIC_CASES = [  # (provider, preds kind, [B, C, *S], logits dtype)
     (provider, kind, shape, "bf16")
     for shape, kinds in ((METRIC_SHAPES[0], ("labels", "logits")),
-                         (METRIC_SHAPES[1], ("labels", "logits")), (MASK_SHAPE, ("masks",)))
+                         (METRIC_SHAPES[1], ("labels", "labels90", "logits")),
+                         (MASK_SHAPE, ("masks",)))
     for kind in kinds
     for provider in ("triton", "bincount", "torchmetrics")
 ]  # fmt: skip
@@ -139,8 +142,10 @@ def test_confusion_matrix(benchmark, benchmark_case_metric, copy_gbps, versions)
         target = (torch.rand(shape, **on) < 0.3).to(torch.uint8)
     else:
         target = torch.randint(0, C, (B, *spatial), **on)
-    if kind == "labels":
+    if kind.startswith("labels"):
         preds = torch.randint(0, C, (B, *spatial), **on)
+        if kind == "labels90":
+            preds = torch.where(torch.rand(preds.shape, **on) < 0.9, target, preds)
     else:
         preds = torch.randn(shape, **on).to(DTYPES[dtype])
     if provider == "triton":
