@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._pixelwise_kernels import _load_walk, _walk_ptrs
 from ._runtime import kernel_jit
 from ._tiles import ignored, label_values
 
@@ -38,28 +39,36 @@ def _order_key(x):
 
 @triton.jit
 def _argmax_classes(
-    x_ptr, b, offs_p, pmask, C, sxb, sxc, sxs, SINGLE: tl.constexpr, BLOCK_C: tl.constexpr
-):
+    x_ptr, b, offs_p, pmask, C, sxb, sxc, sxs,
+    SINGLE: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
+):  # fmt: skip
     """Per pixel, the class of the largest logit (the lowest such class on ties; the first
-    NaN, if any, as in ``torch.argmax``)."""
+    NaN, if any, as in ``torch.argmax``). A walk over class chunks keeps the best value
+    so far: a chunk's winner (its row, or the argmax of :func:`_order_key` over a wider
+    chunk) replaces it when greater, or when NaN and the best is not; float compares
+    take -0.0 as 0.0."""
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
-    base = x_ptr + b * sxb + offs_p[None, :] * sxs
     if SINGLE:
+        base = x_ptr + b * sxb + offs_p[None, :] * sxs
         m2 = (offs_c0 < C)[:, None] & pmask[None, :]
         x = tl.load(base + offs_c0[:, None] * sxc, mask=m2, other=float("-inf")).to(tl.float32)
         return tl.argmax(_order_key(x), axis=0).to(tl.int32)
-    best = tl.full([offs_p.shape[0]], -(2**31), tl.int32)  # below every key
+    best = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
     arg = tl.zeros([offs_p.shape[0]], tl.int32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + offs_c0
-        m2 = (offs_c < C)[:, None] & pmask[None, :]
-        x = tl.load(base + offs_c[:, None] * sxc, mask=m2, other=float("-inf")).to(tl.float32)
-        key = _order_key(x)
-        chunk_best = tl.max(key, axis=0)
-        chunk_arg = tl.argmax(key, axis=0).to(tl.int32) + c0
-        better = chunk_best > best  # strict: an earlier (lower) class keeps a tie
-        best = tl.where(better, chunk_best, best)
-        arg = tl.where(better, chunk_arg, arg)
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
+    for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=UNROLL):
+        x = _load_walk(ptrs + off, c0 + tl.arange(0, BLOCK_C), pmask, C)[0]
+        off += step
+        if BLOCK_C == 1:
+            win = tl.max(x, axis=0)  # the row
+            at = c0
+        else:
+            k = tl.argmax(_order_key(x), axis=0).to(tl.int32)
+            win = tl.sum(tl.where(tl.arange(0, BLOCK_C)[:, None] == k[None, :], x, 0.0), axis=0)
+            at = c0 + k
+        better = (win > best) | ((win != win) & (best == best))
+        best = tl.where(better, win, best)
+        arg = tl.where(better, at, arg)
     return arg
 
 
@@ -86,6 +95,7 @@ def _confusion_kernel(
     DIAG_BINS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """HIST: ``out[pid, :NB]`` int32 partial histogram. Else: atomic adds into the int64
     ``out[(b if PER_IMAGE else 0), :C * C + 1]`` (the last bin counts bad labels); the
@@ -103,7 +113,9 @@ def _confusion_kernel(
         t = label_values(tl.load(t_ptr + b * stb + offs_p * sts, mask=pmask, other=0))
         counted = pmask & ~ignored(t, ignore_index)
         if LOGITS:
-            pred = _argmax_classes(p_ptr, b, offs_p, pmask, C, spb, spc, sps, SINGLE, BLOCK_C)
+            pred = _argmax_classes(
+                p_ptr, b, offs_p, pmask, C, spb, spc, sps, SINGLE, BLOCK_C, UNROLL
+            )
         else:
             pred = label_values(tl.load(p_ptr + b * spb + offs_p * sps, mask=pmask, other=0))
         # range tests in the loaded dtypes, then int32 (a label past int32 is no class)

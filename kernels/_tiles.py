@@ -113,8 +113,9 @@ def _narrow_walk_bug(labels: torch.Tensor) -> bool:
 
 
 def softmax_unroll(labels: torch.Tensor, pixel_stride: int) -> int | None:
-    """The ``loop_unroll_factor`` of the CE / softmax focal kernel's class walks for a
-    launch reading ``labels`` and logits whose pixels lie ``pixel_stride`` apart:
+    """The ``loop_unroll_factor`` of the CE / softmax focal kernel's class walks (and of
+    the confusion matrix's argmax walk, as light) for a launch reading ``labels`` and
+    logits whose pixels lie ``pixel_stride`` apart:
     ``UNROLL[0]`` (None for 1) on contiguous pixels (the layout timed), else None. None
     too where an unrolled walk does not build (8- or 16-bit labels under Triton < 3.7,
     ``_runtime.WALK_LABEL_BUG``). Compiled for sm_90 under Triton 3.6, unrolled

@@ -63,6 +63,7 @@ from ._tiles import (
     next_pow2,
     num_warps_for,
     pixel_view,
+    softmax_unroll,
     spatial_size,
     tile_chunks,
 )
@@ -146,6 +147,7 @@ def _confusion(
         DIAG_BINS=diag_bins,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
+        UNROLL=softmax_unroll(t, sps) if logits else None,
     )
     if hist:
         counts = out.view(B, n_chunks, nb).sum(1, dtype=torch.int64)[:, : cells + 1]
