@@ -268,20 +268,27 @@ def target_cases() -> list[CompileCase]:
     ``SEGTRITON_STAGES`` > 1) pipeline them, which the small odd shapes of
     :func:`compile_cases` do not show. Masks are in the logits' dtype, as in every case
     here and in a sweep. Lovasz is left out (its ``torch.sort`` would run on
-    the CPU)."""
+    the CPU). Then the confusion-matrix targets (from int64 labels, and from bf16 logits),
+    which ``pytest --benchmark`` times."""
     import torch
 
     from segtriton.registry import get
 
     from .spec import DTYPES
-    from .targets import sweep_cases
+    from .targets import TARGETS, sweep_cases
 
-    return [
+    losses = [
         CompileCase(name, dict(get(name).variants[0]), tuple(shape), DTYPES[dtype],
                     torch.int64, False, empty=True)
         for name, shape, dtype in sweep_cases()
         if not name.startswith("lovasz")
     ]  # fmt: skip
+    metrics = [
+        CompileCase(t.loss, {}, t.shape, torch.bfloat16, torch.int64, False, empty=True)
+        for t in TARGETS
+        if t.loss in ("confusion_labels", "confusion_logits")
+    ]
+    return losses + metrics
 
 
 def run_case(case: CompileCase) -> None:
@@ -302,13 +309,21 @@ def run_case(case: CompileCase) -> None:
         kernels.confusion_matrix(preds, target, C, ignore_index=255, validate=False, **case.options)
         return
     if case.name.startswith("confusion"):
-        target = torch.randint(0, C, (B, *spatial), generator=gen).to(case.label_dtype)
+        labels = (B, *spatial)
+        if case.empty:
+            target = torch.empty(labels, dtype=case.label_dtype)
+        else:
+            target = torch.randint(0, C, labels, generator=gen).to(case.label_dtype)
         if case.name == "confusion_logits":
-            preds = torch.randn(case.shape, generator=gen).to(case.dtype)
+            if case.empty:
+                preds = torch.empty(case.shape, dtype=case.dtype)
+            else:
+                preds = torch.randn(case.shape, generator=gen).to(case.dtype)
             if case.channels_last:
                 preds = preds.contiguous(memory_format=fmt)
         else:
-            preds = torch.randint(0, C, (B, *spatial), generator=gen).to(case.label_dtype)
+            preds = target if case.empty else torch.randint(0, C, labels, generator=gen)
+            preds = preds.to(case.label_dtype)
         kernels.confusion_matrix(
             preds, target, C, ignore_index=None, validate=False, **case.options
         )

@@ -159,9 +159,11 @@ def test_target_cases_are_the_targets_presets_loss_cases_uninitialised():
     from segtriton.bench.targets import sweep_cases
 
     cases = aot.target_cases()
+    metrics = [(name, [8, 19, 1024, 2048]) for name in ("confusion_labels", "confusion_logits")]
+    metrics += [(name, [16, 150, 512, 512]) for name in ("confusion_labels", "confusion_logits")]
     assert [(c.name, list(c.shape)) for c in cases] == [
         (name, list(shape)) for name, shape, _ in sweep_cases() if not name.startswith("lovasz")
-    ]
+    ] + sorted(metrics)
     assert all(c.empty and not c.channels_last for c in cases)
 
 
