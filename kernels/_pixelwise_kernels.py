@@ -681,13 +681,9 @@ def _probs_loss_kernel(
 
 
 @triton.jit
-def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
-    """Elementwise ``(loss, dL/dz)`` on logits ``x`` and targets ``t`` in [0, 1].
-
-    BCE: ``-(wp t log p + wn (1 - t) log(1 - p))`` (wp = weight * pos_weight, wn = weight).
-    Focal: ``a (1 - p_t)^gamma BCE`` with ``a = wp t + wn (1 - t)`` (weight times alpha and
-    times 1 - alpha).
-    """
+def _sigmoid_parts(x):
+    """``(log p, log q, p, q)`` of logits x, ``p = sigmoid(x)``, ``q = 1 - p``, each
+    without cancellation: one exponential ``e = exp(-|x|)`` and ``log1p(e)``."""
     e = fast_exp(-tl.abs(x))
     l1p = log1p(e)
     logp = tl.minimum(x, 0.0) - l1p
@@ -695,6 +691,18 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
     inv = 1.0 / (1.0 + e)
     p = tl.where(x >= 0, inv, e * inv)
     q = tl.where(x >= 0, e * inv, inv)
+    return logp, logq, p, q
+
+
+@triton.jit
+def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
+    """Elementwise ``(loss, dL/dz)`` on logits ``x`` and targets ``t`` in [0, 1].
+
+    BCE: ``-(wp t log p + wn (1 - t) log(1 - p))`` (wp = weight * pos_weight, wn = weight).
+    Focal: ``a (1 - p_t)^gamma BCE`` with ``a = wp t + wn (1 - t)`` (weight times alpha and
+    times 1 - alpha).
+    """
+    logp, logq, p, q = _sigmoid_parts(x)
     if IS_FOCAL:
         bce = -(t * logp + (1.0 - t) * logq)
         # u = 1 - p_t; hard targets take it in log space, exact where it underflows
@@ -715,6 +723,20 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
 
 
 @triton.jit
+def _sigmoid_hard_focal(x, pos, wp, wn, gamma):
+    """The focal branch of :func:`_sigmoid_terms` for hard targets (t = 1 where ``pos``,
+    else 0) without the soft-target work (the log of ``1 - p_t`` and the division by
+    it): the same values for finite logits, each factor picked by ``pos``."""
+    logp, logq, p, q = _sigmoid_parts(x)
+    bce = -tl.where(pos, logp, logq)
+    pow_g = fast_exp(gamma * tl.where(pos, logq, logp))  # (1 - p_t)^gamma
+    a = tl.where(pos, wp, wn)
+    loss = a * pow_g * bce
+    dx = a * pow_g * (gamma * tl.where(pos, -p, q) * bce + tl.where(pos, -q, p))
+    return loss, dx
+
+
+@triton.jit
 def _sigmoid_tile(
     b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
     sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, smoothing, alpha,
@@ -728,10 +750,13 @@ def _sigmoid_tile(
     there instead); its gradient written with WRITE_GRAD. With SMOOTH, targets are
     smoothed toward 1/2: ``t + smoothing (1 - 2 t)`` (a constexpr: the extra tile it costs
     took the one-vs-rest focal loss at [8, 19, 512, 1024] bf16 from 116 to 138 registers
-    on sm_90, half the resident warps)."""
+    on sm_90, half the resident warps). The focal loss on labels (one-vs-rest, never
+    smoothed) has hard targets: :func:`_sigmoid_hard_focal`. The loss adds up per element
+    and is summed over the classes once per tile."""
+    HARD: tl.constexpr = LABELS and IS_FOCAL and not SMOOTH
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
-    acc = tl.zeros([BLOCK_P], tl.float32)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         offs_c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         cmask = offs_c < C
@@ -739,8 +764,9 @@ def _sigmoid_tile(
         x = tl.load(
             x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs, mask=m2, other=0.0
         ).to(tl.float32)
-        if LABELS:
-            t = (offs_c[:, None] == ys[None, :]).to(tl.float32)
+        if LABELS:  # int32 class index (ys is): one compare per element
+            pos = (c0 + tl.arange(0, BLOCK_C))[:, None] == ys[None, :]
+            t = pos.to(tl.float32)
             valid = m2 & pvalid[None, :]
             bad = m2 & pbad[None, :]
         else:
@@ -766,14 +792,17 @@ def _sigmoid_tile(
         else:
             wp = w * pw
             wn = w
-        loss, dx = _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL)
+        if HARD:
+            loss, dx = _sigmoid_hard_focal(x, pos, wp, wn, gamma)
+        else:
+            loss, dx = _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL)
         loss = tl.where(valid, loss, 0.0)
         loss = tl.where(bad, float("nan"), loss)
         if WRITE_LOSS:
             if PER_ELEMENT:
                 tl.store(loss_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :], loss, mask=m2)
             else:
-                acc += tl.sum(loss, axis=0)
+                acc += loss
         if WRITE_GRAD:
             if PER_ELEMENT:
                 gsc = tl.load(
@@ -789,7 +818,7 @@ def _sigmoid_tile(
                 dx.to(g_ptr.dtype.element_ty),
                 mask=m2,
             )
-    return acc
+    return tl.sum(acc, axis=0)
 
 
 @kernel_jit
