@@ -21,6 +21,7 @@ from ._tiles import (
     ignored,
     label_values,
     log1p,
+    log1p_unit,
     pixel_block,
     program_tile,
 )
@@ -683,9 +684,9 @@ def _probs_loss_kernel(
 @triton.jit
 def _sigmoid_parts(x):
     """``(log p, log q, p, q)`` of logits x, ``p = sigmoid(x)``, ``q = 1 - p``, each
-    without cancellation: one exponential ``e = exp(-|x|)`` and ``log1p(e)``."""
+    without cancellation: one exponential ``e = exp(-|x|)`` and ``log(1 + e)``."""
     e = fast_exp(-tl.abs(x))
-    l1p = log1p(e)
+    l1p = log1p_unit(e)
     logp = tl.minimum(x, 0.0) - l1p
     logq = tl.minimum(-x, 0.0) - l1p
     inv = 1.0 / (1.0 + e)
