@@ -724,12 +724,14 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr):
 
 
 @triton.jit
-def _sigmoid_hard_focal(x, pos, wp, wn, gamma):
-    """The focal branch of :func:`_sigmoid_terms` for hard targets (t = 1 where ``pos``,
-    else 0) without the soft-target work (the log of ``1 - p_t`` and the division by
-    it): the same values for finite logits, each factor picked by ``pos``."""
+def _sigmoid_hard_focal(x, t, wp, wn, gamma):
+    """The focal branch of :func:`_sigmoid_terms` for hard targets (``t`` 0 or 1) without
+    the soft-target work (the log of ``1 - p_t`` and the division by it): the same values
+    for any logits, each factor picked by ``t`` (the BCE factor summed as there, so that
+    an infinite logit on its own side is NaN, as in torch)."""
     logp, logq, p, q = _sigmoid_parts(x)
-    bce = -tl.where(pos, logp, logq)
+    pos = t == 1.0
+    bce = -(t * logp + (1.0 - t) * logq)
     pow_g = fast_exp(gamma * tl.where(pos, logq, logp))  # (1 - p_t)^gamma
     a = tl.where(pos, wp, wn)
     loss = a * pow_g * bce
@@ -766,8 +768,7 @@ def _sigmoid_tile(
             x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs, mask=m2, other=0.0
         ).to(tl.float32)
         if LABELS:  # int32 class index (ys is): one compare per element
-            pos = (c0 + tl.arange(0, BLOCK_C))[:, None] == ys[None, :]
-            t = pos.to(tl.float32)
+            t = ((c0 + tl.arange(0, BLOCK_C))[:, None] == ys[None, :]).to(tl.float32)
             valid = m2 & pvalid[None, :]
             bad = m2 & pbad[None, :]
         else:
@@ -794,7 +795,7 @@ def _sigmoid_tile(
             wp = w * pw
             wn = w
         if HARD:
-            loss, dx = _sigmoid_hard_focal(x, pos, wp, wn, gamma)
+            loss, dx = _sigmoid_hard_focal(x, t, wp, wn, gamma)
         else:
             loss, dx = _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL)
         loss = tl.where(valid, loss, 0.0)

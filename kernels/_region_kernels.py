@@ -47,6 +47,7 @@ from ._pixelwise_kernels import (
     _load_walk,
     _mask_tile,
     _online_step,
+    _sigmoid_hard_focal,
     _sigmoid_terms,
     _softmax_grad_p,
     _softmax_grad_tile,
@@ -239,7 +240,7 @@ def _softmax_pixel(
 def _pixel_term(
     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
     smoothing, gamma, scale, kpix,
-    PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
+    PIXEL: tl.constexpr, LABELS: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
 ):  # fmt: skip
     """The compound loss's pixel term on a tile (with PIXEL 1, one holding every class):
     per pixel ``(loss, divisor)`` and the tile of its gradient times ``kpix`` (per pixel),
@@ -247,7 +248,8 @@ def _pixel_term(
     weight 0 gets NaN, as in torch). PIXEL 1: CE (``w_ptr`` class weights, label
     smoothing) or softmax focal (``w_ptr`` alpha, else ``scale``); PIXEL 2: BCE
     (``w_ptr`` = weight * pos_weight and ``w2_ptr`` = weight per class) or sigmoid focal
-    (``w_ptr`` = alpha and ``w2_ptr`` = 1 - alpha per class)."""
+    (``w_ptr`` = alpha and ``w2_ptr`` = 1 - alpha per class; on LABELS, hard targets:
+    :func:`_sigmoid_hard_focal`)."""
     cmask = offs_c < C
     if PIXEL == 1:
         is_y = offs_c[:, None] == ys[None, :]
@@ -262,7 +264,10 @@ def _pixel_term(
     else:
         wp = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         wn = tl.load(w2_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
-        loss, dx = _sigmoid_terms(x, g, wp, wn, gamma, IS_FOCAL)
+        if LABELS and IS_FOCAL:
+            loss, dx = _sigmoid_hard_focal(x, g, wp, wn, gamma)
+        else:
+            loss, dx = _sigmoid_terms(x, g, wp, wn, gamma, IS_FOCAL)
         loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
         loss = tl.sum(loss, axis=0)
         den = tl.sum(valid.to(tl.float32), axis=0)
@@ -425,7 +430,7 @@ def _region_stats_kernel(
             if PIXEL != 0:
                 loss, den, dx = _pixel_term(
                     x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, ones, PIXEL, IS_FOCAL, HAS_W,
+                    smoothing, gamma, scale, ones, PIXEL, LABELS, IS_FOCAL, HAS_W,
                 )  # fmt: skip
                 acc_loss += loss
                 acc_den += den
@@ -478,8 +483,9 @@ def _region_stats_kernel(
                         add_n = _add_at(add_n, offs_a, c0, sn)
                         if PIXEL == 2:  # elementwise, so it streams with the classes
                             loss, den, dx = _pixel_term(
-                                xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr,
-                                w2_ptr, smoothing, gamma, scale, ones, PIXEL, IS_FOCAL, HAS_W,
+                                xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C,
+                                w_ptr, w2_ptr, smoothing, gamma, scale, ones, PIXEL, LABELS,
+                                IS_FOCAL, HAS_W,
                             )  # fmt: skip
                             acc_loss += loss
                             acc_den += den
@@ -645,7 +651,7 @@ def _region_grad_tile(
         if PIXEL != 0:
             loss, den, dx = _pixel_term(
                 x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                smoothing, gamma, scale, kpix, PIXEL, IS_FOCAL, HAS_W,
+                smoothing, gamma, scale, kpix, PIXEL, LABELS, IS_FOCAL, HAS_W,
             )  # fmt: skip
             dz += dx
         cmask = offs_c0 < C
@@ -702,7 +708,7 @@ def _region_grad_tile(
             if PIXEL == 2:
                 loss, den, dx = _pixel_term(
                     xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, kpix, PIXEL, IS_FOCAL, HAS_W,
+                    smoothing, gamma, scale, kpix, PIXEL, LABELS, IS_FOCAL, HAS_W,
                 )  # fmt: skip
                 dz += dx
             tl.store(
