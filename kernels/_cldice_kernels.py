@@ -14,7 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._region_kernels import _load_chunk, _pixel_setup, _sigmoid_pq
+from ._pixelwise_kernels import _sigmoid_pq
+from ._region_kernels import _load_chunk, _pixel_setup
 from ._runtime import kernel_jit
 from ._tiles import pixel_block
 

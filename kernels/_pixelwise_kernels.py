@@ -682,17 +682,21 @@ def _probs_loss_kernel(
 
 
 @triton.jit
+def _sigmoid_pq(x):
+    """``(sigmoid(x), sigmoid(-x))`` without overflow, from ``e = exp(-|x|)``."""
+    e = fast_exp(-tl.abs(x))
+    inv = 1.0 / (1.0 + e)
+    return tl.where(x >= 0, inv, e * inv), tl.where(x >= 0, e * inv, inv)
+
+
+@triton.jit
 def _sigmoid_parts(x):
     """``(log p, log q, p, q)`` of logits x, ``p = sigmoid(x)``, ``q = 1 - p``, each
-    without cancellation: one exponential ``e = exp(-|x|)`` and ``log(1 + e)``."""
-    e = fast_exp(-tl.abs(x))
-    l1p = log1p_unit(e)
-    logp = tl.minimum(x, 0.0) - l1p
-    logq = tl.minimum(-x, 0.0) - l1p
-    inv = 1.0 / (1.0 + e)
-    p = tl.where(x >= 0, inv, e * inv)
-    q = tl.where(x >= 0, e * inv, inv)
-    return logp, logq, p, q
+    without cancellation: ``log p = min(x, 0) - log(1 + e)`` with the ``e`` of
+    :func:`_sigmoid_pq` (the compiler takes that exponential once)."""
+    l1p = log1p_unit(fast_exp(-tl.abs(x)))
+    p, q = _sigmoid_pq(x)
+    return tl.minimum(x, 0.0) - l1p, tl.minimum(-x, 0.0) - l1p, p, q
 
 
 @triton.jit

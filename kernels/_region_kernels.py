@@ -48,6 +48,7 @@ from ._pixelwise_kernels import (
     _mask_tile,
     _online_step,
     _sigmoid_hard_focal,
+    _sigmoid_pq,
     _sigmoid_terms,
     _softmax_grad_p,
     _softmax_grad_tile,
@@ -64,14 +65,6 @@ from ._tiles import WALK_UNROLL, fast_exp, program_tile
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
 PRODUCT, SQUARED, SOFT_MIN = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
-
-
-@triton.jit
-def _sigmoid_pq(x):
-    """``(sigmoid(x), sigmoid(-x))`` without overflow."""
-    e = fast_exp(-tl.abs(x))
-    inv = 1.0 / (1.0 + e)
-    return tl.where(x >= 0, inv, e * inv), tl.where(x >= 0, e * inv, inv)
 
 
 @triton.jit
