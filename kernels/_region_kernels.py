@@ -47,7 +47,6 @@ from ._pixelwise_kernels import (
     _load_walk,
     _mask_tile,
     _online_step,
-    _sigmoid_hard_focal,
     _sigmoid_pq,
     _sigmoid_terms,
     _softmax_grad_p,
@@ -241,8 +240,7 @@ def _pixel_term(
     weight 0 gets NaN, as in torch). PIXEL 1: CE (``w_ptr`` class weights, label
     smoothing) or softmax focal (``w_ptr`` alpha, else ``scale``); PIXEL 2: BCE
     (``w_ptr`` = weight * pos_weight and ``w2_ptr`` = weight per class) or sigmoid focal
-    (``w_ptr`` = alpha and ``w2_ptr`` = 1 - alpha per class; on LABELS, hard targets:
-    :func:`_sigmoid_hard_focal`)."""
+    (``w_ptr`` = alpha and ``w2_ptr`` = 1 - alpha per class; LABELS: hard targets)."""
     cmask = offs_c < C
     if PIXEL == 1:
         is_y = offs_c[:, None] == ys[None, :]
@@ -257,10 +255,7 @@ def _pixel_term(
     else:
         wp = tl.load(w_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
         wn = tl.load(w2_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)[:, None]
-        if LABELS and IS_FOCAL:
-            loss, dx = _sigmoid_hard_focal(x, g, wp, wn, gamma)
-        else:
-            loss, dx = _sigmoid_terms(x, g, wp, wn, gamma, IS_FOCAL)
+        loss, dx = _sigmoid_terms(x, g, wp, wn, gamma, IS_FOCAL, LABELS)
         loss = tl.where(bad, float("nan"), tl.where(valid, loss, 0.0))
         loss = tl.sum(loss, axis=0)
         den = tl.sum(valid.to(tl.float32), axis=0)
