@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._pixelwise_kernels import _load_walk, _walk_ptrs
+from ._pixelwise_kernels import _load_tile, _load_walk, _walk_ptrs
 from ._runtime import kernel_jit
 from ._tiles import ignored, label_values
 
@@ -49,9 +49,7 @@ def _argmax_classes(
     take -0.0 as 0.0."""
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     if SINGLE:
-        base = x_ptr + b * sxb + offs_p[None, :] * sxs
-        m2 = (offs_c0 < C)[:, None] & pmask[None, :]
-        x = tl.load(base + offs_c0[:, None] * sxc, mask=m2, other=float("-inf")).to(tl.float32)
+        x = _load_tile(x_ptr, b, offs_c0, offs_p, offs_c0 < C, pmask, sxb, sxc, sxs)
         return tl.argmax(_order_key(x), axis=0).to(tl.int32)
     best = tl.full([offs_p.shape[0]], float("-inf"), tl.float32)
     arg = tl.zeros([offs_p.shape[0]], tl.int32)

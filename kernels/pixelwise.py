@@ -901,8 +901,7 @@ def _sigmoid_launch(
     B, C = x.shape[:2]
     S = spatial_size(x)
     # elementwise: a walk over class rows, none padded (16-class chunks took 32 rows for 19)
-    block_c = 1
-    block_p = tile_pixels(block_c, least=64)
+    block_c, block_p = 1, tile_pixels(1)
     n_pblocks = cdiv(S, block_p)
     n_blocks = B * n_pblocks
     n_programs = program_count(n_blocks)
