@@ -140,8 +140,10 @@ def sweep_cases() -> list[tuple[str, list[int], str]]:
 def bench_extras(path: Path) -> list[dict]:
     """Confusion-matrix and distance-transform rows of a ``pytest --benchmark`` JSON file,
     as ``loss`` ('confusion_labels', 'confusion_logits', 'edt'), provider, shape, dtype,
-    median_ms, pct_of_copy_bw. They have no ``passed``: that run checked nothing (the test
-    suite checks these kernels), so no such target reads 'failed check'."""
+    median_ms, pct_of_copy_bw and, where the run timed CUDA-graph replays (Triton's
+    confusion matrix), graph_median_ms and graph_pct_of_copy_bw. They have no ``passed``:
+    that run checked nothing (the test suite checks these kernels), so no such target
+    reads 'failed check'."""
     rows = []
     for bench in json.loads(Path(path).read_text()).get("benchmarks", []):
         info, group = bench.get("extra_info", {}), bench.get("group") or ""
@@ -160,6 +162,8 @@ def bench_extras(path: Path) -> list[dict]:
                 "dtype": dtype,
                 "median_ms": bench["stats"]["median"] * 1e3,
                 "pct_of_copy_bw": info.get("pct_of_copy_bw", math.nan),
+                "graph_median_ms": info.get("graph_median_ms", math.nan),
+                "graph_pct_of_copy_bw": info.get("graph_pct_of_copy_bw", math.nan),
             }
         )
     return rows
