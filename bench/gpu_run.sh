@@ -31,7 +31,8 @@
 #                         COMPILE_FIRST losses (until 381 s), CE, softmax focal and Dice
 #                         (bf16) under each of LEASE_VARIANTS (28 s each) against the
 #                         default rows, the signed-map and Lovasz-sort benchmarks (until
-#                         492 s), then the other compile rows until LIMIT - 20; the
+#                         492 s), the probe's host stage (until LIMIT - 45; in bench.log),
+#                         then the other compile rows until LIMIT - 20; the
 #                         report's "Issue targets" table says what was met. At most 8
 #                         files of $OUT come back and the lease writes 6: add at most the
 #                         call's own log (the rows, report and benchmark JSON travel in
@@ -162,6 +163,11 @@ run_lease() {
     # the signed-map reference takes 4-8 s a round
     run_bench "$(left $((LIMIT * 88 / 100)))" "signed_map or sort_share" \
         "$dir/pytest-benchmark-2.json"
+    # where a call's host time goes: at lease3 CE at C = 19 took 0.90 ms a call timed with
+    # events and 0.25 ms replayed, and this CPU machine's `segtriton overhead` says 0.1 ms
+    { echo "# python3 -m segtriton.bench.probe --stages host"
+      timeout "$(left $((LIMIT - 45)))" python3 -m segtriton.bench.probe --stages host
+      echo "probe host: exit $?"; } >> "$OUT/bench.log" 2>&1
     # the report comes with this last sweep call, reading the benchmarks' JSON too
     SWEEP_DIR=$dir SWEEP_CAP=$(left $((LIMIT - 20))) run_sweep targets \
         --providers compile --dtypes bf16 --reps 20 --resume > /dev/null
