@@ -17,11 +17,12 @@ from ._tiles import (
     LOG2E,
     WALK_UNROLL,
     fast_exp,
+    fast_rcp,
     grad_divisor,
     ignored,
     label_values,
     log1p,
-    log1p_unit,
+    log1p_atanh,
     pixel_block,
     program_tile,
 )
@@ -684,18 +685,27 @@ def _probs_loss_kernel(
 @triton.jit
 def _sigmoid_pq(x):
     """``(sigmoid(x), sigmoid(-x))`` without overflow, from ``e = exp(-|x|)``."""
-    e = fast_exp(-tl.abs(x))
-    inv = 1.0 / (1.0 + e)
+    e = tl.exp2(tl.abs(x) * -LOG2E)
+    inv = fast_rcp(1.0 + e)
     return tl.where(x >= 0, inv, e * inv), tl.where(x >= 0, e * inv, inv)
 
 
 @triton.jit
 def _sigmoid_parts(x):
     """``(log p, log q, p, q)`` of logits x, ``p = sigmoid(x)``, ``q = 1 - p``, each
-    without cancellation: ``log p = min(x, 0) - log(1 + e)`` with the ``e`` of
-    :func:`_sigmoid_pq` (the compiler takes that exponential once)."""
-    l1p = log1p_unit(fast_exp(-tl.abs(x)))
-    p, q = _sigmoid_pq(x)
+    without cancellation, from ``e = exp(-|x|)`` and one reciprocal ``r = 1 / ((1 + e)(2 +
+    e))``: ``1 / (1 + e) = (2 + e) r`` gives p and q as :func:`_sigmoid_pq` does, and ``e /
+    (2 + e) = e (1 + e) r`` is the argument of :func:`log1p_atanh` for ``log(1 + e)``, so
+    that ``log p = min(x, 0) - log(1 + e)`` (one MUFU.EX2 and one MUFU.RCP per logit)."""
+    e = tl.exp2(tl.abs(x) * -LOG2E)
+    one_e = 1.0 + e
+    two_e = 2.0 + e
+    r = fast_rcp(one_e * two_e)
+    inv = two_e * r
+    l1p = log1p_atanh(e * one_e * r)
+    up = x >= 0
+    p = tl.where(up, inv, e * inv)
+    q = tl.where(up, e * inv, inv)
     return tl.minimum(x, 0.0) - l1p, tl.minimum(-x, 0.0) - l1p, p, q
 
 
@@ -710,17 +720,17 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr, HARD: tl.constex
     """
     logp, logq, p, q = _sigmoid_parts(x)
     if IS_FOCAL:
-        bce = -(t * logp + (1.0 - t) * logq)
         # u = 1 - p_t: picked in log space for t = 0 or 1 (exact where it underflows),
         # computed where t is soft; pow_g before the rest holds 72 registers, not 90 (sm_90)
         pos = t == 1.0
         log_u = tl.where(pos, logq, logp)
+        bce = -(t * logp + (1.0 - t) * logq)  # NaN at an infinite logit, as in torch
         if not HARD:
             u = q * t + p * (1.0 - t)
             u_safe = tl.where(u > 0.0, u, 1.0)
             soft = ~pos & (t != 0.0)
             log_u = tl.where(soft, tl.log(u_safe), log_u)
-        pow_g = fast_exp(gamma * log_u)
+        pow_g = tl.exp2(log_u * (gamma * LOG2E))  # the scalar product once a tile
         a = tl.where(pos, wp, wn)
         ratio = tl.where(pos, -p, q)  # du/dz / u
         p_minus_t = tl.where(pos, -q, p)
@@ -757,20 +767,24 @@ def _sigmoid_tile(
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+    # logits and gradient addressed by walked pointers: the class index stays int32
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
+    if WRITE_GRAD:
+        g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-        offs_c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        offs_c = c0 + tl.arange(0, BLOCK_C)
         cmask = offs_c < C
         m2 = cmask[:, None] & pmask[None, :]
-        x = tl.load(
-            x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs, mask=m2, other=0.0
-        ).to(tl.float32)
-        if LABELS:  # int32 class index (ys is): one compare per element
-            t = ((c0 + tl.arange(0, BLOCK_C))[:, None] == ys[None, :]).to(tl.float32)
+        x = tl.load(ptrs + off, mask=m2, other=0.0).to(tl.float32)
+        off += step
+        if LABELS:  # int32 class index and label: one compare per element
+            t = (offs_c[:, None] == ys[None, :]).to(tl.float32)
             valid = m2 & pvalid[None, :]
             bad = m2 & pbad[None, :]
         else:
             t, valid, bad = _mask_tile(
-                t_ptr, b, offs_c, offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
+                t_ptr, b, offs_c.to(tl.int64), offs_p, m2, stb, stc, sts, ignore_index, HAS_IGNORE
             )
         if SMOOTH:
             t = t + smoothing * (1.0 - 2.0 * t)
@@ -809,11 +823,8 @@ def _sigmoid_tile(
             if MEAN:
                 gsc = gsc / grad_divisor(denom_ptr, DEFER_MEAN)
             dx = tl.where(valid, dx * gsc, 0.0)
-            tl.store(
-                g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs,
-                dx.to(g_ptr.dtype.element_ty),
-                mask=m2,
-            )
+            tl.store(g_ptrs + g_off, dx.to(g_ptr.dtype.element_ty), mask=m2)
+            g_off += g_step
     return tl.sum(acc, axis=0)
 
 

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from segtriton.reference._common import RESERVED_IGNORE
 
-from ._runtime import WALK_LABEL_BUG, kernel_jit
+from ._runtime import WALK_LABEL_BUG, interpreter_enabled, kernel_jit
 
 
 def _max_tile() -> int:
@@ -371,6 +371,23 @@ def fast_exp(x):
     return tl.exp2(x * LOG2E)
 
 
+_INTERPRETED = tl.constexpr(interpreter_enabled())  # no inline PTX there
+
+
+@triton.jit
+def fast_rcp(x):
+    """``1 / x`` for normal ``x`` below 2^126: one MUFU.RCP (``rcp.approx.ftz.f32``, within
+    1 ulp), where Triton's ``1.0 / x`` (``div.full.f32``) adds seven instructions that
+    rescale huge and tiny divisors (sm_90 SASS). A division in Triton's interpreter."""
+    if _INTERPRETED:
+        r = 1.0 / x
+    else:
+        r = tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    return r
+
+
 @triton.jit
 def log1p(r):
     """``log(1 + r)`` for ``r >= 0``, accurate where ``1 + r`` rounds (Kahan's trick)."""
@@ -380,12 +397,11 @@ def log1p(r):
 
 
 @triton.jit
-def log1p_unit(r):
-    """``log(1 + r)`` for ``0 <= r <= 1`` without a log: ``2 atanh(u)``, ``u = r / (2 +
-    r)`` in [0, 1/3], by its odd series to ``u^13`` (the next term is below 2e-8 of the
-    sum), one division and eight multiply-adds where :func:`log1p` takes about thirty
-    instructions on sm_90 (the log alone is a 22-instruction polynomial)."""
-    u = r / (2.0 + r)
+def log1p_atanh(u):
+    """``log(1 + r)`` for ``0 <= r <= 1``, given ``u = r / (2 + r)`` in [0, 1/3], without a
+    log: ``2 atanh(u)`` by its odd series to ``u^13`` (the next term is below 2e-8 of the
+    sum), eight multiply-adds where :func:`log1p` takes about thirty instructions on
+    sm_90 (the log alone is a 22-instruction polynomial)."""
     u2 = u * u
     h = u2 * (1.0 / 13.0) + (1.0 / 11.0)
     h = h * u2 + (1.0 / 9.0)

@@ -31,7 +31,8 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.kernels._tiles import log1p_unit
+from segtriton.kernels._pixelwise_kernels import _sigmoid_parts
+from segtriton.kernels._tiles import log1p_atanh
 from segtriton.registry import get, make_inputs
 
 KERNELS = kernels_of("pixelwise")
@@ -400,14 +401,14 @@ def test_softmax_walks_unroll_where_the_labels_let_them(bug, monkeypatch, seed, 
 def _unit_log1p_kernel(r_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     r = tl.load(r_ptr + offs, mask=offs < n, other=0.0)
-    tl.store(out_ptr + offs, log1p_unit(r), mask=offs < n)
+    tl.store(out_ptr + offs, log1p_atanh(r / (2.0 + r)), mask=offs < n)
 
 
 def test_log_one_plus_on_the_unit_interval_is_within_four_ulps(gen):
-    """``_tiles.log1p_unit`` (the sigmoid losses' ``log(1 + exp(-|x|))``, by the atanh
-    series) against float64 on fresh random values in [0, 1], values spread over 35
-    decades toward 0, and the ends: within 4 float32 ulps of the result (a compiled
-    division may be 2 ulps off), 0 at 0."""
+    """``_tiles.log1p_atanh`` of ``r / (2 + r)`` (the atanh series of the sigmoid losses'
+    ``log(1 + exp(-|x|))``) against float64 on fresh random values in [0, 1], values
+    spread over 35 decades toward 0, and the ends: within 4 float32 ulps of the result (a
+    compiled division may be 2 ulps off), 0 at 0."""
     spread = torch.exp(-80 * torch.rand(100_000, generator=gen))
     ends = torch.tensor([0.0, 1.0, 2.0**-126, 6e-8, 0.5, 1 - 2.0**-24])
     r = torch.cat([torch.rand(100_000, generator=gen), spread, ends]).to(DEVICE)
@@ -418,3 +419,41 @@ def test_log_one_plus_on_the_unit_interval_is_within_four_ulps(gen):
     err = (got.double() - want).abs()
     assert torch.isfinite(got).all() and got[-6] == 0
     assert (err <= 4 * ulp).all(), float((err / ulp)[want > 0].max())
+
+
+@triton.jit
+def _sigmoid_parts_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    logp, logq, p, q = _sigmoid_parts(tl.load(x_ptr + offs, mask=mask, other=0.0))
+    for k, part in enumerate((logp, logq, p, q)):
+        tl.store(out_ptr + k * n + offs, part, mask=mask)
+
+
+def test_sigmoid_parts_from_one_exponential_and_one_reciprocal(gen):
+    """``_sigmoid_parts`` (``log p``, ``log q``, ``p``, ``q`` of the sigmoid losses, from
+    ``e = exp(-|x|)`` and one approximate reciprocal of ``(1 + e)(2 + e)``) against
+    float64 on fresh random logits from small to past float32's exp range, and the
+    infinities: within ``16 + 2|x|`` float32 ulps of each result (the exponential's
+    argument ``|x| log2(e)`` is rounded to float32, an error that grows with |x|), or
+    below float32's normal range where the result is."""
+    x = torch.cat(
+        [
+            torch.randn(50_000, generator=gen) * 4,
+            torch.randn(50_000, generator=gen) * 40,
+            torch.tensor([0.0, -0.0, 1e-8, -1e-8, 88.0, -88.0, 104.0, -104.0]),
+        ]
+    )
+    x = torch.cat([x, torch.tensor([math.inf, -math.inf])]).to(DEVICE)
+    got = torch.empty(4, x.numel(), device=DEVICE)
+    _sigmoid_parts_kernel[(triton.cdiv(x.numel(), 1024),)](x, got, x.numel(), BLOCK=1024)
+    xd = x.double()
+    sig = torch.nn.functional.logsigmoid
+    want = torch.stack([sig(xd), sig(-xd), torch.sigmoid(xd), torch.sigmoid(-xd)])
+    got = got.double()
+    assert not got.isnan().any()
+    bound = (16 + 2 * xd.abs()) * 2.0**-24 * want.abs() + 2.0**-126
+    finite = xd.isfinite()
+    err = (got - want).abs()[:, finite]
+    assert (err <= bound[:, finite]).all(), float((err / bound[:, finite]).max())
+    assert torch.equal(got[:, ~finite], want[:, ~finite])
