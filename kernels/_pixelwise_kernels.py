@@ -533,8 +533,9 @@ def _probs_grad(x, wt, cmask, m, s, s_rest, wsum):
     of a pixel whose largest logit is infinite (one +inf, or all -inf), as torch's
     softmax gives there (the loss is NaN too)."""
     is_max = (x == m[None, :]) & cmask[:, None]
-    at_max = ((wsum[None, :] - wt) - wt * s_rest[None, :]) / s[None, :]
-    dz = tl.where(is_max, at_max, wsum[None, :] * fast_exp(x - m[None, :]) / s[None, :] - wt)
+    inv_s = (1.0 / s)[None, :]  # per pixel: a multiply per logit, not a division
+    at_max = ((wsum[None, :] - wt) - wt * s_rest[None, :]) * inv_s
+    dz = tl.where(is_max, at_max, (wsum[None, :] * inv_s) * fast_exp(x - m[None, :]) - wt)
     return tl.where(tl.abs(m[None, :]) == float("inf"), float("nan"), dz)
 
 
