@@ -14,15 +14,18 @@ import triton.language as tl
 
 from ._runtime import kernel_jit
 from ._tiles import (
+    LN2,
     LOG2E,
     WALK_UNROLL,
     fast_exp,
+    fast_log2,
     fast_rcp,
     grad_divisor,
     ignored,
     label_values,
     log1p,
     log1p_atanh,
+    log1p_pos,
     pixel_block,
     program_tile,
 )
@@ -117,9 +120,11 @@ def _label_terms(x_y, m, s_other, s):
     """``(log p_y, t = 1 - p_y)`` from the max ``m``, ``s = sum_c exp(x_c - m)`` and its part
     over the other classes, both accurate as p_y -> 1 (no ``1 - p`` cancellation). A +inf
     logit makes ``s`` NaN, and log p_y too, as in ``F.cross_entropy`` (the gradient is NaN
-    there, so a finite loss would hide it)."""
-    logp_y = tl.where((x_y == m) & (s == s), -log1p(s_other), (x_y - m) - tl.log(s))
-    return logp_y, s_other / s
+    there, so a finite loss would hide it). ``log s`` by :func:`fast_log2` (s >= 1, and
+    ``|log p_y| >= log 2`` where the label's logit is not the max)."""
+    log_s = fast_log2(s) * LN2
+    logp_y = tl.where((x_y == m) & (s == s), -log1p_pos(s_other), (x_y - m) - log_s)
+    return logp_y, s_other * fast_rcp(s)
 
 
 @triton.jit
@@ -128,7 +133,7 @@ def _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL: tl.constexpr):
     term for CE)."""
     if IS_FOCAL:
         pos = t > 0
-        pow_g = tl.where(pos, fast_exp(gamma * tl.log(tl.where(pos, t, 1.0))), 0.0)
+        pow_g = tl.where(pos, tl.exp2(gamma * fast_log2(tl.where(pos, t, 1.0))), 0.0)
         q = 1.0 - t
         r = tl.where(pos, -logp_y / tl.where(pos, t, 1.0), 1.0)
         loss = -scale_y * pow_g * logp_y
@@ -173,7 +178,7 @@ def _softmax_terms(
         k = k * (1.0 - smoothing)
         # without smoothing the term is dropped, not multiplied by 0: a class masked with
         # a -inf logit makes it inf (F.cross_entropy gives a finite loss there)
-        smooth = eps_c * (smooth_sum + w_sum * tl.log(s))
+        smooth = eps_c * (smooth_sum + w_sum * (fast_log2(s) * LN2))
         loss = (1.0 - smoothing) * loss + tl.where(eps_c > 0.0, smooth, 0.0)
     return loss, k, t
 
@@ -414,7 +419,7 @@ def _softmax_tile(
     loss, k, t = _softmax_terms(
         x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
     )
-    inv_s = 1.0 / s
+    inv_s = fast_rcp(s)
     loss = tl.where(valid, loss, 0.0)
     loss = tl.where(bad, float("nan"), loss)
     if WRITE_LOSS and PER_PIXEL:
@@ -438,7 +443,7 @@ def _softmax_tile(
             )
         else:
             _softmax_grad_walk(
-                x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, tl.log2(s),
+                x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, fast_log2(s),
                 t, tl.where(valid, k * gscale, 0.0), tl.where(valid, eps_c * gscale, 0.0),
                 w_sum, C, sxb, sxc, sxs, sgb, sgc, sgs, HAS_W, SMOOTH, UNROLL,
             )  # fmt: skip

@@ -59,7 +59,7 @@ from ._pixelwise_kernels import (
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import WALK_UNROLL, fast_exp, program_tile
+from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -76,7 +76,7 @@ def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: 
         xc, cmask = _load_walk(ptrs + off, c0 + offs_c0, pmask, C)
         m, s_ex = _excl_step(m, s_ex, xc)
         off += step
-    return m, 1.0 / _excl_total(m, s_ex)
+    return m, fast_rcp(_excl_total(m, s_ex))
 
 
 @triton.jit
@@ -179,7 +179,7 @@ def _pixel_setup(
         if SINGLE:
             m = tl.max(x, axis=0)
             z = fast_exp(x - m[None, :])
-            inv_s = 1.0 / tl.sum(z, axis=0)
+            inv_s = fast_rcp(tl.sum(z, axis=0))
         else:
             m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
     return x, z, ys, pvalid, pbad, m, inv_s
@@ -279,7 +279,7 @@ def _softmax_walk_term(
         x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr,
         smoothing, gamma, scale, IS_FOCAL, HAS_W,
     )  # fmt: skip
-    return m, 1.0 / s, loss, den, k, t, eps_c, w_sum
+    return m, fast_rcp(s), loss, den, k, t, eps_c, w_sum
 
 
 @triton.jit
@@ -425,7 +425,7 @@ def _region_stats_kernel(
         else:
             if HARD:  # T, N and bad labels once per tile, not per class
                 y_in = tl.where(pvalid, ys, -1)
-                log2_s = -tl.log2(inv_s)
+                log2_s = -fast_log2(inv_s)
                 ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
                 n_tile = tl.sum(pvalid.to(tl.float32), axis=0)
                 bad_tile = tl.max(pbad.to(tl.int32), axis=0) > 0
@@ -615,7 +615,7 @@ def _region_grad_tile(
             sxb, sxc, sxs, stb, stc, sts, ignore_index, LABELS, PICK, HAS_IGNORE, PIXEL,
             HAS_W, BLOCK_C,
         )  # fmt: skip
-        inv_s = 1.0 / s
+        inv_s = fast_rcp(s)
         mean_dp = a * inv_s
         if PIXEL == 1:
             loss, den, k, t, eps_c = _softmax_pixel(
@@ -650,7 +650,7 @@ def _region_grad_tile(
         )
     elif PICK:
         y_in = tl.where(pvalid, ys, -1)
-        log2_s = tl.log2(s)
+        log2_s = fast_log2(s)
         ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
         g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
         for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):

@@ -360,6 +360,7 @@ def program_tile(pid, i, n_blocks, n_pblocks, S, TILES: tl.constexpr, BLOCK_P: t
 
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -386,6 +387,32 @@ def fast_rcp(x):
             "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
         )
     return r
+
+
+@triton.jit
+def fast_log2(x):
+    """``log2(x)``: one MUFU.LG2 (``lg2.approx.ftz.f32``, absolute error about 2^-22),
+    where ``tl.log2`` is a polynomial of some thirty instructions (sm_90 SASS). For logs
+    whose size dwarfs that error, or that only shift an exponent: a softmax sum's (s >= 1),
+    ``log(1 + r)`` past r = 1 (:func:`log1p_pos`), a power's base. ``tl.log2`` in Triton's
+    interpreter."""
+    if _INTERPRETED:
+        r = tl.log2(x)
+    else:
+        r = tl.inline_asm_elementwise(
+            "lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    return r
+
+
+@triton.jit
+def log1p_pos(r):
+    """``log(1 + r)`` for ``r >= 0`` (NaN stays NaN, inf gives inf): up to r = 1 the atanh
+    series of :func:`log1p_atanh` (a few ulps, however small r is), above it
+    ``ln 2 log2(1 + r)`` by :func:`fast_log2`, whose absolute error is then tiny against
+    the result (> ln 2). Both are evaluated and one picked: about fifteen instructions,
+    where :func:`log1p` takes some forty (a precise log and a division)."""
+    return tl.where(r <= 1.0, log1p_atanh(r * fast_rcp(2.0 + r)), fast_log2(1.0 + r) * LN2)
 
 
 @triton.jit
