@@ -64,6 +64,7 @@ class CompiledKernel:
     barriers: int = 0  # bar.sync instructions in the PTX: static syncs across the warps
     approx_divisions: int = 0  # div.full / div.approx in the PTX: float32 / within 2 ulp
     loop_instructions: str = ""  # SASS instructions of each innermost loop that loads (--targets)
+    other_instructions: int | None = None  # the SASS instructions outside those loops (--targets)
 
 
 class _CompileOnlyDriver:
@@ -116,12 +117,15 @@ _SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+([^;]*);", re.M)
 _BRANCH = re.compile(r"\bBRA\b[^;]*?(0x[0-9a-f]+)")
 
 
-def sass_loops(sass: str) -> list[int]:
+def sass_loops(sass: str) -> tuple[list[int], int]:
     """Instructions in each innermost loop of a SASS listing that loads from global memory
-    (``LDG``), in address order: a loop is the span from a branch's target back to the
-    branch; innermost ones hold no other. Per logit, a class walk costs its count over
-    (pixels per thread x unroll factor): the figure that bounds these memory-bound kernels
-    when instruction issue, not bandwidth, runs out first."""
+    (``LDG``), in address order, and the instructions outside them: a loop is the span
+    from a branch's target back to the branch; innermost ones hold no other. Per logit, a
+    class walk costs its count over (pixels per thread x unroll factor): the figure that
+    bounds these memory-bound kernels when instruction issue, not bandwidth, runs out
+    first. The rest (a static count) is what a tile costs besides its walks at most: the
+    per-pixel work between them, once per tile, with the prologue and epilogue once per
+    program."""
     code = [(int(a, 16), text.strip()) for a, text in _SASS_LINE.findall(sass)]
     loops = []
     for addr, text in code:
@@ -137,7 +141,7 @@ def sass_loops(sass: str) -> list[int]:
         body = [text for addr, text in code if lo <= addr <= hi]
         if any("LDG" in text for text in body):
             counts.append(len(body))
-    return counts
+    return counts, len(code) - sum(counts)
 
 
 @contextlib.contextmanager
@@ -170,7 +174,9 @@ def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledK
             ptx = kernel.asm["ptx"]
             barriers = len(re.findall(r"\bbar(?:rier)?\.sync\b", ptx))
             approx = len(re.findall(r"\bdiv\.(?:full|approx)\.", ptx))
-            loop_counts = sass_loops(_cuobjdump_of(kernel.asm["cubin"], "-sass")) if loops else []
+            loop_counts, other = (
+                sass_loops(_cuobjdump_of(kernel.asm["cubin"], "-sass")) if loops else ([], None)
+            )
             rows.append(
                 CompiledKernel(
                     self.__name__,
@@ -183,6 +189,7 @@ def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledK
                     barriers,
                     approx,
                     ",".join(map(str, loop_counts)),
+                    other,
                 )  # fmt: skip
             )
         return kernel
@@ -504,9 +511,16 @@ def write_report(
             "",
             "SASS instructions of each innermost loop that loads from global memory (in "
             "code order), for the 20 specialisations with the most; a class walk's count "
-            "over (pixels per thread x unroll) is its instructions per logit.",
+            "over (pixels per thread x unroll) is its instructions per logit. "
+            "`other_instructions`: the kernel's instructions outside those loops (static: "
+            "the per-pixel work between the walks runs once per tile, the prologue and "
+            "epilogue once per program).",
             "",
-            md_table(heavy[["kernel", "case", "num_warps", "loop_instructions"]].head(20)),
+            md_table(
+                heavy[
+                    ["kernel", "case", "num_warps", "loop_instructions", "other_instructions"]
+                ].head(20)
+            ),
             "",
         ]
     spills = df[df.local_bytes > 0].sort_values("local_bytes", ascending=False)

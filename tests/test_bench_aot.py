@@ -219,7 +219,7 @@ def test_segtriton_compile_labels_each_kernel_with_its_case_and_reports_failures
 def test_sass_loops_count_the_innermost_loops_that_load():
     """Two walks inside a tile loop, a store-only loop and the closing self-branch: the
     walks are counted (3 and 2 instructions), the tile loop holds them and is not, nor
-    are loops without a global load."""
+    are loops without a global load; the other 5 of the 10 instructions lie outside."""
     listing = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
         /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
@@ -232,4 +232,4 @@ def test_sass_loops_count_the_innermost_loops_that_load():
         /*0080*/               @P3 BRA 0x0 ;
         /*0090*/                   BRA 0x90 ;
     """
-    assert aot.sass_loops(listing) == [3, 2]
+    assert aot.sass_loops(listing) == ([3, 2], 5)
