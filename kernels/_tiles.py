@@ -376,6 +376,12 @@ _INTERPRETED = tl.constexpr(interpreter_enabled())  # no inline PTX there
 
 
 @triton.jit
+def _ptx_f32(x, ASM: tl.constexpr):
+    """The float32 PTX instruction ``ASM`` (``$0`` its result, ``$1`` its operand) on x."""
+    return tl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def fast_rcp(x):
     """``1 / x`` for normal ``x`` below 2^126: one MUFU.RCP (``rcp.approx.ftz.f32``, within
     1 ulp), where Triton's ``1.0 / x`` (``div.full.f32``) adds seven instructions that
@@ -383,9 +389,7 @@ def fast_rcp(x):
     if _INTERPRETED:
         r = 1.0 / x
     else:
-        r = tl.inline_asm_elementwise(
-            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
-        )
+        r = _ptx_f32(x, "rcp.approx.ftz.f32 $0, $1;")
     return r
 
 
@@ -399,9 +403,7 @@ def fast_log2(x):
     if _INTERPRETED:
         r = tl.log2(x)
     else:
-        r = tl.inline_asm_elementwise(
-            "lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
-        )
+        r = _ptx_f32(x, "lg2.approx.ftz.f32 $0, $1;")
     return r
 
 
