@@ -117,14 +117,15 @@ def _valid_sum_kernel(
 
 @triton.jit
 def _label_terms(x_y, m, s_other, s):
-    """``(log p_y, t = 1 - p_y)`` from the max ``m``, ``s = sum_c exp(x_c - m)`` and its part
-    over the other classes, both accurate as p_y -> 1 (no ``1 - p`` cancellation). A +inf
-    logit makes ``s`` NaN, and log p_y too, as in ``F.cross_entropy`` (the gradient is NaN
-    there, so a finite loss would hide it). ``log s`` by :func:`fast_log2` (s >= 1, and
-    ``|log p_y| >= log 2`` where the label's logit is not the max)."""
+    """``(log p_y, t = 1 - p_y, log s)`` from the max ``m``, ``s = sum_c exp(x_c - m)`` and
+    its part over the other classes, the first two accurate as p_y -> 1 (no ``1 - p``
+    cancellation). A +inf logit makes ``s`` NaN, and log p_y too, as in
+    ``F.cross_entropy`` (the gradient is NaN there, so a finite loss would hide it).
+    ``log s`` by :func:`fast_log2` (s >= 1, and ``|log p_y| >= log 2`` where the label's
+    logit is not the max)."""
     log_s = fast_log2(s) * LN2
     logp_y = tl.where((x_y == m) & (s == s), -log1p_pos(s_other), (x_y - m) - log_s)
-    return logp_y, s_other * fast_rcp(s)
+    return logp_y, s_other * fast_rcp(s), log_s
 
 
 @triton.jit
@@ -172,13 +173,13 @@ def _softmax_terms(
 ):
     """Per pixel ``(loss, K, t = 1 - p_y)`` of CE with label smoothing or of softmax focal;
     the gradient is :func:`_softmax_grad_tile` of them."""
-    logp_y, t = _label_terms(x_y, m, s_other, s)
+    logp_y, t, log_s = _label_terms(x_y, m, s_other, s)
     loss, k = _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL)
     if not IS_FOCAL:
         k = k * (1.0 - smoothing)
         # without smoothing the term is dropped, not multiplied by 0: a class masked with
         # a -inf logit makes it inf (F.cross_entropy gives a finite loss there)
-        smooth = eps_c * (smooth_sum + w_sum * (fast_log2(s) * LN2))
+        smooth = eps_c * (smooth_sum + w_sum * log_s)
         loss = (1.0 - smoothing) * loss + tl.where(eps_c > 0.0, smooth, 0.0)
     return loss, k, t
 
@@ -538,7 +539,7 @@ def _probs_grad(x, wt, cmask, m, s, s_rest, wsum):
     of a pixel whose largest logit is infinite (one +inf, or all -inf), as torch's
     softmax gives there (the loss is NaN too)."""
     is_max = (x == m[None, :]) & cmask[:, None]
-    inv_s = (1.0 / s)[None, :]  # per pixel: a multiply per logit, not a division
+    inv_s = fast_rcp(s)[None, :]  # per pixel: a multiply per logit, not a division
     at_max = ((wsum[None, :] - wt) - wt * s_rest[None, :]) * inv_s
     dz = tl.where(is_max, at_max, (wsum[None, :] * inv_s) * fast_exp(x - m[None, :]) - wt)
     return tl.where(tl.abs(m[None, :]) == float("inf"), float("nan"), dz)
@@ -689,11 +690,22 @@ def _probs_loss_kernel(
 
 
 @triton.jit
-def _sigmoid_pq(x):
-    """``(sigmoid(x), sigmoid(-x))`` without overflow, from ``e = exp(-|x|)``."""
-    e = tl.exp2(tl.abs(x) * -LOG2E)
-    inv = fast_rcp(1.0 + e)
+def _exp_neg_abs(x):
+    """``e = exp(-|x|)`` (in (0, 1], no overflow): one multiply and one MUFU.EX2."""
+    return tl.exp2(tl.abs(x) * -LOG2E)
+
+
+@triton.jit
+def _pick_pq(x, e, inv):
+    """``(sigmoid(x), sigmoid(-x))`` from ``e = exp(-|x|)`` and ``inv = 1 / (1 + e)``."""
     return tl.where(x >= 0, inv, e * inv), tl.where(x >= 0, e * inv, inv)
+
+
+@triton.jit
+def _sigmoid_pq(x):
+    """``(sigmoid(x), sigmoid(-x))`` without overflow."""
+    e = _exp_neg_abs(x)
+    return _pick_pq(x, e, fast_rcp(1.0 + e))
 
 
 @triton.jit
@@ -703,15 +715,12 @@ def _sigmoid_parts(x):
     e))``: ``1 / (1 + e) = (2 + e) r`` gives p and q as :func:`_sigmoid_pq` does, and ``e /
     (2 + e) = e (1 + e) r`` is the argument of :func:`log1p_atanh` for ``log(1 + e)``, so
     that ``log p = min(x, 0) - log(1 + e)`` (one MUFU.EX2 and one MUFU.RCP per logit)."""
-    e = tl.exp2(tl.abs(x) * -LOG2E)
+    e = _exp_neg_abs(x)
     one_e = 1.0 + e
     two_e = 2.0 + e
     r = fast_rcp(one_e * two_e)
-    inv = two_e * r
     l1p = log1p_atanh(e * one_e * r)
-    up = x >= 0
-    p = tl.where(up, inv, e * inv)
-    q = tl.where(up, e * inv, inv)
+    p, q = _pick_pq(x, e, two_e * r)
     return tl.minimum(x, 0.0) - l1p, tl.minimum(-x, 0.0) - l1p, p, q
 
 
