@@ -398,10 +398,19 @@ def test_softmax_walks_unroll_where_the_labels_let_them(bug, monkeypatch, seed, 
 
 
 @triton.jit
-def _unit_log1p_kernel(r_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _logs_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """``fast_log2(x)``, ``log1p_pos(x)`` and ``log1p_atanh(x / (2 + x))`` in rows 0-2."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    r = tl.load(r_ptr + offs, mask=offs < n, other=0.0)
-    tl.store(out_ptr + offs, log1p_atanh(r / (2.0 + r)), mask=offs < n)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=1.0)
+    for k, part in enumerate((fast_log2(x), log1p_pos(x), log1p_atanh(x / (2.0 + x)))):
+        tl.store(out_ptr + k * n + offs, part, mask=mask)
+
+
+def _logs(x: torch.Tensor) -> torch.Tensor:
+    got = torch.empty(3, x.numel(), device=DEVICE)
+    _logs_kernel[(triton.cdiv(x.numel(), 1024),)](x, got, x.numel(), BLOCK=1024)
+    return got
 
 
 def test_log_one_plus_on_the_unit_interval_is_within_four_ulps(gen):
@@ -412,21 +421,12 @@ def test_log_one_plus_on_the_unit_interval_is_within_four_ulps(gen):
     spread = torch.exp(-80 * torch.rand(100_000, generator=gen))
     ends = torch.tensor([0.0, 1.0, 2.0**-126, 6e-8, 0.5, 1 - 2.0**-24])
     r = torch.cat([torch.rand(100_000, generator=gen), spread, ends]).to(DEVICE)
-    got = torch.empty_like(r)
-    _unit_log1p_kernel[(triton.cdiv(r.numel(), 1024),)](r, got, r.numel(), BLOCK=1024)
+    got = _logs(r)[2]
     want = torch.log1p(r.double())
     ulp = want.float().double() * 2.0**-23
     err = (got.double() - want).abs()
     assert torch.isfinite(got).all() and got[-6] == 0
     assert (err <= 4 * ulp).all(), float((err / ulp)[want > 0].max())
-
-
-@triton.jit
-def _logs_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + offs, mask=offs < n, other=1.0)
-    tl.store(out_ptr + offs, fast_log2(x), mask=offs < n)
-    tl.store(out_ptr + n + offs, log1p_pos(x), mask=offs < n)
 
 
 def test_fast_log2_and_log1p_pos(gen):
@@ -437,9 +437,7 @@ def test_fast_log2_and_log1p_pos(gen):
     spread = torch.exp((torch.rand(100_000, generator=gen) - 0.5) * 140)
     ends = torch.tensor([0.0, 1.0, 1.0 + 2.0**-23, 2.0, 0.5, 1e30, math.inf, math.nan])
     x = torch.cat([torch.rand(100_000, generator=gen), spread, ends]).to(DEVICE)
-    got = torch.empty(2, x.numel(), device=DEVICE)
-    _logs_kernel[(triton.cdiv(x.numel(), 1024),)](x, got, x.numel(), BLOCK=1024)
-    xd, got = x.double(), got.double()
+    xd, got = x.double(), _logs(x)[:2].double()
     ulp = 2.0**-23
     log2 = torch.log2(xd)
     finite = log2.isfinite()
