@@ -322,9 +322,12 @@ def _softmax_walk_sums(
     x_c))``, ``W = sum_c w_c``, the last two 0 without SMOOTH.
 
     The walk reads no label: it keeps ``s_ex``, ``s`` less the 1 of one maximal class
-    (:func:`_excl_step`), and the label's logit is read once after it (where valid). Where
+    (:func:`_excl_step`); the label's logit is read once (where valid), before the walk,
+    so that its load's latency passes while the walk runs. Where
     ``x_y`` is the max, ``s_other = s_ex`` exactly; elsewhere ``p_y <= 1/2`` and ``s_other =
     s - exp(x_y - m)`` loses at most a bit. ``s`` as :func:`_excl_total` gives it."""
+    x_y = tl.load(x_ptr + b * sxb + ys.to(tl.int64) * sxc + offs_p * sxs, mask=valid, other=0.0)
+    x_y = x_y.to(tl.float32)
     m, s_ex, swx, _, _ = _walk_start(offs_p)
     w_sum = 0.0
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
@@ -337,8 +340,6 @@ def _softmax_walk_sums(
             wc = _class_factors(w_ptr, offs_c, cmask, HAS_W)
             w_sum += tl.sum(wc, axis=0)
             swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
-    ptrs = x_ptr + b * sxb + ys.to(tl.int64) * sxc + offs_p * sxs
-    x_y = tl.load(ptrs, mask=valid, other=0.0).to(tl.float32)
     s = _excl_total(m, s_ex)
     s_other = tl.where(x_y == m, s_ex, s - fast_exp(x_y - m))
     return m, s, s_other, x_y, w_sum, w_sum * m - swx

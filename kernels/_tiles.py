@@ -271,10 +271,12 @@ def ignored(y, ignore_index):
 def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
     """Program ``pid`` of a ``B * n_pblocks`` grid: its image b (int64, so that ``b`` times
     an image stride past 2^31 does not wrap) and int64 pixel offsets, and their mask
-    (``offs_p < S``)."""
-    b = (pid // n_pblocks).to(tl.int64)
-    offs_p = (pid % n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    return b, offs_p, offs_p < S
+    (``offs_p < S``). The quotient is taken in int32, where a tile index fits (2^31 tiles
+    would be 2^40 pixels): a 64-bit division is a subroutine call in SASS."""
+    p = pid.to(tl.int32)
+    b = p // n_pblocks
+    offs_p = (p % n_pblocks).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    return b.to(tl.int64), offs_p, offs_p < S
 
 
 def spatial_size(x: torch.Tensor) -> int:
