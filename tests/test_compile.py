@@ -143,23 +143,23 @@ def test_tile_size_knob():
             "from segtriton.kernels._tiles import STAGES, TILES_PER_PROGRAM\n"
             "print(STAGES, TILES_PER_PROGRAM)",
             (("1", ["1", "1"]), ("3", ["3", "8"])),
-            "9",
+            ("9",),
         ),
         (
             "SEGTRITON_UNROLL",
             "from segtriton.kernels._tiles import UNROLL, WALK_UNROLL\n"
             "print(*UNROLL, WALK_UNROLL.value)",
-            (("1", ["1", "1", "None"]), ("4", ["4", "4", "4"])),
-            "0",
+            (("1", ["1", "1", "None"]), ("4", ["4", "4", "4"]), ("8,1", ["8", "1", "None"])),
+            ("0", "8,0", "4,1,2", "x"),
         ),
     ],
     ids=["stages", "unroll"],
 )
 def test_integer_knobs(name, code, cases, bad):
     """SEGTRITON_STAGES > 1 turns on the pipelined loops (8 tiles per program), 1 keeps one
-    tile per program; SEGTRITON_UNROLL sets every class walk's unroll factor (1 leaves the
-    loops plain: no unroll attribute; unset, the CE / softmax focal walks take 4 and the
-    others 1). Both take 1 to 8 and refuse other values by name."""
+    tile per program; SEGTRITON_UNROLL sets every class walk's unroll factor, or with
+    "A,B" the CE / softmax focal walks' and the others' (1 leaves the loops plain: no
+    unroll attribute; unset, 4 and 1). Both take 1 to 8 and refuse other values by name."""
 
     def run(value: str) -> subprocess.CompletedProcess:
         env = {**os.environ, name: value}
@@ -169,8 +169,9 @@ def test_integer_knobs(name, code, cases, bad):
         proc = run(value)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == expected
-    proc = run(bad)
-    assert proc.returncode != 0 and f"{name} must be 1 to 8" in proc.stderr
+    for value in bad:
+        proc = run(value)
+        assert proc.returncode != 0 and f"{name} must be 1 to 8" in proc.stderr, value
 
 
 def test_streamed_class_knobs():

@@ -135,6 +135,7 @@ def test_region_label_edge_cases_under_the_default_tiles():
         ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 4, 1)),
         ({"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"}, (1, 1, 2048, 1, 2, 256, 4, 4)),
         ({"SEGTRITON_UNROLL": "1"}, (1, 1, 2048, 1, 1, 512, 1, 1)),
+        ({"SEGTRITON_UNROLL": "8,1"}, (1, 1, 2048, 1, 1, 512, 8, 1)),
     ],
     ids=[
         "defaults",
@@ -144,6 +145,7 @@ def test_region_label_edge_cases_under_the_default_tiles():
         "streamed8x256",
         "unroll4",
         "unroll1",
+        "unroll8",
     ],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
