@@ -28,6 +28,7 @@ from ._tiles import (
     log1p_pos,
     pixel_block,
     program_tile,
+    runs_of,
 )
 
 
@@ -349,26 +350,33 @@ def _softmax_walk_sums(
 def _softmax_grad_walk(
     x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, lse2, t, kg, eg, w_sum,
     C, sxb, sxc, sxs, sgb, sgc, sgs,
-    HAS_W: tl.constexpr, SMOOTH: tl.constexpr, UNROLL: tl.constexpr,
+    HAS_W: tl.constexpr, SMOOTH: tl.constexpr, ROWS: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
     """Writes the gradient of a pixel block walking its class chunks: ``kg p_c`` (plus ``eg (W
     p_c - w_c)`` with SMOOTH), ``p_c = 2^((x_c - m) log2(e) - lse2)``, ``lse2 = log2(s)``,
     and 0 where not valid (``kg``, ``eg`` are 0 there too). The label's entry is then
     written over the walk's with ``kg (p_y - 1) = -kg t`` (no cancellation as p_y -> 1), so
     the walk compares no class with the label; a barrier orders the two stores of a
-    pixel, which may sit in different threads."""
-    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
-    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
-    for c0 in tl.range(0, C, offs_c0.shape[0], loop_unroll_factor=UNROLL):
-        offs_c = c0 + offs_c0
-        xc, cmask = _load_walk(ptrs + off, offs_c, pmask, C)
+    pixel, which may sit in different threads.
+
+    The classes go ROWS at a time (``_tiles.WRITE_ROWS``), one chunk's loads before its
+    stores, in the row walk's layout (:func:`runs_of`, VEC pixels a thread); classes past
+    C read 0 and are not written."""
+    offs_g = tl.arange(0, ROWS).to(tl.int64)
+    offs_v = runs_of(offs_p, VEC)
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_g, offs_v, sxb, sxc, sxs)
+    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_g, offs_v, sgb, sgc, sgs)
+    for c0 in tl.range(0, C, ROWS):
+        offs_c = c0 + offs_g
+        cmask = offs_c < C
+        gmask = cmask[:, None] & pmask[None, :]
+        xc = tl.load(ptrs + off, mask=gmask, other=0.0).to(tl.float32)
         off += step
         p = _walk_probs(xc, m, lse2)
         p = tl.where(valid[None, :], p, 0.0)  # whatever an ignored pixel's logits hold
         dx = kg[None, :] * p
         if SMOOTH:
             dx += eg[None, :] * (w_sum * p - _class_factors(w_ptr, offs_c, cmask, HAS_W)[:, None])
-        gmask = cmask[:, None] & pmask[None, :]
         tl.store(g_ptrs + g_off, dx.to(g_ptr.dtype.element_ty), mask=gmask)
         g_off += g_step
     dx_y = -kg * t
@@ -390,11 +398,13 @@ def _softmax_tile(
     IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr,
     WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr,
     MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr, ROWS: tl.constexpr,
+    VEC: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
-    with PER_PIXEL; its gradient written with WRITE_GRAD (class walks unrolled UNROLL
-    times). SMOOTH: CE with a label smoothing above 0."""
+    with PER_PIXEL; its gradient written with WRITE_GRAD (the statistics walk unrolled
+    UNROLL times, the gradient walk in chunks of ROWS classes: see
+    :func:`_softmax_grad_walk`). SMOOTH: CE with a label smoothing above 0."""
     ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
     # the label's class factor: CE weight w_y or focal alpha_y (a vector), else a scalar
     if HAS_W:
@@ -447,7 +457,7 @@ def _softmax_tile(
             _softmax_grad_walk(
                 x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, fast_log2(s),
                 t, tl.where(valid, k * gscale, 0.0), tl.where(valid, eps_c * gscale, 0.0),
-                w_sum, C, sxb, sxc, sxs, sgb, sgc, sgs, HAS_W, SMOOTH, UNROLL,
+                w_sum, C, sxb, sxc, sxs, sgb, sgc, sgs, HAS_W, SMOOTH, ROWS, VEC,
             )  # fmt: skip
     return loss
 
@@ -491,6 +501,8 @@ def _softmax_loss_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
     UNROLL: tl.constexpr,
+    ROWS: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
 
@@ -512,7 +524,7 @@ def _softmax_loss_kernel(
             b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
             sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
             IS_FOCAL, HAS_W, SMOOTH, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN,
-            SINGLE, BLOCK_C, BLOCK_P, UNROLL,
+            SINGLE, BLOCK_C, BLOCK_P, UNROLL, ROWS, VEC,
         )  # fmt: skip
     if WRITE_LOSS and not PER_PIXEL:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

@@ -59,7 +59,7 @@ from ._pixelwise_kernels import (
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile
+from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile, runs_of
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -592,8 +592,10 @@ def _region_grad_tile(
     OVERLAP: tl.constexpr,
     SINGLE: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
     SHARE: tl.constexpr, FOLD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ROWS: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
-    """Writes ``dL/dz`` of one pixel tile (see :func:`_region_grad_kernel`)."""
+    """Writes ``dL/dz`` of one pixel tile (see :func:`_region_grad_kernel`); on labels
+    with FOLD, in chunks of ROWS classes (VEC: :func:`_tiles.runs_of`)."""
     # dL/dp_c picked by the label (_dp_rows). Not with a BCE / sigmoid focal term: its write
     # loop tests labels in _chunk_terms, and Triton 3.6 cannot build the pick walk beside
     # that loop on 8- or 16-bit labels (_runtime.WALK_LABEL_BUG)
@@ -648,15 +650,18 @@ def _region_grad_tile(
             dz.to(g_ptr.dtype.element_ty),
             mask=cmask[:, None] & pmask[None, :],
         )
-    elif PICK:
+    elif PICK:  # classes ROWS at a time, loads before stores (``_tiles.WRITE_ROWS``)
         y_in = tl.where(pvalid, ys, -1)
         log2_s = fast_log2(s)
-        ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
-        g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_c0, offs_p, sgb, sgc, sgs)
-        for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
-            dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, BLOCK_C)
-            coef += BLOCK_C
-            xc = _load_walk(ptrs + off, offs_c, pmask, C)[0]
+        offs_g = tl.arange(0, ROWS).to(tl.int64)
+        offs_v = runs_of(offs_p, VEC)
+        ptrs, step, off = _walk_ptrs(x_ptr, b, offs_g, offs_v, sxb, sxc, sxs)
+        g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_g, offs_v, sgb, sgc, sgs)
+        for c0 in tl.range(0, C, ROWS):
+            dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, ROWS)
+            coef += ROWS
+            gmask = cmask[:, None] & pmask[None, :]
+            xc = tl.load(ptrs + off, mask=gmask, other=0.0).to(tl.float32)  # past C: unwritten
             p = _walk_probs(xc, m, log2_s)
             dz = p * (dp - mean_dp[None, :])
             if PIXEL == 1:  # p computed once for both terms
@@ -666,7 +671,6 @@ def _region_grad_tile(
                 )  # fmt: skip
                 dz += dx * kpix[None, :]
             dz = tl.where(pvalid[None, :], dz, 0.0)
-            gmask = cmask[:, None] & pmask[None, :]
             tl.store(g_ptrs + g_off, dz.to(g_ptr.dtype.element_ty), mask=gmask)
             off += step
             g_off += g_step
@@ -748,6 +752,8 @@ def _region_grad_kernel(
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    ROWS: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     """``dL/dz`` of TILES pixel tiles per program (prefetched STAGES - 1 ahead) from
     ``coef[b, 0, c] = dL/dI + dL/dP``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``,
@@ -760,5 +766,5 @@ def _region_grad_kernel(
             b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
             scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W,
-            SHARE, FOLD, BLOCK_C, BLOCK_P,
+            SHARE, FOLD, BLOCK_C, BLOCK_P, ROWS, VEC,
         )  # fmt: skip

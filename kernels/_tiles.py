@@ -98,6 +98,20 @@ def _unroll() -> tuple[int, int]:
     return factors[0], factors[-1]
 
 
+def _write_rows() -> int:
+    """Class rows a gradient-writing walk (CE / softmax focal's second walk, the region
+    losses' pass 2 on labels) loads at once, as one ``[rows, pixels]`` chunk: 4 unless
+    ``SEGTRITON_WRITE_ROWS`` names 1, 2, 4 or 8, read once at import. A walk that loads
+    a row and stores its gradient before it loads the next has one load in flight per
+    thread: the compiler keeps a load after an earlier store, as nothing tells it the
+    gradient is not the logits (sm_90 SASS of the row walk, unrolled or not). A chunk's
+    loads are issued before any of its stores. Timed by the lease against 1 and 8."""
+    value = os.environ.get("SEGTRITON_WRITE_ROWS", "4")
+    if value not in ("1", "2", "4", "8"):
+        raise ValueError(f"SEGTRITON_WRITE_ROWS must be 1, 2, 4 or 8, got {value!r}")
+    return int(value)
+
+
 MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
@@ -105,6 +119,7 @@ CHUNK = _chunk()  # (BLOCK_C, BLOCK_P) when classes are streamed
 _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
 UNROLL = _unroll()  # (the CE / softmax focal walks, every other walk)
+WRITE_ROWS = _write_rows()  # class rows per chunk of a walk that writes the gradient
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
 
@@ -113,6 +128,13 @@ def _narrow_walk_bug(labels: torch.Tensor) -> bool:
     """Whether this Triton cannot build a class walk that compares with ``labels``: 8- or
     16-bit labels under Triton < 3.7 (``_runtime.WALK_LABEL_BUG``)."""
     return WALK_LABEL_BUG and labels.element_size() < 4
+
+
+def write_rows(*pixel_strides: int) -> int:
+    """Rows per chunk of a gradient-writing walk (:data:`WRITE_ROWS`) over logits and a
+    gradient whose pixels lie ``pixel_strides`` apart: 1 unless all are contiguous (in
+    channels_last, a chunk's contiguous axis would be its classes, not its pixels)."""
+    return WRITE_ROWS if all(s == 1 for s in pixel_strides) else 1
 
 
 def softmax_unroll(labels: torch.Tensor, pixel_stride: int) -> int | None:
@@ -245,6 +267,25 @@ def num_warps_for(block_c: int, block_p: int) -> int:
     thus gets 16 warps, which on sm_90 took the region gradient from 190 registers to at
     most 104 (every variant)."""
     return min(16, max(4, block_c * block_p // 256))
+
+
+def walk_vector(block_p: int, num_warps: int) -> int:
+    """Pixels a thread holds in a one-row walk of ``block_p`` pixels over ``num_warps``
+    warps: the VEC of :func:`runs_of`."""
+    return max(1, block_p // (32 * num_warps))
+
+
+@triton.jit
+def runs_of(offs, VEC: tl.constexpr):
+    """``offs`` (contiguous pixel offsets), the same values written as ``offs // VEC * VEC
+    + offs % VEC``, which Triton's axis analysis reads as contiguous in runs of VEC only.
+    A chunk of several class rows addressed from them is then loaded VEC pixels a thread,
+    as a one-row walk of the same pixels is (:func:`walk_vector`), and keeps that walk's
+    layout: the per-pixel values of the walk reach it with no layout conversion, and no
+    warp splits the rows (from its own 16-byte runs the compiler would give a [4, 512]
+    bf16 chunk 8 pixels a thread and 2 warps along the rows: on sm_90 CE's gradient walk
+    then took 92 registers, against 56)."""
+    return offs // VEC * VEC + offs % VEC
 
 
 def sum_partials(partials: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,8 @@ from ._tiles import (
     tile_chunks,
     tile_grid,
     tile_pixels,
+    walk_vector,
+    write_rows,
 )
 from .metrics import _confusion
 
@@ -230,6 +232,8 @@ def _softmax_launch(
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         UNROLL=softmax_unroll(y, sxs),
+        ROWS=write_rows(sxs, sgs),
+        VEC=walk_vector(block_p, num_warps_for(block_c, block_p)),
         num_warps=num_warps_for(block_c, block_p),
     )
     return loss

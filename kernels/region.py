@@ -68,6 +68,8 @@ from ._tiles import (
     tile_chunks,
     tile_grid,
     walk_labels,
+    walk_vector,
+    write_rows,
 )
 from .pixelwise import _class_vector
 
@@ -253,6 +255,8 @@ def _region_grad(
         STAGES=STAGES,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
+        ROWS=write_rows(strides[2], sgs),
+        VEC=walk_vector(block_p, num_warps_for(block_c, block_p)),
         num_warps=num_warps_for(block_c, block_p),
     )
     return grad

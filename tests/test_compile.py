@@ -174,6 +174,31 @@ def test_integer_knobs(name, code, cases, bad):
         assert proc.returncode != 0 and f"{name} must be 1 to 8" in proc.stderr, value
 
 
+def test_write_rows_knob():
+    """SEGTRITON_WRITE_ROWS sets the class rows a gradient-writing walk loads at once (4
+    unset) for contiguous pixels, 1 where the logits or the gradient are not; it takes 1,
+    2, 4 or 8 and refuses other values by name."""
+    code = (
+        "from segtriton.kernels._tiles import WRITE_ROWS, write_rows\n"
+        "print(WRITE_ROWS, write_rows(1, 1), write_rows(1, 19), write_rows(19, 1))"
+    )
+
+    def run(value: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "SEGTRITON_WRITE_ROWS"}
+        if value is not None:
+            env["SEGTRITON_WRITE_ROWS"] = value
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+    for value, expected in ((None, "4 4 1 1"), ("1", "1 1 1 1"), ("8", "8 8 1 1")):
+        proc = run(value)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == expected.split()
+    for value in ("0", "3", "16", "x"):
+        proc = run(value)
+        assert proc.returncode != 0, value
+        assert "SEGTRITON_WRITE_ROWS must be 1, 2, 4 or 8" in proc.stderr, value
+
+
 def test_streamed_class_knobs():
     """SEGTRITON_MAX_SINGLE_C sets the most classes one tile holds (default 1), SEGTRITON_CHUNK
     the streamed chunk (default one class by 512 pixels, at least 16 pixels); malformed

@@ -4,7 +4,8 @@ tiles of every class (``SEGTRITON_MAX_SINGLE_C=256``, the interpreter's choice i
 tests/conftest.py, up to ``SEGTRITON_MAX_TILE=8192`` elements), the pipelined tile loops
 (``SEGTRITON_STAGES`` > 1: several pixel tiles per program, prefetched; tails of the
 program grid included), classes streamed in chunks of 8 by 256 pixels
-(``SEGTRITON_CHUNK=8,256``) and the class walks unrolled (``SEGTRITON_UNROLL=4``).
+(``SEGTRITON_CHUNK=8,256``), the class walks unrolled (``SEGTRITON_UNROLL``) and the
+gradient-writing walks taking 1 or 8 class rows at once (``SEGTRITON_WRITE_ROWS``).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
@@ -35,7 +36,7 @@ from segtriton.kernels import _tiles
 from segtriton.registry import fit_variant, get, make_inputs
 
 knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
-knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, *_tiles.UNROLL)
+knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, *_tiles.UNROLL, _tiles.WRITE_ROWS)
 assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
@@ -72,6 +73,7 @@ KNOBS = (
     "SEGTRITON_MAX_SINGLE_C",
     "SEGTRITON_CHUNK",
     "SEGTRITON_UNROLL",
+    "SEGTRITON_WRITE_ROWS",
 )
 
 
@@ -122,20 +124,22 @@ def test_region_label_edge_cases_under_the_default_tiles():
 @pytest.mark.parametrize(
     ("knobs", "expected"),
     [
-        ({}, (1, 1, 2048, 1, 1, 512, 4, 1)),
+        ({}, (1, 1, 2048, 1, 1, 512, 4, 1, 4)),
         (
             {"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"},
-            (1, 1, 2048, 256, 32, 64, 4, 1),
+            (1, 1, 2048, 256, 32, 64, 4, 1, 4),
         ),
-        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512, 4, 1)),
+        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512, 4, 1, 4)),
         (
             {"SEGTRITON_MAX_TILE": "8192", "SEGTRITON_MAX_SINGLE_C": "256"},
-            (1, 1, 8192, 256, 1, 512, 4, 1),
+            (1, 1, 8192, 256, 1, 512, 4, 1, 4),
         ),
-        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 4, 1)),
-        ({"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"}, (1, 1, 2048, 1, 2, 256, 4, 4)),
-        ({"SEGTRITON_UNROLL": "1"}, (1, 1, 2048, 1, 1, 512, 1, 1)),
-        ({"SEGTRITON_UNROLL": "8,1"}, (1, 1, 2048, 1, 1, 512, 8, 1)),
+        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 4, 1, 4)),
+        ({"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"}, (1, 1, 2048, 1, 2, 256, 4, 4, 4)),
+        ({"SEGTRITON_UNROLL": "1"}, (1, 1, 2048, 1, 1, 512, 1, 1, 4)),
+        ({"SEGTRITON_UNROLL": "8,1"}, (1, 1, 2048, 1, 1, 512, 8, 1, 4)),
+        ({"SEGTRITON_WRITE_ROWS": "1"}, (1, 1, 2048, 1, 1, 512, 4, 1, 1)),
+        ({"SEGTRITON_WRITE_ROWS": "8"}, (1, 1, 2048, 1, 1, 512, 4, 1, 8)),
     ],
     ids=[
         "defaults",
@@ -146,6 +150,8 @@ def test_region_label_edge_cases_under_the_default_tiles():
         "unroll4",
         "unroll1",
         "unroll8",
+        "rows1",
+        "rows8",
     ],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
