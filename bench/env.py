@@ -63,6 +63,8 @@ def environment() -> dict[str, object]:
         "stages": _tiles.STAGES,  # SEGTRITON_STAGES
         "max_single_c": _tiles.MAX_SINGLE_C,  # SEGTRITON_MAX_SINGLE_C
         "chunk": ",".join(map(str, _tiles.CHUNK)),  # SEGTRITON_CHUNK
+        "unroll": ",".join(map(str, _tiles.UNROLL)),  # SEGTRITON_UNROLL
+        "write_rows": _tiles.WRITE_ROWS,  # SEGTRITON_WRITE_ROWS
         "fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION", "triton's default"),
     }
     if torch.cuda.is_available():
@@ -100,6 +102,7 @@ def provenance(command: str) -> str:
     return (
         f"Command: `{command}` (SEGTRITON_MAX_TILE={env['max_tile']}, "
         f"SEGTRITON_STAGES={env['stages']}, SEGTRITON_MAX_SINGLE_C={env['max_single_c']}, "
-        f"SEGTRITON_CHUNK={env['chunk']}). triton {env['triton']}, torch {env['torch']}, "
+        f"SEGTRITON_CHUNK={env['chunk']}, SEGTRITON_UNROLL={env['unroll']}, "
+        f"SEGTRITON_WRITE_ROWS={env['write_rows']}). triton {env['triton']}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
     )
