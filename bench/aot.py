@@ -65,6 +65,7 @@ class CompiledKernel:
     approx_divisions: int = 0  # div.full / div.approx in the PTX: float32 / within 2 ulp
     loop_instructions: str = ""  # SASS instructions of each innermost loop that loads (--targets)
     other_instructions: int | None = None  # the SASS instructions outside those loops (--targets)
+    loop_loads: str = ""  # per such loop, its LDGs before its first STG (--targets)
 
 
 class _CompileOnlyDriver:
@@ -117,15 +118,18 @@ _SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+([^;]*);", re.M)
 _BRANCH = re.compile(r"\bBRA\b[^;]*?(0x[0-9a-f]+)")
 
 
-def sass_loops(sass: str) -> tuple[list[int], int]:
+def sass_loops(sass: str) -> tuple[list[int], int, list[int]]:
     """Instructions in each innermost loop of a SASS listing that loads from global memory
-    (``LDG``), in address order, and the instructions outside them: a loop is the span
-    from a branch's target back to the branch; innermost ones hold no other. Per logit, a
-    class walk costs its count over (pixels per thread x unroll factor): the figure that
-    bounds these memory-bound kernels when instruction issue, not bandwidth, runs out
-    first. The rest (a static count) is what a tile costs besides its walks at most: the
-    per-pixel work between them, once per tile, with the prologue and epilogue once per
-    program."""
+    (``LDG``), in address order, the instructions outside them, and each such loop's
+    ``LDG`` before its first ``STG`` (all of them in a loop that stores nothing): a loop
+    is the span from a branch's target back to the branch; innermost ones hold no other.
+    Per logit, a class walk costs its count over (pixels per thread x unroll factor): the
+    figure that bounds these memory-bound kernels when instruction issue, not bandwidth,
+    runs out first. The rest (a static count) is what a tile costs besides its walks at
+    most: the per-pixel work between them, once per tile, with the prologue and epilogue
+    once per program. The loads before the first store are what a thread can have in
+    flight at the top of the loop: a load after a store stays after it unless the
+    compiler knows the two do not overlap."""
     code = [(int(a, 16), text.strip()) for a, text in _SASS_LINE.findall(sass)]
     loops = []
     for addr, text in code:
@@ -136,12 +140,14 @@ def sass_loops(sass: str) -> tuple[list[int], int]:
         (lo, hi) for lo, hi in loops
         if not any((lo, hi) != (a, b) and lo <= a and b <= hi for a, b in loops)
     ]  # fmt: skip
-    counts = []
+    counts, loads = [], []
     for lo, hi in sorted(inner):
         body = [text for addr, text in code if lo <= addr <= hi]
         if any("LDG" in text for text in body):
             counts.append(len(body))
-    return counts, len(code) - sum(counts)
+            stores = [i for i, text in enumerate(body) if "STG" in text]
+            loads.append(sum("LDG" in text for text in body[: stores[0] if stores else None]))
+    return counts, len(code) - sum(counts), loads
 
 
 @contextlib.contextmanager
@@ -174,8 +180,8 @@ def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledK
             ptx = kernel.asm["ptx"]
             barriers = len(re.findall(r"\bbar(?:rier)?\.sync\b", ptx))
             approx = len(re.findall(r"\bdiv\.(?:full|approx)\.", ptx))
-            loop_counts, other = (
-                sass_loops(_cuobjdump_of(kernel.asm["cubin"], "-sass")) if loops else ([], None)
+            loop_counts, other, loop_loads = (
+                sass_loops(_cuobjdump_of(kernel.asm["cubin"], "-sass")) if loops else ([], None, [])
             )
             rows.append(
                 CompiledKernel(
@@ -190,6 +196,7 @@ def compile_only(arch: int = 90, loops: bool = False) -> Iterator[list[CompiledK
                     approx,
                     ",".join(map(str, loop_counts)),
                     other,
+                    ",".join(map(str, loop_loads)),
                 )  # fmt: skip
             )
         return kernel
@@ -514,11 +521,21 @@ def write_report(
             "over (pixels per thread x unroll) is its instructions per logit. "
             "`other_instructions`: the kernel's instructions outside those loops (static: "
             "the per-pixel work between the walks runs once per tile, the prologue and "
-            "epilogue once per program).",
+            "epilogue once per program). `loop_loads`: each loop's global loads before its "
+            "first global store, what a thread can have in flight at the loop's top (a "
+            "load after a store stays after it unless the compiler knows they do not "
+            "overlap).",
             "",
             md_table(
                 heavy[
-                    ["kernel", "case", "num_warps", "loop_instructions", "other_instructions"]
+                    [
+                        "kernel",
+                        "case",
+                        "num_warps",
+                        "loop_instructions",
+                        "loop_loads",
+                        "other_instructions",
+                    ]
                 ].head(20)
             ),
             "",

@@ -219,17 +219,35 @@ def test_segtriton_compile_labels_each_kernel_with_its_case_and_reports_failures
 def test_sass_loops_count_the_innermost_loops_that_load():
     """Two walks inside a tile loop, a store-only loop and the closing self-branch: the
     walks are counted (3 and 2 instructions), the tile loop holds them and is not, nor
-    are loops without a global load; the other 5 of the 10 instructions lie outside."""
+    are loops without a global load; the other 5 of the 10 instructions lie outside. The
+    first walk stores nothing (its one load counts), the second stores before it loads
+    (none before the store)."""
     listing = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
         /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
         /*0020*/                   MUFU.EX2 R3, R2 ;
         /*0030*/               @P0 BRA 0x10 ;
-        /*0040*/                   LDG.E R6, desc[UR4][R4.64] ;
-        /*0050*/               @P1 BRA `(.L_x_3) 0x40 ;
-        /*0060*/                   STG.E desc[UR4][R4.64], R6 ;
-        /*0070*/               @P2 BRA 0x60 ;
-        /*0080*/               @P3 BRA 0x0 ;
-        /*0090*/                   BRA 0x90 ;
+        /*0040*/                   STG.E desc[UR4][R4.64], R7 ;
+        /*0050*/                   LDG.E R6, desc[UR4][R4.64] ;
+        /*0060*/               @P1 BRA `(.L_x_3) 0x40 ;
+        /*0070*/                   STG.E desc[UR4][R4.64], R6 ;
+        /*0080*/               @P2 BRA 0x70 ;
+        /*0090*/               @P3 BRA 0x0 ;
+        /*00a0*/                   BRA 0xa0 ;
     """
-    assert aot.sass_loops(listing) == ([3, 2], 5)
+    assert aot.sass_loops(listing) == ([3, 3], 5, [1, 0])
+
+
+def test_sass_loops_count_the_loads_before_a_loop_stores():
+    """A walk that loads two rows, stores both, then loads again: two loads are ahead of
+    its first store, the third is not counted."""
+    listing = """
+        /*0000*/                   LDG.E.64 R2, desc[UR4][R4.64] ;
+        /*0010*/                   LDG.E.64 R6, desc[UR4][R8.64] ;
+        /*0020*/                   STG.E.64 desc[UR4][R10.64], R2 ;
+        /*0030*/                   STG.E.64 desc[UR4][R12.64], R6 ;
+        /*0040*/                   LDG.E.64 R2, desc[UR4][R14.64] ;
+        /*0050*/               @P0 BRA 0x0 ;
+        /*0060*/                   EXIT ;
+    """
+    assert aot.sass_loops(listing) == ([6], 1, [2])
