@@ -362,12 +362,12 @@ def _softmax_grad_walk(
     The classes go ROWS at a time (``_tiles.WRITE_ROWS``), one chunk's loads before its
     stores, in the row walk's layout (:func:`runs_of`, VEC pixels a thread); classes past
     C read 0 and are not written."""
-    offs_g = tl.arange(0, ROWS).to(tl.int64)
+    offs_g = tl.arange(0, ROWS)
     offs_v = runs_of(offs_p, VEC)
-    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_g, offs_v, sxb, sxc, sxs)
-    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_g, offs_v, sgb, sgc, sgs)
+    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_g.to(tl.int64), offs_v, sxb, sxc, sxs)
+    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_g.to(tl.int64), offs_v, sgb, sgc, sgs)
     for c0 in tl.range(0, C, ROWS):
-        offs_c = c0 + offs_g
+        offs_c = c0 + offs_g  # int32: the class index is never an address
         cmask = offs_c < C
         gmask = cmask[:, None] & pmask[None, :]
         xc = tl.load(ptrs + off, mask=gmask, other=0.0).to(tl.float32)
