@@ -133,12 +133,14 @@ run_bench() {  # CAP [pytest -k expression [JSON]]; the log is appended to
 # NAME:VAR=VALUE[+VAR=VALUE...]. On the H200 (2026-12-04) walks of 256, 1024 and 2048
 # pixels, chunks of 2-16 classes and STAGES 3 were slower or mixed, the whole-class tiles
 # of the first design 2.6-7x slower, and every walk unrolled 4 times made CE 7-13% faster
-# and Dice 12-13% slower (2026-12-04-lease3). rows1 writes the gradient a class row at a
-# time (one load in flight a thread, as before 2026-12-05), rows8 in chunks of 8 rows (the
-# default is 4); unroll8 unrolls the CE / softmax focal statistics walk 8 times (same
-# registers under Triton 3.6). The targets read int64 labels: under Triton < 3.7 unrolled
-# walks do not build on 8- or 16-bit ones (WALK_LABEL_BUG)
-LEASE_VARIANTS="rows1:SEGTRITON_WRITE_ROWS=1 rows8:SEGTRITON_WRITE_ROWS=8 unroll8:SEGTRITON_UNROLL=8,1"
+# and Dice 12-13% slower (2026-12-04-lease3), when the walks that write the gradient still
+# loaded a row only after storing the last. rows1 writes the gradient a class row at a
+# time again (one load in flight a thread), rows8 in chunks of 8 rows (the default is 4);
+# unroll4 unrolls every walk 4 times again, Dice's pass 1 walks included (one load in
+# flight a thread otherwise; 128 registers against 125 under Triton 3.6, the same 16 warps
+# per SM). The targets read int64 labels: under Triton < 3.7 unrolled walks do not build
+# on 8- or 16-bit ones (WALK_LABEL_BUG)
+LEASE_VARIANTS="rows1:SEGTRITON_WRITE_ROWS=1 rows8:SEGTRITON_WRITE_ROWS=8 unroll4:SEGTRITON_UNROLL=4"
 
 # the losses whose torch.compile rows the lease times first (the preset's order puts CE +
 # Dice last): a row compiles for 15-30 s, and on 2026-12-04 the lease's cap stopped the

@@ -83,13 +83,14 @@ def _max_single_c() -> int:
 def _unroll() -> tuple[int, int]:
     """Unroll factors of the class walks (``tl.range(loop_unroll_factor=...)``), ``(the CE
     / softmax focal kernel's, every other walk's)``: ``(4, 1)`` unless ``SEGTRITON_UNROLL``
-    names one factor for all or the two as ``"A,B"`` (each 1 to 8; the lease times
-    ``8,1``), read once at import. On an H200 (bf16 fwd+bwd at the targets' shapes,
-    CUDA-graph replays, 2026-12-04-lease3) unrolling every walk 4 times
-    took CE from 0.252 and 1.93 ms to 0.234 and 1.68 ms and Dice from 0.474 and 3.77 ms to
-    0.537 and 4.22 ms; ``bench/probe.py`` had found a plain CE walk 1.02-1.19x faster
-    unrolled. Under Triton < 3.7 unrolled walks do not build on 8- or 16-bit labels
-    (``_runtime.WALK_LABEL_BUG``): see :func:`softmax_unroll`."""
+    names one factor for all or the two as ``"A,B"`` (each 1 to 8), read once at import.
+    On an H200 (bf16 fwd+bwd at the targets' shapes, CUDA-graph replays, 2026-12-04-lease3)
+    unrolling every walk 4 times took CE from 0.252 and 1.93 ms to 0.234 and 1.68 ms and
+    Dice from 0.474 and 3.77 ms to 0.537 and 4.22 ms, when the walks that write the
+    gradient still loaded a row after storing the last (:data:`WRITE_ROWS`);
+    ``bench/probe.py`` had found a plain CE walk 1.02-1.19x faster unrolled. Under Triton
+    < 3.7 unrolled walks do not build on 8- or 16-bit labels (``_runtime.WALK_LABEL_BUG``):
+    see :func:`softmax_unroll`."""
     value = os.environ.get("SEGTRITON_UNROLL", "4,1")
     parts = value.split(",")
     factors = [int(v) for v in parts if v.strip().isdigit()]
