@@ -348,7 +348,7 @@ def _softmax_walk_sums(
 
 @triton.jit
 def _softmax_grad_walk(
-    x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, lse2, t, kg, eg, w_sum,
+    x_ptr, w_ptr, g_ptr, b, offs_p, pmask, ys, valid, x_y, m, lse2, t, kg, eg, w_sum,
     C, sxb, sxc, sxs, sgb, sgc, sgs,
     HAS_W: tl.constexpr, SMOOTH: tl.constexpr, ROWS: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
@@ -455,7 +455,7 @@ def _softmax_tile(
             )
         else:
             _softmax_grad_walk(
-                x_ptr, w_ptr, g_ptr, b, offs_c0, offs_p, pmask, ys, valid, x_y, m, fast_log2(s),
+                x_ptr, w_ptr, g_ptr, b, offs_p, pmask, ys, valid, x_y, m, fast_log2(s),
                 t, tl.where(valid, k * gscale, 0.0), tl.where(valid, eps_c * gscale, 0.0),
                 w_sum, C, sxb, sxc, sxs, sgb, sgc, sgs, HAS_W, SMOOTH, ROWS, VEC,
             )  # fmt: skip
