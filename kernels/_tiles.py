@@ -82,7 +82,8 @@ def _max_single_c() -> int:
 
 def _unroll() -> tuple[int, int]:
     """Unroll factors of the class walks (``tl.range(loop_unroll_factor=...)``), ``(the CE
-    / softmax focal kernel's, every other walk's)``: ``(4, 1)`` unless ``SEGTRITON_UNROLL``
+    / softmax focal kernel's statistics walk's, every other walk's)``, the walks that write
+    the gradient in chunks of :data:`WRITE_ROWS` aside: ``(4, 1)`` unless ``SEGTRITON_UNROLL``
     names one factor for all or the two as ``"A,B"`` (each 1 to 8), read once at import.
     On an H200 (bf16 fwd+bwd at the targets' shapes, CUDA-graph replays, 2026-12-04-lease3)
     unrolling every walk 4 times took CE from 0.252 and 1.93 ms to 0.234 and 1.68 ms and
@@ -119,7 +120,7 @@ TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = _chunk()  # (BLOCK_C, BLOCK_P) when classes are streamed
 _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
-UNROLL = _unroll()  # (the CE / softmax focal walks, every other walk)
+UNROLL = _unroll()  # (the CE / softmax focal statistics walk, every other walk)
 WRITE_ROWS = _write_rows()  # class rows per chunk of a walk that writes the gradient
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
@@ -139,7 +140,7 @@ def write_rows(*pixel_strides: int) -> int:
 
 
 def softmax_unroll(labels: torch.Tensor, pixel_stride: int) -> int | None:
-    """The ``loop_unroll_factor`` of the CE / softmax focal kernel's class walks (and of
+    """The ``loop_unroll_factor`` of the CE / softmax focal kernel's statistics walk (and of
     the confusion matrix's argmax walk, as light) for a launch reading ``labels`` and
     logits whose pixels lie ``pixel_stride`` apart:
     ``UNROLL[0]`` (None for 1) on contiguous pixels (the layout timed), else None. None
