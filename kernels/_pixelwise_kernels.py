@@ -228,6 +228,14 @@ def _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs):
 
 
 @triton.jit
+def _chunk_ptrs(x_ptr, b, offs_p, sxb, sxc, sxs, ROWS: tl.constexpr, VEC: tl.constexpr):
+    """:func:`_walk_ptrs` of a walk over chunks of ROWS class rows that keep a one-row
+    walk's layout, VEC pixels a thread (:func:`_tiles.runs_of`)."""
+    offs_r = tl.arange(0, ROWS).to(tl.int64)
+    return _walk_ptrs(x_ptr, b, offs_r, runs_of(offs_p, VEC), sxb, sxc, sxs)
+
+
+@triton.jit
 def _load_walk(ptrs, offs_c, pmask, C):
     """fp32 logits of one chunk of a class walk (at ``ptrs``) and its class mask. A chunk of
     one class (always below C) is the row, pixels past S read 0; in wider chunks classes
@@ -362,12 +370,10 @@ def _softmax_grad_walk(
     The classes go ROWS at a time (``_tiles.WRITE_ROWS``), one chunk's loads before its
     stores, in the row walk's layout (:func:`runs_of`, VEC pixels a thread); classes past
     C read 0 and are not written."""
-    offs_g = tl.arange(0, ROWS)
-    offs_v = runs_of(offs_p, VEC)
-    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_g.to(tl.int64), offs_v, sxb, sxc, sxs)
-    g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_g.to(tl.int64), offs_v, sgb, sgc, sgs)
+    ptrs, step, off = _chunk_ptrs(x_ptr, b, offs_p, sxb, sxc, sxs, ROWS, VEC)
+    g_ptrs, g_step, g_off = _chunk_ptrs(g_ptr, b, offs_p, sgb, sgc, sgs, ROWS, VEC)
     for c0 in tl.range(0, C, ROWS):
-        offs_c = c0 + offs_g  # int32: the class index is never an address
+        offs_c = c0 + tl.arange(0, ROWS)  # int32: the class index is never an address
         cmask = offs_c < C
         gmask = cmask[:, None] & pmask[None, :]
         xc = tl.load(ptrs + off, mask=gmask, other=0.0).to(tl.float32)

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from ._pixelwise_kernels import (
+    _chunk_ptrs,
     _class_factors,
     _excl_step,
     _excl_total,
@@ -59,7 +60,7 @@ from ._pixelwise_kernels import (
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile, runs_of
+from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -653,10 +654,8 @@ def _region_grad_tile(
     elif PICK:  # classes ROWS at a time, loads before stores (``_tiles.WRITE_ROWS``)
         y_in = tl.where(pvalid, ys, -1)
         log2_s = fast_log2(s)
-        offs_g = tl.arange(0, ROWS).to(tl.int64)
-        offs_v = runs_of(offs_p, VEC)
-        ptrs, step, off = _walk_ptrs(x_ptr, b, offs_g, offs_v, sxb, sxc, sxs)
-        g_ptrs, g_step, g_off = _walk_ptrs(g_ptr, b, offs_g, offs_v, sgb, sgc, sgs)
+        ptrs, step, off = _chunk_ptrs(x_ptr, b, offs_p, sxb, sxc, sxs, ROWS, VEC)
+        g_ptrs, g_step, g_off = _chunk_ptrs(g_ptr, b, offs_p, sgb, sgc, sgs, ROWS, VEC)
         for c0 in tl.range(0, C, ROWS):
             dp, offs_c, cmask = _dp_rows(coef, c0, y_in, C, ROWS)
             coef += ROWS

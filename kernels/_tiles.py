@@ -271,10 +271,10 @@ def num_warps_for(block_c: int, block_p: int) -> int:
     return min(16, max(4, block_c * block_p // 256))
 
 
-def walk_vector(block_p: int, num_warps: int) -> int:
-    """Pixels a thread holds in a one-row walk of ``block_p`` pixels over ``num_warps``
-    warps: the VEC of :func:`runs_of`."""
-    return max(1, block_p // (32 * num_warps))
+def walk_vector(block_c: int, block_p: int) -> int:
+    """Pixels a thread holds in a one-row walk of ``block_p`` pixels in a launch of
+    ``[block_c, block_p]`` tiles (:func:`num_warps_for`): the VEC of :func:`runs_of`."""
+    return max(1, block_p // (32 * num_warps_for(block_c, block_p)))
 
 
 @triton.jit

@@ -233,7 +233,7 @@ def _softmax_launch(
         BLOCK_P=block_p,
         UNROLL=softmax_unroll(y, sxs),
         ROWS=write_rows(sxs, sgs),
-        VEC=walk_vector(block_p, num_warps_for(block_c, block_p)),
+        VEC=walk_vector(block_c, block_p),
         num_warps=num_warps_for(block_c, block_p),
     )
     return loss

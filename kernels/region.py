@@ -256,7 +256,7 @@ def _region_grad(
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         ROWS=write_rows(strides[2], sgs),
-        VEC=walk_vector(block_p, num_warps_for(block_c, block_p)),
+        VEC=walk_vector(block_c, block_p),
         num_warps=num_warps_for(block_c, block_p),
     )
     return grad
