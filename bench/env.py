@@ -65,6 +65,7 @@ def environment() -> dict[str, object]:
         "chunk": ",".join(map(str, _tiles.CHUNK)),  # SEGTRITON_CHUNK
         "unroll": ",".join(map(str, _tiles.UNROLL)),  # SEGTRITON_UNROLL
         "write_rows": _tiles.WRITE_ROWS,  # SEGTRITON_WRITE_ROWS
+        "column": _tiles.COLUMN_CLASSES,  # SEGTRITON_COLUMN
         "fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION", "triton's default"),
     }
     if torch.cuda.is_available():
@@ -103,6 +104,7 @@ def provenance(command: str) -> str:
         f"Command: `{command}` (SEGTRITON_MAX_TILE={env['max_tile']}, "
         f"SEGTRITON_STAGES={env['stages']}, SEGTRITON_MAX_SINGLE_C={env['max_single_c']}, "
         f"SEGTRITON_CHUNK={env['chunk']}, SEGTRITON_UNROLL={env['unroll']}, "
-        f"SEGTRITON_WRITE_ROWS={env['write_rows']}). triton {env['triton']}, torch {env['torch']}, "
+        f"SEGTRITON_WRITE_ROWS={env['write_rows']}, SEGTRITON_COLUMN={env['column']}). "
+        f"triton {env['triton']}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
     )

@@ -134,13 +134,15 @@ run_bench() {  # CAP [pytest -k expression [JSON]]; the log is appended to
 # pixels, chunks of 2-16 classes and STAGES 3 were slower or mixed, the whole-class tiles
 # of the first design 2.6-7x slower, and every walk unrolled 4 times made CE 7-13% faster
 # and Dice 12-13% slower (2026-12-04-lease3), when the walks that write the gradient still
-# loaded a row only after storing the last. rows1 writes the gradient a class row at a
-# time again (one load in flight a thread), rows8 in chunks of 8 rows (the default is 4);
-# unroll4 unrolls every walk 4 times again, Dice's pass 1 walks included (one load in
-# flight a thread otherwise; 128 registers against 125 under Triton 3.6, the same 16 warps
-# per SM). The targets read int64 labels: under Triton < 3.7 unrolled walks do not build
-# on 8- or 16-bit ones (WALK_LABEL_BUG)
-LEASE_VARIANTS="rows1:SEGTRITON_WRITE_ROWS=1 rows8:SEGTRITON_WRITE_ROWS=8 unroll4:SEGTRITON_UNROLL=4"
+# loaded a row only after storing the last. column0 takes CE / softmax focal at C = 19 back
+# to the two walks (the default holds each pixel's class column in registers up to 32
+# classes, reading the logits once); rows1 writes the gradient a class row at a time
+# again (one load in flight a thread; the default is 4 rows); unroll4 unrolls every walk
+# 4 times again, Dice's pass 1 walks included (one load in flight a thread otherwise; 128
+# registers against 125 under Triton 3.6, the same 16 warps per SM). The targets read
+# int64 labels: under Triton < 3.7 unrolled walks do not build on 8- or 16-bit ones
+# (WALK_LABEL_BUG)
+LEASE_VARIANTS="column0:SEGTRITON_COLUMN=0 rows1:SEGTRITON_WRITE_ROWS=1 unroll4:SEGTRITON_UNROLL=4"
 
 # the losses whose torch.compile rows the lease times first (the preset's order puts CE +
 # Dice last): a row compiles for 15-30 s, and on 2026-12-04 the lease's cap stopped the

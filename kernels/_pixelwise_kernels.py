@@ -2,7 +2,9 @@
 
 A tile is ``BLOCK_P`` pixels of one image and every class: the class column is loaded once
 (or streamed in chunks with an online softmax for large C), the loss and, when asked, the
-gradient are computed in fp32 registers. A program takes ``TILES`` tiles in turn (one
+gradient are computed in fp32 registers. CE and softmax focal hold a pixel's whole column
+in one thread up to 32 classes (``_tiles.column_tiles``) and walk the class rows twice
+above (statistics, then gradient). A program takes ``TILES`` tiles in turn (one
 unless ``SEGTRITON_STAGES`` > 1 pipelines the loop, see ``_tiles.py``) and writes one
 partial loss sum for a fixed-order reduction.
 """
@@ -322,6 +324,67 @@ def _excl_total(m, s_ex):
 
 
 @triton.jit
+def _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs):
+    """fp32 logit of each pixel's label (0 where not valid), read on its own: loaded before
+    the class sums, its latency passes while they are taken, and no class is compared
+    with the label."""
+    x_y = tl.load(x_ptr + b * sxb + ys.to(tl.int64) * sxc + offs_p * sxs, mask=valid, other=0.0)
+    return x_y.to(tl.float32)
+
+
+@triton.jit
+def _column_sums(
+    x_ptr, w_ptr, b, offs_c, offs_p, pmask, ys, valid, sxb, sxc, sxs,
+    HAS_W: tl.constexpr, SMOOTH: tl.constexpr, NC: tl.constexpr,
+):  # fmt: skip
+    """:func:`_softmax_walk_sums` of a tile holding the whole class column of its pixels
+    (``offs_c``, NC classes: a constexpr, so that the rows past it fold away), plus
+    ``e = exp(x - m)`` of the tile for the gradient.
+
+    ``s_ex``, ``s`` less the 1 of one maximal class, is ``s_f``, the sum over the classes
+    below the max, plus the number of maximal classes less one; that number is ``s - s_f``
+    (each of their terms is exactly 1) rounded to an integer. The label's logit is read
+    on its own (:func:`_label_logit`). Pixels past S read 0; the rows past NC hold -inf
+    and their terms -0.0, which the compiler drops from every sum (``v + -0.0 = v``)."""
+    x_y = _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs)
+    rows = (offs_c < NC)[:, None]
+    ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
+    x = tl.load(ptrs, mask=rows & pmask[None, :], other=0.0).to(tl.float32)
+    x = tl.where(rows, x, float("-inf"))
+    m = tl.max(x, axis=0)
+    e = tl.where(rows, tl.exp2((x - m[None, :]) * LOG2E), -0.0)
+    s = tl.sum(e, axis=0)
+    s_f = tl.sum(tl.where(x == m[None, :], -0.0, e), axis=0)
+    s_ex = s_f + (tl.floor(s - s_f + 0.5) - 1.0)
+    s_other = tl.where(x_y == m, s_ex, s - fast_exp(x_y - m))
+    w_c = _class_factors(w_ptr, offs_c, offs_c < NC, HAS_W)
+    w_sum = NC * 1.0
+    if HAS_W:
+        w_sum = tl.sum(w_c, axis=0)
+    smooth_sum = 0.0
+    if SMOOTH:
+        smooth_sum = tl.sum(tl.where(rows, w_c[:, None] * (m[None, :] - x), -0.0), axis=0)
+    return m, s, s_other, x_y, w_sum, smooth_sum, e, w_c
+
+
+@triton.jit
+def _column_grad(
+    g_ptr, b, offs_c, offs_p, pmask, valid, e, inv_s, kg, eg, w_c, w_sum, sgb, sgc, sgs,
+    SMOOTH: tl.constexpr, NC: tl.constexpr,
+):  # fmt: skip
+    """Writes ``kg p_c`` (plus ``eg (W p_c - w_c)`` with SMOOTH) over a tile of
+    :func:`_column_sums`, ``p = e / s``, 0 where not valid (``kg``, ``eg`` are 0 there too);
+    the label's entries are written over it after (:func:`_label_grad`)."""
+    # 0 at an ignored pixel, whatever its logits hold (and so its inv_s)
+    q = tl.where(valid[None, :], e, 0.0)
+    dx = q * tl.where(valid, inv_s * (kg + eg * w_sum), 0.0)[None, :]
+    if SMOOTH:
+        dx -= eg[None, :] * w_c[:, None]
+    g = g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs
+    tl.store(g, dx.to(g_ptr.dtype.element_ty), mask=(offs_c < NC)[:, None] & pmask[None, :])
+
+
+@triton.jit
 def _softmax_walk_sums(
     x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, valid, C, sxb, sxc, sxs,
     HAS_W: tl.constexpr, SMOOTH: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
@@ -335,8 +398,7 @@ def _softmax_walk_sums(
     so that its load's latency passes while the walk runs. Where
     ``x_y`` is the max, ``s_other = s_ex`` exactly; elsewhere ``p_y <= 1/2`` and ``s_other =
     s - exp(x_y - m)`` loses at most a bit. ``s`` as :func:`_excl_total` gives it."""
-    x_y = tl.load(x_ptr + b * sxb + ys.to(tl.int64) * sxc + offs_p * sxs, mask=valid, other=0.0)
-    x_y = x_y.to(tl.float32)
+    x_y = _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs)
     m, s_ex, swx, _, _ = _walk_start(offs_p)
     w_sum = 0.0
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
@@ -362,10 +424,8 @@ def _softmax_grad_walk(
 ):  # fmt: skip
     """Writes the gradient of a pixel block walking its class chunks: ``kg p_c`` (plus ``eg (W
     p_c - w_c)`` with SMOOTH), ``p_c = 2^((x_c - m) log2(e) - lse2)``, ``lse2 = log2(s)``,
-    and 0 where not valid (``kg``, ``eg`` are 0 there too). The label's entry is then
-    written over the walk's with ``kg (p_y - 1) = -kg t`` (no cancellation as p_y -> 1), so
-    the walk compares no class with the label; a barrier orders the two stores of a
-    pixel, which may sit in different threads.
+    and 0 where not valid (``kg``, ``eg`` are 0 there too); the label's entries are written
+    over it after (:func:`_label_grad`).
 
     The classes go ROWS at a time (``_tiles.WRITE_ROWS``), one chunk's loads before its
     stores, in the row walk's layout (:func:`runs_of`, VEC pixels a thread); classes past
@@ -385,6 +445,21 @@ def _softmax_grad_walk(
             dx += eg[None, :] * (w_sum * p - _class_factors(w_ptr, offs_c, cmask, HAS_W)[:, None])
         tl.store(g_ptrs + g_off, dx.to(g_ptr.dtype.element_ty), mask=gmask)
         g_off += g_step
+    _label_grad(
+        g_ptr, w_ptr, b, offs_p, ys, valid, x_y, m, lse2, t, kg, eg, w_sum, sgb, sgc, sgs,
+        HAS_W, SMOOTH,
+    )  # fmt: skip
+
+
+@triton.jit
+def _label_grad(
+    g_ptr, w_ptr, b, offs_p, ys, valid, x_y, m, lse2, t, kg, eg, w_sum, sgb, sgc, sgs,
+    HAS_W: tl.constexpr, SMOOTH: tl.constexpr,
+):  # fmt: skip
+    """Writes each valid pixel's label entry of the gradient, ``-kg t`` (plus ``eg (W p_y -
+    w_y)`` with SMOOTH), over what the class rows wrote there: ``p_y - 1 = -t`` without
+    cancellation as p_y -> 1, and no class compared with the label. A barrier orders the
+    two stores of an entry, which may sit in different threads."""
     dx_y = -kg * t
     if SMOOTH:
         if HAS_W:
@@ -405,7 +480,7 @@ def _softmax_tile(
     WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr,
     MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr, ROWS: tl.constexpr,
-    VEC: tl.constexpr,
+    VEC: tl.constexpr, NC: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
     with PER_PIXEL; its gradient written with WRITE_GRAD (the statistics walk unrolled
@@ -418,17 +493,15 @@ def _softmax_tile(
     else:
         scale_y = tl.zeros([BLOCK_P], tl.float32) + scale
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
-    eps_c = smoothing / C
+    eps_c = 0.0  # a constant where nothing is smoothed, so its terms fold away
+    if SMOOTH:
+        eps_c = smoothing / C
     # pass 1: max, sum of exp, the label's logit, and (smoothing) sum_c w_c x_c
     if SINGLE:
-        cmask = offs_c0 < C
-        x = _load_tile(x_ptr, b, offs_c0, offs_p, cmask, pmask, sxb, sxc, sxs)
-        m = tl.max(x, axis=0)
-        is_y = offs_c0[:, None] == ys[None, :]
-        e = fast_exp(x - m[None, :])
-        s, s_other, x_y, w_c, w_sum, smooth_sum = _softmax_tile_sums(
-            x, e, m, offs_c0, cmask, is_y, w_ptr, HAS_W
-        )
+        m, s, s_other, x_y, w_sum, smooth_sum, e, w_c = _column_sums(
+            x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, valid, sxb, sxc, sxs, HAS_W, SMOOTH,
+            NC,
+        )  # fmt: skip
     else:
         m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
             x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, valid, C, sxb, sxc, sxs, HAS_W,
@@ -448,21 +521,22 @@ def _softmax_tile(
         else:
             gscale = tl.zeros([BLOCK_P], tl.float32) + 1.0
         if MEAN:
-            gscale = gscale / grad_divisor(denom_ptr, DEFER_MEAN)
-        if IS_FOCAL:
-            eps_c = 0.0
-        g_base = g_ptr + b * sgb + offs_p[None, :] * sgs
+            gscale = gscale * (1.0 / grad_divisor(denom_ptr, DEFER_MEAN))
+        kg = tl.where(valid, k * gscale, 0.0)
+        eg = tl.where(valid, eps_c * gscale, 0.0)
+        lse2 = fast_log2(s)
         if SINGLE:
-            dx = _softmax_grad_tile(x, m, inv_s, is_y, t, k, eps_c, w_c, w_sum, gscale, valid)
-            tl.store(
-                g_base + offs_c0[:, None] * sgc,
-                dx.to(g_ptr.dtype.element_ty),
-                mask=cmask[:, None] & pmask[None, :],
-            )
+            _column_grad(
+                g_ptr, b, offs_c0, offs_p, pmask, valid, e, inv_s, kg, eg, w_c, w_sum,
+                sgb, sgc, sgs, SMOOTH, NC,
+            )  # fmt: skip
+            _label_grad(
+                g_ptr, w_ptr, b, offs_p, ys, valid, x_y, m, lse2, t, kg, eg, w_sum,
+                sgb, sgc, sgs, HAS_W, SMOOTH,
+            )  # fmt: skip
         else:
             _softmax_grad_walk(
-                x_ptr, w_ptr, g_ptr, b, offs_p, pmask, ys, valid, x_y, m, fast_log2(s),
-                t, tl.where(valid, k * gscale, 0.0), tl.where(valid, eps_c * gscale, 0.0),
+                x_ptr, w_ptr, g_ptr, b, offs_p, pmask, ys, valid, x_y, m, lse2, t, kg, eg,
                 w_sum, C, sxb, sxc, sxs, sgb, sgc, sgs, HAS_W, SMOOTH, ROWS, VEC,
             )  # fmt: skip
     return loss
@@ -509,12 +583,15 @@ def _softmax_loss_kernel(
     UNROLL: tl.constexpr,
     ROWS: tl.constexpr,
     VEC: tl.constexpr,
+    NC: tl.constexpr,
 ):
     """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
 
     ``w_ptr`` holds the per-class factor: CE's class weights (which also enter the
     smoothing term), or focal's alpha vector; ``scale`` is the factor without a vector.
 
+    SINGLE: each tile holds its pixels' NC classes (:func:`_column_sums`; VEC pixels a
+    thread for ``_tiles.column_tiles``), else classes are walked in chunks of BLOCK_C.
     Each program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead; see
     ``_tiles.STAGES``). WRITE_LOSS: per-program partial sums (or per-pixel losses with
     PER_PIXEL) to loss_ptr.
@@ -525,12 +602,14 @@ def _softmax_loss_kernel(
     pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK_P], tl.float32)
     for i in tl.range(0, TILES, num_stages=STAGES):
-        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
+        b, offs_p, pmask = program_tile(
+            pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P, VEC if SINGLE else 1
+        )
         acc += _softmax_tile(
             b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
             sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
             IS_FOCAL, HAS_W, SMOOTH, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN,
-            SINGLE, BLOCK_C, BLOCK_P, UNROLL, ROWS, VEC,
+            SINGLE, BLOCK_C, BLOCK_P, UNROLL, ROWS, VEC, NC,
         )  # fmt: skip
     if WRITE_LOSS and not PER_PIXEL:
         tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

@@ -114,6 +114,15 @@ def _write_rows() -> int:
     return int(value)
 
 
+def _column_classes() -> int:
+    """Most classes the CE / softmax focal kernel holds as one column in registers
+    (:func:`column_tiles`; half as many with label smoothing): 32 unless
+    ``SEGTRITON_COLUMN`` names 0 (never) to 32, read once at import. Above it, and where
+    pixels are not contiguous, the kernel walks the class rows twice (statistics, then
+    gradient)."""
+    return _knob_in("SEGTRITON_COLUMN", 32, 0, 32)
+
+
 MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
@@ -122,6 +131,8 @@ _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
 UNROLL = _unroll()  # (the CE / softmax focal statistics walk, every other walk)
 WRITE_ROWS = _write_rows()  # class rows per chunk of a walk that writes the gradient
+COLUMN_CLASSES = _column_classes()  # most classes of a CE / softmax focal column tile
+COLUMN_WARPS = 4
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
 
@@ -314,14 +325,18 @@ def ignored(y, ignore_index):
 
 
 @triton.jit
-def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr):
+def pixel_block(pid, n_pblocks, S, BLOCK_P: tl.constexpr, VEC: tl.constexpr = 1):
     """Program ``pid`` of a ``B * n_pblocks`` grid: its image b (int64, so that ``b`` times
     an image stride past 2^31 does not wrap) and int64 pixel offsets, and their mask
-    (``offs_p < S``). The quotient is taken in int32, where a tile index fits (2^31 tiles
-    would be 2^40 pixels): a 64-bit division is a subroutine call in SASS."""
+    (``offs_p < S``); with VEC > 1 the offsets are :func:`runs_of` VEC. The quotient is
+    taken in int32, where a tile index fits (2^31 tiles would be 2^40 pixels): a 64-bit
+    division is a subroutine call in SASS."""
     p = pid.to(tl.int32)
     b = p // n_pblocks
-    offs_p = (p % n_pblocks).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    offs = tl.arange(0, BLOCK_P)
+    if VEC > 1:
+        offs = runs_of(offs, VEC)
+    offs_p = (p % n_pblocks).to(tl.int64) * BLOCK_P + offs.to(tl.int64)
     return b.to(tl.int64), offs_p, offs_p < S
 
 
@@ -395,14 +410,56 @@ def tile_grid(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int,
     return C, S, n_pblocks, n_blocks, program_count(n_blocks), blocks
 
 
+def walk_tiles(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int, bool], int, int]:
+    """:func:`tile_grid` of a launch over logits ``x`` with the ``VEC`` of its walks
+    (:func:`walk_vector`) and its warps (:func:`num_warps_for`) appended."""
+    grid = tile_grid(x)
+    block_c, block_p, _ = grid[-1]
+    return (*grid, walk_vector(block_c, block_p), num_warps_for(block_c, block_p))
+
+
+def column_tiles(
+    x: torch.Tensor, smooth: bool, *pixel_strides: int
+) -> tuple[int, int, int, int, int, tuple[int, int, bool], int, int] | None:
+    """:func:`tile_grid` of a CE / softmax focal launch over logits ``x`` whose pixels
+    (and those of the gradient) lie ``pixel_strides`` apart, with its ``VEC`` and warps
+    appended (as :func:`walk_tiles`), when a tile holds the whole class column of its
+    pixels: every pixel stride 1 and C at most :data:`COLUMN_CLASSES` (half that with
+    label smoothing, ``smooth``, whose class sum over the logits kept a second copy of
+    them live: 167 registers at C = 32 on sm_90, against 96); else None.
+
+    Such a tile is ``[next_pow2(C), 32 * COLUMN_WARPS * VEC]``: each thread holds all
+    classes of VEC neighbouring pixels (:func:`runs_of`), so every sum over the classes
+    stays in its registers, and the logits are read once for the loss and the gradient.
+    VEC is 4 up to 4 classes, else 2: compiled for sm_90, a thread's per-pixel state cost
+    more registers than its classes did (at C = 8, 40 registers with 2 pixels, 72 with
+    4)."""
+    B, C = x.shape[:2]
+    most = COLUMN_CLASSES // 2 if smooth else COLUMN_CLASSES
+    if most < C or any(s != 1 for s in pixel_strides):
+        return None
+    vec = 4 if C <= 4 else 2
+    block_c, block_p = next_pow2(C), 32 * COLUMN_WARPS * vec
+    S = spatial_size(x)
+    n_pblocks = cdiv(S, block_p)
+    n_blocks = B * n_pblocks
+    return (
+        C, S, n_pblocks, n_blocks, program_count(n_blocks), (block_c, block_p, True), vec,
+        COLUMN_WARPS,
+    )  # fmt: skip
+
+
 @triton.jit
-def program_tile(pid, i, n_blocks, n_pblocks, S, TILES: tl.constexpr, BLOCK_P: tl.constexpr):
+def program_tile(
+    pid, i, n_blocks, n_pblocks, S, TILES: tl.constexpr, BLOCK_P: tl.constexpr,
+    VEC: tl.constexpr = 1,
+):  # fmt: skip
     """Tile ``i`` of program ``pid`` (tiles ``pid * TILES ..`` of the ``n_blocks = B *
-    n_pblocks`` grid): its image, pixel offsets and mask. A tile past the last one takes
-    the last one's image and offsets, so loads indexed by image alone stay in bounds, and
-    an empty mask."""
+    n_pblocks`` grid): its image, pixel offsets (:func:`pixel_block`, VEC) and mask. A
+    tile past the last one takes the last one's image and offsets, so loads indexed by
+    image alone stay in bounds, and an empty mask."""
     blk = pid * TILES + i
-    b, offs_p, pmask = pixel_block(tl.minimum(blk, n_blocks - 1), n_pblocks, S, BLOCK_P)
+    b, offs_p, pmask = pixel_block(tl.minimum(blk, n_blocks - 1), n_pblocks, S, BLOCK_P, VEC)
     # tested per pixel: Triton's interpreter rejects a vector mask & a scalar one
     return b, offs_p, pmask & (tl.zeros_like(offs_p) + blk < n_blocks)
 

@@ -74,6 +74,7 @@ from ._tiles import (
     TILES_PER_PROGRAM,
     applied_scale,
     cdiv,
+    column_tiles,
     defers_mean,
     grad_like,
     ignore_arg,
@@ -91,7 +92,7 @@ from ._tiles import (
     tile_chunks,
     tile_grid,
     tile_pixels,
-    walk_vector,
+    walk_tiles,
     write_rows,
 )
 from .metrics import _confusion
@@ -191,9 +192,12 @@ def _softmax_launch(
     only the gradient is wanted)."""
     x, sxb, sxc, sxs = pixel_view(logits)
     y, syb, sys_ = label_view(target)
-    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
+    g, sgb, sgc, sgs = pixel_view(grad) if grad is not None else (None, 0, 0, 0)
+    smooth = not focal and smoothing > 0
+    tiles = column_tiles(x, smooth, sxs, sgs if grad is not None else 1) or walk_tiles(x)
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single), vec, warps = tiles
     per_pixel = reduction == "none"
-    loss, (g, sgb, sgc, sgs) = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, grad, x)
+    loss, _ = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, None, x)
     _softmax_loss_kernel[(n_programs,)](
         x,
         y,
@@ -220,7 +224,7 @@ def _softmax_launch(
         alpha_scalar,
         IS_FOCAL=focal,
         HAS_W=weight is not None or alpha is not None,
-        SMOOTH=not focal and smoothing > 0,
+        SMOOTH=smooth,
         WRITE_GRAD=grad is not None,
         WRITE_LOSS=loss is not None,
         PER_PIXEL=per_pixel,
@@ -233,8 +237,9 @@ def _softmax_launch(
         BLOCK_P=block_p,
         UNROLL=softmax_unroll(y, sxs),
         ROWS=write_rows(sxs, sgs),
-        VEC=walk_vector(block_c, block_p),
-        num_warps=num_warps_for(block_c, block_p),
+        VEC=vec,
+        NC=C if single else 0,
+        num_warps=warps,
     )
     return loss
 

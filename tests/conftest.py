@@ -20,7 +20,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 # (kernels/_tiles.py) makes C of them where a tile of every class makes one: the kernel
 # tests ran 4x slower. There the kernels take whole-class tiles (the knobs below) unless
 # the environment sets the knobs or SEGTRITON_TEST_DEFAULT_TILES;
-# tests/test_kernels_stages.py runs the random-option tests and twelve fixed cases under
+# tests/test_kernels_stages.py runs the random-option tests and fourteen fixed cases under
 # the defaults in child processes, and on a GPU every test runs the defaults.
 if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("SEGTRITON_TEST_DEFAULT_TILES"):
     os.environ.setdefault("SEGTRITON_MAX_SINGLE_C", "256")

@@ -4,8 +4,10 @@ tiles of every class (``SEGTRITON_MAX_SINGLE_C=256``, the interpreter's choice i
 tests/conftest.py, up to ``SEGTRITON_MAX_TILE=8192`` elements), the pipelined tile loops
 (``SEGTRITON_STAGES`` > 1: several pixel tiles per program, prefetched; tails of the
 program grid included), classes streamed in chunks of 8 by 256 pixels
-(``SEGTRITON_CHUNK=8,256``), the class walks unrolled (``SEGTRITON_UNROLL``) and the
-gradient-writing walks taking 1 or 8 class rows at once (``SEGTRITON_WRITE_ROWS``).
+(``SEGTRITON_CHUNK=8,256``), the class walks unrolled (``SEGTRITON_UNROLL``), the
+gradient-writing walks taking 1 or 8 class rows at once (``SEGTRITON_WRITE_ROWS``) and CE
+/ softmax focal walking classes where the default holds each pixel's class column
+(``SEGTRITON_COLUMN=0``).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
@@ -37,6 +39,7 @@ from segtriton.registry import fit_variant, get, make_inputs
 
 knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
 knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, *_tiles.UNROLL, _tiles.WRITE_ROWS)
+knobs += (_tiles.COLUMN_CLASSES,)
 assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
@@ -44,6 +47,8 @@ seed = int(sys.argv[1])
 CASES = [
     ("cross_entropy", 0, 19, (7, 83), torch.bfloat16, "mean", False),
     ("cross_entropy", 1, 3, (23, 61), torch.float32, "none", True),
+    ("cross_entropy", 1, 13, (7, 83), torch.float16, "mean", False),
+    ("softmax_focal", 1, 4, (23, 61), torch.float32, "none", False),
     ("softmax_focal", 0, 150, (5, 37), torch.float16, "sum", False),
     ("bce", 1, 3, (23, 61), torch.float32, "mean", False),
     ("sigmoid_focal_ovr", 0, 3, (3, 5, 41), torch.bfloat16, "mean", False),
@@ -74,6 +79,7 @@ KNOBS = (
     "SEGTRITON_CHUNK",
     "SEGTRITON_UNROLL",
     "SEGTRITON_WRITE_ROWS",
+    "SEGTRITON_COLUMN",
 )
 
 
@@ -124,23 +130,27 @@ def test_region_label_edge_cases_under_the_default_tiles():
 @pytest.mark.parametrize(
     ("knobs", "expected"),
     [
-        ({}, (1, 1, 2048, 1, 1, 512, 4, 1, 4)),
+        ({}, (1, 1, 2048, 1, 1, 512, 4, 1, 4, 32)),
         (
             {"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"},
-            (1, 1, 2048, 256, 32, 64, 4, 1, 4),
+            (1, 1, 2048, 256, 32, 64, 4, 1, 4, 32),
         ),
-        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512, 4, 1, 4)),
+        ({"SEGTRITON_STAGES": "3"}, (3, 8, 2048, 1, 1, 512, 4, 1, 4, 32)),
         (
             {"SEGTRITON_MAX_TILE": "8192", "SEGTRITON_MAX_SINGLE_C": "256"},
-            (1, 1, 8192, 256, 1, 512, 4, 1, 4),
+            (1, 1, 8192, 256, 1, 512, 4, 1, 4, 32),
         ),
-        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 4, 1, 4)),
-        ({"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"}, (1, 1, 2048, 1, 2, 256, 4, 4, 4)),
-        ({"SEGTRITON_UNROLL": "1"}, (1, 1, 2048, 1, 1, 512, 1, 1, 4)),
-        ({"SEGTRITON_UNROLL": "8,1"}, (1, 1, 2048, 1, 1, 512, 8, 1, 4)),
-        ({"SEGTRITON_UNROLL": "4"}, (1, 1, 2048, 1, 1, 512, 4, 4, 4)),
-        ({"SEGTRITON_WRITE_ROWS": "1"}, (1, 1, 2048, 1, 1, 512, 4, 1, 1)),
-        ({"SEGTRITON_WRITE_ROWS": "8"}, (1, 1, 2048, 1, 1, 512, 4, 1, 8)),
+        ({"SEGTRITON_CHUNK": "8,256"}, (1, 1, 2048, 1, 8, 256, 4, 1, 4, 32)),
+        (
+            {"SEGTRITON_UNROLL": "4", "SEGTRITON_CHUNK": "2,256"},
+            (1, 1, 2048, 1, 2, 256, 4, 4, 4, 32),
+        ),
+        ({"SEGTRITON_UNROLL": "1"}, (1, 1, 2048, 1, 1, 512, 1, 1, 4, 32)),
+        ({"SEGTRITON_UNROLL": "8,1"}, (1, 1, 2048, 1, 1, 512, 8, 1, 4, 32)),
+        ({"SEGTRITON_UNROLL": "4"}, (1, 1, 2048, 1, 1, 512, 4, 4, 4, 32)),
+        ({"SEGTRITON_WRITE_ROWS": "1"}, (1, 1, 2048, 1, 1, 512, 4, 1, 1, 32)),
+        ({"SEGTRITON_WRITE_ROWS": "8"}, (1, 1, 2048, 1, 1, 512, 4, 1, 8, 32)),
+        ({"SEGTRITON_COLUMN": "0"}, (1, 1, 2048, 1, 1, 512, 4, 1, 4, 0)),
     ],
     ids=[
         "defaults",
@@ -154,6 +164,7 @@ def test_region_label_edge_cases_under_the_default_tiles():
         "unroll4_rows",
         "rows1",
         "rows8",
+        "column0",
     ],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
@@ -161,7 +172,7 @@ def test_kernel_knobs_match_the_reference(knobs, expected, seed):
     argv = [sys.executable, "-c", CHILD, str(seed), *map(str, expected)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "checked 12" in out.stdout
+    assert "checked 14" in out.stdout
 
 
 @triton.jit
@@ -214,3 +225,25 @@ def test_image_offsets_do_not_wrap_past_2_31():
     out = torch.zeros(4, dtype=torch.int64, device=DEVICE)
     _image_offset_kernel[(4,)](out, 1, stride)
     assert out.cpu().tolist() == [b * stride for b in range(4)]
+
+
+@triton.jit
+def _pixel_offsets_kernel(out_ptr, n_pblocks, S, VEC: tl.constexpr):
+    pid = tl.program_id(0)
+    b, offs_p, pmask = pixel_block(pid, n_pblocks, S, 64, VEC)
+    tl.store(out_ptr + pid * 64 + tl.arange(0, 64), tl.where(pmask, b * S + offs_p, -1))
+
+
+@pytest.mark.parametrize("vec", [1, 2, 4, 8])
+def test_pixel_offsets_in_runs_are_the_plain_offsets(vec):
+    """``pixel_block`` with VEC > 1 (the offsets written as runs of VEC for the column
+    tiles' layout, ``_tiles.runs_of``) addresses the same pixels, masked alike."""
+    B, S = 2, 150  # 3 tiles of 64 pixels per image, the last one 22
+    n_pblocks = cdiv(S, 64)
+    out = torch.empty(B * n_pblocks * 64, dtype=torch.int64, device=DEVICE)
+    _pixel_offsets_kernel[(B * n_pblocks,)](out, n_pblocks, S, VEC=vec)
+    expected = torch.arange(n_pblocks * 64).repeat(B)
+    expected = torch.where(
+        expected < S, expected + S * torch.arange(B).repeat_interleave(n_pblocks * 64), -1
+    )
+    assert out.cpu().tolist() == expected.tolist()
