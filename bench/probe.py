@@ -13,7 +13,7 @@ Three measurements, each printed as it finishes (CUDA only):
   as a fraction of the measured copy bandwidth: what the tile shape alone allows;
 - ``knobs``: forward + backward of each (loss, shape) in a fresh process per setting of
   the tile knobs read at import (``SEGTRITON_MAX_TILE``, ``SEGTRITON_MAX_SINGLE_C``,
-  ``SEGTRITON_CHUNK``, ``SEGTRITON_STAGES``), against the defaults;
+  ``SEGTRITON_CHUNK``, ``SEGTRITON_STAGES``, ``SEGTRITON_COLUMN``), against the defaults;
 - ``host``: the host's time per forward + backward (calls enqueued back to back, one
   sync at the end) and the CPU ops that take it under ``torch.profiler``: at C = 19 a
   call took 0.9 ms timed with CUDA events and 0.25 ms replayed from a CUDA graph
@@ -51,10 +51,13 @@ CASES = [
     ("ce_dice", (8, 19, 512, 1024)),
     ("ce_dice", (16, 150, 512, 512)),
 ]
-# 2026-12-04 (H200): walks of one class by 512 pixels (now the default) beat whole-class
-# tiles 2.5-7x, walks of 1024 or 2048 pixels and chunks of 2-16 classes
+# 2026-12-04 (H200): walks of one class by 512 pixels (then the default) beat whole-class
+# tiles 2.5-7x, walks of 1024 or 2048 pixels and chunks of 2-16 classes. CE holds each
+# pixel's class column up to 32 classes by default since 2026-12-05 (untimed):
+# SEGTRITON_COLUMN=0 walks there, and the whole-class tiles apply to it only past 32
 KNOBS = [
     {},
+    {"SEGTRITON_COLUMN": "0"},
     {"SEGTRITON_MAX_SINGLE_C": "256", "SEGTRITON_CHUNK": "32,64"},
     {"SEGTRITON_CHUNK": "1,256"},
     {"SEGTRITON_STAGES": "3"},
