@@ -175,7 +175,8 @@ def _softmax_terms(
     x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL: tl.constexpr
 ):
     """Per pixel ``(loss, K, t = 1 - p_y)`` of CE with label smoothing or of softmax focal;
-    the gradient is :func:`_softmax_grad_tile` of them."""
+    the gradient is :func:`_column_grad` or :func:`_softmax_grad_walk` of them (in the
+    region compounds :func:`_softmax_grad_tile`), with :func:`_label_grad`."""
     logp_y, t, log_s = _label_terms(x_y, m, s_other, s)
     loss, k = _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL)
     if not IS_FOCAL:
@@ -324,6 +325,14 @@ def _excl_total(m, s_ex):
 
 
 @triton.jit
+def _other_sum(x_y, m, s, s_ex):
+    """``s_other = sum_{c != y} exp(x_c - m)`` from ``s`` and ``s_ex`` (``s`` less the 1 of
+    one maximal class): ``s_ex`` exactly where the label's logit is the max; elsewhere
+    ``p_y <= 1/2`` and ``s - exp(x_y - m)`` loses at most a bit."""
+    return tl.where(x_y == m, s_ex, s - fast_exp(x_y - m))
+
+
+@triton.jit
 def _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs):
     """fp32 logit of each pixel's label (0 where not valid), read on its own: loaded before
     the class sums, its latency passes while they are taken, and no class is compared
@@ -347,7 +356,8 @@ def _column_sums(
     on its own (:func:`_label_logit`). Pixels past S read 0; the rows past NC hold -inf
     and their terms -0.0, which the compiler drops from every sum (``v + -0.0 = v``)."""
     x_y = _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs)
-    rows = (offs_c < NC)[:, None]
+    cmask = offs_c < NC
+    rows = cmask[:, None]
     ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
     x = tl.load(ptrs, mask=rows & pmask[None, :], other=0.0).to(tl.float32)
     x = tl.where(rows, x, float("-inf"))
@@ -356,8 +366,8 @@ def _column_sums(
     s = tl.sum(e, axis=0)
     s_f = tl.sum(tl.where(x == m[None, :], -0.0, e), axis=0)
     s_ex = s_f + (tl.floor(s - s_f + 0.5) - 1.0)
-    s_other = tl.where(x_y == m, s_ex, s - fast_exp(x_y - m))
-    w_c = _class_factors(w_ptr, offs_c, offs_c < NC, HAS_W)
+    s_other = _other_sum(x_y, m, s, s_ex)
+    w_c = _class_factors(w_ptr, offs_c, cmask, HAS_W)
     w_sum = NC * 1.0
     if HAS_W:
         w_sum = tl.sum(w_c, axis=0)
@@ -395,9 +405,8 @@ def _softmax_walk_sums(
 
     The walk reads no label: it keeps ``s_ex``, ``s`` less the 1 of one maximal class
     (:func:`_excl_step`); the label's logit is read once (where valid), before the walk,
-    so that its load's latency passes while the walk runs. Where
-    ``x_y`` is the max, ``s_other = s_ex`` exactly; elsewhere ``p_y <= 1/2`` and ``s_other =
-    s - exp(x_y - m)`` loses at most a bit. ``s`` as :func:`_excl_total` gives it."""
+    so that its load's latency passes while the walk runs; ``s_other`` by
+    :func:`_other_sum`, ``s`` as :func:`_excl_total` gives it."""
     x_y = _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs)
     m, s_ex, swx, _, _ = _walk_start(offs_p)
     w_sum = 0.0
@@ -412,8 +421,7 @@ def _softmax_walk_sums(
             w_sum += tl.sum(wc, axis=0)
             swx += tl.sum(wc[:, None] * tl.where(cmask[:, None], xc, 0.0), axis=0)
     s = _excl_total(m, s_ex)
-    s_other = tl.where(x_y == m, s_ex, s - fast_exp(x_y - m))
-    return m, s, s_other, x_y, w_sum, w_sum * m - swx
+    return m, s, _other_sum(x_y, m, s, s_ex), x_y, w_sum, w_sum * m - swx
 
 
 @triton.jit

@@ -419,12 +419,13 @@ def walk_tiles(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int
 
 
 def column_tiles(
-    x: torch.Tensor, smooth: bool, *pixel_strides: int
+    x: torch.Tensor, smooth: bool, pixel_stride: int
 ) -> tuple[int, int, int, int, int, tuple[int, int, bool], int, int] | None:
-    """:func:`tile_grid` of a CE / softmax focal launch over logits ``x`` whose pixels
-    (and those of the gradient) lie ``pixel_strides`` apart, with its ``VEC`` and warps
-    appended (as :func:`walk_tiles`), when a tile holds the whole class column of its
-    pixels: every pixel stride 1 and C at most :data:`COLUMN_CLASSES` (half that with
+    """:func:`tile_grid` of a CE / softmax focal launch over logits ``x`` whose pixels lie
+    ``pixel_stride`` apart (the gradient takes their layout, :func:`grad_like`; any
+    layout is correct, this picks the fast one), with its ``VEC`` and warps appended (as
+    :func:`walk_tiles`), when a tile holds the whole class column of its pixels: pixel
+    stride 1 and C at most :data:`COLUMN_CLASSES` (half that with
     label smoothing, ``smooth``, whose class sum over the logits kept a second copy of
     them live: 167 registers at C = 32 on sm_90, against 96); else None.
 
@@ -436,7 +437,7 @@ def column_tiles(
     4)."""
     B, C = x.shape[:2]
     most = COLUMN_CLASSES // 2 if smooth else COLUMN_CLASSES
-    if most < C or any(s != 1 for s in pixel_strides):
+    if most < C or pixel_stride != 1:
         return None
     vec = 4 if C <= 4 else 2
     block_c, block_p = next_pow2(C), 32 * COLUMN_WARPS * vec

@@ -192,12 +192,11 @@ def _softmax_launch(
     only the gradient is wanted)."""
     x, sxb, sxc, sxs = pixel_view(logits)
     y, syb, sys_ = label_view(target)
-    g, sgb, sgc, sgs = pixel_view(grad) if grad is not None else (None, 0, 0, 0)
     smooth = not focal and smoothing > 0
-    tiles = column_tiles(x, smooth, sxs, sgs if grad is not None else 1) or walk_tiles(x)
+    tiles = column_tiles(x, smooth, sxs) or walk_tiles(x)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single), vec, warps = tiles
     per_pixel = reduction == "none"
-    loss, _ = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, None, x)
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, grad, x)
     _softmax_loss_kernel[(n_programs,)](
         x,
         y,
