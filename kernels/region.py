@@ -66,9 +66,8 @@ from ._tiles import (
     pixel_view,
     spatial_size,
     tile_chunks,
-    tile_grid,
     walk_labels,
-    walk_vector,
+    walk_tiles,
     write_rows,
 )
 from .pixelwise import _class_vector
@@ -221,7 +220,8 @@ def _region_grad(
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single) = tile_grid(x)
+    tiles = walk_tiles(x)
+    C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single), vec, warps = tiles
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     flags = _flags(kind, has_ignore, overlap, single, pixel, focal, w)
     if pixel == PIXEL_SOFTMAX and not single and not _folds(flags) and strides[2] != 1:
@@ -256,8 +256,8 @@ def _region_grad(
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         ROWS=write_rows(strides[2], sgs),
-        VEC=walk_vector(block_c, block_p),
-        num_warps=num_warps_for(block_c, block_p),
+        VEC=vec,
+        num_warps=warps,
     )
     return grad
 
