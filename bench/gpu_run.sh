@@ -134,9 +134,9 @@ run_bench() {  # CAP [pytest -k expression [JSON]]; the log is appended to
 # pixels, chunks of 2-16 classes and STAGES 3 were slower or mixed, the whole-class tiles
 # of the first design 2.6-7x slower, and every walk unrolled 4 times made CE 7-13% faster
 # and Dice 12-13% slower (2026-12-04-lease3), when the walks that write the gradient still
-# loaded a row only after storing the last. column0 takes CE / softmax focal at C = 19 back
-# to the two walks (the default holds each pixel's class column in registers up to 32
-# classes, reading the logits once); rows1 writes the gradient a class row at a time
+# loaded a row only after storing the last. column0 takes CE / softmax focal and Dice at
+# C = 19 back to the walks (the default holds each pixel's class column in registers, up to
+# 32 classes for CE and 24 for the region passes, reading the logits once a pass); rows1 writes the gradient a class row at a time
 # again (one load in flight a thread; the default is 4 rows); unroll4 unrolls every walk
 # 4 times again, Dice's pass 1 walks included (one load in flight a thread otherwise; 128
 # registers against 125 under Triton 3.6, the same 16 warps per SM). The targets read

@@ -53,8 +53,9 @@ CASES = [
 ]
 # 2026-12-04 (H200): walks of one class by 512 pixels (then the default) beat whole-class
 # tiles 2.5-7x, walks of 1024 or 2048 pixels and chunks of 2-16 classes. CE holds each
-# pixel's class column up to 32 classes by default since 2026-12-05 (untimed):
-# SEGTRITON_COLUMN=0 walks there, and the whole-class tiles apply to it only past 32
+# pixel's class column up to 32 classes by default since 2026-12-05 (untimed), the region
+# passes on labels up to 24: SEGTRITON_COLUMN=0 walks there, and the whole-class tiles
+# apply to them only past those counts
 KNOBS = [
     {},
     {"SEGTRITON_COLUMN": "0"},

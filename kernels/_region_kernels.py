@@ -41,6 +41,7 @@ import triton.language as tl
 from ._pixelwise_kernels import (
     _chunk_ptrs,
     _class_factors,
+    _column_sums,
     _excl_step,
     _excl_total,
     _label_step,
@@ -60,7 +61,7 @@ from ._pixelwise_kernels import (
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile
+from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile, runs_of
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -208,16 +209,19 @@ def _load_chunk(
 @triton.jit
 def _softmax_pixel(
     x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, C, w_ptr, smoothing, gamma, scale,
-    IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
+    IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr = True,
 ):  # fmt: skip
     """The softmax pixel term (CE or focal, see :func:`_pixel_term`) per pixel from its
     class sums (``_softmax_tile_sums``): ``(loss, divisor, K, t, eps / C)``, the last
-    three for :func:`_softmax_grad_tile`; loss and divisor 0 where not valid."""
+    three for :func:`_softmax_grad_tile`; loss and divisor 0 where not valid. Without
+    SMOOTH (known: no label smoothing) ``eps / C`` is the constant 0."""
     if HAS_W:
         scale_y = tl.load(w_ptr + ys, mask=pvalid, other=0.0).to(tl.float32)
     else:
         scale_y = tl.zeros_like(m) + scale
-    eps_c = 0.0 if IS_FOCAL else smoothing / C
+    eps_c = 0.0
+    if SMOOTH and not IS_FOCAL:
+        eps_c = smoothing / C
     loss, k, t = _softmax_terms(
         x_y, m, s_other, s, scale_y, smooth_sum, w_sum, eps_c, smoothing, gamma, IS_FOCAL
     )
@@ -328,6 +332,81 @@ def _label_row_sums(ptrs, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP: tl.con
     return tl.split(tl.sum(tl.join(pg, pp), axis=1))
 
 
+@triton.jit
+def _per_thread(t, VEC: tl.constexpr):
+    """A ``[classes, pixels, 2]`` tile of :func:`runs_of` VEC pixels a thread summed over
+    each thread's pixels: ``[classes, pixels / VEC, 2]``, with no exchange between
+    threads."""
+    return tl.sum(tl.reshape(t, [t.shape[0], t.shape[1] // VEC, VEC, 2]), axis=2)
+
+
+@triton.jit
+def _column_stats(
+    x_ptr, t_ptr, w_ptr, out, b, first_tile, tiles_per_chunk, S, sxb, sxc, sxs, stb, sts,
+    ignore_index, smoothing, gamma, scale,
+    OVERLAP: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
+    COUNT: tl.constexpr, SMOOTH: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, VEC: tl.constexpr, NC: tl.constexpr,
+):  # fmt: skip
+    """Pass 1 of a softmax over hard labels on tiles holding the whole class column of
+    their pixels (``_tiles.column_tiles``: NC classes, VEC pixels a thread), the logits
+    read once. Each thread adds, per class, ``p g`` (``min(p, g)``) and ``p`` (``p^2``) of
+    its pixels into registers over the program's tiles, the two joined so that they add
+    in the same order (``P - I`` is then exactly 0 for a class that fills its image,
+    which the MCC's true negatives need); the sums leave the threads once, at the end.
+    T is an integer histogram of each tile's labels. Rows past NC add -0.0 (folded
+    away); a bad label makes the program's T NaN, as in the class walks."""
+    offs_c = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
+    rows = (offs_c < NC)[:, None]
+    acc_ip = tl.zeros([BLOCK_C, BLOCK_P // VEC, 2], tl.float32)  # I and P, joined
+    acc_t = tl.zeros([BLOCK_C], tl.int32)
+    acc_n = tl.zeros([BLOCK_P], tl.float32)
+    acc_bad = acc_n
+    acc_loss = acc_n
+    acc_den = acc_n
+    for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
+        offs_p = tile * BLOCK_P + runs_of(tl.arange(0, BLOCK_P), VEC).to(tl.int64)
+        pmask = offs_p < S
+        ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, NC, ignore_index)
+        m, s, s_other, x_y, w_sum, smooth_sum, e, w_c = _column_sums(
+            x_ptr, w_ptr, b, offs_c, offs_p, pmask, ys, pvalid, sxb, sxc, sxs, HAS_W, SMOOTH,
+            NC,
+        )  # fmt: skip
+        counted = rows & pvalid[None, :]
+        is_y = counted & (offs_c.to(tl.int32)[:, None] == ys[None, :])
+        p = tl.where(counted, e * fast_rcp(s)[None, :], -0.0)
+        pg = tl.where(is_y, p, -0.0)
+        pp = p
+        if OVERLAP == SQUARED:
+            pp = p * p
+        if OVERLAP == SOFT_MIN:
+            pg = tl.where(is_y, tl.minimum(p, 1.0), -0.0)
+        acc_ip += _per_thread(tl.join(pg, pp), VEC)
+        acc_t += tl.histogram(ys, BLOCK_C, mask=pvalid)
+        acc_n += pvalid.to(tl.float32)
+        acc_bad = tl.maximum(acc_bad, pbad.to(tl.float32))
+        if PIXEL == 1:
+            loss, den, _, _, _ = _softmax_pixel(
+                x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, NC, w_ptr,
+                smoothing, gamma, scale, IS_FOCAL, HAS_W, SMOOTH,
+            )  # fmt: skip
+            acc_loss += loss
+            acc_den += den
+    si, sp = tl.split(tl.sum(acc_ip, axis=1))
+    st = acc_t.to(tl.float32)
+    cmask = offs_c < NC
+    tl.store(out + offs_c, si, mask=cmask)
+    tl.store(out + NC + offs_c, sp, mask=cmask)
+    st = tl.where(tl.max(acc_bad, axis=0) > 0.0, float("nan"), st)
+    tl.store(out + 2 * NC + offs_c, st, mask=cmask)
+    n_stats = 3
+    if COUNT:
+        n_stats = 4
+        tl.store(out + 3 * NC + offs_c, tl.zeros_like(st) + tl.sum(acc_n, axis=0), mask=cmask)
+    tl.store(out + n_stats * NC, tl.sum(acc_loss, axis=0))
+    tl.store(out + n_stats * NC + 1, tl.sum(acc_den, axis=0))
+
+
 @kernel_jit
 def _region_stats_kernel(
     x_ptr,
@@ -363,6 +442,9 @@ def _region_stats_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
     ACC: tl.constexpr,
+    VEC: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    NC: tl.constexpr,
 ):
     """Partial sums ``part[b, chunk, :]`` = ``I[C], P[C], T[C]`` (then ``N[C]`` with
     COUNT), pixel loss, its divisor, over the chunk's pixel tiles.
@@ -374,6 +456,9 @@ def _region_stats_kernel(
     softmax, T (a histogram of the tile's labels), N and the bad-label flag do not depend
     on the logits and are taken once per tile: a class row costs one reduction, of I and
     P joined. The tile loop prefetches STAGES - 1 tiles ahead.
+
+    NC > 0: column tiles of NC classes, VEC pixels a thread (:func:`_column_stats`;
+    SMOOTH: the CE term has label smoothing).
     """
     # hard labels under a softmax, whose class loop takes I and P alone (a BCE or sigmoid
     # focal term streams with the classes in the general loop)
@@ -383,117 +468,124 @@ def _region_stats_kernel(
     first_tile = (pid % n_chunks) * tiles_per_chunk
     n_stats = 3 + COUNT
     out = part_ptr + pid * (n_stats * C + 2)
-    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
-    acc_i = tl.zeros([BLOCK_C], tl.float32)
-    acc_p = tl.zeros([BLOCK_C], tl.float32)
-    acc_t = tl.zeros([BLOCK_C], tl.float32)
-    acc_n = tl.zeros([BLOCK_C], tl.float32)
-    acc_loss = tl.zeros([BLOCK_P], tl.float32)
-    acc_den = tl.zeros([BLOCK_P], tl.float32)
-    ones = tl.full([BLOCK_P], 1.0, tl.float32)  # pass 1 weighs the pixel term's gradient 1
-    for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
-        offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-        pmask = offs_p < S
-        # a streamed softmax pixel term's walk gives the softmax (m, 1/s) as well
-        x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
-            x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-            SOFTMAX and (SINGLE or PIXEL != 1), LABELS, SINGLE, BLOCK_C,
+    if NC > 0:
+        _column_stats(
+            x_ptr, t_ptr, w_ptr, out, b, first_tile, tiles_per_chunk, S, sxb, sxc, sxs, stb, sts,
+            ignore_index, smoothing, gamma, scale, OVERLAP, PIXEL, IS_FOCAL, HAS_W, COUNT, SMOOTH,
+            STAGES, BLOCK_C, BLOCK_P, VEC, NC,
         )  # fmt: skip
-        if PIXEL == 1 and not SINGLE:
-            m, inv_s, loss, den, k, t, eps_c, w_sum = _softmax_walk_term(
-                x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C, sxb, sxc, sxs,
-                smoothing, gamma, scale, IS_FOCAL, HAS_W, BLOCK_C,
+    else:
+        offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
+        acc_i = tl.zeros([BLOCK_C], tl.float32)
+        acc_p = tl.zeros([BLOCK_C], tl.float32)
+        acc_t = tl.zeros([BLOCK_C], tl.float32)
+        acc_n = tl.zeros([BLOCK_C], tl.float32)
+        acc_loss = tl.zeros([BLOCK_P], tl.float32)
+        acc_den = tl.zeros([BLOCK_P], tl.float32)
+        ones = tl.full([BLOCK_P], 1.0, tl.float32)  # pass 1 weighs the pixel term's gradient 1
+        for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
+            offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+            pmask = offs_p < S
+            # a streamed softmax pixel term's walk gives the softmax (m, 1/s) as well
+            x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
+                x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
+                SOFTMAX and (SINGLE or PIXEL != 1), LABELS, SINGLE, BLOCK_C,
             )  # fmt: skip
-            acc_loss += loss
-            acc_den += den
-        if SINGLE:
-            p, g, valid, bad = _chunk_terms(
-                z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
-                stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
-            )  # fmt: skip
-            si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
-            acc_i += si
-            acc_p += sp
-            acc_t += st
-            acc_n += sn
-            if PIXEL != 0:
-                loss, den, dx = _pixel_term(
-                    x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
-                    smoothing, gamma, scale, ones, PIXEL, LABELS, IS_FOCAL, HAS_W,
+            if PIXEL == 1 and not SINGLE:
+                m, inv_s, loss, den, k, t, eps_c, w_sum = _softmax_walk_term(
+                    x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C, sxb, sxc, sxs,
+                    smoothing, gamma, scale, IS_FOCAL, HAS_W, BLOCK_C,
                 )  # fmt: skip
                 acc_loss += loss
                 acc_den += den
-        else:
-            if HARD:  # T, N and bad labels once per tile, not per class
-                y_in = tl.where(pvalid, ys, -1)
-                log2_s = -fast_log2(inv_s)
-                ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
-                n_tile = tl.sum(pvalid.to(tl.float32), axis=0)
-                bad_tile = tl.max(pbad.to(tl.int32), axis=0) > 0
-            for cb in range(0, C, ACC):
-                offs_a = cb + tl.arange(0, ACC)
-                amask = offs_a < C
-                # the sums of the program's earlier tiles (a where: the interpreter's scalar
-                # compare of the loop index is int32, not a mask)
-                seen = tl.where(tile > first_tile, amask, False)
-                row = out + offs_a
-                prev_i = tl.load(row, mask=seen, other=0.0)
-                prev_p = tl.load(row + C, mask=seen, other=0.0)
-                prev_t = tl.load(row + 2 * C, mask=seen, other=0.0)
-                prev_n = prev_t
-                if COUNT:
-                    prev_n = tl.load(row + 3 * C, mask=seen, other=0.0)
-                add_i = tl.zeros([ACC], tl.float32)
-                add_p = add_i
-                add_t = add_i
-                add_n = add_i
-                if HARD:
-                    in_block = (y_in >= cb) & (y_in < cb + ACC)
-                    add_t = tl.histogram(y_in - cb, ACC, mask=in_block).to(tl.float32)
-                    add_t = tl.where(bad_tile, float("nan"), add_t)
-                    add_n = add_n + n_tile
-                    off = (step * 0 + cb) * sxc
-                c_end = tl.minimum(cb + ACC, C)
-                for c0 in tl.range(cb, c_end, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+            if SINGLE:
+                p, g, valid, bad = _chunk_terms(
+                    z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
+                    stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
+                )  # fmt: skip
+                si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
+                acc_i += si
+                acc_p += sp
+                acc_t += st
+                acc_n += sn
+                if PIXEL != 0:
+                    loss, den, dx = _pixel_term(
+                        x, z, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c0, C, w_ptr, w2_ptr,
+                        smoothing, gamma, scale, ones, PIXEL, LABELS, IS_FOCAL, HAS_W,
+                    )  # fmt: skip
+                    acc_loss += loss
+                    acc_den += den
+            else:
+                if HARD:  # T, N and bad labels once per tile, not per class
+                    y_in = tl.where(pvalid, ys, -1)
+                    log2_s = -fast_log2(inv_s)
+                    ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
+                    n_tile = tl.sum(pvalid.to(tl.float32), axis=0)
+                    bad_tile = tl.max(pbad.to(tl.int32), axis=0) > 0
+                for cb in range(0, C, ACC):
+                    offs_a = cb + tl.arange(0, ACC)
+                    amask = offs_a < C
+                    # the sums of the program's earlier tiles (a where: the interpreter's scalar
+                    # compare of the loop index is int32, not a mask)
+                    seen = tl.where(tile > first_tile, amask, False)
+                    row = out + offs_a
+                    prev_i = tl.load(row, mask=seen, other=0.0)
+                    prev_p = tl.load(row + C, mask=seen, other=0.0)
+                    prev_t = tl.load(row + 2 * C, mask=seen, other=0.0)
+                    prev_n = prev_t
+                    if COUNT:
+                        prev_n = tl.load(row + 3 * C, mask=seen, other=0.0)
+                    add_i = tl.zeros([ACC], tl.float32)
+                    add_p = add_i
+                    add_t = add_i
+                    add_n = add_i
                     if HARD:
-                        si, sp = _label_row_sums(
-                            ptrs + off, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP
-                        )
-                        off += step
-                    else:
-                        offs_c = c0 + offs_c0
-                        xc, zc, p, g, valid, bad = _load_chunk(
-                            x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s, C,
-                            sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE,
-                            PROBS,
-                        )  # fmt: skip
-                        si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
-                        add_t = _add_at(add_t, offs_a, c0, st)
-                        add_n = _add_at(add_n, offs_a, c0, sn)
-                        if PIXEL == 2:  # elementwise, so it streams with the classes
-                            loss, den, dx = _pixel_term(
-                                xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C,
-                                w_ptr, w2_ptr, smoothing, gamma, scale, ones, PIXEL, LABELS,
-                                IS_FOCAL, HAS_W,
+                        in_block = (y_in >= cb) & (y_in < cb + ACC)
+                        add_t = tl.histogram(y_in - cb, ACC, mask=in_block).to(tl.float32)
+                        add_t = tl.where(bad_tile, float("nan"), add_t)
+                        add_n = add_n + n_tile
+                        off = (step * 0 + cb) * sxc
+                    c_end = tl.minimum(cb + ACC, C)
+                    for c0 in tl.range(cb, c_end, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
+                        if HARD:
+                            si, sp = _label_row_sums(
+                                ptrs + off, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP
+                            )
+                            off += step
+                        else:
+                            offs_c = c0 + offs_c0
+                            xc, zc, p, g, valid, bad = _load_chunk(
+                                x_ptr, t_ptr, b, offs_c, offs_p, pmask, ys, pvalid, pbad, m, inv_s,
+                                C, sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS,
+                                HAS_IGNORE, PROBS,
                             )  # fmt: skip
-                            acc_loss += loss
-                            acc_den += den
-                    add_i = _add_at(add_i, offs_a, c0, si)
-                    add_p = _add_at(add_p, offs_a, c0, sp)
-                tl.store(row, prev_i + add_i, mask=amask)
-                tl.store(row + C, prev_p + add_p, mask=amask)
-                tl.store(row + 2 * C, prev_t + add_t, mask=amask)
-                if COUNT:
-                    tl.store(row + 3 * C, prev_n + add_n, mask=amask)
-    if SINGLE:
-        cmask = offs_c0 < C
-        tl.store(out + offs_c0, acc_i, mask=cmask)
-        tl.store(out + C + offs_c0, acc_p, mask=cmask)
-        tl.store(out + 2 * C + offs_c0, acc_t, mask=cmask)
-        if COUNT:
-            tl.store(out + 3 * C + offs_c0, acc_n, mask=cmask)
-    tl.store(out + n_stats * C, tl.sum(acc_loss, axis=0))
-    tl.store(out + n_stats * C + 1, tl.sum(acc_den, axis=0))
+                            si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
+                            add_t = _add_at(add_t, offs_a, c0, st)
+                            add_n = _add_at(add_n, offs_a, c0, sn)
+                            if PIXEL == 2:  # elementwise, so it streams with the classes
+                                loss, den, dx = _pixel_term(
+                                    xc, zc, m, inv_s, ys, pvalid, pbad, g, valid, bad, offs_c, C,
+                                    w_ptr, w2_ptr, smoothing, gamma, scale, ones, PIXEL, LABELS,
+                                    IS_FOCAL, HAS_W,
+                                )  # fmt: skip
+                                acc_loss += loss
+                                acc_den += den
+                        add_i = _add_at(add_i, offs_a, c0, si)
+                        add_p = _add_at(add_p, offs_a, c0, sp)
+                    tl.store(row, prev_i + add_i, mask=amask)
+                    tl.store(row + C, prev_p + add_p, mask=amask)
+                    tl.store(row + 2 * C, prev_t + add_t, mask=amask)
+                    if COUNT:
+                        tl.store(row + 3 * C, prev_n + add_n, mask=amask)
+        if SINGLE:
+            cmask = offs_c0 < C
+            tl.store(out + offs_c0, acc_i, mask=cmask)
+            tl.store(out + C + offs_c0, acc_p, mask=cmask)
+            tl.store(out + 2 * C + offs_c0, acc_t, mask=cmask)
+            if COUNT:
+                tl.store(out + 3 * C + offs_c0, acc_n, mask=cmask)
+        tl.store(out + n_stats * C, tl.sum(acc_loss, axis=0))
+        tl.store(out + n_stats * C + 1, tl.sum(acc_den, axis=0))
 
 
 @triton.jit
@@ -709,6 +801,52 @@ def _region_grad_tile(
             )
 
 
+@triton.jit
+def _region_column_tile(
+    b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, S,
+    sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+    OVERLAP: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
+    SHARE: tl.constexpr, SMOOTH: tl.constexpr, BLOCK_C: tl.constexpr, NC: tl.constexpr,
+):  # fmt: skip
+    """Pass 2 of a softmax over hard labels on a tile holding the whole class column of
+    its pixels (``_tiles.column_tiles``: NC classes, a constexpr, VEC pixels a thread):
+    the logits are read once, and ``(m, s)``, ``sum_k p_k dL/dp_k`` and the pixel term's
+    sums stay in the thread's registers (:func:`_column_sums`). ``dL/dp_c`` is ``u_c`` at
+    the label and ``v_c`` elsewhere with PRODUCT sums (as :func:`_dp_rows`), else
+    :func:`_dl_dp` of the label's one-hot. The pixel term adds ``kpix (K (p - onehot) +
+    eps/C (W p - w_c))`` (:func:`_softmax_grad_p`). Rows past NC are neither loaded nor
+    written, and add -0.0 to the sums over classes (folded away)."""
+    offs_c = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
+    cmask = offs_c < NC
+    rows = cmask[:, None]
+    ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, NC, ignore_index)
+    m, s, s_other, x_y, w_sum, smooth_sum, e, w_c = _column_sums(
+        x_ptr, w_ptr, b, offs_c, offs_p, pmask, ys, pvalid, sxb, sxc, sxs, HAS_W, SMOOTH, NC
+    )
+    p = e * fast_rcp(s)[None, :]
+    is_y = offs_c.to(tl.int32)[:, None] == ys[None, :]  # one compare: the class is a constant
+    coef = coef_ptr + b * 2 * NC
+    if OVERLAP == PRODUCT:
+        u = tl.load(coef + offs_c, mask=cmask, other=0.0)[:, None]
+        v = tl.load(coef + NC + offs_c, mask=cmask, other=0.0)[:, None]
+        dp = tl.where(is_y, u, v)
+    else:
+        dp = _dl_dp(p, tl.where(is_y, 1.0, 0.0), coef, offs_c, NC, OVERLAP)
+    dz = p * (dp - tl.sum(tl.where(rows, p * dp, -0.0), axis=0)[None, :])
+    if PIXEL == 1:
+        kpix = _pixel_weight(kpix_ptr, share_ptr, b, offs_p, pmask, S, SHARE)
+        _, _, k, t, eps_c = _softmax_pixel(
+            x_y, m, s_other, s, smooth_sum, w_sum, ys, pvalid, pbad, NC, w_ptr,
+            smoothing, gamma, scale, IS_FOCAL, HAS_W, SMOOTH,
+        )  # fmt: skip
+        dz += (k * kpix)[None, :] * tl.where(is_y, -t[None, :], p)
+        if SMOOTH:  # else eps/C is 0 and the term is left out
+            dz += (eps_c * kpix)[None, :] * (w_sum * p - w_c[:, None])
+    dz = tl.where(pvalid[None, :], dz, 0.0)
+    g = g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs
+    tl.store(g, dz.to(g_ptr.dtype.element_ty), mask=rows & pmask[None, :])
+
+
 @kernel_jit
 def _region_grad_kernel(
     x_ptr,
@@ -753,17 +891,30 @@ def _region_grad_kernel(
     BLOCK_P: tl.constexpr,
     ROWS: tl.constexpr,
     VEC: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    NC: tl.constexpr,
 ):
     """``dL/dz`` of TILES pixel tiles per program (prefetched STAGES - 1 ahead) from
     ``coef[b, 0, c] = dL/dI + dL/dP``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``,
     the weight of the pixel term's gradient; with SHARE (the softmax pixel term) each
-    pixel's weight is also times ``share[b, s]`` (fp32, contiguous)."""
+    pixel's weight is also times ``share[b, s]`` (fp32, contiguous).
+
+    NC > 0: column tiles of NC classes (:func:`_region_column_tile`, VEC pixels a thread;
+    SMOOTH: the CE term has label smoothing). Else :func:`_region_grad_tile`."""
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
-        b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
-        _region_grad_tile(
-            b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, w2_ptr,
-            C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma,
-            scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE, PIXEL, IS_FOCAL, HAS_W,
-            SHARE, FOLD, BLOCK_C, BLOCK_P, ROWS, VEC,
-        )  # fmt: skip
+        if NC > 0:
+            b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P, VEC)
+            _region_column_tile(
+                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, S,
+                sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
+                OVERLAP, PIXEL, IS_FOCAL, HAS_W, SHARE, SMOOTH, BLOCK_C, NC,
+            )  # fmt: skip
+        else:
+            b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
+            _region_grad_tile(
+                b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr,
+                w2_ptr, C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index,
+                smoothing, gamma, scale, SOFTMAX, LABELS, HAS_IGNORE, PROBS, OVERLAP, SINGLE,
+                PIXEL, IS_FOCAL, HAS_W, SHARE, FOLD, BLOCK_C, BLOCK_P, ROWS, VEC,
+            )  # fmt: skip

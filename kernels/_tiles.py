@@ -116,10 +116,11 @@ def _write_rows() -> int:
 
 def _column_classes() -> int:
     """Most classes the CE / softmax focal kernel holds as one column in registers
-    (:func:`column_tiles`; half as many with label smoothing): 32 unless
+    (:func:`column_tiles`; half as many with label smoothing; the region losses' two
+    passes on hard labels at most 24 of them, ``region.REGION_COLUMN``): 32 unless
     ``SEGTRITON_COLUMN`` names 0 (never) to 32, read once at import. Above it, and where
-    pixels are not contiguous, the kernel walks the class rows twice (statistics, then
-    gradient)."""
+    pixels are not contiguous, the kernels walk the class rows (CE: twice, statistics
+    then gradient; each region pass: twice, the softmax then its sums or writes)."""
     return _knob_in("SEGTRITON_COLUMN", 32, 0, 32)
 
 
@@ -131,7 +132,7 @@ _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
 UNROLL = _unroll()  # (the CE / softmax focal statistics walk, every other walk)
 WRITE_ROWS = _write_rows()  # class rows per chunk of a walk that writes the gradient
-COLUMN_CLASSES = _column_classes()  # most classes of a CE / softmax focal column tile
+COLUMN_CLASSES = _column_classes()  # most classes of a column tile (CE, softmax focal)
 COLUMN_WARPS = 4
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
@@ -419,15 +420,15 @@ def walk_tiles(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int
 
 
 def column_tiles(
-    x: torch.Tensor, smooth: bool, pixel_stride: int
+    x: torch.Tensor, smooth: bool, pixel_stride: int, most: int = COLUMN_CLASSES
 ) -> tuple[int, int, int, int, int, tuple[int, int, bool], int, int] | None:
-    """:func:`tile_grid` of a CE / softmax focal launch over logits ``x`` whose pixels lie
-    ``pixel_stride`` apart (the gradient takes their layout, :func:`grad_like`; any
-    layout is correct, this picks the fast one), with its ``VEC`` and warps appended (as
+    """:func:`tile_grid` of a launch over logits ``x`` whose pixels lie ``pixel_stride``
+    apart (the gradient takes their layout, :func:`grad_like`; any layout is correct,
+    this picks the fast one), with its ``VEC`` and warps appended (as
     :func:`walk_tiles`), when a tile holds the whole class column of its pixels: pixel
-    stride 1 and C at most :data:`COLUMN_CLASSES` (half that with
-    label smoothing, ``smooth``, whose class sum over the logits kept a second copy of
-    them live: 167 registers at C = 32 on sm_90, against 96); else None.
+    stride 1 and C at most ``most`` (CE / softmax focal: :data:`COLUMN_CLASSES`), half
+    that with label smoothing, ``smooth``, whose class sum over the logits kept a second
+    copy of them live (CE: 167 registers at C = 32 on sm_90, against 96); else None.
 
     Such a tile is ``[next_pow2(C), 32 * COLUMN_WARPS * VEC]``: each thread holds all
     classes of VEC neighbouring pixels (:func:`runs_of`), so every sum over the classes
@@ -436,7 +437,8 @@ def column_tiles(
     more registers than its classes did (at C = 8, 40 registers with 2 pixels, 72 with
     4)."""
     B, C = x.shape[:2]
-    most = COLUMN_CLASSES // 2 if smooth else COLUMN_CLASSES
+    if smooth:
+        most //= 2
     if most < C or pixel_stride != 1:
         return None
     vec = 4 if C <= 4 else 2

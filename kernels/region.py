@@ -5,7 +5,10 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 
 - Pass 1 (a Triton kernel) reads the logits and the target once and returns the sums
   ``I, P, T`` per (image, class) in fp32, from per-program partial rows added in a fixed
-  order: no one-hot, no float atomics, bitwise deterministic.
+  order: no one-hot, no float atomics, bitwise deterministic. A softmax over hard labels
+  on contiguous pixels, up to :data:`REGION_COLUMN` classes, holds each pixel's class
+  column in one thread (``_tiles.column_tiles``) in both passes; otherwise each pass
+  walks the class rows.
 - A one-program Triton finalize (``_finalize_kernels.py``) turns those ``[B, C]`` sums
   into the loss and ``u = dL/dI + dL/dP``, ``v = dL/dP`` per (image, class) (``dL/dp``
   of a pixel of the class, and of one not of it) in one launch, for every reduction
@@ -53,9 +56,11 @@ from ._region_kernels import (
 )
 from ._runtime import kernel_api
 from ._tiles import (
+    COLUMN_CLASSES,
     STAGES,
     TILES_PER_PROGRAM,
     class_blocks,
+    column_tiles,
     finalize_block,
     grad_like,
     ignore_arg,
@@ -101,6 +106,22 @@ def overlap_form(squared: bool, soft_label: bool) -> int:
 ACC_BLOCK = 32
 
 
+# The region losses' column tiles (``_tiles.column_tiles``) take at most this many classes:
+# pass 2 also holds ``dL/dp`` at and off the label per class. On sm_90 (Triton 3.6, bf16)
+# its Dice build took 128 registers at C = 24 and 159 at 32, CE + Dice's 139 and 193.
+REGION_COLUMN = min(COLUMN_CLASSES, 24)
+
+
+def _column(x, kind, pixel, focal, smoothing, pixel_stride):
+    """``(smooth, column_tiles(...) or None)`` of a pass over logits ``x``: column tiles
+    for a softmax over hard labels (any pixel term but a sigmoid one) on contiguous
+    pixels, up to :data:`REGION_COLUMN` classes; ``smooth``: a CE term with smoothing."""
+    smooth = pixel == PIXEL_SOFTMAX and not focal and smoothing > 0
+    if kind != TARGET_LABELS or pixel == PIXEL_SIGMOID:
+        return smooth, None
+    return smooth, column_tiles(x, smooth, pixel_stride, REGION_COLUMN)
+
+
 def _pass1_tile(C: int, pixel: int) -> tuple[int, int, bool, int, int]:
     """``(BLOCK_C, BLOCK_P, single, num_warps, more)`` of pass 1 for C classes and the
     pixel term ``pixel``, ``more`` for :func:`tile_chunks`."""
@@ -119,7 +140,13 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     B, C = x.shape[:2]
     S = spatial_size(x)
-    block_c, block_p, single, warps, more = _pass1_tile(C, pixel)
+    smooth, column = _column(x, kind, pixel, focal, smoothing, strides[2])
+    if column:
+        (block_c, block_p, single), vec, warps = column[5:]
+        more = 1
+    else:
+        block_c, block_p, single, warps, more = _pass1_tile(C, pixel)
+        vec = 1
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B, more)
     row = (4 if count else 3) * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
@@ -145,6 +172,9 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         ACC=max(block_c, min(next_pow2(C), ACC_BLOCK)),
+        VEC=vec,
+        SMOOTH=smooth,
+        NC=C if column else 0,
         num_warps=warps,
     )
     return part.view(B, n_chunks, row).sum(1)
@@ -220,7 +250,8 @@ def _region_grad(
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    tiles = walk_tiles(x)
+    smooth, column = _column(x, kind, pixel, focal, smoothing, strides[2])
+    tiles = column or walk_tiles(x)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single), vec, warps = tiles
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     flags = _flags(kind, has_ignore, overlap, single, pixel, focal, w)
@@ -257,6 +288,8 @@ def _region_grad(
         BLOCK_P=block_p,
         ROWS=write_rows(strides[2], sgs),
         VEC=vec,
+        SMOOTH=smooth,
+        NC=C if column else 0,
         num_warps=warps,
     )
     return grad

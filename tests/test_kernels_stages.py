@@ -6,8 +6,8 @@ tests/conftest.py, up to ``SEGTRITON_MAX_TILE=8192`` elements), the pipelined ti
 program grid included), classes streamed in chunks of 8 by 256 pixels
 (``SEGTRITON_CHUNK=8,256``), the class walks unrolled (``SEGTRITON_UNROLL``), the
 gradient-writing walks taking 1 or 8 class rows at once (``SEGTRITON_WRITE_ROWS``) and CE
-/ softmax focal walking classes where the default holds each pixel's class column
-(``SEGTRITON_COLUMN=0``).
+/ softmax focal and the region passes on labels walking classes where the default holds
+each pixel's class column (``SEGTRITON_COLUMN=0``).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
