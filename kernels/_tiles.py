@@ -435,20 +435,26 @@ def column_tiles(
     stays in its registers, and the logits are read once for the loss and the gradient.
     VEC is 4 up to 4 classes, else 2: compiled for sm_90, a thread's per-pixel state cost
     more registers than its classes did (at C = 8, 40 registers with 2 pixels, 72 with
-    4)."""
+    4). In Triton's interpreter the tile is 1024 pixels wide."""
     B, C = x.shape[:2]
     if smooth:
         most //= 2
     if most < C or pixel_stride != 1:
         return None
     vec = 4 if C <= 4 else 2
-    block_c, block_p = next_pow2(C), 32 * COLUMN_WARPS * vec
+    warps = COLUMN_WARPS
+    if interpreter_enabled():
+        # a tile costs one NumPy call per op whatever its size: 1024 pixels there (warps
+        # mean nothing to the interpreter); at 4 warps, 256 or 512, the kernel tests of
+        # the region losses, mostly at C <= 4, ran about twice as long
+        warps = 1024 // (32 * vec)
+    block_c, block_p = next_pow2(C), 32 * warps * vec
     S = spatial_size(x)
     n_pblocks = cdiv(S, block_p)
     n_blocks = B * n_pblocks
     return (
         C, S, n_pblocks, n_blocks, program_count(n_blocks), (block_c, block_p, True), vec,
-        COLUMN_WARPS,
+        warps,
     )  # fmt: skip
 
 
