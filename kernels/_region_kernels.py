@@ -811,11 +811,11 @@ def _region_column_tile(
     """Pass 2 of a softmax over hard labels on a tile holding the whole class column of
     its pixels (``_tiles.column_tiles``: NC classes, a constexpr, VEC pixels a thread):
     the logits are read once, and ``(m, s)``, ``sum_k p_k dL/dp_k`` and the pixel term's
-    sums stay in the thread's registers (:func:`_column_sums`). ``dL/dp_c`` is ``u_c`` at
-    the label and ``v_c`` elsewhere with PRODUCT sums (as :func:`_dp_rows`), else
-    :func:`_dl_dp` of the label's one-hot. The pixel term adds ``kpix (K (p - onehot) +
-    eps/C (W p - w_c))`` (:func:`_softmax_grad_p`). Rows past NC are neither loaded nor
-    written, and add -0.0 to the sums over classes (folded away)."""
+    sums stay in the thread's registers (:func:`_column_sums`). ``dL/dp_c`` is
+    :func:`_dp_rows` with PRODUCT sums, else :func:`_dl_dp` of the label's one-hot. The
+    pixel term adds ``kpix (K (p - onehot) + eps/C (W p - w_c))``
+    (:func:`_softmax_grad_p`). Rows past NC are neither loaded nor written, and add -0.0
+    to the sums over classes (folded away)."""
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
     cmask = offs_c < NC
     rows = cmask[:, None]
@@ -827,9 +827,7 @@ def _region_column_tile(
     is_y = offs_c.to(tl.int32)[:, None] == ys[None, :]  # one compare: the class is a constant
     coef = coef_ptr + b * 2 * NC
     if OVERLAP == PRODUCT:
-        u = tl.load(coef + offs_c, mask=cmask, other=0.0)[:, None]
-        v = tl.load(coef + NC + offs_c, mask=cmask, other=0.0)[:, None]
-        dp = tl.where(is_y, u, v)
+        dp, _, _ = _dp_rows(coef, 0, ys, NC, BLOCK_C)
     else:
         dp = _dl_dp(p, tl.where(is_y, 1.0, 0.0), coef, offs_c, NC, OVERLAP)
     dz = p * (dp - tl.sum(tl.where(rows, p * dp, -0.0), axis=0)[None, :])
