@@ -96,12 +96,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Files whose tests run child processes for minutes (a child pytest under the default
+# tiles, one child per kernel knob, the sm_90 builds of every case, mypy): collected first,
+# xdist starts them first, so that none of them runs alone on one worker at the end
+RUN_FIRST = ("test_kernels_stages.py", "test_compile.py", "test_types.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # pytest-xdist (bench/gpu_run.sh uses it on the GPU) needs the same test ids in every
     # worker: an id built from an object's repr holds its address and differs per process
     unstable = [item.nodeid for item in items if " at 0x" in item.nodeid]
     if unstable:
         raise pytest.UsageError(f"test ids hold memory addresses (give ids=): {unstable[:3]}")
+    items.sort(key=lambda item: item.path.name not in RUN_FIRST)  # stable: same order everywhere
     if config.getoption("--benchmark"):
         return
     skip = pytest.mark.skip(reason="a benchmark: run with pytest --benchmark")
