@@ -24,14 +24,16 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from kernel_checks import DEVICE
+from kernel_checks import DEVICE, run_with_grad
 
 from segtriton.kernels._tiles import cdiv, next_pow2, pixel_block, program_tile
+from segtriton.registry import get
 
 TESTS = Path(__file__).parent
 
 CHILD = r"""
 import sys
+import conftest  # in Triton's interpreter, the suite's shortcuts
 import torch
 from kernel_checks import DEVICE, assert_matches, to_channels_last
 from segtriton.kernels import _tiles
@@ -249,3 +251,31 @@ def test_pixel_offsets_in_runs_are_the_plain_offsets(vec):
         expected < S, expected + S * torch.arange(B).repeat_interleave(n_pblocks * 64), -1
     )
     assert out.cpu().tolist() == expected.tolist()
+
+
+def test_interpreter_helper_shortcut_changes_nothing(gen, monkeypatch):
+    """tests/conftest.py lets the kernels' ``@triton.jit`` helpers skip the interpreter's
+    second patch of triton.language; with that patch (the interpreter's own helper call),
+    Dice's loss and gradient on the walks and on the column tiles are bitwise the same."""
+    import conftest
+
+    if not conftest.SKIPPED_LANG_PATCHES:
+        pytest.skip("the kernels are compiled here: no interpreter patch to skip")
+    from triton.runtime.interpreter import GridExecutor, InterpretedFunction
+
+    entry = get("dice")
+    x = torch.randn(2, 5, 7, 9, generator=gen)
+    t = torch.randint(0, 5, (2, 7, 9), generator=gen)
+    cases = [(x, t), (x[:, :, :, ::2], t[:, :, ::2])]  # column tiles; a strided view walks
+
+    def run():
+        return [run_with_grad(entry.kernel, a, b, {}) for a, b in cases]
+
+    before = InterpretedFunction.__call__.shortcuts
+    fast = run()
+    assert InterpretedFunction.__call__.shortcuts > before
+    monkeypatch.setattr(InterpretedFunction, "__call__", InterpretedFunction.__call__.slow)
+    monkeypatch.setattr(GridExecutor, "__call__", GridExecutor.__call__.slow)
+    for got, want in zip(run(), fast, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
