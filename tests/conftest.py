@@ -79,9 +79,11 @@ def skip_repeated_lang_patches() -> bool:
     triton.language again. The interpreter patches it at each launch (and restores it after),
     then once more at every helper call, through ``inspect.getmembers`` of its modules: 58 of
     132 s of a Dice forward and backward (cProfile, 2x3x512x512 fp16). A helper whose
-    triton.language modules are the running launch's skips that step; any other helper,
-    and every launch, patches as before. Returns whether it took effect;
-    ``tests/test_kernels_stages.py`` checks it is taken and gives the same results."""
+    triton.language modules the running launch (or a helper in it) patched skips that
+    step; any other helper, and every launch, patches as before (the interpreter never
+    restores what a helper patches, so within a launch it stays patched). Returns whether
+    it took effect; ``tests/test_kernels_stages.py`` checks it is taken and gives the same
+    results."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         return False
     try:
@@ -97,7 +99,7 @@ def skip_repeated_lang_patches() -> bool:
     if getattr(helper, "shortcut", False):
         return True
     lang = (interp.tl, interp.tl.core)
-    running: list[frozenset[int]] = []  # the triton.language modules of each running launch
+    running: list[set[int]] = []  # the triton.language modules each running launch patched
     seen: dict[object, frozenset[int]] = {}
 
     def modules(fn) -> frozenset[int]:
@@ -108,14 +110,17 @@ def skip_repeated_lang_patches() -> bool:
         return seen[fn]
 
     def launch_call(self, *args, **kwargs):
-        running.append(modules(self.fn))
+        running.append(set(modules(self.fn)))
         try:
             return launch(self, *args, **kwargs)
         finally:
             running.pop()
 
     def helper_call(self, *args, **kwargs):
-        if not running or not modules(self.fn) <= running[-1]:
+        if not running:
+            return helper(self, *args, **kwargs)
+        if not modules(self.fn) <= running[-1]:
+            running[-1] |= modules(self.fn)  # patched now (tl.sum's triton.language.core)
             return helper(self, *args, **kwargs)
         helper_call.shortcuts += 1
         fn = self.rewrite()
