@@ -124,6 +124,19 @@ def _column_classes() -> int:
     return _knob_in("SEGTRITON_COLUMN", 32, 0, 32)
 
 
+def _column_pixels() -> int:
+    """Pixels of a column tile (:func:`column_tiles`): 0, the default, takes ``32 *
+    COLUMN_WARPS * VEC`` (256, or 512 up to 4 classes); else ``SEGTRITON_COLUMN_PIXELS``
+    names a power of two from 64 to 2048, read once at import, and the warps follow (one
+    at least). tests/conftest.py sets 1024 in Triton's interpreter, where a tile costs one
+    NumPy call per op whatever its size (Dice at 1x2x256x256 took 5.3 s a fwd+bwd there
+    at 512 pixels, 2.8 s at 1024)."""
+    value = _knob_in("SEGTRITON_COLUMN_PIXELS", 0, 0, 2048)
+    if value and (value < 64 or value & (value - 1)):
+        raise ValueError(f"SEGTRITON_COLUMN_PIXELS must be 0 or a power of two >= 64, got {value}")
+    return value
+
+
 MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
@@ -134,6 +147,7 @@ UNROLL = _unroll()  # (the CE / softmax focal statistics walk, every other walk)
 WRITE_ROWS = _write_rows()  # class rows per chunk of a walk that writes the gradient
 COLUMN_CLASSES = _column_classes()  # most classes of a column tile (CE, softmax focal)
 COLUMN_WARPS = 4
+COLUMN_PIXELS = _column_pixels()  # 0: 32 * COLUMN_WARPS * VEC
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
 
@@ -435,19 +449,14 @@ def column_tiles(
     stays in its registers, and the logits are read once for the loss and the gradient.
     VEC is 4 up to 4 classes, else 2: compiled for sm_90, a thread's per-pixel state cost
     more registers than its classes did (at C = 8, 40 registers with 2 pixels, 72 with
-    4). In Triton's interpreter the tile is 1024 pixels wide."""
+    4). ``SEGTRITON_COLUMN_PIXELS`` sets another width (:data:`COLUMN_PIXELS`)."""
     B, C = x.shape[:2]
     if smooth:
         most //= 2
     if most < C or pixel_stride != 1:
         return None
     vec = 4 if C <= 4 else 2
-    warps = COLUMN_WARPS
-    if interpreter_enabled():
-        # a tile costs one NumPy call per op whatever its size: 1024 pixels there (warps
-        # mean nothing to the interpreter); at 512, Dice at 1x2x256x256 took 5.3 s a
-        # fwd+bwd there, at 1024 2.8 s
-        warps = 1024 // (32 * vec)
+    warps = max(1, COLUMN_PIXELS // (32 * vec)) if COLUMN_PIXELS else COLUMN_WARPS
     block_c, block_p = next_pow2(C), 32 * warps * vec
     S = spatial_size(x)
     n_pblocks = cdiv(S, block_p)

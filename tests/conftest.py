@@ -25,6 +25,10 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("SEGTRITON_TEST_DEFAULT_TILES"):
     os.environ.setdefault("SEGTRITON_MAX_SINGLE_C", "256")
     os.environ.setdefault("SEGTRITON_CHUNK", "32,64")
+# There a tile costs the same NumPy calls whatever its width, so the column tiles of CE and
+# the region passes take 1024 pixels (kernels/_tiles.py), under the default tiles too
+if os.environ.get("TRITON_INTERPRET") == "1":
+    os.environ.setdefault("SEGTRITON_COLUMN_PIXELS", "1024")
 
 # Under pytest-xdist (`pytest -n auto`) every worker would start one torch thread per core;
 # splitting the cores between the workers ran the cldice and region tests 9% faster on CI's
@@ -32,6 +36,17 @@ if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("SEGTRITON_T
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _interpreter():
+    """Triton's interpreter module where this run uses it (and triton has one), else None."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return None
+    return interpreter
 
 
 def vectorize_min_max_scans() -> bool:
@@ -42,18 +57,14 @@ def vectorize_min_max_scans() -> bool:
     original runs for every other scan and wherever triton's internals differ. Whether it
     took effect is returned; ``tests/test_kernels_boundary.py`` checks it against the
     interpreter's own scan."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        import numpy as np
-        from triton.runtime.interpreter import ScanOps
-
-        from segtriton.kernels import _edt_kernels
-    except ImportError:
-        return False
-    slow = getattr(ScanOps, "generic_scan", None)
+    scan_ops = getattr(_interpreter(), "ScanOps", None)
+    slow = getattr(scan_ops, "generic_scan", None)
     if slow is None or getattr(slow, "vectorized", False):
         return slow is not None
+    import numpy as np
+
+    from segtriton.kernels import _edt_kernels
+
     ufuncs = {id(_edt_kernels._max): np.maximum, id(_edt_kernels._min): np.minimum}
 
     def generic_scan(self, input):
@@ -67,7 +78,7 @@ def vectorize_min_max_scans() -> bool:
     generic_scan.vectorized = True
     generic_scan.shortcuts = 0
     generic_scan.slow = slow
-    ScanOps.generic_scan = generic_scan
+    scan_ops.generic_scan = generic_scan
     return True
 
 
@@ -84,12 +95,7 @@ def skip_repeated_lang_patches() -> bool:
     restores what a helper patches, so within a launch it stays patched). Returns whether
     it took effect; ``tests/test_kernels_stages.py`` checks it is taken and gives the same
     results."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        from triton.runtime import interpreter as interp
-    except ImportError:
-        return False
+    interp = _interpreter()
     executor = getattr(interp, "GridExecutor", None)
     function = getattr(interp, "InterpretedFunction", None)
     error = getattr(interp, "InterpreterError", None)

@@ -7,7 +7,8 @@ program grid included), classes streamed in chunks of 8 by 256 pixels
 (``SEGTRITON_CHUNK=8,256``), the class walks unrolled (``SEGTRITON_UNROLL``), the
 gradient-writing walks taking 1 or 8 class rows at once (``SEGTRITON_WRITE_ROWS``) and CE
 / softmax focal and the region passes on labels walking classes where the default holds
-each pixel's class column (``SEGTRITON_COLUMN=0``).
+each pixel's class column (``SEGTRITON_COLUMN=0``), and those column tiles 256 pixels wide
+as on a GPU, where Triton's interpreter takes 1024 (``SEGTRITON_COLUMN_PIXELS``).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
@@ -41,7 +42,7 @@ from segtriton.registry import fit_variant, get, make_inputs
 
 knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
 knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, *_tiles.UNROLL, _tiles.WRITE_ROWS)
-knobs += (_tiles.COLUMN_CLASSES,)
+knobs += (_tiles.COLUMN_CLASSES, _tiles.COLUMN_PIXELS)
 assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
@@ -86,8 +87,10 @@ KNOBS = (
 
 
 def _child_env(knobs: dict[str, str]) -> dict[str, str]:
-    """This process's environment with the kernel knobs set to ``knobs`` alone (the others
-    at their defaults, whatever tests/conftest.py set here) and tests/ on the path."""
+    """This process's environment with the kernel knobs of :data:`KNOBS` set as ``knobs``
+    says (the others at their defaults, whatever tests/conftest.py set here), any other
+    variable ``knobs`` names (``SEGTRITON_TEST_DRAWS``, ``SEGTRITON_COLUMN_PIXELS``) set too,
+    and tests/ on the path."""
     env = {k: v for k, v in os.environ.items() if k not in KNOBS}
     env.update(knobs, SEGTRITON_TEST_DEFAULT_TILES="1")
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
@@ -155,6 +158,7 @@ def test_region_label_edge_cases_under_the_default_tiles():
         ({"SEGTRITON_WRITE_ROWS": "1"}, (1, 1, 2048, 1, 1, 512, 4, 1, 1, 32)),
         ({"SEGTRITON_WRITE_ROWS": "8"}, (1, 1, 2048, 1, 1, 512, 4, 1, 8, 32)),
         ({"SEGTRITON_COLUMN": "0"}, (1, 1, 2048, 1, 1, 512, 4, 1, 4, 0)),
+        ({"SEGTRITON_COLUMN_PIXELS": "256"}, (1, 1, 2048, 1, 1, 512, 4, 1, 4, 32)),
     ],
     ids=[
         "defaults",
@@ -169,9 +173,13 @@ def test_region_label_edge_cases_under_the_default_tiles():
         "rows1",
         "rows8",
         "column0",
+        "column256",
     ],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
+    # the column tiles' width passes to the child as this process has it (conftest.py)
+    pixels = knobs.get("SEGTRITON_COLUMN_PIXELS", os.environ.get("SEGTRITON_COLUMN_PIXELS", "0"))
+    expected = (*expected, int(pixels))
     env = _child_env(knobs)
     argv = [sys.executable, "-c", CHILD, str(seed), *map(str, expected)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True)
