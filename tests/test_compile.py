@@ -234,6 +234,47 @@ def test_streamed_class_knobs():
         assert bad.returncode != 0 and message in bad.stderr
 
 
+def test_column_tile_knobs():
+    """SEGTRITON_COLUMN sets the most classes of a column tile (32 unset, half that with
+    label smoothing, 0 never), SEGTRITON_COLUMN_PIXELS its width (unset: 4 warps of 32
+    threads, 4 pixels a thread up to 4 classes, else 2; a power of two from 64 to 2048
+    sets the pixels, and the warps follow, one at least); other values are refused by
+    name. Printed: the two knobs, then each tile's (pixels, warps) at C = 3 and 19, or
+    None where the classes do not fit."""
+    code = (
+        "import torch\n"
+        "from segtriton.kernels._tiles import COLUMN_CLASSES, COLUMN_PIXELS, column_tiles\n"
+        "def tile(C, smooth=False):\n"
+        "    t = column_tiles(torch.empty(1, C, 8, 8), smooth, 1)\n"
+        "    return 'None' if t is None else f'{t[5][1]}/{t[7]}'\n"
+        "print(COLUMN_CLASSES, COLUMN_PIXELS, tile(3), tile(19), tile(19, True))"
+    )
+    knobs = ("SEGTRITON_COLUMN", "SEGTRITON_COLUMN_PIXELS")
+
+    def run(**values: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in knobs}
+        return subprocess.run(
+            [sys.executable, "-c", code], env={**env, **values}, capture_output=True, text=True
+        )
+
+    for values, expected in (
+        ({}, "32 0 512/4 256/4 None"),
+        ({"SEGTRITON_COLUMN": "0"}, "0 0 None None None"),
+        ({"SEGTRITON_COLUMN": "3", "SEGTRITON_COLUMN_PIXELS": "1024"}, "3 1024 1024/8 None None"),
+        ({"SEGTRITON_COLUMN_PIXELS": "64"}, "32 64 128/1 64/1 None"),
+        ({"SEGTRITON_COLUMN_PIXELS": "2048"}, "32 2048 2048/16 2048/32 None"),
+    ):
+        proc = run(**values)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == expected.split(), values
+    for values, message in (
+        ({"SEGTRITON_COLUMN_PIXELS": "96"}, "SEGTRITON_COLUMN_PIXELS must be 0 or a power of two"),
+        ({"SEGTRITON_COLUMN_PIXELS": "4096"}, "SEGTRITON_COLUMN_PIXELS must be 0 to 2048"),
+    ):
+        bad = run(**values)
+        assert bad.returncode != 0 and message in bad.stderr, values
+
+
 @cpu_only
 def test_overhead_times_both_dispatch_paths():
     """``segtriton overhead`` times a loss's host side through the eager path and through
