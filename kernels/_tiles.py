@@ -598,10 +598,14 @@ def applied_scale(grad: torch.Tensor, denom: torch.Tensor | None, defer: bool) -
 
 @kernel_jit
 def _scale_kernel(
-    g_ptr, out_ptr, gout_ptr, applied_ptr, n, BLOCK: tl.constexpr, IN_PLACE: tl.constexpr
-):
+    g_ptr, out_ptr, gout_ptr, applied_ptr, kept_ptr, n, BLOCK: tl.constexpr,
+    IN_PLACE: tl.constexpr,
+):  # fmt: skip
+    gout = tl.load(gout_ptr).to(tl.float32)
     applied = tl.load(applied_ptr)
-    factor = tl.load(gout_ptr).to(tl.float32) / tl.where(applied == 0, 1.0, applied)
+    factor = gout / tl.where(applied == 0, 1.0, applied)
+    if IN_PLACE and tl.program_id(0) == 0:
+        tl.store(kept_ptr, gout)  # the factor the buffer holds from now on
     if not IN_PLACE or factor != 1.0:
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
@@ -609,34 +613,29 @@ def _scale_kernel(
         tl.store(out_ptr + offs, (g * factor).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@kernel_jit
-def _copy_scalar_kernel(dst_ptr, src_ptr):
-    tl.store(dst_ptr, tl.load(src_ptr).to(tl.float32))
-
-
 def scale_grad(
     grad: torch.Tensor, grad_output: torch.Tensor, applied: torch.Tensor, first: bool
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A gradient buffer written in the forward, as ``grad_output`` times dL/dz, without a
-    host sync.
+    host sync, and the factor the buffer holds afterwards.
 
     ``applied`` (see :func:`applied_scale`; a 0 there reads as 1: the buffer then holds
     only zeros and NaNs) is the factor the buffer holds, divided out first. The first
     backward through a graph (``first``) scales the buffer in place and returns it;
-    programs exit at once when the factor is 1, and ``applied`` becomes ``grad_output``.
-    Later backwards (``retain_graph=True``) write a new tensor and leave the buffer as it
-    is, since the first one handed it out. A first grad_output of exactly 0 zeroes the
-    buffer, so later backwards through that graph give zeros too (telling would take a
-    host sync or a recompute in every backward). The buffer is ours and dense
-    (``empty_like`` of a dense input), so its storage is scaled as one flat range
+    programs exit at once when the factor is 1, and the same launch copies
+    ``grad_output`` into a new 1-element tensor, returned as the buffer's factor from then
+    on (a copy: the caller may change its grad_output later). Later backwards
+    (``retain_graph=True``) write a new tensor and leave the buffer as it is, since the
+    first one handed it out; they return ``applied``. A first grad_output of exactly 0
+    zeroes the buffer, so later backwards through that graph give zeros too (telling
+    would take a host sync or a recompute in every backward). The buffer is ours and
+    dense (``empty_like`` of a dense input), so its storage is scaled as one flat range
     whatever its memory format, and ``empty_like`` keeps that format for a new one.
     """
     gout = grad_output.reshape(1)
     n = grad.numel()
     out = grad if first else torch.empty_like(grad)
+    kept = torch.empty(1, dtype=torch.float32, device=grad.device) if first else applied
     grid = (cdiv(n, 4096),)
-    _scale_kernel[grid](grad, out, gout, applied, n, BLOCK=4096, IN_PLACE=first, num_warps=8)
-    if first:
-        # a kernel, not applied.copy_(): autograd must not see a new version of a saved tensor
-        _copy_scalar_kernel[(1,)](applied, gout)
-    return out
+    _scale_kernel[grid](grad, out, gout, applied, kept, n, BLOCK=4096, IN_PLACE=first, num_warps=8)
+    return out, kept

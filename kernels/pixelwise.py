@@ -368,8 +368,9 @@ def _scale_saved_grad(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
     """
     grad, applied = ctx.saved_tensors
     if type(grad) is torch.Tensor:
-        first, ctx.scaled = not ctx.scaled, True
-        return scale_grad(grad, grad_loss, applied, first)
+        first = ctx.applied is None
+        out, ctx.applied = scale_grad(grad, grad_loss, applied if first else ctx.applied, first)
+        return out
     factor = grad_loss.to(torch.float32) / torch.where(applied == 0, 1.0, applied)
     return (grad.to(torch.float32) * factor).to(grad.dtype)
 
@@ -393,7 +394,7 @@ def _register_fused_autograd(op: Op, grad_op, reduction_at: int) -> None:
         ctx.reduction, ctx.n_inputs = inputs[reduction_at], len(inputs)
         if ctx.reduction != "none":
             ctx.save_for_backward(output[1], output[2])
-            ctx.scaled = False
+            ctx.applied = None  # the buffer's factor once a backward scaled it in place
             return
         args = inputs[:reduction_at]
         ctx.tensor_at = [k for k, a in enumerate(args) if isinstance(a, torch.Tensor)]

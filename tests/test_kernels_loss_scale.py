@@ -46,9 +46,10 @@ def test_fp16_gradient_under_a_loss_scale(entry, seed, gen):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_repeated_backwards_through_one_graph(entry, dtype, fast_eager, seed, gen, monkeypatch):
-    """retain_graph: each backward gives its grad_output times the first gradient, the
+    """retain_graph: each backward gives its grad_output times dL/dx, the
     gradients handed out do not alias (a later backward left the earlier ones as they
-    were), and x.grad accumulates them."""
+    were, and a grad_output changed after its backward does not alter the next), and
+    x.grad accumulates them."""
     monkeypatch.setattr(_ops, "fast_eager", fast_eager)
     options = {**entry.variants[0], **entry.light, "reduction": "mean"}
     x, t = make_inputs(
@@ -56,16 +57,17 @@ def test_repeated_backwards_through_one_graph(entry, dtype, fast_eager, seed, ge
     )
     x.requires_grad_(True)
     loss = entry.kernel(x, t, **options)
-    factors = (1.0, 3.0, 0.5, 1024.0, 1.0)
+    factors = (2.0, 3.0, 0.5, 1024.0, 1.0)  # the first not 1: later ones divide by it
     grads = []
     for f in factors:
         gout = torch.tensor(f, dtype=loss.dtype, device=DEVICE)
         grads.append(torch.autograd.grad(loss, x, grad_outputs=gout, retain_graph=True)[0])
+        gout.fill_(-7.0)  # the caller's tensor changes: the backwards kept its value
 
     def close(got: torch.Tensor, f: float) -> None:
         # fp16: the first gradient may lie among the subnormals (step 2^-24), times f
         tol = {"rtol": 2e-3, "atol": 2.0**-23 * f} if dtype == torch.float16 else {}
-        torch.testing.assert_close(got.float(), grads[0].float() * f, **tol)
+        torch.testing.assert_close(got.float(), grads[0].float() * (f / factors[0]), **tol)
 
     for f, g in zip(factors, grads, strict=True):
         close(g, f)
