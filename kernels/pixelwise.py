@@ -244,9 +244,11 @@ def _softmax_launch(
 
 
 def _softmax_denom(target, C, ignore_index, weight, reduction, avg_non_ignore, device):
+    """The 'mean' denominator: the label count where no label is ignored and none weighted
+    (labels outside ``[0, C)`` make the loss NaN either way), else the pre-pass."""
     if reduction != "mean":
         return None
-    if not avg_non_ignore:
+    if not avg_non_ignore or (ignore_index == RESERVED_IGNORE and weight is None):
         return torch.full((1,), float(target.numel()), dtype=torch.float32, device=device)
     return _prepass(target, C, ignore_index, labels=True, weight=weight)
 
