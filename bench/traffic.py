@@ -229,16 +229,20 @@ def loss_traffic(
 ) -> tuple[Traffic, int]:
     """Count one fwd+bwd call of ``entry``'s kernel at ``shape`` (integer labels in
     ``label_dtype``, masks in the logits' dtype, as a sweep draws them; a fraction
-    ``ignore_frac`` of them ignored, with ``ignore_index`` passed where the loss has it);
-    also return the byte model of that call."""
+    ``ignore_frac`` of them ignored, with ``ignore_index`` 255 passed where the loss has
+    it, unless ``options`` names an ``ignore_index``: that one, and none ignored where it
+    is None); also return the byte model of that call."""
     from segtriton.registry import make_inputs, minimal_bytes
 
     options = dict(entry.variants[0] if options is None else options)
-    if ignore_frac > 0:
-        options = entry.ignoring(options)
+    ignore_index = options.get("ignore_index", 255)
+    if ignore_index is None:
+        ignore_frac = 0.0
+    elif ignore_frac > 0:
+        options = entry.ignoring(options, ignore_index)
     gen = torch.Generator().manual_seed(seed)
     x, t = make_inputs(
-        entry, shape, options, dtype, gen, ignore_frac, label_dtype=label_dtype, mask_dtype=dtype
+        entry, shape, options, dtype, gen, ignore_frac, ignore_index, label_dtype, mask_dtype=dtype
     )
     x.requires_grad_(True)
     with count_traffic() as record:

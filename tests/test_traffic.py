@@ -162,6 +162,22 @@ def test_losses_move_what_their_model_says(entry):
             assert moved < 0.05 * model, f"{kernel} moves {moved} B of a {model} B model"
 
 
+@pytest.mark.parametrize("name", ["cross_entropy", "softmax_focal"])
+def test_a_mean_without_ignore_index_reads_the_labels_once(name):
+    """A 'mean' with nothing to ignore and no class weights divides by the label count,
+    with no pre-pass over the labels (int64 here: a tenth of the model at C = 19); an
+    ``ignore_index`` among the options is the one the count runs with (10% of the labels
+    take it)."""
+    entry = get(name)
+    assert entry.variants[0] == {}  # no class weights
+    record, model = traffic.loss_traffic(entry, (2, 19, 24, 40), options={"ignore_index": None})
+    assert record.totals()[1] < 1.01 * model, record.rows()[:8]  # partial sums aside
+    assert "_valid_sum_kernel" not in record.launches
+    record, model = traffic.loss_traffic(entry, (2, 19, 24, 40), options={"ignore_index": -100})
+    assert record.launches["_valid_sum_kernel"] == 1
+    assert record.totals()[1] > 1.09 * model
+
+
 @pytest.mark.parametrize("entry", _MODELLED, ids=lambda e: e.name)
 def test_a_forward_without_grad_writes_no_gradient(entry):
     """Under torch.no_grad, logits that require grad get no gradient buffer: the bytes
