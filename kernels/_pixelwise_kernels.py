@@ -486,14 +486,16 @@ def _softmax_tile(
     sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
     IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr,
     WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr,
-    MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, SINGLE: tl.constexpr,
+    MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, COUNT: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr, ROWS: tl.constexpr,
     VEC: tl.constexpr, NC: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
-    with PER_PIXEL; its gradient written with WRITE_GRAD (the statistics walk unrolled
-    UNROLL times, the gradient walk in chunks of ROWS classes: see
-    :func:`_softmax_grad_walk`). SMOOTH: CE with a label smoothing above 0."""
+    with PER_PIXEL, and with COUNT each pixel's share of the 'mean' denominator (CE: its
+    class weight, else 1; 0 where ignored or bad), else 0; its gradient written with
+    WRITE_GRAD (the statistics walk unrolled UNROLL times, the gradient walk in chunks of
+    ROWS classes: see :func:`_softmax_grad_walk`). SMOOTH: CE with a label smoothing
+    above 0."""
     ys, valid, bad = _load_labels(y_ptr, b, offs_p, pmask, syb, sys_, C, ignore_index)
     # the label's class factor: CE weight w_y or focal alpha_y (a vector), else a scalar
     if HAS_W:
@@ -521,6 +523,12 @@ def _softmax_tile(
     inv_s = fast_rcp(s)
     loss = tl.where(valid, loss, 0.0)
     loss = tl.where(bad, float("nan"), loss)
+    count = tl.zeros([BLOCK_P], tl.float32)
+    if COUNT:
+        if HAS_W and not IS_FOCAL:
+            count = scale_y  # w_y, 0 where not valid (its masked load)
+        else:
+            count = valid.to(tl.float32)
     if WRITE_LOSS and PER_PIXEL:
         tl.store(loss_ptr + b * S + offs_p, loss, mask=pmask)
     if WRITE_GRAD:
@@ -528,7 +536,7 @@ def _softmax_tile(
             gscale = tl.load(gout_ptr + b * S + offs_p, mask=pmask, other=0.0).to(tl.float32)
         else:
             gscale = tl.zeros([BLOCK_P], tl.float32) + 1.0
-        if MEAN:
+        if MEAN and not COUNT:  # COUNT writes a deferred gradient, unweighted (pixelwise.py)
             gscale = gscale * (1.0 / grad_divisor(denom_ptr, DEFER_MEAN))
         kg = tl.where(valid, k * gscale, 0.0)
         eg = tl.where(valid, eps_c * gscale, 0.0)
@@ -547,7 +555,7 @@ def _softmax_tile(
                 x_ptr, w_ptr, g_ptr, b, offs_p, pmask, ys, valid, x_y, m, lse2, t, kg, eg,
                 w_sum, C, sxb, sxc, sxs, sgb, sgc, sgs, HAS_W, SMOOTH, ROWS, VEC,
             )  # fmt: skip
-    return loss
+    return loss, count
 
 
 @kernel_jit
@@ -583,6 +591,7 @@ def _softmax_loss_kernel(
     PER_PIXEL: tl.constexpr,
     MEAN: tl.constexpr,
     DEFER_MEAN: tl.constexpr,
+    COUNT: tl.constexpr,
     SINGLE: tl.constexpr,
     TILES: tl.constexpr,
     STAGES: tl.constexpr,
@@ -602,25 +611,34 @@ def _softmax_loss_kernel(
     thread for ``_tiles.column_tiles``), else classes are walked in chunks of BLOCK_C.
     Each program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead; see
     ``_tiles.STAGES``). WRITE_LOSS: per-program partial sums (or per-pixel losses with
-    PER_PIXEL) to loss_ptr.
+    PER_PIXEL) to loss_ptr; with COUNT, each program's partial 'mean' denominator there
+    and its partial loss one program count further on (no pre-pass; denom_ptr is not
+    read).
     WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN; left to the backward with
-    DEFER_MEAN, see ``_tiles.defers_mean``) and by grad_output (per pixel with PER_PIXEL,
-    else assumed 1 and applied later in place).
+    DEFER_MEAN, see ``_tiles.defers_mean``, and with COUNT) and by grad_output (per pixel
+    with PER_PIXEL, else assumed 1 and applied later in place).
     """
     pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK_P], tl.float32)
+    acc_n = tl.zeros([BLOCK_P], tl.float32)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(
             pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P, VEC if SINGLE else 1
         )
-        acc += _softmax_tile(
+        loss, count = _softmax_tile(
             b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
             sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
             IS_FOCAL, HAS_W, SMOOTH, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN,
-            SINGLE, BLOCK_C, BLOCK_P, UNROLL, ROWS, VEC, NC,
+            COUNT, SINGLE, BLOCK_C, BLOCK_P, UNROLL, ROWS, VEC, NC,
         )  # fmt: skip
+        acc += loss
+        acc_n += count
     if WRITE_LOSS and not PER_PIXEL:
-        tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
+        if COUNT:
+            tl.store(loss_ptr + pid, tl.sum(acc_n, axis=0))
+            tl.store(loss_ptr + tl.num_programs(0) + pid, tl.sum(acc, axis=0))
+        else:
+            tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
 
 
 @triton.jit

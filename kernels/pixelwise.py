@@ -187,16 +187,19 @@ def _softmax_launch(
     denom,
     grad,
     gout,
+    count=False,
 ):
     """One launch of the softmax kernel. Returns the partial or per-pixel losses (None when
-    only the gradient is wanted)."""
+    only the gradient is wanted), with ``count`` after the partial 'mean' denominators
+    (one per program: the kernel's COUNT)."""
     x, sxb, sxc, sxs = pixel_view(logits)
     y, syb, sys_ = label_view(target)
     smooth = not focal and smoothing > 0
     tiles = column_tiles(x, smooth, sxs) or walk_tiles(x)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single), vec, warps = tiles
     per_pixel = reduction == "none"
-    loss, (g, sgb, sgc, sgs) = _outputs(gout, x.shape[0] * S if per_pixel else n_programs, grad, x)
+    n_loss = x.shape[0] * S if per_pixel else n_programs * (2 if count else 1)
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, n_loss, grad, x)
     _softmax_loss_kernel[(n_programs,)](
         x,
         y,
@@ -229,6 +232,7 @@ def _softmax_launch(
         PER_PIXEL=per_pixel,
         MEAN=reduction == "mean",
         DEFER_MEAN=defers_mean(logits, reduction),
+        COUNT=count,
         SINGLE=single,
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
@@ -241,6 +245,19 @@ def _softmax_launch(
         num_warps=warps,
     )
     return loss
+
+
+def _counts_in_kernel(logits, weight, ignore_index, reduction, avg_non_ignore, need_grad):
+    """Whether the loss kernel sums the 'mean' denominator beside the loss (COUNT), with no
+    pre-pass over the labels: where no gradient is scaled by it as it is written (no
+    gradient, or fp16's undivided one, :func:`defers_mean`, unweighted: an all-zero
+    weighted count must make the gradient of its zero-weight pixels NaN, which the
+    forward can only do knowing it) and it is not the label count."""
+    if reduction != "mean" or not avg_non_ignore:
+        return False
+    if ignore_index == RESERVED_IGNORE and weight is None:
+        return False
+    return not need_grad or (defers_mean(logits, reduction) and weight is None)
 
 
 def _softmax_denom(target, C, ignore_index, weight, reduction, avg_non_ignore, device):
@@ -273,9 +290,12 @@ def _softmax_pixel_loss(
     caller already holds on the device (copied: fp16 returns it as the applied scale, and
     an op's output may not alias its input), else it is computed from the labels."""
     C = logits.shape[1]
+    count = denom is None and _counts_in_kernel(
+        logits, weight, ignore_index, reduction, avg_non_ignore, need_grad
+    )
     if denom is not None:
         denom = denom.clone()
-    else:
+    elif not count:
         denom = _softmax_denom(
             target, C, ignore_index, weight, reduction, avg_non_ignore, logits.device
         )
@@ -294,7 +314,10 @@ def _softmax_pixel_loss(
         denom,
         grad if grad.numel() else None,
         None,
+        count,
     )
+    if count:  # the partial denominators, then the partial losses
+        denom, loss = loss.view(2, -1).sum(dim=1).split(1)
     return _finish(loss, grad, reduction, denom, target.shape, logits)
 
 

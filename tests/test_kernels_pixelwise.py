@@ -194,6 +194,38 @@ def test_no_grad_forward_builds_no_graph(gen):
     torch.testing.assert_close(loss, ref.cross_entropy(x.detach(), y), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("cross_entropy", {}),
+        ("cross_entropy", {"weight": [0.5, 2.0, 0.0, 1.0, 3.0], "label_smoothing": 0.1}),
+        ("softmax_focal_loss", {"alpha": [0.25, 0.5, 1.0, 2.0, 1.0]}),
+    ],
+    ids=["ce", "ce-weighted", "focal"],
+)
+def test_mean_counted_in_the_loss_kernel(name, options, dtype, seed, gen):
+    """Without a gradient, and for fp16 (whose 'mean' gradient is divided in the backward)
+    unweighted, the loss kernel sums the 'mean' denominator itself: no pre-pass over the
+    labels. The loss equals the reference's with 60% and with all pixels ignored (NaN),
+    under torch.no_grad and with a gradient, which matches the reference's too."""
+    x = torch.randn(2, 5, 7, 9, generator=gen).to(DEVICE, dtype)
+    y = torch.randint(0, 5, (2, 7, 9), generator=gen).to(DEVICE)
+    y = y.masked_fill(torch.rand(y.shape, generator=gen).to(DEVICE) < 0.6, 255)
+    opts = {**options, "ignore_index": 255}
+    entry = next(e for e in KERNELS if e.kernel is getattr(ker, name))
+    for target in (y, torch.full_like(y, 255)):
+        want = getattr(ref, name)(x.double(), target, **opts)
+        with torch.no_grad():
+            got = getattr(ker, name)(x.requires_grad_(True), target, **opts)
+        x.requires_grad_(False)
+        if target is y:
+            torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
+            assert_matches(entry, x, target, opts, dtype, seed)
+        else:
+            assert torch.isnan(got) and torch.isnan(want)
+
+
 def test_torch_compile_fullgraph(gen):
     x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE).requires_grad_(True)
     y = torch.randint(0, 5, (2, 6, 7), generator=gen).to(DEVICE)
