@@ -893,10 +893,12 @@ def _sigmoid_tile(
     SCALAR_ALPHA: tl.constexpr, HAS_IGNORE: tl.constexpr, SMOOTH: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     WRITE_LOSS: tl.constexpr, PER_ELEMENT: tl.constexpr, MEAN: tl.constexpr,
-    DEFER_MEAN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    DEFER_MEAN: tl.constexpr, COUNT: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile summed over classes (per element with PER_ELEMENT, written
-    there instead); its gradient written with WRITE_GRAD. With SMOOTH, targets are
+    there instead), and with COUNT its valid elements (the 'mean' denominator's share;
+    else 0); its gradient written with WRITE_GRAD. With SMOOTH, targets are
     smoothed toward 1/2: ``t + smoothing (1 - 2 t)`` (a constexpr: the extra tile it costs
     took the one-vs-rest focal loss at [8, 19, 512, 1024] bf16 from 116 to 138 registers
     on sm_90, half the resident warps). Labels (one-vs-rest) without smoothing are hard
@@ -906,6 +908,7 @@ def _sigmoid_tile(
     if LABELS:
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, C, ignore_index)
     acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    count = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
     offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
     # logits and gradient addressed by walked pointers: the class index stays int32
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
@@ -947,6 +950,8 @@ def _sigmoid_tile(
         loss, dx = _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL, HARD)
         loss = tl.where(valid, loss, 0.0)
         loss = tl.where(bad, float("nan"), loss)
+        if COUNT:
+            count += valid.to(tl.float32)
         if WRITE_LOSS:
             if PER_ELEMENT:
                 tl.store(loss_ptr + (b * C + offs_c[:, None]) * S + offs_p[None, :], loss, mask=m2)
@@ -959,12 +964,12 @@ def _sigmoid_tile(
                 ).to(tl.float32)
             else:
                 gsc = tl.zeros_like(x) + 1.0
-            if MEAN:
+            if MEAN and not COUNT:  # COUNT writes a deferred gradient (pixelwise.py)
                 gsc = gsc / grad_divisor(denom_ptr, DEFER_MEAN)
             dx = tl.where(valid, dx * gsc, 0.0)
             tl.store(g_ptrs + g_off, dx.to(g_ptr.dtype.element_ty), mask=m2)
             g_off += g_step
-    return tl.sum(acc, axis=0)
+    return tl.sum(acc, axis=0), tl.sum(count, axis=0)
 
 
 @kernel_jit
@@ -1006,6 +1011,7 @@ def _sigmoid_loss_kernel(
     PER_ELEMENT: tl.constexpr,
     MEAN: tl.constexpr,
     DEFER_MEAN: tl.constexpr,
+    COUNT: tl.constexpr,
     TILES: tl.constexpr,
     STAGES: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -1015,17 +1021,26 @@ def _sigmoid_loss_kernel(
 
     Targets are masks ``[B, C, S]`` (soft allowed) or, with LABELS, integer labels ``[B, S]``
     read one-vs-rest (``t_c = [y = c]``). Classes are looped in chunks of BLOCK_C; each
-    program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead).
+    program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead). COUNT: each
+    program's count of valid elements, the 'mean' denominator's share, at loss_ptr and
+    its partial loss one program count further on, as in :func:`_softmax_loss_kernel`.
     """
     pid = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK_P], tl.float32)
+    acc_n = tl.zeros([BLOCK_P], tl.float32)
     for i in tl.range(0, TILES, num_stages=STAGES):
         b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)
-        acc += _sigmoid_tile(
+        loss, count = _sigmoid_tile(
             b, offs_p, pmask, x_ptr, t_ptr, w_ptr, pw_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr,
             C, S, sxb, sxc, sxs, stb, stc, sts, sgb, sgc, sgs, ignore_index, gamma, smoothing,
             alpha, IS_FOCAL, LABELS, HAS_W, HAS_PW, SCALAR_ALPHA, HAS_IGNORE, SMOOTH, WRITE_GRAD,
-            WRITE_LOSS, PER_ELEMENT, MEAN, DEFER_MEAN, BLOCK_C, BLOCK_P,
+            WRITE_LOSS, PER_ELEMENT, MEAN, DEFER_MEAN, COUNT, BLOCK_C, BLOCK_P,
         )  # fmt: skip
+        acc += loss
+        acc_n += count
     if WRITE_LOSS and not PER_ELEMENT:
-        tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
+        if COUNT:
+            tl.store(loss_ptr + pid, tl.sum(acc_n, axis=0))
+            tl.store(loss_ptr + tl.num_programs(0) + pid, tl.sum(acc, axis=0))
+        else:
+            tl.store(loss_ptr + pid, tl.sum(acc, axis=0))

@@ -247,17 +247,24 @@ def _softmax_launch(
     return loss
 
 
-def _counts_in_kernel(logits, weight, ignore_index, reduction, avg_non_ignore, need_grad):
-    """Whether the loss kernel sums the 'mean' denominator beside the loss (COUNT), with no
-    pre-pass over the labels: where no gradient is scaled by it as it is written (no
-    gradient, or fp16's undivided one, :func:`defers_mean`, unweighted: an all-zero
-    weighted count must make the gradient of its zero-weight pixels NaN, which the
-    forward can only do knowing it) and it is not the label count."""
-    if reduction != "mean" or not avg_non_ignore:
+def _counts_in_kernel(
+    logits: torch.Tensor, reduction: str, need_grad: bool, known: bool, weighted: bool
+) -> bool:
+    """Whether the loss kernel sums the 'mean' denominator beside the loss (its COUNT), with
+    no pre-pass over the target: a denominator not ``known`` already (the element count)
+    that no gradient is scaled by as it is written: no gradient, or fp16's undivided one
+    (:func:`defers_mean`) unless the count is ``weighted`` (an all-zero weighted count
+    makes the gradient of its zero-weight pixels NaN, which the forward does knowing it)."""
+    if reduction != "mean" or known:
         return False
-    if ignore_index == RESERVED_IGNORE and weight is None:
-        return False
-    return not need_grad or (defers_mean(logits, reduction) and weight is None)
+    return not need_grad or (defers_mean(logits, reduction) and not weighted)
+
+
+def _counted(partials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss partials, denominator)`` of a COUNT launch, whose partial denominators come
+    first (the denominator's view then starts its storage, as an op output must)."""
+    denom, loss = partials.view(2, -1).sum(dim=1).split(1)
+    return loss, denom
 
 
 def _softmax_denom(target, C, ignore_index, weight, reduction, avg_non_ignore, device):
@@ -290,9 +297,9 @@ def _softmax_pixel_loss(
     caller already holds on the device (copied: fp16 returns it as the applied scale, and
     an op's output may not alias its input), else it is computed from the labels."""
     C = logits.shape[1]
-    count = denom is None and _counts_in_kernel(
-        logits, weight, ignore_index, reduction, avg_non_ignore, need_grad
-    )
+    unweighted = weight is None
+    known = not avg_non_ignore or (ignore_index == RESERVED_IGNORE and unweighted)
+    count = denom is None and _counts_in_kernel(logits, reduction, need_grad, known, not unweighted)
     if denom is not None:
         denom = denom.clone()
     elif not count:
@@ -316,8 +323,8 @@ def _softmax_pixel_loss(
         None,
         count,
     )
-    if count:  # the partial denominators, then the partial losses
-        denom, loss = loss.view(2, -1).sum(dim=1).split(1)
+    if count:
+        loss, denom = _counted(loss)
     return _finish(loss, grad, reduction, denom, target.shape, logits)
 
 
@@ -930,7 +937,9 @@ def _sigmoid_launch(
     denom,
     grad,
     gout,
+    count=False,
 ):
+    """One launch of the sigmoid kernel; returns as :func:`_softmax_launch` does."""
     x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = spatial_size(x)
@@ -940,7 +949,8 @@ def _sigmoid_launch(
     n_blocks = B * n_pblocks
     n_programs = program_count(n_blocks)
     per_el = reduction == "none"
-    loss, (g, sgb, sgc, sgs) = _outputs(gout, B * C * S if per_el else n_programs, grad, x)
+    n_loss = B * C * S if per_el else n_programs * (2 if count else 1)
+    loss, (g, sgb, sgc, sgs) = _outputs(gout, n_loss, grad, x)
     _sigmoid_loss_kernel[(n_programs,)](
         x,
         t,
@@ -979,6 +989,7 @@ def _sigmoid_launch(
         PER_ELEMENT=per_el,
         MEAN=reduction == "mean",
         DEFER_MEAN=defers_mean(logits, reduction),
+        COUNT=count,
         TILES=TILES_PER_PROGRAM,
         STAGES=STAGES,
         BLOCK_C=block_c,
@@ -1017,7 +1028,8 @@ def _sigmoid_pixel_loss(
     BCE's, or the focal loss's alpha per class; ``alpha`` the focal loss's one alpha for
     every class (None otherwise); ``smoothing``: BCE's label smoothing (0 for the focal
     loss)."""
-    denom = _sigmoid_denom(logits, target, labels, ignore_index, reduction)
+    count = _counts_in_kernel(logits, reduction, need_grad, ignore_index is None, False)
+    denom = None if count else _sigmoid_denom(logits, target, labels, ignore_index, reduction)
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _sigmoid_launch(
         logits,
@@ -1034,7 +1046,10 @@ def _sigmoid_pixel_loss(
         denom,
         grad if grad.numel() else None,
         None,
+        count,
     )
+    if count:
+        loss, denom = _counted(loss)
     return _finish(loss, grad, reduction, denom, logits.shape, logits)
 
 

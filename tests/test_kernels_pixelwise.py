@@ -200,26 +200,28 @@ def test_no_grad_forward_builds_no_graph(gen):
     [
         ("cross_entropy", {}),
         ("cross_entropy", {"weight": [0.5, 2.0, 0.0, 1.0, 3.0], "label_smoothing": 0.1}),
-        ("softmax_focal_loss", {"alpha": [0.25, 0.5, 1.0, 2.0, 1.0]}),
+        ("softmax_focal", {"alpha": [0.25, 0.5, 1.0, 2.0, 1.0]}),
+        ("bce", {"pos_weight": [2.0, 1.0, 0.5, 1.0, 3.0]}),
+        ("sigmoid_focal", {"mode": "multilabel"}),
+        ("sigmoid_focal_ovr", {"mode": "multiclass", "alpha": 0.25}),
     ],
-    ids=["ce", "ce-weighted", "focal"],
+    ids=["ce", "ce-weighted", "softmax-focal", "bce", "sigmoid-focal", "sigmoid-focal-ovr"],
 )
 def test_mean_counted_in_the_loss_kernel(name, options, dtype, seed, gen):
-    """Without a gradient, and for fp16 (whose 'mean' gradient is divided in the backward)
-    unweighted, the loss kernel sums the 'mean' denominator itself: no pre-pass over the
-    labels. The loss equals the reference's with 60% and with all pixels ignored (NaN),
-    under torch.no_grad and with a gradient, which matches the reference's too."""
-    x = torch.randn(2, 5, 7, 9, generator=gen).to(DEVICE, dtype)
-    y = torch.randint(0, 5, (2, 7, 9), generator=gen).to(DEVICE)
-    y = y.masked_fill(torch.rand(y.shape, generator=gen).to(DEVICE) < 0.6, 255)
+    """Without a gradient, and for fp16 (whose 'mean' gradient is divided in the backward;
+    CE unweighted), the loss kernel sums the 'mean' denominator itself: no pre-pass over
+    the target. The loss equals the reference's with 60% and with all of the target
+    ignored (NaN), under torch.no_grad and with a gradient, which matches the
+    reference's too."""
+    entry = get(name)
     opts = {**options, "ignore_index": 255}
-    entry = next(e for e in KERNELS if e.kernel is getattr(ker, name))
-    for target in (y, torch.full_like(y, 255)):
-        want = getattr(ref, name)(x.double(), target, **opts)
+    x, t = make_inputs(entry, (2, 5, 7, 9), opts, dtype, gen, 0.6, device=DEVICE)
+    for target in (t, torch.full_like(t, 255)):
+        want = entry.reference(x.double(), target, **opts)
         with torch.no_grad():
-            got = getattr(ker, name)(x.requires_grad_(True), target, **opts)
+            got = entry.kernel(x.requires_grad_(True), target, **opts)
         x.requires_grad_(False)
-        if target is y:
+        if target is t:
             torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-6)
             assert_matches(entry, x, target, opts, dtype, seed)
         else:
