@@ -267,12 +267,12 @@ def _counted(partials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loss, denom
 
 
-def _softmax_denom(target, C, ignore_index, weight, reduction, avg_non_ignore, device):
-    """The 'mean' denominator: the label count where no label is ignored and none weighted
-    (labels outside ``[0, C)`` make the loss NaN either way), else the pre-pass."""
+def _softmax_denom(target, C, ignore_index, weight, reduction, known, device):
+    """The 'mean' denominator: the label count where it is ``known`` to be, else the
+    pre-pass."""
     if reduction != "mean":
         return None
-    if not avg_non_ignore or (ignore_index == RESERVED_IGNORE and weight is None):
+    if known:
         return torch.full((1,), float(target.numel()), dtype=torch.float32, device=device)
     return _prepass(target, C, ignore_index, labels=True, weight=weight)
 
@@ -295,17 +295,18 @@ def _softmax_pixel_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The softmax pixel losses; ``denom`` (fp32 ``[1]``, 'mean' only) is a divisor the
     caller already holds on the device (copied: fp16 returns it as the applied scale, and
-    an op's output may not alias its input), else it is computed from the labels."""
+    an op's output may not alias its input), else it is computed from the labels (a
+    pre-pass, or in the loss kernel: :func:`_counts_in_kernel`)."""
     C = logits.shape[1]
-    unweighted = weight is None
-    known = not avg_non_ignore or (ignore_index == RESERVED_IGNORE and unweighted)
-    count = denom is None and _counts_in_kernel(logits, reduction, need_grad, known, not unweighted)
+    # the label count: nothing ignored and nothing weighted (labels outside [0, C) make
+    # the loss NaN either way), or not averaged over the valid labels alone
+    known = not avg_non_ignore or (ignore_index == RESERVED_IGNORE and weight is None)
+    weighted = weight is not None
+    count = denom is None and _counts_in_kernel(logits, reduction, need_grad, known, weighted)
     if denom is not None:
         denom = denom.clone()
     elif not count:
-        denom = _softmax_denom(
-            target, C, ignore_index, weight, reduction, avg_non_ignore, logits.device
-        )
+        denom = _softmax_denom(target, C, ignore_index, weight, reduction, known, logits.device)
     grad = _grad_buffer(logits, need_grad, reduction)
     loss = _softmax_launch(
         logits,
