@@ -123,7 +123,7 @@ def _same_up_to_order(got: torch.Tensor, want: torch.Tensor) -> None:
     adds in another order: the dice, MCC and one-vs-rest focal losses of the pixel axis'
     case differed in the last bits on an H200 (2026-12-04). A wrong offset reads other
     values, far off both ways."""
-    top = float(want.abs().max()) if want.numel() else 0.0
+    top = float(want.detach().abs().max()) if want.numel() else 0.0
     torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-6 * top)
 
 
