@@ -8,7 +8,8 @@ program grid included), classes streamed in chunks of 8 by 256 pixels
 gradient-writing walks taking 1 or 8 class rows at once (``SEGTRITON_WRITE_ROWS``) and CE
 / softmax focal and the region passes on labels walking classes where the default holds
 each pixel's class column (``SEGTRITON_COLUMN=0``), and those column tiles 256 pixels wide
-as on a GPU, where Triton's interpreter takes 1024 (``SEGTRITON_COLUMN_PIXELS``).
+(``SEGTRITON_COLUMN_PIXELS``: a GPU's default above 4 classes, where Triton's interpreter
+takes 1024).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
