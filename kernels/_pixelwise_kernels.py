@@ -119,6 +119,18 @@ def _valid_sum_kernel(
 
 
 @triton.jit
+def _store_partials(loss_ptr, pid, acc, acc_n, COUNT: tl.constexpr):
+    """Program ``pid``'s partial loss (the sum of ``acc``) at ``loss_ptr + pid``; with COUNT,
+    its partial 'mean' denominator (of ``acc_n``) there and the loss one program count
+    further on (``pixelwise._counted``)."""
+    if COUNT:
+        tl.store(loss_ptr + pid, tl.sum(acc_n, axis=0))
+        tl.store(loss_ptr + tl.num_programs(0) + pid, tl.sum(acc, axis=0))
+    else:
+        tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
+
+
+@triton.jit
 def _label_terms(x_y, m, s_other, s):
     """``(log p_y, t = 1 - p_y, log s)`` from the max ``m``, ``s = sum_c exp(x_c - m)`` and
     its part over the other classes, the first two accurate as p_y -> 1 (no ``1 - p``
@@ -634,11 +646,7 @@ def _softmax_loss_kernel(
         acc += loss
         acc_n += count
     if WRITE_LOSS and not PER_PIXEL:
-        if COUNT:
-            tl.store(loss_ptr + pid, tl.sum(acc_n, axis=0))
-            tl.store(loss_ptr + tl.num_programs(0) + pid, tl.sum(acc, axis=0))
-        else:
-            tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
+        _store_partials(loss_ptr, pid, acc, acc_n, COUNT)
 
 
 @triton.jit
@@ -1039,8 +1047,4 @@ def _sigmoid_loss_kernel(
         acc += loss
         acc_n += count
     if WRITE_LOSS and not PER_ELEMENT:
-        if COUNT:
-            tl.store(loss_ptr + pid, tl.sum(acc_n, axis=0))
-            tl.store(loss_ptr + tl.num_programs(0) + pid, tl.sum(acc, axis=0))
-        else:
-            tl.store(loss_ptr + pid, tl.sum(acc, axis=0))
+        _store_partials(loss_ptr, pid, acc, acc_n, COUNT)
