@@ -586,24 +586,25 @@ def defers_mean(logits: torch.Tensor, reduction: str) -> bool:
 
 
 def applied_scale(grad: torch.Tensor, denom: torch.Tensor | None, defer: bool) -> torch.Tensor:
-    """The 1-element fp32 factor by which a gradient the forward wrote exceeds dL/dz for
-    grad_output 1: the mean's denominator where :func:`defers_mean`, else 1; empty when
-    no gradient was written."""
-    if not grad.numel():
-        return grad.new_empty(0, dtype=torch.float32)
-    if defer and denom is not None:
+    """The factor by which a gradient the forward wrote exceeds dL/dz for grad_output 1:
+    the mean's denominator (fp32 ``[1]``) where :func:`defers_mean`, else empty, which
+    reads as 1 (nothing to allocate or fill per call) and, with no gradient written, as
+    nothing to scale."""
+    if grad.numel() and defer and denom is not None:
         return denom
-    return torch.ones(1, dtype=torch.float32, device=grad.device)
+    return grad.new_empty(0, dtype=torch.float32)
 
 
 @kernel_jit
 def _scale_kernel(
     g_ptr, out_ptr, gout_ptr, applied_ptr, kept_ptr, n, BLOCK: tl.constexpr,
-    IN_PLACE: tl.constexpr,
+    IN_PLACE: tl.constexpr, APPLIED: tl.constexpr,
 ):  # fmt: skip
     gout = tl.load(gout_ptr).to(tl.float32)
-    applied = tl.load(applied_ptr)
-    factor = gout / tl.where(applied == 0, 1.0, applied)
+    factor = gout
+    if APPLIED:
+        applied = tl.load(applied_ptr)
+        factor = gout / tl.where(applied == 0, 1.0, applied)
     if IN_PLACE and tl.program_id(0) == 0:
         tl.store(kept_ptr, gout)  # the factor the buffer holds from now on
     if not IN_PLACE or factor != 1.0:
@@ -619,10 +620,10 @@ def scale_grad(
     """A gradient buffer written in the forward, as ``grad_output`` times dL/dz, without a
     host sync, and the factor the buffer holds afterwards.
 
-    ``applied`` (see :func:`applied_scale`; a 0 there reads as 1: the buffer then holds
-    only zeros and NaNs) is the factor the buffer holds, divided out first. The first
-    backward through a graph (``first``) scales the buffer in place and returns it;
-    programs exit at once when the factor is 1, and the same launch copies
+    ``applied`` (see :func:`applied_scale`: empty reads as 1, and so does a 0, for the
+    buffer then holds only zeros and NaNs) is the factor the buffer holds, divided out
+    first. The first backward through a graph (``first``) scales the buffer in place and
+    returns it; programs exit at once when the factor is 1, and the same launch copies
     ``grad_output`` into a new 1-element tensor, returned as the buffer's factor from then
     on (a copy: the caller may change its grad_output later). Later backwards
     (``retain_graph=True``) write a new tensor and leave the buffer as it is, since the
@@ -637,5 +638,8 @@ def scale_grad(
     out = grad if first else torch.empty_like(grad)
     kept = torch.empty(1, dtype=torch.float32, device=grad.device) if first else applied
     grid = (cdiv(n, 4096),)
-    _scale_kernel[grid](grad, out, gout, applied, kept, n, BLOCK=4096, IN_PLACE=first, num_warps=8)
+    _scale_kernel[grid](
+        grad, out, gout, applied if applied.numel() else gout, kept, n, BLOCK=4096,
+        IN_PLACE=first, APPLIED=applied.numel() > 0, num_warps=8,
+    )  # fmt: skip
     return out, kept

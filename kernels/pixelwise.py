@@ -127,7 +127,8 @@ def _fake_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fake implementations' gradient buffer and applied scale (see :func:`_finish`)."""
     grad = _grad_buffer(logits, need_grad, reduction)
-    return grad, logits.new_empty(1 if grad.numel() else 0, dtype=torch.float32)
+    defer = grad.numel() > 0 and defers_mean(logits, reduction)
+    return grad, logits.new_empty(1 if defer else 0, dtype=torch.float32)
 
 
 def _prepass(
@@ -404,7 +405,9 @@ def _scale_saved_grad(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
         first = ctx.applied is None
         out, ctx.applied = scale_grad(grad, grad_loss, applied if first else ctx.applied, first)
         return out
-    factor = grad_loss.to(torch.float32) / torch.where(applied == 0, 1.0, applied)
+    factor = grad_loss.to(torch.float32)
+    if applied.numel():
+        factor = factor / torch.where(applied == 0, 1.0, applied)
     return (grad.to(torch.float32) * factor).to(grad.dtype)
 
 
@@ -453,8 +456,11 @@ def _finish(partials, grad, reduction, denom, shape, logits):
     applied = applied_scale(grad, denom, defers_mean(logits, reduction))
     if reduction == "none":
         return partials.view(shape), grad, applied
-    total = sum_partials(partials)
-    return (total / denom[0] if reduction == "mean" else total), grad, applied
+    if reduction == "sum":
+        return sum_partials(partials), grad, applied
+    # one partial (a COUNT launch's, summed by _counted) is its own sum
+    total = partials.reshape(()) if partials.numel() == 1 else sum_partials(partials)
+    return total / denom[0], grad, applied
 
 
 _register_fused_autograd(_softmax_pixel_loss, _softmax_pixel_grad, 9)
