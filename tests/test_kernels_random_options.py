@@ -21,7 +21,7 @@ from segtriton.registry import make_inputs
 # option sets compared per loss and run; tests/test_kernels_stages.py's child run under the
 # default tiles (class walks, minutes in the interpreter) compares 2
 DRAWS = int(os.environ.get("SEGTRITON_TEST_DRAWS", "4"))
-ATTEMPTS = 40  # draws allowed to find them (some drawn sets are invalid for the loss)
+ATTEMPTS = max(40, 10 * DRAWS)  # draws to find them in (some sets are invalid for a loss)
 _FIXED = {"logits", "target", "reduction", "validate", "process_group", "dist_map"}
 # C = 300 takes the streamed-class paths (past 256 classes); the losses that build a
 # distance map or skeleton of every class take minutes at that C in the interpreter
