@@ -6,8 +6,11 @@ before any test module imports segtriton.kernels.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +32,18 @@ if os.environ.get("TRITON_INTERPRET") == "1" and not os.environ.get("SEGTRITON_T
 # the region passes take 1024 pixels (kernels/_tiles.py), under the default tiles too
 if os.environ.get("TRITON_INTERPRET") == "1":
     os.environ.setdefault("SEGTRITON_COLUMN_PIXELS", "1024")
+
+# torch.compile's on-disk cache is keyed on a graph's code, which names each custom op
+# but not its fake implementation: after a change to an op's outputs, a graph compiled
+# before it was reused and crashed the process (README, "After upgrading segtriton").
+# The tests take a cache folder of their own per version of kernels/, where the ops are.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _ops_source = hashlib.sha256()
+    for _path in sorted((Path(__file__).resolve().parents[1] / "kernels").glob("*.py")):
+        _ops_source.update(_path.read_bytes())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"segtriton-inductor-{_ops_source.hexdigest()[:16]}"
+    )
 
 # Under pytest-xdist (`pytest -n auto`) every worker would start one torch thread per core;
 # splitting the cores between the workers ran the cldice and region tests 9% faster on CI's
