@@ -66,6 +66,7 @@ def environment() -> dict[str, object]:
         "unroll": ",".join(map(str, _tiles.UNROLL)),  # SEGTRITON_UNROLL
         "write_rows": _tiles.WRITE_ROWS,  # SEGTRITON_WRITE_ROWS
         "column": _tiles.COLUMN_CLASSES,  # SEGTRITON_COLUMN
+        "column_pixels": _tiles.COLUMN_PIXELS,  # SEGTRITON_COLUMN_PIXELS (0: the default)
         "fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION", "triton's default"),
     }
     if torch.cuda.is_available():
@@ -104,7 +105,8 @@ def provenance(command: str) -> str:
         f"Command: `{command}` (SEGTRITON_MAX_TILE={env['max_tile']}, "
         f"SEGTRITON_STAGES={env['stages']}, SEGTRITON_MAX_SINGLE_C={env['max_single_c']}, "
         f"SEGTRITON_CHUNK={env['chunk']}, SEGTRITON_UNROLL={env['unroll']}, "
-        f"SEGTRITON_WRITE_ROWS={env['write_rows']}, SEGTRITON_COLUMN={env['column']}). "
+        f"SEGTRITON_WRITE_ROWS={env['write_rows']}, SEGTRITON_COLUMN={env['column']}, "
+        f"SEGTRITON_COLUMN_PIXELS={env['column_pixels']}). "
         f"triton {env['triton']}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
     )
