@@ -127,8 +127,8 @@ def _fake_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fake implementations' gradient buffer and applied scale (see :func:`_finish`)."""
     grad = _grad_buffer(logits, need_grad, reduction)
-    defer = grad.numel() > 0 and defers_mean(logits, reduction)
-    return grad, logits.new_empty(1 if defer else 0, dtype=torch.float32)
+    denom = logits.new_empty(1, dtype=torch.float32)  # its shape, where the scale is it
+    return grad, applied_scale(grad, denom, defers_mean(logits, reduction))
 
 
 def _prepass(
@@ -458,7 +458,7 @@ def _finish(partials, grad, reduction, denom, shape, logits):
         return partials.view(shape), grad, applied
     if reduction == "sum":
         return sum_partials(partials), grad, applied
-    # one partial (a COUNT launch's, summed by _counted) is its own sum
+    # one partial is its own sum (a COUNT launch's: _counted summed it)
     total = partials.reshape(()) if partials.numel() == 1 else sum_partials(partials)
     return total / denom[0], grad, applied
 
