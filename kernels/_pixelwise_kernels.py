@@ -19,18 +19,21 @@ from ._tiles import (
     LN2,
     LOG2E,
     WALK_UNROLL,
+    column_classes,
     fast_exp,
     fast_log2,
     fast_rcp,
     grad_divisor,
     ignored,
     label_values,
+    load_column,
     log1p,
     log1p_atanh,
     log1p_pos,
     pixel_block,
     program_tile,
     runs_of,
+    store_column,
 )
 
 
@@ -356,11 +359,12 @@ def _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs):
 @triton.jit
 def _column_sums(
     x_ptr, w_ptr, b, offs_c, offs_p, pmask, ys, valid, sxb, sxc, sxs,
-    HAS_W: tl.constexpr, SMOOTH: tl.constexpr, NC: tl.constexpr,
+    HAS_W: tl.constexpr, SMOOTH: tl.constexpr, NC: tl.constexpr, CLASS_FAST: tl.constexpr,
 ):  # fmt: skip
     """:func:`_softmax_walk_sums` of a tile holding the whole class column of its pixels
-    (``offs_c``, NC classes: a constexpr, so that the rows past it fold away), plus
-    ``e = exp(x - m)`` of the tile for the gradient.
+    (``offs_c``, NC classes: a constexpr, so that the rows past it fold away; read by
+    :func:`load_column`, CLASS_FAST on channels_last), plus ``e = exp(x - m)`` of the
+    tile for the gradient.
 
     ``s_ex``, ``s`` less the 1 of one maximal class, is ``s_f``, the sum over the classes
     below the max, plus the number of maximal classes less one; that number is ``s - s_f``
@@ -370,9 +374,8 @@ def _column_sums(
     x_y = _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs)
     cmask = offs_c < NC
     rows = cmask[:, None]
-    ptrs = x_ptr + b * sxb + offs_c[:, None] * sxc + offs_p[None, :] * sxs
-    x = tl.load(ptrs, mask=rows & pmask[None, :], other=0.0).to(tl.float32)
-    x = tl.where(rows, x, float("-inf"))
+    x = load_column(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs, CLASS_FAST)
+    x = tl.where(rows, x.to(tl.float32), float("-inf"))
     m = tl.max(x, axis=0)
     e = tl.where(rows, tl.exp2((x - m[None, :]) * LOG2E), -0.0)
     s = tl.sum(e, axis=0)
@@ -392,7 +395,7 @@ def _column_sums(
 @triton.jit
 def _column_grad(
     g_ptr, b, offs_c, offs_p, pmask, valid, e, inv_s, kg, eg, w_c, w_sum, sgb, sgc, sgs,
-    SMOOTH: tl.constexpr, NC: tl.constexpr,
+    SMOOTH: tl.constexpr, NC: tl.constexpr, CLASS_FAST: tl.constexpr,
 ):  # fmt: skip
     """Writes ``kg p_c`` (plus ``eg (W p_c - w_c)`` with SMOOTH) over a tile of
     :func:`_column_sums`, ``p = e / s``, 0 where not valid (``kg``, ``eg`` are 0 there too);
@@ -402,8 +405,7 @@ def _column_grad(
     dx = q * tl.where(valid, inv_s * (kg + eg * w_sum), 0.0)[None, :]
     if SMOOTH:
         dx -= eg[None, :] * w_c[:, None]
-    g = g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs
-    tl.store(g, dx.to(g_ptr.dtype.element_ty), mask=(offs_c < NC)[:, None] & pmask[None, :])
+    store_column(g_ptr, dx, b, offs_c, offs_p, offs_c < NC, pmask, sgb, sgc, sgs, CLASS_FAST)
 
 
 @triton.jit
@@ -500,7 +502,7 @@ def _softmax_tile(
     WRITE_GRAD: tl.constexpr, WRITE_LOSS: tl.constexpr, PER_PIXEL: tl.constexpr,
     MEAN: tl.constexpr, DEFER_MEAN: tl.constexpr, COUNT: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr, ROWS: tl.constexpr,
-    VEC: tl.constexpr, NC: tl.constexpr,
+    VEC: tl.constexpr, NC: tl.constexpr, CLASS_FAST: tl.constexpr,
 ):  # fmt: skip
     """The loss of one pixel tile (0 where ignored, NaN at a bad label), written per pixel
     with PER_PIXEL, and with COUNT each pixel's share of the 'mean' denominator (CE: its
@@ -514,7 +516,7 @@ def _softmax_tile(
         scale_y = tl.load(w_ptr + ys, mask=valid, other=0.0).to(tl.float32)
     else:
         scale_y = tl.zeros([BLOCK_P], tl.float32) + scale
-    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
+    offs_c0 = column_classes(BLOCK_C, CLASS_FAST)
     eps_c = 0.0  # a constant where nothing is smoothed, so its terms fold away
     if SMOOTH:
         eps_c = smoothing / C
@@ -522,7 +524,7 @@ def _softmax_tile(
     if SINGLE:
         m, s, s_other, x_y, w_sum, smooth_sum, e, w_c = _column_sums(
             x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, valid, sxb, sxc, sxs, HAS_W, SMOOTH,
-            NC,
+            NC, CLASS_FAST,
         )  # fmt: skip
     else:
         m, s, s_other, x_y, w_sum, smooth_sum = _softmax_walk_sums(
@@ -556,7 +558,7 @@ def _softmax_tile(
         if SINGLE:
             _column_grad(
                 g_ptr, b, offs_c0, offs_p, pmask, valid, e, inv_s, kg, eg, w_c, w_sum,
-                sgb, sgc, sgs, SMOOTH, NC,
+                sgb, sgc, sgs, SMOOTH, NC, CLASS_FAST,
             )  # fmt: skip
             _label_grad(
                 g_ptr, w_ptr, b, offs_p, ys, valid, x_y, m, lse2, t, kg, eg, w_sum,
@@ -613,6 +615,7 @@ def _softmax_loss_kernel(
     ROWS: tl.constexpr,
     VEC: tl.constexpr,
     NC: tl.constexpr,
+    CLASS_FAST: tl.constexpr,
 ):
     """Softmax cross-entropy (label smoothing, class weights) or softmax focal loss.
 
@@ -620,12 +623,12 @@ def _softmax_loss_kernel(
     smoothing term), or focal's alpha vector; ``scale`` is the factor without a vector.
 
     SINGLE: each tile holds its pixels' NC classes (:func:`_column_sums`; VEC pixels a
-    thread for ``_tiles.column_tiles``), else classes are walked in chunks of BLOCK_C.
-    Each program takes TILES pixel tiles in turn (prefetched STAGES - 1 ahead; see
-    ``_tiles.STAGES``). WRITE_LOSS: per-program partial sums (or per-pixel losses with
-    PER_PIXEL) to loss_ptr; with COUNT, each program's partial 'mean' denominator there
-    and its partial loss one program count further on (no pre-pass; denom_ptr is not
-    read).
+    thread for ``_tiles.column_tiles``; CLASS_FAST: ``_tiles.class_fast``), else classes
+    are walked in chunks of BLOCK_C. Each program takes TILES pixel tiles in turn
+    (prefetched STAGES - 1 ahead; see ``_tiles.STAGES``). WRITE_LOSS: per-program partial
+    sums (or per-pixel losses with PER_PIXEL) to loss_ptr; with COUNT, each program's
+    partial 'mean' denominator there and its partial loss one program count further on
+    (no pre-pass; denom_ptr is not read).
     WRITE_GRAD: dL/dz to g_ptr, scaled by 1/denom (MEAN; left to the backward with
     DEFER_MEAN, see ``_tiles.defers_mean``, and with COUNT) and by grad_output (per pixel
     with PER_PIXEL, else assumed 1 and applied later in place).
@@ -641,7 +644,7 @@ def _softmax_loss_kernel(
             b, offs_p, pmask, x_ptr, y_ptr, w_ptr, g_ptr, loss_ptr, denom_ptr, gout_ptr, C, S,
             sxb, sxc, sxs, syb, sys_, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
             IS_FOCAL, HAS_W, SMOOTH, WRITE_GRAD, WRITE_LOSS, PER_PIXEL, MEAN, DEFER_MEAN,
-            COUNT, SINGLE, BLOCK_C, BLOCK_P, UNROLL, ROWS, VEC, NC,
+            COUNT, SINGLE, BLOCK_C, BLOCK_P, UNROLL, ROWS, VEC, NC, CLASS_FAST,
         )  # fmt: skip
         acc += loss
         acc_n += count

@@ -61,7 +61,16 @@ from ._pixelwise_kernels import (
     _walk_start,
 )
 from ._runtime import kernel_jit
-from ._tiles import WALK_UNROLL, fast_exp, fast_log2, fast_rcp, program_tile, runs_of
+from ._tiles import (
+    WALK_UNROLL,
+    column_classes,
+    fast_exp,
+    fast_log2,
+    fast_rcp,
+    program_tile,
+    runs_of,
+    store_column,
+)
 
 # OVERLAP, how pass 1 forms the sums: PRODUCT ``I = sum p g``, ``P = sum p``,
 # ``T = sum g``; SQUARED: P and T sum ``p^2`` and ``g^2``; SOFT_MIN: I sums ``min(p, g)``
@@ -346,17 +355,18 @@ def _column_stats(
     ignore_index, smoothing, gamma, scale,
     OVERLAP: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
     COUNT: tl.constexpr, SMOOTH: tl.constexpr, STAGES: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_P: tl.constexpr, VEC: tl.constexpr, NC: tl.constexpr,
+    BLOCK_P: tl.constexpr, VEC: tl.constexpr, NC: tl.constexpr, CLASS_FAST: tl.constexpr,
 ):  # fmt: skip
     """Pass 1 of a softmax over hard labels on tiles holding the whole class column of
-    their pixels (``_tiles.column_tiles``: NC classes, VEC pixels a thread), the logits
-    read once. Each thread adds, per class, ``p g`` (``min(p, g)``) and ``p`` (``p^2``) of
-    its pixels into registers over the program's tiles, the two joined so that they add
-    in the same order (``P - I`` is then exactly 0 for a class that fills its image,
-    which the MCC's true negatives need); the sums leave the threads once, at the end.
-    T is an integer histogram of each tile's labels. Rows past NC add -0.0 (folded
-    away); a bad label makes the program's T NaN, as in the class walks."""
-    offs_c = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
+    their pixels (``_tiles.column_tiles``: NC classes, VEC pixels a thread; CLASS_FAST
+    on channels_last, ``_tiles.class_fast``), the logits read once. Each thread adds, per
+    class, ``p g`` (``min(p, g)``) and ``p`` (``p^2``) of its pixels into registers over
+    the program's tiles, the two joined so that they add in the same order (``P - I`` is
+    then exactly 0 for a class that fills its image, which the MCC's true negatives
+    need); the sums leave the threads once, at the end. T is an integer histogram of each
+    tile's labels. Rows past NC add -0.0 (folded away); a bad label makes the program's
+    T NaN, as in the class walks."""
+    offs_c = column_classes(BLOCK_C, CLASS_FAST)
     rows = (offs_c < NC)[:, None]
     acc_ip = tl.zeros([BLOCK_C, BLOCK_P // VEC, 2], tl.float32)  # I and P, joined
     acc_t = tl.zeros([BLOCK_C], tl.int32)
@@ -370,7 +380,7 @@ def _column_stats(
         ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, NC, ignore_index)
         m, s, s_other, x_y, w_sum, smooth_sum, e, w_c = _column_sums(
             x_ptr, w_ptr, b, offs_c, offs_p, pmask, ys, pvalid, sxb, sxc, sxs, HAS_W, SMOOTH,
-            NC,
+            NC, CLASS_FAST,
         )  # fmt: skip
         counted = rows & pvalid[None, :]
         is_y = counted & (offs_c.to(tl.int32)[:, None] == ys[None, :])
@@ -445,6 +455,7 @@ def _region_stats_kernel(
     VEC: tl.constexpr,
     SMOOTH: tl.constexpr,
     NC: tl.constexpr,
+    CLASS_FAST: tl.constexpr,
 ):
     """Partial sums ``part[b, chunk, :]`` = ``I[C], P[C], T[C]`` (then ``N[C]`` with
     COUNT), pixel loss, its divisor, over the chunk's pixel tiles.
@@ -458,7 +469,7 @@ def _region_stats_kernel(
     P joined. The tile loop prefetches STAGES - 1 tiles ahead.
 
     NC > 0: column tiles of NC classes, VEC pixels a thread (:func:`_column_stats`;
-    SMOOTH: the CE term has label smoothing).
+    SMOOTH: the CE term has label smoothing; CLASS_FAST: channels_last).
     """
     # hard labels under a softmax, whose class loop takes I and P alone (a BCE or sigmoid
     # focal term streams with the classes in the general loop)
@@ -472,7 +483,7 @@ def _region_stats_kernel(
         _column_stats(
             x_ptr, t_ptr, w_ptr, out, b, first_tile, tiles_per_chunk, S, sxb, sxc, sxs, stb, sts,
             ignore_index, smoothing, gamma, scale, OVERLAP, PIXEL, IS_FOCAL, HAS_W, COUNT, SMOOTH,
-            STAGES, BLOCK_C, BLOCK_P, VEC, NC,
+            STAGES, BLOCK_C, BLOCK_P, VEC, NC, CLASS_FAST,
         )  # fmt: skip
     else:
         offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -807,22 +818,25 @@ def _region_column_tile(
     sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
     OVERLAP: tl.constexpr, PIXEL: tl.constexpr, IS_FOCAL: tl.constexpr, HAS_W: tl.constexpr,
     SHARE: tl.constexpr, SMOOTH: tl.constexpr, BLOCK_C: tl.constexpr, NC: tl.constexpr,
+    CLASS_FAST: tl.constexpr,
 ):  # fmt: skip
     """Pass 2 of a softmax over hard labels on a tile holding the whole class column of
-    its pixels (``_tiles.column_tiles``: NC classes, a constexpr, VEC pixels a thread):
+    its pixels (``_tiles.column_tiles``: NC classes, a constexpr, VEC pixels a thread;
+    CLASS_FAST on channels_last):
     the logits are read once, and ``(m, s)``, ``sum_k p_k dL/dp_k`` and the pixel term's
     sums stay in the thread's registers (:func:`_column_sums`). ``dL/dp_c`` is
     :func:`_dp_rows` with PRODUCT sums, else :func:`_dl_dp` of the label's one-hot. The
     pixel term adds ``kpix (K (p - onehot) + eps/C (W p - w_c))``
     (:func:`_softmax_grad_p`). Rows past NC are neither loaded nor written, and add -0.0
     to the sums over classes (folded away)."""
-    offs_c = tl.arange(0, BLOCK_C).to(tl.int64)  # int64: c * stride_c can pass 2^31
+    offs_c = column_classes(BLOCK_C, CLASS_FAST)
     cmask = offs_c < NC
     rows = cmask[:, None]
     ys, pvalid, pbad = _load_labels(t_ptr, b, offs_p, pmask, stb, sts, NC, ignore_index)
     m, s, s_other, x_y, w_sum, smooth_sum, e, w_c = _column_sums(
-        x_ptr, w_ptr, b, offs_c, offs_p, pmask, ys, pvalid, sxb, sxc, sxs, HAS_W, SMOOTH, NC
-    )
+        x_ptr, w_ptr, b, offs_c, offs_p, pmask, ys, pvalid, sxb, sxc, sxs, HAS_W, SMOOTH, NC,
+        CLASS_FAST,
+    )  # fmt: skip
     p = e * fast_rcp(s)[None, :]
     is_y = offs_c.to(tl.int32)[:, None] == ys[None, :]  # one compare: the class is a constant
     coef = coef_ptr + b * 2 * NC
@@ -841,8 +855,7 @@ def _region_column_tile(
         if SMOOTH:  # else eps/C is 0 and the term is left out
             dz += (eps_c * kpix)[None, :] * (w_sum * p - w_c[:, None])
     dz = tl.where(pvalid[None, :], dz, 0.0)
-    g = g_ptr + b * sgb + offs_c[:, None] * sgc + offs_p[None, :] * sgs
-    tl.store(g, dz.to(g_ptr.dtype.element_ty), mask=rows & pmask[None, :])
+    store_column(g_ptr, dz, b, offs_c, offs_p, cmask, pmask, sgb, sgc, sgs, CLASS_FAST)
 
 
 @kernel_jit
@@ -891,6 +904,7 @@ def _region_grad_kernel(
     VEC: tl.constexpr,
     SMOOTH: tl.constexpr,
     NC: tl.constexpr,
+    CLASS_FAST: tl.constexpr,
 ):
     """``dL/dz`` of TILES pixel tiles per program (prefetched STAGES - 1 ahead) from
     ``coef[b, 0, c] = dL/dI + dL/dP``, ``coef[b, 1, c] = dL/dP`` and (PIXEL) ``kpix[b]``,
@@ -898,7 +912,8 @@ def _region_grad_kernel(
     pixel's weight is also times ``share[b, s]`` (fp32, contiguous).
 
     NC > 0: column tiles of NC classes (:func:`_region_column_tile`, VEC pixels a thread;
-    SMOOTH: the CE term has label smoothing). Else :func:`_region_grad_tile`."""
+    SMOOTH: the CE term has label smoothing; CLASS_FAST: channels_last). Else
+    :func:`_region_grad_tile`."""
     pid = tl.program_id(0).to(tl.int64)
     for i in tl.range(0, TILES, num_stages=STAGES):
         if NC > 0:
@@ -906,7 +921,7 @@ def _region_grad_kernel(
             _region_column_tile(
                 b, offs_p, pmask, x_ptr, t_ptr, coef_ptr, kpix_ptr, share_ptr, g_ptr, w_ptr, S,
                 sxb, sxc, sxs, stb, sts, sgb, sgc, sgs, ignore_index, smoothing, gamma, scale,
-                OVERLAP, PIXEL, IS_FOCAL, HAS_W, SHARE, SMOOTH, BLOCK_C, NC,
+                OVERLAP, PIXEL, IS_FOCAL, HAS_W, SHARE, SMOOTH, BLOCK_C, NC, CLASS_FAST,
             )  # fmt: skip
         else:
             b, offs_p, pmask = program_tile(pid, i, n_blocks, n_pblocks, S, TILES, BLOCK_P)

@@ -126,11 +126,12 @@ def _column_classes() -> int:
 
 def _column_pixels() -> int:
     """Pixels of a column tile (:func:`column_tiles`): 0, the default, takes ``32 *
-    COLUMN_WARPS * VEC`` (256, or 512 up to 4 classes); else ``SEGTRITON_COLUMN_PIXELS``
-    names a power of two from 64 to 2048, read once at import, and the warps follow (one
-    at least). tests/conftest.py sets 1024 in Triton's interpreter, where a tile costs one
-    NumPy call per op whatever its size (Dice at 1x2x256x256 took 5.3 s a fwd+bwd there
-    at 512 pixels, 2.8 s at 1024)."""
+    COLUMN_WARPS * VEC`` (256, or 512 up to 4 classes, 128 on channels_last); else
+    ``SEGTRITON_COLUMN_PIXELS`` names a power of two from 64 to 2048, read once at
+    import, and the warps follow (one at least, 32 at most: past that a thread takes
+    more pixels). tests/conftest.py sets 1024 in Triton's interpreter, where a tile costs
+    one NumPy call per op whatever its size (Dice at 1x2x256x256 took 5.3 s a fwd+bwd
+    there at 512 pixels, 2.8 s at 1024)."""
     value = _knob_in("SEGTRITON_COLUMN_PIXELS", 0, 0, 2048)
     if value and (value < 64 or value & (value - 1)):
         raise ValueError(f"SEGTRITON_COLUMN_PIXELS must be 0 or a power of two >= 64, got {value}")
@@ -434,29 +435,35 @@ def walk_tiles(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int
 
 
 def column_tiles(
-    x: torch.Tensor, smooth: bool, pixel_stride: int, most: int = COLUMN_CLASSES
+    x: torch.Tensor, smooth: bool, class_stride: int, pixel_stride: int, most: int = COLUMN_CLASSES
 ) -> tuple[int, int, int, int, int, tuple[int, int, bool], int, int] | None:
-    """:func:`tile_grid` of a launch over logits ``x`` whose pixels lie ``pixel_stride``
-    apart (the gradient takes their layout, :func:`grad_like`; any layout is correct,
-    this picks the fast one), with its ``VEC`` and warps appended (as
-    :func:`walk_tiles`), when a tile holds the whole class column of its pixels: pixel
-    stride 1 and C at most ``most`` (CE / softmax focal: :data:`COLUMN_CLASSES`), half
-    that with label smoothing, ``smooth``, whose class sum over the logits kept a second
-    copy of them live (CE: 167 registers at C = 32 on sm_90, against 96); else None.
+    """:func:`tile_grid` of a launch over logits ``x`` with these strides (the gradient
+    takes their layout, :func:`grad_like`; any layout is correct, this picks the fast
+    one), with its ``VEC`` and warps appended (as :func:`walk_tiles`), when a tile holds
+    the whole class column of its pixels: contiguous pixels (NCHW) or contiguous classes
+    (channels_last, :func:`class_fast`), and C at most ``most`` (CE / softmax focal:
+    :data:`COLUMN_CLASSES`), half that with label smoothing, ``smooth``, whose class sum
+    over the logits kept a second copy of them live (CE: 167 registers at C = 32 on
+    sm_90, against 96); else None.
 
     Such a tile is ``[next_pow2(C), 32 * COLUMN_WARPS * VEC]``: each thread holds all
-    classes of VEC neighbouring pixels (:func:`runs_of`), so every sum over the classes
-    stays in its registers, and the logits are read once for the loss and the gradient.
-    VEC is 4 up to 4 classes, else 2: compiled for sm_90, a thread's per-pixel state cost
+    classes of VEC pixels (:func:`runs_of`), so every sum over the classes stays in its
+    registers, and the logits are read once for the loss and the gradient. On NCHW, VEC
+    is 4 up to 4 classes, else 2: compiled for sm_90, a thread's per-pixel state cost
     more registers than its classes did (at C = 8, 40 registers with 2 pixels, 72 with
-    4). ``SEGTRITON_COLUMN_PIXELS`` sets another width (:data:`COLUMN_PIXELS`)."""
+    4). On channels_last it is 1: neighbouring threads then read pixels ``C`` elements
+    apart, not ``VEC C``. ``SEGTRITON_COLUMN_PIXELS`` sets another width
+    (:data:`COLUMN_PIXELS`)."""
     B, C = x.shape[:2]
     if smooth:
         most //= 2
-    if most < C or pixel_stride != 1:
+    if most < C or not (pixel_stride == 1 or class_fast(C, class_stride)):
         return None
-    vec = 4 if C <= 4 else 2
-    warps = max(1, COLUMN_PIXELS // (32 * vec)) if COLUMN_PIXELS else COLUMN_WARPS
+    vec = 1 if class_fast(C, class_stride) else 4 if C <= 4 else 2
+    warps = COLUMN_WARPS
+    if COLUMN_PIXELS:
+        warps = min(32, max(1, COLUMN_PIXELS // (32 * vec)))
+        vec = max(vec, COLUMN_PIXELS // (32 * warps))
     block_c, block_p = next_pow2(C), 32 * warps * vec
     S = spatial_size(x)
     n_pblocks = cdiv(S, block_p)
@@ -465,6 +472,55 @@ def column_tiles(
         C, S, n_pblocks, n_blocks, program_count(n_blocks), (block_c, block_p, True), vec,
         warps,
     )  # fmt: skip
+
+
+def class_fast(C: int, class_stride: int) -> bool:
+    """Whether a column tile (:func:`column_tiles`) reads ``[pixels, classes]``, each
+    pixel's classes contiguous (channels_last: class stride 1, more than one class); the
+    kernels' ``CLASS_FAST`` (:func:`column_classes`)."""
+    return C > 1 and class_stride == 1
+
+
+@triton.jit
+def column_classes(BLOCK_C: tl.constexpr, CLASS_FAST: tl.constexpr):
+    """int64 class offsets of a column tile (``c * stride_c`` can pass 2^31). With
+    CLASS_FAST they are marked as not contiguous: the compiler then lays a tile out as
+    it does on NCHW, a pixel's classes in one thread, where contiguous classes made it
+    spread them over a warp's lanes and sum them with shuffles (sm_90, CE at C = 19 bf16:
+    255 registers and 712 bytes of spill, against 47)."""
+    offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
+    if CLASS_FAST:
+        offs_c = tl.max_contiguous(offs_c, 1)
+    return offs_c
+
+
+@triton.jit
+def load_column(ptr, b, offs_c, offs_p, cmask, pmask, sb, sc, ss, CLASS_FAST: tl.constexpr):
+    """The ``[classes, pixels]`` tile of image b at ``offs_c`` (:func:`column_classes`),
+    ``offs_p``, 0 where masked. With CLASS_FAST it is read as ``[pixels, classes]`` and
+    transposed (free in registers), so that the compiler puts the pixels, not the
+    classes, across the threads."""
+    if CLASS_FAST:
+        ptrs = ptr + b * sb + offs_p[:, None] * ss + offs_c[None, :] * sc
+        tile = tl.trans(tl.load(ptrs, mask=pmask[:, None] & cmask[None, :], other=0.0))
+    else:
+        ptrs = ptr + b * sb + offs_c[:, None] * sc + offs_p[None, :] * ss
+        tile = tl.load(ptrs, mask=cmask[:, None] & pmask[None, :], other=0.0)
+    return tile
+
+
+@triton.jit
+def store_column(
+    ptr, value, b, offs_c, offs_p, cmask, pmask, sb, sc, ss, CLASS_FAST: tl.constexpr
+):  # fmt: skip
+    """Stores a ``[classes, pixels]`` tile as :func:`load_column` reads one."""
+    value = value.to(ptr.dtype.element_ty)
+    if CLASS_FAST:
+        ptrs = ptr + b * sb + offs_p[:, None] * ss + offs_c[None, :] * sc
+        tl.store(ptrs, tl.trans(value), mask=pmask[:, None] & cmask[None, :])
+    else:
+        ptrs = ptr + b * sb + offs_c[:, None] * sc + offs_p[None, :] * ss
+        tl.store(ptrs, value, mask=cmask[:, None] & pmask[None, :])
 
 
 @triton.jit

@@ -74,6 +74,7 @@ from ._tiles import (
     TILES_PER_PROGRAM,
     applied_scale,
     cdiv,
+    class_fast,
     column_tiles,
     defers_mean,
     grad_like,
@@ -196,7 +197,7 @@ def _softmax_launch(
     x, sxb, sxc, sxs = pixel_view(logits)
     y, syb, sys_ = label_view(target)
     smooth = not focal and smoothing > 0
-    tiles = column_tiles(x, smooth, sxs) or walk_tiles(x)
+    tiles = column_tiles(x, smooth, sxc, sxs) or walk_tiles(x)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single), vec, warps = tiles
     per_pixel = reduction == "none"
     n_loss = x.shape[0] * S if per_pixel else n_programs * (2 if count else 1)
@@ -243,6 +244,7 @@ def _softmax_launch(
         ROWS=write_rows(sxs, sgs),
         VEC=vec,
         NC=C if single else 0,
+        CLASS_FAST=single and class_fast(C, sxc),
         num_warps=warps,
     )
     return loss

@@ -60,6 +60,7 @@ from ._tiles import (
     STAGES,
     TILES_PER_PROGRAM,
     class_blocks,
+    class_fast,
     column_tiles,
     finalize_block,
     grad_like,
@@ -112,14 +113,15 @@ ACC_BLOCK = 32
 REGION_COLUMN = min(COLUMN_CLASSES, 24)
 
 
-def _column(x, kind, pixel, focal, smoothing, pixel_stride):
+def _column(x, kind, pixel, focal, smoothing, class_stride, pixel_stride):
     """``(smooth, column_tiles(...) or None)`` of a pass over logits ``x``: column tiles
     for a softmax over hard labels (any pixel term but a sigmoid one) on contiguous
-    pixels, up to :data:`REGION_COLUMN` classes; ``smooth``: a CE term with smoothing."""
+    pixels or classes, up to :data:`REGION_COLUMN` classes; ``smooth``: a CE term with
+    smoothing."""
     smooth = pixel == PIXEL_SOFTMAX and not focal and smoothing > 0
     if kind != TARGET_LABELS or pixel == PIXEL_SIGMOID:
         return smooth, None
-    return smooth, column_tiles(x, smooth, pixel_stride, REGION_COLUMN)
+    return smooth, column_tiles(x, smooth, class_stride, pixel_stride, REGION_COLUMN)
 
 
 def _pass1_tile(C: int, pixel: int) -> tuple[int, int, bool, int, int]:
@@ -140,7 +142,7 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     B, C = x.shape[:2]
     S = spatial_size(x)
-    smooth, column = _column(x, kind, pixel, focal, smoothing, strides[2])
+    smooth, column = _column(x, kind, pixel, focal, smoothing, *strides[1:3])
     if column:
         (block_c, block_p, single), vec, warps = column[5:]
         more = 1
@@ -175,6 +177,7 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
         VEC=vec,
         SMOOTH=smooth,
         NC=C if column else 0,
+        CLASS_FAST=column is not None and class_fast(C, strides[1]),
         num_warps=warps,
     )
     return part.view(B, n_chunks, row).sum(1)
@@ -250,7 +253,7 @@ def _region_grad(
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     grad = grad_like(logits)
     g, sgb, sgc, sgs = pixel_view(grad)
-    smooth, column = _column(x, kind, pixel, focal, smoothing, strides[2])
+    smooth, column = _column(x, kind, pixel, focal, smoothing, *strides[1:3])
     tiles = column or walk_tiles(x)
     C, S, n_pblocks, n_blocks, n_programs, (block_c, block_p, single), vec, warps = tiles
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
@@ -290,6 +293,7 @@ def _region_grad(
         VEC=vec,
         SMOOTH=smooth,
         NC=C if column else 0,
+        CLASS_FAST=column is not None and class_fast(C, strides[1]),
         num_warps=warps,
     )
     return grad

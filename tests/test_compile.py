@@ -237,17 +237,19 @@ def test_streamed_class_knobs():
 def test_column_tile_knobs():
     """SEGTRITON_COLUMN sets the most classes of a column tile (32 unset, half that with
     label smoothing, 0 never), SEGTRITON_COLUMN_PIXELS its width (unset: 4 warps of 32
-    threads, 4 pixels a thread up to 4 classes, else 2; a power of two from 64 to 2048
-    sets the pixels, and the warps follow, one at least); other values are refused by
-    name. Printed: the two knobs, then each tile's (pixels, warps) at C = 3 and 19, or
-    None where the classes do not fit."""
+    threads, 4 pixels a thread up to 4 classes, else 2, and 1 on channels_last; a power of
+    two from 64 to 2048 sets the pixels, and the warps follow, one at least and 32 at
+    most); other values are refused by name. Printed: the two knobs, then each tile's
+    (pixels, warps) at C = 3 and 19 (NCHW, then with smoothing), then C = 3 and 19
+    channels_last, or None where the classes do not fit or the layout is neither."""
     code = (
         "import torch\n"
         "from segtriton.kernels._tiles import COLUMN_CLASSES, COLUMN_PIXELS, column_tiles\n"
-        "def tile(C, smooth=False):\n"
-        "    t = column_tiles(torch.empty(1, C, 8, 8), smooth, 1)\n"
+        "def tile(C, smooth=False, strides=None):\n"
+        "    t = column_tiles(torch.empty(1, C, 8, 8), smooth, *(strides or (64, 1)))\n"
         "    return 'None' if t is None else f'{t[5][1]}/{t[7]}'\n"
-        "print(COLUMN_CLASSES, COLUMN_PIXELS, tile(3), tile(19), tile(19, True))"
+        "print(COLUMN_CLASSES, COLUMN_PIXELS, tile(3), tile(19), tile(19, True),\n"
+        "      tile(3, strides=(1, 3)), tile(19, strides=(1, 19)), tile(19, strides=(2, 38)))"
     )
     knobs = ("SEGTRITON_COLUMN", "SEGTRITON_COLUMN_PIXELS")
 
@@ -258,11 +260,14 @@ def test_column_tile_knobs():
         )
 
     for values, expected in (
-        ({}, "32 0 512/4 256/4 None"),
-        ({"SEGTRITON_COLUMN": "0"}, "0 0 None None None"),
-        ({"SEGTRITON_COLUMN": "3", "SEGTRITON_COLUMN_PIXELS": "1024"}, "3 1024 1024/8 None None"),
-        ({"SEGTRITON_COLUMN_PIXELS": "64"}, "32 64 128/1 64/1 None"),
-        ({"SEGTRITON_COLUMN_PIXELS": "2048"}, "32 2048 2048/16 2048/32 None"),
+        ({}, "32 0 512/4 256/4 None 128/4 128/4 None"),
+        ({"SEGTRITON_COLUMN": "0"}, "0 0 None None None None None None"),
+        (
+            {"SEGTRITON_COLUMN": "3", "SEGTRITON_COLUMN_PIXELS": "1024"},
+            "3 1024 1024/8 None None 1024/32 None None",
+        ),
+        ({"SEGTRITON_COLUMN_PIXELS": "64"}, "32 64 128/1 64/1 None 64/2 64/2 None"),
+        ({"SEGTRITON_COLUMN_PIXELS": "2048"}, "32 2048 2048/16 2048/32 None 2048/32 2048/32 None"),
     ):
         proc = run(**values)
         assert proc.returncode == 0, proc.stderr

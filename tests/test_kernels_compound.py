@@ -66,10 +66,11 @@ def test_pass2_labels_under_the_triton_3_6_layout_bug(bug, monkeypatch, seed, ge
     logits' pixels are strided (that Triton cannot build its three walks there); every
     other case (the product sums walk twice, one tile does not walk), and every case under
     a newer Triton, reads the labels as given. The loss is right either way (walks forced
-    here)."""
+    here, column tiles too, which channels_last logits now take)."""
     from segtriton.kernels import _tiles, region
 
     force_walk_label_bug(monkeypatch, bug)
+    monkeypatch.setattr(region, "REGION_COLUMN", 0)
     monkeypatch.setattr(_tiles, "MAX_SINGLE_C", 1)
     monkeypatch.setattr(_tiles, "CHUNK", (1, 16))
     calls = record_calls(monkeypatch, "walk_labels", [region])

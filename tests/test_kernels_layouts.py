@@ -1,8 +1,8 @@
 """Logits in layouts the kernels cannot walk with one pixel stride (spatial dims transposed,
-classes stored between two spatial dims) or only through a slice, and a target broadcast
-over the batch (image stride 0): the kernel copies or strides them and still gives the
-reference's loss and gradient, for every loss, with a scalar and a per-pixel
-grad_output. A gradient buffer laid out like such logits once took no writes: the kernel
+classes stored between two spatial dims) or only through a slice (of pixels, or of
+channels_last classes), and a target broadcast over the batch (image stride 0): the
+kernel copies or strides them and still gives the reference's loss and gradient, for
+every loss, with a scalar and a per-pixel grad_output. A gradient buffer laid out like such logits once took no writes: the kernel
 wrote into a contiguous copy of it, and the returned gradient was uninitialised memory.
 A per-unit grad_output (reduction='none') may come broadcast, transposed or sliced too."""
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, assert_matches, light_case
+from kernel_checks import DEVICE, KERNELS, assert_matches, light_case, to_channels_last
 
 from segtriton.kernels._tiles import pixel_view
 from segtriton.registry import make_inputs
@@ -26,9 +26,17 @@ def _classes_inside(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def _classes_sliced(x: torch.Tensor) -> torch.Tensor:
+    """channels_last logits of twice the classes, the first half taken: classes are
+    contiguous (stride 1) but pixels lie 2C apart, not C (the column tiles read such
+    logits as channels_last)."""
+    return to_channels_last(torch.cat([x, torch.zeros_like(x)], 1))[:, : x.shape[1]]
+
+
 LAYOUTS = {
     "transposed": lambda x, t: (_transposed(x), _transposed(t)),
     "classes-inside": lambda x, t: (_classes_inside(x), t),
+    "classes-sliced": lambda x, t: (_classes_sliced(x), t),
     "strided": lambda x, t: (x[..., ::2], t[..., ::2]),
     # a last spatial dim sliced to size 1: the other spatial dims still merge, read in place
     "one-column": lambda x, t: (x[..., 2:3], t[..., 2:3]),
