@@ -73,7 +73,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from .spec import ONLY_SOME, SpecError, expand, load_spec
 
     spec = load_spec(args.preset if args.spec is None else None, args.spec)
-    for axis in ("losses", "providers", "dtypes", "modes"):
+    for axis in ("losses", "providers", "dtypes", "modes", "memory_formats"):
         value = getattr(args, axis)
         if value:
             spec[axis] = value.split(",")
@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--providers", help="comma-separated: triton,eager,compile,...")
     sweep.add_argument("--dtypes", help="comma-separated: fp32,fp16,bf16")
     sweep.add_argument("--modes", help="comma-separated: fwd,bwd,fwd+bwd")
+    sweep.add_argument(
+        "--memory-formats", help="comma-separated: contiguous,channels_last (the logits' layout)"
+    )
     sweep.add_argument("--out", help="output folder (default results/<device>/<date or name>)")
     sweep.add_argument("--name", help="run name for the default output folder")
     sweep.add_argument("--reps", type=int, default=50, help="timed repetitions per case")

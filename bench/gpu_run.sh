@@ -30,8 +30,9 @@
 #                         benchmarks (until 297 s), torch.compile rows (bf16) of the
 #                         COMPILE_FIRST losses (until 381 s), CE, softmax focal and Dice
 #                         (bf16) under each of LEASE_VARIANTS (28 s each) against the
-#                         default rows, the signed-map and Lovasz-sort benchmarks (until
-#                         492 s), the probe's host stage (until LIMIT - 45; in bench.log),
+#                         default rows, the CHANNELS_LAST losses on channels_last logits
+#                         (Triton and eager, bf16, 33 s), the signed-map and Lovasz-sort
+#                         benchmarks (until 492 s), the probe's host stage (until LIMIT - 45; in bench.log),
 #                         then the other compile rows until LIMIT - 20; the
 #                         report's "Issue targets" table says what was met. At most 8
 #                         files of $OUT come back and the lease writes 6: add at most the
@@ -149,6 +150,9 @@ LEASE_VARIANTS="column0:SEGTRITON_COLUMN=0 rows1:SEGTRITON_WRITE_ROWS=1 unroll4:
 # compile rows after CE, the focal losses and BCE
 COMPILE_FIRST="cross_entropy,dice,ce_dice,softmax_focal"
 
+# the losses the lease times on channels_last logits as well (Triton and eager, bf16)
+CHANNELS_LAST="cross_entropy,dice,ce_dice"
+
 run_lease() {
     local dir=${SWEEP_DIR:-out/targets} v
     run_tests $((LIMIT * 27 / 100))  # 150 s of the default 560
@@ -167,6 +171,11 @@ run_lease() {
         [ -f "$dir/variants/$v/rows.json" ] && [ -f "$dir/rows.json" ] &&
             python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/$v" | tee -a "$OUT/tiles.log"
     done
+    # channels_last logits (never timed before 2026-12-05): rows beside the NCHW ones, in
+    # the report; up to 32 classes they take the column tiles, one pixel a thread
+    SWEEP_DIR=$dir SWEEP_CAP=$((LIMIT * 6 / 100)) run_sweep targets \
+        --providers triton,eager --dtypes bf16 --memory-formats channels_last \
+        --losses "$CHANNELS_LAST" --reps 20 --resume > /dev/null
     # the signed-map reference takes 4-8 s a round
     run_bench "$(left $((LIMIT * 88 / 100)))" "signed_map or sort_share" \
         "$dir/pytest-benchmark-2.json"

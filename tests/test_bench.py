@@ -175,11 +175,17 @@ def test_sweep_report_resume_and_errors(tmp_path, capsys, monkeypatch):
     assert len(meta["commands"]) == 2 and "--resume" in meta["commands"][1]
     assert "`, then `" in (out / "report.md").read_text()
     assert main(["report", str(out)]) == 0
-    # without --resume, the folder's rows are replaced; --dtypes and --modes narrow the spec
+    # without --resume, the folder's rows are replaced; --dtypes, --modes and
+    # --memory-formats narrow the spec
     args = ["--losses", "dice", "--dtypes", "bf16", "--modes", "fwd"]
     main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", *args])
     rows = pd.read_json(out / "rows.json")
     assert len(rows) == 2 and set(rows.dtype + " " + rows["mode"]) == {"bf16 fwd"}
+    args += ["--memory-formats", "channels_last", "--resume"]
+    main(["sweep", "--spec", str(spec), "--out", str(out), "--reps", "3", *args])
+    rows = pd.read_json(out / "rows.json")
+    assert sorted(rows.memory_format) == ["channels_last"] * 2 + ["contiguous"] * 2
+    assert rows.passed.all()
 
 
 def _run(path, ms):

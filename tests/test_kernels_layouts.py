@@ -2,9 +2,10 @@
 classes stored between two spatial dims) or only through a slice (of pixels, or of
 channels_last classes), and a target broadcast over the batch (image stride 0): the
 kernel copies or strides them and still gives the reference's loss and gradient, for
-every loss, with a scalar and a per-pixel grad_output. A gradient buffer laid out like such logits once took no writes: the kernel
-wrote into a contiguous copy of it, and the returned gradient was uninitialised memory.
-A per-unit grad_output (reduction='none') may come broadcast, transposed or sliced too."""
+every loss, with a scalar and a per-pixel grad_output. A gradient buffer laid out like
+such logits once took no writes: the kernel wrote into a contiguous copy of it, and the
+returned gradient was uninitialised memory. A per-unit grad_output (reduction='none')
+may come broadcast, transposed or sliced too."""
 
 from __future__ import annotations
 
