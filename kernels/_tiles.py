@@ -116,11 +116,12 @@ def _write_rows() -> int:
 
 def _column_classes() -> int:
     """Most classes the CE / softmax focal kernel holds as one column in registers
-    (:func:`column_tiles`; half as many with label smoothing; the region losses' two
-    passes on hard labels at most 24 of them, ``region.REGION_COLUMN``): 32 unless
+    (:func:`column_tiles`; on NCHW half as many with label smoothing; the region losses'
+    two passes on hard labels at most 24 of them, ``region.REGION_COLUMN``): 32 unless
     ``SEGTRITON_COLUMN`` names 0 (never) to 32, read once at import. Above it, and where
-    pixels are not contiguous, the kernels walk the class rows (CE: twice, statistics
-    then gradient; each region pass: twice, the softmax then its sums or writes)."""
+    neither pixels nor classes are contiguous, the kernels walk the class rows (CE:
+    twice, statistics then gradient; each region pass: twice, the softmax then its sums
+    or writes)."""
     return _knob_in("SEGTRITON_COLUMN", 32, 0, 32)
 
 
@@ -442,9 +443,10 @@ def column_tiles(
     one), with its ``VEC`` and warps appended (as :func:`walk_tiles`), when a tile holds
     the whole class column of its pixels: contiguous pixels (NCHW) or contiguous classes
     (channels_last, :func:`class_fast`), and C at most ``most`` (CE / softmax focal:
-    :data:`COLUMN_CLASSES`), half that with label smoothing, ``smooth``, whose class sum
-    over the logits kept a second copy of them live (CE: 167 registers at C = 32 on
-    sm_90, against 96); else None.
+    :data:`COLUMN_CLASSES`); on NCHW half that with label smoothing, ``smooth``, whose
+    class sum over the logits kept a second copy of them live (CE: 167 registers at C =
+    32 on sm_90, against 96; on channels_last, one pixel a thread, 122 in bf16 with
+    class weights, where the walks took 128 and spilled in fp32); else None.
 
     Such a tile is ``[next_pow2(C), 32 * COLUMN_WARPS * VEC]``: each thread holds all
     classes of VEC pixels (:func:`runs_of`), so every sum over the classes stays in its
@@ -455,7 +457,7 @@ def column_tiles(
     apart, not ``VEC C``. ``SEGTRITON_COLUMN_PIXELS`` sets another width
     (:data:`COLUMN_PIXELS`)."""
     B, C = x.shape[:2]
-    if smooth:
+    if smooth and not class_fast(C, class_stride):
         most //= 2
     if most < C or not (pixel_stride == 1 or class_fast(C, class_stride)):
         return None

@@ -51,6 +51,31 @@ def test_kernel_matches_reference(
     assert_matches(entry, x, t, opts, dtype, seed)
 
 
+@pytest.mark.parametrize("C", [17, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_column_tiles(C, dtype, seed, gen):
+    """channels_last logits up to 32 classes take column tiles (one pixel a thread, read
+    as ``[pixels, classes]``), label smoothing included, where NCHW halves that limit;
+    CE with smoothing and class weights, and softmax focal with per-class alpha, against
+    the reference, on a spatial size that leaves a part-masked last tile."""
+    from segtriton.kernels._tiles import column_tiles, pixel_view
+
+    w = torch.linspace(0.5, 2.0, C).tolist()
+    for name, opts in (
+        ("cross_entropy", {"label_smoothing": 0.1, "weight": w, "ignore_index": 255}),
+        ("softmax_focal", {"alpha": w, "gamma": 2.0, "ignore_index": 255}),
+    ):
+        entry = get(name)
+        x, t = make_inputs(entry, (2, C, 5, 29), opts, dtype, gen, ignore_frac=0.2, device=DEVICE)
+        x = to_channels_last(x)
+        _, _, sxc, sxs = pixel_view(x)
+        smooth = name == "cross_entropy"
+        assert column_tiles(x, smooth, sxc, sxs) is not None
+        if smooth:  # on NCHW, the walks
+            assert column_tiles(x.contiguous(), smooth, 5 * 29, 1) is None
+        assert_matches(entry, x, t, opts, dtype, seed)
+
+
 @pytest.mark.parametrize(("entry", "options"), variants_at(KERNELS, 300))
 def test_large_class_count_streams_classes(entry, options, seed, gen):
     """Every variant, its per-class vectors repeated to C, where C > 256 takes the
