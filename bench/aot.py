@@ -276,14 +276,14 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
     return cases
 
 
-def target_cases() -> list[CompileCase]:
-    """The loss cases of the ``targets`` sweep preset at their real shapes, as a GPU run of
-    it compiles them: sizes divisible by 16 let Triton vectorise the tile loads and (with
-    ``SEGTRITON_STAGES`` > 1) pipeline them, which the small odd shapes of
-    :func:`compile_cases` do not show. Masks are in the logits' dtype, as in every case
-    here and in a sweep. Lovasz is left out (its ``torch.sort`` would run on
-    the CPU). Then the confusion-matrix targets (from int64 labels, and from bf16 logits),
-    which ``pytest --benchmark`` times."""
+def target_cases(channels_last: bool = False) -> list[CompileCase]:
+    """The loss cases of the ``targets`` sweep preset at their real shapes (logits in
+    channels_last with ``channels_last``), as a GPU run of it compiles them: sizes
+    divisible by 16 let Triton vectorise the tile loads and (with ``SEGTRITON_STAGES`` >
+    1) pipeline them, which the small odd shapes of :func:`compile_cases` do not show.
+    Masks are in the logits' dtype, as in every case here and in a sweep. Lovasz is left
+    out (its ``torch.sort`` would run on the CPU). Then the confusion-matrix targets (from
+    int64 labels, and from bf16 logits), which ``pytest --benchmark`` times."""
     import torch
 
     from segtriton.registry import get
@@ -293,12 +293,12 @@ def target_cases() -> list[CompileCase]:
 
     losses = [
         CompileCase(name, dict(get(name).variants[0]), tuple(shape), DTYPES[dtype],
-                    torch.int64, False, empty=True)
+                    torch.int64, channels_last, empty=True)
         for name, shape, dtype in sweep_cases()
         if not name.startswith("lovasz")
     ]  # fmt: skip
     metrics = [
-        CompileCase(t.loss, {}, t.shape, torch.bfloat16, torch.int64, False, empty=True)
+        CompileCase(t.loss, {}, t.shape, torch.bfloat16, torch.int64, channels_last, empty=True)
         for t in TARGETS
         if t.loss in ("confusion_labels", "confusion_logits")
     ]
@@ -367,16 +367,20 @@ def run_case(case: CompileCase) -> None:
 
 
 def compile_registry(
-    arch: int = 90, quick: bool = False, show_progress: bool = True, targets: bool = False
+    arch: int = 90,
+    quick: bool = False,
+    show_progress: bool = True,
+    targets: bool = False,
+    channels_last: bool = False,
 ) -> tuple[list[CompiledKernel], list[tuple[str, str]]]:
     """Compile every kernel the cases of :func:`compile_cases` (or, with ``targets``,
-    :func:`target_cases`, whose hot loops are counted too) launch, for ``sm_<arch>``.
-    Returns the compiled specialisations and ``(case, error)`` for each case that
-    failed."""
+    :func:`target_cases`, whose hot loops are counted too; ``channels_last`` there) launch,
+    for ``sm_<arch>``. Returns the compiled specialisations and ``(case, error)`` for each
+    case that failed."""
     from .runner import progress
 
     failures = []
-    cases = target_cases() if targets else compile_cases(quick)
+    cases = target_cases(channels_last) if targets else compile_cases(quick)
     started = time.perf_counter()
     with compile_only(arch, loops=targets) as rows:
         for i, case in enumerate(cases):

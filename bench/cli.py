@@ -140,8 +140,14 @@ def _compile(args: argparse.Namespace) -> int:
 
     from .aot import compile_registry, shared_limit, write_report
 
-    rows, failures = compile_registry(args.arch, quick=args.quick, targets=args.targets)
+    if args.channels_last and not args.targets:
+        print("segtriton compile: --channels-last goes with --targets", file=sys.stderr)
+        return 2
+    rows, failures = compile_registry(
+        args.arch, quick=args.quick, targets=args.targets, channels_last=args.channels_last
+    )
     name = datetime.date.today().isoformat() + ("-targets" if args.targets else "")
+    name += "-channels-last" if args.channels_last else ""
     out = Path(args.out or Path("results") / f"sm{args.arch}-compile" / name)
     report = write_report(rows, failures, out, args.arch, args.command)
     limit = shared_limit(args.arch)
@@ -316,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         action="store_true",
         help="the targets preset's loss cases at their real shapes (uninitialised inputs)",
+    )
+    aot.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="with --targets: the logits in channels_last (the other cases take turns)",
     )
     aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
     aot.set_defaults(func=_compile)

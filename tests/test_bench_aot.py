@@ -165,6 +165,9 @@ def test_target_cases_are_the_targets_presets_loss_cases_uninitialised():
         (name, list(shape)) for name, shape, _ in sweep_cases() if not name.startswith("lovasz")
     ] + sorted(metrics)
     assert all(c.empty and not c.channels_last for c in cases)
+    cl = aot.target_cases(channels_last=True)
+    assert [(c.name, c.shape) for c in cl] == [(c.name, c.shape) for c in cases]
+    assert all(c.empty and c.channels_last for c in cl)
 
 
 _COMPILE_CLI = """
