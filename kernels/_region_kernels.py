@@ -822,9 +822,9 @@ def _region_column_tile(
 ):  # fmt: skip
     """Pass 2 of a softmax over hard labels on a tile holding the whole class column of
     its pixels (``_tiles.column_tiles``: NC classes, a constexpr, VEC pixels a thread;
-    CLASS_FAST on channels_last):
-    the logits are read once, and ``(m, s)``, ``sum_k p_k dL/dp_k`` and the pixel term's
-    sums stay in the thread's registers (:func:`_column_sums`). ``dL/dp_c`` is
+    CLASS_FAST on channels_last): the logits are read once, and ``(m, s)``, ``sum_k p_k
+    dL/dp_k`` and the pixel term's sums stay in the thread's registers
+    (:func:`_column_sums`). ``dL/dp_c`` is
     :func:`_dp_rows` with PRODUCT sums, else :func:`_dl_dp` of the label's one-hot. The
     pixel term adds ``kpix (K (p - onehot) + eps/C (W p - w_c))``
     (:func:`_softmax_grad_p`). Rows past NC are neither loaded nor written, and add -0.0
