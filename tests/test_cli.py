@@ -63,6 +63,14 @@ def test_traffic_refuses_compiled_triton(monkeypatch, capsys):
     assert "segtriton traffic runs in the interpreter" in capsys.readouterr().err
 
 
+def test_compile_takes_channels_last_only_with_targets(monkeypatch, capsys):
+    from segtriton.bench.cli import main
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert main(["compile", "--channels-last"]) == 2
+    assert "--channels-last goes with --targets" in capsys.readouterr().err
+
+
 def test_compare_allows_five_percent_by_default(tmp_path, capsys):
     from bench_rows import bench_row, save_run
 
