@@ -31,8 +31,9 @@
 #                         COMPILE_FIRST losses (until 381 s), CE, softmax focal and Dice
 #                         (bf16) under each of LEASE_VARIANTS (28 s each) against the
 #                         default rows, the CHANNELS_LAST losses on channels_last logits
-#                         (Triton and eager, bf16, 33 s), the signed-map and Lovasz-sort
-#                         benchmarks (until 492 s), the probe's host stage (until LIMIT - 45; in bench.log),
+#                         (Triton and eager, bf16, 33 s; then Triton under
+#                         SEGTRITON_COLUMN=0, 22 s, against them), the signed-map and
+#                         Lovasz-sort benchmarks (until 492 s), the probe's host stage (until LIMIT - 45; in bench.log),
 #                         then the other compile rows until LIMIT - 20; the
 #                         report's "Issue targets" table says what was met. At most 8
 #                         files of $OUT come back and the lease writes 6: add at most the
@@ -176,6 +177,12 @@ run_lease() {
     SWEEP_DIR=$dir SWEEP_CAP=$((LIMIT * 6 / 100)) run_sweep targets \
         --providers triton,eager --dtypes bf16 --memory-formats channels_last \
         --losses "$CHANNELS_LAST" --reps 20 --resume > /dev/null
+    # and the class-row walks they replaced there, against those rows
+    variant_runs "$dir/variants" $((LIMIT * 4 / 100)) "cl-column0:SEGTRITON_COLUMN=0" \
+        --preset targets --losses "$CHANNELS_LAST" --dtypes bf16 \
+        --memory-formats channels_last --reps 20
+    [ -f "$dir/variants/cl-column0/rows.json" ] && [ -f "$dir/rows.json" ] &&
+        python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/cl-column0" | tee -a "$OUT/tiles.log"
     # the signed-map reference takes 4-8 s a round
     run_bench "$(left $((LIMIT * 88 / 100)))" "signed_map or sort_share" \
         "$dir/pytest-benchmark-2.json"
