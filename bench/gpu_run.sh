@@ -33,8 +33,9 @@
 #                         default rows, the CHANNELS_LAST losses on channels_last logits
 #                         (Triton and eager, bf16, 33 s; then Triton under
 #                         SEGTRITON_COLUMN=0, 22 s, against them), the signed-map and
-#                         Lovasz-sort benchmarks (until 492 s), the probe's host stage (until LIMIT - 45; in bench.log),
-#                         then the other compile rows until LIMIT - 20; the
+#                         Lovasz-sort benchmarks (until 492 s), the probe's host stage
+#                         (until LIMIT - 45; in bench.log), then the other compile rows
+#                         until LIMIT - 20; the
 #                         report's "Issue targets" table says what was met. At most 8
 #                         files of $OUT come back and the lease writes 6: add at most the
 #                         call's own log (the rows, report and benchmark JSON travel in

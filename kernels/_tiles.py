@@ -457,11 +457,12 @@ def column_tiles(
     apart, not ``VEC C``. ``SEGTRITON_COLUMN_PIXELS`` sets another width
     (:data:`COLUMN_PIXELS`)."""
     B, C = x.shape[:2]
-    if smooth and not class_fast(C, class_stride):
+    fast = class_fast(C, class_stride)
+    if smooth and not fast:
         most //= 2
-    if most < C or not (pixel_stride == 1 or class_fast(C, class_stride)):
+    if most < C or not (pixel_stride == 1 or fast):
         return None
-    vec = 1 if class_fast(C, class_stride) else 4 if C <= 4 else 2
+    vec = 1 if fast else 4 if C <= 4 else 2
     warps = COLUMN_WARPS
     if COLUMN_PIXELS:
         warps = min(32, max(1, COLUMN_PIXELS // (32 * vec)))

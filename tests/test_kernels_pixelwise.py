@@ -32,7 +32,7 @@ from kernel_checks import (
 from segtriton import kernels as ker
 from segtriton import reference as ref
 from segtriton.kernels._pixelwise_kernels import _sigmoid_parts
-from segtriton.kernels._tiles import fast_log2, log1p_atanh, log1p_pos
+from segtriton.kernels._tiles import column_tiles, fast_log2, log1p_atanh, log1p_pos, pixel_view
 from segtriton.registry import get, make_inputs
 
 KERNELS = kernels_of("pixelwise")
@@ -58,8 +58,6 @@ def test_channels_last_column_tiles(C, dtype, seed, gen):
     as ``[pixels, classes]``), label smoothing included, where NCHW halves that limit;
     CE with smoothing and class weights, and softmax focal with per-class alpha, against
     the reference, on a spatial size that leaves a part-masked last tile."""
-    from segtriton.kernels._tiles import column_tiles, pixel_view
-
     w = torch.linspace(0.5, 2.0, C).tolist()
     for name, opts in (
         ("cross_entropy", {"label_smoothing": 0.1, "weight": w, "ignore_index": 255}),
@@ -68,11 +66,10 @@ def test_channels_last_column_tiles(C, dtype, seed, gen):
         entry = get(name)
         x, t = make_inputs(entry, (2, C, 5, 29), opts, dtype, gen, ignore_frac=0.2, device=DEVICE)
         x = to_channels_last(x)
-        _, _, sxc, sxs = pixel_view(x)
         smooth = name == "cross_entropy"
-        assert column_tiles(x, smooth, sxc, sxs) is not None
+        assert column_tiles(x, smooth, *pixel_view(x)[2:]) is not None
         if smooth:  # on NCHW, the walks
-            assert column_tiles(x.contiguous(), smooth, 5 * 29, 1) is None
+            assert column_tiles(x, smooth, *pixel_view(x.contiguous())[2:]) is None
         assert_matches(entry, x, t, opts, dtype, seed)
 
 
