@@ -143,6 +143,15 @@ MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = _chunk()  # (BLOCK_C, BLOCK_P) when classes are streamed
+
+
+def _flat() -> bool:
+    """Whether elementwise losses read channels_last logits and masks as flat ranges
+    (:func:`flat_layout`): yes unless ``SEGTRITON_FLAT`` is 0, read once at import (the
+    lease times the class-row walks so against them)."""
+    return bool(_knob_in("SEGTRITON_FLAT", 1, 0, 1))
+
+
 _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
 UNROLL = _unroll()  # (the CE / softmax focal statistics walk, every other walk)
@@ -150,6 +159,7 @@ WRITE_ROWS = _write_rows()  # class rows per chunk of a walk that writes the gra
 COLUMN_CLASSES = _column_classes()  # most classes of a column tile (CE, softmax focal)
 COLUMN_WARPS = 4
 COLUMN_PIXELS = _column_pixels()  # 0: 32 * COLUMN_WARPS * VEC
+FLAT = _flat()  # channels_last masks and logits as flat ranges (BCE, sigmoid focal)
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
 
@@ -482,6 +492,39 @@ def class_fast(C: int, class_stride: int) -> bool:
     pixel's classes contiguous (channels_last: class stride 1, more than one class); the
     kernels' ``CLASS_FAST`` (:func:`column_classes`)."""
     return C > 1 and class_stride == 1
+
+
+def flat_layout(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether an elementwise kernel can read logits ``x [B, C, *S]`` and ``others`` (of
+    their shape, or None) as one flat range each (:func:`flat_view`): ``x`` dense with its
+    classes fastest (:func:`class_fast`: channels_last, any spatial order), every other in
+    the same strides. Element i of each is then class ``i mod C``, and runs of them load
+    whole vectors, where a walk over class rows reads elements ``C`` apart. Never with
+    ``SEGTRITON_FLAT=0`` (:data:`FLAT`)."""
+    return (
+        FLAT
+        and class_fast(x.shape[1], x.stride(1))
+        and _dense(x)
+        and all(o.stride() == x.stride() for o in others if o is not None)
+    )
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether ``x`` fills ``x.numel()`` consecutive elements, each once: its strides, in
+    increasing order, are 1 and the running products of the sizes (size-1 dims left out)."""
+    expected = 1
+    dims = zip(x.stride(), x.shape, strict=True)
+    for stride, size in sorted((stride, size) for stride, size in dims if size != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def flat_view(x: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's storage as ``[1, 1, numel]``, in storage order (``flat_layout``)."""
+    n = x.numel()
+    return x.as_strided((1, 1, n), (n, n, 1))
 
 
 @triton.jit

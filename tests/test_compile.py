@@ -199,6 +199,29 @@ def test_write_rows_knob():
         assert "SEGTRITON_WRITE_ROWS must be 1, 2, 4 or 8" in proc.stderr, value
 
 
+def test_flat_knob():
+    """SEGTRITON_FLAT=0 keeps BCE / sigmoid focal on their class walks where channels_last
+    logits and masks could go as flat ranges (1, unset, lets them); other values are
+    refused by name."""
+    code = (
+        "import torch\n"
+        "from segtriton.kernels._tiles import flat_layout\n"
+        "x = torch.zeros(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)\n"
+        "print(flat_layout(x, x))"
+    )
+
+    def run(value: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "SEGTRITON_FLAT"}
+        env.update({} if value is None else {"SEGTRITON_FLAT": value})
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+    for value, expected in ((None, "True"), ("1", "True"), ("0", "False")):
+        proc = run(value)
+        assert proc.stdout.split() == [expected], proc.stderr
+    bad = run("2")
+    assert bad.returncode != 0 and "SEGTRITON_FLAT must be 0 to 1" in bad.stderr
+
+
 def test_streamed_class_knobs():
     """SEGTRITON_MAX_SINGLE_C sets the most classes one tile holds (default 1), SEGTRITON_CHUNK
     the streamed chunk (default one class by 512 pixels, at least 16 pixels); malformed

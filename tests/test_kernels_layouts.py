@@ -13,7 +13,7 @@ import pytest
 import torch
 from kernel_checks import DEVICE, KERNELS, assert_matches, light_case, to_channels_last
 
-from segtriton.kernels._tiles import pixel_view
+from segtriton.kernels._tiles import flat_layout, pixel_view
 from segtriton.registry import make_inputs
 
 
@@ -110,3 +110,17 @@ def test_grad_output_layouts(entry, gen):
         (got,) = torch.autograd.grad(loss, x, gout, retain_graph=True)
         (want,) = torch.autograd.grad(loss, x, gout.contiguous(), retain_graph=True)
         assert torch.equal(got, want), name
+
+
+def test_flat_layout_needs_dense_storage_with_classes_fastest():
+    """An elementwise kernel reads logits and masks as flat ranges only when the logits
+    are dense with their classes fastest and the others share their strides."""
+    x, v = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 4, 5, 6)
+    cl, cl3 = to_channels_last(x), to_channels_last(v)
+    spatial_swapped = x.permute(0, 3, 2, 1).contiguous().permute(0, 3, 2, 1)
+    assert flat_layout(cl, cl.clone(), None) and flat_layout(cl3, torch.empty_like(cl3))
+    assert flat_layout(spatial_swapped, spatial_swapped.clone())
+    assert not flat_layout(x, x.clone())  # NCHW: pixels fastest
+    assert not flat_layout(cl, x)  # masks NCHW beside channels_last logits
+    assert not flat_layout(_classes_sliced(x), _classes_sliced(x))  # gaps between pixels
+    assert not flat_layout(to_channels_last(x[:, :1]), to_channels_last(x[:, :1]))  # one class

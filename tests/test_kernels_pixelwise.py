@@ -73,6 +73,42 @@ def test_channels_last_column_tiles(C, dtype, seed, gen):
         assert_matches(entry, x, t, opts, dtype, seed)
 
 
+@pytest.mark.parametrize("C", [2, 3, 19])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_losses_read_channels_last_masks_flat(C, dtype, monkeypatch, seed, gen):
+    """Masks stored like channels_last logits go with them and the gradient as one flat
+    range each (``flat_layout``) for a summed loss without per-class factors: BCE with
+    smoothing or an ignore value, sigmoid focal with a scalar alpha; with per-class
+    factors (BCE's weight and pos_weight, the focal loss's alpha per class) and for
+    reduction='none' the kernel walks the class rows. 2-D and 3-D sizes of several
+    tiles, the last one part-masked, against the reference."""
+    from segtriton.kernels import pixelwise
+
+    calls = record_calls(monkeypatch, "flat_layout", [pixelwise])
+    v = torch.linspace(0.2, 0.9, C).tolist()  # a different value for every class
+    cases = (
+        ("bce", {"ignore_index": 255}),
+        ("bce", {"label_smoothing": 0.1}),
+        ("bce", {"pos_weight": [3 * a for a in v], "weight": v[::-1], "ignore_index": 255}),
+        ("sigmoid_focal", {"mode": "multilabel", "alpha": 0.25, "gamma": 1.5}),
+        ("sigmoid_focal", {"mode": "multilabel", "alpha": v, "gamma": 2.0, "ignore_index": 255}),
+    )
+    for k, (name, opts) in enumerate(cases):
+        entry = get(name)
+        spatial = (9, 31) if k % 2 else (3, 5, 23)
+        drop = 0.2 if "ignore_index" in opts else 0.0
+        x, t = make_inputs(
+            entry, (2, C, *spatial), opts, dtype, gen, ignore_frac=drop, soft=True, device=DEVICE
+        )
+        x, t = to_channels_last(x), to_channels_last(t)
+        per_class = any(isinstance(value, list) for value in opts.values())
+        for reduction in ("mean", "sum", "none"):
+            calls.clear()
+            assert_matches(entry, x, t, {**opts, "reduction": reduction}, dtype, seed)
+            flat = not per_class and reduction != "none"
+            assert [result for _, result in calls] == ([True] if flat else [])
+
+
 @pytest.mark.parametrize(("entry", "options"), variants_at(KERNELS, 300))
 def test_large_class_count_streams_classes(entry, options, seed, gen):
     """Every variant, its per-class vectors repeated to C, where C > 256 takes the

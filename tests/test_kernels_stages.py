@@ -7,9 +7,10 @@ program grid included), classes streamed in chunks of 8 by 256 pixels
 (``SEGTRITON_CHUNK=8,256``), the class walks unrolled (``SEGTRITON_UNROLL``), the
 gradient-writing walks taking 1 or 8 class rows at once (``SEGTRITON_WRITE_ROWS``) and CE
 / softmax focal and the region passes on labels walking classes where the default holds
-each pixel's class column (``SEGTRITON_COLUMN=0``), and those column tiles 256 pixels wide
-(``SEGTRITON_COLUMN_PIXELS``: a GPU's default above 4 classes, where Triton's interpreter
-takes 1024).
+each pixel's class column (``SEGTRITON_COLUMN=0``; with it ``SEGTRITON_FLAT=0``, BCE walking
+channels_last logits and masks where the default reads them as flat ranges), and those
+column tiles 256 pixels wide (``SEGTRITON_COLUMN_PIXELS``: a GPU's default above 4
+classes, where Triton's interpreter takes 1024).
 
 They are read when segtriton.kernels is imported, so the cases run in a child process (in
 Triton's interpreter where this one uses it, compiled on a GPU).
@@ -43,11 +44,12 @@ from segtriton.registry import fit_variant, get, make_inputs
 
 knobs = (_tiles.STAGES, _tiles.TILES_PER_PROGRAM, _tiles.MAX_TILE)
 knobs += (_tiles.MAX_SINGLE_C, *_tiles.CHUNK, *_tiles.UNROLL, _tiles.WRITE_ROWS)
-knobs += (_tiles.COLUMN_CLASSES, _tiles.COLUMN_PIXELS)
+knobs += (_tiles.COLUMN_CLASSES, _tiles.COLUMN_PIXELS, _tiles.FLAT)
 assert knobs == tuple(int(v) for v in sys.argv[2:]), knobs
 seed = int(sys.argv[1])
 # (loss, variant, C, spatial, dtype, reduction, channels_last): spatial sizes that leave
-# several programs per launch, the last one with tiles past the end of the grid
+# several programs per launch, the last one with tiles past the end of the grid; masks of
+# the logits' shape follow them into channels_last
 CASES = [
     ("cross_entropy", 0, 19, (7, 83), torch.bfloat16, "mean", False),
     ("cross_entropy", 1, 3, (23, 61), torch.float32, "none", True),
@@ -55,6 +57,7 @@ CASES = [
     ("softmax_focal", 1, 4, (23, 61), torch.float32, "none", False),
     ("softmax_focal", 0, 150, (5, 37), torch.float16, "sum", False),
     ("bce", 1, 3, (23, 61), torch.float32, "mean", False),
+    ("bce", 0, 3, (23, 61), torch.bfloat16, "sum", True),
     ("sigmoid_focal_ovr", 0, 3, (3, 5, 41), torch.bfloat16, "mean", False),
     ("dice", 3, 3, (23, 61), torch.float32, "mean", False),
     ("dice", 1, 19, (7, 83), torch.bfloat16, "none", True),
@@ -70,7 +73,7 @@ for k, (name, v, C, spatial, dtype, reduction, cl) in enumerate(CASES):
     gen = torch.Generator().manual_seed(seed + k)
     x, t = make_inputs(entry, (3, C, *spatial), options, dtype, gen, 0.2, 255, device=DEVICE)
     if cl:
-        x = to_channels_last(x)
+        x, t = to_channels_last(x), to_channels_last(t) if t.shape == x.shape else t
     assert_matches(entry, x, t, options, dtype, seed + k)
 print("checked", len(CASES))
 """
@@ -84,6 +87,7 @@ KNOBS = (
     "SEGTRITON_UNROLL",
     "SEGTRITON_WRITE_ROWS",
     "SEGTRITON_COLUMN",
+    "SEGTRITON_FLAT",
 )
 
 
@@ -158,7 +162,7 @@ def test_region_label_edge_cases_under_the_default_tiles():
         ({"SEGTRITON_UNROLL": "4"}, (1, 1, 2048, 1, 1, 512, 4, 4, 4, 32)),
         ({"SEGTRITON_WRITE_ROWS": "1"}, (1, 1, 2048, 1, 1, 512, 4, 1, 1, 32)),
         ({"SEGTRITON_WRITE_ROWS": "8"}, (1, 1, 2048, 1, 1, 512, 4, 1, 8, 32)),
-        ({"SEGTRITON_COLUMN": "0"}, (1, 1, 2048, 1, 1, 512, 4, 1, 4, 0)),
+        ({"SEGTRITON_COLUMN": "0", "SEGTRITON_FLAT": "0"}, (1, 1, 2048, 1, 1, 512, 4, 1, 4, 0)),
         ({"SEGTRITON_COLUMN_PIXELS": "256"}, (1, 1, 2048, 1, 1, 512, 4, 1, 4, 32)),
     ],
     ids=[
@@ -173,19 +177,19 @@ def test_region_label_edge_cases_under_the_default_tiles():
         "unroll4_rows",
         "rows1",
         "rows8",
-        "column0",
+        "walks",
         "column256",
     ],
 )
 def test_kernel_knobs_match_the_reference(knobs, expected, seed):
     # the column tiles' width passes to the child as this process has it (conftest.py)
     pixels = knobs.get("SEGTRITON_COLUMN_PIXELS", os.environ.get("SEGTRITON_COLUMN_PIXELS", "0"))
-    expected = (*expected, int(pixels))
+    expected = (*expected, int(pixels), int(knobs.get("SEGTRITON_FLAT", "1")))
     env = _child_env(knobs)
     argv = [sys.executable, "-c", CHILD, str(seed), *map(str, expected)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "checked 14" in out.stdout
+    assert "checked 15" in out.stdout
 
 
 @triton.jit
