@@ -277,10 +277,11 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
 
 
 def target_cases(channels_last: bool = False) -> list[CompileCase]:
-    """The loss cases of the ``targets`` sweep preset at their real shapes (logits in
-    channels_last with ``channels_last``), as a GPU run of it compiles them: sizes
-    divisible by 16 let Triton vectorise the tile loads and (with ``SEGTRITON_STAGES`` >
-    1) pipeline them, which the small odd shapes of :func:`compile_cases` do not show.
+    """The loss cases of the ``targets`` sweep preset at their real shapes (logits, and
+    masks of their shape, in channels_last with ``channels_last``), as a GPU run of it
+    compiles them: sizes divisible by 16 let Triton vectorise the tile loads and (with
+    ``SEGTRITON_STAGES`` > 1) pipeline them, which the small odd shapes of
+    :func:`compile_cases` do not show.
     Masks are in the logits' dtype, as in every case here and in a sweep. Lovasz is left
     out (its ``torch.sort`` would run on the CPU). Then the confusion-matrix targets (from
     int64 labels, and from bf16 logits), which ``pytest --benchmark`` times."""
@@ -312,14 +313,15 @@ def run_case(case: CompileCase) -> None:
     from segtriton import kernels
     from segtriton.registry import get, make_inputs
 
+    from .spec import channels_last
+
     gen = torch.Generator().manual_seed(0)
     B, C, *spatial = case.shape
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}[len(case.shape)]
     if case.name == "confusion_masks":  # multilabel: logits against uint8 masks
         target = torch.randint(0, 2, case.shape, generator=gen).to(torch.uint8)
         preds = torch.randn(case.shape, generator=gen).to(case.dtype)
         if case.channels_last:
-            preds, target = (x.contiguous(memory_format=fmt) for x in (preds, target))
+            preds, target = channels_last(preds, target)
         kernels.confusion_matrix(preds, target, C, ignore_index=255, validate=False, **case.options)
         return
     if case.name.startswith("confusion"):
@@ -334,7 +336,7 @@ def run_case(case: CompileCase) -> None:
             else:
                 preds = torch.randn(case.shape, generator=gen).to(case.dtype)
             if case.channels_last:
-                preds = preds.contiguous(memory_format=fmt)
+                preds, target = channels_last(preds, target)
         else:
             preds = target if case.empty else torch.randint(0, C, labels, generator=gen)
             preds = preds.to(case.label_dtype)
@@ -360,7 +362,7 @@ def run_case(case: CompileCase) -> None:
             label_dtype=case.label_dtype, mask_dtype=case.dtype,
         )  # fmt: skip
     if case.channels_last:
-        x = x.contiguous(memory_format=fmt)
+        x, t = channels_last(x, t)
     x.requires_grad_(True)
     loss = entry.triton()(x, t, **opts)
     loss.sum().backward()

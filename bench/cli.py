@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dtypes", help="comma-separated: fp32,fp16,bf16")
     sweep.add_argument("--modes", help="comma-separated: fwd,bwd,fwd+bwd")
     sweep.add_argument(
-        "--memory-formats", help="comma-separated: contiguous,channels_last (the logits' layout)"
+        "--memory-formats",
+        help="comma-separated: contiguous,channels_last (the logits' layout; masks follow)",
     )
     sweep.add_argument("--out", help="output folder (default results/<device>/<date or name>)")
     sweep.add_argument("--name", help="run name for the default output folder")
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     aot.add_argument(
         "--channels-last",
         action="store_true",
-        help="with --targets: the logits in channels_last (the other cases take turns)",
+        help="with --targets: the logits (and masks) in channels_last (the other cases take turns)",
     )
     aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
     aot.set_defaults(func=_compile)

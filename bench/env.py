@@ -67,6 +67,7 @@ def environment() -> dict[str, object]:
         "write_rows": _tiles.WRITE_ROWS,  # SEGTRITON_WRITE_ROWS
         "column": _tiles.COLUMN_CLASSES,  # SEGTRITON_COLUMN
         "column_pixels": _tiles.COLUMN_PIXELS,  # SEGTRITON_COLUMN_PIXELS (0: the default)
+        "flat": int(_tiles.FLAT),  # SEGTRITON_FLAT
         "fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION", "triton's default"),
     }
     if torch.cuda.is_available():
@@ -106,7 +107,7 @@ def provenance(command: str) -> str:
         f"SEGTRITON_STAGES={env['stages']}, SEGTRITON_MAX_SINGLE_C={env['max_single_c']}, "
         f"SEGTRITON_CHUNK={env['chunk']}, SEGTRITON_UNROLL={env['unroll']}, "
         f"SEGTRITON_WRITE_ROWS={env['write_rows']}, SEGTRITON_COLUMN={env['column']}, "
-        f"SEGTRITON_COLUMN_PIXELS={env['column_pixels']}). "
+        f"SEGTRITON_COLUMN_PIXELS={env['column_pixels']}, SEGTRITON_FLAT={env['flat']}). "
         f"triton {env['triton']}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
     )

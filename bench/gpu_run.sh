@@ -152,8 +152,9 @@ LEASE_VARIANTS="column0:SEGTRITON_COLUMN=0 rows1:SEGTRITON_WRITE_ROWS=1 unroll4:
 # compile rows after CE, the focal losses and BCE
 COMPILE_FIRST="cross_entropy,dice,ce_dice,softmax_focal"
 
-# the losses the lease times on channels_last logits as well (Triton and eager, bf16)
-CHANNELS_LAST="cross_entropy,dice,ce_dice"
+# the losses the lease times on channels_last logits as well (Triton and eager, bf16;
+# BCE's masks follow the logits)
+CHANNELS_LAST="cross_entropy,dice,ce_dice,bce"
 
 run_lease() {
     local dir=${SWEEP_DIR:-out/targets} v
@@ -174,16 +175,17 @@ run_lease() {
             python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/$v" | tee -a "$OUT/tiles.log"
     done
     # channels_last logits (never timed before 2026-12-05): rows beside the NCHW ones, in
-    # the report; up to 32 classes they take the column tiles, one pixel a thread
+    # the report; up to 32 classes they take the column tiles, one pixel a thread, and
+    # BCE reads logits, masks and gradient as flat ranges (since 2026-12-06)
     SWEEP_DIR=$dir SWEEP_CAP=$((LIMIT * 6 / 100)) run_sweep targets \
         --providers triton,eager --dtypes bf16 --memory-formats channels_last \
         --losses "$CHANNELS_LAST" --reps 20 --resume > /dev/null
     # and the class-row walks they replaced there, against those rows
-    variant_runs "$dir/variants" $((LIMIT * 4 / 100)) "cl-column0:SEGTRITON_COLUMN=0" \
+    variant_runs "$dir/variants" $((LIMIT * 4 / 100)) "cl-walks:SEGTRITON_COLUMN=0+SEGTRITON_FLAT=0" \
         --preset targets --losses "$CHANNELS_LAST" --dtypes bf16 \
         --memory-formats channels_last --reps 20
-    [ -f "$dir/variants/cl-column0/rows.json" ] && [ -f "$dir/rows.json" ] &&
-        python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/cl-column0" | tee -a "$OUT/tiles.log"
+    [ -f "$dir/variants/cl-walks/rows.json" ] && [ -f "$dir/rows.json" ] &&
+        python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/cl-walks" | tee -a "$OUT/tiles.log"
     # the signed-map reference takes 4-8 s a round
     run_bench "$(left $((LIMIT * 88 / 100)))" "signed_map or sort_share" \
         "$dir/pytest-benchmark-2.json"

@@ -28,7 +28,7 @@ from segtriton.registry import KINK_SHARE, LossEntry, get, make_inputs, minimal_
 
 from .baselines import BASELINES, PEERS
 from .env import environment
-from .spec import DTYPES, LABEL_DTYPES, Case, provider_options
+from .spec import DTYPES, LABEL_DTYPES, Case, channels_last, provider_options
 from .timing import copy_bandwidth, peak_memory, time_fn
 
 # Largest relative error (max |a - b| / max |b|) a row may show against float64 and pass.
@@ -161,9 +161,7 @@ def run_case(
     fn = make_provider(case, entry)  # before the inputs: a provider may refuse the case
     x, t = case_inputs(case, entry, options, device, cache)
     if case.memory_format == "channels_last":
-        x = x.contiguous(
-            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        )
+        x, t = channels_last(x, t)
     need_grad = case.mode != "fwd"
     xg = x.detach().requires_grad_(need_grad)
 

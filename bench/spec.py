@@ -8,7 +8,7 @@ A spec is a dict of axes; every combination of them is one case::
     dtypes = ["bf16", "fp32"]
     label_dtypes = ["int64"]                    # labels; masks take the logits' dtype
     modes = ["fwd+bwd"]                           # fwd | bwd | fwd+bwd
-    memory_formats = ["contiguous"]               # or channels_last
+    memory_formats = ["contiguous"]               # or channels_last (masks follow)
     ignore_frac = 0.05                            # share of ignored pixels
 
 Shapes whose channel count does not fit a loss (binary losses need C = 1) are adapted:
@@ -50,6 +50,15 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 FORMATS = ("contiguous", "channels_last")
 PROVIDERS = ("triton", "eager", "compile", "compile-max-autotune", *BASELINES, *PEERS)
 ONLY_SOME: dict[str, Mapping[str, object]] = {**BASELINES, **PEERS}  # for some losses only
+
+
+def channels_last(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``x`` in channels_last (``channels_last_3d`` for volumes), and the target too
+    where it has their shape (masks), as a model run in that format, its masks converted
+    alike, hands them to a loss; labels stay as they are."""
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    x = x.contiguous(memory_format=fmt)
+    return x, t.contiguous(memory_format=fmt) if t.shape == x.shape else t
 
 
 @dataclass(frozen=True)
