@@ -504,12 +504,12 @@ def flat_layout(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return (
         FLAT
         and class_fast(x.shape[1], x.stride(1))
-        and _dense(x)
+        and is_dense(x)
         and all(o.stride() == x.stride() for o in others if o is not None)
     )
 
 
-def _dense(x: torch.Tensor) -> bool:
+def is_dense(x: torch.Tensor) -> bool:
     """Whether ``x`` fills ``x.numel()`` consecutive elements, each once: its strides, in
     increasing order, are 1 and the running products of the sizes (size-1 dims left out)."""
     expected = 1

@@ -82,6 +82,7 @@ from ._tiles import (
     grad_like,
     ignore_arg,
     ignore_value,
+    is_dense,
     label_view,
     loss_views,
     next_pow2,
@@ -138,7 +139,11 @@ def _prepass(
     target: torch.Tensor, C: int, ignore_index: float, labels: bool, weight: torch.Tensor | None
 ) -> torch.Tensor:
     """Device scalar: the number of valid target entries, or the sum of their class weights
-    (``weight[y]`` of labels, ``weight[c]`` of channel c's masks)."""
+    (``weight[y]`` of labels, ``weight[c]`` of channel c's masks). Unweighted dense masks
+    are counted as one flat range in storage order (channels_last ones are then read
+    whole, not a class row at a time)."""
+    if not labels and weight is None and is_dense(target):
+        target = flat_view(target)
     t, stb, str_, sts = pixel_view(target.unsqueeze(1) if labels else target)
     R = 1 if labels else t.shape[1]
     S = spatial_size(t)
