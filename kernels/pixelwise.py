@@ -1169,6 +1169,9 @@ def binary_cross_entropy_with_logits(
     ``pos_weight``, 'mean' over valid elements, ``label_smoothing``). Targets: masks of
     the logits' shape (any dtype, soft allowed; ``[B, *S]`` for C = 1). ``validate=True``
     checks mask values on the host; otherwise values outside [0, 1] make the loss NaN.
+    Any layout is read in place; with channels_last logits, masks in channels_last too
+    let a 'mean' or 'sum' loss without ``weight`` or ``pos_weight`` read whole vectors
+    (``_sigmoid_launch``).
     """
     target = checked_target(logits, target, False, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
@@ -1199,7 +1202,8 @@ def sigmoid_focal_loss(
     """Triton sigmoid focal loss; semantics of ``segtriton.reference.sigmoid_focal_loss``
     (modes 'binary', 'multilabel' on masks, 'multiclass' one-vs-rest on integer labels;
     ``alpha`` one number or one per class, ``weight`` per class). ``validate`` as in
-    :func:`cross_entropy` / :func:`binary_cross_entropy_with_logits`.
+    :func:`cross_entropy` / :func:`binary_cross_entropy_with_logits`; layouts as in the
+    latter, where a scalar ``alpha`` is no per-class factor ('multiclass' labels walk).
     """
     check_mode(mode, logits)
     check_choice("reduction", reduction, _REDUCTIONS)
