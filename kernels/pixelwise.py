@@ -955,23 +955,13 @@ def _sigmoid_launch(
     gout,
     count=False,
 ):
-    """One launch of the sigmoid kernel; returns as :func:`_softmax_launch` does.
-
-    The kernel walks class rows, each load a run of pixels of one class, so on
-    channels_last logits a thread reads elements C apart. A summed loss without
-    per-class factors over masks stored as the logits are (:func:`~._tiles.flat_layout`)
-    is the same sum over all elements in any order: the three tensors then go in as flat
-    ranges (one class, numel pixels), each thread's run contiguous (sm_90, BCE at C = 3
-    bf16: 3 vector loads and stores a thread, 47 registers; the walk takes 24 scalar
-    ones and 113). Per-class factors keep the walk: picked per element (offset mod C,
-    then a gather), they took a flat BCE with weight and pos_weight to 115 SASS
-    instructions per element, where the walk's loop takes 70 and a flat one without
-    them 69."""
-    per_el = reduction == "none"
-    per_class = weight is not None or pos_weight is not None
-    if not (labels or per_el or per_class) and flat_layout(logits, target, grad):
+    """One launch of the sigmoid kernel; returns as :func:`_softmax_launch` does, per
+    element in the logits' layout where :func:`_sigmoid_flat` says so."""
+    flat = _sigmoid_flat(logits, target, labels, weight, pos_weight, grad, gout)
+    if flat:
         t = target.view(torch.uint8) if target.dtype == torch.bool else target
-        x, t, grad = flat_view(logits), flat_view(t), grad if grad is None else flat_view(grad)
+        x, t = flat_view(logits), flat_view(t)
+        grad, gout = (v if v is None else flat_view(v) for v in (grad, gout))
         n = x.shape[2]
         sxb, sxc, sxs, stb, stc, sts = n, n, 1, n, n, 1
     else:
@@ -983,6 +973,7 @@ def _sigmoid_launch(
     n_pblocks = cdiv(S, block_p)
     n_blocks = B * n_pblocks
     n_programs = program_count(n_blocks)
+    per_el = reduction == "none"
     n_loss = B * C * S if per_el else n_programs * (2 if count else 1)
     loss, (g, sgb, sgc, sgs) = _outputs(gout, n_loss, grad, x)
     _sigmoid_loss_kernel[(n_programs,)](
@@ -1030,7 +1021,27 @@ def _sigmoid_launch(
         BLOCK_P=block_p,
         num_warps=num_warps_for(block_c, block_p),
     )
+    if flat and per_el and loss is not None:  # written in storage order
+        loss = loss.as_strided(logits.shape, logits.stride())
     return loss
+
+
+def _sigmoid_flat(logits, target, labels, weight, pos_weight, *others) -> bool:
+    """Whether the sigmoid kernel reads logits, masks and ``others`` (gradient, per-element
+    grad_output; None where absent) as flat ranges (:func:`~._tiles.flat_layout`), and
+    writes per-element losses in the logits' layout.
+
+    The kernel walks class rows, each load a run of pixels of one class, so on
+    channels_last logits a thread reads elements C apart. Without per-class factors the
+    loss of an element depends on no index, so masks stored as the logits are go in with
+    them as flat ranges (one class, numel pixels), each thread's run contiguous (sm_90,
+    BCE at C = 3 bf16: 3 vector loads and stores a thread, 47 registers; the walk takes
+    24 scalar ones and 113). Per-class factors keep the walk: picked per element (offset
+    mod C, then a gather), they took a flat BCE with weight and pos_weight to 115 SASS
+    instructions per element, where the walk's loop takes 70 and a flat one without them
+    69."""
+    per_class = weight is not None or pos_weight is not None
+    return not (labels or per_class) and flat_layout(logits, target, *others)
 
 
 def _sigmoid_denom(logits, target, labels, ignore_index, reduction):
@@ -1102,8 +1113,12 @@ def _(
     reduction,
     need_grad,
 ):
-    shape = logits.shape if reduction == "none" else ()
-    loss = logits.new_empty(shape, dtype=torch.float32)
+    if reduction != "none":
+        loss = logits.new_empty((), dtype=torch.float32)
+    elif _sigmoid_flat(logits, target, labels, weight, pos_weight):
+        loss = torch.empty_like(logits, dtype=torch.float32)
+    else:
+        loss = logits.new_empty(logits.shape, dtype=torch.float32)
     return loss, *_fake_grad(logits, need_grad, reduction)
 
 
@@ -1122,7 +1137,11 @@ def _sigmoid_pixel_grad(
     focal: bool,
 ) -> torch.Tensor:
     grad = grad_like(logits)
-    gout = grad_output.to(torch.float32).contiguous()
+    gout = grad_output.to(torch.float32)
+    if not _sigmoid_flat(logits, target, labels, weight, pos_weight, grad):
+        gout = gout.contiguous()
+    elif gout.stride() != logits.stride():  # into the logits' layout, read flat
+        gout = torch.empty_like(logits, dtype=torch.float32).copy_(gout)
     _sigmoid_launch(
         logits,
         target,

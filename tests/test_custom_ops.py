@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS
+from kernel_checks import DEVICE, KERNELS, to_channels_last
 
 from segtriton import kernels as ker
 from segtriton.kernels import _ops
-from segtriton.registry import make_inputs
+from segtriton.registry import get, make_inputs
 
 
 def _key(args: tuple) -> tuple:
@@ -87,6 +87,28 @@ def test_custom_ops_pass_opcheck(entry, gen):
 
         _record(calls, step)
     assert calls, f"{entry.name} called no custom op"
+    _check(calls)
+
+
+@pytest.mark.parametrize("name", ["bce", "sigmoid_focal"])
+def test_sigmoid_ops_pass_opcheck_on_channels_last_masks(name, gen):
+    """Logits and masks both channels_last: the sigmoid ops read them as flat ranges and
+    return per-element losses in that layout, which their fakes must give too."""
+    entry = get(name)
+    calls: dict = {}
+    for reduction in ("none", "mean"):
+        options = entry.ignoring({**entry.variants[0], "reduction": reduction})
+        x, t = make_inputs(
+            entry, (2, 3, 6, 7), options, torch.float32, gen, 0.1, mask_dtype=torch.float32
+        )
+        x, t = to_channels_last(x.to(DEVICE)), to_channels_last(t.to(DEVICE))
+        x.requires_grad_(True)
+
+        def step(x=x, t=t, options=options):
+            loss = entry.kernel(x, t, **options)
+            torch.autograd.grad(loss.sum(), x)
+
+        _record(calls, step)
     _check(calls)
 
 

@@ -76,12 +76,13 @@ def test_channels_last_column_tiles(C, dtype, seed, gen):
 @pytest.mark.parametrize("C", [2, 3, 19])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_losses_read_channels_last_masks_flat(C, dtype, monkeypatch, seed, gen):
-    """Masks stored like channels_last logits go with them and the gradient as one flat
-    range each (``flat_layout``) for a summed loss without per-class factors: BCE with
-    smoothing or an ignore value, sigmoid focal with a scalar alpha; with per-class
-    factors (BCE's weight and pos_weight, the focal loss's alpha per class) and for
-    reduction='none' the kernel walks the class rows. 2-D and 3-D sizes of several
-    tiles, the last one part-masked, against the reference."""
+    """Masks stored like channels_last logits go with them, the gradient and a per-element
+    grad_output as one flat range each (``flat_layout``) where no per-class factor
+    applies: BCE with smoothing or an ignore value, sigmoid focal with a scalar alpha,
+    every reduction ('none' returns the logits' layout, as torch does); with per-class
+    factors (BCE's weight and pos_weight, the focal loss's alpha per class) the kernel
+    walks the class rows. 2-D and 3-D sizes of several tiles, the last one part-masked,
+    against the reference."""
     from segtriton.kernels import pixelwise
 
     calls = record_calls(monkeypatch, "flat_layout", [pixelwise])
@@ -105,8 +106,10 @@ def test_sigmoid_losses_read_channels_last_masks_flat(C, dtype, monkeypatch, see
         for reduction in ("mean", "sum", "none"):
             calls.clear()
             assert_matches(entry, x, t, {**opts, "reduction": reduction}, dtype, seed)
-            flat = not per_class and reduction != "none"
-            assert [result for _, result in calls] == ([True] if flat else [])
+            flats = [result for _, result in calls]
+            assert flats == [] if per_class else flats and all(flats), (name, reduction)
+        loss = entry.kernel(x, t, **opts, reduction="none")
+        assert loss.stride() == (x.contiguous() if per_class else x).stride()
 
 
 @pytest.mark.parametrize(("entry", "options"), variants_at(KERNELS, 300))
