@@ -1189,8 +1189,8 @@ def binary_cross_entropy_with_logits(
     the logits' shape (any dtype, soft allowed; ``[B, *S]`` for C = 1). ``validate=True``
     checks mask values on the host; otherwise values outside [0, 1] make the loss NaN.
     Any layout is read in place; with channels_last logits, masks in channels_last too
-    let a 'mean' or 'sum' loss without ``weight`` or ``pos_weight`` read whole vectors
-    (``_sigmoid_launch``).
+    let a loss without ``weight`` or ``pos_weight`` read whole vectors, and 'none' then
+    returns that layout (:func:`_sigmoid_flat`).
     """
     target = checked_target(logits, target, False, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
