@@ -139,19 +139,17 @@ def _column_pixels() -> int:
     return value
 
 
+def _flat() -> bool:
+    """Whether elementwise losses read channels_last logits and masks as flat ranges
+    (:func:`flat_layout`): yes unless ``SEGTRITON_FLAT`` is 0, read once at import (the
+    lease sets 0 to time the class-row walks against the flat reads)."""
+    return bool(_knob_in("SEGTRITON_FLAT", 1, 0, 1))
+
+
 MAX_TILE = _max_tile()
 STAGES = _stages()
 TILES_PER_PROGRAM = 1 if STAGES == 1 else 8
 CHUNK = _chunk()  # (BLOCK_C, BLOCK_P) when classes are streamed
-
-
-def _flat() -> bool:
-    """Whether elementwise losses read channels_last logits and masks as flat ranges
-    (:func:`flat_layout`): yes unless ``SEGTRITON_FLAT`` is 0, read once at import (the
-    lease times the class-row walks so against them)."""
-    return bool(_knob_in("SEGTRITON_FLAT", 1, 0, 1))
-
-
 _NO_LABEL = tl.constexpr(RESERVED_IGNORE)  # ignore_index=None on integer labels (``ignored``)
 MAX_SINGLE_C = _max_single_c()  # above this, classes are streamed in chunks (online softmax)
 UNROLL = _unroll()  # (the CE / softmax focal statistics walk, every other walk)
