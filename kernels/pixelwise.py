@@ -958,14 +958,10 @@ def _sigmoid_launch(
     """One launch of the sigmoid kernel; returns as :func:`_softmax_launch` does, per
     element in the logits' layout where :func:`_sigmoid_flat` says so."""
     flat = _sigmoid_flat(logits, target, labels, weight, pos_weight, grad, gout)
+    views = (flat_view(logits), flat_view(target)) if flat else (logits, target)
+    x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(*views, labels)
     if flat:
-        t = target.view(torch.uint8) if target.dtype == torch.bool else target
-        x, t = flat_view(logits), flat_view(t)
         grad, gout = (v if v is None else flat_view(v) for v in (grad, gout))
-        n = x.shape[2]
-        sxb, sxc, sxs, stb, stc, sts = n, n, 1, n, n, 1
-    else:
-        x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(logits, target, labels)
     B, C = x.shape[:2]
     S = spatial_size(x)
     # elementwise: a walk over class rows, none padded (16-class chunks took 32 rows for 19)
@@ -1141,7 +1137,7 @@ def _sigmoid_pixel_grad(
     if not _sigmoid_flat(logits, target, labels, weight, pos_weight, grad):
         gout = gout.contiguous()
     elif gout.stride() != logits.stride():  # into the logits' layout, read flat
-        gout = torch.empty_like(logits, dtype=torch.float32).copy_(gout)
+        gout = grad_like(logits, torch.float32).copy_(gout)
     _sigmoid_launch(
         logits,
         target,

@@ -38,7 +38,8 @@ CHILD = r"""
 import sys
 import conftest  # in Triton's interpreter, the suite's shortcuts
 import torch
-from kernel_checks import DEVICE, assert_matches, to_channels_last
+from kernel_checks import DEVICE, assert_matches
+from segtriton.bench.spec import channels_last
 from segtriton.kernels import _tiles
 from segtriton.registry import fit_variant, get, make_inputs
 
@@ -73,7 +74,7 @@ for k, (name, v, C, spatial, dtype, reduction, cl) in enumerate(CASES):
     gen = torch.Generator().manual_seed(seed + k)
     x, t = make_inputs(entry, (3, C, *spatial), options, dtype, gen, 0.2, 255, device=DEVICE)
     if cl:
-        x, t = to_channels_last(x), to_channels_last(t) if t.shape == x.shape else t
+        x, t = channels_last(x, t)
     assert_matches(entry, x, t, options, dtype, seed + k)
 print("checked", len(CASES))
 """
