@@ -958,8 +958,8 @@ def _sigmoid_launch(
     """One launch of the sigmoid kernel; returns as :func:`_softmax_launch` does, per
     element in the logits' layout where :func:`_sigmoid_flat` says so."""
     flat = _sigmoid_flat(logits, target, labels, weight, pos_weight, grad, gout)
-    views = (flat_view(logits), flat_view(target)) if flat else (logits, target)
-    x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(*views, labels)
+    x, t = (flat_view(logits), flat_view(target)) if flat else (logits, target)
+    x, t, (sxb, sxc, sxs, stb, stc, sts) = loss_views(x, t, labels)
     if flat:
         grad, gout = (v if v is None else flat_view(v) for v in (grad, gout))
     B, C = x.shape[:2]
