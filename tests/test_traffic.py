@@ -148,7 +148,7 @@ def test_the_table_row_of_a_loss(monkeypatch):
 def test_losses_move_what_their_model_says(entry):
     C = 1 if entry.is_binary(entry.variants[0]) else 19
     # no ignored pixels: a 'mean' with ignore_index counts the valid ones in a pre-pass
-    # over the target, beyond the model (README's traffic table)
+    # over the target, beyond the model (the traffic table in results/README.md)
     record, model = traffic.loss_traffic(
         entry, (2, C, 24, 40), label_dtype=torch.uint8, ignore_frac=0.0
     )
