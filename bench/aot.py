@@ -237,7 +237,8 @@ class CompileCase:
 
 def compile_cases(quick: bool = False) -> list[CompileCase]:
     """Every registry loss variant (per-class vectors repeated to C) and the metrics over
-    class counts (the single-tile path, C = 150, and the streamed path past 256 classes)
+    class counts (the single-tile path, C = 150, and the streamed path past 256 classes;
+    the confusion matrix also at 59)
     and dtypes; layout (NCHW or channels_last, 2-D or 3-D), reduction and label dtype take
     turns along the list."""
     import torch
@@ -262,6 +263,8 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
         plans += [("confusion_logits", {}, C, ()), ("confusion_labels", {"per_image": True}, C, ())]
     plans += [("confusion_masks", {"mode": "multilabel"}, C, ()) for C in (3, 300)]
     plans.append(("surface_dice", {"tolerance": 1.0}, 3, ()))
+    # 59 classes: the confusion matrix's atomic path with a 64-bin diagonal
+    plans += [("confusion_logits", {}, 59, ()), ("confusion_labels", {}, 59, ())]
     cases: list[CompileCase] = []
     for (name, options, C, reductions), dtype in itertools.product(plans, dtypes):
         k = len(cases)

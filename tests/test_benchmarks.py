@@ -102,18 +102,20 @@ def test_loss(benchmark, benchmark_case, copy_gbps, versions):
 
 # the shapes on a GPU; small ones where only the CPU baselines are timed
 METRIC_SHAPES = (
-    ([8, 19, 1024, 2048], [16, 150, 512, 512])
+    ([8, 19, 1024, 2048], [16, 150, 512, 512], [16, 59, 512, 512])
     if DEVICE.type == "cuda"
-    else ([2, 19, 128, 256], [2, 150, 64, 64])
+    else ([2, 19, 128, 256], [2, 150, 64, 64], [2, 59, 64, 64])
 )
 # multilabel: BraTS-like volumes, logits against three overlapping uint8 region masks
 MASK_SHAPE = [4, 3, 128, 128, 128] if DEVICE.type == "cuda" else [1, 3, 24, 32, 32]
 # kinds: random labels or logits; labels90, labels right on 90% of the pixels (a good
-# model's matrix: C = 150 takes the Triton kernel's private diagonal); multilabel masks
+# model's matrix: C = 150 takes the Triton kernel's private diagonal); multilabel masks.
+# C = 59 (PASCAL-Context): the atomic path, which took a 4096-bin histogram until 2026-12-06
 METRIC_CASES = [  # (provider, preds kind, [B, C, *S], logits dtype)
     (provider, kind, shape, "bf16")
     for shape, kinds in ((METRIC_SHAPES[0], ("labels", "logits")),
                          (METRIC_SHAPES[1], ("labels", "labels90", "logits")),
+                         (METRIC_SHAPES[2], ("labels",)),
                          (MASK_SHAPE, ("masks",)))
     for kind in kinds
     for provider in ("triton", "bincount", "torchmetrics")

@@ -1,8 +1,8 @@
 """Triton confusion matrix and metrics against the reference and torchmetrics, in the
 interpreter on CPU and compiled on a GPU: labels and fused-argmax logits, 2-D and 3-D,
 C in {1, 2, 19, 150, 1000} (private histograms and integer atomics; past 4096 classes,
-atomics alone), per image, several pixel tiles per program, ties, bad labels, the
-streaming accumulator and its gloo synchronisation."""
+atomics alone) and either side of the histogram's limit, per image, several pixel tiles
+per program, ties, bad labels, the streaming accumulator and its gloo synchronisation."""
 
 from __future__ import annotations
 
@@ -43,9 +43,11 @@ def test_mostly_right_predictions(C, hist_bins, gen, monkeypatch):
     """A good model's matrix is nearly diagonal: the path that counts the diagonal apart
     (C > 63) must agree with the reference, per image too, from labels and from logits.
     From C = 4096 no private histogram fits, not even the diagonal's: every counted pixel
-    is one integer atomic; a bin limit lowered to 16 takes that path at C = 19 and 150."""
+    is one integer atomic; bin limits lowered to 16 take that path at C = 19 and 150."""
     if hist_bins is not None:
         monkeypatch.setattr(metrics_mod, "_HIST_BINS", hist_bins)
+        monkeypatch.setattr(metrics_mod, "_DIAG_BINS", hist_bins)
+        assert metrics_mod.histogram_bins(C) == (0, 0)
     _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
     wrong = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.15
     guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
@@ -56,6 +58,26 @@ def test_mostly_right_predictions(C, hist_bins, gen, monkeypatch):
         want = ref.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
         assert torch.equal(got, want)
     assert torch.diagonal(want, dim1=-2, dim2=-1).sum() > want.sum() // 2
+
+
+@pytest.mark.parametrize(("C", "bins"), [(31, (1024, 0)), (32, (0, 64)), (63, (0, 64))])
+def test_histogram_limit(C, bins, gen):
+    """Up to 31 classes (963 cells and two more bins) each program counts every cell in a
+    private histogram; from 32 the cells take integer atomics and the diagonal a
+    histogram of its own. Triton's histogram costs each pixel work in proportion to its
+    bins (``metrics.py``), so the 2048- and 4096-bin histograms that C = 32..63 took
+    before are not used. Both sides match the reference, from labels and logits, with a
+    diagonal dense enough to take the diagonal's histogram."""
+    assert metrics_mod.histogram_bins(C) == bins
+    _, target = _inputs(2, C, (11, 13), gen, ignore_frac=0.2)
+    guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
+    right = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.5
+    preds = torch.where(right & (target != 255), target, guess)
+    logits = torch.randn(2, C, 11, 13, generator=gen).to(DEVICE).scatter(1, preds[:, None], 9.0)
+    for p, per_image in itertools.product((preds, logits), (False, True)):
+        got = ker.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
+        want = ref.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("per_image", [False, True])
