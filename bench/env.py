@@ -68,6 +68,7 @@ def environment() -> dict[str, object]:
         "column": _tiles.COLUMN_CLASSES,  # SEGTRITON_COLUMN
         "column_pixels": _tiles.COLUMN_PIXELS,  # SEGTRITON_COLUMN_PIXELS (0: the default)
         "flat": int(_tiles.FLAT),  # SEGTRITON_FLAT
+        "hist_bins": _tiles.HIST_BINS,  # SEGTRITON_HIST_BINS
         "fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION", "triton's default"),
     }
     if torch.cuda.is_available():
@@ -107,7 +108,8 @@ def provenance(command: str) -> str:
         f"SEGTRITON_STAGES={env['stages']}, SEGTRITON_MAX_SINGLE_C={env['max_single_c']}, "
         f"SEGTRITON_CHUNK={env['chunk']}, SEGTRITON_UNROLL={env['unroll']}, "
         f"SEGTRITON_WRITE_ROWS={env['write_rows']}, SEGTRITON_COLUMN={env['column']}, "
-        f"SEGTRITON_COLUMN_PIXELS={env['column_pixels']}, SEGTRITON_FLAT={env['flat']}). "
+        f"SEGTRITON_COLUMN_PIXELS={env['column_pixels']}, SEGTRITON_FLAT={env['flat']}, "
+        f"SEGTRITON_HIST_BINS={env['hist_bins']}). "
         f"triton {env['triton']}, torch {env['torch']}, "
         f"segtriton {env['segtriton']} (commit {env['git_commit']}), {date}."
     )

@@ -398,7 +398,8 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         f"SEGTRITON_WRITE_ROWS={meta.get('write_rows', '?')}, "
         f"SEGTRITON_COLUMN={meta.get('column', '?')}, "
         f"SEGTRITON_COLUMN_PIXELS={meta.get('column_pixels', '?')}, "
-        f"SEGTRITON_FLAT={meta.get('flat', '?')}",
+        f"SEGTRITON_FLAT={meta.get('flat', '?')}, "
+        f"SEGTRITON_HIST_BINS={meta.get('hist_bins', '?')}",
         f"- measured copy bandwidth: {meta.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s"
         " (bytes read + written); every GB/s figure uses the minimal byte model of its loss",
         "- command: "

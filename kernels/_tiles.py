@@ -139,6 +139,15 @@ def _column_pixels() -> int:
     return value
 
 
+def _hist_bins() -> int:
+    """Most bins the confusion matrix's private histogram of every cell may take
+    (``metrics.py``: ``C * C + 2`` of them, rounded up to a power of two; past that,
+    integer atomics): 1024 (C up to 31) unless ``SEGTRITON_HIST_BINS`` names 0 (always
+    atomics) to 4096, read once at import. The lease times 0 against the default at
+    C = 19."""
+    return _knob_in("SEGTRITON_HIST_BINS", 1024, 0, 4096)
+
+
 def _flat() -> bool:
     """Whether elementwise losses read channels_last logits and masks as flat ranges
     (:func:`flat_layout`): yes unless ``SEGTRITON_FLAT`` is 0, read once at import (the
@@ -158,6 +167,7 @@ COLUMN_CLASSES = _column_classes()  # most classes of a column tile (CE, softmax
 COLUMN_WARPS = 4
 COLUMN_PIXELS = _column_pixels()  # 0: 32 * COLUMN_WARPS * VEC
 FLAT = _flat()  # channels_last masks and logits as flat ranges (BCE, sigmoid focal)
+HIST_BINS = _hist_bins()  # the confusion matrix's private histograms, at most
 # the class walks' ``loop_unroll_factor``: None (no attribute, as a plain loop) for 1
 WALK_UNROLL = tl.constexpr(None if UNROLL[1] == 1 else UNROLL[1])
 

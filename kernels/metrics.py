@@ -8,9 +8,10 @@ a class with an empty denominator, left out of means). How the matrix is built:
   argmax over classes is taken in the same pass with ``torch.argmax``'s order (ties to
   the lowest class, -0.0 equal to 0.0, the first NaN above everything), read in place
   through strides (NCHW, NCDHW, channels_last).
-- Counts are exact integers: for ``C * C + 2 <= 1024`` (C up to 31) each program keeps a
-  private histogram of the bins and the partial histograms are added in a fixed order;
-  for larger C each pixel adds 1 to its bin with a relaxed integer atomic (C up to
+- Counts are exact integers: for ``C * C + 2 <= 1024`` (C up to 31; the bins are
+  ``SEGTRITON_HIST_BINS``, ``_tiles.HIST_BINS``) each program keeps a private
+  histogram of the bins and the partial histograms are added in a fixed order; for
+  larger C each pixel adds 1 to its bin with a relaxed integer atomic (C up to
   46340), except in a pixel tile whose diagonal holds an eighth of its pixels or more
   (for C < 4096): there the diagonal is counted per program first, so the few hot bins
   of a good model take one atomic per class per program instead of one per pixel.
@@ -62,6 +63,7 @@ from segtriton.reference.metrics import (
 from ._metrics_kernels import _confusion_kernel, _multilabel_counts_kernel
 from ._runtime import kernel_api, launch_on
 from ._tiles import (
+    HIST_BINS,
     cdiv,
     class_blocks,
     ignore_arg,
@@ -75,7 +77,7 @@ from ._tiles import (
     tile_chunks,
 )
 
-_HIST_BINS = 1024  # a private histogram of every cell up to this many bins
+_HIST_BINS = HIST_BINS  # a private histogram of every cell up to this many bins
 _DIAG_BINS = 4096  # past that, one of the diagonal alone up to this many
 _LABEL_TILE = 1024
 

@@ -198,7 +198,8 @@ def test_provenance_names_the_command_versions_and_date():
     assert f"SEGTRITON_WRITE_ROWS={tiles.WRITE_ROWS}," in line
     assert f"SEGTRITON_COLUMN={tiles.COLUMN_CLASSES}," in line
     assert f"SEGTRITON_COLUMN_PIXELS={tiles.COLUMN_PIXELS}," in line
-    assert f"SEGTRITON_FLAT={int(tiles.FLAT)})" in line
+    assert f"SEGTRITON_FLAT={int(tiles.FLAT)}," in line
+    assert f"SEGTRITON_HIST_BINS={tiles.HIST_BINS})" in line
     assert f"torch {torch.__version__}" in line
     stamp = line.rsplit(", ", 1)[1].rstrip(".")
     assert datetime.datetime.fromisoformat(stamp).tzinfo is not None

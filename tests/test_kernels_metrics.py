@@ -7,6 +7,9 @@ per program, ties, bad labels, the streaming accumulator and its gloo synchronis
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -37,17 +40,24 @@ def test_confusion_matrix_matches_reference(C, spatial, per_image, gen):
 
 
 @pytest.mark.parametrize(
-    ("C", "hist_bins"), [(19, None), (150, None), (1000, None), (19, 16), (150, 16)]
-)
-def test_mostly_right_predictions(C, hist_bins, gen, monkeypatch):
+    ("C", "hist_bins", "diag_bins"),
+    [(19, None, None), (150, None, None), (1000, None, None), (19, 16, 16), (150, 16, 16),
+     (2, 0, None), (19, 0, None)],
+)  # fmt: skip
+def test_mostly_right_predictions(C, hist_bins, diag_bins, gen, monkeypatch):
     """A good model's matrix is nearly diagonal: the path that counts the diagonal apart
-    (C > 63) must agree with the reference, per image too, from labels and from logits.
+    (C > 31) must agree with the reference, per image too, from labels and from logits.
     From C = 4096 no private histogram fits, not even the diagonal's: every counted pixel
-    is one integer atomic; bin limits lowered to 16 take that path at C = 19 and 150."""
+    is one integer atomic; bin limits lowered to 16 take that path at C = 19 and 150.
+    ``SEGTRITON_HIST_BINS=0`` (patched here as the module read it) sends C = 2 and 19 to
+    the atomics with the diagonal's histogram."""
     if hist_bins is not None:
         monkeypatch.setattr(metrics_mod, "_HIST_BINS", hist_bins)
-        monkeypatch.setattr(metrics_mod, "_DIAG_BINS", hist_bins)
-        assert metrics_mod.histogram_bins(C) == (0, 0)
+    if diag_bins is not None:
+        monkeypatch.setattr(metrics_mod, "_DIAG_BINS", diag_bins)
+    if hist_bins is not None:
+        assert metrics_mod.histogram_bins(C)[0] == 0
+        assert (metrics_mod.histogram_bins(C)[1] > 0) == (diag_bins is None)
     _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
     wrong = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.15
     guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
@@ -78,6 +88,25 @@ def test_histogram_limit(C, bins, gen):
         got = ker.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
         want = ref.confusion_matrix(p, target, C, ignore_index=255, per_image=per_image)
         assert torch.equal(got, want)
+
+
+def test_hist_bins_knob():
+    """``SEGTRITON_HIST_BINS`` sets the histogram's limit when the kernels are imported:
+    0 sends every class count to the atomics, 4096 takes the 4096-bin histograms back
+    (C up to 63), and a value out of range is refused by name."""
+    code = (
+        "from segtriton.kernels import metrics as m; "
+        "print(m.histogram_bins(19), m.histogram_bins(40))"
+    )
+    runs = {None: "(512, 0) (0, 64)", "0": "(0, 32) (0, 64)", "4096": "(512, 0) (2048, 0)"}
+    for value, want in runs.items():
+        env = {k: v for k, v in os.environ.items() if k != "SEGTRITON_HIST_BINS"}
+        env.update({} if value is None else {"SEGTRITON_HIST_BINS": value})
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == want, out.stdout + out.stderr
+    env["SEGTRITON_HIST_BINS"] = "5000"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "SEGTRITON_HIST_BINS must be 0 to 4096" in bad.stderr
 
 
 @pytest.mark.parametrize("per_image", [False, True])
