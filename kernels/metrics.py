@@ -107,7 +107,7 @@ def _check(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> bool:
     return False
 
 
-def histogram_bins(num_classes: int) -> tuple[int, int]:
+def _histogram_bins(num_classes: int) -> tuple[int, int]:
     """``(NB, DIAG_BINS)`` of the confusion kernel for C classes: bins of the private
     histogram of every cell (0: integer atomics instead), and of the diagonal's on the
     atomic path (0: none)."""
@@ -138,7 +138,7 @@ def _confusion(
     S = spatial_size(t)
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B)
     cells = C * C
-    nb, diag_bins = histogram_bins(C)
+    nb, diag_bins = _histogram_bins(C)
     hist = nb > 0
     if hist:
         out = torch.empty(B * n_chunks * nb, dtype=torch.int32, device=t.device)

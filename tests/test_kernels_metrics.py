@@ -56,8 +56,8 @@ def test_mostly_right_predictions(C, hist_bins, diag_bins, gen, monkeypatch):
     if diag_bins is not None:
         monkeypatch.setattr(metrics_mod, "_DIAG_BINS", diag_bins)
     if hist_bins is not None:
-        assert metrics_mod.histogram_bins(C)[0] == 0
-        assert (metrics_mod.histogram_bins(C)[1] > 0) == (diag_bins is None)
+        assert metrics_mod._histogram_bins(C)[0] == 0
+        assert (metrics_mod._histogram_bins(C)[1] > 0) == (diag_bins is None)
     _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
     wrong = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.15
     guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
@@ -78,7 +78,7 @@ def test_histogram_limit(C, bins, gen):
     bins (``metrics.py``), so the 2048- and 4096-bin histograms that C = 32..63 took
     before are not used. Both sides match the reference, from labels and logits, with a
     diagonal dense enough to take the diagonal's histogram."""
-    assert metrics_mod.histogram_bins(C) == bins
+    assert metrics_mod._histogram_bins(C) == bins
     _, target = _inputs(2, C, (11, 13), gen, ignore_frac=0.2)
     guess = torch.randint(0, C, target.shape, generator=gen).to(DEVICE)
     right = torch.rand(target.shape, generator=gen).to(DEVICE) < 0.5
@@ -96,7 +96,7 @@ def test_hist_bins_knob():
     (C up to 63), and a value out of range is refused by name."""
     code = (
         "from segtriton.kernels import metrics as m; "
-        "print(m.histogram_bins(19), m.histogram_bins(40))"
+        "print(m._histogram_bins(19), m._histogram_bins(40))"
     )
     runs = {None: "(512, 0) (0, 64)", "0": "(0, 32) (0, 64)", "4096": "(512, 0) (2048, 0)"}
     for value, want in runs.items():
