@@ -309,6 +309,20 @@ def target_cases(channels_last: bool = False) -> list[CompileCase]:
     return losses + metrics
 
 
+def confusion_cases(classes: list[int]) -> list[CompileCase]:
+    """The confusion matrix at each class count, from int64 labels and from bf16 logits,
+    at ``[8, C, 512, 1024]`` (uninitialised): which of its paths (a private histogram of
+    every cell, or integer atomics, ``kernels/metrics.py``) a class count takes, and what
+    each costs per pixel (``segtriton compile --confusion``)."""
+    import torch
+
+    return [
+        CompileCase(name, {}, (8, C, 512, 1024), torch.bfloat16, torch.int64, False, empty=True)
+        for C in classes
+        for name in ("confusion_labels", "confusion_logits")
+    ]
+
+
 def run_case(case: CompileCase) -> None:
     """Call the case's public function with small random inputs (forward and backward)."""
     import torch
@@ -377,17 +391,22 @@ def compile_registry(
     show_progress: bool = True,
     targets: bool = False,
     channels_last: bool = False,
+    confusion: list[int] | None = None,
 ) -> tuple[list[CompiledKernel], list[tuple[str, str]]]:
     """Compile every kernel the cases of :func:`compile_cases` (or, with ``targets``,
-    :func:`target_cases`, whose hot loops are counted too; ``channels_last`` there) launch,
-    for ``sm_<arch>``. Returns the compiled specialisations and ``(case, error)`` for each
-    case that failed."""
+    :func:`target_cases`, ``channels_last`` there; with ``confusion``,
+    :func:`confusion_cases` of those class counts; both count their hot loops too)
+    launch, for ``sm_<arch>``. Returns the compiled specialisations and ``(case, error)``
+    for each case that failed."""
     from .runner import progress
 
     failures = []
-    cases = target_cases(channels_last) if targets else compile_cases(quick)
+    if confusion:
+        cases = confusion_cases(confusion)
+    else:
+        cases = target_cases(channels_last) if targets else compile_cases(quick)
     started = time.perf_counter()
-    with compile_only(arch, loops=targets) as rows:
+    with compile_only(arch, loops=targets or bool(confusion)) as rows:
         for i, case in enumerate(cases):
             label = case.describe()
             if show_progress:

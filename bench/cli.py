@@ -143,11 +143,29 @@ def _compile(args: argparse.Namespace) -> int:
     if args.channels_last and not args.targets:
         print("segtriton compile: --channels-last goes with --targets", file=sys.stderr)
         return 2
+    confusion = None
+    if args.confusion:
+        if args.targets or args.quick:
+            print("segtriton compile: --confusion goes alone", file=sys.stderr)
+            return 2
+        try:
+            confusion = [int(c) for c in args.confusion.split(",")]
+        except ValueError:
+            confusion = []
+        if not confusion or min(confusion) < 1:
+            print(f"segtriton compile: --confusion needs class counts, got {args.confusion}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     rows, failures = compile_registry(
-        args.arch, quick=args.quick, targets=args.targets, channels_last=args.channels_last
+        args.arch,
+        quick=args.quick,
+        targets=args.targets,
+        channels_last=args.channels_last,
+        confusion=confusion,
     )
     name = datetime.date.today().isoformat() + ("-targets" if args.targets else "")
     name += "-channels-last" if args.channels_last else ""
+    name += "-confusion" if confusion else ""
     out = Path(args.out or Path("results") / f"sm{args.arch}-compile" / name)
     report = write_report(rows, failures, out, args.arch, args.command)
     limit = shared_limit(args.arch)
@@ -328,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels-last",
         action="store_true",
         help="with --targets: the logits (and masks) in channels_last (the other cases take turns)",
+    )
+    aot.add_argument(
+        "--confusion",
+        metavar="C,C,...",
+        help="instead: the confusion matrix at these class counts, from labels and logits "
+        "([8, C, 512, 1024]), with its hot loops counted",
     )
     aot.add_argument("--out", help="output folder (default results/sm<arch>-compile/<date>)")
     aot.set_defaults(func=_compile)

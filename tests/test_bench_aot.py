@@ -170,6 +170,16 @@ def test_target_cases_are_the_targets_presets_loss_cases_uninitialised():
     assert all(c.empty and c.channels_last for c in cl)
 
 
+def test_confusion_cases_build_both_inputs_at_each_class_count():
+    cases = aot.confusion_cases([19, 59])
+    assert [(c.name, c.shape) for c in cases] == [
+        (name, (8, C, 512, 1024))
+        for C in (19, 59)
+        for name in ("confusion_labels", "confusion_logits")
+    ]
+    assert all(c.empty and str(c.label_dtype) == "torch.int64" for c in cases)
+
+
 _COMPILE_CLI = """
 import sys, torch
 from segtriton.bench import aot, cli

@@ -71,6 +71,22 @@ def test_compile_takes_channels_last_only_with_targets(monkeypatch, capsys):
     assert "--channels-last goes with --targets" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--confusion", "19", "--targets"], "--confusion goes alone"),
+        (["--confusion", "19,x"], "--confusion needs class counts, got 19,x"),
+        (["--confusion", "0"], "--confusion needs class counts, got 0"),
+    ],
+)
+def test_compile_refuses_a_bad_confusion_list(args, message, monkeypatch, capsys):
+    from segtriton.bench.cli import main
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert main(["compile", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_compare_allows_five_percent_by_default(tmp_path, capsys):
     from bench_rows import bench_row, save_run
 
