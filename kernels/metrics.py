@@ -20,9 +20,10 @@ a class with an empty denominator, left out of means). How the matrix is built:
   sm_90 (Triton 3.6, int64 labels, 8 pixels a thread) it takes about 128 SASS
   instructions a pixel at 512 bins, 185 at 1024, 276 at 2048 and 554 at 4096 (with
   272 bytes of spill), where the atomic path takes 58 at C = 150 (118 in a tile whose
-  diagonal is counted apart). Where the limit sits is read from those counts, not
-  timed: below it the atomics, though fewer instructions, would land on fewer
-  addresses, and C = 19 kept the histogram that the H200 run timed.
+  diagonal is counted apart; ``segtriton compile --confusion``, results/sm90-compile/
+  2026-12-06-confusion-*). Where the limit sits is read from those counts, not timed:
+  below it the atomics, though fewer instructions, would land on fewer addresses, and
+  C = 19 kept the histogram that the H200 run timed.
 - A label outside ``[0, C)`` (target not ``ignore_index``, or a predicted label) is
   counted apart: ``validate=True`` (the default) reads that count (one scalar host sync)
   and raises ``ValueError``; with ``validate=False`` such pixels are left out silently.
