@@ -146,16 +146,8 @@ def _compile(args: argparse.Namespace) -> int:
     confusion = None
     if args.confusion:
         if args.targets or args.quick:
-            print("segtriton compile: --confusion goes alone", file=sys.stderr)
-            return 2
-        try:
-            confusion = [int(c) for c in args.confusion.split(",")]
-        except ValueError:
-            confusion = []
-        if not confusion or min(confusion) < 1:
-            print(f"segtriton compile: --confusion needs class counts, got {args.confusion}",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+            raise _ArgError("--confusion goes alone")
+        confusion = list(_positive_ints(args.confusion, 1, "--confusion needs class counts"))
     rows, failures = compile_registry(
         args.arch,
         quick=args.quick,
@@ -188,15 +180,21 @@ class _ArgError(ValueError):
     """A command-line value the command cannot use (printed, exit status 2)."""
 
 
+def _positive_ints(text: str, least: int, need: str) -> tuple[int, ...]:
+    """Comma-separated positive ints, at least ``least`` of them; else an :class:`_ArgError`
+    starting with ``need`` (what the flag asks for)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) < least or min(values) < 1:
+        raise _ArgError(f"{need}, got {text}")
+    return values
+
+
 def _shape_arg(text: str) -> tuple[int, ...]:
     """``--shape B,C,spatial...`` as positive ints."""
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) < 3 or min(shape) < 1:
-        raise _ArgError(f"--shape needs positive integers B,C and spatial sizes, got {text}")
-    return shape
+    return _positive_ints(text, 3, "--shape needs positive integers B,C and spatial sizes")
 
 
 def _kernel_names(text: str | None, extra: tuple[str, ...] = ()) -> list[str] | None:
