@@ -37,6 +37,7 @@ import torch.distributed as dist
 from segtriton.reference import region as ref_region
 from segtriton.reference._common import (
     check_choice,
+    check_logits,
     check_mode,
     check_number,
     check_probability_input,
@@ -677,9 +678,16 @@ def _region_sums(
     return ref_region.stats_from_sums(ref_region.global_sums(sums, scope, process_group))
 
 
+def _classes(logits: torch.Tensor) -> int:
+    """C of logits checked first (``[B, C, *spatial]``), as the per-class options are sized
+    from it before the loss checks its inputs."""
+    check_logits(logits)
+    return logits.shape[1]
+
+
 def _weights(weight, include_background, logits, validate):
     """The checked fp32 class weights, class 0's set to 0 without the background."""
-    C = logits.shape[1]
+    C = _classes(logits)
     w = _class_vector("weight", weight, C, logits, validate)
     fp32 = logits.new_empty(0, dtype=torch.float32)
     return ref_region.region_class_weight(w, C, include_background, fp32, check_values=False)
@@ -837,7 +845,7 @@ def focal_tversky_loss(
     if is_number(gamma):
         g = check_number("gamma", gamma)
     else:
-        g = _class_vector("gamma", gamma, logits.shape[1], logits, validate)
+        g = _class_vector("gamma", gamma, _classes(logits), logits, validate)
     fin = Finalize(
         tversky_form(alpha, beta), smooth_nr, smooth_dr, eps, ref_region.LOSS_PLAIN, g, absent,
         _weights(weight, include_background, logits, validate),

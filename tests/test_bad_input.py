@@ -81,6 +81,18 @@ def test_empty_tensors(entry, gen):
 
 
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
+def test_logits_without_a_spatial_dim(entry, gen):
+    """``[B, C]`` or ``[N]`` logits are named, before any per-class vector is sized from
+    them (the kernels' region losses read C off a 1-D tensor: IndexError)."""
+    x, y = _inputs(entry, gen)
+    pixel = (0,) * (x.dim() - 2)
+    for xs, ys in ((x[(..., *pixel)], y[(..., *pixel)]), (x[(0, 0, *pixel[:-1])], y.flatten())):
+        for fn in (entry.reference, entry.kernel):
+            with pytest.raises(ValueError, match="at least one spatial dim"):
+                fn(xs, ys, **entry.variants[0])
+
+
+@pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
 def test_integer_logits_rejected(entry, gen):
     x, y = _inputs(entry, gen)
     for fn in (entry.reference, entry.kernel):
