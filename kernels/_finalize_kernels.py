@@ -237,6 +237,13 @@ def _unit_totals(
     return wl, ws
 
 
+@triton.jit
+def _has_weight(ws):
+    """Whether a unit's class weights sum to more than 0 and so count in the 'mean' over
+    units; a NaN sum counts too, so an unchecked NaN weight makes the loss NaN, not 0."""
+    return ~(ws <= 0.0)
+
+
 @kernel_jit
 def _region_finalize_kernel(
     tot_ptr, w_ptr, gam_ptr, loss_ptr, out_ptr, B, n_rows, C, row,
@@ -265,7 +272,7 @@ def _region_finalize_kernel(
             IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, MCC, BLOCK_C,
         )  # fmt: skip
         if REG_MEAN:
-            has = ws > 0.0
+            has = _has_weight(ws)
             acc += tl.where(has, wl / tl.where(has, ws, 1.0), 0.0)
             n_has += has.to(tl.float32)
         else:
@@ -289,7 +296,8 @@ def _region_finalize_kernel(
                 tot_ptr, w_ptr, gam_ptr, u, n_rows, C, row, a_i, b_i, b_p, b_t, snr, sdr, eps,
                 gamma, IMAGE, LOG, FOCAL, GAMMA_VEC, HAS_W, ABSENT, MCC, BLOCK_C,
             )  # fmt: skip
-            k = tl.where(ws > 0.0, unit_scale / tl.where(ws > 0.0, ws, 1.0), 0.0)
+            has = _has_weight(ws)
+            k = tl.where(has, unit_scale / tl.where(has, ws, 1.0), 0.0)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C

@@ -22,7 +22,7 @@ from kernel_checks import (
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
-from segtriton.registry import LOSSES, make_inputs
+from segtriton.registry import LOSSES, fit_variant, make_inputs
 
 LABELS = [e for e in LOSSES if e.target == "labels"]
 MASKS = [e for e in LOSSES if e.target == "masks"]
@@ -90,6 +90,31 @@ def test_logits_without_a_spatial_dim(entry, gen):
         for fn in (entry.reference, entry.kernel):
             with pytest.raises(ValueError, match="at least one spatial dim"):
                 fn(xs, ys, **entry.variants[0])
+
+
+def _class_vector_options():
+    """``(entry, variant, option)`` for each per-class vector among the kernels' variants."""
+    for entry in KERNELS:
+        for k, variant in enumerate(entry.variants):
+            for key, value in variant.items():
+                if key != "classes" and isinstance(value, list) and not isinstance(value[0], list):
+                    yield pytest.param(entry, variant, key, id=f"{entry.name}-{k}-{key}")
+
+
+@pytest.mark.parametrize(("entry", "variant", "key"), list(_class_vector_options()))
+def test_an_unchecked_nan_in_a_class_vector_makes_the_loss_nan(entry, variant, key, gen):
+    """The kernels read a per-class tensor's values only with ``validate=True`` (a host
+    sync). Without it a NaN among them gives a NaN loss and gradient, never a number (the
+    region losses' 'mean' over units once left out a unit whose weights summed to NaN and
+    returned 0)."""
+    C = entry.fit_classes(3, variant)
+    options = fit_variant(variant, C)
+    x, y = make_inputs(entry, (2, C, 4, 5), options, torch.float32, gen)
+    vector = torch.tensor(options[key], dtype=torch.float32)
+    vector[len(vector) // 2] = float("nan")
+    options = {**options, key: vector.to(DEVICE)}
+    loss, grad = run_with_grad(entry.kernel, x.to(DEVICE), y.to(DEVICE), options)
+    assert loss.isnan().any() and grad.isnan().any(), (loss, grad.isnan().sum())
 
 
 @pytest.mark.parametrize("entry", LOSSES, ids=lambda e: e.name)
