@@ -1,6 +1,7 @@
 """Triton implementations of the segtriton losses and metrics (same signatures as
 ``segtriton.reference``)."""
 
+import inspect
 import warnings
 from typing import TYPE_CHECKING
 
@@ -134,6 +135,24 @@ if TYPE_CHECKING:
         TopKDiceLoss,
         TverskyLoss,
     )
+
+
+def _add_reference_docs() -> None:
+    """Each function's docstring, then that of the reference function of its name: the
+    formulas and every option's semantics are written there once, and ``help()`` on a
+    kernel, or on its module form (made below from the function), shows them."""
+    from segtriton import reference
+
+    for name in __all__:
+        fn, ref = globals()[name], getattr(reference, name, None)
+        if inspect.isfunction(fn) and inspect.isfunction(ref) and fn.__doc__ and ref.__doc__:
+            fn.__doc__ = (
+                f"{inspect.cleandoc(fn.__doc__)}\n\n"
+                f"From ``segtriton.reference.{name}``:\n\n{inspect.cleandoc(ref.__doc__)}"
+            )
+
+
+_add_reference_docs()
 _MODULES = module_forms(globals(), __name__)
 globals().update(_MODULES)
 __all__ += sorted(_MODULES)

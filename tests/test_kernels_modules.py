@@ -64,6 +64,19 @@ def test_kernel_module_equals_kernel_function(entry, gen):
     assert type(loaded) is type(module) and torch.equal(loaded(x, t), module(x, t))
 
 
+def test_kernel_docs_carry_the_reference_docs():
+    """``help()`` on a kernel shows the formulas and options, written once in the
+    reference of its name, after the kernel's own notes (``validate`` and the like)."""
+    shown = 0
+    for name in ker.__all__:
+        fn, ref_fn = getattr(ker, name), getattr(ref, name, None)
+        if inspect.isfunction(fn) and ref_fn is not None and inspect.isfunction(ref_fn):
+            doc, ref_doc = inspect.getdoc(fn), inspect.cleandoc(ref_fn.__doc__)
+            assert doc.endswith(f"From ``segtriton.reference.{name}``:\n\n{ref_doc}"), name
+            shown += 1
+    assert shown >= 30 and "D = (2 I + smooth_nr)" in inspect.getdoc(ker.DiceLoss)
+
+
 def test_kernel_functions_have_their_reference_signatures():
     named = [n for n in ker.__all__ if inspect.isfunction(getattr(ker, n)) and hasattr(ref, n)]
     assert len(named) > 30
