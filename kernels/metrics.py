@@ -267,6 +267,14 @@ def _raise_if_bad(
         )
 
 
+def distributed(process_group: dist.ProcessGroup | None) -> bool:
+    """Whether a streaming metric's ``sync`` has ranks to combine: a group is given, or
+    torch.distributed is initialised (its default group). Otherwise one process holds
+    every count and ``sync`` leaves them as they are, as torchmetrics' sync does, so the
+    same evaluation code runs with and without DDP."""
+    return process_group is not None or (dist.is_available() and dist.is_initialized())
+
+
 def gather_rows(own: torch.Tensor, process_group: dist.ProcessGroup | None) -> torch.Tensor:
     """Every rank's rows of ``own`` (``[n, ...]``; n may differ between ranks), concatenated
     in rank order. Collective; reads the ranks' sizes on the host."""
@@ -407,7 +415,10 @@ class StreamingMetrics:
         """Combine the ranks of ``process_group`` (default: world): all-reduce (sum) the
         matrix and the bad-label count, and for 'image' gather every rank's per-image
         counts in rank order (ranks may hold different numbers of images). Collective:
-        every rank of the group must call it."""
+        every rank of the group must call it. Without torch.distributed initialised (and
+        no group given) it does nothing (:func:`distributed`)."""
+        if not distributed(process_group):
+            return
         cm, bad = self._cm.clone(), self._bad.clone()
         dist.all_reduce(cm, group=process_group)
         dist.all_reduce(bad, group=process_group)

@@ -55,7 +55,7 @@ from ._runtime import kernel_api
 from ._surface_kernels import _surface_stats_kernel
 from .boundary import _class_map_op, _distinct
 from .metrics import _check as _metric_check
-from .metrics import _raise_if_bad, gather_rows, multilabel_counts
+from .metrics import _raise_if_bad, distributed, gather_rows, multilabel_counts
 
 _STATS_BLOCK = 1024
 
@@ -412,7 +412,10 @@ class StreamingSurfaceMetrics:
 
     def sync(self, process_group: dist.ProcessGroup | None = None) -> None:
         """Gather every rank's per-image values (collective: every rank of the group calls
-        it; each must have seen at least one batch)."""
+        it; each must have seen at least one batch). Without torch.distributed
+        initialised (and no group given) it does nothing (:func:`.metrics.distributed`)."""
+        if not distributed(process_group):
+            return
         own = self.values
         self._synced = {k: gather_rows(v, process_group) for k, v in own.items()}
 
