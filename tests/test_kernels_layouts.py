@@ -9,6 +9,8 @@ may come broadcast, transposed or sliced too."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from kernel_checks import DEVICE, KERNELS, assert_matches, light_case, to_channels_last
@@ -59,6 +61,25 @@ def test_layouts(entry, layout, seed, gen):
                 assert_matches(
                     entry, x, t, {**options, "reduction": reduction}, torch.float32, seed
                 )
+
+
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
+def test_degenerate_images(entry, seed, gen):
+    """Images of one pixel (2-D and 3-D), one row, and 1-D signals ``[B, C, L]``: every
+    size-1 dim takes any stride, the pixel tiles are mostly tail, and the erosion and
+    distance losses find no neighbour along such dims. The kernel gives the reference's
+    loss and gradient there, or both refuse the shape alike."""
+    options = {**entry.variants[0], **entry.light}
+    for spatial in ((1, 1), (1, 1, 1), (1, 7), (1,), (5,)):
+        shape = entry.fit_shape((2, 3, *spatial), options)
+        x, t = make_inputs(entry, shape, options, torch.float32, gen, device=DEVICE)
+        try:
+            entry.reference(x.double(), t, **options)
+        except ValueError as refused:
+            with pytest.raises(ValueError, match=re.escape(str(refused)[:40])):
+                entry.kernel(x, t, **options)
+            continue
+        assert_matches(entry, x, t, options, torch.float32, seed)
 
 
 def test_pixel_view_copies_only_what_one_stride_cannot_walk():
