@@ -119,6 +119,12 @@ def _report(args: argparse.Namespace) -> int:
     from .report import build_report
 
     runs = [Path(r) for r in args.runs]
+    folders = {(r.parent if r.is_file() else r).resolve() for r in runs}
+    if args.out is None and len(folders) > 1:
+        raise _ArgError(
+            "merging runs from several folders needs --out DIR: written into the last "
+            "run, the merged report would replace that run's own"
+        )
     default = runs[-1].parent if runs[-1].is_file() else runs[-1]
     print(build_report(runs, Path(args.out) if args.out else default))
     return 0
@@ -327,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="run folders (rows.json) or pytest-benchmark JSON files; later ones win",
     )
-    report.add_argument("--out", help="where to write (default: the last run folder)")
+    report.add_argument(
+        "--out", help="where to write (default: the run folder, when every run is in one)"
+    )
     report.set_defaults(func=_report)
 
     comp = sub.add_parser("compare", help="two runs side by side, flagging regressions")

@@ -192,6 +192,20 @@ def _run(path, ms):
     return save_run(path, [bench_row("dice", p, "2x3x4x4", "fp32", v) for p, v in ms.items()])
 
 
+def test_merging_runs_needs_an_out_folder(tmp_path, capsys):
+    """``segtriton report A B`` would write the merged report into B over B's own: it asks
+    for ``--out`` instead; one run rebuilds in place."""
+    a = _run(tmp_path / "a", {"eager": 1.0, "compile": 1.2})
+    b = _run(tmp_path / "b", {"eager": 2.0, "compile": 1.5})
+    assert main(["report", str(a), str(b)]) == 2
+    assert "merging runs from several folders needs --out DIR" in capsys.readouterr().err
+    assert sorted(p.name for p in b.iterdir()) == ["rows.json"]
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both" / "report.md").exists()
+    assert main(["report", str(b)]) == 0
+    assert (b / "report.md").exists()
+
+
 def test_compare_flags_regressions(tmp_path):
     a = _run(tmp_path / "a", {"eager": 1.0, "compile": 1.0})
     b = _run(tmp_path / "b", {"eager": 1.02, "compile": 1.3})
