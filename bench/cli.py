@@ -134,6 +134,11 @@ def _compare(args: argparse.Namespace) -> int:
     from .report import compare
 
     table, regressions = compare(Path(args.a), Path(args.b), args.threshold)
+    if table.empty:  # "0 regressions" would pass two runs that share no case
+        raise _ArgError(
+            f"{args.a} and {args.b} have no timed case in common (loss, provider, shape, "
+            "dtype, label dtype, mode, layout and ignored share): nothing to compare"
+        )
     cols = [
         "loss",
         "provider",

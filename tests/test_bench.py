@@ -215,6 +215,14 @@ def test_compare_flags_regressions(tmp_path):
     assert main(["compare", str(a), str(b)]) == 1
 
 
+def test_compare_refuses_runs_without_a_case_in_common(tmp_path, capsys):
+    """Two runs of different cases would compare as '0 regressions' and exit 0."""
+    a = _run(tmp_path / "a", {"eager": 1.0})
+    b = save_run(tmp_path / "b", [bench_row("dice", "eager", "2x3x8x8", "fp32", 1.0)])
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "have no timed case in common" in capsys.readouterr().err
+
+
 def test_compare_flags_cases_that_stop_passing(tmp_path, capsys):
     """A case that passed in the old run and fails its check, or errors, in the new one is
     a regression whatever its time; one failing in both, or not checked (pytest-benchmark
