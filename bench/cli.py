@@ -216,6 +216,17 @@ def _positive_ints(text: str, least: int, need: str) -> tuple[int, ...]:
     return values
 
 
+def _count(text: str) -> int:
+    """An argparse type: a positive int (``--reps``, ``--calls``); argparse names the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a positive integer, got {text!r}")
+    return value
+
+
 def _shape_arg(text: str) -> tuple[int, ...]:
     """``--shape B,C,spatial...`` as positive ints."""
     return _positive_ints(text, 3, "--shape needs positive integers B,C and spatial sizes")
@@ -323,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--out", help="output folder (default results/<device>/<date or name>)")
     sweep.add_argument("--name", help="run name for the default output folder")
-    sweep.add_argument("--reps", type=int, default=50, help="timed repetitions per case")
+    sweep.add_argument("--reps", type=_count, default=50, help="timed repetitions per case")
     sweep.add_argument("--resume", action="store_true", help="keep finished rows in --out")
     sweep.add_argument(
         "--cuda-graph",
@@ -388,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     overhead.add_argument("--shape", default="2,19,32,32", help="B,C,spatial... (2,19,32,32)")
     overhead.add_argument("--losses", help="comma-separated registry names (default: all)")
-    overhead.add_argument("--calls", type=int, default=200, help="timed calls per path")
+    overhead.add_argument("--calls", type=_count, default=200, help="timed calls per path")
     overhead.add_argument("--arch", type=int, default=90, choices=sorted(SM_LIMITS))
     overhead.set_defaults(func=_overhead)
 

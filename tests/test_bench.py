@@ -192,6 +192,15 @@ def _run(path, ms):
     return save_run(path, [bench_row("dice", p, "2x3x4x4", "fp32", v) for p, v in ms.items()])
 
 
+@pytest.mark.parametrize("reps", ["0", "-3", "x"])
+def test_repetitions_must_be_positive(tmp_path, capsys, reps):
+    """``--reps 0`` once ran the whole sweep and failed every timed row at the end."""
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "--preset", "quick", "--reps", reps, "--out", str(tmp_path / "r")])
+    assert stop.value.code == 2 and not (tmp_path / "r").exists()
+    assert f"argument --reps: needs a positive integer, got '{reps}'" in capsys.readouterr().err
+
+
 def test_merging_runs_needs_an_out_folder(tmp_path, capsys):
     """``segtriton report A B`` would write the merged report into B over B's own: it asks
     for ``--out`` instead; one run rebuilds in place."""
