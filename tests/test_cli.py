@@ -140,7 +140,7 @@ def test_an_interpreter_sweep_shows_no_numpy_warnings(tmp_path):
     spec.write_text('losses = ["dice"]\nproviders = ["triton"]\nshapes = [[1, 150, 2, 8]]\n')
     out = _run("sweep", "--spec", str(spec), "--reps", "1", "--out", str(tmp_path / "run"), env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "Warning" not in out.stderr, out.stderr
+    assert "RuntimeWarning" not in out.stderr, out.stderr
 
 
 def test_the_default_run_folder_is_named_after_the_device(monkeypatch):
