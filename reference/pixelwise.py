@@ -206,9 +206,9 @@ def recall_cross_entropy(
 def topk_count(N: int, k: object) -> int:
     """How many of ``N`` pixels :func:`topk_cross_entropy` keeps: ``int(N * k / 100)`` (as
     nnU-Net counts), at least 1. ``k`` is a percentage in (0, 100], else an error."""
-    k = check_number("k", k, 0.0, 100.0)
-    if not k > 0:
+    if is_number(k) and not isinstance(k, bool) and not 0 < k <= 100:  # NaN too
         raise ValueError(f"k must be in (0, 100], got {k}")
+    k = check_number("k", k, 0.0, 100.0)
     return max(1, int(N * k / 100))
 
 

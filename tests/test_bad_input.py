@@ -175,6 +175,11 @@ def test_bad_options_are_named():
         ref.cross_entropy(x, y, label_smoothing=1.5)
     with pytest.raises(ValueError, match="gamma must be finite and >= 0"):
         ref.softmax_focal_loss(x, y, gamma=-1.0)
+    for k in (0.0, -0.5, 101, math.nan):  # one range in the message, whichever side
+        with pytest.raises(ValueError, match=r"k must be in \(0, 100\], got"):
+            ref.topk_cross_entropy(x, y, k=k)
+    with pytest.raises(TypeError, match="k must be a real number, got str"):
+        ref.topk_cross_entropy(x, y, k="5")
     with pytest.raises(ValueError, match="classes must be"):
         ref.lovasz_softmax_loss(x, y, classes=[0, 7])
     with pytest.raises(ValueError, match="logits must be"):
