@@ -119,14 +119,13 @@ def _report(args: argparse.Namespace) -> int:
     from .report import build_report
 
     runs = [Path(r) for r in args.runs]
-    folders = {(r.parent if r.is_file() else r).resolve() for r in runs}
-    if args.out is None and len(folders) > 1:
+    folders = [r.parent if r.is_file() else r for r in runs]
+    if args.out is None and len({f.resolve() for f in folders}) > 1:
         raise _ArgError(
             "merging runs from several folders needs --out DIR: written into the last "
             "run, the merged report would replace that run's own"
         )
-    default = runs[-1].parent if runs[-1].is_file() else runs[-1]
-    print(build_report(runs, Path(args.out) if args.out else default))
+    print(build_report(runs, Path(args.out) if args.out else folders[-1]))
     return 0
 
 

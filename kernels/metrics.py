@@ -9,7 +9,7 @@ a class with an empty denominator, left out of means). How the matrix is built:
   the lowest class, -0.0 equal to 0.0, the first NaN above everything), read in place
   through strides (NCHW, NCDHW, channels_last).
 - Counts are exact integers: for ``C * C + 2 <= 1024`` (C up to 31; the bins are
-  ``SEGTRITON_HIST_BINS``, ``_tiles.HIST_BINS``) each program keeps a private
+  ``SEGTRITON_HIST_BINS``, ``HIST_BINS``) each program keeps a private
   histogram of the bins and the partial histograms are added in a fixed order; for
   larger C each pixel adds 1 to its bin with a relaxed integer atomic (C up to
   46340), except in a pixel tile whose diagonal holds an eighth of its pixels or more
@@ -78,7 +78,6 @@ from ._tiles import (
     tile_chunks,
 )
 
-_HIST_BINS = HIST_BINS  # a private histogram of every cell up to this many bins
 _DIAG_BINS = 4096  # past that, one of the diagonal alone up to this many
 _LABEL_TILE = 1024
 
@@ -113,7 +112,7 @@ def _histogram_bins(num_classes: int) -> tuple[int, int]:
     histogram of every cell (0: integer atomics instead), and of the diagonal's on the
     atomic path (0: none)."""
     cells = num_classes * num_classes
-    if cells + 2 <= _HIST_BINS:
+    if cells + 2 <= HIST_BINS:
         return next_pow2(cells + 2), 0
     return 0, (next_pow2(num_classes + 1) if num_classes + 1 <= _DIAG_BINS else 0)
 

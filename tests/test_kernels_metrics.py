@@ -51,11 +51,10 @@ def test_mostly_right_predictions(C, hist_bins, diag_bins, gen, monkeypatch):
     is one integer atomic; bin limits lowered to 16 take that path at C = 19 and 150.
     ``SEGTRITON_HIST_BINS=0`` (patched here as the module read it) sends C = 2 and 19 to
     the atomics with the diagonal's histogram."""
-    if hist_bins is not None:
-        monkeypatch.setattr(metrics_mod, "_HIST_BINS", hist_bins)
     if diag_bins is not None:
         monkeypatch.setattr(metrics_mod, "_DIAG_BINS", diag_bins)
     if hist_bins is not None:
+        monkeypatch.setattr(metrics_mod, "HIST_BINS", hist_bins)
         assert metrics_mod._histogram_bins(C)[0] == 0
         assert (metrics_mod._histogram_bins(C)[1] > 0) == (diag_bins is None)
     _, target = _inputs(3, C, (6, 9), gen, ignore_frac=0.3)
