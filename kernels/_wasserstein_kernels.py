@@ -163,17 +163,17 @@ def _wass_grad_kernel(
 
 @triton.jit
 def _wass_class_terms(v_ptr, offs_c, C, GDL: tl.constexpr):
-    """Per class of a chunk: ``(cmask, v, w, x, z, y)``, the sums ``V, W`` (``[2, C]`` at
-    ``v_ptr``), how ``W_c`` enters the loss's numerator (x) and denominator (z), and how
-    ``V_c`` enters the denominator (y) (see :func:`_wass_finalize_kernel`)."""
+    """Per class of a chunk: ``(cmask, v, w, a2, q)``: the sums ``V, W`` (``[2, C]`` at
+    ``v_ptr``), the weight ``a2 = 2 a_c`` of ``V_c - W_c`` in ``2 TP``, and the weight
+    ``q`` of ``W_c`` in ``D - 2 TP`` (see :func:`_wass_finalize_kernel`)."""
     cmask = offs_c < C
     v = tl.load(v_ptr + offs_c, mask=cmask, other=0.0)
     w = tl.load(v_ptr + C + offs_c, mask=cmask, other=0.0)
     if GDL:
         a = 1.0 / (v + 1.0)
-        return cmask, v, w, a, -a, 2.0 * a
-    a = tl.where(offs_c != 0, 1.0, 0.0)
-    return cmask, v, w, tl.full(v.shape, 1.0, tl.float32), 1.0 - 2.0 * a, 2.0 * a
+        return cmask, v, w, 2.0 * a, a
+    a2 = tl.where(offs_c != 0, 2.0, 0.0)
+    return cmask, v, w, a2, tl.full(v.shape, 1.0, tl.float32)
 
 
 @kernel_jit
@@ -182,23 +182,26 @@ def _wass_finalize_kernel(
 ):
     """Image ``pid``'s loss and ``coef[c] = dL/dW_c`` from its sums ``V, W`` (``[2, C]``).
 
-    ``D - 2 TP`` is ``sum_c W_c`` ('default') or ``sum_c a_c W_c`` ('GDL'), so the loss
-    ``1 - (2 TP + smooth_nr) / (D + smooth_dr)`` is formed as
-    ``(sum_c x_c W_c + smooth_dr - smooth_nr) / (sum_c (y_c V_c + z_c W_c) + smooth_dr)``,
-    without the cancellation of ``1 - r`` when the loss is small; then
-    ``dL/dW_c = (x_c - loss z_c) / den``."""
+    With ``2 TP = sum_c a2_c (V_c - W_c)`` and ``D - 2 TP = sum_c q_c W_c`` ('default':
+    ``q = 1``; 'GDL': ``q = a``), ``T = D + smooth_dr`` and the ratio
+    ``R = (2 TP + smooth_nr) / T``, the loss ``1 - R`` is formed as
+    ``(sum_c q_c W_c + smooth_dr - smooth_nr) / T`` and the gradient as
+    ``dL/dW_c = (a2_c + R (q_c - a2_c)) / T``, so neither takes ``1 - x`` of a float
+    near 1 (a loss near 1 has a gradient ``~ R / T`` that ``1 - loss`` would round away)."""
     b = tl.program_id(0).to(tl.int64)
     v_ptr = sums_ptr + b * 2 * C
-    num = tl.zeros([BLOCK], tl.float32)
-    den = tl.zeros([BLOCK], tl.float32)
+    dq = tl.zeros([BLOCK], tl.float32)
+    tp2 = tl.zeros([BLOCK], tl.float32)
     for c0 in range(0, C, BLOCK):
-        cmask, v, w, x, z, y = _wass_class_terms(v_ptr, c0 + tl.arange(0, BLOCK), C, GDL)
-        num += tl.where(cmask, x * w, 0.0)
-        den += tl.where(cmask, y * v + z * w, 0.0)
-    total = tl.sum(den, axis=0) + smooth_dr
-    loss = (tl.sum(num, axis=0) + (smooth_dr - smooth_nr)) / total
-    tl.store(loss_ptr + b, loss)
+        cmask, v, w, a2, q = _wass_class_terms(v_ptr, c0 + tl.arange(0, BLOCK), C, GDL)
+        dq += tl.where(cmask, q * w, 0.0)
+        tp2 += tl.where(cmask, a2 * (v - w), 0.0)
+    rest = tl.sum(dq, axis=0)
+    tp2_sum = tl.sum(tp2, axis=0)
+    total = tp2_sum + rest + smooth_dr
+    tl.store(loss_ptr + b, (rest + (smooth_dr - smooth_nr)) / total)
+    ratio = (tp2_sum + smooth_nr) / total
     for c0 in range(0, C, BLOCK):
         offs_c = c0 + tl.arange(0, BLOCK)
-        cmask, v, w, x, z, y = _wass_class_terms(v_ptr, offs_c, C, GDL)
-        tl.store(coef_ptr + b * C + offs_c, (x - loss * z) / total, mask=cmask)
+        cmask, v, w, a2, q = _wass_class_terms(v_ptr, offs_c, C, GDL)
+        tl.store(coef_ptr + b * C + offs_c, (a2 + ratio * (q - a2)) / total, mask=cmask)

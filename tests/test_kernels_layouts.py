@@ -63,12 +63,7 @@ def test_layouts(entry, layout, seed, gen):
                 )
 
 
-# the generalized Wasserstein Dice is left out: at one pixel its float32 gradient came out
-# 0.18% off the float64 one on every entry for about one seed in nine (1731336892, 17),
-# beyond float32_slack; not yet explained (the closing note of 2026-12-06 (32))
-@pytest.mark.parametrize(
-    "entry", [e for e in KERNELS if e.name != "wasserstein_dice"], ids=lambda e: e.name
-)
+@pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_degenerate_images(entry, seed, gen):
     """Images of one pixel (2-D and 3-D), one row, and 1-D signals ``[B, C, L]``: every
     size-1 dim takes any stride, the pixel tiles are mostly tail, and the erosion and
