@@ -369,7 +369,7 @@ def float32_slack(entry, x, t, options, seed, ref_loss, ref_grad, factor=10.0):
     return slack_loss, slack_grad
 
 
-def _assert_within(got, want, rtol: float, atol, slack: torch.Tensor) -> None:
+def _assert_within(got, want, rtol: float, atol: float | torch.Tensor, slack: torch.Tensor) -> None:
     """``|got - want| <= atol + rtol |want| + slack`` entry by entry (NaN where both are,
     an inf where both are that inf)."""
     same = (got.isnan() & want.isnan()) | (got == want)
