@@ -343,8 +343,8 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     residue = (1e-12 if DEVICE == "cpu" else 16 * torch.finfo(torch.float32).eps) * loss_top
     # the absolute floor scales with each image's largest gradient entry, so an image
     # whose gradient is small beside its neighbours' is held to its own digits
-    scale = ref_grad.abs().flatten(1).amax(1) if ref_grad.dim() > 1 else ref_grad.abs().max()
-    scale = scale.clamp_min(1e-30).view(-1, *[1] * (ref_grad.dim() - 1))
+    scale = ref_grad.abs().flatten(1).amax(1).clamp_min(1e-30)
+    scale = scale.view(-1, *[1] * (ref_grad.dim() - 1))
     tol = GRAD_TOL[dtype]
     # Gradients below the dtype's normal range are stored as subnormals; the fused path
     # rounds twice (gradient in the forward, then times grad_output): allow two quanta.
