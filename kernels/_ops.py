@@ -19,6 +19,24 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ._runtime import release
+
+# torch.library before 2.7 cannot read these ops' schemas from their type hints (PEP 604
+# unions, list[int]): importing the kernels would fail inside its infer_schema
+MIN_TORCH = (2, 7)
+
+
+def check_torch(version: str) -> None:
+    """An ImportError naming ``version`` where it is older than :data:`MIN_TORCH`."""
+    if release(version) < MIN_TORCH:
+        raise ImportError(
+            f"segtriton.kernels needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} (older "
+            f"torch.library cannot read its custom ops' schemas); found torch {version}"
+        )
+
+
+check_torch(torch.__version__)
+
 fast_eager = os.environ.get("SEGTRITON_EAGER_OPS", "1") not in ("", "0")
 
 

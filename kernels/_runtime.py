@@ -29,7 +29,8 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _release(version: str) -> tuple[int, int]:
+def release(version: str) -> tuple[int, int]:
+    """The major and minor numbers of a version string ('2.14.1+cu130' -> (2, 14))."""
     major, minor = re.findall(r"\d+", version)[:2]
     return int(major), int(minor)
 
@@ -38,7 +39,7 @@ def _release(version: str) -> tuple[int, int]:
 # compare each class with 8- or 16-bit labels: its TritonGPURemoveLayoutConversions pass
 # moves a value from one loop into another ("operand #0 does not dominate this use").
 # Triton 3.9 builds them; `segtriton compile` under Triton 3.6 on a CPU shows the failures.
-WALK_LABEL_BUG = _release(triton.__version__) < (3, 7)
+WALK_LABEL_BUG = release(triton.__version__) < (3, 7)
 
 
 def interpreter_problem() -> str | None:
@@ -47,7 +48,7 @@ def interpreter_problem() -> str | None:
     Triton before 3.7 turns a loop bound into a Python int with ``int()`` of a one-element
     array, which NumPy 2.4 rejects, so every kernel with a loop over a runtime count fails
     there (triton-lang/triton#9171)."""
-    if _release(triton.__version__) >= (3, 7) or _release(np.__version__) < (2, 4):
+    if release(triton.__version__) >= (3, 7) or release(np.__version__) < (2, 4):
         return None
     return (
         f"Triton {triton.__version__}'s interpreter cannot run loops with NumPy "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from kernel_checks import env_without_interpreter
 import segtriton
 from segtriton.bench.spec import load_spec
 from segtriton.kernels import interpreter_problem
+from segtriton.kernels._ops import MIN_TORCH, check_torch
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -114,6 +116,30 @@ def test_interpreter_problem_names_the_incompatible_versions(
     assert (problem is not None) == broken
     if broken:
         assert "triton>=3.7" in problem and numpy_version in problem
+
+
+@pytest.mark.parametrize(
+    ("version", "refused"),
+    [("2.4.1", True), ("2.6.0+cu124", True), ("2.7.0a0+git5f3e1a2", False), ("2.14.1+cu130", False),
+     ("3.0.0", False)],
+)  # fmt: skip
+def test_kernels_refuse_a_torch_older_than_their_custom_ops_need(version, refused):
+    """torch 2.4 and 2.6 failed inside torch.library's infer_schema at import; the check
+    names the version instead (a 2.7 nightly passes)."""
+    if refused:
+        found = f"needs torch >= 2.7.*found torch {re.escape(version)}"
+        with pytest.raises(ImportError, match=found):
+            check_torch(version)
+    else:
+        check_torch(version)
+
+
+def test_pyproject_admits_no_torch_the_kernels_refuse():
+    """pip keeps out every torch the import check refuses (the requirement may ask for
+    more: the oldest release the tests have passed under)."""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"torch>=(\d+)\.(\d+)"', pyproject)
+    assert floor is not None and tuple(map(int, floor.groups())) >= MIN_TORCH
 
 
 def test_a_sweep_runs_the_kernels_where_it_can_without_being_told(tmp_path):
