@@ -21,8 +21,8 @@ import torch
 
 from ._runtime import release
 
-# torch.library before 2.7 cannot read these ops' schemas from their type hints (PEP 604
-# unions, list[int]): importing the kernels would fail inside its infer_schema
+# torch.library before 2.7 cannot read these ops' schemas from their type hints (kept as
+# strings, or list[int]): importing the kernels would fail inside its infer_schema
 MIN_TORCH = (2, 7)
 
 
