@@ -250,7 +250,9 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
         (torch.bfloat16, torch.float32) if quick else (torch.bfloat16, torch.float16, torch.float32)
     )
     spatial = ((9, 13), (3, 5, 7))
-    label_dtypes = (torch.int64, torch.uint8, torch.int32, torch.int16)
+    # seven label dtypes in turn: prime to the layout's period (3) and the shape's (4)
+    label_dtypes: tuple[torch.dtype, ...] = (torch.int64, torch.uint8, torch.int32, torch.int16)
+    label_dtypes += (torch.uint16, torch.uint32, torch.uint64)
     plans: list[tuple[str, dict, int, tuple[str, ...]]] = []
     for entry in LOSSES:
         for variant in entry.variants:

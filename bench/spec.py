@@ -45,6 +45,9 @@ LABEL_DTYPES = {
     "int16": torch.int16,
     "int32": torch.int32,
     "int64": torch.int64,
+    "uint16": torch.uint16,
+    "uint32": torch.uint32,
+    "uint64": torch.uint64,
 }
 MODES = ("fwd", "bwd", "fwd+bwd")
 FORMATS = ("contiguous", "channels_last")

@@ -29,7 +29,7 @@ import triton.language as tl
 from ._pixelwise_kernels import _load_labels, _load_tile
 from ._region_kernels import _softmax_stats
 from ._runtime import kernel_jit
-from ._tiles import pixel_block
+from ._tiles import label_values, pixel_block
 
 
 @kernel_jit
@@ -125,6 +125,7 @@ def _entry_fg(
     if HINGE:
         fg = t.to(tl.float32) == 1.0
     else:
+        t = label_values(t)  # a uint32 label compared in 32 bits would wrap onto -100
         fg = t == r % C
     entry = kmask
     if HAS_IGNORE:

@@ -344,9 +344,10 @@ def sum_partials(partials: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def label_values(y):
     """Loaded integer labels in a dtype that holds them and the bounds they are tested
-    against (negative ones too): int64 labels stay int64, narrower ones become int32."""
-    if y.dtype == tl.int64:
-        return y
+    against (negative ones too): 64-bit and uint32 labels become int64 (uint64 read as int64,
+    as the reference reads it), narrower ones int32."""
+    if y.dtype == tl.int64 or y.dtype == tl.uint64 or y.dtype == tl.uint32:
+        return y.to(tl.int64)
     else:
         return y.to(tl.int32)
 

@@ -3,8 +3,8 @@
 Conventions (all losses):
 - ``logits`` is ``[B, C, *spatial]`` (one or more spatial dims), any floating dtype.
   Arithmetic runs in float32, or float64 when the logits are float64.
-- multiclass targets are integer labels ``[B, *spatial]`` (uint8, int8, int16, int32 or
-  int64; ``ignore_index`` any int64 but ``RESERVED_IGNORE``);
+- multiclass targets are integer labels ``[B, *spatial]`` (any of ``LABEL_DTYPES``: 8 to 64
+  bits, signed or not; ``ignore_index`` any int64 but ``RESERVED_IGNORE``);
   binary / multilabel targets are ``{0, 1}`` or soft masks ``[B, C, *spatial]``
   (for C = 1 a ``[B, *spatial]`` mask is accepted too).
 - ``ignore_index`` marks target values that take no part in the loss.
@@ -213,12 +213,25 @@ def check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
 
 
-LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+LABEL_DTYPES = (
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+)
+# torch only stores, copies and views these (no ``>=``, ``max`` or indexing on every device):
+# the host compares them widened to int64 or moves them as their signed twin, the kernels
+# read them as they are.
+SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 def check_label_dtype(target: torch.Tensor) -> None:
-    """Integer labels of a dtype in ``LABEL_DTYPES``: uint16/32/64 are refused, as torch
-    cannot compare them on every device (and a reference could not check them)."""
+    """Integer labels of any dtype in ``LABEL_DTYPES``, not empty. uint64 labels are read as
+    int64 (by the reference and the kernels alike): a value from 2^63 up reads negative."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -228,6 +241,12 @@ def check_label_dtype(target: torch.Tensor) -> None:
         raise TypeError(f"target dtype {target.dtype} is not supported: use one of {names}")
     if target.numel() == 0:
         raise ValueError(f"target is empty (shape {tuple(target.shape)})")
+
+
+def comparable(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` in a dtype torch compares on every device: uint16/32/64, which torch only
+    stores and copies, widened to int64 (a copy); the others as they are."""
+    return labels.long() if labels.dtype in SIGNED_TWIN else labels
 
 
 def not_ignored(target: torch.Tensor, ignore_index: float | None) -> torch.Tensor:
@@ -243,6 +262,7 @@ def in_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Where integer labels lie in ``[0, num_classes)``, compared as numbers: past the label
     dtype's range the bound is its largest value, where torch's ``<`` would wrap it
     (uint8 labels against 300 classes compare with 44)."""
+    labels = comparable(labels)
     top = min(num_classes - 1, torch.iinfo(labels.dtype).max)
     return (labels >= 0) & (labels <= top)
 
@@ -255,7 +275,7 @@ def label_mask(target: torch.Tensor, num_classes: int, ignore_index: float | Non
     valid = not_ignored(target, ignore_index)
     bad = valid & ~in_classes(target, num_classes)
     if _checking_values() and bool(bad.any()):
-        value = int(target[bad].flatten()[0])
+        value = int(comparable(target)[bad].flatten()[0])
         raise ValueError(
             f"target holds label {value} outside [0, {num_classes}) "
             f"that is not ignore_index={ignore_index}"

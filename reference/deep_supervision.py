@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ._common import check_choice, check_number, check_numbers
+from ._common import SIGNED_TWIN, check_choice, check_number, check_numbers
 
 WEIGHT_MODES = ("exp", "two", "same")
 
@@ -32,6 +32,8 @@ def resize_nearest(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"target {tuple(target.shape)} has fewer than {len(size) + 1} dims")
     if any(s < 1 for s in size):
         raise ValueError(f"cannot resample to size {size}")
+    if (twin := SIGNED_TWIN.get(target.dtype)) is not None:  # indexed as its signed twin
+        return resize_nearest(target.view(twin), size).view(target.dtype)
     for k, m in enumerate(size):
         dim = lead + k
         n = target.shape[dim]

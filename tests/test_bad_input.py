@@ -441,16 +441,56 @@ def test_metric_ignore_index_outside_the_label_dtype(lib):
         assert lib.confusion_matrix(y, target, 160, ignore_index=-100).trace() == 160
 
 
+UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)  # torch stores and copies them only
+
+
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+def test_unsigned_labels_torch_only_stores(entry, gen):
+    """uint16/32/64 labels (a 16-bit label PNG through ``torch.from_numpy`` gives uint16),
+    on which torch has no ``>=``: the reference and the kernels (with ``validate=True``
+    too) give the loss and gradient they give on int64 labels, ignored pixels included."""
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    y[0, 1] = 255
+    opts = {**entry.variants[0], "ignore_index": 255}
+    for fn in (entry.reference, entry.kernel, functools.partial(entry.kernel, validate=True)):
+        want = run_with_grad(fn, x, y, opts)
+        for dtype in UNSIGNED:
+            got = run_with_grad(fn, x, y.to(dtype), opts)
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
+def test_unsigned_labels_are_read_as_numbers(entry, gen):
+    """A uint32 label 2^32 - 100 is a bad label, not ignore_index=-100 (what it would read
+    as in 32 bits): the reference and ``validate=True`` name it, the kernel alone gives
+    NaN. uint64 labels are read as int64, by both: 2^64 - 100 reads -100 and is ignored."""
+    x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
+    opts = {**entry.variants[0], "ignore_index": -100}
+    y[0, 1, 2] = 2**32 - 100
+    wide = y.to(torch.uint32)
+    for fn, extra in ((entry.reference, {}), (entry.kernel, {"validate": True})):
+        with pytest.raises(ValueError, match=rf"label {2**32 - 100} outside \[0, 3\)"):
+            fn(x, wide, **opts, **extra)
+    assert torch.isnan(entry.kernel(x, wide, **opts).sum())
+    y[0, 1, 2] = -100
+    for fn in (entry.reference, entry.kernel):
+        torch.testing.assert_close(fn(x, y.to(torch.uint64), **opts), fn(x, y, **opts))
+
+
 @pytest.mark.parametrize("entry", LABELS, ids=lambda e: e.name)
 def test_unsupported_label_dtypes_and_reserved_ignore_index(entry, gen):
-    """uint16/32/64 labels are refused by name (torch cannot compare them on every device),
-    and so is ignore_index = -2^31, which the kernels use to mean None."""
+    """Integer dtypes that are no labels (sub-byte, raw bits) are refused by name, and so
+    is ignore_index = -2^31, which the kernels use to mean None."""
     x, y = (v.to(DEVICE) for v in _inputs(entry, gen))
     opts = entry.variants[0]
+    odd = (
+        torch.empty(y.shape, dtype=torch.int4, device=DEVICE),
+        y.to(torch.uint8).view(torch.bits8),
+    )
     for fn in (entry.reference, entry.kernel):
-        for dtype in (torch.uint16, torch.uint32, torch.uint64):
-            with pytest.raises(TypeError, match=f"target dtype {dtype} is not supported"):
-                fn(x, y.to(dtype), **opts)
+        for target in odd:
+            with pytest.raises(TypeError, match=f"target dtype {target.dtype} is not supported"):
+                fn(x, target, **opts)
         for bad, message in ((-(2**31), "is reserved"), (2**63, "must fit in int64")):
             with pytest.raises(ValueError, match=message):
                 fn(x, y, **{**opts, "ignore_index": bad})

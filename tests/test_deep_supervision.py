@@ -24,11 +24,12 @@ def test_resize_nearest_is_torch_nearest_exact(shape, size, gen):
     torch.testing.assert_close(
         resize_nearest(x, size), F.interpolate(x, size=size, mode="nearest-exact"), rtol=0, atol=0
     )
-    labels = torch.randint(0, 7, (shape[0], *shape[2:]), generator=gen).to(torch.uint8)
-    small = resize_nearest(labels, size)
-    assert small.dtype == torch.uint8
+    labels = torch.randint(0, 7, (shape[0], *shape[2:]), generator=gen)
     expected = F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")[:, 0]
-    assert torch.equal(small.float(), expected)
+    for dtype in (torch.uint8, torch.uint16, torch.uint32, torch.uint64):
+        small = resize_nearest(labels.to(dtype).to(DEVICE), size)
+        assert small.dtype == dtype
+        assert torch.equal(small.cpu().long(), expected.long())
 
 
 def _pyramid(gen, C=4, size=(16, 12), levels=3):

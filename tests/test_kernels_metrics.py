@@ -13,7 +13,14 @@ import sys
 
 import pytest
 import torch
-from kernel_checks import DEVICE, METRIC_ULPS, assert_runs_split, chunked_runs, on_two_gloo_ranks
+from kernel_checks import (
+    DEVICE,
+    LABELS_WITH_255,
+    METRIC_ULPS,
+    assert_runs_split,
+    chunked_runs,
+    on_two_gloo_ranks,
+)
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -147,10 +154,11 @@ def test_dense_and_sparse_diagonal_tiles_in_one_run(from_logits, per_image, gen,
     assert_runs_split(runs)
 
 
-@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int32], ids=str)
+@pytest.mark.parametrize("label_dtype", LABELS_WITH_255, ids=str)
 def test_label_dtypes_and_channels_last(label_dtype, gen):
     logits, target = _inputs(2, 5, (6, 7), gen, label_dtype=label_dtype)
     want = ref.confusion_matrix(logits, target.long(), 5, ignore_index=255)
+    assert torch.equal(ref.confusion_matrix(logits, target, 5, ignore_index=255), want)
     cl = logits.contiguous(memory_format=torch.channels_last)
     assert torch.equal(ker.confusion_matrix(cl, target, 5, ignore_index=255), want)
     assert torch.equal(ker.confusion_matrix(logits.argmax(1), target, 5, ignore_index=255), want)

@@ -14,7 +14,14 @@ import random
 
 import pytest
 import torch
-from kernel_checks import DEVICE, KERNELS, assert_identity, assert_matches, to_channels_last
+from kernel_checks import (
+    DEVICE,
+    KERNELS,
+    LABELS_WITH_255,
+    assert_identity,
+    assert_matches,
+    to_channels_last,
+)
 
 from segtriton.registry import make_inputs
 
@@ -113,7 +120,7 @@ def _case(entry, r: random.Random):
     opts["reduction"] = "mean" if opts.get("gamma_after_mean") else reduction
     ignore = r.choice([0.0, 0.3, 0.9, 1.0]) if "ignore_index" in opts else 0.0
     labels = entry.target_kind(opts) == "labels"
-    label_dtype = r.choice([torch.int64, torch.int32, torch.int16, torch.uint8])
+    label_dtype = r.choice(LABELS_WITH_255)
     dtype = r.choice([torch.float32, torch.float16, torch.bfloat16])
     shape = (r.choice([1, 2, 3]), C, *spatial)
     soft = entry.soft and not labels and r.random() < 0.5
@@ -137,7 +144,8 @@ def _probabilities(labels, shape, gen, one_hot: bool):
     (ignored pixels read as class 0), or a random soft distribution per pixel."""
     C = shape[1]
     if one_hot:
-        hard = torch.where((labels >= 0) & (labels < C), labels.long(), 0)
+        labels = labels.long()  # torch has no >= on uint16/32/64
+        hard = torch.where((labels >= 0) & (labels < C), labels, 0)
         return torch.nn.functional.one_hot(hard, C).movedim(-1, 1).double()
     soft = torch.softmax(2 * torch.randn(shape, generator=gen, dtype=torch.float64), dim=1)
     return soft.to(labels.device)
