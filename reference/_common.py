@@ -249,6 +249,13 @@ def comparable(labels: torch.Tensor) -> torch.Tensor:
     return labels.long() if labels.dtype in SIGNED_TWIN else labels
 
 
+def valid_labels(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Integer labels as int64, 0 where not ``valid``: ready to gather, index or one-hot
+    with (widened first: torch's ``where`` takes no uint16/32/64 on every release, and a
+    uint8 index would select as a mask)."""
+    return torch.where(valid, target.long(), 0)
+
+
 def not_ignored(target: torch.Tensor, ignore_index: float | None) -> torch.Tensor:
     """Where integer labels are not ``ignore_index``, compared as numbers (in int64): an
     ignore_index outside the label dtype's range matches no label, where torch's ``!=``
@@ -668,7 +675,7 @@ def region_inputs(
         return activate(x, valid, True, from_logits), flat(t).to(x.dtype), valid
     if multiclass:
         valid = check_labels(logits, target, ignore_index)
-        labels = flat_labels(torch.where(valid, target, 0).long())
+        labels = flat_labels(valid_labels(target, valid))
         valid = flat_labels(valid).unsqueeze(1)
         g = torch.nn.functional.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(x.dtype)
     else:

@@ -29,6 +29,7 @@ from ._common import (
     device_constant,
     not_ignored,
     reduce_pixels,
+    valid_labels,
 )
 from .pixelwise import (
     binary_cross_entropy_with_logits,
@@ -115,7 +116,7 @@ def _global_pixel_term(
         w = check_class_vector("weight", weight, logits.shape[1], term)
         per_pixel = valid.to(term.dtype)
         if w is not None:
-            per_pixel = per_pixel * w[torch.where(valid, target, 0)]
+            per_pixel = per_pixel * w[valid_labels(target, valid)]
         divisor = per_pixel.sum() * (logits.shape[1] if per_class else 1)
     else:
         divisor = check_masks(logits, target, ignore_index)[1].sum().to(term.dtype)

@@ -28,6 +28,7 @@ from ._common import (
     holds_probabilities,
     is_number,
     reduce_pixels,
+    valid_labels,
 )
 
 
@@ -383,7 +384,7 @@ def sigmoid_focal_loss(
     w = check_class_vector("weight", weight, C, like)
     if mode == "multiclass":
         valid = check_labels(logits, target, ignore_index)
-        labels = torch.where(valid, target, 0).long()
+        labels = valid_labels(target, valid)
         t = F.one_hot(labels, C).movedim(-1, 1).to(dtype)
         valid = valid.unsqueeze(1).expand_as(t)
     else:
@@ -430,7 +431,7 @@ def softmax_focal_loss(
     gamma = check_number("gamma", gamma)
     C = logits.shape[1]
     logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
-    labels = torch.where(valid, target, 0).long()
+    labels = valid_labels(target, valid)
     logp_y = logp.gather(1, labels.unsqueeze(1)).squeeze(1)
     one_minus = -torch.expm1(logp_y)
     positive = one_minus > 0

@@ -18,6 +18,7 @@ from ._common import (
     flat_labels,
     is_finite,
     reads_values,
+    valid_labels,
 )
 
 
@@ -120,7 +121,7 @@ def generalized_wasserstein_dice_loss(
     x = flat(logits).to(acc_dtype(logits))
     m = class_distances(dist_matrix, logits.shape[1], x)
     p = torch.softmax(x, dim=1)
-    y = flat_labels(torch.where(valid, target, 0).long())
+    y = flat_labels(valid_labels(target, valid))
     v = flat_labels(valid).to(x.dtype)
     # elementwise, not a matmul: under torch.autocast a matmul would run in bf16 / fp16
     w = (m[y] * p.transpose(1, 2)).sum(2)

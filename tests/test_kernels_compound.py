@@ -195,6 +195,8 @@ def _global_worker(rank: int, world: int, seed: int) -> None:
             opts = {**options, "ignore_index": 255}
         x, t = _inputs(entry, (2 * world, 3, 5, 6), opts, torch.float64, gen)
         t[0] = 255  # rank 0 holds fewer valid pixels: local means differ from global ones
+        if "weight" in options:  # the global divisor indexes the weights with the labels
+            t = t.to(torch.uint8)
         whole, whole_grad = run_with_grad(entry.reference, x.cpu(), t.cpu(), opts)
         for fn, xs in ((entry.reference, x[mine].cpu()), (entry.kernel, x[mine].float())):
             ts = t[mine] if fn is entry.kernel else t[mine].cpu()
