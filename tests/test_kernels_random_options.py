@@ -23,6 +23,7 @@ from kernel_checks import (
     to_channels_last,
 )
 
+from segtriton.reference._common import in_classes, valid_labels
 from segtriton.registry import make_inputs
 
 # option sets compared per loss and run; tests/test_kernels_stages.py's child run under the
@@ -144,8 +145,7 @@ def _probabilities(labels, shape, gen, one_hot: bool):
     (ignored pixels read as class 0), or a random soft distribution per pixel."""
     C = shape[1]
     if one_hot:
-        labels = labels.long()  # torch has no >= on uint16/32/64
-        hard = torch.where((labels >= 0) & (labels < C), labels, 0)
+        hard = valid_labels(labels, in_classes(labels, C))
         return torch.nn.functional.one_hot(hard, C).movedim(-1, 1).double()
     soft = torch.softmax(2 * torch.randn(shape, generator=gen, dtype=torch.float64), dim=1)
     return soft.to(labels.device)
