@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from segtriton.registry import KINK_SHARE  # noqa: E402
+from segtriton.registry import KINK_SHARE, LOSSES  # noqa: E402
 
 from .runner import add_ratios, load_rows  # noqa: E402
 from .targets import bench_extras, evaluate  # noqa: E402
@@ -438,6 +438,15 @@ def build_report(dirs: list[Path], out: Path) -> Path:
             "for any order of tied errors, see `segtriton.reference.lovasz`): the gradient "
             "itself depends on how tied errors are ordered, so its element-wise error "
             "(grad_rel_err) is shown but not gated.",
+            "",
+        ]
+    sized = sorted(set(df.loss) & {e.name for e in LOSSES if e.magnitude is not None})
+    if sized:
+        lines += [
+            f"The loss error of {', '.join(sized)} (`loss_rel_err`) is relative to the size "
+            "of its terms when that exceeds the loss: the loss is a difference of terms "
+            "that can nearly cancel, where float32 rounding of the terms is large relative "
+            "to what is left.",
             "",
         ]
     by_share = df.grad_off_share.notna()

@@ -82,7 +82,9 @@ def make_provider(case: Case, entry: LossEntry) -> Callable:
     return unchecked
 
 
-def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+def _max_rel(a: torch.Tensor, b: torch.Tensor, scale: float = 0.0) -> float:
+    """``max |a - b|`` over the larger of ``max |b|`` and ``scale`` (NaN on one side only,
+    or another shape: infinite)."""
     a, b = a.detach().double(), b.detach().double()
     if a.shape != b.shape:
         return math.inf
@@ -90,7 +92,7 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     if bool((torch.isnan(a) ^ torch.isnan(b)).any()):
         return math.inf
     a, b = a.masked_fill(both_nan, 0), b.masked_fill(both_nan, 0)
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+    return float((a - b).abs().max() / b.abs().max().clamp_min(max(scale, 1e-30)))
 
 
 def _off_share(a: torch.Tensor, b: torch.Tensor, tol: float) -> float:
@@ -183,7 +185,8 @@ def run_case(
 
     xd = x.detach().double().requires_grad_(need_grad)
     ref_loss = entry.reference(xd, t, **options)  # one float64 pass serves loss and gradient
-    row["loss_rel_err"] = _max_rel(loss, ref_loss)
+    size = 0.0 if entry.magnitude is None else float(entry.magnitude(xd.detach(), t, **options))
+    row["loss_rel_err"] = _max_rel(loss, ref_loss, size)
     row["grad_rel_err"] = math.nan
     grad_ok = True
     if grad is not None:

@@ -45,6 +45,10 @@ class LossEntry:
       provider and the float64 reference fall on two sides at a few isolated pixels,
       so the benchmark gates such a gradient on the share of its entries off by more
       than the tolerance (:data:`KINK_SHARE`), not on the largest error.
+    magnitude: for a loss that is a difference of terms which can cancel (Combo),
+      ``f(logits, target, **options)``: the float64 size of its terms. The benchmark
+      measures the loss's error relative to the larger of that and ``|loss|``: near a
+      cancellation, the float32 rounding of the terms is large relative to the loss.
     light: options that shorten the loss's inner loop (clDice's and HD-ER's erosions),
       which the generic tests that run many launches or large inputs in Triton's
       interpreter (infinite logits, layouts, the fp16 loss scale) merge into theirs; the
@@ -63,6 +67,7 @@ class LossEntry:
     grad_weights: Callable[..., torch.Tensor] | None = None
     order_sensitive: bool = False
     kinked: bool = False
+    magnitude: Callable[..., torch.Tensor] | None = None
     light: dict = field(default_factory=dict)
 
     def triton(self) -> Callable[..., torch.Tensor]:
@@ -372,6 +377,7 @@ LOSSES: tuple[LossEntry, ...] = (
         soft=True,
         kernel=ker.combo_loss,
         reductions=_SCALAR,
+        magnitude=ref.combo_magnitude,
     ),
     LossEntry(
         "lovasz_hinge",

@@ -61,6 +61,40 @@ def test_a_loss_value_off_fails_a_row_whose_gradient_is_right(monkeypatch):
     assert row["grad_rel_err"] < 1e-5, row
 
 
+def test_a_combo_loss_is_judged_against_the_size_of_its_terms(monkeypatch, tmp_path):
+    """Combo is a difference of two terms that can cancel: a value off by 5e-5 of the terms'
+    size passes (though that is several times 1e-4 of the loss), one off by 1e-3 fails; the
+    report says how the error was measured."""
+    seen, rows = [], []
+
+    def off(share):
+        def wrap(fn):
+            def loss(x, t, **o):
+                value = fn(x, t, **o)
+                size = get("combo").magnitude(x.detach().double(), t, **o)
+                seen.append((float(value), float(size)))
+                return value + share * size.to(value.dtype)
+
+            return loss
+
+        return wrap
+
+    for share, passed in ((5e-5, True), (1e-3, False)):
+        with monkeypatch.context() as patch:
+            _wrapped(patch, off(share))
+            row = runner.run_case(_case("combo"), CPU, copy_gbps=1.0, reps=1)
+        assert row["loss_rel_err"] == pytest.approx(share, rel=1e-2) and row["passed"] == passed
+        value, size = seen[0]
+        assert abs(value) < size / 4, seen  # the loss is well below its terms
+        rows.append(row)
+    runner.save_rows(tmp_path, rows)
+    cli.main(["report", str(tmp_path), "--out", str(tmp_path)])
+    assert (
+        "The loss error of combo (`loss_rel_err`) is relative to the size"
+        in (tmp_path / "report.md").read_text()
+    )
+
+
 def test_a_kinked_loss_fails_on_the_share_of_its_gradient_off(monkeypatch):
     """A gradient twice the right one fails the erosion Hausdorff row (gated on the share of
     entries off the tolerance, not on the largest error)."""
