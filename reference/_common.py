@@ -244,8 +244,8 @@ def check_label_dtype(target: torch.Tensor) -> None:
 
 
 def comparable(labels: torch.Tensor) -> torch.Tensor:
-    """``labels`` in a dtype torch compares on every device: uint16/32/64, which torch only
-    stores and copies, widened to int64 (a copy); the others as they are."""
+    """``labels`` in a dtype torch compares on every device and release: uint16/32/64
+    (see ``SIGNED_TWIN``) widened to int64 (a copy); the others as they are."""
     return labels.long() if labels.dtype in SIGNED_TWIN else labels
 
 

@@ -449,43 +449,6 @@ def generalized_dice_focal_loss(
     return lambda_focal * focal + lambda_gdl * gdl
 
 
-def _combo_terms(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    smooth: float = 1.0,
-    ignore_index: float | None = None,
-    scope: str = "batch",
-    reduction: str = "mean",
-    process_group: dist.ProcessGroup | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combo's two terms, ``(alpha * WBCE, (1 - alpha) * DSC)``, as in :func:`combo_loss`."""
-    _scalar_reduction(reduction)
-    alpha, beta, smooth = combo_options(alpha, beta, smooth)
-    t, valid = check_masks(logits, target, ignore_index)
-    x = logits.to(t.dtype)
-    terms = beta * t * F.logsigmoid(x) + (1 - beta) * (1 - t) * F.logsigmoid(-x)
-    wbce = reduce_pixels(
-        -terms.masked_fill(~valid, 0.0), _local(reduction, process_group), valid.sum().to(x.dtype)
-    )
-    wbce = _global_pixel_term(
-        wbce, logits, target, False, ignore_index, reduction, scope, process_group
-    )
-    dsc = 1 - dice_loss(
-        logits,
-        target,
-        "multilabel",
-        smooth,
-        smooth,
-        scope=scope,
-        ignore_index=ignore_index,
-        reduction="mean",
-        process_group=process_group,
-    )
-    return alpha * wbce, (1 - alpha) * dsc
-
-
 def combo_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -509,15 +472,37 @@ def combo_loss(
     (The authors' Keras code weighs the negative term by ``beta (1 - beta)``; this follows
     the paper.)
     """
-    wbce, dsc = _combo_terms(
-        logits, target, alpha, beta, smooth, ignore_index, scope, reduction, process_group
+    _scalar_reduction(reduction)
+    alpha, beta, smooth = combo_options(alpha, beta, smooth)
+    t, valid = check_masks(logits, target, ignore_index)
+    x = logits.to(t.dtype)
+    terms = beta * t * F.logsigmoid(x) + (1 - beta) * (1 - t) * F.logsigmoid(-x)
+    wbce = reduce_pixels(
+        -terms.masked_fill(~valid, 0.0), _local(reduction, process_group), valid.sum().to(x.dtype)
     )
-    return wbce - dsc
+    wbce = _global_pixel_term(
+        wbce, logits, target, False, ignore_index, reduction, scope, process_group
+    )
+    dsc = 1 - dice_loss(
+        logits,
+        target,
+        "multilabel",
+        smooth,
+        smooth,
+        scope=scope,
+        ignore_index=ignore_index,
+        reduction="mean",
+        process_group=process_group,
+    )
+    return alpha * wbce - (1 - alpha) * dsc
 
 
 def combo_magnitude(logits: torch.Tensor, target: torch.Tensor, **options: object) -> torch.Tensor:
     """The size of Combo's two terms, ``alpha |WBCE| + (1 - alpha) |DSC|``: the scale an
     error of :func:`combo_loss` (same options) is judged against, as the loss, their
-    difference, can be near 0 while the terms are not (the benchmark's loss gate)."""
-    wbce, dsc = _combo_terms(logits, target, **options)  # type: ignore[arg-type]
-    return wbce.abs() + dsc.abs()
+    difference, can be near 0 while the terms are not (the benchmark's loss gate). Each
+    term is :func:`combo_loss` at ``alpha`` 1 or 0."""
+    alpha = float(options.pop("alpha", 0.5))  # type: ignore[arg-type]
+    wbce = combo_loss(logits, target, alpha=1.0, **options)  # type: ignore[arg-type]
+    dsc = combo_loss(logits, target, alpha=0.0, **options)  # type: ignore[arg-type]
+    return alpha * wbce.abs() + (1 - alpha) * dsc.abs()
