@@ -86,10 +86,13 @@ def _sweep(args: argparse.Namespace) -> int:
     from .spec import ONLY_SOME, SpecError, expand, load_spec
 
     spec = load_spec(args.preset if args.spec is None else None, args.spec)
-    for axis in ("losses", "providers", "dtypes", "modes", "memory_formats"):
+    for axis in ("losses", "providers", "dtypes", "label_dtypes", "modes", "memory_formats"):
         value = getattr(args, axis)
         if value:
             spec[axis] = value.split(",")
+    if args.shape:
+        spec["shapes"] = [list(_shape_arg(text)) for text in args.shape]
+        spec.pop("cases", None)  # a preset's case list gives way to the shapes asked for
     cases = expand(spec)
     if not cases:
         some = {p: sorted(ONLY_SOME[p]) for p in spec["providers"] if p in ONLY_SOME}
@@ -326,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--losses", help="comma-separated registry names (overrides the spec)")
     sweep.add_argument("--providers", help="comma-separated: triton,eager,compile,...")
     sweep.add_argument("--dtypes", help="comma-separated: fp32,fp16,bf16")
+    sweep.add_argument(
+        "--label-dtypes",
+        help="comma-separated: int64,int32,int16,uint8,uint16,uint32,uint64 (integer labels; "
+        "masks take the logits' dtype)",
+    )
+    sweep.add_argument(
+        "--shape",
+        action="append",
+        help="B,C,spatial... to sweep instead of the spec's shapes (repeat for several; with "
+        "a preset that lists cases, as 'targets' does, the losses and dtypes then multiply "
+        "these shapes)",
+    )
     sweep.add_argument("--modes", help="comma-separated: fwd,bwd,fwd+bwd")
     sweep.add_argument(
         "--memory-formats",

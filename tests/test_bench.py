@@ -113,6 +113,32 @@ def test_cli_reports_a_bad_spec_file(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+def test_sweep_takes_shapes_and_label_dtypes_on_the_command_line(tmp_path, capsys):
+    """``--shape`` (repeated) and ``--label-dtypes`` replace the spec's axes; with a preset
+    that lists cases (targets) the shapes replace the list; a bad shape is refused before
+    any folder is made."""
+    base = ["sweep", "--losses", "dice", "--providers", "eager", "--reps", "1"]
+    shapes = ["--shape", "2,3,5,7", "--shape", "1,2,3,4,5"]
+    out = tmp_path / "flags"
+    assert main([*base, *shapes, "--label-dtypes", "uint8,int32", "--out", str(out)]) == 0
+    rows = json.loads((out / "rows.json").read_text())
+    assert {(r["shape"], r["label_dtype"]) for r in rows} == {
+        (s, d) for s in ("2x3x5x7", "1x2x3x4x5") for d in ("uint8", "int32")
+    }
+    out = tmp_path / "targets"
+    assert main([*base, "--preset", "targets", *shapes[:2], "--out", str(out)]) == 0
+    rows = json.loads((out / "rows.json").read_text())
+    assert {r["shape"] for r in rows} == {"2x3x5x7"} and {r["dtype"] for r in rows} == {
+        "bf16",
+        "fp32",
+    }
+    assert main([*base, "--shape", "2,3", "--out", str(tmp_path / "bad")]) == 2
+    assert "--shape needs positive integers B,C and spatial sizes, got 2,3" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "bad").exists()
+
+
 def test_byte_models():
     ce, dice = get("cross_entropy"), get("dice")
     shape = (8, 19, 512, 1024)
