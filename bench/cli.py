@@ -92,7 +92,9 @@ def _sweep(args: argparse.Namespace) -> int:
             spec[axis] = value.split(",")
     if args.shape:
         spec["shapes"] = [list(_shape_arg(text)) for text in args.shape]
-        spec.pop("cases", None)  # a preset's case list gives way to the shapes asked for
+        if "cases" in spec:  # a case list gives way to the shapes; its losses stay
+            named = dict.fromkeys(name for name, _, _ in spec.pop("cases"))
+            spec["losses"] = list(named) if spec["losses"] == "all" else spec["losses"]
     cases = expand(spec)
     if not cases:
         some = {p: sorted(ONLY_SOME[p]) for p in spec["providers"] if p in ONLY_SOME}

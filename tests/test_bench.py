@@ -126,12 +126,12 @@ def test_sweep_takes_shapes_and_label_dtypes_on_the_command_line(tmp_path, capsy
         (s, d) for s in ("2x3x5x7", "1x2x3x4x5") for d in ("uint8", "int32")
     }
     out = tmp_path / "targets"
-    assert main([*base, "--preset", "targets", *shapes[:2], "--out", str(out)]) == 0
+    targets = ["--preset", "targets", "--providers", "eager", "--reps", "1", *shapes[:2]]
+    assert main(["sweep", *targets, "--out", str(out)]) == 0
     rows = json.loads((out / "rows.json").read_text())
-    assert {r["shape"] for r in rows} == {"2x3x5x7"} and {r["dtype"] for r in rows} == {
-        "bf16",
-        "fp32",
-    }
+    assert {r["loss"] for r in rows} == {name for name, _, _ in load_spec("targets")["cases"]}
+    assert {r["shape"] for r in rows} <= {"2x3x5x7", "2x1x5x7"}  # binary losses: C = 1
+    assert {r["dtype"] for r in rows} == {"bf16", "fp32"}
     assert main([*base, "--shape", "2,3", "--out", str(tmp_path / "bad")]) == 2
     assert "--shape needs positive integers B,C and spatial sizes, got 2,3" in (
         capsys.readouterr().err
