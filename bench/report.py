@@ -476,6 +476,8 @@ def build_report(dirs: list[Path], out: Path) -> Path:
             "not checked against float64 in that run: charted, not recommended.",
             "",
         ]
+    # besides the layout, what tells two rows of a loss, provider, shape and dtype apart
+    cases_differ = _varying(df, ["label_dtype", "ignore_frac"])
     if len(failed):
         lines += [
             f"**{len(failed)} row(s) failed correctness or errored** (kept out of the "
@@ -489,6 +491,8 @@ def build_report(dirs: list[Path], out: Path) -> Path:
                         "shape",
                         "dtype",
                         "mode",
+                        "memory_format",
+                        *cases_differ,
                         "loss_rel_err",
                         "grad_rel_err",
                         "grad_identity_err",
@@ -509,6 +513,7 @@ def build_report(dirs: list[Path], out: Path) -> Path:
         "dtype",
         "mode",
         "memory_format",
+        *cases_differ,
         "median_ms",
         "p20_ms",
         "p80_ms",

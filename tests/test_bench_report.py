@@ -179,6 +179,24 @@ def test_the_report_names_losses_whose_compiled_graph_broke(tmp_path):
     assert "(most graph breaks in one first call): boundary (9)." in text
 
 
+def test_the_tables_tell_apart_rows_that_differ_only_in_label_dtype(tmp_path):
+    """Two rows of one loss, provider, shape and dtype on uint16 and int64 labels: both
+    tables name the label dtype (and the failed one the layout); a run of one label dtype
+    shows no such column."""
+    rows = [
+        _row("triton", "2x3x4x4", 1.0),
+        _row("triton", "2x3x4x4", 1.0, label_dtype="uint16", passed=False, loss_rel_err=0.5),
+    ]
+    run = save_run(tmp_path / "run", rows)
+    text = report.build_report([run], run).read_text()
+    header = "| loss | provider | shape | dtype | mode | memory_format | label_dtype |"
+    assert text.count(header) == 2, text  # failed rows, all rows
+    failed = text.split("failed correctness or errored")[1].split("## ")[0]
+    assert "| dice | triton | 2x3x4x4 | fp32 | fwd+bwd | contiguous | uint16 | 0.5 |" in failed
+    one = save_run(tmp_path / "one", rows[:1])
+    assert "label_dtype" not in report.build_report([one], one).read_text()
+
+
 def test_compare_lists_rows_timed_in_both_runs(tmp_path):
     a = save_run(tmp_path / "a", [_row("triton", "2x3x4x4", 1.0), _row("eager", "2x3x4x4", 2.0)])
     b = save_run(tmp_path / "b", [_row("triton", "2x3x4x4", 1.01), _row("eager", "2x3x4x4", NAN)])
