@@ -7,6 +7,7 @@ A spec is a dict of axes; every combination of them is one case::
     shapes = [[8, 19, 512, 1024], [2, 4, 128, 128, 128]]   # [B, C, *spatial]
     dtypes = ["bf16", "fp32"]
     label_dtypes = ["int64"]                    # labels; masks take the logits' dtype
+                                                # (a loss on masks runs under the first)
     modes = ["fwd+bwd"]                           # fwd | bwd | fwd+bwd
     memory_formats = ["contiguous"]               # or channels_last (masks follow)
     ignore_frac = 0.05                            # share of ignored pixels
@@ -90,8 +91,10 @@ class Case:
         return self._key(self.loss)
 
     def describe(self) -> str:
-        return f"{self.loss} {self.provider} {self.dtype} {list(self.shape)} {self.mode}" + (
-            " channels_last" if self.memory_format == "channels_last" else ""
+        return (
+            f"{self.loss} {self.provider} {self.dtype} {list(self.shape)} {self.mode}"
+            + (" channels_last" if self.memory_format == "channels_last" else "")
+            + (f" {self.label_dtype} labels" if self.label_dtype != "int64" else "")
         )
 
     def as_row(self) -> dict:
@@ -363,7 +366,10 @@ def expand(spec: dict) -> list[Case]:
         if name not in ONLY_SOME.get(provider, {name: None}):
             continue  # a baseline or peer only for some losses
         entry = get(name)
-        shape = entry.fit_shape(shape, provider_options(provider, entry))
+        options = provider_options(provider, entry)
+        if entry.target_kind(options) == "masks" and ldt != spec["label_dtypes"][0]:
+            continue  # masks take the logits' dtype: one case whatever the label dtypes
+        shape = entry.fit_shape(shape, options)
         if shape[1] < entry.min_classes or (fmt == "channels_last" and len(shape) not in (4, 5)):
             continue
         frac = float(spec["ignore_frac"]) if entry.takes("ignore_index") else 0.0

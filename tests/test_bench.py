@@ -90,6 +90,12 @@ def test_expand_leaves_out_cases_a_loss_cannot_run_and_repeats():
     # no pixel of a loss without ignore_index is ignored, and its rows say so
     fracs = {c.loss: c.ignore_frac for c in cases(["dice", "cross_entropy_probs"], [[2, 3, 4, 4]])}
     assert fracs == {"dice": 0.1, "cross_entropy_probs": 0.0}
+    # a loss on masks runs once over several label dtypes (its masks take the logits' dtype)
+    both = cases(["bce", "dice"], [[2, 3, 4, 4]], label_dtypes=["uint16", "int64"])
+    assert [(c.loss, c.label_dtype) for c in both] == [
+        ("bce", "uint16"), ("dice", "uint16"), ("dice", "int64")
+    ]  # fmt: skip
+    assert both[1].describe() == "dice eager fp32 [2, 3, 4, 4] fwd+bwd uint16 labels"
 
 
 def test_cli_reports_a_bad_spec_file(tmp_path, capsys):
