@@ -28,6 +28,7 @@ from ._common import (
     device_constant,
     flat,
     flat_labels,
+    valid_labels,
 )
 
 
@@ -184,7 +185,7 @@ def lovasz_softmax_grad_weights(
     """
     valid = check_labels(logits, target, ignore_index)
     p = torch.softmax(logits.double(), dim=1) if from_logits else logits.double()
-    y = target.long().masked_fill(~valid, 0).unsqueeze(1)
+    y = valid_labels(target, valid).unsqueeze(1)
     if not from_logits:
         return (p - torch.zeros_like(p).scatter_(1, y, 1.0)) * valid.unsqueeze(1)
     w = torch.zeros_like(p)

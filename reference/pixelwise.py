@@ -154,7 +154,7 @@ def ohem_cross_entropy(
     min_kept = check_min_kept(min_kept)
     logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
     w = check_class_vector("weight", weight, logits.shape[1], logp)
-    labels = target.long().masked_fill(~valid, 0).unsqueeze(1)
+    labels = valid_labels(target, valid).unsqueeze(1)
     nll = -logp.gather(1, labels).squeeze(1)
     if w is not None:
         nll = nll * w[labels.squeeze(1)]
@@ -192,7 +192,7 @@ def recall_cross_entropy(
     valid = check_labels(logits, target, ignore_index)
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     logp = F.log_softmax(logits.to(acc_dtype(logits)), dim=1)
-    labels = target.long().masked_fill(~valid, 0)
+    labels = valid_labels(target, valid)
     hit = valid & (logits.detach().argmax(1) == labels)
     counts = torch.zeros(2, logits.shape[1], dtype=logp.dtype, device=logp.device)
     counts[0].scatter_add_(0, labels.flatten(), valid.flatten().to(logp.dtype))
