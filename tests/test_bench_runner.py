@@ -72,7 +72,7 @@ def test_a_combo_loss_is_judged_against_the_size_of_its_terms(monkeypatch, tmp_p
             def loss(x, t, **o):
                 value = fn(x, t, **o)
                 size = get("combo").magnitude(x.detach().double(), t, **o)
-                seen.append((float(value), float(size)))
+                seen.append((value.item(), size.item()))
                 return value + share * size.to(value.dtype)
 
             return loss
