@@ -144,6 +144,21 @@ def kernel_api(fn: Callable[P, R]) -> Callable[P, R]:
     return cast("Callable[P, R]", entry)
 
 
+def compiled_apart(fn: Callable[P, R]) -> Callable[P, R]:
+    """``torch.compiler.disable(fn)`` (a graph break around ``fn`` under torch.compile),
+    made at the first call: the decorator imports torch._dynamo, about 1.5 s that
+    ``import segtriton.kernels`` then need not pay."""
+    disabled: list[Callable[P, R]] = []
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return call
+
+
 def kernel_jit(fn: Callable) -> triton.runtime.jit.KernelInterface:
     """``triton.jit`` for a kernel that segtriton launches: where the environment does not
     set ``TRITON_DEFAULT_FP_FUSION``, each launch asks for FMA contraction

@@ -55,7 +55,7 @@ from ._region_kernels import (
     _region_grad_kernel,
     _region_stats_kernel,
 )
-from ._runtime import kernel_api
+from ._runtime import compiled_apart, kernel_api
 from ._tiles import (
     COLUMN_CLASSES,
     STAGES,
@@ -553,7 +553,7 @@ class _GlobalRegionLoss(torch.autograd.Function):
         return _loss_backward(ctx, grad_loss, _grad_out)
 
 
-@torch.compiler.disable  # a clean graph break around the collective under torch.compile
+@compiled_apart  # a clean graph break around the collective under torch.compile
 def _global_region_loss(logits, target, group, *args):
     return _GlobalRegionLoss.apply(logits, target, group, *args)[0]
 

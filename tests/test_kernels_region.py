@@ -552,6 +552,7 @@ def _global_dice_worker(rank: int, world: int, seed: int) -> None:
     y = torch.randint(0, 3, (sum(sizes), 5, 6), generator=gen)
     y[-1] = 255
     mine = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    _compiled_global_dice(x, y, mine)
     names = ("dice", "generalized_dice", "mcc")
     for name, reduction in itertools.product(names, ("mean", "sum", "none")):
         entry = get(name)  # the MCC's pixel counts are reduced too
@@ -571,8 +572,27 @@ def _global_dice_worker(rank: int, world: int, seed: int) -> None:
             torch.testing.assert_close(grad.cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
 
 
+def _compiled_global_dice(x, y, mine):
+    """Under torch.compile the collective sits behind a graph break (kernels/region.py,
+    made at the first call: here, before any eager call with a process group): fullgraph
+    refuses it, a plain compile gives the eager loss and gradient."""
+    opts = {"ignore_index": 255, "process_group": dist.group.WORLD}
+
+    def loss(a, b):
+        return ker.dice_loss(a, b, **opts)
+
+    xs, ys = x[mine].float().to(DEVICE), y[mine].to(DEVICE)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        torch.compile(loss, fullgraph=True)(xs, ys)
+    got = run_with_grad(torch.compile(loss), xs, ys, {})
+    whole, whole_grad = run_with_grad(ref.dice_loss, x, y, {"ignore_index": 255})
+    torch.testing.assert_close(got[0].cpu(), whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1].cpu(), whole_grad[mine], rtol=1e-4, atol=1e-7)
+
+
 def test_global_sums_across_two_gloo_processes(seed):
     """Batch-scope Dice / GDL / MCC with process_group equals the single-process loss on
     the whole batch, loss and each rank's gradient slice (reference path and kernel path),
-    for every reduction and with ranks holding 1 and 3 images."""
+    for every reduction and with ranks holding 1 and 3 images; Dice under torch.compile
+    too."""
     on_two_gloo_ranks(_global_dice_worker, seed)
