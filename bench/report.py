@@ -13,11 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
+from matplotlib.axis import Axis  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, NullLocator  # noqa: E402
 
 from segtriton.registry import KINK_SHARE, LOSSES  # noqa: E402
 
 from .runner import add_ratios, load_rows  # noqa: E402
+from .spec import PROVIDERS  # noqa: E402
 from .targets import bench_extras, evaluate  # noqa: E402
 
 KEYS = ["loss", "shape", "dtype", "label_dtype", "mode", "memory_format", "ignore_frac"]
@@ -153,6 +155,38 @@ def _side_label(row: pd.Series, columns: list[str]) -> str:
     return " ".join(_SIDE[c].format(row[c]) for c in columns)
 
 
+GRAPH = " (CUDA graph)"  # the provider suffix of a CUDA-graph replay's bar
+# dark and light shades of one hue per provider (its replays take the light one), in the
+# order of the sweep's providers, so that a provider looks the same in every chart
+_SHADES = [matplotlib.colormaps["tab20"](i) for i in range(20)]
+_DTYPE_LINES = {"fp32": "-", "bf16": "--", "fp16": ":"}
+_MARKERS = "os^Dvx"  # one per kind of case (layout, label dtype, ignored share) in a chart
+
+
+def provider_color(provider: str) -> tuple[float, float, float, float]:
+    """The colour of ``provider`` in every chart: a fixed hue per provider of the sweep
+    (grey for any other), its lighter shade for the provider's CUDA-graph replays."""
+    base = provider.removesuffix(GRAPH)
+    if base not in PROVIDERS:
+        return (0.5, 0.5, 0.5, 1.0)
+    return _SHADES[(2 * PROVIDERS.index(base) + (base != provider)) % len(_SHADES)]
+
+
+class PlainLogFormatter(LogFormatterSciNotation):
+    """Matplotlib's choice of which ticks of a log axis to label, each written as a plain
+    number (0.3, 2, 40) instead of 3 x 10^-1: a time axis spanning less than a decade
+    labels its minor ticks, which read poorly in powers of ten."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _plain_log_labels(axis: Axis) -> None:
+    """Plain numbers on the major and minor ticks of a log ``axis``."""
+    axis.set_major_formatter(PlainLogFormatter())
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+
+
 def _size_ticks(ax: plt.Axes, sizes: pd.Series) -> None:
     """Label the x axis (log) at the sizes drawn, skipping one within 1.5x of the last."""
     kept: list[int] = []
@@ -166,7 +200,9 @@ def _size_ticks(ax: plt.Axes, sizes: pd.Series) -> None:
 def _chart_time(df: pd.DataFrame, path: Path) -> bool:
     """Median time (p20-p80 bars) against logit elements: a panel per loss and mode, a line
     per provider and dtype, split further by any case column that varies (layout, label
-    dtype, ignored share), so one line never joins two kinds of case."""
+    dtype, ignored share), so one line never joins two kinds of case. A provider has one
+    colour in every panel (:func:`provider_color`), a dtype one line style, a kind of
+    case one marker."""
     timed = df[df.median_ms.notna()]
     if timed.empty:
         return False
@@ -175,17 +211,20 @@ def _chart_time(df: pd.DataFrame, path: Path) -> bool:
     panels = list(timed.groupby(["loss", *modes]))
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, squeeze=False)
     side = [c for c in _varying(timed, list(_SIDE)) if c != "mode"]  # modes: panels
+    kinds = {kind: i for i, (kind, _) in enumerate(timed.groupby(side))} if side else {}
     for ax, (key, sub) in zip(axes.flat, panels, strict=False):
-        for (prov, dtype, *_), g in sub.groupby(["provider", "dtype", *side]):
+        for (prov, dtype, *kind), g in sub.groupby(["provider", "dtype", *side]):
             g = g.sort_values(["px", "shape"])
             ax.errorbar(
                 g.px,
                 g.median_ms,
                 yerr=[g.median_ms - g.p20_ms, g.p80_ms - g.median_ms],
-                marker="o",
+                marker=_MARKERS[kinds.get(tuple(kind), 0) % len(_MARKERS)],
                 capsize=2,
+                color=provider_color(prov),
+                linestyle=_DTYPE_LINES.get(dtype, "-."),
                 label=f"{prov} {dtype} {_side_label(g.iloc[0], side)}".strip(),
             )
         ax.set(
@@ -196,10 +235,19 @@ def _chart_time(df: pd.DataFrame, path: Path) -> bool:
             ylabel="median ms (p20-p80)",
         )
         _size_ticks(ax, sub.px)
-        ax.legend(fontsize=7)
+        _plain_log_labels(ax.yaxis)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.tight_layout()
+    # one legend below the panels: a line looks the same in each
+    lines: dict[str, object] = {}
+    for ax in axes.flat:
+        for line, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            lines.setdefault(label, line)
+    ncol = min(4, len(lines))
+    legend_in = 0.22 * math.ceil(len(lines) / ncol) + 0.2
+    fig.set_size_inches(5 * cols, 3.6 * rows + legend_in)
+    fig.legend(list(lines.values()), list(lines), loc="lower center", ncol=ncol, fontsize=8)
+    fig.tight_layout(rect=(0, legend_in / (3.6 * rows + legend_in), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -260,7 +308,10 @@ def _chart_bars(
     rows = rows.assign(case=case, size=rows["shape"].map(_elements))
     order = rows.sort_values(["loss", "size", "case"], ascending=False).case.unique()
     pivot = rows.pivot_table(index="case", columns="provider", values=column).loc[order]
-    ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2), logx=logx)
+    colors = {p: provider_color(p) for p in pivot.columns}
+    ax = pivot.plot.barh(figsize=(9, 0.35 * len(pivot) + 2), logx=logx, color=colors)
+    if logx:
+        _plain_log_labels(ax.xaxis)
     if line_at is not None:
         ax.axvline(line_at, color="k", lw=0.8)
     ax.set(xlabel=xlabel, ylabel="")
@@ -276,9 +327,7 @@ def _with_graph_rows(df: pd.DataFrame) -> pd.DataFrame:
     if "graph_pct_of_copy_bw" not in df:
         return df
     graph = df[df.graph_pct_of_copy_bw.notna()]
-    graph = graph.assign(
-        provider=graph.provider + " (CUDA graph)", pct_of_copy_bw=graph.graph_pct_of_copy_bw
-    )
+    graph = graph.assign(provider=graph.provider + GRAPH, pct_of_copy_bw=graph.graph_pct_of_copy_bw)
     return pd.concat([df, graph], ignore_index=True)
 
 

@@ -260,11 +260,12 @@ def test_a_chart_line_never_joins_two_kinds_of_case(tmp_path, monkeypatch):
     the legend); the bar charts keep them apart as cases instead of averaging them."""
     from matplotlib.axes import Axes
 
-    lines, bars = [], []
+    lines, bars, markers = [], [], {}
     errorbar = Axes.errorbar
 
     def record(self, x, y, yerr=None, label=None, **kw):
         lines.append((self, label, list(y)))
+        markers[label] = kw["marker"]
         return errorbar(self, x, y, yerr=yerr, label=label, **kw)
 
     monkeypatch.setattr(Axes, "errorbar", record)
@@ -281,6 +282,8 @@ def test_a_chart_line_never_joins_two_kinds_of_case(tmp_path, monkeypatch):
         ("dice fwd+bwd", "triton fp32 channels_last", [3.5, 6.5]),
         ("dice fwd+bwd", "triton fp32 contiguous", [3.0, 6.0]),
     ]
+    # the two layouts' lines share colour and line style: each has its marker
+    assert markers["triton fp32 channels_last"] != markers["triton fp32 contiguous"]
     plot = pd.DataFrame.plot
 
     def record_bars(self):
@@ -293,6 +296,90 @@ def test_a_chart_line_never_joins_two_kinds_of_case(tmp_path, monkeypatch):
     (pivot,) = bars
     assert pivot.loc["dice 2x3x4x4 fp32 fwd channels_last", "triton"] == 15.0
     assert pivot.shape == (8, 1)
+
+
+def test_a_provider_looks_the_same_in_every_chart(tmp_path, monkeypatch):
+    """One colour per provider in every panel of the time chart and in the bar charts (its
+    CUDA-graph bars a shade of it), one line style per dtype, so the time chart's panels
+    share one legend; every provider of the sweep gets a colour of its own, anything
+    else grey."""
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from segtriton.bench.spec import PROVIDERS
+
+    colors = [report.provider_color(p) for p in PROVIDERS]
+    assert len(set(colors)) == len(PROVIDERS)
+    assert report.provider_color("triton (CUDA graph)") not in colors
+    assert report.provider_color("someone else") == (0.5, 0.5, 0.5, 1.0)
+    drawn = []
+    errorbar = Axes.errorbar
+
+    def record(self, x, y, yerr=None, label=None, **kw):
+        drawn.append((label, kw["color"], kw["linestyle"]))
+        return errorbar(self, x, y, yerr=yerr, label=label, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", record)
+    plain, labelled = report._plain_log_labels, []
+    monkeypatch.setattr(report, "_plain_log_labels", lambda a: labelled.append(a) or plain(a))
+    legends = []
+    monkeypatch.setattr(Figure, "legend", lambda f, h, labels, **kw: legends.append(labels))
+    rows = [
+        bench_row(loss, provider, shape, dtype, ms, p20_ms=ms, p80_ms=ms)
+        for loss, providers in (("dice", ("eager", "triton")), ("lovasz_softmax", ("triton",)))
+        for provider in providers
+        for dtype in ("fp32", "bf16")
+        for shape, ms in (("2x3x4x4", 1.0), ("2x3x8x8", 2.0))
+    ]
+    assert report._chart_time(pd.DataFrame(rows), tmp_path / "time.png")
+    assert set(drawn) == {
+        ("eager fp32", report.provider_color("eager"), "-"),
+        ("eager bf16", report.provider_color("eager"), "--"),
+        ("triton fp32", report.provider_color("triton"), "-"),
+        ("triton bf16", report.provider_color("triton"), "--"),
+    }
+    assert len(drawn) == 6  # lovasz_softmax's triton lines take dice's triton colours
+    assert [a.axis_name for a in labelled] == ["y", "y"]  # each panel's time axis
+    assert legends == [["eager bf16", "eager fp32", "triton bf16", "triton fp32"]]
+    bars = []
+    barh = pd.plotting.PlotAccessor.barh
+
+    def record_bars(self, *args, **kw):
+        bars.append(kw["color"])
+        return barh(self, *args, **kw)
+
+    monkeypatch.setattr(pd.plotting.PlotAccessor, "barh", record_bars)
+    df = pd.DataFrame(rows).assign(pct_of_copy_bw=10.0, graph_pct_of_copy_bw=20.0)
+    assert report._chart_bars(
+        report._with_graph_rows(df), "pct_of_copy_bw", "%", tmp_path / "f.png"
+    )
+    assert bars == [
+        {
+            p: report.provider_color(p)
+            for p in ("eager", "eager (CUDA graph)", "triton", "triton (CUDA graph)")
+        }
+    ]
+
+
+def test_log_axes_are_labelled_in_plain_numbers(tmp_path):
+    """A time axis spanning less than a decade labels its minor ticks as 0.4, 0.6, not in
+    powers of ten; one spanning decades keeps to 0.1, 1, 10."""
+    import matplotlib.pyplot as plt
+
+    fig, (narrow, wide) = plt.subplots(1, 2)
+    for ax, (low, high) in ((narrow, (0.3, 0.9)), (wide, (0.05, 50))):
+        ax.plot([1, 2], [low, high])
+        ax.set_yscale("log")
+        report._plain_log_labels(ax.yaxis)
+    fig.savefig(tmp_path / "axes.png")
+    labels = {
+        ax: [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+        for ax in (narrow, wide)
+    }
+    assert {"0.4", "0.6"} <= set(labels[narrow])
+    assert {"0.1", "1", "10"} <= set(labels[wide]) and "20" not in labels[wide]
+    assert not any("times" in t or "$" in t for t in labels[narrow] + labels[wide])
+    plt.close(fig)
 
 
 @pytest.mark.parametrize(
