@@ -277,9 +277,10 @@ def _chart_speedup(df: pd.DataFrame, path: Path, base: str) -> bool:
     ax.set(
         xlabel="pixels (B*spatial)",
         ylabel="classes C",
-        title=f"Triton speedup over {base} (median over the cases of each cell)",
+        title=f"Triton speedup over {base}\n(median over the cases of each cell)",
     )
-    fig.colorbar(im, label="log2 speedup")
+    bar = fig.colorbar(im, label="speedup (log scale)", ticks=[-4, -2, 0, 2, 4])
+    bar.ax.set_yticklabels(["1/16x", "1/4x", "1x", "4x", "16x"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
