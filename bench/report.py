@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -164,11 +165,12 @@ _MARKERS = "os^Dvx"  # one per kind of case (layout, label dtype, ignored share)
 
 
 def provider_color(provider: str) -> tuple[float, float, float, float]:
-    """The colour of ``provider`` in every chart: a fixed hue per provider of the sweep
-    (grey for any other), its lighter shade for the provider's CUDA-graph replays."""
+    """The colour of ``provider`` in every chart: a fixed hue per provider of the sweep,
+    its lighter shade for the provider's CUDA-graph replays; any other name takes a
+    colour of a second palette picked by a checksum of the name (the same in every run)."""
     base = provider.removesuffix(GRAPH)
     if base not in PROVIDERS:
-        return (0.5, 0.5, 0.5, 1.0)
+        return matplotlib.colormaps["tab20b"](zlib.crc32(provider.encode()) % 20)
     return _SHADES[(2 * PROVIDERS.index(base) + (base != provider)) % len(_SHADES)]
 
 
