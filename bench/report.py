@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axis import Axis  # noqa: E402
 from matplotlib.ticker import LogFormatterSciNotation, NullLocator  # noqa: E402
 
@@ -241,7 +242,7 @@ def _chart_time(df: pd.DataFrame, path: Path) -> bool:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     # one legend below the panels: a line looks the same in each
-    lines: dict[str, object] = {}
+    lines: dict[str, Artist] = {}
     for ax in axes.flat:
         for line, label in zip(*ax.get_legend_handles_labels(), strict=True):
             lines.setdefault(label, line)
