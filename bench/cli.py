@@ -135,7 +135,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .report import compare
+    from .report import compare, compare_chart
 
     table, regressions = compare(Path(args.a), Path(args.b), args.threshold)
     if table.empty:  # "0 regressions" would pass two runs that share no case
@@ -157,6 +157,11 @@ def _compare(args: argparse.Namespace) -> int:
     ]
     print(table[[c for c in cols if c in table]].to_string(index=False))
     print(f"{regressions} regression(s): slower by more than {args.threshold:.0%}, or failing")
+    if args.chart:
+        a, b = Path(args.a).resolve(), Path(args.b).resolve()
+        last = 2 if a.name == b.name else 1  # 'lease2/targets', not 'targets', twice
+        names = ("/".join(a.parts[-last:]), "/".join(b.parts[-last:]))
+        print(compare_chart(table, args.threshold, Path(args.chart), names))
     return 1 if regressions else 0
 
 
@@ -374,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("a", help="baseline run folder")
     comp.add_argument("b", help="new run folder")
     comp.add_argument("--threshold", type=float, default=0.05, help="allowed slowdown (0.05)")
+    comp.add_argument(
+        "--chart", metavar="PNG", help="also draw each case's ratio of b over a into this file"
+    )
     comp.set_defaults(func=_compare)
 
     aot = sub.add_parser(

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axis import Axis  # noqa: E402
-from matplotlib.ticker import LogFormatterSciNotation, NullLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, NullLocator  # noqa: E402
 
 from segtriton.registry import KINK_SHARE, LOSSES  # noqa: E402
 
@@ -632,3 +632,48 @@ def compare(a: Path, b: Path, threshold: float = 0.05) -> tuple[pd.DataFrame, in
         for fails, slow, err in zip(broke, slower, m.error_b, strict=True)
     ]
     return m.reset_index(drop=True), int(m.regression.sum())
+
+
+_RATIO_TICKS = (0.1, 0.2, 0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4, 5, 10)
+
+
+def compare_chart(
+    table: pd.DataFrame, threshold: float, path: Path, names: tuple[str, str]
+) -> Path:
+    """A bar per case of a :func:`compare` table: run b's median over run a's on a log
+    axis, red where b is slower beyond ``threshold``, green where it is faster beyond
+    it, grey within the band drawn around 1; a diamond marks the CUDA-graph ratio where
+    both runs have one. A case that failed or errored in b has no bar: its label says
+    so. ``names`` label the two runs."""
+    side = [c for c in KEYS[1:] if c not in ("shape", "dtype") and table[c].nunique() > 1]
+    labels = [
+        " ".join(str(row[c]) for c in ["loss", "provider", "shape", "dtype", *side])
+        + ("" if row["why"] in ("", "slower") else f" ({row['why'][:40]})")
+        for _, row in table.iterrows()
+    ]
+    timed = table.why.isin(["", "slower"])  # a time that failed the check is no use
+    ratio = table.ratio_b_over_a.where(timed)
+    colors = np.where(
+        ratio > 1 + threshold, "tab:red", np.where(ratio < 1 / (1 + threshold), "tab:green", "0.6")
+    )
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(table) + 1.8))
+    at = np.arange(len(table))[::-1]  # the table's first row at the top
+    ax.barh(at, ratio.fillna(1.0) - 1, left=1, color=colors, height=0.7)
+    xlabel = f"median time of {names[1]} / {names[0]} (below 1: faster"
+    if "graph_ratio_b_over_a" in table and table.graph_ratio_b_over_a.notna().any():
+        ax.plot(table.graph_ratio_b_over_a.where(timed), at, "kD", markersize=4)
+        xlabel += "; diamonds: CUDA-graph replays"
+    ax.axvspan(1 / (1 + threshold), 1 + threshold, color="0.9", zorder=0)
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.set_xticks([r for r in _RATIO_TICKS if low <= r <= high], minor=False)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_yticks(at, labels, fontsize=8)
+    ax.set_ylim(-0.6, len(table) - 0.4)
+    ax.set_xlabel(xlabel + ")")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -204,6 +204,46 @@ def test_compare_lists_rows_timed_in_both_runs(tmp_path):
     assert list(table.provider) == ["triton"] and regressions == 0
 
 
+def test_the_comparison_chart_colours_each_case_by_its_ratio(tmp_path, monkeypatch):
+    """A bar per case from 1 to b's time over a's: red beyond the threshold, green faster
+    beyond it, grey within; a case that failed in b has no bar and says why, the first
+    row of the table at the top."""
+    from matplotlib.axes import Axes
+
+    drawn = {}
+    barh, set_yticks = Axes.barh, Axes.set_yticks
+
+    def record_bars(self, y, width, left=None, color=None, **kw):
+        drawn.update(y=list(y), width=list(width), color=list(color))
+        return barh(self, y, width, left=left, color=color, **kw)
+
+    def record_ticks(self, ticks, labels=None, **kw):
+        drawn["labels"] = dict(zip(ticks, labels, strict=True))
+        return set_yticks(self, ticks, labels, **kw)
+
+    monkeypatch.setattr(Axes, "barh", record_bars)
+    monkeypatch.setattr(Axes, "set_yticks", record_ticks)
+    shapes = ["2x3x4x4", "2x3x8x8", "2x3x16x16", "2x3x32x32"]
+    a = save_run(tmp_path / "a", [_row("triton", s, 1.0) for s in shapes])
+    b = save_run(
+        tmp_path / "b",
+        [
+            _row("triton", shapes[0], 1.5),
+            _row("triton", shapes[1], 0.5),
+            _row("triton", shapes[2], 1.02),
+            _row("triton", shapes[3], 1.5, passed=False),
+        ],
+    )
+    table, regressions = report.compare(a, b, threshold=0.05)
+    path = report.compare_chart(table, 0.05, tmp_path / "compare.png", ("a", "b"))
+    assert path.stat().st_size > 0 and regressions == 2
+    assert drawn["y"] == [3, 2, 1, 0]
+    assert drawn["width"] == pytest.approx([0.5, -0.5, 0.02, 0.0])
+    assert drawn["color"] == ["tab:red", "tab:green", "0.6", "0.6"]
+    assert drawn["labels"][0] == "dice triton 2x3x32x32 fp32 (failed the check in b)"
+    assert drawn["labels"][3] == "dice triton 2x3x4x4 fp32"
+
+
 def test_the_report_of_a_benchmark_file_goes_beside_it(tmp_path):
     from segtriton.bench.cli import main
 

@@ -99,8 +99,10 @@ def test_compare_allows_five_percent_by_default(tmp_path, capsys):
         for name, ms in (("a", 1.0), ("b", 1.04), ("c", 1.06))
     ]
     assert main(["compare", str(runs[0]), str(runs[1])]) == 0
-    assert main(["compare", str(runs[0]), str(runs[2])]) == 1
+    chart = tmp_path / "compare.png"
+    assert main(["compare", str(runs[0]), str(runs[2]), "--chart", str(chart)]) == 1
     assert "1 regression(s): slower by more than 5%" in capsys.readouterr().out
+    assert chart.stat().st_size > 0
 
 
 @pytest.mark.parametrize(
