@@ -186,7 +186,8 @@ run_lease() {
     for v in $LEASE_VARIANTS; do  # against the default rows of the targets sweep
         v=${v%%:*}
         [ -f "$dir/variants/$v/rows.json" ] && [ -f "$dir/rows.json" ] &&
-            python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/$v" | tee -a "$OUT/tiles.log"
+            python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/$v" \
+                --chart "$dir/variants/$v.png" | tee -a "$OUT/tiles.log"
     done
     # channels_last logits (never timed before 2026-12-05): rows beside the NCHW ones, in
     # the report; up to 32 classes they take the column tiles, one pixel a thread, and
@@ -199,7 +200,8 @@ run_lease() {
         --preset targets --losses "$CHANNELS_LAST" --dtypes bf16 \
         --memory-formats channels_last --reps 20
     [ -f "$dir/variants/cl-walks/rows.json" ] && [ -f "$dir/rows.json" ] &&
-        python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/cl-walks" | tee -a "$OUT/tiles.log"
+        python3 -m segtriton.bench.cli compare "$dir" "$dir/variants/cl-walks" \
+            --chart "$dir/variants/cl-walks.png" | tee -a "$OUT/tiles.log"
     # the signed-map reference takes 4-8 s a round
     run_bench "$(left $((LIMIT * 88 / 100)))" "signed_map or sort_share" \
         "$dir/pytest-benchmark-2.json"
