@@ -634,7 +634,9 @@ def compare(a: Path, b: Path, threshold: float = 0.05) -> tuple[pd.DataFrame, in
     return m.reset_index(drop=True), int(m.regression.sum())
 
 
+# ratio ticks: fine within a decade, coarse across more
 _RATIO_TICKS = (0.1, 0.2, 0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4, 5, 10)
+_WIDE_RATIO_TICKS = (0.001, 0.01, 0.1, 0.5, 1, 2, 10, 100, 1000)
 
 
 def compare_chart(
@@ -667,7 +669,8 @@ def compare_chart(
     ax.axvline(1, color="k", lw=0.8)
     ax.set_xscale("log")
     low, high = ax.get_xlim()
-    ax.set_xticks([r for r in _RATIO_TICKS if low <= r <= high], minor=False)
+    ticks = _RATIO_TICKS if high / low <= 10 else _WIDE_RATIO_TICKS
+    ax.set_xticks([r for r in ticks if low <= r <= high], minor=False)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_yticks(at, labels, fontsize=8)
