@@ -647,9 +647,10 @@ def compare_chart(
     it, grey within the band drawn around 1; a diamond marks the CUDA-graph ratio where
     both runs have one. A case that failed or errored in b has no bar: its label says
     so. ``names`` label the two runs."""
-    side = [c for c in KEYS[1:] if c not in ("shape", "dtype") and table[c].nunique() > 1]
+    side = _varying(table, list(_SIDE))
     labels = [
-        " ".join(str(row[c]) for c in ["loss", "provider", "shape", "dtype", *side])
+        " ".join([row["loss"], row["provider"], row["shape"], row["dtype"]])
+        + (" " + _side_label(row, side) if side else "")
         + ("" if row["why"] in ("", "slower") else f" ({row['why'][:40]})")
         for _, row in table.iterrows()
     ]
