@@ -235,20 +235,27 @@ class CompileCase:
         )
 
 
-def compile_cases(quick: bool = False) -> list[CompileCase]:
+def compile_cases(quick: bool = False, dtypes: tuple[str, ...] | None = None) -> list[CompileCase]:
     """Every registry loss variant (per-class vectors repeated to C) and the metrics over
-    class counts (the single-tile path, C = 150, and the streamed path past 256 classes;
-    the confusion matrix also at 59)
-    and dtypes; layout (NCHW or channels_last, 2-D or 3-D), reduction and label dtype take
-    turns along the list."""
+    class counts and logits dtypes (``dtypes``: names of ``spec.DTYPES``; unset, all three,
+    or bf16 and fp32 with ``quick``); layout (NCHW or channels_last, 2-D or 3-D),
+    reduction and label dtype take turns along the list.
+
+    ``quick`` keeps one class count per path a loss takes under the default knobs: 3 (a
+    column tile, 4 pixels a thread), 19 (a column tile of 32 class rows, 2 pixels a
+    thread) and 300 (classes streamed in chunks). The confusion matrix also runs at 59,
+    150 (and 300): its integer atomics with a diagonal of 64, 256 (and 512) bins, where 3
+    and 19 take private histograms of every cell."""
     import torch
 
     from segtriton.registry import LOSSES, fit_variant
 
-    counts = (3, 150, 300) if quick else (1, 2, 3, 19, 150, 300, 1000)
-    dtypes = (
-        (torch.bfloat16, torch.float32) if quick else (torch.bfloat16, torch.float16, torch.float32)
-    )
+    from .spec import DTYPES
+
+    counts = (3, 19, 300) if quick else (1, 2, 3, 19, 150, 300, 1000)
+    if dtypes is None:
+        dtypes = ("bf16", "fp32") if quick else ("bf16", "fp16", "fp32")
+    logits = [DTYPES[name] for name in dtypes]
     spatial = ((9, 13), (3, 5, 7))
     # seven label dtypes in turn: prime to the layout's period (3) and the shape's (4)
     label_dtypes: tuple[torch.dtype, ...] = (torch.int64, torch.uint8, torch.int32, torch.int16)
@@ -261,14 +268,14 @@ def compile_cases(quick: bool = False) -> list[CompileCase]:
                 if options is None or entry.min_classes > C:
                     continue
                 plans.append((entry.name, options, C, entry.reductions))
-    for C in counts:
+    for C in sorted({*counts, 150}):
         plans += [("confusion_logits", {}, C, ()), ("confusion_labels", {"per_image": True}, C, ())]
     plans += [("confusion_masks", {"mode": "multilabel"}, C, ()) for C in (3, 300)]
     plans.append(("surface_dice", {"tolerance": 1.0}, 3, ()))
     # 59 classes: the confusion matrix's atomic path with a 64-bin diagonal
     plans += [("confusion_logits", {}, 59, ()), ("confusion_labels", {}, 59, ())]
     cases: list[CompileCase] = []
-    for (name, options, C, reductions), dtype in itertools.product(plans, dtypes):
+    for (name, options, C, reductions), dtype in itertools.product(plans, logits):
         k = len(cases)
         labels = label_dtypes[k % len(label_dtypes)]
         if C > 255 and labels == torch.uint8:
@@ -394,19 +401,21 @@ def compile_registry(
     targets: bool = False,
     channels_last: bool = False,
     confusion: list[int] | None = None,
+    dtypes: tuple[str, ...] | None = None,
 ) -> tuple[list[CompiledKernel], list[tuple[str, str]]]:
     """Compile every kernel the cases of :func:`compile_cases` (or, with ``targets``,
     :func:`target_cases`, ``channels_last`` there; with ``confusion``,
     :func:`confusion_cases` of those class counts; both count their hot loops too)
-    launch, for ``sm_<arch>``. Returns the compiled specialisations and ``(case, error)``
-    for each case that failed."""
+    launch, for ``sm_<arch>`` (``quick`` and ``dtypes`` as :func:`compile_cases` takes
+    them). Returns the compiled specialisations and ``(case, error)`` for each case that
+    failed."""
     from .runner import progress
 
     failures = []
     if confusion:
         cases = confusion_cases(confusion)
     else:
-        cases = target_cases(channels_last) if targets else compile_cases(quick)
+        cases = target_cases(channels_last) if targets else compile_cases(quick, dtypes)
     started = time.perf_counter()
     with compile_only(arch, loops=targets or bool(confusion)) as rows:
         for i, case in enumerate(cases):

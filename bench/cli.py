@@ -178,7 +178,7 @@ def _compile(args: argparse.Namespace) -> int:
         return 2
     confusion = None
     if args.confusion:
-        if args.targets or args.quick:
+        if args.targets or args.quick or args.dtypes:
             raise _ArgError("--confusion goes alone")
         confusion = list(_positive_ints(args.confusion, 1, "--confusion needs class counts"))
     rows, failures = compile_registry(
@@ -187,6 +187,7 @@ def _compile(args: argparse.Namespace) -> int:
         targets=args.targets,
         channels_last=args.channels_last,
         confusion=confusion,
+        dtypes=_compile_dtypes(args),
     )
     name = datetime.date.today().isoformat() + ("-targets" if args.targets else "")
     name += "-channels-last" if args.channels_last else ""
@@ -223,6 +224,21 @@ def _positive_ints(text: str, least: int, need: str) -> tuple[int, ...]:
     if len(values) < least or min(values) < 1:
         raise _ArgError(f"{need}, got {text}")
     return values
+
+
+def _compile_dtypes(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``segtriton compile --dtypes``: the logits dtype names, or None where not given."""
+    if not args.dtypes:
+        return None
+    if args.targets:
+        raise _ArgError("--dtypes does not go with --targets (its cases name their dtypes)")
+    from .spec import DTYPES
+
+    names = tuple(args.dtypes.split(","))
+    unknown = [n for n in names if n not in DTYPES]
+    if unknown:
+        raise _ArgError(f"--dtypes takes {','.join(DTYPES)}, got {','.join(unknown)}")
+    return names
 
 
 def _count(text: str) -> int:
@@ -397,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute capability x10 (90: H100)",
     )
     aot.add_argument("--quick", action="store_true", help="fewer class counts and dtypes")
+    aot.add_argument(
+        "--dtypes",
+        help="comma-separated logits dtypes of the cases: fp32,fp16,bf16 "
+        "(default: all three; bf16,fp32 with --quick)",
+    )
     aot.add_argument(
         "--targets",
         action="store_true",

@@ -152,8 +152,17 @@ def test_compile_cases_cover_every_variant_in_every_layout_and_label_dtype():
     assert not [c for c in cases if c.shape[1] > 255 and c.label_dtype == torch.uint8]
     assert {c.name for c in cases} >= {"confusion_logits", "confusion_labels", "surface_dice"}
     quick = aot.compile_cases(quick=True)
-    assert {c.shape[1] for c in quick if c.name == "cross_entropy"} == {3, 150, 300}
+    assert {c.shape[1] for c in quick if c.name == "cross_entropy"} == {3, 19, 300}
+    assert {c.shape[1] for c in quick if c.name == "confusion_logits"} == {3, 19, 59, 150, 300}
     assert {c.dtype for c in quick} == {torch.bfloat16, torch.float32}
+    bf16 = aot.compile_cases(quick=True, dtypes=("bf16",))
+    assert {c.dtype for c in bf16} == {torch.bfloat16}
+    assert len(bf16) == len(quick) // 2
+    # with one dtype the layouts and label dtypes still take turns over every loss
+    for name in {c.name for c in bf16 if c.name in {e.name for e in LOSSES}}:
+        named = [c for c in bf16 if c.name == name]
+        if len(named) >= 3:
+            assert {c.channels_last for c in named} == {False, True}, name
 
 
 def test_target_cases_are_the_targets_presets_loss_cases_uninitialised():

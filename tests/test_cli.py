@@ -79,9 +79,12 @@ def test_compile_takes_channels_last_only_with_targets(monkeypatch, capsys):
         (["--confusion", "19", "--targets"], "--confusion goes alone"),
         (["--confusion", "19,x"], "--confusion needs class counts, got 19,x"),
         (["--confusion", "0"], "--confusion needs class counts, got 0"),
+        (["--confusion", "19", "--dtypes", "bf16"], "--confusion goes alone"),
+        (["--targets", "--dtypes", "bf16"], "--dtypes does not go with --targets"),
+        (["--quick", "--dtypes", "bf16,f8"], "--dtypes takes fp32,fp16,bf16, got f8"),
     ],
 )
-def test_compile_refuses_a_bad_confusion_list(args, message, monkeypatch, capsys):
+def test_compile_refuses_a_bad_case_list(args, message, monkeypatch, capsys):
     from segtriton.bench.cli import main
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
