@@ -41,6 +41,16 @@ def release(version: str) -> tuple[int, int]:
 # Triton 3.9 builds them; `segtriton compile` under Triton 3.6 on a CPU shows the failures.
 WALK_LABEL_BUG = release(triton.__version__) < (3, 7)
 
+# A load whose pointers are contiguous along no axis (a column tile over channels_last
+# logits: pixels C apart, classes marked non-contiguous) takes the layout that Triton's
+# coalescing pass picks on a tie: threads along the first axis before Triton 3.7, along
+# the last from 3.7 on. A column tile wants them along the pixels, so it reads
+# [pixels, classes] and transposes before 3.7, and reads [classes, pixels] straight from
+# it (``_tiles.load_column``). The other way round, the classes go across the lanes:
+# compiled for sm_90 at 8x19x512x1024 bf16, CE took 239 registers under 3.6 and 216 to
+# 240 under 3.7.1, 3.8.0 and 3.9.0, against 40 to 48, and CE + Dice spilled.
+COLUMN_READ_TRANSPOSED = release(triton.__version__) < (3, 7)
+
 
 def interpreter_problem() -> str | None:
     """Why this Triton's interpreter cannot run the segtriton kernels, or None.

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from segtriton.reference._common import RESERVED_IGNORE
 
-from ._runtime import WALK_LABEL_BUG, interpreter_enabled, kernel_jit
+from ._runtime import COLUMN_READ_TRANSPOSED, WALK_LABEL_BUG, interpreter_enabled, kernel_jit
 
 
 def _max_tile() -> int:
@@ -536,13 +536,17 @@ def flat_view(x: torch.Tensor) -> torch.Tensor:
     return x.as_strided((1, 1, n), (n, n, 1))
 
 
+_READ_TRANSPOSED = tl.constexpr(COLUMN_READ_TRANSPOSED)
+
+
 @triton.jit
 def column_classes(BLOCK_C: tl.constexpr, CLASS_FAST: tl.constexpr):
     """int64 class offsets of a column tile (``c * stride_c`` can pass 2^31). With
     CLASS_FAST they are marked as not contiguous: the compiler then lays a tile out as
-    it does on NCHW, a pixel's classes in one thread, where contiguous classes made it
-    spread them over a warp's lanes and sum them with shuffles (sm_90, CE at C = 19 bf16:
-    255 registers and 712 bytes of spill, against 47)."""
+    it does on NCHW, a pixel's classes in one thread (the read order of
+    :func:`load_column` settles the tie), where contiguous classes made it spread them
+    over a warp's lanes and sum them with shuffles (sm_90, CE at C = 19 bf16: 255
+    registers and 712 bytes of spill, against 47)."""
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
     if CLASS_FAST:
         offs_c = tl.max_contiguous(offs_c, 1)
@@ -552,10 +556,11 @@ def column_classes(BLOCK_C: tl.constexpr, CLASS_FAST: tl.constexpr):
 @triton.jit
 def load_column(ptr, b, offs_c, offs_p, cmask, pmask, sb, sc, ss, CLASS_FAST: tl.constexpr):
     """The ``[classes, pixels]`` tile of image b at ``offs_c`` (:func:`column_classes`),
-    ``offs_p``, 0 where masked. With CLASS_FAST it is read as ``[pixels, classes]`` and
-    transposed (free in registers), so that the compiler puts the pixels, not the
-    classes, across the threads."""
-    if CLASS_FAST:
+    ``offs_p``, 0 where masked. With CLASS_FAST under Triton < 3.7 it is read as
+    ``[pixels, classes]`` and transposed (free in registers), so that the compiler puts
+    the pixels, not the classes, across the threads; from 3.7 the straight read does
+    that (``_runtime.COLUMN_READ_TRANSPOSED``)."""
+    if CLASS_FAST and _READ_TRANSPOSED:
         ptrs = ptr + b * sb + offs_p[:, None] * ss + offs_c[None, :] * sc
         tile = tl.trans(tl.load(ptrs, mask=pmask[:, None] & cmask[None, :], other=0.0))
     else:
@@ -570,7 +575,7 @@ def store_column(
 ):  # fmt: skip
     """Stores a ``[classes, pixels]`` tile as :func:`load_column` reads one."""
     value = value.to(ptr.dtype.element_ty)
-    if CLASS_FAST:
+    if CLASS_FAST and _READ_TRANSPOSED:
         ptrs = ptr + b * sb + offs_p[:, None] * ss + offs_c[None, :] * sc
         tl.store(ptrs, tl.trans(value), mask=pmask[:, None] & cmask[None, :])
     else:

@@ -145,3 +145,27 @@ def test_flat_layout_needs_dense_storage_with_classes_fastest():
     assert not flat_layout(cl, x)  # masks NCHW beside channels_last logits
     assert not flat_layout(_classes_sliced(x), _classes_sliced(x))  # gaps between pixels
     assert not flat_layout(to_channels_last(x[:, :1]), to_channels_last(x[:, :1]))  # one class
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["straight", "transposed"])
+@pytest.mark.parametrize("name", ["cross_entropy", "softmax_focal", "dice", "ce_dice"])
+def test_channels_last_column_tiles_in_both_read_orders(name, transposed, monkeypatch, seed, gen):
+    """channels_last logits of 3 and 19 classes go through column tiles (a pixel's
+    classes in one thread), which read them as ``[pixels, classes]`` and transpose under
+    Triton < 3.7, and straight from 3.7 on (``_runtime.COLUMN_READ_TRANSPOSED``): both
+    orders give the reference's loss and gradient. Compiled, only the installed Triton's
+    order runs: a kernel built with one value of a global refuses the other."""
+    import triton.language as tl
+
+    from segtriton.kernels import _runtime, _tiles
+    from segtriton.registry import get
+
+    if DEVICE != "cpu" and transposed != _runtime.COLUMN_READ_TRANSPOSED:
+        pytest.skip("the other read order is for another Triton")
+    monkeypatch.setattr(_tiles, "_READ_TRANSPOSED", tl.constexpr(transposed))
+    entry = get(name)
+    options = {**entry.variants[0], **entry.light}
+    for C in (3, 19):
+        x, t = make_inputs(entry, (2, C, 5, 7), options, torch.float32, gen, device=DEVICE)
+        assert _tiles.column_tiles(x, False, 1, C) is not None
+        assert_matches(entry, to_channels_last(x), t, options, torch.float32, seed)
