@@ -181,17 +181,19 @@ def _compile(args: argparse.Namespace) -> int:
         if args.targets or args.quick or args.dtypes:
             raise _ArgError("--confusion goes alone")
         confusion = list(_positive_ints(args.confusion, 1, "--confusion needs class counts"))
+    dtypes = _compile_dtypes(args)
     rows, failures = compile_registry(
         args.arch,
         quick=args.quick,
         targets=args.targets,
         channels_last=args.channels_last,
         confusion=confusion,
-        dtypes=_compile_dtypes(args),
+        dtypes=dtypes,
     )
     name = datetime.date.today().isoformat() + ("-targets" if args.targets else "")
     name += "-channels-last" if args.channels_last else ""
     name += "-confusion" if confusion else ""
+    name += "".join(f"-{d}" for d in dtypes or ())
     out = Path(args.out or Path("results") / f"sm{args.arch}-compile" / name)
     report = write_report(rows, failures, out, args.arch, args.command)
     limit = shared_limit(args.arch)
