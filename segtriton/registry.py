@@ -45,6 +45,11 @@ class LossEntry:
       provider and the float64 reference fall on two sides at a few isolated pixels,
       so the benchmark gates such a gradient on the share of its entries off by more
       than the tolerance (:data:`KINK_SHARE`), not on the largest error.
+    nonneg_terms: the loss is a weighted mean or sum of non-negative per-element terms,
+      so nothing in it cancels and its float32 value keeps its relative precision however
+      small it is (a confident prediction's cross-entropy, 1e-6 or 1e-12): the tests hold
+      it to a relative tolerance with no absolute floor. A loss such as ``1 - Dice`` or the
+      signed boundary loss loses digits near 0 in any float32 computation.
     magnitude: for a loss that is a difference of terms which can cancel (Combo),
       ``f(logits, target, **options)``: the float64 size of its terms. The benchmark
       measures the loss's error relative to the larger of that and ``|loss|``: near a
@@ -67,6 +72,7 @@ class LossEntry:
     grad_weights: Callable[..., torch.Tensor] | None = None
     order_sensitive: bool = False
     kinked: bool = False
+    nonneg_terms: bool = False
     magnitude: Callable[..., torch.Tensor] | None = None
     light: dict = field(default_factory=dict)
 
@@ -150,6 +156,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"label_smoothing": 0.1, "weight": [0.5, 1.0, 2.0]}, {"avg_non_ignore": False}),
         kernel=ker.cross_entropy,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "cross_entropy_probs",
@@ -159,6 +166,7 @@ LOSSES: tuple[LossEntry, ...] = (
         soft=True,
         kernel=ker.cross_entropy_probs,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "ohem_cross_entropy",
@@ -167,6 +175,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"thresh": 0.9, "min_kept": 5}, {"thresh": 0.5, "min_kept": 0, "weight": [0.5, 1, 2]}),
         kernel=ker.ohem_cross_entropy,
         traffic="pixel",
+        nonneg_terms=True,
         kinked=True,
     ),
     LossEntry(
@@ -175,6 +184,7 @@ LOSSES: tuple[LossEntry, ...] = (
         "labels",
         kernel=ker.recall_cross_entropy,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "topk_cross_entropy",
@@ -183,6 +193,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"k": 30.0, "label_smoothing": 0.1}, {"k": 100, "weight": [0.5, 1, 2]}, {"k": 1}),
         kernel=ker.topk_cross_entropy,
         traffic="pixel",
+        nonneg_terms=True,
         kinked=True,
     ),
     LossEntry(
@@ -197,6 +208,7 @@ LOSSES: tuple[LossEntry, ...] = (
         soft=True,
         kernel=ker.binary_cross_entropy_with_logits,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "sigmoid_focal",
@@ -210,6 +222,7 @@ LOSSES: tuple[LossEntry, ...] = (
         soft=True,
         kernel=ker.sigmoid_focal_loss,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "sigmoid_focal_ovr",
@@ -218,6 +231,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({"mode": "multiclass"},),
         kernel=ker.sigmoid_focal_loss,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "softmax_focal",
@@ -226,6 +240,7 @@ LOSSES: tuple[LossEntry, ...] = (
         ({}, {"alpha": [0.25, 0.5, 0.75], "gamma": 0.5}),
         kernel=ker.softmax_focal_loss,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "dice",
@@ -428,6 +443,7 @@ LOSSES: tuple[LossEntry, ...] = (
         min_classes=2,
         kernel=ker.hausdorff_dt_loss,
         traffic="pixel",
+        nonneg_terms=True,
     ),
     LossEntry(
         "cldice",
