@@ -1,10 +1,11 @@
 """Every loss under option sets drawn at random each run (on top of the registry's fixed
 variants): the options named in its signature, a class count (up to 300, past the
 256 where classes are streamed, except for the per-class map losses), spatial shape, dtype,
-memory format, label dtype, ignored fraction and soft masks. The kernel must match the
-float64 reference (loss and gradient; for the Lovasz losses, whose random inputs have
-ties, the loss and the loss their gradient implies), or reject what the reference
-rejects."""
+memory format, label dtype, ignored fraction, soft masks and a logit scale (times 1, 4
+or 16: confident and saturated predictions, where digits are lost first). The kernel
+must match the float64 reference (loss and gradient; for the Lovasz losses, whose random
+inputs have ties, the loss and the loss their gradient implies), or reject what the
+reference rejects."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
 
 
 def _case(entry, r: random.Random):
-    """(options, shape, dtype, channels_last, ignored fraction, label dtype, soft)."""
+    """(options, shape, dtype, channels_last, ignored fraction, label dtype, soft, logit
+    scale)."""
     spatial = r.choice([(5, 7), (1, 13), (3, 4, 5), (9, 11)])
     counts = [1, 2, 3, 5, 19]
     if not entry.reference.__module__.endswith(_MAPS_EVERY_CLASS):
@@ -125,7 +127,12 @@ def _case(entry, r: random.Random):
     dtype = r.choice([torch.float32, torch.float16, torch.bfloat16])
     shape = (r.choice([1, 2, 3]), C, *spatial)
     soft = entry.soft and not labels and r.random() < 0.5
-    return opts, shape, dtype, r.random() < 0.3, ignore, label_dtype, soft
+    # logits times a power of 2 (exact in every dtype); probabilities stay as drawn, and
+    # so do the logits of a loss whose gradient follows the order of its probabilities,
+    # which saturated ones tie in float32 and not in float64 (clDice's min and max)
+    scaled = opts.get("from_logits", True) and not entry.order_sensitive
+    scale = r.choice([1.0, 1.0, 4.0, 16.0]) if scaled else 1.0
+    return opts, shape, dtype, r.random() < 0.3, ignore, label_dtype, soft, scale
 
 
 def _reads_probabilities(entry, opts: dict) -> bool:
@@ -158,11 +165,12 @@ def test_random_options_match_reference(entry, seed):
     r = random.Random(seed)
     compared = 0
     for draw in range(ATTEMPTS):
-        opts, shape, dtype, channels_last, ignore, label_dtype, soft = _case(entry, r)
+        opts, shape, dtype, channels_last, ignore, label_dtype, soft, scale = _case(entry, r)
         gen = torch.Generator().manual_seed(seed + draw)
         x, t = make_inputs(
             entry, shape, opts, dtype, gen, ignore, 255, label_dtype, soft, device=DEVICE
         )
+        x = x * scale
         if _reads_probabilities(entry, opts) and r.random() < 0.3:
             t = _probabilities(t, shape, gen, one_hot=r.random() < 0.5)
             opts.pop("ignore_index", None)
@@ -174,7 +182,7 @@ def test_random_options_match_reference(entry, seed):
             with pytest.raises((TypeError, ValueError)):
                 entry.kernel(x, t, **opts)
             continue
-        case = f"draw {draw}: {shape} {dtype} cl={channels_last} ignore={ignore} {opts}"
+        case = f"draw {draw}: {shape} {dtype} x{scale} cl={channels_last} ignore={ignore} {opts}"
         try:
             if entry.grad_weights:  # random inputs have ties: no unique gradient
                 assert_identity(entry, x, t, opts, dtype)
