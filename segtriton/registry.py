@@ -47,10 +47,10 @@ class LossEntry:
       than the tolerance (:data:`KINK_SHARE`), not on the largest error.
     nonneg_terms: the loss is a weighted mean or sum of non-negative per-element terms,
       so nothing in it cancels and its float32 value keeps its relative precision however
-      small it is (a confident prediction's cross-entropy, 1e-6 or 1e-12): the tests hold
-      it to a relative tolerance, with an absolute floor only at the float64 reference's
-      own rounding. A loss such as ``1 - Dice`` or the signed boundary loss loses digits
-      near 0 in any float32 computation.
+      small it is (a confident prediction's CE near 1e-6, its focal loss near 1e-12):
+      the tests hold it to a relative tolerance, with an absolute floor only at the
+      float64 reference's own rounding. A loss such as ``1 - Dice`` or the signed
+      boundary loss loses digits near 0 in any float32 computation.
     magnitude: for a loss that is a difference of terms which can cancel (Combo),
       ``f(logits, target, **options)``: the float64 size of its terms. The benchmark
       measures the loss's error relative to the larger of that and ``|loss|``: near a
