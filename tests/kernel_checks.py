@@ -366,6 +366,7 @@ def loss_floor(entry, x: torch.Tensor) -> float:
     pixel loss of 1e-21 is 0 there)."""
     if not entry.nonneg_terms:
         return 1e-6
+    x = x.detach()  # a scalar of a tensor that requires grad warns
     finite = x[x.isfinite()].abs()
     top = float(finite.max()) if finite.numel() else 0.0
     return 64 * torch.finfo(torch.float64).eps * max(1.0, top)
