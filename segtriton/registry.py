@@ -49,7 +49,8 @@ class LossEntry:
       so nothing in it cancels and its float32 value keeps its relative precision however
       small it is (a confident prediction's CE near 1e-6, its focal loss near 1e-12):
       the tests hold it to a relative tolerance, with an absolute floor only at the
-      float64 reference's own rounding. A loss such as ``1 - Dice`` or the signed
+      float64 reference's own rounding, and run it at confident predictions
+      (``tests/test_kernels_saturated.py``). A loss such as ``1 - Dice`` or the signed
       boundary loss loses digits near 0 in any float32 computation.
     magnitude: for a loss that is a difference of terms which can cancel (Combo),
       ``f(logits, target, **options)``: the float64 size of its terms. The benchmark
