@@ -24,7 +24,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -432,6 +432,15 @@ def compile_registry(
     return rows, failures
 
 
+def _fwd_bwd_seconds(fn: Callable, x: torch.Tensor, t: torch.Tensor, opts: dict) -> float:
+    """Seconds of one forward + backward call of ``fn(x, t, **opts)``."""
+    import torch
+
+    start = time.perf_counter()
+    torch.autograd.grad(fn(x, t, **opts), x)
+    return time.perf_counter() - start
+
+
 def host_overhead(
     names: list[str] | None = None,
     shape: tuple[int, ...] = (2, 19, 32, 32),
@@ -445,11 +454,14 @@ def host_overhead(
     path of :mod:`segtriton.kernels._ops`); ``custom_op_us``: the same calls through the
     custom-op dispatcher, alternated with the first so that both see the same machine
     load; ``*_min``: the fastest of those calls, which other work on a shared machine
-    moves least. Inputs are small CPU tensors; what the kernels would write stays
-    unwritten (the Lovasz losses still sort on the CPU)."""
+    moves least; ``no_launch_us``: the median of ``calls`` more eager calls with every
+    Triton launch a no-op, so ``host_us - no_launch_us`` is what the launches' preparation
+    takes (binding, specialisation key, cache lookup). Inputs are small CPU tensors; what
+    the kernels would write stays unwritten (the Lovasz losses still sort on the CPU)."""
     import statistics
 
     import torch
+    from triton.runtime.jit import JITFunction
 
     from segtriton.kernels import _ops
     from segtriton.registry import get, kernel_names, make_inputs
@@ -466,21 +478,28 @@ def host_overhead(
             x, t = make_inputs(entry, case, opts, bf16, gen, 0.05, mask_dtype=bf16)
             x.requires_grad_(True)
             times: dict[bool, list[float]] = {True: [], False: []}
+            call = (entry.triton(), x, t, opts)
             try:
                 for k in range(2 * calls + 6):  # the first 6 compile and warm up
                     _ops.fast_eager = k % 2 == 0
-                    start = time.perf_counter()
-                    torch.autograd.grad(entry.triton()(x, t, **opts), x)
+                    seconds = _fwd_bwd_seconds(*call)
                     if k >= 6:
-                        times[_ops.fast_eager].append(time.perf_counter() - start)
+                        times[_ops.fast_eager].append(seconds)
             finally:
                 _ops.fast_eager = fast
+            launch = JITFunction.run  # compile_only's
+            JITFunction.run = lambda self, *args, **kwargs: None
+            try:
+                bare = statistics.median(_fwd_bwd_seconds(*call) for _ in range(calls))
+            finally:
+                JITFunction.run = launch
             us = {k: round(statistics.median(v) * 1e6, 1) for k, v in times.items()}
             fastest = {k: round(min(v) * 1e6, 1) for k, v in times.items()}
             out.append({"loss": entry.name, "shape": "x".join(map(str, case)),
                         "host_us": us[True], "custom_op_us": us[False],
                         "host_us_min": fastest[True],
-                        "custom_op_us_min": fastest[False]})  # fmt: skip
+                        "custom_op_us_min": fastest[False],
+                        "no_launch_us": round(bare * 1e6, 1)})  # fmt: skip
     return out
 
 

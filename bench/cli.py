@@ -282,12 +282,13 @@ def _overhead(args: argparse.Namespace) -> int:
     rows = host_overhead(names, shape, calls=args.calls, arch=args.arch)
     width = max(len(row["loss"]) for row in [{"loss": "loss"}, *rows])
     head = "host us per fwd+bwd  (through the custom-op dispatcher)  fastest call (custom op)"
+    head += "  without launches"
     print(f"{'loss':<{width}} {'shape':>14}  {head}")
     for row in rows:
         print(
             f"{row['loss']:<{width}} {row['shape']:>14}  {row['host_us']:>19.1f}"
             f"  ({row['custom_op_us']:.1f})  {row['host_us_min']:>29.1f}"
-            f"  ({row['custom_op_us_min']:.1f})"
+            f"  ({row['custom_op_us_min']:.1f})  {row['no_launch_us']:>16.1f}"
         )
     return 0
 

@@ -325,7 +325,7 @@ def test_overhead_times_both_dispatch_paths():
     """``segtriton overhead`` times a loss's host side through the eager path and through
     the custom-op dispatcher (launches compiled for sm_90, not run), in microseconds, at
     the shape each loss takes (a binary loss gets C = 1): the median and the fastest
-    call of each."""
+    call of each, then the eager path's median with the launches made no-ops."""
     env = env_without_interpreter()
     cmd = [sys.executable, "-m", "segtriton.bench.cli", "overhead"]
     cmd += ["--losses", "cross_entropy,dice,lovasz_hinge", "--calls", "5", "--shape", "2,3,8,8"]
@@ -336,6 +336,7 @@ def test_overhead_times_both_dispatch_paths():
         ["cross_entropy", "2x3x8x8"], ["dice", "2x3x8x8"], ["lovasz_hinge", "2x1x8x8"]
     ]  # fmt: skip
     for r in rows:  # microseconds: a launch alone costs more than 5, no call a second
-        median, op_median, fastest, op_fastest = (float(v.strip("()")) for v in r[2:6])
+        median, op_median, fastest, op_fastest, bare = (float(v.strip("()")) for v in r[2:])
         assert 5 < median < 1e6 and 5 < op_median < 1e6
         assert 5 < fastest <= median and 5 < op_fastest <= op_median
+        assert 0 < bare < 1e6
