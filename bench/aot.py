@@ -479,19 +479,18 @@ def host_overhead(
             x.requires_grad_(True)
             times: dict[bool, list[float]] = {True: [], False: []}
             call = (entry.triton(), x, t, opts)
+            launch = JITFunction.run  # compile_only's
             try:
                 for k in range(2 * calls + 6):  # the first 6 compile and warm up
                     _ops.fast_eager = k % 2 == 0
                     seconds = _fwd_bwd_seconds(*call)
                     if k >= 6:
                         times[_ops.fast_eager].append(seconds)
-            finally:
-                _ops.fast_eager = fast
-            launch = JITFunction.run  # compile_only's
-            JITFunction.run = lambda self, *args, **kwargs: None
-            try:
+                _ops.fast_eager = True
+                JITFunction.run = lambda self, *args, **kwargs: None
                 bare = statistics.median(_fwd_bwd_seconds(*call) for _ in range(calls))
             finally:
+                _ops.fast_eager = fast
                 JITFunction.run = launch
             us = {k: round(statistics.median(v) * 1e6, 1) for k, v in times.items()}
             fastest = {k: round(min(v) * 1e6, 1) for k, v in times.items()}
