@@ -7,16 +7,16 @@ The per-class index is a ratio of linear forms in the sums::
     r = (a_I I + smooth_nr) / max(b_I I + b_P P + b_T T + smooth_dr, eps)
 
 (Dice: 2, 0, 1, 1; Jaccard: 1, -1, 1, 1; Tversky: 1, 1 - alpha - beta, alpha, beta), the
-class loss is ``1 - r`` (computed as ``(den - num) / den`` from ``P - I`` and ``T - I``, which
-do not cancel near r = 1), ``-log(max(r, eps))`` (LOG 1) or ``log(cosh(1 - r))`` (LOG 2),
-optionally ``max(1 - r, 0) ** gamma_c``
-(focal Tversky; FOCAL 1) or ``max(1 - r, 0)`` with the class mean raised to ``gamma``
-(FOCAL 2, ``gamma_after_mean``), the absent-class policy and class weights apply as in
-the reference's ``_class_reduce``, and units (the batch, or each image) are reduced by
-'mean' (weighted class mean per unit, then the mean over units that have weight) or
-'sum'. A compound loss adds ``lam_pix`` times its pixel term (sum, or sum / divisor for 'mean').
-With MCC the index is instead the Matthews correlation of the soft counts (``_mcc``),
-which also needs ``N``, the counted pixels, as a fourth row of sums.
+class loss is ``1 - r`` (computed as ``(den - num) / den`` from ``F = P - I`` and ``M = T -
+I``, which pass 1 sums as terms of their own, so nothing cancels near r = 1), ``-log(max(r,
+eps))`` (LOG 1) or ``log(cosh(1 - r))`` (LOG 2), optionally ``max(1 - r, 0) ** gamma_c``
+(focal Tversky; FOCAL 1) or ``max(1 - r, 0)`` with the class mean raised to ``gamma`` (FOCAL
+2, ``gamma_after_mean``), the absent-class policy and class weights apply as in the
+reference's ``_class_reduce``, and units (the batch, or each image) are reduced by 'mean'
+(weighted class mean per unit, then the mean over units that have weight) or 'sum'. A
+compound loss adds ``lam_pix`` times its pixel term (sum, or sum / divisor for 'mean'). With
+MCC the index is instead the Matthews correlation of the soft counts (``_mcc``), which also
+needs ``N``, the counted pixels, as a fifth row of sums (after ``I, F, M, T``).
 
 Every clamp is written ``where(x < lo, lo, x)`` so a NaN sum (a bad label) stays NaN.
 """
@@ -32,13 +32,14 @@ from ._tiles import log1p
 
 @triton.jit
 def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, MCC: tl.constexpr):
-    """``(I, P, T, N)`` of unit u for a class block (N with MCC, else 0): row u of ``tot``
-    (scope 'image') or the sum of its ``n_rows`` rows in order (scope 'batch': one row per
-    image, or one row of sums already taken over a process group)."""
+    """``(I, F, M, T, N)`` of unit u for a class block (N with MCC, else 0): row u of
+    ``tot`` (scope 'image') or the sum of its ``n_rows`` rows in order (scope 'batch': one
+    row per image, or one row of sums already taken over a process group)."""
     i = tl.zeros(offs_c.shape, tl.float32)
-    p = tl.zeros(offs_c.shape, tl.float32)
-    t = tl.zeros(offs_c.shape, tl.float32)
-    n = tl.zeros(offs_c.shape, tl.float32)
+    f = i
+    m = i
+    t = i
+    n = i
     first = 0
     n_sum = n_rows
     if IMAGE:
@@ -47,29 +48,30 @@ def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, M
     for b in range(first, first + n_sum):
         base = tot_ptr + b * row
         i += tl.load(base + offs_c, mask=cmask, other=0.0)
-        p += tl.load(base + C + offs_c, mask=cmask, other=0.0)
-        t += tl.load(base + 2 * C + offs_c, mask=cmask, other=0.0)
+        f += tl.load(base + C + offs_c, mask=cmask, other=0.0)
+        m += tl.load(base + 2 * C + offs_c, mask=cmask, other=0.0)
+        t += tl.load(base + 3 * C + offs_c, mask=cmask, other=0.0)
         if MCC:
-            n += tl.load(base + 3 * C + offs_c, mask=cmask, other=0.0)
-    return i, p, t, n
+            n += tl.load(base + 4 * C + offs_c, mask=cmask, other=0.0)
+    return i, f, m, t, n
 
 
 @triton.jit
-def _mcc(i, p, t, n, eps):
+def _mcc(i, f, m, t, n, eps):
     """``(MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``,
-    ``FP = P - I + eps``, ``FN = T - I + eps``, ``TN = N - P - T + I + eps``:
-    ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
-    denominator is 0, 1 where the prediction is perfect (``P - I = T - I = 0`` exactly),
-    both with a zero gradient. Of its four factors only ``TP + FP = P + 2 eps`` and
-    ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N - T) - (P - I)``:
-    exact for a class that fills the unit, where the denominator is tiny."""
+    ``FP = F + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T -
+    I``): ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
+    denominator is 0, 1 where the prediction is perfect (``F = M = 0``), both with a zero
+    gradient. Of its four factors only ``TP + FP = P + 2 eps`` and ``TN + FN = N - P + 2
+    eps`` move with P, none with I. TN is ``(N - T) - F``: exact for a class that fills
+    the unit (F is 0 there: no pixel is off the class), where the denominator is tiny."""
     tp = i + eps
-    fp = (p - i) + eps
-    fn = (t - i) + eps
-    tn = (n - t) - (p - i) + eps
+    fp = f + eps
+    fn = m + eps
+    tn = (n - t) - f + eps
     ab = (tp + fp) * (tp + fn)
     cd = (tn + fp) * (tn + fn)
-    perfect = (p - i == 0.0) & (t - i == 0.0)
+    perfect = (f == 0.0) & (m == 0.0)
     zero = (ab <= 0.0) | (cd <= 0.0) | perfect  # NaN sums are neither: they stay NaN
     den = tl.sqrt(tl.where(zero, 1.0, ab)) * tl.sqrt(tl.where(zero, 1.0, cd))
     mcc = tl.where(perfect, 1.0, tl.where(zero, 0.0, (tp * tn - fp * fn) / den))
@@ -113,29 +115,30 @@ def _class_terms(
     """Per class of unit u: ``(weight, loss, dloss/dI + dloss/dP, dloss/dP)`` (0 past C).
     ABSENT: 0 include, 1 exclude (weight 0), 2 zero (loss 0) for a class with T = 0."""
     cmask = offs_c < C
-    i, p, t, n = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, MCC)
+    i, f, m, t, n = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, MCC)
     if MCC:
-        r, dr_dip, dr_dp = _mcc(i, p, t, n, eps)
+        r, dr_dip, dr_dp = _mcc(i, f, m, t, n, eps)
     else:
         num = a_i * i + snr
-        den_raw = b_i * i + b_p * p + b_t * t + sdr
+        # b_i I + b_p P + b_t T with P = I + F and T = I + M
+        den_raw = (b_i + b_p + b_t) * i + b_p * f + b_t * m + sdr
         live = den_raw >= eps  # clamp_min passes the gradient where the input reaches the bound
         den = tl.where(den_raw < eps, eps, den_raw)
         r = num / den
         dr_dp = -tl.where(live, r * b_p, 0.0) / den
         dr_dip = (a_i - tl.where(live, r * (b_i + b_p), 0.0)) / den
-    if LOG == 1:
-        loss = -tl.log(tl.where(r < eps, eps, r))
-        dl_dr = tl.where(r >= eps, -1.0 / tl.where(r >= eps, r, 1.0), 0.0)
-    elif MCC:
+    if MCC:
         loss = 1.0 - r
-        dl_dr = tl.full(r.shape, -1.0, tl.float32)
     else:
-        # 1 - r without cancelling near r = 1: den - num = b_p (P - I) + b_t (T - I) +
-        # smooth_dr - smooth_nr, as b_i - a_i = -(b_p + b_t) for every family above
-        close = (b_p * (p - i) + b_t * (t - i) + (sdr - snr)) / den
+        # 1 - r without cancelling near r = 1: den - num = b_p F + b_t M + smooth_dr -
+        # smooth_nr, as b_i - a_i = -(b_p + b_t) for every family above
+        close = (b_p * f + b_t * m + (sdr - snr)) / den
         loss = tl.where(live, close, 1.0 - r)
-        dl_dr = tl.full(r.shape, -1.0, tl.float32)
+    dl_dr = tl.full(r.shape, -1.0, tl.float32)
+    if LOG == 1:  # -log(max(r, eps)), as -log1p(-(1 - r)) near r = 1
+        near = log1p(-tl.where(r > 0.5, loss, 0.0))
+        loss = tl.where(r > 0.5, -near, -tl.log(tl.where(r < eps, eps, r)))
+        dl_dr = tl.where(r >= eps, -1.0 / tl.where(r >= eps, r, 1.0), 0.0)
     if LOG == 2:  # log(cosh(1 - r)), whose derivative is tanh(1 - r)
         loss, dl_dr = _log_cosh(loss), dl_dr * _tanh(loss)
     if FOCAL == 2:  # max(loss, 0), powered after the class mean
@@ -361,7 +364,7 @@ def _gdl_finalize_kernel(
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + tl.arange(0, BLOCK_C)
                 cmask = offs_c < C
-                _, _, t, _ = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)
+                t = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)[3]
                 w = _gdl_weights(t, offs_c, cw_ptr, 0.0, C, WEIGHT_TYPE, False)
                 if HAS_W:  # a class weighted 0 takes no part, not even in the max
                     cw = tl.load(cw_ptr + offs_c, mask=cmask, other=0.0)
@@ -372,11 +375,11 @@ def _gdl_finalize_kernel(
         gap = 0.0  # den - num without smoothing, summed without cancelling near r = 1
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
-            i, p, t, _ = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE, False)
+            i, f, m, t, _ = _unit_sums(tot_ptr, u, offs_c, offs_c < C, n_rows, C, row, IMAGE, False)
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             num += tl.sum(w * i, axis=0)
-            den += tl.sum(w * (p + t), axis=0)
-            gap += tl.sum(w * ((p - i) + (t - i)), axis=0)
+            den += tl.sum(w * (2.0 * i + f + m), axis=0)  # P + T
+            gap += tl.sum(w * (f + m), axis=0)
         num = 2.0 * num + snr
         den_raw = den + sdr
         live = den_raw >= eps
@@ -389,7 +392,7 @@ def _gdl_finalize_kernel(
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             cmask = offs_c < C
-            _, _, t, _ = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)
+            t = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, False)[3]
             w = _gdl_weights(t, offs_c, cw_ptr, wmax, C, WEIGHT_TYPE, HAS_W)
             dl_di = -k * 2.0 * w / den
             dl_dp = tl.where(live, k * r * w / den, 0.0)

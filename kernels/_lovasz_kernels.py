@@ -86,7 +86,9 @@ def _lovasz_errors_kernel(
             p = e * (1.0 / tl.sum(e, axis=0))[None, :]
             _store_softmax_errors(out, p, offs_c0, ys, valid, bad, cmask, pmask, key_c, PROBS)
         else:
-            m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+            m, inv_s, _ = _softmax_stats(
+                x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C
+            )
             for c0 in range(0, C, BLOCK_C):
                 offs_c = c0 + offs_c0
                 cmask = offs_c < C
@@ -234,7 +236,7 @@ def _lovasz_softmax_grad_kernel(
     m, inv_s = mean_dp, mean_dp
     ge_base = ge_ptr + b * key_b + offs_p[None, :]
     if not PROBS:
-        m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+        m, inv_s, _ = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
         for c0 in range(0, C, BLOCK_C):  # sum_k p_k dp_k first
             offs_c = c0 + offs_c0
             p, dp, m2 = _error_grad(x_ptr, ge_base, b, offs_c, offs_p, pmask, ys, m, inv_s, C,

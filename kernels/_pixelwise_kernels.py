@@ -340,6 +340,17 @@ def _excl_total(m, s_ex):
 
 
 @triton.jit
+def _tile_excl(x, e, m):
+    """``(s, s_ex)`` of a tile holding whole class columns, ``e = exp(x - m)``: ``s`` and
+    ``s_ex``, ``s`` less the 1 of one maximal class, as ``s_f`` (the sum over the classes
+    below the max) plus the number of maximal classes less one, which is ``s - s_f`` (each
+    of their terms is exactly 1) rounded to an integer."""
+    s = tl.sum(e, axis=0)
+    s_f = tl.sum(tl.where(x == m[None, :], -0.0, e), axis=0)
+    return s, s_f + (tl.floor(s - s_f + 0.5) - 1.0)
+
+
+@triton.jit
 def _other_sum(x_y, m, s, s_ex):
     """``s_other = sum_{c != y} exp(x_c - m)`` from ``s`` and ``s_ex`` (``s`` less the 1 of
     one maximal class): ``s_ex`` exactly where the label's logit is the max; elsewhere
@@ -366,11 +377,10 @@ def _column_sums(
     :func:`load_column`, CLASS_FAST on channels_last), plus ``e = exp(x - m)`` of the
     tile for the gradient.
 
-    ``s_ex``, ``s`` less the 1 of one maximal class, is ``s_f``, the sum over the classes
-    below the max, plus the number of maximal classes less one; that number is ``s - s_f``
-    (each of their terms is exactly 1) rounded to an integer. The label's logit is read
-    on its own (:func:`_label_logit`). Pixels past S read 0; the rows past NC hold -inf
-    and their terms -0.0, which the compiler drops from every sum (``v + -0.0 = v``)."""
+    ``s_ex``, ``s`` less the 1 of one maximal class, is :func:`_tile_excl`'s. The label's
+    logit is read on its own (:func:`_label_logit`). Pixels past S read 0; the rows past NC
+    hold -inf and their terms -0.0, which the compiler drops from every sum (``v + -0.0 =
+    v``)."""
     x_y = _label_logit(x_ptr, b, offs_p, ys, valid, sxb, sxc, sxs)
     cmask = offs_c < NC
     rows = cmask[:, None]
@@ -378,9 +388,7 @@ def _column_sums(
     x = tl.where(rows, x.to(tl.float32), float("-inf"))
     m = tl.max(x, axis=0)
     e = tl.where(rows, tl.exp2((x - m[None, :]) * LOG2E), -0.0)
-    s = tl.sum(e, axis=0)
-    s_f = tl.sum(tl.where(x == m[None, :], -0.0, e), axis=0)
-    s_ex = s_f + (tl.floor(s - s_f + 0.5) - 1.0)
+    s, s_ex = _tile_excl(x, e, m)
     s_other = _other_sum(x_y, m, s, s_ex)
     w_c = _class_factors(w_ptr, offs_c, cmask, HAS_W)
     w_sum = NC * 1.0

@@ -3,10 +3,12 @@
 Two passes over the logits, no one-hot:
 
 - ``_region_stats_kernel``: each program walks a range of pixel tiles of one image and sums,
-  per class, ``I = sum p g`` (``min(p, g)``), ``P = sum p`` (``p^2``), ``T = sum g``
-  (``g^2``) and, with
-  COUNT, ``N`` the counted pixels (the MCC) in fp32; it writes one partial row per
-  program, added in a fixed order afterwards.
+  per class, ``I = sum p g`` (``min(p, g)``), ``F = P - I`` and ``M = T - I`` with ``P =
+  sum p`` (``p^2``) and ``T = sum g`` (``g^2``), F and M from terms of their own
+  (:func:`_overlap_terms`: ``1 - p`` taken whole, where the softmax or sigmoid gives it,
+  so that near a right prediction they are not differences of sums near the pixel
+  count), T and, with COUNT, ``N`` the counted pixels (the MCC) in fp32; it writes one
+  partial row per program, added in a fixed order afterwards.
 - ``_region_grad_kernel``: given ``u = dL/dI + dL/dP`` and ``v = dL/dP`` per (image,
   class), ``dL/dp`` where ``g = 1`` and where ``g = 0``, recomputes ``p`` tile by tile
   (``TILES`` tiles per program) and writes ``dL/dz``: ``dL/dp_c = u_c g_c + v_c (1 - g_c)``
@@ -24,7 +26,7 @@ PROBS none: the input is ``p`` (``from_logits=False``) and ``dL/dz = dL/dp``. LA
 means integer labels ``[B, S]`` (multiclass), else masks ``[B, C, S]``: in multiclass
 mode, class probabilities (one-hot or soft) as the target. Ignored entries have
 ``p = g = 0``; a bad label or mask value, or with PROBS an input outside [0, 1], puts NaN
-into its image's T sums, so the loss is NaN.
+into its image's T and M sums, so the loss is NaN.
 
 Compound losses (PIXEL = 1: CE or softmax focal; PIXEL = 2: BCE or sigmoid focal) ride
 along: pass 1 also sums the pixel loss and its 'mean' divisor per image, and pass 2 adds
@@ -56,6 +58,7 @@ from ._pixelwise_kernels import (
     _softmax_terms,
     _softmax_tile_sums,
     _softmax_walk_sums,
+    _tile_excl,
     _walk_probs,
     _walk_ptrs,
     _walk_start,
@@ -79,15 +82,17 @@ PRODUCT, SQUARED, SOFT_MIN = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 @triton.jit
 def _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C: tl.constexpr):
-    """Per pixel ``(m, 1/s)``: the max logit and the inverse sum of ``exp(x - m)``, streamed
-    over class chunks (online softmax)."""
+    """Per pixel ``(m, 1/s, q_top)``: the max logit, the inverse sum of ``exp(x - m)`` and
+    ``1 - p`` of a class at the max (``s_ex / s``, whole as p -> 1), streamed over class
+    chunks (online softmax)."""
     m, s_ex, _, _, _ = _walk_start(offs_p)
     ptrs, step, off = _walk_ptrs(x_ptr, b, offs_c0, offs_p, sxb, sxc, sxs)
     for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
         xc, cmask = _load_walk(ptrs + off, c0 + offs_c0, pmask, C)
         m, s_ex = _excl_step(m, s_ex, xc)
         off += step
-    return m, fast_rcp(_excl_total(m, s_ex))
+    inv_s = fast_rcp(_excl_total(m, s_ex))
+    return m, inv_s, s_ex * inv_s
 
 
 @triton.jit
@@ -146,25 +151,70 @@ def _chunk_terms(
 
 
 @triton.jit
-def _tile_sums(p, g, valid, bad, OVERLAP: tl.constexpr):
-    """Per-class sums of one tile: ``(I, P, T, N)``, N the valid entries; T is NaN for a
-    class seeing a bad value. The four are one reduction over the pixels (a ``[classes,
-    pixels, 2, 2]`` join): one exchange across the tile's warps where separate sums took
-    one each (on sm_90, Dice pass 1 at C = 19: 10 barriers in the kernel, not 18)."""
-    pg = p * g
+def _complement(x, z, p, m, q_top, SOFTMAX: tl.constexpr, PROBS: tl.constexpr):
+    """``q = 1 - p`` of a tile, whole as p -> 1: the softmax's ``q_top`` (:func:`_softmax_stats`)
+    at a class at the max (elsewhere ``p <= 1/2``), the sigmoid's ``sigmoid(-x)``, or
+    with PROBS ``1 - p`` of the input itself (exact for p >= 1/2)."""
+    if SOFTMAX:
+        return tl.where(x == m[None, :], q_top[None, :], 1.0 - p)
+    if PROBS:
+        return 1.0 - z
+    return _sigmoid_pq(z)[1]
+
+
+@triton.jit
+def _overlap_terms(p, q, g, OVERLAP: tl.constexpr):
+    """Per entry ``(i, f, m)``: the terms of ``I``, ``F = P - I`` and ``M = T - I`` (the
+    soft false positives and negatives), each formed on its own so that F and M keep their
+    digits where the prediction is right: PRODUCT ``(p g, p (1 - g), g q)``, SQUARED ``(p
+    g, p d, -g d)``, SOFT_MIN ``(min(p, g), max(d, 0), max(-d, 0))`` with ``d = p - g``
+    taken as ``(1 - g) - q`` where ``g >= 1/2``. ``q = 1 - p`` (:func:`_complement`) is
+    read only where ``g > 0``."""
+    d = tl.where(g >= 0.5, (1.0 - g) - q, p - g)
+    if OVERLAP == SQUARED:
+        return p * g, p * d, -g * d
+    if OVERLAP == SOFT_MIN:
+        return tl.minimum(p, g), tl.maximum(d, 0.0), tl.maximum(-d, 0.0)
+    return p * g, p * (1.0 - g), g * q
+
+
+@triton.jit
+def _hard_terms(p, q, is_y, OVERLAP: tl.constexpr):
+    """:func:`_overlap_terms` of hard labels (``g = [c = y]``, ``is_y``), ``-0.0`` for an
+    absent term (a row that is all ``-0.0`` folds away from the sums): at the label ``(p,
+    0, q)``, ``(p, -p q, q)`` SQUARED, ``(min(p, 1), max(p - 1, 0), q)`` SOFT_MIN; elsewhere
+    ``(0, p, 0)`` (``p^2`` SQUARED). ``q`` is read at the label only."""
+    i = tl.where(is_y, p, -0.0)
+    f_y = tl.zeros_like(p)
     pp = p
+    if OVERLAP == SQUARED:
+        f_y = -p * q
+        pp = p * p
+    if OVERLAP == SOFT_MIN:
+        i = tl.where(is_y, tl.minimum(p, 1.0), -0.0)
+        f_y = tl.maximum(p - 1.0, 0.0)
+    return i, tl.where(is_y, f_y, pp), tl.where(is_y, q, -0.0)
+
+
+@triton.jit
+def _tile_sums(p, q, g, valid, bad, OVERLAP: tl.constexpr):
+    """Per-class sums of one tile: ``(I, F, M, T, N)`` (:func:`_overlap_terms`, q read
+    where valid only; ``T = sum g``, ``g^2`` SQUARED), N the valid entries; T and M are
+    NaN for a class seeing a bad value. I, F, M and T are one reduction over the pixels
+    (a ``[classes, pixels, 2, 2]`` join): one exchange across the tile's warps where
+    separate sums took one each (on sm_90, Dice pass 1 at C = 19: 10 barriers in the
+    kernel, not 18)."""
+    i, f, m = _overlap_terms(p, tl.where(valid, q, 0.0), g, OVERLAP)
     gg = g
     if OVERLAP == SQUARED:
-        pp = p * p
         gg = g * g
-    if OVERLAP == SOFT_MIN:
-        pg = tl.minimum(p, g)
     gg = tl.where(bad, float("nan"), gg)
-    sums = tl.sum(tl.join(tl.join(pg, pp), tl.join(gg, valid.to(tl.float32))), axis=1)
+    m = tl.where(bad, float("nan"), m)
+    sums = tl.sum(tl.join(tl.join(i, f), tl.join(m, gg)), axis=1)
     pairs, rest = tl.split(sums)
-    si, sp = tl.split(pairs)
-    st, sn = tl.split(rest)
-    return si, sp, st, sn
+    si, sf = tl.split(pairs)
+    sm, st = tl.split(rest)
+    return si, sf, sm, st, tl.sum(valid.to(tl.float32), axis=1)
 
 
 @triton.jit
@@ -192,7 +242,9 @@ def _pixel_setup(
             z = fast_exp(x - m[None, :])
             inv_s = fast_rcp(tl.sum(z, axis=0))
         else:
-            m, inv_s = _softmax_stats(x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C)
+            m, inv_s, _ = _softmax_stats(
+                x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C
+            )
     return x, z, ys, pvalid, pbad, m, inv_s
 
 
@@ -322,23 +374,31 @@ def _add_at(acc, offs_a, c0, s):
 
 
 @triton.jit
-def _label_row_sums(ptrs, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP: tl.constexpr):
+def _label_row_sums(ptrs, c0, pmask, y_in, pvalid, m, log2_s, q_top, C, OVERLAP: tl.constexpr):
     """Softmax over labels: per class of the chunk at ``ptrs`` (classes ``c0 + j``),
-    ``(I, P)`` of the tile, ``p = 2^((x - m) log2 e - log2 s)`` where counted (else 0) and
-    ``g = [y = c]`` (``y_in`` is -1 where not counted). T, N and bad labels do not depend
-    on the class's logits: the caller takes them once per tile. The class index is int32
-    and no address derives from it, so each label test is one compare."""
+    ``(I, F, M)`` of the tile (:func:`_hard_terms`), ``p = 2^((x - m) log2 e - log2 s)``
+    where counted (else 0), ``q = 1 - p`` whole where the label's logit is the max
+    (``q_top``: 1 - p of the label there; :func:`_complement`), and ``g = [y = c]``
+    (``y_in`` is -1 where not counted). T, N and bad labels do not depend on the class's
+    logits: the caller takes them once per tile. The class index is int32 and no address
+    derives from it, so each label test is one compare."""
     offs_c = c0 + tl.arange(0, ptrs.shape[0])
     x = _load_walk(ptrs, offs_c, pmask, C)[0]
     p = tl.where(pvalid[None, :], _walk_probs(x, m, log2_s), 0.0)
-    g = offs_c[:, None] == y_in[None, :]
-    pp = p
+    q = _complement(x, x, p, m, q_top, True, False)
+    i, f, mm = _hard_terms(p, q, offs_c[:, None] == y_in[None, :], OVERLAP)
+    return tl.sum(i, axis=1), tl.sum(f, axis=1), tl.sum(mm, axis=1)
+
+
+@triton.jit
+def _column_terms(p, l_y, q_y, is_y, OVERLAP: tl.constexpr):
+    """Per entry of a column tile ``(l, f)``: ``l_y`` (the label's ``p`` where ``p <=
+    1/2``, else ``-q``) at the label, and F's term, ``p`` (``p^2`` SQUARED) off it, 0 at it
+    (``-p q`` SQUARED); ``-0.0`` for an absent term (see :func:`_hard_terms`)."""
+    l = tl.where(is_y, l_y[None, :], -0.0)
     if OVERLAP == SQUARED:
-        pp = p * p
-    pg = tl.where(g, p, 0.0)
-    if OVERLAP == SOFT_MIN:
-        pg = tl.where(g, tl.minimum(p, 1.0), 0.0)
-    return tl.split(tl.sum(tl.join(pg, pp), axis=1))
+        return l, tl.where(is_y, -p * q_y[None, :], p * p)
+    return l, tl.where(is_y, -0.0, p)
 
 
 @triton.jit
@@ -360,16 +420,20 @@ def _column_stats(
     """Pass 1 of a softmax over hard labels on tiles holding the whole class column of
     their pixels (``_tiles.column_tiles``: NC classes, VEC pixels a thread; CLASS_FAST
     on channels_last, ``_tiles.class_fast``), the logits read once. Each thread adds, per
-    class, ``p g`` (``min(p, g)``) and ``p`` (``p^2``) of its pixels into registers over
-    the program's tiles, the two joined so that they add in the same order (``P - I`` is
-    then exactly 0 for a class that fills its image, which the MCC's true negatives
-    need); the sums leave the threads once, at the end. T is an integer histogram of each
-    tile's labels. Rows past NC add -0.0 (folded away); a bad label makes the program's
-    T NaN, as in the class walks."""
+    class, F's terms and ``L``, the sum of ``p_y`` over its pixels of the class with ``p_y
+    <= 1/2`` less that of ``q_y = 1 - p_y`` (from ``s_other``) over the others
+    (:func:`_column_terms`), the two joined, into registers over the program's tiles; the
+    sums leave the threads once, at the end. Histograms of each tile's labels, all and
+    those with ``p_y > 1/2``, count T and ``T_hi`` (``T_lo = T - T_hi``), so that ``I =
+    T_hi + L`` and ``M = T_lo - L``: each is at least as large as every sum in it, so
+    neither loses its digits, from two accumulators where I, F and M took three (sm_90,
+    Triton 3.6, bf16 Dice at C = 19: 128 registers, 175 with three). Rows past NC add -0.0
+    (folded away); a bad label makes the program's T and M NaN, as in the class walks."""
     offs_c = column_classes(BLOCK_C, CLASS_FAST)
     rows = (offs_c < NC)[:, None]
-    acc_ip = tl.zeros([BLOCK_C, BLOCK_P // VEC, 2], tl.float32)  # I and P, joined
+    acc_lf = tl.zeros([BLOCK_C, BLOCK_P // VEC, 2], tl.float32)
     acc_t = tl.zeros([BLOCK_C], tl.int32)
+    acc_hi = acc_t
     acc_n = tl.zeros([BLOCK_P], tl.float32)
     acc_bad = acc_n
     acc_loss = acc_n
@@ -384,15 +448,15 @@ def _column_stats(
         )  # fmt: skip
         counted = rows & pvalid[None, :]
         is_y = counted & (offs_c.to(tl.int32)[:, None] == ys[None, :])
-        p = tl.where(counted, e * fast_rcp(s)[None, :], -0.0)
-        pg = tl.where(is_y, p, -0.0)
-        pp = p
-        if OVERLAP == SQUARED:
-            pp = p * p
-        if OVERLAP == SOFT_MIN:
-            pg = tl.where(is_y, tl.minimum(p, 1.0), -0.0)
-        acc_ip += _per_thread(tl.join(pg, pp), VEC)
+        inv_s = fast_rcp(s)
+        p = tl.where(counted, e * inv_s[None, :], -0.0)
+        q_y = s_other * inv_s
+        hi = q_y < 0.5
+        l_y = tl.where(hi, -q_y, fast_exp(x_y - m) * inv_s)
+        lane_l, lane_f = _column_terms(p, l_y, q_y, is_y, OVERLAP)
+        acc_lf += _per_thread(tl.join(lane_l, lane_f), VEC)
         acc_t += tl.histogram(ys, BLOCK_C, mask=pvalid)
+        acc_hi += tl.histogram(ys, BLOCK_C, mask=pvalid & hi)
         acc_n += pvalid.to(tl.float32)
         acc_bad = tl.maximum(acc_bad, pbad.to(tl.float32))
         if PIXEL == 1:
@@ -402,17 +466,19 @@ def _column_stats(
             )  # fmt: skip
             acc_loss += loss
             acc_den += den
-    si, sp = tl.split(tl.sum(acc_ip, axis=1))
-    st = acc_t.to(tl.float32)
+    bad = tl.max(acc_bad, axis=0) > 0.0
+    sl, sf = tl.split(tl.sum(acc_lf, axis=1))
+    sm = tl.where(bad, float("nan"), (acc_t - acc_hi).to(tl.float32) - sl)
+    st = tl.where(bad, float("nan"), acc_t.to(tl.float32))
     cmask = offs_c < NC
-    tl.store(out + offs_c, si, mask=cmask)
-    tl.store(out + NC + offs_c, sp, mask=cmask)
-    st = tl.where(tl.max(acc_bad, axis=0) > 0.0, float("nan"), st)
-    tl.store(out + 2 * NC + offs_c, st, mask=cmask)
-    n_stats = 3
+    tl.store(out + offs_c, acc_hi.to(tl.float32) + sl, mask=cmask)
+    tl.store(out + NC + offs_c, sf, mask=cmask)
+    tl.store(out + 2 * NC + offs_c, sm, mask=cmask)
+    tl.store(out + 3 * NC + offs_c, st, mask=cmask)
+    n_stats = 4
     if COUNT:
-        n_stats = 4
-        tl.store(out + 3 * NC + offs_c, tl.zeros_like(st) + tl.sum(acc_n, axis=0), mask=cmask)
+        n_stats = 5
+        tl.store(out + 4 * NC + offs_c, tl.zeros_like(st) + tl.sum(acc_n, axis=0), mask=cmask)
     tl.store(out + n_stats * NC, tl.sum(acc_loss, axis=0))
     tl.store(out + n_stats * NC + 1, tl.sum(acc_den, axis=0))
 
@@ -457,7 +523,7 @@ def _region_stats_kernel(
     NC: tl.constexpr,
     CLASS_FAST: tl.constexpr,
 ):
-    """Partial sums ``part[b, chunk, :]`` = ``I[C], P[C], T[C]`` (then ``N[C]`` with
+    """Partial sums ``part[b, chunk, :]`` = ``I[C], F[C], M[C], T[C]`` (then ``N[C]`` with
     COUNT), pixel loss, its divisor, over the chunk's pixel tiles.
 
     SINGLE: all classes in one tile, sums kept in registers. Otherwise classes stream in
@@ -465,19 +531,19 @@ def _region_stats_kernel(
     registers, then are added into the program's partial row (its earlier value loaded
     before the block's walk, so no load waits on a store in the walk). With labels and a
     softmax, T (a histogram of the tile's labels), N and the bad-label flag do not depend
-    on the logits and are taken once per tile: a class row costs one reduction, of I and
-    P joined. The tile loop prefetches STAGES - 1 tiles ahead.
+    on the logits and are taken once per tile: a class row costs the reductions of I, F
+    and M (:func:`_label_row_sums`). The tile loop prefetches STAGES - 1 tiles ahead.
 
     NC > 0: column tiles of NC classes, VEC pixels a thread (:func:`_column_stats`;
     SMOOTH: the CE term has label smoothing; CLASS_FAST: channels_last).
     """
-    # hard labels under a softmax, whose class loop takes I and P alone (a BCE or sigmoid
-    # focal term streams with the classes in the general loop)
+    # hard labels under a softmax, whose class loop takes I, F and M alone (a BCE or
+    # sigmoid focal term streams with the classes in the general loop)
     HARD: tl.constexpr = LABELS and SOFTMAX and PIXEL != 2
     pid = tl.program_id(0).to(tl.int64)
     b = pid // n_chunks
     first_tile = (pid % n_chunks) * tiles_per_chunk
-    n_stats = 3 + COUNT
+    n_stats = 4 + COUNT
     out = part_ptr + pid * (n_stats * C + 2)
     if NC > 0:
         _column_stats(
@@ -488,35 +554,44 @@ def _region_stats_kernel(
     else:
         offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
         acc_i = tl.zeros([BLOCK_C], tl.float32)
-        acc_p = tl.zeros([BLOCK_C], tl.float32)
-        acc_t = tl.zeros([BLOCK_C], tl.float32)
-        acc_n = tl.zeros([BLOCK_C], tl.float32)
+        acc_f = acc_i
+        acc_m = acc_i
+        acc_t = acc_i
+        acc_n = acc_i
         acc_loss = tl.zeros([BLOCK_P], tl.float32)
         acc_den = tl.zeros([BLOCK_P], tl.float32)
         ones = tl.full([BLOCK_P], 1.0, tl.float32)  # pass 1 weighs the pixel term's gradient 1
         for tile in tl.range(first_tile, first_tile + tiles_per_chunk, num_stages=STAGES):
             offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
             pmask = offs_p < S
-            # a streamed softmax pixel term's walk gives the softmax (m, 1/s) as well
             x, z, ys, pvalid, pbad, m, inv_s = _pixel_setup(
                 x_ptr, t_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, stb, sts, ignore_index,
-                SOFTMAX and (SINGLE or PIXEL != 1), LABELS, SINGLE, BLOCK_C,
+                SOFTMAX and SINGLE, LABELS, SINGLE, BLOCK_C,
             )  # fmt: skip
-            if PIXEL == 1 and not SINGLE:
-                m, inv_s, loss, den, k, t, eps_c, w_sum = _softmax_walk_term(
+            q_top = m  # 1 - p of a class at the max (_complement)
+            if SOFTMAX and SINGLE:
+                q_top = _tile_excl(x, z, m)[1] * inv_s
+            elif PIXEL == 1:  # its walk gives the softmax (m, 1/s) and t = 1 - p_y
+                m, inv_s, loss, den, k, q_top, eps_c, w_sum = _softmax_walk_term(
                     x_ptr, w_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, C, sxb, sxc, sxs,
                     smoothing, gamma, scale, IS_FOCAL, HAS_W, BLOCK_C,
                 )  # fmt: skip
                 acc_loss += loss
                 acc_den += den
+            elif SOFTMAX:
+                m, inv_s, q_top = _softmax_stats(
+                    x_ptr, b, offs_c0, offs_p, pmask, C, sxb, sxc, sxs, BLOCK_C
+                )
             if SINGLE:
                 p, g, valid, bad = _chunk_terms(
                     z, t_ptr, b, offs_c0, offs_p, pmask, ys, pvalid, pbad, inv_s, C,
                     stb, stc, sts, ignore_index, SOFTMAX, LABELS, HAS_IGNORE, PROBS,
                 )  # fmt: skip
-                si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
+                q = _complement(x, z, p, m, q_top, SOFTMAX, PROBS)
+                si, sf, sm, st, sn = _tile_sums(p, q, g, valid, bad, OVERLAP)
                 acc_i += si
-                acc_p += sp
+                acc_f += sf
+                acc_m += sm
                 acc_t += st
                 acc_n += sn
                 if PIXEL != 0:
@@ -541,26 +616,29 @@ def _region_stats_kernel(
                     seen = tl.where(tile > first_tile, amask, False)
                     row = out + offs_a
                     prev_i = tl.load(row, mask=seen, other=0.0)
-                    prev_p = tl.load(row + C, mask=seen, other=0.0)
-                    prev_t = tl.load(row + 2 * C, mask=seen, other=0.0)
+                    prev_f = tl.load(row + C, mask=seen, other=0.0)
+                    prev_m = tl.load(row + 2 * C, mask=seen, other=0.0)
+                    prev_t = tl.load(row + 3 * C, mask=seen, other=0.0)
                     prev_n = prev_t
                     if COUNT:
-                        prev_n = tl.load(row + 3 * C, mask=seen, other=0.0)
+                        prev_n = tl.load(row + 4 * C, mask=seen, other=0.0)
                     add_i = tl.zeros([ACC], tl.float32)
-                    add_p = add_i
+                    add_f = add_i
+                    add_m = add_i
                     add_t = add_i
                     add_n = add_i
                     if HARD:
                         in_block = (y_in >= cb) & (y_in < cb + ACC)
                         add_t = tl.histogram(y_in - cb, ACC, mask=in_block).to(tl.float32)
                         add_t = tl.where(bad_tile, float("nan"), add_t)
+                        add_m = tl.where(bad_tile, float("nan"), add_m)
                         add_n = add_n + n_tile
                         off = (step * 0 + cb) * sxc
                     c_end = tl.minimum(cb + ACC, C)
                     for c0 in tl.range(cb, c_end, BLOCK_C, loop_unroll_factor=WALK_UNROLL):
                         if HARD:
-                            si, sp = _label_row_sums(
-                                ptrs + off, c0, pmask, y_in, pvalid, m, log2_s, C, OVERLAP
+                            si, sf, sm = _label_row_sums(
+                                ptrs + off, c0, pmask, y_in, pvalid, m, log2_s, q_top, C, OVERLAP
                             )
                             off += step
                         else:
@@ -570,7 +648,8 @@ def _region_stats_kernel(
                                 C, sxb, sxc, sxs, stb, stc, sts, ignore_index, SOFTMAX, LABELS,
                                 HAS_IGNORE, PROBS,
                             )  # fmt: skip
-                            si, sp, st, sn = _tile_sums(p, g, valid, bad, OVERLAP)
+                            q = _complement(xc, zc, p, m, q_top, SOFTMAX, PROBS)
+                            si, sf, sm, st, sn = _tile_sums(p, q, g, valid, bad, OVERLAP)
                             add_t = _add_at(add_t, offs_a, c0, st)
                             add_n = _add_at(add_n, offs_a, c0, sn)
                             if PIXEL == 2:  # elementwise, so it streams with the classes
@@ -582,19 +661,22 @@ def _region_stats_kernel(
                                 acc_loss += loss
                                 acc_den += den
                         add_i = _add_at(add_i, offs_a, c0, si)
-                        add_p = _add_at(add_p, offs_a, c0, sp)
+                        add_f = _add_at(add_f, offs_a, c0, sf)
+                        add_m = _add_at(add_m, offs_a, c0, sm)
                     tl.store(row, prev_i + add_i, mask=amask)
-                    tl.store(row + C, prev_p + add_p, mask=amask)
-                    tl.store(row + 2 * C, prev_t + add_t, mask=amask)
+                    tl.store(row + C, prev_f + add_f, mask=amask)
+                    tl.store(row + 2 * C, prev_m + add_m, mask=amask)
+                    tl.store(row + 3 * C, prev_t + add_t, mask=amask)
                     if COUNT:
-                        tl.store(row + 3 * C, prev_n + add_n, mask=amask)
+                        tl.store(row + 4 * C, prev_n + add_n, mask=amask)
         if SINGLE:
             cmask = offs_c0 < C
             tl.store(out + offs_c0, acc_i, mask=cmask)
-            tl.store(out + C + offs_c0, acc_p, mask=cmask)
-            tl.store(out + 2 * C + offs_c0, acc_t, mask=cmask)
+            tl.store(out + C + offs_c0, acc_f, mask=cmask)
+            tl.store(out + 2 * C + offs_c0, acc_m, mask=cmask)
+            tl.store(out + 3 * C + offs_c0, acc_t, mask=cmask)
             if COUNT:
-                tl.store(out + 3 * C + offs_c0, acc_n, mask=cmask)
+                tl.store(out + 4 * C + offs_c0, acc_n, mask=cmask)
         tl.store(out + n_stats * C, tl.sum(acc_loss, axis=0))
         tl.store(out + n_stats * C + 1, tl.sum(acc_den, axis=0))
 

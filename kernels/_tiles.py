@@ -658,7 +658,7 @@ def log1p_pos(r):
 
 @triton.jit
 def log1p(r):
-    """``log(1 + r)`` for ``r >= 0``, accurate where ``1 + r`` rounds (Kahan's trick)."""
+    """``log(1 + r)`` for ``r > -1``, accurate where ``1 + r`` rounds (Kahan's trick)."""
     u = 1.0 + r
     same = u == 1.0
     return tl.where(same, r, tl.log(u) * r / tl.where(same, 1.0, u - 1.0))

@@ -5,7 +5,10 @@ Same signatures and semantics as ``segtriton.reference`` (formulas there), plus
 
 - Pass 1 (a Triton kernel) reads the logits and the target once and returns the sums
   ``I, P, T`` per (image, class) in fp32, from per-program partial rows added in a fixed
-  order: no one-hot, no float atomics, bitwise deterministic. A softmax over hard labels
+  order: no one-hot, no float atomics, bitwise deterministic. P and T come as ``F = P -
+  I`` and ``M = T - I`` (and T), each summed from terms of its own, so that the soft false
+  positives and negatives keep their digits near a right prediction, where a difference
+  of two large float32 sums would not. A softmax over hard labels
   on contiguous pixels, up to :data:`REGION_COLUMN` classes, holds each pixel's class
   column in one thread (``_tiles.column_tiles``) in both passes; otherwise each pass
   walks the class rows.
@@ -137,9 +140,10 @@ def _pass1_tile(C: int, pixel: int) -> tuple[int, int, bool, int, int]:
 
 def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing, gamma,
            scale, focal, count=False) -> torch.Tensor:  # fmt: skip
-    """Pass 1: ``[B, 3C + 2]`` fp32 per image: ``I[C], P[C], T[C]``, the pixel term's loss
-    sum and 'mean' divisor (zeros when ``pixel`` is 0); with ``count``, ``[B, 4C + 2]``
-    with the counted pixels ``N[C]`` after T."""
+    """Pass 1: ``[B, 4C + 2]`` fp32 per image: ``I[C], F[C], M[C], T[C]`` (``F = P - I``
+    and ``M = T - I`` summed as terms of their own), the pixel term's loss sum and 'mean'
+    divisor (zeros when ``pixel`` is 0); with ``count``, ``[B, 5C + 2]`` with the counted
+    pixels ``N[C]`` after T."""
     x, t, strides = loss_views(logits, target, _reads_labels(kind))
     B, C = x.shape[:2]
     S = spatial_size(x)
@@ -151,7 +155,7 @@ def _pass1(logits, target, kind, ignore_index, overlap, pixel, w, w2, smoothing,
         block_c, block_p, single, warps, more = _pass1_tile(C, pixel)
         vec = 1
     tiles_per_chunk, n_chunks = tile_chunks(S, block_p, B, more)
-    row = (4 if count else 3) * C + 2
+    row = (5 if count else 4) * C + 2
     part = torch.empty(B * n_chunks * row, dtype=torch.float32, device=x.device)
     ign, has_ignore = ignore_arg(ignore_index, _reads_labels(kind))
     _region_stats_kernel[(B * n_chunks,)](
@@ -192,10 +196,11 @@ def _region_stats(
     ignore_index: float | None,
     overlap: int,
 ) -> torch.Tensor:
-    """Pass 1 without a pixel term: the ``[B, 3, C]`` sums ``I, P, T``."""
+    """Pass 1 without a pixel term: the ``[B, 3, C]`` sums ``I, P, T`` (``P = I + F``)."""
     total = _pass1(logits, target, kind, ignore_index, overlap, *_NO_PIXEL)
     B, C = logits.shape[:2]
-    return total[:, : 3 * C].reshape(B, 3, C).contiguous()
+    i, f, _, t = total[:, : 4 * C].view(B, 4, C).unbind(1)
+    return torch.stack([i, i + f, t], 1)
 
 
 def _reads_labels(kind: int) -> bool:

@@ -371,6 +371,68 @@ def test_near_one_ratios_keep_their_digits(name, options, seed, gen):
     torch.testing.assert_close(loss.double(), want, rtol=1e-4, atol=0)
 
 
+# (loss, options, C, form): labels in column tiles (C = 4; whole-class tiles in the
+# interpreter), streamed class rows (C = 300, labels on 4 classes, absent classes left out),
+# binary and multilabel masks, class-probability targets, probabilities as the input,
+# channels_last, and the compounds' pixel terms beside the sums
+_CONFIDENT = [
+    ("dice", {}, 4, "labels"),
+    ("dice", {"log_loss": True}, 4, "labels"),
+    ("jaccard", {"soft_label": True}, 4, "labels"),
+    ("tversky", {"alpha": 0.3, "beta": 0.7}, 4, "labels"),
+    ("focal_tversky", {}, 4, "labels"),
+    ("generalized_dice", {}, 4, "labels"),
+    ("dice", {}, 4, "channels_last"),
+    ("dice", {}, 4, "probabilities"),
+    ("dice", {"from_logits": False}, 4, "labels"),
+    ("dice", {"mode": "multilabel"}, 4, "labels"),
+    ("tversky", {"mode": "binary"}, 1, "labels"),
+    ("ce_dice", {}, 4, "labels"),
+    ("bce_dice", {}, 4, "labels"),
+    ("dice", {"absent": "exclude"}, 300, "labels"),
+    ("jaccard", {"absent": "exclude", "log_loss": True}, 300, "labels"),
+    ("dice", {"absent": "exclude"}, 300, "probabilities"),
+    ("ce_dice", {"absent": "exclude"}, 300, "labels"),
+    ("focal_dice", {"absent": "exclude"}, 300, "labels"),
+    ("dice", {"squared": True}, 4, "labels"),
+    ("dice", {"mode": "multilabel", "squared": True}, 300, "labels"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "C", "form"),
+    _CONFIDENT,
+    ids=[f"{n}-{'-'.join(o) or 'default'}-C{c}-{f}" for n, o, c, f in _CONFIDENT],
+)
+def test_confident_predictions_keep_the_loss_digits(name, options, C, form, seed, gen):
+    """Right predictions, ``1 - p`` near 1e-6 (the label's logit 14 ahead; masks at
+    logits of +-9): the loss is near 1e-4 to 1e-2 and ``F = P - I``, ``M = T - I`` are
+    small beside I, P and T. Pass 1 sums F and M as terms of their own, so the loss is
+    within 2e-6 of float64; taken as differences of the float32 sums (as the float32
+    reference does, and pass 1 did) it was 1e-6 to 1e-2 off here. The squared forms are
+    held to 1e-3: ``F + M = sum (p - g)^2`` is near ``sum q^2`` where F and M are each
+    near ``sum q`` (``q = 1 - p``), so they cancel to about eps / q of it."""
+    entry = get(name)
+    x, t = _inputs(entry, (2, C, 5, 6), options, torch.float32, gen, ignore_frac=0.0, soft=False)
+    if entry.target_kind(options) == "labels":
+        t = t % 4
+        one_hot = torch.nn.functional.one_hot(t, C).movedim(-1, 1)
+        x = x + 14.0 * one_hot
+        if form == "probabilities":
+            t = one_hot.to(torch.float32)
+    else:
+        x = torch.where(t.reshape(x.shape) > 0.5, 9.0, -9.0) + 0.1 * x
+    if options.get("from_logits") is False:
+        x = torch.softmax(x, 1)
+    if form == "channels_last":
+        x = to_channels_last(x)
+    loss = entry.kernel(x, t, **options)
+    want = entry.reference(x.double(), t, **options)
+    assert float(want) < 3e-2
+    rtol = 1e-3 if options.get("squared") else 2e-6
+    torch.testing.assert_close(loss.double(), want, rtol=rtol, atol=0)
+
+
 def test_focal_tversky_index_above_one(seed, gen):
     """smooth_nr > smooth_dr and confident right logits: TI > 1, so the base 1 - TI is
     clamped to 0, and its power has a zero gradient there."""

@@ -133,11 +133,14 @@ def test_random_options_under_the_default_tiles():
 
 @_DEFAULTS_ALREADY
 def test_region_label_edge_cases_under_the_default_tiles():
-    """The region and compound losses' ignore-heavy, all-ignored and bad-label tests and
-    every integer label dtype under the default walks, where pass 1 takes T, the counted
-    pixels and the bad-label flag once per tile and pass 2 picks ``dL/dp`` by the label."""
+    """The region and compound losses' ignore-heavy, all-ignored and bad-label tests,
+    every integer label dtype and the confident predictions' loss digits under the default
+    walks, where pass 1 takes T, the counted pixels and the bad-label flag once per tile
+    (and masks and class probabilities at C = 4 walk class rows) and pass 2 picks
+    ``dL/dp`` by the label."""
     tests = [str(TESTS / f"test_kernels_{name}.py") for name in ("region", "compound")]
-    stdout = _child_pytest(*tests, "-k", "bad_targets or ignore_heavy or any_integer_label")
+    keys = "bad_targets or ignore_heavy or any_integer_label or confident_predictions_keep"
+    stdout = _child_pytest(*tests, "-k", keys)
     assert " passed" in stdout and " failed" not in stdout, stdout[-500:]
 
 
