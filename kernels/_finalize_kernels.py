@@ -58,13 +58,18 @@ def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, M
 
 @triton.jit
 def _mcc(i, f, m, t, n, eps):
-    """``(MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``,
+    """``(MCC, 1 - MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``,
     ``FP = F + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T -
     I``): ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
     denominator is 0, 1 where the prediction is perfect (``F = M = 0``), both with a zero
     gradient. Of its four factors only ``TP + FP = P + 2 eps`` and ``TN + FN = N - P + 2
     eps`` move with P, none with I. TN is ``(N - T) - F``: exact for a class that fills
-    the unit (F is 0 there: no pixel is off the class), where the denominator is tiny."""
+    the unit (F is 0 there: no pixel is off the class), where the denominator is tiny.
+    ``1 - MCC`` is ``(D^2 - N^2) / (D (D + N))`` for ``MCC > 0`` (numerator N, denominator
+    D), ``D^2 - N^2 = 4 X Y + (X + Y) (A + B) + A B`` with ``X = TP TN``, ``Y = FP FN``,
+    ``A = TP FN + FP TN``, ``B = TP FP + FN TN``: no term is negative, so near a right
+    prediction it keeps its digits where ``1 - MCC`` would not; on counts scaled to sum 1
+    (MCC does not change), so that no product overflows."""
     tp = i + eps
     fp = f + eps
     fn = m + eps
@@ -80,7 +85,16 @@ def _mcc(i, f, m, t, n, eps):
     # where the class fills the unit, instead of a difference of two large terms
     d_ip = tl.where(zero, 0.0, (tn + fp) / den - mcc * d_log_den)
     d_p = tl.where(zero, 0.0, -(tp + fn) / den - mcc * d_log_den)
-    return mcc, d_ip, d_p
+    k = 1.0 / (tp + fp + fn + tn)
+    tp, fp, fn, tn = tp * k, fp * k, fn * k, tn * k
+    x = tp * tn
+    y = fp * fn
+    a = tp * fn + fp * tn
+    b = tp * fp + fn * tn
+    d = tl.sqrt((tp + fp) * (tp + fn)) * tl.sqrt((tn + fp) * (tn + fn))
+    whole = (4.0 * x * y + (x + y) * (a + b) + a * b) / (d * (d + (x - y)))
+    gap = tl.where(perfect, 0.0, tl.where(zero, 1.0, tl.where(mcc > 0.0, whole, 1.0 - mcc)))
+    return mcc, gap, d_ip, d_p
 
 
 @triton.jit
@@ -117,7 +131,7 @@ def _class_terms(
     cmask = offs_c < C
     i, f, m, t, n = _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE, MCC)
     if MCC:
-        r, dr_dip, dr_dp = _mcc(i, f, m, t, n, eps)
+        r, gap, dr_dip, dr_dp = _mcc(i, f, m, t, n, eps)
     else:
         num = a_i * i + snr
         # b_i I + b_p P + b_t T with P = I + F and T = I + M
@@ -128,7 +142,7 @@ def _class_terms(
         dr_dp = -tl.where(live, r * b_p, 0.0) / den
         dr_dip = (a_i - tl.where(live, r * (b_i + b_p), 0.0)) / den
     if MCC:
-        loss = 1.0 - r
+        loss = gap
     else:
         # 1 - r without cancelling near r = 1: den - num = b_p F + b_t M + smooth_dr -
         # smooth_nr, as b_i - a_i = -(b_p + b_t) for every family above
