@@ -57,19 +57,27 @@ def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, M
 
 
 @triton.jit
+def _subnormal(v):
+    """``0 < v`` below float32's smallest normal number."""
+    return (v > 0.0) & (v < 1.1754943508222875e-38)
+
+
+@triton.jit
 def _mcc(i, f, m, t, n, eps):
     """``(MCC, 1 - MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``,
     ``FP = F + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T -
     I``): ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
-    denominator is 0, 1 where the prediction is perfect (``F = M = 0``), both with a zero
-    gradient. Of its four factors only ``TP + FP = P + 2 eps`` and ``TN + FN = N - P + 2
-    eps`` move with P, none with I. TN is ``(N - T) - F``: exact for a class that fills
-    the unit (F is 0 there: no pixel is off the class), where the denominator is tiny.
-    ``1 - MCC`` is ``(D^2 - N^2) / (D (D + N))`` for ``MCC > 0`` (numerator N, denominator
-    D), ``D^2 - N^2 = 4 X Y + (X + Y) (A + B) + A B`` with ``X = TP TN``, ``Y = FP FN``,
-    ``A = TP FN + FP TN``, ``B = TP FP + FN TN``: no term is negative, so near a right
-    prediction it keeps its digits where ``1 - MCC`` would not; on counts scaled to sum 1
-    (MCC does not change), so that no product overflows."""
+    denominator is 0 or ``TP + FP`` or ``TN + FN`` is below float32's normal range (its
+    reciprocal would overflow; ``|MCC|`` is below 1e-19 there), 1 where the prediction is
+    perfect (``F = M = 0``), both with a zero gradient. Of its four factors only ``TP +
+    FP = P + 2 eps`` and ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N
+    - T) - F``: exact for a class that fills the unit (F is 0 there: no pixel is off the
+    class), where the denominator is tiny. ``1 - MCC`` is ``(D^2 - N^2) / (D (D + N))``
+    for ``MCC > 0`` (numerator N, denominator D), ``D^2 - N^2 = 4 X Y + (X + Y) (A + B) +
+    A B`` with ``X = TP TN``, ``Y = FP FN``, ``A = TP FN + FP TN``, ``B = TP FP + FN TN``:
+    no term is negative, so near a right prediction it keeps its digits where ``1 - MCC``
+    would not; on counts scaled to sum 1 (MCC does not change), so that no product
+    overflows."""
     tp = i + eps
     fp = f + eps
     fn = m + eps
@@ -77,7 +85,8 @@ def _mcc(i, f, m, t, n, eps):
     ab = (tp + fp) * (tp + fn)
     cd = (tn + fp) * (tn + fn)
     perfect = (f == 0.0) & (m == 0.0)
-    zero = (ab <= 0.0) | (cd <= 0.0) | perfect  # NaN sums are neither: they stay NaN
+    # NaN sums are none of these: they stay NaN
+    zero = (ab <= 0.0) | (cd <= 0.0) | perfect | _subnormal(tp + fp) | _subnormal(tn + fn)
     den = tl.sqrt(tl.where(zero, 1.0, ab)) * tl.sqrt(tl.where(zero, 1.0, cd))
     mcc = tl.where(perfect, 1.0, tl.where(zero, 0.0, (tp * tn - fp * fn) / den))
     d_log_den = 0.5 * (1.0 / (tp + fp) - 1.0 / (tn + fn))
