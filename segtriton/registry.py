@@ -51,7 +51,9 @@ class LossEntry:
       the tests hold it to a relative tolerance, with an absolute floor only at the
       float64 reference's own rounding, and run it at confident predictions
       (``tests/test_kernels_saturated.py``). A loss such as ``1 - Dice`` or the signed
-      boundary loss loses digits near 0 in any float32 computation.
+      boundary loss loses digits near 0 when formed from float32 sums or terms that
+      cancel (the float32 reference's ``1 - Dice`` does; the region kernels sum the false
+      positives and negatives whole instead).
     magnitude: for a loss that is a difference of terms which can cancel (Combo),
       ``f(logits, target, **options)``: the float64 size of its terms. The benchmark
       measures the loss's error relative to the larger of that and ``|loss|``: near a

@@ -23,6 +23,7 @@ from kernel_checks import (
     CASE_ARGS,
     DEVICE,
     assert_matches,
+    confident,
     kernel_cases,
     kernels_of,
     on_two_gloo_ranks,
@@ -421,12 +422,9 @@ def test_confident_predictions_keep_the_loss_digits(name, options, C, form, seed
     x, t = _inputs(entry, (2, C, 5, 6), options, torch.float32, gen, ignore_frac=0.0, soft=False)
     if entry.target_kind(options) == "labels":
         t = t % 4
-        one_hot = torch.nn.functional.one_hot(t, C).movedim(-1, 1)
-        x = x + 14.0 * one_hot
-        if form == "probabilities":
-            t = one_hot.to(torch.float32)
-    else:
-        x = torch.where(t.reshape(x.shape) > 0.5, 9.0, -9.0) + 0.1 * x
+    x = confident(entry, options, x, t)
+    if form == "probabilities":
+        t = torch.nn.functional.one_hot(t, C).movedim(-1, 1).to(torch.float32)
     if options.get("from_logits") is False:
         x = torch.softmax(x, 1)
     if form == "channels_last":
