@@ -161,6 +161,45 @@ def skip_repeated_lang_patches() -> bool:
 SKIPPED_LANG_PATCHES = skip_repeated_lang_patches()
 
 
+def exact_bfloat16_casts() -> bool:
+    """Let Triton's interpreter cast float32 to bfloat16 and back as compiled kernels do.
+    Its own conversion (``_convert_float``, Triton 3.6 to 3.9) truncates where the GPU's
+    ``cvt.rn.bf16.f32`` rounds to nearest even, and returns wrong values for float32
+    subnormals: 1e-38 stored as 8.2e-39, 9.4e-40 as 3.2e-39. A bf16 gradient below
+    bf16's normal range (a label's p near 1e-38 at logits 16 times the usual scale) then
+    read 3.4 times its value in the interpreter. Here both directions are bit operations
+    (the two formats share the exponent: bf16 is float32's upper half); every other
+    conversion runs the interpreter's own. Returns whether it took effect;
+    ``tests/test_kernels_casts.py`` compares the casts with torch's."""
+    interp = _interpreter()
+    slow = getattr(interp, "_convert_float", None)
+    if slow is None or getattr(slow, "exact_bf16", False):
+        return slow is not None
+    import numpy as np
+
+    tl, rtz = interp.tl, interp._ir.ROUNDING_MODE.RTZ
+
+    def _convert_float(input, input_dtype, output_dtype, rounding_mode):
+        if input_dtype == tl.bfloat16 and output_dtype == tl.float32:
+            return np.asarray(input).view(np.uint16).astype(np.uint32) << 16
+        if input_dtype != tl.float32 or output_dtype != tl.bfloat16:
+            return slow(input, input_dtype, output_dtype, rounding_mode)
+        bits = np.asarray(input, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        if rounding_mode != rtz:  # to nearest, ties to the even upper half
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        nan = np.isnan(np.asarray(input, dtype=np.float32))
+        upper = np.where(nan, 0x7FC0, bits >> 16)
+        return upper.astype(np.uint16)
+
+    _convert_float.exact_bf16 = True
+    _convert_float.slow = slow
+    interp._convert_float = _convert_float
+    return True
+
+
+EXACT_BF16_CASTS = exact_bfloat16_casts()
+
+
 @pytest.fixture
 def seed() -> int:
     """A fresh seed per test (printed, so a failure shows it); SEGTRITON_SEED fixes it."""

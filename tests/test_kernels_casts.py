@@ -1,0 +1,78 @@
+"""Float32 <-> bfloat16 casts inside a Triton kernel equal torch's (round to nearest even,
+subnormals kept), compiled on a GPU and in the interpreter, where tests/conftest.py
+replaces the interpreter's own conversion (see ``exact_bfloat16_casts``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from kernel_checks import DEVICE
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _round_trip(x_ptr, y_ptr, z_ptr, n, BLOCK: tl.constexpr):
+    """``y = bf16(x)`` and ``z = float32(y)``, y read back from memory."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(tl.bfloat16), mask=mask)
+    tl.store(z_ptr + offs, tl.load(y_ptr + offs, mask=mask).to(tl.float32), mask=mask)
+
+
+def _bits(v: torch.Tensor) -> torch.Tensor:
+    """float32 values from their bit patterns (int64, below 2^32)."""
+    return v.to(torch.int64).where(v < 2**31, v - 2**32).to(torch.int32).view(torch.float32)
+
+
+def _hard_values(gen: torch.Generator) -> torch.Tensor:
+    """Float32 values where a bf16 cast goes wrong first: subnormals and the smallest
+    normals, halfway cases (low half 0x8000 under an even and an odd upper half, one
+    step either side), the largest finite value (rounds to inf), signed zeros, inf, NaN,
+    and random bit patterns over the whole range."""
+    upper = torch.cat(
+        [
+            torch.tensor([0x0000, 0x0001, 0x0002, 0x007F, 0x0080, 0x0081, 0x3F80, 0x7F7F]),
+            torch.randint(0, 0x7F80, (40,), generator=gen),
+        ]
+    )
+    low = torch.tensor([0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF])
+    grid = (upper[:, None] << 16 | low[None, :]).flatten()
+    grid = torch.cat([grid, grid | 0x80000000, torch.tensor([0x7F800000, 0x7FC00000])])
+    spread = torch.randint(0, 2**32, (1000,), generator=gen, dtype=torch.int64)
+    return _bits(torch.cat([grid, spread]))
+
+
+def test_bfloat16_casts_match_torch(gen):
+    if INTERPRETED:
+        import conftest
+
+        assert conftest.EXACT_BF16_CASTS, "the interpreter's float32 <-> bf16 casts were kept"
+    x = _hard_values(gen).to(DEVICE)
+    y = torch.empty(x.shape, dtype=torch.bfloat16, device=DEVICE)
+    z = torch.empty_like(x)
+    _round_trip[(triton.cdiv(x.numel(), 256),)](x, y, z, x.numel(), BLOCK=256)
+    want = x.to(torch.bfloat16)
+    nan = want.isnan()
+    assert torch.equal(y.isnan(), nan)
+    assert torch.equal(y[~nan].view(torch.int16), want[~nan].view(torch.int16))
+    assert torch.equal(z.isnan(), nan)
+    assert torch.equal(z[~nan], want[~nan].float())
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="compiled here: no interpreter conversion to compare")
+def test_the_interpreters_own_casts_are_the_ones_replaced(gen):
+    """The conversion conftest.py keeps aside is the faulty one this module guards against
+    (if a Triton release fixes it, this fails: the replacement can then go)."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    slow = interpreter._convert_float.slow
+    x = np.array([1e-38, 9.4e-40, 1.0 + 2.0**-8 + 2.0**-9], dtype=np.float32)
+    got = slow(x, tl.float32, tl.bfloat16, None).view(np.uint16)
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert (got != want).all()
