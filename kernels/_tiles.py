@@ -602,16 +602,30 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
+# Triton's interpreter has no inline PTX, and computes what the GPU's approximate (MUFU)
+# instructions flush to zero: there the fast functions below flush as the GPU does, so a
+# kernel test on the CPU sees the values a GPU computes below 2^-126
+_INTERPRETED = tl.constexpr(interpreter_enabled())
+TINY = tl.constexpr(1.1754943508222875e-38)  # 2^-126, float32's smallest normal
+
+
+@triton.jit
+def _flushed(x):
+    """``x`` with float32 subnormals replaced by a zero of the same sign (a NaN stays)."""
+    return tl.where(tl.abs(x) < TINY, x * 0.0, x)
+
+
 @triton.jit
 def fast_exp(x):
-    """``e^x`` as ``2^(x log2(e))``. Compiled, that is one multiply and one MUFU.EX2, which
-    flushes results below 2^-126 (1.2e-38) to 0; ``tl.exp`` takes four more instructions to
-    keep them (sm_90 SASS). The kernels' exponentials are probabilities and softmax sums,
-    where such a value changes nothing, and their hot loops are bound by instruction issue."""
-    return tl.exp2(x * LOG2E)
-
-
-_INTERPRETED = tl.constexpr(interpreter_enabled())  # no inline PTX there
+    """``e^x`` as ``2^(x log2(e))``. Compiled, that is one multiply and one MUFU.EX2
+    (``ex2.approx.ftz.f32``), which flushes results below 2^-126 (1.2e-38) to 0; ``tl.exp``
+    takes four more instructions to keep them (sm_90 SASS). The kernels' exponentials are
+    probabilities and softmax sums, where such a value changes nothing, and their hot
+    loops are bound by instruction issue. Flushed the same way in Triton's interpreter."""
+    r = tl.exp2(x * LOG2E)
+    if _INTERPRETED:
+        r = _flushed(r)
+    return r
 
 
 @triton.jit
@@ -624,9 +638,10 @@ def _ptx_f32(x, ASM: tl.constexpr):
 def fast_rcp(x):
     """``1 / x`` for normal ``x`` below 2^126: one MUFU.RCP (``rcp.approx.ftz.f32``, within
     1 ulp), where Triton's ``1.0 / x`` (``div.full.f32``) adds seven instructions that
-    rescale huge and tiny divisors (sm_90 SASS). A division in Triton's interpreter."""
+    rescale huge and tiny divisors (sm_90 SASS): a subnormal ``x`` gives inf, and ``x``
+    past 2^126 gives 0. A division in Triton's interpreter, flushed alike."""
     if _INTERPRETED:
-        r = 1.0 / x
+        r = _flushed(1.0 / _flushed(x))
     else:
         r = _ptx_f32(x, "rcp.approx.ftz.f32 $0, $1;")
     return r
@@ -637,10 +652,10 @@ def fast_log2(x):
     """``log2(x)``: one MUFU.LG2 (``lg2.approx.ftz.f32``, absolute error about 2^-22),
     where ``tl.log2`` is a polynomial of some thirty instructions (sm_90 SASS). For logs
     whose size dwarfs that error, or that only shift an exponent: a softmax sum's (s >= 1),
-    ``log(1 + r)`` past r = 1 (:func:`log1p_pos`), a power's base. ``tl.log2`` in Triton's
-    interpreter."""
+    ``log(1 + r)`` past r = 1 (:func:`log1p_pos`), a power's base. A subnormal ``x`` gives
+    -inf, in Triton's interpreter (``tl.log2``) too."""
     if _INTERPRETED:
-        r = tl.log2(x)
+        r = tl.log2(_flushed(x))
     else:
         r = _ptx_f32(x, "lg2.approx.ftz.f32 $0, $1;")
     return r

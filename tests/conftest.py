@@ -170,7 +170,7 @@ def exact_bfloat16_casts() -> bool:
     read 3.4 times its value in the interpreter. Here both directions are bit operations
     (the two formats share the exponent: bf16 is float32's upper half); every other
     conversion runs the interpreter's own. Returns whether it took effect;
-    ``tests/test_kernels_casts.py`` compares the casts with torch's."""
+    ``tests/test_kernels_float_edges.py`` compares the casts with torch's."""
     interp = _interpreter()
     slow = getattr(interp, "_convert_float", None)
     if slow is None or getattr(slow, "exact_bf16", False):
