@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._runtime import kernel_jit
-from ._tiles import log1p
+from ._tiles import TINY, log1p, sqrt_ftz
 
 
 @triton.jit
@@ -59,7 +59,7 @@ def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, M
 @triton.jit
 def _subnormal(v):
     """``0 < v`` below float32's smallest normal number."""
-    return (v > 0.0) & (v < 1.1754943508222875e-38)
+    return (v > 0.0) & (v < TINY)
 
 
 @triton.jit
@@ -67,9 +67,11 @@ def _mcc(i, f, m, t, n, eps):
     """``(MCC, 1 - MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``,
     ``FP = F + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T -
     I``): ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
-    denominator is 0 or ``TP + FP`` or ``TN + FN`` is below float32's normal range (its
-    reciprocal would overflow; ``|MCC|`` is below 1e-19 there), 1 where the prediction is
-    perfect (``F = M = 0``), both with a zero gradient. Of its four factors only ``TP +
+    denominator is 0, where ``TP + FP`` or ``TN + FN`` is below float32's normal range (its
+    reciprocal would overflow), or where ``(TP + FP) (TP + FN)`` or ``(TN + FP) (TN + FN)``
+    is, on counts scaled to sum 1 (the GPU's square root flushes it to 0; ``|MCC|`` is
+    below 1.1e-19 times the count of pixels there), 1 where the prediction is perfect
+    (``F = M = 0``), all with a zero gradient. Of its four factors only ``TP +
     FP = P + 2 eps`` and ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N
     - T) - F``: exact for a class that fills the unit (F is 0 there: no pixel is off the
     class), where the denominator is tiny. ``1 - MCC`` is ``(D^2 - N^2) / (D (D + N))``
@@ -84,23 +86,26 @@ def _mcc(i, f, m, t, n, eps):
     tn = (n - t) - f + eps
     ab = (tp + fp) * (tp + fn)
     cd = (tn + fp) * (tn + fn)
+    k = 1.0 / (tp + fp + fn + tn)
+    ab_k = (tp + fp) * k * ((tp + fn) * k)
+    cd_k = (tn + fp) * k * ((tn + fn) * k)
     perfect = (f == 0.0) & (m == 0.0)
     # NaN sums are none of these: they stay NaN
     zero = (ab <= 0.0) | (cd <= 0.0) | perfect | _subnormal(tp + fp) | _subnormal(tn + fn)
-    den = tl.sqrt(tl.where(zero, 1.0, ab)) * tl.sqrt(tl.where(zero, 1.0, cd))
+    zero = zero | (ab_k < TINY) | (cd_k < TINY)  # 0 too: underflowed, ab > 0
+    den = sqrt_ftz(tl.where(zero, 1.0, ab)) * sqrt_ftz(tl.where(zero, 1.0, cd))
     mcc = tl.where(perfect, 1.0, tl.where(zero, 0.0, (tp * tn - fp * fn) / den))
     d_log_den = 0.5 * (1.0 / (tp + fp) - 1.0 / (tn + fn))
     # dMCC/dI = (TP + FP + FN + TN) / den; with dMCC/dP that sum keeps TN + FP, small
     # where the class fills the unit, instead of a difference of two large terms
     d_ip = tl.where(zero, 0.0, (tn + fp) / den - mcc * d_log_den)
     d_p = tl.where(zero, 0.0, -(tp + fn) / den - mcc * d_log_den)
-    k = 1.0 / (tp + fp + fn + tn)
     tp, fp, fn, tn = tp * k, fp * k, fn * k, tn * k
     x = tp * tn
     y = fp * fn
     a = tp * fn + fp * tn
     b = tp * fp + fn * tn
-    d = tl.sqrt((tp + fp) * (tp + fn)) * tl.sqrt((tn + fp) * (tn + fn))
+    d = sqrt_ftz(ab_k) * sqrt_ftz(cd_k)
     whole = (4.0 * x * y + (x + y) * (a + b) + a * b) / (d * (d + (x - y)))
     gap = tl.where(perfect, 0.0, tl.where(zero, 1.0, tl.where(mcc > 0.0, whole, 1.0 - mcc)))
     return mcc, gap, d_ip, d_p

@@ -629,6 +629,15 @@ def fast_exp(x):
 
 
 @triton.jit
+def sqrt_ftz(x):
+    """``tl.sqrt(x)``, which compiles to ``sqrt.approx.ftz.f32``: a subnormal ``x`` gives 0.
+    Flushed the same way in Triton's interpreter."""
+    if _INTERPRETED:
+        x = _flushed(x)
+    return tl.sqrt(x)
+
+
+@triton.jit
 def _ptx_f32(x, ASM: tl.constexpr):
     """The float32 PTX instruction ``ASM`` (``$0`` its result, ``$1`` its operand) on x."""
     return tl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)

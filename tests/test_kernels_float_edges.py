@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from kernel_checks import DEVICE
 
-from segtriton.kernels._tiles import fast_exp, fast_log2, fast_rcp
+from segtriton.kernels._tiles import fast_exp, fast_log2, fast_rcp, sqrt_ftz
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -86,23 +86,24 @@ def test_the_interpreters_own_casts_are_the_ones_replaced(gen):
 @triton.jit
 def _fast_functions(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     """``out[0, i] = fast_exp(x_i)``, ``out[1, i] = fast_rcp(x_i)``, ``out[2, i] =
-    fast_log2(x_i)``."""
+    fast_log2(x_i)``, ``out[3, i] = sqrt_ftz(x_i)``."""
     offs = tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=1.0)
     tl.store(out_ptr + offs, fast_exp(x), mask=mask)
     tl.store(out_ptr + n + offs, fast_rcp(x), mask=mask)
     tl.store(out_ptr + 2 * n + offs, fast_log2(x), mask=mask)
+    tl.store(out_ptr + 3 * n + offs, sqrt_ftz(x), mask=mask)
 
 
 def test_fast_functions_flush_subnormals():
     """Subnormal results and operands read as signed zeros: ``e^-88`` (6.1e-39) is 0,
-    ``1 / 1e38`` is 0 and ``1 / 1e-39`` is inf, ``log2(1e-39)`` is -inf; normal values keep
-    the functions' accuracy (``e^x`` within the rounding of ``x log2(e)``, about 5e-6 at
-    ``x = -87``)."""
+    ``1 / 1e38`` is 0 and ``1 / 1e-39`` is inf, ``log2(1e-39)`` is -inf, ``sqrt(1e-39)`` is
+    0; normal values keep the functions' accuracy (``e^x`` within the rounding of ``x
+    log2(e)``, about 5e-6 at ``x = -87``)."""
     tiny = torch.finfo(torch.float32).tiny
     x = torch.tensor([0.0, 1.0, -87.0, -88.0, 2.0, 1e38, -1e38, 1e-39, -1e-39, 8.0, tiny])
-    out = torch.empty(3, x.numel(), device=DEVICE)
+    out = torch.empty(4, x.numel(), device=DEVICE)
     _fast_functions[(1,)](x.to(DEVICE), out, x.numel(), BLOCK=16)
     out = out.cpu()
     inf = float("inf")
@@ -114,3 +115,5 @@ def test_fast_functions_flush_subnormals():
     assert torch.equal(out[1, 5:7].signbit(), torch.tensor([False, True]))  # signed zeros
     log2 = torch.tensor([-inf, -inf, 0.0, 1.0, 3.0, -126.0])
     torch.testing.assert_close(out[2, [0, 7, 1, 4, 9, 10]], log2, rtol=1e-6, atol=3e-7)
+    sqrt = torch.tensor([0.0, 0.0, 0.0, 2.0**0.5, 2.0**-63])
+    torch.testing.assert_close(out[3, [0, 7, 8, 4, 10]], sqrt, rtol=1e-6, atol=0.0)

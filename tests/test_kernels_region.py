@@ -494,17 +494,22 @@ def test_mcc_degenerate_units(mode, eps, seed, gen):
             assert eps > 0 or loss[2].item() == 1.0
 
 
-def test_mcc_of_a_class_predicted_below_the_normal_range(seed, gen):
-    """eps = 0 and a present class whose logits are 95 below the others: its predicted
-    mass ``TP + FP`` is subnormal in float32 (near 1e-40), ``1 / (TP + FP)`` overflows,
-    and the gradient came out NaN (a random-option draw at fp16 logits times 16 found
-    it). The finalize gives such a class MCC 0 and no gradient; float64's MCC there is
-    near 1e-20 and its share of the gradient far below float32's resolution."""
+@pytest.mark.parametrize("below, ahead", [(95.0, 0.0), (87.0, 1.0)])
+def test_mcc_of_a_class_predicted_below_the_normal_range(below, ahead, seed, gen):
+    """eps = 0 and a present class whose logits are ``below`` the others (``ahead`` more
+    at its own pixels). At 95 below, its predicted mass ``TP + FP`` is subnormal in
+    float32 (near 1e-40), ``1 / (TP + FP)`` overflows, and the gradient came out NaN (a
+    random-option draw at fp16 logits times 16 found it). At 87 below (``p`` near 1.6e-38,
+    normal) MCC is positive and ``(TP + FP) (TP + FN)`` on counts scaled to sum 1 is
+    subnormal: the GPU's square root (``sqrt.approx.ftz``, which the interpreter now
+    follows) gave 0 and the loss came out inf. The finalize gives such a class MCC 0 and
+    no gradient; float64's MCC there is near 1e-20 and its share of the gradient far
+    below float32's resolution."""
     entry = get("mcc")
     x = torch.randn(2, 3, 5, 7, generator=gen)
-    x[:, 1] -= 95.0
     t = torch.randint(0, 3, (2, 5, 7), generator=gen)
     t[:, 0, 0] = 1
+    x[:, 1] += torch.where(t == 1, ahead, 0.0) - below
     opts = {"eps": 0.0, "scope": "image"}
     assert_matches(entry, x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
 
