@@ -616,16 +616,23 @@ def _flushed(x):
 
 
 @triton.jit
-def fast_exp(x):
-    """``e^x`` as ``2^(x log2(e))``. Compiled, that is one multiply and one MUFU.EX2
-    (``ex2.approx.ftz.f32``), which flushes results below 2^-126 (1.2e-38) to 0; ``tl.exp``
-    takes four more instructions to keep them (sm_90 SASS). The kernels' exponentials are
-    probabilities and softmax sums, where such a value changes nothing, and their hot
-    loops are bound by instruction issue. Flushed the same way in Triton's interpreter."""
-    r = tl.exp2(x * LOG2E)
+def exp2_ftz(x):
+    """``tl.exp2(x)``, which compiles to one MUFU.EX2 (``ex2.approx.ftz.f32``): results
+    below 2^-126 (1.2e-38) are flushed to 0. Flushed the same way in Triton's
+    interpreter."""
+    r = tl.exp2(x)
     if _INTERPRETED:
         r = _flushed(r)
     return r
+
+
+@triton.jit
+def fast_exp(x):
+    """``e^x`` as ``2^(x log2(e))`` (:func:`exp2_ftz`): one multiply and one MUFU.EX2,
+    where ``tl.exp`` takes four more instructions to keep results below 2^-126 (sm_90
+    SASS). The kernels' exponentials are probabilities and softmax sums, where such a
+    value changes nothing, and their hot loops are bound by instruction issue."""
+    return exp2_ftz(x * LOG2E)
 
 
 @triton.jit
