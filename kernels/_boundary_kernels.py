@@ -21,14 +21,14 @@ import triton.language as tl
 from ._pixelwise_kernels import WALK_MAX0, _load_labels, _mask_tile
 from ._region_kernels import _chunk_terms, _load_chunk, _load_x, _pixel_setup, _tile_grad
 from ._runtime import kernel_jit
-from ._tiles import exp2_ftz, fast_exp, grad_divisor, pixel_block
+from ._tiles import fast_exp, grad_divisor, pixel_block
 
 
 @triton.jit
 def _power(d, e):
     """``d^e`` for ``d >= 0`` (exact for e = 1 and 2)."""
     pos = d > 0.0
-    power = tl.where(pos, exp2_ftz(e * tl.log2(tl.where(pos, d, 1.0))), 0.0)
+    power = tl.where(pos, tl.exp2(e * tl.log2(tl.where(pos, d, 1.0))), 0.0)
     return tl.where(e == 1.0, d, tl.where(e == 2.0, d * d, power))
 
 

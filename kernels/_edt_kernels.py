@@ -26,7 +26,6 @@ import triton
 import triton.language as tl
 
 from ._runtime import kernel_jit
-from ._tiles import sqrt_ftz
 
 _FAR = tl.constexpr(1 << 30)  # a jit global must be a constexpr
 
@@ -78,11 +77,11 @@ def _combined(d_out, d_in, KIND: tl.constexpr):
     map; KIND 2: the squared distance to the other side of the boundary; KIND 3: that
     distance. 0 where either is ``inf`` (an empty or full mask)."""
     if KIND == 1:
-        d = tl.where(d_out == 0.0, 1.0 - sqrt_ftz(d_in), sqrt_ftz(d_out))
+        d = tl.where(d_out == 0.0, 1.0 - tl.sqrt(d_in), tl.sqrt(d_out))
     elif KIND == 2:
         d = d_out + d_in
     else:
-        d = sqrt_ftz(d_out + d_in)
+        d = tl.sqrt(d_out + d_in)
     return tl.where((d_out < float("inf")) & (d_in < float("inf")), d, 0.0)
 
 

@@ -27,7 +27,9 @@ import triton
 import triton.language as tl
 
 from ._runtime import kernel_jit
-from ._tiles import TINY, log1p, sqrt_ftz
+from ._tiles import log1p
+
+TINY = tl.constexpr(1.1754943508222875e-38)  # 2^-126, float32's smallest normal
 
 
 @triton.jit
@@ -68,9 +70,9 @@ def _mcc(i, f, m, t, n, eps):
     ``FP = F + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T -
     I``): ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
     denominator is 0, where ``TP + FP`` or ``TN + FN`` is below float32's normal range (its
-    reciprocal would overflow), or where ``(TP + FP) (TP + FN)`` or ``(TN + FP) (TN + FN)``
-    is, on counts scaled to sum 1 (the GPU's square root flushes it to 0; ``|MCC|`` is
-    below 1.1e-19 times the count of pixels there), 1 where the prediction is perfect
+    reciprocal would overflow) or so is ``(TP + FP) (TP + FN)`` or ``(TN + FP) (TN + FN)``
+    of the counts scaled to sum 1 (the GPU's square root flushes it to 0; one of the two
+    shares it multiplies is then below 1.1e-19), 1 where the prediction is perfect
     (``F = M = 0``), all with a zero gradient. Of its four factors only ``TP +
     FP = P + 2 eps`` and ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N
     - T) - F``: exact for a class that fills the unit (F is 0 there: no pixel is off the
@@ -93,7 +95,7 @@ def _mcc(i, f, m, t, n, eps):
     # NaN sums are none of these: they stay NaN
     zero = (ab <= 0.0) | (cd <= 0.0) | perfect | _subnormal(tp + fp) | _subnormal(tn + fn)
     zero = zero | (ab_k < TINY) | (cd_k < TINY)  # 0 too: underflowed, ab > 0
-    den = sqrt_ftz(tl.where(zero, 1.0, ab)) * sqrt_ftz(tl.where(zero, 1.0, cd))
+    den = tl.sqrt(tl.where(zero, 1.0, ab)) * tl.sqrt(tl.where(zero, 1.0, cd))
     mcc = tl.where(perfect, 1.0, tl.where(zero, 0.0, (tp * tn - fp * fn) / den))
     d_log_den = 0.5 * (1.0 / (tp + fp) - 1.0 / (tn + fn))
     # dMCC/dI = (TP + FP + FN + TN) / den; with dMCC/dP that sum keeps TN + FP, small
@@ -105,7 +107,7 @@ def _mcc(i, f, m, t, n, eps):
     y = fp * fn
     a = tp * fn + fp * tn
     b = tp * fp + fn * tn
-    d = sqrt_ftz(ab_k) * sqrt_ftz(cd_k)
+    d = tl.sqrt(ab_k) * tl.sqrt(cd_k)
     whole = (4.0 * x * y + (x + y) * (a + b) + a * b) / (d * (d + (x - y)))
     gap = tl.where(perfect, 0.0, tl.where(zero, 1.0, tl.where(mcc > 0.0, whole, 1.0 - mcc)))
     return mcc, gap, d_ip, d_p

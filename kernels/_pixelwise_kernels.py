@@ -20,7 +20,6 @@ from ._tiles import (
     LOG2E,
     WALK_UNROLL,
     column_classes,
-    exp2_ftz,
     fast_exp,
     fast_log2,
     fast_rcp,
@@ -153,7 +152,7 @@ def _focal_terms(logp_y, t, scale_y, gamma, IS_FOCAL: tl.constexpr):
     term for CE)."""
     if IS_FOCAL:
         pos = t > 0
-        pow_g = tl.where(pos, exp2_ftz(gamma * fast_log2(tl.where(pos, t, 1.0))), 0.0)
+        pow_g = tl.where(pos, tl.exp2(gamma * fast_log2(tl.where(pos, t, 1.0))), 0.0)
         q = 1.0 - t
         r = tl.where(pos, -logp_y / tl.where(pos, t, 1.0), 1.0)
         loss = -scale_y * pow_g * logp_y
@@ -271,14 +270,14 @@ def _row_step(m, xc):
     m|)`` (the rescale of the old sums where x is the new max, ``up``; else x's own
     term), one exponential per logit."""
     x = tl.max(xc, axis=0)
-    return x, exp2_ftz(tl.abs(x - m) * -LOG2E), x > m
+    return x, tl.exp2(tl.abs(x - m) * -LOG2E), x > m
 
 
 @triton.jit
 def _walk_probs(xc, m, lse2):
     """Softmax probabilities of a class chunk given its pixels' max ``m`` and ``lse2 =
     log2(s)``: ``2^((x - m) log2(e) - lse2)``, one FFMA and one MUFU.EX2 per logit."""
-    return exp2_ftz((xc - m[None, :]) * LOG2E - lse2[None, :])
+    return tl.exp2((xc - m[None, :]) * LOG2E - lse2[None, :])
 
 
 @triton.jit
@@ -388,7 +387,7 @@ def _column_sums(
     x = load_column(x_ptr, b, offs_c, offs_p, cmask, pmask, sxb, sxc, sxs, CLASS_FAST)
     x = tl.where(rows, x.to(tl.float32), float("-inf"))
     m = tl.max(x, axis=0)
-    e = tl.where(rows, exp2_ftz((x - m[None, :]) * LOG2E), -0.0)
+    e = tl.where(rows, tl.exp2((x - m[None, :]) * LOG2E), -0.0)
     s, s_ex = _tile_excl(x, e, m)
     s_other = _other_sum(x_y, m, s, s_ex)
     w_c = _class_factors(w_ptr, offs_c, cmask, HAS_W)
@@ -497,7 +496,7 @@ def _label_grad(
             w_y = tl.load(w_ptr + ys, mask=valid, other=0.0).to(tl.float32)
         else:
             w_y = 1.0
-        dx_y += eg * (w_sum * exp2_ftz((x_y - m) * LOG2E - lse2) - w_y)
+        dx_y += eg * (w_sum * tl.exp2((x_y - m) * LOG2E - lse2) - w_y)
     tl.debug_barrier()
     g_y = g_ptr + b * sgb + ys.to(tl.int64) * sgc + offs_p * sgs
     tl.store(g_y, dx_y.to(g_ptr.dtype.element_ty), mask=valid)
@@ -836,7 +835,7 @@ def _probs_loss_kernel(
 @triton.jit
 def _exp_neg_abs(x):
     """``e = exp(-|x|)`` (in (0, 1], no overflow): one multiply and one MUFU.EX2."""
-    return exp2_ftz(tl.abs(x) * -LOG2E)
+    return tl.exp2(tl.abs(x) * -LOG2E)
 
 
 @triton.jit
@@ -889,7 +888,7 @@ def _sigmoid_terms(x, t, wp, wn, gamma, IS_FOCAL: tl.constexpr, HARD: tl.constex
             u_safe = tl.where(u > 0.0, u, 1.0)
             soft = ~pos & (t != 0.0)
             log_u = tl.where(soft, tl.log(u_safe), log_u)
-        pow_g = exp2_ftz(log_u * (gamma * LOG2E))  # the scalar product once a tile
+        pow_g = tl.exp2(log_u * (gamma * LOG2E))  # the scalar product once a tile
         a = tl.where(pos, wp, wn)
         ratio = tl.where(pos, -p, q)  # du/dz / u
         p_minus_t = tl.where(pos, -q, p)

@@ -602,46 +602,16 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
-# Triton's interpreter has no inline PTX, and computes what the GPU's approximate (MUFU)
-# instructions flush to zero: there the fast functions below flush as the GPU does, so a
-# kernel test on the CPU sees the values a GPU computes below 2^-126
-_INTERPRETED = tl.constexpr(interpreter_enabled())
-TINY = tl.constexpr(1.1754943508222875e-38)  # 2^-126, float32's smallest normal
-
-
-@triton.jit
-def _flushed(x):
-    """``x`` with float32 subnormals replaced by a zero of the same sign (a NaN stays)."""
-    return tl.where(tl.abs(x) < TINY, x * 0.0, x)
-
-
-@triton.jit
-def exp2_ftz(x):
-    """``tl.exp2(x)``, which compiles to one MUFU.EX2 (``ex2.approx.ftz.f32``): results
-    below 2^-126 (1.2e-38) are flushed to 0. Flushed the same way in Triton's
-    interpreter."""
-    r = tl.exp2(x)
-    if _INTERPRETED:
-        r = _flushed(r)
-    return r
-
-
 @triton.jit
 def fast_exp(x):
-    """``e^x`` as ``2^(x log2(e))`` (:func:`exp2_ftz`): one multiply and one MUFU.EX2,
-    where ``tl.exp`` takes four more instructions to keep results below 2^-126 (sm_90
-    SASS). The kernels' exponentials are probabilities and softmax sums, where such a
-    value changes nothing, and their hot loops are bound by instruction issue."""
-    return exp2_ftz(x * LOG2E)
+    """``e^x`` as ``2^(x log2(e))``. Compiled, that is one multiply and one MUFU.EX2, which
+    flushes results below 2^-126 (1.2e-38) to 0; ``tl.exp`` takes four more instructions to
+    keep them (sm_90 SASS). The kernels' exponentials are probabilities and softmax sums,
+    where such a value changes nothing, and their hot loops are bound by instruction issue."""
+    return tl.exp2(x * LOG2E)
 
 
-@triton.jit
-def sqrt_ftz(x):
-    """``tl.sqrt(x)``, which compiles to ``sqrt.approx.ftz.f32``: a subnormal ``x`` gives 0.
-    Flushed the same way in Triton's interpreter."""
-    if _INTERPRETED:
-        x = _flushed(x)
-    return tl.sqrt(x)
+_INTERPRETED = tl.constexpr(interpreter_enabled())  # no inline PTX there
 
 
 @triton.jit
@@ -654,10 +624,11 @@ def _ptx_f32(x, ASM: tl.constexpr):
 def fast_rcp(x):
     """``1 / x`` for normal ``x`` below 2^126: one MUFU.RCP (``rcp.approx.ftz.f32``, within
     1 ulp), where Triton's ``1.0 / x`` (``div.full.f32``) adds seven instructions that
-    rescale huge and tiny divisors (sm_90 SASS): a subnormal ``x`` gives inf, and ``x``
-    past 2^126 gives 0. A division in Triton's interpreter, flushed alike."""
+    rescale huge and tiny divisors (sm_90 SASS). Compiled, a subnormal ``x`` gives inf and
+    ``x`` past 2^126 gives 0; a plain division in Triton's interpreter (the kernels'
+    divisors are softmax sums and the like, from 1 to a few hundred)."""
     if _INTERPRETED:
-        r = _flushed(1.0 / _flushed(x))
+        r = 1.0 / x
     else:
         r = _ptx_f32(x, "rcp.approx.ftz.f32 $0, $1;")
     return r
@@ -668,10 +639,11 @@ def fast_log2(x):
     """``log2(x)``: one MUFU.LG2 (``lg2.approx.ftz.f32``, absolute error about 2^-22),
     where ``tl.log2`` is a polynomial of some thirty instructions (sm_90 SASS). For logs
     whose size dwarfs that error, or that only shift an exponent: a softmax sum's (s >= 1),
-    ``log(1 + r)`` past r = 1 (:func:`log1p_pos`), a power's base. A subnormal ``x`` gives
-    -inf, in Triton's interpreter (``tl.log2``) too."""
+    ``log(1 + r)`` past r = 1 (:func:`log1p_pos`), a power's base. Compiled, a subnormal
+    ``x`` gives -inf; ``tl.log2`` in Triton's interpreter keeps it (of the arguments above
+    only a focal power's base, ``1 - p``, can be one)."""
     if _INTERPRETED:
-        r = tl.log2(_flushed(x))
+        r = tl.log2(x)
     else:
         r = _ptx_f32(x, "lg2.approx.ftz.f32 $0, $1;")
     return r

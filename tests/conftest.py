@@ -200,6 +200,46 @@ def exact_bfloat16_casts() -> bool:
 EXACT_BF16_CASTS = exact_bfloat16_casts()
 
 
+def flush_like_the_gpu() -> bool:
+    """Let Triton's interpreter flush float32 subnormals where compiled kernels do:
+    ``tl.exp2`` compiles to ``ex2.approx.ftz.f32`` (a result below 2^-126 is 0) and
+    ``tl.sqrt`` to ``sqrt.approx.ftz.f32`` (a subnormal operand reads as a zero of its
+    sign), read in the sm_90 PTX of Triton 3.6 and 3.9; the interpreter's NumPy keeps
+    subnormals. So followed, it gave the MCC loss inf where a GPU does (see
+    ``_finalize_kernels._mcc``). ``tl.exp``, ``tl.sqrt_rn`` and the rest are left as they
+    are. Returns whether it took effect; ``tests/test_kernels_float_edges.py`` checks the
+    flushes."""
+    builder = getattr(_interpreter(), "InterpreterBuilder", None)
+    if builder is None or getattr(builder.create_exp2, "ftz", False):
+        return builder is not None
+    import numpy as np
+
+    tiny = np.float32(np.finfo(np.float32).tiny)
+
+    def flushed(data):
+        if data.dtype != np.float32:
+            return data
+        return np.where(np.abs(data) < tiny, np.copysign(np.float32(0.0), data), data)
+
+    exp2, sqrt = builder.create_exp2, builder.create_sqrt
+
+    def create_exp2(self, arg):
+        out = exp2(self, arg)
+        out.data = flushed(out.data)
+        return out
+
+    def create_sqrt(self, arg):
+        return sqrt(self, type(arg)(flushed(arg.data), arg.dtype))
+
+    for fn, slow in ((create_exp2, exp2), (create_sqrt, sqrt)):
+        fn.ftz, fn.slow = True, slow
+    builder.create_exp2, builder.create_sqrt = create_exp2, create_sqrt
+    return True
+
+
+FLUSHED_LIKE_THE_GPU = flush_like_the_gpu()
+
+
 @pytest.fixture
 def seed() -> int:
     """A fresh seed per test (printed, so a failure shows it); SEGTRITON_SEED fixes it."""

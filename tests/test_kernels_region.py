@@ -501,10 +501,10 @@ def test_mcc_of_a_class_predicted_below_the_normal_range(below, ahead, seed, gen
     float32 (near 1e-40), ``1 / (TP + FP)`` overflows, and the gradient came out NaN (a
     random-option draw at fp16 logits times 16 found it). At 87 below (``p`` near 1.6e-38,
     normal) MCC is positive and ``(TP + FP) (TP + FN)`` on counts scaled to sum 1 is
-    subnormal: the GPU's square root (``sqrt.approx.ftz``, which the interpreter now
-    follows) gave 0 and the loss came out inf. The finalize gives such a class MCC 0 and
-    no gradient; float64's MCC there is near 1e-20 and its share of the gradient far
-    below float32's resolution."""
+    subnormal, and the GPU's square root (``sqrt.approx.ftz``) flushes it to 0: in the
+    interpreter, which now flushes alike, the loss came out inf. The finalize gives such
+    a class MCC 0 and no gradient; float64's MCC there is below 1e-18 and its share of
+    the gradient far below float32's resolution."""
     entry = get("mcc")
     x = torch.randn(2, 3, 5, 7, generator=gen)
     t = torch.randint(0, 3, (2, 5, 7), generator=gen)
