@@ -38,7 +38,7 @@ from ._cldice_kernels import (
     _skeleton_sums_kernel,
 )
 from ._ops import op
-from ._runtime import kernel_api
+from ._runtime import interpreter_enabled, kernel_api
 from ._tiles import (
     activation,
     activation_flags,
@@ -53,7 +53,9 @@ from ._tiles import (
     spatial_size,
 )
 
-BLOCK = 512
+# pixels per program of the flat map kernels; in Triton's interpreter a program costs
+# the same NumPy calls at any width, and 4096 ran the C = 19 clDice tests 3.7x faster
+BLOCK = 4096 if interpreter_enabled() else 512
 SUM_BLOCK, SUM_CHUNK = 1024, 16384
 
 
