@@ -30,6 +30,7 @@ from ._runtime import kernel_jit
 from ._tiles import log1p
 
 TINY = tl.constexpr(1.1754943508222875e-38)  # 2^-126, float32's smallest normal
+PERFECT_SHARE = tl.constexpr(2.0**-40)  # reference.region.PERFECT_SHARE
 
 
 @triton.jit
@@ -66,22 +67,21 @@ def _subnormal(v):
 
 @triton.jit
 def _mcc(i, f, m, t, n, eps):
-    """``(MCC, 1 - MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``,
-    ``FP = F + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T -
-    I``): ``(TP TN - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that
-    denominator is 0, where ``TP + FP`` or ``TN + FN`` is below float32's normal range (its
-    reciprocal would overflow) or so is ``(TP + FP) (TP + FN)`` or ``(TN + FP) (TN + FN)``
-    of the counts scaled to sum 1 (the GPU's square root flushes it to 0; one of the two
-    shares it multiplies is then below 1.1e-19), 1 where the prediction is perfect
-    (``F = M = 0``), all with a zero gradient. Of its four factors only ``TP +
-    FP = P + 2 eps`` and ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N
-    - T) - F``: exact for a class that fills the unit (F is 0 there: no pixel is off the
-    class), where the denominator is tiny. ``1 - MCC`` is ``(D^2 - N^2) / (D (D + N))``
-    for ``MCC > 0`` (numerator N, denominator D), ``D^2 - N^2 = 4 X Y + (X + Y) (A + B) +
-    A B`` with ``X = TP TN``, ``Y = FP FN``, ``A = TP FN + FP TN``, ``B = TP FP + FN TN``:
-    no term is negative, so near a right prediction it keeps its digits where ``1 - MCC``
-    would not; on counts scaled to sum 1 (MCC does not change), so that no product
-    overflows."""
+    """``(MCC, 1 - MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``, ``FP = F
+    + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T - I``): ``(TP TN
+    - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that denominator is 0,
+    where ``TP + FP`` or ``TN + FN`` is below float32's normal range (its reciprocal would
+    overflow) or so is ``(TP + FP) (TP + FN)`` or ``(TN + FP) (TN + FN)`` of the counts scaled
+    to sum 1 (the GPU's square root flushes it to 0; one of the two shares it multiplies is then
+    below 1.1e-19), 1 where the prediction is perfect (F and M at most ``N PERFECT_SHARE``, as
+    ``reference.region.mcc_loss`` says), all with a zero gradient. Of its four factors only ``TP
+    + FP = P + 2 eps`` and ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N - T)
+    - F``: exact for a class that fills the unit (F is 0 there: no pixel is off the class),
+    where the denominator is tiny. ``1 - MCC`` is ``(D^2 - N^2) / (D (D + N))`` for ``MCC > 0``
+    (numerator N, denominator D), ``D^2 - N^2 = 4 X Y + (X + Y) (A + B) + A B`` with ``X = TP
+    TN``, ``Y = FP FN``, ``A = TP FN + FP TN``, ``B = TP FP + FN TN``: no term is negative, so
+    near a right prediction it keeps its digits where ``1 - MCC`` would not; on counts scaled to
+    sum 1 (MCC does not change), so that no product overflows."""
     tp = i + eps
     fp = f + eps
     fn = m + eps
@@ -91,7 +91,8 @@ def _mcc(i, f, m, t, n, eps):
     k = 1.0 / (tp + fp + fn + tn)
     ab_k = (tp + fp) * k * ((tp + fn) * k)
     cd_k = (tn + fp) * k * ((tn + fn) * k)
-    perfect = (f == 0.0) & (m == 0.0)
+    near_zero = n * PERFECT_SHARE
+    perfect = (f <= near_zero) & (m <= near_zero)
     # NaN sums are none of these: they stay NaN
     zero = (ab <= 0.0) | (cd <= 0.0) | perfect | _subnormal(tp + fp) | _subnormal(tn + fn)
     zero = zero | (ab_k < TINY) | (cd_k < TINY)  # 0 too: underflowed, ab > 0

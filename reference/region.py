@@ -246,6 +246,10 @@ def _safe_pow(base: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tenso
     return torch.where(pos, power, base * 0)
 
 
+# MCC: false positives and negatives up to this share of the counted pixels are a perfect
+# prediction's (see :func:`mcc_loss`)
+PERFECT_SHARE = 2.0**-40
+
 LOSS_PLAIN, LOSS_LOG, LOSS_LOG_COSH = 0, 1, 2  # a class's loss: 1 - D, -log D, log cosh(1 - D)
 
 
@@ -628,7 +632,8 @@ def mcc_from_stats(
     tp, fp, fn = inter + eps, (psum - inter) + eps, (tsum - inter) + eps
     tn = (count - tsum) - (psum - inter) + eps
     ab, cd = (tp + fp) * (tp + fn), (tn + fp) * (tn + fn)
-    perfect = (psum - inter == 0) & (tsum - inter == 0)
+    near_zero = count * PERFECT_SHARE
+    perfect = (psum - inter <= near_zero) & (tsum - inter <= near_zero)
     zero = (ab <= 0) | (cd <= 0) | perfect
     den = torch.sqrt(torch.where(zero, 1.0, ab)) * torch.sqrt(torch.where(zero, 1.0, cd))
     mcc = torch.where(zero, perfect.to(den.dtype), (tp * tn - fp * fn) / den)
@@ -660,12 +665,15 @@ def mcc_loss(
 
     ``N`` counts the unit's pixels that are not ignored (per channel in multilabel
     mode). ``eps`` (finite, >= 0) is added to each of the four counts, as smp does. A
-    perfect prediction (no false positive or negative: ``P = I = T`` exactly, as with
-    saturated probabilities) has MCC 1, as in MONAI; otherwise MCC is 0 where the
-    denominator is 0 (possible only with ``eps=0``: a class predicted or present nowhere
-    or everywhere); both with a zero gradient. An absent class (T = 0) nearly but not
-    exactly predicted empty has a loss near 1 (near 0.5 with ``eps > 0``), which
-    ``absent`` can drop.
+    perfect prediction has MCC 1, as in MONAI: one whose soft false positives ``P - I``
+    and false negatives ``T - I`` each come to at most ``N * PERFECT_SHARE`` (2^-40, about
+    9e-13 a pixel: logits some 28 apart), not only exactly 0, so that float32 and float64
+    draw the line at the same place (a float32 probability below 1.2e-38 is 0 on a GPU,
+    whose exp flushes it, and in float64 ``T - I`` of a class filling the unit rounds to
+    0 from margins of about 37; the loss of an absent or a filling class jumps there, from
+    near 1, or 0.5 with ``eps > 0``, to 0). Otherwise MCC is 0 where the denominator is 0
+    (possible only with ``eps=0``: a class predicted or present nowhere or everywhere);
+    both with a zero gradient. ``absent`` can drop absent classes.
 
     Peers: smp's ``MCCLoss(eps)`` on ``sigmoid(logits)`` is ``mode='binary',
     scope='batch'`` (but for a perfect prediction, where smp's loss is about

@@ -494,6 +494,34 @@ def test_mcc_degenerate_units(mode, eps, seed, gen):
             assert eps > 0 or loss[2].item() == 1.0
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+@pytest.mark.parametrize("margin", [14.0, 21.0, 34.0, 50.0, 90.0, 120.0, 800.0])
+def test_mcc_perfect_predictions_of_an_empty_image(margin, eps, mode, seed, gen):
+    """Image 0 is all class 0 (class 1 absent), predicted right at every pixel, each
+    false probability near ``exp(-margin)``; image 1 holds both classes. Where the
+    prediction counts as perfect, the loss of a filling or absent class drops from about
+    0.5 (1 with eps = 0) to 0, and kernel and reference must draw that line alike: by 0
+    false positives and negatives alone, a float64 reference called image 0's class 0
+    perfect from margins near 37 (``T - I`` rounds to 0) and the kernel its class 1 from
+    near 87 (the GPU flushes ``p``): losses 0 and 0.5 at 50 and 90, the other way round.
+    Both call it perfect from about 28 now (``reference.region.PERFECT_SHARE``), not at
+    14 or 21, where only eps > 0 leaves a gradient (with eps = 0 both classes'
+    denominators are 0)."""
+    entry = get("mcc")
+    t = torch.zeros(2, 5, 6, dtype=torch.int64)
+    t[1, :2] = 1
+    onehot = torch.nn.functional.one_hot(t, 2).movedim(-1, 1).float()
+    half = 0.5 if mode == "multiclass" else 1.0  # a softmax of two: the gap counts
+    x = half * margin * (2.0 * onehot - 1.0) + 0.5 * torch.rand(onehot.shape, generator=gen)
+    target = onehot if mode == "multilabel" else t
+    opts = {"mode": mode, "eps": eps, "scope": "image", "reduction": "none"}
+    loss, grad = assert_matches(entry, x.to(DEVICE), target.to(DEVICE), opts, torch.float32, seed)
+    perfect = margin > 28.0
+    assert (loss[0] == 0.0).all() == perfect, loss
+    assert (grad[0] == 0.0).all() == (perfect or eps == 0.0)
+
+
 @pytest.mark.parametrize("below, ahead", [(95.0, 0.0), (87.0, 1.0)])
 def test_mcc_of_a_class_predicted_below_the_normal_range(below, ahead, seed, gen):
     """eps = 0 and a present class whose logits are ``below`` the others (``ahead`` more
