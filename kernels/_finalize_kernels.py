@@ -26,11 +26,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from segtriton.reference import region as ref_region
+
 from ._runtime import kernel_jit
 from ._tiles import log1p
 
 TINY = tl.constexpr(1.1754943508222875e-38)  # 2^-126, float32's smallest normal
-PERFECT_SHARE = tl.constexpr(2.0**-40)  # reference.region.PERFECT_SHARE
+PERFECT_SHARE = tl.constexpr(ref_region.PERFECT_SHARE)  # MCC's perfect predictions
 
 
 @triton.jit
