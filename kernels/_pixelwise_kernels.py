@@ -326,8 +326,9 @@ def _excl_step(m, s_ex, xc):
     # a new max: its ties leave the sum and all but one come back as 1 each (no argmax,
     # which Triton's interpreter refuses on a chunk of NaNs)
     at_max = up[None, :] & (xc == m_new[None, :])
-    rest = tl.sum(tl.where(at_max, 0.0, e), axis=0) + tl.sum(at_max.to(tl.float32), axis=0)
-    rest = tl.where(up, rest - 1.0, rest)
+    n_max = tl.sum(at_max.to(tl.float32), axis=0)
+    # the ties but one as a whole number: (s_f + n) - 1 would keep s_f to ulps of 1 only
+    rest = tl.sum(tl.where(at_max, 0.0, e), axis=0) + tl.where(up, n_max - 1.0, n_max)
     return m_new, tl.where(up, (s_ex + 1.0) * fast_exp(m - m_new), s_ex) + rest
 
 
