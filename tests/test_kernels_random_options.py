@@ -2,7 +2,8 @@
 variants): the options named in its signature, a class count (up to 300, past the
 256 where classes are streamed, except for the per-class map losses), spatial shape, dtype,
 memory format, label dtype, ignored fraction, soft masks and a logit scale (times 1, 4
-or 16: confident and saturated predictions, where digits are lost first). The kernel
+or 16: confident and saturated predictions, where digits are lost first) or a confident
+right prediction (``kernel_checks.confident``: where float32 loses ``1 - p``). The kernel
 must match the float64 reference (loss and gradient; for the Lovasz losses, whose random
 inputs have ties, the loss and the loss their gradient implies), or reject what the
 reference rejects."""
@@ -21,6 +22,7 @@ from kernel_checks import (
     LABELS_WITH_255,
     assert_identity,
     assert_matches,
+    confident,
     to_channels_last,
 )
 
@@ -101,7 +103,7 @@ def _draw(name: str, r: random.Random, C: int, nd: int) -> object:
 
 def _case(entry, r: random.Random):
     """(options, shape, dtype, channels_last, ignored fraction, label dtype, soft, logit
-    scale)."""
+    scale or ``"confident"``)."""
     spatial = r.choice([(5, 7), (1, 13), (3, 4, 5), (9, 11)])
     counts = [1, 2, 3, 5, 19]
     if not entry.reference.__module__.endswith(_MAPS_EVERY_CLASS):
@@ -131,7 +133,13 @@ def _case(entry, r: random.Random):
     # so do the logits of a loss whose gradient follows the order of its probabilities,
     # which saturated ones tie in float32 and not in float64 (clDice's min and max)
     scaled = opts.get("from_logits", True) and not entry.order_sensitive
-    scale = r.choice([1.0, 1.0, 4.0, 16.0]) if scaled else 1.0
+    # a right prediction, but not for the squared region forms (F + M = sum (p - g)^2
+    # cancels to about eps / (1 - p) of itself there: test_kernels_region holds them to
+    # 1e-3) nor the Lovasz losses (the gradient's softmax backward cancels alike, and
+    # their check sums it against the loss)
+    forms: list[float | str] = [1.0, 1.0, 4.0, 16.0]
+    forms += [] if opts.get("squared") or entry.grad_weights else ["confident"]
+    scale = r.choice(forms) if scaled else 1.0
     return opts, shape, dtype, r.random() < 0.3, ignore, label_dtype, soft, scale
 
 
@@ -170,7 +178,11 @@ def test_random_options_match_reference(entry, seed):
         x, t = make_inputs(
             entry, shape, opts, dtype, gen, ignore, 255, label_dtype, soft, device=DEVICE
         )
-        x = x * scale
+        if scale == "confident":
+            hard = t if t.is_floating_point() else valid_labels(t.long(), in_classes(t, shape[1]))
+            x = confident(entry, opts, x, hard).to(dtype)
+        else:
+            x = x * scale
         if _reads_probabilities(entry, opts) and r.random() < 0.3:
             t = _probabilities(t, shape, gen, one_hot=r.random() < 0.5)
             opts.pop("ignore_index", None)
