@@ -542,6 +542,12 @@ def ohem_cross_entropy(
     go through :func:`cross_entropy`, which writes the gradient in its forward: two
     passes over the logits. Returns float32. ``validate=True`` raises ValueError on
     labels outside ``[0, C)`` (a host sync); otherwise such labels make the loss NaN.
+
+    The selection compares fp32 ``-log p``, which is 0 (``p`` taken as 1) only below
+    about 1e-38, where the float64 reference's ``p`` is 1 from ``-log p`` below 1.1e-16.
+    So where ``t`` is 1 (``thresh=1``, or a ``min_kept`` that reaches the most confident
+    pixels) the two may keep different pixels among those near ``p = 1``: each adds under
+    1e-16 to the sum, but 1 to the 'mean' divisor.
     """
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
