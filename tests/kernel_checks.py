@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch.overrides import TorchFunctionMode
 
 from segtriton import reference as ref
-from segtriton.reference._common import LABEL_DTYPES
+from segtriton.reference._common import LABEL_DTYPES, in_classes, valid_labels
 from segtriton.registry import LOSSES, fit_variant, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -178,10 +178,12 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def confident(entry, options: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Logits of a confident right prediction made from random logits ``x``: each label's
-    logit 14 ahead (``1 - p_y`` near 1e-6 at a few classes), or masks' logits at +-9 on
-    their right side (plus ``0.1 x``)."""
+    logit 14 ahead (``1 - p_y`` near 1e-6 at a few classes; labels of any integer dtype,
+    an ignored or out-of-range one read as class 0), or masks' logits at +-9 on their
+    right side (plus ``0.1 x``)."""
     if entry.target_kind(options) == "labels":
-        return x + 14.0 * torch.nn.functional.one_hot(t, x.shape[1]).movedim(-1, 1)
+        hard = valid_labels(t, in_classes(t, x.shape[1]))
+        return x + 14.0 * torch.nn.functional.one_hot(hard, x.shape[1]).movedim(-1, 1)
     return torch.where(t.reshape(x.shape) > 0.5, 9.0, -9.0) + 0.1 * x
 
 

@@ -178,11 +178,7 @@ def test_random_options_match_reference(entry, seed):
         x, t = make_inputs(
             entry, shape, opts, dtype, gen, ignore, 255, label_dtype, soft, device=DEVICE
         )
-        if scale == "confident":
-            hard = t if t.is_floating_point() else valid_labels(t.long(), in_classes(t, shape[1]))
-            x = confident(entry, opts, x, hard).to(dtype)
-        else:
-            x = x * scale
+        x = confident(entry, opts, x, t).to(dtype) if scale == "confident" else x * scale
         if _reads_probabilities(entry, opts) and r.random() < 0.3:
             t = _probabilities(t, shape, gen, one_hot=r.random() < 0.5)
             opts.pop("ignore_index", None)
