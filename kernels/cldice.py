@@ -284,8 +284,9 @@ def _(logits, target, act, first, iterations, smooth_nr, smooth_dr, smooth, batc
       ignore_index, need_grad):  # fmt: skip
     units = 1 if batch else logits.shape[0]
     loss = logits.new_empty(units, dtype=torch.float32)
-    grad = logits.new_empty(logits.shape if need_grad else 0, dtype=torch.float32)
-    return loss, grad
+    if not need_grad:
+        return loss, logits.new_empty(0, dtype=torch.float32)
+    return loss, grad_like(logits, torch.float32)  # the layout _front writes
 
 
 def _setup(ctx, inputs, output):

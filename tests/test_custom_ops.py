@@ -19,11 +19,12 @@ from segtriton.registry import get, make_inputs
 
 def _key(args: tuple) -> tuple:
     """What tells two calls of an op apart for its fake and its autograd: tensors by dtype,
-    rank and whether they require grad, flags and modes by value, numbers by type."""
+    rank, whether they require grad and whether they are contiguous (a fake must give an
+    output the layout the real op writes), flags and modes by value, numbers by type."""
 
     def one(a):
         if isinstance(a, torch.Tensor):
-            return (a.dtype, a.dim(), a.requires_grad)
+            return (a.dtype, a.dim(), a.requires_grad, a.is_contiguous())
         return a if isinstance(a, bool | str) or a is None else type(a).__name__
 
     return tuple(one(a) for a in args)
@@ -45,13 +46,15 @@ def _record(calls: dict, fn) -> None:
 
 
 def _runs(entry):
-    """``(options, dtype)`` of each run: the variants, reduction 'none' where the loss has
-    it, and fp16 logits (whose 'mean' gradient is written undivided, and divided in the
-    backward)."""
-    runs = [(entry.ignoring(v), torch.float32) for v in entry.variants]
+    """``(options, dtype, channels_last)`` of each run: the variants, reduction 'none' where
+    the loss has it, fp16 logits (whose 'mean' gradient is written undivided, and divided
+    in the backward), and channels_last logits (whose gradient keeps their layout)."""
+    runs = [(entry.ignoring(v), torch.float32, False) for v in entry.variants]
     if "none" in entry.reductions:
-        runs.append((entry.ignoring({**entry.variants[0], "reduction": "none"}), torch.float32))
-    return [*runs, (entry.ignoring(entry.variants[0]), torch.float16)]
+        none = entry.ignoring({**entry.variants[0], "reduction": "none"})
+        runs.append((none, torch.float32, False))
+    first = entry.ignoring(entry.variants[0])
+    return [*runs, (first, torch.float16, False), (first, torch.float32, True)]
 
 
 # The fused losses return the gradient their forward wrote, and an eager backward scales
@@ -74,12 +77,12 @@ def _check(calls: dict) -> None:
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_custom_ops_pass_opcheck(entry, gen):
     calls: dict = {}
-    for options, dtype in _runs(entry):
+    for options, dtype, channels_last in _runs(entry):
         C = 1 if entry.is_binary(options) else 3
         x, t = make_inputs(
             entry, (2, C, 6, 7), options, dtype, gen, 0.1, mask_dtype=dtype, device=DEVICE
         )
-        x.requires_grad_(True)
+        x = (to_channels_last(x) if channels_last else x).requires_grad_(True)
 
         def step(x=x, t=t, options=options):
             loss = entry.kernel(x, t, **options)
