@@ -1,10 +1,10 @@
 """``torch.library.opcheck`` on every custom op, called with the arguments the losses really
 pass it. Each kernel loss runs forward and backward once per variant, with
-reduction='none' and with fp16 logits; every op call is recorded, and each distinct kind
-of call is checked for its schema, its autograd registration, its fake implementation
-(output shapes, dtypes, strides and storage offsets as the real op gives) and its
-outputs and gradients under AOTAutograd. A fake that disagrees with the real op misleads
-torch.compile, and the losses' own tests never run the two on the same inputs."""
+reduction='none', with fp16 logits and with channels_last ones; every op call is recorded,
+and each distinct kind of call is checked for its schema, its autograd registration, its
+fake implementation (output shapes, dtypes, strides and storage offsets as the real op
+gives) and its outputs and gradients under AOTAutograd. A fake that disagrees with the real
+op misleads torch.compile, and the losses' own tests never run the two on the same inputs."""
 
 from __future__ import annotations
 
