@@ -307,23 +307,35 @@ def ordered_as_float64(entry, x, options, step=0.05, rounds=20):
 def apart_at_topk(entry, x, t, options, margin=1e-5, step=0.1, rounds=50):
     """Logits whose float64 per-pixel cross-entropies leave a gap of at least ``margin``
     (relative) between the n-th and the (n+1)-th largest, or tie there exactly. A top-k
-    loss keeps the n largest, so a pixel within float32 rounding of the n-th could be
-    kept by the kernel and dropped by the reference, with another gradient. The pixel
-    just outside moves (its label's logit by ``step``, which bf16 keeps below 32) until
-    the gap is there. Other losses' logits come back as they are."""
+    loss keeps the n largest (weighted, smoothed), OHEM the valid pixels less sure than
+    the one ``min_kept`` places from the least sure (unweighted; n = ``min_kept``, at
+    most the valid count less 1), so a pixel within float32 rounding of the n-th could
+    be kept by the kernel and dropped by the reference, with another gradient, or with
+    none kept where float32 ties the two (OHEM's 'mean' is then NaN). The pixel just
+    outside moves (its label's logit by ``step``, doubled while the logits' dtype rounds
+    the move away) until the gap is there. Other losses' logits come back as they are."""
     params = inspect.signature(entry.reference).parameters
-    if "k" not in params:
+    if "k" in params:
+        names = ("weight", "ignore_index", "label_smoothing")
+        kw = {name: options.get(name, params[name].default) for name in names}
+        n = ref.pixelwise.topk_count(t.numel(), options.get("k", params["k"].default))
+    elif "min_kept" in params:
+        kw = {"ignore_index": options.get("ignore_index", params["ignore_index"].default)}
+        valid = t.numel() if kw["ignore_index"] is None else int((t != kw["ignore_index"]).sum())
+        n = min(options.get("min_kept", params["min_kept"].default), valid - 1)
+    else:
         return x
-    names = ("weight", "ignore_index", "label_smoothing")
-    kw = {name: options.get(name, params[name].default) for name in names}
-    n = ref.pixelwise.topk_count(t.numel(), options.get("k", params["k"].default))
     for _ in range(rounds):
         ce = ref.cross_entropy(x.detach().double(), t, reduction="none", **kw).flatten()
         top, order = ce.sort(descending=True, stable=True)
-        if n == ce.numel() or top[n - 1] == top[n] or top[n - 1] - top[n] > margin * top[n - 1]:
+        if n <= 0 or n == ce.numel() or top[n - 1] == top[n]:
+            return x
+        if top[n - 1] - top[n] > margin * top[n - 1]:
             return x
         b, s = divmod(int(order[n]), ce.numel() // x.shape[0])
-        x = _moved(x, b, int(t.flatten()[order[n]]), s, step)
+        moved = _moved(x, b, int(t.flatten()[order[n]]), s, step)
+        step = 2 * step if torch.equal(moved, x) else step
+        x = moved
     raise AssertionError(f"the top {n} losses still end within {margin:g} after {rounds} moves")
 
 
@@ -332,7 +344,7 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     fixed tolerances or :func:`float32_slack`, whichever is larger (with
     ``soft_label``, the target kept apart from the predictions first; for a loss whose
     gradient follows the order of the probabilities, logits ordered alike in float32; for
-    a top-k loss, a gap at the k-th largest pixel loss)."""
+    a top-k or OHEM loss, a gap at the k-th largest pixel loss)."""
     if options.get("soft_label") and t.is_floating_point():
         t = apart_from_predictions(entry, x, t, options)
     if entry.order_sensitive:

@@ -443,6 +443,24 @@ def test_near_tie_at_the_kth_loss_is_moved_apart():
     assert apart_at_topk(get("cross_entropy"), x, y, {}) is x
 
 
+def test_near_tie_at_ohems_min_kept_is_moved_apart(seed):
+    """OHEM keeps the valid pixels less sure than its ``min_kept``-th least sure one. Two
+    pixels whose -log p differ below float32's resolution there (124 + 5.6e-9 and 124)
+    tie in the kernel, which then keeps neither ('mean': NaN) where the reference keeps
+    the first (a random draw at bf16 logits x16 did this). The kernel tests move the
+    second pixel's label logit, doubling the step while bf16 rounds it away (its spacing
+    at 64 is 0.5), and then kernel and reference agree."""
+    x = torch.tensor([[[64.0, 64.0, 0.0], [188.0, 188.0, 5.0], [169.0, 64.0, 0.0]]])
+    x = x.to(torch.bfloat16)
+    y = torch.zeros(1, 3, dtype=torch.int64)
+    entry, opts = get("ohem_cross_entropy"), {"thresh": 0.0, "min_kept": 1}
+    ce = ref.cross_entropy(x.double(), y, reduction="none").flatten()
+    assert 0 < ce[0] - ce[1] < 1e-8 and ce[0].float() == ce[1].float()
+    moved = apart_at_topk(entry, x, y, opts)
+    assert int((moved != x).sum()) == 1 and moved[0, 0, 1] == 64.5
+    assert_matches(entry, moved.to(DEVICE), y.to(DEVICE), opts, torch.bfloat16, seed)
+
+
 def test_ohem_radix_select_equals_a_sort(gen):
     """OHEM's threshold (the min(min_kept, n - 1)-th largest -log p of the valid pixels)
     from the radix select equals torch.sort's, with ties (values on a coarse grid), zeros,
