@@ -547,7 +547,10 @@ def ohem_cross_entropy(
     about 1e-38, where the float64 reference's ``p`` is 1 from ``-log p`` below 1.1e-16.
     So where ``t`` is 1 (``thresh=1``, or a ``min_kept`` that reaches the most confident
     pixels) the two may keep different pixels among those near ``p = 1``: each adds under
-    1e-16 to the sum, but 1 to the 'mean' divisor.
+    1e-16 to the sum, but 1 to the 'mean' divisor. At the ``min_kept`` cut, two pixels
+    whose ``-log p`` differ below float32's resolution tie, and the kernel keeps neither
+    where the reference keeps the less sure one; with ``thresh=0`` and ``min_kept=1``
+    'mean' is then NaN (0 / 0), as the reference's is for an exact tie.
     """
     checked_target(logits, target, True, ignore_index, validate)
     check_choice("reduction", reduction, _REDUCTIONS)
