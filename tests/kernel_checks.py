@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch.overrides import TorchFunctionMode
 
 from segtriton import reference as ref
-from segtriton.reference._common import LABEL_DTYPES, in_classes, valid_labels
+from segtriton.reference._common import LABEL_DTYPES, in_classes, not_ignored, valid_labels
 from segtriton.registry import LOSSES, fit_variant, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -321,7 +321,7 @@ def apart_at_topk(entry, x, t, options, margin=1e-5, step=0.1, rounds=50):
         n = ref.pixelwise.topk_count(t.numel(), options.get("k", params["k"].default))
     elif "min_kept" in params:
         kw = {"ignore_index": options.get("ignore_index", params["ignore_index"].default)}
-        valid = t.numel() if kw["ignore_index"] is None else int((t != kw["ignore_index"]).sum())
+        valid = int(not_ignored(t, kw["ignore_index"]).sum())
         n = min(options.get("min_kept", params["min_kept"].default), valid - 1)
     else:
         return x
@@ -355,7 +355,7 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
         ref_loss, ref_grad = run_with_grad(entry.reference, x.double(), t, options, seed)
     assert loss.shape == ref_loss.shape
     slack = float32_slack(entry, x, t, options, seed, ref_loss, ref_grad)
-    _assert_within(loss, ref_loss, 2e-5, loss_floor(entry, x), slack[0])
+    assert_within(loss, ref_loss, 2e-5, loss_floor(entry, x), slack[0])
     # an entry past the dtype's range (fp16: 65504) is inf in that dtype, whoever computes
     # it: the kernel must give the reference's signed inf there, and match elsewhere
     rounded = ref_grad.to(dtype).double()
@@ -372,8 +372,7 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     residue = 16 * torch.finfo(torch.float32).eps * loss_top
     # the absolute floor scales with each image's largest gradient entry, so an image
     # whose gradient is small beside its neighbours' is held to its own digits
-    scale = ref_grad.abs().flatten(1).amax(1).clamp_min(1e-30)
-    scale = scale.view(-1, *[1] * (ref_grad.dim() - 1))
+    scale = image_scale(ref_grad)
     tol = GRAD_TOL[dtype]
     # Gradients below the dtype's normal range are stored as subnormals; the fused path
     # rounds twice (gradient in the forward, then times grad_output): allow two quanta.
@@ -381,7 +380,7 @@ def assert_matches(entry, x, t, options, dtype, seed, kernel=None):
     atol = (tol * scale).clamp_min(2 * quantum)
     slack_grad = slack[1].masked_fill(over, 0.0) + residue * (ref_grad.abs() <= residue)
     slack_grad = slack_grad + SOFTMAX_ULPS * torch.finfo(torch.float32).eps * terms.size
-    _assert_within(grad, ref_grad, tol, atol, slack_grad)
+    assert_within(grad, ref_grad, tol, atol, slack_grad)
     return loss, grad
 
 
@@ -464,9 +463,17 @@ def float32_slack(entry, x, t, options, seed, ref_loss, ref_grad, factor=10.0):
     return factor * slack_loss, factor * slack_grad
 
 
-def _assert_within(got, want, rtol: float, atol: float | torch.Tensor, slack: torch.Tensor) -> None:
+def image_scale(grad: torch.Tensor) -> torch.Tensor:
+    """Each image's largest gradient magnitude (at least 1e-30), shaped to broadcast over
+    ``grad``: the scale of the tests' absolute gradient floors."""
+    scale = grad.abs().flatten(1).amax(1).clamp_min(1e-30)
+    return scale.view(-1, *[1] * (grad.dim() - 1))
+
+
+def assert_within(got, want, rtol: float, atol: float | torch.Tensor, slack=0.0) -> None:
     """``|got - want| <= atol + rtol |want| + slack`` entry by entry (NaN where both are,
     an inf where both are that inf)."""
+    slack = torch.zeros_like(want) + slack
     same = (got.isnan() & want.isnan()) | (got == want)
     err = (got - want).abs().masked_fill(same, 0.0)
     bound = atol + rtol * want.abs().nan_to_num(0.0) + slack

@@ -7,7 +7,9 @@ import inspect
 import random
 
 import torch
-from kernel_checks import LABELS_WITH_255
+from kernel_checks import LABELS_WITH_255, confident
+
+from segtriton.registry import make_inputs
 
 _FIXED = {"logits", "target", "reduction", "validate", "process_group", "dist_map"}
 # C = 300 takes the streamed-class paths (past 256 classes); the losses that build a
@@ -117,3 +119,14 @@ def draw_case(entry, r: random.Random):
     forms += [] if opts.get("squared") or entry.grad_weights else ["confident"]
     scale = r.choice(forms) if scaled else 1.0
     return opts, shape, dtype, r.random() < 0.3, ignore, label_dtype, soft, scale
+
+
+def case_inputs(entry, case: tuple, gen: torch.Generator, shape=None, device="cpu"):
+    """``(logits, target)`` of a :func:`draw_case` case (at its shape, or ``shape``): its
+    dtype, label dtype, ignored fraction and soft masks, then its logit scale or confident
+    prediction; the caller applies its memory format."""
+    opts, drawn, dtype, _, ignore, label_dtype, soft, scale = case
+    x, t = make_inputs(
+        entry, shape or drawn, opts, dtype, gen, ignore, 255, label_dtype, soft, device=device
+    )
+    return (confident(entry, opts, x, t).to(dtype) if scale == "confident" else x * scale), t

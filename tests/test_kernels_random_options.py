@@ -20,13 +20,11 @@ from kernel_checks import (
     KERNELS,
     assert_identity,
     assert_matches,
-    confident,
     to_channels_last,
 )
-from random_draws import draw_case
+from random_draws import case_inputs, draw_case
 
 from segtriton.reference._common import in_classes, valid_labels
-from segtriton.registry import make_inputs
 
 # option sets compared per loss and run; tests/test_kernels_stages.py's child run under the
 # default tiles (class walks, minutes in the interpreter) compares 2
@@ -64,12 +62,10 @@ def test_random_options_match_reference(entry, seed):
     r = random.Random(seed)
     compared = 0
     for draw in range(ATTEMPTS):
-        opts, shape, dtype, channels_last, ignore, label_dtype, soft, scale = draw_case(entry, r)
+        case = draw_case(entry, r)
+        opts, shape, dtype, channels_last, ignore, _, _, scale = case
         gen = torch.Generator().manual_seed(seed + draw)
-        x, t = make_inputs(
-            entry, shape, opts, dtype, gen, ignore, 255, label_dtype, soft, device=DEVICE
-        )
-        x = confident(entry, opts, x, t).to(dtype) if scale == "confident" else x * scale
+        x, t = case_inputs(entry, case, gen, device=DEVICE)
         if _reads_probabilities(entry, opts) and r.random() < 0.3:
             t = _probabilities(t, shape, gen, one_hot=r.random() < 0.5)
             opts.pop("ignore_index", None)
