@@ -62,55 +62,46 @@ def _unit_sums(tot_ptr, u, offs_c, cmask, n_rows, C, row, IMAGE: tl.constexpr, M
 
 
 @triton.jit
-def _subnormal(v):
-    """``0 < v`` below float32's smallest normal number."""
-    return (v > 0.0) & (v < TINY)
-
-
-@triton.jit
 def _mcc(i, f, m, t, n, eps):
     """``(MCC, 1 - MCC, dMCC/dI + dMCC/dP, dMCC/dP)`` of the soft counts ``TP = I + eps``, ``FP = F
     + eps``, ``FN = M + eps``, ``TN = N - T - F + eps`` (``F = P - I``, ``M = T - I``): ``(TP TN
-    - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 0 where that denominator is 0,
-    where ``TP + FP`` or ``TN + FN`` is below float32's normal range (its reciprocal would
-    overflow) or so is ``(TP + FP) (TP + FN)`` or ``(TN + FP) (TN + FN)`` of the counts scaled
-    to sum 1 (the GPU's square root flushes it to 0; one of the two shares it multiplies is then
-    below 1.1e-19), 1 where the prediction is perfect (F and M at most ``N PERFECT_SHARE``, as
-    ``reference.region.mcc_loss`` says), all with a zero gradient. Of its four factors only ``TP
-    + FP = P + 2 eps`` and ``TN + FN = N - P + 2 eps`` move with P, none with I. TN is ``(N - T)
-    - F``: exact for a class that fills the unit (F is 0 there: no pixel is off the class),
-    where the denominator is tiny. ``1 - MCC`` is ``(D^2 - N^2) / (D (D + N))`` for ``MCC > 0``
-    (numerator N, denominator D), ``D^2 - N^2 = 4 X Y + (X + Y) (A + B) + A B`` with ``X = TP
-    TN``, ``Y = FP FN``, ``A = TP FN + FP TN``, ``B = TP FP + FN TN``: no term is negative, so
-    near a right prediction it keeps its digits where ``1 - MCC`` would not; on counts scaled to
-    sum 1 (MCC does not change), so that no product overflows."""
+    - FP FN) / sqrt((TP + FP) (TP + FN) (TN + FP) (TN + FN))``, 1 where the prediction is
+    perfect (F and M at most ``N PERFECT_SHARE``, as ``reference.region.mcc_loss`` says), 0
+    where that denominator is 0, all with a zero gradient. Everything is formed on the
+    counts scaled to sum 1 (MCC does not change), so no product overflows; 0 also where
+    ``(TP + FP) (TP + FN)`` or ``(TN + FP) (TN + FN)`` scaled is below float32's normal range
+    (the GPU's square root flushes it to 0, and a reciprocal of its share could overflow).
+    Of the four factors only ``TP + FP = P + 2 eps`` and ``TN + FN = N - P + 2 eps`` move
+    with P, none with I. TN is ``(N - T) - F``: exact for a class that fills the unit (F is 0
+    there: no pixel is off the class), where the denominator is tiny. ``1 - MCC`` is ``(D^2 -
+    N^2) / (D (D + N))`` for ``MCC > 0`` (numerator N, denominator D), ``D^2 - N^2 = 4 X Y +
+    (X + Y) (A + B) + A B`` with ``X = TP TN``, ``Y = FP FN``, ``A = TP FN + FP TN``, ``B = TP
+    FP + FN TN``: no term is negative, so near a right prediction it keeps its digits where
+    ``1 - MCC`` would not."""
     tp = i + eps
     fp = f + eps
     fn = m + eps
     tn = (n - t) - f + eps
-    ab = (tp + fp) * (tp + fn)
-    cd = (tn + fp) * (tn + fn)
-    k = 1.0 / (tp + fp + fn + tn)
-    ab_k = (tp + fp) * k * ((tp + fn) * k)
-    cd_k = (tn + fp) * k * ((tn + fn) * k)
+    total = tp + fp + fn + tn
+    k = 1.0 / total  # inf only where nothing is counted: a perfect prediction
     near_zero = n * PERFECT_SHARE
     perfect = (f <= near_zero) & (m <= near_zero)
-    # NaN sums are none of these: they stay NaN
-    zero = (ab <= 0.0) | (cd <= 0.0) | perfect | _subnormal(tp + fp) | _subnormal(tn + fn)
-    zero = zero | (ab_k < TINY) | (cd_k < TINY)  # 0 too: underflowed, ab > 0
-    den = tl.sqrt(tl.where(zero, 1.0, ab)) * tl.sqrt(tl.where(zero, 1.0, cd))
-    mcc = tl.where(perfect, 1.0, tl.where(zero, 0.0, (tp * tn - fp * fn) / den))
-    d_log_den = 0.5 * (1.0 / (tp + fp) - 1.0 / (tn + fn))
-    # dMCC/dI = (TP + FP + FN + TN) / den; with dMCC/dP that sum keeps TN + FP, small
-    # where the class fills the unit, instead of a difference of two large terms
-    d_ip = tl.where(zero, 0.0, (tn + fp) / den - mcc * d_log_den)
-    d_p = tl.where(zero, 0.0, -(tp + fn) / den - mcc * d_log_den)
     tp, fp, fn, tn = tp * k, fp * k, fn * k, tn * k
+    ab = (tp + fp) * (tp + fn)
+    cd = (tn + fp) * (tn + fn)
+    zero = perfect | (ab < TINY) | (cd < TINY)  # NaN sums are none of these: they stay NaN
+    d = tl.sqrt(tl.where(zero, 1.0, ab)) * tl.sqrt(tl.where(zero, 1.0, cd))
     x = tp * tn
     y = fp * fn
+    mcc = tl.where(perfect, 1.0, tl.where(zero, 0.0, (x - y) / d))
+    # d log(den) / dP, in unscaled units like the two derivatives below
+    d_log_den = 0.5 * k * (1.0 / (tp + fp) - 1.0 / (tn + fn))
+    # dMCC/dI = (TP + FP + FN + TN) / den; with dMCC/dP that sum keeps TN + FP, small
+    # where the class fills the unit, instead of a difference of two large terms
+    d_ip = tl.where(zero, 0.0, k * (tn + fp) / d - mcc * d_log_den)
+    d_p = tl.where(zero, 0.0, -k * (tp + fn) / d - mcc * d_log_den)
     a = tp * fn + fp * tn
     b = tp * fp + fn * tn
-    d = tl.sqrt(ab_k) * tl.sqrt(cd_k)
     whole = (4.0 * x * y + (x + y) * (a + b) + a * b) / (d * (d + (x - y)))
     gap = tl.where(perfect, 0.0, tl.where(zero, 1.0, tl.where(mcc > 0.0, whole, 1.0 - mcc)))
     return mcc, gap, d_ip, d_p

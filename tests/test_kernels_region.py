@@ -542,6 +542,25 @@ def test_mcc_of_a_class_predicted_below_the_normal_range(below, ahead, seed, gen
     assert_matches(entry, x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
 
 
+@pytest.mark.parametrize("eps", [0.0, 1e-40])
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_mcc_of_an_image_with_nothing_counted(mode, eps, seed, gen):
+    """Image 0 all ignored: no false positive or negative, so a perfect prediction (loss
+    0, no gradient) for every class, also where its four counts (eps each) sum to 0 or to
+    a subnormal 4e-40, whose reciprocal (the counts' scale) is inf in float32."""
+    entry = get("mcc")
+    x = torch.randn(2, 3, 5, 6, generator=gen)
+    t = torch.randint(0, 3, (2, 5, 6), generator=gen)
+    if mode == "multilabel":
+        t = torch.nn.functional.one_hot(t, 3).movedim(-1, 1).float()
+    t[0] = 255
+    opts = {"mode": mode, "eps": eps, "scope": "image", "reduction": "none",
+            "ignore_index": 255}  # fmt: skip
+    loss, grad = assert_matches(entry, x.to(DEVICE), t.to(DEVICE), opts, torch.float32, seed)
+    assert loss[0].tolist() == [0.0] * 3
+    assert (grad[0] == 0.0).all()
+
+
 @pytest.mark.parametrize("entry", KERNELS, ids=lambda e: e.name)
 def test_ignore_heavy_and_all_ignored(entry, seed, gen):
     for options in ({}, {"mode": "multilabel"}):
