@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from segtriton.bench.timing import copy_bandwidth, time_fn
+from segtriton.bench.timing import copy_bandwidth, kernel_times, time_fn
 from segtriton.kernels._pixelwise_kernels import _load_tile
 from segtriton.kernels._tiles import pixel_block
 from segtriton.registry import get
@@ -82,28 +82,17 @@ def _step(name: str, shape: tuple[int, ...], device: str = "cuda"):
 
 def kernels() -> None:
     """Per-kernel device time of one forward + backward under the profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
     for name, shape in CASES:
         step, x = _step(name, shape)
-        for _ in range(3):
+        for _ in range(2):
             step()
         copy = time_fn(x.detach().clone, torch.device("cuda"), reps=10)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-        rows = []
-        for ev in prof.key_averages():
-            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
-            if us:
-                rows.append((us / 3, ev.count // 3, ev.key))
+        rows = kernel_times(step, torch.device("cuda"))
         total = sum(r[0] for r in rows)
-        print(f"\n{name} {shape} bf16 fwd+bwd: {total / 1e3:.3f} ms of kernels per step; "
+        print(f"\n{name} {shape} bf16 fwd+bwd: {total:.3f} ms of kernels per step; "
               f"logits clone {copy['median_ms']:.3f} ms")  # fmt: skip
-        for us, n, key in sorted(rows, reverse=True)[:8]:
-            print(f"  {us / 1e3:8.3f} ms  x{n:<3d} {key[:90]}")
+        for ms, n, key in rows[:8]:
+            print(f"  {ms:8.3f} ms  x{n:<3d} {key[:90]}")
 
 
 @triton.jit

@@ -123,6 +123,37 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * src.element_size() / (result["median_ms"] * 1e-3) / 1e9
 
 
+def kernel_times(
+    fn: Callable[[], object], device: torch.device, steps: int = 3
+) -> list[tuple[float, int, str]]:
+    """``(ms, launches, name)`` per call of ``fn``, slowest first: on a GPU each kernel's
+    device time under ``torch.profiler`` over ``steps`` calls (after one unprofiled call);
+    on a CPU each op's self time (what the profiler can see there)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        sync()
+    rows = []
+    for ev in prof.key_averages():
+        if cuda:
+            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        else:
+            us = ev.self_cpu_time_total
+        if us:
+            rows.append((us / steps / 1e3, ev.count // steps, ev.key))
+    return sorted(rows, reverse=True)
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it
     (CUDA only; None on a CPU, where the caching allocator does not report it)."""

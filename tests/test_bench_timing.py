@@ -94,6 +94,25 @@ def test_cuda_timers_say_which_one_ran_and_peak_memory_counts_an_allocation():
     assert timing.copy_bandwidth(dev) > 100  # GB/s: any GPU this project targets
 
 
+def test_kernel_times_lists_each_op_per_call_slowest_first():
+    """On a CPU the profiler sees ops, not kernels: a matrix product of 384^2 per call, and
+    an add, each once per call."""
+    a, b = torch.randn(384, 384), torch.randn(384, 384)
+    rows = timing.kernel_times(lambda: (a @ b) + 1.0, CPU, steps=4)
+    assert [r[0] for r in rows] == sorted((r[0] for r in rows), reverse=True)
+    by_name = {name: (ms, n) for ms, n, name in rows}
+    assert by_name["aten::mm"][1] == 1 and by_name["aten::add"][1] == 1
+    assert rows[0][2] == "aten::mm" and by_name["aten::mm"][0] > 0
+
+
+@CUDA
+def test_kernel_times_name_the_kernels_of_a_call():
+    dev = torch.device("cuda")
+    x = torch.randn(1 << 22, device=dev)
+    rows = timing.kernel_times(lambda: x.exp().sum(), dev)
+    assert len(rows) >= 2 and all(ms > 0 and n >= 1 for ms, n, _ in rows)
+
+
 @CUDA
 def test_the_pytest_benchmark_clock_reads_stream_time_in_seconds():
     from segtriton.bench.pytest_timer import CudaEventClock

@@ -388,9 +388,11 @@ def benchmark_case_lovasz(request):
 def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
     """Triton Lovasz-softmax fwd+bwd (bf16, pooled rows) and, timed alone beside it, the
     loss's own sort calls (``sorted_groups``) on a key tensor of the same ``[C, B*H*W]``
-    shape: ``extra_info`` gets ``sort_ms`` and ``sort_share`` (sort / whole step)."""
+    shape: ``extra_info`` gets ``sort_ms`` and ``sort_share`` (sort / whole step), and
+    ``kernels``: ``[ms, launches, name]`` of the ten slowest kernels of one step under the
+    profiler, so that the rest of the step is split too."""
     from segtriton import kernels as ker
-    from segtriton.bench.timing import time_fn
+    from segtriton.bench.timing import kernel_times, time_fn
     from segtriton.kernels.lovasz import sorted_groups
 
     if DEVICE.type != "cuda":
@@ -410,4 +412,5 @@ def test_lovasz_sort_share(benchmark, benchmark_case_lovasz, versions):
         shape="x".join(map(str, shape)),
         sort_ms=sort["median_ms"],
         sort_share=sort["median_ms"] / (benchmark.stats.stats.median * 1e3),
+        kernels=[[ms, n, name[:80]] for ms, n, name in kernel_times(step, DEVICE)[:10]],
     )
