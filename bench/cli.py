@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import sys
-import warnings
 from pathlib import Path
 
 import segtriton
@@ -55,18 +54,6 @@ def _prepare_triton() -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    _quiet_interpreter()
-
-
-def _quiet_interpreter() -> None:
-    """The interpreter computes masked-off lanes too (exp of padding, 0/0 past a tile's
-    tail, a class walk's first step from the lowest finite float) and NumPy warns about
-    values that no result reads or that overflow on purpose; pyproject.toml
-    filters the same warnings in the tests."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        warnings.filterwarnings(
-            "ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter"
-        )
 
 
 def _default_out(name: str | None) -> Path:
@@ -295,7 +282,6 @@ def _overhead(args: argparse.Namespace) -> int:
 
 def _traffic(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    _quiet_interpreter()
     from segtriton.kernels import interpreter_enabled
 
     if not interpreter_enabled():

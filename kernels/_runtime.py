@@ -175,14 +175,24 @@ def kernel_jit(fn: Callable) -> triton.runtime.jit.KernelInterface:
     (``enable_fp_fusion=True``), Triton's default up to 3.9, which 3.10 turns off. A
     training script then runs the kernels as the benchmark built them, on any Triton, and
     Triton 3.9 does not warn that the default will change; where the variable is set (0
-    or 1), the launches follow it."""
+    or 1), the launches follow it.
+
+    In Triton's interpreter a launch runs under ``np.errstate(all="ignore")``: the
+    interpreter computes masked-off lanes too (exp of padding, 0/0 past a tile's tail, a
+    class walk's first step from the lowest finite float, which overflows on purpose), and
+    NumPy's warnings about values no result reads would reach the user's script. Other
+    Triton kernels keep NumPy's settings."""
     kernel = triton.jit(fn)
+    interpreted = type(kernel).__name__ == "InterpretedFunction"  # triton.jit's choice
 
     def run(*args: object, **kwargs: object) -> object:
         if "TRITON_DEFAULT_FP_FUSION" not in os.environ:
             kwargs.setdefault("enable_fp_fusion", True)
         # the class's run, looked up per call: `segtriton compile` swaps it
-        return type(kernel).run(kernel, *args, **kwargs)
+        if not interpreted:
+            return type(kernel).run(kernel, *args, **kwargs)
+        with np.errstate(all="ignore"):
+            return type(kernel).run(kernel, *args, **kwargs)
 
     kernel.run = run
     return kernel

@@ -174,6 +174,45 @@ def test_an_interpreter_sweep_shows_no_numpy_warnings(tmp_path):
     assert "RuntimeWarning" not in out.stderr, out.stderr
 
 
+USER_SCRIPT = """
+import sys
+import torch, triton, triton.language as tl
+from segtriton import kernels
+
+x = torch.randn(1, 150, 2, 8, requires_grad=True)
+y = torch.randint(0, 150, (1, 2, 8))
+kernels.dice_loss(x, y).backward()
+kernels.lovasz_softmax_loss(x, y).backward()
+kernels.cross_entropy(x, y).backward()
+print("losses done", file=sys.stderr, flush=True)
+
+@triton.jit
+def square(x_ptr):
+    v = tl.load(x_ptr)
+    tl.store(x_ptr, v * v)
+
+square[(1,)](torch.tensor([1e30]))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs without a GPU")
+def test_a_script_running_the_kernels_in_the_interpreter_sees_no_numpy_warnings(tmp_path):
+    """Outside pytest's filters: the losses' launches (a class walk's first step overflows
+    on purpose) warn about nothing, and a Triton kernel of the script's own still gets
+    NumPy's overflow warning."""
+    script = tmp_path / "user.py"
+    script.write_text(USER_SCRIPT)
+    env = {**env_without_interpreter(), "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-W", "default", str(script)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    losses, done, own = out.stderr.partition("losses done")
+    assert done and "RuntimeWarning" not in losses, out.stderr
+    assert "RuntimeWarning: overflow encountered" in own, out.stderr
+
+
 def test_the_default_run_folder_is_named_after_the_device(monkeypatch):
     from segtriton.bench import cli
 
