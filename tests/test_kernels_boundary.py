@@ -12,6 +12,7 @@ import torch
 from kernel_checks import (
     CASE_ARGS,
     DEVICE,
+    DISTANCE_TOL,
     assert_matches,
     force_walk_label_bug,
     kernel_cases,
@@ -50,7 +51,7 @@ def test_squared_edt_equals_scipy(shape, spacing, density, gen):
             assert torch.isinf(d).all()
             continue
         want = torch.from_numpy(distance_transform_edt(~m, sampling=spacing))
-        torch.testing.assert_close(d, want, rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(d, want, **DISTANCE_TOL)
 
 
 def test_squared_edt_is_exact_in_integers(gen):
@@ -89,7 +90,7 @@ def test_signed_map_matches_reference(C, spatial, gen):
         got = ker.signed_distance_map(t.to(DEVICE), C, ignore_index=ignore)
         want = ref.signed_distance_map(t, C, ignore_index=ignore)
         assert got.dtype == torch.float32
-        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(got.cpu().double(), want, **DISTANCE_TOL)
 
 
 @pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16])
@@ -103,7 +104,7 @@ def test_signed_map_sparse_classes_and_empty_slabs(label_dtype, gen):
     t[1, 2] = torch.randint(0, 19, (9, 12), generator=gen).to(label_dtype)
     got = ker.signed_distance_map(t.to(DEVICE), 19, spacing=(3.0, 1.0, 0.5))
     want = ref.signed_distance_map(t, 19, spacing=(3.0, 1.0, 0.5))
-    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got.cpu().double(), want, **DISTANCE_TOL)
 
 
 def test_signed_map_of_channels_last_masks(gen):
@@ -111,7 +112,7 @@ def test_signed_map_of_channels_last_masks(gen):
     m[1, 2] = 1.0  # a full mask: 0 everywhere
     got = ker.signed_distance_map(to_channels_last(m.to(DEVICE)), mode="multilabel")
     want = ref.signed_distance_map(m, mode="multilabel")
-    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got.cpu().double(), want, **DISTANCE_TOL)
 
 
 def test_signed_map_worked_examples_guards_and_spacing():
@@ -140,7 +141,7 @@ def test_multilabel_masks_with_spacing_and_ignore(gen):
         t.to(DEVICE), mode="multilabel", spacing=(1.0, 2.5), ignore_index=255, validate=True
     )  # validate: 255 is ignored, not a soft mask value
     want = ref.signed_distance_map(t, mode="multilabel", spacing=(1.0, 2.5), ignore_index=255)
-    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got.cpu().double(), want, **DISTANCE_TOL)
     with pytest.raises(ValueError, match="hard"):
         ker.signed_distance_map(t.to(DEVICE) * 0.5, mode="multilabel", validate=True)
 

@@ -18,7 +18,14 @@ import random
 
 import pytest
 import torch
-from kernel_checks import DEVICE, LABELS_WITH_255, METRIC_ULPS, smooth_labels, to_channels_last
+from kernel_checks import (
+    DEVICE,
+    DISTANCE_TOL,
+    LABELS_WITH_255,
+    METRIC_ULPS,
+    smooth_labels,
+    to_channels_last,
+)
 
 from segtriton import kernels as ker
 from segtriton import reference as ref
@@ -206,7 +213,7 @@ def _assert_same(name: str, got, want) -> None:
         assert got.dtype == want.dtype and torch.equal(got.cpu(), want)
     elif name in SURFACE:  # float32 distances from the GPU transform
         assert got.dtype == torch.float32 and got.shape == want.shape
-        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(got.cpu().double(), want, **DISTANCE_TOL, equal_nan=True)
     else:
         assert got.dtype == want.dtype and got.shape == want.shape
         torch.testing.assert_close(got.cpu(), want, **METRIC_ULPS, equal_nan=True)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from kernel_checks import (
     DEVICE,
+    DISTANCE_TOL,
     nested_masks,
     on_two_gloo_ranks,
     smooth_labels,
@@ -28,7 +29,7 @@ def check(name, preds, target, C, *args, **opts):
     got = getattr(ker, name)(preds.to(DEVICE), target.to(DEVICE), C, *args, **opts)
     want = getattr(ref, name)(preds, target, C, *args, **opts)
     assert got.dtype == torch.float32 and got.shape == want.shape
-    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(got.cpu().double(), want, **DISTANCE_TOL, equal_nan=True)
     return got.cpu()
 
 
@@ -177,9 +178,7 @@ def test_surface_metrics_are_the_single_metrics(mode, gen):
         "nsd": check("surface_dice", preds, target, C, tolerance, **opts),
     }
     for key, value in got.items():
-        torch.testing.assert_close(
-            value.cpu().double(), want[key], rtol=1e-6, atol=1e-5, equal_nan=True
-        )
+        torch.testing.assert_close(value.cpu().double(), want[key], **DISTANCE_TOL, equal_nan=True)
         torch.testing.assert_close(value.cpu(), single[key], rtol=0, atol=0, equal_nan=True)
     assert "nsd" not in ker.surface_metrics(preds.to(DEVICE), target.to(DEVICE), C, **opts)
 
