@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -38,18 +39,23 @@ METRICS = ("confusion_matrix", "segmentation_metrics", "streaming", *SURFACE)
 MATRIX_CLASSES = [1, 2, 3, 19, 31, 32, 64, 150, 300, 1000]
 
 
-def _layout(r: random.Random, x: torch.Tensor, classes_dim: bool) -> tuple[torch.Tensor, str]:
-    """``x`` as stored in a drawn layout (the same values): ``[B, C, *S]`` maps may be
+Place = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _layout(r: random.Random, dim: int, classes_dim: bool) -> tuple[Place, str]:
+    """A drawn layout for a tensor of ``dim`` dims (the same values, stored otherwise), as a
+    function applied where the tensor is used, so that it holds on the GPU too (``.to``
+    would copy a slice or a broadcast contiguous): ``[B, C, *S]`` maps may be
     channels_last; any map may have its last two dims transposed in storage or be a slice
     of a tensor twice as wide."""
     kind = r.choice(["contiguous", "contiguous", "channels_last", "transposed", "sliced"])
-    if kind == "channels_last" and classes_dim and x.dim() in (4, 5):
-        return to_channels_last(x), kind
-    if kind == "transposed" and x.dim() >= 3:
-        return x.transpose(-1, -2).contiguous().transpose(-1, -2), kind
+    if kind == "channels_last" and classes_dim and dim in (4, 5):
+        return to_channels_last, kind
+    if kind == "transposed" and dim >= 3:
+        return lambda x: x.transpose(-1, -2).contiguous().transpose(-1, -2), kind
     if kind == "sliced":
-        return torch.cat([x, torch.zeros_like(x)], -1)[..., : x.shape[-1]], kind
-    return x, "contiguous"
+        return lambda x: torch.cat([x, torch.zeros_like(x)], -1)[..., : x.shape[-1]], kind
+    return lambda x: x, "contiguous"
 
 
 def _label_dtype(r: random.Random, C: int) -> torch.dtype:
@@ -77,7 +83,8 @@ def _holds(dtype: torch.dtype, value: int) -> bool:
 
 
 def _multiclass(r: random.Random, gen: torch.Generator, C: int, shape: tuple[int, ...]):
-    """``(preds, target, ignore_index, note)``: logits or labels against labels. An
+    """``(preds, target, (place_preds, place_target), ignore_index, note)``: logits or
+    labels against labels, and the drawn layout (or broadcast) of each side. An
     ignore_index a label dtype cannot hold (-100 in uint8) marks no pixel, and must not
     match a label it wraps onto (156)."""
     B, spatial = shape[0], shape[1:]
@@ -96,21 +103,23 @@ def _multiclass(r: random.Random, gen: torch.Generator, C: int, shape: tuple[int
     logits = _logits(r, gen, (B, C, *spatial))
     if r.random() < 0.3:
         preds = logits.float().argmax(1).to(_label_dtype(r, C))
-        preds, layout = _layout(r, preds, classes_dim=False)
+        place_p, layout = _layout(r, preds.dim(), classes_dim=False)
     else:
-        preds, layout = _layout(r, logits, classes_dim=True)
+        preds = logits
+        place_p, layout = _layout(r, preds.dim(), classes_dim=True)
     if r.random() < 0.2 and B > 1:
-        target, t_layout = target[:1].expand_as(target), "broadcast"
+        place_t, t_layout = (lambda t: t[:1].expand_as(t)), "broadcast"
     else:
-        target, t_layout = _layout(r, target, classes_dim=False)
+        place_t, t_layout = _layout(r, target.dim(), classes_dim=False)
     note = f"preds {preds.dtype} {layout}, target {target.dtype} {t_layout}, ignored {frac}"
-    return preds, target, ignore_index, note
+    return preds, target, (place_p, place_t), ignore_index, note
 
 
 def _multilabel(r: random.Random, gen: torch.Generator, C: int, shape: tuple[int, ...]):
-    """``(preds, target, ignore_index, note)``: masks (bool, 0/1 integers) or logits
-    against 0/1 masks of an integer, float or bool dtype, ignore_index where ignored; now
-    and then a target entry of 2, or probabilities where logits are read."""
+    """``(preds, target, (place_preds, place_target), ignore_index, note)``: masks (bool,
+    0/1 integers) or logits against 0/1 masks of an integer, float or bool dtype,
+    ignore_index where ignored, and the drawn layout of each side; now and then a target
+    entry of 2, or probabilities where logits are read."""
     B, spatial = shape[0], shape[1:]
     full = (B, C, *spatial)
     target = (torch.rand(full, generator=gen) < r.choice([0.1, 0.5, 0.9])).long()
@@ -131,10 +140,10 @@ def _multilabel(r: random.Random, gen: torch.Generator, C: int, shape: tuple[int
         preds = torch.sigmoid(logits.float()).to(logits.dtype)
     else:
         preds = (logits > 0).to(torch.bool if kind == "bool" else r.choice(LABELS_WITH_255))
-    preds, layout = _layout(r, preds, classes_dim=True)
-    target, t_layout = _layout(r, target, classes_dim=True)
+    place_p, layout = _layout(r, preds.dim(), classes_dim=True)
+    place_t, t_layout = _layout(r, target.dim(), classes_dim=True)
     note = f"preds {preds.dtype} {layout}, target {target.dtype} {t_layout}, ignored {frac}"
-    return preds, target, ignore_index, note
+    return preds, target, (place_p, place_t), ignore_index, note
 
 
 def _classes(r: random.Random, C: int) -> list[int] | None:
@@ -160,7 +169,8 @@ def _surface_options(r: random.Random, name: str, C: int, nd: int) -> dict:
 
 
 def _draw(name: str, r: random.Random, gen: torch.Generator):
-    """``(preds, target, C, options, note)`` of one case of metric ``name``."""
+    """``(preds, target, (place_preds, place_target), C, options, note)`` of one case of
+    metric ``name``."""
     surface = name in SURFACE
     mode = r.choice(["multiclass", "multiclass", "multilabel"])
     C = r.choice([1, 2, 3, 5]) if surface else r.choice(MATRIX_CLASSES)
@@ -169,7 +179,7 @@ def _draw(name: str, r: random.Random, gen: torch.Generator):
     spatial = _spatial(r, surface)
     shape = (r.choice([1, 2, 3]), *spatial)
     make = _multiclass if mode == "multiclass" else _multilabel
-    preds, target, ignore_index, note = make(r, gen, C, shape)
+    preds, target, place, ignore_index, note = make(r, gen, C, shape)
     opts: dict = {"mode": mode, "ignore_index": ignore_index}
     if name == "confusion_matrix":
         opts["per_image"] = r.random() < 0.5
@@ -179,7 +189,7 @@ def _draw(name: str, r: random.Random, gen: torch.Generator):
     else:
         opts["classes"] = _classes(r, C)
         opts.update(_surface_options(r, name, C, len(spatial)))
-    return preds, target, C, opts, f"C={C} {tuple(preds.shape)}: {note}"
+    return preds, target, place, C, opts, f"C={C} {tuple(preds.shape)}: {note}"
 
 
 def _streamed(preds, target, C, opts, r: random.Random) -> dict[str, torch.Tensor]:
@@ -192,6 +202,12 @@ def _streamed(preds, target, C, opts, r: random.Random) -> dict[str, torch.Tenso
         if k == 0 and r.random() < 0.5:
             acc.compute()
     return acc.compute()
+
+
+def _kernel(name: str, preds, target, C: int, opts: dict, r: random.Random):
+    if name == "streaming":
+        return _streamed(preds, target, C, opts, r)
+    return getattr(ker, name)(preds, target, C, **opts)
 
 
 def _reference(name: str, preds, target, C: int, opts: dict):
@@ -227,20 +243,16 @@ def test_random_inputs_match_reference(name, seed):
     compared = 0
     for draw in range(10 * DRAWS):
         gen = torch.Generator().manual_seed(seed + draw)
-        preds, target, C, opts, note = _draw(name, r, gen)
+        preds, target, (place_p, place_t), C, opts, note = _draw(name, r, gen)
+        # laid out where each side reads them: a slice or broadcast moved by .to is dense
+        kernel_in = (place_p(preds.to(DEVICE)), place_t(target.to(DEVICE)), C, opts, r)
         try:
-            want = _reference(name, preds, target, C, opts)
+            want = _reference(name, place_p(preds), place_t(target), C, opts)
         except (TypeError, ValueError) as refused:
             with pytest.raises(type(refused)):
-                if name == "streaming":
-                    _streamed(preds.to(DEVICE), target.to(DEVICE), C, opts, r)
-                else:
-                    getattr(ker, name)(preds.to(DEVICE), target.to(DEVICE), C, **opts)
+                _kernel(name, *kernel_in)
             continue
-        if name == "streaming":
-            got = _streamed(preds.to(DEVICE), target.to(DEVICE), C, opts, r)
-        else:
-            got = getattr(ker, name)(preds.to(DEVICE), target.to(DEVICE), C, **opts)
+        got = _kernel(name, *kernel_in)
         try:
             _assert_same(name, got, want)
         except AssertionError as exc:
